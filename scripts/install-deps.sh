@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install the Debian packages tiu's tests, demo and benchmarks use, where missing.
+# As root it installs them with apt-get; otherwise it names what is missing and fails.
+set -euo pipefail
+# package:command-that-proves-it
+wanted=(
+  btrfs-progs:mkfs.btrfs snapper:snapper docker-registry:docker-registry skopeo:skopeo
+  umoci:umoci zstd:zstd rsync:rsync casync:casync xz-utils:xz apache2-utils:htpasswd
+  openssl:openssl util-linux:losetup tar:tar e2fsprogs:mkfs.ext4
+)
+[ "${TIU_WITH_VM:-}" = 1 ] && wanted+=(qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap)
+[ "${TIU_WITH_BENCH:-}" = 1 ] && wanted+=(debootstrap:debootstrap)
+missing=()
+for w in "${wanted[@]}"; do
+  pkg=${w%%:*} cmd=${w#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "tiu: missing Debian packages: ${missing[*]}" >&2
+  echo "     install them with: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "tiu: installing Debian packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,42 @@
+/**
+ * The shape of one CLI command. Commands are thin: parse options, call a module, print.
+ * Every command gets --json and --help from here.
+ */
+import type { ParseArgsConfig } from 'node:util';
+
+export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
+export type OptionValues = Record<string, string | boolean | (string | boolean)[] | undefined>;
+
+export interface Output {
+  json: boolean;
+  /** Print a result: the human text, or the JSON value with --json. */
+  result(human: string, value: unknown): void;
+  /** Progress and notes for people: stderr, silent with --json unless TIU_PROGRESS=1. */
+  info(line: string): void;
+}
+
+export interface Command {
+  name: string;
+  summary: string;
+  /** e.g. "tiu copy SRC DST [--referrers]" */
+  usage: string;
+  /** Lines after the usage in --help. */
+  help?: string;
+  options: OptionSpec;
+  /** Minimum and maximum positionals. */
+  positionals: [number, number];
+  run(positionals: string[], options: OptionValues, out: Output): Promise<number | void>;
+}
+
+export function optString(options: OptionValues, name: string): string | undefined {
+  const v = options[name];
+  return typeof v === 'string' ? v : undefined;
+}
+export function optStrings(options: OptionValues, name: string): string[] {
+  const v = options[name];
+  if (Array.isArray(v)) return v.filter((x): x is string => typeof x === 'string');
+  return typeof v === 'string' ? [v] : [];
+}
+export function optBool(options: OptionValues, name: string): boolean {
+  return options[name] === true;
+}

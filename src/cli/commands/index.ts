@@ -1,0 +1,5 @@
+/** The command table. One line a command; each command lives in its own file. */
+import type { Command } from '../command.ts';
+
+export const commands: (() => Promise<Command>)[] = [
+];

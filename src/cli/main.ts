@@ -1,0 +1,114 @@
+/**
+ * tiu's entry point: argv -> command. The one place that maps errors to a line and an exit code.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { TiuError, asError } from '../errors.ts';
+import type { Command, Output } from './command.ts';
+import { commands } from './commands/index.ts';
+
+export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
+
+export function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+class UsageError extends TiuError {
+  constructor(message: string) {
+    super('USAGE', message);
+  }
+}
+
+function makeOutput(json: boolean): Output {
+  return {
+    json,
+    result(human, value) {
+      process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : human.endsWith('\n') || human === '' ? human : human + '\n');
+    },
+    info(line) {
+      if (!json || process.env.TIU_PROGRESS === '1') process.stderr.write(line + '\n');
+    },
+  };
+}
+
+function helpFor(cmd: Command): string {
+  const opts = Object.entries(cmd.options)
+    .map(([k, v]) => `  --${k}${v.type === 'string' ? ' VALUE' : ''}${v.multiple ? ' (repeatable)' : ''}`)
+    .join('\n');
+  return `usage: ${cmd.usage}\n\n${cmd.summary}\n${cmd.help ? '\n' + cmd.help + '\n' : ''}\noptions:\n${opts}\n  --json\n  --help\n`;
+}
+
+async function loadCommands(): Promise<Command[]> {
+  return Promise.all(commands.map((load) => load()));
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const all = await loadCommands();
+  const first = argv[0];
+  if (first === '--version' || first === 'version') {
+    process.stdout.write(`tiu ${version()}\n`);
+    return EXIT.ok;
+  }
+  if (first === undefined || first === '--help' || first === 'help' || first === '-h') {
+    const width = Math.max(...all.map((c) => c.name.length), 4);
+    process.stdout.write(
+      `tiu ${version()}: image-based transactional updates for snapshot-based hosts\n\nusage: tiu COMMAND [OPTIONS]\n\ncommands:\n` +
+        all.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join('\n') +
+        `\n\nRun 'tiu COMMAND --help' for a command's options. Every command takes --json.\n`,
+    );
+    return first === undefined ? EXIT.usage : EXIT.ok;
+  }
+  // Two-word commands ("key generate") take precedence over one-word ones.
+  let cmd = all.find((c) => argv.length > 1 && c.name === `${first} ${argv[1]}`);
+  let rest = cmd ? argv.slice(2) : argv.slice(1);
+  if (!cmd) {
+    cmd = all.find((c) => c.name === first);
+    rest = argv.slice(1);
+  }
+  const json = rest.includes('--json');
+  const out = makeOutput(json);
+  try {
+    if (!cmd) throw new UsageError(`unknown command '${first}'; run 'tiu --help'`);
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(helpFor(cmd));
+      return EXIT.ok;
+    }
+    let parsed;
+    try {
+      parsed = parseArgs({
+        args: rest,
+        options: { ...cmd.options, json: { type: 'boolean' }, help: { type: 'boolean' } },
+        allowPositionals: true,
+        strict: true,
+      });
+    } catch (e) {
+      throw new UsageError(`${asError(e).message}\nusage: ${cmd.usage}`);
+    }
+    const [min, max] = cmd.positionals;
+    if (parsed.positionals.length < min || parsed.positionals.length > max) {
+      throw new UsageError(`wrong number of arguments\nusage: ${cmd.usage}`);
+    }
+    const rc = await cmd.run(parsed.positionals, parsed.values, out);
+    return rc ?? EXIT.ok;
+  } catch (e) {
+    return reportError(e, json);
+  }
+}
+
+function reportError(e: unknown, json: boolean): number {
+  const err = asError(e);
+  const code = err instanceof TiuError ? err.code : 'INTERNAL';
+  if (json) {
+    const details = err instanceof TiuError ? err.details : {};
+    process.stdout.write(JSON.stringify({ error: { code, message: err.message, details } }, null, 2) + '\n');
+  } else {
+    process.stderr.write(`tiu: error: ${err.message} [${code}]\n`);
+    if (code === 'INTERNAL' && process.env.TIU_DEBUG) process.stderr.write(`${err.stack}\n`);
+  }
+  return code === 'USAGE' ? EXIT.usage : EXIT.failure;
+}
+
+if (import.meta.main) {
+  process.exitCode = await main(process.argv.slice(2));
+}

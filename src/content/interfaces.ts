@@ -1,0 +1,77 @@
+/**
+ * The capability interfaces every transport implements (DESIGN.md §2). copy() is written once
+ * against these; a registry, an OCI layout directory, an oci-archive, memory and the snapshot
+ * sink are all Targets.
+ */
+import type { Readable } from 'node:stream';
+import type { Descriptor } from '../oci/types.ts';
+
+export interface FetchOptions {
+  signal?: AbortSignal;
+}
+
+export interface Fetcher {
+  /**
+   * A stream of exactly the described content. Implementations that can't check as they go
+   * may return unverified bytes: callers that trust content wrap it in a VerifyingStream.
+   */
+  fetch(desc: Descriptor, opts?: FetchOptions): Promise<Readable>;
+}
+
+/** Byte ranges of a blob, for the table-of-contents delta path (HTTP Range on a registry). */
+export interface RangeFetcher {
+  /** Bytes [start, end) of the blob. Throws RANGE_UNSUPPORTED where the source can't. */
+  fetchRange(desc: Descriptor, start: number, end: number, opts?: FetchOptions): Promise<Readable>;
+}
+
+export interface PushOptions {
+  signal?: AbortSignal;
+  /** Progress of this blob's bytes as they are written. */
+  onBytes?: (n: number) => void;
+}
+
+export interface Pusher {
+  /**
+   * Store content under `desc`. The implementation verifies digest and size before the content
+   * becomes visible: a mismatch leaves nothing behind and throws DIGEST_MISMATCH/SIZE_MISMATCH.
+   */
+  push(desc: Descriptor, content: Readable, opts?: PushOptions): Promise<void>;
+}
+
+export interface Storage extends Fetcher, Pusher {
+  exists(desc: Descriptor, opts?: FetchOptions): Promise<boolean>;
+}
+
+export interface Resolver {
+  /** A tag or digest (as this target spells references) to the descriptor of its manifest/index. */
+  resolve(reference: string, opts?: FetchOptions): Promise<Descriptor>;
+}
+
+export interface Tagger {
+  /** Point `reference` at `desc`, which must already be stored. */
+  tag(desc: Descriptor, reference: string, opts?: FetchOptions): Promise<void>;
+}
+
+export interface ReferrerLister {
+  /** Manifests whose `subject` is `desc`, optionally only those of one artifactType. */
+  referrers(desc: Descriptor, artifactType?: string, opts?: FetchOptions): Promise<Descriptor[]>;
+}
+
+export interface TagLister {
+  tags(opts?: FetchOptions): Promise<string[]>;
+}
+
+/** Storage + resolver + tagger: what copy() reads from and writes to. */
+export interface Target extends Storage, Resolver, Tagger {
+  /** Human-readable name for messages, e.g. `oci:/media/usb/layout` or `docker://host/repo`. */
+  readonly name: string;
+  referrers?: ReferrerLister['referrers'];
+  tags?: TagLister['tags'];
+  fetchRange?: RangeFetcher['fetchRange'];
+  /** Flush and release (oci-archive writes its tar here). */
+  close?(): Promise<void>;
+}
+
+export function hasReferrers(t: Target): t is Target & ReferrerLister {
+  return typeof t.referrers === 'function';
+}
