@@ -1,0 +1,131 @@
+/**
+ * Image references as containers-transports(5) spells them:
+ *   docker://host[:port]/repo[:tag][@digest]   (a bare `name[:tag][@digest]` means docker://)
+ *   oci:/path/to/layout[:tag-or-digest]
+ *   oci-archive:/path/to/file.tar[:tag-or-digest]
+ * Docker names are normalised like the containers tools do: no registry means docker.io, and a
+ * single-component docker.io repository gets `library/`.
+ */
+import { TiuError } from '../errors.ts';
+import { isDigest } from './digest.ts';
+import type { Digest } from './types.ts';
+
+export class InvalidReferenceError extends TiuError {
+  constructor(ref: string, why: string) {
+    super('INVALID_REFERENCE', `invalid image reference ${JSON.stringify(ref)}: ${why}`, { reference: ref });
+  }
+}
+
+export const DOCKER_HUB = 'docker.io';
+
+export interface DockerReference {
+  transport: 'docker';
+  /** host[:port], normalised (docker.io for none). */
+  registry: string;
+  /** path inside the registry, e.g. library/debian */
+  repository: string;
+  tag?: string;
+  digest?: Digest;
+}
+
+export interface LayoutReference {
+  transport: 'oci' | 'oci-archive';
+  path: string;
+  /** a tag (org.opencontainers.image.ref.name) or a digest; absent means the only image */
+  tag?: string;
+  digest?: Digest;
+}
+
+export type ImageReference = DockerReference | LayoutReference;
+
+const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
+const TAG = /^[\w][\w.-]{0,127}$/;
+const HOST = /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$/;
+
+export function parseReference(input: string): ImageReference {
+  if (input.startsWith('docker://')) return parseDockerName(input.slice('docker://'.length), input);
+  if (input.startsWith('oci-archive:')) return parseLayout('oci-archive', input.slice('oci-archive:'.length), input);
+  if (input.startsWith('oci:')) return parseLayout('oci', input.slice('oci:'.length), input);
+  const scheme = /^([a-z][a-z0-9+-]*):(?!\d)/.exec(input);
+  if (scheme && !input.slice(0, input.indexOf('/') >>> 0).includes('.') && !['localhost'].includes(scheme[1]!)) {
+    // `containers-storage:`, `dir:` ... are transports tiu does not speak (a host:port has a digit after ':').
+    if (!input.includes('/') || input.indexOf(':') < input.indexOf('/')) {
+      throw new InvalidReferenceError(input, `transport '${scheme[1]}' is not supported (use docker://, oci: or oci-archive:)`);
+    }
+  }
+  return parseDockerName(input, input);
+}
+
+function parseLayout(transport: 'oci' | 'oci-archive', rest: string, input: string): LayoutReference {
+  // The path ends at the first ':' (as in containers/image); what follows names the image.
+  const colon = rest.indexOf(':');
+  const path = colon === -1 ? rest : rest.slice(0, colon);
+  const name = colon === -1 ? undefined : rest.slice(colon + 1);
+  if (path === '') throw new InvalidReferenceError(input, 'empty path');
+  if (name === undefined || name === '') return { transport, path };
+  if (isDigest(name)) return { transport, path, digest: name };
+  if (name.startsWith('sha256:')) throw new InvalidReferenceError(input, 'malformed digest');
+  if (/[\s/]/.test(name) || name.length > 255) throw new InvalidReferenceError(input, `invalid tag ${JSON.stringify(name)}`);
+  return { transport, path, tag: name };
+}
+
+function parseDockerName(name: string, input: string): DockerReference {
+  if (name === '') throw new InvalidReferenceError(input, 'empty name');
+  let rest = name;
+  let digest: Digest | undefined;
+  const at = rest.indexOf('@');
+  if (at !== -1) {
+    const d = rest.slice(at + 1);
+    if (!isDigest(d)) throw new InvalidReferenceError(input, `invalid digest ${JSON.stringify(d)}`);
+    digest = d;
+    rest = rest.slice(0, at);
+  }
+  let tag: string | undefined;
+  const lastSlash = rest.lastIndexOf('/');
+  const lastColon = rest.lastIndexOf(':');
+  if (lastColon > lastSlash) {
+    tag = rest.slice(lastColon + 1);
+    rest = rest.slice(0, lastColon);
+    if (!TAG.test(tag)) throw new InvalidReferenceError(input, `invalid tag ${JSON.stringify(tag)}`);
+  }
+  const parts = rest.split('/');
+  let registry = DOCKER_HUB;
+  const first = parts[0]!;
+  if (parts.length > 1 && (first.includes('.') || first.includes(':') || first === 'localhost' || first.startsWith('['))) {
+    registry = first;
+    parts.shift();
+    if (!HOST.test(registry)) throw new InvalidReferenceError(input, `invalid registry host ${JSON.stringify(registry)}`);
+  }
+  if (registry === 'index.docker.io' || registry === 'registry-1.docker.io') registry = DOCKER_HUB;
+  if (parts.length === 0 || parts.some((p) => !COMPONENT.test(p))) {
+    throw new InvalidReferenceError(input, 'repository must be lowercase letters, digits and separators');
+  }
+  if (registry === DOCKER_HUB && parts.length === 1) parts.unshift('library');
+  const repository = parts.join('/');
+  if (registry.length + 1 + repository.length > 255) throw new InvalidReferenceError(input, 'name longer than 255 characters');
+  const ref: DockerReference = { transport: 'docker', registry, repository };
+  if (tag !== undefined) ref.tag = tag;
+  if (digest !== undefined) ref.digest = digest;
+  return ref;
+}
+
+/** The tag or digest a Target's resolve() takes; `latest` for a docker ref with neither. */
+export function referenceName(ref: ImageReference): string | undefined {
+  if (ref.digest) return ref.digest;
+  if (ref.tag) return ref.tag;
+  return ref.transport === 'docker' ? 'latest' : undefined;
+}
+
+/** `host/repo:tag` or `host/repo@digest`, the docker-reference of cosign payloads. */
+export function dockerName(ref: DockerReference, withTag = true): string {
+  let s = `${ref.registry}/${ref.repository}`;
+  if (withTag && ref.tag) s += `:${ref.tag}`;
+  if (withTag && ref.digest) s += `@${ref.digest}`;
+  return s;
+}
+
+export function formatReference(ref: ImageReference): string {
+  if (ref.transport === 'docker') return `docker://${dockerName(ref)}`;
+  const name = ref.digest ?? ref.tag;
+  return `${ref.transport}:${ref.path}${name ? ':' + name : ''}`;
+}
