@@ -38,8 +38,11 @@ export class UnreachableError extends RegistryError {
 }
 
 export class TlsError extends RegistryError {
-  constructor(host: string, why: string) {
-    super('TLS_ERROR', `TLS with ${host} failed: ${why} (a CA for it goes in certs.d/${host}/ca.crt)`, { host });
+  /** A certificate was refused (as opposed to a server that does not speak TLS at all). */
+  readonly certificate: boolean;
+  constructor(host: string, why: string, certificate: boolean) {
+    super('TLS_ERROR', `TLS with ${host} failed: ${why}${certificate ? ` (a CA for it goes in certs.d/${host}/ca.crt)` : ''}`, { host });
+    this.certificate = certificate;
   }
 }
 

@@ -150,7 +150,10 @@ export class HttpClient {
       } catch (e) {
         if (e instanceof TiuError) throw e;
         if (req.signal?.aborted || (e instanceof Error && e.name === 'AbortError')) throw new AbortedError(`${req.method} ${hostOf(url)}`);
-        if (isTlsFailure(e)) throw new TlsError(url.host, e instanceof Error ? e.message : String(e));
+        if (isTlsFailure(e)) {
+          const c = errCode(e);
+          throw new TlsError(url.host, e instanceof Error ? e.message : String(e), !(c.startsWith('ERR_SSL') || c === 'EPROTO'));
+        }
         if (isConnectionFailure(e) && attempt < retries) {
           await this.#sleep(backoffMs(attempt, this.#opts.backoffBaseMs, this.#opts.backoffMaxMs), req);
           continue;

@@ -79,7 +79,8 @@ export class RegistrySession {
     try {
       return await tryOne('https');
     } catch (e) {
-      if (!plainAllowed || !(e instanceof TlsError || e instanceof UnreachableError)) throw e;
+      // http only where allowed, and never after a refused certificate: that server speaks TLS.
+      if (!plainAllowed || !((e instanceof TlsError && !e.certificate) || e instanceof UnreachableError)) throw e;
       try {
         return await tryOne('http');
       } catch (e2) {
