@@ -2,4 +2,5 @@
 import type { Command } from '../command.ts';
 
 export const commands: (() => Promise<Command>)[] = [
+  async () => (await import('./key-generate.ts')).default,
 ];
