@@ -3,6 +3,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Target } from '../content/interfaces.ts';
 import { sha256 } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
+import { attachBundle, makeBundle } from './bundle.ts';
 import { publicOf, signBytes, verifyBytes } from './keys.ts';
 import { makePayload, parsePayload } from './payload.ts';
 import { appendSignature, type AppendResult } from './signatures.ts';
@@ -12,10 +13,14 @@ export interface SignOptions {
   dockerReference: string;
   /** Extra claims, in the payload's `optional` section. */
   annotations?: Record<string, string>;
+  /** Also attach a sigstore bundle (v0.3) as an OCI referrer. */
+  bundle?: boolean;
 }
 
 export interface SignResult extends AppendResult {
   payloadDigest: string;
+  /** The referrer manifest holding the sigstore bundle, when one was written. */
+  bundle?: Descriptor;
 }
 
 /**
@@ -40,5 +45,7 @@ export async function signImage(target: Target, root: Descriptor, key: KeyObject
     }
     return verifyBytes(pub, existing.payload, Buffer.from(existing.signature, 'base64'));
   });
-  return { ...result, payloadDigest: sha256(payload) };
+  const out: SignResult = { ...result, payloadDigest: sha256(payload) };
+  if (opts.bundle) out.bundle = await attachBundle(target, root, makeBundle(key, opts.dockerReference, root.digest));
+  return out;
 }

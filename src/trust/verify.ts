@@ -15,6 +15,7 @@ import { identityMismatch, type SignedIdentity } from './identity.ts';
 import { verifyBytes } from './keys.ts';
 import { parsePayload } from './payload.ts';
 import { listSignatures, signatureTag, type StoredSignature } from './signatures.ts';
+import { listBundles, verifyBundle } from './bundle.ts';
 
 export interface VerifyOptions {
   /** Trusted public keys; a signature by any of them is accepted. */
@@ -28,10 +29,12 @@ export interface VerifyOptions {
 }
 
 export interface VerifiedSignature {
+  /** A cosign `.sig` simple-signing layer, or a sigstore bundle referrer. */
+  kind: 'simplesigning' | 'bundle';
   dockerReference: string;
   manifestDigest: Digest;
   optional: Record<string, unknown> | null;
-  /** Digest of the payload blob in the signature manifest. */
+  /** Digest of the payload blob in the signature manifest (of the referrer manifest for a bundle). */
   payloadDigest: Digest;
   /** Index of the key (in VerifyOptions.keys) that verified it. */
   keyIndex: number;
@@ -73,7 +76,25 @@ export function checkSignature(sig: StoredSignature, subject: Digest, opts: Veri
     const got = payload.optional?.[k];
     if (got !== v) return fail('IDENTITY_MISMATCH', `annotation ${k}=${JSON.stringify(v)} required, payload has ${JSON.stringify(got ?? null)}`);
   }
-  return { dockerReference: payload.dockerReference, manifestDigest: payload.manifestDigest, optional: payload.optional, payloadDigest, keyIndex };
+  return { kind: 'simplesigning', dockerReference: payload.dockerReference, manifestDigest: payload.manifestDigest, optional: payload.optional, payloadDigest, keyIndex };
+}
+
+/** Check one sigstore bundle (DSSE in-toto statement, key-based) the same way. */
+export function checkBundle(manifest: Digest, bundle: Buffer | undefined, subject: Digest, opts: VerifyOptions): VerifiedSignature | SignatureFailure {
+  const fail = (code: TrustErrorCode, reason: string): SignatureFailure => ({ payloadDigest: manifest, code, reason });
+  if (!bundle) return fail('SIGNATURE_INVALID', 'sigstore bundle unreadable');
+  const r = verifyBundle(bundle, opts.keys);
+  if (!r) return fail('SIGNATURE_INVALID', 'sigstore bundle does not verify with a trusted key (altered, signed by another key, or not a cosign statement)');
+  const mine = r.claims.filter((c) => c.digest === subject);
+  if (mine.length === 0) return fail('DIGEST_MISMATCH_SIGNATURE', `bundle signed for ${r.claims.map((c) => c.digest).join(', ') || 'nothing'}, not ${subject}`);
+  if (opts.annotations && Object.keys(opts.annotations).length > 0) return fail('IDENTITY_MISMATCH', 'bundles carry no annotations to match');
+  let why = '';
+  for (const c of mine) {
+    const w = identityMismatch(opts.identity, opts.imageIdentity, c.dockerReference);
+    if (w === null) return { kind: 'bundle', dockerReference: c.dockerReference, manifestDigest: subject, optional: null, payloadDigest: manifest, keyIndex: r.keyIndex };
+    why = w;
+  }
+  return fail('IDENTITY_MISMATCH', `${why} (signedIdentity ${opts.identity.type})`);
 }
 
 function isFailure(x: VerifiedSignature | SignatureFailure): x is SignatureFailure {
@@ -92,8 +113,9 @@ export interface VerifyResult {
 export async function verifyImageSignatures(target: Target, root: Descriptor, opts: VerifyOptions): Promise<VerifyResult> {
   if (opts.keys.length === 0) throw new TrustError('KEY_INVALID', 'no public key to verify with');
   const sigs = await listSignatures(target, root.digest);
-  if (sigs.length === 0) {
-    throw new TrustError('NO_SIGNATURE', `${target.name}: image ${root.digest} has no signature (no ${signatureTag(root.digest)})`, {
+  const bundles = await listBundles(target, root);
+  if (sigs.length === 0 && bundles.length === 0) {
+    throw new TrustError('NO_SIGNATURE', `${target.name}: image ${root.digest} has no signature (no ${signatureTag(root.digest)}, no sigstore bundle referrer)`, {
       image: root.digest,
       where: target.name,
     });
@@ -102,6 +124,11 @@ export async function verifyImageSignatures(target: Target, root: Descriptor, op
   const failures: SignatureFailure[] = [];
   for (const s of sigs) {
     const r = checkSignature(s, root.digest, opts);
+    if (isFailure(r)) failures.push(r);
+    else verified.push(r);
+  }
+  for (const b of bundles) {
+    const r = checkBundle(b.manifest.digest, b.bundle, root.digest, opts);
     if (isFailure(r)) failures.push(r);
     else verified.push(r);
   }

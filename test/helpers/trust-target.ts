@@ -43,6 +43,22 @@ export class TestTarget implements Target {
     this.tagsMap.set(reference, { mediaType: desc.mediaType, digest: desc.digest, size: desc.size });
     return Promise.resolve();
   }
+  /** Manifests pushed here whose `subject` is `desc`. */
+  referrers(desc: Descriptor, artifactType?: string): Promise<Descriptor[]> {
+    const out: Descriptor[] = [];
+    for (const [digest, m] of this.manifests) {
+      if (m.mediaType !== 'application/vnd.oci.image.manifest.v1+json') continue;
+      let doc: { subject?: { digest?: string }; artifactType?: string; config?: { mediaType?: string } };
+      try {
+        doc = JSON.parse(this.blobs.get(digest)!.toString()) as typeof doc;
+      } catch {
+        continue;
+      }
+      const at = doc.artifactType ?? doc.config?.mediaType;
+      if (doc.subject?.digest === desc.digest && (artifactType === undefined || at === artifactType)) out.push({ ...m, ...(at ? { artifactType: at } : {}) });
+    }
+    return Promise.resolve(out);
+  }
   tags(): Promise<string[]> {
     return Promise.resolve([...this.tagsMap.keys()]);
   }
