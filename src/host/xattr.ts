@@ -1,0 +1,99 @@
+/**
+ * Extended attributes through getfattr/setfattr (package `attr`): Node has no xattr API.
+ * Never dereferences symlinks (-h). Whole trees are read with one getfattr run and many files
+ * are written with one `setfattr --restore` run, so the cost is a few processes per apply.
+ */
+import { CommandFailedError, run } from './exec.ts';
+
+/** getfattr's escaping of names: `\\`, and bytes outside printable ASCII as `\ooo`. */
+export function quoteName(path: string): string {
+  let out = '';
+  for (const b of Buffer.from(path)) {
+    if (b === 0x5c) out += '\\\\';
+    else if (b > 0x20 && b < 0x7f) out += String.fromCharCode(b);
+    else out += '\\' + b.toString(8).padStart(3, '0');
+  }
+  return out;
+}
+
+export function unquoteName(s: string): string {
+  const bytes: number[] = [];
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    if (c === '\\' && s[i + 1] === '\\') {
+      bytes.push(0x5c);
+      i++;
+    } else if (c === '\\' && /^[0-7]{3}$/.test(s.slice(i + 1, i + 4))) {
+      bytes.push(parseInt(s.slice(i + 1, i + 4), 8));
+      i += 3;
+    } else {
+      for (const b of Buffer.from(c)) bytes.push(b);
+    }
+  }
+  return Buffer.from(bytes).toString();
+}
+
+function decodeValue(v: string): Buffer {
+  if (v.startsWith('0s')) return Buffer.from(v.slice(2), 'base64');
+  if (v.startsWith('0x')) return Buffer.from(v.slice(2), 'hex');
+  if (v.startsWith('"') && v.endsWith('"')) return Buffer.from(unquoteName(v.slice(1, -1)));
+  return Buffer.from(v);
+}
+
+/** Parse `getfattr -d -e base64 --absolute-names` output: absolute path -> name -> value. */
+export function parseGetfattrDump(text: string): Map<string, Record<string, Buffer>> {
+  const out = new Map<string, Record<string, Buffer>>();
+  let cur: Record<string, Buffer> | null = null;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('# file: ')) {
+      cur = {};
+      out.set(unquoteName(line.slice(8)), cur);
+    } else if (line !== '' && cur) {
+      const eq = line.indexOf('=');
+      if (eq < 0) cur[line] = Buffer.alloc(0);
+      else cur[line.slice(0, eq)] = decodeValue(line.slice(eq + 1));
+    }
+  }
+  return out;
+}
+
+/** All xattrs (every namespace) of every file below `root`, keyed by absolute path; files without any are absent. */
+export async function dumpTreeXattrs(root: string): Promise<Map<string, Record<string, Buffer>>> {
+  // Exit code 1 with "Operation not supported" happens on filesystems without xattrs: then there are none.
+  const r = await run('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', root], { okExitCodes: [0, 1], timeout: 3_600_000 });
+  if (r.exitCode === 1 && !/not supported/i.test(r.stderr)) {
+    // Some entries could not be read: surface it rather than silently miss labels.
+    throw new CommandFailedError(['getfattr', '-R', root], 1, r.stderr.slice(-2000));
+  }
+  return parseGetfattrDump(r.stdout);
+}
+
+/** Xattrs of the given paths (absolute), without following symlinks. */
+export async function getXattrs(paths: readonly string[]): Promise<Map<string, Record<string, Buffer>>> {
+  const out = new Map<string, Record<string, Buffer>>();
+  for (let i = 0; i < paths.length; i += 500) {
+    const chunk = paths.slice(i, i + 500);
+    const r = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', ...chunk], { okExitCodes: [0, 1] });
+    for (const [k, v] of parseGetfattrDump(r.stdout)) out.set(k, v);
+  }
+  return out;
+}
+
+/** Set xattrs on many files with one setfattr run (absolute paths, no dereferencing). */
+export async function setXattrs(items: ReadonlyArray<{ path: string; set: Record<string, Buffer> }>): Promise<void> {
+  const lines: string[] = [];
+  for (const it of items) {
+    const names = Object.keys(it.set);
+    if (names.length === 0) continue;
+    lines.push(`# file: ${quoteName(it.path)}`);
+    for (const n of names) lines.push(`${n}=0s${it.set[n]!.toString('base64')}`);
+    lines.push('');
+  }
+  if (lines.length === 0) return;
+  await run('setfattr', ['-h', '--restore=-'], { input: lines.join('\n') + '\n', timeout: 3_600_000 });
+}
+
+/** Remove one xattr from a file (no dereferencing). */
+export async function removeXattr(path: string, name: string): Promise<void> {
+  await run('setfattr', ['-h', '-x', name, '--', path]);
+}
