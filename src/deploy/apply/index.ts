@@ -26,6 +26,7 @@ export { executePlan, type ExecuteOptions } from './execute.ts';
 export { openerProvider, tarLayerProvider, rangeProvider, byLayerOrder, type ContentProvider, type ContentSink } from './content.ts';
 export { applyTarLayers, type LayerOpener, type TarApplyOptions } from './tar-apply.ts';
 export { readTar, type TarEntry } from './tar.ts';
+export { entriesFromTar } from './tar-entries.ts';
 
 export interface ApplyOptions {
   /** Relative paths never deleted nor scanned below (e.g. '.snapshots', 'var', 'home', ...). */
