@@ -267,11 +267,17 @@ export async function copy(src: Target, srcRef: string | undefined, dst: Target,
   });
   if (opts.verify) await opts.verify(src, root);
   const g = new GraphCopier(src, dst, opts);
-  await g.copyNode(root);
-  if (opts.referrers) {
-    const seen = new Set<string>();
-    for (const m of [...g.manifests]) await g.copyReferrers(m, seen);
+  try {
+    await g.copyNode(root);
+    if (opts.referrers) {
+      const seen = new Set<string>();
+      for (const m of [...g.manifests]) await g.copyReferrers(m, seen);
+    }
+  } catch (e) {
+    if (opts.signal?.aborted && !(e instanceof CopyError)) throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted`, { digest: root.digest }, { cause: e });
+    throw e;
   }
+  if (opts.signal?.aborted) throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted before tagging`, { digest: root.digest });
   const name = dstRef ?? (srcRef !== undefined && !isDigest(srcRef) ? srcRef : undefined);
   if (name !== undefined) {
     if (isDigest(name)) {
