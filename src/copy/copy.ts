@@ -177,13 +177,14 @@ class GraphCopier {
     signal.throwIfAborted();
     const manifestLike = isManifestLike(desc.mediaType);
     if (manifestLike) this.manifests.push(desc);
-    const has = await step('exists', 'destination', this.#dst, () => this.#dst.exists(desc, { signal }), desc.digest);
+    // Lookups take a transfer slot too, so a wide index does not fire hundreds of requests at once.
+    const has = await this.#sem.run(() => step('exists', 'destination', this.#dst, () => this.#dst.exists(desc, { signal }), desc.digest));
     if (has) {
       this.#emit({ type: 'blob-skipped', desc });
       return;
     }
     if (manifestLike) {
-      const { bytes, parsed } = await step('fetch', 'source', this.#src, () => fetchManifest(this.#src, desc, { signal }), desc.digest);
+      const { bytes, parsed } = await this.#sem.run(() => step('fetch', 'source', this.#src, () => fetchManifest(this.#src, desc, { signal }), desc.digest));
       await this.#all(childrenOf(parsed));
       await this.#sem.run(async () => {
         this.#emit({ type: 'blob-start', desc });
