@@ -76,10 +76,21 @@ describe('copy', () => {
     assert.deepEqual(started, [b.config.digest, b.manifest.digest].sort());
     const skipped = events.filter((e) => e.type === 'blob-skipped').map((e) => e.desc.digest).sort();
     assert.deepEqual(skipped, a.layers.map((l) => l.digest).sort());
-    // again: the root is there, nothing else is looked at
+    // again: everything is there, nothing moves
     events.length = 0;
     await copy(src, b.manifest.digest, dst, 'b', { onProgress: (e) => events.push(e) });
-    assert.deepEqual(events.map((e) => e.type), ['blob-skipped']);
+    assert.deepEqual(events.map((e) => e.type), ['blob-skipped', 'blob-skipped', 'blob-skipped', 'blob-skipped']);
+  });
+
+  it('completes a destination that has a manifest but not all its blobs', async () => {
+    const src = new MemoryTarget();
+    const img = await image(src);
+    const dst = new MemoryTarget();
+    await dst.push(img.manifest, await src.fetch(img.manifest));
+    await dst.push(img.config, await src.fetch(img.config));
+    await copy(src, img.manifest.digest, dst, 't');
+    for (const l of img.layers) assert.ok(await dst.exists(l));
+    assert.equal((await dst.resolve('t')).digest, img.manifest.digest);
   });
 
   it('copies an index once per shared blob, with bounded concurrency', async () => {
