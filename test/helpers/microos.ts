@@ -52,7 +52,7 @@ export function baseEtc(): OsFile[] {
   ];
 }
 
-/** The host's dash and the libraries it needs, at the same paths, so `chroot ROOT /bin/sh` works. */
+/** The host's dash, sleep and the libraries it needs, at the same paths, so `chroot ROOT /bin/sh` works. */
 export async function shellFiles(): Promise<OsFile[]> {
   const out: OsFile[] = [
     { path: 'bin', symlink: 'usr/bin' },
@@ -61,9 +61,10 @@ export async function shellFiles(): Promise<OsFile[]> {
     { path: 'lib64', symlink: 'usr/lib64' },
     { path: 'usr/bin/sh', symlink: 'dash' },
     { path: 'usr/bin/dash', content: await readFile('/usr/bin/dash'), mode: 0o755 },
+    { path: 'usr/bin/sleep', content: await readFile('/usr/bin/sleep'), mode: 0o755 },
   ];
-  const ldd = await run('ldd', ['/usr/bin/dash']);
-  for (const m of ldd.stdout.matchAll(/(\/\S+\.so[.\d]*)/g)) {
+  const ldd = (await run('ldd', ['/usr/bin/dash'])).stdout + (await run('ldd', ['/usr/bin/sleep'])).stdout;
+  for (const m of ldd.matchAll(/(\/\S+\.so[.\d]*)/g)) {
     const lib = m[1]!;
     const rel = lib.replace(/^\/(usr\/)?/, 'usr/');
     if (!out.some((f) => f.path === rel)) out.push({ path: rel, content: await readFile(lib), mode: 0o755 });
@@ -81,6 +82,21 @@ export async function baseOs(): Promise<OsFile[]> {
     ...baseEtc(),
     // The pristine /etc the next three-way merge starts from.
     ...baseEtc().map((f) => ({ ...f, path: f.path.replace(/^etc\//, 'usr/lib/tiu/etc/') })),
+  ];
+}
+
+/** v2 of the fake OS: a changed file, a new file, a removed file, a new /etc default. */
+export async function v2Files(): Promise<OsFile[]> {
+  const v1 = await baseOs();
+  return [
+    ...v1
+      .filter((f) => f.path !== 'usr/share/fake/hello')
+      .map((f) => (f.path === 'usr/lib/os-release' ? { ...f, content: 'NAME="Fake MicroOS"\nID="fake-microos"\nVERSION_ID="2"\n' } : f))
+      .map((f) => (f.path.endsWith('etc/motd') ? { ...f, content: 'welcome to v2\n' } : f))
+      .map((f) => (f.path.endsWith('etc/hostname') ? { ...f, content: 'microos-v2\n' } : f)),
+    { path: 'usr/share/fake/new-in-v2', content: 'new\n' },
+    { path: 'etc/new-default.conf', content: 'fresh\n' },
+    { path: 'usr/lib/tiu/etc/new-default.conf', content: 'fresh\n' },
   ];
 }
 
