@@ -12,17 +12,16 @@
  * (wired in src/deploy/wiring.ts), so this file is only the sequence.
  */
 import { createHash } from 'node:crypto';
-import { lstat, readdir } from 'node:fs/promises';
+import { lstat, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { PassThrough } from 'node:stream';
 import { createGunzip, createZstdDecompress } from 'node:zlib';
-import { buffer } from 'node:stream/consumers';
 import type { Target } from '../content/interfaces.ts';
 import { VerifyingStream } from '../oci/digest.ts';
-import { MediaType, isIndexType, MAX_MANIFEST_BYTES } from '../oci/mediatypes.ts';
-import type { Descriptor, ImageIndex, ImageManifest } from '../oci/types.ts';
+import { MediaType } from '../oci/mediatypes.ts';
+import type { Descriptor, ImageManifest } from '../oci/types.ts';
+import { fetchManifest } from '../content/graph.ts';
 import { TiuError, asError } from '../errors.ts';
 import { hasSelinuxLabel, selinuxWanted } from '../host/selinux.ts';
 import { copyTreeReflink } from '../host/system.ts';
@@ -31,7 +30,6 @@ import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from '.
 import { acquireUpdateLock } from './lock.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
 import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
-import { writeFile } from 'node:fs/promises';
 
 export class UpdateError extends TiuError {}
 
@@ -55,11 +53,14 @@ export interface EtcMergeArgs {
 }
 
 export interface UpdateDeps {
-  /** A reference string (docker://, oci:, oci-archive:) -> its Target and the tag/digest inside it. */
-  openSource(reference: string, o: { sysroot: string; config: TiuConfig; signal?: AbortSignal }): Promise<{ target: Target; reference: string }>;
+  /**
+   * A reference string (docker://, oci:, oci-archive:) -> its Target and the tag/digest inside
+   * it (undefined: the Target's only image, resolveDefault).
+   */
+  openSource(reference: string, o: { sysroot: string; config: TiuConfig; signal?: AbortSignal }): Promise<{ target: Target; reference: string | undefined }>;
   /** The local cache (an OCI layout directory). */
   openCache(dir: string): Promise<Target>;
-  copy(src: Target, srcRef: string, dst: Target, dstRef: string, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
+  copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
   checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string; sysroot: string; signal?: AbortSignal }): Promise<void>;
   applyLayers(o: { root: string; layers: AsyncIterable<LayerStream>; signal?: AbortSignal }): Promise<unknown>;
@@ -104,34 +105,15 @@ export function cacheTag(reference: string): string {
 
 const ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
 
-async function readJson<T>(target: Target, desc: Descriptor, what: string, signal?: AbortSignal): Promise<T> {
-  if (desc.size > MAX_MANIFEST_BYTES) throw new UpdateError('MANIFEST_TOO_LARGE', `${what} ${desc.digest} is ${desc.size} bytes, over the limit of ${MAX_MANIFEST_BYTES}`, { digest: desc.digest });
-  const stream = await target.fetch(desc, { signal });
-  const verify = new VerifyingStream(desc, what);
-  const [, bytes] = await Promise.all([pipeline(stream, verify), buffer(verify)]);
-  try {
-    return JSON.parse(bytes.toString('utf8')) as T;
-  } catch {
-    throw new UpdateError('INVALID_MANIFEST', `${what} ${desc.digest} is not JSON`, { digest: desc.digest });
-  }
-}
-
 /** The image manifest for this machine: the root itself, or the matching entry of an index. */
 export async function imageManifest(target: Target, root: Descriptor, platform: { os: string; architecture: string }, signal?: AbortSignal): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
-  let desc = root;
-  if (isIndexType(root.mediaType)) {
-    const index = await readJson<ImageIndex>(target, root, 'index', signal);
-    const pick = (index.manifests ?? []).find((m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture);
-    if (!pick) {
-      throw new UpdateError('NO_MATCHING_PLATFORM', `${root.digest} has no image for ${platform.os}/${platform.architecture}`, { digest: root.digest, platform });
-    }
-    desc = pick;
-  }
-  const manifest = await readJson<ImageManifest>(target, desc, 'manifest', signal);
-  if (!manifest || typeof manifest !== 'object' || !Array.isArray(manifest.layers) || !manifest.config) {
-    throw new UpdateError('INVALID_MANIFEST', `manifest ${desc.digest} has no config or layers`, { digest: desc.digest });
-  }
-  return { desc, manifest };
+  const first = await fetchManifest(target, root, { signal });
+  if (first.parsed.kind === 'manifest') return { desc: root, manifest: first.parsed.manifest };
+  const pick = first.parsed.index.manifests.find((m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture);
+  if (!pick) throw new UpdateError('NO_MATCHING_PLATFORM', `${root.digest} has no image for ${platform.os}/${platform.architecture}`, { digest: root.digest, platform });
+  const second = await fetchManifest(target, pick, { signal });
+  if (second.parsed.kind !== 'manifest') throw new UpdateError('INVALID_MANIFEST', `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`, { digest: pick.digest });
+  return { desc: pick, manifest: second.parsed.manifest };
 }
 
 function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof createGunzip> | ReturnType<typeof createZstdDecompress> {
@@ -194,6 +176,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
   const platform = opts.platform ?? { os: 'linux', architecture: ARCH[process.arch] ?? process.arch };
 
   const lock = await acquireUpdateLock(ctx.sysroot);
+  let opened: Target | undefined;
   try {
     const cleanup = await cleanupInProgress(ctx);
     if (cleanup.deleted.length) progress(`removed unfinished snapshot(s) ${cleanup.deleted.join(', ')} left by an interrupted update`);
@@ -216,8 +199,11 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       source = cache;
     } else {
       const src = await deps.openSource(image, { sysroot: ctx.sysroot, config, signal });
+      opened = src.target;
       progress(`resolving ${image}`);
-      root = await src.target.resolve(src.reference, { signal });
+      if (src.reference !== undefined) root = await src.target.resolve(src.reference, { signal });
+      else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal });
+      else throw new UpdateError('MISSING_REFERENCE', `${image} does not say which image of ${src.target.name} to use: add a tag or digest`, { image });
       source = src.target;
     }
     const present = presentIn(state, root.digest);
@@ -297,6 +283,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       throw e;
     }
   } finally {
+    await opened?.close?.().catch(() => undefined);
     await lock.release();
   }
 }

@@ -1,11 +1,10 @@
 /**
- * Test scaffolding for the update sequence until the real pieces are in main: an in-memory
- * Target, a copy between Targets, a naive layer extractor and a naive /etc merge, plus an
- * image builder (OsFile[] -> an OCI image with one gzip or zstd tar layer).
- *
- * TEMPORARY: once foundation (MemoryTarget, OciLayoutTarget, copy), apply (applyLayers,
- * mergeEtc, mergeUsers) and trust (policy check) are merged, the tests switch to them and the
- * scaffolding below goes away. It is never used by product code.
+ * Images for the update tests (OsFile[] -> an OCI layout with one gzip or zstd tar layer), and
+ * the update dependencies: the real transports, copy and cache (src/deploy/wiring.ts), plus
+ * TEMPORARY scaffolding for what is not in main yet: a naive layer extractor, a naive /etc
+ * merge and a digest-list policy. When apply (applyLayers, mergeEtc, mergeUsers) and trust
+ * (the policy check) are merged, the tests switch to them and the scaffolding goes away. It is
+ * never used by product code.
  */
 import { createHash } from 'node:crypto';
 import { lstat, mkdir, readdir, readFile, rm, symlink, writeFile, chmod, link, copyFile } from 'node:fs/promises';
@@ -15,65 +14,15 @@ import { buffer } from 'node:stream/consumers';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import tar from 'tar-stream';
 import type { Target } from '../../src/content/interfaces.ts';
-import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';
+import type { Descriptor, Digest } from '../../src/oci/types.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
-import { VerifyingStream } from '../../src/oci/digest.ts';
+import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
+import { transportDeps } from '../../src/deploy/wiring.ts';
 import { TiuError } from '../../src/errors.ts';
 import type { EtcMergeArgs, LayerStream, UpdateDeps } from '../../src/deploy/update.ts';
 import { MICROOS_SUBVOLUMES, type OsFile } from './microos.ts';
 
 const sha = (b: Uint8Array): Digest => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
-export class TestTarget implements Target {
-  readonly name: string;
-  readonly blobs = new Map<string, Buffer>();
-  readonly tagMap = new Map<string, Descriptor>();
-  constructor(name = 'test-memory') {
-    this.name = name;
-  }
-  put(mediaType: string, data: Buffer, extra: Partial<Descriptor> = {}): Descriptor {
-    const desc: Descriptor = { mediaType, digest: sha(data), size: data.length, ...extra };
-    this.blobs.set(desc.digest, data);
-    return desc;
-  }
-  fetch(desc: Descriptor): Promise<Readable> {
-    const b = this.blobs.get(desc.digest);
-    if (!b) return Promise.reject(new TiuError('NOT_FOUND', `${desc.digest} not found in ${this.name}`));
-    return Promise.resolve(Readable.from([b]));
-  }
-  async push(desc: Descriptor, content: Readable): Promise<void> {
-    const v = new VerifyingStream(desc);
-    const data = await buffer(content.pipe(v));
-    this.blobs.set(desc.digest, data);
-  }
-  exists(desc: Descriptor): Promise<boolean> {
-    return Promise.resolve(this.blobs.has(desc.digest));
-  }
-  resolve(reference: string): Promise<Descriptor> {
-    const d = this.tagMap.get(reference) ?? [...this.tagMap.values()].find((x) => x.digest === reference);
-    if (!d) return Promise.reject(new TiuError('NOT_FOUND', `${reference} not found in ${this.name}`));
-    return Promise.resolve(d);
-  }
-  tag(desc: Descriptor, reference: string): Promise<void> {
-    this.tagMap.set(reference, desc);
-    return Promise.resolve();
-  }
-}
-
-/** Copy manifest, config and layers (verified) from src to dst and tag. */
-export async function testCopy(src: Target, srcRef: string, dst: Target, dstRef: string, opts: { verify?: (s: Target, r: Descriptor) => Promise<void> } = {}): Promise<Descriptor> {
-  const root = await src.resolve(srcRef);
-  await opts.verify?.(src, root);
-  const manifestBytes = await buffer((await src.fetch(root)).pipe(new VerifyingStream(root, 'manifest')));
-  const m = JSON.parse(manifestBytes.toString()) as ImageManifest;
-  for (const d of [m.config, ...m.layers]) {
-    if (await dst.exists(d)) continue;
-    await dst.push(d, await src.fetch(d));
-  }
-  await dst.push(root, Readable.from([manifestBytes]));
-  await dst.tag(root, dstRef);
-  return root;
-}
 
 export interface BuiltImage {
   manifest: Descriptor;
@@ -83,8 +32,15 @@ export interface BuiltImage {
 /** Directories every OS image carries as mount points. */
 export const MOUNT_POINT_DIRS = [...MICROOS_SUBVOLUMES, 'boot/efi', 'dev', 'proc', 'sys', 'run', 'tmp', 'mnt'];
 
-/** OsFile[] -> one tar layer (parents first, fixed mtimes) in `target`, tagged `tag`. */
-export async function buildImage(target: TestTarget, tag: string, files: OsFile[], compression: 'gzip' | 'zstd' = 'gzip'): Promise<BuiltImage> {
+async function put(target: Target, mediaType: string, data: Buffer): Promise<Descriptor> {
+  const desc: Descriptor = { mediaType, digest: sha(data), size: data.length };
+  await target.push(desc, Readable.from([data]));
+  return desc;
+}
+
+/** OsFile[] -> one tar layer (parents first, fixed mtimes) in the layout at `layout`, tagged `tag`. */
+export async function buildImage(layout: string, tag: string, files: OsFile[], compression: 'gzip' | 'zstd' = 'gzip'): Promise<BuiltImage> {
+  const target = await OciLayoutTarget.open(layout, { create: true });
   const pack = tar.pack();
   const mtime = new Date('2026-01-01T00:00:00Z');
   const dirs = new Set<string>(MOUNT_POINT_DIRS);
@@ -99,9 +55,9 @@ export async function buildImage(target: TestTarget, tag: string, files: OsFile[
   pack.finalize();
   const tarBytes = await buffer(pack);
   const layerBytes = compression === 'gzip' ? gzipSync(tarBytes) : zstdCompressSync(tarBytes);
-  const layer = target.put(compression === 'gzip' ? MediaType.OciLayerGzip : MediaType.OciLayerZstd, layerBytes);
-  const config = target.put(MediaType.OciConfig, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha(tarBytes)] } })));
-  const manifest = target.put(MediaType.OciManifest, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer] })));
+  const layer = await put(target, compression === 'gzip' ? MediaType.OciLayerGzip : MediaType.OciLayerZstd, layerBytes);
+  const config = await put(target, MediaType.OciConfig, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha(tarBytes)] } })));
+  const manifest = await put(target, MediaType.OciManifest, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer] })));
   await target.tag(manifest, tag);
   return { manifest, layers: [layer] };
 }
@@ -185,22 +141,12 @@ export async function testMergeEtc(a: EtcMergeArgs): Promise<{ conflicts: string
   return { conflicts };
 }
 
-export interface TestDepsOptions {
-  source: TestTarget;
-  /** Digests the test policy accepts; anything else is refused like an unsigned image. */
-  trusted: Set<string>;
-  cache?: TestTarget;
-}
-
-export function testDeps(o: TestDepsOptions): UpdateDeps & { cache: TestTarget } {
-  const cache = o.cache ?? new TestTarget('test-cache');
+/** The real transports and cache; scaffolding for policy (a list of accepted digests), apply and merges. */
+export function testDeps(trusted: Set<string>): UpdateDeps {
   return {
-    cache,
-    openSource: (reference) => Promise.resolve({ target: o.source, reference: reference.replace(/^test:/, '') }),
-    openCache: () => Promise.resolve(cache),
-    copy: (src, srcRef, dst, dstRef, opts) => testCopy(src, srcRef, dst, dstRef, opts),
+    ...transportDeps,
     checkPolicy: ({ root, reference }) =>
-      o.trusted.has(root.digest) ? Promise.resolve() : Promise.reject(new TiuError('SIGNATURE_REQUIRED', `no accepted signature for ${reference} (${root.digest})`)),
+      trusted.has(root.digest) ? Promise.resolve() : Promise.reject(new TiuError('SIGNATURE_REQUIRED', `no accepted signature for ${reference} (${root.digest})`)),
     applyLayers: (a) => testApply(a),
     mergeEtc: (a) => testMergeEtc(a),
     mergeUsers: () => Promise.resolve({ clashes: [] }),

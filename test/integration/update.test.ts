@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
-import { lstat, readFile, readlink, writeFile } from 'node:fs/promises';
+import { lstat, readFile, readlink, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, v2Files, type MicroOS } from '../helpers/microos.ts';
-import { buildImage, TestTarget, testDeps, type BuiltImage } from '../helpers/update-deps.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { buildImage, testDeps, type BuiltImage } from '../helpers/update-deps.ts';
+import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
+import { isTiuError, type TiuError } from '../../src/errors.ts';
 import { parseConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
@@ -16,8 +17,10 @@ import { mountInfo } from '../../src/host/mount.ts';
 
 describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', function () {
   let os: MicroOS;
-  const source = new TestTarget('test-source');
+  let images: string;
   const trusted = new Set<string>();
+  const deps = () => testDeps(trusted);
+  const cacheDir = () => join(os.sysroot, 'var/cache/tiu');
   let v1: BuiltImage;
   let v2: BuiltImage;
   let unsigned: BuiltImage;
@@ -27,9 +30,10 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
   before(async function () {
     requireRoot(this);
     os = await createMicroOS();
-    v1 = await buildImage(source, 'v1', await baseOs());
-    v2 = await buildImage(source, 'v2', await v2Files(), 'zstd');
-    unsigned = await buildImage(source, 'unsigned', [...(await v2Files()), { path: 'usr/share/fake/evil', content: 'x' }]);
+    images = join(os.dir, 'images');
+    v1 = await buildImage(images, 'v1', await baseOs());
+    v2 = await buildImage(images, 'v2', await v2Files(), 'zstd');
+    unsigned = await buildImage(images, 'unsigned', [...(await v2Files()), { path: 'usr/share/fake/evil', content: 'x' }]);
     trusted.add(v1.manifest.digest).add(v2.manifest.digest);
   });
   after(async () => {
@@ -39,7 +43,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
   it('v1 -> v2: a new snapshot becomes the default, the booted one is untouched, /etc merged', async () => {
     // The admin changed /etc/hostname in the running system; /etc/motd is untouched.
     await writeFile(join(os.sysroot, 'etc/hostname'), 'my-host\n');
-    const r = await update(testDeps({ source, trusted }), { sysroot: os.sysroot, reference: 'test:v2', config: noHooks });
+    const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v2`, config: noHooks });
     assert.equal(r.status, 'updated');
     assert.ok(r.status === 'updated');
     assert.equal(r.snapshot, 2);
@@ -50,7 +54,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.equal(s.default, 2);
     assert.equal(s.booted, 1);
     assert.equal(s.snapshots.find((x) => x.number === 2)?.digest, v2.manifest.digest);
-    assert.equal(s.snapshots.find((x) => x.number === 2)?.image, 'test:v2');
+    assert.equal(s.snapshots.find((x) => x.number === 2)?.image, `oci:${images}:v2`);
     assert.equal(s.snapshots.some((x) => x.inProgress), false);
     const n = snapshotPath(os.sysroot, 2);
     assert.match(await readFile(join(n, 'usr/lib/os-release'), 'utf8'), /VERSION_ID="2"/);
@@ -71,14 +75,19 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
   });
 
   it('the same image again is AlreadyPresent and creates nothing', async () => {
-    const r = await update(testDeps({ source, trusted }), { sysroot: os.sysroot, reference: 'test:v2', config: noHooks });
+    const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v2`, config: noHooks });
     assert.equal(r.status, 'already-present');
     assert.deepEqual((await state()).snapshots.map((x) => x.number), [1, 2]);
   });
 
-  const unchanged = async (f: () => Promise<unknown>, code: string) => {
+  const corrupt = async (file: string) => {
+    const b = await readFile(file);
+    b[b.length - 20] = b[b.length - 20]! ^ 0xff;
+    await writeFile(file, b);
+  };
+  const unchanged = async (f: () => Promise<unknown>, code: string, more: (e: TiuError) => boolean = () => true) => {
     const before = await state();
-    await assert.rejects(f(), (e: unknown) => isTiuError(e, code));
+    await assert.rejects(f(), (e: unknown) => isTiuError(e, code) && more(e));
     const after = await state();
     assert.deepEqual(after.snapshots.map((x) => [x.number, x.inProgress]), before.snapshots.map((x) => [x.number, x.inProgress]));
     assert.equal(after.default, before.default);
@@ -87,46 +96,64 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
 
   it('a failing hook aborts: default and snapshot list as they were, no in-progress snapshot', async () => {
     const config = parseConfig('default-hooks = false\n[[hook]]\nname = "fails"\ncommand = ["/bin/sh", "-c", "echo initrd broke >&2; exit 1"]\n');
-    await unchanged(() => update(testDeps({ source, trusted }), { sysroot: os.sysroot, reference: 'test:v1', config }), 'HOOK_FAILED');
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config }), 'HOOK_FAILED');
   });
 
-  it('a corrupt layer blob is refused and leaves nothing behind', async () => {
-    const bad = new TestTarget('corrupt');
-    const img = await buildImage(bad, 'v1', await baseOs());
-    const blob = bad.blobs.get(img.layers[0]!.digest)!;
-    blob[blob.length - 20] = blob[blob.length - 20]! ^ 0xff;
-    await unchanged(() => update(testDeps({ source: bad, trusted: new Set([img.manifest.digest]) }), { sysroot: os.sysroot, reference: 'test:v1', config: noHooks }), 'DIGEST_MISMATCH');
+  it('a corrupt layer blob is refused while fetching and leaves nothing behind', async () => {
+    const bad = join(os.dir, 'bad');
+    const img = await buildImage(bad, 'v1', [...(await baseOs()), { path: 'usr/share/fake/only-in-bad', content: 'bad\n' }]);
+    await corrupt(join(bad, 'blobs/sha256', img.layers[0]!.digest.slice(7)));
+    await unchanged(
+      () => update(testDeps(new Set([img.manifest.digest])), { sysroot: os.sysroot, reference: `oci:${bad}:v1`, config: noHooks }),
+      'COPY_FAILED',
+      (e) => e.details.causeCode === 'DIGEST_MISMATCH',
+    );
+  });
+
+  it('a layer that rots in the cache is caught while applying: the snapshot is deleted again', async () => {
+    const d = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, downloadOnly: true });
+    assert.equal(d.status, 'downloaded');
+    const blob = join(cacheDir(), 'blobs/sha256', v1.layers[0]!.digest.slice(7));
+    const good = await readFile(blob);
+    await corrupt(blob);
+    try {
+      await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true }), 'DIGEST_MISMATCH');
+    } finally {
+      await writeFile(blob, good);
+    }
   });
 
   it('an image the policy refuses is refused before a snapshot exists and before it reaches the cache', async () => {
-    const deps = testDeps({ source, trusted });
-    await unchanged(() => update(deps, { sysroot: os.sysroot, reference: 'test:unsigned', config: noHooks }), 'SIGNATURE_REQUIRED');
-    assert.equal(await deps.cache.exists(unsigned.manifest), false);
-    assert.equal(await deps.cache.exists(unsigned.layers[0]!), false);
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks }), 'SIGNATURE_REQUIRED');
+    const cache = await OciLayoutTarget.open(cacheDir());
+    assert.equal(await cache.exists(unsigned.manifest), false);
+    assert.equal(await cache.exists(unsigned.layers[0]!), false);
   });
 
   it('a concurrent update is refused by the lock', async () => {
     const lock = await acquireUpdateLock(os.sysroot);
     try {
-      await unchanged(() => update(testDeps({ source, trusted }), { sysroot: os.sysroot, reference: 'test:v1', config: noHooks }), 'UPDATE_IN_PROGRESS');
+      await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks }), 'UPDATE_IN_PROGRESS');
     } finally {
       await lock.release();
     }
   });
 
   it('--download-only fills the cache and stops; --offline then updates from the cache alone', async () => {
-    const deps = testDeps({ source, trusted });
-    const d = await update(deps, { sysroot: os.sysroot, reference: 'test:v1', config: noHooks, downloadOnly: true });
+    const d = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, downloadOnly: true });
     assert.equal(d.status, 'downloaded');
     assert.deepEqual((await state()).snapshots.map((x) => x.number), [1, 2]);
-    const offline = testDeps({ source: new TestTarget('unreachable'), trusted, cache: deps.cache });
-    const r = await update(offline, { sysroot: os.sysroot, reference: 'test:v1', config: noHooks, offline: true });
-    assert.equal(r.status, 'updated');
-    assert.equal((await state()).default, 3);
-    await assert.rejects(
-      update(testDeps({ source, trusted }), { sysroot: os.sysroot, reference: 'test:v2', config: noHooks, offline: true }),
-      (e: unknown) => isTiuError(e, 'NOT_IN_CACHE'),
-    );
+    // The source is gone (the USB stick was pulled): --offline needs only the cache.
+    const moved = images + '.away';
+    await rename(images, moved);
+    try {
+      const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true });
+      assert.equal(r.status, 'updated');
+      assert.equal((await state()).default, 3);
+      await assert.rejects(update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks, offline: true }), (e: unknown) => isTiuError(e, 'NOT_IN_CACHE'));
+    } finally {
+      await rename(moved, images);
+    }
   });
 
   it('rollback moves the default back', async () => {
@@ -140,7 +167,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     const marker = () => readdirSync(join(os.sysroot, '.snapshots')).map((d) => join(os.sysroot, '.snapshots', d, 'snapshot/tiu-hook-started')).find((p) => existsSync(p));
     const child = spawn(
       process.execPath,
-      [new URL('../helpers/update-child.ts', import.meta.url).pathname, os.sysroot],
+      [new URL('../helpers/update-child.ts', import.meta.url).pathname, os.sysroot, `oci:${images}:v2`, v2.manifest.digest],
       { stdio: ['ignore', 'inherit', 'inherit'] },
     );
     let hookPid = 0;
@@ -159,7 +186,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     const left = crashed.snapshots.filter((x) => x.inProgress);
     assert.equal(left.length, 1);
     assert.equal(crashed.default, 1);
-    const r: UpdateResult = await update(testDeps({ source, trusted }), { sysroot: os.sysroot, reference: 'test:v2', config: noHooks });
+    const r: UpdateResult = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v2`, config: noHooks });
     assert.equal(r.status, 'updated');
     assert.deepEqual(r.cleanup.deleted, [left[0]!.number]);
     const s = await state();
