@@ -1,13 +1,18 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { zstdCompressSync } from 'node:zlib';
+import { zstdDecompressStream } from '../../src/bundle/zstd-frames.ts';
+import { writeLayer } from '../../src/bundle/layer-writer.ts';
+import { readTocFromFooter } from '../../src/bundle/toc.ts';
+import { scanDirectory } from '../../src/bundle/source-dir.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { run } from '../../src/host/exec.ts';
 import { isTiuError } from '../../src/errors.ts';
 import {
-  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, rangeProvider, readTar, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
+  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, rangeProvider, readTar, tocToEntries, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
   type TreeEntry,
 } from '../../src/deploy/apply/index.ts';
 import { requireRoot } from '../helpers/env.ts';
@@ -167,6 +172,37 @@ describe('deploy/apply on btrfs (integration)', function () {
     assert.equal(res.plan.fetch.length, 5);
     assert.equal(fetched, want);
     assert.ok(fetched < blob.length / 4, `fetched ${fetched} of ${blob.length}`);
+  });
+
+  it("applies a layer written by tiu's bundle writer, by its table of contents (ranged) and as a whole stream", async () => {
+    const layerFile = join(fs.dir, 'v2.layer');
+    const built = await writeLayer(await scanDirectory(ref2), layerFile, { compression: 'zstd' });
+    const fh = await open(layerFile);
+    try {
+      const fetch = async (start: number, end: number): Promise<Buffer> => {
+        const b = Buffer.alloc(end - start);
+        await fh.read(b, 0, end - start, start);
+        return b;
+      };
+      const toc = await readTocFromFooter(fetch, built.descriptor.size, built.descriptor.annotations);
+      const entries = tocToEntries(toc, 0);
+      const ranged = join(fs.mnt, 'bundle-ranged');
+      await snapshot(join(fs.mnt, 'v1'), ranged);
+      let fetched = 0;
+      const res = await applyFromToc(ranged, [entries], rangeProvider(async (_layer, start, end) => {
+        fetched += end - start;
+        return Readable.from([await fetch(start, end)]);
+      }));
+      assert.deepEqual(await diffTrees(ranged, ref2, { ignoreRootMeta: true }), []);
+      assert.equal(res.plan.fetch.length, 5);
+      assert.ok(fetched < built.descriptor.size / 4, `fetched ${fetched} of ${built.descriptor.size}`);
+      const whole = join(fs.mnt, 'bundle-whole');
+      await snapshot(join(fs.mnt, 'v1'), whole);
+      await applyFromToc(whole, [entries], tarLayerProvider(() => Promise.resolve(zstdDecompressStream(createReadStream(layerFile)))));
+      assert.deepEqual(await diffTrees(whole, ref2, { ignoreRootMeta: true }), []);
+    } finally {
+      await fh.close();
+    }
   });
 
   it('a provider that delivers wrong bytes is caught by the digest check', async () => {

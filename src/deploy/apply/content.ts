@@ -4,8 +4,8 @@
  * whole-layer stream (ordinary pull) or ranged fetches of single files (zstd:chunked).
  * The executor verifies every byte against the entry's sha256 and size.
  */
-import { pipeline, type Readable } from 'node:stream';
-import { createZstdDecompress } from 'node:zlib';
+import type { Readable } from 'node:stream';
+import { zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
 import { ContentUnavailableError } from './errors.ts';
 import { normalizeEntryPath } from './paths.ts';
 import { readTar } from './tar.ts';
@@ -91,9 +91,8 @@ export function rangeProvider(fetchRange: (layer: number, start: number, end: nu
           throw new ContentUnavailableError(e.path, 'the table of contents gives no byte range for it');
         }
         const raw = await fetchRange(s.layer, s.offset, s.endOffset);
-        const d = createZstdDecompress();
-        pipeline(raw, d, () => undefined); // an error in either destroys `d`, which the consumer sees
-        await take(e, d);
+        // one frame per file in tiu's layers; zstdDecompressFrames also takes several
+        await take(e, zstdDecompressFrames(raw));
       }
     },
   };
