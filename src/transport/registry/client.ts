@@ -10,7 +10,7 @@ import { sha256, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageIndex } from '../../oci/types.ts';
 import { pullScope, pushScope } from './auth.ts';
-import { AbortedError, DeniedError, UnexpectedStatusError } from './errors.ts';
+import { AbortedError, DeniedError, UnexpectedStatusError, UnreachableError } from './errors.ts';
 import { bodyExcerpt, headerOne, isConnectionFailure, readBody, type HttpResponse } from './http.ts';
 import type { RegistrySession } from './session.ts';
 
@@ -315,7 +315,10 @@ export class RepositoryClient {
         } catch (e) {
           if (out.destroyed) return;
           if (signal?.aborted) throw new AbortedError(`download of blob ${desc.digest}`);
-          if (!isConnectionFailure(e) || resumes >= this.#tuning.maxResumes || offset >= desc.size) throw e;
+          if (!isConnectionFailure(e) || offset >= desc.size) throw e;
+          if (resumes >= this.#tuning.maxResumes) {
+            throw new UnreachableError(this.registry, `download of blob ${desc.digest} cut ${resumes + 1} times, last at byte ${offset} of ${desc.size}`);
+          }
           resumes++;
           continue;
         }
