@@ -1,66 +1,115 @@
 /**
- * The one wrapper through which tiu runs programs: argv (never a shell), a timeout, an
- * AbortSignal, optional stdin, and the tail of stderr in the error when the program fails.
+ * The one wrapper through which tiu runs programs. Logs the argv (never stdin), enforces a
+ * timeout, honours an AbortSignal, and puts the tail of stderr into the error it throws.
  */
-import { execa } from 'execa';
+import { execa, type Options as ExecaOptions } from 'execa';
+import type { Readable, Writable } from 'node:stream';
 import { TiuError } from '../errors.ts';
 
-export interface ExecOptions {
-  input?: string | Buffer;
-  timeoutMs?: number;
-  signal?: AbortSignal;
-  env?: Record<string, string | undefined>;
-  cwd?: string;
-  /** Return non-zero exits instead of throwing (the program still has to start). */
-  allowFailure?: boolean;
+export class CommandFailedError extends TiuError {
+  constructor(argv: readonly string[], exitCode: number | undefined, stderrTail: string, why?: string) {
+    const shown = argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(' ');
+    super(
+      'COMMAND_FAILED',
+      `${shown} ${why ?? `exited with ${exitCode ?? 'no code'}`}${stderrTail ? `: ${stderrTail}` : ''}`,
+      { argv: [...argv], exitCode, stderr: stderrTail },
+    );
+  }
 }
 
-export interface ExecResult {
+export interface RunOptions {
+  cwd?: string;
+  env?: Record<string, string | undefined>;
+  /** Milliseconds; default 10 minutes. */
+  timeout?: number;
+  signal?: AbortSignal;
+  /** Data for stdin. Not logged. */
+  input?: string | Uint8Array;
+  /** Exit codes that are not failures (default [0]). */
+  okExitCodes?: number[];
+  /** Return any exit code instead of throwing (the program must still start and finish in time). */
+  allowFailure?: boolean;
+  /** Keep stdout as a Buffer instead of text. */
+  binary?: boolean;
+}
+
+export interface RunResult {
   stdout: string;
+  stdoutBytes?: Uint8Array;
   stderr: string;
   exitCode: number;
 }
 
-export class CommandFailedError extends TiuError {
-  constructor(argv0: string, why: string, details: Record<string, unknown>) {
-    super('COMMAND_FAILED', `${argv0} ${why}`, { program: argv0, ...details });
-  }
+type Logger = (line: string) => void;
+let logger: Logger = (line) => {
+  if (process.env.TIU_DEBUG) process.stderr.write(`tiu: run ${line}\n`);
+};
+/** Route the argv log (the agent sends it to the journal, tests may collect it). */
+export function setCommandLogger(l: Logger): void {
+  logger = l;
 }
 
-function tail(s: string, n = 800): string {
+const STDERR_TAIL = 2000;
+function tail(s: string): string {
   const t = s.trim();
-  return t.length > n ? '…' + t.slice(-n) : t;
+  return t.length > STDERR_TAIL ? '…' + t.slice(-STDERR_TAIL) : t;
+}
+
+export async function run(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+  const argv = [file, ...args];
+  logger(argv.join(' '));
+  const options: ExecaOptions = {
+    cwd: opts.cwd,
+    env: opts.env,
+    extendEnv: true,
+    timeout: opts.timeout ?? 600_000,
+    cancelSignal: opts.signal,
+    reject: false,
+    stripFinalNewline: false,
+    encoding: opts.binary ? 'buffer' : 'utf8',
+    ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' }),
+  };
+  const r = await execa(file, args, options);
+  const stderr = typeof r.stderr === 'string' ? r.stderr : Buffer.from(r.stderr as Uint8Array).toString();
+  if (r.timedOut) throw new CommandFailedError(argv, undefined, tail(stderr), `timed out after ${options.timeout} ms`);
+  if (r.isCanceled) throw new CommandFailedError(argv, undefined, tail(stderr), 'was cancelled');
+  if (r.failed && r.exitCode === undefined) {
+    const why = r.originalMessage ?? 'could not be started';
+    throw new CommandFailedError(argv, undefined, tail(stderr), why.includes('ENOENT') ? 'is not installed' : why);
+  }
+  const exitCode = r.exitCode ?? 0;
+  if (!opts.allowFailure && !(opts.okExitCodes ?? [0]).includes(exitCode)) throw new CommandFailedError(argv, exitCode, tail(stderr));
+  if (opts.binary) {
+    const bytes = r.stdout as unknown as Uint8Array;
+    return { stdout: '', stdoutBytes: bytes, stderr, exitCode };
+  }
+  return { stdout: r.stdout as string, stderr, exitCode };
 }
 
 /**
- * Run `file args...`. Exits other than 0 throw COMMAND_FAILED with the stderr tail; stdout is
- * never put in the error (it may hold secrets, e.g. a credential helper's answer).
+ * A program as a stream filter (decompressors, tar): bytes in on stdin, out on stdout.
+ * The returned promise settles when the program exits; failures carry the stderr tail.
  */
-export async function run(file: string, args: string[], opts: ExecOptions = {}): Promise<ExecResult> {
-  const r = await execa(file, args, {
+export function spawnFilter(
+  file: string,
+  args: readonly string[],
+  opts: { signal?: AbortSignal; timeout?: number } = {},
+): { stdin: Writable; stdout: Readable; done: Promise<void> } {
+  const argv = [file, ...args];
+  logger(argv.join(' '));
+  const child = execa(file, args, {
+    stdin: 'pipe',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    buffer: { stdout: false, stderr: true },
     reject: false,
-    stripFinalNewline: false,
-    ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' as const }),
-    ...(opts.timeoutMs ? { timeout: opts.timeoutMs } : {}),
-    ...(opts.signal ? { cancelSignal: opts.signal } : {}),
-    ...(opts.env ? { env: opts.env } : {}),
-    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+    cancelSignal: opts.signal,
+    timeout: opts.timeout ?? 0,
   });
-  const stdout = String(r.stdout ?? '');
-  const stderr = String(r.stderr ?? '');
-  if (r.failed && !(opts.allowFailure && r.exitCode !== undefined && !r.timedOut && !r.isCanceled)) {
-    const why = r.timedOut
-      ? `timed out after ${opts.timeoutMs} ms`
-      : r.isCanceled
-        ? 'was cancelled'
-        : r.exitCode === undefined
-          ? `could not run: ${r.code ?? r.originalMessage ?? 'unknown error'}`
-          : `exited with ${r.exitCode}`;
-    throw new CommandFailedError(file, `${why}${stderr.trim() ? ': ' + tail(stderr) : ''}`, {
-      args,
-      exitCode: r.exitCode,
-      stderr: tail(stderr),
-    });
-  }
-  return { stdout, stderr, exitCode: r.exitCode ?? 0 };
+  const done = child.then((r) => {
+    if (r.exitCode === 0) return;
+    const stderr = typeof r.stderr === 'string' ? r.stderr : '';
+    throw new CommandFailedError(argv, r.exitCode, tail(stderr), r.exitCode === undefined ? (r.originalMessage ?? 'failed to start') : undefined);
+  });
+  return { stdin: child.stdin, stdout: child.stdout, done };
 }

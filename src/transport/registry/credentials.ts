@@ -132,7 +132,7 @@ export async function credentialHelper(helper: string, registry: string, opts: C
   const program = `docker-credential-${helper}`;
   const r = await run(program, ['get'], {
     input: registry,
-    timeoutMs: opts.helperTimeoutMs ?? 20_000,
+    timeout: opts.helperTimeoutMs ?? 20_000,
     allowFailure: true,
     ...(opts.env ? { env: opts.env } : {}),
   });
@@ -140,7 +140,7 @@ export async function credentialHelper(helper: string, registry: string, opts: C
   if (r.exitCode !== 0) {
     // Helpers say "none" by exiting 1 with "credentials not found ..." (on stdout or stderr).
     if (/not found/i.test(out + r.stderr)) return undefined;
-    throw new CommandFailedError(program, `exited with ${r.exitCode}${r.stderr.trim() ? ': ' + r.stderr.trim().slice(-400) : ''}`, { exitCode: r.exitCode });
+    throw new CommandFailedError([program, 'get'], r.exitCode, r.stderr.trim().slice(-400));
   }
   let j: { Username?: unknown; Secret?: unknown };
   try {
