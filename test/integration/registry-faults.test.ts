@@ -111,6 +111,23 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       assert.ok(fake.log.some((l) => l.includes('mount=') && l.includes('from=tiu%2Fup')));
     });
 
+    it('recovers chunked uploads: a failed PATCH is resumed from the upload status, a short one is completed', async () => {
+      const t = openRegistryTarget(ref(`${fake.host}/tiu/patch`), { ...fast, chunkSize: 40_000 });
+      const big = blobOf(randomBytes(130_000), MediaType.OciLayerGzip);
+      fake.faults.push({ match: /^PATCH \/v2\/tiu\/patch\/blobs\/uploads\//, status: 500, times: 1 });
+      fake.shortPatches = 0;
+      let progress = 0;
+      await t.push(big.desc, Readable.from([big.data]), { onBytes: (n) => (progress += n) });
+      assert.equal(progress, big.data.length);
+      assert.ok(fake.log.some((l) => l.startsWith('GET /v2/tiu/patch/blobs/uploads/')), 'asked for the upload status');
+      assert.deepEqual(await readAll(await t.fetch(big.desc)), big.data);
+      const big2 = blobOf(randomBytes(130_000), MediaType.OciLayerGzip);
+      fake.shortPatches = 2;
+      await t.push(big2.desc, Readable.from([big2.data]));
+      assert.equal(fake.shortPatches, 0);
+      assert.deepEqual(await readAll(await t.fetch(big2.desc)), big2.data);
+    });
+
     it('retries 5xx with backoff and 429 after Retry-After; gives up with a typed error', async () => {
       const img = await makeImage();
       const t = openRegistryTarget(ref(`${fake.host}/tiu/retry`), fast);
