@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import { isTiuError } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
-import { openRegistryTarget, RegistrySession, type RegistryClientOptions, type RegistryTarget } from '../../src/transport/registry/index.ts';
+import { openRegistryTarget, RegistrySession, setHttpLogger, type RegistryClientOptions, type RegistryTarget } from '../../src/transport/registry/index.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { blobOf, makeImage, pushImage, readAll } from '../helpers/images.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
@@ -134,6 +134,8 @@ describe('registry transport: authentication', function () {
 
     it('pushes and pulls with tokens cached per scope, then renews them with the refresh token', async () => {
       const session = new RegistrySession({ creds: `${USER}:${PASS}`, env });
+      const lines: string[] = [];
+      const prevLogger = setHttpLogger((l) => lines.push(l));
       try {
         const t = open(reg.host, 'tiu/tok', { session });
         const img = await makeImage({ layerBytes: [1000, 100_000] });
@@ -150,7 +152,12 @@ describe('registry transport: authentication', function () {
         // later tokens came from the refresh token the issuer handed out
         assert.ok(issuer.issued.refresh >= 1, JSON.stringify(issuer.issued));
         assert.deepEqual(await readAll(await other.fetch(img.layers[1]!.desc)), img.layers[1]!.data);
+        // the request log has every request and no secret: no password, no token, no refresh token
+        assert.ok(lines.length > 10 && lines.some((l) => l.includes('/token')));
+        const log = lines.join('\n');
+        for (const secret of [PASS, issuer.refreshToken, Buffer.from(`${USER}:${PASS}`).toString('base64'), 'eyJ']) assert.ok(!log.includes(secret), `log leaks ${secret.slice(0, 4)}`);
       } finally {
+        setHttpLogger(prevLogger);
         await session.close();
       }
     });
