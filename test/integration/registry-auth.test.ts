@@ -127,9 +127,16 @@ describe('registry transport: authentication', function () {
       await issuer?.stop();
     });
 
-    it('anonymous is refused with UNAUTHORIZED', async () => {
-      const t = open(reg.host, 'tiu/tok');
-      await assert.rejects(t.resolve('latest'), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host));
+    it('anonymous: an anonymous token pulls public repositories; anything more is UNAUTHORIZED', async () => {
+      const img = await makeImage();
+      await pushImage(open(reg.host, 'public/os', { creds: `${USER}:${PASS}` }), img, '1');
+      const anon = open(reg.host, 'public/os');
+      assert.equal((await anon.resolve('1')).digest, img.manifest.desc.digest);
+      assert.deepEqual(await readAll(await anon.fetch(img.layers[0]!.desc)), img.layers[0]!.data);
+      assert.ok(issuer.issued.anonymous >= 1);
+      const b = blobOf(randomBytes(100), MediaType.OciLayerGzip);
+      await assert.rejects(anon.push(b.desc, Readable.from([b.data])), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host) && e.message.includes('no credentials'));
+      await assert.rejects(open(reg.host, 'tiu/tok').resolve('latest'), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host));
     });
 
     it('pushes and pulls with tokens cached per scope, then renews them with the refresh token', async () => {
