@@ -420,7 +420,7 @@ export class RepositoryClient {
     const signal = opts.signal;
     let upload: URL | undefined = opts.session;
     try {
-      if (desc.size <= SINGLE_POST_MAX && !upload) {
+      if (desc.size <= SINGLE_POST_MAX && !upload && !this.#s.noSinglePost.has(this.registry)) {
         const buf = await collect(content, desc.size);
         verifyBuffer(desc, buf, `blob ${desc.digest}`);
         const res = await this.#send({
@@ -438,6 +438,8 @@ export class RepositoryClient {
           return;
         }
         if (res.status !== 202) await this.#fail(res, what);
+        // This registry ignores the body of POST ?digest= (distribution 2.8 does): next time, POST then PUT.
+        this.#s.noSinglePost.add(this.registry);
         upload = this.#uploadUrl(res, what);
         const put = new URL(upload);
         put.searchParams.set('digest', desc.digest);
