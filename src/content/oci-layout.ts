@@ -62,6 +62,9 @@ function checkRefName(ref: string): void {
   if (ref === '' || ref.length > 255 || /[\s\u0000-\u001f\u007f]/.test(ref) || isDigest(ref)) throw new InvalidTagError(ref);
 }
 
+/** cosign's tag-scheme attachments of an image (signatures, attestations, SBOMs): not images themselves. */
+const COSIGN_ATTACHMENT_TAG = /^[a-z0-9]+-[a-f0-9]{64,128}\.(?:sig|att|sbom)$/;
+
 function errno(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
 }
@@ -275,12 +278,13 @@ export class OciLayoutTarget implements Target {
     return { mediaType: hit.mediaType, digest: hit.digest, size: hit.size };
   }
 
-  /** Without a reference: the only image of the layout (referrers do not count). */
+  /** Without a reference: the only image of the layout (referrers and cosign's sha256-<hex>.sig/.att/.sbom tags do not count). */
   async resolveDefault(opts?: FetchOptions): Promise<Descriptor> {
     const idx = await this.readIndex();
     const images: Descriptor[] = [];
     for (const m of idx.manifests) {
       if (isManifestLike(m.mediaType) && (await this.#subjectOf(m)) !== undefined) continue;
+      if (COSIGN_ATTACHMENT_TAG.test(m.annotations?.[Annotation.RefName] ?? '')) continue;
       images.push(m);
     }
     if (images.length === 0) throw new NotFoundError('any image', this.name);
