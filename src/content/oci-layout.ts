@@ -37,6 +37,7 @@ import { checkRange } from './range.ts';
 import { referrerDescriptor } from './referrers.ts';
 
 export const LAYOUT_VERSION = '1.0.0';
+const COSIGN_TAG_RE = /^[a-z0-9]+-[0-9a-f]{64}\.(?:sig|att|sbom)$/;
 
 export class InvalidLayoutError extends TiuError {
   constructor(path: string, why: string) {
@@ -61,9 +62,6 @@ function checkRefName(ref: string): void {
   // eslint-disable-next-line no-control-regex
   if (ref === '' || ref.length > 255 || /[\s\u0000-\u001f\u007f]/.test(ref) || isDigest(ref)) throw new InvalidTagError(ref);
 }
-
-/** cosign's tag-scheme attachments of an image (signatures, attestations, SBOMs): not images themselves. */
-const COSIGN_ATTACHMENT_TAG = /^[a-z0-9]+-[a-f0-9]{64,128}\.(?:sig|att|sbom)$/;
 
 function errno(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
@@ -278,13 +276,15 @@ export class OciLayoutTarget implements Target {
     return { mediaType: hit.mediaType, digest: hit.digest, size: hit.size };
   }
 
-  /** Without a reference: the only image of the layout (referrers and cosign's sha256-<hex>.sig/.att/.sbom tags do not count). */
+  /** Without a reference: the only image of the layout (referrers do not count). */
   async resolveDefault(opts?: FetchOptions): Promise<Descriptor> {
     const idx = await this.readIndex();
     const images: Descriptor[] = [];
     for (const m of idx.manifests) {
+      // Referrers and cosign's tag-scheme attachments (sha256-<hex>.sig) are not images.
+      if (COSIGN_TAG_RE.test(m.annotations?.[Annotation.RefName] ?? '')) continue;
       if (isManifestLike(m.mediaType) && (await this.#subjectOf(m)) !== undefined) continue;
-      if (COSIGN_ATTACHMENT_TAG.test(m.annotations?.[Annotation.RefName] ?? '')) continue;
+      if (images.some((i) => i.digest === m.digest)) continue;
       images.push(m);
     }
     if (images.length === 0) throw new NotFoundError('any image', this.name);
