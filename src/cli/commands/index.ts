@@ -5,4 +5,6 @@ export const commands: (() => Promise<Command>)[] = [
   async () => (await import('./copy.ts')).default,
   async () => (await import('./inspect.ts')).default,
   async () => (await import('./key-generate.ts')).default,
+  async () => (await import('./sign.ts')).default,
+  async () => (await import('./verify.ts')).default,
 ];
