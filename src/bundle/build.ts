@@ -81,6 +81,8 @@ export async function classifySource(source: string): Promise<'directory' | 'arc
     throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${source} is neither a directory nor a file`, { source });
   } catch (e) {
     if (e instanceof BuildError) throw e;
+    // Something spelled as a path is a missing path, not an image name.
+    if (/^(?:\/|\.\.?(?:\/|$)|~)/.test(source)) throw new BuildError('BUILD_SOURCE_NOT_FOUND', `source ${source} does not exist`, { source });
     return 'image';
   }
 }
