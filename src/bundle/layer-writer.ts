@@ -4,7 +4,8 @@
  * (diff_id) and the blob digest are computed on the way.
  *
  * zstd (zstd:chunked): the tar headers between two files form one zstd frame, each regular
- * file's content its own frame, then the TOC and the footer as skippable frames (see toc.ts).
+ * file's content its own frame, then the TOC, the tar-split data and the footer as skippable
+ * frames (see toc.ts, tar-split.ts).
  * gzip: one plain gzip stream of the tar, no TOC.
  */
 import { createHash, type Hash } from 'node:crypto';
@@ -16,6 +17,7 @@ import type { Descriptor, Digest } from '../oci/types.ts';
 import { BuildError } from './errors.ts';
 import { bbuf, contentFile, isUtf8, showPath, type TreeEntry } from './entry.ts';
 import { encodeHeader, END_OF_ARCHIVE, paddingFor } from './tar-format.ts';
+import { Crc64, TarSplitWriter } from './tar-split.ts';
 import {
   encodeFooter,
   formatModtime,
@@ -105,6 +107,11 @@ function readWhole(e: TreeEntry): Buffer {
   } finally {
     closeSync(fd);
   }
+}
+
+/** The member name as the tar header spells it (directories end in '/'). */
+function tarName(e: TreeEntry): string {
+  return e.type === 'dir' ? e.path + '/' : e.path;
 }
 
 /** The TOC entry of a tar entry (offsets and digest filled in by the writer). */
@@ -199,12 +206,20 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
   const params = { [zc.ZSTD_c_compressionLevel]: level, [zc.ZSTD_c_checksumFlag]: 1 };
   const out = new BlobFile(file);
   const z = new ZstdFramer(params, (b) => out.write(b));
+  // tar-split lines, compressed as they come (they are kept until the end: ~1/10 of the TOC).
+  const splitChunks: Buffer[] = [];
+  const zs = new ZstdFramer(params, (b) => splitChunks.push(b));
+  // Errors of this writer surface in zs.close().
+  const split = new TarSplitWriter((line) => {
+    zs.write(line).catch(() => undefined);
+  });
   const tar = createHash('sha256');
   const toc: Toc = { version: 1, entries: [] };
   let pendingLen = 0;
   let contentBytes = 0;
   const meta = async (b: Buffer) => {
     tar.update(b);
+    split.raw(b);
     await z.write(b);
     pendingLen += b.length;
   };
@@ -218,24 +233,30 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
         pendingLen = 0;
         const start = out.size;
         const fileHash = createHash('sha256');
+        const crc = new Crc64();
         if (e.size <= WHOLE_FILE_LIMIT) {
           const data = readWhole(e);
           fileHash.update(data);
+          crc.update(data);
           tar.update(data);
           await z.write(data);
         } else {
           for await (const piece of contentPieces(e)) {
             fileHash.update(piece);
+            crc.update(piece);
             tar.update(piece);
             await z.write(piece);
           }
         }
         await z.endFrame();
+        split.file(tarName(e), e.size, crc.digest());
         t.digest = `sha256:${fileHash.digest('hex')}`;
         t.offset = start;
         t.endOffset = out.size;
         contentBytes += e.size;
         await meta(Buffer.alloc(paddingFor(e.size)));
+      } else {
+        split.file(tarName(e), 0, null);
       }
       toc.entries.push(t);
       if (pendingLen > HEADER_FRAME_LIMIT) {
@@ -244,11 +265,17 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
       }
     }
     await meta(END_OF_ARCHIVE);
+    split.end();
     await z.close();
+    await zs.close();
+    const splitData = Buffer.concat(splitChunks);
+    toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
     const json = Buffer.from(JSON.stringify(toc), 'utf8');
     const compressed = zstdCompressSync(json, { params });
     const tocOffset = out.size + SKIPPABLE_HEADER;
     out.write(skippableFrame(compressed));
+    const splitOffset = out.size + SKIPPABLE_HEADER;
+    out.write(skippableFrame(splitData));
     out.write(
       skippableFrame(
         encodeFooter({
@@ -256,9 +283,9 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
           lengthCompressed: compressed.length,
           lengthUncompressed: json.length,
           manifestType: MANIFEST_TYPE_CRFS,
-          offsetTarSplit: 0,
-          lengthCompressedTarSplit: 0,
-          lengthUncompressedTarSplit: 0,
+          offsetTarSplit: splitOffset,
+          lengthCompressedTarSplit: splitData.length,
+          lengthUncompressedTarSplit: split.uncompressedSize,
         }),
       ),
     );
@@ -271,6 +298,7 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
         annotations: {
           [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${createHash('sha256').update(compressed).digest('hex')}`,
           [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${compressed.length}:${json.length}:${MANIFEST_TYPE_CRFS}`,
+          [ZstdChunkedAnnotation.TarSplitPosition]: `${splitOffset}:${splitData.length}:${split.uncompressedSize}`,
         },
       },
       diffId: `sha256:${tar.digest('hex')}`,
@@ -279,6 +307,7 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
     };
   } catch (err) {
     z.destroy();
+    zs.destroy();
     try {
       closeSync(out.fd);
     } catch {

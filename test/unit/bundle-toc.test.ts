@@ -9,6 +9,7 @@ import type { TreeEntry } from '../../src/bundle/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { fetchTocFile, parseFooter, readTocFromFooter, skippableFrame, ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
 import { zstdDecompressFrames } from '../../src/bundle/zstd-frames.ts';
+import { Crc64 } from '../../src/bundle/tar-split.ts';
 import { ByteReader, readTar } from '../../src/bundle/tar-format.ts';
 import { isTiuError } from '../../src/errors.ts';
 
@@ -105,6 +106,38 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
     await assert.rejects(readTocFromFooter((s, en) => Promise.resolve(plain.subarray(s, en)), plain.length), (err) => isTiuError(err, 'TOC_INVALID'));
     const { [ZstdChunkedAnnotation.ManifestChecksum]: _drop, ...noChecksum } = annotations;
     await assert.rejects(readTocFromFooter(fetch, blob.length, noChecksum), (err) => isTiuError(err, 'TOC_INVALID'));
+  });
+
+  it('carries tar-split data that rebuilds the exact tar from file contents', async function () {
+    const toc = await readTocFromFooter(fetch, blob.length, annotations);
+    const [off, len, ulen] = annotations[ZstdChunkedAnnotation.TarSplitPosition]!.split(':').map(Number) as [number, number, number];
+    const frame = blob.subarray(off, off + len);
+    assert.equal(toc.tarSplitDigest, `sha256:${createHash('sha256').update(frame).digest('hex')}`);
+    const text = await collect(zstdDecompressFrames(Readable.from([frame])));
+    assert.equal(text.length, ulen);
+    const byName = new Map(entries.map((x) => [Buffer.from(x.type === 'dir' ? x.path + '/' : x.path, 'latin1').toString('base64'), x]));
+    const rebuilt = createHash('sha256');
+    const lines = text.toString('utf8').trim().split('\n').map((l) => JSON.parse(l) as { type: number; name?: string; name_raw?: string; size?: number; payload: string | null; position: number });
+    lines.forEach((l, i) => assert.equal(l.position, i));
+    for (const l of lines) {
+      if (l.type === 2) rebuilt.update(Buffer.from(l.payload ?? '', 'base64'));
+      else {
+        const key = l.name_raw ?? Buffer.from(l.name!, 'utf8').toString('base64');
+        const e = byName.get(key)!;
+        assert.ok(e, `tar-split names ${l.name ?? l.name_raw}`);
+        const data = (e.content as { data: Buffer } | undefined)?.data ?? Buffer.alloc(0);
+        assert.equal(l.size ?? 0, data.length);
+        if (data.length) {
+          assert.equal(l.payload, new Crc64().update(data).digest().toString('base64'));
+          rebuilt.update(data);
+        } else assert.equal(l.payload, null);
+      }
+    }
+    assert.equal(`sha256:${rebuilt.digest('hex')}`, diffId);
+  });
+
+  it('CRC-64/ISO as Go computes it', function () {
+    assert.equal(new Crc64().update(Buffer.from('123456789')).digest().toString('hex'), 'b90956c775a41001');
   });
 
   it('zstd frame reader skips skippable frames and concatenates frames', async function () {
