@@ -62,7 +62,7 @@ export interface UpdateDeps {
   openCache(dir: string): Promise<Target>;
   copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
-  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string; sysroot: string; signal?: AbortSignal }): Promise<void>;
+  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signal?: AbortSignal }): Promise<void>;
   applyLayers(o: { root: string; layers: AsyncIterable<LayerStream>; signal?: AbortSignal }): Promise<unknown>;
   mergeEtc(o: EtcMergeArgs): Promise<{ conflicts: string[] }>;
   mergeUsers(o: EtcMergeArgs): Promise<{ clashes: string[] }>;

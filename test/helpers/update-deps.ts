@@ -2,11 +2,10 @@
  * Images for the update tests (OsFile[] -> an OCI layout with one gzip or zstd tar layer), and
  * the update dependencies: the real transports, copy and cache (src/deploy/wiring.ts), plus
  * TEMPORARY scaffolding for what is not in main yet: a naive layer extractor, a naive /etc
- * merge and a digest-list policy. When apply (applyLayers, mergeEtc, mergeUsers) and trust
- * (the policy check) are merged, the tests switch to them and the scaffolding goes away. It is
+ * merge. When apply (applyLayers, mergeEtc, mergeUsers) is merged, the tests switch to them and the scaffolding goes away. It is
  * never used by product code.
  */
-import { createHash } from 'node:crypto';
+import { createHash, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { lstat, mkdir, readdir, readFile, rm, symlink, writeFile, chmod, link, copyFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -18,6 +17,7 @@ import type { Descriptor, Digest } from '../../src/oci/types.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { transportDeps } from '../../src/deploy/wiring.ts';
+import { signImage } from '../../src/trust/sign.ts';
 import { TiuError } from '../../src/errors.ts';
 import type { EtcMergeArgs, LayerStream, UpdateDeps } from '../../src/deploy/update.ts';
 import { MICROOS_SUBVOLUMES, type OsFile } from './microos.ts';
@@ -141,14 +141,30 @@ export async function testMergeEtc(a: EtcMergeArgs): Promise<{ conflicts: string
   return { conflicts };
 }
 
-/** The real transports and cache; scaffolding for policy (a list of accepted digests), apply and merges. */
-export function testDeps(trusted: Set<string>): UpdateDeps {
+/** The real transports, cache and signature policy; scaffolding for apply and the merges. */
+export function testDeps(): UpdateDeps {
   return {
     ...transportDeps,
-    checkPolicy: ({ root, reference }) =>
-      trusted.has(root.digest) ? Promise.resolve() : Promise.reject(new TiuError('SIGNATURE_REQUIRED', `no accepted signature for ${reference} (${root.digest})`)),
     applyLayers: (a) => testApply(a),
     mergeEtc: (a) => testMergeEtc(a),
     mergeUsers: () => Promise.resolve({ clashes: [] }),
   };
+}
+
+export const TEST_IDENTITY = 'registry.example/fake/microos';
+
+/** A P-256 signing key, its public half written into the system with a policy that requires it for oci: and docker:. */
+export async function installPolicy(sysroot: string): Promise<KeyObject> {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  await mkdir(join(sysroot, 'etc/tiu'), { recursive: true });
+  await writeFile(join(sysroot, 'etc/tiu/cosign.pub'), publicKey.export({ format: 'pem', type: 'spki' }));
+  const req = [{ type: 'sigstoreSigned', keyPath: join(sysroot, 'etc/tiu/cosign.pub'), signedIdentity: { type: 'exactRepository', dockerRepository: TEST_IDENTITY } }];
+  await writeFile(join(sysroot, 'etc/tiu/policy.json'), JSON.stringify({ default: [{ type: 'reject' }], transports: { oci: { '': req }, docker: { '': req } } }));
+  return privateKey;
+}
+
+/** Sign the image tagged `tag` in the layout the way `tiu sign` does. */
+export async function signInLayout(layout: string, tag: string, key: KeyObject): Promise<void> {
+  const t = await OciLayoutTarget.open(layout);
+  await signImage(t, await t.resolve(tag), key, { dockerReference: `${TEST_IDENTITY}:${tag}` });
 }

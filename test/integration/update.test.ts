@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { lstat, readFile, readlink, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, v2Files, type MicroOS } from '../helpers/microos.ts';
-import { buildImage, testDeps, type BuiltImage } from '../helpers/update-deps.ts';
+import { buildImage, installPolicy, signInLayout, testDeps, type BuiltImage } from '../helpers/update-deps.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { isTiuError, type TiuError } from '../../src/errors.ts';
 import { parseConfig } from '../../src/deploy/config.ts';
@@ -18,8 +19,8 @@ import { mountInfo } from '../../src/host/mount.ts';
 describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', function () {
   let os: MicroOS;
   let images: string;
-  const trusted = new Set<string>();
-  const deps = () => testDeps(trusted);
+  let signingKey: KeyObject;
+  const deps = () => testDeps();
   const cacheDir = () => join(os.sysroot, 'var/cache/tiu');
   let v1: BuiltImage;
   let v2: BuiltImage;
@@ -34,7 +35,9 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     v1 = await buildImage(images, 'v1', await baseOs());
     v2 = await buildImage(images, 'v2', await v2Files(), 'zstd');
     unsigned = await buildImage(images, 'unsigned', [...(await v2Files()), { path: 'usr/share/fake/evil', content: 'x' }]);
-    trusted.add(v1.manifest.digest).add(v2.manifest.digest);
+    const key = (signingKey = await installPolicy(os.sysroot));
+    await signInLayout(images, 'v1', key);
+    await signInLayout(images, 'v2', key);
   });
   after(async () => {
     await os?.teardown();
@@ -102,9 +105,10 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
   it('a corrupt layer blob is refused while fetching and leaves nothing behind', async () => {
     const bad = join(os.dir, 'bad');
     const img = await buildImage(bad, 'v1', [...(await baseOs()), { path: 'usr/share/fake/only-in-bad', content: 'bad\n' }]);
+    await signInLayout(bad, 'v1', signingKey);
     await corrupt(join(bad, 'blobs/sha256', img.layers[0]!.digest.slice(7)));
     await unchanged(
-      () => update(testDeps(new Set([img.manifest.digest])), { sysroot: os.sysroot, reference: `oci:${bad}:v1`, config: noHooks }),
+      () => update(deps(), { sysroot: os.sysroot, reference: `oci:${bad}:v1`, config: noHooks }),
       'COPY_FAILED',
       (e) => e.details.causeCode === 'DIGEST_MISMATCH',
     );
@@ -124,10 +128,18 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
   });
 
   it('an image the policy refuses is refused before a snapshot exists and before it reaches the cache', async () => {
-    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks }), 'SIGNATURE_REQUIRED');
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks }), 'NO_SIGNATURE');
     const cache = await OciLayoutTarget.open(cacheDir());
     assert.equal(await cache.exists(unsigned.manifest), false);
     assert.equal(await cache.exists(unsigned.layers[0]!), false);
+  });
+
+  it('an image signed with another key is refused the same way', async () => {
+    const other = join(os.dir, 'other');
+    const img = await buildImage(other, 'v9', [...(await v2Files()), { path: 'usr/share/fake/v9', content: '9\n' }]);
+    await signInLayout(other, 'v9', generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey);
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${other}:v9`, config: noHooks }), 'SIGNATURE_INVALID');
+    assert.equal(await (await OciLayoutTarget.open(cacheDir())).exists(img.manifest), false);
   });
 
   it('a concurrent update is refused by the lock', async () => {
@@ -167,7 +179,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     const marker = () => readdirSync(join(os.sysroot, '.snapshots')).map((d) => join(os.sysroot, '.snapshots', d, 'snapshot/tiu-hook-started')).find((p) => existsSync(p));
     const child = spawn(
       process.execPath,
-      [new URL('../helpers/update-child.ts', import.meta.url).pathname, os.sysroot, `oci:${images}:v2`, v2.manifest.digest],
+      [new URL('../helpers/update-child.ts', import.meta.url).pathname, os.sysroot, `oci:${images}:v2`],
       { stdio: ['ignore', 'inherit', 'inherit'] },
     );
     let hookPid = 0;
