@@ -1,7 +1,7 @@
 /**
  * The real implementations behind UpdateDeps: transports and copy (src/transport, src/copy),
- * the signature policy (src/trust), the cache (an OCI layout). The diff-apply engine and the
- * /etc and user merges are added here as src/deploy/apply lands in main.
+ * the signature policy (src/trust), the cache (an OCI layout), the diff-apply engine
+ * (src/deploy/apply) and the /etc and user database merges.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,6 +11,9 @@ import { parseReference } from '../oci/reference.ts';
 import { openReference } from '../transport/resolve.ts';
 import { TrustError } from '../trust/errors.ts';
 import { checkPolicy, DEFAULT_POLICY_PATHS, loadPolicy } from '../trust/policy.ts';
+import { applyTarLayers } from './apply/index.ts';
+import { mergeEtc } from './etc-merge.ts';
+import { mergeUserDb } from './users-merge.ts';
 import type { UpdateDeps } from './update.ts';
 
 /** The policy file of the system at `sysroot`: the configured one, else the first default that exists. */
@@ -22,7 +25,7 @@ export function policyPathFor(sysroot: string, configured: string | undefined): 
   return found;
 }
 
-export const transportDeps: Pick<UpdateDeps, 'openSource' | 'openCache' | 'copy' | 'checkPolicy'> = {
+export const productionDeps: UpdateDeps = {
   async openSource(reference, o) {
     const { target, name } = await openReference(reference, { signal: o.signal });
     return { target, reference: name };
@@ -33,4 +36,7 @@ export const transportDeps: Pick<UpdateDeps, 'openSource' | 'openCache' | 'copy'
     const policy = loadPolicy(policyPathFor(sysroot, policyPath));
     await checkPolicy(policy, source, root, parseReference(reference));
   },
+  applyLayers: (o) => applyTarLayers(o.root, o.layers, { preserve: o.preserve }),
+  mergeEtc: (base, ours, theirs) => mergeEtc(base, ours, theirs),
+  mergeUsers: (base, ours, theirs) => mergeUserDb(base, ours, theirs),
 };

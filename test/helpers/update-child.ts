@@ -5,8 +5,8 @@
  */
 import { parseConfig } from '../../src/deploy/config.ts';
 import { update } from '../../src/deploy/update.ts';
-import { testDeps } from './update-deps.ts';
+import { productionDeps } from '../../src/deploy/wiring.ts';
 
 const [sysroot, reference] = process.argv.slice(2) as [string, string];
 const config = parseConfig('default-hooks = false\n[[hook]]\nname = "hang"\ncommand = ["/bin/sh", "-c", "echo $$ > /tiu-hook-started; exec sleep 600"]\n');
-await update(testDeps(), { sysroot, reference, config });
+await update(productionDeps, { sysroot, reference, config });

@@ -6,21 +6,23 @@ import { lstat, readFile, readlink, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, v2Files, type MicroOS } from '../helpers/microos.ts';
-import { buildImage, installPolicy, signInLayout, testDeps, type BuiltImage } from '../helpers/update-deps.ts';
+import { buildImage, installPolicy, signInLayout, type BuiltImage } from '../helpers/update-deps.ts';
+import { productionDeps } from '../../src/deploy/wiring.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { isTiuError, type TiuError } from '../../src/errors.ts';
 import { parseConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
-import { update, type UpdateResult } from '../../src/deploy/update.ts';
+import { ETC_ASIDE, update, type UpdateResult } from '../../src/deploy/update.ts';
+import { dataUsed, isSubvolume } from '../../src/host/btrfs.ts';
 import { mountInfo } from '../../src/host/mount.ts';
 
 describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', function () {
   let os: MicroOS;
   let images: string;
   let signingKey: KeyObject;
-  const deps = () => testDeps();
+  const deps = () => productionDeps;
   const cacheDir = () => join(os.sysroot, 'var/cache/tiu');
   let v1: BuiltImage;
   let v2: BuiltImage;
@@ -52,7 +54,8 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.equal(r.snapshot, 2);
     assert.equal(r.from, 1);
     assert.equal(r.digest, v2.manifest.digest);
-    assert.deepEqual(r.etcConflicts, ['/etc/hostname']);
+    assert.deepEqual(r.etcConflicts.map((c) => c.path), ['hostname']);
+    assert.deepEqual(r.addedUsers, ['chrony']);
     const s = await state();
     assert.equal(s.default, 2);
     assert.equal(s.booted, 1);
@@ -69,6 +72,14 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.equal(await readFile(join(n, 'etc/hostname'), 'utf8'), 'my-host\n');
     assert.equal(await readFile(join(n, 'etc/hostname.tiunew'), 'utf8'), 'microos-v2\n');
     assert.equal(await readFile(join(n, 'etc/new-default.conf'), 'utf8'), 'fresh\n');
+    // Users: the image's new system account is added, the admin's accounts and passwords stay.
+    const passwd = await readFile(join(n, 'etc/passwd'), 'utf8');
+    assert.match(passwd, /^chrony:x:498:498:/m);
+    assert.match(passwd, /^admin:x:1000:1000:/m);
+    assert.match(await readFile(join(n, 'etc/shadow'), 'utf8'), /^admin:\$6\$salt\$adminhash:/m);
+    // /etc is still a nested subvolume, and the admin's copy that waited aside is gone.
+    assert.equal(await isSubvolume(join(n, 'etc')), true);
+    assert.equal(existsSync(join(n, ETC_ASIDE)), false);
     // The running snapshot is unchanged.
     const old = snapshotPath(os.sysroot, 1);
     assert.match(await readFile(join(old, 'usr/lib/os-release'), 'utf8'), /VERSION_ID="1"/);
@@ -114,7 +125,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     );
   });
 
-  it('a layer that rots in the cache is caught while applying: the snapshot is deleted again', async () => {
+  it('a layer that rots in the cache is caught before a snapshot is made', async () => {
     const d = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, downloadOnly: true });
     assert.equal(d.status, 'downloaded');
     const blob = join(cacheDir(), 'blobs/sha256', v1.layers[0]!.digest.slice(7));
@@ -209,5 +220,17 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.deepEqual(s.snapshots.map((x) => x.number), [...crashed.snapshots.filter((x) => !x.inProgress).map((x) => x.number), r.snapshot]);
     assert.equal(existsSync(join(snapshotPath(os.sysroot, r.snapshot), 'tiu-hook-started')), false);
     assert.equal((await mountInfo()).some((m) => m.mountPoint.startsWith(join(os.sysroot, '.snapshots') + '/')), false);
+  });
+
+  it('deploying the image the running snapshot already holds writes no file data (btrfs filesystem df)', async () => {
+    const before = await dataUsed(os.sysroot);
+    const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks });
+    assert.ok(r.status === 'updated');
+    assert.equal(r.from, 1);
+    // Only the image's /etc/hostname, over the admin's changed copy (which the merge then keeps).
+    assert.equal(r.apply.written.bytes, 'microos\n'.length);
+    assert.equal(await readFile(join(snapshotPath(os.sysroot, r.snapshot), 'etc/hostname'), 'utf8'), 'my-host\n');
+    const grown = (await dataUsed(os.sysroot)) - before;
+    assert.ok(grown < 1024 * 1024, `data grew by ${grown} bytes`);
   });
 });
