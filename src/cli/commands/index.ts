@@ -5,4 +5,7 @@ export const commands: (() => Promise<Command>)[] = [
   async () => (await import('./copy.ts')).default,
   async () => (await import('./inspect.ts')).default,
   async () => (await import('./key-generate.ts')).default,
+  async () => (await import('./update.ts')).default,
+  async () => (await import('./status.ts')).default,
+  async () => (await import('./rollback.ts')).default,
 ];
