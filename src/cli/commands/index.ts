@@ -8,4 +8,7 @@ export const commands: (() => Promise<Command>)[] = [
   async () => (await import('./key-generate.ts')).default,
   async () => (await import('./sign.ts')).default,
   async () => (await import('./verify.ts')).default,
+  async () => (await import('./update.ts')).default,
+  async () => (await import('./status.ts')).default,
+  async () => (await import('./rollback.ts')).default,
 ];
