@@ -27,6 +27,8 @@ export interface RunOptions {
   input?: string | Uint8Array;
   /** Exit codes that are not failures (default [0]). */
   okExitCodes?: number[];
+  /** Return any exit code instead of throwing (the program must still start and finish in time). */
+  allowFailure?: boolean;
   /** Keep stdout as a Buffer instead of text. */
   binary?: boolean;
 }
@@ -76,7 +78,7 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     throw new CommandFailedError(argv, undefined, tail(stderr), why.includes('ENOENT') ? 'is not installed' : why);
   }
   const exitCode = r.exitCode ?? 0;
-  if (!(opts.okExitCodes ?? [0]).includes(exitCode)) throw new CommandFailedError(argv, exitCode, tail(stderr));
+  if (!opts.allowFailure && !(opts.okExitCodes ?? [0]).includes(exitCode)) throw new CommandFailedError(argv, exitCode, tail(stderr));
   if (opts.binary) {
     const bytes = r.stdout as unknown as Uint8Array;
     return { stdout: '', stdoutBytes: bytes, stderr, exitCode };
