@@ -5,4 +5,5 @@ export const commands: (() => Promise<Command>)[] = [
   async () => (await import('./copy.ts')).default,
   async () => (await import('./inspect.ts')).default,
   async () => (await import('./key-generate.ts')).default,
+  async () => (await import('./health.ts')).default,
 ];
