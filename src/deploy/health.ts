@@ -45,12 +45,12 @@ export class HealthError extends TiuError {}
 
 export const DEFAULT_MAX_ATTEMPTS = 3;
 
-export function healthOf(s: HealthSnapshot): HealthMark | undefined {
+export function healthOf(s: { userdata: Record<string, string> }): HealthMark | undefined {
   const v = s.userdata[HEALTH_UD.health];
   return v === 'good' || v === 'bad' ? v : undefined;
 }
 
-export function attemptsOf(s: HealthSnapshot): number {
+export function attemptsOf(s: { userdata: Record<string, string> }): number {
   const n = Number(s.userdata[HEALTH_UD.attempts] ?? 0);
   return Number.isInteger(n) && n > 0 ? n : 0;
 }
