@@ -20,3 +20,13 @@ export class ManifestTooLargeError extends TiuError {
     super('MANIFEST_TOO_LARGE', `manifest of ${size} bytes exceeds the limit of ${limit}`, { size, limit });
   }
 }
+export class InvalidTagError extends TiuError {
+  constructor(tag: string) {
+    super('INVALID_TAG', `invalid tag ${JSON.stringify(tag.slice(0, 140))}`, { tag: tag.slice(0, 140) });
+  }
+}
+export class InvalidRangeError extends TiuError {
+  constructor(digest: string, start: number, end: number, size: number) {
+    super('INVALID_RANGE', `byte range [${start}, ${end}) is outside blob ${digest} of ${size} bytes`, { digest, start, end, size });
+  }
+}

@@ -68,6 +68,11 @@ export interface Target extends Storage, Resolver, Tagger {
   referrers?: ReferrerLister['referrers'];
   tags?: TagLister['tags'];
   fetchRange?: RangeFetcher['fetchRange'];
+  /**
+   * The image meant when a reference names none (an `oci:` layout holding exactly one image).
+   * Targets without such a notion leave it out; copy() then needs a reference.
+   */
+  resolveDefault?(opts?: FetchOptions): Promise<Descriptor>;
   /** Flush and release (oci-archive writes its tar here). */
   close?(): Promise<void>;
 }

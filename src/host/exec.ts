@@ -27,8 +27,12 @@ export interface RunOptions {
   input?: string | Uint8Array;
   /** Exit codes that are not failures (default [0]). */
   okExitCodes?: number[];
+  /** Return any exit code instead of throwing (the program must still start and finish in time). */
+  allowFailure?: boolean;
   /** Keep stdout as a Buffer instead of text. */
   binary?: boolean;
+  /** Open file descriptors of this process to pass on as the child's fds 3, 4, ... (e.g. for flock(1)). */
+  passFds?: number[];
 }
 
 export interface RunResult {
@@ -56,6 +60,11 @@ function tail(s: string): string {
 export async function run(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const argv = [file, ...args];
   logger(argv.join(' '));
+  const stdinOpts: ExecaOptions = opts.passFds?.length
+    ? { stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe', ...opts.passFds] as unknown as ExecaOptions['stdio'], ...(opts.input !== undefined ? { input: opts.input } : {}) }
+    : opts.input !== undefined
+      ? { input: opts.input }
+      : { stdin: 'ignore' };
   const options: ExecaOptions = {
     cwd: opts.cwd,
     env: opts.env,
@@ -65,7 +74,7 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     reject: false,
     stripFinalNewline: false,
     encoding: opts.binary ? 'buffer' : 'utf8',
-    ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' }),
+    ...stdinOpts,
   };
   const r = await execa(file, args, options);
   const stderr = typeof r.stderr === 'string' ? r.stderr : Buffer.from(r.stderr as Uint8Array).toString();
@@ -76,7 +85,7 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     throw new CommandFailedError(argv, undefined, tail(stderr), why.includes('ENOENT') ? 'is not installed' : why);
   }
   const exitCode = r.exitCode ?? 0;
-  if (!(opts.okExitCodes ?? [0]).includes(exitCode)) throw new CommandFailedError(argv, exitCode, tail(stderr));
+  if (!opts.allowFailure && !(opts.okExitCodes ?? [0]).includes(exitCode)) throw new CommandFailedError(argv, exitCode, tail(stderr));
   if (opts.binary) {
     const bytes = r.stdout as unknown as Uint8Array;
     return { stdout: '', stdoutBytes: bytes, stderr, exitCode };

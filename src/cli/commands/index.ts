@@ -2,4 +2,7 @@
 import type { Command } from '../command.ts';
 
 export const commands: (() => Promise<Command>)[] = [
+  async () => (await import('./copy.ts')).default,
+  async () => (await import('./inspect.ts')).default,
+  async () => (await import('./key-generate.ts')).default,
 ];

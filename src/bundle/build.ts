@@ -1,0 +1,285 @@
+/**
+ * `tiu build`: a directory, a tar archive or an image -> tree -> tree rules -> N layers -> config
+ * and manifest -> pushed to a Target and tagged. Blobs are written to temp files first (their
+ * digests must be known before a push), then streamed to the target; nothing the size of the
+ * tree is ever held in memory.
+ */
+import { mkdtemp, open, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import type { Target } from '../content/interfaces.ts';
+import { VerifyingStream, sha256, verifyBuffer } from '../oci/digest.ts';
+import { isIndexType, isManifestType, MediaType } from '../oci/mediatypes.ts';
+import { Annotation, type Descriptor, type ImageConfig, type ImageIndex, type ImageManifest } from '../oci/types.ts';
+import { decompressStream } from './decompress.ts';
+import { BuildError } from './errors.ts';
+import { normalizeTreePath, parentOf, type TreeEntry } from './entry.ts';
+import { DEFAULT_LAYERS, MAX_LAYERS, planLayers } from './layers.ts';
+import { writeLayer, type LayerCompression, type LayerResult } from './layer-writer.ts';
+import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
+import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
+import { scanDirectory } from './source-dir.ts';
+import { TreeBuilder } from './source-tar.ts';
+
+/** Version of the bundle format (manifest annotation org.opensuse.tiu.bundle.version). */
+export const BUNDLE_FORMAT_VERSION = '1';
+/** The oldest agent that applies this format. */
+export const MIN_AGENT_VERSION = '0.1.0';
+
+export const TiuAnnotation = {
+  BundleVersion: 'org.opensuse.tiu.bundle.version',
+  MinAgentVersion: 'org.opensuse.tiu.min-agent-version',
+  OsReleasePrefix: 'org.opensuse.tiu.os-release.',
+} as const;
+
+export type BuildSource = { kind: 'directory'; path: string } | { kind: 'archive'; path: string } | { kind: 'image'; target: Target; reference: string };
+
+export interface BuildOptions {
+  compression?: LayerCompression;
+  layers?: number;
+  exclude?: string[];
+  annotations?: Record<string, string>;
+  /** OCI architecture; default: the host's. */
+  architecture?: string;
+  /** Seconds; default SOURCE_DATE_EPOCH from the environment, else the newest mtime in the tree. */
+  sourceDateEpoch?: number;
+  level?: number;
+  tmpDir?: string;
+  signal?: AbortSignal;
+  onProgress?: (line: string) => void;
+}
+
+export interface BuildResult {
+  descriptor: Descriptor;
+  manifest: ImageManifest;
+  config: ImageConfig;
+  layers: LayerResult[];
+  entries: number;
+}
+
+export function hostArchitecture(): string {
+  const map: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64', ia32: '386' };
+  return map[process.arch] ?? process.arch;
+}
+
+export function sourceDateEpochFromEnv(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const v = env.SOURCE_DATE_EPOCH;
+  if (v === undefined || v === '') return undefined;
+  if (!/^\d+$/.test(v)) throw new BuildError('BUILD_BAD_OPTION', `SOURCE_DATE_EPOCH=${JSON.stringify(v)} is not a number of seconds`);
+  return Number(v);
+}
+
+/** Decide what SOURCE is: an existing directory, an existing file (a tar), else an image reference. */
+export async function classifySource(source: string): Promise<'directory' | 'archive' | 'image'> {
+  try {
+    const st = await stat(source);
+    if (st.isDirectory()) return 'directory';
+    if (st.isFile()) return 'archive';
+    throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${source} is neither a directory nor a file`, { source });
+  } catch (e) {
+    if (e instanceof BuildError) throw e;
+    return 'image';
+  }
+}
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream as AsyncIterable<Buffer>) chunks.push(c);
+  return Buffer.concat(chunks);
+}
+
+async function fetchJson<T>(target: Target, desc: Descriptor, limit: number): Promise<T> {
+  if (desc.size > limit) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${desc.mediaType} ${desc.digest} of ${desc.size} bytes is too large`);
+  const data = await readAll(await target.fetch(desc));
+  verifyBuffer(desc, data, desc.mediaType);
+  return JSON.parse(data.toString('utf8')) as T;
+}
+
+/** Apply an image's layers, in order, with whiteouts, into a tree. */
+async function loadImage(tb: TreeBuilder, target: Target, reference: string, arch: string, opts: BuildOptions): Promise<TreeEntry[]> {
+  let desc = await target.resolve(reference, { signal: opts.signal });
+  if (isIndexType(desc.mediaType)) {
+    const index = await fetchJson<ImageIndex>(target, desc, 4 << 20);
+    const pick = index.manifests.find((m) => isManifestType(m.mediaType) && (!m.platform || (m.platform.os === 'linux' && m.platform.architecture === arch)));
+    if (!pick) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${target.name} ${reference} has no linux/${arch} image`);
+    desc = pick;
+  }
+  if (!isManifestType(desc.mediaType)) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${target.name} ${reference} is a ${desc.mediaType}, not an image`);
+  const manifest = await fetchJson<ImageManifest>(target, desc, 4 << 20);
+  for (const [i, layer] of manifest.layers.entries()) {
+    opts.onProgress?.(`reading layer ${i + 1}/${manifest.layers.length} ${layer.digest}`);
+    const verify = new VerifyingStream(layer, `layer ${layer.digest}`);
+    const raw = await target.fetch(layer, { signal: opts.signal });
+    raw.on('error', (e) => verify.destroy(e));
+    raw.pipe(verify);
+    const { stream, done } = await decompressStream(verify, { signal: opts.signal });
+    await tb.addTar(stream, `layer ${layer.digest}`, { whiteouts: true, signal: opts.signal });
+    await done;
+  }
+  return [...tb.entries.values()];
+}
+
+/** Resolve a symlink inside the tree (relative to the tree root, never leaving it). */
+function resolveInTree(byPath: Map<string, TreeEntry>, path: string): TreeEntry | undefined {
+  let p = path;
+  for (let hops = 0; hops < 40; hops++) {
+    const e = byPath.get(p);
+    if (!e || e.type !== 'symlink') return e;
+    const link = e.link ?? '';
+    let next: string;
+    try {
+      next = link.startsWith('/') ? normalizeTreePath(link, 'symlink', true) : normalizeTreePath(`${parentOf(p)}/${link}`, 'symlink');
+    } catch {
+      return undefined;
+    }
+    p = next;
+  }
+  return undefined;
+}
+
+async function readSmall(e: TreeEntry): Promise<Buffer> {
+  if (!e.content || e.size === 0) return Buffer.alloc(0);
+  if ('data' in e.content) return e.content.data;
+  const fh = await open(e.content.file, 'r');
+  try {
+    const buf = Buffer.alloc(e.size);
+    const { bytesRead } = await fh.read(buf, 0, e.size, e.content.offset);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function readTreeOsRelease(entries: readonly TreeEntry[]): Promise<Record<string, string>> {
+  const byPath = new Map(entries.map((e) => [e.path, e]));
+  for (const p of ['etc/os-release', 'usr/lib/os-release']) {
+    const e = resolveInTree(byPath, p);
+    if (e && (e.type === 'reg' || e.type === 'hardlink')) {
+      checkOsReleaseSize(e.size);
+      return parseOsRelease((await readSmall(e)).toString('utf8'));
+    }
+  }
+  return {};
+}
+
+function parseAnnotations(a: Record<string, string>): Record<string, string> {
+  for (const k of Object.keys(a)) if (k === '') throw new BuildError('BUILD_BAD_OPTION', 'an annotation needs a key');
+  return a;
+}
+
+/** Build `source` into a bundle, push it to `dest` and tag it `tag`. */
+export async function buildBundle(source: BuildSource, dest: Target, tag: string, opts: BuildOptions = {}): Promise<BuildResult> {
+  const compression = opts.compression ?? 'zstd';
+  const nLayers = opts.layers ?? DEFAULT_LAYERS;
+  if (!Number.isInteger(nLayers) || nLayers < 1 || nLayers > MAX_LAYERS) throw new BuildError('BUILD_BAD_OPTION', `--layers must be between 1 and ${MAX_LAYERS}, got ${nLayers}`);
+  if (compression !== 'zstd' && compression !== 'gzip') throw new BuildError('BUILD_BAD_OPTION', `--compression must be zstd or gzip, got ${String(compression)}`);
+  const excludes = normalizeExcludes(opts.exclude);
+  const arch = opts.architecture ?? hostArchitecture();
+  const userAnnotations = parseAnnotations(opts.annotations ?? {});
+  const progress = opts.onProgress ?? (() => undefined);
+  const tmp = await mkdtemp(join(opts.tmpDir ?? tmpdir(), 'tiu-build-'));
+  try {
+    // 1. The tree.
+    let entries: TreeEntry[];
+    if (source.kind === 'directory') {
+      progress(`scanning ${source.path}`);
+      entries = await scanDirectory(source.path, { signal: opts.signal, pruneContents: (p) => contentsExcluded(p, excludes) });
+    } else {
+      const spoolName = join(tmp, 'spool');
+      const spool = await open(spoolName, 'w+', 0o600);
+      try {
+        const tb = new TreeBuilder(spool, spoolName);
+        if (source.kind === 'archive') {
+          progress(`reading ${source.path}`);
+          const input = createReadStream(source.path);
+          try {
+            await once(input, 'open');
+          } catch {
+            throw new BuildError('BUILD_SOURCE_NOT_FOUND', `cannot read ${source.path}`, { source: source.path });
+          }
+          const { stream, done } = await decompressStream(input, { signal: opts.signal });
+          await tb.addTar(stream, source.path, { signal: opts.signal });
+          await done;
+          entries = [...tb.entries.values()];
+        } else {
+          progress(`reading ${source.target.name} ${source.reference}`);
+          entries = await loadImage(tb, source.target, source.reference, arch, opts);
+        }
+      } finally {
+        await spool.close();
+      }
+    }
+    progress(`${entries.length} entries read`);
+
+    // 2. Time: SOURCE_DATE_EPOCH or the newest mtime, so a tree builds the same every time.
+    const epoch = opts.sourceDateEpoch ?? sourceDateEpochFromEnv() ?? entries.reduce((m, e) => Math.max(m, e.mtime), 0);
+    const created = new Date(epoch * 1000).toISOString().replace(/\.000Z$/, 'Z');
+
+    // 3. Rules and layers.
+    const tree = applyTreeRules(entries, { exclude: excludes, mtime: epoch });
+    entries = [];
+    const osRelease = await readTreeOsRelease(tree);
+    const plan = planLayers(tree, nLayers);
+    const layers: LayerResult[] = [];
+    for (const [i, layerEntries] of plan.entries()) {
+      const r = await writeLayer(layerEntries, join(tmp, `layer-${i}`), { compression, level: opts.level, signal: opts.signal });
+      layers.push(r);
+      progress(`layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`);
+    }
+
+    // 4. Config and manifest.
+    const labels: Record<string, string> = {};
+    for (const k of OS_RELEASE_KEYS) if (osRelease[k] !== undefined) labels[`${TiuAnnotation.OsReleasePrefix}${k}`] = osRelease[k];
+    const config: ImageConfig = {
+      created,
+      architecture: arch,
+      os: 'linux',
+      config: { Labels: labels },
+      rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) },
+      history: layers.map((_, i) => ({ created, created_by: `tiu build (layer ${i + 1} of ${layers.length})` })),
+    };
+    const configBytes = Buffer.from(JSON.stringify(config), 'utf8');
+    const configDesc: Descriptor = { mediaType: MediaType.OciConfig, digest: sha256(configBytes), size: configBytes.length };
+    const annotations: Record<string, string> = {
+      [TiuAnnotation.BundleVersion]: BUNDLE_FORMAT_VERSION,
+      [TiuAnnotation.MinAgentVersion]: MIN_AGENT_VERSION,
+      ...labels,
+      [Annotation.Created]: created,
+    };
+    const version = osRelease.IMAGE_VERSION ?? osRelease.VERSION_ID;
+    if (version) annotations[Annotation.Version] = version;
+    const title = osRelease.PRETTY_NAME ?? osRelease.NAME;
+    if (title) annotations[Annotation.Title] = title;
+    Object.assign(annotations, userAnnotations);
+    const manifest: ImageManifest = {
+      schemaVersion: 2,
+      mediaType: MediaType.OciManifest,
+      config: configDesc,
+      layers: layers.map((l) => l.descriptor),
+      annotations: Object.fromEntries(Object.entries(annotations).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
+    };
+    const manifestBytes = Buffer.from(JSON.stringify(manifest), 'utf8');
+    const descriptor: Descriptor = { mediaType: MediaType.OciManifest, digest: sha256(manifestBytes), size: manifestBytes.length };
+
+    // 5. Push: layers, config, manifest, tag.
+    for (const [i, l] of layers.entries()) {
+      if (await dest.exists(l.descriptor, { signal: opts.signal })) {
+        progress(`layer ${i + 1}/${layers.length} already in ${dest.name}`);
+        continue;
+      }
+      progress(`pushing layer ${i + 1}/${layers.length} (${l.descriptor.size} bytes)`);
+      await dest.push(l.descriptor, createReadStream(join(tmp, `layer-${i}`)), { signal: opts.signal });
+    }
+    if (!(await dest.exists(configDesc, { signal: opts.signal }))) await dest.push(configDesc, Readable.from([configBytes]), { signal: opts.signal });
+    await dest.push(descriptor, Readable.from([manifestBytes]), { signal: opts.signal });
+    await dest.tag(descriptor, tag, { signal: opts.signal });
+    progress(`pushed ${dest.name} ${tag} ${descriptor.digest}`);
+    return { descriptor, manifest, config, layers, entries: tree.length };
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+

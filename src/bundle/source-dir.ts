@@ -1,0 +1,102 @@
+/**
+ * A directory as a tree: walk it without following symlinks, lstat everything, read xattrs
+ * in one getfattr run. Names are read as bytes. Content stays on disk and is read when the
+ * layer is written.
+ */
+import { lstat, readdir, readlink } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { readTreeXattrs } from '../host/xattr.ts';
+import { BuildError } from './errors.ts';
+import { bbuf, bstr, comparePaths, showPath, type EntryType, type TreeEntry } from './entry.ts';
+
+function typeOf(st: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean; isFIFO(): boolean }): EntryType | undefined {
+  if (st.isFile()) return 'reg';
+  if (st.isDirectory()) return 'dir';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isCharacterDevice()) return 'char';
+  if (st.isBlockDevice()) return 'block';
+  if (st.isFIFO()) return 'fifo';
+  return undefined; // sockets: runtime objects, never part of an image
+}
+
+export function devMajor(rdev: bigint): number {
+  return Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+}
+export function devMinor(rdev: bigint): number {
+  return Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+}
+
+export interface ScanOptions {
+  signal?: AbortSignal;
+  /** Skip reading these subtrees at all (tree paths); their directories are still listed. */
+  pruneContents?: (path: string) => boolean;
+  onProgress?: (entries: number) => void;
+}
+
+/** All entries under `root`, sorted by path, with hardlinks as 'hardlink' to the first path. */
+export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Promise<TreeEntry[]> {
+  const root = resolve(rootArg);
+  let rootStat;
+  try {
+    rootStat = await lstat(root);
+  } catch {
+    throw new BuildError('BUILD_SOURCE_NOT_FOUND', `source directory ${root} does not exist`, { source: root });
+  }
+  if (!rootStat.isDirectory()) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${root} is not a directory`, { source: root });
+  const xattrs = await readTreeXattrs(root, { signal: opts.signal });
+  const rootBuf = Buffer.from(root === '/' ? '' : root, 'utf8');
+  const entries: TreeEntry[] = [];
+  const inodes = new Map<string, string>();
+  const abs = (rel: string) => (rel === '' ? Buffer.from(root, 'utf8') : Buffer.concat([rootBuf, Buffer.from('/'), bbuf(rel)]));
+
+  const visit = async (rel: string): Promise<void> => {
+    opts.signal?.throwIfAborted();
+    const names = (await readdir(abs(rel), { encoding: 'buffer' })).map(bstr).sort(comparePaths);
+    for (const name of names) {
+      const path = rel === '' ? name : `${rel}/${name}`;
+      const p = abs(path);
+      const st = await lstat(p, { bigint: true });
+      const type = typeOf(st);
+      if (!type) continue;
+      const e: TreeEntry = {
+        path,
+        type,
+        mode: Number(st.mode & 0o7777n),
+        uid: Number(st.uid),
+        gid: Number(st.gid),
+        mtime: Number(st.mtimeNs / 1_000_000_000n) - (st.mtimeNs < 0n && st.mtimeNs % 1_000_000_000n !== 0n ? 1 : 0),
+        mtimeNsec: Number(((st.mtimeNs % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n),
+        size: 0,
+        xattrs: xattrs.get(path) ?? [],
+      };
+      if (type === 'reg') {
+        const key = `${st.dev}:${st.ino}`;
+        const first = st.nlink > 1n ? inodes.get(key) : undefined;
+        e.size = Number(st.size);
+        if (e.size > 0) e.content = { file: p, offset: 0, whole: true };
+        if (first !== undefined) {
+          e.type = 'hardlink';
+          e.link = first;
+        } else if (st.nlink > 1n) {
+          inodes.set(key, path);
+        }
+      } else if (type === 'symlink') {
+        e.link = bstr(await readlink(p, { encoding: 'buffer' }));
+      } else if (type === 'char' || type === 'block') {
+        e.devMajor = devMajor(st.rdev);
+        e.devMinor = devMinor(st.rdev);
+      }
+      entries.push(e);
+      if (entries.length % 10000 === 0) opts.onProgress?.(entries.length);
+      if (type === 'dir' && !opts.pruneContents?.(path)) await visit(path);
+    }
+  };
+  try {
+    await visit('');
+  } catch (e) {
+    if (e instanceof BuildError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    throw new BuildError('BUILD_SOURCE_CHANGED', `reading ${root}: ${err.message}`, { source: root, path: err.path ? showPath(String(err.path)) : undefined });
+  }
+  return entries;
+}

@@ -1,0 +1,116 @@
+/**
+ * Tar archives (kiwi's .tar/.tar.gz/.tar.xz/.tar.zst/.tbz) and image layers as a tree. Members
+ * are applied in order (a later member replaces an earlier one of the same path, as
+ * extracting would); with `whiteouts`, OCI whiteout files delete what lower layers had.
+ * Regular file content goes to a spool file, so only metadata stays in memory.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { BuildError } from './errors.ts';
+import { isUnder, normalizeTreePath, showPath, type EntryType, type TreeEntry } from './entry.ts';
+import { ByteReader, readTar } from './tar-format.ts';
+
+const TYPES: Record<string, EntryType> = {
+  '0': 'reg',
+  '\0': 'reg',
+  '7': 'reg',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'char',
+  '4': 'block',
+  '5': 'dir',
+  '6': 'fifo',
+};
+
+const WH = '.wh.';
+const OPAQUE = '.wh..wh..opq';
+
+export class TreeBuilder {
+  readonly entries = new Map<string, TreeEntry>();
+  readonly #spool: FileHandle;
+  readonly #spoolName: string;
+  #spoolSize = 0;
+
+  constructor(spool: FileHandle, spoolName: string) {
+    this.#spool = spool;
+    this.#spoolName = spoolName;
+  }
+
+  #removeTree(path: string, keep?: Set<string>): void {
+    for (const p of [...this.entries.keys()]) {
+      if (isUnder(p, path) && !keep?.has(p)) this.entries.delete(p);
+    }
+  }
+
+  /** Apply one tar stream. `what` names it in errors. */
+  async addTar(stream: Readable, what: string, opts: { whiteouts?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+    const reader = new ByteReader(stream);
+    const thisLayer = new Set<string>();
+    for await (const m of readTar(reader, what)) {
+      opts.signal?.throwIfAborted();
+      const path = normalizeTreePath(m.name, `${what}: member ${JSON.stringify(showPath(m.name))}`);
+      const type = TYPES[m.typeflag];
+      if (path === '') {
+        // The archive's root directory ("./"): nothing to record; the tree root is implicit.
+        if (type === 'dir') continue;
+        throw new BuildError('TAR_INVALID', `${what}: a non-directory member names the root`);
+      }
+      const base = path.slice(path.lastIndexOf('/') + 1);
+      if (opts.whiteouts && base.startsWith(WH)) {
+        const dir = path.slice(0, Math.max(0, path.lastIndexOf('/')));
+        if (base === OPAQUE) {
+          for (const p of [...this.entries.keys()]) if (p !== dir && isUnder(p, dir) && !thisLayer.has(p)) this.entries.delete(p);
+        } else {
+          this.#removeTree(dir === '' ? base.slice(WH.length) : `${dir}/${base.slice(WH.length)}`);
+        }
+        continue;
+      }
+      if (!type) {
+        throw new BuildError('TAR_UNSUPPORTED_ENTRY', `${what}: member ${JSON.stringify(showPath(m.name))} has tar type ${JSON.stringify(m.typeflag)}, which tiu does not support`);
+      }
+      const e: TreeEntry = {
+        path,
+        type,
+        mode: m.mode,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+        mtimeNsec: m.mtimeNsec,
+        size: 0,
+        xattrs: m.xattrs,
+      };
+      if (type === 'reg') {
+        e.size = m.size;
+        if (m.size > 0) {
+          e.content = { file: this.#spoolName, offset: this.#spoolSize };
+          let got = 0;
+          for await (const piece of reader.pieces(m.size)) {
+            await this.#spool.write(piece, 0, piece.length, this.#spoolSize + got);
+            got += piece.length;
+          }
+          if (got !== m.size) throw new BuildError('TAR_INVALID', `${what}: truncated tar in the content of ${JSON.stringify(showPath(path))}`);
+          this.#spoolSize += got;
+        }
+      } else if (type === 'hardlink') {
+        const target = normalizeTreePath(m.linkname, `${what}: hardlink ${JSON.stringify(showPath(m.name))}`);
+        const t = this.entries.get(target);
+        if (!t || (t.type !== 'reg' && t.type !== 'hardlink')) {
+          throw new BuildError('TAR_INVALID', `${what}: hardlink ${JSON.stringify(showPath(path))} points at ${JSON.stringify(showPath(target))}, which is not a regular file earlier in the archive`);
+        }
+        e.link = t.type === 'hardlink' ? t.link! : target;
+        e.size = t.size;
+        e.content = t.content;
+      } else if (type === 'symlink') {
+        e.link = m.linkname;
+      } else if (type === 'char' || type === 'block') {
+        e.devMajor = m.devMajor;
+        e.devMinor = m.devMinor;
+      }
+      const old = this.entries.get(path);
+      if (old && !(old.type === 'dir' && type === 'dir')) this.#removeTree(path);
+      this.entries.set(path, e);
+      thisLayer.add(path);
+    }
+    await reader.drain();
+  }
+}

@@ -1,0 +1,231 @@
+/**
+ * The table of contents of a zstd:chunked layer (containers/storage's format, which tiu's zstd
+ * layers follow):
+ *
+ *   [zstd frames of the tar: tar headers (with the previous file's padding), and one frame per
+ *    regular file's content]
+ *   [skippable frame: the TOC JSON, zstd-compressed]
+ *   [skippable frame: tar-split data, zstd-compressed]
+ *   [skippable frame of 64 bytes: the footer]
+ *
+ * Footer (little-endian u64s): TOC offset, TOC compressed length, TOC uncompressed length,
+ * manifest type (1), tar-split offset, its compressed and uncompressed lengths, then the
+ * 8 magic bytes "GNUlInUx". Offsets point past the 8-byte skippable frame header.
+ * Layer annotations repeat the positions and carry the sha256 of the compressed TOC, so a
+ * signed manifest pins the TOC, and the TOC pins every file by sha256.
+ *
+ * Entry names are the tar names. JSON can't carry non-UTF-8 bytes, so for such names tiu
+ * adds `nameRaw`/`linkNameRaw` (base64 of the bytes); other readers ignore unknown fields.
+ */
+import { createHash } from 'node:crypto';
+import { zstdDecompressSync } from 'node:zlib';
+import { BuildError } from './errors.ts';
+
+export const ZstdChunkedAnnotation = {
+  ManifestChecksum: 'io.github.containers.zstd-chunked.manifest-checksum',
+  ManifestPosition: 'io.github.containers.zstd-chunked.manifest-position',
+  TarSplitPosition: 'io.github.containers.zstd-chunked.tarsplit-position',
+} as const;
+
+export const SKIPPABLE_MAGIC = 0x184d2a50;
+export const SKIPPABLE_HEADER = 8;
+export const FOOTER_SIZE = 64;
+export const FOOTER_MAGIC = Buffer.from('GNUlInUx', 'latin1');
+export const MANIFEST_TYPE_CRFS = 1;
+/** A TOC larger than this (uncompressed) is refused. */
+export const MAX_TOC_BYTES = 256 * 1024 * 1024;
+
+export type TocEntryType = 'reg' | 'hardlink' | 'symlink' | 'dir' | 'char' | 'block' | 'fifo' | 'chunk';
+
+export interface TocEntry {
+  type: TocEntryType;
+  name: string;
+  linkName?: string;
+  mode?: number;
+  size?: number;
+  uid?: number;
+  gid?: number;
+  /** RFC 3339 with nanoseconds. */
+  modtime?: string;
+  devMajor?: number;
+  devMinor?: number;
+  /** name -> base64 of the value. */
+  xattrs?: Record<string, string>;
+  /** sha256:<hex> of the file content; absent for empty files. */
+  digest?: string;
+  /** [offset, endOffset) of the file content's zstd frame in the blob. */
+  offset?: number;
+  endOffset?: number;
+  chunkSize?: number;
+  chunkOffset?: number;
+  chunkDigest?: string;
+  chunkType?: string;
+  /** tiu: base64 of the name's bytes where they are not UTF-8. */
+  nameRaw?: string;
+  linkNameRaw?: string;
+}
+
+export interface Toc {
+  version: 1;
+  entries: TocEntry[];
+  tarSplitDigest?: string;
+}
+
+export interface Footer {
+  offset: number;
+  lengthCompressed: number;
+  lengthUncompressed: number;
+  manifestType: number;
+  offsetTarSplit: number;
+  lengthCompressedTarSplit: number;
+  lengthUncompressedTarSplit: number;
+}
+
+export function skippableFrame(data: Uint8Array): Buffer {
+  const h = Buffer.alloc(SKIPPABLE_HEADER);
+  h.writeUInt32LE(SKIPPABLE_MAGIC, 0);
+  h.writeUInt32LE(data.length, 4);
+  return Buffer.concat([h, data]);
+}
+
+export function encodeFooter(f: Footer): Buffer {
+  const b = Buffer.alloc(FOOTER_SIZE);
+  const fields = [f.offset, f.lengthCompressed, f.lengthUncompressed, f.manifestType, f.offsetTarSplit, f.lengthCompressedTarSplit, f.lengthUncompressedTarSplit];
+  fields.forEach((v, i) => b.writeBigUInt64LE(BigInt(v), i * 8));
+  FOOTER_MAGIC.copy(b, 56);
+  return b;
+}
+
+/** Parse the footer from the last bytes of a blob (the whole 72-byte skippable frame). */
+export function parseFooter(frame: Buffer): Footer {
+  if (frame.length !== SKIPPABLE_HEADER + FOOTER_SIZE || frame.readUInt32LE(0) !== SKIPPABLE_MAGIC || frame.readUInt32LE(4) !== FOOTER_SIZE) {
+    throw new BuildError('TOC_INVALID', 'the blob does not end in a zstd:chunked footer');
+  }
+  const b = frame.subarray(SKIPPABLE_HEADER);
+  if (!b.subarray(56).equals(FOOTER_MAGIC)) throw new BuildError('TOC_INVALID', 'the footer has no zstd:chunked magic');
+  const n = (i: number) => {
+    const v = b.readBigUInt64LE(i * 8);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BuildError('TOC_INVALID', 'footer value out of range');
+    return Number(v);
+  };
+  return { offset: n(0), lengthCompressed: n(1), lengthUncompressed: n(2), manifestType: n(3), offsetTarSplit: n(4), lengthCompressedTarSplit: n(5), lengthUncompressedTarSplit: n(6) };
+}
+
+/** `offset:length:uncompressed:type` of the manifest-position annotation. */
+export function parsePosition(value: string): { offset: number; lengthCompressed: number; lengthUncompressed: number; manifestType: number } {
+  const parts = value.split(':');
+  const nums = parts.map((p) => (/^\d+$/.test(p) ? Number(p) : NaN));
+  if (nums.length !== 4 || nums.some((x) => !Number.isSafeInteger(x))) throw new BuildError('TOC_INVALID', `bad manifest-position annotation ${JSON.stringify(value)}`);
+  return { offset: nums[0]!, lengthCompressed: nums[1]!, lengthUncompressed: nums[2]!, manifestType: nums[3]! };
+}
+
+/** Go's time.Time JSON form: RFC 3339, fraction with trailing zeros dropped. */
+export function formatModtime(sec: number, nsec: number): string {
+  const base = new Date(sec * 1000).toISOString().replace(/\.\d{3}Z$/, '');
+  const frac = nsec ? '.' + String(nsec).padStart(9, '0').replace(/0+$/, '') : '';
+  return `${base}${frac}Z`;
+}
+
+/** Bytes [start, end) of a blob. */
+export type RangeFetch = (start: number, end: number) => Promise<Buffer>;
+
+const TYPES: readonly string[] = ['reg', 'hardlink', 'symlink', 'dir', 'char', 'block', 'fifo', 'chunk'];
+
+function checkToc(v: unknown): Toc {
+  const bad = (why: string) => new BuildError('TOC_INVALID', `invalid table of contents: ${why}`);
+  if (typeof v !== 'object' || v === null) throw bad('not an object');
+  const t = v as Record<string, unknown>;
+  if (t.version !== 1) throw bad(`version ${JSON.stringify(t.version)} is not 1`);
+  if (!Array.isArray(t.entries)) throw bad('no entries array');
+  for (const [i, e] of (t.entries as unknown[]).entries()) {
+    if (typeof e !== 'object' || e === null) throw bad(`entry ${i} is not an object`);
+    const x = e as Record<string, unknown>;
+    if (typeof x.type !== 'string' || !TYPES.includes(x.type)) throw bad(`entry ${i} has type ${JSON.stringify(x.type)}`);
+    if (typeof x.name !== 'string') throw bad(`entry ${i} has no name`);
+    for (const k of ['mode', 'size', 'uid', 'gid', 'devMajor', 'devMinor', 'offset', 'endOffset', 'chunkSize', 'chunkOffset']) {
+      if (x[k] !== undefined && (typeof x[k] !== 'number' || !Number.isSafeInteger(x[k]) || x[k] < 0)) throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
+    }
+    for (const k of ['linkName', 'modtime', 'digest', 'chunkDigest', 'chunkType', 'nameRaw', 'linkNameRaw']) {
+      if (x[k] !== undefined && typeof x[k] !== 'string') throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
+    }
+    if (x.digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(x.digest as string)) throw bad(`entry ${i} (${x.name}) has a bad digest`);
+    if (x.xattrs !== undefined) {
+      if (typeof x.xattrs !== 'object' || x.xattrs === null || Object.values(x.xattrs).some((s) => typeof s !== 'string')) throw bad(`entry ${i} (${x.name}) has bad xattrs`);
+    }
+  }
+  return t as unknown as Toc;
+}
+
+/**
+ * Fetch and parse the TOC of a zstd:chunked blob of `blobSize` bytes. Where the layer's
+ * annotations are given, the TOC position comes from them and the compressed TOC must match
+ * the manifest-checksum annotation (pass them whenever the manifest is trusted: that is what
+ * makes the TOC trustworthy). Without annotations the footer is read, and nothing is verified.
+ */
+export async function readTocFromFooter(fetch: RangeFetch, blobSize: number, annotations?: Record<string, string>): Promise<Toc> {
+  let pos: { offset: number; lengthCompressed: number; lengthUncompressed: number; manifestType: number };
+  const position = annotations?.[ZstdChunkedAnnotation.ManifestPosition];
+  if (position !== undefined) {
+    pos = parsePosition(position);
+  } else {
+    const size = SKIPPABLE_HEADER + FOOTER_SIZE;
+    if (blobSize < size) throw new BuildError('TOC_INVALID', `a blob of ${blobSize} bytes is too small for a zstd:chunked footer`);
+    pos = parseFooter(await fetch(blobSize - size, blobSize));
+  }
+  if (pos.manifestType !== MANIFEST_TYPE_CRFS) throw new BuildError('TOC_INVALID', `unknown TOC type ${pos.manifestType}`);
+  if (pos.lengthUncompressed > MAX_TOC_BYTES || pos.lengthCompressed > MAX_TOC_BYTES) {
+    throw new BuildError('TOC_TOO_LARGE', `table of contents of ${pos.lengthUncompressed} bytes exceeds the limit of ${MAX_TOC_BYTES}`);
+  }
+  if (pos.offset < SKIPPABLE_HEADER || pos.offset + pos.lengthCompressed > blobSize) throw new BuildError('TOC_INVALID', 'TOC position lies outside the blob');
+  const compressed = await fetch(pos.offset, pos.offset + pos.lengthCompressed);
+  if (compressed.length !== pos.lengthCompressed) throw new BuildError('TOC_INVALID', `fetched ${compressed.length} TOC bytes, expected ${pos.lengthCompressed}`);
+  const expected = annotations?.[ZstdChunkedAnnotation.ManifestChecksum];
+  if (annotations && expected === undefined) throw new BuildError('TOC_INVALID', 'the layer has no manifest-checksum annotation');
+  if (expected !== undefined) {
+    const actual = `sha256:${createHash('sha256').update(compressed).digest('hex')}`;
+    if (actual !== expected) throw new BuildError('TOC_CHECKSUM_MISMATCH', `table of contents ${actual} does not match the layer annotation ${expected}`, { expected, actual });
+  }
+  let json: Buffer;
+  try {
+    json = zstdDecompressSync(compressed, { maxOutputLength: Math.max(pos.lengthUncompressed, 1) });
+  } catch (e) {
+    throw new BuildError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
+  }
+  if (json.length !== pos.lengthUncompressed) throw new BuildError('TOC_INVALID', `table of contents is ${json.length} bytes, expected ${pos.lengthUncompressed}`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(json.toString('utf8'));
+  } catch (e) {
+    throw new BuildError('TOC_INVALID', `table of contents is not JSON: ${(e as Error).message}`);
+  }
+  return checkToc(parsed);
+}
+
+/** The raw bytes of an entry's name (nameRaw where present, else the UTF-8 name). */
+export function entryNameBytes(e: TocEntry): Buffer {
+  return e.nameRaw !== undefined ? Buffer.from(e.nameRaw, 'base64') : Buffer.from(e.name, 'utf8');
+}
+
+/**
+ * One regular file's content by Range, verified against the TOC's sha256 (which the verified
+ * TOC pins). Only for entries without chunks (tiu writes one frame per file).
+ */
+export async function fetchTocFile(fetch: RangeFetch, e: TocEntry): Promise<Buffer> {
+  if (e.type !== 'reg') throw new BuildError('TOC_INVALID', `${e.name} is not a regular file`);
+  if (!e.size) return Buffer.alloc(0);
+  if (e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset || e.digest === undefined) {
+    throw new BuildError('TOC_INVALID', `${e.name} has no content frame in the table of contents`);
+  }
+  const frame = await fetch(e.offset, e.endOffset);
+  let data: Buffer;
+  try {
+    data = zstdDecompressSync(frame, { maxOutputLength: e.size });
+  } catch (err) {
+    throw new BuildError('TOC_INVALID', `content frame of ${e.name} does not decompress: ${(err as Error).message}`);
+  }
+  const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+  if (data.length !== e.size || actual !== e.digest) {
+    throw new BuildError('TOC_CHECKSUM_MISMATCH', `content of ${e.name} does not match its table-of-contents digest`, { expected: e.digest, actual });
+  }
+  return data;
+}

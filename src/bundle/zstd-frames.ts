@@ -1,0 +1,84 @@
+/**
+ * Decompress a stream of *several* zstd frames. Node's zstd decompressor (sync and stream)
+ * stops at the end of the first frame, but zstd:chunked layers are many frames (one per file,
+ * plus skippable frames for the TOC and footer). This walks the frame structure (RFC 8878:
+ * frame header, block headers, optional checksum), skips skippable frames, and feeds each
+ * frame to its own decompressor, streaming: memory stays bounded by a block, not a frame.
+ */
+import { Readable } from 'node:stream';
+import { createZstdDecompress } from 'node:zlib';
+import { BuildError } from './errors.ts';
+import { ByteReader } from './tar-format.ts';
+
+const ZSTD_MAGIC = 0xfd2fb528;
+
+function truncated(): BuildError {
+  return new BuildError('TAR_INVALID', 'zstd stream is truncated');
+}
+
+async function exact(r: ByteReader, n: number): Promise<Buffer> {
+  const b = await r.read(n);
+  if (b.length !== n) throw truncated();
+  return b;
+}
+
+/** The bytes of one zstd frame (after its magic), block by block. */
+async function* frameBytes(r: ByteReader, magic: Buffer): AsyncGenerator<Buffer> {
+  yield magic;
+  const fhdBuf = await exact(r, 1);
+  yield fhdBuf;
+  const fhd = fhdBuf[0]!;
+  const fcsFlag = fhd >> 6;
+  const single = (fhd >> 5) & 1;
+  const checksum = (fhd >> 2) & 1;
+  const didFlag = fhd & 3;
+  const headerRest = (single ? 0 : 1) + [0, 1, 2, 4][didFlag]! + [single ? 1 : 0, 2, 4, 8][fcsFlag]!;
+  if (headerRest) yield await exact(r, headerRest);
+  for (;;) {
+    const bh = await exact(r, 3);
+    yield bh;
+    const v = bh[0]! | (bh[1]! << 8) | (bh[2]! << 16);
+    const last = v & 1;
+    const type = (v >> 1) & 3;
+    const size = v >>> 3;
+    if (type === 3) throw new BuildError('TAR_INVALID', 'zstd stream has a reserved block type');
+    const payload = type === 1 ? 1 : size;
+    let got = 0;
+    for await (const p of r.pieces(payload)) {
+      got += p.length;
+      yield p;
+    }
+    if (got !== payload) throw truncated();
+    if (last) break;
+  }
+  if (checksum) yield await exact(r, 4);
+}
+
+/** The decompressed content of all frames of `source`, in order. */
+export async function* zstdDecompressFrames(source: AsyncIterable<Buffer | Uint8Array | string>): AsyncGenerator<Buffer> {
+  const r = new ByteReader(source);
+  for (;;) {
+    const magic = await r.read(4);
+    if (magic.length === 0) return;
+    if (magic.length < 4) throw truncated();
+    const m = magic.readUInt32LE(0);
+    if ((m & 0xfffffff0) === 0x184d2a50) {
+      const size = (await exact(r, 4)).readUInt32LE(0);
+      let got = 0;
+      for await (const p of r.pieces(size)) got += p.length;
+      if (got !== size) throw truncated();
+      continue;
+    }
+    if (m !== ZSTD_MAGIC) throw new BuildError('TAR_INVALID', `not a zstd frame at byte ${r.position - 4}`);
+    const d = createZstdDecompress();
+    const input = Readable.from(frameBytes(r, magic));
+    input.on('error', (e) => d.destroy(e));
+    input.pipe(d);
+    for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
+  }
+}
+
+/** zstdDecompressFrames as a Readable. */
+export function zstdDecompressStream(source: AsyncIterable<Buffer | Uint8Array | string>): Readable {
+  return Readable.from(zstdDecompressFrames(source), { objectMode: false });
+}

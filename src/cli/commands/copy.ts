@@ -1,0 +1,74 @@
+import type { Command } from '../command.ts';
+import { optBool, optString } from '../command.ts';
+import { copy, type CopyEvent } from '../../copy/copy.ts';
+import { TiuError } from '../../errors.ts';
+import { openReference, type OpenedReference } from '../../transport/resolve.ts';
+import { isManifestLike } from '../../oci/mediatypes.ts';
+import { isDigest } from '../../oci/digest.ts';
+import { humanSize, shortDigest } from '../format.ts';
+
+class UsageError extends TiuError {
+  constructor(message: string) {
+    super('USAGE', message);
+  }
+}
+
+const command: Command = {
+  name: 'copy',
+  summary: 'Copy an image between registries, OCI layouts and oci-archives',
+  usage: 'tiu copy SRC DST [--referrers] [--concurrency N] [--json]',
+  help:
+    'SRC and DST are image references: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG].\n' +
+    'Every byte is verified by digest and size; the destination tag is set only once all content is there.\n' +
+    'Without a destination tag the source tag is reused.\n' +
+    '  --referrers      also copy signatures and other referrers (and cosign sha256-<hex>.sig tags)\n' +
+    '  --concurrency N  blob transfers at a time (default 3)',
+  options: { referrers: { type: 'boolean' }, concurrency: { type: 'string' } },
+  positionals: [2, 2],
+  async run([srcInput, dstInput], options, out) {
+    const concText = optString(options, 'concurrency');
+    const concurrency = concText === undefined ? 3 : Number(concText);
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new UsageError(`--concurrency must be an integer from 1 to 64, got ${concText}`);
+    const src: OpenedReference = await openReference(srcInput!);
+    let dst: OpenedReference | undefined;
+    let ok = false;
+    try {
+      dst = await openReference(dstInput!, { forWrite: true });
+      const lastReport = new Map<string, number>();
+      const onProgress = (e: CopyEvent) => {
+        const d = e.desc;
+        const kind = isManifestLike(d.mediaType) ? 'manifest' : 'blob';
+        if (e.type === 'blob-start') out.info(`copying ${kind} ${shortDigest(d.digest)} (${humanSize(d.size)})`);
+        else if (e.type === 'blob-skipped') out.info(`skipping ${kind} ${shortDigest(d.digest)}: already at the destination`);
+        else if (e.type === 'blob-done') out.info(`done    ${kind} ${shortDigest(d.digest)}`);
+        else if (e.bytes < e.total) {
+          const now = Date.now();
+          if (now - (lastReport.get(d.digest) ?? now) >= 2000) {
+            out.info(`        ${shortDigest(d.digest)} ${Math.floor((100 * e.bytes) / e.total)}% of ${humanSize(e.total)}`);
+            lastReport.set(d.digest, now);
+          } else if (!lastReport.has(d.digest)) lastReport.set(d.digest, now);
+        }
+      };
+      const root = await copy(src.target, src.name, dst.target, dst.name, { referrers: optBool(options, 'referrers'), concurrency, onProgress });
+      await dst.target.close?.();
+      ok = true;
+      const tag = dst.name ?? (src.name !== undefined && !isDigest(src.name) ? src.name : undefined);
+      out.result(`copied ${root.digest} to ${dstInput}${tag && !dstInput!.endsWith(':' + tag) ? ` (tag ${tag})` : ''}`, {
+        source: srcInput,
+        destination: dstInput,
+        digest: root.digest,
+        mediaType: root.mediaType,
+        size: root.size,
+        tag: tag ?? null,
+      });
+    } finally {
+      await src.target.close?.().catch(() => undefined);
+      if (dst && !ok) {
+        const t = dst.target as { discard?: () => Promise<void> };
+        if (t.discard) await t.discard().catch(() => undefined);
+        else await dst.target.close?.().catch(() => undefined);
+      }
+    }
+  },
+};
+export default command;

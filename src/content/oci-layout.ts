@@ -1,0 +1,354 @@
+/**
+ * An OCI image layout directory as a Target (image-spec image-layout.md): `oci-layout`,
+ * `index.json`, `blobs/<alg>/<hex>`. What makes it safe on a USB stick and with several
+ * writers:
+ *  - a blob is written to a temp file beside its final name, verified by digest and size while
+ *    it is written, fsynced, then renamed into place: a blob file is complete or absent;
+ *  - index.json is replaced atomically (temp + fsync + rename) under a lock file, so two
+ *    writers (processes) never lose each other's tags or leave a torn file;
+ *  - tags are index.json entries annotated `org.opencontainers.image.ref.name`;
+ *  - a pushed manifest that has a `subject` gets an untagged index.json entry, which is where
+ *    referrers() finds it (and what keeps it from being garbage to other tools).
+ */
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { join, resolve as resolvePath } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { TiuError } from '../errors.ts';
+import { VerifyingStream, isDigest, parseDigest } from '../oci/digest.ts';
+import { MAX_MANIFEST_BYTES, MediaType, isManifestLike } from '../oci/mediatypes.ts';
+import { Annotation, type Descriptor, type ImageIndex } from '../oci/types.ts';
+import {
+  ManifestTooLargeError,
+  detectManifestMediaType,
+  parseIndexBytes,
+  parseManifestOrIndex,
+  readAllCapped,
+  validateDescriptor,
+  type ParsedManifest,
+} from '../oci/validate.ts';
+import { fsyncDir, writeFileAtomic } from './atomic.ts';
+import { InvalidTagError, NotFoundError } from './errors.ts';
+import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
+import { withLock } from './lock.ts';
+import { checkRange } from './range.ts';
+import { referrerDescriptor } from './referrers.ts';
+
+export const LAYOUT_VERSION = '1.0.0';
+const COSIGN_TAG_RE = /^[a-z0-9]+-[0-9a-f]{64}\.(?:sig|att|sbom)$/;
+
+export class InvalidLayoutError extends TiuError {
+  constructor(path: string, why: string) {
+    super('INVALID_LAYOUT', `${path} is not a usable OCI layout: ${why}`, { path });
+  }
+}
+export class AmbiguousReferenceError extends TiuError {
+  constructor(where: string, count: number) {
+    super('AMBIGUOUS_REFERENCE', `${where} holds ${count} images; name one with :TAG or @DIGEST`, { where, count });
+  }
+}
+
+export interface LayoutOptions {
+  /** Create the directory and an empty layout when there is none (for destinations). */
+  create?: boolean;
+  /** Name in messages; default `oci:<path>`. */
+  name?: string;
+}
+
+/** A ref.name as tiu accepts it: printable, no whitespace, not empty, at most 255 characters. */
+function checkRefName(ref: string): void {
+  // eslint-disable-next-line no-control-regex
+  if (ref === '' || ref.length > 255 || /[\s\u0000-\u001f\u007f]/.test(ref) || isDigest(ref)) throw new InvalidTagError(ref);
+}
+
+function errno(e: unknown): string | undefined {
+  return (e as NodeJS.ErrnoException | undefined)?.code;
+}
+
+export class OciLayoutTarget implements Target {
+  readonly name: string;
+  readonly path: string;
+  readonly #lockPath: string;
+  /** Parsed manifests by digest (content-addressed, so never stale). */
+  readonly #parsed = new Map<string, ParsedManifest>();
+
+  private constructor(path: string, name: string) {
+    this.path = path;
+    this.name = name;
+    this.#lockPath = join(path, '.tiu.lock');
+  }
+
+  static async open(path: string, opts: LayoutOptions = {}): Promise<OciLayoutTarget> {
+    const abs = resolvePath(path);
+    const t = new OciLayoutTarget(abs, opts.name ?? `oci:${path}`);
+    let layoutText: string | undefined;
+    try {
+      layoutText = await readFile(join(abs, 'oci-layout'), 'utf8');
+    } catch (e) {
+      if (errno(e) !== 'ENOENT' && errno(e) !== 'ENOTDIR') throw e;
+    }
+    if (layoutText === undefined) {
+      if (!opts.create) throw new NotFoundError('OCI layout (no oci-layout file)', abs);
+      await t.#init();
+    } else {
+      t.#checkLayoutFile(layoutText);
+    }
+    return t;
+  }
+
+  #checkLayoutFile(text: string): void {
+    let v: unknown;
+    try {
+      v = JSON.parse(text);
+    } catch {
+      throw new InvalidLayoutError(this.path, 'oci-layout is not JSON');
+    }
+    const ver = (v as { imageLayoutVersion?: unknown } | null)?.imageLayoutVersion;
+    if (typeof ver !== 'string' || !/^1\.\d+\.\d+$/.test(ver)) {
+      throw new InvalidLayoutError(this.path, `unsupported imageLayoutVersion ${JSON.stringify(ver)}`);
+    }
+  }
+
+  async #init(): Promise<void> {
+    try {
+      await mkdir(join(this.path, 'blobs', 'sha256'), { recursive: true });
+    } catch (e) {
+      throw new InvalidLayoutError(this.path, `cannot create it (${(e as Error).message})`);
+    }
+    await withLock(this.#lockPath, async () => {
+      // Another writer may have created it meanwhile.
+      const exists = await stat(join(this.path, 'oci-layout')).then(() => true, () => false);
+      if (exists) return;
+      const hasIndex = await stat(join(this.path, 'index.json')).then(() => true, () => false);
+      if (!hasIndex) await this.#writeIndex({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [] });
+      await writeFileAtomic(join(this.path, 'oci-layout'), JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION }));
+    });
+  }
+
+  blobPath(digest: string): string {
+    const { algorithm, hex } = parseDigest(digest);
+    return join(this.path, 'blobs', algorithm, hex);
+  }
+
+  // ---- index.json
+
+  async readIndex(): Promise<ImageIndex> {
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(join(this.path, 'index.json'));
+    } catch (e) {
+      if (errno(e) === 'ENOENT') throw new InvalidLayoutError(this.path, 'index.json is missing');
+      throw e;
+    }
+    try {
+      return parseIndexBytes(bytes);
+    } catch (e) {
+      throw new InvalidLayoutError(this.path, `index.json: ${(e as Error).message}`);
+    }
+  }
+
+  async #writeIndex(idx: ImageIndex): Promise<void> {
+    await writeFileAtomic(join(this.path, 'index.json'), JSON.stringify(idx));
+  }
+
+  /** Read-modify-write index.json under the layout's lock. */
+  async #updateIndex(fn: (idx: ImageIndex) => ImageIndex | undefined): Promise<void> {
+    await withLock(this.#lockPath, async () => {
+      const next = fn(await this.readIndex());
+      if (next) await this.#writeIndex(next);
+    });
+  }
+
+  // ---- Storage
+
+  async fetch(desc: Descriptor, _opts?: FetchOptions): Promise<Readable> {
+    const path = this.blobPath(desc.digest);
+    try {
+      const fh = await open(path, 'r');
+      return fh.createReadStream();
+    } catch (e) {
+      if (errno(e) === 'ENOENT') throw new NotFoundError(`blob ${desc.digest}`, this.name);
+      throw e;
+    }
+  }
+
+  async fetchRange(desc: Descriptor, start: number, end: number, _opts?: FetchOptions): Promise<Readable> {
+    const path = this.blobPath(desc.digest);
+    let size: number;
+    try {
+      size = (await stat(path)).size;
+    } catch (e) {
+      if (errno(e) === 'ENOENT') throw new NotFoundError(`blob ${desc.digest}`, this.name);
+      throw e;
+    }
+    checkRange(size, start, end, desc.digest);
+    if (start === end) return Readable.from([]);
+    return createReadStream(path, { start, end: end - 1 });
+  }
+
+  async exists(desc: Descriptor, _opts?: FetchOptions): Promise<boolean> {
+    try {
+      return (await stat(this.blobPath(desc.digest))).size === desc.size;
+    } catch (e) {
+      if (errno(e) === 'ENOENT') return false;
+      throw e;
+    }
+  }
+
+  async push(desc: Descriptor, content: Readable, opts?: PushOptions): Promise<void> {
+    validateDescriptor(desc);
+    const manifestLike = isManifestLike(desc.mediaType);
+    if (manifestLike && desc.size > MAX_MANIFEST_BYTES) {
+      content.destroy();
+      throw new ManifestTooLargeError(desc.size, MAX_MANIFEST_BYTES);
+    }
+    const final = this.blobPath(desc.digest);
+    const dir = join(final, '..');
+    await mkdir(dir, { recursive: true });
+    const tmp = join(dir, `.tiu-${randomBytes(8).toString('hex')}.tmp`);
+    const kept: Buffer[] = [];
+    const fh = await open(tmp, 'wx', 0o644);
+    try {
+      try {
+        await pipeline(
+          content,
+          new VerifyingStream(desc, 'blob'),
+          async (source: AsyncIterable<Buffer>) => {
+            for await (const chunk of source) {
+              await fh.write(chunk);
+              if (manifestLike) kept.push(chunk);
+              opts?.onBytes?.(chunk.length);
+            }
+          },
+          { signal: opts?.signal },
+        );
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      let parsed: ParsedManifest | undefined;
+      if (manifestLike) {
+        parsed = parseManifestOrIndex(Buffer.concat(kept), desc.mediaType);
+        this.#parsed.set(desc.digest, parsed);
+      }
+      await rename(tmp, final);
+      await fsyncDir(dir);
+      const ref = parsed && referrerDescriptor(desc, parsed);
+      if (ref) {
+        const entry: Descriptor = { mediaType: desc.mediaType, digest: desc.digest, size: desc.size };
+        if (desc.artifactType) entry.artifactType = desc.artifactType;
+        await this.#updateIndex((idx) => {
+          if (idx.manifests.some((m) => m.digest === desc.digest)) return undefined;
+          return { ...idx, manifests: [...idx.manifests, entry] };
+        });
+      }
+    } catch (e) {
+      await unlink(tmp).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  // ---- Resolver / Tagger
+
+  async resolve(reference: string, _opts?: FetchOptions): Promise<Descriptor> {
+    const idx = await this.readIndex();
+    if (isDigest(reference)) {
+      const e = idx.manifests.find((m) => m.digest === reference);
+      if (e) return { mediaType: e.mediaType, digest: e.digest, size: e.size };
+      // Not listed (a child of an index, or an untagged copy): judge the blob itself.
+      const path = this.blobPath(reference);
+      let bytes: Buffer;
+      try {
+        const st = await stat(path);
+        if (st.size > MAX_MANIFEST_BYTES) throw new ManifestTooLargeError(st.size, MAX_MANIFEST_BYTES);
+        bytes = await readAllCapped(createReadStream(path), MAX_MANIFEST_BYTES, `blob ${reference}`);
+      } catch (e) {
+        if (errno(e) === 'ENOENT') throw new NotFoundError(`manifest ${reference}`, this.name);
+        throw e;
+      }
+      return { mediaType: detectManifestMediaType(bytes), digest: reference, size: bytes.length };
+    }
+    const hits = idx.manifests.filter((m) => m.annotations?.[Annotation.RefName] === reference);
+    const hit = hits[hits.length - 1];
+    if (!hit) throw new NotFoundError(`tag ${JSON.stringify(reference)}`, this.name);
+    return { mediaType: hit.mediaType, digest: hit.digest, size: hit.size };
+  }
+
+  /** Without a reference: the only image of the layout (referrers do not count). */
+  async resolveDefault(opts?: FetchOptions): Promise<Descriptor> {
+    const idx = await this.readIndex();
+    const images: Descriptor[] = [];
+    for (const m of idx.manifests) {
+      // Referrers and cosign's tag-scheme attachments (sha256-<hex>.sig) are not images.
+      if (COSIGN_TAG_RE.test(m.annotations?.[Annotation.RefName] ?? '')) continue;
+      if (isManifestLike(m.mediaType) && (await this.#subjectOf(m)) !== undefined) continue;
+      if (images.some((i) => i.digest === m.digest)) continue;
+      images.push(m);
+    }
+    if (images.length === 0) throw new NotFoundError('any image', this.name);
+    if (images.length > 1) throw new AmbiguousReferenceError(this.name, images.length);
+    const only = images[0]!;
+    return this.resolve(only.digest, opts);
+  }
+
+  async tag(desc: Descriptor, reference: string, _opts?: FetchOptions): Promise<void> {
+    checkRefName(reference);
+    if (!(await this.exists(desc))) throw new NotFoundError(`manifest ${desc.digest}`, this.name);
+    const entry: Descriptor = { mediaType: desc.mediaType, digest: desc.digest, size: desc.size };
+    if (desc.platform) entry.platform = desc.platform;
+    entry.annotations = { [Annotation.RefName]: reference };
+    await this.#updateIndex((idx) => ({
+      ...idx,
+      manifests: [...idx.manifests.filter((m) => m.annotations?.[Annotation.RefName] !== reference), entry],
+    }));
+  }
+
+  async tags(_opts?: FetchOptions): Promise<string[]> {
+    const idx = await this.readIndex();
+    const names = new Set<string>();
+    for (const m of idx.manifests) {
+      const n = m.annotations?.[Annotation.RefName];
+      if (n !== undefined) names.add(n);
+    }
+    return [...names].sort();
+  }
+
+  // ---- Referrers
+
+  async #parsedOf(desc: Descriptor): Promise<ParsedManifest | undefined> {
+    const cached = this.#parsed.get(desc.digest);
+    if (cached) return cached;
+    if (desc.size > MAX_MANIFEST_BYTES) return undefined;
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(this.blobPath(desc.digest));
+    } catch (e) {
+      if (errno(e) === 'ENOENT') return undefined;
+      throw e;
+    }
+    const parsed = parseManifestOrIndex(bytes, desc.mediaType);
+    this.#parsed.set(desc.digest, parsed);
+    return parsed;
+  }
+
+  async #subjectOf(desc: Descriptor): Promise<string | undefined> {
+    const p = await this.#parsedOf(desc);
+    return p && referrerDescriptor(desc, p)?.subject;
+  }
+
+  async referrers(desc: Descriptor, artifactType?: string, _opts?: FetchOptions): Promise<Descriptor[]> {
+    const idx = await this.readIndex();
+    const out: Descriptor[] = [];
+    const seen = new Set<string>();
+    for (const m of idx.manifests) {
+      if (!isManifestLike(m.mediaType) || seen.has(m.digest)) continue;
+      seen.add(m.digest);
+      const p = await this.#parsedOf(m);
+      const r = p && referrerDescriptor(m, p);
+      if (r && r.subject === desc.digest && (artifactType === undefined || r.desc.artifactType === artifactType)) out.push(r.desc);
+    }
+    return out;
+  }
+}

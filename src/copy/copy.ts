@@ -1,0 +1,301 @@
+/**
+ * copy(): one copy between any two Targets (DESIGN.md §2).
+ *
+ *  1. resolve the source reference to its root descriptor;
+ *  2. opts.verify(src, root) (the signature policy) before anything reaches the destination;
+ *  3. walk the graph children before parents (layers and config, then the manifest, then the
+ *     index), skipping whatever the destination has already (the children of a manifest it
+ *     has are still checked), at most `concurrency` blob
+ *     transfers at a time, every byte checked by digest and size on the way;
+ *  4. with `referrers`, the referrers of the root (and of their own referrers, recursively),
+ *     plus cosign's tag-scheme attachments (sha256-<hex>.sig/.att/.sbom);
+ *  5. only then the tag at the destination: a tag never points at incomplete content.
+ *
+ * Failures are CopyError { code: COPY_FAILED, op, origin: 'source' | 'destination' } with the
+ * underlying error as `cause` and its code in details.causeCode.
+ */
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { TiuError, asError, isTiuError } from '../errors.ts';
+import { fetchManifest, childrenOf } from '../content/graph.ts';
+import type { Target } from '../content/interfaces.ts';
+import { VerifyingStream, isDigest, parseDigest } from '../oci/digest.ts';
+import { isManifestLike } from '../oci/mediatypes.ts';
+import type { Descriptor } from '../oci/types.ts';
+
+export type CopyOp = 'resolve' | 'fetch' | 'exists' | 'push' | 'tag' | 'referrers';
+export type CopyOrigin = 'source' | 'destination';
+
+export class CopyError extends TiuError {
+  readonly op: CopyOp;
+  readonly origin: CopyOrigin;
+  constructor(op: CopyOp, origin: CopyOrigin, where: string, cause: unknown, digest?: string) {
+    const err = asError(cause);
+    const causeCode = isTiuError(err) ? err.code : ((err as NodeJS.ErrnoException).code ?? 'INTERNAL');
+    const what = digest ? ` ${digest}` : '';
+    const prep = origin === 'source' ? 'from' : 'to';
+    const verb: Record<CopyOp, string> = {
+      resolve: 'resolving',
+      fetch: 'fetching',
+      exists: 'checking',
+      push: 'writing',
+      tag: 'tagging',
+      referrers: 'listing referrers of',
+    };
+    const side = op === 'resolve' || op === 'tag' || op === 'referrers' ? ` in ${where}` : ` ${prep} ${where}`;
+    super('COPY_FAILED', `copy failed ${verb[op]}${what}${side}: ${err.message}`, {
+      op,
+      origin,
+      target: where,
+      ...(digest ? { digest } : {}),
+      causeCode,
+      ...(isTiuError(err) ? { cause: err.details } : {}),
+    }, { cause: err });
+    this.op = op;
+    this.origin = origin;
+  }
+}
+
+export type CopyEvent =
+  | { type: 'blob-start'; desc: Descriptor }
+  /** `bytes`: how many of the blob's bytes have passed so far; `total`: its size. */
+  | { type: 'blob-bytes'; desc: Descriptor; bytes: number; total: number }
+  | { type: 'blob-done'; desc: Descriptor }
+  | { type: 'blob-skipped'; desc: Descriptor };
+
+export interface CopyOptions {
+  /** Copy referrers (signatures, SBOMs) of the image, and theirs, recursively. */
+  referrers?: boolean;
+  /** Blob transfers at a time (default 3). */
+  concurrency?: number;
+  onProgress?: (event: CopyEvent) => void;
+  /**
+   * Called with the resolved root before anything is written to the destination; throw to stop
+   * the copy (the signature policy plugs in here). Its errors propagate unchanged.
+   */
+  verify?: (src: Target, root: Descriptor) => Promise<void>;
+  signal?: AbortSignal;
+}
+
+/** Cosign's tag-scheme attachments of a manifest: sha256-<hex>.sig and friends. */
+export function cosignTags(digest: string): string[] {
+  const { algorithm, hex } = parseDigest(digest);
+  return ['sig', 'att', 'sbom'].map((s) => `${algorithm}-${hex}.${s}`);
+}
+
+class Semaphore {
+  #free: number;
+  readonly #waiting: (() => void)[] = [];
+  constructor(n: number) {
+    this.#free = Math.max(1, n);
+  }
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#free > 0) this.#free--;
+    else await new Promise<void>((r) => this.#waiting.push(r));
+    try {
+      return await fn();
+    } finally {
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#free++;
+    }
+  }
+}
+
+/** Counts bytes as they pass and reports them. */
+class Counter extends Transform {
+  readonly #on: (n: number) => void;
+  #n = 0;
+  constructor(on: (n: number) => void) {
+    super();
+    this.#on = on;
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    this.#n += chunk.length;
+    this.#on(this.#n);
+    cb(null, chunk);
+  }
+}
+
+async function step<T>(op: CopyOp, origin: CopyOrigin, t: Target, fn: () => Promise<T>, digest?: string): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof CopyError) throw e;
+    throw new CopyError(op, origin, t.name, e, digest);
+  }
+}
+
+class GraphCopier {
+  readonly #src: Target;
+  readonly #dst: Target;
+  readonly #opts: CopyOptions;
+  readonly #sem: Semaphore;
+  readonly #nodes = new Map<string, Promise<void>>();
+  readonly #abort = new AbortController();
+  readonly signal: AbortSignal;
+  /** Every manifest/index reached, for referrers. */
+  readonly manifests: Descriptor[] = [];
+  #firstError: unknown;
+
+  constructor(src: Target, dst: Target, opts: CopyOptions) {
+    this.#src = src;
+    this.#dst = dst;
+    this.#opts = opts;
+    this.#sem = new Semaphore(opts.concurrency ?? 3);
+    this.signal = opts.signal ? AbortSignal.any([opts.signal, this.#abort.signal]) : this.#abort.signal;
+  }
+
+  #fail(e: unknown): never {
+    if (this.#firstError === undefined) {
+      this.#firstError = e;
+      this.#abort.abort(e);
+    }
+    throw this.#firstError;
+  }
+
+  #emit(e: CopyEvent): void {
+    this.#opts.onProgress?.(e);
+  }
+
+  copyNode(desc: Descriptor): Promise<void> {
+    let p = this.#nodes.get(desc.digest);
+    if (!p) {
+      p = this.#copyNode(desc).catch((e: unknown) => this.#fail(e));
+      this.#nodes.set(desc.digest, p);
+    }
+    return p;
+  }
+
+  /** Settle all, then throw the first failure: no transfer is still running when copy() returns. */
+  async #all(descs: Descriptor[]): Promise<void> {
+    const results = await Promise.allSettled(descs.map((d) => this.copyNode(d)));
+    const bad = results.find((r) => r.status === 'rejected');
+    if (bad) throw this.#firstError ?? bad.reason;
+  }
+
+  async #copyNode(desc: Descriptor): Promise<void> {
+    const signal = this.signal;
+    signal.throwIfAborted();
+    const manifestLike = isManifestLike(desc.mediaType);
+    if (manifestLike) this.manifests.push(desc);
+    // Lookups take a transfer slot too, so a wide index does not fire hundreds of requests at once.
+    const has = await this.#sem.run(() => step('exists', 'destination', this.#dst, () => this.#dst.exists(desc, { signal }), desc.digest));
+    if (has && !manifestLike) {
+      this.#emit({ type: 'blob-skipped', desc });
+      return;
+    }
+    if (manifestLike) {
+      const { bytes, parsed } = await this.#sem.run(() => step('fetch', 'source', this.#src, () => fetchManifest(this.#src, desc, { signal }), desc.digest));
+      // Children are checked even under a manifest the destination has: a layout someone
+      // pruned, or an interrupted foreign tool, may hold a manifest without all its blobs,
+      // and the tag set at the end must not point at incomplete content.
+      await this.#all(childrenOf(parsed));
+      if (has) {
+        this.#emit({ type: 'blob-skipped', desc });
+        return;
+      }
+      await this.#sem.run(async () => {
+        this.#emit({ type: 'blob-start', desc });
+        await step('push', 'destination', this.#dst, () => this.#dst.push(desc, Readable.from([bytes]), { signal }), desc.digest);
+        this.#emit({ type: 'blob-bytes', desc, bytes: bytes.length, total: desc.size });
+        this.#emit({ type: 'blob-done', desc });
+      });
+      return;
+    }
+    await this.#sem.run(() => this.#copyBlob(desc));
+  }
+
+  async #copyBlob(desc: Descriptor): Promise<void> {
+    const signal = this.signal;
+    signal.throwIfAborted();
+    this.#emit({ type: 'blob-start', desc });
+    const stream = await step('fetch', 'source', this.#src, () => this.#src.fetch(desc, { signal }), desc.digest);
+    let srcErr: Error | undefined;
+    const counter = new Counter((n) => this.#emit({ type: 'blob-bytes', desc, bytes: n, total: desc.size }));
+    const verifier = new VerifyingStream(desc, 'blob');
+    stream.on('error', (e) => {
+      srcErr ??= e;
+      counter.destroy(e);
+    });
+    counter.on('error', (e) => verifier.destroy(e));
+    verifier.on('error', (e) => {
+      srcErr ??= e;
+    });
+    stream.pipe(counter).pipe(verifier);
+    try {
+      await this.#dst.push(desc, verifier, { signal });
+    } catch (e) {
+      stream.destroy();
+      if (srcErr) throw new CopyError('fetch', 'source', this.#src.name, srcErr, desc.digest);
+      throw new CopyError('push', 'destination', this.#dst.name, e, desc.digest);
+    }
+    if (srcErr) throw new CopyError('fetch', 'source', this.#src.name, srcErr, desc.digest);
+    this.#emit({ type: 'blob-done', desc });
+  }
+
+  /** Referrers of `subject` (and theirs), and cosign tag-scheme attachments. */
+  async copyReferrers(subject: Descriptor, seen: Set<string>): Promise<void> {
+    if (seen.has(subject.digest)) return;
+    seen.add(subject.digest);
+    const signal = this.signal;
+    const found: { desc: Descriptor; tag?: string }[] = [];
+    const src = this.#src;
+    if (src.referrers) {
+      const list = await step('referrers', 'source', src, () => src.referrers!(subject, undefined, { signal }), subject.digest);
+      for (const d of list) found.push({ desc: { mediaType: d.mediaType, digest: d.digest, size: d.size } });
+    }
+    for (const tag of cosignTags(subject.digest)) {
+      try {
+        found.push({ desc: await src.resolve(tag, { signal }), tag });
+      } catch (e) {
+        if (isTiuError(e, 'NOT_FOUND')) continue;
+        throw new CopyError('resolve', 'source', src.name, e, subject.digest);
+      }
+    }
+    for (const f of found) {
+      await this.copyNode(f.desc);
+      if (f.tag !== undefined) {
+        const tag = f.tag;
+        await step('tag', 'destination', this.#dst, () => this.#dst.tag(f.desc, tag, { signal }), f.desc.digest);
+      }
+      await this.copyReferrers(f.desc, seen);
+    }
+  }
+}
+
+/**
+ * Copy the image `srcRef` names in `src` to `dst`, tagged `dstRef` there. Without `dstRef`, a
+ * source tag is reused; a source digest leaves the copy untagged. Without `srcRef`, the source's
+ * only image (resolveDefault). Returns the root descriptor.
+ */
+export async function copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: CopyOptions = {}): Promise<Descriptor> {
+  const root = await step('resolve', 'source', src, async () => {
+    if (srcRef !== undefined) return src.resolve(srcRef, { signal: opts.signal });
+    if (!src.resolveDefault) throw new TiuError('MISSING_REFERENCE', `${src.name} needs a tag or digest to name the image`);
+    return src.resolveDefault({ signal: opts.signal });
+  });
+  if (opts.verify) await opts.verify(src, root);
+  const g = new GraphCopier(src, dst, opts);
+  try {
+    await g.copyNode(root);
+    if (opts.referrers) {
+      const seen = new Set<string>();
+      for (const m of [...g.manifests]) await g.copyReferrers(m, seen);
+    }
+  } catch (e) {
+    if (opts.signal?.aborted && !(e instanceof CopyError)) throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted`, { digest: root.digest }, { cause: e });
+    throw e;
+  }
+  if (opts.signal?.aborted) throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted before tagging`, { digest: root.digest });
+  const name = dstRef ?? (srcRef !== undefined && !isDigest(srcRef) ? srcRef : undefined);
+  if (name !== undefined) {
+    if (isDigest(name)) {
+      if (name !== root.digest) {
+        throw new CopyError('tag', 'destination', dst.name, new TiuError('DIGEST_MISMATCH', `the destination names ${name} but the image is ${root.digest}`), root.digest);
+      }
+    } else {
+      await step('tag', 'destination', dst, () => dst.tag(root, name, { signal: opts.signal }), root.digest);
+    }
+  }
+  return root;
+}

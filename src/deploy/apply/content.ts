@@ -1,0 +1,100 @@
+/**
+ * Content providers: where the executor gets the bytes of new-content entries. The plan lists
+ * exactly those entries (digest, size, layer, compressed offsets), so a provider can be a
+ * whole-layer stream (ordinary pull) or ranged fetches of single files (zstd:chunked).
+ * The executor verifies every byte against the entry's sha256 and size.
+ */
+import { pipeline, type Readable } from 'node:stream';
+import { createZstdDecompress } from 'node:zlib';
+import { ContentUnavailableError } from './errors.ts';
+import { normalizeEntryPath } from './paths.ts';
+import { readTar } from './tar.ts';
+import type { TreeEntry } from './types.ts';
+
+export type ContentSink = (entry: TreeEntry, content: AsyncIterable<Buffer | Uint8Array>) => Promise<void>;
+
+export interface ContentProvider {
+  /** Give each entry's content to `take` once (any order); `take` consumes it fully before returning. */
+  deliver(entries: readonly TreeEntry[], take: ContentSink): Promise<void>;
+}
+
+/** Order in which a sequential source has the entries: by layer, then by offset. */
+export function byLayerOrder(entries: readonly TreeEntry[]): TreeEntry[] {
+  return [...entries].sort((a, b) => (a.source?.layer ?? 0) - (b.source?.layer ?? 0) || (a.source?.offset ?? 0) - (b.source?.offset ?? 0));
+}
+
+/** The simplest provider: a function that opens one entry's content. Called in layer/offset order. */
+export function openerProvider(openEntry: (entry: TreeEntry) => Promise<Readable> | Readable): ContentProvider {
+  return {
+    async deliver(entries, take) {
+      for (const e of byLayerOrder(entries)) await take(e, await openEntry(e));
+    },
+  };
+}
+
+/**
+ * Whole layers as uncompressed tar streams (`openLayer(i)`): each needed layer is read once
+ * from start to end and the wanted regular files are handed over as they pass.
+ */
+export function tarLayerProvider(openLayer: (layer: number) => Promise<Readable>): ContentProvider {
+  return {
+    async deliver(entries, take) {
+      const byLayer = new Map<number, Map<string, TreeEntry>>();
+      for (const e of entries) {
+        const l = e.source?.layer ?? 0;
+        let m = byLayer.get(l);
+        if (!m) byLayer.set(l, (m = new Map<string, TreeEntry>()));
+        m.set(e.path, e);
+      }
+      for (const [layer, wanted] of [...byLayer].sort((a, b) => a[0] - b[0])) {
+        const stream = await openLayer(layer);
+        try {
+          for await (const t of readTar(stream)) {
+            if (t.type !== 'reg') continue;
+            let path: string;
+            try {
+              path = normalizeEntryPath(t.name);
+            } catch {
+              continue; // never wanted: the plan only holds normalised paths
+            }
+            const e = wanted.get(path);
+            if (!e) continue;
+            wanted.delete(path);
+            await take(e, t.body());
+            if (wanted.size === 0) break;
+          }
+        } finally {
+          stream.destroy();
+        }
+        const missing = [...wanted.keys()];
+        if (missing.length) throw new ContentUnavailableError(missing[0]!, `not found in layer ${layer} (${missing.length} missing)`);
+      }
+    },
+  };
+}
+
+/**
+ * zstd:chunked single-file fetches: `fetchRange(layer, start, end)` returns the compressed
+ * bytes [start, end) of the layer blob (HTTP Range on a registry, a file read on a layout);
+ * each file is its own zstd frame there, so it decompresses alone.
+ */
+export function rangeProvider(fetchRange: (layer: number, start: number, end: number) => Promise<Readable>): ContentProvider {
+  return {
+    async deliver(entries, take) {
+      for (const e of byLayerOrder(entries)) {
+        const s = e.source;
+        if (!s || s.offset === undefined || s.endOffset === undefined || s.endOffset <= s.offset) {
+          if (e.size === 0) {
+            await take(e, (async function* () {})());
+            continue;
+          }
+          throw new ContentUnavailableError(e.path, 'the table of contents gives no byte range for it');
+        }
+        const raw = await fetchRange(s.layer, s.offset, s.endOffset);
+        const d = createZstdDecompress();
+        pipeline(raw, d, () => undefined); // an error in either destroys `d`, which the consumer sees
+        await take(e, d);
+      }
+    },
+  };
+}

@@ -1,0 +1,39 @@
+/** Typed errors of the diff-apply engine. Tests assert on `code`. */
+import { TiuError } from '../../errors.ts';
+
+/** An entry name or link target that would leave the root, or a write through a non-directory. */
+export class UnsafePathError extends TiuError {
+  constructor(path: string, why: string) {
+    super('UNSAFE_PATH', `refusing entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, { path: path.slice(0, 300), why });
+  }
+}
+/** A hardlink whose target is missing from the tree, outside it, or a directory. */
+export class BadHardlinkError extends TiuError {
+  constructor(path: string, target: string, why: string) {
+    super('BAD_HARDLINK', `hardlink ${JSON.stringify(path)} -> ${JSON.stringify(target)}: ${why}`, { path, target, why });
+  }
+}
+/** A tree entry that is malformed (unknown type, missing digest, bad numbers). */
+export class BadEntryError extends TiuError {
+  constructor(path: string, why: string) {
+    super('BAD_ENTRY', `invalid entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, { path: path.slice(0, 300), why });
+  }
+}
+/** A tar stream that is not a valid tar archive. */
+export class BadTarError extends TiuError {
+  constructor(why: string, details: Record<string, unknown> = {}) {
+    super('BAD_TAR', `invalid tar stream: ${why}`, details);
+  }
+}
+/** The content provider could not give an entry's content. */
+export class ContentUnavailableError extends TiuError {
+  constructor(path: string, why: string) {
+    super('CONTENT_UNAVAILABLE', `no content for ${JSON.stringify(path)}: ${why}`, { path, why });
+  }
+}
+/** The target root is not usable (missing, not a directory, a symlink). */
+export class BadRootError extends TiuError {
+  constructor(root: string, why: string) {
+    super('BAD_ROOT', `apply target ${root}: ${why}`, { root, why });
+  }
+}

@@ -1,0 +1,190 @@
+/**
+ * The executor: carries out a Plan in the target directory.
+ *
+ * Phases: (1) everything with content is first materialised in a staging directory inside the
+ * root: new content from the provider (verified by sha256 and size, holes kept), reflinks of
+ * old files (taken before anything is deleted or overwritten, so moved and swapped files work);
+ * (2) deletions; (3) the tree in path order, parents first: directories, files renamed from
+ * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs in one setfattr run, after every
+ * chown (chown drops security.capability); (6) directory mtimes last.
+ */
+import { lstat, mkdir, rename, rmdir } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { removeXattr, setXattrs } from '../../host/xattr.ts';
+import type { ContentProvider } from './content.ts';
+import { ContentUnavailableError, UnsafePathError } from './errors.ts';
+import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, writeNewFile } from './fsops.ts';
+import { parentOf } from './paths.ts';
+import type { ContentIndex } from './scan.ts';
+import type { ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
+import { emptyReport } from './types.ts';
+
+export interface ExecuteOptions {
+  /** Where reflinks are impossible (not btrfs/xfs), copy instead of failing. Default false. */
+  allowCopyFallback?: boolean;
+  /** Updated with the digest of every regular file of the new tree, keyed by (ino, size, mtime, ctime). */
+  index?: ContentIndex;
+  /** Called once per phase, for progress reporting. */
+  onPhase?: (phase: 'fetch' | 'reflink' | 'delete' | 'tree' | 'links' | 'xattrs' | 'mtimes' | 'index') => void;
+}
+
+function add(c: Counter, bytes: number): void {
+  c.count++;
+  c.bytes += bytes;
+}
+
+export async function executePlan(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions = {}): Promise<ApplyReport> {
+  const sr = await SafeRoot.open(root);
+  const report = emptyReport();
+  const stagingRel = `.tiu-staging-${randomBytes(6).toString('hex')}`;
+  await mkdir(sr.abs(stagingRel), 0o700);
+  sr.markDir(stagingRel);
+  const staged = new Map<string, string>();
+  let n = 0;
+  const xattrSets: { path: string; set: Record<string, Buffer> }[] = [];
+  const xattrRemoves: { path: string; name: string }[] = [];
+
+  try {
+    // (1) content into staging
+    opts.onPhase?.('fetch');
+    const writes = new Map<string, TreeEntry>();
+    for (const a of plan.actions) if (a.kind === 'write') writes.set(a.entry.path, a.entry);
+    if (writes.size) {
+      await provider.deliver([...writes.values()], async (entry, content) => {
+        const want = writes.get(entry.path);
+        if (!want || staged.has(entry.path)) throw new ContentUnavailableError(entry.path, 'the provider delivered an entry that was not asked for, or twice');
+        const rel = `${stagingRel}/${++n}`;
+        await writeNewFile(sr.abs(rel), content, { digest: want.digest!, size: want.size }, want.path);
+        staged.set(entry.path, rel);
+      });
+      for (const p of writes.keys()) if (!staged.has(p)) throw new ContentUnavailableError(p, 'the content provider did not deliver it');
+    }
+    opts.onPhase?.('reflink');
+    for (const a of plan.actions) {
+      if (!((a.kind === 'reflink' && !a.fromNew) || a.kind === 'clone')) continue;
+      const from = a.from!;
+      const st = await lstat(sr.abs(from)).catch(() => null);
+      if (!st?.isFile()) throw new UnsafePathError(from, 'reflink source is no longer a regular file');
+      const rel = `${stagingRel}/${++n}`;
+      const real = await reflinkFile(sr.abs(from), sr.abs(rel), opts.allowCopyFallback ?? false);
+      if (!real) add(report.copiedInsteadOfReflink, a.entry.size);
+      staged.set(a.entry.path, rel);
+    }
+
+    // (2) deletions
+    opts.onPhase?.('delete');
+    for (const d of plan.deletes) {
+      const r = await removeTree(sr, d, report.warnings);
+      report.deleted.count += r.count;
+      report.deleted.bytes += r.bytes;
+    }
+
+    // (3) the tree, parents first
+    opts.onPhase?.('tree');
+    const links: TreeEntry[] = [];
+    for (const a of plan.actions) {
+      const e = a.entry;
+      const rel = e.path;
+      const bytes = e.type === 'reg' ? e.size : 0;
+      if (a.kind === 'keep') {
+        add(report.kept, bytes);
+        continue;
+      }
+      if (a.kind === 'link') {
+        links.push(e);
+        continue;
+      }
+      if (rel !== '') await sr.verifyDir(parentOf(rel), rel);
+      if (a.replace) await clearFor(sr, rel, e, report.warnings);
+      if (a.kind === 'meta') {
+        await setMetaAt(sr, rel, e, a.fix ?? {});
+        if (a.fix?.xattrSet?.length) xattrSets.push({ path: sr.abs(rel), set: Object.fromEntries(a.fix.xattrSet.map((k) => [k, e.xattrs[k]!])) });
+        for (const k of a.fix?.xattrRemove ?? []) xattrRemoves.push({ path: sr.abs(rel), name: k });
+        if (e.type === 'dir') sr.markDir(rel);
+        add(report.metadataFixed, bytes);
+        continue;
+      }
+      switch (e.type) {
+        case 'dir':
+          await ensureDir(sr, rel, e);
+          add(report.created, 0);
+          break;
+        case 'reg': {
+          let src = staged.get(rel);
+          if (a.kind === 'reflink' && a.fromNew) {
+            const tmp = await sr.tmpBeside(rel);
+            const fst = await lstat(sr.abs(a.from!)).catch(() => null);
+            if (!fst?.isFile()) throw new UnsafePathError(a.from!, 'reflink source is not a regular file');
+            const real = await reflinkFile(sr.abs(a.from!), sr.abs(tmp), opts.allowCopyFallback ?? false);
+            if (!real) add(report.copiedInsteadOfReflink, e.size);
+            src = tmp;
+          }
+          if (!src) throw new ContentUnavailableError(rel, 'no staged content');
+          await setMetaAt(sr, src, e);
+          await rename(sr.abs(src), sr.abs(rel));
+          add(a.kind === 'write' ? report.written : report.reflinked, bytes);
+          break;
+        }
+        case 'symlink':
+        case 'char':
+        case 'block':
+        case 'fifo':
+          await createSpecial(sr, rel, e);
+          add(report.created, 0);
+          break;
+        case 'hardlink':
+          links.push(e);
+          continue;
+      }
+      if (Object.keys(e.xattrs).length) xattrSets.push({ path: sr.abs(rel), set: e.xattrs });
+    }
+
+    // (4) hardlinks
+    opts.onPhase?.('links');
+    for (const e of links) {
+      await makeLink(sr, e.path, e.linkname!);
+      add(report.linked, 0);
+    }
+
+    // (5) xattrs, after every chown
+    opts.onPhase?.('xattrs');
+    await setXattrs(xattrSets);
+    for (const x of xattrRemoves) await removeXattr(x.path, x.name);
+  } finally {
+    await removeTree(sr, stagingRel, report.warnings).catch(() => undefined);
+    await rmdir(sr.abs(stagingRel)).catch(() => undefined);
+  }
+
+  // (6) directory mtimes, now that nothing changes inside them any more
+  opts.onPhase?.('mtimes');
+  for (const a of plan.actions) {
+    const e = a.entry;
+    if (e.type !== 'dir' || e.implicit) continue;
+    const st = await lstat(sr.abs(e.path), { bigint: true });
+    if (!sameTime(st.mtimeNs, e.mtimeNs)) await setMetaAt(sr, e.path, e, { mtime: true });
+  }
+
+  if (opts.index) {
+    opts.onPhase?.('index');
+    const keep = [];
+    for (const a of plan.actions) {
+      const e = a.entry;
+      if (e.type !== 'reg' || !e.digest) continue;
+      const st = await lstat(sr.abs(e.path), { bigint: true });
+      const k = { ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
+      opts.index.remember(k, e.digest);
+      keep.push(k);
+    }
+    opts.index.retainOnly(keep);
+  }
+  return report;
+}
+
+/** Make room at `rel` for an entry of another type: a directory goes (recursively); a non-directory where a directory must be goes. */
+async function clearFor(sr: SafeRoot, rel: string, e: TreeEntry, warnings: string[]): Promise<void> {
+  const st = await lstat(sr.abs(rel)).catch(() => null);
+  if (!st) return;
+  if (st.isDirectory() && e.type !== 'dir') await removeTree(sr, rel, warnings);
+  else if (!st.isDirectory() && e.type === 'dir') await removeTree(sr, rel, warnings);
+  // other cases: the rename of the new entry replaces it atomically
+}

@@ -1,0 +1,286 @@
+/**
+ * The filesystem primitives of the executor. Every write goes through a path whose parent
+ * components were checked to be real directories (lstat, never following a symlink); files are
+ * created under a fresh temporary name with O_CREAT|O_EXCL|O_NOFOLLOW and renamed into place
+ * (rename never follows a symlink at the destination); metadata is set through file
+ * descriptors opened with O_NOFOLLOW, or l*-calls.
+ */
+import { constants } from 'node:fs';
+import { chmod, copyFile, lchown, link, lstat, lutimes, mkdir, open, opendir, rename, rmdir, symlink, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { DigestMismatchError, SizeMismatchError, TrailingDataError } from '../../oci/digest.ts';
+import { makeNode } from '../../host/nodes.ts';
+import { BadRootError, UnsafePathError } from './errors.ts';
+import { joinPath, parentOf } from './paths.ts';
+import type { TreeEntry } from './types.ts';
+
+const BLOCK = 4096;
+const ZERO = Buffer.alloc(BLOCK);
+
+/** Two mtimes are equal when within a microsecond: Node sets times as doubles (sub-µs precision is lost). */
+export function sameTime(a: bigint, b: bigint): boolean {
+  const d = a - b;
+  return d < 1000n && d > -1000n;
+}
+
+export function nsToSeconds(ns: bigint): number {
+  return Number(ns / 1_000_000_000n) + Number(ns % 1_000_000_000n) / 1e9;
+}
+
+let tmpCounter = 0;
+export function tmpName(): string {
+  return `.tiu-tmp-${process.pid}-${++tmpCounter}`;
+}
+
+/** A directory tree being written, with the set of relative directories verified to be real. */
+export class SafeRoot {
+  readonly root: string;
+  readonly dev: bigint;
+  readonly #dirs = new Set<string>(['']);
+
+  private constructor(root: string, dev: bigint) {
+    this.root = root;
+    this.dev = dev;
+  }
+
+  static async open(root: string): Promise<SafeRoot> {
+    let st;
+    try {
+      st = await lstat(root, { bigint: true });
+    } catch (e) {
+      throw new BadRootError(root, (e as Error).message);
+    }
+    if (!st.isDirectory()) throw new BadRootError(root, 'is not a directory (or is a symlink)');
+    return new SafeRoot(root, st.dev);
+  }
+
+  abs(rel: string): string {
+    return rel === '' ? this.root : join(this.root, rel);
+  }
+
+  /** Check, component by component, that `rel` is a real directory inside the root. */
+  async verifyDir(rel: string, forEntry = rel): Promise<void> {
+    if (this.#dirs.has(rel)) return;
+    await this.verifyDir(parentOf(rel), forEntry);
+    let st;
+    try {
+      st = await lstat(this.abs(rel));
+    } catch {
+      throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} does not exist`);
+    }
+    if (st.isSymbolicLink()) throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} is a symlink: writing through it is refused`);
+    if (!st.isDirectory()) throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} is not a directory`);
+    this.#dirs.add(rel);
+  }
+
+  /** Forget verified directories at or below `rel` (it is being removed or replaced). */
+  forget(rel: string): void {
+    if (rel === '') return;
+    for (const d of [...this.#dirs]) if (d === rel || d.startsWith(rel + '/')) this.#dirs.delete(d);
+  }
+
+  markDir(rel: string): void {
+    this.#dirs.add(rel);
+  }
+
+  /** A fresh temporary name in the (verified) parent directory of `rel`. */
+  async tmpBeside(rel: string): Promise<string> {
+    const parent = parentOf(rel);
+    await this.verifyDir(parent, rel);
+    return joinPath(parent, tmpName());
+  }
+}
+
+/**
+ * Remove `rel` and everything below it without following symlinks. Directories on another
+ * device (nested subvolumes, mounts) are emptied but not removed or crossed... they are left
+ * alone entirely and reported. Returns {count, bytes} of what was removed.
+ */
+export async function removeTree(sr: SafeRoot, rel: string, warnings: string[]): Promise<{ count: number; bytes: number }> {
+  const out = { count: 0, bytes: 0 };
+  const abs = sr.abs(rel);
+  let st;
+  try {
+    st = await lstat(abs, { bigint: true });
+  } catch {
+    return out;
+  }
+  if (st.isDirectory()) {
+    if (st.dev !== sr.dev) {
+      warnings.push(`${rel}: another subvolume or mount, left in place`);
+      return out;
+    }
+    const dir = await opendir(abs);
+    const names: string[] = [];
+    for await (const d of dir) names.push(d.name);
+    let kept = false;
+    for (const n of names) {
+      const r = await removeTree(sr, joinPath(rel, n), warnings);
+      out.count += r.count;
+      out.bytes += r.bytes;
+      if (r.count < 0) kept = true;
+    }
+    try {
+      await rmdir(abs);
+      out.count++;
+    } catch (e) {
+      if (!kept) throw e;
+      warnings.push(`${rel}: not removed, something inside was left in place`);
+    }
+    sr.forget(rel);
+  } else {
+    await unlink(abs);
+    out.count++;
+    if (st.isFile() && st.nlink === 1n) out.bytes += Number(st.size);
+  }
+  return out;
+}
+
+/**
+ * Write a stream into a new file (O_EXCL|O_NOFOLLOW), verifying sha256 digest and size when
+ * given, leaving holes where whole 4 KiB blocks are zero. Returns the bytes actually written.
+ */
+export async function writeNewFile(abs: string, content: AsyncIterable<Buffer | Uint8Array>, expect?: { digest?: string; size: number }, what = abs): Promise<number> {
+  const fh = await open(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  let pos = 0;
+  let written = 0;
+  const hash = expect?.digest ? createHash('sha256') : null;
+  try {
+    for await (const raw of content) {
+      const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw);
+      if (expect && pos + chunk.length > expect.size) throw new TrailingDataError(expect.digest ?? what, expect.size);
+      hash?.update(chunk);
+      written += await writeSparse(fh, chunk, pos);
+      pos += chunk.length;
+    }
+    if (expect && pos !== expect.size) throw new SizeMismatchError(expect.digest ?? what, expect.size, pos, what);
+    if (hash && expect?.digest) {
+      const got = `sha256:${hash.digest('hex')}`;
+      if (got !== expect.digest) throw new DigestMismatchError(expect.digest, got, what);
+    }
+    await fh.truncate(pos);
+  } finally {
+    await fh.close();
+  }
+  return written;
+}
+
+async function writeSparse(fh: FileHandle, chunk: Buffer, pos: number): Promise<number> {
+  let written = 0;
+  let i = 0;
+  while (i < chunk.length) {
+    // up to the next block boundary of the file
+    const end = Math.min(chunk.length, i + (BLOCK - ((pos + i) % BLOCK)));
+    const piece = chunk.subarray(i, end);
+    const isZeroBlock = piece.length === BLOCK && piece.equals(ZERO);
+    if (!isZeroBlock) {
+      // coalesce consecutive non-zero blocks into one write
+      let j = end;
+      while (j < chunk.length) {
+        const e2 = Math.min(chunk.length, j + BLOCK);
+        const p2 = chunk.subarray(j, e2);
+        if (p2.length === BLOCK && p2.equals(ZERO)) break;
+        j = e2;
+      }
+      await fh.write(chunk, i, j - i, pos + i);
+      written += j - i;
+      i = j;
+    } else i = end;
+  }
+  return written;
+}
+
+/** Owner, then mode (chown clears setuid), then times, through a descriptor. */
+export async function setFdMeta(fh: FileHandle, e: Pick<TreeEntry, 'uid' | 'gid' | 'mode' | 'mtimeNs'>, what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true }): Promise<void> {
+  if (what.owner) await fh.chown(e.uid, e.gid);
+  if (what.owner || what.mode) await fh.chmod(e.mode);
+  if (what.mtime) {
+    const t = nsToSeconds(e.mtimeNs);
+    await fh.utimes(t, t);
+  }
+}
+
+/** Open an existing regular file or directory for metadata changes, never following a symlink. */
+export async function openNoFollow(abs: string, dir: boolean): Promise<FileHandle> {
+  return open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | (dir ? constants.O_DIRECTORY : 0) | constants.O_NONBLOCK);
+}
+
+/** Set metadata on whatever is at `rel` (must be of the entry's type; checked with lstat). */
+export async function setMetaAt(sr: SafeRoot, rel: string, e: TreeEntry, what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true }): Promise<void> {
+  const abs = sr.abs(rel);
+  const t = e.type === 'hardlink' ? 'reg' : e.type;
+  if (t === 'reg' || t === 'dir') {
+    const fh = await openNoFollow(abs, t === 'dir');
+    try {
+      const st = await fh.stat();
+      if (t === 'reg' ? !st.isFile() : !st.isDirectory()) throw new UnsafePathError(rel, `expected a ${t} on disk`);
+      await setFdMeta(fh, e, what);
+    } finally {
+      await fh.close();
+    }
+    return;
+  }
+  if (what.owner) await lchown(abs, e.uid, e.gid);
+  if (t !== 'symlink' && (what.owner || what.mode)) {
+    const st = await lstat(abs);
+    if (st.isSymbolicLink()) throw new UnsafePathError(rel, 'expected a device or fifo, found a symlink');
+    await chmod(abs, e.mode);
+  }
+  if (what.mtime) {
+    const s = nsToSeconds(e.mtimeNs);
+    await lutimes(abs, s, s);
+  }
+}
+
+/** Create a symlink, device node or fifo at a temporary name and rename it to `rel`. */
+export async function createSpecial(sr: SafeRoot, rel: string, e: TreeEntry): Promise<void> {
+  const tmp = await sr.tmpBeside(rel);
+  const abs = sr.abs(tmp);
+  if (e.type === 'symlink') await symlink(e.linkname!, abs);
+  else if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') await makeNode(abs, e.type, e.mode & 0o777, e.devmajor ?? 0, e.devminor ?? 0);
+  else throw new Error(`createSpecial: ${e.type}`);
+  await setMetaAt(sr, tmp, e);
+  await rename(abs, sr.abs(rel));
+}
+
+/** Create the directory `rel` (parent verified) if missing and set its owner and mode. */
+export async function ensureDir(sr: SafeRoot, rel: string, e: TreeEntry): Promise<void> {
+  if (rel !== '') {
+    await sr.verifyDir(parentOf(rel), rel);
+    try {
+      await mkdir(sr.abs(rel), 0o700);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  await sr.verifyDir(rel);
+  await setMetaAt(sr, rel, e, { owner: true, mode: true });
+}
+
+/** Hardlink `rel` to `target` (both inside the root; target must not be a directory). */
+export async function makeLink(sr: SafeRoot, rel: string, target: string): Promise<void> {
+  await sr.verifyDir(parentOf(target), rel);
+  const tabs = sr.abs(target);
+  const st = await lstat(tabs).catch(() => null);
+  if (!st) throw new UnsafePathError(rel, `hardlink target ${JSON.stringify(target)} does not exist`);
+  if (st.isDirectory()) throw new UnsafePathError(rel, `hardlink target ${JSON.stringify(target)} is a directory`);
+  const tmp = await sr.tmpBeside(rel);
+  await link(tabs, sr.abs(tmp));
+  await rename(sr.abs(tmp), sr.abs(rel));
+  // rename() between two names of the same inode does nothing: the temporary name stays.
+  await unlink(sr.abs(tmp)).catch(() => undefined);
+}
+
+/** Reflink `fromAbs` to a new file `toAbs`; falls back to a copy where the filesystem can't. Returns true for a real reflink. */
+export async function reflinkFile(fromAbs: string, toAbs: string, allowCopy: boolean): Promise<boolean> {
+  try {
+    await copyFile(fromAbs, toAbs, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE_FORCE);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (!allowCopy || !(code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL' || code === 'ENOSYS')) throw e;
+  }
+  await copyFile(fromAbs, toAbs, constants.COPYFILE_EXCL);
+  return false;
+}

@@ -1,0 +1,95 @@
+/**
+ * Multi-layer images: the tree a container runtime would see, from layers in order, with
+ * whiteouts (`.wh.<name>` hides <name> of lower layers) and opaque directories
+ * (`.wh..wh..opq` hides everything lower layers put in that directory).
+ */
+import { BadHardlinkError } from './errors.ts';
+import { baseName, comparePaths, isAtOrBelow, joinPath, parentOf } from './paths.ts';
+import type { TreeEntry } from './types.ts';
+
+export const WHITEOUT_PREFIX = '.wh.';
+export const OPAQUE_MARKER = '.wh..wh..opq';
+
+export type Whiteout = { kind: 'whiteout'; path: string } | { kind: 'opaque'; dir: string } | { kind: 'other' };
+
+/** Is this (normalised) path a whiteout marker, and what does it hide? `null` for ordinary entries. */
+export function whiteoutOf(path: string): Whiteout | null {
+  const name = baseName(path);
+  if (!name.startsWith(WHITEOUT_PREFIX)) return null;
+  const dir = parentOf(path);
+  if (name === OPAQUE_MARKER) return { kind: 'opaque', dir };
+  const hidden = name.slice(WHITEOUT_PREFIX.length);
+  // `.wh..wh.*` other than the opaque marker are aufs bookkeeping (e.g. hardlink dirs): ignored.
+  if (hidden.startsWith(WHITEOUT_PREFIX) || hidden === '' || hidden === '.' || hidden === '..') return { kind: 'other' };
+  return { kind: 'whiteout', path: joinPath(dir, hidden) };
+}
+
+function removeBelow(tree: Map<string, TreeEntry>, dir: string, includeSelf: boolean): void {
+  if (dir === '') {
+    for (const k of tree.keys()) if (k !== '' || includeSelf) tree.delete(k);
+    return;
+  }
+  if (includeSelf) tree.delete(dir);
+  const prefix = dir + '/';
+  for (const k of tree.keys()) if (k.startsWith(prefix)) tree.delete(k);
+}
+
+/**
+ * Flatten layers (each a list of entries with normalised paths, in archive order) into the
+ * final tree. Within one layer whiteouts only hide lower layers, whatever their position.
+ * Hardlinks must name an entry of the final tree that is not a directory; chains are resolved
+ * so every hardlink names a regular (or other non-directory, non-hardlink) entry.
+ */
+export function flattenLayers(layers: readonly (readonly TreeEntry[])[]): Map<string, TreeEntry> {
+  const tree = new Map<string, TreeEntry>();
+  for (const layer of layers) {
+    for (const e of layer) {
+      const w = whiteoutOf(e.path);
+      if (w?.kind === 'whiteout') removeBelow(tree, w.path, true);
+      else if (w?.kind === 'opaque') removeBelow(tree, w.dir, false);
+    }
+    for (const e of layer) {
+      if (whiteoutOf(e.path)) continue;
+      const prev = tree.get(e.path);
+      // A non-directory replacing a directory takes the lower layers' content of it away.
+      if (prev?.type === 'dir' && e.type !== 'dir') removeBelow(tree, e.path, false);
+      tree.set(e.path, e);
+    }
+  }
+  // Entries whose parent is not a directory of the final tree can't exist: a lower layer's
+  // directory replaced by a file hid them above; what is left is an image error.
+  resolveHardlinks(tree);
+  return new Map([...tree.entries()].sort((a, b) => comparePaths(a[0], b[0])));
+}
+
+/** Point every hardlink at its final (non-hardlink) target; refuse dangling or directory targets. */
+export function resolveHardlinks(tree: Map<string, TreeEntry>): void {
+  for (const [path, e] of tree) {
+    if (e.type !== 'hardlink') continue;
+    let target = e.linkname ?? '';
+    const seen = new Set<string>([path]);
+    for (;;) {
+      const t = tree.get(target);
+      if (!t) throw new BadHardlinkError(path, target, 'target is not in the tree');
+      if (t.type === 'dir') throw new BadHardlinkError(path, target, 'target is a directory');
+      if (t.type !== 'hardlink') break;
+      if (seen.has(target)) throw new BadHardlinkError(path, target, 'hardlink loop');
+      seen.add(target);
+      target = t.linkname ?? '';
+    }
+    if (target !== e.linkname) tree.set(path, { ...e, linkname: target });
+  }
+}
+
+/** True when some ancestor of `path` in `tree` is not a directory (hostile or broken image). */
+export function firstNonDirAncestor(tree: Map<string, TreeEntry>, path: string): string | null {
+  let p = parentOf(path);
+  while (p !== '') {
+    const a = tree.get(p);
+    if (a && a.type !== 'dir') return p;
+    p = parentOf(p);
+  }
+  return null;
+}
+
+export { isAtOrBelow };

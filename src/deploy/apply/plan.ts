@@ -1,0 +1,229 @@
+/**
+ * The pure planner: from the new tree and a scan of the target, decide per entry what to do.
+ * It reads nothing but file hashes, through the ContentHasher it is given (lazily, only files
+ * whose size matches), so it is unit-testable with a fake hasher.
+ */
+import { UnsafePathError } from './errors.ts';
+import { comparePaths, isAtOrBelow, parentOf } from './paths.ts';
+import type { ContentHasher } from './scan.ts';
+import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
+import { emptyCounter } from './types.ts';
+
+export interface PlanOptions {
+  /** Relative paths never deleted (nor anything below them). */
+  preserve?: readonly string[];
+}
+
+export function devMajor(rdev: bigint): number {
+  return Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+}
+export function devMinor(rdev: bigint): number {
+  return Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+}
+
+function sameXattrs(a: Record<string, Buffer>, b: Record<string, Buffer>): { set: string[]; remove: string[] } {
+  const set: string[] = [];
+  const remove: string[] = [];
+  for (const [k, v] of Object.entries(a)) if (!b[k] || !b[k].equals(v)) set.push(k);
+  for (const k of Object.keys(b)) if (!(k in a)) remove.push(k);
+  return { set, remove };
+}
+
+/** What differs between the wanted entry's metadata and what is on disk; null when nothing. */
+export function metaDiff(e: TreeEntry, x: ExistingEntry): MetaFix | null {
+  const fix: MetaFix = {};
+  if (e.uid !== x.uid || e.gid !== x.gid) fix.owner = true;
+  if (e.type !== 'symlink' && e.mode !== x.mode) fix.mode = true;
+  // chown clears setuid/setgid: the mode must be set again after it.
+  if (fix.owner && e.type !== 'symlink' && (e.mode & 0o6000) !== 0) fix.mode = true;
+  if (e.mtimeNs !== x.mtimeNs) fix.mtime = true;
+  const xa = sameXattrs(e.xattrs, x.xattrs);
+  // chown drops security.capability: set it again after an owner change.
+  if (fix.owner && e.xattrs['security.capability'] && !xa.set.includes('security.capability')) xa.set.push('security.capability');
+  if (xa.set.length) fix.xattrSet = xa.set;
+  if (xa.remove.length) fix.xattrRemove = xa.remove;
+  return Object.keys(fix).length ? fix : null;
+}
+
+/** Add the parent directories an image did not list (tar archives may omit them). */
+export function addImplicitParents(tree: Map<string, TreeEntry>): void {
+  const add: TreeEntry[] = [];
+  for (const p of tree.keys()) {
+    let d = parentOf(p);
+    for (;;) {
+      const have = tree.get(d);
+      if (have) {
+        if (have.type !== 'dir') throw new UnsafePathError(p, `its parent ${JSON.stringify(d)} is a ${have.type} in the image, not a directory`);
+        break;
+      }
+      const implicit: TreeEntry = { path: d, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: 0, implicit: true };
+      tree.set(d, implicit);
+      add.push(implicit);
+      if (d === '') break;
+      d = parentOf(d);
+    }
+  }
+}
+
+function sameSet(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  const s = new Set(a);
+  return b.every((x) => s.has(x));
+}
+
+export async function planApply(newTree: Map<string, TreeEntry>, old: OldTree, hasher: ContentHasher, opts: PlanOptions = {}): Promise<Plan> {
+  const tree = new Map(newTree);
+  addImplicitParents(tree);
+  const paths = [...tree.keys()].sort(comparePaths);
+
+  // Hardlink groups of the new tree: primary path -> all paths sharing its inode.
+  const groups = new Map<string, string[]>();
+  for (const p of paths) {
+    const e = tree.get(p)!;
+    if (e.type !== 'hardlink') continue;
+    const t = e.linkname!;
+    const te = tree.get(t);
+    if (!te || te.type === 'dir' || te.type === 'hardlink') throw new UnsafePathError(p, `hardlink target ${JSON.stringify(t)} is not a file of the image`);
+    let g = groups.get(t);
+    if (!g) groups.set(t, (g = [t]));
+    g.push(p);
+  }
+
+  const actions = new Map<string, Action>();
+  const summary: PlanSummary = {
+    keep: emptyCounter(), meta: emptyCounter(), reflink: emptyCounter(), write: emptyCounter(),
+    create: emptyCounter(), link: emptyCounter(), delete: emptyCounter(),
+  };
+  const firstWriteOf = new Map<string, string>();
+  const fetch: TreeEntry[] = [];
+
+  const keepsInode = (x: ExistingEntry, p: string): boolean => {
+    const want = groups.get(p) ?? [p];
+    if (x.nlink === 1) return want.length === 1;
+    const have = old.byIno.get(x.ino) ?? [p];
+    return x.nlink === have.length && sameSet(have, want);
+  };
+
+  for (const p of paths) {
+    const e = tree.get(p)!;
+    const x = old.entries.get(p);
+    let a: Action;
+    switch (e.type) {
+      case 'dir': {
+        if (x?.type === 'dir') {
+          const fix = e.implicit ? null : metaDiff(e, x);
+          a = fix ? { kind: 'meta', entry: e, fix } : { kind: 'keep', entry: e };
+        } else a = { kind: 'create', entry: e, replace: !!x };
+        break;
+      }
+      case 'symlink': {
+        if (x?.type === 'symlink' && x.linkname === e.linkname && keepsInode(x, p)) {
+          const fix = metaDiff(e, x);
+          a = fix ? { kind: 'meta', entry: e, fix } : { kind: 'keep', entry: e };
+        } else a = { kind: 'create', entry: e, replace: !!x };
+        break;
+      }
+      case 'char':
+      case 'block':
+      case 'fifo': {
+        const same = x?.type === e.type && (e.type === 'fifo' || (devMajor(x.rdev) === e.devmajor && devMinor(x.rdev) === e.devminor));
+        if (x && same && keepsInode(x, p)) {
+          const fix = metaDiff(e, x);
+          a = fix ? { kind: 'meta', entry: e, fix } : { kind: 'keep', entry: e };
+        } else a = { kind: 'create', entry: e, replace: !!x };
+        break;
+      }
+      case 'hardlink':
+        continue; // after all primaries are decided
+      case 'reg': {
+        const digest = e.digest;
+        if (!digest) throw new UnsafePathError(p, 'regular file without a content digest in the table of contents');
+        if (x?.type === 'reg' && x.size === e.size && (await hasher.digestOf(x)) === digest) {
+          if (keepsInode(x, p)) {
+            const fix = metaDiff(e, x);
+            a = fix ? { kind: 'meta', entry: e, fix } : { kind: 'keep', entry: e };
+          } else a = { kind: 'clone', entry: e, from: p };
+          break;
+        }
+        const replace = !!x;
+        if (e.size > 0) {
+          let from: string | undefined;
+          for (const c of old.bySize.get(e.size) ?? []) {
+            if ((await hasher.digestOf(old.entries.get(c)!)) === digest) {
+              from = c;
+              break;
+            }
+          }
+          if (from !== undefined) {
+            a = { kind: 'reflink', entry: e, from, replace };
+            break;
+          }
+          const dup = firstWriteOf.get(digest);
+          if (dup !== undefined) {
+            a = { kind: 'reflink', entry: e, from: dup, fromNew: true, replace };
+            break;
+          }
+          firstWriteOf.set(digest, p);
+        }
+        a = { kind: 'write', entry: e, replace };
+        fetch.push(e);
+        break;
+      }
+    }
+    actions.set(p, a);
+  }
+
+  for (const p of paths) {
+    const e = tree.get(p)!;
+    if (e.type !== 'hardlink') continue;
+    const x = old.entries.get(p);
+    const t = e.linkname!;
+    const ta = actions.get(t)!;
+    const tx = old.entries.get(t);
+    const inodeStays = ta.kind === 'keep' || ta.kind === 'meta';
+    if (x && tx && inodeStays && x.ino === tx.ino && x.type === tx.type) actions.set(p, { kind: 'keep', entry: e });
+    else actions.set(p, { kind: 'link', entry: e, replace: !!x });
+  }
+
+  const ordered = paths.map((p) => actions.get(p)!);
+  for (const a of ordered) {
+    const bytes = a.entry.type === 'reg' ? a.entry.size : 0;
+    const c = a.kind === 'keep' ? summary.keep
+      : a.kind === 'meta' ? summary.meta
+      : a.kind === 'clone' || a.kind === 'reflink' ? summary.reflink
+      : a.kind === 'write' ? summary.write
+      : a.kind === 'link' ? summary.link
+      : summary.create;
+    c.count++;
+    c.bytes += bytes;
+  }
+
+  // Deletions: old paths not in the new tree, top-most only; below a path the new tree turns
+  // into a non-directory, the replace takes them.
+  const preserve = opts.preserve ?? [];
+  const deletes: string[] = [];
+  const deleted = new Set<string>();
+  for (const p of [...old.entries.keys()].sort(comparePaths)) {
+    if (p === '' || tree.has(p)) continue;
+    if (preserve.some((d) => isAtOrBelow(p, d))) continue;
+    const x = old.entries.get(p)!;
+    summary.delete.count++;
+    if (x.type === 'reg') summary.delete.bytes += x.size;
+    const parent = parentOf(p);
+    if (deleted.has(parent)) {
+      deleted.add(p);
+      continue;
+    }
+    const pa = tree.get(parent);
+    if (pa && pa.type !== 'dir') continue; // cannot happen after addImplicitParents; defensive
+    if (!tree.has(parent) && parent !== '') {
+      // parent replaced by a non-directory of the new tree, or itself deleted
+      deleted.add(p);
+      continue;
+    }
+    deleted.add(p);
+    deletes.push(p);
+  }
+
+  return { actions: ordered, deletes, fetch, summary };
+}

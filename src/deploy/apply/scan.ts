@@ -1,0 +1,199 @@
+/**
+ * What is in the target directory now: one lstat walk (never following symlinks) and one
+ * getfattr run. Content hashes are not computed here: the planner asks for them lazily, only
+ * for files whose size matches something in the new tree, through a ContentIndex.
+ *
+ * Why a cache keyed by (inode, size, mtime, ctime): hashing every same-size file means reading
+ * the whole old tree (~1-2 GB on MicroOS) on every update. A btrfs snapshot keeps inode
+ * numbers and the full inode (mtime *and* ctime) of its source, so hashes recorded when
+ * snapshot N was written stay valid in snapshot N+1 created from it. mtime alone can be set by
+ * anyone (touch, tar); ctime can't be set from userspace and changes with any write, chmod,
+ * chown or xattr change, so a matching (ino, size, mtime, ctime) means the content is the one
+ * that was hashed. Without a cache the index still works: it hashes same-size candidates only,
+ * once each.
+ */
+import { createHash } from 'node:crypto';
+import { lstat, open, opendir, readFile, readlink, rename, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { join } from 'node:path';
+import { dumpTreeXattrs } from '../../host/xattr.ts';
+import { BadRootError } from './errors.ts';
+import { isAtOrBelow, joinPath } from './paths.ts';
+import type { EntryType, ExistingEntry, OldTree } from './types.ts';
+import type { BigIntStats } from 'node:fs';
+
+export function typeOfStats(st: BigIntStats): EntryType | 'other' {
+  if (st.isFile()) return 'reg';
+  if (st.isDirectory()) return 'dir';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isCharacterDevice()) return 'char';
+  if (st.isBlockDevice()) return 'block';
+  if (st.isFIFO()) return 'fifo';
+  return 'other';
+}
+
+export function existingFromStats(path: string, st: BigIntStats, linkname?: string): ExistingEntry {
+  const e: ExistingEntry = {
+    path,
+    type: typeOfStats(st),
+    mode: Number(st.mode & 0o7777n),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    size: Number(st.size),
+    mtimeNs: st.mtimeNs,
+    ctimeNs: st.ctimeNs,
+    ino: st.ino,
+    dev: st.dev,
+    nlink: Number(st.nlink),
+    rdev: st.rdev,
+    xattrs: {},
+  };
+  if (linkname !== undefined) e.linkname = linkname;
+  return e;
+}
+
+export interface ScanOptions {
+  /** Relative paths whose content is neither scanned nor ever deleted (other subvolumes, /.snapshots). */
+  preserve?: readonly string[];
+  /** Skip reading xattrs (tests on filesystems without them). */
+  noXattrs?: boolean;
+}
+
+/** Walk `root` (which must be a real directory) and describe everything in it. */
+export async function scanTree(root: string, opts: ScanOptions = {}): Promise<OldTree> {
+  let rst: BigIntStats;
+  try {
+    rst = await lstat(root, { bigint: true });
+  } catch (e) {
+    throw new BadRootError(root, (e as Error).message);
+  }
+  if (!rst.isDirectory()) throw new BadRootError(root, 'is not a directory (or is a symlink)');
+  const preserve = opts.preserve ?? [];
+  const entries = new Map<string, ExistingEntry>();
+  entries.set('', existingFromStats('', rst));
+  const stack: string[] = [''];
+  while (stack.length > 0) {
+    const rel = stack.pop()!;
+    const dir = await opendir(rel === '' ? root : join(root, rel));
+    for await (const d of dir) {
+      const p = joinPath(rel, d.name);
+      const abs = join(root, p);
+      const st = await lstat(abs, { bigint: true });
+      const link = st.isSymbolicLink() ? await readlink(abs) : undefined;
+      entries.set(p, existingFromStats(p, st, link));
+      if (st.isDirectory() && !preserve.some((x) => isAtOrBelow(p, x))) stack.push(p);
+    }
+  }
+  if (!opts.noXattrs) {
+    const prefix = root.endsWith('/') ? root : root + '/';
+    for (const [abs, xs] of await dumpTreeXattrs(root)) {
+      const rel = abs === root || abs + '/' === prefix ? '' : abs.startsWith(prefix) ? abs.slice(prefix.length) : null;
+      const e = rel === null ? undefined : entries.get(rel);
+      if (e) e.xattrs = xs;
+    }
+  }
+  return indexOldTree(root, entries);
+}
+
+export function indexOldTree(root: string, entries: Map<string, ExistingEntry>): OldTree {
+  const bySize = new Map<number, string[]>();
+  const byIno = new Map<bigint, string[]>();
+  for (const e of entries.values()) {
+    if (e.type !== 'reg') continue;
+    let s = bySize.get(e.size);
+    if (!s) bySize.set(e.size, (s = []));
+    s.push(e.path);
+    let i = byIno.get(e.ino);
+    if (!i) byIno.set(e.ino, (i = []));
+    i.push(e.path);
+  }
+  return { root, entries, bySize, byIno };
+}
+
+/** Hashes of old-tree files, asked for lazily by the planner. */
+export interface ContentHasher {
+  digestOf(e: ExistingEntry): Promise<string>;
+}
+
+interface IndexFile {
+  version: 1;
+  entries: Record<string, string>;
+}
+
+function keyOf(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): string {
+  return `${e.ino}:${e.size}:${e.mtimeNs}:${e.ctimeNs}`;
+}
+
+/** sha256 of a file, reading it without following a symlink at its place. */
+export async function hashFile(abs: string): Promise<string> {
+  const h = createHash('sha256');
+  const fh = await open(abs, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    for await (const chunk of fh.createReadStream({ autoClose: false })) h.update(chunk as Buffer);
+  } finally {
+    await fh.close();
+  }
+  return `sha256:${h.digest('hex')}`;
+}
+
+/**
+ * A content index of a tree: (inode, size, mtime, ctime) -> sha256. Loaded from and saved to
+ * a file the caller chooses (outside the snapshot, e.g. /var/cache/tiu/content-index/<N>.json).
+ */
+export class ContentIndex implements ContentHasher {
+  readonly root: string;
+  readonly #known = new Map<string, string>();
+  /** Files actually read to hash them (for reports and tests). */
+  hashedFiles = 0;
+  hashedBytes = 0;
+
+  constructor(root: string) {
+    this.root = root;
+  }
+
+  static async load(root: string, file: string): Promise<ContentIndex> {
+    const idx = new ContentIndex(root);
+    try {
+      const j = JSON.parse(await readFile(file, 'utf8')) as IndexFile;
+      if (j?.version === 1 && j.entries && typeof j.entries === 'object') {
+        for (const [k, v] of Object.entries(j.entries)) if (typeof v === 'string' && /^sha256:[0-9a-f]{64}$/.test(v)) idx.#known.set(k, v);
+      }
+    } catch {
+      // No or unreadable cache: start empty, it is only an accelerator.
+    }
+    return idx;
+  }
+
+  async save(file: string): Promise<void> {
+    const body: IndexFile = { version: 1, entries: Object.fromEntries(this.#known) };
+    await writeFile(file + '.tmp', JSON.stringify(body));
+    await rename(file + '.tmp', file);
+  }
+
+  get size(): number {
+    return this.#known.size;
+  }
+
+  /** Record a known digest (the executor does this for everything it writes, from the TOC). */
+  remember(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): void {
+    this.#known.set(keyOf(e), digest);
+  }
+
+  /** Drop everything except these keys (after an apply, only the new tree's files matter). */
+  retainOnly(keep: Iterable<Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>>): void {
+    const ks = new Set<string>();
+    for (const e of keep) ks.add(keyOf(e));
+    for (const k of [...this.#known.keys()]) if (!ks.has(k)) this.#known.delete(k);
+  }
+
+  async digestOf(e: ExistingEntry): Promise<string> {
+    const k = keyOf(e);
+    const known = this.#known.get(k);
+    if (known) return known;
+    const d = await hashFile(join(this.root, e.path));
+    this.hashedFiles++;
+    this.hashedBytes += e.size;
+    this.#known.set(k, d);
+    return d;
+  }
+}

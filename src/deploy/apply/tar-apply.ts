@@ -1,0 +1,321 @@
+/**
+ * Ordinary images (no table of contents): stream each layer's tar into the target in layer
+ * order, comparing as it goes. A regular file whose size matches the file already there is
+ * compared byte by byte with it while it streams in; only when a byte differs does writing
+ * start (the equal prefix is copied from the old file), so an identical update writes no
+ * data and needs no hashing. Whiteouts and opaque directories hide lower layers; what no layer
+ * leaves in the tree is removed at the end, then xattrs (after every chown) and directory
+ * mtimes are set.
+ */
+import { constants, type BigIntStats } from 'node:fs';
+import { lstat, open, readlink, rename, type FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { removeXattr, setXattrs } from '../../host/xattr.ts';
+import { BadHardlinkError, BadTarError, UnsafePathError } from './errors.ts';
+import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, tmpName, writeNewFile } from './fsops.ts';
+import { isAtOrBelow, whiteoutOf } from './layers.ts';
+import { comparePaths, joinPath, normalizeEntryPath, normalizeLinkTarget, parentOf } from './paths.ts';
+import { devMajor, devMinor, metaDiff } from './plan.ts';
+import { existingFromStats, scanTree } from './scan.ts';
+import { readTar, type TarEntry } from './tar.ts';
+import type { ApplyReport, Counter, EntryType, TreeEntry } from './types.ts';
+import { emptyReport } from './types.ts';
+
+export interface TarApplyOptions {
+  preserve?: readonly string[];
+  allowCopyFallback?: boolean;
+  /** Skip reading existing xattrs (filesystems without them; tests). */
+  noXattrs?: boolean;
+}
+
+/** A layer: an uncompressed tar stream, opened when its turn comes. */
+export type LayerOpener = () => Promise<Readable> | Readable;
+
+function add(c: Counter, bytes: number): void {
+  c.count++;
+  c.bytes += bytes;
+}
+
+function toTreeEntry(path: string, t: TarEntry): TreeEntry {
+  if (t.type === 'other') throw new BadTarError(`unsupported entry type '${t.flag}' for ${JSON.stringify(t.name)}`);
+  const e: TreeEntry = { path, type: t.type, mode: t.mode, uid: t.uid, gid: t.gid, mtimeNs: t.mtimeNs, xattrs: t.xattrs, size: t.size };
+  if (t.type === 'symlink') {
+    if (t.linkname === '') throw new BadTarError(`symlink ${JSON.stringify(t.name)} without a target`);
+    e.linkname = t.linkname;
+  }
+  if (t.type === 'hardlink') e.linkname = normalizeLinkTarget(path, t.linkname);
+  if (t.type === 'char' || t.type === 'block') {
+    e.devmajor = t.devmajor;
+    e.devminor = t.devminor;
+  }
+  return e;
+}
+
+interface State {
+  sr: SafeRoot;
+  report: ApplyReport;
+  /** Paths of the final tree so far -> the entry and the layer that put it there. */
+  present: Map<string, { entry: TreeEntry; layer: number }>;
+  /** Current xattrs of the inode at a path (from the scan; `{}` for inodes created here). */
+  xattrNow: Map<string, Record<string, Buffer>>;
+  opts: TarApplyOptions;
+}
+
+export async function applyTarLayers(root: string, layers: readonly LayerOpener[], opts: TarApplyOptions = {}): Promise<ApplyReport> {
+  const sr = await SafeRoot.open(root);
+  const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
+  const st: State = { sr, report: emptyReport(), present: new Map(), xattrNow: new Map(), opts };
+  for (const [p, e] of old.entries) st.xattrNow.set(p, e.xattrs);
+
+  for (let k = 0; k < layers.length; k++) {
+    const stream = await layers[k]!();
+    try {
+      for await (const t of readTar(stream)) await applyTarEntry(st, t, k);
+    } finally {
+      stream.destroy?.();
+    }
+  }
+
+  // What no layer left in the tree goes.
+  const preserve = opts.preserve ?? [];
+  const now = await scanTree(root, { preserve, noXattrs: true });
+  const gone = new Set<string>();
+  for (const p of [...now.entries.keys()].sort(comparePaths)) {
+    if (p === '' || st.present.has(p) || preserve.some((d) => isAtOrBelow(p, d))) continue;
+    if (gone.has(parentOf(p))) {
+      gone.add(p);
+      continue;
+    }
+    gone.add(p);
+    const r = await removeTree(sr, p, st.report.warnings);
+    st.report.deleted.count += r.count;
+    st.report.deleted.bytes += r.bytes;
+  }
+
+  // xattrs, after every chown
+  const sets: { path: string; set: Record<string, Buffer> }[] = [];
+  for (const [p, { entry }] of st.present) {
+    if (entry.type === 'hardlink' || entry.implicit) continue;
+    const have = st.xattrNow.get(p) ?? {};
+    const set: Record<string, Buffer> = {};
+    for (const [n, v] of Object.entries(entry.xattrs)) if (!have[n]?.equals(v)) set[n] = v;
+    if (Object.keys(set).length) sets.push({ path: sr.abs(p), set });
+    for (const n of Object.keys(have)) if (!(n in entry.xattrs)) await removeXattr(sr.abs(p), n);
+  }
+  await setXattrs(sets);
+
+  // directory mtimes last
+  for (const [p, { entry }] of st.present) {
+    if (entry.type !== 'dir' || entry.implicit) continue;
+    const s = await lstat(sr.abs(p), { bigint: true });
+    if (!sameTime(s.mtimeNs, entry.mtimeNs)) await setMetaAt(sr, p, entry, { mtime: true });
+  }
+  return st.report;
+}
+
+function hide(st: State, below: string, includeSelf: boolean, layer: number): void {
+  for (const [p, v] of st.present) {
+    if (v.layer >= layer) continue;
+    if ((includeSelf && p === below) || (p !== below && isAtOrBelow(p, below))) st.present.delete(p);
+  }
+}
+
+/** chown drops security.capability: remember that the inode no longer has it. */
+function afterChown(st: State, path: string): void {
+  const x = st.xattrNow.get(path);
+  if (x?.['security.capability']) {
+    const { ['security.capability']: _drop, ...rest } = x;
+    st.xattrNow.set(path, rest);
+  }
+}
+
+async function lstatOrNull(abs: string): Promise<BigIntStats | null> {
+  return lstat(abs, { bigint: true }).catch(() => null);
+}
+
+/** Parents the archive did not list (or hid) become 0755 root directories; a non-directory in the final tree there is refused. */
+async function ensureParents(st: State, path: string, layer: number): Promise<void> {
+  const chain: string[] = [];
+  for (let d = parentOf(path); ; d = parentOf(d)) {
+    chain.unshift(d);
+    if (d === '') break;
+  }
+  for (const d of chain) {
+    const have = st.present.get(d);
+    if (have) {
+      if (have.entry.type !== 'dir') throw new UnsafePathError(path, `its parent ${JSON.stringify(d)} is a ${have.entry.type} in the image, not a directory`);
+      continue;
+    }
+    const implicit: TreeEntry = { path: d, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: 0, implicit: true };
+    const s = await lstatOrNull(st.sr.abs(d));
+    if (!s?.isDirectory()) {
+      if (s) await removeTree(st.sr, d, st.report.warnings);
+      await ensureDir(st.sr, d, implicit);
+      add(st.report.created, 0);
+    }
+    st.present.set(d, { entry: implicit, layer });
+  }
+}
+
+async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<void> {
+  const path = normalizeEntryPath(t.name);
+  const w = whiteoutOf(path);
+  if (w) {
+    if (w.kind === 'whiteout') hide(st, w.path, true, layer);
+    else if (w.kind === 'opaque') hide(st, w.dir, false, layer);
+    return;
+  }
+  const e = toTreeEntry(path, t);
+  if (path !== '') await ensureParents(st, path, layer);
+  const { sr, report } = st;
+  if (path !== '') await sr.verifyDir(parentOf(path), path);
+  const abs = sr.abs(path);
+  const cur = await lstatOrNull(abs);
+  const curX = cur ? existingFromStats(path, cur) : null;
+  if (curX) curX.xattrs = st.xattrNow.get(path) ?? {};
+
+  switch (e.type) {
+    case 'dir': {
+      if (cur?.isDirectory()) {
+        const fix = metaDiff(e, curX!);
+        if (fix && (fix.owner || fix.mode)) {
+          await setMetaAt(sr, path, e, fix);
+          if (fix.owner) afterChown(st, path);
+          add(report.metadataFixed, 0);
+        } else add(report.kept, 0);
+      } else {
+        if (cur) await removeTree(sr, path, report.warnings);
+        await ensureDir(sr, path, e);
+        st.xattrNow.set(path, {});
+        add(report.created, 0);
+      }
+      sr.markDir(path);
+      break;
+    }
+    case 'reg':
+      await applyRegular(st, e, t, cur, curX);
+      break;
+    case 'symlink':
+    case 'char':
+    case 'block':
+    case 'fifo': {
+      let same = curX?.type === e.type && curX.nlink === 1;
+      if (same && e.type === 'symlink') same = (await readlink(abs)) === e.linkname;
+      else if (same && e.type !== 'fifo') same = devMajor(curX!.rdev) === e.devmajor && devMinor(curX!.rdev) === e.devminor;
+      if (same) {
+        const fix = metaDiff(e, curX!);
+        if (fix && (fix.owner || fix.mode || fix.mtime)) {
+          await setMetaAt(sr, path, e, fix);
+          if (fix.owner) afterChown(st, path);
+          add(report.metadataFixed, 0);
+        } else add(report.kept, 0);
+      } else {
+        if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
+        await createSpecial(sr, path, e);
+        st.xattrNow.set(path, {});
+        add(report.created, 0);
+      }
+      break;
+    }
+    case 'hardlink': {
+      const target = e.linkname!;
+      const te = st.present.get(target);
+      if (!te) throw new BadHardlinkError(path, target, 'target is not in the tree (yet)');
+      if (te.entry.type === 'dir') throw new BadHardlinkError(path, target, 'target is a directory');
+      if (target === path) throw new BadHardlinkError(path, target, 'links to itself');
+      const ts = await lstatOrNull(sr.abs(target));
+      if (cur && ts && cur.ino === ts.ino && !cur.isDirectory()) add(report.kept, 0);
+      else {
+        if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
+        await makeLink(sr, path, target);
+        add(report.linked, 0);
+      }
+      // record the target's entry for xattrs purposes: the link shares its inode
+      st.present.set(path, { entry: e, layer });
+      return;
+    }
+  }
+  st.present.set(path, { entry: e, layer });
+}
+
+async function readAt(fh: FileHandle, len: number, pos: number): Promise<Buffer> {
+  const b = Buffer.allocUnsafe(len);
+  let got = 0;
+  while (got < len) {
+    const { bytesRead } = await fh.read(b, got, len - got, pos + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return b.subarray(0, got);
+}
+
+async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntStats | null, curX: ReturnType<typeof existingFromStats> | null): Promise<void> {
+  const { sr, report } = st;
+  const path = e.path;
+  const abs = sr.abs(path);
+  const body = t.body();
+  if (cur?.isFile() && Number(cur.size) === e.size) {
+    // Compare while streaming; start writing only at the first difference.
+    const fh = await open(abs, constants.O_RDONLY | constants.O_NOFOLLOW);
+    let pos = 0;
+    let tmp: string | null = null;
+    try {
+      for await (const chunk of body) {
+        const mine = await readAt(fh, chunk.length, pos);
+        if (mine.equals(chunk)) {
+          pos += chunk.length;
+          continue;
+        }
+        // differs: copy the equal prefix from the old file, then this chunk and the rest
+        tmp = joinPath(parentOf(path), tmpName());
+        const fhOld = fh;
+        const prefixEnd = pos;
+        async function* rest(): AsyncGenerator<Buffer> {
+          for (let p = 0; p < prefixEnd; p += 1 << 20) yield await readAt(fhOld, Math.min(1 << 20, prefixEnd - p), p);
+          yield chunk;
+          for await (const c of body) yield c;
+        }
+        await writeNewFile(sr.abs(tmp), rest(), { size: e.size }, path);
+        break;
+      }
+      if (!tmp && pos !== e.size) throw new BadTarError(`content of ${JSON.stringify(t.name)} is shorter than its header says`);
+    } finally {
+      await fh.close();
+    }
+    if (tmp) {
+      await setMetaAt(sr, tmp, e);
+      await rename(sr.abs(tmp), abs);
+      st.xattrNow.set(path, {});
+      add(report.written, e.size);
+      return;
+    }
+    if (cur.nlink > 1n) {
+      // Same content, but the inode is shared with other names: give this name its own inode
+      // (a reflink, no data) so changing its metadata cannot change the others'.
+      const tmp2 = await sr.tmpBeside(path);
+      const real = await reflinkFile(abs, sr.abs(tmp2), st.opts.allowCopyFallback ?? false);
+      if (!real) add(report.copiedInsteadOfReflink, e.size);
+      await setMetaAt(sr, tmp2, e);
+      await rename(sr.abs(tmp2), abs);
+      st.xattrNow.set(path, {});
+      add(report.reflinked, e.size);
+      return;
+    }
+    const fix = metaDiff(e, curX!);
+    if (fix && (fix.owner || fix.mode || fix.mtime)) {
+      await setMetaAt(sr, path, e, fix);
+      if (fix.owner) afterChown(st, path);
+      add(report.metadataFixed, e.size);
+    } else add(report.kept, e.size);
+    return;
+  }
+  if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
+  const tmp = await sr.tmpBeside(path);
+  await writeNewFile(sr.abs(tmp), body, { size: e.size }, path);
+  await setMetaAt(sr, tmp, e);
+  await rename(sr.abs(tmp), abs);
+  st.xattrNow.set(path, {});
+  add(report.written, e.size);
+}
+
+export type { EntryType };

@@ -1,0 +1,108 @@
+/**
+ * Adapter from a zstd:chunked table of contents (containers/storage's JSON: `{version,
+ * entries: [{type, name, linkName, mode, size, uid, gid, modtime, devMajor, devMinor, xattrs,
+ * digest, offset, endOffset, ...}]}`) to the engine's TreeEntry list for one layer.
+ * Xattr values in the TOC are base64; `chunk` entries (continuations of a file) carry no new
+ * file and are skipped: a file's digest is of its whole content.
+ */
+import { BadEntryError } from './errors.ts';
+import { normalizeEntryPath, normalizeLinkTarget } from './paths.ts';
+import type { EntryType, TreeEntry } from './types.ts';
+
+export interface ChunkedTocEntry {
+  type: string;
+  name: string;
+  linkName?: string;
+  mode?: number;
+  size?: number;
+  uid?: number;
+  gid?: number;
+  modtime?: string;
+  devMajor?: number;
+  devMinor?: number;
+  xattrs?: Record<string, string>;
+  digest?: string;
+  offset?: number;
+  endOffset?: number;
+}
+
+export interface ChunkedToc {
+  version: number;
+  entries: ChunkedTocEntry[];
+}
+
+export const EMPTY_SHA256 = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
+
+const TYPES: Record<string, EntryType> = {
+  reg: 'reg',
+  dir: 'dir',
+  symlink: 'symlink',
+  hardlink: 'hardlink',
+  char: 'char',
+  block: 'block',
+  fifo: 'fifo',
+};
+
+function nat(v: unknown, name: string, what: string): number {
+  if (v === undefined || v === null) return 0;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new BadEntryError(name, `${what} is not a non-negative integer`);
+  return v;
+}
+
+/** Parse an RFC 3339 time with up to nanosecond precision into ns since the epoch. */
+export function parseTimeNs(s: string | undefined, name: string): bigint {
+  if (s === undefined || s === '') return 0n;
+  const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$/.exec(s);
+  if (!m) throw new BadEntryError(name, `modtime ${JSON.stringify(s.slice(0, 40))} is not RFC 3339`);
+  const secs = Date.parse(m[1]! + m[3]!);
+  if (Number.isNaN(secs)) throw new BadEntryError(name, `modtime ${JSON.stringify(s)} is not a date`);
+  const frac = BigInt((m[2] ?? '').padEnd(9, '0') || '0');
+  return BigInt(secs) * 1_000_000n + frac;
+}
+
+export function tocToEntries(toc: ChunkedToc, layer: number): TreeEntry[] {
+  if (!toc || !Array.isArray(toc.entries)) throw new BadEntryError('(toc)', 'no entries array');
+  const out: TreeEntry[] = [];
+  for (const t of toc.entries) {
+    if (typeof t?.name !== 'string' || typeof t.type !== 'string') throw new BadEntryError(String(t?.name), 'entry without name or type');
+    if (t.type === 'chunk') continue;
+    const type = TYPES[t.type];
+    if (!type) throw new BadEntryError(t.name, `unknown entry type ${JSON.stringify(t.type)}`);
+    const path = normalizeEntryPath(t.name);
+    const xattrs: Record<string, Buffer> = {};
+    for (const [k, v] of Object.entries(t.xattrs ?? {})) {
+      if (typeof v !== 'string') throw new BadEntryError(t.name, `xattr ${k} is not base64 text`);
+      xattrs[k] = Buffer.from(v, 'base64');
+    }
+    const e: TreeEntry = {
+      path,
+      type,
+      mode: nat(t.mode, t.name, 'mode') & 0o7777,
+      uid: nat(t.uid, t.name, 'uid'),
+      gid: nat(t.gid, t.name, 'gid'),
+      mtimeNs: parseTimeNs(t.modtime, t.name),
+      xattrs,
+      size: type === 'reg' ? nat(t.size, t.name, 'size') : 0,
+    };
+    if (type === 'reg') {
+      if (e.size === 0 && (t.digest === undefined || t.digest === '')) e.digest = EMPTY_SHA256;
+      else if (typeof t.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(t.digest)) throw new BadEntryError(t.name, 'regular file without a sha256 digest');
+      else e.digest = t.digest;
+      e.source = { layer, offset: nat(t.offset, t.name, 'offset'), endOffset: nat(t.endOffset, t.name, 'endOffset') };
+    }
+    if (type === 'symlink') {
+      if (typeof t.linkName !== 'string' || t.linkName === '') throw new BadEntryError(t.name, 'symlink without a target');
+      e.linkname = t.linkName;
+    }
+    if (type === 'hardlink') {
+      if (typeof t.linkName !== 'string') throw new BadEntryError(t.name, 'hardlink without a target');
+      e.linkname = normalizeLinkTarget(t.name, t.linkName);
+    }
+    if (type === 'char' || type === 'block') {
+      e.devmajor = nat(t.devMajor, t.name, 'devMajor');
+      e.devminor = nat(t.devMinor, t.name, 'devMinor');
+    }
+    out.push(e);
+  }
+  return out;
+}

@@ -1,0 +1,298 @@
+/**
+ * `tiu update`: an image reference -> a new snapper snapshot that is the next boot.
+ *
+ *   lock; clean what a crashed run left; resolve the reference; AlreadyPresent? stop;
+ *   copy the image into the local cache (signature policy checked before anything is written,
+ *   every byte verified) — `--download-only` stops here, `--offline` starts from the cache;
+ *   snapshot of the booted system (in progress) with /etc carried; apply the layers as a
+ *   difference; merge /etc and the user databases; SELinux relabel rule; hooks in a chroot;
+ *   commit (read-only, userdata, default). Any failure before the commit deletes the snapshot.
+ *
+ * The transports, the policy, the diff-apply engine and the merges come in as `UpdateDeps`
+ * (wired in src/deploy/wiring.ts), so this file is only the sequence.
+ */
+import { createHash } from 'node:crypto';
+import { lstat, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { PassThrough } from 'node:stream';
+import { createGunzip, createZstdDecompress } from 'node:zlib';
+import type { Target } from '../content/interfaces.ts';
+import { VerifyingStream } from '../oci/digest.ts';
+import { MediaType } from '../oci/mediatypes.ts';
+import type { Descriptor, ImageManifest } from '../oci/types.ts';
+import { fetchManifest } from '../content/graph.ts';
+import { TiuError, asError } from '../errors.ts';
+import { hasSelinuxLabel, selinuxWanted } from '../host/selinux.ts';
+import { copyTreeReflink } from '../host/system.ts';
+import { loadConfig, type TiuConfig } from './config.ts';
+import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from './hooks.ts';
+import { acquireUpdateLock } from './lock.ts';
+import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
+import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
+
+export class UpdateError extends TiuError {}
+
+export interface LayerStream {
+  /** The layer blob's digest (compressed, as in the manifest). */
+  digest: string;
+  mediaType: string;
+  /** The uncompressed tar, verified against `digest` as it is read: a mismatch errors the stream. */
+  tar: Readable;
+}
+
+export interface EtcMergeArgs {
+  /** The pristine /etc of the image the system runs (its /usr/lib/tiu/etc); absent on a first update. */
+  base: string | undefined;
+  /** The admin's /etc: the running system's. */
+  ours: string;
+  /** The new image's pristine /etc. */
+  theirs: string;
+  /** The new snapshot's /etc, rewritten by the merge. */
+  target: string;
+}
+
+export interface UpdateDeps {
+  /**
+   * A reference string (docker://, oci:, oci-archive:) -> its Target and the tag/digest inside
+   * it (undefined: the Target's only image, resolveDefault).
+   */
+  openSource(reference: string, o: { sysroot: string; config: TiuConfig; signal?: AbortSignal }): Promise<{ target: Target; reference: string | undefined }>;
+  /** The local cache (an OCI layout directory). */
+  openCache(dir: string): Promise<Target>;
+  copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
+  /** Throws when the signature policy refuses the image. */
+  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string; sysroot: string; signal?: AbortSignal }): Promise<void>;
+  applyLayers(o: { root: string; layers: AsyncIterable<LayerStream>; signal?: AbortSignal }): Promise<unknown>;
+  mergeEtc(o: EtcMergeArgs): Promise<{ conflicts: string[] }>;
+  mergeUsers(o: EtcMergeArgs): Promise<{ clashes: string[] }>;
+}
+
+export interface UpdateOptions {
+  sysroot?: string;
+  /** Default: `image` from tiu.conf. */
+  reference?: string;
+  downloadOnly?: boolean;
+  offline?: boolean;
+  config?: TiuConfig;
+  signal?: AbortSignal;
+  onProgress?: (line: string) => void;
+  /** The platform to pick from an index (default: linux and this machine's architecture). */
+  platform?: { os: string; architecture: string };
+}
+
+export type UpdateResult =
+  | { status: 'already-present'; image: string; digest: string; snapshot: number; cleanup: CleanupReport }
+  | { status: 'downloaded'; image: string; digest: string; cache: string; cleanup: CleanupReport }
+  | {
+      status: 'updated';
+      image: string;
+      digest: string;
+      snapshot: number;
+      from: number;
+      etcConflicts: string[];
+      userClashes: string[];
+      relabel: boolean;
+      hooks: HookRun[];
+      apply: unknown;
+      cleanup: CleanupReport;
+    };
+
+/** The tag an image reference is kept under in the cache layout. */
+export function cacheTag(reference: string): string {
+  return `tiu-${createHash('sha256').update(reference).digest('hex').slice(0, 32)}`;
+}
+
+const ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
+
+/** The image manifest for this machine: the root itself, or the matching entry of an index. */
+export async function imageManifest(target: Target, root: Descriptor, platform: { os: string; architecture: string }, signal?: AbortSignal): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
+  const first = await fetchManifest(target, root, { signal });
+  if (first.parsed.kind === 'manifest') return { desc: root, manifest: first.parsed.manifest };
+  const pick = first.parsed.index.manifests.find((m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture);
+  if (!pick) throw new UpdateError('NO_MATCHING_PLATFORM', `${root.digest} has no image for ${platform.os}/${platform.architecture}`, { digest: root.digest, platform });
+  const second = await fetchManifest(target, pick, { signal });
+  if (second.parsed.kind !== 'manifest') throw new UpdateError('INVALID_MANIFEST', `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`, { digest: pick.digest });
+  return { desc: pick, manifest: second.parsed.manifest };
+}
+
+function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof createGunzip> | ReturnType<typeof createZstdDecompress> {
+  switch (mediaType) {
+    case MediaType.OciLayerTar:
+    case 'application/vnd.docker.image.rootfs.diff.tar':
+      return new PassThrough();
+    case MediaType.OciLayerGzip:
+    case MediaType.DockerLayerGzip:
+      return createGunzip();
+    case MediaType.OciLayerZstd:
+      return createZstdDecompress();
+    default:
+      throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
+  }
+}
+
+/** The layers of `manifest` as verified, decompressed tar streams, one after the other. */
+export async function* layerStreams(target: Target, manifest: ImageManifest, signal?: AbortSignal): AsyncGenerator<LayerStream> {
+  for (const [i, layer] of manifest.layers.entries()) {
+    const decompress = decompressorFor(layer.mediaType);
+    const raw = await target.fetch(layer, { signal });
+    const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
+    raw.on('error', (e) => verify.destroy(e));
+    verify.on('error', (e) => decompress.destroy(e));
+    raw.pipe(verify).pipe(decompress);
+    yield { digest: layer.digest, mediaType: layer.mediaType, tar: decompress };
+  }
+}
+
+/** `*.tiunew` files under the snapshot's /etc: the conflicts the admin has not resolved yet. */
+export async function pendingEtcConflicts(etc: string, limit = 1000): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (dir: string, rel: string): Promise<void> => {
+    const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+    for (const e of entries) {
+      if (out.length >= limit) return;
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) await walk(join(dir, e.name), r);
+      else if (e.name.endsWith('.tiunew')) out.push(`/etc/${r.slice(0, -'.tiunew'.length)}`);
+    }
+  };
+  await walk(etc, '');
+  return out.sort();
+}
+
+async function exists(p: string): Promise<boolean> {
+  return (await lstat(p).catch(() => undefined)) !== undefined;
+}
+
+export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promise<UpdateResult> {
+  const sysroot = opts.sysroot ?? '/';
+  const progress = opts.onProgress ?? (() => undefined);
+  const signal = opts.signal;
+  const ctx = await openContext(sysroot);
+  const config = opts.config ?? (await loadConfig(ctx.sysroot));
+  const image = opts.reference ?? config.image;
+  if (!image) throw new UpdateError('NO_IMAGE', `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`);
+  if (opts.offline && opts.downloadOnly) throw new UpdateError('USAGE', '--offline and --download-only exclude each other');
+  const platform = opts.platform ?? { os: 'linux', architecture: ARCH[process.arch] ?? process.arch };
+
+  const lock = await acquireUpdateLock(ctx.sysroot);
+  let opened: Target | undefined;
+  try {
+    const cleanup = await cleanupInProgress(ctx);
+    if (cleanup.deleted.length) progress(`removed unfinished snapshot(s) ${cleanup.deleted.join(', ')} left by an interrupted update`);
+    const state = await readState(ctx);
+    if (state.booted === undefined) {
+      throw new UpdateError('NOT_SNAPSHOT_ROOT', `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`, { sysroot: ctx.sysroot });
+    }
+    const cacheDir = join(ctx.sysroot, config.cache);
+    const cache = await deps.openCache(cacheDir);
+    const tag = cacheTag(image);
+
+    // Resolve and decide.
+    let root: Descriptor;
+    let source: Target;
+    if (opts.offline) {
+      progress(`looking up ${image} in the cache ${cacheDir}`);
+      root = await cache.resolve(tag, { signal }).catch((e: unknown) => {
+        throw new UpdateError('NOT_IN_CACHE', `${image} is not in the cache ${cacheDir}; run 'tiu update --download-only ${image}' first`, { image, cache: cacheDir }, { cause: e });
+      });
+      source = cache;
+    } else {
+      const src = await deps.openSource(image, { sysroot: ctx.sysroot, config, signal });
+      opened = src.target;
+      progress(`resolving ${image}`);
+      if (src.reference !== undefined) root = await src.target.resolve(src.reference, { signal });
+      else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal });
+      else throw new UpdateError('MISSING_REFERENCE', `${image} does not say which image of ${src.target.name} to use: add a tag or digest`, { image });
+      source = src.target;
+    }
+    const present = presentIn(state, root.digest);
+    if (present !== undefined && !opts.downloadOnly) {
+      progress(`${image} (${root.digest}) is already deployed in snapshot ${present}`);
+      return { status: 'already-present', image, digest: root.digest, snapshot: present, cleanup };
+    }
+
+    const checkPolicy = (src: Target, r: Descriptor) => deps.checkPolicy({ reference: image, source: src, root: r, policyPath: config.policy, sysroot: ctx.sysroot, signal });
+    if (opts.offline) {
+      await checkPolicy(cache, root);
+    } else {
+      progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
+      await deps.copy(source, root.digest, cache, tag, { referrers: true, verify: checkPolicy, signal });
+    }
+    if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: cacheDir, cleanup };
+
+    const { manifest } = await imageManifest(cache, root, platform, signal);
+    // Every blob the apply needs must be in the cache before a snapshot exists.
+    for (const l of manifest.layers) {
+      if (!(await cache.exists(l, { signal }))) throw new UpdateError('NOT_IN_CACHE', `layer ${l.digest} of ${image} is missing from the cache ${cacheDir}`, { digest: l.digest });
+    }
+
+    const from = state.booted;
+    progress(`creating snapshot from ${from}`);
+    const n = await createInProgress(ctx, { from, description: `tiu update to ${image}`.slice(0, 200), image });
+    try {
+      const newRoot = snapshotPath(ctx.sysroot, n);
+      const oldRoot = snapshotPath(ctx.sysroot, from);
+      progress(`writing ${manifest.layers.length} layer(s) into snapshot ${n}`);
+      const applyReport = await deps.applyLayers({ root: newRoot, layers: layerStreams(cache, manifest, signal), signal });
+
+      // /etc: base = the running image's pristine copy, ours = the running /etc, theirs = the new pristine copy.
+      const theirs = join(newRoot, 'usr/lib/tiu/etc');
+      if (!(await exists(theirs)) && (await exists(join(newRoot, 'etc')))) await copyTreeReflink(join(newRoot, 'etc'), theirs);
+      const baseDir = join(oldRoot, 'usr/lib/tiu/etc');
+      const args: EtcMergeArgs = { base: (await exists(baseDir)) ? baseDir : undefined, ours: join(oldRoot, 'etc'), theirs, target: join(newRoot, 'etc') };
+      progress('merging /etc');
+      const etc = await deps.mergeEtc(args);
+      const users = await deps.mergeUsers(args);
+
+      let relabel = false;
+      if ((await selinuxWanted(newRoot)) && !(await hasSelinuxLabel(join(newRoot, 'usr')))) {
+        await writeFile(join(newRoot, '.autorelabel'), '');
+        relabel = true;
+      }
+
+      const facts = await kernelFacts(oldRoot, newRoot);
+      const present = await existingPaths(newRoot, config.hooks);
+      const planned = planHooks(config.hooks, facts, n, (p) => present.has(p));
+      for (const h of planned) progress(`hook ${h.name}: ${h.argv.join(' ')}`);
+      const hooks = await runHooks(newRoot, planned, { sysroot: ctx.sysroot, signal });
+
+      signal?.throwIfAborted();
+      await commitSnapshot(ctx, n, { image, digest: root.digest, etcConflicts: etc.conflicts.length });
+      progress(`snapshot ${n} is the default: it boots next`);
+      return {
+        status: 'updated',
+        image,
+        digest: root.digest,
+        snapshot: n,
+        from,
+        etcConflicts: etc.conflicts,
+        userClashes: users.clashes,
+        relabel,
+        hooks,
+        apply: applyReport,
+        cleanup,
+      };
+    } catch (e) {
+      progress(`update failed, deleting snapshot ${n}: ${asError(e).message}`);
+      try {
+        await deleteSnapshot(ctx, n);
+      } catch (d) {
+        progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
+      }
+      throw e;
+    }
+  } finally {
+    await opened?.close?.().catch(() => undefined);
+    await lock.release();
+  }
+}
+
+/** The snapshot (default first, then booted) that already holds the image with this digest. */
+function presentIn(state: SystemState, digest: string): number | undefined {
+  const def = state.snapshots.find((s) => s.default);
+  if (def?.digest === digest) return def.number;
+  const booted = state.snapshots.find((s) => s.booted);
+  if (booted?.digest === digest) return booted.number;
+  return undefined;
+}

@@ -1,0 +1,156 @@
+/**
+ * Extended attributes through getfattr/setfattr (package `attr`): Node has no xattr API.
+ * Never dereferences symlinks (-h). Whole trees are read with one getfattr run and many files
+ * are written with one `setfattr --restore` run, so the cost is a few processes per apply.
+ */
+import { CommandFailedError, run } from './exec.ts';
+
+/** getfattr's escaping of names: `\\`, and bytes outside printable ASCII as `\ooo`. */
+export function quoteName(path: string): string {
+  let out = '';
+  for (const b of Buffer.from(path)) {
+    if (b === 0x5c) out += '\\\\';
+    else if (b > 0x20 && b < 0x7f) out += String.fromCharCode(b);
+    else out += '\\' + b.toString(8).padStart(3, '0');
+  }
+  return out;
+}
+
+export function unquoteName(s: string): string {
+  const bytes: number[] = [];
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    if (c === '\\' && s[i + 1] === '\\') {
+      bytes.push(0x5c);
+      i++;
+    } else if (c === '\\' && /^[0-7]{3}$/.test(s.slice(i + 1, i + 4))) {
+      bytes.push(parseInt(s.slice(i + 1, i + 4), 8));
+      i += 3;
+    } else {
+      for (const b of Buffer.from(c)) bytes.push(b);
+    }
+  }
+  return Buffer.from(bytes).toString();
+}
+
+function decodeValue(v: string): Buffer {
+  if (v.startsWith('0s')) return Buffer.from(v.slice(2), 'base64');
+  if (v.startsWith('0x')) return Buffer.from(v.slice(2), 'hex');
+  if (v.startsWith('"') && v.endsWith('"')) return Buffer.from(unquoteName(v.slice(1, -1)));
+  return Buffer.from(v);
+}
+
+/** Parse `getfattr -d -e base64 --absolute-names` output: absolute path -> name -> value. */
+export function parseGetfattrDump(text: string): Map<string, Record<string, Buffer>> {
+  const out = new Map<string, Record<string, Buffer>>();
+  let cur: Record<string, Buffer> | null = null;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('# file: ')) {
+      cur = {};
+      out.set(unquoteName(line.slice(8)), cur);
+    } else if (line !== '' && cur) {
+      const eq = line.indexOf('=');
+      if (eq < 0) cur[line] = Buffer.alloc(0);
+      else cur[line.slice(0, eq)] = decodeValue(line.slice(eq + 1));
+    }
+  }
+  return out;
+}
+
+/** All xattrs (every namespace) of every file below `root`, keyed by absolute path; files without any are absent. */
+export async function dumpTreeXattrs(root: string): Promise<Map<string, Record<string, Buffer>>> {
+  // Exit code 1 with "Operation not supported" happens on filesystems without xattrs: then there are none.
+  const r = await run('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', root], { okExitCodes: [0, 1], timeout: 3_600_000 });
+  if (r.exitCode === 1 && !/not supported/i.test(r.stderr)) {
+    // Some entries could not be read: surface it rather than silently miss labels.
+    throw new CommandFailedError(['getfattr', '-R', root], 1, r.stderr.slice(-2000));
+  }
+  return parseGetfattrDump(r.stdout);
+}
+
+/** Xattrs of the given paths (absolute), without following symlinks. */
+export async function getXattrs(paths: readonly string[]): Promise<Map<string, Record<string, Buffer>>> {
+  const out = new Map<string, Record<string, Buffer>>();
+  for (let i = 0; i < paths.length; i += 500) {
+    const chunk = paths.slice(i, i + 500);
+    const r = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', ...chunk], { okExitCodes: [0, 1] });
+    for (const [k, v] of parseGetfattrDump(r.stdout)) out.set(k, v);
+  }
+  return out;
+}
+
+/** Set xattrs on many files with one setfattr run (absolute paths, no dereferencing). */
+export async function setXattrs(items: ReadonlyArray<{ path: string; set: Record<string, Buffer> }>): Promise<void> {
+  const lines: string[] = [];
+  for (const it of items) {
+    const names = Object.keys(it.set);
+    if (names.length === 0) continue;
+    lines.push(`# file: ${quoteName(it.path)}`);
+    for (const n of names) lines.push(`${n}=0s${it.set[n]!.toString('base64')}`);
+    lines.push('');
+  }
+  if (lines.length === 0) return;
+  await run('setfattr', ['-h', '--restore=-'], { input: lines.join('\n') + '\n', timeout: 3_600_000 });
+}
+
+/** Remove one xattr from a file (no dereferencing). */
+export async function removeXattr(path: string, name: string): Promise<void> {
+  await run('setfattr', ['-h', '-x', name, '--', path]);
+}
+
+/** getfattr's `\ooo` escapes back to raw bytes (names that are not UTF-8 stay exact). */
+function unquoteBytes(s: Buffer): Buffer {
+  const out: number[] = [];
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    const oct = s.subarray(i + 1, i + 4).toString('latin1');
+    if (c === 0x5c && s[i + 1] === 0x5c) {
+      out.push(0x5c);
+      i++;
+    } else if (c === 0x5c && /^[0-7]{3}$/.test(oct)) {
+      out.push(parseInt(oct, 8));
+      i += 3;
+    } else {
+      out.push(c);
+    }
+  }
+  return Buffer.from(out);
+}
+
+/**
+ * Every xattr under `root` (absolute), keyed by the path relative to root as a *binary*
+ * (latin1) string, '' for root itself, so names that are not UTF-8 survive; the bundle builder
+ * keys tar names that way. Lists are sorted by attribute name.
+ */
+export async function readTreeXattrs(root: string, opts: { signal?: AbortSignal } = {}): Promise<Map<string, [string, Buffer][]>> {
+  const r = await run('getfattr', ['--recursive', '--no-dereference', '--physical', '--dump', '--match=-', '--encoding=base64', '--absolute-names', root], {
+    binary: true,
+    signal: opts.signal,
+    timeout: 3_600_000,
+  });
+  const out = new Map<string, [string, Buffer][]>();
+  const text = Buffer.from(r.stdoutBytes ?? new Uint8Array());
+  const rootBytes = Buffer.from(root.replace(/\/+$/, ''), 'utf8');
+  let current: [string, Buffer][] | undefined;
+  let start = 0;
+  while (start < text.length) {
+    let end = text.indexOf(0x0a, start);
+    if (end < 0) end = text.length;
+    const line = text.subarray(start, end);
+    start = end + 1;
+    if (line.length === 0) continue;
+    if (line.subarray(0, 8).toString('latin1') === '# file: ') {
+      const abs = unquoteBytes(line.subarray(8));
+      let rel = abs.equals(rootBytes) ? Buffer.alloc(0) : abs.subarray(rootBytes.length + 1);
+      while (rel.length && rel[rel.length - 1] === 0x2f) rel = rel.subarray(0, rel.length - 1);
+      current = [];
+      out.set(rel.toString('latin1'), current);
+      continue;
+    }
+    const eq = line.indexOf(0x3d);
+    if (!current || eq < 0) continue;
+    current.push([line.subarray(0, eq).toString('utf8'), decodeValue(line.subarray(eq + 1).toString('latin1'))]);
+  }
+  for (const list of out.values()) list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  return out;
+}

@@ -1,0 +1,585 @@
+/**
+ * The distribution-spec calls for one repository on one registry endpoint: manifests
+ * (GET/HEAD/PUT/DELETE), tags, blobs (GET with resume, HEAD, ranges, uploads, mounts) and the
+ * referrers API. Mirrors, fallbacks and the Target shape are in target.ts.
+ */
+import { PassThrough, Readable, Transform } from 'node:stream';
+import { TiuError } from '../../errors.ts';
+import { NotFoundError, RangeUnsupportedError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
+import { sha256, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
+import { MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
+import type { Descriptor, Digest, ImageIndex } from '../../oci/types.ts';
+import { pullScope, pushScope } from './auth.ts';
+import { AbortedError, DeniedError, UnexpectedStatusError } from './errors.ts';
+import { bodyExcerpt, headerOne, isConnectionFailure, readBody, type HttpResponse } from './http.ts';
+import type { RegistrySession } from './session.ts';
+
+export const MANIFEST_ACCEPT = [MediaType.OciManifest, MediaType.OciIndex, MediaType.DockerManifest, MediaType.DockerManifestList].join(', ');
+
+/** Blobs up to this size are sent in one request (POST ?digest=, then PUT if the registry wants). */
+export const SINGLE_POST_MAX = 64 * 1024;
+
+export interface ClientTuning {
+  /** Blobs larger than this are uploaded in PATCH chunks of this size. Default 16 MiB. */
+  chunkSize?: number;
+  /** Resumptions of one blob download after cut connections. Default 5. */
+  maxResumes?: number;
+  /** Page size for tags/list. Default 1000. */
+  tagPageSize?: number;
+}
+
+interface SendOptions {
+  method: string;
+  path: string | URL;
+  scopes: string[];
+  headers?: Record<string, string>;
+  body?: Buffer | Readable;
+  signal?: AbortSignal | undefined;
+  followRedirects?: boolean;
+  what: string;
+}
+
+export interface FetchedManifest {
+  desc: Descriptor;
+  bytes: Buffer;
+}
+
+function mediaTypeOf(res: HttpResponse, bytes?: Buffer): string {
+  const ct = headerOne(res.headers['content-type'])?.split(';')[0]?.trim();
+  if (ct && ct !== 'application/json' && ct !== 'text/plain' && ct !== 'application/octet-stream') return ct;
+  if (bytes) {
+    try {
+      const j = JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown; manifests?: unknown };
+      if (typeof j.mediaType === 'string') return j.mediaType;
+      return Array.isArray(j.manifests) ? MediaType.OciIndex : MediaType.OciManifest;
+    } catch {
+      /* fall through */
+    }
+  }
+  return ct ?? MediaType.OciManifest;
+}
+
+export class RepositoryClient {
+  readonly registry: string;
+  readonly repository: string;
+  readonly insecure: boolean;
+  readonly #s: RegistrySession;
+  readonly #tuning: Required<ClientTuning>;
+  /** Bytes received in blob GET bodies (tests count the resume overhead). */
+  blobBytesReceived = 0;
+
+  constructor(session: RegistrySession, registry: string, repository: string, insecure: boolean, tuning: ClientTuning = {}) {
+    this.#s = session;
+    this.registry = registry;
+    this.repository = repository;
+    this.insecure = insecure;
+    this.#tuning = { chunkSize: tuning.chunkSize ?? 16 * 1024 * 1024, maxResumes: tuning.maxResumes ?? 5, tagPageSize: tuning.tagPageSize ?? 1000 };
+  }
+
+  get name(): string {
+    return `docker://${this.registry}/${this.repository}`;
+  }
+
+  async #send(o: SendOptions): Promise<HttpResponse> {
+    const base = await this.#s.base(this.registry, this.insecure, o.signal);
+    const auth = this.#s.auth(this.registry);
+    const url = o.path instanceof URL ? o.path : new URL(o.path, base);
+    for (let attempt = 0; ; attempt++) {
+      const authz = await auth.header(this.repository, o.scopes, o.signal);
+      const headers = { ...o.headers };
+      if (authz) headers.authorization = authz;
+      const res = await this.#s.http.request({
+        method: o.method,
+        url,
+        headers,
+        body: o.body,
+        signal: o.signal,
+        followRedirects: o.followRedirects ?? false,
+      });
+      if (res.status === 401) {
+        const streamed = o.body !== undefined && !Buffer.isBuffer(o.body);
+        await auth.rejected(res, this.repository, o.scopes, streamed ? 1 : attempt, o.what);
+        continue;
+      }
+      if (res.status === 403) {
+        res.body.resume();
+        throw new DeniedError(this.registry, o.what);
+      }
+      return res;
+    }
+  }
+
+  #path(kind: string, rest = ''): string {
+    return `/v2/${this.repository}/${kind}${rest}`;
+  }
+
+  async #fail(res: HttpResponse, what: string): Promise<never> {
+    throw new UnexpectedStatusError(this.registry, what, res.status, await bodyExcerpt(res));
+  }
+
+  // ---- manifests ----
+
+  async getManifest(reference: string, signal?: AbortSignal): Promise<FetchedManifest> {
+    const what = `manifest ${this.repository}:${reference}`;
+    const res = await this.#send({ method: 'GET', path: this.#path('manifests/', reference), scopes: [pullScope(this.repository)], headers: { accept: MANIFEST_ACCEPT }, signal, what });
+    if (res.status === 404) {
+      res.body.resume();
+      throw new NotFoundError(`manifest ${reference}`, this.name);
+    }
+    if (res.status !== 200) await this.#fail(res, `GET ${what}`);
+    const bytes = await readBody(res, MAX_MANIFEST_BYTES, (n) => new ManifestTooLargeError(n, MAX_MANIFEST_BYTES));
+    const mediaType = mediaTypeOf(res, bytes);
+    let digest: Digest;
+    if (reference.includes(':')) {
+      verifyBuffer({ digest: reference as Digest, size: bytes.length }, bytes, `manifest from ${this.name}`);
+      digest = reference as Digest;
+    } else {
+      digest = sha256(bytes);
+      const claimed = headerOne(res.headers['docker-content-digest']);
+      if (claimed?.startsWith('sha256:') && claimed !== digest) {
+        throw new TiuError('DIGEST_MISMATCH', `manifest ${this.repository}:${reference} from ${this.registry}: content hashes to ${digest}, the registry says ${claimed}`, { expected: claimed, actual: digest });
+      }
+    }
+    return { desc: { mediaType, digest, size: bytes.length }, bytes };
+  }
+
+  /** HEAD: the descriptor without the body; undefined when absent. Falls back to GET when the registry leaves out the digest. */
+  async headManifest(reference: string, signal?: AbortSignal): Promise<Descriptor | undefined> {
+    const what = `manifest ${this.repository}:${reference}`;
+    const res = await this.#send({ method: 'HEAD', path: this.#path('manifests/', reference), scopes: [pullScope(this.repository)], headers: { accept: MANIFEST_ACCEPT }, signal, what });
+    res.body.resume();
+    if (res.status === 404) return undefined;
+    if (res.status !== 200) throw new UnexpectedStatusError(this.registry, `HEAD ${what}`, res.status, '');
+    const digest = headerOne(res.headers['docker-content-digest']);
+    const size = Number(res.headers['content-length']);
+    if (!digest || !Number.isFinite(size) || (reference.includes(':') && digest !== reference)) {
+      return (await this.getManifest(reference, signal)).desc;
+    }
+    if (size > MAX_MANIFEST_BYTES) throw new ManifestTooLargeError(size, MAX_MANIFEST_BYTES);
+    return { mediaType: mediaTypeOf(res), digest: digest as Digest, size };
+  }
+
+  /** PUT a manifest under a tag or its digest. Returns whether the registry took care of referrers (OCI-Subject). */
+  async putManifest(reference: string, bytes: Buffer, mediaType: string, signal?: AbortSignal): Promise<{ subjectHandled: boolean; digest: string | undefined }> {
+    if (bytes.length > MAX_MANIFEST_BYTES) throw new ManifestTooLargeError(bytes.length, MAX_MANIFEST_BYTES);
+    const what = `manifest ${this.repository}:${reference}`;
+    const res = await this.#send({ method: 'PUT', path: this.#path('manifests/', reference), scopes: [pushScope(this.repository)], headers: { 'content-type': mediaType }, body: bytes, signal, what });
+    if (res.status !== 201 && res.status !== 200 && res.status !== 202) await this.#fail(res, `PUT ${what}`);
+    res.body.resume();
+    return { subjectHandled: res.headers['oci-subject'] !== undefined, digest: headerOne(res.headers['docker-content-digest']) };
+  }
+
+  async deleteManifest(digest: string, signal?: AbortSignal): Promise<void> {
+    const what = `manifest ${this.repository}@${digest}`;
+    const res = await this.#send({ method: 'DELETE', path: this.#path('manifests/', digest), scopes: [`repository:${this.repository}:delete`, pushScope(this.repository)], signal, what });
+    if (res.status === 404) {
+      res.body.resume();
+      throw new NotFoundError(`manifest ${digest}`, this.name);
+    }
+    if (res.status !== 202 && res.status !== 200) await this.#fail(res, `DELETE ${what}`);
+    res.body.resume();
+  }
+
+  async tags(signal?: AbortSignal): Promise<string[]> {
+    const out: string[] = [];
+    let next: string | URL = `${this.#path('tags/list')}?n=${this.#tuning.tagPageSize}`;
+    for (let page = 0; page < 100_000; page++) {
+      const res = await this.#send({ method: 'GET', path: next, scopes: [pullScope(this.repository)], signal, what: `tags of ${this.repository}` });
+      if (res.status === 404) {
+        res.body.resume();
+        return out;
+      }
+      if (res.status !== 200) await this.#fail(res, `GET tags of ${this.repository}`);
+      const body = await readBody(res, 64 * 1024 * 1024, (n) => new UnexpectedStatusError(this.registry, 'tags list', 200, `${n} bytes is too large`));
+      let j: { tags?: unknown };
+      try {
+        j = JSON.parse(body.toString('utf8')) as typeof j;
+      } catch {
+        throw new UnexpectedStatusError(this.registry, 'tags list', 200, 'not JSON');
+      }
+      if (Array.isArray(j.tags)) out.push(...j.tags.filter((t): t is string => typeof t === 'string'));
+      const link = headerOne(res.headers.link);
+      const m = link ? /<([^>]+)>\s*;\s*rel="?next"?/.exec(link) : null;
+      if (!m) break;
+      next = new URL(m[1]!, res.url);
+      if (next.host !== res.url.host) throw new UnexpectedStatusError(this.registry, 'tags list', 200, 'Link to another host');
+    }
+    return out;
+  }
+
+  // ---- referrers API ----
+
+  /** The referrers API's answer, or undefined where the registry has no such API (404). */
+  async referrersApi(digest: string, artifactType: string | undefined, signal?: AbortSignal): Promise<Descriptor[] | undefined> {
+    const q = artifactType ? `?artifactType=${encodeURIComponent(artifactType)}` : '';
+    const what = `referrers of ${digest} in ${this.repository}`;
+    const res = await this.#send({ method: 'GET', path: this.#path('referrers/', digest) + q, scopes: [pullScope(this.repository)], signal, what });
+    if (res.status === 404 || res.status === 405 || res.status === 400) {
+      res.body.resume();
+      return undefined;
+    }
+    if (res.status !== 200) await this.#fail(res, `GET ${what}`);
+    const ct = headerOne(res.headers['content-type'])?.split(';')[0]?.trim();
+    const bytes = await readBody(res, MAX_MANIFEST_BYTES, (n) => new ManifestTooLargeError(n, MAX_MANIFEST_BYTES));
+    if (ct !== MediaType.OciIndex) return undefined;
+    const idx = parseIndex(bytes, what);
+    const filtered = headerOne(res.headers['oci-filters-applied'])?.split(',').map((s) => s.trim()).includes('artifactType');
+    return idx.manifests.filter((d) => !artifactType || filtered || d.artifactType === artifactType);
+  }
+
+  // ---- blobs ----
+
+  async blobExists(desc: Descriptor, signal?: AbortSignal): Promise<boolean> {
+    const what = `blob ${desc.digest} in ${this.repository}`;
+    const res = await this.#send({ method: 'HEAD', path: this.#path('blobs/', desc.digest), scopes: [pullScope(this.repository)], signal, followRedirects: true, what });
+    res.body.resume();
+    if (res.status === 200) return true;
+    if (res.status === 404) return false;
+    throw new UnexpectedStatusError(this.registry, `HEAD ${what}`, res.status, '');
+  }
+
+  async #getBlob(desc: Descriptor, range: string | undefined, signal?: AbortSignal): Promise<HttpResponse> {
+    const what = `blob ${desc.digest} in ${this.repository}`;
+    const res = await this.#send({
+      method: 'GET',
+      path: this.#path('blobs/', desc.digest),
+      scopes: [pullScope(this.repository)],
+      ...(range ? { headers: { range } } : {}),
+      signal,
+      followRedirects: true,
+      what,
+    });
+    if (res.status === 404) {
+      res.body.resume();
+      throw new NotFoundError(`blob ${desc.digest}`, this.name);
+    }
+    return res;
+  }
+
+  /**
+   * The blob as a stream, verified by digest and size as it flows. A connection cut mid-body is
+   * resumed with `Range: bytes=<received>-` (up to maxResumes times); a registry answering 200
+   * to that is read past the bytes already received.
+   */
+  async fetchBlob(desc: Descriptor, signal?: AbortSignal): Promise<Readable> {
+    const first = await this.#getBlob(desc, undefined, signal);
+    if (first.status !== 200) await this.#fail(first, `GET blob ${desc.digest}`);
+    const out = new VerifyingStream(desc, `blob ${desc.digest} from ${this.name}`);
+    const pump = async (): Promise<void> => {
+      let res: HttpResponse | undefined = first;
+      let offset = 0;
+      let resumes = 0;
+      for (;;) {
+        let skip = 0;
+        if (!res) {
+          res = await this.#getBlob(desc, `bytes=${offset}-`, signal);
+          if (res.status === 206) {
+            const cr = headerOne(res.headers['content-range']);
+            const m = cr ? /^bytes (\d+)-/.exec(cr) : null;
+            if (!m || Number(m[1]) !== offset) throw new UnexpectedStatusError(this.registry, `resume of blob ${desc.digest}`, 206, `Content-Range ${cr ?? 'missing'} does not start at ${offset}`);
+          } else if (res.status === 200) {
+            skip = offset;
+          } else {
+            await this.#fail(res, `GET (resume) blob ${desc.digest}`);
+          }
+        }
+        const body = res.body;
+        res = undefined;
+        try {
+          for await (const chunk of body) {
+            let c = chunk as Buffer;
+            this.blobBytesReceived += c.length;
+            if (skip > 0) {
+              const n = Math.min(skip, c.length);
+              skip -= n;
+              c = c.subarray(n);
+              if (c.length === 0) continue;
+            }
+            offset += c.length;
+            if (out.destroyed) {
+              body.destroy();
+              return;
+            }
+            if (!out.write(c)) {
+              await new Promise<void>((resolve) => {
+                const done = (): void => {
+                  out.off('drain', done);
+                  out.off('close', done);
+                  resolve();
+                };
+                out.once('drain', done);
+                out.once('close', done);
+              });
+            }
+          }
+        } catch (e) {
+          if (out.destroyed) return;
+          if (signal?.aborted) throw new AbortedError(`download of blob ${desc.digest}`);
+          if (!isConnectionFailure(e) || resumes >= this.#tuning.maxResumes || offset >= desc.size) throw e;
+          resumes++;
+          continue;
+        }
+        if (offset < desc.size && resumes < this.#tuning.maxResumes) {
+          // The body ended early without an error: treat it like a cut connection.
+          resumes++;
+          continue;
+        }
+        out.end();
+        return;
+      }
+    };
+    pump().catch((e: unknown) => out.destroy(e instanceof Error ? e : new Error(String(e))));
+    return out;
+  }
+
+  /** Bytes [start, end) of a blob; RANGE_UNSUPPORTED when the registry answers 200 instead of 206. */
+  async fetchRange(desc: Descriptor, start: number, end: number, signal?: AbortSignal): Promise<Readable> {
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > desc.size || start > end) {
+      throw new TiuError('INVALID_RANGE', `range [${start}, ${end}) is outside blob ${desc.digest} of ${desc.size} bytes`, { start, end, size: desc.size });
+    }
+    if (start === end) return Readable.from([]);
+    const res = await this.#getBlob(desc, `bytes=${start}-${end - 1}`, signal);
+    if (res.status === 200) {
+      res.body.destroy();
+      throw new RangeUnsupportedError(this.name);
+    }
+    if (res.status !== 206) await this.#fail(res, `GET range of blob ${desc.digest}`);
+    const cr = headerOne(res.headers['content-range']);
+    const m = cr ? /^bytes (\d+)-(\d+)/.exec(cr) : null;
+    if (!m || Number(m[1]) !== start || Number(m[2]) !== end - 1) {
+      res.body.destroy();
+      throw new UnexpectedStatusError(this.registry, `range of blob ${desc.digest}`, 206, `Content-Range ${cr ?? 'missing'} is not bytes ${start}-${end - 1}`);
+    }
+    const want = end - start;
+    let seen = 0;
+    const check = new Transform({
+      transform(chunk: Buffer, _e, cb) {
+        seen += chunk.length;
+        if (seen > want) cb(new TiuError('SIZE_MISMATCH', `range of blob ${desc.digest}: more than ${want} bytes`));
+        else cb(null, chunk);
+      },
+      flush(cb) {
+        cb(seen === want ? null : new TiuError('SIZE_MISMATCH', `range of blob ${desc.digest}: ${seen} of ${want} bytes`));
+      },
+    });
+    res.body.on('error', (e) => check.destroy(e));
+    return res.body.pipe(check);
+  }
+
+  #uploadUrl(res: HttpResponse, what: string): URL {
+    const loc = headerOne(res.headers.location);
+    if (!loc) throw new UnexpectedStatusError(this.registry, what, res.status, 'no Location header');
+    return new URL(loc, res.url);
+  }
+
+  async cancelUpload(url: URL | undefined): Promise<void> {
+    if (!url) return;
+    try {
+      const res = await this.#send({ method: 'DELETE', path: url, scopes: [pushScope(this.repository)], what: 'cancel upload' });
+      res.body.resume();
+    } catch {
+      /* best effort */
+    }
+  }
+
+  /**
+   * Try a cross-repository mount from `from` (same registry). Returns true when mounted; otherwise
+   * the upload session the registry opened instead (or undefined).
+   */
+  async mountBlob(desc: Descriptor, from: string, signal?: AbortSignal): Promise<true | URL | undefined> {
+    const what = `mount of blob ${desc.digest} from ${from} into ${this.repository}`;
+    const path = `${this.#path('blobs/uploads/')}?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(from)}`;
+    let res: HttpResponse;
+    try {
+      res = await this.#send({ method: 'POST', path, scopes: [pushScope(this.repository), pullScope(from)], headers: { 'content-length': '0' }, signal, what });
+    } catch (e) {
+      if (e instanceof TiuError && (e.code === 'DENIED' || e.code === 'UNAUTHORIZED')) return undefined;
+      throw e;
+    }
+    res.body.resume();
+    if (res.status === 201) return true;
+    if (res.status === 202) return this.#uploadUrl(res, what);
+    return undefined;
+  }
+
+  /**
+   * Upload a blob. Small blobs: POST ?digest= with the body (201 done; 202 means the registry
+   * opened a session instead, then PUT). Others: POST, then one streaming PUT, or PATCH chunks
+   * for blobs above chunkSize, always following the latest Location. Content is verified as it
+   * goes: a mismatch aborts the upload before the registry commits it.
+   */
+  async pushBlob(desc: Descriptor, content: Readable, opts: { signal?: AbortSignal; onBytes?: (n: number) => void; session?: URL } = {}): Promise<void> {
+    const what = `upload of blob ${desc.digest} to ${this.repository}`;
+    const scopes = [pushScope(this.repository)];
+    const signal = opts.signal;
+    let upload: URL | undefined = opts.session;
+    try {
+      if (desc.size <= SINGLE_POST_MAX && !upload) {
+        const buf = await collect(content, desc.size);
+        verifyBuffer(desc, buf, `blob ${desc.digest}`);
+        const res = await this.#send({
+          method: 'POST',
+          path: `${this.#path('blobs/uploads/')}?digest=${encodeURIComponent(desc.digest)}`,
+          scopes,
+          headers: { 'content-type': 'application/octet-stream' },
+          body: buf,
+          signal,
+          what,
+        });
+        res.body.resume();
+        if (res.status === 201) {
+          opts.onBytes?.(buf.length);
+          return;
+        }
+        if (res.status !== 202) await this.#fail(res, what);
+        upload = this.#uploadUrl(res, what);
+        const put = new URL(upload);
+        put.searchParams.set('digest', desc.digest);
+        const r2 = await this.#send({ method: 'PUT', path: put, scopes, headers: { 'content-type': 'application/octet-stream' }, body: buf, signal, what });
+        if (r2.status !== 201) await this.#fail(r2, what);
+        r2.body.resume();
+        opts.onBytes?.(buf.length);
+        return;
+      }
+      if (!upload) {
+        const res = await this.#send({ method: 'POST', path: this.#path('blobs/uploads/'), scopes, headers: { 'content-length': '0' }, signal, what });
+        if (res.status !== 202) await this.#fail(res, what);
+        res.body.resume();
+        upload = this.#uploadUrl(res, what);
+      }
+      const verified = new VerifyingStream(desc, `blob ${desc.digest}`);
+      content.on('error', (e) => verified.destroy(e));
+      content.pipe(verified);
+      if (desc.size > this.#tuning.chunkSize) {
+        upload = await this.#patchChunks(desc, verified, upload, scopes, what, opts);
+        const put = new URL(upload);
+        put.searchParams.set('digest', desc.digest);
+        const r = await this.#send({ method: 'PUT', path: put, scopes, headers: { 'content-length': '0' }, signal, what });
+        if (r.status !== 201) await this.#fail(r, what);
+        r.body.resume();
+      } else {
+        const put = new URL(upload);
+        put.searchParams.set('digest', desc.digest);
+        const counted = new PassThrough();
+        verified.on('error', (e) => counted.destroy(e));
+        verified.on('data', (c: Buffer) => opts.onBytes?.(c.length));
+        verified.pipe(counted);
+        const r = await this.#send({
+          method: 'PUT',
+          path: put,
+          scopes,
+          headers: { 'content-type': 'application/octet-stream', 'content-length': String(desc.size) },
+          body: counted,
+          signal,
+          what,
+        });
+        if (r.status !== 201) await this.#fail(r, what);
+        r.body.resume();
+      }
+      upload = undefined;
+    } catch (e) {
+      content.resume();
+      await this.cancelUpload(upload);
+      throw e;
+    }
+  }
+
+  async #patchChunks(desc: Descriptor, stream: Readable, upload: URL, scopes: string[], what: string, opts: { signal?: AbortSignal; onBytes?: (n: number) => void }): Promise<URL> {
+    const size = this.#tuning.chunkSize;
+    let offset = 0;
+    let pending: Buffer[] = [];
+    let pendingLen = 0;
+    const flush = async (): Promise<void> => {
+      let chunk = Buffer.concat(pending, pendingLen);
+      pending = [];
+      pendingLen = 0;
+      // Registries answer with the range they hold; send again what they say they lack (once).
+      for (let tries = 0; chunk.length > 0; tries++) {
+        const start = offset;
+        const endIncl = offset + chunk.length - 1;
+        const res = await this.#send({
+          method: 'PATCH',
+          path: upload,
+          scopes,
+          headers: { 'content-type': 'application/octet-stream', 'content-range': `${start}-${endIncl}` },
+          body: chunk,
+          signal: opts.signal,
+          what,
+        });
+        if (res.status !== 202 && res.status !== 204) await this.#fail(res, `${what} (chunk at ${start})`);
+        res.body.resume();
+        upload = this.#uploadUrl(res, what);
+        const range = headerOne(res.headers.range);
+        const m = range ? /^(?:bytes=)?0-(\d+)$/.exec(range) : null;
+        const have = m ? Number(m[1]) + 1 : endIncl + 1;
+        if (have >= endIncl + 1 || tries >= 1) {
+          offset = endIncl + 1;
+          opts.onBytes?.(chunk.length);
+          return;
+        }
+        if (have < start) throw new UnexpectedStatusError(this.registry, what, res.status, `registry holds ${have} bytes, expected ${start}`);
+        opts.onBytes?.(have - start);
+        chunk = chunk.subarray(have - start);
+        offset = have;
+      }
+    };
+    for await (const c of stream) {
+      const b = c as Buffer;
+      pending.push(b);
+      pendingLen += b.length;
+      if (pendingLen >= size) {
+        const all = Buffer.concat(pending, pendingLen);
+        pending = [all.subarray(0, size)];
+        pendingLen = size;
+        const rest = all.subarray(size);
+        await flush();
+        let r = rest;
+        while (r.length >= size) {
+          pending = [r.subarray(0, size)];
+          pendingLen = size;
+          r = r.subarray(size);
+          await flush();
+        }
+        pending = r.length ? [r] : [];
+        pendingLen = r.length;
+      }
+    }
+    if (pendingLen > 0) await flush();
+    return upload;
+  }
+}
+
+async function collect(s: Readable, max: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of s) {
+    const b = c as Buffer;
+    n += b.length;
+    if (n > max) {
+      s.destroy();
+      throw new TiuError('TRAILING_DATA', `content: more than the expected ${max} bytes`, { expected: max });
+    }
+    parts.push(b);
+  }
+  return Buffer.concat(parts, n);
+}
+
+export function parseIndex(bytes: Buffer, what: string): ImageIndex {
+  let j: unknown;
+  try {
+    j = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    throw new InvalidManifestError(`${what} is not JSON`);
+  }
+  const o = j as { schemaVersion?: unknown; manifests?: unknown };
+  if (typeof o !== 'object' || o === null || o.schemaVersion !== 2 || !Array.isArray(o.manifests)) {
+    throw new InvalidManifestError(`${what} is not an image index`);
+  }
+  for (const d of o.manifests as unknown[]) {
+    const x = d as Partial<Descriptor>;
+    if (typeof x !== 'object' || x === null || typeof x.digest !== 'string' || typeof x.size !== 'number' || typeof x.mediaType !== 'string') {
+      throw new InvalidManifestError(`${what} has a malformed descriptor`);
+    }
+  }
+  return j as ImageIndex;
+}

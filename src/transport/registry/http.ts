@@ -1,0 +1,269 @@
+/**
+ * HTTP for the registry client on node:http/https: keep-alive agents per host with that host's
+ * CA/client certificate, an idle timeout, AbortSignal, redirects, and bounded retries
+ * (exponential backoff with full jitter on connection errors and 5xx; 429 honours Retry-After).
+ * Requests whose body is a stream are sent once: a stream can't be replayed.
+ */
+import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import https from 'node:https';
+import type { Readable } from 'node:stream';
+import { rootCertificates } from 'node:tls';
+import { setTimeout as delay } from 'node:timers/promises';
+import { TiuError } from '../../errors.ts';
+import { AbortedError, TlsError, UnreachableError } from './errors.ts';
+
+export interface TlsSettings {
+  /** Extra CAs (PEM) trusted on top of the system roots. */
+  ca?: Buffer[];
+  cert?: Buffer;
+  key?: Buffer;
+  /** false: accept any certificate (--tls-verify=false). */
+  verify: boolean;
+}
+
+export interface HttpOptions {
+  /** Idle time on a socket before the request fails (and is retried). Default 30 s. */
+  timeoutMs?: number;
+  /** Retries after the first attempt for replayable requests. Default 4. */
+  retries?: number;
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  /** Longest Retry-After tiu waits for; longer answers fail at once. Default 60 s. */
+  retryAfterMaxMs?: number;
+  /** TLS settings of a host[:port]. */
+  tls?: (hostport: string) => Promise<TlsSettings>;
+  userAgent?: string;
+}
+
+export interface HttpRequest {
+  method: string;
+  url: URL;
+  headers?: Record<string, string>;
+  /** A Buffer can be re-sent on retry; a stream is sent once. */
+  body?: Buffer | Readable;
+  signal?: AbortSignal | undefined;
+  /** Follow 30x (blob GETs go to storage backends); Authorization is dropped on a host change. */
+  followRedirects?: boolean;
+  /** Override: no retries at all. */
+  noRetry?: boolean;
+}
+
+export interface HttpResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: IncomingMessage;
+  /** The URL that answered (after redirects). */
+  url: URL;
+}
+
+const RETRY_CODES = new Set([
+  'ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'ECONNABORTED', 'EHOSTUNREACH',
+  'ENETUNREACH', 'UND_ERR_SOCKET', 'TIMEOUT',
+]);
+
+function errCode(e: unknown): string {
+  return typeof e === 'object' && e !== null && 'code' in e ? String((e).code) : '';
+}
+
+export function isTlsFailure(e: unknown): boolean {
+  const c = errCode(e);
+  return (
+    c.startsWith('ERR_TLS') || c.startsWith('ERR_SSL') || c.startsWith('CERT_') || c.includes('SELF_SIGNED') ||
+    c.startsWith('UNABLE_TO_') || c === 'HOSTNAME_MISMATCH' || c === 'ERR_TLS_CERT_ALTNAME_INVALID' || c === 'EPROTO'
+  );
+}
+
+export function isConnectionFailure(e: unknown): boolean {
+  return RETRY_CODES.has(errCode(e)) || (e instanceof Error && /socket hang up|aborted/.test(e.message) && !(e instanceof TiuError));
+}
+
+class SocketTimeout extends Error {
+  readonly code = 'TIMEOUT';
+}
+
+/** Retry-After: delta-seconds or an HTTP date; undefined when absent or unreadable. */
+export function parseRetryAfter(v: string | undefined, now = Date.now()): number | undefined {
+  if (!v) return undefined;
+  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000;
+  const t = Date.parse(v);
+  return Number.isNaN(t) ? undefined : Math.max(0, t - now);
+}
+
+export function backoffMs(attempt: number, base: number, max: number, random = Math.random): number {
+  return Math.floor(random() * Math.min(max, base * 2 ** attempt));
+}
+
+export class HttpClient {
+  readonly #opts: Required<Omit<HttpOptions, 'tls' | 'userAgent'>> & Pick<HttpOptions, 'tls' | 'userAgent'>;
+  readonly #agents = new Map<string, Promise<http.Agent>>();
+
+  constructor(opts: HttpOptions = {}) {
+    this.#opts = {
+      timeoutMs: opts.timeoutMs ?? 30_000,
+      retries: opts.retries ?? 4,
+      backoffBaseMs: opts.backoffBaseMs ?? 200,
+      backoffMaxMs: opts.backoffMaxMs ?? 5_000,
+      retryAfterMaxMs: opts.retryAfterMaxMs ?? 60_000,
+      tls: opts.tls,
+      userAgent: opts.userAgent ?? 'tiu',
+    };
+  }
+
+  #agent(url: URL): Promise<http.Agent> {
+    const key = `${url.protocol}//${url.host}`;
+    let a = this.#agents.get(key);
+    if (!a) {
+      a = (async () => {
+        if (url.protocol === 'http:') return new http.Agent({ keepAlive: true, maxSockets: 8 });
+        const tls = this.#opts.tls ? await this.#opts.tls(url.host) : { verify: true };
+        return new https.Agent({
+          keepAlive: true,
+          maxSockets: 8,
+          rejectUnauthorized: tls.verify,
+          ...(tls.ca?.length ? { ca: [...rootCertificates, ...tls.ca.map((b) => b.toString())] } : {}),
+          ...(tls.cert && tls.key ? { cert: tls.cert, key: tls.key } : {}),
+        });
+      })();
+      this.#agents.set(key, a);
+    }
+    return a;
+  }
+
+  /** Close idle sockets (tests; a process that is done). */
+  async close(): Promise<void> {
+    for (const a of this.#agents.values()) (await a).destroy();
+    this.#agents.clear();
+  }
+
+  async request(req: HttpRequest): Promise<HttpResponse> {
+    const replayable = !req.noRetry && (req.body === undefined || Buffer.isBuffer(req.body));
+    const retries = replayable ? this.#opts.retries : 0;
+    let url = req.url;
+    let headers = { ...req.headers };
+    let method = req.method;
+    let redirects = 0;
+    for (let attempt = 0; ; attempt++) {
+      if (req.signal?.aborted) throw new AbortedError(`${req.method} ${hostOf(url)}`);
+      let res: HttpResponse;
+      try {
+        res = await this.#once(method, url, headers, req.body, req.signal);
+      } catch (e) {
+        if (e instanceof TiuError) throw e;
+        if (req.signal?.aborted || (e instanceof Error && e.name === 'AbortError')) throw new AbortedError(`${req.method} ${hostOf(url)}`);
+        if (isTlsFailure(e)) {
+          const c = errCode(e);
+          throw new TlsError(url.host, e instanceof Error ? e.message : String(e), !(c.startsWith('ERR_SSL') || c === 'EPROTO'));
+        }
+        if (isConnectionFailure(e) && attempt < retries) {
+          await this.#sleep(backoffMs(attempt, this.#opts.backoffBaseMs, this.#opts.backoffMaxMs), req);
+          continue;
+        }
+        const msg = e instanceof Error ? `${errCode(e) || e.name}: ${e.message}` : String(e);
+        throw new UnreachableError(url.host, msg, errCode(e) === 'TIMEOUT' ? 'TIMEOUT' : 'REGISTRY_UNREACHABLE');
+      }
+      const s = res.status;
+      if (req.followRedirects && [301, 302, 303, 307, 308].includes(s) && res.headers.location && redirects < 5) {
+        res.body.resume();
+        const next = new URL(res.headers.location, url);
+        if (next.host !== url.host) {
+          headers = Object.fromEntries(Object.entries(headers).filter(([k]) => k.toLowerCase() !== 'authorization'));
+        }
+        if (s === 303 && method !== 'HEAD') method = 'GET';
+        url = next;
+        redirects++;
+        attempt--;
+        continue;
+      }
+      if ((s === 429 || (s >= 500 && s !== 501 && s !== 505)) && attempt < retries) {
+        let wait = backoffMs(attempt, this.#opts.backoffBaseMs, this.#opts.backoffMaxMs);
+        if (s === 429 || s === 503) {
+          const ra = parseRetryAfter(headerOne(res.headers['retry-after']));
+          if (ra !== undefined) {
+            if (ra > this.#opts.retryAfterMaxMs) return res;
+            wait = ra;
+          }
+        }
+        res.body.resume();
+        await this.#sleep(wait, req);
+        continue;
+      }
+      return res;
+    }
+  }
+
+  async #sleep(ms: number, req: HttpRequest): Promise<void> {
+    try {
+      await delay(ms, undefined, req.signal ? { signal: req.signal } : {});
+    } catch {
+      throw new AbortedError(`${req.method} ${hostOf(req.url)}`);
+    }
+  }
+
+  async #once(method: string, url: URL, headers: Record<string, string>, body: Buffer | Readable | undefined, signal?: AbortSignal): Promise<HttpResponse> {
+    const agent = await this.#agent(url);
+    const mod = url.protocol === 'https:' ? https : http;
+    const h: Record<string, string> = { 'user-agent': this.#opts.userAgent ?? 'tiu', ...headers };
+    if (Buffer.isBuffer(body)) h['content-length'] = String(body.length);
+    return new Promise<HttpResponse>((resolve, reject) => {
+      const r = mod.request(url, { method, headers: h, agent, ...(signal ? { signal } : {}) }, (res) => {
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: res, url });
+      });
+      r.setTimeout(this.#opts.timeoutMs, () => r.destroy(new SocketTimeout(`no data for ${this.#opts.timeoutMs} ms`)));
+      r.on('error', reject);
+      if (body === undefined) r.end();
+      else if (Buffer.isBuffer(body)) r.end(body);
+      else {
+        body.on('error', (e) => r.destroy(e));
+        body.pipe(r);
+      }
+    });
+  }
+}
+
+function hostOf(u: URL): string {
+  return u.host;
+}
+
+export function headerOne(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Read a whole body, failing with `tooLarge(size)` past `limit` bytes (checked before and while reading). */
+export async function readBody(res: HttpResponse, limit: number, tooLarge: (size: number) => Error): Promise<Buffer> {
+  const declared = Number(res.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) {
+    res.body.destroy();
+    throw tooLarge(declared);
+  }
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of res.body) {
+    const b = c as Buffer;
+    n += b.length;
+    if (n > limit) {
+      res.body.destroy();
+      throw tooLarge(n);
+    }
+    parts.push(b);
+  }
+  return Buffer.concat(parts);
+}
+
+/** A short, single-line excerpt of an error body for messages. */
+export async function bodyExcerpt(res: HttpResponse): Promise<string> {
+  try {
+    const b = await readBody(res, 16 * 1024, () => new Error('large'));
+    const text = b.toString('utf8');
+    try {
+      const j = JSON.parse(text) as { errors?: { code?: string; message?: string }[] };
+      if (Array.isArray(j.errors) && j.errors.length) {
+        return j.errors.map((e) => [e.code, e.message].filter(Boolean).join(' ')).join('; ').slice(0, 300);
+      }
+    } catch {
+      /* not JSON */
+    }
+    return text.replace(/\s+/g, ' ').trim().slice(0, 200);
+  } catch {
+    return '';
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * What several repository clients share: the HTTP client (with per-host TLS from certs.d),
+ * the auth state per registry host, and the scheme each host answered on (learnt by a ping of
+ * /v2/: https first; http only where allowed: insecure registries, localhost, --tls-verify=false).
+ */
+import { loadCerts, DEFAULT_CERT_DIRS } from './certs.ts';
+import { RegistryAuth } from './auth.ts';
+import type { CredentialOptions } from './credentials.ts';
+import { TlsError, UnexpectedStatusError, UnreachableError } from './errors.ts';
+import { HttpClient, type HttpOptions } from './http.ts';
+import { TiuError } from '../../errors.ts';
+
+export interface SessionOptions extends HttpOptions, CredentialOptions {
+  /** false: https without certificate checks, and http allowed (like --tls-verify=false). */
+  tlsVerify?: boolean;
+  /** certs.d directories; default /etc/containers/certs.d, /etc/docker/certs.d. */
+  certDirs?: string[];
+}
+
+export function isLocalhost(hostport: string): boolean {
+  const host = hostport.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+export class RegistrySession {
+  readonly http: HttpClient;
+  readonly opts: SessionOptions;
+  readonly #auth = new Map<string, RegistryAuth>();
+  readonly #bases = new Map<string, Promise<URL>>();
+  readonly #insecure = new Set<string>();
+
+  constructor(opts: SessionOptions = {}) {
+    this.opts = opts;
+    const dirs = opts.certDirs ?? DEFAULT_CERT_DIRS;
+    this.http = new HttpClient({
+      ...opts,
+      tls: async (hostport) => {
+        const c = await loadCerts(hostport, dirs);
+        return {
+          verify: opts.tlsVerify !== false && !this.#insecure.has(hostport),
+          ca: c.ca,
+          ...(c.cert ? { cert: c.cert } : {}),
+          ...(c.key ? { key: c.key } : {}),
+        };
+      },
+    });
+  }
+
+  auth(registry: string): RegistryAuth {
+    let a = this.#auth.get(registry);
+    if (!a) {
+      a = new RegistryAuth(registry, this.http, this.opts);
+      this.#auth.set(registry, a);
+    }
+    return a;
+  }
+
+  /** https://host/ or http://host/, whichever the registry speaks and tiu may use. */
+  base(registry: string, insecure: boolean, signal?: AbortSignal): Promise<URL> {
+    if (insecure) this.#insecure.add(registry);
+    let p = this.#bases.get(registry);
+    if (!p) {
+      p = this.#ping(registry, insecure || this.opts.tlsVerify === false || isLocalhost(registry), signal);
+      this.#bases.set(registry, p);
+      p.catch(() => this.#bases.delete(registry));
+    }
+    return p;
+  }
+
+  async #ping(registry: string, plainAllowed: boolean, signal?: AbortSignal): Promise<URL> {
+    const tryOne = async (scheme: 'https' | 'http'): Promise<URL> => {
+      const base = new URL(`${scheme}://${registry}/`);
+      const res = await this.http.request({ method: 'GET', url: new URL('/v2/', base), signal, ...(plainAllowed && scheme === 'https' ? { noRetry: true } : {}) });
+      res.body.resume();
+      if (res.status === 401) this.auth(registry).learn(res);
+      else if (res.status !== 200) throw new UnexpectedStatusError(registry, 'GET /v2/ (is this a registry?)', res.status, '');
+      return base;
+    };
+    try {
+      return await tryOne('https');
+    } catch (e) {
+      // http only where allowed, and never after a refused certificate: that server speaks TLS.
+      if (!plainAllowed || !((e instanceof TlsError && !e.certificate) || e instanceof UnreachableError)) throw e;
+      try {
+        return await tryOne('http');
+      } catch (e2) {
+        throw e2 instanceof TiuError && e instanceof UnreachableError ? e2 : e;
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.http.close();
+  }
+}

@@ -1,0 +1,54 @@
+/**
+ * A reference string (containers-transports(5)) to an open Target:
+ *   oci:/path[:tag|@digest]           an OCI layout directory
+ *   oci-archive:/file.tar[:tag|@digest] a tar of a layout
+ *   docker://host/repo:tag, host/repo  a registry (wired in by the registry transport)
+ * `name` is what to pass to resolve()/tag() on the Target: a tag, a digest, or undefined for
+ * a layout's only image.
+ */
+import { TiuError } from '../errors.ts';
+import type { Target } from '../content/interfaces.ts';
+import { OciArchiveTarget } from '../content/oci-archive.ts';
+import { OciLayoutTarget } from '../content/oci-layout.ts';
+import { parseReference, referenceName, type ImageReference } from '../oci/reference.ts';
+
+export class UnsupportedTransportError extends TiuError {
+  constructor(transport: string, input: string) {
+    super('UNSUPPORTED_TRANSPORT', `transport ${transport} is not available in this build (reference ${JSON.stringify(input)})`, { transport, reference: input });
+  }
+}
+
+/**
+ * Options for opening a reference. An open interface: transports add their own fields
+ * (authfile, creds, tlsVerify, registriesConf, ...).
+ */
+export interface OpenOptions {
+  /** The Target will be written to (a copy destination): create a layout/archive that is not there yet. */
+  forWrite?: boolean;
+  /** Where temporary files (an archive's extracted layout) go; default $TMPDIR. */
+  tmpDir?: string;
+  signal?: AbortSignal;
+}
+
+export interface OpenedReference {
+  target: Target;
+  name: string | undefined;
+  ref: ImageReference;
+}
+
+export async function openReference(input: string, opts: OpenOptions = {}): Promise<OpenedReference> {
+  const ref = parseReference(input);
+  const name = referenceName(ref);
+  switch (ref.transport) {
+    case 'oci': {
+      const target = await OciLayoutTarget.open(ref.path, { create: opts.forWrite === true, name: `oci:${ref.path}` });
+      return { target, name, ref };
+    }
+    case 'oci-archive': {
+      const target = await OciArchiveTarget.open(ref.path, { create: opts.forWrite === true, name: `oci-archive:${ref.path}`, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}) });
+      return { target, name, ref };
+    }
+    case 'docker':
+      throw new UnsupportedTransportError('docker', input);
+  }
+}

@@ -1,0 +1,138 @@
+/**
+ * Sigstore bundles (v0.3) as OCI referrers, as cosign's BUNDLE_SPEC lays them out: a manifest
+ * with artifactType application/vnd.dev.sigstore.bundle.v0.3+json, the empty config, one layer
+ * holding the bundle JSON, and `subject` = the signed image.
+ *
+ * The bundle is key-based and offline: verificationMaterial.publicKey (a hint), no transparency
+ * log entries, and a DSSE envelope over an in-toto Statement v1 whose subject is the image
+ * (name = the claimed docker reference, digest = the manifest digest) with predicateType
+ * https://sigstore.dev/cosign/sign/v1.
+ */
+import { createHash, type KeyObject } from 'node:crypto';
+import type { Target } from '../content/interfaces.ts';
+import { parseDigest } from '../oci/digest.ts';
+import { MAX_MANIFEST_BYTES, MediaType } from '../oci/mediatypes.ts';
+import { Annotation, type Descriptor, type Digest, type ImageManifest } from '../oci/types.ts';
+import { descriptorOf, pushIfAbsent, readVerified } from './content.ts';
+import { publicOf, signBytes, verifyBytes } from './keys.ts';
+
+export const BUNDLE_MEDIA_TYPE = MediaType.SigstoreBundle;
+export const IN_TOTO_PAYLOAD_TYPE = 'application/vnd.in-toto+json';
+export const STATEMENT_TYPE = 'https://in-toto.io/Statement/v1';
+export const COSIGN_SIGN_PREDICATE = 'https://sigstore.dev/cosign/sign/v1';
+const MAX_BUNDLE_BYTES = 1024 * 1024;
+
+/** DSSE pre-authentication encoding. */
+export function pae(payloadType: string, payload: Buffer): Buffer {
+  const t = Buffer.from(payloadType, 'utf8');
+  return Buffer.concat([Buffer.from(`DSSEv1 ${t.length} `), t, Buffer.from(` ${payload.length} `), payload]);
+}
+
+/** The key hint cosign-style tools use: base64 of SHA-256 over the SPKI DER. */
+export function keyHint(key: KeyObject): string {
+  const pub = key.type === 'private' ? publicOf(key) : key;
+  return createHash('sha256').update(pub.export({ format: 'der', type: 'spki' })).digest('base64');
+}
+
+export function makeStatement(dockerReference: string, digest: Digest): Buffer {
+  const { algorithm, hex } = parseDigest(digest);
+  return Buffer.from(JSON.stringify({ _type: STATEMENT_TYPE, subject: [{ name: dockerReference, digest: { [algorithm]: hex } }], predicateType: COSIGN_SIGN_PREDICATE, predicate: {} }));
+}
+
+export function makeBundle(key: KeyObject, dockerReference: string, digest: Digest): Buffer {
+  const statement = makeStatement(dockerReference, digest);
+  const sig = signBytes(key, pae(IN_TOTO_PAYLOAD_TYPE, statement));
+  return Buffer.from(
+    JSON.stringify({
+      mediaType: BUNDLE_MEDIA_TYPE,
+      verificationMaterial: { publicKey: { hint: keyHint(key) }, tlogEntries: [], timestampVerificationData: { rfc3161Timestamps: [] } },
+      dsseEnvelope: { payload: statement.toString('base64'), payloadType: IN_TOTO_PAYLOAD_TYPE, signatures: [{ sig: sig.toString('base64'), keyid: '' }] },
+    }),
+  );
+}
+
+const EMPTY_CONFIG = Buffer.from('{}');
+
+/** Store `bundle` as a referrer of `subject`. Returns the referrer manifest's descriptor. */
+export async function attachBundle(target: Target, subject: Descriptor, bundle: Buffer, created = new Date()): Promise<Descriptor> {
+  const layer = descriptorOf(BUNDLE_MEDIA_TYPE, bundle);
+  const { algorithm, hex } = parseDigest(layer.digest);
+  layer.annotations = { [Annotation.Title]: `${algorithm}-${hex}.sigstore.json` };
+  const config = descriptorOf(MediaType.OciEmpty, EMPTY_CONFIG);
+  await pushIfAbsent(target, layer, bundle);
+  await pushIfAbsent(target, config, EMPTY_CONFIG);
+  const manifest: ImageManifest = {
+    schemaVersion: 2,
+    mediaType: MediaType.OciManifest,
+    artifactType: BUNDLE_MEDIA_TYPE,
+    config,
+    layers: [layer],
+    subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
+    annotations: { 'dev.sigstore.bundle.content': 'dsse-envelope', 'dev.sigstore.bundle.predicateType': COSIGN_SIGN_PREDICATE, [Annotation.Created]: created.toISOString() },
+  };
+  const bytes = Buffer.from(JSON.stringify(manifest));
+  const desc = descriptorOf(MediaType.OciManifest, bytes, { artifactType: BUNDLE_MEDIA_TYPE });
+  await pushIfAbsent(target, desc, bytes);
+  return desc;
+}
+
+export interface BundleClaim {
+  /** The statement subject's name (the claimed docker reference). */
+  dockerReference: string;
+  digest: Digest;
+}
+
+/**
+ * Verify a bundle's DSSE signature with one of `keys` and return what it claims; null when no
+ * key verifies it or it is not a cosign-sign statement.
+ */
+export function verifyBundle(bytes: Buffer, keys: KeyObject[]): { claims: BundleClaim[]; keyIndex: number } | null {
+  let doc: { dsseEnvelope?: { payload?: unknown; payloadType?: unknown; signatures?: unknown } };
+  try {
+    doc = JSON.parse(bytes.toString('utf8')) as typeof doc;
+  } catch {
+    return null;
+  }
+  const env = doc.dsseEnvelope;
+  if (!env || typeof env.payload !== 'string' || env.payloadType !== IN_TOTO_PAYLOAD_TYPE || !Array.isArray(env.signatures)) return null;
+  const payload = Buffer.from(env.payload, 'base64');
+  const signed = pae(IN_TOTO_PAYLOAD_TYPE, payload);
+  let keyIndex = -1;
+  for (const s of env.signatures as { sig?: unknown }[]) {
+    if (typeof s?.sig !== 'string') continue;
+    const raw = Buffer.from(s.sig, 'base64');
+    keyIndex = keys.findIndex((k) => verifyBytes(k, signed, raw));
+    if (keyIndex >= 0) break;
+  }
+  if (keyIndex < 0) return null;
+  let st: { _type?: unknown; predicateType?: unknown; subject?: unknown };
+  try {
+    st = JSON.parse(payload.toString('utf8')) as typeof st;
+  } catch {
+    return null;
+  }
+  if (st._type !== STATEMENT_TYPE || st.predicateType !== COSIGN_SIGN_PREDICATE || !Array.isArray(st.subject)) return null;
+  const claims: BundleClaim[] = [];
+  for (const s of st.subject as { name?: unknown; digest?: Record<string, unknown> }[]) {
+    if (typeof s?.name !== 'string' || typeof s.digest !== 'object' || s.digest === null) continue;
+    for (const [alg, hex] of Object.entries(s.digest)) if (typeof hex === 'string') claims.push({ dockerReference: s.name, digest: `${alg}:${hex}` });
+  }
+  return { claims, keyIndex };
+}
+
+/** The bundle bytes of every sigstore-bundle referrer of `subject` (targets without referrers give none). */
+export async function listBundles(target: Target, subject: Descriptor): Promise<{ manifest: Descriptor; bundle?: Buffer }[]> {
+  if (!target.referrers) return [];
+  const out: { manifest: Descriptor; bundle?: Buffer }[] = [];
+  for (const d of await target.referrers(subject, BUNDLE_MEDIA_TYPE)) {
+    try {
+      const m = JSON.parse((await readVerified(target, d, MAX_MANIFEST_BYTES, 'bundle manifest')).toString('utf8')) as Partial<ImageManifest>;
+      const layer = m.layers?.find((l) => l.mediaType === BUNDLE_MEDIA_TYPE);
+      if (m.subject?.digest !== subject.digest || !layer) continue;
+      out.push({ manifest: d, bundle: await readVerified(target, layer, MAX_BUNDLE_BYTES, 'sigstore bundle') });
+    } catch {
+      out.push({ manifest: d });
+    }
+  }
+  return out;
+}

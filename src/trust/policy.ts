@@ -1,0 +1,321 @@
+/**
+ * containers-policy.json(5): parse strictly, pick the most specific scope for an image, and
+ * evaluate its requirements (all must hold) against the image in a Target.
+ *
+ * Supported requirements: insecureAcceptAnything, reject, sigstoreSigned with keyPath /
+ * keyPaths / keyData / keyDatas (public keys) and signedIdentity. signedBy (GPG), sigstoreSigned
+ * with fulcio/pki, and rekor requirements are parsed but refused (POLICY_UNSUPPORTED): an
+ * unverifiable requirement never passes.
+ *
+ * Relative keyPath values are taken relative to the policy file's directory.
+ * Where no file is named: /etc/tiu/policy.json, else /etc/containers/policy.json, else
+ * POLICY_NOT_FOUND (tiu never falls back to accepting anything).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve as resolvePath } from 'node:path';
+import type { KeyObject } from 'node:crypto';
+import type { Target } from '../content/interfaces.ts';
+import { type DockerReference, type ImageReference, dockerName } from '../oci/reference.ts';
+import type { Descriptor } from '../oci/types.ts';
+import { TrustError } from './errors.ts';
+import { DEFAULT_SIGNED_IDENTITY, parseDockerName, type SignedIdentity } from './identity.ts';
+import { loadPublicKeys } from './keys.ts';
+import { verifyImageSignatures, type VerifiedSignature } from './verify.ts';
+
+export const DEFAULT_POLICY_PATHS = ['/etc/tiu/policy.json', '/etc/containers/policy.json'] as const;
+
+export type PolicyRequirement =
+  | { type: 'insecureAcceptAnything' }
+  | { type: 'reject' }
+  | {
+      type: 'sigstoreSigned';
+      keyPaths: string[];
+      /** Decoded keyData/keyDatas (PEM text). */
+      keyDatas: string[];
+      signedIdentity: SignedIdentity;
+      /** Set when the requirement asks for something tiu can't check (fulcio, pki, rekor). */
+      unsupported?: string;
+    }
+  | { type: 'signedBy'; unsupported: string };
+
+export interface Policy {
+  default: PolicyRequirement[];
+  transports: Record<string, Record<string, PolicyRequirement[]>>;
+  /** Where it came from (a path, or a label), for messages. */
+  source: string;
+  /** Directory relative key paths are resolved against. */
+  baseDir: string;
+}
+
+function bad(source: string, why: string): TrustError {
+  return new TrustError('POLICY_INVALID', `${source}: ${why}`, { source });
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function onlyKeys(obj: Record<string, unknown>, allowed: string[], where: string, source: string): void {
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k)) throw bad(source, `${where}: unknown field ${JSON.stringify(k)}`);
+  }
+}
+
+function str(v: unknown, where: string, source: string): string {
+  if (typeof v !== 'string' || v === '') throw bad(source, `${where} must be a non-empty string`);
+  return v;
+}
+
+function parseIdentity(v: unknown, where: string, source: string): SignedIdentity {
+  if (v === undefined) return DEFAULT_SIGNED_IDENTITY;
+  if (!isObject(v)) throw bad(source, `${where}.signedIdentity must be an object`);
+  const w = `${where}.signedIdentity`;
+  switch (v.type) {
+    case 'matchExact':
+    case 'matchRepoDigestOrExact':
+    case 'matchRepository':
+      onlyKeys(v, ['type'], w, source);
+      return { type: v.type };
+    case 'exactReference': {
+      onlyKeys(v, ['type', 'dockerReference'], w, source);
+      const ref = str(v.dockerReference, `${w}.dockerReference`, source);
+      const p = parseDockerName(ref);
+      if (!p || (p.tag === undefined && p.digest === undefined)) throw bad(source, `${w}.dockerReference ${JSON.stringify(ref)} must name a tag or digest`);
+      return { type: 'exactReference', dockerReference: ref };
+    }
+    case 'exactRepository': {
+      onlyKeys(v, ['type', 'dockerRepository'], w, source);
+      const repo = str(v.dockerRepository, `${w}.dockerRepository`, source);
+      const p = parseDockerName(repo);
+      if (!p || p.tag !== undefined || p.digest !== undefined) throw bad(source, `${w}.dockerRepository ${JSON.stringify(repo)} must be a repository without tag or digest`);
+      return { type: 'exactRepository', dockerRepository: repo };
+    }
+    case 'remapIdentity': {
+      onlyKeys(v, ['type', 'prefix', 'signedPrefix'], w, source);
+      const prefix = str(v.prefix, `${w}.prefix`, source);
+      const signedPrefix = str(v.signedPrefix, `${w}.signedPrefix`, source);
+      for (const [n, x] of [['prefix', prefix], ['signedPrefix', signedPrefix]] as const) {
+        if (/[:@]/.test(x.replace(/^[^/]*/, '')) || x.endsWith('/')) throw bad(source, `${w}.${n} ${JSON.stringify(x)} must be a host, namespace or repository`);
+      }
+      return { type: 'remapIdentity', prefix, signedPrefix };
+    }
+    default:
+      throw bad(source, `${w}.type ${JSON.stringify(v.type)} is not a known identity rule`);
+  }
+}
+
+function parseRequirement(v: unknown, where: string, source: string): PolicyRequirement {
+  if (!isObject(v)) throw bad(source, `${where} must be an object`);
+  switch (v.type) {
+    case 'insecureAcceptAnything':
+    case 'reject':
+      onlyKeys(v, ['type'], where, source);
+      return { type: v.type };
+    case 'signedBy':
+      onlyKeys(v, ['type', 'keyType', 'keyPath', 'keyPaths', 'keyData', 'signedIdentity'], where, source);
+      parseIdentity(v.signedIdentity, where, source);
+      return { type: 'signedBy', unsupported: 'signedBy (GPG simple signing) is not supported by tiu' };
+    case 'sigstoreSigned': {
+      const keyFields = ['keyPath', 'keyPaths', 'keyData', 'keyDatas'];
+      const otherRoots = ['fulcio', 'pki'];
+      const rekor = ['rekorPublicKeyPath', 'rekorPublicKeyPaths', 'rekorPublicKeyData', 'rekorPublicKeyDatas'];
+      onlyKeys(v, ['type', ...keyFields, ...otherRoots, ...rekor, 'signedIdentity'], where, source);
+      const present = [...keyFields, ...otherRoots].filter((k) => v[k] !== undefined);
+      if (present.length !== 1) throw bad(source, `${where}: exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, pki must be set (found ${present.join(', ') || 'none'})`);
+      const keyPaths: string[] = [];
+      const keyDatas: string[] = [];
+      const list = (x: unknown, name: string): string[] => {
+        if (!Array.isArray(x) || x.length === 0) throw bad(source, `${where}.${name} must be a non-empty array`);
+        return x.map((e, i) => str(e, `${where}.${name}[${i}]`, source));
+      };
+      const decode = (b64: string, name: string): string => {
+        if (!/^[A-Za-z0-9+/=\s]+$/.test(b64)) throw bad(source, `${where}.${name} is not base64`);
+        return Buffer.from(b64, 'base64').toString('utf8');
+      };
+      if (v.keyPath !== undefined) keyPaths.push(str(v.keyPath, `${where}.keyPath`, source));
+      if (v.keyPaths !== undefined) keyPaths.push(...list(v.keyPaths, 'keyPaths'));
+      if (v.keyData !== undefined) keyDatas.push(decode(str(v.keyData, `${where}.keyData`, source), 'keyData'));
+      if (v.keyDatas !== undefined) keyDatas.push(...list(v.keyDatas, 'keyDatas').map((d) => decode(d, 'keyDatas')));
+      const req: PolicyRequirement = { type: 'sigstoreSigned', keyPaths, keyDatas, signedIdentity: parseIdentity(v.signedIdentity, where, source) };
+      if (v.fulcio !== undefined || v.pki !== undefined) req.unsupported = 'sigstoreSigned with fulcio/pki (certificate-based, keyless) is not supported by tiu';
+      else if (rekor.some((k) => v[k] !== undefined)) req.unsupported = 'sigstoreSigned with a rekor requirement (transparency log) is not supported by tiu';
+      return req;
+    }
+    default:
+      throw bad(source, `${where}.type ${JSON.stringify(v.type)} is not a known requirement`);
+  }
+}
+
+function parseRequirements(v: unknown, where: string, source: string): PolicyRequirement[] {
+  if (!Array.isArray(v) || v.length === 0) throw bad(source, `${where} must be a non-empty array of requirements`);
+  return v.map((r, i) => parseRequirement(r, `${where}[${i}]`, source));
+}
+
+export function parsePolicy(text: string, source = 'policy', baseDir = process.cwd()): Policy {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw bad(source, `not valid JSON (${(e as Error).message})`);
+  }
+  if (!isObject(doc)) throw bad(source, 'not a JSON object');
+  onlyKeys(doc, ['default', 'transports'], 'policy', source);
+  if (doc.default === undefined) throw bad(source, '"default" is required');
+  const policy: Policy = { default: parseRequirements(doc.default, 'default', source), transports: {}, source, baseDir };
+  if (doc.transports !== undefined) {
+    if (!isObject(doc.transports)) throw bad(source, '"transports" must be an object');
+    for (const [transport, scopes] of Object.entries(doc.transports)) {
+      if (!isObject(scopes)) throw bad(source, `transports.${transport} must be an object`);
+      const parsed: Record<string, PolicyRequirement[]> = {};
+      for (const [scope, reqs] of Object.entries(scopes)) {
+        if ((transport === 'oci' || transport === 'oci-archive' || transport === 'dir') && scope === '/') {
+          throw bad(source, `transports.${transport}: the scope "/" is not allowed, use ""`);
+        }
+        parsed[scope] = parseRequirements(reqs, `transports.${transport}[${JSON.stringify(scope)}]`, source);
+      }
+      policy.transports[transport] = parsed;
+    }
+  }
+  return policy;
+}
+
+/** Read a policy file: `path` if given, else the first of DEFAULT_POLICY_PATHS that exists. */
+export function loadPolicy(path?: string): Policy {
+  const candidates = path !== undefined ? [path] : [...DEFAULT_POLICY_PATHS];
+  for (const p of candidates) {
+    if (path === undefined && !existsSync(p)) continue;
+    let text: string;
+    try {
+      text = readFileSync(p, 'utf8');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new TrustError('POLICY_NOT_FOUND', `policy file ${p} does not exist`, { path: p });
+      throw new TrustError('POLICY_INVALID', `policy file ${p} can't be read (${code ?? 'error'})`, { path: p });
+    }
+    return parsePolicy(text, p, dirname(resolvePath(p)));
+  }
+  throw new TrustError('POLICY_NOT_FOUND', `no signature policy: none of ${candidates.join(', ')} exists`, { paths: candidates });
+}
+
+/** Scopes to try for an image, most specific first (the transport default "" last). */
+export function policyScopes(ref: ImageReference): { transport: string; scopes: string[] } {
+  if (ref.transport === 'docker') {
+    const repo = dockerName(ref, false);
+    const scopes: string[] = [];
+    if (ref.digest) scopes.push(`${repo}@${ref.digest}`);
+    else scopes.push(`${repo}:${ref.tag ?? 'latest'}`);
+    const parts = repo.split('/');
+    for (let i = parts.length; i >= 1; i--) scopes.push(parts.slice(0, i).join('/'));
+    const host = ref.registry;
+    if (!host.includes(':') && !/^[\d.]+$/.test(host)) {
+      const labels = host.split('.');
+      for (let i = 1; i < labels.length; i++) scopes.push(`*.${labels.slice(i).join('.')}`);
+    }
+    scopes.push('');
+    return { transport: 'docker', scopes };
+  }
+  const path = resolvePath(ref.path);
+  const scopes: string[] = [];
+  const name = ref.tag ?? ref.digest;
+  if (name !== undefined) scopes.push(`${path}:${name}`);
+  for (let p = path; p !== '/'; p = dirname(p)) scopes.push(p);
+  scopes.push('');
+  return { transport: ref.transport, scopes };
+}
+
+/** The requirements that apply to `ref` and the scope they came from ('default' for the global default). */
+export function requirementsFor(policy: Policy, ref: ImageReference): { scope: string; transport: string; requirements: PolicyRequirement[] } {
+  const { transport, scopes } = policyScopes(ref);
+  const table = policy.transports[transport];
+  if (table) {
+    for (const s of scopes) {
+      const reqs = table[s];
+      if (reqs) return { scope: s, transport, requirements: reqs };
+    }
+  }
+  return { scope: 'default', transport, requirements: policy.default };
+}
+
+export interface CheckPolicyOptions {
+  /**
+   * The docker identity the image is expected to have, where the reference does not carry one
+   * (an OCI layout on a USB stick) or should be checked as another name. Defaults to the
+   * reference itself for docker references, none for layouts.
+   */
+  identity?: DockerReference;
+}
+
+export interface PolicyDecision {
+  transport: string;
+  scope: string;
+  /** One entry per requirement, in order: what accepted it. */
+  accepted: { type: string; signatures?: VerifiedSignature[] }[];
+}
+
+function loadKeys(req: Extract<PolicyRequirement, { type: 'sigstoreSigned' }>, policy: Policy): KeyObject[] {
+  const keys: KeyObject[] = [];
+  for (const p of req.keyPaths) {
+    const path = isAbsolute(p) ? p : resolvePath(policy.baseDir, p);
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      throw new TrustError('KEY_INVALID', `${policy.source}: public key ${path} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, { path });
+    }
+    keys.push(...loadPublicKeys(text, path));
+  }
+  req.keyDatas.forEach((d, i) => keys.push(...loadPublicKeys(d, `${policy.source}: keyData #${i + 1}`)));
+  return keys;
+}
+
+/**
+ * Check the image `root` in `source` (reached as `ref`) against `policy`. Resolves with what
+ * accepted it; throws a TrustError (POLICY_REJECTED, NO_SIGNATURE, SIGNATURE_INVALID,
+ * DIGEST_MISMATCH_SIGNATURE, IDENTITY_MISMATCH, POLICY_UNSUPPORTED...) otherwise.
+ */
+export async function checkPolicy(policy: Policy, source: Target, root: Descriptor, ref: ImageReference, opts: CheckPolicyOptions = {}): Promise<PolicyDecision> {
+  const { transport, scope, requirements } = requirementsFor(policy, ref);
+  const where = scope === 'default' ? 'the default requirement' : `transports.${transport}[${JSON.stringify(scope)}]`;
+  const imageIdentity = opts.identity ?? (ref.transport === 'docker' ? ref : undefined);
+  const decision: PolicyDecision = { transport, scope, accepted: [] };
+  for (const req of requirements) {
+    switch (req.type) {
+      case 'insecureAcceptAnything':
+        decision.accepted.push({ type: req.type });
+        break;
+      case 'reject':
+        throw new TrustError('POLICY_REJECTED', `${policy.source}: ${where} rejects ${source.name} (${root.digest})`, {
+          policy: policy.source,
+          transport,
+          scope,
+        });
+      case 'signedBy':
+        throw new TrustError('POLICY_UNSUPPORTED', `${policy.source}: ${where}: ${req.unsupported}`, { policy: policy.source, transport, scope });
+      case 'sigstoreSigned': {
+        if (req.unsupported) throw new TrustError('POLICY_UNSUPPORTED', `${policy.source}: ${where}: ${req.unsupported}`, { policy: policy.source, transport, scope });
+        const keys = loadKeys(req, policy);
+        const r = await verifyImageSignatures(source, root, { keys, identity: req.signedIdentity, imageIdentity });
+        decision.accepted.push({ type: req.type, signatures: r.verified });
+        break;
+      }
+    }
+  }
+  return decision;
+}
+
+/**
+ * A verify hook for copy(): checks `ref`'s policy on the source before anything is written to
+ * the destination. `policy` may be a parsed Policy, a path, or undefined for the default paths
+ * (read when the hook first runs).
+ */
+export function policyVerifier(
+  policy: Policy | string | undefined,
+  ref: ImageReference,
+  opts: CheckPolicyOptions & { onDecision?: (d: PolicyDecision) => void } = {},
+): (src: Target, root: Descriptor) => Promise<void> {
+  return async (src, root) => {
+    const p = typeof policy === 'object' ? policy : loadPolicy(policy);
+    const d = await checkPolicy(p, src, root, ref, opts);
+    opts.onDecision?.(d);
+  };
+}

@@ -1,0 +1,257 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { run } from '../../src/host/exec.ts';
+import { isTiuError } from '../../src/errors.ts';
+import {
+  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
+  type TreeEntry,
+} from '../../src/deploy/apply/index.ts';
+import { requireRoot } from '../helpers/env.ts';
+import { makeBtrfs, snapshot, subvolume, exclusiveBytes, type TestBtrfs } from '../helpers/btrfs.ts';
+import { makeTar, type TarSpec } from '../helpers/tarball.ts';
+import { diffTrees } from '../helpers/treecmp.ts';
+
+const CAP_NET_RAW = Buffer.from([1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+const T1 = 1_700_000_000;
+const T2 = 1_710_000_000;
+
+const tool = randomBytes(64 * 1024);
+const big = randomBytes(1024 * 1024);
+const ping = randomBytes(20 * 1024);
+const hlink = randomBytes(30 * 1024);
+const libx = randomBytes(40 * 1024);
+const sparse = Buffer.concat([randomBytes(4096), Buffer.alloc(2 * 1024 * 1024)]);
+const newfile = randomBytes(100 * 1024);
+
+const dir = (name: string, extra: Partial<TarSpec> = {}): TarSpec => ({ name, type: '5', mode: 0o755, mtime: T1, ...extra });
+const file = (name: string, content: Buffer | string, extra: Partial<TarSpec> = {}): TarSpec => ({ name, content, mtime: T1, ...extra });
+
+const v1: TarSpec[] = [
+  dir('etc'), file('etc/hostname', 'v1host\n'), file('etc/keep.conf', 'same\n'),
+  file('etc/owned', 'owned\n', { uid: 1000, gid: 1000 }), file('etc/mtime-only', 'mt\n'),
+  dir('usr'), dir('usr/bin'), file('usr/bin/tool', tool, { mode: 0o755 }),
+  file('usr/bin/ping', ping, { mode: 0o4755, xattrs: { 'security.capability': CAP_NET_RAW } }),
+  dir('usr/lib'), file('usr/lib/big.bin', big), file('usr/lib/ha', hlink), { name: 'usr/lib/hb', type: '1', linkname: 'usr/lib/ha', mtime: T1 },
+  file('usr/lib/libx.so.1', libx), { name: 'usr/lib/libx.so', type: '2', linkname: 'libx.so.1', mtime: T1 },
+  file('usr/lib/sparse', sparse),
+  dir('usr/share'), dir('usr/share/doc'), file('usr/share/doc/old.txt', 'old docs\n'),
+  dir('opt2'), file('opt2/thing', 'thing\n'), file('data', 'data\n'),
+  dir('dev'), { name: 'dev/null', type: '3', devmajor: 1, devminor: 3, mode: 0o666, mtime: T1 }, { name: 'dev/fifo', type: '6', mode: 0o600, mtime: T1 },
+];
+
+const v2: TarSpec[] = [
+  dir('etc', { mtime: T2 }), file('etc/hostname', 'v2host\n'), file('etc/keep.conf', 'same\n'),
+  file('etc/owned', 'owned\n'), file('etc/mtime-only', 'mt\n', { mtime: T2 }),
+  file('etc/sel', 'labelled\n', { xattrs: { 'security.selinux': 'system_u:object_r:etc_t:s0\0', 'user.note': Buffer.from([0, 1, 2, 255]) } }),
+  dir('usr'), dir('usr/bin'), file('usr/bin/tool', tool, { mode: 0o755 }),
+  file('usr/bin/ping', ping, { mode: 0o4755, uid: 1000, gid: 1000, xattrs: { 'security.capability': CAP_NET_RAW } }),
+  dir('usr/lib', { mtime: T2 }), file('usr/lib/ha', hlink), { name: 'usr/lib/hb', type: '1', linkname: 'usr/lib/ha' }, { name: 'usr/lib/hc', type: '1', linkname: 'usr/lib/ha' },
+  file('usr/lib/libx.so.2', libx), { name: 'usr/lib/libx.so', type: '2', linkname: 'libx.so.2', mtime: T2 },
+  file('usr/lib/sparse', sparse),
+  dir('usr/lib64'), file('usr/lib64/big.bin', big),
+  dir('usr/new'), file('usr/new/newfile', newfile, { mode: 0o600, uid: 12, gid: 34 }),
+  { name: 'opt2', type: '2', linkname: 'usr/lib', mtime: T1 },
+  dir('data'), file('data/inner', 'x\n'),
+  dir('dev'), { name: 'dev/null', type: '3', devmajor: 1, devminor: 3, mode: 0o666, mtime: T1 }, { name: 'dev/fifo', type: '6', mode: 0o600, mtime: T1 },
+  { name: 'dev/sda', type: '4', devmajor: 8, devminor: 0, mode: 0o660, gid: 6, mtime: T1 },
+];
+
+async function gnuExtract(tar: Buffer, into: string): Promise<void> {
+  await mkdir(into, { recursive: true });
+  const f = into + '.tar';
+  await writeFile(f, tar);
+  await run('tar', ['--xattrs', "--xattrs-include=*", '--numeric-owner', '-xpf', f, '-C', into]);
+}
+
+async function tocEntries(tar: Buffer, layer = 0): Promise<TreeEntry[]> {
+  return entriesFromTar(Readable.from([tar]), layer);
+}
+
+async function listing(dir: string): Promise<string> {
+  const out: string[] = [];
+  for (const d of await readdir(dir, { recursive: true, withFileTypes: true })) {
+    const p = join(d.parentPath, d.name);
+    out.push(d.isFile() ? `${p} ${createHash('sha256').update(await readFile(p)).digest('hex')}` : p);
+  }
+  return out.sort().join('\n');
+}
+
+describe('deploy/apply on btrfs (integration)', function () {
+  this.timeout(120_000);
+  let fs: TestBtrfs;
+  let v1tar: Buffer;
+  let v2tar: Buffer;
+  let ref2: string;
+
+  before(async function () {
+    requireRoot(this);
+    fs = await makeBtrfs(512);
+    v1tar = makeTar(v1);
+    v2tar = makeTar(v2);
+    await subvolume(join(fs.mnt, 'v1'));
+    await gnuExtract(v1tar, join(fs.mnt, 'v1'));
+    ref2 = join(fs.mnt, 'ref2');
+    await gnuExtract(v2tar, ref2);
+  });
+  after(async () => {
+    await fs?.cleanup();
+  });
+
+  it('the reference extraction carries what the test relies on (capability, selinux label, devices)', async () => {
+    const r = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'hex', join(ref2, 'usr/bin/ping'), join(ref2, 'etc/sel')]);
+    assert.match(r.stdout, /security\.capability=0x0100000200200000/);
+    assert.match(r.stdout, /security\.selinux=/);
+  });
+
+  it('TOC path: v1 -> v2 gives the v2 tree file by file, reflinks the moved file, leaves v1 untouched', async () => {
+    const v1before = await listing(join(fs.mnt, 'v1'));
+    const target = join(fs.mnt, 'toc');
+    await snapshot(join(fs.mnt, 'v1'), target);
+    const idx = join(fs.dir, 'index.json');
+    const res = await applyFromToc(target, [await tocEntries(v2tar)], tarLayerProvider(() => Promise.resolve(Readable.from([v2tar]))), { indexFile: idx });
+    const diffs = await diffTrees(target, ref2, { ignoreRootMeta: true });
+    assert.deepEqual(diffs, []);
+    const rep = res.report!;
+    // moved big.bin and renamed libx.so.2 come from the old tree; ha gets its own inode
+    // (its hardlink group changed) by a reflink of itself
+    assert.equal(rep.reflinked.bytes, big.length + libx.length + hlink.length);
+    // only these are new content
+    const fresh = { 'data/inner': 'x\n'.length, 'etc/hostname': 'v2host\n'.length, 'etc/sel': 'labelled\n'.length, 'usr/new/newfile': newfile.length };
+    assert.deepEqual(res.plan.fetch.map((e) => e.path).sort(), Object.keys(fresh));
+    assert.equal(rep.written.count, 4);
+    assert.equal(rep.written.bytes, Object.values(fresh).reduce((a, b) => a + b));
+    assert.ok(rep.kept.count >= 6, `kept ${rep.kept.count}`);
+    assert.ok(rep.metadataFixed.count >= 3);
+    assert.ok(rep.deleted.count >= 5);
+    // disk: the reflinked MiB stays shared; only about the new content is exclusive
+    const excl = await exclusiveBytes(target);
+    assert.ok(excl < newfile.length + 200 * 1024, `exclusive ${excl}`);
+    assert.equal(await listing(join(fs.mnt, 'v1')), v1before);
+  });
+
+  it('TOC path: applying the same tree again keeps everything, writes nothing, hashes nothing (content index)', async () => {
+    const target = join(fs.mnt, 'toc-again');
+    await snapshot(join(fs.mnt, 'toc'), target);
+    const idx = join(fs.dir, 'index.json');
+    const res = await applyFromToc(target, [await tocEntries(v2tar)], openerProvider(() => {
+      throw new Error('nothing should be fetched');
+    }), { indexFile: idx, saveIndexTo: join(fs.dir, 'index2.json') });
+    const rep = res.report!;
+    assert.equal(res.hashed.files, 0, 'the content index made hashing unnecessary');
+    assert.equal(rep.written.count + rep.reflinked.count + rep.deleted.count + rep.created.count + rep.linked.count + rep.metadataFixed.count, 0, JSON.stringify(rep));
+    assert.equal(res.plan.fetch.length, 0);
+    assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
+    assert.ok((await exclusiveBytes(target)) < 64 * 1024);
+  });
+
+  it('without a content index, only same-size candidates are hashed', async () => {
+    const target = join(fs.mnt, 'toc-noindex');
+    await snapshot(join(fs.mnt, 'toc'), target);
+    const tree = flattenLayers([await tocEntries(v2tar)]);
+    const old = await scanTree(target);
+    const index = new ContentIndex(target);
+    const plan = await planApply(tree, old, index);
+    const regs = [...old.entries.values()].filter((e) => e.type === 'reg');
+    assert.ok(index.hashedFiles > 0 && index.hashedFiles <= regs.length);
+    assert.equal(plan.fetch.length, 0);
+    const rep = await executePlan(target, plan, openerProvider(() => {
+      throw new Error('nothing to fetch');
+    }));
+    assert.equal(rep.written.count, 0);
+  });
+
+  it('tar path: v1 -> v2 gives the v2 tree; the same tar again writes no data', async () => {
+    const target = join(fs.mnt, 'tar');
+    await snapshot(join(fs.mnt, 'v1'), target);
+    const rep = await applyTarLayers(target, [() => Readable.from([v2tar])]);
+    assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
+    assert.ok(rep.kept.count > 0);
+    const again = join(fs.mnt, 'tar-again');
+    await snapshot(target, again);
+    const rep2 = await applyTarLayers(again, [() => Readable.from([v2tar])]);
+    assert.equal(rep2.written.count, 0, JSON.stringify(rep2));
+    assert.equal(rep2.deleted.count, 0);
+    assert.deepEqual(await diffTrees(again, ref2, { ignoreRootMeta: true }), []);
+    assert.ok((await exclusiveBytes(again)) < 64 * 1024);
+  });
+
+  it('multi-layer images: whiteouts and opaque directories, same result by TOC and by tar', async () => {
+    const l0 = makeTar([dir('a'), file('a/1', 'one'), file('a/2', 'two'), dir('b'), file('b/x', 'x'), file('b/y', 'y'), file('c', 'c'), dir('d'), file('d/deep', 'deep')]);
+    const l1 = makeTar([file('a/.wh.1', ''), dir('b'), file('b/.wh..wh..opq', ''), file('b/z', 'z'), file('.wh.c', ''), file('d', 'now a file')]);
+    const l2 = makeTar([file('c', 'c is back'), file('a/3', 'three')]);
+    const expect = ['a', 'a/2', 'a/3', 'b', 'b/z', 'c', 'd'];
+    for (const mode of ['toc', 'tar'] as const) {
+      const target = join(fs.mnt, `layers-${mode}`);
+      await subvolume(target);
+      await writeFile(join(target, 'stale'), 'from the old tree');
+      if (mode === 'toc') {
+        const layers = [await tocEntries(l0, 0), await tocEntries(l1, 1), await tocEntries(l2, 2)];
+        const tars = [l0, l1, l2];
+        await applyFromToc(target, layers, tarLayerProvider((i) => Promise.resolve(Readable.from([tars[i]!]))));
+      } else {
+        await applyTarLayers(target, [l0, l1, l2].map((t) => () => Readable.from([t])));
+      }
+      const got = (await readdir(target, { recursive: true })).sort();
+      assert.deepEqual(got, expect, mode);
+      assert.equal(await readFile(join(target, 'c'), 'utf8'), 'c is back');
+      assert.equal(await readFile(join(target, 'd'), 'utf8'), 'now a file');
+    }
+  });
+
+  describe('hostile input is refused and nothing outside the root changes', () => {
+    let outside: string;
+    let before: string;
+    beforeEach(async () => {
+      outside = join(fs.dir, 'outside');
+      await mkdir(outside, { recursive: true });
+      await writeFile(join(outside, 'passwd'), 'root:x:0:0::/root:/bin/sh\n');
+      before = await listing(outside);
+    });
+    const cases: { name: string; tar: () => Buffer; code: string }[] = [
+      { name: '../ escape', tar: () => makeTar([file('../../outside/pwned', 'x')]), code: 'UNSAFE_PATH' },
+      { name: 'absolute path', tar: () => makeTar([file('/tmp/pwned', 'x')]), code: 'UNSAFE_PATH' },
+      { name: 'absolute symlink then a write through it', tar: () => makeTar([{ name: 'l', type: '2', linkname: outside }, file('l/passwd', 'pwned\n')]), code: 'UNSAFE_PATH' },
+      { name: 'relative symlink up then a write through it', tar: () => makeTar([{ name: 'l', type: '2', linkname: '../../../../../../../..' + outside }, file('l/passwd', 'pwned\n')]), code: 'UNSAFE_PATH' },
+      { name: 'hardlink to a file outside (../)', tar: () => makeTar([{ name: 'h', type: '1', linkname: '../../outside/passwd' }]), code: 'UNSAFE_PATH' },
+      { name: 'hardlink to an absolute path not in the tree', tar: () => makeTar([{ name: 'h', type: '1', linkname: join(outside, 'passwd') }]), code: 'BAD_HARDLINK' },
+      { name: 'device where a directory is expected', tar: () => makeTar([{ name: 'd', type: '3', devmajor: 1, devminor: 3 }, file('d/x', 'x')]), code: 'UNSAFE_PATH' },
+    ];
+    for (const c of cases) {
+      it(`tar path: ${c.name} -> ${c.code}`, async () => {
+        const target = join(fs.mnt, `hostile-tar-${cases.indexOf(c)}`);
+        await subvolume(target);
+        await assert.rejects(applyTarLayers(target, [() => Readable.from([c.tar()])]), (e: unknown) => isTiuError(e, c.code));
+        assert.equal(await listing(outside), before);
+      });
+      it(`TOC path: ${c.name} -> ${c.code}`, async () => {
+        const target = join(fs.mnt, `hostile-toc-${cases.indexOf(c)}`);
+        await subvolume(target);
+        const tar = c.tar();
+        await assert.rejects(
+          (async () => applyFromToc(target, [await tocEntries(tar)], tarLayerProvider(() => Promise.resolve(Readable.from([tar])))))(),
+          (e: unknown) => isTiuError(e, c.code),
+        );
+        assert.equal(await listing(outside), before);
+      });
+    }
+
+    it('an old-tree symlink where the new tree has a directory is replaced, never followed', async () => {
+      const target = join(fs.mnt, 'hostile-old-symlink');
+      await subvolume(target);
+      await run('ln', ['-s', outside, join(target, 'l')]);
+      const tar = makeTar([dir('l'), file('l/passwd', 'inside\n')]);
+      await applyFromToc(target, [await tocEntries(tar)], tarLayerProvider(() => Promise.resolve(Readable.from([tar]))));
+      assert.equal(await readFile(join(target, 'l/passwd'), 'utf8'), 'inside\n');
+      assert.equal(await listing(outside), before);
+      const target2 = join(fs.mnt, 'hostile-old-symlink-tar');
+      await subvolume(target2);
+      await run('ln', ['-s', outside, join(target2, 'l')]);
+      await applyTarLayers(target2, [() => Readable.from([tar])]);
+      assert.equal(await readFile(join(target2, 'l/passwd'), 'utf8'), 'inside\n');
+      assert.equal(await listing(outside), before);
+    });
+  });
+});

@@ -1,0 +1,68 @@
+/**
+ * TLS: a registry with a certificate from a CA the test makes with openssl. tiu trusts it only
+ * through a certs.d directory (<dir>/<host:port>/ca.crt); without it the pull fails with
+ * TLS_ERROR, and never falls back to plain http for a registry that is not insecure.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isTiuError } from '../../src/errors.ts';
+import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
+import { openRegistryTarget, parseRegistriesConf } from '../../src/transport/registry/index.ts';
+import { requireRoot } from '../helpers/env.ts';
+import { makeImage, pushImage, readAll } from '../helpers/images.ts';
+import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
+
+describe('registry transport: TLS with certs.d', function () {
+  this.timeout(60_000);
+  let dir: string;
+  let reg: RunningRegistry;
+  let certsd: string;
+
+  before(async function () {
+    requireRoot(this, 'runs a registry');
+    dir = await mkdtemp(join(tmpdir(), 'tiu-tls-'));
+    const o = (...args: string[]): void => {
+      execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+    };
+    o('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=tiu test CA', '-days', '2', '-keyout', 'ca.key', '-out', 'ca.crt');
+    o('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', 'server.key', '-out', 'server.csr');
+    await writeFile(join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
+    o('x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', 'ext.cnf', '-out', 'server.crt');
+    reg = await startRegistry({ tls: { certificate: join(dir, 'server.crt'), key: join(dir, 'server.key') } });
+    certsd = join(dir, 'certs.d');
+    await mkdir(join(certsd, reg.host), { recursive: true });
+    await copyFile(join(dir, 'ca.crt'), join(certsd, reg.host, 'ca.crt'));
+  });
+  after(async () => {
+    await reg?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const ref = (repo: string): DockerReference => parseReference(`docker://${reg.host}/${repo}`) as DockerReference;
+
+  it('pushes and pulls over https trusting the CA from certs.d', async () => {
+    const t = openRegistryTarget(ref('tiu/tls'), { registriesConf: false, certDirs: [join(dir, 'empty'), certsd] });
+    const img = await makeImage();
+    await pushImage(t, img, 'v1');
+    const d = await t.resolve('v1');
+    assert.equal(d.digest, img.manifest.desc.digest);
+    assert.deepEqual(await readAll(await t.fetch(img.layers[0]!.desc)), img.layers[0]!.data);
+    await t.close();
+  });
+
+  it('without the CA: TLS_ERROR (no silent fallback to http)', async () => {
+    const t = openRegistryTarget(ref('tiu/tls'), { registriesConf: false, certDirs: [join(dir, 'empty')] });
+    await assert.rejects(t.resolve('v1'), (e: unknown) => isTiuError(e, 'TLS_ERROR') && e.message.includes(reg.host));
+  });
+
+  it('--tls-verify=false and an insecure registries.conf entry accept the unknown CA', async () => {
+    const t = openRegistryTarget(ref('tiu/tls'), { registriesConf: false, certDirs: [], tlsVerify: false });
+    assert.ok((await t.resolve('v1')).digest.startsWith('sha256:'));
+    const conf = parseRegistriesConf(`[[registry]]\nlocation = "${reg.host}"\ninsecure = true\n`, 'test.conf');
+    const t2 = openRegistryTarget(ref('tiu/tls'), { registriesConf: conf, certDirs: [] });
+    assert.ok((await t2.resolve('v1')).digest.startsWith('sha256:'));
+  });
+});
