@@ -187,7 +187,7 @@ async function registrySection(ctx: Ctx): Promise<void> {
   const src = `${ctx.umociLayout}:base`;
   const imgBytes = (await imageSize(ctx.umociLayout, 'base')).total;
   ctx.notes.push(`push/pull move the umoci-built base image (${(imgBytes / 2 ** 20).toFixed(1)} MiB, one gzip layer) so both tools carry the same bytes.`);
-  const tools: { tool: string; push: (dst: string) => [string, string[]]; pull: (src: string, dst: string) => [string, string[]]; how: string }[] = [
+  const tools: CopyTool[] = [
     {
       tool: 'skopeo',
       push: (dst) => ['skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${src}`, `docker://${dst}`]],
@@ -206,29 +206,52 @@ async function registrySection(ctx: Ctx): Promise<void> {
     ctx.missing.push('push/pull: `tiu copy` is not in this checkout yet');
   }
   for (let i = 0; i < RUNS; i++) {
-    for (const t of tools) {
-      await freshRegistry(ctx);
-      ctx.proxy.reset();
-      log(`push with ${t.tool} (${i + 1}/${RUNS})`);
-      const [cmd, args] = t.push(`${ctx.proxy.host}/bench/os:base`);
-      const m = await measured(cmd, args);
-      const c = ctx.proxy.reset();
-      record(ctx, 'push (OCI layout → registry)', 'time', 's', t.tool, [m.wall], t.how);
-      record(ctx, 'push (OCI layout → registry)', 'bytes uploaded', 'B', t.tool, [c.up]);
-      record(ctx, 'push (OCI layout → registry)', 'peak RSS', 'B', t.tool, [m.rss]);
-      // Pull what was just pushed into an empty layout.
-      const dst = join(ctx.work, 'pulled');
-      await rm(dst, { recursive: true, force: true });
-      log(`pull with ${t.tool} (${i + 1}/${RUNS})`);
-      const [pc, pa] = t.pull(`${ctx.proxy.host}/bench/os:base`, `${dst}:base`);
-      const p = await measured(pc, pa);
-      const d = ctx.proxy.reset();
-      record(ctx, 'pull (registry → OCI layout)', 'time', 's', t.tool, [p.wall], t.how);
-      record(ctx, 'pull (registry → OCI layout)', 'bytes downloaded', 'B', t.tool, [d.down]);
-      record(ctx, 'pull (registry → OCI layout)', 'peak RSS', 'B', t.tool, [p.rss]);
-      await rm(dst, { recursive: true, force: true });
+    for (const t of [...tools]) {
+      try {
+        await pushPull(ctx, t, i);
+      } catch (e) {
+        if (t.tool !== 'tiu') throw e;
+        ctx.missing.push(`push/pull with tiu copy failed: ${firstLine(e)}`);
+        tools.splice(tools.indexOf(t), 1);
+      }
     }
   }
+}
+
+export function firstLine(e: unknown): string {
+  const m = e instanceof Error ? e.message : String(e);
+  const tiu = /tiu: error: (.*)/.exec(m);
+  return (tiu?.[1] ?? m).split('\n')[0]!.slice(0, 300);
+}
+
+interface CopyTool {
+  tool: string;
+  push: (dst: string) => [string, string[]];
+  pull: (src: string, dst: string) => [string, string[]];
+  how: string;
+}
+
+async function pushPull(ctx: Ctx, t: CopyTool, i: number): Promise<void> {
+  await freshRegistry(ctx);
+  ctx.proxy.reset();
+  log(`push with ${t.tool} (${i + 1}/${RUNS})`);
+  const [cmd, args] = t.push(`${ctx.proxy.host}/bench/os:base`);
+  const m = await measured(cmd, args);
+  const c = ctx.proxy.reset();
+  // Pull what was just pushed into an empty layout.
+  const dst = join(ctx.work, 'pulled');
+  await rm(dst, { recursive: true, force: true });
+  log(`pull with ${t.tool} (${i + 1}/${RUNS})`);
+  const [pc, pa] = t.pull(`${ctx.proxy.host}/bench/os:base`, `${dst}:base`);
+  const p = await measured(pc, pa);
+  const d = ctx.proxy.reset();
+  await rm(dst, { recursive: true, force: true });
+  record(ctx, 'push (OCI layout → registry)', 'time', 's', t.tool, [m.wall], t.how);
+  record(ctx, 'push (OCI layout → registry)', 'bytes uploaded', 'B', t.tool, [c.up]);
+  record(ctx, 'push (OCI layout → registry)', 'peak RSS', 'B', t.tool, [m.rss]);
+  record(ctx, 'pull (registry → OCI layout)', 'time', 's', t.tool, [p.wall]);
+  record(ctx, 'pull (registry → OCI layout)', 'bytes downloaded', 'B', t.tool, [d.down]);
+  record(ctx, 'pull (registry → OCI layout)', 'peak RSS', 'B', t.tool, [p.rss]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,12 +10,13 @@
  * temporary disk the method needs besides the snapshot, wall time (with a final filesystem
  * sync), peak RSS.
  */
-import { cp, lstat as st, mkdir, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { lstat as st, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createMicroOS, MICROOS_SUBVOLUMES, type MicroOS } from '../test/helpers/microos.ts';
 import { measured, sh, type Measured } from './lib/proc.ts';
 import { layerPaths } from './lib/oci.ts';
-import { dirBytes, log, record, RUNS, tiuHas, tiuBin, type Ctx } from './run.ts';
+import { dirBytes, firstLine, log, record, RUNS, tiuHas, tiuBin, type Ctx } from './run.ts';
 
 /**
  * What apply-oci and the tree copies leave alone: MicroOS's own subvolumes, runtime dirs, and
@@ -252,10 +253,63 @@ async function peers(ctx: Ctx): Promise<void> {
   }
 }
 
+/** What a reboot does to the sysroot: mount the (new) default subvolume and the subvolumes again. */
+async function reboot(os: MicroOS): Promise<void> {
+  await sh('umount', ['-R', os.sysroot]);
+  await sh('mount', [os.loop, os.sysroot]);
+  await sh('mount', ['-o', 'subvol=@/.snapshots', os.loop, join(os.sysroot, '.snapshots')]);
+  for (const sv of MICROOS_SUBVOLUMES) await sh('mount', ['-o', `subvol=@/${sv}`, os.loop, join(os.sysroot, sv)]);
+}
+
+async function snapshotNumbers(os: MicroOS): Promise<Set<number>> {
+  const names = await readdir(join(os.sysroot, '.snapshots'));
+  return new Set(names.filter((n) => /^\d+$/.test(n)).map(Number));
+}
+
+/**
+ * tiu on its own MicroOS per run: first install of base over the minimal fake OS the harness
+ * puts in snapshot 1, reboot, base → upgraded, reboot, upgraded → upgraded.
+ */
 async function tiuUpdates(ctx: Ctx): Promise<void> {
-  // Filled in once `tiu update --sysroot` is merged; the interface decides the remount dance.
-  await Promise.resolve();
-  ctx.missing.push('tiu update: not wired yet');
-  void tiuBin;
-  void cp;
+  const reg = ctx.proxy.host;
+  ctx.notes.push('tiu update runs with default-hooks = false (the peers run no hooks either) and a policy.json that accepts unsigned images (insecureAcceptAnything).');
+  for (let i = 0; i < RUNS; i++) {
+    const os = await createMicroOS({ sizeMiB: 8192 });
+    try {
+      await mkdir(join(os.sysroot, 'etc/tiu'), { recursive: true });
+      await writeFile(join(os.sysroot, 'etc/tiu/tiu.conf'), 'default-hooks = false\n');
+      await mkdir(join(os.sysroot, 'etc/containers'), { recursive: true });
+      await writeFile(join(os.sysroot, 'etc/containers/policy.json'), JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }) + '\n');
+      const cache = join(os.sysroot, 'var/cache/tiu');
+      const steps: { scenario: string; tag: string }[] = [
+        { scenario: FIRST, tag: 'base' },
+        { scenario: UPDATE('base'), tag: 'upgraded' },
+        { scenario: UPDATE('upgraded'), tag: 'upgraded' },
+      ];
+      for (const step of steps) {
+        const before = await snapshotNumbers(os);
+        const cacheBefore = existsSync(cache) ? await dirBytes(cache) : 0;
+        ctx.proxy.reset();
+        log(`${step.scenario} with tiu (${i + 1}/${RUNS})`);
+        const st = new Steps();
+        await st.run(tiuBin, ['update', `docker://${reg}/bench/tiu:${step.tag}`, '--sysroot', os.sysroot]);
+        await st.run('btrfs', ['filesystem', 'sync', os.sysroot]);
+        const down = ctx.proxy.reset().down;
+        const created = [...(await snapshotNumbers(os))].filter((n) => !before.has(n));
+        const disk = created.length ? await exclusiveBytes(os.snapshotPath(Math.max(...created))) : 0;
+        const how = 'tiu update docker://… --sysroot DIR (snapper snapshot of the booted one, diff-apply, /etc merge, commit), sync; a reboot (remount of the new default) between steps';
+        record(ctx, step.scenario, 'time', 's', 'tiu', [st.wall], how);
+        record(ctx, step.scenario, 'bytes downloaded', 'B', 'tiu', [down]);
+        record(ctx, step.scenario, 'disk (new snapshot)', 'B', 'tiu', [disk]);
+        record(ctx, step.scenario, 'temporary disk', 'B', 'tiu', [(existsSync(cache) ? await dirBytes(cache) : 0) - cacheBefore]);
+        record(ctx, step.scenario, 'peak RSS', 'B', 'tiu', [st.rss]);
+        if (created.length) await reboot(os);
+      }
+    } catch (e) {
+      ctx.missing.push(`tiu update failed: ${firstLine(e)}`);
+      return;
+    } finally {
+      await os.teardown();
+    }
+  }
 }
