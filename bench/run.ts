@@ -312,12 +312,13 @@ function table(ctx: Ctx): string {
   return rows.join('\n');
 }
 
-async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number): Promise<void> {
+async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number, treeSeconds: number): Promise<void> {
   const t = ctx.trees;
   const json = {
     machine: mach,
     runs: RUNS,
     wallSeconds: wall,
+    treeSeconds,
     trees: {
       key: t.key, release: t.release, builtAt: t.builtAt,
       debootstrapSeconds: t.debootstrapSeconds, upgradeSeconds: t.upgradeSeconds,
@@ -341,7 +342,8 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     '',
     `Debian bookworm, debootstrap ${t.inputs.variant} + ${t.inputs.include.join(', ')} from ${t.inputs.mirror} (${Object.entries(t.release).map(([k, v]) => `${k}: ${v}`).join('; ')}); ${t.packages.base.length} packages, ${t.diff.files.base} entries, ${(t.bytes.base / 2 ** 20).toFixed(0)} MiB of file content.`,
     `The update (\`apt-get upgrade\` with bookworm-updates and bookworm-security from ${t.inputs.securityMirror}) changes ${t.upgradedPackages.length} packages (${t.upgradedPackages.join(', ')}): ${t.diff.changed} changed, ${t.diff.added} added and ${t.diff.removed} removed entries, ${(t.diff.changedBytes / 2 ** 20).toFixed(1)} MiB of new file content.`,
-    `Building the trees (cached in ${dirname(t.dir)}, key ${t.key}, built ${t.builtAt}) took ${t.debootstrapSeconds.toFixed(0)} s of debootstrap and ${t.upgradeSeconds.toFixed(0)} s of upgrade, cold; this run took ${wall.toFixed(0)} s in all.`,
+    `Building the trees (cached in ${dirname(t.dir)}, key ${t.key}, built ${t.builtAt}) took ${t.debootstrapSeconds.toFixed(0)} s of debootstrap and ${t.upgradeSeconds.toFixed(0)} s of upgrade, cold.`,
+    `This run took ${wall.toFixed(0)} s after the trees, which ${treeSeconds > 30 ? `were built in this run (${treeSeconds.toFixed(0)} s, cold)` : 'came from the cache'}.`,
     '',
     '## What was run',
     '',
@@ -361,8 +363,10 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('npm run bench needs root (loop devices, btrfs, mounts, chroot)');
-  const start = Date.now();
+  const treeStart = Date.now();
   const trees = await ensureTrees();
+  const treeSeconds = (Date.now() - treeStart) / 1000;
+  const start = Date.now();
   log(`trees: ${trees.dir} (${trees.diff.changed} changed, ${trees.diff.added} added, ${trees.diff.removed} removed entries)`);
   const base = process.env.TIU_BENCH_WORK ?? '/var/tmp';
   const work = await mkdtemp(join(base, 'tiu-bench-'));
@@ -379,7 +383,7 @@ async function main(): Promise<void> {
     await rm(work, { recursive: true, force: true });
   }
   const wall = (Date.now() - start) / 1000;
-  await writeResults(ctx, await machine(), wall);
+  await writeResults(ctx, await machine(), wall, treeSeconds);
   log(`done in ${wall.toFixed(0)} s; wrote bench/results.md and bench/results.json`);
   process.stdout.write(table(ctx) + '\n');
 }

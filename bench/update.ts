@@ -15,7 +15,6 @@ import { lstat as st, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createMicroOS, MICROOS_SUBVOLUMES, type MicroOS } from '../test/helpers/microos.ts';
 import { measured, sh, type Measured } from './lib/proc.ts';
-import { layerPaths } from './lib/oci.ts';
 import { dirBytes, firstLine, log, record, RUNS, tiuHas, tiuBin, type Ctx } from './run.ts';
 
 /**
@@ -162,9 +161,9 @@ async function peers(ctx: Ctx): Promise<void> {
     await mkdir(targets);
 
     for (let i = 0; i < RUNS; i++) {
-      // First install into an empty subvolume.
-      for (const how of ['umoci unpack', 'tar -x'] as const) {
-        const tool = `skopeo + ${how}`;
+      // First install into an empty subvolume: skopeo pull + umoci unpack.
+      {
+        const tool = 'skopeo + umoci unpack';
         const store = join(varLib, 'first-store');
         const target = join(targets, `first-${i}`);
         await rm(store, { recursive: true, force: true });
@@ -174,17 +173,10 @@ async function peers(ctx: Ctx): Promise<void> {
         await st.run('skopeo', ['copy', '-q', '--src-tls-verify=false', `docker://${reg}/bench/umoci:base`, `oci:${store}:base`]);
         const down = ctx.proxy.reset().down;
         await st.run('btrfs', ['-q', 'subvolume', 'create', target]);
-        if (how === 'umoci unpack') {
-          await st.run('umoci', ['unpack', '--image', `${store}:base`, join(target, 'bundle')]);
-        } else {
-          for (const l of await layerPaths(store, 'base')) {
-            await st.run('tar', ['-xzf', l.path, '-C', target, '--numeric-owner', '-p', '--xattrs', "--xattrs-include=*", '--acls']);
-          }
-        }
+        await st.run('umoci', ['unpack', '--image', `${store}:base`, join(target, 'bundle')]);
         await st.run('btrfs', ['filesystem', 'sync', target]);
-        record(ctx, FIRST, 'time', 's', tool, [st.wall], how === 'umoci unpack'
-          ? 'first install: skopeo copy docker://… oci:STORE, umoci unpack into the new subvolume (rootfs under bundle/)'
-          : 'first install: skopeo copy docker://… oci:STORE, tar -xzf of the layer into the new subvolume');
+        record(ctx, FIRST, 'time', 's', tool, [st.wall],
+          'first install: skopeo copy docker://… oci:STORE, umoci unpack into a new subvolume (the rootfs lands under bundle/), sync');
         record(ctx, FIRST, 'bytes downloaded', 'B', tool, [down]);
         record(ctx, FIRST, 'disk (new snapshot)', 'B', tool, [await exclusiveBytes(target)]);
         record(ctx, FIRST, 'temporary disk', 'B', tool, [await dirBytes(store)]);

@@ -25,13 +25,3 @@ export async function imageSize(layout: string, tag: string): Promise<{ total: n
   const layers = m.layers.map((l) => l.size);
   return { total: d.size + m.config.size + layers.reduce((a, b) => a + b, 0), layers };
 }
-
-/** The image's layer blobs, in order. */
-export async function layerPaths(layout: string, tag: string): Promise<{ path: string; mediaType: string }[]> {
-  const d = await manifestDesc(layout, tag);
-  const m = JSON.parse((await blob(layout, d.digest)).toString()) as { layers: Desc[] };
-  return m.layers.map((l) => {
-    const [alg, hex] = l.digest.split(':');
-    return { path: join(layout, 'blobs', alg!, hex!), mediaType: l.mediaType ?? '' };
-  });
-}
