@@ -16,8 +16,9 @@ import { lstat, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { PassThrough, Writable } from 'node:stream';
-import { createGunzip, createZstdDecompress } from 'node:zlib';
+import { Writable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { zstdDecompressStream } from '../bundle/zstd-frames.ts';
 import type { Target } from '../content/interfaces.ts';
 import { VerifyingStream } from '../oci/digest.ts';
 import { MediaType } from '../oci/mediatypes.ts';
@@ -112,31 +113,42 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   return { desc: pick, manifest: second.parsed.manifest };
 }
 
-function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof createGunzip> | ReturnType<typeof createZstdDecompress> {
+/**
+ * A verified, decompressed tar stream of one layer. zstd goes through the multi-frame decoder:
+ * tiu's zstd:chunked layers are one frame per file plus skippable frames for the TOC.
+ */
+function decompressed(mediaType: string, verified: Readable): Readable {
   switch (mediaType) {
     case MediaType.OciLayerTar:
     case 'application/vnd.docker.image.rootfs.diff.tar':
-      return new PassThrough();
+      return verified;
     case MediaType.OciLayerGzip:
-    case MediaType.DockerLayerGzip:
-      return createGunzip();
+    case MediaType.DockerLayerGzip: {
+      const gunzip = createGunzip();
+      verified.on('error', (e) => gunzip.destroy(e));
+      return verified.pipe(gunzip);
+    }
     case MediaType.OciLayerZstd:
-      return createZstdDecompress();
+      return zstdDecompressStream(verified);
     default:
-      throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
+      return unsupportedLayer(mediaType);
   }
+}
+
+const TAR_LAYER_TYPES = new Set<string>([MediaType.OciLayerTar, 'application/vnd.docker.image.rootfs.diff.tar', MediaType.OciLayerGzip, MediaType.DockerLayerGzip, MediaType.OciLayerZstd]);
+
+function unsupportedLayer(mediaType: string): never {
+  throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
 }
 
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
 export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
   return manifest.layers.map((layer, i) => async () => {
-    const decompress = decompressorFor(layer.mediaType);
+    if (!TAR_LAYER_TYPES.has(layer.mediaType)) unsupportedLayer(layer.mediaType);
     const raw = await target.fetch(layer, { signal });
     const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
     raw.on('error', (e) => verify.destroy(e));
-    verify.on('error', (e) => decompress.destroy(e));
-    raw.pipe(verify).pipe(decompress);
-    return decompress;
+    return decompressed(layer.mediaType, raw.pipe(verify));
   });
 }
 
