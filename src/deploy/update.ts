@@ -300,12 +300,24 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       } catch (d) {
         progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
       }
+      if (isNoSpace(e)) {
+        throw new UpdateError('DISK_FULL', `no space left on the filesystem of ${ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`, { snapshot: n }, { cause: e });
+      }
       throw e;
     }
   } finally {
     await opened?.close?.().catch(() => undefined);
     await lock.release();
   }
+}
+
+/** ENOSPC anywhere in the cause chain (fs calls, a program's stderr, a wrapped error). */
+function isNoSpace(e: unknown): boolean {
+  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) {
+    if ((x as NodeJS.ErrnoException).code === 'ENOSPC') return true;
+    if (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)) return true;
+  }
+  return false;
 }
 
 /** The snapshot (default first, then booted) that already holds the image with this digest. */
