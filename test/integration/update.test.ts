@@ -234,4 +234,31 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     const grown = (await dataUsed(os.sysroot)) - before;
     assert.ok(grown < 2 * 1024 * 1024, `data grew by ${grown} bytes`);
   });
+
+  it('hooks: an initrd hook runs (in the chroot, per kernel) only when the image brings a changed kernel without an initrd', async () => {
+    const config = parseConfig(
+      'default-hooks = false\n' +
+        '[[hook]]\nname = "initrd"\nwhen = "initrd-missing"\nif-exists = "/bin/sh"\ncommand = ["/bin/sh", "-c", "echo built > /boot/initrd-{kver}"]\n' +
+        '[[hook]]\nname = "bootloader"\nwhen = "kernel-changed"\ncommand = ["/bin/sh", "-c", "echo {kver} > /boot/menu"]\n' +
+        '[[hook]]\nname = "absent"\nif-exists = "/usr/sbin/grub2-mkconfig"\ncommand = ["/usr/sbin/grub2-mkconfig"]\n',
+    );
+    const withKernel = async (tag: string, initrd: boolean) => {
+      await buildImage(images, tag, [
+        ...(await v2Files()),
+        { path: 'usr/lib/modules/6.1.0-tiu/vmlinuz', content: `kernel ${tag}\n` },
+        ...(initrd ? [{ path: 'usr/lib/modules/6.1.0-tiu/initrd', content: 'image initrd\n' }] : []),
+      ]);
+      await signInLayout(images, tag, signingKey);
+      const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:${tag}`, config });
+      assert.ok(r.status === 'updated');
+      return r;
+    };
+    const a = await withKernel('k1', false);
+    assert.deepEqual(a.hooks.map((h) => h.name), ['initrd 6.1.0-tiu', 'bootloader']);
+    const root = snapshotPath(os.sysroot, a.snapshot);
+    assert.equal(await readFile(join(root, 'boot/initrd-6.1.0-tiu'), 'utf8'), 'built\n');
+    assert.equal(await readFile(join(root, 'boot/menu'), 'utf8'), '6.1.0-tiu\n');
+    const b = await withKernel('k2', true);
+    assert.deepEqual(b.hooks.map((h) => h.name), ['bootloader']);
+  });
 });
