@@ -113,38 +113,35 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   return { desc: pick, manifest: second.parsed.manifest };
 }
 
-/**
- * A verified, decompressed tar stream of one layer. zstd goes through the multi-frame decoder:
- * tiu's zstd:chunked layers are one frame per file plus skippable frames for the TOC.
- */
-function decompressed(mediaType: string, verified: Readable): Readable {
+/** The uncompressed tar of a layer blob stream, by the layer's media type. */
+function decompressed(mediaType: string, blob: Readable): Readable {
   switch (mediaType) {
     case MediaType.OciLayerTar:
     case 'application/vnd.docker.image.rootfs.diff.tar':
-      return verified;
+      return blob;
     case MediaType.OciLayerGzip:
     case MediaType.DockerLayerGzip: {
       const gunzip = createGunzip();
-      verified.on('error', (e) => gunzip.destroy(e));
-      return verified.pipe(gunzip);
+      blob.on('error', (e) => gunzip.destroy(e));
+      return blob.pipe(gunzip);
     }
     case MediaType.OciLayerZstd:
-      return zstdDecompressStream(verified);
+    case 'application/vnd.docker.image.rootfs.diff.tar.zstd':
+      // Many frames (zstd:chunked: one per file, the table of contents in a skippable frame).
+      return zstdDecompressStream(blob);
     default:
-      return unsupportedLayer(mediaType);
+      throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
   }
-}
-
-const TAR_LAYER_TYPES = new Set<string>([MediaType.OciLayerTar, 'application/vnd.docker.image.rootfs.diff.tar', MediaType.OciLayerGzip, MediaType.DockerLayerGzip, MediaType.OciLayerZstd]);
-
-function unsupportedLayer(mediaType: string): never {
-  throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
 }
 
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
 export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
+  for (const layer of manifest.layers) {
+    if (![MediaType.OciLayerTar, MediaType.OciLayerGzip, MediaType.OciLayerZstd, MediaType.DockerLayerGzip, 'application/vnd.docker.image.rootfs.diff.tar', 'application/vnd.docker.image.rootfs.diff.tar.zstd'].includes(layer.mediaType)) {
+      throw new UpdateError('UNSUPPORTED_LAYER', `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`, { mediaType: layer.mediaType, digest: layer.digest });
+    }
+  }
   return manifest.layers.map((layer, i) => async () => {
-    if (!TAR_LAYER_TYPES.has(layer.mediaType)) unsupportedLayer(layer.mediaType);
     const raw = await target.fetch(layer, { signal });
     const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
     raw.on('error', (e) => verify.destroy(e));
@@ -303,12 +300,24 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       } catch (d) {
         progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
       }
+      if (isNoSpace(e)) {
+        throw new UpdateError('DISK_FULL', `no space left on the filesystem of ${ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`, { snapshot: n }, { cause: e });
+      }
       throw e;
     }
   } finally {
     await opened?.close?.().catch(() => undefined);
     await lock.release();
   }
+}
+
+/** ENOSPC anywhere in the cause chain (fs calls, a program's stderr, a wrapped error). */
+function isNoSpace(e: unknown): boolean {
+  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) {
+    if ((x as NodeJS.ErrnoException).code === 'ENOSPC') return true;
+    if (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)) return true;
+  }
+  return false;
 }
 
 /** The snapshot (default first, then booted) that already holds the image with this digest. */
