@@ -3,7 +3,7 @@
  * (GET/HEAD/PUT/DELETE), tags, blobs (GET with resume, HEAD, ranges, uploads, mounts) and the
  * referrers API. Mirrors, fallbacks and the Target shape are in target.ts.
  */
-import { PassThrough, Readable, Transform } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { TiuError } from '../../errors.ts';
 import { NotFoundError, RangeUnsupportedError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
 import { sha256, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
@@ -468,9 +468,23 @@ export class RepositoryClient {
       } else {
         const put = new URL(upload);
         put.searchParams.set('digest', desc.digest);
-        const counted = new PassThrough();
+        // The last chunk is held back until the source has ended and verified: the registry
+        // must not see a complete body (and commit it) for content that then turns out to have
+        // trailing bytes.
+        let held: Buffer | undefined;
+        const counted = new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            const prev = held;
+            held = chunk;
+            if (prev) opts.onBytes?.(prev.length);
+            cb(null, prev);
+          },
+          flush(cb) {
+            if (held) opts.onBytes?.(held.length);
+            cb(null, held);
+          },
+        });
         verified.on('error', (e) => counted.destroy(e));
-        verified.on('data', (c: Buffer) => opts.onBytes?.(c.length));
         verified.pipe(counted);
         const r = await this.#send({
           method: 'PUT',
