@@ -7,7 +7,7 @@ import { Readable, Transform } from 'node:stream';
 import { TiuError } from '../../errors.ts';
 import { NotFoundError, RangeUnsupportedError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
 import { sha256, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
-import { MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
+import { isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageIndex } from '../../oci/types.ts';
 import { pullScope, pushScope } from './auth.ts';
 import { AbortedError, DeniedError, UnexpectedStatusError, UnreachableError } from './errors.ts';
@@ -155,7 +155,7 @@ export class RepositoryClient {
     if (res.status !== 200) throw new UnexpectedStatusError(this.registry, `HEAD ${what}`, res.status, '');
     const digest = headerOne(res.headers['docker-content-digest']);
     const size = Number(res.headers['content-length']);
-    if (!digest || !Number.isFinite(size) || (reference.includes(':') && digest !== reference)) {
+    if (!digest || !Number.isFinite(size) || (reference.includes(':') && digest !== reference) || !isManifestLike(mediaTypeOf(res))) {
       return (await this.getManifest(reference, signal)).desc;
     }
     if (size > MAX_MANIFEST_BYTES) throw new ManifestTooLargeError(size, MAX_MANIFEST_BYTES);
