@@ -11,4 +11,5 @@ export const commands: (() => Promise<Command>)[] = [
   async () => (await import('./update.ts')).default,
   async () => (await import('./status.ts')).default,
   async () => (await import('./rollback.ts')).default,
+  async () => (await import('./health.ts')).default,
 ];
