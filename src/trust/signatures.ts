@@ -14,6 +14,8 @@ import { descriptorOf, pushIfAbsent, readVerified, resolveOptional } from './con
 import { MAX_PAYLOAD_BYTES } from './payload.ts';
 
 export const SIGNATURE_ANNOTATION = 'dev.cosignproject.cosign/signature';
+/** Most signatures one image may carry: a hostile signature manifest must not make us fetch thousands of blobs. */
+export const MAX_SIGNATURES = 256;
 export const CERTIFICATE_ANNOTATION = 'dev.sigstore.cosign/certificate';
 
 /** `sha256:abc...` -> `sha256-abc....sig` */
@@ -72,6 +74,9 @@ export async function readSignatureManifest(target: Target, subject: Digest): Pr
 export async function listSignatures(target: Target, subject: Digest): Promise<StoredSignature[]> {
   const sm = await readSignatureManifest(target, subject);
   if (!sm) return [];
+  if (sm.manifest.layers.length > MAX_SIGNATURES) {
+    throw new InvalidManifestError(`signature manifest ${sm.descriptor.digest} in ${target.name} has ${sm.manifest.layers.length} layers, more than the ${MAX_SIGNATURES} tiu reads`);
+  }
   const out: StoredSignature[] = [];
   for (const layer of sm.manifest.layers) {
     if (layer.mediaType !== MediaType.CosignSimpleSigning) continue;
