@@ -13,6 +13,7 @@ import type { Target } from '../content/interfaces.ts';
 import { parseDigest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type Digest, type ImageManifest } from '../oci/types.ts';
+import { parseManifestBytes } from '../oci/validate.ts';
 import { descriptorOf, pushIfAbsent, readVerified } from './content.ts';
 import { publicOf, signBytes, verifyBytes } from './keys.ts';
 
@@ -128,8 +129,8 @@ export async function listBundles(target: Target, subject: Descriptor): Promise<
   const out: { manifest: Descriptor; bundle?: Buffer }[] = [];
   for (const d of (await target.referrers(subject, BUNDLE_MEDIA_TYPE)).slice(0, MAX_BUNDLES)) {
     try {
-      const m = JSON.parse((await readVerified(target, d, MAX_MANIFEST_BYTES, 'bundle manifest')).toString('utf8')) as Partial<ImageManifest>;
-      const layer = m.layers?.find((l) => l.mediaType === BUNDLE_MEDIA_TYPE);
+      const m = parseManifestBytes(await readVerified(target, d, MAX_MANIFEST_BYTES, 'bundle manifest'), d.mediaType);
+      const layer = m.layers.find((l) => l.mediaType === BUNDLE_MEDIA_TYPE);
       if (m.subject?.digest !== subject.digest || !layer) continue;
       out.push({ manifest: d, bundle: await readVerified(target, layer, MAX_BUNDLE_BYTES, 'sigstore bundle') });
     } catch {

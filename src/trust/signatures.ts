@@ -9,6 +9,7 @@ import type { Target } from '../content/interfaces.ts';
 import { InvalidManifestError } from '../content/errors.ts';
 import { parseDigest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType, isManifestType } from '../oci/mediatypes.ts';
+import { parseManifestBytes } from '../oci/validate.ts';
 import type { Descriptor, Digest, ImageManifest } from '../oci/types.ts';
 import { descriptorOf, pushIfAbsent, readVerified, resolveOptional } from './content.ts';
 import { MAX_PAYLOAD_BYTES } from './payload.ts';
@@ -52,22 +53,7 @@ export async function readSignatureManifest(target: Target, subject: Digest): Pr
     throw new InvalidManifestError(`signature tag ${signatureTag(subject)} in ${target.name} is a ${desc.mediaType}, not an image manifest`);
   }
   const bytes = await readVerified(target, desc, MAX_MANIFEST_BYTES, 'signature manifest');
-  let manifest: unknown;
-  try {
-    manifest = JSON.parse(bytes.toString('utf8'));
-  } catch {
-    throw new InvalidManifestError(`signature manifest ${desc.digest} in ${target.name} is not JSON`);
-  }
-  const m = manifest as Partial<ImageManifest>;
-  if (typeof m !== 'object' || m === null || m.schemaVersion !== 2 || !Array.isArray(m.layers) || typeof m.config !== 'object') {
-    throw new InvalidManifestError(`signature manifest ${desc.digest} in ${target.name} is not an image manifest`);
-  }
-  for (const l of m.layers) {
-    if (typeof l !== 'object' || l === null || typeof l.digest !== 'string' || typeof l.size !== 'number' || typeof l.mediaType !== 'string') {
-      throw new InvalidManifestError(`signature manifest ${desc.digest} in ${target.name} has a malformed layer`);
-    }
-  }
-  return { descriptor: desc, manifest: m as ImageManifest };
+  return { descriptor: desc, manifest: parseManifestBytes(bytes, desc.mediaType) };
 }
 
 /** Every simple-signing signature attached to `subject` (payloads read and digest-checked). */
