@@ -337,3 +337,33 @@ describe('deploy/apply on btrfs (integration)', function () {
     });
   });
 });
+
+describe('deploy/apply on a full filesystem (integration)', function () {
+  this.timeout(120_000);
+  let small: TestBtrfs;
+  before(async function () {
+    requireRoot(this);
+    small = await makeBtrfs(128);
+  });
+  after(async () => {
+    await small?.cleanup();
+  });
+
+  it('a full disk gives NO_SPACE and leaves no staging directory behind', async () => {
+    const size = 200 * 1024 * 1024;
+    const chunk = Buffer.alloc(1024 * 1024, 0x5a);
+    const h = createHash('sha256');
+    for (let i = 0; i < size / chunk.length; i++) h.update(chunk);
+    const entry: TreeEntry = { path: 'huge', type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size, digest: `sha256:${h.digest('hex')}`, source: { layer: 0 } };
+    const target = join(small.mnt, 'root');
+    await subvolume(target);
+    await assert.rejects(
+      applyFromToc(target, [[entry]], openerProvider(() => Readable.from((function* () {
+        for (let i = 0; i < size / chunk.length; i++) yield chunk;
+      })()))),
+      (e: unknown) => isTiuError(e, 'NO_SPACE'),
+    );
+    assert.deepEqual(await readdir(target), []);
+  });
+});
+

@@ -12,7 +12,7 @@ import { lstat, mkdir, rename, rmdir } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import type { ContentProvider } from './content.ts';
-import { ContentUnavailableError, UnsafePathError } from './errors.ts';
+import { ContentUnavailableError, UnsafePathError, mapFsError } from './errors.ts';
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, writeNewFile } from './fsops.ts';
 import { parentOf } from './paths.ts';
 import type { ContentIndex } from './scan.ts';
@@ -34,6 +34,14 @@ function add(c: Counter, bytes: number): void {
 }
 
 export async function executePlan(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions = {}): Promise<ApplyReport> {
+  try {
+    return await executePlanInner(root, plan, provider, opts);
+  } catch (e) {
+    throw mapFsError(e, root);
+  }
+}
+
+async function executePlanInner(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions): Promise<ApplyReport> {
   const sr = await SafeRoot.open(root);
   const report = emptyReport();
   const stagingRel = `.tiu-staging-${randomBytes(6).toString('hex')}`;

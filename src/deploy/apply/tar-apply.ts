@@ -11,7 +11,7 @@ import { constants, type BigIntStats } from 'node:fs';
 import { lstat, open, readlink, rename, type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
-import { BadHardlinkError, BadTarError, UnsafePathError } from './errors.ts';
+import { BadHardlinkError, BadTarError, UnsafePathError, mapFsError } from './errors.ts';
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, tmpName, writeNewFile } from './fsops.ts';
 import { isAtOrBelow, whiteoutOf } from './layers.ts';
 import { comparePaths, joinPath, normalizeEntryPath, normalizeLinkTarget, parentOf } from './paths.ts';
@@ -62,6 +62,14 @@ interface State {
 }
 
 export async function applyTarLayers(root: string, layers: readonly LayerOpener[], opts: TarApplyOptions = {}): Promise<ApplyReport> {
+  try {
+    return await applyTarLayersInner(root, layers, opts);
+  } catch (e) {
+    throw mapFsError(e, root);
+  }
+}
+
+async function applyTarLayersInner(root: string, layers: readonly LayerOpener[], opts: TarApplyOptions): Promise<ApplyReport> {
   const sr = await SafeRoot.open(root);
   const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
   const st: State = { sr, report: emptyReport(), present: new Map(), xattrNow: new Map(), opts };
