@@ -16,7 +16,7 @@ import { ContentUnavailableError, UnsafePathError, mapFsError } from './errors.t
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, writeNewFile } from './fsops.ts';
 import { parentOf } from './paths.ts';
 import type { ContentIndex } from './scan.ts';
-import type { ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
+import type { Action, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
 export interface ExecuteOptions {
@@ -89,7 +89,7 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
 
     // (3) the tree, parents first
     opts.onPhase?.('tree');
-    const links: TreeEntry[] = [];
+    const links: Action[] = [];
     for (const a of plan.actions) {
       const e = a.entry;
       const rel = e.path;
@@ -99,7 +99,7 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
         continue;
       }
       if (a.kind === 'link') {
-        links.push(e);
+        links.push(a);
         continue;
       }
       if (rel !== '') await sr.verifyDir(parentOf(rel), rel);
@@ -141,7 +141,7 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
           add(report.created, 0);
           break;
         case 'hardlink':
-          links.push(e);
+          links.push(a);
           continue;
       }
       if (Object.keys(e.xattrs).length) xattrSets.push({ path: sr.abs(rel), set: e.xattrs });
@@ -149,7 +149,9 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
 
     // (4) hardlinks
     opts.onPhase?.('links');
-    for (const e of links) {
+    for (const a of links) {
+      const e = a.entry;
+      if (a.replace) await clearFor(sr, e.path, e, report.warnings);
       await makeLink(sr, e.path, e.linkname!);
       add(report.linked, 0);
     }

@@ -174,6 +174,7 @@ async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<voi
     return;
   }
   const e = toTreeEntry(path, t);
+  if (path === '' && e.type !== 'dir') throw new UnsafePathError(t.name, `the root of the image is a ${e.type}, not a directory`);
   if (path !== '') await ensureParents(st, path, layer);
   const { sr, report } = st;
   if (path !== '') await sr.verifyDir(parentOf(path), path);
