@@ -37,6 +37,7 @@ import { checkRange } from './range.ts';
 import { referrerDescriptor } from './referrers.ts';
 
 export const LAYOUT_VERSION = '1.0.0';
+const COSIGN_TAG_RE = /^[a-z0-9]+-[0-9a-f]{64}\.(?:sig|att|sbom)$/;
 
 export class InvalidLayoutError extends TiuError {
   constructor(path: string, why: string) {
@@ -280,7 +281,10 @@ export class OciLayoutTarget implements Target {
     const idx = await this.readIndex();
     const images: Descriptor[] = [];
     for (const m of idx.manifests) {
+      // Referrers and cosign's tag-scheme attachments (sha256-<hex>.sig) are not images.
+      if (COSIGN_TAG_RE.test(m.annotations?.[Annotation.RefName] ?? '')) continue;
       if (isManifestLike(m.mediaType) && (await this.#subjectOf(m)) !== undefined) continue;
+      if (images.some((i) => i.digest === m.digest)) continue;
       images.push(m);
     }
     if (images.length === 0) throw new NotFoundError('any image', this.name);

@@ -4,7 +4,8 @@
  *  1. resolve the source reference to its root descriptor;
  *  2. opts.verify(src, root) (the signature policy) before anything reaches the destination;
  *  3. walk the graph children before parents (layers and config, then the manifest, then the
- *     index), skipping whatever the destination has already, at most `concurrency` blob
+ *     index), skipping whatever the destination has already (the children of a manifest it
+ *     has are still checked), at most `concurrency` blob
  *     transfers at a time, every byte checked by digest and size on the way;
  *  4. with `referrers`, the referrers of the root (and of their own referrers, recursively),
  *     plus cosign's tag-scheme attachments (sha256-<hex>.sig/.att/.sbom);
@@ -177,14 +178,22 @@ class GraphCopier {
     signal.throwIfAborted();
     const manifestLike = isManifestLike(desc.mediaType);
     if (manifestLike) this.manifests.push(desc);
-    const has = await step('exists', 'destination', this.#dst, () => this.#dst.exists(desc, { signal }), desc.digest);
-    if (has) {
+    // Lookups take a transfer slot too, so a wide index does not fire hundreds of requests at once.
+    const has = await this.#sem.run(() => step('exists', 'destination', this.#dst, () => this.#dst.exists(desc, { signal }), desc.digest));
+    if (has && !manifestLike) {
       this.#emit({ type: 'blob-skipped', desc });
       return;
     }
     if (manifestLike) {
-      const { bytes, parsed } = await step('fetch', 'source', this.#src, () => fetchManifest(this.#src, desc, { signal }), desc.digest);
+      const { bytes, parsed } = await this.#sem.run(() => step('fetch', 'source', this.#src, () => fetchManifest(this.#src, desc, { signal }), desc.digest));
+      // Children are checked even under a manifest the destination has: a layout someone
+      // pruned, or an interrupted foreign tool, may hold a manifest without all its blobs,
+      // and the tag set at the end must not point at incomplete content.
       await this.#all(childrenOf(parsed));
+      if (has) {
+        this.#emit({ type: 'blob-skipped', desc });
+        return;
+      }
       await this.#sem.run(async () => {
         this.#emit({ type: 'blob-start', desc });
         await step('push', 'destination', this.#dst, () => this.#dst.push(desc, Readable.from([bytes]), { signal }), desc.digest);
@@ -267,11 +276,17 @@ export async function copy(src: Target, srcRef: string | undefined, dst: Target,
   });
   if (opts.verify) await opts.verify(src, root);
   const g = new GraphCopier(src, dst, opts);
-  await g.copyNode(root);
-  if (opts.referrers) {
-    const seen = new Set<string>();
-    for (const m of [...g.manifests]) await g.copyReferrers(m, seen);
+  try {
+    await g.copyNode(root);
+    if (opts.referrers) {
+      const seen = new Set<string>();
+      for (const m of [...g.manifests]) await g.copyReferrers(m, seen);
+    }
+  } catch (e) {
+    if (opts.signal?.aborted && !(e instanceof CopyError)) throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted`, { digest: root.digest }, { cause: e });
+    throw e;
   }
+  if (opts.signal?.aborted) throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted before tagging`, { digest: root.digest });
   const name = dstRef ?? (srcRef !== undefined && !isDigest(srcRef) ? srcRef : undefined);
   if (name !== undefined) {
     if (isDigest(name)) {

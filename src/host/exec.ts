@@ -31,6 +31,8 @@ export interface RunOptions {
   allowFailure?: boolean;
   /** Keep stdout as a Buffer instead of text. */
   binary?: boolean;
+  /** Open file descriptors of this process to pass on as the child's fds 3, 4, ... (e.g. for flock(1)). */
+  passFds?: number[];
 }
 
 export interface RunResult {
@@ -58,6 +60,11 @@ function tail(s: string): string {
 export async function run(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const argv = [file, ...args];
   logger(argv.join(' '));
+  const stdinOpts: ExecaOptions = opts.passFds?.length
+    ? { stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe', ...opts.passFds] as unknown as ExecaOptions['stdio'], ...(opts.input !== undefined ? { input: opts.input } : {}) }
+    : opts.input !== undefined
+      ? { input: opts.input }
+      : { stdin: 'ignore' };
   const options: ExecaOptions = {
     cwd: opts.cwd,
     env: opts.env,
@@ -67,7 +74,7 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     reject: false,
     stripFinalNewline: false,
     encoding: opts.binary ? 'buffer' : 'utf8',
-    ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' }),
+    ...stdinOpts,
   };
   const r = await execa(file, args, options);
   const stderr = typeof r.stderr === 'string' ? r.stderr : Buffer.from(r.stderr as Uint8Array).toString();

@@ -97,16 +97,17 @@ export async function removeXattr(path: string, name: string): Promise<void> {
   await run('setfattr', ['-h', '-x', name, '--', path]);
 }
 
-// ---- whole-tree reading keyed by binary relative names (used by src/bundle) ----
-
-
-/** getfattr prints names with \ooo escapes for control bytes and the backslash. */
-function unescapeName(s: Buffer): Buffer {
+/** getfattr's `\ooo` escapes back to raw bytes (names that are not UTF-8 stay exact). */
+function unquoteBytes(s: Buffer): Buffer {
   const out: number[] = [];
   for (let i = 0; i < s.length; i++) {
     const c = s[i]!;
-    if (c === 0x5c && i + 3 < s.length + 0 && /^[0-7]{3}$/.test(s.subarray(i + 1, i + 4).toString('latin1'))) {
-      out.push(parseInt(s.subarray(i + 1, i + 4).toString('latin1'), 8));
+    const oct = s.subarray(i + 1, i + 4).toString('latin1');
+    if (c === 0x5c && s[i + 1] === 0x5c) {
+      out.push(0x5c);
+      i++;
+    } else if (c === 0x5c && /^[0-7]{3}$/.test(oct)) {
+      out.push(parseInt(oct, 8));
       i += 3;
     } else {
       out.push(c);
@@ -116,8 +117,9 @@ function unescapeName(s: Buffer): Buffer {
 }
 
 /**
- * Every xattr under `root` (absolute), keyed by the path relative to root as a binary string
- * ('' for root itself). Values are raw bytes.
+ * Every xattr under `root` (absolute), keyed by the path relative to root as a *binary*
+ * (latin1) string, '' for root itself, so names that are not UTF-8 survive; the bundle builder
+ * keys tar names that way. Lists are sorted by attribute name.
  */
 export async function readTreeXattrs(root: string, opts: { signal?: AbortSignal } = {}): Promise<Map<string, [string, Buffer][]>> {
   const r = await run('getfattr', ['--recursive', '--no-dereference', '--physical', '--dump', '--match=-', '--encoding=base64', '--absolute-names', root], {
@@ -137,7 +139,7 @@ export async function readTreeXattrs(root: string, opts: { signal?: AbortSignal 
     start = end + 1;
     if (line.length === 0) continue;
     if (line.subarray(0, 8).toString('latin1') === '# file: ') {
-      const abs = unescapeName(line.subarray(8));
+      const abs = unquoteBytes(line.subarray(8));
       let rel = abs.equals(rootBytes) ? Buffer.alloc(0) : abs.subarray(rootBytes.length + 1);
       while (rel.length && rel[rel.length - 1] === 0x2f) rel = rel.subarray(0, rel.length - 1);
       current = [];
@@ -146,14 +148,7 @@ export async function readTreeXattrs(root: string, opts: { signal?: AbortSignal 
     }
     const eq = line.indexOf(0x3d);
     if (!current || eq < 0) continue;
-    const name = line.subarray(0, eq).toString('utf8');
-    const v = line.subarray(eq + 1).toString('latin1');
-    let value: Buffer;
-    if (v.startsWith('0s')) value = Buffer.from(v.slice(2), 'base64');
-    else if (v.startsWith('0x')) value = Buffer.from(v.slice(2), 'hex');
-    else if (v.startsWith('"')) value = Buffer.from(v.slice(1, -1), 'latin1');
-    else value = Buffer.from(v, 'latin1');
-    current.push([name, value]);
+    current.push([line.subarray(0, eq).toString('utf8'), decodeValue(line.subarray(eq + 1).toString('latin1'))]);
   }
   for (const list of out.values()) list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
   return out;

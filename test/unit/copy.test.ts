@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { MemoryTarget } from '../../src/content/memory.ts';
+import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import type { Target } from '../../src/content/interfaces.ts';
 import { CopyError, copy, cosignTags, type CopyEvent } from '../../src/copy/copy.ts';
 import { isTiuError } from '../../src/errors.ts';
@@ -72,10 +76,21 @@ describe('copy', () => {
     assert.deepEqual(started, [b.config.digest, b.manifest.digest].sort());
     const skipped = events.filter((e) => e.type === 'blob-skipped').map((e) => e.desc.digest).sort();
     assert.deepEqual(skipped, a.layers.map((l) => l.digest).sort());
-    // again: the root is there, nothing else is looked at
+    // again: everything is there, nothing moves
     events.length = 0;
     await copy(src, b.manifest.digest, dst, 'b', { onProgress: (e) => events.push(e) });
-    assert.deepEqual(events.map((e) => e.type), ['blob-skipped']);
+    assert.deepEqual(events.map((e) => e.type), ['blob-skipped', 'blob-skipped', 'blob-skipped', 'blob-skipped']);
+  });
+
+  it('completes a destination that has a manifest but not all its blobs', async () => {
+    const src = new MemoryTarget();
+    const img = await image(src);
+    const dst = new MemoryTarget();
+    await dst.push(img.manifest, await src.fetch(img.manifest));
+    await dst.push(img.config, await src.fetch(img.config));
+    await copy(src, img.manifest.digest, dst, 't');
+    for (const l of img.layers) assert.ok(await dst.exists(l));
+    assert.equal((await dst.resolve('t')).digest, img.manifest.digest);
   });
 
   it('copies an index once per shared blob, with bounded concurrency', async () => {
@@ -214,5 +229,69 @@ describe('copy', () => {
     assert.deepEqual((await dst.referrers(sig.manifest)).map((d) => d.digest), [sigsig.manifest.digest]);
     assert.equal((await dst.resolve(sigTag)).digest, cosign.manifest.digest);
     assert.equal((await dst.resolve('t')).digest, img.manifest.digest);
+  });
+
+  describe('into an OCI layout', () => {
+    let dir: string;
+    beforeEach(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'tiu-copy-'));
+    });
+    afterEach(async () => {
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    it('a source cut off mid-blob leaves neither partial files nor a tag', async () => {
+      const inner = new MemoryTarget('inner');
+      const img = await image(inner);
+      const big = img.layers[0]!;
+      const src = wrap(inner, {
+        async fetch(d, o) {
+          if (d.digest !== big.digest) return inner.fetch(d, o);
+          const data = Buffer.concat(await (await inner.fetch(d)).toArray());
+          return Readable.from((async function* () {
+            yield data.subarray(0, 1000);
+            await new Promise((r) => setTimeout(r, 5));
+            throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' });
+          })());
+        },
+      });
+      const dst = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
+      await assert.rejects(copy(src, img.manifest.digest, dst, 't'), (e: unknown) => {
+        assert.ok(e instanceof CopyError);
+        assert.equal(e.origin, 'source');
+        assert.equal(e.details.causeCode, 'ECONNRESET');
+        return true;
+      });
+      const files = await readdir(join(dir, 'l', 'blobs', 'sha256'));
+      assert.ok(files.every((f) => /^[0-9a-f]{64}$/.test(f)), `stray: ${files.join(' ')}`);
+      assert.ok(!files.includes(big.digest.slice(7)));
+      assert.deepEqual(await dst.tags(), []);
+    });
+
+    it('stops when aborted', async () => {
+      const src = new MemoryTarget();
+      const img = await image(src);
+      const dst = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
+      const ac = new AbortController();
+      ac.abort();
+      await assert.rejects(copy(src, img.manifest.digest, dst, 't', { signal: ac.signal }), (e: unknown) => isTiuError(e, 'ABORTED'));
+      assert.deepEqual(await dst.tags(), []);
+    });
+
+    it('copies referrers into the layout, where the layout lists them', async () => {
+      const src = new MemoryTarget();
+      const img = await image(src);
+      await src.tag(img.manifest, 't');
+      const sig = await image(src, { subject: img.manifest, artifactType: 'application/vnd.example.sig', layers: [await put(src, randomBytes(50), MediaType.OciLayerGzip)] });
+      const dst = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
+      await copy(src, 't', dst, undefined, { referrers: true });
+      assert.equal((await dst.resolve('t')).digest, img.manifest.digest);
+      assert.deepEqual((await dst.referrers(img.manifest)).map((d) => d.digest), [sig.manifest.digest]);
+      assert.equal((await dst.resolveDefault()).digest, img.manifest.digest);
+      // and back: layout -> memory keeps the referrer
+      const back = new MemoryTarget();
+      await copy(dst, undefined, back, 'x', { referrers: true });
+      assert.deepEqual((await back.referrers(img.manifest)).map((d) => d.digest), [sig.manifest.digest]);
+    });
   });
 });

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
+import { withLock } from '../../src/content/lock.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
@@ -85,6 +86,10 @@ describe('oci layout', function () {
     await t.tag(a, 'a');
     await image(t, { subject: a, artifactType: 'application/vnd.example.sig' });
     assert.equal((await t.resolveDefault()).digest, a.digest);
+    // nor do cosign tag-scheme signatures, nor a second tag on the same image
+    await t.tag(await image(t), `sha256-${a.digest.slice(7)}.sig`);
+    await t.tag(a, 'a2');
+    assert.equal((await t.resolveDefault()).digest, a.digest);
     const b = await image(t);
     await t.tag(b, 'b');
     await assert.rejects(t.resolveDefault(), code('AMBIGUOUS_REFERENCE'));
@@ -121,5 +126,16 @@ describe('oci layout', function () {
     const m = await image(t);
     await t.tag(m, 'after-crash');
     assert.equal((await t.resolve('after-crash')).digest, m.digest);
+  });
+
+  it('waits for a live lock holder, then gives up with LOCK_TIMEOUT', async () => {
+    const lock = join(dir, 'x.lock');
+    await writeFile(lock, `${process.pid}\n${hostname()}\n`);
+    const started = Date.now();
+    await assert.rejects(withLock(lock, () => Promise.resolve(1), 300), code('LOCK_TIMEOUT'));
+    assert.ok(Date.now() - started >= 300);
+    await rm(lock);
+    assert.equal(await withLock(lock, () => Promise.resolve(2), 300), 2);
+    await assert.rejects(readFile(lock), /ENOENT/);
   });
 });

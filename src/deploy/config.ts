@@ -1,0 +1,117 @@
+/**
+ * /etc/tiu/tiu.conf, TOML:
+ *
+ *   image = "docker://registry.example.com/os/microos:latest"   # what `tiu update` fetches
+ *   policy = "/etc/tiu/policy.json"     # signature policy; default: /etc/tiu/policy.json, else /etc/containers/policy.json
+ *   cache = "/var/cache/tiu"                                    # OCI layout for --download-only/--offline
+ *   default-hooks = true                                        # initrd + bootloader hooks for MicroOS
+ *
+ *   [[hook]]                                                    # more hooks, run in order after the defaults
+ *   name = "update-ca"
+ *   command = ["update-ca-certificates"]
+ *   when = "always"            # always | kernel-changed | initrd-missing (once per kernel, {kver})
+ *   if-exists = "/usr/sbin/update-ca-certificates"              # only when the new snapshot has it
+ *
+ * Paths are inside the system: with --sysroot DIR they are read below DIR.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parse } from 'smol-toml';
+import { TiuError } from '../errors.ts';
+
+export class ConfigError extends TiuError {
+  constructor(file: string, message: string) {
+    super('CONFIG_INVALID', `${file}: ${message}`, { file });
+  }
+}
+
+export type HookWhen = 'always' | 'kernel-changed' | 'initrd-missing';
+
+export interface HookSpec {
+  name: string;
+  /** argv inside the chroot; `{kver}` and `{snapshot}` are replaced. */
+  command: string[];
+  when: HookWhen;
+  ifExists?: string;
+}
+
+export interface TiuConfig {
+  image?: string;
+  /** containers-policy.json(5); undefined: the trust module's default paths. */
+  policy?: string;
+  cache: string;
+  hooks: HookSpec[];
+  /** The file it came from, when there was one. */
+  file?: string;
+}
+
+export const CONFIG_PATH = '/etc/tiu/tiu.conf';
+
+/** What MicroOS needs after a new tree lands: an initrd when the image brings none, boot entries. */
+export const DEFAULT_HOOKS: readonly HookSpec[] = [
+  { name: 'initrd', command: ['dracut', '--force', '--kver', '{kver}', '/boot/initrd-{kver}'], when: 'initrd-missing', ifExists: '/usr/bin/dracut' },
+  { name: 'grub2-mkconfig', command: ['grub2-mkconfig', '-o', '/boot/grub2/grub.cfg'], when: 'kernel-changed', ifExists: '/usr/sbin/grub2-mkconfig' },
+  { name: 'sdbootutil', command: ['sdbootutil', 'add-all-kernels', '{snapshot}'], when: 'always', ifExists: '/usr/bin/sdbootutil' },
+];
+
+const KEYS = new Set(['image', 'policy', 'cache', 'default-hooks', 'hook']);
+const HOOK_KEYS = new Set(['name', 'command', 'when', 'if-exists']);
+const WHEN: readonly string[] = ['always', 'kernel-changed', 'initrd-missing'];
+
+export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
+  let doc: Record<string, unknown>;
+  try {
+    doc = parse(text);
+  } catch (e) {
+    throw new ConfigError(file, `not valid TOML: ${(e as Error).message.split('\n')[0]}`);
+  }
+  for (const k of Object.keys(doc)) if (!KEYS.has(k)) throw new ConfigError(file, `unknown key '${k}'`);
+  const str = (k: string): string | undefined => {
+    const v = doc[k];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || v === '') throw new ConfigError(file, `'${k}' must be a non-empty string`);
+    return v;
+  };
+  const defaults = doc['default-hooks'] ?? true;
+  if (typeof defaults !== 'boolean') throw new ConfigError(file, `'default-hooks' must be true or false`);
+  const rawHooks = doc.hook ?? [];
+  if (!Array.isArray(rawHooks)) throw new ConfigError(file, `'hook' must be an array of tables ([[hook]])`);
+  const hooks: HookSpec[] = rawHooks.map((h: unknown, i) => {
+    const at = `hook #${i + 1}`;
+    if (!h || typeof h !== 'object' || Array.isArray(h)) throw new ConfigError(file, `${at} is not a table`);
+    const t = h as Record<string, unknown>;
+    for (const k of Object.keys(t)) if (!HOOK_KEYS.has(k)) throw new ConfigError(file, `${at}: unknown key '${k}'`);
+    const cmd = t.command;
+    if (!Array.isArray(cmd) || cmd.length === 0 || !cmd.every((a) => typeof a === 'string') || cmd[0] === '') {
+      throw new ConfigError(file, `${at}: 'command' must be a non-empty array of strings`);
+    }
+    const when = t.when ?? 'always';
+    if (typeof when !== 'string' || !WHEN.includes(when)) throw new ConfigError(file, `${at}: 'when' must be one of ${WHEN.join(', ')}`);
+    const ifExists = t['if-exists'];
+    if (ifExists !== undefined && (typeof ifExists !== 'string' || !ifExists.startsWith('/'))) {
+      throw new ConfigError(file, `${at}: 'if-exists' must be an absolute path`);
+    }
+    const name = t.name ?? cmd[0];
+    if (typeof name !== 'string') throw new ConfigError(file, `${at}: 'name' must be a string`);
+    return { name, command: cmd, when: when as HookWhen, ...(ifExists ? { ifExists } : {}) };
+  });
+  const policy = str('policy');
+  const cache = str('cache') ?? '/var/cache/tiu';
+  for (const [k, v] of [['policy', policy], ['cache', cache]] as const) {
+    if (v !== undefined && !v.startsWith('/')) throw new ConfigError(file, `'${k}' must be an absolute path`);
+  }
+  return { image: str('image'), policy, cache, hooks: [...(defaults ? DEFAULT_HOOKS : []), ...hooks], file };
+}
+
+/** The config of the system at `sysroot`; defaults when the file does not exist. */
+export async function loadConfig(sysroot = '/', path = CONFIG_PATH): Promise<TiuConfig> {
+  const file = join(sysroot, path);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { ...parseConfig('', file), file: undefined };
+    throw new ConfigError(file, `cannot be read: ${(e as Error).message}`);
+  }
+  return parseConfig(text, file);
+}

@@ -1,0 +1,114 @@
+/**
+ * Hooks: programs run inside the new snapshot (a chroot with /dev /proc /sys /boot/efi bound)
+ * after its tree is written and before it is committed. Which hooks run is planned from facts
+ * about the old and new trees (kernels, initrds), separately from running them. A failing
+ * hook aborts the update.
+ */
+import { lstat, readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { withChroot } from '../host/chroot.ts';
+import { TiuError, asError } from '../errors.ts';
+import type { HookSpec } from './config.ts';
+
+export class HookFailedError extends TiuError {
+  constructor(hook: string, argv: string[], cause: unknown) {
+    super('HOOK_FAILED', `hook '${hook}' (${argv.join(' ')}) failed: ${asError(cause).message}`, { hook, argv, ...(cause instanceof TiuError ? { cause: cause.details } : {}) }, { cause });
+  }
+}
+
+export interface KernelFacts {
+  /** Kernel versions in the new tree's /usr/lib/modules. */
+  kernels: string[];
+  /** Versions whose kernel is new or different compared with the old tree. */
+  changed: string[];
+  /** Versions for which the new tree brings no initrd in /usr/lib/modules/<ver>/. */
+  withoutInitrd: string[];
+}
+
+export interface PlannedHook {
+  name: string;
+  argv: string[];
+}
+
+async function kernelSignature(root: string, ver: string): Promise<string | undefined> {
+  for (const f of ['vmlinuz', 'Image', 'vmlinux']) {
+    const s = await stat(join(root, 'usr/lib/modules', ver, f)).catch(() => undefined);
+    if (s?.isFile()) return `${f}:${s.size}:${s.mtimeMs}`;
+  }
+  return undefined;
+}
+
+async function kernelVersions(root: string): Promise<string[]> {
+  const names = await readdir(join(root, 'usr/lib/modules')).catch(() => [] as string[]);
+  const out: string[] = [];
+  for (const n of names) if ((await kernelSignature(root, n)) !== undefined) out.push(n);
+  return out.sort();
+}
+
+export async function kernelFacts(oldRoot: string, newRoot: string): Promise<KernelFacts> {
+  const kernels = await kernelVersions(newRoot);
+  const changed: string[] = [];
+  const withoutInitrd: string[] = [];
+  for (const v of kernels) {
+    if ((await kernelSignature(oldRoot, v)) !== (await kernelSignature(newRoot, v))) changed.push(v);
+    const initrd = await lstat(join(newRoot, 'usr/lib/modules', v, 'initrd')).catch(() => undefined);
+    if (!initrd) withoutInitrd.push(v);
+  }
+  // A kernel that went away changes the boot menu too.
+  for (const v of await kernelVersions(oldRoot)) if (!kernels.includes(v)) changed.push(v);
+  return { kernels, changed, withoutInitrd };
+}
+
+/** The pure plan: which hooks, with which argv, given the facts and what exists in the new tree. */
+export function planHooks(hooks: readonly HookSpec[], facts: KernelFacts, snapshot: number, exists: (path: string) => boolean): PlannedHook[] {
+  const out: PlannedHook[] = [];
+  const fill = (argv: string[], kver?: string) => argv.map((a) => a.replaceAll('{snapshot}', String(snapshot)).replaceAll('{kver}', kver ?? ''));
+  for (const h of hooks) {
+    if (h.ifExists && !exists(h.ifExists)) continue;
+    if (h.when === 'always') out.push({ name: h.name, argv: fill(h.command) });
+    else if (h.when === 'kernel-changed') {
+      if (facts.changed.length) out.push({ name: h.name, argv: fill(h.command, facts.kernels.at(-1)) });
+    } else {
+      for (const v of facts.withoutInitrd.filter((k) => facts.changed.includes(k))) out.push({ name: `${h.name} ${v}`, argv: fill(h.command, v) });
+    }
+  }
+  return out;
+}
+
+/** Which `if-exists` paths exist in the new tree (as regular files or links, not following links out of it). */
+export async function existingPaths(root: string, hooks: readonly HookSpec[]): Promise<Set<string>> {
+  const out = new Set<string>();
+  for (const h of hooks) {
+    if (!h.ifExists) continue;
+    if (await lstat(join(root, h.ifExists)).catch(() => undefined)) out.add(h.ifExists);
+  }
+  return out;
+}
+
+export interface HookRun {
+  name: string;
+  argv: string[];
+  ms: number;
+}
+
+/** Run the planned hooks in a chroot of `root`; the first failure stops and throws HOOK_FAILED. */
+export async function runHooks(root: string, planned: PlannedHook[], opts: { sysroot: string; signal?: AbortSignal; timeout?: number }): Promise<HookRun[]> {
+  if (!planned.length) return [];
+  const ran: HookRun[] = [];
+  await withChroot(
+    root,
+    async (c) => {
+      for (const h of planned) {
+        const t0 = Date.now();
+        try {
+          await c.run(h.argv, { signal: opts.signal, timeout: opts.timeout ?? 1_800_000, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+        } catch (e) {
+          throw new HookFailedError(h.name, h.argv, e);
+        }
+        ran.push({ name: h.name, argv: h.argv, ms: Date.now() - t0 });
+      }
+    },
+    { sysroot: opts.sysroot },
+  );
+  return ran;
+}

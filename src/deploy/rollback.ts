@@ -1,0 +1,36 @@
+/**
+ * `tiu rollback [N]`: make snapshot N the default again (by default the previous good one:
+ * the running snapshot while an update is staged, otherwise the newest finished snapshot
+ * older than the default). Like `transactional-update rollback`, nothing is copied: the
+ * default subvolume moves, and the next boot starts N.
+ */
+import { TiuError } from '../errors.ts';
+import { acquireUpdateLock } from './lock.ts';
+import { setDefaultSnapshot } from './snapshot.ts';
+import { openContext, readState } from './state.ts';
+
+export class RollbackError extends TiuError {}
+
+export interface RollbackResult {
+  /** The default before. */
+  from: number | undefined;
+  to: number;
+  booted: number | undefined;
+}
+
+export async function rollback(opts: { sysroot?: string; snapshot?: number } = {}): Promise<RollbackResult> {
+  const ctx = await openContext(opts.sysroot ?? '/');
+  const lock = await acquireUpdateLock(ctx.sysroot);
+  try {
+    const state = await readState(ctx);
+    const to = opts.snapshot ?? state.rollback;
+    if (to === undefined) throw new RollbackError('NO_ROLLBACK_TARGET', `there is no earlier snapshot to roll back to on ${ctx.sysroot}`, { default: state.default });
+    const snap = state.snapshots.find((s) => s.number === to);
+    if (!snap) throw new RollbackError('NO_SUCH_SNAPSHOT', `snapshot ${to} does not exist on ${ctx.sysroot}`, { snapshot: to });
+    if (snap.inProgress && !snap.default) throw new RollbackError('SNAPSHOT_UNFINISHED', `snapshot ${to} is an unfinished update and cannot be booted`, { snapshot: to });
+    if (state.default !== to) await setDefaultSnapshot(ctx, to);
+    return { from: state.default, to, booted: state.booted };
+  } finally {
+    await lock.release();
+  }
+}

@@ -1,0 +1,174 @@
+/**
+ * The snapshot half of an update, the way transactional-update does it with snapper:
+ *
+ *   create --from <booted> --read-write, marked tiu-in-progress=yes
+ *   carry /etc (a nested subvolume that snapper 0.10.4 leaves empty in the copy)
+ *   ... the caller writes the new tree ...
+ *   touch /usr, read-only, record image/digest, set the btrfs default  <- the commit point
+ *   clear the in-progress mark
+ *
+ * The mark is cleared after the default moves: a crash between the two leaves a default
+ * snapshot still marked, and the next run only clears the mark; a marked snapshot that is not
+ * the default (nor booted) is an unfinished update and is deleted.
+ */
+import { readdir, rm, rmdir, stat, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import { getDefault, isSubvolume, setDefault, setReadOnly, subvolumeDelete, subvolumeShow, subvolumeSnapshot } from '../host/btrfs.ts';
+import { mountInfo, unmount } from '../host/mount.ts';
+import { TiuError } from '../errors.ts';
+import { readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
+
+export class SnapshotError extends TiuError {
+  constructor(code: string, message: string, details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
+
+export interface CreateOptions {
+  from: number;
+  description: string;
+  image: string;
+}
+
+/** A new read-write snapshot of `from`, marked in progress, with /etc carried over. */
+export async function createInProgress(ctx: Context, o: CreateOptions): Promise<number> {
+  const n = await ctx.snapper.create({
+    from: o.from,
+    readWrite: true,
+    description: o.description,
+    cleanup: 'number',
+    userdata: { [UD.inProgress]: 'yes', [UD.image]: o.image },
+  });
+  try {
+    await carryNestedSubvolumes(ctx, o.from, n);
+  } catch (e) {
+    await deleteSnapshot(ctx, n).catch(() => undefined);
+    throw e;
+  }
+  return n;
+}
+
+/**
+ * Nested subvolumes of a snapshot: direct children of its root and /etc whose inode is 256
+ * (a subvolume root) on a device other than the snapshot's own.
+ */
+export async function nestedSubvolumes(root: string): Promise<string[]> {
+  const rootDev = (await stat(root)).dev;
+  const out: string[] = [];
+  for (const name of await readdir(root)) {
+    const p = join(root, name);
+    const s = await stat(p).catch(() => undefined);
+    if (s?.isDirectory() && s.ino === 256 && s.dev !== rootDev && !(await isMountedAt(p))) out.push(name);
+  }
+  return out;
+}
+
+async function isMountedAt(p: string): Promise<boolean> {
+  return (await mountInfo()).some((m) => m.mountPoint === p);
+}
+
+/**
+ * snapper's --from copies only the snapshot's own subvolume: a nested subvolume (/etc since
+ * transactional-update 5.0) comes out as an empty directory. Replace it by a snapshot of the
+ * source's subvolume, so the new /etc shares its extents and stays a subvolume.
+ */
+export async function carryNestedSubvolumes(ctx: Context, from: number, n: number): Promise<string[]> {
+  const src = snapshotPath(ctx.sysroot, from);
+  const dst = snapshotPath(ctx.sysroot, n);
+  const carried: string[] = [];
+  for (const name of await nestedSubvolumes(src)) {
+    const target = join(dst, name);
+    const existing = await readdir(target).catch(() => undefined);
+    if (existing === undefined || (existing.length === 0 && !(await isSubvolume(target)))) {
+      if (existing !== undefined) await rmdir(target);
+      await subvolumeSnapshot(join(src, name), target);
+      carried.push(name);
+    }
+  }
+  return carried;
+}
+
+/**
+ * Remove snapshot N completely: mounts left inside it (a killed hook chroot), nested
+ * subvolumes (snapper can't delete a snapshot holding one), then snapper's delete.
+ * Never the default or the booted snapshot.
+ */
+export async function deleteSnapshot(ctx: Context, n: number): Promise<void> {
+  const state = await readState(ctx);
+  if (state.default === n || state.booted === n) {
+    throw new SnapshotError('SNAPSHOT_IN_USE', `snapshot ${n} is the ${state.default === n ? 'default' : 'booted'} snapshot and is not deleted`, { snapshot: n });
+  }
+  const root = snapshotPath(ctx.sysroot, n);
+  const below = (await mountInfo()).map((m) => m.mountPoint).filter((p) => p.startsWith(root + '/')).sort((a, b) => b.length - a.length);
+  for (const p of below) await unmount(p, { recursive: true }).catch(() => undefined);
+  const exists = await stat(root).catch(() => undefined);
+  if (exists) {
+    await setReadOnly(root, false);
+    for (const name of await nestedSubvolumes(root)) await subvolumeDelete(join(root, name));
+  }
+  if (state.snapshots.some((s) => s.number === n)) {
+    await ctx.snapper.delete(n);
+  } else if (exists) {
+    await subvolumeDelete(root);
+    await rm(join(ctx.sysroot, '.snapshots', String(n)), { recursive: true, force: true });
+  }
+}
+
+export interface CommitOptions {
+  image: string;
+  digest: string;
+  etcConflicts: number;
+}
+
+/** Finish snapshot N and make it the next boot. Setting the default is the commit point. */
+export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions): Promise<void> {
+  const root = snapshotPath(ctx.sysroot, n);
+  // systemd's ConditionNeedsUpdate= compares /usr's mtime with /etc/.updated and /var/.updated.
+  const now = new Date();
+  await utimes(join(root, 'usr'), now, now);
+  await setReadOnly(root, true);
+  await ctx.snapper.modify(n, {
+    userdata: { [UD.image]: o.image, [UD.digest]: o.digest, [UD.etcConflicts]: String(o.etcConflicts) },
+  });
+  await setDefaultSnapshot(ctx, n);
+  await ctx.snapper.modify(n, { userdata: { [UD.inProgress]: '' } });
+}
+
+/**
+ * Make snapshot N the btrfs default subvolume. snapper 0.10.4 has no `modify --default`, so
+ * this is btrfs-progs' set-default, which is what snapper's rollback does underneath.
+ */
+export async function setDefaultSnapshot(ctx: Context, n: number): Promise<void> {
+  const root = snapshotPath(ctx.sysroot, n);
+  const info = await subvolumeShow(root).catch(() => {
+    throw new SnapshotError('NO_SUCH_SNAPSHOT', `snapshot ${n} does not exist (no subvolume at ${root})`, { snapshot: n });
+  });
+  if (snapshotNumberOf(info.path) !== n) {
+    throw new SnapshotError('NO_SUCH_SNAPSHOT', `${root} is not snapshot ${n}'s subvolume (it is '${info.path}')`, { snapshot: n });
+  }
+  await setDefault(info.id, ctx.sysroot);
+  const now = await getDefault(ctx.sysroot);
+  if (now.id !== info.id) throw new SnapshotError('SET_DEFAULT_FAILED', `the default subvolume is still ${now.path} after setting snapshot ${n}`, { snapshot: n });
+}
+
+export interface CleanupReport {
+  deleted: number[];
+  /** In-progress marks cleared on snapshots that had already become the default. */
+  finished: number[];
+}
+
+/** Deal with what a crashed update left: delete unfinished snapshots, finish committed ones. */
+export async function cleanupInProgress(ctx: Context): Promise<CleanupReport> {
+  const state = await readState(ctx);
+  const report: CleanupReport = { deleted: [], finished: [] };
+  for (const s of state.snapshots.filter((x) => x.inProgress)) {
+    if (s.default || s.booted) {
+      await ctx.snapper.modify(s.number, { userdata: { [UD.inProgress]: '' } });
+      report.finished.push(s.number);
+    } else {
+      await deleteSnapshot(ctx, s.number);
+      report.deleted.push(s.number);
+    }
+  }
+  return report;
+}

@@ -1,0 +1,131 @@
+/**
+ * The host's deployment state, read from snapper (the snapshot list and its userdata), the
+ * btrfs default subvolume and what is mounted at the sysroot. Nothing here comes from a side
+ * file: snapper's userdata is the source of truth for what tiu put into a snapshot.
+ */
+import { join } from 'node:path';
+import { realpath } from 'node:fs/promises';
+import { getDefault } from '../host/btrfs.ts';
+import { mountAt } from '../host/mount.ts';
+import { snapper as openSnapper, type Snapper, type SnapperSnapshot } from '../host/snapper.ts';
+import { TiuError } from '../errors.ts';
+import { attemptsOf, healthOf, type HealthMark } from './health.ts';
+
+/** Userdata keys tiu writes. */
+export const UD = {
+  inProgress: 'tiu-in-progress',
+  image: 'tiu-image',
+  digest: 'tiu-digest',
+  etcConflicts: 'tiu-etc-conflicts',
+} as const;
+
+export class NotMicroOSError extends TiuError {
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super('NOT_SNAPSHOT_ROOT', message, details);
+  }
+}
+
+export interface SnapshotState {
+  number: number;
+  description: string;
+  date: string;
+  /** The image reference and manifest digest tiu deployed into it (from userdata). */
+  image?: string;
+  digest?: string;
+  /** Marked by an update that has not finished (yet, or ever: a crash). */
+  inProgress: boolean;
+  etcConflicts: number;
+  /** The boot health verdict (tiu health --boot): good once a boot passed, bad when it was rolled back. */
+  health?: HealthMark;
+  /** Boots counted by the health check before the verdict. */
+  bootAttempts: number;
+  booted: boolean;
+  default: boolean;
+  userdata: Record<string, string>;
+}
+
+export interface SystemState {
+  sysroot: string;
+  snapshots: SnapshotState[];
+  booted?: number;
+  default?: number;
+  /** The default when it is not what runs: the next boot starts it. */
+  staged?: number;
+  /** What `tiu rollback` without a number picks. */
+  rollback?: number;
+}
+
+/** Where snapshot N's root is, seen from the sysroot. */
+export function snapshotPath(sysroot: string, n: number): string {
+  return join(sysroot, '.snapshots', String(n), 'snapshot');
+}
+
+/** `@/.snapshots/12/snapshot` (with or without a leading slash) -> 12. */
+export function snapshotNumberOf(subvolPath: string): number | undefined {
+  const m = /(?:^|\/)\.snapshots\/(\d+)\/snapshot$/.exec(subvolPath);
+  return m ? Number(m[1]) : undefined;
+}
+
+export interface Context {
+  sysroot: string;
+  snapper: Snapper;
+}
+
+export async function openContext(sysroot = '/'): Promise<Context> {
+  const real = await realpath(sysroot).catch(() => {
+    throw new NotMicroOSError(`system root ${sysroot} does not exist`, { sysroot });
+  });
+  return { sysroot: real, snapper: openSnapper(real) };
+}
+
+/** The snapshot number the sysroot runs from (what is mounted there). */
+export async function bootedSnapshot(sysroot: string): Promise<number | undefined> {
+  const m = await mountAt(sysroot);
+  if (!m || m.fsType !== 'btrfs') return undefined;
+  return snapshotNumberOf(m.root);
+}
+
+export async function defaultSnapshot(sysroot: string): Promise<number | undefined> {
+  return snapshotNumberOf((await getDefault(sysroot)).path);
+}
+
+/** The pure part: snapper rows + booted + default -> state. */
+export function deriveState(sysroot: string, rows: SnapperSnapshot[], booted: number | undefined, def: number | undefined): SystemState {
+  const snapshots: SnapshotState[] = rows
+    .filter((r) => r.number > 0)
+    .map((r) => ({
+      number: r.number,
+      description: r.description,
+      date: r.date,
+      image: r.userdata[UD.image] || undefined,
+      digest: r.userdata[UD.digest] || undefined,
+      inProgress: r.userdata[UD.inProgress] === 'yes',
+      etcConflicts: Number(r.userdata[UD.etcConflicts] ?? 0) || 0,
+      health: healthOf(r),
+      bootAttempts: attemptsOf(r),
+      booted: r.number === booted,
+      default: r.number === def,
+      userdata: r.userdata,
+    }))
+    .sort((a, b) => a.number - b.number);
+  const state: SystemState = { sysroot, snapshots, booted, default: def };
+  if (def !== undefined && booted !== undefined && def !== booted) state.staged = def;
+  state.rollback = pickRollback(state);
+  return state;
+}
+
+/**
+ * The previous good snapshot: while an update is staged, the running one (undo the update);
+ * otherwise the newest finished snapshot older than the default.
+ */
+export function pickRollback(state: SystemState): number | undefined {
+  if (state.staged !== undefined && state.booted !== undefined) return state.booted;
+  const def = state.default;
+  if (def === undefined) return undefined;
+  return state.snapshots.filter((s) => s.number < def && !s.inProgress).at(-1)?.number;
+}
+
+export async function readState(ctx: Context): Promise<SystemState> {
+  const [rows, booted, def] = await Promise.all([ctx.snapper.list(), bootedSnapshot(ctx.sysroot), defaultSnapshot(ctx.sysroot)]);
+  return deriveState(ctx.sysroot, rows, booted, def);
+}

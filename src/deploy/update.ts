@@ -1,0 +1,309 @@
+/**
+ * `tiu update`: an image reference -> a new snapper snapshot that is the next boot.
+ *
+ *   lock; clean what a crashed run left; resolve the reference; AlreadyPresent? stop;
+ *   copy the image into the local cache (signature policy checked before anything is written,
+ *   every byte verified) — `--download-only` stops here, `--offline` starts from the cache;
+ *   snapshot of the booted system (in progress) with /etc carried; apply the layers as a
+ *   difference; merge /etc and the user databases; SELinux relabel rule; hooks in a chroot;
+ *   commit (read-only, userdata, default). Any failure before the commit deletes the snapshot.
+ *
+ * The transports, the policy, the diff-apply engine and the merges come in as `UpdateDeps`
+ * (wired in src/deploy/wiring.ts), so this file is only the sequence.
+ */
+import { createHash } from 'node:crypto';
+import { lstat, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
+import { createGunzip, createZstdDecompress } from 'node:zlib';
+import type { Target } from '../content/interfaces.ts';
+import { VerifyingStream } from '../oci/digest.ts';
+import { MediaType } from '../oci/mediatypes.ts';
+import type { Descriptor, ImageManifest } from '../oci/types.ts';
+import { fetchManifest } from '../content/graph.ts';
+import type { ApplyReport } from './apply/index.ts';
+import type { EtcConflict, EtcMergeReport } from './etc-merge.ts';
+import type { IdClash, UsersMergeResult } from './users-merge.ts';
+import { TiuError, asError } from '../errors.ts';
+import { hasSelinuxLabel, selinuxWanted } from '../host/selinux.ts';
+import { copyTreeReflink } from '../host/system.ts';
+import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
+import { loadConfig, type TiuConfig } from './config.ts';
+import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from './hooks.ts';
+import { acquireUpdateLock } from './lock.ts';
+import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
+import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
+
+export class UpdateError extends TiuError {}
+
+/** A layer's uncompressed tar, verified against the blob digest as it is read (a mismatch errors the stream). */
+export type LayerOpener = () => Promise<Readable>;
+
+/** Top-level paths of a snapshot that are not image content: never written or deleted by the apply. */
+export const PRESERVE = ['.snapshots', 'var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', 'boot/grub2/x86_64-efi', 'boot/grub2/i386-pc', 'boot/grub2/arm64-efi', 'boot/grub2/powerpc-ieee1275', 'boot/grub2/s390x-emu', 'boot/efi'] as const;
+/** Where the admin's /etc waits in the new snapshot while the image is written. */
+export const ETC_ASIDE = '.tiu-etc-merge';
+
+export interface UpdateDeps {
+  /**
+   * A reference string (docker://, oci:, oci-archive:) -> its Target and the tag/digest inside
+   * it (undefined: the Target's only image, resolveDefault).
+   */
+  openSource(reference: string, o: { sysroot: string; config: TiuConfig; signal?: AbortSignal }): Promise<{ target: Target; reference: string | undefined }>;
+  /** The local cache (an OCI layout directory). */
+  openCache(dir: string): Promise<Target>;
+  copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
+  /** Throws when the signature policy refuses the image. */
+  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signal?: AbortSignal }): Promise<void>;
+  applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; signal?: AbortSignal }): Promise<ApplyReport>;
+  /** Three-way merge into `ours` (the new snapshot's /etc): base = old pristine /etc, theirs = new pristine /etc. */
+  mergeEtc(base: string, ours: string, theirs: string): Promise<Pick<EtcMergeReport, 'conflicts'>>;
+  mergeUsers(base: string, ours: string, theirs: string): Promise<Pick<UsersMergeResult, 'clashes' | 'addedUsers' | 'addedGroups'>>;
+}
+
+export interface UpdateOptions {
+  sysroot?: string;
+  /** Default: `image` from tiu.conf. */
+  reference?: string;
+  downloadOnly?: boolean;
+  offline?: boolean;
+  config?: TiuConfig;
+  signal?: AbortSignal;
+  onProgress?: (line: string) => void;
+  /** The platform to pick from an index (default: linux and this machine's architecture). */
+  platform?: { os: string; architecture: string };
+}
+
+export type UpdateResult =
+  | { status: 'already-present'; image: string; digest: string; snapshot: number; cleanup: CleanupReport }
+  | { status: 'downloaded'; image: string; digest: string; cache: string; cleanup: CleanupReport }
+  | {
+      status: 'updated';
+      image: string;
+      digest: string;
+      snapshot: number;
+      from: number;
+      etcConflicts: EtcConflict[];
+      userClashes: IdClash[];
+      addedUsers: string[];
+      relabel: boolean;
+      hooks: HookRun[];
+      apply: ApplyReport;
+      cleanup: CleanupReport;
+    };
+
+/** The tag an image reference is kept under in the cache layout. */
+export function cacheTag(reference: string): string {
+  return `tiu-${createHash('sha256').update(reference).digest('hex').slice(0, 32)}`;
+}
+
+const ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
+
+/** The image manifest for this machine: the root itself, or the matching entry of an index. */
+export async function imageManifest(target: Target, root: Descriptor, platform: { os: string; architecture: string }, signal?: AbortSignal): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
+  const first = await fetchManifest(target, root, { signal });
+  if (first.parsed.kind === 'manifest') return { desc: root, manifest: first.parsed.manifest };
+  const pick = first.parsed.index.manifests.find((m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture);
+  if (!pick) throw new UpdateError('NO_MATCHING_PLATFORM', `${root.digest} has no image for ${platform.os}/${platform.architecture}`, { digest: root.digest, platform });
+  const second = await fetchManifest(target, pick, { signal });
+  if (second.parsed.kind !== 'manifest') throw new UpdateError('INVALID_MANIFEST', `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`, { digest: pick.digest });
+  return { desc: pick, manifest: second.parsed.manifest };
+}
+
+function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof createGunzip> | ReturnType<typeof createZstdDecompress> {
+  switch (mediaType) {
+    case MediaType.OciLayerTar:
+    case 'application/vnd.docker.image.rootfs.diff.tar':
+      return new PassThrough();
+    case MediaType.OciLayerGzip:
+    case MediaType.DockerLayerGzip:
+      return createGunzip();
+    case MediaType.OciLayerZstd:
+      return createZstdDecompress();
+    default:
+      throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
+  }
+}
+
+/** Openers for the layers of `manifest`: verified, decompressed tar streams. */
+export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
+  return manifest.layers.map((layer, i) => async () => {
+    const decompress = decompressorFor(layer.mediaType);
+    const raw = await target.fetch(layer, { signal });
+    const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
+    raw.on('error', (e) => verify.destroy(e));
+    verify.on('error', (e) => decompress.destroy(e));
+    raw.pipe(verify).pipe(decompress);
+    return decompress;
+  });
+}
+
+/** Read every layer blob once through its digest: the cache may have rotted since the download. */
+export async function verifyBlobs(target: Target, blobs: Descriptor[], signal?: AbortSignal): Promise<void> {
+  for (const d of blobs) {
+    if (!(await target.exists(d, { signal }))) throw new UpdateError('NOT_IN_CACHE', `blob ${d.digest} is missing from ${target.name}`, { digest: d.digest });
+    const raw = await target.fetch(d, { signal });
+    await pipeline(raw, new VerifyingStream(d, `blob ${d.digest} in ${target.name}`), new Writable({ write: (_c, _e, cb) => cb() }), { signal });
+  }
+}
+
+/** `*.tiunew` files under the snapshot's /etc: the conflicts the admin has not resolved yet. */
+export async function pendingEtcConflicts(etc: string, limit = 1000): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (dir: string, rel: string): Promise<void> => {
+    const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+    for (const e of entries) {
+      if (out.length >= limit) return;
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) await walk(join(dir, e.name), r);
+      else if (e.name.endsWith('.tiunew')) out.push(`/etc/${r.slice(0, -'.tiunew'.length)}`);
+    }
+  };
+  await walk(etc, '');
+  return out.sort();
+}
+
+async function exists(p: string): Promise<boolean> {
+  return (await lstat(p).catch(() => undefined)) !== undefined;
+}
+
+export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promise<UpdateResult> {
+  const sysroot = opts.sysroot ?? '/';
+  const progress = opts.onProgress ?? (() => undefined);
+  const signal = opts.signal;
+  const ctx = await openContext(sysroot);
+  const config = opts.config ?? (await loadConfig(ctx.sysroot));
+  const image = opts.reference ?? config.image;
+  if (!image) throw new UpdateError('NO_IMAGE', `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`);
+  if (opts.offline && opts.downloadOnly) throw new UpdateError('USAGE', '--offline and --download-only exclude each other');
+  const platform = opts.platform ?? { os: 'linux', architecture: ARCH[process.arch] ?? process.arch };
+
+  const lock = await acquireUpdateLock(ctx.sysroot);
+  let opened: Target | undefined;
+  try {
+    const cleanup = await cleanupInProgress(ctx);
+    if (cleanup.deleted.length) progress(`removed unfinished snapshot(s) ${cleanup.deleted.join(', ')} left by an interrupted update`);
+    const state = await readState(ctx);
+    if (state.booted === undefined) {
+      throw new UpdateError('NOT_SNAPSHOT_ROOT', `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`, { sysroot: ctx.sysroot });
+    }
+    const cacheDir = join(ctx.sysroot, config.cache);
+    const cache = await deps.openCache(cacheDir);
+    const tag = cacheTag(image);
+
+    // Resolve and decide.
+    let root: Descriptor;
+    let source: Target;
+    if (opts.offline) {
+      progress(`looking up ${image} in the cache ${cacheDir}`);
+      root = await cache.resolve(tag, { signal }).catch((e: unknown) => {
+        throw new UpdateError('NOT_IN_CACHE', `${image} is not in the cache ${cacheDir}; run 'tiu update --download-only ${image}' first`, { image, cache: cacheDir }, { cause: e });
+      });
+      source = cache;
+    } else {
+      const src = await deps.openSource(image, { sysroot: ctx.sysroot, config, signal });
+      opened = src.target;
+      progress(`resolving ${image}`);
+      if (src.reference !== undefined) root = await src.target.resolve(src.reference, { signal });
+      else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal });
+      else throw new UpdateError('MISSING_REFERENCE', `${image} does not say which image of ${src.target.name} to use: add a tag or digest`, { image });
+      source = src.target;
+    }
+    const present = presentIn(state, root.digest);
+    if (present !== undefined && !opts.downloadOnly) {
+      progress(`${image} (${root.digest}) is already deployed in snapshot ${present}`);
+      return { status: 'already-present', image, digest: root.digest, snapshot: present, cleanup };
+    }
+
+    const checkPolicy = (src: Target, r: Descriptor) => deps.checkPolicy({ reference: image, source: src, root: r, policyPath: config.policy, sysroot: ctx.sysroot, signal });
+    if (opts.offline) {
+      await checkPolicy(cache, root);
+    } else {
+      progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
+      await deps.copy(source, root.digest, cache, tag, { referrers: true, verify: checkPolicy, signal });
+    }
+    if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: cacheDir, cleanup };
+
+    const { manifest } = await imageManifest(cache, root, platform, signal);
+    // Every blob the apply needs is in the cache and intact before a snapshot exists.
+    await verifyBlobs(cache, manifest.layers, signal);
+
+    const from = state.booted;
+    progress(`creating snapshot from ${from}`);
+    const n = await createInProgress(ctx, { from, description: `tiu update to ${image}`.slice(0, 200), image });
+    try {
+      const newRoot = snapshotPath(ctx.sysroot, n);
+      const oldRoot = snapshotPath(ctx.sysroot, from);
+      // A second copy of the admin's /etc waits aside while the image is written over the first
+      // (so the image's /etc costs only what differs), then the merge writes into it.
+      const aside = join(newRoot, ETC_ASIDE);
+      if (await isSubvolume(join(oldRoot, 'etc'))) await subvolumeSnapshot(join(oldRoot, 'etc'), aside);
+      else await copyTreeReflink(join(oldRoot, 'etc'), aside);
+      progress(`writing ${manifest.layers.length} layer(s) into snapshot ${n}`);
+      const applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal), preserve: [...PRESERVE, ETC_ASIDE], signal });
+
+      // /etc: base = the running image's pristine copy, ours = the admin's, theirs = the new pristine copy.
+      const theirs = join(newRoot, 'usr/lib/tiu/etc');
+      if (!(await exists(theirs)) && (await exists(join(newRoot, 'etc')))) await copyTreeReflink(join(newRoot, 'etc'), theirs);
+      const base = join(oldRoot, 'usr/lib/tiu/etc');
+      progress('merging /etc');
+      const etc = await deps.mergeEtc(base, aside, theirs);
+      const users = await deps.mergeUsers(base, aside, theirs);
+      if (await isSubvolume(join(newRoot, 'etc'))) await subvolumeDelete(join(newRoot, 'etc'));
+      else await rm(join(newRoot, 'etc'), { recursive: true, force: true });
+      await rename(aside, join(newRoot, 'etc'));
+
+      let relabel = false;
+      if ((await selinuxWanted(newRoot)) && !(await hasSelinuxLabel(join(newRoot, 'usr')))) {
+        await writeFile(join(newRoot, '.autorelabel'), '');
+        relabel = true;
+      }
+
+      const facts = await kernelFacts(oldRoot, newRoot);
+      const present = await existingPaths(newRoot, config.hooks);
+      const planned = planHooks(config.hooks, facts, n, (p) => present.has(p));
+      for (const h of planned) progress(`hook ${h.name}: ${h.argv.join(' ')}`);
+      const hooks = await runHooks(newRoot, planned, { sysroot: ctx.sysroot, signal });
+
+      signal?.throwIfAborted();
+      await commitSnapshot(ctx, n, { image, digest: root.digest, etcConflicts: etc.conflicts.length });
+      progress(`snapshot ${n} is the default: it boots next`);
+      return {
+        status: 'updated',
+        image,
+        digest: root.digest,
+        snapshot: n,
+        from,
+        etcConflicts: etc.conflicts,
+        userClashes: users.clashes,
+        addedUsers: users.addedUsers,
+        relabel,
+        hooks,
+        apply: applyReport,
+        cleanup,
+      };
+    } catch (e) {
+      progress(`update failed, deleting snapshot ${n}: ${asError(e).message}`);
+      try {
+        await deleteSnapshot(ctx, n);
+      } catch (d) {
+        progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
+      }
+      throw e;
+    }
+  } finally {
+    await opened?.close?.().catch(() => undefined);
+    await lock.release();
+  }
+}
+
+/** The snapshot (default first, then booted) that already holds the image with this digest. */
+function presentIn(state: SystemState, digest: string): number | undefined {
+  const def = state.snapshots.find((s) => s.default);
+  if (def?.digest === digest) return def.number;
+  const booted = state.snapshots.find((s) => s.booted);
+  if (booted?.digest === digest) return booted.number;
+  return undefined;
+}

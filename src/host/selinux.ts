@@ -1,0 +1,20 @@
+/**
+ * SELinux facts for the relabel rule: does the system want labels (its /etc/selinux/config),
+ * and does a tree carry them (the security.selinux xattr).
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { run } from './exec.ts';
+
+/** SELINUX=enforcing|permissive in `<root>/etc/selinux/config`. */
+export async function selinuxWanted(root: string): Promise<boolean> {
+  const text = await readFile(join(root, 'etc/selinux/config'), 'utf8').catch(() => '');
+  const m = /^\s*SELINUX\s*=\s*(\w+)/m.exec(text);
+  return m?.[1] === 'enforcing' || m?.[1] === 'permissive';
+}
+
+/** Whether `path` has a security.selinux label (without following a symlink). */
+export async function hasSelinuxLabel(path: string): Promise<boolean> {
+  const r = await run('getfattr', ['-h', '--absolute-names', '-n', 'security.selinux', '--only-values', path], { okExitCodes: [0, 1] });
+  return r.exitCode === 0 && r.stdout.length > 0;
+}

@@ -1,0 +1,198 @@
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { lstat, readFile, readlink, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { requireRoot } from '../helpers/env.ts';
+import { baseOs, createMicroOS, v2Files, type MicroOS } from '../helpers/microos.ts';
+import { buildImage, installPolicy, signInLayout, type BuiltImage } from '../helpers/update-deps.ts';
+import { productionDeps } from '../../src/deploy/wiring.ts';
+import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
+import { isTiuError, type TiuError } from '../../src/errors.ts';
+import { parseConfig } from '../../src/deploy/config.ts';
+import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
+import { acquireUpdateLock } from '../../src/deploy/lock.ts';
+import { rollback } from '../../src/deploy/rollback.ts';
+import { ETC_ASIDE, update } from '../../src/deploy/update.ts';
+import { dataUsed, isSubvolume } from '../../src/host/btrfs.ts';
+
+describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', function () {
+  let os: MicroOS;
+  let images: string;
+  let signingKey: KeyObject;
+  const deps = () => productionDeps;
+  const cacheDir = () => join(os.sysroot, 'var/cache/tiu');
+  let v1: BuiltImage;
+  let v2: BuiltImage;
+  let unsigned: BuiltImage;
+  const noHooks = parseConfig('default-hooks = false');
+  const state = async () => readState(await openContext(os.sysroot));
+
+  before(async function () {
+    requireRoot(this);
+    os = await createMicroOS();
+    images = join(os.dir, 'images');
+    v1 = await buildImage(images, 'v1', await baseOs());
+    v2 = await buildImage(images, 'v2', await v2Files(), 'zstd');
+    unsigned = await buildImage(images, 'unsigned', [...(await v2Files()), { path: 'usr/share/fake/evil', content: 'x' }]);
+    const key = (signingKey = await installPolicy(os.sysroot));
+    await signInLayout(images, 'v1', key);
+    await signInLayout(images, 'v2', key);
+  });
+  after(async () => {
+    await os?.teardown();
+  });
+
+  it('v1 -> v2: a new snapshot becomes the default, the booted one is untouched, /etc merged', async () => {
+    // The admin changed /etc/hostname in the running system; /etc/motd is untouched.
+    await writeFile(join(os.sysroot, 'etc/hostname'), 'my-host\n');
+    const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v2`, config: noHooks });
+    assert.equal(r.status, 'updated');
+    assert.ok(r.status === 'updated');
+    assert.equal(r.snapshot, 2);
+    assert.equal(r.from, 1);
+    assert.equal(r.digest, v2.manifest.digest);
+    assert.deepEqual(r.etcConflicts.map((c) => c.path), ['hostname']);
+    assert.deepEqual(r.addedUsers, ['chrony']);
+    const s = await state();
+    assert.equal(s.default, 2);
+    assert.equal(s.booted, 1);
+    assert.equal(s.snapshots.find((x) => x.number === 2)?.digest, v2.manifest.digest);
+    assert.equal(s.snapshots.find((x) => x.number === 2)?.image, `oci:${images}:v2`);
+    assert.equal(s.snapshots.some((x) => x.inProgress), false);
+    const n = snapshotPath(os.sysroot, 2);
+    assert.match(await readFile(join(n, 'usr/lib/os-release'), 'utf8'), /VERSION_ID="2"/);
+    assert.equal(existsSync(join(n, 'usr/share/fake/hello')), false);
+    assert.equal(await readFile(join(n, 'usr/share/fake/new-in-v2'), 'utf8'), 'new\n');
+    assert.equal(await readlink(join(n, 'etc/os-release')), '../usr/lib/os-release');
+    // /etc: untouched file takes the new default; the admin's change is kept with the new default beside it.
+    assert.equal(await readFile(join(n, 'etc/motd'), 'utf8'), 'welcome to v2\n');
+    assert.equal(await readFile(join(n, 'etc/hostname'), 'utf8'), 'my-host\n');
+    assert.equal(await readFile(join(n, 'etc/hostname.tiunew'), 'utf8'), 'microos-v2\n');
+    assert.equal(await readFile(join(n, 'etc/new-default.conf'), 'utf8'), 'fresh\n');
+    // Users: the image's new system account is added, the admin's accounts and passwords stay.
+    const passwd = await readFile(join(n, 'etc/passwd'), 'utf8');
+    assert.match(passwd, /^chrony:x:498:498:/m);
+    assert.match(passwd, /^admin:x:1000:1000:/m);
+    assert.match(await readFile(join(n, 'etc/shadow'), 'utf8'), /^admin:\$6\$salt\$adminhash:/m);
+    // /etc is still a nested subvolume, and the admin's copy that waited aside is gone.
+    assert.equal(await isSubvolume(join(n, 'etc')), true);
+    assert.equal(existsSync(join(n, ETC_ASIDE)), false);
+    // The running snapshot is unchanged.
+    const old = snapshotPath(os.sysroot, 1);
+    assert.match(await readFile(join(old, 'usr/lib/os-release'), 'utf8'), /VERSION_ID="1"/);
+    assert.equal(await readFile(join(old, 'usr/share/fake/hello'), 'utf8'), 'hello from v1\n');
+    // Mount points and .snapshots survive in the new tree.
+    for (const d of ['.snapshots', 'var', 'usr/local', 'boot/writable']) assert.ok((await lstat(join(n, d))).isDirectory(), d);
+  });
+
+  it('the same image again is AlreadyPresent and creates nothing', async () => {
+    const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v2`, config: noHooks });
+    assert.equal(r.status, 'already-present');
+    assert.deepEqual((await state()).snapshots.map((x) => x.number), [1, 2]);
+  });
+
+  const corrupt = async (file: string) => {
+    const b = await readFile(file);
+    b[b.length - 20] = b[b.length - 20]! ^ 0xff;
+    await writeFile(file, b);
+  };
+  const unchanged = async (f: () => Promise<unknown>, code: string, more: (e: TiuError) => boolean = () => true) => {
+    const before = await state();
+    await assert.rejects(f(), (e: unknown) => isTiuError(e, code) && more(e));
+    const after = await state();
+    assert.deepEqual(after.snapshots.map((x) => [x.number, x.inProgress]), before.snapshots.map((x) => [x.number, x.inProgress]));
+    assert.equal(after.default, before.default);
+    assert.equal(existsSync(join(os.sysroot, '.snapshots', String(before.snapshots.at(-1)!.number + 1))), false);
+  };
+
+  it('a failing hook aborts: default and snapshot list as they were, no in-progress snapshot', async () => {
+    const config = parseConfig('default-hooks = false\n[[hook]]\nname = "fails"\ncommand = ["/bin/sh", "-c", "echo initrd broke >&2; exit 1"]\n');
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config }), 'HOOK_FAILED');
+  });
+
+  it('a corrupt layer blob is refused while fetching and leaves nothing behind', async () => {
+    const bad = join(os.dir, 'bad');
+    const img = await buildImage(bad, 'v1', [...(await baseOs()), { path: 'usr/share/fake/only-in-bad', content: 'bad\n' }]);
+    await signInLayout(bad, 'v1', signingKey);
+    await corrupt(join(bad, 'blobs/sha256', img.layers[0]!.digest.slice(7)));
+    await unchanged(
+      () => update(deps(), { sysroot: os.sysroot, reference: `oci:${bad}:v1`, config: noHooks }),
+      'COPY_FAILED',
+      (e) => e.details.causeCode === 'DIGEST_MISMATCH',
+    );
+  });
+
+  it('a layer that rots in the cache is caught before a snapshot is made', async () => {
+    const d = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, downloadOnly: true });
+    assert.equal(d.status, 'downloaded');
+    const blob = join(cacheDir(), 'blobs/sha256', v1.layers[0]!.digest.slice(7));
+    const good = await readFile(blob);
+    await corrupt(blob);
+    try {
+      await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true }), 'DIGEST_MISMATCH');
+    } finally {
+      await writeFile(blob, good);
+    }
+  });
+
+  it('an image the policy refuses is refused before a snapshot exists and before it reaches the cache', async () => {
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks }), 'NO_SIGNATURE');
+    const cache = await OciLayoutTarget.open(cacheDir());
+    assert.equal(await cache.exists(unsigned.manifest), false);
+    assert.equal(await cache.exists(unsigned.layers[0]!), false);
+  });
+
+  it('an image signed with another key is refused the same way', async () => {
+    const other = join(os.dir, 'other');
+    const img = await buildImage(other, 'v9', [...(await v2Files()), { path: 'usr/share/fake/v9', content: '9\n' }]);
+    await signInLayout(other, 'v9', generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey);
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${other}:v9`, config: noHooks }), 'SIGNATURE_INVALID');
+    assert.equal(await (await OciLayoutTarget.open(cacheDir())).exists(img.manifest), false);
+  });
+
+  it('a concurrent update is refused by the lock', async () => {
+    const lock = await acquireUpdateLock(os.sysroot);
+    try {
+      await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks }), 'UPDATE_IN_PROGRESS');
+    } finally {
+      await lock.release();
+    }
+  });
+
+  it('--download-only fills the cache and stops; --offline then updates from the cache alone', async () => {
+    const d = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, downloadOnly: true });
+    assert.equal(d.status, 'downloaded');
+    assert.deepEqual((await state()).snapshots.map((x) => x.number), [1, 2]);
+    // The source is gone (the USB stick was pulled): --offline needs only the cache.
+    const moved = images + '.away';
+    await rename(images, moved);
+    try {
+      const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true });
+      assert.equal(r.status, 'updated');
+      assert.equal((await state()).default, 3);
+      await assert.rejects(update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks, offline: true }), (e: unknown) => isTiuError(e, 'NOT_IN_CACHE'));
+    } finally {
+      await rename(moved, images);
+    }
+  });
+
+  it('rollback moves the default back', async () => {
+    const r = await rollback({ sysroot: os.sysroot });
+    assert.equal(r.from, 3);
+    assert.equal(r.to, 1);
+    assert.equal((await state()).default, 1);
+  });
+
+  it('deploying the image the running snapshot already holds writes no file data (btrfs filesystem df)', async () => {
+    const before = await dataUsed(os.sysroot);
+    const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks });
+    assert.ok(r.status === 'updated');
+    assert.equal(r.from, 1);
+    // Only the image's /etc/hostname, over the admin's changed copy (which the merge then keeps).
+    assert.equal(r.apply.written.bytes, 'microos\n'.length);
+    assert.equal(await readFile(join(snapshotPath(os.sysroot, r.snapshot), 'etc/hostname'), 'utf8'), 'my-host\n');
+    const grown = (await dataUsed(os.sysroot)) - before;
+    assert.ok(grown < 1024 * 1024, `data grew by ${grown} bytes`);
+  });
+});

@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import { isTiuError } from '../../src/errors.ts';
+import { DEFAULT_HOOKS, parseConfig } from '../../src/deploy/config.ts';
+import { planHooks, type KernelFacts } from '../../src/deploy/hooks.ts';
+import { deriveState, snapshotNumberOf } from '../../src/deploy/state.ts';
+import { formatUserdata } from '../../src/host/snapper.ts';
+import { parseMountInfo } from '../../src/host/mount.ts';
+import type { SnapperSnapshot } from '../../src/host/snapper.ts';
+import { cacheTag } from '../../src/deploy/update.ts';
+
+const row = (number: number, userdata: Record<string, string> = {}): SnapperSnapshot => ({
+  number, type: 'single', default: false, active: false, date: '', description: `s${number}`, cleanup: 'number', userdata,
+});
+
+describe('deploy/config', () => {
+  it('defaults without a file', () => {
+    const c = parseConfig('');
+    assert.equal(c.image, undefined);
+    assert.equal(c.policy, undefined);
+    assert.equal(c.cache, '/var/cache/tiu');
+    assert.deepEqual(c.hooks, DEFAULT_HOOKS);
+  });
+  it('reads image, paths and extra hooks after the defaults', () => {
+    const c = parseConfig(`image = "docker://r.example/os:1"\npolicy = "/etc/tiu/policy.json"\ncache = "/var/lib/tiu"\n[[hook]]\nname = "ca"\ncommand = ["update-ca-certificates", "--fresh"]\nwhen = "always"\nif-exists = "/usr/sbin/update-ca-certificates"\n`);
+    assert.equal(c.image, 'docker://r.example/os:1');
+    assert.equal(c.cache, '/var/lib/tiu');
+    assert.deepEqual(c.hooks.at(-1), { name: 'ca', command: ['update-ca-certificates', '--fresh'], when: 'always', ifExists: '/usr/sbin/update-ca-certificates' });
+    assert.equal(c.hooks.length, DEFAULT_HOOKS.length + 1);
+    assert.equal(parseConfig('default-hooks = false').hooks.length, 0);
+  });
+  for (const [text, what] of [
+    ['image = ', 'not valid TOML'],
+    ['imagee = "x"', "unknown key 'imagee'"],
+    ['cache = "relative"', 'absolute'],
+    ['[[hook]]\ncommand = []', 'non-empty array'],
+    ['[[hook]]\ncommand = ["x"]\nwhen = "sometimes"', "'when'"],
+    ['default-hooks = "yes"', 'true or false'],
+  ] as const) {
+    it(`refuses ${JSON.stringify(text)} with CONFIG_INVALID`, () => {
+      assert.throws(() => parseConfig(text, '/etc/tiu/tiu.conf'), (e: unknown) => isTiuError(e, 'CONFIG_INVALID') && e.message.includes(what) && e.message.startsWith('/etc/tiu/tiu.conf'));
+    });
+  }
+});
+
+describe('deploy/hooks planHooks', () => {
+  const facts = (f: Partial<KernelFacts>): KernelFacts => ({ kernels: ['6.1.0'], changed: [], withoutInitrd: [], ...f });
+  const all = () => true;
+  it('no kernel change: only the always-hooks (sdbootutil with the snapshot number)', () => {
+    assert.deepEqual(planHooks(DEFAULT_HOOKS, facts({}), 7, all), [{ name: 'sdbootutil', argv: ['sdbootutil', 'add-all-kernels', '7'] }]);
+  });
+  it('a new kernel with its initrd in the image: bootloader only, no dracut', () => {
+    const p = planHooks(DEFAULT_HOOKS, facts({ kernels: ['6.2.0'], changed: ['6.2.0'] }), 3, all);
+    assert.deepEqual(p.map((h) => h.name), ['grub2-mkconfig', 'sdbootutil']);
+  });
+  it('a new kernel without an initrd: dracut for that version', () => {
+    const p = planHooks(DEFAULT_HOOKS, facts({ kernels: ['6.1.0', '6.2.0'], changed: ['6.2.0'], withoutInitrd: ['6.1.0', '6.2.0'] }), 3, all);
+    assert.deepEqual(p[0], { name: 'initrd 6.2.0', argv: ['dracut', '--force', '--kver', '6.2.0', '/boot/initrd-6.2.0'] });
+    assert.equal(p.length, 3);
+  });
+  it('skips hooks whose program the new tree lacks', () => {
+    const p = planHooks(DEFAULT_HOOKS, facts({ changed: ['6.1.0'], withoutInitrd: ['6.1.0'] }), 3, (p) => p === '/usr/sbin/grub2-mkconfig');
+    assert.deepEqual(p.map((h) => h.name), ['grub2-mkconfig']);
+  });
+});
+
+describe('deploy/state deriveState', () => {
+  it('marks booted/default, staged and the rollback target from userdata', () => {
+    const s = deriveState('/', [row(1), row(2, { 'tiu-image': 'docker://r/os:2', 'tiu-digest': 'sha256:b' }), row(3, { 'tiu-in-progress': 'yes' })], 1, 2);
+    assert.equal(s.staged, 2);
+    assert.equal(s.rollback, 1);
+    assert.equal(s.snapshots[1]?.image, 'docker://r/os:2');
+    assert.equal(s.snapshots[2]?.inProgress, true);
+  });
+  it('without a staged update, rolls back to the newest finished snapshot before the default', () => {
+    const s = deriveState('/', [row(1), row(4), row(5, { 'tiu-in-progress': 'yes' }), row(6)], 6, 6);
+    assert.equal(s.staged, undefined);
+    assert.equal(s.rollback, 4);
+    assert.equal(deriveState('/', [row(1)], 1, 1).rollback, undefined);
+  });
+  it('snapshot numbers from subvolume paths', () => {
+    assert.equal(snapshotNumberOf('@/.snapshots/12/snapshot'), 12);
+    assert.equal(snapshotNumberOf('/@/.snapshots/1/snapshot'), 1);
+    assert.equal(snapshotNumberOf('@'), undefined);
+    assert.equal(snapshotNumberOf('@/.snapshots/1/snapshot/etc'), undefined);
+  });
+});
+
+describe('host helpers (pure)', () => {
+  it('formats snapper userdata and refuses separators in values', () => {
+    assert.equal(formatUserdata({ a: '1', 'tiu-digest': 'sha256:x', gone: '' }), 'a=1,tiu-digest=sha256:x,gone=');
+    assert.throws(() => formatUserdata({ a: 'x,y' }), (e: unknown) => isTiuError(e, 'SNAPPER'));
+    assert.throws(() => formatUserdata({ 'a b': 'x' }), (e: unknown) => isTiuError(e, 'SNAPPER'));
+  });
+  it('parses mountinfo with escapes', () => {
+    const m = parseMountInfo('36 35 0:30 /@/.snapshots/1/snapshot /mnt/my\\040root rw,relatime shared:1 - btrfs /dev/loop0 rw,subvol=/@/.snapshots/1/snapshot\n');
+    assert.equal(m[0]?.mountPoint, '/mnt/my root');
+    assert.equal(m[0]?.root, '/@/.snapshots/1/snapshot');
+    assert.equal(m[0]?.fsType, 'btrfs');
+  });
+  it('cache tags are valid OCI tags, stable per reference', () => {
+    assert.match(cacheTag('docker://r.example/os:1'), /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/);
+    assert.equal(cacheTag('a'), cacheTag('a'));
+    assert.notEqual(cacheTag('a'), cacheTag('b'));
+  });
+});
