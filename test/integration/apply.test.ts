@@ -253,6 +253,10 @@ describe('deploy/apply on btrfs (integration)', function () {
     const rep = await applyTarLayers(target, [() => Readable.from([v2tar])]);
     assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
     assert.ok(rep.kept.count > 0);
+    // moved big.bin and renamed libx.so.2 become reflinks of the old files (written, then shared)
+    assert.ok(rep.reflinked.bytes >= big.length + libx.length, JSON.stringify(rep.reflinked));
+    const excl = await exclusiveBytes(target);
+    assert.ok(excl < newfile.length + 300 * 1024, `exclusive ${excl}`);
     const again = join(fs.mnt, 'tar-again');
     await snapshot(target, again);
     const rep2 = await applyTarLayers(again, [() => Readable.from([v2tar])]);
