@@ -15,8 +15,9 @@ import { createHash } from 'node:crypto';
 import { lstat, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { PassThrough } from 'node:stream';
-import { createGunzip, createZstdDecompress } from 'node:zlib';
+import { Duplex, PassThrough } from 'node:stream';
+import { zstdDecompressFrames } from '../bundle/zstd-frames.ts';
+import { createGunzip } from 'node:zlib';
 import type { Target } from '../content/interfaces.ts';
 import { VerifyingStream } from '../oci/digest.ts';
 import { MediaType } from '../oci/mediatypes.ts';
@@ -126,7 +127,7 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   return { desc: pick, manifest: second.parsed.manifest };
 }
 
-function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof createGunzip> | ReturnType<typeof createZstdDecompress> {
+function decompressorFor(mediaType: string): Duplex {
   switch (mediaType) {
     case MediaType.OciLayerTar:
     case 'application/vnd.docker.image.rootfs.diff.tar':
@@ -135,7 +136,8 @@ function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof cre
     case MediaType.DockerLayerGzip:
       return createGunzip();
     case MediaType.OciLayerZstd:
-      return createZstdDecompress();
+      // Every frame (zstd:chunked layers are many, plus skippable ones): node's decoder stops after the first.
+      return Duplex.from((src: AsyncIterable<Buffer>) => zstdDecompressFrames(src));
     default:
       throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
   }

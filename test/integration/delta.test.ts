@@ -143,13 +143,21 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     };
   };
 
-  async function buildTo(dir: string, files: OsFile[], tag: string, compression: 'zstd' | 'gzip'): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
-    const tree = await mkdtemp(join(work, 'tree-'));
-    await writeTree(tree, files);
+  async function buildTo(dir: string, tree: string, tag: string, compression: 'zstd' | 'gzip'): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
     const target = await OciLayoutTarget.open(dir, { create: true });
     const r = await buildBundle({ kind: 'directory', path: tree }, target, tag, { compression, sourceDateEpoch: 1_767_225_600, layers: 3 });
-    await rm(tree, { recursive: true, force: true });
     return { desc: r.descriptor, manifest: r.manifest };
+  }
+
+  /**
+   * Two snapshots written from the same image must be equal file by file. What the update
+   * sequence itself stamps with the time of the run is left out: the mtimes of / and /usr
+   * (touched after the apply, as tukit does) and of /etc files the admin has that the image
+   * lacks (carried by the /etc merge).
+   */
+  async function sameSnapshots(a: number, b: number): Promise<void> {
+    const diffs = await diffTrees(snapshotPath(os.sysroot, a), snapshotPath(os.sysroot, b), { skip: SKIP, ignoreRootMeta: true });
+    assert.deepEqual(diffs.filter((d) => !/^(usr|etc\/snapper\/configs\/root|etc\/default\/snapper): mtime /.test(d)), []);
   }
 
   async function pushToRegistry(src: Target, tag: string): Promise<void> {
@@ -189,8 +197,10 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     const v1Files = await osFiles(1);
     v1Digests = new Set(v1Files.filter((f) => f.content !== undefined).map((f) => sha(Buffer.from(f.content!))));
     os = await createMicroOS({ files: v1Files });
-    v2 = await buildTo(layoutDir, await osFiles(2), 'v2', 'zstd');
-    gz = await buildTo(layoutDir, await osFiles(2), 'v2-gzip', 'gzip');
+    const tree = join(work, 'v2-tree');
+    await writeTree(tree, await osFiles(2));
+    v2 = await buildTo(layoutDir, tree, 'v2', 'zstd');
+    gz = await buildTo(layoutDir, tree, 'v2-gzip', 'gzip');
     trusted.add(v2.desc.digest).add(gz.desc.digest);
     reg = await startRegistry();
     proxy = await startCountingProxy(reg.port);
@@ -214,7 +224,7 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     assert.equal(c.status, 'available');
     assert.ok(c.status === 'available');
     assert.equal(c.transfer.path, 'delta');
-    assert.equal(c.transfer.files?.write.count, 14, 'the 12 changed and 2 new files are downloaded');
+    assert.equal(c.transfer.files?.write.count, 15, 'the 12 changed files, 2 new ones and os-release are downloaded');
     assert.ok(c.transfer.files.reflink.count >= 10, 'the moved package is reflinked');
     assert.ok(c.transfer.downloadBytes < c.transfer.layerBytes / 5);
     predicted = c.transfer.downloadBytes;
@@ -265,7 +275,7 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
       const measured = proxy.blobBytes(layerDigests());
       console.log(`      whole-layer (Range stripped): ${measured} layer bytes through the proxy (${proxy.bodyBytes} bytes of all bodies)`);
       assert.ok(measured >= v2.manifest.layers.reduce((n, l) => n + l.size, 0));
-      assert.deepEqual(await diffTrees(snapshotPath(os.sysroot, 2), snapshotPath(os.sysroot, r.snapshot), { skip: SKIP }), []);
+      await sameSnapshots(2, r.snapshot);
     } finally {
       proxy.stripRange(false);
     }
@@ -277,7 +287,7 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     assert.ok(r.status === 'updated');
     assert.equal(r.transfer?.path, 'delta');
     assert.equal(r.transfer.downloaded, predicted);
-    assert.deepEqual(await diffTrees(snapshotPath(os.sysroot, 2), snapshotPath(os.sysroot, r.snapshot), { skip: SKIP }), []);
+    await sameSnapshots(2, r.snapshot);
   });
 
   it('gzip layers take the whole-layer path, with the same result', async () => {
@@ -291,7 +301,7 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     assert.ok(r.status === 'updated');
     assert.equal(r.transfer?.path, 'whole-layer');
     assert.match(r.transfer.reason ?? '', /gzip/);
-    assert.deepEqual(await diffTrees(snapshotPath(os.sysroot, 2), snapshotPath(os.sysroot, r.snapshot), { skip: SKIP }), []);
+    await sameSnapshots(2, r.snapshot);
   });
 
   it('a TOC that does not match the signed annotation is refused before anything is written', async () => {
