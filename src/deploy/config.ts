@@ -2,7 +2,7 @@
  * /etc/tiu/tiu.conf, TOML:
  *
  *   image = "docker://registry.example.com/os/microos:latest"   # what `tiu update` fetches
- *   policy = "/etc/containers/policy.json"                      # signature policy
+ *   policy = "/etc/tiu/policy.json"     # signature policy; default: /etc/tiu/policy.json, else /etc/containers/policy.json
  *   cache = "/var/cache/tiu"                                    # OCI layout for --download-only/--offline
  *   default-hooks = true                                        # initrd + bootloader hooks for MicroOS
  *
@@ -37,7 +37,8 @@ export interface HookSpec {
 
 export interface TiuConfig {
   image?: string;
-  policy: string;
+  /** containers-policy.json(5); undefined: the trust module's default paths. */
+  policy?: string;
   cache: string;
   hooks: HookSpec[];
   /** The file it came from, when there was one. */
@@ -94,10 +95,10 @@ export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
     if (typeof name !== 'string') throw new ConfigError(file, `${at}: 'name' must be a string`);
     return { name, command: cmd, when: when as HookWhen, ...(ifExists ? { ifExists } : {}) };
   });
-  const policy = str('policy') ?? '/etc/containers/policy.json';
+  const policy = str('policy');
   const cache = str('cache') ?? '/var/cache/tiu';
   for (const [k, v] of [['policy', policy], ['cache', cache]] as const) {
-    if (!v.startsWith('/')) throw new ConfigError(file, `'${k}' must be an absolute path`);
+    if (v !== undefined && !v.startsWith('/')) throw new ConfigError(file, `'${k}' must be an absolute path`);
   }
   return { image: str('image'), policy, cache, hooks: [...(defaults ? DEFAULT_HOOKS : []), ...hooks], file };
 }

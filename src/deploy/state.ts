@@ -9,6 +9,7 @@ import { getDefault } from '../host/btrfs.ts';
 import { mountAt } from '../host/mount.ts';
 import { snapper as openSnapper, type Snapper, type SnapperSnapshot } from '../host/snapper.ts';
 import { TiuError } from '../errors.ts';
+import { attemptsOf, healthOf, type HealthMark } from './health.ts';
 
 /** Userdata keys tiu writes. */
 export const UD = {
@@ -34,6 +35,10 @@ export interface SnapshotState {
   /** Marked by an update that has not finished (yet, or ever: a crash). */
   inProgress: boolean;
   etcConflicts: number;
+  /** The boot health verdict (tiu health --boot): good once a boot passed, bad when it was rolled back. */
+  health?: HealthMark;
+  /** Boots counted by the health check before the verdict. */
+  bootAttempts: number;
   booted: boolean;
   default: boolean;
   userdata: Record<string, string>;
@@ -96,6 +101,8 @@ export function deriveState(sysroot: string, rows: SnapperSnapshot[], booted: nu
       digest: r.userdata[UD.digest] || undefined,
       inProgress: r.userdata[UD.inProgress] === 'yes',
       etcConflicts: Number(r.userdata[UD.etcConflicts] ?? 0) || 0,
+      health: healthOf(r),
+      bootAttempts: attemptsOf(r),
       booted: r.number === booted,
       default: r.number === def,
       userdata: r.userdata,

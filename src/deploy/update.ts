@@ -12,10 +12,11 @@
  * (wired in src/deploy/wiring.ts), so this file is only the sequence.
  */
 import { createHash } from 'node:crypto';
-import { lstat, readdir, writeFile } from 'node:fs/promises';
+import { lstat, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { Duplex, PassThrough } from 'node:stream';
+import { Duplex, PassThrough, Writable } from 'node:stream';
 import { zstdDecompressFrames } from '../bundle/zstd-frames.ts';
 import { createGunzip } from 'node:zlib';
 import type { Target } from '../content/interfaces.ts';
@@ -23,36 +24,29 @@ import { VerifyingStream } from '../oci/digest.ts';
 import { MediaType } from '../oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../oci/types.ts';
 import { fetchManifest } from '../content/graph.ts';
+import type { ApplyReport } from './apply/index.ts';
+import type { EtcConflict, EtcMergeReport } from './etc-merge.ts';
+import type { IdClash, UsersMergeResult } from './users-merge.ts';
 import { TiuError, asError } from '../errors.ts';
 import { hasSelinuxLabel, selinuxWanted } from '../host/selinux.ts';
 import { copyTreeReflink } from '../host/system.ts';
+import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
 import { loadConfig, type TiuConfig } from './config.ts';
 import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from './hooks.ts';
 import { acquireUpdateLock } from './lock.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
 import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
-import { applyTransfer, ContentStore, DELTA_PRESERVE, describeTransfer, downloadTransfer, prepareTransfer, type DeltaTransfer, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
+import { applyTransfer, ContentStore, describeTransfer, downloadTransfer, prepareTransfer, type DeltaTransfer, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
 
 export class UpdateError extends TiuError {}
 
-export interface LayerStream {
-  /** The layer blob's digest (compressed, as in the manifest). */
-  digest: string;
-  mediaType: string;
-  /** The uncompressed tar, verified against `digest` as it is read: a mismatch errors the stream. */
-  tar: Readable;
-}
+/** A layer's uncompressed tar, verified against the blob digest as it is read (a mismatch errors the stream). */
+export type LayerOpener = () => Promise<Readable>;
 
-export interface EtcMergeArgs {
-  /** The pristine /etc of the image the system runs (its /usr/lib/tiu/etc); absent on a first update. */
-  base: string | undefined;
-  /** The admin's /etc: the running system's. */
-  ours: string;
-  /** The new image's pristine /etc. */
-  theirs: string;
-  /** The new snapshot's /etc, rewritten by the merge. */
-  target: string;
-}
+/** Top-level paths of a snapshot that are not image content: never written or deleted by the apply. */
+export const PRESERVE = ['.snapshots', 'var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', 'boot/grub2/x86_64-efi', 'boot/grub2/i386-pc', 'boot/grub2/arm64-efi', 'boot/grub2/powerpc-ieee1275', 'boot/grub2/s390x-emu', 'boot/efi'] as const;
+/** Where the admin's /etc waits in the new snapshot while the image is written. */
+export const ETC_ASIDE = '.tiu-etc-merge';
 
 export interface UpdateDeps {
   /**
@@ -64,10 +58,11 @@ export interface UpdateDeps {
   openCache(dir: string): Promise<Target>;
   copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
-  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string; sysroot: string; signal?: AbortSignal }): Promise<void>;
-  applyLayers(o: { root: string; layers: AsyncIterable<LayerStream>; signal?: AbortSignal }): Promise<unknown>;
-  mergeEtc(o: EtcMergeArgs): Promise<{ conflicts: string[] }>;
-  mergeUsers(o: EtcMergeArgs): Promise<{ clashes: string[] }>;
+  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signal?: AbortSignal }): Promise<void>;
+  applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; signal?: AbortSignal }): Promise<ApplyReport>;
+  /** Three-way merge into `ours` (the new snapshot's /etc): base = old pristine /etc, theirs = new pristine /etc. */
+  mergeEtc(base: string, ours: string, theirs: string): Promise<Pick<EtcMergeReport, 'conflicts'>>;
+  mergeUsers(base: string, ours: string, theirs: string): Promise<Pick<UsersMergeResult, 'clashes' | 'addedUsers' | 'addedGroups'>>;
 }
 
 export interface UpdateOptions {
@@ -94,11 +89,12 @@ export type UpdateResult =
       digest: string;
       snapshot: number;
       from: number;
-      etcConflicts: string[];
-      userClashes: string[];
+      etcConflicts: EtcConflict[];
+      userClashes: IdClash[];
+      addedUsers: string[];
       relabel: boolean;
       hooks: HookRun[];
-      apply: unknown;
+      apply: ApplyReport;
       cleanup: CleanupReport;
       /** Which download path was taken and what it cost (absent for --offline). */
       transfer?: TransferReport;
@@ -143,16 +139,25 @@ function decompressorFor(mediaType: string): Duplex {
   }
 }
 
-/** The layers of `manifest` as verified, decompressed tar streams, one after the other. */
-export async function* layerStreams(target: Target, manifest: ImageManifest, signal?: AbortSignal): AsyncGenerator<LayerStream> {
-  for (const [i, layer] of manifest.layers.entries()) {
+/** Openers for the layers of `manifest`: verified, decompressed tar streams. */
+export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
+  return manifest.layers.map((layer, i) => async () => {
     const decompress = decompressorFor(layer.mediaType);
     const raw = await target.fetch(layer, { signal });
     const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
     raw.on('error', (e) => verify.destroy(e));
     verify.on('error', (e) => decompress.destroy(e));
     raw.pipe(verify).pipe(decompress);
-    yield { digest: layer.digest, mediaType: layer.mediaType, tar: decompress };
+    return decompress;
+  });
+}
+
+/** Read every layer blob once through its digest: the cache may have rotted since the download. */
+export async function verifyBlobs(target: Target, blobs: Descriptor[], signal?: AbortSignal): Promise<void> {
+  for (const d of blobs) {
+    if (!(await target.exists(d, { signal }))) throw new UpdateError('NOT_IN_CACHE', `blob ${d.digest} is missing from ${target.name}`, { digest: d.digest });
+    const raw = await target.fetch(d, { signal });
+    await pipeline(raw, new VerifyingStream(d, `blob ${d.digest} in ${target.name}`), new Writable({ write: (_c, _e, cb) => cb() }), { signal });
   }
 }
 
@@ -249,10 +254,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: cacheDir, cleanup };
 
     const { manifest } = delta ? { manifest: delta.manifest } : await imageManifest(cache, root, platform, signal);
-    // Every blob the apply needs must be in the cache before a snapshot exists.
-    for (const l of delta ? [] : manifest.layers) {
-      if (!(await cache.exists(l, { signal }))) throw new UpdateError('NOT_IN_CACHE', `layer ${l.digest} of ${image} is missing from the cache ${cacheDir}`, { digest: l.digest });
-    }
+    // Every blob the apply needs is in the cache and intact before a snapshot exists (delta: every file was verified into the store).
+    if (!delta) await verifyBlobs(cache, manifest.layers, signal);
 
     const from = state.booted;
     progress(`creating snapshot from ${from}`);
@@ -260,24 +263,31 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     try {
       const newRoot = snapshotPath(ctx.sysroot, n);
       const oldRoot = snapshotPath(ctx.sysroot, from);
+      // A second copy of the admin's /etc waits aside while the image is written over the first
+      // (so the image's /etc costs only what differs), then the merge writes into it.
+      const aside = join(newRoot, ETC_ASIDE);
+      if (await isSubvolume(join(oldRoot, 'etc'))) await subvolumeSnapshot(join(oldRoot, 'etc'), aside);
+      else await copyTreeReflink(join(oldRoot, 'etc'), aside);
       progress(`writing ${manifest.layers.length} layer(s) into snapshot ${n}`);
-      let applyReport: unknown;
+      let applyReport: ApplyReport;
       if (delta && store) {
-        const a = await applyTransfer(delta, newRoot, store, { preserve: DELTA_PRESERVE, signal });
+        const a = await applyTransfer(delta, newRoot, store, { preserve: [...PRESERVE, ETC_ASIDE], signal });
         if (a.extra.bytes) transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
         applyReport = a.report;
       } else {
-        applyReport = await deps.applyLayers({ root: newRoot, layers: layerStreams(cache, manifest, signal), signal });
+        applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal), preserve: [...PRESERVE, ETC_ASIDE], signal });
       }
 
-      // /etc: base = the running image's pristine copy, ours = the running /etc, theirs = the new pristine copy.
+      // /etc: base = the running image's pristine copy, ours = the admin's, theirs = the new pristine copy.
       const theirs = join(newRoot, 'usr/lib/tiu/etc');
       if (!(await exists(theirs)) && (await exists(join(newRoot, 'etc')))) await copyTreeReflink(join(newRoot, 'etc'), theirs);
-      const baseDir = join(oldRoot, 'usr/lib/tiu/etc');
-      const args: EtcMergeArgs = { base: (await exists(baseDir)) ? baseDir : undefined, ours: join(oldRoot, 'etc'), theirs, target: join(newRoot, 'etc') };
+      const base = join(oldRoot, 'usr/lib/tiu/etc');
       progress('merging /etc');
-      const etc = await deps.mergeEtc(args);
-      const users = await deps.mergeUsers(args);
+      const etc = await deps.mergeEtc(base, aside, theirs);
+      const users = await deps.mergeUsers(base, aside, theirs);
+      if (await isSubvolume(join(newRoot, 'etc'))) await subvolumeDelete(join(newRoot, 'etc'));
+      else await rm(join(newRoot, 'etc'), { recursive: true, force: true });
+      await rename(aside, join(newRoot, 'etc'));
 
       let relabel = false;
       if ((await selinuxWanted(newRoot)) && !(await hasSelinuxLabel(join(newRoot, 'usr')))) {
@@ -302,6 +312,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         from,
         etcConflicts: etc.conflicts,
         userClashes: users.clashes,
+        addedUsers: users.addedUsers,
         relabel,
         hooks,
         apply: applyReport,
@@ -338,7 +349,7 @@ async function chooseTransfer(
   // Nothing of the image (TOCs included) is used before the policy accepted its signature.
   await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signal: o.signal });
   const { manifest } = await imageManifest(source, root, o.platform, o.signal);
-  return prepareTransfer({ source, manifest, oldRoot, preserve: DELTA_PRESERVE, mode: o.mode ?? 'auto', signal: o.signal });
+  return prepareTransfer({ source, manifest, oldRoot, preserve: PRESERVE, mode: o.mode ?? 'auto', signal: o.signal });
 }
 
 /**

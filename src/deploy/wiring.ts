@@ -1,18 +1,42 @@
 /**
- * The real implementations behind UpdateDeps. Transports and copy come from src/transport and
- * src/copy; the signature policy, the diff-apply engine and the /etc and user merges are
- * added here as their modules land in main.
+ * The real implementations behind UpdateDeps: transports and copy (src/transport, src/copy),
+ * the signature policy (src/trust), the cache (an OCI layout), the diff-apply engine
+ * (src/deploy/apply) and the /etc and user database merges.
  */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { copy } from '../copy/copy.ts';
+import { parseReference } from '../oci/reference.ts';
 import { openReference } from '../transport/resolve.ts';
+import { TrustError } from '../trust/errors.ts';
+import { checkPolicy, DEFAULT_POLICY_PATHS, loadPolicy } from '../trust/policy.ts';
+import { applyTarLayers } from './apply/index.ts';
+import { mergeEtc } from './etc-merge.ts';
+import { mergeUserDb } from './users-merge.ts';
 import type { UpdateDeps } from './update.ts';
 
-export const transportDeps: Pick<UpdateDeps, 'openSource' | 'openCache' | 'copy'> = {
+/** The policy file of the system at `sysroot`: the configured one, else the first default that exists. */
+export function policyPathFor(sysroot: string, configured: string | undefined): string {
+  if (configured !== undefined) return join(sysroot, configured);
+  const candidates = DEFAULT_POLICY_PATHS.map((p) => join(sysroot, p));
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) throw new TrustError('POLICY_NOT_FOUND', `no signature policy: none of ${candidates.join(', ')} exists, and unsigned updates are refused`, { paths: candidates });
+  return found;
+}
+
+export const productionDeps: UpdateDeps = {
   async openSource(reference, o) {
     const { target, name } = await openReference(reference, { signal: o.signal });
     return { target, reference: name };
   },
   openCache: (dir) => OciLayoutTarget.open(dir, { create: true, name: `cache oci:${dir}` }),
   copy: (src, srcRef, dst, dstRef, opts) => copy(src, srcRef, dst, dstRef, opts),
+  async checkPolicy({ reference, source, root, policyPath, sysroot }) {
+    const policy = loadPolicy(policyPathFor(sysroot, policyPath));
+    await checkPolicy(policy, source, root, parseReference(reference));
+  },
+  applyLayers: (o) => applyTarLayers(o.root, o.layers, { preserve: o.preserve }),
+  mergeEtc: (base, ours, theirs) => mergeEtc(base, ours, theirs),
+  mergeUsers: (base, ours, theirs) => mergeUserDb(base, ours, theirs),
 };

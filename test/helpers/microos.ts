@@ -93,7 +93,10 @@ export async function v2Files(): Promise<OsFile[]> {
       .filter((f) => f.path !== 'usr/share/fake/hello')
       .map((f) => (f.path === 'usr/lib/os-release' ? { ...f, content: 'NAME="Fake MicroOS"\nID="fake-microos"\nVERSION_ID="2"\n' } : f))
       .map((f) => (f.path.endsWith('etc/motd') ? { ...f, content: 'welcome to v2\n' } : f))
-      .map((f) => (f.path.endsWith('etc/hostname') ? { ...f, content: 'microos-v2\n' } : f)),
+      .map((f) => (f.path.endsWith('etc/hostname') ? { ...f, content: 'microos-v2\n' } : f))
+      .map((f) => (f.path.endsWith('etc/passwd') ? { ...f, content: `${String(f.content)}chrony:x:498:498:Chrony Daemon:/var/lib/chrony:/usr/sbin/nologin\n` } : f))
+      .map((f) => (f.path.endsWith('etc/group') ? { ...f, content: `${String(f.content)}chrony:x:498:\n` } : f))
+      .map((f) => (f.path.endsWith('etc/shadow') ? { ...f, content: `${String(f.content)}chrony:!:19000::::::\n` } : f)),
     { path: 'usr/share/fake/new-in-v2', content: 'new\n' },
     { path: 'etc/new-default.conf', content: 'fresh\n' },
     { path: 'usr/lib/tiu/etc/new-default.conf', content: 'fresh\n' },

@@ -28,7 +28,6 @@ import { parseConfig } from '../../src/deploy/config.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { checkUpdate, update, type UpdateDeps } from '../../src/deploy/update.ts';
-import { applyTarLayers } from '../../src/deploy/apply/index.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, referenceName, type DockerReference } from '../../src/oci/reference.ts';
@@ -39,7 +38,10 @@ import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, writeTree, type MicroOS, type OsFile } from '../helpers/microos.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { diffTrees } from '../helpers/treecmp.ts';
-import { testDeps } from '../helpers/update-deps.ts';
+import { installPolicy, signInLayout, TEST_IDENTITY } from '../helpers/update-deps.ts';
+import { productionDeps } from '../../src/deploy/wiring.ts';
+import { signImage } from '../../src/trust/sign.ts';
+import type { KeyObject } from 'node:crypto';
 
 const sha = (b: Uint8Array): `sha256:${string}` => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -120,28 +122,20 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
   let v2: { desc: Descriptor; manifest: ImageManifest };
   let gz: { desc: Descriptor; manifest: ImageManifest };
   let v1Digests: Set<string>;
-  const trusted = new Set<string>();
+  let key: KeyObject;
   const noHooks = parseConfig('default-hooks = false');
   const ref = (tag: string) => `docker://${proxy.host}/tiu/os:${tag}`;
   const state = async () => readState(await openContext(os.sysroot));
 
-  /** The real transports (a registry Target for docker://), a digest-list policy, and main's real tar apply for whole layers. */
-  const deps = (): UpdateDeps => {
-    const base = testDeps(trusted);
-    return {
-      ...base,
-      async openSource(reference, o) {
-        const r = parseReference(reference);
-        if (r.transport !== 'docker') return base.openSource(reference, o);
-        return { target: openRegistryTarget(r, { registriesConf: false }), reference: referenceName(r) };
-      },
-      async applyLayers({ root, layers }) {
-        const tars: Readable[] = [];
-        for await (const l of layers) tars.push(l.tar);
-        return applyTarLayers(root, tars.map((t) => () => t), { preserve: SKIP });
-      },
-    };
-  };
+  /** The real dependencies; docker:// without the host's registries.conf. */
+  const deps = (): UpdateDeps => ({
+    ...productionDeps,
+    async openSource(reference, o) {
+      const r = parseReference(reference);
+      if (r.transport !== 'docker') return productionDeps.openSource(reference, o);
+      return { target: openRegistryTarget(r, { registriesConf: false }), reference: referenceName(r) };
+    },
+  });
 
   async function buildTo(dir: string, tree: string, tag: string, compression: 'zstd' | 'gzip'): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
     const target = await OciLayoutTarget.open(dir, { create: true });
@@ -163,7 +157,7 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
   async function pushToRegistry(src: Target, tag: string): Promise<void> {
     const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, { registriesConf: false });
     try {
-      await copy(src, tag, dst, tag, {});
+      await copy(src, tag, dst, tag, { referrers: true });
     } finally {
       await dst.close();
     }
@@ -178,7 +172,7 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
       const desc: Descriptor = { mediaType: MediaType.OciManifest, digest: sha(bytes), size: bytes.length };
       await dst.push(desc, Readable.from([bytes]));
       await dst.tag(desc, tag);
-      trusted.add(desc.digest);
+      await signImage(dst, desc, key, { dockerReference: `${TEST_IDENTITY}:${tag}` });
       return desc;
     } finally {
       await dst.close();
@@ -201,7 +195,9 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     await writeTree(tree, await osFiles(2));
     v2 = await buildTo(layoutDir, tree, 'v2', 'zstd');
     gz = await buildTo(layoutDir, tree, 'v2-gzip', 'gzip');
-    trusted.add(v2.desc.digest).add(gz.desc.digest);
+    key = await installPolicy(os.sysroot);
+    await signInLayout(layoutDir, 'v2', key);
+    await signInLayout(layoutDir, 'v2-gzip', key);
     reg = await startRegistry();
     proxy = await startCountingProxy(reg.port);
     const layout = await OciLayoutTarget.open(layoutDir);

@@ -1,25 +1,26 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { lstat, readFile, readlink, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, v2Files, type MicroOS } from '../helpers/microos.ts';
-import { buildImage, testDeps, type BuiltImage } from '../helpers/update-deps.ts';
+import { buildImage, installPolicy, signInLayout, type BuiltImage } from '../helpers/update-deps.ts';
+import { productionDeps } from '../../src/deploy/wiring.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { isTiuError, type TiuError } from '../../src/errors.ts';
 import { parseConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
-import { update, type UpdateResult } from '../../src/deploy/update.ts';
-import { mountInfo } from '../../src/host/mount.ts';
+import { ETC_ASIDE, update } from '../../src/deploy/update.ts';
+import { dataUsed, isSubvolume } from '../../src/host/btrfs.ts';
 
 describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', function () {
   let os: MicroOS;
   let images: string;
-  const trusted = new Set<string>();
-  const deps = () => testDeps(trusted);
+  let signingKey: KeyObject;
+  const deps = () => productionDeps;
   const cacheDir = () => join(os.sysroot, 'var/cache/tiu');
   let v1: BuiltImage;
   let v2: BuiltImage;
@@ -34,7 +35,9 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     v1 = await buildImage(images, 'v1', await baseOs());
     v2 = await buildImage(images, 'v2', await v2Files(), 'zstd');
     unsigned = await buildImage(images, 'unsigned', [...(await v2Files()), { path: 'usr/share/fake/evil', content: 'x' }]);
-    trusted.add(v1.manifest.digest).add(v2.manifest.digest);
+    const key = (signingKey = await installPolicy(os.sysroot));
+    await signInLayout(images, 'v1', key);
+    await signInLayout(images, 'v2', key);
   });
   after(async () => {
     await os?.teardown();
@@ -49,7 +52,8 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.equal(r.snapshot, 2);
     assert.equal(r.from, 1);
     assert.equal(r.digest, v2.manifest.digest);
-    assert.deepEqual(r.etcConflicts, ['/etc/hostname']);
+    assert.deepEqual(r.etcConflicts.map((c) => c.path), ['hostname']);
+    assert.deepEqual(r.addedUsers, ['chrony']);
     const s = await state();
     assert.equal(s.default, 2);
     assert.equal(s.booted, 1);
@@ -66,6 +70,14 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.equal(await readFile(join(n, 'etc/hostname'), 'utf8'), 'my-host\n');
     assert.equal(await readFile(join(n, 'etc/hostname.tiunew'), 'utf8'), 'microos-v2\n');
     assert.equal(await readFile(join(n, 'etc/new-default.conf'), 'utf8'), 'fresh\n');
+    // Users: the image's new system account is added, the admin's accounts and passwords stay.
+    const passwd = await readFile(join(n, 'etc/passwd'), 'utf8');
+    assert.match(passwd, /^chrony:x:498:498:/m);
+    assert.match(passwd, /^admin:x:1000:1000:/m);
+    assert.match(await readFile(join(n, 'etc/shadow'), 'utf8'), /^admin:\$6\$salt\$adminhash:/m);
+    // /etc is still a nested subvolume, and the admin's copy that waited aside is gone.
+    assert.equal(await isSubvolume(join(n, 'etc')), true);
+    assert.equal(existsSync(join(n, ETC_ASIDE)), false);
     // The running snapshot is unchanged.
     const old = snapshotPath(os.sysroot, 1);
     assert.match(await readFile(join(old, 'usr/lib/os-release'), 'utf8'), /VERSION_ID="1"/);
@@ -102,15 +114,16 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
   it('a corrupt layer blob is refused while fetching and leaves nothing behind', async () => {
     const bad = join(os.dir, 'bad');
     const img = await buildImage(bad, 'v1', [...(await baseOs()), { path: 'usr/share/fake/only-in-bad', content: 'bad\n' }]);
+    await signInLayout(bad, 'v1', signingKey);
     await corrupt(join(bad, 'blobs/sha256', img.layers[0]!.digest.slice(7)));
     await unchanged(
-      () => update(testDeps(new Set([img.manifest.digest])), { sysroot: os.sysroot, reference: `oci:${bad}:v1`, config: noHooks }),
+      () => update(deps(), { sysroot: os.sysroot, reference: `oci:${bad}:v1`, config: noHooks }),
       'COPY_FAILED',
       (e) => e.details.causeCode === 'DIGEST_MISMATCH',
     );
   });
 
-  it('a layer that rots in the cache is caught while applying: the snapshot is deleted again', async () => {
+  it('a layer that rots in the cache is caught before a snapshot is made', async () => {
     const d = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, downloadOnly: true });
     assert.equal(d.status, 'downloaded');
     const blob = join(cacheDir(), 'blobs/sha256', v1.layers[0]!.digest.slice(7));
@@ -124,10 +137,18 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
   });
 
   it('an image the policy refuses is refused before a snapshot exists and before it reaches the cache', async () => {
-    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks }), 'SIGNATURE_REQUIRED');
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks }), 'NO_SIGNATURE');
     const cache = await OciLayoutTarget.open(cacheDir());
     assert.equal(await cache.exists(unsigned.manifest), false);
     assert.equal(await cache.exists(unsigned.layers[0]!), false);
+  });
+
+  it('an image signed with another key is refused the same way', async () => {
+    const other = join(os.dir, 'other');
+    const img = await buildImage(other, 'v9', [...(await v2Files()), { path: 'usr/share/fake/v9', content: '9\n' }]);
+    await signInLayout(other, 'v9', generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey);
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${other}:v9`, config: noHooks }), 'SIGNATURE_INVALID');
+    assert.equal(await (await OciLayoutTarget.open(cacheDir())).exists(img.manifest), false);
   });
 
   it('a concurrent update is refused by the lock', async () => {
@@ -163,39 +184,15 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.equal((await state()).default, 1);
   });
 
-  it('an update killed with SIGKILL mid-way leaves an in-progress snapshot that the next run deletes before succeeding', async function () {
-    const marker = () => readdirSync(join(os.sysroot, '.snapshots')).map((d) => join(os.sysroot, '.snapshots', d, 'snapshot/tiu-hook-started')).find((p) => existsSync(p));
-    const child = spawn(
-      process.execPath,
-      [new URL('../helpers/update-child.ts', import.meta.url).pathname, os.sysroot, `oci:${images}:v2`, v2.manifest.digest],
-      { stdio: ['ignore', 'inherit', 'inherit'] },
-    );
-    let hookPid = 0;
-    try {
-      for (let i = 0; i < 600 && !marker(); i++) await new Promise((r) => setTimeout(r, 100));
-      const m = marker();
-      assert.ok(m, 'the hook of the child update never started');
-      hookPid = Number((await readFile(m, 'utf8')).trim());
-      child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
-    } finally {
-      if (hookPid) process.kill(hookPid, 'SIGKILL');
-      child.kill('SIGKILL');
-    }
-    const crashed = await state();
-    const left = crashed.snapshots.filter((x) => x.inProgress);
-    assert.equal(left.length, 1);
-    assert.equal(crashed.default, 1);
-    const r: UpdateResult = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v2`, config: noHooks });
-    assert.equal(r.status, 'updated');
-    assert.deepEqual(r.cleanup.deleted, [left[0]!.number]);
-    const s = await state();
-    assert.equal(s.snapshots.some((x) => x.inProgress), false);
+  it('deploying the image the running snapshot already holds writes no file data (btrfs filesystem df)', async () => {
+    const before = await dataUsed(os.sysroot);
+    const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks });
     assert.ok(r.status === 'updated');
-    assert.equal(s.default, r.snapshot);
-    // snapper hands out the freed number again: the list is the finished snapshots plus the new one.
-    assert.deepEqual(s.snapshots.map((x) => x.number), [...crashed.snapshots.filter((x) => !x.inProgress).map((x) => x.number), r.snapshot]);
-    assert.equal(existsSync(join(snapshotPath(os.sysroot, r.snapshot), 'tiu-hook-started')), false);
-    assert.equal((await mountInfo()).some((m) => m.mountPoint.startsWith(join(os.sysroot, '.snapshots') + '/')), false);
+    assert.equal(r.from, 1);
+    // Only the image's /etc/hostname, over the admin's changed copy (which the merge then keeps).
+    assert.equal(r.apply.written.bytes, 'microos\n'.length);
+    assert.equal(await readFile(join(snapshotPath(os.sysroot, r.snapshot), 'etc/hostname'), 'utf8'), 'my-host\n');
+    const grown = (await dataUsed(os.sysroot)) - before;
+    assert.ok(grown < 1024 * 1024, `data grew by ${grown} bytes`);
   });
 });

@@ -16,7 +16,7 @@ describe('deploy/config', () => {
   it('defaults without a file', () => {
     const c = parseConfig('');
     assert.equal(c.image, undefined);
-    assert.equal(c.policy, '/etc/containers/policy.json');
+    assert.equal(c.policy, undefined);
     assert.equal(c.cache, '/var/cache/tiu');
     assert.deepEqual(c.hooks, DEFAULT_HOOKS);
   });

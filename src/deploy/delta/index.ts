@@ -30,12 +30,6 @@ export { fetchLayerTocs, layerUnusable, type LayerTocs } from './tocs.ts';
 
 export type TransferPath = 'delta' | 'whole-layer';
 
-/**
- * Top-level paths of a snapshot that are not image content (MicroOS subvolumes, .snapshots):
- * never scanned as content sources, written or deleted by the delta apply.
- * (The same list as the update sequence's; one of them goes when both are in main.)
- */
-export const DELTA_PRESERVE: readonly string[] = ['.snapshots', 'var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', 'boot/grub2/x86_64-efi', 'boot/grub2/i386-pc', 'boot/grub2/arm64-efi', 'boot/grub2/powerpc-ieee1275', 'boot/grub2/s390x-emu', 'boot/efi'];
 /** 'auto': delta where possible, else whole layers; 'delta': fail when impossible; 'whole-layer': never delta. */
 export type TransferMode = 'auto' | TransferPath;
 

@@ -1,0 +1,41 @@
+import type { Command } from '../command.ts';
+import { optString } from '../command.ts';
+import { join } from 'node:path';
+import { openContext, readState, snapshotPath } from '../../deploy/state.ts';
+import { pendingEtcConflicts } from '../../deploy/update.ts';
+import { shortDigest } from '../format.ts';
+
+const command: Command = {
+  name: 'status',
+  summary: 'Show the snapshots, what tiu deployed in them, and which one runs and boots next',
+  usage: 'tiu status [--sysroot DIR] [--json]',
+  help:
+    'Everything shown comes from snapper (userdata tiu-image, tiu-digest, tiu-in-progress), the\n' +
+    'btrfs default subvolume and what is mounted: B = booted (running), D = default (boots next).\n' +
+    '/etc conflicts are listed for snapshots whose update reported some, as long as their\n' +
+    '<file>.tiunew is still there.',
+  options: { sysroot: { type: 'string' } },
+  positionals: [0, 0],
+  async run(_p, options, out) {
+    const ctx = await openContext(optString(options, 'sysroot') ?? '/');
+    const state = await readState(ctx);
+    const snapshots = [];
+    for (const s of state.snapshots) {
+      const conflicts = s.etcConflicts > 0 ? await pendingEtcConflicts(join(snapshotPath(ctx.sysroot, s.number), 'etc')) : [];
+      snapshots.push({ ...s, pendingEtcConflicts: conflicts });
+    }
+    const lines = ['  #  BD  image                                     digest               date                 description'];
+    for (const s of snapshots) {
+      const marks = `${s.booted ? 'B' : ' '}${s.default ? 'D' : ' '}`;
+      const img = s.inProgress ? `(unfinished) ${s.image ?? ''}` : (s.image ?? '-');
+      lines.push(`${String(s.number).padStart(3)}  ${marks}  ${img.padEnd(40)}  ${(s.digest ? shortDigest(s.digest) : '-').padEnd(19)}  ${s.date.padEnd(19)}  ${s.description}`);
+    }
+    if (state.staged !== undefined) lines.push(`\nsnapshot ${state.staged} boots next; snapshot ${state.booted} runs now ('tiu rollback' keeps ${state.booted})`);
+    else if (state.rollback !== undefined) lines.push(`\n'tiu rollback' would make snapshot ${state.rollback} the default`);
+    for (const s of snapshots) {
+      for (const c of s.pendingEtcConflicts) lines.push(`snapshot ${s.number}: /etc conflict: ${c} kept as changed locally, the image's version is ${c}.tiunew`);
+    }
+    out.result(lines.join('\n'), { sysroot: state.sysroot, booted: state.booted, default: state.default, staged: state.staged, rollback: state.rollback, snapshots });
+  },
+};
+export default command;

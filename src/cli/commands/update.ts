@@ -1,0 +1,70 @@
+import type { Command } from '../command.ts';
+import { optBool, optString } from '../command.ts';
+import { TiuError } from '../../errors.ts';
+import { update } from '../../deploy/update.ts';
+import { productionDeps } from '../../deploy/wiring.ts';
+import { reboot } from '../../host/system.ts';
+import { humanSize, shortDigest } from '../format.ts';
+
+const command: Command = {
+  name: 'update',
+  summary: 'Write an OS image into a new snapshot and make it the next boot',
+  usage: 'tiu update [REF] [--sysroot DIR] [--download-only] [--offline] [--reboot] [--json]',
+  help:
+    'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG] (a USB stick), oci-archive:/FILE.tar[:TAG];\n' +
+    "default: 'image' in /etc/tiu/tiu.conf. The signature policy is enforced; the running system\n" +
+    'is never touched: the new snapshot becomes the default only when everything succeeded.\n' +
+    '  --sysroot DIR     operate on the system mounted at DIR instead of /\n' +
+    '  --download-only   fetch and verify into the cache (/var/cache/tiu) and stop\n' +
+    '  --offline         update from the cache only\n' +
+    '  --reboot          reboot into the new snapshot when it is ready',
+  options: { sysroot: { type: 'string' }, 'download-only': { type: 'boolean' }, offline: { type: 'boolean' }, reboot: { type: 'boolean' } },
+  positionals: [0, 1],
+  async run([reference], options, out) {
+    const sysroot = optString(options, 'sysroot') ?? '/';
+    const wantReboot = optBool(options, 'reboot');
+    if (wantReboot && sysroot !== '/') throw new TiuError('USAGE', '--reboot reboots this machine: it cannot be combined with --sysroot');
+    const ac = new AbortController();
+    const onSignal = () => ac.abort(new TiuError('INTERRUPTED', 'interrupted by a signal'));
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    try {
+      const r = await update(productionDeps, {
+        sysroot,
+        reference,
+        downloadOnly: optBool(options, 'download-only'),
+        offline: optBool(options, 'offline'),
+        signal: ac.signal,
+        onProgress: (line) => out.info(line),
+      });
+      switch (r.status) {
+        case 'already-present':
+          out.result(`${r.image} (${shortDigest(r.digest)}) is already deployed in snapshot ${r.snapshot}: nothing to do`, r);
+          return;
+        case 'downloaded':
+          out.result(`${r.image} (${shortDigest(r.digest)}) is in the cache ${r.cache}; 'tiu update --offline ${r.image}' applies it`, r);
+          return;
+        case 'updated': {
+          const a = r.apply;
+          const lines = [
+            `snapshot ${r.snapshot} (from ${r.from}) holds ${r.image} (${shortDigest(r.digest)}) and boots next`,
+            `  files: ${a.written.count} written (${humanSize(a.written.bytes)}), ${a.reflinked.count} reflinked, ${a.kept.count} kept, ${a.deleted.count} deleted`,
+            ...r.etcConflicts.map((c) => `  /etc conflict: /etc/${c.path} kept as you changed it${c.tiunew ? `, the image's version is in /etc/${c.tiunew}` : ''}`),
+            ...r.userClashes.map((c) => `  account clash: the image's ${c.kind === 'uid' ? 'user' : 'group'} ${c.name} (${c.kind} ${c.id}) was not added: ${c.existing} has ${c.kind} ${c.existingId}`),
+            ...(r.relabel ? ['  SELinux: the image carries no labels, /.autorelabel relabels at the next boot'] : []),
+          ];
+          out.result(lines.join('\n'), r);
+          if (wantReboot) {
+            out.info('rebooting');
+            await reboot();
+          }
+          return;
+        }
+      }
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+  },
+};
+export default command;
