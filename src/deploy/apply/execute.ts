@@ -8,7 +8,7 @@
  * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs in one setfattr run, after every
  * chown (chown drops security.capability); (6) directory mtimes last.
  */
-import { lstat, mkdir, rename, rmdir } from 'node:fs/promises';
+import { lstat, mkdir, rename, rmdir, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import type { ContentProvider } from './content.ts';
@@ -31,6 +31,25 @@ export interface ExecuteOptions {
 function add(c: Counter, bytes: number): void {
   c.count++;
   c.bytes += bytes;
+}
+
+/**
+ * Rename staged content to its place. The staging directory lives in the snapshot's top
+ * subvolume, and rename() cannot cross into a nested one (MicroOS's /etc is a subvolume inside
+ * each snapshot): there the content is reflinked beside its place first, which shares the extents.
+ */
+async function moveIntoPlace(sr: SafeRoot, staged: string, rel: string, e: TreeEntry, allowCopy: boolean): Promise<void> {
+  try {
+    await rename(sr.abs(staged), sr.abs(rel));
+    return;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+  }
+  const tmp = await sr.tmpBeside(rel);
+  await reflinkFile(sr.abs(staged), sr.abs(tmp), allowCopy);
+  await setMetaAt(sr, tmp, e);
+  await rename(sr.abs(tmp), sr.abs(rel));
+  await unlink(sr.abs(staged));
 }
 
 export async function executePlan(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions = {}): Promise<ApplyReport> {
@@ -129,7 +148,7 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
           }
           if (!src) throw new ContentUnavailableError(rel, 'no staged content');
           await setMetaAt(sr, src, e);
-          await rename(sr.abs(src), sr.abs(rel));
+          await moveIntoPlace(sr, src, rel, e, opts.allowCopyFallback ?? false);
           add(a.kind === 'write' ? report.written : report.reflinked, bytes);
           break;
         }
