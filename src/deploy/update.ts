@@ -58,7 +58,7 @@ export interface UpdateDeps {
   openCache(dir: string): Promise<Target>;
   copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
-  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signal?: AbortSignal }): Promise<void>;
+  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signedIdentity?: string; signal?: AbortSignal }): Promise<void>;
   applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; signal?: AbortSignal }): Promise<ApplyReport>;
   /** Three-way merge into `ours` (the new snapshot's /etc): base = old pristine /etc, theirs = new pristine /etc. */
   mergeEtc(base: string, ours: string, theirs: string): Promise<Pick<EtcMergeReport, 'conflicts'>>;
@@ -237,7 +237,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       return { status: 'already-present', image, digest: root.digest, snapshot: present, cleanup };
     }
 
-    const checkPolicy = (src: Target, r: Descriptor) => deps.checkPolicy({ reference: image, source: src, root: r, policyPath: config.policy, sysroot: ctx.sysroot, signal });
+    const checkPolicy = (src: Target, r: Descriptor) => deps.checkPolicy({ reference: image, source: src, root: r, policyPath: config.policy, sysroot: ctx.sysroot, signedIdentity: config.signedIdentity, signal });
     // File-level delta: only the files the booted snapshot lacks, by Range, into a store in the cache.
     let delta: DeltaTransfer | undefined;
     let transfer: TransferReport | undefined;
@@ -366,7 +366,7 @@ async function chooseTransfer(
   o: { image: string; config: TiuConfig; sysroot: string; platform: { os: string; architecture: string }; mode?: TransferMode; signal?: AbortSignal },
 ): Promise<PreparedTransfer> {
   // Nothing of the image (TOCs included) is used before the policy accepted its signature.
-  await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signal: o.signal });
+  await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signedIdentity: o.config.signedIdentity, signal: o.signal });
   const { manifest } = await imageManifest(source, root, o.platform, o.signal);
   return prepareTransfer({ source, manifest, oldRoot, preserve: PRESERVE, mode: o.mode ?? 'auto', signal: o.signal });
 }
