@@ -286,3 +286,27 @@ describe('tiu build (integration)', function () {
     });
   });
 });
+
+describe('tiu build of a tree that changes while it is read', function () {
+  let work: string;
+  before(async function () {
+    work = await mkdtemp(join(tmpdir(), 'tiu-build-change-'));
+  });
+  after(async function () {
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('fails with BUILD_SOURCE_CHANGED when a file vanishes or grows after the scan', async function () {
+    const { scanDirectory } = await import('../../src/bundle/source-dir.ts');
+    const { writeLayer } = await import('../../src/bundle/layer-writer.ts');
+    await mkdir(join(work, 'tree/usr'), { recursive: true });
+    await writeFile(join(work, 'tree/usr/a'), 'aaaa');
+    await writeFile(join(work, 'tree/usr/b'), 'bbbb');
+    const entries = await scanDirectory(join(work, 'tree'));
+    await rm(join(work, 'tree/usr/a'));
+    await assert.rejects(writeLayer(entries, join(work, 'l1'), { compression: 'zstd' }), (err) => isTiuError(err, 'BUILD_SOURCE_CHANGED') && /usr\/a/.test((err as Error).message));
+    await writeFile(join(work, 'tree/usr/a'), 'aaaa');
+    await writeFile(join(work, 'tree/usr/b'), 'bbbb and more');
+    await assert.rejects(writeLayer(entries, join(work, 'l2'), { compression: 'gzip' }), (err) => isTiuError(err, 'BUILD_SOURCE_CHANGED') && /usr\/b/.test((err as Error).message));
+  });
+});
