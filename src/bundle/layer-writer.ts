@@ -143,7 +143,8 @@ export function tocEntryOf(e: TreeEntry): TocEntry {
   if (e.type === 'reg' && e.size) t.size = e.size;
   if (e.uid) t.uid = e.uid;
   if (e.gid) t.gid = e.gid;
-  t.modtime = formatModtime(e.mtime, e.mtimeNsec);
+  const modtime = formatModtime(e.mtime, e.mtimeNsec);
+  if (modtime !== undefined) t.modtime = modtime;
   if (e.type === 'char' || e.type === 'block') {
     if (e.devMajor) t.devMajor = e.devMajor;
     if (e.devMinor) t.devMinor = e.devMinor;
