@@ -6,8 +6,8 @@ set -euo pipefail
 wanted=(
   btrfs-progs:mkfs.btrfs snapper:snapper docker-registry:docker-registry skopeo:skopeo
   umoci:umoci zstd:zstd rsync:rsync casync:casync xz-utils:xz apache2-utils:htpasswd
-  openssl:openssl util-linux:losetup tar:tar e2fsprogs:mkfs.ext4
-  attr:getfattr
+  openssl:openssl util-linux:losetup tar:tar e2fsprogs:mkfs.ext4 bsdutils:script
+  attr:getfattr bzip2:bzip2
 )
 [ "${TIU_WITH_VM:-}" = 1 ] && wanted+=(qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap)
 [ "${TIU_WITH_BENCH:-}" = 1 ] && wanted+=(debootstrap:debootstrap)

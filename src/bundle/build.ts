@@ -16,7 +16,7 @@ import { isIndexType, isManifestType, MediaType } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type ImageConfig, type ImageIndex, type ImageManifest } from '../oci/types.ts';
 import { decompressStream } from './decompress.ts';
 import { BuildError } from './errors.ts';
-import { normalizeTreePath, parentOf, type TreeEntry } from './entry.ts';
+import { contentFile, normalizeTreePath, parentOf, type TreeEntry } from './entry.ts';
 import { DEFAULT_LAYERS, MAX_LAYERS, planLayers } from './layers.ts';
 import { writeLayer, type LayerCompression, type LayerResult } from './layer-writer.ts';
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
@@ -81,6 +81,8 @@ export async function classifySource(source: string): Promise<'directory' | 'arc
     throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${source} is neither a directory nor a file`, { source });
   } catch (e) {
     if (e instanceof BuildError) throw e;
+    // Something spelled as a path is a missing path, not an image name.
+    if (/^(?:\/|\.\.?(?:\/|$)|~)/.test(source)) throw new BuildError('BUILD_SOURCE_NOT_FOUND', `source ${source} does not exist`, { source });
     return 'image';
   }
 }
@@ -143,10 +145,11 @@ function resolveInTree(byPath: Map<string, TreeEntry>, path: string): TreeEntry 
 async function readSmall(e: TreeEntry): Promise<Buffer> {
   if (!e.content || e.size === 0) return Buffer.alloc(0);
   if ('data' in e.content) return e.content.data;
-  const fh = await open(e.content.file, 'r');
+  const c = contentFile(e)!;
+  const fh = await open(c.file, 'r');
   try {
     const buf = Buffer.alloc(e.size);
-    const { bytesRead } = await fh.read(buf, 0, e.size, e.content.offset);
+    const { bytesRead } = await fh.read(buf, 0, e.size, c.offset);
     return buf.subarray(0, bytesRead);
   } finally {
     await fh.close();

@@ -15,7 +15,15 @@ export type EntryType = 'reg' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block
  * Where a regular file's bytes are: `size` bytes at `offset` in `file` (`whole`: the file is
  * exactly that, so a size change means it changed under us), or in memory.
  */
-export type ContentRef = { file: string | Buffer; offset: number; whole?: boolean } | { data: Buffer };
+export type ContentRef = { file: string | Buffer; offset: number; whole?: boolean } | { data: Buffer } | { root: string };
+
+/** `{ root }` content: the file at root/<entry path> is the whole content (a directory source). */
+export function contentFile(e: TreeEntry): { file: string | Buffer; offset: number; whole: boolean } | undefined {
+  const c = e.content;
+  if (!c || 'data' in c) return undefined;
+  if ('root' in c) return { file: Buffer.concat([Buffer.from(c.root, 'utf8'), Buffer.from('/'), bbuf(e.path)]), offset: 0, whole: true };
+  return { file: c.file, offset: c.offset, whole: c.whole ?? false };
+}
 
 export interface TreeEntry {
   path: string;

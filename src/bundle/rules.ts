@@ -12,7 +12,7 @@
  * them; only the leader's content is).
  */
 import { BuildError } from './errors.ts';
-import { ancestorsOf, bbuf, comparePaths, isUnder, normalizeTreePath, showPath, type TreeEntry } from './entry.ts';
+import { ancestorsOf, bbuf, comparePaths, contentFile, isUnder, normalizeTreePath, showPath, type TreeEntry } from './entry.ts';
 
 /** Directories whose contents never go into a bundle. */
 export const EXCLUDED_CONTENTS = ['run', 'tmp', 'proc', 'sys', 'dev', '.snapshots', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable'] as const;
@@ -54,6 +54,11 @@ function tmpfilesPath(p: string): string {
   return out;
 }
 
+/** Before an entry moves to another path: content named by the tree path is pinned to the file. */
+function pinned(e: TreeEntry): TreeEntry['content'] {
+  return e.content && 'root' in e.content ? contentFile(e) : e.content;
+}
+
 function dirEntry(path: string, mtime: number): TreeEntry {
   return { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime, mtimeNsec: 0, size: 0, xattrs: [] };
 }
@@ -88,7 +93,7 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
     if (byPath.has(np)) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `/${showPath(p)} and /${showPath(np)} both exist; tiu moves /var content there`);
     byPath.delete(p);
     moved.set(p, np);
-    const ne = { ...e, path: np };
+    const ne = { ...e, path: np, content: pinned(e) };
     byPath.set(np, ne);
     if (!p.slice(4).includes('/')) varTop.push(ne);
   }
@@ -112,7 +117,7 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
     for (const [p, e] of [...byPath]) {
       if (!isUnder(p, 'etc')) continue;
       const np = `${PRISTINE_ETC}${p.slice(3)}`;
-      const copy = { ...e, path: np };
+      const copy = { ...e, path: np, content: pinned(e) };
       if (e.type === 'hardlink' && e.link !== undefined && isUnder(e.link, 'etc')) copy.link = `${PRISTINE_ETC}${e.link.slice(3)}`;
       byPath.set(np, copy);
     }

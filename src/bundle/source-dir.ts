@@ -3,7 +3,8 @@
  * in one getfattr run. Names are read as bytes. Content stays on disk and is read when the
  * layer is written.
  */
-import { lstat, readdir, readlink } from 'node:fs/promises';
+import { lstatSync, readdirSync, readlinkSync } from 'node:fs';
+import { lstat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { readTreeXattrs } from '../host/xattr.ts';
 import { BuildError } from './errors.ts';
@@ -46,16 +47,20 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   const xattrs = await readTreeXattrs(root, { signal: opts.signal });
   const rootBuf = Buffer.from(root === '/' ? '' : root, 'utf8');
   const entries: TreeEntry[] = [];
+  // Shared by every entry: no per-file path buffer or empty array kept in memory.
+  const contentRoot = { root };
+  const noXattrs: [string, Buffer][] = [];
   const inodes = new Map<string, string>();
   const abs = (rel: string) => (rel === '' ? Buffer.from(root, 'utf8') : Buffer.concat([rootBuf, Buffer.from('/'), bbuf(rel)]));
 
   const visit = async (rel: string): Promise<void> => {
     opts.signal?.throwIfAborted();
-    const names = (await readdir(abs(rel), { encoding: 'buffer' })).map(bstr).sort(comparePaths);
+    // Sync calls: one thread, no promise per file; this keeps a 100k-file scan small in memory.
+    const names = readdirSync(abs(rel), { encoding: 'buffer' }).map(bstr).sort(comparePaths);
     for (const name of names) {
       const path = rel === '' ? name : `${rel}/${name}`;
       const p = abs(path);
-      const st = await lstat(p, { bigint: true });
+      const st = lstatSync(p, { bigint: true });
       const type = typeOf(st);
       if (!type) continue;
       const e: TreeEntry = {
@@ -67,13 +72,13 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
         mtime: Number(st.mtimeNs / 1_000_000_000n) - (st.mtimeNs < 0n && st.mtimeNs % 1_000_000_000n !== 0n ? 1 : 0),
         mtimeNsec: Number(((st.mtimeNs % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n),
         size: 0,
-        xattrs: xattrs.get(path) ?? [],
+        xattrs: xattrs.get(path) ?? noXattrs,
       };
       if (type === 'reg') {
         const key = `${st.dev}:${st.ino}`;
         const first = st.nlink > 1n ? inodes.get(key) : undefined;
         e.size = Number(st.size);
-        if (e.size > 0) e.content = { file: p, offset: 0, whole: true };
+        if (e.size > 0) e.content = contentRoot;
         if (first !== undefined) {
           e.type = 'hardlink';
           e.link = first;
@@ -81,7 +86,7 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
           inodes.set(key, path);
         }
       } else if (type === 'symlink') {
-        e.link = bstr(await readlink(p, { encoding: 'buffer' }));
+        e.link = bstr(readlinkSync(p, { encoding: 'buffer' }));
       } else if (type === 'char' || type === 'block') {
         e.devMajor = devMajor(st.rdev);
         e.devMinor = devMinor(st.rdev);

@@ -11,6 +11,7 @@ import { snapper as openSnapper, snapperInstalled, type Snapper, type SnapperSna
 import { plainSnapshots } from './plain-snapshots.ts';
 import { existsSync } from 'node:fs';
 import { TiuError } from '../errors.ts';
+import { attemptsOf, healthOf, type HealthMark } from './health.ts';
 
 /** Userdata keys tiu writes. */
 export const UD = {
@@ -36,6 +37,10 @@ export interface SnapshotState {
   /** Marked by an update that has not finished (yet, or ever: a crash). */
   inProgress: boolean;
   etcConflicts: number;
+  /** The boot health verdict (tiu health --boot): good once a boot passed, bad when it was rolled back. */
+  health?: HealthMark;
+  /** Boots counted by the health check before the verdict. */
+  bootAttempts: number;
   booted: boolean;
   default: boolean;
   userdata: Record<string, string>;
@@ -108,6 +113,8 @@ export function deriveState(sysroot: string, rows: SnapperSnapshot[], booted: nu
       digest: r.userdata[UD.digest] || undefined,
       inProgress: r.userdata[UD.inProgress] === 'yes',
       etcConflicts: Number(r.userdata[UD.etcConflicts] ?? 0) || 0,
+      health: healthOf(r),
+      bootAttempts: attemptsOf(r),
       booted: r.number === booted,
       default: r.number === def,
       userdata: r.userdata,

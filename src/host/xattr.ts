@@ -5,12 +5,11 @@
  */
 import { CommandFailedError, run } from './exec.ts';
 
-/** getfattr's escaping of names: `\\`, and bytes outside printable ASCII as `\ooo`. */
+/** getfattr's escaping of names: the backslash and bytes outside printable ASCII as `\ooo`. */
 export function quoteName(path: string): string {
   let out = '';
   for (const b of Buffer.from(path)) {
-    if (b === 0x5c) out += '\\\\';
-    else if (b > 0x20 && b < 0x7f) out += String.fromCharCode(b);
+    if (b > 0x20 && b < 0x7f && b !== 0x5c) out += String.fromCharCode(b);
     else out += '\\' + b.toString(8).padStart(3, '0');
   }
   return out;

@@ -2,7 +2,7 @@
  * A reference string (containers-transports(5)) to an open Target:
  *   oci:/path[:tag|@digest]           an OCI layout directory
  *   oci-archive:/file.tar[:tag|@digest] a tar of a layout
- *   docker://host/repo:tag, host/repo  a registry (wired in by the registry transport)
+ *   docker://host/repo:tag, host/repo  a registry (src/transport/registry)
  * `name` is what to pass to resolve()/tag() on the Target: a tag, a digest, or undefined for
  * a layout's only image.
  */
@@ -11,6 +11,7 @@ import type { Target } from '../content/interfaces.ts';
 import { OciArchiveTarget } from '../content/oci-archive.ts';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { parseReference, referenceName, type ImageReference } from '../oci/reference.ts';
+import { openRegistryTarget, type RegistryClientOptions } from './registry/index.ts';
 
 export class UnsupportedTransportError extends TiuError {
   constructor(transport: string, input: string) {
@@ -28,6 +29,8 @@ export interface OpenOptions {
   /** Where temporary files (an archive's extracted layout) go; default $TMPDIR. */
   tmpDir?: string;
   signal?: AbortSignal;
+  /** docker://: credentials, TLS, certs.d, registries.conf (mirrors apply to pulls). */
+  registry?: RegistryClientOptions;
 }
 
 export interface OpenedReference {
@@ -49,6 +52,6 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
       return { target, name, ref };
     }
     case 'docker':
-      throw new UnsupportedTransportError('docker', input);
+      return { target: openRegistryTarget(ref, opts.registry ?? {}), name, ref };
   }
 }

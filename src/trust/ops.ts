@@ -53,10 +53,10 @@ export interface SignOutcome extends SignResult {
   dockerReference: string;
 }
 
-export async function signReference(o: Opened, key: KeyObject, opts: { identity?: DockerReference; annotations?: Record<string, string> } = {}): Promise<SignOutcome> {
+export async function signReference(o: Opened, key: KeyObject, opts: { identity?: DockerReference; annotations?: Record<string, string>; bundle?: boolean } = {}): Promise<SignOutcome> {
   const dockerReference = claimedReference(o.ref, opts.identity);
   const root = await resolveRoot(o);
-  const r = await signImage(o.target, root, key, { dockerReference, annotations: opts.annotations });
+  const r = await signImage(o.target, root, key, { dockerReference, annotations: opts.annotations, bundle: opts.bundle });
   return { ...r, image: formatReference(o.ref), digest: root.digest, dockerReference };
 }
 

@@ -25,9 +25,10 @@ export async function promptHidden(prompt: string): Promise<string> {
   // Two descriptors, one per stream: each stream closes its own.
   const input = new ReadStream(fdIn);
   const output = new WriteStream(fdOut);
-  output.write(prompt);
+  // Echo off before the prompt shows, so nothing typed after it is ever echoed.
   input.setRawMode(true);
   input.setEncoding('utf8');
+  output.write(prompt);
   try {
     return await new Promise<string>((resolve, reject) => {
       let line = '';

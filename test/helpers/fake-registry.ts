@@ -21,13 +21,18 @@ export interface FakeRegistryOptions {
   ranges?: boolean;
 }
 
+export interface FakeRegistryControls {
+  /** The next N PATCHes keep only the first half of their body and say so in Range (no 416). */
+  shortPatches: number;
+}
+
 interface Repo {
   manifests: Map<string, { bytes: Buffer; mediaType: string }>;
   tags: Map<string, string>;
   blobs: Map<string, Buffer>;
 }
 
-export interface FakeRegistry {
+export interface FakeRegistry extends FakeRegistryControls {
   host: string;
   url: string;
   faults: Fault[];
@@ -55,6 +60,7 @@ export async function startFakeRegistry(opts: FakeRegistryOptions = {}): Promise
   const faults: Fault[] = [];
   const log: string[] = [];
   const corrupt = new Set<string>();
+  const controls: FakeRegistryControls = { shortPatches: 0 };
   const repo = (n: string): Repo => {
     let r = repos.get(n);
     if (!r) repos.set(n, (r = { manifests: new Map(), tags: new Map(), blobs: new Map() }));
@@ -180,7 +186,17 @@ export async function startFakeRegistry(opts: FakeRegistryOptions = {}): Promise
         res.end();
         return;
       }
-      const b = await body(req);
+      if (req.method === 'GET') {
+        const held = up.data.reduce((a, x) => a + x.length, 0);
+        res.writeHead(204, { location: `/v2/${name}/blobs/uploads/${id}`, range: `0-${Math.max(0, held - 1)}` });
+        res.end();
+        return;
+      }
+      let b = await body(req);
+      if (req.method === 'PATCH' && controls.shortPatches > 0) {
+        controls.shortPatches--;
+        b = b.subarray(0, Math.floor(b.length / 2));
+      }
       up.data.push(b);
       const len = up.data.reduce((a, x) => a + x.length, 0);
       if (req.method === 'PATCH') {
@@ -233,6 +249,12 @@ export async function startFakeRegistry(opts: FakeRegistryOptions = {}): Promise
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
   return {
+    get shortPatches() {
+      return controls.shortPatches;
+    },
+    set shortPatches(n: number) {
+      controls.shortPatches = n;
+    },
     host: `127.0.0.1:${port}`,
     url: `http://127.0.0.1:${port}`,
     faults,

@@ -1,7 +1,8 @@
 /**
  * A small token service for the registry's `auth.token` mode: it signs ES256 JWTs whose x5c
  * header carries a self-signed certificate (made with openssl), and that certificate is the
- * registry's rootcertbundle. Grants what is asked to a known user (password or refresh token).
+ * registry's rootcertbundle. Grants what is asked to a known user (password or refresh token);
+ * anonymous callers get a token that allows only pulls from repositories under `public/`.
  */
 import { execFileSync } from 'node:child_process';
 import { createPrivateKey, randomUUID, sign, X509Certificate, type KeyObject } from 'node:crypto';
@@ -74,9 +75,13 @@ export async function startTokenIssuer(user: string, password: string, opts: { e
         scopeList = u.searchParams.getAll('scope');
         const auth = req.headers.authorization;
         if (!auth) {
-          // anonymous: nothing at all
-          res.writeHead(401, { 'content-type': 'application/json' });
-          res.end('{"details":"authentication required"}');
+          issued.anonymous++;
+          scopes.push(...scopeList);
+          const access = accessFor(scopeList)
+            .filter((a) => a.type === 'repository' && a.name.startsWith('public/'))
+            .map((a) => ({ ...a, actions: a.actions.filter((x) => x === 'pull') }));
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ token: jwt(access), expires_in: 300 }));
           return;
         }
         const [u2, p2] = Buffer.from(auth.replace(/^Basic /, ''), 'base64').toString().split(':');

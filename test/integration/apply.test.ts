@@ -1,12 +1,18 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { zstdCompressSync } from 'node:zlib';
+import { zstdDecompressStream } from '../../src/bundle/zstd-frames.ts';
+import { writeLayer } from '../../src/bundle/layer-writer.ts';
+import { readTocFromFooter } from '../../src/bundle/toc.ts';
+import { scanDirectory } from '../../src/bundle/source-dir.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { run } from '../../src/host/exec.ts';
 import { isTiuError } from '../../src/errors.ts';
 import {
-  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
+  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, rangeProvider, readTar, tocToEntries, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
   type TreeEntry,
 } from '../../src/deploy/apply/index.ts';
 import { requireRoot } from '../helpers/env.ts';
@@ -25,6 +31,7 @@ const hlink = randomBytes(30 * 1024);
 const libx = randomBytes(40 * 1024);
 const sparse = Buffer.concat([randomBytes(4096), Buffer.alloc(2 * 1024 * 1024)]);
 const newfile = randomBytes(100 * 1024);
+const holes = Buffer.concat([Buffer.from('head'), Buffer.alloc(3 * 1024 * 1024), Buffer.from('tail')]);
 
 const dir = (name: string, extra: Partial<TarSpec> = {}): TarSpec => ({ name, type: '5', mode: 0o755, mtime: T1, ...extra });
 const file = (name: string, content: Buffer | string, extra: Partial<TarSpec> = {}): TarSpec => ({ name, content, mtime: T1, ...extra });
@@ -52,7 +59,7 @@ const v2: TarSpec[] = [
   file('usr/lib/libx.so.2', libx), { name: 'usr/lib/libx.so', type: '2', linkname: 'libx.so.2', mtime: T2 },
   file('usr/lib/sparse', sparse),
   dir('usr/lib64'), file('usr/lib64/big.bin', big),
-  dir('usr/new'), file('usr/new/newfile', newfile, { mode: 0o600, uid: 12, gid: 34 }),
+  dir('usr/new'), file('usr/new/newfile', newfile, { mode: 0o600, uid: 12, gid: 34 }), file('usr/new/holes', holes),
   { name: 'opt2', type: '2', linkname: 'usr/lib', mtime: T1 },
   dir('data'), file('data/inner', 'x\n'),
   dir('dev'), { name: 'dev/null', type: '3', devmajor: 1, devminor: 3, mode: 0o666, mtime: T1 }, { name: 'dev/fifo', type: '6', mode: 0o600, mtime: T1 },
@@ -119,9 +126,11 @@ describe('deploy/apply on btrfs (integration)', function () {
     // (its hardlink group changed) by a reflink of itself
     assert.equal(rep.reflinked.bytes, big.length + libx.length + hlink.length);
     // only these are new content
-    const fresh = { 'data/inner': 'x\n'.length, 'etc/hostname': 'v2host\n'.length, 'etc/sel': 'labelled\n'.length, 'usr/new/newfile': newfile.length };
+    const fresh = { 'data/inner': 'x\n'.length, 'etc/hostname': 'v2host\n'.length, 'etc/sel': 'labelled\n'.length, 'usr/new/holes': holes.length, 'usr/new/newfile': newfile.length };
     assert.deepEqual(res.plan.fetch.map((e) => e.path).sort(), Object.keys(fresh));
-    assert.equal(rep.written.count, 4);
+    assert.equal(rep.written.count, 5);
+    // zero blocks became holes
+    assert.ok((await stat(join(target, 'usr/new/holes'))).blocks * 512 < 64 * 1024);
     assert.equal(rep.written.bytes, Object.values(fresh).reduce((a, b) => a + b));
     assert.ok(rep.kept.count >= 6, `kept ${rep.kept.count}`);
     assert.ok(rep.metadataFixed.count >= 3);
@@ -130,6 +139,79 @@ describe('deploy/apply on btrfs (integration)', function () {
     const excl = await exclusiveBytes(target);
     assert.ok(excl < newfile.length + 200 * 1024, `exclusive ${excl}`);
     assert.equal(await listing(join(fs.mnt, 'v1')), v1before);
+  });
+
+  it('TOC path with ranged fetches (one zstd frame per file) fetches only the files it lacks', async () => {
+    // A blob where each file's content is its own zstd frame, and entries pointing into it.
+    const frames: Buffer[] = [];
+    const ranges = new Map<string, [number, number]>();
+    let off = 0;
+    for await (const t of readTar(Readable.from([v2tar]))) {
+      if (t.type !== 'reg') continue;
+      const parts: Buffer[] = [];
+      for await (const c of t.body()) parts.push(c);
+      const frame = zstdCompressSync(Buffer.concat(parts));
+      frames.push(frame);
+      ranges.set(t.name, [off, off + frame.length]);
+      off += frame.length;
+    }
+    const blob = Buffer.concat(frames);
+    const entries = (await tocEntries(v2tar)).map((e) => (e.type === 'reg' ? { ...e, source: { layer: 0, offset: ranges.get(e.path)![0], endOffset: ranges.get(e.path)![1] } } : e));
+    const target = join(fs.mnt, 'ranged');
+    await snapshot(join(fs.mnt, 'v1'), target);
+    let fetched = 0;
+    const asked: string[] = [];
+    const res = await applyFromToc(target, [entries], rangeProvider((layer, start, end) => {
+      assert.equal(layer, 0);
+      fetched += end - start;
+      asked.push(`${start}-${end}`);
+      return Promise.resolve(Readable.from([blob.subarray(start, end)]));
+    }, { maxGap: 0 }));
+    assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
+    const want = res.plan.fetch.map((e) => ranges.get(e.path)!).reduce((a, [s, e]) => a + e - s, 0);
+    assert.equal(res.plan.fetch.length, 5);
+    assert.equal(fetched, want);
+    assert.ok(fetched < blob.length / 4, `fetched ${fetched} of ${blob.length}`);
+  });
+
+  it("applies a layer written by tiu's bundle writer, by its table of contents (ranged) and as a whole stream", async () => {
+    const layerFile = join(fs.dir, 'v2.layer');
+    const built = await writeLayer(await scanDirectory(ref2), layerFile, { compression: 'zstd' });
+    const fh = await open(layerFile);
+    try {
+      const fetch = async (start: number, end: number): Promise<Buffer> => {
+        const b = Buffer.alloc(end - start);
+        await fh.read(b, 0, end - start, start);
+        return b;
+      };
+      const toc = await readTocFromFooter(fetch, built.descriptor.size, built.descriptor.annotations);
+      const entries = tocToEntries(toc, 0);
+      const ranged = join(fs.mnt, 'bundle-ranged');
+      await snapshot(join(fs.mnt, 'v1'), ranged);
+      let fetched = 0;
+      const res = await applyFromToc(ranged, [entries], rangeProvider(async (_layer, start, end) => {
+        fetched += end - start;
+        return Readable.from([await fetch(start, end)]);
+      }));
+      assert.deepEqual(await diffTrees(ranged, ref2, { ignoreRootMeta: true }), []);
+      assert.equal(res.plan.fetch.length, 5);
+      assert.ok(fetched < built.descriptor.size / 4, `fetched ${fetched} of ${built.descriptor.size}`);
+      const whole = join(fs.mnt, 'bundle-whole');
+      await snapshot(join(fs.mnt, 'v1'), whole);
+      await applyFromToc(whole, [entries], tarLayerProvider(() => Promise.resolve(zstdDecompressStream(createReadStream(layerFile)))));
+      assert.deepEqual(await diffTrees(whole, ref2, { ignoreRootMeta: true }), []);
+    } finally {
+      await fh.close();
+    }
+  });
+
+  it('a provider that delivers wrong bytes is caught by the digest check', async () => {
+    const target = join(fs.mnt, 'wrong-bytes');
+    await snapshot(join(fs.mnt, 'v1'), target);
+    await assert.rejects(
+      applyFromToc(target, [await tocEntries(v2tar)], openerProvider((e) => Readable.from([Buffer.alloc(e.size, 1)]))),
+      (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH'),
+    );
   });
 
   it('TOC path: applying the same tree again keeps everything, writes nothing, hashes nothing (content index)', async () => {

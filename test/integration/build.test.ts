@@ -19,7 +19,7 @@ import { encodeHeader, END_OF_ARCHIVE } from '../../src/bundle/tar-format.ts';
 import type { TreeEntry } from '../../src/bundle/entry.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { requireRoot } from '../helpers/env.ts';
-import { TestLayoutTarget } from '../helpers/layout-target.ts';
+import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { diffTrees, linkGroups, makeNastyTree, snapshotTree, type NodeInfo } from '../helpers/tree.ts';
 
 const EXCLUDED = ['run', 'tmp', 'proc', 'sys', 'dev', '.snapshots', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', 'boot/grub2/x86_64-efi'];
@@ -53,7 +53,9 @@ describe('tiu build (integration)', function () {
   let src: string;
   let srcSnap: Map<string, NodeInfo>;
   let zstdBuild: BuildResult;
-  let layoutA: TestLayoutTarget;
+  let layoutA: OciLayoutTarget;
+  let layoutADir: string;
+  const layout = (dir: string) => OciLayoutTarget.open(dir, { create: true });
 
   before(async function () {
     requireRoot(this, 'needs root (device nodes, owners, security xattrs)');
@@ -61,7 +63,8 @@ describe('tiu build (integration)', function () {
     src = join(work, 'src');
     await makeNastyTree(src);
     srcSnap = await snapshotTree(src);
-    layoutA = new TestLayoutTarget(join(work, 'layout-a'));
+    layoutADir = join(work, 'layout-a');
+    layoutA = await layout(layoutADir);
     zstdBuild = await buildBundle({ kind: 'directory', path: src }, layoutA, 'v1', {});
   });
   after(async function () {
@@ -86,7 +89,7 @@ describe('tiu build (integration)', function () {
     assert.ok(zstdBuild.manifest.layers.length > 3 && zstdBuild.manifest.layers.length <= 8);
     for (const l of zstdBuild.manifest.layers) {
       assert.equal(l.mediaType, 'application/vnd.oci.image.layer.v1.tar+zstd');
-      const file = blob(layoutA.dir, l.digest);
+      const file = blob(layoutADir, l.digest);
       await run('sh', ['-c', `zstd -dc "$1" | tar --xattrs --xattrs-include='*' --numeric-owner -xpf - -C "$2"`, 'sh', file, out]);
     }
     const actual = await snapshotTree(out);
@@ -104,30 +107,30 @@ describe('tiu build (integration)', function () {
     assert.equal(zstdBuild.config.config?.Labels?.['org.opensuse.tiu.os-release.VERSION_ID'], '20261126');
     // diff_id = sha256 of the uncompressed tar, as zstd -dc gives it
     const first = zstdBuild.manifest.layers[0]!;
-    const r = await run('sh', ['-c', 'zstd -dc "$1" | sha256sum', 'sh', blob(layoutA.dir, first.digest)]);
+    const r = await run('sh', ['-c', 'zstd -dc "$1" | sha256sum', 'sh', blob(layoutADir, first.digest)]);
     assert.equal(`sha256:${r.stdout.split(' ')[0]}`, zstdBuild.config.rootfs.diff_ids[0]);
   });
 
   it('skopeo inspects and copies the bundle', async function () {
-    const r = await run('skopeo', ['inspect', `oci:${layoutA.dir}:v1`]);
+    const r = await run('skopeo', ['inspect', `oci:${layoutADir}:v1`]);
     const info = JSON.parse(r.stdout) as { Digest: string; Layers: string[]; Labels: Record<string, string> };
     assert.equal(info.Digest, zstdBuild.descriptor.digest);
     assert.deepEqual(info.Layers, zstdBuild.manifest.layers.map((l) => l.digest));
     assert.equal(info.Labels['org.opensuse.tiu.os-release.ID'], 'opensuse-microos');
     const copy = join(work, 'layout-copy');
-    await run('skopeo', ['copy', '--preserve-digests', `oci:${layoutA.dir}:v1`, `oci:${copy}:v1`]);
+    await run('skopeo', ['copy', '--preserve-digests', `oci:${layoutADir}:v1`, `oci:${copy}:v1`]);
     const r2 = await run('skopeo', ['inspect', `oci:${copy}:v1`]);
     assert.equal((JSON.parse(r2.stdout) as { Digest: string }).Digest, zstdBuild.descriptor.digest);
   });
 
   it('the same tree builds to the same digest; one changed file changes one layer', async function () {
-    const again = await buildBundle({ kind: 'directory', path: src }, new TestLayoutTarget(join(work, 'layout-b')), 'v1', {});
+    const again = await buildBundle({ kind: 'directory', path: src }, await layout(join(work, 'layout-b')), 'v1', {});
     assert.equal(again.descriptor.digest, zstdBuild.descriptor.digest);
     const file = join(src, 'usr/lib/libfoo.so.1');
     await writeFile(file, 'library v2');
     await utimes(file, 1_700_000_000, 1_700_000_000);
     try {
-      const changed = await buildBundle({ kind: 'directory', path: src }, new TestLayoutTarget(join(work, 'layout-c')), 'v1', {});
+      const changed = await buildBundle({ kind: 'directory', path: src }, await layout(join(work, 'layout-c')), 'v1', {});
       const before = zstdBuild.manifest.layers.map((l) => l.digest);
       const after = changed.manifest.layers.map((l) => l.digest);
       assert.equal(after.length, before.length);
@@ -162,7 +165,7 @@ describe('tiu build (integration)', function () {
       const viaFooter = await readTocFromFooter(fetch, layer.size);
       assert.deepEqual(viaFooter, toc);
       // a non-UTF-8 name is kept byte-exact in nameRaw
-      const all = await Promise.all(zstdBuild.manifest.layers.map((l) => readTocFromFooter(async (s, en) => (await readFile(join(layoutA.dir, 'blobs/sha256', l.digest.slice(7)))).subarray(s, en), l.size, l.annotations)));
+      const all = await Promise.all(zstdBuild.manifest.layers.map((l) => readTocFromFooter(async (s, en) => (await readFile(join(layoutADir, 'blobs/sha256', l.digest.slice(7)))).subarray(s, en), l.size, l.annotations)));
       const odd = all.flatMap((t) => t.entries).find((x) => x.nameRaw !== undefined);
       assert.ok(odd);
       assert.ok(entryNameBytes(odd).equals(Buffer.from('usr/share/odd/latin1-\xe9\xff-name', 'latin1')));
@@ -177,11 +180,11 @@ describe('tiu build (integration)', function () {
   });
 
   it('gzip bundles unpack with umoci to the source tree', async function () {
-    const layout = new TestLayoutTarget(join(work, 'layout-gz'));
-    const r = await buildBundle({ kind: 'directory', path: src }, layout, 'v1', { compression: 'gzip' });
+    const gzDir = join(work, 'layout-gz');
+    const r = await buildBundle({ kind: 'directory', path: src }, await layout(gzDir), 'v1', { compression: 'gzip' });
     assert.ok(r.manifest.layers.every((l) => l.mediaType === 'application/vnd.oci.image.layer.v1.tar+gzip'));
     const bundle = join(work, 'umoci-bundle');
-    await run('umoci', ['unpack', '--image', `${layout.dir}:v1`, bundle]);
+    await run('umoci', ['unpack', '--image', `${gzDir}:v1`, bundle]);
     const actual = await snapshotTree(join(bundle, 'rootfs'));
     // umoci 0.4.7 does not set symlink mtimes, touches directories after their contents, and
     // deliberately drops security.selinux (GNU tar above shows the layer carries it).
@@ -191,12 +194,12 @@ describe('tiu build (integration)', function () {
   it('a tar archive (xz, as kiwi writes it) builds to the same bundle as the directory', async function () {
     const tarFile = join(work, 'tree.tar.xz');
     await run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '--format=posix', '-C', src, '-cJf', tarFile, '.']);
-    const r = await buildBundle({ kind: 'archive', path: tarFile }, new TestLayoutTarget(join(work, 'layout-tar')), 'v1', {});
+    const r = await buildBundle({ kind: 'archive', path: tarFile }, await layout(join(work, 'layout-tar')), 'v1', {});
     assert.equal(r.descriptor.digest, zstdBuild.descriptor.digest);
   });
 
   it('an image re-layered gives the same bundle', async function () {
-    const r = await buildBundle({ kind: 'image', target: layoutA, reference: 'v1' }, new TestLayoutTarget(join(work, 'layout-relayer')), 'v1', {});
+    const r = await buildBundle({ kind: 'image', target: layoutA, reference: 'v1' }, await layout(join(work, 'layout-relayer')), 'v1', {});
     assert.equal(r.descriptor.digest, zstdBuild.descriptor.digest);
   });
 
@@ -210,9 +213,55 @@ describe('tiu build (integration)', function () {
       const file = join(work, `${name}.tar`);
       await pipeline(Readable.from([encodeHeader({ ...base, path: 'usr', type: 'dir', mode: 0o755 }), encodeHeader({ ...base, path: bad! }), END_OF_ARCHIVE]), createWriteStream(file));
       await assert.rejects(
-        buildBundle({ kind: 'archive', path: file }, new TestLayoutTarget(join(work, `layout-${name}`)), 'v1', {}),
+        buildBundle({ kind: 'archive', path: file }, await layout(join(work, `layout-${name}`)), 'v1', {}),
         (err) => isTiuError(err, 'TAR_UNSAFE_PATH') && /leaves the tree|absolute/.test((err as Error).message),
       );
     }
+  });
+
+  describe('the tiu build command', function () {
+    const tiu = (args: string[]) => run(join(import.meta.dirname, '../../bin/tiu'), args, { okExitCodes: [0, 1, 2] });
+
+    it('builds into an oci-archive with options and prints the digest as JSON', async function () {
+      const archive = join(work, 'bundle.tar');
+      const r = await tiu(['build', src, '--tag', `oci-archive:${archive}:v7`, '--compression', 'gzip', '--layers', '3', '--annotation', 'org.example.build=42', '--exclude', '/usr/share/odd', '--json']);
+      assert.equal(r.exitCode, 0, r.stderr);
+      const out = JSON.parse(r.stdout) as { digest: string; layers: unknown[]; annotations: Record<string, string> };
+      assert.ok(out.layers.length <= 3);
+      assert.equal(out.annotations['org.example.build'], '42');
+      const info = JSON.parse((await run('skopeo', ['inspect', `oci-archive:${archive}:v7`])).stdout) as { Digest: string };
+      assert.equal(info.Digest, out.digest);
+    });
+
+    it('reads .tar.zst and .tbz archives to the same bundle as the directory', async function () {
+      const dirDigest = (await tiu(['build', src, '--tag', `oci:${join(work, 'cli-dir')}:v1`])).stdout.trim();
+      assert.match(dirDigest, /^sha256:[0-9a-f]{64}$/);
+      assert.equal(dirDigest, zstdBuild.descriptor.digest);
+      for (const [name, flag] of [
+        ['tree.tar.zst', '--zstd'],
+        ['tree.tbz', '--bzip2'],
+      ]) {
+        const file = join(work, name!);
+        await run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '--format=posix', flag!, '-C', src, '-cf', file, '.']);
+        const r = await tiu(['build', file, '--tag', `oci:${join(work, 'cli-' + name)}:v1`]);
+        assert.equal(r.exitCode, 0, r.stderr);
+        assert.equal(r.stdout.trim(), dirDigest, name);
+      }
+    });
+
+    it('says exactly what is wrong, with a code', async function () {
+      const cases: [string[], string][] = [
+        [['build', join(work, 'nope'), '--tag', `oci:${join(work, 'x')}:v1`], 'BUILD_SOURCE_NOT_FOUND'],
+        [['build', src, '--tag', `oci:${join(work, 'x')}:v1`, '--compression', 'lz4'], 'BUILD_BAD_OPTION'],
+        [['build', src, '--tag', `oci:${join(work, 'x')}:v1`, '--layers', 'many'], 'BUILD_BAD_OPTION'],
+        [['build', src, '--tag', `oci:${join(work, 'x')}:v1`, '--annotation', 'novalue'], 'BUILD_BAD_OPTION'],
+        [['build', src], 'BUILD_BAD_OPTION'],
+      ];
+      for (const [args, code] of cases) {
+        const r = await tiu([...args, '--json']);
+        assert.equal(r.exitCode, 1, args.join(' '));
+        assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, code, args.join(' '));
+      }
+    });
   });
 });

@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import { isTiuError } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
-import { openRegistryTarget, RegistrySession, type RegistryClientOptions, type RegistryTarget } from '../../src/transport/registry/index.ts';
+import { openRegistryTarget, RegistrySession, setHttpLogger, type RegistryClientOptions, type RegistryTarget } from '../../src/transport/registry/index.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { blobOf, makeImage, pushImage, readAll } from '../helpers/images.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
@@ -127,13 +127,22 @@ describe('registry transport: authentication', function () {
       await issuer?.stop();
     });
 
-    it('anonymous is refused with UNAUTHORIZED', async () => {
-      const t = open(reg.host, 'tiu/tok');
-      await assert.rejects(t.resolve('latest'), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host));
+    it('anonymous: an anonymous token pulls public repositories; anything more is UNAUTHORIZED', async () => {
+      const img = await makeImage();
+      await pushImage(open(reg.host, 'public/os', { creds: `${USER}:${PASS}` }), img, '1');
+      const anon = open(reg.host, 'public/os');
+      assert.equal((await anon.resolve('1')).digest, img.manifest.desc.digest);
+      assert.deepEqual(await readAll(await anon.fetch(img.layers[0]!.desc)), img.layers[0]!.data);
+      assert.ok(issuer.issued.anonymous >= 1);
+      const b = blobOf(randomBytes(100), MediaType.OciLayerGzip);
+      await assert.rejects(anon.push(b.desc, Readable.from([b.data])), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host) && e.message.includes('no credentials'));
+      await assert.rejects(open(reg.host, 'tiu/tok').resolve('latest'), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host));
     });
 
     it('pushes and pulls with tokens cached per scope, then renews them with the refresh token', async () => {
       const session = new RegistrySession({ creds: `${USER}:${PASS}`, env });
+      const lines: string[] = [];
+      const prevLogger = setHttpLogger((l) => lines.push(l));
       try {
         const t = open(reg.host, 'tiu/tok', { session });
         const img = await makeImage({ layerBytes: [1000, 100_000] });
@@ -150,7 +159,12 @@ describe('registry transport: authentication', function () {
         // later tokens came from the refresh token the issuer handed out
         assert.ok(issuer.issued.refresh >= 1, JSON.stringify(issuer.issued));
         assert.deepEqual(await readAll(await other.fetch(img.layers[1]!.desc)), img.layers[1]!.data);
+        // the request log has every request and no secret: no password, no token, no refresh token
+        assert.ok(lines.length > 10 && lines.some((l) => l.includes('/token')));
+        const log = lines.join('\n');
+        for (const secret of [PASS, issuer.refreshToken, Buffer.from(`${USER}:${PASS}`).toString('base64'), 'eyJ']) assert.ok(!log.includes(secret), `log leaks ${secret.slice(0, 4)}`);
       } finally {
+        setHttpLogger(prevLogger);
         await session.close();
       }
     });

@@ -94,7 +94,7 @@ describe('deploy/apply table of contents and tar reading', () => {
       entries: [
         { type: 'dir', name: 'usr/', mode: 0o755, modtime: '2024-01-02T03:04:05Z' },
         { type: 'reg', name: './usr/bin/ping', mode: 0o4755, uid: 0, gid: 0, size: 3, digest: sha256('abc'), offset: 100, endOffset: 150, modtime: '2024-01-02T03:04:05.123456789Z', xattrs: { 'security.capability': Buffer.from([1, 2]).toString('base64') } },
-        { type: 'chunk', name: 'usr/bin/ping' },
+        { type: 'chunk', name: 'usr/bin/ping', offset: 150, endOffset: 170 },
         { type: 'reg', name: 'empty' },
         { type: 'symlink', name: 'lib', linkName: 'usr/lib' },
         { type: 'hardlink', name: 'usr/bin/ping2', linkName: '/usr/bin/ping' },
@@ -105,7 +105,7 @@ describe('deploy/apply table of contents and tar reading', () => {
     assert.equal(e[1]!.path, 'usr/bin/ping');
     assert.equal(e[1]!.mode, 0o4755);
     assert.equal(e[1]!.mtimeNs, 1704164645123456789n);
-    assert.deepEqual(e[1]!.source, { layer: 2, offset: 100, endOffset: 150 });
+    assert.deepEqual(e[1]!.source, { layer: 2, offset: 100, endOffset: 170 }, 'the chunk widened the range');
     assert.deepEqual(e[1]!.xattrs['security.capability'], Buffer.from([1, 2]));
     assert.equal(e[2]!.digest, EMPTY_SHA256);
     assert.equal(e[4]!.linkname, 'usr/bin/ping');
@@ -113,6 +113,8 @@ describe('deploy/apply table of contents and tar reading', () => {
     assert.throws(() => tocToEntries({ version: 1, entries: [{ type: 'reg', name: '../x', size: 0 }] }, 0), (x: unknown) => isTiuError(x, 'UNSAFE_PATH'));
     assert.throws(() => tocToEntries({ version: 1, entries: [{ type: 'reg', name: 'x', size: 5 }] }, 0), (x: unknown) => isTiuError(x, 'BAD_ENTRY'));
     assert.throws(() => tocToEntries({ version: 1, entries: [{ type: 'socket', name: 'x' }] }, 0), (x: unknown) => isTiuError(x, 'BAD_ENTRY'));
+    assert.throws(() => tocToEntries({ version: 1, entries: [{ type: 'chunk', name: 'x', offset: 1, endOffset: 2 }] }, 0), (x: unknown) => isTiuError(x, 'BAD_ENTRY'));
+    assert.throws(() => tocToEntries({ version: 1, entries: [{ type: 'reg', name: 'x', size: 0, nameRaw: 'eA==' } as never] }, 0), (x: unknown) => isTiuError(x, 'BAD_ENTRY'));
   });
   it('reads tar with long names and raw binary pax xattrs', async () => {
     const long = 'd/' + 'n'.repeat(150);
@@ -193,5 +195,37 @@ describe('deploy/apply planner', () => {
     await assert.rejects(planApply(flattenLayers([[{ ...reg('l', ''), type: 'symlink', linkname: '/etc' }, reg('l/passwd', 'x')]]), old, hasher), (e: unknown) => isTiuError(e, 'UNSAFE_PATH'));
     const plan = await planApply(flattenLayers([[dir('usr')]]), old, hasher, { preserve: ['.snapshots', 'var'] });
     assert.deepEqual(plan.deletes, []);
+  });
+});
+
+describe('deploy/apply content providers', () => {
+  it('rangeProvider coalesces neighbouring frames into one request and decodes each file', async () => {
+    const { zstdCompressSync } = await import('node:zlib');
+    const { rangeProvider } = await import('../../src/deploy/apply/content.ts');
+    const files = ['alpha', 'beta', 'gamma', 'delta'].map((n) => ({ n, data: Buffer.from(n.repeat(100)) }));
+    const frames: Buffer[] = [];
+    const entries: TreeEntry[] = [];
+    let off = 0;
+    for (const f of files) {
+      const fr = zstdCompressSync(f.data);
+      entries.push(reg(f.n, f.data.toString(), { source: { layer: 0, offset: off, endOffset: off + fr.length } }));
+      frames.push(fr);
+      off += fr.length;
+    }
+    // a far-away file in another "region" of the blob
+    const pad = Buffer.alloc(200_000);
+    const far = zstdCompressSync(Buffer.from('far away'));
+    entries.push(reg('far', 'far away', { source: { layer: 0, offset: off + pad.length, endOffset: off + pad.length + far.length } }));
+    const blob = Buffer.concat([...frames, pad, far]);
+    const requests: string[] = [];
+    const got = new Map<string, string>();
+    await rangeProvider((layer, s, e) => {
+      requests.push(`${layer}:${s}-${e}`);
+      return Promise.resolve(Readable.from([blob.subarray(s, e)]));
+    }).deliver([entries[0]!, entries[2]!, entries[3]!, entries[4]!], async (e, content) => {
+      got.set(e.path, await collect(content as AsyncIterable<Buffer>));
+    });
+    assert.equal(requests.length, 2, requests.join(' '));
+    assert.deepEqual(Object.fromEntries(got), { alpha: 'alpha'.repeat(100), gamma: 'gamma'.repeat(100), delta: 'delta'.repeat(100), far: 'far away' });
   });
 });

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isTiuError } from '../../src/errors.ts';
 import { OciArchiveTarget } from '../../src/content/oci-archive.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { openReference } from '../../src/transport/resolve.ts';
+import { RegistryTarget } from '../../src/transport/registry/index.ts';
 
 describe('openReference', () => {
   let dir: string;
@@ -36,8 +37,15 @@ describe('openReference', () => {
     await w.target.close?.();
   });
 
-  it('says docker:// is not wired in yet', async () => {
-    await assert.rejects(openReference('docker://example.com/a:b'), (e: unknown) => isTiuError(e, 'UNSUPPORTED_TRANSPORT'));
-    await assert.rejects(openReference('example.com/a:b'), (e: unknown) => isTiuError(e, 'UNSUPPORTED_TRANSPORT'));
+  it('opens docker:// references (and bare names) as registry Targets', async () => {
+    for (const input of ['docker://example.com/a:b', 'example.com/a:b']) {
+      const r = await openReference(input, { registry: { registriesConf: false } });
+      assert.ok(r.target instanceof RegistryTarget);
+      assert.equal(r.target.name, 'docker://example.com/a');
+      assert.equal(r.name, 'b');
+    }
+    const conf = `${dir}/registries.conf`;
+    await writeFile(conf, '[[registry]]\nprefix = "example.com/a"\nblocked = true\n');
+    await assert.rejects(openReference('docker://example.com/a:b', { registry: { registriesConf: conf } }), (e: unknown) => isTiuError(e, 'BLOCKED'));
   });
 });

@@ -6,6 +6,7 @@ import { openReference, type OpenedReference } from '../../transport/resolve.ts'
 import { isManifestLike } from '../../oci/mediatypes.ts';
 import { isDigest } from '../../oci/digest.ts';
 import { humanSize, shortDigest } from '../format.ts';
+import { copyRegistryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
 
 class UsageError extends TiuError {
   constructor(message: string) {
@@ -22,18 +23,19 @@ const command: Command = {
     'Every byte is verified by digest and size; the destination tag is set only once all content is there.\n' +
     'Without a destination tag the source tag is reused.\n' +
     '  --referrers      also copy signatures and other referrers (and cosign sha256-<hex>.sig tags)\n' +
-    '  --concurrency N  blob transfers at a time (default 3)',
-  options: { referrers: { type: 'boolean' }, concurrency: { type: 'string' } },
+    '  --concurrency N  blob transfers at a time (default 3)\n' +
+    registryOptionsHelp,
+  options: { referrers: { type: 'boolean' }, concurrency: { type: 'string' }, ...copyRegistryOptionSpecs },
   positionals: [2, 2],
   async run([srcInput, dstInput], options, out) {
     const concText = optString(options, 'concurrency');
     const concurrency = concText === undefined ? 3 : Number(concText);
     if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new UsageError(`--concurrency must be an integer from 1 to 64, got ${concText}`);
-    const src: OpenedReference = await openReference(srcInput!);
+    const src: OpenedReference = await openReference(srcInput!, { registry: registryOptions(options, 'src') });
     let dst: OpenedReference | undefined;
     let ok = false;
     try {
-      dst = await openReference(dstInput!, { forWrite: true });
+      dst = await openReference(dstInput!, { forWrite: true, registry: registryOptions(options, 'dest') });
       const lastReport = new Map<string, number>();
       const onProgress = (e: CopyEvent) => {
         const d = e.desc;

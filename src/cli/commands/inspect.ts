@@ -6,6 +6,7 @@ import type { Descriptor, ImageConfig } from '../../oci/types.ts';
 import { MAX_CONFIG_BYTES, isImageConfigType, parseConfigBytes } from '../../oci/validate.ts';
 import { openReference } from '../../transport/resolve.ts';
 import { humanSize } from '../format.ts';
+import { registryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
 
 /** os-release keys tiu shows when an image carries them (as labels or annotations). */
 const OS_RELEASE_KEYS = new Set([
@@ -32,11 +33,11 @@ const command: Command = {
   name: 'inspect',
   summary: 'Show an image: manifest, config summary, layers, annotations, os-release',
   usage: 'tiu inspect REF [--raw] [--json]',
-  help: 'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG].\n  --raw  print the manifest (or index) exactly as stored',
-  options: { raw: { type: 'boolean' } },
+  help: 'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG].\n  --raw  print the manifest (or index) exactly as stored\n' + registryOptionsHelp,
+  options: { raw: { type: 'boolean' }, ...registryOptionSpecs },
   positionals: [1, 1],
   async run([input], options, out) {
-    const { target, name } = await openReference(input!);
+    const { target, name } = await openReference(input!, { registry: registryOptions(options) });
     try {
       const root = name !== undefined ? await target.resolve(name) : target.resolveDefault ? await target.resolveDefault() : undefined;
       if (!root) throw new TiuError('MISSING_REFERENCE', `${input} needs a tag or digest`);

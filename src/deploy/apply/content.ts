@@ -4,8 +4,8 @@
  * whole-layer stream (ordinary pull) or ranged fetches of single files (zstd:chunked).
  * The executor verifies every byte against the entry's sha256 and size.
  */
-import { pipeline, type Readable } from 'node:stream';
-import { createZstdDecompress } from 'node:zlib';
+import { Readable } from 'node:stream';
+import { zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
 import { ContentUnavailableError } from './errors.ts';
 import { normalizeEntryPath } from './paths.ts';
 import { readTar } from './tar.ts';
@@ -73,14 +73,35 @@ export function tarLayerProvider(openLayer: (layer: number) => Promise<Readable>
   };
 }
 
+export interface RangeOptions {
+  /** Neighbouring files whose frames are at most this far apart are fetched in one request (default 64 KiB). */
+  maxGap?: number;
+  /** Upper bound of one coalesced request, held in memory (default 8 MiB). */
+  maxSpan?: number;
+}
+
+async function collect(r: Readable): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of r) parts.push(Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array));
+  return Buffer.concat(parts);
+}
+
+function once(b: Buffer): Readable {
+  return Readable.from([b]);
+}
+
 /**
  * zstd:chunked single-file fetches: `fetchRange(layer, start, end)` returns the compressed
  * bytes [start, end) of the layer blob (HTTP Range on a registry, a file read on a layout);
- * each file is its own zstd frame there, so it decompresses alone.
+ * each file is its own zstd frame there, so it decompresses alone. Files close together in a
+ * layer are fetched with one request (the bytes between them are read and dropped).
  */
-export function rangeProvider(fetchRange: (layer: number, start: number, end: number) => Promise<Readable>): ContentProvider {
+export function rangeProvider(fetchRange: (layer: number, start: number, end: number) => Promise<Readable>, opts: RangeOptions = {}): ContentProvider {
+  const maxGap = opts.maxGap ?? 64 * 1024;
+  const maxSpan = opts.maxSpan ?? 8 * 1024 * 1024;
   return {
     async deliver(entries, take) {
+      const ranged: TreeEntry[] = [];
       for (const e of byLayerOrder(entries)) {
         const s = e.source;
         if (!s || s.offset === undefined || s.endOffset === undefined || s.endOffset <= s.offset) {
@@ -90,10 +111,33 @@ export function rangeProvider(fetchRange: (layer: number, start: number, end: nu
           }
           throw new ContentUnavailableError(e.path, 'the table of contents gives no byte range for it');
         }
-        const raw = await fetchRange(s.layer, s.offset, s.endOffset);
-        const d = createZstdDecompress();
-        pipeline(raw, d, () => undefined); // an error in either destroys `d`, which the consumer sees
-        await take(e, d);
+        ranged.push(e);
+      }
+      let i = 0;
+      while (i < ranged.length) {
+        const first = ranged[i]!;
+        const layer = first.source!.layer;
+        const start = first.source!.offset!;
+        let end = first.source!.endOffset!;
+        let j = i + 1;
+        while (j < ranged.length) {
+          const n = ranged[j]!.source!;
+          if (n.layer !== layer || n.offset! < end || n.offset! - end > maxGap || n.endOffset! - start > maxSpan) break;
+          end = n.endOffset!;
+          j++;
+        }
+        if (j === i + 1) {
+          // one file: stream it (it may be large)
+          await take(first, zstdDecompressFrames(await fetchRange(layer, start, end)));
+        } else {
+          const buf = await collect(await fetchRange(layer, start, end));
+          if (buf.length !== end - start) throw new ContentUnavailableError(first.path, `range ${start}-${end} of layer ${layer} gave ${buf.length} bytes`);
+          for (let k = i; k < j; k++) {
+            const e = ranged[k]!;
+            await take(e, zstdDecompressFrames(once(buf.subarray(e.source!.offset! - start, e.source!.endOffset! - start))));
+          }
+        }
+        i = j;
       }
     },
   };

@@ -76,7 +76,8 @@ export class SafeRoot {
 
   /** Forget verified directories at or below `rel` (it is being removed or replaced). */
   forget(rel: string): void {
-    if (rel === '') return;
+    // verifyDir adds parents before children: nothing below an unverified directory is in the set
+    if (rel === '' || !this.#dirs.has(rel)) return;
     for (const d of [...this.#dirs]) if (d === rel || d.startsWith(rel + '/')) this.#dirs.delete(d);
   }
 

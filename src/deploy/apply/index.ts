@@ -7,13 +7,8 @@
  *   const { plan, report } = await applyFromToc(root, layers, provider, { preserve, indexFile });
  * Step by step: flattenLayers -> scanTree -> planApply (pure, lazy hashes) -> executePlan.
  * Without one (ordinary OCI/Docker images): applyTarLayers(root, [() => tarStream, ...]).
+ * From a Target and a manifest, choosing the mode itself: applyImage(root, target, manifest, opts).
  */
-import { flattenLayers } from './layers.ts';
-import { planApply } from './plan.ts';
-import { ContentIndex, scanTree } from './scan.ts';
-import { executePlan } from './execute.ts';
-import type { ContentProvider } from './content.ts';
-import type { ApplyReport, Plan, TreeEntry } from './types.ts';
 
 export * from './types.ts';
 export * from './errors.ts';
@@ -27,41 +22,6 @@ export { openerProvider, tarLayerProvider, rangeProvider, byLayerOrder, type Con
 export { applyTarLayers, type LayerOpener, type TarApplyOptions } from './tar-apply.ts';
 export { readTar, type TarEntry } from './tar.ts';
 export { entriesFromTar } from './tar-entries.ts';
-
-export interface ApplyOptions {
-  /** Relative paths never deleted nor scanned below (e.g. '.snapshots', 'var', 'home', ...). */
-  preserve?: readonly string[];
-  /**
-   * Content-index cache file (outside the target): loaded before planning so unchanged files
-   * need no hashing, saved after with the new tree's digests. Without it same-size candidates
-   * are hashed once each.
-   */
-  indexFile?: string;
-  /** Where to save the index (default: indexFile). */
-  saveIndexTo?: string;
-  allowCopyFallback?: boolean;
-  noXattrs?: boolean;
-  /** Stop after planning (dry run). */
-  planOnly?: boolean;
-}
-
-export interface ApplyResult {
-  plan: Plan;
-  report: ApplyReport | null;
-  /** Old-tree files read to hash them during planning. */
-  hashed: { files: number; bytes: number };
-}
-
-/** Plan and apply layers described by tables of contents (lowest layer first). */
-export async function applyFromToc(root: string, layers: readonly (readonly TreeEntry[])[], provider: ContentProvider, opts: ApplyOptions = {}): Promise<ApplyResult> {
-  const tree = flattenLayers(layers);
-  const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
-  const index = opts.indexFile ? await ContentIndex.load(root, opts.indexFile) : new ContentIndex(root);
-  const plan = await planApply(tree, old, index, { preserve: opts.preserve ?? [] });
-  const hashed = { files: index.hashedFiles, bytes: index.hashedBytes };
-  if (opts.planOnly) return { plan, report: null, hashed };
-  const report = await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index });
-  const saveTo = opts.saveIndexTo ?? opts.indexFile;
-  if (saveTo) await index.save(saveTo);
-  return { plan, report, hashed };
-}
+export { applyFromToc, type ApplyOptions, type ApplyResult } from './toc-apply.ts';
+export { applyImage, openLayerTar, type ApplyImageOptions, type ApplyImageResult, type LayerSource } from './image.ts';
+export { type RangeOptions } from './content.ts';

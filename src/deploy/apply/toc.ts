@@ -2,8 +2,8 @@
  * Adapter from a zstd:chunked table of contents (containers/storage's JSON: `{version,
  * entries: [{type, name, linkName, mode, size, uid, gid, modtime, devMajor, devMinor, xattrs,
  * digest, offset, endOffset, ...}]}`) to the engine's TreeEntry list for one layer.
- * Xattr values in the TOC are base64; `chunk` entries (continuations of a file) carry no new
- * file and are skipped: a file's digest is of its whole content.
+ * Xattr values in the TOC are base64; `chunk` entries (further frames of the file before them,
+ * contiguous in the blob) widen that file's byte range: its digest is of the whole content.
  */
 import { BadEntryError } from './errors.ts';
 import { normalizeEntryPath, normalizeLinkTarget } from './paths.ts';
@@ -65,7 +65,20 @@ export function tocToEntries(toc: ChunkedToc, layer: number): TreeEntry[] {
   const out: TreeEntry[] = [];
   for (const t of toc.entries) {
     if (typeof t?.name !== 'string' || typeof t.type !== 'string') throw new BadEntryError(String(t?.name), 'entry without name or type');
-    if (t.type === 'chunk') continue;
+    if ((t as { nameRaw?: unknown }).nameRaw !== undefined || (t as { linkNameRaw?: unknown }).linkNameRaw !== undefined) {
+      throw new BadEntryError(t.name, 'names that are not UTF-8 are not supported by the apply engine');
+    }
+    if (t.type === 'chunk') {
+      // Further zstd frames of the previous file, right after it: widen its range to take them.
+      const prev = out[out.length - 1];
+      const src = prev?.source;
+      if (!prev || prev.type !== 'reg' || !src || normalizeEntryPath(t.name) !== prev.path) throw new BadEntryError(t.name, 'chunk entry without its file');
+      const off = nat(t.offset, t.name, 'offset');
+      const end = nat(t.endOffset, t.name, 'endOffset');
+      if (src.endOffset === undefined || off !== src.endOffset || end < off) throw new BadEntryError(t.name, 'chunk frames are not contiguous');
+      src.endOffset = end;
+      continue;
+    }
     const type = TYPES[t.type];
     if (!type) throw new BadEntryError(t.name, `unknown entry type ${JSON.stringify(t.type)}`);
     const path = normalizeEntryPath(t.name);

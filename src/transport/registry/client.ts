@@ -10,8 +10,9 @@ import { sha256, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageIndex } from '../../oci/types.ts';
 import { pullScope, pushScope } from './auth.ts';
-import { AbortedError, DeniedError, UnexpectedStatusError } from './errors.ts';
-import { bodyExcerpt, headerOne, isConnectionFailure, readBody, type HttpResponse } from './http.ts';
+import { AbortedError, DeniedError, UnexpectedStatusError, UnreachableError } from './errors.ts';
+import { backoffMs, bodyExcerpt, headerOne, isConnectionFailure, readBody, type HttpResponse } from './http.ts';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { RegistrySession } from './session.ts';
 
 export const MANIFEST_ACCEPT = [MediaType.OciManifest, MediaType.OciIndex, MediaType.DockerManifest, MediaType.DockerManifestList].join(', ');
@@ -36,6 +37,7 @@ interface SendOptions {
   body?: Buffer | Readable;
   signal?: AbortSignal | undefined;
   followRedirects?: boolean;
+  noRetry?: boolean;
   what: string;
 }
 
@@ -95,6 +97,7 @@ export class RepositoryClient {
         body: o.body,
         signal: o.signal,
         followRedirects: o.followRedirects ?? false,
+        ...(o.noRetry ? { noRetry: true } : {}),
       });
       if (res.status === 401) {
         const streamed = o.body !== undefined && !Buffer.isBuffer(o.body);
@@ -315,7 +318,10 @@ export class RepositoryClient {
         } catch (e) {
           if (out.destroyed) return;
           if (signal?.aborted) throw new AbortedError(`download of blob ${desc.digest}`);
-          if (!isConnectionFailure(e) || resumes >= this.#tuning.maxResumes || offset >= desc.size) throw e;
+          if (!isConnectionFailure(e) || offset >= desc.size) throw e;
+          if (resumes >= this.#tuning.maxResumes) {
+            throw new UnreachableError(this.registry, `download of blob ${desc.digest} cut ${resumes + 1} times, last at byte ${offset} of ${desc.size}`);
+          }
           resumes++;
           continue;
         }
@@ -414,7 +420,7 @@ export class RepositoryClient {
     const signal = opts.signal;
     let upload: URL | undefined = opts.session;
     try {
-      if (desc.size <= SINGLE_POST_MAX && !upload) {
+      if (desc.size <= SINGLE_POST_MAX && !upload && !this.#s.noSinglePost.has(this.registry)) {
         const buf = await collect(content, desc.size);
         verifyBuffer(desc, buf, `blob ${desc.digest}`);
         const res = await this.#send({
@@ -432,6 +438,8 @@ export class RepositoryClient {
           return;
         }
         if (res.status !== 202) await this.#fail(res, what);
+        // This registry ignores the body of POST ?digest= (distribution 2.8 does): next time, POST then PUT.
+        this.#s.noSinglePost.add(this.registry);
         upload = this.#uploadUrl(res, what);
         const put = new URL(upload);
         put.searchParams.set('digest', desc.digest);
@@ -493,34 +501,59 @@ export class RepositoryClient {
       let chunk = Buffer.concat(pending, pendingLen);
       pending = [];
       pendingLen = 0;
-      // Registries answer with the range they hold; send again what they say they lack (once).
-      for (let tries = 0; chunk.length > 0; tries++) {
+      let failures = 0;
+      // A PATCH is never replayed blindly: after a failure, or when the registry says it holds
+      // less than was sent (some answer 202 instead of 416), ask it where the upload stands
+      // and send what it lacks.
+      while (chunk.length > 0) {
         const start = offset;
         const endIncl = offset + chunk.length - 1;
-        const res = await this.#send({
-          method: 'PATCH',
-          path: upload,
-          scopes,
-          headers: { 'content-type': 'application/octet-stream', 'content-range': `${start}-${endIncl}` },
-          body: chunk,
-          signal: opts.signal,
-          what,
-        });
-        if (res.status !== 202 && res.status !== 204) await this.#fail(res, `${what} (chunk at ${start})`);
-        res.body.resume();
-        upload = this.#uploadUrl(res, what);
-        const range = headerOne(res.headers.range);
-        const m = range ? /^(?:bytes=)?0-(\d+)$/.exec(range) : null;
-        const have = m ? Number(m[1]) + 1 : endIncl + 1;
-        if (have >= endIncl + 1 || tries >= 1) {
-          offset = endIncl + 1;
-          opts.onBytes?.(chunk.length);
-          return;
+        let res: HttpResponse | undefined;
+        let failure: UnreachableError | undefined;
+        try {
+          res = await this.#send({
+            method: 'PATCH',
+            path: upload,
+            scopes,
+            headers: { 'content-type': 'application/octet-stream', 'content-range': `${start}-${endIncl}` },
+            body: chunk,
+            signal: opts.signal,
+            noRetry: true,
+            what,
+          });
+        } catch (e) {
+          if (!(e instanceof UnreachableError)) throw e;
+          failure = e;
         }
-        if (have < start) throw new UnexpectedStatusError(this.registry, what, res.status, `registry holds ${have} bytes, expected ${start}`);
-        opts.onBytes?.(have - start);
-        chunk = chunk.subarray(have - start);
-        offset = have;
+        let have: number;
+        if (res && (res.status === 202 || res.status === 204)) {
+          res.body.resume();
+          upload = this.#uploadUrl(res, what);
+          have = heldBytes(headerOne(res.headers.range)) ?? endIncl + 1;
+        } else {
+          if (res && !(res.status >= 500 || res.status === 416 || res.status === 429)) await this.#fail(res, `${what} (chunk at ${start})`);
+          res?.body.resume();
+          if (++failures > 3) {
+            if (failure) throw failure;
+            await this.#fail(res!, `${what} (chunk at ${start})`);
+          }
+          await delay(backoffMs(failures, 200, 2000), undefined, opts.signal ? { signal: opts.signal } : {});
+          const st = await this.#send({ method: 'GET', path: upload, scopes, signal: opts.signal, what: `status of ${what}` });
+          if (st.status !== 204 && st.status !== 200) await this.#fail(st, `status of ${what}`);
+          st.body.resume();
+          if (st.headers.location) upload = this.#uploadUrl(st, what);
+          have = heldBytes(headerOne(st.headers.range)) ?? 0;
+        }
+        if (have < start) {
+          throw new UnexpectedStatusError(this.registry, what, res?.status ?? 0, `registry holds ${have} bytes of the upload, ${start} were sent before`);
+        }
+        const done = Math.min(have, endIncl + 1) - start;
+        if (done < chunk.length && res && (res.status === 202 || res.status === 204) && ++failures > 3) {
+          throw new UnexpectedStatusError(this.registry, what, res.status, `registry keeps only ${have} of ${endIncl + 1} bytes`);
+        }
+        if (done > 0) opts.onBytes?.(done);
+        chunk = chunk.subarray(done);
+        offset = start + done;
       }
     };
     for await (const c of stream) {
@@ -547,6 +580,14 @@ export class RepositoryClient {
     if (pendingLen > 0) await flush();
     return upload;
   }
+}
+
+/** Bytes an upload holds from its Range header (`0-<last>`); `0-0` counts as none. */
+function heldBytes(range: string | undefined): number | undefined {
+  const m = range ? /^(?:bytes=)?0-(\d+)$/.exec(range.trim()) : null;
+  if (!m) return undefined;
+  const last = Number(m[1]);
+  return last === 0 ? 0 : last + 1;
 }
 
 async function collect(s: Readable, max: number): Promise<Buffer> {

@@ -77,6 +77,20 @@ export function isConnectionFailure(e: unknown): boolean {
   return RETRY_CODES.has(errCode(e)) || (e instanceof Error && /socket hang up|aborted/.test(e.message) && !(e instanceof TiuError));
 }
 
+type Logger = (line: string) => void;
+let logger: Logger = (line) => {
+  if (process.env.TIU_DEBUG) process.stderr.write(`tiu: ${line}\n`);
+};
+/**
+ * Route the request log (one line per request: method, origin and path, status). Query
+ * strings, headers and bodies are never logged: they can carry tokens and upload state.
+ */
+export function setHttpLogger(l: Logger): Logger {
+  const prev = logger;
+  logger = l;
+  return prev;
+}
+
 class SocketTimeout extends Error {
   readonly code = 'TIMEOUT';
 }
@@ -154,6 +168,7 @@ export class HttpClient {
           const c = errCode(e);
           throw new TlsError(url.host, e instanceof Error ? e.message : String(e), !(c.startsWith('ERR_SSL') || c === 'EPROTO'));
         }
+        logger(`http ${method} ${url.origin}${url.pathname} failed: ${errCode(e) || (e instanceof Error ? e.message : String(e))}`);
         if (isConnectionFailure(e) && attempt < retries) {
           await this.#sleep(backoffMs(attempt, this.#opts.backoffBaseMs, this.#opts.backoffMaxMs), req);
           continue;
@@ -162,6 +177,7 @@ export class HttpClient {
         throw new UnreachableError(url.host, msg, errCode(e) === 'TIMEOUT' ? 'TIMEOUT' : 'REGISTRY_UNREACHABLE');
       }
       const s = res.status;
+      logger(`http ${method} ${url.origin}${url.pathname} -> ${s}${attempt > 0 ? ` (attempt ${attempt + 1})` : ''}`);
       if (req.followRedirects && [301, 302, 303, 307, 308].includes(s) && res.headers.location && redirects < 5) {
         res.body.resume();
         const next = new URL(res.headers.location, url);

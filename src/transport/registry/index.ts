@@ -5,3 +5,4 @@ export { RepositoryClient, type ClientTuning } from './client.ts';
 export { loadRegistriesConf, parseRegistriesConf, pullEndpoints, pushEndpoint, type RegistriesConf } from './registries-conf.ts';
 export { lookupCredentials, authFilePaths, type Credentials, type CredentialOptions } from './credentials.ts';
 export * from './errors.ts';
+export { setHttpLogger } from './http.ts';

@@ -28,6 +28,8 @@ export class RegistrySession {
   readonly #auth = new Map<string, RegistryAuth>();
   readonly #bases = new Map<string, Promise<URL>>();
   readonly #insecure = new Set<string>();
+  /** Registries that answered a single-request upload (POST ?digest= with the body) with 202. */
+  readonly noSinglePost = new Set<string>();
 
   constructor(opts: SessionOptions = {}) {
     this.opts = opts;

@@ -1,0 +1,393 @@
+/**
+ * `npm run bench`: tiu side by side with the tools a user would otherwise run (skopeo, umoci,
+ * rsync as transactional-update's apply-oci does it, casync), on two real Debian bookworm trees
+ * (bench/trees.ts), in one run on this machine. Writes bench/results.md and bench/results.json.
+ *
+ * Environment: TIU_BENCH_RUNS (samples per figure, default 3), TIU_BENCH_CACHE (tree cache,
+ * default /var/cache/tiu-bench), TIU_BENCH_WORK (scratch, default /var/tmp),
+ * TIU_BENCH_ONLY (comma list of sections: build,registry,update), TIU_BENCH_VERBOSE=1.
+ * Runs as root (loop devices, btrfs, mounts).
+ */
+import { existsSync } from 'node:fs';
+import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { cpus, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ensureTrees, type TreeInfo } from './trees.ts';
+import { measured, sh } from './lib/proc.ts';
+import { startProxy, type CountingProxy } from './lib/proxy.ts';
+import { imageSize } from './lib/oci.ts';
+import { formatSummary, ratio, summarize, type Figure, type Unit } from './lib/stats.ts';
+import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts';
+import { updateSection } from './update.ts';
+
+const repo = dirname(dirname(fileURLToPath(import.meta.url)));
+export const tiuBin = join(repo, 'bin/tiu');
+export const RUNS = Math.max(1, Number(process.env.TIU_BENCH_RUNS ?? 3));
+const ONLY = (process.env.TIU_BENCH_ONLY ?? 'build,registry,update').split(',');
+
+export interface Ctx {
+  work: string;
+  trees: TreeInfo;
+  figures: Figure[];
+  /** What could not be measured, and why. */
+  missing: string[];
+  notes: string[];
+  /** umoci-built images of both trees (tags base, upgraded), for the peers. */
+  umociLayout?: string;
+  /** tiu bundles of both trees (tags base, upgraded). */
+  tiuLayout?: string;
+  proxy: CountingProxy;
+  registry: RunningRegistry;
+}
+
+export function log(msg: string): void {
+  process.stderr.write(`bench: ${msg}\n`);
+}
+
+export function record(ctx: Ctx, scenario: string, metric: string, unit: Unit, tool: string, samples: number[], how?: string): void {
+  let f = ctx.figures.find((x) => x.scenario === scenario && x.metric === metric && x.tool === tool);
+  if (!f) {
+    f = { scenario, metric, unit, tool, samples: [], ...(how ? { how } : {}) };
+    ctx.figures.push(f);
+  }
+  f.samples.push(...samples);
+}
+
+const available = new Map<string, boolean>();
+/** Whether this checkout's tiu has the command (the pieces land one by one). */
+export async function tiuHas(command: string): Promise<boolean> {
+  if (!available.has(command)) {
+    const r = await sh(tiuBin, [command, '--help'], { okCodes: [0, 1, 2] });
+    available.set(command, r.code === 0);
+  }
+  return available.get(command)!;
+}
+
+export async function dirBytes(dir: string): Promise<number> {
+  const r = await sh('du', ['-s', '--apparent-size', '--block-size=1', dir]);
+  return Number(r.stdout.split(/\s/)[0]);
+}
+
+/** A fresh registry behind the proxy (an empty store, so pushes upload everything). */
+export async function freshRegistry(ctx: Ctx): Promise<void> {
+  await ctx.registry.stop();
+  ctx.registry = await startRegistry();
+  ctx.proxy.setUpstream('127.0.0.1', ctx.registry.port);
+}
+
+// ---------------------------------------------------------------------------------------------
+// build: tiu build vs umoci repack (and casync make) of the base tree
+
+async function umociBundle(ctx: Ctx, tree: string, name: string): Promise<{ layout0: string; bundle: string; meta: string }> {
+  const layout0 = join(ctx.work, `umoci-empty-${name}`);
+  const bundle = join(ctx.work, `umoci-bundle-${name}`);
+  const meta = join(ctx.work, `umoci-bundle-${name}.meta`);
+  await sh('umoci', ['init', '--layout', layout0]);
+  await sh('umoci', ['new', '--image', `${layout0}:empty`]);
+  await sh('umoci', ['unpack', '--image', `${layout0}:empty`, bundle]);
+  // The tree itself, read-only, instead of a 600 MB copy: repack only reads rootfs.
+  await sh('mount', ['--bind', tree, join(bundle, 'rootfs')]);
+  await sh('mount', ['-o', 'remount,bind,ro', join(bundle, 'rootfs')]);
+  await mkdir(meta);
+  for (const f of await readdir(bundle)) if (f !== 'rootfs') await cp(join(bundle, f), join(meta, f), { recursive: true });
+  return { layout0, bundle, meta };
+}
+
+/** Put the bundle back into its just-unpacked state so the next repack diffs against empty again. */
+async function resetBundle(b: { bundle: string; meta: string }): Promise<void> {
+  for (const f of await readdir(b.bundle)) if (f !== 'rootfs') await rm(join(b.bundle, f), { recursive: true, force: true });
+  for (const f of await readdir(b.meta)) await cp(join(b.meta, f), join(b.bundle, f), { recursive: true });
+}
+
+async function buildSection(ctx: Ctx): Promise<void> {
+  const scenario = 'build (base tree → OCI image)';
+  const trees = { base: ctx.trees.base, upgraded: ctx.trees.upgraded };
+  // umoci: every tree into one layout, tags base and upgraded; the base build is the measured one.
+  const umociLayout = join(ctx.work, 'umoci-images');
+  for (const [name, tree] of Object.entries(trees)) {
+    const b = await umociBundle(ctx, tree, name);
+    try {
+      const runs = name === 'base' ? RUNS : 1;
+      for (let i = 0; i < runs; i++) {
+        const layout = join(ctx.work, `umoci-run-${name}`);
+        await rm(layout, { recursive: true, force: true });
+        await cp(b.layout0, layout, { recursive: true });
+        await resetBundle(b);
+        log(`umoci repack ${name} (${i + 1}/${runs})`);
+        const m = await measured('umoci', ['repack', '--image', `${layout}:${name}`, b.bundle]);
+        if (name === 'base') {
+          const size = (await imageSize(layout, name)).total;
+          record(ctx, scenario, 'time', 's', 'umoci repack', [m.wall], 'umoci repack of an umoci-unpacked bundle (gzip, one layer)');
+          record(ctx, scenario, 'output size', 'B', 'umoci repack', [size]);
+          record(ctx, scenario, 'peak RSS', 'B', 'umoci repack', [m.rss]);
+        }
+        if (i === runs - 1) {
+          if (!existsSync(umociLayout)) await cp(layout, umociLayout, { recursive: true });
+          else await sh('skopeo', ['copy', '-q', `oci:${layout}:${name}`, `oci:${umociLayout}:${name}`]);
+        }
+        await rm(layout, { recursive: true, force: true });
+      }
+    } finally {
+      await sh('umount', [join(b.bundle, 'rootfs')]);
+      await rm(b.bundle, { recursive: true, force: true });
+      await rm(b.meta, { recursive: true, force: true });
+      await rm(b.layout0, { recursive: true, force: true });
+    }
+  }
+  ctx.umociLayout = umociLayout;
+
+  // tiu build
+  if (await tiuHas('build')) {
+    const tiuLayout = join(ctx.work, 'tiu-images');
+    for (const [name, tree] of Object.entries(trees)) {
+      const runs = name === 'base' ? RUNS : 1;
+      for (let i = 0; i < runs; i++) {
+        const layout = join(ctx.work, `tiu-run-${name}`);
+        await rm(layout, { recursive: true, force: true });
+        log(`tiu build ${name} (${i + 1}/${runs})`);
+        const m = await measured(tiuBin, ['build', tree, '--tag', `oci:${layout}:${name}`]);
+        if (name === 'base') {
+          const size = (await imageSize(layout, name)).total;
+          record(ctx, scenario, 'time', 's', 'tiu', [m.wall], 'tiu build DIR --tag oci:LAYOUT:TAG (zstd:chunked layers)');
+          record(ctx, scenario, 'output size', 'B', 'tiu', [size]);
+          record(ctx, scenario, 'peak RSS', 'B', 'tiu', [m.rss]);
+        }
+        if (i === runs - 1) {
+          if (!existsSync(tiuLayout)) await cp(layout, tiuLayout, { recursive: true });
+          else await sh('skopeo', ['copy', '-q', `oci:${layout}:${name}`, `oci:${tiuLayout}:${name}`]);
+        }
+        await rm(layout, { recursive: true, force: true });
+      }
+    }
+    ctx.tiuLayout = tiuLayout;
+  } else {
+    ctx.missing.push('tiu build: `tiu build` is not in this checkout yet');
+  }
+
+  // casync make: the chunk store + index a casync user builds instead of an image.
+  for (let i = 0; i < RUNS; i++) {
+    const store = join(ctx.work, 'casync-build');
+    await rm(store, { recursive: true, force: true });
+    await mkdir(store);
+    log(`casync make base (${i + 1}/${RUNS})`);
+    const m = await measured('casync', ['make', `--store=${join(store, 'store')}`, join(store, 'base.caidx'), ctx.trees.base]);
+    record(ctx, scenario, 'time', 's', 'casync make', [m.wall], 'casync make --store=DIR INDEX.caidx TREE');
+    record(ctx, scenario, 'output size', 'B', 'casync make', [await dirBytes(store)]);
+    record(ctx, scenario, 'peak RSS', 'B', 'casync make', [m.rss]);
+    await rm(store, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// push and pull through the counting proxy: tiu copy vs skopeo copy, the umoci-built base image
+
+async function registrySection(ctx: Ctx): Promise<void> {
+  if (!ctx.umociLayout) throw new Error('the registry section needs the build section (umoci images)');
+  const src = `${ctx.umociLayout}:base`;
+  const imgBytes = (await imageSize(ctx.umociLayout, 'base')).total;
+  ctx.notes.push(`push/pull move the umoci-built base image (${(imgBytes / 2 ** 20).toFixed(1)} MiB, one gzip layer) so both tools carry the same bytes.`);
+  const tools: CopyTool[] = [
+    {
+      tool: 'skopeo',
+      push: (dst) => ['skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${src}`, `docker://${dst}`]],
+      pull: (s, dst) => ['skopeo', ['copy', '-q', '--src-tls-verify=false', `docker://${s}`, `oci:${dst}`]],
+      how: 'skopeo copy oci:… docker://… (and back)',
+    },
+  ];
+  if (await tiuHas('copy')) {
+    tools.push({
+      tool: 'tiu',
+      push: (dst) => [tiuBin, ['copy', `oci:${src}`, `docker://${dst}`]],
+      pull: (s, dst) => [tiuBin, ['copy', `docker://${s}`, `oci:${dst}`]],
+      how: 'tiu copy oci:… docker://… (and back)',
+    });
+  } else {
+    ctx.missing.push('push/pull: `tiu copy` is not in this checkout yet');
+  }
+  for (let i = 0; i < RUNS; i++) {
+    for (const t of [...tools]) {
+      try {
+        await pushPull(ctx, t, i);
+      } catch (e) {
+        if (t.tool !== 'tiu') throw e;
+        ctx.missing.push(`push/pull with tiu copy failed: ${firstLine(e)}`);
+        tools.splice(tools.indexOf(t), 1);
+      }
+    }
+  }
+}
+
+export function firstLine(e: unknown): string {
+  const m = e instanceof Error ? e.message : String(e);
+  const tiu = /tiu: error: (.*)/.exec(m);
+  return (tiu?.[1] ?? m).split('\n')[0]!.slice(0, 300);
+}
+
+interface CopyTool {
+  tool: string;
+  push: (dst: string) => [string, string[]];
+  pull: (src: string, dst: string) => [string, string[]];
+  how: string;
+}
+
+async function pushPull(ctx: Ctx, t: CopyTool, i: number): Promise<void> {
+  await freshRegistry(ctx);
+  ctx.proxy.reset();
+  log(`push with ${t.tool} (${i + 1}/${RUNS})`);
+  const [cmd, args] = t.push(`${ctx.proxy.host}/bench/os:base`);
+  const m = await measured(cmd, args);
+  const c = ctx.proxy.reset();
+  // Pull what was just pushed into an empty layout.
+  const dst = join(ctx.work, 'pulled');
+  await rm(dst, { recursive: true, force: true });
+  log(`pull with ${t.tool} (${i + 1}/${RUNS})`);
+  const [pc, pa] = t.pull(`${ctx.proxy.host}/bench/os:base`, `${dst}:base`);
+  const p = await measured(pc, pa);
+  const d = ctx.proxy.reset();
+  await rm(dst, { recursive: true, force: true });
+  record(ctx, 'push (OCI layout → registry)', 'time', 's', t.tool, [m.wall], t.how);
+  record(ctx, 'push (OCI layout → registry)', 'bytes uploaded', 'B', t.tool, [c.up]);
+  record(ctx, 'push (OCI layout → registry)', 'peak RSS', 'B', t.tool, [m.rss]);
+  record(ctx, 'pull (registry → OCI layout)', 'time', 's', t.tool, [p.wall]);
+  record(ctx, 'pull (registry → OCI layout)', 'bytes downloaded', 'B', t.tool, [d.down]);
+  record(ctx, 'pull (registry → OCI layout)', 'peak RSS', 'B', t.tool, [p.rss]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// report
+
+async function versionOf(cmd: string, args: string[], re: RegExp = /(\S*\d+\.\d+\S*)/): Promise<string> {
+  try {
+    const r = await sh(cmd, args, { okCodes: [0, 1] });
+    const m = re.exec(r.stdout + r.stderr);
+    return m?.[1] ?? (r.stdout + r.stderr).trim().split('\n')[0]!;
+  } catch {
+    return 'not installed';
+  }
+}
+
+async function machine(): Promise<Record<string, string>> {
+  const cpu = cpus()[0]?.model ?? 'unknown';
+  const kernel = (await sh('uname', ['-r'])).stdout.trim();
+  let commit = 'unknown';
+  try {
+    commit = (await sh('git', ['-C', repo, 'rev-parse', '--short', 'HEAD'])).stdout.trim();
+    if ((await sh('git', ['-C', repo, 'status', '--porcelain', '--untracked-files=no'])).stdout.trim()) commit += '+dirty';
+  } catch { /* not a checkout */ }
+  return {
+    date: new Date().toISOString(),
+    nproc: String(cpus().length),
+    memory: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    kernel,
+    cpu,
+    tiu: commit,
+    node: process.version,
+    skopeo: await versionOf('skopeo', ['--version'], /version (\S+)/),
+    umoci: await versionOf('umoci', ['--version'], /version (\S+)/),
+    rsync: await versionOf('rsync', ['--version'], /version\s+(\S+)/),
+    casync: await versionOf('casync', ['--version'], /casync (\S+)/),
+    'btrfs-progs': await versionOf('btrfs', ['--version'], /(v\S+)/),
+    snapper: await versionOf('snapper', ['--version'], /snapper (\S+)/),
+    'docker-registry': await versionOf('docker-registry', ['--version'], /(\d+\.\d+\.\d+\S*)/),
+  };
+}
+
+function table(ctx: Ctx): string {
+  const rows: string[] = ['| Scenario | Metric | tiu | Peer | Peer figure | tiu ÷ peer |', '|---|---|---|---|---|---|'];
+  const keys = [...new Set(ctx.figures.map((f) => `${f.scenario}\u0000${f.metric}`))];
+  for (const k of keys) {
+    const [scenario, metric] = k.split('\u0000') as [string, string];
+    const figs = ctx.figures.filter((f) => f.scenario === scenario && f.metric === metric);
+    const tiu = figs.find((f) => f.tool === 'tiu');
+    const ts = tiu ? summarize(tiu.samples) : undefined;
+    const tcell = ts && tiu ? formatSummary(ts, tiu.unit) : 'not measured';
+    const peers = figs.filter((f) => f.tool !== 'tiu');
+    if (peers.length === 0) rows.push(`| ${scenario} | ${metric} | ${tcell} | | | |`);
+    for (const p of peers) {
+      const ps = summarize(p.samples);
+      rows.push(`| ${scenario} | ${metric} | ${tcell} | ${p.tool} | ${formatSummary(ps, p.unit)} | ${ts ? ratio(ts.median, ps.median) : '–'} |`);
+    }
+  }
+  return rows.join('\n');
+}
+
+async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number, treeSeconds: number): Promise<void> {
+  const t = ctx.trees;
+  const json = {
+    machine: mach,
+    runs: RUNS,
+    wallSeconds: wall,
+    treeSeconds,
+    trees: {
+      key: t.key, release: t.release, builtAt: t.builtAt,
+      debootstrapSeconds: t.debootstrapSeconds, upgradeSeconds: t.upgradeSeconds,
+      bytes: t.bytes, diff: t.diff, upgradedPackages: t.upgradedPackages,
+      packages: t.packages.base.length,
+    },
+    figures: ctx.figures.map((f) => ({ ...f, ...summarize(f.samples) })),
+    missing: ctx.missing,
+    notes: ctx.notes,
+  };
+  await writeFile(join(repo, 'bench/results.json'), JSON.stringify(json, null, 2) + '\n');
+  const hows = [...new Map(ctx.figures.filter((f) => f.how).map((f) => [`${f.tool}: ${f.how}`, f])).keys()];
+  const md = [
+    '# tiu benchmark results',
+    '',
+    `Written by \`npm run bench\` on ${mach.date}. Each figure is the median of ${RUNS} runs, with min–max in parentheses; the ratio is tiu's median over the peer's (below 1 means tiu needs less).`,
+    '',
+    table(ctx),
+    '',
+    '## Trees',
+    '',
+    `Debian bookworm, debootstrap ${t.inputs.variant} + ${t.inputs.include.join(', ')} from ${t.inputs.mirror} (${Object.entries(t.release).map(([k, v]) => `${k}: ${v}`).join('; ')}); ${t.packages.base.length} packages, ${t.diff.files.base} entries, ${(t.bytes.base / 2 ** 20).toFixed(0)} MiB of file content.`,
+    `The update (\`apt-get upgrade\` with bookworm-updates and bookworm-security from ${t.inputs.securityMirror}) changes ${t.upgradedPackages.length} packages (${t.upgradedPackages.join(', ')}): ${t.diff.changed} changed, ${t.diff.added} added and ${t.diff.removed} removed entries, ${(t.diff.changedBytes / 2 ** 20).toFixed(1)} MiB of new file content.`,
+    `Building the trees (cached in ${dirname(t.dir)}, key ${t.key}, built ${t.builtAt}) took ${t.debootstrapSeconds.toFixed(0)} s of debootstrap and ${t.upgradeSeconds.toFixed(0)} s of upgrade, cold.`,
+    `This run took ${wall.toFixed(0)} s after the trees, which ${treeSeconds > 30 ? `were built in this run (${treeSeconds.toFixed(0)} s, cold)` : 'came from the cache'}.`,
+    '',
+    '## What was run',
+    '',
+    ...hows.map((h) => `- ${h}`),
+    ...ctx.notes.map((n) => `- ${n}`),
+    '',
+    ...(ctx.missing.length ? ['## Not measured', '', ...ctx.missing.map((m) => `- ${m}`), ''] : []),
+    '## Machine',
+    '',
+    ...Object.entries(mach).map(([k, v]) => `- ${k}: ${v}`),
+    '',
+  ].join('\n');
+  await writeFile(join(repo, 'bench/results.md'), md);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('npm run bench needs root (loop devices, btrfs, mounts, chroot)');
+  const treeStart = Date.now();
+  const trees = await ensureTrees();
+  const treeSeconds = (Date.now() - treeStart) / 1000;
+  const start = Date.now();
+  log(`trees: ${trees.dir} (${trees.diff.changed} changed, ${trees.diff.added} added, ${trees.diff.removed} removed entries)`);
+  const base = process.env.TIU_BENCH_WORK ?? '/var/tmp';
+  const work = await mkdtemp(join(base, 'tiu-bench-'));
+  const registry = await startRegistry();
+  const proxy = await startProxy({ host: '127.0.0.1', port: registry.port });
+  const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], proxy, registry };
+  try {
+    if (ONLY.includes('build') || ONLY.includes('registry') || ONLY.includes('update')) await buildSection(ctx);
+    if (ONLY.includes('registry')) await registrySection(ctx);
+    if (ONLY.includes('update')) await updateSection(ctx);
+  } finally {
+    await proxy.stop();
+    await ctx.registry.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+  const wall = (Date.now() - start) / 1000;
+  await writeResults(ctx, await machine(), wall, treeSeconds);
+  log(`done in ${wall.toFixed(0)} s; wrote bench/results.md and bench/results.json`);
+  process.stdout.write(table(ctx) + '\n');
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  await main();
+}

@@ -1,0 +1,104 @@
+import type { Command } from '../command.ts';
+import { optString, optStrings } from '../command.ts';
+import { buildBundle, classifySource, type BuildSource } from '../../bundle/build.ts';
+import { BuildError } from '../../bundle/errors.ts';
+import { isDigest } from '../../oci/digest.ts';
+import { openReference, type OpenedReference } from '../../transport/resolve.ts';
+import { humanSize, shortDigest } from '../format.ts';
+
+function parseAnnotations(values: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const v of values) {
+    const eq = v.indexOf('=');
+    if (eq <= 0) throw new BuildError('BUILD_BAD_OPTION', `--annotation ${JSON.stringify(v)} is not KEY=VALUE`);
+    out[v.slice(0, eq)] = v.slice(eq + 1);
+  }
+  return out;
+}
+
+const command: Command = {
+  name: 'build',
+  summary: 'Build a bundle (an OCI image with a table of contents) from an OS tree and push it',
+  usage: 'tiu build SOURCE --tag DEST [--compression zstd|gzip] [--layers N] [--exclude PATH]... [--annotation K=V]... [--arch ARCH] [--json]',
+  help:
+    'SOURCE: a directory, a tar archive (.tar, .tar.gz, .tar.xz, .tar.zst, .tbz: as kiwi writes them),\n' +
+    '  or an image reference (docker://..., oci:..., oci-archive:...) to re-layer.\n' +
+    'DEST: where to push: docker://HOST/REPO:TAG, oci:/PATH:TAG, oci-archive:/FILE.tar:TAG.\n' +
+    'Left out of every bundle: the contents of /run /tmp /proc /sys /dev /.snapshots /home /root /opt\n' +
+    '  /srv /usr/local /boot/writable /boot/grub2/<arch>. /var content moves to /usr/share/factory/var\n' +
+    '  (with tmpfiles.d lines); /etc is also kept as /usr/lib/tiu/etc.\n' +
+    'Reproducible: the same tree gives the same digest. SOURCE_DATE_EPOCH sets the created time\n' +
+    '  (default: the newest mtime in the tree); file mtimes are kept as they are.\n' +
+    '  --compression zstd|gzip  zstd:chunked layers with a table of contents (default), or plain gzip\n' +
+    '  --layers N               at most N layers (default 8), split by a stable rule\n' +
+    '  --exclude PATH           leave PATH and everything below it out (repeatable)\n' +
+    '  --annotation K=V         add a manifest annotation (repeatable)\n' +
+    '  --arch ARCH              OCI architecture (default: this machine\'s)',
+  options: {
+    tag: { type: 'string' },
+    compression: { type: 'string' },
+    layers: { type: 'string' },
+    exclude: { type: 'string', multiple: true },
+    annotation: { type: 'string', multiple: true },
+    arch: { type: 'string' },
+  },
+  positionals: [1, 1],
+  async run([sourceInput], options, out) {
+    const destInput = optString(options, 'tag');
+    if (!destInput) throw new BuildError('BUILD_BAD_OPTION', '--tag DEST is required (e.g. --tag oci:/srv/bundles:latest)');
+    const compression = optString(options, 'compression') ?? 'zstd';
+    if (compression !== 'zstd' && compression !== 'gzip') throw new BuildError('BUILD_BAD_OPTION', `--compression must be zstd or gzip, got ${JSON.stringify(compression)}`);
+    const layersText = optString(options, 'layers');
+    const layers = layersText === undefined ? undefined : Number(layersText);
+    if (layers !== undefined && !Number.isInteger(layers)) throw new BuildError('BUILD_BAD_OPTION', `--layers must be a whole number, got ${JSON.stringify(layersText)}`);
+    const annotations = parseAnnotations(optStrings(options, 'annotation'));
+
+    let src: OpenedReference | undefined;
+    let dst: OpenedReference | undefined;
+    let ok = false;
+    try {
+      const kind = await classifySource(sourceInput!);
+      let source: BuildSource;
+      if (kind === 'image') {
+        src = await openReference(sourceInput!);
+        source = { kind: 'image', target: src.target, reference: src.name ?? 'latest' };
+      } else {
+        source = { kind, path: sourceInput! };
+      }
+      dst = await openReference(destInput, { forWrite: true });
+      const tag = dst.name ?? 'latest';
+      if (isDigest(tag)) throw new BuildError('BUILD_BAD_OPTION', `--tag ${destInput} names a digest; give a tag`);
+      const r = await buildBundle(source, dst.target, tag, {
+        compression,
+        layers,
+        exclude: optStrings(options, 'exclude'),
+        annotations,
+        architecture: optString(options, 'arch'),
+        onProgress: (line) => out.info(line),
+      });
+      await dst.target.close?.();
+      ok = true;
+      const total = r.layers.reduce((n, l) => n + l.descriptor.size, 0);
+      out.info(`${r.entries} entries in ${r.layers.length} layers, ${humanSize(total)} (${compression}); manifest ${shortDigest(r.descriptor.digest)}`);
+      out.result(r.descriptor.digest, {
+        digest: r.descriptor.digest,
+        mediaType: r.descriptor.mediaType,
+        size: r.descriptor.size,
+        destination: destInput,
+        tag,
+        entries: r.entries,
+        compression,
+        layers: r.layers.map((l) => ({ digest: l.descriptor.digest, size: l.descriptor.size, diffId: l.diffId, entries: l.entries })),
+        annotations: r.manifest.annotations,
+      });
+    } finally {
+      await src?.target.close?.().catch(() => undefined);
+      if (dst && !ok) {
+        const t = dst.target as { discard?: () => Promise<void> };
+        if (t.discard) await t.discard().catch(() => undefined);
+        else await dst.target.close?.().catch(() => undefined);
+      }
+    }
+  },
+};
+export default command;

@@ -1,0 +1,53 @@
+/** tiu sign: a cosign-compatible signature of an image (tag sha256-<hex>.sig), on a registry or an OCI layout. */
+import { type Command, optBool, optString, optStrings } from '../command.ts';
+import { openReference } from '../../transport/resolve.ts';
+import { TiuError } from '../../errors.ts';
+import { readPrivateKeyFile } from '../../trust/keyfiles.ts';
+import { parseAnnotations, parseIdentityOption, signReference } from '../../trust/ops.ts';
+import { getPassphrase } from '../../trust/passphrase.ts';
+
+const command: Command = {
+  name: 'sign',
+  summary: 'sign an image with a cosign-compatible key',
+  usage: 'tiu sign --key KEY [--identity host/repo:tag] [--annotation k=v]... [--bundle] REF',
+  help:
+    'Signs the manifest REF resolves to: a simple-signing payload (docker-reference = REF\'s name, or --identity)\n' +
+    'appended to the signature manifest at tag sha256-<hex>.sig next to the image, as cosign does.\n' +
+    'An OCI layout has no registry name: give the one the image will be verified as with --identity.\n' +
+    '--bundle also attaches a sigstore bundle (v0.3) as an OCI referrer.\n' +
+    'The key passphrase comes from COSIGN_PASSWORD or TIU_PASSWORD, else it is asked on the terminal.',
+  options: {
+    key: { type: 'string' },
+    identity: { type: 'string' },
+    annotation: { type: 'string', multiple: true, short: 'a' },
+    bundle: { type: 'boolean' },
+  },
+  positionals: [1, 1],
+  async run([input], options, out) {
+    const keyPath = optString(options, 'key');
+    if (!keyPath) throw new TiuError('USAGE', 'tiu sign needs --key KEY');
+    const identity = parseIdentityOption(optString(options, 'identity'));
+    const annotations = parseAnnotations(optStrings(options, 'annotation'));
+    const key = await readPrivateKeyFile(keyPath, () => getPassphrase(keyPath));
+    const opened = await openReference(input!);
+    try {
+      const r = await signReference(opened, key, { identity, annotations, bundle: optBool(options, 'bundle') });
+      const what = r.added ? `signature added to ${r.tag} (${r.count} signature${r.count === 1 ? '' : 's'})` : `already signed by this key (${r.tag})`;
+      out.result(`Signed ${r.image} (${r.digest}) as ${r.dockerReference}: ${what}${r.bundle ? `; bundle ${r.bundle.digest}` : ''}`, {
+        image: r.image,
+        digest: r.digest,
+        dockerReference: r.dockerReference,
+        tag: r.tag,
+        signatureManifest: r.descriptor.digest,
+        added: r.added,
+        count: r.count,
+        payloadDigest: r.payloadDigest,
+        bundle: r.bundle?.digest ?? null,
+      });
+    } finally {
+      await opened.target.close?.();
+    }
+  },
+};
+
+export default command;

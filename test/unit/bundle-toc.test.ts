@@ -1,0 +1,155 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { zstdCompressSync } from 'node:zlib';
+import type { TreeEntry } from '../../src/bundle/entry.ts';
+import { writeLayer } from '../../src/bundle/layer-writer.ts';
+import { fetchTocFile, parseFooter, readTocFromFooter, skippableFrame, ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
+import { zstdDecompressFrames } from '../../src/bundle/zstd-frames.ts';
+import { Crc64 } from '../../src/bundle/tar-split.ts';
+import { ByteReader, readTar } from '../../src/bundle/tar-format.ts';
+import { isTiuError } from '../../src/errors.ts';
+
+function file(path: string, data: Buffer, over: Partial<TreeEntry> = {}): TreeEntry {
+  return { path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtime: 1_700_000_000, mtimeNsec: 0, size: data.length, xattrs: [], content: { data }, ...over };
+}
+
+async function collect(it: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const p of it) parts.push(p);
+  return Buffer.concat(parts);
+}
+
+describe('bundle zstd:chunked layers and their table of contents', function () {
+  let dir: string;
+  let blob: Buffer;
+  let annotations: Record<string, string>;
+  let diffId: string;
+  const big = Buffer.alloc(5 * 1024 * 1024 + 3);
+  for (let i = 0; i + 4 <= big.length; i += 4096) big.writeUInt32LE(i, i);
+  const entries: TreeEntry[] = [
+    { path: 'usr', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1, mtimeNsec: 0, size: 0, xattrs: [] },
+    file('usr/a', Buffer.from('first file')),
+    file('usr/big', big),
+    file('usr/empty', Buffer.alloc(0)),
+    file('usr/z\xff', Buffer.from('odd name'), { xattrs: [['user.k', Buffer.from([1, 2, 3])]] }),
+  ];
+
+  before(async function () {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-toc-'));
+    const r = await writeLayer(entries, join(dir, 'layer'), { compression: 'zstd' });
+    blob = await readFile(join(dir, 'layer'));
+    annotations = r.descriptor.annotations!;
+    diffId = r.diffId;
+    assert.equal(r.descriptor.size, blob.length);
+    assert.equal(r.descriptor.digest, `sha256:${createHash('sha256').update(blob).digest('hex')}`);
+  });
+  after(async function () {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const fetch = (start: number, end: number) => Promise.resolve(blob.subarray(start, end));
+
+  it('decompresses (all frames) to a tar whose sha256 is the diff_id', async function () {
+    const tar = await collect(zstdDecompressFrames(Readable.from([blob])));
+    assert.equal(`sha256:${createHash('sha256').update(tar).digest('hex')}`, diffId);
+    const names: string[] = [];
+    const r = new ByteReader(Readable.from([tar]));
+    for await (const m of readTar(r, 't')) names.push(m.name);
+    assert.deepEqual(names, ['usr/', 'usr/a', 'usr/big', 'usr/empty', 'usr/z\xff']);
+  });
+
+  it('has a TOC, found through the annotations or the footer, pinned by the checksum', async function () {
+    const toc = await readTocFromFooter(fetch, blob.length, annotations);
+    assert.equal(toc.version, 1);
+    assert.deepEqual(
+      toc.entries.map((x) => [x.type, x.name]),
+      [
+        ['dir', 'usr/'],
+        ['reg', 'usr/a'],
+        ['reg', 'usr/big'],
+        ['reg', 'usr/empty'],
+        ['reg', 'usr/z\ufffd'],
+      ],
+    );
+    assert.equal(toc.entries[4]!.nameRaw, Buffer.from('usr/z\xff', 'latin1').toString('base64'));
+    assert.deepEqual(toc.entries[4]!.xattrs, { 'user.k': 'AQID' });
+    assert.equal(toc.entries[1]!.modtime, '2023-11-14T22:13:20Z');
+    assert.deepEqual(await readTocFromFooter(fetch, blob.length), toc);
+    const footer = parseFooter(blob.subarray(blob.length - 72));
+    assert.equal(annotations[ZstdChunkedAnnotation.ManifestPosition], `${footer.offset}:${footer.lengthCompressed}:${footer.lengthUncompressed}:1`);
+  });
+
+  it('gives each file its own frame, fetchable and verified alone', async function () {
+    const toc = await readTocFromFooter(fetch, blob.length, annotations);
+    for (const [i, x] of toc.entries.entries()) {
+      if (x.type !== 'reg') continue;
+      const data = await fetchTocFile(fetch, x);
+      assert.ok(data.equals((entries[i]!.content as { data: Buffer }).data), x.name);
+    }
+    const e = toc.entries[1]!;
+    const tampered = Buffer.from(blob);
+    // flip a byte inside the first file's frame (after its header) and fetch it again
+    tampered[e.endOffset! - 5] = tampered[e.endOffset! - 5]! ^ 0xff;
+    await assert.rejects(
+      fetchTocFile((s, en) => Promise.resolve(tampered.subarray(s, en)), e),
+      (err) => isTiuError(err, 'TOC_CHECKSUM_MISMATCH') || isTiuError(err, 'TOC_INVALID'),
+    );
+  });
+
+  it('refuses a TOC that does not match the annotation, and blobs without a footer', async function () {
+    await assert.rejects(readTocFromFooter(fetch, blob.length, { ...annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'1'.repeat(64)}` }), (err) => isTiuError(err, 'TOC_CHECKSUM_MISMATCH'));
+    const plain = zstdCompressSync(Buffer.alloc(4096));
+    await assert.rejects(readTocFromFooter((s, en) => Promise.resolve(plain.subarray(s, en)), plain.length), (err) => isTiuError(err, 'TOC_INVALID'));
+    const { [ZstdChunkedAnnotation.ManifestChecksum]: _drop, ...noChecksum } = annotations;
+    await assert.rejects(readTocFromFooter(fetch, blob.length, noChecksum), (err) => isTiuError(err, 'TOC_INVALID'));
+  });
+
+  it('carries tar-split data that rebuilds the exact tar from file contents', async function () {
+    const toc = await readTocFromFooter(fetch, blob.length, annotations);
+    const [off, len, ulen] = annotations[ZstdChunkedAnnotation.TarSplitPosition]!.split(':').map(Number) as [number, number, number];
+    const frame = blob.subarray(off, off + len);
+    assert.equal(toc.tarSplitDigest, `sha256:${createHash('sha256').update(frame).digest('hex')}`);
+    const text = await collect(zstdDecompressFrames(Readable.from([frame])));
+    assert.equal(text.length, ulen);
+    const byName = new Map(entries.map((x) => [Buffer.from(x.type === 'dir' ? x.path + '/' : x.path, 'latin1').toString('base64'), x]));
+    const rebuilt = createHash('sha256');
+    const lines = text.toString('utf8').trim().split('\n').map((l) => JSON.parse(l) as { type: number; name?: string; name_raw?: string; size?: number; payload: string | null; position: number });
+    lines.forEach((l, i) => assert.equal(l.position, i));
+    for (const l of lines) {
+      if (l.type === 2) rebuilt.update(Buffer.from(l.payload ?? '', 'base64'));
+      else {
+        const key = l.name_raw ?? Buffer.from(l.name!, 'utf8').toString('base64');
+        const e = byName.get(key)!;
+        assert.ok(e, `tar-split names ${l.name ?? l.name_raw}`);
+        const data = (e.content as { data: Buffer } | undefined)?.data ?? Buffer.alloc(0);
+        assert.equal(l.size ?? 0, data.length);
+        if (data.length) {
+          assert.equal(l.payload, new Crc64().update(data).digest().toString('base64'));
+          rebuilt.update(data);
+        } else assert.equal(l.payload, null);
+      }
+    }
+    assert.equal(`sha256:${rebuilt.digest('hex')}`, diffId);
+  });
+
+  it('CRC-64/ISO as Go computes it', function () {
+    assert.equal(new Crc64().update(Buffer.from('123456789')).digest().toString('hex'), 'b90956c775a41001');
+  });
+
+  it('zstd frame reader skips skippable frames and concatenates frames', async function () {
+    const b = Buffer.concat([zstdCompressSync(Buffer.from('ab')), skippableFrame(Buffer.from('ignored')), zstdCompressSync(Buffer.from('cd'))]);
+    assert.equal((await collect(zstdDecompressFrames(Readable.from([b.subarray(0, 5), b.subarray(5)])))).toString(), 'abcd');
+    await assert.rejects(collect(zstdDecompressFrames(Readable.from([b.subarray(0, b.length - 3)]))), (err) => isTiuError(err, 'TAR_INVALID'));
+  });
+
+  it('gzip layers are a plain gzip tar with the same diff_id', async function () {
+    const r = await writeLayer(entries, join(dir, 'layer.gz'), { compression: 'gzip' });
+    assert.equal(r.diffId, diffId);
+    assert.equal(r.descriptor.mediaType, 'application/vnd.oci.image.layer.v1.tar+gzip');
+    assert.equal(r.descriptor.annotations, undefined);
+  });
+});
