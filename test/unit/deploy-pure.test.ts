@@ -77,6 +77,11 @@ describe('deploy/state deriveState', () => {
     assert.equal(s.rollback, 4);
     assert.equal(deriveState('/', [row(1)], 1, 1).rollback, undefined);
   });
+  it('rollback skips snapshots the health check marked bad and prefers good ones', () => {
+    const s = deriveState('/', [row(1, { 'tiu-health': 'good' }), row(2), row(3, { 'tiu-health': 'bad' }), row(4)], 4, 4);
+    assert.equal(s.rollback, 1);
+    assert.equal(deriveState('/', [row(1), row(2), row(3, { 'tiu-health': 'bad' }), row(4)], 4, 4).rollback, 2);
+  });
   it('snapshot numbers from subvolume paths', () => {
     assert.equal(snapshotNumberOf('@/.snapshots/12/snapshot'), 12);
     assert.equal(snapshotNumberOf('/@/.snapshots/1/snapshot'), 1);
