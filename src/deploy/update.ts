@@ -123,31 +123,40 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   return { desc: pick, manifest: second.parsed.manifest };
 }
 
-/** The uncompressed tar of a layer blob stream, by the layer's media type. */
-function decompressed(mediaType: string, blob: Readable): Readable {
+/** Layer media types tiu applies (tar, tar+gzip, tar+zstd; OCI and Docker). */
+const TAR_LAYER_TYPES = new Set<string>([
+  MediaType.OciLayerTar,
+  MediaType.OciLayerGzip,
+  MediaType.OciLayerZstd,
+  MediaType.DockerLayerGzip,
+  'application/vnd.docker.image.rootfs.diff.tar',
+  'application/vnd.docker.image.rootfs.diff.tar.zstd',
+]);
+
+/**
+ * A verified, decompressed tar stream of one layer. zstd goes through the multi-frame decoder:
+ * tiu's zstd:chunked layers are one frame per file plus skippable frames for the TOC.
+ */
+function decompressed(mediaType: string, verified: Readable): Readable {
   switch (mediaType) {
-    case MediaType.OciLayerTar:
-    case 'application/vnd.docker.image.rootfs.diff.tar':
-      return blob;
     case MediaType.OciLayerGzip:
     case MediaType.DockerLayerGzip: {
       const gunzip = createGunzip();
-      blob.on('error', (e) => gunzip.destroy(e));
-      return blob.pipe(gunzip);
+      verified.on('error', (e) => gunzip.destroy(e));
+      return verified.pipe(gunzip);
     }
     case MediaType.OciLayerZstd:
     case 'application/vnd.docker.image.rootfs.diff.tar.zstd':
-      // Many frames (zstd:chunked: one per file, the table of contents in a skippable frame).
-      return zstdDecompressStream(blob);
+      return zstdDecompressStream(verified);
     default:
-      throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
+      return verified;
   }
 }
 
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
 export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
   for (const layer of manifest.layers) {
-    if (![MediaType.OciLayerTar, MediaType.OciLayerGzip, MediaType.OciLayerZstd, MediaType.DockerLayerGzip, 'application/vnd.docker.image.rootfs.diff.tar', 'application/vnd.docker.image.rootfs.diff.tar.zstd'].includes(layer.mediaType)) {
+    if (!TAR_LAYER_TYPES.has(layer.mediaType)) {
       throw new UpdateError('UNSUPPORTED_LAYER', `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`, { mediaType: layer.mediaType, digest: layer.digest });
     }
   }
