@@ -215,8 +215,8 @@ install_tiu() {
     'exec /usr/lib/tiu/bin/tiu "$@"' >"$root/usr/bin/tiu"
   chmod 755 "$root/usr/bin/tiu"
   mount -t proc proc "$root/proc"
-  chroot "$root" /usr/bin/tiu --version >/dev/null || { umount "$root/proc"; die "tiu does not run in the image"; }
-  chroot "$root" /usr/bin/tiu health --help >/dev/null
+  env -u NODE_EXTRA_CA_CERTS -u NODE_OPTIONS chroot "$root" /usr/bin/tiu --version >/dev/null || { umount "$root/proc"; die "tiu does not run in the image"; }
+  env -u NODE_EXTRA_CA_CERTS -u NODE_OPTIONS chroot "$root" /usr/bin/tiu health --help >/dev/null
   umount "$root/proc"
   # tiu's own systemd units, where the tree has them.
   if [ -d "$dst/systemd" ]; then

@@ -101,6 +101,7 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
 
   before(async function () {
     requireRoot(this, 'needs root (debootstrap, loop devices, mounts) for the VM image');
+    failed = true; // until the setup is through: a failing setup keeps the VM's logs too
     const t0 = Date.now();
     vm = await Vm.create('update');
     timings.push([`VM image (build-image.sh${vm.image.buildMs > 60_000 ? ', built' : ', cached'})`, vm.image.buildMs]);
@@ -148,6 +149,7 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     assert.equal(st.booted, 1);
     assert.equal(st.snapshots.find((s) => s.number === 1)?.health, 'good', 'the first boot marks the installed snapshot good');
     console.log(`      setup took ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    failed = false;
   });
 
   afterEach(function () {
