@@ -25,7 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${TIU_VM_CACHE:-/var/cache/tiu-test}
 suite=bookworm
-packages=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,kmod,btrfs-progs,snapper,zstd,e2fsprogs,procps
+packages=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,kmod,btrfs-progs,snapper,zstd,e2fsprogs,procps,attr
 # The disk's filesystem label; fstab mounts the subvolumes by it.
 label=tiu-root
 cmdline="root=/dev/vda rootfstype=btrfs rw console=ttyS0 panic=-1 loglevel=4 systemd.show_status=1 net.ifnames=0 mitigations=off"
