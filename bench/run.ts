@@ -5,7 +5,8 @@
  *
  * Environment: TIU_BENCH_RUNS (samples per figure, default 3), TIU_BENCH_CACHE (tree cache,
  * default /var/cache/tiu-bench), TIU_BENCH_WORK (scratch, default /var/tmp),
- * TIU_BENCH_ONLY (comma list of sections: build,registry,update), TIU_BENCH_VERBOSE=1.
+ * TIU_BENCH_ONLY (comma list of sections: build,registry,update; update-tiu or update-peers for
+ * one side of the updates; build always runs, the others need its images), TIU_BENCH_VERBOSE=1.
  * Runs as root (loop devices, btrfs, mounts).
  */
 import { existsSync } from 'node:fs';
@@ -374,9 +375,9 @@ async function main(): Promise<void> {
   const proxy = await startProxy({ host: '127.0.0.1', port: registry.port });
   const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], proxy, registry };
   try {
-    if (ONLY.includes('build') || ONLY.includes('registry') || ONLY.includes('update')) await buildSection(ctx);
+    await buildSection(ctx);
     if (ONLY.includes('registry')) await registrySection(ctx);
-    if (ONLY.includes('update')) await updateSection(ctx);
+    if (ONLY.some((o) => o.startsWith('update'))) await updateSection(ctx, { peers: !ONLY.includes('update-tiu'), tiu: !ONLY.includes('update-peers') });
   } finally {
     await proxy.stop();
     await ctx.registry.stop();

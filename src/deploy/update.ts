@@ -17,7 +17,8 @@ import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { PassThrough, Writable } from 'node:stream';
-import { createGunzip, createZstdDecompress } from 'node:zlib';
+import { createGunzip } from 'node:zlib';
+import { zstdDecompressStream } from '../bundle/zstd-frames.ts';
 import type { Target } from '../content/interfaces.ts';
 import { VerifyingStream } from '../oci/digest.ts';
 import { MediaType } from '../oci/mediatypes.ts';
@@ -112,7 +113,7 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   return { desc: pick, manifest: second.parsed.manifest };
 }
 
-function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof createGunzip> | ReturnType<typeof createZstdDecompress> {
+function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof createGunzip> {
   switch (mediaType) {
     case MediaType.OciLayerTar:
     case 'application/vnd.docker.image.rootfs.diff.tar':
@@ -120,8 +121,6 @@ function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof cre
     case MediaType.OciLayerGzip:
     case MediaType.DockerLayerGzip:
       return createGunzip();
-    case MediaType.OciLayerZstd:
-      return createZstdDecompress();
     default:
       throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
   }
@@ -130,10 +129,14 @@ function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof cre
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
 export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
   return manifest.layers.map((layer, i) => async () => {
-    const decompress = decompressorFor(layer.mediaType);
+    const zstd = layer.mediaType === MediaType.OciLayerZstd;
+    const decompress = zstd ? undefined : decompressorFor(layer.mediaType);
     const raw = await target.fetch(layer, { signal });
     const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
     raw.on('error', (e) => verify.destroy(e));
+    // tiu's zstd:chunked layers are many frames (one per file) and a skippable TOC frame;
+    // node's zstd stream stops at the first frame boundary, so they go through the frame reader.
+    if (!decompress) return zstdDecompressStream(raw.pipe(verify));
     verify.on('error', (e) => decompress.destroy(e));
     raw.pipe(verify).pipe(decompress);
     return decompress;
