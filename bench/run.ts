@@ -11,7 +11,7 @@
  */
 import { existsSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureTrees, type TreeInfo } from './trees.ts';
@@ -268,6 +268,9 @@ async function versionOf(cmd: string, args: string[], re: RegExp = /(\S*\d+\.\d+
   }
 }
 
+const loadAtStart = loadavg();
+const fmtLoad = (l: number[]): string => l.map((x) => x.toFixed(1)).join(' ');
+
 async function machine(): Promise<Record<string, string>> {
   const cpu = cpus()[0]?.model ?? 'unknown';
   const kernel = (await sh('uname', ['-r'])).stdout.trim();
@@ -282,6 +285,8 @@ async function machine(): Promise<Record<string, string>> {
     memory: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
     kernel,
     cpu,
+    'load average (1/5/15 min) at start': fmtLoad(loadAtStart),
+    'load average (1/5/15 min) at end': fmtLoad(loadavg()),
     tiu: commit,
     node: process.version,
     skopeo: await versionOf('skopeo', ['--version'], /version (\S+)/),
@@ -339,6 +344,9 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     '',
     table(ctx),
     '',
+    ...(loadAtStart[0]! > cpus().length
+      ? [`Note: the machine was shared with other work during this run (load average ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores), so times are inflated and noisy; sizes and byte counts are not affected.`, '']
+      : []),
     '## Trees',
     '',
     `Debian bookworm, debootstrap ${t.inputs.variant} + ${t.inputs.include.join(', ')} from ${t.inputs.mirror} (${Object.entries(t.release).map(([k, v]) => `${k}: ${v}`).join('; ')}); ${t.packages.base.length} packages, ${t.diff.files.base} entries, ${(t.bytes.base / 2 ** 20).toFixed(0)} MiB of file content.`,
