@@ -96,12 +96,15 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
 
   it('downloads files (coalesced and streamed large ones), each verified before it is stored', async () => {
     const es = await tocEntries();
-    for (const [maxSpan, requests] of [[1_000_000, 1], [100, 3]] as const) {
+    for (const maxSpan of [1_000_000, 100]) {
       const store = await ContentStore.open(join(dir, `store-${maxSpan}`));
       const ranges = coalesce(es, { maxGap: 1024, maxSpan });
       const s = await downloadRanges(target, manifest.layers, ranges, store, { concurrency: 2, maxSpan });
       assert.equal(s.files, 3);
-      assert.equal(s.requests, requests);
+      assert.equal(s.requests, ranges.length);
+      // One request for all at a large span; at 100 bytes the large file streams alone.
+      if (maxSpan > 1000) assert.equal(ranges.length, 1);
+      else assert.ok(ranges.some((r) => r.entries.length === 1 && r.end - r.start > maxSpan));
       assert.equal(s.bytes, rangeBytes(ranges));
       for (const e of es.filter((x) => x.size > 0)) assert.deepEqual(await readFile(store.path(e.digest!)), files[e.path]);
       assert.equal((await readdir(store.dir)).length, 3, 'no temporary files left');
