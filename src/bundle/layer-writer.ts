@@ -184,6 +184,12 @@ class ZstdFramer {
     if (!this.#z.write(b)) await once(this.#z, 'drain');
     this.#check();
   }
+  /** Write without waiting for the compressor (small side streams; their errors show in close()). */
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.#open = true;
+    this.#z.write(b);
+  }
   /** End the current frame: everything written so far has reached the sink when this resolves. */
   async endFrame(): Promise<void> {
     if (!this.#open) return;
@@ -209,10 +215,7 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
   // tar-split lines, compressed as they come (they are kept until the end: ~1/10 of the TOC).
   const splitChunks: Buffer[] = [];
   const zs = new ZstdFramer(params, (b) => splitChunks.push(b));
-  // Errors of this writer surface in zs.close().
-  const split = new TarSplitWriter((line) => {
-    zs.write(line).catch(() => undefined);
-  });
+  const split = new TarSplitWriter((line) => zs.push(line));
   const tar = createHash('sha256');
   const toc: Toc = { version: 1, entries: [] };
   let pendingLen = 0;

@@ -13,7 +13,7 @@
  */
 import { readdir, rm, rmdir, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
-import { getDefault, isSubvolume, setDefault, setReadOnly, subvolumeDelete, subvolumeShow, subvolumeSnapshot } from '../host/btrfs.ts';
+import { filesystemSync, getDefault, isSubvolume, setDefault, setReadOnly, subvolumeDelete, subvolumeShow, subvolumeSnapshot } from '../host/btrfs.ts';
 import { mountInfo, unmount } from '../host/mount.ts';
 import { TiuError } from '../errors.ts';
 import { readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
@@ -130,7 +130,11 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
   await ctx.snapper.modify(n, {
     userdata: { [UD.image]: o.image, [UD.digest]: o.digest, [UD.etcConflicts]: String(o.etcConflicts) },
   });
+  // The apply writes without fsync per file: the snapshot's data must be on disk before the
+  // default points at it, or a power cut could boot a half-written snapshot.
+  await filesystemSync(root);
   await setDefaultSnapshot(ctx, n);
+  await filesystemSync(root);
   await ctx.snapper.modify(n, { userdata: { [UD.inProgress]: '' } });
 }
 

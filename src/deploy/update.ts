@@ -16,9 +16,9 @@ import { lstat, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { Duplex, PassThrough, Writable } from 'node:stream';
-import { zstdDecompressFrames } from '../bundle/zstd-frames.ts';
+import { Writable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
+import { zstdDecompressStream } from '../bundle/zstd-frames.ts';
 import type { Target } from '../content/interfaces.ts';
 import { VerifyingStream } from '../oci/digest.ts';
 import { MediaType } from '../oci/mediatypes.ts';
@@ -123,17 +123,22 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   return { desc: pick, manifest: second.parsed.manifest };
 }
 
-function decompressorFor(mediaType: string): Duplex {
+/** The uncompressed tar of a layer blob stream, by the layer's media type. */
+function decompressed(mediaType: string, blob: Readable): Readable {
   switch (mediaType) {
     case MediaType.OciLayerTar:
     case 'application/vnd.docker.image.rootfs.diff.tar':
-      return new PassThrough();
+      return blob;
     case MediaType.OciLayerGzip:
-    case MediaType.DockerLayerGzip:
-      return createGunzip();
+    case MediaType.DockerLayerGzip: {
+      const gunzip = createGunzip();
+      blob.on('error', (e) => gunzip.destroy(e));
+      return blob.pipe(gunzip);
+    }
     case MediaType.OciLayerZstd:
-      // Every frame (zstd:chunked layers are many, plus skippable ones): node's decoder stops after the first.
-      return Duplex.from((src: AsyncIterable<Buffer>) => zstdDecompressFrames(src));
+    case 'application/vnd.docker.image.rootfs.diff.tar.zstd':
+      // Many frames (zstd:chunked: one per file, the table of contents in a skippable frame).
+      return zstdDecompressStream(blob);
     default:
       throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
   }
@@ -141,14 +146,16 @@ function decompressorFor(mediaType: string): Duplex {
 
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
 export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
+  for (const layer of manifest.layers) {
+    if (![MediaType.OciLayerTar, MediaType.OciLayerGzip, MediaType.OciLayerZstd, MediaType.DockerLayerGzip, 'application/vnd.docker.image.rootfs.diff.tar', 'application/vnd.docker.image.rootfs.diff.tar.zstd'].includes(layer.mediaType)) {
+      throw new UpdateError('UNSUPPORTED_LAYER', `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`, { mediaType: layer.mediaType, digest: layer.digest });
+    }
+  }
   return manifest.layers.map((layer, i) => async () => {
-    const decompress = decompressorFor(layer.mediaType);
     const raw = await target.fetch(layer, { signal });
     const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
     raw.on('error', (e) => verify.destroy(e));
-    verify.on('error', (e) => decompress.destroy(e));
-    raw.pipe(verify).pipe(decompress);
-    return decompress;
+    return decompressed(layer.mediaType, raw.pipe(verify));
   });
 }
 
@@ -326,6 +333,9 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       } catch (d) {
         progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
       }
+      if (isNoSpace(e)) {
+        throw new UpdateError('DISK_FULL', `no space left on the filesystem of ${ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`, { snapshot: n }, { cause: e });
+      }
       throw e;
     }
   } finally {
@@ -333,6 +343,15 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     await opened?.close?.().catch(() => undefined);
     await lock.release();
   }
+}
+
+/** ENOSPC anywhere in the cause chain (fs calls, a program's stderr, a wrapped error). */
+function isNoSpace(e: unknown): boolean {
+  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) {
+    if ((x as NodeJS.ErrnoException).code === 'ENOSPC') return true;
+    if (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)) return true;
+  }
+  return false;
 }
 
 /**

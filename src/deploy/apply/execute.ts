@@ -12,11 +12,11 @@ import { lstat, mkdir, rename, rmdir } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import type { ContentProvider } from './content.ts';
-import { ContentUnavailableError, UnsafePathError } from './errors.ts';
+import { ContentUnavailableError, UnsafePathError, mapFsError } from './errors.ts';
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, writeNewFile } from './fsops.ts';
 import { parentOf } from './paths.ts';
 import type { ContentIndex } from './scan.ts';
-import type { ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
+import type { Action, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
 export interface ExecuteOptions {
@@ -34,6 +34,14 @@ function add(c: Counter, bytes: number): void {
 }
 
 export async function executePlan(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions = {}): Promise<ApplyReport> {
+  try {
+    return await executePlanInner(root, plan, provider, opts);
+  } catch (e) {
+    throw mapFsError(e, root);
+  }
+}
+
+async function executePlanInner(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions): Promise<ApplyReport> {
   const sr = await SafeRoot.open(root);
   const report = emptyReport();
   const stagingRel = `.tiu-staging-${randomBytes(6).toString('hex')}`;
@@ -81,7 +89,7 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
 
     // (3) the tree, parents first
     opts.onPhase?.('tree');
-    const links: TreeEntry[] = [];
+    const links: Action[] = [];
     for (const a of plan.actions) {
       const e = a.entry;
       const rel = e.path;
@@ -91,7 +99,7 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
         continue;
       }
       if (a.kind === 'link') {
-        links.push(e);
+        links.push(a);
         continue;
       }
       if (rel !== '') await sr.verifyDir(parentOf(rel), rel);
@@ -133,7 +141,7 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
           add(report.created, 0);
           break;
         case 'hardlink':
-          links.push(e);
+          links.push(a);
           continue;
       }
       if (Object.keys(e.xattrs).length) xattrSets.push({ path: sr.abs(rel), set: e.xattrs });
@@ -141,7 +149,9 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
 
     // (4) hardlinks
     opts.onPhase?.('links');
-    for (const e of links) {
+    for (const a of links) {
+      const e = a.entry;
+      if (a.replace) await clearFor(sr, e.path, e, report.warnings);
       await makeLink(sr, e.path, e.linkname!);
       add(report.linked, 0);
     }
