@@ -12,6 +12,8 @@
  * snapshot exists.
  */
 import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -43,6 +45,7 @@ import { productionDeps } from '../../src/deploy/wiring.ts';
 import { signImage } from '../../src/trust/sign.ts';
 import type { KeyObject } from 'node:crypto';
 
+const TIU = fileURLToPath(new URL('../../bin/tiu', import.meta.url));
 const sha = (b: Uint8Array): `sha256:${string}` => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 /** A small deterministic PRNG (xorshift32). */
@@ -224,6 +227,16 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     assert.ok(c.transfer.files.reflink.count >= 10, 'the moved package is reflinked');
     assert.ok(c.transfer.downloadBytes < c.transfer.layerBytes / 5);
     predicted = c.transfer.downloadBytes;
+    // The CLI: the same answer as JSON, and a line for people.
+    const cli = await execa(TIU, ['update', '--check', '--json', '--sysroot', os.sysroot, ref('v2')], { reject: false });
+    assert.equal(cli.exitCode, 0, cli.stderr);
+    const j = JSON.parse(cli.stdout) as { status: string; transfer: { path: string; downloadBytes: number; files: { changed: number } } };
+    assert.equal(j.status, 'available');
+    assert.equal(j.transfer.path, 'delta');
+    assert.equal(j.transfer.downloadBytes, predicted);
+    assert.equal(j.transfer.files.changed, c.transfer.files.changed);
+    const human = await execa(TIU, ['update', '--check', '--sysroot', os.sysroot, ref('v2')], { reject: false });
+    assert.match(human.stdout, /update available: .*\n {2}download: file delta, .* instead of .* for whole layers; 15 files downloaded/);
     // Nothing written: no snapshot, no cache.
     assert.deepEqual((await state()).snapshots.map((s) => s.number), before.snapshots.map((s) => s.number));
     assert.equal(existsSync(join(os.sysroot, 'var/cache/tiu')), false);

@@ -192,7 +192,8 @@ export async function downloadRanges(source: Target, layers: readonly Descriptor
       const r = ranges[next++]!;
       stats.requests++;
       try {
-        stats.files += await fetchOne(source, layers, r, store, maxSpan, signal, count);
+        const stored = await fetchOne(source, layers, r, store, maxSpan, signal, count);
+        stats.files += stored;
       } catch (e) {
         if (failure === undefined) failure = e instanceof Error ? e : new Error(String(e));
         stop.abort(e);
