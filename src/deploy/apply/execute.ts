@@ -129,7 +129,17 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
           }
           if (!src) throw new ContentUnavailableError(rel, 'no staged content');
           await setMetaAt(sr, src, e);
-          await rename(sr.abs(src), sr.abs(rel));
+          try {
+            await rename(sr.abs(src), sr.abs(rel));
+          } catch (err) {
+            // The target is in a nested subvolume (MicroOS's /etc): rename can't cross into it,
+            // a reflink can (same filesystem), so the data is still not written twice.
+            if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+            const beside = await sr.tmpBeside(rel);
+            await reflinkFile(sr.abs(src), sr.abs(beside), true);
+            await setMetaAt(sr, beside, e);
+            await rename(sr.abs(beside), sr.abs(rel));
+          }
           add(a.kind === 'write' ? report.written : report.reflinked, bytes);
           break;
         }
