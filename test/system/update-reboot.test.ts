@@ -71,7 +71,7 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
   let work = '';
   let failed = false;
   /** The scenarios run in order on one VM: each needs the one before it to have passed. */
-  let passed = 0;
+  let passed = -1;
   const requirePrevious = (n: number) => {
     if (passed !== n - 1) throw new Error(`scenario ${n} starts where scenario ${n - 1} ends, and that one did not pass`);
   };
@@ -168,6 +168,25 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     }
     await vm?.dispose(failed);
     if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('0: the VM boots snapshot 1 of the MicroOS layout: read-only root, writable /etc subvolume, the other subvolumes', async function () {
+    const v = vm!;
+    assert.equal((await v.sh('findmnt -n -o FSTYPE /')).trim(), 'btrfs');
+    assert.equal((await v.sh('findmnt -n -o FSROOT /')).trim(), '/@/.snapshots/1/snapshot', 'the kernel mounted the default subvolume');
+    assert.doesNotMatch(await v.sh('cat /proc/cmdline'), /subvol/);
+    assert.match(await v.sh('btrfs subvolume get-default /'), /path @\/\.snapshots\/1\/snapshot$/m);
+    const ro = await v.run('touch /probe');
+    assert.notEqual(ro.code, 0);
+    assert.match(ro.output, /Read-only file system/);
+    await v.sh('touch /etc/probe && rm /etc/probe');
+    for (const m of ['/var', '/.snapshots', '/home', '/root', '/opt', '/srv', '/usr/local']) {
+      assert.equal((await v.sh(`findmnt -n -o FSROOT ${m}`)).trim(), `/@${m}`);
+    }
+    assert.match(await v.sh('node --version'), /^v24\./);
+    assert.match(await v.sh('systemctl is-enabled tiu-health.service'), /enabled/);
+    assert.match(v.console, /tiu-health: snapshot 1 is healthy: marked good/);
+    passed = 0;
   });
 
   it('1: tiu update --reboot from an OCI layout on a USB disk boots the new image and marks it good', async function () {
