@@ -51,6 +51,13 @@ const WHOLE_FILE_LIMIT = 4 * 1024 * 1024;
 /** Header frames are cut at this size (directories full of empty files). */
 const HEADER_FRAME_LIMIT = 1024 * 1024;
 
+/** A read error: gone (changed under us) or not readable (permissions: run as root). */
+function readError(e: TreeEntry, err: unknown): BuildError {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT' || code === 'ENOTDIR') return changed(e, 'it disappeared');
+  return new BuildError('BUILD_SOURCE_UNREADABLE', `cannot read /${showPath(e.path)}: ${(err as Error).message}`, { path: showPath(e.path), errno: code });
+}
+
 function changed(e: TreeEntry, why: string): BuildError {
   return new BuildError('BUILD_SOURCE_CHANGED', `/${showPath(e.path)} changed while tiu was reading it (${why})`, { path: showPath(e.path) });
 }
@@ -66,10 +73,19 @@ async function* contentPieces(e: TreeEntry): AsyncGenerator<Buffer> {
   const c = contentFile(e);
   if (!c) throw changed(e, 'no content');
   let got = 0;
-  const rs = createReadStream(c.file, { start: c.offset, end: c.offset + e.size - 1, highWaterMark: 1024 * 1024 });
-  for await (const chunk of rs as AsyncIterable<Buffer>) {
-    got += chunk.length;
-    yield chunk;
+  // A whole file is read to its end, so one that grew is noticed; a spool slice to its size.
+  const rs = createReadStream(c.file, { start: c.offset, ...(c.whole ? {} : { end: c.offset + e.size - 1 }), highWaterMark: 1024 * 1024 });
+  try {
+    for await (const chunk of rs as AsyncIterable<Buffer>) {
+      if (got + chunk.length > e.size) throw changed(e, 'it grew');
+      got += chunk.length;
+      yield chunk;
+    }
+  } catch (err) {
+    if (err instanceof BuildError) throw err;
+    throw readError(e, err);
+  } finally {
+    rs.destroy();
   }
   if (got !== e.size) throw changed(e, `expected ${e.size} bytes, read ${got}`);
 }
@@ -91,7 +107,7 @@ function readWhole(e: TreeEntry): Buffer {
   try {
     fd = openSync(c.file, 'r');
   } catch (err) {
-    throw changed(e, (err as Error).message);
+    throw readError(e, err);
   }
   try {
     let got = 0;
@@ -127,7 +143,8 @@ export function tocEntryOf(e: TreeEntry): TocEntry {
   if (e.type === 'reg' && e.size) t.size = e.size;
   if (e.uid) t.uid = e.uid;
   if (e.gid) t.gid = e.gid;
-  t.modtime = formatModtime(e.mtime, e.mtimeNsec);
+  const modtime = formatModtime(e.mtime, e.mtimeNsec);
+  if (modtime !== undefined) t.modtime = modtime;
   if (e.type === 'char' || e.type === 'block') {
     if (e.devMajor) t.devMajor = e.devMajor;
     if (e.devMinor) t.devMinor = e.devMinor;
@@ -184,6 +201,12 @@ class ZstdFramer {
     if (!this.#z.write(b)) await once(this.#z, 'drain');
     this.#check();
   }
+  /** Write without waiting for the compressor (small side streams; their errors show in close()). */
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.#open = true;
+    this.#z.write(b);
+  }
   /** End the current frame: everything written so far has reached the sink when this resolves. */
   async endFrame(): Promise<void> {
     if (!this.#open) return;
@@ -209,10 +232,7 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
   // tar-split lines, compressed as they come (they are kept until the end: ~1/10 of the TOC).
   const splitChunks: Buffer[] = [];
   const zs = new ZstdFramer(params, (b) => splitChunks.push(b));
-  // Errors of this writer surface in zs.close().
-  const split = new TarSplitWriter((line) => {
-    zs.write(line).catch(() => undefined);
-  });
+  const split = new TarSplitWriter((line) => zs.push(line));
   const tar = createHash('sha256');
   const toc: Toc = { version: 1, entries: [] };
   let pendingLen = 0;

@@ -107,7 +107,9 @@ export class TreeBuilder {
         e.devMinor = m.devMinor;
       }
       const old = this.entries.get(path);
-      if (old && !(old.type === 'dir' && type === 'dir')) this.#removeTree(path);
+      // Replacing a directory by something else drops what was inside it (a scan, but rare);
+      // replacing a file is just the new entry.
+      if (old?.type === 'dir' && type !== 'dir') this.#removeTree(path);
       this.entries.set(path, e);
       thisLayer.add(path);
     }

@@ -11,9 +11,10 @@
  * snapshot still marked, and the next run only clears the mark; a marked snapshot that is not
  * the default (nor booted) is an unfinished update and is deleted.
  */
+import { existsSync } from 'node:fs';
 import { readdir, rm, rmdir, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
-import { getDefault, isSubvolume, setDefault, setReadOnly, subvolumeDelete, subvolumeShow, subvolumeSnapshot } from '../host/btrfs.ts';
+import { filesystemSync, getDefault, isSubvolume, setDefault, setReadOnly, subvolumeDelete, subvolumeShow, subvolumeSnapshot } from '../host/btrfs.ts';
 import { mountInfo, unmount } from '../host/mount.ts';
 import { TiuError } from '../errors.ts';
 import { readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
@@ -108,8 +109,8 @@ export async function deleteSnapshot(ctx: Context, n: number): Promise<void> {
   }
   if (state.snapshots.some((s) => s.number === n)) {
     await ctx.snapper.delete(n);
-  } else if (exists) {
-    await subvolumeDelete(root);
+  } else {
+    if (exists) await subvolumeDelete(root);
     await rm(join(ctx.sysroot, '.snapshots', String(n)), { recursive: true, force: true });
   }
 }
@@ -130,7 +131,11 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
   await ctx.snapper.modify(n, {
     userdata: { [UD.image]: o.image, [UD.digest]: o.digest, [UD.etcConflicts]: String(o.etcConflicts) },
   });
+  // The apply writes without fsync per file: the snapshot's data must be on disk before the
+  // default points at it, or a power cut could boot a half-written snapshot.
+  await filesystemSync(root);
   await setDefaultSnapshot(ctx, n);
+  await filesystemSync(root);
   await ctx.snapper.modify(n, { userdata: { [UD.inProgress]: '' } });
 }
 
@@ -153,6 +158,8 @@ export async function setDefaultSnapshot(ctx: Context, n: number): Promise<void>
 
 export interface CleanupReport {
   deleted: number[];
+  /** Snapshot directories without snapper's info.xml (a create killed half-way), removed. */
+  orphans: number[];
   /** In-progress marks cleared on snapshots that had already become the default. */
   finished: number[];
 }
@@ -160,7 +167,16 @@ export interface CleanupReport {
 /** Deal with what a crashed update left: delete unfinished snapshots, finish committed ones. */
 export async function cleanupInProgress(ctx: Context): Promise<CleanupReport> {
   const state = await readState(ctx);
-  const report: CleanupReport = { deleted: [], finished: [] };
+  const report: CleanupReport = { deleted: [], orphans: [], finished: [] };
+  // snapper writes info.xml after creating the subvolume: a kill in between leaves a directory
+  // snapper does not list. Only the update holding the lock creates snapshots here.
+  const listed = new Set(state.snapshots.map((s) => s.number));
+  const dirs = (await readdir(join(ctx.sysroot, '.snapshots')).catch(() => [] as string[])).filter((d) => /^\d+$/.test(d)).map(Number);
+  for (const n of dirs.filter((d) => !listed.has(d) && d !== state.default && d !== state.booted)) {
+    if (existsSync(join(ctx.sysroot, '.snapshots', String(n), 'info.xml'))) continue;
+    await deleteSnapshot(ctx, n);
+    report.orphans.push(n);
+  }
   for (const s of state.snapshots.filter((x) => x.inProgress)) {
     if (s.default || s.booted) {
       await ctx.snapper.modify(s.number, { userdata: { [UD.inProgress]: '' } });

@@ -7,7 +7,9 @@ import { join } from 'node:path';
 import { realpath } from 'node:fs/promises';
 import { getDefault } from '../host/btrfs.ts';
 import { mountAt } from '../host/mount.ts';
-import { snapper as openSnapper, type Snapper, type SnapperSnapshot } from '../host/snapper.ts';
+import { snapper as openSnapper, snapperInstalled, type Snapper, type SnapperSnapshot } from '../host/snapper.ts';
+import { plainSnapshots } from './plain-snapshots.ts';
+import { existsSync } from 'node:fs';
 import { TiuError } from '../errors.ts';
 import { attemptsOf, healthOf, type HealthMark } from './health.ts';
 
@@ -68,14 +70,24 @@ export function snapshotNumberOf(subvolPath: string): number | undefined {
 
 export interface Context {
   sysroot: string;
+  /** snapper itself, or plain btrfs keeping snapper's info.xml where snapper is absent. */
   snapper: Snapper;
+  backend: 'snapper' | 'btrfs';
 }
 
-export async function openContext(sysroot = '/'): Promise<Context> {
+/**
+ * The system at `sysroot`: snapper with its `root` config when snapper is installed and the
+ * system has that config; plain btrfs otherwise (or when `backend` says so).
+ */
+export async function openContext(sysroot = '/', opts: { backend?: 'snapper' | 'btrfs' } = {}): Promise<Context> {
   const real = await realpath(sysroot).catch(() => {
     throw new NotMicroOSError(`system root ${sysroot} does not exist`, { sysroot });
   });
-  return { sysroot: real, snapper: openSnapper(real) };
+  if (!existsSync(join(real, '.snapshots'))) {
+    throw new NotMicroOSError(`${real} has no /.snapshots: not a snapshot-based system`, { sysroot: real });
+  }
+  const backend = opts.backend ?? (existsSync(join(real, 'etc/snapper/configs/root')) && (await snapperInstalled()) ? 'snapper' : 'btrfs');
+  return { sysroot: real, snapper: backend === 'snapper' ? openSnapper(real) : plainSnapshots(real), backend };
 }
 
 /** The snapshot number the sysroot runs from (what is mounted there). */
@@ -116,13 +128,15 @@ export function deriveState(sysroot: string, rows: SnapperSnapshot[], booted: nu
 
 /**
  * The previous good snapshot: while an update is staged, the running one (undo the update);
- * otherwise the newest finished snapshot older than the default.
+ * otherwise the newest finished snapshot older than the default that the health check has not
+ * marked bad, preferring one it marked good.
  */
 export function pickRollback(state: SystemState): number | undefined {
   if (state.staged !== undefined && state.booted !== undefined) return state.booted;
   const def = state.default;
   if (def === undefined) return undefined;
-  return state.snapshots.filter((s) => s.number < def && !s.inProgress).at(-1)?.number;
+  const older = state.snapshots.filter((s) => s.number < def && !s.inProgress && s.health !== 'bad');
+  return (older.filter((s) => s.health === 'good').at(-1) ?? older.at(-1))?.number;
 }
 
 export async function readState(ctx: Context): Promise<SystemState> {

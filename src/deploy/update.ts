@@ -16,7 +16,7 @@ import { lstat, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { PassThrough, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { zstdDecompressStream } from '../bundle/zstd-frames.ts';
 import type { Target } from '../content/interfaces.ts';
@@ -36,6 +36,7 @@ import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from '.
 import { acquireUpdateLock } from './lock.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
 import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
+import { applyTransfer, ContentStore, describeTransfer, downloadTransfer, prepareTransfer, type DeltaTransfer, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
 
 export class UpdateError extends TiuError {}
 
@@ -57,7 +58,7 @@ export interface UpdateDeps {
   openCache(dir: string): Promise<Target>;
   copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
-  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signal?: AbortSignal }): Promise<void>;
+  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signedIdentity?: string; signal?: AbortSignal }): Promise<void>;
   applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; signal?: AbortSignal }): Promise<ApplyReport>;
   /** Three-way merge into `ours` (the new snapshot's /etc): base = old pristine /etc, theirs = new pristine /etc. */
   mergeEtc(base: string, ours: string, theirs: string): Promise<Pick<EtcMergeReport, 'conflicts'>>;
@@ -75,6 +76,8 @@ export interface UpdateOptions {
   onProgress?: (line: string) => void;
   /** The platform to pick from an index (default: linux and this machine's architecture). */
   platform?: { os: string; architecture: string };
+  /** 'auto' (default): file-level delta by Range where the source and layers allow it, else whole layers. */
+  transfer?: TransferMode;
 }
 
 export type UpdateResult =
@@ -93,7 +96,14 @@ export type UpdateResult =
       hooks: HookRun[];
       apply: ApplyReport;
       cleanup: CleanupReport;
+      /** Which download path was taken and what it cost (absent for --offline). */
+      transfer?: TransferReport;
     };
+
+/** `tiu update --check`: whether an update exists and what it would download; nothing written. */
+export type CheckResult =
+  | { status: 'already-present'; image: string; digest: string; snapshot: number }
+  | { status: 'available'; image: string; digest: string; booted: number; transfer: TransferReport };
 
 /** The tag an image reference is kept under in the cache layout. */
 export function cacheTag(reference: string): string {
@@ -113,33 +123,48 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   return { desc: pick, manifest: second.parsed.manifest };
 }
 
-function decompressorFor(mediaType: string): PassThrough | ReturnType<typeof createGunzip> {
+/** Layer media types tiu applies (tar, tar+gzip, tar+zstd; OCI and Docker). */
+const TAR_LAYER_TYPES = new Set<string>([
+  MediaType.OciLayerTar,
+  MediaType.OciLayerGzip,
+  MediaType.OciLayerZstd,
+  MediaType.DockerLayerGzip,
+  'application/vnd.docker.image.rootfs.diff.tar',
+  'application/vnd.docker.image.rootfs.diff.tar.zstd',
+]);
+
+/**
+ * A verified, decompressed tar stream of one layer. zstd goes through the multi-frame decoder:
+ * tiu's zstd:chunked layers are one frame per file plus skippable frames for the TOC.
+ */
+function decompressed(mediaType: string, verified: Readable): Readable {
   switch (mediaType) {
-    case MediaType.OciLayerTar:
-    case 'application/vnd.docker.image.rootfs.diff.tar':
-      return new PassThrough();
     case MediaType.OciLayerGzip:
-    case MediaType.DockerLayerGzip:
-      return createGunzip();
+    case MediaType.DockerLayerGzip: {
+      const gunzip = createGunzip();
+      verified.on('error', (e) => gunzip.destroy(e));
+      return verified.pipe(gunzip);
+    }
+    case MediaType.OciLayerZstd:
+    case 'application/vnd.docker.image.rootfs.diff.tar.zstd':
+      return zstdDecompressStream(verified);
     default:
-      throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
+      return verified;
   }
 }
 
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
 export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
+  for (const layer of manifest.layers) {
+    if (!TAR_LAYER_TYPES.has(layer.mediaType)) {
+      throw new UpdateError('UNSUPPORTED_LAYER', `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`, { mediaType: layer.mediaType, digest: layer.digest });
+    }
+  }
   return manifest.layers.map((layer, i) => async () => {
-    const zstd = layer.mediaType === MediaType.OciLayerZstd;
-    const decompress = zstd ? undefined : decompressorFor(layer.mediaType);
     const raw = await target.fetch(layer, { signal });
     const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
     raw.on('error', (e) => verify.destroy(e));
-    // tiu's zstd:chunked layers are many frames (one per file) and a skippable TOC frame;
-    // node's zstd stream stops at the first frame boundary, so they go through the frame reader.
-    if (!decompress) return zstdDecompressStream(raw.pipe(verify));
-    verify.on('error', (e) => decompress.destroy(e));
-    raw.pipe(verify).pipe(decompress);
-    return decompress;
+    return decompressed(layer.mediaType, raw.pipe(verify));
   });
 }
 
@@ -185,6 +210,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
 
   const lock = await acquireUpdateLock(ctx.sysroot);
   let opened: Target | undefined;
+  let store: ContentStore | undefined;
   try {
     const cleanup = await cleanupInProgress(ctx);
     if (cleanup.deleted.length) progress(`removed unfinished snapshot(s) ${cleanup.deleted.join(', ')} left by an interrupted update`);
@@ -220,18 +246,32 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       return { status: 'already-present', image, digest: root.digest, snapshot: present, cleanup };
     }
 
-    const checkPolicy = (src: Target, r: Descriptor) => deps.checkPolicy({ reference: image, source: src, root: r, policyPath: config.policy, sysroot: ctx.sysroot, signal });
+    const checkPolicy = (src: Target, r: Descriptor) => deps.checkPolicy({ reference: image, source: src, root: r, policyPath: config.policy, sysroot: ctx.sysroot, signedIdentity: config.signedIdentity, signal });
+    // File-level delta: only the files the booted snapshot lacks, by Range, into a store in the cache.
+    let delta: DeltaTransfer | undefined;
+    let transfer: TransferReport | undefined;
+    if (!opts.offline && !opts.downloadOnly) {
+      const t = await chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal });
+      transfer = t.report;
+      progress(describeTransfer(transfer));
+      if (t.path === 'delta') delta = t;
+    }
     if (opts.offline) {
       await checkPolicy(cache, root);
+    } else if (delta) {
+      store = await ContentStore.open(join(cacheDir, 'delta', root.digest.replace(/^sha256:/, '')));
+      const got = await downloadTransfer(delta, store, { signal });
+      transfer = { ...delta.report, downloaded: delta.report.tocBytes + got.bytes };
+      progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${got.bytes} bytes of content`);
     } else {
       progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
       await deps.copy(source, root.digest, cache, tag, { referrers: true, verify: checkPolicy, signal });
     }
     if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: cacheDir, cleanup };
 
-    const { manifest } = await imageManifest(cache, root, platform, signal);
-    // Every blob the apply needs is in the cache and intact before a snapshot exists.
-    await verifyBlobs(cache, manifest.layers, signal);
+    const { manifest } = delta ? { manifest: delta.manifest } : await imageManifest(cache, root, platform, signal);
+    // Every blob the apply needs is in the cache and intact before a snapshot exists (delta: every file was verified into the store).
+    if (!delta) await verifyBlobs(cache, manifest.layers, signal);
 
     const from = state.booted;
     progress(`creating snapshot from ${from}`);
@@ -245,7 +285,14 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       if (await isSubvolume(join(oldRoot, 'etc'))) await subvolumeSnapshot(join(oldRoot, 'etc'), aside);
       else await copyTreeReflink(join(oldRoot, 'etc'), aside);
       progress(`writing ${manifest.layers.length} layer(s) into snapshot ${n}`);
-      const applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal), preserve: [...PRESERVE, ETC_ASIDE], signal });
+      let applyReport: ApplyReport;
+      if (delta && store) {
+        const a = await applyTransfer(delta, newRoot, store, { preserve: [...PRESERVE, ETC_ASIDE], signal });
+        if (a.extra.bytes) transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
+        applyReport = a.report;
+      } else {
+        applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal), preserve: [...PRESERVE, ETC_ASIDE], signal });
+      }
 
       // /etc: base = the running image's pristine copy, ours = the admin's, theirs = the new pristine copy.
       const theirs = join(newRoot, 'usr/lib/tiu/etc');
@@ -286,6 +333,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         hooks,
         apply: applyReport,
         cleanup,
+        ...(transfer ? { transfer } : {}),
       };
     } catch (e) {
       progress(`update failed, deleting snapshot ${n}: ${asError(e).message}`);
@@ -294,11 +342,69 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       } catch (d) {
         progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
       }
+      if (isNoSpace(e)) {
+        throw new UpdateError('DISK_FULL', `no space left on the filesystem of ${ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`, { snapshot: n }, { cause: e });
+      }
       throw e;
     }
   } finally {
+    await store?.remove().catch(() => undefined);
     await opened?.close?.().catch(() => undefined);
     await lock.release();
+  }
+}
+
+/** ENOSPC anywhere in the cause chain (fs calls, a program's stderr, a wrapped error). */
+function isNoSpace(e: unknown): boolean {
+  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) {
+    if ((x as NodeJS.ErrnoException).code === 'ENOSPC') return true;
+    if (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)) return true;
+  }
+  return false;
+}
+
+/**
+ * Accept the image's signature, then decide the download path: the file-level delta against
+ * `oldRoot` where possible (prepareTransfer), else whole layers. Reads, never writes.
+ */
+async function chooseTransfer(
+  deps: UpdateDeps,
+  source: Target,
+  root: Descriptor,
+  oldRoot: string,
+  o: { image: string; config: TiuConfig; sysroot: string; platform: { os: string; architecture: string }; mode?: TransferMode; signal?: AbortSignal },
+): Promise<PreparedTransfer> {
+  // Nothing of the image (TOCs included) is used before the policy accepted its signature.
+  await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signedIdentity: o.config.signedIdentity, signal: o.signal });
+  const { manifest } = await imageManifest(source, root, o.platform, o.signal);
+  return prepareTransfer({ source, manifest, oldRoot, preserve: PRESERVE, mode: o.mode ?? 'auto', signal: o.signal });
+}
+
+/**
+ * `tiu update --check`: resolve, check the signature, and run the download planning of a real
+ * update (the same prepareTransfer) against the booted snapshot. Takes no lock, writes nothing:
+ * no cache, no snapshot, no cleanup.
+ */
+export async function checkUpdate(deps: UpdateDeps, opts: Omit<UpdateOptions, 'downloadOnly' | 'offline' | 'onProgress'> = {}): Promise<CheckResult> {
+  const ctx = await openContext(opts.sysroot ?? '/');
+  const config = opts.config ?? (await loadConfig(ctx.sysroot));
+  const image = opts.reference ?? config.image;
+  if (!image) throw new UpdateError('NO_IMAGE', `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`);
+  const platform = opts.platform ?? { os: 'linux', architecture: ARCH[process.arch] ?? process.arch };
+  const state = await readState(ctx);
+  if (state.booted === undefined) throw new UpdateError('NOT_SNAPSHOT_ROOT', `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`, { sysroot: ctx.sysroot });
+  const src = await deps.openSource(image, { sysroot: ctx.sysroot, config, signal: opts.signal });
+  try {
+    let root: Descriptor;
+    if (src.reference !== undefined) root = await src.target.resolve(src.reference, { signal: opts.signal });
+    else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal: opts.signal });
+    else throw new UpdateError('MISSING_REFERENCE', `${image} does not say which image of ${src.target.name} to use: add a tag or digest`, { image });
+    const present = presentIn(state, root.digest);
+    if (present !== undefined) return { status: 'already-present', image, digest: root.digest, snapshot: present };
+    const t = await chooseTransfer(deps, src.target, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal: opts.signal });
+    return { status: 'available', image, digest: root.digest, booted: state.booted, transfer: t.report };
+  } finally {
+    await src.target.close?.().catch(() => undefined);
   }
 }
 

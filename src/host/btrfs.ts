@@ -53,6 +53,11 @@ export async function getDefault(mountPath: string): Promise<SubvolumeInfo> {
   return { id: Number(m[1]), path: m[2] ?? '' };
 }
 
+/** Write everything of the filesystem holding `path` to disk (a btrfs transaction commit). */
+export async function filesystemSync(path: string): Promise<void> {
+  await run('btrfs', ['filesystem', 'sync', path]);
+}
+
 /** Make the subvolume with `id` the default of the filesystem holding `mountPath`. */
 export async function setDefault(id: number, mountPath: string): Promise<void> {
   await run('btrfs', ['subvolume', 'set-default', String(id), mountPath]);

@@ -78,6 +78,16 @@ function parseList(json: string, config: string): SnapperSnapshot[] {
   });
 }
 
+/** Whether the snapper program can be run here. */
+export async function snapperInstalled(): Promise<boolean> {
+  try {
+    await run('snapper', ['--version']);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function snapper(root = '/', config = 'root'): Snapper {
   const base = ['--no-dbus', ...(root !== '/' ? ['--root', root] : []), '-c', config];
   const sn = (args: string[]) => run('snapper', [...base, ...args]);

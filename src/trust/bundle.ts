@@ -13,6 +13,7 @@ import type { Target } from '../content/interfaces.ts';
 import { parseDigest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type Digest, type ImageManifest } from '../oci/types.ts';
+import { parseManifestBytes } from '../oci/validate.ts';
 import { descriptorOf, pushIfAbsent, readVerified } from './content.ts';
 import { publicOf, signBytes, verifyBytes } from './keys.ts';
 
@@ -21,6 +22,8 @@ export const IN_TOTO_PAYLOAD_TYPE = 'application/vnd.in-toto+json';
 export const STATEMENT_TYPE = 'https://in-toto.io/Statement/v1';
 export const COSIGN_SIGN_PREDICATE = 'https://sigstore.dev/cosign/sign/v1';
 const MAX_BUNDLE_BYTES = 1024 * 1024;
+/** Bundle referrers read per image (the rest are ignored). */
+const MAX_BUNDLES = 64;
 
 /** DSSE pre-authentication encoding. */
 export function pae(payloadType: string, payload: Buffer): Buffer {
@@ -124,10 +127,10 @@ export function verifyBundle(bytes: Buffer, keys: KeyObject[]): { claims: Bundle
 export async function listBundles(target: Target, subject: Descriptor): Promise<{ manifest: Descriptor; bundle?: Buffer }[]> {
   if (!target.referrers) return [];
   const out: { manifest: Descriptor; bundle?: Buffer }[] = [];
-  for (const d of await target.referrers(subject, BUNDLE_MEDIA_TYPE)) {
+  for (const d of (await target.referrers(subject, BUNDLE_MEDIA_TYPE)).slice(0, MAX_BUNDLES)) {
     try {
-      const m = JSON.parse((await readVerified(target, d, MAX_MANIFEST_BYTES, 'bundle manifest')).toString('utf8')) as Partial<ImageManifest>;
-      const layer = m.layers?.find((l) => l.mediaType === BUNDLE_MEDIA_TYPE);
+      const m = parseManifestBytes(await readVerified(target, d, MAX_MANIFEST_BYTES, 'bundle manifest'), d.mediaType);
+      const layer = m.layers.find((l) => l.mediaType === BUNDLE_MEDIA_TYPE);
       if (m.subject?.digest !== subject.digest || !layer) continue;
       out.push({ manifest: d, bundle: await readVerified(target, layer, MAX_BUNDLE_BYTES, 'sigstore bundle') });
     } catch {

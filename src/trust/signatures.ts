@@ -9,11 +9,14 @@ import type { Target } from '../content/interfaces.ts';
 import { InvalidManifestError } from '../content/errors.ts';
 import { parseDigest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType, isManifestType } from '../oci/mediatypes.ts';
+import { parseManifestBytes } from '../oci/validate.ts';
 import type { Descriptor, Digest, ImageManifest } from '../oci/types.ts';
 import { descriptorOf, pushIfAbsent, readVerified, resolveOptional } from './content.ts';
 import { MAX_PAYLOAD_BYTES } from './payload.ts';
 
 export const SIGNATURE_ANNOTATION = 'dev.cosignproject.cosign/signature';
+/** Most signatures one image may carry: a hostile signature manifest must not make us fetch thousands of blobs. */
+export const MAX_SIGNATURES = 256;
 export const CERTIFICATE_ANNOTATION = 'dev.sigstore.cosign/certificate';
 
 /** `sha256:abc...` -> `sha256-abc....sig` */
@@ -50,28 +53,16 @@ export async function readSignatureManifest(target: Target, subject: Digest): Pr
     throw new InvalidManifestError(`signature tag ${signatureTag(subject)} in ${target.name} is a ${desc.mediaType}, not an image manifest`);
   }
   const bytes = await readVerified(target, desc, MAX_MANIFEST_BYTES, 'signature manifest');
-  let manifest: unknown;
-  try {
-    manifest = JSON.parse(bytes.toString('utf8'));
-  } catch {
-    throw new InvalidManifestError(`signature manifest ${desc.digest} in ${target.name} is not JSON`);
-  }
-  const m = manifest as Partial<ImageManifest>;
-  if (typeof m !== 'object' || m === null || m.schemaVersion !== 2 || !Array.isArray(m.layers) || typeof m.config !== 'object') {
-    throw new InvalidManifestError(`signature manifest ${desc.digest} in ${target.name} is not an image manifest`);
-  }
-  for (const l of m.layers) {
-    if (typeof l !== 'object' || l === null || typeof l.digest !== 'string' || typeof l.size !== 'number' || typeof l.mediaType !== 'string') {
-      throw new InvalidManifestError(`signature manifest ${desc.digest} in ${target.name} has a malformed layer`);
-    }
-  }
-  return { descriptor: desc, manifest: m as ImageManifest };
+  return { descriptor: desc, manifest: parseManifestBytes(bytes, desc.mediaType) };
 }
 
 /** Every simple-signing signature attached to `subject` (payloads read and digest-checked). */
 export async function listSignatures(target: Target, subject: Digest): Promise<StoredSignature[]> {
   const sm = await readSignatureManifest(target, subject);
   if (!sm) return [];
+  if (sm.manifest.layers.length > MAX_SIGNATURES) {
+    throw new InvalidManifestError(`signature manifest ${sm.descriptor.digest} in ${target.name} has ${sm.manifest.layers.length} layers, more than the ${MAX_SIGNATURES} tiu reads`);
+  }
   const out: StoredSignature[] = [];
   for (const layer of sm.manifest.layers) {
     if (layer.mediaType !== MediaType.CosignSimpleSigning) continue;

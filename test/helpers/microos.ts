@@ -120,7 +120,19 @@ function infoXml(num: number, description: string): string {
   return `<?xml version="1.0"?>\n<snapshot>\n  <type>single</type>\n  <num>${num}</num>\n  <date>2026-01-01 00:00:00</date>\n  <description>${description}</description>\n</snapshot>\n`;
 }
 
-export async function createMicroOS(opts: { sizeMiB?: number; files?: OsFile[] } = {}): Promise<MicroOS> {
+export const SNAPPER_CONFIG_TEMPLATE = '/usr/share/snapper/config-templates/default';
+
+/** snapper's `root` config for the MicroOS layout (the files to write below the root). */
+export async function snapperConfigFiles(): Promise<OsFile[]> {
+  const template = await readFile(SNAPPER_CONFIG_TEMPLATE, 'utf8');
+  return [
+    { path: 'etc/snapper/configs/root', content: template.replace(/^SUBVOLUME=.*$/m, 'SUBVOLUME="/"').replace(/^TIMELINE_CREATE=.*$/m, 'TIMELINE_CREATE="no"') },
+    { path: 'etc/default/snapper', content: 'SNAPPER_CONFIGS="root"\n' },
+  ];
+}
+
+/** `snapper: false`: no snapper config (tiu then works with plain btrfs). */
+export async function createMicroOS(opts: { sizeMiB?: number; files?: OsFile[]; snapper?: boolean } = {}): Promise<MicroOS> {
   const dir = await mkdtemp(join(tmpdir(), 'tiu-microos-'));
   const image = join(dir, 'disk.img');
   const top = join(dir, 'top');
@@ -166,11 +178,7 @@ export async function createMicroOS(opts: { sizeMiB?: number; files?: OsFile[] }
       await mkdir(join(snap, d), { recursive: true });
     }
     await writeTree(snap, opts.files ?? (await baseOs()));
-    const template = await readFile('/usr/share/snapper/config-templates/default', 'utf8');
-    await writeTree(snap, [
-      { path: 'etc/snapper/configs/root', content: template.replace(/^SUBVOLUME=.*$/m, 'SUBVOLUME="/"').replace(/^TIMELINE_CREATE=.*$/m, 'TIMELINE_CREATE="no"') },
-      { path: 'etc/default/snapper', content: 'SNAPPER_CONFIGS="root"\n' },
-    ]);
+    if (opts.snapper !== false) await writeTree(snap, await snapperConfigFiles());
     await writeFile(join(at, '.snapshots/1/info.xml'), infoXml(1, 'first root filesystem'));
     await run('btrfs', ['property', 'set', '-ts', snap, 'ro', 'true']);
     const show = await run('btrfs', ['subvolume', 'show', snap]);

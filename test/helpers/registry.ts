@@ -11,8 +11,8 @@ import { freePort } from './ports.ts';
 export interface RegistryOptions {
   /** htpasswd file (bcrypt entries) for Basic auth. */
   htpasswd?: string;
-  /** TLS certificate and key files (PEM). */
-  tls?: { certificate: string; key: string };
+  /** TLS certificate and key files (PEM); `clientcas`: require client certificates from these CAs. */
+  tls?: { certificate: string; key: string; clientcas?: string[] };
   /** Token auth: the registry's `auth.token` section. */
   token?: { realm: string; service: string; issuer: string; rootcertbundle: string };
 }
@@ -41,7 +41,8 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Running
     `  addr: 127.0.0.1:${port}`,
   ];
   if (opts.tls) {
-    lines.push(`  tls: { certificate: ${JSON.stringify(opts.tls.certificate)}, key: ${JSON.stringify(opts.tls.key)} }`);
+    const cas = opts.tls.clientcas?.length ? `, clientcas: [${opts.tls.clientcas.map((c) => JSON.stringify(c)).join(', ')}]` : '';
+    lines.push(`  tls: { certificate: ${JSON.stringify(opts.tls.certificate)}, key: ${JSON.stringify(opts.tls.key)}${cas} }`);
   }
   if (opts.htpasswd) {
     lines.push('auth:', `  htpasswd: { realm: tiu-test, path: ${JSON.stringify(opts.htpasswd)} }`);

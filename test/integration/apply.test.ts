@@ -42,6 +42,7 @@ const v1: TarSpec[] = [
   dir('usr'), dir('usr/bin'), file('usr/bin/tool', tool, { mode: 0o755 }),
   file('usr/bin/ping', ping, { mode: 0o4755, xattrs: { 'security.capability': CAP_NET_RAW } }),
   dir('usr/lib'), file('usr/lib/big.bin', big), file('usr/lib/ha', hlink), { name: 'usr/lib/hb', type: '1', linkname: 'usr/lib/ha', mtime: T1 },
+  dir('usr/lib/hd'), file('usr/lib/hd/x', 'x'),
   file('usr/lib/libx.so.1', libx), { name: 'usr/lib/libx.so', type: '2', linkname: 'libx.so.1', mtime: T1 },
   file('usr/lib/sparse', sparse),
   dir('usr/share'), dir('usr/share/doc'), file('usr/share/doc/old.txt', 'old docs\n'),
@@ -56,6 +57,7 @@ const v2: TarSpec[] = [
   dir('usr'), dir('usr/bin'), file('usr/bin/tool', tool, { mode: 0o755 }),
   file('usr/bin/ping', ping, { mode: 0o4755, uid: 1000, gid: 1000, xattrs: { 'security.capability': CAP_NET_RAW } }),
   dir('usr/lib', { mtime: T2 }), file('usr/lib/ha', hlink), { name: 'usr/lib/hb', type: '1', linkname: 'usr/lib/ha' }, { name: 'usr/lib/hc', type: '1', linkname: 'usr/lib/ha' },
+  { name: 'usr/lib/hd', type: '1', linkname: 'usr/lib/ha' },
   file('usr/lib/libx.so.2', libx), { name: 'usr/lib/libx.so', type: '2', linkname: 'libx.so.2', mtime: T2 },
   file('usr/lib/sparse', sparse),
   dir('usr/lib64'), file('usr/lib64/big.bin', big),
@@ -251,6 +253,10 @@ describe('deploy/apply on btrfs (integration)', function () {
     const rep = await applyTarLayers(target, [() => Readable.from([v2tar])]);
     assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
     assert.ok(rep.kept.count > 0);
+    // moved big.bin and renamed libx.so.2 become reflinks of the old files (written, then shared)
+    assert.ok(rep.reflinked.bytes >= big.length + libx.length, JSON.stringify(rep.reflinked));
+    const excl = await exclusiveBytes(target);
+    assert.ok(excl < newfile.length + 300 * 1024, `exclusive ${excl}`);
     const again = join(fs.mnt, 'tar-again');
     await snapshot(target, again);
     const rep2 = await applyTarLayers(again, [() => Readable.from([v2tar])]);
@@ -299,6 +305,7 @@ describe('deploy/apply on btrfs (integration)', function () {
       { name: 'relative symlink up then a write through it', tar: () => makeTar([{ name: 'l', type: '2', linkname: '../../../../../../../..' + outside }, file('l/passwd', 'pwned\n')]), code: 'UNSAFE_PATH' },
       { name: 'hardlink to a file outside (../)', tar: () => makeTar([{ name: 'h', type: '1', linkname: '../../outside/passwd' }]), code: 'UNSAFE_PATH' },
       { name: 'hardlink to an absolute path not in the tree', tar: () => makeTar([{ name: 'h', type: '1', linkname: join(outside, 'passwd') }]), code: 'BAD_HARDLINK' },
+      { name: 'the root itself as a symlink', tar: () => makeTar([{ name: './', type: '2', linkname: outside }, file('passwd', 'pwned\n')]), code: 'UNSAFE_PATH' },
       { name: 'device where a directory is expected', tar: () => makeTar([{ name: 'd', type: '3', devmajor: 1, devminor: 3 }, file('d/x', 'x')]), code: 'UNSAFE_PATH' },
     ];
     for (const c of cases) {
@@ -320,6 +327,18 @@ describe('deploy/apply on btrfs (integration)', function () {
       });
     }
 
+    it('the executor itself refuses to write through a symlink, even given a plan that asks for it', async () => {
+      const target = join(fs.mnt, 'hostile-plan');
+      await subvolume(target);
+      await run('ln', ['-s', outside, join(target, 'l')]);
+      const content = 'pwned\n';
+      const entry: TreeEntry = { path: 'l/passwd', type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: content.length, digest: `sha256:${createHash('sha256').update(content).digest('hex')}` };
+      const plan = { actions: [{ kind: 'write' as const, entry }], deletes: [], fetch: [entry], summary: (await planApply(new Map(), await scanTree(target), new ContentIndex(target))).summary };
+      await assert.rejects(executePlan(target, plan, openerProvider(() => Readable.from([content]))), (e: unknown) => isTiuError(e, 'UNSAFE_PATH'));
+      assert.equal(await listing(outside), before);
+      assert.deepEqual((await readdir(target)).sort(), ['l']);
+    });
+
     it('an old-tree symlink where the new tree has a directory is replaced, never followed', async () => {
       const target = join(fs.mnt, 'hostile-old-symlink');
       await subvolume(target);
@@ -337,3 +356,33 @@ describe('deploy/apply on btrfs (integration)', function () {
     });
   });
 });
+
+describe('deploy/apply on a full filesystem (integration)', function () {
+  this.timeout(120_000);
+  let small: TestBtrfs;
+  before(async function () {
+    requireRoot(this);
+    small = await makeBtrfs(128);
+  });
+  after(async () => {
+    await small?.cleanup();
+  });
+
+  it('a full disk gives NO_SPACE and leaves no staging directory behind', async () => {
+    const size = 200 * 1024 * 1024;
+    const chunk = Buffer.alloc(1024 * 1024, 0x5a);
+    const h = createHash('sha256');
+    for (let i = 0; i < size / chunk.length; i++) h.update(chunk);
+    const entry: TreeEntry = { path: 'huge', type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size, digest: `sha256:${h.digest('hex')}`, source: { layer: 0 } };
+    const target = join(small.mnt, 'root');
+    await subvolume(target);
+    await assert.rejects(
+      applyFromToc(target, [[entry]], openerProvider(() => Readable.from((function* () {
+        for (let i = 0; i < size / chunk.length; i++) yield chunk;
+      })()))),
+      (e: unknown) => isTiuError(e, 'NO_SPACE'),
+    );
+    assert.deepEqual(await readdir(target), []);
+  });
+});
+

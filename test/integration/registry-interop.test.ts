@@ -42,7 +42,7 @@ async function writeLayout(dir: string, img: TestImage, tag: string): Promise<vo
 }
 
 describe('registry transport: skopeo interop and the air gap', function () {
-  this.timeout(120_000);
+  this.timeout(300_000);
   let a: RunningRegistry;
   let b: RunningRegistry;
   let dir: string;
@@ -91,6 +91,10 @@ describe('registry transport: skopeo interop and the air gap', function () {
     const sbom = await makeImage({ subject: img.manifest.desc, artifactType: 'application/spdx+json' });
     await pushImage(src, sig);
     await pushImage(src, sbom);
+    // a cosign signature the old way: a manifest under the tag sha256-<hex>.sig
+    const cosign = await makeImage({ annotations: { 'dev.cosignproject.cosign/signature': 'MEUCIQ' } });
+    const sigTag = `${img.manifest.desc.digest.replace(':', '-')}.sig`;
+    await pushImage(src, cosign, sigTag);
     const usb = join(dir, 'usb');
     await tiu('copy', `docker://${a.host}/os:1`, `oci:${usb}:1`, '--referrers');
     await tiu('copy', `oci:${usb}:1`, `docker://${b.host}/os:1`, '--referrers');
@@ -100,7 +104,8 @@ describe('registry transport: skopeo interop and the air gap', function () {
     assert.deepEqual(refs.map((r) => r.digest).sort(), [sig.manifest.desc.digest, sbom.manifest.desc.digest].sort());
     const only = await dst.referrers(img.manifest.desc, 'application/vnd.dev.sigstore.bundle.v0.3+json');
     assert.equal(only[0]?.annotations?.kind, 'signature');
-    for (const blob of [...img.all, ...sig.all, ...sbom.all]) assert.equal(await dst.exists(blob.desc), true);
+    for (const blob of [...img.all, ...sig.all, ...sbom.all, ...cosign.all]) assert.equal(await dst.exists(blob.desc), true);
+    assert.equal((await dst.resolve(sigTag)).digest, cosign.manifest.desc.digest);
     // and `tiu inspect` reads it from the second registry
     const { stdout } = await tiu('inspect', `docker://${b.host}/os:1`, '--json');
     assert.equal((JSON.parse(stdout) as { digest: string }).digest, img.manifest.desc.digest);

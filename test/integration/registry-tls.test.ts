@@ -58,6 +58,35 @@ describe('registry transport: TLS with certs.d', function () {
     await assert.rejects(t.resolve('v1'), (e: unknown) => isTiuError(e, 'TLS_ERROR') && e.message.includes(reg.host));
   });
 
+  it('presents the client certificate from certs.d (*.cert + *.key) to a registry that requires one', async () => {
+    const o = (...args: string[]): void => {
+      execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+    };
+    o('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=tiu device', '-keyout', 'client.key', '-out', 'client.csr');
+    await writeFile(join(dir, 'client.cnf'), 'extendedKeyUsage=clientAuth\n');
+    o('x509', '-req', '-in', 'client.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', 'client.cnf', '-out', 'client.cert');
+    const mtls = await startRegistry({ tls: { certificate: join(dir, 'server.crt'), key: join(dir, 'server.key'), clientcas: [join(dir, 'ca.crt')] } });
+    try {
+      const withCert = join(dir, 'certs-mtls.d');
+      await mkdir(join(withCert, mtls.host), { recursive: true });
+      await copyFile(join(dir, 'ca.crt'), join(withCert, mtls.host, 'ca.crt'));
+      const noCert = join(dir, 'certs-nocert.d');
+      await mkdir(join(noCert, mtls.host), { recursive: true });
+      await copyFile(join(dir, 'ca.crt'), join(noCert, mtls.host, 'ca.crt'));
+      const without = openRegistryTarget(parseReference(`docker://${mtls.host}/tiu/mtls`) as DockerReference, { registriesConf: false, certDirs: [noCert], retries: 0 });
+      await assert.rejects(without.resolve('v1'), (e: unknown) => isTiuError(e) && ['TLS_ERROR', 'REGISTRY_UNREACHABLE'].includes(e.code));
+      await copyFile(join(dir, 'client.cert'), join(withCert, mtls.host, 'client.cert'));
+      await copyFile(join(dir, 'client.key'), join(withCert, mtls.host, 'client.key'));
+      const t = openRegistryTarget(parseReference(`docker://${mtls.host}/tiu/mtls`) as DockerReference, { registriesConf: false, certDirs: [withCert] });
+      const img = await makeImage();
+      await pushImage(t, img, 'v1');
+      assert.equal((await t.resolve('v1')).digest, img.manifest.desc.digest);
+      await t.close();
+    } finally {
+      await mtls.stop();
+    }
+  });
+
   it('--tls-verify=false and an insecure registries.conf entry accept the unknown CA', async () => {
     const t = openRegistryTarget(ref('tiu/tls'), { registriesConf: false, certDirs: [], tlsVerify: false });
     assert.ok((await t.resolve('v1')).digest.startsWith('sha256:'));

@@ -11,7 +11,8 @@ import { isTiuError } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
-import { openRegistryTarget, RegistrySession, fallbackTag, type RegistryTarget } from '../../src/transport/registry/index.ts';
+import { copy } from '../../src/copy/copy.ts';
+import { openRegistryTarget, RegistrySession, fallbackTag, setHttpLogger, type RegistryTarget } from '../../src/transport/registry/index.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { blobOf, makeImage, pushImage, readAll } from '../helpers/images.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
@@ -115,6 +116,26 @@ describe('registry transport: distribution 2.8 over http', function () {
     assert.ok(r instanceof URL, 'an upload session');
     await c.primary.pushBlob(missing.desc, Readable.from([missing.data]), { session: r });
     assert.equal(await c.exists(missing.desc), true);
+  });
+
+  it('copy() between two repositories of one registry mounts the blobs instead of uploading them', async () => {
+    const src = open('tiu/copy-src');
+    const img = await makeImage({ layerBytes: [100_000, 200_000] });
+    await pushImage(src, img, '1');
+    const lines: string[] = [];
+    const prev = setHttpLogger((l) => lines.push(l));
+    try {
+      const dst = open('tiu/copy-dst');
+      const root = await copy(open('tiu/copy-src'), '1', dst, '1');
+      assert.equal(root.digest, img.manifest.desc.digest);
+      for (const b of img.all) assert.deepEqual(await readAll(await dst.fetch(b.desc)), b.data);
+    } finally {
+      setHttpLogger(prev);
+    }
+    const mounted = lines.filter((l) => /POST \S+\/v2\/tiu\/copy-dst\/blobs\/uploads\/ -> 201/.test(l));
+    assert.equal(mounted.length, img.layers.length + 1, lines.join('\n'));
+    assert.ok(!lines.some((l) => /PUT \S+\/v2\/tiu\/copy-dst\/blobs\/uploads\//.test(l)), 'no blob was uploaded');
+    assert.ok(!lines.some((l) => /GET \S+\/v2\/tiu\/copy-src\/blobs\//.test(l)), 'no blob was downloaded');
   });
 
   it('keeps referrers in the sha256-<hex> tag index, without losing concurrent entries', async () => {

@@ -4,7 +4,8 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { lstat, readFile, readlink, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
-import { baseOs, createMicroOS, v2Files, type MicroOS } from '../helpers/microos.ts';
+import { baseOs, createMicroOS, v2Files, writeTree, type MicroOS } from '../helpers/microos.ts';
+import { buildBundle } from '../../src/bundle/build.ts';
 import { buildImage, installPolicy, signInLayout, type BuiltImage } from '../helpers/update-deps.ts';
 import { productionDeps } from '../../src/deploy/wiring.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
@@ -194,5 +195,86 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.equal(await readFile(join(snapshotPath(os.sysroot, r.snapshot), 'etc/hostname'), 'utf8'), 'my-host\n');
     const grown = (await dataUsed(os.sysroot)) - before;
     assert.ok(grown < 1024 * 1024, `data grew by ${grown} bytes`);
+  });
+
+  it('tiu bundles (tiu build: zstd:chunked layers, /usr/lib/tiu/etc, /var in the factory): deploy; a rebuild is AlreadyPresent; one changed file costs about its size', async () => {
+    const tree = join(os.dir, 'tree');
+    const files = [...(await v2Files()).filter((f) => !f.path.startsWith('usr/lib/tiu/')), { path: 'var/lib/fake/state', content: 'factory\n' }, { path: 'usr/share/fake/big', content: 'b'.repeat(512 * 1024) }];
+    await writeTree(tree, files);
+    const layout = join(os.dir, 'bundles');
+    const build = async (tag: string) => {
+      const dest = await OciLayoutTarget.open(layout, { create: true });
+      const b = await buildBundle({ kind: 'directory', path: tree }, dest, tag, { sourceDateEpoch: 1767225600, layers: 4 });
+      await signInLayout(layout, tag, signingKey);
+      return b;
+    };
+    const b1 = await build('b1');
+    assert.ok(b1.manifest.layers.length > 1);
+    const r1 = await update(deps(), { sysroot: os.sysroot, reference: `oci:${layout}:b1`, config: noHooks });
+    assert.ok(r1.status === 'updated');
+    const n1 = snapshotPath(os.sysroot, r1.snapshot);
+    assert.equal(await readFile(join(n1, 'usr/share/factory/var/lib/fake/state'), 'utf8'), 'factory\n');
+    assert.equal(await readFile(join(n1, 'usr/lib/tiu/etc/hostname'), 'utf8'), 'microos-v2\n');
+    assert.equal(await readFile(join(n1, 'etc/hostname'), 'utf8'), 'my-host\n');
+    assert.equal((await readFile(join(n1, 'usr/share/fake/big'))).length, 512 * 1024);
+
+    const again = await build('b1-again');
+    assert.equal(again.descriptor.digest, b1.descriptor.digest);
+    const r2 = await update(deps(), { sysroot: os.sysroot, reference: `oci:${layout}:b1-again`, config: noHooks });
+    assert.equal(r2.status, 'already-present');
+
+    await writeFile(join(tree, 'usr/share/fake/new-in-v2'), 'changed in v3\n');
+    await build('b3');
+    const before = await dataUsed(os.sysroot);
+    const r3 = await update(deps(), { sysroot: os.sysroot, reference: `oci:${layout}:b3`, config: noHooks });
+    assert.ok(r3.status === 'updated');
+    // From the booted snapshot 1 (v1), v3 differs by the v2 changes, the factory /var and the big file.
+    assert.ok(r3.apply.written.bytes < 600 * 1024, `wrote ${r3.apply.written.bytes} bytes`);
+    assert.equal(await readFile(join(snapshotPath(os.sysroot, r3.snapshot), 'usr/share/fake/new-in-v2'), 'utf8'), 'changed in v3\n');
+    const grown = (await dataUsed(os.sysroot)) - before;
+    assert.ok(grown < 2 * 1024 * 1024, `data grew by ${grown} bytes`);
+  });
+
+  it('hooks: an initrd hook runs (in the chroot, per kernel) only when the image brings a changed kernel without an initrd', async () => {
+    const config = parseConfig(
+      'default-hooks = false\n' +
+        '[[hook]]\nname = "initrd"\nwhen = "initrd-missing"\nif-exists = "/bin/sh"\ncommand = ["/bin/sh", "-c", "echo built > /boot/initrd-{kver}"]\n' +
+        '[[hook]]\nname = "bootloader"\nwhen = "kernel-changed"\ncommand = ["/bin/sh", "-c", "echo {kver} > /boot/menu"]\n' +
+        '[[hook]]\nname = "absent"\nif-exists = "/usr/sbin/grub2-mkconfig"\ncommand = ["/usr/sbin/grub2-mkconfig"]\n',
+    );
+    const withKernel = async (tag: string, initrd: boolean) => {
+      await buildImage(images, tag, [
+        ...(await v2Files()),
+        { path: 'usr/lib/modules/6.1.0-tiu/vmlinuz', content: `kernel ${tag}\n` },
+        ...(initrd ? [{ path: 'usr/lib/modules/6.1.0-tiu/initrd', content: 'image initrd\n' }] : []),
+      ]);
+      await signInLayout(images, tag, signingKey);
+      const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:${tag}`, config });
+      assert.ok(r.status === 'updated');
+      return r;
+    };
+    const a = await withKernel('k1', false);
+    assert.deepEqual(a.hooks.map((h) => h.name), ['initrd 6.1.0-tiu', 'bootloader']);
+    const root = snapshotPath(os.sysroot, a.snapshot);
+    assert.equal(await readFile(join(root, 'boot/initrd-6.1.0-tiu'), 'utf8'), 'built\n');
+    assert.equal(await readFile(join(root, 'boot/menu'), 'utf8'), '6.1.0-tiu\n');
+    const b = await withKernel('k2', true);
+    assert.deepEqual(b.hooks.map((h) => h.name), ['bootloader']);
+  });
+
+  it('SELinux: an image without labels for a system that enforces SELinux gets /.autorelabel', async () => {
+    const selinux = 'SELINUX=enforcing\nSELINUXTYPE=targeted\n';
+    await buildImage(images, 'se', [...(await v2Files()), { path: 'etc/selinux/config', content: selinux }, { path: 'usr/lib/tiu/etc/selinux/config', content: selinux }]);
+    await signInLayout(images, 'se', signingKey);
+    const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:se`, config: noHooks });
+    assert.ok(r.status === 'updated');
+    assert.equal(r.relabel, true);
+    assert.ok(existsSync(join(snapshotPath(os.sysroot, r.snapshot), '.autorelabel')));
+    // Without SELinux (v2 has no /etc/selinux/config), no relabel.
+    await signInLayout(images, 'v2', signingKey);
+    const plain = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v2`, config: noHooks });
+    assert.ok(plain.status === 'updated');
+    assert.equal(plain.relabel, false);
+    assert.equal(existsSync(join(snapshotPath(os.sysroot, plain.snapshot), '.autorelabel')), false);
   });
 });

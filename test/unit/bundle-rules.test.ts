@@ -79,37 +79,46 @@ describe('bundle layers', function () {
     { mtime: 0 },
   );
 
-  it('groups paths by their first components, folding the /etc copy and the factory /var', function () {
+  it('groups entries by their parent directory, folding the /etc copy and the factory /var', function () {
     assert.equal(groupOf('usr/lib/modules/6.1/kernel/x.ko'), 'usr/lib/modules');
-    assert.equal(groupOf('etc/ssh/sshd_config'), 'etc/ssh');
-    assert.equal(groupOf('usr/lib/tiu/etc/ssh/sshd_config'), 'etc/ssh');
-    assert.equal(groupOf('usr/share/factory/var/lib/x'), 'var/lib');
+    assert.equal(groupOf('usr/bin/perl'), 'usr/bin');
+    assert.equal(groupOf('usr/lib/os-release'), 'usr/lib');
+    assert.equal(groupOf('etc/ssh/sshd_config'), 'etc');
+    assert.equal(groupOf('usr/lib/tiu/etc/ssh/sshd_config'), 'etc');
+    assert.equal(groupOf('usr/share/factory/var/lib/dpkg/status'), 'var/lib/dpkg');
+    assert.equal(groupOf('boot/vmlinuz'), 'boot');
     assert.ok(layerOfGroup('usr/bin', 8) >= 0 && layerOfGroup('usr/bin', 8) < 8);
   });
 
-  it('puts every entry in exactly one layer, with its parents, at most N layers', function () {
+  it('puts every entry in exactly one layer, directories in the last, at most N layers', function () {
     for (const n of [1, 3, 8]) {
       const layers = planLayers(base, n);
       assert.ok(layers.length <= n && layers.length >= 1);
-      for (const x of base) {
-        const holders = layers.filter((l) => l.some((y) => y.path === x.path));
-        if (x.type !== 'dir') assert.equal(holders.length, 1, x.path);
-        for (const h of holders) {
-          const paths = new Set(h.map((y) => y.path));
-          for (let p = x.path; p.includes('/'); p = p.slice(0, p.lastIndexOf('/'))) assert.ok(paths.has(p.slice(0, p.lastIndexOf('/'))), `${x.path} without parent in its layer`);
-        }
+      for (const x of base) assert.equal(layers.filter((l) => l.some((y) => y.path === x.path)).length, 1, x.path);
+      if (n > 1) {
+        assert.ok(layers.at(-1)!.every((x) => x.type === 'dir'));
+        assert.ok(layers.slice(0, -1).every((l) => l.every((x) => x.type !== 'dir')));
       }
+      for (const l of layers) assert.deepEqual(l.map((x) => x.path), l.map((x) => x.path).sort());
     }
   });
 
-  it('a changed file changes only the layer that holds it', function () {
+  it('a changed file changes only the layer that holds it; a changed directory only the last', function () {
     const before = planLayers(base, 8);
-    const changed = base.map((x) => (x.path === 'usr/bin/sh' ? { ...x, mtime: 2000 } : x));
-    const after = planLayers(changed, 8);
-    assert.equal(after.length, before.length);
-    const differs = after.filter((l, i) => JSON.stringify(l) !== JSON.stringify(before[i]));
-    assert.equal(differs.length, 1);
-    assert.ok(differs[0]!.some((x) => x.path === 'usr/bin/sh'));
+    const changedFile = planLayers(base.map((x) => (x.path === 'usr/bin/sh' ? { ...x, mtime: 2000 } : x)), 8);
+    const changedDir = planLayers(base.map((x) => (x.path === 'usr/bin' ? { ...x, mtime: 2000 } : x)), 8);
+    for (const after of [changedFile, changedDir]) {
+      assert.equal(after.length, before.length);
+      assert.equal(after.filter((l, i) => JSON.stringify(l) !== JSON.stringify(before[i])).length, 1);
+    }
+    assert.notDeepEqual(changedDir.at(-1), before.at(-1));
+  });
+
+  it('keeps a hardlink with the file it links to', function () {
+    const t = applyTreeRules(tree('usr/', 'usr/bin/', e('usr/bin/a', { size: 1, content: { data: Buffer.from('x') } }), e('var/', {}), e('var/z', { type: 'hardlink', link: 'usr/bin/a' })), { mtime: 0 });
+    const layers = planLayers(t, 16);
+    const holder = layers.find((l) => l.some((x) => x.path === 'usr/bin/a'))!;
+    assert.ok(holder.some((x) => x.path === 'usr/share/factory/var/z' && x.type === 'hardlink'));
   });
 });
 

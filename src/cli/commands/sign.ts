@@ -1,6 +1,7 @@
 /** tiu sign: a cosign-compatible signature of an image (tag sha256-<hex>.sig), on a registry or an OCI layout. */
 import { type Command, optBool, optString, optStrings } from '../command.ts';
 import { openReference } from '../../transport/resolve.ts';
+import { registryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
 import { TiuError } from '../../errors.ts';
 import { readPrivateKeyFile } from '../../trust/keyfiles.ts';
 import { parseAnnotations, parseIdentityOption, signReference } from '../../trust/ops.ts';
@@ -15,11 +16,13 @@ const command: Command = {
     'appended to the signature manifest at tag sha256-<hex>.sig next to the image, as cosign does.\n' +
     'An OCI layout has no registry name: give the one the image will be verified as with --identity.\n' +
     '--bundle also attaches a sigstore bundle (v0.3) as an OCI referrer.\n' +
-    'The key passphrase comes from COSIGN_PASSWORD or TIU_PASSWORD, else it is asked on the terminal.',
+    'The key passphrase comes from COSIGN_PASSWORD or TIU_PASSWORD, else it is asked on the terminal.\n' +
+    registryOptionsHelp,
   options: {
     key: { type: 'string' },
     identity: { type: 'string' },
     annotation: { type: 'string', multiple: true, short: 'a' },
+    ...registryOptionSpecs,
     bundle: { type: 'boolean' },
   },
   positionals: [1, 1],
@@ -29,7 +32,7 @@ const command: Command = {
     const identity = parseIdentityOption(optString(options, 'identity'));
     const annotations = parseAnnotations(optStrings(options, 'annotation'));
     const key = await readPrivateKeyFile(keyPath, () => getPassphrase(keyPath));
-    const opened = await openReference(input!);
+    const opened = await openReference(input!, { registry: registryOptions(options) });
     try {
       const r = await signReference(opened, key, { identity, annotations, bundle: optBool(options, 'bundle') });
       const what = r.added ? `signature added to ${r.tag} (${r.count} signature${r.count === 1 ? '' : 's'})` : `already signed by this key (${r.tag})`;

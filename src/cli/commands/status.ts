@@ -12,6 +12,8 @@ const command: Command = {
   help:
     'Everything shown comes from snapper (userdata tiu-image, tiu-digest, tiu-in-progress), the\n' +
     'btrfs default subvolume and what is mounted: B = booted (running), D = default (boots next).\n' +
+    'health: good = a boot passed its health checks, bad = it failed them and was rolled back,\n' +
+    '?N = booted N times without a verdict yet (tiu health --boot).\n' +
     '/etc conflicts are listed for snapshots whose update reported some, as long as their\n' +
     '<file>.tiunew is still there.',
   options: { sysroot: { type: 'string' } },
@@ -24,11 +26,12 @@ const command: Command = {
       const conflicts = s.etcConflicts > 0 ? await pendingEtcConflicts(join(snapshotPath(ctx.sysroot, s.number), 'etc')) : [];
       snapshots.push({ ...s, pendingEtcConflicts: conflicts });
     }
-    const lines = ['  #  BD  image                                     digest               date                 description'];
+    const lines = ['  #  BD  health  image                                     digest               date                 description'];
     for (const s of snapshots) {
       const marks = `${s.booted ? 'B' : ' '}${s.default ? 'D' : ' '}`;
       const img = s.inProgress ? `(unfinished) ${s.image ?? ''}` : (s.image ?? '-');
-      lines.push(`${String(s.number).padStart(3)}  ${marks}  ${img.padEnd(40)}  ${(s.digest ? shortDigest(s.digest) : '-').padEnd(19)}  ${s.date.padEnd(19)}  ${s.description}`);
+      const health = s.health ?? (s.bootAttempts > 0 ? `?${s.bootAttempts}` : '-');
+      lines.push(`${String(s.number).padStart(3)}  ${marks}  ${health.padEnd(6)}  ${img.padEnd(40)}  ${(s.digest ? shortDigest(s.digest) : '-').padEnd(19)}  ${s.date.padEnd(19)}  ${s.description}`);
     }
     if (state.staged !== undefined) lines.push(`\nsnapshot ${state.staged} boots next; snapshot ${state.booted} runs now ('tiu rollback' keeps ${state.booted})`);
     else if (state.rollback !== undefined) lines.push(`\n'tiu rollback' would make snapshot ${state.rollback} the default`);

@@ -1,7 +1,8 @@
 import type { Command } from '../command.ts';
 import { optBool, optString } from '../command.ts';
 import { TiuError } from '../../errors.ts';
-import { update } from '../../deploy/update.ts';
+import { checkUpdate, update } from '../../deploy/update.ts';
+import type { TransferReport } from '../../deploy/delta/index.ts';
 import { productionDeps } from '../../deploy/wiring.ts';
 import { reboot } from '../../host/system.ts';
 import { humanSize, shortDigest } from '../format.ts';
@@ -9,7 +10,7 @@ import { humanSize, shortDigest } from '../format.ts';
 const command: Command = {
   name: 'update',
   summary: 'Write an OS image into a new snapshot and make it the next boot',
-  usage: 'tiu update [REF] [--sysroot DIR] [--download-only] [--offline] [--reboot] [--json]',
+  usage: 'tiu update [REF] [--sysroot DIR] [--check] [--transfer auto|delta|whole-layer] [--download-only] [--offline] [--reboot] [--json]',
   help:
     'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG] (a USB stick), oci-archive:/FILE.tar[:TAG];\n' +
     "default: 'image' in /etc/tiu/tiu.conf. The signature policy is enforced; the running system\n" +
@@ -17,13 +18,27 @@ const command: Command = {
     '  --sysroot DIR     operate on the system mounted at DIR instead of /\n' +
     '  --download-only   fetch and verify into the cache (/var/cache/tiu) and stop\n' +
     '  --offline         update from the cache only\n' +
-    '  --reboot          reboot into the new snapshot when it is ready',
-  options: { sysroot: { type: 'string' }, 'download-only': { type: 'boolean' }, offline: { type: 'boolean' }, reboot: { type: 'boolean' } },
+    '  --reboot          reboot into the new snapshot when it is ready\n' +
+    '  --check           write nothing; say whether an update exists, how many bytes it would\n' +
+    '                    download and how many files it would change\n' +
+    '  --transfer MODE   auto (default): only the files this system lacks, by HTTP Range, where\n' +
+    '                    the source and its layers allow it, else whole layers; delta: fail\n' +
+    '                    instead of downloading whole layers; whole-layer: never by Range',
+  options: { sysroot: { type: 'string' }, 'download-only': { type: 'boolean' }, offline: { type: 'boolean' }, reboot: { type: 'boolean' }, check: { type: 'boolean' }, transfer: { type: 'string' } },
   positionals: [0, 1],
   async run([reference], options, out) {
     const sysroot = optString(options, 'sysroot') ?? '/';
     const wantReboot = optBool(options, 'reboot');
     if (wantReboot && sysroot !== '/') throw new TiuError('USAGE', '--reboot reboots this machine: it cannot be combined with --sysroot');
+    const transfer = optString(options, 'transfer') ?? 'auto';
+    if (transfer !== 'auto' && transfer !== 'delta' && transfer !== 'whole-layer') throw new TiuError('USAGE', `--transfer must be auto, delta or whole-layer, not ${JSON.stringify(transfer)}`);
+    if (optBool(options, 'check')) {
+      if (wantReboot || optBool(options, 'download-only') || optBool(options, 'offline')) throw new TiuError('USAGE', '--check only looks: it cannot be combined with --reboot, --download-only or --offline');
+      const c = await checkUpdate(productionDeps, { sysroot, reference, transfer: transfer });
+      if (c.status === 'already-present') out.result(`${c.image} (${shortDigest(c.digest)}) is already deployed in snapshot ${c.snapshot}: no update`, c);
+      else out.result(`update available: ${c.image} (${shortDigest(c.digest)})\n  ${transferLine(c.transfer)}`, c);
+      return;
+    }
     const ac = new AbortController();
     const onSignal = () => ac.abort(new TiuError('INTERRUPTED', 'interrupted by a signal'));
     process.once('SIGINT', onSignal);
@@ -34,6 +49,7 @@ const command: Command = {
         reference,
         downloadOnly: optBool(options, 'download-only'),
         offline: optBool(options, 'offline'),
+        transfer: transfer,
         signal: ac.signal,
         onProgress: (line) => out.info(line),
       });
@@ -49,6 +65,7 @@ const command: Command = {
           const lines = [
             `snapshot ${r.snapshot} (from ${r.from}) holds ${r.image} (${shortDigest(r.digest)}) and boots next`,
             `  files: ${a.written.count} written (${humanSize(a.written.bytes)}), ${a.reflinked.count} reflinked, ${a.kept.count} kept, ${a.deleted.count} deleted`,
+            ...(r.transfer ? [`  ${transferLine(r.transfer)}`] : []),
             ...r.etcConflicts.map((c) => `  /etc conflict: /etc/${c.path} kept as you changed it${c.tiunew ? `, the image's version is in /etc/${c.tiunew}` : ''}`),
             ...r.userClashes.map((c) => `  account clash: the image's ${c.kind === 'uid' ? 'user' : 'group'} ${c.name} (${c.kind} ${c.id}) was not added: ${c.existing} has ${c.kind} ${c.existingId}`),
             ...(r.relabel ? ['  SELinux: the image carries no labels, /.autorelabel relabels at the next boot'] : []),
@@ -68,3 +85,11 @@ const command: Command = {
   },
 };
 export default command;
+
+/** Which download path, and its bytes. */
+function transferLine(t: TransferReport): string {
+  const got = t.downloaded ?? t.downloadBytes;
+  if (t.path === 'whole-layer') return `download: whole layers, ${humanSize(got)} (${t.reason ?? 'no reason given'})`;
+  const f = t.files;
+  return `download: file delta, ${humanSize(got)} instead of ${humanSize(t.layerBytes)} for whole layers; ${f?.write.count ?? 0} files downloaded, ${f?.changed ?? 0} changed, ${t.requests} requests`;
+}

@@ -37,3 +37,16 @@ export class BadRootError extends TiuError {
     super('BAD_ROOT', `apply target ${root}: ${why}`, { root, why });
   }
 }
+/** The filesystem ran out of space (or quota) while applying. */
+export class NoSpaceError extends TiuError {
+  constructor(root: string, cause: unknown) {
+    super('NO_SPACE', `no space left on the filesystem of ${root} while applying the image`, { root }, { cause });
+  }
+}
+
+/** Turn ENOSPC/EDQUOT from any step into NO_SPACE; everything else passes unchanged. */
+export function mapFsError(e: unknown, root: string): unknown {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new NoSpaceError(root, e);
+  return e;
+}

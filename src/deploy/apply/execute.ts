@@ -8,15 +8,15 @@
  * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs in one setfattr run, after every
  * chown (chown drops security.capability); (6) directory mtimes last.
  */
-import { lstat, mkdir, rename, rmdir } from 'node:fs/promises';
+import { lstat, mkdir, rename, rmdir, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import type { ContentProvider } from './content.ts';
-import { ContentUnavailableError, UnsafePathError } from './errors.ts';
+import { ContentUnavailableError, UnsafePathError, mapFsError } from './errors.ts';
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, writeNewFile } from './fsops.ts';
 import { parentOf } from './paths.ts';
 import type { ContentIndex } from './scan.ts';
-import type { ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
+import type { Action, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
 export interface ExecuteOptions {
@@ -33,7 +33,34 @@ function add(c: Counter, bytes: number): void {
   c.bytes += bytes;
 }
 
+/**
+ * Rename staged content to its place. The staging directory lives in the snapshot's top
+ * subvolume, and rename() cannot cross into a nested one (MicroOS's /etc is a subvolume inside
+ * each snapshot): there the content is reflinked beside its place first, which shares the extents.
+ */
+async function moveIntoPlace(sr: SafeRoot, staged: string, rel: string, e: TreeEntry, allowCopy: boolean): Promise<void> {
+  try {
+    await rename(sr.abs(staged), sr.abs(rel));
+    return;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+  }
+  const tmp = await sr.tmpBeside(rel);
+  await reflinkFile(sr.abs(staged), sr.abs(tmp), allowCopy);
+  await setMetaAt(sr, tmp, e);
+  await rename(sr.abs(tmp), sr.abs(rel));
+  await unlink(sr.abs(staged));
+}
+
 export async function executePlan(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions = {}): Promise<ApplyReport> {
+  try {
+    return await executePlanInner(root, plan, provider, opts);
+  } catch (e) {
+    throw mapFsError(e, root);
+  }
+}
+
+async function executePlanInner(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions): Promise<ApplyReport> {
   const sr = await SafeRoot.open(root);
   const report = emptyReport();
   const stagingRel = `.tiu-staging-${randomBytes(6).toString('hex')}`;
@@ -81,7 +108,7 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
 
     // (3) the tree, parents first
     opts.onPhase?.('tree');
-    const links: TreeEntry[] = [];
+    const links: Action[] = [];
     for (const a of plan.actions) {
       const e = a.entry;
       const rel = e.path;
@@ -91,7 +118,7 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
         continue;
       }
       if (a.kind === 'link') {
-        links.push(e);
+        links.push(a);
         continue;
       }
       if (rel !== '') await sr.verifyDir(parentOf(rel), rel);
@@ -121,7 +148,7 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
           }
           if (!src) throw new ContentUnavailableError(rel, 'no staged content');
           await setMetaAt(sr, src, e);
-          await rename(sr.abs(src), sr.abs(rel));
+          await moveIntoPlace(sr, src, rel, e, opts.allowCopyFallback ?? false);
           add(a.kind === 'write' ? report.written : report.reflinked, bytes);
           break;
         }
@@ -133,7 +160,7 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
           add(report.created, 0);
           break;
         case 'hardlink':
-          links.push(e);
+          links.push(a);
           continue;
       }
       if (Object.keys(e.xattrs).length) xattrSets.push({ path: sr.abs(rel), set: e.xattrs });
@@ -141,7 +168,9 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
 
     // (4) hardlinks
     opts.onPhase?.('links');
-    for (const e of links) {
+    for (const a of links) {
+      const e = a.entry;
+      if (a.replace) await clearFor(sr, e.path, e, report.warnings);
       await makeLink(sr, e.path, e.linkname!);
       add(report.linked, 0);
     }

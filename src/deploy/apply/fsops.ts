@@ -140,31 +140,31 @@ export async function removeTree(sr: SafeRoot, rel: string, warnings: string[]):
 
 /**
  * Write a stream into a new file (O_EXCL|O_NOFOLLOW), verifying sha256 digest and size when
- * given, leaving holes where whole 4 KiB blocks are zero. Returns the bytes actually written.
+ * given, leaving holes where whole 4 KiB blocks are zero. Returns the bytes actually written
+ * and the sha256 of the content.
  */
-export async function writeNewFile(abs: string, content: AsyncIterable<Buffer | Uint8Array>, expect?: { digest?: string; size: number }, what = abs): Promise<number> {
+export async function writeNewFile(abs: string, content: AsyncIterable<Buffer | Uint8Array>, expect?: { digest?: string; size: number }, what = abs): Promise<{ written: number; digest: string }> {
   const fh = await open(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   let pos = 0;
   let written = 0;
-  const hash = expect?.digest ? createHash('sha256') : null;
+  const hash = createHash('sha256');
+  let digest = '';
   try {
     for await (const raw of content) {
       const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw);
       if (expect && pos + chunk.length > expect.size) throw new TrailingDataError(expect.digest ?? what, expect.size);
-      hash?.update(chunk);
+      hash.update(chunk);
       written += await writeSparse(fh, chunk, pos);
       pos += chunk.length;
     }
     if (expect && pos !== expect.size) throw new SizeMismatchError(expect.digest ?? what, expect.size, pos, what);
-    if (hash && expect?.digest) {
-      const got = `sha256:${hash.digest('hex')}`;
-      if (got !== expect.digest) throw new DigestMismatchError(expect.digest, got, what);
-    }
+    digest = `sha256:${hash.digest('hex')}`;
+    if (expect?.digest && digest !== expect.digest) throw new DigestMismatchError(expect.digest, digest, what);
     await fh.truncate(pos);
   } finally {
     await fh.close();
   }
-  return written;
+  return { written, digest };
 }
 
 async function writeSparse(fh: FileHandle, chunk: Buffer, pos: number): Promise<number> {

@@ -22,6 +22,7 @@ import { rangeProvider, tarLayerProvider, type RangeOptions } from './content.ts
 import { applyFromToc, type ApplyOptions, type ApplyResult } from './toc-apply.ts';
 import { applyTarLayers } from './tar-apply.ts';
 import { tocToEntries } from './toc.ts';
+import { ContentIndex } from './scan.ts';
 import type { ApplyReport, TreeEntry } from './types.ts';
 
 export type LayerSource = Fetcher & Partial<RangeFetcher>;
@@ -115,6 +116,7 @@ export async function applyImage(root: string, source: LayerSource, manifest: Im
     preserve: opts.preserve ?? [],
     allowCopyFallback: opts.allowCopyFallback ?? false,
     noXattrs: opts.noXattrs ?? false,
+    ...(opts.indexFile ? { index: await ContentIndex.load(root, opts.indexFile) } : {}),
   });
   return { mode: 'tar', report, fetchedBytes };
 }

@@ -47,6 +47,8 @@ export function metaDiff(e: TreeEntry, x: ExistingEntry): MetaFix | null {
 
 /** Add the parent directories an image did not list (tar archives may omit them). */
 export function addImplicitParents(tree: Map<string, TreeEntry>): void {
+  const root = tree.get('');
+  if (root && root.type !== 'dir') throw new UnsafePathError('.', `the root of the image is a ${root.type}, not a directory`);
   const add: TreeEntry[] = [];
   for (const p of tree.keys()) {
     let d = parentOf(p);

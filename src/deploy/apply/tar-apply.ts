@@ -8,21 +8,27 @@
  * mtimes are set.
  */
 import { constants, type BigIntStats } from 'node:fs';
-import { lstat, open, readlink, rename, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readlink, rename, unlink, type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
-import { BadHardlinkError, BadTarError, UnsafePathError } from './errors.ts';
+import { BadHardlinkError, BadTarError, UnsafePathError, mapFsError } from './errors.ts';
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, tmpName, writeNewFile } from './fsops.ts';
 import { isAtOrBelow, whiteoutOf } from './layers.ts';
 import { comparePaths, joinPath, normalizeEntryPath, normalizeLinkTarget, parentOf } from './paths.ts';
 import { devMajor, devMinor, metaDiff } from './plan.ts';
-import { existingFromStats, scanTree } from './scan.ts';
+import { ContentIndex, existingFromStats, scanTree } from './scan.ts';
 import { readTar, type TarEntry } from './tar.ts';
-import type { ApplyReport, Counter, EntryType, TreeEntry } from './types.ts';
+import type { ApplyReport, Counter, EntryType, OldTree, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
 export interface TarApplyOptions {
   preserve?: readonly string[];
+  /**
+   * Hashes of the old tree (e.g. ContentIndex.load of the booted snapshot's index): new files
+   * whose content already exists elsewhere in the old tree become reflinks of it. Default: a
+   * fresh index that hashes same-size candidates lazily.
+   */
+  index?: ContentIndex;
   allowCopyFallback?: boolean;
   /** Skip reading existing xattrs (filesystems without them; tests). */
   noXattrs?: boolean;
@@ -51,8 +57,13 @@ function toTreeEntry(path: string, t: TarEntry): TreeEntry {
   return e;
 }
 
+/** Smaller new files are not worth looking for elsewhere (inline extents can't be shared anyway). */
+const REFLINK_MIN = 4096;
+
 interface State {
   sr: SafeRoot;
+  old: OldTree;
+  index: ContentIndex;
   report: ApplyReport;
   /** Paths of the final tree so far -> the entry and the layer that put it there. */
   present: Map<string, { entry: TreeEntry; layer: number }>;
@@ -62,9 +73,17 @@ interface State {
 }
 
 export async function applyTarLayers(root: string, layers: readonly LayerOpener[], opts: TarApplyOptions = {}): Promise<ApplyReport> {
+  try {
+    return await applyTarLayersInner(root, layers, opts);
+  } catch (e) {
+    throw mapFsError(e, root);
+  }
+}
+
+async function applyTarLayersInner(root: string, layers: readonly LayerOpener[], opts: TarApplyOptions): Promise<ApplyReport> {
   const sr = await SafeRoot.open(root);
   const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
-  const st: State = { sr, report: emptyReport(), present: new Map(), xattrNow: new Map(), opts };
+  const st: State = { sr, old, index: opts.index ?? new ContentIndex(root), report: emptyReport(), present: new Map(), xattrNow: new Map(), opts };
   for (const [p, e] of old.entries) st.xattrNow.set(p, e.xattrs);
 
   for (let k = 0; k < layers.length; k++) {
@@ -166,6 +185,7 @@ async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<voi
     return;
   }
   const e = toTreeEntry(path, t);
+  if (path === '' && e.type !== 'dir') throw new UnsafePathError(t.name, `the root of the image is a ${e.type}, not a directory`);
   if (path !== '') await ensureParents(st, path, layer);
   const { sr, report } = st;
   if (path !== '') await sr.verifyDir(parentOf(path), path);
@@ -259,6 +279,7 @@ async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntSta
     const fh = await open(abs, constants.O_RDONLY | constants.O_NOFOLLOW);
     let pos = 0;
     let tmp: string | null = null;
+    let reused = false;
     try {
       for await (const chunk of body) {
         const mine = await readAt(fh, chunk.length, pos);
@@ -275,7 +296,9 @@ async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntSta
           yield chunk;
           for await (const c of body) yield c;
         }
-        await writeNewFile(sr.abs(tmp), rest(), { size: e.size }, path);
+        const r = await reuseOldContent(st, tmp, (await writeNewFile(sr.abs(tmp), rest(), { size: e.size }, path)).digest, e.size);
+        tmp = r.path;
+        reused = r.reused;
         break;
       }
       if (!tmp && pos !== e.size) throw new BadTarError(`content of ${JSON.stringify(t.name)} is shorter than its header says`);
@@ -286,7 +309,7 @@ async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntSta
       await setMetaAt(sr, tmp, e);
       await rename(sr.abs(tmp), abs);
       st.xattrNow.set(path, {});
-      add(report.written, e.size);
+      add(reused ? report.reflinked : report.written, e.size);
       return;
     }
     if (cur.nlink > 1n) {
@@ -310,12 +333,38 @@ async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntSta
     return;
   }
   if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
-  const tmp = await sr.tmpBeside(path);
-  await writeNewFile(sr.abs(tmp), body, { size: e.size }, path);
+  const tmp0 = await sr.tmpBeside(path);
+  const { path: tmp, reused } = await reuseOldContent(st, tmp0, (await writeNewFile(sr.abs(tmp0), body, { size: e.size }, path)).digest, e.size);
   await setMetaAt(sr, tmp, e);
   await rename(sr.abs(tmp), abs);
   st.xattrNow.set(path, {});
-  add(report.written, e.size);
+  add(reused ? report.reflinked : report.written, e.size);
+}
+
+/**
+ * The content just written to `tmp` may exist elsewhere in the old tree (a moved or renamed
+ * file): then a reflink of that file replaces it, so the extents stay shared with the old
+ * snapshot. Only still-unmodified old files of the same size are candidates.
+ */
+async function reuseOldContent(st: State, tmp: string, digest: string, size: number): Promise<{ path: string; reused: boolean }> {
+  const no = { path: tmp, reused: false };
+  if (size < REFLINK_MIN) return no;
+  for (const c of st.old.bySize.get(size) ?? []) {
+    const x = st.old.entries.get(c)!;
+    const now = await lstatOrNull(st.sr.abs(c));
+    if (!now?.isFile() || now.ino !== x.ino || now.mtimeNs !== x.mtimeNs || now.ctimeNs !== x.ctimeNs || Number(now.size) !== size) continue;
+    if ((await st.index.digestOf(x)) !== digest) continue;
+    const clone = joinPath(parentOf(tmp), tmpName());
+    const real = await reflinkFile(st.sr.abs(c), st.sr.abs(clone), st.opts.allowCopyFallback ?? false);
+    if (!real) {
+      // no reflinks here: the copy just written is as good
+      await unlink(st.sr.abs(clone));
+      return no;
+    }
+    await unlink(st.sr.abs(tmp));
+    return { path: clone, reused: true };
+  }
+  return no;
 }
 
 export type { EntryType };

@@ -3,11 +3,11 @@
  * (GET/HEAD/PUT/DELETE), tags, blobs (GET with resume, HEAD, ranges, uploads, mounts) and the
  * referrers API. Mirrors, fallbacks and the Target shape are in target.ts.
  */
-import { PassThrough, Readable, Transform } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { TiuError } from '../../errors.ts';
 import { NotFoundError, RangeUnsupportedError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
 import { sha256, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
-import { MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
+import { isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageIndex } from '../../oci/types.ts';
 import { pullScope, pushScope } from './auth.ts';
 import { AbortedError, DeniedError, UnexpectedStatusError, UnreachableError } from './errors.ts';
@@ -155,7 +155,7 @@ export class RepositoryClient {
     if (res.status !== 200) throw new UnexpectedStatusError(this.registry, `HEAD ${what}`, res.status, '');
     const digest = headerOne(res.headers['docker-content-digest']);
     const size = Number(res.headers['content-length']);
-    if (!digest || !Number.isFinite(size) || (reference.includes(':') && digest !== reference)) {
+    if (!digest || !Number.isFinite(size) || (reference.includes(':') && digest !== reference) || !isManifestLike(mediaTypeOf(res))) {
       return (await this.getManifest(reference, signal)).desc;
     }
     if (size > MAX_MANIFEST_BYTES) throw new ManifestTooLargeError(size, MAX_MANIFEST_BYTES);
@@ -468,9 +468,23 @@ export class RepositoryClient {
       } else {
         const put = new URL(upload);
         put.searchParams.set('digest', desc.digest);
-        const counted = new PassThrough();
+        // The last chunk is held back until the source has ended and verified: the registry
+        // must not see a complete body (and commit it) for content that then turns out to have
+        // trailing bytes.
+        let held: Buffer | undefined;
+        const counted = new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            const prev = held;
+            held = chunk;
+            if (prev) opts.onBytes?.(prev.length);
+            cb(null, prev);
+          },
+          flush(cb) {
+            if (held) opts.onBytes?.(held.length);
+            cb(null, held);
+          },
+        });
         verified.on('error', (e) => counted.destroy(e));
-        verified.on('data', (c: Buffer) => opts.onBytes?.(c.length));
         verified.pipe(counted);
         const r = await this.#send({
           method: 'PUT',

@@ -22,6 +22,11 @@ export function isLocalhost(hostport: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
+/** The host that serves the API of a registry name: docker.io is served by registry-1.docker.io. */
+export function apiHost(registry: string): string {
+  return registry === 'docker.io' ? 'registry-1.docker.io' : registry;
+}
+
 export class RegistrySession {
   readonly http: HttpClient;
   readonly opts: SessionOptions;
@@ -59,7 +64,7 @@ export class RegistrySession {
 
   /** https://host/ or http://host/, whichever the registry speaks and tiu may use. */
   base(registry: string, insecure: boolean, signal?: AbortSignal): Promise<URL> {
-    if (insecure) this.#insecure.add(registry);
+    if (insecure) this.#insecure.add(apiHost(registry));
     let p = this.#bases.get(registry);
     if (!p) {
       p = this.#ping(registry, insecure || this.opts.tlsVerify === false || isLocalhost(registry), signal);
@@ -71,7 +76,7 @@ export class RegistrySession {
 
   async #ping(registry: string, plainAllowed: boolean, signal?: AbortSignal): Promise<URL> {
     const tryOne = async (scheme: 'https' | 'http'): Promise<URL> => {
-      const base = new URL(`${scheme}://${registry}/`);
+      const base = new URL(`${scheme}://${apiHost(registry)}/`);
       const res = await this.http.request({ method: 'GET', url: new URL('/v2/', base), signal, ...(plainAllowed && scheme === 'https' ? { noRetry: true } : {}) });
       res.body.resume();
       if (res.status === 401) this.auth(registry).learn(res);

@@ -46,6 +46,18 @@ function rememberBlob(registry: string, digest: string, repository: string): voi
   if (m.size > 10_000) m.delete(m.keys().next().value!);
 }
 
+/** The config and layers of a manifest live in the repository it came from: mount candidates. */
+function rememberChildren(c: RepositoryClient, bytes: Buffer): void {
+  try {
+    const m = JSON.parse(bytes.toString('utf8')) as { config?: { digest?: unknown }; layers?: { digest?: unknown }[] };
+    for (const d of [m.config, ...(Array.isArray(m.layers) ? m.layers : [])]) {
+      if (d && typeof d.digest === 'string' && isDigest(d.digest)) rememberBlob(c.registry, d.digest, c.repository);
+    }
+  } catch {
+    /* not JSON: the caller's checks will say so */
+  }
+}
+
 /** The tag-schema fallback tag for referrers of `digest`: `<alg>-<hex>`. */
 export function fallbackTag(digest: string): string {
   const { algorithm, hex } = parseDigest(digest);
@@ -198,8 +210,15 @@ export class RegistryTarget implements Target {
     if (desc.size > MAX_MANIFEST_BYTES) throw new ManifestTooLargeError(desc.size, MAX_MANIFEST_BYTES);
     let bytes = this.#manifests.get(desc.digest);
     if (!bytes) {
-      bytes = (await this.#tryPull(desc.digest, (c) => c.getManifest(desc.digest, signal))).bytes;
+      let from: RepositoryClient | undefined;
+      bytes = (
+        await this.#tryPull(desc.digest, (c) => {
+          from = c;
+          return c.getManifest(desc.digest, signal);
+        })
+      ).bytes;
       this.#cache(desc.digest, bytes);
+      if (from) rememberChildren(from, bytes);
     }
     verifyBuffer(desc, bytes, `manifest ${desc.digest} from ${this.name}`);
     return bytes;

@@ -6,6 +6,7 @@ import { isTiuError } from '../../../src/errors.ts';
 import { parseReference, type DockerReference } from '../../../src/oci/reference.ts';
 import { parseChallenges } from '../../../src/transport/registry/auth.ts';
 import { authFilePaths, lookupCredentials, normalizeAuthKey, parseCredsOption } from '../../../src/transport/registry/credentials.ts';
+import { apiHost } from '../../../src/transport/registry/session.ts';
 import { findRegistry, loadRegistriesConf, parseRegistriesConf, pullEndpoints, pushEndpoint } from '../../../src/transport/registry/registries-conf.ts';
 
 const ref = (s: string): DockerReference => parseReference(s) as DockerReference;
@@ -77,6 +78,10 @@ insecure = true
     assert.equal(pushEndpoint(conf, ref('example.com/app:1')).registry, 'other.example.com');
     assert.equal(pushEndpoint(conf, ref('localhost:5000/x:1')).insecure, true);
     assert.deepEqual(pushEndpoint(conf, ref('quay.io/x/y:1')), { registry: 'quay.io', repository: 'x/y', insecure: false, mirror: false });
+    // docker.io keeps its name (credentials are looked up under it); its API is on registry-1.docker.io
+    assert.deepEqual(pushEndpoint(conf, ref('debian:12')), { registry: 'docker.io', repository: 'library/debian', insecure: false, mirror: false });
+    assert.equal(apiHost('docker.io'), 'registry-1.docker.io');
+    assert.equal(apiHost('quay.io'), 'quay.io');
   });
 
   it('mirror-by-digest-only keeps mirrors for digests', () => {

@@ -161,4 +161,25 @@ describe('trust/sign + verify (in memory)', () => {
       return true;
     });
   });
+
+  it('refuses a signature manifest with an absurd number of layers before fetching them', async () => {
+    const t = new TestTarget();
+    const img = await putImage(t, 'stable');
+    const payload = Buffer.from('{}');
+    const layer = { mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', size: payload.length, digest: sha(payload), annotations: { 'dev.cosignproject.cosign/signature': 'AAAA' } };
+    const config = Buffer.from('{}');
+    const configDesc = { mediaType: 'application/vnd.oci.image.config.v1+json', size: config.length, digest: sha(config) };
+    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: configDesc, layers: Array.from({ length: 257 }, () => layer) }));
+    const mDesc = { mediaType: 'application/vnd.oci.image.manifest.v1+json', size: manifest.length, digest: sha(manifest) };
+    await t.push(mDesc, Readable.from([manifest]));
+    await t.tag(mDesc, signatureTag(img.digest));
+    let fetches = 0;
+    const fetch = t.fetch.bind(t);
+    t.fetch = (d) => {
+      fetches++;
+      return fetch(d);
+    };
+    await rejectsWith(verifyImageSignatures(t, img, opts()), 'INVALID_MANIFEST');
+    assert.equal(fetches, 1);
+  });
 });

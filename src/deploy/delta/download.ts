@@ -1,0 +1,241 @@
+/**
+ * Fetching files' frames by range into a content store, verified before they are stored.
+ *
+ * Requests run a bounded number at a time. A request of several files (coalesced, at most
+ * `maxSpan` bytes) is read into memory, each file's frame(s) decompressed and checked against
+ * the TOC's sha256 and size, and only then written to the store (named by digest). A single
+ * file larger than `maxSpan` streams into a temporary file of the store that is renamed to its
+ * digest only when the hash matched. The store is a plain directory (under the tiu cache, on
+ * /var): nothing reaches a snapshot from here until the apply takes it.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import type { Target } from '../../content/interfaces.ts';
+import type { Descriptor } from '../../oci/types.ts';
+import { zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
+import type { ContentProvider, TreeEntry } from '../apply/index.ts';
+import { DeltaError } from './errors.ts';
+import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
+
+export const DEFAULT_CONCURRENCY = 4;
+
+/** Verified file contents by sha256, in a directory. */
+export class ContentStore {
+  readonly dir: string;
+  #n = 0;
+  private constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  static async open(dir: string): Promise<ContentStore> {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    return new ContentStore(dir);
+  }
+
+  path(digest: string): string {
+    return join(this.dir, digest.replace(/^sha256:/, ''));
+  }
+
+  async has(digest: string): Promise<boolean> {
+    return (await stat(this.path(digest)).catch(() => null))?.isFile() ?? false;
+  }
+
+  async put(digest: string, data: Buffer): Promise<void> {
+    const tmp = join(this.dir, `.tmp-${process.pid}-${++this.#n}`);
+    await writeFile(tmp, data, { mode: 0o600 });
+    await rename(tmp, this.path(digest));
+  }
+
+  tmpPath(): string {
+    return join(this.dir, `.tmp-${process.pid}-${++this.#n}`);
+  }
+
+  open(digest: string): Readable {
+    return createReadStream(this.path(digest));
+  }
+
+  async remove(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+export interface DownloadOptions {
+  /** Requests in flight at once (default 4). */
+  concurrency?: number;
+  maxSpan?: number;
+  signal?: AbortSignal;
+  /** Called with the compressed bytes of every response piece as it arrives. */
+  onBytes?: (n: number) => void;
+}
+
+export interface DownloadStats {
+  /** Compressed bytes received for file content. */
+  bytes: number;
+  requests: number;
+  /** Files verified and stored. */
+  files: number;
+}
+
+function mismatch(e: TreeEntry, why: string, actual?: string): DeltaError {
+  return new DeltaError('DELTA_FILE_MISMATCH', `content of /${e.path} from layer ${(e.source?.layer ?? 0) + 1} does not match its table-of-contents digest ${e.digest}: ${why}`, {
+    path: e.path,
+    expected: e.digest,
+    ...(actual ? { actual } : {}),
+  });
+}
+
+/** Decompress a file's frame(s) and check size and sha256; the verified content. */
+async function decodeVerified(e: TreeEntry, frames: Buffer): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let got = 0;
+  try {
+    for await (const c of zstdDecompressFrames(Readable.from([frames]))) {
+      got += c.length;
+      if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
+      parts.push(c);
+    }
+  } catch (err) {
+    if (err instanceof DeltaError) throw err;
+    throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
+  }
+  if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
+  const data = Buffer.concat(parts, got);
+  const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+  if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
+  return data;
+}
+
+async function collect(s: Readable, onBytes: (n: number) => void): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of s) {
+    const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
+    onBytes(b.length);
+    parts.push(b);
+  }
+  return Buffer.concat(parts);
+}
+
+async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchRange, store: ContentStore, maxSpan: number, signal: AbortSignal, count: (n: number) => void): Promise<number> {
+  const desc = layers[r.layer];
+  if (!desc) throw new DeltaError('DELTA_CONTENT_MISSING', `layer ${r.layer + 1} is not in the manifest`);
+  const raw = await source.fetchRange!(desc, r.start, r.end, { signal });
+  let stored = 0;
+  if (r.entries.length === 1 && r.end - r.start > maxSpan) {
+    // One large file: stream it through the decompressor into a temporary file, hashing.
+    const e = r.entries[0]!;
+    const tmp = store.tmpPath();
+    const fh = await open(tmp, 'w', 0o600);
+    const h = createHash('sha256');
+    let got = 0;
+    let ok = false;
+    try {
+      const counted = (async function* () {
+        for await (const c of raw) {
+          const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
+          count(b.length);
+          yield b;
+        }
+      })();
+      try {
+        for await (const c of zstdDecompressFrames(counted)) {
+          got += c.length;
+          if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
+          h.update(c);
+          await fh.write(c);
+        }
+      } catch (err) {
+        if (err instanceof DeltaError || signal.aborted) throw err;
+        throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
+      }
+      if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
+      const actual = `sha256:${h.digest('hex')}`;
+      if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
+      ok = true;
+    } finally {
+      await fh.close();
+      if (!ok) await rm(tmp, { force: true });
+    }
+    await rename(tmp, store.path(e.digest));
+    return 1;
+  }
+  const buf = await collect(raw, count);
+  if (buf.length !== r.end - r.start) {
+    throw new DeltaError('DELTA_SHORT_RANGE', `bytes ${r.start}-${r.end - 1} of layer ${desc.digest}: got ${buf.length} of ${r.end - r.start}`, { digest: desc.digest, start: r.start, end: r.end, got: buf.length });
+  }
+  for (const e of r.entries) {
+    if (await store.has(e.digest!)) continue;
+    const data = await decodeVerified(e, buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start));
+    await store.put(e.digest!, data);
+    stored++;
+  }
+  return stored;
+}
+
+/** Fetch `ranges` of the image's layers into `store`, a bounded number at a time. */
+export async function downloadRanges(source: Target, layers: readonly Descriptor[], ranges: readonly FetchRange[], store: ContentStore, opts: DownloadOptions = {}): Promise<DownloadStats> {
+  if (ranges.length && !source.fetchRange) throw new DeltaError('DELTA_NOT_POSSIBLE', `${source.name} does not serve byte ranges`);
+  const stats: DownloadStats = { bytes: 0, requests: 0, files: 0 };
+  const stop = new AbortController();
+  const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
+  const maxSpan = opts.maxSpan ?? DEFAULT_MAX_SPAN;
+  const count = (n: number): void => {
+    stats.bytes += n;
+    opts.onBytes?.(n);
+  };
+  let next = 0;
+  let failure: Error | undefined;
+  const worker = async (): Promise<void> => {
+    while (failure === undefined && next < ranges.length) {
+      const r = ranges[next++]!;
+      stats.requests++;
+      try {
+        const stored = await fetchOne(source, layers, r, store, maxSpan, signal, count);
+        stats.files += stored;
+      } catch (e) {
+        if (failure === undefined) failure = e instanceof Error ? e : new Error(String(e));
+        stop.abort(e);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? DEFAULT_CONCURRENCY, ranges.length) }, () => worker()));
+  if (failure !== undefined) throw failure;
+  return stats;
+}
+
+/**
+ * The content provider of the apply: files come from the store; what the store lacks (the
+ * apply's plan may differ a little from the one the download was made for) is fetched first,
+ * the same way, and counted in `extra`.
+ */
+export function storeProvider(source: Target, layers: readonly Descriptor[], store: ContentStore, opts: DownloadOptions & { coalesce?: CoalesceOptions } = {}): ContentProvider & { extra: DownloadStats } {
+  const extra: DownloadStats = { bytes: 0, requests: 0, files: 0 };
+  return {
+    extra,
+    async deliver(entries, take) {
+      const missing: TreeEntry[] = [];
+      const seen = new Set<string>();
+      for (const e of entries) {
+        if (e.size === 0 || !e.digest || seen.has(e.digest)) continue;
+        seen.add(e.digest);
+        if (!(await store.has(e.digest))) missing.push(e);
+      }
+      if (missing.length) {
+        const s = await downloadRanges(source, layers, coalesce(missing, opts.coalesce), store, opts);
+        extra.bytes += s.bytes;
+        extra.requests += s.requests;
+        extra.files += s.files;
+      }
+      for (const e of entries) {
+        if (e.size === 0) {
+          await take(e, Readable.from([]));
+          continue;
+        }
+        if (!e.digest || !(await store.has(e.digest))) throw new DeltaError('DELTA_CONTENT_MISSING', `no verified content for /${e.path} (${e.digest ?? 'no digest'})`, { path: e.path });
+        await take(e, store.open(e.digest));
+      }
+    },
+  };
+}

@@ -1,0 +1,8 @@
+/** Typed errors of the delta download. Tests assert on `code`. */
+import { TiuError } from '../../errors.ts';
+
+export class DeltaError extends TiuError {
+  constructor(code: 'DELTA_FILE_MISMATCH' | 'DELTA_SHORT_RANGE' | 'DELTA_NOT_POSSIBLE' | 'DELTA_CONTENT_MISSING', message: string, details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * File-level delta updates: download only the files the system lacks, by HTTP Range requests
+ * against an unmodified registry (or ranged reads of an OCI layout on a USB stick).
+ *
+ *   prepareTransfer  TOCs by range (verified against the signed manifest's annotations), a plan
+ *                    against the booted snapshot (by sha256 wherever a file lives), and the
+ *                    coalesced byte ranges of the missing files; or the reason why only the
+ *                    whole-layer path is possible (no Range support, no TOC, gzip layers).
+ *                    Writes nothing: `tiu update --check` is this step and its report.
+ *   downloadTransfer fetches those ranges, a bounded number in parallel, verifying every file
+ *                    by sha256 before storing it in a content store (the cache, on /var).
+ *   applyTransfer    plans again against the new snapshot (the same planner) and applies, the
+ *                    content coming from the store.
+ *
+ * One planner and one range computation serve the check, the download and the apply, so the
+ * check's byte count is what the download fetches.
+ */
+import type { Target } from '../../content/interfaces.ts';
+import type { Descriptor, ImageManifest } from '../../oci/types.ts';
+import { ContentIndex, executePlan, flattenLayers, planApply, scanTree, type ApplyReport, type Plan, type PlanSummary, type TreeEntry } from '../apply/index.ts';
+import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } from './download.ts';
+import { DeltaError } from './errors.ts';
+import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
+import { fetchLayerTocs } from './tocs.ts';
+
+export { ContentStore, downloadRanges, storeProvider, DEFAULT_CONCURRENCY, type DownloadStats, type DownloadOptions } from './download.ts';
+export { DeltaError } from './errors.ts';
+export { coalesce, frameless, hasFrame, rangeBytes, DEFAULT_MAX_GAP, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
+export { fetchLayerTocs, layerUnusable, type LayerTocs } from './tocs.ts';
+
+export type TransferPath = 'delta' | 'whole-layer';
+
+/** 'auto': delta where possible, else whole layers; 'delta': fail when impossible; 'whole-layer': never delta. */
+export type TransferMode = 'auto' | TransferPath;
+
+/** What a transfer downloads (predicted by prepareTransfer, measured after the download). */
+export interface TransferReport {
+  path: TransferPath;
+  /** Why the whole-layer path was taken. */
+  reason?: string;
+  /** Sum of the compressed layer sizes: what a whole-layer pull downloads. */
+  layerBytes: number;
+  /** Layer bytes this transfer downloads: TOCs + file frames (delta), or layerBytes. */
+  downloadBytes: number;
+  tocBytes: number;
+  contentBytes: number;
+  /** HTTP requests for TOCs and content (delta). */
+  requests: number;
+  /** Measured after the download: layer bytes actually received (TOCs + content). */
+  downloaded?: number;
+  /** Delta: files of the new tree by what the plan does with them; `changed` is everything but `keep`. */
+  files?: PlanSummary & { changed: number };
+}
+
+export interface PrepareOptions {
+  source: Target;
+  manifest: ImageManifest;
+  /** The tree to plan against: the booted snapshot (read only). */
+  oldRoot: string;
+  /** Paths of the root that are not image content (subvolumes, .snapshots). */
+  preserve: readonly string[];
+  mode?: TransferMode;
+  /** Content-index cache of the old root (see apply's ContentIndex). */
+  indexFile?: string;
+  coalesce?: CoalesceOptions;
+  signal?: AbortSignal;
+}
+
+export interface DeltaTransfer {
+  path: 'delta';
+  source: Target;
+  manifest: ImageManifest;
+  layers: TreeEntry[][];
+  plan: Plan;
+  ranges: FetchRange[];
+  coalesce: CoalesceOptions;
+  report: TransferReport;
+}
+
+export interface WholeLayerTransfer {
+  path: 'whole-layer';
+  report: TransferReport;
+}
+
+export type PreparedTransfer = DeltaTransfer | WholeLayerTransfer;
+
+function layerBytes(layers: readonly Descriptor[]): number {
+  return layers.reduce((n, d) => n + d.size, 0);
+}
+
+function whole(manifest: ImageManifest, reason: string, mode: TransferMode): WholeLayerTransfer {
+  if (mode === 'delta') throw new DeltaError('DELTA_NOT_POSSIBLE', `a file-level delta download is not possible: ${reason}`, { reason });
+  const bytes = layerBytes(manifest.layers);
+  return { path: 'whole-layer', report: { path: 'whole-layer', reason, layerBytes: bytes, downloadBytes: bytes, tocBytes: 0, contentBytes: bytes, requests: manifest.layers.length } };
+}
+
+export function changedFiles(s: PlanSummary): number {
+  return s.meta.count + s.reflink.count + s.write.count + s.create.count + s.link.count + s.delete.count;
+}
+
+/** Plan the new tree of `layers` against `root`. */
+async function planAgainst(layers: readonly (readonly TreeEntry[])[], root: string, preserve: readonly string[], indexFile?: string): Promise<{ plan: Plan; index: ContentIndex }> {
+  const tree = flattenLayers(layers);
+  const old = await scanTree(root, { preserve });
+  const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
+  const plan = await planApply(tree, old, index, { preserve });
+  return { plan, index };
+}
+
+/** Decide the path and, for the delta path, exactly which byte ranges it downloads. Writes nothing. */
+export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransfer> {
+  const mode = o.mode ?? 'auto';
+  if (mode === 'whole-layer') return whole(o.manifest, 'whole-layer download requested', mode);
+  const tocs = await fetchLayerTocs(o.source, o.manifest, o.signal);
+  if (!tocs.ok) return whole(o.manifest, tocs.reason, mode);
+  const { plan } = await planAgainst(tocs.layers, o.oldRoot, o.preserve, o.indexFile);
+  const lacking = frameless(plan.fetch);
+  if (lacking.length) return whole(o.manifest, `/${lacking[0]!.path} has no content frame of its own in the table of contents`, mode);
+  const co = o.coalesce ?? {};
+  const ranges = coalesce(plan.fetch, co);
+  const content = rangeBytes(ranges);
+  return {
+    path: 'delta',
+    source: o.source,
+    manifest: o.manifest,
+    layers: tocs.layers,
+    plan,
+    ranges,
+    coalesce: co,
+    report: {
+      path: 'delta',
+      layerBytes: layerBytes(o.manifest.layers),
+      downloadBytes: tocs.tocBytes + content,
+      tocBytes: tocs.tocBytes,
+      contentBytes: content,
+      requests: tocs.requests + ranges.length,
+      files: { ...plan.summary, changed: changedFiles(plan.summary) },
+    },
+  };
+}
+
+/** Download the delta's ranges into `store` (verified); the measured bytes. */
+export async function downloadTransfer(t: DeltaTransfer, store: ContentStore, opts: { concurrency?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {}): Promise<DownloadStats> {
+  return downloadRanges(t.source, t.manifest.layers, t.ranges, store, { ...opts, maxSpan: t.coalesce.maxSpan });
+}
+
+export interface ApplyTransferResult {
+  report: ApplyReport;
+  /** Content the store lacked at apply time, fetched then. */
+  extra: DownloadStats;
+  plan: Plan;
+}
+
+/** Plan against the new snapshot (a copy of the booted one) and apply, content from the store. */
+export async function applyTransfer(t: DeltaTransfer, root: string, store: ContentStore, opts: { preserve: readonly string[]; indexFile?: string; concurrency?: number; signal?: AbortSignal; allowCopyFallback?: boolean }): Promise<ApplyTransferResult> {
+  const { plan, index } = await planAgainst(t.layers, root, opts.preserve, opts.indexFile);
+  const provider = storeProvider(t.source, t.manifest.layers, store, { concurrency: opts.concurrency, signal: opts.signal, coalesce: t.coalesce, maxSpan: t.coalesce.maxSpan });
+  const report = await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index });
+  if (opts.indexFile) await index.save(opts.indexFile);
+  return { report, extra: provider.extra, plan };
+}
+
+/** One line for the progress output. */
+export function describeTransfer(r: TransferReport): string {
+  const mb = (n: number): string => `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)} MB`;
+  if (r.path === 'whole-layer') return `transfer: whole layers, ${mb(r.downloadBytes)} (${r.reason ?? 'no reason given'})`;
+  return `transfer: file delta, ${mb(r.downloadBytes)} of ${mb(r.layerBytes)} (${r.files?.write.count ?? 0} files to download, ${r.files?.changed ?? 0} to change, ${r.requests} requests)`;
+}

@@ -1,0 +1,71 @@
+/**
+ * Which byte ranges of which layer blobs to fetch for a set of files (pure).
+ *
+ * Every regular file of a tiu layer is its own zstd frame at [offset, endOffset) of the blob
+ * (the TOC says where). Files whose frames lie close together in the same layer are fetched
+ * with one request: the bytes between them (tar header frames, unchanged files) are read and
+ * dropped. `maxGap` bounds the waste per join, `maxSpan` the size of one request (which is held
+ * in memory); a single frame larger than `maxSpan` is a request of its own.
+ */
+import type { TreeEntry } from '../apply/index.ts';
+
+export interface CoalesceOptions {
+  /** Join two frames when at most this many bytes lie between them (default 8 KiB). */
+  maxGap?: number;
+  /** Never grow a joined request beyond this many bytes (default 4 MiB). */
+  maxSpan?: number;
+}
+
+export const DEFAULT_MAX_GAP = 8 * 1024;
+export const DEFAULT_MAX_SPAN = 4 * 1024 * 1024;
+
+export interface FetchRange {
+  layer: number;
+  /** [start, end) in the layer blob. */
+  start: number;
+  end: number;
+  /** The files whose frames lie inside, in offset order. */
+  entries: TreeEntry[];
+}
+
+/** Entries with content need a byte range; empty files need none. */
+export function hasFrame(e: TreeEntry): boolean {
+  const s = e.source;
+  return e.size > 0 && s?.offset !== undefined && s.endOffset !== undefined && s.endOffset > s.offset;
+}
+
+/**
+ * Group the frames of `entries` into requests. Entries without a frame (empty files) are left
+ * out; entries with content but no frame are the caller's error to report (see `frameless`).
+ * Two entries with the same frame (same layer and offset) share it.
+ */
+export function coalesce(entries: readonly TreeEntry[], opts: CoalesceOptions = {}): FetchRange[] {
+  const maxGap = opts.maxGap ?? DEFAULT_MAX_GAP;
+  const maxSpan = opts.maxSpan ?? DEFAULT_MAX_SPAN;
+  const framed = entries.filter(hasFrame).sort((a, b) => a.source!.layer - b.source!.layer || a.source!.offset! - b.source!.offset!);
+  const out: FetchRange[] = [];
+  let cur: FetchRange | undefined;
+  for (const e of framed) {
+    const s = e.source!;
+    const start = s.offset!;
+    const end = s.endOffset!;
+    if (cur && cur.layer === s.layer && start >= cur.start && start - cur.end <= maxGap && Math.max(cur.end, end) - cur.start <= maxSpan) {
+      cur.end = Math.max(cur.end, end);
+      cur.entries.push(e);
+      continue;
+    }
+    cur = { layer: s.layer, start, end, entries: [e] };
+    out.push(cur);
+  }
+  return out;
+}
+
+/** Entries that have content but no frame in their layer (a TOC that can't serve them). */
+export function frameless(entries: readonly TreeEntry[]): TreeEntry[] {
+  return entries.filter((e) => e.size > 0 && !hasFrame(e));
+}
+
+/** Total bytes of a set of requests. */
+export function rangeBytes(ranges: readonly FetchRange[]): number {
+  return ranges.reduce((n, r) => n + (r.end - r.start), 0);
+}

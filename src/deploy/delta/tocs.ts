@@ -1,0 +1,94 @@
+/**
+ * The tables of contents of an image's layers, fetched by range and verified against the
+ * manifest-checksum annotation of each layer (the manifest is signed, so a TOC that matches is
+ * trusted, and it pins every file by sha256). Decides whether the delta path is possible:
+ * every layer must be zstd:chunked with its TOC annotations and the source must serve ranges.
+ * Otherwise the answer is the reason for the whole-layer path.
+ */
+import { isTiuError } from '../../errors.ts';
+import type { Target } from '../../content/interfaces.ts';
+import { MediaType } from '../../oci/mediatypes.ts';
+import type { Descriptor, ImageManifest } from '../../oci/types.ts';
+import { readTocFromFooter, ZstdChunkedAnnotation, type Toc } from '../../bundle/toc.ts';
+import { normalizeEntryPath, tocToEntries, type TreeEntry } from '../apply/index.ts';
+
+export type LayerTocs =
+  | { ok: true; layers: TreeEntry[][]; tocBytes: number; requests: number }
+  | { ok: false; reason: string };
+
+async function collect(s: AsyncIterable<unknown>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of s) parts.push(Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array));
+  return Buffer.concat(parts);
+}
+
+/** Why this layer can't be read file by file, or undefined when it can. */
+export function layerUnusable(d: Descriptor, i: number): string | undefined {
+  const a = d.annotations ?? {};
+  if (d.mediaType !== MediaType.OciLayerZstd) return `layer ${i + 1} (${d.digest}) is ${d.mediaType}, not a zstd:chunked layer`;
+  if (a[ZstdChunkedAnnotation.ManifestChecksum] === undefined || a[ZstdChunkedAnnotation.ManifestPosition] === undefined) {
+    return `layer ${i + 1} (${d.digest}) has no table of contents`;
+  }
+  return undefined;
+}
+
+/**
+ * containers/storage splits large files into chunks: a `reg` entry whose frame holds the first
+ * chunk, then `chunk` entries. The file's frames are then [reg.offset, last chunk.endOffset).
+ * Returns the widened ends by entry index, or a reason when a chunk has no frame of its own.
+ */
+function chunkEnds(toc: Toc): { ends: Map<string, number> } | { reason: string } {
+  const ends = new Map<string, number>();
+  let last: string | undefined;
+  for (const e of toc.entries) {
+    if (e.type === 'reg') last = e.name;
+    if (e.type !== 'chunk') continue;
+    if (last === undefined || e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset) return { reason: `chunk of ${e.name} has no frame of its own` };
+    const path = normalizeEntryPath(last);
+    ends.set(path, Math.max(ends.get(path) ?? 0, e.endOffset));
+  }
+  return { ends };
+}
+
+/** Fetch and verify every layer's TOC; `{ok:false}` with the reason when the delta path is impossible. */
+export async function fetchLayerTocs(source: Target, manifest: ImageManifest, signal?: AbortSignal): Promise<LayerTocs> {
+  const fetchRange = source.fetchRange?.bind(source);
+  if (!fetchRange) return { ok: false, reason: `${source.name} does not serve byte ranges` };
+  if (manifest.layers.length === 0) return { ok: false, reason: 'the image has no layers' };
+  for (const [i, d] of manifest.layers.entries()) {
+    const why = layerUnusable(d, i);
+    if (why) return { ok: false, reason: why };
+  }
+  const layers: TreeEntry[][] = [];
+  let tocBytes = 0;
+  let requests = 0;
+  for (const [i, d] of manifest.layers.entries()) {
+    let toc: Toc;
+    try {
+      toc = await readTocFromFooter(
+        async (s, e) => {
+          requests++;
+          const b = await collect(await fetchRange(d, s, e, { signal }));
+          tocBytes += b.length;
+          return b;
+        },
+        d.size,
+        d.annotations ?? {},
+      );
+    } catch (e) {
+      // A registry that answers a Range request with the whole blob: nothing usable by range.
+      if (isTiuError(e, 'RANGE_UNSUPPORTED')) return { ok: false, reason: `${source.name} ignores HTTP Range requests` };
+      // TOC_CHECKSUM_MISMATCH (tampering with signed content), TOC_INVALID, TOC_TOO_LARGE: refused.
+      throw e;
+    }
+    const widened = chunkEnds(toc);
+    if ('reason' in widened) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${widened.reason}` };
+    const entries = tocToEntries(toc, i);
+    for (const e of entries) {
+      const end = widened.ends.get(e.path);
+      if (end !== undefined && e.source) e.source.endOffset = end;
+    }
+    layers.push(entries);
+  }
+  return { ok: true, layers, tocBytes, requests };
+}

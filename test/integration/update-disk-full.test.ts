@@ -1,0 +1,56 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import { requireRoot } from '../helpers/env.ts';
+import { baseOs, createMicroOS, type MicroOS } from '../helpers/microos.ts';
+import { buildImage, installPolicy, signInLayout } from '../helpers/update-deps.ts';
+import { isTiuError } from '../../src/errors.ts';
+import { run } from '../../src/host/exec.ts';
+import { parseConfig } from '../../src/deploy/config.ts';
+import { openContext, readState } from '../../src/deploy/state.ts';
+import { update } from '../../src/deploy/update.ts';
+import { productionDeps } from '../../src/deploy/wiring.ts';
+
+describe('tiu update on a full disk', function () {
+  let os: MicroOS;
+  before(async function () {
+    requireRoot(this);
+    os = await createMicroOS({ sizeMiB: 300 });
+  });
+  after(async () => {
+    await os?.teardown();
+  });
+
+  it('fails with DISK_FULL, deletes its snapshot, and the next update succeeds once there is room', async () => {
+    const images = join(os.dir, 'images');
+    // 16 MiB that do not compress (the apply writes zero blocks as holes).
+    await buildImage(images, 'big', [...(await baseOs()), { path: 'usr/share/fake/huge', content: randomBytes(16 << 20) }]);
+    const key = await installPolicy(os.sysroot);
+    await signInLayout(images, 'big', key);
+    const config = parseConfig('default-hooks = false');
+    await update(productionDeps, { sysroot: os.sysroot, reference: `oci:${images}:big`, config, downloadOnly: true });
+
+    const fill = join(os.sysroot, 'var/fill');
+    const st = await statfs(join(os.sysroot, 'var'));
+    const free = st.bavail * st.bsize;
+    await run('fallocate', ['-l', String(Math.max(0, free - 8 * 1024 * 1024)), fill]);
+    await run('btrfs', ['filesystem', 'sync', os.sysroot]);
+    const ctx = await openContext(os.sysroot);
+    const before = await readState(ctx);
+    await assert.rejects(
+      update(productionDeps, { sysroot: os.sysroot, reference: `oci:${images}:big`, config, offline: true }),
+      (e: unknown) => isTiuError(e, 'DISK_FULL') && /no space left/.test(e.message),
+    );
+    const after = await readState(ctx);
+    assert.deepEqual(after.snapshots.map((s) => s.number), before.snapshots.map((s) => s.number));
+    assert.equal(after.default, before.default);
+    assert.equal(existsSync(join(os.sysroot, '.snapshots/2')), false);
+
+    await run('rm', ['-f', fill]);
+    await run('btrfs', ['filesystem', 'sync', os.sysroot]);
+    const r = await update(productionDeps, { sysroot: os.sysroot, reference: `oci:${images}:big`, config, offline: true });
+    assert.equal(r.status, 'updated');
+  });
+});

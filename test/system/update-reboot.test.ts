@@ -1,0 +1,250 @@
+/**
+ * The device's life in a VM: the USB-stick case, end to end, with real reboots.
+ *
+ * On the host, `tiu build` turns modified copies of the VM's own tree into bundles (v2 good, v3
+ * with a failing health check, v4 good), `tiu sign` signs them, and they go into one OCI
+ * layout on an ext4 disk image the VM sees as a second virtio disk. The VM trusts the key
+ * through /etc/tiu/policy.json. Each boot is one qemu process (-no-reboot): a reboot inside
+ * the VM ends it, and the test boots the next one and reads what came up.
+ *
+ *   1. `tiu update oci:/run/media/usb/os:v2 --reboot`: v2 boots, is marked good
+ *   2. v3's health check fails: tiu rolls back and reboots by itself, v2 comes up, v3 is bad
+ *   3. the VM is killed in the middle of applying v4: it boots v2, the next update gets v4
+ *
+ * The scenarios build on each other like one device's history (each boot under TCG is
+ * expensive; CI time is shared). A failing test keeps the consoles of every boot.
+ */
+import { strict as assert } from 'node:assert';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile, mkdir, readFile, chmod } from 'node:fs/promises';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { requireRoot } from '../helpers/env.ts';
+import { Vm, VmExitedError, type RunResult } from '../helpers/vm.ts';
+
+const execFileP = promisify(execFile);
+const repo = join(dirname(fileURLToPath(import.meta.url)), '../..');
+const tiuBin = join(repo, 'bin/tiu');
+const PASS = 'vm-test-passphrase';
+const IDENTITY = 'tiu.test/os';
+const USB = '/run/media/usb';
+
+interface Version {
+  tag: string;
+  versionId: string;
+  /** A health check that fails, shipped in the image. */
+  unhealthy?: boolean;
+}
+const V2: Version = { tag: 'v2', versionId: '12.2-tiu' };
+const V3: Version = { tag: 'v3-bad', versionId: '12.3-tiu', unhealthy: true };
+const V4: Version = { tag: 'v4', versionId: '12.4-tiu' };
+
+async function sh(cmd: string, args: string[], env: Record<string, string> = {}): Promise<string> {
+  try {
+    const { stdout } = await execFileP(cmd, args, { maxBuffer: 64 << 20, env: { ...process.env, ...env } });
+    return stdout;
+  } catch (e) {
+    const err = e as Error & { stderr?: string; stdout?: string };
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${err.message}\n${err.stderr ?? ''}${err.stdout ?? ''}`);
+  }
+}
+
+interface StatusSnapshot {
+  number: number;
+  booted: boolean;
+  default: boolean;
+  inProgress: boolean;
+  health?: string;
+  image?: string;
+  userdata: Record<string, string>;
+}
+interface Status {
+  booted?: number;
+  default?: number;
+  snapshots: StatusSnapshot[];
+}
+
+describe('system: update, reboot, health and rollback in a VM (USB-stick bundles)', function () {
+  this.timeout(3_600_000);
+  let vm: Vm | undefined;
+  let work = '';
+  let failed = false;
+  /** The scenarios run in order on one VM: each needs the one before it to have passed. */
+  let passed = 0;
+  const requirePrevious = (n: number) => {
+    if (passed !== n - 1) throw new Error(`scenario ${n} starts where scenario ${n - 1} ends, and that one did not pass`);
+  };
+  const timings: [string, number][] = [];
+  const timed = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
+    const t0 = Date.now();
+    try {
+      return await f();
+    } finally {
+      timings.push([what, Date.now() - t0]);
+    }
+  };
+
+  /** In the VM: mount the USB disk (read-only) where the updates come from. */
+  const mountUsb = () => vm!.sh(`mkdir -p ${USB}; mountpoint -q ${USB} || mount -o ro /dev/disk/by-id/virtio-tiuusb ${USB}`);
+  const status = async (): Promise<Status> => JSON.parse(await vm!.sh('tiu status --json')) as Status;
+  const versionId = async () => /^VERSION_ID="?([^"\n]*)"?$/m.exec(await vm!.sh('cat /etc/os-release'))?.[1];
+
+  /** Start `tiu update ... --reboot` and wait for the VM to go down; a failing update fails the test. */
+  async function updateAndReboot(tag: string): Promise<void> {
+    const v = vm!;
+    const run = v.run(`tiu update oci:${USB}/os:${tag} --reboot`, 1_800_000).then(
+      (r: RunResult) => r,
+      (e: unknown) => (e instanceof VmExitedError ? undefined : Promise.reject(e as Error)),
+    );
+    const first = await Promise.race([run, v.waitForExit(1_800_000).then(() => 'exited' as const)]);
+    if (first !== 'exited' && first !== undefined && first.code !== 0) {
+      throw new Error(`tiu update ${tag} failed (exit ${first.code}):\n${first.output}`);
+    }
+    await v.waitForExit(300_000);
+  }
+
+  before(async function () {
+    requireRoot(this, 'needs root (debootstrap, loop devices, mounts) for the VM image');
+    failed = true; // until the setup is through: a failing setup keeps the VM's logs too
+    const t0 = Date.now();
+    vm = await Vm.create('update');
+    timings.push([`VM image (build-image.sh${vm.image.buildMs > 60_000 ? ', built' : ', cached'})`, vm.image.buildMs]);
+    work = await mkdtemp('/var/tmp/tiu-vm-bundles-');
+    await timed('bundles: 3 builds + signatures + USB disk on the host', async () => {
+      await sh(tiuBin, ['key', 'generate', '--output-key-prefix', join(work, 'os')], { COSIGN_PASSWORD: PASS });
+      const layout = join(work, 'usb', 'os');
+      for (const ver of [V2, V3, V4]) {
+        const tree = join(work, `tree-${ver.tag}`);
+        await sh('cp', ['-a', '--reflink=auto', vm!.image.tree, tree]);
+        const osRelease = join(tree, 'usr/lib/os-release');
+        const text = await readFile(osRelease, 'utf8');
+        await writeFile(osRelease, text.replace(/^VERSION_ID=.*$/m, `VERSION_ID="${ver.versionId}"`));
+        if (ver.unhealthy) {
+          const d = join(tree, 'usr/libexec/tiu/health.d');
+          await mkdir(d, { recursive: true });
+          await writeFile(join(d, '50-app'), '#!/bin/sh\necho "the app of this image does not start" >&2\nexit 1\n');
+          await chmod(join(d, '50-app'), 0o755);
+        }
+        await sh(tiuBin, ['build', tree, '--tag', `oci:${layout}:${ver.tag}`]);
+        await sh(tiuBin, ['sign', '--key', join(work, 'os.key'), '--identity', `${IDENTITY}:${ver.tag}`, `oci:${layout}:${ver.tag}`], { COSIGN_PASSWORD: PASS });
+        await rm(tree, { recursive: true, force: true });
+      }
+      const kib = Number((await sh('du', ['-sk', join(work, 'usb')])).split('\t')[0]);
+      const img = join(work, 'usb.img');
+      await sh('mkfs.ext4', ['-q', '-L', 'TIUUSB', '-d', join(work, 'usb'), img, `${Math.ceil(kib * 1.2 / 1024) + 64}M`]);
+      vm!.addDisk({ path: img, serial: 'tiuusb', readonly: true });
+    });
+    await timed('boot 1 (v1)', () => vm!.bootReady());
+    // The admin provisions the device: the signing key and the policy that requires it.
+    const pub = await readFile(join(work, 'os.pub'), 'utf8');
+    const policy = {
+      default: [{ type: 'reject' }],
+      transports: {
+        oci: { '': [{ type: 'sigstoreSigned', keyPath: '/etc/tiu/keys/os.pub', signedIdentity: { type: 'exactRepository', dockerRepository: IDENTITY } }] },
+      },
+    };
+    await vm.sh(
+      `mkdir -p /etc/tiu/keys && cat > /etc/tiu/keys/os.pub <<'EOF'\n${pub}EOF\n` +
+        `cat > /etc/tiu/policy.json <<'EOF'\n${JSON.stringify(policy, null, 2)}\nEOF\n` +
+        `printf 'policy = "/etc/tiu/policy.json"\\n' > /etc/tiu/tiu.conf`,
+    );
+    await mountUsb();
+    const st = await status();
+    assert.equal(st.booted, 1);
+    assert.equal(st.snapshots.find((s) => s.number === 1)?.health, 'good', 'the first boot marks the installed snapshot good');
+    console.log(`      setup took ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    failed = false;
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') failed = true;
+  });
+
+  after(async function () {
+    if (timings.length) {
+      console.log('      wall times:');
+      for (const [what, ms] of timings) console.log(`        ${(ms / 1000).toFixed(1).padStart(7)} s  ${what}`);
+    }
+    await vm?.dispose(failed);
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('1: tiu update --reboot from an OCI layout on a USB disk boots the new image and marks it good', async function () {
+    requirePrevious(1);
+    const v = vm!;
+    await timed('scenario 1: update v1 -> v2 until qemu exits', () => updateAndReboot(V2.tag));
+    await timed('scenario 1: boot (v2)', () => v.bootReady());
+    assert.equal(await versionId(), V2.versionId);
+    assert.match(v.console, /snapshot 2 is healthy: marked good/);
+    const st = await status();
+    assert.equal(st.booted, 2);
+    assert.equal(st.default, 2);
+    const s2 = st.snapshots.find((s) => s.number === 2)!;
+    assert.equal(s2.health, 'good');
+    assert.equal(s2.inProgress, false);
+    assert.match(s2.image ?? '', /os:v2$/);
+    passed = 1;
+  });
+
+  it('2: a bundle whose health check fails is rolled back by itself: the VM comes up on the previous image', async function () {
+    requirePrevious(2);
+    const v = vm!;
+    await mountUsb();
+    await timed('scenario 2: update v2 -> v3-bad until qemu exits', () => updateAndReboot(V3.tag));
+    const outcome = await timed('scenario 2: boot (v3-bad, rolls back)', () => v.boot());
+    assert.equal(outcome, 'exited', 'the unhealthy boot ends by itself, before the system is up');
+    assert.match(v.console, /snapshot 3 is unhealthy \(50-app\): making snapshot 2 the default and rebooting/);
+    await timed('scenario 2: boot (v2 again)', () => v.bootReady());
+    assert.equal(await versionId(), V2.versionId);
+    const st = await status();
+    assert.equal(st.booted, 2);
+    assert.equal(st.default, 2);
+    const s3 = st.snapshots.find((s) => s.number === 3)!;
+    assert.equal(s3.health, 'bad');
+    assert.equal(s3.userdata['tiu-health-failed'], '50-app');
+    assert.equal(st.snapshots.find((s) => s.number === 2)!.health, 'good');
+    passed = 2;
+  });
+
+  it('3: killed in the middle of an apply, the VM boots the old image and the next update succeeds', async function () {
+    requirePrevious(3);
+    const v = vm!;
+    await mountUsb();
+    await v.sh(`setsid tiu update oci:${USB}/os:${V4.tag} >/var/log/tiu-update-killed.log 2>&1 < /dev/null &`);
+    // Wait for the new snapshot to exist and be written into, then pull the plug.
+    const inProgress = await timed('scenario 3: update v4 until the snapshot is in progress', async () => {
+      const deadline = Date.now() + 900_000;
+      while (Date.now() < deadline) {
+        const list = JSON.parse(await v.sh('snapper --no-dbus --jsonout -c root list --columns number,userdata')) as { root: { number: number; userdata?: Record<string, string> | null }[] };
+        const n = list.root.find((s) => s.userdata?.['tiu-in-progress'] === 'yes')?.number;
+        if (n !== undefined) return n;
+        const log = await v.run('cat /var/log/tiu-update-killed.log; pgrep -f "tiu update" >/dev/null');
+        if (log.code !== 0) throw new Error(`tiu update ended before it was killed:\n${log.output}`);
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+      throw new Error('no in-progress snapshot appeared');
+    });
+    await new Promise((r) => setTimeout(r, 3000));
+    await v.kill();
+    await timed('scenario 3: boot after the kill (v2)', () => v.bootReady());
+    assert.equal(await versionId(), V2.versionId);
+    let st = await status();
+    assert.equal(st.booted, 2);
+    assert.equal(st.default, 2, 'the killed update never moved the default');
+    const left = st.snapshots.find((s) => s.number === inProgress);
+    assert.ok(left?.inProgress, `snapshot ${inProgress} is left marked in progress (killed before its commit)`);
+    await mountUsb();
+    await timed('scenario 3: update v2 -> v4 until qemu exits', () => updateAndReboot(V4.tag));
+    await timed('scenario 3: boot (v4)', () => v.bootReady());
+    assert.equal(await versionId(), V4.versionId);
+    st = await status();
+    assert.equal(st.booted, st.default);
+    const now = st.snapshots.find((s) => s.number === st.booted)!;
+    assert.equal(now.health, 'good');
+    assert.match(now.image ?? '', /os:v4$/);
+    assert.equal(st.snapshots.find((s) => s.number === inProgress), undefined, 'the unfinished snapshot was cleaned up');
+    assert.deepEqual(st.snapshots.filter((s) => s.inProgress), []);
+    passed = 3;
+  });
+});

@@ -1,0 +1,122 @@
+/**
+ * The delta download's pure and in-memory parts: range coalescing, TOCs by range (verified,
+ * or the reason for the whole-layer path), and downloading files' frames with every file
+ * verified by sha256 before it is stored.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import type { TreeEntry as BuildEntry } from '../../src/bundle/entry.ts';
+import { writeLayer } from '../../src/bundle/layer-writer.ts';
+import { ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
+import { MemoryTarget } from '../../src/content/memory.ts';
+import type { TreeEntry } from '../../src/deploy/apply/index.ts';
+import { coalesce, ContentStore, downloadRanges, fetchLayerTocs, frameless, rangeBytes } from '../../src/deploy/delta/index.ts';
+import { isTiuError } from '../../src/errors.ts';
+import { MediaType } from '../../src/oci/mediatypes.ts';
+import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
+
+const code = (c: string) => (e: unknown) => isTiuError(e, c);
+
+function entry(path: string, layer: number, offset: number, endOffset: number, size = 100): TreeEntry {
+  return { path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size, digest: `sha256:${'0'.repeat(64)}`, source: { layer, offset, endOffset } };
+}
+
+describe('delta: coalescing frames into requests', () => {
+  it('joins neighbours within the gap, splits at larger gaps, other layers and the span limit', () => {
+    const es = [entry('c', 0, 5000, 6000), entry('a', 0, 0, 1000), entry('b', 0, 1100, 2000), entry('d', 1, 0, 10), entry('e', 0, 6050, 9000)];
+    const r = coalesce(es, { maxGap: 200, maxSpan: 1_000_000 });
+    assert.deepEqual(r.map((x) => [x.layer, x.start, x.end, x.entries.map((e) => e.path).join('')]), [[0, 0, 2000, 'ab'], [0, 5000, 9000, 'ce'], [1, 0, 10, 'd']]);
+    assert.equal(rangeBytes(r), 2000 + 4000 + 10);
+    const capped = coalesce(es, { maxGap: 10_000, maxSpan: 2500 });
+    assert.deepEqual(capped.map((x) => [x.start, x.end]), [[0, 2000], [5000, 6000], [6050, 9000], [0, 10]]);
+  });
+  it('leaves empty files out and finds files with content but no frame', () => {
+    const empty = { ...entry('z', 0, 0, 0, 0) };
+    const noFrame = { ...entry('n', 0, 0, 0, 10) };
+    assert.deepEqual(coalesce([empty, noFrame]), []);
+    assert.deepEqual(frameless([empty, noFrame]).map((e) => e.path), ['n']);
+  });
+});
+
+describe('delta: TOCs and verified downloads from a tiu layer', () => {
+  let dir: string;
+  let target: MemoryTarget;
+  let layer: Descriptor;
+  let manifest: ImageManifest;
+  const files: Record<string, Buffer> = {
+    'usr/a': Buffer.from('alpha '.repeat(1000)),
+    'usr/b': Buffer.from('beta '.repeat(3000)),
+    'usr/c': Buffer.concat([Buffer.from('gamma '.repeat(50_000)), randomBytes(5000)]),
+    'usr/empty': Buffer.alloc(0),
+  };
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-delta-unit-'));
+    const dirEntry = (path: string): BuildEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, size: 0, xattrs: [] });
+    const entries: BuildEntry[] = [dirEntry('usr'), ...Object.entries(files).map(([path, data]): BuildEntry => ({ path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, size: data.length, xattrs: [], content: { data } }))];
+    const r = await writeLayer(entries, join(dir, 'layer'), { compression: 'zstd' });
+    layer = r.descriptor;
+    target = new MemoryTarget();
+    await target.push(layer, Readable.from([await readFile(join(dir, 'layer'))]));
+    manifest = { schemaVersion: 2, mediaType: MediaType.OciManifest, config: { mediaType: MediaType.OciConfig, digest: `sha256:${'1'.repeat(64)}`, size: 2 }, layers: [layer] };
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const tocEntries = async (): Promise<TreeEntry[]> => {
+    const t = await fetchLayerTocs(target, manifest);
+    assert.ok(t.ok);
+    return t.layers[0]!;
+  };
+
+  it('reads the TOC by range, verified against the annotation', async () => {
+    const t = await fetchLayerTocs(target, manifest);
+    assert.ok(t.ok);
+    assert.equal(t.requests, 1);
+    assert.equal(t.tocBytes, Number(layer.annotations![ZstdChunkedAnnotation.ManifestPosition]!.split(':')[1]));
+    const c = t.layers[0]!.find((e) => e.path === 'usr/c')!;
+    assert.equal(c.digest, `sha256:${createHash('sha256').update(files['usr/c']!).digest('hex')}`);
+  });
+
+  it('gives the reason for the whole-layer path: gzip, no TOC, no ranges; refuses a TOC that does not match', async () => {
+    const gz = await fetchLayerTocs(target, { ...manifest, layers: [{ ...layer, mediaType: MediaType.OciLayerGzip }] });
+    assert.deepEqual(gz.ok ? null : /not a zstd:chunked layer/.test(gz.reason), true);
+    const noToc = await fetchLayerTocs(target, { ...manifest, layers: [{ ...layer, annotations: {} }] });
+    assert.deepEqual(noToc.ok ? null : /no table of contents/.test(noToc.reason), true);
+    const noRange = await fetchLayerTocs({ ...target, name: 'plain', fetch: target.fetch.bind(target), fetchRange: undefined } as never, manifest);
+    assert.deepEqual(noRange.ok ? null : /does not serve byte ranges/.test(noRange.reason), true);
+    const bad = { ...layer, annotations: { ...layer.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'2'.repeat(64)}` } };
+    await assert.rejects(fetchLayerTocs(target, { ...manifest, layers: [bad] }), code('TOC_CHECKSUM_MISMATCH'));
+  });
+
+  it('downloads files (coalesced and streamed large ones), each verified before it is stored', async () => {
+    const es = await tocEntries();
+    for (const maxSpan of [1_000_000, 1000]) {
+      const store = await ContentStore.open(join(dir, `store-${maxSpan}`));
+      const ranges = coalesce(es, { maxGap: 1024, maxSpan });
+      const s = await downloadRanges(target, manifest.layers, ranges, store, { concurrency: 2, maxSpan });
+      assert.equal(s.files, 3, JSON.stringify(ranges.map((r) => [r.start, r.end, r.entries.map((e) => e.path)])));
+      assert.equal(s.requests, ranges.length);
+      // One request for all at a large span; at 100 bytes the large file streams alone.
+      if (maxSpan > 1000) assert.equal(ranges.length, 1);
+      else assert.ok(ranges.some((r) => r.entries.length === 1 && r.end - r.start > maxSpan));
+      assert.equal(s.bytes, rangeBytes(ranges));
+      for (const e of es.filter((x) => x.size > 0)) assert.deepEqual(await readFile(store.path(e.digest!)), files[e.path]);
+      assert.equal((await readdir(store.dir)).length, 3, 'no temporary files left');
+    }
+  });
+
+  it('a frame that does not match its TOC digest is refused and nothing of it is stored', async () => {
+    for (const maxSpan of [1_000_000, 1000]) {
+      const es = (await tocEntries()).map((e) => (e.path === 'usr/c' ? { ...e, digest: `sha256:${'3'.repeat(64)}` } : e));
+      const store = await ContentStore.open(join(dir, `store-bad-${maxSpan}`));
+      await assert.rejects(downloadRanges(target, manifest.layers, coalesce(es.filter((e) => e.path === 'usr/c'), { maxSpan }), store, { maxSpan }), code('DELTA_FILE_MISMATCH'));
+      assert.deepEqual(await readdir(store.dir), []);
+    }
+  });
+});
