@@ -8,7 +8,7 @@
  * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs in one setfattr run, after every
  * chown (chown drops security.capability); (6) directory mtimes last.
  */
-import { lstat, mkdir, rename, rmdir } from 'node:fs/promises';
+import { lstat, mkdir, rename, rmdir, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import type { ContentProvider } from './content.ts';
@@ -129,7 +129,19 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
           }
           if (!src) throw new ContentUnavailableError(rel, 'no staged content');
           await setMetaAt(sr, src, e);
-          await rename(sr.abs(src), sr.abs(rel));
+          try {
+            await rename(sr.abs(src), sr.abs(rel));
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+            // `rel` lies in another subvolume than the staging directory (MicroOS's nested /etc):
+            // clone the staged file beside it (a reflink works across subvolumes), rename there.
+            const tmp = await sr.tmpBeside(rel);
+            const real = await reflinkFile(sr.abs(src), sr.abs(tmp), opts.allowCopyFallback ?? false);
+            if (!real) add(report.copiedInsteadOfReflink, e.size);
+            await setMetaAt(sr, tmp, e);
+            await rename(sr.abs(tmp), sr.abs(rel));
+            await unlink(sr.abs(src));
+          }
           add(a.kind === 'write' ? report.written : report.reflinked, bytes);
           break;
         }
