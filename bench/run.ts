@@ -5,12 +5,13 @@
  *
  * Environment: TIU_BENCH_RUNS (samples per figure, default 3), TIU_BENCH_CACHE (tree cache,
  * default /var/cache/tiu-bench), TIU_BENCH_WORK (scratch, default /var/tmp),
- * TIU_BENCH_ONLY (comma list of sections: build,registry,update), TIU_BENCH_VERBOSE=1.
+ * TIU_BENCH_ONLY (comma list of sections: build,registry,update; update-tiu or update-peers for
+ * one side of the updates; build always runs, the others need its images), TIU_BENCH_VERBOSE=1.
  * Runs as root (loop devices, btrfs, mounts).
  */
 import { existsSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureTrees, type TreeInfo } from './trees.ts';
@@ -267,6 +268,9 @@ async function versionOf(cmd: string, args: string[], re: RegExp = /(\S*\d+\.\d+
   }
 }
 
+const loadAtStart = loadavg();
+const fmtLoad = (l: number[]): string => l.map((x) => x.toFixed(1)).join(' ');
+
 async function machine(): Promise<Record<string, string>> {
   const cpu = cpus()[0]?.model ?? 'unknown';
   const kernel = (await sh('uname', ['-r'])).stdout.trim();
@@ -281,6 +285,8 @@ async function machine(): Promise<Record<string, string>> {
     memory: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
     kernel,
     cpu,
+    'load average (1/5/15 min) at start': fmtLoad(loadAtStart),
+    'load average (1/5/15 min) at end': fmtLoad(loadavg()),
     tiu: commit,
     node: process.version,
     skopeo: await versionOf('skopeo', ['--version'], /version (\S+)/),
@@ -338,6 +344,9 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     '',
     table(ctx),
     '',
+    ...(loadAtStart[0]! > cpus().length
+      ? [`Note: the machine was shared with other work during this run (load average ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores), so times are inflated and noisy; sizes and byte counts are not affected.`, '']
+      : []),
     '## Trees',
     '',
     `Debian bookworm, debootstrap ${t.inputs.variant} + ${t.inputs.include.join(', ')} from ${t.inputs.mirror} (${Object.entries(t.release).map(([k, v]) => `${k}: ${v}`).join('; ')}); ${t.packages.base.length} packages, ${t.diff.files.base} entries, ${(t.bytes.base / 2 ** 20).toFixed(0)} MiB of file content.`,
@@ -374,9 +383,9 @@ async function main(): Promise<void> {
   const proxy = await startProxy({ host: '127.0.0.1', port: registry.port });
   const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], proxy, registry };
   try {
-    if (ONLY.includes('build') || ONLY.includes('registry') || ONLY.includes('update')) await buildSection(ctx);
+    await buildSection(ctx);
     if (ONLY.includes('registry')) await registrySection(ctx);
-    if (ONLY.includes('update')) await updateSection(ctx);
+    if (ONLY.some((o) => o.startsWith('update'))) await updateSection(ctx, { peers: !ONLY.includes('update-tiu'), tiu: !ONLY.includes('update-peers') });
   } finally {
     await proxy.stop();
     await ctx.registry.stop();

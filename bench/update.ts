@@ -114,7 +114,7 @@ async function installImage(os: MicroOS, layout: string, tag: string, n: number,
   await rm(staging, { recursive: true, force: true });
 }
 
-export async function updateSection(ctx: Ctx): Promise<void> {
+export async function updateSection(ctx: Ctx, which: { peers: boolean; tiu: boolean } = { peers: true, tiu: true }): Promise<void> {
   if (!ctx.umociLayout) throw new Error('the update section needs the build section (umoci images)');
   const reg = ctx.proxy.host;
   // The images in the registry: the umoci-built ones for the peers, tiu bundles for tiu.
@@ -123,7 +123,8 @@ export async function updateSection(ctx: Ctx): Promise<void> {
     if (ctx.tiuLayout) await sh('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${ctx.tiuLayout}:${tag}`, `docker://${reg}/bench/tiu:${tag}`]);
   }
   ctx.proxy.reset();
-  await peers(ctx);
+  if (which.peers) await peers(ctx);
+  if (!which.tiu) return;
   if (ctx.tiuLayout && (await tiuHas('update'))) {
     await tiuUpdates(ctx);
   } else {

@@ -22,6 +22,7 @@ import { writeLayer, type LayerCompression, type LayerResult } from './layer-wri
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
 import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
 import { scanDirectory } from './source-dir.ts';
+import { formatModtime } from './toc.ts';
 import { TreeBuilder } from './source-tar.ts';
 
 /** Version of the bundle format (manifest annotation org.opensuse.tiu.bundle.version). */
@@ -218,8 +219,10 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
     progress(`${entries.length} entries read`);
 
     // 2. Time: SOURCE_DATE_EPOCH or the newest mtime, so a tree builds the same every time.
-    const epoch = opts.sourceDateEpoch ?? sourceDateEpochFromEnv() ?? entries.reduce((m, e) => Math.max(m, e.mtime), 0);
-    const created = new Date(epoch * 1000).toISOString().replace(/\.000Z$/, 'Z');
+    // (Times beyond what a date can say, which a tar may carry, don't count.)
+    const epoch = opts.sourceDateEpoch ?? sourceDateEpochFromEnv() ?? entries.reduce((m, e) => (formatModtime(e.mtime, 0) !== undefined ? Math.max(m, e.mtime) : m), 0);
+    const created = formatModtime(epoch, 0);
+    if (created === undefined) throw new BuildError('BUILD_BAD_OPTION', `SOURCE_DATE_EPOCH=${epoch} is not a representable date`);
 
     // 3. Rules and layers.
     const tree = applyTreeRules(entries, { exclude: excludes, mtime: epoch });

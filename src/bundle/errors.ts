@@ -7,6 +7,7 @@ export class BuildError extends TiuError {
       | 'BUILD_SOURCE_NOT_FOUND'
       | 'BUILD_SOURCE_UNSUPPORTED'
       | 'BUILD_SOURCE_CHANGED'
+      | 'BUILD_SOURCE_UNREADABLE'
       | 'BUILD_BAD_OPTION'
       | 'TAR_UNSAFE_PATH'
       | 'TAR_INVALID'

@@ -51,6 +51,13 @@ const WHOLE_FILE_LIMIT = 4 * 1024 * 1024;
 /** Header frames are cut at this size (directories full of empty files). */
 const HEADER_FRAME_LIMIT = 1024 * 1024;
 
+/** A read error: gone (changed under us) or not readable (permissions: run as root). */
+function readError(e: TreeEntry, err: unknown): BuildError {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT' || code === 'ENOTDIR') return changed(e, 'it disappeared');
+  return new BuildError('BUILD_SOURCE_UNREADABLE', `cannot read /${showPath(e.path)}: ${(err as Error).message}`, { path: showPath(e.path), errno: code });
+}
+
 function changed(e: TreeEntry, why: string): BuildError {
   return new BuildError('BUILD_SOURCE_CHANGED', `/${showPath(e.path)} changed while tiu was reading it (${why})`, { path: showPath(e.path) });
 }
@@ -66,10 +73,19 @@ async function* contentPieces(e: TreeEntry): AsyncGenerator<Buffer> {
   const c = contentFile(e);
   if (!c) throw changed(e, 'no content');
   let got = 0;
-  const rs = createReadStream(c.file, { start: c.offset, end: c.offset + e.size - 1, highWaterMark: 1024 * 1024 });
-  for await (const chunk of rs as AsyncIterable<Buffer>) {
-    got += chunk.length;
-    yield chunk;
+  // A whole file is read to its end, so one that grew is noticed; a spool slice to its size.
+  const rs = createReadStream(c.file, { start: c.offset, ...(c.whole ? {} : { end: c.offset + e.size - 1 }), highWaterMark: 1024 * 1024 });
+  try {
+    for await (const chunk of rs as AsyncIterable<Buffer>) {
+      if (got + chunk.length > e.size) throw changed(e, 'it grew');
+      got += chunk.length;
+      yield chunk;
+    }
+  } catch (err) {
+    if (err instanceof BuildError) throw err;
+    throw readError(e, err);
+  } finally {
+    rs.destroy();
   }
   if (got !== e.size) throw changed(e, `expected ${e.size} bytes, read ${got}`);
 }
@@ -91,7 +107,7 @@ function readWhole(e: TreeEntry): Buffer {
   try {
     fd = openSync(c.file, 'r');
   } catch (err) {
-    throw changed(e, (err as Error).message);
+    throw readError(e, err);
   }
   try {
     let got = 0;
@@ -127,7 +143,8 @@ export function tocEntryOf(e: TreeEntry): TocEntry {
   if (e.type === 'reg' && e.size) t.size = e.size;
   if (e.uid) t.uid = e.uid;
   if (e.gid) t.gid = e.gid;
-  t.modtime = formatModtime(e.mtime, e.mtimeNsec);
+  const modtime = formatModtime(e.mtime, e.mtimeNsec);
+  if (modtime !== undefined) t.modtime = modtime;
   if (e.type === 'char' || e.type === 'block') {
     if (e.devMajor) t.devMajor = e.devMajor;
     if (e.devMinor) t.devMinor = e.devMinor;

@@ -101,7 +101,12 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   } catch (e) {
     if (e instanceof BuildError) throw e;
     const err = e as NodeJS.ErrnoException;
-    throw new BuildError('BUILD_SOURCE_CHANGED', `reading ${root}: ${err.message}`, { source: root, path: err.path ? showPath(String(err.path)) : undefined });
+    const gone = err.code === 'ENOENT' || err.code === 'ENOTDIR';
+    throw new BuildError(gone ? 'BUILD_SOURCE_CHANGED' : 'BUILD_SOURCE_UNREADABLE', `reading ${root}: ${err.message}${gone ? ' (the tree changed while tiu read it)' : ''}`, {
+      source: root,
+      path: err.path ? showPath(String(err.path)) : undefined,
+      errno: err.code,
+    });
   }
   return entries;
 }

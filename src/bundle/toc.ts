@@ -119,9 +119,14 @@ export function parsePosition(value: string): { offset: number; lengthCompressed
   return { offset: nums[0]!, lengthCompressed: nums[1]!, lengthUncompressed: nums[2]!, manifestType: nums[3]! };
 }
 
-/** Go's time.Time JSON form: RFC 3339, fraction with trailing zeros dropped. */
-export function formatModtime(sec: number, nsec: number): string {
-  const base = new Date(sec * 1000).toISOString().replace(/\.\d{3}Z$/, '');
+/**
+ * Go's time.Time JSON form: RFC 3339, fraction with trailing zeros dropped. Undefined for times
+ * JavaScript dates can't express (a tar may carry any number); the entry then has no modtime.
+ */
+export function formatModtime(sec: number, nsec: number): string | undefined {
+  const d = new Date(sec * 1000);
+  if (Number.isNaN(d.getTime()) || d.getUTCFullYear() < 0 || d.getUTCFullYear() > 9999) return undefined;
+  const base = d.toISOString().replace(/\.\d{3}Z$/, '');
   const frac = nsec ? '.' + String(nsec).padStart(9, '0').replace(/0+$/, '') : '';
   return `${base}${frac}Z`;
 }

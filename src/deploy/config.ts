@@ -5,6 +5,8 @@
  *   policy = "/etc/tiu/policy.json"     # signature policy; default: /etc/tiu/policy.json, else /etc/containers/policy.json
  *   cache = "/var/cache/tiu"                                    # OCI layout for --download-only/--offline
  *   default-hooks = true                                        # initrd + bootloader hooks for MicroOS
+ *   signed-identity = "registry.example.com/os/microos"         # the name bundles are signed as, checked
+ *                                 # when the source has none (oci: USB stick); default: image's repository
  *
  *   [[hook]]                                                    # more hooks, run in order after the defaults
  *   name = "update-ca"
@@ -18,6 +20,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse } from 'smol-toml';
 import { TiuError } from '../errors.ts';
+import { dockerName, parseReference, type DockerReference } from '../oci/reference.ts';
 
 export class ConfigError extends TiuError {
   constructor(file: string, message: string) {
@@ -37,6 +40,11 @@ export interface HookSpec {
 
 export interface TiuConfig {
   image?: string;
+  /**
+   * The registry repository (host/path, no tag) whose signatures a bundle from an OCI layout
+   * must carry: a layout has no registry name of its own for signedIdentity to check.
+   */
+  signedIdentity?: string;
   /** containers-policy.json(5); undefined: the trust module's default paths. */
   policy?: string;
   cache: string;
@@ -54,7 +62,7 @@ export const DEFAULT_HOOKS: readonly HookSpec[] = [
   { name: 'sdbootutil', command: ['sdbootutil', 'add-all-kernels', '{snapshot}'], when: 'always', ifExists: '/usr/bin/sdbootutil' },
 ];
 
-const KEYS = new Set(['image', 'policy', 'cache', 'default-hooks', 'hook']);
+const KEYS = new Set(['image', 'policy', 'cache', 'default-hooks', 'hook', 'signed-identity']);
 const HOOK_KEYS = new Set(['name', 'command', 'when', 'if-exists']);
 const WHEN: readonly string[] = ['always', 'kernel-changed', 'initrd-missing'];
 
@@ -100,7 +108,33 @@ export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
   for (const [k, v] of [['policy', policy], ['cache', cache]] as const) {
     if (v !== undefined && !v.startsWith('/')) throw new ConfigError(file, `'${k}' must be an absolute path`);
   }
-  return { image: str('image'), policy, cache, hooks: [...(defaults ? DEFAULT_HOOKS : []), ...hooks], file };
+  const image = str('image');
+  const signedIdentity = str('signed-identity') ?? repositoryOf(image);
+  if (signedIdentity !== undefined) {
+    const ref = parseIdentity(signedIdentity);
+    if (!ref || ref.tag || ref.digest) throw new ConfigError(file, `'signed-identity' must be a registry repository like registry.example.com/os/microos`);
+  }
+  return { image, signedIdentity, policy, cache, hooks: [...(defaults ? DEFAULT_HOOKS : []), ...hooks], file };
+}
+
+function parseIdentity(name: string): DockerReference | undefined {
+  try {
+    const ref = parseReference(name.startsWith('docker://') ? name : `docker://${name}`);
+    return ref.transport === 'docker' ? ref : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** host/repo of a docker image reference; undefined for layouts. */
+function repositoryOf(image: string | undefined): string | undefined {
+  if (image === undefined) return undefined;
+  try {
+    const ref = parseReference(image);
+    return ref.transport === 'docker' ? dockerName(ref, false) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The config of the system at `sysroot`; defaults when the file does not exist. */

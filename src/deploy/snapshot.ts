@@ -11,6 +11,7 @@
  * snapshot still marked, and the next run only clears the mark; a marked snapshot that is not
  * the default (nor booted) is an unfinished update and is deleted.
  */
+import { existsSync } from 'node:fs';
 import { readdir, rm, rmdir, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { filesystemSync, getDefault, isSubvolume, setDefault, setReadOnly, subvolumeDelete, subvolumeShow, subvolumeSnapshot } from '../host/btrfs.ts';
@@ -108,8 +109,8 @@ export async function deleteSnapshot(ctx: Context, n: number): Promise<void> {
   }
   if (state.snapshots.some((s) => s.number === n)) {
     await ctx.snapper.delete(n);
-  } else if (exists) {
-    await subvolumeDelete(root);
+  } else {
+    if (exists) await subvolumeDelete(root);
     await rm(join(ctx.sysroot, '.snapshots', String(n)), { recursive: true, force: true });
   }
 }
@@ -157,6 +158,8 @@ export async function setDefaultSnapshot(ctx: Context, n: number): Promise<void>
 
 export interface CleanupReport {
   deleted: number[];
+  /** Snapshot directories without snapper's info.xml (a create killed half-way), removed. */
+  orphans: number[];
   /** In-progress marks cleared on snapshots that had already become the default. */
   finished: number[];
 }
@@ -164,7 +167,16 @@ export interface CleanupReport {
 /** Deal with what a crashed update left: delete unfinished snapshots, finish committed ones. */
 export async function cleanupInProgress(ctx: Context): Promise<CleanupReport> {
   const state = await readState(ctx);
-  const report: CleanupReport = { deleted: [], finished: [] };
+  const report: CleanupReport = { deleted: [], orphans: [], finished: [] };
+  // snapper writes info.xml after creating the subvolume: a kill in between leaves a directory
+  // snapper does not list. Only the update holding the lock creates snapshots here.
+  const listed = new Set(state.snapshots.map((s) => s.number));
+  const dirs = (await readdir(join(ctx.sysroot, '.snapshots')).catch(() => [] as string[])).filter((d) => /^\d+$/.test(d)).map(Number);
+  for (const n of dirs.filter((d) => !listed.has(d) && d !== state.default && d !== state.booted)) {
+    if (existsSync(join(ctx.sysroot, '.snapshots', String(n), 'info.xml'))) continue;
+    await deleteSnapshot(ctx, n);
+    report.orphans.push(n);
+  }
   for (const s of state.snapshots.filter((x) => x.inProgress)) {
     if (s.default || s.booted) {
       await ctx.snapper.modify(s.number, { userdata: { [UD.inProgress]: '' } });

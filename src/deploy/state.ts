@@ -128,13 +128,15 @@ export function deriveState(sysroot: string, rows: SnapperSnapshot[], booted: nu
 
 /**
  * The previous good snapshot: while an update is staged, the running one (undo the update);
- * otherwise the newest finished snapshot older than the default.
+ * otherwise the newest finished snapshot older than the default that the health check has not
+ * marked bad, preferring one it marked good.
  */
 export function pickRollback(state: SystemState): number | undefined {
   if (state.staged !== undefined && state.booted !== undefined) return state.booted;
   const def = state.default;
   if (def === undefined) return undefined;
-  return state.snapshots.filter((s) => s.number < def && !s.inProgress).at(-1)?.number;
+  const older = state.snapshots.filter((s) => s.number < def && !s.inProgress && s.health !== 'bad');
+  return (older.filter((s) => s.health === 'good').at(-1) ?? older.at(-1))?.number;
 }
 
 export async function readState(ctx: Context): Promise<SystemState> {

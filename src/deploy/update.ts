@@ -58,7 +58,7 @@ export interface UpdateDeps {
   openCache(dir: string): Promise<Target>;
   copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
-  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signal?: AbortSignal }): Promise<void>;
+  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signedIdentity?: string; signal?: AbortSignal }): Promise<void>;
   applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; signal?: AbortSignal }): Promise<ApplyReport>;
   /** Three-way merge into `ours` (the new snapshot's /etc): base = old pristine /etc, theirs = new pristine /etc. */
   mergeEtc(base: string, ours: string, theirs: string): Promise<Pick<EtcMergeReport, 'conflicts'>>;
@@ -123,31 +123,40 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   return { desc: pick, manifest: second.parsed.manifest };
 }
 
-/** The uncompressed tar of a layer blob stream, by the layer's media type. */
-function decompressed(mediaType: string, blob: Readable): Readable {
+/** Layer media types tiu applies (tar, tar+gzip, tar+zstd; OCI and Docker). */
+const TAR_LAYER_TYPES = new Set<string>([
+  MediaType.OciLayerTar,
+  MediaType.OciLayerGzip,
+  MediaType.OciLayerZstd,
+  MediaType.DockerLayerGzip,
+  'application/vnd.docker.image.rootfs.diff.tar',
+  'application/vnd.docker.image.rootfs.diff.tar.zstd',
+]);
+
+/**
+ * A verified, decompressed tar stream of one layer. zstd goes through the multi-frame decoder:
+ * tiu's zstd:chunked layers are one frame per file plus skippable frames for the TOC.
+ */
+function decompressed(mediaType: string, verified: Readable): Readable {
   switch (mediaType) {
-    case MediaType.OciLayerTar:
-    case 'application/vnd.docker.image.rootfs.diff.tar':
-      return blob;
     case MediaType.OciLayerGzip:
     case MediaType.DockerLayerGzip: {
       const gunzip = createGunzip();
-      blob.on('error', (e) => gunzip.destroy(e));
-      return blob.pipe(gunzip);
+      verified.on('error', (e) => gunzip.destroy(e));
+      return verified.pipe(gunzip);
     }
     case MediaType.OciLayerZstd:
     case 'application/vnd.docker.image.rootfs.diff.tar.zstd':
-      // Many frames (zstd:chunked: one per file, the table of contents in a skippable frame).
-      return zstdDecompressStream(blob);
+      return zstdDecompressStream(verified);
     default:
-      throw new UpdateError('UNSUPPORTED_LAYER', `layer media type ${mediaType} is not a tar, tar+gzip or tar+zstd layer`, { mediaType });
+      return verified;
   }
 }
 
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
 export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
   for (const layer of manifest.layers) {
-    if (![MediaType.OciLayerTar, MediaType.OciLayerGzip, MediaType.OciLayerZstd, MediaType.DockerLayerGzip, 'application/vnd.docker.image.rootfs.diff.tar', 'application/vnd.docker.image.rootfs.diff.tar.zstd'].includes(layer.mediaType)) {
+    if (!TAR_LAYER_TYPES.has(layer.mediaType)) {
       throw new UpdateError('UNSUPPORTED_LAYER', `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`, { mediaType: layer.mediaType, digest: layer.digest });
     }
   }
@@ -237,7 +246,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       return { status: 'already-present', image, digest: root.digest, snapshot: present, cleanup };
     }
 
-    const checkPolicy = (src: Target, r: Descriptor) => deps.checkPolicy({ reference: image, source: src, root: r, policyPath: config.policy, sysroot: ctx.sysroot, signal });
+    const checkPolicy = (src: Target, r: Descriptor) => deps.checkPolicy({ reference: image, source: src, root: r, policyPath: config.policy, sysroot: ctx.sysroot, signedIdentity: config.signedIdentity, signal });
     // File-level delta: only the files the booted snapshot lacks, by Range, into a store in the cache.
     let delta: DeltaTransfer | undefined;
     let transfer: TransferReport | undefined;
@@ -367,7 +376,7 @@ async function chooseTransfer(
   o: { image: string; config: TiuConfig; sysroot: string; platform: { os: string; architecture: string }; mode?: TransferMode; signal?: AbortSignal; index?: { load: string; save: boolean } },
 ): Promise<PreparedTransfer> {
   // Nothing of the image (TOCs included) is used before the policy accepted its signature.
-  await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signal: o.signal });
+  await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signedIdentity: o.config.signedIdentity, signal: o.signal });
   const { manifest } = await imageManifest(source, root, o.platform, o.signal);
   return prepareTransfer({ source, manifest, oldRoot, preserve: PRESERVE, mode: o.mode ?? 'auto', signal: o.signal, ...(o.index ? { indexFile: o.index.load, ...(o.index.save ? { saveIndexTo: o.index.load } : {}) } : {}) });
 }

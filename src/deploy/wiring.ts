@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { copy } from '../copy/copy.ts';
-import { parseReference } from '../oci/reference.ts';
+import { parseReference, type DockerReference, type ImageReference } from '../oci/reference.ts';
 import { openReference } from '../transport/resolve.ts';
 import { TrustError } from '../trust/errors.ts';
 import { checkPolicy, DEFAULT_POLICY_PATHS, loadPolicy } from '../trust/policy.ts';
@@ -25,6 +25,16 @@ export function policyPathFor(sysroot: string, configured: string | undefined): 
   return found;
 }
 
+/**
+ * A layout (USB stick) carries no registry name: its signatures are checked against the
+ * configured signed-identity, with the layout's tag, as if it had been pulled from there.
+ */
+function layoutIdentity(ref: ImageReference, signedIdentity: string | undefined): { identity?: DockerReference } {
+  if (ref.transport === 'docker' || signedIdentity === undefined) return {};
+  const id = parseReference(`docker://${signedIdentity}${ref.tag ? ':' + ref.tag : ''}`);
+  return id.transport === 'docker' ? { identity: id } : {};
+}
+
 export const productionDeps: UpdateDeps = {
   async openSource(reference, o) {
     const { target, name } = await openReference(reference, { signal: o.signal });
@@ -32,9 +42,10 @@ export const productionDeps: UpdateDeps = {
   },
   openCache: (dir) => OciLayoutTarget.open(dir, { create: true, name: `cache oci:${dir}` }),
   copy: (src, srcRef, dst, dstRef, opts) => copy(src, srcRef, dst, dstRef, opts),
-  async checkPolicy({ reference, source, root, policyPath, sysroot }) {
+  async checkPolicy({ reference, source, root, policyPath, sysroot, signedIdentity }) {
     const policy = loadPolicy(policyPathFor(sysroot, policyPath));
-    await checkPolicy(policy, source, root, parseReference(reference));
+    const ref = parseReference(reference);
+    await checkPolicy(policy, source, root, ref, layoutIdentity(ref, signedIdentity));
   },
   applyLayers: (o) => applyTarLayers(o.root, o.layers, { preserve: o.preserve }),
   mergeEtc: (base, ours, theirs) => mergeEtc(base, ours, theirs),

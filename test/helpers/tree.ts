@@ -111,7 +111,6 @@ async function setTime(p: string | Buffer, sec: number, nsec = 0, isLink = false
 
 /**
  * A MicroOS-like tree with every awkward thing tiu must keep. Needs root.
- * Returns the names of some interesting paths.
  */
 export async function makeNastyTree(root: string): Promise<void> {
   const d = async (p: string, mode = 0o755, uid = 0, gid = 0) => {

@@ -76,7 +76,8 @@ export type BootOutcome = 'ready' | 'exited';
 
 export class VmExitedError extends Error {}
 
-const bootTimeoutMs = Number(process.env.TIU_VM_BOOT_TIMEOUT ?? 300_000);
+/** Per boot, until the test channel answers (TIU_VM_BOOT_TIMEOUT, ms). Generous: TCG on a busy machine. */
+const bootTimeoutMs = Number(process.env.TIU_VM_BOOT_TIMEOUT ?? 600_000);
 
 /** One VM: a private copy of the image's disk and any number of boots. */
 export class Vm {
@@ -153,11 +154,14 @@ export class Vm {
       '-accel', 'tcg', '-cpu', 'max', '-smp', '2', '-m', '1024',
       '-no-reboot', '-display', 'none', '-monitor', 'none', '-serial', 'stdio', '-nic', 'none',
       '-kernel', this.image.kernel, '-initrd', this.image.initrd, '-append', this.image.cmdline,
-      '-drive', `file=${this.disk},format=raw,if=virtio,cache=writeback,discard=unmap`,
+      // The root disk first: PCI slots go in command-line order, so it is /dev/vda.
+      '-drive', `file=${this.disk},format=raw,if=none,id=root,cache=writeback,discard=unmap`,
+      '-device', 'virtio-blk-pci,drive=root,serial=tiuroot',
     ];
-    for (const d of this.extraDisks) {
-      args.push('-drive', `file=${d.path},format=raw,if=virtio,serial=${d.serial}${d.readonly ? ',readonly=on' : ''}`);
-    }
+    this.extraDisks.forEach((d, i) => {
+      args.push('-drive', `file=${d.path},format=raw,if=none,id=disk${i}${d.readonly ? ',readonly=on' : ''}`);
+      args.push('-device', `virtio-blk-pci,drive=disk${i},serial=${d.serial}`);
+    });
     args.push(
       '-device', 'virtio-serial',
       '-chardev', `socket,id=tiutest,path=${sockPath}`,

@@ -19,6 +19,7 @@ import { encodeHeader, END_OF_ARCHIVE } from '../../src/bundle/tar-format.ts';
 import type { TreeEntry } from '../../src/bundle/entry.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { requireRoot } from '../helpers/env.ts';
+import { startRegistry } from '../helpers/registry.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { diffTrees, linkGroups, makeNastyTree, snapshotTree, type NodeInfo } from '../helpers/tree.ts';
 
@@ -262,5 +263,50 @@ describe('tiu build (integration)', function () {
         assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, code, args.join(' '));
       }
     });
+
+    it('pushes to a registry, which skopeo reads and copies, and re-layers from it', async function () {
+      const reg = await startRegistry();
+      try {
+        const ref = `docker://${reg.host}/os/microos:v1`;
+        const r = await tiu(['build', src, '--tag', ref, '--tls-verify=false']);
+        assert.equal(r.exitCode, 0, r.stderr);
+        assert.equal(r.stdout.trim(), zstdBuild.descriptor.digest);
+        const info = JSON.parse((await run('skopeo', ['inspect', '--tls-verify=false', ref])).stdout) as { Digest: string; Layers: string[] };
+        assert.equal(info.Digest, zstdBuild.descriptor.digest);
+        assert.equal(info.Layers.length, zstdBuild.manifest.layers.length);
+        const copyDir = join(work, 'from-registry');
+        await run('skopeo', ['copy', '--src-tls-verify=false', '--preserve-digests', ref, `oci:${copyDir}:v1`]);
+        assert.equal((JSON.parse((await run('skopeo', ['inspect', `oci:${copyDir}:v1`])).stdout) as { Digest: string }).Digest, zstdBuild.descriptor.digest);
+        const again = await tiu(['build', ref, '--tag', `oci:${join(work, 'relayer-registry')}:v1`, '--tls-verify=false']);
+        assert.equal(again.exitCode, 0, again.stderr);
+        assert.equal(again.stdout.trim(), zstdBuild.descriptor.digest);
+      } finally {
+        await reg.stop();
+      }
+    });
+  });
+});
+
+describe('tiu build of a tree that changes while it is read', function () {
+  let work: string;
+  before(async function () {
+    work = await mkdtemp(join(tmpdir(), 'tiu-build-change-'));
+  });
+  after(async function () {
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('fails with BUILD_SOURCE_CHANGED when a file vanishes or grows after the scan', async function () {
+    const { scanDirectory } = await import('../../src/bundle/source-dir.ts');
+    const { writeLayer } = await import('../../src/bundle/layer-writer.ts');
+    await mkdir(join(work, 'tree/usr'), { recursive: true });
+    await writeFile(join(work, 'tree/usr/a'), 'aaaa');
+    await writeFile(join(work, 'tree/usr/b'), 'bbbb');
+    const entries = await scanDirectory(join(work, 'tree'));
+    await rm(join(work, 'tree/usr/a'));
+    await assert.rejects(writeLayer(entries, join(work, 'l1'), { compression: 'zstd' }), (err) => isTiuError(err, 'BUILD_SOURCE_CHANGED') && /usr\/a/.test((err as Error).message));
+    await writeFile(join(work, 'tree/usr/a'), 'aaaa');
+    await writeFile(join(work, 'tree/usr/b'), 'bbbb and more');
+    await assert.rejects(writeLayer(entries, join(work, 'l2'), { compression: 'gzip' }), (err) => isTiuError(err, 'BUILD_SOURCE_CHANGED') && /usr\/b/.test((err as Error).message));
   });
 });

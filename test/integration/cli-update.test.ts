@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { randomBytes, type KeyObject } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -8,6 +9,7 @@ import { baseOs, createMicroOS, v2Files, type MicroOS } from '../helpers/microos
 import { buildImage, installPolicy, signInLayout } from '../helpers/update-deps.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { mountInfo } from '../../src/host/mount.ts';
+import { ETC_ASIDE } from '../../src/deploy/update.ts';
 
 const TIU = new URL('../../bin/tiu', import.meta.url).pathname;
 
@@ -40,6 +42,7 @@ const errorCode = (r: Ran) => (r.json.error as { code?: string } | undefined)?.c
 describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', function () {
   let os: MicroOS;
   let images: string;
+  let key: KeyObject;
   const status = async () => (await tiu(['status', '--sysroot', os.sysroot])).json as { booted: number; default: number; snapshots: { number: number; inProgress: boolean; digest?: string; pendingEtcConflicts: string[] }[] };
 
   before(async function () {
@@ -48,7 +51,7 @@ describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', fu
     images = join(os.dir, 'images');
     await buildImage(images, 'v1', await baseOs());
     await buildImage(images, 'v2', await v2Files(), 'zstd');
-    const key = await installPolicy(os.sysroot);
+    key = await installPolicy(os.sysroot);
     await signInLayout(images, 'v1', key);
     await signInLayout(images, 'v2', key);
     await mkdir(join(os.sysroot, 'etc/tiu'), { recursive: true });
@@ -132,6 +135,41 @@ describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', fu
     assert.equal(s.default, r.json.snapshot);
     assert.deepEqual(s.snapshots.map((x) => x.number), [1, 2, r.json.snapshot]);
     assert.equal((await mountInfo()).some((m) => m.mountPoint.startsWith(join(os.sysroot, '.snapshots') + '/')), false);
+  });
+
+  it('tiu killed with SIGKILL while it writes the image into the snapshot: the next run deletes it and succeeds', async () => {
+    // 32 MiB that do not compress, so the apply takes a while; downloaded first so the kill lands in the apply.
+    const heavy = Array.from({ length: 8 }, (_, i) => ({ path: `usr/share/fake/heavy-${i}`, content: randomBytes(4 << 20) }));
+    await buildImage(images, 'heavy', [...(await v2Files()), ...heavy]);
+    await signInLayout(images, 'heavy', key);
+    await writeFile(join(os.sysroot, 'etc/tiu/tiu.conf'), `image = "oci:${images}:heavy"\ndefault-hooks = false\n`);
+    const d = await tiu(['update', '--download-only', '--sysroot', os.sysroot]);
+    assert.equal(d.json.status, 'downloaded', d.stderr);
+    const before = await status();
+    const snaps = join(os.sysroot, '.snapshots');
+    const applying = () => readdirSync(snaps).find((n) => existsSync(join(snaps, n, 'snapshot', ETC_ASIDE)));
+    const child = spawn(TIU, ['update', '--offline', '--sysroot', os.sysroot], { stdio: 'ignore' });
+    const exited = new Promise((r) => child.once('exit', r));
+    try {
+      for (let i = 0; i < 12000 && !applying() && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(applying(), 'the update never reached the apply');
+      child.kill('SIGKILL');
+      await exited;
+    } finally {
+      child.kill('SIGKILL');
+    }
+    const crashed = await status();
+    assert.equal(crashed.default, before.default);
+    const left = crashed.snapshots.filter((x) => x.inProgress).map((x) => x.number);
+    assert.equal(left.length, 1);
+
+    const r = await tiu(['update', '--offline', '--sysroot', os.sysroot]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual((r.json.cleanup as { deleted: number[] }).deleted, left);
+    const s = await status();
+    assert.equal(s.default, r.json.snapshot);
+    assert.equal(s.snapshots.some((x) => x.inProgress), false);
+    assert.equal((await readFile(join(os.sysroot, '.snapshots', String(r.json.snapshot), 'snapshot/usr/share/fake/heavy-7'))).length, 4 << 20);
   });
 
   it('usage errors: --reboot with --sysroot, --offline with --download-only', async () => {

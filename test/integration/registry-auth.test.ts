@@ -5,7 +5,8 @@
  * config locations, and a docker-credential helper.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,6 +21,8 @@ import { blobOf, makeImage, pushImage, readAll } from '../helpers/images.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { startTokenIssuer, type TokenIssuer } from '../helpers/token-issuer.ts';
 
+const exec = promisify(execFile);
+const TIU = new URL('../../bin/tiu', import.meta.url).pathname;
 const USER = 'alice';
 const PASS = 'S3cret-pa55word';
 
@@ -113,6 +116,40 @@ describe('registry transport: authentication', function () {
       await assert.rejects(other.resolve('v1'), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes('docker-credential-tiutest'));
       await rm(join(dir, 'home/.docker/config.json'));
     });
+  });
+
+  it('tiu copy and inspect take --dest-creds, --creds and --authfile (and say UNAUTHORIZED without)', async function () {
+    this.timeout(300_000);
+    const htpasswd = join(dir, 'htpasswd-cli');
+    await writeFile(htpasswd, execFileSync('htpasswd', ['-Bbn', USER, PASS]));
+    const reg = await startRegistry({ htpasswd });
+    try {
+      const img = await makeImage();
+      const layout = join(dir, 'cli-layout');
+      await mkdir(join(layout, 'blobs/sha256'), { recursive: true });
+      await writeFile(join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+      for (const b of img.all) await writeFile(join(layout, 'blobs/sha256', b.desc.digest.slice(7)), b.data);
+      await writeFile(join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ ...img.manifest.desc, annotations: { 'org.opencontainers.image.ref.name': '1' } }] }));
+      const tiu = (...args: string[]) => exec(TIU, [...args, '--json'], { env: { ...process.env, ...env } });
+      const failed = await tiu('copy', `oci:${layout}:1`, `docker://${reg.host}/cli/os:1`).then(
+        () => undefined,
+        (e: { stdout: string }) => JSON.parse(e.stdout) as { error: { code: string; message: string; details: { causeCode?: string; origin?: string } } },
+      );
+      // copy() reports it as COPY_FAILED on the destination, with the registry's code as the cause
+      assert.equal(failed?.error.code, 'COPY_FAILED');
+      assert.equal(failed.error.details.causeCode, 'UNAUTHORIZED');
+      assert.equal(failed.error.details.origin, 'destination');
+      assert.ok(failed.error.message.includes(reg.host));
+      await tiu('copy', `oci:${layout}:1`, `docker://${reg.host}/cli/os:1`, '--dest-creds', `${USER}:${PASS}`);
+      const byCreds = JSON.parse((await tiu('inspect', `docker://${reg.host}/cli/os:1`, '--creds', `${USER}:${PASS}`)).stdout) as { digest: string };
+      assert.equal(byCreds.digest, img.manifest.desc.digest);
+      const authfile = join(dir, 'cli-auth.json');
+      await writeFile(authfile, authJson(reg.host, { auth: Buffer.from(`${USER}:${PASS}`).toString('base64') }));
+      const byFile = JSON.parse((await tiu('inspect', `docker://${reg.host}/cli/os:1`, '--authfile', authfile)).stdout) as { digest: string };
+      assert.equal(byFile.digest, img.manifest.desc.digest);
+    } finally {
+      await reg.stop();
+    }
   });
 
   describe('token auth (Bearer)', () => {

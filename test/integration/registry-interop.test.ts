@@ -42,7 +42,7 @@ async function writeLayout(dir: string, img: TestImage, tag: string): Promise<vo
 }
 
 describe('registry transport: skopeo interop and the air gap', function () {
-  this.timeout(120_000);
+  this.timeout(300_000);
   let a: RunningRegistry;
   let b: RunningRegistry;
   let dir: string;

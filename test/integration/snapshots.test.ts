@@ -98,12 +98,21 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
     await run('mount', ['-t', 'proc', 'proc', join(root, 'proc')]);
     await run('btrfs', ['property', 'set', '-ts', root, 'ro', 'true']);
     const r = await cleanupInProgress(ctx);
-    assert.deepEqual(r, { deleted: [n], finished: [] });
+    assert.deepEqual(r, { deleted: [n], orphans: [], finished: [] });
     assert.equal(existsSync(join(os.sysroot, '.snapshots', String(n))), false);
     assert.equal((await mountInfo()).some((m) => m.mountPoint.startsWith(root)), false);
     const s = await readState(ctx);
     assert.deepEqual(s.snapshots.map((x) => x.number), [1, 2]);
     assert.equal(s.default, 2);
+  });
+
+  it('a snapshot directory snapper never finished (no info.xml) is removed as an orphan', async () => {
+    const dir = join(os.sysroot, '.snapshots', '40');
+    await mkdir(dir);
+    await run('btrfs', ['-q', 'subvolume', 'snapshot', snapshotPath(os.sysroot, 1), join(dir, 'snapshot')]);
+    const r = await cleanupInProgress(ctx);
+    assert.deepEqual(r.orphans, [40]);
+    assert.equal(existsSync(dir), false);
   });
 
   it('a crash after the default moved only clears the mark', async () => {
@@ -112,7 +121,7 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
     // The crash came right after the commit point: the default moved, the mark is still there.
     await setDefaultSnapshot(ctx, n);
     const r = await cleanupInProgress(ctx);
-    assert.deepEqual(r, { deleted: [], finished: [n] });
+    assert.deepEqual(r, { deleted: [], orphans: [], finished: [n] });
     const s = await readState(ctx);
     assert.equal(s.default, n);
     assert.equal(s.snapshots.find((x) => x.number === n)?.inProgress, false);

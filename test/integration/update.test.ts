@@ -261,4 +261,20 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     const b = await withKernel('k2', true);
     assert.deepEqual(b.hooks.map((h) => h.name), ['bootloader']);
   });
+
+  it('SELinux: an image without labels for a system that enforces SELinux gets /.autorelabel', async () => {
+    const selinux = 'SELINUX=enforcing\nSELINUXTYPE=targeted\n';
+    await buildImage(images, 'se', [...(await v2Files()), { path: 'etc/selinux/config', content: selinux }, { path: 'usr/lib/tiu/etc/selinux/config', content: selinux }]);
+    await signInLayout(images, 'se', signingKey);
+    const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:se`, config: noHooks });
+    assert.ok(r.status === 'updated');
+    assert.equal(r.relabel, true);
+    assert.ok(existsSync(join(snapshotPath(os.sysroot, r.snapshot), '.autorelabel')));
+    // Without SELinux (v2 has no /etc/selinux/config), no relabel.
+    await signInLayout(images, 'v2', signingKey);
+    const plain = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v2`, config: noHooks });
+    assert.ok(plain.status === 'updated');
+    assert.equal(plain.relabel, false);
+    assert.equal(existsSync(join(snapshotPath(os.sysroot, plain.snapshot), '.autorelabel')), false);
+  });
 });

@@ -13,7 +13,9 @@ describe('system: the test VM', function () {
 
   before(async function () {
     requireRoot(this, 'needs root (debootstrap, loop devices) to build the VM image');
+    failed = true;
     vm = await Vm.create('boot');
+    failed = false;
     if (vm.image.buildMs > 0) console.log(`      image ready in ${(vm.image.buildMs / 1000).toFixed(1)} s`);
   });
   afterEach(function () {

@@ -25,7 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${TIU_VM_CACHE:-/var/cache/tiu-test}
 suite=bookworm
-packages=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,kmod,btrfs-progs,snapper,zstd,e2fsprogs,procps
+packages=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,kmod,btrfs-progs,snapper,zstd,e2fsprogs,procps,attr
 # The disk's filesystem label; fstab mounts the subvolumes by it.
 label=tiu-root
 cmdline="root=/dev/vda rootfstype=btrfs rw console=ttyS0 panic=-1 loglevel=4 systemd.show_status=1 net.ifnames=0 mitigations=off"
@@ -215,8 +215,8 @@ install_tiu() {
     'exec /usr/lib/tiu/bin/tiu "$@"' >"$root/usr/bin/tiu"
   chmod 755 "$root/usr/bin/tiu"
   mount -t proc proc "$root/proc"
-  chroot "$root" /usr/bin/tiu --version >/dev/null || { umount "$root/proc"; die "tiu does not run in the image"; }
-  chroot "$root" /usr/bin/tiu health --help >/dev/null
+  env -u NODE_EXTRA_CA_CERTS -u NODE_OPTIONS chroot "$root" /usr/bin/tiu --version >/dev/null || { umount "$root/proc"; die "tiu does not run in the image"; }
+  env -u NODE_EXTRA_CA_CERTS -u NODE_OPTIONS chroot "$root" /usr/bin/tiu health --help >/dev/null
   umount "$root/proc"
   # tiu's own systemd units, where the tree has them.
   if [ -d "$dst/systemd" ]; then

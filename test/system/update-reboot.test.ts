@@ -70,6 +70,11 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
   let vm: Vm | undefined;
   let work = '';
   let failed = false;
+  /** The scenarios run in order on one VM: each needs the one before it to have passed. */
+  let passed = 0;
+  const requirePrevious = (n: number) => {
+    if (passed !== n - 1) throw new Error(`scenario ${n} starts where scenario ${n - 1} ends, and that one did not pass`);
+  };
   const timings: [string, number][] = [];
   const timed = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
     const t0 = Date.now();
@@ -101,6 +106,7 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
 
   before(async function () {
     requireRoot(this, 'needs root (debootstrap, loop devices, mounts) for the VM image');
+    failed = true; // until the setup is through: a failing setup keeps the VM's logs too
     const t0 = Date.now();
     vm = await Vm.create('update');
     timings.push([`VM image (build-image.sh${vm.image.buildMs > 60_000 ? ', built' : ', cached'})`, vm.image.buildMs]);
@@ -148,6 +154,7 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     assert.equal(st.booted, 1);
     assert.equal(st.snapshots.find((s) => s.number === 1)?.health, 'good', 'the first boot marks the installed snapshot good');
     console.log(`      setup took ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    failed = false;
   });
 
   afterEach(function () {
@@ -164,6 +171,7 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
   });
 
   it('1: tiu update --reboot from an OCI layout on a USB disk boots the new image and marks it good', async function () {
+    requirePrevious(1);
     const v = vm!;
     await timed('scenario 1: update v1 -> v2 until qemu exits', () => updateAndReboot(V2.tag));
     await timed('scenario 1: boot (v2)', () => v.bootReady());
@@ -176,9 +184,11 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     assert.equal(s2.health, 'good');
     assert.equal(s2.inProgress, false);
     assert.match(s2.image ?? '', /os:v2$/);
+    passed = 1;
   });
 
   it('2: a bundle whose health check fails is rolled back by itself: the VM comes up on the previous image', async function () {
+    requirePrevious(2);
     const v = vm!;
     await mountUsb();
     await timed('scenario 2: update v2 -> v3-bad until qemu exits', () => updateAndReboot(V3.tag));
@@ -194,9 +204,11 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     assert.equal(s3.health, 'bad');
     assert.equal(s3.userdata['tiu-health-failed'], '50-app');
     assert.equal(st.snapshots.find((s) => s.number === 2)!.health, 'good');
+    passed = 2;
   });
 
   it('3: killed in the middle of an apply, the VM boots the old image and the next update succeeds', async function () {
+    requirePrevious(3);
     const v = vm!;
     await mountUsb();
     await v.sh(`setsid tiu update oci:${USB}/os:${V4.tag} >/var/log/tiu-update-killed.log 2>&1 < /dev/null &`);
@@ -233,5 +245,6 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     assert.match(now.image ?? '', /os:v4$/);
     assert.equal(st.snapshots.find((s) => s.number === inProgress), undefined, 'the unfinished snapshot was cleaned up');
     assert.deepEqual(st.snapshots.filter((s) => s.inProgress), []);
+    passed = 3;
   });
 });

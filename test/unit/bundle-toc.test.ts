@@ -7,7 +7,7 @@ import { Readable } from 'node:stream';
 import { zstdCompressSync } from 'node:zlib';
 import type { TreeEntry } from '../../src/bundle/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
-import { fetchTocFile, parseFooter, readTocFromFooter, skippableFrame, ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
+import { fetchTocFile, formatModtime, parseFooter, readTocFromFooter, skippableFrame, ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
 import { zstdDecompressFrames } from '../../src/bundle/zstd-frames.ts';
 import { Crc64 } from '../../src/bundle/tar-split.ts';
 import { ByteReader, readTar } from '../../src/bundle/tar-format.ts';
@@ -134,6 +134,12 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
       }
     }
     assert.equal(`sha256:${rebuilt.digest('hex')}`, diffId);
+  });
+
+  it('formats modtimes as Go does and leaves out what a date cannot hold', function () {
+    assert.equal(formatModtime(0, 0), '1970-01-01T00:00:00Z');
+    assert.equal(formatModtime(1_700_000_000, 120_000_000), '2023-11-14T22:13:20.12Z');
+    assert.equal(formatModtime(2 ** 40, 0), undefined);
   });
 
   it('CRC-64/ISO as Go computes it', function () {

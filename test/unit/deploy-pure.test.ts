@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
 import { isTiuError } from '../../src/errors.ts';
 import { DEFAULT_HOOKS, parseConfig } from '../../src/deploy/config.ts';
-import { planHooks, type KernelFacts } from '../../src/deploy/hooks.ts';
+import { kernelFacts, planHooks, type KernelFacts } from '../../src/deploy/hooks.ts';
+import { mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { deriveState, snapshotNumberOf } from '../../src/deploy/state.ts';
 import { formatUserdata } from '../../src/host/snapper.ts';
 import { parseMountInfo } from '../../src/host/mount.ts';
@@ -77,6 +80,11 @@ describe('deploy/state deriveState', () => {
     assert.equal(s.rollback, 4);
     assert.equal(deriveState('/', [row(1)], 1, 1).rollback, undefined);
   });
+  it('rollback skips snapshots the health check marked bad and prefers good ones', () => {
+    const s = deriveState('/', [row(1, { 'tiu-health': 'good' }), row(2), row(3, { 'tiu-health': 'bad' }), row(4)], 4, 4);
+    assert.equal(s.rollback, 1);
+    assert.equal(deriveState('/', [row(1), row(2), row(3, { 'tiu-health': 'bad' }), row(4)], 4, 4).rollback, 2);
+  });
   it('snapshot numbers from subvolume paths', () => {
     assert.equal(snapshotNumberOf('@/.snapshots/12/snapshot'), 12);
     assert.equal(snapshotNumberOf('/@/.snapshots/1/snapshot'), 1);
@@ -101,5 +109,43 @@ describe('host helpers (pure)', () => {
     assert.match(cacheTag('docker://r.example/os:1'), /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/);
     assert.equal(cacheTag('a'), cacheTag('a'));
     assert.notEqual(cacheTag('a'), cacheTag('b'));
+  });
+});
+
+describe('deploy/hooks kernelFacts (on directories)', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-kfacts-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+  const tree = async (name: string, kernels: Record<string, { vmlinuz: string; initrd?: boolean }>) => {
+    const root = join(dir, name);
+    for (const [v, k] of Object.entries(kernels)) {
+      await mkdir(join(root, 'usr/lib/modules', v), { recursive: true });
+      await writeFile(join(root, 'usr/lib/modules', v, 'vmlinuz'), k.vmlinuz);
+      await utimes(join(root, 'usr/lib/modules', v, 'vmlinuz'), 1_700_000_000, 1_700_000_000);
+      if (k.initrd) await writeFile(join(root, 'usr/lib/modules', v, 'initrd'), 'i');
+    }
+    await mkdir(root, { recursive: true });
+    return root;
+  };
+  it('same kernel: nothing changed', async () => {
+    const a = await tree('a', { '6.1': { vmlinuz: 'k' } });
+    const b = await tree('b', { '6.1': { vmlinuz: 'k' } });
+    assert.deepEqual(await kernelFacts(a, b), { kernels: ['6.1'], changed: [], withoutInitrd: ['6.1'] });
+  });
+  it('a new version with its initrd, an old one gone', async () => {
+    const a = await tree('c', { '6.1': { vmlinuz: 'k' } });
+    const b = await tree('d', { '6.2': { vmlinuz: 'k2', initrd: true } });
+    assert.deepEqual(await kernelFacts(a, b), { kernels: ['6.2'], changed: ['6.2', '6.1'], withoutInitrd: [] });
+  });
+  it('the same version rebuilt (different size) counts as changed; no modules dir is no kernel', async () => {
+    const a = await tree('e', { '6.1': { vmlinuz: 'k' } });
+    const b = await tree('f', { '6.1': { vmlinuz: 'kk' } });
+    assert.deepEqual((await kernelFacts(a, b)).changed, ['6.1']);
+    const none = await tree('g', {});
+    assert.deepEqual(await kernelFacts(none, none), { kernels: [], changed: [], withoutInitrd: [] });
   });
 });

@@ -5,6 +5,7 @@ import { BuildError } from '../../bundle/errors.ts';
 import { isDigest } from '../../oci/digest.ts';
 import { openReference, type OpenedReference } from '../../transport/resolve.ts';
 import { humanSize, shortDigest } from '../format.ts';
+import { copyRegistryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
 
 function parseAnnotations(values: string[]): Record<string, string> {
   const out: Record<string, string> = {};
@@ -33,7 +34,8 @@ const command: Command = {
     '  --layers N               at most N layers (default 8), split by a stable rule\n' +
     '  --exclude PATH           leave PATH and everything below it out (repeatable)\n' +
     '  --annotation K=V         add a manifest annotation (repeatable)\n' +
-    '  --arch ARCH              OCI architecture (default: this machine\'s)',
+    '  --arch ARCH              OCI architecture (default: this machine\'s)\n' +
+    registryOptionsHelp,
   options: {
     tag: { type: 'string' },
     compression: { type: 'string' },
@@ -41,6 +43,7 @@ const command: Command = {
     exclude: { type: 'string', multiple: true },
     annotation: { type: 'string', multiple: true },
     arch: { type: 'string' },
+    ...copyRegistryOptionSpecs,
   },
   positionals: [1, 1],
   async run([sourceInput], options, out) {
@@ -60,12 +63,12 @@ const command: Command = {
       const kind = await classifySource(sourceInput!);
       let source: BuildSource;
       if (kind === 'image') {
-        src = await openReference(sourceInput!);
+        src = await openReference(sourceInput!, { registry: registryOptions(options, 'src') });
         source = { kind: 'image', target: src.target, reference: src.name ?? 'latest' };
       } else {
         source = { kind, path: sourceInput! };
       }
-      dst = await openReference(destInput, { forWrite: true });
+      dst = await openReference(destInput, { forWrite: true, registry: registryOptions(options, 'dest') });
       const tag = dst.name ?? 'latest';
       if (isDigest(tag)) throw new BuildError('BUILD_BAD_OPTION', `--tag ${destInput} names a digest; give a tag`);
       const r = await buildBundle(source, dst.target, tag, {

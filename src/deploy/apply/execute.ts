@@ -33,6 +33,25 @@ function add(c: Counter, bytes: number): void {
   c.bytes += bytes;
 }
 
+/**
+ * Rename staged content to its place. The staging directory lives in the snapshot's top
+ * subvolume, and rename() cannot cross into a nested one (MicroOS's /etc is a subvolume inside
+ * each snapshot): there the content is reflinked beside its place first, which shares the extents.
+ */
+async function moveIntoPlace(sr: SafeRoot, staged: string, rel: string, e: TreeEntry, allowCopy: boolean): Promise<void> {
+  try {
+    await rename(sr.abs(staged), sr.abs(rel));
+    return;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+  }
+  const tmp = await sr.tmpBeside(rel);
+  await reflinkFile(sr.abs(staged), sr.abs(tmp), allowCopy);
+  await setMetaAt(sr, tmp, e);
+  await rename(sr.abs(tmp), sr.abs(rel));
+  await unlink(sr.abs(staged));
+}
+
 export async function executePlan(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions = {}): Promise<ApplyReport> {
   try {
     return await executePlanInner(root, plan, provider, opts);
@@ -129,19 +148,7 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
           }
           if (!src) throw new ContentUnavailableError(rel, 'no staged content');
           await setMetaAt(sr, src, e);
-          try {
-            await rename(sr.abs(src), sr.abs(rel));
-          } catch (err) {
-            if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
-            // `rel` lies in another subvolume than the staging directory (MicroOS's nested /etc):
-            // clone the staged file beside it (a reflink works across subvolumes), rename there.
-            const tmp = await sr.tmpBeside(rel);
-            const real = await reflinkFile(sr.abs(src), sr.abs(tmp), opts.allowCopyFallback ?? false);
-            if (!real) add(report.copiedInsteadOfReflink, e.size);
-            await setMetaAt(sr, tmp, e);
-            await rename(sr.abs(tmp), sr.abs(rel));
-            await unlink(sr.abs(src));
-          }
+          await moveIntoPlace(sr, src, rel, e, opts.allowCopyFallback ?? false);
           add(a.kind === 'write' ? report.written : report.reflinked, bytes);
           break;
         }

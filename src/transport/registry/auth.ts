@@ -83,7 +83,10 @@ export class RegistryAuth {
   /** Issued tokens, counted (tests check caching). */
   tokenRequests = 0;
 
-  constructor(registry: string, http: HttpClient, credOpts: CredentialOptions = {}) {
+  readonly #now: () => number;
+
+  constructor(registry: string, http: HttpClient, credOpts: CredentialOptions = {}, now: () => number = Date.now) {
+    this.#now = now;
     this.registry = registry;
     this.#http = http;
     this.#credOpts = credOpts;
@@ -122,7 +125,7 @@ export class RegistryAuth {
     if (ch.scheme === 'bearer') {
       const key = [...new Set(scopes)].sort().join(' ');
       const t = this.#tokens.get(key);
-      if (t && t.expires > Date.now()) return `Bearer ${t.token}`;
+      if (t && t.expires > this.#now()) return `Bearer ${t.token}`;
       const token = await this.#fetchToken(ch, repository, [...new Set(scopes)].sort(), signal);
       return `Bearer ${token}`;
     }
@@ -225,7 +228,7 @@ export class RegistryAuth {
     const expiresIn = typeof j.expires_in === 'number' && j.expires_in > 0 ? j.expires_in : 60;
     // Renew 10% (at least 5 s) before the end.
     const margin = Math.max(5, expiresIn / 10);
-    this.#tokens.set(scopes.join(' '), { token, expires: Date.now() + Math.max(1, expiresIn - margin) * 1000 });
+    this.#tokens.set(scopes.join(' '), { token, expires: this.#now() + Math.max(1, expiresIn - margin) * 1000 });
     return token;
   }
 }

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { setTimeout as delay } from 'node:timers/promises';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -60,9 +59,10 @@ describe('registry: token cache', () => {
   });
 
   it('caches a token per scope set until shortly before it expires', async () => {
-    const r = await realm(6); // renewed 5 s early: lives 1 s here
+    const r = await realm(60); // renewed 6 s early: used for 54 s
+    let clock = 1_000_000;
     try {
-      const auth = new RegistryAuth('r.example', new HttpClient(), { creds: 'u:p' });
+      const auth = new RegistryAuth('r.example', new HttpClient(), { creds: 'u:p' }, () => clock);
       auth.learn(challenge(`Bearer realm="${r.url}",service="svc"`));
       assert.equal(await auth.header('a', ['repository:a:pull']), 'Bearer T1');
       assert.equal(await auth.header('a', ['repository:a:pull']), 'Bearer T1');
@@ -72,7 +72,9 @@ describe('registry: token cache', () => {
       assert.equal(await auth.header('a', ['repository:a:pull,push', 'repository:b:pull']), 'Bearer T2');
       assert.equal(r.calls[1]!.method, 'POST');
       assert.equal(r.calls[1]!.scope, 'repository:a:pull,push repository:b:pull');
-      await delay(1100);
+      clock += 53_000;
+      assert.equal(await auth.header('a', ['repository:a:pull']), 'Bearer T1');
+      clock += 2_000;
       assert.equal(await auth.header('a', ['repository:a:pull']), 'Bearer T3');
       assert.equal(r.calls.length, 3);
     } finally {

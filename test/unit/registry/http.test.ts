@@ -72,7 +72,7 @@ describe('registry: http', () => {
     const res = await client().request({ method: 'GET', url: new URL('/x', url) });
     assert.equal(res.status, 429);
     res.body.resume();
-    assert.ok(Date.now() - t0 < 1000);
+    assert.ok(Date.now() - t0 < 10_000);
   });
 
   it('times out an idle server (TIMEOUT) and honours AbortSignal (ABORTED)', async () => {

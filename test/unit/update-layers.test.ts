@@ -1,0 +1,46 @@
+/**
+ * layerOpeners: the verified, decompressed tar stream of each layer. tiu's own zstd layers are
+ * many frames with a skippable frame (the table of contents) at the end; all of it must come out.
+ */
+import { strict as assert } from 'node:assert';
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { gzipSync, zstdCompressSync } from 'node:zlib';
+import { MemoryTarget } from '../../src/content/memory.ts';
+import { layerOpeners } from '../../src/deploy/update.ts';
+import { MediaType } from '../../src/oci/mediatypes.ts';
+import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';
+
+const sha = (b: Uint8Array): Digest => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+function skippable(payload: Buffer): Buffer {
+  const h = Buffer.alloc(8);
+  h.writeUInt32LE(0x184d2a5e, 0);
+  h.writeUInt32LE(payload.length, 4);
+  return Buffer.concat([h, payload]);
+}
+
+async function openOnly(blob: Buffer, mediaType: string): Promise<Buffer> {
+  const target = new MemoryTarget();
+  const desc: Descriptor = { mediaType, digest: sha(blob), size: blob.length };
+  await target.push(desc, Readable.from([blob]));
+  const config: Descriptor = { mediaType: MediaType.OciConfig, digest: sha(Buffer.from('{}')), size: 2 };
+  const manifest: ImageManifest = { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [desc] };
+  const [open] = layerOpeners(target, manifest);
+  return buffer(await open!());
+}
+
+describe('update: layer streams', () => {
+  const parts = [Buffer.alloc(2048, 1), Buffer.from('x'.repeat(100_000)), Buffer.alloc(1024, 0)];
+  const whole = Buffer.concat(parts);
+
+  it('reads every frame of a multi-frame zstd layer and skips skippable frames', async () => {
+    const blob = Buffer.concat([...parts.map((p) => zstdCompressSync(p)), skippable(Buffer.from('{"toc":true}'))]);
+    assert.deepEqual(await openOnly(blob, MediaType.OciLayerZstd), whole);
+  });
+
+  it('reads a gzip layer', async () => {
+    assert.deepEqual(await openOnly(gzipSync(whole), MediaType.OciLayerGzip), whole);
+  });
+});
