@@ -16,7 +16,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureTrees, type TreeInfo } from './trees.ts';
 import { measured, sh } from './lib/proc.ts';
-import { startProxy, type CountingProxy } from './lib/proxy.ts';
+import { startCountingProxy, type CountingProxy } from '../test/helpers/counting-proxy.ts';
 import { imageSize } from './lib/oci.ts';
 import { formatSummary, ratio, summarize, type Figure, type Unit } from './lib/stats.ts';
 import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts';
@@ -380,7 +380,7 @@ async function main(): Promise<void> {
   const base = process.env.TIU_BENCH_WORK ?? '/var/tmp';
   const work = await mkdtemp(join(base, 'tiu-bench-'));
   const registry = await startRegistry();
-  const proxy = await startProxy({ host: '127.0.0.1', port: registry.port });
+  const proxy = await startCountingProxy(registry.port);
   const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], proxy, registry };
   try {
     await buildSection(ctx);

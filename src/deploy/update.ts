@@ -36,7 +36,7 @@ import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from '.
 import { acquireUpdateLock } from './lock.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
 import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
-import { applyTransfer, ContentStore, describeTransfer, downloadTransfer, prepareTransfer, type DeltaTransfer, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
+import { applyTransfer, ContentStore, contentIndexFile, describeTransfer, pruneContentIndexes, downloadTransfer, prepareTransfer, type DeltaTransfer, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
 
 export class UpdateError extends TiuError {}
 
@@ -251,7 +251,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     let delta: DeltaTransfer | undefined;
     let transfer: TransferReport | undefined;
     if (!opts.offline && !opts.downloadOnly) {
-      const t = await chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal });
+      const t = await chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal, index: { load: contentIndexFile(cacheDir, state.booted), save: true } });
       transfer = t.report;
       progress(describeTransfer(transfer));
       if (t.path === 'delta') delta = t;
@@ -287,7 +287,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       progress(`writing ${manifest.layers.length} layer(s) into snapshot ${n}`);
       let applyReport: ApplyReport;
       if (delta && store) {
-        const a = await applyTransfer(delta, newRoot, store, { preserve: [...PRESERVE, ETC_ASIDE], signal });
+        const a = await applyTransfer(delta, newRoot, store, { preserve: [...PRESERVE, ETC_ASIDE], signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, n) });
+        await pruneContentIndexes(cacheDir, [from, n]);
         if (a.extra.bytes) transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
         applyReport = a.report;
       } else {
@@ -372,12 +373,12 @@ async function chooseTransfer(
   source: Target,
   root: Descriptor,
   oldRoot: string,
-  o: { image: string; config: TiuConfig; sysroot: string; platform: { os: string; architecture: string }; mode?: TransferMode; signal?: AbortSignal },
+  o: { image: string; config: TiuConfig; sysroot: string; platform: { os: string; architecture: string }; mode?: TransferMode; signal?: AbortSignal; index?: { load: string; save: boolean } },
 ): Promise<PreparedTransfer> {
   // Nothing of the image (TOCs included) is used before the policy accepted its signature.
   await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signedIdentity: o.config.signedIdentity, signal: o.signal });
   const { manifest } = await imageManifest(source, root, o.platform, o.signal);
-  return prepareTransfer({ source, manifest, oldRoot, preserve: PRESERVE, mode: o.mode ?? 'auto', signal: o.signal });
+  return prepareTransfer({ source, manifest, oldRoot, preserve: PRESERVE, mode: o.mode ?? 'auto', signal: o.signal, ...(o.index ? { indexFile: o.index.load, ...(o.index.save ? { saveIndexTo: o.index.load } : {}) } : {}) });
 }
 
 /**
@@ -401,7 +402,9 @@ export async function checkUpdate(deps: UpdateDeps, opts: Omit<UpdateOptions, 'd
     else throw new UpdateError('MISSING_REFERENCE', `${image} does not say which image of ${src.target.name} to use: add a tag or digest`, { image });
     const present = presentIn(state, root.digest);
     if (present !== undefined) return { status: 'already-present', image, digest: root.digest, snapshot: present };
-    const t = await chooseTransfer(deps, src.target, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal: opts.signal });
+    // Read-only use of the booted snapshot's content index, where an update left one.
+    const index = { load: contentIndexFile(join(ctx.sysroot, config.cache), state.booted), save: false };
+    const t = await chooseTransfer(deps, src.target, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal: opts.signal, index });
     return { status: 'available', image, digest: root.digest, booted: state.booted, transfer: t.report };
   } finally {
     await src.target.close?.().catch(() => undefined);

@@ -1,12 +1,26 @@
 /**
- * A loopback HTTP proxy in front of a registry, for tests that measure or disturb downloads.
- * One shared helper: it counts every byte it forwards (per request, with the blob digest and
- * the Range asked for), can strip Range headers (a registry that ignores Range), and can cut
- * blob bodies after N bytes (a dropped connection). The Host header passes through, so the
- * registry's Location headers point back at the proxy.
+ * A loopback HTTP proxy in front of a registry, for tests and benchmarks that measure or
+ * disturb downloads. The one shared helper: it counts every byte it passes (per request, with
+ * the blob digest and the Range asked for; and in total with status lines and headers, both
+ * ways), can strip Range headers (a registry that ignores Range), can cut blob bodies after N
+ * bytes (a dropped connection), and can serve static directories under a path prefix (casync's
+ * chunk store in the benchmark). The Host header passes through, so the registry's Location
+ * headers point back at the proxy.
  */
-import { createServer, request, type Server } from 'node:http';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { join, normalize } from 'node:path';
+
+/** Totals on the wire: status lines, headers and bodies. */
+export interface Counters {
+  /** Bytes sent to clients. */
+  down: number;
+  /** Bytes received from clients. */
+  up: number;
+  requests: number;
+}
 
 export interface ProxiedRequest {
   method: string;
@@ -23,6 +37,9 @@ export interface ProxiedRequest {
 export interface CountingProxy {
   host: string;
   port: number;
+  /** http://host:port */
+  url: string;
+  counters: Counters;
   /** Every request so far, in order of arrival. */
   requests: ProxiedRequest[];
   /** Response body bytes of all requests. */
@@ -33,30 +50,89 @@ export interface CountingProxy {
   stripRange(on: boolean): void;
   /** Cut the next `count` blob GET bodies after `after` bytes. */
   cut(after: number, count?: number): void;
-  /** Forget the counts. */
-  reset(): void;
+  /** Forget the counts; returns the totals until now. */
+  reset(): Counters;
+  /** Point the proxy at another upstream (a fresh registry). */
+  setUpstream(host: string, port: number): void;
+  /** Serve the files of `dir` under the path `prefix` (e.g. /casync/). */
+  serve(prefix: string, dir: string): void;
   stop(): Promise<void>;
 }
 
-export async function startCountingProxy(upstreamPort: number, upstreamHost = '127.0.0.1'): Promise<CountingProxy> {
+function headerBytes(line: string, headers: Record<string, string | string[] | number | undefined>): number {
+  let n = line.length + 2;
+  for (const [k, v] of Object.entries(headers)) {
+    if (v === undefined) continue;
+    for (const x of Array.isArray(v) ? v : [v]) n += k.length + 2 + String(x).length + 2;
+  }
+  return n + 2;
+}
+
+export async function startCountingProxy(upstreamPort: number, upstreamHost = '127.0.0.1', statics: Record<string, string> = {}): Promise<CountingProxy> {
   let strip = false;
   let cutAfter = 0;
   let cuts = 0;
+  let up = { host: upstreamHost, port: upstreamPort };
   const requests: ProxiedRequest[] = [];
+  const counters: Counters = { down: 0, up: 0, requests: 0 };
+
+  const serveStatic = async (dir: string, rel: string, req: IncomingMessage, res: ServerResponse, rec: ProxiedRequest): Promise<void> => {
+    const p = normalize(join(dir, decodeURIComponent(rel)));
+    if (!p.startsWith(dir)) {
+      rec.status = 403;
+      res.writeHead(403).end();
+      return;
+    }
+    try {
+      const st = await stat(p);
+      if (!st.isFile()) throw new Error('not a file');
+      const headers = { 'content-length': st.size, 'content-type': 'application/octet-stream' };
+      counters.down += headerBytes('HTTP/1.1 200 OK', headers);
+      rec.status = 200;
+      res.writeHead(200, headers);
+      if (req.method === 'HEAD') {
+        res.end();
+        return;
+      }
+      const s = createReadStream(p);
+      s.on('data', (d) => {
+        counters.down += d.length;
+        rec.bytes += d.length;
+      });
+      s.pipe(res);
+    } catch {
+      counters.down += headerBytes('HTTP/1.1 404 Not Found', {});
+      rec.status = 404;
+      res.writeHead(404).end();
+    }
+  };
+
   const server: Server = createServer((req, res) => {
     const path = req.url ?? '/';
+    counters.requests++;
+    counters.up += headerBytes(`${req.method} ${path} HTTP/1.1`, req.headers);
+    req.on('data', (d: Buffer) => {
+      counters.up += d.length;
+    });
     const m = /\/blobs\/(sha256:[0-9a-f]{64})/.exec(path);
     const rec: ProxiedRequest = { method: req.method ?? 'GET', path, range: String(req.headers.range ?? ''), status: 0, bytes: 0 };
     if (m) rec.blob = m[1];
     requests.push(rec);
+    for (const [prefix, dir] of Object.entries(statics)) {
+      if (path.startsWith(prefix)) {
+        void serveStatic(dir, path.slice(prefix.length).split('?')[0]!, req, res, rec);
+        return;
+      }
+    }
     const headers = { ...req.headers };
     if (strip) {
       delete headers.range;
       delete headers['if-range'];
     }
     const isBlobGet = rec.method === 'GET' && rec.blob !== undefined;
-    const up = request({ host: upstreamHost, port: upstreamPort, method: req.method, path, headers }, (ures) => {
+    const fwd = request({ host: up.host, port: up.port, method: req.method, path, headers }, (ures) => {
       rec.status = ures.statusCode ?? 502;
+      counters.down += headerBytes(`HTTP/1.1 ${rec.status} ${ures.statusMessage ?? ''}`, ures.headers);
       res.writeHead(rec.status, ures.statusMessage, ures.headers);
       const cutThis = isBlobGet && cuts > 0 && (rec.status === 200 || rec.status === 206);
       if (cutThis) cuts--;
@@ -64,27 +140,32 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
         if (cutThis && rec.bytes + c.length >= cutAfter) {
           const part = c.subarray(0, Math.max(0, cutAfter - rec.bytes));
           rec.bytes += part.length;
+          counters.down += part.length;
           res.write(part, () => res.socket?.destroy());
           ures.destroy();
           return;
         }
         rec.bytes += c.length;
+        counters.down += c.length;
         res.write(c);
       });
       ures.on('end', () => res.end());
       ures.on('error', () => res.destroy());
     });
-    up.on('error', () => {
+    fwd.on('error', () => {
       if (!res.headersSent) res.writeHead(502);
       res.end();
     });
-    req.pipe(up);
+    req.pipe(fwd);
   });
+  server.keepAliveTimeout = 5000;
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
   return {
     host: `127.0.0.1:${port}`,
     port,
+    url: `http://127.0.0.1:${port}`,
+    counters,
     requests,
     get bodyBytes() {
       return requests.reduce((n, r) => n + r.bytes, 0);
@@ -101,7 +182,18 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
       cuts = count;
     },
     reset() {
+      const c = { ...counters };
+      counters.down = 0;
+      counters.up = 0;
+      counters.requests = 0;
       requests.length = 0;
+      return c;
+    },
+    setUpstream(host, p) {
+      up = { host, port: p };
+    },
+    serve(prefix, dir) {
+      statics[prefix] = dir;
     },
     stop: () =>
       new Promise<void>((r) => {

@@ -15,6 +15,8 @@
  * One planner and one range computation serve the check, the download and the apply, so the
  * check's byte count is what the download fetches.
  */
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { ContentIndex, executePlan, flattenLayers, planApply, scanTree, type ApplyReport, type Plan, type PlanSummary, type TreeEntry } from '../apply/index.ts';
@@ -48,6 +50,8 @@ export interface TransferReport {
   requests: number;
   /** Measured after the download: layer bytes actually received (TOCs + content). */
   downloaded?: number;
+  /** Delta: files of the old tree read to hash them while planning (none when its content index knew them). */
+  hashed?: { files: number; bytes: number };
   /** Delta: files of the new tree by what the plan does with them; `changed` is everything but `keep`. */
   files?: PlanSummary & { changed: number };
 }
@@ -60,8 +64,10 @@ export interface PrepareOptions {
   /** Paths of the root that are not image content (subvolumes, .snapshots). */
   preserve: readonly string[];
   mode?: TransferMode;
-  /** Content-index cache of the old root (see apply's ContentIndex). */
+  /** Content-index cache of the old root (see apply's ContentIndex): loaded if present. */
   indexFile?: string;
+  /** Save the index (with what planning hashed) here, so the next plan of the same root reads nothing. */
+  saveIndexTo?: string;
   coalesce?: CoalesceOptions;
   signal?: AbortSignal;
 }
@@ -113,7 +119,8 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
   if (mode === 'whole-layer') return whole(o.manifest, 'whole-layer download requested', mode);
   const tocs = await fetchLayerTocs(o.source, o.manifest, o.signal);
   if (!tocs.ok) return whole(o.manifest, tocs.reason, mode);
-  const { plan } = await planAgainst(tocs.layers, o.oldRoot, o.preserve, o.indexFile);
+  const { plan, index } = await planAgainst(tocs.layers, o.oldRoot, o.preserve, o.indexFile);
+  if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
   const lacking = frameless(plan.fetch);
   if (lacking.length) return whole(o.manifest, `/${lacking[0]!.path} has no content frame of its own in the table of contents`, mode);
   const co = o.coalesce ?? {};
@@ -135,6 +142,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       contentBytes: content,
       requests: tocs.requests + ranges.length,
       files: { ...plan.summary, changed: changedFiles(plan.summary) },
+      hashed: { files: index.hashedFiles, bytes: index.hashedBytes },
     },
   };
 }
@@ -151,13 +159,39 @@ export interface ApplyTransferResult {
   plan: Plan;
 }
 
-/** Plan against the new snapshot (a copy of the booted one) and apply, content from the store. */
-export async function applyTransfer(t: DeltaTransfer, root: string, store: ContentStore, opts: { preserve: readonly string[]; indexFile?: string; concurrency?: number; signal?: AbortSignal; allowCopyFallback?: boolean }): Promise<ApplyTransferResult> {
+/**
+ * Plan against the new snapshot (a copy of the booted one: same inodes, so the booted root's
+ * content index is valid for it) and apply, content from the store. The index of the new tree
+ * is saved to `saveIndexTo`, for the update that runs from it.
+ */
+export async function applyTransfer(
+  t: DeltaTransfer,
+  root: string,
+  store: ContentStore,
+  opts: { preserve: readonly string[]; indexFile?: string; saveIndexTo?: string; concurrency?: number; signal?: AbortSignal; allowCopyFallback?: boolean },
+): Promise<ApplyTransferResult> {
   const { plan, index } = await planAgainst(t.layers, root, opts.preserve, opts.indexFile);
   const provider = storeProvider(t.source, t.manifest.layers, store, { concurrency: opts.concurrency, signal: opts.signal, coalesce: t.coalesce, maxSpan: t.coalesce.maxSpan });
   const report = await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index });
-  if (opts.indexFile) await index.save(opts.indexFile);
+  if (opts.saveIndexTo) await saveIndex(index, opts.saveIndexTo);
   return { report, extra: provider.extra, plan };
+}
+
+async function saveIndex(index: ContentIndex, file: string): Promise<void> {
+  await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+  await index.save(file);
+}
+
+/** Where the content index of snapshot `n` is kept (in the cache, on /var). */
+export function contentIndexFile(cacheDir: string, n: number): string {
+  return join(cacheDir, 'content-index', `${n}.json`);
+}
+
+/** Drop the content indexes of snapshots other than `keep`. */
+export async function pruneContentIndexes(cacheDir: string, keep: readonly number[]): Promise<void> {
+  const dir = join(cacheDir, 'content-index');
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const f of names) if (/^\d+\.json$/.test(f) && !keep.includes(Number(f.slice(0, -5)))) await rm(join(dir, f), { force: true });
 }
 
 /** One line for the progress output. */

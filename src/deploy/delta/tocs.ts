@@ -62,7 +62,11 @@ export async function fetchLayerTocs(source: Target, manifest: ImageManifest, si
   const layers: TreeEntry[][] = [];
   let tocBytes = 0;
   let requests = 0;
-  for (const [i, d] of manifest.layers.entries()) {
+  // Smallest layer first: a registry that answers a Range request with the whole blob (200)
+  // then costs at most the smallest layer's bytes in flight before the answer is dropped.
+  const order = [...manifest.layers.keys()].sort((a, b) => manifest.layers[a]!.size - manifest.layers[b]!.size);
+  for (const i of order) {
+    const d = manifest.layers[i]!;
     let toc: Toc;
     try {
       toc = await readTocFromFooter(
@@ -88,7 +92,7 @@ export async function fetchLayerTocs(source: Target, manifest: ImageManifest, si
       const end = widened.ends.get(e.path);
       if (end !== undefined && e.source) e.source.endOffset = end;
     }
-    layers.push(entries);
+    layers[i] = entries;
   }
   return { ok: true, layers, tocBytes, requests };
 }
