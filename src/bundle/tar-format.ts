@@ -207,6 +207,12 @@ export class ByteReader {
       yield out;
     }
   }
+  /** Let go of the source before its end: its iterator's return() (a Readable's destroys it). */
+  async close(): Promise<void> {
+    this.#buf = Buffer.alloc(0);
+    this.#done = true;
+    await this.#it.return?.();
+  }
   /** Drain the rest of the source (so a producer like a decompressor can finish). */
   async drain(): Promise<void> {
     this.#buf = Buffer.alloc(0);
