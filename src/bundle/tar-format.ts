@@ -195,6 +195,14 @@ export class ByteReader {
     this.position += out.length;
     return out;
   }
+  /** Up to n bytes, as many as have arrived (at least 1 unless the stream has ended). */
+  async some(n: number): Promise<Buffer> {
+    if (this.#buf.length === 0) await this.#fill();
+    const out = this.#buf.subarray(0, Math.min(n, this.#buf.length));
+    this.#buf = this.#buf.subarray(out.length);
+    this.position += out.length;
+    return out;
+  }
   /** n bytes in pieces as they arrive (bounded memory); fewer if the stream ends. */
   async *pieces(n: number): AsyncGenerator<Buffer> {
     let left = n;
