@@ -40,12 +40,21 @@ export async function decompressStream(input: Readable, opts: { signal?: AbortSi
     total += r.value.length;
   }
   async function* all(): AsyncGenerator<Buffer> {
-    yield* chunks;
-    if (ended) return;
-    for (;;) {
-      const r = await it.next();
-      if (r.done) return;
-      yield r.value;
+    let finished = ended;
+    try {
+      yield* chunks;
+      if (ended) return;
+      for (;;) {
+        const r = await it.next();
+        if (r.done) {
+          finished = true;
+          return;
+        }
+        yield r.value;
+      }
+    } finally {
+      // a reader that stops early releases the input (a Readable's iterator destroys it)
+      if (!finished) await it.return?.();
     }
   }
   const compression = detectCompression(Buffer.concat(chunks));

@@ -11,6 +11,25 @@ import { BuildError } from './errors.ts';
 
 export type EntryType = 'reg' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo';
 
+/** The entry type of an lstat result; undefined for a socket (never part of an image). */
+export function fileTypeOf(st: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean; isFIFO(): boolean }): EntryType | undefined {
+  if (st.isFile()) return 'reg';
+  if (st.isDirectory()) return 'dir';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isCharacterDevice()) return 'char';
+  if (st.isBlockDevice()) return 'block';
+  if (st.isFIFO()) return 'fifo';
+  return undefined;
+}
+
+/** Linux's major and minor device numbers of an st_rdev (glibc's gnu_dev_major/minor). */
+export function devMajor(rdev: bigint): number {
+  return Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+}
+export function devMinor(rdev: bigint): number {
+  return Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+}
+
 /**
  * Where a regular file's bytes are: `size` bytes at `offset` in `file` (`whole`: the file is
  * exactly that, so a size change means it changed under us), or in memory.

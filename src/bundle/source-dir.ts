@@ -8,24 +8,9 @@ import { lstat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { readTreeXattrs } from '../host/xattr.ts';
 import { BuildError } from './errors.ts';
-import { bbuf, bstr, comparePaths, showPath, type EntryType, type TreeEntry } from './entry.ts';
+import { bbuf, bstr, comparePaths, devMajor, devMinor, fileTypeOf, showPath, type TreeEntry } from './entry.ts';
 
-function typeOf(st: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean; isFIFO(): boolean }): EntryType | undefined {
-  if (st.isFile()) return 'reg';
-  if (st.isDirectory()) return 'dir';
-  if (st.isSymbolicLink()) return 'symlink';
-  if (st.isCharacterDevice()) return 'char';
-  if (st.isBlockDevice()) return 'block';
-  if (st.isFIFO()) return 'fifo';
-  return undefined; // sockets: runtime objects, never part of an image
-}
-
-export function devMajor(rdev: bigint): number {
-  return Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
-}
-export function devMinor(rdev: bigint): number {
-  return Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
-}
+export { devMajor, devMinor } from './entry.ts';
 
 export interface ScanOptions {
   signal?: AbortSignal;
@@ -61,7 +46,7 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
       const path = rel === '' ? name : `${rel}/${name}`;
       const p = abs(path);
       const st = lstatSync(p, { bigint: true });
-      const type = typeOf(st);
+      const type = fileTypeOf(st);
       if (!type) continue;
       const e: TreeEntry = {
         path,

@@ -195,6 +195,14 @@ export class ByteReader {
     this.position += out.length;
     return out;
   }
+  /** Up to n bytes, as many as have arrived (at least 1 unless the stream has ended). */
+  async some(n: number): Promise<Buffer> {
+    if (this.#buf.length === 0) await this.#fill();
+    const out = this.#buf.subarray(0, Math.min(n, this.#buf.length));
+    this.#buf = this.#buf.subarray(out.length);
+    this.position += out.length;
+    return out;
+  }
   /** n bytes in pieces as they arrive (bounded memory); fewer if the stream ends. */
   async *pieces(n: number): AsyncGenerator<Buffer> {
     let left = n;
@@ -206,6 +214,12 @@ export class ByteReader {
       left -= out.length;
       yield out;
     }
+  }
+  /** Let go of the source before its end: its iterator's return() (a Readable's destroys it). */
+  async close(): Promise<void> {
+    this.#buf = Buffer.alloc(0);
+    this.#done = true;
+    await this.#it.return?.();
   }
   /** Drain the rest of the source (so a producer like a decompressor can finish). */
   async drain(): Promise<void> {

@@ -20,6 +20,7 @@
 import { createHash } from 'node:crypto';
 import { zstdDecompressSync } from 'node:zlib';
 import { BuildError } from './errors.ts';
+import type { EntryType } from './entry.ts';
 
 export const ZstdChunkedAnnotation = {
   ManifestChecksum: 'io.github.containers.zstd-chunked.manifest-checksum',
@@ -35,7 +36,7 @@ export const MANIFEST_TYPE_CRFS = 1;
 /** A TOC larger than this (uncompressed) is refused. */
 export const MAX_TOC_BYTES = 256 * 1024 * 1024;
 
-export type TocEntryType = 'reg' | 'hardlink' | 'symlink' | 'dir' | 'char' | 'block' | 'fifo' | 'chunk';
+export type TocEntryType = EntryType | 'chunk';
 
 export interface TocEntry {
   type: TocEntryType;

@@ -57,24 +57,29 @@ async function* frameBytes(r: ByteReader, magic: Buffer): AsyncGenerator<Buffer>
 /** The decompressed content of all frames of `source`, in order. */
 export async function* zstdDecompressFrames(source: AsyncIterable<Buffer | Uint8Array | string>): AsyncGenerator<Buffer> {
   const r = new ByteReader(source);
-  for (;;) {
-    const magic = await r.read(4);
-    if (magic.length === 0) return;
-    if (magic.length < 4) throw truncated();
-    const m = magic.readUInt32LE(0);
-    if ((m & 0xfffffff0) === 0x184d2a50) {
-      const size = (await exact(r, 4)).readUInt32LE(0);
-      let got = 0;
-      for await (const p of r.pieces(size)) got += p.length;
-      if (got !== size) throw truncated();
-      continue;
+  try {
+    for (;;) {
+      const magic = await r.read(4);
+      if (magic.length === 0) return;
+      if (magic.length < 4) throw truncated();
+      const m = magic.readUInt32LE(0);
+      if ((m & 0xfffffff0) === 0x184d2a50) {
+        const size = (await exact(r, 4)).readUInt32LE(0);
+        let got = 0;
+        for await (const p of r.pieces(size)) got += p.length;
+        if (got !== size) throw truncated();
+        continue;
+      }
+      if (m !== ZSTD_MAGIC) throw new BuildError('TAR_INVALID', `not a zstd frame at byte ${r.position - 4}`);
+      const d = createZstdDecompress();
+      const input = Readable.from(frameBytes(r, magic));
+      input.on('error', (e) => d.destroy(e));
+      input.pipe(d);
+      for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
     }
-    if (m !== ZSTD_MAGIC) throw new BuildError('TAR_INVALID', `not a zstd frame at byte ${r.position - 4}`);
-    const d = createZstdDecompress();
-    const input = Readable.from(frameBytes(r, magic));
-    input.on('error', (e) => d.destroy(e));
-    input.pipe(d);
-    for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
+  } finally {
+    // a consumer that stops early (or an error) releases the source, e.g. a blob's file
+    await r.close();
   }
 }
 

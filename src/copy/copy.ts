@@ -18,6 +18,7 @@ import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { TiuError, asError, isTiuError } from '../errors.ts';
 import { fetchManifest, childrenOf } from '../content/graph.ts';
 import type { Target } from '../content/interfaces.ts';
+import { Semaphore } from '../content/semaphore.ts';
 import { VerifyingStream, isDigest, parseDigest } from '../oci/digest.ts';
 import { isManifestLike } from '../oci/mediatypes.ts';
 import type { Descriptor } from '../oci/types.ts';
@@ -80,25 +81,6 @@ export interface CopyOptions {
 export function cosignTags(digest: string): string[] {
   const { algorithm, hex } = parseDigest(digest);
   return ['sig', 'att', 'sbom'].map((s) => `${algorithm}-${hex}.${s}`);
-}
-
-class Semaphore {
-  #free: number;
-  readonly #waiting: (() => void)[] = [];
-  constructor(n: number) {
-    this.#free = Math.max(1, n);
-  }
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#free > 0) this.#free--;
-    else await new Promise<void>((r) => this.#waiting.push(r));
-    try {
-      return await fn();
-    } finally {
-      const next = this.#waiting.shift();
-      if (next) next();
-      else this.#free++;
-    }
-  }
 }
 
 /** Counts bytes as they pass and reports them. */

@@ -142,8 +142,9 @@ function decompressed(mediaType: string, verified: Readable): Readable {
     case MediaType.OciLayerGzip:
     case MediaType.DockerLayerGzip: {
       const gunzip = createGunzip();
-      verified.on('error', (e) => gunzip.destroy(e));
-      return verified.pipe(gunzip);
+      // pipeline, not pipe: an error reaches gunzip, and a reader that destroys gunzip destroys `verified`
+      pipeline(verified, gunzip).catch(() => undefined);
+      return gunzip;
     }
     case MediaType.OciLayerZstd:
     case 'application/vnd.docker.image.rootfs.diff.tar.zstd':
@@ -163,8 +164,10 @@ export function layerOpeners(target: Target, manifest: ImageManifest, signal?: A
   return manifest.layers.map((layer, i) => async () => {
     const raw = await target.fetch(layer, { signal });
     const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
-    raw.on('error', (e) => verify.destroy(e));
-    return decompressed(layer.mediaType, raw.pipe(verify));
+    // One chain: errors reach the reader, and a reader that stops early (the apply engine stops at
+    // the tar's end blocks) closes the blob too instead of leaving its FileHandle to the GC.
+    pipeline(raw, verify).catch(() => undefined);
+    return decompressed(layer.mediaType, verify);
   });
 }
 

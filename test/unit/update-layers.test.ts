@@ -3,7 +3,7 @@
  * many frames with a skippable frame (the table of contents) at the end; all of it must come out.
  */
 import { strict as assert } from 'node:assert';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
@@ -43,4 +43,38 @@ describe('update: layer streams', () => {
   it('reads a gzip layer', async () => {
     assert.deepEqual(await openOnly(gzipSync(whole), MediaType.OciLayerGzip), whole);
   });
+
+  // The apply engine stops at a tar's end blocks and destroys the stream: the blob stream under
+  // it (a FileHandle for an OCI layout) must be destroyed too, not left for the GC (DEP0137).
+  // Incompressible and larger than the streams buffer, so the blob is not all read by then.
+  const noise = randomBytes(1 << 20);
+  for (const [kind, mediaType, blob] of [
+    ['gzip', MediaType.OciLayerGzip, gzipSync(noise)],
+    ['zstd', MediaType.OciLayerZstd, zstdCompressSync(noise)],
+    ['uncompressed', MediaType.OciLayerTar, noise],
+  ] as const) {
+    it(`a reader that stops early closes the ${kind} blob stream`, async () => {
+      const target = new MemoryTarget();
+      const desc: Descriptor = { mediaType, digest: sha(blob), size: blob.length };
+      await target.push(desc, Readable.from([blob]));
+      const raws: Readable[] = [];
+      const fetch = target.fetch.bind(target);
+      target.fetch = async (d, o) => {
+        const all = await buffer(await fetch(d, o));
+        const raw = Readable.from((function* () {
+          for (let i = 0; i < all.length; i += 16384) yield all.subarray(i, i + 16384);
+        })(), { objectMode: false });
+        raws.push(raw);
+        return raw;
+      };
+      const config: Descriptor = { mediaType: MediaType.OciConfig, digest: sha(Buffer.from('{}')), size: 2 };
+      const [open] = layerOpeners(target, { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [desc] });
+      const out = await open!();
+      for await (const _ of out) break; // one chunk, then stop: for-await destroys `out`
+      assert.equal(raws.length, 1);
+      // destruction travels up the chain asynchronously: give it a moment, not forever
+      for (let i = 0; i < 100 && !raws[0]!.destroyed; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(raws[0]!.destroyed, true, 'the blob stream is still open');
+    });
+  }
 });

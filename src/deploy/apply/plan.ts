@@ -3,6 +3,7 @@
  * It reads nothing but file hashes, through the ContentHasher it is given (lazily, only files
  * whose size matches), so it is unit-testable with a fake hasher.
  */
+import { devMajor, devMinor } from '../../bundle/entry.ts';
 import { UnsafePathError } from './errors.ts';
 import { comparePaths, isAtOrBelow, parentOf } from './paths.ts';
 import type { ContentHasher } from './scan.ts';
@@ -14,12 +15,7 @@ export interface PlanOptions {
   preserve?: readonly string[];
 }
 
-export function devMajor(rdev: bigint): number {
-  return Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
-}
-export function devMinor(rdev: bigint): number {
-  return Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
-}
+export { devMajor, devMinor };
 
 function sameXattrs(a: Record<string, Buffer>, b: Record<string, Buffer>): { set: string[]; remove: string[] } {
   const set: string[] = [];

@@ -17,19 +17,14 @@ import { lstat, open, opendir, readFile, readlink, rename, writeFile } from 'nod
 import { constants } from 'node:fs';
 import { join } from 'node:path';
 import { dumpTreeXattrs } from '../../host/xattr.ts';
+import { fileTypeOf } from '../../bundle/entry.ts';
 import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from './paths.ts';
 import type { EntryType, ExistingEntry, OldTree } from './types.ts';
 import type { BigIntStats } from 'node:fs';
 
 export function typeOfStats(st: BigIntStats): EntryType | 'other' {
-  if (st.isFile()) return 'reg';
-  if (st.isDirectory()) return 'dir';
-  if (st.isSymbolicLink()) return 'symlink';
-  if (st.isCharacterDevice()) return 'char';
-  if (st.isBlockDevice()) return 'block';
-  if (st.isFIFO()) return 'fifo';
-  return 'other';
+  return fileTypeOf(st) ?? 'other';
 }
 
 export function existingFromStats(path: string, st: BigIntStats, linkname?: string): ExistingEntry {

@@ -4,6 +4,7 @@
  * what it does not understand instead of guessing.
  */
 import type { Readable } from 'node:stream';
+import { ByteReader } from '../../bundle/tar-format.ts';
 import { BadTarError } from './errors.ts';
 import type { EntryType } from './types.ts';
 
@@ -26,41 +27,6 @@ export interface TarEntry {
 }
 
 const MAX_META = 1 << 20;
-
-class ByteReader {
-  readonly #it: AsyncIterator<Buffer | Uint8Array | string>;
-  #buf: Buffer = Buffer.alloc(0);
-  #done = false;
-  constructor(src: AsyncIterable<Buffer | Uint8Array | string>) {
-    this.#it = src[Symbol.asyncIterator]();
-  }
-  async #fill(): Promise<boolean> {
-    if (this.#done) return false;
-    const r = await this.#it.next();
-    if (r.done) {
-      this.#done = true;
-      return false;
-    }
-    const v = r.value;
-    const b = typeof v === 'string' ? Buffer.from(v) : Buffer.isBuffer(v) ? v : Buffer.from(v);
-    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, b]) : b;
-    return true;
-  }
-  /** Exactly n bytes, or fewer only at end of stream. */
-  async read(n: number): Promise<Buffer> {
-    while (this.#buf.length < n) if (!(await this.#fill())) break;
-    const out = this.#buf.subarray(0, Math.min(n, this.#buf.length));
-    this.#buf = this.#buf.subarray(out.length);
-    return out;
-  }
-  /** Up to n bytes as they come (at least 1 unless at end). */
-  async some(n: number): Promise<Buffer> {
-    if (this.#buf.length === 0) await this.#fill();
-    const out = this.#buf.subarray(0, Math.min(n, this.#buf.length));
-    this.#buf = this.#buf.subarray(out.length);
-    return out;
-  }
-}
 
 function cstr(b: Buffer): string {
   const z = b.indexOf(0);

@@ -8,28 +8,11 @@
 import { BadEntryError } from './errors.ts';
 import { normalizeEntryPath, normalizeLinkTarget } from './paths.ts';
 import type { EntryType, TreeEntry } from './types.ts';
+import type { Toc, TocEntry } from '../../bundle/toc.ts';
 
-export interface ChunkedTocEntry {
-  type: string;
-  name: string;
-  linkName?: string;
-  mode?: number;
-  size?: number;
-  uid?: number;
-  gid?: number;
-  modtime?: string;
-  devMajor?: number;
-  devMinor?: number;
-  xattrs?: Record<string, string>;
-  digest?: string;
-  offset?: number;
-  endOffset?: number;
-}
-
-export interface ChunkedToc {
-  version: number;
-  entries: ChunkedTocEntry[];
-}
+/** The TOC format is defined once, in src/bundle/toc.ts (which also reads and checks it). */
+export type ChunkedToc = Toc;
+export type ChunkedTocEntry = TocEntry;
 
 export const EMPTY_SHA256 = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
@@ -60,12 +43,12 @@ export function parseTimeNs(s: string | undefined, name: string): bigint {
   return BigInt(secs) * 1_000_000n + frac;
 }
 
-export function tocToEntries(toc: ChunkedToc, layer: number): TreeEntry[] {
+export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
   if (!toc || !Array.isArray(toc.entries)) throw new BadEntryError('(toc)', 'no entries array');
   const out: TreeEntry[] = [];
   for (const t of toc.entries) {
     if (typeof t?.name !== 'string' || typeof t.type !== 'string') throw new BadEntryError(String(t?.name), 'entry without name or type');
-    if ((t as { nameRaw?: unknown }).nameRaw !== undefined || (t as { linkNameRaw?: unknown }).linkNameRaw !== undefined) {
+    if (t.nameRaw !== undefined || t.linkNameRaw !== undefined) {
       throw new BadEntryError(t.name, 'names that are not UTF-8 are not supported by the apply engine');
     }
     if (t.type === 'chunk') {

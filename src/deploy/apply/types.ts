@@ -3,7 +3,8 @@
  * or a tar header), what a scan found in the target directory, and the plan between them.
  */
 
-export type EntryType = 'reg' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo';
+import type { EntryType } from '../../bundle/entry.ts';
+export type { EntryType };
 
 /** Where an entry's content sits in its layer, so a later fetch can take just that range. */
 export interface ContentSource {

@@ -604,7 +604,8 @@ function heldBytes(range: string | undefined): number | undefined {
   return last === 0 ? 0 : last + 1;
 }
 
-async function collect(s: Readable, max: number): Promise<Buffer> {
+/** The whole stream, refusing more than `max` bytes (TRAILING_DATA). */
+export async function collect(s: Readable, max: number, what = 'content'): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
   for await (const c of s) {
@@ -612,7 +613,7 @@ async function collect(s: Readable, max: number): Promise<Buffer> {
     n += b.length;
     if (n > max) {
       s.destroy();
-      throw new TiuError('TRAILING_DATA', `content: more than the expected ${max} bytes`, { expected: max });
+      throw new TiuError('TRAILING_DATA', `${what}: more than the expected ${max} bytes`, { expected: max });
     }
     parts.push(b);
   }

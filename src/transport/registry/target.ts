@@ -8,11 +8,12 @@ import { Readable } from 'node:stream';
 import { TiuError } from '../../errors.ts';
 import { NotFoundError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
 import type { FetchOptions, PushOptions, Target } from '../../content/interfaces.ts';
+import { Semaphore } from '../../content/semaphore.ts';
 import { isDigest, parseDigest, verifyBuffer } from '../../oci/digest.ts';
 import { isIndexType, isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
 import type { DockerReference } from '../../oci/reference.ts';
 import type { Descriptor, ImageIndex } from '../../oci/types.ts';
-import { parseIndex, RepositoryClient, type ClientTuning } from './client.ts';
+import { collect, parseIndex, RepositoryClient, type ClientTuning } from './client.ts';
 import { loadRegistriesConf, pullEndpoints, pushEndpoint, emptyRegistriesConf, type Endpoint, type RegistriesConf } from './registries-conf.ts';
 import { RegistrySession, type SessionOptions } from './session.ts';
 
@@ -62,40 +63,6 @@ function rememberChildren(c: RepositoryClient, bytes: Buffer): void {
 export function fallbackTag(digest: string): string {
   const { algorithm, hex } = parseDigest(digest);
   return `${algorithm}-${hex}`.slice(0, 128);
-}
-
-class Semaphore {
-  #free: number;
-  readonly #waiting: (() => void)[] = [];
-  constructor(n: number) {
-    this.#free = n;
-  }
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#free > 0) this.#free--;
-    else await new Promise<void>((r) => this.#waiting.push(r));
-    try {
-      return await fn();
-    } finally {
-      const next = this.#waiting.shift();
-      if (next) next();
-      else this.#free++;
-    }
-  }
-}
-
-async function collect(s: Readable, max: number, what: string): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const c of s) {
-    const b = c as Buffer;
-    n += b.length;
-    if (n > max) {
-      s.destroy();
-      throw new TiuError('TRAILING_DATA', `${what}: more than the expected ${max} bytes`, { expected: max });
-    }
-    parts.push(b);
-  }
-  return Buffer.concat(parts, n);
 }
 
 /** The descriptor of `manifest` (bytes) as an entry of a referrers index. */
