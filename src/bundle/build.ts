@@ -9,7 +9,7 @@ import { createReadStream } from 'node:fs';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { pipeline, Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import type { Target } from '../content/interfaces.ts';
 import { VerifyingStream, sha256, verifyBuffer } from '../oci/digest.ts';
@@ -111,8 +111,8 @@ async function loadImage(tb: TreeBuilder, target: Target, reference: string, arc
     opts.onProgress?.(`reading layer ${i + 1}/${manifest.layers.length} ${layer.digest}`);
     const verify = new VerifyingStream(layer, `layer ${layer.digest}`);
     const raw = await target.fetch(layer, { signal: opts.signal });
-    raw.on('error', (e) => verify.destroy(e));
-    raw.pipe(verify);
+    // pipeline, not pipe: a reader that gives up (a bad tar) also closes the blob
+    pipeline(raw, verify, () => undefined);
     const { stream, done } = await decompressStream(verify, { signal: opts.signal });
     await tb.addTar(stream, `layer ${layer.digest}`, { whiteouts: true, signal: opts.signal });
     await done;
