@@ -9,7 +9,8 @@ import { createReadStream } from 'node:fs';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { pipeline, Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
 import type { Target } from '../content/interfaces.ts';
 import { VerifyingStream, sha256, verifyBuffer } from '../oci/digest.ts';
 import { isIndexType, isManifestType, MediaType } from '../oci/mediatypes.ts';
@@ -88,15 +89,9 @@ export async function classifySource(source: string): Promise<'directory' | 'arc
   }
 }
 
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of stream as AsyncIterable<Buffer>) chunks.push(c);
-  return Buffer.concat(chunks);
-}
-
 async function fetchJson<T>(target: Target, desc: Descriptor, limit: number): Promise<T> {
   if (desc.size > limit) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${desc.mediaType} ${desc.digest} of ${desc.size} bytes is too large`);
-  const data = await readAll(await target.fetch(desc));
+  const data = await buffer(await target.fetch(desc));
   verifyBuffer(desc, data, desc.mediaType);
   return JSON.parse(data.toString('utf8')) as T;
 }
@@ -116,8 +111,8 @@ async function loadImage(tb: TreeBuilder, target: Target, reference: string, arc
     opts.onProgress?.(`reading layer ${i + 1}/${manifest.layers.length} ${layer.digest}`);
     const verify = new VerifyingStream(layer, `layer ${layer.digest}`);
     const raw = await target.fetch(layer, { signal: opts.signal });
-    raw.on('error', (e) => verify.destroy(e));
-    raw.pipe(verify);
+    // pipeline, not pipe: a reader that gives up (a bad tar) also closes the blob
+    pipeline(raw, verify, () => undefined);
     const { stream, done } = await decompressStream(verify, { signal: opts.signal });
     await tb.addTar(stream, `layer ${layer.digest}`, { whiteouts: true, signal: opts.signal });
     await done;

@@ -17,7 +17,7 @@
  * Entry names are the tar names. JSON can't carry non-UTF-8 bytes, so for such names tiu
  * adds `nameRaw`/`linkNameRaw` (base64 of the bytes); other readers ignore unknown fields.
  */
-import { createHash } from 'node:crypto';
+import { sha256 } from '../oci/digest.ts';
 import { zstdDecompressSync } from 'node:zlib';
 import { BuildError } from './errors.ts';
 import type { EntryType } from './entry.ts';
@@ -188,7 +188,7 @@ export async function readTocFromFooter(fetch: RangeFetch, blobSize: number, ann
   const expected = annotations?.[ZstdChunkedAnnotation.ManifestChecksum];
   if (annotations && expected === undefined) throw new BuildError('TOC_INVALID', 'the layer has no manifest-checksum annotation');
   if (expected !== undefined) {
-    const actual = `sha256:${createHash('sha256').update(compressed).digest('hex')}`;
+    const actual = sha256(compressed);
     if (actual !== expected) throw new BuildError('TOC_CHECKSUM_MISMATCH', `table of contents ${actual} does not match the layer annotation ${expected}`, { expected, actual });
   }
   let json: Buffer;
@@ -229,7 +229,7 @@ export async function fetchTocFile(fetch: RangeFetch, e: TocEntry): Promise<Buff
   } catch (err) {
     throw new BuildError('TOC_INVALID', `content frame of ${e.name} does not decompress: ${(err as Error).message}`);
   }
-  const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+  const actual = sha256(data);
   if (data.length !== e.size || actual !== e.digest) {
     throw new BuildError('TOC_CHECKSUM_MISMATCH', `content of ${e.name} does not match its table-of-contents digest`, { expected: e.digest, actual });
   }

@@ -87,3 +87,18 @@ export async function putImage(t: Target, tag: string, content = 'hello'): Promi
   await t.tag(mDesc, tag);
   return mDesc;
 }
+
+/** A cosign signature manifest for `subject`, put together by hand from the cosign spec, without tiu's code. */
+export async function handMadeSignature(t: Pick<Target, 'push' | 'tag'>, subject: Descriptor, payload: Buffer, sigB64: string): Promise<void> {
+  const { createHash } = await import('node:crypto');
+  const sha = (b: Buffer): `sha256:${string}` => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  const layer = { mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', size: payload.length, digest: sha(payload), annotations: { 'dev.cosignproject.cosign/signature': sigB64 } };
+  const config = Buffer.from(JSON.stringify({ architecture: '', created: '0001-01-01T00:00:00Z', history: [{ created: '0001-01-01T00:00:00Z' }], os: '', rootfs: { type: 'layers', diff_ids: [layer.digest] }, config: {} }));
+  const configDesc = { mediaType: 'application/vnd.oci.image.config.v1+json', size: config.length, digest: sha(config) };
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: configDesc, layers: [layer] }));
+  const mDesc = { mediaType: 'application/vnd.oci.image.manifest.v1+json', size: manifest.length, digest: sha(manifest) };
+  await t.push(layer, Readable.from([payload]));
+  await t.push(configDesc, Readable.from([config]));
+  await t.push(mDesc, Readable.from([manifest]));
+  await t.tag(mDesc, `sha256-${subject.digest.slice(7)}.sig`);
+}

@@ -4,21 +4,19 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { createHash, generateKeyPairSync, randomBytes, scryptSync, sign } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, scryptSync, sign } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
 import { xsalsa20poly1305 } from '@noble/ciphers/salsa.js';
 import type { Target } from '../../src/content/interfaces.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 import { openReference } from '../../src/transport/resolve.ts';
-import { putImage } from '../helpers/trust-target.ts';
+import { handMadeSignature, putImage } from '../helpers/trust-target.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 
 const BIN = new URL('../../bin/tiu', import.meta.url).pathname;
 const PASS = 'tiu-test-passphrase-7c1e9a';
-const sha = (b: Buffer): `sha256:${string}` => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 interface Run {
   code: number;
@@ -61,18 +59,6 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
   async function pushImage(tag: string, content: string, repo = 'os/microos'): Promise<{ target: Target; desc: Descriptor }> {
     const target = await open(img(tag, repo), true);
     return { target, desc: await putImage(target, tag, content) };
-  }
-  /** A signature manifest put together by the test itself, following the cosign spec. */
-  async function handMadeSignature(t: Target, subject: Descriptor, payload: Buffer, sigB64: string): Promise<void> {
-    const layer = { mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', size: payload.length, digest: sha(payload), annotations: { 'dev.cosignproject.cosign/signature': sigB64 } };
-    const config = Buffer.from(JSON.stringify({ architecture: '', created: '0001-01-01T00:00:00Z', history: [{ created: '0001-01-01T00:00:00Z' }], os: '', rootfs: { type: 'layers', diff_ids: [layer.digest] }, config: {} }));
-    const configDesc = { mediaType: 'application/vnd.oci.image.config.v1+json', size: config.length, digest: sha(config) };
-    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: configDesc, layers: [layer] }));
-    const mDesc = { mediaType: 'application/vnd.oci.image.manifest.v1+json', size: manifest.length, digest: sha(manifest) };
-    await t.push(layer, Readable.from([payload]));
-    await t.push(configDesc, Readable.from([config]));
-    await t.push(mDesc, Readable.from([manifest]));
-    await t.tag(mDesc, `sha256-${subject.digest.slice(7)}.sig`);
   }
   const payloadFor = (ref: string, digest: string): Buffer =>
     Buffer.from(`{"critical":{"identity":{"docker-reference":"${ref}"},"image":{"docker-manifest-digest":"${digest}"},"type":"cosign container image signature"},"optional":null}`);

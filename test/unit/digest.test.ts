@@ -37,5 +37,11 @@ describe('digest', () => {
     const v = new VerifyingStream(desc);
     v.prime(data.subarray(0, 5));
     await drain([data.subarray(5)], v);
+    assert.equal(v.bytesSeen, data.length);
+    // the primed bytes count: wrong ones, or none, are caught
+    const wrong = new VerifyingStream(desc);
+    wrong.prime(Buffer.from('HELLO'));
+    await assert.rejects(drain([data.subarray(5)], wrong), (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH'));
+    await assert.rejects(drain([data.subarray(5)], new VerifyingStream(desc)), (e: unknown) => isTiuError(e, 'SIZE_MISMATCH'));
   });
 });

@@ -9,6 +9,7 @@ import { buffer } from 'node:stream/consumers';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { MemoryTarget } from '../../src/content/memory.ts';
 import { layerOpeners } from '../../src/deploy/update.ts';
+import { openLayerTar } from '../../src/deploy/apply/image.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';
 
@@ -48,33 +49,41 @@ describe('update: layer streams', () => {
   // it (a FileHandle for an OCI layout) must be destroyed too, not left for the GC (DEP0137).
   // Incompressible and larger than the streams buffer, so the blob is not all read by then.
   const noise = randomBytes(1 << 20);
-  for (const [kind, mediaType, blob] of [
-    ['gzip', MediaType.OciLayerGzip, gzipSync(noise)],
-    ['zstd', MediaType.OciLayerZstd, zstdCompressSync(noise)],
-    ['uncompressed', MediaType.OciLayerTar, noise],
-  ] as const) {
-    it(`a reader that stops early closes the ${kind} blob stream`, async () => {
-      const target = new MemoryTarget();
-      const desc: Descriptor = { mediaType, digest: sha(blob), size: blob.length };
-      await target.push(desc, Readable.from([blob]));
-      const raws: Readable[] = [];
-      const fetch = target.fetch.bind(target);
-      target.fetch = async (d, o) => {
-        const all = await buffer(await fetch(d, o));
-        const raw = Readable.from((function* () {
-          for (let i = 0; i < all.length; i += 16384) yield all.subarray(i, i + 16384);
-        })(), { objectMode: false });
-        raws.push(raw);
-        return raw;
-      };
+  const openers: [string, (t: MemoryTarget, d: Descriptor) => Promise<Readable>][] = [
+    ['update layerOpeners', (t, d) => {
       const config: Descriptor = { mediaType: MediaType.OciConfig, digest: sha(Buffer.from('{}')), size: 2 };
-      const [open] = layerOpeners(target, { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [desc] });
-      const out = await open!();
-      for await (const _ of out) break; // one chunk, then stop: for-await destroys `out`
-      assert.equal(raws.length, 1);
-      // destruction travels up the chain asynchronously: give it a moment, not forever
-      for (let i = 0; i < 100 && !raws[0]!.destroyed; i++) await new Promise((r) => setTimeout(r, 10));
-      assert.equal(raws[0]!.destroyed, true, 'the blob stream is still open');
-    });
+      return Promise.resolve(layerOpeners(t, { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [d] })[0]!());
+    }],
+    ['apply openLayerTar', (t, d) => openLayerTar(t, d)],
+  ];
+  for (const [via, openLayer] of openers) {
+    for (const [kind, mediaType, blob] of [
+      ['gzip', MediaType.OciLayerGzip, gzipSync(noise)],
+      ['zstd', MediaType.OciLayerZstd, zstdCompressSync(noise)],
+      ['uncompressed', MediaType.OciLayerTar, noise],
+    ] as const) {
+      it(`${via}: a reader that stops early closes the ${kind} blob stream`, async () => {
+        const target = new MemoryTarget();
+        const desc: Descriptor = { mediaType, digest: sha(blob), size: blob.length };
+        await target.push(desc, Readable.from([blob]));
+        const raws: Readable[] = [];
+        const fetch = target.fetch.bind(target);
+        target.fetch = async (d, o) => {
+          const all = await buffer(await fetch(d, o));
+          const raw = Readable.from((function* () {
+            for (let i = 0; i < all.length; i += 16384) yield all.subarray(i, i + 16384);
+          })(), { objectMode: false });
+          raws.push(raw);
+          return raw;
+        };
+        const out = await openLayer(target, desc);
+        for await (const _ of out) break; // one chunk, then stop: for-await destroys `out`
+        assert.equal(raws.length, 1);
+        // destruction travels up the chain asynchronously: give it a moment, not forever
+        for (let i = 0; i < 100 && !raws[0]!.destroyed; i++) await new Promise((r) => setTimeout(r, 10));
+        assert.equal(raws[0]!.destroyed, true, 'the blob stream is still open');
+      });
+    }
   }
+
 });

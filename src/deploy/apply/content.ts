@@ -5,6 +5,7 @@
  * The executor verifies every byte against the entry's sha256 and size.
  */
 import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
 import { zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
 import { ContentUnavailableError } from './errors.ts';
 import { normalizeEntryPath } from './paths.ts';
@@ -80,12 +81,6 @@ export interface RangeOptions {
   maxSpan?: number;
 }
 
-async function collect(r: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of r) parts.push(Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array));
-  return Buffer.concat(parts);
-}
-
 function once(b: Buffer): Readable {
   return Readable.from([b]);
 }
@@ -130,7 +125,7 @@ export function rangeProvider(fetchRange: (layer: number, start: number, end: nu
           // one file: stream it (it may be large)
           await take(first, zstdDecompressFrames(await fetchRange(layer, start, end)));
         } else {
-          const buf = await collect(await fetchRange(layer, start, end));
+          const buf = await buffer(await fetchRange(layer, start, end));
           if (buf.length !== end - start) throw new ContentUnavailableError(first.path, `range ${start}-${end} of layer ${layer} gave ${buf.length} bytes`);
           for (let k = i; k < j; k++) {
             const e = ranged[k]!;

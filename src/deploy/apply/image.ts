@@ -12,6 +12,7 @@
  */
 import { pipeline } from 'node:stream';
 import { PassThrough, type Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
 import type { Fetcher, RangeFetcher } from '../../content/interfaces.ts';
 import { isTiuError } from '../../errors.ts';
 import { VerifyingStream } from '../../oci/digest.ts';
@@ -71,12 +72,6 @@ export async function openLayerTar(source: LayerSource, desc: Descriptor, opts: 
   return stream;
 }
 
-async function collect(r: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of r) parts.push(Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array));
-  return Buffer.concat(parts);
-}
-
 export async function applyImage(root: string, source: LayerSource, manifest: ImageManifest, opts: ApplyImageOptions = {}): Promise<ApplyImageResult> {
   const layers = manifest.layers;
   let fetchedBytes = 0;
@@ -92,7 +87,7 @@ export async function applyImage(root: string, source: LayerSource, manifest: Im
     let entries: TreeEntry[][] | null = [];
     try {
       for (const [i, d] of layers.entries()) {
-        const toc = await readTocFromFooter(async (s, e) => collect(await fetchRange(d, s, e, { signal: opts.signal })), d.size, d.annotations ?? {});
+        const toc = await readTocFromFooter(async (s, e) => buffer(await fetchRange(d, s, e, { signal: opts.signal })), d.size, d.annotations ?? {});
         entries.push(tocToEntries(toc, i));
       }
     } catch (e) {

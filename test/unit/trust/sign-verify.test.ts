@@ -7,7 +7,7 @@ import type { Descriptor } from '../../../src/oci/types.ts';
 import { signImage } from '../../../src/trust/sign.ts';
 import { listSignatures, signatureTag } from '../../../src/trust/signatures.ts';
 import { verifyImageSignatures, type VerifyOptions } from '../../../src/trust/verify.ts';
-import { putImage, TestTarget } from '../../helpers/trust-target.ts';
+import { handMadeSignature, putImage, TestTarget } from '../../helpers/trust-target.ts';
 
 const ref = parseReference('registry.example/os/microos:stable') as DockerReference;
 const sha = (b: Buffer): `sha256:${string}` => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -25,18 +25,6 @@ async function rejectsWith(p: Promise<unknown>, code: string): Promise<void> {
   });
 }
 
-/** Put a cosign signature manifest together by hand, without tiu's code. */
-async function handMadeSignature(t: TestTarget, subject: Descriptor, payload: Buffer, sigB64: string): Promise<void> {
-  const layer = { mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', size: payload.length, digest: sha(payload), annotations: { 'dev.cosignproject.cosign/signature': sigB64 } };
-  const config = Buffer.from(JSON.stringify({ architecture: '', created: '0001-01-01T00:00:00Z', history: [{ created: '0001-01-01T00:00:00Z' }], os: '', rootfs: { type: 'layers', diff_ids: [layer.digest] }, config: {} }));
-  const configDesc = { mediaType: 'application/vnd.oci.image.config.v1+json', size: config.length, digest: sha(config) };
-  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: configDesc, layers: [layer] }));
-  const mDesc = { mediaType: 'application/vnd.oci.image.manifest.v1+json', size: manifest.length, digest: sha(manifest) };
-  await t.push(layer, Readable.from([payload]));
-  await t.push(configDesc, Readable.from([config]));
-  await t.push(mDesc, Readable.from([manifest]));
-  await t.tag(mDesc, `sha256-${subject.digest.slice(7)}.sig`);
-}
 
 describe('trust/sign + verify (in memory)', () => {
   const signer = keyPair();
