@@ -8,8 +8,9 @@ wanted=(
   umoci:umoci zstd:zstd rsync:rsync casync:casync xz-utils:xz apache2-utils:htpasswd
   openssl:openssl util-linux:losetup tar:tar e2fsprogs:mkfs.ext4 bsdutils:script
   attr:getfattr bzip2:bzip2
+  # test/system: the VM image (debootstrap, chroot) and qemu to boot it
+  qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap binutils:strip
 )
-[ "${TIU_WITH_VM:-}" = 1 ] && wanted+=(qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap)
 [ "${TIU_WITH_BENCH:-}" = 1 ] && wanted+=(debootstrap:debootstrap)
 missing=()
 for w in "${wanted[@]}"; do
