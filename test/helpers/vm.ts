@@ -85,6 +85,12 @@ export class Vm {
   readonly workdir: string;
   readonly disk: string;
   readonly extraDisks: ExtraDisk[] = [];
+  /**
+   * The network of the next boots: 'none' (-nic none), or 'user': qemu user networking with a
+   * virtio NIC (eth0 in the guest, unconfigured until the test configures it), where the
+   * host's 127.0.0.1 is 10.0.2.2 and the guest is expected at 10.0.2.15/24.
+   */
+  network: 'none' | 'user' = 'none';
   /** Boots so far (1 = the first). */
   boots = 0;
   /** Wall time of each boot until it announced itself (ms), or until qemu exited. */
@@ -152,7 +158,8 @@ export class Vm {
     });
     const args = [
       '-accel', 'tcg', '-cpu', 'max', '-smp', '2', '-m', '1024',
-      '-no-reboot', '-display', 'none', '-monitor', 'none', '-serial', 'stdio', '-nic', 'none',
+      '-no-reboot', '-display', 'none', '-monitor', 'none', '-serial', 'stdio',
+      '-nic', this.network === 'user' ? 'user,model=virtio-net-pci' : 'none',
       '-kernel', this.image.kernel, '-initrd', this.image.initrd, '-append', this.image.cmdline,
       // The root disk first: PCI slots go in command-line order, so it is /dev/vda.
       '-drive', `file=${this.disk},format=raw,if=none,id=root,cache=writeback,discard=unmap`,

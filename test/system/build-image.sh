@@ -124,18 +124,22 @@ configure_os() {
   cp -a "$here/image/." "$root/"
   mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
   ln -sf /usr/lib/systemd/system/tiu-test-shell.service "$root/etc/systemd/system/multi-user.target.wants/"
-  # Kernel modules: only what this VM loads (virtio, btrfs, ext4 for the USB-stick disk).
+  # Kernel modules: only what this VM loads (virtio, btrfs, ext4 for the USB-stick disk,
+  # virtio-net for the boots that have a network: qemu user networking to the host's registry).
   local kver
   kver=$(ls "$root/usr/lib/modules")
   [ "$(echo "$kver" | wc -l)" = 1 ] || die "expected one kernel in $root/usr/lib/modules, found: $kver"
   local m=$root/usr/lib/modules/$kver/kernel
-  find "$m" -mindepth 1 -maxdepth 1 ! -name drivers ! -name fs ! -name lib ! -name crypto ! -name arch -exec rm -rf {} +
-  find "$m/drivers" -mindepth 1 -maxdepth 1 ! -name virtio ! -name block ! -name char -exec rm -rf {} +
+  find "$m" -mindepth 1 -maxdepth 1 ! -name drivers ! -name fs ! -name lib ! -name crypto ! -name arch ! -name net -exec rm -rf {} +
+  find "$m/drivers" -mindepth 1 -maxdepth 1 ! -name virtio ! -name block ! -name char ! -name net -exec rm -rf {} +
+  find "$m/drivers/net" -mindepth 1 -maxdepth 1 ! -name 'virtio_net.ko*' ! -name 'net_failover.ko*' -exec rm -rf {} +
+  find "$m/net" -mindepth 1 -maxdepth 1 ! -name core -exec rm -rf {} +
+  find "$m/net/core" -mindepth 1 -maxdepth 1 ! -name 'failover.ko*' -exec rm -rf {} +
   find "$m/fs" -mindepth 1 -maxdepth 1 ! -name btrfs ! -name ext4 ! -name jbd2 ! -name 'mbcache.ko*' ! -name autofs -exec rm -rf {} +
   find "$m/drivers/char" -mindepth 1 -maxdepth 1 ! -name 'virtio_console.ko*' ! -name hw_random -exec rm -rf {} +
   chroot "$root" depmod "$kver"
   local mod
-  for mod in virtio_pci virtio_blk virtio_console btrfs ext4 autofs4; do
+  for mod in virtio_pci virtio_blk virtio_console virtio_net btrfs ext4 autofs4; do
     chroot "$root" modprobe -S "$kver" --show-depends "$mod" >/dev/null || die "module $mod or a dependency is missing"
   done
   # A small initrd: just the modules to mount the root filesystem.

@@ -10,6 +10,9 @@
  *   1. `tiu update oci:/run/media/usb/os:v2 --reboot`: v2 boots, is marked good
  *   2. v3's health check fails: tiu rolls back and reboots by itself, v2 comes up, v3 is bad
  *   3. the VM is killed in the middle of applying v4: it boots v2, the next update gets v4
+ *   4. the unattended path: tiu-update.service pulls the `image` of /etc/tiu/tiu.conf from a real
+ *      registry on the host over qemu user networking (10.0.2.2 in the guest); unsigned, it is
+ *      refused with nothing written; signed, v5 boots and is marked good
  *
  * The scenarios build on each other like one device's history (each boot under TCG is
  * expensive; CI time is shared). A failing test keeps the consoles of every boot.
@@ -22,6 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { requireRoot } from '../helpers/env.ts';
 import { Vm, VmExitedError, type RunResult } from '../helpers/vm.ts';
+import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 
 const execFileP = promisify(execFile);
 const repo = join(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -39,6 +43,7 @@ interface Version {
 const V2: Version = { tag: 'v2', versionId: '12.2-tiu' };
 const V3: Version = { tag: 'v3-bad', versionId: '12.3-tiu', unhealthy: true };
 const V4: Version = { tag: 'v4', versionId: '12.4-tiu' };
+const V5: Version = { tag: 'v5', versionId: '12.5-tiu' };
 
 async function sh(cmd: string, args: string[], env: Record<string, string> = {}): Promise<string> {
   try {
@@ -68,6 +73,7 @@ interface Status {
 describe('system: update, reboot, health and rollback in a VM (USB-stick bundles)', function () {
   this.timeout(3_600_000);
   let vm: Vm | undefined;
+  let registry: RunningRegistry | undefined;
   let work = '';
   let failed = false;
   /** The scenarios run in order on one VM: each needs the one before it to have passed. */
@@ -104,31 +110,43 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     await v.waitForExit(300_000);
   }
 
+  /** `tiu build` of the VM's own tree with this version's os-release (and failing check) into oci:LAYOUT:TAG. */
+  async function buildBundle(ver: Version, layout: string): Promise<void> {
+    const tree = join(work, `tree-${ver.tag}`);
+    try {
+      await sh('cp', ['-a', '--reflink=auto', vm!.image.tree, tree]);
+      const osRelease = join(tree, 'usr/lib/os-release');
+      const text = await readFile(osRelease, 'utf8');
+      await writeFile(osRelease, text.replace(/^VERSION_ID=.*$/m, `VERSION_ID="${ver.versionId}"`));
+      if (ver.unhealthy) {
+        const d = join(tree, 'usr/libexec/tiu/health.d');
+        await mkdir(d, { recursive: true });
+        await writeFile(join(d, '50-app'), '#!/bin/sh\necho "the app of this image does not start" >&2\nexit 1\n');
+        await chmod(join(d, '50-app'), 0o755);
+      }
+      await sh(tiuBin, ['build', tree, '--tag', `oci:${layout}:${ver.tag}`]);
+    } finally {
+      await rm(tree, { recursive: true, force: true });
+    }
+  }
+
   before(async function () {
     requireRoot(this, 'needs root (debootstrap, loop devices, mounts) for the VM image');
     failed = true; // until the setup is through: a failing setup keeps the VM's logs too
     const t0 = Date.now();
     vm = await Vm.create('update');
+    // Every boot has a NIC (qemu user networking); the guest leaves it unconfigured until
+    // scenario 4 configures it, so the earlier boots are as without one and no reboot is
+    // needed to add it.
+    vm.network = 'user';
     timings.push([`VM image (build-image.sh${vm.image.buildMs > 60_000 ? ', built' : ', cached'})`, vm.image.buildMs]);
     work = await mkdtemp('/var/tmp/tiu-vm-bundles-');
     await timed('bundles: 3 builds + signatures + USB disk on the host', async () => {
       await sh(tiuBin, ['key', 'generate', '--output-key-prefix', join(work, 'os')], { COSIGN_PASSWORD: PASS });
       const layout = join(work, 'usb', 'os');
       for (const ver of [V2, V3, V4]) {
-        const tree = join(work, `tree-${ver.tag}`);
-        await sh('cp', ['-a', '--reflink=auto', vm!.image.tree, tree]);
-        const osRelease = join(tree, 'usr/lib/os-release');
-        const text = await readFile(osRelease, 'utf8');
-        await writeFile(osRelease, text.replace(/^VERSION_ID=.*$/m, `VERSION_ID="${ver.versionId}"`));
-        if (ver.unhealthy) {
-          const d = join(tree, 'usr/libexec/tiu/health.d');
-          await mkdir(d, { recursive: true });
-          await writeFile(join(d, '50-app'), '#!/bin/sh\necho "the app of this image does not start" >&2\nexit 1\n');
-          await chmod(join(d, '50-app'), 0o755);
-        }
-        await sh(tiuBin, ['build', tree, '--tag', `oci:${layout}:${ver.tag}`]);
+        await buildBundle(ver, layout);
         await sh(tiuBin, ['sign', '--key', join(work, 'os.key'), '--identity', `${IDENTITY}:${ver.tag}`, `oci:${layout}:${ver.tag}`], { COSIGN_PASSWORD: PASS });
-        await rm(tree, { recursive: true, force: true });
       }
       const kib = Number((await sh('du', ['-sk', join(work, 'usb')])).split('\t')[0]);
       const img = join(work, 'usb.img');
@@ -167,6 +185,7 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
       for (const [what, ms] of timings) console.log(`        ${(ms / 1000).toFixed(1).padStart(7)} s  ${what}`);
     }
     await vm?.dispose(failed);
+    await registry?.stop();
     if (work) await rm(work, { recursive: true, force: true });
   });
 
@@ -267,5 +286,101 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     assert.ok(reused === undefined || (reused.booted && !reused.inProgress), `the unfinished snapshot ${inProgress} was cleaned up`);
     assert.deepEqual(st.snapshots.filter((s) => s.inProgress), []);
     passed = 3;
+  });
+
+  it('4: tiu-update.service pulls the configured image from a registry over the network: refused unsigned, booted signed', async function () {
+    requirePrevious(4);
+    const v = vm!;
+    const reg = (registry = await startRegistry());
+    // The guest reaches the host's 127.0.0.1 as 10.0.2.2 (qemu user networking).
+    const guestRegistry = `10.0.2.2:${reg.port}`;
+    const image = `${guestRegistry}/tiu/os:${V5.tag}`;
+    const hostRef = `docker://${reg.host}/tiu/os:${V5.tag}`;
+    const layout = join(work, 'ci', 'os');
+    // CI: build v5 and push it, not signed yet.
+    await timed('scenario 4: build v5 + push it unsigned (host)', async () => {
+      await buildBundle(V5, layout);
+      await sh(tiuBin, ['copy', `oci:${layout}:${V5.tag}`, hostRef]);
+    });
+    // The admin: a network, the registry (plain http), the policy for it and the image to follow.
+    const pub = await readFile(join(work, 'os.pub'), 'utf8');
+    const policy = {
+      default: [{ type: 'reject' }],
+      transports: {
+        oci: { '': [{ type: 'sigstoreSigned', keyPath: '/etc/tiu/keys/os.pub', signedIdentity: { type: 'exactRepository', dockerRepository: IDENTITY } }] },
+        docker: { [guestRegistry]: [{ type: 'sigstoreSigned', keyData: Buffer.from(pub).toString('base64'), signedIdentity: { type: 'matchRepository' } }] },
+      },
+    };
+    await timed('scenario 4: network up in the VM', async () => {
+      await v.sh(
+        `mkdir -p /etc/systemd/network && cat > /etc/systemd/network/50-eth0.network <<'EOF'\n` +
+          `[Match]\nName=eth0\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nLinkLocalAddressing=no\nIPv6AcceptRA=no\nEOF\n` +
+          'systemctl enable --now systemd-networkd.service\n' +
+          // A persistent journal: the update's log outlives its reboot.
+          'mkdir -p /var/log/journal && journalctl --flush',
+      );
+      // The registry answers from the guest: /v2/ over bash's /dev/tcp (the image has neither curl nor ip).
+      await v.sh(
+        `for i in $(seq 1 60); do timeout 5 bash -c 'exec 3<>/dev/tcp/10.0.2.2/${reg.port} && printf "GET /v2/ HTTP/1.0\\r\\n\\r\\n" >&3 && head -1 <&3' | grep ' 200 ' && exit 0; sleep 0.5; done; networkctl status eth0; exit 1`,
+        120_000,
+      );
+    });
+    await v.sh(
+      `mkdir -p /etc/containers && cat > /etc/containers/registries.conf <<'EOF'\n[[registry]]\nlocation = "${guestRegistry}"\ninsecure = true\nEOF\n` +
+        `cat > /etc/tiu/policy.json <<'EOF'\n${JSON.stringify(policy, null, 2)}\nEOF\n` +
+        `printf 'policy = "/etc/tiu/policy.json"\\nimage = "%s"\\n' '${image}' > /etc/tiu/tiu.conf`,
+    );
+    const before = await status();
+
+    // Unsigned: the unit fails, says why, and writes nothing.
+    const refused = await timed('scenario 4: tiu-update.service refuses the unsigned v5', () => v.run('systemctl start tiu-update.service', 900_000));
+    assert.notEqual(refused.code, 0, `systemctl start tiu-update.service succeeded on an unsigned image:\n${refused.output}`);
+    const show = await v.sh('systemctl show -P Result tiu-update.service; systemctl show -P ExecMainStatus tiu-update.service');
+    assert.deepEqual(show.trim().split('\n'), ['exit-code', '1']);
+    const journal = await v.sh('journalctl -b -u tiu-update.service -o cat --no-pager');
+    assert.match(journal, /has no signature .*\[NO_SIGNATURE\]/);
+    assert.match(journal, new RegExp(`${guestRegistry.replace(/\./g, '\\.')}/tiu/os`), 'the error names the registry and repository');
+    const after = await status();
+    assert.deepEqual(after.snapshots.map((s) => s.number), before.snapshots.map((s) => s.number), 'no snapshot was created');
+    assert.equal(after.default, before.default);
+
+    // CI signs v5 as the device will see it and pushes the signature with it.
+    await timed('scenario 4: sign v5 + push the signature (host)', async () => {
+      await sh(tiuBin, ['sign', '--key', join(work, 'os.key'), '--identity', image, `oci:${layout}:${V5.tag}`], { COSIGN_PASSWORD: PASS });
+      await sh(tiuBin, ['copy', '--referrers', `oci:${layout}:${V5.tag}`, hostRef]);
+    });
+    await v.sh('systemctl reset-failed tiu-update.service; systemctl start --no-block tiu-update.service');
+    await timed('scenario 4: tiu-update.service v4 -> v5 until qemu exits', async () => {
+      const exited = v.waitForExit(1_800_000).then(() => 'exited' as const);
+      for (;;) {
+        const r = await Promise.race([exited, new Promise<'poll'>((res) => setTimeout(() => res('poll'), 5000))]);
+        if (r === 'exited') return;
+        const state = await v.run('systemctl show -P ActiveState tiu-update.service').catch((e: unknown) => {
+          if (e instanceof VmExitedError) return undefined;
+          throw e;
+        });
+        if (state?.output.trim() === 'failed') {
+          const log = await v.run('journalctl -b -u tiu-update.service -o cat --no-pager');
+          throw new Error(`tiu-update.service failed:\n${log.output}`);
+        }
+      }
+    });
+    await timed('scenario 4: boot (v5)', () => v.bootReady());
+    assert.equal(await versionId(), V5.versionId);
+    const st = await status();
+    assert.equal(st.booted, st.default);
+    const now = st.snapshots.find((s) => s.number === st.booted)!;
+    assert.ok(!before.snapshots.some((s) => s.number === now.number), 'v5 is a new snapshot');
+    assert.equal(now.health, 'good');
+    assert.equal(now.inProgress, false);
+    assert.equal(now.image, image, 'the snapshot records the registry reference it was pulled from');
+    // The unit's log of the update, from the boot before.
+    const updateLog = await v.sh('journalctl -b -1 -u tiu-update.service -o cat --no-pager');
+    assert.match(updateLog, new RegExp(`snapshot ${now.number} \\(from \\d+\\) holds ${image.replace(/\./g, '\\.')} \\(sha256:`));
+    assert.match(updateLog, /^rebooting$/m);
+    // The admin's network survived the update (/etc merge), and nothing at boot waits for it.
+    assert.equal((await v.sh('systemctl is-active systemd-networkd.service')).trim(), 'active');
+    assert.equal((await v.run('systemctl is-active systemd-networkd-wait-online.service')).output.trim(), 'inactive', 'no boot waits for network-online.target');
+    passed = 4;
   });
 });
