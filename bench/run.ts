@@ -344,7 +344,7 @@ const README_ROWS: [string, string, string, string][] = [
 ];
 
 /** The README's excerpt of the table, between its bench markers. */
-async function writeReadme(figures: readonly Figure[], mach: Record<string, string>): Promise<void> {
+export async function writeReadme(figures: readonly Figure[], mach: Record<string, string>): Promise<void> {
   const path = join(repo, 'README.md');
   const text = await readFile(path, 'utf8');
   const start = text.indexOf('<!-- bench:start');
