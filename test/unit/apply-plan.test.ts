@@ -197,35 +197,3 @@ describe('deploy/apply planner', () => {
     assert.deepEqual(plan.deletes, []);
   });
 });
-
-describe('deploy/apply content providers', () => {
-  it('rangeProvider coalesces neighbouring frames into one request and decodes each file', async () => {
-    const { zstdCompressSync } = await import('node:zlib');
-    const { rangeProvider } = await import('../../src/deploy/apply/content.ts');
-    const files = ['alpha', 'beta', 'gamma', 'delta'].map((n) => ({ n, data: Buffer.from(n.repeat(100)) }));
-    const frames: Buffer[] = [];
-    const entries: TreeEntry[] = [];
-    let off = 0;
-    for (const f of files) {
-      const fr = zstdCompressSync(f.data);
-      entries.push(reg(f.n, f.data.toString(), { source: { layer: 0, offset: off, endOffset: off + fr.length } }));
-      frames.push(fr);
-      off += fr.length;
-    }
-    // a far-away file in another "region" of the blob
-    const pad = Buffer.alloc(200_000);
-    const far = zstdCompressSync(Buffer.from('far away'));
-    entries.push(reg('far', 'far away', { source: { layer: 0, offset: off + pad.length, endOffset: off + pad.length + far.length } }));
-    const blob = Buffer.concat([...frames, pad, far]);
-    const requests: string[] = [];
-    const got = new Map<string, string>();
-    await rangeProvider((layer, s, e) => {
-      requests.push(`${layer}:${s}-${e}`);
-      return Promise.resolve(Readable.from([blob.subarray(s, e)]));
-    }).deliver([entries[0]!, entries[2]!, entries[3]!, entries[4]!], async (e, content) => {
-      got.set(e.path, await collect(content as AsyncIterable<Buffer>));
-    });
-    assert.equal(requests.length, 2, requests.join(' '));
-    assert.deepEqual(Object.fromEntries(got), { alpha: 'alpha'.repeat(100), gamma: 'gamma'.repeat(100), delta: 'delta'.repeat(100), far: 'far away' });
-  });
-});
