@@ -163,6 +163,15 @@ describe('deploy/apply planner', () => {
     assert.deepEqual(plan.actions.find((a) => a.entry.path === 'etc/chmod')!.fix, { mode: true });
   });
 
+  it('an mtime within the microsecond utimes can set is kept, so a tree the executor wrote plans as unchanged', async () => {
+    // utimes takes float seconds: 1795702796.850619938 s is set as ...850620031 ns.
+    const set = 1_795_702_796_850_619_938n;
+    const { old, hasher } = oldTree({ d: { mtimeNs: set + 93n }, 'd/a': { content: 'a', mtimeNs: set - 400n }, 'd/b': { content: 'b', mtimeNs: set + 1500n } });
+    const plan = await planApply(flattenLayers([[dir('d', { mtimeNs: set }), reg('d/a', 'a', { mtimeNs: set }), reg('d/b', 'b', { mtimeNs: set })]]), old, hasher);
+    assert.deepEqual(kinds(plan), { '': 'keep', d: 'keep', 'd/a': 'keep', 'd/b': 'meta' });
+    assert.deepEqual(plan.actions.find((a) => a.entry.path === 'd/b')!.fix, { mtime: true });
+  });
+
   it('hashes only old files whose size matches a new entry', async () => {
     const { old, hasher } = oldTree({ a: { content: '12345' }, b: { content: '1234567890' }, c: { content: 'abcde' } });
     await planApply(flattenLayers([[reg('x', 'zzzzz')]]), old, hasher);
