@@ -232,6 +232,36 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     assert.deepEqual(await diffTrees(byRange, byTar, { ignoreRootMeta: true }), []);
   });
 
+  it('a file in several frames (containers/storage chunks) is fetched whole; a chunk with no frame of its own takes the whole-layer path', async () => {
+    const parts = [randomBytes(3000), randomBytes(2000), Buffer.from('tail\n')];
+    const whole = Buffer.concat(parts);
+    const manifest = await pushLayers(target, [chunkedLayer([
+      { toc: { type: 'reg', name: 'big', mode: 0o644, size: whole.length, digest: sha(whole) }, content: parts[0] },
+      { toc: { type: 'chunk', name: 'big' }, content: parts[1] },
+      { toc: { type: 'chunk', name: 'big' }, content: parts[2] },
+      { toc: { type: 'reg', name: 'small', mode: 0o644 }, content: Buffer.from('small\n') },
+    ])]);
+    const root = join(fs.mnt, 'chunked');
+    await subvolume(root);
+    const t = await prepare(manifest, root);
+    const big = t.plan.fetch.find((e) => e.path === 'big')!;
+    const small = t.plan.fetch.find((e) => e.path === 'small')!;
+    assert.equal(big.source!.endOffset, small.source!.offset, 'the range of big covers its three frames');
+    const store = await newStore();
+    await downloadTransfer(t, store);
+    await applyTransfer(t, root, store, { preserve: [] });
+    assert.deepEqual(await readFile(join(root, 'big')), whole);
+    assert.equal(await readFile(join(root, 'small'), 'utf8'), 'small\n');
+
+    const frameless = await pushLayers(target, [chunkedLayer([
+      { toc: { type: 'reg', name: 'big', mode: 0o644, size: whole.length, digest: sha(whole) }, content: parts[0] },
+      { toc: { type: 'chunk', name: 'big', chunkType: 'zeros' } },
+    ])]);
+    const w = await prepareTransfer({ source: target, manifest: frameless, oldRoot: root, preserve: [] });
+    assert.equal(w.path, 'whole-layer');
+    assert.match(w.report.reason ?? '', /chunk of big has no frame of its own/);
+  });
+
   describe('hostile tables of contents are refused before any content is fetched, and nothing is written', () => {
     let outside: string;
     let before: string;
