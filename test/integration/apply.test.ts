@@ -22,7 +22,7 @@ import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { makeBtrfs, snapshot, subvolume, exclusiveBytes, type TestBtrfs } from '../helpers/btrfs.ts';
 import { makeTar, type TarSpec } from '../helpers/tarball.ts';
-import { diffTrees } from '../helpers/treecmp.ts';
+import { diffTrees, listing } from '../helpers/treecmp.ts';
 
 const CAP_NET_RAW = Buffer.from([1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 const T1 = 1_700_000_000;
@@ -81,15 +81,6 @@ async function gnuExtract(tar: Buffer, into: string): Promise<void> {
 
 async function tocEntries(tar: Buffer, layer = 0): Promise<TreeEntry[]> {
   return entriesFromTar(Readable.from([tar]), layer);
-}
-
-async function listing(dir: string): Promise<string> {
-  const out: string[] = [];
-  for (const d of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    const p = join(d.parentPath, d.name);
-    out.push(d.isFile() ? `${p} ${createHash('sha256').update(await readFile(p)).digest('hex')}` : p);
-  }
-  return out.sort().join('\n');
 }
 
 describe('deploy/apply on btrfs (integration)', function () {

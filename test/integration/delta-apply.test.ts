@@ -37,7 +37,7 @@ import { chunkedLayer, pushLayers, type CraftedEntry } from '../helpers/chunked-
 import { requireRoot } from '../helpers/env.ts';
 import { exclusiveBytes, makeBtrfs, snapshot, subvolume, type TestBtrfs } from '../helpers/btrfs.ts';
 import { makeTar, type TarSpec } from '../helpers/tarball.ts';
-import { diffTrees } from '../helpers/treecmp.ts';
+import { diffTrees, listing } from '../helpers/treecmp.ts';
 
 const T = 1_700_000_000;
 const big = randomBytes(768 * 1024);
@@ -59,15 +59,6 @@ class CountingTarget extends MemoryTarget {
     this.ranges.push(`${desc.digest.slice(7, 15)}:${start}-${end}`);
     return super.fetchRange(desc, start, end, opts);
   }
-}
-
-async function listing(dir: string): Promise<string> {
-  const out: string[] = [];
-  for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    const p = join(e.parentPath, e.name);
-    out.push(e.isFile() ? `${p} ${sha(await readFile(p))}` : p);
-  }
-  return out.sort().join('\n');
 }
 
 describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, applyTransfer', function () {
