@@ -10,7 +10,7 @@
  * Runs as root (loop devices, btrfs, mounts).
  */
 import { existsSync } from 'node:fs';
-import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,7 +18,8 @@ import { ensureTrees, type TreeInfo } from './trees.ts';
 import { measured, sh } from './lib/proc.ts';
 import { startCountingProxy, type CountingProxy } from '../test/helpers/counting-proxy.ts';
 import { imageSize } from './lib/oci.ts';
-import { formatSummary, ratio, summarize, type Figure, type Unit } from './lib/stats.ts';
+import { formatRange, formatRatio, formatSummary, summarize, type Figure, type Unit } from './lib/stats.ts';
+import { compare, recheck, type Comparison } from './lib/report.ts';
 import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts';
 import { updateSection } from './update.ts';
 
@@ -34,6 +35,8 @@ export interface Ctx {
   /** What could not be measured, and why. */
   missing: string[];
   notes: string[];
+  /** Wall seconds per section, for the budget. */
+  sectionSeconds: Record<string, number>;
   /** umoci-built images of both trees (tags base, upgraded), for the peers. */
   umociLayout?: string;
   /** tiu bundles of both trees (tags base, upgraded). */
@@ -299,32 +302,59 @@ async function machine(): Promise<Record<string, string>> {
   };
 }
 
-function table(ctx: Ctx): string {
-  const rows: string[] = ['| Scenario | Metric | tiu | Peer | Peer figure | tiu ÷ peer |', '|---|---|---|---|---|---|'];
-  const keys = [...new Set(ctx.figures.map((f) => `${f.scenario}\u0000${f.metric}`))];
-  for (const k of keys) {
-    const [scenario, metric] = k.split('\u0000') as [string, string];
-    const figs = ctx.figures.filter((f) => f.scenario === scenario && f.metric === metric);
-    const tiu = figs.find((f) => f.tool === 'tiu');
-    const ts = tiu ? summarize(tiu.samples) : undefined;
-    const tcell = ts && tiu ? formatSummary(ts, tiu.unit) : 'not measured';
-    const peers = figs.filter((f) => f.tool !== 'tiu');
-    if (peers.length === 0) rows.push(`| ${scenario} | ${metric} | ${tcell} | | | |`);
-    for (const p of peers) {
-      const ps = summarize(p.samples);
-      rows.push(`| ${scenario} | ${metric} | ${tcell} | ${p.tool} | ${formatSummary(ps, p.unit)} | ${ts ? ratio(ts.median, ps.median) : '–'} |`);
-    }
+function table(figures: readonly Figure[]): string {
+  const rows: string[] = ['| Scenario | Metric | tiu | Figure | Peer | Peer figure | tiu ÷ peer | range |', '|---|---|---|---|---|---|---|---|'];
+  for (const c of compare(figures)) {
+    rows.push(`| ${c.scenario} | ${c.metric} | ${c.subject} | ${formatSummary(c.subjectSummary, c.unit)} | ${c.peer} | ${formatSummary(c.peerSummary, c.unit)} | ${formatRatio(c.ratio)} | ${formatRange(c.low, c.high)} |`);
+  }
+  // Figures nobody compares with (a scenario with no peer, or no tiu).
+  const compared = new Set(compare(figures).flatMap((c) => [`${c.scenario}\u0000${c.metric}\u0000${c.subject}`, `${c.scenario}\u0000${c.metric}\u0000${c.peer}`]));
+  for (const f of figures.filter((x) => !compared.has(`${x.scenario}\u0000${x.metric}\u0000${x.tool}`))) {
+    rows.push(`| ${f.scenario} | ${f.metric} | ${f.tool} | ${formatSummary(summarize(f.samples), f.unit)} | | | | |`);
   }
   return rows.join('\n');
 }
 
+interface EarlierRun { date: string; commit: string; comparisons: Comparison[] }
+
+/** The results.json in the checkout before this run overwrites it, when it measured the same trees. */
+async function earlierRun(treeKey: string): Promise<EarlierRun | string> {
+  let json: { machine?: Record<string, string>; trees?: { key?: string }; figures?: Figure[] };
+  try {
+    json = JSON.parse(await readFile(join(repo, 'bench/results.json'), 'utf8')) as typeof json;
+  } catch {
+    return 'there is no earlier bench/results.json to compare with';
+  }
+  if (json.trees?.key !== treeKey) return `the earlier bench/results.json measured other trees (key ${json.trees?.key ?? 'none'})`;
+  return { date: json.machine?.date ?? '?', commit: json.machine?.tiu ?? '?', comparisons: compare(json.figures ?? []) };
+}
+
+function recheckSection(now: readonly Comparison[], earlier: EarlierRun | string, commit: string): string[] {
+  const head = ['## Against the previous run', ''];
+  if (typeof earlier === 'string') return [...head, `Not compared: ${earlier}.`, ''];
+  const checks = recheck(now, earlier.comparisons);
+  const outside = checks.filter((c) => !c.within);
+  const same = earlier.commit === commit;
+  return [
+    ...head,
+    `The previous results (${earlier.date}, tiu ${earlier.commit}${same ? ', the same code' : `; this run is tiu ${commit}, so tiu's own figures may have moved on purpose`}): ${checks.length - outside.length} of ${checks.length} ratios of this run lie within the range the previous run reported (widened by 2% for byte counts and disk).`,
+    '',
+    ...(outside.length
+      ? ['| Scenario | Metric | tiu | Peer | previous ratio (range) | this run |', '|---|---|---|---|---|---|',
+        ...outside.map((o) => `| ${o.comparison.scenario} | ${o.comparison.metric} | ${o.comparison.subject} | ${o.comparison.peer} | ${formatRatio(o.earlier.ratio)} (${formatRange(o.earlier.low, o.earlier.high)}) | ${formatRatio(o.comparison.ratio)} |`), '']
+      : []),
+  ];
+}
+
 async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number, treeSeconds: number): Promise<void> {
   const t = ctx.trees;
+  const earlier = await earlierRun(t.key);
   const json = {
     machine: mach,
     runs: RUNS,
     wallSeconds: wall,
     treeSeconds,
+    sectionSeconds: ctx.sectionSeconds,
     trees: {
       key: t.key, release: t.release, builtAt: t.builtAt,
       debootstrapSeconds: t.debootstrapSeconds, upgradeSeconds: t.upgradeSeconds,
@@ -340,9 +370,11 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
   const md = [
     '# tiu benchmark results',
     '',
-    `Written by \`npm run bench\` on ${mach.date}. Each figure is the median of ${RUNS} runs, with min–max in parentheses; the ratio is tiu's median over the peer's (below 1 means tiu needs less).`,
+    `Written by \`npm run bench\` on ${mach.date}. Each figure is the median of ${RUNS} runs, with min–max in parentheses; the ratio is tiu's median over the peer's (below 1 means tiu needs less), and the range is what any pair of samples gives (tiu's min over the peer's max to tiu's max over the peer's min): the noise of this run.`,
     '',
-    table(ctx),
+    table(ctx.figures),
+    '',
+    ...recheckSection(compare(ctx.figures), earlier, mach.tiu ?? '?'),
     '',
     ...(loadAtStart[0]! > cpus().length
       ? [`Note: the machine was shared with other work during this run (load average ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores), so times are inflated and noisy; sizes and byte counts are not affected.`, '']
@@ -352,7 +384,7 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     `Debian bookworm, debootstrap ${t.inputs.variant} + ${t.inputs.include.join(', ')} from ${t.inputs.mirror} (${Object.entries(t.release).map(([k, v]) => `${k}: ${v}`).join('; ')}); ${t.packages.base.length} packages, ${t.diff.files.base} entries, ${(t.bytes.base / 2 ** 20).toFixed(0)} MiB of file content.`,
     `The update (\`apt-get upgrade\` with bookworm-updates and bookworm-security from ${t.inputs.securityMirror}) changes ${t.upgradedPackages.length} packages (${t.upgradedPackages.join(', ')}): ${t.diff.changed} changed, ${t.diff.added} added and ${t.diff.removed} removed entries, ${(t.diff.changedBytes / 2 ** 20).toFixed(1)} MiB of new file content.`,
     `Building the trees (cached in ${dirname(t.dir)}, key ${t.key}, built ${t.builtAt}) took ${t.debootstrapSeconds.toFixed(0)} s of debootstrap and ${t.upgradeSeconds.toFixed(0)} s of upgrade, cold.`,
-    `This run took ${wall.toFixed(0)} s after the trees, which ${treeSeconds > 30 ? `were built in this run (${treeSeconds.toFixed(0)} s, cold)` : 'came from the cache'}.`,
+    `This run took ${wall.toFixed(0)} s after the trees, which ${treeSeconds > 30 ? `were built in this run (${treeSeconds.toFixed(0)} s, cold)` : 'came from the cache'}: ${Object.entries(ctx.sectionSeconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')}.`,
     '',
     '## What was run',
     '',
@@ -370,6 +402,15 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
 
 // ---------------------------------------------------------------------------------------------
 
+async function timed(ctx: Ctx, section: string, body: () => Promise<void>): Promise<void> {
+  const start = Date.now();
+  try {
+    await body();
+  } finally {
+    ctx.sectionSeconds[section] = (Date.now() - start) / 1000;
+  }
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('npm run bench needs root (loop devices, btrfs, mounts, chroot)');
   const treeStart = Date.now();
@@ -381,11 +422,13 @@ async function main(): Promise<void> {
   const work = await mkdtemp(join(base, 'tiu-bench-'));
   const registry = await startRegistry();
   const proxy = await startCountingProxy(registry.port);
-  const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], proxy, registry };
+  const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], sectionSeconds: {}, proxy, registry };
   try {
-    await buildSection(ctx);
-    if (ONLY.includes('registry')) await registrySection(ctx);
-    if (ONLY.some((o) => o.startsWith('update'))) await updateSection(ctx, { peers: !ONLY.includes('update-tiu'), tiu: !ONLY.includes('update-peers') });
+    await timed(ctx, 'build', () => buildSection(ctx));
+    if (ONLY.includes('registry')) await timed(ctx, 'push/pull', () => registrySection(ctx));
+    if (ONLY.some((o) => o.startsWith('update'))) {
+      await timed(ctx, 'install and updates', () => updateSection(ctx, { peers: !ONLY.includes('update-tiu'), tiu: !ONLY.includes('update-peers') }));
+    }
   } finally {
     await proxy.stop();
     await ctx.registry.stop();
@@ -394,7 +437,7 @@ async function main(): Promise<void> {
   const wall = (Date.now() - start) / 1000;
   await writeResults(ctx, await machine(), wall, treeSeconds);
   log(`done in ${wall.toFixed(0)} s; wrote bench/results.md and bench/results.json`);
-  process.stdout.write(table(ctx) + '\n');
+  process.stdout.write(table(ctx.figures) + '\n');
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
