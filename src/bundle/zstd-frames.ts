@@ -6,7 +6,7 @@
  * frame to its own decompressor, streaming: memory stays bounded by a block, not a frame.
  */
 import { Readable } from 'node:stream';
-import { createZstdDecompress } from 'node:zlib';
+import { createZstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { BuildError } from './errors.ts';
 import { ByteReader } from './tar-format.ts';
 
@@ -54,6 +54,23 @@ async function* frameBytes(r: ByteReader, magic: Buffer): AsyncGenerator<Buffer>
   if (checksum) yield await exact(r, 4);
 }
 
+/**
+ * A frame whose compressed bytes are at most this many is collected and decompressed in one
+ * synchronous call (a stream per frame costs more than the decompression of a small file);
+ * larger frames stream, so memory stays bounded.
+ */
+export const SYNC_FRAME_MAX = 1024 * 1024;
+/** Output bound of the one-call path; a frame that expands beyond it is streamed instead. */
+export const SYNC_OUTPUT_MAX = 16 * 1024 * 1024;
+
+async function* streamFrame(pieces: AsyncIterable<Buffer> | Iterable<Buffer>): AsyncGenerator<Buffer> {
+  const d = createZstdDecompress();
+  const input = Readable.from(pieces);
+  input.on('error', (e) => d.destroy(e));
+  input.pipe(d);
+  for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
+}
+
 /** The decompressed content of all frames of `source`, in order. */
 export async function* zstdDecompressFrames(source: AsyncIterable<Buffer | Uint8Array | string>): AsyncGenerator<Buffer> {
   const r = new ByteReader(source);
@@ -71,11 +88,42 @@ export async function* zstdDecompressFrames(source: AsyncIterable<Buffer | Uint8
         continue;
       }
       if (m !== ZSTD_MAGIC) throw new BuildError('TAR_INVALID', `not a zstd frame at byte ${r.position - 4}`);
-      const d = createZstdDecompress();
-      const input = Readable.from(frameBytes(r, magic));
-      input.on('error', (e) => d.destroy(e));
-      input.pipe(d);
-      for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
+      // Collect a small frame whole; a large one goes to a streaming decompressor.
+      const it = frameBytes(r, magic);
+      const held: Buffer[] = [];
+      let size = 0;
+      let complete = false;
+      for (;;) {
+        const n = await it.next();
+        if (n.done) {
+          complete = true;
+          break;
+        }
+        held.push(n.value);
+        size += n.value.length;
+        if (size > SYNC_FRAME_MAX) break;
+      }
+      if (complete) {
+        const frame = held.length === 1 ? held[0]! : Buffer.concat(held, size);
+        let out: Buffer | undefined;
+        try {
+          out = zstdDecompressSync(frame, { maxOutputLength: SYNC_OUTPUT_MAX });
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ERR_BUFFER_TOO_LARGE') throw e;
+        }
+        if (out) {
+          if (out.length) yield out;
+        } else {
+          yield* streamFrame([frame]);
+        }
+        continue;
+      }
+      const rest = async function* (): AsyncGenerator<Buffer> {
+        yield* held;
+        held.length = 0;
+        yield* it;
+      };
+      yield* streamFrame(rest());
     }
   } finally {
     // a consumer that stops early (or an error) releases the source, e.g. a blob's file

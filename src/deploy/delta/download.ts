@@ -10,27 +10,39 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
 import type { ContentProvider, TreeEntry } from '../apply/index.ts';
+import { writeSparse } from '../apply/fsops.ts';
 import { DeltaError } from './errors.ts';
 import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
 
 export const DEFAULT_CONCURRENCY = 4;
 
-/** Verified file contents by sha256, in a directory. */
+const BLOCK = 4096;
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+
+/**
+ * Verified file contents by sha256, in a directory. Everything in it was verified by this
+ * process: `open` empties what an interrupted run left, so the apply can reflink the files
+ * into the snapshot without reading them again.
+ */
 export class ContentStore {
   readonly dir: string;
   #n = 0;
+  /** Digests stored (by this process: the directory starts empty). */
+  readonly #stored = new Set<string>();
+  readonly #writing = new Map<string, Promise<void>>();
   private constructor(dir: string) {
     this.dir = dir;
   }
 
   static async open(dir: string): Promise<ContentStore> {
+    await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { recursive: true, mode: 0o700 });
     return new ContentStore(dir);
   }
@@ -39,14 +51,41 @@ export class ContentStore {
     return join(this.dir, digest.replace(/^sha256:/, ''));
   }
 
-  async has(digest: string): Promise<boolean> {
-    return (await stat(this.path(digest)).catch(() => null))?.isFile() ?? false;
+  has(digest: string): boolean {
+    return this.#stored.has(digest);
   }
 
+  /** Store verified content (zero blocks become holes, as the apply would write them). */
   async put(digest: string, data: Buffer): Promise<void> {
-    const tmp = join(this.dir, `.tmp-${process.pid}-${++this.#n}`);
-    await writeFile(tmp, data, { mode: 0o600 });
+    if (this.#stored.has(digest)) return;
+    // the same content may come in two requests at once: one write, the other waits for it
+    const busy = this.#writing.get(digest);
+    if (busy) return busy;
+    const p = this.#write(digest, data).finally(() => this.#writing.delete(digest));
+    this.#writing.set(digest, p);
+    return p;
+  }
+
+  async #write(digest: string, data: Buffer): Promise<void> {
+    const path = this.path(digest);
+    const fh = await open(path, 'wx', 0o600);
+    let ok = false;
+    try {
+      await writeSparse(fh, data, 0);
+      // a hole at the end needs the size set; otherwise the last write did
+      if (data.length >= BLOCK && data.length % BLOCK === 0 && data.subarray(data.length - BLOCK).equals(ZERO_BLOCK)) await fh.truncate(data.length);
+      ok = true;
+    } finally {
+      await fh.close();
+      if (!ok) await rm(path, { force: true });
+    }
+    this.#stored.add(digest);
+  }
+
+  /** Take a verified temporary file (tmpPath) in as `digest`. */
+  async adopt(tmp: string, digest: string): Promise<void> {
     await rename(tmp, this.path(digest));
+    this.#stored.add(digest);
   }
 
   tmpPath(): string {
@@ -144,7 +183,7 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
           got += c.length;
           if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
           h.update(c);
-          await fh.write(c);
+          await writeSparse(fh, c, got - c.length);
         }
       } catch (err) {
         if (err instanceof DeltaError || signal.aborted) throw err;
@@ -153,12 +192,13 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
       if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
       const actual = `sha256:${h.digest('hex')}`;
       if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
+      await fh.truncate(got);
       ok = true;
     } finally {
       await fh.close();
       if (!ok) await rm(tmp, { force: true });
     }
-    await rename(tmp, store.path(e.digest));
+    await store.adopt(tmp, e.digest);
     return 1;
   }
   const buf = await collect(raw, count);
@@ -166,7 +206,7 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
     throw new DeltaError('DELTA_SHORT_RANGE', `bytes ${r.start}-${r.end - 1} of layer ${desc.digest}: got ${buf.length} of ${r.end - r.start}`, { digest: desc.digest, start: r.start, end: r.end, got: buf.length });
   }
   for (const e of r.entries) {
-    if (await store.has(e.digest!)) continue;
+    if (store.has(e.digest!)) continue;
     const data = await decodeVerified(e, buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start));
     await store.put(e.digest!, data);
     stored++;
@@ -220,7 +260,7 @@ export function storeProvider(source: Target, layers: readonly Descriptor[], sto
       for (const e of entries) {
         if (e.size === 0 || !e.digest || seen.has(e.digest)) continue;
         seen.add(e.digest);
-        if (!(await store.has(e.digest))) missing.push(e);
+        if (!store.has(e.digest)) missing.push(e);
       }
       if (missing.length) {
         const s = await downloadRanges(source, layers, coalesce(missing, opts.coalesce), store, opts);
@@ -233,8 +273,8 @@ export function storeProvider(source: Target, layers: readonly Descriptor[], sto
           await take(e, Readable.from([]));
           continue;
         }
-        if (!e.digest || !(await store.has(e.digest))) throw new DeltaError('DELTA_CONTENT_MISSING', `no verified content for /${e.path} (${e.digest ?? 'no digest'})`, { path: e.path });
-        await take(e, store.open(e.digest));
+        if (!e.digest || !store.has(e.digest)) throw new DeltaError('DELTA_CONTENT_MISSING', `no verified content for /${e.path} (${e.digest ?? 'no digest'})`, { path: e.path });
+        await take(e, { verifiedFile: store.path(e.digest) });
       }
     },
   };
