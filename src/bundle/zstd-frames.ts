@@ -131,6 +131,72 @@ export async function* zstdDecompressFrames(source: AsyncIterable<Buffer | Uint8
   }
 }
 
+/** Where the data frames of a complete buffer of frames lie ([start, end) each); skippable frames are left out. */
+export function zstdFrameSpans(buf: Buffer): [number, number][] {
+  const spans: [number, number][] = [];
+  let p = 0;
+  const need = (n: number): void => {
+    if (p + n > buf.length) throw truncated();
+  };
+  while (p < buf.length) {
+    need(4);
+    const m = buf.readUInt32LE(p);
+    if ((m & 0xfffffff0) === 0x184d2a50) {
+      need(8);
+      const size = buf.readUInt32LE(p + 4);
+      need(8 + size);
+      p += 8 + size;
+      continue;
+    }
+    if (m !== ZSTD_MAGIC) throw new BuildError('TAR_INVALID', `not a zstd frame at byte ${p}`);
+    const start = p;
+    need(5);
+    const fhd = buf[p + 4]!;
+    const single = (fhd >> 5) & 1;
+    const headerRest = (single ? 0 : 1) + [0, 1, 2, 4][fhd & 3]! + [single ? 1 : 0, 2, 4, 8][fhd >> 6]!;
+    p += 5 + headerRest;
+    for (;;) {
+      need(3);
+      const v = buf[p]! | (buf[p + 1]! << 8) | (buf[p + 2]! << 16);
+      const type = (v >> 1) & 3;
+      if (type === 3) throw new BuildError('TAR_INVALID', 'zstd stream has a reserved block type');
+      const payload = type === 1 ? 1 : v >>> 3;
+      need(3 + payload);
+      p += 3 + payload;
+      if (v & 1) break;
+    }
+    if ((fhd >> 2) & 1) {
+      need(4);
+      p += 4;
+    }
+    spans.push([start, p]);
+  }
+  return spans;
+}
+
+/**
+ * The content of a complete buffer of zstd frames, decompressed in one call per frame into
+ * buffers of the expected size; throws ZSTD_OUTPUT_TOO_LARGE as soon as more than `maxSize` bytes come out.
+ */
+export function zstdDecompressBufferSync(buf: Buffer, maxSize: number): Buffer {
+  const parts: Buffer[] = [];
+  let got = 0;
+  for (const [s, e] of zstdFrameSpans(buf)) {
+    const left = maxSize - got;
+    let out: Buffer;
+    try {
+      out = zstdDecompressSync(buf.subarray(s, e), { maxOutputLength: left + 1, chunkSize: Math.max(64, Math.min(left + 1, SYNC_OUTPUT_MAX)) });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
+      throw err;
+    }
+    got += out.length;
+    if (got > maxSize) throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
+    if (out.length) parts.push(out);
+  }
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, got);
+}
+
 /** zstdDecompressFrames as a Readable. */
 export function zstdDecompressStream(source: AsyncIterable<Buffer | Uint8Array | string>): Readable {
   return Readable.from(zstdDecompressFrames(source), { objectMode: false });

@@ -9,7 +9,7 @@ import { constants as zlibConstants, zstdCompressSync } from 'node:zlib';
 import type { TreeEntry } from '../../src/bundle/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { fetchTocFile, formatModtime, parseFooter, readTocFromFooter, skippableFrame, ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
-import { SYNC_FRAME_MAX, SYNC_OUTPUT_MAX, zstdDecompressFrames } from '../../src/bundle/zstd-frames.ts';
+import { SYNC_FRAME_MAX, SYNC_OUTPUT_MAX, zstdDecompressBufferSync, zstdDecompressFrames, zstdFrameSpans } from '../../src/bundle/zstd-frames.ts';
 import { Crc64 } from '../../src/bundle/tar-split.ts';
 import { ByteReader, readTar } from '../../src/bundle/tar-format.ts';
 import { isTiuError } from '../../src/errors.ts';
@@ -171,6 +171,18 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
     const bad = Buffer.from(frames[0]!);
     bad[bad.length - 6]! ^= 0xff;
     await assert.rejects(collect(zstdDecompressFrames(Readable.from([bad]))));
+  });
+
+  it('zstd frames of a buffer in one call each: skippable frames left out, size bounded, truncation refused', function () {
+    const a = Buffer.from('first frame '.repeat(100));
+    const b = Buffer.alloc(70_000, 7);
+    const buf = Buffer.concat([zstdCompressSync(a), skippableFrame(Buffer.from('toc')), zstdCompressSync(b), zstdCompressSync(Buffer.alloc(0))]);
+    assert.equal(zstdFrameSpans(buf).length, 3);
+    assert.ok(zstdDecompressBufferSync(buf, a.length + b.length).equals(Buffer.concat([a, b])));
+    assert.throws(() => zstdDecompressBufferSync(buf, a.length + b.length - 1), (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'));
+    assert.throws(() => zstdDecompressBufferSync(buf, a.length - 1), (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'));
+    assert.throws(() => zstdDecompressBufferSync(buf.subarray(0, buf.length - 5), 1e6), (e) => isTiuError(e, 'TAR_INVALID'));
+    assert.throws(() => zstdDecompressBufferSync(Buffer.from('not zstd at all'), 1e6), (e) => isTiuError(e, 'TAR_INVALID'));
   });
 
   it('gzip layers are a plain gzip tar with the same diff_id', async function () {

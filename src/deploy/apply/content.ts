@@ -28,7 +28,10 @@ export function isVerifiedFile(c: unknown): c is VerifiedFile {
 }
 
 export interface ContentProvider {
-  /** Give each entry's content to `take` once (any order); `take` consumes it fully before returning. */
+  /**
+   * Give each entry's content to `take` once (any order, possibly several at a time);
+   * `take` consumes it fully before returning. Every `take` has finished when this settles.
+   */
   deliver(entries: readonly TreeEntry[], take: ContentSink): Promise<void>;
 }
 

@@ -99,9 +99,11 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
     const writes = new Map<string, TreeEntry>();
     for (const a of plan.actions) if (a.kind === 'write') writes.set(a.entry.path, a.entry);
     if (writes.size) {
+      const taken = new Set<string>();
       await provider.deliver([...writes.values()], async (entry, content) => {
         const want = writes.get(entry.path);
-        if (!want || staged.has(entry.path)) throw new ContentUnavailableError(entry.path, 'the provider delivered an entry that was not asked for, or twice');
+        if (!want || taken.has(entry.path)) throw new ContentUnavailableError(entry.path, 'the provider delivered an entry that was not asked for, or twice');
+        taken.add(entry.path); // before any await: a provider may deliver several at once
         const rel = `${stagingRel}/${++n}`;
         if (isVerifiedFile(content)) {
           // Already verified by this process (the delta store, same filesystem): share its extents.

@@ -5,7 +5,7 @@
  * (rename never follows a symlink at the destination); metadata is set through file
  * descriptors opened with O_NOFOLLOW, or l*-calls.
  */
-import { chmodSync, closeSync, constants, fchmodSync, fchownSync, fstatSync, futimesSync, lchownSync, lstatSync, lutimesSync, openSync } from 'node:fs';
+import { chmodSync, closeSync, constants, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, lchownSync, lstatSync, lutimesSync, openSync, writeSync } from 'node:fs';
 import { copyFile, link, lstat, mkdir, open, opendir, rename, rmdir, symlink, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -191,6 +191,30 @@ export async function writeSparse(fh: FileHandle, chunk: Buffer, pos: number): P
     } else i = end;
   }
   return written;
+}
+
+/** Write `data` as a whole new file at `fd`, zero 4 KiB blocks left as holes (synchronous). */
+export function writeSparseSync(fd: number, data: Buffer): void {
+  let i = 0;
+  let end = 0;
+  while (i < data.length) {
+    const j = Math.min(data.length, i + BLOCK);
+    if (j - i === BLOCK && data.subarray(i, j).equals(ZERO)) {
+      i = j;
+      continue;
+    }
+    // coalesce consecutive non-zero blocks into one write
+    let k = j;
+    while (k < data.length) {
+      const k2 = Math.min(data.length, k + BLOCK);
+      if (k2 - k === BLOCK && data.subarray(k, k2).equals(ZERO)) break;
+      k = k2;
+    }
+    for (let off = i; off < k; ) off += writeSync(fd, data, off, k - off, off);
+    i = k;
+    end = k;
+  }
+  if (end !== data.length) ftruncateSync(fd, data.length);
 }
 
 /** Owner, then mode (chown clears setuid), then times, through a descriptor. */

@@ -9,22 +9,23 @@
  * /var): nothing reaches a snapshot from here until the apply takes it.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { closeSync, constants, createReadStream, openSync, rmSync } from 'node:fs';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor } from '../../oci/types.ts';
-import { zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
+import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
+import { isTiuError } from '../../errors.ts';
 import type { ContentProvider, TreeEntry } from '../apply/index.ts';
-import { writeSparse } from '../apply/fsops.ts';
+import { writeSparse, writeSparseSync } from '../apply/fsops.ts';
 import { DeltaError } from './errors.ts';
 import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
 
 export const DEFAULT_CONCURRENCY = 4;
+/** Files handed to the apply at once. */
+const TAKE_CONCURRENCY = 4;
 
-const BLOCK = 4096;
-const ZERO_BLOCK = Buffer.alloc(BLOCK);
 
 /**
  * Verified file contents by sha256, in a directory. Everything in it was verified by this
@@ -67,19 +68,21 @@ export class ContentStore {
   }
 
   async #write(digest: string, data: Buffer): Promise<void> {
+    // Synchronous calls: the files are mostly small, and a thread-pool round trip for each of
+    // open, write and close cost more than the writes into the page cache.
     const path = this.path(digest);
-    const fh = await open(path, 'wx', 0o600);
+    const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     let ok = false;
     try {
-      await writeSparse(fh, data, 0);
-      // a hole at the end needs the size set; otherwise the last write did
-      if (data.length >= BLOCK && data.length % BLOCK === 0 && data.subarray(data.length - BLOCK).equals(ZERO_BLOCK)) await fh.truncate(data.length);
+      writeSparseSync(fd, data);
       ok = true;
     } finally {
-      await fh.close();
-      if (!ok) await rm(path, { force: true });
+      closeSync(fd);
+      if (!ok) rmSync(path, { force: true });
     }
     this.#stored.add(digest);
+    // let the downloads in flight make progress between files
+    await new Promise((r) => setImmediate(r));
   }
 
   /** Take a verified temporary file (tmpPath) in as `digest`. */
@@ -127,34 +130,35 @@ function mismatch(e: TreeEntry, why: string, actual?: string): DeltaError {
 }
 
 /** Decompress a file's frame(s) and check size and sha256; the verified content. */
-async function decodeVerified(e: TreeEntry, frames: Buffer): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let got = 0;
+function decodeVerified(e: TreeEntry, frames: Buffer): Buffer {
+  let data: Buffer;
   try {
-    for await (const c of zstdDecompressFrames(Readable.from([frames]))) {
-      got += c.length;
-      if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
-      parts.push(c);
-    }
+    data = zstdDecompressBufferSync(frames, e.size);
   } catch (err) {
-    if (err instanceof DeltaError) throw err;
+    if (isTiuError(err, 'ZSTD_OUTPUT_TOO_LARGE')) throw mismatch(e, `more than ${e.size} bytes`);
     throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
   }
-  if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
-  const data = Buffer.concat(parts, got);
+  if (data.length !== e.size) throw mismatch(e, `${data.length} bytes instead of ${e.size}`);
   const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
   if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
   return data;
 }
 
-async function collect(s: Readable, onBytes: (n: number) => void): Promise<Buffer> {
-  const parts: Buffer[] = [];
+/** A response body of exactly `size` bytes (expected), read into one buffer; fewer if the body is short. */
+async function collect(s: Readable, size: number, onBytes: (n: number) => void): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(size);
+  let got = 0;
   for await (const c of s) {
     const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
     onBytes(b.length);
-    parts.push(b);
+    if (got + b.length > size) {
+      s.destroy();
+      return Buffer.concat([buf.subarray(0, got), b]); // too long: the caller reports it
+    }
+    b.copy(buf, got);
+    got += b.length;
   }
-  return Buffer.concat(parts);
+  return buf.subarray(0, got);
 }
 
 async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchRange, store: ContentStore, maxSpan: number, signal: AbortSignal, count: (n: number) => void): Promise<number> {
@@ -201,13 +205,13 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
     await store.adopt(tmp, e.digest);
     return 1;
   }
-  const buf = await collect(raw, count);
+  const buf = await collect(raw, r.end - r.start, count);
   if (buf.length !== r.end - r.start) {
     throw new DeltaError('DELTA_SHORT_RANGE', `bytes ${r.start}-${r.end - 1} of layer ${desc.digest}: got ${buf.length} of ${r.end - r.start}`, { digest: desc.digest, start: r.start, end: r.end, got: buf.length });
   }
   for (const e of r.entries) {
     if (store.has(e.digest!)) continue;
-    const data = await decodeVerified(e, buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start));
+    const data = decodeVerified(e, buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start));
     await store.put(e.digest!, data);
     stored++;
   }
@@ -269,13 +273,24 @@ export function storeProvider(source: Target, layers: readonly Descriptor[], sto
         extra.files += s.files;
       }
       for (const e of entries) {
-        if (e.size === 0) {
-          await take(e, Readable.from([]));
-          continue;
-        }
-        if (!e.digest || !store.has(e.digest)) throw new DeltaError('DELTA_CONTENT_MISSING', `no verified content for /${e.path} (${e.digest ?? 'no digest'})`, { path: e.path });
-        await take(e, { verifiedFile: store.path(e.digest) });
+        if (e.size > 0 && (!e.digest || !store.has(e.digest))) throw new DeltaError('DELTA_CONTENT_MISSING', `no verified content for /${e.path} (${e.digest ?? 'no digest'})`, { path: e.path });
       }
+      // A few at a time: each is a reflink, whose cost is mostly waiting on the filesystem.
+      // The first failure stops the others, and all have finished before it is thrown.
+      let next = 0;
+      let failure: { e: unknown } | undefined;
+      const worker = async (): Promise<void> => {
+        while (failure === undefined && next < entries.length) {
+          const e = entries[next++]!;
+          try {
+            await take(e, e.size === 0 ? Readable.from([]) : { verifiedFile: store.path(e.digest!) });
+          } catch (err) {
+            failure ??= { e: err };
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(TAKE_CONCURRENCY, entries.length) }, () => worker()));
+      if (failure) throw failure.e;
     },
   };
 }
