@@ -8,7 +8,7 @@
  * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs in one setfattr run, after every
  * chown (chown drops security.capability); (6) directory mtimes last.
  */
-import { createReadStream } from 'node:fs';
+import { createReadStream, renameSync } from 'node:fs';
 import { copyFile, lstat, mkdir, rename, rm, rmdir, unlink } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -42,7 +42,7 @@ function add(c: Counter, bytes: number): void {
  */
 async function moveIntoPlace(sr: SafeRoot, staged: string, rel: string, e: TreeEntry, allowCopy: boolean): Promise<void> {
   try {
-    await rename(sr.abs(staged), sr.abs(rel));
+    renameSync(sr.abs(staged), sr.abs(rel));
     return;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;

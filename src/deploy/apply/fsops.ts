@@ -5,8 +5,8 @@
  * (rename never follows a symlink at the destination); metadata is set through file
  * descriptors opened with O_NOFOLLOW, or l*-calls.
  */
-import { chmodSync, closeSync, constants, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, lchownSync, lstatSync, lutimesSync, openSync, writeSync } from 'node:fs';
-import { copyFile, link, lstat, mkdir, open, opendir, rename, rmdir, symlink, unlink, type FileHandle } from 'node:fs/promises';
+import { chmodSync, closeSync, constants, mkdirSync, renameSync, symlinkSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, lchownSync, lstatSync, lutimesSync, openSync, writeSync } from 'node:fs';
+import { copyFile, link, lstat, open, opendir, rename, rmdir, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { DigestMismatchError, SizeMismatchError, TrailingDataError } from '../../oci/digest.ts';
@@ -280,11 +280,11 @@ function setMetaAtSync(abs: string, rel: string, e: TreeEntry, what: { owner?: b
 export async function createSpecial(sr: SafeRoot, rel: string, e: TreeEntry): Promise<void> {
   const tmp = await sr.tmpBeside(rel);
   const abs = sr.abs(tmp);
-  if (e.type === 'symlink') await symlink(e.linkname!, abs);
+  if (e.type === 'symlink') symlinkSync(e.linkname!, abs);
   else if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') await makeNode(abs, e.type, e.mode & 0o777, e.devmajor ?? 0, e.devminor ?? 0);
   else throw new Error(`createSpecial: ${e.type}`);
   await setMetaAt(sr, tmp, e);
-  await rename(abs, sr.abs(rel));
+  renameSync(abs, sr.abs(rel));
 }
 
 /** Create the directory `rel` (parent verified) if missing and set its owner and mode. */
@@ -292,7 +292,7 @@ export async function ensureDir(sr: SafeRoot, rel: string, e: TreeEntry): Promis
   if (rel !== '') {
     await sr.verifyDir(parentOf(rel), rel);
     try {
-      await mkdir(sr.abs(rel), 0o700);
+      mkdirSync(sr.abs(rel), 0o700);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
