@@ -30,7 +30,7 @@ import type { IdClash, UsersMergeResult } from './users-merge.ts';
 import { TiuError, asError } from '../errors.ts';
 import { hasSelinuxLabel, selinuxWanted } from '../host/selinux.ts';
 import { copyTreeReflink } from '../host/system.ts';
-import { filesystemSync, isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
+import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
 import { loadConfig, type TiuConfig } from './config.ts';
 import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from './hooks.ts';
 import { acquireUpdateLock } from './lock.ts';
@@ -266,10 +266,6 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       const got = await downloadTransfer(delta, store, { signal });
       transfer = { ...delta.report, downloaded: delta.report.tocBytes + got.bytes };
       progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${got.bytes} bytes of content`);
-      // The apply reflinks the store's files into the snapshot; btrfs writes a file's dirty
-      // data out before cloning it, one file at a time. One filesystem sync writes it all at
-      // once (it has to reach the disk before the commit anyway).
-      if (got.files) await filesystemSync(store.dir);
     } else {
       progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
       await deps.copy(source, root.digest, cache, tag, { referrers: true, verify: checkPolicy, signal });
