@@ -8,9 +8,8 @@
  * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs in one setfattr run, after every
  * chown (chown drops security.capability); (6) directory mtimes last.
  */
-import { createReadStream, renameSync } from 'node:fs';
+import { constants, createReadStream, renameSync } from 'node:fs';
 import { copyFile, lstat, mkdir, rename, rm, rmdir, unlink } from 'node:fs/promises';
-import { constants } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import { isVerifiedFile, type ContentProvider } from './content.ts';

@@ -26,7 +26,6 @@ export const DEFAULT_CONCURRENCY = 4;
 /** Files handed to the apply at once. */
 const TAKE_CONCURRENCY = 4;
 
-
 /**
  * Verified file contents by sha256, in a directory. Everything in it was verified by this
  * process: `open` empties what an interrupted run left, so the apply can reflink the files
