@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { zstdCompressSync } from 'node:zlib';
 import { zstdDecompressStream } from '../../src/bundle/zstd-frames.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
@@ -13,7 +14,7 @@ import { run } from '../../src/host/exec.ts';
 import { isTiuError } from '../../src/errors.ts';
 import {
   applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, readTar, tocToEntries, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
-  type TreeEntry,
+  type ContentProvider, type TreeEntry,
 } from '../../src/deploy/apply/index.ts';
 import { ContentStore, downloadTransfer, prepareTransfer, applyTransfer, storeProvider } from '../../src/deploy/delta/index.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
@@ -243,6 +244,55 @@ describe('deploy/apply on btrfs (integration)', function () {
     assert.equal(res.plan.fetch.length, 0);
     assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
     assert.ok((await exclusiveBytes(target)) < 64 * 1024);
+  });
+
+  it('content already verified into a store is reflinked from it on the same btrfs, copied and checked elsewhere', async () => {
+    const contents = new Map<string, Buffer>();
+    for (const f of v2) if (f.content !== undefined) {
+      const b = Buffer.from(f.content);
+      contents.set(`sha256:${createHash('sha256').update(b).digest('hex')}`, b);
+    }
+    const planFor = async (target: string) => planApply(flattenLayers([await tocEntries(v2tar)]), await scanTree(target), new ContentIndex(target));
+    const storeAt = async (dir: string, entries: readonly TreeEntry[], alter?: string): Promise<ContentProvider> => {
+      const store = await ContentStore.open(dir);
+      for (const e of entries) {
+        const data = Buffer.from(contents.get(e.digest!)!);
+        if (e.path === alter) data[0]! ^= 0xff; // rotted after it was verified
+        await store.put(e.digest!, data);
+      }
+      return { deliver: async (want, take) => { for (const e of want) await take(e, { verifiedFile: store.path(e.digest!) }); } };
+    };
+    // same filesystem (a store in another subvolume, like /var): every file is a reflink
+    await subvolume(join(fs.mnt, 'store-sv'));
+    const target = join(fs.mnt, 'from-store');
+    await snapshot(join(fs.mnt, 'v1'), target);
+    const plan = await planFor(target);
+    assert.equal(plan.fetch.length, 5);
+    const rep = await executePlan(target, plan, await storeAt(join(fs.mnt, 'store-sv/s'), plan.fetch));
+    assert.equal(rep.clonedFromStore.count, plan.fetch.length);
+    assert.equal(rep.written.count, plan.fetch.length);
+    assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
+    // the new 100 KiB file shares its extents with the store: not exclusive to the target
+    assert.ok((await exclusiveBytes(target)) < newfile.length, `exclusive ${await exclusiveBytes(target)}`);
+    assert.ok((await stat(join(target, 'usr/new/holes'))).blocks * 512 < 64 * 1024, 'holes stay holes');
+
+    // another filesystem: no reflink possible, the bytes are copied and checked against the digest
+    const other = await mkdtemp(join(tmpdir(), 'tiu-store-'));
+    try {
+      const t2 = join(fs.mnt, 'from-store-copy');
+      await snapshot(join(fs.mnt, 'v1'), t2);
+      const p2 = await planFor(t2);
+      const rep2 = await executePlan(t2, p2, await storeAt(join(other, 'good'), p2.fetch));
+      assert.equal(rep2.clonedFromStore.count, 0);
+      assert.equal(rep2.written.count, p2.fetch.length);
+      assert.deepEqual(await diffTrees(t2, ref2, { ignoreRootMeta: true }), []);
+      const t3 = join(fs.mnt, 'from-store-bad');
+      await snapshot(join(fs.mnt, 'v1'), t3);
+      const p3 = await planFor(t3);
+      await assert.rejects(executePlan(t3, p3, await storeAt(join(other, 'bad'), p3.fetch, 'usr/new/newfile')), (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH'));
+    } finally {
+      await rm(other, { recursive: true, force: true });
+    }
   });
 
   it('without a content index, only same-size candidates are hashed', async () => {

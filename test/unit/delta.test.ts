@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -14,8 +14,8 @@ import type { TreeEntry as BuildEntry } from '../../src/bundle/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
-import type { TreeEntry } from '../../src/deploy/apply/index.ts';
-import { coalesce, ContentStore, downloadRanges, fetchLayerTocs, frameless, rangeBytes, storeProvider } from '../../src/deploy/delta/index.ts';
+import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
+import { coalesce, ContentStore, downloadRanges, fetchLayerTocs, frameless, prepareTransfer, rangeBytes, storeProvider } from '../../src/deploy/delta/index.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
@@ -95,6 +95,28 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     await assert.rejects(fetchLayerTocs(target, { ...manifest, layers: [bad] }), code('TOC_CHECKSUM_MISMATCH'));
   });
 
+  it('prepareTransfer scans the old root while the TOCs download; either failing is reported, not crashed on', async () => {
+    const old = join(dir, 'old-root');
+    await mkdir(join(old, 'usr'), { recursive: true });
+    await writeFile(join(old, 'usr/a'), files['usr/a']!);
+    // TOC requests that answer late: the scan (local) finishes or fails first
+    const slow = Object.assign(Object.create(target) as MemoryTarget, {
+      fetchRange: async (d: Descriptor, s: number, e: number) => {
+        await new Promise((r) => setTimeout(r, 200));
+        return target.fetchRange(d, s, e);
+      },
+    });
+    const t = await prepareTransfer({ source: slow, manifest, oldRoot: old, preserve: [] });
+    assert.equal(t.path, 'delta');
+    assert.ok(t.path === 'delta');
+    assert.deepEqual(t.plan.fetch.map((e) => e.path).sort(), ['usr/b', 'usr/c', 'usr/empty'], 'usr/a is already there');
+    await assert.rejects(prepareTransfer({ source: slow, manifest, oldRoot: join(dir, 'no-such-root'), preserve: [] }), code('BAD_ROOT'));
+    const bad = { ...layer, annotations: { ...layer.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'2'.repeat(64)}` } };
+    await assert.rejects(prepareTransfer({ source: slow, manifest: { ...manifest, layers: [bad] }, oldRoot: join(dir, 'no-such-root'), preserve: [] }), code('TOC_CHECKSUM_MISMATCH'));
+    const gz = await prepareTransfer({ source: slow, manifest: { ...manifest, layers: [{ ...layer, mediaType: MediaType.OciLayerGzip }] }, oldRoot: join(dir, 'no-such-root'), preserve: [] });
+    assert.equal(gz.path, 'whole-layer');
+  });
+
   it('downloads files (coalesced and streamed large ones), each verified before it is stored', async () => {
     const es = await tocEntries();
     for (const maxSpan of [1_000_000, 1000]) {
@@ -162,7 +184,11 @@ describe('delta: the apply\'s content provider (storeProvider)', () => {
     const empty: TreeEntry = { ...reg('empty', Buffer.alloc(0), 0, 0) };
     const store = await ContentStore.open(join(dir, 'store'));
     const got = new Map<string, string>();
-    const take = async (e: TreeEntry, content: AsyncIterable<Buffer | Uint8Array>): Promise<void> => {
+    const take = async (e: TreeEntry, content: AsyncIterable<Buffer | Uint8Array> | VerifiedFile): Promise<void> => {
+      if (isVerifiedFile(content)) {
+        got.set(e.path, await readFile(content.verifiedFile, 'utf8'));
+        return;
+      }
       const parts: Buffer[] = [];
       for await (const c of content) parts.push(Buffer.from(c));
       got.set(e.path, Buffer.concat(parts).toString());

@@ -12,10 +12,26 @@ import { normalizeEntryPath } from './paths.ts';
 import { readTar } from './tar.ts';
 import type { TreeEntry } from './types.ts';
 
-export type ContentSink = (entry: TreeEntry, content: AsyncIterable<Buffer | Uint8Array>) => Promise<void>;
+/**
+ * A file on the same filesystem whose content this process has already verified against the
+ * entry's sha256 and size (the delta download's content store): the executor reflinks it
+ * instead of reading and writing the bytes again, and streams it (verifying) where it can't.
+ */
+export interface VerifiedFile {
+  verifiedFile: string;
+}
+
+export type ContentSink = (entry: TreeEntry, content: AsyncIterable<Buffer | Uint8Array> | VerifiedFile) => Promise<void>;
+
+export function isVerifiedFile(c: unknown): c is VerifiedFile {
+  return typeof c === 'object' && c !== null && typeof (c as VerifiedFile).verifiedFile === 'string';
+}
 
 export interface ContentProvider {
-  /** Give each entry's content to `take` once (any order); `take` consumes it fully before returning. */
+  /**
+   * Give each entry's content to `take` once (any order, possibly several at a time);
+   * `take` consumes it fully before returning. Every `take` has finished when this settles.
+   */
   deliver(entries: readonly TreeEntry[], take: ContentSink): Promise<void>;
 }
 

@@ -18,7 +18,7 @@ export { tocToEntries, parseTimeNs, EMPTY_SHA256, type ChunkedToc, type ChunkedT
 export { scanTree, ContentIndex, hashFile, type ContentHasher, type ScanOptions } from './scan.ts';
 export { planApply, metaDiff, type PlanOptions } from './plan.ts';
 export { executePlan, type ExecuteOptions } from './execute.ts';
-export { openerProvider, tarLayerProvider, byLayerOrder, type ContentProvider, type ContentSink } from './content.ts';
+export { openerProvider, tarLayerProvider, byLayerOrder, isVerifiedFile, type ContentProvider, type ContentSink, type VerifiedFile } from './content.ts';
 export { applyTarLayers, type LayerOpener, type TarApplyOptions } from './tar-apply.ts';
 export { readTar, type TarEntry } from './tar.ts';
 export { entriesFromTar } from './tar-entries.ts';
