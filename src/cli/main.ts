@@ -112,5 +112,10 @@ function reportError(e: unknown, json: boolean): number {
 }
 
 if (import.meta.main) {
+  // bin/tiu's malloc tuning is for this process only (glibc read it at start-up).
+  if (process.env.TIU_DROP_MALLOC_ENV === '1') {
+    delete process.env.MALLOC_MMAP_THRESHOLD_;
+    delete process.env.TIU_DROP_MALLOC_ENV;
+  }
   process.exitCode = await main(process.argv.slice(2));
 }

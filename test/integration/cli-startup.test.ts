@@ -64,6 +64,28 @@ process.stderr.write(JSON.stringify(seen));\n`,
     }
   });
 
+  it('tiu build runs with a fixed malloc mmap threshold that programs it starts do not inherit; copy without', async () => {
+    const probe = join(tmp, 'env-probe.mjs');
+    await writeFile(
+      probe,
+      `import { readFileSync } from 'node:fs';
+process.on('exit', () => {
+  const initial = readFileSync('/proc/self/environ', 'utf8').split('\\0').find((l) => l.startsWith('MALLOC_MMAP_THRESHOLD_='));
+  process.stderr.write('PROBE ' + JSON.stringify({ initial: initial ?? null, now: process.env.MALLOC_MMAP_THRESHOLD_ ?? null, marker: process.env.TIU_DROP_MALLOC_ENV ?? null }) + '\\n');
+});\n`,
+    );
+    const probeOf = (stderr: string) => JSON.parse(/PROBE (.*)/.exec(stderr)![1]!) as { initial: string | null; now: string | null; marker: string | null };
+    const env = { NODE_OPTIONS: `--import ${probe}`, MALLOC_MMAP_THRESHOLD_: undefined, TIU_DROP_MALLOC_ENV: undefined };
+    const b = await tiu(['build', '--help'], env);
+    assert.equal(b.exitCode, 0, b.stderr);
+    assert.deepEqual(probeOf(b.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, marker: null });
+    const c = await tiu(['copy', '--help'], env);
+    assert.deepEqual(probeOf(c.stderr), { initial: null, now: null, marker: null });
+    // A caller's own setting is left alone, and passed on.
+    const own = await tiu(['build', '--help'], { ...env, MALLOC_MMAP_THRESHOLD_: '65536' });
+    assert.deepEqual(probeOf(own.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: '65536', marker: null });
+  });
+
   it('picks the cache directory: TIU_COMPILE_CACHE, off, /var/cache for root, then XDG or ~/.cache', async () => {
     // Importing the preload enables a cache in this process unless told not to.
     const saved = process.env.TIU_COMPILE_CACHE;
