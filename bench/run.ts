@@ -1,16 +1,19 @@
 /**
  * `npm run bench`: tiu side by side with the tools a user would otherwise run (skopeo, umoci,
  * rsync as transactional-update's apply-oci does it, casync), on two real Debian bookworm trees
- * (bench/trees.ts), in one run on this machine. Writes bench/results.md and bench/results.json.
+ * (bench/trees.ts), in one run on this machine. Writes bench/results.md, bench/results.json and
+ * the README's excerpt; the report compares its ratios with those of the results.json it
+ * replaces (what a reviewer re-running the bench checks).
  *
  * Environment: TIU_BENCH_RUNS (samples per figure, default 3), TIU_BENCH_CACHE (tree cache,
  * default /var/cache/tiu-bench), TIU_BENCH_WORK (scratch, default /var/tmp),
  * TIU_BENCH_ONLY (comma list of sections: build,registry,update; update-tiu or update-peers for
  * one side of the updates; build always runs, the others need its images), TIU_BENCH_VERBOSE=1.
- * Runs as root (loop devices, btrfs, mounts).
+ * With TIU_BENCH_RUNS or TIU_BENCH_ONLY set the run is partial and writes
+ * bench/results.partial.{md,json} instead. Runs as root (loop devices, btrfs, mounts).
  */
 import { existsSync } from 'node:fs';
-import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,7 +21,8 @@ import { ensureTrees, type TreeInfo } from './trees.ts';
 import { measured, sh } from './lib/proc.ts';
 import { startCountingProxy, type CountingProxy } from '../test/helpers/counting-proxy.ts';
 import { imageSize } from './lib/oci.ts';
-import { formatSummary, ratio, summarize, type Figure, type Unit } from './lib/stats.ts';
+import { formatRange, formatRatio, formatSummary, summarize, type Figure, type Unit } from './lib/stats.ts';
+import { compare, recheck, type Comparison } from './lib/report.ts';
 import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts';
 import { updateSection } from './update.ts';
 
@@ -26,6 +30,12 @@ const repo = dirname(dirname(fileURLToPath(import.meta.url)));
 export const tiuBin = join(repo, 'bin/tiu');
 export const RUNS = Math.max(1, Number(process.env.TIU_BENCH_RUNS ?? 3));
 const ONLY = (process.env.TIU_BENCH_ONLY ?? 'build,registry,update').split(',');
+/**
+ * A full run (no TIU_BENCH_ONLY, no TIU_BENCH_RUNS) writes bench/results.{md,json} and the
+ * README's rows; a partial one writes bench/results.partial.{md,json} and leaves those alone.
+ */
+const FULL = process.env.TIU_BENCH_ONLY === undefined && process.env.TIU_BENCH_RUNS === undefined;
+const RESULTS = FULL ? 'bench/results' : 'bench/results.partial';
 
 export interface Ctx {
   work: string;
@@ -34,6 +44,8 @@ export interface Ctx {
   /** What could not be measured, and why. */
   missing: string[];
   notes: string[];
+  /** Wall seconds per section, for the budget. */
+  sectionSeconds: Record<string, number>;
   /** umoci-built images of both trees (tags base, upgraded), for the peers. */
   umociLayout?: string;
   /** tiu bundles of both trees (tags base, upgraded). */
@@ -299,32 +311,103 @@ async function machine(): Promise<Record<string, string>> {
   };
 }
 
-function table(ctx: Ctx): string {
-  const rows: string[] = ['| Scenario | Metric | tiu | Peer | Peer figure | tiu ÷ peer |', '|---|---|---|---|---|---|'];
-  const keys = [...new Set(ctx.figures.map((f) => `${f.scenario}\u0000${f.metric}`))];
-  for (const k of keys) {
-    const [scenario, metric] = k.split('\u0000') as [string, string];
-    const figs = ctx.figures.filter((f) => f.scenario === scenario && f.metric === metric);
-    const tiu = figs.find((f) => f.tool === 'tiu');
-    const ts = tiu ? summarize(tiu.samples) : undefined;
-    const tcell = ts && tiu ? formatSummary(ts, tiu.unit) : 'not measured';
-    const peers = figs.filter((f) => f.tool !== 'tiu');
-    if (peers.length === 0) rows.push(`| ${scenario} | ${metric} | ${tcell} | | | |`);
-    for (const p of peers) {
-      const ps = summarize(p.samples);
-      rows.push(`| ${scenario} | ${metric} | ${tcell} | ${p.tool} | ${formatSummary(ps, p.unit)} | ${ts ? ratio(ts.median, ps.median) : '–'} |`);
-    }
+function table(figures: readonly Figure[]): string {
+  const rows: string[] = ['| Scenario | Metric | tiu | Figure | Peer | Peer figure | tiu ÷ peer | range |', '|---|---|---|---|---|---|---|---|'];
+  for (const c of compare(figures)) {
+    rows.push(`| ${c.scenario} | ${c.metric} | ${c.subject} | ${formatSummary(c.subjectSummary, c.unit)} | ${c.peer} | ${formatSummary(c.peerSummary, c.unit)} | ${formatRatio(c.ratio)} | ${formatRange(c.low, c.high)} |`);
+  }
+  // Figures nobody compares with (a scenario with no peer, or no tiu).
+  const compared = new Set(compare(figures).flatMap((c) => [`${c.scenario}\u0000${c.metric}\u0000${c.subject}`, `${c.scenario}\u0000${c.metric}\u0000${c.peer}`]));
+  for (const f of figures.filter((x) => !compared.has(`${x.scenario}\u0000${x.metric}\u0000${x.tool}`))) {
+    rows.push(`| ${f.scenario} | ${f.metric} | ${f.tool} | ${formatSummary(summarize(f.samples), f.unit)} | | | | |`);
   }
   return rows.join('\n');
 }
 
+/** The comparisons the README shows, in this order (scenario, metric, subject, peer). */
+const README_ROWS: [string, string, string, string][] = [
+  ['update base → upgraded', 'bytes downloaded', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'bytes downloaded', 'tiu', 'casync (seeded extract, reflink)'],
+  ['update base → upgraded', 'disk (new snapshot)', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'disk (new snapshot)', 'tiu', 'casync (seeded extract, reflink)'],
+  ['update base → upgraded', 'temporary disk', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'time', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'time', 'tiu', 'casync (seeded extract, reflink)'],
+  ['update base → upgraded', 'time', 'tiu --transfer whole-layer', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'peak RSS', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update upgraded → upgraded', 'time', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['first install (empty snapshot ← base image)', 'time', 'tiu', 'skopeo + umoci unpack'],
+  ['build (base tree → OCI image)', 'time', 'tiu', 'umoci repack'],
+  ['build (base tree → OCI image)', 'peak RSS', 'tiu', 'umoci repack'],
+  ['push (OCI layout → registry)', 'time', 'tiu', 'skopeo'],
+  ['pull (registry → OCI layout)', 'time', 'tiu', 'skopeo'],
+];
+
+/** The README's excerpt of the table, between its bench markers. */
+export async function writeReadme(figures: readonly Figure[], mach: Record<string, string>): Promise<void> {
+  const path = join(repo, 'README.md');
+  const text = await readFile(path, 'utf8');
+  const start = text.indexOf('<!-- bench:start');
+  const end = text.indexOf('<!-- bench:end -->');
+  if (start < 0 || end < start) {
+    log('README.md has no bench markers; not updated');
+    return;
+  }
+  const all = compare(figures);
+  const rows = README_ROWS.map(([sc, m, s, p]) => all.find((c) => c.scenario === sc && c.metric === m && c.subject === s && c.peer === p)).filter((c) => c !== undefined);
+  const load = mach['load average (1/5/15 min) at start'] ?? '?';
+  const block = [
+    text.slice(start, text.indexOf('\n', start) + 1),
+    `From the run of ${mach.date?.slice(0, 10) ?? '?'} (tiu ${mach.tiu ?? '?'}, ${mach.nproc ?? '?'} cores, load average ${load} at the start), median of ${RUNS} runs; the range is what any pair of samples gives.`,
+    '',
+    '| Scenario | Metric | tiu | Figure | Peer | Peer figure | tiu ÷ peer | range |',
+    '|---|---|---|---|---|---|---|---|',
+    ...rows.map((c) => `| ${c.scenario} | ${c.metric} | ${c.subject} | ${formatSummary(c.subjectSummary, c.unit)} | ${c.peer} | ${formatSummary(c.peerSummary, c.unit)} | ${formatRatio(c.ratio)} | ${formatRange(c.low, c.high)} |`),
+    '',
+  ].join('\n');
+  await writeFile(path, text.slice(0, start) + block + text.slice(end));
+}
+
+interface EarlierRun { date: string; commit: string; comparisons: Comparison[] }
+
+/** The results.json in the checkout before this run overwrites it, when it measured the same trees. */
+async function earlierRun(treeKey: string): Promise<EarlierRun | string> {
+  let json: { machine?: Record<string, string>; trees?: { key?: string }; figures?: Figure[] };
+  try {
+    json = JSON.parse(await readFile(join(repo, 'bench/results.json'), 'utf8')) as typeof json;
+  } catch {
+    return 'there is no earlier bench/results.json to compare with';
+  }
+  if (json.trees?.key !== treeKey) return `the earlier bench/results.json measured other trees (key ${json.trees?.key ?? 'none'})`;
+  return { date: json.machine?.date ?? '?', commit: json.machine?.tiu ?? '?', comparisons: compare(json.figures ?? []) };
+}
+
+function recheckSection(now: readonly Comparison[], earlier: EarlierRun | string, commit: string): string[] {
+  const head = ['## Against the previous run', ''];
+  if (typeof earlier === 'string') return [...head, `Not compared: ${earlier}.`, ''];
+  const checks = recheck(now, earlier.comparisons);
+  const outside = checks.filter((c) => !c.within);
+  const same = earlier.commit === commit;
+  return [
+    ...head,
+    `The previous results (${earlier.date}, tiu ${earlier.commit}${same ? ', the same code' : `; this run is tiu ${commit}, so tiu's own figures may have moved on purpose`}): ${checks.length - outside.length} of ${checks.length} ratios of this run lie within the range the previous run reported (widened by 2% for byte counts and disk).`,
+    '',
+    ...(outside.length
+      ? ['| Scenario | Metric | tiu | Peer | previous ratio (range) | this run |', '|---|---|---|---|---|---|',
+        ...outside.map((o) => `| ${o.comparison.scenario} | ${o.comparison.metric} | ${o.comparison.subject} | ${o.comparison.peer} | ${formatRatio(o.earlier.ratio)} (${formatRange(o.earlier.low, o.earlier.high)}) | ${formatRatio(o.comparison.ratio)} |`), '']
+      : []),
+  ];
+}
+
 async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number, treeSeconds: number): Promise<void> {
   const t = ctx.trees;
+  const earlier = await earlierRun(t.key);
   const json = {
     machine: mach,
     runs: RUNS,
     wallSeconds: wall,
     treeSeconds,
+    sectionSeconds: ctx.sectionSeconds,
     trees: {
       key: t.key, release: t.release, builtAt: t.builtAt,
       debootstrapSeconds: t.debootstrapSeconds, upgradeSeconds: t.upgradeSeconds,
@@ -335,14 +418,16 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     missing: ctx.missing,
     notes: ctx.notes,
   };
-  await writeFile(join(repo, 'bench/results.json'), JSON.stringify(json, null, 2) + '\n');
+  await writeFile(join(repo, `${RESULTS}.json`), JSON.stringify(json, null, 2) + '\n');
   const hows = [...new Map(ctx.figures.filter((f) => f.how).map((f) => [`${f.tool}: ${f.how}`, f])).keys()];
   const md = [
     '# tiu benchmark results',
     '',
-    `Written by \`npm run bench\` on ${mach.date}. Each figure is the median of ${RUNS} runs, with min–max in parentheses; the ratio is tiu's median over the peer's (below 1 means tiu needs less).`,
+    `Written by \`npm run bench\` on ${mach.date}. Each figure is the median of ${RUNS} runs, with min–max in parentheses; the ratio is tiu's median over the peer's (below 1 means tiu needs less), and the range is what any pair of samples gives (tiu's min over the peer's max to tiu's max over the peer's min): the noise of this run.`,
     '',
-    table(ctx),
+    table(ctx.figures),
+    '',
+    ...recheckSection(compare(ctx.figures), earlier, mach.tiu ?? '?'),
     '',
     ...(loadAtStart[0]! > cpus().length
       ? [`Note: the machine was shared with other work during this run (load average ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores), so times are inflated and noisy; sizes and byte counts are not affected.`, '']
@@ -352,7 +437,7 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     `Debian bookworm, debootstrap ${t.inputs.variant} + ${t.inputs.include.join(', ')} from ${t.inputs.mirror} (${Object.entries(t.release).map(([k, v]) => `${k}: ${v}`).join('; ')}); ${t.packages.base.length} packages, ${t.diff.files.base} entries, ${(t.bytes.base / 2 ** 20).toFixed(0)} MiB of file content.`,
     `The update (\`apt-get upgrade\` with bookworm-updates and bookworm-security from ${t.inputs.securityMirror}) changes ${t.upgradedPackages.length} packages (${t.upgradedPackages.join(', ')}): ${t.diff.changed} changed, ${t.diff.added} added and ${t.diff.removed} removed entries, ${(t.diff.changedBytes / 2 ** 20).toFixed(1)} MiB of new file content.`,
     `Building the trees (cached in ${dirname(t.dir)}, key ${t.key}, built ${t.builtAt}) took ${t.debootstrapSeconds.toFixed(0)} s of debootstrap and ${t.upgradeSeconds.toFixed(0)} s of upgrade, cold.`,
-    `This run took ${wall.toFixed(0)} s after the trees, which ${treeSeconds > 30 ? `were built in this run (${treeSeconds.toFixed(0)} s, cold)` : 'came from the cache'}.`,
+    `This run took ${wall.toFixed(0)} s after the trees, which ${treeSeconds > 30 ? `were built in this run (${treeSeconds.toFixed(0)} s, cold)` : 'came from the cache'}: ${Object.entries(ctx.sectionSeconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')}.`,
     '',
     '## What was run',
     '',
@@ -365,10 +450,19 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     ...Object.entries(mach).map(([k, v]) => `- ${k}: ${v}`),
     '',
   ].join('\n');
-  await writeFile(join(repo, 'bench/results.md'), md);
+  await writeFile(join(repo, `${RESULTS}.md`), md);
 }
 
 // ---------------------------------------------------------------------------------------------
+
+async function timed(ctx: Ctx, section: string, body: () => Promise<void>): Promise<void> {
+  const start = Date.now();
+  try {
+    await body();
+  } finally {
+    ctx.sectionSeconds[section] = (Date.now() - start) / 1000;
+  }
+}
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('npm run bench needs root (loop devices, btrfs, mounts, chroot)');
@@ -381,20 +475,24 @@ async function main(): Promise<void> {
   const work = await mkdtemp(join(base, 'tiu-bench-'));
   const registry = await startRegistry();
   const proxy = await startCountingProxy(registry.port);
-  const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], proxy, registry };
+  const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], sectionSeconds: {}, proxy, registry };
   try {
-    await buildSection(ctx);
-    if (ONLY.includes('registry')) await registrySection(ctx);
-    if (ONLY.some((o) => o.startsWith('update'))) await updateSection(ctx, { peers: !ONLY.includes('update-tiu'), tiu: !ONLY.includes('update-peers') });
+    await timed(ctx, 'build', () => buildSection(ctx));
+    if (ONLY.includes('registry')) await timed(ctx, 'push/pull', () => registrySection(ctx));
+    if (ONLY.some((o) => o.startsWith('update'))) {
+      await timed(ctx, 'install and updates', () => updateSection(ctx, { peers: !ONLY.includes('update-tiu'), tiu: !ONLY.includes('update-peers') }));
+    }
   } finally {
     await proxy.stop();
     await ctx.registry.stop();
     await rm(work, { recursive: true, force: true });
   }
   const wall = (Date.now() - start) / 1000;
-  await writeResults(ctx, await machine(), wall, treeSeconds);
-  log(`done in ${wall.toFixed(0)} s; wrote bench/results.md and bench/results.json`);
-  process.stdout.write(table(ctx) + '\n');
+  const mach = await machine();
+  await writeResults(ctx, mach, wall, treeSeconds);
+  if (FULL) await writeReadme(ctx.figures, mach);
+  log(`done in ${wall.toFixed(0)} s; wrote ${RESULTS}.md and ${RESULTS}.json${FULL ? ' and the README\'s rows' : ' (a partial run: TIU_BENCH_ONLY or TIU_BENCH_RUNS is set)'}`);
+  process.stdout.write(table(ctx.figures) + '\n');
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

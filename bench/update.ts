@@ -259,13 +259,40 @@ async function snapshotNumbers(os: MicroOS): Promise<Set<number>> {
   return new Set(names.filter((n) => /^\d+$/.test(n)).map(Number));
 }
 
+/** One tiu update, measured and recorded; returns the snapshot it created, if any. */
+async function tiuStep(ctx: Ctx, os: MicroOS, step: { scenario: string; tag: string; tool: string; args: string[]; how: string }, i: number): Promise<number | undefined> {
+  const cache = join(os.sysroot, 'var/cache/tiu');
+  const before = await snapshotNumbers(os);
+  const cacheBefore = existsSync(cache) ? await dirBytes(cache) : 0;
+  ctx.proxy.reset();
+  log(`${step.scenario} with ${step.tool} (${i + 1}/${RUNS})`);
+  const st = new Steps();
+  await st.run(tiuBin, ['update', `docker://${ctx.proxy.host}/bench/tiu:${step.tag}`, '--sysroot', os.sysroot, ...step.args]);
+  await st.run('btrfs', ['filesystem', 'sync', os.sysroot]);
+  const down = ctx.proxy.reset().down;
+  const created = [...(await snapshotNumbers(os))].filter((n) => !before.has(n));
+  const snap = created.length ? Math.max(...created) : undefined;
+  const disk = snap === undefined ? 0 : await exclusiveBytes(os.snapshotPath(snap));
+  record(ctx, step.scenario, 'time', 's', step.tool, [st.wall], step.how);
+  record(ctx, step.scenario, 'bytes downloaded', 'B', step.tool, [down]);
+  record(ctx, step.scenario, 'disk (new snapshot)', 'B', step.tool, [disk]);
+  record(ctx, step.scenario, 'temporary disk', 'B', step.tool, [(existsSync(cache) ? await dirBytes(cache) : 0) - cacheBefore]);
+  record(ctx, step.scenario, 'peak RSS', 'B', step.tool, [st.rss]);
+  return snap;
+}
+
+export const TIU_WHOLE = 'tiu --transfer whole-layer';
+
 /**
  * tiu on its own MicroOS per run: first install of base over the minimal fake OS the harness
- * puts in snapshot 1, reboot, base → upgraded, reboot, upgraded → upgraded.
+ * puts in snapshot 1, reboot, base → upgraded by file-level delta (the default), back to base
+ * (`tiu rollback`, reboot), base → upgraded again with whole layers, reboot, upgraded →
+ * upgraded. Both base → upgraded runs start from the same booted snapshot; the delta runs
+ * first, so whatever it leaves in tiu's cache can only help the whole-layer run.
  */
 async function tiuUpdates(ctx: Ctx): Promise<void> {
-  const reg = ctx.proxy.host;
   ctx.notes.push('tiu update runs with default-hooks = false (the peers run no hooks either) and a policy.json that accepts unsigned images (insecureAcceptAnything).');
+  const how = 'tiu update docker://… --sysroot DIR (snapper snapshot of the booted one, diff-apply, /etc merge, commit), sync; a reboot (remount of the new default) between steps';
   for (let i = 0; i < RUNS; i++) {
     const os = await createMicroOS({ sizeMiB: 8192 });
     try {
@@ -273,31 +300,21 @@ async function tiuUpdates(ctx: Ctx): Promise<void> {
       await writeFile(join(os.sysroot, 'etc/tiu/tiu.conf'), 'default-hooks = false\n');
       await mkdir(join(os.sysroot, 'etc/containers'), { recursive: true });
       await writeFile(join(os.sysroot, 'etc/containers/policy.json'), JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }) + '\n');
-      const cache = join(os.sysroot, 'var/cache/tiu');
-      const steps: { scenario: string; tag: string }[] = [
-        { scenario: FIRST, tag: 'base' },
-        { scenario: UPDATE('base'), tag: 'upgraded' },
-        { scenario: UPDATE('upgraded'), tag: 'upgraded' },
-      ];
-      for (const step of steps) {
-        const before = await snapshotNumbers(os);
-        const cacheBefore = existsSync(cache) ? await dirBytes(cache) : 0;
-        ctx.proxy.reset();
-        log(`${step.scenario} with tiu (${i + 1}/${RUNS})`);
-        const st = new Steps();
-        await st.run(tiuBin, ['update', `docker://${reg}/bench/tiu:${step.tag}`, '--sysroot', os.sysroot]);
-        await st.run('btrfs', ['filesystem', 'sync', os.sysroot]);
-        const down = ctx.proxy.reset().down;
-        const created = [...(await snapshotNumbers(os))].filter((n) => !before.has(n));
-        const disk = created.length ? await exclusiveBytes(os.snapshotPath(Math.max(...created))) : 0;
-        const how = 'tiu update docker://… --sysroot DIR (snapper snapshot of the booted one, diff-apply, /etc merge, commit), sync; a reboot (remount of the new default) between steps';
-        record(ctx, step.scenario, 'time', 's', 'tiu', [st.wall], how);
-        record(ctx, step.scenario, 'bytes downloaded', 'B', 'tiu', [down]);
-        record(ctx, step.scenario, 'disk (new snapshot)', 'B', 'tiu', [disk]);
-        record(ctx, step.scenario, 'temporary disk', 'B', 'tiu', [(existsSync(cache) ? await dirBytes(cache) : 0) - cacheBefore]);
-        record(ctx, step.scenario, 'peak RSS', 'B', 'tiu', [st.rss]);
-        if (created.length) await reboot(os);
+      const base = await tiuStep(ctx, os, { scenario: FIRST, tag: 'base', tool: 'tiu', args: [], how }, i);
+      if (base === undefined) throw new Error('the first install created no snapshot');
+      await reboot(os);
+      if (await tiuStep(ctx, os, { scenario: UPDATE('base'), tag: 'upgraded', tool: 'tiu', args: [], how }, i) === undefined) {
+        throw new Error('base → upgraded created no snapshot');
       }
+      await sh(tiuBin, ['rollback', String(base), '--sysroot', os.sysroot]);
+      await reboot(os);
+      const whole = await tiuStep(ctx, os, {
+        scenario: UPDATE('base'), tag: 'upgraded', tool: TIU_WHOLE, args: ['--transfer', 'whole-layer'],
+        how: 'tiu update … --transfer whole-layer: the same update, downloading whole layers instead of only the files the system lacks',
+      }, i);
+      if (whole === undefined) throw new Error('base → upgraded (whole layers) created no snapshot');
+      await reboot(os);
+      await tiuStep(ctx, os, { scenario: UPDATE('upgraded'), tag: 'upgraded', tool: 'tiu', args: [], how }, i);
     } catch (e) {
       ctx.missing.push(`tiu update failed: ${firstLine(e)}`);
       return;

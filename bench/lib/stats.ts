@@ -44,8 +44,15 @@ export function formatSummary(s: Summary, unit: Unit): string {
   return lo === hi ? m : `${m} (${lo}–${hi})`;
 }
 
-export function ratio(a: number, b: number): string {
-  if (b === 0) return a === 0 ? '1×' : '∞';
-  const r = a / b;
-  return r >= 10 ? `${r.toFixed(0)}×` : r >= 0.1 ? `${r.toFixed(2)}×` : `${r.toFixed(3)}×`;
+/** A ratio for the table: "1.34×", "0.037×", "28×", "∞" when the peer needed nothing. */
+export function formatRatio(r: number): string {
+  if (!Number.isFinite(r)) return '∞';
+  return r >= 10 ? `${r.toFixed(0)}×` : r >= 0.1 ? `${r.toFixed(2)}×` : r === 0 ? '0×' : `${r.toFixed(3)}×`;
+}
+
+/** "0.91–1.10×", or the single ratio when the range is a point. */
+export function formatRange(low: number, high: number): string {
+  const lo = formatRatio(low);
+  const hi = formatRatio(high);
+  return lo === hi ? hi : `${lo.replace(/×$/, '')}–${hi}`;
 }

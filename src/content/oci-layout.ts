@@ -12,7 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join, resolve as resolvePath } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -385,5 +385,77 @@ export class OciLayoutTarget implements Target {
       if (r && r.subject === desc.digest && (artifactType === undefined || r.desc.artifactType === artifactType)) out.push(r.desc);
     }
     return out;
+  }
+
+  // ---- Removal
+
+  /**
+   * Forget an image and free what only it used: its tags, cosign's tag-scheme attachments for
+   * it (`sha256-<hex>.sig` …), the referrers whose subject it is, then every blob that nothing
+   * still listed in index.json reaches. index.json is the only root, so a writer that has
+   * pushed blobs but not yet tagged them must not run at the same time (tiu update holds its
+   * update lock around both).
+   */
+  async removeImage(digest: string): Promise<{ blobs: number; bytes: number }> {
+    const { algorithm, hex } = parseDigest(digest);
+    return withLock(this.#lockPath, async () => {
+      const idx = await this.readIndex();
+      const keep: Descriptor[] = [];
+      for (const m of idx.manifests) {
+        const name = m.annotations?.[Annotation.RefName] ?? '';
+        if (m.digest === digest) continue;
+        if (COSIGN_TAG_RE.test(name) && name.startsWith(`${algorithm}-${hex}.`)) continue;
+        if (isManifestLike(m.mediaType) && (await this.#subjectOf(m)) === digest) continue;
+        keep.push(m);
+      }
+      if (keep.length !== idx.manifests.length) await this.#writeIndex({ ...idx, manifests: keep });
+      return this.#deleteUnreachable(keep);
+    });
+  }
+
+  /** Delete blobs no descriptor in `roots` reaches (through manifests and indexes). */
+  async #deleteUnreachable(roots: readonly Descriptor[]): Promise<{ blobs: number; bytes: number }> {
+    const reachable = new Set<string>();
+    const queue = [...roots];
+    for (let d = queue.pop(); d; d = queue.pop()) {
+      if (reachable.has(d.digest)) continue;
+      reachable.add(d.digest);
+      if (!isManifestLike(d.mediaType)) continue;
+      let p: ParsedManifest | undefined;
+      try {
+        p = await this.#parsedOf(d);
+      } catch {
+        continue; // an unreadable manifest keeps only itself
+      }
+      if (p?.kind === 'manifest') queue.push(p.manifest.config, ...p.manifest.layers);
+      if (p?.kind === 'index') queue.push(...p.index.manifests);
+    }
+    let blobs = 0;
+    let bytes = 0;
+    const top = join(this.path, 'blobs');
+    for (const alg of await readdir(top)) {
+      const dir = join(top, alg);
+      let names: string[];
+      try {
+        names = await readdir(dir);
+      } catch (e) {
+        if (errno(e) === 'ENOTDIR') continue;
+        throw e;
+      }
+      let removed = false;
+      for (const name of names) {
+        // Temp files of blobs being written start with a dot; anything else not a digest is not ours.
+        if (name.startsWith('.') || !isDigest(`${alg}:${name}`) || reachable.has(`${alg}:${name}`)) continue;
+        const path = join(dir, name);
+        const size = (await stat(path)).size;
+        await unlink(path);
+        this.#parsed.delete(`${alg}:${name}`);
+        blobs++;
+        bytes += size;
+        removed = true;
+      }
+      if (removed) await fsyncDir(dir);
+    }
+    return { blobs, bytes };
   }
 }

@@ -48,6 +48,11 @@ export const PRESERVE = ['.snapshots', 'var', 'home', 'root', 'opt', 'srv', 'usr
 /** Where the admin's /etc waits in the new snapshot while the image is written. */
 export const ETC_ASIDE = '.tiu-etc-merge';
 
+/** The cache: an OCI layout, which can forget an image once it is in a snapshot. */
+export interface CacheTarget extends Target {
+  removeImage?(digest: string): Promise<{ blobs: number; bytes: number }>;
+}
+
 export interface UpdateDeps {
   /**
    * A reference string (docker://, oci:, oci-archive:) -> its Target and the tag/digest inside
@@ -55,7 +60,7 @@ export interface UpdateDeps {
    */
   openSource(reference: string, o: { sysroot: string; config: TiuConfig; signal?: AbortSignal }): Promise<{ target: Target; reference: string | undefined }>;
   /** The local cache (an OCI layout directory). */
-  openCache(dir: string): Promise<Target>;
+  openCache(dir: string): Promise<CacheTarget>;
   copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
   checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signedIdentity?: string; signal?: AbortSignal }): Promise<void>;
@@ -324,6 +329,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       signal?.throwIfAborted();
       await commitSnapshot(ctx, n, { image, digest: root.digest, etcConflicts: etc.conflicts.length });
       progress(`snapshot ${n} is the default: it boots next`);
+      await releaseFromCache(cache, root.digest, progress);
       return {
         status: 'updated',
         image,
@@ -355,6 +361,22 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     await store?.remove().catch(() => undefined);
     await opened?.close?.().catch(() => undefined);
     await lock.release();
+  }
+}
+
+/**
+ * The image is in a committed snapshot now: its layers in the cache (whole-layer and offline
+ * updates, or an earlier --download-only) would only pile up, one image per update. Other
+ * images in the cache (a --download-only of a later one) stay. Failing here does not fail the
+ * update, which has already happened.
+ */
+async function releaseFromCache(cache: CacheTarget, digest: string, progress: (msg: string) => void): Promise<void> {
+  if (!cache.removeImage) return;
+  try {
+    const freed = await cache.removeImage(digest);
+    if (freed.blobs) progress(`freed ${freed.bytes} bytes (${freed.blobs} blob(s)) of the applied image from the cache`);
+  } catch (e) {
+    progress(`could not free the applied image from the cache, where it stays: ${asError(e).message}`);
   }
 }
 

@@ -10,7 +10,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { join, normalize } from 'node:path';
 
 /** Totals on the wire: status lines, headers and bodies. */
@@ -50,6 +50,12 @@ export interface CountingProxy {
   stripRange(on: boolean): void;
   /** Cut the next `count` blob GET bodies after `after` bytes. */
   cut(after: number, count?: number): void;
+  /**
+   * The network dies once `afterBytes` more response-body bytes have gone out: open
+   * connections are reset and new ones are dropped on arrival, until up().
+   */
+  down(afterBytes?: number): void;
+  up(): void;
   /** Forget the counts; returns the totals until now. */
   reset(): Counters;
   /** Point the proxy at another upstream (a fresh registry). */
@@ -72,6 +78,24 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
   let strip = false;
   let cutAfter = 0;
   let cuts = 0;
+  /** Body bytes left before the network dies (undefined: it stays up). */
+  let dieIn: number | undefined;
+  let dead = false;
+  const sockets = new Set<Socket>();
+  const die = (): void => {
+    dead = true;
+    dieIn = undefined;
+    for (const s of sockets) s.destroy();
+  };
+  /** Count body bytes towards the failure; false once the network is dead. */
+  const alive = (n: number): boolean => {
+    if (dead) return false;
+    if (dieIn === undefined) return true;
+    dieIn -= n;
+    if (dieIn >= 0) return true;
+    die();
+    return false;
+  };
   let up = { host: upstreamHost, port: upstreamPort };
   const requests: ProxiedRequest[] = [];
   const counters: Counters = { down: 0, up: 0, requests: 0 };
@@ -108,6 +132,10 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
   };
 
   const server: Server = createServer((req, res) => {
+    if (dead) {
+      req.socket.destroy();
+      return;
+    }
     const path = req.url ?? '/';
     counters.requests++;
     counters.up += headerBytes(`${req.method} ${path} HTTP/1.1`, req.headers);
@@ -137,6 +165,10 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
       const cutThis = isBlobGet && cuts > 0 && (rec.status === 200 || rec.status === 206);
       if (cutThis) cuts--;
       ures.on('data', (c: Buffer) => {
+        if (!alive(c.length)) {
+          ures.destroy();
+          return;
+        }
         if (cutThis && rec.bytes + c.length >= cutAfter) {
           const part = c.subarray(0, Math.max(0, cutAfter - rec.bytes));
           rec.bytes += part.length;
@@ -157,6 +189,14 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
       res.end();
     });
     req.pipe(fwd);
+  });
+  server.on('connection', (s: Socket) => {
+    if (dead) {
+      s.destroy();
+      return;
+    }
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
   });
   server.keepAliveTimeout = 5000;
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -180,6 +220,14 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
     cut(after, count = 1) {
       cutAfter = after;
       cuts = count;
+    },
+    down(afterBytes = 0) {
+      if (afterBytes <= 0) die();
+      else dieIn = afterBytes;
+    },
+    up() {
+      dead = false;
+      dieIn = undefined;
     },
     reset() {
       const c = { ...counters };

@@ -12,13 +12,17 @@ import { Readable } from 'node:stream';
 import { run } from '../../src/host/exec.ts';
 import { isTiuError } from '../../src/errors.ts';
 import {
-  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, rangeProvider, readTar, tocToEntries, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
+  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, readTar, tocToEntries, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
   type TreeEntry,
 } from '../../src/deploy/apply/index.ts';
+import { ContentStore, downloadTransfer, prepareTransfer, applyTransfer, storeProvider } from '../../src/deploy/delta/index.ts';
+import { MemoryTarget } from '../../src/content/memory.ts';
+import { MediaType } from '../../src/oci/mediatypes.ts';
+import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { makeBtrfs, snapshot, subvolume, exclusiveBytes, type TestBtrfs } from '../helpers/btrfs.ts';
 import { makeTar, type TarSpec } from '../helpers/tarball.ts';
-import { diffTrees } from '../helpers/treecmp.ts';
+import { diffTrees, listing } from '../helpers/treecmp.ts';
 
 const CAP_NET_RAW = Buffer.from([1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 const T1 = 1_700_000_000;
@@ -79,15 +83,6 @@ async function tocEntries(tar: Buffer, layer = 0): Promise<TreeEntry[]> {
   return entriesFromTar(Readable.from([tar]), layer);
 }
 
-async function listing(dir: string): Promise<string> {
-  const out: string[] = [];
-  for (const d of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    const p = join(d.parentPath, d.name);
-    out.push(d.isFile() ? `${p} ${createHash('sha256').update(await readFile(p)).digest('hex')}` : p);
-  }
-  return out.sort().join('\n');
-}
-
 describe('deploy/apply on btrfs (integration)', function () {
   this.timeout(120_000);
   let fs: TestBtrfs;
@@ -143,7 +138,7 @@ describe('deploy/apply on btrfs (integration)', function () {
     assert.equal(await listing(join(fs.mnt, 'v1')), v1before);
   });
 
-  it('TOC path with ranged fetches (one zstd frame per file) fetches only the files it lacks', async () => {
+  it('TOC path with ranged fetches (one zstd frame per file, the delta\'s storeProvider) fetches only the files it lacks', async () => {
     // A blob where each file's content is its own zstd frame, and entries pointing into it.
     const frames: Buffer[] = [];
     const ranges = new Map<string, [number, number]>();
@@ -158,17 +153,21 @@ describe('deploy/apply on btrfs (integration)', function () {
       off += frame.length;
     }
     const blob = Buffer.concat(frames);
+    const source = new MemoryTarget();
+    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: `sha256:${createHash('sha256').update(blob).digest('hex')}`, size: blob.length };
+    await source.push(desc, Readable.from([blob]));
+    let fetched = 0;
+    const fetchRange = source.fetchRange.bind(source);
+    source.fetchRange = (d, start, end, o) => {
+      assert.equal(d.digest, desc.digest);
+      fetched += end - start;
+      return fetchRange(d, start, end, o);
+    };
     const entries = (await tocEntries(v2tar)).map((e) => (e.type === 'reg' ? { ...e, source: { layer: 0, offset: ranges.get(e.path)![0], endOffset: ranges.get(e.path)![1] } } : e));
     const target = join(fs.mnt, 'ranged');
     await snapshot(join(fs.mnt, 'v1'), target);
-    let fetched = 0;
-    const asked: string[] = [];
-    const res = await applyFromToc(target, [entries], rangeProvider((layer, start, end) => {
-      assert.equal(layer, 0);
-      fetched += end - start;
-      asked.push(`${start}-${end}`);
-      return Promise.resolve(Readable.from([blob.subarray(start, end)]));
-    }, { maxGap: 0 }));
+    const store = await ContentStore.open(join(fs.dir, 'ranged-store'));
+    const res = await applyFromToc(target, [entries], storeProvider(source, [desc], store, { coalesce: { maxGap: 0 } }));
     assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
     const want = res.plan.fetch.map((e) => ranges.get(e.path)!).reduce((a, [s, e]) => a + e - s, 0);
     assert.equal(res.plan.fetch.length, 5);
@@ -188,15 +187,30 @@ describe('deploy/apply on btrfs (integration)', function () {
       };
       const toc = await readTocFromFooter(fetch, built.descriptor.size, built.descriptor.annotations);
       const entries = tocToEntries(toc, 0);
+      // By range, the product's delta path: prepare against v1, download, apply to a snapshot of v1.
+      const source = new MemoryTarget();
+      await source.push(built.descriptor, createReadStream(layerFile));
+      let fetched = 0;
+      const fetchRange = source.fetchRange.bind(source);
+      source.fetchRange = (d, start, end, o) => {
+        fetched += end - start;
+        return fetchRange(d, start, end, o);
+      };
+      const config: Descriptor = { mediaType: MediaType.OciConfig, digest: `sha256:${createHash('sha256').update('{}').digest('hex')}`, size: 2 };
+      const manifest: ImageManifest = { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [built.descriptor] };
+      const t = await prepareTransfer({ source, manifest, oldRoot: join(fs.mnt, 'v1'), preserve: [] });
+      assert.equal(t.path, 'delta', t.report.reason);
+      assert.ok(t.path === 'delta');
       const ranged = join(fs.mnt, 'bundle-ranged');
       await snapshot(join(fs.mnt, 'v1'), ranged);
-      let fetched = 0;
-      const res = await applyFromToc(ranged, [entries], rangeProvider(async (_layer, start, end) => {
-        fetched += end - start;
-        return Readable.from([await fetch(start, end)]);
-      }));
+      const store = await ContentStore.open(join(fs.dir, 'bundle-store'));
+      const got = await downloadTransfer(t, store);
+      const res = await applyTransfer(t, ranged, store, { preserve: [] });
       assert.deepEqual(await diffTrees(ranged, ref2, { ignoreRootMeta: true }), []);
       assert.equal(res.plan.fetch.length, 5);
+      assert.equal(got.files, 5);
+      assert.deepEqual(res.extra, { bytes: 0, requests: 0, files: 0 }, 'the download had all the apply needed');
+      assert.equal(fetched, t.report.downloadBytes, 'TOC and frames, as prepareTransfer predicted');
       assert.ok(fetched < built.descriptor.size / 4, `fetched ${fetched} of ${built.descriptor.size}`);
       const whole = join(fs.mnt, 'bundle-whole');
       await snapshot(join(fs.mnt, 'v1'), whole);

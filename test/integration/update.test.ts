@@ -14,7 +14,7 @@ import { parseConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
-import { ETC_ASIDE, update } from '../../src/deploy/update.ts';
+import { cacheTag, ETC_ASIDE, update } from '../../src/deploy/update.ts';
 import { dataUsed, isSubvolume } from '../../src/host/btrfs.ts';
 
 describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', function () {
@@ -166,12 +166,23 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.equal(d.status, 'downloaded');
     assert.deepEqual((await state()).snapshots.map((x) => x.number), [1, 2]);
     // The source is gone (the USB stick was pulled): --offline needs only the cache.
+    // A later image downloaded ahead of time stays in the cache when v1 is applied.
+    assert.equal((await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v2`, config: noHooks, downloadOnly: true })).status, 'downloaded');
     const moved = images + '.away';
     await rename(images, moved);
     try {
       const r = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true });
       assert.equal(r.status, 'updated');
       assert.equal((await state()).default, 3);
+      // v1 is in snapshot 3 now: the cache let go of its tag and of the layers only it used.
+      const cache = await OciLayoutTarget.open(cacheDir());
+      // (v2's cosign signature stays with it.)
+      assert.deepEqual(await cache.tags(), [`sha256-${v2.manifest.digest.slice(7)}.sig`, cacheTag(`oci:${images}:v2`)].sort());
+      const v2Digests = new Set(v2.layers.map((l) => l.digest));
+      const onlyV1 = v1.layers.filter((l) => !v2Digests.has(l.digest));
+      assert.ok(onlyV1.length > 0);
+      for (const l of onlyV1) assert.equal(existsSync(cache.blobPath(l.digest)), false, `${l.digest} left in the cache`);
+      for (const l of v2.layers) assert.equal(await cache.exists(l), true);
       await assert.rejects(update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks, offline: true }), (e: unknown) => isTiuError(e, 'NOT_IN_CACHE'));
     } finally {
       await rename(moved, images);

@@ -99,6 +99,41 @@ describe('oci layout', function () {
     await assert.rejects(t.tag(c, 'bad tag'), code('INVALID_TAG'));
   });
 
+  it('removes an image with its signatures and referrers, and frees only the blobs nothing else uses', async () => {
+    const t = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
+    const shared = await push(t, randomBytes(64), MediaType.OciLayerGzip);
+    const a = await image(t, { layers: [shared, await push(t, randomBytes(300), MediaType.OciLayerGzip)] });
+    const b = await image(t, { layers: [shared] });
+    await t.tag(a, 'a');
+    await t.tag(b, 'b');
+    const sig = await image(t);
+    await t.tag(sig, `sha256-${a.digest.slice(7)}.sig`);
+    await image(t, { subject: a, artifactType: 'application/vnd.example.sig' });
+    await image(t, { subject: b, artifactType: 'application/vnd.example.sig' });
+    // A blob being written right now (its temp file) is not touched.
+    await writeFile(join(dir, 'l/blobs/sha256/.tiu-0123.tmp'), 'partial');
+    const blobsBefore = await readdir(join(dir, 'l/blobs/sha256'));
+
+    const freed = await t.removeImage(a.digest);
+    // a's manifest and private layer, the .sig image's manifest and layer, a's referrer's
+    // manifest and layer (the config is one blob shared by every image here), and the two
+    // layers image() pushed for a and b before `layers` replaced them (never reachable).
+    assert.equal(freed.blobs, 8);
+    assert.ok(freed.bytes > 300);
+    assert.deepEqual(await t.tags(), ['b']);
+    assert.equal(await t.exists(a), false);
+    assert.equal(await t.exists(shared), true);
+    assert.equal((await t.referrers(b)).length, 1);
+    assert.deepEqual(await t.resolve('b'), b);
+    const blobsAfter = await readdir(join(dir, 'l/blobs/sha256'));
+    assert.equal(blobsAfter.length, blobsBefore.length - 8);
+    assert.ok(blobsAfter.includes('.tiu-0123.tmp'));
+    // Everything b needs is still there, byte for byte.
+    for (const d of [b, shared]) assert.equal(await t.exists(d), true);
+    // Removing what is not there frees nothing more.
+    assert.deepEqual(await t.removeImage(a.digest), { blobs: 0, bytes: 0 });
+  });
+
   it('two writer processes on one layout lose nothing', async function () {
     this.timeout(60000);
     const path = join(dir, 'shared');

@@ -1,12 +1,12 @@
 /**
  * Content providers: where the executor gets the bytes of new-content entries. The plan lists
  * exactly those entries (digest, size, layer, compressed offsets), so a provider can be a
- * whole-layer stream (ordinary pull) or ranged fetches of single files (zstd:chunked).
- * The executor verifies every byte against the entry's sha256 and size.
+ * whole-layer stream or a store of verified files. The ranged provider of the product is
+ * delta/download.ts's storeProvider (it fetches what its store lacks the same way the delta
+ * download does: one coalescer, one verify loop). The executor verifies every byte against the
+ * entry's sha256 and size, whichever provider delivered it.
  */
-import { Readable } from 'node:stream';
-import { buffer } from 'node:stream/consumers';
-import { zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
+import type { Readable } from 'node:stream';
 import { ContentUnavailableError } from './errors.ts';
 import { normalizeEntryPath } from './paths.ts';
 import { readTar } from './tar.ts';
@@ -69,70 +69,6 @@ export function tarLayerProvider(openLayer: (layer: number) => Promise<Readable>
         }
         const missing = [...wanted.keys()];
         if (missing.length) throw new ContentUnavailableError(missing[0]!, `not found in layer ${layer} (${missing.length} missing)`);
-      }
-    },
-  };
-}
-
-export interface RangeOptions {
-  /** Neighbouring files whose frames are at most this far apart are fetched in one request (default 64 KiB). */
-  maxGap?: number;
-  /** Upper bound of one coalesced request, held in memory (default 8 MiB). */
-  maxSpan?: number;
-}
-
-function once(b: Buffer): Readable {
-  return Readable.from([b]);
-}
-
-/**
- * zstd:chunked single-file fetches: `fetchRange(layer, start, end)` returns the compressed
- * bytes [start, end) of the layer blob (HTTP Range on a registry, a file read on a layout);
- * each file is its own zstd frame there, so it decompresses alone. Files close together in a
- * layer are fetched with one request (the bytes between them are read and dropped).
- */
-export function rangeProvider(fetchRange: (layer: number, start: number, end: number) => Promise<Readable>, opts: RangeOptions = {}): ContentProvider {
-  const maxGap = opts.maxGap ?? 64 * 1024;
-  const maxSpan = opts.maxSpan ?? 8 * 1024 * 1024;
-  return {
-    async deliver(entries, take) {
-      const ranged: TreeEntry[] = [];
-      for (const e of byLayerOrder(entries)) {
-        const s = e.source;
-        if (!s || s.offset === undefined || s.endOffset === undefined || s.endOffset <= s.offset) {
-          if (e.size === 0) {
-            await take(e, (async function* () {})());
-            continue;
-          }
-          throw new ContentUnavailableError(e.path, 'the table of contents gives no byte range for it');
-        }
-        ranged.push(e);
-      }
-      let i = 0;
-      while (i < ranged.length) {
-        const first = ranged[i]!;
-        const layer = first.source!.layer;
-        const start = first.source!.offset!;
-        let end = first.source!.endOffset!;
-        let j = i + 1;
-        while (j < ranged.length) {
-          const n = ranged[j]!.source!;
-          if (n.layer !== layer || n.offset! < end || n.offset! - end > maxGap || n.endOffset! - start > maxSpan) break;
-          end = n.endOffset!;
-          j++;
-        }
-        if (j === i + 1) {
-          // one file: stream it (it may be large)
-          await take(first, zstdDecompressFrames(await fetchRange(layer, start, end)));
-        } else {
-          const buf = await buffer(await fetchRange(layer, start, end));
-          if (buf.length !== end - start) throw new ContentUnavailableError(first.path, `range ${start}-${end} of layer ${layer} gave ${buf.length} bytes`);
-          for (let k = i; k < j; k++) {
-            const e = ranged[k]!;
-            await take(e, zstdDecompressFrames(once(buf.subarray(e.source!.offset! - start, e.source!.endOffset! - start))));
-          }
-        }
-        i = j;
       }
     },
   };
