@@ -147,6 +147,34 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
     assert.equal(new Crc64().update(Buffer.from('123456789')).digest().toString('hex'), 'b90956c775a41001');
   });
 
+  it('CRC-64/ISO: the 8-bytes-a-step path agrees with a bit-at-a-time reference, however the data is split', function () {
+    const reference = (data: Uint8Array): string => {
+      const poly = 0xd800000000000000n;
+      let crc = 0xffffffffffffffffn;
+      for (const byte of data) {
+        crc ^= BigInt(byte);
+        for (let k = 0; k < 8; k++) crc = crc & 1n ? (crc >> 1n) ^ poly : crc >> 1n;
+      }
+      return (crc ^ 0xffffffffffffffffn).toString(16).padStart(16, '0');
+    };
+    let seed = 7;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    for (const len of [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4099]) {
+      const data = Buffer.from(Array.from({ length: len }, () => rnd(256)));
+      assert.equal(new Crc64().update(data).digest().toString('hex'), reference(data), `${len} bytes`);
+      const c = new Crc64();
+      for (let i = 0; i < len; ) {
+        const n = 1 + rnd(20);
+        c.update(data.subarray(i, i + n));
+        i += n;
+      }
+      assert.equal(c.digest().toString('hex'), reference(data), `${len} bytes in pieces`);
+    }
+  });
+
   it('zstd frame reader skips skippable frames and concatenates frames', async function () {
     const b = Buffer.concat([zstdCompressSync(Buffer.from('ab')), skippableFrame(Buffer.from('ignored')), zstdCompressSync(Buffer.from('cd'))]);
     assert.equal((await collect(zstdDecompressFrames(Readable.from([b.subarray(0, 5), b.subarray(5)])))).toString(), 'abcd');
