@@ -1,13 +1,16 @@
 /**
  * `npm run bench`: tiu side by side with the tools a user would otherwise run (skopeo, umoci,
  * rsync as transactional-update's apply-oci does it, casync), on two real Debian bookworm trees
- * (bench/trees.ts), in one run on this machine. Writes bench/results.md and bench/results.json.
+ * (bench/trees.ts), in one run on this machine. Writes bench/results.md, bench/results.json and
+ * the README's excerpt; the report compares its ratios with those of the results.json it
+ * replaces (what a reviewer re-running the bench checks).
  *
  * Environment: TIU_BENCH_RUNS (samples per figure, default 3), TIU_BENCH_CACHE (tree cache,
  * default /var/cache/tiu-bench), TIU_BENCH_WORK (scratch, default /var/tmp),
  * TIU_BENCH_ONLY (comma list of sections: build,registry,update; update-tiu or update-peers for
  * one side of the updates; build always runs, the others need its images), TIU_BENCH_VERBOSE=1.
- * Runs as root (loop devices, btrfs, mounts).
+ * With TIU_BENCH_RUNS or TIU_BENCH_ONLY set the run is partial and writes
+ * bench/results.partial.{md,json} instead. Runs as root (loop devices, btrfs, mounts).
  */
 import { existsSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -27,6 +30,12 @@ const repo = dirname(dirname(fileURLToPath(import.meta.url)));
 export const tiuBin = join(repo, 'bin/tiu');
 export const RUNS = Math.max(1, Number(process.env.TIU_BENCH_RUNS ?? 3));
 const ONLY = (process.env.TIU_BENCH_ONLY ?? 'build,registry,update').split(',');
+/**
+ * A full run (no TIU_BENCH_ONLY, no TIU_BENCH_RUNS) writes bench/results.{md,json} and the
+ * README's rows; a partial one writes bench/results.partial.{md,json} and leaves those alone.
+ */
+const FULL = process.env.TIU_BENCH_ONLY === undefined && process.env.TIU_BENCH_RUNS === undefined;
+const RESULTS = FULL ? 'bench/results' : 'bench/results.partial';
 
 export interface Ctx {
   work: string;
@@ -315,6 +324,50 @@ function table(figures: readonly Figure[]): string {
   return rows.join('\n');
 }
 
+/** The comparisons the README shows, in this order (scenario, metric, subject, peer). */
+const README_ROWS: [string, string, string, string][] = [
+  ['update base → upgraded', 'bytes downloaded', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'bytes downloaded', 'tiu', 'casync (seeded extract, reflink)'],
+  ['update base → upgraded', 'disk (new snapshot)', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'disk (new snapshot)', 'tiu', 'casync (seeded extract, reflink)'],
+  ['update base → upgraded', 'temporary disk', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'time', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'time', 'tiu', 'casync (seeded extract, reflink)'],
+  ['update base → upgraded', 'time', 'tiu --transfer whole-layer', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'peak RSS', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update upgraded → upgraded', 'time', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['first install (empty snapshot ← base image)', 'time', 'tiu', 'skopeo + umoci unpack'],
+  ['build (base tree → OCI image)', 'time', 'tiu', 'umoci repack'],
+  ['build (base tree → OCI image)', 'peak RSS', 'tiu', 'umoci repack'],
+  ['push (OCI layout → registry)', 'time', 'tiu', 'skopeo'],
+  ['pull (registry → OCI layout)', 'time', 'tiu', 'skopeo'],
+];
+
+/** The README's excerpt of the table, between its bench markers. */
+export async function writeReadme(figures: readonly Figure[], mach: Record<string, string>): Promise<void> {
+  const path = join(repo, 'README.md');
+  const text = await readFile(path, 'utf8');
+  const start = text.indexOf('<!-- bench:start');
+  const end = text.indexOf('<!-- bench:end -->');
+  if (start < 0 || end < start) {
+    log('README.md has no bench markers; not updated');
+    return;
+  }
+  const all = compare(figures);
+  const rows = README_ROWS.map(([sc, m, s, p]) => all.find((c) => c.scenario === sc && c.metric === m && c.subject === s && c.peer === p)).filter((c) => c !== undefined);
+  const load = mach['load average (1/5/15 min) at start'] ?? '?';
+  const block = [
+    text.slice(start, text.indexOf('\n', start) + 1),
+    `From the run of ${mach.date?.slice(0, 10) ?? '?'} (tiu ${mach.tiu ?? '?'}, ${mach.nproc ?? '?'} cores, load average ${load} at the start), median of ${RUNS} runs; the range is what any pair of samples gives.`,
+    '',
+    '| Scenario | Metric | tiu | Figure | Peer | Peer figure | tiu ÷ peer | range |',
+    '|---|---|---|---|---|---|---|---|',
+    ...rows.map((c) => `| ${c.scenario} | ${c.metric} | ${c.subject} | ${formatSummary(c.subjectSummary, c.unit)} | ${c.peer} | ${formatSummary(c.peerSummary, c.unit)} | ${formatRatio(c.ratio)} | ${formatRange(c.low, c.high)} |`),
+    '',
+  ].join('\n');
+  await writeFile(path, text.slice(0, start) + block + text.slice(end));
+}
+
 interface EarlierRun { date: string; commit: string; comparisons: Comparison[] }
 
 /** The results.json in the checkout before this run overwrites it, when it measured the same trees. */
@@ -365,7 +418,7 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     missing: ctx.missing,
     notes: ctx.notes,
   };
-  await writeFile(join(repo, 'bench/results.json'), JSON.stringify(json, null, 2) + '\n');
+  await writeFile(join(repo, `${RESULTS}.json`), JSON.stringify(json, null, 2) + '\n');
   const hows = [...new Map(ctx.figures.filter((f) => f.how).map((f) => [`${f.tool}: ${f.how}`, f])).keys()];
   const md = [
     '# tiu benchmark results',
@@ -397,7 +450,7 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     ...Object.entries(mach).map(([k, v]) => `- ${k}: ${v}`),
     '',
   ].join('\n');
-  await writeFile(join(repo, 'bench/results.md'), md);
+  await writeFile(join(repo, `${RESULTS}.md`), md);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,8 +488,10 @@ async function main(): Promise<void> {
     await rm(work, { recursive: true, force: true });
   }
   const wall = (Date.now() - start) / 1000;
-  await writeResults(ctx, await machine(), wall, treeSeconds);
-  log(`done in ${wall.toFixed(0)} s; wrote bench/results.md and bench/results.json`);
+  const mach = await machine();
+  await writeResults(ctx, mach, wall, treeSeconds);
+  if (FULL) await writeReadme(ctx.figures, mach);
+  log(`done in ${wall.toFixed(0)} s; wrote ${RESULTS}.md and ${RESULTS}.json${FULL ? ' and the README\'s rows' : ' (a partial run: TIU_BENCH_ONLY or TIU_BENCH_RUNS is set)'}`);
   process.stdout.write(table(ctx.figures) + '\n');
 }
 

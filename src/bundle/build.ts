@@ -272,7 +272,9 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
         continue;
       }
       progress(`pushing layer ${i + 1}/${layers.length} (${l.descriptor.size} bytes)`);
-      await dest.push(l.descriptor, createReadStream(join(tmp, `layer-${i}`)), { signal: opts.signal });
+      const file = join(tmp, `layer-${i}`);
+      // reopen: a registry whose upload was cut reads the layer file again.
+      await dest.push(l.descriptor, createReadStream(file), { signal: opts.signal, reopen: () => Promise.resolve(createReadStream(file)) });
     }
     if (!(await dest.exists(configDesc, { signal: opts.signal }))) await dest.push(configDesc, Readable.from([configBytes]), { signal: opts.signal });
     await dest.push(descriptor, Readable.from([manifestBytes]), { signal: opts.signal });

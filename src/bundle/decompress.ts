@@ -67,7 +67,7 @@ export async function decompressStream(input: Readable, opts: { signal?: AbortSi
     done.catch(() => undefined);
     return { stream: out, compression, done };
   }
-  const f = spawnFilter(compression === 'xz' ? 'xz' : 'bzip2', ['-dc'], { signal: opts.signal });
+  const f = await spawnFilter(compression === 'xz' ? 'xz' : 'bzip2', ['-dc'], { signal: opts.signal });
   const feed = pipeline(src, f.stdin).catch((e: unknown) => {
     // The program may exit early (bad data); its own error says why.
     if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;

@@ -14,7 +14,8 @@ export class BuildError extends TiuError {
       | 'TAR_UNSUPPORTED_ENTRY'
       | 'TOC_INVALID'
       | 'TOC_CHECKSUM_MISMATCH'
-      | 'TOC_TOO_LARGE',
+      | 'TOC_TOO_LARGE'
+      | 'ZSTD_OUTPUT_TOO_LARGE',
     message: string,
     details: Record<string, unknown> = {},
   ) {

@@ -6,7 +6,7 @@
  * frame to its own decompressor, streaming: memory stays bounded by a block, not a frame.
  */
 import { Readable } from 'node:stream';
-import { createZstdDecompress } from 'node:zlib';
+import { createZstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { BuildError } from './errors.ts';
 import { ByteReader } from './tar-format.ts';
 
@@ -54,6 +54,23 @@ async function* frameBytes(r: ByteReader, magic: Buffer): AsyncGenerator<Buffer>
   if (checksum) yield await exact(r, 4);
 }
 
+/**
+ * A frame whose compressed bytes are at most this many is collected and decompressed in one
+ * synchronous call (a stream per frame costs more than the decompression of a small file);
+ * larger frames stream, so memory stays bounded.
+ */
+export const SYNC_FRAME_MAX = 1024 * 1024;
+/** Output bound of the one-call path; a frame that expands beyond it is streamed instead. */
+export const SYNC_OUTPUT_MAX = 16 * 1024 * 1024;
+
+async function* streamFrame(pieces: AsyncIterable<Buffer> | Iterable<Buffer>): AsyncGenerator<Buffer> {
+  const d = createZstdDecompress();
+  const input = Readable.from(pieces);
+  input.on('error', (e) => d.destroy(e));
+  input.pipe(d);
+  for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
+}
+
 /** The decompressed content of all frames of `source`, in order. */
 export async function* zstdDecompressFrames(source: AsyncIterable<Buffer | Uint8Array | string>): AsyncGenerator<Buffer> {
   const r = new ByteReader(source);
@@ -71,16 +88,113 @@ export async function* zstdDecompressFrames(source: AsyncIterable<Buffer | Uint8
         continue;
       }
       if (m !== ZSTD_MAGIC) throw new BuildError('TAR_INVALID', `not a zstd frame at byte ${r.position - 4}`);
-      const d = createZstdDecompress();
-      const input = Readable.from(frameBytes(r, magic));
-      input.on('error', (e) => d.destroy(e));
-      input.pipe(d);
-      for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
+      // Collect a small frame whole; a large one goes to a streaming decompressor.
+      const it = frameBytes(r, magic);
+      const held: Buffer[] = [];
+      let size = 0;
+      let complete = false;
+      for (;;) {
+        const n = await it.next();
+        if (n.done) {
+          complete = true;
+          break;
+        }
+        held.push(n.value);
+        size += n.value.length;
+        if (size > SYNC_FRAME_MAX) break;
+      }
+      if (complete) {
+        const frame = held.length === 1 ? held[0]! : Buffer.concat(held, size);
+        let out: Buffer | undefined;
+        try {
+          out = zstdDecompressSync(frame, { maxOutputLength: SYNC_OUTPUT_MAX });
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ERR_BUFFER_TOO_LARGE') throw e;
+        }
+        if (out) {
+          if (out.length) yield out;
+        } else {
+          yield* streamFrame([frame]);
+        }
+        continue;
+      }
+      const rest = async function* (): AsyncGenerator<Buffer> {
+        yield* held;
+        held.length = 0;
+        yield* it;
+      };
+      yield* streamFrame(rest());
     }
   } finally {
     // a consumer that stops early (or an error) releases the source, e.g. a blob's file
     await r.close();
   }
+}
+
+/** Where the data frames of a complete buffer of frames lie ([start, end) each); skippable frames are left out. */
+export function zstdFrameSpans(buf: Buffer): [number, number][] {
+  const spans: [number, number][] = [];
+  let p = 0;
+  const need = (n: number): void => {
+    if (p + n > buf.length) throw truncated();
+  };
+  while (p < buf.length) {
+    need(4);
+    const m = buf.readUInt32LE(p);
+    if ((m & 0xfffffff0) === 0x184d2a50) {
+      need(8);
+      const size = buf.readUInt32LE(p + 4);
+      need(8 + size);
+      p += 8 + size;
+      continue;
+    }
+    if (m !== ZSTD_MAGIC) throw new BuildError('TAR_INVALID', `not a zstd frame at byte ${p}`);
+    const start = p;
+    need(5);
+    const fhd = buf[p + 4]!;
+    const single = (fhd >> 5) & 1;
+    const headerRest = (single ? 0 : 1) + [0, 1, 2, 4][fhd & 3]! + [single ? 1 : 0, 2, 4, 8][fhd >> 6]!;
+    p += 5 + headerRest;
+    for (;;) {
+      need(3);
+      const v = buf[p]! | (buf[p + 1]! << 8) | (buf[p + 2]! << 16);
+      const type = (v >> 1) & 3;
+      if (type === 3) throw new BuildError('TAR_INVALID', 'zstd stream has a reserved block type');
+      const payload = type === 1 ? 1 : v >>> 3;
+      need(3 + payload);
+      p += 3 + payload;
+      if (v & 1) break;
+    }
+    if ((fhd >> 2) & 1) {
+      need(4);
+      p += 4;
+    }
+    spans.push([start, p]);
+  }
+  return spans;
+}
+
+/**
+ * The content of a complete buffer of zstd frames, decompressed in one call per frame into
+ * buffers of the expected size; throws ZSTD_OUTPUT_TOO_LARGE as soon as more than `maxSize` bytes come out.
+ */
+export function zstdDecompressBufferSync(buf: Buffer, maxSize: number): Buffer {
+  const parts: Buffer[] = [];
+  let got = 0;
+  for (const [s, e] of zstdFrameSpans(buf)) {
+    const left = maxSize - got;
+    let out: Buffer;
+    try {
+      out = zstdDecompressSync(buf.subarray(s, e), { maxOutputLength: left + 1, chunkSize: Math.max(64, Math.min(left + 1, SYNC_OUTPUT_MAX)) });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
+      throw err;
+    }
+    got += out.length;
+    if (got > maxSize) throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
+    if (out.length) parts.push(out);
+  }
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, got);
 }
 
 /** zstdDecompressFrames as a Readable. */

@@ -40,17 +40,17 @@ function helpFor(cmd: Command): string {
 }
 
 async function loadCommands(): Promise<Command[]> {
-  return Promise.all(commands.map((load) => load()));
+  return Promise.all(commands.map((c) => c.load()));
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const all = await loadCommands();
   const first = argv[0];
   if (first === '--version' || first === 'version') {
     process.stdout.write(`tiu ${version()}\n`);
     return EXIT.ok;
   }
   if (first === undefined || first === '--help' || first === 'help' || first === '-h') {
+    const all = await loadCommands();
     const width = Math.max(...all.map((c) => c.name.length), 4);
     process.stdout.write(
       `tiu ${version()}: image-based transactional updates for snapshot-based hosts\n\nusage: tiu COMMAND [OPTIONS]\n\ncommands:\n` +
@@ -59,13 +59,15 @@ export async function main(argv: string[]): Promise<number> {
     );
     return first === undefined ? EXIT.usage : EXIT.ok;
   }
-  // Two-word commands ("key generate") take precedence over one-word ones.
-  let cmd = all.find((c) => argv.length > 1 && c.name === `${first} ${argv[1]}`);
-  let rest = cmd ? argv.slice(2) : argv.slice(1);
-  if (!cmd) {
-    cmd = all.find((c) => c.name === first);
+  // Two-word commands ("key generate") take precedence over one-word ones. Only the command
+  // that runs is imported.
+  let entry = commands.find((c) => argv.length > 1 && c.name === `${first} ${argv[1]}`);
+  let rest = entry ? argv.slice(2) : argv.slice(1);
+  if (!entry) {
+    entry = commands.find((c) => c.name === first);
     rest = argv.slice(1);
   }
+  const cmd = entry && (await entry.load());
   const json = rest.includes('--json');
   const out = makeOutput(json);
   try {
@@ -110,5 +112,10 @@ function reportError(e: unknown, json: boolean): number {
 }
 
 if (import.meta.main) {
+  // bin/tiu's malloc tuning is for this process only (glibc read it at start-up).
+  if (process.env.TIU_DROP_MALLOC_ENV === '1') {
+    delete process.env.MALLOC_MMAP_THRESHOLD_;
+    delete process.env.TIU_DROP_MALLOC_ENV;
+  }
   process.exitCode = await main(process.argv.slice(2));
 }

@@ -28,6 +28,12 @@ export interface PushOptions {
   signal?: AbortSignal;
   /** Progress of this blob's bytes as they are written. */
   onBytes?: (n: number) => void;
+  /**
+   * A fresh stream of the same content from its start. A destination whose transfer broke off
+   * (a registry upload cut by the network) may call it to try again; content it gives is
+   * verified like the first stream.
+   */
+  reopen?: () => Promise<Readable>;
 }
 
 export interface Pusher {

@@ -4,7 +4,7 @@
  */
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { VerifyingStream, isDigest } from '../oci/digest.ts';
+import { isDigest, verifiedStream } from '../oci/digest.ts';
 import { isManifestLike } from '../oci/mediatypes.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { parseManifestOrIndex, validateDescriptor } from '../oci/validate.ts';
@@ -50,8 +50,7 @@ export class MemoryTarget implements Target {
     validateDescriptor(desc);
     const chunks: Buffer[] = [];
     await pipeline(
-      content,
-      new VerifyingStream(desc, 'blob'),
+      verifiedStream(content, desc, 'blob'),
       new Writable({
         write(chunk: Buffer, _e, cb) {
           chunks.push(chunk);

@@ -12,12 +12,12 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join, resolve as resolvePath } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { TiuError } from '../errors.ts';
-import { VerifyingStream, isDigest, parseDigest } from '../oci/digest.ts';
+import { isDigest, parseDigest, verifiedStream } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType, isManifestLike } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type ImageIndex } from '../oci/types.ts';
 import {
@@ -37,6 +37,28 @@ import { checkRange } from './range.ts';
 import { referrerDescriptor } from './referrers.ts';
 
 export const LAYOUT_VERSION = '1.0.0';
+/** Bytes gathered before one writev() when a blob is written. */
+const WRITE_BATCH = 1024 * 1024;
+
+/** Write all of `bufs` (writev may write less than asked). */
+async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<void> {
+  let rest = bufs;
+  while (rest.length > 0) {
+    const total = rest.reduce((n, b) => n + b.length, 0);
+    let { bytesWritten } = await fh.writev(rest);
+    if (bytesWritten >= total) return;
+    const next: Buffer[] = [];
+    for (const b of rest) {
+      if (bytesWritten >= b.length) {
+        bytesWritten -= b.length;
+        continue;
+      }
+      next.push(bytesWritten > 0 ? b.subarray(bytesWritten) : b);
+      bytesWritten = 0;
+    }
+    rest = next;
+  }
+}
 const COSIGN_TAG_RE = /^[a-z0-9]+-[0-9a-f]{64}\.(?:sig|att|sbom)$/;
 
 export class InvalidLayoutError extends TiuError {
@@ -212,14 +234,27 @@ export class OciLayoutTarget implements Target {
     const fh = await open(tmp, 'wx', 0o644);
     try {
       try {
+        // Chunks are written in batches of about WRITE_BATCH bytes (one writev each) instead
+        // of one write per 16-64 KiB chunk.
         await pipeline(
-          content,
-          new VerifyingStream(desc, 'blob'),
+          verifiedStream(content, desc, 'blob'),
           async (source: AsyncIterable<Buffer>) => {
+            let batch: Buffer[] = [];
+            let batchLen = 0;
             for await (const chunk of source) {
-              await fh.write(chunk);
+              batch.push(chunk);
+              batchLen += chunk.length;
               if (manifestLike) kept.push(chunk);
-              opts?.onBytes?.(chunk.length);
+              if (batchLen >= WRITE_BATCH) {
+                await writeAll(fh, batch);
+                opts?.onBytes?.(batchLen);
+                batch = [];
+                batchLen = 0;
+              }
+            }
+            if (batchLen > 0) {
+              await writeAll(fh, batch);
+              opts?.onBytes?.(batchLen);
             }
           },
           { signal: opts?.signal },

@@ -14,12 +14,12 @@
  * Failures are CopyError { code: COPY_FAILED, op, origin: 'source' | 'destination' } with the
  * underlying error as `cause` and its code in details.causeCode.
  */
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { Readable } from 'node:stream';
 import { TiuError, asError, isTiuError } from '../errors.ts';
 import { fetchManifest, childrenOf } from '../content/graph.ts';
 import type { Target } from '../content/interfaces.ts';
 import { Semaphore } from '../content/semaphore.ts';
-import { VerifyingStream, isDigest, parseDigest } from '../oci/digest.ts';
+import { isDigest, parseDigest, verifiedStream } from '../oci/digest.ts';
 import { isManifestLike } from '../oci/mediatypes.ts';
 import type { Descriptor } from '../oci/types.ts';
 
@@ -81,21 +81,6 @@ export interface CopyOptions {
 export function cosignTags(digest: string): string[] {
   const { algorithm, hex } = parseDigest(digest);
   return ['sig', 'att', 'sbom'].map((s) => `${algorithm}-${hex}.${s}`);
-}
-
-/** Counts bytes as they pass and reports them. */
-class Counter extends Transform {
-  readonly #on: (n: number) => void;
-  #n = 0;
-  constructor(on: (n: number) => void) {
-    super();
-    this.#on = on;
-  }
-  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
-    this.#n += chunk.length;
-    this.#on(this.#n);
-    cb(null, chunk);
-  }
 }
 
 async function step<T>(op: CopyOp, origin: CopyOrigin, t: Target, fn: () => Promise<T>, digest?: string): Promise<T> {
@@ -193,19 +178,32 @@ class GraphCopier {
     this.#emit({ type: 'blob-start', desc });
     const stream = await step('fetch', 'source', this.#src, () => this.#src.fetch(desc, { signal }), desc.digest);
     let srcErr: Error | undefined;
-    const counter = new Counter((n) => this.#emit({ type: 'blob-bytes', desc, bytes: n, total: desc.size }));
-    const verifier = new VerifyingStream(desc, 'blob');
+    // One verification of the bytes on their way: a source that verifies as it streams (a
+    // registry) hands out a VerifyingStream of this descriptor, which is used as it is, and
+    // destinations do not hash a VerifyingStream of the descriptor they store again.
     stream.on('error', (e) => {
       srcErr ??= e;
-      counter.destroy(e);
     });
-    counter.on('error', (e) => verifier.destroy(e));
+    const verifier = verifiedStream(stream, desc, 'blob');
     verifier.on('error', (e) => {
       srcErr ??= e;
     });
-    stream.pipe(counter).pipe(verifier);
+    let passed = 0;
+    const onBytes = (n: number): void => {
+      passed += n;
+      this.#emit({ type: 'blob-bytes', desc, bytes: passed, total: desc.size });
+    };
     try {
-      await this.#dst.push(desc, verifier, { signal });
+      // A destination that has to start over (a cut upload) reads the source again.
+      const reopen = async (): Promise<Readable> => {
+        passed = 0;
+        const again = await this.#src.fetch(desc, { signal });
+        again.on('error', (e) => {
+          srcErr ??= e;
+        });
+        return again;
+      };
+      await this.#dst.push(desc, verifier, { signal, onBytes, reopen });
     } catch (e) {
       stream.destroy();
       if (srcErr) throw new CopyError('fetch', 'source', this.#src.name, srcErr, desc.digest);

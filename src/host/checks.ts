@@ -3,7 +3,7 @@
  * executable; it passes when it exits 0. Its output (the tail) goes into the result, not into
  * an error: a failing check is an answer, not a failure of tiu.
  */
-import { execa } from 'execa';
+import { loadExeca } from './exec.ts';
 
 export interface CheckRun {
   exitCode?: number;
@@ -20,6 +20,7 @@ const OUTPUT_TAIL = 4000;
  * shell script's children included, so nothing keeps its output open).
  */
 export async function runCheckProgram(path: string, args: readonly string[], timeoutMs: number): Promise<CheckRun> {
+  const { execa } = await loadExeca();
   const child = execa(path, args, { all: true, reject: false, stdin: 'ignore', detached: true });
   let timedOut = false;
   const timer = setTimeout(() => {

@@ -2,7 +2,7 @@
  * The one wrapper through which tiu runs programs. Logs the argv (never stdin), enforces a
  * timeout, honours an AbortSignal, and puts the tail of stderr into the error it throws.
  */
-import { execa, type Options as ExecaOptions } from 'execa';
+import type { Options as ExecaOptions, execa as ExecaFn } from 'execa';
 import type { Readable, Writable } from 'node:stream';
 import { TiuError } from '../errors.ts';
 
@@ -51,6 +51,16 @@ export function setCommandLogger(l: Logger): void {
   logger = l;
 }
 
+/**
+ * execa, loaded on first use: it is ~170 modules (about 20 MiB of RSS at start-up) that
+ * commands which never run a program (copy, build, inspect) need not pay for.
+ */
+let execaModule: Promise<{ execa: typeof ExecaFn }> | undefined;
+export function loadExeca(): Promise<{ execa: typeof ExecaFn }> {
+  execaModule ??= import('execa');
+  return execaModule;
+}
+
 const STDERR_TAIL = 2000;
 function tail(s: string): string {
   const t = s.trim();
@@ -76,6 +86,7 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     encoding: opts.binary ? 'buffer' : 'utf8',
     ...stdinOpts,
   };
+  const { execa } = await loadExeca();
   const r = await execa(file, args, options);
   const stderr = typeof r.stderr === 'string' ? r.stderr : Buffer.from(r.stderr as Uint8Array).toString();
   if (r.timedOut) throw new CommandFailedError(argv, undefined, tail(stderr), `timed out after ${options.timeout} ms`);
@@ -97,13 +108,14 @@ export async function run(file: string, args: readonly string[], opts: RunOption
  * A program as a stream filter (decompressors, tar): bytes in on stdin, out on stdout.
  * The returned promise settles when the program exits; failures carry the stderr tail.
  */
-export function spawnFilter(
+export async function spawnFilter(
   file: string,
   args: readonly string[],
   opts: { signal?: AbortSignal; timeout?: number } = {},
-): { stdin: Writable; stdout: Readable; done: Promise<void> } {
+): Promise<{ stdin: Writable; stdout: Readable; done: Promise<void> }> {
   const argv = [file, ...args];
   logger(argv.join(' '));
+  const { execa } = await loadExeca();
   const child = execa(file, args, {
     stdin: 'pipe',
     stdout: 'pipe',

@@ -3,7 +3,7 @@
  * Every byte tiu takes from outside passes one of these before it is trusted.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { TiuError } from '../errors.ts';
 import type { Descriptor, Digest } from './types.ts';
 
@@ -101,6 +101,11 @@ export class VerifyingStream extends Transform {
     this.#what = what;
   }
 
+  /** Whether this stream checks exactly `desc` (same digest and size). */
+  verifies(desc: Pick<Descriptor, 'digest' | 'size'>): boolean {
+    return this.#digest === desc.digest && this.#size === desc.size;
+  }
+
   /** Feed bytes that were already received (and kept) before this stream started. */
   prime(data: Uint8Array): void {
     this.#hash.update(data);
@@ -133,6 +138,21 @@ export class VerifyingStream extends Transform {
     }
     cb();
   }
+}
+
+/**
+ * `content` as a stream that is verified against `desc`: the stream itself when it is already
+ * a VerifyingStream of that digest and size (hashing it twice would only cost CPU), otherwise
+ * `content` piped through a new one (errors of `content` are passed on).
+ */
+export function verifiedStream(content: Readable, desc: Pick<Descriptor, 'digest' | 'size'>, what = 'content'): VerifyingStream {
+  if (content instanceof VerifyingStream && content.verifies(desc)) return content;
+  const v = new VerifyingStream(desc, what);
+  content.on('error', (e) => v.destroy(e));
+  v.on('close', () => {
+    if (!content.readableEnded) content.destroy();
+  });
+  return content.pipe(v);
 }
 
 /** Hashes and counts whatever passes, for producing a descriptor of content being written. */

@@ -4,7 +4,7 @@
  * differences as readable lines (empty when equal).
  */
 import { createHash } from 'node:crypto';
-import { lstat, opendir, readFile, readlink } from 'node:fs/promises';
+import { lstat, opendir, readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dumpTreeXattrs } from '../../src/host/xattr.ts';
 
@@ -84,4 +84,14 @@ export async function diffTrees(a: string, b: string, opts: { skip?: string[]; i
     if (x.kind !== 'dir' && ga.get(p) !== gb.get(p)) diffs.push(`${p}: hardlink group ${ga.get(p)} != ${gb.get(p)}`);
   }
   return diffs;
+}
+
+/** Every path below `dir`, regular files with their sha256, one a line, sorted: to see that nothing changed. */
+export async function listing(dir: string): Promise<string> {
+  const out: string[] = [];
+  for (const d of await readdir(dir, { recursive: true, withFileTypes: true })) {
+    const p = join(d.parentPath, d.name);
+    out.push(d.isFile() ? `${p} ${createHash('sha256').update(await readFile(p)).digest('hex')}` : p);
+  }
+  return out.sort().join('\n');
 }

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { zstdCompressSync } from 'node:zlib';
 import { zstdDecompressStream } from '../../src/bundle/zstd-frames.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
@@ -12,13 +13,17 @@ import { Readable } from 'node:stream';
 import { run } from '../../src/host/exec.ts';
 import { isTiuError } from '../../src/errors.ts';
 import {
-  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, rangeProvider, readTar, tocToEntries, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
-  type TreeEntry,
+  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, readTar, tocToEntries, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
+  type ContentProvider, type TreeEntry,
 } from '../../src/deploy/apply/index.ts';
+import { ContentStore, downloadTransfer, prepareTransfer, applyTransfer, storeProvider } from '../../src/deploy/delta/index.ts';
+import { MemoryTarget } from '../../src/content/memory.ts';
+import { MediaType } from '../../src/oci/mediatypes.ts';
+import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { makeBtrfs, snapshot, subvolume, exclusiveBytes, type TestBtrfs } from '../helpers/btrfs.ts';
 import { makeTar, type TarSpec } from '../helpers/tarball.ts';
-import { diffTrees } from '../helpers/treecmp.ts';
+import { diffTrees, listing } from '../helpers/treecmp.ts';
 
 const CAP_NET_RAW = Buffer.from([1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 const T1 = 1_700_000_000;
@@ -79,15 +84,6 @@ async function tocEntries(tar: Buffer, layer = 0): Promise<TreeEntry[]> {
   return entriesFromTar(Readable.from([tar]), layer);
 }
 
-async function listing(dir: string): Promise<string> {
-  const out: string[] = [];
-  for (const d of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    const p = join(d.parentPath, d.name);
-    out.push(d.isFile() ? `${p} ${createHash('sha256').update(await readFile(p)).digest('hex')}` : p);
-  }
-  return out.sort().join('\n');
-}
-
 describe('deploy/apply on btrfs (integration)', function () {
   this.timeout(120_000);
   let fs: TestBtrfs;
@@ -143,7 +139,7 @@ describe('deploy/apply on btrfs (integration)', function () {
     assert.equal(await listing(join(fs.mnt, 'v1')), v1before);
   });
 
-  it('TOC path with ranged fetches (one zstd frame per file) fetches only the files it lacks', async () => {
+  it('TOC path with ranged fetches (one zstd frame per file, the delta\'s storeProvider) fetches only the files it lacks', async () => {
     // A blob where each file's content is its own zstd frame, and entries pointing into it.
     const frames: Buffer[] = [];
     const ranges = new Map<string, [number, number]>();
@@ -158,17 +154,21 @@ describe('deploy/apply on btrfs (integration)', function () {
       off += frame.length;
     }
     const blob = Buffer.concat(frames);
+    const source = new MemoryTarget();
+    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: `sha256:${createHash('sha256').update(blob).digest('hex')}`, size: blob.length };
+    await source.push(desc, Readable.from([blob]));
+    let fetched = 0;
+    const fetchRange = source.fetchRange.bind(source);
+    source.fetchRange = (d, start, end, o) => {
+      assert.equal(d.digest, desc.digest);
+      fetched += end - start;
+      return fetchRange(d, start, end, o);
+    };
     const entries = (await tocEntries(v2tar)).map((e) => (e.type === 'reg' ? { ...e, source: { layer: 0, offset: ranges.get(e.path)![0], endOffset: ranges.get(e.path)![1] } } : e));
     const target = join(fs.mnt, 'ranged');
     await snapshot(join(fs.mnt, 'v1'), target);
-    let fetched = 0;
-    const asked: string[] = [];
-    const res = await applyFromToc(target, [entries], rangeProvider((layer, start, end) => {
-      assert.equal(layer, 0);
-      fetched += end - start;
-      asked.push(`${start}-${end}`);
-      return Promise.resolve(Readable.from([blob.subarray(start, end)]));
-    }, { maxGap: 0 }));
+    const store = await ContentStore.open(join(fs.dir, 'ranged-store'));
+    const res = await applyFromToc(target, [entries], storeProvider(source, [desc], store, { coalesce: { maxGap: 0 } }));
     assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
     const want = res.plan.fetch.map((e) => ranges.get(e.path)!).reduce((a, [s, e]) => a + e - s, 0);
     assert.equal(res.plan.fetch.length, 5);
@@ -188,15 +188,30 @@ describe('deploy/apply on btrfs (integration)', function () {
       };
       const toc = await readTocFromFooter(fetch, built.descriptor.size, built.descriptor.annotations);
       const entries = tocToEntries(toc, 0);
+      // By range, the product's delta path: prepare against v1, download, apply to a snapshot of v1.
+      const source = new MemoryTarget();
+      await source.push(built.descriptor, createReadStream(layerFile));
+      let fetched = 0;
+      const fetchRange = source.fetchRange.bind(source);
+      source.fetchRange = (d, start, end, o) => {
+        fetched += end - start;
+        return fetchRange(d, start, end, o);
+      };
+      const config: Descriptor = { mediaType: MediaType.OciConfig, digest: `sha256:${createHash('sha256').update('{}').digest('hex')}`, size: 2 };
+      const manifest: ImageManifest = { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [built.descriptor] };
+      const t = await prepareTransfer({ source, manifest, oldRoot: join(fs.mnt, 'v1'), preserve: [] });
+      assert.equal(t.path, 'delta', t.report.reason);
+      assert.ok(t.path === 'delta');
       const ranged = join(fs.mnt, 'bundle-ranged');
       await snapshot(join(fs.mnt, 'v1'), ranged);
-      let fetched = 0;
-      const res = await applyFromToc(ranged, [entries], rangeProvider(async (_layer, start, end) => {
-        fetched += end - start;
-        return Readable.from([await fetch(start, end)]);
-      }));
+      const store = await ContentStore.open(join(fs.dir, 'bundle-store'));
+      const got = await downloadTransfer(t, store);
+      const res = await applyTransfer(t, ranged, store, { preserve: [] });
       assert.deepEqual(await diffTrees(ranged, ref2, { ignoreRootMeta: true }), []);
       assert.equal(res.plan.fetch.length, 5);
+      assert.equal(got.files, 5);
+      assert.deepEqual(res.extra, { bytes: 0, requests: 0, files: 0 }, 'the download had all the apply needed');
+      assert.equal(fetched, t.report.downloadBytes, 'TOC and frames, as prepareTransfer predicted');
       assert.ok(fetched < built.descriptor.size / 4, `fetched ${fetched} of ${built.descriptor.size}`);
       const whole = join(fs.mnt, 'bundle-whole');
       await snapshot(join(fs.mnt, 'v1'), whole);
@@ -229,6 +244,55 @@ describe('deploy/apply on btrfs (integration)', function () {
     assert.equal(res.plan.fetch.length, 0);
     assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
     assert.ok((await exclusiveBytes(target)) < 64 * 1024);
+  });
+
+  it('content already verified into a store is reflinked from it on the same btrfs, copied and checked elsewhere', async () => {
+    const contents = new Map<string, Buffer>();
+    for (const f of v2) if (f.content !== undefined) {
+      const b = Buffer.from(f.content);
+      contents.set(`sha256:${createHash('sha256').update(b).digest('hex')}`, b);
+    }
+    const planFor = async (target: string) => planApply(flattenLayers([await tocEntries(v2tar)]), await scanTree(target), new ContentIndex(target));
+    const storeAt = async (dir: string, entries: readonly TreeEntry[], alter?: string): Promise<ContentProvider> => {
+      const store = await ContentStore.open(dir);
+      for (const e of entries) {
+        const data = Buffer.from(contents.get(e.digest!)!);
+        if (e.path === alter) data[0]! ^= 0xff; // rotted after it was verified
+        await store.put(e.digest!, data);
+      }
+      return { deliver: async (want, take) => { for (const e of want) await take(e, { verifiedFile: store.path(e.digest!) }); } };
+    };
+    // same filesystem (a store in another subvolume, like /var): every file is a reflink
+    await subvolume(join(fs.mnt, 'store-sv'));
+    const target = join(fs.mnt, 'from-store');
+    await snapshot(join(fs.mnt, 'v1'), target);
+    const plan = await planFor(target);
+    assert.equal(plan.fetch.length, 5);
+    const rep = await executePlan(target, plan, await storeAt(join(fs.mnt, 'store-sv/s'), plan.fetch));
+    assert.equal(rep.clonedFromStore.count, plan.fetch.length);
+    assert.equal(rep.written.count, plan.fetch.length);
+    assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
+    // the new 100 KiB file shares its extents with the store: not exclusive to the target
+    assert.ok((await exclusiveBytes(target)) < newfile.length, `exclusive ${await exclusiveBytes(target)}`);
+    assert.ok((await stat(join(target, 'usr/new/holes'))).blocks * 512 < 64 * 1024, 'holes stay holes');
+
+    // another filesystem: no reflink possible, the bytes are copied and checked against the digest
+    const other = await mkdtemp(join(tmpdir(), 'tiu-store-'));
+    try {
+      const t2 = join(fs.mnt, 'from-store-copy');
+      await snapshot(join(fs.mnt, 'v1'), t2);
+      const p2 = await planFor(t2);
+      const rep2 = await executePlan(t2, p2, await storeAt(join(other, 'good'), p2.fetch));
+      assert.equal(rep2.clonedFromStore.count, 0);
+      assert.equal(rep2.written.count, p2.fetch.length);
+      assert.deepEqual(await diffTrees(t2, ref2, { ignoreRootMeta: true }), []);
+      const t3 = join(fs.mnt, 'from-store-bad');
+      await snapshot(join(fs.mnt, 'v1'), t3);
+      const p3 = await planFor(t3);
+      await assert.rejects(executePlan(t3, p3, await storeAt(join(other, 'bad'), p3.fetch, 'usr/new/newfile')), (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH'));
+    } finally {
+      await rm(other, { recursive: true, force: true });
+    }
   });
 
   it('without a content index, only same-size candidates are hashed', async () => {

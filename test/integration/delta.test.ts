@@ -269,6 +269,9 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     assert.ok(Math.abs(measured - predicted) <= 0.01 * predicted, `measured ${measured}, predicted ${predicted}`);
     assert.equal(r.transfer.downloaded, measured);
     assert.ok(proxy.requests.filter((q) => q.blob && layerDigests().includes(q.blob)).every((q) => q.range !== '' && q.status === 206), 'layers only by Range');
+    // Every downloaded file went into the snapshot as a reflink of the verified store copy.
+    assert.ok(r.apply.written.count > 0);
+    assert.equal(r.apply.clonedFromStore.count, r.apply.written.count);
     // The delta store is gone.
     assert.deepEqual(readdirSync(join(os.sysroot, 'var/cache/tiu/delta')), []);
   });

@@ -10,6 +10,8 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { isTiuError } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
+import { copy } from '../../src/copy/copy.ts';
+import { MemoryTarget } from '../../src/content/memory.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
 import { openRegistryTarget, parseRegistriesConf, fallbackTag, type RegistryClientOptions } from '../../src/transport/registry/index.ts';
@@ -109,6 +111,69 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       const other = openRegistryTarget(ref(`${fake.host}/tiu/other`), fast);
       assert.equal(await other.exists(big.desc), true);
       assert.ok(fake.log.some((l) => l.includes('mount=') && l.includes('from=tiu%2Fup')));
+    });
+
+    it('streams a blob in one PATCH and commits it with an empty PUT ?digest=; a cut upload starts over from reopen()', async () => {
+      const t = openRegistryTarget(ref(`${fake.host}/tiu/stream`), fast);
+      const patches = () => fake.log.filter((l) => l.startsWith('PATCH /v2/tiu/stream/blobs/uploads/')).length;
+      const posts = () => fake.log.filter((l) => l === 'POST /v2/tiu/stream/blobs/uploads/').length;
+      const big = blobOf(randomBytes(300_000), MediaType.OciLayerGzip);
+      let progress = 0;
+      // Many small chunks, as a file or socket delivers them.
+      const parts = Array.from({ length: 30 }, (_, i) => big.data.subarray(i * 10_000, (i + 1) * 10_000));
+      await t.push(big.desc, Readable.from(parts), { onBytes: (n) => (progress += n) });
+      assert.equal(patches(), 1);
+      assert.equal(progress, big.data.length);
+      assert.ok(fake.log.some((l) => l.startsWith('PUT /v2/tiu/stream/blobs/uploads/') && l.includes(`digest=${encodeURIComponent(big.desc.digest)}`)));
+      assert.deepEqual(await readAll(await t.fetch(big.desc)), big.data);
+
+      // A 5xx on the PATCH, then a registry that keeps half of it: each time a new upload from a fresh stream.
+      for (const fault of ['500', 'short'] as const) {
+        const b = blobOf(randomBytes(200_000), MediaType.OciLayerGzip);
+        if (fault === '500') fake.faults.push({ match: /^PATCH \/v2\/tiu\/stream\/blobs\/uploads\//, status: 500, times: 1 });
+        else fake.shortPatches = 1;
+        const p0 = posts();
+        let reopened = 0;
+        await t.push(b.desc, Readable.from([b.data]), {
+          reopen: () => {
+            reopened++;
+            return Promise.resolve(Readable.from([b.data]));
+          },
+        });
+        assert.equal(reopened, 1, fault);
+        assert.equal(posts() - p0, 2, fault);
+        assert.deepEqual(await readAll(await t.fetch(b.desc)), b.data);
+      }
+      fake.shortPatches = 0;
+
+      // Without reopen() the failure is reported, typed, and nothing is committed.
+      const lost = blobOf(randomBytes(200_000), MediaType.OciLayerGzip);
+      fake.faults.push({ match: /^PATCH \/v2\/tiu\/stream\/blobs\/uploads\//, status: 500, times: 1 });
+      await assert.rejects(t.push(lost.desc, Readable.from([lost.data])), code('REGISTRY_UNAVAILABLE'));
+      assert.equal(await t.exists(lost.desc), false);
+
+      // Content that fails verification is never committed, even though the PATCH carried all of it.
+      const wrong = blobOf(randomBytes(200_000), MediaType.OciLayerGzip);
+      const other = randomBytes(200_000);
+      const puts = fake.log.filter((l) => l.startsWith('PUT ')).length;
+      await assert.rejects(t.push(wrong.desc, Readable.from([other])), code('DIGEST_MISMATCH'));
+      assert.equal(fake.log.filter((l) => l.startsWith('PUT ')).length, puts, 'no PUT ?digest= for unverified content');
+      assert.equal(await t.exists(wrong.desc), false);
+      // Trailing bytes fail at once.
+      await assert.rejects(t.push(wrong.desc, Readable.from([wrong.data, Buffer.from('x')])), code('TRAILING_DATA'));
+      assert.equal(await t.exists(wrong.desc), false);
+    });
+
+    it('copy() gives the destination a way to read the source again: a cut upload is retried, not fatal', async () => {
+      const img = await makeImage({ layerBytes: [150_000] });
+      const src = new MemoryTarget();
+      await pushImage(src, img, 'v1');
+      const dst = openRegistryTarget(ref(`${fake.host}/tiu/copyretry`), fast);
+      fake.faults.push({ match: /^PATCH \/v2\/tiu\/copyretry\/blobs\/uploads\//, status: 503, times: 1 });
+      const root = await copy(src, 'v1', dst, 'v1');
+      assert.equal(root.digest, img.manifest.desc.digest);
+      assert.equal(fake.log.filter((l) => l.startsWith('PATCH /v2/tiu/copyretry/')).length, 2);
+      assert.deepEqual(await readAll(await dst.fetch(img.layers[0]!.desc)), img.layers[0]!.data);
     });
 
     it('recovers chunked uploads: a failed PATCH is resumed from the upload status, a short one is completed', async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { statfs } from 'node:fs/promises';
+import { readdir, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, type MicroOS } from '../helpers/microos.ts';
@@ -12,6 +12,33 @@ import { parseConfig } from '../../src/deploy/config.ts';
 import { openContext, readState } from '../../src/deploy/state.ts';
 import { update } from '../../src/deploy/update.ts';
 import { productionDeps } from '../../src/deploy/wiring.ts';
+
+const MiB = 1 << 20;
+
+/**
+ * Take all but about `leave` bytes of the filesystem with preallocated files (`fill`,
+ * `fill.1`, …). btrfs's free-space figure is an estimate (metadata and chunk allocation move
+ * it), so one fallocate of "free − leave" can itself hit ENOSPC: ask for less and top up until
+ * what is left is within 4 MiB of `leave`.
+ */
+async function fillUntil(fill: string, leave: number): Promise<void> {
+  const dir = join(fill, '..');
+  for (let part = 0, tries = 0; tries < 40; tries++) {
+    await run('btrfs', ['filesystem', 'sync', dir]);
+    const st = await statfs(dir);
+    const free = st.bavail * st.bsize;
+    if (free <= leave + 4 * MiB) return;
+    const want = free - leave - Math.min(tries, 8) * 2 * MiB;
+    try {
+      await run('fallocate', ['-l', String(want), part === 0 ? fill : `${fill}.${part}`]);
+      part++;
+    } catch (e) {
+      if (!/No space left/.test(e instanceof Error ? e.message : String(e))) throw e;
+      await rm(part === 0 ? fill : `${fill}.${part}`, { force: true });
+    }
+  }
+  throw new Error(`could not fill ${dir} down to ${leave} bytes free`);
+}
 
 describe('tiu update on a full disk', function () {
   let os: MicroOS;
@@ -33,10 +60,7 @@ describe('tiu update on a full disk', function () {
     await update(productionDeps, { sysroot: os.sysroot, reference: `oci:${images}:big`, config, downloadOnly: true });
 
     const fill = join(os.sysroot, 'var/fill');
-    const st = await statfs(join(os.sysroot, 'var'));
-    const free = st.bavail * st.bsize;
-    await run('fallocate', ['-l', String(Math.max(0, free - 8 * 1024 * 1024)), fill]);
-    await run('btrfs', ['filesystem', 'sync', os.sysroot]);
+    await fillUntil(fill, 8 << 20);
     const ctx = await openContext(os.sysroot);
     const before = await readState(ctx);
     await assert.rejects(
@@ -48,7 +72,7 @@ describe('tiu update on a full disk', function () {
     assert.equal(after.default, before.default);
     assert.equal(existsSync(join(os.sysroot, '.snapshots/2')), false);
 
-    await run('rm', ['-f', fill]);
+    for (const f of await readdir(join(os.sysroot, 'var'))) if (f === 'fill' || f.startsWith('fill.')) await rm(join(os.sysroot, 'var', f));
     await run('btrfs', ['filesystem', 'sync', os.sysroot]);
     const r = await update(productionDeps, { sysroot: os.sysroot, reference: `oci:${images}:big`, config, offline: true });
     assert.equal(r.status, 'updated');

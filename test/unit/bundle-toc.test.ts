@@ -4,11 +4,12 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { zstdCompressSync } from 'node:zlib';
+import { randomBytes } from 'node:crypto';
+import { constants as zlibConstants, zstdCompressSync } from 'node:zlib';
 import type { TreeEntry } from '../../src/bundle/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { fetchTocFile, formatModtime, parseFooter, readTocFromFooter, skippableFrame, ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
-import { zstdDecompressFrames } from '../../src/bundle/zstd-frames.ts';
+import { SYNC_FRAME_MAX, SYNC_OUTPUT_MAX, zstdDecompressBufferSync, zstdDecompressFrames, zstdFrameSpans } from '../../src/bundle/zstd-frames.ts';
 import { Crc64 } from '../../src/bundle/tar-split.ts';
 import { ByteReader, readTar } from '../../src/bundle/tar-format.ts';
 import { isTiuError } from '../../src/errors.ts';
@@ -146,10 +147,70 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
     assert.equal(new Crc64().update(Buffer.from('123456789')).digest().toString('hex'), 'b90956c775a41001');
   });
 
+  it('CRC-64/ISO: the 8-bytes-a-step path agrees with a bit-at-a-time reference, however the data is split', function () {
+    const reference = (data: Uint8Array): string => {
+      const poly = 0xd800000000000000n;
+      let crc = 0xffffffffffffffffn;
+      for (const byte of data) {
+        crc ^= BigInt(byte);
+        for (let k = 0; k < 8; k++) crc = crc & 1n ? (crc >> 1n) ^ poly : crc >> 1n;
+      }
+      return (crc ^ 0xffffffffffffffffn).toString(16).padStart(16, '0');
+    };
+    let seed = 7;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    for (const len of [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4099]) {
+      const data = Buffer.from(Array.from({ length: len }, () => rnd(256)));
+      assert.equal(new Crc64().update(data).digest().toString('hex'), reference(data), `${len} bytes`);
+      const c = new Crc64();
+      for (let i = 0; i < len; ) {
+        const n = 1 + rnd(20);
+        c.update(data.subarray(i, i + n));
+        i += n;
+      }
+      assert.equal(c.digest().toString('hex'), reference(data), `${len} bytes in pieces`);
+    }
+  });
+
   it('zstd frame reader skips skippable frames and concatenates frames', async function () {
     const b = Buffer.concat([zstdCompressSync(Buffer.from('ab')), skippableFrame(Buffer.from('ignored')), zstdCompressSync(Buffer.from('cd'))]);
     assert.equal((await collect(zstdDecompressFrames(Readable.from([b.subarray(0, 5), b.subarray(5)])))).toString(), 'abcd');
     await assert.rejects(collect(zstdDecompressFrames(Readable.from([b.subarray(0, b.length - 3)]))), (err) => isTiuError(err, 'TAR_INVALID'));
+  });
+
+  it('zstd frame reader: small frames in one call, large or far-expanding frames streamed in bounded pieces', async function () {
+    const small = Buffer.from('small file content\n'.repeat(50));
+    const random = randomBytes(SYNC_FRAME_MAX + 300_000); // compressed, still larger than SYNC_FRAME_MAX
+    const zeros = Buffer.alloc(SYNC_OUTPUT_MAX + 5_000_000); // a tiny frame that expands beyond SYNC_OUTPUT_MAX
+    const checked = { params: { [zlibConstants.ZSTD_c_checksumFlag]: 1 } };
+    const frames = [zstdCompressSync(small, checked), zstdCompressSync(random), skippableFrame(Buffer.from('toc')), zstdCompressSync(zeros), zstdCompressSync(Buffer.alloc(0))];
+    assert.ok(frames[1]!.length > SYNC_FRAME_MAX && frames[3]!.length < SYNC_FRAME_MAX);
+    const whole = Buffer.concat(frames);
+    for (const pieces of [[whole], [whole.subarray(0, 7), whole.subarray(7, 70_000), whole.subarray(70_000)]]) {
+      const out: Buffer[] = [];
+      for await (const c of zstdDecompressFrames(Readable.from(pieces))) out.push(c);
+      assert.ok(Buffer.concat(out).equals(Buffer.concat([small, random, zeros])));
+      assert.ok(out.every((c) => c.length <= 1024 * 1024), `largest piece ${Math.max(...out.map((c) => c.length))} bytes`);
+    }
+    // a corrupted small frame (its checksum no longer matches) is refused
+    const bad = Buffer.from(frames[0]!);
+    bad[bad.length - 6]! ^= 0xff;
+    await assert.rejects(collect(zstdDecompressFrames(Readable.from([bad]))));
+  });
+
+  it('zstd frames of a buffer in one call each: skippable frames left out, size bounded, truncation refused', function () {
+    const a = Buffer.from('first frame '.repeat(100));
+    const b = Buffer.alloc(70_000, 7);
+    const buf = Buffer.concat([zstdCompressSync(a), skippableFrame(Buffer.from('toc')), zstdCompressSync(b), zstdCompressSync(Buffer.alloc(0))]);
+    assert.equal(zstdFrameSpans(buf).length, 3);
+    assert.ok(zstdDecompressBufferSync(buf, a.length + b.length).equals(Buffer.concat([a, b])));
+    assert.throws(() => zstdDecompressBufferSync(buf, a.length + b.length - 1), (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'));
+    assert.throws(() => zstdDecompressBufferSync(buf, a.length - 1), (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'));
+    assert.throws(() => zstdDecompressBufferSync(buf.subarray(0, buf.length - 5), 1e6), (e) => isTiuError(e, 'TAR_INVALID'));
+    assert.throws(() => zstdDecompressBufferSync(Buffer.from('not zstd at all'), 1e6), (e) => isTiuError(e, 'TAR_INVALID'));
   });
 
   it('gzip layers are a plain gzip tar with the same diff_id', async function () {

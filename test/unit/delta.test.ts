@@ -5,16 +5,17 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { zstdCompressSync } from 'node:zlib';
 import type { TreeEntry as BuildEntry } from '../../src/bundle/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
-import type { TreeEntry } from '../../src/deploy/apply/index.ts';
-import { coalesce, ContentStore, downloadRanges, fetchLayerTocs, frameless, rangeBytes } from '../../src/deploy/delta/index.ts';
+import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
+import { coalesce, ContentStore, downloadRanges, fetchLayerTocs, frameless, prepareTransfer, rangeBytes, storeProvider } from '../../src/deploy/delta/index.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
@@ -94,6 +95,28 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     await assert.rejects(fetchLayerTocs(target, { ...manifest, layers: [bad] }), code('TOC_CHECKSUM_MISMATCH'));
   });
 
+  it('prepareTransfer scans the old root while the TOCs download; either failing is reported, not crashed on', async () => {
+    const old = join(dir, 'old-root');
+    await mkdir(join(old, 'usr'), { recursive: true });
+    await writeFile(join(old, 'usr/a'), files['usr/a']!);
+    // TOC requests that answer late: the scan (local) finishes or fails first
+    const slow = Object.assign(Object.create(target) as MemoryTarget, {
+      fetchRange: async (d: Descriptor, s: number, e: number) => {
+        await new Promise((r) => setTimeout(r, 200));
+        return target.fetchRange(d, s, e);
+      },
+    });
+    const t = await prepareTransfer({ source: slow, manifest, oldRoot: old, preserve: [] });
+    assert.equal(t.path, 'delta');
+    assert.ok(t.path === 'delta');
+    assert.deepEqual(t.plan.fetch.map((e) => e.path).sort(), ['usr/b', 'usr/c', 'usr/empty'], 'usr/a is already there');
+    await assert.rejects(prepareTransfer({ source: slow, manifest, oldRoot: join(dir, 'no-such-root'), preserve: [] }), code('BAD_ROOT'));
+    const bad = { ...layer, annotations: { ...layer.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'2'.repeat(64)}` } };
+    await assert.rejects(prepareTransfer({ source: slow, manifest: { ...manifest, layers: [bad] }, oldRoot: join(dir, 'no-such-root'), preserve: [] }), code('TOC_CHECKSUM_MISMATCH'));
+    const gz = await prepareTransfer({ source: slow, manifest: { ...manifest, layers: [{ ...layer, mediaType: MediaType.OciLayerGzip }] }, oldRoot: join(dir, 'no-such-root'), preserve: [] });
+    assert.equal(gz.path, 'whole-layer');
+  });
+
   it('downloads files (coalesced and streamed large ones), each verified before it is stored', async () => {
     const es = await tocEntries();
     for (const maxSpan of [1_000_000, 1000]) {
@@ -118,5 +141,74 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
       await assert.rejects(downloadRanges(target, manifest.layers, coalesce(es.filter((e) => e.path === 'usr/c'), { maxSpan }), store, { maxSpan }), code('DELTA_FILE_MISMATCH'));
       assert.deepEqual(await readdir(store.dir), []);
     }
+  });
+});
+
+describe('delta: the apply\'s content provider (storeProvider)', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-delta-provider-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('fetches what its store lacks, neighbouring frames in one request, and hands over each file decoded', async () => {
+    // A blob of one zstd frame per file, then a far-away file beyond the gap.
+    const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+    const files = ['alpha', 'beta', 'gamma', 'delta'].map((n) => ({ n, data: Buffer.from(n.repeat(100)) }));
+    const frames: Buffer[] = [];
+    const entries: TreeEntry[] = [];
+    let off = 0;
+    const reg = (path: string, data: Buffer, offset: number, endOffset: number): TreeEntry => ({ path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: data.length, digest: sha(data), source: { layer: 0, offset, endOffset } });
+    for (const f of files) {
+      const fr = zstdCompressSync(f.data);
+      entries.push(reg(f.n, f.data, off, off + fr.length));
+      frames.push(fr);
+      off += fr.length;
+    }
+    const pad = Buffer.alloc(200_000);
+    const farData = Buffer.from('far away');
+    const far = zstdCompressSync(farData);
+    entries.push(reg('far', farData, off + pad.length, off + pad.length + far.length));
+    const blob = Buffer.concat([...frames, pad, far]);
+    const target = new MemoryTarget();
+    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: sha(blob) as Descriptor['digest'], size: blob.length };
+    await target.push(desc, Readable.from([blob]));
+    const requests: string[] = [];
+    const fetchRange = target.fetchRange.bind(target);
+    target.fetchRange = (d, s, e, o) => {
+      requests.push(`${s}-${e}`);
+      return fetchRange(d, s, e, o);
+    };
+    const empty: TreeEntry = { ...reg('empty', Buffer.alloc(0), 0, 0) };
+    const store = await ContentStore.open(join(dir, 'store'));
+    const got = new Map<string, string>();
+    const take = async (e: TreeEntry, content: AsyncIterable<Buffer | Uint8Array> | VerifiedFile): Promise<void> => {
+      if (isVerifiedFile(content)) {
+        got.set(e.path, await readFile(content.verifiedFile, 'utf8'));
+        return;
+      }
+      const parts: Buffer[] = [];
+      for await (const c of content) parts.push(Buffer.from(c));
+      got.set(e.path, Buffer.concat(parts).toString());
+    };
+    const p = storeProvider(target, [desc], store);
+    await p.deliver([entries[0]!, entries[2]!, entries[3]!, entries[4]!, empty], take);
+    assert.equal(requests.length, 2, requests.join(' '));
+    assert.deepEqual(p.extra, { bytes: rangeBytes(coalesce([entries[0]!, entries[2]!, entries[3]!, entries[4]!])), requests: 2, files: 4 });
+    assert.deepEqual(Object.fromEntries(got), { alpha: 'alpha'.repeat(100), gamma: 'gamma'.repeat(100), delta: 'delta'.repeat(100), far: 'far away', empty: '' });
+    // What the store holds is not fetched again.
+    got.clear();
+    const again = storeProvider(target, [desc], store);
+    await again.deliver([entries[2]!, entries[4]!], take);
+    assert.equal(requests.length, 2);
+    assert.deepEqual(again.extra, { bytes: 0, requests: 0, files: 0 });
+    assert.deepEqual([...got.keys()].sort(), ['far', 'gamma']);
+    // A file with content but no frame can't be served: a typed error, nothing handed over.
+    got.clear();
+    const noFrame: TreeEntry = { ...reg('noframe', Buffer.from('x'), 0, 0) };
+    await assert.rejects(storeProvider(target, [desc], store).deliver([noFrame], take), code('DELTA_CONTENT_MISSING'));
+    assert.equal(got.size, 0);
   });
 });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
-import { parseDigest, sha256, verifyBuffer, VerifyingStream } from '../../src/oci/digest.ts';
+import { parseDigest, sha256, verifiedStream, verifyBuffer, VerifyingStream } from '../../src/oci/digest.ts';
 import { isTiuError } from '../../src/errors.ts';
 
 async function drain(data: Buffer[], v: VerifyingStream): Promise<void> {
@@ -43,5 +43,39 @@ describe('digest', () => {
     wrong.prime(Buffer.from('HELLO'));
     await assert.rejects(drain([data.subarray(5)], wrong), (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH'));
     await assert.rejects(drain([data.subarray(5)], new VerifyingStream(desc)), (e: unknown) => isTiuError(e, 'SIZE_MISMATCH'));
+  });
+
+  describe('verifiedStream', () => {
+    const data = Buffer.from('hello, verified world');
+    const desc = { digest: sha256(data), size: data.length };
+    const drain = (s: Readable) => pipeline(s, new Writable({ write: (_c, _e, cb) => cb() }));
+
+    it('hands back a VerifyingStream of the same descriptor as it is (no second hash)', () => {
+      const v = Readable.from([data]).pipe(new VerifyingStream(desc));
+      assert.equal(verifiedStream(v, desc), v);
+      for (const other of [{ ...desc, size: desc.size + 1 }, { digest: sha256('other'), size: desc.size }]) {
+        const w = verifiedStream(new VerifyingStream(desc), other);
+        assert.ok(w instanceof VerifyingStream && w.verifies(other));
+        w.destroy();
+      }
+      v.destroy();
+    });
+
+    it('wraps anything else and fails on a wrong digest, a short stream, trailing bytes and source errors', async () => {
+      await drain(verifiedStream(Readable.from([data]), desc));
+      await assert.rejects(drain(verifiedStream(Readable.from([Buffer.from('hello, verified worle')]), desc)), (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH'));
+      await assert.rejects(drain(verifiedStream(Readable.from([data.subarray(1)]), desc)), (e: unknown) => isTiuError(e, 'SIZE_MISMATCH'));
+      await assert.rejects(drain(verifiedStream(Readable.from([data, Buffer.from('!')]), desc)), (e: unknown) => isTiuError(e, 'TRAILING_DATA'));
+      const broken = new Readable({ read() { this.destroy(new Error('disk gone')); } });
+      await assert.rejects(drain(verifiedStream(broken, desc)), /disk gone/);
+    });
+
+    it('releases the source when the verified stream is destroyed', async () => {
+      const src = new Readable({ read() {} });
+      const v = verifiedStream(src, desc);
+      v.destroy();
+      await new Promise((r) => setImmediate(r));
+      assert.equal(src.destroyed, true);
+    });
   });
 });

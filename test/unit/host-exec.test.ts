@@ -21,7 +21,7 @@ describe('host/exec', () => {
   });
   it('passes input and streams through a filter', async () => {
     assert.equal((await run('cat', [], { input: 'abc' })).stdout, 'abc');
-    const f = spawnFilter('tr', ['a-z', 'A-Z']);
+    const f = await spawnFilter('tr', ['a-z', 'A-Z']);
     f.stdin.end('hello');
     const [out] = await Promise.all([text(f.stdout), f.done]);
     assert.equal(out, 'HELLO');

@@ -9,7 +9,6 @@ import { buffer } from 'node:stream/consumers';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { MemoryTarget } from '../../src/content/memory.ts';
 import { layerOpeners } from '../../src/deploy/update.ts';
-import { openLayerTar } from '../../src/deploy/apply/image.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';
 
@@ -54,7 +53,6 @@ describe('update: layer streams', () => {
       const config: Descriptor = { mediaType: MediaType.OciConfig, digest: sha(Buffer.from('{}')), size: 2 };
       return Promise.resolve(layerOpeners(t, { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [d] })[0]!());
     }],
-    ['apply openLayerTar', (t, d) => openLayerTar(t, d)],
   ];
   for (const [via, openLayer] of openers) {
     for (const [kind, mediaType, blob] of [

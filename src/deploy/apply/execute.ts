@@ -8,10 +8,11 @@
  * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs in one setfattr run, after every
  * chown (chown drops security.capability); (6) directory mtimes last.
  */
-import { lstat, mkdir, rename, rmdir, unlink } from 'node:fs/promises';
+import { constants, createReadStream, renameSync } from 'node:fs';
+import { copyFile, lstat, mkdir, rename, rm, rmdir, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
-import type { ContentProvider } from './content.ts';
+import { isVerifiedFile, type ContentProvider } from './content.ts';
 import { ContentUnavailableError, UnsafePathError, mapFsError } from './errors.ts';
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, writeNewFile } from './fsops.ts';
 import { parentOf } from './paths.ts';
@@ -40,7 +41,7 @@ function add(c: Counter, bytes: number): void {
  */
 async function moveIntoPlace(sr: SafeRoot, staged: string, rel: string, e: TreeEntry, allowCopy: boolean): Promise<void> {
   try {
-    await rename(sr.abs(staged), sr.abs(rel));
+    renameSync(sr.abs(staged), sr.abs(rel));
     return;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
@@ -50,6 +51,26 @@ async function moveIntoPlace(sr: SafeRoot, staged: string, rel: string, e: TreeE
   await setMetaAt(sr, tmp, e);
   await rename(sr.abs(tmp), sr.abs(rel));
   await unlink(sr.abs(staged));
+}
+
+/**
+ * Reflink a verified file into the staging directory; false where the filesystem can't (then
+ * the caller copies the bytes, verifying them). The size is checked again on the clone.
+ */
+async function cloneVerified(from: string, to: string, size: number, what: string): Promise<boolean> {
+  try {
+    await copyFile(from, to, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE_FORCE);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL' || code === 'ENOSYS') {
+      await rm(to, { force: true });
+      return false;
+    }
+    throw e;
+  }
+  const st = await lstat(to);
+  if (!st.isFile() || st.size !== size) throw new ContentUnavailableError(what, `the verified content has ${st.size} bytes instead of ${size}`);
+  return true;
 }
 
 export async function executePlan(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions = {}): Promise<ApplyReport> {
@@ -77,10 +98,21 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
     const writes = new Map<string, TreeEntry>();
     for (const a of plan.actions) if (a.kind === 'write') writes.set(a.entry.path, a.entry);
     if (writes.size) {
+      const taken = new Set<string>();
       await provider.deliver([...writes.values()], async (entry, content) => {
         const want = writes.get(entry.path);
-        if (!want || staged.has(entry.path)) throw new ContentUnavailableError(entry.path, 'the provider delivered an entry that was not asked for, or twice');
+        if (!want || taken.has(entry.path)) throw new ContentUnavailableError(entry.path, 'the provider delivered an entry that was not asked for, or twice');
+        taken.add(entry.path); // before any await: a provider may deliver several at once
         const rel = `${stagingRel}/${++n}`;
+        if (isVerifiedFile(content)) {
+          // Already verified by this process (the delta store, same filesystem): share its extents.
+          if (await cloneVerified(content.verifiedFile, sr.abs(rel), want.size, want.path)) {
+            add(report.clonedFromStore, want.size);
+            staged.set(entry.path, rel);
+            return;
+          }
+          content = createReadStream(content.verifiedFile);
+        }
         await writeNewFile(sr.abs(rel), content, { digest: want.digest!, size: want.size }, want.path);
         staged.set(entry.path, rel);
       });

@@ -5,8 +5,8 @@
  * (rename never follows a symlink at the destination); metadata is set through file
  * descriptors opened with O_NOFOLLOW, or l*-calls.
  */
-import { constants } from 'node:fs';
-import { chmod, copyFile, lchown, link, lstat, lutimes, mkdir, open, opendir, rename, rmdir, symlink, unlink, type FileHandle } from 'node:fs/promises';
+import { chmodSync, closeSync, constants, mkdirSync, renameSync, symlinkSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, lchownSync, lstatSync, lutimesSync, openSync, writeSync } from 'node:fs';
+import { copyFile, link, lstat, open, opendir, rename, rmdir, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { DigestMismatchError, SizeMismatchError, TrailingDataError } from '../../oci/digest.ts';
@@ -167,7 +167,8 @@ export async function writeNewFile(abs: string, content: AsyncIterable<Buffer | 
   return { written, digest };
 }
 
-async function writeSparse(fh: FileHandle, chunk: Buffer, pos: number): Promise<number> {
+/** Write `chunk` at `pos`, skipping whole zero 4 KiB blocks of the file (holes); the bytes written. */
+export async function writeSparse(fh: FileHandle, chunk: Buffer, pos: number): Promise<number> {
   let written = 0;
   let i = 0;
   while (i < chunk.length) {
@@ -192,6 +193,30 @@ async function writeSparse(fh: FileHandle, chunk: Buffer, pos: number): Promise<
   return written;
 }
 
+/** Write `data` as a whole new file at `fd`, zero 4 KiB blocks left as holes (synchronous). */
+export function writeSparseSync(fd: number, data: Buffer): void {
+  let i = 0;
+  let end = 0;
+  while (i < data.length) {
+    const j = Math.min(data.length, i + BLOCK);
+    if (j - i === BLOCK && data.subarray(i, j).equals(ZERO)) {
+      i = j;
+      continue;
+    }
+    // coalesce consecutive non-zero blocks into one write
+    let k = j;
+    while (k < data.length) {
+      const k2 = Math.min(data.length, k + BLOCK);
+      if (k2 - k === BLOCK && data.subarray(k, k2).equals(ZERO)) break;
+      k = k2;
+    }
+    for (let off = i; off < k; ) off += writeSync(fd, data, off, k - off, off);
+    i = k;
+    end = k;
+  }
+  if (end !== data.length) ftruncateSync(fd, data.length);
+}
+
 /** Owner, then mode (chown clears setuid), then times, through a descriptor. */
 export async function setFdMeta(fh: FileHandle, e: Pick<TreeEntry, 'uid' | 'gid' | 'mode' | 'mtimeNs'>, what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true }): Promise<void> {
   if (what.owner) await fh.chown(e.uid, e.gid);
@@ -207,30 +232,47 @@ export async function openNoFollow(abs: string, dir: boolean): Promise<FileHandl
   return open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | (dir ? constants.O_DIRECTORY : 0) | constants.O_NONBLOCK);
 }
 
-/** Set metadata on whatever is at `rel` (must be of the entry's type; checked with lstat). */
-export async function setMetaAt(sr: SafeRoot, rel: string, e: TreeEntry, what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true }): Promise<void> {
-  const abs = sr.abs(rel);
+/**
+ * Set metadata on whatever is at `rel` (must be of the entry's type; checked with lstat).
+ * Synchronous system calls: each is microseconds, and a thread-pool round trip for each of the
+ * five or six calls per file dominated the apply of a whole OS tree.
+ */
+export function setMetaAt(sr: SafeRoot, rel: string, e: TreeEntry, what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true }): Promise<void> {
+  try {
+    setMetaAtSync(sr.abs(rel), rel, e, what);
+    return Promise.resolve();
+  } catch (err) {
+    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+  }
+}
+
+function setMetaAtSync(abs: string, rel: string, e: TreeEntry, what: { owner?: boolean; mode?: boolean; mtime?: boolean }): void {
   const t = e.type === 'hardlink' ? 'reg' : e.type;
   if (t === 'reg' || t === 'dir') {
-    const fh = await openNoFollow(abs, t === 'dir');
+    const fd = openSync(abs, constants.O_RDONLY | constants.O_NOFOLLOW | (t === 'dir' ? constants.O_DIRECTORY : 0) | constants.O_NONBLOCK);
     try {
-      const st = await fh.stat();
+      const st = fstatSync(fd);
       if (t === 'reg' ? !st.isFile() : !st.isDirectory()) throw new UnsafePathError(rel, `expected a ${t} on disk`);
-      await setFdMeta(fh, e, what);
+      // owner, then mode (chown clears setuid), then times
+      if (what.owner) fchownSync(fd, e.uid, e.gid);
+      if (what.owner || what.mode) fchmodSync(fd, e.mode);
+      if (what.mtime) {
+        const s = nsToSeconds(e.mtimeNs);
+        futimesSync(fd, s, s);
+      }
     } finally {
-      await fh.close();
+      closeSync(fd);
     }
     return;
   }
-  if (what.owner) await lchown(abs, e.uid, e.gid);
+  if (what.owner) lchownSync(abs, e.uid, e.gid);
   if (t !== 'symlink' && (what.owner || what.mode)) {
-    const st = await lstat(abs);
-    if (st.isSymbolicLink()) throw new UnsafePathError(rel, 'expected a device or fifo, found a symlink');
-    await chmod(abs, e.mode);
+    if (lstatSync(abs).isSymbolicLink()) throw new UnsafePathError(rel, 'expected a device or fifo, found a symlink');
+    chmodSync(abs, e.mode);
   }
   if (what.mtime) {
     const s = nsToSeconds(e.mtimeNs);
-    await lutimes(abs, s, s);
+    lutimesSync(abs, s, s);
   }
 }
 
@@ -238,11 +280,11 @@ export async function setMetaAt(sr: SafeRoot, rel: string, e: TreeEntry, what: {
 export async function createSpecial(sr: SafeRoot, rel: string, e: TreeEntry): Promise<void> {
   const tmp = await sr.tmpBeside(rel);
   const abs = sr.abs(tmp);
-  if (e.type === 'symlink') await symlink(e.linkname!, abs);
+  if (e.type === 'symlink') symlinkSync(e.linkname!, abs);
   else if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') await makeNode(abs, e.type, e.mode & 0o777, e.devmajor ?? 0, e.devminor ?? 0);
   else throw new Error(`createSpecial: ${e.type}`);
   await setMetaAt(sr, tmp, e);
-  await rename(abs, sr.abs(rel));
+  renameSync(abs, sr.abs(rel));
 }
 
 /** Create the directory `rel` (parent verified) if missing and set its owner and mode. */
@@ -250,7 +292,7 @@ export async function ensureDir(sr: SafeRoot, rel: string, e: TreeEntry): Promis
   if (rel !== '') {
     await sr.verifyDir(parentOf(rel), rel);
     try {
-      await mkdir(sr.abs(rel), 0o700);
+      mkdirSync(sr.abs(rel), 0o700);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }

@@ -7,7 +7,7 @@
  *   const { plan, report } = await applyFromToc(root, layers, provider, { preserve, indexFile });
  * Step by step: flattenLayers -> scanTree -> planApply (pure, lazy hashes) -> executePlan.
  * Without one (ordinary OCI/Docker images): applyTarLayers(root, [() => tarStream, ...]).
- * From a Target and a manifest, choosing the mode itself: applyImage(root, target, manifest, opts).
+ * From a registry or layout by range (file-level delta), the product path: src/deploy/delta/.
  */
 
 export * from './types.ts';
@@ -18,10 +18,8 @@ export { tocToEntries, parseTimeNs, EMPTY_SHA256, type ChunkedToc, type ChunkedT
 export { scanTree, ContentIndex, hashFile, type ContentHasher, type ScanOptions } from './scan.ts';
 export { planApply, metaDiff, type PlanOptions } from './plan.ts';
 export { executePlan, type ExecuteOptions } from './execute.ts';
-export { openerProvider, tarLayerProvider, rangeProvider, byLayerOrder, type ContentProvider, type ContentSink } from './content.ts';
+export { openerProvider, tarLayerProvider, byLayerOrder, isVerifiedFile, type ContentProvider, type ContentSink, type VerifiedFile } from './content.ts';
 export { applyTarLayers, type LayerOpener, type TarApplyOptions } from './tar-apply.ts';
 export { readTar, type TarEntry } from './tar.ts';
 export { entriesFromTar } from './tar-entries.ts';
 export { applyFromToc, type ApplyOptions, type ApplyResult } from './toc-apply.ts';
-export { applyImage, openLayerTar, type ApplyImageOptions, type ApplyImageResult, type LayerSource } from './image.ts';
-export { type RangeOptions } from './content.ts';

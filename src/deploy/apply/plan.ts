@@ -5,6 +5,7 @@
  */
 import { devMajor, devMinor } from '../../bundle/entry.ts';
 import { UnsafePathError } from './errors.ts';
+import { sameTime } from './fsops.ts';
 import { comparePaths, isAtOrBelow, parentOf } from './paths.ts';
 import type { ContentHasher } from './scan.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
@@ -32,7 +33,8 @@ export function metaDiff(e: TreeEntry, x: ExistingEntry): MetaFix | null {
   if (e.type !== 'symlink' && e.mode !== x.mode) fix.mode = true;
   // chown clears setuid/setgid: the mode must be set again after it.
   if (fix.owner && e.type !== 'symlink' && (e.mode & 0o6000) !== 0) fix.mode = true;
-  if (e.mtimeNs !== x.mtimeNs) fix.mtime = true;
+  // utimes takes float seconds: what the executor set is within 1 µs of what it was asked (sameTime).
+  if (!sameTime(e.mtimeNs, x.mtimeNs)) fix.mtime = true;
   const xa = sameXattrs(e.xattrs, x.xattrs);
   // chown drops security.capability: set it again after an owner change.
   if (fix.owner && e.xattrs['security.capability'] && !xa.set.includes('security.capability')) xa.set.push('security.capability');

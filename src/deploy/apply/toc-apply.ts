@@ -1,4 +1,10 @@
-/** Plan and apply layers described by tables of contents: flatten, scan, plan, execute. */
+/**
+ * Plan and apply layers described by tables of contents: flatten, scan, plan, execute, in one
+ * call, with any content provider (the engine tests drive it with tar streams and openers).
+ * The product's delta path (src/deploy/delta/index.ts) runs the same four steps split in two:
+ * it plans against the booted snapshot before anything is downloaded, and again against the
+ * new snapshot when it applies.
+ */
 import { flattenLayers } from './layers.ts';
 import { planApply } from './plan.ts';
 import { ContentIndex, scanTree } from './scan.ts';

@@ -137,6 +137,8 @@ export interface ApplyReport {
   deleted: Counter;
   /** Reflinks that fell back to a plain copy (filesystem without reflinks). */
   copiedInsteadOfReflink: Counter;
+  /** Of `written`: new content reflinked from already verified files (the delta store) instead of copied. */
+  clonedFromStore: Counter;
   warnings: string[];
 }
 
@@ -154,6 +156,7 @@ export function emptyReport(): ApplyReport {
     linked: emptyCounter(),
     deleted: emptyCounter(),
     copiedInsteadOfReflink: emptyCounter(),
+    clonedFromStore: emptyCounter(),
     warnings: [],
   };
 }

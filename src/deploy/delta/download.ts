@@ -9,28 +9,40 @@
  * /var): nothing reaches a snapshot from here until the apply takes it.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { closeSync, constants, createReadStream, openSync, rmSync } from 'node:fs';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor } from '../../oci/types.ts';
-import { zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
+import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
+import { isTiuError } from '../../errors.ts';
 import type { ContentProvider, TreeEntry } from '../apply/index.ts';
+import { writeSparse, writeSparseSync } from '../apply/fsops.ts';
 import { DeltaError } from './errors.ts';
 import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
 
 export const DEFAULT_CONCURRENCY = 4;
+/** Files handed to the apply at once. */
+const TAKE_CONCURRENCY = 4;
 
-/** Verified file contents by sha256, in a directory. */
+/**
+ * Verified file contents by sha256, in a directory. Everything in it was verified by this
+ * process: `open` empties what an interrupted run left, so the apply can reflink the files
+ * into the snapshot without reading them again.
+ */
 export class ContentStore {
   readonly dir: string;
   #n = 0;
+  /** Digests stored (by this process: the directory starts empty). */
+  readonly #stored = new Set<string>();
+  readonly #writing = new Map<string, Promise<void>>();
   private constructor(dir: string) {
     this.dir = dir;
   }
 
   static async open(dir: string): Promise<ContentStore> {
+    await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { recursive: true, mode: 0o700 });
     return new ContentStore(dir);
   }
@@ -39,14 +51,43 @@ export class ContentStore {
     return join(this.dir, digest.replace(/^sha256:/, ''));
   }
 
-  async has(digest: string): Promise<boolean> {
-    return (await stat(this.path(digest)).catch(() => null))?.isFile() ?? false;
+  has(digest: string): boolean {
+    return this.#stored.has(digest);
   }
 
+  /** Store verified content (zero blocks become holes, as the apply would write them). */
   async put(digest: string, data: Buffer): Promise<void> {
-    const tmp = join(this.dir, `.tmp-${process.pid}-${++this.#n}`);
-    await writeFile(tmp, data, { mode: 0o600 });
+    if (this.#stored.has(digest)) return;
+    // the same content may come in two requests at once: one write, the other waits for it
+    const busy = this.#writing.get(digest);
+    if (busy) return busy;
+    const p = this.#write(digest, data).finally(() => this.#writing.delete(digest));
+    this.#writing.set(digest, p);
+    return p;
+  }
+
+  async #write(digest: string, data: Buffer): Promise<void> {
+    // Synchronous calls: the files are mostly small, and a thread-pool round trip for each of
+    // open, write and close cost more than the writes into the page cache.
+    const path = this.path(digest);
+    const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    let ok = false;
+    try {
+      writeSparseSync(fd, data);
+      ok = true;
+    } finally {
+      closeSync(fd);
+      if (!ok) rmSync(path, { force: true });
+    }
+    this.#stored.add(digest);
+    // let the downloads in flight make progress between files
+    await new Promise((r) => setImmediate(r));
+  }
+
+  /** Take a verified temporary file (tmpPath) in as `digest`. */
+  async adopt(tmp: string, digest: string): Promise<void> {
     await rename(tmp, this.path(digest));
+    this.#stored.add(digest);
   }
 
   tmpPath(): string {
@@ -88,34 +129,35 @@ function mismatch(e: TreeEntry, why: string, actual?: string): DeltaError {
 }
 
 /** Decompress a file's frame(s) and check size and sha256; the verified content. */
-async function decodeVerified(e: TreeEntry, frames: Buffer): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let got = 0;
+function decodeVerified(e: TreeEntry, frames: Buffer): Buffer {
+  let data: Buffer;
   try {
-    for await (const c of zstdDecompressFrames(Readable.from([frames]))) {
-      got += c.length;
-      if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
-      parts.push(c);
-    }
+    data = zstdDecompressBufferSync(frames, e.size);
   } catch (err) {
-    if (err instanceof DeltaError) throw err;
+    if (isTiuError(err, 'ZSTD_OUTPUT_TOO_LARGE')) throw mismatch(e, `more than ${e.size} bytes`);
     throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
   }
-  if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
-  const data = Buffer.concat(parts, got);
+  if (data.length !== e.size) throw mismatch(e, `${data.length} bytes instead of ${e.size}`);
   const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
   if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
   return data;
 }
 
-async function collect(s: Readable, onBytes: (n: number) => void): Promise<Buffer> {
-  const parts: Buffer[] = [];
+/** A response body of exactly `size` bytes (expected), read into one buffer; fewer if the body is short. */
+async function collect(s: Readable, size: number, onBytes: (n: number) => void): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(size);
+  let got = 0;
   for await (const c of s) {
     const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
     onBytes(b.length);
-    parts.push(b);
+    if (got + b.length > size) {
+      s.destroy();
+      return Buffer.concat([buf.subarray(0, got), b]); // too long: the caller reports it
+    }
+    b.copy(buf, got);
+    got += b.length;
   }
-  return Buffer.concat(parts);
+  return buf.subarray(0, got);
 }
 
 async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchRange, store: ContentStore, maxSpan: number, signal: AbortSignal, count: (n: number) => void): Promise<number> {
@@ -144,7 +186,7 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
           got += c.length;
           if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
           h.update(c);
-          await fh.write(c);
+          await writeSparse(fh, c, got - c.length);
         }
       } catch (err) {
         if (err instanceof DeltaError || signal.aborted) throw err;
@@ -153,21 +195,22 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
       if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
       const actual = `sha256:${h.digest('hex')}`;
       if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
+      await fh.truncate(got);
       ok = true;
     } finally {
       await fh.close();
       if (!ok) await rm(tmp, { force: true });
     }
-    await rename(tmp, store.path(e.digest));
+    await store.adopt(tmp, e.digest);
     return 1;
   }
-  const buf = await collect(raw, count);
+  const buf = await collect(raw, r.end - r.start, count);
   if (buf.length !== r.end - r.start) {
     throw new DeltaError('DELTA_SHORT_RANGE', `bytes ${r.start}-${r.end - 1} of layer ${desc.digest}: got ${buf.length} of ${r.end - r.start}`, { digest: desc.digest, start: r.start, end: r.end, got: buf.length });
   }
   for (const e of r.entries) {
-    if (await store.has(e.digest!)) continue;
-    const data = await decodeVerified(e, buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start));
+    if (store.has(e.digest!)) continue;
+    const data = decodeVerified(e, buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start));
     await store.put(e.digest!, data);
     stored++;
   }
@@ -220,7 +263,7 @@ export function storeProvider(source: Target, layers: readonly Descriptor[], sto
       for (const e of entries) {
         if (e.size === 0 || !e.digest || seen.has(e.digest)) continue;
         seen.add(e.digest);
-        if (!(await store.has(e.digest))) missing.push(e);
+        if (!store.has(e.digest)) missing.push(e);
       }
       if (missing.length) {
         const s = await downloadRanges(source, layers, coalesce(missing, opts.coalesce), store, opts);
@@ -229,13 +272,24 @@ export function storeProvider(source: Target, layers: readonly Descriptor[], sto
         extra.files += s.files;
       }
       for (const e of entries) {
-        if (e.size === 0) {
-          await take(e, Readable.from([]));
-          continue;
-        }
-        if (!e.digest || !(await store.has(e.digest))) throw new DeltaError('DELTA_CONTENT_MISSING', `no verified content for /${e.path} (${e.digest ?? 'no digest'})`, { path: e.path });
-        await take(e, store.open(e.digest));
+        if (e.size > 0 && (!e.digest || !store.has(e.digest))) throw new DeltaError('DELTA_CONTENT_MISSING', `no verified content for /${e.path} (${e.digest ?? 'no digest'})`, { path: e.path });
       }
+      // A few at a time: each is a reflink, whose cost is mostly waiting on the filesystem.
+      // The first failure stops the others, and all have finished before it is thrown.
+      let next = 0;
+      let failure: { e: unknown } | undefined;
+      const worker = async (): Promise<void> => {
+        while (failure === undefined && next < entries.length) {
+          const e = entries[next++]!;
+          try {
+            await take(e, e.size === 0 ? Readable.from([]) : { verifiedFile: store.path(e.digest!) });
+          } catch (err) {
+            failure ??= { e: err };
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(TAKE_CONCURRENCY, entries.length) }, () => worker()));
+      if (failure) throw failure.e;
     },
   };
 }

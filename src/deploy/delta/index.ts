@@ -19,11 +19,11 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
-import { ContentIndex, executePlan, flattenLayers, planApply, scanTree, type ApplyReport, type Plan, type PlanSummary, type TreeEntry } from '../apply/index.ts';
+import { ContentIndex, executePlan, flattenLayers, planApply, scanTree, type ApplyReport, type OldTree, type Plan, type PlanSummary, type TreeEntry } from '../apply/index.ts';
 import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } from './download.ts';
 import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
-import { fetchLayerTocs } from './tocs.ts';
+import { fetchLayerTocs, type LayerTocs } from './tocs.ts';
 
 export { ContentStore, downloadRanges, storeProvider, DEFAULT_CONCURRENCY, type DownloadStats, type DownloadOptions } from './download.ts';
 export { DeltaError } from './errors.ts';
@@ -105,9 +105,9 @@ export function changedFiles(s: PlanSummary): number {
 }
 
 /** Plan the new tree of `layers` against `root`. */
-async function planAgainst(layers: readonly (readonly TreeEntry[])[], root: string, preserve: readonly string[], indexFile?: string): Promise<{ plan: Plan; index: ContentIndex }> {
+async function planAgainst(layers: readonly (readonly TreeEntry[])[], root: string, preserve: readonly string[], indexFile?: string, scanned?: OldTree): Promise<{ plan: Plan; index: ContentIndex }> {
   const tree = flattenLayers(layers);
-  const old = await scanTree(root, { preserve });
+  const old = scanned ?? (await scanTree(root, { preserve }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve });
   return { plan, index };
@@ -117,9 +117,21 @@ async function planAgainst(layers: readonly (readonly TreeEntry[])[], root: stri
 export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransfer> {
   const mode = o.mode ?? 'auto';
   if (mode === 'whole-layer') return whole(o.manifest, 'whole-layer download requested', mode);
-  const tocs = await fetchLayerTocs(o.source, o.manifest, o.signal);
-  if (!tocs.ok) return whole(o.manifest, tocs.reason, mode);
-  const { plan, index } = await planAgainst(tocs.layers, o.oldRoot, o.preserve, o.indexFile);
+  // The old root (local disk) is scanned while the TOCs download.
+  const scanning = scanTree(o.oldRoot, { preserve: o.preserve });
+  scanning.catch(() => undefined); // handled below; not an unhandled rejection meanwhile
+  let tocs: LayerTocs;
+  try {
+    tocs = await fetchLayerTocs(o.source, o.manifest, o.signal);
+  } catch (e) {
+    await scanning.catch(() => undefined);
+    throw e;
+  }
+  if (!tocs.ok) {
+    await scanning.catch(() => undefined);
+    return whole(o.manifest, tocs.reason, mode);
+  }
+  const { plan, index } = await planAgainst(tocs.layers, o.oldRoot, o.preserve, o.indexFile, await scanning);
   if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
   const lacking = frameless(plan.fetch);
   if (lacking.length) return whole(o.manifest, `/${lacking[0]!.path} has no content frame of its own in the table of contents`, mode);

@@ -10,7 +10,7 @@ import type { Target } from '../../content/interfaces.ts';
 import { MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { readTocFromFooter, ZstdChunkedAnnotation, type Toc } from '../../bundle/toc.ts';
-import { normalizeEntryPath, tocToEntries, type TreeEntry } from '../apply/index.ts';
+import { tocToEntries, type TreeEntry } from '../apply/index.ts';
 
 export type LayerTocs =
   | { ok: true; layers: TreeEntry[][]; tocBytes: number; requests: number }
@@ -34,20 +34,15 @@ export function layerUnusable(d: Descriptor, i: number): string | undefined {
 
 /**
  * containers/storage splits large files into chunks: a `reg` entry whose frame holds the first
- * chunk, then `chunk` entries. The file's frames are then [reg.offset, last chunk.endOffset).
- * Returns the widened ends by entry index, or a reason when a chunk has no frame of its own.
+ * chunk, then `chunk` entries. tocToEntries (apply/toc.ts, the one TOC reader) widens the file's
+ * range over them; here only the case it would refuse is turned into a reason for the
+ * whole-layer path: a chunk with no frame of its own, which can't be fetched by range.
  */
-function chunkEnds(toc: Toc): { ends: Map<string, number> } | { reason: string } {
-  const ends = new Map<string, number>();
-  let last: string | undefined;
+function chunkWithoutFrame(toc: Toc): string | undefined {
   for (const e of toc.entries) {
-    if (e.type === 'reg') last = e.name;
-    if (e.type !== 'chunk') continue;
-    if (last === undefined || e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset) return { reason: `chunk of ${e.name} has no frame of its own` };
-    const path = normalizeEntryPath(last);
-    ends.set(path, Math.max(ends.get(path) ?? 0, e.endOffset));
+    if (e.type === 'chunk' && (e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset)) return `chunk of ${e.name} has no frame of its own`;
   }
-  return { ends };
+  return undefined;
 }
 
 /** Fetch and verify every layer's TOC; `{ok:false}` with the reason when the delta path is impossible. */
@@ -85,14 +80,9 @@ export async function fetchLayerTocs(source: Target, manifest: ImageManifest, si
       // TOC_CHECKSUM_MISMATCH (tampering with signed content), TOC_INVALID, TOC_TOO_LARGE: refused.
       throw e;
     }
-    const widened = chunkEnds(toc);
-    if ('reason' in widened) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${widened.reason}` };
-    const entries = tocToEntries(toc, i);
-    for (const e of entries) {
-      const end = widened.ends.get(e.path);
-      if (end !== undefined && e.source) e.source.endOffset = end;
-    }
-    layers[i] = entries;
+    const chunkless = chunkWithoutFrame(toc);
+    if (chunkless) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${chunkless}` };
+    layers[i] = tocToEntries(toc, i);
   }
   return { ok: true, layers, tocBytes, requests };
 }

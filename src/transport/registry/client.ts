@@ -6,7 +6,7 @@
 import { Readable, Transform } from 'node:stream';
 import { TiuError } from '../../errors.ts';
 import { NotFoundError, RangeUnsupportedError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
-import { sha256, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
+import { sha256, verifiedStream, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
 import { isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageIndex } from '../../oci/types.ts';
 import { pullScope, pushScope } from './auth.ts';
@@ -21,7 +21,10 @@ export const MANIFEST_ACCEPT = [MediaType.OciManifest, MediaType.OciIndex, Media
 export const SINGLE_POST_MAX = 64 * 1024;
 
 export interface ClientTuning {
-  /** Blobs larger than this are uploaded in PATCH chunks of this size. Default 16 MiB. */
+  /**
+   * Blobs larger than this are uploaded in PATCH chunks of this size (each held in memory so it
+   * can be sent again). Default: none, every blob is streamed in one PATCH.
+   */
   chunkSize?: number;
   /** Resumptions of one blob download after cut connections. Default 5. */
   maxResumes?: number;
@@ -66,7 +69,7 @@ export class RepositoryClient {
   readonly repository: string;
   readonly insecure: boolean;
   readonly #s: RegistrySession;
-  readonly #tuning: Required<ClientTuning>;
+  readonly #tuning: Required<Omit<ClientTuning, 'chunkSize'>> & Pick<ClientTuning, 'chunkSize'>;
   /** Bytes received in blob GET bodies (tests count the resume overhead). */
   blobBytesReceived = 0;
 
@@ -75,7 +78,7 @@ export class RepositoryClient {
     this.registry = registry;
     this.repository = repository;
     this.insecure = insecure;
-    this.#tuning = { chunkSize: tuning.chunkSize ?? 16 * 1024 * 1024, maxResumes: tuning.maxResumes ?? 5, tagPageSize: tuning.tagPageSize ?? 1000 };
+    this.#tuning = { chunkSize: tuning.chunkSize, maxResumes: tuning.maxResumes ?? 5, tagPageSize: tuning.tagPageSize ?? 1000 };
   }
 
   get name(): string {
@@ -410,11 +413,19 @@ export class RepositoryClient {
 
   /**
    * Upload a blob. Small blobs: POST ?digest= with the body (201 done; 202 means the registry
-   * opened a session instead, then PUT). Others: POST, then one streaming PUT, or PATCH chunks
-   * for blobs above chunkSize, always following the latest Location. Content is verified as it
-   * goes: a mismatch aborts the upload before the registry commits it.
+   * opened a session instead, then PUT). Others: POST, then the whole blob streamed in one
+   * PATCH, then PUT ?digest= with no body, which is what commits it: it is sent only once the
+   * content has been read to its end and verified, so the registry never commits content that
+   * failed verification (and checks the digest itself). A tuning `chunkSize` uploads blobs above
+   * it in PATCH chunks of that size instead (registries or proxies that cap request bodies),
+   * each recoverable on its own. A streamed upload cut by a connection failure or a 5xx is
+   * started again from a fresh stream of the content when the caller can give one (`reopen`).
    */
-  async pushBlob(desc: Descriptor, content: Readable, opts: { signal?: AbortSignal; onBytes?: (n: number) => void; session?: URL } = {}): Promise<void> {
+  async pushBlob(
+    desc: Descriptor,
+    content: Readable,
+    opts: { signal?: AbortSignal; onBytes?: (n: number) => void; session?: URL; reopen?: () => Promise<Readable> } = {},
+  ): Promise<void> {
     const what = `upload of blob ${desc.digest} to ${this.repository}`;
     const scopes = [pushScope(this.repository)];
     const signal = opts.signal;
@@ -449,55 +460,33 @@ export class RepositoryClient {
         opts.onBytes?.(buf.length);
         return;
       }
-      if (!upload) {
-        const res = await this.#send({ method: 'POST', path: this.#path('blobs/uploads/'), scopes, headers: { 'content-length': '0' }, signal, what });
-        if (res.status !== 202) await this.#fail(res, what);
-        res.body.resume();
-        upload = this.#uploadUrl(res, what);
+      const chunkSize = this.#tuning.chunkSize;
+      for (let attempt = 0; ; attempt++) {
+        if (!upload) upload = await this.#startUpload(scopes, what, signal);
+        const verified = verifiedStream(content, desc, `blob ${desc.digest}`);
+        try {
+          if (chunkSize !== undefined && desc.size > chunkSize) {
+            upload = await this.#patchChunks(desc, verified, upload, scopes, what, chunkSize, opts);
+          } else {
+            upload = await this.#patchStream(desc, verified, upload, scopes, what, opts);
+          }
+        } catch (e) {
+          if (!opts.reopen || attempt >= STREAM_RETRIES || signal?.aborted || !isRetryableUpload(e)) throw e;
+          verified.destroy();
+          content.destroy();
+          await this.cancelUpload(upload);
+          upload = undefined;
+          await delay(backoffMs(attempt + 1, 200, 2000), undefined, signal ? { signal } : {});
+          content = await opts.reopen();
+          continue;
+        }
+        break;
       }
-      const verified = new VerifyingStream(desc, `blob ${desc.digest}`);
-      content.on('error', (e) => verified.destroy(e));
-      content.pipe(verified);
-      if (desc.size > this.#tuning.chunkSize) {
-        upload = await this.#patchChunks(desc, verified, upload, scopes, what, opts);
-        const put = new URL(upload);
-        put.searchParams.set('digest', desc.digest);
-        const r = await this.#send({ method: 'PUT', path: put, scopes, headers: { 'content-length': '0' }, signal, what });
-        if (r.status !== 201) await this.#fail(r, what);
-        r.body.resume();
-      } else {
-        const put = new URL(upload);
-        put.searchParams.set('digest', desc.digest);
-        // The last chunk is held back until the source has ended and verified: the registry
-        // must not see a complete body (and commit it) for content that then turns out to have
-        // trailing bytes.
-        let held: Buffer | undefined;
-        const counted = new Transform({
-          transform(chunk: Buffer, _e, cb) {
-            const prev = held;
-            held = chunk;
-            if (prev) opts.onBytes?.(prev.length);
-            cb(null, prev);
-          },
-          flush(cb) {
-            if (held) opts.onBytes?.(held.length);
-            cb(null, held);
-          },
-        });
-        verified.on('error', (e) => counted.destroy(e));
-        verified.pipe(counted);
-        const r = await this.#send({
-          method: 'PUT',
-          path: put,
-          scopes,
-          headers: { 'content-type': 'application/octet-stream', 'content-length': String(desc.size) },
-          body: counted,
-          signal,
-          what,
-        });
-        if (r.status !== 201) await this.#fail(r, what);
-        r.body.resume();
-      }
+      const put = new URL(upload);
+      put.searchParams.set('digest', desc.digest);
+      const r = await this.#send({ method: 'PUT', path: put, scopes, headers: { 'content-length': '0' }, signal, what });
+      if (r.status !== 201) await this.#fail(r, what);
+      r.body.resume();
       upload = undefined;
     } catch (e) {
       content.resume();
@@ -506,8 +495,58 @@ export class RepositoryClient {
     }
   }
 
-  async #patchChunks(desc: Descriptor, stream: Readable, upload: URL, scopes: string[], what: string, opts: { signal?: AbortSignal; onBytes?: (n: number) => void }): Promise<URL> {
-    const size = this.#tuning.chunkSize;
+  async #startUpload(scopes: string[], what: string, signal: AbortSignal | undefined): Promise<URL> {
+    const res = await this.#send({ method: 'POST', path: this.#path('blobs/uploads/'), scopes, headers: { 'content-length': '0' }, signal, what });
+    if (res.status !== 202) await this.#fail(res, what);
+    res.body.resume();
+    return this.#uploadUrl(res, what);
+  }
+
+  /**
+   * The whole (verified) content in one streamed PATCH. Returns the next upload URL once the
+   * registry holds every byte and the stream has ended without a verification error.
+   */
+  async #patchStream(desc: Descriptor, verified: VerifyingStream, upload: URL, scopes: string[], what: string, opts: { signal?: AbortSignal; onBytes?: (n: number) => void }): Promise<URL> {
+    let failed: Error | undefined;
+    verified.on('error', (e) => {
+      failed ??= e;
+    });
+    const ended = new Promise<void>((resolve) => {
+      verified.once('end', resolve);
+      verified.once('close', resolve);
+    });
+    let body: Readable = verified;
+    if (opts.onBytes) {
+      const on = opts.onBytes;
+      body = verified.pipe(
+        new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            on(chunk.length);
+            cb(null, chunk);
+          },
+        }),
+      );
+      verified.on('error', (e) => body.destroy(e));
+    }
+    const headers: Record<string, string> = { 'content-type': 'application/octet-stream', 'content-length': String(desc.size) };
+    if (desc.size > 0) headers['content-range'] = `0-${desc.size - 1}`;
+    const res = await this.#send({ method: 'PATCH', path: upload, scopes, headers, body, signal: opts.signal, noRetry: true, what });
+    if (res.status !== 202 && res.status !== 204) {
+      verified.destroy();
+      await this.#fail(res, what);
+    }
+    res.body.resume();
+    await ended;
+    if (failed) throw failed;
+    if (!verified.readableEnded) throw new IncompleteUploadError(this.registry, what, res.status, 'the registry answered before the whole blob was sent');
+    const held = heldBytes(headerOne(res.headers.range));
+    if (held !== undefined && held !== desc.size) {
+      throw new IncompleteUploadError(this.registry, what, res.status, `registry holds ${held} of ${desc.size} bytes after the upload`);
+    }
+    return this.#uploadUrl(res, what);
+  }
+
+  async #patchChunks(desc: Descriptor, stream: Readable, upload: URL, scopes: string[], what: string, size: number, opts: { signal?: AbortSignal; onBytes?: (n: number) => void }): Promise<URL> {
     let offset = 0;
     let pending: Buffer[] = [];
     let pendingLen = 0;
@@ -594,6 +633,22 @@ export class RepositoryClient {
     if (pendingLen > 0) await flush();
     return upload;
   }
+}
+
+/** Times a streamed upload is started again from a fresh stream (PushOptions.reopen). */
+const STREAM_RETRIES = 2;
+
+/** A streamed upload the registry did not take whole (it kept fewer bytes than were sent). */
+class IncompleteUploadError extends UnexpectedStatusError {}
+
+/** Failures after which a streamed upload may be tried again: the connection, a timeout, a 5xx or 429, a short upload. */
+function isRetryableUpload(e: unknown): boolean {
+  if (e instanceof UnreachableError || e instanceof IncompleteUploadError) return true;
+  if (e instanceof UnexpectedStatusError) {
+    const status = (e.details as { status?: unknown }).status;
+    return typeof status === 'number' && (status >= 500 || status === 429);
+  }
+  return false;
 }
 
 /** Bytes an upload holds from its Range header (`0-<last>`); `0-0` counts as none. */

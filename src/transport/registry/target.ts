@@ -260,7 +260,9 @@ export class RegistryTarget implements Target {
       }
       return;
     }
-    await this.#uploads.run(() => p.pushBlob(desc, content, { ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onBytes ? { onBytes: opts.onBytes } : {}) }));
+    await this.#uploads.run(() =>
+      p.pushBlob(desc, content, { ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onBytes ? { onBytes: opts.onBytes } : {}), ...(opts.reopen ? { reopen: opts.reopen } : {}) }),
+    );
     rememberBlob(p.registry, desc.digest, p.repository);
   }
 

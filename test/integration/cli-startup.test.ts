@@ -1,0 +1,162 @@
+/**
+ * Start-up of the CLI: the command table names match the commands, a command imports only
+ * its own modules (copy and build do not load execa), and Node's compile cache (bin/tiu +
+ * bin/compile-cache.mjs) is used when its directory is writable, and never gets in the way when
+ * it is missing, impossible to make or read-only.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, rm, writeFile, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run } from '../../src/host/exec.ts';
+import { commands } from '../../src/cli/commands/index.ts';
+import { requireRoot } from '../helpers/env.ts';
+
+const TIU = fileURLToPath(new URL('../../bin/tiu', import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const NODE = join(ROOT, 'node_modules/.bin/node');
+
+/** bin/tiu with only the given cache settings (none inherited from the test's environment). */
+function tiu(args: string[], env: Record<string, string | undefined>) {
+  return run(TIU, args, { env: { NODE_COMPILE_CACHE: undefined, NODE_DEBUG_NATIVE: 'COMPILE_CACHE', ...env }, allowFailure: true });
+}
+
+async function files(dir: string): Promise<number> {
+  let n = 0;
+  for (const d of await readdir(dir, { withFileTypes: true, recursive: true })) if (d.isFile()) n++;
+  return n;
+}
+
+describe('CLI start-up', function () {
+  this.timeout(60_000);
+  let tmp: string;
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'tiu-startup-'));
+  });
+  after(async () => {
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('names every command in the table as the command names itself', async () => {
+    for (const e of commands) assert.equal((await e.load()).name, e.name);
+    assert.equal(new Set(commands.map((c) => c.name)).size, commands.length);
+  });
+
+  it('copy and build import neither execa nor the other commands', async () => {
+    const hook = join(tmp, 'list-modules.mjs');
+    await writeFile(
+      hook,
+      `import { registerHooks } from 'node:module';
+const seen = [];
+registerHooks({ load(url, ctx, next) { seen.push(url); return next(url, ctx); } });
+const { main } = await import(${JSON.stringify(join(ROOT, 'src/cli/main.ts'))});
+await main([process.argv[2], '--help']);
+process.stderr.write(JSON.stringify(seen));\n`,
+    );
+    for (const name of ['copy', 'build']) {
+      const r = await run(NODE, ['--disable-warning=ExperimentalWarning', hook, name], { env: { NODE_COMPILE_CACHE: undefined } });
+      assert.match(r.stdout, new RegExp(`usage: tiu ${name}`));
+      const seen = JSON.parse(r.stderr) as string[];
+      assert.ok(seen.some((u) => u.endsWith(`/src/cli/commands/${name}.ts`)), `${name}.ts was loaded`);
+      assert.deepEqual(seen.filter((u) => u.includes('/node_modules/execa/')), [], `${name} loads execa`);
+      assert.deepEqual(seen.filter((u) => /\/src\/cli\/commands\/(?!index\.ts)/.test(u) && !u.endsWith(`/${name}.ts`)), [], `${name} loads other commands`);
+    }
+  });
+
+  it('tiu build runs with a fixed malloc mmap threshold that programs it starts do not inherit; copy without', async () => {
+    const probe = join(tmp, 'env-probe.mjs');
+    await writeFile(
+      probe,
+      `import { readFileSync } from 'node:fs';
+process.on('exit', () => {
+  const initial = readFileSync('/proc/self/environ', 'utf8').split('\\0').find((l) => l.startsWith('MALLOC_MMAP_THRESHOLD_='));
+  process.stderr.write('PROBE ' + JSON.stringify({ initial: initial ?? null, now: process.env.MALLOC_MMAP_THRESHOLD_ ?? null, marker: process.env.TIU_DROP_MALLOC_ENV ?? null }) + '\\n');
+});\n`,
+    );
+    const probeOf = (stderr: string) => JSON.parse(/PROBE (.*)/.exec(stderr)![1]!) as { initial: string | null; now: string | null; marker: string | null };
+    const env = { NODE_OPTIONS: `--import ${probe}`, MALLOC_MMAP_THRESHOLD_: undefined, TIU_DROP_MALLOC_ENV: undefined };
+    const b = await tiu(['build', '--help'], env);
+    assert.equal(b.exitCode, 0, b.stderr);
+    assert.deepEqual(probeOf(b.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, marker: null });
+    const c = await tiu(['copy', '--help'], env);
+    assert.deepEqual(probeOf(c.stderr), { initial: null, now: null, marker: null });
+    // A caller's own setting is left alone, and passed on.
+    const own = await tiu(['build', '--help'], { ...env, MALLOC_MMAP_THRESHOLD_: '65536' });
+    assert.deepEqual(probeOf(own.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: '65536', marker: null });
+  });
+
+  it('picks the cache directory: TIU_COMPILE_CACHE, off, /var/cache for root, then XDG or ~/.cache', async () => {
+    // Importing the preload enables a cache in this process unless told not to.
+    const saved = process.env.TIU_COMPILE_CACHE;
+    process.env.TIU_COMPILE_CACHE = 'off';
+    const { cacheCandidates } = await import('../../bin/compile-cache.mjs');
+    if (saved === undefined) delete process.env.TIU_COMPILE_CACHE;
+    else process.env.TIU_COMPILE_CACHE = saved;
+    assert.deepEqual(cacheCandidates({ TIU_COMPILE_CACHE: '/x/c' }, 0), ['/x/c']);
+    assert.deepEqual(cacheCandidates({ TIU_COMPILE_CACHE: 'off', HOME: '/home/u' }, 0), []);
+    assert.deepEqual(cacheCandidates({ HOME: '/root' }, 0), ['/var/cache/tiu/node-compile', '/root/.cache/tiu/node-compile']);
+    assert.deepEqual(cacheCandidates({ HOME: '/home/u', XDG_CACHE_HOME: '/home/u/xc' }, 1000), ['/home/u/xc/tiu/node-compile']);
+    assert.deepEqual(cacheCandidates({ XDG_CACHE_HOME: 'relative' }, 1000), []);
+    assert.deepEqual(cacheCandidates({}, 1000), []);
+  });
+
+  it('fills a missing cache directory and reads it back on the next run', async () => {
+    const dir = join(tmp, 'cache');
+    const first = await tiu(['--version'], { TIU_COMPILE_CACHE: dir });
+    assert.equal(first.exitCode, 0, first.stderr);
+    assert.match(first.stdout, /^tiu \d/);
+    assert.ok((await files(dir)) >= 3, 'cache entries were written');
+    const second = await tiu(['--version'], { TIU_COMPILE_CACHE: dir });
+    assert.equal(second.exitCode, 0);
+    assert.match(second.stderr, /retrieving transpile cache for StrippedTypeScript \S+\/src\/cli\/main\.ts/);
+  });
+
+  it('runs without a cache when the directory cannot be made, or is turned off', async () => {
+    const file = join(tmp, 'a-file');
+    await writeFile(file, 'not a directory');
+    for (const env of [{ TIU_COMPILE_CACHE: join(file, 'cache') }, { TIU_COMPILE_CACHE: join(tmp, 'no', 'such', 'parents', 'cache') }, { TIU_COMPILE_CACHE: 'off' }]) {
+      const r = await tiu(['--version'], env);
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.match(r.stdout, /^tiu \d/);
+      assert.doesNotMatch(r.stderr, /saving transpilation cache/, JSON.stringify(env));
+    }
+    await assert.rejects(stat(join(tmp, 'no')), { code: 'ENOENT' });
+  });
+
+  describe('read-only cache directory', () => {
+    let ro: string | undefined;
+    before(function () {
+      requireRoot(this, 'needs root for a read-only bind mount');
+    });
+    after(async () => {
+      if (ro) await run('umount', [ro], { allowFailure: true });
+    });
+
+    it('reads a read-only cache and still runs when it is empty', async () => {
+      const warm = join(tmp, 'ro-warm');
+      assert.equal((await tiu(['--version'], { TIU_COMPILE_CACHE: warm })).exitCode, 0);
+      const before = await files(warm);
+      await run('mount', ['--bind', warm, warm]);
+      ro = warm;
+      await run('mount', ['-o', 'remount,bind,ro', warm]);
+      const r = await tiu(['copy', '--help'], { TIU_COMPILE_CACHE: warm });
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.match(r.stdout, /usage: tiu copy/);
+      assert.match(r.stderr, /retrieving transpile cache for StrippedTypeScript \S+\/src\/cli\/main\.ts/);
+      assert.equal(await files(warm), before, 'nothing was written');
+      await run('umount', [warm]);
+      ro = undefined;
+
+      const empty = join(tmp, 'ro-empty');
+      await run('mkdir', [empty]);
+      await run('mount', ['--bind', empty, empty]);
+      ro = empty;
+      await run('mount', ['-o', 'remount,bind,ro', empty]);
+      const e = await tiu(['copy', '--help'], { TIU_COMPILE_CACHE: empty });
+      assert.equal(e.exitCode, 0, e.stderr);
+      assert.match(e.stdout, /usage: tiu copy/);
+      assert.equal(await files(empty), 0);
+    });
+  });
+});
