@@ -287,9 +287,14 @@ async function machine(): Promise<Record<string, string>> {
   const cpu = cpus()[0]?.model ?? 'unknown';
   const kernel = (await sh('uname', ['-r'])).stdout.trim();
   let commit = 'unknown';
+  let code = 'unknown';
   try {
     commit = (await sh('git', ['-C', repo, 'rev-parse', '--short', 'HEAD'])).stdout.trim();
     if ((await sh('git', ['-C', repo, 'status', '--porcelain', '--untracked-files=no'])).stdout.trim()) commit += '+dirty';
+    // What tiu runs (src, bin, the lock file), apart from commits that only touch results or docs.
+    const trees = (await sh('git', ['-C', repo, 'rev-parse', 'HEAD:src', 'HEAD:bin', 'HEAD:package-lock.json'])).stdout.trim().split('\n').map((h) => h.slice(0, 8)).join('-');
+    const dirty = (await sh('git', ['-C', repo, 'status', '--porcelain', '--untracked-files=no', '--', 'src', 'bin', 'package-lock.json'])).stdout.trim() !== '';
+    code = trees + (dirty ? '+dirty' : '');
   } catch { /* not a checkout */ }
   return {
     date: new Date().toISOString(),
@@ -300,6 +305,7 @@ async function machine(): Promise<Record<string, string>> {
     'load average (1/5/15 min) at start': fmtLoad(loadAtStart),
     'load average (1/5/15 min) at end': fmtLoad(loadavg()),
     tiu: commit,
+    'tiu code (src, bin, lock file)': code,
     node: process.version,
     skopeo: await versionOf('skopeo', ['--version'], /version (\S+)/),
     umoci: await versionOf('umoci', ['--version'], /version (\S+)/),
@@ -368,7 +374,7 @@ export async function writeReadme(figures: readonly Figure[], mach: Record<strin
   await writeFile(path, text.slice(0, start) + block + text.slice(end));
 }
 
-interface EarlierRun { date: string; commit: string; comparisons: Comparison[] }
+interface EarlierRun { date: string; commit: string; code: string; comparisons: Comparison[] }
 
 /** The results.json in the checkout before this run overwrites it, when it measured the same trees. */
 async function earlierRun(treeKey: string): Promise<EarlierRun | string> {
@@ -379,18 +385,18 @@ async function earlierRun(treeKey: string): Promise<EarlierRun | string> {
     return 'there is no earlier bench/results.json to compare with';
   }
   if (json.trees?.key !== treeKey) return `the earlier bench/results.json measured other trees (key ${json.trees?.key ?? 'none'})`;
-  return { date: json.machine?.date ?? '?', commit: json.machine?.tiu ?? '?', comparisons: compare(json.figures ?? []) };
+  return { date: json.machine?.date ?? '?', commit: json.machine?.tiu ?? '?', code: json.machine?.['tiu code (src, bin, lock file)'] ?? '?', comparisons: compare(json.figures ?? []) };
 }
 
-function recheckSection(now: readonly Comparison[], earlier: EarlierRun | string, commit: string): string[] {
+function recheckSection(now: readonly Comparison[], earlier: EarlierRun | string, commit: string, code: string): string[] {
   const head = ['## Against the previous run', ''];
   if (typeof earlier === 'string') return [...head, `Not compared: ${earlier}.`, ''];
   const checks = recheck(now, earlier.comparisons);
   const outside = checks.filter((c) => !c.within);
-  const same = earlier.commit === commit;
+  const same = earlier.code === code && !code.includes('dirty') && code !== 'unknown';
   return [
     ...head,
-    `The previous results (${earlier.date}, tiu ${earlier.commit}${same ? ', the same code' : `; this run is tiu ${commit}, so tiu's own figures may have moved on purpose`}): ${checks.length - outside.length} of ${checks.length} ratios of this run lie within the range the previous run reported (widened by 2% for byte counts and disk).`,
+    `The previous results (${earlier.date}, tiu ${earlier.commit}${same ? `; this run is tiu ${commit}, the same code` : `; this run is tiu ${commit}, other code, so tiu's own figures may have moved on purpose`}): ${checks.length - outside.length} of ${checks.length} ratios of this run lie within the range the previous run reported (widened by 2% relative).`,
     '',
     ...(outside.length
       ? ['| Scenario | Metric | tiu | Peer | previous ratio (range) | this run |', '|---|---|---|---|---|---|',
@@ -427,7 +433,7 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     '',
     table(ctx.figures),
     '',
-    ...recheckSection(compare(ctx.figures), earlier, mach.tiu ?? '?'),
+    ...recheckSection(compare(ctx.figures), earlier, mach.tiu ?? '?', mach['tiu code (src, bin, lock file)'] ?? '?'),
     '',
     ...(loadAtStart[0]! > cpus().length
       ? [`Note: the machine was shared with other work during this run (load average ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores), so times are inflated and noisy; sizes and byte counts are not affected.`, '']
