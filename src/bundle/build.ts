@@ -7,11 +7,12 @@
 import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { once } from 'node:events';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline, Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import type { Target } from '../content/interfaces.ts';
+import { Semaphore } from '../content/semaphore.ts';
 import { VerifyingStream, sha256, verifyBuffer } from '../oci/digest.ts';
 import { isIndexType, isManifestType, MediaType } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type ImageConfig, type ImageIndex, type ImageManifest } from '../oci/types.ts';
@@ -224,12 +225,14 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
     entries = [];
     const osRelease = await readTreeOsRelease(tree);
     const plan = planLayers(tree, nLayers);
-    const layers: LayerResult[] = [];
-    for (const [i, layerEntries] of plan.entries()) {
+    // Layers are independent: while one layer's files are read and hashed on this thread,
+    // another's compression runs in the thread pool. One layer per core at a time.
+    const cores = new Semaphore(Math.min(availableParallelism(), 4));
+    const layers: LayerResult[] = await Promise.all(plan.map((layerEntries, i) => cores.run(async () => {
       const r = await writeLayer(layerEntries, join(tmp, `layer-${i}`), { compression, level: opts.level, signal: opts.signal });
-      layers.push(r);
       progress(`layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`);
-    }
+      return r;
+    })));
 
     // 4. Config and manifest.
     const labels: Record<string, string> = {};

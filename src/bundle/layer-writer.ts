@@ -90,19 +90,22 @@ async function* contentPieces(e: TreeEntry): AsyncGenerator<Buffer> {
   if (got !== e.size) throw changed(e, `expected ${e.size} bytes, read ${got}`);
 }
 
-let scratch = Buffer.alloc(0);
+/** A reusable read buffer; one per layer being written, since layers are written concurrently. */
+interface Scratch { buf: Buffer }
 
-/** The content of a small file. The result is only valid until the next call. */
-function readWhole(e: TreeEntry): Buffer {
+/**
+ * The content of a small file, read into `scratch`: only valid until the next call with the
+ * same scratch, so the caller must be done with it (the compressor flushed) before then.
+ */
+function readWhole(e: TreeEntry, scratch: Scratch): Buffer {
   if (e.content && 'data' in e.content) {
     if (e.content.data.length !== e.size) throw changed(e, 'size');
     return e.content.data;
   }
   const c = contentFile(e);
   if (!c) throw changed(e, 'no content');
-  // One scratch buffer for all small files: zstdCompressSync copies what it needs.
-  if (scratch.length < e.size) scratch = Buffer.allocUnsafe(WHOLE_FILE_LIMIT);
-  const buf = scratch.subarray(0, e.size);
+  if (scratch.buf.length < e.size) scratch.buf = Buffer.allocUnsafe(WHOLE_FILE_LIMIT);
+  const buf = scratch.buf.subarray(0, e.size);
   let fd: number;
   try {
     fd = openSync(c.file, 'r');
@@ -235,6 +238,8 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
   const split = new TarSplitWriter((line) => zs.push(line));
   const tar = createHash('sha256');
   const toc: Toc = { version: 1, entries: [] };
+  // Reused for every small file: endFrame() below waits until the compressor has consumed it.
+  const scratch: Scratch = { buf: Buffer.alloc(0) };
   let pendingLen = 0;
   let contentBytes = 0;
   const meta = async (b: Buffer) => {
@@ -255,7 +260,7 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
         const fileHash = createHash('sha256');
         const crc = new Crc64();
         if (e.size <= WHOLE_FILE_LIMIT) {
-          const data = readWhole(e);
+          const data = readWhole(e, scratch);
           fileHash.update(data);
           crc.update(data);
           tar.update(data);
