@@ -436,7 +436,7 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     ...recheckSection(compare(ctx.figures), earlier, mach.tiu ?? '?', mach['tiu code (src, bin, lock file)'] ?? '?'),
     '',
     ...(loadAtStart[0]! > cpus().length
-      ? [`Note: the machine was shared with other work during this run (load average ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores), so times are inflated and noisy; sizes and byte counts are not affected.`, '']
+      ? [`Note: the load average was ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores (other work on this machine, running or just finished), so times may be inflated and noisy; sizes and byte counts are not affected.`, '']
       : []),
     '## Trees',
     '',
