@@ -5,8 +5,9 @@
  * the README's excerpt; the report compares its ratios with those of the results.json it
  * replaces (what a reviewer re-running the bench checks).
  *
- * Environment: TIU_BENCH_RUNS (samples per figure, default 5: with 3, a re-run of the same code left 4 of 47 ratios outside the ranges the first run reported), TIU_BENCH_CACHE (tree cache,
- * default /var/cache/tiu-bench), TIU_BENCH_WORK (scratch, default /var/tmp),
+ * Environment: TIU_BENCH_RUNS (samples per figure, default 5: with 3, a re-run of the same
+ * code left 4 of 47 ratios outside the ranges the first run reported), TIU_BENCH_CACHE (tree
+ * cache, default /var/cache/tiu-bench), TIU_BENCH_WORK (scratch, default /var/tmp),
  * TIU_BENCH_ONLY (comma list of sections: build,registry,update; update-tiu or update-peers for
  * one side of the updates; build always runs, the others need its images), TIU_BENCH_VERBOSE=1.
  * With TIU_BENCH_RUNS or TIU_BENCH_ONLY set the run is partial and writes
