@@ -318,14 +318,19 @@ async function machine(): Promise<Record<string, string>> {
   };
 }
 
+const TABLE_HEAD = ['| Scenario | Metric | tiu | Figure | Peer | Peer figure | tiu ÷ peer | range |', '|---|---|---|---|---|---|---|---|'];
+
+function comparisonRow(c: Comparison): string {
+  return `| ${c.scenario} | ${c.metric} | ${c.subject} | ${formatSummary(c.subjectSummary, c.unit)} | ${c.peer} | ${formatSummary(c.peerSummary, c.unit)} | ${formatRatio(c.ratio)} | ${formatRange(c.low, c.high)} |`;
+}
+
 function table(figures: readonly Figure[]): string {
-  const rows: string[] = ['| Scenario | Metric | tiu | Figure | Peer | Peer figure | tiu ÷ peer | range |', '|---|---|---|---|---|---|---|---|'];
-  for (const c of compare(figures)) {
-    rows.push(`| ${c.scenario} | ${c.metric} | ${c.subject} | ${formatSummary(c.subjectSummary, c.unit)} | ${c.peer} | ${formatSummary(c.peerSummary, c.unit)} | ${formatRatio(c.ratio)} | ${formatRange(c.low, c.high)} |`);
-  }
+  const comparisons = compare(figures);
+  const rows = [...TABLE_HEAD, ...comparisons.map(comparisonRow)];
   // Figures nobody compares with (a scenario with no peer, or no tiu).
-  const compared = new Set(compare(figures).flatMap((c) => [`${c.scenario}\u0000${c.metric}\u0000${c.subject}`, `${c.scenario}\u0000${c.metric}\u0000${c.peer}`]));
-  for (const f of figures.filter((x) => !compared.has(`${x.scenario}\u0000${x.metric}\u0000${x.tool}`))) {
+  const key = (scenario: string, metric: string, tool: string): string => `${scenario}\u0000${metric}\u0000${tool}`;
+  const compared = new Set(comparisons.flatMap((c) => [key(c.scenario, c.metric, c.subject), key(c.scenario, c.metric, c.peer)]));
+  for (const f of figures.filter((x) => !compared.has(key(x.scenario, x.metric, x.tool)))) {
     rows.push(`| ${f.scenario} | ${f.metric} | ${f.tool} | ${formatSummary(summarize(f.samples), f.unit)} | | | | |`);
   }
   return rows.join('\n');
@@ -351,7 +356,7 @@ const README_ROWS: [string, string, string, string][] = [
 ];
 
 /** The README's excerpt of the table, between its bench markers. */
-export async function writeReadme(figures: readonly Figure[], mach: Record<string, string>): Promise<void> {
+async function writeReadme(figures: readonly Figure[], mach: Record<string, string>): Promise<void> {
   const path = join(repo, 'README.md');
   const text = await readFile(path, 'utf8');
   const start = text.indexOf('<!-- bench:start');
@@ -367,9 +372,8 @@ export async function writeReadme(figures: readonly Figure[], mach: Record<strin
     text.slice(start, text.indexOf('\n', start) + 1),
     `From the run of ${mach.date?.slice(0, 10) ?? '?'} (tiu ${mach.tiu ?? '?'}, ${mach.nproc ?? '?'} cores, load average ${load} at the start), median of ${RUNS} runs; the range is what any pair of samples gives.`,
     '',
-    '| Scenario | Metric | tiu | Figure | Peer | Peer figure | tiu ÷ peer | range |',
-    '|---|---|---|---|---|---|---|---|',
-    ...rows.map((c) => `| ${c.scenario} | ${c.metric} | ${c.subject} | ${formatSummary(c.subjectSummary, c.unit)} | ${c.peer} | ${formatSummary(c.peerSummary, c.unit)} | ${formatRatio(c.ratio)} | ${formatRange(c.low, c.high)} |`),
+    ...TABLE_HEAD,
+    ...rows.map(comparisonRow),
     '',
   ].join('\n');
   await writeFile(path, text.slice(0, start) + block + text.slice(end));
