@@ -25,7 +25,7 @@ import { imageSize } from './lib/oci.ts';
 import { formatRange, formatRatio, formatSummary, summarize, type Figure, type Unit } from './lib/stats.ts';
 import { compare, recheck, type Comparison } from './lib/report.ts';
 import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts';
-import { updateSection } from './update.ts';
+import { TIU_WHOLE, updateSection } from './update.ts';
 
 const repo = dirname(dirname(fileURLToPath(import.meta.url)));
 export const tiuBin = join(repo, 'bin/tiu');
@@ -345,7 +345,7 @@ const README_ROWS: [string, string, string, string][] = [
   ['update base → upgraded', 'temporary disk', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
   ['update base → upgraded', 'time', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
   ['update base → upgraded', 'time', 'tiu', 'casync (seeded extract, reflink)'],
-  ['update base → upgraded', 'time', 'tiu --transfer whole-layer', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'time', TIU_WHOLE, 'apply-oci (skopeo + umoci + rsync)'],
   ['update base → upgraded', 'peak RSS', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
   ['update upgraded → upgraded', 'time', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
   ['first install (empty snapshot ← base image)', 'time', 'tiu', 'skopeo + umoci unpack'],

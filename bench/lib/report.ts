@@ -21,10 +21,10 @@ export interface Comparison {
 }
 
 /** Tools named tiu or "tiu …" are what is measured; every other tool is a peer. */
-export const isSubject = (tool: string): boolean => tool === 'tiu' || tool.startsWith('tiu ');
+const isSubject = (tool: string): boolean => tool === 'tiu' || tool.startsWith('tiu ');
 
 /** x ÷ y where 0 ÷ 0 counts as equal (both tools needed nothing). */
-export function divide(x: number, y: number): number {
+function divide(x: number, y: number): number {
   if (y === 0) return x === 0 ? 1 : Infinity;
   return x / y;
 }

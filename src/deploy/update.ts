@@ -273,7 +273,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${got.bytes} bytes of content`);
     } else {
       progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
-      await deps.copy(source, root.digest, cache, tag, { referrers: true, verify: checkPolicy, signal });
+      // Online, chooseTransfer has already accepted this digest's signature; --download-only checks it here.
+      await deps.copy(source, root.digest, cache, tag, { referrers: true, ...(opts.downloadOnly ? { verify: checkPolicy } : {}), signal });
     }
     if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: cacheDir, cleanup };
 

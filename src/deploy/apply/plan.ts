@@ -16,7 +16,6 @@ export interface PlanOptions {
   preserve?: readonly string[];
 }
 
-export { devMajor, devMinor };
 
 function sameXattrs(a: Record<string, Buffer>, b: Record<string, Buffer>): { set: string[]; remove: string[] } {
   const set: string[] = [];

@@ -15,7 +15,8 @@ import { BadHardlinkError, BadTarError, UnsafePathError, mapFsError } from './er
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, tmpName, writeNewFile } from './fsops.ts';
 import { isAtOrBelow, whiteoutOf } from './layers.ts';
 import { comparePaths, joinPath, normalizeEntryPath, normalizeLinkTarget, parentOf } from './paths.ts';
-import { devMajor, devMinor, metaDiff } from './plan.ts';
+import { devMajor, devMinor } from '../../bundle/entry.ts';
+import { metaDiff } from './plan.ts';
 import { ContentIndex, existingFromStats, scanTree } from './scan.ts';
 import { readTar, type TarEntry } from './tar.ts';
 import type { ApplyReport, Counter, EntryType, OldTree, TreeEntry } from './types.ts';

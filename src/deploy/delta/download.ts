@@ -9,7 +9,7 @@
  * /var): nothing reaches a snapshot from here until the apply takes it.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, constants, createReadStream, openSync, rmSync } from 'node:fs';
+import { closeSync, constants, openSync, rmSync } from 'node:fs';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -36,7 +36,6 @@ export class ContentStore {
   #n = 0;
   /** Digests stored (by this process: the directory starts empty). */
   readonly #stored = new Set<string>();
-  readonly #writing = new Map<string, Promise<void>>();
   private constructor(dir: string) {
     this.dir = dir;
   }
@@ -57,16 +56,9 @@ export class ContentStore {
 
   /** Store verified content (zero blocks become holes, as the apply would write them). */
   async put(digest: string, data: Buffer): Promise<void> {
+    // The same content may come in two requests at once: the write below is synchronous up to
+    // its last line, so the second put finds it stored.
     if (this.#stored.has(digest)) return;
-    // the same content may come in two requests at once: one write, the other waits for it
-    const busy = this.#writing.get(digest);
-    if (busy) return busy;
-    const p = this.#write(digest, data).finally(() => this.#writing.delete(digest));
-    this.#writing.set(digest, p);
-    return p;
-  }
-
-  async #write(digest: string, data: Buffer): Promise<void> {
     // Synchronous calls: the files are mostly small, and a thread-pool round trip for each of
     // open, write and close cost more than the writes into the page cache.
     const path = this.path(digest);
@@ -92,10 +84,6 @@ export class ContentStore {
 
   tmpPath(): string {
     return join(this.dir, `.tmp-${process.pid}-${++this.#n}`);
-  }
-
-  open(digest: string): Readable {
-    return createReadStream(this.path(digest));
   }
 
   async remove(): Promise<void> {

@@ -25,10 +25,10 @@ import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
 import { fetchLayerTocs, type LayerTocs } from './tocs.ts';
 
-export { ContentStore, downloadRanges, storeProvider, DEFAULT_CONCURRENCY, type DownloadStats, type DownloadOptions } from './download.ts';
+export { ContentStore, downloadRanges, storeProvider, type DownloadStats, type DownloadOptions } from './download.ts';
 export { DeltaError } from './errors.ts';
-export { coalesce, frameless, hasFrame, rangeBytes, DEFAULT_MAX_GAP, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
-export { fetchLayerTocs, layerUnusable, type LayerTocs } from './tocs.ts';
+export { coalesce, frameless, rangeBytes, DEFAULT_MAX_GAP, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
+export { fetchLayerTocs, type LayerTocs } from './tocs.ts';
 
 export type TransferPath = 'delta' | 'whole-layer';
 
@@ -100,7 +100,7 @@ function whole(manifest: ImageManifest, reason: string, mode: TransferMode): Who
   return { path: 'whole-layer', report: { path: 'whole-layer', reason, layerBytes: bytes, downloadBytes: bytes, tocBytes: 0, contentBytes: bytes, requests: manifest.layers.length } };
 }
 
-export function changedFiles(s: PlanSummary): number {
+function changedFiles(s: PlanSummary): number {
   return s.meta.count + s.reflink.count + s.write.count + s.create.count + s.link.count + s.delete.count;
 }
 

@@ -5,6 +5,7 @@
  * every layer must be zstd:chunked with its TOC annotations and the source must serve ranges.
  * Otherwise the answer is the reason for the whole-layer path.
  */
+import { buffer } from 'node:stream/consumers';
 import { isTiuError } from '../../errors.ts';
 import type { Target } from '../../content/interfaces.ts';
 import { MediaType } from '../../oci/mediatypes.ts';
@@ -16,14 +17,8 @@ export type LayerTocs =
   | { ok: true; layers: TreeEntry[][]; tocBytes: number; requests: number }
   | { ok: false; reason: string };
 
-async function collect(s: AsyncIterable<unknown>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of s) parts.push(Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array));
-  return Buffer.concat(parts);
-}
-
 /** Why this layer can't be read file by file, or undefined when it can. */
-export function layerUnusable(d: Descriptor, i: number): string | undefined {
+function layerUnusable(d: Descriptor, i: number): string | undefined {
   const a = d.annotations ?? {};
   if (d.mediaType !== MediaType.OciLayerZstd) return `layer ${i + 1} (${d.digest}) is ${d.mediaType}, not a zstd:chunked layer`;
   if (a[ZstdChunkedAnnotation.ManifestChecksum] === undefined || a[ZstdChunkedAnnotation.ManifestPosition] === undefined) {
@@ -67,7 +62,7 @@ export async function fetchLayerTocs(source: Target, manifest: ImageManifest, si
       toc = await readTocFromFooter(
         async (s, e) => {
           requests++;
-          const b = await collect(await fetchRange(d, s, e, { signal }));
+          const b = await buffer(await fetchRange(d, s, e, { signal }));
           tocBytes += b.length;
           return b;
         },
