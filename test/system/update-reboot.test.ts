@@ -93,7 +93,14 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
 
   /** In the VM: mount the USB disk (read-only) where the updates come from. */
   const mountUsb = () => vm!.sh(`mkdir -p ${USB}; mountpoint -q ${USB} || mount -o ro /dev/disk/by-id/virtio-tiuusb ${USB}`);
-  const status = async (): Promise<Status> => JSON.parse(await vm!.sh('tiu status --json')) as Status;
+  /**
+   * Run a command in the VM and parse its stdout as JSON. The VM's shell mixes stderr into the
+   * output, so stderr goes to a file and comes back only when the command fails: snapper, for
+   * one, says "loading N failed" on stderr (exit 0) while another snapper is writing snapshot N.
+   */
+  const vmJson = async (command: string): Promise<unknown> =>
+    JSON.parse(await vm!.sh(`${command} 2>/run/tiu-test.stderr || { rc=$?; cat /run/tiu-test.stderr; exit $rc; }`));
+  const status = async (): Promise<Status> => (await vmJson('tiu status --json')) as Status;
   const versionId = async () => /^VERSION_ID="?([^"\n]*)"?$/m.exec(await vm!.sh('cat /etc/os-release'))?.[1];
 
   /** Start `tiu update ... --reboot` and wait for the VM to go down; a failing update fails the test. */
@@ -202,7 +209,9 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     for (const m of ['/var', '/.snapshots', '/home', '/root', '/opt', '/srv', '/usr/local']) {
       assert.equal((await v.sh(`findmnt -n -o FSROOT ${m}`)).trim(), `/@${m}`);
     }
-    assert.match(await v.sh('node --version'), /^v24\./);
+    // Installed by scripts/install.sh: tiu's own Node 24, running compiled JavaScript.
+    assert.match(await v.sh('/usr/lib/tiu/node_modules/.bin/node --version'), /^v24\./);
+    assert.equal((await v.run('test -e /usr/lib/tiu/src')).code, 1, 'no TypeScript sources on the device');
     assert.match(await v.sh('systemctl is-enabled tiu-health.service'), /enabled/);
     assert.match(v.console, /tiu-health: snapshot 1 is healthy: marked good/);
     passed = 0;
@@ -254,7 +263,7 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     const inProgress = await timed('scenario 3: update v4 until the snapshot is in progress', async () => {
       const deadline = Date.now() + 900_000;
       while (Date.now() < deadline) {
-        const list = JSON.parse(await v.sh('snapper --no-dbus --jsonout -c root list --columns number,userdata')) as { root: { number: number; userdata?: Record<string, string> | null }[] };
+        const list = (await vmJson('snapper --no-dbus --jsonout -c root list --columns number,userdata')) as { root: { number: number; userdata?: Record<string, string> | null }[] };
         const n = list.root.find((s) => s.userdata?.['tiu-in-progress'] === 'yes')?.number;
         if (n !== undefined) return n;
         const log = await v.run('cat /var/log/tiu-update-killed.log; pgrep -f "tiu update" >/dev/null');
