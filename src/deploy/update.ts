@@ -2,8 +2,10 @@
  * `tiu update`: an image reference -> a new snapper snapshot that is the next boot.
  *
  *   lock; clean what a crashed run left; resolve the reference; AlreadyPresent? stop;
- *   copy the image into the local cache (signature policy checked before anything is written,
- *   every byte verified) — `--download-only` stops here, `--offline` starts from the cache;
+ *   the policy accepts the signature; then either the file-level delta (only the files the
+ *   booted snapshot lacks, by range, verified into a content store) or the whole image into the
+ *   local cache (every byte verified) — `--download-only` stops here, `--offline` starts from
+ *   the cache; cached layers with tables of contents are then read like a delta, locally;
  *   snapshot of the booted system (in progress) with /etc carried; apply the layers as a
  *   difference; merge /etc and the user databases; SELinux relabel rule; hooks in a chroot;
  *   commit (read-only, userdata, default). Any failure before the commit deletes the snapshot.
@@ -279,8 +281,22 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: cacheDir, cleanup };
 
     const { manifest } = delta ? { manifest: delta.manifest } : await imageManifest(cache, root, platform, signal);
-    // Every blob the apply needs is in the cache and intact before a snapshot exists (delta: every file was verified into the store).
-    if (!delta) await verifyBlobs(cache, manifest.layers, signal);
+    // Whole layers are in the cache now. Layers with tables of contents (tiu bundles,
+    // zstd:chunked) are applied from there the way a delta is: planned against the booted
+    // snapshot, only the changed files read (by range, from the local blobs) and verified into
+    // the store. Other layers are streamed through the tar engine, so every blob is read through
+    // its digest first. Either way, what the apply uses is intact before a snapshot exists.
+    let fromCache = false;
+    if (!delta) {
+      const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, state.booted), preserve: PRESERVE, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, state.booted), saveIndexTo: contentIndexFile(cacheDir, state.booted) });
+      if (local.path === 'delta') {
+        store = await ContentStore.open(join(cacheDir, 'delta', root.digest.replace(/^sha256:/, '')));
+        const got = await downloadTransfer(local, store, { signal });
+        progress(`read ${got.files} changed file(s) from the cached layers (${local.report.files?.changed ?? 0} to change)`);
+        delta = local;
+        fromCache = true;
+      } else await verifyBlobs(cache, manifest.layers, signal);
+    }
 
     const from = state.booted;
     progress(`creating snapshot from ${from}`);
@@ -298,7 +314,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       if (delta && store) {
         const a = await applyTransfer(delta, newRoot, store, { preserve: [...PRESERVE, ETC_ASIDE], signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, n) });
         await pruneContentIndexes(cacheDir, [from, n]);
-        if (a.extra.bytes) transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
+        if (a.extra.bytes && !fromCache) transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
         applyReport = a.report;
       } else {
         applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal), preserve: [...PRESERVE, ETC_ASIDE], signal });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { lstat, readFile, readlink, rename, writeFile } from 'node:fs/promises';
+import { access, lstat, readFile, readlink, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, v2Files, writeTree, type MicroOS } from '../helpers/microos.ts';
@@ -16,6 +16,8 @@ import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
 import { cacheTag, ETC_ASIDE, update } from '../../src/deploy/update.ts';
 import { dataUsed, isSubvolume } from '../../src/host/btrfs.ts';
+import { fetchManifest } from '../../src/content/graph.ts';
+import { contentIndexFile, fetchLayerTocs } from '../../src/deploy/delta/index.ts';
 
 describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', function () {
   let os: MicroOS;
@@ -244,6 +246,39 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     assert.equal(await readFile(join(snapshotPath(os.sysroot, r3.snapshot), 'usr/share/fake/new-in-v2'), 'utf8'), 'changed in v3\n');
     const grown = (await dataUsed(os.sysroot)) - before;
     assert.ok(grown < 2 * 1024 * 1024, `data grew by ${grown} bytes`);
+
+    // Whole layers (--download-only, then --offline): applied from the cached layers the way a
+    // delta is. Only the changed file is read, by its frame; a rotten frame is caught before a
+    // snapshot exists; the new snapshot's content index is saved for the next update.
+    await writeFile(join(tree, 'usr/share/fake/new-in-v2'), 'changed in v4\n');
+    await build('b4');
+    const d4 = await update(deps(), { sysroot: os.sysroot, reference: `oci:${layout}:b4`, config: noHooks, downloadOnly: true });
+    assert.equal(d4.status, 'downloaded');
+    const cache = await OciLayoutTarget.open(cacheDir());
+    const manifest = (await fetchManifest(cache, await cache.resolve(cacheTag(`oci:${layout}:b4`)))).parsed;
+    assert.ok(manifest.kind === 'manifest');
+    const tocs = await fetchLayerTocs(cache, manifest.manifest);
+    assert.ok(tocs.ok);
+    const changed = tocs.layers.flat().find((e) => e.path === 'usr/share/fake/new-in-v2')!;
+    const blob = join(cacheDir(), 'blobs/sha256', manifest.manifest.layers[changed.source!.layer]!.digest.slice(7));
+    const good = await readFile(blob);
+    const bad = Buffer.from(good);
+    bad[changed.source!.endOffset! - 5]! ^= 0xff;
+    await writeFile(blob, bad);
+    const snapshotsBefore = (await state()).snapshots.map((x) => x.number);
+    await assert.rejects(update(deps(), { sysroot: os.sysroot, reference: `oci:${layout}:b4`, config: noHooks, offline: true }), (e: TiuError) => {
+      assert.match(e.message, /new-in-v2/);
+      return true;
+    });
+    assert.deepEqual((await state()).snapshots.map((x) => x.number), snapshotsBefore);
+    await writeFile(blob, good);
+    const lines: string[] = [];
+    const r4 = await update(deps(), { sysroot: os.sysroot, reference: `oci:${layout}:b4`, config: noHooks, offline: true, onProgress: (l) => lines.push(l) });
+    assert.ok(r4.status === 'updated');
+    assert.equal(await readFile(join(snapshotPath(os.sysroot, r4.snapshot), 'usr/share/fake/new-in-v2'), 'utf8'), 'changed in v4\n');
+    assert.ok(r4.apply.written.bytes < 600 * 1024, `wrote ${r4.apply.written.bytes} bytes`);
+    assert.ok(lines.some((l) => /^read \d+ changed file\(s\) from the cached layers/.test(l)), lines.join('\n'));
+    await access(contentIndexFile(cacheDir(), r4.snapshot));
   });
 
   it('hooks: an initrd hook runs (in the chroot, per kernel) only when the image brings a changed kernel without an initrd', async () => {
