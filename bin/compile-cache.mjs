@@ -1,6 +1,7 @@
-// Preloaded by bin/tiu (node --import) before any TypeScript source: turns on Node's compile
-// cache so that later runs skip type stripping and compiling the ~200 modules a command loads
-// (about 30 MiB of RSS and a few hundred ms per process). Plain JavaScript on purpose: a .ts
+// Preloaded by bin/tiu before any of tiu's modules: turns on Node's compile cache so that
+// later runs skip type stripping and compiling the ~200 modules a command loads (about 30 MiB
+// of RSS and a few hundred ms per process). Loaded with --require, which takes a path; --import
+// takes a URL and broke on an install path with "#" or "%". Plain JavaScript on purpose: a .ts
 // file here would itself load the TypeScript stripper, which is what the cache avoids.
 //
 // Where: $TIU_COMPILE_CACHE if set ("off" disables it); else /var/cache/tiu/node-compile for

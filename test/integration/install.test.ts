@@ -25,7 +25,8 @@ describe('scripts/install.sh (the installed layout)', function () {
 
   before(async () => {
     tmp = await mkdtemp(join(tmpdir(), 'tiu-install-'));
-    dest = join(tmp, 'root');
+    // '#' and '%' in the install path: bin/tiu must pass paths, not URLs, to node.
+    dest = join(tmp, 'root #1 %41');
     const r = await run('bash', [join(ROOT, 'scripts/install.sh'), dest]);
     assert.match(r.stdout, /installed tiu \S+ into /);
   });
