@@ -90,7 +90,7 @@ async function* contentPieces(e: TreeEntry): AsyncGenerator<Buffer> {
   if (got !== e.size) throw changed(e, `expected ${e.size} bytes, read ${got}`);
 }
 
-/** A reusable read buffer; one per layer being written, since layers are written concurrently. */
+/** A reusable read buffer (several per layer: frames are compressed in parallel, layers too). */
 interface Scratch { buf: Buffer }
 
 /**
@@ -104,7 +104,8 @@ function readWhole(e: TreeEntry, scratch: Scratch): Buffer {
   }
   const c = contentFile(e);
   if (!c) throw changed(e, 'no content');
-  if (scratch.buf.length < e.size) scratch.buf = Buffer.allocUnsafe(WHOLE_FILE_LIMIT);
+  // Grown to the next power of two: a layer of small files keeps small buffers.
+  if (scratch.buf.length < e.size) scratch.buf = Buffer.allocUnsafe(Math.min(WHOLE_FILE_LIMIT, 2 ** Math.ceil(Math.log2(e.size))));
   const buf = scratch.buf.subarray(0, e.size);
   let fd: number;
   try {
@@ -181,17 +182,19 @@ export async function writeLayer(entries: readonly TreeEntry[], file: string, op
 }
 
 /**
- * One zstd compression context for a whole layer, cut into independent frames with
- * ZSTD_e_end flushes. (A fresh context per file, as zstdCompressSync makes, leaves native
- * memory for the garbage collector to find: ~100 MB more on a 50k-file layer.)
+ * One zstd compression context, cut into independent frames with ZSTD_e_end flushes. (A fresh
+ * context per file, as zstdCompressSync makes, leaves native memory for the garbage collector
+ * to find: ~100 MB more on a 50k-file layer.) Output goes to whatever `sink` is at the time.
  */
 class ZstdFramer {
   readonly #z: ReturnType<typeof createZstdCompress>;
   #error: Error | undefined;
   #open = false;
-  constructor(params: Record<number, number>, sink: (b: Buffer) => void) {
+  sink: (b: Buffer) => void;
+  constructor(params: Record<number, number>, sink: (b: Buffer) => void = () => undefined) {
+    this.sink = sink;
     this.#z = createZstdCompress({ params });
-    this.#z.on('data', sink);
+    this.#z.on('data', (b: Buffer) => this.sink(b));
     this.#z.on('error', (e) => (this.#error = e));
   }
   #check(): void {
@@ -227,71 +230,166 @@ class ZstdFramer {
   }
 }
 
+/**
+ * Frames compressed in parallel and written in order. Every frame of a zstd:chunked layer is
+ * independent (a file's content, or the tar headers between two files), so a few contexts in
+ * the thread pool can work on consecutive frames at once while this thread reads and hashes the
+ * next files; a layer that holds most of the tree (kernel modules) no longer compresses on one
+ * core. At most `window` frames are pending: their inputs and outputs bound the memory.
+ */
+class OrderedFrames {
+  readonly #contexts: ZstdFramer[];
+  /** Per context, the end of the work queued on it. */
+  readonly #tails: Promise<unknown>[];
+  #next = 0;
+  readonly #pending: { out: Promise<Buffer[]>; written?: (start: number, end: number) => void }[] = [];
+  readonly #out: BlobFile;
+  readonly window: number;
+  constructor(params: Record<number, number>, out: BlobFile, contexts: number) {
+    this.#contexts = Array.from({ length: contexts }, () => new ZstdFramer(params));
+    this.#tails = this.#contexts.map(() => Promise.resolve());
+    this.#out = out;
+    this.window = contexts * 2;
+  }
+  /**
+   * Run `job` on the next context in turn. Frames go round the contexts in a fixed order, not
+   * to whichever is free: zstd's output for a frame can depend on what its context compressed
+   * before, and the layer must come out the same on every build.
+   */
+  #onNextContext<T>(job: (f: ZstdFramer) => Promise<T>): Promise<T> {
+    const k = this.#next++ % this.#contexts.length;
+    const run = this.#tails[k]!.then(() => job(this.#contexts[k]!));
+    this.#tails[k] = run.catch(() => undefined);
+    return run;
+  }
+  /**
+   * Queue one frame of `pieces` (not reused by the caller until `written` has run); `written`
+   * gets the frame's offsets in the blob. Waits while the window is full.
+   */
+  async add(pieces: readonly Buffer[], written?: (start: number, end: number) => void): Promise<void> {
+    const out = this.#onNextContext(async (f) => {
+      const chunks: Buffer[] = [];
+      f.sink = (b) => chunks.push(b);
+      for (const p of pieces) await f.write(p);
+      await f.endFrame();
+      return chunks;
+    });
+    out.catch(() => undefined); // thrown where it is awaited, in order
+    this.#pending.push({ out, ...(written ? { written } : {}) });
+    await this.drain(this.window - 1);
+  }
+  /** Write finished frames, in order, until at most `keep` are pending. */
+  async drain(keep = 0): Promise<void> {
+    while (this.#pending.length > keep) {
+      const first = this.#pending[0]!;
+      const chunks = await first.out;
+      this.#pending.shift();
+      const start = this.#out.size;
+      for (const c of chunks) this.#out.write(c);
+      first.written?.(start, this.#out.size);
+    }
+  }
+  /** One large frame streamed straight into the blob, after everything queued before it. */
+  async stream(pieces: AsyncIterable<Buffer>): Promise<{ start: number; end: number }> {
+    await this.drain();
+    return this.#onNextContext(async (f) => {
+      const start = this.#out.size;
+      f.sink = (b) => this.#out.write(b);
+      for await (const p of pieces) await f.write(p);
+      await f.endFrame();
+      return { start, end: this.#out.size };
+    });
+  }
+  async close(): Promise<void> {
+    await this.drain();
+    for (const f of this.#contexts) await f.close();
+  }
+  destroy(): void {
+    for (const f of this.#contexts) f.destroy();
+  }
+}
+
+/** zstd contexts per layer: layers are written a few at a time too (build.ts), so a few suffice. */
+const FRAME_CONTEXTS = 3;
+
 async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opts: LayerWriteOptions): Promise<LayerResult> {
   const level = opts.level ?? 3;
   const params = { [zc.ZSTD_c_compressionLevel]: level, [zc.ZSTD_c_checksumFlag]: 1 };
   const out = new BlobFile(file);
-  const z = new ZstdFramer(params, (b) => out.write(b));
+  const frames = new OrderedFrames(params, out, FRAME_CONTEXTS);
   // tar-split lines, compressed as they come (they are kept until the end: ~1/10 of the TOC).
   const splitChunks: Buffer[] = [];
   const zs = new ZstdFramer(params, (b) => splitChunks.push(b));
   const split = new TarSplitWriter((line) => zs.push(line));
   const tar = createHash('sha256');
   const toc: Toc = { version: 1, entries: [] };
-  // Reused for every small file: endFrame() below waits until the compressor has consumed it.
-  const scratch: Scratch = { buf: Buffer.alloc(0) };
+  // Read buffers for small files, one per frame that can be pending, used in turn: by the time
+  // one comes round again, the frame that used it has been written.
+  const scratches: Scratch[] = Array.from({ length: frames.window + 1 }, () => ({ buf: Buffer.alloc(0) }));
+  let nextScratch = 0;
+  // Tar headers (and padding) since the last frame: they become the next header frame.
+  let headers: Buffer[] = [];
   let pendingLen = 0;
   let contentBytes = 0;
-  const meta = async (b: Buffer) => {
+  const meta = (b: Buffer) => {
     tar.update(b);
     split.raw(b);
-    await z.write(b);
+    headers.push(b);
     pendingLen += b.length;
+  };
+  const endHeaderFrame = async () => {
+    if (!pendingLen) return;
+    // One buffer: each write is a round trip to the thread pool.
+    const frame = headers.length === 1 ? headers[0]! : Buffer.concat(headers, pendingLen);
+    headers = [];
+    pendingLen = 0;
+    await frames.add([frame]);
   };
   try {
     for (const e of entries) {
       opts.signal?.throwIfAborted();
-      await meta(encodeHeader(e));
+      meta(encodeHeader(e));
       const t = tocEntryOf(e);
       if (e.type === 'reg' && e.size > 0) {
-        await z.endFrame();
-        pendingLen = 0;
-        const start = out.size;
+        await endHeaderFrame();
         const fileHash = createHash('sha256');
         const crc = new Crc64();
+        const setOffsets = (start: number, end: number) => {
+          t.offset = start;
+          t.endOffset = end;
+        };
         if (e.size <= WHOLE_FILE_LIMIT) {
-          const data = readWhole(e, scratch);
+          const data = readWhole(e, scratches[nextScratch++ % scratches.length]!);
           fileHash.update(data);
           crc.update(data);
           tar.update(data);
-          await z.write(data);
+          await frames.add([data], setOffsets);
         } else {
-          for await (const piece of contentPieces(e)) {
-            fileHash.update(piece);
-            crc.update(piece);
-            tar.update(piece);
-            await z.write(piece);
-          }
+          const hashed = (async function* () {
+            for await (const piece of contentPieces(e)) {
+              fileHash.update(piece);
+              crc.update(piece);
+              tar.update(piece);
+              yield piece;
+            }
+          })();
+          const at = await frames.stream(hashed);
+          setOffsets(at.start, at.end);
         }
-        await z.endFrame();
         split.file(tarName(e), e.size, crc.digest());
         t.digest = `sha256:${fileHash.digest('hex')}`;
-        t.offset = start;
-        t.endOffset = out.size;
         contentBytes += e.size;
-        await meta(Buffer.alloc(paddingFor(e.size)));
+        meta(Buffer.alloc(paddingFor(e.size)));
       } else {
         split.file(tarName(e), 0, null);
       }
       toc.entries.push(t);
-      if (pendingLen > HEADER_FRAME_LIMIT) {
-        await z.endFrame();
-        pendingLen = 0;
-      }
+      if (pendingLen > HEADER_FRAME_LIMIT) await endHeaderFrame();
     }
-    await meta(END_OF_ARCHIVE);
+    meta(END_OF_ARCHIVE);
+    await endHeaderFrame();
     split.end();
-    await z.close();
+    await frames.close();
     await zs.close();
     const splitData = Buffer.concat(splitChunks);
     toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
@@ -331,7 +429,7 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
       contentBytes,
     };
   } catch (err) {
-    z.destroy();
+    frames.destroy();
     zs.destroy();
     try {
       closeSync(out.fd);

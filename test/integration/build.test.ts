@@ -10,6 +10,7 @@ import { mkdtemp, readFile, rm, writeFile, utimes, mkdir } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { zstdDecompressSync } from 'node:zlib';
 import { Readable } from 'node:stream';
 import { createWriteStream } from 'node:fs';
 import { run } from '../../src/host/exec.ts';
@@ -21,6 +22,7 @@ import { isTiuError } from '../../src/errors.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { startRegistry } from '../helpers/registry.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
+import { fetchManifest } from '../../src/content/graph.ts';
 import { diffTrees, linkGroups, makeNastyTree, snapshotTree, type NodeInfo } from '../helpers/tree.ts';
 
 const EXCLUDED = ['run', 'tmp', 'proc', 'sys', 'dev', '.snapshots', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', 'boot/grub2/x86_64-efi'];
@@ -178,6 +180,49 @@ describe('tiu build (integration)', function () {
       return;
     }
     assert.fail('big.ko is in no layer TOC');
+  });
+
+  it('frames compressed in parallel: the same bytes with 1 or 4 pool threads, and every frame the TOC names holds its file', async function () {
+    // Thousands of frames of mixed sizes and compressibility, and files large enough to stream:
+    // how the frames spread over the compression contexts must not depend on timing.
+    const tree = join(work, 'many');
+    let seed = 7;
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let d = 0; d < 20; d++) {
+      await mkdir(join(tree, 'usr/lib/modules/6.1.0/kernel', `d${d}`), { recursive: true });
+      for (let f = 0; f < 100; f++) {
+        const size = Math.floor(rand() ** 3 * 256 * 1024);
+        const data = rand() < 0.5 ? Buffer.alloc(size, `${d}/${f} `) : createHash('sha256').update(`${d}/${f}`).digest().toString('hex').repeat(Math.ceil(size / 64)).slice(0, size);
+        await writeFile(join(tree, 'usr/lib/modules/6.1.0/kernel', `d${d}`, `m${f}.ko`), data);
+      }
+    }
+    for (let k = 0; k < 3; k++) await writeFile(join(tree, `usr/lib/modules/6.1.0/big${k}.bin`), Buffer.alloc(5 * 1024 * 1024 + k * 333, `big ${k} `));
+    const tiu = join(import.meta.dirname, '../../bin/tiu');
+    const digests: string[] = [];
+    for (const threads of ['1', '4']) {
+      const dir = join(work, `many-${threads}`);
+      const r = await run(tiu, ['build', tree, '--tag', `oci:${dir}:v1`, '--json'], { env: { UV_THREADPOOL_SIZE: threads, SOURCE_DATE_EPOCH: '1700000000' } });
+      digests.push((JSON.parse(r.stdout) as { digest: string }).digest);
+    }
+    assert.equal(digests[0], digests[1]);
+    const dir = join(work, 'many-1');
+    const target = await OciLayoutTarget.open(dir);
+    const parsed = (await fetchManifest(target, await target.resolve('v1'))).parsed;
+    assert.ok(parsed.kind === 'manifest');
+    const manifest = parsed.manifest;
+    let frames = 0;
+    for (const l of manifest.layers) {
+      const data = await readFile(blob(dir, l.digest));
+      const toc = await readTocFromFooter((a, b) => Promise.resolve(data.subarray(a, b)), l.size, l.annotations);
+      for (const e of toc.entries) {
+        if (e.offset === undefined) continue;
+        const content = zstdDecompressSync(data.subarray(e.offset, e.endOffset));
+        assert.equal(`sha256:${createHash('sha256').update(content).digest('hex')}`, e.digest, e.name);
+        assert.ok(content.equals(await readFile(join(tree, e.name))), e.name);
+        frames++;
+      }
+    }
+    assert.ok(frames > 1900, `${frames} frames checked`);
   });
 
   it('gzip bundles unpack with umoci to the source tree', async function () {
