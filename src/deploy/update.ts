@@ -26,6 +26,8 @@ import { VerifyingStream } from '../oci/digest.ts';
 import { MediaType } from '../oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../oci/types.ts';
 import { fetchManifest } from '../content/graph.ts';
+import type { CopyEvent } from '../copy/copy.ts';
+import { downloadProgress } from './download-progress.ts';
 import type { ApplyReport } from './apply/index.ts';
 import type { EtcConflict, EtcMergeReport } from './etc-merge.ts';
 import type { IdClash, UsersMergeResult } from './users-merge.ts';
@@ -63,7 +65,7 @@ export interface UpdateDeps {
   openSource(reference: string, o: { sysroot: string; config: TiuConfig; signal?: AbortSignal }): Promise<{ target: Target; reference: string | undefined }>;
   /** The local cache (an OCI layout directory). */
   openCache(dir: string): Promise<CacheTarget>;
-  copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal }): Promise<Descriptor>;
+  copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal; onProgress?: (e: CopyEvent) => void }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
   checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signedIdentity?: string; signal?: AbortSignal }): Promise<void>;
   applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; signal?: AbortSignal }): Promise<ApplyReport>;
@@ -85,6 +87,8 @@ export interface UpdateOptions {
   platform?: { os: string; architecture: string };
   /** 'auto' (default): file-level delta by Range where the source and layers allow it, else whole layers. */
   transfer?: TransferMode;
+  /** Time between two "downloading …" progress lines (default 2000 ms). */
+  progressEveryMs?: number;
 }
 
 export type UpdateResult =
@@ -270,13 +274,24 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       await checkPolicy(cache, root);
     } else if (delta) {
       store = await ContentStore.open(join(cacheDir, 'delta', root.digest.replace(/^sha256:/, '')));
-      const got = await downloadTransfer(delta, store, { signal });
+      const got = await downloadTransfer(delta, store, { signal, onBytes: downloadProgress(delta.report.contentBytes, progress, { everyMs: opts.progressEveryMs }) });
       transfer = { ...delta.report, downloaded: delta.report.tocBytes + got.bytes };
       progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${got.bytes} bytes of content`);
     } else {
       progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
       // Online, chooseTransfer has already accepted this digest's signature; --download-only checks it here.
-      await deps.copy(source, root.digest, cache, tag, { referrers: true, ...(opts.downloadOnly ? { verify: checkPolicy } : {}), signal });
+      const onBytes = downloadProgress(transfer?.downloadBytes, progress, { everyMs: opts.progressEveryMs });
+      const seen = new Map<string, number>();
+      const onProgress = (e: CopyEvent) => {
+        if (e.type !== 'blob-bytes') return;
+        // A blob that starts over (a cut upload reads it again) counts again only past where it was.
+        const before = seen.get(e.desc.digest) ?? 0;
+        if (e.bytes > before) {
+          onBytes(e.bytes - before);
+          seen.set(e.desc.digest, e.bytes);
+        }
+      };
+      await deps.copy(source, root.digest, cache, tag, { referrers: true, ...(opts.downloadOnly ? { verify: checkPolicy } : {}), signal, onProgress });
     }
     if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: cacheDir, cleanup };
 

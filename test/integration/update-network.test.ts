@@ -108,9 +108,14 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
       // The plan is made (TOCs fetched); the network goes as the files start to come.
       if (line.startsWith('transfer: file delta')) proxy.down();
     });
-    const r = await update(deps, { sysroot: os.sysroot, reference: image(), config: noHooks });
+    const lines: string[] = [];
+    const r = await update(deps, { sysroot: os.sysroot, reference: image(), config: noHooks, progressEveryMs: 0, onProgress: (l) => lines.push(l) });
     assert.equal(r.status, 'updated');
     assert.ok(r.status === 'updated' && r.transfer?.path === 'delta');
+    // progress: byte counts of the delta's content, ending at all of it
+    const shown = lines.filter((l) => l.startsWith('downloading: '));
+    assert.ok(shown.length > 0, lines.join('\n'));
+    assert.match(shown.at(-1)!, /^downloading: .+ of .+ \(100%\)$/);
     assert.equal((await state()).default, r.snapshot);
   });
 
@@ -122,8 +127,12 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
       if (line.startsWith('fetching ')) proxy.down(30_000);
     });
     assert.ok(proxy.requests.some((q) => q.method === 'GET' && q.blob && q.bytes > 0), `no blob bytes went out before the failure (${e.message})`);
-    const r = await update(deps, { sysroot: os.sysroot, reference: image(), config: noHooks, transfer: 'whole-layer' });
+    const lines: string[] = [];
+    const r = await update(deps, { sysroot: os.sysroot, reference: image(), config: noHooks, transfer: 'whole-layer', progressEveryMs: 0, onProgress: (l) => lines.push(l) });
     assert.equal(r.status, 'updated');
+    const shown = lines.filter((l) => l.startsWith('downloading: '));
+    assert.ok(shown.length > 0, lines.join('\n'));
+    assert.match(shown.at(-1)!, /^downloading: .+ of .+ \(100%\)$/);
     assert.equal((await state()).default, r.snapshot);
   });
 });

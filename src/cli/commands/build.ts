@@ -4,7 +4,7 @@ import { buildBundle, classifySource, type BuildSource } from '../../bundle/buil
 import { BuildError } from '../../bundle/errors.ts';
 import { isDigest } from '../../oci/digest.ts';
 import { openReference, type OpenedReference } from '../../transport/resolve.ts';
-import { humanSize, shortDigest } from '../format.ts';
+import { humanSize, shortDigest } from '../../format.ts';
 import { copyRegistryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
 
 function parseAnnotations(values: string[]): Record<string, string> {

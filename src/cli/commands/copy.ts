@@ -5,7 +5,7 @@ import { TiuError } from '../../errors.ts';
 import { openReference, type OpenedReference } from '../../transport/resolve.ts';
 import { isManifestLike } from '../../oci/mediatypes.ts';
 import { isDigest } from '../../oci/digest.ts';
-import { humanSize, shortDigest } from '../format.ts';
+import { humanSize, shortDigest } from '../../format.ts';
 import { copyRegistryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
 
 class UsageError extends TiuError {

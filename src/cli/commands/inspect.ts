@@ -5,7 +5,7 @@ import { TiuError } from '../../errors.ts';
 import type { Descriptor, ImageConfig } from '../../oci/types.ts';
 import { MAX_CONFIG_BYTES, isImageConfigType, parseConfigBytes } from '../../oci/validate.ts';
 import { openReference } from '../../transport/resolve.ts';
-import { humanSize } from '../format.ts';
+import { humanSize } from '../../format.ts';
 import { registryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
 
 /** os-release keys tiu shows when an image carries them (as labels or annotations). */

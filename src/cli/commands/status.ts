@@ -3,7 +3,7 @@ import { optString } from '../command.ts';
 import { join } from 'node:path';
 import { openContext, readState, snapshotPath } from '../../deploy/state.ts';
 import { pendingEtcConflicts } from '../../deploy/update.ts';
-import { shortDigest } from '../format.ts';
+import { shortDigest } from '../../format.ts';
 
 const command: Command = {
   name: 'status',

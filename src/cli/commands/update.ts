@@ -5,7 +5,7 @@ import { checkUpdate, update } from '../../deploy/update.ts';
 import type { TransferReport } from '../../deploy/delta/index.ts';
 import { productionDeps } from '../../deploy/wiring.ts';
 import { reboot } from '../../host/system.ts';
-import { humanSize, shortDigest } from '../format.ts';
+import { humanSize, shortDigest } from '../../format.ts';
 
 const command: Command = {
   name: 'update',

@@ -1,4 +1,4 @@
-/** Small formatting helpers for human output. */
+/** Small formatting helpers for human output (CLI lines and progress). */
 
 export function humanSize(n: number): string {
   if (n < 1024) return `${n} B`;
