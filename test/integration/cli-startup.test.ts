@@ -64,7 +64,7 @@ process.stderr.write(JSON.stringify(seen));\n`,
     }
   });
 
-  it('tiu build runs with a fixed malloc mmap threshold that programs it starts do not inherit; copy without', async () => {
+  it('tiu build and update run with a fixed malloc mmap threshold that programs they start do not inherit; copy without', async () => {
     const probe = join(tmp, 'env-probe.mjs');
     await writeFile(
       probe,
@@ -79,6 +79,9 @@ process.on('exit', () => {
     const b = await tiu(['build', '--help'], env);
     assert.equal(b.exitCode, 0, b.stderr);
     assert.deepEqual(probeOf(b.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, marker: null });
+    const u = await tiu(['update', '--help'], env);
+    assert.equal(u.exitCode, 0, u.stderr);
+    assert.deepEqual(probeOf(u.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: null, marker: null });
     const c = await tiu(['copy', '--help'], env);
     assert.deepEqual(probeOf(c.stderr), { initial: null, now: null, marker: null });
     // A caller's own setting is left alone, and passed on.
