@@ -77,6 +77,10 @@ export interface CopyOptions {
   signal?: AbortSignal;
 }
 
+function isAbortError(e: Error): boolean {
+  return e.name === 'AbortError' || (e as NodeJS.ErrnoException).code === 'ABORT_ERR';
+}
+
 /** Cosign's tag-scheme attachments of a manifest: sha256-<hex>.sig and friends. */
 export function cosignTags(digest: string): string[] {
   const { algorithm, hex } = parseDigest(digest);
@@ -206,7 +210,9 @@ class GraphCopier {
       await this.#dst.push(desc, verifier, { signal, onBytes, reopen });
     } catch (e) {
       stream.destroy();
-      if (srcErr) throw new CopyError('fetch', 'source', this.#src.name, srcErr, desc.digest);
+      // A destination that fails (a full disk) destroys the source stream on its way out, which
+      // then reports an abort: that is not the source's fault.
+      if (srcErr && !isAbortError(srcErr)) throw new CopyError('fetch', 'source', this.#src.name, srcErr, desc.digest);
       throw new CopyError('push', 'destination', this.#dst.name, e, desc.digest);
     }
     if (srcErr) throw new CopyError('fetch', 'source', this.#src.name, srcErr, desc.digest);

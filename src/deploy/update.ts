@@ -232,6 +232,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     if (state.booted === undefined) {
       throw new UpdateError('NOT_SNAPSHOT_ROOT', `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`, { sysroot: ctx.sysroot });
     }
+    const booted = state.booted;
     const cacheDir = join(ctx.sysroot, config.cache);
     const cache = await deps.openCache(cacheDir);
     const tag = cacheTag(image);
@@ -270,29 +271,32 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       progress(describeTransfer(transfer));
       if (t.path === 'delta') delta = t;
     }
-    if (opts.offline) {
-      await checkPolicy(cache, root);
-    } else if (delta) {
-      store = await ContentStore.open(join(cacheDir, 'delta', root.digest.replace(/^sha256:/, '')));
-      const got = await downloadTransfer(delta, store, { signal, onBytes: downloadProgress(delta.report.contentBytes, progress, { everyMs: opts.progressEveryMs }) });
-      transfer = { ...delta.report, downloaded: delta.report.tocBytes + got.bytes };
-      progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${got.bytes} bytes of content`);
-    } else {
-      progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
-      // Online, chooseTransfer has already accepted this digest's signature; --download-only checks it here.
-      const onBytes = downloadProgress(transfer?.downloadBytes, progress, { everyMs: opts.progressEveryMs });
-      const seen = new Map<string, number>();
-      const onProgress = (e: CopyEvent) => {
-        if (e.type !== 'blob-bytes') return;
-        // A blob that starts over (a cut upload reads it again) counts again only past where it was.
-        const before = seen.get(e.desc.digest) ?? 0;
-        if (e.bytes > before) {
-          onBytes(e.bytes - before);
-          seen.set(e.desc.digest, e.bytes);
-        }
-      };
-      await deps.copy(source, root.digest, cache, tag, { referrers: true, ...(opts.downloadOnly ? { verify: checkPolicy } : {}), signal, onProgress });
-    }
+    // Into the cache: a disk that fills up here has changed nothing of the system yet.
+    await whileFetching(cacheDir, image, async () => {
+      if (opts.offline) {
+        await checkPolicy(cache, root);
+      } else if (delta) {
+        store = await ContentStore.open(join(cacheDir, 'delta', root.digest.replace(/^sha256:/, '')));
+        const got = await downloadTransfer(delta, store, { signal, onBytes: downloadProgress(delta.report.contentBytes, progress, { everyMs: opts.progressEveryMs }) });
+        transfer = { ...delta.report, downloaded: delta.report.tocBytes + got.bytes };
+        progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${got.bytes} bytes of content`);
+      } else {
+        progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
+        // Online, chooseTransfer has already accepted this digest's signature; --download-only checks it here.
+        const onBytes = downloadProgress(transfer?.downloadBytes, progress, { everyMs: opts.progressEveryMs });
+        const seen = new Map<string, number>();
+        const onProgress = (e: CopyEvent) => {
+          if (e.type !== 'blob-bytes') return;
+          // A blob that starts over (a cut upload reads it again) counts again only past where it was.
+          const before = seen.get(e.desc.digest) ?? 0;
+          if (e.bytes > before) {
+            onBytes(e.bytes - before);
+            seen.set(e.desc.digest, e.bytes);
+          }
+        };
+        await deps.copy(source, root.digest, cache, tag, { referrers: true, ...(opts.downloadOnly ? { verify: checkPolicy } : {}), signal, onProgress });
+      }
+    });
     if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: cacheDir, cleanup };
 
     const { manifest } = delta ? { manifest: delta.manifest } : await imageManifest(cache, root, platform, signal);
@@ -301,17 +305,22 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     // snapshot, only the changed files read (by range, from the local blobs) and verified into
     // the store. Other layers are streamed through the tar engine, so every blob is read through
     // its digest first. Either way, what the apply uses is intact before a snapshot exists.
-    let fromCache = false;
-    if (!delta) {
-      const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, state.booted), preserve: PRESERVE, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, state.booted), saveIndexTo: contentIndexFile(cacheDir, state.booted) });
-      if (local.path === 'delta') {
-        store = await ContentStore.open(join(cacheDir, 'delta', root.digest.replace(/^sha256:/, '')));
-        const got = await downloadTransfer(local, store, { signal });
-        progress(`read ${got.files} changed file(s) from the cached layers (${local.report.files?.changed ?? 0} to change)`);
-        delta = local;
-        fromCache = true;
-      } else await verifyBlobs(cache, manifest.layers, signal);
-    }
+    const cached = delta
+      ? undefined
+      : await whileFetching(cacheDir, image, async () => {
+          const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, booted), preserve: PRESERVE, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, booted), saveIndexTo: contentIndexFile(cacheDir, booted) });
+          if (local.path !== 'delta') {
+            await verifyBlobs(cache, manifest.layers, signal);
+            return undefined;
+          }
+          const s = await ContentStore.open(join(cacheDir, 'delta', root.digest.replace(/^sha256:/, '')));
+          store = s;
+          const got = await downloadTransfer(local, s, { signal });
+          progress(`read ${got.files} changed file(s) from the cached layers (${local.report.files?.changed ?? 0} to change)`);
+          return local;
+        });
+    const fromCache = cached !== undefined;
+    delta ??= cached;
 
     const from = state.booted;
     progress(`creating snapshot from ${from}`);
@@ -409,6 +418,16 @@ async function releaseFromCache(cache: CacheTarget, digest: string, progress: (m
     if (freed.blobs) progress(`freed ${freed.bytes} bytes (${freed.blobs} blob(s)) of the applied image from the cache`);
   } catch (e) {
     progress(`could not free the applied image from the cache, where it stays: ${asError(e).message}`);
+  }
+}
+
+/** ENOSPC while the image is fetched into the cache (before any snapshot) becomes DISK_FULL naming the cache. */
+async function whileFetching<T>(cacheDir: string, image: string, step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (e) {
+    if (!isNoSpace(e)) throw e;
+    throw new UpdateError('DISK_FULL', `no space left on the filesystem of the cache ${cacheDir} while fetching ${image}; no snapshot was made: ${asError(e).message}`, { cache: cacheDir }, { cause: e });
   }
 }
 

@@ -4,7 +4,9 @@ import { existsSync } from 'node:fs';
 import { readdir, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
-import { baseOs, createMicroOS, type MicroOS } from '../helpers/microos.ts';
+import { baseOs, createMicroOS, writeTree, type MicroOS } from '../helpers/microos.ts';
+import { buildBundle } from '../../src/bundle/build.ts';
+import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { buildImage, installPolicy, signInLayout } from '../helpers/update-deps.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { run } from '../../src/host/exec.ts';
@@ -75,6 +77,44 @@ describe('tiu update on a full disk', function () {
     for (const f of await readdir(join(os.sysroot, 'var'))) if (f === 'fill' || f.startsWith('fill.')) await rm(join(os.sysroot, 'var', f));
     await run('btrfs', ['filesystem', 'sync', os.sysroot]);
     const r = await update(productionDeps, { sysroot: os.sysroot, reference: `oci:${images}:big`, config, offline: true });
+    assert.equal(r.status, 'updated');
+  });
+
+  it('a cache that fills up while fetching (file delta, whole layers): DISK_FULL naming the cache, no snapshot, nothing left behind', async () => {
+    const tree = join(os.dir, 'tree-delta');
+    await writeTree(tree, [...(await baseOs()), { path: 'usr/share/fake/huge-delta', content: randomBytes(16 << 20) }]);
+    const layout = join(os.dir, 'bundles');
+    await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(layout, { create: true }), 'd1', { sourceDateEpoch: 1767225600 });
+    const key = await installPolicy(os.sysroot);
+    await signInLayout(layout, 'd1', key);
+    const config = parseConfig('default-hooks = false');
+    const ctx = await openContext(os.sysroot);
+    const before = await readState(ctx);
+    const fill = join(os.sysroot, 'var/fill');
+    await fillUntil(fill, 8 << 20);
+    try {
+      for (const opts of [{}, { downloadOnly: true }]) {
+        await assert.rejects(
+          update(productionDeps, { sysroot: os.sysroot, reference: `oci:${layout}:d1`, config, ...opts }),
+          (e: unknown) => {
+            assert.ok(isTiuError(e, 'DISK_FULL'), String(e));
+            assert.match(e.message, /\/var\/cache\/tiu while fetching .*no snapshot was made/);
+            // the disk, not the image, is named as what went wrong
+            assert.doesNotMatch(e.message, /does not match|does not decompress/);
+            return true;
+          },
+        );
+        const after = await readState(ctx);
+        assert.deepEqual(after.snapshots.map((s) => s.number), before.snapshots.map((s) => s.number));
+        assert.equal(after.default, before.default);
+        // the delta's content store is gone again
+        assert.deepEqual(existsSync(join(os.sysroot, 'var/cache/tiu/delta')) ? await readdir(join(os.sysroot, 'var/cache/tiu/delta')) : [], []);
+      }
+    } finally {
+      for (const f of await readdir(join(os.sysroot, 'var'))) if (f === 'fill' || f.startsWith('fill.')) await rm(join(os.sysroot, 'var', f));
+      await run('btrfs', ['filesystem', 'sync', os.sysroot]);
+    }
+    const r = await update(productionDeps, { sysroot: os.sysroot, reference: `oci:${layout}:d1`, config });
     assert.equal(r.status, 'updated');
   });
 });

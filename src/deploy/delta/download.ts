@@ -174,7 +174,12 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
           got += c.length;
           if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
           h.update(c);
-          await writeSparse(fh, c, got - c.length);
+          try {
+            await writeSparse(fh, c, got - c.length);
+          } catch (err) {
+            // The store's disk, not the content: not a mismatch (a full disk becomes DISK_FULL).
+            throw new DeltaError('DELTA_STORE_WRITE', `cannot write /${e.path} into the content store ${store.dir}: ${(err as Error).message}`, { path: e.path }, { cause: err });
+          }
         }
       } catch (err) {
         if (err instanceof DeltaError || signal.aborted) throw err;
