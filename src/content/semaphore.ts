@@ -17,3 +17,28 @@ export class Semaphore {
     }
   }
 }
+
+/**
+ * `fn` for each item, at most `n` at a time, in the items' order. The first failure stops
+ * handing out items (and goes to `onFailure`, to abort what is in flight); it is thrown once
+ * every call has ended, so nothing is still running when this returns.
+ */
+export async function forEachBounded<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>, onFailure?: (e: unknown) => void): Promise<void> {
+  let next = 0;
+  let failure: { e: unknown } | undefined;
+  const worker = async (): Promise<void> => {
+    while (failure === undefined && next < items.length) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (e) {
+        if (failure === undefined) {
+          failure = { e };
+          onFailure?.(e);
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(Math.max(1, n), items.length) }, () => worker()));
+  if (failure) throw failure.e;
+}

@@ -20,6 +20,7 @@ import { isTiuError } from '../../errors.ts';
 import type { ContentProvider, TreeEntry } from '../apply/index.ts';
 import { writeSparse, writeSparseSync } from '../apply/fsops.ts';
 import { DeltaError } from './errors.ts';
+import { forEachBounded } from '../../content/semaphore.ts';
 import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
 
 export const DEFAULT_CONCURRENCY = 4;
@@ -221,23 +222,16 @@ export async function downloadRanges(source: Target, layers: readonly Descriptor
     stats.bytes += n;
     opts.onBytes?.(n);
   };
-  let next = 0;
-  let failure: Error | undefined;
-  const worker = async (): Promise<void> => {
-    while (failure === undefined && next < ranges.length) {
-      const r = ranges[next++]!;
+  await forEachBounded(
+    ranges,
+    opts.concurrency ?? DEFAULT_CONCURRENCY,
+    async (r) => {
       stats.requests++;
-      try {
-        const stored = await fetchOne(source, layers, r, store, maxSpan, signal, count);
-        stats.files += stored;
-      } catch (e) {
-        if (failure === undefined) failure = e instanceof Error ? e : new Error(String(e));
-        stop.abort(e);
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? DEFAULT_CONCURRENCY, ranges.length) }, () => worker()));
-  if (failure !== undefined) throw failure;
+      const stored = await fetchOne(source, layers, r, store, maxSpan, signal, count);
+      stats.files += stored; // not `+= await`: that reads stats.files before the await
+    },
+    (e) => stop.abort(e),
+  );
   return stats;
 }
 
@@ -269,20 +263,7 @@ export function storeProvider(source: Target, layers: readonly Descriptor[], sto
       }
       // A few at a time: each is a reflink, whose cost is mostly waiting on the filesystem.
       // The first failure stops the others, and all have finished before it is thrown.
-      let next = 0;
-      let failure: { e: unknown } | undefined;
-      const worker = async (): Promise<void> => {
-        while (failure === undefined && next < entries.length) {
-          const e = entries[next++]!;
-          try {
-            await take(e, e.size === 0 ? Readable.from([]) : { verifiedFile: store.path(e.digest!) });
-          } catch (err) {
-            failure ??= { e: err };
-          }
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(TAKE_CONCURRENCY, entries.length) }, () => worker()));
-      if (failure) throw failure.e;
+      await forEachBounded(entries, TAKE_CONCURRENCY, (e) => take(e, e.size === 0 ? Readable.from([]) : { verifiedFile: store.path(e.digest!) }));
     },
   };
 }

@@ -1,0 +1,47 @@
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { forEachBounded } from '../../src/content/semaphore.ts';
+
+describe('forEachBounded', () => {
+  it('runs at most n at a time, every item once, in order of start', async () => {
+    let running = 0;
+    let most = 0;
+    const started: number[] = [];
+    await forEachBounded([1, 2, 3, 4, 5, 6, 7], 3, async (i) => {
+      started.push(i);
+      running++;
+      most = Math.max(most, running);
+      await sleep(5 * (i % 3));
+      running--;
+    });
+    assert.deepEqual(started, [1, 2, 3, 4, 5, 6, 7]);
+    assert.equal(most, 3);
+  });
+
+  it('stops handing out items at the first failure, reports it once, and throws it after the calls in flight end', async () => {
+    const started: number[] = [];
+    let inFlight = 0;
+    const failures: unknown[] = [];
+    await assert.rejects(
+      forEachBounded(
+        [1, 2, 3, 4, 5, 6],
+        2,
+        async (i) => {
+          started.push(i);
+          inFlight++;
+          try {
+            await sleep(i === 2 ? 1 : 20);
+            if (i === 2 || i === 3) throw new Error(`item ${i}`);
+          } finally {
+            inFlight--;
+          }
+        },
+        (e) => failures.push(e),
+      ),
+      /item 2/,
+    );
+    assert.equal(inFlight, 0, 'nothing is still running');
+    assert.deepEqual(started, [1, 2], 'no item starts after the failure');
+    assert.equal(failures.length, 1);
+  });
+});
