@@ -285,16 +285,19 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         // Online, chooseTransfer has already accepted this digest's signature; --download-only checks it here.
         const onBytes = downloadProgress(transfer?.downloadBytes, progress, { everyMs: opts.progressEveryMs });
         const seen = new Map<string, number>();
+        let received = 0;
         const onProgress = (e: CopyEvent) => {
           if (e.type !== 'blob-bytes') return;
           // A blob that starts over (a cut upload reads it again) counts again only past where it was.
           const before = seen.get(e.desc.digest) ?? 0;
           if (e.bytes > before) {
             onBytes(e.bytes - before);
+            received += e.bytes - before;
             seen.set(e.desc.digest, e.bytes);
           }
         };
         await deps.copy(source, root.digest, cache, tag, { referrers: true, ...(opts.downloadOnly ? { verify: checkPolicy } : {}), signal, onProgress });
+        if (transfer) transfer = { ...transfer, downloaded: received };
       }
     });
     if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: cacheDir, cleanup };

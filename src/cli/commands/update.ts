@@ -2,7 +2,7 @@ import type { Command } from '../command.ts';
 import { optBool, optString } from '../command.ts';
 import { TiuError } from '../../errors.ts';
 import { checkUpdate, update } from '../../deploy/update.ts';
-import type { TransferReport } from '../../deploy/delta/index.ts';
+import { describeTransfer } from '../../deploy/delta/index.ts';
 import { productionDeps } from '../../deploy/wiring.ts';
 import { reboot } from '../../host/system.ts';
 import { humanSize, shortDigest } from '../../format.ts';
@@ -36,7 +36,7 @@ const command: Command = {
       if (wantReboot || optBool(options, 'download-only') || optBool(options, 'offline')) throw new TiuError('USAGE', '--check only looks: it cannot be combined with --reboot, --download-only or --offline');
       const c = await checkUpdate(productionDeps, { sysroot, reference, transfer: transfer });
       if (c.status === 'already-present') out.result(`${c.image} (${shortDigest(c.digest)}) is already deployed in snapshot ${c.snapshot}: no update`, c);
-      else out.result(`update available: ${c.image} (${shortDigest(c.digest)})\n  ${transferLine(c.transfer)}`, c);
+      else out.result(`update available: ${c.image} (${shortDigest(c.digest)})\n  ${describeTransfer(c.transfer)}`, c);
       return;
     }
     const ac = new AbortController();
@@ -65,7 +65,7 @@ const command: Command = {
           const lines = [
             `snapshot ${r.snapshot} (from ${r.from}) holds ${r.image} (${shortDigest(r.digest)}) and boots next`,
             `  files: ${a.written.count} written (${humanSize(a.written.bytes)}), ${a.reflinked.count} reflinked, ${a.kept.count} kept, ${a.deleted.count} deleted`,
-            ...(r.transfer ? [`  ${transferLine(r.transfer)}`] : []),
+            ...(r.transfer ? [`  ${describeTransfer(r.transfer)}`] : []),
             ...r.etcConflicts.map((c) => `  /etc conflict: /etc/${c.path} kept as you changed it${c.tiunew ? `, the image's version is in /etc/${c.tiunew}` : ''}`),
             ...r.userClashes.map((c) => `  account clash: the image's ${c.kind === 'uid' ? 'user' : 'group'} ${c.name} (${c.kind} ${c.id}) was not added: ${c.existing} has ${c.kind} ${c.existingId}`),
             ...(r.relabel ? ['  SELinux: the image carries no labels, /.autorelabel relabels at the next boot'] : []),
@@ -86,10 +86,3 @@ const command: Command = {
 };
 export default command;
 
-/** Which download path, and its bytes. */
-function transferLine(t: TransferReport): string {
-  const got = t.downloaded ?? t.downloadBytes;
-  if (t.path === 'whole-layer') return `download: whole layers, ${humanSize(got)} (${t.reason ?? 'no reason given'})`;
-  const f = t.files;
-  return `download: file delta, ${humanSize(got)} instead of ${humanSize(t.layerBytes)} for whole layers; ${f?.write.count ?? 0} files downloaded, ${f?.changed ?? 0} changed, ${t.requests} requests`;
-}

@@ -18,6 +18,7 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Target } from '../../content/interfaces.ts';
+import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { ContentIndex, executePlan, flattenLayers, planApply, scanTree, type ApplyReport, type OldTree, type Plan, type PlanSummary, type TreeEntry } from '../apply/index.ts';
 import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } from './download.ts';
@@ -206,9 +207,16 @@ export async function pruneContentIndexes(cacheDir: string, keep: readonly numbe
   for (const f of names) if (/^\d+\.json$/.test(f) && !keep.includes(Number(f.slice(0, -5)))) await rm(join(dir, f), { force: true });
 }
 
-/** One line for the progress output. */
+/**
+ * One line on a transfer: what it will download (a plan: `tiu update --check`, the progress
+ * line before the download), or what it did (`downloaded` set: the update's result).
+ */
 export function describeTransfer(r: TransferReport): string {
-  const mb = (n: number): string => `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)} MB`;
-  if (r.path === 'whole-layer') return `transfer: whole layers, ${mb(r.downloadBytes)} (${r.reason ?? 'no reason given'})`;
-  return `transfer: file delta, ${mb(r.downloadBytes)} of ${mb(r.layerBytes)} (${r.files?.write.count ?? 0} files to download, ${r.files?.changed ?? 0} to change, ${r.requests} requests)`;
+  const f = r.files;
+  if (r.downloaded === undefined) {
+    if (r.path === 'whole-layer') return `transfer: whole layers, ${humanSize(r.downloadBytes)} (${r.reason ?? 'no reason given'})`;
+    return `transfer: file delta, ${humanSize(r.downloadBytes)} of ${humanSize(r.layerBytes)} (${f?.write.count ?? 0} files to download, ${f?.changed ?? 0} to change, ${r.requests} requests)`;
+  }
+  if (r.path === 'whole-layer') return `download: whole layers, ${humanSize(r.downloaded)} (${r.reason ?? 'no reason given'})`;
+  return `download: file delta, ${humanSize(r.downloaded)} instead of ${humanSize(r.layerBytes)} for whole layers; ${f?.write.count ?? 0} files downloaded, ${f?.changed ?? 0} changed, ${r.requests} requests`;
 }
