@@ -213,6 +213,10 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     assert.match(await v.sh('/usr/lib/tiu/node_modules/.bin/node --version'), /^v24\./);
     assert.equal((await v.run('test -e /usr/lib/tiu/src')).code, 1, 'no TypeScript sources on the device');
     assert.match(await v.sh('systemctl is-enabled tiu-health.service'), /enabled/);
+    // tiu's units as installed, checked by systemd itself (unknown keys, missing programs, bad times).
+    const verify = await v.run('systemd-analyze verify tiu-health.service tiu-update.service tiu-update.timer');
+    assert.equal(verify.code, 0, verify.output);
+    assert.doesNotMatch(verify.output, /tiu-(health|update)\.(service|timer)/, verify.output);
     assert.match(v.console, /tiu-health: snapshot 1 is healthy: marked good/);
     passed = 0;
   });
