@@ -142,6 +142,32 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
       assert.deepEqual(await readdir(store.dir), []);
     }
   });
+
+  it('a response shorter or longer than the range asked for is DELTA_SHORT_RANGE; the files before the cut are whole', async () => {
+    const es = await tocEntries();
+    const ranges = coalesce(es, { maxGap: 1024, maxSpan: 1_000_000 });
+    assert.equal(ranges.length, 1);
+    const r = ranges[0]!;
+    const firstEnd = Math.min(...r.entries.map((e) => e.source!.endOffset!));
+    for (const [what, reshape] of [
+      ['cut after the first file', (b: Buffer) => b.subarray(0, firstEnd - r.start)],
+      ['one byte too many', (b: Buffer) => Buffer.concat([b, Buffer.from([0])])],
+    ] as const) {
+      const odd = Object.assign(Object.create(target) as MemoryTarget, {
+        fetchRange: async (d: Descriptor, s: number, e: number) => {
+          const chunks: Buffer[] = [];
+          for await (const c of await target.fetchRange(d, s, e)) chunks.push(c as Buffer);
+          return Readable.from([reshape(Buffer.concat(chunks))]);
+        },
+      });
+      const store = await ContentStore.open(join(dir, `store-odd-${what.length}`));
+      await assert.rejects(downloadRanges(odd, manifest.layers, ranges, store), (e: unknown) => isTiuError(e, 'DELTA_SHORT_RANGE') && /got \d+ of \d+/.test((e as Error).message), what);
+      for (const f of await readdir(store.dir)) {
+        const e = es.find((x) => x.digest === `sha256:${f}`)!;
+        assert.deepEqual(await readFile(store.path(e.digest!)), files[e.path], `${what}: ${e.path} is whole`);
+      }
+    }
+  });
 });
 
 describe('delta: the apply\'s content provider (storeProvider)', () => {
