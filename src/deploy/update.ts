@@ -40,7 +40,8 @@ import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from '.
 import { acquireUpdateLock } from './lock.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
 import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
-import { applyTransfer, ContentStore, contentIndexFile, describeTransfer, pruneContentIndexes, downloadTransfer, prepareTransfer, type DeltaTransfer, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
+import { applyTransfer, ContentStore, contentIndexFile, describeTransfer, pendingRanges, pruneContentIndexes, downloadTransfer, prepareTransfer, rangeBytes, type DeltaTransfer, type DownloadStats, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
+import { humanSize } from '../format.ts';
 
 export class UpdateError extends TiuError {}
 
@@ -225,6 +226,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
   const lock = await acquireUpdateLock(ctx.sysroot);
   let opened: Target | undefined;
   let store: ContentStore | undefined;
+  let keepStore = false;
   try {
     const cleanup = await cleanupInProgress(ctx);
     if (cleanup.deleted.length) progress(`removed unfinished snapshot(s) ${cleanup.deleted.join(', ')} left by an interrupted update`);
@@ -276,8 +278,17 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       if (opts.offline) {
         await checkPolicy(cache, root);
       } else if (delta) {
-        store = await ContentStore.open(join(cacheDir, 'delta', root.digest.replace(/^sha256:/, '')));
-        const got = await downloadTransfer(delta, store, { signal, onBytes: downloadProgress(delta.report.contentBytes, progress, { everyMs: opts.progressEveryMs }) });
+        const s = await openStore(cacheDir, root.digest);
+        store = s;
+        if (s.resumed.files) progress(`resuming: ${s.resumed.files} file(s), ${humanSize(s.resumed.bytes)}, verified from an interrupted download`);
+        let got: DownloadStats;
+        try {
+          got = await downloadTransfer(delta, s, { signal, onBytes: downloadProgress(rangeBytes(pendingRanges(delta, s)), progress, { everyMs: opts.progressEveryMs }) });
+        } catch (e) {
+          // What came in stays for the next run to verify and go on from (unless it filled the disk).
+          keepStore = !isNoSpace(e);
+          throw e;
+        }
         transfer = { ...delta.report, downloaded: delta.report.tocBytes + got.bytes };
         progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${got.bytes} bytes of content`);
       } else {
@@ -316,7 +327,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
             await verifyBlobs(cache, manifest.layers, signal);
             return undefined;
           }
-          const s = await ContentStore.open(join(cacheDir, 'delta', root.digest.replace(/^sha256:/, '')));
+          const s = await openStore(cacheDir, root.digest);
           store = s;
           const got = await downloadTransfer(local, s, { signal });
           progress(`read ${got.files} changed file(s) from the cached layers (${local.report.files?.changed ?? 0} to change)`);
@@ -402,7 +413,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       throw e;
     }
   } finally {
-    await store?.remove().catch(() => undefined);
+    if (!keepStore) await store?.remove().catch(() => undefined);
     await opened?.close?.().catch(() => undefined);
     await lock.release();
   }
@@ -422,6 +433,17 @@ async function releaseFromCache(cache: CacheTarget, digest: string, progress: (m
   } catch (e) {
     progress(`could not free the applied image from the cache, where it stays: ${asError(e).message}`);
   }
+}
+
+/**
+ * The content store of the delta to `digest`, in the cache: files an interrupted download of
+ * the same image left there are kept when they still verify; stores of other images go.
+ */
+async function openStore(cacheDir: string, digest: string): Promise<ContentStore> {
+  const parent = join(cacheDir, 'delta');
+  const name = digest.replace(/^sha256:/, '');
+  for (const other of await readdir(parent).catch(() => [] as string[])) if (other !== name) await rm(join(parent, other), { recursive: true, force: true });
+  return ContentStore.open(join(parent, name), { resume: true });
 }
 
 /** ENOSPC while the image is fetched into the cache (before any snapshot) becomes DISK_FULL naming the cache. */

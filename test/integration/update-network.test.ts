@@ -5,6 +5,9 @@
  * once the network is back the same command succeeds.
  */
 import assert from 'node:assert/strict';
+import { randomBytes, type KeyObject } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readdir, stat } from 'node:fs/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,6 +34,7 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
   let work = '';
   let reg: RunningRegistry;
   let proxy: CountingProxy;
+  let key: KeyObject;
   const noHooks = parseConfig('default-hooks = false');
   const ref = `docker://127.0.0.1:0/tiu/os:v2`;
   const image = () => ref.replace('127.0.0.1:0', proxy.host);
@@ -56,7 +60,7 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     const layout = join(work, 'layout');
     const target = await OciLayoutTarget.open(layout, { create: true });
     await buildBundle({ kind: 'directory', path: tree }, target, 'v2', { compression: 'zstd', sourceDateEpoch: 1_767_225_600, layers: 2 });
-    const key = await installPolicy(os.sysroot);
+    key = await installPolicy(os.sysroot);
     await signInLayout(layout, 'v2', key);
     reg = await startRegistry();
     proxy = await startCountingProxy(reg.port);
@@ -134,5 +138,46 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     assert.ok(shown.length > 0, lines.join('\n'));
     assert.match(shown.at(-1)!, /^downloading: .+ of .+ \(100%\)$/);
     assert.equal((await state()).default, r.snapshot);
+  });
+
+  it('a delta the network cut off goes on where it stopped: the next run verifies what came and downloads the rest', async () => {
+    // Six files of 3 MiB that do not compress, one request each; four run at once, so the cut
+    // after 16 MiB lands when the first four are in and the last two are not.
+    const tree = join(work, 'v3');
+    await writeTree(tree, [...(await v2Files()), ...Array.from({ length: 6 }, (_, i) => ({ path: `usr/lib/huge/h${i}`, content: randomBytes(3 << 20) }))]);
+    const layout = join(work, 'layout-v3');
+    await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(layout, { create: true }), 'v3', { compression: 'zstd', sourceDateEpoch: 1_767_225_600, layers: 2 });
+    await signInLayout(layout, 'v3', key);
+    const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, { registriesConf: false });
+    try {
+      await copy(await OciLayoutTarget.open(layout), 'v3', dst, 'v3', { referrers: true });
+    } finally {
+      await dst.close();
+    }
+    const v3 = image().replace(/:v2$/, ':v3');
+    const before = await state();
+    proxy.reset();
+    await assert.rejects(
+      update(deps, { sysroot: os.sysroot, reference: v3, config: noHooks, onProgress: (l) => l.startsWith('transfer: file delta') && proxy.down(16 << 20) }),
+      (e: unknown) => isTiuError(e, 'REGISTRY_UNREACHABLE') || isTiuError((e as Error).cause, 'REGISTRY_UNREACHABLE'),
+    );
+    proxy.up();
+    assert.deepEqual((await state()).snapshots.map((x) => x.number), before.snapshots.map((x) => x.number));
+    const stores = join(os.sysroot, 'var/cache/tiu/delta');
+    const kept = existsSync(stores) ? (await readdir(stores, { recursive: true })).filter((f) => /\/[0-9a-f]{64}$/.test(f)) : [];
+    const keptHuge = (await Promise.all(kept.map(async (f) => (await stat(join(stores, f))).size))).filter((n) => n === 3 << 20).length;
+    assert.ok(keptHuge >= 1 && keptHuge < 6, `big files kept from the cut download: ${keptHuge} of 6`);
+
+    const lines: string[] = [];
+    proxy.reset();
+    const r = await update(deps, { sysroot: os.sysroot, reference: v3, config: noHooks, onProgress: (l) => lines.push(l) });
+    const second = proxy.reset().down;
+    assert.ok(r.status === 'updated' && r.transfer?.path === 'delta');
+    assert.ok(lines.some((l) => new RegExp(`^resuming: ${kept.length} file\\(s\\)`).test(l)), lines.join('\n'));
+    // Only the files that had not come: about 3 MiB each, plus the tables of contents.
+    const left = 6 - keptHuge;
+    assert.ok(second < (left * 3 + 1) * (1 << 20) && second > left * 3 * (1 << 20) - (1 << 20), `second run downloaded ${second} bytes for ${left} file(s)`);
+    assert.ok(r.transfer.downloaded! < r.transfer.downloadBytes);
+    assert.equal(existsSync(stores) ? (await readdir(stores)).length : 0, 0, 'the store is gone after the update');
   });
 });

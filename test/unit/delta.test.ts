@@ -170,6 +170,41 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
   });
 });
 
+describe('delta: ContentStore', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-store-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+  const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+  it('resuming keeps the files that hash to their names and drops the rest; a plain open starts empty', async () => {
+    const at = join(dir, 'store');
+    const good = Buffer.concat([Buffer.from('good content '), Buffer.alloc(70_000)]);
+    const first = await ContentStore.open(at);
+    await first.put(sha(good), good);
+    // What else an interrupted run (or someone else) may leave: a file that does not match its
+    // name, a temporary file, a directory.
+    const forged = sha(Buffer.from('the real thing'));
+    await writeFile(first.path(forged), 'something else');
+    await writeFile(join(at, '.tmp-1-1'), 'half');
+    await mkdir(join(at, 'sub'));
+
+    const resumed = await ContentStore.open(at, { resume: true });
+    assert.equal(resumed.has(sha(good)), true);
+    assert.equal(resumed.has(forged), false);
+    assert.deepEqual(resumed.resumed, { files: 1, bytes: good.length });
+    assert.deepEqual(await readdir(at), [sha(good).slice(7)]);
+    assert.deepEqual(await readFile(resumed.path(sha(good))), good);
+
+    const fresh = await ContentStore.open(at);
+    assert.equal(fresh.has(sha(good)), false);
+    assert.deepEqual(await readdir(at), []);
+  });
+});
+
 describe('delta: the apply\'s content provider (storeProvider)', () => {
   let dir: string;
   before(async () => {

@@ -9,8 +9,8 @@
  * /var): nothing reaches a snapshot from here until the apply takes it.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, constants, openSync, rmSync } from 'node:fs';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { closeSync, constants, createReadStream, openSync, rmSync } from 'node:fs';
+import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
@@ -28,23 +28,55 @@ export const DEFAULT_CONCURRENCY = 4;
 const TAKE_CONCURRENCY = 4;
 
 /**
- * Verified file contents by sha256, in a directory. Everything in it was verified by this
- * process: `open` empties what an interrupted run left, so the apply can reflink the files
- * into the snapshot without reading them again.
+ * Verified file contents by sha256, in a directory. Everything the store answers `has` for was
+ * verified by this process, so the apply can reflink the files into the snapshot without
+ * reading them again: `open` empties what an earlier run left, or, resuming, keeps only the
+ * files whose content hashes to their name (a download the network cut off goes on from there).
  */
 export class ContentStore {
   readonly dir: string;
   #n = 0;
-  /** Digests stored (by this process: the directory starts empty). */
+  /** Digests stored (by this process, or verified by it when resuming). */
   readonly #stored = new Set<string>();
+  /** What `open` kept from an earlier run (resume). */
+  readonly resumed = { files: 0, bytes: 0 };
   private constructor(dir: string) {
     this.dir = dir;
   }
 
-  static async open(dir: string): Promise<ContentStore> {
-    await rm(dir, { recursive: true, force: true });
+  static async open(dir: string, opts: { resume?: boolean } = {}): Promise<ContentStore> {
+    if (!opts.resume) await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { recursive: true, mode: 0o700 });
-    return new ContentStore(dir);
+    const store = new ContentStore(dir);
+    if (opts.resume) await store.#verifyLeftovers();
+    return store;
+  }
+
+  /** Keep the files of an earlier run that hash to their names; remove everything else. */
+  async #verifyLeftovers(): Promise<void> {
+    for (const d of await readdir(this.dir, { withFileTypes: true })) {
+      const path = join(this.dir, d.name);
+      if (d.isFile() && /^[0-9a-f]{64}$/.test(d.name)) {
+        const h = createHash('sha256');
+        let size = 0;
+        for await (const c of createReadStream(path) as AsyncIterable<Buffer>) {
+          h.update(c);
+          size += c.length;
+        }
+        if (h.digest('hex') === d.name) {
+          this.#stored.add(`sha256:${d.name}`);
+          this.resumed.files++;
+          this.resumed.bytes += size;
+          continue;
+        }
+      }
+      await rm(path, { recursive: true, force: true });
+    }
+  }
+
+  /** Digests in the store. */
+  get size(): number {
+    return this.#stored.size;
   }
 
   path(digest: string): string {

@@ -160,9 +160,15 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
   };
 }
 
-/** Download the delta's ranges into `store` (verified); the measured bytes. */
+/** The delta's ranges for the files `store` lacks: all of them, unless it kept some from an interrupted run. */
+export function pendingRanges(t: DeltaTransfer, store: ContentStore): FetchRange[] {
+  if (store.size === 0) return t.ranges;
+  return coalesce(t.plan.fetch.filter((e) => !(e.digest && store.has(e.digest))), t.coalesce);
+}
+
+/** Download what `store` lacks of the delta into it (verified); the measured bytes. */
 export async function downloadTransfer(t: DeltaTransfer, store: ContentStore, opts: { concurrency?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {}): Promise<DownloadStats> {
-  return downloadRanges(t.source, t.manifest.layers, t.ranges, store, { ...opts, maxSpan: t.coalesce.maxSpan });
+  return downloadRanges(t.source, t.manifest.layers, pendingRanges(t, store), store, { ...opts, maxSpan: t.coalesce.maxSpan });
 }
 
 export interface ApplyTransferResult {

@@ -371,7 +371,13 @@ export class RepositoryClient {
         cb(seen === want ? null : new TiuError('SIZE_MISMATCH', `range of blob ${desc.digest}: ${seen} of ${want} bytes`));
       },
     });
-    res.body.on('error', (e) => check.destroy(e));
+    // A connection cut mid-body is the network's fault, said as such (the delta keeps the files
+    // that came and a later run goes on from there), not a bare "aborted".
+    res.body.on('error', (e) => {
+      if (signal?.aborted) check.destroy(new AbortedError(`range of blob ${desc.digest}`));
+      else if (isConnectionFailure(e)) check.destroy(new UnreachableError(this.registry, `range of blob ${desc.digest} cut at byte ${seen} of ${want}: ${e.message}`));
+      else check.destroy(e);
+    });
     return res.body.pipe(check);
   }
 
