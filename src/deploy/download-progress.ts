@@ -1,5 +1,5 @@
 /**
- * Progress of a long download as occasional lines ("downloading 45 MiB of 211 MiB (21%)"):
+ * Progress of a long download as occasional lines ("downloading: 45.0 MiB of 211 MiB (21%)"):
  * one every `everyMs` at most, so a device's log shows that the update is moving without a
  * line per chunk. A download that ends before the first interval prints nothing.
  */

@@ -31,7 +31,7 @@ import { downloadProgress } from './download-progress.ts';
 import type { ApplyReport } from './apply/index.ts';
 import type { EtcConflict, EtcMergeReport } from './etc-merge.ts';
 import type { IdClash, UsersMergeResult } from './users-merge.ts';
-import { TiuError, asError } from '../errors.ts';
+import { TiuError, asError, isTiuError } from '../errors.ts';
 import { hasSelinuxLabel, selinuxWanted } from '../host/selinux.ts';
 import { copyTreeReflink } from '../host/system.ts';
 import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
@@ -133,6 +133,10 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   const second = await fetchManifest(target, pick, { signal });
   if (second.parsed.kind !== 'manifest') throw new UpdateError('INVALID_MANIFEST', `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`, { digest: pick.digest });
   return { desc: pick, manifest: second.parsed.manifest };
+}
+
+function isLayer(mediaType: string): boolean {
+  return TAR_LAYER_TYPES.has(mediaType);
 }
 
 /** Layer media types tiu applies (tar, tar+gzip, tar+zstd; OCI and Docker). */
@@ -285,12 +289,13 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         try {
           got = await downloadTransfer(delta, s, { signal, onBytes: downloadProgress(rangeBytes(pendingRanges(delta, s)), progress, { everyMs: opts.progressEveryMs }) });
         } catch (e) {
-          // What came in stays for the next run to verify and go on from (unless it filled the disk).
-          keepStore = !isNoSpace(e);
+          // Cut off by the network or a signal: what came in stays, for the next run to verify
+          // and go on from. Anything else (a full disk, a bad image) would only fail again.
+          keepStore = isTransient(e, signal);
           throw e;
         }
         transfer = { ...delta.report, downloaded: delta.report.tocBytes + got.bytes };
-        progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${got.bytes} bytes of content`);
+        progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${humanSize(got.bytes)} of content`);
       } else {
         progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
         // Online, chooseTransfer has already accepted this digest's signature; --download-only checks it here.
@@ -298,6 +303,9 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         const seen = new Map<string, number>();
         let received = 0;
         const onProgress = (e: CopyEvent) => {
+          // Layers only (the total is theirs); one already in the cache counts as come.
+          if (!isLayer(e.desc.mediaType)) return;
+          if (e.type === 'blob-skipped') onBytes(e.desc.size);
           if (e.type !== 'blob-bytes') return;
           // A blob that starts over (a cut upload reads it again) counts again only past where it was.
           const before = seen.get(e.desc.digest) ?? 0;
@@ -319,24 +327,23 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     // snapshot, only the changed files read (by range, from the local blobs) and verified into
     // the store. Other layers are streamed through the tar engine, so every blob is read through
     // its digest first. Either way, what the apply uses is intact before a snapshot exists.
-    const cached = delta
-      ? undefined
-      : await whileFetching(cacheDir, image, async () => {
-          const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, booted), preserve: PRESERVE, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, booted), saveIndexTo: contentIndexFile(cacheDir, booted) });
-          if (local.path !== 'delta') {
-            await verifyBlobs(cache, manifest.layers, signal);
-            return undefined;
-          }
-          const s = await openStore(cacheDir, root.digest);
-          store = s;
-          const got = await downloadTransfer(local, s, { signal });
-          progress(`read ${got.files} changed file(s) from the cached layers (${local.report.files?.changed ?? 0} to change)`);
-          return local;
-        });
+    const readCache = async (): Promise<DeltaTransfer | undefined> => {
+      const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, booted), preserve: PRESERVE, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, booted), saveIndexTo: contentIndexFile(cacheDir, booted) });
+      if (local.path !== 'delta') {
+        await verifyBlobs(cache, manifest.layers, signal);
+        return undefined;
+      }
+      const s = await openStore(cacheDir, root.digest);
+      store = s;
+      const got = await downloadTransfer(local, s, { signal });
+      progress(`read ${got.files} changed file(s) from the cached layers (${local.report.files?.changed ?? 0} to change)`);
+      return local;
+    };
+    const cached = delta ? undefined : await whileFetching(cacheDir, image, () => fromTheCache(cache, root.digest, manifest, { image, cacheDir, signal }, readCache));
     const fromCache = cached !== undefined;
     delta ??= cached;
 
-    const from = state.booted;
+    const from = booted;
     progress(`creating snapshot from ${from}`);
     const n = await createInProgress(ctx, { from, description: `tiu update to ${image}`.slice(0, 200), image });
     try {
@@ -436,6 +443,36 @@ async function releaseFromCache(cache: CacheTarget, digest: string, progress: (m
 }
 
 /**
+ * Read the cached image with `step`. A cached copy that fails its digests (a disk that rots, a
+ * copy cut short) is dropped from the cache, so that the next update downloads it again instead
+ * of failing the same way: CACHE_DAMAGED. Content that fails its table of contents while its
+ * layer still matches the layer digest is the image's fault, and is said as it is.
+ */
+async function fromTheCache<T>(cache: CacheTarget, digest: string, manifest: ImageManifest, o: { image: string; cacheDir: string; signal?: AbortSignal }, step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (e) {
+    const mismatch = isTiuError(e, 'DIGEST_MISMATCH') || isTiuError(e, 'SIZE_MISMATCH') || isTiuError(e, 'DELTA_FILE_MISMATCH') || isTiuError(e, 'TOC_CHECKSUM_MISMATCH');
+    if (!mismatch) throw e;
+    if (!isTiuError(e, 'DIGEST_MISMATCH') && !isTiuError(e, 'SIZE_MISMATCH')) {
+      const layersIntact = await verifyBlobs(cache, manifest.layers, o.signal).then(
+        () => true,
+        () => false,
+      );
+      if (layersIntact) throw e;
+    }
+    let dropped = false;
+    if (cache.removeImage) dropped = await cache.removeImage(digest).then(() => true, () => false);
+    throw new UpdateError(
+      'CACHE_DAMAGED',
+      `the copy of ${o.image} in the cache ${o.cacheDir} is damaged (${asError(e).message})${dropped ? '; it was removed from the cache, so the next update downloads it again' : ''}`,
+      { cache: o.cacheDir, digest },
+      { cause: e },
+    );
+  }
+}
+
+/**
  * The content store of the delta to `digest`, in the cache: files an interrupted download of
  * the same image left there are kept when they still verify; stores of other images go.
  */
@@ -454,6 +491,15 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
     if (!isNoSpace(e)) throw e;
     throw new UpdateError('DISK_FULL', `no space left on the filesystem of the cache ${cacheDir} while fetching ${image}; no snapshot was made: ${asError(e).message}`, { cache: cacheDir }, { cause: e });
   }
+}
+
+/** Failures that a later run may not meet: the network, the registry's load, a signal. */
+function isTransient(e: unknown, signal?: AbortSignal): boolean {
+  if (signal?.aborted) return true;
+  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) {
+    if (['REGISTRY_UNREACHABLE', 'TIMEOUT', 'REGISTRY_UNAVAILABLE', 'TOO_MANY_REQUESTS', 'ABORTED', 'INTERRUPTED'].some((c) => isTiuError(x, c))) return true;
+  }
+  return false;
 }
 
 /** ENOSPC anywhere in the cause chain (fs calls, a program's stderr, a wrapped error). */

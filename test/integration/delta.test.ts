@@ -373,5 +373,8 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     const s = await state();
     assert.deepEqual(s.snapshots.map((x) => x.number), before);
     assert.deepEqual(readdirSync(join(os.sysroot, 'var/cache/tiu/delta')), [], 'no unverified content kept');
+    // Whole layers: the layer matches its digest, so the fault is the image's, not the cache's.
+    await assert.rejects(update(deps(), { sysroot: os.sysroot, reference: ref('bad-frame'), config: noHooks, transfer: 'whole-layer' }), code('DELTA_FILE_MISMATCH'));
+    assert.deepEqual((await state()).snapshots.map((x) => x.number), before);
   });
 });

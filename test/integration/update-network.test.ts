@@ -120,6 +120,8 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     const shown = lines.filter((l) => l.startsWith('downloading: '));
     assert.ok(shown.length > 0, lines.join('\n'));
     assert.match(shown.at(-1)!, /^downloading: .+ of .+ \(100%\)$/);
+    const [, done, total] = /^downloading: (.+) of (.+) \(/.exec(shown.at(-1)!)!;
+    assert.equal(done, total, 'all of it and no more');
     assert.equal((await state()).default, r.snapshot);
   });
 
@@ -137,6 +139,8 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     const shown = lines.filter((l) => l.startsWith('downloading: '));
     assert.ok(shown.length > 0, lines.join('\n'));
     assert.match(shown.at(-1)!, /^downloading: .+ of .+ \(100%\)$/);
+    const [, done, total] = /^downloading: (.+) of (.+) \(/.exec(shown.at(-1)!)!;
+    assert.equal(done, total, 'all of it and no more');
     assert.equal((await state()).default, r.snapshot);
   });
 

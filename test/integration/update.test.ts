@@ -130,13 +130,17 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     const d = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, downloadOnly: true });
     assert.equal(d.status, 'downloaded');
     const blob = join(cacheDir(), 'blobs/sha256', v1.layers[0]!.digest.slice(7));
-    const good = await readFile(blob);
     await corrupt(blob);
-    try {
-      await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true }), 'DIGEST_MISMATCH');
-    } finally {
-      await writeFile(blob, good);
-    }
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true }), 'CACHE_DAMAGED', (e) => {
+      assert.match(e.message, /is damaged .*removed from the cache, so the next update downloads it again/);
+      assert.ok(isTiuError(e.cause, 'DIGEST_MISMATCH'));
+      return true;
+    });
+    // Dropped from the cache: offline there is nothing left to use, online it comes again.
+    await unchanged(() => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true }), 'NOT_IN_CACHE');
+    const again = await update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, downloadOnly: true });
+    assert.equal(again.status, 'downloaded');
+    assert.deepEqual(await readFile(blob), await readFile(join(images, 'blobs/sha256', v1.layers[0]!.digest.slice(7))));
   });
 
   it('an image the policy refuses is refused before a snapshot exists and before it reaches the cache', async () => {
@@ -267,11 +271,15 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     await writeFile(blob, bad);
     const snapshotsBefore = (await state()).snapshots.map((x) => x.number);
     await assert.rejects(update(deps(), { sysroot: os.sysroot, reference: `oci:${layout}:b4`, config: noHooks, offline: true }), (e: TiuError) => {
+      assert.equal(e.code, 'CACHE_DAMAGED');
+      assert.ok(isTiuError(e.cause, 'DELTA_FILE_MISMATCH'));
       assert.match(e.message, /new-in-v2/);
       return true;
     });
     assert.deepEqual((await state()).snapshots.map((x) => x.number), snapshotsBefore);
-    await writeFile(blob, good);
+    assert.equal(existsSync(blob), false, 'the damaged image left the cache');
+    assert.equal((await update(deps(), { sysroot: os.sysroot, reference: `oci:${layout}:b4`, config: noHooks, downloadOnly: true })).status, 'downloaded');
+    assert.deepEqual(await readFile(blob), good);
     const lines: string[] = [];
     const r4 = await update(deps(), { sysroot: os.sysroot, reference: `oci:${layout}:b4`, config: noHooks, offline: true, onProgress: (l) => lines.push(l) });
     assert.ok(r4.status === 'updated');

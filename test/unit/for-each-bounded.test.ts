@@ -18,7 +18,7 @@ describe('forEachBounded', () => {
     assert.equal(most, 3);
   });
 
-  it('stops handing out items at the first failure, reports it once, and throws it after the calls in flight end', async () => {
+  it('stops handing out items at the first failure, reports only that one, and throws it after the calls in flight end', async () => {
     const started: number[] = [];
     let inFlight = 0;
     const failures: unknown[] = [];
@@ -31,7 +31,7 @@ describe('forEachBounded', () => {
           inFlight++;
           try {
             await sleep(i === 2 ? 1 : 20);
-            if (i === 2 || i === 3) throw new Error(`item ${i}`);
+            if (i === 1 || i === 2) throw new Error(`item ${i}`);
           } finally {
             inFlight--;
           }
@@ -42,6 +42,7 @@ describe('forEachBounded', () => {
     );
     assert.equal(inFlight, 0, 'nothing is still running');
     assert.deepEqual(started, [1, 2], 'no item starts after the failure');
-    assert.equal(failures.length, 1);
+    assert.equal(failures.length, 1, 'the second failure (item 1, after item 2) is not reported');
+    assert.match(String(failures[0]), /item 2/);
   });
 });

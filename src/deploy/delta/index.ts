@@ -33,7 +33,11 @@ export { fetchLayerTocs, type LayerTocs } from './tocs.ts';
 
 export type TransferPath = 'delta' | 'whole-layer';
 
-/** 'auto': delta where possible, else whole layers; 'delta': fail when impossible; 'whole-layer': never delta. */
+/**
+ * How the image is downloaded. 'auto': the file delta where possible, else whole layers;
+ * 'delta': fail when impossible; 'whole-layer': whole layers, never by Range from the source.
+ * Layers with tables of contents are applied from the cache the same way in every mode.
+ */
 export type TransferMode = 'auto' | TransferPath;
 
 /** What a transfer downloads (predicted by prepareTransfer, measured after the download). */
