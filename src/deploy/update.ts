@@ -272,7 +272,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     let delta: DeltaTransfer | undefined;
     let transfer: TransferReport | undefined;
     if (!opts.offline && !opts.downloadOnly) {
-      const t = await chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal, index: { load: contentIndexFile(cacheDir, state.booted), save: true } });
+      // Planning saves the booted snapshot's content index into the cache: a full disk can show here.
+      const t = await whileFetching(cacheDir, image, () => chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal, index: { load: contentIndexFile(cacheDir, booted), save: true } }));
       transfer = t.report;
       progress(describeTransfer(transfer));
       if (t.path === 'delta') delta = t;
