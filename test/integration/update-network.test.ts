@@ -79,6 +79,15 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     if (work) await rm(work, { recursive: true, force: true });
   });
 
+  /** The progress lines count the download up to all of it, and no more. */
+  function progressEndsAtAll(lines: string[]): void {
+    const shown = lines.filter((l) => l.startsWith('downloading: '));
+    assert.ok(shown.length > 0, lines.join('\n'));
+    assert.match(shown.at(-1)!, /^downloading: .+ of .+ \(100%\)$/);
+    const [, done, total] = /^downloading: (.+) of (.+) \(/.exec(shown.at(-1)!)!;
+    assert.equal(done, total, 'all of it and no more');
+  }
+
   /** Run an update that loses the network when `trigger` says so; assert nothing changed. */
   async function failsUnchanged(transfer: 'auto' | 'whole-layer', trigger: (line: string) => void): Promise<TiuError> {
     const before = await state();
@@ -116,12 +125,7 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     const r = await update(deps, { sysroot: os.sysroot, reference: image(), config: noHooks, progressEveryMs: 0, onProgress: (l) => lines.push(l) });
     assert.equal(r.status, 'updated');
     assert.ok(r.status === 'updated' && r.transfer?.path === 'delta');
-    // progress: byte counts of the delta's content, ending at all of it
-    const shown = lines.filter((l) => l.startsWith('downloading: '));
-    assert.ok(shown.length > 0, lines.join('\n'));
-    assert.match(shown.at(-1)!, /^downloading: .+ of .+ \(100%\)$/);
-    const [, done, total] = /^downloading: (.+) of (.+) \(/.exec(shown.at(-1)!)!;
-    assert.equal(done, total, 'all of it and no more');
+    progressEndsAtAll(lines);
     assert.equal((await state()).default, r.snapshot);
   });
 
@@ -136,11 +140,7 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     const lines: string[] = [];
     const r = await update(deps, { sysroot: os.sysroot, reference: image(), config: noHooks, transfer: 'whole-layer', progressEveryMs: 0, onProgress: (l) => lines.push(l) });
     assert.equal(r.status, 'updated');
-    const shown = lines.filter((l) => l.startsWith('downloading: '));
-    assert.ok(shown.length > 0, lines.join('\n'));
-    assert.match(shown.at(-1)!, /^downloading: .+ of .+ \(100%\)$/);
-    const [, done, total] = /^downloading: (.+) of (.+) \(/.exec(shown.at(-1)!)!;
-    assert.equal(done, total, 'all of it and no more');
+    progressEndsAtAll(lines);
     assert.equal((await state()).default, r.snapshot);
   });
 
