@@ -40,7 +40,7 @@ import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from '.
 import { acquireUpdateLock } from './lock.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
 import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
-import { applyTransfer, ContentStore, contentIndexFile, describeTransfer, pendingRanges, pruneContentIndexes, downloadTransfer, prepareTransfer, rangeBytes, type DeltaTransfer, type DownloadStats, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
+import { applyTransfer, ContentStore, contentIndexFile, describeTransfer, pendingRanges, pruneContentIndexes, downloadTransfer, prepareTransfer, rangeBytes, type DeltaTransfer, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
 import { humanSize } from '../format.ts';
 
 export class UpdateError extends TiuError {}
@@ -230,7 +230,6 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
   const lock = await acquireUpdateLock(ctx.sysroot);
   let opened: Target | undefined;
   let store: ContentStore | undefined;
-  let keepStore = false;
   try {
     const cleanup = await cleanupInProgress(ctx);
     if (cleanup.deleted.length) progress(`removed unfinished snapshot(s) ${cleanup.deleted.join(', ')} left by an interrupted update`);
@@ -283,40 +282,13 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       if (opts.offline) {
         await checkPolicy(cache, root);
       } else if (delta) {
-        const s = await openStore(cacheDir, root.digest);
-        store = s;
-        if (s.resumed.files) progress(`resuming: ${s.resumed.files} file(s), ${humanSize(s.resumed.bytes)}, verified from an interrupted download`);
-        let got: DownloadStats;
-        try {
-          got = await downloadTransfer(delta, s, { signal, onBytes: downloadProgress(rangeBytes(pendingRanges(delta, s)), progress, { everyMs: opts.progressEveryMs }) });
-        } catch (e) {
-          // Cut off by the network or a signal: what came in stays, for the next run to verify
-          // and go on from. Anything else (a full disk, a bad image) would only fail again.
-          keepStore = isTransient(e, signal);
-          throw e;
-        }
-        transfer = { ...delta.report, downloaded: delta.report.tocBytes + got.bytes };
-        progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${humanSize(got.bytes)} of content`);
+        const d = await downloadDelta(delta, cacheDir, root.digest, { progress, signal, progressEveryMs: opts.progressEveryMs });
+        store = d.store;
+        transfer = { ...delta.report, downloaded: delta.report.tocBytes + d.bytes };
       } else {
         progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
         // Online, chooseTransfer has already accepted this digest's signature; --download-only checks it here.
-        const onBytes = downloadProgress(transfer?.downloadBytes, progress, { everyMs: opts.progressEveryMs });
-        const seen = new Map<string, number>();
-        let received = 0;
-        const onProgress = (e: CopyEvent) => {
-          // Layers only (the total is theirs); one already in the cache counts as come.
-          if (!isLayer(e.desc.mediaType)) return;
-          if (e.type === 'blob-skipped') onBytes(e.desc.size);
-          if (e.type !== 'blob-bytes') return;
-          // A blob that starts over (a cut upload reads it again) counts again only past where it was.
-          const before = seen.get(e.desc.digest) ?? 0;
-          if (e.bytes > before) {
-            onBytes(e.bytes - before);
-            received += e.bytes - before;
-            seen.set(e.desc.digest, e.bytes);
-          }
-        };
-        await deps.copy(source, root.digest, cache, tag, { referrers: true, ...(opts.downloadOnly ? { verify: checkPolicy } : {}), signal, onProgress });
+        const received = await copyIntoCache(deps, source, root, cache, tag, { total: transfer?.downloadBytes, verify: opts.downloadOnly ? checkPolicy : undefined, progress, signal, progressEveryMs: opts.progressEveryMs });
         if (transfer) transfer = { ...transfer, downloaded: received };
       }
     });
@@ -421,7 +393,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       throw e;
     }
   } finally {
-    if (!keepStore) await store?.remove().catch(() => undefined);
+    await store?.remove().catch(() => undefined);
     await opened?.close?.().catch(() => undefined);
     await lock.release();
   }
@@ -441,6 +413,53 @@ async function releaseFromCache(cache: CacheTarget, digest: string, progress: (m
   } catch (e) {
     progress(`could not free the applied image from the cache, where it stays: ${asError(e).message}`);
   }
+}
+
+/**
+ * The file delta into its content store. On failure the store stays when the network or a
+ * signal cut the download off, for the next run to verify and go on from; otherwise (a full
+ * disk, a bad image: it would only fail again) it goes.
+ */
+async function downloadDelta(delta: DeltaTransfer, cacheDir: string, digest: string, o: { progress: (line: string) => void; signal?: AbortSignal; progressEveryMs?: number }): Promise<{ store: ContentStore; bytes: number }> {
+  const store = await openStore(cacheDir, digest);
+  if (store.resumed.files) o.progress(`resuming: ${store.resumed.files} file(s), ${humanSize(store.resumed.bytes)}, verified from an interrupted download`);
+  try {
+    const got = await downloadTransfer(delta, store, { signal: o.signal, onBytes: downloadProgress(rangeBytes(pendingRanges(delta, store)), o.progress, { everyMs: o.progressEveryMs }) });
+    o.progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${humanSize(got.bytes)} of content`);
+    return { store, bytes: got.bytes };
+  } catch (e) {
+    if (!isTransient(e, o.signal)) await store.remove().catch(() => undefined);
+    throw e;
+  }
+}
+
+/** The whole image into the cache, with progress over its layers; the layer bytes received. */
+async function copyIntoCache(
+  deps: UpdateDeps,
+  source: Target,
+  root: Descriptor,
+  cache: CacheTarget,
+  tag: string,
+  o: { total: number | undefined; verify: ((src: Target, root: Descriptor) => Promise<void>) | undefined; progress: (line: string) => void; signal?: AbortSignal; progressEveryMs?: number },
+): Promise<number> {
+  const onBytes = downloadProgress(o.total, o.progress, { everyMs: o.progressEveryMs });
+  const seen = new Map<string, number>();
+  let received = 0;
+  const onProgress = (e: CopyEvent) => {
+    // Layers only (the total is theirs); one already in the cache counts as come.
+    if (!isLayer(e.desc.mediaType)) return;
+    if (e.type === 'blob-skipped') onBytes(e.desc.size);
+    if (e.type !== 'blob-bytes') return;
+    // A blob that starts over (a cut upload reads it again) counts again only past where it was.
+    const before = seen.get(e.desc.digest) ?? 0;
+    if (e.bytes > before) {
+      onBytes(e.bytes - before);
+      received += e.bytes - before;
+      seen.set(e.desc.digest, e.bytes);
+    }
+  };
+  await deps.copy(source, root.digest, cache, tag, { referrers: true, ...(o.verify ? { verify: o.verify } : {}), ...(o.signal ? { signal: o.signal } : {}), onProgress });
+  return received;
 }
 
 /**
