@@ -263,14 +263,14 @@ class OrderedFrames {
     return run;
   }
   /**
-   * Queue one frame of `pieces` (not reused by the caller until `written` has run); `written`
+   * Queue `data` as one frame (not reused by the caller until `written` has run); `written`
    * gets the frame's offsets in the blob. Waits while the window is full.
    */
-  async add(pieces: readonly Buffer[], written?: (start: number, end: number) => void): Promise<void> {
+  async add(data: Buffer, written?: (start: number, end: number) => void): Promise<void> {
     const out = this.#onNextContext(async (f) => {
       const chunks: Buffer[] = [];
       f.sink = (b) => chunks.push(b);
-      for (const p of pieces) await f.write(p);
+      await f.write(data);
       await f.endFrame();
       return chunks;
     });
@@ -347,7 +347,7 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
     const frame = headers.length === 1 ? headers[0]! : Buffer.concat(headers, pendingLen);
     headers = [];
     pendingLen = 0;
-    await frames.add([frame]);
+    await frames.add(frame);
   };
   try {
     for (const e of entries) {
@@ -367,7 +367,7 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
           fileHash.update(data);
           crc.update(data);
           tar.update(data);
-          await frames.add([data], setOffsets);
+          await frames.add(data, setOffsets);
         } else {
           const hashed = (async function* () {
             for await (const piece of contentPieces(e)) {
