@@ -14,6 +14,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 destdir=${1:-/}
 die() { echo "install.sh: $*" >&2; exit 1; }
+# tsc and npm run on the project's own Node 24, whatever node the machine has.
+export PATH="$repo/node_modules/.bin:$PATH"
 
 node_bin=$(readlink -f "$repo/node_modules/.bin/node" 2>/dev/null || true)
 [ -x "$node_bin" ] || die "no node in $repo/node_modules (run npm ci first)"
@@ -29,7 +31,7 @@ trap 'rm -rf "$stage"' EXIT
 cp -a "$repo/package.json" "$repo/bin" "$repo/systemd" "$stage/tiu/"
 mkdir -p "$stage/tiu/node_modules/.bin"
 # Production dependencies only, without the npm `node` package: its binary is copied on its own.
-deps=$(cd "$repo" && PATH="$repo/node_modules/.bin:$PATH" npm ls --omit=dev --all --parseable) ||
+deps=$(cd "$repo" && npm ls --omit=dev --all --parseable) ||
   die "npm ls --omit=dev failed in $repo (run npm ci first)"
 printf '%s\n' "$deps" | while read -r d; do
   d=${d#"$repo/"}
