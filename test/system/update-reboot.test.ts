@@ -262,21 +262,23 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     requirePrevious(3);
     const v = vm!;
     await mountUsb();
-    await v.sh(`setsid tiu update oci:${USB}/os:${V4.tag} >/var/log/tiu-update-killed.log 2>&1 < /dev/null &`);
-    // Wait for the new snapshot to exist and be written into, then pull the plug.
-    const inProgress = await timed('scenario 3: update v4 until the snapshot is in progress', async () => {
+    // $! is tiu's pid: setsid and /usr/bin/tiu exec, they do not fork.
+    await v.sh(`setsid tiu update oci:${USB}/os:${V4.tag} >/var/log/tiu-update-killed.log 2>&1 < /dev/null & echo $! >/run/tiu-update-killed.pid`);
+    // Pull the plug as soon as tiu says it writes the image into the new snapshot. (Waiting a
+    // fixed time after the snapshot appears could race the end of this small update on a faster
+    // host.) By then the snapshot and its userdata are on disk: the /etc snapshots made after it
+    // committed btrfs transactions.
+    const inProgress = await timed('scenario 3: update v4 until it writes into the snapshot', async () => {
       const deadline = Date.now() + 900_000;
       while (Date.now() < deadline) {
-        const list = (await vmJson('snapper --no-dbus --jsonout -c root list --columns number,userdata')) as { root: { number: number; userdata?: Record<string, string> | null }[] };
-        const n = list.root.find((s) => s.userdata?.['tiu-in-progress'] === 'yes')?.number;
-        if (n !== undefined) return n;
-        const log = await v.run('cat /var/log/tiu-update-killed.log; pgrep -f "tiu update" >/dev/null');
+        const log = await v.run('cat /var/log/tiu-update-killed.log; kill -0 "$(cat /run/tiu-update-killed.pid)"');
+        const m = /^writing \d+ layer\(s\) into snapshot (\d+)$/m.exec(log.output);
+        if (m) return Number(m[1]);
         if (log.code !== 0) throw new Error(`tiu update ended before it was killed:\n${log.output}`);
-        await new Promise((r) => setTimeout(r, 1000));
+        await new Promise((r) => setTimeout(r, 200));
       }
-      throw new Error('no in-progress snapshot appeared');
+      throw new Error('tiu update did not start writing into a snapshot');
     });
-    await new Promise((r) => setTimeout(r, 3000));
     await v.kill();
     await timed('scenario 3: boot after the kill (v2)', () => v.bootReady());
     assert.equal(await versionId(), V2.versionId);
