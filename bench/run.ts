@@ -25,7 +25,7 @@ import { imageSize } from './lib/oci.ts';
 import { formatRange, formatRatio, formatSummary, summarize, type Figure, type Unit } from './lib/stats.ts';
 import { compare, recheck, type Comparison } from './lib/report.ts';
 import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts';
-import { TIU_WHOLE, updateSection } from './update.ts';
+import { APPLY_OCI, CASYNC, TIU_WHOLE, updateSection } from './update.ts';
 
 const repo = dirname(dirname(fileURLToPath(import.meta.url)));
 export const tiuBin = join(repo, 'bin/tiu');
@@ -338,16 +338,16 @@ function table(figures: readonly Figure[]): string {
 
 /** The comparisons the README shows, in this order (scenario, metric, subject, peer). */
 const README_ROWS: [string, string, string, string][] = [
-  ['update base → upgraded', 'bytes downloaded', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
-  ['update base → upgraded', 'bytes downloaded', 'tiu', 'casync (seeded extract, reflink)'],
-  ['update base → upgraded', 'disk (new snapshot)', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
-  ['update base → upgraded', 'disk (new snapshot)', 'tiu', 'casync (seeded extract, reflink)'],
-  ['update base → upgraded', 'temporary disk', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
-  ['update base → upgraded', 'time', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
-  ['update base → upgraded', 'time', 'tiu', 'casync (seeded extract, reflink)'],
-  ['update base → upgraded', 'time', TIU_WHOLE, 'apply-oci (skopeo + umoci + rsync)'],
-  ['update base → upgraded', 'peak RSS', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
-  ['update upgraded → upgraded', 'time', 'tiu', 'apply-oci (skopeo + umoci + rsync)'],
+  ['update base → upgraded', 'bytes downloaded', 'tiu', APPLY_OCI],
+  ['update base → upgraded', 'bytes downloaded', 'tiu', CASYNC],
+  ['update base → upgraded', 'disk (new snapshot)', 'tiu', APPLY_OCI],
+  ['update base → upgraded', 'disk (new snapshot)', 'tiu', CASYNC],
+  ['update base → upgraded', 'temporary disk', 'tiu', APPLY_OCI],
+  ['update base → upgraded', 'time', 'tiu', APPLY_OCI],
+  ['update base → upgraded', 'time', 'tiu', CASYNC],
+  ['update base → upgraded', 'time', TIU_WHOLE, APPLY_OCI],
+  ['update base → upgraded', 'peak RSS', 'tiu', APPLY_OCI],
+  ['update upgraded → upgraded', 'time', 'tiu', APPLY_OCI],
   ['first install (empty snapshot ← base image)', 'time', 'tiu', 'skopeo + umoci unpack'],
   ['build (base tree → OCI image)', 'time', 'tiu', 'umoci repack'],
   ['build (base tree → OCI image)', 'peak RSS', 'tiu', 'umoci repack'],

@@ -190,7 +190,7 @@ async function peers(ctx: Ctx): Promise<void> {
         const scenario = UPDATE(from.name);
         // apply-oci
         {
-          const tool = 'apply-oci (skopeo + umoci + rsync)';
+          const tool = APPLY_OCI;
           const store = join(varLib, 'run-store');
           const bundle = join(varLib, 'bundle');
           await rm(store, { recursive: true, force: true });
@@ -220,7 +220,7 @@ async function peers(ctx: Ctx): Promise<void> {
         }
         // casync
         {
-          const tool = 'casync (seeded extract, reflink)';
+          const tool = CASYNC;
           const target = join(targets, `casync-${i}-${from.name}`);
           const st = new Steps();
           ctx.proxy.reset();
@@ -282,6 +282,9 @@ async function tiuStep(ctx: Ctx, os: MicroOS, step: { scenario: string; tag: str
 }
 
 export const TIU_WHOLE = 'tiu --transfer whole-layer';
+/** The peers' names in the figures (the README's rows pick them by name). */
+export const APPLY_OCI = 'apply-oci (skopeo + umoci + rsync)';
+export const CASYNC = 'casync (seeded extract, reflink)';
 
 /**
  * tiu on its own MicroOS per run: first install of base over the minimal fake OS the harness

@@ -22,3 +22,9 @@ export function isTiuError(e: unknown, code?: string): e is TiuError {
 export function asError(e: unknown): Error {
   return e instanceof Error ? e : new Error(String(e));
 }
+
+/** Whether `e` or an error in its `cause` chain (a few levels deep) satisfies `test`. */
+export function someCause(e: unknown, test: (x: unknown) => boolean): boolean {
+  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) if (test(x)) return true;
+  return false;
+}

@@ -289,15 +289,15 @@ class OrderedFrames {
       first.written?.(start, this.#out.size);
     }
   }
-  /** One large frame streamed straight into the blob, after everything queued before it. */
-  async stream(pieces: AsyncIterable<Buffer>): Promise<{ start: number; end: number }> {
+  /** One large frame streamed straight into the blob, after everything queued before it; `written` as for add(). */
+  async stream(pieces: AsyncIterable<Buffer>, written: (start: number, end: number) => void): Promise<void> {
     await this.drain();
-    return this.#onNextContext(async (f) => {
+    await this.#onNextContext(async (f) => {
       const start = this.#out.size;
       f.sink = (b) => this.#out.write(b);
       for await (const p of pieces) await f.write(p);
       await f.endFrame();
-      return { start, end: this.#out.size };
+      written(start, this.#out.size);
     });
   }
   async close(): Promise<void> {
@@ -377,8 +377,7 @@ async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opt
               yield piece;
             }
           })();
-          const at = await frames.stream(hashed);
-          setOffsets(at.start, at.end);
+          await frames.stream(hashed, setOffsets);
         }
         split.file(tarName(e), e.size, crc.digest());
         t.digest = `sha256:${fileHash.digest('hex')}`;

@@ -31,7 +31,7 @@ import { downloadProgress } from './download-progress.ts';
 import type { ApplyReport } from './apply/index.ts';
 import type { EtcConflict, EtcMergeReport } from './etc-merge.ts';
 import type { IdClash, UsersMergeResult } from './users-merge.ts';
-import { TiuError, asError, isTiuError } from '../errors.ts';
+import { TiuError, asError, isTiuError, someCause } from '../errors.ts';
 import { hasSelinuxLabel, selinuxWanted } from '../host/selinux.ts';
 import { copyTreeReflink } from '../host/system.ts';
 import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
@@ -237,7 +237,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     if (state.booted === undefined) {
       throw new UpdateError('NOT_SNAPSHOT_ROOT', `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`, { sysroot: ctx.sysroot });
     }
-    const booted = state.booted;
+    const from = state.booted;
     const cacheDir = join(ctx.sysroot, config.cache);
     const cache = await deps.openCache(cacheDir);
     const tag = cacheTag(image);
@@ -272,7 +272,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     let transfer: TransferReport | undefined;
     if (!opts.offline && !opts.downloadOnly) {
       // Planning saves the booted snapshot's content index into the cache: a full disk can show here.
-      const t = await whileFetching(cacheDir, image, () => chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal, index: { load: contentIndexFile(cacheDir, booted), save: true } }));
+      const t = await whileFetching(cacheDir, image, () => chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, from), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal, index: { load: contentIndexFile(cacheDir, from), save: true } }));
       transfer = t.report;
       progress(describeTransfer(transfer));
       if (t.path === 'delta') delta = t;
@@ -301,22 +301,18 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     // the store. Other layers are streamed through the tar engine, so every blob is read through
     // its digest first. Either way, what the apply uses is intact before a snapshot exists.
     const readCache = async (): Promise<DeltaTransfer | undefined> => {
-      const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, booted), preserve: PRESERVE, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, booted), saveIndexTo: contentIndexFile(cacheDir, booted) });
+      const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, from), preserve: PRESERVE, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, from) });
       if (local.path !== 'delta') {
         await verifyBlobs(cache, manifest.layers, signal);
         return undefined;
       }
-      const s = await openStore(cacheDir, root.digest);
-      store = s;
-      const got = await downloadTransfer(local, s, { signal });
-      progress(`read ${got.files} changed file(s) from the cached layers (${local.report.files?.changed ?? 0} to change)`);
+      store = (await downloadDelta(local, cacheDir, root.digest, { progress, signal, progressEveryMs: opts.progressEveryMs, fromCache: true })).store;
       return local;
     };
     const cached = delta ? undefined : await whileFetching(cacheDir, image, () => fromTheCache(cache, root.digest, manifest, { image, cacheDir, signal }, readCache));
     const fromCache = cached !== undefined;
     delta ??= cached;
 
-    const from = booted;
     progress(`creating snapshot from ${from}`);
     const n = await createInProgress(ctx, { from, description: `tiu update to ${image}`.slice(0, 200), image });
     try {
@@ -416,16 +412,24 @@ async function releaseFromCache(cache: CacheTarget, digest: string, progress: (m
 }
 
 /**
- * The file delta into its content store. On failure the store stays when the network or a
- * signal cut the download off, for the next run to verify and go on from; otherwise (a full
- * disk, a bad image: it would only fail again) it goes.
+ * The file delta into its content store (from the source, or from the whole layers in the
+ * cache). On failure the store stays when the network or a signal cut the download off, for
+ * the next run to verify and go on from; otherwise (a full disk, a bad image: it would only
+ * fail again) it goes.
  */
-async function downloadDelta(delta: DeltaTransfer, cacheDir: string, digest: string, o: { progress: (line: string) => void; signal?: AbortSignal; progressEveryMs?: number }): Promise<{ store: ContentStore; bytes: number }> {
+async function downloadDelta(
+  delta: DeltaTransfer,
+  cacheDir: string,
+  digest: string,
+  o: { progress: (line: string) => void; signal?: AbortSignal; progressEveryMs?: number; /** the source is the cache's whole layers */ fromCache?: boolean },
+): Promise<{ store: ContentStore; bytes: number }> {
   const store = await openStore(cacheDir, digest);
   if (store.resumed.files) o.progress(`resuming: ${store.resumed.files} file(s), ${humanSize(store.resumed.bytes)}, verified from an interrupted download`);
   try {
-    const got = await downloadTransfer(delta, store, { signal: o.signal, onBytes: downloadProgress(rangeBytes(pendingRanges(delta, store)), o.progress, { everyMs: o.progressEveryMs }) });
-    o.progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${humanSize(got.bytes)} of content`);
+    const onBytes = o.fromCache ? undefined : downloadProgress(rangeBytes(pendingRanges(delta, store)), o.progress, { everyMs: o.progressEveryMs });
+    const got = await downloadTransfer(delta, store, { ...(o.signal ? { signal: o.signal } : {}), ...(onBytes ? { onBytes } : {}) });
+    if (o.fromCache) o.progress(`read ${got.files} changed file(s) from the cached layers (${delta.report.files?.changed ?? 0} to change)`);
+    else o.progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${humanSize(got.bytes)} of content`);
     return { store, bytes: got.bytes };
   } catch (e) {
     if (!isTransient(e, o.signal)) await store.remove().catch(() => undefined);
@@ -514,21 +518,14 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
 }
 
 /** Failures that a later run may not meet: the network, the registry's load, a signal. */
+const TRANSIENT = ['REGISTRY_UNREACHABLE', 'TIMEOUT', 'REGISTRY_UNAVAILABLE', 'TOO_MANY_REQUESTS', 'ABORTED', 'INTERRUPTED'];
 function isTransient(e: unknown, signal?: AbortSignal): boolean {
-  if (signal?.aborted) return true;
-  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) {
-    if (['REGISTRY_UNREACHABLE', 'TIMEOUT', 'REGISTRY_UNAVAILABLE', 'TOO_MANY_REQUESTS', 'ABORTED', 'INTERRUPTED'].some((c) => isTiuError(x, c))) return true;
-  }
-  return false;
+  return signal?.aborted === true || someCause(e, (x) => TRANSIENT.some((c) => isTiuError(x, c)));
 }
 
 /** ENOSPC anywhere in the cause chain (fs calls, a program's stderr, a wrapped error). */
 function isNoSpace(e: unknown): boolean {
-  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) {
-    if ((x as NodeJS.ErrnoException).code === 'ENOSPC') return true;
-    if (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)) return true;
-  }
-  return false;
+  return someCause(e, (x) => (x as NodeJS.ErrnoException).code === 'ENOSPC' || (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)));
 }
 
 /**

@@ -9,15 +9,15 @@
  * /var): nothing reaches a snapshot from here until the apply takes it.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, constants, createReadStream, openSync, rmSync } from 'node:fs';
-import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { closeSync, constants, openSync, rmSync } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
 import { isTiuError } from '../../errors.ts';
-import type { ContentProvider, TreeEntry } from '../apply/index.ts';
+import { hashFile, type ContentProvider, type TreeEntry } from '../apply/index.ts';
 import { writeSparse, writeSparseSync } from '../apply/fsops.ts';
 import { DeltaError } from './errors.ts';
 import { forEachBounded } from '../../content/semaphore.ts';
@@ -56,19 +56,11 @@ export class ContentStore {
   async #verifyLeftovers(): Promise<void> {
     for (const d of await readdir(this.dir, { withFileTypes: true })) {
       const path = join(this.dir, d.name);
-      if (d.isFile() && /^[0-9a-f]{64}$/.test(d.name)) {
-        const h = createHash('sha256');
-        let size = 0;
-        for await (const c of createReadStream(path) as AsyncIterable<Buffer>) {
-          h.update(c);
-          size += c.length;
-        }
-        if (h.digest('hex') === d.name) {
-          this.#stored.add(`sha256:${d.name}`);
-          this.resumed.files++;
-          this.resumed.bytes += size;
-          continue;
-        }
+      if (d.isFile() && /^[0-9a-f]{64}$/.test(d.name) && (await hashFile(path)) === `sha256:${d.name}`) {
+        this.#stored.add(`sha256:${d.name}`);
+        this.resumed.files++;
+        this.resumed.bytes += (await stat(path)).size;
+        continue;
       }
       await rm(path, { recursive: true, force: true });
     }
