@@ -2,8 +2,16 @@
  * Extended attributes through getfattr/setfattr (package `attr`): Node has no xattr API.
  * Never dereferences symlinks (-h). Whole trees are read with one getfattr run and many files
  * are written with one `setfattr --restore` run, so the cost is a few processes per apply.
+ *
+ * The `--restore` input is a text format (`# file: PATH` headers, `name=value` lines) and the
+ * names and values come from images: nothing goes into it without exact escaping. Paths are
+ * escaped with quoteName (every byte outside printable ASCII, and the backslash, as `\ooo`),
+ * values are base64 (`0s…`), and names cannot be escaped, so every name is validated
+ * (src/deploy/apply/xattr-names.ts: namespace, printable ASCII, no '=', 1..255 bytes) and
+ * values are at most 64 KiB; anything else is BAD_XATTR before setfattr runs.
  */
 import { CommandFailedError, run } from './exec.ts';
+import { checkXattrName, checkXattrValue } from '../deploy/apply/xattr-names.ts';
 
 /** getfattr's escaping of names: the backslash and bytes outside printable ASCII as `\ooo`. */
 export function quoteName(path: string): string {
@@ -84,8 +92,13 @@ export async function setXattrs(items: ReadonlyArray<{ path: string; set: Record
   for (const it of items) {
     const names = Object.keys(it.set);
     if (names.length === 0) continue;
+    if (!it.path.startsWith('/')) throw new Error(`setXattrs: ${JSON.stringify(it.path)} is not an absolute path`);
+    for (const n of names) {
+      checkXattrName(it.path, n);
+      checkXattrValue(it.path, n, it.set[n]!);
+    }
     lines.push(`# file: ${quoteName(it.path)}`);
-    for (const n of names) lines.push(`${n}=0s${it.set[n]!.toString('base64')}`);
+    for (const n of names) lines.push(`${n}=0s${Buffer.from(it.set[n]!).toString('base64')}`);
     lines.push('');
   }
   if (lines.length === 0) return;
@@ -94,6 +107,8 @@ export async function setXattrs(items: ReadonlyArray<{ path: string; set: Record
 
 /** Remove one xattr from a file (no dereferencing). */
 export async function removeXattr(path: string, name: string): Promise<void> {
+  // An argument, not a text format; the name is one on disk (any namespace), but of a sane form.
+  checkXattrName(path, name, { anyNamespace: true });
   await run('setfattr', ['-h', '-x', name, '--', path]);
 }
 

@@ -61,17 +61,30 @@ export class SafeRoot {
 
   /** Check, component by component, that `rel` is a real directory inside the root. */
   async verifyDir(rel: string, forEntry = rel): Promise<void> {
-    if (this.#dirs.has(rel)) return;
-    await this.verifyDir(parentOf(rel), forEntry);
+    const missing = await this.probeDir(rel, forEntry);
+    if (missing !== null) throw new UnsafePathError(forEntry, `parent ${JSON.stringify(missing)} does not exist`);
+  }
+
+  /**
+   * Like verifyDir, but a missing component is not an error: null when `rel` is a real
+   * directory, else the first component that does not exist. A symlink or non-directory on the
+   * way still throws UNSAFE_PATH (lstat per component, never following a link).
+   */
+  async probeDir(rel: string, forEntry = rel): Promise<string | null> {
+    if (this.#dirs.has(rel)) return null;
+    const up = await this.probeDir(parentOf(rel), forEntry);
+    if (up !== null) return up;
     let st;
     try {
       st = await lstat(this.abs(rel));
-    } catch {
-      throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} does not exist`);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return rel;
+      throw e;
     }
     if (st.isSymbolicLink()) throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} is a symlink: writing through it is refused`);
     if (!st.isDirectory()) throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} is not a directory`);
     this.#dirs.add(rel);
+    return null;
   }
 
   /** Forget verified directories at or below `rel` (it is being removed or replaced). */

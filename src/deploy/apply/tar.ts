@@ -5,7 +5,8 @@
  */
 import type { Readable } from 'node:stream';
 import { ByteReader } from '../../bundle/tar-format.ts';
-import { BadTarError } from './errors.ts';
+import { BadEntryError, BadTarError } from './errors.ts';
+import { checkXattrs } from './xattr-names.ts';
 import type { EntryType } from './types.ts';
 
 export interface TarEntry {
@@ -31,6 +32,21 @@ const MAX_META = 1 << 20;
 function cstr(b: Buffer): string {
   const z = b.indexOf(0);
   return (z < 0 ? b : b.subarray(0, z)).toString();
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+/**
+ * A name or link target: must be UTF-8. A lossy decode would turn two distinct names into one
+ * file (both become U+FFFD), so anything else is refused with BAD_ENTRY (as on the TOC path).
+ */
+function nameOf(b: Buffer, field = 'name', nulEnds = true): string {
+  const z = nulEnds ? b.indexOf(0) : -1;
+  const raw = z < 0 ? b : b.subarray(0, z);
+  try {
+    return UTF8.decode(raw);
+  } catch {
+    throw new BadEntryError(raw.toString(), `its ${field} is not valid UTF-8: names that are not UTF-8 are not supported by the apply engine`);
+  }
 }
 
 function num(b: Buffer, field: string): number {
@@ -70,6 +86,15 @@ function paxTimeNs(v: string): bigint {
   return BigInt(m[1]!) * 1_000_000_000n + BigInt((m[2] ?? '').slice(0, 9).padEnd(9, '0'));
 }
 
+/** LIBARCHIVE.xattr. keys are URL-encoded; a malformed escape is a bad tar. */
+function decodeXattrKey(k: string): string {
+  try {
+    return decodeURIComponent(k);
+  } catch {
+    throw new BadTarError(`malformed LIBARCHIVE.xattr. name ${JSON.stringify(k.slice(0, 100))}`);
+  }
+}
+
 const FLAG_TYPES: Record<string, EntryType> = {
   '0': 'reg', '\0': 'reg', '7': 'reg', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo',
 };
@@ -98,32 +123,34 @@ export async function* readTar(src: Readable | AsyncIterable<Buffer | Uint8Array
       const body = data.subarray(0, size);
       if (flag === 'x') pax = parsePax(body);
       else if (flag === 'g') globalPax = parsePax(body);
-      else if (flag === 'L') longName = cstr(body);
-      else longLink = cstr(body);
+      else if (flag === 'L') longName = nameOf(body);
+      else longLink = nameOf(body, 'link target');
       continue;
     }
     if (flag === 'S') throw new BadTarError('GNU sparse entries are not supported');
     const all = new Map([...globalPax, ...pax]);
     if ([...all.keys()].some((k) => k.startsWith('GNU.sparse.'))) throw new BadTarError('pax sparse entries are not supported');
     const magic = h.subarray(257, 263).toString();
-    const prefix = magic.startsWith('ustar') ? cstr(h.subarray(345, 500)) : '';
-    let name = longName ?? (prefix ? `${prefix}/${cstr(h.subarray(0, 100))}` : cstr(h.subarray(0, 100)));
-    let linkname = longLink ?? cstr(h.subarray(157, 257));
+    const prefix = magic.startsWith('ustar') ? nameOf(h.subarray(345, 500)) : '';
+    let name = longName ?? (prefix ? `${prefix}/${nameOf(h.subarray(0, 100))}` : nameOf(h.subarray(0, 100)));
+    let linkname = longLink ?? nameOf(h.subarray(157, 257), 'link target');
     let realSize = size;
     let mtimeNs = BigInt(num(h.subarray(136, 148), 'mtime')) * 1_000_000_000n;
     let uid = num(h.subarray(108, 116), 'uid');
     let gid = num(h.subarray(116, 124), 'gid');
     const xattrs: Record<string, Buffer> = {};
     for (const [k, v] of all) {
-      if (k === 'path') name = v.toString();
-      else if (k === 'linkpath') linkname = v.toString();
+      if (k === 'path') name = nameOf(v, 'name', false);
+      else if (k === 'linkpath') linkname = nameOf(v, 'link target', false);
       else if (k === 'size') realSize = Number(v.toString());
       else if (k === 'mtime') mtimeNs = paxTimeNs(v.toString());
       else if (k === 'uid') uid = Number(v.toString());
       else if (k === 'gid') gid = Number(v.toString());
       else if (k.startsWith('SCHILY.xattr.')) xattrs[k.slice(13)] = v;
-      else if (k.startsWith('LIBARCHIVE.xattr.')) xattrs[decodeURIComponent(k.slice(17))] = Buffer.from(v.toString(), 'base64');
+      else if (k.startsWith('LIBARCHIVE.xattr.')) xattrs[decodeXattrKey(k.slice(17))] = Buffer.from(v.toString(), 'base64');
     }
+    // Names from image data: refused here, before anything is written (BAD_XATTR).
+    checkXattrs(name, xattrs);
     if (!Number.isSafeInteger(realSize) || realSize < 0 || !Number.isSafeInteger(uid) || !Number.isSafeInteger(gid)) throw new BadTarError(`bad numbers in pax header of ${JSON.stringify(name)}`);
     pax = new Map();
     longName = null;

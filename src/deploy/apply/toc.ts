@@ -6,6 +6,7 @@
  * contiguous in the blob) widen that file's byte range: its digest is of the whole content.
  */
 import { BadEntryError } from './errors.ts';
+import { checkXattrs } from './xattr-names.ts';
 import { normalizeEntryPath, normalizeLinkTarget } from './paths.ts';
 import type { EntryType, TreeEntry } from './types.ts';
 import type { Toc, TocEntry } from '../../bundle/toc.ts';
@@ -67,9 +68,11 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
     const path = normalizeEntryPath(t.name);
     const xattrs: Record<string, Buffer> = {};
     for (const [k, v] of Object.entries(t.xattrs ?? {})) {
-      if (typeof v !== 'string') throw new BadEntryError(t.name, `xattr ${k} is not base64 text`);
+      if (typeof v !== 'string') throw new BadEntryError(t.name, `xattr ${JSON.stringify(k.slice(0, 100))} is not base64 text`);
       xattrs[k] = Buffer.from(v, 'base64');
     }
+    // Names from image data: refused while the TOC is read, before anything is written (BAD_XATTR).
+    checkXattrs(path, xattrs);
     const e: TreeEntry = {
       path,
       type,

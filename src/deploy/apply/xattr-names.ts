@@ -1,0 +1,66 @@
+/**
+ * Which extended attributes an image may carry. Names come from image data (pax
+ * `SCHILY.xattr.`/`LIBARCHIVE.xattr.` records, a TOC's `xattrs`) and end up in setfattr's
+ * `--restore` text, whose lines are `name=value` under `# file: PATH` headers: a name with a
+ * newline could start a block for another file. So a name is checked where an entry is read
+ * (before any snapshot exists) and again where it is set (src/host/xattr.ts):
+ *   - namespace user., trusted. or security. (with something after the dot), or exactly
+ *     system.posix_acl_access / system.posix_acl_default;
+ *   - printable ASCII only (0x21..0x7e): no whitespace, control characters or bytes >= 0x80,
+ *     and no '=' (the separator of the text format);
+ *   - 1..255 bytes (XATTR_NAME_MAX);
+ * and a value is at most 64 KiB (XATTR_SIZE_MAX). Pure: no filesystem access.
+ */
+import { TiuError } from '../../errors.ts';
+
+export const XATTR_NAME_MAX = 255;
+export const XATTR_VALUE_MAX = 64 * 1024;
+
+const NAMESPACES = ['user.', 'trusted.', 'security.'] as const;
+const SYSTEM_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
+
+/** An xattr name or value tiu refuses to set: BAD_XATTR, naming the file and the attribute. */
+export class BadXattrError extends TiuError {
+  constructor(path: string, name: string, why: string) {
+    const shown = JSON.stringify(name.slice(0, 100));
+    super('BAD_XATTR', `refusing extended attribute ${shown} of ${JSON.stringify(path.slice(0, 300))}: ${why}`, { path: path.slice(0, 300), name: name.slice(0, 300), why });
+  }
+}
+
+/**
+ * Why `name` is not an xattr name tiu sets, or undefined when it is fine. `anyNamespace`: only
+ * the form is checked (for removing a name that is on disk already, such as btrfs.compression).
+ */
+export function xattrNameProblem(name: string, opts: { anyNamespace?: boolean } = {}): string | undefined {
+  const bytes = Buffer.from(name, 'utf8');
+  if (bytes.length === 0) return 'empty name';
+  if (bytes.length > XATTR_NAME_MAX) return `name longer than ${XATTR_NAME_MAX} bytes`;
+  for (const b of bytes) {
+    if (b === 0x3d) return "name contains '='";
+    if (b <= 0x20 || b >= 0x7f) return 'name contains whitespace, a control character or a byte outside printable ASCII';
+  }
+  if (opts.anyNamespace || SYSTEM_NAMES.has(name)) return undefined;
+  const ns = NAMESPACES.find((p) => name.startsWith(p));
+  if (!ns) return 'namespace is not user., trusted., security., system.posix_acl_access or system.posix_acl_default';
+  if (name.length === ns.length) return 'name has nothing after its namespace';
+  return undefined;
+}
+
+/** Throw BAD_XATTR unless `name` is an xattr name tiu sets. `path` names the file (entry path or absolute). */
+export function checkXattrName(path: string, name: string, opts: { anyNamespace?: boolean } = {}): void {
+  const why = xattrNameProblem(name, opts);
+  if (why !== undefined) throw new BadXattrError(path, name, why);
+}
+
+/** Throw BAD_XATTR when a value is larger than the kernel accepts. */
+export function checkXattrValue(path: string, name: string, value: Uint8Array): void {
+  if (value.length > XATTR_VALUE_MAX) throw new BadXattrError(path, name, `value of ${value.length} bytes is larger than ${XATTR_VALUE_MAX}`);
+}
+
+/** Check every name and value of an entry's xattrs. */
+export function checkXattrs(path: string, xattrs: Record<string, Uint8Array>): void {
+  for (const [n, v] of Object.entries(xattrs)) {
+    checkXattrName(path, n);
+    checkXattrValue(path, n, v);
+  }
+}
