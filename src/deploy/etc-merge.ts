@@ -13,13 +13,14 @@
  * scanEtc and applyEtcMerge touch the filesystem.
  */
 import { createHash } from 'node:crypto';
-import { constants } from 'node:fs';
-import { copyFile, lchown, lstat, lutimes, mkdir, opendir, readFile, readlink, rename, rmdir, symlink, unlink, chmod } from 'node:fs/promises';
+import { lchown, lstat, lutimes, mkdir, rename, rmdir, symlink, unlink, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TiuError } from '../errors.ts';
 import { getXattrs, setXattrs } from '../host/xattr.ts';
-import { SafeRoot, tmpName } from './apply/fsops.ts';
+import { openNoFollow, SafeRoot, tmpName } from './apply/fsops.ts';
 import { comparePaths, isAtOrBelow, joinPath, parentOf } from './apply/paths.ts';
+import { xattrNameProblem } from './apply/xattr-names.ts';
+import { RootedDir } from './rooted.ts';
 
 export const TIUNEW_SUFFIX = '.tiunew';
 export const USER_DB_FILES = ['passwd', 'group', 'shadow', 'gshadow'] as const;
@@ -157,20 +158,25 @@ export function planEtcMerge(base: EtcTree, ours: EtcTree, theirs: EtcTree, opts
   return plan;
 }
 
-/** Read a directory tree into an EtcTree (content by sha256; symlinks not followed). A missing directory is an empty tree. */
+/**
+ * Read a directory tree into an EtcTree (content by sha256; symlinks not followed). A missing
+ * directory is an empty tree. Everything below `dir` is read through a RootedDir (no symlink
+ * followed); the caller has checked the components of `dir` itself (update.ts: within the snapshot).
+ */
 export async function scanEtc(dir: string): Promise<EtcTree> {
   const out: EtcTree = new Map();
   const st0 = await lstat(dir).catch(() => null);
   if (!st0) return out;
   if (!st0.isDirectory()) throw new EtcMergeError(dir, 'is not a directory');
+  const rd = await RootedDir.open(dir);
   async function walk(rel: string): Promise<void> {
-    for await (const d of await opendir(rel === '' ? dir : join(dir, rel))) {
+    for await (const d of await rd.opendir(rel)) {
       const p = joinPath(rel, d.name);
-      const abs = join(dir, p);
-      const st = await lstat(abs);
+      const st = await rd.lstat(p);
+      if (!st) throw new EtcMergeError(join(dir, p), 'vanished while /etc was read');
       const base = { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtimeMs: st.mtimeMs };
-      if (st.isFile()) out.set(p, { type: 'file', ...base, content: createHash('sha256').update(await readFile(abs)).digest('hex') });
-      else if (st.isSymbolicLink()) out.set(p, { type: 'symlink', ...base, content: await readlink(abs) });
+      if (st.isFile()) out.set(p, { type: 'file', ...base, content: createHash('sha256').update(await rd.readFile(p)).digest('hex') });
+      else if (st.isSymbolicLink()) out.set(p, { type: 'symlink', ...base, content: await rd.readlink(p) });
       else if (st.isDirectory()) {
         out.set(p, { type: 'dir', ...base, content: '' });
         await walk(p);
@@ -187,6 +193,7 @@ export async function scanEtc(dir: string): Promise<EtcTree> {
  */
 export async function applyEtcMerge(plan: EtcMergePlan, oursDir: string, theirsDir: string): Promise<EtcMergeReport> {
   const sr = await SafeRoot.open(oursDir);
+  const theirs = await RootedDir.open(theirsDir);
   const report: EtcMergeReport = { ...plan, updated: 0, deleted: 0, tiunew: 0 };
   const copied: { from: string; to: string }[] = [];
   const keptNonEmpty = [...plan.keptNonEmpty];
@@ -228,24 +235,30 @@ export async function applyEtcMerge(plan: EtcMergePlan, oursDir: string, theirsD
     }
     const dest = a.op === 'take' ? a.path : a.to;
     await sr.verifyDir(parentOf(dest), dest);
-    const src = join(theirsDir, a.path);
-    const sst = await lstat(src).catch(() => null);
+    const src = theirs.abs(a.path);
+    const sst = await theirs.lstat(a.path);
     if (!sst) throw new EtcMergeError(a.path, 'missing from the new image /etc');
     const destAbs = sr.abs(dest);
     if (a.node.type === 'dir') {
+      if (!sst.isDirectory()) throw new EtcMergeError(a.path, 'changed type in the new image /etc while merging');
       const cur = await lstat(destAbs).catch(() => null);
       if (cur && !cur.isDirectory()) await unlink(destAbs);
       if (!cur?.isDirectory()) await mkdir(destAbs, 0o700);
-      await lchown(destAbs, sst.uid, sst.gid);
-      await chmod(destAbs, sst.mode & 0o7777);
+      const fh = await openNoFollow(destAbs, true);
+      try {
+        await fh.chown(sst.uid, sst.gid);
+        await fh.chmod(sst.mode & 0o7777);
+      } finally {
+        await fh.close();
+      }
       sr.markDir(dest);
     } else {
       const cur = await lstat(destAbs).catch(() => null);
       if (cur?.isDirectory()) throw new EtcMergeError(dest, 'is a directory where the image has a file');
       const tmp = joinPath(parentOf(dest), tmpName());
       const tmpAbs = sr.abs(tmp);
-      if (sst.isSymbolicLink()) await symlink(await readlink(src), tmpAbs);
-      else if (sst.isFile()) await copyFile(src, tmpAbs, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+      if (sst.isSymbolicLink()) await symlink(await theirs.readlink(a.path), tmpAbs);
+      else if (sst.isFile()) await theirs.copyFileOut(a.path, tmpAbs);
       else throw new EtcMergeError(a.path, 'special files in /etc are not merged');
       await lchown(tmpAbs, sst.uid, sst.gid);
       if (!sst.isSymbolicLink()) await chmod(tmpAbs, sst.mode & 0o7777);
@@ -261,7 +274,9 @@ export async function applyEtcMerge(plan: EtcMergePlan, oursDir: string, theirsD
   // xattrs (SELinux labels) of what was copied, after the chowns
   if (copied.length) {
     const xs = await getXattrs(copied.map((c) => c.from));
-    await setXattrs(copied.filter((c) => xs.has(c.from)).map((c) => ({ path: c.to, set: xs.get(c.from)! })));
+    // only names tiu sets (the image's were checked when read; others, such as btrfs.*, stay behind)
+    const wanted = (set: Record<string, Buffer>) => Object.fromEntries(Object.entries(set).filter(([n]) => xattrNameProblem(n) === undefined));
+    await setXattrs(copied.filter((c) => xs.has(c.from)).map((c) => ({ path: c.to, set: wanted(xs.get(c.from)!) })));
   }
   return report;
 }

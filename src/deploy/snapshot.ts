@@ -12,11 +12,12 @@
  * the default (nor booted) is an unfinished update and is deleted.
  */
 import { existsSync } from 'node:fs';
-import { readdir, rm, rmdir, stat, utimes } from 'node:fs/promises';
+import { lstat, readdir, realpath, rm, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { filesystemSync, getDefault, isSubvolume, setDefault, setReadOnly, subvolumeDelete, subvolumeShow, subvolumeSnapshot } from '../host/btrfs.ts';
 import { mountInfo, unmount } from '../host/mount.ts';
 import { TiuError } from '../errors.ts';
+import { RootedDir } from './rooted.ts';
 import { readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
 
 export class SnapshotError extends TiuError {
@@ -58,7 +59,8 @@ export async function nestedSubvolumes(root: string): Promise<string[]> {
   const out: string[] = [];
   for (const name of await readdir(root)) {
     const p = join(root, name);
-    const s = await stat(p).catch(() => undefined);
+    // lstat: an image's symlink to a subvolume elsewhere (`x -> /home`) is not a nested subvolume to delete
+    const s = await lstat(p).catch(() => undefined);
     if (s?.isDirectory() && s.ino === 256 && s.dev !== rootDev && !(await isMountedAt(p))) out.push(name);
   }
   return out;
@@ -100,8 +102,7 @@ export async function deleteSnapshot(ctx: Context, n: number): Promise<void> {
     throw new SnapshotError('SNAPSHOT_IN_USE', `snapshot ${n} is the ${state.default === n ? 'default' : 'booted'} snapshot and is not deleted`, { snapshot: n });
   }
   const root = snapshotPath(ctx.sysroot, n);
-  const below = (await mountInfo()).map((m) => m.mountPoint).filter((p) => p.startsWith(root + '/')).sort((a, b) => b.length - a.length);
-  for (const p of below) await unmount(p, { recursive: true }).catch(() => undefined);
+  await unmountBelow(root);
   const exists = await stat(root).catch(() => undefined);
   if (exists) {
     await setReadOnly(root, false);
@@ -115,6 +116,24 @@ export async function deleteSnapshot(ctx: Context, n: number): Promise<void> {
   }
 }
 
+/**
+ * Unmount everything mounted at or below `root` (what a killed hook chroot left: /dev, /proc,
+ * /sys, /boot/efi binds and what is below them), deepest first. mountinfo shows canonical paths:
+ * `root` is compared by its real path too. Fails when something stays mounted, so the snapshot
+ * is not deleted under a mount.
+ */
+export async function unmountBelow(root: string): Promise<void> {
+  const roots = [root, await realpath(root).catch(() => root)];
+  const inside = (p: string) => roots.some((r) => p === r || p.startsWith(r + '/'));
+  for (let round = 0; round < 3; round++) {
+    const below = [...new Set((await mountInfo()).map((m) => m.mountPoint).filter(inside))].sort((a, b) => b.length - a.length);
+    if (!below.length) return;
+    for (const p of below) await unmount(p, { recursive: true }).catch(() => undefined);
+  }
+  const left = (await mountInfo()).map((m) => m.mountPoint).filter(inside);
+  if (left.length) throw new SnapshotError('SNAPSHOT_BUSY', `could not unmount ${left.join(', ')} below ${root}; the snapshot is left for the next run`, { mounts: left });
+}
+
 export interface CommitOptions {
   image: string;
   digest: string;
@@ -125,8 +144,10 @@ export interface CommitOptions {
 export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions): Promise<void> {
   const root = snapshotPath(ctx.sysroot, n);
   // systemd's ConditionNeedsUpdate= compares /usr's mtime with /etc/.updated and /var/.updated.
+  // Through the rooted API: an image's `usr -> /elsewhere` (or a file there) is UNSAFE_PATH
+  // before anything is committed, and update() deletes the snapshot.
   const now = new Date();
-  await utimes(join(root, 'usr'), now, now);
+  await (await RootedDir.open(root)).touchDir('usr', now);
   await setReadOnly(root, true);
   await ctx.snapper.modify(n, {
     userdata: { [UD.image]: o.image, [UD.digest]: o.digest, [UD.etcConflicts]: String(o.etcConflicts) },

@@ -14,11 +14,10 @@
  * (wired in src/deploy/wiring.ts), so this file is only the sequence.
  */
 import { createHash } from 'node:crypto';
-import { lstat, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { readdir, rename, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
-import { Writable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { zstdDecompressStream } from '../bundle/zstd-frames.ts';
 import type { Target } from '../content/interfaces.ts';
@@ -28,12 +27,14 @@ import type { Descriptor, ImageManifest } from '../oci/types.ts';
 import { fetchManifest } from '../content/graph.ts';
 import type { CopyEvent } from '../copy/copy.ts';
 import { downloadProgress } from './download-progress.ts';
-import type { ApplyReport } from './apply/index.ts';
+import { validateTarLayers, type ApplyReport, type Reserved } from './apply/index.ts';
+import { keepMountPoints, reservedOf } from './mount-points.ts';
 import type { EtcConflict, EtcMergeReport } from './etc-merge.ts';
 import type { IdClash, UsersMergeResult } from './users-merge.ts';
 import { TiuError, asError, isTiuError, someCause } from '../errors.ts';
-import { hasSelinuxLabel, selinuxWanted } from '../host/selinux.ts';
-import { copyTreeReflink } from '../host/system.ts';
+import { hasSelinuxLabel, selinuxConfigWants } from '../host/selinux.ts';
+import { parentOf } from './apply/paths.ts';
+import { RootedDir } from './rooted.ts';
 import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
 import { loadConfig, type TiuConfig } from './config.ts';
 import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from './hooks.ts';
@@ -52,6 +53,8 @@ export type LayerOpener = () => Promise<Readable>;
 export const PRESERVE = ['.snapshots', 'var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', 'boot/grub2/x86_64-efi', 'boot/grub2/i386-pc', 'boot/grub2/arm64-efi', 'boot/grub2/powerpc-ieee1275', 'boot/grub2/s390x-emu', 'boot/efi'] as const;
 /** Where the admin's /etc waits in the new snapshot while the image is written. */
 export const ETC_ASIDE = '.tiu-etc-merge';
+/** The image's pristine /etc, the base of the next three-way merge. */
+export const PRISTINE_ETC = 'usr/lib/tiu/etc';
 
 /** The cache: an OCI layout, which can forget an image once it is in a snapshot. */
 export interface CacheTarget extends Target {
@@ -69,7 +72,7 @@ export interface UpdateDeps {
   copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal; onProgress?: (e: CopyEvent) => void }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
   checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signedIdentity?: string; signal?: AbortSignal }): Promise<void>;
-  applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; signal?: AbortSignal }): Promise<ApplyReport>;
+  applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; reserved?: Reserved; signal?: AbortSignal }): Promise<ApplyReport>;
   /** Three-way merge into `ours` (the new snapshot's /etc): base = old pristine /etc, theirs = new pristine /etc. */
   mergeEtc(base: string, ours: string, theirs: string): Promise<Pick<EtcMergeReport, 'conflicts'>>;
   mergeUsers(base: string, ours: string, theirs: string): Promise<Pick<UsersMergeResult, 'clashes' | 'addedUsers' | 'addedGroups'>>;
@@ -153,21 +156,46 @@ const TAR_LAYER_TYPES = new Set<string>([
  * A verified, decompressed tar stream of one layer. zstd goes through the multi-frame decoder:
  * tiu's zstd:chunked layers are one frame per file plus skippable frames for the TOC.
  */
-function decompressed(mediaType: string, verified: Readable): Readable {
+function decompressed(mediaType: string, verified: Readable, layer: string): Readable {
   switch (mediaType) {
     case MediaType.OciLayerGzip:
     case MediaType.DockerLayerGzip: {
       const gunzip = createGunzip();
       // pipeline, not pipe: an error reaches gunzip, and a reader that destroys gunzip destroys `verified`
       pipeline(verified, gunzip).catch(() => undefined);
-      return gunzip;
+      return corruptAsLayerCorrupt(gunzip, layer, 'gzip');
     }
     case MediaType.OciLayerZstd:
     case 'application/vnd.docker.image.rootfs.diff.tar.zstd':
-      return zstdDecompressStream(verified);
+      return corruptAsLayerCorrupt(zstdDecompressStream(verified), layer, 'zstd');
     default:
       return verified;
   }
+}
+
+/** A compressed stream that does not decode: the decompressor's own codes (zlib, zstd) and the frame walker's. */
+function isCorruptCompression(e: unknown): boolean {
+  if (isTiuError(e)) return e.code === 'TAR_INVALID';
+  const code = (e as NodeJS.ErrnoException | undefined)?.code ?? '';
+  return code.startsWith('Z_') || code.startsWith('ZSTD_') || code === 'ERR_ZLIB_INITIALIZATION_FAILED';
+}
+
+/**
+ * The decompressed stream, with a decoding failure said as LAYER_CORRUPT naming the layer
+ * (instead of zlib's text). Digest failures, I/O errors and aborts pass unchanged.
+ */
+function corruptAsLayerCorrupt(stream: Readable, layer: string, format: 'gzip' | 'zstd'): Readable {
+  return Readable.from(
+    (async function* () {
+      try {
+        for await (const c of stream) yield c as Buffer;
+      } catch (e) {
+        if (!isCorruptCompression(e)) throw e;
+        throw new UpdateError('LAYER_CORRUPT', `${layer} is not valid ${format}: ${asError(e).message}`, { layer, format }, { cause: e });
+      }
+    })(),
+    { objectMode: false },
+  );
 }
 
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
@@ -177,13 +205,18 @@ export function layerOpeners(target: Target, manifest: ImageManifest, signal?: A
       throw new UpdateError('UNSUPPORTED_LAYER', `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`, { mediaType: layer.mediaType, digest: layer.digest });
     }
   }
-  return manifest.layers.map((layer, i) => async () => {
-    const raw = await target.fetch(layer, { signal });
-    const verify = new VerifyingStream(layer, `layer ${i + 1} (${layer.digest})`);
-    // One chain: errors reach the reader, and a reader that stops early (the apply engine stops at
-    // the tar's end blocks) closes the blob too instead of leaving its FileHandle to the GC.
-    pipeline(raw, verify).catch(() => undefined);
-    return decompressed(layer.mediaType, verify);
+  return manifest.layers.map((layer, i) => {
+    const label = `layer ${i + 1} (${layer.digest})`;
+    const open = async () => {
+      const raw = await target.fetch(layer, { signal });
+      const verify = new VerifyingStream(layer, label);
+      // One chain: errors reach the reader, and a reader that stops early (the apply engine stops at
+      // the tar's end blocks) closes the blob too instead of leaving its FileHandle to the GC.
+      pipeline(raw, verify).catch(() => undefined);
+      return decompressed(layer.mediaType, verify, label);
+    };
+    // The apply names the layer in a refusal of its tar (BAD_TAR, BAD_ENTRY …).
+    return Object.assign(open, { label });
   });
 }
 
@@ -212,10 +245,6 @@ export async function pendingEtcConflicts(etc: string, limit = 1000): Promise<st
   return out.sort();
 }
 
-async function exists(p: string): Promise<boolean> {
-  return (await lstat(p).catch(() => undefined)) !== undefined;
-}
-
 export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promise<UpdateResult> {
   const sysroot = opts.sysroot ?? '/';
   const progress = opts.onProgress ?? (() => undefined);
@@ -238,6 +267,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       throw new UpdateError('NOT_SNAPSHOT_ROOT', `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`, { sysroot: ctx.sysroot });
     }
     const from = state.booted;
+    // What the image may not write: the preserved paths and the booted system's fstab mount points.
+    const reserved = await reservedOf(snapshotPath(ctx.sysroot, from), PRESERVE);
     const cacheDir = join(ctx.sysroot, config.cache);
     const cache = await deps.openCache(cacheDir);
     const tag = cacheTag(image);
@@ -301,9 +332,10 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     // the store. Other layers are streamed through the tar engine, so every blob is read through
     // its digest first. Either way, what the apply uses is intact before a snapshot exists.
     const readCache = async (): Promise<DeltaTransfer | undefined> => {
-      const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, from), preserve: PRESERVE, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, from) });
+      const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, from), preserve: reserved.paths, reserved, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, from) });
       if (local.path !== 'delta') {
-        await verifyBlobs(cache, manifest.layers, signal);
+        // Every blob read through its digest, and every tar header checked as the apply will, before a snapshot exists.
+        await validateTarLayers(layerOpeners(cache, manifest, signal), { reserved, explain: (k) => verifyBlobs(cache, [manifest.layers[k]!], signal) });
         return undefined;
       }
       store = (await downloadDelta(local, cacheDir, root.digest, { progress, signal, progressEveryMs: opts.progressEveryMs, fromCache: true })).store;
@@ -320,34 +352,44 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       const oldRoot = snapshotPath(ctx.sysroot, from);
       // A second copy of the admin's /etc waits aside while the image is written over the first
       // (so the image's /etc costs only what differs), then the merge writes into it.
+      // Reads and writes in the snapshots outside the apply engine go through the rooted API:
+      // a symlink on the way (usr/lib/tiu -> /elsewhere) is UNSAFE_PATH, never followed.
+      const newRd = await RootedDir.open(newRoot);
+      const oldRd = await RootedDir.open(oldRoot);
       const aside = join(newRoot, ETC_ASIDE);
       if (await isSubvolume(join(oldRoot, 'etc'))) await subvolumeSnapshot(join(oldRoot, 'etc'), aside);
-      else await copyTreeReflink(join(oldRoot, 'etc'), aside);
+      else await newRd.copyTree(oldRd, 'etc', ETC_ASIDE);
       progress(`writing ${manifest.layers.length} layer(s) into snapshot ${n}`);
       let applyReport: ApplyReport;
       if (delta && store) {
-        const a = await applyTransfer(delta, newRoot, store, { preserve: [...PRESERVE, ETC_ASIDE], signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, n) });
+        const a = await applyTransfer(delta, newRoot, store, { preserve: [...reserved.paths, ETC_ASIDE], reserved, signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, n) });
         await pruneContentIndexes(cacheDir, [from, n]);
         if (a.extra.bytes && !fromCache) transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
         applyReport = a.report;
       } else {
-        applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal), preserve: [...PRESERVE, ETC_ASIDE], signal });
+        applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal), preserve: [...reserved.paths, ETC_ASIDE], reserved, signal });
       }
 
       // /etc: base = the running image's pristine copy, ours = the admin's, theirs = the new pristine copy.
-      const theirs = join(newRoot, 'usr/lib/tiu/etc');
-      if (!(await exists(theirs)) && (await exists(join(newRoot, 'etc')))) await copyTreeReflink(join(newRoot, 'etc'), theirs);
-      const base = join(oldRoot, 'usr/lib/tiu/etc');
+      if (!(await newRd.isDir(PRISTINE_ETC)) && (await newRd.lstat('etc'))) {
+        await newRd.mkdir(parentOf(PRISTINE_ETC));
+        await newRd.copyTree(newRd, 'etc', PRISTINE_ETC);
+      }
+      await oldRd.isDir(PRISTINE_ETC);
+      await newRd.verifyDir(ETC_ASIDE);
+      const theirs = newRd.abs(PRISTINE_ETC);
+      const base = oldRd.abs(PRISTINE_ETC);
       progress('merging /etc');
       const etc = await deps.mergeEtc(base, aside, theirs);
       const users = await deps.mergeUsers(base, aside, theirs);
       if (await isSubvolume(join(newRoot, 'etc'))) await subvolumeDelete(join(newRoot, 'etc'));
       else await rm(join(newRoot, 'etc'), { recursive: true, force: true });
       await rename(aside, join(newRoot, 'etc'));
+      await keepMountPointsStep(newRoot, oldRoot, progress);
 
       let relabel = false;
-      if ((await selinuxWanted(newRoot)) && !(await hasSelinuxLabel(join(newRoot, 'usr')))) {
-        await writeFile(join(newRoot, '.autorelabel'), '');
+      if (selinuxConfigWants((await newRd.readFileIfExists('etc/selinux/config'))?.toString('utf8') ?? '') && !(await hasSelinuxLabel(join(newRoot, 'usr')))) {
+        await newRd.writeFileAtomic('.autorelabel', '', { mode: 0o644 });
         relabel = true;
       }
 
@@ -393,6 +435,17 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     await opened?.close?.().catch(() => undefined);
     await lock.release();
   }
+}
+
+/**
+ * The new snapshot has a real directory for every mount point of the old and the new (merged)
+ * /etc/fstab, every preserved path and proc, sys, dev, run, tmp, whatever the image held: on a
+ * read-only root nothing could create a missing one at boot.
+ */
+async function keepMountPointsStep(newRoot: string, oldRoot: string, progress: (line: string) => void): Promise<void> {
+  const kept = await keepMountPoints(newRoot, oldRoot, PRESERVE);
+  if (kept.created.length) progress(`created mount point(s) the image lacks: ${kept.created.map((p) => '/' + p).join(', ')}`);
+  if (kept.replaced.length) progress(`replaced non-directories of the image by mount points: ${kept.replaced.map((p) => '/' + p).join(', ')}`);
 }
 
 /**
@@ -542,7 +595,8 @@ async function chooseTransfer(
   // Nothing of the image (TOCs included) is used before the policy accepted its signature.
   await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signedIdentity: o.config.signedIdentity, signal: o.signal });
   const { manifest } = await imageManifest(source, root, o.platform, o.signal);
-  return prepareTransfer({ source, manifest, oldRoot, preserve: PRESERVE, mode: o.mode ?? 'auto', signal: o.signal, ...(o.index ? { indexFile: o.index.load, ...(o.index.save ? { saveIndexTo: o.index.load } : {}) } : {}) });
+  const reserved = await reservedOf(oldRoot, PRESERVE);
+  return prepareTransfer({ source, manifest, oldRoot, preserve: reserved.paths, reserved, mode: o.mode ?? 'auto', signal: o.signal, ...(o.index ? { indexFile: o.index.load, ...(o.index.save ? { saveIndexTo: o.index.load } : {}) } : {}) });
 }
 
 /**

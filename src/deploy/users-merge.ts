@@ -11,10 +11,11 @@
  * - shadow/gshadow lines are added for exactly the accounts/groups added to passwd/group.
  * planUsersMerge is pure (text in, text out); mergeUserDb reads and writes the files.
  */
-import { lstat, readFile, rename, writeFile, chown, chmod } from 'node:fs/promises';
+import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TiuError } from '../errors.ts';
-import { tmpName } from './apply/fsops.ts';
+import { USER_DB_FILES } from './etc-merge.ts';
+import { RootedDir } from './rooted.ts';
 
 export interface UserDbTexts {
   passwd?: string;
@@ -192,20 +193,15 @@ export function planUsersMerge(base: UserDbTexts, ours: UserDbTexts, theirs: Use
   return result;
 }
 
-async function readOpt(path: string): Promise<string | undefined> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-}
-
+/** The four files of `dir` (an /etc), read through a RootedDir: never through a symlink; a missing directory has none. */
 async function readDb(dir: string): Promise<UserDbTexts> {
   const out: UserDbTexts = {};
-  for (const f of ['passwd', 'group', 'shadow', 'gshadow'] as const) {
-    const t = await readOpt(join(dir, f));
-    if (t !== undefined) out[f] = t;
+  const st = await lstat(dir).catch(() => undefined);
+  if (!st) return out;
+  const rd = await RootedDir.open(dir);
+  for (const f of USER_DB_FILES) {
+    const t = await rd.readFileIfExists(f);
+    if (t !== undefined) out[f] = t.toString('utf8');
   }
   return out;
 }
@@ -213,24 +209,23 @@ async function readDb(dir: string): Promise<UserDbTexts> {
 /**
  * Merge the four files: base/theirs are directories holding the old and new image's copies,
  * ours is the /etc being written (changed files replaced atomically, keeping owner and mode;
- * a file the admin lacks is created with the image's owner and mode).
+ * a file the admin lacks is created with the image's owner and mode). The caller has checked
+ * the components of the three directories (update.ts: within their snapshots); below them,
+ * every read and write goes through a RootedDir.
  */
 export async function mergeUserDb(baseDir: string, oursDir: string, theirsDir: string): Promise<UsersMergeResult> {
   const [base, ours, theirs] = await Promise.all([readDb(baseDir), readDb(oursDir), readDb(theirsDir)]);
   const r = planUsersMerge(base, ours, theirs);
-  for (const f of ['passwd', 'group', 'shadow', 'gshadow'] as const) {
+  const oursRd = await RootedDir.open(oursDir);
+  for (const f of USER_DB_FILES) {
     const want = r.files[f];
     if (want === (ours[f] ?? '')) continue;
     if (ours[f] === undefined && theirs[f] === undefined) continue;
-    const dest = join(oursDir, f);
-    const cur = await lstat(dest).catch(() => null);
-    if (cur?.isSymbolicLink()) throw new UserDbError(dest, 0, 'is a symlink: refusing to write through it');
-    const like = cur ?? (await lstat(join(theirsDir, f)));
-    const tmp = join(oursDir, tmpName());
-    await writeFile(tmp, want, { mode: 0o600, flag: 'wx' });
-    await chown(tmp, like.uid, like.gid);
-    await chmod(tmp, like.mode & 0o7777);
-    await rename(tmp, dest);
+    const cur = await oursRd.lstat(f);
+    if (cur?.isSymbolicLink()) throw new UserDbError(join(oursDir, f), 0, 'is a symlink: refusing to write through it');
+    const like = cur ?? (await (await RootedDir.open(theirsDir)).lstat(f));
+    if (!like) throw new UserDbError(join(theirsDir, f), 0, 'vanished while merging');
+    await oursRd.writeFileAtomic(f, want, { mode: like.mode & 0o7777, uid: like.uid, gid: like.gid });
   }
   return r;
 }

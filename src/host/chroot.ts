@@ -4,11 +4,11 @@
  * program fails or the caller is aborted.
  */
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run, type RunOptions, type RunResult } from './exec.ts';
 import { bindMount, isMountPoint, unmount } from './mount.ts';
 import { TiuError } from '../errors.ts';
+import { RootedDir } from '../deploy/rooted.ts';
 
 export class ChrootError extends TiuError {
   constructor(message: string, details: Record<string, unknown> = {}) {
@@ -27,11 +27,14 @@ export interface Chroot {
 }
 
 /**
- * Bind the pseudo filesystems into `root`, call `fn`, unmount. Mount points missing in `root`
- * are created (they are empty directories in any OS tree).
+ * Bind the pseudo filesystems into `root`, call `fn`, unmount (on every exit path; a SIGKILL
+ * leaves them, and the next run's cleanup, deleteSnapshot, unmounts whatever is below an
+ * unfinished snapshot). Mount points missing in `root` are created as real directories; one
+ * that is a symlink, or below one, is UNSAFE_PATH (src/deploy/rooted.ts) before anything is mounted.
  */
 export async function withChroot<T>(root: string, fn: (c: Chroot) => Promise<T>, opts: { sysroot?: string } & ChrootBinds = {}): Promise<T> {
   if (!existsSync(root)) throw new ChrootError(`chroot directory ${root} does not exist`, { root });
+  const rooted = await RootedDir.open(root);
   const binds: { source: string; target: string; recursive: boolean }[] = [
     { source: '/dev', target: 'dev', recursive: true },
     { source: '/proc', target: 'proc', recursive: true },
@@ -43,10 +46,14 @@ export async function withChroot<T>(root: string, fn: (c: Chroot) => Promise<T>,
   let result: T;
   try {
     for (const b of binds) {
-      const target = join(root, b.target);
-      await mkdir(target, { recursive: true });
-      await bindMount(b.source, target, { recursive: b.recursive });
+      // A real directory inside the root, every component lstat'ed (a missing one is created as
+      // a real directory): an image's `proc -> /elsewhere` is UNSAFE_PATH, never mounted over.
+      await rooted.mkdir(b.target);
+      await rooted.verifyDir(b.target);
+      const target = rooted.abs(b.target);
+      // Listed before mounting: a bind that half-succeeded (mounted, not yet made a slave) is unmounted too.
       mounted.push(target);
+      await bindMount(b.source, target, { recursive: b.recursive });
     }
     result = await fn({
       root,
@@ -68,7 +75,7 @@ async function unbind(mounted: string[]): Promise<void> {
   const failed: string[] = [];
   for (const t of [...mounted].reverse()) {
     try {
-      await unmount(t, { recursive: true });
+      if (await isMountPoint(t)) await unmount(t, { recursive: true });
     } catch {
       failed.push(t);
     }

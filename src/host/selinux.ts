@@ -8,7 +8,11 @@ import { run } from './exec.ts';
 
 /** SELINUX=enforcing|permissive in `<root>/etc/selinux/config`. */
 export async function selinuxWanted(root: string): Promise<boolean> {
-  const text = await readFile(join(root, 'etc/selinux/config'), 'utf8').catch(() => '');
+  return selinuxConfigWants(await readFile(join(root, 'etc/selinux/config'), 'utf8').catch(() => ''));
+}
+
+/** The text of an /etc/selinux/config says SELINUX=enforcing or permissive. */
+export function selinuxConfigWants(text: string): boolean {
   const m = /^\s*SELINUX\s*=\s*(\w+)/m.exec(text);
   return m?.[1] === 'enforcing' || m?.[1] === 'permissive';
 }
