@@ -23,3 +23,4 @@ export { applyTarLayers, type LayerOpener, type TarApplyOptions } from './tar-ap
 export { readTar, type TarEntry } from './tar.ts';
 export { entriesFromTar } from './tar-entries.ts';
 export { applyFromToc, type ApplyOptions, type ApplyResult } from './toc-apply.ts';
+export { reservedSet, reservedRoot, reservedRootOfEntry, skipReserved, dropReserved, describeSkipped, SkipTally, parseFstab, fstabMountPoints, unescapeFstab, WORKING_NAMES, WORKING_PREFIXES, SKIPPED_PATHS_MAX, type Reserved, type SkipReport, type FstabEntry } from './reserved.ts';

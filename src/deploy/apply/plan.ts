@@ -199,23 +199,38 @@ export async function planApply(newTree: Map<string, TreeEntry>, old: OldTree, h
 
   // Deletions: old paths not in the new tree, top-most only; below a path the new tree turns
   // into a non-directory, the replace takes them.
+  // Ancestors of preserved paths (boot/grub2 holding boot/grub2/x86_64-efi) are never deleted:
+  // when the new tree lacks one, its other children go one by one.
   const preserve = opts.preserve ?? [];
+  for (const d of preserve) {
+    // The product drops such entries first (reserved.ts); the planner refuses rather than replace the host's directory.
+    for (let a = d; a !== ''; a = parentOf(a)) {
+      const e = tree.get(a);
+      if (e && e.type !== 'dir') throw new UnsafePathError(a, `the image has a ${e.type} where the preserved directory ${JSON.stringify(d)}${a === d ? '' : ' and its parents'} must stay`);
+    }
+  }
+  const holdsPreserved = (p: string): boolean => preserve.some((d) => d.startsWith(p + '/'));
   const deletes: string[] = [];
   const deleted = new Set<string>();
+  const keptAncestors = new Set<string>();
   for (const p of [...old.entries.keys()].sort(comparePaths)) {
     if (p === '' || tree.has(p)) continue;
     if (preserve.some((d) => isAtOrBelow(p, d))) continue;
     const x = old.entries.get(p)!;
+    const parent = parentOf(p);
+    if (x.type === 'dir' && !deleted.has(parent) && holdsPreserved(p)) {
+      keptAncestors.add(p);
+      continue;
+    }
     summary.delete.count++;
     if (x.type === 'reg') summary.delete.bytes += x.size;
-    const parent = parentOf(p);
     if (deleted.has(parent)) {
       deleted.add(p);
       continue;
     }
     const pa = tree.get(parent);
     if (pa && pa.type !== 'dir') continue; // cannot happen after addImplicitParents; defensive
-    if (!tree.has(parent) && parent !== '') {
+    if (!tree.has(parent) && parent !== '' && !keptAncestors.has(parent)) {
       // parent replaced by a non-directory of the new tree, or itself deleted
       deleted.add(p);
       continue;

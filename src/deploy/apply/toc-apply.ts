@@ -6,6 +6,7 @@
  * new snapshot when it applies.
  */
 import { flattenLayers } from './layers.ts';
+import { dropReserved, SkipTally, type Reserved } from './reserved.ts';
 import { planApply } from './plan.ts';
 import { ContentIndex, scanTree } from './scan.ts';
 import { executePlan } from './execute.ts';
@@ -15,6 +16,8 @@ import type { ApplyReport, Plan, TreeEntry } from './types.ts';
 export interface ApplyOptions {
   /** Relative paths never deleted nor scanned below (e.g. '.snapshots', 'var', 'home', ...). */
   preserve?: readonly string[];
+  /** Image entries (and whiteouts) at or below these are dropped before planning and counted (reserved.ts). */
+  reserved?: Reserved;
   /**
    * Content-index cache file (outside the target): loaded before planning so unchanged files
    * need no hashing, saved after with the new tree's digests. Without it same-size candidates
@@ -38,13 +41,14 @@ export interface ApplyResult {
 
 /** Plan and apply layers described by tables of contents (lowest layer first). */
 export async function applyFromToc(root: string, layers: readonly (readonly TreeEntry[])[], provider: ContentProvider, opts: ApplyOptions = {}): Promise<ApplyResult> {
-  const tree = flattenLayers(layers);
+  const tally = new SkipTally();
+  const tree = flattenLayers(opts.reserved ? dropReserved(layers, opts.reserved, tally) : layers);
   const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
   const index = opts.indexFile ? await ContentIndex.load(root, opts.indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve: opts.preserve ?? [] });
   const hashed = { files: index.hashedFiles, bytes: index.hashedBytes };
   if (opts.planOnly) return { plan, report: null, hashed };
-  const report = await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index });
+  const report = { ...(await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index })), ...tally.report() };
   const saveTo = opts.saveIndexTo ?? opts.indexFile;
   if (saveTo) await index.save(saveTo);
   return { plan, report, hashed };

@@ -139,6 +139,10 @@ export interface ApplyReport {
   copiedInsteadOfReflink: Counter;
   /** Of `written`: new content reflinked from already verified files (the delta store) instead of copied. */
   clonedFromStore: Counter;
+  /** Image entries (and whiteouts) at or below reserved paths, dropped from the new tree (reserved.ts). */
+  skipped: Counter;
+  /** The reserved paths they were under, top-most first, at most 20. */
+  skippedPaths: string[];
   warnings: string[];
 }
 
@@ -157,6 +161,8 @@ export function emptyReport(): ApplyReport {
     deleted: emptyCounter(),
     copiedInsteadOfReflink: emptyCounter(),
     clonedFromStore: emptyCounter(),
+    skipped: emptyCounter(),
+    skippedPaths: [],
     warnings: [],
   };
 }

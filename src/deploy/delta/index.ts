@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
-import { ContentIndex, executePlan, flattenLayers, planApply, scanTree, type ApplyReport, type OldTree, type Plan, type PlanSummary, type TreeEntry } from '../apply/index.ts';
+import { ContentIndex, dropReserved, executePlan, flattenLayers, planApply, scanTree, SkipTally, type ApplyReport, type OldTree, type Plan, type PlanSummary, type Reserved, type SkipReport, type SpaceGuard, type TreeEntry } from '../apply/index.ts';
 import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } from './download.ts';
 import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
@@ -68,6 +68,8 @@ export interface PrepareOptions {
   oldRoot: string;
   /** Paths of the root that are not image content (subvolumes, .snapshots). */
   preserve: readonly string[];
+  /** Image entries at or below these are dropped before planning and counted (apply/reserved.ts). */
+  reserved?: Reserved;
   mode?: TransferMode;
   /** Content-index cache of the old root (see apply's ContentIndex): loaded if present. */
   indexFile?: string;
@@ -109,13 +111,14 @@ function changedFiles(s: PlanSummary): number {
   return s.meta.count + s.reflink.count + s.write.count + s.create.count + s.link.count + s.delete.count;
 }
 
-/** Plan the new tree of `layers` against `root`. */
-async function planAgainst(layers: readonly (readonly TreeEntry[])[], root: string, preserve: readonly string[], indexFile?: string, scanned?: OldTree): Promise<{ plan: Plan; index: ContentIndex }> {
-  const tree = flattenLayers(layers);
+/** Plan the new tree of `layers` (without what is reserved) against `root`. */
+async function planAgainst(layers: readonly (readonly TreeEntry[])[], root: string, preserve: readonly string[], reserved: Reserved | undefined, indexFile?: string, scanned?: OldTree): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
+  const tally = new SkipTally();
+  const tree = flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers);
   const old = scanned ?? (await scanTree(root, { preserve }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve });
-  return { plan, index };
+  return { plan, index, skip: tally.report() };
 }
 
 /** Decide the path and, for the delta path, exactly which byte ranges it downloads. Writes nothing. */
@@ -136,7 +139,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     await scanning.catch(() => undefined);
     return whole(o.manifest, tocs.reason, mode);
   }
-  const { plan, index } = await planAgainst(tocs.layers, o.oldRoot, o.preserve, o.indexFile, await scanning);
+  const { plan, index } = await planAgainst(tocs.layers, o.oldRoot, o.preserve, o.reserved, o.indexFile, await scanning);
   if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
   const lacking = frameless(plan.fetch);
   if (lacking.length) return whole(o.manifest, `/${lacking[0]!.path} has no content frame of its own in the table of contents`, mode);
@@ -191,11 +194,11 @@ export async function applyTransfer(
   t: DeltaTransfer,
   root: string,
   store: ContentStore,
-  opts: { preserve: readonly string[]; indexFile?: string; saveIndexTo?: string; concurrency?: number; signal?: AbortSignal; allowCopyFallback?: boolean },
+  opts: { preserve: readonly string[]; reserved?: Reserved; indexFile?: string; saveIndexTo?: string; concurrency?: number; signal?: AbortSignal; allowCopyFallback?: boolean; space?: SpaceGuard },
 ): Promise<ApplyTransferResult> {
-  const { plan, index } = await planAgainst(t.layers, root, opts.preserve, opts.indexFile);
+  const { plan, index, skip } = await planAgainst(t.layers, root, opts.preserve, opts.reserved, opts.indexFile);
   const provider = storeProvider(t.source, t.manifest.layers, store, { concurrency: opts.concurrency, signal: opts.signal, coalesce: t.coalesce, maxSpan: t.coalesce.maxSpan });
-  const report = await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index });
+  const report = { ...(await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index, ...(opts.space ? { space: opts.space } : {}) })), ...skip };
   if (opts.saveIndexTo) await saveIndex(index, opts.saveIndexTo);
   return { report, extra: provider.extra, plan };
 }
