@@ -47,7 +47,7 @@ export const productionDeps: UpdateDeps = {
     const ref = parseReference(reference);
     await checkPolicy(policy, source, root, ref, layoutIdentity(ref, signedIdentity));
   },
-  applyLayers: (o) => applyTarLayers(o.root, o.layers, { preserve: o.preserve }),
+  applyLayers: (o) => applyTarLayers(o.root, o.layers, { preserve: o.preserve, ...(o.reserved ? { reserved: o.reserved } : {}) }),
   mergeEtc: (base, ours, theirs) => mergeEtc(base, ours, theirs),
   mergeUsers: (base, ours, theirs) => mergeUserDb(base, ours, theirs),
 };

@@ -3,6 +3,7 @@ import { optBool, optString } from '../command.ts';
 import { TiuError } from '../../errors.ts';
 import { checkUpdate, update } from '../../deploy/update.ts';
 import { describeTransfer } from '../../deploy/delta/index.ts';
+import { describeSkipped } from '../../deploy/apply/reserved.ts';
 import { productionDeps } from '../../deploy/wiring.ts';
 import { reboot } from '../../host/system.ts';
 import { humanSize, shortDigest } from '../../format.ts';
@@ -66,6 +67,7 @@ const command: Command = {
             `snapshot ${r.snapshot} (from ${r.from}) holds ${r.image} (${shortDigest(r.digest)}) and boots next`,
             `  files: ${a.written.count} written (${humanSize(a.written.bytes)}), ${a.reflinked.count} reflinked, ${a.kept.count} kept, ${a.deleted.count} deleted`,
             ...(r.transfer ? [`  ${describeTransfer(r.transfer)}`] : []),
+            ...(a.skipped.count ? [`  ${describeSkipped(a)}`] : []),
             ...r.etcConflicts.map((c) => `  /etc conflict: /etc/${c.path} kept as you changed it${c.tiunew ? `, the image's version is in /etc/${c.tiunew}` : ''}`),
             ...r.userClashes.map((c) => `  account clash: the image's ${c.kind === 'uid' ? 'user' : 'group'} ${c.name} (${c.kind} ${c.id}) was not added: ${c.existing} has ${c.kind} ${c.existingId}`),
             ...(r.relabel ? ['  SELinux: the image carries no labels, /.autorelabel relabels at the next boot'] : []),

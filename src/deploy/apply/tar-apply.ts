@@ -19,11 +19,15 @@ import { devMajor, devMinor } from '../../bundle/entry.ts';
 import { metaDiff } from './plan.ts';
 import { ContentIndex, existingFromStats, scanTree } from './scan.ts';
 import { readTar, type TarEntry } from './tar.ts';
+import { skipReserved, SkipTally, type Reserved } from './reserved.ts';
 import type { ApplyReport, Counter, EntryType, OldTree, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
 export interface TarApplyOptions {
+  /** Paths never deleted (nor scanned below). */
   preserve?: readonly string[];
+  /** Image entries (and whiteouts) at or below these are skipped and counted (reserved.ts). */
+  reserved?: Reserved;
   /**
    * Hashes of the old tree (e.g. ContentIndex.load of the booted snapshot's index): new files
    * whose content already exists elsewhere in the old tree become reflinks of it. Default: a
@@ -71,6 +75,7 @@ interface State {
   /** Current xattrs of the inode at a path (from the scan; `{}` for inodes created here). */
   xattrNow: Map<string, Record<string, Buffer>>;
   opts: TarApplyOptions;
+  skipped: SkipTally;
 }
 
 export async function applyTarLayers(root: string, layers: readonly LayerOpener[], opts: TarApplyOptions = {}): Promise<ApplyReport> {
@@ -84,7 +89,7 @@ export async function applyTarLayers(root: string, layers: readonly LayerOpener[
 async function applyTarLayersInner(root: string, layers: readonly LayerOpener[], opts: TarApplyOptions): Promise<ApplyReport> {
   const sr = await SafeRoot.open(root);
   const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
-  const st: State = { sr, old, index: opts.index ?? new ContentIndex(root), report: emptyReport(), present: new Map(), xattrNow: new Map(), opts };
+  const st: State = { sr, old, index: opts.index ?? new ContentIndex(root), report: emptyReport(), present: new Map(), xattrNow: new Map(), opts, skipped: new SkipTally() };
   for (const [p, e] of old.entries) st.xattrNow.set(p, e.xattrs);
 
   for (let k = 0; k < layers.length; k++) {
@@ -96,12 +101,13 @@ async function applyTarLayersInner(root: string, layers: readonly LayerOpener[],
     }
   }
 
-  // What no layer left in the tree goes.
+  // What no layer left in the tree goes; ancestors of preserved paths stay (their other children go).
   const preserve = opts.preserve ?? [];
   const now = await scanTree(root, { preserve, noXattrs: true });
   const gone = new Set<string>();
   for (const p of [...now.entries.keys()].sort(comparePaths)) {
     if (p === '' || st.present.has(p) || preserve.some((d) => isAtOrBelow(p, d))) continue;
+    if (now.entries.get(p)!.type === 'dir' && !gone.has(parentOf(p)) && preserve.some((d) => d.startsWith(p + '/'))) continue;
     if (gone.has(parentOf(p))) {
       gone.add(p);
       continue;
@@ -130,7 +136,7 @@ async function applyTarLayersInner(root: string, layers: readonly LayerOpener[],
     const s = await lstat(sr.abs(p), { bigint: true });
     if (!sameTime(s.mtimeNs, entry.mtimeNs)) await setMetaAt(sr, p, entry, { mtime: true });
   }
-  return st.report;
+  return { ...st.report, ...st.skipped.report() };
 }
 
 function hide(st: State, below: string, includeSelf: boolean, layer: number): void {
@@ -180,6 +186,7 @@ async function ensureParents(st: State, path: string, layer: number): Promise<vo
 async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<void> {
   const path = normalizeEntryPath(t.name);
   const w = whiteoutOf(path);
+  if (st.opts.reserved && skipReserved({ path, type: t.type === 'other' ? 'reg' : t.type, size: t.size }, st.opts.reserved, st.skipped)) return;
   if (w) {
     if (w.kind === 'whiteout') hide(st, w.path, true, layer);
     else if (w.kind === 'opaque') hide(st, w.dir, false, layer);
