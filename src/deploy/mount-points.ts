@@ -3,8 +3,8 @@
  * subvolumes and partitions from /etc/fstab on a read-only root, where systemd cannot create a
  * missing mount point: an image without `boot/grub2`, `proc` or `tmp` would make the next boot
  * fail. So, after the apply and the /etc merge, the new snapshot gets a real directory (0755,
- * root:root) for every mount point of the old and the new /etc/fstab, every preserved path and
- * the API filesystems, created through the rooted API (never following a symlink).
+ * root:root) for every mount point of the old and the new /etc/fstab, every preserved path the
+ * booted snapshot has and the API filesystems, created through the rooted API (never following a symlink).
  *
  * Also here: the reserved set of an update (apply/reserved.ts), from the booted snapshot's fstab.
  */
@@ -55,7 +55,11 @@ export interface KeptMountPoints {
  * is removed first (not followed). A symlink on the way to one is UNSAFE_PATH.
  */
 export async function keepMountPoints(newRoot: string, oldRoot: string, preserve: readonly string[]): Promise<KeptMountPoints> {
-  const wanted = [...(await readFstabMountPoints(oldRoot)), ...(await readFstabMountPoints(newRoot)), ...preserve, ...API_MOUNT_POINTS];
+  // Preserved paths the host has (a directory in the booted snapshot): not every architecture's boot/grub2/<arch>.
+  const old = await RootedDir.open(oldRoot);
+  const hostPreserved: string[] = [];
+  for (const p of preserve) if ((await old.lstat(p).catch(() => undefined))?.isDirectory()) hostPreserved.push(p);
+  const wanted = [...(await readFstabMountPoints(oldRoot)), ...(await readFstabMountPoints(newRoot)), ...hostPreserved, ...API_MOUNT_POINTS];
   const rd = await RootedDir.open(newRoot);
   const out: KeptMountPoints = { created: [], replaced: [] };
   for (const p of mountPointsToKeep(wanted)) {
