@@ -1,0 +1,132 @@
+/**
+ * SIGKILL at random points of updates that run a hook in the chroot (with /dev, /proc, /sys
+ * bound into the new snapshot): after each kill, the next `tiu update` removes the unfinished
+ * snapshot, leaves no mount below the sysroot (mountinfo as before the first update), and
+ * completes the update. The kill points are seeded (TIU_TEST_SEED=N repeats a run; the seed is
+ * printed) and spread over the whole run (download, apply, merge, hook, commit); one more kill
+ * lands while the hook's bind mounts are up. The kill takes tiu's whole process group (the hook
+ * with it), as systemd's SIGKILL of the unit would.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { requireRoot } from '../helpers/env.ts';
+import { createHostileEnv, imageFiles, mountsBelow, osTarEntries, osTocEntries, runTiu, snapshotDirs, tarLayer, TIU, tocLayer, writeImage, type HostileEnv } from '../helpers/hostile.ts';
+
+/** A small seeded PRNG (mulberry32): the same seed, the same kill points. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('SIGKILL at random points of updates with a hook: the next run leaves no mount and completes', function () {
+  this.timeout(300_000);
+  let env: HostileEnv;
+  let mountsBefore: string[];
+  const seed = Number(process.env.TIU_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
+  const random = rng(seed);
+  const refs: string[] = [];
+
+  before(async function () {
+    requireRoot(this);
+    console.log(`      seed ${seed} (TIU_TEST_SEED=${seed} repeats these kill points)`);
+    env = await createHostileEnv({ sizeMiB: 700, conf: 'default-hooks = false\n[[hook]]\nname = "nap"\ncommand = ["/usr/bin/sleep", "1"]\n' });
+    // The OS with the shell and sleep (the hook runs in the new snapshot), and some weight so the
+    // copy and the apply take a moment: a whole-layer (gzip tar) image and a TOC image.
+    const files = [...(await imageFiles({ shell: true })), ...Array.from({ length: 8 }, (_, i) => ({ path: `usr/share/payload/p${i}`, content: randomBytes(1 << 20) }))];
+    await writeImage(env.layout, 'tar', [tarLayer(osTarEntries(files))]);
+    await writeImage(env.layout, 'toc', [tocLayer(osTocEntries(files))]);
+    refs.push(env.ref('tar'), env.ref('toc'));
+    mountsBefore = await mountsBelow(env.os.dir);
+  });
+  after(async () => {
+    await env?.teardown();
+  });
+
+  const status = async () => JSON.parse((await runTiu(['status', '--json', '--sysroot', env.os.sysroot])).stdout) as { default: number; booted: number; snapshots: { number: number; inProgress: boolean }[] };
+
+  /** Back to snapshot 1 as the default, so the next update has something to do. */
+  const rollbackTo1 = async () => {
+    const r = await runTiu(['rollback', '1', '--json', '--sysroot', env.os.sysroot]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+  };
+
+  /** The next run after a kill: succeeds, removes what the kill left, and no mount stays below the sysroot. */
+  const nextRunCompletes = async (ref: string, what: string) => {
+    const r = await runTiu(['update', ref, '--json', '--sysroot', env.os.sysroot]);
+    assert.equal(r.code, 0, `${what}: the next run fails: ${r.stdout}${r.stderr}`);
+    const json = JSON.parse(r.stdout) as { status: string; snapshot: number };
+    assert.ok(json.status === 'updated' || json.status === 'already-present', `${what}: ${r.stdout}`);
+    assert.deepEqual(await mountsBelow(env.os.dir), mountsBefore, `${what}: mounts below the test directory after the next run`);
+    const s = await status();
+    assert.deepEqual(s.snapshots.filter((x) => x.inProgress).map((x) => x.number), [], `${what}: no unfinished snapshot`);
+    for (const d of await snapshotDirs(env.os.sysroot)) assert.ok(existsSync(join(env.os.sysroot, '.snapshots', d, 'info.xml')), `${what}: .snapshots/${d} is a finished snapshot`);
+    assert.equal(s.default, json.snapshot, `${what}: the updated snapshot is the default`);
+  };
+
+  /** Start `tiu update REF` in its own process group; kill the group when `when` resolves. */
+  const killedUpdate = async (ref: string, when: (child: ReturnType<typeof spawn>) => Promise<void>) => {
+    const child = spawn(TIU, ['update', ref, '--sysroot', env.os.sysroot], { stdio: 'ignore', detached: true });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    let killed = false;
+    try {
+      await Promise.race([when(child), exited]);
+      if (child.exitCode === null) {
+        process.kill(-child.pid!, 'SIGKILL');
+        killed = true;
+      }
+    } finally {
+      if (child.exitCode === null && !killed) process.kill(-child.pid!, 'SIGKILL');
+      await exited;
+    }
+    return killed;
+  };
+
+  it('kills spread over whole runs (seeded) and one while the hook mounts are up; each next run cleans up and completes', async () => {
+    // One run unkilled: how long an update takes here.
+    const t0 = Date.now();
+    const first = await runTiu(['update', refs[0]!, '--json', '--sysroot', env.os.sysroot]);
+    const full = Date.now() - t0;
+    assert.equal(first.code, 0, first.stdout + first.stderr);
+    assert.deepEqual(await mountsBelow(env.os.dir), mountsBefore);
+    const points = 5;
+    const log: string[] = [];
+    for (let i = 0; i < points; i++) {
+      await rollbackTo1();
+      const ref = refs[i % refs.length]!;
+      const at = Math.round(((i + random()) / points) * full);
+      const killed = await killedUpdate(ref, () => sleep(at));
+      log.push(`${ref.split(':').at(-1)} killed at ${at} ms of ~${full}: ${killed ? 'killed' : 'had finished'}`);
+      await nextRunCompletes(ref, `kill #${i + 1} at ${at} ms (seed ${seed})`);
+    }
+    // While the hook runs: the chroot's bind mounts are up below the new snapshot.
+    for (const ref of refs) {
+      await rollbackTo1();
+      const snaps = join(env.os.sysroot, '.snapshots') + '/';
+      let sawMounts = false;
+      const killed = await killedUpdate(ref, async (child) => {
+        for (let i = 0; i < 3000 && child.exitCode === null; i++) {
+          if ((await mountsBelow(snaps.slice(0, -1))).some((l) => l.split(' ')[4]!.startsWith(snaps) && / (proc|sysfs|devtmpfs) /.test(l))) {
+            sawMounts = true;
+            return;
+          }
+          await sleep(10);
+        }
+      });
+      assert.ok(killed && sawMounts, `${ref}: the update was killed while the hook's mounts were up`);
+      log.push(`${ref.split(':').at(-1)} killed with the hook's mounts up`);
+      await nextRunCompletes(ref, `kill during the hook of ${ref}`);
+    }
+    console.log(`      ${log.join('\n      ')}`);
+  });
+});
