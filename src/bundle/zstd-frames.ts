@@ -174,9 +174,12 @@ export function zstdFrameSpans(buf: Buffer): [number, number][] {
   return spans;
 }
 
+/** Largest output buffer of one step of zstdDecompressBufferSync. */
+const SYNC_CHUNK = 256 * 1024;
+
 /**
- * The content of a complete buffer of zstd frames, decompressed in one call per frame into
- * buffers of the expected size; throws ZSTD_OUTPUT_TOO_LARGE as soon as more than `maxSize` bytes come out.
+ * The content of a complete buffer of zstd frames, decompressed in one call per frame (output
+ * buffers of at most 256 KiB, joined at the end); throws ZSTD_OUTPUT_TOO_LARGE as soon as more than `maxSize` bytes come out.
  */
 export function zstdDecompressBufferSync(buf: Buffer, maxSize: number): Buffer {
   const parts: Buffer[] = [];
@@ -185,7 +188,9 @@ export function zstdDecompressBufferSync(buf: Buffer, maxSize: number): Buffer {
     const left = maxSize - got;
     let out: Buffer;
     try {
-      out = zstdDecompressSync(buf.subarray(s, e), { maxOutputLength: left + 1, chunkSize: Math.max(64, Math.min(left + 1, SYNC_OUTPUT_MAX)) });
+      // Output buffers of at most SYNC_CHUNK each: memory grows with what actually comes out
+      // (bounded by maxSize), never with what a table of contents declares.
+      out = zstdDecompressSync(buf.subarray(s, e), { maxOutputLength: left + 1, chunkSize: Math.max(64, Math.min(left + 1, SYNC_CHUNK)) });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
       throw err;

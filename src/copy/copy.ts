@@ -11,7 +11,8 @@
  *     plus cosign's tag-scheme attachments (sha256-<hex>.sig/.att/.sbom);
  *  5. only then the tag at the destination: a tag never points at incomplete content.
  *
- * Failures are CopyError { code: COPY_FAILED, op, origin: 'source' | 'destination' } with the
+ * Failures are CopyError { code: COPY_FAILED (or the cause's DIGEST_MISMATCH, SIZE_MISMATCH,
+ * REGISTRY_TOO_SLOW), op, origin: 'source' | 'destination' } with the
  * underlying error as `cause` and its code in details.causeCode.
  */
 import { Readable } from 'node:stream';
@@ -25,6 +26,13 @@ import type { Descriptor } from '../oci/types.ts';
 
 export type CopyOp = 'resolve' | 'fetch' | 'exists' | 'push' | 'tag' | 'referrers';
 export type CopyOrigin = 'source' | 'destination';
+
+/**
+ * Causes whose code the copy error keeps as its own (the README promises them at the top): a
+ * blob that fails its digest or size, a registry below the minimum speed. `details.causeCode`
+ * and `op`/`origin` say the rest, as for COPY_FAILED.
+ */
+const KEEP_CODE = new Set(['DIGEST_MISMATCH', 'SIZE_MISMATCH', 'REGISTRY_TOO_SLOW']);
 
 export class CopyError extends TiuError {
   readonly op: CopyOp;
@@ -43,7 +51,7 @@ export class CopyError extends TiuError {
       referrers: 'listing referrers of',
     };
     const side = op === 'resolve' || op === 'tag' || op === 'referrers' ? ` in ${where}` : ` ${prep} ${where}`;
-    super('COPY_FAILED', `copy failed ${verb[op]}${what}${side}: ${err.message}`, {
+    super(KEEP_CODE.has(causeCode) ? causeCode : 'COPY_FAILED', `copy failed ${verb[op]}${what}${side}: ${err.message}`, {
       op,
       origin,
       target: where,

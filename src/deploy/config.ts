@@ -7,6 +7,12 @@
  *   default-hooks = true                                        # initrd + bootloader hooks for MicroOS
  *   signed-identity = "registry.example.com/os/microos"         # the name bundles are signed as, checked
  *                                 # when the source has none (oci: USB stick); default: image's repository
+ *   disk-reserve = "5%"           # free space an update never uses on the root filesystem: a percentage
+ *                                 # of its size or a size ("1G", "512M"); default: the smaller of 5% and 1 GiB
+ *   min-speed = "1K"              # a registry transfer slower than this (bytes/s, K/M suffixes) …
+ *   speed-time = 60               # … for this many seconds ends with REGISTRY_TOO_SLOW (0: never)
+ *   request-deadline = 600        # seconds any one request may take at least; a blob gets more in
+ *                                 # proportion to its size (its size at min-speed); 0: no deadline
  *
  *   [[hook]]                                                    # more hooks, run in order after the defaults
  *   name = "update-ca"
@@ -21,6 +27,8 @@ import { join } from 'node:path';
 import { parse } from 'smol-toml';
 import { TiuError } from '../errors.ts';
 import { dockerName, parseReference, type DockerReference } from '../oci/reference.ts';
+import { parseReserve, parseSize, type DiskReserve } from './apply/space.ts';
+import type { SpeedSettings } from '../transport/registry/speed.ts';
 
 export class ConfigError extends TiuError {
   constructor(file: string, message: string) {
@@ -49,6 +57,10 @@ export interface TiuConfig {
   policy?: string;
   cache: string;
   hooks: HookSpec[];
+  /** Free space an update leaves on the root filesystem (undefined: the smaller of 5% and 1 GiB). */
+  diskReserve?: DiskReserve;
+  /** Minimum throughput and deadline of registry requests (undefined: the defaults, or the environment's). */
+  network?: SpeedSettings;
   /** The file it came from, when there was one. */
   file?: string;
 }
@@ -62,7 +74,7 @@ export const DEFAULT_HOOKS: readonly HookSpec[] = [
   { name: 'sdbootutil', command: ['sdbootutil', 'add-all-kernels', '{snapshot}'], when: 'always', ifExists: '/usr/bin/sdbootutil' },
 ];
 
-const KEYS = new Set(['image', 'policy', 'cache', 'default-hooks', 'hook', 'signed-identity']);
+const KEYS = new Set(['image', 'policy', 'cache', 'default-hooks', 'hook', 'signed-identity', 'disk-reserve', 'min-speed', 'speed-time', 'request-deadline']);
 const HOOK_KEYS = new Set(['name', 'command', 'when', 'if-exists']);
 const WHEN: readonly string[] = ['always', 'kernel-changed', 'initrd-missing'];
 
@@ -114,7 +126,34 @@ export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
     const ref = parseIdentity(signedIdentity);
     if (!ref || ref.tag || ref.digest) throw new ConfigError(file, `'signed-identity' must be a registry repository like registry.example.com/os/microos`);
   }
-  return { image, signedIdentity, policy, cache, hooks: [...(defaults ? DEFAULT_HOOKS : []), ...hooks], file };
+  let diskReserve: DiskReserve | undefined;
+  if (doc['disk-reserve'] !== undefined) {
+    diskReserve = parseReserve(doc['disk-reserve']);
+    if (!diskReserve) throw new ConfigError(file, `'disk-reserve' must be a percentage up to 50% ("5%") or a size ("1G", "512M", a number of bytes)`);
+  }
+  const network: SpeedSettings = {};
+  if (doc['min-speed'] !== undefined) {
+    const v = doc['min-speed'];
+    const n = typeof v === 'number' ? v : typeof v === 'string' ? parseSize(v) : undefined;
+    if (n === undefined || !Number.isSafeInteger(n) || n < 0) throw new ConfigError(file, `'min-speed' must be bytes per second ("1K", "64K", a number)`);
+    network.minBytesPerSec = n;
+  }
+  for (const [k, field] of [['speed-time', 'speedTimeMs'], ['request-deadline', 'deadlineFloorMs']] as const) {
+    const v = doc[k];
+    if (v === undefined) continue;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError(file, `'${k}' must be a number of seconds`);
+    network[field] = Math.round(v * 1000);
+  }
+  return {
+    image,
+    signedIdentity,
+    policy,
+    cache,
+    hooks: [...(defaults ? DEFAULT_HOOKS : []), ...hooks],
+    ...(diskReserve ? { diskReserve } : {}),
+    ...(Object.keys(network).length ? { network } : {}),
+    file,
+  };
 }
 
 function parseIdentity(name: string): DockerReference | undefined {

@@ -14,7 +14,7 @@
  * (wired in src/deploy/wiring.ts), so this file is only the sequence.
  */
 import { createHash } from 'node:crypto';
-import { readdir, rename, rm } from 'node:fs/promises';
+import { lstat, readdir, rename, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -28,6 +28,9 @@ import { fetchManifest } from '../content/graph.ts';
 import type { CopyEvent } from '../copy/copy.ts';
 import { downloadProgress } from './download-progress.ts';
 import { validateTarLayers, type ApplyReport, type Reserved } from './apply/index.ts';
+import { flattenLayers } from './apply/layers.ts';
+import { checkRoom, DiskReserveError, fsSpace, SpaceGuard } from './apply/space.ts';
+import type { TreeEntry } from './apply/types.ts';
 import { keepMountPoints, reservedOf } from './mount-points.ts';
 import type { EtcConflict, EtcMergeReport } from './etc-merge.ts';
 import type { IdClash, UsersMergeResult } from './users-merge.ts';
@@ -72,7 +75,7 @@ export interface UpdateDeps {
   copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal; onProgress?: (e: CopyEvent) => void }): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
   checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signedIdentity?: string; signal?: AbortSignal }): Promise<void>;
-  applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; reserved?: Reserved; signal?: AbortSignal }): Promise<ApplyReport>;
+  applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; reserved?: Reserved; signal?: AbortSignal; space?: SpaceGuard }): Promise<ApplyReport>;
   /** Three-way merge into `ours` (the new snapshot's /etc): base = old pristine /etc, theirs = new pristine /etc. */
   mergeEtc(base: string, ours: string, theirs: string): Promise<Pick<EtcMergeReport, 'conflicts'>>;
   mergeUsers(base: string, ours: string, theirs: string): Promise<Pick<UsersMergeResult, 'clashes' | 'addedUsers' | 'addedGroups'>>;
@@ -130,12 +133,23 @@ const ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm',
 /** The image manifest for this machine: the root itself, or the matching entry of an index. */
 export async function imageManifest(target: Target, root: Descriptor, platform: { os: string; architecture: string }, signal?: AbortSignal): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
   const first = await fetchManifest(target, root, { signal });
-  if (first.parsed.kind === 'manifest') return { desc: root, manifest: first.parsed.manifest };
+  if (first.parsed.kind === 'manifest') return { desc: root, manifest: withLayers(root, first.parsed.manifest) };
   const pick = first.parsed.index.manifests.find((m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture);
   if (!pick) throw new UpdateError('NO_MATCHING_PLATFORM', `${root.digest} has no image for ${platform.os}/${platform.architecture}`, { digest: root.digest, platform });
   const second = await fetchManifest(target, pick, { signal });
   if (second.parsed.kind !== 'manifest') throw new UpdateError('INVALID_MANIFEST', `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`, { digest: pick.digest });
-  return { desc: pick, manifest: second.parsed.manifest };
+  return { desc: pick, manifest: withLayers(pick, second.parsed.manifest) };
+}
+
+/** The image's tree (its layers flattened) must have a /usr directory: NOT_AN_OS_IMAGE before any snapshot. */
+function notAnOsImage(layers: readonly (readonly TreeEntry[])[], image: string): void {
+  if (flattenLayers(layers).get('usr')?.type !== 'dir') throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory`, { image });
+}
+
+/** An image manifest without layers has no tree to deploy: NO_LAYERS, before anything is fetched. */
+function withLayers(desc: Descriptor, manifest: ImageManifest): ImageManifest {
+  if (manifest.layers.length === 0) throw new UpdateError('NO_LAYERS', `image manifest ${desc.digest} has no layers: there is no tree to deploy`, { digest: desc.digest });
+  return manifest;
 }
 
 function isLayer(mediaType: string): boolean {
@@ -156,18 +170,18 @@ const TAR_LAYER_TYPES = new Set<string>([
  * A verified, decompressed tar stream of one layer. zstd goes through the multi-frame decoder:
  * tiu's zstd:chunked layers are one frame per file plus skippable frames for the TOC.
  */
-function decompressed(mediaType: string, verified: Readable, layer: string): Readable {
+function decompressed(mediaType: string, verified: Readable, layer: string, limit: number): Readable {
   switch (mediaType) {
     case MediaType.OciLayerGzip:
     case MediaType.DockerLayerGzip: {
       const gunzip = createGunzip();
       // pipeline, not pipe: an error reaches gunzip, and a reader that destroys gunzip destroys `verified`
       pipeline(verified, gunzip).catch(() => undefined);
-      return corruptAsLayerCorrupt(gunzip, layer, 'gzip');
+      return guarded(gunzip, layer, 'gzip', limit);
     }
     case MediaType.OciLayerZstd:
     case 'application/vnd.docker.image.rootfs.diff.tar.zstd':
-      return corruptAsLayerCorrupt(zstdDecompressStream(verified), layer, 'zstd');
+      return guarded(zstdDecompressStream(verified), layer, 'zstd', limit);
     default:
       return verified;
   }
@@ -182,13 +196,22 @@ function isCorruptCompression(e: unknown): boolean {
 
 /**
  * The decompressed stream, with a decoding failure said as LAYER_CORRUPT naming the layer
- * (instead of zlib's text). Digest failures, I/O errors and aborts pass unchanged.
+ * (instead of zlib's text), and DISK_FULL once it expands past `limit` bytes. Digest failures,
+ * I/O errors and aborts pass unchanged.
  */
-function corruptAsLayerCorrupt(stream: Readable, layer: string, format: 'gzip' | 'zstd'): Readable {
+function guarded(stream: Readable, layer: string, format: 'gzip' | 'zstd', limit: number): Readable {
   return Readable.from(
     (async function* () {
+      let n = 0;
       try {
-        for await (const c of stream) yield c as Buffer;
+        for await (const c of stream) {
+          n += (c as Buffer).length;
+          if (n > limit) {
+            stream.destroy();
+            throw new DiskReserveError('/', `no space left for ${layer}: it expands to more than ${humanSize(limit)}, all the root filesystem holds above its reserve`, { layer, limit });
+          }
+          yield c as Buffer;
+        }
       } catch (e) {
         if (!isCorruptCompression(e)) throw e;
         throw new UpdateError('LAYER_CORRUPT', `${layer} is not valid ${format}: ${asError(e).message}`, { layer, format }, { cause: e });
@@ -199,7 +222,7 @@ function corruptAsLayerCorrupt(stream: Readable, layer: string, format: 'gzip' |
 }
 
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
-export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal): LayerOpener[] {
+export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal, expansionLimit = Number.POSITIVE_INFINITY): LayerOpener[] {
   for (const layer of manifest.layers) {
     if (!TAR_LAYER_TYPES.has(layer.mediaType)) {
       throw new UpdateError('UNSUPPORTED_LAYER', `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`, { mediaType: layer.mediaType, digest: layer.digest });
@@ -213,7 +236,7 @@ export function layerOpeners(target: Target, manifest: ImageManifest, signal?: A
       // One chain: errors reach the reader, and a reader that stops early (the apply engine stops at
       // the tar's end blocks) closes the blob too instead of leaving its FileHandle to the GC.
       pipeline(raw, verify).catch(() => undefined);
-      return decompressed(layer.mediaType, verify, label);
+      return decompressed(layer.mediaType, verify, label, expansionLimit);
     };
     // The apply names the layer in a refusal of its tar (BAD_TAR, BAD_ENTRY …).
     return Object.assign(open, { label });
@@ -306,7 +329,14 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       const t = await whileFetching(cacheDir, image, () => chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, from), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal, index: { load: contentIndexFile(cacheDir, from), save: true } }));
       transfer = t.report;
       progress(describeTransfer(transfer));
-      if (t.path === 'delta') delta = t;
+      if (t.path === 'delta') {
+        delta = t;
+        notAnOsImage(t.layers, image);
+      }
+      // What the download writes into the cache (the new files of a delta, the blobs of whole
+      // layers) must leave the reserve free: DISK_FULL now, before anything is written.
+      const predicted = t.path === 'delta' ? (t.report.files?.write.bytes ?? 0) : t.report.layerBytes;
+      await checkRoom(ctx.sysroot, predicted, config.diskReserve, t.path === 'delta' ? `the ${humanSize(predicted)} of new files of ${image}` : `the layers of ${image}`);
     }
     // Into the cache: a disk that fills up here has changed nothing of the system yet.
     await whileFetching(cacheDir, image, async () => {
@@ -331,11 +361,15 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     // snapshot, only the changed files read (by range, from the local blobs) and verified into
     // the store. Other layers are streamed through the tar engine, so every blob is read through
     // its digest first. Either way, what the apply uses is intact before a snapshot exists.
+    // No layer may expand past what the root filesystem can hold above its reserve (a gzip or
+    // zstd bomb of zeros would otherwise keep the validation and the apply busy for ever).
+    const fsNow = await fsSpace(ctx.sysroot, config.diskReserve);
+    const expansionLimit = fsNow.total - fsNow.reserve;
     const readCache = async (): Promise<DeltaTransfer | undefined> => {
       const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, from), preserve: reserved.paths, reserved, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, from) });
       if (local.path !== 'delta') {
         // Every blob read through its digest, and every tar header checked as the apply will, before a snapshot exists.
-        await validateTarLayers(layerOpeners(cache, manifest, signal), { reserved, explain: (k) => verifyBlobs(cache, [manifest.layers[k]!], signal) });
+        await validateTarLayers(layerOpeners(cache, manifest, signal, expansionLimit), { reserved, explain: (k) => verifyBlobs(cache, [manifest.layers[k]!], signal) });
         return undefined;
       }
       store = (await downloadDelta(local, cacheDir, root.digest, { progress, signal, progressEveryMs: opts.progressEveryMs, fromCache: true })).store;
@@ -345,6 +379,9 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     const fromCache = cached !== undefined;
     delta ??= cached;
 
+    if (cached) notAnOsImage(cached.layers, image);
+    // The reserve is still free (the apply checks it again as it writes).
+    await checkRoom(ctx.sysroot, 0, config.diskReserve, `a new snapshot of ${image}`);
     progress(`creating snapshot from ${from}`);
     const n = await createInProgress(ctx, { from, description: `tiu update to ${image}`.slice(0, 200), image });
     try {
@@ -360,14 +397,19 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       if (await isSubvolume(join(oldRoot, 'etc'))) await subvolumeSnapshot(join(oldRoot, 'etc'), aside);
       else await newRd.copyTree(oldRd, 'etc', ETC_ASIDE);
       progress(`writing ${manifest.layers.length} layer(s) into snapshot ${n}`);
+      // DISK_FULL while the reserve is still free, whatever the layers expand to.
+      const space = new SpaceGuard(newRoot, config.diskReserve);
       let applyReport: ApplyReport;
       if (delta && store) {
-        const a = await applyTransfer(delta, newRoot, store, { preserve: [...reserved.paths, ETC_ASIDE], reserved, signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, n) });
+        const a = await applyTransfer(delta, newRoot, store, { preserve: [...reserved.paths, ETC_ASIDE], reserved, signal, space, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, n) });
         await pruneContentIndexes(cacheDir, [from, n]);
         if (a.extra.bytes && !fromCache) transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
         applyReport = a.report;
       } else {
-        applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal), preserve: [...reserved.paths, ETC_ASIDE], reserved, signal });
+        applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal, expansionLimit), preserve: [...reserved.paths, ETC_ASIDE], reserved, signal, space });
+        // The tar path knows the tree only now (the TOC path checked it before the snapshot).
+        const usr = await lstat(join(newRoot, 'usr')).catch(() => undefined);
+        if (!usr?.isDirectory()) throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory`, { image });
       }
 
       // /etc: base = the running image's pristine copy, ours = the admin's, theirs = the new pristine copy.
@@ -425,7 +467,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       } catch (d) {
         progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
       }
-      if (isNoSpace(e)) {
+      if (isNoSpace(e) || someCause(e, (x) => isTiuError(x, 'DISK_FULL'))) {
         throw new UpdateError('DISK_FULL', `no space left on the filesystem of ${ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`, { snapshot: n }, { cause: e });
       }
       throw e;
@@ -571,7 +613,7 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
 }
 
 /** Failures that a later run may not meet: the network, the registry's load, a signal. */
-const TRANSIENT = ['REGISTRY_UNREACHABLE', 'TIMEOUT', 'REGISTRY_UNAVAILABLE', 'TOO_MANY_REQUESTS', 'ABORTED', 'INTERRUPTED'];
+const TRANSIENT = ['REGISTRY_UNREACHABLE', 'TIMEOUT', 'REGISTRY_UNAVAILABLE', 'TOO_MANY_REQUESTS', 'REGISTRY_TOO_SLOW', 'ABORTED', 'INTERRUPTED'];
 function isTransient(e: unknown, signal?: AbortSignal): boolean {
   return signal?.aborted === true || someCause(e, (x) => TRANSIENT.some((c) => isTiuError(x, c)));
 }

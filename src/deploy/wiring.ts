@@ -37,7 +37,8 @@ function layoutIdentity(ref: ImageReference, signedIdentity: string | undefined)
 
 export const productionDeps: UpdateDeps = {
   async openSource(reference, o) {
-    const { target, name } = await openReference(reference, { signal: o.signal });
+    // tiu.conf's min-speed, speed-time, request-deadline (the environment overrides them)
+    const { target, name } = await openReference(reference, { signal: o.signal, ...(o.config.network ? { registry: { speed: o.config.network } } : {}) });
     return { target, reference: name };
   },
   openCache: (dir) => OciLayoutTarget.open(dir, { create: true, name: `cache oci:${dir}` }),
@@ -47,7 +48,7 @@ export const productionDeps: UpdateDeps = {
     const ref = parseReference(reference);
     await checkPolicy(policy, source, root, ref, layoutIdentity(ref, signedIdentity));
   },
-  applyLayers: (o) => applyTarLayers(o.root, o.layers, { preserve: o.preserve, ...(o.reserved ? { reserved: o.reserved } : {}) }),
+  applyLayers: (o) => applyTarLayers(o.root, o.layers, { preserve: o.preserve, ...(o.reserved ? { reserved: o.reserved } : {}), ...(o.space ? { space: o.space } : {}) }),
   mergeEtc: (base, ours, theirs) => mergeEtc(base, ours, theirs),
   mergeUsers: (base, ours, theirs) => mergeUserDb(base, ours, theirs),
 };

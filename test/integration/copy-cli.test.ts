@@ -143,13 +143,13 @@ describe('tiu copy / inspect with umoci and skopeo', function () {
     assert.equal(r.exitCode, 1);
     assert.match(r.stderr, new RegExp(layerDigest));
     assert.match(r.stderr, /does not match its digest/);
-    assert.match(r.stderr, /\[COPY_FAILED\]/);
+    assert.match(r.stderr, /\[DIGEST_MISMATCH\]/);
     assert.equal(r.stderr.trim().split('\n').filter((l) => l.startsWith('tiu: error')).length, 1);
 
     const j = await tiu('copy', '--json', `oci:${bad}:t`, `oci:${D}:t`);
     assert.equal(j.exitCode, 1);
     const err = JSON.parse(j.stdout).error;
-    assert.equal(err.code, 'COPY_FAILED');
+    assert.equal(err.code, 'DIGEST_MISMATCH');
     assert.equal(err.details.causeCode, 'DIGEST_MISMATCH');
     assert.equal(err.details.origin, 'source');
     assert.equal(err.details.digest, layerDigest);

@@ -121,7 +121,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     await corrupt(join(bad, 'blobs/sha256', img.layers[0]!.digest.slice(7)));
     await unchanged(
       () => update(deps(), { sysroot: os.sysroot, reference: `oci:${bad}:v1`, config: noHooks }),
-      'COPY_FAILED',
+      'DIGEST_MISMATCH',
       (e) => e.details.causeCode === 'DIGEST_MISMATCH',
     );
   });

@@ -141,7 +141,7 @@ describe('copy', () => {
     const dst = new MemoryTarget('dst');
     await assert.rejects(copy(src, 't', dst, 't'), (e: unknown) => {
       assert.ok(e instanceof CopyError);
-      assert.equal(e.code, 'COPY_FAILED');
+      assert.equal(e.code, 'DIGEST_MISMATCH');
       assert.equal(e.origin, 'source');
       assert.equal(e.op, 'fetch');
       assert.equal(e.details.causeCode, 'DIGEST_MISMATCH');

@@ -50,3 +50,18 @@ export function mapFsError(e: unknown, root: string): unknown {
   if (code === 'ENOSPC' || code === 'EDQUOT') return new NoSpaceError(root, e);
   return e;
 }
+
+/** Refusals of an image's tar that name the entry; `inLayer` adds which layer it is in. */
+const LAYER_NAMED = new Set(['BAD_TAR', 'BAD_ENTRY', 'UNSAFE_PATH', 'BAD_HARDLINK', 'BAD_XATTR']);
+
+/**
+ * `e`, thrown while layer `k` (0-based) was read, naming that layer (`label`, e.g. `layer 2
+ * (sha256:…)`) in its message and details when it is a refusal of the layer's content that does
+ * not name one yet. Same code; the original is the cause.
+ */
+export function inLayer(e: unknown, k: number, label = `layer ${k + 1}`): unknown {
+  if (!(e instanceof TiuError) || !LAYER_NAMED.has(e.code) || e.details.layer !== undefined) return e;
+  const named = new TiuError(e.code, `${label}: ${e.message}`, { ...e.details, layer: label }, { cause: e });
+  named.name = e.name;
+  return named;
+}

@@ -16,6 +16,7 @@ import { isVerifiedFile, type ContentProvider } from './content.ts';
 import { ContentUnavailableError, UnsafePathError, mapFsError } from './errors.ts';
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, writeNewFile } from './fsops.ts';
 import { parentOf } from './paths.ts';
+import type { SpaceGuard } from './space.ts';
 import type { ContentIndex } from './scan.ts';
 import type { Action, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
@@ -25,6 +26,8 @@ export interface ExecuteOptions {
   allowCopyFallback?: boolean;
   /** Updated with the digest of every regular file of the new tree, keyed by (ino, size, mtime, ctime). */
   index?: ContentIndex;
+  /** The free-space reserve: content written counts against it (DISK_FULL before the filesystem is full). */
+  space?: SpaceGuard;
   /** Called once per phase, for progress reporting. */
   onPhase?: (phase: 'fetch' | 'reflink' | 'delete' | 'tree' | 'links' | 'xattrs' | 'mtimes' | 'index') => void;
 }
@@ -83,6 +86,7 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
 
 async function executePlanInner(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions): Promise<ApplyReport> {
   const sr = await SafeRoot.open(root);
+  await opts.space?.check();
   const report = emptyReport();
   const stagingRel = `.tiu-staging-${randomBytes(6).toString('hex')}`;
   await mkdir(sr.abs(stagingRel), 0o700);
@@ -113,7 +117,7 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
           }
           content = createReadStream(content.verifiedFile);
         }
-        await writeNewFile(sr.abs(rel), content, { digest: want.digest!, size: want.size }, want.path);
+        await writeNewFile(sr.abs(rel), content, { digest: want.digest!, size: want.size }, want.path, opts.space);
         staged.set(entry.path, rel);
       });
       for (const p of writes.keys()) if (!staged.has(p)) throw new ContentUnavailableError(p, 'the content provider did not deliver it');

@@ -13,6 +13,7 @@ import { DigestMismatchError, SizeMismatchError, TrailingDataError } from '../..
 import { makeNode } from '../../host/nodes.ts';
 import { BadRootError, UnsafePathError } from './errors.ts';
 import { joinPath, parentOf } from './paths.ts';
+import type { SpaceGuard } from './space.ts';
 import type { TreeEntry } from './types.ts';
 
 const BLOCK = 4096;
@@ -154,9 +155,9 @@ export async function removeTree(sr: SafeRoot, rel: string, warnings: string[]):
 /**
  * Write a stream into a new file (O_EXCL|O_NOFOLLOW), verifying sha256 digest and size when
  * given, leaving holes where whole 4 KiB blocks are zero. Returns the bytes actually written
- * and the sha256 of the content.
+ * and the sha256 of the content. With `space`, the bytes written count against the reserve.
  */
-export async function writeNewFile(abs: string, content: AsyncIterable<Buffer | Uint8Array>, expect?: { digest?: string; size: number }, what = abs): Promise<{ written: number; digest: string }> {
+export async function writeNewFile(abs: string, content: AsyncIterable<Buffer | Uint8Array>, expect?: { digest?: string; size: number }, what = abs, space?: SpaceGuard): Promise<{ written: number; digest: string }> {
   const fh = await open(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   let pos = 0;
   let written = 0;
@@ -167,8 +168,11 @@ export async function writeNewFile(abs: string, content: AsyncIterable<Buffer | 
       const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw);
       if (expect && pos + chunk.length > expect.size) throw new TrailingDataError(expect.digest ?? what, expect.size);
       hash.update(chunk);
-      written += await writeSparse(fh, chunk, pos);
+      const n = await writeSparse(fh, chunk, pos);
+      written += n;
       pos += chunk.length;
+      // the reserve of free space (DISK_FULL before the filesystem is full)
+      if (space) await space.wrote(n);
     }
     if (expect && pos !== expect.size) throw new SizeMismatchError(expect.digest ?? what, expect.size, pos, what);
     digest = `sha256:${hash.digest('hex')}`;

@@ -2,13 +2,15 @@
  * Entry names from images are untrusted: normalise them and refuse anything that could name a
  * place outside the root.
  */
-import { UnsafePathError } from './errors.ts';
+import { BadEntryError, UnsafePathError } from './errors.ts';
 
 const MAX_PATH = 4096;
+/** NAME_MAX of Linux filesystems: a longer component can never be created (ENAMETOOLONG). */
+const MAX_COMPONENT = 255;
 
 /**
  * `./usr/bin/` -> `usr/bin`, `.` -> `` (the root). Refuses absolute names, `..` components,
- * NUL bytes and over-long names with UNSAFE_PATH.
+ * NUL bytes and over-long names with UNSAFE_PATH, a component longer than 255 bytes with BAD_ENTRY.
  */
 export function normalizeEntryPath(name: string): string {
   if (name.includes('\0')) throw new UnsafePathError(name, 'contains a NUL byte');
@@ -18,6 +20,7 @@ export function normalizeEntryPath(name: string): string {
   for (const p of name.split('/')) {
     if (p === '' || p === '.') continue;
     if (p === '..') throw new UnsafePathError(name, "contains a '..' component");
+    if (p.length > MAX_COMPONENT / 3 && Buffer.byteLength(p) > MAX_COMPONENT) throw new BadEntryError(name, `a name component is ${Buffer.byteLength(p)} bytes long, more than the ${MAX_COMPONENT} a filesystem allows`);
     parts.push(p);
   }
   return parts.join('/');

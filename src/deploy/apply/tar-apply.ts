@@ -11,7 +11,8 @@ import { constants, type BigIntStats } from 'node:fs';
 import { lstat, open, readlink, rename, unlink, type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
-import { BadHardlinkError, BadTarError, UnsafePathError, mapFsError } from './errors.ts';
+import { BadHardlinkError, BadTarError, UnsafePathError, inLayer, mapFsError } from './errors.ts';
+import type { SpaceGuard } from './space.ts';
 import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, tmpName, writeNewFile } from './fsops.ts';
 import { isAtOrBelow, whiteoutOf } from './layers.ts';
 import { comparePaths, joinPath, normalizeEntryPath, normalizeLinkTarget, parentOf } from './paths.ts';
@@ -37,10 +38,18 @@ export interface TarApplyOptions {
   allowCopyFallback?: boolean;
   /** Skip reading existing xattrs (filesystems without them; tests). */
   noXattrs?: boolean;
+  /** The free-space reserve (space.ts): DISK_FULL before the filesystem is full. */
+  space?: SpaceGuard;
 }
 
 /** A layer: an uncompressed tar stream, opened when its turn comes. */
-export type LayerOpener = () => Promise<Readable> | Readable;
+export type LayerOpener = (() => Promise<Readable> | Readable) & {
+  /** How refusals name the layer, e.g. `layer 2 (sha256:…)`; default `layer N`. */
+  label?: string;
+};
+
+/** What an entry costs on disk besides its content (inode, name), for the reserve's count. */
+const ENTRY_COST = 512;
 
 function add(c: Counter, bytes: number): void {
   c.count++;
@@ -92,10 +101,21 @@ async function applyTarLayersInner(root: string, layers: readonly LayerOpener[],
   const st: State = { sr, old, index: opts.index ?? new ContentIndex(root), report: emptyReport(), present: new Map(), xattrNow: new Map(), opts, skipped: new SkipTally() };
   for (const [p, e] of old.entries) st.xattrNow.set(p, e.xattrs);
 
+  // The reserve: checked now, every few MiB written, and against what the tars declare.
+  const space = opts.space;
+  if (space) await space.start([...old.entries.values()].reduce((n, e) => n + (e.type === 'reg' ? e.size : 0), 0));
   for (let k = 0; k < layers.length; k++) {
     const stream = await layers[k]!();
     try {
-      for await (const t of readTar(stream)) await applyTarEntry(st, t, k);
+      for await (const t of readTar(stream)) {
+        if (space) {
+          space.expand(t.size, JSON.stringify(t.name.slice(0, 200)));
+          await space.wrote(ENTRY_COST);
+        }
+        await applyTarEntry(st, t, k);
+      }
+    } catch (e) {
+      throw inLayer(e, k, layers[k]!.label);
     } finally {
       stream.destroy?.();
     }
@@ -304,7 +324,7 @@ async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntSta
           yield chunk;
           for await (const c of body) yield c;
         }
-        const r = await reuseOldContent(st, tmp, (await writeNewFile(sr.abs(tmp), rest(), { size: e.size }, path)).digest, e.size);
+        const r = await reuseOldContent(st, tmp, (await writeNewFile(sr.abs(tmp), rest(), { size: e.size }, path, st.opts.space)).digest, e.size);
         tmp = r.path;
         reused = r.reused;
         break;
@@ -342,7 +362,7 @@ async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntSta
   }
   if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
   const tmp0 = await sr.tmpBeside(path);
-  const { path: tmp, reused } = await reuseOldContent(st, tmp0, (await writeNewFile(sr.abs(tmp0), body, { size: e.size }, path)).digest, e.size);
+  const { path: tmp, reused } = await reuseOldContent(st, tmp0, (await writeNewFile(sr.abs(tmp0), body, { size: e.size }, path, st.opts.space)).digest, e.size);
   await setMetaAt(sr, tmp, e);
   await rename(sr.abs(tmp), abs);
   st.xattrNow.set(path, {});

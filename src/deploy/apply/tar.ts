@@ -131,9 +131,14 @@ export async function* readTar(src: Readable | AsyncIterable<Buffer | Uint8Array
     const all = new Map([...globalPax, ...pax]);
     if ([...all.keys()].some((k) => k.startsWith('GNU.sparse.'))) throw new BadTarError('pax sparse entries are not supported');
     const magic = h.subarray(257, 263).toString();
-    const prefix = magic.startsWith('ustar') ? nameOf(h.subarray(345, 500)) : '';
-    let name = longName ?? (prefix ? `${prefix}/${nameOf(h.subarray(0, 100))}` : nameOf(h.subarray(0, 100)));
-    let linkname = longLink ?? nameOf(h.subarray(157, 257), 'link target');
+    // The header's own fields only where no pax record or GNU long name replaces them (writers
+    // put a lossy fallback there).
+    const headerName = (): string => {
+      const prefix = magic.startsWith('ustar') ? nameOf(h.subarray(345, 500)) : '';
+      return prefix ? `${prefix}/${nameOf(h.subarray(0, 100))}` : nameOf(h.subarray(0, 100));
+    };
+    let name = all.has('path') ? '' : (longName ?? headerName());
+    let linkname = all.has('linkpath') ? '' : (longLink ?? nameOf(h.subarray(157, 257), 'link target'));
     let realSize = size;
     let mtimeNs = BigInt(num(h.subarray(136, 148), 'mtime')) * 1_000_000_000n;
     let uid = num(h.subarray(108, 116), 'uid');

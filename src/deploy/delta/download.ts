@@ -173,6 +173,53 @@ async function collect(s: Readable, size: number, onBytes: (n: number) => void):
   return buf.subarray(0, got);
 }
 
+/**
+ * Files declared larger than this are never decompressed into memory: they stream into a
+ * temporary file of the store, whatever their compressed size. Below it, the in-memory path
+ * grows with what actually comes out, up to the declared size (see zstdDecompressBufferSync).
+ */
+export const IN_MEMORY_FILE_MAX = 16 * 1024 * 1024;
+
+/**
+ * Stream one file's frame(s) through the decompressor into a temporary file of the store,
+ * hashing; adopted under its digest only when size and sha256 match. Output past the declared
+ * size stops the decompression at once (DELTA_FILE_MISMATCH): memory stays bounded by a block.
+ */
+async function streamIntoStore(e: TreeEntry, frames: AsyncIterable<Buffer> | Readable, store: ContentStore, signal: AbortSignal): Promise<void> {
+  const tmp = store.tmpPath();
+  const fh = await open(tmp, 'w', 0o600);
+  const h = createHash('sha256');
+  let got = 0;
+  let ok = false;
+  try {
+    try {
+      for await (const c of zstdDecompressFrames(frames)) {
+        got += c.length;
+        if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
+        h.update(c);
+        try {
+          await writeSparse(fh, c, got - c.length);
+        } catch (err) {
+          // The store's disk, not the content: not a mismatch (a full disk becomes DISK_FULL).
+          throw new DeltaError('DELTA_STORE_WRITE', `cannot write /${e.path} into the content store ${store.dir}: ${(err as Error).message}`, { path: e.path }, { cause: err });
+        }
+      }
+    } catch (err) {
+      if (err instanceof DeltaError || signal.aborted || isTiuError(err)) throw err;
+      throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
+    }
+    if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
+    const actual = `sha256:${h.digest('hex')}`;
+    if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
+    await fh.truncate(got);
+    ok = true;
+  } finally {
+    await fh.close();
+    if (!ok) await rm(tmp, { force: true });
+  }
+  await store.adopt(tmp, e.digest);
+}
+
 async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchRange, store: ContentStore, maxSpan: number, signal: AbortSignal, count: (n: number) => void): Promise<number> {
   const desc = layers[r.layer];
   if (!desc) throw new DeltaError('DELTA_CONTENT_MISSING', `layer ${r.layer + 1} is not in the manifest`);
@@ -180,46 +227,14 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
   let stored = 0;
   if (r.entries.length === 1 && r.end - r.start > maxSpan) {
     // One large file: stream it through the decompressor into a temporary file, hashing.
-    const e = r.entries[0]!;
-    const tmp = store.tmpPath();
-    const fh = await open(tmp, 'w', 0o600);
-    const h = createHash('sha256');
-    let got = 0;
-    let ok = false;
-    try {
-      const counted = (async function* () {
-        for await (const c of raw) {
-          const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
-          count(b.length);
-          yield b;
-        }
-      })();
-      try {
-        for await (const c of zstdDecompressFrames(counted)) {
-          got += c.length;
-          if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
-          h.update(c);
-          try {
-            await writeSparse(fh, c, got - c.length);
-          } catch (err) {
-            // The store's disk, not the content: not a mismatch (a full disk becomes DISK_FULL).
-            throw new DeltaError('DELTA_STORE_WRITE', `cannot write /${e.path} into the content store ${store.dir}: ${(err as Error).message}`, { path: e.path }, { cause: err });
-          }
-        }
-      } catch (err) {
-        if (err instanceof DeltaError || signal.aborted) throw err;
-        throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
+    const counted = (async function* () {
+      for await (const c of raw) {
+        const b = Buffer.isBuffer(c) ? c : Buffer.from(c);
+        count(b.length);
+        yield b;
       }
-      if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
-      const actual = `sha256:${h.digest('hex')}`;
-      if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
-      await fh.truncate(got);
-      ok = true;
-    } finally {
-      await fh.close();
-      if (!ok) await rm(tmp, { force: true });
-    }
-    await store.adopt(tmp, e.digest);
+    })();
+    await streamIntoStore(r.entries[0]!, counted, store, signal);
     return 1;
   }
   const buf = await collect(raw, r.end - r.start, count);
@@ -228,8 +243,11 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
   }
   for (const e of r.entries) {
     if (store.has(e.digest!)) continue;
-    const data = decodeVerified(e, buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start));
-    await store.put(e.digest!, data);
+    const frames = buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start);
+    // A small frame may declare (and expand to) a huge file: by its declared size, not its
+    // compressed one, it streams to disk instead of into memory.
+    if (e.size > IN_MEMORY_FILE_MAX) await streamIntoStore(e, Readable.from([frames], { objectMode: false }), store, signal);
+    else await store.put(e.digest!, decodeVerified(e, frames));
     stored++;
   }
   return stored;

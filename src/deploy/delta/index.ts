@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
-import { ContentIndex, dropReserved, executePlan, flattenLayers, planApply, scanTree, SkipTally, type ApplyReport, type OldTree, type Plan, type PlanSummary, type Reserved, type SkipReport, type TreeEntry } from '../apply/index.ts';
+import { ContentIndex, dropReserved, executePlan, flattenLayers, planApply, scanTree, SkipTally, type ApplyReport, type OldTree, type Plan, type PlanSummary, type Reserved, type SkipReport, type SpaceGuard, type TreeEntry } from '../apply/index.ts';
 import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } from './download.ts';
 import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
@@ -194,11 +194,11 @@ export async function applyTransfer(
   t: DeltaTransfer,
   root: string,
   store: ContentStore,
-  opts: { preserve: readonly string[]; reserved?: Reserved; indexFile?: string; saveIndexTo?: string; concurrency?: number; signal?: AbortSignal; allowCopyFallback?: boolean },
+  opts: { preserve: readonly string[]; reserved?: Reserved; indexFile?: string; saveIndexTo?: string; concurrency?: number; signal?: AbortSignal; allowCopyFallback?: boolean; space?: SpaceGuard },
 ): Promise<ApplyTransferResult> {
   const { plan, index, skip } = await planAgainst(t.layers, root, opts.preserve, opts.reserved, opts.indexFile);
   const provider = storeProvider(t.source, t.manifest.layers, store, { concurrency: opts.concurrency, signal: opts.signal, coalesce: t.coalesce, maxSpan: t.coalesce.maxSpan });
-  const report = { ...(await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index })), ...skip };
+  const report = { ...(await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index, ...(opts.space ? { space: opts.space } : {}) })), ...skip };
   if (opts.saveIndexTo) await saveIndex(index, opts.saveIndexTo);
   return { report, extra: provider.extra, plan };
 }

@@ -42,6 +42,8 @@ interface SendOptions {
   followRedirects?: boolean;
   noRetry?: boolean;
   what: string;
+  /** Body bytes expected: scales the request's deadline (speed.ts). */
+  expectedBytes?: number;
 }
 
 export interface FetchedManifest {
@@ -101,6 +103,8 @@ export class RepositoryClient {
         signal: o.signal,
         followRedirects: o.followRedirects ?? false,
         ...(o.noRetry ? { noRetry: true } : {}),
+        what: `${o.what} (${o.method})`,
+        ...(o.expectedBytes !== undefined ? { expectedBytes: o.expectedBytes } : Buffer.isBuffer(o.body) ? { expectedBytes: o.body.length } : {}),
       });
       if (res.status === 401) {
         const streamed = o.body !== undefined && !Buffer.isBuffer(o.body);
@@ -244,7 +248,7 @@ export class RepositoryClient {
     throw new UnexpectedStatusError(this.registry, `HEAD ${what}`, res.status, '');
   }
 
-  async #getBlob(desc: Descriptor, range: string | undefined, signal?: AbortSignal): Promise<HttpResponse> {
+  async #getBlob(desc: Descriptor, range: string | undefined, signal?: AbortSignal, expectedBytes?: number): Promise<HttpResponse> {
     const what = `blob ${desc.digest} in ${this.repository}`;
     const res = await this.#send({
       method: 'GET',
@@ -253,7 +257,8 @@ export class RepositoryClient {
       ...(range ? { headers: { range } } : {}),
       signal,
       followRedirects: true,
-      what,
+      what: range ? `${what}, ${range}` : what,
+      expectedBytes: expectedBytes ?? desc.size,
     });
     if (res.status === 404) {
       res.body.resume();
@@ -347,7 +352,7 @@ export class RepositoryClient {
       throw new TiuError('INVALID_RANGE', `range [${start}, ${end}) is outside blob ${desc.digest} of ${desc.size} bytes`, { start, end, size: desc.size });
     }
     if (start === end) return Readable.from([]);
-    const res = await this.#getBlob(desc, `bytes=${start}-${end - 1}`, signal);
+    const res = await this.#getBlob(desc, `bytes=${start}-${end - 1}`, signal, end - start);
     if (res.status === 200) {
       res.body.destroy();
       throw new RangeUnsupportedError(this.name);
@@ -536,7 +541,7 @@ export class RepositoryClient {
     }
     const headers: Record<string, string> = { 'content-type': 'application/octet-stream', 'content-length': String(desc.size) };
     if (desc.size > 0) headers['content-range'] = `0-${desc.size - 1}`;
-    const res = await this.#send({ method: 'PATCH', path: upload, scopes, headers, body, signal: opts.signal, noRetry: true, what });
+    const res = await this.#send({ method: 'PATCH', path: upload, scopes, headers, body, signal: opts.signal, noRetry: true, what, expectedBytes: desc.size });
     if (res.status !== 202 && res.status !== 204) {
       verified.destroy();
       await this.#fail(res, what);

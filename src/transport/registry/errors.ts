@@ -65,3 +65,13 @@ export class InvalidConfigError extends TiuError {
     super('INVALID_CONFIG', `${file}: ${why}`, { file });
   }
 }
+
+/**
+ * A transfer below the minimum throughput for too long, or past its deadline (speed.ts): names
+ * the registry and what was being fetched.
+ */
+export class TooSlowError extends RegistryError {
+  constructor(host: string, what: string, why: string) {
+    super('REGISTRY_TOO_SLOW', `registry ${host} is too slow: ${what}: ${why}`, { host, what });
+  }
+}

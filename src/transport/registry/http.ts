@@ -6,11 +6,13 @@
  */
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import https from 'node:https';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { setTimeout as delay } from 'node:timers/promises';
 import { TiuError } from '../../errors.ts';
-import { AbortedError, TlsError, UnreachableError } from './errors.ts';
+import { AbortedError, TlsError, TooSlowError, UnreachableError } from './errors.ts';
+import { deadlineMs, rate, speedLimits, SpeedWindow, type SpeedLimits, type SpeedSettings } from './speed.ts';
 
 export interface TlsSettings {
   /** Extra CAs (PEM) trusted on top of the system roots. */
@@ -33,6 +35,8 @@ export interface HttpOptions {
   /** TLS settings of a host[:port]. */
   tls?: (hostport: string) => Promise<TlsSettings>;
   userAgent?: string;
+  /** Minimum throughput and deadline (speed.ts); the environment's TIU_MIN_SPEED … override. */
+  speed?: SpeedSettings;
 }
 
 export interface HttpRequest {
@@ -46,6 +50,10 @@ export interface HttpRequest {
   followRedirects?: boolean;
   /** Override: no retries at all. */
   noRetry?: boolean;
+  /** Body bytes expected (a blob's size, a range's length): scales the deadline. */
+  expectedBytes?: number;
+  /** What is fetched, for REGISTRY_TOO_SLOW ("blob sha256:… in os/microos"); default: method and path. */
+  what?: string;
 }
 
 export interface HttpResponse {
@@ -108,7 +116,8 @@ export function backoffMs(attempt: number, base: number, max: number, random = M
 }
 
 export class HttpClient {
-  readonly #opts: Required<Omit<HttpOptions, 'tls' | 'userAgent'>> & Pick<HttpOptions, 'tls' | 'userAgent'>;
+  readonly #opts: Required<Omit<HttpOptions, 'tls' | 'userAgent' | 'speed'>> & Pick<HttpOptions, 'tls' | 'userAgent'>;
+  readonly speed: SpeedLimits;
   readonly #agents = new Map<string, Promise<http.Agent>>();
 
   constructor(opts: HttpOptions = {}) {
@@ -121,6 +130,7 @@ export class HttpClient {
       tls: opts.tls,
       userAgent: opts.userAgent ?? 'tiu',
     };
+    this.speed = speedLimits(opts.speed);
   }
 
   #agent(url: URL): Promise<http.Agent> {
@@ -160,7 +170,7 @@ export class HttpClient {
       if (req.signal?.aborted) throw new AbortedError(`${req.method} ${hostOf(url)}`);
       let res: HttpResponse;
       try {
-        res = await this.#once(method, url, headers, req.body, req.signal);
+        res = await this.#once(method, url, headers, req.body, req.signal, { what: req.what ?? `${method} ${url.pathname}`, expectedBytes: req.expectedBytes });
       } catch (e) {
         if (e instanceof TiuError) throw e;
         if (req.signal?.aborted || (e instanceof Error && e.name === 'AbortError')) throw new AbortedError(`${req.method} ${hostOf(url)}`);
@@ -215,7 +225,7 @@ export class HttpClient {
     }
   }
 
-  async #once(method: string, url: URL, headers: Record<string, string>, body: Buffer | Readable | undefined, signal?: AbortSignal): Promise<HttpResponse> {
+  async #once(method: string, url: URL, headers: Record<string, string>, body: Buffer | Readable | undefined, signal: AbortSignal | undefined, o: { what: string; expectedBytes: number | undefined }): Promise<HttpResponse> {
     const agent = await this.#agent(url);
     const mod = url.protocol === 'https:' ? https : http;
     const h: Record<string, string> = { 'user-agent': this.#opts.userAgent ?? 'tiu', ...headers };
@@ -224,6 +234,7 @@ export class HttpClient {
       const r = mod.request(url, { method, headers: h, agent, ...(signal ? { signal } : {}) }, (res) => {
         resolve({ status: res.statusCode ?? 0, headers: res.headers, body: res, url });
       });
+      watchSpeed(r, this.speed, url.host, o.what, o.expectedBytes);
       r.setTimeout(this.#opts.timeoutMs, () => r.destroy(new SocketTimeout(`no data for ${this.#opts.timeoutMs} ms`)));
       r.on('error', reject);
       if (body === undefined) r.end();
@@ -234,6 +245,59 @@ export class HttpClient {
       }
     });
   }
+}
+
+/**
+ * The minimum-throughput rule and the deadline on one request, from its start to the end of its
+ * response body: the request (or, once it answered, its body) is destroyed with
+ * REGISTRY_TOO_SLOW. Bytes are counted on the socket (request and response both: an upload
+ * that creeps is as stuck as a download). A reader that is behind (the body's buffer full)
+ * restarts the window: then tiu is slow, not the registry.
+ */
+function watchSpeed(r: http.ClientRequest, l: SpeedLimits, host: string, what: string, expectedBytes: number | undefined): void {
+  const deadline = deadlineMs(l, expectedBytes);
+  const ruleOn = l.minBytesPerSec > 0 && l.speedTimeMs > 0;
+  if (!ruleOn && !Number.isFinite(deadline)) return;
+  const started = Date.now();
+  let res: IncomingMessage | undefined;
+  let sock: Socket | undefined;
+  const moved = (): number => (sock ? sock.bytesRead + sock.bytesWritten : 0);
+  let base = 0;
+  const window = new SpeedWindow(l, started, 0);
+  const fail = (why: string): void => {
+    stop();
+    const err = new TooSlowError(host, what, why);
+    if (res && !res.complete) res.destroy(err);
+    else r.destroy(err);
+  };
+  const tick = (): void => {
+    if (res?.complete) return stop();
+    const now = Date.now();
+    if (now - started > deadline) return fail(`no answer within the deadline of ${Math.round(deadline / 1000)} s (request-deadline, TIU_REQUEST_DEADLINE)`);
+    const waiting = !res || res.readableLength < res.readableHighWaterMark;
+    const slow = window.sample(now, moved() - base, waiting);
+    if (slow !== undefined) fail(`${slow} bytes in the last ${Math.round(l.speedTimeMs / 1000)} s, below the minimum of ${rate(l.minBytesPerSec)} (min-speed and speed-time, TIU_MIN_SPEED and TIU_SPEED_TIME)`);
+  };
+  const period = Math.max(50, Math.min(1000, ruleOn ? l.speedTimeMs / 4 : 1000, Number.isFinite(deadline) ? deadline / 4 : 1000));
+  const timer = setInterval(tick, period);
+  timer.unref();
+  function stop(): void {
+    clearInterval(timer);
+  }
+  r.on('socket', (s) => {
+    sock = s;
+    base = s.bytesRead + s.bytesWritten;
+  });
+  r.on('response', (x: IncomingMessage) => {
+    res = x;
+    x.on('end', stop);
+    x.on('close', stop);
+    x.on('error', stop);
+  });
+  r.on('error', stop);
+  r.on('close', () => {
+    if (!res) stop();
+  });
 }
 
 function hostOf(u: URL): string {

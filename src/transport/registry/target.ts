@@ -31,7 +31,7 @@ export interface RegistryClientOptions extends SessionOptions, ClientTuning {
 /** Errors after which the next pull endpoint (a mirror, then the primary) is tried. */
 const FAILOVER = new Set([
   'NOT_FOUND', 'REGISTRY_UNREACHABLE', 'TIMEOUT', 'TLS_ERROR', 'REGISTRY_UNAVAILABLE', 'TOO_MANY_REQUESTS',
-  'UNAUTHORIZED', 'DENIED', 'REGISTRY_ERROR', 'DIGEST_MISMATCH', 'SIZE_MISMATCH', 'MANIFEST_TOO_LARGE',
+  'UNAUTHORIZED', 'DENIED', 'REGISTRY_ERROR', 'DIGEST_MISMATCH', 'SIZE_MISMATCH', 'MANIFEST_TOO_LARGE', 'REGISTRY_TOO_SLOW',
 ]);
 
 /** Where a blob was last seen on a registry, for cross-repository mounts: registry -> digest -> repository. */
