@@ -20,7 +20,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmod, lstat, mkdir, readdir, readFile, readlink, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, readFile, readlink, statfs, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -50,10 +50,21 @@ export interface Ran {
   ms: number;
   /** Killed by the runner's deadline. */
   timedOut: boolean;
+  /** With `sample`: the child's peak RSS (VmHWM, KiB) as last seen, polled every 50 ms. */
+  peakRssKiB?: number;
+  /** With `sample`: the least free space (bytes) seen on the filesystem of `sample.fs`. */
+  minFreeBytes?: number;
+}
+
+/** What to watch while the child runs. */
+export interface Sample {
+  rss?: boolean;
+  /** A path on the filesystem whose free space to watch. */
+  fs?: string;
 }
 
 /** `bin/tiu ARGS` as a child process; killed (SIGKILL) after `timeoutMs`. */
-export function runTiu(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Ran> {
+export function runTiu(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; sample?: Sample } = {}): Promise<Ran> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const p = spawn(TIU, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
@@ -64,12 +75,25 @@ export function runTiu(args: string[], opts: { timeoutMs?: number; env?: NodeJS.
       timedOut = true;
       p.kill('SIGKILL');
     }, opts.timeoutMs ?? 120_000);
+    const seen: { peakRssKiB?: number; minFreeBytes?: number } = {};
+    const watch = async () => {
+      if (opts.sample?.rss) {
+        const m = /VmHWM:\s*(\d+)/.exec(await readFile(`/proc/${p.pid}/status`, 'utf8').catch(() => ''));
+        if (m) seen.peakRssKiB = Math.max(seen.peakRssKiB ?? 0, Number(m[1]));
+      }
+      if (opts.sample?.fs) {
+        const st = await statfs(opts.sample.fs).catch(() => undefined);
+        if (st) seen.minFreeBytes = Math.min(seen.minFreeBytes ?? Infinity, st.bavail * st.bsize);
+      }
+    };
+    const sampler = opts.sample ? setInterval(() => void watch(), 50) : undefined;
     p.stdout.on('data', (d: Buffer) => (out += d.toString()));
     p.stderr.on('data', (d: Buffer) => (err += d.toString()));
     p.on('error', reject);
     p.on('close', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code, signal, stdout: out, stderr: err, ms: Date.now() - t0, timedOut });
+      if (sampler) clearInterval(sampler);
+      resolve({ code, signal, stdout: out, stderr: err, ms: Date.now() - t0, timedOut, ...seen });
     });
   });
 }
@@ -267,13 +291,13 @@ export interface HostileEnv {
   /** Differences from `before` outside a new snapshot (`allowSnapshot`: that .snapshots/N may be new). */
   compare(before: World, after: World, o?: { allowSnapshot?: number }): string[];
   /** `tiu update REF --sysroot S [--json] EXTRA...` */
-  update(ref: string, o?: { json?: boolean; extra?: string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv }): Promise<Ran>;
+  update(ref: string, o?: { json?: boolean; extra?: string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv; sample?: Sample }): Promise<Ran>;
   /**
    * The update is refused: exit != 0, one `tiu: error: ... [CODE]` line with CODE in `codes`,
    * (`json`, default true: a --json run first, same code), and nothing changed: default, snapshots,
    * every hash, the marker, the mount table.
    */
-  expectRefused(ref: string, codes: string | readonly string[], o?: { json?: boolean; timeoutMs?: number; message?: RegExp }): Promise<CliError>;
+  expectRefused(ref: string, codes: string | readonly string[], o?: { json?: boolean; timeoutMs?: number; message?: RegExp; sample?: Sample }): Promise<CliError & { ran: Ran }>;
   /**
    * The update succeeds (skipping what it must): exit 0, a new default snapshot, and nothing changed
    * outside it: the booted snapshot, the preserved subvolumes, the marker, the mount table.
@@ -346,7 +370,7 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
       return out;
     },
     update(ref, o = {}) {
-      return runTiu(['update', ref, '--sysroot', os.sysroot, ...(o.json ? ['--json'] : []), ...(o.extra ?? [])], { timeoutMs: o.timeoutMs ?? 120_000, ...(o.env ? { env: o.env } : {}) });
+      return runTiu(['update', ref, '--sysroot', os.sysroot, ...(o.json ? ['--json'] : []), ...(o.extra ?? [])], { timeoutMs: o.timeoutMs ?? 120_000, ...(o.env ? { env: o.env } : {}), ...(o.sample ? { sample: o.sample } : {}) });
     },
     async expectRefused(ref, codes, o = {}) {
       const want = typeof codes === 'string' ? [codes] : codes;
@@ -360,7 +384,7 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
         assert.ok(want.includes(jerr.code), `--json error code ${jerr.code} (${jerr.message}), expected ${want.join(' or ')}`);
         assert.ok(!jerr.message.includes('\n'), `one-line message: ${JSON.stringify(jerr.message)}`);
       }
-      const r = await env.update(ref, { timeoutMs: o.timeoutMs });
+      const r = await env.update(ref, { timeoutMs: o.timeoutMs, ...(o.sample ? { sample: o.sample } : {}) });
       assert.equal(r.timedOut, false, `tiu update did not end within ${o.timeoutMs ?? 120_000} ms`);
       assert.notEqual(r.code, 0, `exit code (expected a refusal): ${r.stderr}`);
       const e = cliError(r);
@@ -369,7 +393,7 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
       if (o.message) assert.match(e.message, o.message);
       const after = await env.world();
       assert.deepEqual(env.compare(before, after), [], `the refused update changed things (${e.line})`);
-      return e;
+      return { ...e, ran: r };
     },
     async expectSkipped(ref, o = {}) {
       const before = await env.world();

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
 import { createHostileEnv, imageFiles, mountsBelow, osTarEntries, osTocEntries, runTiu, snapshotDirs, tarLayer, TIU, tocLayer, writeImage, type HostileEnv } from '../helpers/hostile.ts';
 
@@ -27,7 +27,7 @@ function rng(seed: number): () => number {
   };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 describe('SIGKILL at random points of updates with a hook: the next run leaves no mount and completes', function () {
   this.timeout(300_000);
@@ -47,6 +47,10 @@ describe('SIGKILL at random points of updates with a hook: the next run leaves n
     await writeImage(env.layout, 'tar', [tarLayer(osTarEntries(files))]);
     await writeImage(env.layout, 'toc', [tocLayer(osTocEntries(files))]);
     refs.push(env.ref('tar'), env.ref('toc'));
+    // proc and dev pointing (relatively, so they resolve on the host) at the marker outside the sysroot.
+    const up = relative(env.os.snapshotPath(1), env.marker.subdir);
+    const hostile = files.filter((f) => !f.path.startsWith('usr/share/payload/'));
+    await writeImage(env.layout, 'hostile-proc', [tarLayer([...osTarEntries(hostile).filter((e) => e.name !== 'proc' && e.name !== 'dev'), { name: 'proc', type: '2', linkname: up, mtime: 0 }, { name: 'dev', type: '2', linkname: up, mtime: 0 }])]);
     mountsBefore = await mountsBelow(env.os.dir);
   });
   after(async () => {
@@ -127,6 +131,32 @@ describe('SIGKILL at random points of updates with a hook: the next run leaves n
       log.push(`${ref.split(':').at(-1)} killed with the hook's mounts up`);
       await nextRunCompletes(ref, `kill during the hook of ${ref}`);
     }
+    // A hostile image: proc and dev are symlinks to a host directory. Nothing may ever be mounted
+    // there; a kill while the hook's mounts are up leaves nothing after the next run, which
+    // either completes (real directories for the mount points) or refuses with UNSAFE_PATH.
+    await rollbackTo1();
+    const ref = env.ref('hostile-proc');
+    const snaps = join(env.os.sysroot, '.snapshots') + '/';
+    let onMarker = '';
+    let sawMounts = false;
+    await killedUpdate(ref, async (child) => {
+      while (child.exitCode === null) {
+        const m = await mountsBelow(env.os.dir);
+        onMarker ||= m.find((l) => l.split(' ')[4]!.startsWith(env.marker.dir)) ?? '';
+        if (onMarker || m.some((l) => l.split(' ')[4]!.startsWith(snaps) && / (proc|sysfs|devtmpfs) /.test(l))) {
+          sawMounts = true;
+          return;
+        }
+        await sleep(10);
+      }
+    });
+    assert.equal(onMarker, '', 'nothing is mounted on the marker outside the sysroot');
+    log.push(`hostile-proc: ${sawMounts ? "killed with the hook's mounts up" : 'ended by itself'}`);
+    const r = await runTiu(['update', ref, '--json', '--sysroot', env.os.sysroot]);
+    const code = r.code === 0 ? 'ok' : (JSON.parse(r.stdout) as { error: { code: string } }).error.code;
+    assert.ok(code === 'ok' || code === 'UNSAFE_PATH', `the next run: ${r.stdout}`);
+    assert.deepEqual(await mountsBelow(env.os.dir), mountsBefore, 'mounts below the test directory after the next run');
+    assert.deepEqual((await status()).snapshots.filter((x) => x.inProgress).map((x) => x.number), [], 'no unfinished snapshot');
     console.log(`      ${log.join('\n      ')}`);
   });
 });

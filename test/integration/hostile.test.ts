@@ -10,8 +10,8 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { lstat, mkdir, readdir, readFile, statfs, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { createGzip, createZstdCompress, constants as zc, gzipSync, zstdCompressSync } from 'node:zlib';
@@ -53,8 +53,8 @@ async function zstdZeros(size: number): Promise<Buffer> {
   return buffer(src.pipe(z));
 }
 
-/** A gzip tar layer: `entries`, then one file of `size` zero bytes, streamed. */
-async function gzipTarWithZeros(entries: TarSpec[], name: string, size: number): Promise<Blob> {
+/** A gzip tar layer: `entries`, then one file of `size` bytes of 'x' (not zeros: those could become holes), streamed. */
+async function gzipTarWithFill(entries: TarSpec[], name: string, size: number): Promise<Blob> {
   const head = makeTar(entries).subarray(0, -1024);
   const hdr = Buffer.from(makeTar([{ name, content: '', mtime: T }]).subarray(0, 512));
   hdr.write(size.toString(8).padStart(11, '0') + '\0', 124);
@@ -62,7 +62,7 @@ async function gzipTarWithZeros(entries: TarSpec[], name: string, size: number):
   let sum = 0;
   for (const b of hdr) sum += b;
   hdr.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
-  const chunk = Buffer.alloc(1 << 20);
+  const chunk = Buffer.alloc(1 << 20, 'x');
   const src = Readable.from(
     (function* () {
       yield head;
@@ -315,9 +315,14 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
     };
     it('tar path: `proc -> <marker dir>`, `dev -> <marker>`: mount points replaced or UNSAFE_PATH; nothing mounted outside', async () => {
       await withHook(async () => check(await tarImage([link('proc', env.marker.subdir), link('dev', env.marker.dir)], { files: withShell, omitDirs: ['proc', 'dev'] })));
+      // Relative: these resolve to the marker on the host, from .snapshots/N/snapshot.
+      const up = relative(env.os.snapshotPath(1), env.marker.subdir);
+      await withHook(async () => check(await tarImage([link('proc', up), link('dev', up), link('sys', up)], { files: withShell, omitDirs: ['proc', 'dev', 'sys'] })));
     });
     it('TOC path: the same', async () => {
       await withHook(async () => check(await tocImage([tlink('proc', env.marker.subdir), tlink('dev', env.marker.dir)], { files: withShell, omitDirs: ['proc', 'dev'] })));
+      const up = relative(env.os.snapshotPath(1), env.marker.subdir);
+      await withHook(async () => check(await tocImage([tlink('proc', up), tlink('dev', up), tlink('sys', up)], { files: withShell, omitDirs: ['proc', 'dev', 'sys'] })));
     });
   });
 
@@ -345,24 +350,32 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
   });
 
   describe('bounded resources', () => {
-    it('TOC path: a small frame that expands far past its declared size -> DELTA_FILE_MISMATCH, RSS bounded', async () => {
-      const frame = await zstdZeros(2 << 30);
-      assert.ok(frame.length < 1 << 20, `the frame is small (${frame.length} bytes)`);
+    const GiB = 2 ** 30;
+    let bomb: Buffer;
+    before(async () => {
+      bomb = await zstdZeros(2 * GiB);
+      assert.ok(bomb.length < 1 << 20, `the frame is small (${bomb.length} bytes)`);
+    });
+    const rssMiB = (r: { ran: { peakRssKiB?: number } }) => Math.round((r.ran.peakRssKiB ?? 0) / 1024);
+    it('TOC path: a 64 KiB frame that expands to 2 GiB where its TOC says 4 KiB -> DELTA_FILE_MISMATCH, peak RSS bounded', async () => {
       const content = Buffer.alloc(4096);
       const t = tag();
-      await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: content.length, digest: sha(content) }, frame }])]);
-      await env.expectRefused(env.ref(t), 'DELTA_FILE_MISMATCH', { json: false });
+      await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: content.length, digest: sha(content) }, frame: bomb }])]);
+      const e = await env.expectRefused(env.ref(t), 'DELTA_FILE_MISMATCH', { json: false, sample: { rss: true } });
+      assert.ok(rssMiB(e) > 0 && rssMiB(e) < 512, `peak RSS ${rssMiB(e)} MiB`);
     });
-    it('TOC path: a frame the TOC declares as 2 GiB (wrong digest) -> DELTA_FILE_MISMATCH (or DISK_FULL), no snapshot', async () => {
-      const frame = await zstdZeros(2 << 30);
+    it('TOC path: a 64 KiB frame the TOC declares as 2 GiB (digest of other bytes) -> DELTA_FILE_MISMATCH, peak RSS bounded', async () => {
       const t = tag();
-      await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: 2 << 30, digest: sha('not these bytes') }, frame }])]);
-      await env.expectRefused(env.ref(t), ['DELTA_FILE_MISMATCH', 'DISK_FULL'], { json: false });
+      await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: 2 * GiB, digest: sha('not these bytes') }, frame: bomb }])]);
+      const e = await env.expectRefused(env.ref(t), 'DELTA_FILE_MISMATCH', { json: false, sample: { rss: true } });
+      assert.ok(rssMiB(e) > 0 && rssMiB(e) < 512, `peak RSS ${rssMiB(e)} MiB`);
     });
-    it('tar path: a 1 GiB file of zeros (a ~1 MB layer) on a 400 MiB disk -> DISK_FULL, no snapshot', async () => {
+    it('tar path: a ~1 MB layer holding a 1 GiB file on a 400 MiB disk -> DISK_FULL while a reserve is still free, no snapshot', async () => {
       const t = tag();
-      await writeImage(env.layout, t, [await gzipTarWithZeros(osTarEntries(base), 'usr/share/fake/zeros', 1 << 30)]);
-      await env.expectRefused(env.ref(t), 'DISK_FULL', { json: false });
+      await writeImage(env.layout, t, [await gzipTarWithFill(osTarEntries(base), 'usr/share/fake/fill', GiB)]);
+      const e = await env.expectRefused(env.ref(t), 'DISK_FULL', { json: false, sample: { fs: env.os.sysroot } });
+      const total = (await statfs(env.os.sysroot)).blocks * (await statfs(env.os.sysroot)).bsize;
+      assert.ok((e.ran.minFreeBytes ?? 0) > total * 0.02, `the update stopped before the disk was full: least free ${e.ran.minFreeBytes} of ${total} bytes`);
     });
   });
 
@@ -375,7 +388,7 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
     it('tar path: corrupt gzip, truncated gzip -> LAYER_CORRUPT', async () => {
       const tarBytes = makeTar(osTarEntries(base));
       const gz = gzipSync(tarBytes);
-      for (const data of [corrupt(gz, Math.floor(gz.length / 2)), gz.subarray(0, Math.floor(gz.length * 0.7))]) {
+      for (const data of [corrupt(gz, 10), gz.subarray(0, Math.floor(gz.length * 0.7))]) {
         const t = tag();
         const layer = rawLayer(data, MediaType.OciLayerGzip);
         await writeImage(env.layout, t, [layer]);
