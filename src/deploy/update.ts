@@ -143,7 +143,11 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
 
 /** The image's tree (its layers flattened) must have a /usr directory: NOT_AN_OS_IMAGE before any snapshot. */
 function notAnOsImage(layers: readonly (readonly TreeEntry[])[], image: string): void {
-  if (flattenLayers(layers).get('usr')?.type !== 'dir') throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory`, { image });
+  const tree = flattenLayers(layers);
+  const usr = tree.get('usr');
+  // usr itself, or a directory implied by entries below it
+  const ok = usr ? usr.type === 'dir' : [...tree.keys()].some((p) => p.startsWith('usr/'));
+  if (!ok) throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory`, { image });
 }
 
 /** An image manifest without layers has no tree to deploy: NO_LAYERS, before anything is fetched. */
@@ -369,7 +373,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, from), preserve: reserved.paths, reserved, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, from) });
       if (local.path !== 'delta') {
         // Every blob read through its digest, and every tar header checked as the apply will, before a snapshot exists.
-        await validateTarLayers(layerOpeners(cache, manifest, signal, expansionLimit), { reserved, explain: (k) => verifyBlobs(cache, [manifest.layers[k]!], signal) });
+        const checked = await validateTarLayers(layerOpeners(cache, manifest, signal, expansionLimit), { reserved, explain: (k) => verifyBlobs(cache, [manifest.layers[k]!], signal) });
+        if (!checked.usrIsDir) throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory`, { image });
         return undefined;
       }
       store = (await downloadDelta(local, cacheDir, root.digest, { progress, signal, progressEveryMs: opts.progressEveryMs, fromCache: true })).store;

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
+import { Readable } from 'node:stream';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { zstdCompressSync } from 'node:zlib';
@@ -114,19 +115,22 @@ describe('bounded resources and clear refusals (pure parts)', () => {
     bad.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
     await assert.rejects(
       (async () => {
-        for await (const _ of readTar((async function* () { yield bad; })())) void _;
+        for await (const _ of readTar(Readable.from([bad]))) void _;
       })(),
       (e) => isTiuError(e, 'BAD_ENTRY') && /UTF-8/.test(e.message),
     );
     const names: string[] = [];
-    for await (const t of readTar((async function* () { yield tar; })())) names.push(t.name);
+    for await (const t of readTar(Readable.from([tar]))) names.push(t.name);
     assert.deepEqual(names, ['usr/x']);
   });
 
   it('inLayer names the layer in a refusal of its tar, once', () => {
-    const e = inLayer(new TiuError('BAD_TAR', 'invalid tar stream: header checksum mismatch'), 1, 'layer 2 (sha256:ab)') as TiuError;
-    assert.equal(e.code, 'BAD_TAR');
-    assert.equal(e.message, 'layer 2 (sha256:ab): invalid tar stream: header checksum mismatch');
+    const t = inLayer(new TiuError('BAD_TAR', 'invalid tar stream: header checksum mismatch'), 1, 'layer 2 (sha256:ab)') as TiuError;
+    assert.equal(t.code, 'LAYER_CORRUPT');
+    assert.equal(t.message, 'layer 2 (sha256:ab) is not a valid tar: header checksum mismatch');
+    const e = inLayer(new TiuError('BAD_ENTRY', 'invalid entry "x": y'), 1, 'layer 2 (sha256:ab)') as TiuError;
+    assert.equal(e.code, 'BAD_ENTRY');
+    assert.equal(e.message, 'layer 2 (sha256:ab): invalid entry "x": y');
     assert.equal(inLayer(e, 1, 'layer 2 (sha256:ab)'), e);
     const other = new TiuError('DISK_FULL', 'x');
     assert.equal(inLayer(other, 0), other);

@@ -55,12 +55,15 @@ export function mapFsError(e: unknown, root: string): unknown {
 const LAYER_NAMED = new Set(['BAD_TAR', 'BAD_ENTRY', 'UNSAFE_PATH', 'BAD_HARDLINK', 'BAD_XATTR']);
 
 /**
- * `e`, thrown while layer `k` (0-based) was read, naming that layer (`label`, e.g. `layer 2
+ * `e`, thrown while layer `k` (0-based) was read, naming that layer (BAD_TAR becomes
+ * LAYER_CORRUPT) (`label`, e.g. `layer 2
  * (sha256:…)`) in its message and details when it is a refusal of the layer's content that does
  * not name one yet. Same code; the original is the cause.
  */
 export function inLayer(e: unknown, k: number, label = `layer ${k + 1}`): unknown {
   if (!(e instanceof TiuError) || !LAYER_NAMED.has(e.code) || e.details.layer !== undefined) return e;
+  // A tar that does not decode is a corrupt layer, like gzip or zstd that does not.
+  if (e.code === 'BAD_TAR') return new TiuError('LAYER_CORRUPT', `${label} is not a valid tar: ${e.message.replace(/^invalid tar stream: /, '')}`, { ...e.details, layer: label, causeCode: 'BAD_TAR' }, { cause: e });
   const named = new TiuError(e.code, `${label}: ${e.message}`, { ...e.details, layer: label }, { cause: e });
   named.name = e.name;
   return named;

@@ -13,7 +13,7 @@
  * applyTarLayers makes the same checks again while it writes; this pass only moves the refusal
  * before the snapshot.
  */
-import { BadHardlinkError, BadTarError, UnsafePathError } from './errors.ts';
+import { BadHardlinkError, BadTarError, UnsafePathError, inLayer } from './errors.ts';
 import { flattenLayers, whiteoutOf } from './layers.ts';
 import { addImplicitParents } from './plan.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from './reserved.ts';
@@ -33,7 +33,7 @@ export interface TarValidateOptions {
 }
 
 /** Read every layer's headers and refuse what the apply would refuse; what would be skipped as reserved. */
-export async function validateTarLayers(layers: readonly LayerOpener[], o: TarValidateOptions = {}): Promise<SkipReport> {
+export async function validateTarLayers(layers: readonly LayerOpener[], o: TarValidateOptions = {}): Promise<SkipReport & { usrIsDir: boolean }> {
   const all: TreeEntry[][] = [];
   for (let k = 0; k < layers.length; k++) {
     let stream: Awaited<ReturnType<LayerOpener>> | undefined;
@@ -46,7 +46,7 @@ export async function validateTarLayers(layers: readonly LayerOpener[], o: TarVa
       while (!(await it.next()).done);
     } catch (e) {
       if (o.explain) await o.explain(k, e);
-      throw e;
+      throw inLayer(e, k, layers[k]!.label);
     } finally {
       stream?.destroy?.();
     }
@@ -71,6 +71,8 @@ export async function validateTarLayers(layers: readonly LayerOpener[], o: TarVa
       seen.set(e.path, e.type);
     }
   }
-  addImplicitParents(flattenLayers(kept));
-  return tally.report();
+  const tree = flattenLayers(kept);
+  addImplicitParents(tree);
+  // Whether the image is an OS at all (update.ts: NOT_AN_OS_IMAGE before a snapshot exists).
+  return { ...tally.report(), usrIsDir: tree.get('usr')?.type === 'dir' };
 }
