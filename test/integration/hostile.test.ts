@@ -15,6 +15,8 @@ import { join, relative } from 'node:path';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { createGzip, createZstdCompress, constants as zc, gzipSync, zstdCompressSync } from 'node:zlib';
+import { buildBundle } from '../../src/bundle/build.ts';
+import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { run } from '../../src/host/exec.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { CraftedEntry } from '../helpers/chunked-layer.ts';
@@ -35,7 +37,7 @@ import {
   type HostileEnv,
   type HostileRegistry,
 } from '../helpers/hostile.ts';
-import type { OsFile } from '../helpers/microos.ts';
+import { writeTree, type OsFile } from '../helpers/microos.ts';
 import { makeTar, type TarSpec } from '../helpers/tarball.ts';
 
 const sha = (b: Uint8Array | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -425,6 +427,44 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       const t = tag();
       await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/garbage', mode: 0o644, size: 100, digest: sha('x'.repeat(100)) }, frame: garbage }])]);
       await env.expectRefused(env.ref(t), ['LAYER_CORRUPT', 'DELTA_FILE_MISMATCH'], { message: /layer 1|sha256:/ });
+    });
+  });
+
+  describe('tiu build bundles (zstd:chunked layers as tiu writes them) of hostile trees', () => {
+    /** `tiu build` of the tree `files` + `extra` (written on disk: only what a filesystem can hold), into the env's layout. */
+    const bundle = async (extra: OsFile[], o: { drop?: string } = {}) => {
+      const t = tag();
+      const tree = join(env.os.dir, `tree-${t}`);
+      await mkdir(tree);
+      for (const d of ['proc', 'sys', 'dev', 'run', 'tmp', 'var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/efi', 'boot/writable', '.snapshots', 'mnt']) await mkdir(join(tree, d), { recursive: true });
+      await writeTree(tree, [...(o.drop ? without(base, o.drop) : base), ...extra]);
+      await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(env.layout), t, { sourceDateEpoch: T, layers: 2 });
+      return env.ref(t);
+    };
+    it('a bundle with .tiu-etc-merge/, home/ and usr/local/ content: skipped, the admin\'s /etc and the subvolumes kept', async () => {
+      const r = await env.expectSkipped(await bundle([
+        { path: '.tiu-etc-merge/hostname', content: 'pwned\n' },
+        { path: 'home/admin/.ssh/authorized_keys', content: 'ssh-ed25519 AAAA evil\n' },
+        { path: 'usr/local/bin/evil', content: 'x', mode: 0o755 },
+      ]));
+      assert.equal(await readFile(join(r.root, 'etc/hostname'), 'utf8'), 'admins-host\n');
+      for (const d of ['home', 'usr/local']) assert.deepEqual(await readdir(join(r.root, d)), [], `${d} is the empty mount point`);
+      assert.equal(await lstat(join(r.root, '.tiu-etc-merge')).catch(() => undefined), undefined);
+    });
+    it('a bundle with SELinux on and `.autorelabel -> <marker>/f`: skipped (tiu writes its own) or UNSAFE_PATH; the marker untouched', async () => {
+      // (`usr/lib/tiu -> outside` cannot be bundled: tiu build refuses it itself.)
+      const ref = await bundle([{ path: 'etc/selinux/config', content: 'SELINUX=enforcing\n' }, { path: '.autorelabel', symlink: env.marker.file }]);
+      const before = await env.world();
+      const r = await env.update(ref, { json: true });
+      const after = await env.world();
+      if (r.code === 0) {
+        const snap = (JSON.parse(r.stdout) as { snapshot: number }).snapshot;
+        assert.deepEqual(env.compare(before, after, { allowSnapshot: snap }), []);
+        assert.ok((await lstat(join(env.os.snapshotPath(snap), '.autorelabel'))).isFile(), '.autorelabel is a regular file');
+      } else {
+        assert.equal(jsonError(r).code, 'UNSAFE_PATH', r.stdout);
+        assert.deepEqual(env.compare(before, after), []);
+      }
     });
   });
 
