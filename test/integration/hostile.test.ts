@@ -502,12 +502,20 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       reg.put('hostile/os', 'empty', imageOf([]));
       await env.expectRefused(`docker://${reg.host}/hostile/os:empty`, 'NO_LAYERS');
     });
-    it('a body that drips one byte a second -> REGISTRY_TOO_SLOW within a bounded time', async () => {
+    it('a body that drips one byte a second -> REGISTRY_TOO_SLOW (speed-time = 5 in tiu.conf; the default is 60 s), naming the registry', async () => {
       const img = imageOf([tarLayer(osTarEntries(base))]);
       reg.put('hostile/os', 'drip', img);
       reg.faults.set(img.layers[0]!.desc.digest, { kind: 'drip', everyMs: 1000 });
-      const e = await env.expectRefused(`docker://${reg.host}/hostile/os:drip`, 'REGISTRY_TOO_SLOW', { json: false, timeoutMs: 150_000 });
-      assert.match(e.message, new RegExp(reg.host.replace(/\./g, '\\.')), 'the message names the registry');
+      const conf = join(env.os.sysroot, 'etc/tiu/tiu.conf');
+      const old = await readFile(conf, 'utf8');
+      await writeFile(conf, `${old}speed-time = 5\n`);
+      try {
+        const e = await env.expectRefused(`docker://${reg.host}/hostile/os:drip`, 'REGISTRY_TOO_SLOW', { json: false, timeoutMs: 45_000 });
+        assert.match(e.message, new RegExp(reg.host.replace(/\./g, '\\.')), 'the message names the registry');
+        assert.ok(e.ran.ms < 30_000, `ended after ${e.ran.ms} ms`);
+      } finally {
+        await writeFile(conf, old);
+      }
     });
   });
 });
