@@ -340,7 +340,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       // What the download writes into the cache (the new files of a delta, the blobs of whole
       // layers) must leave the reserve free: DISK_FULL now, before anything is written.
       const predicted = t.path === 'delta' ? (t.report.files?.write.bytes ?? 0) : t.report.layerBytes;
-      await checkRoom(ctx.sysroot, predicted, config.diskReserve, t.path === 'delta' ? `the ${humanSize(predicted)} of new files of ${image}` : `the layers of ${image}`);
+      await whileFetching(cacheDir, image, () => checkRoom(cacheDir, predicted, config.diskReserve, t.path === 'delta' ? `the ${humanSize(predicted)} of new files of ${image}` : `the layers of ${image}`));
     }
     // Into the cache: a disk that fills up here has changed nothing of the system yet.
     await whileFetching(cacheDir, image, async () => {
@@ -612,7 +612,7 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
   try {
     return await step();
   } catch (e) {
-    if (!isNoSpace(e)) throw e;
+    if (!isNoSpace(e) && !someCause(e, (x) => isTiuError(x, 'DISK_FULL'))) throw e;
     throw new UpdateError('DISK_FULL', `no space left on the filesystem of the cache ${cacheDir} while fetching ${image}; no snapshot was made: ${asError(e).message}`, { cache: cacheDir }, { cause: e });
   }
 }
