@@ -51,7 +51,7 @@ export interface KeptMountPoints {
 /**
  * Make every mount point a real directory in the new snapshot at `newRoot`: those of the old
  * and new /etc/fstab, `preserve`, and proc, sys, dev, run, tmp. Missing ones (and missing
- * parents) are created 0755 root:root; a symlink or file where the mount point itself must be
+ * parents) are created like the booted snapshot's (else 0755 root:root); a symlink or file where the mount point itself must be
  * is removed first (not followed). A symlink on the way to one is UNSAFE_PATH.
  */
 export async function keepMountPoints(newRoot: string, oldRoot: string, preserve: readonly string[]): Promise<KeptMountPoints> {
@@ -74,10 +74,15 @@ export async function keepMountPoints(newRoot: string, oldRoot: string, preserve
         out.replaced.push(d);
       } else out.created.push(d);
       await rd.mkdir(d, 0o755);
+      // As the booted snapshot has it (a /tmp stays 1777, and two identical updates give identical
+      // trees); 0755 root:root where it has none.
+      const was = await old.lstat(d).catch(() => undefined);
+      const like = was?.isDirectory() ? was : undefined;
       const fh = await rd.openNoFollow(d, 'dir');
       try {
-        await fh.chown(0, 0);
-        await fh.chmod(0o755);
+        await fh.chown(like?.uid ?? 0, like?.gid ?? 0);
+        await fh.chmod(like ? like.mode & 0o7777 : 0o755);
+        if (like) await fh.utimes(like.atime, like.mtime);
       } finally {
         await fh.close();
       }
