@@ -18,18 +18,22 @@ export interface CraftedEntry {
   /** The TOC entry as written; size, digest, offset and endOffset are filled in from `content` unless given. */
   toc: TocEntry;
   content?: Buffer;
+  /** Raw bytes to place as this entry's frame instead of zstd(content) (a bomb, garbage); offsets are filled in. */
+  frame?: Buffer;
 }
 
 export function chunkedLayer(entries: readonly CraftedEntry[]): { desc: Descriptor; data: Buffer } {
   const parts: Buffer[] = [];
   const toc: TocEntry[] = [];
   let off = 0;
-  for (const { toc: t, content } of entries) {
+  for (const { toc: t, content, frame: raw } of entries) {
     const e: TocEntry = { ...t };
-    if (content && content.length) {
-      const frame = zstdCompressSync(content);
-      e.size ??= content.length;
-      e.digest ??= sha(content);
+    const frame = raw ?? (content?.length ? zstdCompressSync(content) : undefined);
+    if (frame) {
+      if (content) {
+        e.size ??= content.length;
+        e.digest ??= sha(content);
+      }
       e.offset ??= off;
       e.endOffset ??= off + frame.length;
       parts.push(frame);

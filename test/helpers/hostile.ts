@@ -30,8 +30,7 @@ import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { run } from '../../src/host/exec.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest } from '../../src/oci/types.ts';
-import { encodeFooter, MANIFEST_TYPE_CRFS, SKIPPABLE_HEADER, skippableFrame, ZstdChunkedAnnotation, type TocEntry } from '../../src/bundle/toc.ts';
-import type { CraftedEntry } from './chunked-layer.ts';
+import { chunkedLayer, type CraftedEntry } from './chunked-layer.ts';
 import { createMicroOS, shellFiles, v2Files, type MicroOS, type OsFile } from './microos.ts';
 import { makeTar, type TarSpec } from './tarball.ts';
 import { MOUNT_POINT_DIRS } from './update-deps.ts';
@@ -498,47 +497,12 @@ export function rawLayer(data: Buffer, mediaType: string): Blob {
   return { desc: { mediaType, digest: sha(data), size: data.length }, data };
 }
 
-/** A TOC entry with its content (compressed here into a frame), or with a `frame` of raw bytes as given. */
-export type TocSpec = CraftedEntry & { frame?: Buffer };
+/** A TOC entry with its content (compressed into a frame), or a `frame` of raw bytes as given. */
+export type TocSpec = CraftedEntry;
 
-/**
- * A zstd:chunked layer: one frame per file, the TOC in a skippable frame, the footer (no tar
- * headers: only the TOC path reads it). `frame` entries put their bytes as they are (a bomb, garbage);
- * size, digest, offset and endOffset are filled in unless given.
- */
+/** A zstd:chunked layer (frames, TOC, footer; no tar headers: only the TOC path reads it). */
 export function tocLayer(entries: readonly TocSpec[]): Blob {
-  const parts: Buffer[] = [];
-  const toc: TocEntry[] = [];
-  let off = 0;
-  for (const { toc: t, content, frame: raw } of entries) {
-    const e: TocEntry = { ...t };
-    const frame = raw ?? (content?.length ? zstdCompressSync(content) : undefined);
-    if (frame) {
-      if (content) {
-        e.size ??= content.length;
-        e.digest ??= sha(content);
-      }
-      e.offset ??= off;
-      e.endOffset ??= off + frame.length;
-      parts.push(frame);
-      off += frame.length;
-    }
-    toc.push(e);
-  }
-  const json = Buffer.from(JSON.stringify({ version: 1, entries: toc }));
-  const z = zstdCompressSync(json);
-  const tocOffset = off + SKIPPABLE_HEADER;
-  const footer = encodeFooter({ offset: tocOffset, lengthCompressed: z.length, lengthUncompressed: json.length, manifestType: MANIFEST_TYPE_CRFS, offsetTarSplit: 0, lengthCompressedTarSplit: 0, lengthUncompressedTarSplit: 0 });
-  const data = Buffer.concat([...parts, skippableFrame(z), skippableFrame(footer)]);
-  return {
-    desc: {
-      mediaType: MediaType.OciLayerZstd,
-      digest: sha(data),
-      size: data.length,
-      annotations: { [ZstdChunkedAnnotation.ManifestChecksum]: sha(z), [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${z.length}:${json.length}:${MANIFEST_TYPE_CRFS}` },
-    },
-    data,
-  };
+  return chunkedLayer(entries);
 }
 
 export interface WrittenImage {
