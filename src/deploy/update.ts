@@ -27,7 +27,7 @@ import type { Descriptor, ImageManifest } from '../oci/types.ts';
 import { fetchManifest } from '../content/graph.ts';
 import type { CopyEvent } from '../copy/copy.ts';
 import { downloadProgress } from './download-progress.ts';
-import { validateTarLayers, type ApplyReport, type Reserved } from './apply/index.ts';
+import { UnsafePathError, validateTarLayers, type ApplyReport, type Reserved } from './apply/index.ts';
 import { flattenLayers } from './apply/layers.ts';
 import { checkRoom, DiskReserveError, fsSpace, SpaceGuard } from './apply/space.ts';
 import type { TreeEntry } from './apply/types.ts';
@@ -141,13 +141,19 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
   return { desc: pick, manifest: withLayers(pick, second.parsed.manifest) };
 }
 
-/** The image's tree (its layers flattened) must have a /usr directory: NOT_AN_OS_IMAGE before any snapshot. */
-function notAnOsImage(layers: readonly (readonly TreeEntry[])[], image: string): void {
-  const tree = flattenLayers(layers);
+/**
+ * The image's final tree must look like an operating system where tiu relies on it, before any
+ * snapshot: a real /usr directory (NOT_AN_OS_IMAGE otherwise), and /etc, where the image has one,
+ * a real directory (the admin's /etc is merged into it, and on MicroOS it replaces a nested
+ * subvolume: a symlink there is UNSAFE_PATH).
+ */
+export function checkOsTree(tree: ReadonlyMap<string, TreeEntry>, image: string): void {
   const usr = tree.get('usr');
   // usr itself, or a directory implied by entries below it
-  const ok = usr ? usr.type === 'dir' : [...tree.keys()].some((p) => p.startsWith('usr/'));
-  if (!ok) throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory`, { image });
+  const hasUsr = usr ? usr.type === 'dir' : [...tree.keys()].some((p) => p.startsWith('usr/'));
+  if (!hasUsr) throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory${usr ? ` (/usr is a ${usr.type})` : ''}`, { image });
+  const etc = tree.get('etc');
+  if (etc && etc.type !== 'dir') throw new UnsafePathError('etc', `/etc is a ${etc.type} in ${image}, not a directory: the admin's /etc is merged into it`);
 }
 
 /** An image manifest without layers has no tree to deploy: NO_LAYERS, before anything is fetched. */
@@ -335,7 +341,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       progress(describeTransfer(transfer));
       if (t.path === 'delta') {
         delta = t;
-        notAnOsImage(t.layers, image);
+        checkOsTree(flattenLayers(t.layers), image);
       }
       // What the download writes into the cache (the new files of a delta, the blobs of whole
       // layers) must leave the reserve free: DISK_FULL now, before anything is written.
@@ -374,7 +380,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       if (local.path !== 'delta') {
         // Every blob read through its digest, and every tar header checked as the apply will, before a snapshot exists.
         const checked = await validateTarLayers(layerOpeners(cache, manifest, signal, expansionLimit), { reserved, explain: (k) => verifyBlobs(cache, [manifest.layers[k]!], signal) });
-        if (!checked.usrIsDir) throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory`, { image });
+        checkOsTree(checked.tree, image);
         return undefined;
       }
       store = (await downloadDelta(local, cacheDir, root.digest, { progress, signal, progressEveryMs: opts.progressEveryMs, fromCache: true })).store;
@@ -384,7 +390,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     const fromCache = cached !== undefined;
     delta ??= cached;
 
-    if (cached) notAnOsImage(cached.layers, image);
+    if (cached) checkOsTree(flattenLayers(cached.layers), image);
     // The reserve is still free (the apply checks it again as it writes).
     await checkRoom(ctx.sysroot, 0, config.diskReserve, `a new snapshot of ${image}`);
     progress(`creating snapshot from ${from}`);
@@ -429,7 +435,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       progress('merging /etc');
       const etc = await deps.mergeEtc(base, aside, theirs);
       const users = await deps.mergeUsers(base, aside, theirs);
-      if (await isSubvolume(join(newRoot, 'etc'))) await subvolumeDelete(join(newRoot, 'etc'));
+      // btrfs resolves the path it is given: only a real directory of the snapshot is asked about.
+      if ((await newRd.isDir('etc')) && (await isSubvolume(join(newRoot, 'etc')))) await subvolumeDelete(join(newRoot, 'etc'));
       else await rm(join(newRoot, 'etc'), { recursive: true, force: true });
       await rename(aside, join(newRoot, 'etc'));
       await keepMountPointsStep(newRoot, oldRoot, progress);

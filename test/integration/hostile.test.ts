@@ -202,6 +202,16 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
     it('TOC path: `usr -> <marker>` -> UNSAFE_PATH or NOT_AN_OS_IMAGE', async () => {
       await env.expectRefused(await tocImage([tlink('usr', env.marker.subdir)], { files: without(base, 'usr'), omitDirs: ['usr', 'usr/local'] }), ['UNSAFE_PATH', 'NOT_AN_OS_IMAGE']);
     });
+    // /etc is a nested subvolume on MicroOS: tiu deletes the image's copy after the merge, and a
+    // subvolume delete that resolved a symlink would take the host's (or the marker) with it.
+    it('tar path: `etc -> <marker dir>` and `etc -> /var` -> UNSAFE_PATH', async () => {
+      await env.expectRefused(await tarImage([link('etc', env.marker.subdir)], { files: without(base, 'etc'), omitDirs: ['etc'] }), 'UNSAFE_PATH');
+      await env.expectRefused(await tarImage([link('etc', '/var')], { files: without(base, 'etc'), omitDirs: ['etc'] }), 'UNSAFE_PATH');
+    });
+    it('TOC path: `etc -> <marker dir>` and `etc -> /var` -> UNSAFE_PATH', async () => {
+      await env.expectRefused(await tocImage([tlink('etc', env.marker.subdir)], { files: without(base, 'etc'), omitDirs: ['etc'] }), 'UNSAFE_PATH');
+      await env.expectRefused(await tocImage([tlink('etc', '/var')], { files: without(base, 'etc'), omitDirs: ['etc'] }), 'UNSAFE_PATH');
+    });
     it('tar path: an image with no usr at all -> NOT_AN_OS_IMAGE', async () => {
       await env.expectRefused(await tarImage([], { files: without(base, 'usr'), omitDirs: ['usr', 'usr/local'] }), 'NOT_AN_OS_IMAGE');
     });

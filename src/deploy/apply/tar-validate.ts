@@ -33,7 +33,7 @@ export interface TarValidateOptions {
 }
 
 /** Read every layer's headers and refuse what the apply would refuse; what would be skipped as reserved. */
-export async function validateTarLayers(layers: readonly LayerOpener[], o: TarValidateOptions = {}): Promise<SkipReport & { usrIsDir: boolean }> {
+export async function validateTarLayers(layers: readonly LayerOpener[], o: TarValidateOptions = {}): Promise<SkipReport & { tree: Map<string, TreeEntry> }> {
   const all: TreeEntry[][] = [];
   for (let k = 0; k < layers.length; k++) {
     let stream: Awaited<ReturnType<LayerOpener>> | undefined;
@@ -73,6 +73,6 @@ export async function validateTarLayers(layers: readonly LayerOpener[], o: TarVa
   }
   const tree = flattenLayers(kept);
   addImplicitParents(tree);
-  // Whether the image is an OS at all (update.ts: NOT_AN_OS_IMAGE before a snapshot exists).
-  return { ...tally.report(), usrIsDir: tree.get('usr')?.type === 'dir' };
+  // The final tree, for checks of the whole image (update.ts: checkOsTree before a snapshot exists).
+  return { ...tally.report(), tree };
 }
