@@ -14,6 +14,10 @@
  *   request-deadline = 600        # seconds any one request may take at least; a blob gets more in
  *                                 # proportion to its size (its size at min-speed); 0: no deadline
  *
+ *   esp = "/boot/efi"             # the EFI system partition's mount point; default: /boot/efi, else /efi
+ *   kernel-cmdline = "quiet"      # added to every boot entry tiu writes (after the image's /etc/kernel/cmdline)
+ *   boot-tries = 3                # boot counter of a new entry; default: the image's /etc/kernel/tries, else 3
+ *
  *   [[hook]]                                                    # more hooks, run in order after the defaults
  *   name = "update-ca"
  *   command = ["update-ca-certificates"]
@@ -44,6 +48,8 @@ export interface HookSpec {
   command: string[];
   when: HookWhen;
   ifExists?: string;
+  /** Skipped when the new snapshot has this path (update-initramfs only where there is no dracut). */
+  unlessExists?: string;
 }
 
 export interface TiuConfig {
@@ -61,6 +67,12 @@ export interface TiuConfig {
   diskReserve?: DiskReserve;
   /** Minimum throughput and deadline of registry requests (undefined: the defaults, or the environment's). */
   network?: SpeedSettings;
+  /** The ESP's mount point inside the system (undefined: /boot/efi, else /efi). */
+  esp?: string;
+  /** Kernel command line additions for boot entries (validated when used). */
+  kernelCmdline?: string;
+  /** Tries counter of a new boot entry (undefined: the image's /etc/kernel/tries, else 3). */
+  bootTries?: number;
   /** The file it came from, when there was one. */
   file?: string;
 }
@@ -69,13 +81,16 @@ export const CONFIG_PATH = '/etc/tiu/tiu.conf';
 
 /** What MicroOS needs after a new tree lands: an initrd when the image brings none, boot entries. */
 export const DEFAULT_HOOKS: readonly HookSpec[] = [
-  { name: 'initrd', command: ['dracut', '--force', '--kver', '{kver}', '/boot/initrd-{kver}'], when: 'initrd-missing', ifExists: '/usr/bin/dracut' },
+  // Where the boot integration (src/deploy/boot) looks for an initrd: next to the kernel's modules.
+  { name: 'initrd', command: ['dracut', '--force', '--kver', '{kver}', '/usr/lib/modules/{kver}/initrd'], when: 'initrd-missing', ifExists: '/usr/bin/dracut' },
+  // Debian's initramfs-tools: writes /boot/initrd.img-{kver}; only where the image has no dracut.
+  { name: 'update-initramfs', command: ['update-initramfs', '-c', '-k', '{kver}'], when: 'initrd-missing', ifExists: '/usr/sbin/update-initramfs', unlessExists: '/usr/bin/dracut' },
   { name: 'grub2-mkconfig', command: ['grub2-mkconfig', '-o', '/boot/grub2/grub.cfg'], when: 'kernel-changed', ifExists: '/usr/sbin/grub2-mkconfig' },
   { name: 'sdbootutil', command: ['sdbootutil', 'add-all-kernels', '{snapshot}'], when: 'always', ifExists: '/usr/bin/sdbootutil' },
 ];
 
-const KEYS = new Set(['image', 'policy', 'cache', 'default-hooks', 'hook', 'signed-identity', 'disk-reserve', 'min-speed', 'speed-time', 'request-deadline']);
-const HOOK_KEYS = new Set(['name', 'command', 'when', 'if-exists']);
+const KEYS = new Set(['image', 'policy', 'cache', 'default-hooks', 'hook', 'signed-identity', 'disk-reserve', 'min-speed', 'speed-time', 'request-deadline', 'esp', 'kernel-cmdline', 'boot-tries']);
+const HOOK_KEYS = new Set(['name', 'command', 'when', 'if-exists', 'unless-exists']);
 const WHEN: readonly string[] = ['always', 'kernel-changed', 'initrd-missing'];
 
 export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
@@ -111,9 +126,13 @@ export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
     if (ifExists !== undefined && (typeof ifExists !== 'string' || !ifExists.startsWith('/'))) {
       throw new ConfigError(file, `${at}: 'if-exists' must be an absolute path`);
     }
+    const unlessExists = t['unless-exists'];
+    if (unlessExists !== undefined && (typeof unlessExists !== 'string' || !unlessExists.startsWith('/'))) {
+      throw new ConfigError(file, `${at}: 'unless-exists' must be an absolute path`);
+    }
     const name = t.name ?? cmd[0];
     if (typeof name !== 'string') throw new ConfigError(file, `${at}: 'name' must be a string`);
-    return { name, command: cmd, when: when as HookWhen, ...(ifExists ? { ifExists } : {}) };
+    return { name, command: cmd, when: when as HookWhen, ...(ifExists ? { ifExists } : {}), ...(unlessExists ? { unlessExists } : {}) };
   });
   const policy = str('policy');
   const cache = str('cache') ?? '/var/cache/tiu';
@@ -144,9 +163,19 @@ export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError(file, `'${k}' must be a number of seconds`);
     network[field] = Math.round(v * 1000);
   }
+  const esp = str('esp');
+  if (esp !== undefined && !esp.startsWith('/')) throw new ConfigError(file, `'esp' must be an absolute path`);
+  const kernelCmdline = str('kernel-cmdline');
+  // eslint-disable-next-line no-control-regex
+  if (kernelCmdline !== undefined && /[\u0000-\u001f\u007f]/.test(kernelCmdline)) throw new ConfigError(file, `'kernel-cmdline' must not contain newlines or control characters`);
+  const tries = doc['boot-tries'];
+  if (tries !== undefined && (typeof tries !== 'number' || !Number.isInteger(tries) || tries < 1 || tries > 100)) throw new ConfigError(file, `'boot-tries' must be an integer from 1 to 100`);
   return {
     image,
     signedIdentity,
+    ...(esp ? { esp } : {}),
+    ...(kernelCmdline ? { kernelCmdline } : {}),
+    ...(tries !== undefined ? { bootTries: tries } : {}),
     policy,
     cache,
     hooks: [...(defaults ? DEFAULT_HOOKS : []), ...hooks],

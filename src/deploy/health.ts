@@ -120,6 +120,12 @@ export interface HealthHost {
   /** Make snapshot n the default (the next boot starts it). */
   setDefault(n: number): Promise<void>;
   runChecks(): Promise<CheckResult[]>;
+  /**
+   * The boot loader's verdict on snapshot n's entry (systemd-boot: bless drops the tries counter,
+   * as systemd-bless-boot does; bad sets it to `+0-N`, so the loader goes back by itself).
+   * Absent without a boot integration.
+   */
+  markEntry?(n: number, mark: HealthMark): Promise<void>;
   reboot(): Promise<void>;
   log(line: string): void;
 }
@@ -150,6 +156,8 @@ export async function runBootHealth(host: HealthHost, opts: { maxAttempts?: numb
 
   const rollBack = async (n: number, failed: string[], to: number | undefined, checks: CheckResult[], attempt?: number): Promise<BootHealthResult> => {
     await host.setUserdata(n, { [HEALTH_UD.health]: 'bad', [HEALTH_UD.failed]: failedValue(failed) });
+    // Before the reboot: even if setting the default fails, the loader no longer picks n.
+    if (to !== undefined) await host.markEntry?.(n, 'bad');
     if (to === undefined) {
       host.log(`snapshot ${n} is unhealthy, and there is no good snapshot to roll back to: staying on it`);
       return { snapshot: n, outcome: 'no-rollback-target', attempt, checks, failed, rebooting: false };
@@ -174,9 +182,12 @@ export async function runBootHealth(host: HealthHost, opts: { maxAttempts?: numb
   switch (after.kind) {
     case 'mark-good':
       await host.setUserdata(after.snapshot, { [HEALTH_UD.health]: 'good', [HEALTH_UD.failed]: '' });
+      await host.markEntry?.(after.snapshot, 'good');
       host.log(`snapshot ${after.snapshot} is healthy: marked good`);
       return { snapshot: after.snapshot, outcome: 'good', attempt, checks, failed: [], rebooting: false };
     case 'report':
+      // A proven snapshot whose entry still counts (blessed before the integration, or by hand).
+      if (!after.failed.length) await host.markEntry?.(after.snapshot, 'good');
       if (after.failed.length) host.log(`snapshot ${after.snapshot} was good before; failing now (${after.failed.join(', ')}): not rolling back`);
       return { snapshot: after.snapshot, outcome: after.failed.length ? 'failed-proven' : 'verified', checks, failed: after.failed, rebooting: false };
     case 'roll-back':

@@ -4,7 +4,7 @@
  * about the old and new trees (kernels, initrds), separately from running them. A failing
  * hook aborts the update.
  */
-import { lstat, readdir, stat } from 'node:fs/promises';
+import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { withChroot } from '../host/chroot.ts';
 import { TiuError, asError } from '../errors.ts';
@@ -30,9 +30,10 @@ export interface PlannedHook {
   argv: string[];
 }
 
+/** openSUSE keeps the kernel next to its modules, Debian in /boot/vmlinuz-<ver>. */
 async function kernelSignature(root: string, ver: string): Promise<string | undefined> {
-  for (const f of ['vmlinuz', 'Image', 'vmlinux']) {
-    const s = await stat(join(root, 'usr/lib/modules', ver, f)).catch(() => undefined);
+  for (const f of [...['vmlinuz', 'Image', 'vmlinux'].map((k) => join('usr/lib/modules', ver, k)), `boot/vmlinuz-${ver}`]) {
+    const s = await lstat(join(root, f)).catch(() => undefined);
     if (s?.isFile()) return `${f}:${s.size}:${s.mtimeMs}`;
   }
   return undefined;
@@ -40,10 +41,14 @@ async function kernelSignature(root: string, ver: string): Promise<string | unde
 
 async function kernelVersions(root: string): Promise<string[]> {
   const names = await readdir(join(root, 'usr/lib/modules')).catch(() => [] as string[]);
+  const debian = (await readdir(join(root, 'boot')).catch(() => [] as string[])).flatMap((n) => /^vmlinuz-(.+)$/.exec(n)?.[1] ?? []);
   const out: string[] = [];
-  for (const n of names) if ((await kernelSignature(root, n)) !== undefined) out.push(n);
+  for (const n of new Set([...names, ...debian])) if ((await kernelSignature(root, n)) !== undefined) out.push(n);
   return out.sort();
 }
+
+/** Where an initrd for `ver` may be: next to the modules (dracut hook, openSUSE), Debian's /boot/initrd.img-<ver>, older tiu's /boot/initrd-<ver>. */
+export const INITRD_PATHS = (ver: string): string[] => [join('usr/lib/modules', ver, 'initrd'), `boot/initrd.img-${ver}`, `boot/initrd-${ver}`];
 
 export async function kernelFacts(oldRoot: string, newRoot: string): Promise<KernelFacts> {
   const kernels = await kernelVersions(newRoot);
@@ -51,7 +56,8 @@ export async function kernelFacts(oldRoot: string, newRoot: string): Promise<Ker
   const withoutInitrd: string[] = [];
   for (const v of kernels) {
     if ((await kernelSignature(oldRoot, v)) !== (await kernelSignature(newRoot, v))) changed.push(v);
-    const initrd = await lstat(join(newRoot, 'usr/lib/modules', v, 'initrd')).catch(() => undefined);
+    let initrd = false;
+    for (const p of INITRD_PATHS(v)) if (await lstat(join(newRoot, p)).catch(() => undefined)) initrd = true;
     if (!initrd) withoutInitrd.push(v);
   }
   // A kernel that went away changes the boot menu too.
@@ -65,6 +71,7 @@ export function planHooks(hooks: readonly HookSpec[], facts: KernelFacts, snapsh
   const fill = (argv: string[], kver?: string) => argv.map((a) => a.replaceAll('{snapshot}', String(snapshot)).replaceAll('{kver}', kver ?? ''));
   for (const h of hooks) {
     if (h.ifExists && !exists(h.ifExists)) continue;
+    if (h.unlessExists && exists(h.unlessExists)) continue;
     if (h.when === 'always') out.push({ name: h.name, argv: fill(h.command) });
     else if (h.when === 'kernel-changed') {
       if (facts.changed.length) out.push({ name: h.name, argv: fill(h.command, facts.kernels.at(-1)) });
@@ -79,8 +86,7 @@ export function planHooks(hooks: readonly HookSpec[], facts: KernelFacts, snapsh
 export async function existingPaths(root: string, hooks: readonly HookSpec[]): Promise<Set<string>> {
   const out = new Set<string>();
   for (const h of hooks) {
-    if (!h.ifExists) continue;
-    if (await lstat(join(root, h.ifExists)).catch(() => undefined)) out.add(h.ifExists);
+    for (const p of [h.ifExists, h.unlessExists]) if (p && (await lstat(join(root, p)).catch(() => undefined))) out.add(p);
   }
   return out;
 }

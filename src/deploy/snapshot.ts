@@ -19,6 +19,8 @@ import { mountInfo, unmount } from '../host/mount.ts';
 import { TiuError } from '../errors.ts';
 import { RootedDir } from './rooted.ts';
 import { readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
+import type { SystemdBoot } from './boot/systemd-boot.ts';
+import type { TiuConfig } from './config.ts';
 
 export class SnapshotError extends TiuError {
   constructor(code: string, message: string, details: Record<string, unknown> = {}) {
@@ -138,9 +140,37 @@ export interface CommitOptions {
   image: string;
   digest: string;
   etcConflicts: number;
+  /** systemd-boot integration (src/deploy/boot), when the host has it. */
+  boot?: { sd: SystemdBoot; config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'> };
 }
 
-/** Finish snapshot N and make it the next boot. Setting the default is the commit point. */
+/**
+ * Crash injection for tests (test/integration/boot-entries.test.ts): with
+ * TIU_TEST_CRASH_AFTER=<step> in the environment, the process SIGKILLs itself right after that
+ * step of the commit, exactly as a power cut or an OOM kill would stop it there.
+ */
+export const COMMIT_STEPS = ['boot-files', 'boot-entry', 'btrfs-default', 'loader-default'] as const;
+function crashPoint(step: (typeof COMMIT_STEPS)[number]): void {
+  if (process.env.TIU_TEST_CRASH_AFTER === step) process.kill(process.pid, 'SIGKILL');
+}
+
+/**
+ * Finish snapshot N and make it the next boot. Setting the btrfs default is the commit point.
+ *
+ * With systemd-boot (crash-safe order: at every instant some entry boots a complete snapshot):
+ *   0. plan the entry: read the kernel, initrd and /etc/kernel/cmdline through the rooted API,
+ *      validate, check the ESP's room (UNSAFE_PATH, BAD_CMDLINE, ESP_FULL: nothing written)
+ *   1. kernel and initrd onto the ESP (content-named, atomic, fsync)       crash: unused files,
+ *   2. the entry `tiuparked-N+3.conf`, fsync: not a candidate for loader.conf's `default tiu-*`,
+ *      so the loader still boots the old default                          crash: parked entry
+ *      of an unfinished snapshot; the next run deletes both
+ *   3. read-only snapshot synced, btrfs default = N, sync                 <- commit point
+ *   4. rename to `tiu-N+3.conf`: now the highest candidate, the loader boots N next; a crash
+ *      before this rename boots the old default, and the next `tiu update`/`tiu health`
+ *      reconciles (the btrfs default says N: the entry is unparked)
+ * If N never reaches userspace, systemd-boot counts `+3` down to `+0-3`, sorts it below every
+ * entry with tries left and boots the next older candidate by itself; tiu-health then marks N bad.
+ */
 export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions): Promise<void> {
   const root = snapshotPath(ctx.sysroot, n);
   // systemd's ConditionNeedsUpdate= compares /usr's mtime with /etc/.updated and /var/.updated.
@@ -149,14 +179,33 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
   const now = new Date();
   await (await RootedDir.open(root)).touchDir('usr', now);
   await setReadOnly(root, true);
+  const plan = o.boot ? await o.boot.sd.prepare(ctx, n, o.boot.config) : undefined;
+  if (o.boot && !plan) throw new SnapshotError('NO_KERNEL', `snapshot ${n} has no kernel (usr/lib/modules/<kver>/vmlinuz or boot/vmlinuz-<kver>) to boot it with systemd-boot`, { snapshot: n });
   await ctx.snapper.modify(n, {
     userdata: { [UD.image]: o.image, [UD.digest]: o.digest, [UD.etcConflicts]: String(o.etcConflicts) },
   });
   // The apply writes without fsync per file: the snapshot's data must be on disk before the
   // default points at it, or a power cut could boot a half-written snapshot.
   await filesystemSync(root);
+  if (o.boot && plan) {
+    try {
+      await o.boot.sd.stageFiles(ctx, plan);
+      crashPoint('boot-files');
+      await o.boot.sd.stageEntry(plan);
+      crashPoint('boot-entry');
+    } catch (e) {
+      await o.boot.sd.dropSnapshot(n).catch(() => undefined);
+      throw e;
+    }
+  }
   await setDefaultSnapshot(ctx, n);
   await filesystemSync(root);
+  crashPoint('btrfs-default');
+  if (o.boot) {
+    const state = await readState(ctx);
+    await o.boot.sd.reconcile(ctx, state, o.boot.config, { create: false });
+    crashPoint('loader-default');
+  }
   await ctx.snapper.modify(n, { userdata: { [UD.inProgress]: '' } });
 }
 

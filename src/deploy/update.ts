@@ -39,9 +39,10 @@ import { hasSelinuxLabel, selinuxConfigWants } from '../host/selinux.ts';
 import { parentOf } from './apply/paths.ts';
 import { RootedDir } from './rooted.ts';
 import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
-import { loadConfig, type TiuConfig } from './config.ts';
+import { DEFAULT_HOOKS, loadConfig, type TiuConfig } from './config.ts';
 import { existingPaths, kernelFacts, planHooks, runHooks, type HookRun } from './hooks.ts';
 import { acquireUpdateLock } from './lock.ts';
+import { detectBoot, settleBoot } from './boot/index.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
 import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
 import { applyTransfer, ContentStore, contentIndexFile, describeTransfer, pendingRanges, pruneContentIndexes, downloadTransfer, prepareTransfer, rangeBytes, type DeltaTransfer, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
@@ -295,6 +296,13 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
   try {
     const cleanup = await cleanupInProgress(ctx);
     if (cleanup.deleted.length) progress(`removed unfinished snapshot(s) ${cleanup.deleted.join(', ')} left by an interrupted update`);
+    // systemd-boot: the ESP follows the snapshots (deleted ones, a commit cut short, a counter
+    // that ran out) before anything new is written; the booted snapshot's entry must exist.
+    const boot = await detectBoot(ctx.sysroot, config);
+    if (boot) {
+      const booted = (await readState(ctx)).booted;
+      await settleBoot(ctx, boot, config, { log: progress, required: booted !== undefined ? [booted] : [] });
+    }
     const state = await readState(ctx);
     if (state.booted === undefined) {
       throw new UpdateError('NOT_SNAPSHOT_ROOT', `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`, { sysroot: ctx.sysroot });
@@ -448,13 +456,16 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       }
 
       const facts = await kernelFacts(oldRoot, newRoot);
-      const present = await existingPaths(newRoot, config.hooks);
-      const planned = planHooks(config.hooks, facts, n, (p) => present.has(p));
+      // tiu writes the systemd-boot entries itself where it found systemd-boot: sdbootutil's
+      // default hook would add a second, differently named set.
+      const hookSpecs = boot ? config.hooks.filter((h) => !(h.name === 'sdbootutil' && DEFAULT_HOOKS.includes(h))) : config.hooks;
+      const present = await existingPaths(newRoot, hookSpecs);
+      const planned = planHooks(hookSpecs, facts, n, (p) => present.has(p));
       for (const h of planned) progress(`hook ${h.name}: ${h.argv.join(' ')}`);
       const hooks = await runHooks(newRoot, planned, { sysroot: ctx.sysroot, signal });
 
       signal?.throwIfAborted();
-      await commitSnapshot(ctx, n, { image, digest: root.digest, etcConflicts: etc.conflicts.length });
+      await commitSnapshot(ctx, n, { image, digest: root.digest, etcConflicts: etc.conflicts.length, ...(boot ? { boot: { sd: boot, config } } : {}) });
       progress(`snapshot ${n} is the default: it boots next`);
       await releaseFromCache(cache, root.digest, progress);
       return {

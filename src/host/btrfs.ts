@@ -80,3 +80,11 @@ export async function dataUsed(mountPath: string): Promise<number> {
   if (!m) throw new BtrfsError(`cannot parse 'btrfs filesystem df ${mountPath}'`, { mountPath });
   return Number(m[2]);
 }
+
+/** The UUID of the btrfs filesystem holding `mountPath` (what `root=UUID=` names). */
+export async function filesystemUuid(mountPath: string): Promise<string> {
+  const r = await run('btrfs', ['filesystem', 'show', mountPath]);
+  const m = /uuid:\s*([0-9a-f-]{36})/i.exec(r.stdout);
+  if (!m) throw new BtrfsError(`btrfs filesystem show ${mountPath}: no uuid in its output`, { mountPath });
+  return m[1]!.toLowerCase();
+}

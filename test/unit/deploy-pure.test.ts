@@ -57,8 +57,12 @@ describe('deploy/hooks planHooks', () => {
   });
   it('a new kernel without an initrd: dracut for that version', () => {
     const p = planHooks(DEFAULT_HOOKS, facts({ kernels: ['6.1.0', '6.2.0'], changed: ['6.2.0'], withoutInitrd: ['6.1.0', '6.2.0'] }), 3, all);
-    assert.deepEqual(p[0], { name: 'initrd 6.2.0', argv: ['dracut', '--force', '--kver', '6.2.0', '/boot/initrd-6.2.0'] });
-    assert.equal(p.length, 3);
+    assert.deepEqual(p[0], { name: 'initrd 6.2.0', argv: ['dracut', '--force', '--kver', '6.2.0', '/usr/lib/modules/6.2.0/initrd'] });
+    assert.deepEqual(p.map((h) => h.name), ['initrd 6.2.0', 'grub2-mkconfig', 'sdbootutil'], 'update-initramfs is skipped where dracut is');
+  });
+  it('a Debian tree without dracut: update-initramfs -c -k for the new kernel', () => {
+    const p = planHooks(DEFAULT_HOOKS, facts({ kernels: ['6.1.0-13-amd64'], changed: ['6.1.0-13-amd64'], withoutInitrd: ['6.1.0-13-amd64'] }), 3, (x) => x === '/usr/sbin/update-initramfs');
+    assert.deepEqual(p, [{ name: 'update-initramfs 6.1.0-13-amd64', argv: ['update-initramfs', '-c', '-k', '6.1.0-13-amd64'] }]);
   });
   it('skips hooks whose program the new tree lacks', () => {
     const p = planHooks(DEFAULT_HOOKS, facts({ changed: ['6.1.0'], withoutInitrd: ['6.1.0'] }), 3, (p) => p === '/usr/sbin/grub2-mkconfig');

@@ -69,7 +69,8 @@ const command: Command = {
       'rolled-back': `snapshot ${r.snapshot} is unhealthy (${r.failed.join(', ')}): snapshot ${r.rollbackTo} is the default${r.rebooting ? ', rebooting' : ''}`,
       'no-rollback-target': `snapshot ${r.snapshot} is unhealthy (${r.failed.join(', ')}) and there is no good snapshot to roll back to`,
     }[r.outcome];
-    out.result([...r.checks.map(checkLine), what].join('\n'), r);
+    const settled = r.boot?.failed !== undefined ? [`snapshot ${r.boot.failed} never reached userspace (its boot counter ran out): marked bad, snapshot ${r.boot.backTo} is the default again`] : [];
+    out.result([...settled, ...r.checks.map(checkLine), what].join('\n'), r);
     return r.outcome === 'good' || r.outcome === 'verified' ? 0 : 1;
   },
 };
