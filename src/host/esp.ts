@@ -10,7 +10,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, statfs, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, rmdir, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { TiuError } from '../errors.ts';
 import { run } from './exec.ts';
@@ -122,7 +122,7 @@ export async function removeEsp(esp: string, rel: string, opts: { pruneParents?:
   for (let i = 0; i < (opts.pruneParents ?? 0) && dir !== esp && dir.startsWith(esp + '/'); i++) {
     const left = await readdir(dir).catch(() => undefined);
     if (!left || left.length) break;
-    await rm(dir, { recursive: false, force: true }).catch(() => undefined);
+    await rmdir(dir).catch(() => undefined);
     dir = dirname(dir);
     await fsyncDir(dir).catch(() => undefined);
   }
