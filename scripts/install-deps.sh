@@ -10,12 +10,17 @@ wanted=(
   attr:getfattr bzip2:bzip2
   # test/system: the VM image (debootstrap, chroot) and qemu to boot it
   qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap binutils:strip
+  # test/integration/boot-entries.test.ts and the VM: systemd-boot's EFI binary (a path), the ESP's mkfs
+  systemd-boot:/usr/lib/systemd/boot/efi/systemd-bootx64.efi dosfstools:mkfs.vfat
 )
 [ "${TIU_WITH_BENCH:-}" = 1 ] && wanted+=(debootstrap:debootstrap)
 missing=()
 for w in "${wanted[@]}"; do
   pkg=${w%%:*} cmd=${w#*:}
-  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || missing+=("$pkg")
+  case $cmd in
+    /*) [ -e "$cmd" ] || missing+=("$pkg") ;;
+    *) command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || missing+=("$pkg") ;;
+  esac
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
