@@ -25,7 +25,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { gzipSync, zstdCompressSync } from 'node:zlib';
+import { buffer } from 'node:stream/consumers';
+import { constants as zc, createGzip, createZstdCompress, gzipSync, zstdCompressSync } from 'node:zlib';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { run } from '../../src/host/exec.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
@@ -626,4 +627,41 @@ export async function startHostileRegistry(): Promise<HostileRegistry> {
         server.close(() => r());
       }),
   };
+}
+
+/** One zstd frame of `size` zero bytes, compressed as a stream (no buffer of `size` bytes). */
+export async function zstdZeros(size: number, level = 1): Promise<Buffer> {
+  const chunk = Buffer.alloc(1 << 20);
+  const src = Readable.from(
+    (function* () {
+      for (let left = size; left > 0; left -= chunk.length) yield left >= chunk.length ? chunk : chunk.subarray(0, left);
+    })(),
+  );
+  return buffer(src.pipe(createZstdCompress({ params: { [zc.ZSTD_c_compressionLevel]: level } })));
+}
+
+/**
+ * A gzip tar layer: `entries`, then one file `name` of `size` bytes of `block` repeated (not
+ * zeros by default: those could become holes), streamed, with a header written by hand so
+ * `size` may exceed what makeTar would buffer.
+ */
+export async function gzipTarWithFill(entries: TarSpec[], name: string, size: number, o: { block?: Buffer; level?: number; mtime?: number } = {}): Promise<Blob> {
+  const block = o.block ?? Buffer.alloc(1 << 20, 'x');
+  const head = makeTar(entries).subarray(0, -1024);
+  const hdr = Buffer.from(makeTar([{ name, content: '', mtime: o.mtime ?? 1_767_225_600 }]).subarray(0, 512));
+  hdr.write(size.toString(8).padStart(11, '0') + '\0', 124);
+  hdr.write('        ', 148);
+  let sum = 0;
+  for (const b of hdr) sum += b;
+  hdr.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
+  const src = Readable.from(
+    (function* () {
+      yield head;
+      yield hdr;
+      for (let left = size; left > 0; left -= block.length) yield left >= block.length ? block : block.subarray(0, left);
+      yield Buffer.alloc((512 - (size % 512)) % 512);
+      yield Buffer.alloc(1024);
+    })(),
+  );
+  return rawLayer(await buffer(src.pipe(createGzip({ level: o.level ?? 1 }))), MediaType.OciLayerGzip);
 }

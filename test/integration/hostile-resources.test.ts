@@ -15,9 +15,7 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
-import { buffer } from 'node:stream/consumers';
-import { constants as zc, createGzip, createZstdCompress, gzipSync, zstdCompressSync } from 'node:zlib';
+import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs } from '../helpers/microos.ts';
 import { makeTar, type TarSpec } from '../helpers/tarball.ts';
@@ -38,7 +36,8 @@ import {
   tarLayer,
   tocLayer,
   writeImage,
-  type Blob,
+  zstdZeros,
+  gzipTarWithFill,
   type HostileEnv,
   type HostileRegistry,
 } from '../helpers/hostile.ts';
@@ -47,39 +46,6 @@ const sha = (b: Uint8Array | string): string => `sha256:${createHash('sha256').u
 const MiB = 1 << 20;
 const GiB = 1024 ** 3;
 const T = 1_767_225_600;
-
-/** One zstd frame of `size` zero bytes, compressed as a stream (no big buffer here either). */
-async function zstdZeros(size: number): Promise<Buffer> {
-  const chunk = Buffer.alloc(MiB);
-  const src = Readable.from(
-    (function* () {
-      for (let left = size; left > 0; left -= chunk.length) yield left >= chunk.length ? chunk : chunk.subarray(0, left);
-    })(),
-  );
-  return buffer(src.pipe(createZstdCompress({ params: { [zc.ZSTD_c_compressionLevel]: 3 } })));
-}
-
-/** A gzip tar layer: `entries`, then `name` of `size` bytes of `block` repeated (never a hole). */
-async function gzipTarWith(entries: TarSpec[], name: string, size: number, block: Buffer): Promise<Blob> {
-  const head = makeTar(entries).subarray(0, -1024);
-  const hdr = Buffer.from(makeTar([{ name, content: '', mtime: T }]).subarray(0, 512));
-  hdr.write(size.toString(8).padStart(11, '0') + '\0', 124);
-  hdr.write('        ', 148);
-  let sum = 0;
-  for (const b of hdr) sum += b;
-  hdr.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
-  const src = Readable.from(
-    (function* () {
-      yield head;
-      yield hdr;
-      for (let left = size; left > 0; left -= block.length) yield left >= block.length ? block : block.subarray(0, left);
-      yield Buffer.alloc((512 - (size % 512)) % 512);
-      yield Buffer.alloc(1024);
-    })(),
-  );
-  const data = await buffer(src.pipe(createGzip({ level: 9 })));
-  return rawLayer(data, MediaType.OciLayerGzip);
-}
 
 /** `bin/tiu ARGS` with its peak RSS (VmHWM of the node process, polled from /proc). */
 function runMeasured(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string; hwmKiB: number }> {
@@ -178,7 +144,7 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
     const block = Buffer.alloc(4096);
     block[0] = 1;
     const size = Math.floor((free0 - reserve + 60 * MiB) / 4096) * 4096;
-    const layer = await gzipTarWith(osTarEntries(base), 'usr/share/fake/fill', size, block);
+    const layer = await gzipTarWithFill(osTarEntries(base), 'usr/share/fake/fill', size, { block, level: 9 });
     assert.ok(layer.data.length < 2 * MiB, `a small layer (${layer.data.length} bytes)`);
     const t = tag();
     await writeImage(env.layout, t, [layer]);
@@ -204,7 +170,7 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
   });
 
   it('tar path: a file of zeros larger than the filesystem (a ~1 MB layer) -> DISK_FULL before writing it', async () => {
-    const layer = await gzipTarWith(osTarEntries(base), 'usr/share/fake/zeros', GiB, Buffer.alloc(MiB));
+    const layer = await gzipTarWithFill(osTarEntries(base), 'usr/share/fake/zeros', GiB, { block: Buffer.alloc(MiB), level: 9 });
     const t = tag();
     await writeImage(env.layout, t, [layer]);
     const t0 = Date.now();

@@ -12,9 +12,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { lstat, mkdir, readdir, readFile, statfs, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { Readable } from 'node:stream';
-import { buffer } from 'node:stream/consumers';
-import { createGzip, createZstdCompress, constants as zc, gzipSync, zstdCompressSync } from 'node:zlib';
+import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { buildBundle } from '../../src/bundle/build.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { run } from '../../src/host/exec.ts';
@@ -33,7 +31,8 @@ import {
   tarLayer,
   tocLayer,
   writeImage,
-  type Blob,
+  zstdZeros,
+  gzipTarWithFill,
   type HostileEnv,
   type HostileRegistry,
 } from '../helpers/hostile.ts';
@@ -42,40 +41,6 @@ import { makeTar, type TarSpec } from '../helpers/tarball.ts';
 
 const sha = (b: Uint8Array | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const T = 1_767_225_600;
-
-/** zstd of `size` zero bytes, streamed (one frame, no 2 GiB buffer). */
-async function zstdZeros(size: number): Promise<Buffer> {
-  const z = createZstdCompress({ params: { [zc.ZSTD_c_compressionLevel]: 1 } });
-  const chunk = Buffer.alloc(1 << 20);
-  const src = Readable.from(
-    (function* () {
-      for (let left = size; left > 0; left -= chunk.length) yield left >= chunk.length ? chunk : chunk.subarray(0, left);
-    })(),
-  );
-  return buffer(src.pipe(z));
-}
-
-/** A gzip tar layer: `entries`, then one file of `size` bytes of 'x' (not zeros: those could become holes), streamed. */
-async function gzipTarWithFill(entries: TarSpec[], name: string, size: number): Promise<Blob> {
-  const head = makeTar(entries).subarray(0, -1024);
-  const hdr = Buffer.from(makeTar([{ name, content: '', mtime: T }]).subarray(0, 512));
-  hdr.write(size.toString(8).padStart(11, '0') + '\0', 124);
-  hdr.write('        ', 148);
-  let sum = 0;
-  for (const b of hdr) sum += b;
-  hdr.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
-  const chunk = Buffer.alloc(1 << 20, 'x');
-  const src = Readable.from(
-    (function* () {
-      yield head;
-      yield hdr;
-      for (let left = size; left > 0; left -= chunk.length) yield left >= chunk.length ? chunk : chunk.subarray(0, left);
-      yield Buffer.alloc((512 - (size % 512)) % 512);
-      yield Buffer.alloc(1024);
-    })(),
-  );
-  return rawLayer(await buffer(src.pipe(createGzip({ level: 1 }))), MediaType.OciLayerGzip);
-}
 
 describe('hostile images are refused cleanly or skipped: nothing outside the new snapshot changes (tiu update CLI, MicroOS btrfs)', function () {
   this.timeout(600_000);
