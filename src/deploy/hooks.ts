@@ -4,9 +4,10 @@
  * about the old and new trees (kernels, initrds), separately from running them. A failing
  * hook aborts the update.
  */
-import { lstat, readdir } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { join } from 'node:path';
 import { withChroot } from '../host/chroot.ts';
+import { RootedDir } from './rooted.ts';
 import { TiuError, asError } from '../errors.ts';
 import type { HookSpec } from './config.ts';
 
@@ -30,18 +31,31 @@ export interface PlannedHook {
   argv: string[];
 }
 
+/**
+ * What is at `rel` in the tree, read beneath its root without following a link: image content is
+ * hostile, and a symlink on the way (`usr/lib/modules -> /host/dir`) means nothing is there.
+ */
+async function lstatIn(root: RootedDir, rel: string): Promise<Stats | undefined> {
+  return root.lstat(rel).catch(() => undefined);
+}
+
+async function namesIn(root: RootedDir, rel: string): Promise<string[]> {
+  if (!(await root.isDir(rel).catch(() => false))) return [];
+  return (await root.readdir(rel)).map((d) => d.name);
+}
+
 /** openSUSE keeps the kernel next to its modules, Debian in /boot/vmlinuz-<ver>. */
-async function kernelSignature(root: string, ver: string): Promise<string | undefined> {
+async function kernelSignature(root: RootedDir, ver: string): Promise<string | undefined> {
   for (const f of [...['vmlinuz', 'Image', 'vmlinux'].map((k) => join('usr/lib/modules', ver, k)), `boot/vmlinuz-${ver}`]) {
-    const s = await lstat(join(root, f)).catch(() => undefined);
+    const s = await lstatIn(root, f);
     if (s?.isFile()) return `${f}:${s.size}:${s.mtimeMs}`;
   }
   return undefined;
 }
 
-async function kernelVersions(root: string): Promise<string[]> {
-  const names = await readdir(join(root, 'usr/lib/modules')).catch(() => [] as string[]);
-  const debian = (await readdir(join(root, 'boot')).catch(() => [] as string[])).flatMap((n) => /^vmlinuz-(.+)$/.exec(n)?.[1] ?? []);
+async function kernelVersions(root: RootedDir): Promise<string[]> {
+  const names = await namesIn(root, 'usr/lib/modules');
+  const debian = (await namesIn(root, 'boot')).flatMap((n) => /^vmlinuz-(.+)$/.exec(n)?.[1] ?? []);
   const out: string[] = [];
   for (const n of new Set([...names, ...debian])) if ((await kernelSignature(root, n)) !== undefined) out.push(n);
   return out.sort();
@@ -50,14 +64,16 @@ async function kernelVersions(root: string): Promise<string[]> {
 /** Where an initrd for `ver` may be: next to the modules (dracut hook, openSUSE), Debian's /boot/initrd.img-<ver>, older tiu's /boot/initrd-<ver>. */
 export const INITRD_PATHS = (ver: string): string[] => [join('usr/lib/modules', ver, 'initrd'), `boot/initrd.img-${ver}`, `boot/initrd-${ver}`];
 
-export async function kernelFacts(oldRoot: string, newRoot: string): Promise<KernelFacts> {
+export async function kernelFacts(oldDir: string, newDir: string): Promise<KernelFacts> {
+  const oldRoot = await RootedDir.open(oldDir);
+  const newRoot = await RootedDir.open(newDir);
   const kernels = await kernelVersions(newRoot);
   const changed: string[] = [];
   const withoutInitrd: string[] = [];
   for (const v of kernels) {
     if ((await kernelSignature(oldRoot, v)) !== (await kernelSignature(newRoot, v))) changed.push(v);
     let initrd = false;
-    for (const p of INITRD_PATHS(v)) if (await lstat(join(newRoot, p)).catch(() => undefined)) initrd = true;
+    for (const p of INITRD_PATHS(v)) if (await lstatIn(newRoot, p)) initrd = true;
     if (!initrd) withoutInitrd.push(v);
   }
   // A kernel that went away changes the boot menu too.
@@ -84,9 +100,10 @@ export function planHooks(hooks: readonly HookSpec[], facts: KernelFacts, snapsh
 
 /** Which `if-exists` paths exist in the new tree (as regular files or links, not following links out of it). */
 export async function existingPaths(root: string, hooks: readonly HookSpec[]): Promise<Set<string>> {
+  const rd = await RootedDir.open(root);
   const out = new Set<string>();
   for (const h of hooks) {
-    for (const p of [h.ifExists, h.unlessExists]) if (p && (await lstat(join(root, p)).catch(() => undefined))) out.add(p);
+    for (const p of [h.ifExists, h.unlessExists]) if (p && (await lstatIn(rd, p.replace(/^\/+/, '')))) out.add(p);
   }
   return out;
 }

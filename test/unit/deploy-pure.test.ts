@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { isTiuError } from '../../src/errors.ts';
 import { DEFAULT_HOOKS, parseConfig } from '../../src/deploy/config.ts';
 import { kernelFacts, planHooks, type KernelFacts } from '../../src/deploy/hooks.ts';
-import { mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deriveState, snapshotNumberOf } from '../../src/deploy/state.ts';
@@ -151,5 +151,17 @@ describe('deploy/hooks kernelFacts (on directories)', () => {
     assert.deepEqual((await kernelFacts(a, b)).changed, ['6.1']);
     const none = await tree('g', {});
     assert.deepEqual(await kernelFacts(none, none), { kernels: [], changed: [], withoutInitrd: [] });
+  });
+  it('reads the tree without following links out of it: a symlinked modules dir or kernel is no kernel', async () => {
+    const host = await tree('host', { '6.9': { vmlinuz: 'host kernel', initrd: true } });
+    const linkedDir = await tree('h', {});
+    await mkdir(join(linkedDir, 'usr/lib'), { recursive: true });
+    await symlink(join(host, 'usr/lib/modules'), join(linkedDir, 'usr/lib/modules'));
+    const linkedKernel = await tree('i', {});
+    await mkdir(join(linkedKernel, 'usr/lib/modules/6.9'), { recursive: true });
+    await symlink(join(host, 'usr/lib/modules/6.9/vmlinuz'), join(linkedKernel, 'usr/lib/modules/6.9/vmlinuz'));
+    const none = await tree('j', {});
+    assert.deepEqual(await kernelFacts(none, linkedDir), { kernels: [], changed: [], withoutInitrd: [] });
+    assert.deepEqual(await kernelFacts(none, linkedKernel), { kernels: [], changed: [], withoutInitrd: [] });
   });
 });
