@@ -10,6 +10,8 @@ wanted=(
   attr:getfattr bzip2:bzip2
   # test/system: the VM image (debootstrap, chroot) and qemu to boot it
   qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap binutils:strip
+  # test/system: the VM's GPT disk, its ESP (built with mtools) and UEFI firmware (a path, not a command)
+  ovmf:/usr/share/OVMF/OVMF_CODE_4M.fd fdisk:sfdisk mtools:mcopy
   # test/integration/boot-entries.test.ts and the VM: systemd-boot's EFI binary (a path), the ESP's mkfs
   systemd-boot:/usr/lib/systemd/boot/efi/systemd-bootx64.efi dosfstools:mkfs.vfat
 )

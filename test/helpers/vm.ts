@@ -1,8 +1,16 @@
 /**
  * The system tests' VM: builds (or reuses) the cached disk image of test/system/build-image.sh
  * and boots private copies of it in qemu under TCG. Every boot is one qemu process: qemu runs
- * with -no-reboot, so a reboot inside the VM ends it and the test starts the next boot, reading
- * what came up. The test talks to the VM over a virtio-serial port (org.tiu.test) served by
+ * with -no-reboot, so a reboot inside the VM (or a kernel panic, panic=5) ends it and the test
+ * starts the next boot, reading what came up.
+ *
+ * Two ways to boot (TIU_VM_BOOT, or `Vm.create(name, { boot })`):
+ *   'uefi'    (the default) the firmware (Debian's OVMF: CODE read-only, a private copy of VARS per VM that
+ *             outlives its qemu processes, as a machine's NVRAM does) starts systemd-boot from
+ *             the disk's ESP, which boots the default entry and counts its tries there: what a
+ *             device does. Everything a boot needs is on the VM's own disk.
+ *   'kernel'  qemu -kernel/-initrd/-append with snapshot 1's kernel and the image's cmdline
+ *             (no bootloader: the kernel mounts the btrfs default subvolume); TIU_VM_BOOT=kernel. The test talks to the VM over a virtio-serial port (org.tiu.test) served by
  * /usr/lib/tiu-test/shell.sh in the image; the serial console (kernel + systemd) goes to one
  * log file per boot, kept when a test fails.
  */
@@ -18,12 +26,25 @@ const execFileP = promisify(execFile);
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const vmCache = process.env.TIU_VM_CACHE ?? '/var/cache/tiu-test';
 
+export type BootPath = 'uefi' | 'kernel';
+/** The boot path of VMs that do not choose one. */
+export const defaultBootPath: BootPath = process.env.TIU_VM_BOOT === 'kernel' ? 'kernel' : 'uefi';
+const ovmfCode = process.env.TIU_OVMF_CODE ?? '/usr/share/OVMF/OVMF_CODE_4M.fd';
+const ovmfVars = process.env.TIU_OVMF_VARS ?? '/usr/share/OVMF/OVMF_VARS_4M.fd';
+
 export interface VmImage {
   dir: string;
   disk: string;
   kernel: string;
   initrd: string;
+  /** `uname -r` of snapshot 1's kernel. */
+  kver: string;
+  /** The kernel command line of snapshot 1's entry (root=UUID=..., the btrfs default subvolume). */
   cmdline: string;
+  /** The same without root= (the guest's /etc/kernel/cmdline). */
+  cmdlineOptions: string;
+  /** A second kernel (another `uname -r`) as a tree fragment: boot/, usr/lib/modules/KVER/. */
+  kernel2: { tree: string; kver: string };
   /** The root tree installed as snapshot 1 (with /var etc.): the source for test bundles. */
   tree: string;
   /** Wall time of build-image.sh in this process (0 when an earlier call had it). */
@@ -45,13 +66,16 @@ export function vmImage(): Promise<VmImage> {
     const buildMs = Date.now() - t0;
     if (stderr.trim()) process.stderr.write(stderr.replace(/^/gm, '      '));
     const dir = stdout.trim().split('\n').pop()!;
-    const cmdline = (await readFile(join(dir, 'cmdline'), 'utf8')).trim();
+    const read = async (f: string) => (await readFile(join(dir, f), 'utf8')).trim();
     return {
       dir,
       disk: join(dir, 'disk.raw'),
       kernel: join(dir, 'vmlinuz'),
       initrd: join(dir, 'initrd.img'),
-      cmdline,
+      kver: await read('kver'),
+      cmdline: await read('cmdline'),
+      cmdlineOptions: await read('cmdline-options'),
+      kernel2: { tree: join(dir, 'kernel2'), kver: await read('kernel2/kver') },
       tree: join(dir, 'tree'),
       buildMs,
     };
@@ -84,6 +108,9 @@ export class Vm {
   readonly image: VmImage;
   readonly workdir: string;
   readonly disk: string;
+  readonly bootPath: BootPath;
+  /** The VM's UEFI variable store (its NVRAM), kept across boots. */
+  readonly efiVars: string;
   readonly extraDisks: ExtraDisk[] = [];
   /**
    * The network of the next boots: 'none' (-nic none), or 'user': qemu user networking with a
@@ -105,18 +132,21 @@ export class Vm {
   private nextId = 1;
   private running = false;
 
-  private constructor(image: VmImage, workdir: string) {
+  private constructor(image: VmImage, workdir: string, bootPath: BootPath) {
     this.image = image;
     this.workdir = workdir;
     this.disk = join(workdir, 'disk.raw');
+    this.bootPath = bootPath;
+    this.efiVars = join(workdir, 'OVMF_VARS.fd');
   }
 
-  static async create(name: string): Promise<Vm> {
+  static async create(name: string, opts: { boot?: BootPath } = {}): Promise<Vm> {
     const image = await vmImage();
     const workdir = await mkdtemp(join(process.env.TIU_VM_WORKDIR ?? '/var/tmp', `tiu-vm-${name}-`));
-    const vm = new Vm(image, workdir);
+    const vm = new Vm(image, workdir, opts.boot ?? defaultBootPath);
     // A sparse private copy; the cached image stays untouched.
     await execFileP('cp', ['--sparse=always', image.disk, vm.disk]);
+    if (vm.bootPath === 'uefi') await copyFile(ovmfVars, vm.efiVars);
     return vm;
   }
 
@@ -159,12 +189,25 @@ export class Vm {
     const args = [
       '-accel', 'tcg', '-cpu', 'max', '-smp', '2', '-m', '1024',
       '-no-reboot', '-display', 'none', '-monitor', 'none', '-serial', 'stdio',
-      '-nic', this.network === 'user' ? 'user,model=virtio-net-pci' : 'none',
-      '-kernel', this.image.kernel, '-initrd', this.image.initrd, '-append', this.image.cmdline,
-      // The root disk first: PCI slots go in command-line order, so it is /dev/vda.
-      '-drive', `file=${this.disk},format=raw,if=none,id=root,cache=writeback,discard=unmap`,
-      '-device', 'virtio-blk-pci,drive=root,serial=tiuroot',
     ];
+    if (this.bootPath === 'uefi') {
+      args.push(
+        '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${ovmfCode}`,
+        '-drive', `if=pflash,format=raw,unit=1,file=${this.efiVars}`,
+        // No option ROM: the firmware never tries to boot from the network.
+        ...(this.network === 'user' ? ['-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0,romfile='] : ['-nic', 'none']),
+      );
+    } else {
+      args.push(
+        '-nic', this.network === 'user' ? 'user,model=virtio-net-pci' : 'none',
+        '-kernel', this.image.kernel, '-initrd', this.image.initrd, '-append', this.image.cmdline,
+      );
+    }
+    args.push(
+      // The root disk first: PCI slots go in command-line order, so it is /dev/vda; the firmware boots it.
+      '-drive', `file=${this.disk},format=raw,if=none,id=root,cache=writeback,discard=unmap`,
+      '-device', `virtio-blk-pci,drive=root,serial=tiuroot${this.bootPath === 'uefi' ? ',bootindex=0' : ''}`,
+    );
     this.extraDisks.forEach((d, i) => {
       args.push('-drive', `file=${d.path},format=raw,if=none,id=disk${i}${d.readonly ? ',readonly=on' : ''}`);
       args.push('-device', `virtio-blk-pci,drive=disk${i},serial=${d.serial}`);

@@ -1,6 +1,7 @@
 /**
  * Developer tool: boot the test VM once and run the given shell commands in it, printing their
  * output (e.g. `node test/system/debug-boot.ts 'systemd-analyze blame'`). Keeps nothing.
+ * TIU_VM_BOOT=uefi boots through OVMF and systemd-boot (test/helpers/vm.ts).
  */
 import { Vm } from '../helpers/vm.ts';
 

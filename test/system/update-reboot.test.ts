@@ -14,6 +14,9 @@
  *      registry on the host over qemu user networking (10.0.2.2 in the guest); unsigned, it is
  *      refused with nothing written; signed, v5 boots and is marked good
  *
+ * The VM boots as Vm.create chooses (test/helpers/vm.ts): through OVMF and systemd-boot on the
+ * disk's ESP, the entries tiu writes (or with qemu -kernel when TIU_VM_BOOT=kernel).
+ *
  * The scenarios build on each other like one device's history (each boot under TCG is
  * expensive; CI time is shared). A failing test keeps the consoles of every boot.
  */
@@ -199,8 +202,14 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
   it('0: the VM boots snapshot 1 of the MicroOS layout: read-only root, writable /etc subvolume, the other subvolumes', async function () {
     const v = vm!;
     assert.equal((await v.sh('findmnt -n -o FSTYPE /')).trim(), 'btrfs');
-    assert.equal((await v.sh('findmnt -n -o FSROOT /')).trim(), '/@/.snapshots/1/snapshot', 'the kernel mounted the default subvolume');
-    assert.doesNotMatch(await v.sh('cat /proc/cmdline'), /subvol/);
+    assert.equal((await v.sh('findmnt -n -o FSROOT /')).trim(), '/@/.snapshots/1/snapshot');
+    if (v.bootPath === 'uefi') {
+      // systemd-boot's entry names the snapshot.
+      assert.match(await v.sh('cat /proc/cmdline'), / rootflags=subvol=@\/\.snapshots\/1\/snapshot /);
+    } else {
+      // -kernel: no subvol=, the kernel mounted the default subvolume.
+      assert.doesNotMatch(await v.sh('cat /proc/cmdline'), /subvol/);
+    }
     assert.match(await v.sh('btrfs subvolume get-default /'), /path @\/\.snapshots\/1\/snapshot$/m);
     const ro = await v.run('touch /probe');
     assert.notEqual(ro.code, 0);
@@ -208,6 +217,15 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     await v.sh('touch /etc/probe && rm /etc/probe');
     for (const m of ['/var', '/.snapshots', '/home', '/root', '/opt', '/srv', '/usr/local']) {
       assert.equal((await v.sh(`findmnt -n -o FSROOT ${m}`)).trim(), `/@${m}`);
+    }
+    // The GPT disk's ESP, with systemd-boot and snapshot 1's entry.
+    assert.equal((await v.sh('findmnt -n -o FSTYPE,SOURCE /boot/efi')).trim().replace(/\s+/g, ' '), 'vfat /dev/vda1');
+    assert.equal((await v.run('test -f /boot/efi/EFI/BOOT/BOOTX64.EFI -a -f /boot/efi/loader/loader.conf')).code, 0);
+    if (v.bootPath === 'uefi') {
+      // Booted by the firmware through systemd-boot, from the disk (no -kernel).
+      const bootctl = await v.sh('bootctl status 2>&1');
+      assert.match(bootctl, /Product: systemd-boot 25\d/, bootctl);
+      assert.match(bootctl, /Boot counting/, bootctl);
     }
     // Installed by scripts/install.sh: tiu's own Node 24, running compiled JavaScript.
     assert.match(await v.sh('/usr/lib/tiu/node_modules/.bin/node --version'), /^v24\./);
