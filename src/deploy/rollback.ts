@@ -41,6 +41,8 @@ export async function rollback(opts: { sysroot?: string; snapshot?: number } = {
       await sd.stageFiles(ctx, plan);
       await sd.stageEntry(plan);
     }
+    // A LoaderEntryDefault naming another entry would keep the loader off N (see commitSnapshot).
+    if (sd) await sd.clearForeignEntryDefault();
     if (state.default !== to) await setDefaultSnapshot(ctx, to);
     // Not settleBoot: an admin's rollback to a snapshot whose counter ran out gives it tries again.
     if (sd) await sd.reconcile(ctx, await readState(ctx), config, { required: [to] });

@@ -20,6 +20,7 @@ import { TiuError } from '../errors.ts';
 import { RootedDir } from './rooted.ts';
 import { readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
 import type { SystemdBoot } from './boot/systemd-boot.ts';
+import { LOADER_DEFAULT } from './boot/entries.ts';
 import type { TiuConfig } from './config.ts';
 
 export class SnapshotError extends TiuError {
@@ -141,7 +142,7 @@ export interface CommitOptions {
   digest: string;
   etcConflicts: number;
   /** systemd-boot integration (src/deploy/boot), when the host has it. */
-  boot?: { sd: SystemdBoot; config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'> };
+  boot?: { sd: SystemdBoot; config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'>; log?: (line: string) => void };
 }
 
 /**
@@ -193,6 +194,11 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
       crashPoint('boot-files');
       await o.boot.sd.stageEntry(plan);
       crashPoint('boot-entry');
+      // Before the commit point: a LoaderEntryDefault (bootctl set-default) naming another entry
+      // would keep the loader there after the commit. A crash after its removal boots the old
+      // default through loader.conf's `default tiu-*` (N's entry is still parked).
+      const removed = await o.boot.sd.clearForeignEntryDefault();
+      if (removed !== undefined) o.boot.log?.(`removed the EFI variable LoaderEntryDefault ('${removed}'): it overrides loader.conf's 'default ${LOADER_DEFAULT}' and would keep systemd-boot off snapshot ${n}`);
     } catch (e) {
       await o.boot.sd.dropSnapshot(n).catch(() => undefined);
       throw e;

@@ -465,7 +465,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       const hooks = await runHooks(newRoot, planned, { sysroot: ctx.sysroot, signal });
 
       signal?.throwIfAborted();
-      await commitSnapshot(ctx, n, { image, digest: root.digest, etcConflicts: etc.conflicts.length, ...(boot ? { boot: { sd: boot, config } } : {}) });
+      await commitSnapshot(ctx, n, { image, digest: root.digest, etcConflicts: etc.conflicts.length, ...(boot ? { boot: { sd: boot, config, log: progress } } : {}) });
       progress(`snapshot ${n} is the default: it boots next`);
       await releaseFromCache(cache, root.digest, progress);
       return {

@@ -6,7 +6,7 @@
  * reconcile removes).
  *
  * Paths given here are relative to the ESP's mount point; they are made by tiu's boot planner
- * from validated names (src/deploy/boot/names.ts), never taken from image content as they are.
+ * from validated names (src/deploy/boot/entries.ts), never taken from image content as they are.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
@@ -170,24 +170,80 @@ export async function espSpace(esp: string): Promise<EspSpace> {
 // --- EFI variables (systemd's Boot Loader Interface, vendor GUID 4a67b082-0a4c-41cf-b6c7-440b29bb8c4f) ---
 
 export const LOADER_GUID = '4a67b082-0a4c-41cf-b6c7-440b29bb8c4f';
-const EFIVARS = '/sys/firmware/efi/efivars';
+export const EFIVARS = '/sys/firmware/efi/efivars';
+/** NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS, what bootctl set-default writes. */
+export const LOADER_VARIABLE_ATTRIBUTES = 0x7;
+/** Larger boot loader string variables are not read (a firmware has a few KiB per variable). */
+export const MAX_LOADER_VARIABLE = 4096;
+
+/**
+ * Where the EFI variables of the system at `sysroot` are: efivarfs for the running system
+ * (`/`); none for another sysroot (its firmware is not this machine's). TIU_TEST_EFIVARS=DIR
+ * stands in for efivarfs in tests (this machine may have none).
+ */
+export function efivarsDir(sysroot: string): string | undefined {
+  const test = process.env.TIU_TEST_EFIVARS;
+  if (test) return test;
+  return sysroot === '/' ? EFIVARS : undefined;
+}
+
+/**
+ * An efivarfs file's bytes for a boot loader string variable: the 4-byte little-endian
+ * attributes, then the value in UTF-16LE with its terminating NUL (as systemd writes them).
+ * efivarfs takes a variable in one write() of exactly these bytes.
+ */
+export function encodeLoaderVariable(value: string, attributes = LOADER_VARIABLE_ATTRIBUTES): Buffer {
+  const head = Buffer.alloc(4);
+  head.writeUInt32LE(attributes >>> 0);
+  return Buffer.concat([head, Buffer.from(`${value}\0`, 'utf16le')]);
+}
+
+/**
+ * An efivarfs file's bytes -> attributes and string value (up to the first NUL); undefined for
+ * what is not a UTF-16 string variable (shorter than the attributes, an odd number of value
+ * bytes, larger than MAX_LOADER_VARIABLE).
+ */
+export function decodeLoaderVariable(raw: Uint8Array): { attributes: number; value: string } | undefined {
+  if (raw.length < 4 || (raw.length - 4) % 2 !== 0 || raw.length - 4 > MAX_LOADER_VARIABLE) return undefined;
+  const b = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+  const text = b.subarray(4).toString('utf16le');
+  const nul = text.indexOf('\0');
+  return { attributes: b.readUInt32LE(0), value: nul < 0 ? text : text.slice(0, nul) };
+}
+
+function loaderVariablePath(name: string, dir: string): string {
+  if (!/^[A-Za-z][A-Za-z0-9]{0,63}$/.test(name)) throw new EspError('UNSAFE_PATH', `refusing EFI variable name '${name}'`, { name });
+  return join(dir, `${name}-${LOADER_GUID}`);
+}
 
 /** A UTF-16LE string variable of the boot loader interface (LoaderEntrySelected, LoaderEntryDefault, ...), or undefined. */
-export async function readLoaderVariable(name: string): Promise<string | undefined> {
-  const raw = await readFile(join(EFIVARS, `${name}-${LOADER_GUID}`)).catch(() => undefined);
-  if (!raw || raw.length < 4) return undefined;
-  // 4 bytes of attributes, then the value; strings are NUL-terminated UTF-16LE.
-  const s = raw.subarray(4).toString('utf16le');
-  return s.replace(/\0+$/, '');
+export async function readLoaderVariable(name: string, dir: string | undefined = EFIVARS): Promise<string | undefined> {
+  if (!dir) return undefined;
+  const fh = await open(loaderVariablePath(name, dir), constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
+  if (!fh) return undefined;
+  try {
+    const buf = Buffer.alloc(4 + MAX_LOADER_VARIABLE + 2);
+    let got = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
+      if (bytesRead === 0 || (got += bytesRead) === buf.length) break;
+    }
+    return decodeLoaderVariable(buf.subarray(0, got))?.value;
+  } finally {
+    await fh.close();
+  }
 }
 
 /**
  * Remove a boot loader variable (LoaderEntryDefault overrides loader.conf's `default`). efivarfs
- * files are immutable until chattr -i.
+ * creates the files of non-standard variables immutable: `chattr -i` first (a filesystem without
+ * file attributes, the stand-in of the tests, makes chattr fail; the unlink then says whether
+ * it mattered). EFI_VARIABLE_IMMUTABLE when the variable stays. False when it was not there.
  */
-export async function removeLoaderVariable(name: string): Promise<boolean> {
-  const path = join(EFIVARS, `${name}-${LOADER_GUID}`);
-  const exists = await open(path, constants.O_RDONLY).then(
+export async function removeLoaderVariable(name: string, dir: string | undefined = EFIVARS): Promise<boolean> {
+  if (!dir) return false;
+  const path = loaderVariablePath(name, dir);
+  const exists = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).then(
     async (fh) => {
       await fh.close();
       return true;
@@ -195,8 +251,11 @@ export async function removeLoaderVariable(name: string): Promise<boolean> {
     () => false,
   );
   if (!exists) return false;
-  await run('chattr', ['-i', path], { okExitCodes: [0, 1] });
-  await unlink(path);
+  await run('chattr', ['-i', path], { okExitCodes: [0, 1] }).catch(() => undefined);
+  await unlink(path).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return;
+    throw new EspError('EFI_VARIABLE_IMMUTABLE', `cannot remove the EFI variable ${name} (${path}): ${e.code ?? e.message}`, { name, path }, { cause: e });
+  });
   return true;
 }
 

@@ -50,7 +50,7 @@ const command: Command = {
     for (const s of snapshots) {
       for (const c of s.pendingEtcConflicts) lines.push(`snapshot ${s.number}: /etc conflict: ${c} kept as changed locally, the image's version is ${c}.tiunew`);
     }
-    out.result(lines.join('\n'), { sysroot: state.sysroot, boot: { integration: boot.integration, esp: boot.esp, loaderDefault: boot.loaderDefault, selected: boot.selected }, booted: state.booted, default: state.default, staged: state.staged, rollback: state.rollback, snapshots });
+    out.result(lines.join('\n'), { sysroot: state.sysroot, boot: { integration: boot.integration, esp: boot.esp, loaderDefault: boot.loaderDefault, efiEntryDefault: boot.efiEntryDefault, selected: boot.selected }, booted: state.booted, default: state.default, staged: state.staged, rollback: state.rollback, snapshots });
   },
 };
 export default command;

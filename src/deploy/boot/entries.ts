@@ -70,8 +70,16 @@ export function entryState(e: EntryName): EntryState {
   return e.triesLeft === 0 ? 'bad' : 'counting';
 }
 
-/** A kernel version usable in ESP paths and entry text. */
-export const KVER_RE = /^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$/;
+/**
+ * A kernel version usable in ESP paths and entry text: no `/`, no `..` component, no control
+ * characters, at most 128 bytes; and not ending in `.`, which vfat drops from a name
+ * (`6.1.` and `6.1` would be one directory on the ESP, and the reconcile would delete the
+ * kernel of the entry that names the other spelling).
+ */
+export const KVER_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._+~-]{0,126}[A-Za-z0-9_+~-])?$/;
+
+/** ESP paths compare as vfat does: case-insensitively (`tiu/6.1-A/…` and `tiu/6.1-a/…` are one file). */
+export const espKey = (rel: string): string => rel.toLowerCase();
 
 /** Kernel command line tokens, double quotes kept together (`a="b c"` is one token). */
 export function splitCmdline(s: string): string[] {
@@ -89,8 +97,17 @@ export function splitCmdline(s: string): string[] {
   return out;
 }
 
-/** Parameters tiu sets itself: an image's or admin's are dropped. */
-const OWN = /^(root|rootflags|BOOT_IMAGE|initrd)=/;
+/**
+ * Parameters tiu sets itself (or that would mount something else than the snapshot): an image's
+ * or admin's are dropped. Compared as the parsers of the command line read a key: the kernel
+ * skips a leading `"` (`"root=/dev/x"` sets root), systemd's initrd removes every quote
+ * (`ro"ot"=x` is root=x), and both take `-` and `_` as the same character.
+ */
+const OWN = new Set(['root', 'rootflags', 'boot_image', 'initrd', 'mount.usr', 'mount.usrflags', 'mount.usrfstype']);
+export function ownParameter(token: string): boolean {
+  const key = token.replace(/"/g, '').split('=', 1)[0]!.replace(/-/g, '_').toLowerCase();
+  return token.replace(/"/g, '').includes('=') && OWN.has(key);
+}
 
 /**
  * A command line from image data (`/etc/kernel/cmdline`) or tiu.conf: valid UTF-8, no control
@@ -112,7 +129,7 @@ export function sanitizeCmdline(raw: Uint8Array | string, source: string): strin
   }
   if (Buffer.byteLength(text) > MAX_CMDLINE) throw new BootError('BAD_CMDLINE', `${source} is longer than ${MAX_CMDLINE} bytes`, { source });
   if ((text.match(/"/g) ?? []).length % 2) throw new BootError('BAD_CMDLINE', `${source} has an unbalanced quote`, { source });
-  return splitCmdline(text.replace(/\t/g, ' ')).filter((t) => !OWN.test(t));
+  return splitCmdline(text.replace(/\t/g, ' ')).filter((t) => !ownParameter(t));
 }
 
 export interface EntryFile {
@@ -227,11 +244,12 @@ const counterOf = (name: string): { left?: number; done?: number } => {
 };
 
 /**
- * The entry systemd-boot 252 starts without a human (no LoaderEntryOneShot/LoaderEntryDefault):
+ * The entry systemd-boot 252 starts without a human (no LoaderEntryOneShot; LoaderEntryDefault, when
+ * given and matching an entry, before loader.conf's `default`):
  * entries sorted with no-tries-left first, then by version comparison of the lower-cased file
  * name, then by tries; the `default` pattern picks the last match; without a match, the last entry.
  */
-export function selectedEntry(names: readonly string[], defaultPattern: string | undefined): string | undefined {
+export function selectedEntry(names: readonly string[], defaultPattern: string | undefined, efiEntryDefault?: string): string | undefined {
   const sorted = [...names].sort((a, b) => {
     const ca = counterOf(a);
     const cb = counterOf(b);
@@ -244,8 +262,10 @@ export function selectedEntry(names: readonly string[], defaultPattern: string |
     if (ca.left !== cb.left) return ca.left - cb.left;
     return (cb.done ?? 0) - (ca.done ?? 0);
   });
-  if (defaultPattern) {
-    for (let i = sorted.length - 1; i >= 0; i--) if (fnmatch(defaultPattern, sorted[i]!.toLowerCase())) return sorted[i];
+  // LoaderEntryDefault (bootctl set-default) first, when it matches an entry; then loader.conf.
+  for (const pattern of [efiEntryDefault, defaultPattern]) {
+    if (!pattern) continue;
+    for (let i = sorted.length - 1; i >= 0; i--) if (fnmatch(pattern.toLowerCase(), sorted[i]!.toLowerCase())) return sorted[i];
   }
   return sorted.at(-1);
 }
@@ -315,8 +335,8 @@ export function planReconcile(i: ReconcileInput): ReconcilePlan {
     if (to !== e.name) rename.push({ from: e.name, to });
   }
   const removed = new Set(remove);
-  const used = new Set(i.entries.filter((e) => !removed.has(e.name)).flatMap((e) => e.files));
-  const unusedFiles = i.files.filter((f) => !used.has(f));
+  const used = new Set(i.entries.filter((e) => !removed.has(e.name)).flatMap((e) => e.files.map(espKey)));
+  const unusedFiles = i.files.filter((f) => !used.has(espKey(f)));
   const missing = i.snapshots
     .filter((s) => !s.inProgress && s.health !== 'bad' && !keep.has(s.number) && (i.default === undefined || s.number <= i.default))
     .map((s) => s.number)

@@ -3,7 +3,7 @@
  * systemd-boot on an ESP (GRUB with grub2-snapper-plugin, no ESP) get `undefined` from
  * detectBoot and everything works as before.
  */
-import { procCmdline, readLoaderVariable } from '../../host/esp.ts';
+import { efivarsDir, procCmdline, readLoaderVariable } from '../../host/esp.ts';
 import { HEALTH_UD, failedValue, healthOf } from '../health.ts';
 import { setDefaultSnapshot } from '../snapshot.ts';
 import { readState, snapshotNumberOf, type Context, type SystemState } from '../state.ts';
@@ -31,7 +31,7 @@ export interface BootedFacts {
 export async function bootedFacts(ctx: Context, state: SystemState): Promise<BootedFacts> {
   if (ctx.sysroot !== '/') return { booted: state.booted };
   const fromCmdline = snapshotFromCmdline(await procCmdline().catch(() => ''));
-  const selected = await readLoaderVariable('LoaderEntrySelected');
+  const selected = await readLoaderVariable('LoaderEntrySelected', efivarsDir(ctx.sysroot));
   const fromEntry = selected ? parseEntryName(selected.replace(/^.*\//, ''))?.snapshot : undefined;
   return { booted: fromCmdline ?? fromEntry ?? state.booted, ...(selected ? { selectedEntry: selected } : {}) };
 }

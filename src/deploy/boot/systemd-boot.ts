@@ -8,7 +8,7 @@
 import { join } from 'node:path';
 import { realpath } from 'node:fs/promises';
 import { filesystemUuid, subvolumeShow } from '../../host/btrfs.ts';
-import { copyToEsp, espFileSize, espSpace, ESP_TMP_PREFIX, listEsp, readEspFile, removeEsp, renameEsp, writeEspFile } from '../../host/esp.ts';
+import { copyToEsp, efivarsDir, espFileSize, espSpace, ESP_TMP_PREFIX, listEsp, readEspFile, readLoaderVariable, removeEsp, removeLoaderVariable, renameEsp, writeEspFile } from '../../host/esp.ts';
 import { isMountPoint } from '../../host/mount.ts';
 import { asError, isTiuError } from '../../errors.ts';
 import type { TiuConfig } from '../config.ts';
@@ -24,12 +24,15 @@ import {
   entryOptions,
   entryState,
   entryText,
+  espKey,
   KERNEL_DIR,
   kernelRel,
   LOADER_CONF,
+  LOADER_DEFAULT,
   loaderConfWith,
   loaderDefaultOf,
   markedName,
+  MAX_CMDLINE,
   parseEntryName,
   planReconcile,
   sanitizeCmdline,
@@ -38,7 +41,7 @@ import {
   type EntryState,
   type EspEntry,
 } from './entries.ts';
-import { findKernels, hashHandle } from './kernels.ts';
+import { findKernels, hashHandle, readBounded } from './kernels.ts';
 
 export interface StagePlan {
   snapshot: number;
@@ -61,6 +64,8 @@ export interface BootStatus {
   integration: 'systemd-boot' | 'none';
   esp?: string;
   loaderDefault?: string;
+  /** The EFI variable LoaderEntryDefault (`bootctl set-default`), which overrides loaderDefault. */
+  efiEntryDefault?: string;
   /** The entry systemd-boot 252 starts next without a human. */
   selected?: string;
   entries: Record<number, SnapshotEntryStatus>;
@@ -84,15 +89,36 @@ export async function detectBoot(sysroot: string, config: Pick<TiuConfig, 'esp'>
     const sdDir = efiDir ? (await listEsp(abs, efiDir.name)).find((f) => f.dir && f.name.toLowerCase() === 'systemd') : undefined;
     const hasSdBoot = sdDir !== undefined && (await listEsp(abs, `${efiDir!.name}/${sdDir.name}`)).some((f) => !f.dir && /^systemd-boot.*\.efi$/i.test(f.name));
     const hasLoader = (await listEsp(abs, '')).some((f) => f.dir && f.name.toLowerCase() === 'loader');
-    if (hasSdBoot || hasLoader) return new SystemdBoot(abs);
+    if (hasSdBoot || hasLoader) return new SystemdBoot(abs, efivarsDir(sysroot));
   }
   return undefined;
 }
 
 export class SystemdBoot {
   readonly esp: string;
-  constructor(esp: string) {
+  /** The firmware's EFI variables (efivarfs) of this system; undefined for another sysroot. */
+  readonly efivars: string | undefined;
+  constructor(esp: string, efivars?: string) {
     this.esp = esp;
+    this.efivars = efivars;
+  }
+
+  /** LoaderEntryDefault (`bootctl set-default`), which systemd-boot prefers to loader.conf's `default`. */
+  async entryDefaultVariable(): Promise<string | undefined> {
+    return readLoaderVariable('LoaderEntryDefault', this.efivars);
+  }
+
+  /**
+   * Before a commit moves the default: a LoaderEntryDefault other than tiu's pattern would keep
+   * the loader on the entry it names (or on a non-tiu entry), silently losing the commit, so it
+   * is removed (loader.conf's `default tiu-*` then decides). Returns the removed value.
+   * EFI_VARIABLE_IMMUTABLE when it cannot be removed: the commit does not happen.
+   */
+  async clearForeignEntryDefault(): Promise<string | undefined> {
+    const v = await this.entryDefaultVariable();
+    if (v === undefined || v === LOADER_DEFAULT) return undefined;
+    await removeLoaderVariable('LoaderEntryDefault', this.efivars);
+    return v;
   }
 
   async entries(): Promise<EspEntry[]> {
@@ -139,6 +165,11 @@ export class SystemdBoot {
       if (!src) continue;
       const fh = await rd.openNoFollow(src, 'file');
       try {
+        // Bounded before it is read: a file larger than the whole ESP never fits (and a sparse
+        // many-GiB "kernel" is not hashed for minutes first).
+        const { size: espSize } = await espSpace(this.esp);
+        const st = await fh.stat();
+        if (st.size > espSize) throw new BootError('ESP_FULL', `snapshot ${n}'s /${src} (${st.size} bytes) is larger than the ESP ${this.esp} (${espSize} bytes): nothing was written`, { esp: this.esp, snapshot: n, size: st.size });
         const { sha256, size } = await hashHandle(fh);
         files.push({ src, dest: { espRel: kernelRel(k.kver, kind, sha256), sha256, size } });
       } finally {
@@ -146,7 +177,10 @@ export class SystemdBoot {
       }
     }
     const cmdlineFile = (await rd.lstat('etc/kernel/cmdline')) ? 'etc/kernel/cmdline' : (await rd.lstat('usr/lib/kernel/cmdline')) ? 'usr/lib/kernel/cmdline' : undefined;
-    const image = cmdlineFile ? sanitizeCmdline(await rd.readFile(cmdlineFile), `snapshot ${n}'s /${cmdlineFile}`) : [];
+    const cmdlineSource = `snapshot ${n}'s /${cmdlineFile}`;
+    const cmdlineBytes = cmdlineFile ? await readBounded(rd, cmdlineFile, MAX_CMDLINE + 2) : undefined;
+    if (cmdlineBytes === null) throw new BootError('BAD_CMDLINE', `${cmdlineSource} is longer than ${MAX_CMDLINE} bytes`, { source: cmdlineSource });
+    const image = cmdlineBytes ? sanitizeCmdline(cmdlineBytes, cmdlineSource) : [];
     const admin = config.kernelCmdline ? sanitizeCmdline(config.kernelCmdline, "tiu.conf's kernel-cmdline") : [];
     const subvol = (await subvolumeShow(root)).path;
     const options = entryOptions(await filesystemUuid(ctx.sysroot), subvol, image, admin);
@@ -154,9 +188,9 @@ export class SystemdBoot {
     if (o.tries !== false) {
       tries = config.bootTries;
       if (tries === undefined) {
-        const t = await rd.readFileIfExists('etc/kernel/tries');
+        const t = (await rd.lstat('etc/kernel/tries')) ? await readBounded(rd, 'etc/kernel/tries', 64) : undefined;
         if (t !== undefined) {
-          const s = t.toString('utf8').trim();
+          const s = t === null ? '(more than 64 bytes)' : t.toString('utf8').trim();
           if (!/^\d{1,3}$/.test(s) || Number(s) < 1 || Number(s) > 100) throw new BootError('BAD_BOOT_TRIES', `snapshot ${n}'s /etc/kernel/tries must be a number from 1 to 100, not '${s.slice(0, 20)}'`, { snapshot: n });
           tries = Number(s);
         }
@@ -182,8 +216,8 @@ export class SystemdBoot {
       return bytes;
     };
     if ((await espSpace(this.esp)).free >= (await need())) return;
-    const used = new Set((await this.entries()).flatMap((e) => e.files));
-    for (const f of await this.files()) if (!used.has(f)) await removeEsp(this.esp, f, { pruneParents: 1 });
+    const used = new Set((await this.entries()).flatMap((e) => e.files.map(espKey)));
+    for (const f of await this.files()) if (!used.has(espKey(f))) await removeEsp(this.esp, f, { pruneParents: 1 });
     const free = (await espSpace(this.esp)).free;
     const needed = await need();
     if (free < needed) {
@@ -214,8 +248,8 @@ export class SystemdBoot {
   /** Remove snapshot n's entries and the files no entry uses (a failed update's cleanup). */
   async dropSnapshot(n: number): Promise<void> {
     for (const e of await this.entries()) if (e.snapshot === n) await removeEsp(this.esp, `${ENTRIES_DIR}/${e.name}`);
-    const used = new Set((await this.entries()).flatMap((e) => e.files));
-    for (const f of await this.files()) if (!used.has(f)) await removeEsp(this.esp, f, { pruneParents: 1 });
+    const used = new Set((await this.entries()).flatMap((e) => e.files.map(espKey)));
+    for (const f of await this.files()) if (!used.has(espKey(f))) await removeEsp(this.esp, f, { pruneParents: 1 });
   }
 
   /** Bless snapshot n's entry (drop its counter) or mark it bad (`+0-N`). */
@@ -274,8 +308,9 @@ export class SystemdBoot {
     const entries = await this.entries();
     const loaderDefault = await this.loaderDefault();
     const all = (await listEsp(this.esp, ENTRIES_DIR)).filter((f) => !f.dir && /\.conf$/i.test(f.name) && !/^auto-/i.test(f.name)).map((f) => f.name);
-    const out: BootStatus = { integration: 'systemd-boot', esp: this.esp, ...(loaderDefault ? { loaderDefault } : {}), entries: {} };
-    const sel = selectedEntry(all, loaderDefault);
+    const efiDefault = await this.entryDefaultVariable();
+    const out: BootStatus = { integration: 'systemd-boot', esp: this.esp, ...(loaderDefault ? { loaderDefault } : {}), ...(efiDefault !== undefined ? { efiEntryDefault: efiDefault } : {}), entries: {} };
+    const sel = selectedEntry(all, loaderDefault, efiDefault);
     if (sel) out.selected = sel;
     for (const e of entries) {
       out.entries[e.snapshot] = { name: e.name, state: entryState(e), parked: e.parked, ...(e.triesLeft !== undefined ? { triesLeft: e.triesLeft } : {}), ...(e.triesDone !== undefined ? { triesDone: e.triesDone } : {}) };
