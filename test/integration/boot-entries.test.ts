@@ -9,10 +9,10 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
-import { baseOs, createMicroOS, type MicroOS, type OsFile } from '../helpers/microos.ts';
+import { baseOs, createMicroOS, MICROOS_SUBVOLUMES, type MicroOS, type OsFile } from '../helpers/microos.ts';
 import { buildImage } from '../helpers/update-deps.ts';
 import { run } from '../../src/host/exec.ts';
 import { entryFiles, LOADER_DEFAULT, loaderDefaultOf, parseEntryName, selectedEntry } from '../../src/deploy/boot/entries.ts';
@@ -20,6 +20,7 @@ import { COMMIT_STEPS, deleteSnapshot } from '../../src/deploy/snapshot.ts';
 import { openContext, readState, type Context } from '../../src/deploy/state.ts';
 import { HEALTH_UD } from '../../src/deploy/health.ts';
 import { COUNTER_RAN_OUT } from '../../src/deploy/boot/index.ts';
+import { encodeLoaderVariable, LOADER_GUID } from '../../src/host/esp.ts';
 
 const TIU = new URL('../../bin/tiu', import.meta.url).pathname;
 const SDBOOT = '/usr/lib/systemd/boot/efi/systemd-bootx64.efi';
@@ -129,6 +130,28 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     return n;
   };
 
+  /**
+   * "Boot" snapshot n: its subvolume mounted as a second sysroot (what the kernel's
+   * rootflags=subvol= mounts), with .snapshots, the MicroOS subvolumes and the ESP, so
+   * `tiu health --boot --sysroot` runs as on that boot (booted = n).
+   */
+  const booted: string[] = [];
+  const bootInto = async (n: number): Promise<string> => {
+    const root = await mkdtemp(join(os.dir, `booted-${n}-`));
+    booted.push(root);
+    await run('mount', ['-o', `subvol=@/.snapshots/${n}/snapshot`, os.loop, root]);
+    await run('mount', ['-o', 'subvol=@/.snapshots', os.loop, join(root, '.snapshots')]);
+    for (const sv of MICROOS_SUBVOLUMES) await run('mount', ['-o', `subvol=@/${sv}`, os.loop, join(root, sv)]);
+    await run('mount', ['--bind', esp, join(root, 'boot/efi')]);
+    return root;
+  };
+  /** `tiu status --json` rows: [number, health, boot entry state, entry name]. */
+  const statusRows = async () => {
+    const st = await tiu(['status', '--sysroot', os.sysroot]);
+    assert.equal(st.code, 0, st.stderr);
+    return (st.json!.snapshots as { number: number; health?: string; bootEntry: { state: string; name: string } | null }[]).map((s) => [s.number, s.health, s.bootEntry?.state, s.bootEntry?.name]);
+  };
+
   before(async function () {
     requireRoot(this);
     os = await createMicroOS({ sizeMiB: 500, files: [...(await baseOs()), ...kernelFiles(KV1), ...cmdline('quiet console=ttyS0\n')] });
@@ -156,6 +179,7 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     layout = join(os.dir, 'images');
   });
   after(async () => {
+    for (const r of booted) await run('umount', ['-R', r], { okExitCodes: [0, 1, 32] });
     if (esp) await run('umount', [esp], { okExitCodes: [0, 1, 32] });
     if (espLoop) await run('losetup', ['-d', espLoop], { okExitCodes: [0, 1] });
     await os?.teardown();
@@ -299,5 +323,84 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     assert.match(human.stdout, new RegExp(`snapshot ${n} is bad: ${COUNTER_RAN_OUT}`));
     assert.match(human.stdout, /boot integration: systemd-boot/);
     assert.ok((await stat(join(esp, 'loader/loader.conf'))).size > 0);
+  });
+  it('a good `tiu health --boot` verdict after one counted boot blesses the entry: tiu-N+2-1.conf -> tiu-N.conf', async () => {
+    const r = await update(await image(await tree(KV2)));
+    assert.equal(r.code, 0, r.stderr);
+    const n = r.json!.snapshot as number;
+    assert.equal(await entryOf(n), `tiu-${n}+3.conf`);
+    // systemd-boot counted the boot that is running now (it renames before starting the kernel).
+    await rename(join(esp, 'loader/entries', `tiu-${n}+3.conf`), join(esp, 'loader/entries', `tiu-${n}+2-1.conf`));
+    assert.equal(await selected(), `tiu-${n}+2-1.conf`);
+    const root = await bootInto(n);
+    const h = await tiu(['health', '--boot', '--no-reboot', '--sysroot', root]);
+    assert.equal(h.code, 0, h.stderr);
+    assert.equal(h.json!.outcome, 'good');
+    assert.equal(h.json!.snapshot, n);
+    assert.equal(await entryOf(n), `tiu-${n}.conf`, 'blessed as systemd-bless-boot does: the counter is gone');
+    assert.equal(await selected(), `tiu-${n}.conf`);
+    assert.deepEqual((await statusRows()).find((row) => row[0] === n), [n, 'good', 'blessed', `tiu-${n}.conf`]);
+    await assertBootable('after the blessing');
+  });
+
+  it('a failing health check marks the entry bad (+0-1) before the reboot, so systemd-boot boots the previous snapshot', async () => {
+    const prev = (await readState(ctx)).default!;
+    assert.equal(await entryOf(prev), `tiu-${prev}.conf`, 'the previous snapshot is blessed (the test before)');
+    const failing: OsFile = { path: 'usr/libexec/tiu/health.d/50-app', content: '#!/bin/sh\necho "app did not start" >&2\nexit 2\n', mode: 0o755 };
+    const r = await update(await image(await tree(KV2, [failing])));
+    assert.equal(r.code, 0, r.stderr);
+    const m = r.json!.snapshot as number;
+    await rename(join(esp, 'loader/entries', `tiu-${m}+3.conf`), join(esp, 'loader/entries', `tiu-${m}+2-1.conf`));
+    const root = await bootInto(m);
+    // The reboot is `systemctl reboot`: a stand-in records what is on the ESP at that moment.
+    const bin = await mkdtemp(join(os.dir, 'bin-'));
+    const seen = join(bin, 'entries-at-reboot');
+    await writeFile(join(bin, 'systemctl'), `#!/bin/sh\n[ "$1" = reboot ] && ls '${join(esp, 'loader/entries')}' > '${seen}'\n`, { mode: 0o755 });
+    // And when the btrfs default moves back: the entry is bad already (were set-default to fail, the loader still leaves m).
+    const seenAtDefault = join(bin, 'entries-at-set-default');
+    const realBtrfs = (await run('sh', ['-c', 'command -v btrfs'])).stdout.trim();
+    await writeFile(join(bin, 'btrfs'), `#!/bin/sh\n[ "$2" = set-default ] && ls '${join(esp, 'loader/entries')}' > '${seenAtDefault}'\nexec '${realBtrfs}' "$@"\n`, { mode: 0o755 });
+    const h = await tiu(['health', '--boot', '--sysroot', root], { PATH: `${bin}:${process.env.PATH ?? ''}` });
+    assert.equal(h.code, 1, h.stderr);
+    assert.equal(h.json!.outcome, 'rolled-back');
+    assert.equal(h.json!.rollbackTo, prev);
+    assert.equal(h.json!.rebooting, true);
+    const atReboot = (await readFile(seen, 'utf8')).split('\n').filter((x) => x.endsWith('.conf'));
+    const mAtReboot = atReboot.find((x) => parseEntryName(x)?.snapshot === m);
+    assert.ok(mAtReboot && parseEntryName(mAtReboot)!.triesLeft === 0, `snapshot ${m}'s entry has no tries left at the reboot: ${atReboot.join(' ')}`);
+    assert.equal(selectedEntry(atReboot, loaderDefaultOf(await loaderConf())), `tiu-${prev}.conf`, "systemd-boot 252's choice at the reboot is the previous snapshot");
+    const atDefault = (await readFile(seenAtDefault, 'utf8')).split('\n').filter((x) => x.endsWith('.conf'));
+    assert.ok(atDefault.includes(`tiu-${m}+0-1.conf`), `marked bad before the btrfs default moved: ${atDefault.join(' ')}`);
+    const st = await readState(ctx);
+    assert.equal(st.default, prev);
+    assert.equal(await entryOf(m), `tiuparked-${m}+0-1.conf`);
+    assert.equal(await selected(), `tiu-${prev}.conf`);
+    const rows = await statusRows();
+    assert.deepEqual(rows.find((row) => row[0] === m), [m, 'bad', 'bad', `tiuparked-${m}+0-1.conf`]);
+    assert.deepEqual(rows.find((row) => row[0] === prev), [prev, 'good', 'blessed', `tiu-${prev}.conf`]);
+    assert.equal(st.snapshots.find((s) => s.number === m)!.userdata[HEALTH_UD.failed], '50-app');
+  });
+
+  it('a LoaderEntryDefault (bootctl set-default) naming an older entry is removed at the commit, or the loader would stay there', async () => {
+    const vars = await mkdtemp(join(os.dir, 'efivars-'));
+    const variable = join(vars, `LoaderEntryDefault-${LOADER_GUID}`);
+    const env = { TIU_TEST_EFIVARS: vars };
+    const def = (await readState(ctx)).default!;
+    await writeFile(variable, encodeLoaderVariable(`tiu-${def}.conf`));
+    const before = await tiu(['status', '--sysroot', os.sysroot], env);
+    assert.equal((before.json!.boot as { efiEntryDefault?: string }).efiEntryDefault, `tiu-${def}.conf`);
+    const r = await update(await image(await tree(KV1)), env);
+    assert.equal(r.code, 0, r.stderr);
+    const n = r.json!.snapshot as number;
+    assert.ok(!existsSync(variable), 'the variable is gone');
+    const after = await tiu(['status', '--sysroot', os.sysroot], env);
+    const boot = after.json!.boot as { efiEntryDefault?: string; selected?: string };
+    assert.equal(boot.efiEntryDefault, undefined);
+    assert.equal(boot.selected, `tiu-${n}+3.conf`, 'systemd-boot boots the commit');
+    // `tiu-*` itself is tiu's pattern: kept.
+    await writeFile(variable, encodeLoaderVariable('tiu-*'));
+    const again = await update(await image(await tree(KV2)), env);
+    assert.equal(again.code, 0, again.stderr);
+    assert.ok(existsSync(variable));
   });
 });
