@@ -103,7 +103,8 @@ export async function existingPaths(root: string, hooks: readonly HookSpec[]): P
   const rd = await RootedDir.open(root);
   const out = new Set<string>();
   for (const h of hooks) {
-    for (const p of [h.ifExists, h.unlessExists]) if (p && (await lstatIn(rd, p.replace(/^\/+/, '')))) out.add(p);
+    // As the hook's chroot sees the path: the image's own symlinks (bin -> usr/bin) count, resolved beneath the root.
+    for (const p of [h.ifExists, h.unlessExists]) if (p && (await rd.lstatInRoot(p).catch(() => undefined))) out.add(p);
   }
   return out;
 }

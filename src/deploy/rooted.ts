@@ -123,6 +123,39 @@ export class RootedDir {
     }
   }
 
+  /**
+   * lstat of what `path` names as a process chrooted into the root would see it: symlinks are
+   * followed, but resolved beneath the root (an absolute target starts again at the root, `..`
+   * stops there), as openat2's RESOLVE_IN_ROOT does; more than 40 links is a loop. Read-only:
+   * for questions such as "does the tree have /bin/sh" where /bin is the image's `bin -> usr/bin`.
+   * Undefined when nothing is there.
+   */
+  async lstatInRoot(path: string): Promise<Stats | undefined> {
+    let todo = path.split('/').filter((c) => c !== '' && c !== '.');
+    const done: string[] = [];
+    let links = 0;
+    while (todo.length) {
+      const c = todo.shift()!;
+      if (c === '..') {
+        done.pop();
+        continue;
+      }
+      if (c.includes('\0')) return undefined;
+      const st = await lstat(join(this.root, ...done, c)).catch(() => undefined);
+      if (!st) return undefined;
+      if (st.isSymbolicLink()) {
+        if (++links > 40) throw new UnsafePathError(path, 'too many levels of symbolic links');
+        const target = await readlink(join(this.root, ...done, c));
+        if (target.startsWith('/')) done.length = 0;
+        todo = [...target.split('/').filter((x) => x !== '' && x !== '.'), ...todo];
+        continue;
+      }
+      if (todo.length && !st.isDirectory()) return undefined;
+      done.push(c);
+    }
+    return lstat(done.length ? join(this.root, ...done) : this.root);
+  }
+
   /** Open an existing regular file (kind 'file') or directory ('dir') at `rel` without following a symlink. */
   async openNoFollow(rel: string, kind: 'file' | 'dir', flags = constants.O_RDONLY): Promise<FileHandle> {
     const r = RootedDir.rel(rel);

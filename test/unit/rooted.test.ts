@@ -36,6 +36,24 @@ describe('deploy/rooted: RootedDir', () => {
     await assert.rejects(RootedDir.open('relative/root'), unsafe());
   });
 
+  it("lstatInRoot follows the tree's own symlinks as a chroot would, never out of the root", async () => {
+    await mkdir(join(root, 'usr/bin'), { recursive: true });
+    await writeFile(join(root, 'usr/bin/sh'), '#!\n');
+    await symlink('usr/bin', join(root, 'bin')); // merged /usr, relative
+    await symlink('/usr/bin', join(root, 'abs')); // absolute: the root's /usr/bin, not the host's
+    await symlink('../../../../../usr/lib', join(root, 'usr/up')); // `..` stops at the root
+    await symlink(join(outside, 'file'), join(root, 'out')); // the host's file: not in the tree
+    await symlink('loop2', join(root, 'loop1'));
+    await symlink('loop1', join(root, 'loop2'));
+    assert.ok((await rd.lstatInRoot('/bin/sh'))?.isFile());
+    assert.ok((await rd.lstatInRoot('abs/sh'))?.isFile());
+    assert.ok((await rd.lstatInRoot('/usr/up/os-release'))?.isFile());
+    assert.equal(await rd.lstatInRoot('/out'), undefined);
+    assert.equal(await rd.lstatInRoot('/bin/sh/x'), undefined);
+    assert.equal(await rd.lstatInRoot('/etc/passwd'), undefined);
+    await assert.rejects(rd.lstatInRoot('/loop1'), unsafe());
+  });
+
   it('refuses absolute paths and `..` components; `.` and empty components are dropped', async () => {
     await assert.rejects(rd.readFile('/etc/passwd'), unsafe());
     await assert.rejects(rd.readFile('usr/../../outside/file'), unsafe());
