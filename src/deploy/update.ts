@@ -14,7 +14,7 @@
  * (wired in src/deploy/wiring.ts), so this file is only the sequence.
  */
 import { createHash } from 'node:crypto';
-import { lstat, readdir, rename, rm } from 'node:fs/promises';
+import { readdir, rename, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -28,7 +28,6 @@ import { fetchManifest } from '../content/graph.ts';
 import type { CopyEvent } from '../copy/copy.ts';
 import { downloadProgress } from './download-progress.ts';
 import { UnsafePathError, validateTarLayers, type ApplyReport, type Reserved } from './apply/index.ts';
-import { flattenLayers } from './apply/layers.ts';
 import { checkRoom, DiskReserveError, fsSpace, SpaceGuard } from './apply/space.ts';
 import type { TreeEntry } from './apply/types.ts';
 import { keepMountPoints, reservedOf } from './mount-points.ts';
@@ -148,13 +147,19 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
  * a real directory (the admin's /etc is merged into it, and on MicroOS it replaces a nested
  * subvolume: a symlink there is UNSAFE_PATH).
  */
-export function checkOsTree(tree: ReadonlyMap<string, TreeEntry>, image: string): void {
-  const usr = tree.get('usr');
-  // usr itself, or a directory implied by entries below it
-  const hasUsr = usr ? usr.type === 'dir' : [...tree.keys()].some((p) => p.startsWith('usr/'));
-  if (!hasUsr) throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory${usr ? ` (/usr is a ${usr.type})` : ''}`, { image });
-  const etc = tree.get('etc');
+export function checkOsTree(entryAt: (path: string) => TreeEntry | undefined, image: string): void {
+  // The trees checked have their implicit parents: a `usr/...` entry alone makes `usr` a directory.
+  const usr = entryAt('usr');
+  if (usr?.type !== 'dir') throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory${usr ? ` (/usr is a ${usr.type})` : ''}`, { image });
+  const etc = entryAt('etc');
   if (etc && etc.type !== 'dir') throw new UnsafePathError('etc', `/etc is a ${etc.type} in ${image}, not a directory: the admin's /etc is merged into it`);
+}
+
+/** checkOsTree on the tree a delta planned (its actions hold every entry, implicit parents too). */
+function checkOsPlan(d: DeltaTransfer, image: string): void {
+  const top = new Map<string, TreeEntry>();
+  for (const a of d.plan.actions) if (a.entry.path === 'usr' || a.entry.path === 'etc') top.set(a.entry.path, a.entry);
+  checkOsTree((p) => top.get(p), image);
 }
 
 /** An image manifest without layers has no tree to deploy: NO_LAYERS, before anything is fetched. */
@@ -349,7 +354,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       progress(describeTransfer(transfer));
       if (t.path === 'delta') {
         delta = t;
-        checkOsTree(flattenLayers(t.layers), image);
+        checkOsPlan(t, image);
       }
       // What the download writes into the cache (the new files of a delta, the blobs of whole
       // layers) must leave the reserve free: DISK_FULL now, before anything is written.
@@ -388,7 +393,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       if (local.path !== 'delta') {
         // Every blob read through its digest, and every tar header checked as the apply will, before a snapshot exists.
         const checked = await validateTarLayers(layerOpeners(cache, manifest, signal, expansionLimit), { reserved, explain: (k) => verifyBlobs(cache, [manifest.layers[k]!], signal) });
-        checkOsTree(checked.tree, image);
+        checkOsTree((p) => checked.tree.get(p), image);
         return undefined;
       }
       store = (await downloadDelta(local, cacheDir, root.digest, { progress, signal, progressEveryMs: opts.progressEveryMs, fromCache: true })).store;
@@ -398,7 +403,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     const fromCache = cached !== undefined;
     delta ??= cached;
 
-    if (cached) checkOsTree(flattenLayers(cached.layers), image);
+    if (cached) checkOsPlan(cached, image);
     // The reserve is still free (the apply checks it again as it writes).
     await checkRoom(ctx.sysroot, 0, config.diskReserve, `a new snapshot of ${image}`);
     progress(`creating snapshot from ${from}`);
@@ -425,10 +430,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         if (a.extra.bytes && !fromCache) transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
         applyReport = a.report;
       } else {
+        // readCache validated these layers (checkOsTree included) before the snapshot was made.
         applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal, expansionLimit), preserve: [...reserved.paths, ETC_ASIDE], reserved, signal, space });
-        // The tar path knows the tree only now (the TOC path checked it before the snapshot).
-        const usr = await lstat(join(newRoot, 'usr')).catch(() => undefined);
-        if (!usr?.isDirectory()) throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory`, { image });
       }
 
       // /etc: base = the running image's pristine copy, ours = the admin's, theirs = the new pristine copy.
@@ -436,6 +439,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         await newRd.mkdir(parentOf(PRISTINE_ETC));
         await newRd.copyTree(newRd, 'etc', PRISTINE_ETC);
       }
+      // The old pristine /etc may be missing (the first update); a symlink on its way is UNSAFE_PATH.
       await oldRd.isDir(PRISTINE_ETC);
       await newRd.verifyDir(ETC_ASIDE);
       const theirs = newRd.abs(PRISTINE_ETC);

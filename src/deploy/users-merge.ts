@@ -217,13 +217,14 @@ export async function mergeUserDb(baseDir: string, oursDir: string, theirsDir: s
   const [base, ours, theirs] = await Promise.all([readDb(baseDir), readDb(oursDir), readDb(theirsDir)]);
   const r = planUsersMerge(base, ours, theirs);
   const oursRd = await RootedDir.open(oursDir);
+  const theirsRd = await RootedDir.open(theirsDir);
   for (const f of USER_DB_FILES) {
     const want = r.files[f];
     if (want === (ours[f] ?? '')) continue;
     if (ours[f] === undefined && theirs[f] === undefined) continue;
     const cur = await oursRd.lstat(f);
     if (cur?.isSymbolicLink()) throw new UserDbError(join(oursDir, f), 0, 'is a symlink: refusing to write through it');
-    const like = cur ?? (await (await RootedDir.open(theirsDir)).lstat(f));
+    const like = cur ?? (await theirsRd.lstat(f));
     if (!like) throw new UserDbError(join(theirsDir, f), 0, 'vanished while merging');
     await oursRd.writeFileAtomic(f, want, { mode: like.mode & 0o7777, uid: like.uid, gid: like.gid });
   }

@@ -187,7 +187,7 @@ export const IN_MEMORY_FILE_MAX = 16 * 1024 * 1024;
  */
 async function streamIntoStore(e: TreeEntry, frames: AsyncIterable<Buffer> | Readable, store: ContentStore, signal: AbortSignal): Promise<void> {
   const tmp = store.tmpPath();
-  const fh = await open(tmp, 'w', 0o600);
+  const fh = await open(tmp, 'wx', 0o600);
   const h = createHash('sha256');
   let got = 0;
   let ok = false;
