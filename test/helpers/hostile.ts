@@ -280,6 +280,13 @@ export interface World {
   mounts: string[];
 }
 
+/** A successful update: its --json report, the new snapshot and its root. */
+export interface Skipped {
+  json: Record<string, unknown>;
+  snapshot: number;
+  root: string;
+}
+
 export interface HostileEnv {
   os: MicroOS;
   marker: Marker;
@@ -302,7 +309,12 @@ export interface HostileEnv {
    * The update succeeds (skipping what it must): exit 0, a new default snapshot, and nothing changed
    * outside it: the booted snapshot, the preserved subvolumes, the marker, the mount table.
    */
-  expectSkipped(ref: string, o?: { timeoutMs?: number }): Promise<{ json: Record<string, unknown>; snapshot: number; root: string }>;
+  expectSkipped(ref: string, o?: { timeoutMs?: number }): Promise<Skipped>;
+  /**
+   * Where either outcome defeats the attack: the update succeeds as expectSkipped checks it
+   * (returned), or it is refused with `code` and nothing changed (undefined).
+   */
+  expectSkippedOrRefused(ref: string, code: string): Promise<Skipped | undefined>;
   teardown(): Promise<void>;
 }
 
@@ -397,24 +409,15 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
     },
     async expectSkipped(ref, o = {}) {
       const before = await env.world();
-      const r = await env.update(ref, { json: true, timeoutMs: o.timeoutMs });
-      assert.equal(r.timedOut, false, 'tiu update did not end');
-      let json: Record<string, unknown>;
-      try {
-        json = JSON.parse(r.stdout) as Record<string, unknown>;
-      } catch {
-        assert.fail(`--json printed no JSON (exit ${r.code}): ${r.stdout}\n${r.stderr}`);
-      }
-      assert.equal(r.code, 0, `the update should succeed: ${r.stdout}`);
-      assert.equal(json.status, 'updated', r.stdout);
-      const snapshot = json.snapshot as number;
-      const after = await env.world();
-      assert.ok(!before.snapshots.includes(String(snapshot)) && after.snapshots.includes(String(snapshot)), `a new .snapshots/${snapshot}`);
-      const root = join(os.sysroot, '.snapshots', String(snapshot), 'snapshot');
-      const show = await run('btrfs', ['subvolume', 'show', root]);
-      assert.equal(after.defaultId, /Subvolume ID:\s*(\d+)/.exec(show.stdout)?.[1], 'the new snapshot is the default');
-      assert.deepEqual(env.compare(before, after, { allowSnapshot: snapshot }), [], 'nothing changed outside the new snapshot');
-      return { json, snapshot, root };
+      return checkSkipped(before, await env.update(ref, { json: true, timeoutMs: o.timeoutMs }));
+    },
+    async expectSkippedOrRefused(ref, code) {
+      const before = await env.world();
+      const r = await env.update(ref, { json: true });
+      if (r.code === 0) return checkSkipped(before, r);
+      assert.equal(jsonError(r).code, code, r.stdout);
+      assert.deepEqual(env.compare(before, await env.world()), [], 'the refused update changed things');
+      return undefined;
     },
     async teardown() {
       // Anything a hostile image got mounted below the test directory (over the marker too)
@@ -425,6 +428,27 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
       await os.teardown();
     },
   };
+
+  /** The checks of a successful update `r` against the world `before` it. */
+  async function checkSkipped(before: World, r: Ran): Promise<Skipped> {
+    assert.equal(r.timedOut, false, 'tiu update did not end');
+    let json: Record<string, unknown>;
+    try {
+      json = JSON.parse(r.stdout) as Record<string, unknown>;
+    } catch {
+      assert.fail(`--json printed no JSON (exit ${r.code}): ${r.stdout}\n${r.stderr}`);
+    }
+    assert.equal(r.code, 0, `the update should succeed: ${r.stdout}`);
+    assert.equal(json.status, 'updated', r.stdout);
+    const snapshot = json.snapshot as number;
+    const after = await env.world();
+    assert.ok(!before.snapshots.includes(String(snapshot)) && after.snapshots.includes(String(snapshot)), `a new .snapshots/${snapshot}`);
+    const root = join(os.sysroot, '.snapshots', String(snapshot), 'snapshot');
+    const show = await run('btrfs', ['subvolume', 'show', root]);
+    assert.equal(after.defaultId, /Subvolume ID:\s*(\d+)/.exec(show.stdout)?.[1], 'the new snapshot is the default');
+    assert.deepEqual(env.compare(before, after, { allowSnapshot: snapshot }), [], 'nothing changed outside the new snapshot');
+    return { json, snapshot, root };
+  }
   return env;
 }
 
