@@ -19,7 +19,7 @@ import { TiuError } from '../errors.ts';
 import { getXattrs, setXattrs } from '../host/xattr.ts';
 import { openNoFollow, SafeRoot, tmpName } from './apply/fsops.ts';
 import { comparePaths, isAtOrBelow, joinPath, parentOf } from './apply/paths.ts';
-import { xattrNameProblem } from './apply/xattr-names.ts';
+import { settableXattrs } from './apply/xattr-names.ts';
 import { RootedDir } from './rooted.ts';
 
 export const TIUNEW_SUFFIX = '.tiunew';
@@ -275,8 +275,7 @@ export async function applyEtcMerge(plan: EtcMergePlan, oursDir: string, theirsD
   if (copied.length) {
     const xs = await getXattrs(copied.map((c) => c.from));
     // only names tiu sets (the image's were checked when read; others, such as btrfs.*, stay behind)
-    const wanted = (set: Record<string, Buffer>) => Object.fromEntries(Object.entries(set).filter(([n]) => xattrNameProblem(n) === undefined));
-    await setXattrs(copied.filter((c) => xs.has(c.from)).map((c) => ({ path: c.to, set: wanted(xs.get(c.from)!) })));
+    await setXattrs(copied.filter((c) => xs.has(c.from)).map((c) => ({ path: c.to, set: settableXattrs(xs.get(c.from)!) })));
   }
   return report;
 }

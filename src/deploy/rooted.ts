@@ -29,7 +29,7 @@ import { dumpTreeXattrs, setXattrs } from '../host/xattr.ts';
 import { UnsafePathError } from './apply/errors.ts';
 import { SafeRoot, tmpName } from './apply/fsops.ts';
 import { joinPath, normalizeEntryPath, parentOf } from './apply/paths.ts';
-import { xattrNameProblem } from './apply/xattr-names.ts';
+import { settableXattrs } from './apply/xattr-names.ts';
 
 export { UnsafePathError };
 
@@ -150,7 +150,8 @@ export class RootedDir {
         todo = [...target.split('/').filter((x) => x !== '' && x !== '.'), ...todo];
         continue;
       }
-      if (todo.length && !st.isDirectory()) return undefined;
+      if (!todo.length) return st;
+      if (!st.isDirectory()) return undefined;
       done.push(c);
     }
     return lstat(done.length ? join(this.root, ...done) : this.root);
@@ -375,11 +376,7 @@ export class RootedDir {
       const sets: { path: string; set: Record<string, Buffer> }[] = [];
       for (const [abs, names] of xs) {
         if (abs !== srcRoot && !abs.startsWith(srcRoot + '/')) continue;
-        const set: Record<string, Buffer> = {};
-        for (const [n, v] of Object.entries(names)) {
-          if (xattrNameProblem(n) === undefined && v.length <= 64 * 1024) set[n] = v;
-          else report.skippedXattrs.push(`${abs.slice(srcRoot.length + 1) || '.'}: ${n}`);
-        }
+        const set = settableXattrs(names, (n) => report.skippedXattrs.push(`${abs.slice(srcRoot.length + 1) || '.'}: ${n}`));
         if (Object.keys(set).length) sets.push({ path: tmpRoot + abs.slice(srcRoot.length), set });
       }
       await setXattrs(sets);

@@ -14,7 +14,7 @@
  * (wired in src/deploy/wiring.ts), so this file is only the sequence.
  */
 import { createHash } from 'node:crypto';
-import { readdir, rename, rm } from 'node:fs/promises';
+import { lstat, readdir, rename, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -271,6 +271,8 @@ export async function verifyBlobs(target: Target, blobs: Descriptor[], signal?: 
 /** `*.tiunew` files under the snapshot's /etc: the conflicts the admin has not resolved yet. */
 export async function pendingEtcConflicts(etc: string, limit = 1000): Promise<string[]> {
   const out: string[] = [];
+  // An image's `etc -> /elsewhere` is not walked (below it, Dirent types never follow links).
+  if (!(await lstat(etc).catch(() => undefined))?.isDirectory()) return out;
   const walk = async (dir: string, rel: string): Promise<void> => {
     const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
     for (const e of entries) {
@@ -418,7 +420,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       const newRd = await RootedDir.open(newRoot);
       const oldRd = await RootedDir.open(oldRoot);
       const aside = join(newRoot, ETC_ASIDE);
-      if (await isSubvolume(join(oldRoot, 'etc'))) await subvolumeSnapshot(join(oldRoot, 'etc'), aside);
+      // btrfs resolves the path it is given: only a real directory of the snapshot is asked about (as for the new /etc below).
+      if ((await oldRd.isDir('etc')) && (await isSubvolume(join(oldRoot, 'etc')))) await subvolumeSnapshot(join(oldRoot, 'etc'), aside);
       else await newRd.copyTree(oldRd, 'etc', ETC_ASIDE);
       progress(`writing ${manifest.layers.length} layer(s) into snapshot ${n}`);
       // DISK_FULL while the reserve is still free, whatever the layers expand to.

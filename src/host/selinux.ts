@@ -1,15 +1,9 @@
 /**
- * SELinux facts for the relabel rule: does the system want labels (its /etc/selinux/config),
+ * SELinux facts for the relabel rule: does the system want labels (the text of its /etc/selinux/config, which the caller reads
+ * beneath the snapshot root),
  * and does a tree carry them (the security.selinux xattr).
  */
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { run } from './exec.ts';
-
-/** SELINUX=enforcing|permissive in `<root>/etc/selinux/config`. */
-export async function selinuxWanted(root: string): Promise<boolean> {
-  return selinuxConfigWants(await readFile(join(root, 'etc/selinux/config'), 'utf8').catch(() => ''));
-}
 
 /** The text of an /etc/selinux/config says SELINUX=enforcing or permissive. */
 export function selinuxConfigWants(text: string): boolean {

@@ -6,7 +6,7 @@
  *
  *   entry names (normalizeEntryPath), entry types, symlink targets, hardlinks (a target that
  *   the stream has put down before, not a directory, not itself), xattr names and values
- *   (xattr-names.ts), reserved paths dropped and counted (reserved.ts), then the final tree:
+ *   (checked by the tar reader itself, xattr-names.ts), reserved paths dropped and counted (reserved.ts), then the final tree:
  *   flattenLayers (whiteouts, hardlink chains) and addImplicitParents (no entry below a
  *   symlink or file of the image, a directory at the root).
  *
@@ -20,7 +20,6 @@ import { dropReserved, SkipTally, type Reserved, type SkipReport } from './reser
 import { entriesFromTar } from './tar-entries.ts';
 import type { LayerOpener } from './tar-apply.ts';
 import type { EntryType, TreeEntry } from './types.ts';
-import { checkXattrs } from './xattr-names.ts';
 
 export interface TarValidateOptions {
   reserved?: Reserved;
@@ -59,7 +58,6 @@ export async function validateTarLayers(layers: readonly LayerOpener[], o: TarVa
     for (const e of layer) {
       if (whiteoutOf(e.path)) continue;
       if (e.path === '' && e.type !== 'dir') throw new UnsafePathError('.', `the root of the image is a ${e.type}, not a directory`);
-      checkXattrs(e.path, e.xattrs);
       if (e.type === 'symlink' && !e.linkname) throw new BadTarError(`symlink ${JSON.stringify(e.path)} without a target`);
       if (e.type === 'hardlink') {
         const target = e.linkname ?? '';

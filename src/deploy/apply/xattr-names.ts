@@ -64,3 +64,17 @@ export function checkXattrs(path: string, xattrs: Record<string, Uint8Array>): v
     checkXattrValue(path, n, v);
   }
 }
+
+/**
+ * The xattrs of `set` that tiu writes (a name it supports, a value within XATTR_VALUE_MAX), for
+ * copies of trees already on disk: the others (btrfs.*, a foreign namespace) are left behind
+ * and listed in `left` when given.
+ */
+export function settableXattrs(set: Record<string, Buffer>, left?: (name: string) => void): Record<string, Buffer> {
+  const out: Record<string, Buffer> = {};
+  for (const [n, v] of Object.entries(set)) {
+    if (xattrNameProblem(n) === undefined && v.length <= XATTR_VALUE_MAX) out[n] = v;
+    else left?.(n);
+  }
+  return out;
+}
