@@ -31,7 +31,8 @@ import { join } from 'node:path';
 import { parse } from 'smol-toml';
 import { TiuError } from '../errors.ts';
 import { dockerName, parseReference, type DockerReference } from '../oci/reference.ts';
-import { parseReserve, parseSize, type DiskReserve } from './apply/space.ts';
+import { parseReserve, type DiskReserve } from './apply/space.ts';
+import { parseSize } from '../format.ts';
 import type { SpeedSettings } from '../transport/registry/speed.ts';
 
 export class ConfigError extends TiuError {

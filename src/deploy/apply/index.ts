@@ -24,5 +24,5 @@ export { readTar, type TarEntry } from './tar.ts';
 export { entriesFromTar } from './tar-entries.ts';
 export { applyFromToc, type ApplyOptions, type ApplyResult } from './toc-apply.ts';
 export { reservedSet, reservedRoot, reservedRootOfEntry, skipReserved, dropReserved, describeSkipped, SkipTally, parseFstab, fstabMountPoints, unescapeFstab, WORKING_NAMES, WORKING_PREFIXES, SKIPPED_PATHS_MAX, type Reserved, type SkipReport, type FstabEntry } from './reserved.ts';
-export { SpaceGuard, DiskReserveError, checkRoom, fsSpace, parseReserve, parseSize, reserveBytes, describeReserve, type DiskReserve, type FsSpace } from './space.ts';
+export { SpaceGuard, DiskReserveError, checkRoom, fsSpace, parseReserve, reserveBytes, describeReserve, type DiskReserve, type FsSpace } from './space.ts';
 export { validateTarLayers, type TarValidateOptions } from './tar-validate.ts';

@@ -15,7 +15,7 @@
  */
 import { statfs } from 'node:fs/promises';
 import { TiuError } from '../../errors.ts';
-import { humanSize } from '../../format.ts';
+import { humanSize, parseSize } from '../../format.ts';
 
 export type DiskReserve = { percent: number } | { bytes: number };
 
@@ -29,7 +29,6 @@ export function reserveBytes(r: DiskReserve | undefined, total: number): number 
   return r.bytes;
 }
 
-const UNITS: Record<string, number> = { '': 1, B: 1, K: 1024, KB: 1024, KIB: 1024, M: 1024 ** 2, MB: 1024 ** 2, MIB: 1024 ** 2, G: 1024 ** 3, GB: 1024 ** 3, GIB: 1024 ** 3, T: 1024 ** 4, TB: 1024 ** 4, TIB: 1024 ** 4 };
 
 /** `"5%"`, `"1G"`, `"512MiB"`, `"0"` or a number of bytes; undefined when not understood. */
 export function parseReserve(v: unknown): DiskReserve | undefined {
@@ -44,15 +43,6 @@ export function parseReserve(v: unknown): DiskReserve | undefined {
   return bytes === undefined ? undefined : { bytes };
 }
 
-/** `"1K"`, `"1.5M"`, `"2GiB"`, `"4096"` -> bytes (powers of 1024); undefined when not a size. */
-export function parseSize(v: string): number | undefined {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$/.exec(v);
-  if (!m) return undefined;
-  const unit = UNITS[m[2]!.toUpperCase()];
-  if (unit === undefined) return undefined;
-  const n = Math.floor(Number(m[1]) * unit);
-  return Number.isSafeInteger(n) ? n : undefined;
-}
 
 export function describeReserve(r: DiskReserve | undefined): string {
   if (r === undefined) return `the smaller of ${DEFAULT_RESERVE_PERCENT}% and ${humanSize(DEFAULT_RESERVE_MAX)}`;

@@ -15,6 +15,7 @@
  * one-off runs: TIU_MIN_SPEED (bytes/s, K/M suffixes), TIU_SPEED_TIME and TIU_REQUEST_DEADLINE
  * (seconds). 0 turns a rule off.
  */
+import { parseSize } from '../../format.ts';
 import { TiuError } from '../../errors.ts';
 
 export interface SpeedLimits {
@@ -32,10 +33,9 @@ export const DEFAULT_SPEED_LIMITS: SpeedLimits = { minBytesPerSec: 1024, speedTi
 
 function envSize(v: string | undefined, name: string): number | undefined {
   if (v === undefined || v === '') return undefined;
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)i?[bB]?\s*$/.exec(v);
-  if (!m) throw new TiuError('USAGE', `${name}=${JSON.stringify(v)} is not a number of bytes per second (e.g. 1024, 1K, 2M)`);
-  const mult = m[2] === '' ? 1 : m[2]!.toLowerCase() === 'k' ? 1024 : 1024 * 1024;
-  return Math.floor(Number(m[1]) * mult);
+  const n = parseSize(v);
+  if (n === undefined) throw new TiuError('USAGE', `${name}=${JSON.stringify(v)} is not a number of bytes per second (e.g. 1024, 1K, 2M)`);
+  return n;
 }
 
 function envSeconds(v: string | undefined, name: string): number | undefined {
