@@ -50,16 +50,16 @@ export interface KeptMountPoints {
 
 /**
  * Make every mount point a real directory in the new snapshot at `newRoot`: those of the old
- * and new /etc/fstab, `preserve`, and proc, sys, dev, run, tmp. Missing ones (and missing
+ * /etc/fstab (`oldMountPoints`, as reservedOf read them) and of the new one, `preserve`, and proc, sys, dev, run, tmp. Missing ones (and missing
  * parents) are created like the booted snapshot's (else 0755 root:root); a symlink or file where the mount point itself must be
  * is removed first (not followed). A symlink on the way to one is UNSAFE_PATH.
  */
-export async function keepMountPoints(newRoot: string, oldRoot: string, preserve: readonly string[]): Promise<KeptMountPoints> {
+export async function keepMountPoints(newRoot: string, oldRoot: string, preserve: readonly string[], oldMountPoints: readonly string[]): Promise<KeptMountPoints> {
   // Preserved paths the host has (a directory in the booted snapshot): not every architecture's boot/grub2/<arch>.
   const old = await RootedDir.open(oldRoot);
   const hostPreserved: string[] = [];
   for (const p of preserve) if ((await old.lstat(p).catch(() => undefined))?.isDirectory()) hostPreserved.push(p);
-  const wanted = [...(await readFstabMountPoints(oldRoot)), ...(await readFstabMountPoints(newRoot)), ...hostPreserved, ...API_MOUNT_POINTS];
+  const wanted = [...oldMountPoints, ...(await readFstabMountPoints(newRoot)), ...hostPreserved, ...API_MOUNT_POINTS];
   const rd = await RootedDir.open(newRoot);
   const out: KeptMountPoints = { created: [], replaced: [] };
   for (const p of mountPointsToKeep(wanted)) {

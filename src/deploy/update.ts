@@ -351,7 +351,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     let transfer: TransferReport | undefined;
     if (!opts.offline && !opts.downloadOnly) {
       // Planning saves the booted snapshot's content index into the cache: a full disk can show here.
-      const t = await whileFetching(cacheDir, image, () => chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, from), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal, index: { load: contentIndexFile(cacheDir, from), save: true } }));
+      const t = await whileFetching(cacheDir, image, () => chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, from), { image, config, sysroot: ctx.sysroot, platform, reserved, mode: opts.transfer, signal, index: { load: contentIndexFile(cacheDir, from), save: true } }));
       transfer = t.report;
       progress(describeTransfer(transfer));
       if (t.path === 'delta') {
@@ -454,7 +454,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       if ((await newRd.isDir('etc')) && (await isSubvolume(join(newRoot, 'etc')))) await subvolumeDelete(join(newRoot, 'etc'));
       else await rm(join(newRoot, 'etc'), { recursive: true, force: true });
       await rename(aside, join(newRoot, 'etc'));
-      await keepMountPointsStep(newRoot, oldRoot, progress);
+      await keepMountPointsStep(newRoot, oldRoot, reserved, progress);
 
       let relabel = false;
       if (selinuxConfigWants((await newRd.readFileIfExists('etc/selinux/config'))?.toString('utf8') ?? '') && !(await hasSelinuxLabel(join(newRoot, 'usr')))) {
@@ -514,8 +514,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
  * /etc/fstab, every preserved path and proc, sys, dev, run, tmp, whatever the image held: on a
  * read-only root nothing could create a missing one at boot.
  */
-async function keepMountPointsStep(newRoot: string, oldRoot: string, progress: (line: string) => void): Promise<void> {
-  const kept = await keepMountPoints(newRoot, oldRoot, PRESERVE);
+async function keepMountPointsStep(newRoot: string, oldRoot: string, reserved: Reserved, progress: (line: string) => void): Promise<void> {
+  const kept = await keepMountPoints(newRoot, oldRoot, PRESERVE, reserved.mountPoints);
   if (kept.created.length) progress(`created mount point(s) the image lacks: ${kept.created.map((p) => '/' + p).join(', ')}`);
   if (kept.replaced.length) progress(`replaced non-directories of the image by mount points: ${kept.replaced.map((p) => '/' + p).join(', ')}`);
 }
@@ -662,13 +662,12 @@ async function chooseTransfer(
   source: Target,
   root: Descriptor,
   oldRoot: string,
-  o: { image: string; config: TiuConfig; sysroot: string; platform: { os: string; architecture: string }; mode?: TransferMode; signal?: AbortSignal; index?: { load: string; save: boolean } },
+  o: { image: string; config: TiuConfig; sysroot: string; platform: { os: string; architecture: string }; reserved: Reserved; mode?: TransferMode; signal?: AbortSignal; index?: { load: string; save: boolean } },
 ): Promise<PreparedTransfer> {
   // Nothing of the image (TOCs included) is used before the policy accepted its signature.
   await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signedIdentity: o.config.signedIdentity, signal: o.signal });
   const { manifest } = await imageManifest(source, root, o.platform, o.signal);
-  const reserved = await reservedOf(oldRoot, PRESERVE);
-  return prepareTransfer({ source, manifest, oldRoot, preserve: reserved.paths, reserved, mode: o.mode ?? 'auto', signal: o.signal, ...(o.index ? { indexFile: o.index.load, ...(o.index.save ? { saveIndexTo: o.index.load } : {}) } : {}) });
+  return prepareTransfer({ source, manifest, oldRoot, preserve: o.reserved.paths, reserved: o.reserved, mode: o.mode ?? 'auto', signal: o.signal, ...(o.index ? { indexFile: o.index.load, ...(o.index.save ? { saveIndexTo: o.index.load } : {}) } : {}) });
 }
 
 /**
@@ -694,7 +693,8 @@ export async function checkUpdate(deps: UpdateDeps, opts: Omit<UpdateOptions, 'd
     if (present !== undefined) return { status: 'already-present', image, digest: root.digest, snapshot: present };
     // Read-only use of the booted snapshot's content index, where an update left one.
     const index = { load: contentIndexFile(join(ctx.sysroot, config.cache), state.booted), save: false };
-    const t = await chooseTransfer(deps, src.target, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, mode: opts.transfer, signal: opts.signal, index });
+    const reserved = await reservedOf(snapshotPath(ctx.sysroot, state.booted), PRESERVE);
+    const t = await chooseTransfer(deps, src.target, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, reserved, mode: opts.transfer, signal: opts.signal, index });
     return { status: 'available', image, digest: root.digest, booted: state.booted, transfer: t.report };
   } finally {
     await src.target.close?.().catch(() => undefined);

@@ -34,6 +34,8 @@ const NEVER_RESERVED = new Set(['', 'etc', 'usr']);
 export interface Reserved {
   /** Normalised paths (no leading `/`) whose entries and everything below them are the host's. */
   readonly paths: readonly string[];
+  /** The fstab mount points among them (as given), for the mount points the new snapshot keeps. */
+  readonly mountPoints: readonly string[];
 }
 
 /** The reserved set: preserved paths plus fstab mount points (normalised, deduplicated, top-most first). */
@@ -43,7 +45,7 @@ export function reservedSet(preserve: readonly string[], mountPoints: readonly s
     const n = normalizeMountPoint(p);
     if (n !== null && !NEVER_RESERVED.has(n)) all.add(n);
   }
-  return { paths: [...all].sort(comparePaths) };
+  return { paths: [...all].sort(comparePaths), mountPoints };
 }
 
 /** `/boot//efi/` -> `boot/efi`; null for what cannot be a path below the root (`..`, relative names). */

@@ -135,10 +135,11 @@ export class SpaceGuard {
     await this.check();
   }
 
-  /** The tree declares `n` more bytes of content (`what`: the entry, for the message). */
-  expand(n: number, what: string): void {
+  /** The tree declares `n` more bytes of content (`entry`: its name, quoted only for a refusal). */
+  expand(n: number, entry: string): void {
     this.#expanded += n;
     if (this.#expanded > this.#limit) {
+      const what = JSON.stringify(entry.slice(0, 200));
       throw new DiskReserveError(
         this.path,
         `no space left for the image on the filesystem of ${this.path}: its content reaches ${humanSize(this.#expanded)} at ${what}, more than the old tree's files and the free space above the reserve of ${humanSize(this.#reserveBytes)} (disk-reserve: ${describeReserve(this.reserve)}) hold`,

@@ -109,7 +109,7 @@ async function applyTarLayersInner(root: string, layers: readonly LayerOpener[],
     try {
       for await (const t of readTar(stream)) {
         if (space) {
-          space.expand(t.size, JSON.stringify(t.name.slice(0, 200)));
+          space.expand(t.size, t.name);
           await space.wrote(ENTRY_COST);
         }
         await applyTarEntry(st, t, k);
