@@ -161,13 +161,13 @@ export class SystemdBoot {
     const k = kernels.at(-1);
     if (!k) return undefined;
     const files: StagePlan['files'] = [];
+    // Bounded before it is read: a file larger than the whole ESP never fits (and a sparse
+    // many-GiB "kernel" is not hashed for minutes first).
+    const { size: espSize } = await espSpace(this.esp);
     for (const [kind, src] of [['linux', k.kernel], ['initrd', k.initrd]] as const) {
       if (!src) continue;
       const fh = await rd.openNoFollow(src, 'file');
       try {
-        // Bounded before it is read: a file larger than the whole ESP never fits (and a sparse
-        // many-GiB "kernel" is not hashed for minutes first).
-        const { size: espSize } = await espSpace(this.esp);
         const st = await fh.stat();
         if (st.size > espSize) throw new BootError('ESP_FULL', `snapshot ${n}'s /${src} (${st.size} bytes) is larger than the ESP ${this.esp} (${espSize} bytes): nothing was written`, { esp: this.esp, snapshot: n, size: st.size });
         const { sha256, size } = await hashHandle(fh);
@@ -293,12 +293,13 @@ export class SystemdBoot {
           report.skipped.push({ snapshot: n, reason: asError(e).message });
         }
       }
-      plan = planReconcile(await input());
+      // New entries change what is renamed and which kernel files are used.
+      if (report.created.length) plan = planReconcile(await input());
     }
     for (const r of plan.rename) await renameEsp(this.esp, `${ENTRIES_DIR}/${r.from}`, `${ENTRIES_DIR}/${r.to}`);
     report.renamed.push(...plan.rename);
     if (plan.setLoaderDefault) await writeEspFile(this.esp, LOADER_CONF, loaderConfWith(await readEspFile(this.esp, LOADER_CONF)));
-    plan = planReconcile(await input());
+    // Renames and loader.conf do not change which files the entries use: the plan's list stands.
     for (const f of plan.unusedFiles) await removeEsp(this.esp, f, { pruneParents: 1 });
     report.deletedFiles.push(...plan.unusedFiles);
     return report;
