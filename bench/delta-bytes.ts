@@ -29,13 +29,19 @@ const proxy = await startCountingProxy(reg.port);
 try {
   const layout = await OciLayoutTarget.open(join(work, 'layout'), { create: true });
   const t0 = Date.now();
-  const built = await buildBundle({ kind: 'directory', path: trees.upgraded }, layout, 'upgraded', { compression: 'zstd' });
+  const built = await buildBundle({ kind: 'directory', path: trees.upgraded }, layout, 'upgraded', {
+    compression: 'zstd',
+  });
   const buildSeconds = (Date.now() - t0) / 1000;
-  const direct = openRegistryTarget(parseReference(`docker://${reg.host}/bench/tiu`) as DockerReference, { registriesConf: false });
+  const direct = openRegistryTarget(parseReference(`docker://${reg.host}/bench/tiu`) as DockerReference, {
+    registriesConf: false,
+  });
   await copy(layout, 'upgraded', direct, 'upgraded', {});
   await direct.close();
 
-  const source = openRegistryTarget(parseReference(`docker://${proxy.host}/bench/tiu`) as DockerReference, { registriesConf: false });
+  const source = openRegistryTarget(parseReference(`docker://${proxy.host}/bench/tiu`) as DockerReference, {
+    registriesConf: false,
+  });
   const root = await source.resolve('upgraded');
   const { manifest } = await imageManifest(source, root, { os: 'linux', architecture: built.config.architecture });
   const layers = manifest.layers.map((l) => l.digest as string);

@@ -59,7 +59,15 @@ export function log(msg: string): void {
   process.stderr.write(`bench: ${msg}\n`);
 }
 
-export function record(ctx: Ctx, scenario: string, metric: string, unit: Unit, tool: string, samples: number[], how?: string): void {
+export function record(
+  ctx: Ctx,
+  scenario: string,
+  metric: string,
+  unit: Unit,
+  tool: string,
+  samples: number[],
+  how?: string,
+): void {
   let f = ctx.figures.find((x) => x.scenario === scenario && x.metric === metric && x.tool === tool);
   if (!f) {
     f = { scenario, metric, unit, tool, samples: [], ...(how ? { how } : {}) };
@@ -93,7 +101,11 @@ export async function freshRegistry(ctx: Ctx): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // build: tiu build vs umoci repack (and casync make) of the base tree
 
-async function umociBundle(ctx: Ctx, tree: string, name: string): Promise<{ layout0: string; bundle: string; meta: string }> {
+async function umociBundle(
+  ctx: Ctx,
+  tree: string,
+  name: string,
+): Promise<{ layout0: string; bundle: string; meta: string }> {
   const layout0 = join(ctx.work, `umoci-empty-${name}`);
   const bundle = join(ctx.work, `umoci-bundle-${name}`);
   const meta = join(ctx.work, `umoci-bundle-${name}.meta`);
@@ -104,13 +116,15 @@ async function umociBundle(ctx: Ctx, tree: string, name: string): Promise<{ layo
   await sh('mount', ['--bind', tree, join(bundle, 'rootfs')]);
   await sh('mount', ['-o', 'remount,bind,ro', join(bundle, 'rootfs')]);
   await mkdir(meta);
-  for (const f of await readdir(bundle)) if (f !== 'rootfs') await cp(join(bundle, f), join(meta, f), { recursive: true });
+  for (const f of await readdir(bundle))
+    if (f !== 'rootfs') await cp(join(bundle, f), join(meta, f), { recursive: true });
   return { layout0, bundle, meta };
 }
 
 /** Put the bundle back into its just-unpacked state so the next repack diffs against empty again. */
 async function resetBundle(b: { bundle: string; meta: string }): Promise<void> {
-  for (const f of await readdir(b.bundle)) if (f !== 'rootfs') await rm(join(b.bundle, f), { recursive: true, force: true });
+  for (const f of await readdir(b.bundle))
+    if (f !== 'rootfs') await rm(join(b.bundle, f), { recursive: true, force: true });
   for (const f of await readdir(b.meta)) await cp(join(b.meta, f), join(b.bundle, f), { recursive: true });
 }
 
@@ -132,7 +146,15 @@ async function buildSection(ctx: Ctx): Promise<void> {
         const m = await measured('umoci', ['repack', '--image', `${layout}:${name}`, b.bundle]);
         if (name === 'base') {
           const size = (await imageSize(layout, name)).total;
-          record(ctx, scenario, 'time', 's', 'umoci repack', [m.wall], 'umoci repack of an umoci-unpacked bundle (gzip, one layer)');
+          record(
+            ctx,
+            scenario,
+            'time',
+            's',
+            'umoci repack',
+            [m.wall],
+            'umoci repack of an umoci-unpacked bundle (gzip, one layer)',
+          );
           record(ctx, scenario, 'output size', 'B', 'umoci repack', [size]);
           record(ctx, scenario, 'peak RSS', 'B', 'umoci repack', [m.rss]);
         }
@@ -163,7 +185,15 @@ async function buildSection(ctx: Ctx): Promise<void> {
         const m = await measured(tiuBin, ['build', tree, '--tag', `oci:${layout}:${name}`]);
         if (name === 'base') {
           const size = (await imageSize(layout, name)).total;
-          record(ctx, scenario, 'time', 's', 'tiu', [m.wall], 'tiu build DIR --tag oci:LAYOUT:TAG (zstd:chunked layers)');
+          record(
+            ctx,
+            scenario,
+            'time',
+            's',
+            'tiu',
+            [m.wall],
+            'tiu build DIR --tag oci:LAYOUT:TAG (zstd:chunked layers)',
+          );
           record(ctx, scenario, 'output size', 'B', 'tiu', [size]);
           record(ctx, scenario, 'peak RSS', 'B', 'tiu', [m.rss]);
         }
@@ -185,7 +215,12 @@ async function buildSection(ctx: Ctx): Promise<void> {
     await rm(store, { recursive: true, force: true });
     await mkdir(store);
     log(`casync make base (${i + 1}/${RUNS})`);
-    const m = await measured('casync', ['make', `--store=${join(store, 'store')}`, join(store, 'base.caidx'), ctx.trees.base]);
+    const m = await measured('casync', [
+      'make',
+      `--store=${join(store, 'store')}`,
+      join(store, 'base.caidx'),
+      ctx.trees.base,
+    ]);
     record(ctx, scenario, 'time', 's', 'casync make', [m.wall], 'casync make --store=DIR INDEX.caidx TREE');
     record(ctx, scenario, 'output size', 'B', 'casync make', [await dirBytes(store)]);
     record(ctx, scenario, 'peak RSS', 'B', 'casync make', [m.rss]);
@@ -200,7 +235,9 @@ async function registrySection(ctx: Ctx): Promise<void> {
   if (!ctx.umociLayout) throw new Error('the registry section needs the build section (umoci images)');
   const src = `${ctx.umociLayout}:base`;
   const imgBytes = (await imageSize(ctx.umociLayout, 'base')).total;
-  ctx.notes.push(`push/pull move the umoci-built base image (${(imgBytes / 2 ** 20).toFixed(1)} MiB, one gzip layer) so both tools carry the same bytes.`);
+  ctx.notes.push(
+    `push/pull move the umoci-built base image (${(imgBytes / 2 ** 20).toFixed(1)} MiB, one gzip layer) so both tools carry the same bytes.`,
+  );
   const tools: CopyTool[] = [
     {
       tool: 'skopeo',
@@ -291,12 +328,32 @@ async function machine(): Promise<Record<string, string>> {
   let code = 'unknown';
   try {
     commit = (await sh('git', ['-C', repo, 'rev-parse', '--short', 'HEAD'])).stdout.trim();
-    if ((await sh('git', ['-C', repo, 'status', '--porcelain', '--untracked-files=no'])).stdout.trim()) commit += '+dirty';
+    if ((await sh('git', ['-C', repo, 'status', '--porcelain', '--untracked-files=no'])).stdout.trim())
+      commit += '+dirty';
     // What tiu runs (src, bin, the lock file), apart from commits that only touch results or docs.
-    const trees = (await sh('git', ['-C', repo, 'rev-parse', 'HEAD:src', 'HEAD:bin', 'HEAD:package-lock.json'])).stdout.trim().split('\n').map((h) => h.slice(0, 8)).join('-');
-    const dirty = (await sh('git', ['-C', repo, 'status', '--porcelain', '--untracked-files=no', '--', 'src', 'bin', 'package-lock.json'])).stdout.trim() !== '';
+    const trees = (await sh('git', ['-C', repo, 'rev-parse', 'HEAD:src', 'HEAD:bin', 'HEAD:package-lock.json'])).stdout
+      .trim()
+      .split('\n')
+      .map((h) => h.slice(0, 8))
+      .join('-');
+    const dirty =
+      (
+        await sh('git', [
+          '-C',
+          repo,
+          'status',
+          '--porcelain',
+          '--untracked-files=no',
+          '--',
+          'src',
+          'bin',
+          'package-lock.json',
+        ])
+      ).stdout.trim() !== '';
     code = trees + (dirty ? '+dirty' : '');
-  } catch { /* not a checkout */ }
+  } catch {
+    /* not a checkout */
+  }
   return {
     date: new Date().toISOString(),
     nproc: String(cpus().length),
@@ -318,7 +375,10 @@ async function machine(): Promise<Record<string, string>> {
   };
 }
 
-const TABLE_HEAD = ['| Scenario | Metric | tiu | Figure | Peer | Peer figure | tiu ÷ peer | range |', '|---|---|---|---|---|---|---|---|'];
+const TABLE_HEAD = [
+  '| Scenario | Metric | tiu | Figure | Peer | Peer figure | tiu ÷ peer | range |',
+  '|---|---|---|---|---|---|---|---|',
+];
 
 function comparisonRow(c: Comparison): string {
   return `| ${c.scenario} | ${c.metric} | ${c.subject} | ${formatSummary(c.subjectSummary, c.unit)} | ${c.peer} | ${formatSummary(c.peerSummary, c.unit)} | ${formatRatio(c.ratio)} | ${formatRange(c.low, c.high)} |`;
@@ -329,7 +389,9 @@ function table(figures: readonly Figure[]): string {
   const rows = [...TABLE_HEAD, ...comparisons.map(comparisonRow)];
   // Figures nobody compares with (a scenario with no peer, or no tiu).
   const key = (scenario: string, metric: string, tool: string): string => `${scenario}\u0000${metric}\u0000${tool}`;
-  const compared = new Set(comparisons.flatMap((c) => [key(c.scenario, c.metric, c.subject), key(c.scenario, c.metric, c.peer)]));
+  const compared = new Set(
+    comparisons.flatMap((c) => [key(c.scenario, c.metric, c.subject), key(c.scenario, c.metric, c.peer)]),
+  );
   for (const f of figures.filter((x) => !compared.has(key(x.scenario, x.metric, x.tool)))) {
     rows.push(`| ${f.scenario} | ${f.metric} | ${f.tool} | ${formatSummary(summarize(f.samples), f.unit)} | | | | |`);
   }
@@ -366,7 +428,9 @@ async function writeReadme(figures: readonly Figure[], mach: Record<string, stri
     return;
   }
   const all = compare(figures);
-  const rows = README_ROWS.map(([sc, m, s, p]) => all.find((c) => c.scenario === sc && c.metric === m && c.subject === s && c.peer === p)).filter((c) => c !== undefined);
+  const rows = README_ROWS.map(([sc, m, s, p]) =>
+    all.find((c) => c.scenario === sc && c.metric === m && c.subject === s && c.peer === p),
+  ).filter((c) => c !== undefined);
   const load = mach['load average (1/5/15 min) at start'] ?? '?';
   const block = [
     text.slice(start, text.indexOf('\n', start) + 1),
@@ -379,7 +443,12 @@ async function writeReadme(figures: readonly Figure[], mach: Record<string, stri
   await writeFile(path, text.slice(0, start) + block + text.slice(end));
 }
 
-interface EarlierRun { date: string; commit: string; code: string; comparisons: Comparison[] }
+interface EarlierRun {
+  date: string;
+  commit: string;
+  code: string;
+  comparisons: Comparison[];
+}
 
 /** The results.json in the checkout before this run overwrites it, when it measured the same trees. */
 async function earlierRun(treeKey: string): Promise<EarlierRun | string> {
@@ -389,11 +458,22 @@ async function earlierRun(treeKey: string): Promise<EarlierRun | string> {
   } catch {
     return 'there is no earlier bench/results.json to compare with';
   }
-  if (json.trees?.key !== treeKey) return `the earlier bench/results.json measured other trees (key ${json.trees?.key ?? 'none'})`;
-  return { date: json.machine?.date ?? '?', commit: json.machine?.tiu ?? '?', code: json.machine?.['tiu code (src, bin, lock file)'] ?? '?', comparisons: compare(json.figures ?? []) };
+  if (json.trees?.key !== treeKey)
+    return `the earlier bench/results.json measured other trees (key ${json.trees?.key ?? 'none'})`;
+  return {
+    date: json.machine?.date ?? '?',
+    commit: json.machine?.tiu ?? '?',
+    code: json.machine?.['tiu code (src, bin, lock file)'] ?? '?',
+    comparisons: compare(json.figures ?? []),
+  };
 }
 
-function recheckSection(now: readonly Comparison[], earlier: EarlierRun | string, commit: string, code: string): string[] {
+function recheckSection(
+  now: readonly Comparison[],
+  earlier: EarlierRun | string,
+  commit: string,
+  code: string,
+): string[] {
   const head = ['## Against the previous run', ''];
   if (typeof earlier === 'string') return [...head, `Not compared: ${earlier}.`, ''];
   const checks = recheck(now, earlier.comparisons);
@@ -404,8 +484,15 @@ function recheckSection(now: readonly Comparison[], earlier: EarlierRun | string
     `The previous results (${earlier.date}, tiu ${earlier.commit}${same ? `; this run is tiu ${commit}, the same code` : `; this run is tiu ${commit}, other code, so tiu's own figures may have moved on purpose`}): ${checks.length - outside.length} of ${checks.length} ratios of this run lie within the range the previous run reported (widened by 2% relative).`,
     '',
     ...(outside.length
-      ? ['| Scenario | Metric | tiu | Peer | previous ratio (range) | this run |', '|---|---|---|---|---|---|',
-        ...outside.map((o) => `| ${o.comparison.scenario} | ${o.comparison.metric} | ${o.comparison.subject} | ${o.comparison.peer} | ${formatRatio(o.earlier.ratio)} (${formatRange(o.earlier.low, o.earlier.high)}) | ${formatRatio(o.comparison.ratio)} |`), '']
+      ? [
+          '| Scenario | Metric | tiu | Peer | previous ratio (range) | this run |',
+          '|---|---|---|---|---|---|',
+          ...outside.map(
+            (o) =>
+              `| ${o.comparison.scenario} | ${o.comparison.metric} | ${o.comparison.subject} | ${o.comparison.peer} | ${formatRatio(o.earlier.ratio)} (${formatRange(o.earlier.low, o.earlier.high)}) | ${formatRatio(o.comparison.ratio)} |`,
+          ),
+          '',
+        ]
       : []),
   ];
 }
@@ -420,9 +507,14 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     treeSeconds,
     sectionSeconds: ctx.sectionSeconds,
     trees: {
-      key: t.key, release: t.release, builtAt: t.builtAt,
-      debootstrapSeconds: t.debootstrapSeconds, upgradeSeconds: t.upgradeSeconds,
-      bytes: t.bytes, diff: t.diff, upgradedPackages: t.upgradedPackages,
+      key: t.key,
+      release: t.release,
+      builtAt: t.builtAt,
+      debootstrapSeconds: t.debootstrapSeconds,
+      upgradeSeconds: t.upgradeSeconds,
+      bytes: t.bytes,
+      diff: t.diff,
+      upgradedPackages: t.upgradedPackages,
       packages: t.packages.base.length,
     },
     figures: ctx.figures.map((f) => ({ ...f, ...summarize(f.samples) })),
@@ -441,14 +533,27 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     ...recheckSection(compare(ctx.figures), earlier, mach.tiu ?? '?', mach['tiu code (src, bin, lock file)'] ?? '?'),
     '',
     ...(loadAtStart[0]! > cpus().length
-      ? [`Note: the load average was ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores (other work on this machine, running or just finished), so times may be inflated and noisy; sizes and byte counts are not affected.`, '']
+      ? [
+          `Note: the load average was ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores (other work on this machine, running or just finished), so times may be inflated and noisy; sizes and byte counts are not affected.`,
+          '',
+        ]
       : []),
     '## Trees',
     '',
-    `Debian bookworm, debootstrap ${t.inputs.variant} + ${t.inputs.include.join(', ')} from ${t.inputs.mirror} (${Object.entries(t.release).map(([k, v]) => `${k}: ${v}`).join('; ')}); ${t.packages.base.length} packages, ${t.diff.files.base} entries, ${(t.bytes.base / 2 ** 20).toFixed(0)} MiB of file content.`,
+    `Debian bookworm, debootstrap ${t.inputs.variant} + ${t.inputs.include.join(', ')} from ${t.inputs.mirror} (${Object.entries(
+      t.release,
+    )
+      .map(([k, v]) => `${k}: ${v}`)
+      .join(
+        '; ',
+      )}); ${t.packages.base.length} packages, ${t.diff.files.base} entries, ${(t.bytes.base / 2 ** 20).toFixed(0)} MiB of file content.`,
     `The update (\`apt-get upgrade\` with bookworm-updates and bookworm-security from ${t.inputs.securityMirror}) changes ${t.upgradedPackages.length} packages (${t.upgradedPackages.join(', ')}): ${t.diff.changed} changed, ${t.diff.added} added and ${t.diff.removed} removed entries, ${(t.diff.changedBytes / 2 ** 20).toFixed(1)} MiB of new file content.`,
     `Building the trees (cached in ${dirname(t.dir)}, key ${t.key}, built ${t.builtAt}) took ${t.debootstrapSeconds.toFixed(0)} s of debootstrap and ${t.upgradeSeconds.toFixed(0)} s of upgrade, cold.`,
-    `This run took ${wall.toFixed(0)} s after the trees, which ${treeSeconds > 30 ? `were built in this run (${treeSeconds.toFixed(0)} s, cold)` : 'came from the cache'}: ${Object.entries(ctx.sectionSeconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')}.`,
+    `This run took ${wall.toFixed(0)} s after the trees, which ${treeSeconds > 30 ? `were built in this run (${treeSeconds.toFixed(0)} s, cold)` : 'came from the cache'}: ${Object.entries(
+      ctx.sectionSeconds,
+    )
+      .map(([k, v]) => `${k} ${v.toFixed(0)} s`)
+      .join(', ')}.`,
     '',
     '## What was run',
     '',
@@ -481,7 +586,9 @@ async function main(): Promise<void> {
   const trees = await ensureTrees();
   const treeSeconds = (Date.now() - treeStart) / 1000;
   const start = Date.now();
-  log(`trees: ${trees.dir} (${trees.diff.changed} changed, ${trees.diff.added} added, ${trees.diff.removed} removed entries)`);
+  log(
+    `trees: ${trees.dir} (${trees.diff.changed} changed, ${trees.diff.added} added, ${trees.diff.removed} removed entries)`,
+  );
   const base = process.env.TIU_BENCH_WORK ?? '/var/tmp';
   const work = await mkdtemp(join(base, 'tiu-bench-'));
   const registry = await startRegistry();
@@ -491,7 +598,9 @@ async function main(): Promise<void> {
     await timed(ctx, 'build', () => buildSection(ctx));
     if (ONLY.includes('registry')) await timed(ctx, 'push/pull', () => registrySection(ctx));
     if (ONLY.some((o) => o.startsWith('update'))) {
-      await timed(ctx, 'install and updates', () => updateSection(ctx, { peers: !ONLY.includes('update-tiu'), tiu: !ONLY.includes('update-peers') }));
+      await timed(ctx, 'install and updates', () =>
+        updateSection(ctx, { peers: !ONLY.includes('update-tiu'), tiu: !ONLY.includes('update-peers') }),
+      );
     }
   } finally {
     await proxy.stop();
@@ -502,7 +611,9 @@ async function main(): Promise<void> {
   const mach = await machine();
   await writeResults(ctx, mach, wall, treeSeconds);
   if (FULL) await writeReadme(ctx.figures, mach);
-  log(`done in ${wall.toFixed(0)} s; wrote ${RESULTS}.md and ${RESULTS}.json${FULL ? ' and the README\'s rows' : ' (a partial run: TIU_BENCH_ONLY or TIU_BENCH_RUNS is set)'}`);
+  log(
+    `done in ${wall.toFixed(0)} s; wrote ${RESULTS}.md and ${RESULTS}.json${FULL ? " and the README's rows" : ' (a partial run: TIU_BENCH_ONLY or TIU_BENCH_RUNS is set)'}`,
+  );
   process.stdout.write(table(ctx.figures) + '\n');
 }
 

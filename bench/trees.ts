@@ -62,7 +62,11 @@ export async function aptMirrors(): Promise<{ mirror: string; securityMirror: st
   const uris: string[] = [];
   for (const f of files) {
     let text: string;
-    try { text = await readFile(f, 'utf8'); } catch { continue; }
+    try {
+      text = await readFile(f, 'utf8');
+    } catch {
+      continue;
+    }
     for (const line of text.split('\n')) {
       const m = /^\s*URIs:\s*(\S+)/.exec(line) ?? /^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)/.exec(line);
       if (m?.[1]) uris.push(m[1].replace(/\/$/, ''));
@@ -128,17 +132,28 @@ async function cleanApt(root: string): Promise<void> {
 async function withChrootMounts<T>(root: string, fn: () => Promise<T>): Promise<T> {
   const mounted: string[] = [];
   try {
-    await sh('mount', ['-t', 'proc', 'proc', join(root, 'proc')]); mounted.push(join(root, 'proc'));
-    await sh('mount', ['-t', 'sysfs', 'sysfs', join(root, 'sys')]); mounted.push(join(root, 'sys'));
-    await sh('mount', ['--bind', '/dev', join(root, 'dev')]); mounted.push(join(root, 'dev'));
-    await sh('mount', ['--bind', '/dev/pts', join(root, 'dev/pts')]); mounted.push(join(root, 'dev/pts'));
+    await sh('mount', ['-t', 'proc', 'proc', join(root, 'proc')]);
+    mounted.push(join(root, 'proc'));
+    await sh('mount', ['-t', 'sysfs', 'sysfs', join(root, 'sys')]);
+    mounted.push(join(root, 'sys'));
+    await sh('mount', ['--bind', '/dev', join(root, 'dev')]);
+    mounted.push(join(root, 'dev'));
+    await sh('mount', ['--bind', '/dev/pts', join(root, 'dev/pts')]);
+    mounted.push(join(root, 'dev/pts'));
     return await fn();
   } finally {
     for (const m of mounted.reverse()) await sh('umount', [m]).catch(() => sh('umount', ['-l', m]));
   }
 }
 
-interface Entry { kind: string; mode: number; uid: number; gid: number; size: number; target?: string }
+interface Entry {
+  kind: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  target?: string;
+}
 
 async function walk(root: string): Promise<Map<string, Entry>> {
   const out = new Map<string, Entry>();
@@ -169,16 +184,34 @@ async function fileHash(p: string): Promise<string> {
 /** File-level difference of two trees (content by sha256 where sizes agree). */
 export async function diffTrees(a: string, b: string): Promise<TreeDiff & { bytesA: number; bytesB: number }> {
   const [ea, eb] = await Promise.all([walk(a), walk(b)]);
-  let added = 0, removed = 0, changed = 0, changedBytes = 0, bytesA = 0, bytesB = 0;
+  let added = 0,
+    removed = 0,
+    changed = 0,
+    changedBytes = 0,
+    bytesA = 0,
+    bytesB = 0;
   for (const e of ea.values()) bytesA += e.size;
   for (const e of eb.values()) bytesB += e.size;
   for (const k of ea.keys()) if (!eb.has(k)) removed++;
   for (const [k, y] of eb) {
     const x = ea.get(k);
-    if (!x) { added++; changedBytes += y.size; continue; }
-    let differs = x.kind !== y.kind || x.mode !== y.mode || x.uid !== y.uid || x.gid !== y.gid || x.target !== y.target || x.size !== y.size;
+    if (!x) {
+      added++;
+      changedBytes += y.size;
+      continue;
+    }
+    let differs =
+      x.kind !== y.kind ||
+      x.mode !== y.mode ||
+      x.uid !== y.uid ||
+      x.gid !== y.gid ||
+      x.target !== y.target ||
+      x.size !== y.size;
     if (!differs && y.kind === 'f') differs = (await fileHash(join(a, k))) !== (await fileHash(join(b, k)));
-    if (differs) { changed++; changedBytes += y.size; }
+    if (differs) {
+      changed++;
+      changedBytes += y.size;
+    }
   }
   return { files: { base: ea.size, upgraded: eb.size }, added, removed, changed, changedBytes, bytesA, bytesB };
 }
@@ -200,8 +233,13 @@ export async function ensureTrees(): Promise<TreeInfo> {
   log(`debootstrap ${inp.suite} (${inp.variant} + ${inp.include.join(',')}) from ${inp.mirror} into ${base}`);
   let t0 = Date.now();
   await sh('debootstrap', [
-    `--variant=${inp.variant}`, `--arch=${inp.arch}`, `--include=${inp.include.join(',')}`,
-    `--cache-dir=${join(cacheRoot, 'debs')}`, inp.suite, base, inp.mirror,
+    `--variant=${inp.variant}`,
+    `--arch=${inp.arch}`,
+    `--include=${inp.include.join(',')}`,
+    `--cache-dir=${join(cacheRoot, 'debs')}`,
+    inp.suite,
+    base,
+    inp.mirror,
   ]);
   const debootstrapSeconds = (Date.now() - t0) / 1000;
   log(`debootstrap took ${debootstrapSeconds.toFixed(0)} s`);
@@ -237,8 +275,15 @@ export async function ensureTrees(): Promise<TreeInfo> {
   const upgradedPackages = upgradedPackagesSet.filter((p) => !baseSet.has(p));
   const d = await diffTrees(base, upgraded);
   const info: TreeInfo = {
-    key, dir, base, upgraded, inputs: inp, builtAt: new Date().toISOString(), release,
-    debootstrapSeconds, upgradeSeconds,
+    key,
+    dir,
+    base,
+    upgraded,
+    inputs: inp,
+    builtAt: new Date().toISOString(),
+    release,
+    debootstrapSeconds,
+    upgradeSeconds,
     packages: { base: basePackages, upgraded: upgradedPackagesSet },
     upgradedPackages,
     diff: { files: d.files, added: d.added, removed: d.removed, changed: d.changed, changedBytes: d.changedBytes },

@@ -22,12 +22,24 @@ import { dirBytes, firstLine, log, record, RUNS, tiuHas, tiuBin, type Ctx } from
  * the host's snapper configuration (the Debian trees bring none).
  */
 const EXCLUDES = [
-  '/.snapshots', ...MICROOS_SUBVOLUMES.map((s) => `/${s}`), '/proc', '/sys', '/dev', '/run', '/tmp', '/mnt', '/boot/efi',
-  '/etc/snapper', '/etc/default/snapper',
+  '/.snapshots',
+  ...MICROOS_SUBVOLUMES.map((s) => `/${s}`),
+  '/proc',
+  '/sys',
+  '/dev',
+  '/run',
+  '/tmp',
+  '/mnt',
+  '/boot/efi',
+  '/etc/snapper',
+  '/etc/default/snapper',
 ];
 const RSYNC = ['-aHAX', '--numeric-ids', '--inplace', '--delete', ...EXCLUDES.map((e) => `--exclude=${e}`)];
 
-interface Step { wall: number; rss: number }
+interface Step {
+  wall: number;
+  rss: number;
+}
 
 /** Several measured steps as one: wall times add up, peak RSS is the largest. */
 class Steps {
@@ -61,7 +73,10 @@ export async function exclusiveBytes(path: string): Promise<number> {
 /** Delete a subvolume and the subvolumes nested in it (inode 256 marks a subvolume root). */
 async function deleteSubvolume(path: string, opts: { nestedOnly?: boolean } = {}): Promise<void> {
   const r = await sh('find', [path, '-mindepth', '1', '-type', 'd', '-inum', '256']);
-  const nested = r.stdout.split('\n').filter(Boolean).sort((a, b) => b.length - a.length);
+  const nested = r.stdout
+    .split('\n')
+    .filter(Boolean)
+    .sort((a, b) => b.length - a.length);
   if (!opts.nestedOnly) await setReadOnly(path, false);
   for (const p of opts.nestedOnly ? nested : [...nested, path]) {
     await setReadOnly(p, false);
@@ -74,7 +89,17 @@ function snapper(os: MicroOS, args: string[]): [string, string[]] {
 }
 
 async function snapperCreate(os: MicroOS, from: number, steps: Steps): Promise<number> {
-  const [c, a] = snapper(os, ['create', '--from', String(from), '--read-write', '--print-number', '--cleanup-algorithm', 'number', '--description', 'bench']);
+  const [c, a] = snapper(os, [
+    'create',
+    '--from',
+    String(from),
+    '--read-write',
+    '--print-number',
+    '--cleanup-algorithm',
+    'number',
+    '--description',
+    'bench',
+  ]);
   const m = await steps.run(c, a);
   const n = Number(m.stdout.trim());
   if (!Number.isInteger(n)) throw new Error(`snapper create printed no number: ${m.stdout}`);
@@ -114,13 +139,29 @@ async function installImage(os: MicroOS, layout: string, tag: string, n: number,
   await rm(staging, { recursive: true, force: true });
 }
 
-export async function updateSection(ctx: Ctx, which: { peers: boolean; tiu: boolean } = { peers: true, tiu: true }): Promise<void> {
+export async function updateSection(
+  ctx: Ctx,
+  which: { peers: boolean; tiu: boolean } = { peers: true, tiu: true },
+): Promise<void> {
   if (!ctx.umociLayout) throw new Error('the update section needs the build section (umoci images)');
   const reg = ctx.proxy.host;
   // The images in the registry: the umoci-built ones for the peers, tiu bundles for tiu.
   for (const tag of ['base', 'upgraded']) {
-    await sh('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${ctx.umociLayout}:${tag}`, `docker://${reg}/bench/umoci:${tag}`]);
-    if (ctx.tiuLayout) await sh('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${ctx.tiuLayout}:${tag}`, `docker://${reg}/bench/tiu:${tag}`]);
+    await sh('skopeo', [
+      'copy',
+      '-q',
+      '--dest-tls-verify=false',
+      `oci:${ctx.umociLayout}:${tag}`,
+      `docker://${reg}/bench/umoci:${tag}`,
+    ]);
+    if (ctx.tiuLayout)
+      await sh('skopeo', [
+        'copy',
+        '-q',
+        '--dest-tls-verify=false',
+        `oci:${ctx.tiuLayout}:${tag}`,
+        `docker://${reg}/bench/tiu:${tag}`,
+      ]);
   }
   ctx.proxy.reset();
   if (which.peers) await peers(ctx);
@@ -128,7 +169,9 @@ export async function updateSection(ctx: Ctx, which: { peers: boolean; tiu: bool
   if (ctx.tiuLayout && (await tiuHas('update'))) {
     await tiuUpdates(ctx);
   } else {
-    ctx.missing.push(`first install and updates: ${ctx.tiuLayout ? '`tiu update`' : '`tiu build` (for the bundles) and `tiu update`'} not in this checkout yet`);
+    ctx.missing.push(
+      `first install and updates: ${ctx.tiuLayout ? '`tiu update`' : '`tiu build` (for the bundles) and `tiu update`'} not in this checkout yet`,
+    );
   }
 }
 
@@ -147,15 +190,29 @@ async function peers(ctx: Ctx): Promise<void> {
     await installImage(os, umoci, 'base', 1, join(varLib, 'staging'));
     const two = await snapperCreate(os, 1, new Steps());
     await installImage(os, umoci, 'upgraded', two, join(varLib, 'staging'));
-    const states = [{ name: 'base', snap: 1 }, { name: 'upgraded', snap: two }];
-    for (const st of states) await sh('skopeo', ['copy', '-q', `oci:${umoci}:${st.name}`, `oci:${join(varLib, `store-${st.name}`)}:${st.name}`]);
+    const states = [
+      { name: 'base', snap: 1 },
+      { name: 'upgraded', snap: two },
+    ];
+    for (const st of states)
+      await sh('skopeo', [
+        'copy',
+        '-q',
+        `oci:${umoci}:${st.name}`,
+        `oci:${join(varLib, `store-${st.name}`)}:${st.name}`,
+      ]);
 
     // casync's server side: one chunk store, an index per state, served through the proxy.
     const serve = join(ctx.work, 'casync-serve');
     await mkdir(serve, { recursive: true });
     for (const st of states) {
       log(`casync make of snapshot ${st.snap} (${st.name})`);
-      await sh('casync', ['make', `--store=${join(serve, 'store')}`, join(serve, `${st.name}.caidx`), os.snapshotPath(st.snap)]);
+      await sh('casync', [
+        'make',
+        `--store=${join(serve, 'store')}`,
+        join(serve, `${st.name}.caidx`),
+        os.snapshotPath(st.snap),
+      ]);
     }
     ctx.proxy.serve('/casync/', serve);
     const targets = join(os.top, 'bench-targets');
@@ -171,13 +228,26 @@ async function peers(ctx: Ctx): Promise<void> {
         const st = new Steps();
         ctx.proxy.reset();
         log(`first install with ${tool} (${i + 1}/${RUNS})`);
-        await st.run('skopeo', ['copy', '-q', '--src-tls-verify=false', `docker://${reg}/bench/umoci:base`, `oci:${store}:base`]);
+        await st.run('skopeo', [
+          'copy',
+          '-q',
+          '--src-tls-verify=false',
+          `docker://${reg}/bench/umoci:base`,
+          `oci:${store}:base`,
+        ]);
         const down = ctx.proxy.reset().down;
         await st.run('btrfs', ['-q', 'subvolume', 'create', target]);
         await st.run('umoci', ['unpack', '--image', `${store}:base`, join(target, 'bundle')]);
         await st.run('btrfs', ['filesystem', 'sync', target]);
-        record(ctx, FIRST, 'time', 's', tool, [st.wall],
-          'first install: skopeo copy docker://… oci:STORE, umoci unpack into a new subvolume (the rootfs lands under bundle/), sync');
+        record(
+          ctx,
+          FIRST,
+          'time',
+          's',
+          tool,
+          [st.wall],
+          'first install: skopeo copy docker://… oci:STORE, umoci unpack into a new subvolume (the rootfs lands under bundle/), sync',
+        );
         record(ctx, FIRST, 'bytes downloaded', 'B', tool, [down]);
         record(ctx, FIRST, 'disk (new snapshot)', 'B', tool, [await exclusiveBytes(target)]);
         record(ctx, FIRST, 'temporary disk', 'B', tool, [await dirBytes(store)]);
@@ -200,7 +270,13 @@ async function peers(ctx: Ctx): Promise<void> {
           const st = new Steps();
           ctx.proxy.reset();
           log(`${scenario} with apply-oci (${i + 1}/${RUNS})`);
-          await st.run('skopeo', ['copy', '-q', '--src-tls-verify=false', `docker://${reg}/bench/umoci:upgraded`, `oci:${store}:upgraded`]);
+          await st.run('skopeo', [
+            'copy',
+            '-q',
+            '--src-tls-verify=false',
+            `docker://${reg}/bench/umoci:upgraded`,
+            `oci:${store}:upgraded`,
+          ]);
           const down = ctx.proxy.reset().down;
           await st.run('umoci', ['unpack', '--image', `${store}:upgraded`, bundle]);
           const n = await snapperCreate(os, from.snap, st);
@@ -208,11 +284,20 @@ async function peers(ctx: Ctx): Promise<void> {
           await st.run('rsync', [...RSYNC, `${join(bundle, 'rootfs')}/`, `${snap}/`]);
           await st.run('btrfs', ['property', 'set', '-ts', snap, 'ro', 'true']);
           await st.run('btrfs', ['filesystem', 'sync', snap]);
-          record(ctx, scenario, 'time', 's', tool, [st.wall],
-            'apply-oci: skopeo copy docker://… oci:STORE (the store already holds the running image), umoci unpack, snapper create --from OLD --read-write, rsync -aHAX --inplace --delete (MicroOS subvolumes excluded), read-only, sync');
+          record(
+            ctx,
+            scenario,
+            'time',
+            's',
+            tool,
+            [st.wall],
+            'apply-oci: skopeo copy docker://… oci:STORE (the store already holds the running image), umoci unpack, snapper create --from OLD --read-write, rsync -aHAX --inplace --delete (MicroOS subvolumes excluded), read-only, sync',
+          );
           record(ctx, scenario, 'bytes downloaded', 'B', tool, [down]);
           record(ctx, scenario, 'disk (new snapshot)', 'B', tool, [await exclusiveBytes(snap)]);
-          record(ctx, scenario, 'temporary disk', 'B', tool, [(await dirBytes(store)) - before + (await dirBytes(bundle))]);
+          record(ctx, scenario, 'temporary disk', 'B', tool, [
+            (await dirBytes(store)) - before + (await dirBytes(bundle)),
+          ]);
           record(ctx, scenario, 'peak RSS', 'B', tool, [st.rss]);
           await snapperDelete(os, n);
           await rm(store, { recursive: true, force: true });
@@ -226,13 +311,26 @@ async function peers(ctx: Ctx): Promise<void> {
           ctx.proxy.reset();
           log(`${scenario} with casync (${i + 1}/${RUNS})`);
           await st.run('btrfs', ['-q', 'subvolume', 'create', target]);
-          await st.run('casync', ['extract', `--store=${ctx.proxy.url}/casync/store`, `--seed=${os.snapshotPath(from.snap)}`, '--reflink=yes',
-            `${ctx.proxy.url}/casync/upgraded.caidx`, target]);
+          await st.run('casync', [
+            'extract',
+            `--store=${ctx.proxy.url}/casync/store`,
+            `--seed=${os.snapshotPath(from.snap)}`,
+            '--reflink=yes',
+            `${ctx.proxy.url}/casync/upgraded.caidx`,
+            target,
+          ]);
           await st.run('btrfs', ['property', 'set', '-ts', target, 'ro', 'true']);
           await st.run('btrfs', ['filesystem', 'sync', target]);
           const down = ctx.proxy.reset().down;
-          record(ctx, scenario, 'time', 's', tool, [st.wall],
-            'casync: casync extract --store=http://…/store --seed=OLD-SNAPSHOT --reflink=yes http://…/upgraded.caidx into a new subvolume, read-only, sync (index and store made by casync make from the installed trees)');
+          record(
+            ctx,
+            scenario,
+            'time',
+            's',
+            tool,
+            [st.wall],
+            'casync: casync extract --store=http://…/store --seed=OLD-SNAPSHOT --reflink=yes http://…/upgraded.caidx into a new subvolume, read-only, sync (index and store made by casync make from the installed trees)',
+          );
           record(ctx, scenario, 'bytes downloaded', 'B', tool, [down]);
           record(ctx, scenario, 'disk (new snapshot)', 'B', tool, [await exclusiveBytes(target)]);
           record(ctx, scenario, 'temporary disk', 'B', tool, [0]);
@@ -260,14 +358,25 @@ async function snapshotNumbers(os: MicroOS): Promise<Set<number>> {
 }
 
 /** One tiu update, measured and recorded; returns the snapshot it created, if any. */
-async function tiuStep(ctx: Ctx, os: MicroOS, step: { scenario: string; tag: string; tool: string; args: string[]; how: string }, i: number): Promise<number | undefined> {
+async function tiuStep(
+  ctx: Ctx,
+  os: MicroOS,
+  step: { scenario: string; tag: string; tool: string; args: string[]; how: string },
+  i: number,
+): Promise<number | undefined> {
   const cache = join(os.sysroot, 'var/cache/tiu');
   const before = await snapshotNumbers(os);
   const cacheBefore = existsSync(cache) ? await dirBytes(cache) : 0;
   ctx.proxy.reset();
   log(`${step.scenario} with ${step.tool} (${i + 1}/${RUNS})`);
   const st = new Steps();
-  await st.run(tiuBin, ['update', `docker://${ctx.proxy.host}/bench/tiu:${step.tag}`, '--sysroot', os.sysroot, ...step.args]);
+  await st.run(tiuBin, [
+    'update',
+    `docker://${ctx.proxy.host}/bench/tiu:${step.tag}`,
+    '--sysroot',
+    os.sysroot,
+    ...step.args,
+  ]);
   await st.run('btrfs', ['filesystem', 'sync', os.sysroot]);
   const down = ctx.proxy.reset().down;
   const created = [...(await snapshotNumbers(os))].filter((n) => !before.has(n));
@@ -276,7 +385,9 @@ async function tiuStep(ctx: Ctx, os: MicroOS, step: { scenario: string; tag: str
   record(ctx, step.scenario, 'time', 's', step.tool, [st.wall], step.how);
   record(ctx, step.scenario, 'bytes downloaded', 'B', step.tool, [down]);
   record(ctx, step.scenario, 'disk (new snapshot)', 'B', step.tool, [disk]);
-  record(ctx, step.scenario, 'temporary disk', 'B', step.tool, [(existsSync(cache) ? await dirBytes(cache) : 0) - cacheBefore]);
+  record(ctx, step.scenario, 'temporary disk', 'B', step.tool, [
+    (existsSync(cache) ? await dirBytes(cache) : 0) - cacheBefore,
+  ]);
   record(ctx, step.scenario, 'peak RSS', 'B', step.tool, [st.rss]);
   return snap;
 }
@@ -294,27 +405,44 @@ export const CASYNC = 'casync (seeded extract, reflink)';
  * first, so whatever it leaves in tiu's cache can only help the whole-layer run.
  */
 async function tiuUpdates(ctx: Ctx): Promise<void> {
-  ctx.notes.push('tiu update runs with default-hooks = false (the peers run no hooks either) and a policy.json that accepts unsigned images (insecureAcceptAnything).');
-  const how = 'tiu update docker://… --sysroot DIR (snapper snapshot of the booted one, diff-apply, /etc merge, commit), sync; a reboot (remount of the new default) between steps';
+  ctx.notes.push(
+    'tiu update runs with default-hooks = false (the peers run no hooks either) and a policy.json that accepts unsigned images (insecureAcceptAnything).',
+  );
+  const how =
+    'tiu update docker://… --sysroot DIR (snapper snapshot of the booted one, diff-apply, /etc merge, commit), sync; a reboot (remount of the new default) between steps';
   for (let i = 0; i < RUNS; i++) {
     const os = await createMicroOS({ sizeMiB: 8192 });
     try {
       await mkdir(join(os.sysroot, 'etc/tiu'), { recursive: true });
       await writeFile(join(os.sysroot, 'etc/tiu/tiu.conf'), 'default-hooks = false\n');
       await mkdir(join(os.sysroot, 'etc/containers'), { recursive: true });
-      await writeFile(join(os.sysroot, 'etc/containers/policy.json'), JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }) + '\n');
+      await writeFile(
+        join(os.sysroot, 'etc/containers/policy.json'),
+        JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }) + '\n',
+      );
       const base = await tiuStep(ctx, os, { scenario: FIRST, tag: 'base', tool: 'tiu', args: [], how }, i);
       if (base === undefined) throw new Error('the first install created no snapshot');
       await reboot(os);
-      if (await tiuStep(ctx, os, { scenario: UPDATE('base'), tag: 'upgraded', tool: 'tiu', args: [], how }, i) === undefined) {
+      if (
+        (await tiuStep(ctx, os, { scenario: UPDATE('base'), tag: 'upgraded', tool: 'tiu', args: [], how }, i)) ===
+        undefined
+      ) {
         throw new Error('base → upgraded created no snapshot');
       }
       await sh(tiuBin, ['rollback', String(base), '--sysroot', os.sysroot]);
       await reboot(os);
-      const whole = await tiuStep(ctx, os, {
-        scenario: UPDATE('base'), tag: 'upgraded', tool: TIU_WHOLE, args: ['--transfer', 'whole-layer'],
-        how: 'tiu update … --transfer whole-layer: the same update, downloading whole layers instead of only the files the system lacks',
-      }, i);
+      const whole = await tiuStep(
+        ctx,
+        os,
+        {
+          scenario: UPDATE('base'),
+          tag: 'upgraded',
+          tool: TIU_WHOLE,
+          args: ['--transfer', 'whole-layer'],
+          how: 'tiu update … --transfer whole-layer: the same update, downloading whole layers instead of only the files the system lacks',
+        },
+        i,
+      );
       if (whole === undefined) throw new Error('base → upgraded (whole layers) created no snapshot');
       await reboot(os);
       await tiuStep(ctx, os, { scenario: UPDATE('upgraded'), tag: 'upgraded', tool: 'tiu', args: [], how }, i);

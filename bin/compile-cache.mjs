@@ -65,7 +65,11 @@ export function enableTiuCompileCache(env = process.env) {
   for (const dir of cacheCandidates(env)) {
     if (!ensureDir(dir, 2)) continue;
     const r = module.enableCompileCache(dir);
-    if (r.status === module.constants.compileCacheStatus.ENABLED || r.status === module.constants.compileCacheStatus.ALREADY_ENABLED) return r.directory ?? dir;
+    if (
+      r.status === module.constants.compileCacheStatus.ENABLED ||
+      r.status === module.constants.compileCacheStatus.ALREADY_ENABLED
+    )
+      return r.directory ?? dir;
   }
   return undefined;
 }

@@ -23,12 +23,17 @@ function step(title: string): void {
   process.stdout.write(`\n\x1b[1m== ${title}\x1b[0m\n`);
 }
 
-async function tiu(args: string[], opts: { env?: Record<string, string>; expectFailure?: boolean } = {}): Promise<string> {
+async function tiu(
+  args: string[],
+  opts: { env?: Record<string, string>; expectFailure?: boolean } = {},
+): Promise<string> {
   process.stdout.write(`$ tiu ${args.join(' ')}\n`);
   const r = await execa(tiuBin, args, { env: opts.env, reject: false, stderr: 'inherit' });
   if (r.stdout) process.stdout.write(r.stdout + (r.stdout.endsWith('\n') ? '' : '\n'));
   if (opts.expectFailure ? r.exitCode === 0 : r.exitCode !== 0) {
-    throw new Error(`tiu ${args[0]} ${opts.expectFailure ? 'succeeded but should have failed' : `failed with exit code ${r.exitCode}`}`);
+    throw new Error(
+      `tiu ${args[0]} ${opts.expectFailure ? 'succeeded but should have failed' : `failed with exit code ${r.exitCode}`}`,
+    );
   }
   return r.stdout;
 }
@@ -55,7 +60,9 @@ try {
   step('3. CI: build version 2 from an OS tree and push it');
   const tree = join(work, 'tree-v2');
   await writeTree(tree, await v2Files());
-  await tiu(['build', tree, '--tag', ref, '--annotation', 'org.opencontainers.image.version=2'], { env: { SOURCE_DATE_EPOCH: '1767225600' } });
+  await tiu(['build', tree, '--tag', ref, '--annotation', 'org.opencontainers.image.version=2'], {
+    env: { SOURCE_DATE_EPOCH: '1767225600' },
+  });
   await tiu(['inspect', ref]);
 
   step('4. the device trusts one key: an unsigned bundle is refused');
@@ -66,7 +73,11 @@ try {
   const policy = {
     default: [{ type: 'reject' }],
     transports: {
-      docker: { [`${registry.host}/microos`]: [{ type: 'sigstoreSigned', keyData: pub.toString('base64'), signedIdentity: { type: 'matchRepository' } }] },
+      docker: {
+        [`${registry.host}/microos`]: [
+          { type: 'sigstoreSigned', keyData: pub.toString('base64'), signedIdentity: { type: 'matchRepository' } },
+        ],
+      },
     },
   };
   await writeFile(join(os.sysroot, 'etc/tiu/policy.json'), JSON.stringify(policy, null, 2) + '\n');

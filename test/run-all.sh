@@ -8,6 +8,7 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 bash scripts/install-deps.sh || exit 1
 echo "== typecheck"; tsc --noEmit || exit 1
 echo "== lint"; eslint . || exit 1
+echo "== format"; prettier --check --log-level warn . || { echo "run: npx prettier --write ."; exit 1; }
 log=$(mktemp)
 echo "== tests"
 mocha --timeout 300000 'test/unit/**/*.test.ts' 'test/integration/**/*.test.ts' 'test/system/**/*.test.ts' "$@" 2>&1 | tee "$log"

@@ -2,7 +2,12 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-interface Desc { digest: string; size: number; mediaType?: string; annotations?: Record<string, string> }
+interface Desc {
+  digest: string;
+  size: number;
+  mediaType?: string;
+  annotations?: Record<string, string>;
+}
 
 async function blob(layout: string, digest: string): Promise<Buffer> {
   const [alg, hex] = digest.split(':');
@@ -20,7 +25,11 @@ export async function manifestDesc(layout: string, tag: string): Promise<Desc> {
 /** Bytes of one image: manifest + config + layers. */
 export async function imageSize(layout: string, tag: string): Promise<{ total: number; layers: number[] }> {
   const d = await manifestDesc(layout, tag);
-  const m = JSON.parse((await blob(layout, d.digest)).toString()) as { config: Desc; layers: Desc[]; manifests?: Desc[] };
+  const m = JSON.parse((await blob(layout, d.digest)).toString()) as {
+    config: Desc;
+    layers: Desc[];
+    manifests?: Desc[];
+  };
   if (m.manifests) throw new Error(`${layout}:${tag} is an index, expected one image`);
   const layers = m.layers.map((l) => l.size);
   return { total: d.size + m.config.size + layers.reduce((a, b) => a + b, 0), layers };

@@ -32,12 +32,20 @@ export function sh(cmd: string, args: readonly string[], opts: RunOpts = {}): Pr
     const child = spawn(cmd, args, {
       cwd: opts.cwd,
       env: { ...process.env, ...opts.env },
-      stdio: [opts.input === undefined ? 'ignore' : 'pipe', opts.inherit ? 'inherit' : 'pipe', opts.inherit ? 'inherit' : 'pipe'],
+      stdio: [
+        opts.input === undefined ? 'ignore' : 'pipe',
+        opts.inherit ? 'inherit' : 'pipe',
+        opts.inherit ? 'inherit' : 'pipe',
+      ],
     });
     let stdout = '';
     let stderr = '';
-    child.stdout?.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr?.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-8000); });
+    child.stdout?.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr?.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-8000);
+    });
     if (opts.input !== undefined) child.stdin?.end(opts.input);
     child.once('error', reject);
     child.once('close', (code, signal) => {

@@ -40,8 +40,16 @@ export function compare(figures: readonly Figure[]): Comparison[] {
       for (const p of here.filter((f) => !isSubject(f.tool))) {
         const ps = summarize(p.samples);
         out.push({
-          scenario, metric, unit: s.unit, subject: s.tool, peer: p.tool, subjectSummary: ss, peerSummary: ps,
-          ratio: divide(ss.median, ps.median), low: divide(ss.min, ps.max), high: divide(ss.max, ps.min),
+          scenario,
+          metric,
+          unit: s.unit,
+          subject: s.tool,
+          peer: p.tool,
+          subjectSummary: ss,
+          peerSummary: ps,
+          ratio: divide(ss.median, ps.median),
+          low: divide(ss.min, ps.max),
+          high: divide(ss.max, ps.min),
         });
       }
     }
@@ -64,7 +72,9 @@ export interface Recheck {
 export function recheck(now: readonly Comparison[], earlier: readonly Comparison[], tolerance = 0.02): Recheck[] {
   const out: Recheck[] = [];
   for (const c of now) {
-    const e = earlier.find((x) => x.scenario === c.scenario && x.metric === c.metric && x.subject === c.subject && x.peer === c.peer);
+    const e = earlier.find(
+      (x) => x.scenario === c.scenario && x.metric === c.metric && x.subject === c.subject && x.peer === c.peer,
+    );
     if (!e) continue;
     const within = c.ratio >= e.low * (1 - tolerance) && c.ratio <= e.high * (1 + tolerance);
     out.push({ comparison: c, earlier: e, within });

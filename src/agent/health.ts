@@ -55,7 +55,8 @@ export async function bootHealth(opts: BootHealthOptions = {}): Promise<BootHeal
           },
         }
       : {}),
-    runChecks: async () => runChecks(await discoverChecks(ctx.sysroot), opts.checkTimeoutMs ?? DEFAULT_CHECK_TIMEOUT_MS),
+    runChecks: async () =>
+      runChecks(await discoverChecks(ctx.sysroot), opts.checkTimeoutMs ?? DEFAULT_CHECK_TIMEOUT_MS),
     reboot: () => reboot(),
     log,
   };

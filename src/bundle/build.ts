@@ -38,7 +38,10 @@ export const TiuAnnotation = {
   OsReleasePrefix: 'org.opensuse.tiu.os-release.',
 } as const;
 
-export type BuildSource = { kind: 'directory'; path: string } | { kind: 'archive'; path: string } | { kind: 'image'; target: Target; reference: string };
+export type BuildSource =
+  | { kind: 'directory'; path: string }
+  | { kind: 'archive'; path: string }
+  | { kind: 'image'; target: Target; reference: string };
 
 export interface BuildOptions {
   compression?: LayerCompression;
@@ -64,14 +67,23 @@ export interface BuildResult {
 }
 
 export function hostArchitecture(): string {
-  const map: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64', ia32: '386' };
+  const map: Record<string, string> = {
+    x64: 'amd64',
+    arm64: 'arm64',
+    arm: 'arm',
+    ppc64: 'ppc64le',
+    s390x: 's390x',
+    riscv64: 'riscv64',
+    ia32: '386',
+  };
   return map[process.arch] ?? process.arch;
 }
 
 export function sourceDateEpochFromEnv(env: NodeJS.ProcessEnv = process.env): number | undefined {
   const v = env.SOURCE_DATE_EPOCH;
   if (v === undefined || v === '') return undefined;
-  if (!/^\d+$/.test(v)) throw new BuildError('BUILD_BAD_OPTION', `SOURCE_DATE_EPOCH=${JSON.stringify(v)} is not a number of seconds`);
+  if (!/^\d+$/.test(v))
+    throw new BuildError('BUILD_BAD_OPTION', `SOURCE_DATE_EPOCH=${JSON.stringify(v)} is not a number of seconds`);
   return Number(v);
 }
 
@@ -85,28 +97,47 @@ export async function classifySource(source: string): Promise<'directory' | 'arc
   } catch (e) {
     if (e instanceof BuildError) throw e;
     // Something spelled as a path is a missing path, not an image name.
-    if (/^(?:\/|\.\.?(?:\/|$)|~)/.test(source)) throw new BuildError('BUILD_SOURCE_NOT_FOUND', `source ${source} does not exist`, { source });
+    if (/^(?:\/|\.\.?(?:\/|$)|~)/.test(source))
+      throw new BuildError('BUILD_SOURCE_NOT_FOUND', `source ${source} does not exist`, { source });
     return 'image';
   }
 }
 
 async function fetchJson<T>(target: Target, desc: Descriptor, limit: number): Promise<T> {
-  if (desc.size > limit) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${desc.mediaType} ${desc.digest} of ${desc.size} bytes is too large`);
+  if (desc.size > limit)
+    throw new BuildError(
+      'BUILD_SOURCE_UNSUPPORTED',
+      `${desc.mediaType} ${desc.digest} of ${desc.size} bytes is too large`,
+    );
   const data = await buffer(await target.fetch(desc));
   verifyBuffer(desc, data, desc.mediaType);
   return JSON.parse(data.toString('utf8')) as T;
 }
 
 /** Apply an image's layers, in order, with whiteouts, into a tree. */
-async function loadImage(tb: TreeBuilder, target: Target, reference: string, arch: string, opts: BuildOptions): Promise<TreeEntry[]> {
+async function loadImage(
+  tb: TreeBuilder,
+  target: Target,
+  reference: string,
+  arch: string,
+  opts: BuildOptions,
+): Promise<TreeEntry[]> {
   let desc = await target.resolve(reference, { signal: opts.signal });
   if (isIndexType(desc.mediaType)) {
     const index = await fetchJson<ImageIndex>(target, desc, 4 << 20);
-    const pick = index.manifests.find((m) => isManifestType(m.mediaType) && (!m.platform || (m.platform.os === 'linux' && m.platform.architecture === arch)));
-    if (!pick) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${target.name} ${reference} has no linux/${arch} image`);
+    const pick = index.manifests.find(
+      (m) =>
+        isManifestType(m.mediaType) && (!m.platform || (m.platform.os === 'linux' && m.platform.architecture === arch)),
+    );
+    if (!pick)
+      throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${target.name} ${reference} has no linux/${arch} image`);
     desc = pick;
   }
-  if (!isManifestType(desc.mediaType)) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${target.name} ${reference} is a ${desc.mediaType}, not an image`);
+  if (!isManifestType(desc.mediaType))
+    throw new BuildError(
+      'BUILD_SOURCE_UNSUPPORTED',
+      `${target.name} ${reference} is a ${desc.mediaType}, not an image`,
+    );
   const manifest = await fetchJson<ImageManifest>(target, desc, 4 << 20);
   for (const [i, layer] of manifest.layers.entries()) {
     opts.onProgress?.(`reading layer ${i + 1}/${manifest.layers.length} ${layer.digest}`);
@@ -130,7 +161,9 @@ function resolveInTree(byPath: Map<string, TreeEntry>, path: string): TreeEntry 
     const link = e.link ?? '';
     let next: string;
     try {
-      next = link.startsWith('/') ? normalizeTreePath(link, 'symlink', true) : normalizeTreePath(`${parentOf(p)}/${link}`, 'symlink');
+      next = link.startsWith('/')
+        ? normalizeTreePath(link, 'symlink', true)
+        : normalizeTreePath(`${parentOf(p)}/${link}`, 'symlink');
     } catch {
       return undefined;
     }
@@ -171,11 +204,18 @@ function parseAnnotations(a: Record<string, string>): Record<string, string> {
 }
 
 /** Build `source` into a bundle, push it to `dest` and tag it `tag`. */
-export async function buildBundle(source: BuildSource, dest: Target, tag: string, opts: BuildOptions = {}): Promise<BuildResult> {
+export async function buildBundle(
+  source: BuildSource,
+  dest: Target,
+  tag: string,
+  opts: BuildOptions = {},
+): Promise<BuildResult> {
   const compression = opts.compression ?? 'zstd';
   const nLayers = opts.layers ?? DEFAULT_LAYERS;
-  if (!Number.isInteger(nLayers) || nLayers < 1 || nLayers > MAX_LAYERS) throw new BuildError('BUILD_BAD_OPTION', `--layers must be between 1 and ${MAX_LAYERS}, got ${nLayers}`);
-  if (compression !== 'zstd' && compression !== 'gzip') throw new BuildError('BUILD_BAD_OPTION', `--compression must be zstd or gzip, got ${String(compression)}`);
+  if (!Number.isInteger(nLayers) || nLayers < 1 || nLayers > MAX_LAYERS)
+    throw new BuildError('BUILD_BAD_OPTION', `--layers must be between 1 and ${MAX_LAYERS}, got ${nLayers}`);
+  if (compression !== 'zstd' && compression !== 'gzip')
+    throw new BuildError('BUILD_BAD_OPTION', `--compression must be zstd or gzip, got ${String(compression)}`);
   const excludes = normalizeExcludes(opts.exclude);
   const arch = opts.architecture ?? hostArchitecture();
   const userAnnotations = parseAnnotations(opts.annotations ?? {});
@@ -186,7 +226,10 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
     let entries: TreeEntry[];
     if (source.kind === 'directory') {
       progress(`scanning ${source.path}`);
-      entries = await scanDirectory(source.path, { signal: opts.signal, pruneContents: (p) => contentsExcluded(p, excludes) });
+      entries = await scanDirectory(source.path, {
+        signal: opts.signal,
+        pruneContents: (p) => contentsExcluded(p, excludes),
+      });
     } else {
       const spoolName = join(tmp, 'spool');
       const spool = await open(spoolName, 'w+', 0o600);
@@ -216,9 +259,13 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
 
     // 2. Time: SOURCE_DATE_EPOCH or the newest mtime, so a tree builds the same every time.
     // (Times beyond what a date can say, which a tar may carry, don't count.)
-    const epoch = opts.sourceDateEpoch ?? sourceDateEpochFromEnv() ?? entries.reduce((m, e) => (formatModtime(e.mtime, 0) !== undefined ? Math.max(m, e.mtime) : m), 0);
+    const epoch =
+      opts.sourceDateEpoch ??
+      sourceDateEpochFromEnv() ??
+      entries.reduce((m, e) => (formatModtime(e.mtime, 0) !== undefined ? Math.max(m, e.mtime) : m), 0);
     const created = formatModtime(epoch, 0);
-    if (created === undefined) throw new BuildError('BUILD_BAD_OPTION', `SOURCE_DATE_EPOCH=${epoch} is not a representable date`);
+    if (created === undefined)
+      throw new BuildError('BUILD_BAD_OPTION', `SOURCE_DATE_EPOCH=${epoch} is not a representable date`);
 
     // 3. Rules and layers.
     const tree = applyTreeRules(entries, { exclude: excludes, mtime: epoch });
@@ -228,15 +275,26 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
     // Layers are independent: while one layer's files are read and hashed on this thread,
     // another's compression runs in the thread pool. One layer per core at a time.
     const cores = new Semaphore(Math.min(availableParallelism(), 4));
-    const layers: LayerResult[] = await Promise.all(plan.map((layerEntries, i) => cores.run(async () => {
-      const r = await writeLayer(layerEntries, join(tmp, `layer-${i}`), { compression, level: opts.level, signal: opts.signal });
-      progress(`layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`);
-      return r;
-    })));
+    const layers: LayerResult[] = await Promise.all(
+      plan.map((layerEntries, i) =>
+        cores.run(async () => {
+          const r = await writeLayer(layerEntries, join(tmp, `layer-${i}`), {
+            compression,
+            level: opts.level,
+            signal: opts.signal,
+          });
+          progress(
+            `layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`,
+          );
+          return r;
+        }),
+      ),
+    );
 
     // 4. Config and manifest.
     const labels: Record<string, string> = {};
-    for (const k of OS_RELEASE_KEYS) if (osRelease[k] !== undefined) labels[`${TiuAnnotation.OsReleasePrefix}${k}`] = osRelease[k];
+    for (const k of OS_RELEASE_KEYS)
+      if (osRelease[k] !== undefined) labels[`${TiuAnnotation.OsReleasePrefix}${k}`] = osRelease[k];
     const config: ImageConfig = {
       created,
       architecture: arch,
@@ -246,7 +304,11 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
       history: layers.map((_, i) => ({ created, created_by: `tiu build (layer ${i + 1} of ${layers.length})` })),
     };
     const configBytes = Buffer.from(JSON.stringify(config), 'utf8');
-    const configDesc: Descriptor = { mediaType: MediaType.OciConfig, digest: sha256(configBytes), size: configBytes.length };
+    const configDesc: Descriptor = {
+      mediaType: MediaType.OciConfig,
+      digest: sha256(configBytes),
+      size: configBytes.length,
+    };
     const annotations: Record<string, string> = {
       [TiuAnnotation.BundleVersion]: BUNDLE_FORMAT_VERSION,
       [TiuAnnotation.MinAgentVersion]: MIN_AGENT_VERSION,
@@ -266,7 +328,11 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
       annotations: Object.fromEntries(Object.entries(annotations).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
     };
     const manifestBytes = Buffer.from(JSON.stringify(manifest), 'utf8');
-    const descriptor: Descriptor = { mediaType: MediaType.OciManifest, digest: sha256(manifestBytes), size: manifestBytes.length };
+    const descriptor: Descriptor = {
+      mediaType: MediaType.OciManifest,
+      digest: sha256(manifestBytes),
+      size: manifestBytes.length,
+    };
 
     // 5. Push: layers, config, manifest, tag.
     for (const [i, l] of layers.entries()) {
@@ -277,9 +343,13 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
       progress(`pushing layer ${i + 1}/${layers.length} (${l.descriptor.size} bytes)`);
       const file = join(tmp, `layer-${i}`);
       // reopen: a registry whose upload was cut reads the layer file again.
-      await dest.push(l.descriptor, createReadStream(file), { signal: opts.signal, reopen: () => Promise.resolve(createReadStream(file)) });
+      await dest.push(l.descriptor, createReadStream(file), {
+        signal: opts.signal,
+        reopen: () => Promise.resolve(createReadStream(file)),
+      });
     }
-    if (!(await dest.exists(configDesc, { signal: opts.signal }))) await dest.push(configDesc, Readable.from([configBytes]), { signal: opts.signal });
+    if (!(await dest.exists(configDesc, { signal: opts.signal })))
+      await dest.push(configDesc, Readable.from([configBytes]), { signal: opts.signal });
     await dest.push(descriptor, Readable.from([manifestBytes]), { signal: opts.signal });
     await dest.tag(descriptor, tag, { signal: opts.signal });
     progress(`pushed ${dest.name} ${tag} ${descriptor.digest}`);
@@ -288,4 +358,3 @@ export async function buildBundle(source: BuildSource, dest: Target, tag: string
     await rm(tmp, { recursive: true, force: true });
   }
 }
-

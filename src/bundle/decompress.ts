@@ -24,7 +24,10 @@ export function detectCompression(head: Uint8Array): Compression {
  * (rejecting with the program's stderr tail on failure); consumers should await it after
  * reading the stream to the end.
  */
-export async function decompressStream(input: Readable, opts: { signal?: AbortSignal } = {}): Promise<{ stream: Readable; compression: Compression; done: Promise<void> }> {
+export async function decompressStream(
+  input: Readable,
+  opts: { signal?: AbortSignal } = {},
+): Promise<{ stream: Readable; compression: Compression; done: Promise<void> }> {
   // Peek at the first bytes without losing them.
   const it = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   const chunks: Buffer[] = [];

@@ -12,7 +12,14 @@ import { BuildError } from './errors.ts';
 export type EntryType = 'reg' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo';
 
 /** The entry type of an lstat result; undefined for a socket (never part of an image). */
-export function fileTypeOf(st: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean; isFIFO(): boolean }): EntryType | undefined {
+export function fileTypeOf(st: {
+  isFile(): boolean;
+  isDirectory(): boolean;
+  isSymbolicLink(): boolean;
+  isCharacterDevice(): boolean;
+  isBlockDevice(): boolean;
+  isFIFO(): boolean;
+}): EntryType | undefined {
   if (st.isFile()) return 'reg';
   if (st.isDirectory()) return 'dir';
   if (st.isSymbolicLink()) return 'symlink';
@@ -34,13 +41,19 @@ export function devMinor(rdev: bigint): number {
  * Where a regular file's bytes are: `size` bytes at `offset` in `file` (`whole`: the file is
  * exactly that, so a size change means it changed under us), or in memory.
  */
-export type ContentRef = { file: string | Buffer; offset: number; whole?: boolean } | { data: Buffer } | { root: string };
+export type ContentRef =
+  { file: string | Buffer; offset: number; whole?: boolean } | { data: Buffer } | { root: string };
 
 /** `{ root }` content: the file at root/<entry path> is the whole content (a directory source). */
 export function contentFile(e: TreeEntry): { file: string | Buffer; offset: number; whole: boolean } | undefined {
   const c = e.content;
   if (!c || 'data' in c) return undefined;
-  if ('root' in c) return { file: Buffer.concat([Buffer.from(c.root, 'utf8'), Buffer.from('/'), bbuf(e.path)]), offset: 0, whole: true };
+  if ('root' in c)
+    return {
+      file: Buffer.concat([Buffer.from(c.root, 'utf8'), Buffer.from('/'), bbuf(e.path)]),
+      offset: 0,
+      whole: true,
+    };
   return { file: c.file, offset: c.offset, whole: c.whole ?? false };
 }
 
@@ -93,15 +106,21 @@ export function comparePaths(a: string, b: string): number {
  * paths. `.` components and repeated slashes are dropped. Returns '' for the root itself.
  */
 export function normalizeTreePath(raw: string, what: string, allowAbsolute = false): string {
-  if (raw.includes('\0')) throw new BuildError('TAR_UNSAFE_PATH', `${what}: path contains a NUL byte`, { path: showPath(raw) });
+  if (raw.includes('\0'))
+    throw new BuildError('TAR_UNSAFE_PATH', `${what}: path contains a NUL byte`, { path: showPath(raw) });
   if (raw.startsWith('/') && !allowAbsolute) {
     // "./" prefixed names are normal; "/etc/passwd" is not.
-    throw new BuildError('TAR_UNSAFE_PATH', `${what}: absolute path ${JSON.stringify(showPath(raw))} is not allowed`, { path: showPath(raw) });
+    throw new BuildError('TAR_UNSAFE_PATH', `${what}: absolute path ${JSON.stringify(showPath(raw))} is not allowed`, {
+      path: showPath(raw),
+    });
   }
   const parts: string[] = [];
   for (const c of raw.split('/')) {
     if (c === '' || c === '.') continue;
-    if (c === '..') throw new BuildError('TAR_UNSAFE_PATH', `${what}: path ${JSON.stringify(showPath(raw))} leaves the tree ('..')`, { path: showPath(raw) });
+    if (c === '..')
+      throw new BuildError('TAR_UNSAFE_PATH', `${what}: path ${JSON.stringify(showPath(raw))} leaves the tree ('..')`, {
+        path: showPath(raw),
+      });
     parts.push(c);
   }
   return parts.join('/');

@@ -55,11 +55,16 @@ const HEADER_FRAME_LIMIT = 1024 * 1024;
 function readError(e: TreeEntry, err: unknown): BuildError {
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'ENOENT' || code === 'ENOTDIR') return changed(e, 'it disappeared');
-  return new BuildError('BUILD_SOURCE_UNREADABLE', `cannot read /${showPath(e.path)}: ${(err as Error).message}`, { path: showPath(e.path), errno: code });
+  return new BuildError('BUILD_SOURCE_UNREADABLE', `cannot read /${showPath(e.path)}: ${(err as Error).message}`, {
+    path: showPath(e.path),
+    errno: code,
+  });
 }
 
 function changed(e: TreeEntry, why: string): BuildError {
-  return new BuildError('BUILD_SOURCE_CHANGED', `/${showPath(e.path)} changed while tiu was reading it (${why})`, { path: showPath(e.path) });
+  return new BuildError('BUILD_SOURCE_CHANGED', `/${showPath(e.path)} changed while tiu was reading it (${why})`, {
+    path: showPath(e.path),
+  });
 }
 
 /** The content of a regular file in pieces, exactly e.size bytes or an error. */
@@ -74,7 +79,11 @@ async function* contentPieces(e: TreeEntry): AsyncGenerator<Buffer> {
   if (!c) throw changed(e, 'no content');
   let got = 0;
   // A whole file is read to its end, so one that grew is noticed; a spool slice to its size.
-  const rs = createReadStream(c.file, { start: c.offset, ...(c.whole ? {} : { end: c.offset + e.size - 1 }), highWaterMark: 1024 * 1024 });
+  const rs = createReadStream(c.file, {
+    start: c.offset,
+    ...(c.whole ? {} : { end: c.offset + e.size - 1 }),
+    highWaterMark: 1024 * 1024,
+  });
   try {
     for await (const chunk of rs as AsyncIterable<Buffer>) {
       if (got + chunk.length > e.size) throw changed(e, 'it grew');
@@ -91,7 +100,9 @@ async function* contentPieces(e: TreeEntry): AsyncGenerator<Buffer> {
 }
 
 /** A reusable read buffer (several per layer: frames are compressed in parallel, layers too). */
-interface Scratch { buf: Buffer }
+interface Scratch {
+  buf: Buffer;
+}
 
 /**
  * The content of a small file, read into `scratch`: only valid until the next call with the
@@ -105,7 +116,8 @@ function readWhole(e: TreeEntry, scratch: Scratch): Buffer {
   const c = contentFile(e);
   if (!c) throw changed(e, 'no content');
   // Grown to the next power of two: a layer of small files keeps small buffers.
-  if (scratch.buf.length < e.size) scratch.buf = Buffer.allocUnsafe(Math.min(WHOLE_FILE_LIMIT, 2 ** Math.ceil(Math.log2(e.size))));
+  if (scratch.buf.length < e.size)
+    scratch.buf = Buffer.allocUnsafe(Math.min(WHOLE_FILE_LIMIT, 2 ** Math.ceil(Math.log2(e.size))));
   const buf = scratch.buf.subarray(0, e.size);
   let fd: number;
   try {
@@ -177,7 +189,11 @@ class BlobFile {
 }
 
 /** Write the layer holding `entries` (sorted) to `file`. */
-export async function writeLayer(entries: readonly TreeEntry[], file: string, opts: LayerWriteOptions): Promise<LayerResult> {
+export async function writeLayer(
+  entries: readonly TreeEntry[],
+  file: string,
+  opts: LayerWriteOptions,
+): Promise<LayerResult> {
   return opts.compression === 'zstd' ? writeZstdChunked(entries, file, opts) : writeGzip(entries, file, opts);
 }
 
@@ -316,7 +332,11 @@ class OrderedFrames {
 /** zstd contexts per layer: layers are written a few at a time too (build.ts), so a few suffice. */
 const FRAME_CONTEXTS = 3;
 
-async function writeZstdChunked(entries: readonly TreeEntry[], file: string, opts: LayerWriteOptions): Promise<LayerResult> {
+async function writeZstdChunked(
+  entries: readonly TreeEntry[],
+  file: string,
+  opts: LayerWriteOptions,
+): Promise<LayerResult> {
   const level = opts.level ?? 3;
   const params = { [zc.ZSTD_c_compressionLevel]: level, [zc.ZSTD_c_checksumFlag]: 1 };
   const out = new BlobFile(file);

@@ -4,7 +4,21 @@
 import { BuildError } from './errors.ts';
 
 /** Keys copied into config labels and manifest annotations (as org.opensuse.tiu.os-release.KEY). */
-export const OS_RELEASE_KEYS = ['ID', 'ID_LIKE', 'NAME', 'PRETTY_NAME', 'VERSION', 'VERSION_ID', 'VERSION_CODENAME', 'BUILD_ID', 'IMAGE_ID', 'IMAGE_VERSION', 'VARIANT', 'VARIANT_ID', 'CPE_NAME'] as const;
+export const OS_RELEASE_KEYS = [
+  'ID',
+  'ID_LIKE',
+  'NAME',
+  'PRETTY_NAME',
+  'VERSION',
+  'VERSION_ID',
+  'VERSION_CODENAME',
+  'BUILD_ID',
+  'IMAGE_ID',
+  'IMAGE_VERSION',
+  'VARIANT',
+  'VARIANT_ID',
+  'CPE_NAME',
+] as const;
 
 /** KEY=value lines; values may be quoted with ' or " and use backslash escapes. */
 export function parseOsRelease(text: string): Record<string, string> {

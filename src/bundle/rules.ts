@@ -12,12 +12,35 @@
  * them; only the leader's content is).
  */
 import { BuildError } from './errors.ts';
-import { ancestorsOf, bbuf, comparePaths, contentFile, isUnder, normalizeTreePath, showPath, type TreeEntry } from './entry.ts';
+import {
+  ancestorsOf,
+  bbuf,
+  comparePaths,
+  contentFile,
+  isUnder,
+  normalizeTreePath,
+  showPath,
+  type TreeEntry,
+} from './entry.ts';
 
 /** Directories whose contents never go into a bundle. */
-export const EXCLUDED_CONTENTS = ['run', 'tmp', 'proc', 'sys', 'dev', '.snapshots', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable'] as const;
+export const EXCLUDED_CONTENTS = [
+  'run',
+  'tmp',
+  'proc',
+  'sys',
+  'dev',
+  '.snapshots',
+  'home',
+  'root',
+  'opt',
+  'srv',
+  'usr/local',
+  'boot/writable',
+] as const;
 /** GRUB's per-platform module directories (a subvolume on MicroOS): boot/grub2/<arch>-<platform>. */
-const GRUB_ARCH = /^boot\/grub2\/(?:i386|x86_64|arm64|arm|aarch64|powerpc|s390x|riscv32|riscv64|loongarch64|mips|mipsel|ia64|sparc64)-[a-z0-9]+$/;
+const GRUB_ARCH =
+  /^boot\/grub2\/(?:i386|x86_64|arm64|arm|aarch64|powerpc|s390x|riscv32|riscv64|loongarch64|mips|mipsel|ia64|sparc64)-[a-z0-9]+$/;
 
 export const FACTORY_VAR = 'usr/share/factory/var';
 export const PRISTINE_ETC = 'usr/lib/tiu/etc';
@@ -50,7 +73,8 @@ function isExcluded(path: string, excludes: string[]): boolean {
 /** tmpfiles.d(5) paths are C-escaped: bytes outside printable ASCII, space and '\' as \xNN. */
 function tmpfilesPath(p: string): string {
   let out = '';
-  for (const b of bbuf(p)) out += b > 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
+  for (const b of bbuf(p))
+    out += b > 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
   return out;
 }
 
@@ -66,7 +90,8 @@ function dirEntry(path: string, mtime: number): TreeEntry {
 export function normalizeExcludes(exclude: string[] = []): string[] {
   return exclude.map((x) => {
     const p = normalizeTreePath(x, `--exclude ${x}`, true);
-    if (p === '') throw new BuildError('BUILD_BAD_OPTION', `--exclude ${JSON.stringify(x)} would leave out the whole tree`);
+    if (p === '')
+      throw new BuildError('BUILD_BAD_OPTION', `--exclude ${JSON.stringify(x)} would leave out the whole tree`);
     return p;
   });
 }
@@ -82,7 +107,12 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
 
   const varMtime = byPath.get('var')?.mtime ?? opts.mtime;
   const etcMtime = byPath.get('etc')?.mtime ?? opts.mtime;
-  const synthMtime = (p: string) => (isUnder(p, 'usr/lib/tiu') ? etcMtime : isUnder(p, 'usr/share/factory') || isUnder(p, 'usr/lib/tmpfiles.d') ? varMtime : opts.mtime);
+  const synthMtime = (p: string) =>
+    isUnder(p, 'usr/lib/tiu')
+      ? etcMtime
+      : isUnder(p, 'usr/share/factory') || isUnder(p, 'usr/lib/tmpfiles.d')
+        ? varMtime
+        : opts.mtime;
 
   // /var -> /usr/share/factory/var, with one tmpfiles.d line per top entry.
   const varTop: TreeEntry[] = [];
@@ -90,7 +120,11 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
   for (const [p, e] of [...byPath]) {
     if (!p.startsWith('var/')) continue;
     const np = `${FACTORY_VAR}/${p.slice(4)}`;
-    if (byPath.has(np)) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `/${showPath(p)} and /${showPath(np)} both exist; tiu moves /var content there`);
+    if (byPath.has(np))
+      throw new BuildError(
+        'BUILD_SOURCE_UNSUPPORTED',
+        `/${showPath(p)} and /${showPath(np)} both exist; tiu moves /var content there`,
+      );
     byPath.delete(p);
     moved.set(p, np);
     const ne = { ...e, path: np, content: pinned(e) };
@@ -109,7 +143,18 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
       else lines.push(`C /var/${tmpfilesPath(rel)} - - - - /${FACTORY_VAR}/${tmpfilesPath(rel)}`);
     }
     const data = Buffer.from(lines.join('\n') + '\n', 'latin1');
-    byPath.set(TMPFILES_CONF, { path: TMPFILES_CONF, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtime: varMtime, mtimeNsec: 0, size: data.length, xattrs: [], content: { data } });
+    byPath.set(TMPFILES_CONF, {
+      path: TMPFILES_CONF,
+      type: 'reg',
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtime: varMtime,
+      mtimeNsec: 0,
+      size: data.length,
+      xattrs: [],
+      content: { data },
+    });
   }
 
   // /etc is kept twice.
@@ -118,7 +163,8 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
       if (!isUnder(p, 'etc')) continue;
       const np = `${PRISTINE_ETC}${p.slice(3)}`;
       const copy = { ...e, path: np, content: pinned(e) };
-      if (e.type === 'hardlink' && e.link !== undefined && isUnder(e.link, 'etc')) copy.link = `${PRISTINE_ETC}${e.link.slice(3)}`;
+      if (e.type === 'hardlink' && e.link !== undefined && isUnder(e.link, 'etc'))
+        copy.link = `${PRISTINE_ETC}${e.link.slice(3)}`;
       byPath.set(np, copy);
     }
   }
@@ -128,7 +174,11 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
     for (const a of ancestorsOf(p)) {
       const pe = byPath.get(a);
       if (!pe) byPath.set(a, dirEntry(a, synthMtime(a)));
-      else if (pe.type !== 'dir') throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `/${showPath(p)} is inside /${showPath(a)}, which is not a directory`);
+      else if (pe.type !== 'dir')
+        throw new BuildError(
+          'BUILD_SOURCE_UNSUPPORTED',
+          `/${showPath(p)} is inside /${showPath(a)}, which is not a directory`,
+        );
     }
   }
 
@@ -151,7 +201,11 @@ export function normalizeHardlinks(byPath: Map<string, TreeEntry>): void {
   }
   for (const [target, links] of groups) {
     const te = byPath.get(target);
-    if (te && te.type !== 'reg') throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `hardlink /${showPath(links[0]!)} points at /${showPath(target)}, which is not a regular file`);
+    if (te && te.type !== 'reg')
+      throw new BuildError(
+        'BUILD_SOURCE_UNSUPPORTED',
+        `hardlink /${showPath(links[0]!)} points at /${showPath(target)}, which is not a regular file`,
+      );
     // Hardlink entries carry their inode's content too, so a link whose target was left out
     // can take its place.
     const source = te ?? byPath.get(links.sort(comparePaths)[0]!)!;

@@ -28,7 +28,8 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   } catch {
     throw new BuildError('BUILD_SOURCE_NOT_FOUND', `source directory ${root} does not exist`, { source: root });
   }
-  if (!rootStat.isDirectory()) throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${root} is not a directory`, { source: root });
+  if (!rootStat.isDirectory())
+    throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${root} is not a directory`, { source: root });
   const xattrs = await readTreeXattrs(root, { signal: opts.signal });
   const rootBuf = Buffer.from(root === '/' ? '' : root, 'utf8');
   const entries: TreeEntry[] = [];
@@ -36,7 +37,8 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   const contentRoot = { root };
   const noXattrs: [string, Buffer][] = [];
   const inodes = new Map<string, string>();
-  const abs = (rel: string) => (rel === '' ? Buffer.from(root, 'utf8') : Buffer.concat([rootBuf, Buffer.from('/'), bbuf(rel)]));
+  const abs = (rel: string) =>
+    rel === '' ? Buffer.from(root, 'utf8') : Buffer.concat([rootBuf, Buffer.from('/'), bbuf(rel)]);
 
   const visit = async (rel: string): Promise<void> => {
     opts.signal?.throwIfAborted();
@@ -87,11 +89,15 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
     if (e instanceof BuildError) throw e;
     const err = e as NodeJS.ErrnoException;
     const gone = err.code === 'ENOENT' || err.code === 'ENOTDIR';
-    throw new BuildError(gone ? 'BUILD_SOURCE_CHANGED' : 'BUILD_SOURCE_UNREADABLE', `reading ${root}: ${err.message}${gone ? ' (the tree changed while tiu read it)' : ''}`, {
-      source: root,
-      path: err.path ? showPath(String(err.path)) : undefined,
-      errno: err.code,
-    });
+    throw new BuildError(
+      gone ? 'BUILD_SOURCE_CHANGED' : 'BUILD_SOURCE_UNREADABLE',
+      `reading ${root}: ${err.message}${gone ? ' (the tree changed while tiu read it)' : ''}`,
+      {
+        source: root,
+        path: err.path ? showPath(String(err.path)) : undefined,
+        errno: err.code,
+      },
+    );
   }
   return entries;
 }

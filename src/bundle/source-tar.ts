@@ -43,7 +43,11 @@ export class TreeBuilder {
   }
 
   /** Apply one tar stream. `what` names it in errors. */
-  async addTar(stream: Readable, what: string, opts: { whiteouts?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+  async addTar(
+    stream: Readable,
+    what: string,
+    opts: { whiteouts?: boolean; signal?: AbortSignal } = {},
+  ): Promise<void> {
     const reader = new ByteReader(stream);
     const thisLayer = new Set<string>();
     for await (const m of readTar(reader, what)) {
@@ -59,14 +63,18 @@ export class TreeBuilder {
       if (opts.whiteouts && base.startsWith(WH)) {
         const dir = path.slice(0, Math.max(0, path.lastIndexOf('/')));
         if (base === OPAQUE) {
-          for (const p of [...this.entries.keys()]) if (p !== dir && isUnder(p, dir) && !thisLayer.has(p)) this.entries.delete(p);
+          for (const p of [...this.entries.keys()])
+            if (p !== dir && isUnder(p, dir) && !thisLayer.has(p)) this.entries.delete(p);
         } else {
           this.#removeTree(dir === '' ? base.slice(WH.length) : `${dir}/${base.slice(WH.length)}`);
         }
         continue;
       }
       if (!type) {
-        throw new BuildError('TAR_UNSUPPORTED_ENTRY', `${what}: member ${JSON.stringify(showPath(m.name))} has tar type ${JSON.stringify(m.typeflag)}, which tiu does not support`);
+        throw new BuildError(
+          'TAR_UNSUPPORTED_ENTRY',
+          `${what}: member ${JSON.stringify(showPath(m.name))} has tar type ${JSON.stringify(m.typeflag)}, which tiu does not support`,
+        );
       }
       const e: TreeEntry = {
         path,
@@ -88,14 +96,21 @@ export class TreeBuilder {
             await this.#spool.write(piece, 0, piece.length, this.#spoolSize + got);
             got += piece.length;
           }
-          if (got !== m.size) throw new BuildError('TAR_INVALID', `${what}: truncated tar in the content of ${JSON.stringify(showPath(path))}`);
+          if (got !== m.size)
+            throw new BuildError(
+              'TAR_INVALID',
+              `${what}: truncated tar in the content of ${JSON.stringify(showPath(path))}`,
+            );
           this.#spoolSize += got;
         }
       } else if (type === 'hardlink') {
         const target = normalizeTreePath(m.linkname, `${what}: hardlink ${JSON.stringify(showPath(m.name))}`);
         const t = this.entries.get(target);
         if (!t || (t.type !== 'reg' && t.type !== 'hardlink')) {
-          throw new BuildError('TAR_INVALID', `${what}: hardlink ${JSON.stringify(showPath(path))} points at ${JSON.stringify(showPath(target))}, which is not a regular file earlier in the archive`);
+          throw new BuildError(
+            'TAR_INVALID',
+            `${what}: hardlink ${JSON.stringify(showPath(path))} points at ${JSON.stringify(showPath(target))}, which is not a regular file earlier in the archive`,
+          );
         }
         e.link = t.type === 'hardlink' ? t.link! : target;
         e.size = t.size;

@@ -48,7 +48,8 @@ function paxRecord(key: string, value: Buffer): Buffer {
 function splitUstar(name: Buffer): [Buffer, Buffer] | undefined {
   if (name.length <= 100) return [Buffer.alloc(0), name];
   for (let i = Math.min(name.length - 1, 155); i > 0; i--) {
-    if (name[i] === 0x2f && name.length - i - 1 <= 100 && name.length - i - 1 > 0) return [name.subarray(0, i), name.subarray(i + 1)];
+    if (name[i] === 0x2f && name.length - i - 1 <= 100 && name.length - i - 1 > 0)
+      return [name.subarray(0, i), name.subarray(i + 1)];
   }
   return undefined;
 }
@@ -114,7 +115,12 @@ export function encodeHeader(e: TreeEntry): Buffer {
     const frac = e.mtimeNsec !== 0 ? '.' + String(e.mtimeNsec).padStart(9, '0').replace(/0+$/, '') : '';
     // pax spells negative times as -sec.frac meaning -(sec+frac); keep it exact for e.mtime>=0,
     // and for negative seconds with a fraction express the value the same way.
-    const t = e.mtime < 0 && e.mtimeNsec !== 0 ? `-${-e.mtime - 1}.${String(1e9 - e.mtimeNsec).padStart(9, '0').replace(/0+$/, '')}` : `${e.mtime}${frac}`;
+    const t =
+      e.mtime < 0 && e.mtimeNsec !== 0
+        ? `-${-e.mtime - 1}.${String(1e9 - e.mtimeNsec)
+            .padStart(9, '0')
+            .replace(/0+$/, '')}`
+        : `${e.mtime}${frac}`;
     records.push(['mtime', Buffer.from(t)]);
   }
   for (const [k, v] of e.xattrs) records.push([`SCHILY.xattr.${k}`, v]);
@@ -183,7 +189,10 @@ export class ByteReader {
       this.#done = true;
       return false;
     }
-    const chunk = typeof r.value === 'string' ? Buffer.from(r.value) : Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
+    const chunk =
+      typeof r.value === 'string'
+        ? Buffer.from(r.value)
+        : Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
     this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
     return true;
   }
@@ -242,7 +251,8 @@ function parseNumber(h: Buffer, off: number, len: number, what: string): number 
   }
   const s = f.toString('latin1').replace(/\0.*$/s, '').trim();
   if (s === '') return 0;
-  if (!/^[0-7]+$/.test(s)) throw new BuildError('TAR_INVALID', `tar header field ${what} is not an octal number: ${JSON.stringify(s)}`);
+  if (!/^[0-7]+$/.test(s))
+    throw new BuildError('TAR_INVALID', `tar header field ${what} is not an octal number: ${JSON.stringify(s)}`);
   return parseInt(s, 8);
 }
 
@@ -295,15 +305,18 @@ export async function* readTar(reader: ByteReader, what: string): AsyncGenerator
   for (;;) {
     const h = await reader.read(BLOCK);
     if (h.length === 0) return; // tolerate a missing end-of-archive marker
-    if (h.length < BLOCK) throw new BuildError('TAR_INVALID', `${what}: truncated tar header at byte ${reader.position - h.length}`);
+    if (h.length < BLOCK)
+      throw new BuildError('TAR_INVALID', `${what}: truncated tar header at byte ${reader.position - h.length}`);
     if (h.every((b) => b === 0)) return;
     let sum = 0;
     for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : h[i]!;
-    if (parseNumber(h, 148, 8, 'chksum') !== sum) throw new BuildError('TAR_INVALID', `${what}: bad tar header checksum at byte ${reader.position - BLOCK}`);
+    if (parseNumber(h, 148, 8, 'chksum') !== sum)
+      throw new BuildError('TAR_INVALID', `${what}: bad tar header checksum at byte ${reader.position - BLOCK}`);
     const typeflag = String.fromCharCode(h[156] || 0x30);
     const size = parseNumber(h, 124, 12, 'size');
     const meta = async (): Promise<Buffer> => {
-      if (size > MAX_META) throw new BuildError('TAR_INVALID', `${what}: metadata record of ${size} bytes is too large`);
+      if (size > MAX_META)
+        throw new BuildError('TAR_INVALID', `${what}: metadata record of ${size} bytes is too large`);
       const body = await reader.read(size);
       if (body.length < size) throw new BuildError('TAR_INVALID', `${what}: truncated tar`);
       await reader.read(paddingFor(size));
@@ -365,7 +378,10 @@ export async function* readTar(reader: ByteReader, what: string): AsyncGenerator
     pending = new Map();
     longName = longLink = undefined;
     if (typeflag === 'S' || px('GNU.sparse.major') || px('GNU.sparse.map')) {
-      throw new BuildError('TAR_UNSUPPORTED_ENTRY', `${what}: ${JSON.stringify(showPath(name))} is a GNU sparse member, which tiu does not read; create the tar without --sparse`);
+      throw new BuildError(
+        'TAR_UNSUPPORTED_ENTRY',
+        `${what}: ${JSON.stringify(showPath(name))} is a GNU sparse member, which tiu does not read; create the tar without --sparse`,
+      );
     }
     const before = reader.position;
     yield member;

@@ -91,7 +91,15 @@ export function skippableFrame(data: Uint8Array): Buffer {
 
 export function encodeFooter(f: Footer): Buffer {
   const b = Buffer.alloc(FOOTER_SIZE);
-  const fields = [f.offset, f.lengthCompressed, f.lengthUncompressed, f.manifestType, f.offsetTarSplit, f.lengthCompressedTarSplit, f.lengthUncompressedTarSplit];
+  const fields = [
+    f.offset,
+    f.lengthCompressed,
+    f.lengthUncompressed,
+    f.manifestType,
+    f.offsetTarSplit,
+    f.lengthCompressedTarSplit,
+    f.lengthUncompressedTarSplit,
+  ];
   fields.forEach((v, i) => b.writeBigUInt64LE(BigInt(v), i * 8));
   FOOTER_MAGIC.copy(b, 56);
   return b;
@@ -99,7 +107,11 @@ export function encodeFooter(f: Footer): Buffer {
 
 /** Parse the footer from the last bytes of a blob (the whole 72-byte skippable frame). */
 export function parseFooter(frame: Buffer): Footer {
-  if (frame.length !== SKIPPABLE_HEADER + FOOTER_SIZE || frame.readUInt32LE(0) !== SKIPPABLE_MAGIC || frame.readUInt32LE(4) !== FOOTER_SIZE) {
+  if (
+    frame.length !== SKIPPABLE_HEADER + FOOTER_SIZE ||
+    frame.readUInt32LE(0) !== SKIPPABLE_MAGIC ||
+    frame.readUInt32LE(4) !== FOOTER_SIZE
+  ) {
     throw new BuildError('TOC_INVALID', 'the blob does not end in a zstd:chunked footer');
   }
   const b = frame.subarray(SKIPPABLE_HEADER);
@@ -109,14 +121,28 @@ export function parseFooter(frame: Buffer): Footer {
     if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BuildError('TOC_INVALID', 'footer value out of range');
     return Number(v);
   };
-  return { offset: n(0), lengthCompressed: n(1), lengthUncompressed: n(2), manifestType: n(3), offsetTarSplit: n(4), lengthCompressedTarSplit: n(5), lengthUncompressedTarSplit: n(6) };
+  return {
+    offset: n(0),
+    lengthCompressed: n(1),
+    lengthUncompressed: n(2),
+    manifestType: n(3),
+    offsetTarSplit: n(4),
+    lengthCompressedTarSplit: n(5),
+    lengthUncompressedTarSplit: n(6),
+  };
 }
 
 /** `offset:length:uncompressed:type` of the manifest-position annotation. */
-export function parsePosition(value: string): { offset: number; lengthCompressed: number; lengthUncompressed: number; manifestType: number } {
+export function parsePosition(value: string): {
+  offset: number;
+  lengthCompressed: number;
+  lengthUncompressed: number;
+  manifestType: number;
+} {
   const parts = value.split(':');
   const nums = parts.map((p) => (/^\d+$/.test(p) ? Number(p) : NaN));
-  if (nums.length !== 4 || nums.some((x) => !Number.isSafeInteger(x))) throw new BuildError('TOC_INVALID', `bad manifest-position annotation ${JSON.stringify(value)}`);
+  if (nums.length !== 4 || nums.some((x) => !Number.isSafeInteger(x)))
+    throw new BuildError('TOC_INVALID', `bad manifest-position annotation ${JSON.stringify(value)}`);
   return { offset: nums[0]!, lengthCompressed: nums[1]!, lengthUncompressed: nums[2]!, manifestType: nums[3]! };
 }
 
@@ -146,17 +172,36 @@ function checkToc(v: unknown): Toc {
   for (const [i, e] of (t.entries as unknown[]).entries()) {
     if (typeof e !== 'object' || e === null) throw bad(`entry ${i} is not an object`);
     const x = e as Record<string, unknown>;
-    if (typeof x.type !== 'string' || !TYPES.includes(x.type)) throw bad(`entry ${i} has type ${JSON.stringify(x.type)}`);
+    if (typeof x.type !== 'string' || !TYPES.includes(x.type))
+      throw bad(`entry ${i} has type ${JSON.stringify(x.type)}`);
     if (typeof x.name !== 'string') throw bad(`entry ${i} has no name`);
-    for (const k of ['mode', 'size', 'uid', 'gid', 'devMajor', 'devMinor', 'offset', 'endOffset', 'chunkSize', 'chunkOffset']) {
-      if (x[k] !== undefined && (typeof x[k] !== 'number' || !Number.isSafeInteger(x[k]) || x[k] < 0)) throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
+    for (const k of [
+      'mode',
+      'size',
+      'uid',
+      'gid',
+      'devMajor',
+      'devMinor',
+      'offset',
+      'endOffset',
+      'chunkSize',
+      'chunkOffset',
+    ]) {
+      if (x[k] !== undefined && (typeof x[k] !== 'number' || !Number.isSafeInteger(x[k]) || x[k] < 0))
+        throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
     }
     for (const k of ['linkName', 'modtime', 'digest', 'chunkDigest', 'chunkType', 'nameRaw', 'linkNameRaw']) {
       if (x[k] !== undefined && typeof x[k] !== 'string') throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
     }
-    if (x.digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(x.digest as string)) throw bad(`entry ${i} (${x.name}) has a bad digest`);
+    if (x.digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(x.digest as string))
+      throw bad(`entry ${i} (${x.name}) has a bad digest`);
     if (x.xattrs !== undefined) {
-      if (typeof x.xattrs !== 'object' || x.xattrs === null || Object.values(x.xattrs).some((s) => typeof s !== 'string')) throw bad(`entry ${i} (${x.name}) has bad xattrs`);
+      if (
+        typeof x.xattrs !== 'object' ||
+        x.xattrs === null ||
+        Object.values(x.xattrs).some((s) => typeof s !== 'string')
+      )
+        throw bad(`entry ${i} (${x.name}) has bad xattrs`);
     }
   }
   return t as unknown as Toc;
@@ -168,28 +213,45 @@ function checkToc(v: unknown): Toc {
  * the manifest-checksum annotation (pass them whenever the manifest is trusted: that is what
  * makes the TOC trustworthy). Without annotations the footer is read, and nothing is verified.
  */
-export async function readTocFromFooter(fetch: RangeFetch, blobSize: number, annotations?: Record<string, string>): Promise<Toc> {
+export async function readTocFromFooter(
+  fetch: RangeFetch,
+  blobSize: number,
+  annotations?: Record<string, string>,
+): Promise<Toc> {
   let pos: { offset: number; lengthCompressed: number; lengthUncompressed: number; manifestType: number };
   const position = annotations?.[ZstdChunkedAnnotation.ManifestPosition];
   if (position !== undefined) {
     pos = parsePosition(position);
   } else {
     const size = SKIPPABLE_HEADER + FOOTER_SIZE;
-    if (blobSize < size) throw new BuildError('TOC_INVALID', `a blob of ${blobSize} bytes is too small for a zstd:chunked footer`);
+    if (blobSize < size)
+      throw new BuildError('TOC_INVALID', `a blob of ${blobSize} bytes is too small for a zstd:chunked footer`);
     pos = parseFooter(await fetch(blobSize - size, blobSize));
   }
-  if (pos.manifestType !== MANIFEST_TYPE_CRFS) throw new BuildError('TOC_INVALID', `unknown TOC type ${pos.manifestType}`);
+  if (pos.manifestType !== MANIFEST_TYPE_CRFS)
+    throw new BuildError('TOC_INVALID', `unknown TOC type ${pos.manifestType}`);
   if (pos.lengthUncompressed > MAX_TOC_BYTES || pos.lengthCompressed > MAX_TOC_BYTES) {
-    throw new BuildError('TOC_TOO_LARGE', `table of contents of ${pos.lengthUncompressed} bytes exceeds the limit of ${MAX_TOC_BYTES}`);
+    throw new BuildError(
+      'TOC_TOO_LARGE',
+      `table of contents of ${pos.lengthUncompressed} bytes exceeds the limit of ${MAX_TOC_BYTES}`,
+    );
   }
-  if (pos.offset < SKIPPABLE_HEADER || pos.offset + pos.lengthCompressed > blobSize) throw new BuildError('TOC_INVALID', 'TOC position lies outside the blob');
+  if (pos.offset < SKIPPABLE_HEADER || pos.offset + pos.lengthCompressed > blobSize)
+    throw new BuildError('TOC_INVALID', 'TOC position lies outside the blob');
   const compressed = await fetch(pos.offset, pos.offset + pos.lengthCompressed);
-  if (compressed.length !== pos.lengthCompressed) throw new BuildError('TOC_INVALID', `fetched ${compressed.length} TOC bytes, expected ${pos.lengthCompressed}`);
+  if (compressed.length !== pos.lengthCompressed)
+    throw new BuildError('TOC_INVALID', `fetched ${compressed.length} TOC bytes, expected ${pos.lengthCompressed}`);
   const expected = annotations?.[ZstdChunkedAnnotation.ManifestChecksum];
-  if (annotations && expected === undefined) throw new BuildError('TOC_INVALID', 'the layer has no manifest-checksum annotation');
+  if (annotations && expected === undefined)
+    throw new BuildError('TOC_INVALID', 'the layer has no manifest-checksum annotation');
   if (expected !== undefined) {
     const actual = sha256(compressed);
-    if (actual !== expected) throw new BuildError('TOC_CHECKSUM_MISMATCH', `table of contents ${actual} does not match the layer annotation ${expected}`, { expected, actual });
+    if (actual !== expected)
+      throw new BuildError(
+        'TOC_CHECKSUM_MISMATCH',
+        `table of contents ${actual} does not match the layer annotation ${expected}`,
+        { expected, actual },
+      );
   }
   let json: Buffer;
   try {
@@ -197,7 +259,11 @@ export async function readTocFromFooter(fetch: RangeFetch, blobSize: number, ann
   } catch (e) {
     throw new BuildError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
   }
-  if (json.length !== pos.lengthUncompressed) throw new BuildError('TOC_INVALID', `table of contents is ${json.length} bytes, expected ${pos.lengthUncompressed}`);
+  if (json.length !== pos.lengthUncompressed)
+    throw new BuildError(
+      'TOC_INVALID',
+      `table of contents is ${json.length} bytes, expected ${pos.lengthUncompressed}`,
+    );
   let parsed: unknown;
   try {
     parsed = JSON.parse(json.toString('utf8'));
@@ -231,7 +297,10 @@ export async function fetchTocFile(fetch: RangeFetch, e: TocEntry): Promise<Buff
   }
   const actual = sha256(data);
   if (data.length !== e.size || actual !== e.digest) {
-    throw new BuildError('TOC_CHECKSUM_MISMATCH', `content of ${e.name} does not match its table-of-contents digest`, { expected: e.digest, actual });
+    throw new BuildError('TOC_CHECKSUM_MISMATCH', `content of ${e.name} does not match its table-of-contents digest`, {
+      expected: e.digest,
+      actual,
+    });
   }
   return data;
 }

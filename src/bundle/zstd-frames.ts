@@ -72,7 +72,9 @@ async function* streamFrame(pieces: AsyncIterable<Buffer> | Iterable<Buffer>): A
 }
 
 /** The decompressed content of all frames of `source`, in order. */
-export async function* zstdDecompressFrames(source: AsyncIterable<Buffer | Uint8Array | string>): AsyncGenerator<Buffer> {
+export async function* zstdDecompressFrames(
+  source: AsyncIterable<Buffer | Uint8Array | string>,
+): AsyncGenerator<Buffer> {
   const r = new ByteReader(source);
   try {
     for (;;) {
@@ -190,13 +192,18 @@ export function zstdDecompressBufferSync(buf: Buffer, maxSize: number): Buffer {
     try {
       // Output buffers of at most SYNC_CHUNK each: memory grows with what actually comes out
       // (bounded by maxSize), never with what a table of contents declares.
-      out = zstdDecompressSync(buf.subarray(s, e), { maxOutputLength: left + 1, chunkSize: Math.max(64, Math.min(left + 1, SYNC_CHUNK)) });
+      out = zstdDecompressSync(buf.subarray(s, e), {
+        maxOutputLength: left + 1,
+        chunkSize: Math.max(64, Math.min(left + 1, SYNC_CHUNK)),
+      });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE')
+        throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
       throw err;
     }
     got += out.length;
-    if (got > maxSize) throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
+    if (got > maxSize)
+      throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
     if (out.length) parts.push(out);
   }
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, got);

@@ -24,7 +24,9 @@ function makeOutput(json: boolean): Output {
   return {
     json,
     result(human, value) {
-      process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : human.endsWith('\n') || human === '' ? human : human + '\n');
+      process.stdout.write(
+        json ? JSON.stringify(value, null, 2) + '\n' : human.endsWith('\n') || human === '' ? human : human + '\n',
+      );
     },
     info(line) {
       if (!json || process.env.TIU_PROGRESS === '1') process.stderr.write(line + '\n');

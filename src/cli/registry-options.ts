@@ -49,7 +49,9 @@ export function registryOptions(options: OptionValues, side?: 'src' | 'dest'): R
   if (authFile) o.authFile = authFile;
   const creds = (side && optString(options, `${side}-creds`)) ?? optString(options, 'creds');
   if (creds) o.creds = creds;
-  const tv = (side ? tlsVerify(optString(options, `${side}-tls-verify`), `${side}-tls-verify`) : undefined) ?? tlsVerify(optString(options, 'tls-verify'), 'tls-verify');
+  const tv =
+    (side ? tlsVerify(optString(options, `${side}-tls-verify`), `${side}-tls-verify`) : undefined) ??
+    tlsVerify(optString(options, 'tls-verify'), 'tls-verify');
   if (tv !== undefined) o.tlsVerify = tv;
   const certDir = optString(options, 'cert-dir');
   if (certDir) o.certDirs = [certDir];

@@ -27,6 +27,11 @@ export class InvalidTagError extends TiuError {
 }
 export class InvalidRangeError extends TiuError {
   constructor(digest: string, start: number, end: number, size: number) {
-    super('INVALID_RANGE', `byte range [${start}, ${end}) is outside blob ${digest} of ${size} bytes`, { digest, start, end, size });
+    super('INVALID_RANGE', `byte range [${start}, ${end}) is outside blob ${digest} of ${size} bytes`, {
+      digest,
+      start,
+      end,
+      size,
+    });
   }
 }

@@ -13,14 +13,23 @@ import type { FetchOptions, Fetcher } from './interfaces.ts';
  * Fetch a manifest or index, size-capped and verified against its descriptor (digest and size),
  * and schema-checked against the descriptor's media type.
  */
-export async function fetchManifest(fetcher: Fetcher, desc: Descriptor, opts?: FetchOptions): Promise<{ bytes: Buffer; parsed: ParsedManifest }> {
+export async function fetchManifest(
+  fetcher: Fetcher,
+  desc: Descriptor,
+  opts?: FetchOptions,
+): Promise<{ bytes: Buffer; parsed: ParsedManifest }> {
   if (desc.size > MAX_MANIFEST_BYTES) throw new ManifestTooLargeError(desc.size, MAX_MANIFEST_BYTES);
   const bytes = await fetchVerified(fetcher, desc, MAX_MANIFEST_BYTES, opts);
   return { bytes, parsed: parseManifestOrIndex(bytes, desc.mediaType) };
 }
 
 /** A small blob, whole, verified by digest and size. */
-export async function fetchVerified(fetcher: Fetcher, desc: Descriptor, limit: number, opts?: FetchOptions): Promise<Buffer> {
+export async function fetchVerified(
+  fetcher: Fetcher,
+  desc: Descriptor,
+  limit: number,
+  opts?: FetchOptions,
+): Promise<Buffer> {
   const stream = await fetcher.fetch(desc, opts);
   // One byte more than the size is enough to tell trailing data.
   const bytes = await readAllCapped(stream, Math.min(limit, desc.size), `blob ${desc.digest}`).catch((e: unknown) => {

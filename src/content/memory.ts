@@ -94,7 +94,8 @@ export class MemoryTarget implements Target {
     for (const s of this.#blobs.values()) {
       if (!isManifestLike(s.desc.mediaType)) continue;
       const r = referrerDescriptor(s.desc, parseManifestOrIndex(s.data, s.desc.mediaType));
-      if (r && r.subject === desc.digest && (artifactType === undefined || r.desc.artifactType === artifactType)) out.push(r.desc);
+      if (r && r.subject === desc.digest && (artifactType === undefined || r.desc.artifactType === artifactType))
+        out.push(r.desc);
     }
     return Promise.resolve(out);
   }

@@ -96,7 +96,8 @@ export class OciArchiveTarget implements Target {
       return t;
     } catch (e) {
       await rm(tmp, { recursive: true, force: true });
-      if (exists && e instanceof TiuError && e.code === 'NOT_FOUND') throw new InvalidArchiveError(abs, 'no oci-layout file in it');
+      if (exists && e instanceof TiuError && e.code === 'NOT_FOUND')
+        throw new InvalidArchiveError(abs, 'no oci-layout file in it');
       throw e;
     }
   }
@@ -217,11 +218,16 @@ export async function packLayout(dir: string, archive: string): Promise<void> {
   const pack = tar.pack();
   const writing = pipeline(pack, createWriteStream(tmp, { flags: 'wx', mode: 0o644 }));
   try {
-    const dirEntry = (name: string) => new Promise<void>((res, rej) => pack.entry({ name, type: 'directory', mode: 0o755, mtime, uid: 0, gid: 0 }, (e) => (e ? rej(e) : res())));
+    const dirEntry = (name: string) =>
+      new Promise<void>((res, rej) =>
+        pack.entry({ name, type: 'directory', mode: 0o755, mtime, uid: 0, gid: 0 }, (e) => (e ? rej(e) : res())),
+      );
     const fileEntry = async (name: string, path: string) => {
       const size = (await stat(path)).size;
       await new Promise<void>((res, rej) => {
-        const sink = pack.entry({ name, type: 'file', size, mode: 0o644, mtime, uid: 0, gid: 0 }, (e) => (e ? rej(e) : res()));
+        const sink = pack.entry({ name, type: 'file', size, mode: 0o644, mtime, uid: 0, gid: 0 }, (e) =>
+          e ? rej(e) : res(),
+        );
         const src = createReadStream(path);
         src.on('error', (e) => {
           sink.destroy(e);

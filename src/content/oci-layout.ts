@@ -82,7 +82,8 @@ export interface LayoutOptions {
 /** A ref.name as tiu accepts it: printable, no whitespace, not empty, at most 255 characters. */
 function checkRefName(ref: string): void {
   // eslint-disable-next-line no-control-regex
-  if (ref === '' || ref.length > 255 || /[\s\u0000-\u001f\u007f]/.test(ref) || isDigest(ref)) throw new InvalidTagError(ref);
+  if (ref === '' || ref.length > 255 || /[\s\u0000-\u001f\u007f]/.test(ref) || isDigest(ref))
+    throw new InvalidTagError(ref);
 }
 
 function errno(e: unknown): string | undefined {
@@ -141,9 +142,15 @@ export class OciLayoutTarget implements Target {
     }
     await withLock(this.#lockPath, async () => {
       // Another writer may have created it meanwhile.
-      const exists = await stat(join(this.path, 'oci-layout')).then(() => true, () => false);
+      const exists = await stat(join(this.path, 'oci-layout')).then(
+        () => true,
+        () => false,
+      );
       if (exists) return;
-      const hasIndex = await stat(join(this.path, 'index.json')).then(() => true, () => false);
+      const hasIndex = await stat(join(this.path, 'index.json')).then(
+        () => true,
+        () => false,
+      );
       if (!hasIndex) await this.#writeIndex({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [] });
       await writeFileAtomic(join(this.path, 'oci-layout'), JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION }));
     });
@@ -382,7 +389,8 @@ export class OciLayoutTarget implements Target {
       seen.add(m.digest);
       const p = await this.#parsedOf(m);
       const r = p && referrerDescriptor(m, p);
-      if (r && r.subject === desc.digest && (artifactType === undefined || r.desc.artifactType === artifactType)) out.push(r.desc);
+      if (r && r.subject === desc.digest && (artifactType === undefined || r.desc.artifactType === artifactType))
+        out.push(r.desc);
     }
     return out;
   }

@@ -7,7 +7,10 @@ import type { ParsedManifest } from '../oci/validate.ts';
  * referrers API does: artifactType from the manifest, else its config's media type, and the
  * manifest's annotations), with the digest of its subject; undefined without a subject.
  */
-export function referrerDescriptor(desc: Descriptor, parsed: ParsedManifest): { subject: string; desc: Descriptor } | undefined {
+export function referrerDescriptor(
+  desc: Descriptor,
+  parsed: ParsedManifest,
+): { subject: string; desc: Descriptor } | undefined {
   const doc = parsed.kind === 'index' ? parsed.index : parsed.manifest;
   if (!doc.subject) return undefined;
   const out: Descriptor = { mediaType: desc.mediaType, digest: desc.digest, size: desc.size };

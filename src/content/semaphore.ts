@@ -23,7 +23,12 @@ export class Semaphore {
  * handing out items (and goes to `onFailure`, to abort what is in flight); it is thrown once
  * every call has ended, so nothing is still running when this returns.
  */
-export async function forEachBounded<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>, onFailure?: (e: unknown) => void): Promise<void> {
+export async function forEachBounded<T>(
+  items: readonly T[],
+  n: number,
+  fn: (item: T) => Promise<void>,
+  onFailure?: (e: unknown) => void,
+): Promise<void> {
   let next = 0;
   let failure: { e: unknown } | undefined;
   const worker = async (): Promise<void> => {

@@ -51,14 +51,19 @@ export class CopyError extends TiuError {
       referrers: 'listing referrers of',
     };
     const side = op === 'resolve' || op === 'tag' || op === 'referrers' ? ` in ${where}` : ` ${prep} ${where}`;
-    super(KEEP_CODE.has(causeCode) ? causeCode : 'COPY_FAILED', `copy failed ${verb[op]}${what}${side}: ${err.message}`, {
-      op,
-      origin,
-      target: where,
-      ...(digest ? { digest } : {}),
-      causeCode,
-      ...(isTiuError(err) ? { cause: err.details } : {}),
-    }, { cause: err });
+    super(
+      KEEP_CODE.has(causeCode) ? causeCode : 'COPY_FAILED',
+      `copy failed ${verb[op]}${what}${side}: ${err.message}`,
+      {
+        op,
+        origin,
+        target: where,
+        ...(digest ? { digest } : {}),
+        causeCode,
+        ...(isTiuError(err) ? { cause: err.details } : {}),
+      },
+      { cause: err },
+    );
     this.op = op;
     this.origin = origin;
   }
@@ -158,13 +163,17 @@ class GraphCopier {
     const manifestLike = isManifestLike(desc.mediaType);
     if (manifestLike) this.manifests.push(desc);
     // Lookups take a transfer slot too, so a wide index does not fire hundreds of requests at once.
-    const has = await this.#sem.run(() => step('exists', 'destination', this.#dst, () => this.#dst.exists(desc, { signal }), desc.digest));
+    const has = await this.#sem.run(() =>
+      step('exists', 'destination', this.#dst, () => this.#dst.exists(desc, { signal }), desc.digest),
+    );
     if (has && !manifestLike) {
       this.#emit({ type: 'blob-skipped', desc });
       return;
     }
     if (manifestLike) {
-      const { bytes, parsed } = await this.#sem.run(() => step('fetch', 'source', this.#src, () => fetchManifest(this.#src, desc, { signal }), desc.digest));
+      const { bytes, parsed } = await this.#sem.run(() =>
+        step('fetch', 'source', this.#src, () => fetchManifest(this.#src, desc, { signal }), desc.digest),
+      );
       // Children are checked even under a manifest the destination has: a layout someone
       // pruned, or an interrupted foreign tool, may hold a manifest without all its blobs,
       // and the tag set at the end must not point at incomplete content.
@@ -175,7 +184,13 @@ class GraphCopier {
       }
       await this.#sem.run(async () => {
         this.#emit({ type: 'blob-start', desc });
-        await step('push', 'destination', this.#dst, () => this.#dst.push(desc, Readable.from([bytes]), { signal }), desc.digest);
+        await step(
+          'push',
+          'destination',
+          this.#dst,
+          () => this.#dst.push(desc, Readable.from([bytes]), { signal }),
+          desc.digest,
+        );
         this.#emit({ type: 'blob-bytes', desc, bytes: bytes.length, total: desc.size });
         this.#emit({ type: 'blob-done', desc });
       });
@@ -235,7 +250,13 @@ class GraphCopier {
     const found: { desc: Descriptor; tag?: string }[] = [];
     const src = this.#src;
     if (src.referrers) {
-      const list = await step('referrers', 'source', src, () => src.referrers!(subject, undefined, { signal }), subject.digest);
+      const list = await step(
+        'referrers',
+        'source',
+        src,
+        () => src.referrers!(subject, undefined, { signal }),
+        subject.digest,
+      );
       for (const d of list) found.push({ desc: { mediaType: d.mediaType, digest: d.digest, size: d.size } });
     }
     for (const tag of cosignTags(subject.digest)) {
@@ -262,10 +283,17 @@ class GraphCopier {
  * source tag is reused; a source digest leaves the copy untagged. Without `srcRef`, the source's
  * only image (resolveDefault). Returns the root descriptor.
  */
-export async function copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: CopyOptions = {}): Promise<Descriptor> {
+export async function copy(
+  src: Target,
+  srcRef: string | undefined,
+  dst: Target,
+  dstRef: string | undefined,
+  opts: CopyOptions = {},
+): Promise<Descriptor> {
   const root = await step('resolve', 'source', src, async () => {
     if (srcRef !== undefined) return src.resolve(srcRef, { signal: opts.signal });
-    if (!src.resolveDefault) throw new TiuError('MISSING_REFERENCE', `${src.name} needs a tag or digest to name the image`);
+    if (!src.resolveDefault)
+      throw new TiuError('MISSING_REFERENCE', `${src.name} needs a tag or digest to name the image`);
     return src.resolveDefault({ signal: opts.signal });
   });
   if (opts.verify) await opts.verify(src, root);
@@ -277,15 +305,30 @@ export async function copy(src: Target, srcRef: string | undefined, dst: Target,
       for (const m of [...g.manifests]) await g.copyReferrers(m, seen);
     }
   } catch (e) {
-    if (opts.signal?.aborted && !(e instanceof CopyError)) throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted`, { digest: root.digest }, { cause: e });
+    if (opts.signal?.aborted && !(e instanceof CopyError))
+      throw new TiuError(
+        'ABORTED',
+        `copy of ${root.digest} to ${dst.name} was aborted`,
+        { digest: root.digest },
+        { cause: e },
+      );
     throw e;
   }
-  if (opts.signal?.aborted) throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted before tagging`, { digest: root.digest });
+  if (opts.signal?.aborted)
+    throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted before tagging`, {
+      digest: root.digest,
+    });
   const name = dstRef ?? (srcRef !== undefined && !isDigest(srcRef) ? srcRef : undefined);
   if (name !== undefined) {
     if (isDigest(name)) {
       if (name !== root.digest) {
-        throw new CopyError('tag', 'destination', dst.name, new TiuError('DIGEST_MISMATCH', `the destination names ${name} but the image is ${root.digest}`), root.digest);
+        throw new CopyError(
+          'tag',
+          'destination',
+          dst.name,
+          new TiuError('DIGEST_MISMATCH', `the destination names ${name} but the image is ${root.digest}`),
+          root.digest,
+        );
       }
     } else {
       await step('tag', 'destination', dst, () => dst.tag(root, name, { signal: opts.signal }), root.digest);

@@ -83,14 +83,49 @@ export const CONFIG_PATH = '/etc/tiu/tiu.conf';
 /** What MicroOS needs after a new tree lands: an initrd when the image brings none, boot entries. */
 export const DEFAULT_HOOKS: readonly HookSpec[] = [
   // Where the boot integration (src/deploy/boot) looks for an initrd: next to the kernel's modules.
-  { name: 'initrd', command: ['dracut', '--force', '--kver', '{kver}', '/usr/lib/modules/{kver}/initrd'], when: 'initrd-missing', ifExists: '/usr/bin/dracut' },
+  {
+    name: 'initrd',
+    command: ['dracut', '--force', '--kver', '{kver}', '/usr/lib/modules/{kver}/initrd'],
+    when: 'initrd-missing',
+    ifExists: '/usr/bin/dracut',
+  },
   // Debian's initramfs-tools: writes /boot/initrd.img-{kver}; only where the image has no dracut.
-  { name: 'update-initramfs', command: ['update-initramfs', '-c', '-k', '{kver}'], when: 'initrd-missing', ifExists: '/usr/sbin/update-initramfs', unlessExists: '/usr/bin/dracut' },
-  { name: 'grub2-mkconfig', command: ['grub2-mkconfig', '-o', '/boot/grub2/grub.cfg'], when: 'kernel-changed', ifExists: '/usr/sbin/grub2-mkconfig' },
-  { name: 'sdbootutil', command: ['sdbootutil', 'add-all-kernels', '{snapshot}'], when: 'always', ifExists: '/usr/bin/sdbootutil' },
+  {
+    name: 'update-initramfs',
+    command: ['update-initramfs', '-c', '-k', '{kver}'],
+    when: 'initrd-missing',
+    ifExists: '/usr/sbin/update-initramfs',
+    unlessExists: '/usr/bin/dracut',
+  },
+  {
+    name: 'grub2-mkconfig',
+    command: ['grub2-mkconfig', '-o', '/boot/grub2/grub.cfg'],
+    when: 'kernel-changed',
+    ifExists: '/usr/sbin/grub2-mkconfig',
+  },
+  {
+    name: 'sdbootutil',
+    command: ['sdbootutil', 'add-all-kernels', '{snapshot}'],
+    when: 'always',
+    ifExists: '/usr/bin/sdbootutil',
+  },
 ];
 
-const KEYS = new Set(['image', 'policy', 'cache', 'default-hooks', 'hook', 'signed-identity', 'disk-reserve', 'min-speed', 'speed-time', 'request-deadline', 'esp', 'kernel-cmdline', 'boot-tries']);
+const KEYS = new Set([
+  'image',
+  'policy',
+  'cache',
+  'default-hooks',
+  'hook',
+  'signed-identity',
+  'disk-reserve',
+  'min-speed',
+  'speed-time',
+  'request-deadline',
+  'esp',
+  'kernel-cmdline',
+  'boot-tries',
+]);
 const HOOK_KEYS = new Set(['name', 'command', 'when', 'if-exists', 'unless-exists']);
 const WHEN: readonly string[] = ['always', 'kernel-changed', 'initrd-missing'];
 
@@ -122,7 +157,8 @@ export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
       throw new ConfigError(file, `${at}: 'command' must be a non-empty array of strings`);
     }
     const when = t.when ?? 'always';
-    if (typeof when !== 'string' || !WHEN.includes(when)) throw new ConfigError(file, `${at}: 'when' must be one of ${WHEN.join(', ')}`);
+    if (typeof when !== 'string' || !WHEN.includes(when))
+      throw new ConfigError(file, `${at}: 'when' must be one of ${WHEN.join(', ')}`);
     const ifExists = t['if-exists'];
     if (ifExists !== undefined && (typeof ifExists !== 'string' || !ifExists.startsWith('/'))) {
       throw new ConfigError(file, `${at}: 'if-exists' must be an absolute path`);
@@ -133,44 +169,68 @@ export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
     }
     const name = t.name ?? cmd[0];
     if (typeof name !== 'string') throw new ConfigError(file, `${at}: 'name' must be a string`);
-    return { name, command: cmd, when: when as HookWhen, ...(ifExists ? { ifExists } : {}), ...(unlessExists ? { unlessExists } : {}) };
+    return {
+      name,
+      command: cmd,
+      when: when as HookWhen,
+      ...(ifExists ? { ifExists } : {}),
+      ...(unlessExists ? { unlessExists } : {}),
+    };
   });
   const policy = str('policy');
   const cache = str('cache') ?? '/var/cache/tiu';
-  for (const [k, v] of [['policy', policy], ['cache', cache]] as const) {
+  for (const [k, v] of [
+    ['policy', policy],
+    ['cache', cache],
+  ] as const) {
     if (v !== undefined && !v.startsWith('/')) throw new ConfigError(file, `'${k}' must be an absolute path`);
   }
   const image = str('image');
   const signedIdentity = str('signed-identity') ?? repositoryOf(image);
   if (signedIdentity !== undefined) {
     const ref = parseIdentity(signedIdentity);
-    if (!ref || ref.tag || ref.digest) throw new ConfigError(file, `'signed-identity' must be a registry repository like registry.example.com/os/microos`);
+    if (!ref || ref.tag || ref.digest)
+      throw new ConfigError(
+        file,
+        `'signed-identity' must be a registry repository like registry.example.com/os/microos`,
+      );
   }
   let diskReserve: DiskReserve | undefined;
   if (doc['disk-reserve'] !== undefined) {
     diskReserve = parseReserve(doc['disk-reserve']);
-    if (!diskReserve) throw new ConfigError(file, `'disk-reserve' must be a percentage up to 50% ("5%") or a size ("1G", "512M", a number of bytes)`);
+    if (!diskReserve)
+      throw new ConfigError(
+        file,
+        `'disk-reserve' must be a percentage up to 50% ("5%") or a size ("1G", "512M", a number of bytes)`,
+      );
   }
   const network: SpeedSettings = {};
   if (doc['min-speed'] !== undefined) {
     const v = doc['min-speed'];
     const n = typeof v === 'number' ? v : typeof v === 'string' ? parseSize(v) : undefined;
-    if (n === undefined || !Number.isSafeInteger(n) || n < 0) throw new ConfigError(file, `'min-speed' must be bytes per second ("1K", "64K", a number)`);
+    if (n === undefined || !Number.isSafeInteger(n) || n < 0)
+      throw new ConfigError(file, `'min-speed' must be bytes per second ("1K", "64K", a number)`);
     network.minBytesPerSec = n;
   }
-  for (const [k, field] of [['speed-time', 'speedTimeMs'], ['request-deadline', 'deadlineFloorMs']] as const) {
+  for (const [k, field] of [
+    ['speed-time', 'speedTimeMs'],
+    ['request-deadline', 'deadlineFloorMs'],
+  ] as const) {
     const v = doc[k];
     if (v === undefined) continue;
-    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError(file, `'${k}' must be a number of seconds`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0)
+      throw new ConfigError(file, `'${k}' must be a number of seconds`);
     network[field] = Math.round(v * 1000);
   }
   const esp = str('esp');
   if (esp !== undefined && !esp.startsWith('/')) throw new ConfigError(file, `'esp' must be an absolute path`);
   const kernelCmdline = str('kernel-cmdline');
   // eslint-disable-next-line no-control-regex
-  if (kernelCmdline !== undefined && /[\u0000-\u001f\u007f]/.test(kernelCmdline)) throw new ConfigError(file, `'kernel-cmdline' must not contain newlines or control characters`);
+  if (kernelCmdline !== undefined && /[\u0000-\u001f\u007f]/.test(kernelCmdline))
+    throw new ConfigError(file, `'kernel-cmdline' must not contain newlines or control characters`);
   const tries = doc['boot-tries'];
-  if (tries !== undefined && (typeof tries !== 'number' || !Number.isInteger(tries) || tries < 1 || tries > 100)) throw new ConfigError(file, `'boot-tries' must be an integer from 1 to 100`);
+  if (tries !== undefined && (typeof tries !== 'number' || !Number.isInteger(tries) || tries < 1 || tries > 100))
+    throw new ConfigError(file, `'boot-tries' must be an integer from 1 to 100`);
   return {
     image,
     signedIdentity,

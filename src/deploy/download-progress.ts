@@ -12,7 +12,11 @@ export interface DownloadProgressOptions {
 }
 
 /** A counter to feed with byte counts as they arrive; `total` undefined when the size is not known. */
-export function downloadProgress(total: number | undefined, emit: (line: string) => void, opts: DownloadProgressOptions = {}): (bytes: number) => void {
+export function downloadProgress(
+  total: number | undefined,
+  emit: (line: string) => void,
+  opts: DownloadProgressOptions = {},
+): (bytes: number) => void {
   const everyMs = opts.everyMs ?? 2000;
   const now = opts.now ?? Date.now;
   let done = 0;
@@ -23,6 +27,9 @@ export function downloadProgress(total: number | undefined, emit: (line: string)
     if (t - last < everyMs) return;
     last = t;
     if (total === undefined || total <= 0) emit(`downloading: ${humanSize(done)}`);
-    else emit(`downloading: ${humanSize(done)} of ${humanSize(total)} (${Math.min(100, Math.floor((100 * done) / total))}%)`);
+    else
+      emit(
+        `downloading: ${humanSize(done)} of ${humanSize(total)} (${Math.min(100, Math.floor((100 * done) / total))}%)`,
+      );
   };
 }

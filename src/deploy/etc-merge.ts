@@ -90,12 +90,15 @@ export interface EtcMergeOptions {
 export function planEtcMerge(base: EtcTree, ours: EtcTree, theirs: EtcTree, opts: EtcMergeOptions = {}): EtcMergePlan {
   const skip = opts.skip ?? USER_DB_FILES;
   const plan: EtcMergePlan = { actions: [], conflicts: [], keptLocal: [], keptNonEmpty: [] };
-  const all = [...new Set([...base.keys(), ...ours.keys(), ...theirs.keys()])].filter((p) => p !== '' && !skip.some((s) => isAtOrBelow(p, s))).sort(comparePaths);
+  const all = [...new Set([...base.keys(), ...ours.keys(), ...theirs.keys()])]
+    .filter((p) => p !== '' && !skip.some((s) => isAtOrBelow(p, s)))
+    .sort(comparePaths);
   // The result type at each path, to refuse writing below a non-directory.
   const result = new Map<string, EtcNode | undefined>();
   const deleting = new Set<string>();
   // A directory waiting for deletion is still a directory while its content is decided.
-  const resultIsDir = (p: string): boolean => (p === '' ? true : (result.has(p) ? result.get(p)?.type === 'dir' : ours.get(p)?.type === 'dir'));
+  const resultIsDir = (p: string): boolean =>
+    p === '' ? true : result.has(p) ? result.get(p)?.type === 'dir' : ours.get(p)?.type === 'dir';
   const deletes: { path: string; node: EtcNode }[] = [];
 
   for (const p of all) {
@@ -144,7 +147,8 @@ export function planEtcMerge(base: EtcTree, ours: EtcTree, theirs: EtcTree, opts
   // Deletions, deepest first; a directory goes only when nothing remains in it.
   const remaining = (d: string): boolean => {
     for (const [p, n] of result) if (n && p !== d && isAtOrBelow(p, d) && !deleting.has(p)) return true;
-    for (const p of ours.keys()) if (p !== d && isAtOrBelow(p, d) && !result.has(p) && !skip.some((s) => isAtOrBelow(p, s))) return true;
+    for (const p of ours.keys())
+      if (p !== d && isAtOrBelow(p, d) && !result.has(p) && !skip.some((s) => isAtOrBelow(p, s))) return true;
     return false;
   };
   for (const d of deletes.sort((x, y) => comparePaths(y.path, x.path))) {
@@ -175,7 +179,14 @@ export async function scanEtc(dir: string): Promise<EtcTree> {
       const st = await rd.lstat(p);
       if (!st) throw new EtcMergeError(join(dir, p), 'vanished while /etc was read');
       const base = { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtimeMs: st.mtimeMs };
-      if (st.isFile()) out.set(p, { type: 'file', ...base, content: createHash('sha256').update(await rd.readFile(p)).digest('hex') });
+      if (st.isFile())
+        out.set(p, {
+          type: 'file',
+          ...base,
+          content: createHash('sha256')
+            .update(await rd.readFile(p))
+            .digest('hex'),
+        });
       else if (st.isSymbolicLink()) out.set(p, { type: 'symlink', ...base, content: await rd.readlink(p) });
       else if (st.isDirectory()) {
         out.set(p, { type: 'dir', ...base, content: '' });
@@ -275,13 +286,20 @@ export async function applyEtcMerge(plan: EtcMergePlan, oursDir: string, theirsD
   if (copied.length) {
     const xs = await getXattrs(copied.map((c) => c.from));
     // only names tiu sets (the image's were checked when read; others, such as btrfs.*, stay behind)
-    await setXattrs(copied.filter((c) => xs.has(c.from)).map((c) => ({ path: c.to, set: settableXattrs(xs.get(c.from)!) })));
+    await setXattrs(
+      copied.filter((c) => xs.has(c.from)).map((c) => ({ path: c.to, set: settableXattrs(xs.get(c.from)!) })),
+    );
   }
   return report;
 }
 
 /** Plan and apply in one go: base/ours/theirs are directories. */
-export async function mergeEtc(baseDir: string, oursDir: string, theirsDir: string, opts: EtcMergeOptions = {}): Promise<EtcMergeReport> {
+export async function mergeEtc(
+  baseDir: string,
+  oursDir: string,
+  theirsDir: string,
+  opts: EtcMergeOptions = {},
+): Promise<EtcMergeReport> {
   const [base, ours, theirs] = await Promise.all([scanEtc(baseDir), scanEtc(oursDir), scanEtc(theirsDir)]);
   return applyEtcMerge(planEtcMerge(base, ours, theirs, opts), oursDir, theirsDir);
 }

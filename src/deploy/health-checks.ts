@@ -29,7 +29,9 @@ export interface HealthCheck {
 
 async function entries(dir: string): Promise<string[]> {
   try {
-    return (await readdir(dir)).filter((n) => !n.startsWith('.') && !n.endsWith('~') && !n.endsWith('.rpmnew') && !n.endsWith('.rpmsave'));
+    return (await readdir(dir)).filter(
+      (n) => !n.startsWith('.') && !n.endsWith('~') && !n.endsWith('.rpmnew') && !n.endsWith('.rpmsave'),
+    );
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw e;
@@ -54,7 +56,8 @@ export async function discoverChecks(root = '/'): Promise<HealthCheck[]> {
     if (s?.isFile()) checks.push({ name, path, args: [] });
   }
   const hc = (await entries(join(root, CHECK_DIRS.healthChecker))).filter((n) => n.endsWith('.sh')).sort();
-  for (const n of hc) checks.push({ name: `health-checker:${n}`, path: join(root, CHECK_DIRS.healthChecker, n), args: ['check'] });
+  for (const n of hc)
+    checks.push({ name: `health-checker:${n}`, path: join(root, CHECK_DIRS.healthChecker, n), args: ['check'] });
   return checks;
 }
 
@@ -63,7 +66,14 @@ export async function runChecks(checks: HealthCheck[], timeoutMs = DEFAULT_CHECK
   for (const c of checks) {
     const r = await runCheckProgram(c.path, c.args, timeoutMs);
     const output = r.startError ? `could not run ${c.path}: ${r.startError}` : r.output;
-    out.push({ name: c.name, path: c.path, ok: r.exitCode === 0, exitCode: r.exitCode, timedOut: r.timedOut || undefined, output });
+    out.push({
+      name: c.name,
+      path: c.path,
+      ok: r.exitCode === 0,
+      exitCode: r.exitCode,
+      timedOut: r.timedOut || undefined,
+      output,
+    });
   }
   return out;
 }

@@ -78,13 +78,18 @@ export type BootPlan =
 export function planBoot(state: HealthState, maxAttempts = DEFAULT_MAX_ATTEMPTS): BootPlan {
   const n = state.booted;
   if (n === undefined) {
-    throw new HealthError('NOT_SNAPSHOT_ROOT', 'the running root is not a snapper snapshot (@/.snapshots/N/snapshot): nothing to check or roll back');
+    throw new HealthError(
+      'NOT_SNAPSHOT_ROOT',
+      'the running root is not a snapper snapshot (@/.snapshots/N/snapshot): nothing to check or roll back',
+    );
   }
   const snap = state.snapshots.find((s) => s.number === n);
-  if (!snap) throw new HealthError('NO_SUCH_SNAPSHOT', `the booted snapshot ${n} is not in snapper's list`, { snapshot: n });
+  if (!snap)
+    throw new HealthError('NO_SUCH_SNAPSHOT', `the booted snapshot ${n} is not in snapper's list`, { snapshot: n });
   if (healthOf(snap) === 'good') return { kind: 'verify', snapshot: n };
   const before = attemptsOf(snap);
-  if (before >= maxAttempts) return { kind: 'give-up', snapshot: n, attempts: before, rollbackTo: rollbackTarget(state, n) };
+  if (before >= maxAttempts)
+    return { kind: 'give-up', snapshot: n, attempts: before, rollbackTo: rollbackTarget(state, n) };
   return { kind: 'check', snapshot: n, attempt: before + 1 };
 }
 
@@ -105,9 +110,16 @@ export type AfterChecks =
   | { kind: 'report'; snapshot: number; failed: string[] }
   | { kind: 'roll-back'; snapshot: number; failed: string[]; rollbackTo: number | undefined };
 
-export function planAfterChecks(state: HealthState, plan: Exclude<BootPlan, { kind: 'give-up' }>, results: CheckResult[]): AfterChecks {
+export function planAfterChecks(
+  state: HealthState,
+  plan: Exclude<BootPlan, { kind: 'give-up' }>,
+  results: CheckResult[],
+): AfterChecks {
   const failed = results.filter((r) => !r.ok).map((r) => r.name);
-  if (failed.length === 0) return plan.kind === 'verify' ? { kind: 'report', snapshot: plan.snapshot, failed } : { kind: 'mark-good', snapshot: plan.snapshot };
+  if (failed.length === 0)
+    return plan.kind === 'verify'
+      ? { kind: 'report', snapshot: plan.snapshot, failed }
+      : { kind: 'mark-good', snapshot: plan.snapshot };
   if (plan.kind === 'verify') return { kind: 'report', snapshot: plan.snapshot, failed };
   return { kind: 'roll-back', snapshot: plan.snapshot, failed, rollbackTo: rollbackTarget(state, plan.snapshot) };
 }
@@ -149,12 +161,21 @@ export function failedValue(failed: string[]): string {
     .slice(0, 200);
 }
 
-export async function runBootHealth(host: HealthHost, opts: { maxAttempts?: number; reboot?: boolean } = {}): Promise<BootHealthResult> {
+export async function runBootHealth(
+  host: HealthHost,
+  opts: { maxAttempts?: number; reboot?: boolean } = {},
+): Promise<BootHealthResult> {
   const state = await host.readState();
   const plan = planBoot(state, opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS);
   const doReboot = opts.reboot ?? true;
 
-  const rollBack = async (n: number, failed: string[], to: number | undefined, checks: CheckResult[], attempt?: number): Promise<BootHealthResult> => {
+  const rollBack = async (
+    n: number,
+    failed: string[],
+    to: number | undefined,
+    checks: CheckResult[],
+    attempt?: number,
+  ): Promise<BootHealthResult> => {
     await host.setUserdata(n, { [HEALTH_UD.health]: 'bad', [HEALTH_UD.failed]: failedValue(failed) });
     // Before the reboot: even if setting the default fails, the loader no longer picks n.
     if (to !== undefined) await host.markEntry?.(n, 'bad');
@@ -162,7 +183,9 @@ export async function runBootHealth(host: HealthHost, opts: { maxAttempts?: numb
       host.log(`snapshot ${n} is unhealthy, and there is no good snapshot to roll back to: staying on it`);
       return { snapshot: n, outcome: 'no-rollback-target', attempt, checks, failed, rebooting: false };
     }
-    host.log(`snapshot ${n} is unhealthy (${failed.join(', ')}): making snapshot ${to} the default${doReboot ? ' and rebooting' : ''}`);
+    host.log(
+      `snapshot ${n} is unhealthy (${failed.join(', ')}): making snapshot ${to} the default${doReboot ? ' and rebooting' : ''}`,
+    );
     await host.setDefault(to);
     if (doReboot) await host.reboot();
     return { snapshot: n, outcome: 'rolled-back', attempt, checks, failed, rollbackTo: to, rebooting: doReboot };
@@ -176,7 +199,8 @@ export async function runBootHealth(host: HealthHost, opts: { maxAttempts?: numb
     host.log(`checking snapshot ${plan.snapshot} (boot attempt ${plan.attempt})`);
   }
   const checks = await host.runChecks();
-  for (const c of checks) host.log(`check ${c.name}: ${c.ok ? 'ok' : c.timedOut ? 'timed out' : `failed (exit ${c.exitCode})`}`);
+  for (const c of checks)
+    host.log(`check ${c.name}: ${c.ok ? 'ok' : c.timedOut ? 'timed out' : `failed (exit ${c.exitCode})`}`);
   const after = planAfterChecks(state, plan, checks);
   const attempt = plan.kind === 'check' ? plan.attempt : undefined;
   switch (after.kind) {
@@ -188,8 +212,17 @@ export async function runBootHealth(host: HealthHost, opts: { maxAttempts?: numb
     case 'report':
       // A proven snapshot whose entry still counts (blessed before the integration, or by hand).
       if (!after.failed.length) await host.markEntry?.(after.snapshot, 'good');
-      if (after.failed.length) host.log(`snapshot ${after.snapshot} was good before; failing now (${after.failed.join(', ')}): not rolling back`);
-      return { snapshot: after.snapshot, outcome: after.failed.length ? 'failed-proven' : 'verified', checks, failed: after.failed, rebooting: false };
+      if (after.failed.length)
+        host.log(
+          `snapshot ${after.snapshot} was good before; failing now (${after.failed.join(', ')}): not rolling back`,
+        );
+      return {
+        snapshot: after.snapshot,
+        outcome: after.failed.length ? 'failed-proven' : 'verified',
+        checks,
+        failed: after.failed,
+        rebooting: false,
+      };
     case 'roll-back':
       return rollBack(after.snapshot, after.failed, after.rollbackTo, checks, attempt);
   }

@@ -13,7 +13,12 @@ import type { HookSpec } from './config.ts';
 
 export class HookFailedError extends TiuError {
   constructor(hook: string, argv: string[], cause: unknown) {
-    super('HOOK_FAILED', `hook '${hook}' (${argv.join(' ')}) failed: ${asError(cause).message}`, { hook, argv, ...(cause instanceof TiuError ? { cause: cause.details } : {}) }, { cause });
+    super(
+      'HOOK_FAILED',
+      `hook '${hook}' (${argv.join(' ')}) failed: ${asError(cause).message}`,
+      { hook, argv, ...(cause instanceof TiuError ? { cause: cause.details } : {}) },
+      { cause },
+    );
   }
 }
 
@@ -46,7 +51,10 @@ async function namesIn(root: RootedDir, rel: string): Promise<string[]> {
 
 /** openSUSE keeps the kernel next to its modules, Debian in /boot/vmlinuz-<ver>. */
 async function kernelSignature(root: RootedDir, ver: string): Promise<string | undefined> {
-  for (const f of [...['vmlinuz', 'Image', 'vmlinux'].map((k) => join('usr/lib/modules', ver, k)), `boot/vmlinuz-${ver}`]) {
+  for (const f of [
+    ...['vmlinuz', 'Image', 'vmlinux'].map((k) => join('usr/lib/modules', ver, k)),
+    `boot/vmlinuz-${ver}`,
+  ]) {
     const s = await lstatIn(root, f);
     if (s?.isFile()) return `${f}:${s.size}:${s.mtimeMs}`;
   }
@@ -62,7 +70,11 @@ async function kernelVersions(root: RootedDir): Promise<string[]> {
 }
 
 /** Where an initrd for `ver` may be: next to the modules (dracut hook, openSUSE), Debian's /boot/initrd.img-<ver>, older tiu's /boot/initrd-<ver>. */
-export const INITRD_PATHS = (ver: string): string[] => [join('usr/lib/modules', ver, 'initrd'), `boot/initrd.img-${ver}`, `boot/initrd-${ver}`];
+export const INITRD_PATHS = (ver: string): string[] => [
+  join('usr/lib/modules', ver, 'initrd'),
+  `boot/initrd.img-${ver}`,
+  `boot/initrd-${ver}`,
+];
 
 export async function kernelFacts(oldDir: string, newDir: string): Promise<KernelFacts> {
   const oldRoot = await RootedDir.open(oldDir);
@@ -82,9 +94,15 @@ export async function kernelFacts(oldDir: string, newDir: string): Promise<Kerne
 }
 
 /** The pure plan: which hooks, with which argv, given the facts and what exists in the new tree. */
-export function planHooks(hooks: readonly HookSpec[], facts: KernelFacts, snapshot: number, exists: (path: string) => boolean): PlannedHook[] {
+export function planHooks(
+  hooks: readonly HookSpec[],
+  facts: KernelFacts,
+  snapshot: number,
+  exists: (path: string) => boolean,
+): PlannedHook[] {
   const out: PlannedHook[] = [];
-  const fill = (argv: string[], kver?: string) => argv.map((a) => a.replaceAll('{snapshot}', String(snapshot)).replaceAll('{kver}', kver ?? ''));
+  const fill = (argv: string[], kver?: string) =>
+    argv.map((a) => a.replaceAll('{snapshot}', String(snapshot)).replaceAll('{kver}', kver ?? ''));
   for (const h of hooks) {
     if (h.ifExists && !exists(h.ifExists)) continue;
     if (h.unlessExists && exists(h.unlessExists)) continue;
@@ -92,7 +110,8 @@ export function planHooks(hooks: readonly HookSpec[], facts: KernelFacts, snapsh
     else if (h.when === 'kernel-changed') {
       if (facts.changed.length) out.push({ name: h.name, argv: fill(h.command, facts.kernels.at(-1)) });
     } else {
-      for (const v of facts.withoutInitrd.filter((k) => facts.changed.includes(k))) out.push({ name: `${h.name} ${v}`, argv: fill(h.command, v) });
+      for (const v of facts.withoutInitrd.filter((k) => facts.changed.includes(k)))
+        out.push({ name: `${h.name} ${v}`, argv: fill(h.command, v) });
     }
   }
   return out;
@@ -116,7 +135,11 @@ export interface HookRun {
 }
 
 /** Run the planned hooks in a chroot of `root`; the first failure stops and throws HOOK_FAILED. */
-export async function runHooks(root: string, planned: PlannedHook[], opts: { sysroot: string; signal?: AbortSignal; timeout?: number }): Promise<HookRun[]> {
+export async function runHooks(
+  root: string,
+  planned: PlannedHook[],
+  opts: { sysroot: string; signal?: AbortSignal; timeout?: number },
+): Promise<HookRun[]> {
   if (!planned.length) return [];
   const ran: HookRun[] = [];
   await withChroot(
@@ -125,7 +148,11 @@ export async function runHooks(root: string, planned: PlannedHook[], opts: { sys
       for (const h of planned) {
         const t0 = Date.now();
         try {
-          await c.run(h.argv, { signal: opts.signal, timeout: opts.timeout ?? 1_800_000, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+          await c.run(h.argv, {
+            signal: opts.signal,
+            timeout: opts.timeout ?? 1_800_000,
+            env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+          });
         } catch (e) {
           throw new HookFailedError(h.name, h.argv, e);
         }

@@ -14,7 +14,11 @@ import { TiuError } from '../errors.ts';
 
 export class UpdateLockedError extends TiuError {
   constructor(lockFile: string, holder: string) {
-    super('UPDATE_IN_PROGRESS', `another tiu update is running on this system (lock ${lockFile}${holder ? `, held by pid ${holder}` : ''})`, { lockFile, holder });
+    super(
+      'UPDATE_IN_PROGRESS',
+      `another tiu update is running on this system (lock ${lockFile}${holder ? `, held by pid ${holder}` : ''})`,
+      { lockFile, holder },
+    );
   }
 }
 
@@ -27,7 +31,8 @@ export const LOCK_DIR = process.env.TIU_LOCK_DIR ?? '/run/tiu';
 
 export async function lockFileFor(sysroot: string): Promise<string> {
   const real = await realpath(sysroot);
-  const name = real === '/' ? 'update.lock' : `update-${createHash('sha256').update(real).digest('hex').slice(0, 16)}.lock`;
+  const name =
+    real === '/' ? 'update.lock' : `update-${createHash('sha256').update(real).digest('hex').slice(0, 16)}.lock`;
   return join(LOCK_DIR, name);
 }
 
@@ -38,7 +43,10 @@ export async function acquireUpdateLock(sysroot = '/'): Promise<UpdateLock> {
   const fh: FileHandle = await open(file, 'a+', 0o600);
   try {
     // flock(1) locks its fd 3, which is our descriptor: the lock stays with our open file.
-    const r = await run('flock', ['--nonblock', '--conflict-exit-code', '75', '3'], { passFds: [fh.fd], okExitCodes: [0, 75] });
+    const r = await run('flock', ['--nonblock', '--conflict-exit-code', '75', '3'], {
+      passFds: [fh.fd],
+      okExitCodes: [0, 75],
+    });
     if (r.exitCode === 75) {
       const holder = (await fh.readFile('utf8')).trim();
       throw new UpdateLockedError(file, holder);

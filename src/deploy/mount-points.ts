@@ -54,7 +54,12 @@ export interface KeptMountPoints {
  * parents) are created like the booted snapshot's (else 0755 root:root); a symlink or file where the mount point itself must be
  * is removed first (not followed). A symlink on the way to one is UNSAFE_PATH.
  */
-export async function keepMountPoints(newRoot: string, oldRoot: string, preserve: readonly string[], oldMountPoints: readonly string[]): Promise<KeptMountPoints> {
+export async function keepMountPoints(
+  newRoot: string,
+  oldRoot: string,
+  preserve: readonly string[],
+  oldMountPoints: readonly string[],
+): Promise<KeptMountPoints> {
   // Preserved paths the host has (a directory in the booted snapshot): not every architecture's boot/grub2/<arch>.
   const old = await RootedDir.open(oldRoot);
   const hostPreserved: string[] = [];

@@ -21,13 +21,26 @@ export interface InfoXml {
 }
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-const unesc = (s: string) => s.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, '&');
+const unesc = (s: string) =>
+  s
+    .replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>')
+    .replace(/&quot;/g, '"')
+    .replace(/&apos;/g, "'")
+    .replace(/&amp;/g, '&');
 
 export function formatInfoXml(i: InfoXml): string {
-  const lines = ['<?xml version="1.0"?>', '<snapshot>', `  <type>${esc(i.type)}</type>`, `  <num>${i.num}</num>`, `  <date>${esc(i.date)}</date>`];
+  const lines = [
+    '<?xml version="1.0"?>',
+    '<snapshot>',
+    `  <type>${esc(i.type)}</type>`,
+    `  <num>${i.num}</num>`,
+    `  <date>${esc(i.date)}</date>`,
+  ];
   if (i.description) lines.push(`  <description>${esc(i.description)}</description>`);
   if (i.cleanup) lines.push(`  <cleanup>${esc(i.cleanup)}</cleanup>`);
-  for (const [k, v] of Object.entries(i.userdata)) lines.push('  <userdata>', `    <key>${esc(k)}</key>`, `    <value>${esc(v)}</value>`, '  </userdata>');
+  for (const [k, v] of Object.entries(i.userdata))
+    lines.push('  <userdata>', `    <key>${esc(k)}</key>`, `    <value>${esc(v)}</value>`, '  </userdata>');
   lines.push('</snapshot>', '');
   return lines.join('\n');
 }
@@ -40,8 +53,16 @@ export function parseInfoXml(text: string): InfoXml {
   const num = Number(one('num'));
   if (!Number.isInteger(num) || num < 0) throw new SnapperError(`info.xml has no valid <num>`);
   const userdata: Record<string, string> = {};
-  for (const m of text.matchAll(/<userdata>\s*<key>([^<]*)<\/key>\s*<value>([^<]*)<\/value>\s*<\/userdata>/g)) userdata[unesc(m[1]!)] = unesc(m[2]!);
-  return { type: one('type') || 'single', num, date: one('date'), description: one('description'), cleanup: one('cleanup'), userdata };
+  for (const m of text.matchAll(/<userdata>\s*<key>([^<]*)<\/key>\s*<value>([^<]*)<\/value>\s*<\/userdata>/g))
+    userdata[unesc(m[1]!)] = unesc(m[2]!);
+  return {
+    type: one('type') || 'single',
+    num,
+    date: one('date'),
+    description: one('description'),
+    cleanup: one('cleanup'),
+    userdata,
+  };
 }
 
 function now(): string {
@@ -58,7 +79,11 @@ export function plainSnapshots(root: string): Snapper {
     await writeFile(tmp, formatInfoXml(i));
     await rename(tmp, info(i.num));
   };
-  const numbers = async () => (await readdir(dir)).filter((d) => /^\d+$/.test(d)).map(Number).sort((a, b) => a - b);
+  const numbers = async () =>
+    (await readdir(dir))
+      .filter((d) => /^\d+$/.test(d))
+      .map(Number)
+      .sort((a, b) => a - b);
   return {
     root,
     config: 'root',
@@ -68,7 +93,16 @@ export function plainSnapshots(root: string): Snapper {
       for (const n of await numbers()) {
         const i = await read(n).catch(() => undefined);
         if (!i) continue;
-        out.push({ number: n, type: i.type, default: n === def, active: n === booted, date: i.date, description: i.description, cleanup: i.cleanup, userdata: i.userdata });
+        out.push({
+          number: n,
+          type: i.type,
+          default: n === def,
+          active: n === booted,
+          date: i.date,
+          description: i.description,
+          cleanup: i.cleanup,
+          userdata: i.userdata,
+        });
       }
       return out;
     },
@@ -77,8 +111,17 @@ export function plainSnapshots(root: string): Snapper {
       formatUserdata(o.userdata ?? {});
       await mkdir(join(dir, String(n)));
       try {
-        await subvolumeSnapshot(join(dir, String(o.from), 'snapshot'), join(dir, String(n), 'snapshot'), { readOnly: !o.readWrite });
-        await write({ type: 'single', num: n, date: now(), description: o.description, cleanup: o.cleanup ?? '', userdata: o.userdata ?? {} });
+        await subvolumeSnapshot(join(dir, String(o.from), 'snapshot'), join(dir, String(n), 'snapshot'), {
+          readOnly: !o.readWrite,
+        });
+        await write({
+          type: 'single',
+          num: n,
+          date: now(),
+          description: o.description,
+          cleanup: o.cleanup ?? '',
+          userdata: o.userdata ?? {},
+        });
       } catch (e) {
         await subvolumeDelete(join(dir, String(n), 'snapshot')).catch(() => undefined);
         await rm(join(dir, String(n)), { recursive: true, force: true });

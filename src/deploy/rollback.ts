@@ -26,10 +26,17 @@ export async function rollback(opts: { sysroot?: string; snapshot?: number } = {
   try {
     const state = await readState(ctx);
     const to = opts.snapshot ?? state.rollback;
-    if (to === undefined) throw new RollbackError('NO_ROLLBACK_TARGET', `there is no earlier snapshot to roll back to on ${ctx.sysroot}`, { default: state.default });
+    if (to === undefined)
+      throw new RollbackError('NO_ROLLBACK_TARGET', `there is no earlier snapshot to roll back to on ${ctx.sysroot}`, {
+        default: state.default,
+      });
     const snap = state.snapshots.find((s) => s.number === to);
-    if (!snap) throw new RollbackError('NO_SUCH_SNAPSHOT', `snapshot ${to} does not exist on ${ctx.sysroot}`, { snapshot: to });
-    if (snap.inProgress && !snap.default) throw new RollbackError('SNAPSHOT_UNFINISHED', `snapshot ${to} is an unfinished update and cannot be booted`, { snapshot: to });
+    if (!snap)
+      throw new RollbackError('NO_SUCH_SNAPSHOT', `snapshot ${to} does not exist on ${ctx.sysroot}`, { snapshot: to });
+    if (snap.inProgress && !snap.default)
+      throw new RollbackError('SNAPSHOT_UNFINISHED', `snapshot ${to} is an unfinished update and cannot be booted`, {
+        snapshot: to,
+      });
     // systemd-boot: N's entry exists before the btrfs default moves (ESP_FULL refuses here,
     // nothing changed); after it, the reconcile parks the newer entries and N's becomes the
     // loader's choice. A crash in between boots the old default and the next run reconciles.
@@ -37,7 +44,10 @@ export async function rollback(opts: { sysroot?: string; snapshot?: number } = {
     const sd = await detectBoot(ctx.sysroot, config);
     if (sd && !(await sd.entries()).some((e) => e.snapshot === to)) {
       const plan = await sd.prepare(ctx, to, config, { tries: false });
-      if (!plan) throw new RollbackError('NO_KERNEL', `snapshot ${to} has no kernel to boot it with systemd-boot`, { snapshot: to });
+      if (!plan)
+        throw new RollbackError('NO_KERNEL', `snapshot ${to} has no kernel to boot it with systemd-boot`, {
+          snapshot: to,
+        });
       await sd.stageFiles(ctx, plan);
       await sd.stageEntry(plan);
     }

@@ -22,7 +22,23 @@
  * it is written. The checks guard against the image's symlinks, not against a racing writer.
  */
 import { constants, type Dir, type Dirent, type Stats } from 'node:fs';
-import { copyFile, link, lstat, mkdir, open, opendir, readdir, readlink, rename, rm, symlink, lchown, lutimes, chmod, type FileHandle } from 'node:fs/promises';
+import {
+  copyFile,
+  link,
+  lstat,
+  mkdir,
+  open,
+  opendir,
+  readdir,
+  readlink,
+  rename,
+  rm,
+  symlink,
+  lchown,
+  lutimes,
+  chmod,
+  type FileHandle,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeNode } from '../host/nodes.ts';
 import { dumpTreeXattrs, setXattrs } from '../host/xattr.ts';
@@ -68,7 +84,8 @@ async function cloneFd(fh: FileHandle, destAbs: string): Promise<boolean> {
     return true;
   } catch (e) {
     const c = errno(e);
-    if (!(c === 'ENOTSUP' || c === 'EOPNOTSUPP' || c === 'EXDEV' || c === 'EINVAL' || c === 'ENOSYS' || c === 'ENOTTY')) throw e;
+    if (!(c === 'ENOTSUP' || c === 'EOPNOTSUPP' || c === 'EXDEV' || c === 'EINVAL' || c === 'ENOSYS' || c === 'ENOTTY'))
+      throw e;
   }
   await copyFile(via, destAbs, constants.COPYFILE_EXCL);
   return false;
@@ -85,7 +102,8 @@ export class RootedDir {
 
   /** Open `root` (absolute, a real directory, not a symlink: BAD_ROOT otherwise). */
   static async open(root: string): Promise<RootedDir> {
-    if (!root.startsWith('/')) throw new UnsafePathError(root, 'the root of a rooted directory must be an absolute path');
+    if (!root.startsWith('/'))
+      throw new UnsafePathError(root, 'the root of a rooted directory must be an absolute path');
     return new RootedDir(await SafeRoot.open(root));
   }
 
@@ -163,7 +181,10 @@ export class RootedDir {
     if (r !== '') await this.#sr.verifyDir(parentOf(r), r);
     let fh: FileHandle;
     try {
-      fh = await open(this.abs(r), flags | constants.O_NOFOLLOW | constants.O_NONBLOCK | (kind === 'dir' ? constants.O_DIRECTORY : 0));
+      fh = await open(
+        this.abs(r),
+        flags | constants.O_NOFOLLOW | constants.O_NONBLOCK | (kind === 'dir' ? constants.O_DIRECTORY : 0),
+      );
     } catch (e) {
       if (errno(e) === 'ELOOP') throw new UnsafePathError(r, 'is a symlink: following it is refused');
       if (errno(e) === 'ENOTDIR') throw new UnsafePathError(r, 'is not a directory');
@@ -247,12 +268,20 @@ export class RootedDir {
    * with mode (and owner, mtime when given), then renamed over `rel`. A symlink at `rel` is
    * replaced, never followed; a directory there is UNSAFE_PATH.
    */
-  async writeFileAtomic(rel: string, data: string | Uint8Array, o: { mode?: number; uid?: number; gid?: number; mtime?: Date } = {}): Promise<void> {
+  async writeFileAtomic(
+    rel: string,
+    data: string | Uint8Array,
+    o: { mode?: number; uid?: number; gid?: number; mtime?: Date } = {},
+  ): Promise<void> {
     const r = RootedDir.rel(rel);
     if (r === '') throw new UnsafePathError(rel, 'is the root directory');
     const tmp = await this.#sr.tmpBeside(r);
     const tmpAbs = this.abs(tmp);
-    const fh = await open(tmpAbs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    const fh = await open(
+      tmpAbs,
+      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+      0o600,
+    );
     try {
       try {
         await fh.writeFile(data);
@@ -297,7 +326,8 @@ export class RootedDir {
     if (dst === '') throw new UnsafePathError(toRel, 'cannot copy onto the root directory');
     await from.verifyDir(src);
     await this.#sr.verifyDir(parentOf(dst), dst);
-    if (await lstat(this.abs(dst)).catch(() => undefined)) throw new UnsafePathError(dst, 'exists already: refusing to copy over it');
+    if (await lstat(this.abs(dst)).catch(() => undefined))
+      throw new UnsafePathError(dst, 'exists already: refusing to copy over it');
     const tmp = joinPath(parentOf(dst), tmpName());
     const report: CopyTreeReport = { entries: 0, copied: 0, skippedXattrs: [], skippedSockets: [] };
     const srcRoot = from.abs(src);
@@ -334,7 +364,8 @@ export class RootedDir {
         }
         const sfh = await open(s, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
         try {
-          if (!(await sfh.stat()).isFile()) throw new UnsafePathError(joinPath(src, rel), 'changed type while being copied');
+          if (!(await sfh.stat()).isFile())
+            throw new UnsafePathError(joinPath(src, rel), 'changed type while being copied');
           if (!(await cloneFd(sfh, d))) report.copied++;
         } finally {
           await sfh.close();
@@ -364,7 +395,8 @@ export class RootedDir {
       const kind = st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : 'fifo';
       await makeNode(d, kind, st.mode & 0o777, devMajor(st.rdev), devMinor(st.rdev));
       await lchown(d, st.uid, st.gid);
-      if ((await lstat(d)).isSymbolicLink()) throw new UnsafePathError(joinPath(dst, rel), 'became a symlink while being copied');
+      if ((await lstat(d)).isSymbolicLink())
+        throw new UnsafePathError(joinPath(dst, rel), 'became a symlink while being copied');
       await chmod(d, st.mode & 0o7777);
       await lutimes(d, st.atime, st.mtime);
     };
@@ -376,7 +408,9 @@ export class RootedDir {
       const sets: { path: string; set: Record<string, Buffer> }[] = [];
       for (const [abs, names] of xs) {
         if (abs !== srcRoot && !abs.startsWith(srcRoot + '/')) continue;
-        const set = settableXattrs(names, (n) => report.skippedXattrs.push(`${abs.slice(srcRoot.length + 1) || '.'}: ${n}`));
+        const set = settableXattrs(names, (n) =>
+          report.skippedXattrs.push(`${abs.slice(srcRoot.length + 1) || '.'}: ${n}`),
+        );
         if (Object.keys(set).length) sets.push({ path: tmpRoot + abs.slice(srcRoot.length), set });
       }
       await setXattrs(sets);
@@ -389,7 +423,8 @@ export class RootedDir {
           await fh.close();
         }
       }
-      if (await lstat(this.abs(dst)).catch(() => undefined)) throw new UnsafePathError(dst, 'appeared while it was being copied');
+      if (await lstat(this.abs(dst)).catch(() => undefined))
+        throw new UnsafePathError(dst, 'appeared while it was being copied');
       await rename(tmpRoot, this.abs(dst));
       this.#sr.markDir(dst);
     } catch (e) {

@@ -14,7 +14,16 @@
 import { existsSync } from 'node:fs';
 import { lstat, readdir, realpath, rm, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { filesystemSync, getDefault, isSubvolume, setDefault, setReadOnly, subvolumeDelete, subvolumeShow, subvolumeSnapshot } from '../host/btrfs.ts';
+import {
+  filesystemSync,
+  getDefault,
+  isSubvolume,
+  setDefault,
+  setReadOnly,
+  subvolumeDelete,
+  subvolumeShow,
+  subvolumeSnapshot,
+} from '../host/btrfs.ts';
 import { mountInfo, unmount } from '../host/mount.ts';
 import { TiuError } from '../errors.ts';
 import { RootedDir } from './rooted.ts';
@@ -102,7 +111,11 @@ export async function carryNestedSubvolumes(ctx: Context, from: number, n: numbe
 export async function deleteSnapshot(ctx: Context, n: number): Promise<void> {
   const state = await readState(ctx);
   if (state.default === n || state.booted === n) {
-    throw new SnapshotError('SNAPSHOT_IN_USE', `snapshot ${n} is the ${state.default === n ? 'default' : 'booted'} snapshot and is not deleted`, { snapshot: n });
+    throw new SnapshotError(
+      'SNAPSHOT_IN_USE',
+      `snapshot ${n} is the ${state.default === n ? 'default' : 'booted'} snapshot and is not deleted`,
+      { snapshot: n },
+    );
   }
   const root = snapshotPath(ctx.sysroot, n);
   await unmountBelow(root);
@@ -129,12 +142,19 @@ export async function unmountBelow(root: string): Promise<void> {
   const roots = [root, await realpath(root).catch(() => root)];
   const inside = (p: string) => roots.some((r) => p === r || p.startsWith(r + '/'));
   for (let round = 0; round < 3; round++) {
-    const below = [...new Set((await mountInfo()).map((m) => m.mountPoint).filter(inside))].sort((a, b) => b.length - a.length);
+    const below = [...new Set((await mountInfo()).map((m) => m.mountPoint).filter(inside))].sort(
+      (a, b) => b.length - a.length,
+    );
     if (!below.length) return;
     for (const p of below) await unmount(p, { recursive: true }).catch(() => undefined);
   }
   const left = (await mountInfo()).map((m) => m.mountPoint).filter(inside);
-  if (left.length) throw new SnapshotError('SNAPSHOT_BUSY', `could not unmount ${left.join(', ')} below ${root}; the snapshot is left for the next run`, { mounts: left });
+  if (left.length)
+    throw new SnapshotError(
+      'SNAPSHOT_BUSY',
+      `could not unmount ${left.join(', ')} below ${root}; the snapshot is left for the next run`,
+      { mounts: left },
+    );
 }
 
 export interface CommitOptions {
@@ -181,7 +201,12 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
   await (await RootedDir.open(root)).touchDir('usr', now);
   await setReadOnly(root, true);
   const plan = o.boot ? await o.boot.sd.prepare(ctx, n, o.boot.config) : undefined;
-  if (o.boot && !plan) throw new SnapshotError('NO_KERNEL', `snapshot ${n} has no kernel (usr/lib/modules/<kver>/vmlinuz or boot/vmlinuz-<kver>) to boot it with systemd-boot`, { snapshot: n });
+  if (o.boot && !plan)
+    throw new SnapshotError(
+      'NO_KERNEL',
+      `snapshot ${n} has no kernel (usr/lib/modules/<kver>/vmlinuz or boot/vmlinuz-<kver>) to boot it with systemd-boot`,
+      { snapshot: n },
+    );
   await ctx.snapper.modify(n, {
     userdata: { [UD.image]: o.image, [UD.digest]: o.digest, [UD.etcConflicts]: String(o.etcConflicts) },
   });
@@ -198,7 +223,10 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
       // would keep the loader there after the commit. A crash after its removal boots the old
       // default through loader.conf's `default tiu-*` (N's entry is still parked).
       const removed = await o.boot.sd.clearForeignEntryDefault();
-      if (removed !== undefined) o.boot.log?.(`removed the EFI variable LoaderEntryDefault ('${removed}'): it overrides loader.conf's 'default ${LOADER_DEFAULT}' and would keep systemd-boot off snapshot ${n}`);
+      if (removed !== undefined)
+        o.boot.log?.(
+          `removed the EFI variable LoaderEntryDefault ('${removed}'): it overrides loader.conf's 'default ${LOADER_DEFAULT}' and would keep systemd-boot off snapshot ${n}`,
+        );
     } catch (e) {
       await o.boot.sd.dropSnapshot(n).catch(() => undefined);
       throw e;
@@ -222,14 +250,23 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
 export async function setDefaultSnapshot(ctx: Context, n: number): Promise<void> {
   const root = snapshotPath(ctx.sysroot, n);
   const info = await subvolumeShow(root).catch(() => {
-    throw new SnapshotError('NO_SUCH_SNAPSHOT', `snapshot ${n} does not exist (no subvolume at ${root})`, { snapshot: n });
+    throw new SnapshotError('NO_SUCH_SNAPSHOT', `snapshot ${n} does not exist (no subvolume at ${root})`, {
+      snapshot: n,
+    });
   });
   if (snapshotNumberOf(info.path) !== n) {
-    throw new SnapshotError('NO_SUCH_SNAPSHOT', `${root} is not snapshot ${n}'s subvolume (it is '${info.path}')`, { snapshot: n });
+    throw new SnapshotError('NO_SUCH_SNAPSHOT', `${root} is not snapshot ${n}'s subvolume (it is '${info.path}')`, {
+      snapshot: n,
+    });
   }
   await setDefault(info.id, ctx.sysroot);
   const now = await getDefault(ctx.sysroot);
-  if (now.id !== info.id) throw new SnapshotError('SET_DEFAULT_FAILED', `the default subvolume is still ${now.path} after setting snapshot ${n}`, { snapshot: n });
+  if (now.id !== info.id)
+    throw new SnapshotError(
+      'SET_DEFAULT_FAILED',
+      `the default subvolume is still ${now.path} after setting snapshot ${n}`,
+      { snapshot: n },
+    );
 }
 
 export interface CleanupReport {
@@ -247,7 +284,9 @@ export async function cleanupInProgress(ctx: Context): Promise<CleanupReport> {
   // snapper writes info.xml after creating the subvolume: a kill in between leaves a directory
   // snapper does not list. Only the update holding the lock creates snapshots here.
   const listed = new Set(state.snapshots.map((s) => s.number));
-  const dirs = (await readdir(join(ctx.sysroot, '.snapshots')).catch(() => [] as string[])).filter((d) => /^\d+$/.test(d)).map(Number);
+  const dirs = (await readdir(join(ctx.sysroot, '.snapshots')).catch(() => [] as string[]))
+    .filter((d) => /^\d+$/.test(d))
+    .map(Number);
   for (const n of dirs.filter((d) => !listed.has(d) && d !== state.default && d !== state.booted)) {
     if (existsSync(join(ctx.sysroot, '.snapshots', String(n), 'info.xml'))) continue;
     await deleteSnapshot(ctx, n);

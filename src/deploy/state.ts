@@ -86,7 +86,9 @@ export async function openContext(sysroot = '/', opts: { backend?: 'snapper' | '
   if (!existsSync(join(real, '.snapshots'))) {
     throw new NotMicroOSError(`${real} has no /.snapshots: not a snapshot-based system`, { sysroot: real });
   }
-  const backend = opts.backend ?? (existsSync(join(real, 'etc/snapper/configs/root')) && (await snapperInstalled()) ? 'snapper' : 'btrfs');
+  const backend =
+    opts.backend ??
+    (existsSync(join(real, 'etc/snapper/configs/root')) && (await snapperInstalled()) ? 'snapper' : 'btrfs');
   return { sysroot: real, snapper: backend === 'snapper' ? openSnapper(real) : plainSnapshots(real), backend };
 }
 
@@ -102,7 +104,12 @@ export async function defaultSnapshot(sysroot: string): Promise<number | undefin
 }
 
 /** The pure part: snapper rows + booted + default -> state. */
-export function deriveState(sysroot: string, rows: SnapperSnapshot[], booted: number | undefined, def: number | undefined): SystemState {
+export function deriveState(
+  sysroot: string,
+  rows: SnapperSnapshot[],
+  booted: number | undefined,
+  def: number | undefined,
+): SystemState {
   const snapshots: SnapshotState[] = rows
     .filter((r) => r.number > 0)
     .map((r) => ({
@@ -140,6 +147,10 @@ export function pickRollback(state: SystemState): number | undefined {
 }
 
 export async function readState(ctx: Context): Promise<SystemState> {
-  const [rows, booted, def] = await Promise.all([ctx.snapper.list(), bootedSnapshot(ctx.sysroot), defaultSnapshot(ctx.sysroot)]);
+  const [rows, booted, def] = await Promise.all([
+    ctx.snapper.list(),
+    bootedSnapshot(ctx.sysroot),
+    defaultSnapshot(ctx.sysroot),
+  ]);
   return deriveState(ctx.sysroot, rows, booted, def);
 }

@@ -44,7 +44,21 @@ import { acquireUpdateLock } from './lock.ts';
 import { detectBoot, settleBoot } from './boot/index.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, type CleanupReport } from './snapshot.ts';
 import { openContext, readState, snapshotPath, type SystemState } from './state.ts';
-import { applyTransfer, ContentStore, contentIndexFile, describeTransfer, pendingRanges, pruneContentIndexes, downloadTransfer, prepareTransfer, rangeBytes, type DeltaTransfer, type PreparedTransfer, type TransferMode, type TransferReport } from './delta/index.ts';
+import {
+  applyTransfer,
+  ContentStore,
+  contentIndexFile,
+  describeTransfer,
+  pendingRanges,
+  pruneContentIndexes,
+  downloadTransfer,
+  prepareTransfer,
+  rangeBytes,
+  type DeltaTransfer,
+  type PreparedTransfer,
+  type TransferMode,
+  type TransferReport,
+} from './delta/index.ts';
 import { humanSize } from '../format.ts';
 
 export class UpdateError extends TiuError {}
@@ -53,7 +67,22 @@ export class UpdateError extends TiuError {}
 export type LayerOpener = () => Promise<Readable>;
 
 /** Top-level paths of a snapshot that are not image content: never written or deleted by the apply. */
-export const PRESERVE = ['.snapshots', 'var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', 'boot/grub2/x86_64-efi', 'boot/grub2/i386-pc', 'boot/grub2/arm64-efi', 'boot/grub2/powerpc-ieee1275', 'boot/grub2/s390x-emu', 'boot/efi'] as const;
+export const PRESERVE = [
+  '.snapshots',
+  'var',
+  'home',
+  'root',
+  'opt',
+  'srv',
+  'usr/local',
+  'boot/writable',
+  'boot/grub2/x86_64-efi',
+  'boot/grub2/i386-pc',
+  'boot/grub2/arm64-efi',
+  'boot/grub2/powerpc-ieee1275',
+  'boot/grub2/s390x-emu',
+  'boot/efi',
+] as const;
 /** Where the admin's /etc waits in the new snapshot while the image is written. */
 export const ETC_ASIDE = '.tiu-etc-merge';
 /** The image's pristine /etc, the base of the next three-way merge. */
@@ -69,16 +98,49 @@ export interface UpdateDeps {
    * A reference string (docker://, oci:, oci-archive:) -> its Target and the tag/digest inside
    * it (undefined: the Target's only image, resolveDefault).
    */
-  openSource(reference: string, o: { sysroot: string; config: TiuConfig; signal?: AbortSignal }): Promise<{ target: Target; reference: string | undefined }>;
+  openSource(
+    reference: string,
+    o: { sysroot: string; config: TiuConfig; signal?: AbortSignal },
+  ): Promise<{ target: Target; reference: string | undefined }>;
   /** The local cache (an OCI layout directory). */
   openCache(dir: string): Promise<CacheTarget>;
-  copy(src: Target, srcRef: string | undefined, dst: Target, dstRef: string | undefined, opts: { referrers?: boolean; verify?: (src: Target, root: Descriptor) => Promise<void>; signal?: AbortSignal; onProgress?: (e: CopyEvent) => void }): Promise<Descriptor>;
+  copy(
+    src: Target,
+    srcRef: string | undefined,
+    dst: Target,
+    dstRef: string | undefined,
+    opts: {
+      referrers?: boolean;
+      verify?: (src: Target, root: Descriptor) => Promise<void>;
+      signal?: AbortSignal;
+      onProgress?: (e: CopyEvent) => void;
+    },
+  ): Promise<Descriptor>;
   /** Throws when the signature policy refuses the image. */
-  checkPolicy(o: { reference: string; source: Target; root: Descriptor; policyPath: string | undefined; sysroot: string; signedIdentity?: string; signal?: AbortSignal }): Promise<void>;
-  applyLayers(o: { root: string; layers: LayerOpener[]; preserve: string[]; reserved?: Reserved; signal?: AbortSignal; space?: SpaceGuard }): Promise<ApplyReport>;
+  checkPolicy(o: {
+    reference: string;
+    source: Target;
+    root: Descriptor;
+    policyPath: string | undefined;
+    sysroot: string;
+    signedIdentity?: string;
+    signal?: AbortSignal;
+  }): Promise<void>;
+  applyLayers(o: {
+    root: string;
+    layers: LayerOpener[];
+    preserve: string[];
+    reserved?: Reserved;
+    signal?: AbortSignal;
+    space?: SpaceGuard;
+  }): Promise<ApplyReport>;
   /** Three-way merge into `ours` (the new snapshot's /etc): base = old pristine /etc, theirs = new pristine /etc. */
   mergeEtc(base: string, ours: string, theirs: string): Promise<Pick<EtcMergeReport, 'conflicts'>>;
-  mergeUsers(base: string, ours: string, theirs: string): Promise<Pick<UsersMergeResult, 'clashes' | 'addedUsers' | 'addedGroups'>>;
+  mergeUsers(
+    base: string,
+    ours: string,
+    theirs: string,
+  ): Promise<Pick<UsersMergeResult, 'clashes' | 'addedUsers' | 'addedGroups'>>;
 }
 
 export interface UpdateOptions {
@@ -128,16 +190,40 @@ export function cacheTag(reference: string): string {
   return `tiu-${createHash('sha256').update(reference).digest('hex').slice(0, 32)}`;
 }
 
-const ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
+const ARCH: Record<string, string> = {
+  x64: 'amd64',
+  arm64: 'arm64',
+  arm: 'arm',
+  ppc64: 'ppc64le',
+  s390x: 's390x',
+  riscv64: 'riscv64',
+};
 
 /** The image manifest for this machine: the root itself, or the matching entry of an index. */
-export async function imageManifest(target: Target, root: Descriptor, platform: { os: string; architecture: string }, signal?: AbortSignal): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
+export async function imageManifest(
+  target: Target,
+  root: Descriptor,
+  platform: { os: string; architecture: string },
+  signal?: AbortSignal,
+): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
   const first = await fetchManifest(target, root, { signal });
   if (first.parsed.kind === 'manifest') return { desc: root, manifest: withLayers(root, first.parsed.manifest) };
-  const pick = first.parsed.index.manifests.find((m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture);
-  if (!pick) throw new UpdateError('NO_MATCHING_PLATFORM', `${root.digest} has no image for ${platform.os}/${platform.architecture}`, { digest: root.digest, platform });
+  const pick = first.parsed.index.manifests.find(
+    (m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture,
+  );
+  if (!pick)
+    throw new UpdateError(
+      'NO_MATCHING_PLATFORM',
+      `${root.digest} has no image for ${platform.os}/${platform.architecture}`,
+      { digest: root.digest, platform },
+    );
   const second = await fetchManifest(target, pick, { signal });
-  if (second.parsed.kind !== 'manifest') throw new UpdateError('INVALID_MANIFEST', `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`, { digest: pick.digest });
+  if (second.parsed.kind !== 'manifest')
+    throw new UpdateError(
+      'INVALID_MANIFEST',
+      `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`,
+      { digest: pick.digest },
+    );
   return { desc: pick, manifest: withLayers(pick, second.parsed.manifest) };
 }
 
@@ -150,9 +236,18 @@ export async function imageManifest(target: Target, root: Descriptor, platform: 
 export function checkOsTree(entryAt: (path: string) => TreeEntry | undefined, image: string): void {
   // The trees checked have their implicit parents: a `usr/...` entry alone makes `usr` a directory.
   const usr = entryAt('usr');
-  if (usr?.type !== 'dir') throw new UpdateError('NOT_AN_OS_IMAGE', `${image} is not an operating system image: its tree has no /usr directory${usr ? ` (/usr is a ${usr.type})` : ''}`, { image });
+  if (usr?.type !== 'dir')
+    throw new UpdateError(
+      'NOT_AN_OS_IMAGE',
+      `${image} is not an operating system image: its tree has no /usr directory${usr ? ` (/usr is a ${usr.type})` : ''}`,
+      { image },
+    );
   const etc = entryAt('etc');
-  if (etc && etc.type !== 'dir') throw new UnsafePathError('etc', `/etc is a ${etc.type} in ${image}, not a directory: the admin's /etc is merged into it`);
+  if (etc && etc.type !== 'dir')
+    throw new UnsafePathError(
+      'etc',
+      `/etc is a ${etc.type} in ${image}, not a directory: the admin's /etc is merged into it`,
+    );
 }
 
 /** checkOsTree on the tree a delta planned (its actions hold every entry, implicit parents too). */
@@ -164,7 +259,10 @@ function checkOsPlan(d: DeltaTransfer, image: string): void {
 
 /** An image manifest without layers has no tree to deploy: NO_LAYERS, before anything is fetched. */
 function withLayers(desc: Descriptor, manifest: ImageManifest): ImageManifest {
-  if (manifest.layers.length === 0) throw new UpdateError('NO_LAYERS', `image manifest ${desc.digest} has no layers: there is no tree to deploy`, { digest: desc.digest });
+  if (manifest.layers.length === 0)
+    throw new UpdateError('NO_LAYERS', `image manifest ${desc.digest} has no layers: there is no tree to deploy`, {
+      digest: desc.digest,
+    });
   return manifest;
 }
 
@@ -224,13 +322,22 @@ function guarded(stream: Readable, layer: string, format: 'gzip' | 'zstd', limit
           n += (c as Buffer).length;
           if (n > limit) {
             stream.destroy();
-            throw new DiskReserveError('/', `no space left for ${layer}: it expands to more than ${humanSize(limit)}, all the root filesystem holds above its reserve`, { layer, limit });
+            throw new DiskReserveError(
+              '/',
+              `no space left for ${layer}: it expands to more than ${humanSize(limit)}, all the root filesystem holds above its reserve`,
+              { layer, limit },
+            );
           }
           yield c as Buffer;
         }
       } catch (e) {
         if (!isCorruptCompression(e)) throw e;
-        throw new UpdateError('LAYER_CORRUPT', `${layer} is not valid ${format}: ${asError(e).message}`, { layer, format }, { cause: e });
+        throw new UpdateError(
+          'LAYER_CORRUPT',
+          `${layer} is not valid ${format}: ${asError(e).message}`,
+          { layer, format },
+          { cause: e },
+        );
       }
     })(),
     { objectMode: false },
@@ -238,10 +345,19 @@ function guarded(stream: Readable, layer: string, format: 'gzip' | 'zstd', limit
 }
 
 /** Openers for the layers of `manifest`: verified, decompressed tar streams. */
-export function layerOpeners(target: Target, manifest: ImageManifest, signal?: AbortSignal, expansionLimit = Number.POSITIVE_INFINITY): LayerOpener[] {
+export function layerOpeners(
+  target: Target,
+  manifest: ImageManifest,
+  signal?: AbortSignal,
+  expansionLimit = Number.POSITIVE_INFINITY,
+): LayerOpener[] {
   for (const layer of manifest.layers) {
     if (!TAR_LAYER_TYPES.has(layer.mediaType)) {
-      throw new UpdateError('UNSUPPORTED_LAYER', `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`, { mediaType: layer.mediaType, digest: layer.digest });
+      throw new UpdateError(
+        'UNSUPPORTED_LAYER',
+        `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`,
+        { mediaType: layer.mediaType, digest: layer.digest },
+      );
     }
   }
   return manifest.layers.map((layer, i) => {
@@ -262,9 +378,15 @@ export function layerOpeners(target: Target, manifest: ImageManifest, signal?: A
 /** Read every layer blob once through its digest: the cache may have rotted since the download. */
 export async function verifyBlobs(target: Target, blobs: Descriptor[], signal?: AbortSignal): Promise<void> {
   for (const d of blobs) {
-    if (!(await target.exists(d, { signal }))) throw new UpdateError('NOT_IN_CACHE', `blob ${d.digest} is missing from ${target.name}`, { digest: d.digest });
+    if (!(await target.exists(d, { signal })))
+      throw new UpdateError('NOT_IN_CACHE', `blob ${d.digest} is missing from ${target.name}`, { digest: d.digest });
     const raw = await target.fetch(d, { signal });
-    await pipeline(raw, new VerifyingStream(d, `blob ${d.digest} in ${target.name}`), new Writable({ write: (_c, _e, cb) => cb() }), { signal });
+    await pipeline(
+      raw,
+      new VerifyingStream(d, `blob ${d.digest} in ${target.name}`),
+      new Writable({ write: (_c, _e, cb) => cb() }),
+      { signal },
+    );
   }
 }
 
@@ -293,8 +415,13 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
   const ctx = await openContext(sysroot);
   const config = opts.config ?? (await loadConfig(ctx.sysroot));
   const image = opts.reference ?? config.image;
-  if (!image) throw new UpdateError('NO_IMAGE', `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`);
-  if (opts.offline && opts.downloadOnly) throw new UpdateError('USAGE', '--offline and --download-only exclude each other');
+  if (!image)
+    throw new UpdateError(
+      'NO_IMAGE',
+      `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`,
+    );
+  if (opts.offline && opts.downloadOnly)
+    throw new UpdateError('USAGE', '--offline and --download-only exclude each other');
   const platform = opts.platform ?? { os: 'linux', architecture: ARCH[process.arch] ?? process.arch };
 
   const lock = await acquireUpdateLock(ctx.sysroot);
@@ -302,7 +429,8 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
   let store: ContentStore | undefined;
   try {
     const cleanup = await cleanupInProgress(ctx);
-    if (cleanup.deleted.length) progress(`removed unfinished snapshot(s) ${cleanup.deleted.join(', ')} left by an interrupted update`);
+    if (cleanup.deleted.length)
+      progress(`removed unfinished snapshot(s) ${cleanup.deleted.join(', ')} left by an interrupted update`);
     // systemd-boot: the ESP follows the snapshots (deleted ones, a commit cut short, a counter
     // that ran out) before anything new is written; the booted snapshot's entry must exist.
     const boot = await detectBoot(ctx.sysroot, config);
@@ -312,7 +440,11 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     }
     const state = await readState(ctx);
     if (state.booted === undefined) {
-      throw new UpdateError('NOT_SNAPSHOT_ROOT', `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`, { sysroot: ctx.sysroot });
+      throw new UpdateError(
+        'NOT_SNAPSHOT_ROOT',
+        `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`,
+        { sysroot: ctx.sysroot },
+      );
     }
     const from = state.booted;
     // What the image may not write: the preserved paths and the booted system's fstab mount points.
@@ -327,7 +459,12 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     if (opts.offline) {
       progress(`looking up ${image} in the cache ${cacheDir}`);
       root = await cache.resolve(tag, { signal }).catch((e: unknown) => {
-        throw new UpdateError('NOT_IN_CACHE', `${image} is not in the cache ${cacheDir}; run 'tiu update --download-only ${image}' first`, { image, cache: cacheDir }, { cause: e });
+        throw new UpdateError(
+          'NOT_IN_CACHE',
+          `${image} is not in the cache ${cacheDir}; run 'tiu update --download-only ${image}' first`,
+          { image, cache: cacheDir },
+          { cause: e },
+        );
       });
       source = cache;
     } else {
@@ -336,7 +473,12 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       progress(`resolving ${image}`);
       if (src.reference !== undefined) root = await src.target.resolve(src.reference, { signal });
       else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal });
-      else throw new UpdateError('MISSING_REFERENCE', `${image} does not say which image of ${src.target.name} to use: add a tag or digest`, { image });
+      else
+        throw new UpdateError(
+          'MISSING_REFERENCE',
+          `${image} does not say which image of ${src.target.name} to use: add a tag or digest`,
+          { image },
+        );
       source = src.target;
     }
     const present = presentIn(state, root.digest);
@@ -345,13 +487,33 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       return { status: 'already-present', image, digest: root.digest, snapshot: present, cleanup };
     }
 
-    const checkPolicy = (src: Target, r: Descriptor) => deps.checkPolicy({ reference: image, source: src, root: r, policyPath: config.policy, sysroot: ctx.sysroot, signedIdentity: config.signedIdentity, signal });
+    const checkPolicy = (src: Target, r: Descriptor) =>
+      deps.checkPolicy({
+        reference: image,
+        source: src,
+        root: r,
+        policyPath: config.policy,
+        sysroot: ctx.sysroot,
+        signedIdentity: config.signedIdentity,
+        signal,
+      });
     // File-level delta: only the files the booted snapshot lacks, by Range, into a store in the cache.
     let delta: DeltaTransfer | undefined;
     let transfer: TransferReport | undefined;
     if (!opts.offline && !opts.downloadOnly) {
       // Planning saves the booted snapshot's content index into the cache: a full disk can show here.
-      const t = await whileFetching(cacheDir, image, () => chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, from), { image, config, sysroot: ctx.sysroot, platform, reserved, mode: opts.transfer, signal, index: { load: contentIndexFile(cacheDir, from), save: true } }));
+      const t = await whileFetching(cacheDir, image, () =>
+        chooseTransfer(deps, source, root, snapshotPath(ctx.sysroot, from), {
+          image,
+          config,
+          sysroot: ctx.sysroot,
+          platform,
+          reserved,
+          mode: opts.transfer,
+          signal,
+          index: { load: contentIndexFile(cacheDir, from), save: true },
+        }),
+      );
       transfer = t.report;
       progress(describeTransfer(transfer));
       if (t.path === 'delta') {
@@ -361,20 +523,37 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       // What the download writes into the cache (the new files of a delta, the blobs of whole
       // layers) must leave the reserve free: DISK_FULL now, before anything is written.
       const predicted = t.path === 'delta' ? (t.report.files?.write.bytes ?? 0) : t.report.layerBytes;
-      await whileFetching(cacheDir, image, () => checkRoom(cacheDir, predicted, config.diskReserve, t.path === 'delta' ? `the ${humanSize(predicted)} of new files of ${image}` : `the layers of ${image}`));
+      await whileFetching(cacheDir, image, () =>
+        checkRoom(
+          cacheDir,
+          predicted,
+          config.diskReserve,
+          t.path === 'delta' ? `the ${humanSize(predicted)} of new files of ${image}` : `the layers of ${image}`,
+        ),
+      );
     }
     // Into the cache: a disk that fills up here has changed nothing of the system yet.
     await whileFetching(cacheDir, image, async () => {
       if (opts.offline) {
         await checkPolicy(cache, root);
       } else if (delta) {
-        const d = await downloadDelta(delta, cacheDir, root.digest, { progress, signal, progressEveryMs: opts.progressEveryMs });
+        const d = await downloadDelta(delta, cacheDir, root.digest, {
+          progress,
+          signal,
+          progressEveryMs: opts.progressEveryMs,
+        });
         store = d.store;
         transfer = { ...delta.report, downloaded: delta.report.tocBytes + d.bytes };
       } else {
         progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
         // Online, chooseTransfer has already accepted this digest's signature; --download-only checks it here.
-        const received = await copyIntoCache(deps, source, root, cache, tag, { total: transfer?.downloadBytes, verify: opts.downloadOnly ? checkPolicy : undefined, progress, signal, progressEveryMs: opts.progressEveryMs });
+        const received = await copyIntoCache(deps, source, root, cache, tag, {
+          total: transfer?.downloadBytes,
+          verify: opts.downloadOnly ? checkPolicy : undefined,
+          progress,
+          signal,
+          progressEveryMs: opts.progressEveryMs,
+        });
         if (transfer) transfer = { ...transfer, downloaded: received };
       }
     });
@@ -391,17 +570,41 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     const fsNow = await fsSpace(ctx.sysroot, config.diskReserve);
     const expansionLimit = fsNow.total - fsNow.reserve;
     const readCache = async (): Promise<DeltaTransfer | undefined> => {
-      const local = await prepareTransfer({ source: cache, manifest, oldRoot: snapshotPath(ctx.sysroot, from), preserve: reserved.paths, reserved, mode: 'auto', signal, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, from) });
+      const local = await prepareTransfer({
+        source: cache,
+        manifest,
+        oldRoot: snapshotPath(ctx.sysroot, from),
+        preserve: reserved.paths,
+        reserved,
+        mode: 'auto',
+        signal,
+        indexFile: contentIndexFile(cacheDir, from),
+        saveIndexTo: contentIndexFile(cacheDir, from),
+      });
       if (local.path !== 'delta') {
         // Every blob read through its digest, and every tar header checked as the apply will, before a snapshot exists.
-        const checked = await validateTarLayers(layerOpeners(cache, manifest, signal, expansionLimit), { reserved, explain: (k) => verifyBlobs(cache, [manifest.layers[k]!], signal) });
+        const checked = await validateTarLayers(layerOpeners(cache, manifest, signal, expansionLimit), {
+          reserved,
+          explain: (k) => verifyBlobs(cache, [manifest.layers[k]!], signal),
+        });
         checkOsTree((p) => checked.tree.get(p), image);
         return undefined;
       }
-      store = (await downloadDelta(local, cacheDir, root.digest, { progress, signal, progressEveryMs: opts.progressEveryMs, fromCache: true })).store;
+      store = (
+        await downloadDelta(local, cacheDir, root.digest, {
+          progress,
+          signal,
+          progressEveryMs: opts.progressEveryMs,
+          fromCache: true,
+        })
+      ).store;
       return local;
     };
-    const cached = delta ? undefined : await whileFetching(cacheDir, image, () => fromTheCache(cache, root.digest, manifest, { image, cacheDir, signal }, readCache));
+    const cached = delta
+      ? undefined
+      : await whileFetching(cacheDir, image, () =>
+          fromTheCache(cache, root.digest, manifest, { image, cacheDir, signal }, readCache),
+        );
     const fromCache = cached !== undefined;
     delta ??= cached;
 
@@ -421,20 +624,36 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       const oldRd = await RootedDir.open(oldRoot);
       const aside = join(newRoot, ETC_ASIDE);
       // btrfs resolves the path it is given: only a real directory of the snapshot is asked about (as for the new /etc below).
-      if ((await oldRd.isDir('etc')) && (await isSubvolume(join(oldRoot, 'etc')))) await subvolumeSnapshot(join(oldRoot, 'etc'), aside);
+      if ((await oldRd.isDir('etc')) && (await isSubvolume(join(oldRoot, 'etc'))))
+        await subvolumeSnapshot(join(oldRoot, 'etc'), aside);
       else await newRd.copyTree(oldRd, 'etc', ETC_ASIDE);
       progress(`writing ${manifest.layers.length} layer(s) into snapshot ${n}`);
       // DISK_FULL while the reserve is still free, whatever the layers expand to.
       const space = new SpaceGuard(newRoot, config.diskReserve);
       let applyReport: ApplyReport;
       if (delta && store) {
-        const a = await applyTransfer(delta, newRoot, store, { preserve: [...reserved.paths, ETC_ASIDE], reserved, signal, space, indexFile: contentIndexFile(cacheDir, from), saveIndexTo: contentIndexFile(cacheDir, n) });
+        const a = await applyTransfer(delta, newRoot, store, {
+          preserve: [...reserved.paths, ETC_ASIDE],
+          reserved,
+          signal,
+          space,
+          indexFile: contentIndexFile(cacheDir, from),
+          saveIndexTo: contentIndexFile(cacheDir, n),
+        });
         await pruneContentIndexes(cacheDir, [from, n]);
-        if (a.extra.bytes && !fromCache) transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
+        if (a.extra.bytes && !fromCache)
+          transfer = { ...delta.report, downloaded: (transfer?.downloaded ?? 0) + a.extra.bytes };
         applyReport = a.report;
       } else {
         // readCache validated these layers (checkOsTree included) before the snapshot was made.
-        applyReport = await deps.applyLayers({ root: newRoot, layers: layerOpeners(cache, manifest, signal, expansionLimit), preserve: [...reserved.paths, ETC_ASIDE], reserved, signal, space });
+        applyReport = await deps.applyLayers({
+          root: newRoot,
+          layers: layerOpeners(cache, manifest, signal, expansionLimit),
+          preserve: [...reserved.paths, ETC_ASIDE],
+          reserved,
+          signal,
+          space,
+        });
       }
 
       // /etc: base = the running image's pristine copy, ours = the admin's, theirs = the new pristine copy.
@@ -451,13 +670,17 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       const etc = await deps.mergeEtc(base, aside, theirs);
       const users = await deps.mergeUsers(base, aside, theirs);
       // btrfs resolves the path it is given: only a real directory of the snapshot is asked about.
-      if ((await newRd.isDir('etc')) && (await isSubvolume(join(newRoot, 'etc')))) await subvolumeDelete(join(newRoot, 'etc'));
+      if ((await newRd.isDir('etc')) && (await isSubvolume(join(newRoot, 'etc'))))
+        await subvolumeDelete(join(newRoot, 'etc'));
       else await rm(join(newRoot, 'etc'), { recursive: true, force: true });
       await rename(aside, join(newRoot, 'etc'));
       await keepMountPointsStep(newRoot, oldRoot, reserved, progress);
 
       let relabel = false;
-      if (selinuxConfigWants((await newRd.readFileIfExists('etc/selinux/config'))?.toString('utf8') ?? '') && !(await hasSelinuxLabel(join(newRoot, 'usr')))) {
+      if (
+        selinuxConfigWants((await newRd.readFileIfExists('etc/selinux/config'))?.toString('utf8') ?? '') &&
+        !(await hasSelinuxLabel(join(newRoot, 'usr')))
+      ) {
         await newRd.writeFileAtomic('.autorelabel', '', { mode: 0o644 });
         relabel = true;
       }
@@ -465,14 +688,21 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       const facts = await kernelFacts(oldRoot, newRoot);
       // tiu writes the systemd-boot entries itself where it found systemd-boot: sdbootutil's
       // default hook would add a second, differently named set.
-      const hookSpecs = boot ? config.hooks.filter((h) => !(h.name === 'sdbootutil' && DEFAULT_HOOKS.includes(h))) : config.hooks;
+      const hookSpecs = boot
+        ? config.hooks.filter((h) => !(h.name === 'sdbootutil' && DEFAULT_HOOKS.includes(h)))
+        : config.hooks;
       const present = await existingPaths(newRoot, hookSpecs);
       const planned = planHooks(hookSpecs, facts, n, (p) => present.has(p));
       for (const h of planned) progress(`hook ${h.name}: ${h.argv.join(' ')}`);
       const hooks = await runHooks(newRoot, planned, { sysroot: ctx.sysroot, signal });
 
       signal?.throwIfAborted();
-      await commitSnapshot(ctx, n, { image, digest: root.digest, etcConflicts: etc.conflicts.length, ...(boot ? { boot: { sd: boot, config, log: progress } } : {}) });
+      await commitSnapshot(ctx, n, {
+        image,
+        digest: root.digest,
+        etcConflicts: etc.conflicts.length,
+        ...(boot ? { boot: { sd: boot, config, log: progress } } : {}),
+      });
       progress(`snapshot ${n} is the default: it boots next`);
       await releaseFromCache(cache, root.digest, progress);
       return {
@@ -498,7 +728,12 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
       }
       if (isNoSpace(e) || someCause(e, (x) => isTiuError(x, 'DISK_FULL'))) {
-        throw new UpdateError('DISK_FULL', `no space left on the filesystem of ${ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`, { snapshot: n }, { cause: e });
+        throw new UpdateError(
+          'DISK_FULL',
+          `no space left on the filesystem of ${ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`,
+          { snapshot: n },
+          { cause: e },
+        );
       }
       throw e;
     }
@@ -514,10 +749,17 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
  * /etc/fstab, every preserved path and proc, sys, dev, run, tmp, whatever the image held: on a
  * read-only root nothing could create a missing one at boot.
  */
-async function keepMountPointsStep(newRoot: string, oldRoot: string, reserved: Reserved, progress: (line: string) => void): Promise<void> {
+async function keepMountPointsStep(
+  newRoot: string,
+  oldRoot: string,
+  reserved: Reserved,
+  progress: (line: string) => void,
+): Promise<void> {
   const kept = await keepMountPoints(newRoot, oldRoot, PRESERVE, reserved.mountPoints);
-  if (kept.created.length) progress(`created mount point(s) the image lacks: ${kept.created.map((p) => '/' + p).join(', ')}`);
-  if (kept.replaced.length) progress(`replaced non-directories of the image by mount points: ${kept.replaced.map((p) => '/' + p).join(', ')}`);
+  if (kept.created.length)
+    progress(`created mount point(s) the image lacks: ${kept.created.map((p) => '/' + p).join(', ')}`);
+  if (kept.replaced.length)
+    progress(`replaced non-directories of the image by mount points: ${kept.replaced.map((p) => '/' + p).join(', ')}`);
 }
 
 /**
@@ -530,7 +772,8 @@ async function releaseFromCache(cache: CacheTarget, digest: string, progress: (m
   if (!cache.removeImage) return;
   try {
     const freed = await cache.removeImage(digest);
-    if (freed.blobs) progress(`freed ${freed.bytes} bytes (${freed.blobs} blob(s)) of the applied image from the cache`);
+    if (freed.blobs)
+      progress(`freed ${freed.bytes} bytes (${freed.blobs} blob(s)) of the applied image from the cache`);
   } catch (e) {
     progress(`could not free the applied image from the cache, where it stays: ${asError(e).message}`);
   }
@@ -546,15 +789,32 @@ async function downloadDelta(
   delta: DeltaTransfer,
   cacheDir: string,
   digest: string,
-  o: { progress: (line: string) => void; signal?: AbortSignal; progressEveryMs?: number; /** the source is the cache's whole layers */ fromCache?: boolean },
+  o: {
+    progress: (line: string) => void;
+    signal?: AbortSignal;
+    progressEveryMs?: number;
+    /** the source is the cache's whole layers */ fromCache?: boolean;
+  },
 ): Promise<{ store: ContentStore; bytes: number }> {
   const store = await openStore(cacheDir, digest);
-  if (store.resumed.files) o.progress(`resuming: ${store.resumed.files} file(s), ${humanSize(store.resumed.bytes)}, verified from an interrupted download`);
+  if (store.resumed.files)
+    o.progress(
+      `resuming: ${store.resumed.files} file(s), ${humanSize(store.resumed.bytes)}, verified from an interrupted download`,
+    );
   try {
-    const onBytes = o.fromCache ? undefined : downloadProgress(rangeBytes(pendingRanges(delta, store)), o.progress, { everyMs: o.progressEveryMs });
-    const got = await downloadTransfer(delta, store, { ...(o.signal ? { signal: o.signal } : {}), ...(onBytes ? { onBytes } : {}) });
-    if (o.fromCache) o.progress(`read ${got.files} changed file(s) from the cached layers (${delta.report.files?.changed ?? 0} to change)`);
-    else o.progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${humanSize(got.bytes)} of content`);
+    const onBytes = o.fromCache
+      ? undefined
+      : downloadProgress(rangeBytes(pendingRanges(delta, store)), o.progress, { everyMs: o.progressEveryMs });
+    const got = await downloadTransfer(delta, store, {
+      ...(o.signal ? { signal: o.signal } : {}),
+      ...(onBytes ? { onBytes } : {}),
+    });
+    if (o.fromCache)
+      o.progress(
+        `read ${got.files} changed file(s) from the cached layers (${delta.report.files?.changed ?? 0} to change)`,
+      );
+    else
+      o.progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${humanSize(got.bytes)} of content`);
     return { store, bytes: got.bytes };
   } catch (e) {
     if (!isTransient(e, o.signal)) await store.remove().catch(() => undefined);
@@ -569,7 +829,13 @@ async function copyIntoCache(
   root: Descriptor,
   cache: CacheTarget,
   tag: string,
-  o: { total: number | undefined; verify: ((src: Target, root: Descriptor) => Promise<void>) | undefined; progress: (line: string) => void; signal?: AbortSignal; progressEveryMs?: number },
+  o: {
+    total: number | undefined;
+    verify: ((src: Target, root: Descriptor) => Promise<void>) | undefined;
+    progress: (line: string) => void;
+    signal?: AbortSignal;
+    progressEveryMs?: number;
+  },
 ): Promise<number> {
   const onBytes = downloadProgress(o.total, o.progress, { everyMs: o.progressEveryMs });
   const seen = new Map<string, number>();
@@ -587,7 +853,12 @@ async function copyIntoCache(
       seen.set(e.desc.digest, e.bytes);
     }
   };
-  await deps.copy(source, root.digest, cache, tag, { referrers: true, ...(o.verify ? { verify: o.verify } : {}), ...(o.signal ? { signal: o.signal } : {}), onProgress });
+  await deps.copy(source, root.digest, cache, tag, {
+    referrers: true,
+    ...(o.verify ? { verify: o.verify } : {}),
+    ...(o.signal ? { signal: o.signal } : {}),
+    onProgress,
+  });
   return received;
 }
 
@@ -597,11 +868,21 @@ async function copyIntoCache(
  * of failing the same way: CACHE_DAMAGED. Content that fails its table of contents while its
  * layer still matches the layer digest is the image's fault, and is said as it is.
  */
-async function fromTheCache<T>(cache: CacheTarget, digest: string, manifest: ImageManifest, o: { image: string; cacheDir: string; signal?: AbortSignal }, step: () => Promise<T>): Promise<T> {
+async function fromTheCache<T>(
+  cache: CacheTarget,
+  digest: string,
+  manifest: ImageManifest,
+  o: { image: string; cacheDir: string; signal?: AbortSignal },
+  step: () => Promise<T>,
+): Promise<T> {
   try {
     return await step();
   } catch (e) {
-    const mismatch = isTiuError(e, 'DIGEST_MISMATCH') || isTiuError(e, 'SIZE_MISMATCH') || isTiuError(e, 'DELTA_FILE_MISMATCH') || isTiuError(e, 'TOC_CHECKSUM_MISMATCH');
+    const mismatch =
+      isTiuError(e, 'DIGEST_MISMATCH') ||
+      isTiuError(e, 'SIZE_MISMATCH') ||
+      isTiuError(e, 'DELTA_FILE_MISMATCH') ||
+      isTiuError(e, 'TOC_CHECKSUM_MISMATCH');
     if (!mismatch) throw e;
     if (!isTiuError(e, 'DIGEST_MISMATCH') && !isTiuError(e, 'SIZE_MISMATCH')) {
       const layersIntact = await verifyBlobs(cache, manifest.layers, o.signal).then(
@@ -611,7 +892,11 @@ async function fromTheCache<T>(cache: CacheTarget, digest: string, manifest: Ima
       if (layersIntact) throw e;
     }
     let dropped = false;
-    if (cache.removeImage) dropped = await cache.removeImage(digest).then(() => true, () => false);
+    if (cache.removeImage)
+      dropped = await cache.removeImage(digest).then(
+        () => true,
+        () => false,
+      );
     throw new UpdateError(
       'CACHE_DAMAGED',
       `the copy of ${o.image} in the cache ${o.cacheDir} is damaged (${asError(e).message})${dropped ? '; it was removed from the cache, so the next update downloads it again' : ''}`,
@@ -628,7 +913,8 @@ async function fromTheCache<T>(cache: CacheTarget, digest: string, manifest: Ima
 async function openStore(cacheDir: string, digest: string): Promise<ContentStore> {
   const parent = join(cacheDir, 'delta');
   const name = digest.replace(/^sha256:/, '');
-  for (const other of await readdir(parent).catch(() => [] as string[])) if (other !== name) await rm(join(parent, other), { recursive: true, force: true });
+  for (const other of await readdir(parent).catch(() => [] as string[]))
+    if (other !== name) await rm(join(parent, other), { recursive: true, force: true });
   return ContentStore.open(join(parent, name), { resume: true });
 }
 
@@ -638,19 +924,37 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
     return await step();
   } catch (e) {
     if (!isNoSpace(e) && !someCause(e, (x) => isTiuError(x, 'DISK_FULL'))) throw e;
-    throw new UpdateError('DISK_FULL', `no space left on the filesystem of the cache ${cacheDir} while fetching ${image}; no snapshot was made: ${asError(e).message}`, { cache: cacheDir }, { cause: e });
+    throw new UpdateError(
+      'DISK_FULL',
+      `no space left on the filesystem of the cache ${cacheDir} while fetching ${image}; no snapshot was made: ${asError(e).message}`,
+      { cache: cacheDir },
+      { cause: e },
+    );
   }
 }
 
 /** Failures that a later run may not meet: the network, the registry's load, a signal. */
-const TRANSIENT = ['REGISTRY_UNREACHABLE', 'TIMEOUT', 'REGISTRY_UNAVAILABLE', 'TOO_MANY_REQUESTS', 'REGISTRY_TOO_SLOW', 'ABORTED', 'INTERRUPTED'];
+const TRANSIENT = [
+  'REGISTRY_UNREACHABLE',
+  'TIMEOUT',
+  'REGISTRY_UNAVAILABLE',
+  'TOO_MANY_REQUESTS',
+  'REGISTRY_TOO_SLOW',
+  'ABORTED',
+  'INTERRUPTED',
+];
 function isTransient(e: unknown, signal?: AbortSignal): boolean {
   return signal?.aborted === true || someCause(e, (x) => TRANSIENT.some((c) => isTiuError(x, c)));
 }
 
 /** ENOSPC anywhere in the cause chain (fs calls, a program's stderr, a wrapped error). */
 function isNoSpace(e: unknown): boolean {
-  return someCause(e, (x) => (x as NodeJS.ErrnoException).code === 'ENOSPC' || (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)));
+  return someCause(
+    e,
+    (x) =>
+      (x as NodeJS.ErrnoException).code === 'ENOSPC' ||
+      (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)),
+  );
 }
 
 /**
@@ -662,12 +966,38 @@ async function chooseTransfer(
   source: Target,
   root: Descriptor,
   oldRoot: string,
-  o: { image: string; config: TiuConfig; sysroot: string; platform: { os: string; architecture: string }; reserved: Reserved; mode?: TransferMode; signal?: AbortSignal; index?: { load: string; save: boolean } },
+  o: {
+    image: string;
+    config: TiuConfig;
+    sysroot: string;
+    platform: { os: string; architecture: string };
+    reserved: Reserved;
+    mode?: TransferMode;
+    signal?: AbortSignal;
+    index?: { load: string; save: boolean };
+  },
 ): Promise<PreparedTransfer> {
   // Nothing of the image (TOCs included) is used before the policy accepted its signature.
-  await deps.checkPolicy({ reference: o.image, source, root, policyPath: o.config.policy, sysroot: o.sysroot, signedIdentity: o.config.signedIdentity, signal: o.signal });
+  await deps.checkPolicy({
+    reference: o.image,
+    source,
+    root,
+    policyPath: o.config.policy,
+    sysroot: o.sysroot,
+    signedIdentity: o.config.signedIdentity,
+    signal: o.signal,
+  });
   const { manifest } = await imageManifest(source, root, o.platform, o.signal);
-  return prepareTransfer({ source, manifest, oldRoot, preserve: o.reserved.paths, reserved: o.reserved, mode: o.mode ?? 'auto', signal: o.signal, ...(o.index ? { indexFile: o.index.load, ...(o.index.save ? { saveIndexTo: o.index.load } : {}) } : {}) });
+  return prepareTransfer({
+    source,
+    manifest,
+    oldRoot,
+    preserve: o.reserved.paths,
+    reserved: o.reserved,
+    mode: o.mode ?? 'auto',
+    signal: o.signal,
+    ...(o.index ? { indexFile: o.index.load, ...(o.index.save ? { saveIndexTo: o.index.load } : {}) } : {}),
+  });
 }
 
 /**
@@ -675,26 +1005,52 @@ async function chooseTransfer(
  * update (the same prepareTransfer) against the booted snapshot. Takes no lock, writes nothing:
  * no cache, no snapshot, no cleanup.
  */
-export async function checkUpdate(deps: UpdateDeps, opts: Omit<UpdateOptions, 'downloadOnly' | 'offline' | 'onProgress'> = {}): Promise<CheckResult> {
+export async function checkUpdate(
+  deps: UpdateDeps,
+  opts: Omit<UpdateOptions, 'downloadOnly' | 'offline' | 'onProgress'> = {},
+): Promise<CheckResult> {
   const ctx = await openContext(opts.sysroot ?? '/');
   const config = opts.config ?? (await loadConfig(ctx.sysroot));
   const image = opts.reference ?? config.image;
-  if (!image) throw new UpdateError('NO_IMAGE', `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`);
+  if (!image)
+    throw new UpdateError(
+      'NO_IMAGE',
+      `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`,
+    );
   const platform = opts.platform ?? { os: 'linux', architecture: ARCH[process.arch] ?? process.arch };
   const state = await readState(ctx);
-  if (state.booted === undefined) throw new UpdateError('NOT_SNAPSHOT_ROOT', `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`, { sysroot: ctx.sysroot });
+  if (state.booted === undefined)
+    throw new UpdateError(
+      'NOT_SNAPSHOT_ROOT',
+      `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`,
+      { sysroot: ctx.sysroot },
+    );
   const src = await deps.openSource(image, { sysroot: ctx.sysroot, config, signal: opts.signal });
   try {
     let root: Descriptor;
     if (src.reference !== undefined) root = await src.target.resolve(src.reference, { signal: opts.signal });
     else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal: opts.signal });
-    else throw new UpdateError('MISSING_REFERENCE', `${image} does not say which image of ${src.target.name} to use: add a tag or digest`, { image });
+    else
+      throw new UpdateError(
+        'MISSING_REFERENCE',
+        `${image} does not say which image of ${src.target.name} to use: add a tag or digest`,
+        { image },
+      );
     const present = presentIn(state, root.digest);
     if (present !== undefined) return { status: 'already-present', image, digest: root.digest, snapshot: present };
     // Read-only use of the booted snapshot's content index, where an update left one.
     const index = { load: contentIndexFile(join(ctx.sysroot, config.cache), state.booted), save: false };
     const reserved = await reservedOf(snapshotPath(ctx.sysroot, state.booted), PRESERVE);
-    const t = await chooseTransfer(deps, src.target, root, snapshotPath(ctx.sysroot, state.booted), { image, config, sysroot: ctx.sysroot, platform, reserved, mode: opts.transfer, signal: opts.signal, index });
+    const t = await chooseTransfer(deps, src.target, root, snapshotPath(ctx.sysroot, state.booted), {
+      image,
+      config,
+      sysroot: ctx.sysroot,
+      platform,
+      reserved,
+      mode: opts.transfer,
+      signal: opts.signal,
+      index,
+    });
     return { status: 'available', image, digest: root.digest, booted: state.booted, transfer: t.report };
   } finally {
     await src.target.close?.().catch(() => undefined);

@@ -64,7 +64,8 @@ function parseDb(text: string | undefined, file: string, minFields: number): Db 
   lines.forEach((l, i) => {
     if (l === '' || l.startsWith('#') || l.startsWith('+') || l.startsWith('-')) return;
     const f = l.split(':');
-    if (f.length < minFields || f[0] === '') throw new UserDbError(file, i + 1, `expected at least ${minFields} ':'-separated fields`);
+    if (f.length < minFields || f[0] === '')
+      throw new UserDbError(file, i + 1, `expected at least ${minFields} ':'-separated fields`);
     if (!byName.has(f[0]!)) byName.set(f[0]!, i);
   });
   return { lines, byName };
@@ -77,7 +78,8 @@ function field(db: Db, name: string, i: number): string | undefined {
 
 function idOf(db: Db, name: string, i: number, file: string): number {
   const v = field(db, name, i) ?? '';
-  if (!/^\d+$/.test(v)) throw new UserDbError(file, (db.byName.get(name) ?? 0) + 1, `${name}: id ${JSON.stringify(v)} is not a number`);
+  if (!/^\d+$/.test(v))
+    throw new UserDbError(file, (db.byName.get(name) ?? 0) + 1, `${name}: id ${JSON.stringify(v)} is not a number`);
   return Number(v);
 }
 
@@ -135,7 +137,13 @@ export function planUsersMerge(base: UserDbTexts, ours: UserDbTexts, theirs: Use
   const bgs = parseDb(base.gshadow, 'base gshadow', 4);
   const ogs = parseDb(ours.gshadow, 'gshadow', 4);
   const tgs = parseDb(theirs.gshadow, 'image gshadow', 4);
-  const result: UsersMergeResult = { files: { passwd: '', group: '', shadow: '', gshadow: '' }, addedUsers: [], addedGroups: [], addedMembers: {}, clashes: [] };
+  const result: UsersMergeResult = {
+    files: { passwd: '', group: '', shadow: '', gshadow: '' },
+    addedUsers: [],
+    addedGroups: [],
+    addedMembers: {},
+    clashes: [],
+  };
 
   // groups first: a new account's primary group should exist
   const gidOwner = new Map<number, string>();
@@ -144,7 +152,8 @@ export function planUsersMerge(base: UserDbTexts, ours: UserDbTexts, theirs: Use
     const gid = idOf(tg, name, 2, 'image group');
     if (og.byName.has(name)) {
       const mine = idOf(og, name, 2, 'group');
-      if (mine !== gid) result.clashes.push({ kind: 'gid', name, id: gid, existing: name, existingId: mine, why: 'id-differs' });
+      if (mine !== gid)
+        result.clashes.push({ kind: 'gid', name, id: gid, existing: name, existingId: mine, why: 'id-differs' });
       continue;
     }
     if (bg.byName.has(name)) continue; // the admin deleted it
@@ -158,7 +167,8 @@ export function planUsersMerge(base: UserDbTexts, ours: UserDbTexts, theirs: Use
     result.addedGroups.push(name);
     const gsIdx = tgs.byName.get(name);
     if (gsIdx !== undefined && !ogs.byName.has(name)) append(ogs, tgs.lines[gsIdx]!);
-    else if (gsIdx === undefined && ours.gshadow !== undefined && !ogs.byName.has(name)) append(ogs, `${name}:!::${field(tg, name, 3) ?? ''}`);
+    else if (gsIdx === undefined && ours.gshadow !== undefined && !ogs.byName.has(name))
+      append(ogs, `${name}:!::${field(tg, name, 3) ?? ''}`);
   }
 
   const uidOwner = new Map<number, string>();
@@ -167,7 +177,8 @@ export function planUsersMerge(base: UserDbTexts, ours: UserDbTexts, theirs: Use
     const uid = idOf(tp, name, 2, 'image passwd');
     if (op.byName.has(name)) {
       const mine = idOf(op, name, 2, 'passwd');
-      if (mine !== uid) result.clashes.push({ kind: 'uid', name, id: uid, existing: name, existingId: mine, why: 'id-differs' });
+      if (mine !== uid)
+        result.clashes.push({ kind: 'uid', name, id: uid, existing: name, existingId: mine, why: 'id-differs' });
       continue;
     }
     if (bp.byName.has(name)) continue; // the admin deleted it

@@ -21,7 +21,12 @@ export function policyPathFor(sysroot: string, configured: string | undefined): 
   if (configured !== undefined) return join(sysroot, configured);
   const candidates = DEFAULT_POLICY_PATHS.map((p) => join(sysroot, p));
   const found = candidates.find((p) => existsSync(p));
-  if (!found) throw new TrustError('POLICY_NOT_FOUND', `no signature policy: none of ${candidates.join(', ')} exists, and unsigned updates are refused`, { paths: candidates });
+  if (!found)
+    throw new TrustError(
+      'POLICY_NOT_FOUND',
+      `no signature policy: none of ${candidates.join(', ')} exists, and unsigned updates are refused`,
+      { paths: candidates },
+    );
   return found;
 }
 
@@ -38,7 +43,10 @@ function layoutIdentity(ref: ImageReference, signedIdentity: string | undefined)
 export const productionDeps: UpdateDeps = {
   async openSource(reference, o) {
     // tiu.conf's min-speed, speed-time, request-deadline (the environment overrides them)
-    const { target, name } = await openReference(reference, { signal: o.signal, ...(o.config.network ? { registry: { speed: o.config.network } } : {}) });
+    const { target, name } = await openReference(reference, {
+      signal: o.signal,
+      ...(o.config.network ? { registry: { speed: o.config.network } } : {}),
+    });
     return { target, reference: name };
   },
   openCache: (dir) => OciLayoutTarget.open(dir, { create: true, name: `cache oci:${dir}` }),
@@ -48,7 +56,12 @@ export const productionDeps: UpdateDeps = {
     const ref = parseReference(reference);
     await checkPolicy(policy, source, root, ref, layoutIdentity(ref, signedIdentity));
   },
-  applyLayers: (o) => applyTarLayers(o.root, o.layers, { preserve: o.preserve, ...(o.reserved ? { reserved: o.reserved } : {}), ...(o.space ? { space: o.space } : {}) }),
+  applyLayers: (o) =>
+    applyTarLayers(o.root, o.layers, {
+      preserve: o.preserve,
+      ...(o.reserved ? { reserved: o.reserved } : {}),
+      ...(o.space ? { space: o.space } : {}),
+    }),
   mergeEtc: (base, ours, theirs) => mergeEtc(base, ours, theirs),
   mergeUsers: (base, ours, theirs) => mergeUserDb(base, ours, theirs),
 };

@@ -21,7 +21,11 @@ export async function subvolumeCreate(path: string): Promise<void> {
   await run('btrfs', ['-q', 'subvolume', 'create', path]);
 }
 
-export async function subvolumeSnapshot(source: string, dest: string, opts: { readOnly?: boolean } = {}): Promise<void> {
+export async function subvolumeSnapshot(
+  source: string,
+  dest: string,
+  opts: { readOnly?: boolean } = {},
+): Promise<void> {
   await run('btrfs', ['-q', 'subvolume', 'snapshot', ...(opts.readOnly ? ['-r'] : []), source, dest]);
 }
 
@@ -49,7 +53,8 @@ export async function subvolumeShow(path: string): Promise<SubvolumeInfo> {
 export async function getDefault(mountPath: string): Promise<SubvolumeInfo> {
   const r = await run('btrfs', ['subvolume', 'get-default', mountPath]);
   const m = /^ID (\d+)(?: gen \d+ top level \d+ path (.*))?/.exec(r.stdout.trim());
-  if (!m) throw new BtrfsError(`cannot parse 'btrfs subvolume get-default ${mountPath}': ${r.stdout.trim()}`, { mountPath });
+  if (!m)
+    throw new BtrfsError(`cannot parse 'btrfs subvolume get-default ${mountPath}': ${r.stdout.trim()}`, { mountPath });
   return { id: Number(m[1]), path: m[2] ?? '' };
 }
 

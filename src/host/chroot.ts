@@ -32,7 +32,11 @@ export interface Chroot {
  * unfinished snapshot). Mount points missing in `root` are created as real directories; one
  * that is a symlink, or below one, is UNSAFE_PATH (src/deploy/rooted.ts) before anything is mounted.
  */
-export async function withChroot<T>(root: string, fn: (c: Chroot) => Promise<T>, opts: { sysroot?: string } & ChrootBinds = {}): Promise<T> {
+export async function withChroot<T>(
+  root: string,
+  fn: (c: Chroot) => Promise<T>,
+  opts: { sysroot?: string } & ChrootBinds = {},
+): Promise<T> {
   if (!existsSync(root)) throw new ChrootError(`chroot directory ${root} does not exist`, { root });
   const rooted = await RootedDir.open(root);
   const binds: { source: string; target: string; recursive: boolean }[] = [

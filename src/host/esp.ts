@@ -68,7 +68,7 @@ export async function copyToEsp(esp: string, rel: string, src: FileHandle, sha25
   await writeEspFrom(esp, safeRel(rel), async (fh) => {
     const h = createHash('sha256');
     const buf = Buffer.allocUnsafe(1 << 20);
-    for (let pos = 0; ; ) {
+    for (let pos = 0; ;) {
       const { bytesRead } = await src.read(buf, 0, buf.length, pos);
       if (bytesRead === 0) break;
       h.update(buf.subarray(0, bytesRead));
@@ -76,7 +76,12 @@ export async function copyToEsp(esp: string, rel: string, src: FileHandle, sha25
       pos += bytesRead;
     }
     const got = h.digest('hex');
-    if (got !== sha256) throw new EspError('ESP_SOURCE_CHANGED', `the file for ${rel} changed while it was copied (sha256 ${got}, planned ${sha256})`, { path: rel });
+    if (got !== sha256)
+      throw new EspError(
+        'ESP_SOURCE_CHANGED',
+        `the file for ${rel} changed while it was copied (sha256 ${got}, planned ${sha256})`,
+        { path: rel },
+      );
   });
 }
 
@@ -101,7 +106,8 @@ async function writeEspFrom(esp: string, rel: string, fill: (fh: FileHandle) => 
 }
 
 function mapNoSpace(e: unknown, esp: string, rel: string): unknown {
-  if ((e as NodeJS.ErrnoException).code === 'ENOSPC') return new EspError('ESP_FULL', `the ESP ${esp} is full while writing ${rel}`, { esp, path: rel }, { cause: e });
+  if ((e as NodeJS.ErrnoException).code === 'ENOSPC')
+    return new EspError('ESP_FULL', `the ESP ${esp} is full while writing ${rel}`, { esp, path: rel }, { cause: e });
   return e;
 }
 
@@ -212,14 +218,17 @@ export function decodeLoaderVariable(raw: Uint8Array): { attributes: number; val
 }
 
 function loaderVariablePath(name: string, dir: string): string {
-  if (!/^[A-Za-z][A-Za-z0-9]{0,63}$/.test(name)) throw new EspError('UNSAFE_PATH', `refusing EFI variable name '${name}'`, { name });
+  if (!/^[A-Za-z][A-Za-z0-9]{0,63}$/.test(name))
+    throw new EspError('UNSAFE_PATH', `refusing EFI variable name '${name}'`, { name });
   return join(dir, `${name}-${LOADER_GUID}`);
 }
 
 /** A UTF-16LE string variable of the boot loader interface (LoaderEntrySelected, LoaderEntryDefault, ...), or undefined. */
 export async function readLoaderVariable(name: string, dir: string | undefined = EFIVARS): Promise<string | undefined> {
   if (!dir) return undefined;
-  const fh = await open(loaderVariablePath(name, dir), constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
+  const fh = await open(loaderVariablePath(name, dir), constants.O_RDONLY | constants.O_NOFOLLOW).catch(
+    () => undefined,
+  );
   if (!fh) return undefined;
   try {
     const buf = Buffer.alloc(4 + MAX_LOADER_VARIABLE + 2);
@@ -254,7 +263,12 @@ export async function removeLoaderVariable(name: string, dir: string | undefined
   await run('chattr', ['-i', path], { okExitCodes: [0, 1] }).catch(() => undefined);
   await unlink(path).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return;
-    throw new EspError('EFI_VARIABLE_IMMUTABLE', `cannot remove the EFI variable ${name} (${path}): ${e.code ?? e.message}`, { name, path }, { cause: e });
+    throw new EspError(
+      'EFI_VARIABLE_IMMUTABLE',
+      `cannot remove the EFI variable ${name} (${path}): ${e.code ?? e.message}`,
+      { name, path },
+      { cause: e },
+    );
   });
   return true;
 }

@@ -71,7 +71,15 @@ export async function run(file: string, args: readonly string[], opts: RunOption
   const argv = [file, ...args];
   logger(argv.join(' '));
   const stdinOpts: ExecaOptions = opts.passFds?.length
-    ? { stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe', ...opts.passFds] as unknown as ExecaOptions['stdio'], ...(opts.input !== undefined ? { input: opts.input } : {}) }
+    ? {
+        stdio: [
+          opts.input !== undefined ? 'pipe' : 'ignore',
+          'pipe',
+          'pipe',
+          ...opts.passFds,
+        ] as unknown as ExecaOptions['stdio'],
+        ...(opts.input !== undefined ? { input: opts.input } : {}),
+      }
     : opts.input !== undefined
       ? { input: opts.input }
       : { stdin: 'ignore' };
@@ -96,7 +104,8 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     throw new CommandFailedError(argv, undefined, tail(stderr), why.includes('ENOENT') ? 'is not installed' : why);
   }
   const exitCode = r.exitCode ?? 0;
-  if (!opts.allowFailure && !(opts.okExitCodes ?? [0]).includes(exitCode)) throw new CommandFailedError(argv, exitCode, tail(stderr));
+  if (!opts.allowFailure && !(opts.okExitCodes ?? [0]).includes(exitCode))
+    throw new CommandFailedError(argv, exitCode, tail(stderr));
   if (opts.binary) {
     const bytes = r.stdout as unknown as Uint8Array;
     return { stdout: '', stdoutBytes: bytes, stderr, exitCode };
@@ -128,7 +137,12 @@ export async function spawnFilter(
   const done = child.then((r) => {
     if (r.exitCode === 0) return;
     const stderr = typeof r.stderr === 'string' ? r.stderr : '';
-    throw new CommandFailedError(argv, r.exitCode, tail(stderr), r.exitCode === undefined ? (r.originalMessage ?? 'failed to start') : undefined);
+    throw new CommandFailedError(
+      argv,
+      r.exitCode,
+      tail(stderr),
+      r.exitCode === undefined ? (r.originalMessage ?? 'failed to start') : undefined,
+    );
   });
   return { stdin: child.stdin, stdout: child.stdout, done };
 }

@@ -53,19 +53,33 @@ export async function isMountPoint(path: string): Promise<boolean> {
   return (await mountAt(path)) !== undefined;
 }
 
-export async function bindMount(source: string, target: string, opts: { recursive?: boolean; readOnly?: boolean } = {}): Promise<void> {
+export async function bindMount(
+  source: string,
+  target: string,
+  opts: { recursive?: boolean; readOnly?: boolean } = {},
+): Promise<void> {
   await run('mount', [opts.recursive ? '--rbind' : '--bind', source, target]);
   if (opts.readOnly) await run('mount', ['-o', 'remount,bind,ro', target]);
   // Keep mounts made under the bind from propagating back to the host.
   if (opts.recursive) await run('mount', ['--make-rslave', target]);
 }
 
-export async function mount(source: string, target: string, opts: { type?: string; options?: string } = {}): Promise<void> {
-  await run('mount', [...(opts.type ? ['-t', opts.type] : []), ...(opts.options ? ['-o', opts.options] : []), source, target]);
+export async function mount(
+  source: string,
+  target: string,
+  opts: { type?: string; options?: string } = {},
+): Promise<void> {
+  await run('mount', [
+    ...(opts.type ? ['-t', opts.type] : []),
+    ...(opts.options ? ['-o', opts.options] : []),
+    source,
+    target,
+  ]);
 }
 
 /** Unmount `target` and everything below it (lazy as a last resort, so a busy mount can't be left behind). */
 export async function unmount(target: string, opts: { recursive?: boolean } = {}): Promise<void> {
   const r = await run('umount', [...(opts.recursive ? ['-R'] : []), target], { okExitCodes: [0, 32] });
-  if (r.exitCode !== 0 && (await isMountPoint(target))) await run('umount', [...(opts.recursive ? ['-R'] : []), '-l', target]);
+  if (r.exitCode !== 0 && (await isMountPoint(target)))
+    await run('umount', [...(opts.recursive ? ['-R'] : []), '-l', target]);
 }

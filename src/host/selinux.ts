@@ -13,6 +13,8 @@ export function selinuxConfigWants(text: string): boolean {
 
 /** Whether `path` has a security.selinux label (without following a symlink). */
 export async function hasSelinuxLabel(path: string): Promise<boolean> {
-  const r = await run('getfattr', ['-h', '--absolute-names', '-n', 'security.selinux', '--only-values', path], { okExitCodes: [0, 1] });
+  const r = await run('getfattr', ['-h', '--absolute-names', '-n', 'security.selinux', '--only-values', path], {
+    okExitCodes: [0, 1],
+  });
   return r.exitCode === 0 && r.stdout.length > 0;
 }

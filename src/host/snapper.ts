@@ -46,7 +46,11 @@ export function formatUserdata(data: Record<string, string>): string {
   return Object.entries(data)
     .map(([k, v]) => {
       if (!/^[A-Za-z0-9_.-]+$/.test(k)) throw new SnapperError(`invalid snapper userdata key '${k}'`, { key: k });
-      if (/[,=\n]/.test(v)) throw new SnapperError(`snapper userdata value for '${k}' contains ',', '=' or a newline: '${v}'`, { key: k, value: v });
+      if (/[,=\n]/.test(v))
+        throw new SnapperError(`snapper userdata value for '${k}' contains ',', '=' or a newline: '${v}'`, {
+          key: k,
+          value: v,
+        });
       return `${k}=${v}`;
     })
     .join(',');
@@ -105,12 +109,21 @@ export function snapper(root = '/', config = 'root'): Snapper {
       return parseList(r.stdout, config).filter((s) => s.number !== 0);
     },
     async create(o) {
-      const args = ['create', '--from', String(o.from), o.readWrite ? '--read-write' : '--read-only', '--print-number', '--description', o.description];
+      const args = [
+        'create',
+        '--from',
+        String(o.from),
+        o.readWrite ? '--read-write' : '--read-only',
+        '--print-number',
+        '--description',
+        o.description,
+      ];
       if (o.cleanup) args.push('--cleanup-algorithm', o.cleanup);
       if (o.userdata && Object.keys(o.userdata).length) args.push('--userdata', formatUserdata(o.userdata));
       const r = await sn(args);
       const n = Number(r.stdout.trim());
-      if (!Number.isInteger(n) || n <= 0) throw new SnapperError(`snapper create printed '${r.stdout.trim()}' instead of a snapshot number`);
+      if (!Number.isInteger(n) || n <= 0)
+        throw new SnapperError(`snapper create printed '${r.stdout.trim()}' instead of a snapshot number`);
       return n;
     },
     async modify(n, o) {

@@ -67,7 +67,10 @@ export function parseGetfattrDump(text: string): Map<string, Record<string, Buff
 /** All xattrs (every namespace) of every file below `root`, keyed by absolute path; files without any are absent. */
 export async function dumpTreeXattrs(root: string): Promise<Map<string, Record<string, Buffer>>> {
   // Exit code 1 with "Operation not supported" happens on filesystems without xattrs: then there are none.
-  const r = await run('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', root], { okExitCodes: [0, 1], timeout: 3_600_000 });
+  const r = await run('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', root], {
+    okExitCodes: [0, 1],
+    timeout: 3_600_000,
+  });
   if (r.exitCode === 1 && !/not supported/i.test(r.stderr)) {
     // Some entries could not be read: surface it rather than silently miss labels.
     throw new CommandFailedError(['getfattr', '-R', root], 1, r.stderr.slice(-2000));
@@ -80,7 +83,9 @@ export async function getXattrs(paths: readonly string[]): Promise<Map<string, R
   const out = new Map<string, Record<string, Buffer>>();
   for (let i = 0; i < paths.length; i += 500) {
     const chunk = paths.slice(i, i + 500);
-    const r = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', ...chunk], { okExitCodes: [0, 1] });
+    const r = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', ...chunk], {
+      okExitCodes: [0, 1],
+    });
     for (const [k, v] of parseGetfattrDump(r.stdout)) out.set(k, v);
   }
   return out;
@@ -136,12 +141,28 @@ function unquoteBytes(s: Buffer): Buffer {
  * (latin1) string, '' for root itself, so names that are not UTF-8 survive; the bundle builder
  * keys tar names that way. Lists are sorted by attribute name.
  */
-export async function readTreeXattrs(root: string, opts: { signal?: AbortSignal } = {}): Promise<Map<string, [string, Buffer][]>> {
-  const r = await run('getfattr', ['--recursive', '--no-dereference', '--physical', '--dump', '--match=-', '--encoding=base64', '--absolute-names', root], {
-    binary: true,
-    signal: opts.signal,
-    timeout: 3_600_000,
-  });
+export async function readTreeXattrs(
+  root: string,
+  opts: { signal?: AbortSignal } = {},
+): Promise<Map<string, [string, Buffer][]>> {
+  const r = await run(
+    'getfattr',
+    [
+      '--recursive',
+      '--no-dereference',
+      '--physical',
+      '--dump',
+      '--match=-',
+      '--encoding=base64',
+      '--absolute-names',
+      root,
+    ],
+    {
+      binary: true,
+      signal: opts.signal,
+      timeout: 3_600_000,
+    },
+  );
   const out = new Map<string, [string, Buffer][]>();
   const text = Buffer.from(r.stdoutBytes ?? new Uint8Array());
   const rootBytes = Buffer.from(root.replace(/\/+$/, ''), 'utf8');

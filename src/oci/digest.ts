@@ -14,12 +14,21 @@ export class InvalidDigestError extends TiuError {
 }
 export class DigestMismatchError extends TiuError {
   constructor(expected: string, actual: string, what = 'content') {
-    super('DIGEST_MISMATCH', `${what} ${expected} does not match its digest (got ${actual})`, { expected, actual, what });
+    super('DIGEST_MISMATCH', `${what} ${expected} does not match its digest (got ${actual})`, {
+      expected,
+      actual,
+      what,
+    });
   }
 }
 export class SizeMismatchError extends TiuError {
   constructor(digest: string, expected: number, actual: number, what = 'content') {
-    super('SIZE_MISMATCH', `${what} ${digest}: expected ${expected} bytes, got ${actual}`, { digest, expected, actual, what });
+    super('SIZE_MISMATCH', `${what} ${digest}: expected ${expected} bytes, got ${actual}`, {
+      digest,
+      expected,
+      actual,
+      what,
+    });
   }
 }
 /** More bytes arrived than the descriptor's size: never trust them. */
@@ -145,7 +154,11 @@ export class VerifyingStream extends Transform {
  * a VerifyingStream of that digest and size (hashing it twice would only cost CPU), otherwise
  * `content` piped through a new one (errors of `content` are passed on).
  */
-export function verifiedStream(content: Readable, desc: Pick<Descriptor, 'digest' | 'size'>, what = 'content'): VerifyingStream {
+export function verifiedStream(
+  content: Readable,
+  desc: Pick<Descriptor, 'digest' | 'size'>,
+  what = 'content',
+): VerifyingStream {
   if (content instanceof VerifyingStream && content.verifies(desc)) return content;
   const v = new VerifyingStream(desc, what);
   content.on('error', (e) => v.destroy(e));

@@ -40,7 +40,8 @@ export type ImageReference = DockerReference | LayoutReference;
 
 const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[\w][\w.-]{0,127}$/;
-const HOST = /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$/;
+const HOST =
+  /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$/;
 
 export function parseReference(input: string): ImageReference {
   if (input.startsWith('docker://')) return parseDockerName(input.slice('docker://'.length), input);
@@ -50,7 +51,10 @@ export function parseReference(input: string): ImageReference {
   if (scheme && !input.slice(0, input.indexOf('/') >>> 0).includes('.') && !['localhost'].includes(scheme[1]!)) {
     // `containers-storage:`, `dir:` ... are transports tiu does not speak (a host:port has a digit after ':').
     if (!input.includes('/') || input.indexOf(':') < input.indexOf('/')) {
-      throw new InvalidReferenceError(input, `transport '${scheme[1]}' is not supported (use docker://, oci: or oci-archive:)`);
+      throw new InvalidReferenceError(
+        input,
+        `transport '${scheme[1]}' is not supported (use docker://, oci: or oci-archive:)`,
+      );
     }
   }
   return parseDockerName(input, input);
@@ -65,7 +69,8 @@ function parseLayout(transport: 'oci' | 'oci-archive', rest: string, input: stri
   if (name === undefined || name === '') return { transport, path };
   if (isDigest(name)) return { transport, path, digest: name };
   if (name.startsWith('sha256:')) throw new InvalidReferenceError(input, 'malformed digest');
-  if (/[\s/]/.test(name) || name.length > 255) throw new InvalidReferenceError(input, `invalid tag ${JSON.stringify(name)}`);
+  if (/[\s/]/.test(name) || name.length > 255)
+    throw new InvalidReferenceError(input, `invalid tag ${JSON.stringify(name)}`);
   return { transport, path, tag: name };
 }
 
@@ -91,10 +96,14 @@ function parseDockerName(name: string, input: string): DockerReference {
   const parts = rest.split('/');
   let registry = DOCKER_HUB;
   const first = parts[0]!;
-  if (parts.length > 1 && (first.includes('.') || first.includes(':') || first === 'localhost' || first.startsWith('['))) {
+  if (
+    parts.length > 1 &&
+    (first.includes('.') || first.includes(':') || first === 'localhost' || first.startsWith('['))
+  ) {
     registry = first;
     parts.shift();
-    if (!HOST.test(registry)) throw new InvalidReferenceError(input, `invalid registry host ${JSON.stringify(registry)}`);
+    if (!HOST.test(registry))
+      throw new InvalidReferenceError(input, `invalid registry host ${JSON.stringify(registry)}`);
   }
   if (registry === 'index.docker.io' || registry === 'registry-1.docker.io') registry = DOCKER_HUB;
   if (parts.length === 0 || parts.some((p) => !COMPONENT.test(p))) {
@@ -102,7 +111,8 @@ function parseDockerName(name: string, input: string): DockerReference {
   }
   if (registry === DOCKER_HUB && parts.length === 1) parts.unshift('library');
   const repository = parts.join('/');
-  if (registry.length + 1 + repository.length > 255) throw new InvalidReferenceError(input, 'name longer than 255 characters');
+  if (registry.length + 1 + repository.length > 255)
+    throw new InvalidReferenceError(input, 'name longer than 255 characters');
   const ref: DockerReference = { transport: 'docker', registry, repository };
   if (tag !== undefined) ref.tag = tag;
   if (digest !== undefined) ref.digest = digest;

@@ -8,7 +8,14 @@ import type { Readable } from 'node:stream';
 import { TiuError } from '../errors.ts';
 import { InvalidManifestError, ManifestTooLargeError } from '../content/errors.ts';
 import { isDigest } from './digest.ts';
-import { INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType, isIndexType, isManifestType } from './mediatypes.ts';
+import {
+  INDEX_MEDIA_TYPES,
+  MANIFEST_MEDIA_TYPES,
+  MAX_MANIFEST_BYTES,
+  MediaType,
+  isIndexType,
+  isManifestType,
+} from './mediatypes.ts';
 import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, Platform } from './types.ts';
 
 export { InvalidManifestError, ManifestTooLargeError };
@@ -20,7 +27,11 @@ export class InvalidConfigError extends TiuError {
 }
 export class MediaTypeMismatchError extends TiuError {
   constructor(expected: string, actual: string, where: string) {
-    super('MEDIA_TYPE_MISMATCH', `${where}: media type ${actual} where ${expected} was expected`, { expected, actual, where });
+    super('MEDIA_TYPE_MISMATCH', `${where}: media type ${actual} where ${expected} was expected`, {
+      expected,
+      actual,
+      where,
+    });
   }
 }
 
@@ -59,7 +70,8 @@ function checkStringMap(v: unknown, field: string, fail: Fail): Record<string, s
 function checkPlatform(v: unknown, field: string, fail: Fail): Platform | undefined {
   if (v === undefined) return undefined;
   if (!isObject(v)) fail(`${field} must be an object`);
-  if (typeof v.architecture !== 'string' || v.architecture === '') fail(`${field}.architecture must be a non-empty string`);
+  if (typeof v.architecture !== 'string' || v.architecture === '')
+    fail(`${field}.architecture must be a non-empty string`);
   if (typeof v.os !== 'string' || v.os === '') fail(`${field}.os must be a non-empty string`);
   for (const k of ['os.version', 'variant']) {
     if (v[k] !== undefined && typeof v[k] !== 'string') fail(`${field}.${k} must be a string`);
@@ -75,9 +87,14 @@ function checkPlatform(v: unknown, field: string, fail: Fail): Platform | undefi
  * Check one descriptor. `field` names it in messages (e.g. `layers[2]`). Throws
  * INVALID_MANIFEST by default; `fail` lets callers raise their own error type.
  */
-export function validateDescriptor(v: unknown, field = 'descriptor', fail: Fail = failManifest('descriptor')): Descriptor {
+export function validateDescriptor(
+  v: unknown,
+  field = 'descriptor',
+  fail: Fail = failManifest('descriptor'),
+): Descriptor {
   if (!isObject(v)) fail(`${field} must be an object`);
-  if (!isValidMediaType(v.mediaType)) fail(`${field}.mediaType must be a media type, got ${JSON.stringify(v.mediaType)?.slice(0, 80)}`);
+  if (!isValidMediaType(v.mediaType))
+    fail(`${field}.mediaType must be a media type, got ${JSON.stringify(v.mediaType)?.slice(0, 80)}`);
   if (typeof v.digest !== 'string' || !isDigest(v.digest)) {
     fail(`${field}.digest is not a valid digest: ${JSON.stringify(v.digest)?.slice(0, 100)}`);
   }
@@ -93,7 +110,8 @@ export function validateDescriptor(v: unknown, field = 'descriptor', fail: Fail 
     fail(`${field}.data must be base64`);
   }
   checkPlatform(v.platform, `${field}.platform`, fail);
-  if (v.artifactType !== undefined && !isValidMediaType(v.artifactType)) fail(`${field}.artifactType must be a media type`);
+  if (v.artifactType !== undefined && !isValidMediaType(v.artifactType))
+    fail(`${field}.artifactType must be a media type`);
   return v as unknown as Descriptor;
 }
 
@@ -110,14 +128,21 @@ function parseCappedJson(bytes: Uint8Array, limit: number, fail: Fail, tooLarge:
   return v;
 }
 
-function checkDocMediaType(doc: Record<string, unknown>, expected: string | undefined, allowed: readonly string[], where: string, fail: Fail): void {
+function checkDocMediaType(
+  doc: Record<string, unknown>,
+  expected: string | undefined,
+  allowed: readonly string[],
+  where: string,
+  fail: Fail,
+): void {
   const own = doc.mediaType;
   if (own !== undefined && typeof own !== 'string') fail('mediaType must be a string');
   if (typeof own === 'string' && !allowed.includes(own)) {
     throw new MediaTypeMismatchError(allowed.join(' or '), own, where);
   }
   if (expected !== undefined) {
-    if (!allowed.includes(expected)) throw new MediaTypeMismatchError(allowed.join(' or '), expected, `${where} (descriptor)`);
+    if (!allowed.includes(expected))
+      throw new MediaTypeMismatchError(allowed.join(' or '), expected, `${where} (descriptor)`);
     if (typeof own === 'string' && own !== expected) throw new MediaTypeMismatchError(expected, own, where);
     // Docker schema 2 documents always carry their mediaType; OCI ones may omit it.
     if (own === undefined && (expected === MediaType.DockerManifest || expected === MediaType.DockerManifestList)) {
@@ -137,7 +162,11 @@ export function parseManifestBytes(bytes: Uint8Array, expectedMediaType?: string
   });
   if (doc.schemaVersion !== 2) fail(`schemaVersion must be 2, got ${JSON.stringify(doc.schemaVersion)}`);
   if (doc.manifests !== undefined && doc.config === undefined) {
-    throw new MediaTypeMismatchError(MediaType.OciManifest, typeof doc.mediaType === 'string' ? doc.mediaType : 'an index', 'manifest');
+    throw new MediaTypeMismatchError(
+      MediaType.OciManifest,
+      typeof doc.mediaType === 'string' ? doc.mediaType : 'an index',
+      'manifest',
+    );
   }
   checkDocMediaType(doc, expectedMediaType, MANIFEST_MEDIA_TYPES, 'manifest', fail);
   validateDescriptor(doc.config, 'config', fail);
@@ -157,7 +186,11 @@ export function parseIndexBytes(bytes: Uint8Array, expectedMediaType?: string): 
   });
   if (doc.schemaVersion !== 2) fail(`schemaVersion must be 2, got ${JSON.stringify(doc.schemaVersion)}`);
   if (doc.manifests === undefined && doc.config !== undefined) {
-    throw new MediaTypeMismatchError(MediaType.OciIndex, typeof doc.mediaType === 'string' ? doc.mediaType : 'a manifest', 'index');
+    throw new MediaTypeMismatchError(
+      MediaType.OciIndex,
+      typeof doc.mediaType === 'string' ? doc.mediaType : 'a manifest',
+      'index',
+    );
   }
   checkDocMediaType(doc, expectedMediaType, INDEX_MEDIA_TYPES, 'index', fail);
   if (!Array.isArray(doc.manifests)) fail('manifests must be an array');
@@ -168,7 +201,9 @@ export function parseIndexBytes(bytes: Uint8Array, expectedMediaType?: string): 
   return doc as unknown as ImageIndex;
 }
 
-export type ParsedManifest = { kind: 'manifest'; mediaType: string; manifest: ImageManifest } | { kind: 'index'; mediaType: string; index: ImageIndex };
+export type ParsedManifest =
+  | { kind: 'manifest'; mediaType: string; manifest: ImageManifest }
+  | { kind: 'index'; mediaType: string; index: ImageIndex };
 
 /**
  * Parse a manifest or an index. With a media type (from a descriptor or Content-Type) it must
@@ -200,7 +235,9 @@ export function parseConfigBytes(bytes: Uint8Array): ImageConfig {
     throw new InvalidConfigError(why);
   };
   const doc = parseCappedJson(bytes, MAX_CONFIG_BYTES, fail, () => {
-    throw new InvalidConfigError(`config of ${bytes.length} bytes exceeds the limit of ${MAX_CONFIG_BYTES}`, { size: bytes.length });
+    throw new InvalidConfigError(`config of ${bytes.length} bytes exceeds the limit of ${MAX_CONFIG_BYTES}`, {
+      size: bytes.length,
+    });
   });
   if (typeof doc.architecture !== 'string' || doc.architecture === '') fail('architecture must be a non-empty string');
   if (typeof doc.os !== 'string' || doc.os === '') fail('os must be a non-empty string');
@@ -220,7 +257,8 @@ export function parseConfigBytes(bytes: Uint8Array): ImageConfig {
     checkStringMap(cfg.Labels ?? undefined, 'config.Labels', fail);
     for (const k of ['Env', 'Entrypoint', 'Cmd']) {
       const v = cfg[k];
-      if (v !== undefined && v !== null && (!Array.isArray(v) || v.some((x) => typeof x !== 'string'))) fail(`config.${k} must be an array of strings`);
+      if (v !== undefined && v !== null && (!Array.isArray(v) || v.some((x) => typeof x !== 'string')))
+        fail(`config.${k} must be an array of strings`);
     }
   }
   if (doc.history !== undefined && !Array.isArray(doc.history)) fail('history must be an array');

@@ -15,7 +15,11 @@ import { openRegistryTarget, type RegistryClientOptions } from './registry/index
 
 export class UnsupportedTransportError extends TiuError {
   constructor(transport: string, input: string) {
-    super('UNSUPPORTED_TRANSPORT', `transport ${transport} is not available in this build (reference ${JSON.stringify(input)})`, { transport, reference: input });
+    super(
+      'UNSUPPORTED_TRANSPORT',
+      `transport ${transport} is not available in this build (reference ${JSON.stringify(input)})`,
+      { transport, reference: input },
+    );
   }
 }
 
@@ -48,7 +52,11 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
       return { target, name, ref };
     }
     case 'oci-archive': {
-      const target = await OciArchiveTarget.open(ref.path, { create: opts.forWrite === true, name: `oci-archive:${ref.path}`, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}) });
+      const target = await OciArchiveTarget.open(ref.path, {
+        create: opts.forWrite === true,
+        name: `oci-archive:${ref.path}`,
+        ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}),
+      });
       return { target, name, ref };
     }
     case 'docker':

@@ -34,12 +34,21 @@ export function pae(payloadType: string, payload: Buffer): Buffer {
 /** The key hint cosign-style tools use: base64 of SHA-256 over the SPKI DER. */
 export function keyHint(key: KeyObject): string {
   const pub = key.type === 'private' ? publicOf(key) : key;
-  return createHash('sha256').update(pub.export({ format: 'der', type: 'spki' })).digest('base64');
+  return createHash('sha256')
+    .update(pub.export({ format: 'der', type: 'spki' }))
+    .digest('base64');
 }
 
 export function makeStatement(dockerReference: string, digest: Digest): Buffer {
   const { algorithm, hex } = parseDigest(digest);
-  return Buffer.from(JSON.stringify({ _type: STATEMENT_TYPE, subject: [{ name: dockerReference, digest: { [algorithm]: hex } }], predicateType: COSIGN_SIGN_PREDICATE, predicate: {} }));
+  return Buffer.from(
+    JSON.stringify({
+      _type: STATEMENT_TYPE,
+      subject: [{ name: dockerReference, digest: { [algorithm]: hex } }],
+      predicateType: COSIGN_SIGN_PREDICATE,
+      predicate: {},
+    }),
+  );
 }
 
 export function makeBundle(key: KeyObject, dockerReference: string, digest: Digest): Buffer {
@@ -48,8 +57,16 @@ export function makeBundle(key: KeyObject, dockerReference: string, digest: Dige
   return Buffer.from(
     JSON.stringify({
       mediaType: BUNDLE_MEDIA_TYPE,
-      verificationMaterial: { publicKey: { hint: keyHint(key) }, tlogEntries: [], timestampVerificationData: { rfc3161Timestamps: [] } },
-      dsseEnvelope: { payload: statement.toString('base64'), payloadType: IN_TOTO_PAYLOAD_TYPE, signatures: [{ sig: sig.toString('base64'), keyid: '' }] },
+      verificationMaterial: {
+        publicKey: { hint: keyHint(key) },
+        tlogEntries: [],
+        timestampVerificationData: { rfc3161Timestamps: [] },
+      },
+      dsseEnvelope: {
+        payload: statement.toString('base64'),
+        payloadType: IN_TOTO_PAYLOAD_TYPE,
+        signatures: [{ sig: sig.toString('base64'), keyid: '' }],
+      },
     }),
   );
 }
@@ -57,7 +74,12 @@ export function makeBundle(key: KeyObject, dockerReference: string, digest: Dige
 const EMPTY_CONFIG = Buffer.from('{}');
 
 /** Store `bundle` as a referrer of `subject`. Returns the referrer manifest's descriptor. */
-export async function attachBundle(target: Target, subject: Descriptor, bundle: Buffer, created = new Date()): Promise<Descriptor> {
+export async function attachBundle(
+  target: Target,
+  subject: Descriptor,
+  bundle: Buffer,
+  created = new Date(),
+): Promise<Descriptor> {
   const layer = descriptorOf(BUNDLE_MEDIA_TYPE, bundle);
   const { algorithm, hex } = parseDigest(layer.digest);
   layer.annotations = { [Annotation.Title]: `${algorithm}-${hex}.sigstore.json` };
@@ -71,7 +93,11 @@ export async function attachBundle(target: Target, subject: Descriptor, bundle: 
     config,
     layers: [layer],
     subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
-    annotations: { 'dev.sigstore.bundle.content': 'dsse-envelope', 'dev.sigstore.bundle.predicateType': COSIGN_SIGN_PREDICATE, [Annotation.Created]: created.toISOString() },
+    annotations: {
+      'dev.sigstore.bundle.content': 'dsse-envelope',
+      'dev.sigstore.bundle.predicateType': COSIGN_SIGN_PREDICATE,
+      [Annotation.Created]: created.toISOString(),
+    },
   };
   const bytes = Buffer.from(JSON.stringify(manifest));
   const desc = descriptorOf(MediaType.OciManifest, bytes, { artifactType: BUNDLE_MEDIA_TYPE });
@@ -97,7 +123,13 @@ export function verifyBundle(bytes: Buffer, keys: KeyObject[]): { claims: Bundle
     return null;
   }
   const env = doc.dsseEnvelope;
-  if (!env || typeof env.payload !== 'string' || env.payloadType !== IN_TOTO_PAYLOAD_TYPE || !Array.isArray(env.signatures)) return null;
+  if (
+    !env ||
+    typeof env.payload !== 'string' ||
+    env.payloadType !== IN_TOTO_PAYLOAD_TYPE ||
+    !Array.isArray(env.signatures)
+  )
+    return null;
   const payload = Buffer.from(env.payload, 'base64');
   const signed = pae(IN_TOTO_PAYLOAD_TYPE, payload);
   let keyIndex = -1;
@@ -114,17 +146,22 @@ export function verifyBundle(bytes: Buffer, keys: KeyObject[]): { claims: Bundle
   } catch {
     return null;
   }
-  if (st._type !== STATEMENT_TYPE || st.predicateType !== COSIGN_SIGN_PREDICATE || !Array.isArray(st.subject)) return null;
+  if (st._type !== STATEMENT_TYPE || st.predicateType !== COSIGN_SIGN_PREDICATE || !Array.isArray(st.subject))
+    return null;
   const claims: BundleClaim[] = [];
   for (const s of st.subject as { name?: unknown; digest?: Record<string, unknown> }[]) {
     if (typeof s?.name !== 'string' || typeof s.digest !== 'object' || s.digest === null) continue;
-    for (const [alg, hex] of Object.entries(s.digest)) if (typeof hex === 'string') claims.push({ dockerReference: s.name, digest: `${alg}:${hex}` });
+    for (const [alg, hex] of Object.entries(s.digest))
+      if (typeof hex === 'string') claims.push({ dockerReference: s.name, digest: `${alg}:${hex}` });
   }
   return { claims, keyIndex };
 }
 
 /** The bundle bytes of every sigstore-bundle referrer of `subject` (targets without referrers give none). */
-export async function listBundles(target: Target, subject: Descriptor): Promise<{ manifest: Descriptor; bundle?: Buffer }[]> {
+export async function listBundles(
+  target: Target,
+  subject: Descriptor,
+): Promise<{ manifest: Descriptor; bundle?: Buffer }[]> {
   if (!target.referrers) return [];
   const out: { manifest: Descriptor; bundle?: Buffer }[] = [];
   for (const d of (await target.referrers(subject, BUNDLE_MEDIA_TYPE)).slice(0, MAX_BUNDLES)) {

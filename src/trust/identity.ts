@@ -52,7 +52,11 @@ export function imageIdentityOf(ref: DockerReference): DockerReference {
  * identity is `image` (undefined when the image has no docker identity, e.g. an OCI layout)?
  * Returns null when it does, else the reason.
  */
-export function identityMismatch(rule: SignedIdentity, image: DockerReference | undefined, signatureReference: string): string | null {
+export function identityMismatch(
+  rule: SignedIdentity,
+  image: DockerReference | undefined,
+  signatureReference: string,
+): string | null {
   if (rule.type === 'any') return null;
   const sig = parseDockerName(signatureReference);
   if (!sig) return `the signed docker-reference ${JSON.stringify(signatureReference)} is not a valid image name`;
@@ -71,7 +75,8 @@ export function identityMismatch(rule: SignedIdentity, image: DockerReference | 
     default:
       break;
   }
-  if (!image) return `the image has no docker identity to compare the signed ${show(sig)} with (give one with --identity)`;
+  if (!image)
+    return `the image has no docker identity to compare the signed ${show(sig)} with (give one with --identity)`;
   const id = imageIdentityOf(image);
   switch (rule.type) {
     case 'matchExact':
@@ -82,7 +87,9 @@ export function identityMismatch(rule: SignedIdentity, image: DockerReference | 
       return repoDigestOrExact(id, sig) ? null : `signed for ${show(sig)}, not for ${show(id)}`;
     case 'remapIdentity': {
       const remapped = remap(id, rule.prefix, rule.signedPrefix);
-      return repoDigestOrExact(remapped, sig) ? null : `signed for ${show(sig)}, not for ${show(remapped)} (${show(id)} remapped)`;
+      return repoDigestOrExact(remapped, sig)
+        ? null
+        : `signed for ${show(sig)}, not for ${show(remapped)} (${show(id)} remapped)`;
     }
   }
 }

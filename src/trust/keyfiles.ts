@@ -10,7 +10,8 @@ async function createSecretFile(path: string, content: string): Promise<void> {
   try {
     fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new TrustError('KEY_EXISTS', `${path} already exists (use --force to replace it)`, { path });
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST')
+      throw new TrustError('KEY_EXISTS', `${path} already exists (use --force to replace it)`, { path });
     throw e;
   }
   try {
@@ -31,7 +32,8 @@ export async function writeKeyPair(prefix: string, passphrase: string, force = f
   const privPath = `${prefix}.key`;
   const pubPath = `${prefix}.pub`;
   if (force) {
-    for (const p of [privPath, pubPath]) await unlink(p).catch((e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? undefined : Promise.reject(e)));
+    for (const p of [privPath, pubPath])
+      await unlink(p).catch((e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? undefined : Promise.reject(e)));
   }
   const kp = await generateKeyPair(passphrase);
   await createSecretFile(privPath, kp.privatePem);
@@ -48,7 +50,11 @@ async function readKeyFile(path: string): Promise<string> {
   try {
     return await readFile(path, 'utf8');
   } catch (e) {
-    throw new TrustError('KEY_INVALID', `key file ${path} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, { path });
+    throw new TrustError(
+      'KEY_INVALID',
+      `key file ${path} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+      { path },
+    );
   }
 }
 

@@ -11,7 +11,16 @@
  * ("ENCRYPTED PRIVATE KEY") PEM are read too.
  * Public key: PEM "PUBLIC KEY" (SPKI). Generated keys are ECDSA P-256.
  */
-import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, scrypt, sign, verify, type KeyObject } from 'node:crypto';
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  randomBytes,
+  scrypt,
+  sign,
+  verify,
+  type KeyObject,
+} from 'node:crypto';
 import { xsalsa20poly1305 } from '@noble/ciphers/salsa.js';
 import { TrustError } from './errors.ts';
 import { pemDecodeAll, pemEncode } from './pem.ts';
@@ -25,10 +34,16 @@ const BOX_KEY_BYTES = 32;
 /** Largest work factor accepted from a key file (a hostile file must not make us allocate GBs). */
 const MAX_SCRYPT_N = 1 << 20;
 
-async function deriveKey(passphrase: string, salt: Uint8Array, params: { N: number; r: number; p: number }): Promise<Buffer> {
+async function deriveKey(
+  passphrase: string,
+  salt: Uint8Array,
+  params: { N: number; r: number; p: number },
+): Promise<Buffer> {
   const maxmem = 128 * params.N * params.r * params.p + 32 * 1024 * 1024;
   return new Promise((resolve, reject) => {
-    scrypt(Buffer.from(passphrase, 'utf8'), salt, BOX_KEY_BYTES, { ...params, maxmem }, (err, key) => (err ? reject(err) : resolve(key)));
+    scrypt(Buffer.from(passphrase, 'utf8'), salt, BOX_KEY_BYTES, { ...params, maxmem }, (err, key) =>
+      err ? reject(err) : resolve(key),
+    );
   });
 }
 
@@ -96,14 +111,31 @@ export async function decryptCosignKey(json: Buffer, passphrase: string, source 
   if (!isObject(doc) || !isObject(doc.kdf) || !isObject(doc.cipher) || !isObject(doc.kdf.params)) {
     throw new TrustError('KEY_INVALID', `${source}: the encrypted key lacks kdf/cipher`, { source });
   }
-  if (doc.kdf.name !== 'scrypt') throw new TrustError('KEY_UNSUPPORTED', `${source}: kdf ${JSON.stringify(doc.kdf.name)} is not scrypt`, { source });
+  if (doc.kdf.name !== 'scrypt')
+    throw new TrustError('KEY_UNSUPPORTED', `${source}: kdf ${JSON.stringify(doc.kdf.name)} is not scrypt`, { source });
   if (doc.cipher.name !== 'nacl/secretbox') {
-    throw new TrustError('KEY_UNSUPPORTED', `${source}: cipher ${JSON.stringify(doc.cipher.name)} is not nacl/secretbox`, { source });
+    throw new TrustError(
+      'KEY_UNSUPPORTED',
+      `${source}: cipher ${JSON.stringify(doc.cipher.name)} is not nacl/secretbox`,
+      { source },
+    );
   }
   const { N, r, p } = doc.kdf.params;
-  const okInt = (x: unknown, max: number): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 1 && x <= max;
-  if (!okInt(N, MAX_SCRYPT_N) || (N & (N - 1)) !== 0 || N < 2 || !okInt(r, 32) || !okInt(p, 16) || 128 * N * r * p > 256 * 1024 * 1024) {
-    throw new TrustError('KEY_UNSUPPORTED', `${source}: scrypt parameters N=${String(N)} r=${String(r)} p=${String(p)} are out of range`, { source });
+  const okInt = (x: unknown, max: number): x is number =>
+    typeof x === 'number' && Number.isInteger(x) && x >= 1 && x <= max;
+  if (
+    !okInt(N, MAX_SCRYPT_N) ||
+    (N & (N - 1)) !== 0 ||
+    N < 2 ||
+    !okInt(r, 32) ||
+    !okInt(p, 16) ||
+    128 * N * r * p > 256 * 1024 * 1024
+  ) {
+    throw new TrustError(
+      'KEY_UNSUPPORTED',
+      `${source}: scrypt parameters N=${String(N)} r=${String(r)} p=${String(p)} are out of range`,
+      { source },
+    );
   }
   const salt = b64field(doc.kdf.salt, 'kdf.salt', source);
   const nonce = b64field(doc.cipher.nonce, 'cipher.nonce', source, NONCE_BYTES);
@@ -120,14 +152,20 @@ export async function decryptCosignKey(json: Buffer, passphrase: string, source 
 
 /** Does this PEM text need a passphrase to load? */
 export function isEncryptedKey(pem: string): boolean {
-  return pemDecodeAll(pem).some((b) => b.label === SIGSTORE_KEY_LABEL || b.label === COSIGN_KEY_LABEL || b.label === 'ENCRYPTED PRIVATE KEY');
+  return pemDecodeAll(pem).some(
+    (b) => b.label === SIGSTORE_KEY_LABEL || b.label === COSIGN_KEY_LABEL || b.label === 'ENCRYPTED PRIVATE KEY',
+  );
 }
 
 /**
  * Load a private key from PEM text. `passphrase` is called only for encrypted keys.
  * `source` names the key in messages (a path, never the content).
  */
-export async function loadPrivateKey(pem: string, passphrase: () => Promise<string>, source = 'private key'): Promise<KeyObject> {
+export async function loadPrivateKey(
+  pem: string,
+  passphrase: () => Promise<string>,
+  source = 'private key',
+): Promise<KeyObject> {
   const blocks = pemDecodeAll(pem);
   const block = blocks.find((b) => /PRIVATE KEY$/.test(b.label));
   if (!block) throw new TrustError('KEY_INVALID', `${source}: no PEM private key block`, { source });
@@ -150,7 +188,11 @@ export async function loadPrivateKey(pem: string, passphrase: () => Promise<stri
     } else if (block.label === 'PRIVATE KEY' || block.label === 'EC PRIVATE KEY') {
       key = createPrivateKey({ key: pemEncode(block.label, block.der), format: 'pem' });
     } else {
-      throw new TrustError('KEY_INVALID', `${source}: PEM label ${JSON.stringify(block.label)} is not a private key tiu reads`, { source });
+      throw new TrustError(
+        'KEY_INVALID',
+        `${source}: PEM label ${JSON.stringify(block.label)} is not a private key tiu reads`,
+        { source },
+      );
     }
   } catch (e) {
     if (e instanceof TrustError) throw e;
@@ -183,7 +225,11 @@ function checkKeyKind(key: KeyObject, source: string): void {
   if (t === 'ec') {
     const curve = key.asymmetricKeyDetails?.namedCurve;
     if (curve === 'prime256v1' || curve === 'secp384r1' || curve === 'secp521r1') return;
-    throw new TrustError('KEY_UNSUPPORTED', `${source}: EC curve ${String(curve)} is not supported (P-256, P-384, P-521)`, { source });
+    throw new TrustError(
+      'KEY_UNSUPPORTED',
+      `${source}: EC curve ${String(curve)} is not supported (P-256, P-384, P-521)`,
+      { source },
+    );
   }
   if (t === 'rsa' || t === 'ed25519') return;
   throw new TrustError('KEY_UNSUPPORTED', `${source}: ${String(t)} keys are not supported`, { source });

@@ -5,7 +5,13 @@
  */
 import type { KeyObject } from 'node:crypto';
 import type { Target } from '../content/interfaces.ts';
-import { type DockerReference, type ImageReference, dockerName, formatReference, referenceName } from '../oci/reference.ts';
+import {
+  type DockerReference,
+  type ImageReference,
+  dockerName,
+  formatReference,
+  referenceName,
+} from '../oci/reference.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { TiuError } from '../errors.ts';
 import { TrustError } from './errors.ts';
@@ -32,7 +38,11 @@ export async function resolveRoot(o: Opened): Promise<Descriptor> {
 export function parseIdentityOption(value: string | undefined): DockerReference | undefined {
   if (value === undefined) return undefined;
   const r = parseDockerName(value);
-  if (!r) throw new TrustError('IDENTITY_REQUIRED', `--identity ${JSON.stringify(value)} is not an image name (host/repository[:tag])`);
+  if (!r)
+    throw new TrustError(
+      'IDENTITY_REQUIRED',
+      `--identity ${JSON.stringify(value)} is not an image name (host/repository[:tag])`,
+    );
   return r;
 }
 
@@ -42,7 +52,11 @@ export function parseIdentityOption(value: string | undefined): DockerReference 
  */
 export function claimedReference(ref: ImageReference, identity?: DockerReference): string {
   const r = identity ?? (ref.transport === 'docker' ? ref : undefined);
-  if (!r) throw new TrustError('IDENTITY_REQUIRED', `${formatReference(ref)} has no registry name: say which image it is with --identity host/repository:tag`);
+  if (!r)
+    throw new TrustError(
+      'IDENTITY_REQUIRED',
+      `${formatReference(ref)} has no registry name: say which image it is with --identity host/repository:tag`,
+    );
   if (r.tag !== undefined) return `${dockerName(r, false)}:${r.tag}`;
   return dockerName(r, false);
 }
@@ -53,10 +67,18 @@ export interface SignOutcome extends SignResult {
   dockerReference: string;
 }
 
-export async function signReference(o: Opened, key: KeyObject, opts: { identity?: DockerReference; annotations?: Record<string, string>; bundle?: boolean } = {}): Promise<SignOutcome> {
+export async function signReference(
+  o: Opened,
+  key: KeyObject,
+  opts: { identity?: DockerReference; annotations?: Record<string, string>; bundle?: boolean } = {},
+): Promise<SignOutcome> {
   const dockerReference = claimedReference(o.ref, opts.identity);
   const root = await resolveRoot(o);
-  const r = await signImage(o.target, root, key, { dockerReference, annotations: opts.annotations, bundle: opts.bundle });
+  const r = await signImage(o.target, root, key, {
+    dockerReference,
+    annotations: opts.annotations,
+    bundle: opts.bundle,
+  });
   return { ...r, image: formatReference(o.ref), digest: root.digest, dockerReference };
 }
 
@@ -76,19 +98,45 @@ export interface VerifyOutcome {
  * references). An image with no docker identity (a layout without --identity) has its digest
  * and signature checked, not its name.
  */
-export async function verifyWithKeys(o: Opened, keys: KeyObject[], opts: { identity?: DockerReference; annotations?: Record<string, string> } = {}): Promise<VerifyOutcome> {
+export async function verifyWithKeys(
+  o: Opened,
+  keys: KeyObject[],
+  opts: { identity?: DockerReference; annotations?: Record<string, string> } = {},
+): Promise<VerifyOutcome> {
   const root = await resolveRoot(o);
   const imageIdentity = opts.identity ?? (o.ref.transport === 'docker' ? o.ref : undefined);
   const identity: SignedIdentity = imageIdentity ? { type: 'matchRepository' } : { type: 'any' };
-  const r = await verifyImageSignatures(o.target, root, { keys, identity, imageIdentity, annotations: opts.annotations });
-  return { image: formatReference(o.ref), digest: root.digest, mode: 'key', signatures: r.verified, identityRule: identity.type };
+  const r = await verifyImageSignatures(o.target, root, {
+    keys,
+    identity,
+    imageIdentity,
+    annotations: opts.annotations,
+  });
+  return {
+    image: formatReference(o.ref),
+    digest: root.digest,
+    mode: 'key',
+    signatures: r.verified,
+    identityRule: identity.type,
+  };
 }
 
-export async function verifyWithPolicy(o: Opened, policy: Policy, opts: { identity?: DockerReference } = {}): Promise<VerifyOutcome> {
+export async function verifyWithPolicy(
+  o: Opened,
+  policy: Policy,
+  opts: { identity?: DockerReference } = {},
+): Promise<VerifyOutcome> {
   const root = await resolveRoot(o);
   const d = await checkPolicy(policy, o.target, root, o.ref, { identity: opts.identity });
   const signatures = d.accepted.flatMap((a) => a.signatures ?? []);
-  return { image: formatReference(o.ref), digest: root.digest, mode: 'policy', signatures, identityRule: 'policy', policy: d };
+  return {
+    image: formatReference(o.ref),
+    digest: root.digest,
+    mode: 'policy',
+    signatures,
+    identityRule: 'policy',
+    policy: d,
+  };
 }
 
 /** `-a key=value` options to a record. */

@@ -20,7 +20,10 @@ export async function promptHidden(prompt: string): Promise<string> {
     fdOut = openSync('/dev/tty', 'w');
   } catch {
     if (fdIn >= 0) closeSync(fdIn);
-    throw new TrustError('PASSPHRASE_REQUIRED', 'a passphrase is needed: set COSIGN_PASSWORD (or TIU_PASSWORD), or run on a terminal');
+    throw new TrustError(
+      'PASSPHRASE_REQUIRED',
+      'a passphrase is needed: set COSIGN_PASSWORD (or TIU_PASSWORD), or run on a terminal',
+    );
   }
   // Two descriptors, one per stream: each stream closes its own.
   const input = new ReadStream(fdIn);

@@ -66,7 +66,8 @@ export function parsePayload(bytes: Uint8Array): SimpleSigningPayload {
   const ref = field(identity, 'docker-reference');
   const digest = field(image, 'docker-manifest-digest');
   if (typeof ref !== 'string') throw invalid('critical.identity.docker-reference is not a string');
-  if (typeof digest !== 'string' || !isDigest(digest)) throw invalid('critical.image.docker-manifest-digest is not a digest');
+  if (typeof digest !== 'string' || !isDigest(digest))
+    throw invalid('critical.image.docker-manifest-digest is not a digest');
   const optional = field(doc, 'optional');
   if (optional !== undefined && optional !== null && !isObject(optional)) throw invalid('"optional" is not an object');
   return { dockerReference: ref, manifestDigest: digest, optional: optional ?? null };

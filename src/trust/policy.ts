@@ -80,22 +80,28 @@ function parseIdentity(v: unknown, where: string, source: string): SignedIdentit
       onlyKeys(v, ['type', 'dockerReference'], w, source);
       const ref = str(v.dockerReference, `${w}.dockerReference`, source);
       const p = parseDockerName(ref);
-      if (!p || (p.tag === undefined && p.digest === undefined)) throw bad(source, `${w}.dockerReference ${JSON.stringify(ref)} must name a tag or digest`);
+      if (!p || (p.tag === undefined && p.digest === undefined))
+        throw bad(source, `${w}.dockerReference ${JSON.stringify(ref)} must name a tag or digest`);
       return { type: 'exactReference', dockerReference: ref };
     }
     case 'exactRepository': {
       onlyKeys(v, ['type', 'dockerRepository'], w, source);
       const repo = str(v.dockerRepository, `${w}.dockerRepository`, source);
       const p = parseDockerName(repo);
-      if (!p || p.tag !== undefined || p.digest !== undefined) throw bad(source, `${w}.dockerRepository ${JSON.stringify(repo)} must be a repository without tag or digest`);
+      if (!p || p.tag !== undefined || p.digest !== undefined)
+        throw bad(source, `${w}.dockerRepository ${JSON.stringify(repo)} must be a repository without tag or digest`);
       return { type: 'exactRepository', dockerRepository: repo };
     }
     case 'remapIdentity': {
       onlyKeys(v, ['type', 'prefix', 'signedPrefix'], w, source);
       const prefix = str(v.prefix, `${w}.prefix`, source);
       const signedPrefix = str(v.signedPrefix, `${w}.signedPrefix`, source);
-      for (const [n, x] of [['prefix', prefix], ['signedPrefix', signedPrefix]] as const) {
-        if (/[:@]/.test(x.replace(/^[^/]*/, '')) || x.endsWith('/')) throw bad(source, `${w}.${n} ${JSON.stringify(x)} must be a host, namespace or repository`);
+      for (const [n, x] of [
+        ['prefix', prefix],
+        ['signedPrefix', signedPrefix],
+      ] as const) {
+        if (/[:@]/.test(x.replace(/^[^/]*/, '')) || x.endsWith('/'))
+          throw bad(source, `${w}.${n} ${JSON.stringify(x)} must be a host, namespace or repository`);
       }
       return { type: 'remapIdentity', prefix, signedPrefix };
     }
@@ -121,7 +127,11 @@ function parseRequirement(v: unknown, where: string, source: string): PolicyRequ
       const rekor = ['rekorPublicKeyPath', 'rekorPublicKeyPaths', 'rekorPublicKeyData', 'rekorPublicKeyDatas'];
       onlyKeys(v, ['type', ...keyFields, ...otherRoots, ...rekor, 'signedIdentity'], where, source);
       const present = [...keyFields, ...otherRoots].filter((k) => v[k] !== undefined);
-      if (present.length !== 1) throw bad(source, `${where}: exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, pki must be set (found ${present.join(', ') || 'none'})`);
+      if (present.length !== 1)
+        throw bad(
+          source,
+          `${where}: exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, pki must be set (found ${present.join(', ') || 'none'})`,
+        );
       const keyPaths: string[] = [];
       const keyDatas: string[] = [];
       const list = (x: unknown, name: string): string[] => {
@@ -136,9 +146,16 @@ function parseRequirement(v: unknown, where: string, source: string): PolicyRequ
       if (v.keyPaths !== undefined) keyPaths.push(...list(v.keyPaths, 'keyPaths'));
       if (v.keyData !== undefined) keyDatas.push(decode(str(v.keyData, `${where}.keyData`, source), 'keyData'));
       if (v.keyDatas !== undefined) keyDatas.push(...list(v.keyDatas, 'keyDatas').map((d) => decode(d, 'keyDatas')));
-      const req: PolicyRequirement = { type: 'sigstoreSigned', keyPaths, keyDatas, signedIdentity: parseIdentity(v.signedIdentity, where, source) };
-      if (v.fulcio !== undefined || v.pki !== undefined) req.unsupported = 'sigstoreSigned with fulcio/pki (certificate-based, keyless) is not supported by tiu';
-      else if (rekor.some((k) => v[k] !== undefined)) req.unsupported = 'sigstoreSigned with a rekor requirement (transparency log) is not supported by tiu';
+      const req: PolicyRequirement = {
+        type: 'sigstoreSigned',
+        keyPaths,
+        keyDatas,
+        signedIdentity: parseIdentity(v.signedIdentity, where, source),
+      };
+      if (v.fulcio !== undefined || v.pki !== undefined)
+        req.unsupported = 'sigstoreSigned with fulcio/pki (certificate-based, keyless) is not supported by tiu';
+      else if (rekor.some((k) => v[k] !== undefined))
+        req.unsupported = 'sigstoreSigned with a rekor requirement (transparency log) is not supported by tiu';
       return req;
     }
     default:
@@ -161,7 +178,12 @@ export function parsePolicy(text: string, source = 'policy', baseDir = process.c
   if (!isObject(doc)) throw bad(source, 'not a JSON object');
   onlyKeys(doc, ['default', 'transports'], 'policy', source);
   if (doc.default === undefined) throw bad(source, '"default" is required');
-  const policy: Policy = { default: parseRequirements(doc.default, 'default', source), transports: {}, source, baseDir };
+  const policy: Policy = {
+    default: parseRequirements(doc.default, 'default', source),
+    transports: {},
+    source,
+    baseDir,
+  };
   if (doc.transports !== undefined) {
     if (!isObject(doc.transports)) throw bad(source, '"transports" must be an object');
     for (const [transport, scopes] of Object.entries(doc.transports)) {
@@ -194,7 +216,9 @@ export function loadPolicy(path?: string): Policy {
     }
     return parsePolicy(text, p, dirname(resolvePath(p)));
   }
-  throw new TrustError('POLICY_NOT_FOUND', `no signature policy: none of ${candidates.join(', ')} exists`, { paths: candidates });
+  throw new TrustError('POLICY_NOT_FOUND', `no signature policy: none of ${candidates.join(', ')} exists`, {
+    paths: candidates,
+  });
 }
 
 /** Scopes to try for an image, most specific first (the transport default "" last). */
@@ -224,7 +248,10 @@ export function policyScopes(ref: ImageReference): { transport: string; scopes: 
 }
 
 /** The requirements that apply to `ref` and the scope they came from ('default' for the global default). */
-export function requirementsFor(policy: Policy, ref: ImageReference): { scope: string; transport: string; requirements: PolicyRequirement[] } {
+export function requirementsFor(
+  policy: Policy,
+  ref: ImageReference,
+): { scope: string; transport: string; requirements: PolicyRequirement[] } {
   const { transport, scopes } = policyScopes(ref);
   const table = policy.transports[transport];
   if (table) {
@@ -260,7 +287,11 @@ function loadKeys(req: Extract<PolicyRequirement, { type: 'sigstoreSigned' }>, p
     try {
       text = readFileSync(path, 'utf8');
     } catch (e) {
-      throw new TrustError('KEY_INVALID', `${policy.source}: public key ${path} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, { path });
+      throw new TrustError(
+        'KEY_INVALID',
+        `${policy.source}: public key ${path} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+        { path },
+      );
     }
     keys.push(...loadPublicKeys(text, path));
   }
@@ -273,7 +304,13 @@ function loadKeys(req: Extract<PolicyRequirement, { type: 'sigstoreSigned' }>, p
  * accepted it; throws a TrustError (POLICY_REJECTED, NO_SIGNATURE, SIGNATURE_INVALID,
  * DIGEST_MISMATCH_SIGNATURE, IDENTITY_MISMATCH, POLICY_UNSUPPORTED...) otherwise.
  */
-export async function checkPolicy(policy: Policy, source: Target, root: Descriptor, ref: ImageReference, opts: CheckPolicyOptions = {}): Promise<PolicyDecision> {
+export async function checkPolicy(
+  policy: Policy,
+  source: Target,
+  root: Descriptor,
+  ref: ImageReference,
+  opts: CheckPolicyOptions = {},
+): Promise<PolicyDecision> {
   const { transport, scope, requirements } = requirementsFor(policy, ref);
   const where = scope === 'default' ? 'the default requirement' : `transports.${transport}[${JSON.stringify(scope)}]`;
   const imageIdentity = opts.identity ?? (ref.transport === 'docker' ? ref : undefined);
@@ -290,9 +327,18 @@ export async function checkPolicy(policy: Policy, source: Target, root: Descript
           scope,
         });
       case 'signedBy':
-        throw new TrustError('POLICY_UNSUPPORTED', `${policy.source}: ${where}: ${req.unsupported}`, { policy: policy.source, transport, scope });
+        throw new TrustError('POLICY_UNSUPPORTED', `${policy.source}: ${where}: ${req.unsupported}`, {
+          policy: policy.source,
+          transport,
+          scope,
+        });
       case 'sigstoreSigned': {
-        if (req.unsupported) throw new TrustError('POLICY_UNSUPPORTED', `${policy.source}: ${where}: ${req.unsupported}`, { policy: policy.source, transport, scope });
+        if (req.unsupported)
+          throw new TrustError('POLICY_UNSUPPORTED', `${policy.source}: ${where}: ${req.unsupported}`, {
+            policy: policy.source,
+            transport,
+            scope,
+          });
         const keys = loadKeys(req, policy);
         const r = await verifyImageSignatures(source, root, { keys, identity: req.signedIdentity, imageIdentity });
         decision.accepted.push({ type: req.type, signatures: r.verified });

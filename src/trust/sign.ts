@@ -27,7 +27,12 @@ export interface SignResult extends AppendResult {
  * Sign `root` in `target` with `key`. An existing signature by the same key over the same claims
  * counts as a duplicate (ECDSA signatures differ each time), and nothing is written then.
  */
-export async function signImage(target: Target, root: Descriptor, key: KeyObject, opts: SignOptions): Promise<SignResult> {
+export async function signImage(
+  target: Target,
+  root: Descriptor,
+  key: KeyObject,
+  opts: SignOptions,
+): Promise<SignResult> {
   const optional = opts.annotations && Object.keys(opts.annotations).length > 0 ? { ...opts.annotations } : null;
   const payload = makePayload({ dockerReference: opts.dockerReference, manifestDigest: root.digest, optional });
   const signature = signBytes(key, payload).toString('base64');
@@ -38,7 +43,12 @@ export async function signImage(target: Target, root: Descriptor, key: KeyObject
       // Same claims written differently still count as the same signature.
       try {
         const p = parsePayload(existing.payload);
-        if (p.manifestDigest !== root.digest || p.dockerReference !== opts.dockerReference || JSON.stringify(p.optional) !== JSON.stringify(optional)) return false;
+        if (
+          p.manifestDigest !== root.digest ||
+          p.dockerReference !== opts.dockerReference ||
+          JSON.stringify(p.optional) !== JSON.stringify(optional)
+        )
+          return false;
       } catch {
         return false;
       }

@@ -50,7 +50,9 @@ export async function readSignatureManifest(target: Target, subject: Digest): Pr
   const desc = await resolveOptional(target, signatureTag(subject));
   if (!desc) return undefined;
   if (!isManifestType(desc.mediaType)) {
-    throw new InvalidManifestError(`signature tag ${signatureTag(subject)} in ${target.name} is a ${desc.mediaType}, not an image manifest`);
+    throw new InvalidManifestError(
+      `signature tag ${signatureTag(subject)} in ${target.name} is a ${desc.mediaType}, not an image manifest`,
+    );
   }
   const bytes = await readVerified(target, desc, MAX_MANIFEST_BYTES, 'signature manifest');
   return { descriptor: desc, manifest: parseManifestBytes(bytes, desc.mediaType) };
@@ -61,7 +63,9 @@ export async function listSignatures(target: Target, subject: Digest): Promise<S
   const sm = await readSignatureManifest(target, subject);
   if (!sm) return [];
   if (sm.manifest.layers.length > MAX_SIGNATURES) {
-    throw new InvalidManifestError(`signature manifest ${sm.descriptor.digest} in ${target.name} has ${sm.manifest.layers.length} layers, more than the ${MAX_SIGNATURES} tiu reads`);
+    throw new InvalidManifestError(
+      `signature manifest ${sm.descriptor.digest} in ${target.name} has ${sm.manifest.layers.length} layers, more than the ${MAX_SIGNATURES} tiu reads`,
+    );
   }
   const out: StoredSignature[] = [];
   for (const layer of sm.manifest.layers) {
@@ -115,7 +119,8 @@ export async function appendSignature(
   subject: Digest,
   payload: Buffer,
   signatureB64: string,
-  isDuplicate: (existing: StoredSignature) => boolean = (s) => s.payload?.equals(payload) === true && s.signature === signatureB64,
+  isDuplicate: (existing: StoredSignature) => boolean = (s) =>
+    s.payload?.equals(payload) === true && s.signature === signatureB64,
 ): Promise<AppendResult> {
   const tag = signatureTag(subject);
   const existing = await readSignatureManifest(target, subject);
@@ -125,7 +130,9 @@ export async function appendSignature(
       if (isDuplicate(s)) return { descriptor: existing.descriptor, tag, added: false, count: layers.length };
     }
   }
-  const layer = descriptorOf(MediaType.CosignSimpleSigning, payload, { annotations: { [SIGNATURE_ANNOTATION]: signatureB64 } });
+  const layer = descriptorOf(MediaType.CosignSimpleSigning, payload, {
+    annotations: { [SIGNATURE_ANNOTATION]: signatureB64 },
+  });
   await pushIfAbsent(target, layer, payload);
   layers.push(layer);
   const config = signatureConfig(layers);

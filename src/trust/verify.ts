@@ -53,14 +53,26 @@ function decodeSignature(s: string): Buffer | undefined {
 }
 
 /** Check one stored signature; returns the verified facts or the failure. */
-export function checkSignature(sig: StoredSignature, subject: Digest, opts: VerifyOptions): VerifiedSignature | SignatureFailure {
+export function checkSignature(
+  sig: StoredSignature,
+  subject: Digest,
+  opts: VerifyOptions,
+): VerifiedSignature | SignatureFailure {
   const payloadDigest = sig.layer.digest;
   const fail = (code: TrustErrorCode, reason: string): SignatureFailure => ({ payloadDigest, code, reason });
-  if (!sig.payload) return fail('SIGNATURE_INVALID', `payload unreadable: ${sig.readError?.message ?? 'unknown'} [${sig.readError?.code ?? ''}]`);
+  if (!sig.payload)
+    return fail(
+      'SIGNATURE_INVALID',
+      `payload unreadable: ${sig.readError?.message ?? 'unknown'} [${sig.readError?.code ?? ''}]`,
+    );
   const raw = decodeSignature(sig.signature);
   if (!raw) return fail('SIGNATURE_INVALID', 'the signature annotation is not base64');
   const keyIndex = opts.keys.findIndex((k) => verifyBytes(k, sig.payload!, raw));
-  if (keyIndex < 0) return fail('SIGNATURE_INVALID', `does not verify with ${opts.keys.length === 1 ? 'the trusted key' : `any of the ${opts.keys.length} trusted keys`} (payload altered or signed by another key)`);
+  if (keyIndex < 0)
+    return fail(
+      'SIGNATURE_INVALID',
+      `does not verify with ${opts.keys.length === 1 ? 'the trusted key' : `any of the ${opts.keys.length} trusted keys`} (payload altered or signed by another key)`,
+    );
   let payload;
   try {
     payload = parsePayload(sig.payload);
@@ -68,30 +80,66 @@ export function checkSignature(sig: StoredSignature, subject: Digest, opts: Veri
     return fail('SIGNATURE_PAYLOAD_INVALID', (e as Error).message);
   }
   if (payload.manifestDigest !== subject) {
-    return fail('DIGEST_MISMATCH_SIGNATURE', `signed for manifest ${payload.manifestDigest}, not ${subject} (a signature replayed from another image)`);
+    return fail(
+      'DIGEST_MISMATCH_SIGNATURE',
+      `signed for manifest ${payload.manifestDigest}, not ${subject} (a signature replayed from another image)`,
+    );
   }
   const why = identityMismatch(opts.identity, opts.imageIdentity, payload.dockerReference);
   if (why !== null) return fail('IDENTITY_MISMATCH', `${why} (signedIdentity ${opts.identity.type})`);
   for (const [k, v] of Object.entries(opts.annotations ?? {})) {
     const got = payload.optional?.[k];
-    if (got !== v) return fail('IDENTITY_MISMATCH', `annotation ${k}=${JSON.stringify(v)} required, payload has ${JSON.stringify(got ?? null)}`);
+    if (got !== v)
+      return fail(
+        'IDENTITY_MISMATCH',
+        `annotation ${k}=${JSON.stringify(v)} required, payload has ${JSON.stringify(got ?? null)}`,
+      );
   }
-  return { kind: 'simplesigning', dockerReference: payload.dockerReference, manifestDigest: payload.manifestDigest, optional: payload.optional, payloadDigest, keyIndex };
+  return {
+    kind: 'simplesigning',
+    dockerReference: payload.dockerReference,
+    manifestDigest: payload.manifestDigest,
+    optional: payload.optional,
+    payloadDigest,
+    keyIndex,
+  };
 }
 
 /** Check one sigstore bundle (DSSE in-toto statement, key-based) the same way. */
-export function checkBundle(manifest: Digest, bundle: Buffer | undefined, subject: Digest, opts: VerifyOptions): VerifiedSignature | SignatureFailure {
+export function checkBundle(
+  manifest: Digest,
+  bundle: Buffer | undefined,
+  subject: Digest,
+  opts: VerifyOptions,
+): VerifiedSignature | SignatureFailure {
   const fail = (code: TrustErrorCode, reason: string): SignatureFailure => ({ payloadDigest: manifest, code, reason });
   if (!bundle) return fail('SIGNATURE_INVALID', 'sigstore bundle unreadable');
   const r = verifyBundle(bundle, opts.keys);
-  if (!r) return fail('SIGNATURE_INVALID', 'sigstore bundle does not verify with a trusted key (altered, signed by another key, or not a cosign statement)');
+  if (!r)
+    return fail(
+      'SIGNATURE_INVALID',
+      'sigstore bundle does not verify with a trusted key (altered, signed by another key, or not a cosign statement)',
+    );
   const mine = r.claims.filter((c) => c.digest === subject);
-  if (mine.length === 0) return fail('DIGEST_MISMATCH_SIGNATURE', `bundle signed for ${r.claims.map((c) => c.digest).join(', ') || 'nothing'}, not ${subject}`);
-  if (opts.annotations && Object.keys(opts.annotations).length > 0) return fail('IDENTITY_MISMATCH', 'bundles carry no annotations to match');
+  if (mine.length === 0)
+    return fail(
+      'DIGEST_MISMATCH_SIGNATURE',
+      `bundle signed for ${r.claims.map((c) => c.digest).join(', ') || 'nothing'}, not ${subject}`,
+    );
+  if (opts.annotations && Object.keys(opts.annotations).length > 0)
+    return fail('IDENTITY_MISMATCH', 'bundles carry no annotations to match');
   let why = '';
   for (const c of mine) {
     const w = identityMismatch(opts.identity, opts.imageIdentity, c.dockerReference);
-    if (w === null) return { kind: 'bundle', dockerReference: c.dockerReference, manifestDigest: subject, optional: null, payloadDigest: manifest, keyIndex: r.keyIndex };
+    if (w === null)
+      return {
+        kind: 'bundle',
+        dockerReference: c.dockerReference,
+        manifestDigest: subject,
+        optional: null,
+        payloadDigest: manifest,
+        keyIndex: r.keyIndex,
+      };
     why = w;
   }
   return fail('IDENTITY_MISMATCH', `${why} (signedIdentity ${opts.identity.type})`);
@@ -110,15 +158,23 @@ export interface VerifyResult {
  * Verify the signatures attached to `root` in `target`. Resolves with every signature that
  * passes (at least one); throws a TrustError otherwise.
  */
-export async function verifyImageSignatures(target: Target, root: Descriptor, opts: VerifyOptions): Promise<VerifyResult> {
+export async function verifyImageSignatures(
+  target: Target,
+  root: Descriptor,
+  opts: VerifyOptions,
+): Promise<VerifyResult> {
   if (opts.keys.length === 0) throw new TrustError('KEY_INVALID', 'no public key to verify with');
   const sigs = await listSignatures(target, root.digest);
   const bundles = await listBundles(target, root);
   if (sigs.length === 0 && bundles.length === 0) {
-    throw new TrustError('NO_SIGNATURE', `${target.name}: image ${root.digest} has no signature (no ${signatureTag(root.digest)}, no sigstore bundle referrer)`, {
-      image: root.digest,
-      where: target.name,
-    });
+    throw new TrustError(
+      'NO_SIGNATURE',
+      `${target.name}: image ${root.digest} has no signature (no ${signatureTag(root.digest)}, no sigstore bundle referrer)`,
+      {
+        image: root.digest,
+        where: target.name,
+      },
+    );
   }
   const verified: VerifiedSignature[] = [];
   const failures: SignatureFailure[] = [];
@@ -134,10 +190,15 @@ export async function verifyImageSignatures(target: Target, root: Descriptor, op
   }
   if (verified.length > 0) return { verified, failures };
   const worst = failures.reduce((a, b) => ((FAILURE_RANK[b.code] ?? 0) > (FAILURE_RANK[a.code] ?? 0) ? b : a));
-  const more = failures.length > 1 ? ` (and ${failures.length - 1} other signature${failures.length > 2 ? 's' : ''} failing)` : '';
-  throw new TrustError(worst.code, `${target.name}: image ${root.digest}: signature ${worst.payloadDigest} ${worst.reason}${more}`, {
-    image: root.digest,
-    where: target.name,
-    failures,
-  });
+  const more =
+    failures.length > 1 ? ` (and ${failures.length - 1} other signature${failures.length > 2 ? 's' : ''} failing)` : '';
+  throw new TrustError(
+    worst.code,
+    `${target.name}: image ${root.digest}: signature ${worst.payloadDigest} ${worst.reason}${more}`,
+    {
+      image: root.digest,
+      where: target.name,
+      failures,
+    },
+  );
 }

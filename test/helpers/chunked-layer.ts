@@ -7,7 +7,14 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { zstdCompressSync } from 'node:zlib';
-import { encodeFooter, MANIFEST_TYPE_CRFS, SKIPPABLE_HEADER, skippableFrame, ZstdChunkedAnnotation, type TocEntry } from '../../src/bundle/toc.ts';
+import {
+  encodeFooter,
+  MANIFEST_TYPE_CRFS,
+  SKIPPABLE_HEADER,
+  skippableFrame,
+  ZstdChunkedAnnotation,
+  type TocEntry,
+} from '../../src/bundle/toc.ts';
 import type { MemoryTarget } from '../../src/content/memory.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';
@@ -44,13 +51,24 @@ export function chunkedLayer(entries: readonly CraftedEntry[]): { desc: Descript
   const json = Buffer.from(JSON.stringify({ version: 1, entries: toc }));
   const z = zstdCompressSync(json);
   const tocOffset = off + SKIPPABLE_HEADER;
-  const footer = encodeFooter({ offset: tocOffset, lengthCompressed: z.length, lengthUncompressed: json.length, manifestType: MANIFEST_TYPE_CRFS, offsetTarSplit: 0, lengthCompressedTarSplit: 0, lengthUncompressedTarSplit: 0 });
+  const footer = encodeFooter({
+    offset: tocOffset,
+    lengthCompressed: z.length,
+    lengthUncompressed: json.length,
+    manifestType: MANIFEST_TYPE_CRFS,
+    offsetTarSplit: 0,
+    lengthCompressedTarSplit: 0,
+    lengthUncompressedTarSplit: 0,
+  });
   const data = Buffer.concat([...parts, skippableFrame(z), skippableFrame(footer)]);
   const desc: Descriptor = {
     mediaType: MediaType.OciLayerZstd,
     digest: sha(data),
     size: data.length,
-    annotations: { [ZstdChunkedAnnotation.ManifestChecksum]: sha(z), [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${z.length}:${json.length}:${MANIFEST_TYPE_CRFS}` },
+    annotations: {
+      [ZstdChunkedAnnotation.ManifestChecksum]: sha(z),
+      [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${z.length}:${json.length}:${MANIFEST_TYPE_CRFS}`,
+    },
   };
   return { desc, data };
 }
@@ -62,7 +80,10 @@ export function manifestOf(layers: readonly Descriptor[]): ImageManifest {
 }
 
 /** Push crafted layers into `target`; their manifest. */
-export async function pushLayers(target: MemoryTarget, layers: readonly { desc: Descriptor; data: Buffer }[]): Promise<ImageManifest> {
+export async function pushLayers(
+  target: MemoryTarget,
+  layers: readonly { desc: Descriptor; data: Buffer }[],
+): Promise<ImageManifest> {
   for (const l of layers) if (!(await target.exists(l.desc))) await target.push(l.desc, Readable.from([l.data]));
   return manifestOf(layers.map((l) => l.desc));
 }

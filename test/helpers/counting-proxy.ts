@@ -74,7 +74,11 @@ function headerBytes(line: string, headers: Record<string, string | string[] | n
   return n + 2;
 }
 
-export async function startCountingProxy(upstreamPort: number, upstreamHost = '127.0.0.1', statics: Record<string, string> = {}): Promise<CountingProxy> {
+export async function startCountingProxy(
+  upstreamPort: number,
+  upstreamHost = '127.0.0.1',
+  statics: Record<string, string> = {},
+): Promise<CountingProxy> {
   let strip = false;
   let cutAfter = 0;
   let cuts = 0;
@@ -100,7 +104,13 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
   const requests: ProxiedRequest[] = [];
   const counters: Counters = { down: 0, up: 0, requests: 0 };
 
-  const serveStatic = async (dir: string, rel: string, req: IncomingMessage, res: ServerResponse, rec: ProxiedRequest): Promise<void> => {
+  const serveStatic = async (
+    dir: string,
+    rel: string,
+    req: IncomingMessage,
+    res: ServerResponse,
+    rec: ProxiedRequest,
+  ): Promise<void> => {
     const p = normalize(join(dir, decodeURIComponent(rel)));
     if (!p.startsWith(dir)) {
       rec.status = 403;
@@ -143,7 +153,13 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
       counters.up += d.length;
     });
     const m = /\/blobs\/(sha256:[0-9a-f]{64})/.exec(path);
-    const rec: ProxiedRequest = { method: req.method ?? 'GET', path, range: String(req.headers.range ?? ''), status: 0, bytes: 0 };
+    const rec: ProxiedRequest = {
+      method: req.method ?? 'GET',
+      path,
+      range: String(req.headers.range ?? ''),
+      status: 0,
+      bytes: 0,
+    };
     if (m) rec.blob = m[1];
     requests.push(rec);
     for (const [prefix, dir] of Object.entries(statics)) {
@@ -212,7 +228,9 @@ export async function startCountingProxy(upstreamPort: number, upstreamHost = '1
     },
     blobBytes(digests) {
       const want = digests ? new Set(digests) : undefined;
-      return requests.filter((r) => r.method === 'GET' && r.blob !== undefined && (!want || want.has(r.blob))).reduce((n, r) => n + r.bytes, 0);
+      return requests
+        .filter((r) => r.method === 'GET' && r.blob !== undefined && (!want || want.has(r.blob)))
+        .reduce((n, r) => n + r.bytes, 0);
     },
     stripRange(on) {
       strip = on;

@@ -120,7 +120,11 @@ export async function startFakeRegistry(opts: FakeRegistryOptions = {}): Promise
       }
       let bytes = man.bytes;
       if (corrupt.has(d)) bytes = Buffer.concat([bytes, Buffer.from(' ')]);
-      res.writeHead(200, { 'content-type': man.mediaType, 'content-length': String(bytes.length), 'docker-content-digest': d });
+      res.writeHead(200, {
+        'content-type': man.mediaType,
+        'content-length': String(bytes.length),
+        'docker-content-digest': d,
+      });
       res.end(req.method === 'HEAD' ? undefined : bytes);
       return;
     }
@@ -129,13 +133,27 @@ export async function startFakeRegistry(opts: FakeRegistryOptions = {}): Promise
       const at = u.searchParams.get('artifactType');
       const manifests = [];
       for (const [d, man] of r.manifests) {
-        const doc = JSON.parse(man.bytes.toString()) as { subject?: { digest: string }; artifactType?: string; config?: { mediaType: string }; annotations?: Record<string, string> };
+        const doc = JSON.parse(man.bytes.toString()) as {
+          subject?: { digest: string };
+          artifactType?: string;
+          config?: { mediaType: string };
+          annotations?: Record<string, string>;
+        };
         if (doc.subject?.digest !== rest) continue;
         const artifactType = doc.artifactType ?? doc.config?.mediaType;
         if (at && artifactType !== at) continue;
-        manifests.push({ mediaType: man.mediaType, digest: d, size: man.bytes.length, artifactType, ...(doc.annotations ? { annotations: doc.annotations } : {}) });
+        manifests.push({
+          mediaType: man.mediaType,
+          digest: d,
+          size: man.bytes.length,
+          artifactType,
+          ...(doc.annotations ? { annotations: doc.annotations } : {}),
+        });
       }
-      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json', ...(at ? { 'oci-filters-applied': 'artifactType' } : {}) });
+      res.writeHead(200, {
+        'content-type': 'application/vnd.oci.image.index.v1+json',
+        ...(at ? { 'oci-filters-applied': 'artifactType' } : {}),
+      });
       res.end(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests }));
       return;
     }
@@ -146,7 +164,8 @@ export async function startFakeRegistry(opts: FakeRegistryOptions = {}): Promise
       const from = last ? all.findIndex((t) => t > last) : 0;
       const page = from < 0 ? [] : all.slice(from, from + n);
       const h: Record<string, string> = { 'content-type': 'application/json' };
-      if (from >= 0 && from + n < all.length) h.link = `</v2/${name}/tags/list?n=${n}&last=${encodeURIComponent(page[page.length - 1]!)}>; rel="next"`;
+      if (from >= 0 && from + n < all.length)
+        h.link = `</v2/${name}/tags/list?n=${n}&last=${encodeURIComponent(page[page.length - 1]!)}>; rel="next"`;
       res.writeHead(200, h);
       res.end(JSON.stringify({ name, tags: page }));
       return;

@@ -64,7 +64,10 @@ export interface Sample {
 }
 
 /** `bin/tiu ARGS` as a child process; killed (SIGKILL) after `timeoutMs`. */
-export function runTiu(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; sample?: Sample } = {}): Promise<Ran> {
+export function runTiu(
+  args: string[],
+  opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; sample?: Sample } = {},
+): Promise<Ran> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const p = spawn(TIU, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
@@ -143,7 +146,10 @@ function unescapeGetfattr(s: string): string {
   const parts: Buffer[] = [];
   let last = 0;
   for (const m of s.matchAll(/\\([0-7]{3})|\\\\/g)) {
-    parts.push(Buffer.from(s.slice(last, m.index), 'utf8'), m[1] ? Buffer.from([parseInt(m[1], 8)]) : Buffer.from('\\'));
+    parts.push(
+      Buffer.from(s.slice(last, m.index), 'utf8'),
+      m[1] ? Buffer.from([parseInt(m[1], 8)]) : Buffer.from('\\'),
+    );
     last = m.index + m[0].length;
   }
   parts.push(Buffer.from(s.slice(last), 'utf8'));
@@ -155,7 +161,9 @@ async function xattrsOf(paths: string[]): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   for (let i = 0; i < paths.length; i += 200) {
     const batch = paths.slice(i, i + 200);
-    const r = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', ...batch], { okExitCodes: [0, 1] });
+    const r = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', ...batch], {
+      okExitCodes: [0, 1],
+    });
     let cur: string | undefined;
     const attrs: string[] = [];
     const flush = () => {
@@ -178,7 +186,10 @@ async function xattrsOf(paths: string[]): Promise<Map<string, string>> {
  * that appeared since) are recorded as `newmount` and not walked: an rbind of /proc or /dev
  * over a host directory must show, not be read. `exclude`: paths relative to root, not walked.
  */
-export async function hashTree(root: string, o: { exclude?: readonly string[]; known: ReadonlySet<string> }): Promise<TreeHash> {
+export async function hashTree(
+  root: string,
+  o: { exclude?: readonly string[]; known: ReadonlySet<string> },
+): Promise<TreeHash> {
   const out: TreeHash = new Map();
   const exclude = new Set(o.exclude ?? []);
   const mountsNow = new Set(await mountPoints());
@@ -187,7 +198,19 @@ export async function hashTree(root: string, o: { exclude?: readonly string[]; k
     const abs = rel === '' ? root : `${root}/${rel}`;
     const absBuf = Buffer.from(abs, 'latin1');
     const st = await lstat(absBuf);
-    const type = st.isFile() ? 'reg' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : st.isFIFO() ? 'fifo' : 'other';
+    const type = st.isFile()
+      ? 'reg'
+      : st.isDirectory()
+        ? 'dir'
+        : st.isSymbolicLink()
+          ? 'symlink'
+          : st.isCharacterDevice()
+            ? 'char'
+            : st.isBlockDevice()
+              ? 'block'
+              : st.isFIFO()
+                ? 'fifo'
+                : 'other';
     let desc = `${type} ${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid}`;
     if (type === 'reg') desc += ` ${st.size} ${sha(await readFile(absBuf)).slice(7, 23)}`;
     if (type === 'symlink') desc += ` -> ${(await readlink(absBuf, { encoding: 'buffer' })).toString('latin1')}`;
@@ -239,12 +262,10 @@ export async function mountPoints(): Promise<string[]> {
 
 /** The mountinfo lines whose mount point is `dir` or below it. */
 export async function mountsBelow(dir: string): Promise<string[]> {
-  return (await readFile('/proc/self/mountinfo', 'utf8'))
-    .split('\n')
-    .filter((l) => {
-      const mp = l ? unescapeMount(l.split(' ')[4]!) : '';
-      return mp === dir || mp.startsWith(dir + '/');
-    });
+  return (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => {
+    const mp = l ? unescapeMount(l.split(' ')[4]!) : '';
+    return mp === dir || mp.startsWith(dir + '/');
+  });
 }
 
 /** The marker directory outside the sysroot: what hostile images aim at. */
@@ -298,13 +319,20 @@ export interface HostileEnv {
   /** Differences from `before` outside a new snapshot (`allowSnapshot`: that .snapshots/N may be new). */
   compare(before: World, after: World, o?: { allowSnapshot?: number }): string[];
   /** `tiu update REF --sysroot S [--json] EXTRA...` */
-  update(ref: string, o?: { json?: boolean; extra?: string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv; sample?: Sample }): Promise<Ran>;
+  update(
+    ref: string,
+    o?: { json?: boolean; extra?: string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv; sample?: Sample },
+  ): Promise<Ran>;
   /**
    * The update is refused: exit != 0, one `tiu: error: ... [CODE]` line with CODE in `codes`,
    * (`json`, default true: a --json run first, same code), and nothing changed: default, snapshots,
    * every hash, the marker, the mount table.
    */
-  expectRefused(ref: string, codes: string | readonly string[], o?: { json?: boolean; timeoutMs?: number; message?: RegExp; sample?: Sample }): Promise<CliError & { ran: Ran }>;
+  expectRefused(
+    ref: string,
+    codes: string | readonly string[],
+    o?: { json?: boolean; timeoutMs?: number; message?: RegExp; sample?: Sample },
+  ): Promise<CliError & { ran: Ran }>;
   /**
    * The update succeeds (skipping what it must): exit 0, a new default snapshot, and nothing changed
    * outside it: the booted snapshot, the preserved subvolumes, the marker, the mount table.
@@ -332,11 +360,16 @@ export async function snapshotDirs(sysroot: string): Promise<string[]> {
 /** A policy that accepts any image, and a tiu.conf without hooks. */
 export async function acceptAnything(sysroot: string, conf = 'default-hooks = false\n'): Promise<void> {
   await mkdir(join(sysroot, 'etc/tiu'), { recursive: true });
-  await writeFile(join(sysroot, 'etc/tiu/policy.json'), JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
+  await writeFile(
+    join(sysroot, 'etc/tiu/policy.json'),
+    JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }),
+  );
   await writeFile(join(sysroot, 'etc/tiu/tiu.conf'), conf);
 }
 
-export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[]; conf?: string } = {}): Promise<HostileEnv> {
+export async function createHostileEnv(
+  opts: { sizeMiB?: number; files?: OsFile[]; conf?: string } = {},
+): Promise<HostileEnv> {
   const os = await createMicroOS({ sizeMiB: opts.sizeMiB ?? 400, ...(opts.files ? { files: opts.files } : {}) });
   const marker = await makeMarker(join(os.dir, 'marker'));
   const layout = join(os.dir, 'images');
@@ -369,8 +402,10 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
       if (newSnaps.length) out.push(`snapshot dir(s) left in .snapshots: ${newSnaps.join(', ')}`);
       const gone = before.snapshots.filter((s) => !after.snapshots.includes(s));
       if (gone.length) out.push(`snapshot dir(s) removed from .snapshots: ${gone.join(', ')}`);
-      if (allowed === undefined && after.defaultId !== before.defaultId) out.push(`default subvolume ${before.defaultId} -> ${after.defaultId}`);
-      const inNew = (p: string) => allowed !== undefined && (p === `.snapshots/${allowed}` || p.startsWith(`.snapshots/${allowed}/`));
+      if (allowed === undefined && after.defaultId !== before.defaultId)
+        out.push(`default subvolume ${before.defaultId} -> ${after.defaultId}`);
+      const inNew = (p: string) =>
+        allowed !== undefined && (p === `.snapshots/${allowed}` || p.startsWith(`.snapshots/${allowed}/`));
       const tb = new Map([...before.tree].filter(([p]) => !inNew(p)));
       const ta = new Map([...after.tree].filter(([p]) => !inNew(p)));
       out.push(...diffHashes(tb, ta, 'SYSROOT'));
@@ -382,7 +417,11 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
       return out;
     },
     update(ref, o = {}) {
-      return runTiu(['update', ref, '--sysroot', os.sysroot, ...(o.json ? ['--json'] : []), ...(o.extra ?? [])], { timeoutMs: o.timeoutMs ?? 120_000, ...(o.env ? { env: o.env } : {}), ...(o.sample ? { sample: o.sample } : {}) });
+      return runTiu(['update', ref, '--sysroot', os.sysroot, ...(o.json ? ['--json'] : []), ...(o.extra ?? [])], {
+        timeoutMs: o.timeoutMs ?? 120_000,
+        ...(o.env ? { env: o.env } : {}),
+        ...(o.sample ? { sample: o.sample } : {}),
+      });
     },
     async expectRefused(ref, codes, o = {}) {
       const want = typeof codes === 'string' ? [codes] : codes;
@@ -391,9 +430,16 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
       if (o.json !== false) {
         const j = await env.update(ref, { json: true, timeoutMs: o.timeoutMs });
         assert.equal(j.timedOut, false, `tiu update --json did not end within ${o.timeoutMs ?? 120_000} ms`);
-        assert.notEqual(j.code, 0, `tiu update --json exit code (expected a refusal with ${want.join('|')}): ${j.stdout}`);
+        assert.notEqual(
+          j.code,
+          0,
+          `tiu update --json exit code (expected a refusal with ${want.join('|')}): ${j.stdout}`,
+        );
         jerr = jsonError(j);
-        assert.ok(want.includes(jerr.code), `--json error code ${jerr.code} (${jerr.message}), expected ${want.join(' or ')}`);
+        assert.ok(
+          want.includes(jerr.code),
+          `--json error code ${jerr.code} (${jerr.message}), expected ${want.join(' or ')}`,
+        );
         assert.ok(!jerr.message.includes('\n'), `one-line message: ${JSON.stringify(jerr.message)}`);
       }
       const r = await env.update(ref, { timeoutMs: o.timeoutMs, ...(o.sample ? { sample: o.sample } : {}) });
@@ -423,7 +469,9 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
       // Anything a hostile image got mounted below the test directory (over the marker too)
       // goes first, deepest first and lazily: teardown's rm -rf must never walk into /dev or /proc.
       const below = (await mountsBelow(os.dir)).map((l) => unescapeMount(l.split(' ')[4]!));
-      const stray = below.filter((m) => !m.startsWith(os.sysroot) && !m.startsWith(os.top)).sort((a, b) => b.length - a.length);
+      const stray = below
+        .filter((m) => !m.startsWith(os.sysroot) && !m.startsWith(os.top))
+        .sort((a, b) => b.length - a.length);
       for (const m of stray) await run('umount', ['-R', '-l', m], { okExitCodes: [0, 1, 32] });
       await os.teardown();
     },
@@ -442,11 +490,18 @@ export async function createHostileEnv(opts: { sizeMiB?: number; files?: OsFile[
     assert.equal(json.status, 'updated', r.stdout);
     const snapshot = json.snapshot as number;
     const after = await env.world();
-    assert.ok(!before.snapshots.includes(String(snapshot)) && after.snapshots.includes(String(snapshot)), `a new .snapshots/${snapshot}`);
+    assert.ok(
+      !before.snapshots.includes(String(snapshot)) && after.snapshots.includes(String(snapshot)),
+      `a new .snapshots/${snapshot}`,
+    );
     const root = join(os.sysroot, '.snapshots', String(snapshot), 'snapshot');
     const show = await run('btrfs', ['subvolume', 'show', root]);
     assert.equal(after.defaultId, /Subvolume ID:\s*(\d+)/.exec(show.stdout)?.[1], 'the new snapshot is the default');
-    assert.deepEqual(env.compare(before, after, { allowSnapshot: snapshot }), [], 'nothing changed outside the new snapshot');
+    assert.deepEqual(
+      env.compare(before, after, { allowSnapshot: snapshot }),
+      [],
+      'nothing changed outside the new snapshot',
+    );
     return { json, snapshot, root };
   }
   return env;
@@ -485,7 +540,12 @@ function dirsOf(files: readonly OsFile[], omit: readonly string[]): string[] {
 
 /** OsFile[] -> tar entries: parents first (with the mount point dirs, minus `omitDirs`), then the files. */
 export function osTarEntries(files: readonly OsFile[], o: { omitDirs?: readonly string[] } = {}): TarSpec[] {
-  const out: TarSpec[] = dirsOf(files, o.omitDirs ?? []).map((d) => ({ name: d, type: '5', mode: d === 'tmp' ? 0o1777 : 0o755, mtime: T }));
+  const out: TarSpec[] = dirsOf(files, o.omitDirs ?? []).map((d) => ({
+    name: d,
+    type: '5',
+    mode: d === 'tmp' ? 0o1777 : 0o755,
+    mtime: T,
+  }));
   for (const f of [...files].sort((a, b) => a.path.localeCompare(b.path))) {
     if (f.symlink !== undefined) out.push({ name: f.path, type: '2', linkname: f.symlink, mode: 0o777, mtime: T });
     else out.push({ name: f.path, type: '0', content: Buffer.from(f.content ?? ''), mode: f.mode ?? 0o644, mtime: T });
@@ -496,12 +556,26 @@ export function osTarEntries(files: readonly OsFile[], o: { omitDirs?: readonly 
 /** OsFile[] -> TOC entries (one frame per file with content). */
 export function osTocEntries(files: readonly OsFile[], o: { omitDirs?: readonly string[] } = {}): CraftedEntry[] {
   const modtime = new Date(T * 1000).toISOString();
-  const out: CraftedEntry[] = dirsOf(files, o.omitDirs ?? []).map((d) => ({ toc: { type: 'dir', name: d, mode: d === 'tmp' ? 0o1777 : 0o755, uid: 0, gid: 0, modtime } }));
+  const out: CraftedEntry[] = dirsOf(files, o.omitDirs ?? []).map((d) => ({
+    toc: { type: 'dir', name: d, mode: d === 'tmp' ? 0o1777 : 0o755, uid: 0, gid: 0, modtime },
+  }));
   for (const f of [...files].sort((a, b) => a.path.localeCompare(b.path))) {
-    if (f.symlink !== undefined) out.push({ toc: { type: 'symlink', name: f.path, linkName: f.symlink, mode: 0o777, uid: 0, gid: 0, modtime } });
+    if (f.symlink !== undefined)
+      out.push({ toc: { type: 'symlink', name: f.path, linkName: f.symlink, mode: 0o777, uid: 0, gid: 0, modtime } });
     else {
       const content = Buffer.from(f.content ?? '');
-      out.push({ toc: { type: 'reg', name: f.path, mode: f.mode ?? 0o644, uid: 0, gid: 0, modtime, ...(content.length ? {} : { size: 0 }) }, ...(content.length ? { content } : {}) });
+      out.push({
+        toc: {
+          type: 'reg',
+          name: f.path,
+          mode: f.mode ?? 0o644,
+          uid: 0,
+          gid: 0,
+          modtime,
+          ...(content.length ? {} : { size: 0 }),
+        },
+        ...(content.length ? { content } : {}),
+      });
     }
   }
   return out;
@@ -512,8 +586,14 @@ export type Compression = 'none' | 'gzip' | 'zstd';
 /** A tar layer blob of exactly these entries. */
 export function tarLayer(entries: readonly TarSpec[], compression: Compression = 'gzip'): Blob & { tar: Buffer } {
   const tarBytes = makeTar(entries);
-  const data = compression === 'gzip' ? gzipSync(tarBytes) : compression === 'zstd' ? zstdCompressSync(tarBytes) : tarBytes;
-  const mediaType = compression === 'gzip' ? MediaType.OciLayerGzip : compression === 'zstd' ? MediaType.OciLayerZstd : MediaType.OciLayerTar;
+  const data =
+    compression === 'gzip' ? gzipSync(tarBytes) : compression === 'zstd' ? zstdCompressSync(tarBytes) : tarBytes;
+  const mediaType =
+    compression === 'gzip'
+      ? MediaType.OciLayerGzip
+      : compression === 'zstd'
+        ? MediaType.OciLayerZstd
+        : MediaType.OciLayerTar;
   return { desc: { mediaType, digest: sha(data), size: data.length }, data, tar: tarBytes };
 }
 
@@ -538,18 +618,46 @@ export interface WrittenImage {
 }
 
 /** The config, manifest and layers of an image (no target yet). */
-export function imageOf(layers: readonly Blob[], o: { diffIds?: string[]; manifestExtra?: Record<string, unknown> } = {}): WrittenImage {
-  const configBytes = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: o.diffIds ?? layers.map((l) => l.desc.digest) } }));
+export function imageOf(
+  layers: readonly Blob[],
+  o: { diffIds?: string[]; manifestExtra?: Record<string, unknown> } = {},
+): WrittenImage {
+  const configBytes = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      rootfs: { type: 'layers', diff_ids: o.diffIds ?? layers.map((l) => l.desc.digest) },
+    }),
+  );
   const config = rawLayer(configBytes, MediaType.OciConfig);
-  const manifestBytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config: config.desc, layers: layers.map((l) => l.desc), ...o.manifestExtra }));
-  return { manifest: { mediaType: MediaType.OciManifest, digest: sha(manifestBytes), size: manifestBytes.length }, config, layers: [...layers], manifestBytes };
+  const manifestBytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaType.OciManifest,
+      config: config.desc,
+      layers: layers.map((l) => l.desc),
+      ...o.manifestExtra,
+    }),
+  );
+  return {
+    manifest: { mediaType: MediaType.OciManifest, digest: sha(manifestBytes), size: manifestBytes.length },
+    config,
+    layers: [...layers],
+    manifestBytes,
+  };
 }
 
 /** Write an image of `layers` into the OCI layout at `layout`, tagged `tag`. */
-export async function writeImage(layout: string, tag: string, layers: readonly Blob[], o: { diffIds?: string[] } = {}): Promise<WrittenImage> {
+export async function writeImage(
+  layout: string,
+  tag: string,
+  layers: readonly Blob[],
+  o: { diffIds?: string[] } = {},
+): Promise<WrittenImage> {
   const img = imageOf(layers, o);
   const t = await OciLayoutTarget.open(layout, { create: true });
-  for (const b of [...img.layers, img.config]) if (!(await t.exists(b.desc))) await t.push(b.desc, Readable.from([b.data]));
+  for (const b of [...img.layers, img.config])
+    if (!(await t.exists(b.desc))) await t.push(b.desc, Readable.from([b.data]));
   if (!(await t.exists(img.manifest))) await t.push(img.manifest, Readable.from([img.manifestBytes]));
   await t.tag(img.manifest, tag);
   return img;
@@ -591,21 +699,33 @@ export async function startHostileRegistry(): Promise<HostileRegistry> {
     const m = /^\/v2\/(.+?)\/(manifests|blobs)\/([^/?]+)$/.exec(url);
     const notFound = () => {
       res.writeHead(404, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ errors: [{ code: m?.[2] === 'blobs' ? 'BLOB_UNKNOWN' : 'MANIFEST_UNKNOWN', message: 'unknown' }] }));
+      res.end(
+        JSON.stringify({
+          errors: [{ code: m?.[2] === 'blobs' ? 'BLOB_UNKNOWN' : 'MANIFEST_UNKNOWN', message: 'unknown' }],
+        }),
+      );
     };
     if (!m) return notFound();
     const [, repo, kind, ref] = m as unknown as [string, string, string, string];
     if (kind === 'manifests') {
       const man = manifests.get(`${repo}:${ref}`) ?? manifests.get(`${repo}@${ref}`);
       if (!man) return notFound();
-      res.writeHead(200, { 'content-type': MediaType.OciManifest, 'content-length': String(man.bytes.length), 'docker-content-digest': man.digest });
+      res.writeHead(200, {
+        'content-type': MediaType.OciManifest,
+        'content-length': String(man.bytes.length),
+        'docker-content-digest': man.digest,
+      });
       res.end(req.method === 'HEAD' ? undefined : man.bytes);
       return;
     }
     const data = blobs.get(ref);
     if (!data) return notFound();
     const fault = faults.get(ref);
-    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(data.length), 'docker-content-digest': ref });
+    res.writeHead(200, {
+      'content-type': 'application/octet-stream',
+      'content-length': String(data.length),
+      'docker-content-digest': ref,
+    });
     if (req.method === 'HEAD') return void res.end();
     if (fault?.kind === 'wrong-bytes') {
       const other = Buffer.from(data);
@@ -658,7 +778,8 @@ export async function zstdZeros(size: number, level = 1): Promise<Buffer> {
   const chunk = Buffer.alloc(1 << 20);
   const src = Readable.from(
     (function* () {
-      for (let left = size; left > 0; left -= chunk.length) yield left >= chunk.length ? chunk : chunk.subarray(0, left);
+      for (let left = size; left > 0; left -= chunk.length)
+        yield left >= chunk.length ? chunk : chunk.subarray(0, left);
     })(),
   );
   return buffer(src.pipe(createZstdCompress({ params: { [zc.ZSTD_c_compressionLevel]: level } })));
@@ -669,7 +790,12 @@ export async function zstdZeros(size: number, level = 1): Promise<Buffer> {
  * zeros by default: those could become holes), streamed, with a header written by hand so
  * `size` may exceed what makeTar would buffer.
  */
-export async function gzipTarWithFill(entries: TarSpec[], name: string, size: number, o: { block?: Buffer; level?: number; mtime?: number } = {}): Promise<Blob> {
+export async function gzipTarWithFill(
+  entries: TarSpec[],
+  name: string,
+  size: number,
+  o: { block?: Buffer; level?: number; mtime?: number } = {},
+): Promise<Blob> {
   const block = o.block ?? Buffer.alloc(1 << 20, 'x');
   const head = makeTar(entries).subarray(0, -1024);
   const hdr = Buffer.from(makeTar([{ name, content: '', mtime: o.mtime ?? 1_767_225_600 }]).subarray(0, 512));
@@ -682,7 +808,8 @@ export async function gzipTarWithFill(entries: TarSpec[], name: string, size: nu
     (function* () {
       yield head;
       yield hdr;
-      for (let left = size; left > 0; left -= block.length) yield left >= block.length ? block : block.subarray(0, left);
+      for (let left = size; left > 0; left -= block.length)
+        yield left >= block.length ? block : block.subarray(0, left);
       yield Buffer.alloc((512 - (size % 512)) % 512);
       yield Buffer.alloc(1024);
     })(),

@@ -10,7 +10,8 @@ import type { Descriptor } from '../../src/oci/types.ts';
 
 export async function tarOf(files: Record<string, Buffer>): Promise<Buffer> {
   const pack = tar.pack();
-  for (const [name, data] of Object.entries(files)) pack.entry({ name, size: data.length, mtime: new Date(0), mode: 0o644 }, data);
+  for (const [name, data] of Object.entries(files))
+    pack.entry({ name, size: data.length, mtime: new Date(0), mode: 0o644 }, data);
   pack.finalize();
   const parts: Buffer[] = [];
   for await (const c of pack) parts.push(c as Buffer);
@@ -34,7 +35,14 @@ export function blobOf(data: Buffer, mediaType: string): Blob {
   return { desc: { mediaType, digest: sha256(data), size: data.length }, data };
 }
 
-export async function makeImage(opts: { layerBytes?: number[]; subject?: Descriptor; artifactType?: string; annotations?: Record<string, string> } = {}): Promise<TestImage> {
+export async function makeImage(
+  opts: {
+    layerBytes?: number[];
+    subject?: Descriptor;
+    artifactType?: string;
+    annotations?: Record<string, string>;
+  } = {},
+): Promise<TestImage> {
   const layers: Blob[] = [];
   const diffIds: string[] = [];
   for (const [i, n] of (opts.layerBytes ?? [2000]).entries()) {

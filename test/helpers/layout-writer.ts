@@ -17,7 +17,13 @@ const push = async (data: Buffer, mediaType: string) => {
 };
 for (let i = 0; i < Number(countText); i++) {
   const layer = await push(randomBytes(64), MediaType.OciLayerGzip);
-  const config = await push(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } })), MediaType.OciConfig);
-  const m = await push(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer] })), MediaType.OciManifest);
+  const config = await push(
+    Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } })),
+    MediaType.OciConfig,
+  );
+  const m = await push(
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer] })),
+    MediaType.OciManifest,
+  );
   await t.tag(m, `${prefix}-${i}`);
 }

@@ -43,9 +43,17 @@ export const BASE_OS_RELEASE = 'NAME="Fake MicroOS"\nID="fake-microos"\nVERSION_
 
 export function baseEtc(): OsFile[] {
   return [
-    { path: 'etc/passwd', content: 'root:x:0:0:root:/root:/bin/sh\nmessagebus:x:499:499:User for D-Bus:/run/dbus:/usr/sbin/nologin\nadmin:x:1000:1000:Admin:/home/admin:/bin/sh\n' },
+    {
+      path: 'etc/passwd',
+      content:
+        'root:x:0:0:root:/root:/bin/sh\nmessagebus:x:499:499:User for D-Bus:/run/dbus:/usr/sbin/nologin\nadmin:x:1000:1000:Admin:/home/admin:/bin/sh\n',
+    },
     { path: 'etc/group', content: 'root:x:0:\nmessagebus:x:499:\nadmin:x:1000:\n' },
-    { path: 'etc/shadow', content: 'root:$6$salt$hash:19000::::::\nmessagebus:!:19000::::::\nadmin:$6$salt$adminhash:19000:0:99999:7:::\n', mode: 0o640 },
+    {
+      path: 'etc/shadow',
+      content: 'root:$6$salt$hash:19000::::::\nmessagebus:!:19000::::::\nadmin:$6$salt$adminhash:19000:0:99999:7:::\n',
+      mode: 0o640,
+    },
     { path: 'etc/hostname', content: 'microos\n' },
     { path: 'etc/motd', content: 'welcome to v1\n' },
     { path: 'etc/os-release', symlink: '../usr/lib/os-release' },
@@ -91,12 +99,22 @@ export async function v2Files(): Promise<OsFile[]> {
   return [
     ...v1
       .filter((f) => f.path !== 'usr/share/fake/hello')
-      .map((f) => (f.path === 'usr/lib/os-release' ? { ...f, content: 'NAME="Fake MicroOS"\nID="fake-microos"\nVERSION_ID="2"\n' } : f))
+      .map((f) =>
+        f.path === 'usr/lib/os-release'
+          ? { ...f, content: 'NAME="Fake MicroOS"\nID="fake-microos"\nVERSION_ID="2"\n' }
+          : f,
+      )
       .map((f) => (f.path.endsWith('etc/motd') ? { ...f, content: 'welcome to v2\n' } : f))
       .map((f) => (f.path.endsWith('etc/hostname') ? { ...f, content: 'microos-v2\n' } : f))
-      .map((f) => (f.path.endsWith('etc/passwd') ? { ...f, content: `${String(f.content)}chrony:x:498:498:Chrony Daemon:/var/lib/chrony:/usr/sbin/nologin\n` } : f))
+      .map((f) =>
+        f.path.endsWith('etc/passwd')
+          ? { ...f, content: `${String(f.content)}chrony:x:498:498:Chrony Daemon:/var/lib/chrony:/usr/sbin/nologin\n` }
+          : f,
+      )
       .map((f) => (f.path.endsWith('etc/group') ? { ...f, content: `${String(f.content)}chrony:x:498:\n` } : f))
-      .map((f) => (f.path.endsWith('etc/shadow') ? { ...f, content: `${String(f.content)}chrony:!:19000::::::\n` } : f)),
+      .map((f) =>
+        f.path.endsWith('etc/shadow') ? { ...f, content: `${String(f.content)}chrony:!:19000::::::\n` } : f,
+      ),
     { path: 'usr/share/fake/new-in-v2', content: 'new\n' },
     { path: 'etc/new-default.conf', content: 'fresh\n' },
     { path: 'usr/lib/tiu/etc/new-default.conf', content: 'fresh\n' },
@@ -126,13 +144,20 @@ export const SNAPPER_CONFIG_TEMPLATE = '/usr/share/snapper/config-templates/defa
 export async function snapperConfigFiles(): Promise<OsFile[]> {
   const template = await readFile(SNAPPER_CONFIG_TEMPLATE, 'utf8');
   return [
-    { path: 'etc/snapper/configs/root', content: template.replace(/^SUBVOLUME=.*$/m, 'SUBVOLUME="/"').replace(/^TIMELINE_CREATE=.*$/m, 'TIMELINE_CREATE="no"') },
+    {
+      path: 'etc/snapper/configs/root',
+      content: template
+        .replace(/^SUBVOLUME=.*$/m, 'SUBVOLUME="/"')
+        .replace(/^TIMELINE_CREATE=.*$/m, 'TIMELINE_CREATE="no"'),
+    },
     { path: 'etc/default/snapper', content: 'SNAPPER_CONFIGS="root"\n' },
   ];
 }
 
 /** `snapper: false`: no snapper config (tiu then works with plain btrfs). */
-export async function createMicroOS(opts: { sizeMiB?: number; files?: OsFile[]; snapper?: boolean } = {}): Promise<MicroOS> {
+export async function createMicroOS(
+  opts: { sizeMiB?: number; files?: OsFile[]; snapper?: boolean } = {},
+): Promise<MicroOS> {
   const dir = await mkdtemp(join(tmpdir(), 'tiu-microos-'));
   const image = join(dir, 'disk.img');
   const top = join(dir, 'top');

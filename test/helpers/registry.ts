@@ -41,8 +41,12 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Running
     `  addr: 127.0.0.1:${port}`,
   ];
   if (opts.tls) {
-    const cas = opts.tls.clientcas?.length ? `, clientcas: [${opts.tls.clientcas.map((c) => JSON.stringify(c)).join(', ')}]` : '';
-    lines.push(`  tls: { certificate: ${JSON.stringify(opts.tls.certificate)}, key: ${JSON.stringify(opts.tls.key)}${cas} }`);
+    const cas = opts.tls.clientcas?.length
+      ? `, clientcas: [${opts.tls.clientcas.map((c) => JSON.stringify(c)).join(', ')}]`
+      : '';
+    lines.push(
+      `  tls: { certificate: ${JSON.stringify(opts.tls.certificate)}, key: ${JSON.stringify(opts.tls.key)}${cas} }`,
+    );
   }
   if (opts.htpasswd) {
     lines.push('auth:', `  htpasswd: { realm: tiu-test, path: ${JSON.stringify(opts.htpasswd)} }`);
@@ -78,11 +82,17 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Running
       throw new Error(`docker-registry exited (${child.exitCode}): ${stderr}`);
     }
     const up = await new Promise<boolean>((resolve) => {
-      import('node:net').then(({ connect }) => {
-        const s = connect(port, '127.0.0.1');
-        s.once('connect', () => { s.destroy(); resolve(true); });
-        s.once('error', () => resolve(false));
-      }, () => resolve(false));
+      import('node:net').then(
+        ({ connect }) => {
+          const s = connect(port, '127.0.0.1');
+          s.once('connect', () => {
+            s.destroy();
+            resolve(true);
+          });
+          s.once('error', () => resolve(false));
+        },
+        () => resolve(false),
+      );
     });
     if (up) break;
     if (Date.now() > deadline) {

@@ -44,9 +44,18 @@ async function put(t: Target, data: Buffer, mediaType: string): Promise<Descript
 }
 
 /** A small random image: a layer, a config, a manifest (optionally with a subject). */
-async function pushImage(t: Target, opts: { subject?: Descriptor; artifactType?: string; annotations?: Record<string, string> } = {}) {
+async function pushImage(
+  t: Target,
+  opts: { subject?: Descriptor; artifactType?: string; annotations?: Record<string, string> } = {},
+) {
   const layer = await put(t, randomBytes(1500), MediaType.OciLayerGzip);
-  const configBytes = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha256(randomBytes(8))] } }));
+  const configBytes = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      rootfs: { type: 'layers', diff_ids: [sha256(randomBytes(8))] },
+    }),
+  );
   const config = await put(t, configBytes, MediaType.OciConfig);
   const doc: Record<string, unknown> = { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer] };
   if (opts.artifactType) doc.artifactType = opts.artifactType;
@@ -103,7 +112,9 @@ export function runTargetContract(name: string, make: () => Promise<Made>, featu
     it('rejects content of the wrong size and keeps nothing', async () => {
       const data = randomBytes(2000);
       const d = descOf(data, MediaType.OciLayerGzip);
-      await assert.rejects(t.push(d, Readable.from([data.subarray(0, 1999)])), (e: unknown) => isTiuError(e, 'SIZE_MISMATCH'));
+      await assert.rejects(t.push(d, Readable.from([data.subarray(0, 1999)])), (e: unknown) =>
+        isTiuError(e, 'SIZE_MISMATCH'),
+      );
       assert.equal(await t.exists(d), false);
       await assert.rejects(
         t.push(d, Readable.from([data, Buffer.from('x')])),
@@ -175,17 +186,27 @@ export function runTargetContract(name: string, make: () => Promise<Made>, featu
         const img = await pushImage(t);
         await t.tag(img.manifest, 'img');
         assert.deepEqual(await t.referrers(img.manifest), []);
-        const sig = await pushImage(t, { subject: img.manifest, artifactType: 'application/vnd.example.sig', annotations: { 'org.example.k': 'v' } });
+        const sig = await pushImage(t, {
+          subject: img.manifest,
+          artifactType: 'application/vnd.example.sig',
+          annotations: { 'org.example.k': 'v' },
+        });
         const sbom = await pushImage(t, { subject: img.manifest, artifactType: 'application/vnd.example.sbom' });
         // a referrer of the referrer
         const sigsig = await pushImage(t, { subject: sig.manifest, artifactType: 'application/vnd.example.sig' });
         const all = await t.referrers(img.manifest);
         assert.deepEqual(all.map((d) => d.digest).sort(), [sig.manifest.digest, sbom.manifest.digest].sort());
         const sigOnly = await t.referrers(img.manifest, 'application/vnd.example.sig');
-        assert.deepEqual(sigOnly.map((d) => d.digest), [sig.manifest.digest]);
+        assert.deepEqual(
+          sigOnly.map((d) => d.digest),
+          [sig.manifest.digest],
+        );
         assert.equal(sigOnly[0]!.artifactType, 'application/vnd.example.sig');
         assert.equal(sigOnly[0]!.annotations?.['org.example.k'], 'v');
-        assert.deepEqual((await t.referrers(sig.manifest)).map((d) => d.digest), [sigsig.manifest.digest]);
+        assert.deepEqual(
+          (await t.referrers(sig.manifest)).map((d) => d.digest),
+          [sigsig.manifest.digest],
+        );
         // the image tag still names the image
         assert.equal((await t.resolve('img')).digest, img.manifest.digest);
       });

@@ -28,11 +28,35 @@ export interface TokenIssuer {
 
 const b64url = (b: Buffer | string): string => Buffer.from(b).toString('base64url');
 
-export async function startTokenIssuer(user: string, password: string, opts: { expiresIn?: number } = {}): Promise<TokenIssuer> {
+export async function startTokenIssuer(
+  user: string,
+  password: string,
+  opts: { expiresIn?: number } = {},
+): Promise<TokenIssuer> {
   const dir = mkdtempSync(join(tmpdir(), 'tiu-token-'));
   const keyFile = join(dir, 'key.pem');
   const certFile = join(dir, 'cert.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=tiu-token-issuer', '-days', '2', '-keyout', keyFile, '-out', certFile], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-subj',
+      '/CN=tiu-token-issuer',
+      '-days',
+      '2',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+    ],
+    { stdio: 'ignore' },
+  );
   const key: KeyObject = createPrivateKey(readFileSync(keyFile));
   const certDer = new X509Certificate(readFileSync(certFile)).raw;
   const service = 'tiu-test-registry';
@@ -44,7 +68,16 @@ export async function startTokenIssuer(user: string, password: string, opts: { e
   const jwt = (access: { type: string; name: string; actions: string[] }[]): string => {
     const now = Math.floor(Date.now() / 1000);
     const header = { typ: 'JWT', alg: 'ES256', x5c: [certDer.toString('base64')] };
-    const claims = { iss: issuer, sub: user, aud: service, exp: now + (opts.expiresIn ?? 300), nbf: now - 10, iat: now, jti: randomUUID(), access };
+    const claims = {
+      iss: issuer,
+      sub: user,
+      aud: service,
+      exp: now + (opts.expiresIn ?? 300),
+      nbf: now - 10,
+      iat: now,
+      jti: randomUUID(),
+      access,
+    };
     const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
     const sig = sign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' });
     return `${input}.${b64url(sig)}`;
@@ -84,7 +117,9 @@ export async function startTokenIssuer(user: string, password: string, opts: { e
           res.end(JSON.stringify({ token: jwt(access), expires_in: 300 }));
           return;
         }
-        const [u2, p2] = Buffer.from(auth.replace(/^Basic /, ''), 'base64').toString().split(':');
+        const [u2, p2] = Buffer.from(auth.replace(/^Basic /, ''), 'base64')
+          .toString()
+          .split(':');
         if (u2 !== user || p2 !== password) {
           res.writeHead(401, { 'content-type': 'application/json' });
           res.end('{"details":"bad credentials"}');
@@ -95,7 +130,12 @@ export async function startTokenIssuer(user: string, password: string, opts: { e
       issued[kind]++;
       scopes.push(...scopeList);
       const token = jwt(accessFor(scopeList));
-      const body: Record<string, unknown> = { token, access_token: token, expires_in: opts.expiresIn ?? 300, issued_at: new Date().toISOString() };
+      const body: Record<string, unknown> = {
+        token,
+        access_token: token,
+        expires_in: opts.expiresIn ?? 300,
+        issued_at: new Date().toISOString(),
+      };
       if (kind === 'password' && u.searchParams.get('offline_token') === 'true') body.refresh_token = refreshToken;
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(body));

@@ -3,7 +3,22 @@
  * any tree (lstat + xattrs + content hash, names as bytes) to compare two trees.
  */
 import { createHash } from 'node:crypto';
-import { chmod, chown, link, lstat, mkdir, readdir, readFile, readlink, symlink, truncate, utimes, writeFile, open, lutimes } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  link,
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  readlink,
+  symlink,
+  truncate,
+  utimes,
+  writeFile,
+  open,
+  lutimes,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../../src/host/exec.ts';
 import { readTreeXattrs } from '../../src/host/xattr.ts';
@@ -34,7 +49,19 @@ export async function snapshotTree(root: string): Promise<Map<string, NodeInfo>>
       const p = rel === '' ? name : `${rel}/${name}`;
       const abs = Buffer.concat([rootBuf, Buffer.from('/'), Buffer.from(p, 'latin1')]);
       const st = await lstat(abs, { bigint: true });
-      const type = st.isFile() ? 'reg' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : st.isFIFO() ? 'fifo' : 'other';
+      const type = st.isFile()
+        ? 'reg'
+        : st.isDirectory()
+          ? 'dir'
+          : st.isSymbolicLink()
+            ? 'symlink'
+            : st.isCharacterDevice()
+              ? 'char'
+              : st.isBlockDevice()
+                ? 'block'
+                : st.isFIFO()
+                  ? 'fifo'
+                  : 'other';
       const info: NodeInfo = {
         type,
         mode: Number(st.mode & 0o7777n),
@@ -47,7 +74,10 @@ export async function snapshotTree(root: string): Promise<Map<string, NodeInfo>>
       };
       if (type === 'symlink') info.link = (await readlink(abs, { encoding: 'buffer' })).toString('latin1');
       if (type === 'char' || type === 'block') info.rdev = String(st.rdev);
-      if (type === 'reg') info.sha = createHash('sha256').update(await readFile(abs)).digest('hex');
+      if (type === 'reg')
+        info.sha = createHash('sha256')
+          .update(await readFile(abs))
+          .digest('hex');
       out.set(p, info);
       if (type === 'dir') await walk(p);
     }
@@ -57,11 +87,15 @@ export async function snapshotTree(root: string): Promise<Map<string, NodeInfo>>
 }
 
 /** Hardlink groups as sorted path lists joined by '|', keyed by path. */
-export function linkGroups(tree: Map<string, NodeInfo>, mapPath: (p: string) => string = (p) => p): Map<string, string> {
+export function linkGroups(
+  tree: Map<string, NodeInfo>,
+  mapPath: (p: string) => string = (p) => p,
+): Map<string, string> {
   const byIno = new Map<string, string[]>();
   for (const [p, i] of tree) if (i.type === 'reg') byIno.set(i.ino, [...(byIno.get(i.ino) ?? []), mapPath(p)]);
   const out = new Map<string, string>();
-  for (const paths of byIno.values()) if (paths.length > 1) for (const p of paths) out.set(p, [...paths].sort().join('|'));
+  for (const paths of byIno.values())
+    if (paths.length > 1) for (const p of paths) out.set(p, [...paths].sort().join('|'));
   return out;
 }
 
@@ -77,7 +111,11 @@ export interface CompareOptions {
 }
 
 /** Differences between `expected` and `actual` (same keys), as readable lines. */
-export function diffTrees(expected: Map<string, NodeInfo>, actual: Map<string, NodeInfo>, opts: CompareOptions = {}): string[] {
+export function diffTrees(
+  expected: Map<string, NodeInfo>,
+  actual: Map<string, NodeInfo>,
+  opts: CompareOptions = {},
+): string[] {
   const out: string[] = [];
   const show = (p: string) => JSON.stringify(Buffer.from(p, 'latin1').toString('utf8'));
   for (const [p, e] of expected) {
@@ -86,9 +124,14 @@ export function diffTrees(expected: Map<string, NodeInfo>, actual: Map<string, N
       out.push(`missing ${show(p)}`);
       continue;
     }
-    const drop = (x: string) => x.split(',').filter((kv) => kv !== '' && !opts.ignoreXattrs?.includes(kv.slice(0, kv.indexOf('=')))).join(',');
+    const drop = (x: string) =>
+      x
+        .split(',')
+        .filter((kv) => kv !== '' && !opts.ignoreXattrs?.includes(kv.slice(0, kv.indexOf('='))))
+        .join(',');
     for (const k of ['type', 'mode', 'uid', 'gid', 'size', 'link', 'rdev', 'sha', 'xattrs'] as const) {
-      if (k === 'xattrs' ? drop(e.xattrs) !== drop(a.xattrs) : e[k] !== a[k]) out.push(`${show(p)}: ${k} ${String(e[k])} != ${String(a[k])}`);
+      if (k === 'xattrs' ? drop(e.xattrs) !== drop(a.xattrs) : e[k] !== a[k])
+        out.push(`${show(p)}: ${k} ${String(e[k])} != ${String(a[k])}`);
     }
     const skipTime = (e.type === 'symlink' && opts.ignoreSymlinkMtime) || (e.type === 'dir' && opts.ignoreDirMtime);
     if (!skipTime) {
@@ -124,17 +167,57 @@ export async function makeNastyTree(root: string): Promise<void> {
     await chown(abs, uid, gid);
     await chmod(abs, mode);
   };
-  for (const dir of ['etc/ssh', 'usr/bin', 'usr/sbin', 'usr/lib/devs', 'usr/lib/modules/6.1.0/kernel', 'usr/share/doc/pkg', 'usr/share/odd', 'usr/local/bin', 'var/lib/foo', 'var/log', 'var/cache', 'run/user', 'tmp', 'proc', 'sys', 'dev', 'home/user', 'root', 'opt/x', 'srv', '.snapshots/1', 'boot/grub2/x86_64-efi', 'boot/writable']) await d(dir);
+  for (const dir of [
+    'etc/ssh',
+    'usr/bin',
+    'usr/sbin',
+    'usr/lib/devs',
+    'usr/lib/modules/6.1.0/kernel',
+    'usr/share/doc/pkg',
+    'usr/share/odd',
+    'usr/local/bin',
+    'var/lib/foo',
+    'var/log',
+    'var/cache',
+    'run/user',
+    'tmp',
+    'proc',
+    'sys',
+    'dev',
+    'home/user',
+    'root',
+    'opt/x',
+    'srv',
+    '.snapshots/1',
+    'boot/grub2/x86_64-efi',
+    'boot/writable',
+  ])
+    await d(dir);
   await chmod(join(root, 'tmp'), 0o1777);
   await chmod(join(root, 'root'), 0o700);
-  await f('usr/lib/os-release', 'NAME="openSUSE MicroOS"\nID="opensuse-microos"\nID_LIKE="suse opensuse opensuse-tumbleweed"\nVERSION_ID="20261126"\nPRETTY_NAME="openSUSE MicroOS"\nIMAGE_VERSION="20261126.1"\n');
+  await f(
+    'usr/lib/os-release',
+    'NAME="openSUSE MicroOS"\nID="opensuse-microos"\nID_LIKE="suse opensuse opensuse-tumbleweed"\nVERSION_ID="20261126"\nPRETTY_NAME="openSUSE MicroOS"\nIMAGE_VERSION="20261126.1"\n',
+  );
   await symlink('../usr/lib/os-release', join(root, 'etc/os-release'));
   await f('etc/hostname', 'microos\n');
   await f('etc/ssh/sshd_config', 'PermitRootLogin no\n', 0o600);
   await f('etc/shadow', 'root:!:19000::::::\n', 0o640, 0, 15);
   await f('usr/bin/ping', Buffer.from('\x7fELF ping binary'), 0o755);
-  await run('setfattr', ['-n', 'security.capability', '-v', '0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=', join(root, 'usr/bin/ping')]);
-  await run('setfattr', ['-n', 'security.selinux', '-v', 'system_u:object_r:ping_exec_t:s0', join(root, 'usr/bin/ping')]);
+  await run('setfattr', [
+    '-n',
+    'security.capability',
+    '-v',
+    '0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=',
+    join(root, 'usr/bin/ping'),
+  ]);
+  await run('setfattr', [
+    '-n',
+    'security.selinux',
+    '-v',
+    'system_u:object_r:ping_exec_t:s0',
+    join(root, 'usr/bin/ping'),
+  ]);
   await f('usr/bin/su', 'su binary', 0o4755);
   await f('usr/sbin/grpprog', 'sgid binary', 0o2711, 0, 5);
   await run('setfattr', ['-n', 'user.comment', '-v', '0x00ff01fe', join(root, 'usr/sbin')]);

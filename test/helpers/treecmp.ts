@@ -28,14 +28,38 @@ export async function describeTree(root: string, skip: readonly string[] = []): 
   async function walk(rel: string): Promise<void> {
     const abs = rel === '' ? root : join(root, rel);
     const st = await lstat(abs);
-    const kind = st.isFile() ? 'reg' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : st.isFIFO() ? 'fifo' : 'other';
+    const kind = st.isFile()
+      ? 'reg'
+      : st.isDirectory()
+        ? 'dir'
+        : st.isSymbolicLink()
+          ? 'symlink'
+          : st.isCharacterDevice()
+            ? 'char'
+            : st.isBlockDevice()
+              ? 'block'
+              : st.isFIFO()
+                ? 'fifo'
+                : 'other';
     const x = xs.get(abs) ?? {};
     const info: Info = {
-      kind, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: Math.floor(st.mtimeMs / 1000), size: kind === 'reg' ? st.size : 0,
-      rdev: st.rdev, ino: st.ino,
-      xattrs: Object.keys(x).sort().map((k) => `${k}=${x[k]!.toString('base64')}`).join(','),
+      kind,
+      mode: st.mode & 0o7777,
+      uid: st.uid,
+      gid: st.gid,
+      mtime: Math.floor(st.mtimeMs / 1000),
+      size: kind === 'reg' ? st.size : 0,
+      rdev: st.rdev,
+      ino: st.ino,
+      xattrs: Object.keys(x)
+        .sort()
+        .map((k) => `${k}=${x[k]!.toString('base64')}`)
+        .join(','),
     };
-    if (kind === 'reg') info.sha = createHash('sha256').update(await readFile(abs)).digest('hex');
+    if (kind === 'reg')
+      info.sha = createHash('sha256')
+        .update(await readFile(abs))
+        .digest('hex');
     if (kind === 'symlink') info.link = await readlink(abs);
     out.set(rel, info);
     if (kind === 'dir') {
@@ -63,7 +87,11 @@ function groups(t: Map<string, Info>): Map<string, string> {
   return out;
 }
 
-export async function diffTrees(a: string, b: string, opts: { skip?: string[]; ignoreRootMeta?: boolean } = {}): Promise<string[]> {
+export async function diffTrees(
+  a: string,
+  b: string,
+  opts: { skip?: string[]; ignoreRootMeta?: boolean } = {},
+): Promise<string[]> {
   const ta = await describeTree(a, opts.skip);
   const tb = await describeTree(b, opts.skip);
   const ga = groups(ta);
@@ -91,7 +119,13 @@ export async function listing(dir: string): Promise<string> {
   const out: string[] = [];
   for (const d of await readdir(dir, { recursive: true, withFileTypes: true })) {
     const p = join(d.parentPath, d.name);
-    out.push(d.isFile() ? `${p} ${createHash('sha256').update(await readFile(p)).digest('hex')}` : p);
+    out.push(
+      d.isFile()
+        ? `${p} ${createHash('sha256')
+            .update(await readFile(p))
+            .digest('hex')}`
+        : p,
+    );
   }
   return out.sort().join('\n');
 }

@@ -55,7 +55,8 @@ export class TestTarget implements Target {
         continue;
       }
       const at = doc.artifactType ?? doc.config?.mediaType;
-      if (doc.subject?.digest === desc.digest && (artifactType === undefined || at === artifactType)) out.push({ ...m, ...(at ? { artifactType: at } : {}) });
+      if (doc.subject?.digest === desc.digest && (artifactType === undefined || at === artifactType))
+        out.push({ ...m, ...(at ? { artifactType: at } : {}) });
     }
     return Promise.resolve(out);
   }
@@ -74,14 +75,31 @@ export class TestTarget implements Target {
 /** Store a small OCI image (config + one layer + manifest) in `t` and tag it; returns the manifest descriptor. */
 export async function putImage(t: Target, tag: string, content = 'hello'): Promise<Descriptor> {
   const { createHash } = await import('node:crypto');
-  const d = (mediaType: string, b: Buffer): Descriptor => ({ mediaType, digest: `sha256:${createHash('sha256').update(b).digest('hex')}`, size: b.length });
+  const d = (mediaType: string, b: Buffer): Descriptor => ({
+    mediaType,
+    digest: `sha256:${createHash('sha256').update(b).digest('hex')}`,
+    size: b.length,
+  });
   const layer = Buffer.from(content);
   const layerDesc = d('application/vnd.oci.image.layer.v1.tar', layer);
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [layerDesc.digest] } }));
+  const config = Buffer.from(
+    JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [layerDesc.digest] } }),
+  );
   const configDesc = d('application/vnd.oci.image.config.v1+json', config);
-  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: configDesc, layers: [layerDesc] }));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: configDesc,
+      layers: [layerDesc],
+    }),
+  );
   const mDesc = d('application/vnd.oci.image.manifest.v1+json', manifest);
-  for (const [desc, b] of [[layerDesc, layer], [configDesc, config], [mDesc, manifest]] as const) {
+  for (const [desc, b] of [
+    [layerDesc, layer],
+    [configDesc, config],
+    [mDesc, manifest],
+  ] as const) {
     if (!(await t.exists(desc))) await t.push(desc, Readable.from([b]));
   }
   await t.tag(mDesc, tag);
@@ -89,14 +107,48 @@ export async function putImage(t: Target, tag: string, content = 'hello'): Promi
 }
 
 /** A cosign signature manifest for `subject`, put together by hand from the cosign spec, without tiu's code. */
-export async function handMadeSignature(t: Pick<Target, 'push' | 'tag'>, subject: Descriptor, payload: Buffer, sigB64: string): Promise<void> {
+export async function handMadeSignature(
+  t: Pick<Target, 'push' | 'tag'>,
+  subject: Descriptor,
+  payload: Buffer,
+  sigB64: string,
+): Promise<void> {
   const { createHash } = await import('node:crypto');
   const sha = (b: Buffer): `sha256:${string}` => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-  const layer = { mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', size: payload.length, digest: sha(payload), annotations: { 'dev.cosignproject.cosign/signature': sigB64 } };
-  const config = Buffer.from(JSON.stringify({ architecture: '', created: '0001-01-01T00:00:00Z', history: [{ created: '0001-01-01T00:00:00Z' }], os: '', rootfs: { type: 'layers', diff_ids: [layer.digest] }, config: {} }));
-  const configDesc = { mediaType: 'application/vnd.oci.image.config.v1+json', size: config.length, digest: sha(config) };
-  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: configDesc, layers: [layer] }));
-  const mDesc = { mediaType: 'application/vnd.oci.image.manifest.v1+json', size: manifest.length, digest: sha(manifest) };
+  const layer = {
+    mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json',
+    size: payload.length,
+    digest: sha(payload),
+    annotations: { 'dev.cosignproject.cosign/signature': sigB64 },
+  };
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: '',
+      created: '0001-01-01T00:00:00Z',
+      history: [{ created: '0001-01-01T00:00:00Z' }],
+      os: '',
+      rootfs: { type: 'layers', diff_ids: [layer.digest] },
+      config: {},
+    }),
+  );
+  const configDesc = {
+    mediaType: 'application/vnd.oci.image.config.v1+json',
+    size: config.length,
+    digest: sha(config),
+  };
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: configDesc,
+      layers: [layer],
+    }),
+  );
+  const mDesc = {
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    size: manifest.length,
+    digest: sha(manifest),
+  };
   await t.push(layer, Readable.from([payload]));
   await t.push(configDesc, Readable.from([config]));
   await t.push(mDesc, Readable.from([manifest]));

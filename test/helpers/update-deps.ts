@@ -33,7 +33,12 @@ async function put(target: Target, mediaType: string, data: Buffer): Promise<Des
 }
 
 /** OsFile[] -> one tar layer (parents first, fixed mtimes) in the layout at `layout`, tagged `tag`. */
-export async function buildImage(layout: string, tag: string, files: OsFile[], compression: 'gzip' | 'zstd' = 'gzip'): Promise<BuiltImage> {
+export async function buildImage(
+  layout: string,
+  tag: string,
+  files: OsFile[],
+  compression: 'gzip' | 'zstd' = 'gzip',
+): Promise<BuiltImage> {
   const target = await OciLayoutTarget.open(layout, { create: true });
   const pack = tar.pack();
   const mtime = new Date('2026-01-01T00:00:00Z');
@@ -41,7 +46,8 @@ export async function buildImage(layout: string, tag: string, files: OsFile[], c
   for (const f of files) for (let d = dirname(f.path); d !== '.'; d = dirname(d)) dirs.add(d);
   for (const d of [...MOUNT_POINT_DIRS]) for (let p = dirname(d); p !== '.'; p = dirname(p)) dirs.add(p);
   const fileDirs = new Set(files.map((f) => f.path));
-  for (const d of [...dirs].filter((x) => !fileDirs.has(x)).sort()) pack.entry({ name: d + '/', type: 'directory', mode: 0o755, mtime });
+  for (const d of [...dirs].filter((x) => !fileDirs.has(x)).sort())
+    pack.entry({ name: d + '/', type: 'directory', mode: 0o755, mtime });
   for (const f of [...files].sort((a, b) => a.path.localeCompare(b.path))) {
     if (f.symlink !== undefined) pack.entry({ name: f.path, type: 'symlink', linkname: f.symlink, mode: 0o777, mtime });
     else pack.entry({ name: f.path, type: 'file', mode: f.mode ?? 0o644, mtime }, Buffer.from(f.content ?? ''));
@@ -50,8 +56,18 @@ export async function buildImage(layout: string, tag: string, files: OsFile[], c
   const tarBytes = await buffer(pack);
   const layerBytes = compression === 'gzip' ? gzipSync(tarBytes) : zstdCompressSync(tarBytes);
   const layer = await put(target, compression === 'gzip' ? MediaType.OciLayerGzip : MediaType.OciLayerZstd, layerBytes);
-  const config = await put(target, MediaType.OciConfig, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha(tarBytes)] } })));
-  const manifest = await put(target, MediaType.OciManifest, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer] })));
+  const config = await put(
+    target,
+    MediaType.OciConfig,
+    Buffer.from(
+      JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha(tarBytes)] } }),
+    ),
+  );
+  const manifest = await put(
+    target,
+    MediaType.OciManifest,
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer] })),
+  );
   await target.tag(manifest, tag);
   return { manifest, layers: [layer] };
 }
@@ -63,8 +79,17 @@ export async function installPolicy(sysroot: string): Promise<KeyObject> {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
   await mkdir(join(sysroot, 'etc/tiu'), { recursive: true });
   await writeFile(join(sysroot, 'etc/tiu/cosign.pub'), publicKey.export({ format: 'pem', type: 'spki' }));
-  const req = [{ type: 'sigstoreSigned', keyPath: join(sysroot, 'etc/tiu/cosign.pub'), signedIdentity: { type: 'exactRepository', dockerRepository: TEST_IDENTITY } }];
-  await writeFile(join(sysroot, 'etc/tiu/policy.json'), JSON.stringify({ default: [{ type: 'reject' }], transports: { oci: { '': req }, docker: { '': req } } }));
+  const req = [
+    {
+      type: 'sigstoreSigned',
+      keyPath: join(sysroot, 'etc/tiu/cosign.pub'),
+      signedIdentity: { type: 'exactRepository', dockerRepository: TEST_IDENTITY },
+    },
+  ];
+  await writeFile(
+    join(sysroot, 'etc/tiu/policy.json'),
+    JSON.stringify({ default: [{ type: 'reject' }], transports: { oci: { '': req }, docker: { '': req } } }),
+  );
   return privateKey;
 }
 

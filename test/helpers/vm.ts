@@ -128,7 +128,8 @@ export class Vm {
   private exited: Promise<number | null> = Promise.resolve(null);
   private consoleText = '';
   private lineBuf = '';
-  private waiters: { match: (line: string) => boolean; resolve: (line: string) => void; reject: (e: Error) => void }[] = [];
+  private waiters: { match: (line: string) => boolean; resolve: (line: string) => void; reject: (e: Error) => void }[] =
+    [];
   private nextId = 1;
   private running = false;
 
@@ -187,35 +188,63 @@ export class Vm {
       server.listen(sockPath, resolve);
     });
     const args = [
-      '-accel', 'tcg', '-cpu', 'max', '-smp', '2', '-m', '1024',
-      '-no-reboot', '-display', 'none', '-monitor', 'none', '-serial', 'stdio',
+      '-accel',
+      'tcg',
+      '-cpu',
+      'max',
+      '-smp',
+      '2',
+      '-m',
+      '1024',
+      '-no-reboot',
+      '-display',
+      'none',
+      '-monitor',
+      'none',
+      '-serial',
+      'stdio',
     ];
     if (this.bootPath === 'uefi') {
       args.push(
-        '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${ovmfCode}`,
-        '-drive', `if=pflash,format=raw,unit=1,file=${this.efiVars}`,
+        '-drive',
+        `if=pflash,format=raw,unit=0,readonly=on,file=${ovmfCode}`,
+        '-drive',
+        `if=pflash,format=raw,unit=1,file=${this.efiVars}`,
         // No option ROM: the firmware never tries to boot from the network.
-        ...(this.network === 'user' ? ['-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0,romfile='] : ['-nic', 'none']),
+        ...(this.network === 'user'
+          ? ['-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0,romfile=']
+          : ['-nic', 'none']),
       );
     } else {
       args.push(
-        '-nic', this.network === 'user' ? 'user,model=virtio-net-pci' : 'none',
-        '-kernel', this.image.kernel, '-initrd', this.image.initrd, '-append', this.image.cmdline,
+        '-nic',
+        this.network === 'user' ? 'user,model=virtio-net-pci' : 'none',
+        '-kernel',
+        this.image.kernel,
+        '-initrd',
+        this.image.initrd,
+        '-append',
+        this.image.cmdline,
       );
     }
     args.push(
       // The root disk first: PCI slots go in command-line order, so it is /dev/vda; the firmware boots it.
-      '-drive', `file=${this.disk},format=raw,if=none,id=root,cache=writeback,discard=unmap`,
-      '-device', `virtio-blk-pci,drive=root,serial=tiuroot${this.bootPath === 'uefi' ? ',bootindex=0' : ''}`,
+      '-drive',
+      `file=${this.disk},format=raw,if=none,id=root,cache=writeback,discard=unmap`,
+      '-device',
+      `virtio-blk-pci,drive=root,serial=tiuroot${this.bootPath === 'uefi' ? ',bootindex=0' : ''}`,
     );
     this.extraDisks.forEach((d, i) => {
       args.push('-drive', `file=${d.path},format=raw,if=none,id=disk${i}${d.readonly ? ',readonly=on' : ''}`);
       args.push('-device', `virtio-blk-pci,drive=disk${i},serial=${d.serial}`);
     });
     args.push(
-      '-device', 'virtio-serial',
-      '-chardev', `socket,id=tiutest,path=${sockPath}`,
-      '-device', 'virtserialport,chardev=tiutest,name=org.tiu.test',
+      '-device',
+      'virtio-serial',
+      '-chardev',
+      `socket,id=tiutest,path=${sockPath}`,
+      '-device',
+      'virtserialport,chardev=tiutest,name=org.tiu.test',
     );
     const log = this.consoleLogPath(boot);
     await writeFile(join(this.workdir, `qemu-${boot}.argv`), ['qemu-system-x86_64', ...args].join(' ') + '\n');
@@ -256,14 +285,19 @@ export class Vm {
     });
     const ready = this.waitLine((l) => l.startsWith('TIU-VM-READY'));
     const outcome = await Promise.race([
-      ready.then(() => 'ready' as const, () => 'exited' as const),
+      ready.then(
+        () => 'ready' as const,
+        () => 'exited' as const,
+      ),
       this.exited.then(() => 'exited' as const),
       sleep(timeoutMs).then(() => 'timeout' as const),
     ]);
     this.bootTimes.push(Date.now() - t0);
     if (outcome === 'timeout') {
       await this.kill();
-      throw new Error(`boot ${boot} did not reach the test channel in ${timeoutMs / 1000} s; console: ${log}\n${this.consoleTail()}`);
+      throw new Error(
+        `boot ${boot} did not reach the test channel in ${timeoutMs / 1000} s; console: ${log}\n${this.consoleTail()}`,
+      );
     }
     return outcome;
   }
@@ -271,7 +305,10 @@ export class Vm {
   /** Boot and require the VM to come up. */
   async bootReady(): Promise<void> {
     const o = await this.boot();
-    if (o !== 'ready') throw new Error(`boot ${this.boots} ended before it came up; console: ${this.consoleLogPath()}\n${this.consoleTail()}`);
+    if (o !== 'ready')
+      throw new Error(
+        `boot ${this.boots} ended before it came up; console: ${this.consoleLogPath()}\n${this.consoleTail()}`,
+      );
   }
 
   consoleTail(lines = 40): string {
@@ -304,7 +341,10 @@ export class Vm {
     const line = await Promise.race([
       reply,
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer to ${JSON.stringify(script)} in ${timeoutMs / 1000} s`)), timeoutMs);
+        timer = setTimeout(
+          () => reject(new Error(`no answer to ${JSON.stringify(script)} in ${timeoutMs / 1000} s`)),
+          timeoutMs,
+        );
       }),
     ]).finally(() => clearTimeout(timer));
     const [, , code, b64] = line.split(' ');
@@ -321,10 +361,15 @@ export class Vm {
   /** Wait for qemu to end by itself (a reboot or poweroff inside the VM). */
   async waitForExit(timeoutMs = 300_000): Promise<void> {
     if (!this.running) return;
-    const r = await Promise.race([this.exited.then(() => 'exited' as const), sleep(timeoutMs).then(() => 'timeout' as const)]);
+    const r = await Promise.race([
+      this.exited.then(() => 'exited' as const),
+      sleep(timeoutMs).then(() => 'timeout' as const),
+    ]);
     if (r === 'timeout') {
       await this.kill();
-      throw new Error(`the VM did not reboot within ${timeoutMs / 1000} s; console: ${this.consoleLogPath()}\n${this.consoleTail()}`);
+      throw new Error(
+        `the VM did not reboot within ${timeoutMs / 1000} s; console: ${this.consoleLogPath()}\n${this.consoleTail()}`,
+      );
     }
   }
 

@@ -13,10 +13,28 @@ import { Readable } from 'node:stream';
 import { run } from '../../src/host/exec.ts';
 import { isTiuError } from '../../src/errors.ts';
 import {
-  applyFromToc, applyTarLayers, entriesFromTar, tarLayerProvider, openerProvider, readTar, tocToEntries, scanTree, planApply, ContentIndex, flattenLayers, executePlan,
-  type ContentProvider, type TreeEntry,
+  applyFromToc,
+  applyTarLayers,
+  entriesFromTar,
+  tarLayerProvider,
+  openerProvider,
+  readTar,
+  tocToEntries,
+  scanTree,
+  planApply,
+  ContentIndex,
+  flattenLayers,
+  executePlan,
+  type ContentProvider,
+  type TreeEntry,
 } from '../../src/deploy/apply/index.ts';
-import { ContentStore, downloadTransfer, prepareTransfer, applyTransfer, storeProvider } from '../../src/deploy/delta/index.ts';
+import {
+  ContentStore,
+  downloadTransfer,
+  prepareTransfer,
+  applyTransfer,
+  storeProvider,
+} from '../../src/deploy/delta/index.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
@@ -38,38 +56,82 @@ const sparse = Buffer.concat([randomBytes(4096), Buffer.alloc(2 * 1024 * 1024)])
 const newfile = randomBytes(100 * 1024);
 const holes = Buffer.concat([Buffer.from('head'), Buffer.alloc(3 * 1024 * 1024), Buffer.from('tail')]);
 
-const dir = (name: string, extra: Partial<TarSpec> = {}): TarSpec => ({ name, type: '5', mode: 0o755, mtime: T1, ...extra });
-const file = (name: string, content: Buffer | string, extra: Partial<TarSpec> = {}): TarSpec => ({ name, content, mtime: T1, ...extra });
+const dir = (name: string, extra: Partial<TarSpec> = {}): TarSpec => ({
+  name,
+  type: '5',
+  mode: 0o755,
+  mtime: T1,
+  ...extra,
+});
+const file = (name: string, content: Buffer | string, extra: Partial<TarSpec> = {}): TarSpec => ({
+  name,
+  content,
+  mtime: T1,
+  ...extra,
+});
 
 const v1: TarSpec[] = [
-  dir('etc'), file('etc/hostname', 'v1host\n'), file('etc/keep.conf', 'same\n'),
-  file('etc/owned', 'owned\n', { uid: 1000, gid: 1000 }), file('etc/mtime-only', 'mt\n'),
-  dir('usr'), dir('usr/bin'), file('usr/bin/tool', tool, { mode: 0o755 }),
+  dir('etc'),
+  file('etc/hostname', 'v1host\n'),
+  file('etc/keep.conf', 'same\n'),
+  file('etc/owned', 'owned\n', { uid: 1000, gid: 1000 }),
+  file('etc/mtime-only', 'mt\n'),
+  dir('usr'),
+  dir('usr/bin'),
+  file('usr/bin/tool', tool, { mode: 0o755 }),
   file('usr/bin/ping', ping, { mode: 0o4755, xattrs: { 'security.capability': CAP_NET_RAW } }),
-  dir('usr/lib'), file('usr/lib/big.bin', big), file('usr/lib/ha', hlink), { name: 'usr/lib/hb', type: '1', linkname: 'usr/lib/ha', mtime: T1 },
-  dir('usr/lib/hd'), file('usr/lib/hd/x', 'x'),
-  file('usr/lib/libx.so.1', libx), { name: 'usr/lib/libx.so', type: '2', linkname: 'libx.so.1', mtime: T1 },
+  dir('usr/lib'),
+  file('usr/lib/big.bin', big),
+  file('usr/lib/ha', hlink),
+  { name: 'usr/lib/hb', type: '1', linkname: 'usr/lib/ha', mtime: T1 },
+  dir('usr/lib/hd'),
+  file('usr/lib/hd/x', 'x'),
+  file('usr/lib/libx.so.1', libx),
+  { name: 'usr/lib/libx.so', type: '2', linkname: 'libx.so.1', mtime: T1 },
   file('usr/lib/sparse', sparse),
-  dir('usr/share'), dir('usr/share/doc'), file('usr/share/doc/old.txt', 'old docs\n'),
-  dir('opt2'), file('opt2/thing', 'thing\n'), file('data', 'data\n'),
-  dir('dev'), { name: 'dev/null', type: '3', devmajor: 1, devminor: 3, mode: 0o666, mtime: T1 }, { name: 'dev/fifo', type: '6', mode: 0o600, mtime: T1 },
+  dir('usr/share'),
+  dir('usr/share/doc'),
+  file('usr/share/doc/old.txt', 'old docs\n'),
+  dir('opt2'),
+  file('opt2/thing', 'thing\n'),
+  file('data', 'data\n'),
+  dir('dev'),
+  { name: 'dev/null', type: '3', devmajor: 1, devminor: 3, mode: 0o666, mtime: T1 },
+  { name: 'dev/fifo', type: '6', mode: 0o600, mtime: T1 },
 ];
 
 const v2: TarSpec[] = [
-  dir('etc', { mtime: T2 }), file('etc/hostname', 'v2host\n'), file('etc/keep.conf', 'same\n'),
-  file('etc/owned', 'owned\n'), file('etc/mtime-only', 'mt\n', { mtime: T2 }),
-  file('etc/sel', 'labelled\n', { xattrs: { 'security.selinux': 'system_u:object_r:etc_t:s0\0', 'user.note': Buffer.from([0, 1, 2, 255]) } }),
-  dir('usr'), dir('usr/bin'), file('usr/bin/tool', tool, { mode: 0o755 }),
+  dir('etc', { mtime: T2 }),
+  file('etc/hostname', 'v2host\n'),
+  file('etc/keep.conf', 'same\n'),
+  file('etc/owned', 'owned\n'),
+  file('etc/mtime-only', 'mt\n', { mtime: T2 }),
+  file('etc/sel', 'labelled\n', {
+    xattrs: { 'security.selinux': 'system_u:object_r:etc_t:s0\0', 'user.note': Buffer.from([0, 1, 2, 255]) },
+  }),
+  dir('usr'),
+  dir('usr/bin'),
+  file('usr/bin/tool', tool, { mode: 0o755 }),
   file('usr/bin/ping', ping, { mode: 0o4755, uid: 1000, gid: 1000, xattrs: { 'security.capability': CAP_NET_RAW } }),
-  dir('usr/lib', { mtime: T2 }), file('usr/lib/ha', hlink), { name: 'usr/lib/hb', type: '1', linkname: 'usr/lib/ha' }, { name: 'usr/lib/hc', type: '1', linkname: 'usr/lib/ha' },
+  dir('usr/lib', { mtime: T2 }),
+  file('usr/lib/ha', hlink),
+  { name: 'usr/lib/hb', type: '1', linkname: 'usr/lib/ha' },
+  { name: 'usr/lib/hc', type: '1', linkname: 'usr/lib/ha' },
   { name: 'usr/lib/hd', type: '1', linkname: 'usr/lib/ha' },
-  file('usr/lib/libx.so.2', libx), { name: 'usr/lib/libx.so', type: '2', linkname: 'libx.so.2', mtime: T2 },
+  file('usr/lib/libx.so.2', libx),
+  { name: 'usr/lib/libx.so', type: '2', linkname: 'libx.so.2', mtime: T2 },
   file('usr/lib/sparse', sparse),
-  dir('usr/lib64'), file('usr/lib64/big.bin', big),
-  dir('usr/new'), file('usr/new/newfile', newfile, { mode: 0o600, uid: 12, gid: 34 }), file('usr/new/holes', holes),
+  dir('usr/lib64'),
+  file('usr/lib64/big.bin', big),
+  dir('usr/new'),
+  file('usr/new/newfile', newfile, { mode: 0o600, uid: 12, gid: 34 }),
+  file('usr/new/holes', holes),
   { name: 'opt2', type: '2', linkname: 'usr/lib', mtime: T1 },
-  dir('data'), file('data/inner', 'x\n'),
-  dir('dev'), { name: 'dev/null', type: '3', devmajor: 1, devminor: 3, mode: 0o666, mtime: T1 }, { name: 'dev/fifo', type: '6', mode: 0o600, mtime: T1 },
+  dir('data'),
+  file('data/inner', 'x\n'),
+  dir('dev'),
+  { name: 'dev/null', type: '3', devmajor: 1, devminor: 3, mode: 0o666, mtime: T1 },
+  { name: 'dev/fifo', type: '6', mode: 0o600, mtime: T1 },
   { name: 'dev/sda', type: '4', devmajor: 8, devminor: 0, mode: 0o660, gid: 6, mtime: T1 },
 ];
 
@@ -77,7 +139,7 @@ async function gnuExtract(tar: Buffer, into: string): Promise<void> {
   await mkdir(into, { recursive: true });
   const f = into + '.tar';
   await writeFile(f, tar);
-  await run('tar', ['--xattrs', "--xattrs-include=*", '--numeric-owner', '-xpf', f, '-C', into]);
+  await run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-xpf', f, '-C', into]);
 }
 
 async function tocEntries(tar: Buffer, layer = 0): Promise<TreeEntry[]> {
@@ -106,7 +168,16 @@ describe('deploy/apply on btrfs (integration)', function () {
   });
 
   it('the reference extraction carries what the test relies on (capability, selinux label, devices)', async () => {
-    const r = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'hex', join(ref2, 'usr/bin/ping'), join(ref2, 'etc/sel')]);
+    const r = await run('getfattr', [
+      '-h',
+      '-d',
+      '-m',
+      '-',
+      '-e',
+      'hex',
+      join(ref2, 'usr/bin/ping'),
+      join(ref2, 'etc/sel'),
+    ]);
     assert.match(r.stdout, /security\.capability=0x0100000200200000/);
     assert.match(r.stdout, /security\.selinux=/);
   });
@@ -116,7 +187,12 @@ describe('deploy/apply on btrfs (integration)', function () {
     const target = join(fs.mnt, 'toc');
     await snapshot(join(fs.mnt, 'v1'), target);
     const idx = join(fs.dir, 'index.json');
-    const res = await applyFromToc(target, [await tocEntries(v2tar)], tarLayerProvider(() => Promise.resolve(Readable.from([v2tar]))), { indexFile: idx });
+    const res = await applyFromToc(
+      target,
+      [await tocEntries(v2tar)],
+      tarLayerProvider(() => Promise.resolve(Readable.from([v2tar]))),
+      { indexFile: idx },
+    );
     const diffs = await diffTrees(target, ref2, { ignoreRootMeta: true });
     assert.deepEqual(diffs, []);
     const rep = res.report!;
@@ -124,12 +200,21 @@ describe('deploy/apply on btrfs (integration)', function () {
     // (its hardlink group changed) by a reflink of itself
     assert.equal(rep.reflinked.bytes, big.length + libx.length + hlink.length);
     // only these are new content
-    const fresh = { 'data/inner': 'x\n'.length, 'etc/hostname': 'v2host\n'.length, 'etc/sel': 'labelled\n'.length, 'usr/new/holes': holes.length, 'usr/new/newfile': newfile.length };
+    const fresh = {
+      'data/inner': 'x\n'.length,
+      'etc/hostname': 'v2host\n'.length,
+      'etc/sel': 'labelled\n'.length,
+      'usr/new/holes': holes.length,
+      'usr/new/newfile': newfile.length,
+    };
     assert.deepEqual(res.plan.fetch.map((e) => e.path).sort(), Object.keys(fresh));
     assert.equal(rep.written.count, 5);
     // zero blocks became holes
     assert.ok((await stat(join(target, 'usr/new/holes'))).blocks * 512 < 64 * 1024);
-    assert.equal(rep.written.bytes, Object.values(fresh).reduce((a, b) => a + b));
+    assert.equal(
+      rep.written.bytes,
+      Object.values(fresh).reduce((a, b) => a + b),
+    );
     assert.ok(rep.kept.count >= 6, `kept ${rep.kept.count}`);
     assert.ok(rep.metadataFixed.count >= 3);
     assert.ok(rep.deleted.count >= 5);
@@ -139,7 +224,7 @@ describe('deploy/apply on btrfs (integration)', function () {
     assert.equal(await listing(join(fs.mnt, 'v1')), v1before);
   });
 
-  it('TOC path with ranged fetches (one zstd frame per file, the delta\'s storeProvider) fetches only the files it lacks', async () => {
+  it("TOC path with ranged fetches (one zstd frame per file, the delta's storeProvider) fetches only the files it lacks", async () => {
     // A blob where each file's content is its own zstd frame, and entries pointing into it.
     const frames: Buffer[] = [];
     const ranges = new Map<string, [number, number]>();
@@ -155,7 +240,11 @@ describe('deploy/apply on btrfs (integration)', function () {
     }
     const blob = Buffer.concat(frames);
     const source = new MemoryTarget();
-    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: `sha256:${createHash('sha256').update(blob).digest('hex')}`, size: blob.length };
+    const desc: Descriptor = {
+      mediaType: MediaType.OciLayerZstd,
+      digest: `sha256:${createHash('sha256').update(blob).digest('hex')}`,
+      size: blob.length,
+    };
     await source.push(desc, Readable.from([blob]));
     let fetched = 0;
     const fetchRange = source.fetchRange.bind(source);
@@ -164,11 +253,19 @@ describe('deploy/apply on btrfs (integration)', function () {
       fetched += end - start;
       return fetchRange(d, start, end, o);
     };
-    const entries = (await tocEntries(v2tar)).map((e) => (e.type === 'reg' ? { ...e, source: { layer: 0, offset: ranges.get(e.path)![0], endOffset: ranges.get(e.path)![1] } } : e));
+    const entries = (await tocEntries(v2tar)).map((e) =>
+      e.type === 'reg'
+        ? { ...e, source: { layer: 0, offset: ranges.get(e.path)![0], endOffset: ranges.get(e.path)![1] } }
+        : e,
+    );
     const target = join(fs.mnt, 'ranged');
     await snapshot(join(fs.mnt, 'v1'), target);
     const store = await ContentStore.open(join(fs.dir, 'ranged-store'));
-    const res = await applyFromToc(target, [entries], storeProvider(source, [desc], store, { coalesce: { maxGap: 0 } }));
+    const res = await applyFromToc(
+      target,
+      [entries],
+      storeProvider(source, [desc], store, { coalesce: { maxGap: 0 } }),
+    );
     assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
     const want = res.plan.fetch.map((e) => ranges.get(e.path)!).reduce((a, [s, e]) => a + e - s, 0);
     assert.equal(res.plan.fetch.length, 5);
@@ -197,8 +294,17 @@ describe('deploy/apply on btrfs (integration)', function () {
         fetched += end - start;
         return fetchRange(d, start, end, o);
       };
-      const config: Descriptor = { mediaType: MediaType.OciConfig, digest: `sha256:${createHash('sha256').update('{}').digest('hex')}`, size: 2 };
-      const manifest: ImageManifest = { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [built.descriptor] };
+      const config: Descriptor = {
+        mediaType: MediaType.OciConfig,
+        digest: `sha256:${createHash('sha256').update('{}').digest('hex')}`,
+        size: 2,
+      };
+      const manifest: ImageManifest = {
+        schemaVersion: 2,
+        mediaType: MediaType.OciManifest,
+        config,
+        layers: [built.descriptor],
+      };
       const t = await prepareTransfer({ source, manifest, oldRoot: join(fs.mnt, 'v1'), preserve: [] });
       assert.equal(t.path, 'delta', t.report.reason);
       assert.ok(t.path === 'delta');
@@ -215,7 +321,11 @@ describe('deploy/apply on btrfs (integration)', function () {
       assert.ok(fetched < built.descriptor.size / 4, `fetched ${fetched} of ${built.descriptor.size}`);
       const whole = join(fs.mnt, 'bundle-whole');
       await snapshot(join(fs.mnt, 'v1'), whole);
-      await applyFromToc(whole, [entries], tarLayerProvider(() => Promise.resolve(zstdDecompressStream(createReadStream(layerFile)))));
+      await applyFromToc(
+        whole,
+        [entries],
+        tarLayerProvider(() => Promise.resolve(zstdDecompressStream(createReadStream(layerFile)))),
+      );
       assert.deepEqual(await diffTrees(whole, ref2, { ignoreRootMeta: true }), []);
     } finally {
       await fh.close();
@@ -226,7 +336,11 @@ describe('deploy/apply on btrfs (integration)', function () {
     const target = join(fs.mnt, 'wrong-bytes');
     await snapshot(join(fs.mnt, 'v1'), target);
     await assert.rejects(
-      applyFromToc(target, [await tocEntries(v2tar)], openerProvider((e) => Readable.from([Buffer.alloc(e.size, 1)]))),
+      applyFromToc(
+        target,
+        [await tocEntries(v2tar)],
+        openerProvider((e) => Readable.from([Buffer.alloc(e.size, 1)])),
+      ),
       (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH'),
     );
   });
@@ -235,12 +349,26 @@ describe('deploy/apply on btrfs (integration)', function () {
     const target = join(fs.mnt, 'toc-again');
     await snapshot(join(fs.mnt, 'toc'), target);
     const idx = join(fs.dir, 'index.json');
-    const res = await applyFromToc(target, [await tocEntries(v2tar)], openerProvider(() => {
-      throw new Error('nothing should be fetched');
-    }), { indexFile: idx, saveIndexTo: join(fs.dir, 'index2.json') });
+    const res = await applyFromToc(
+      target,
+      [await tocEntries(v2tar)],
+      openerProvider(() => {
+        throw new Error('nothing should be fetched');
+      }),
+      { indexFile: idx, saveIndexTo: join(fs.dir, 'index2.json') },
+    );
     const rep = res.report!;
     assert.equal(res.hashed.files, 0, 'the content index made hashing unnecessary');
-    assert.equal(rep.written.count + rep.reflinked.count + rep.deleted.count + rep.created.count + rep.linked.count + rep.metadataFixed.count, 0, JSON.stringify(rep));
+    assert.equal(
+      rep.written.count +
+        rep.reflinked.count +
+        rep.deleted.count +
+        rep.created.count +
+        rep.linked.count +
+        rep.metadataFixed.count,
+      0,
+      JSON.stringify(rep),
+    );
     assert.equal(res.plan.fetch.length, 0);
     assert.deepEqual(await diffTrees(target, ref2, { ignoreRootMeta: true }), []);
     assert.ok((await exclusiveBytes(target)) < 64 * 1024);
@@ -248,11 +376,13 @@ describe('deploy/apply on btrfs (integration)', function () {
 
   it('content already verified into a store is reflinked from it on the same btrfs, copied and checked elsewhere', async () => {
     const contents = new Map<string, Buffer>();
-    for (const f of v2) if (f.content !== undefined) {
-      const b = Buffer.from(f.content);
-      contents.set(`sha256:${createHash('sha256').update(b).digest('hex')}`, b);
-    }
-    const planFor = async (target: string) => planApply(flattenLayers([await tocEntries(v2tar)]), await scanTree(target), new ContentIndex(target));
+    for (const f of v2)
+      if (f.content !== undefined) {
+        const b = Buffer.from(f.content);
+        contents.set(`sha256:${createHash('sha256').update(b).digest('hex')}`, b);
+      }
+    const planFor = async (target: string) =>
+      planApply(flattenLayers([await tocEntries(v2tar)]), await scanTree(target), new ContentIndex(target));
     const storeAt = async (dir: string, entries: readonly TreeEntry[], alter?: string): Promise<ContentProvider> => {
       const store = await ContentStore.open(dir);
       for (const e of entries) {
@@ -260,7 +390,11 @@ describe('deploy/apply on btrfs (integration)', function () {
         if (e.path === alter) data[0]! ^= 0xff; // rotted after it was verified
         await store.put(e.digest!, data);
       }
-      return { deliver: async (want, take) => { for (const e of want) await take(e, { verifiedFile: store.path(e.digest!) }); } };
+      return {
+        deliver: async (want, take) => {
+          for (const e of want) await take(e, { verifiedFile: store.path(e.digest!) });
+        },
+      };
     };
     // same filesystem (a store in another subvolume, like /var): every file is a reflink
     await subvolume(join(fs.mnt, 'store-sv'));
@@ -289,7 +423,10 @@ describe('deploy/apply on btrfs (integration)', function () {
       const t3 = join(fs.mnt, 'from-store-bad');
       await snapshot(join(fs.mnt, 'v1'), t3);
       const p3 = await planFor(t3);
-      await assert.rejects(executePlan(t3, p3, await storeAt(join(other, 'bad'), p3.fetch, 'usr/new/newfile')), (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH'));
+      await assert.rejects(
+        executePlan(t3, p3, await storeAt(join(other, 'bad'), p3.fetch, 'usr/new/newfile')),
+        (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH'),
+      );
     } finally {
       await rm(other, { recursive: true, force: true });
     }
@@ -305,9 +442,13 @@ describe('deploy/apply on btrfs (integration)', function () {
     const regs = [...old.entries.values()].filter((e) => e.type === 'reg');
     assert.ok(index.hashedFiles > 0 && index.hashedFiles <= regs.length);
     assert.equal(plan.fetch.length, 0);
-    const rep = await executePlan(target, plan, openerProvider(() => {
-      throw new Error('nothing to fetch');
-    }));
+    const rep = await executePlan(
+      target,
+      plan,
+      openerProvider(() => {
+        throw new Error('nothing to fetch');
+      }),
+    );
     assert.equal(rep.written.count, 0);
   });
 
@@ -331,8 +472,25 @@ describe('deploy/apply on btrfs (integration)', function () {
   });
 
   it('multi-layer images: whiteouts and opaque directories, same result by TOC and by tar', async () => {
-    const l0 = makeTar([dir('a'), file('a/1', 'one'), file('a/2', 'two'), dir('b'), file('b/x', 'x'), file('b/y', 'y'), file('c', 'c'), dir('d'), file('d/deep', 'deep')]);
-    const l1 = makeTar([file('a/.wh.1', ''), dir('b'), file('b/.wh..wh..opq', ''), file('b/z', 'z'), file('.wh.c', ''), file('d', 'now a file')]);
+    const l0 = makeTar([
+      dir('a'),
+      file('a/1', 'one'),
+      file('a/2', 'two'),
+      dir('b'),
+      file('b/x', 'x'),
+      file('b/y', 'y'),
+      file('c', 'c'),
+      dir('d'),
+      file('d/deep', 'deep'),
+    ]);
+    const l1 = makeTar([
+      file('a/.wh.1', ''),
+      dir('b'),
+      file('b/.wh..wh..opq', ''),
+      file('b/z', 'z'),
+      file('.wh.c', ''),
+      file('d', 'now a file'),
+    ]);
     const l2 = makeTar([file('c', 'c is back'), file('a/3', 'three')]);
     const expect = ['a', 'a/2', 'a/3', 'b', 'b/z', 'c', 'd'];
     for (const mode of ['toc', 'tar'] as const) {
@@ -342,9 +500,16 @@ describe('deploy/apply on btrfs (integration)', function () {
       if (mode === 'toc') {
         const layers = [await tocEntries(l0, 0), await tocEntries(l1, 1), await tocEntries(l2, 2)];
         const tars = [l0, l1, l2];
-        await applyFromToc(target, layers, tarLayerProvider((i) => Promise.resolve(Readable.from([tars[i]!]))));
+        await applyFromToc(
+          target,
+          layers,
+          tarLayerProvider((i) => Promise.resolve(Readable.from([tars[i]!]))),
+        );
       } else {
-        await applyTarLayers(target, [l0, l1, l2].map((t) => () => Readable.from([t])));
+        await applyTarLayers(
+          target,
+          [l0, l1, l2].map((t) => () => Readable.from([t])),
+        );
       }
       const got = (await readdir(target, { recursive: true })).sort();
       assert.deepEqual(got, expect, mode);
@@ -365,18 +530,48 @@ describe('deploy/apply on btrfs (integration)', function () {
     const cases: { name: string; tar: () => Buffer; code: string }[] = [
       { name: '../ escape', tar: () => makeTar([file('../../outside/pwned', 'x')]), code: 'UNSAFE_PATH' },
       { name: 'absolute path', tar: () => makeTar([file('/tmp/pwned', 'x')]), code: 'UNSAFE_PATH' },
-      { name: 'absolute symlink then a write through it', tar: () => makeTar([{ name: 'l', type: '2', linkname: outside }, file('l/passwd', 'pwned\n')]), code: 'UNSAFE_PATH' },
-      { name: 'relative symlink up then a write through it', tar: () => makeTar([{ name: 'l', type: '2', linkname: '../../../../../../../..' + outside }, file('l/passwd', 'pwned\n')]), code: 'UNSAFE_PATH' },
-      { name: 'hardlink to a file outside (../)', tar: () => makeTar([{ name: 'h', type: '1', linkname: '../../outside/passwd' }]), code: 'UNSAFE_PATH' },
-      { name: 'hardlink to an absolute path not in the tree', tar: () => makeTar([{ name: 'h', type: '1', linkname: join(outside, 'passwd') }]), code: 'BAD_HARDLINK' },
-      { name: 'the root itself as a symlink', tar: () => makeTar([{ name: './', type: '2', linkname: outside }, file('passwd', 'pwned\n')]), code: 'UNSAFE_PATH' },
-      { name: 'device where a directory is expected', tar: () => makeTar([{ name: 'd', type: '3', devmajor: 1, devminor: 3 }, file('d/x', 'x')]), code: 'UNSAFE_PATH' },
+      {
+        name: 'absolute symlink then a write through it',
+        tar: () => makeTar([{ name: 'l', type: '2', linkname: outside }, file('l/passwd', 'pwned\n')]),
+        code: 'UNSAFE_PATH',
+      },
+      {
+        name: 'relative symlink up then a write through it',
+        tar: () =>
+          makeTar([
+            { name: 'l', type: '2', linkname: '../../../../../../../..' + outside },
+            file('l/passwd', 'pwned\n'),
+          ]),
+        code: 'UNSAFE_PATH',
+      },
+      {
+        name: 'hardlink to a file outside (../)',
+        tar: () => makeTar([{ name: 'h', type: '1', linkname: '../../outside/passwd' }]),
+        code: 'UNSAFE_PATH',
+      },
+      {
+        name: 'hardlink to an absolute path not in the tree',
+        tar: () => makeTar([{ name: 'h', type: '1', linkname: join(outside, 'passwd') }]),
+        code: 'BAD_HARDLINK',
+      },
+      {
+        name: 'the root itself as a symlink',
+        tar: () => makeTar([{ name: './', type: '2', linkname: outside }, file('passwd', 'pwned\n')]),
+        code: 'UNSAFE_PATH',
+      },
+      {
+        name: 'device where a directory is expected',
+        tar: () => makeTar([{ name: 'd', type: '3', devmajor: 1, devminor: 3 }, file('d/x', 'x')]),
+        code: 'UNSAFE_PATH',
+      },
     ];
     for (const c of cases) {
       it(`tar path: ${c.name} -> ${c.code}`, async () => {
         const target = join(fs.mnt, `hostile-tar-${cases.indexOf(c)}`);
         await subvolume(target);
-        await assert.rejects(applyTarLayers(target, [() => Readable.from([c.tar()])]), (e: unknown) => isTiuError(e, c.code));
+        await assert.rejects(applyTarLayers(target, [() => Readable.from([c.tar()])]), (e: unknown) =>
+          isTiuError(e, c.code),
+        );
         assert.equal(await listing(outside), before);
       });
       it(`TOC path: ${c.name} -> ${c.code}`, async () => {
@@ -384,7 +579,12 @@ describe('deploy/apply on btrfs (integration)', function () {
         await subvolume(target);
         const tar = c.tar();
         await assert.rejects(
-          (async () => applyFromToc(target, [await tocEntries(tar)], tarLayerProvider(() => Promise.resolve(Readable.from([tar])))))(),
+          (async () =>
+            applyFromToc(
+              target,
+              [await tocEntries(tar)],
+              tarLayerProvider(() => Promise.resolve(Readable.from([tar]))),
+            ))(),
           (e: unknown) => isTiuError(e, c.code),
         );
         assert.equal(await listing(outside), before);
@@ -396,9 +596,31 @@ describe('deploy/apply on btrfs (integration)', function () {
       await subvolume(target);
       await run('ln', ['-s', outside, join(target, 'l')]);
       const content = 'pwned\n';
-      const entry: TreeEntry = { path: 'l/passwd', type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: content.length, digest: `sha256:${createHash('sha256').update(content).digest('hex')}` };
-      const plan = { actions: [{ kind: 'write' as const, entry }], deletes: [], fetch: [entry], summary: (await planApply(new Map(), await scanTree(target), new ContentIndex(target))).summary };
-      await assert.rejects(executePlan(target, plan, openerProvider(() => Readable.from([content]))), (e: unknown) => isTiuError(e, 'UNSAFE_PATH'));
+      const entry: TreeEntry = {
+        path: 'l/passwd',
+        type: 'reg',
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtimeNs: 0n,
+        xattrs: {},
+        size: content.length,
+        digest: `sha256:${createHash('sha256').update(content).digest('hex')}`,
+      };
+      const plan = {
+        actions: [{ kind: 'write' as const, entry }],
+        deletes: [],
+        fetch: [entry],
+        summary: (await planApply(new Map(), await scanTree(target), new ContentIndex(target))).summary,
+      };
+      await assert.rejects(
+        executePlan(
+          target,
+          plan,
+          openerProvider(() => Readable.from([content])),
+        ),
+        (e: unknown) => isTiuError(e, 'UNSAFE_PATH'),
+      );
       assert.equal(await listing(outside), before);
       assert.deepEqual((await readdir(target)).sort(), ['l']);
     });
@@ -408,7 +630,11 @@ describe('deploy/apply on btrfs (integration)', function () {
       await subvolume(target);
       await run('ln', ['-s', outside, join(target, 'l')]);
       const tar = makeTar([dir('l'), file('l/passwd', 'inside\n')]);
-      await applyFromToc(target, [await tocEntries(tar)], tarLayerProvider(() => Promise.resolve(Readable.from([tar]))));
+      await applyFromToc(
+        target,
+        [await tocEntries(tar)],
+        tarLayerProvider(() => Promise.resolve(Readable.from([tar]))),
+      );
       assert.equal(await readFile(join(target, 'l/passwd'), 'utf8'), 'inside\n');
       assert.equal(await listing(outside), before);
       const target2 = join(fs.mnt, 'hostile-old-symlink-tar');
@@ -437,16 +663,34 @@ describe('deploy/apply on a full filesystem (integration)', function () {
     const chunk = Buffer.alloc(1024 * 1024, 0x5a);
     const h = createHash('sha256');
     for (let i = 0; i < size / chunk.length; i++) h.update(chunk);
-    const entry: TreeEntry = { path: 'huge', type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size, digest: `sha256:${h.digest('hex')}`, source: { layer: 0 } };
+    const entry: TreeEntry = {
+      path: 'huge',
+      type: 'reg',
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtimeNs: 0n,
+      xattrs: {},
+      size,
+      digest: `sha256:${h.digest('hex')}`,
+      source: { layer: 0 },
+    };
     const target = join(small.mnt, 'root');
     await subvolume(target);
     await assert.rejects(
-      applyFromToc(target, [[entry]], openerProvider(() => Readable.from((function* () {
-        for (let i = 0; i < size / chunk.length; i++) yield chunk;
-      })()))),
+      applyFromToc(
+        target,
+        [[entry]],
+        openerProvider(() =>
+          Readable.from(
+            (function* () {
+              for (let i = 0; i < size / chunk.length; i++) yield chunk;
+            })(),
+          ),
+        ),
+      ),
       (e: unknown) => isTiuError(e, 'NO_SPACE'),
     );
     assert.deepEqual(await readdir(target), []);
   });
 });
-

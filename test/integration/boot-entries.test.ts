@@ -15,7 +15,13 @@ import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, MICROOS_SUBVOLUMES, type MicroOS, type OsFile } from '../helpers/microos.ts';
 import { buildImage } from '../helpers/update-deps.ts';
 import { run } from '../../src/host/exec.ts';
-import { entryFiles, LOADER_DEFAULT, loaderDefaultOf, parseEntryName, selectedEntry } from '../../src/deploy/boot/entries.ts';
+import {
+  entryFiles,
+  LOADER_DEFAULT,
+  loaderDefaultOf,
+  parseEntryName,
+  selectedEntry,
+} from '../../src/deploy/boot/entries.ts';
 import { COMMIT_STEPS, deleteSnapshot } from '../../src/deploy/snapshot.ts';
 import { openContext, readState, type Context } from '../../src/deploy/state.ts';
 import { HEALTH_UD } from '../../src/deploy/health.ts';
@@ -93,11 +99,13 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     ...extra,
   ];
   const update = (ref: string, env: Record<string, string> = {}) => tiu(['update', ref, '--sysroot', os.sysroot], env);
-  const entries = async () => (await readdir(join(esp, 'loader/entries')).catch(() => [] as string[])).filter((n) => n.endsWith('.conf')).sort();
+  const entries = async () =>
+    (await readdir(join(esp, 'loader/entries')).catch(() => [] as string[])).filter((n) => n.endsWith('.conf')).sort();
   const entryOf = async (n: number) => (await entries()).find((e) => parseEntryName(e)?.snapshot === n);
   const kernels = async () => {
     const out: string[] = [];
-    for (const d of await readdir(join(esp, 'tiu')).catch(() => [] as string[])) for (const f of await readdir(join(esp, 'tiu', d))) out.push(`tiu/${d}/${f}`);
+    for (const d of await readdir(join(esp, 'tiu')).catch(() => [] as string[]))
+      for (const f of await readdir(join(esp, 'tiu', d))) out.push(`tiu/${d}/${f}`);
     return out.sort();
   };
   const loaderConf = async () => readFile(join(esp, 'loader/loader.conf'), 'utf8').catch(() => undefined);
@@ -109,7 +117,10 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
       for (const d of await readdir(join(esp, rel), { withFileTypes: true })) {
         const r = rel ? `${rel}/${d.name}` : d.name;
         if (d.isDirectory()) await walk(r);
-        else out[r] = createHash('sha256').update(await readFile(join(esp, r))).digest('hex');
+        else
+          out[r] = createHash('sha256')
+            .update(await readFile(join(esp, r)))
+            .digest('hex');
       }
     };
     await walk('');
@@ -149,12 +160,17 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
   const statusRows = async () => {
     const st = await tiu(['status', '--sysroot', os.sysroot]);
     assert.equal(st.code, 0, st.stderr);
-    return (st.json!.snapshots as { number: number; health?: string; bootEntry: { state: string; name: string } | null }[]).map((s) => [s.number, s.health, s.bootEntry?.state, s.bootEntry?.name]);
+    return (
+      st.json!.snapshots as { number: number; health?: string; bootEntry: { state: string; name: string } | null }[]
+    ).map((s) => [s.number, s.health, s.bootEntry?.state, s.bootEntry?.name]);
   };
 
   before(async function () {
     requireRoot(this);
-    os = await createMicroOS({ sizeMiB: 500, files: [...(await baseOs()), ...kernelFiles(KV1), ...cmdline('quiet console=ttyS0\n')] });
+    os = await createMicroOS({
+      sizeMiB: 500,
+      files: [...(await baseOs()), ...kernelFiles(KV1), ...cmdline('quiet console=ttyS0\n')],
+    });
     ctx = await openContext(os.sysroot);
     uuid = (await run('btrfs', ['filesystem', 'show', os.sysroot])).stdout.match(/uuid:\s*(\S+)/)![1]!;
     const img = join(os.dir, 'esp.img');
@@ -174,7 +190,10 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     if (existsSync(SDBOOT)) await copyFile(SDBOOT, join(esp, 'EFI/systemd/systemd-bootx64.efi'));
     else await writeFile(join(esp, 'EFI/systemd/systemd-bootx64.efi'), 'not really systemd-boot');
     await mkdir(join(os.sysroot, 'etc/tiu'), { recursive: true });
-    await writeFile(join(os.sysroot, 'etc/tiu/policy.json'), JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
+    await writeFile(
+      join(os.sysroot, 'etc/tiu/policy.json'),
+      JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }),
+    );
     await writeFile(join(os.sysroot, 'etc/tiu/tiu.conf'), 'default-hooks = false\nkernel-cmdline = "tiu.test=1"\n');
     layout = join(os.dir, 'images');
   });
@@ -191,15 +210,25 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     assert.equal((r.json!.boot as { integration: string }).integration, 'systemd-boot');
   });
 
-  it('an update writes the new snapshot\'s entry with +3 and shared kernels; the loader default follows the commit', async () => {
+  it("an update writes the new snapshot's entry with +3 and shared kernels; the loader default follows the commit", async () => {
     const r = await update(await image(await tree(KV1)));
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.json!.snapshot, 2);
-    assert.deepEqual(await entries(), ['tiu-1.conf', 'tiu-2+3.conf'], 'the booted snapshot gets an entry too, without a counter');
+    assert.deepEqual(
+      await entries(),
+      ['tiu-1.conf', 'tiu-2+3.conf'],
+      'the booted snapshot gets an entry too, without a counter',
+    );
     assert.equal(loaderDefaultOf(await loaderConf()), LOADER_DEFAULT);
     assert.equal(await selected(), 'tiu-2+3.conf');
     const text = await readFile(join(esp, 'loader/entries/tiu-2+3.conf'), 'utf8');
-    assert.match(text, new RegExp(`^options +root=UUID=${uuid} rootflags=subvol=@/\\.snapshots/2/snapshot quiet console=ttyS0 tiu\\.test=1$`, 'm'));
+    assert.match(
+      text,
+      new RegExp(
+        `^options +root=UUID=${uuid} rootflags=subvol=@/\\.snapshots/2/snapshot quiet console=ttyS0 tiu\\.test=1$`,
+        'm',
+      ),
+    );
     assert.doesNotMatch(text, /bogus/, "the image's root=/rootflags= are dropped");
     // Same kernel bytes in snapshots 1 and 2: one kernel and one initrd on the ESP.
     const k = await kernels();
@@ -208,11 +237,24 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     for (const f of entryFiles(text)) assert.ok(k.includes(f));
     const st = await tiu(['status', '--sysroot', os.sysroot]);
     const snaps = st.json!.snapshots as { number: number; bootEntry: { state: string; triesLeft?: number } | null }[];
-    assert.deepEqual(snaps.map((s) => [s.number, s.bootEntry?.state, s.bootEntry?.triesLeft]), [[1, 'blessed', undefined], [2, 'counting', 3]]);
+    assert.deepEqual(
+      snaps.map((s) => [s.number, s.bootEntry?.state, s.bootEntry?.triesLeft]),
+      [
+        [1, 'blessed', undefined],
+        [2, 'counting', 3],
+      ],
+    );
   });
 
-  it('a new kernel version gets its own files; boot-tries from the image\'s /etc/kernel/tries', async () => {
-    const r = await update(await image(await tree(KV2, [{ path: 'etc/kernel/tries', content: '5\n' }, { path: 'usr/lib/tiu/etc/kernel/tries', content: '5\n' }])));
+  it("a new kernel version gets its own files; boot-tries from the image's /etc/kernel/tries", async () => {
+    const r = await update(
+      await image(
+        await tree(KV2, [
+          { path: 'etc/kernel/tries', content: '5\n' },
+          { path: 'usr/lib/tiu/etc/kernel/tries', content: '5\n' },
+        ]),
+      ),
+    );
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.json!.snapshot, 3);
     assert.deepEqual(await entries(), ['tiu-1.conf', 'tiu-2+3.conf', 'tiu-3+5.conf']);
@@ -231,7 +273,11 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     const h = await tiu(['health', '--boot', '--no-reboot', '--sysroot', os.sysroot]);
     assert.equal(h.code, 0, h.stderr);
     assert.equal(await entryOf(3), undefined);
-    assert.deepEqual((await kernels()).filter((f) => f.startsWith(`tiu/${KV2}/`)), [], 'the kernel only snapshot 3 used is gone');
+    assert.deepEqual(
+      (await kernels()).filter((f) => f.startsWith(`tiu/${KV2}/`)),
+      [],
+      'the kernel only snapshot 3 used is gone',
+    );
     assert.ok(!existsSync(join(esp, 'tiu', KV2)), 'and its directory');
     await assertBootable('after deletion');
   });
@@ -256,11 +302,17 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
       const again = await update(ref);
       assert.equal(again.code, 0, again.stderr);
       const after = await readState(ctx);
-      assert.equal(await assertBootable(`after the run following ${step}`), after.default, 'the loader boots the btrfs default');
+      assert.equal(
+        await assertBootable(`after the run following ${step}`),
+        after.default,
+        'the loader boots the btrfs default',
+      );
       const live = new Set(after.snapshots.map((s) => s.number));
-      for (const e of await entries()) assert.ok(live.has(parseEntryName(e)!.snapshot), `${e} belongs to an existing snapshot`);
+      for (const e of await entries())
+        assert.ok(live.has(parseEntryName(e)!.snapshot), `${e} belongs to an existing snapshot`);
       const used = new Set<string>();
-      for (const e of await entries()) for (const f of entryFiles(await readFile(join(esp, 'loader/entries', e), 'utf8'))) used.add(f);
+      for (const e of await entries())
+        for (const f of entryFiles(await readFile(join(esp, 'loader/entries', e), 'utf8'))) used.add(f);
       assert.deepEqual(await kernels(), [...used].sort(), 'no ESP file without an entry');
     });
   }
@@ -269,7 +321,11 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     const secret = join(os.dir, 'host-secret');
     await writeFile(secret, 'host file, not a kernel\n');
     const cases: [string, OsFile[], string][] = [
-      ['kernel symlink', [...(await baseOs()), { path: 'usr/lib/modules/6.9.0-evil/vmlinuz', symlink: secret }, ...cmdline('quiet\n')], 'UNSAFE_PATH'],
+      [
+        'kernel symlink',
+        [...(await baseOs()), { path: 'usr/lib/modules/6.9.0-evil/vmlinuz', symlink: secret }, ...cmdline('quiet\n')],
+        'UNSAFE_PATH',
+      ],
       ['cmdline newline', await tree('6.9.1-evil', [], { cmdline: 'quiet\ninitrd /EFI/evil\n' }), 'BAD_CMDLINE'],
       ['cmdline control character', await tree('6.9.2-evil', [], { cmdline: 'quiet\u001b[2J\n' }), 'BAD_CMDLINE'],
     ];
@@ -287,7 +343,11 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
 
   it('an image whose kernel does not fit on the ESP: ESP_FULL before the commit, the default unchanged', async () => {
     const def = (await readState(ctx)).default;
-    const big: OsFile[] = [...(await baseOs()), { path: 'usr/lib/modules/6.9.9-big/vmlinuz', content: randomBytes(9 * 1024 * 1024) }, ...cmdline('quiet\n')];
+    const big: OsFile[] = [
+      ...(await baseOs()),
+      { path: 'usr/lib/modules/6.9.9-big/vmlinuz', content: randomBytes(9 * 1024 * 1024) },
+      ...cmdline('quiet\n'),
+    ];
     const r = await update(await image(big));
     assert.equal(r.code, 1, r.stderr);
     assert.equal(errorCode(r), 'ESP_FULL');
@@ -316,7 +376,9 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     assert.equal(snap.userdata[HEALTH_UD.failed], COUNTER_RAN_OUT);
     assert.equal(await entryOf(n), `tiuparked-${n}+0-3.conf`);
     const status = await tiu(['status', '--sysroot', os.sysroot]);
-    const row = (status.json!.snapshots as { number: number; health?: string; bootEntry: { state: string } }[]).find((s) => s.number === n)!;
+    const row = (status.json!.snapshots as { number: number; health?: string; bootEntry: { state: string } }[]).find(
+      (s) => s.number === n,
+    )!;
     assert.equal(row.health, 'bad');
     assert.equal(row.bootEntry.state, 'bad');
     const human = await run(TIU, ['status', '--sysroot', os.sysroot]);
@@ -339,14 +401,21 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     assert.equal(h.json!.snapshot, n);
     assert.equal(await entryOf(n), `tiu-${n}.conf`, 'blessed as systemd-bless-boot does: the counter is gone');
     assert.equal(await selected(), `tiu-${n}.conf`);
-    assert.deepEqual((await statusRows()).find((row) => row[0] === n), [n, 'good', 'blessed', `tiu-${n}.conf`]);
+    assert.deepEqual(
+      (await statusRows()).find((row) => row[0] === n),
+      [n, 'good', 'blessed', `tiu-${n}.conf`],
+    );
     await assertBootable('after the blessing');
   });
 
   it('a failing health check marks the entry bad (+0-1) before the reboot, so systemd-boot boots the previous snapshot', async () => {
     const prev = (await readState(ctx)).default!;
     assert.equal(await entryOf(prev), `tiu-${prev}.conf`, 'the previous snapshot is blessed (the test before)');
-    const failing: OsFile = { path: 'usr/libexec/tiu/health.d/50-app', content: '#!/bin/sh\necho "app did not start" >&2\nexit 2\n', mode: 0o755 };
+    const failing: OsFile = {
+      path: 'usr/libexec/tiu/health.d/50-app',
+      content: '#!/bin/sh\necho "app did not start" >&2\nexit 2\n',
+      mode: 0o755,
+    };
     const r = await update(await image(await tree(KV2, [failing])));
     assert.equal(r.code, 0, r.stderr);
     const m = r.json!.snapshot as number;
@@ -355,11 +424,19 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     // The reboot is `systemctl reboot`: a stand-in records what is on the ESP at that moment.
     const bin = await mkdtemp(join(os.dir, 'bin-'));
     const seen = join(bin, 'entries-at-reboot');
-    await writeFile(join(bin, 'systemctl'), `#!/bin/sh\n[ "$1" = reboot ] && ls '${join(esp, 'loader/entries')}' > '${seen}'\n`, { mode: 0o755 });
+    await writeFile(
+      join(bin, 'systemctl'),
+      `#!/bin/sh\n[ "$1" = reboot ] && ls '${join(esp, 'loader/entries')}' > '${seen}'\n`,
+      { mode: 0o755 },
+    );
     // And when the btrfs default moves back: the entry is bad already (were set-default to fail, the loader still leaves m).
     const seenAtDefault = join(bin, 'entries-at-set-default');
     const realBtrfs = (await run('sh', ['-c', 'command -v btrfs'])).stdout.trim();
-    await writeFile(join(bin, 'btrfs'), `#!/bin/sh\n[ "$2" = set-default ] && ls '${join(esp, 'loader/entries')}' > '${seenAtDefault}'\nexec '${realBtrfs}' "$@"\n`, { mode: 0o755 });
+    await writeFile(
+      join(bin, 'btrfs'),
+      `#!/bin/sh\n[ "$2" = set-default ] && ls '${join(esp, 'loader/entries')}' > '${seenAtDefault}'\nexec '${realBtrfs}' "$@"\n`,
+      { mode: 0o755 },
+    );
     const h = await tiu(['health', '--boot', '--sysroot', root], { PATH: `${bin}:${process.env.PATH ?? ''}` });
     assert.equal(h.code, 1, h.stderr);
     assert.equal(h.json!.outcome, 'rolled-back');
@@ -367,17 +444,33 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
     assert.equal(h.json!.rebooting, true);
     const atReboot = (await readFile(seen, 'utf8')).split('\n').filter((x) => x.endsWith('.conf'));
     const mAtReboot = atReboot.find((x) => parseEntryName(x)?.snapshot === m);
-    assert.ok(mAtReboot && parseEntryName(mAtReboot)!.triesLeft === 0, `snapshot ${m}'s entry has no tries left at the reboot: ${atReboot.join(' ')}`);
-    assert.equal(selectedEntry(atReboot, loaderDefaultOf(await loaderConf())), `tiu-${prev}.conf`, "systemd-boot 252's choice at the reboot is the previous snapshot");
+    assert.ok(
+      mAtReboot && parseEntryName(mAtReboot)!.triesLeft === 0,
+      `snapshot ${m}'s entry has no tries left at the reboot: ${atReboot.join(' ')}`,
+    );
+    assert.equal(
+      selectedEntry(atReboot, loaderDefaultOf(await loaderConf())),
+      `tiu-${prev}.conf`,
+      "systemd-boot 252's choice at the reboot is the previous snapshot",
+    );
     const atDefault = (await readFile(seenAtDefault, 'utf8')).split('\n').filter((x) => x.endsWith('.conf'));
-    assert.ok(atDefault.includes(`tiu-${m}+0-1.conf`), `marked bad before the btrfs default moved: ${atDefault.join(' ')}`);
+    assert.ok(
+      atDefault.includes(`tiu-${m}+0-1.conf`),
+      `marked bad before the btrfs default moved: ${atDefault.join(' ')}`,
+    );
     const st = await readState(ctx);
     assert.equal(st.default, prev);
     assert.equal(await entryOf(m), `tiuparked-${m}+0-1.conf`);
     assert.equal(await selected(), `tiu-${prev}.conf`);
     const rows = await statusRows();
-    assert.deepEqual(rows.find((row) => row[0] === m), [m, 'bad', 'bad', `tiuparked-${m}+0-1.conf`]);
-    assert.deepEqual(rows.find((row) => row[0] === prev), [prev, 'good', 'blessed', `tiu-${prev}.conf`]);
+    assert.deepEqual(
+      rows.find((row) => row[0] === m),
+      [m, 'bad', 'bad', `tiuparked-${m}+0-1.conf`],
+    );
+    assert.deepEqual(
+      rows.find((row) => row[0] === prev),
+      [prev, 'good', 'blessed', `tiu-${prev}.conf`],
+    );
     assert.equal(st.snapshots.find((s) => s.number === m)!.userdata[HEALTH_UD.failed], '50-app');
   });
 

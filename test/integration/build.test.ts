@@ -25,10 +25,27 @@ import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { fetchManifest } from '../../src/content/graph.ts';
 import { diffTrees, linkGroups, makeNastyTree, snapshotTree, type NodeInfo } from '../helpers/tree.ts';
 
-const EXCLUDED = ['run', 'tmp', 'proc', 'sys', 'dev', '.snapshots', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', 'boot/grub2/x86_64-efi'];
+const EXCLUDED = [
+  'run',
+  'tmp',
+  'proc',
+  'sys',
+  'dev',
+  '.snapshots',
+  'home',
+  'root',
+  'opt',
+  'srv',
+  'usr/local',
+  'boot/writable',
+  'boot/grub2/x86_64-efi',
+];
 
 /** What the bundle should hold, from the source tree, by the rules of DESIGN.md §4. */
-function expectedTree(src: Map<string, NodeInfo>): { tree: Map<string, NodeInfo>; map: (p: string) => string | undefined } {
+function expectedTree(src: Map<string, NodeInfo>): {
+  tree: Map<string, NodeInfo>;
+  map: (p: string) => string | undefined;
+} {
   const map = (p: string): string | undefined => {
     if (EXCLUDED.some((d) => p.startsWith(d + '/'))) return undefined;
     if (p.startsWith('var/')) return `usr/share/factory/${p}`;
@@ -44,7 +61,13 @@ function expectedTree(src: Map<string, NodeInfo>): { tree: Map<string, NodeInfo>
 }
 
 /** Paths tiu adds to the tree itself. */
-const SYNTHESIZED = ['usr/share/factory', 'usr/share/factory/var', 'usr/lib/tiu', 'usr/lib/tmpfiles.d', 'usr/lib/tmpfiles.d/tiu-factory-var.conf'];
+const SYNTHESIZED = [
+  'usr/share/factory',
+  'usr/share/factory/var',
+  'usr/lib/tiu',
+  'usr/lib/tmpfiles.d',
+  'usr/lib/tmpfiles.d/tiu-factory-var.conf',
+];
 
 function blob(layout: string, digest: string): string {
   return join(layout, 'blobs', 'sha256', digest.slice('sha256:'.length));
@@ -93,7 +116,13 @@ describe('tiu build (integration)', function () {
     for (const l of zstdBuild.manifest.layers) {
       assert.equal(l.mediaType, 'application/vnd.oci.image.layer.v1.tar+zstd');
       const file = blob(layoutADir, l.digest);
-      await run('sh', ['-c', `zstd -dc "$1" | tar --xattrs --xattrs-include='*' --numeric-owner -xpf - -C "$2"`, 'sh', file, out]);
+      await run('sh', [
+        '-c',
+        `zstd -dc "$1" | tar --xattrs --xattrs-include='*' --numeric-owner -xpf - -C "$2"`,
+        'sh',
+        file,
+        out,
+      ]);
     }
     const actual = await snapshotTree(out);
     const conf = await readFile(join(out, 'usr/lib/tmpfiles.d/tiu-factory-var.conf'), 'utf8');
@@ -118,7 +147,10 @@ describe('tiu build (integration)', function () {
     const r = await run('skopeo', ['inspect', `oci:${layoutADir}:v1`]);
     const info = JSON.parse(r.stdout) as { Digest: string; Layers: string[]; Labels: Record<string, string> };
     assert.equal(info.Digest, zstdBuild.descriptor.digest);
-    assert.deepEqual(info.Layers, zstdBuild.manifest.layers.map((l) => l.digest));
+    assert.deepEqual(
+      info.Layers,
+      zstdBuild.manifest.layers.map((l) => l.digest),
+    );
     assert.equal(info.Labels['org.opensuse.tiu.os-release.ID'], 'opensuse-microos');
     const copy = join(work, 'layout-copy');
     await run('skopeo', ['copy', '--preserve-digests', `oci:${layoutADir}:v1`, `oci:${copy}:v1`]);
@@ -133,7 +165,12 @@ describe('tiu build (integration)', function () {
     await writeFile(file, 'library v2');
     await utimes(file, 1_700_000_000, 1_700_000_000);
     try {
-      const changed = await buildBundle({ kind: 'directory', path: src }, await layout(join(work, 'layout-c')), 'v1', {});
+      const changed = await buildBundle(
+        { kind: 'directory', path: src },
+        await layout(join(work, 'layout-c')),
+        'v1',
+        {},
+      );
       const before = zstdBuild.manifest.layers.map((l) => l.digest);
       const after = changed.manifest.layers.map((l) => l.digest);
       assert.equal(after.length, before.length);
@@ -168,13 +205,24 @@ describe('tiu build (integration)', function () {
       const viaFooter = await readTocFromFooter(fetch, layer.size);
       assert.deepEqual(viaFooter, toc);
       // a non-UTF-8 name is kept byte-exact in nameRaw
-      const all = await Promise.all(zstdBuild.manifest.layers.map((l) => readTocFromFooter(async (s, en) => (await readFile(join(layoutADir, 'blobs/sha256', l.digest.slice(7)))).subarray(s, en), l.size, l.annotations)));
+      const all = await Promise.all(
+        zstdBuild.manifest.layers.map((l) =>
+          readTocFromFooter(
+            async (s, en) => (await readFile(join(layoutADir, 'blobs/sha256', l.digest.slice(7)))).subarray(s, en),
+            l.size,
+            l.annotations,
+          ),
+        ),
+      );
       const odd = all.flatMap((t) => t.entries).find((x) => x.nameRaw !== undefined);
       assert.ok(odd);
       assert.ok(entryNameBytes(odd).equals(Buffer.from('usr/share/odd/latin1-\xe9\xff-name', 'latin1')));
       // a tampered annotation is caught
       await assert.rejects(
-        readTocFromFooter(fetch, layer.size, { ...layer.annotations, 'io.github.containers.zstd-chunked.manifest-checksum': `sha256:${'0'.repeat(64)}` }),
+        readTocFromFooter(fetch, layer.size, {
+          ...layer.annotations,
+          'io.github.containers.zstd-chunked.manifest-checksum': `sha256:${'0'.repeat(64)}`,
+        }),
         (err) => isTiuError(err, 'TOC_CHECKSUM_MISMATCH'),
       );
       return;
@@ -192,16 +240,30 @@ describe('tiu build (integration)', function () {
       await mkdir(join(tree, 'usr/lib/modules/6.1.0/kernel', `d${d}`), { recursive: true });
       for (let f = 0; f < 100; f++) {
         const size = Math.floor(rand() ** 3 * 256 * 1024);
-        const data = rand() < 0.5 ? Buffer.alloc(size, `${d}/${f} `) : createHash('sha256').update(`${d}/${f}`).digest().toString('hex').repeat(Math.ceil(size / 64)).slice(0, size);
+        const data =
+          rand() < 0.5
+            ? Buffer.alloc(size, `${d}/${f} `)
+            : createHash('sha256')
+                .update(`${d}/${f}`)
+                .digest()
+                .toString('hex')
+                .repeat(Math.ceil(size / 64))
+                .slice(0, size);
         await writeFile(join(tree, 'usr/lib/modules/6.1.0/kernel', `d${d}`, `m${f}.ko`), data);
       }
     }
-    for (let k = 0; k < 3; k++) await writeFile(join(tree, `usr/lib/modules/6.1.0/big${k}.bin`), Buffer.alloc(5 * 1024 * 1024 + k * 333, `big ${k} `));
+    for (let k = 0; k < 3; k++)
+      await writeFile(
+        join(tree, `usr/lib/modules/6.1.0/big${k}.bin`),
+        Buffer.alloc(5 * 1024 * 1024 + k * 333, `big ${k} `),
+      );
     const tiu = join(import.meta.dirname, '../../bin/tiu');
     const digests: string[] = [];
     for (const threads of ['1', '4']) {
       const dir = join(work, `many-${threads}`);
-      const r = await run(tiu, ['build', tree, '--tag', `oci:${dir}:v1`, '--json'], { env: { UV_THREADPOOL_SIZE: threads, SOURCE_DATE_EPOCH: '1700000000' } });
+      const r = await run(tiu, ['build', tree, '--tag', `oci:${dir}:v1`, '--json'], {
+        env: { UV_THREADPOOL_SIZE: threads, SOURCE_DATE_EPOCH: '1700000000' },
+      });
       digests.push((JSON.parse(r.stdout) as { digest: string }).digest);
     }
     assert.equal(digests[0], digests[1]);
@@ -238,25 +300,57 @@ describe('tiu build (integration)', function () {
 
   it('a tar archive (xz, as kiwi writes it) builds to the same bundle as the directory', async function () {
     const tarFile = join(work, 'tree.tar.xz');
-    await run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '--format=posix', '-C', src, '-cJf', tarFile, '.']);
+    await run('tar', [
+      '--xattrs',
+      '--xattrs-include=*',
+      '--numeric-owner',
+      '--format=posix',
+      '-C',
+      src,
+      '-cJf',
+      tarFile,
+      '.',
+    ]);
     const r = await buildBundle({ kind: 'archive', path: tarFile }, await layout(join(work, 'layout-tar')), 'v1', {});
     assert.equal(r.descriptor.digest, zstdBuild.descriptor.digest);
   });
 
   it('an image re-layered gives the same bundle', async function () {
-    const r = await buildBundle({ kind: 'image', target: layoutA, reference: 'v1' }, await layout(join(work, 'layout-relayer')), 'v1', {});
+    const r = await buildBundle(
+      { kind: 'image', target: layoutA, reference: 'v1' },
+      await layout(join(work, 'layout-relayer')),
+      'v1',
+      {},
+    );
     assert.equal(r.descriptor.digest, zstdBuild.descriptor.digest);
   });
 
   it('refuses tars that try to leave the tree', async function () {
-    const base: TreeEntry = { path: '', type: 'reg', mode: 0o644, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, size: 0, xattrs: [] };
+    const base: TreeEntry = {
+      path: '',
+      type: 'reg',
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtime: 0,
+      mtimeNsec: 0,
+      size: 0,
+      xattrs: [],
+    };
     for (const [name, bad] of [
       ['dotdot', '../../etc/evil'],
       ['inner', 'usr/../../evil'],
       ['absolute', '/etc/evil'],
     ]) {
       const file = join(work, `${name}.tar`);
-      await pipeline(Readable.from([encodeHeader({ ...base, path: 'usr', type: 'dir', mode: 0o755 }), encodeHeader({ ...base, path: bad! }), END_OF_ARCHIVE]), createWriteStream(file));
+      await pipeline(
+        Readable.from([
+          encodeHeader({ ...base, path: 'usr', type: 'dir', mode: 0o755 }),
+          encodeHeader({ ...base, path: bad! }),
+          END_OF_ARCHIVE,
+        ]),
+        createWriteStream(file),
+      );
       await assert.rejects(
         buildBundle({ kind: 'archive', path: file }, await layout(join(work, `layout-${name}`)), 'v1', {}),
         (err) => isTiuError(err, 'TAR_UNSAFE_PATH') && /leaves the tree|absolute/.test((err as Error).message),
@@ -269,12 +363,28 @@ describe('tiu build (integration)', function () {
 
     it('builds into an oci-archive with options and prints the digest as JSON', async function () {
       const archive = join(work, 'bundle.tar');
-      const r = await tiu(['build', src, '--tag', `oci-archive:${archive}:v7`, '--compression', 'gzip', '--layers', '3', '--annotation', 'org.example.build=42', '--exclude', '/usr/share/odd', '--json']);
+      const r = await tiu([
+        'build',
+        src,
+        '--tag',
+        `oci-archive:${archive}:v7`,
+        '--compression',
+        'gzip',
+        '--layers',
+        '3',
+        '--annotation',
+        'org.example.build=42',
+        '--exclude',
+        '/usr/share/odd',
+        '--json',
+      ]);
       assert.equal(r.exitCode, 0, r.stderr);
       const out = JSON.parse(r.stdout) as { digest: string; layers: unknown[]; annotations: Record<string, string> };
       assert.ok(out.layers.length <= 3);
       assert.equal(out.annotations['org.example.build'], '42');
-      const info = JSON.parse((await run('skopeo', ['inspect', `oci-archive:${archive}:v7`])).stdout) as { Digest: string };
+      const info = JSON.parse((await run('skopeo', ['inspect', `oci-archive:${archive}:v7`])).stdout) as {
+        Digest: string;
+      };
       assert.equal(info.Digest, out.digest);
     });
 
@@ -287,7 +397,18 @@ describe('tiu build (integration)', function () {
         ['tree.tbz', '--bzip2'],
       ]) {
         const file = join(work, name!);
-        await run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '--format=posix', flag!, '-C', src, '-cf', file, '.']);
+        await run('tar', [
+          '--xattrs',
+          '--xattrs-include=*',
+          '--numeric-owner',
+          '--format=posix',
+          flag!,
+          '-C',
+          src,
+          '-cf',
+          file,
+          '.',
+        ]);
         const r = await tiu(['build', file, '--tag', `oci:${join(work, 'cli-' + name)}:v1`]);
         assert.equal(r.exitCode, 0, r.stderr);
         assert.equal(r.stdout.trim(), dirDigest, name);
@@ -316,13 +437,25 @@ describe('tiu build (integration)', function () {
         const r = await tiu(['build', src, '--tag', ref, '--tls-verify=false']);
         assert.equal(r.exitCode, 0, r.stderr);
         assert.equal(r.stdout.trim(), zstdBuild.descriptor.digest);
-        const info = JSON.parse((await run('skopeo', ['inspect', '--tls-verify=false', ref])).stdout) as { Digest: string; Layers: string[] };
+        const info = JSON.parse((await run('skopeo', ['inspect', '--tls-verify=false', ref])).stdout) as {
+          Digest: string;
+          Layers: string[];
+        };
         assert.equal(info.Digest, zstdBuild.descriptor.digest);
         assert.equal(info.Layers.length, zstdBuild.manifest.layers.length);
         const copyDir = join(work, 'from-registry');
         await run('skopeo', ['copy', '--src-tls-verify=false', '--preserve-digests', ref, `oci:${copyDir}:v1`]);
-        assert.equal((JSON.parse((await run('skopeo', ['inspect', `oci:${copyDir}:v1`])).stdout) as { Digest: string }).Digest, zstdBuild.descriptor.digest);
-        const again = await tiu(['build', ref, '--tag', `oci:${join(work, 'relayer-registry')}:v1`, '--tls-verify=false']);
+        assert.equal(
+          (JSON.parse((await run('skopeo', ['inspect', `oci:${copyDir}:v1`])).stdout) as { Digest: string }).Digest,
+          zstdBuild.descriptor.digest,
+        );
+        const again = await tiu([
+          'build',
+          ref,
+          '--tag',
+          `oci:${join(work, 'relayer-registry')}:v1`,
+          '--tls-verify=false',
+        ]);
         assert.equal(again.exitCode, 0, again.stderr);
         assert.equal(again.stdout.trim(), zstdBuild.descriptor.digest);
       } finally {
@@ -349,9 +482,15 @@ describe('tiu build of a tree that changes while it is read', function () {
     await writeFile(join(work, 'tree/usr/b'), 'bbbb');
     const entries = await scanDirectory(join(work, 'tree'));
     await rm(join(work, 'tree/usr/a'));
-    await assert.rejects(writeLayer(entries, join(work, 'l1'), { compression: 'zstd' }), (err) => isTiuError(err, 'BUILD_SOURCE_CHANGED') && /usr\/a/.test((err as Error).message));
+    await assert.rejects(
+      writeLayer(entries, join(work, 'l1'), { compression: 'zstd' }),
+      (err) => isTiuError(err, 'BUILD_SOURCE_CHANGED') && /usr\/a/.test((err as Error).message),
+    );
     await writeFile(join(work, 'tree/usr/a'), 'aaaa');
     await writeFile(join(work, 'tree/usr/b'), 'bbbb and more');
-    await assert.rejects(writeLayer(entries, join(work, 'l2'), { compression: 'gzip' }), (err) => isTiuError(err, 'BUILD_SOURCE_CHANGED') && /usr\/b/.test((err as Error).message));
+    await assert.rejects(
+      writeLayer(entries, join(work, 'l2'), { compression: 'gzip' }),
+      (err) => isTiuError(err, 'BUILD_SOURCE_CHANGED') && /usr\/b/.test((err as Error).message),
+    );
   });
 });

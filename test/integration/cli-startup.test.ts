@@ -19,7 +19,10 @@ const NODE = join(ROOT, 'node_modules/.bin/node');
 
 /** bin/tiu with only the given cache settings (none inherited from the test's environment). */
 function tiu(args: string[], env: Record<string, string | undefined>) {
-  return run(TIU, args, { env: { NODE_COMPILE_CACHE: undefined, NODE_DEBUG_NATIVE: 'COMPILE_CACHE', ...env }, allowFailure: true });
+  return run(TIU, args, {
+    env: { NODE_COMPILE_CACHE: undefined, NODE_DEBUG_NATIVE: 'COMPILE_CACHE', ...env },
+    allowFailure: true,
+  });
 }
 
 async function files(dir: string): Promise<number> {
@@ -55,12 +58,25 @@ await main([process.argv[2], '--help']);
 process.stderr.write(JSON.stringify(seen));\n`,
     );
     for (const name of ['copy', 'build']) {
-      const r = await run(NODE, ['--disable-warning=ExperimentalWarning', hook, name], { env: { NODE_COMPILE_CACHE: undefined } });
+      const r = await run(NODE, ['--disable-warning=ExperimentalWarning', hook, name], {
+        env: { NODE_COMPILE_CACHE: undefined },
+      });
       assert.match(r.stdout, new RegExp(`usage: tiu ${name}`));
       const seen = JSON.parse(r.stderr) as string[];
-      assert.ok(seen.some((u) => u.endsWith(`/src/cli/commands/${name}.ts`)), `${name}.ts was loaded`);
-      assert.deepEqual(seen.filter((u) => u.includes('/node_modules/execa/')), [], `${name} loads execa`);
-      assert.deepEqual(seen.filter((u) => /\/src\/cli\/commands\/(?!index\.ts)/.test(u) && !u.endsWith(`/${name}.ts`)), [], `${name} loads other commands`);
+      assert.ok(
+        seen.some((u) => u.endsWith(`/src/cli/commands/${name}.ts`)),
+        `${name}.ts was loaded`,
+      );
+      assert.deepEqual(
+        seen.filter((u) => u.includes('/node_modules/execa/')),
+        [],
+        `${name} loads execa`,
+      );
+      assert.deepEqual(
+        seen.filter((u) => /\/src\/cli\/commands\/(?!index\.ts)/.test(u) && !u.endsWith(`/${name}.ts`)),
+        [],
+        `${name} loads other commands`,
+      );
     }
   });
 
@@ -74,8 +90,17 @@ process.on('exit', () => {
   process.stderr.write('PROBE ' + JSON.stringify({ initial: initial ?? null, now: process.env.MALLOC_MMAP_THRESHOLD_ ?? null, marker: process.env.TIU_DROP_MALLOC_ENV ?? null }) + '\\n');
 });\n`,
     );
-    const probeOf = (stderr: string) => JSON.parse(/PROBE (.*)/.exec(stderr)![1]!) as { initial: string | null; now: string | null; marker: string | null };
-    const env = { NODE_OPTIONS: `--import ${probe}`, MALLOC_MMAP_THRESHOLD_: undefined, TIU_DROP_MALLOC_ENV: undefined };
+    const probeOf = (stderr: string) =>
+      JSON.parse(/PROBE (.*)/.exec(stderr)![1]!) as {
+        initial: string | null;
+        now: string | null;
+        marker: string | null;
+      };
+    const env = {
+      NODE_OPTIONS: `--import ${probe}`,
+      MALLOC_MMAP_THRESHOLD_: undefined,
+      TIU_DROP_MALLOC_ENV: undefined,
+    };
     const b = await tiu(['build', '--help'], env);
     assert.equal(b.exitCode, 0, b.stderr);
     assert.deepEqual(probeOf(b.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, marker: null });
@@ -98,8 +123,13 @@ process.on('exit', () => {
     else process.env.TIU_COMPILE_CACHE = saved;
     assert.deepEqual(cacheCandidates({ TIU_COMPILE_CACHE: '/x/c' }, 0), ['/x/c']);
     assert.deepEqual(cacheCandidates({ TIU_COMPILE_CACHE: 'off', HOME: '/home/u' }, 0), []);
-    assert.deepEqual(cacheCandidates({ HOME: '/root' }, 0), ['/var/cache/tiu/node-compile', '/root/.cache/tiu/node-compile']);
-    assert.deepEqual(cacheCandidates({ HOME: '/home/u', XDG_CACHE_HOME: '/home/u/xc' }, 1000), ['/home/u/xc/tiu/node-compile']);
+    assert.deepEqual(cacheCandidates({ HOME: '/root' }, 0), [
+      '/var/cache/tiu/node-compile',
+      '/root/.cache/tiu/node-compile',
+    ]);
+    assert.deepEqual(cacheCandidates({ HOME: '/home/u', XDG_CACHE_HOME: '/home/u/xc' }, 1000), [
+      '/home/u/xc/tiu/node-compile',
+    ]);
     assert.deepEqual(cacheCandidates({ XDG_CACHE_HOME: 'relative' }, 1000), []);
     assert.deepEqual(cacheCandidates({}, 1000), []);
   });
@@ -118,7 +148,11 @@ process.on('exit', () => {
   it('runs without a cache when the directory cannot be made, or is turned off', async () => {
     const file = join(tmp, 'a-file');
     await writeFile(file, 'not a directory');
-    for (const env of [{ TIU_COMPILE_CACHE: join(file, 'cache') }, { TIU_COMPILE_CACHE: join(tmp, 'no', 'such', 'parents', 'cache') }, { TIU_COMPILE_CACHE: 'off' }]) {
+    for (const env of [
+      { TIU_COMPILE_CACHE: join(file, 'cache') },
+      { TIU_COMPILE_CACHE: join(tmp, 'no', 'such', 'parents', 'cache') },
+      { TIU_COMPILE_CACHE: 'off' },
+    ]) {
       const r = await tiu(['--version'], env);
       assert.equal(r.exitCode, 0, r.stderr);
       assert.match(r.stdout, /^tiu \d/);

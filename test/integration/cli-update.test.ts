@@ -43,7 +43,12 @@ describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', fu
   let os: MicroOS;
   let images: string;
   let key: KeyObject;
-  const status = async () => (await tiu(['status', '--sysroot', os.sysroot])).json as { booted: number; default: number; snapshots: { number: number; inProgress: boolean; digest?: string; pendingEtcConflicts: string[] }[] };
+  const status = async () =>
+    (await tiu(['status', '--sysroot', os.sysroot])).json as {
+      booted: number;
+      default: number;
+      snapshots: { number: number; inProgress: boolean; digest?: string; pendingEtcConflicts: string[] }[];
+    };
 
   before(async function () {
     requireRoot(this);
@@ -77,7 +82,10 @@ describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', fu
     const r = await tiu(['update', '--sysroot', os.sysroot]);
     assert.equal(r.code, 0);
     assert.equal(r.json.status, 'already-present');
-    assert.deepEqual((await status()).snapshots.map((x) => x.number), [1, 2]);
+    assert.deepEqual(
+      (await status()).snapshots.map((x) => x.number),
+      [1, 2],
+    );
   });
 
   it('a concurrent update is refused with UPDATE_IN_PROGRESS', async () => {
@@ -106,8 +114,14 @@ describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', fu
 
   it('tiu killed with SIGKILL in the middle leaves an unfinished snapshot; the next run deletes it and succeeds', async () => {
     const conf = join(os.sysroot, 'etc/tiu/tiu.conf');
-    await writeFile(conf, `image = "oci:${images}:v1"\ndefault-hooks = false\n[[hook]]\nname = "hang"\ncommand = ["/bin/sh", "-c", "echo $$ > /tiu-hook-started; exec sleep 600"]\n`);
-    const marker = () => readdirSync(join(os.sysroot, '.snapshots')).map((d) => join(os.sysroot, '.snapshots', d, 'snapshot/tiu-hook-started')).find((p) => existsSync(p));
+    await writeFile(
+      conf,
+      `image = "oci:${images}:v1"\ndefault-hooks = false\n[[hook]]\nname = "hang"\ncommand = ["/bin/sh", "-c", "echo $$ > /tiu-hook-started; exec sleep 600"]\n`,
+    );
+    const marker = () =>
+      readdirSync(join(os.sysroot, '.snapshots'))
+        .map((d) => join(os.sysroot, '.snapshots', d, 'snapshot/tiu-hook-started'))
+        .find((p) => existsSync(p));
     const child = spawn(TIU, ['update', '--sysroot', os.sysroot], { stdio: 'ignore' });
     let hookPid = 0;
     try {
@@ -131,15 +145,27 @@ describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', fu
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual((r.json.cleanup as { deleted: number[] }).deleted, left);
     const s = await status();
-    assert.equal(s.snapshots.some((x) => x.inProgress), false);
+    assert.equal(
+      s.snapshots.some((x) => x.inProgress),
+      false,
+    );
     assert.equal(s.default, r.json.snapshot);
-    assert.deepEqual(s.snapshots.map((x) => x.number), [1, 2, r.json.snapshot]);
-    assert.equal((await mountInfo()).some((m) => m.mountPoint.startsWith(join(os.sysroot, '.snapshots') + '/')), false);
+    assert.deepEqual(
+      s.snapshots.map((x) => x.number),
+      [1, 2, r.json.snapshot],
+    );
+    assert.equal(
+      (await mountInfo()).some((m) => m.mountPoint.startsWith(join(os.sysroot, '.snapshots') + '/')),
+      false,
+    );
   });
 
   it('tiu killed with SIGKILL while it writes the image into the snapshot: the next run deletes it and succeeds', async () => {
     // 32 MiB that do not compress, so the apply takes a while; downloaded first so the kill lands in the apply.
-    const heavy = Array.from({ length: 8 }, (_, i) => ({ path: `usr/share/fake/heavy-${i}`, content: randomBytes(4 << 20) }));
+    const heavy = Array.from({ length: 8 }, (_, i) => ({
+      path: `usr/share/fake/heavy-${i}`,
+      content: randomBytes(4 << 20),
+    }));
     await buildImage(images, 'heavy', [...(await v2Files()), ...heavy]);
     await signInLayout(images, 'heavy', key);
     await writeFile(join(os.sysroot, 'etc/tiu/tiu.conf'), `image = "oci:${images}:heavy"\ndefault-hooks = false\n`);
@@ -151,7 +177,8 @@ describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', fu
     const child = spawn(TIU, ['update', '--offline', '--sysroot', os.sysroot], { stdio: 'ignore' });
     const exited = new Promise((r) => child.once('exit', r));
     try {
-      for (let i = 0; i < 12000 && !applying() && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 5));
+      for (let i = 0; i < 12000 && !applying() && child.exitCode === null; i++)
+        await new Promise((r) => setTimeout(r, 5));
       assert.ok(applying(), 'the update never reached the apply');
       child.kill('SIGKILL');
       await exited;
@@ -168,8 +195,15 @@ describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', fu
     assert.deepEqual((r.json.cleanup as { deleted: number[] }).deleted, left);
     const s = await status();
     assert.equal(s.default, r.json.snapshot);
-    assert.equal(s.snapshots.some((x) => x.inProgress), false);
-    assert.equal((await readFile(join(os.sysroot, '.snapshots', String(r.json.snapshot), 'snapshot/usr/share/fake/heavy-7'))).length, 4 << 20);
+    assert.equal(
+      s.snapshots.some((x) => x.inProgress),
+      false,
+    );
+    assert.equal(
+      (await readFile(join(os.sysroot, '.snapshots', String(r.json.snapshot), 'snapshot/usr/share/fake/heavy-7')))
+        .length,
+      4 << 20,
+    );
   });
 
   it('usage errors: --reboot with --sysroot, --offline with --download-only', async () => {

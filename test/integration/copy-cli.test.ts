@@ -18,7 +18,8 @@ async function indexOf(layout: string): Promise<IndexJson> {
   return JSON.parse(await readFile(join(layout, 'index.json'), 'utf8')) as IndexJson;
 }
 async function digestOfTag(layout: string, tag: string): Promise<string | undefined> {
-  return (await indexOf(layout)).manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)?.digest;
+  return (await indexOf(layout)).manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)
+    ?.digest;
 }
 const tiu = (...args: string[]) => execa(TIU, args, { reject: false });
 
@@ -36,11 +37,22 @@ describe('tiu copy / inspect with umoci and skopeo', function () {
     const root = join(dir, 'root');
     await mkdir(join(root, 'etc'), { recursive: true });
     await mkdir(join(root, 'usr', 'bin'), { recursive: true });
-    await writeFile(join(root, 'etc', 'os-release'), 'NAME="openSUSE MicroOS"\nID=opensuse-microos\nVERSION_ID=20251126\n');
+    await writeFile(
+      join(root, 'etc', 'os-release'),
+      'NAME="openSUSE MicroOS"\nID=opensuse-microos\nVERSION_ID=20251126\n',
+    );
     await writeFile(join(root, 'usr', 'bin', 'hello'), '#!/bin/sh\necho hello\n'.repeat(200), { mode: 0o755 });
     await execa('umoci', ['insert', '--image', `${A}:t`, join(root, 'etc'), '/etc']);
     await execa('umoci', ['insert', '--image', `${A}:t`, join(root, 'usr'), '/usr']);
-    await execa('umoci', ['config', '--image', `${A}:t`, '--config.label', 'ID=opensuse-microos', '--config.label', 'VERSION_ID=20251126']);
+    await execa('umoci', [
+      'config',
+      '--image',
+      `${A}:t`,
+      '--config.label',
+      'ID=opensuse-microos',
+      '--config.label',
+      'VERSION_ID=20251126',
+    ]);
     manifestDigest = (await digestOfTag(A, 't'))!;
     assert.match(manifestDigest, /^sha256:[0-9a-f]{64}$/);
   });
@@ -109,7 +121,9 @@ describe('tiu copy / inspect with umoci and skopeo', function () {
     assert.equal(w.exitCode, 0, w.stderr);
     const C = join(dir, 'C');
     await execa('skopeo', ['copy', `oci-archive:${archive}:v1`, `oci:${C}:c`]);
-    const s = JSON.parse((await execa('skopeo', ['inspect', `oci-archive:${archive}:v1`])).stdout) as { Digest: string };
+    const s = JSON.parse((await execa('skopeo', ['inspect', `oci-archive:${archive}:v1`])).stdout) as {
+      Digest: string;
+    };
     assert.equal(s.Digest, manifestDigest);
     assert.equal(await digestOfTag(C, 'c'), manifestDigest);
 
@@ -126,7 +140,9 @@ describe('tiu copy / inspect with umoci and skopeo', function () {
   it('a layout with one altered blob: copy fails naming the blob, and no tag points at incomplete content', async () => {
     const bad = join(dir, 'bad');
     await cp(A, bad, { recursive: true });
-    const manifest = JSON.parse(await readFile(join(bad, 'blobs', 'sha256', manifestDigest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
+    const manifest = JSON.parse(await readFile(join(bad, 'blobs', 'sha256', manifestDigest.slice(7)), 'utf8')) as {
+      layers: { digest: string }[];
+    };
     const layerDigest = manifest.layers[1]!.digest;
     const blobPath = join(bad, 'blobs', 'sha256', layerDigest.slice(7));
     const data = await readFile(blobPath);
@@ -144,7 +160,13 @@ describe('tiu copy / inspect with umoci and skopeo', function () {
     assert.match(r.stderr, new RegExp(layerDigest));
     assert.match(r.stderr, /does not match its digest/);
     assert.match(r.stderr, /\[DIGEST_MISMATCH\]/);
-    assert.equal(r.stderr.trim().split('\n').filter((l) => l.startsWith('tiu: error')).length, 1);
+    assert.equal(
+      r.stderr
+        .trim()
+        .split('\n')
+        .filter((l) => l.startsWith('tiu: error')).length,
+      1,
+    );
 
     const j = await tiu('copy', '--json', `oci:${bad}:t`, `oci:${D}:t`);
     assert.equal(j.exitCode, 1);
@@ -159,9 +181,14 @@ describe('tiu copy / inspect with umoci and skopeo', function () {
     const blobs = await readdir(join(D, 'blobs', 'sha256'));
     assert.ok(!blobs.includes(manifestDigest.slice(7)));
     assert.ok(!blobs.includes(layerDigest.slice(7)));
-    assert.ok(blobs.every((b) => /^[0-9a-f]{64}$/.test(b)), `stray files: ${blobs.join(' ')}`);
+    assert.ok(
+      blobs.every((b) => /^[0-9a-f]{64}$/.test(b)),
+      `stray files: ${blobs.join(' ')}`,
+    );
     for (const m of (await indexOf(D)).manifests) {
-      const s = await execa('skopeo', ['inspect', `oci:${D}:${m.annotations!['org.opencontainers.image.ref.name']}`], { reject: false });
+      const s = await execa('skopeo', ['inspect', `oci:${D}:${m.annotations!['org.opencontainers.image.ref.name']}`], {
+        reject: false,
+      });
       assert.equal(s.exitCode, 0, s.stderr);
     }
     // a fresh destination gets no tag at all

@@ -28,7 +28,14 @@ import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import type { FetchOptions } from '../../src/content/interfaces.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
 import { applyTarLayers } from '../../src/deploy/apply/index.ts';
-import { applyTransfer, ContentStore, downloadTransfer, prepareTransfer, rangeBytes, type DeltaTransfer } from '../../src/deploy/delta/index.ts';
+import {
+  applyTransfer,
+  ContentStore,
+  downloadTransfer,
+  prepareTransfer,
+  rangeBytes,
+  type DeltaTransfer,
+} from '../../src/deploy/delta/index.ts';
 import { layerOpeners } from '../../src/deploy/update.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { run } from '../../src/host/exec.ts';
@@ -42,11 +49,39 @@ import { diffTrees, listing } from '../helpers/treecmp.ts';
 const T = 1_700_000_000;
 const big = randomBytes(768 * 1024);
 const lib = randomBytes(96 * 1024);
-const f = (name: string, content: Buffer | string, extra: Partial<TarSpec> = {}): TarSpec => ({ name, content, mtime: T, ...extra });
+const f = (name: string, content: Buffer | string, extra: Partial<TarSpec> = {}): TarSpec => ({
+  name,
+  content,
+  mtime: T,
+  ...extra,
+});
 const d = (name: string): TarSpec => ({ name, type: '5', mode: 0o755, mtime: T });
-const common: TarSpec[] = [d('etc'), d('usr'), d('usr/bin'), d('usr/lib'), d('var'), d('var/lib'), f('usr/lib/libc.so', lib), f('usr/bin/sh', 'shell', { mode: 0o755 })];
-const v1: TarSpec[] = [...common, f('etc/os-release', 'ID=test\nVERSION_ID=1\n'), f('etc/motd', 'hello v1\n'), f('usr/lib/data.bin', big), f('var/lib/state', 'factory\n')];
-const v2: TarSpec[] = [...common, f('etc/os-release', 'ID=test\nVERSION_ID=2\n'), f('etc/motd', 'hello v2!\n'), d('usr/share'), f('usr/share/data.bin', big), f('usr/bin/new', randomBytes(10_000), { mode: 0o755 }), f('var/lib/state', 'factory\n')];
+const common: TarSpec[] = [
+  d('etc'),
+  d('usr'),
+  d('usr/bin'),
+  d('usr/lib'),
+  d('var'),
+  d('var/lib'),
+  f('usr/lib/libc.so', lib),
+  f('usr/bin/sh', 'shell', { mode: 0o755 }),
+];
+const v1: TarSpec[] = [
+  ...common,
+  f('etc/os-release', 'ID=test\nVERSION_ID=1\n'),
+  f('etc/motd', 'hello v1\n'),
+  f('usr/lib/data.bin', big),
+  f('var/lib/state', 'factory\n'),
+];
+const v2: TarSpec[] = [
+  ...common,
+  f('etc/os-release', 'ID=test\nVERSION_ID=2\n'),
+  f('etc/motd', 'hello v2!\n'),
+  d('usr/share'),
+  f('usr/share/data.bin', big),
+  f('usr/bin/new', randomBytes(10_000), { mode: 0o755 }),
+  f('var/lib/state', 'factory\n'),
+];
 
 const sha = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const code = (c: string) => (e: unknown) => isTiuError(e, c);
@@ -55,7 +90,12 @@ const nothing = { bytes: 0, requests: 0, files: 0 };
 /** A source whose ranged reads are counted. */
 class CountingTarget extends MemoryTarget {
   ranges: string[] = [];
-  override fetchRange(desc: Descriptor, start: number, end: number, opts?: FetchOptions): ReturnType<MemoryTarget['fetchRange']> {
+  override fetchRange(
+    desc: Descriptor,
+    start: number,
+    end: number,
+    opts?: FetchOptions,
+  ): ReturnType<MemoryTarget['fetchRange']> {
     this.ranges.push(`${desc.digest.slice(7, 15)}:${start}-${end}`);
     return super.fetchRange(desc, start, end, opts);
   }
@@ -82,7 +122,14 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
   }
 
   async function prepare(manifest: ImageManifest, oldRoot: string, maxGap?: number): Promise<DeltaTransfer> {
-    const t = await prepareTransfer({ source: target, manifest, oldRoot, preserve: [], mode: 'delta', ...(maxGap !== undefined ? { coalesce: { maxGap } } : {}) });
+    const t = await prepareTransfer({
+      source: target,
+      manifest,
+      oldRoot,
+      preserve: [],
+      mode: 'delta',
+      ...(maxGap !== undefined ? { coalesce: { maxGap } } : {}),
+    });
     assert.ok(t.path === 'delta');
     return t;
   }
@@ -92,14 +139,23 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
   before(async function () {
     requireRoot(this);
     fs = await makeBtrfs(384);
-    for (const [name, spec] of [['src1', v1], ['src2', v2]] as const) {
+    for (const [name, spec] of [
+      ['src1', v1],
+      ['src2', v2],
+    ] as const) {
       const dir = join(fs.dir, name);
       await mkdir(dir);
       await writeFile(dir + '.tar', makeTar(spec));
       await run('tar', ['--numeric-owner', '-xpf', dir + '.tar', '-C', dir]);
     }
-    b1 = await buildBundle({ kind: 'directory', path: join(fs.dir, 'src1') }, target, 'v1', { layers: 3, sourceDateEpoch: T });
-    b2 = await buildBundle({ kind: 'directory', path: join(fs.dir, 'src2') }, target, 'v2', { layers: 3, sourceDateEpoch: T });
+    b1 = await buildBundle({ kind: 'directory', path: join(fs.dir, 'src1') }, target, 'v1', {
+      layers: 3,
+      sourceDateEpoch: T,
+    });
+    b2 = await buildBundle({ kind: 'directory', path: join(fs.dir, 'src2') }, target, 'v2', {
+      layers: 3,
+      sourceDateEpoch: T,
+    });
     await extractRef(b1, join(fs.mnt, 'ref1'));
     await extractRef(b2, join(fs.mnt, 'ref2'));
   });
@@ -124,11 +180,18 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     const t = await prepare(b2.manifest, sys1, 0);
     // Only content v1 does not have is fetched, each once: the moved data.bin is not.
     const v1content = new Set(v1.filter((s) => s.content !== undefined).map((s) => sha(s.content!)));
-    const v2new = new Set(v2.filter((s) => s.content !== undefined && !v1content.has(sha(s.content))).map((s) => sha(s.content!)));
+    const v2new = new Set(
+      v2.filter((s) => s.content !== undefined && !v1content.has(sha(s.content))).map((s) => sha(s.content!)),
+    );
     assert.deepEqual(new Set(t.plan.fetch.map((e) => e.digest)), v2new);
     // With no gap allowed, the ranges are the fetched files' frames and nothing else.
-    const frames = new Map(t.plan.fetch.map((e) => [`${e.source!.layer}:${e.source!.offset}`, e.source!.endOffset! - e.source!.offset!]));
-    assert.equal(rangeBytes(t.ranges), [...frames.values()].reduce((a, b) => a + b, 0));
+    const frames = new Map(
+      t.plan.fetch.map((e) => [`${e.source!.layer}:${e.source!.offset}`, e.source!.endOffset! - e.source!.offset!]),
+    );
+    assert.equal(
+      rangeBytes(t.ranges),
+      [...frames.values()].reduce((a, b) => a + b, 0),
+    );
     assert.equal(t.report.downloadBytes, t.report.tocBytes + rangeBytes(t.ranges));
 
     target.ranges = [];
@@ -154,7 +217,11 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     const t = await prepare(b2.manifest, join(fs.mnt, 'sys2'));
     assert.deepEqual(t.ranges, []);
     assert.equal(t.report.contentBytes, 0);
-    assert.equal(t.report.files?.changed, 0, 'nothing to change, not even an mtime (the executor sets them to the microsecond)');
+    assert.equal(
+      t.report.files?.changed,
+      0,
+      'nothing to change, not even an mtime (the executor sets them to the microsecond)',
+    );
     target.ranges = [];
     const sys3 = join(fs.mnt, 'sys3');
     await snapshot(join(fs.mnt, 'sys2'), sys3);
@@ -162,7 +229,11 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     assert.deepEqual(await downloadTransfer(t, store), nothing);
     const a = await applyTransfer(t, sys3, store, { preserve: [] });
     const r = a.report;
-    assert.equal(r.written.count + r.reflinked.count + r.deleted.count + r.created.count + r.linked.count + r.metadataFixed.count, 0, JSON.stringify(r));
+    assert.equal(
+      r.written.count + r.reflinked.count + r.deleted.count + r.created.count + r.linked.count + r.metadataFixed.count,
+      0,
+      JSON.stringify(r),
+    );
     assert.deepEqual(a.extra, nothing);
     assert.deepEqual(target.ranges, []);
     assert.ok((await exclusiveBytes(sys3)) < 64 * 1024);
@@ -196,9 +267,22 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
 
   it('whiteouts and opaque directories: the same tree by range as by whole layers, whited-out files not downloaded', async () => {
     const layer = async (i: number, files: [string, string | null][]): Promise<Descriptor> => {
-      const entries = files.map(([path, content]): BuildEntry => content === null
-        ? { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T, mtimeNsec: 0, size: 0, xattrs: [] }
-        : { path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtime: T, mtimeNsec: 0, size: Buffer.byteLength(content), xattrs: [], content: { data: Buffer.from(content) } });
+      const entries = files.map(([path, content]): BuildEntry =>
+        content === null
+          ? { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T, mtimeNsec: 0, size: 0, xattrs: [] }
+          : {
+              path,
+              type: 'reg',
+              mode: 0o644,
+              uid: 0,
+              gid: 0,
+              mtime: T,
+              mtimeNsec: 0,
+              size: Buffer.byteLength(content),
+              xattrs: [],
+              content: { data: Buffer.from(content) },
+            },
+      );
       entries.sort((x, y) => comparePaths(x.path, y.path));
       const file = join(fs.dir, `wh-layer-${i}`);
       const r = await writeLayer(entries, file, { compression: 'zstd' });
@@ -206,9 +290,31 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
       return r.descriptor;
     };
     const layers = [
-      await layer(0, [['a', null], ['a/1', 'one'], ['a/2', 'two'], ['b', null], ['b/x', 'x'], ['b/y', 'y'], ['c', 'c'], ['d', null], ['d/deep', 'deep']]),
-      await layer(1, [['a', null], ['a/.wh.1', ''], ['b', null], ['b/.wh..wh..opq', ''], ['b/z', 'z'], ['.wh.c', ''], ['d', 'now a file']]),
-      await layer(2, [['c', 'c is back'], ['a', null], ['a/3', 'three']]),
+      await layer(0, [
+        ['a', null],
+        ['a/1', 'one'],
+        ['a/2', 'two'],
+        ['b', null],
+        ['b/x', 'x'],
+        ['b/y', 'y'],
+        ['c', 'c'],
+        ['d', null],
+        ['d/deep', 'deep'],
+      ]),
+      await layer(1, [
+        ['a', null],
+        ['a/.wh.1', ''],
+        ['b', null],
+        ['b/.wh..wh..opq', ''],
+        ['b/z', 'z'],
+        ['.wh.c', ''],
+        ['d', 'now a file'],
+      ]),
+      await layer(2, [
+        ['c', 'c is back'],
+        ['a', null],
+        ['a/3', 'three'],
+      ]),
     ];
     const manifest: ImageManifest = { ...b1.manifest, layers };
     const byRange = join(fs.mnt, 'wh-range');
@@ -233,12 +339,14 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
   it('a file in several frames (containers/storage chunks) is fetched whole; a chunk with no frame of its own takes the whole-layer path', async () => {
     const parts = [randomBytes(3000), randomBytes(2000), Buffer.from('tail\n')];
     const whole = Buffer.concat(parts);
-    const manifest = await pushLayers(target, [chunkedLayer([
-      { toc: { type: 'reg', name: 'big', mode: 0o644, size: whole.length, digest: sha(whole) }, content: parts[0] },
-      { toc: { type: 'chunk', name: 'big' }, content: parts[1] },
-      { toc: { type: 'chunk', name: 'big' }, content: parts[2] },
-      { toc: { type: 'reg', name: 'small', mode: 0o644 }, content: Buffer.from('small\n') },
-    ])]);
+    const manifest = await pushLayers(target, [
+      chunkedLayer([
+        { toc: { type: 'reg', name: 'big', mode: 0o644, size: whole.length, digest: sha(whole) }, content: parts[0] },
+        { toc: { type: 'chunk', name: 'big' }, content: parts[1] },
+        { toc: { type: 'chunk', name: 'big' }, content: parts[2] },
+        { toc: { type: 'reg', name: 'small', mode: 0o644 }, content: Buffer.from('small\n') },
+      ]),
+    ]);
     const root = join(fs.mnt, 'chunked');
     await subvolume(root);
     const t = await prepare(manifest, root);
@@ -251,10 +359,12 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     assert.deepEqual(await readFile(join(root, 'big')), whole);
     assert.equal(await readFile(join(root, 'small'), 'utf8'), 'small\n');
 
-    const frameless = await pushLayers(target, [chunkedLayer([
-      { toc: { type: 'reg', name: 'big', mode: 0o644, size: whole.length, digest: sha(whole) }, content: parts[0] },
-      { toc: { type: 'chunk', name: 'big', chunkType: 'zeros' } },
-    ])]);
+    const frameless = await pushLayers(target, [
+      chunkedLayer([
+        { toc: { type: 'reg', name: 'big', mode: 0o644, size: whole.length, digest: sha(whole) }, content: parts[0] },
+        { toc: { type: 'chunk', name: 'big', chunkType: 'zeros' } },
+      ]),
+    ]);
     const w = await prepareTransfer({ source: target, manifest: frameless, oldRoot: root, preserve: [] });
     assert.equal(w.path, 'whole-layer');
     assert.match(w.report.reason ?? '', /chunk of big has no frame of its own/);
@@ -273,18 +383,56 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
       await subvolume(root);
       await writeFile(join(root, 'old'), 'old tree\n');
     });
-    const reg = (name: string, content: string): CraftedEntry => ({ toc: { type: 'reg', name, mode: 0o644 }, content: Buffer.from(content) });
+    const reg = (name: string, content: string): CraftedEntry => ({
+      toc: { type: 'reg', name, mode: 0o644 },
+      content: Buffer.from(content),
+    });
     const cases: { name: string; entries: () => CraftedEntry[]; code: string }[] = [
       { name: '../ escape', entries: () => [reg('../../outside/pwned', 'x')], code: 'UNSAFE_PATH' },
       { name: 'absolute path', entries: () => [reg('/tmp/pwned', 'x')], code: 'UNSAFE_PATH' },
-      { name: 'absolute symlink then a write through it', entries: () => [{ toc: { type: 'symlink', name: 'l', linkName: outside } }, reg('l/passwd', 'pwned\n')], code: 'UNSAFE_PATH' },
-      { name: 'relative symlink up then a write through it', entries: () => [{ toc: { type: 'symlink', name: 'l', linkName: '../../../../../../../..' + outside } }, reg('l/passwd', 'pwned\n')], code: 'UNSAFE_PATH' },
-      { name: 'hardlink to a file outside (../)', entries: () => [{ toc: { type: 'hardlink', name: 'h', linkName: '../../outside/passwd' } }], code: 'UNSAFE_PATH' },
-      { name: 'hardlink to an absolute path not in the tree', entries: () => [{ toc: { type: 'hardlink', name: 'h', linkName: join(outside, 'passwd') } }], code: 'BAD_HARDLINK' },
-      { name: 'the root itself as a symlink', entries: () => [{ toc: { type: 'symlink', name: './', linkName: outside } }, reg('passwd', 'pwned\n')], code: 'UNSAFE_PATH' },
-      { name: 'device where a directory is expected', entries: () => [{ toc: { type: 'char', name: 'd', devMajor: 1, devMinor: 3 } }, reg('d/x', 'x')], code: 'UNSAFE_PATH' },
-      { name: 'a chunk that is not the next frame of its file', entries: () => [reg('f', 'some content'), { toc: { type: 'chunk', name: 'f', offset: 1000, endOffset: 1010 } }], code: 'BAD_ENTRY' },
-      { name: 'a regular file without a digest', entries: () => [{ toc: { type: 'reg', name: 'f', size: 5, offset: 0, endOffset: 10 } }], code: 'BAD_ENTRY' },
+      {
+        name: 'absolute symlink then a write through it',
+        entries: () => [{ toc: { type: 'symlink', name: 'l', linkName: outside } }, reg('l/passwd', 'pwned\n')],
+        code: 'UNSAFE_PATH',
+      },
+      {
+        name: 'relative symlink up then a write through it',
+        entries: () => [
+          { toc: { type: 'symlink', name: 'l', linkName: '../../../../../../../..' + outside } },
+          reg('l/passwd', 'pwned\n'),
+        ],
+        code: 'UNSAFE_PATH',
+      },
+      {
+        name: 'hardlink to a file outside (../)',
+        entries: () => [{ toc: { type: 'hardlink', name: 'h', linkName: '../../outside/passwd' } }],
+        code: 'UNSAFE_PATH',
+      },
+      {
+        name: 'hardlink to an absolute path not in the tree',
+        entries: () => [{ toc: { type: 'hardlink', name: 'h', linkName: join(outside, 'passwd') } }],
+        code: 'BAD_HARDLINK',
+      },
+      {
+        name: 'the root itself as a symlink',
+        entries: () => [{ toc: { type: 'symlink', name: './', linkName: outside } }, reg('passwd', 'pwned\n')],
+        code: 'UNSAFE_PATH',
+      },
+      {
+        name: 'device where a directory is expected',
+        entries: () => [{ toc: { type: 'char', name: 'd', devMajor: 1, devMinor: 3 } }, reg('d/x', 'x')],
+        code: 'UNSAFE_PATH',
+      },
+      {
+        name: 'a chunk that is not the next frame of its file',
+        entries: () => [reg('f', 'some content'), { toc: { type: 'chunk', name: 'f', offset: 1000, endOffset: 1010 } }],
+        code: 'BAD_ENTRY',
+      },
+      {
+        name: 'a regular file without a digest',
+        entries: () => [{ toc: { type: 'reg', name: 'f', size: 5, offset: 0, endOffset: 10 } }],
+        code: 'BAD_ENTRY',
+      },
     ];
     for (const c of cases) {
       it(`${c.name} -> ${c.code}`, async () => {
@@ -299,17 +447,32 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
 
     it('a frame that does not match its TOC (digest or size) is refused before it is stored', async () => {
       for (const toc of [{ digest: sha('other content') }, { size: 3 }]) {
-        const manifest = await pushLayers(target, [chunkedLayer([reg('good', 'good\n'), { toc: { type: 'reg', name: 'bad', mode: 0o644, ...toc }, content: Buffer.from('the real content\n') }])]);
+        const manifest = await pushLayers(target, [
+          chunkedLayer([
+            reg('good', 'good\n'),
+            { toc: { type: 'reg', name: 'bad', mode: 0o644, ...toc }, content: Buffer.from('the real content\n') },
+          ]),
+        ]);
         const t = await prepare(manifest, root);
         const store = await newStore();
         await assert.rejects(downloadTransfer(t, store), code('DELTA_FILE_MISMATCH'));
-        assert.ok(!(await readdir(store.dir)).some((x) => x === t.plan.fetch.find((e) => e.path === 'bad')!.digest!.slice(7)), 'the bad file is not in the store');
+        assert.ok(
+          !(await readdir(store.dir)).some((x) => x === t.plan.fetch.find((e) => e.path === 'bad')!.digest!.slice(7)),
+          'the bad file is not in the store',
+        );
         assert.deepEqual(await readdir(root), ['old']);
       }
     });
 
     it('a frame range outside the blob is refused before anything is stored', async () => {
-      const manifest = await pushLayers(target, [chunkedLayer([{ toc: { type: 'reg', name: 'far', mode: 0o644, offset: 1 << 20, endOffset: (1 << 20) + 10 }, content: Buffer.from('far away\n') }])]);
+      const manifest = await pushLayers(target, [
+        chunkedLayer([
+          {
+            toc: { type: 'reg', name: 'far', mode: 0o644, offset: 1 << 20, endOffset: (1 << 20) + 10 },
+            content: Buffer.from('far away\n'),
+          },
+        ]),
+      ]);
       const t = await prepare(manifest, root);
       const store = await newStore();
       await assert.rejects(downloadTransfer(t, store), code('INVALID_RANGE'));

@@ -22,7 +22,16 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { zstdCompressSync } from 'node:zlib';
 import { buildBundle } from '../../src/bundle/build.ts';
-import { encodeFooter, MANIFEST_TYPE_CRFS, readTocFromFooter, skippableFrame, SKIPPABLE_HEADER, ZstdChunkedAnnotation, parsePosition, type Toc } from '../../src/bundle/toc.ts';
+import {
+  encodeFooter,
+  MANIFEST_TYPE_CRFS,
+  readTocFromFooter,
+  skippableFrame,
+  SKIPPABLE_HEADER,
+  ZstdChunkedAnnotation,
+  parsePosition,
+  type Toc,
+} from '../../src/bundle/toc.ts';
 import type { Target } from '../../src/content/interfaces.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { copy } from '../../src/copy/copy.ts';
@@ -59,16 +68,20 @@ function prng(seed: number): () => number {
   };
 }
 
-const WORDS = 'lib elf section symbol version glibc gcc libc static shared object relocation table entry debug info string const data text bss init fini plt got dynamic needed soname rpath runpath'.split(' ');
+const WORDS =
+  'lib elf section symbol version glibc gcc libc static shared object relocation table entry debug info string const data text bss init fini plt got dynamic needed soname rpath runpath'.split(
+    ' ',
+  );
 
 /** Text-like content (compresses like program data, roughly 3-4x) with some incompressible bytes. */
 function content(rand: () => number, size: number): Buffer {
   const parts: Buffer[] = [];
   let n = 0;
   while (n < size) {
-    const b = rand() < 0.08
-      ? Buffer.from(Array.from({ length: 64 }, () => Math.floor(rand() * 256)))
-      : Buffer.from(`${WORDS[Math.floor(rand() * WORDS.length)]}_${Math.floor(rand() * 100000)} `);
+    const b =
+      rand() < 0.08
+        ? Buffer.from(Array.from({ length: 64 }, () => Math.floor(rand() * 256)))
+        : Buffer.from(`${WORDS[Math.floor(rand() * WORDS.length)]}_${Math.floor(rand() * 100000)} `);
     parts.push(b);
     n += b.length;
   }
@@ -78,7 +91,20 @@ function content(rand: () => number, size: number): Buffer {
 const PKGS = 40;
 const PER_PKG = 10;
 /** Files changed by the upgrade: neighbours inside three packages (12 of 400 files, 3%). */
-const CHANGED: [number, number][] = [[5, 0], [5, 1], [5, 2], [5, 3], [5, 4], [5, 5], [17, 3], [17, 4], [30, 1], [30, 2], [30, 3], [30, 4]];
+const CHANGED: [number, number][] = [
+  [5, 0],
+  [5, 1],
+  [5, 2],
+  [5, 3],
+  [5, 4],
+  [5, 5],
+  [17, 3],
+  [17, 4],
+  [30, 1],
+  [30, 2],
+  [30, 3],
+  [30, 4],
+];
 
 function synthTree(version: 1 | 2): OsFile[] {
   const out: OsFile[] = [];
@@ -87,11 +113,16 @@ function synthTree(version: 1 | 2): OsFile[] {
       const rand = prng(p * 1000 + f + 1);
       const size = 300 + Math.floor(rand() * rand() * 60_000);
       let data = content(rand, size);
-      if (version === 2 && CHANGED.some(([a, b]) => a === p && b === f)) data = Buffer.concat([content(prng(77_000 + p * 100 + f), 200), data.subarray(200)]);
+      if (version === 2 && CHANGED.some(([a, b]) => a === p && b === f))
+        data = Buffer.concat([content(prng(77_000 + p * 100 + f), 200), data.subarray(200)]);
       // v2 moves package 9 to another directory, same content.
       const dir = version === 2 && p === 9 ? 'usr/lib/synth/pkg9-renamed' : `usr/lib/synth/pkg${p}`;
       if (version === 2 && p === 33 && f === 7) continue; // removed
-      out.push({ path: `${dir}/file${f}.${f % 3 === 0 ? 'so' : 'dat'}`, content: data, mode: f % 3 === 0 ? 0o755 : 0o644 });
+      out.push({
+        path: `${dir}/file${f}.${f % 3 === 0 ? 'so' : 'dat'}`,
+        content: data,
+        mode: f % 3 === 0 ? 0o755 : 0o644,
+      });
     }
   }
   if (version === 2) {
@@ -102,7 +133,11 @@ function synthTree(version: 1 | 2): OsFile[] {
 }
 
 async function osFiles(version: 1 | 2): Promise<OsFile[]> {
-  const base = (await baseOs()).map((f) => (f.path === 'usr/lib/os-release' ? { ...f, content: `NAME="Fake MicroOS"\nID="fake-microos"\nVERSION_ID="${version}"\n` } : f));
+  const base = (await baseOs()).map((f) =>
+    f.path === 'usr/lib/os-release'
+      ? { ...f, content: `NAME="Fake MicroOS"\nID="fake-microos"\nVERSION_ID="${version}"\n` }
+      : f,
+  );
   return [...base, ...synthTree(version)];
 }
 
@@ -140,9 +175,18 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     },
   });
 
-  async function buildTo(dir: string, tree: string, tag: string, compression: 'zstd' | 'gzip'): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
+  async function buildTo(
+    dir: string,
+    tree: string,
+    tag: string,
+    compression: 'zstd' | 'gzip',
+  ): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
     const target = await OciLayoutTarget.open(dir, { create: true });
-    const r = await buildBundle({ kind: 'directory', path: tree }, target, tag, { compression, sourceDateEpoch: 1_767_225_600, layers: 3 });
+    const r = await buildBundle({ kind: 'directory', path: tree }, target, tag, {
+      compression,
+      sourceDateEpoch: 1_767_225_600,
+      layers: 3,
+    });
     return { desc: r.descriptor, manifest: r.manifest };
   }
 
@@ -153,12 +197,20 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
    * lacks (carried by the /etc merge).
    */
   async function sameSnapshots(a: number, b: number): Promise<void> {
-    const diffs = await diffTrees(snapshotPath(os.sysroot, a), snapshotPath(os.sysroot, b), { skip: SKIP, ignoreRootMeta: true });
-    assert.deepEqual(diffs.filter((d) => !/^(usr|etc\/snapper\/configs\/root|etc\/default\/snapper): mtime /.test(d)), []);
+    const diffs = await diffTrees(snapshotPath(os.sysroot, a), snapshotPath(os.sysroot, b), {
+      skip: SKIP,
+      ignoreRootMeta: true,
+    });
+    assert.deepEqual(
+      diffs.filter((d) => !/^(usr|etc\/snapper\/configs\/root|etc\/default\/snapper): mtime /.test(d)),
+      [],
+    );
   }
 
   async function pushToRegistry(src: Target, tag: string): Promise<void> {
-    const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, { registriesConf: false });
+    const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, {
+      registriesConf: false,
+    });
     try {
       await copy(src, tag, dst, tag, { referrers: true });
     } finally {
@@ -167,8 +219,14 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
   }
 
   /** Push a manifest whose layers were altered (blobs given) and trust it. */
-  async function pushAltered(manifest: ImageManifest, tag: string, blobs: { desc: Descriptor; data: Buffer }[]): Promise<Descriptor> {
-    const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, { registriesConf: false });
+  async function pushAltered(
+    manifest: ImageManifest,
+    tag: string,
+    blobs: { desc: Descriptor; data: Buffer }[],
+  ): Promise<Descriptor> {
+    const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, {
+      registriesConf: false,
+    });
     try {
       for (const b of blobs) await dst.push(b.desc, Readable.from([b.data]));
       const bytes = Buffer.from(JSON.stringify(manifest));
@@ -228,17 +286,28 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     assert.ok(c.transfer.downloadBytes < c.transfer.layerBytes / 5);
     predicted = c.transfer.downloadBytes;
     // The CLI: the same answer as JSON, and a line for people.
-    const cli = await execa(TIU, ['update', '--check', '--json', '--sysroot', os.sysroot, ref('v2')], { reject: false });
+    const cli = await execa(TIU, ['update', '--check', '--json', '--sysroot', os.sysroot, ref('v2')], {
+      reject: false,
+    });
     assert.equal(cli.exitCode, 0, cli.stderr);
-    const j = JSON.parse(cli.stdout) as { status: string; transfer: { path: string; downloadBytes: number; files: { changed: number } } };
+    const j = JSON.parse(cli.stdout) as {
+      status: string;
+      transfer: { path: string; downloadBytes: number; files: { changed: number } };
+    };
     assert.equal(j.status, 'available');
     assert.equal(j.transfer.path, 'delta');
     assert.equal(j.transfer.downloadBytes, predicted);
     assert.equal(j.transfer.files.changed, c.transfer.files.changed);
     const human = await execa(TIU, ['update', '--check', '--sysroot', os.sysroot, ref('v2')], { reject: false });
-    assert.match(human.stdout, /update available: .*\n {2}transfer: file delta, .* of .* \(15 files to download, \d+ to change, \d+ requests\)/);
+    assert.match(
+      human.stdout,
+      /update available: .*\n {2}transfer: file delta, .* of .* \(15 files to download, \d+ to change, \d+ requests\)/,
+    );
     // Nothing written: no snapshot, no cache.
-    assert.deepEqual((await state()).snapshots.map((s) => s.number), before.snapshots.map((s) => s.number));
+    assert.deepEqual(
+      (await state()).snapshots.map((s) => s.number),
+      before.snapshots.map((s) => s.number),
+    );
     assert.equal(existsSync(join(os.sysroot, 'var/cache/tiu')), false);
   });
 
@@ -264,11 +333,18 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
       }
     }
     const whole = v2.manifest.layers.reduce((n, l) => n + l.size, 0);
-    console.log(`      delta: ${measured} layer bytes through the proxy (${proxy.bodyBytes} bytes of all bodies, ${proxy.requests.length} requests); predicted ${predicted}; changed files ${changed} + TOCs ${tocs}; whole layers ${whole}`);
+    console.log(
+      `      delta: ${measured} layer bytes through the proxy (${proxy.bodyBytes} bytes of all bodies, ${proxy.requests.length} requests); predicted ${predicted}; changed files ${changed} + TOCs ${tocs}; whole layers ${whole}`,
+    );
     assert.ok(measured <= 1.25 * (changed + tocs), `${measured} > 1.25 x ${changed + tocs}`);
     assert.ok(Math.abs(measured - predicted) <= 0.01 * predicted, `measured ${measured}, predicted ${predicted}`);
     assert.equal(r.transfer.downloaded, measured);
-    assert.ok(proxy.requests.filter((q) => q.blob && layerDigests().includes(q.blob)).every((q) => q.range !== '' && q.status === 206), 'layers only by Range');
+    assert.ok(
+      proxy.requests
+        .filter((q) => q.blob && layerDigests().includes(q.blob))
+        .every((q) => q.range !== '' && q.status === 206),
+      'layers only by Range',
+    );
     // Every downloaded file went into the snapshot as a reflink of the verified store copy.
     assert.ok(r.apply.written.count > 0);
     assert.equal(r.apply.clonedFromStore.count, r.apply.written.count);
@@ -286,7 +362,9 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
       assert.equal(r.transfer?.path, 'whole-layer');
       assert.match(r.transfer.reason ?? '', /ignores HTTP Range/);
       const measured = proxy.blobBytes(layerDigests());
-      console.log(`      whole-layer (Range stripped): ${measured} layer bytes through the proxy (${proxy.bodyBytes} bytes of all bodies)`);
+      console.log(
+        `      whole-layer (Range stripped): ${measured} layer bytes through the proxy (${proxy.bodyBytes} bytes of all bodies)`,
+      );
       const sizes = v2.manifest.layers.map((l) => l.size);
       const whole = sizes.reduce((n, x) => n + x, 0);
       assert.ok(measured >= whole);
@@ -306,7 +384,10 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     assert.equal(r.transfer.downloaded, predicted);
     // The first delta update saved the booted snapshot's content index: planning read no file.
     assert.equal(r.transfer.hashed?.files, 0);
-    assert.deepEqual(readdirSync(join(os.sysroot, 'var/cache/tiu/content-index')).sort(), ['1.json', `${r.snapshot}.json`].sort());
+    assert.deepEqual(
+      readdirSync(join(os.sysroot, 'var/cache/tiu/content-index')).sort(),
+      ['1.json', `${r.snapshot}.json`].sort(),
+    );
     await sameSnapshots(2, r.snapshot);
   });
 
@@ -315,8 +396,14 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     const c = await checkUpdate(deps(), { sysroot: os.sysroot, reference: ref('v2-gzip'), config: noHooks });
     assert.ok(c.status === 'available');
     assert.equal(c.transfer.path, 'whole-layer');
-    assert.equal(c.transfer.downloadBytes, gz.manifest.layers.reduce((n, l) => n + l.size, 0));
-    await assert.rejects(checkUpdate(deps(), { sysroot: os.sysroot, reference: ref('v2-gzip'), config: noHooks, transfer: 'delta' }), code('DELTA_NOT_POSSIBLE'));
+    assert.equal(
+      c.transfer.downloadBytes,
+      gz.manifest.layers.reduce((n, l) => n + l.size, 0),
+    );
+    await assert.rejects(
+      checkUpdate(deps(), { sysroot: os.sysroot, reference: ref('v2-gzip'), config: noHooks, transfer: 'delta' }),
+      code('DELTA_NOT_POSSIBLE'),
+    );
     const r = await update(deps(), { sysroot: os.sysroot, reference: ref('v2-gzip'), config: noHooks });
     assert.ok(r.status === 'updated');
     assert.equal(r.transfer?.path, 'whole-layer');
@@ -327,11 +414,30 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
   it('a TOC that does not match the signed annotation is refused before anything is written', async () => {
     await rollback({ sysroot: os.sysroot, snapshot: 1 });
     const before = (await state()).snapshots.map((s) => s.number);
-    const layers = v2.manifest.layers.map((l, i) => (i === 0 ? { ...l, annotations: { ...l.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: sha(Buffer.from('another toc')) } } : l));
+    const layers = v2.manifest.layers.map((l, i) =>
+      i === 0
+        ? {
+            ...l,
+            annotations: {
+              ...l.annotations,
+              [ZstdChunkedAnnotation.ManifestChecksum]: sha(Buffer.from('another toc')),
+            },
+          }
+        : l,
+    );
     await pushAltered({ ...v2.manifest, layers }, 'bad-toc', []);
-    await assert.rejects(update(deps(), { sysroot: os.sysroot, reference: ref('bad-toc'), config: noHooks }), code('TOC_CHECKSUM_MISMATCH'));
-    await assert.rejects(checkUpdate(deps(), { sysroot: os.sysroot, reference: ref('bad-toc'), config: noHooks }), code('TOC_CHECKSUM_MISMATCH'));
-    assert.deepEqual((await state()).snapshots.map((s) => s.number), before);
+    await assert.rejects(
+      update(deps(), { sysroot: os.sysroot, reference: ref('bad-toc'), config: noHooks }),
+      code('TOC_CHECKSUM_MISMATCH'),
+    );
+    await assert.rejects(
+      checkUpdate(deps(), { sysroot: os.sysroot, reference: ref('bad-toc'), config: noHooks }),
+      code('TOC_CHECKSUM_MISMATCH'),
+    );
+    assert.deepEqual(
+      (await state()).snapshots.map((s) => s.number),
+      before,
+    );
   });
 
   it('a frame that does not match its TOC digest is refused before a snapshot exists', async () => {
@@ -359,22 +465,46 @@ describe('file-level delta update by Range (registry behind a counting proxy, Mi
     const z = zstdCompressSync(json);
     const prefix = blob.subarray(0, pos.offset - SKIPPABLE_HEADER);
     const tocOffset = prefix.length + SKIPPABLE_HEADER;
-    const footer = encodeFooter({ offset: tocOffset, lengthCompressed: z.length, lengthUncompressed: json.length, manifestType: MANIFEST_TYPE_CRFS, offsetTarSplit: 0, lengthCompressedTarSplit: 0, lengthUncompressedTarSplit: 0 });
+    const footer = encodeFooter({
+      offset: tocOffset,
+      lengthCompressed: z.length,
+      lengthUncompressed: json.length,
+      manifestType: MANIFEST_TYPE_CRFS,
+      offsetTarSplit: 0,
+      lengthCompressedTarSplit: 0,
+      lengthUncompressedTarSplit: 0,
+    });
     const data = Buffer.concat([prefix, skippableFrame(z), skippableFrame(footer)]);
     const desc: Descriptor = {
       ...old,
       digest: sha(data),
       size: data.length,
-      annotations: { ...old.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: sha(z), [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${z.length}:${json.length}:${MANIFEST_TYPE_CRFS}` },
+      annotations: {
+        ...old.annotations,
+        [ZstdChunkedAnnotation.ManifestChecksum]: sha(z),
+        [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${z.length}:${json.length}:${MANIFEST_TYPE_CRFS}`,
+      },
     };
     const layers = v2.manifest.layers.map((l, i) => (i === li ? desc : l));
     await pushAltered({ ...v2.manifest, layers }, 'bad-frame', [{ desc, data }]);
-    await assert.rejects(update(deps(), { sysroot: os.sysroot, reference: ref('bad-frame'), config: noHooks }), code('DELTA_FILE_MISMATCH'));
+    await assert.rejects(
+      update(deps(), { sysroot: os.sysroot, reference: ref('bad-frame'), config: noHooks }),
+      code('DELTA_FILE_MISMATCH'),
+    );
     const s = await state();
-    assert.deepEqual(s.snapshots.map((x) => x.number), before);
+    assert.deepEqual(
+      s.snapshots.map((x) => x.number),
+      before,
+    );
     assert.deepEqual(readdirSync(join(os.sysroot, 'var/cache/tiu/delta')), [], 'no unverified content kept');
     // Whole layers: the layer matches its digest, so the fault is the image's, not the cache's.
-    await assert.rejects(update(deps(), { sysroot: os.sysroot, reference: ref('bad-frame'), config: noHooks, transfer: 'whole-layer' }), code('DELTA_FILE_MISMATCH'));
-    assert.deepEqual((await state()).snapshots.map((x) => x.number), before);
+    await assert.rejects(
+      update(deps(), { sysroot: os.sysroot, reference: ref('bad-frame'), config: noHooks, transfer: 'whole-layer' }),
+      code('DELTA_FILE_MISMATCH'),
+    );
+    assert.deepEqual(
+      (await state()).snapshots.map((x) => x.number),
+      before,
+    );
   });
 });

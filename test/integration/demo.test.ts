@@ -14,10 +14,16 @@ describe('npm run demo (examples/demo.ts)', function () {
 
   it('builds, refuses the unsigned bundle, signs, updates into snapshot 2, and is a no-op the second time', async () => {
     const node = new URL('../../node_modules/.bin/node', import.meta.url).pathname;
-    const r = await execa(node, [new URL('../../examples/demo.ts', import.meta.url).pathname], { reject: false, all: true });
+    const r = await execa(node, [new URL('../../examples/demo.ts', import.meta.url).pathname], {
+      reject: false,
+      all: true,
+    });
     assert.equal(r.exitCode, 0, r.all);
     assert.match(r.all, /\[NO_SIGNATURE\]/);
-    assert.match(r.all, /next boot: snapshot 2; its os-release:\nNAME="Fake MicroOS"\nID="fake-microos"\nVERSION_ID="2"/);
+    assert.match(
+      r.all,
+      /next boot: snapshot 2; its os-release:\nNAME="Fake MicroOS"\nID="fake-microos"\nVERSION_ID="2"/,
+    );
     assert.match(r.all, /is already deployed in snapshot 2: nothing to do/);
     assert.match(r.all, /demo: done/);
   });

@@ -49,7 +49,14 @@ describe('deploy/etc-merge and users-merge on disk (integration)', function () {
     await put(base, 'dropped-upstream', 'old\n');
     await put(ours, 'dropped-upstream', 'old\n');
     await put(theirs, 'new.d/added.conf', 'brand new\n', 0o600, 7, 8);
-    await run('setfattr', ['-h', '-n', 'security.selinux', '-v', 'system_u:object_r:etc_t:s0', join(theirs, 'new.d/added.conf')]);
+    await run('setfattr', [
+      '-h',
+      '-n',
+      'security.selinux',
+      '-v',
+      'system_u:object_r:etc_t:s0',
+      join(theirs, 'new.d/added.conf'),
+    ]);
     for (const d of [base, ours]) await symlink('/usr/share/zoneinfo/UTC', join(d, 'localtime'));
     await symlink('/usr/share/zoneinfo/Europe/Berlin', join(theirs, 'localtime'));
     await put(ours, 'admin-only.conf', 'mine\n');
@@ -69,7 +76,10 @@ describe('deploy/etc-merge and users-merge on disk (integration)', function () {
     assert.equal(await readFile(join(ours, 'new.d/added.conf'), 'utf8'), 'brand new\n');
     const added = await lstat(join(ours, 'new.d/added.conf'));
     assert.deepEqual([added.uid, added.gid, added.mode & 0o777], [7, 8, 0o600]);
-    assert.match((await run('getfattr', ['-h', '-n', 'security.selinux', '--only-values', join(ours, 'new.d/added.conf')])).stdout, /etc_t/);
+    assert.match(
+      (await run('getfattr', ['-h', '-n', 'security.selinux', '--only-values', join(ours, 'new.d/added.conf')])).stdout,
+      /etc_t/,
+    );
     assert.equal(await readlink(join(ours, 'localtime')), '/usr/share/zoneinfo/Europe/Berlin');
     assert.equal(await readFile(join(ours, 'admin-only.conf'), 'utf8'), 'mine\n');
     assert.deepEqual(r.conflicts, [{ path: 'sshd_config', kind: 'both-changed', tiunew: 'sshd_config.tiunew' }]);
@@ -85,7 +95,10 @@ describe('deploy/etc-merge and users-merge on disk (integration)', function () {
     await put(theirs, 'd/a.conf', '2\n');
     await put(theirs, 'd/b.conf', 'new\n');
     const r = await mergeEtc(base, ours, theirs);
-    assert.deepEqual(r.conflicts.map((c) => c.kind), ['parent-not-directory', 'parent-not-directory']);
+    assert.deepEqual(
+      r.conflicts.map((c) => c.kind),
+      ['parent-not-directory', 'parent-not-directory'],
+    );
     assert.deepEqual((await run('ls', ['-A', outside])).stdout, '');
   });
 
@@ -96,9 +109,20 @@ describe('deploy/etc-merge and users-merge on disk (integration)', function () {
     await put(base, 'group', bg);
     await put(ours, 'passwd', bp + 'alice:x:1000:100::/home/alice:/bin/bash\nbob:x:470:100::/home/bob:/bin/bash\n');
     await put(ours, 'group', bg + 'users:x:100:\n');
-    await put(ours, 'shadow', 'root:$6$secretroot:19000::::::\nalice:$6$secretalice:19000::::::\nbob:!:1::::::\n', 0o640, 0, 42);
+    await put(
+      ours,
+      'shadow',
+      'root:$6$secretroot:19000::::::\nalice:$6$secretalice:19000::::::\nbob:!:1::::::\n',
+      0o640,
+      0,
+      42,
+    );
     await put(ours, 'gshadow', 'root:::\nshadow:::\nusers:::\n', 0o640, 0, 42);
-    await put(theirs, 'passwd', bp + 'chrony:x:480:480::/var/lib/chrony:/sbin/nologin\npolkitd:x:470:470::/:/sbin/nologin\n');
+    await put(
+      theirs,
+      'passwd',
+      bp + 'chrony:x:480:480::/var/lib/chrony:/sbin/nologin\npolkitd:x:470:470::/:/sbin/nologin\n',
+    );
     await put(theirs, 'group', bg + 'chrony:x:480:\npolkitd:x:470:\n');
     await put(theirs, 'shadow', 'root:*:19500::::::\nchrony:!:19500::::::\npolkitd:!:19500::::::\n', 0o640, 0, 42);
     await put(theirs, 'gshadow', 'root:::\nshadow:::\nchrony:!::\npolkitd:!::\n', 0o640, 0, 42);
@@ -113,7 +137,9 @@ describe('deploy/etc-merge and users-merge on disk (integration)', function () {
     assert.match(shadow, /^alice:\$6\$secretalice:/m);
     assert.match(shadow, /^chrony:!:/m);
     assert.match(await readFile(join(ours, 'group'), 'utf8'), /^chrony:x:480:$/m);
-    assert.deepEqual(r.clashes, [{ kind: 'uid', name: 'polkitd', id: 470, existing: 'bob', existingId: 470, why: 'id-taken' }]);
+    assert.deepEqual(r.clashes, [
+      { kind: 'uid', name: 'polkitd', id: 470, existing: 'bob', existingId: 470, why: 'id-taken' },
+    ]);
     const st = await lstat(join(ours, 'shadow'));
     assert.deepEqual([st.mode & 0o777, st.gid], [0o640, 42]);
   });

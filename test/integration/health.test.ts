@@ -37,7 +37,10 @@ describe('tiu health --boot on a MicroOS layout', function () {
   before(async function () {
     requireRoot(this);
     os = await createMicroOS({
-      files: [...(await baseOs()), { path: 'usr/libexec/tiu/health.d/10-ok', content: '#!/bin/sh\necho all fine\n', mode: 0o755 }],
+      files: [
+        ...(await baseOs()),
+        { path: 'usr/libexec/tiu/health.d/10-ok', content: '#!/bin/sh\necho all fine\n', mode: 0o755 },
+      ],
     });
     ctx = await openContext(os.sysroot);
   });
@@ -50,7 +53,10 @@ describe('tiu health --boot on a MicroOS layout', function () {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.json.outcome, 'good');
     assert.equal(r.json.snapshot, 1);
-    assert.deepEqual((r.json.checks as { name: string; ok: boolean }[]).map((c) => [c.name, c.ok]), [['10-ok', true]]);
+    assert.deepEqual(
+      (r.json.checks as { name: string; ok: boolean }[]).map((c) => [c.name, c.ok]),
+      [['10-ok', true]],
+    );
     assert.equal((await ud(1))[HEALTH_UD.health], 'good');
     assert.equal((await ud(1))[HEALTH_UD.attempts], '1');
     const again = await runTiu(['health', '--boot', '--sysroot', os.sysroot]);
@@ -60,10 +66,17 @@ describe('tiu health --boot on a MicroOS layout', function () {
 
   it('a failing new snapshot is marked bad and the last good snapshot becomes the default', async () => {
     // Snapshot 2: an older, known-good system to go back to. Snapshot 1 plays the new one.
-    const good = await ctx.snapper.create({ from: 1, readWrite: false, description: 'known good', userdata: { [HEALTH_UD.health]: 'good' } });
+    const good = await ctx.snapper.create({
+      from: 1,
+      readWrite: false,
+      description: 'known good',
+      userdata: { [HEALTH_UD.health]: 'good' },
+    });
     await ctx.snapper.modify(1, { userdata: { [HEALTH_UD.health]: '', [HEALTH_UD.attempts]: '' } });
     await mkdir(join(os.sysroot, 'etc/tiu/health.d'), { recursive: true });
-    await writeFile(join(os.sysroot, 'etc/tiu/health.d/50-app'), '#!/bin/sh\necho "app did not start" >&2\nexit 2\n', { mode: 0o755 });
+    await writeFile(join(os.sysroot, 'etc/tiu/health.d/50-app'), '#!/bin/sh\necho "app did not start" >&2\nexit 2\n', {
+      mode: 0o755,
+    });
     const plain = await runTiu(['health', '--sysroot', os.sysroot]);
     assert.equal(plain.code, 1);
     assert.deepEqual(plain.json.failed, ['50-app']);

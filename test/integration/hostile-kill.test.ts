@@ -13,7 +13,20 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
-import { createHostileEnv, imageFiles, mountsBelow, osTarEntries, osTocEntries, runTiu, snapshotDirs, tarLayer, TIU, tocLayer, writeImage, type HostileEnv } from '../helpers/hostile.ts';
+import {
+  createHostileEnv,
+  imageFiles,
+  mountsBelow,
+  osTarEntries,
+  osTocEntries,
+  runTiu,
+  snapshotDirs,
+  tarLayer,
+  TIU,
+  tocLayer,
+  writeImage,
+  type HostileEnv,
+} from '../helpers/hostile.ts';
 
 /** A small seeded PRNG (mulberry32): the same seed, the same kill points. */
 function rng(seed: number): () => number {
@@ -40,24 +53,41 @@ describe('SIGKILL at random points of updates with a hook: the next run leaves n
   before(async function () {
     requireRoot(this);
     console.log(`      seed ${seed} (TIU_TEST_SEED=${seed} repeats these kill points)`);
-    env = await createHostileEnv({ sizeMiB: 700, conf: 'default-hooks = false\n[[hook]]\nname = "nap"\ncommand = ["/usr/bin/sleep", "1"]\n' });
+    env = await createHostileEnv({
+      sizeMiB: 700,
+      conf: 'default-hooks = false\n[[hook]]\nname = "nap"\ncommand = ["/usr/bin/sleep", "1"]\n',
+    });
     // The OS with the shell and sleep (the hook runs in the new snapshot), and some weight so the
     // copy and the apply take a moment: a whole-layer (gzip tar) image and a TOC image.
-    const files = [...(await imageFiles({ shell: true })), ...Array.from({ length: 8 }, (_, i) => ({ path: `usr/share/payload/p${i}`, content: randomBytes(1 << 20) }))];
+    const files = [
+      ...(await imageFiles({ shell: true })),
+      ...Array.from({ length: 8 }, (_, i) => ({ path: `usr/share/payload/p${i}`, content: randomBytes(1 << 20) })),
+    ];
     await writeImage(env.layout, 'tar', [tarLayer(osTarEntries(files))]);
     await writeImage(env.layout, 'toc', [tocLayer(osTocEntries(files))]);
     refs.push(env.ref('tar'), env.ref('toc'));
     // proc and dev pointing (relatively, so they resolve on the host) at the marker outside the sysroot.
     const up = relative(env.os.snapshotPath(1), env.marker.subdir);
     const hostile = files.filter((f) => !f.path.startsWith('usr/share/payload/'));
-    await writeImage(env.layout, 'hostile-proc', [tarLayer([...osTarEntries(hostile).filter((e) => e.name !== 'proc' && e.name !== 'dev'), { name: 'proc', type: '2', linkname: up, mtime: 0 }, { name: 'dev', type: '2', linkname: up, mtime: 0 }])]);
+    await writeImage(env.layout, 'hostile-proc', [
+      tarLayer([
+        ...osTarEntries(hostile).filter((e) => e.name !== 'proc' && e.name !== 'dev'),
+        { name: 'proc', type: '2', linkname: up, mtime: 0 },
+        { name: 'dev', type: '2', linkname: up, mtime: 0 },
+      ]),
+    ]);
     mountsBefore = await mountsBelow(env.os.dir);
   });
   after(async () => {
     await env?.teardown();
   });
 
-  const status = async () => JSON.parse((await runTiu(['status', '--json', '--sysroot', env.os.sysroot])).stdout) as { default: number; booted: number; snapshots: { number: number; inProgress: boolean }[] };
+  const status = async () =>
+    JSON.parse((await runTiu(['status', '--json', '--sysroot', env.os.sysroot])).stdout) as {
+      default: number;
+      booted: number;
+      snapshots: { number: number; inProgress: boolean }[];
+    };
 
   /** Back to snapshot 1 as the default, so the next update has something to do. */
   const rollbackTo1 = async () => {
@@ -71,10 +101,22 @@ describe('SIGKILL at random points of updates with a hook: the next run leaves n
     assert.equal(r.code, 0, `${what}: the next run fails: ${r.stdout}${r.stderr}`);
     const json = JSON.parse(r.stdout) as { status: string; snapshot: number };
     assert.ok(json.status === 'updated' || json.status === 'already-present', `${what}: ${r.stdout}`);
-    assert.deepEqual(await mountsBelow(env.os.dir), mountsBefore, `${what}: mounts below the test directory after the next run`);
+    assert.deepEqual(
+      await mountsBelow(env.os.dir),
+      mountsBefore,
+      `${what}: mounts below the test directory after the next run`,
+    );
     const s = await status();
-    assert.deepEqual(s.snapshots.filter((x) => x.inProgress).map((x) => x.number), [], `${what}: no unfinished snapshot`);
-    for (const d of await snapshotDirs(env.os.sysroot)) assert.ok(existsSync(join(env.os.sysroot, '.snapshots', d, 'info.xml')), `${what}: .snapshots/${d} is a finished snapshot`);
+    assert.deepEqual(
+      s.snapshots.filter((x) => x.inProgress).map((x) => x.number),
+      [],
+      `${what}: no unfinished snapshot`,
+    );
+    for (const d of await snapshotDirs(env.os.sysroot))
+      assert.ok(
+        existsSync(join(env.os.sysroot, '.snapshots', d, 'info.xml')),
+        `${what}: .snapshots/${d} is a finished snapshot`,
+      );
     assert.equal(s.default, json.snapshot, `${what}: the updated snapshot is the default`);
   };
 
@@ -120,7 +162,11 @@ describe('SIGKILL at random points of updates with a hook: the next run leaves n
       let sawMounts = false;
       const killed = await killedUpdate(ref, async (child) => {
         for (let i = 0; i < 3000 && child.exitCode === null; i++) {
-          if ((await mountsBelow(snaps.slice(0, -1))).some((l) => l.split(' ')[4]!.startsWith(snaps) && / (proc|sysfs|devtmpfs) /.test(l))) {
+          if (
+            (await mountsBelow(snaps.slice(0, -1))).some(
+              (l) => l.split(' ')[4]!.startsWith(snaps) && / (proc|sysfs|devtmpfs) /.test(l),
+            )
+          ) {
             sawMounts = true;
             return;
           }
@@ -156,7 +202,11 @@ describe('SIGKILL at random points of updates with a hook: the next run leaves n
     const code = r.code === 0 ? 'ok' : (JSON.parse(r.stdout) as { error: { code: string } }).error.code;
     assert.ok(code === 'ok' || code === 'UNSAFE_PATH', `the next run: ${r.stdout}`);
     assert.deepEqual(await mountsBelow(env.os.dir), mountsBefore, 'mounts below the test directory after the next run');
-    assert.deepEqual((await status()).snapshots.filter((x) => x.inProgress).map((x) => x.number), [], 'no unfinished snapshot');
+    assert.deepEqual(
+      (await status()).snapshots.filter((x) => x.inProgress).map((x) => x.number),
+      [],
+      'no unfinished snapshot',
+    );
     console.log(`      ${log.join('\n      ')}`);
   });
 });

@@ -47,13 +47,34 @@ const FSTAB = [
   '',
 ].join('\n');
 const EXTRA_SUBVOLUMES = ['boot/grub2/x86_64-efi', 'data dir'];
-const MOUNT_POINTS = ['var', 'usr/local', 'srv', 'root', 'opt', 'home', 'boot/writable', 'boot/grub2/x86_64-efi', '.snapshots', 'data dir', 'boot/efi', 'tmp', 'proc', 'sys', 'dev', 'run'];
+const MOUNT_POINTS = [
+  'var',
+  'usr/local',
+  'srv',
+  'root',
+  'opt',
+  'home',
+  'boot/writable',
+  'boot/grub2/x86_64-efi',
+  '.snapshots',
+  'data dir',
+  'boot/efi',
+  'tmp',
+  'proc',
+  'sys',
+  'dev',
+  'run',
+];
 
 const sha = (b: Uint8Array): Digest => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 /** OsFile[] -> tar entries (directories implicit, as many tars have them). */
 function tarOf(files: OsFile[]): TarSpec[] {
-  return files.map((f) => (f.symlink !== undefined ? { name: f.path, type: '2', linkname: f.symlink } : { name: f.path, content: Buffer.from(f.content ?? ''), mode: f.mode ?? 0o644 }));
+  return files.map((f) =>
+    f.symlink !== undefined
+      ? { name: f.path, type: '2', linkname: f.symlink }
+      : { name: f.path, content: Buffer.from(f.content ?? ''), mode: f.mode ?? 0o644 },
+  );
 }
 
 /** gzip tar layers (no tables of contents: the whole-layer path) into an OCI layout, signed. */
@@ -67,8 +88,20 @@ async function tarImage(layout: string, tag: string, layers: TarSpec[][], key: K
   const tars = layers.map((l) => makeTar(l));
   const descs: Descriptor[] = [];
   for (const t of tars) descs.push(await put(MediaType.OciLayerGzip, gzipSync(t)));
-  const config = await put(MediaType.OciConfig, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: tars.map((t) => sha(t)) } })));
-  const manifest = await put(MediaType.OciManifest, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: descs })));
+  const config = await put(
+    MediaType.OciConfig,
+    Buffer.from(
+      JSON.stringify({
+        architecture: 'amd64',
+        os: 'linux',
+        rootfs: { type: 'layers', diff_ids: tars.map((t) => sha(t)) },
+      }),
+    ),
+  );
+  const manifest = await put(
+    MediaType.OciManifest,
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: descs })),
+  );
   await target.tag(manifest, tag);
   await signInLayout(layout, tag, key);
 }
@@ -85,7 +118,12 @@ describe('hostile and foreign image layouts on a MicroOS-layout btrfs', function
   const noHooks = parseConfig('default-hooks = false');
   const state = async () => readState(await openContext(os.sysroot));
   const doUpdate = async (ref: string, lines: string[] = []): Promise<Extract<UpdateResult, { status: 'updated' }>> => {
-    const r = await update(productionDeps, { sysroot: os.sysroot, reference: ref, config: noHooks, onProgress: (l) => lines.push(l) });
+    const r = await update(productionDeps, {
+      sysroot: os.sysroot,
+      reference: ref,
+      config: noHooks,
+      onProgress: (l) => lines.push(l),
+    });
     assert.ok(r.status === 'updated', r.status);
     return r;
   };
@@ -118,14 +156,26 @@ describe('hostile and foreign image layouts on a MicroOS-layout btrfs', function
     const mnt = await mkdtemp(join(os.dir, 'boot-'));
     try {
       await run('mount', ['-o', 'ro', os.loop, mnt]);
-      assert.equal(await readFile(join(mnt, 'usr/lib/os-release'), 'utf8'), await readFile(join(snapshotPath(os.sysroot, n), 'usr/lib/os-release'), 'utf8'));
+      assert.equal(
+        await readFile(join(mnt, 'usr/lib/os-release'), 'utf8'),
+        await readFile(join(snapshotPath(os.sysroot, n), 'usr/lib/os-release'), 'utf8'),
+      );
       const fstab = parseFstab(await readFile(join(mnt, 'etc/fstab'), 'utf8'));
       assert.ok(fstab.length > 10);
       for (const e of fstab) {
         if (e.file === '/' || e.vfstype === 'swap') continue;
         const at = join(mnt, e.file);
         assert.ok((await lstat(at)).isDirectory(), `mount point ${e.file} of snapshot ${n}`);
-        if (e.vfstype === 'btrfs') await run('mount', ['-o', e.options.split(',').filter((o) => !o.startsWith('x-')).join(','), os.loop, at]);
+        if (e.vfstype === 'btrfs')
+          await run('mount', [
+            '-o',
+            e.options
+              .split(',')
+              .filter((o) => !o.startsWith('x-'))
+              .join(','),
+            os.loop,
+            at,
+          ]);
         else if (e.vfstype === 'tmpfs') await run('mount', ['-t', 'tmpfs', 'tmpfs', at]);
       }
       await run('mount', ['-t', 'proc', 'proc', join(mnt, 'proc')]);
@@ -143,7 +193,13 @@ describe('hostile and foreign image layouts on a MicroOS-layout btrfs', function
 
   before(async function () {
     requireRoot(this);
-    os = await createMicroOS({ files: [...(await baseOs()), { path: 'etc/fstab', content: FSTAB }, { path: 'boot/grub2/grub.cfg', content: 'set timeout=1\n' }] });
+    os = await createMicroOS({
+      files: [
+        ...(await baseOs()),
+        { path: 'etc/fstab', content: FSTAB },
+        { path: 'boot/grub2/grub.cfg', content: 'set timeout=1\n' },
+      ],
+    });
     // MicroOS's boot/grub2/x86_64-efi subvolume and a custom one, mounted on the running system.
     const snap1 = snapshotPath(os.sysroot, 1);
     await run('btrfs', ['property', 'set', '-ts', snap1, 'ro', 'false']);
@@ -166,8 +222,14 @@ describe('hostile and foreign image layouts on a MicroOS-layout btrfs', function
   it('a hostile tar entry on the whole-layer path is refused before any snapshot exists', async () => {
     const usr = tarOf(await bareOs());
     const cases: [string, TarSpec[][]][] = [
-      ['symlink-parent', [[...usr, { name: 'x', type: '2', linkname: os.dir }, { name: 'x/evil', content: 'pwned\n' }]]],
-      ['symlink-parent-2-layers', [usr, [{ name: 'y', type: '2', linkname: '/' }], [{ name: 'y/tmp/evil', content: 'pwned\n' }]]],
+      [
+        'symlink-parent',
+        [[...usr, { name: 'x', type: '2', linkname: os.dir }, { name: 'x/evil', content: 'pwned\n' }]],
+      ],
+      [
+        'symlink-parent-2-layers',
+        [usr, [{ name: 'y', type: '2', linkname: '/' }], [{ name: 'y/tmp/evil', content: 'pwned\n' }]],
+      ],
       ['dotdot', [[...usr, { name: 'usr/../../evil', content: 'pwned\n' }]]],
       ['bad-hardlink', [[...usr, { name: 'usr/h', type: '1', linkname: 'usr/not-there' }]]],
     ];
@@ -176,15 +238,26 @@ describe('hostile and foreign image layouts on a MicroOS-layout btrfs', function
       const before = await state();
       const id0 = await probeId();
       const lines: string[] = [];
-      await assert.rejects(update(productionDeps, { sysroot: os.sysroot, reference: `oci:${images}:${tag}`, config: noHooks, onProgress: (l) => lines.push(l) }), (e: unknown) => {
-        assert.ok(isTiuError(e, 'UNSAFE_PATH') || isTiuError(e, 'BAD_HARDLINK'), `${tag}: ${String(e)}`);
-        return true;
-      });
+      await assert.rejects(
+        update(productionDeps, {
+          sysroot: os.sysroot,
+          reference: `oci:${images}:${tag}`,
+          config: noHooks,
+          onProgress: (l) => lines.push(l),
+        }),
+        (e: unknown) => {
+          assert.ok(isTiuError(e, 'UNSAFE_PATH') || isTiuError(e, 'BAD_HARDLINK'), `${tag}: ${String(e)}`);
+          return true;
+        },
+      );
       // No subvolume (so no snapshot, in progress or not) was created in between.
       assert.equal(await probeId(), id0 + 1, `${tag}: a subvolume was created`);
       assert.ok(!lines.some((l) => /creating snapshot/.test(l)), `${tag}: ${lines.join('\n')}`);
       const after = await state();
-      assert.deepEqual(after.snapshots.map((s) => [s.number, s.inProgress]), before.snapshots.map((s) => [s.number, s.inProgress]));
+      assert.deepEqual(
+        after.snapshots.map((s) => [s.number, s.inProgress]),
+        before.snapshots.map((s) => [s.number, s.inProgress]),
+      );
       assert.equal(after.default, before.default);
       assert.equal(existsSync(join(os.dir, 'evil')), false);
       assert.equal(existsSync('/evil'), false);
@@ -200,16 +273,25 @@ describe('hostile and foreign image layouts on a MicroOS-layout btrfs', function
     const n = snapshotPath(os.sysroot, r.snapshot);
     // boot/grub2 stays for its preserved x86_64-efi; its other content, which the image lacks, went.
     assert.equal(existsSync(join(n, 'boot/grub2/grub.cfg')), false);
-    assert.ok(lines.some((l) => /created mount point\(s\) the image lacks: .*\/proc/.test(l)), lines.join('\n'));
+    assert.ok(
+      lines.some((l) => /created mount point\(s\) the image lacks: .*\/proc/.test(l)),
+      lines.join('\n'),
+    );
     assert.equal((await state()).default, r.snapshot);
     await bootMount(r.snapshot);
   });
 
   it('TOC path (tiu build): an image without boot/grub2, proc, sys or tmp keeps every mount point; the sysroot mounts from the new default', async () => {
     const tree = join(os.dir, 'bare-tree');
-    await writeTree(tree, [...(await bareOs()).filter((f) => !f.path.startsWith('usr/lib/tiu/')), { path: 'usr/share/fake/toc', content: 'toc\n' }]);
+    await writeTree(tree, [
+      ...(await bareOs()).filter((f) => !f.path.startsWith('usr/lib/tiu/')),
+      { path: 'usr/share/fake/toc', content: 'toc\n' },
+    ]);
     const layout = join(os.dir, 'bundles');
-    await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(layout, { create: true }), 'bare', { sourceDateEpoch: 1767225600, layers: 2 });
+    await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(layout, { create: true }), 'bare', {
+      sourceDateEpoch: 1767225600,
+      layers: 2,
+    });
     await signInLayout(layout, 'bare', key);
     const r = await doUpdate(`oci:${layout}:bare`);
     assert.equal(r.transfer?.path, 'delta');
@@ -238,7 +320,8 @@ describe('hostile and foreign image layouts on a MicroOS-layout btrfs', function
     await tarImage(images, 'bootc', [bootc, [{ name: 'var', type: '2', linkname: 'sysroot/ostree/var' }]], key);
     const r = await doUpdate(`oci:${images}:bootc`);
     const n = snapshotPath(os.sysroot, r.snapshot);
-    for (const d of ['home', 'opt', 'root', 'srv', 'usr/local', 'var', '.snapshots']) assert.ok((await lstat(join(n, d))).isDirectory(), `/${d}`);
+    for (const d of ['home', 'opt', 'root', 'srv', 'usr/local', 'var', '.snapshots'])
+      assert.ok((await lstat(join(n, d))).isDirectory(), `/${d}`);
     assert.equal(existsSync(join(n, 'var/lib/bootc')), false);
     assert.equal(existsSync(join(n, '.snapshots/evil')), false);
     assert.deepEqual(r.apply.skippedPaths, ['.snapshots', 'home', 'opt', 'root', 'srv', 'usr/local', 'var']);
@@ -249,7 +332,7 @@ describe('hostile and foreign image layouts on a MicroOS-layout btrfs', function
     await bootMount(r.snapshot);
   });
 
-  it('entries under .tiu-etc-merge/etc in the image do not reach the admin\'s /etc', async () => {
+  it("entries under .tiu-etc-merge/etc in the image do not reach the admin's /etc", async () => {
     await writeFile(join(os.sysroot, 'etc/hostname'), 'admin-host\n');
     const evil: TarSpec[] = [
       ...tarOf(await bareOs()),

@@ -48,7 +48,10 @@ const GiB = 1024 ** 3;
 const T = 1_767_225_600;
 
 /** `bin/tiu ARGS` with its peak RSS (VmHWM of the node process, polled from /proc). */
-function runMeasured(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string; hwmKiB: number }> {
+function runMeasured(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ code: number | null; stdout: string; stderr: string; hwmKiB: number }> {
   return new Promise((resolve, reject) => {
     const p = spawn(TIU, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let out = '';
@@ -87,7 +90,10 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
   before(async function () {
     requireRoot(this);
     // 120 MiB of incompressible files in the booted tree: content the new tree could share.
-    const ballast = [{ path: 'usr/share/ballast/a', content: randomBytes(60 * MiB) }, { path: 'usr/share/ballast/b', content: randomBytes(60 * MiB) }];
+    const ballast = [
+      { path: 'usr/share/ballast/a', content: randomBytes(60 * MiB) },
+      { path: 'usr/share/ballast/b', content: randomBytes(60 * MiB) },
+    ];
     env = await createHostileEnv({ sizeMiB: 400, files: [...(await baseOs()), ...ballast] });
     base = await imageFiles();
   });
@@ -99,7 +105,15 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
     const frame = await zstdZeros(2 * GiB);
     assert.ok(frame.length < 256 * 1024, `a small frame (${frame.length} bytes)`);
     const t = tag();
-    await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: 2 * GiB, digest: sha('not these bytes') }, frame }])]);
+    await writeImage(env.layout, t, [
+      tocLayer([
+        ...osTocEntries(base),
+        {
+          toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: 2 * GiB, digest: sha('not these bytes') },
+          frame,
+        },
+      ]),
+    ]);
     const e = await env.expectRefused(env.ref(t), 'DISK_FULL', { message: /2\.0 GiB to write/ });
     assert.match(e.message, /reserve/);
   });
@@ -109,7 +123,12 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
     const frame = await zstdZeros(size);
     assert.ok(frame.length < 64 * 1024, `a small frame (${frame.length} bytes)`);
     const t = tag();
-    await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size, digest: sha('not these bytes') }, frame }])]);
+    await writeImage(env.layout, t, [
+      tocLayer([
+        ...osTocEntries(base),
+        { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size, digest: sha('not these bytes') }, frame },
+      ]),
+    ]);
     const before = await env.world();
     const r = await runMeasured(['update', env.ref(t), '--sysroot', env.os.sysroot, '--json']);
     assert.notEqual(r.code, 0);
@@ -126,7 +145,15 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
     const frame = await zstdZeros(GiB);
     const content = Buffer.alloc(20 * MiB, 1); // declared: 20 MiB (streams, above the in-memory limit)
     const t = tag();
-    await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/grows', mode: 0o644, size: content.length, digest: sha(content) }, frame }])]);
+    await writeImage(env.layout, t, [
+      tocLayer([
+        ...osTocEntries(base),
+        {
+          toc: { type: 'reg', name: 'usr/share/fake/grows', mode: 0o644, size: content.length, digest: sha(content) },
+          frame,
+        },
+      ]),
+    ]);
     const r = await runMeasured(['update', env.ref(t), '--sysroot', env.os.sysroot, '--json']);
     const e = jsonError({ code: r.code, signal: null, stdout: r.stdout, stderr: r.stderr, ms: 0, timedOut: false });
     assert.equal(e.code, 'DELTA_FILE_MISMATCH');
@@ -170,7 +197,10 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
   });
 
   it('tar path: a file of zeros larger than the filesystem (a ~1 MB layer) -> DISK_FULL before writing it', async () => {
-    const layer = await gzipTarWithFill(osTarEntries(base), 'usr/share/fake/zeros', GiB, { block: Buffer.alloc(MiB), level: 9 });
+    const layer = await gzipTarWithFill(osTarEntries(base), 'usr/share/fake/zeros', GiB, {
+      block: Buffer.alloc(MiB),
+      level: 9,
+    });
     const t = tag();
     await writeImage(env.layout, t, [layer]);
     const t0 = Date.now();
@@ -185,7 +215,10 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
       for (let i = Math.floor(c.length / 2); i < Math.floor(c.length / 2) + 64; i++) c[i] = c[i]! ^ 0xa5;
       return c;
     };
-    for (const layer of [rawLayer(flip(gzipSync(tarBytes)), MediaType.OciLayerGzip), rawLayer(flip(zstdCompressSync(tarBytes)), MediaType.OciLayerZstd)]) {
+    for (const layer of [
+      rawLayer(flip(gzipSync(tarBytes)), MediaType.OciLayerGzip),
+      rawLayer(flip(zstdCompressSync(tarBytes)), MediaType.OciLayerZstd),
+    ]) {
       const t = tag();
       await writeImage(env.layout, t, [layer]);
       const e = await env.expectRefused(env.ref(t), 'LAYER_CORRUPT');
@@ -210,13 +243,20 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
 
   it('a 300-byte name component -> BAD_ENTRY naming it and the layer', async () => {
     const long = 'n'.repeat(300);
-    const e = await env.expectRefused(await tarImage([...osTarEntries(base), { name: `usr/share/${long}`, content: 'x', mtime: T }]), 'BAD_ENTRY');
+    const e = await env.expectRefused(
+      await tarImage([...osTarEntries(base), { name: `usr/share/${long}`, content: 'x', mtime: T }]),
+      'BAD_ENTRY',
+    );
     assert.match(e.message, /300 bytes/);
     assert.match(e.message, /layer 1/);
   });
 
   it('two names that differ only in bytes that are not UTF-8 -> BAD_ENTRY, not one file', async () => {
-    const tar = makeTar([...osTarEntries(base), { name: 'usr/share/fake/n-A', content: 'one', mtime: T }, { name: 'usr/share/fake/n-B', content: 'two', mtime: T }]);
+    const tar = makeTar([
+      ...osTarEntries(base),
+      { name: 'usr/share/fake/n-A', content: 'one', mtime: T },
+      { name: 'usr/share/fake/n-B', content: 'two', mtime: T },
+    ]);
     // Replace the A and B by 0xff and 0xfe in the header name fields, checksums fixed.
     for (let off = 0; off + 512 <= tar.length; off += 512) {
       const name = tar.subarray(off, off + 100).toString('latin1');
@@ -270,7 +310,10 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
       reg.put('hostile/small', 'drip', img);
       reg.faults.set(small.desc.digest, { kind: 'drip', everyMs: 5000 });
       const dst = join(env.os.dir, 'copy-drip');
-      const r = await runTiu(['copy', '--json', `docker://${reg.host}/hostile/small:drip`, `oci:${dst}:t`], { env: slow, timeoutMs: 60_000 });
+      const r = await runTiu(['copy', '--json', `docker://${reg.host}/hostile/small:drip`, `oci:${dst}:t`], {
+        env: slow,
+        timeoutMs: 60_000,
+      });
       assert.equal(r.timedOut, false);
       assert.equal(r.code, 1);
       const e = jsonError(r);
@@ -278,7 +321,10 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
       assert.match(e.message, new RegExp(reg.host.replace(/\./g, '\\.')));
       assert.match(e.message, new RegExp(small.desc.digest));
       assert.ok(r.ms < 30_000, `took ${r.ms} ms`);
-      const plain = await runTiu(['copy', `docker://${reg.host}/hostile/small:drip`, `oci:${dst}:t`], { env: slow, timeoutMs: 60_000 });
+      const plain = await runTiu(['copy', `docker://${reg.host}/hostile/small:drip`, `oci:${dst}:t`], {
+        env: slow,
+        timeoutMs: 60_000,
+      });
       assert.equal(cliError(plain).code, 'REGISTRY_TOO_SLOW');
     });
 

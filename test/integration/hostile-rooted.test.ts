@@ -40,16 +40,35 @@ async function put(target: OciLayoutTarget, mediaType: string, data: Buffer): Pr
   return desc;
 }
 
-async function tagManifest(layout: string, tag: string, layers: { desc: Descriptor; data: Buffer }[], diffIds: Digest[]): Promise<void> {
+async function tagManifest(
+  layout: string,
+  tag: string,
+  layers: { desc: Descriptor; data: Buffer }[],
+  diffIds: Digest[],
+): Promise<void> {
   const target = await OciLayoutTarget.open(layout, { create: true });
   for (const l of layers) await target.push(l.desc, Readable.from([l.data]));
-  const config = await put(target, MediaType.OciConfig, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } })));
-  const manifest = await put(target, MediaType.OciManifest, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: layers.map((l) => l.desc) })));
+  const config = await put(
+    target,
+    MediaType.OciConfig,
+    Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } })),
+  );
+  const manifest = await put(
+    target,
+    MediaType.OciManifest,
+    Buffer.from(
+      JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: layers.map((l) => l.desc) }),
+    ),
+  );
   await target.tag(manifest, tag);
 }
 
 /** A gzip tar layer of `files` (parents first), with extra pax records on some entries. */
-async function tarImage(layout: string, tag: string, files: (OsFile & { pax?: Record<string, string> })[]): Promise<void> {
+async function tarImage(
+  layout: string,
+  tag: string,
+  files: (OsFile & { pax?: Record<string, string> })[],
+): Promise<void> {
   const pack = tar.pack();
   const mtime = new Date('2026-01-01T00:00:00Z');
   const paths = new Set(files.map((f) => f.path));
@@ -59,20 +78,43 @@ async function tarImage(layout: string, tag: string, files: (OsFile & { pax?: Re
   };
   for (const d of MOUNT_POINT_DIRS) if (!paths.has(d) && ![...paths].some((p) => d.startsWith(p + '/'))) dirs.add(d);
   for (const p of [...paths, ...dirs]) addParents(p);
-  for (const d of [...dirs].filter((x) => !paths.has(x)).sort()) pack.entry({ name: d + '/', type: 'directory', mode: 0o755, mtime });
+  for (const d of [...dirs].filter((x) => !paths.has(x)).sort())
+    pack.entry({ name: d + '/', type: 'directory', mode: 0o755, mtime });
   for (const f of [...files].sort((a, b) => a.path.localeCompare(b.path))) {
-    if (f.symlink !== undefined) pack.entry({ name: f.path, type: 'symlink', linkname: f.symlink, mode: 0o777, mtime, ...(f.pax ? { pax: f.pax } : {}) });
-    else pack.entry({ name: f.path, type: 'file', mode: f.mode ?? 0o644, mtime, ...(f.pax ? { pax: f.pax } : {}) }, Buffer.from(f.content ?? ''));
+    if (f.symlink !== undefined)
+      pack.entry({
+        name: f.path,
+        type: 'symlink',
+        linkname: f.symlink,
+        mode: 0o777,
+        mtime,
+        ...(f.pax ? { pax: f.pax } : {}),
+      });
+    else
+      pack.entry(
+        { name: f.path, type: 'file', mode: f.mode ?? 0o644, mtime, ...(f.pax ? { pax: f.pax } : {}) },
+        Buffer.from(f.content ?? ''),
+      );
   }
   pack.finalize();
   const tarBytes = await buffer(pack);
   const data = gzipSync(tarBytes);
-  await tagManifest(layout, tag, [{ desc: { mediaType: MediaType.OciLayerGzip, digest: sha(data), size: data.length }, data }], [sha(tarBytes)]);
+  await tagManifest(
+    layout,
+    tag,
+    [{ desc: { mediaType: MediaType.OciLayerGzip, digest: sha(data), size: data.length }, data }],
+    [sha(tarBytes)],
+  );
 }
 
 /** Every path below `dir` with its type, content hash or link target, mode and xattrs: what "untouched" compares. */
 async function fingerprint(dir: string): Promise<string> {
-  const r = await run('sh', ['-c', 'cd "$1" && find . -printf "%p %y %m %s %T@ %l\\n" | sort && find . -type f -exec sha256sum {} + | sort && getfattr -R -P -h -d -m - . 2>/dev/null || true', 'sh', dir]);
+  const r = await run('sh', [
+    '-c',
+    'cd "$1" && find . -printf "%p %y %m %s %T@ %l\\n" | sort && find . -type f -exec sha256sum {} + | sort && getfattr -R -P -h -d -m - . 2>/dev/null || true',
+    'sh',
+    dir,
+  ]);
   return r.stdout;
 }
 
@@ -110,17 +152,17 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     const outsideBefore = await fingerprint(outside);
     const mountsBefore = await mountPoints();
     let err: unknown;
-    await assert.rejects(
-      update(productionDeps, { sysroot: os.sysroot, reference, config }),
-      (e: unknown) => {
-        err = e;
-        return codes.some((c) => isTiuError(e, c));
-      },
-    );
+    await assert.rejects(update(productionDeps, { sysroot: os.sysroot, reference, config }), (e: unknown) => {
+      err = e;
+      return codes.some((c) => isTiuError(e, c));
+    });
     assert.ok(isTiuError(err) && err.message.length > 0);
     const after = await state();
     assert.equal(after.default, before.default);
-    assert.deepEqual(after.snapshots.map((s) => [s.number, s.inProgress]), before.snapshots.map((s) => [s.number, s.inProgress]));
+    assert.deepEqual(
+      after.snapshots.map((s) => [s.number, s.inProgress]),
+      before.snapshots.map((s) => [s.number, s.inProgress]),
+    );
     const next = Math.max(...before.snapshots.map((s) => s.number)) + 1;
     assert.equal(existsSync(join(os.sysroot, '.snapshots', String(next))), false, 'no new snapshot left');
     assert.equal(await fingerprint(outside), outsideBefore, 'the marker directory outside the sysroot is untouched');
@@ -129,14 +171,24 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
 
   it('tar layer: a PAX SCHILY.xattr name with a newline and `# file: <host path>` is BAD_XATTR, nothing set on the host file', async () => {
     const evil = `user.a\n# file: ${join(outside, 'file')}\nuser.evil`;
-    await tarImage(images, 'xattr-tar', [...(await baseOs()), { path: 'usr/share/fake/carrier', content: 'x\n', pax: { [`SCHILY.xattr.${evil}`]: 'owned' } }]);
+    await tarImage(images, 'xattr-tar', [
+      ...(await baseOs()),
+      { path: 'usr/share/fake/carrier', content: 'x\n', pax: { [`SCHILY.xattr.${evil}`]: 'owned' } },
+    ]);
     await refused(await sign('xattr-tar'), ['BAD_XATTR']);
     const r = await run('getfattr', ['-d', '-m', '-', join(outside, 'file')]);
     assert.doesNotMatch(r.stdout, /evil/);
   });
 
   it('tar layer: a LIBARCHIVE.xattr name outside the namespaces tiu sets is BAD_XATTR', async () => {
-    await tarImage(images, 'xattr-libarchive', [...(await baseOs()), { path: 'usr/share/fake/carrier', content: 'x\n', pax: { 'LIBARCHIVE.xattr.user.a%0A%23%20file%3A%20%2Fx': Buffer.from('v').toString('base64') } }]);
+    await tarImage(images, 'xattr-libarchive', [
+      ...(await baseOs()),
+      {
+        path: 'usr/share/fake/carrier',
+        content: 'x\n',
+        pax: { 'LIBARCHIVE.xattr.user.a%0A%23%20file%3A%20%2Fx': Buffer.from('v').toString('base64') },
+      },
+    ]);
     await refused(await sign('xattr-libarchive'), ['BAD_XATTR']);
   });
 
@@ -145,15 +197,34 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     const entries: { toc: TocEntry; content?: Buffer }[] = [];
     const dirs = new Set<string>(MOUNT_POINT_DIRS);
     const files = await baseOs();
-    for (const f of files) for (let i = f.path.lastIndexOf('/'); i > 0; i = f.path.lastIndexOf('/', i - 1)) dirs.add(f.path.slice(0, i));
-    for (const d of MOUNT_POINT_DIRS) for (let i = d.lastIndexOf('/'); i > 0; i = d.lastIndexOf('/', i - 1)) dirs.add(d.slice(0, i));
-    for (const d of [...dirs].sort()) entries.push({ toc: { type: 'dir', name: d, mode: 0o755, modtime: '2026-01-01T00:00:00Z' } });
+    for (const f of files)
+      for (let i = f.path.lastIndexOf('/'); i > 0; i = f.path.lastIndexOf('/', i - 1)) dirs.add(f.path.slice(0, i));
+    for (const d of MOUNT_POINT_DIRS)
+      for (let i = d.lastIndexOf('/'); i > 0; i = d.lastIndexOf('/', i - 1)) dirs.add(d.slice(0, i));
+    for (const d of [...dirs].sort())
+      entries.push({ toc: { type: 'dir', name: d, mode: 0o755, modtime: '2026-01-01T00:00:00Z' } });
     for (const f of files) {
       if (dirs.has(f.path)) continue;
-      if (f.symlink !== undefined) entries.push({ toc: { type: 'symlink', name: f.path, linkName: f.symlink, mode: 0o777, modtime: '2026-01-01T00:00:00Z' } });
-      else entries.push({ toc: { type: 'reg', name: f.path, mode: f.mode ?? 0o644, modtime: '2026-01-01T00:00:00Z' }, content: Buffer.from(f.content ?? '') });
+      if (f.symlink !== undefined)
+        entries.push({
+          toc: { type: 'symlink', name: f.path, linkName: f.symlink, mode: 0o777, modtime: '2026-01-01T00:00:00Z' },
+        });
+      else
+        entries.push({
+          toc: { type: 'reg', name: f.path, mode: f.mode ?? 0o644, modtime: '2026-01-01T00:00:00Z' },
+          content: Buffer.from(f.content ?? ''),
+        });
     }
-    entries.push({ toc: { type: 'reg', name: 'usr/share/fake/carrier', mode: 0o644, modtime: '2026-01-01T00:00:00Z', xattrs: { [evil]: Buffer.from([1, 0, 0, 2]).toString('base64') } }, content: Buffer.from('carrier\n') });
+    entries.push({
+      toc: {
+        type: 'reg',
+        name: 'usr/share/fake/carrier',
+        mode: 0o644,
+        modtime: '2026-01-01T00:00:00Z',
+        xattrs: { [evil]: Buffer.from([1, 0, 0, 2]).toString('base64') },
+      },
+      content: Buffer.from('carrier\n'),
+    });
     const layer = chunkedLayer(entries);
     await tagManifest(images, 'xattr-toc', [layer], [sha(layer.data)]);
     await refused(await sign('xattr-toc'), ['BAD_XATTR']);
@@ -169,7 +240,9 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
   });
 
   it('`usr -> <outside>`: refused before anything is committed, the outside directory untouched', async () => {
-    const files = (await baseOs()).filter((f) => !f.path.startsWith('usr/') && !['bin', 'sbin', 'lib', 'lib64'].includes(f.path));
+    const files = (await baseOs()).filter(
+      (f) => !f.path.startsWith('usr/') && !['bin', 'sbin', 'lib', 'lib64'].includes(f.path),
+    );
     await tarImage(images, 'usr-link', [...files, { path: 'usr', symlink: join(outside, 'dir') }]);
     const reference = await sign('usr-link');
     const outsideBefore = await fingerprint(outside);
@@ -183,12 +256,18 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
       assert.ok(isTiuError(e, 'UNSAFE_PATH') || isTiuError(e, 'NOT_AN_OS_IMAGE'), String(e));
       const after = await state();
       assert.equal(after.default, before.default);
-      assert.deepEqual(after.snapshots.map((s) => s.number), before.snapshots.map((s) => s.number));
+      assert.deepEqual(
+        after.snapshots.map((s) => s.number),
+        before.snapshots.map((s) => s.number),
+      );
     }
     if (r) {
       // Where the apply keeps usr (it holds the preserved usr/local), the image's symlink never lands.
       assert.equal(r.status, 'updated');
-      assert.ok(r.status === 'updated' && (await lstat(join(snapshotPath(os.sysroot, r.snapshot), 'usr'))).isDirectory(), 'usr is a real directory in the new snapshot');
+      assert.ok(
+        r.status === 'updated' && (await lstat(join(snapshotPath(os.sysroot, r.snapshot), 'usr'))).isDirectory(),
+        'usr is a real directory in the new snapshot',
+      );
     }
     assert.equal(await fingerprint(outside), outsideBefore);
     assert.deepEqual(await mountPoints(), mountsBefore);
@@ -203,7 +282,10 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     await symlink(join(outside, 'dir'), join(root, 'usr'));
     const outsideBefore = await fingerprint(outside);
     const mtime = (await lstat(join(outside, 'dir'))).mtimeMs;
-    await assert.rejects(commitSnapshot(ctx, n, { image: 'test', digest: 'sha256:00', etcConflicts: 0 }), (e: unknown) => isTiuError(e, 'UNSAFE_PATH') && String(e.details.path) === 'usr');
+    await assert.rejects(
+      commitSnapshot(ctx, n, { image: 'test', digest: 'sha256:00', etcConflicts: 0 }),
+      (e: unknown) => isTiuError(e, 'UNSAFE_PATH') && String(e.details.path) === 'usr',
+    );
     assert.equal((await lstat(join(outside, 'dir'))).mtimeMs, mtime);
     assert.equal(await fingerprint(outside), outsideBefore);
     const mid = await state();
@@ -217,8 +299,14 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
 
   it('`proc -> <outside dir>` with a hook: nothing is mounted outside the snapshot', async () => {
     const files = await baseOs();
-    await tarImage(images, 'proc-link', [...files, { path: 'proc', symlink: join(outside, 'dir') }, { path: 'usr/share/fake/proc-link', content: 'v\n' }]);
-    const config = parseConfig('default-hooks = false\n[[hook]]\nname = "probe"\ncommand = ["/bin/sh", "-c", "test -d /proc/self"]\n');
+    await tarImage(images, 'proc-link', [
+      ...files,
+      { path: 'proc', symlink: join(outside, 'dir') },
+      { path: 'usr/share/fake/proc-link', content: 'v\n' },
+    ]);
+    const config = parseConfig(
+      'default-hooks = false\n[[hook]]\nname = "probe"\ncommand = ["/bin/sh", "-c", "test -d /proc/self"]\n',
+    );
     const reference = await sign('proc-link');
     const mountsBefore = await mountPoints();
     const outsideBefore = await fingerprint(outside);
@@ -231,12 +319,18 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
       assert.ok(isTiuError(e, 'UNSAFE_PATH'), String(e));
       const after = await state();
       assert.equal(after.default, before.default);
-      assert.deepEqual(after.snapshots.map((s) => s.number), before.snapshots.map((s) => s.number));
+      assert.deepEqual(
+        after.snapshots.map((s) => s.number),
+        before.snapshots.map((s) => s.number),
+      );
     }
     if (r) {
       assert.equal(r.status, 'updated');
       assert.ok(r.status === 'updated' && r.hooks.length === 1);
-      assert.ok((await lstat(join(snapshotPath(os.sysroot, r.snapshot), 'proc'))).isDirectory(), 'proc is a real directory in the new snapshot');
+      assert.ok(
+        (await lstat(join(snapshotPath(os.sysroot, r.snapshot), 'proc'))).isDirectory(),
+        'proc is a real directory in the new snapshot',
+      );
     }
     assert.equal(await fingerprint(outside), outsideBefore);
     assert.deepEqual(await mountPoints(), mountsBefore);
@@ -269,7 +363,9 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     assert.deepEqual(await mountPoints(), mountsBefore);
     await rm(join(root, 'sys'));
     const seen = await withChroot(root, async () => (await mountPoints()).filter((p) => p.startsWith(root + '/')));
-    assert.ok(seen.includes(join(root, 'proc')) && seen.includes(join(root, 'dev')) && seen.includes(join(root, 'sys')));
+    assert.ok(
+      seen.includes(join(root, 'proc')) && seen.includes(join(root, 'dev')) && seen.includes(join(root, 'sys')),
+    );
     assert.deepEqual(await mountPoints(), mountsBefore);
   });
 
@@ -279,20 +375,31 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     const n = await createInProgress(ctx, { from: before.booted!, description: 'killed hook', image: 'test' });
     const root = snapshotPath(os.sysroot, n);
     // What withChroot leaves when SIGKILLed in the middle of a hook: recursive binds (dev has submounts).
-    for (const [src, dst] of [['/dev', 'dev'], ['/proc', 'proc'], ['/sys', 'sys']] as const) {
+    for (const [src, dst] of [
+      ['/dev', 'dev'],
+      ['/proc', 'proc'],
+      ['/sys', 'sys'],
+    ] as const) {
       await mkdir(join(root, dst), { recursive: true });
       await bindMount(src, join(root, dst), { recursive: true });
     }
     assert.ok((await mountPoints()).filter((p) => p.startsWith(root + '/')).length >= 3);
     const c = await cleanupInProgress(ctx);
     assert.deepEqual(c.deleted, [n]);
-    assert.deepEqual((await mountPoints()).filter((p) => p.startsWith(root)), []);
+    assert.deepEqual(
+      (await mountPoints()).filter((p) => p.startsWith(root)),
+      [],
+    );
     assert.equal(existsSync(root), false);
     assert.equal((await state()).default, before.default);
   });
 
   it('`.autorelabel -> <host file>` with SELinux enforcing in the image: the host file is untouched (the marker is a new file in the snapshot)', async () => {
-    const files = [...(await baseOs()), { path: 'etc/selinux/config', content: 'SELINUX=enforcing\nSELINUXTYPE=targeted\n' }, { path: 'usr/lib/tiu/etc/selinux/config', content: 'SELINUX=enforcing\nSELINUXTYPE=targeted\n' }];
+    const files = [
+      ...(await baseOs()),
+      { path: 'etc/selinux/config', content: 'SELINUX=enforcing\nSELINUXTYPE=targeted\n' },
+      { path: 'usr/lib/tiu/etc/selinux/config', content: 'SELINUX=enforcing\nSELINUXTYPE=targeted\n' },
+    ];
     await tarImage(images, 'relabel', [...files, { path: '.autorelabel', symlink: join(outside, 'file') }]);
     const reference = await sign('relabel');
     const outsideBefore = await fingerprint(outside);

@@ -50,9 +50,14 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
   const tag = () => `case-${++n}`;
 
   /** Whole-layer path: one tar layer of the OS plus `extra` entries (later entries win). */
-  const tarImage = async (extra: TarSpec[], o: { compression?: 'none' | 'gzip' | 'zstd'; files?: OsFile[]; omitDirs?: string[] } = {}) => {
+  const tarImage = async (
+    extra: TarSpec[],
+    o: { compression?: 'none' | 'gzip' | 'zstd'; files?: OsFile[]; omitDirs?: string[] } = {},
+  ) => {
     const t = tag();
-    await writeImage(env.layout, t, [tarLayer([...osTarEntries(o.files ?? base, o), ...extra], o.compression ?? 'gzip')]);
+    await writeImage(env.layout, t, [
+      tarLayer([...osTarEntries(o.files ?? base, o), ...extra], o.compression ?? 'gzip'),
+    ]);
     return env.ref(t);
   };
   /** TOC path: one zstd:chunked layer of the OS plus `extra` entries. */
@@ -61,15 +66,33 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
     await writeImage(env.layout, t, [tocLayer([...osTocEntries(o.files ?? base, o), ...extra])]);
     return env.ref(t);
   };
-  const file = (name: string, content: string, extra: Partial<TarSpec> = {}): TarSpec => ({ name, content, mtime: T, ...extra });
-  const link = (name: string, target: string): TarSpec => ({ name, type: '2', linkname: target, mode: 0o777, mtime: T });
+  const file = (name: string, content: string, extra: Partial<TarSpec> = {}): TarSpec => ({
+    name,
+    content,
+    mtime: T,
+    ...extra,
+  });
+  const link = (name: string, target: string): TarSpec => ({
+    name,
+    type: '2',
+    linkname: target,
+    mode: 0o777,
+    mtime: T,
+  });
   const dir = (name: string): TarSpec => ({ name, type: '5', mode: 0o755, mtime: T });
-  const treg = (name: string, content: string, extra: Partial<CraftedEntry['toc']> = {}): CraftedEntry => ({ toc: { type: 'reg', name, mode: 0o644, ...extra }, content: Buffer.from(content) });
-  const tlink = (name: string, target: string): CraftedEntry => ({ toc: { type: 'symlink', name, linkName: target, mode: 0o777 } });
+  const treg = (name: string, content: string, extra: Partial<CraftedEntry['toc']> = {}): CraftedEntry => ({
+    toc: { type: 'reg', name, mode: 0o644, ...extra },
+    content: Buffer.from(content),
+  });
+  const tlink = (name: string, target: string): CraftedEntry => ({
+    toc: { type: 'symlink', name, linkName: target, mode: 0o777 },
+  });
   const tdir = (name: string): CraftedEntry => ({ toc: { type: 'dir', name, mode: 0o755 } });
-  const without = (files: OsFile[], prefix: string) => files.filter((f) => f.path !== prefix && !f.path.startsWith(prefix + '/'));
+  const without = (files: OsFile[], prefix: string) =>
+    files.filter((f) => f.path !== prefix && !f.path.startsWith(prefix + '/'));
   const isDir = async (p: string) => (await lstat(p).catch(() => undefined))?.isDirectory() === true;
-  const skippedPaths = (json: Record<string, unknown>) => ((json.apply as { skippedPaths?: string[] } | undefined)?.skippedPaths ?? []).join(' ');
+  const skippedPaths = (json: Record<string, unknown>) =>
+    ((json.apply as { skippedPaths?: string[] } | undefined)?.skippedPaths ?? []).join(' ');
 
   before(async function () {
     requireRoot(this);
@@ -80,7 +103,19 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
     // The admin's own /etc: a changed hostname, and a MicroOS-like fstab with a mount point of
     // the admin's (/data) and boot/grub2/x86_64-efi, which the booted snapshot has as directories.
     await writeFile(join(s, 'etc/hostname'), 'admins-host\n');
-    const fstab = ['/', '/var', '/usr/local', '/home', '/root', '/opt', '/srv', '/boot/writable', '/boot/grub2/x86_64-efi', '/.snapshots', '/data']
+    const fstab = [
+      '/',
+      '/var',
+      '/usr/local',
+      '/home',
+      '/root',
+      '/opt',
+      '/srv',
+      '/boot/writable',
+      '/boot/grub2/x86_64-efi',
+      '/.snapshots',
+      '/data',
+    ]
       .map((m) => `UUID=0000-test ${m} btrfs ${m === '/' ? 'ro' : `subvol=/@${m}`} 0 0`)
       .concat(['UUID=EFI /boot/efi vfat defaults 0 2', 'tmpfs /tmp tmpfs defaults 0 0']);
     await writeFile(join(s, 'etc/fstab'), fstab.join('\n') + '\n');
@@ -105,18 +140,44 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
   describe('xattr names that would inject a `# file:` block into a setfattr --restore dump', () => {
     const evil = (target: string) => `user.a\n# file: ${target}\nuser.pwned`;
     it('tar path: PAX SCHILY.xattr name with a newline -> BAD_XATTR', async () => {
-      await env.expectRefused(await tarImage([file('usr/share/fake/x', 'x', { xattrs: { [evil(env.marker.file)]: 'owned' } })]), 'BAD_XATTR');
+      await env.expectRefused(
+        await tarImage([file('usr/share/fake/x', 'x', { xattrs: { [evil(env.marker.file)]: 'owned' } })]),
+        'BAD_XATTR',
+      );
     });
     it('tar path (plain tar): security.capability through an injected block -> BAD_XATTR', async () => {
       const name = `user.b\n# file: ${env.marker.file}\nsecurity.capability`;
-      await env.expectRefused(await tarImage([file('usr/share/fake/y', 'y', { xattrs: { [name]: Buffer.from('AQAAAgAgAAAAAAAAAAAAAAAAAAA=', 'base64') } })], { compression: 'none' }), 'BAD_XATTR');
+      await env.expectRefused(
+        await tarImage(
+          [
+            file('usr/share/fake/y', 'y', {
+              xattrs: { [name]: Buffer.from('AQAAAgAgAAAAAAAAAAAAAAAAAAA=', 'base64') },
+            }),
+          ],
+          { compression: 'none' },
+        ),
+        'BAD_XATTR',
+      );
     });
     it('TOC path: a TOC xattrs name with a newline -> BAD_XATTR', async () => {
-      await env.expectRefused(await tocImage([treg('usr/share/fake/x', 'x', { xattrs: { [evil(env.marker.file)]: Buffer.from('owned').toString('base64') } })]), 'BAD_XATTR');
+      await env.expectRefused(
+        await tocImage([
+          treg('usr/share/fake/x', 'x', {
+            xattrs: { [evil(env.marker.file)]: Buffer.from('owned').toString('base64') },
+          }),
+        ]),
+        'BAD_XATTR',
+      );
     });
     it('tar and TOC: a name outside the supported namespaces, or longer than 255 bytes -> BAD_XATTR', async () => {
-      await env.expectRefused(await tarImage([file('usr/share/fake/z', 'z', { xattrs: { 'evil.ns': 'v' } })], { compression: 'zstd' }), 'BAD_XATTR');
-      await env.expectRefused(await tocImage([treg('usr/share/fake/z', 'z', { xattrs: { [`user.${'n'.repeat(260)}`]: 'dg==' } })]), 'BAD_XATTR');
+      await env.expectRefused(
+        await tarImage([file('usr/share/fake/z', 'z', { xattrs: { 'evil.ns': 'v' } })], { compression: 'zstd' }),
+        'BAD_XATTR',
+      );
+      await env.expectRefused(
+        await tocImage([treg('usr/share/fake/z', 'z', { xattrs: { [`user.${'n'.repeat(260)}`]: 'dg==' } })]),
+        'BAD_XATTR',
+      );
     });
   });
 
@@ -146,29 +207,62 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
 
   describe('symlinks where tiu writes after the apply', () => {
     it('tar path: `usr/lib/tiu -> <marker dir>` -> UNSAFE_PATH', async () => {
-      await env.expectRefused(await tarImage([link('usr/lib/tiu', env.marker.subdir)], { files: without(base, 'usr/lib/tiu') }), 'UNSAFE_PATH');
+      await env.expectRefused(
+        await tarImage([link('usr/lib/tiu', env.marker.subdir)], { files: without(base, 'usr/lib/tiu') }),
+        'UNSAFE_PATH',
+      );
     });
     it('TOC path: `usr/lib/tiu -> <marker dir>` -> UNSAFE_PATH', async () => {
-      await env.expectRefused(await tocImage([tlink('usr/lib/tiu', env.marker.subdir)], { files: without(base, 'usr/lib/tiu') }), 'UNSAFE_PATH');
+      await env.expectRefused(
+        await tocImage([tlink('usr/lib/tiu', env.marker.subdir)], { files: without(base, 'usr/lib/tiu') }),
+        'UNSAFE_PATH',
+      );
     });
     it('tar path: `usr -> <marker>` -> UNSAFE_PATH or NOT_AN_OS_IMAGE', async () => {
-      await env.expectRefused(await tarImage([link('usr', env.marker.subdir)], { files: without(base, 'usr'), omitDirs: ['usr', 'usr/local'] }), ['UNSAFE_PATH', 'NOT_AN_OS_IMAGE']);
+      await env.expectRefused(
+        await tarImage([link('usr', env.marker.subdir)], {
+          files: without(base, 'usr'),
+          omitDirs: ['usr', 'usr/local'],
+        }),
+        ['UNSAFE_PATH', 'NOT_AN_OS_IMAGE'],
+      );
     });
     it('TOC path: `usr -> <marker>` -> UNSAFE_PATH or NOT_AN_OS_IMAGE', async () => {
-      await env.expectRefused(await tocImage([tlink('usr', env.marker.subdir)], { files: without(base, 'usr'), omitDirs: ['usr', 'usr/local'] }), ['UNSAFE_PATH', 'NOT_AN_OS_IMAGE']);
+      await env.expectRefused(
+        await tocImage([tlink('usr', env.marker.subdir)], {
+          files: without(base, 'usr'),
+          omitDirs: ['usr', 'usr/local'],
+        }),
+        ['UNSAFE_PATH', 'NOT_AN_OS_IMAGE'],
+      );
     });
     // /etc is a nested subvolume on MicroOS: tiu deletes the image's copy after the merge, and a
     // subvolume delete that resolved a symlink would take the host's (or the marker) with it.
     it('tar path: `etc -> <marker dir>` and `etc -> /var` -> UNSAFE_PATH', async () => {
-      await env.expectRefused(await tarImage([link('etc', env.marker.subdir)], { files: without(base, 'etc'), omitDirs: ['etc'] }), 'UNSAFE_PATH');
-      await env.expectRefused(await tarImage([link('etc', '/var')], { files: without(base, 'etc'), omitDirs: ['etc'] }), 'UNSAFE_PATH');
+      await env.expectRefused(
+        await tarImage([link('etc', env.marker.subdir)], { files: without(base, 'etc'), omitDirs: ['etc'] }),
+        'UNSAFE_PATH',
+      );
+      await env.expectRefused(
+        await tarImage([link('etc', '/var')], { files: without(base, 'etc'), omitDirs: ['etc'] }),
+        'UNSAFE_PATH',
+      );
     });
     it('TOC path: `etc -> <marker dir>` and `etc -> /var` -> UNSAFE_PATH', async () => {
-      await env.expectRefused(await tocImage([tlink('etc', env.marker.subdir)], { files: without(base, 'etc'), omitDirs: ['etc'] }), 'UNSAFE_PATH');
-      await env.expectRefused(await tocImage([tlink('etc', '/var')], { files: without(base, 'etc'), omitDirs: ['etc'] }), 'UNSAFE_PATH');
+      await env.expectRefused(
+        await tocImage([tlink('etc', env.marker.subdir)], { files: without(base, 'etc'), omitDirs: ['etc'] }),
+        'UNSAFE_PATH',
+      );
+      await env.expectRefused(
+        await tocImage([tlink('etc', '/var')], { files: without(base, 'etc'), omitDirs: ['etc'] }),
+        'UNSAFE_PATH',
+      );
     });
     it('tar path: an image with no usr at all -> NOT_AN_OS_IMAGE', async () => {
-      await env.expectRefused(await tarImage([], { files: without(base, 'usr'), omitDirs: ['usr', 'usr/local'] }), 'NOT_AN_OS_IMAGE');
+      await env.expectRefused(
+        await tarImage([], { files: without(base, 'usr'), omitDirs: ['usr', 'usr/local'] }),
+        'NOT_AN_OS_IMAGE',
+      );
     });
   });
 
@@ -178,32 +272,73 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       assert.equal(await readFile(join(r.root, 'etc/hostname'), 'utf8'), 'admins-host\n');
       assert.match(await readFile(join(r.root, 'etc/passwd'), 'utf8'), /^admin:x:1000:1000:/m);
       assert.doesNotMatch(await readFile(join(r.root, 'etc/shadow'), 'utf8'), /pwned/);
-      assert.equal(await lstat(join(r.root, '.tiu-etc-merge')).catch(() => undefined), undefined, 'no .tiu-etc-merge left');
+      assert.equal(
+        await lstat(join(r.root, '.tiu-etc-merge')).catch(() => undefined),
+        undefined,
+        'no .tiu-etc-merge left',
+      );
       assert.match(skippedPaths(r.json), /\.tiu-etc-merge/);
     };
     it('tar path: entries under .tiu-etc-merge/ are skipped', async () => {
-      await check(await tarImage([dir('.tiu-etc-merge'), file('.tiu-etc-merge/hostname', 'pwned\n'), file('.tiu-etc-merge/shadow', 'root:pwned:1::::::\n')]));
+      await check(
+        await tarImage([
+          dir('.tiu-etc-merge'),
+          file('.tiu-etc-merge/hostname', 'pwned\n'),
+          file('.tiu-etc-merge/shadow', 'root:pwned:1::::::\n'),
+        ]),
+      );
     });
     it('TOC path: entries under .tiu-etc-merge/ are skipped', async () => {
-      await check(await tocImage([tdir('.tiu-etc-merge'), treg('.tiu-etc-merge/hostname', 'pwned\n'), treg('.tiu-etc-merge/shadow', 'root:pwned:1::::::\n')]));
+      await check(
+        await tocImage([
+          tdir('.tiu-etc-merge'),
+          treg('.tiu-etc-merge/hostname', 'pwned\n'),
+          treg('.tiu-etc-merge/shadow', 'root:pwned:1::::::\n'),
+        ]),
+      );
     });
   });
 
   describe('preserved paths (home, var, opt, root, srv, usr/local, .snapshots, boot/*) are reserved', () => {
     const checkKept = async (ref: string) => {
       const r = await env.expectSkipped(ref);
-      for (const d of ['var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', 'boot/efi', 'boot/grub2/x86_64-efi', '.snapshots', 'data']) {
+      for (const d of [
+        'var',
+        'home',
+        'root',
+        'opt',
+        'srv',
+        'usr/local',
+        'boot/writable',
+        'boot/efi',
+        'boot/grub2/x86_64-efi',
+        '.snapshots',
+        'data',
+      ]) {
         assert.ok(await isDir(join(r.root, d)), `${d} is a directory in the new snapshot`);
       }
-      for (const d of ['var', 'home', 'opt', 'srv', 'usr/local', '.snapshots']) assert.deepEqual(await readdir(join(r.root, d)), [], `${d} in the new snapshot is the empty mount point`);
+      for (const d of ['var', 'home', 'opt', 'srv', 'usr/local', '.snapshots'])
+        assert.deepEqual(await readdir(join(r.root, d)), [], `${d} in the new snapshot is the empty mount point`);
       assert.notEqual(skippedPaths(r.json), '', 'the report names what was skipped');
       return r;
     };
     const files: TarSpec[] = [
-      dir('home/admin'), dir('home/admin/.ssh'), file('home/admin/.ssh/authorized_keys', 'ssh-ed25519 AAAA evil\n'),
-      dir('var/lib'), file('var/lib/evil', 'x'), file('opt/evil', 'x'), file('srv/evil', 'x'), dir('root/.ssh'), file('root/.ssh/authorized_keys', 'evil'),
-      dir('usr/local/bin'), file('usr/local/bin/evil', 'x'), file('boot/writable/evil', 'x'), file('.snapshots/evil', 'x'),
-      dir('boot/grub2'), dir('boot/grub2/x86_64-efi'), file('boot/grub2/x86_64-efi/evil.mod', 'x'),
+      dir('home/admin'),
+      dir('home/admin/.ssh'),
+      file('home/admin/.ssh/authorized_keys', 'ssh-ed25519 AAAA evil\n'),
+      dir('var/lib'),
+      file('var/lib/evil', 'x'),
+      file('opt/evil', 'x'),
+      file('srv/evil', 'x'),
+      dir('root/.ssh'),
+      file('root/.ssh/authorized_keys', 'evil'),
+      dir('usr/local/bin'),
+      file('usr/local/bin/evil', 'x'),
+      file('boot/writable/evil', 'x'),
+      file('.snapshots/evil', 'x'),
+      dir('boot/grub2'),
+      dir('boot/grub2/x86_64-efi'),
+      file('boot/grub2/x86_64-efi/evil.mod', 'x'),
     ];
     it('tar path: files under home/var/opt/root/srv/usr/local/boot/writable/.snapshots are skipped', async () => {
       await checkKept(await tarImage(files));
@@ -213,17 +348,34 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       await checkKept(await tocImage(toc));
     });
     it('tar path: `var -> /` and `.snapshots -> /` symlinks are skipped', async () => {
-      await checkKept(await tarImage([link('var', '/'), link('.snapshots', env.marker.dir)], { omitDirs: ['var', '.snapshots'] }));
+      await checkKept(
+        await tarImage([link('var', '/'), link('.snapshots', env.marker.dir)], { omitDirs: ['var', '.snapshots'] }),
+      );
     });
     it('TOC path: `var -> /` and `.snapshots -> <marker>` symlinks are skipped', async () => {
-      await checkKept(await tocImage([tlink('var', '/'), tlink('.snapshots', env.marker.dir)], { omitDirs: ['var', '.snapshots'] }));
+      await checkKept(
+        await tocImage([tlink('var', '/'), tlink('.snapshots', env.marker.dir)], { omitDirs: ['var', '.snapshots'] }),
+      );
     });
-    const bootc = (l: (a: string, b: string) => TarSpec | CraftedEntry) => [l('home', 'var/home'), l('opt', 'var/opt'), l('root', 'var/roothome'), l('srv', 'var/srv'), l('usr/local', '../var/usrlocal'), l('mnt', 'var/mnt')];
+    const bootc = (l: (a: string, b: string) => TarSpec | CraftedEntry) => [
+      l('home', 'var/home'),
+      l('opt', 'var/opt'),
+      l('root', 'var/roothome'),
+      l('srv', 'var/srv'),
+      l('usr/local', '../var/usrlocal'),
+      l('mnt', 'var/mnt'),
+    ];
     it('tar path: a bootc-style image (home -> var/home, usr/local -> ../var/usrlocal, ...) keeps the host subvolume mount points', async () => {
-      await checkKept(await tarImage(bootc(link) as TarSpec[], { omitDirs: ['home', 'opt', 'root', 'srv', 'usr/local', 'mnt'] }));
+      await checkKept(
+        await tarImage(bootc(link) as TarSpec[], { omitDirs: ['home', 'opt', 'root', 'srv', 'usr/local', 'mnt'] }),
+      );
     });
     it('TOC path: the same bootc-style image', async () => {
-      await checkKept(await tocImage(bootc(tlink) as CraftedEntry[], { omitDirs: ['home', 'opt', 'root', 'srv', 'usr/local', 'mnt'] }));
+      await checkKept(
+        await tocImage(bootc(tlink) as CraftedEntry[], {
+          omitDirs: ['home', 'opt', 'root', 'srv', 'usr/local', 'mnt'],
+        }),
+      );
     });
   });
 
@@ -235,9 +387,15 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       await mkdir(mnt, { recursive: true });
       await run('mount', ['-o', 'ro', env.os.loop, mnt]);
       try {
-        assert.equal(await readFile(join(mnt, 'usr/lib/os-release'), 'utf8'), await readFile(join(root, 'usr/lib/os-release'), 'utf8'), 'the default subvolume is the new snapshot');
-        for (const s of ['var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', '.snapshots']) await run('mount', ['-o', `ro,subvol=@/${s}`, env.os.loop, join(mnt, s)]);
-        for (const t of ['boot/grub2/x86_64-efi', 'boot/efi', 'data', 'tmp', 'run', 'dev']) await run('mount', ['-t', 'tmpfs', 'tmpfs', join(mnt, t)]);
+        assert.equal(
+          await readFile(join(mnt, 'usr/lib/os-release'), 'utf8'),
+          await readFile(join(root, 'usr/lib/os-release'), 'utf8'),
+          'the default subvolume is the new snapshot',
+        );
+        for (const s of ['var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable', '.snapshots'])
+          await run('mount', ['-o', `ro,subvol=@/${s}`, env.os.loop, join(mnt, s)]);
+        for (const t of ['boot/grub2/x86_64-efi', 'boot/efi', 'data', 'tmp', 'run', 'dev'])
+          await run('mount', ['-t', 'tmpfs', 'tmpfs', join(mnt, t)]);
         await run('mount', ['-t', 'proc', 'proc', join(mnt, 'proc')]);
         await run('mount', ['-t', 'sysfs', 'sysfs', join(mnt, 'sys')]);
       } finally {
@@ -246,12 +404,34 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
     };
     it('tar path: every fstab, preserved and API mount point is a directory; the sysroot remounts from the new default', async () => {
       const r = await env.expectSkipped(await tarImage([], { omitDirs: omit }));
-      for (const d of ['boot/grub2/x86_64-efi', 'boot/efi', 'boot/writable', 'proc', 'sys', 'tmp', 'dev', 'run', 'data']) assert.ok(await isDir(join(r.root, d)), `${d} in the new snapshot`);
+      for (const d of [
+        'boot/grub2/x86_64-efi',
+        'boot/efi',
+        'boot/writable',
+        'proc',
+        'sys',
+        'tmp',
+        'dev',
+        'run',
+        'data',
+      ])
+        assert.ok(await isDir(join(r.root, d)), `${d} in the new snapshot`);
       await bootFrom(r.root);
     });
     it('TOC path: the same', async () => {
       const r = await env.expectSkipped(await tocImage([], { omitDirs: omit }));
-      for (const d of ['boot/grub2/x86_64-efi', 'boot/efi', 'boot/writable', 'proc', 'sys', 'tmp', 'dev', 'run', 'data']) assert.ok(await isDir(join(r.root, d)), `${d} in the new snapshot`);
+      for (const d of [
+        'boot/grub2/x86_64-efi',
+        'boot/efi',
+        'boot/writable',
+        'proc',
+        'sys',
+        'tmp',
+        'dev',
+        'run',
+        'data',
+      ])
+        assert.ok(await isDir(join(r.root, d)), `${d} in the new snapshot`);
       await bootFrom(r.root);
     });
   });
@@ -269,18 +449,47 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
     };
     const check = async (ref: string) => {
       const r = await env.expectSkippedOrRefused(ref, 'UNSAFE_PATH');
-      if (r) for (const d of ['proc', 'dev', 'sys']) assert.ok(await isDir(join(r.root, d)), `${d} is a real directory`);
+      if (r)
+        for (const d of ['proc', 'dev', 'sys']) assert.ok(await isDir(join(r.root, d)), `${d} is a real directory`);
     };
     it('tar path: `proc -> <marker dir>`, `dev -> <marker>`: mount points replaced or UNSAFE_PATH; nothing mounted outside', async () => {
-      await withHook(async () => check(await tarImage([link('proc', env.marker.subdir), link('dev', env.marker.dir)], { files: withShell, omitDirs: ['proc', 'dev'] })));
+      await withHook(async () =>
+        check(
+          await tarImage([link('proc', env.marker.subdir), link('dev', env.marker.dir)], {
+            files: withShell,
+            omitDirs: ['proc', 'dev'],
+          }),
+        ),
+      );
       // Relative: these resolve to the marker on the host, from .snapshots/N/snapshot.
       const up = relative(env.os.snapshotPath(1), env.marker.subdir);
-      await withHook(async () => check(await tarImage([link('proc', up), link('dev', up), link('sys', up)], { files: withShell, omitDirs: ['proc', 'dev', 'sys'] })));
+      await withHook(async () =>
+        check(
+          await tarImage([link('proc', up), link('dev', up), link('sys', up)], {
+            files: withShell,
+            omitDirs: ['proc', 'dev', 'sys'],
+          }),
+        ),
+      );
     });
     it('TOC path: the same', async () => {
-      await withHook(async () => check(await tocImage([tlink('proc', env.marker.subdir), tlink('dev', env.marker.dir)], { files: withShell, omitDirs: ['proc', 'dev'] })));
+      await withHook(async () =>
+        check(
+          await tocImage([tlink('proc', env.marker.subdir), tlink('dev', env.marker.dir)], {
+            files: withShell,
+            omitDirs: ['proc', 'dev'],
+          }),
+        ),
+      );
       const up = relative(env.os.snapshotPath(1), env.marker.subdir);
-      await withHook(async () => check(await tocImage([tlink('proc', up), tlink('dev', up), tlink('sys', up)], { files: withShell, omitDirs: ['proc', 'dev', 'sys'] })));
+      await withHook(async () =>
+        check(
+          await tocImage([tlink('proc', up), tlink('dev', up), tlink('sys', up)], {
+            files: withShell,
+            omitDirs: ['proc', 'dev', 'sys'],
+          }),
+        ),
+      );
     });
   });
 
@@ -292,12 +501,30 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       await env.expectRefused(await tocImage([treg('usr/../../../marker-pwned', 'x')]), 'UNSAFE_PATH');
     });
     it('tar path: a write through a symlinked parent (absolute, and relative up) -> UNSAFE_PATH', async () => {
-      await env.expectRefused(await tarImage([link('usr/share/esc', env.marker.subdir), file('usr/share/esc/pwned', 'x')]), 'UNSAFE_PATH');
-      await env.expectRefused(await tarImage([link('usr/share/up', `../../../../../../../..${env.marker.subdir}`), file('usr/share/up/pwned', 'x')], { compression: 'zstd' }), 'UNSAFE_PATH');
+      await env.expectRefused(
+        await tarImage([link('usr/share/esc', env.marker.subdir), file('usr/share/esc/pwned', 'x')]),
+        'UNSAFE_PATH',
+      );
+      await env.expectRefused(
+        await tarImage(
+          [link('usr/share/up', `../../../../../../../..${env.marker.subdir}`), file('usr/share/up/pwned', 'x')],
+          { compression: 'zstd' },
+        ),
+        'UNSAFE_PATH',
+      );
     });
     it('TOC path: a write through a symlinked parent (absolute, and relative up) -> UNSAFE_PATH', async () => {
-      await env.expectRefused(await tocImage([tlink('usr/share/esc', env.marker.subdir), treg('usr/share/esc/pwned', 'x')]), 'UNSAFE_PATH');
-      await env.expectRefused(await tocImage([tlink('usr/share/up', `../../../../../../../..${env.marker.subdir}`), treg('usr/share/up/pwned', 'x')]), 'UNSAFE_PATH');
+      await env.expectRefused(
+        await tocImage([tlink('usr/share/esc', env.marker.subdir), treg('usr/share/esc/pwned', 'x')]),
+        'UNSAFE_PATH',
+      );
+      await env.expectRefused(
+        await tocImage([
+          tlink('usr/share/up', `../../../../../../../..${env.marker.subdir}`),
+          treg('usr/share/up/pwned', 'x'),
+        ]),
+        'UNSAFE_PATH',
+      );
     });
     it('tar path: a 300-byte name component -> BAD_ENTRY', async () => {
       await env.expectRefused(await tarImage([file(`usr/share/${'a'.repeat(300)}`, 'x')]), 'BAD_ENTRY');
@@ -318,19 +545,58 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
     it('TOC path: a 64 KiB frame that expands to 2 GiB where its TOC says 4 KiB -> DELTA_FILE_MISMATCH, peak RSS bounded', async () => {
       const content = Buffer.alloc(4096);
       const t = tag();
-      await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: content.length, digest: sha(content) }, frame: bomb }])]);
+      await writeImage(env.layout, t, [
+        tocLayer([
+          ...osTocEntries(base),
+          {
+            toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: content.length, digest: sha(content) },
+            frame: bomb,
+          },
+        ]),
+      ]);
       const e = await env.expectRefused(env.ref(t), 'DELTA_FILE_MISMATCH', { json: false, sample: { rss: true } });
       assert.ok(rssMiB(e) > 0 && rssMiB(e) < 512, `peak RSS ${rssMiB(e)} MiB`);
     });
     it('TOC path: a 64 KiB frame the TOC declares as 2 GiB on a 400 MiB disk -> DISK_FULL before anything is written (or DELTA_FILE_MISMATCH), peak RSS bounded', async () => {
       const t = tag();
-      await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: 2 * GiB, digest: sha('not these bytes') }, frame: bomb }])]);
-      const e = await env.expectRefused(env.ref(t), ['DISK_FULL', 'DELTA_FILE_MISMATCH'], { json: false, sample: { rss: true } });
+      await writeImage(env.layout, t, [
+        tocLayer([
+          ...osTocEntries(base),
+          {
+            toc: {
+              type: 'reg',
+              name: 'usr/share/fake/bomb',
+              mode: 0o644,
+              size: 2 * GiB,
+              digest: sha('not these bytes'),
+            },
+            frame: bomb,
+          },
+        ]),
+      ]);
+      const e = await env.expectRefused(env.ref(t), ['DISK_FULL', 'DELTA_FILE_MISMATCH'], {
+        json: false,
+        sample: { rss: true },
+      });
       assert.ok(rssMiB(e) > 0 && rssMiB(e) < 512, `peak RSS ${rssMiB(e)} MiB`);
     });
     it('TOC path: a frame declared as 150 MiB (it fits) that expands to 2 GiB, digest of other bytes -> DELTA_FILE_MISMATCH, peak RSS bounded', async () => {
       const t = tag();
-      await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/bomb', mode: 0o644, size: 150 << 20, digest: sha('not these bytes') }, frame: bomb }])]);
+      await writeImage(env.layout, t, [
+        tocLayer([
+          ...osTocEntries(base),
+          {
+            toc: {
+              type: 'reg',
+              name: 'usr/share/fake/bomb',
+              mode: 0o644,
+              size: 150 << 20,
+              digest: sha('not these bytes'),
+            },
+            frame: bomb,
+          },
+        ]),
+      ]);
       const e = await env.expectRefused(env.ref(t), 'DELTA_FILE_MISMATCH', { json: false, sample: { rss: true } });
       assert.ok(rssMiB(e) > 0 && rssMiB(e) < 512, `peak RSS ${rssMiB(e)} MiB`);
     });
@@ -346,7 +612,10 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
         await run('btrfs', ['filesystem', 'sync', env.os.top]);
       }
       const total = (await statfs(env.os.sysroot)).blocks * (await statfs(env.os.sysroot)).bsize;
-      assert.ok((e.ran.minFreeBytes ?? 0) > total * 0.02, `the update stopped before the disk was full: least free ${e.ran.minFreeBytes} of ${total} bytes`);
+      assert.ok(
+        (e.ran.minFreeBytes ?? 0) > total * 0.02,
+        `the update stopped before the disk was full: least free ${e.ran.minFreeBytes} of ${total} bytes`,
+      );
     });
   });
 
@@ -363,7 +632,9 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
         const t = tag();
         const layer = rawLayer(data, MediaType.OciLayerGzip);
         await writeImage(env.layout, t, [layer]);
-        await env.expectRefused(env.ref(t), 'LAYER_CORRUPT', { message: new RegExp(`layer 1|${layer.desc.digest.slice(7, 19)}`) });
+        await env.expectRefused(env.ref(t), 'LAYER_CORRUPT', {
+          message: new RegExp(`layer 1|${layer.desc.digest.slice(7, 19)}`),
+        });
       }
     });
     it('tar path: corrupt zstd -> LAYER_CORRUPT', async () => {
@@ -371,17 +642,29 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       const t = tag();
       const layer = rawLayer(corrupt(z, Math.floor(z.length / 2)), MediaType.OciLayerZstd);
       await writeImage(env.layout, t, [layer]);
-      await env.expectRefused(env.ref(t), 'LAYER_CORRUPT', { message: new RegExp(`layer 1|${layer.desc.digest.slice(7, 19)}`) });
+      await env.expectRefused(env.ref(t), 'LAYER_CORRUPT', {
+        message: new RegExp(`layer 1|${layer.desc.digest.slice(7, 19)}`),
+      });
     });
     it('tar path: a gzip layer that holds no tar -> LAYER_CORRUPT', async () => {
       const t = tag();
-      await writeImage(env.layout, t, [rawLayer(gzipSync(Buffer.from('this is not a tar archive\n'.repeat(100))), MediaType.OciLayerGzip)]);
+      await writeImage(env.layout, t, [
+        rawLayer(gzipSync(Buffer.from('this is not a tar archive\n'.repeat(100))), MediaType.OciLayerGzip),
+      ]);
       await env.expectRefused(env.ref(t), 'LAYER_CORRUPT');
     });
     it('TOC path: a file frame that is not zstd -> LAYER_CORRUPT or DELTA_FILE_MISMATCH, naming the layer', async () => {
       const garbage = Buffer.from('garbage, not a zstd frame '.repeat(8));
       const t = tag();
-      await writeImage(env.layout, t, [tocLayer([...osTocEntries(base), { toc: { type: 'reg', name: 'usr/share/fake/garbage', mode: 0o644, size: 100, digest: sha('x'.repeat(100)) }, frame: garbage }])]);
+      await writeImage(env.layout, t, [
+        tocLayer([
+          ...osTocEntries(base),
+          {
+            toc: { type: 'reg', name: 'usr/share/fake/garbage', mode: 0o644, size: 100, digest: sha('x'.repeat(100)) },
+            frame: garbage,
+          },
+        ]),
+      ]);
       await env.expectRefused(env.ref(t), ['LAYER_CORRUPT', 'DELTA_FILE_MISMATCH'], { message: /layer 1|sha256:/ });
     });
   });
@@ -392,24 +675,50 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       const t = tag();
       const tree = join(env.os.dir, `tree-${t}`);
       await mkdir(tree);
-      for (const d of ['proc', 'sys', 'dev', 'run', 'tmp', 'var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/efi', 'boot/writable', '.snapshots', 'mnt']) await mkdir(join(tree, d), { recursive: true });
+      for (const d of [
+        'proc',
+        'sys',
+        'dev',
+        'run',
+        'tmp',
+        'var',
+        'home',
+        'root',
+        'opt',
+        'srv',
+        'usr/local',
+        'boot/efi',
+        'boot/writable',
+        '.snapshots',
+        'mnt',
+      ])
+        await mkdir(join(tree, d), { recursive: true });
       await writeTree(tree, [...(o.drop ? without(base, o.drop) : base), ...extra]);
-      await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(env.layout), t, { sourceDateEpoch: T, layers: 2 });
+      await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(env.layout), t, {
+        sourceDateEpoch: T,
+        layers: 2,
+      });
       return env.ref(t);
     };
-    it('a bundle with .tiu-etc-merge/, home/ and usr/local/ content: skipped, the admin\'s /etc and the subvolumes kept', async () => {
-      const r = await env.expectSkipped(await bundle([
-        { path: '.tiu-etc-merge/hostname', content: 'pwned\n' },
-        { path: 'home/admin/.ssh/authorized_keys', content: 'ssh-ed25519 AAAA evil\n' },
-        { path: 'usr/local/bin/evil', content: 'x', mode: 0o755 },
-      ]));
+    it("a bundle with .tiu-etc-merge/, home/ and usr/local/ content: skipped, the admin's /etc and the subvolumes kept", async () => {
+      const r = await env.expectSkipped(
+        await bundle([
+          { path: '.tiu-etc-merge/hostname', content: 'pwned\n' },
+          { path: 'home/admin/.ssh/authorized_keys', content: 'ssh-ed25519 AAAA evil\n' },
+          { path: 'usr/local/bin/evil', content: 'x', mode: 0o755 },
+        ]),
+      );
       assert.equal(await readFile(join(r.root, 'etc/hostname'), 'utf8'), 'admins-host\n');
-      for (const d of ['home', 'usr/local']) assert.deepEqual(await readdir(join(r.root, d)), [], `${d} is the empty mount point`);
+      for (const d of ['home', 'usr/local'])
+        assert.deepEqual(await readdir(join(r.root, d)), [], `${d} is the empty mount point`);
       assert.equal(await lstat(join(r.root, '.tiu-etc-merge')).catch(() => undefined), undefined);
     });
     it('a bundle with SELinux on and `.autorelabel -> <marker>/f`: skipped (tiu writes its own) or UNSAFE_PATH; the marker untouched', async () => {
       // (`usr/lib/tiu -> outside` cannot be bundled: tiu build refuses it itself.)
-      const ref = await bundle([{ path: 'etc/selinux/config', content: 'SELINUX=enforcing\n' }, { path: '.autorelabel', symlink: env.marker.file }]);
+      const ref = await bundle([
+        { path: 'etc/selinux/config', content: 'SELINUX=enforcing\n' },
+        { path: '.autorelabel', symlink: env.marker.file },
+      ]);
       const r = await env.expectSkippedOrRefused(ref, 'UNSAFE_PATH');
       if (r) assert.ok((await lstat(join(r.root, '.autorelabel'))).isFile(), '.autorelabel is a regular file');
     });
@@ -457,7 +766,10 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       const old = await readFile(conf, 'utf8');
       await writeFile(conf, `${old}speed-time = 5\n`);
       try {
-        const e = await env.expectRefused(`docker://${reg.host}/hostile/os:drip`, 'REGISTRY_TOO_SLOW', { json: false, timeoutMs: 45_000 });
+        const e = await env.expectRefused(`docker://${reg.host}/hostile/os:drip`, 'REGISTRY_TOO_SLOW', {
+          json: false,
+          timeoutMs: 45_000,
+        });
         assert.match(e.message, new RegExp(reg.host.replace(/\./g, '\\.')), 'the message names the registry');
         assert.ok(e.ran.ms < 30_000, `ended after ${e.ran.ms} ms`);
       } finally {

@@ -39,14 +39,21 @@ describe('scripts/install.sh (the installed layout)', function () {
     assert.deepEqual((await readdir(lib)).sort(), ['bin', 'dist', 'node_modules', 'package.json', 'systemd']);
     const dist = await readdir(join(lib, 'dist'), { recursive: true });
     assert.ok(dist.includes(join('cli', 'main.js')));
-    assert.deepEqual(dist.filter((f) => f.endsWith('.ts')), []);
+    assert.deepEqual(
+      dist.filter((f) => f.endsWith('.ts')),
+      [],
+    );
     assert.equal(await readlink(join(dest, 'usr/bin/tiu')), '../lib/tiu/bin/tiu');
     await access(join(lib, 'node_modules/.bin/node'));
     await access(join(lib, 'node_modules/tar-stream/package.json'));
     // Development dependencies stay out.
     await assert.rejects(access(join(lib, 'node_modules/typescript')), { code: 'ENOENT' });
     await assert.rejects(access(join(lib, 'node_modules/mocha')), { code: 'ENOENT' });
-    assert.deepEqual((await readdir(join(dest, 'usr/lib/systemd/system'))).sort(), ['tiu-health.service', 'tiu-update.service', 'tiu-update.timer']);
+    assert.deepEqual((await readdir(join(dest, 'usr/lib/systemd/system'))).sort(), [
+      'tiu-health.service',
+      'tiu-update.service',
+      'tiu-update.timer',
+    ]);
   });
 
   it('the installed tiu runs without the TypeScript stripper: version, build, inspect, and typed errors', async () => {

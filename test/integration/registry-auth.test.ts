@@ -15,7 +15,13 @@ import { Readable } from 'node:stream';
 import { isTiuError } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
-import { openRegistryTarget, RegistrySession, setHttpLogger, type RegistryClientOptions, type RegistryTarget } from '../../src/transport/registry/index.ts';
+import {
+  openRegistryTarget,
+  RegistrySession,
+  setHttpLogger,
+  type RegistryClientOptions,
+  type RegistryTarget,
+} from '../../src/transport/registry/index.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { blobOf, makeImage, pushImage, readAll } from '../helpers/images.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
@@ -39,7 +45,11 @@ describe('registry transport: authentication', function () {
     requireRoot(this, 'runs a registry');
     dir = await mkdtemp(join(tmpdir(), 'tiu-auth-'));
     // An empty home: no stray credentials from the machine.
-    env = { HOME: join(dir, 'home'), XDG_RUNTIME_DIR: join(dir, 'run'), PATH: `${join(dir, 'bin')}:${process.env.PATH ?? ''}` };
+    env = {
+      HOME: join(dir, 'home'),
+      XDG_RUNTIME_DIR: join(dir, 'run'),
+      PATH: `${join(dir, 'bin')}:${process.env.PATH ?? ''}`,
+    };
     await mkdir(join(dir, 'home'), { recursive: true });
     await mkdir(join(dir, 'bin'), { recursive: true });
   });
@@ -48,7 +58,11 @@ describe('registry transport: authentication', function () {
   });
 
   const open = (host: string, repo: string, opts: RegistryClientOptions = {}): RegistryTarget =>
-    openRegistryTarget(parseReference(`docker://${host}/${repo}`) as DockerReference, { registriesConf: false, env, ...opts });
+    openRegistryTarget(parseReference(`docker://${host}/${repo}`) as DockerReference, {
+      registriesConf: false,
+      env,
+      ...opts,
+    });
 
   describe('htpasswd Basic auth', () => {
     let reg: RunningRegistry;
@@ -70,10 +84,20 @@ describe('registry transport: authentication', function () {
       assert.ok(isTiuError(err, 'UNAUTHORIZED'), String(err));
       const msg = err.message;
       assert.match(msg, new RegExp(reg.host.replace(/\./g, '\\.')));
-      for (const f of [join(dir, 'run/containers/auth.json'), join(dir, 'home/.config/containers/auth.json'), join(dir, 'home/.docker/config.json'), join(dir, 'home/.dockercfg')]) {
+      for (const f of [
+        join(dir, 'run/containers/auth.json'),
+        join(dir, 'home/.config/containers/auth.json'),
+        join(dir, 'home/.docker/config.json'),
+        join(dir, 'home/.dockercfg'),
+      ]) {
         assert.ok(msg.includes(f), `message names ${f}: ${msg}`);
       }
-      assert.deepEqual(err.details.consulted, [join(dir, 'run/containers/auth.json'), join(dir, 'home/.config/containers/auth.json'), join(dir, 'home/.docker/config.json'), join(dir, 'home/.dockercfg')]);
+      assert.deepEqual(err.details.consulted, [
+        join(dir, 'run/containers/auth.json'),
+        join(dir, 'home/.config/containers/auth.json'),
+        join(dir, 'home/.docker/config.json'),
+        join(dir, 'home/.dockercfg'),
+      ]);
     });
 
     it('wrong --creds: UNAUTHORIZED that names the source and not the password', async () => {
@@ -97,7 +121,12 @@ describe('registry transport: authentication', function () {
       assert.equal((await byEnv.resolve('v1')).digest, img.manifest.desc.digest);
       // docker config.json, keyed the docker way
       await mkdir(join(dir, 'home/.docker'), { recursive: true });
-      await writeFile(join(dir, 'home/.docker/config.json'), JSON.stringify({ auths: { [`http://${reg.host}/v1/`]: { auth: Buffer.from(`${USER}:${PASS}`).toString('base64') } } }));
+      await writeFile(
+        join(dir, 'home/.docker/config.json'),
+        JSON.stringify({
+          auths: { [`http://${reg.host}/v1/`]: { auth: Buffer.from(`${USER}:${PASS}`).toString('base64') } },
+        }),
+      );
       const byDocker = open(reg.host, 'tiu/basic');
       assert.deepEqual(await readAll(await byDocker.fetch(img.config.desc)), img.config.data);
       // a credential helper named in credHelpers
@@ -107,13 +136,19 @@ describe('registry transport: authentication', function () {
         `#!/bin/sh\nread host\nif [ "$1" = get ] && [ "$host" = "${reg.host}" ]; then\n  printf '{"ServerURL":"%s","Username":"${USER}","Secret":"${PASS}"}' "$host"\nelse\n  echo "credentials not found in native keychain"; exit 1\nfi\n`,
       );
       await chmod(helper, 0o755);
-      await writeFile(join(dir, 'home/.docker/config.json'), JSON.stringify({ credHelpers: { [reg.host]: 'tiutest' } }));
+      await writeFile(
+        join(dir, 'home/.docker/config.json'),
+        JSON.stringify({ credHelpers: { [reg.host]: 'tiutest' } }),
+      );
       const byHelper = open(reg.host, 'tiu/basic');
       assert.deepEqual(await readAll(await byHelper.fetch(img.layers[0]!.desc)), img.layers[0]!.data);
       // a credsStore that has nothing for this host: no credentials, and the message names the helper
       await writeFile(join(dir, 'home/.docker/config.json'), JSON.stringify({ credsStore: 'tiutest' }));
       const other = open('localhost:' + reg.port, 'tiu/basic');
-      await assert.rejects(other.resolve('v1'), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes('docker-credential-tiutest'));
+      await assert.rejects(
+        other.resolve('v1'),
+        (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes('docker-credential-tiutest'),
+      );
       await rm(join(dir, 'home/.docker/config.json'));
     });
   });
@@ -129,11 +164,20 @@ describe('registry transport: authentication', function () {
       await mkdir(join(layout, 'blobs/sha256'), { recursive: true });
       await writeFile(join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
       for (const b of img.all) await writeFile(join(layout, 'blobs/sha256', b.desc.digest.slice(7)), b.data);
-      await writeFile(join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ ...img.manifest.desc, annotations: { 'org.opencontainers.image.ref.name': '1' } }] }));
+      await writeFile(
+        join(layout, 'index.json'),
+        JSON.stringify({
+          schemaVersion: 2,
+          manifests: [{ ...img.manifest.desc, annotations: { 'org.opencontainers.image.ref.name': '1' } }],
+        }),
+      );
       const tiu = (...args: string[]) => exec(TIU, [...args, '--json'], { env: { ...process.env, ...env } });
       const failed = await tiu('copy', `oci:${layout}:1`, `docker://${reg.host}/cli/os:1`).then(
         () => undefined,
-        (e: { stdout: string }) => JSON.parse(e.stdout) as { error: { code: string; message: string; details: { causeCode?: string; origin?: string } } },
+        (e: { stdout: string }) =>
+          JSON.parse(e.stdout) as {
+            error: { code: string; message: string; details: { causeCode?: string; origin?: string } };
+          },
       );
       // copy() reports it as COPY_FAILED on the destination, with the registry's code as the cause
       assert.equal(failed?.error.code, 'COPY_FAILED');
@@ -141,11 +185,15 @@ describe('registry transport: authentication', function () {
       assert.equal(failed.error.details.origin, 'destination');
       assert.ok(failed.error.message.includes(reg.host));
       await tiu('copy', `oci:${layout}:1`, `docker://${reg.host}/cli/os:1`, '--dest-creds', `${USER}:${PASS}`);
-      const byCreds = JSON.parse((await tiu('inspect', `docker://${reg.host}/cli/os:1`, '--creds', `${USER}:${PASS}`)).stdout) as { digest: string };
+      const byCreds = JSON.parse(
+        (await tiu('inspect', `docker://${reg.host}/cli/os:1`, '--creds', `${USER}:${PASS}`)).stdout,
+      ) as { digest: string };
       assert.equal(byCreds.digest, img.manifest.desc.digest);
       const authfile = join(dir, 'cli-auth.json');
       await writeFile(authfile, authJson(reg.host, { auth: Buffer.from(`${USER}:${PASS}`).toString('base64') }));
-      const byFile = JSON.parse((await tiu('inspect', `docker://${reg.host}/cli/os:1`, '--authfile', authfile)).stdout) as { digest: string };
+      const byFile = JSON.parse(
+        (await tiu('inspect', `docker://${reg.host}/cli/os:1`, '--authfile', authfile)).stdout,
+      ) as { digest: string };
       assert.equal(byFile.digest, img.manifest.desc.digest);
     } finally {
       await reg.stop();
@@ -157,7 +205,14 @@ describe('registry transport: authentication', function () {
     let issuer: TokenIssuer;
     before(async () => {
       issuer = await startTokenIssuer(USER, PASS);
-      reg = await startRegistry({ token: { realm: issuer.realm, service: issuer.service, issuer: issuer.issuer, rootcertbundle: issuer.rootcertbundle } });
+      reg = await startRegistry({
+        token: {
+          realm: issuer.realm,
+          service: issuer.service,
+          issuer: issuer.issuer,
+          rootcertbundle: issuer.rootcertbundle,
+        },
+      });
     });
     after(async () => {
       await reg?.stop();
@@ -172,8 +227,15 @@ describe('registry transport: authentication', function () {
       assert.deepEqual(await readAll(await anon.fetch(img.layers[0]!.desc)), img.layers[0]!.data);
       assert.ok(issuer.issued.anonymous >= 1);
       const b = blobOf(randomBytes(100), MediaType.OciLayerGzip);
-      await assert.rejects(anon.push(b.desc, Readable.from([b.data])), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host) && e.message.includes('no credentials'));
-      await assert.rejects(open(reg.host, 'tiu/tok').resolve('latest'), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host));
+      await assert.rejects(
+        anon.push(b.desc, Readable.from([b.data])),
+        (e: unknown) =>
+          isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host) && e.message.includes('no credentials'),
+      );
+      await assert.rejects(
+        open(reg.host, 'tiu/tok').resolve('latest'),
+        (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host),
+      );
     });
 
     it('pushes and pulls with tokens cached per scope, then renews them with the refresh token', async () => {
@@ -199,7 +261,8 @@ describe('registry transport: authentication', function () {
         // the request log has every request and no secret: no password, no token, no refresh token
         assert.ok(lines.length > 10 && lines.some((l) => l.includes('/token')));
         const log = lines.join('\n');
-        for (const secret of [PASS, issuer.refreshToken, Buffer.from(`${USER}:${PASS}`).toString('base64'), 'eyJ']) assert.ok(!log.includes(secret), `log leaks ${secret.slice(0, 4)}`);
+        for (const secret of [PASS, issuer.refreshToken, Buffer.from(`${USER}:${PASS}`).toString('base64'), 'eyJ'])
+          assert.ok(!log.includes(secret), `log leaks ${secret.slice(0, 4)}`);
       } finally {
         setHttpLogger(prevLogger);
         await session.close();
@@ -219,7 +282,11 @@ describe('registry transport: authentication', function () {
 
     it('wrong password: UNAUTHORIZED from the token service, password not in the message', async () => {
       const t = open(reg.host, 'tiu/tok', { creds: `${USER}:nope-Nope` });
-      await assert.rejects(t.resolve('v1'), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && !e.message.includes('nope-Nope') && e.message.includes('--creds'));
+      await assert.rejects(
+        t.resolve('v1'),
+        (e: unknown) =>
+          isTiuError(e, 'UNAUTHORIZED') && !e.message.includes('nope-Nope') && e.message.includes('--creds'),
+      );
     });
   });
 });

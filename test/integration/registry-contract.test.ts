@@ -24,9 +24,17 @@ describe('registry Target contract', function () {
     await fake?.stop();
   });
   const make = (host: () => string) => () => {
-    const target = openRegistryTarget(parseReference(`docker://${host()}/contract/t${n++}`) as DockerReference, { registriesConf: false });
+    const target = openRegistryTarget(parseReference(`docker://${host()}/contract/t${n++}`) as DockerReference, {
+      registriesConf: false,
+    });
     return Promise.resolve({ target, cleanup: () => target.close() });
   };
-  runTargetContract('registry: distribution 2.8', make(() => reg.host));
-  runTargetContract('registry: referrers API', make(() => fake.host));
+  runTargetContract(
+    'registry: distribution 2.8',
+    make(() => reg.host),
+  );
+  runTargetContract(
+    'registry: referrers API',
+    make(() => fake.host),
+  );
 });

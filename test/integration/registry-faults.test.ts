@@ -14,7 +14,12 @@ import { copy } from '../../src/copy/copy.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
-import { openRegistryTarget, parseRegistriesConf, fallbackTag, type RegistryClientOptions } from '../../src/transport/registry/index.ts';
+import {
+  openRegistryTarget,
+  parseRegistriesConf,
+  fallbackTag,
+  type RegistryClientOptions,
+} from '../../src/transport/registry/index.ts';
 import { startCountingProxy, type CountingProxy } from '../helpers/counting-proxy.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { startFakeRegistry, type FakeRegistry } from '../helpers/fake-registry.ts';
@@ -54,7 +59,10 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       const sent = proxy.blobBytes() - before;
       assert.ok(sent >= data.length, `sent ${sent}`);
       assert.ok(sent <= data.length + 64 * 1024, `re-downloaded ${sent - data.length} bytes more than the blob`);
-      const ranges = proxy.requests.filter((q) => q.method === 'GET' && q.blob).map((q) => q.range).slice(-3);
+      const ranges = proxy.requests
+        .filter((q) => q.method === 'GET' && q.blob)
+        .map((q) => q.range)
+        .slice(-3);
       assert.equal(ranges[0], '');
       assert.match(ranges[1]!, /^bytes=\d+-$/);
       assert.ok(Number(/\d+/.exec(ranges[1]!)![0]) > 0);
@@ -68,7 +76,10 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       await openRegistryTarget(ref(`${reg.host}/tiu/resume`), fast).push(b.desc, Readable.from([data]));
       const t = openRegistryTarget(ref(`${proxy.host}/tiu/resume`), { ...fast, maxResumes: 1 });
       proxy.cut(100 * 1024, 5);
-      await assert.rejects(async () => readAll(await t.fetch(b.desc)), (e: unknown) => isTiuError(e, 'REGISTRY_UNREACHABLE') && /cut 2 times/.test(e.message));
+      await assert.rejects(
+        async () => readAll(await t.fetch(b.desc)),
+        (e: unknown) => isTiuError(e, 'REGISTRY_UNREACHABLE') && /cut 2 times/.test(e.message),
+      );
       proxy.cut(0, 0);
     });
   });
@@ -86,14 +97,21 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       const t = openRegistryTarget(ref(`${fake.host}/tiu/api`), fast);
       const img = await makeImage();
       await pushImage(t, img, 'v1');
-      const sig = await makeImage({ subject: img.manifest.desc, artifactType: 'application/vnd.example.sig', annotations: { a: 'b' } });
+      const sig = await makeImage({
+        subject: img.manifest.desc,
+        artifactType: 'application/vnd.example.sig',
+        annotations: { a: 'b' },
+      });
       const sbom = await makeImage({ subject: img.manifest.desc, artifactType: 'application/vnd.example.sbom' });
       await pushImage(t, sig);
       await pushImage(t, sbom);
       const all = await t.referrers(img.manifest.desc);
       assert.deepEqual(all.map((d) => d.digest).sort(), [sig.manifest.desc.digest, sbom.manifest.desc.digest].sort());
       const only = await t.referrers(img.manifest.desc, 'application/vnd.example.sig');
-      assert.deepEqual(only.map((d) => d.digest), [sig.manifest.desc.digest]);
+      assert.deepEqual(
+        only.map((d) => d.digest),
+        [sig.manifest.desc.digest],
+      );
       assert.equal(only[0]!.annotations?.a, 'b');
       assert.ok(fake.log.some((l) => l.startsWith('GET /v2/tiu/api/referrers/')));
       assert.ok(!fake.log.some((l) => l.includes(fallbackTag(img.manifest.desc.digest))), 'no fallback tag');
@@ -124,13 +142,20 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       await t.push(big.desc, Readable.from(parts), { onBytes: (n) => (progress += n) });
       assert.equal(patches(), 1);
       assert.equal(progress, big.data.length);
-      assert.ok(fake.log.some((l) => l.startsWith('PUT /v2/tiu/stream/blobs/uploads/') && l.includes(`digest=${encodeURIComponent(big.desc.digest)}`)));
+      assert.ok(
+        fake.log.some(
+          (l) =>
+            l.startsWith('PUT /v2/tiu/stream/blobs/uploads/') &&
+            l.includes(`digest=${encodeURIComponent(big.desc.digest)}`),
+        ),
+      );
       assert.deepEqual(await readAll(await t.fetch(big.desc)), big.data);
 
       // A 5xx on the PATCH, then a registry that keeps half of it: each time a new upload from a fresh stream.
       for (const fault of ['500', 'short'] as const) {
         const b = blobOf(randomBytes(200_000), MediaType.OciLayerGzip);
-        if (fault === '500') fake.faults.push({ match: /^PATCH \/v2\/tiu\/stream\/blobs\/uploads\//, status: 500, times: 1 });
+        if (fault === '500')
+          fake.faults.push({ match: /^PATCH \/v2\/tiu\/stream\/blobs\/uploads\//, status: 500, times: 1 });
         else fake.shortPatches = 1;
         const p0 = posts();
         let reopened = 0;
@@ -184,7 +209,10 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       let progress = 0;
       await t.push(big.desc, Readable.from([big.data]), { onBytes: (n) => (progress += n) });
       assert.equal(progress, big.data.length);
-      assert.ok(fake.log.some((l) => l.startsWith('GET /v2/tiu/patch/blobs/uploads/')), 'asked for the upload status');
+      assert.ok(
+        fake.log.some((l) => l.startsWith('GET /v2/tiu/patch/blobs/uploads/')),
+        'asked for the upload status',
+      );
       assert.deepEqual(await readAll(await t.fetch(big.desc)), big.data);
       const big2 = blobOf(randomBytes(130_000), MediaType.OciLayerGzip);
       fake.shortPatches = 2;
@@ -200,12 +228,20 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       fake.faults.push({ match: /^HEAD \/v2\/tiu\/retry\/manifests\/v1/, status: 503, times: 2 });
       assert.equal((await t.resolve('v1')).digest, img.manifest.desc.digest);
       assert.equal(fake.log.filter((l) => l === 'HEAD /v2/tiu/retry/manifests/v1').length, 3);
-      fake.faults.push({ match: /^GET \/v2\/tiu\/retry\/blobs\//, status: 429, headers: { 'retry-after': '1' }, times: 1 });
+      fake.faults.push({
+        match: /^GET \/v2\/tiu\/retry\/blobs\//,
+        status: 429,
+        headers: { 'retry-after': '1' },
+        times: 1,
+      });
       const t0 = Date.now();
       assert.deepEqual(await readAll(await t.fetch(img.layers[0]!.desc)), img.layers[0]!.data);
       assert.ok(Date.now() - t0 >= 950, `waited ${Date.now() - t0} ms`);
       fake.faults.push({ match: /^HEAD \/v2\/tiu\/retry\/manifests\/v1/, status: 500, times: 100 });
-      await assert.rejects(openRegistryTarget(ref(`${fake.host}/tiu/retry`), { ...fast, retries: 2 }).resolve('v1'), code('REGISTRY_UNAVAILABLE'));
+      await assert.rejects(
+        openRegistryTarget(ref(`${fake.host}/tiu/retry`), { ...fast, retries: 2 }).resolve('v1'),
+        code('REGISTRY_UNAVAILABLE'),
+      );
       fake.faults.length = 0;
     });
 
@@ -223,13 +259,25 @@ describe('registry transport: faults, mirrors, referrers API', function () {
     });
 
     it('refuses manifests over 4 MiB, by HEAD, GET and push', async () => {
-      const big = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, annotations: { pad: 'x'.repeat(4 * 1024 * 1024 + 10) } }));
+      const big = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: MediaType.OciManifest,
+          annotations: { pad: 'x'.repeat(4 * 1024 * 1024 + 10) },
+        }),
+      );
       const d = fake.putRaw('tiu/big', 'huge', big, MediaType.OciManifest);
       const t = openRegistryTarget(ref(`${fake.host}/tiu/big`), fast);
       await assert.rejects(t.resolve('huge'), code('MANIFEST_TOO_LARGE'));
       await assert.rejects(t.primary.getManifest('huge'), code('MANIFEST_TOO_LARGE'));
-      await assert.rejects(t.fetch({ mediaType: MediaType.OciManifest, digest: d as `sha256:${string}`, size: big.length }), code('MANIFEST_TOO_LARGE'));
-      await assert.rejects(t.push({ mediaType: MediaType.OciManifest, digest: sha256(big), size: big.length }, Readable.from([big])), code('MANIFEST_TOO_LARGE'));
+      await assert.rejects(
+        t.fetch({ mediaType: MediaType.OciManifest, digest: d as `sha256:${string}`, size: big.length }),
+        code('MANIFEST_TOO_LARGE'),
+      );
+      await assert.rejects(
+        t.push({ mediaType: MediaType.OciManifest, digest: sha256(big), size: big.length }, Readable.from([big])),
+        code('MANIFEST_TOO_LARGE'),
+      );
     });
 
     it('RANGE_UNSUPPORTED when a registry answers a Range request with 200', async () => {
@@ -275,7 +323,9 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       const d = await t.resolve('1');
       assert.equal(d.digest, digest);
       assert.equal(t.lastPullEndpoint, `docker://${mirror.host}/mirrored/os`);
-      const m = JSON.parse((await readAll(await t.fetch(d))).toString()) as { layers: { digest: string; size: number; mediaType: string }[] };
+      const m = JSON.parse((await readAll(await t.fetch(d))).toString()) as {
+        layers: { digest: string; size: number; mediaType: string }[];
+      };
       const layer = m.layers[0]!;
       assert.equal((await readAll(await t.fetch(layer as never))).length, layer.size);
       assert.equal(t.primary.name, `docker://127.0.0.1:${deadPort}/os`);
@@ -289,20 +339,36 @@ describe('registry transport: faults, mirrors, referrers API', function () {
           `[[registry]]\nprefix = "registry.example.com/os"\nlocation = "127.0.0.1:${deadPort}/os"\n[[registry.mirror]]\nlocation = "${mirror.host}/mirrored/os"\npull-from-mirror = "${mode}"\n`,
           'test.conf',
         );
-      const dOnly = openRegistryTarget(ref('registry.example.com/os:1'), { ...fast, registriesConf: conf('digest-only'), retries: 0 });
+      const dOnly = openRegistryTarget(ref('registry.example.com/os:1'), {
+        ...fast,
+        registriesConf: conf('digest-only'),
+        retries: 0,
+      });
       await assert.rejects(dOnly.resolve('1'), code('REGISTRY_UNREACHABLE'));
       assert.equal((await dOnly.resolve(digest)).digest, digest);
-      const tOnly = openRegistryTarget(ref('registry.example.com/os:1'), { ...fast, registriesConf: conf('tag-only'), retries: 0 });
+      const tOnly = openRegistryTarget(ref('registry.example.com/os:1'), {
+        ...fast,
+        registriesConf: conf('tag-only'),
+        retries: 0,
+      });
       assert.equal((await tOnly.resolve('1')).digest, digest);
-      const tOnlyFresh = openRegistryTarget(ref('registry.example.com/os:1'), { ...fast, registriesConf: conf('tag-only'), retries: 0 });
+      const tOnlyFresh = openRegistryTarget(ref('registry.example.com/os:1'), {
+        ...fast,
+        registriesConf: conf('tag-only'),
+        retries: 0,
+      });
       await assert.rejects(tOnlyFresh.resolve(digest), code('REGISTRY_UNREACHABLE'));
     });
 
     it('a blocked registry is refused with BLOCKED', () => {
-      const conf = parseRegistriesConf(`[[registry]]\nprefix = "evil.example.com"\nblocked = true\n`, '/etc/containers/registries.conf.d/50-block.conf');
+      const conf = parseRegistriesConf(
+        `[[registry]]\nprefix = "evil.example.com"\nblocked = true\n`,
+        '/etc/containers/registries.conf.d/50-block.conf',
+      );
       assert.throws(
         () => openRegistryTarget(ref('evil.example.com/os:1'), { ...fast, registriesConf: conf }),
-        (e: unknown) => isTiuError(e, 'BLOCKED') && e.message.includes('evil.example.com/os') && e.message.includes('50-block.conf'),
+        (e: unknown) =>
+          isTiuError(e, 'BLOCKED') && e.message.includes('evil.example.com/os') && e.message.includes('50-block.conf'),
       );
       // other registries are not affected
       assert.ok(openRegistryTarget(ref('good.example.com/os:1'), { ...fast, registriesConf: conf }));

@@ -37,7 +37,10 @@ async function writeLayout(dir: string, img: TestImage, tag: string): Promise<vo
   await mkdir(join(dir, 'blobs/sha256'), { recursive: true });
   await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
   for (const b of img.all) await writeFile(join(dir, 'blobs/sha256', b.desc.digest.slice(7)), b.data);
-  const index = { schemaVersion: 2, manifests: [{ ...img.manifest.desc, annotations: { 'org.opencontainers.image.ref.name': tag } }] };
+  const index = {
+    schemaVersion: 2,
+    manifests: [{ ...img.manifest.desc, annotations: { 'org.opencontainers.image.ref.name': tag } }],
+  };
   await writeFile(join(dir, 'index.json'), JSON.stringify(index));
 }
 
@@ -46,7 +49,8 @@ describe('registry transport: skopeo interop and the air gap', function () {
   let a: RunningRegistry;
   let b: RunningRegistry;
   let dir: string;
-  const open = (host: string, repo: string): RegistryTarget => openRegistryTarget(parseReference(`docker://${host}/${repo}`) as DockerReference, { registriesConf: false });
+  const open = (host: string, repo: string): RegistryTarget =>
+    openRegistryTarget(parseReference(`docker://${host}/${repo}`) as DockerReference, { registriesConf: false });
 
   before(async function () {
     requireRoot(this, 'runs registries and skopeo');
@@ -68,7 +72,10 @@ describe('registry transport: skopeo interop and the air gap', function () {
     const idx = JSON.parse(await readFile(join(out, 'index.json'), 'utf8')) as LayoutIndex;
     assert.equal(idx.manifests[0]!.digest, img.manifest.desc.digest);
     for (const blob of img.all) {
-      assert.ok((await readFile(join(out, 'blobs/sha256', blob.desc.digest.slice(7)))).equals(blob.data), `blob ${blob.desc.digest}`);
+      assert.ok(
+        (await readFile(join(out, 'blobs/sha256', blob.desc.digest.slice(7)))).equals(blob.data),
+        `blob ${blob.desc.digest}`,
+      );
     }
   });
 
@@ -87,7 +94,11 @@ describe('registry transport: skopeo interop and the air gap', function () {
     const src = open(a.host, 'os');
     const img = await makeImage({ layerBytes: [4000] });
     await pushImage(src, img, '1');
-    const sig = await makeImage({ subject: img.manifest.desc, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json', annotations: { kind: 'signature' } });
+    const sig = await makeImage({
+      subject: img.manifest.desc,
+      artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json',
+      annotations: { kind: 'signature' },
+    });
     const sbom = await makeImage({ subject: img.manifest.desc, artifactType: 'application/spdx+json' });
     await pushImage(src, sig);
     await pushImage(src, sbom);
@@ -104,7 +115,8 @@ describe('registry transport: skopeo interop and the air gap', function () {
     assert.deepEqual(refs.map((r) => r.digest).sort(), [sig.manifest.desc.digest, sbom.manifest.desc.digest].sort());
     const only = await dst.referrers(img.manifest.desc, 'application/vnd.dev.sigstore.bundle.v0.3+json');
     assert.equal(only[0]?.annotations?.kind, 'signature');
-    for (const blob of [...img.all, ...sig.all, ...sbom.all, ...cosign.all]) assert.equal(await dst.exists(blob.desc), true);
+    for (const blob of [...img.all, ...sig.all, ...sbom.all, ...cosign.all])
+      assert.equal(await dst.exists(blob.desc), true);
     assert.equal((await dst.resolve(sigTag)).digest, cosign.manifest.desc.digest);
     // and `tiu inspect` reads it from the second registry
     const { stdout } = await tiu('inspect', `docker://${b.host}/os:1`, '--json');
@@ -115,13 +127,29 @@ describe('registry transport: skopeo interop and the air gap', function () {
     const img = await makeImage();
     await pushImage(open(b.host, 'mirror/os'), img, '2');
     const conf = join(dir, 'registries.conf');
-    await writeFile(conf, `[[registry]]\nprefix = "updates.example.com/os"\nlocation = "127.0.0.1:${await freePort()}/os"\n\n[[registry.mirror]]\nlocation = "${b.host}/mirror/os"\n`);
+    await writeFile(
+      conf,
+      `[[registry]]\nprefix = "updates.example.com/os"\nlocation = "127.0.0.1:${await freePort()}/os"\n\n[[registry.mirror]]\nlocation = "${b.host}/mirror/os"\n`,
+    );
     const out = join(dir, 'from-mirror');
-    const { stdout } = await tiu('copy', '--registries-conf', conf, 'docker://updates.example.com/os:2', `oci:${out}:2`, '--json');
+    const { stdout } = await tiu(
+      'copy',
+      '--registries-conf',
+      conf,
+      'docker://updates.example.com/os:2',
+      `oci:${out}:2`,
+      '--json',
+    );
     assert.equal((JSON.parse(stdout) as { digest: string }).digest, img.manifest.desc.digest);
     // blocked: refused before any connection
     await writeFile(conf, `[[registry]]\nprefix = "updates.example.com"\nblocked = true\n`);
-    await assert.rejects(tiu('copy', '--registries-conf', conf, 'docker://updates.example.com/os:2', `oci:${out}:3`, '--json'), (e: unknown) => /BLOCKED/.test(String((e as { stdout?: string; stderr?: string }).stdout) + String((e as { stderr?: string }).stderr)));
+    await assert.rejects(
+      tiu('copy', '--registries-conf', conf, 'docker://updates.example.com/os:2', `oci:${out}:3`, '--json'),
+      (e: unknown) =>
+        /BLOCKED/.test(
+          String((e as { stdout?: string; stderr?: string }).stdout) + String((e as { stderr?: string }).stderr),
+        ),
+    );
   });
 
   it('tiu copy from one registry to another', async () => {

@@ -27,10 +27,43 @@ describe('registry transport: TLS with certs.d', function () {
     const o = (...args: string[]): void => {
       execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
     };
-    o('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=tiu test CA', '-days', '2', '-keyout', 'ca.key', '-out', 'ca.crt');
+    o(
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-subj',
+      '/CN=tiu test CA',
+      '-days',
+      '2',
+      '-keyout',
+      'ca.key',
+      '-out',
+      'ca.crt',
+    );
     o('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', 'server.key', '-out', 'server.csr');
-    await writeFile(join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
-    o('x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', 'ext.cnf', '-out', 'server.crt');
+    await writeFile(
+      join(dir, 'ext.cnf'),
+      'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n',
+    );
+    o(
+      'x509',
+      '-req',
+      '-in',
+      'server.csr',
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-extfile',
+      'ext.cnf',
+      '-out',
+      'server.crt',
+    );
     reg = await startRegistry({ tls: { certificate: join(dir, 'server.crt'), key: join(dir, 'server.key') } });
     certsd = join(dir, 'certs.d');
     await mkdir(join(certsd, reg.host), { recursive: true });
@@ -64,8 +97,26 @@ describe('registry transport: TLS with certs.d', function () {
     };
     o('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=tiu device', '-keyout', 'client.key', '-out', 'client.csr');
     await writeFile(join(dir, 'client.cnf'), 'extendedKeyUsage=clientAuth\n');
-    o('x509', '-req', '-in', 'client.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', 'client.cnf', '-out', 'client.cert');
-    const mtls = await startRegistry({ tls: { certificate: join(dir, 'server.crt'), key: join(dir, 'server.key'), clientcas: [join(dir, 'ca.crt')] } });
+    o(
+      'x509',
+      '-req',
+      '-in',
+      'client.csr',
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-extfile',
+      'client.cnf',
+      '-out',
+      'client.cert',
+    );
+    const mtls = await startRegistry({
+      tls: { certificate: join(dir, 'server.crt'), key: join(dir, 'server.key'), clientcas: [join(dir, 'ca.crt')] },
+    });
     try {
       const withCert = join(dir, 'certs-mtls.d');
       await mkdir(join(withCert, mtls.host), { recursive: true });
@@ -73,11 +124,21 @@ describe('registry transport: TLS with certs.d', function () {
       const noCert = join(dir, 'certs-nocert.d');
       await mkdir(join(noCert, mtls.host), { recursive: true });
       await copyFile(join(dir, 'ca.crt'), join(noCert, mtls.host, 'ca.crt'));
-      const without = openRegistryTarget(parseReference(`docker://${mtls.host}/tiu/mtls`) as DockerReference, { registriesConf: false, certDirs: [noCert], retries: 0 });
-      await assert.rejects(without.resolve('v1'), (e: unknown) => isTiuError(e) && ['TLS_ERROR', 'REGISTRY_UNREACHABLE'].includes(e.code));
+      const without = openRegistryTarget(parseReference(`docker://${mtls.host}/tiu/mtls`) as DockerReference, {
+        registriesConf: false,
+        certDirs: [noCert],
+        retries: 0,
+      });
+      await assert.rejects(
+        without.resolve('v1'),
+        (e: unknown) => isTiuError(e) && ['TLS_ERROR', 'REGISTRY_UNREACHABLE'].includes(e.code),
+      );
       await copyFile(join(dir, 'client.cert'), join(withCert, mtls.host, 'client.cert'));
       await copyFile(join(dir, 'client.key'), join(withCert, mtls.host, 'client.key'));
-      const t = openRegistryTarget(parseReference(`docker://${mtls.host}/tiu/mtls`) as DockerReference, { registriesConf: false, certDirs: [withCert] });
+      const t = openRegistryTarget(parseReference(`docker://${mtls.host}/tiu/mtls`) as DockerReference, {
+        registriesConf: false,
+        certDirs: [withCert],
+      });
       const img = await makeImage();
       await pushImage(t, img, 'v1');
       assert.equal((await t.resolve('v1')).digest, img.manifest.desc.digest);

@@ -12,7 +12,13 @@ import { sha256 } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
 import { copy } from '../../src/copy/copy.ts';
-import { openRegistryTarget, RegistrySession, fallbackTag, setHttpLogger, type RegistryTarget } from '../../src/transport/registry/index.ts';
+import {
+  openRegistryTarget,
+  RegistrySession,
+  fallbackTag,
+  setHttpLogger,
+  type RegistryTarget,
+} from '../../src/transport/registry/index.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { blobOf, makeImage, pushImage, readAll } from '../helpers/images.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
@@ -24,7 +30,11 @@ describe('registry transport: distribution 2.8 over http', function () {
   let reg: RunningRegistry;
   let session: RegistrySession;
   const open = (name: string, extra = {}): RegistryTarget =>
-    openRegistryTarget(parseReference(`docker://${reg.host}/${name}`) as DockerReference, { registriesConf: false, session, ...extra });
+    openRegistryTarget(parseReference(`docker://${reg.host}/${name}`) as DockerReference, {
+      registriesConf: false,
+      session,
+      ...extra,
+    });
 
   before(async function () {
     requireRoot(this, 'runs a registry');
@@ -61,7 +71,9 @@ describe('registry transport: distribution 2.8 over http', function () {
     const data = randomBytes(300 * 1024 + 17);
     const b = blobOf(data, MediaType.OciLayerGzip);
     let progress = 0;
-    await t.push(b.desc, Readable.from([data.subarray(0, 100_000), data.subarray(100_000)]), { onBytes: (n) => (progress += n) });
+    await t.push(b.desc, Readable.from([data.subarray(0, 100_000), data.subarray(100_000)]), {
+      onBytes: (n) => (progress += n),
+    });
     assert.equal(progress, data.length);
     assert.deepEqual(await readAll(await t.fetch(b.desc)), data);
   });
@@ -77,14 +89,22 @@ describe('registry transport: distribution 2.8 over http', function () {
       assert.equal(await t.exists(b.desc), false);
       await assert.rejects(t.push(b.desc, Readable.from([data.subarray(0, size - 10)])), code('SIZE_MISMATCH'));
       assert.equal(await t.exists(b.desc), false);
-      await assert.rejects(t.push(b.desc, Readable.from([data, Buffer.from('xx')])), (e: unknown) => isTiuError(e, 'TRAILING_DATA'));
+      await assert.rejects(t.push(b.desc, Readable.from([data, Buffer.from('xx')])), (e: unknown) =>
+        isTiuError(e, 'TRAILING_DATA'),
+      );
       assert.equal(await t.exists(b.desc), false);
     }
     // a manifest whose bytes are not what its descriptor says
     const t = open('tiu/verify');
     const img = await makeImage();
     for (const b of [...img.layers, img.config]) await t.push(b.desc, Readable.from([b.data]));
-    await assert.rejects(t.push(img.manifest.desc, Readable.from([Buffer.from(img.manifest.data.toString().replace('"schemaVersion":2', '"schemaVersion":3'))])), code('DIGEST_MISMATCH'));
+    await assert.rejects(
+      t.push(
+        img.manifest.desc,
+        Readable.from([Buffer.from(img.manifest.data.toString().replace('"schemaVersion":2', '"schemaVersion":3'))]),
+      ),
+      code('DIGEST_MISMATCH'),
+    );
     assert.equal(await t.exists(img.manifest.desc), false);
   });
 
@@ -145,7 +165,11 @@ describe('registry transport: distribution 2.8 over http', function () {
     assert.deepEqual(await t.referrers(img.manifest.desc), []);
     const refs = await Promise.all(
       [0, 1, 2, 3].map((i) =>
-        makeImage({ subject: img.manifest.desc, artifactType: i % 2 ? 'application/vnd.example.sbom' : 'application/vnd.example.sig', annotations: { n: String(i) } }),
+        makeImage({
+          subject: img.manifest.desc,
+          artifactType: i % 2 ? 'application/vnd.example.sbom' : 'application/vnd.example.sig',
+          annotations: { n: String(i) },
+        }),
       ),
     );
     // blobs first, then the four manifests at once
@@ -165,7 +189,10 @@ describe('registry transport: distribution 2.8 over http', function () {
     assert.equal(idx.mediaType, MediaType.OciIndex);
     // deleting a referrer takes it out of the index
     await t.delete(refs[0]!.manifest.desc);
-    assert.deepEqual((await t.referrers(img.manifest.desc)).map((d) => d.digest).sort(), [...refs.slice(1).map((r) => r.manifest.desc.digest), fifth.manifest.desc.digest].sort());
+    assert.deepEqual(
+      (await t.referrers(img.manifest.desc)).map((d) => d.digest).sort(),
+      [...refs.slice(1).map((r) => r.manifest.desc.digest), fifth.manifest.desc.digest].sort(),
+    );
     assert.equal((await t.resolve('img')).digest, img.manifest.desc.digest);
   });
 
@@ -173,7 +200,10 @@ describe('registry transport: distribution 2.8 over http', function () {
     const t = open('tiu/none');
     const b = blobOf(randomBytes(10), MediaType.OciLayerGzip);
     await assert.rejects(t.fetch(b.desc), code('NOT_FOUND'));
-    await assert.rejects(t.fetch({ mediaType: MediaType.OciManifest, digest: sha256('x'), size: 1 }), code('NOT_FOUND'));
+    await assert.rejects(
+      t.fetch({ mediaType: MediaType.OciManifest, digest: sha256('x'), size: 1 }),
+      code('NOT_FOUND'),
+    );
     await assert.rejects(t.resolve('nope'), code('NOT_FOUND'));
     assert.deepEqual(await t.tags(), []);
   });

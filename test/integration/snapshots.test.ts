@@ -10,7 +10,13 @@ import { run } from '../../src/host/exec.ts';
 import { getReadOnly, isSubvolume } from '../../src/host/btrfs.ts';
 import { mountInfo } from '../../src/host/mount.ts';
 import { openContext, readState, snapshotPath, type Context } from '../../src/deploy/state.ts';
-import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot, setDefaultSnapshot } from '../../src/deploy/snapshot.ts';
+import {
+  cleanupInProgress,
+  commitSnapshot,
+  createInProgress,
+  deleteSnapshot,
+  setDefaultSnapshot,
+} from '../../src/deploy/snapshot.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { runHooks } from '../../src/deploy/hooks.ts';
@@ -29,7 +35,10 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
 
   it('reads the fresh layout: snapshot 1 booted and default, nothing staged', async () => {
     const s = await readState(ctx);
-    assert.deepEqual(s.snapshots.map((x) => x.number), [1]);
+    assert.deepEqual(
+      s.snapshots.map((x) => x.number),
+      [1],
+    );
     assert.equal(s.booted, 1);
     assert.equal(s.default, 1);
     assert.equal(s.staged, undefined);
@@ -38,17 +47,24 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
 
   it("snapper 0.10.4 as DESIGN.md §5 says: --from leaves the nested /etc empty, and there is no 'modify --default'", async () => {
     const sn = ['--no-dbus', '--root', os.sysroot, '-c', 'root'];
-    const n = Number((await run('snapper', [...sn, 'create', '--from', '1', '--read-write', '--print-number'])).stdout.trim());
+    const n = Number(
+      (await run('snapper', [...sn, 'create', '--from', '1', '--read-write', '--print-number'])).stdout.trim(),
+    );
     try {
       const etc = join(snapshotPath(os.sysroot, n), 'etc');
       assert.deepEqual(await readdir(etc), []);
       assert.equal(await isSubvolume(etc), false);
-      const r = await run('snapper', [...sn, 'modify', '--default', String(n)], { okExitCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 64] });
+      const r = await run('snapper', [...sn, 'modify', '--default', String(n)], {
+        okExitCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 64],
+      });
       assert.notEqual(r.exitCode, 0);
     } finally {
       await deleteSnapshot(ctx, n);
     }
-    assert.deepEqual((await readState(ctx)).snapshots.map((x) => x.number), [1]);
+    assert.deepEqual(
+      (await readState(ctx)).snapshots.map((x) => x.number),
+      [1],
+    );
   });
 
   it('creates an in-progress snapshot with /etc carried as a subvolume, commits it as the default', async () => {
@@ -88,7 +104,9 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
     assert.equal((await readState(ctx)).default, 1);
     await rollback({ sysroot: os.sysroot, snapshot: 2 });
     assert.equal((await readState(ctx)).default, 2);
-    await assert.rejects(rollback({ sysroot: os.sysroot, snapshot: 42 }), (e: unknown) => isTiuError(e, 'NO_SUCH_SNAPSHOT'));
+    await assert.rejects(rollback({ sysroot: os.sysroot, snapshot: 42 }), (e: unknown) =>
+      isTiuError(e, 'NO_SUCH_SNAPSHOT'),
+    );
   });
 
   it('the next run deletes a snapshot left in progress (even read-only, with its /etc subvolume and mounts inside)', async () => {
@@ -100,9 +118,15 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
     const r = await cleanupInProgress(ctx);
     assert.deepEqual(r, { deleted: [n], orphans: [], finished: [] });
     assert.equal(existsSync(join(os.sysroot, '.snapshots', String(n))), false);
-    assert.equal((await mountInfo()).some((m) => m.mountPoint.startsWith(root)), false);
+    assert.equal(
+      (await mountInfo()).some((m) => m.mountPoint.startsWith(root)),
+      false,
+    );
     const s = await readState(ctx);
-    assert.deepEqual(s.snapshots.map((x) => x.number), [1, 2]);
+    assert.deepEqual(
+      s.snapshots.map((x) => x.number),
+      [1, 2],
+    );
     assert.equal(s.default, 2);
   });
 
@@ -117,7 +141,9 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
 
   it('a crash after the default moved only clears the mark', async () => {
     const n = await createInProgress(ctx, { from: 1, description: 'late crash', image: 'oci:/x:3' });
-    await assert.rejects(rollback({ sysroot: os.sysroot, snapshot: n }), (e: unknown) => isTiuError(e, 'SNAPSHOT_UNFINISHED'));
+    await assert.rejects(rollback({ sysroot: os.sysroot, snapshot: n }), (e: unknown) =>
+      isTiuError(e, 'SNAPSHOT_UNFINISHED'),
+    );
     // The crash came right after the commit point: the default moved, the mark is still there.
     await setDefaultSnapshot(ctx, n);
     const r = await cleanupInProgress(ctx);
@@ -131,11 +157,16 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
 
   it('lock: a second update is refused while one holds it, and a SIGKILLed holder leaves no stale lock', async function () {
     const lock = await acquireUpdateLock(os.sysroot);
-    await assert.rejects(acquireUpdateLock(os.sysroot), (e: unknown) => isTiuError(e, 'UPDATE_IN_PROGRESS') && e.details.holder === String(process.pid));
+    await assert.rejects(
+      acquireUpdateLock(os.sysroot),
+      (e: unknown) => isTiuError(e, 'UPDATE_IN_PROGRESS') && e.details.holder === String(process.pid),
+    );
     await lock.release();
     const script = `import { acquireUpdateLock } from ${JSON.stringify(new URL('../../src/deploy/lock.ts', import.meta.url).href)};
 await acquireUpdateLock(${JSON.stringify(os.sysroot)}); process.stdout.write('locked\\n'); setInterval(() => {}, 1000);`;
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     try {
       await new Promise<void>((resolve, reject) => {
         child.stdout.on('data', (d: Buffer) => d.toString().includes('locked') && resolve());
@@ -154,14 +185,21 @@ await acquireUpdateLock(${JSON.stringify(os.sysroot)}); process.stdout.write('lo
     const n = await createInProgress(ctx, { from: 1, description: 'hooks', image: 'oci:/x:4' });
     const root = snapshotPath(os.sysroot, n);
     try {
-      const ran = await runHooks(root, [{ name: 'probe', argv: ['/bin/sh', '-c', 'test -r /proc/self/status && echo ok > /hook-ran'] }], { sysroot: os.sysroot });
+      const ran = await runHooks(
+        root,
+        [{ name: 'probe', argv: ['/bin/sh', '-c', 'test -r /proc/self/status && echo ok > /hook-ran'] }],
+        { sysroot: os.sysroot },
+      );
       assert.equal(ran.length, 1);
       assert.equal(await readFile(join(root, 'hook-ran'), 'utf8'), 'ok\n');
       await assert.rejects(
         runHooks(root, [{ name: 'broken', argv: ['/bin/sh', '-c', 'echo nope >&2; exit 3'] }], { sysroot: os.sysroot }),
         (e: unknown) => isTiuError(e, 'HOOK_FAILED') && e.message.includes('nope'),
       );
-      assert.equal((await mountInfo()).some((m) => m.mountPoint.startsWith(root + '/')), false);
+      assert.equal(
+        (await mountInfo()).some((m) => m.mountPoint.startsWith(root + '/')),
+        false,
+      );
     } finally {
       await rm(join(root, 'hook-ran'), { force: true });
       await deleteSnapshot(ctx, n);

@@ -33,7 +33,11 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
   const opened: Target[] = [];
 
   function tiu(args: string[], env: Record<string, string | undefined> = { COSIGN_PASSWORD: PASS }): Run {
-    const r = spawnSync(BIN, [...args, '--json'], { env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const r = spawnSync(BIN, [...args, '--json'], {
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     outputs.push(r.stdout, r.stderr);
     let json = {} as Run['json'];
     try {
@@ -56,12 +60,18 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     return o.target;
   }
   const img = (tag: string, repo = 'os/microos'): string => `docker://${reg.host}/${repo}:${tag}`;
-  async function pushImage(tag: string, content: string, repo = 'os/microos'): Promise<{ target: Target; desc: Descriptor }> {
+  async function pushImage(
+    tag: string,
+    content: string,
+    repo = 'os/microos',
+  ): Promise<{ target: Target; desc: Descriptor }> {
     const target = await open(img(tag, repo), true);
     return { target, desc: await putImage(target, tag, content) };
   }
   const payloadFor = (ref: string, digest: string): Buffer =>
-    Buffer.from(`{"critical":{"identity":{"docker-reference":"${ref}"},"image":{"docker-manifest-digest":"${digest}"},"type":"cosign container image signature"},"optional":null}`);
+    Buffer.from(
+      `{"critical":{"identity":{"docker-reference":"${ref}"},"image":{"docker-manifest-digest":"${digest}"},"type":"cosign container image signature"},"optional":null}`,
+    );
 
   before(async () => {
     reg = await startRegistry();
@@ -76,7 +86,8 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
   it('key generate writes an encrypted cosign key and a public key, both created 0600', () => {
     expectOk(tiu(['key', 'generate', '--output-key-prefix', join(dir, 'signer')]));
     expectOk(tiu(['key', 'generate', '--output-key-prefix', join(dir, 'other')], { TIU_PASSWORD: 'another one' }));
-    for (const f of ['signer.key', 'signer.pub', 'other.key', 'other.pub']) assert.equal(statSync(join(dir, f)).mode & 0o777, 0o600, f);
+    for (const f of ['signer.key', 'signer.pub', 'other.key', 'other.pub'])
+      assert.equal(statSync(join(dir, f)).mode & 0o777, 0o600, f);
     assert.match(readFileSync(join(dir, 'signer.key'), 'utf8'), /^-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n/);
     assert.match(readFileSync(join(dir, 'signer.pub'), 'utf8'), /^-----BEGIN PUBLIC KEY-----\n/);
     expectCode(tiu(['key', 'generate', '--output-key-prefix', join(dir, 'signer')]), 'KEY_EXISTS');
@@ -104,7 +115,13 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     expectOk(vb);
     assert.deepEqual((vb.json.signatures as { kind: string }[]).map((x) => x.kind).sort(), ['bundle', 'simplesigning']);
     const policy = join(dir, 'policy.json');
-    writeFileSync(policy, JSON.stringify({ default: [{ type: 'reject' }], transports: { docker: { [`${reg.host}/os`]: [{ type: 'sigstoreSigned', keyPath: join(dir, 'signer.pub') }] } } }));
+    writeFileSync(
+      policy,
+      JSON.stringify({
+        default: [{ type: 'reject' }],
+        transports: { docker: { [`${reg.host}/os`]: [{ type: 'sigstoreSigned', keyPath: join(dir, 'signer.pub') }] } },
+      }),
+    );
     expectOk(tiu(['verify', '--policy', policy, img('1')]));
     await pushImage('1', 'one', 'elsewhere/x');
     expectCode(tiu(['verify', '--policy', policy, img('1', 'elsewhere/x')]), 'POLICY_REJECTED');
@@ -123,14 +140,21 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     const sigDesc = await target.resolve(`sha256-${desc.digest.slice(7)}.sig`);
     const chunks: Buffer[] = [];
     for await (const c of await target.fetch(sigDesc)) chunks.push(c as Buffer);
-    const manifest = JSON.parse(Buffer.concat(chunks).toString()) as { layers: (Descriptor & { annotations: Record<string, string> })[] };
+    const manifest = JSON.parse(Buffer.concat(chunks).toString()) as {
+      layers: (Descriptor & { annotations: Record<string, string> })[];
+    };
     const pchunks: Buffer[] = [];
     for await (const c of await target.fetch(manifest.layers[0]!)) pchunks.push(c as Buffer);
     const payload = Buffer.concat(pchunks);
     const altered = Buffer.from(payload);
     const at = altered.indexOf('microos');
     altered[at] = 'M'.charCodeAt(0);
-    await handMadeSignature(target, desc, altered, manifest.layers[0]!.annotations['dev.cosignproject.cosign/signature']!);
+    await handMadeSignature(
+      target,
+      desc,
+      altered,
+      manifest.layers[0]!.annotations['dev.cosignproject.cosign/signature']!,
+    );
     expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), img('altered')]), 'SIGNATURE_INVALID');
   });
 
@@ -138,7 +162,10 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     const a = await pushImage('replay-a', 'genuine');
     const b = await pushImage('replay-b', 'evil');
     expectOk(tiu(['sign', '--key', join(dir, 'signer.key'), img('replay-a')]));
-    await b.target.tag(await a.target.resolve(`sha256-${a.desc.digest.slice(7)}.sig`), `sha256-${b.desc.digest.slice(7)}.sig`);
+    await b.target.tag(
+      await a.target.resolve(`sha256-${a.desc.digest.slice(7)}.sig`),
+      `sha256-${b.desc.digest.slice(7)}.sig`,
+    );
     expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), img('replay-b')]), 'DIGEST_MISMATCH_SIGNATURE');
   });
 
@@ -146,7 +173,14 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     await pushImage('ident', 'identity');
     expectOk(tiu(['sign', '--key', join(dir, 'signer.key'), '--identity', `${reg.host}/os/debug:ident`, img('ident')]));
     const policy = join(dir, 'policy-repo.json');
-    writeFileSync(policy, JSON.stringify({ default: [{ type: 'sigstoreSigned', keyPath: join(dir, 'signer.pub'), signedIdentity: { type: 'matchRepository' } }] }));
+    writeFileSync(
+      policy,
+      JSON.stringify({
+        default: [
+          { type: 'sigstoreSigned', keyPath: join(dir, 'signer.pub'), signedIdentity: { type: 'matchRepository' } },
+        ],
+      }),
+    );
     expectCode(tiu(['verify', '--policy', policy, img('ident')]), 'IDENTITY_MISMATCH');
     expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), img('ident')]), 'IDENTITY_MISMATCH');
   });
@@ -165,7 +199,12 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     writeFileSync(join(dir, 'handmade.pub'), publicKey.export({ format: 'pem', type: 'spki' }));
     // cosign claims the repository only.
     const payload = payloadFor(`${reg.host}/os/microos`, desc.digest);
-    await handMadeSignature(target, desc, payload, sign('sha256', payload, { key: privateKey, dsaEncoding: 'der' }).toString('base64'));
+    await handMadeSignature(
+      target,
+      desc,
+      payload,
+      sign('sha256', payload, { key: privateKey, dsaEncoding: 'der' }).toString('base64'),
+    );
     expectOk(tiu(['verify', '--key', join(dir, 'handmade.pub'), img('handmade')]));
   });
 
@@ -178,12 +217,24 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     const body = JSON.stringify({
       kdf: { name: 'scrypt', params: { N: 32768, r: 8, p: 1 }, salt: salt.toString('base64') },
       cipher: { name: 'nacl/secretbox', nonce: nonce.toString('base64') },
-      ciphertext: Buffer.from(xsalsa20poly1305(boxKey, nonce).encrypt(privateKey.export({ format: 'der', type: 'pkcs8' }))).toString('base64'),
+      ciphertext: Buffer.from(
+        xsalsa20poly1305(boxKey, nonce).encrypt(privateKey.export({ format: 'der', type: 'pkcs8' })),
+      ).toString('base64'),
     });
-    const lines = Buffer.from(body).toString('base64').match(/.{1,64}/g)!.join('\n');
-    writeFileSync(join(dir, 'self.key'), `-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n${lines}\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n`, { mode: 0o600 });
+    const lines = Buffer.from(body)
+      .toString('base64')
+      .match(/.{1,64}/g)!
+      .join('\n');
+    writeFileSync(
+      join(dir, 'self.key'),
+      `-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n${lines}\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n`,
+      { mode: 0o600 },
+    );
     writeFileSync(join(dir, 'self.pub'), publicKey.export({ format: 'pem', type: 'spki' }));
-    expectCode(tiu(['sign', '--key', join(dir, 'self.key'), img('selfkey')], { TIU_PASSWORD: 'not the passphrase' }), 'BAD_PASSPHRASE');
+    expectCode(
+      tiu(['sign', '--key', join(dir, 'self.key'), img('selfkey')], { TIU_PASSWORD: 'not the passphrase' }),
+      'BAD_PASSPHRASE',
+    );
     expectOk(tiu(['sign', '--key', join(dir, 'self.key'), img('selfkey')], { COSIGN_PASSWORD: 'self made' }));
     expectOk(tiu(['verify', '--key', join(dir, 'self.pub'), img('selfkey')]));
   });
@@ -194,10 +245,38 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     const lt = await open(`oci:${layout}`, true);
     await putImage(lt, 'v1', 'layout image');
     expectCode(tiu(['sign', '--key', join(dir, 'signer.key'), `oci:${layout}:v1`]), 'IDENTITY_REQUIRED');
-    expectOk(tiu(['sign', '--key', join(dir, 'signer.key'), '--identity', 'registry.example/os/microos:v1', `oci:${layout}:v1`]));
+    expectOk(
+      tiu([
+        'sign',
+        '--key',
+        join(dir, 'signer.key'),
+        '--identity',
+        'registry.example/os/microos:v1',
+        `oci:${layout}:v1`,
+      ]),
+    );
     expectOk(tiu(['verify', '--key', join(dir, 'signer.pub'), `oci:${layout}:v1`]));
-    expectOk(tiu(['verify', '--key', join(dir, 'signer.pub'), '--identity', 'registry.example/os/microos:v1', `oci:${layout}:v1`]));
-    expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), '--identity', 'registry.example/os/other:v1', `oci:${layout}:v1`]), 'IDENTITY_MISMATCH');
+    expectOk(
+      tiu([
+        'verify',
+        '--key',
+        join(dir, 'signer.pub'),
+        '--identity',
+        'registry.example/os/microos:v1',
+        `oci:${layout}:v1`,
+      ]),
+    );
+    expectCode(
+      tiu([
+        'verify',
+        '--key',
+        join(dir, 'signer.pub'),
+        '--identity',
+        'registry.example/os/other:v1',
+        `oci:${layout}:v1`,
+      ]),
+      'IDENTITY_MISMATCH',
+    );
     expectCode(tiu(['verify', '--key', join(dir, 'other.pub'), `oci:${layout}:v1`]), 'SIGNATURE_INVALID');
 
     // The USB stick: copy a signed registry image with --referrers, verify there offline.
@@ -205,10 +284,23 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     expectOk(tiu(['copy', '--referrers', img('1'), `oci:${usb}:1`]));
     expectOk(tiu(['verify', '--key', join(dir, 'signer.pub'), `oci:${usb}:1`]));
     const policy = join(dir, 'policy-usb.json');
-    writeFileSync(policy, JSON.stringify({
-      default: [{ type: 'reject' }],
-      transports: { oci: { [usb]: [{ type: 'sigstoreSigned', keyPath: join(dir, 'signer.pub'), signedIdentity: { type: 'exactRepository', dockerRepository: `${reg.host}/os/microos` } }] } },
-    }));
+    writeFileSync(
+      policy,
+      JSON.stringify({
+        default: [{ type: 'reject' }],
+        transports: {
+          oci: {
+            [usb]: [
+              {
+                type: 'sigstoreSigned',
+                keyPath: join(dir, 'signer.pub'),
+                signedIdentity: { type: 'exactRepository', dockerRepository: `${reg.host}/os/microos` },
+              },
+            ],
+          },
+        },
+      }),
+    );
     expectOk(tiu(['verify', '--policy', policy, `oci:${usb}:1`]));
     // An unsigned image copied the same way is refused.
     expectOk(tiu(['copy', '--referrers', img('unsigned'), `oci:${usb}:unsigned`]));
@@ -218,10 +310,13 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
   it('no key material or passphrase appears in any output', () => {
     const all = outputs.join('\n');
     assert.ok(all.length > 1000, 'the tests above produced output');
-    for (const secret of [PASS, 'another one', 'self made', 'not the passphrase']) assert.ok(!all.includes(secret), `output contains a passphrase`);
+    for (const secret of [PASS, 'another one', 'self made', 'not the passphrase'])
+      assert.ok(!all.includes(secret), `output contains a passphrase`);
     assert.ok(!/PRIVATE KEY/.test(all), 'output contains a private key');
     for (const f of ['signer.key', 'other.key', 'self.key']) {
-      const body = readFileSync(join(dir, f), 'utf8').split('\n').filter((l) => !l.startsWith('-----') && l.length >= 16);
+      const body = readFileSync(join(dir, f), 'utf8')
+        .split('\n')
+        .filter((l) => !l.startsWith('-----') && l.length >= 16);
       for (const line of body) assert.ok(!all.includes(line), `output contains a line of ${f}`);
     }
   });

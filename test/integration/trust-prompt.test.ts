@@ -52,19 +52,25 @@ describe('passphrase prompt on a terminal (no echo)', function () {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   it('key generate asks twice without echo; a mismatch writes nothing', async () => {
-    const ok = await onTerminal(['key', 'generate', '--output-key-prefix', join(dir, 'k')], [
-      [/Enter passphrase for the new private key: $/, 'typed-secret-41'],
-      [/Enter the passphrase again: $/, 'typed-secret-41'],
-    ]);
+    const ok = await onTerminal(
+      ['key', 'generate', '--output-key-prefix', join(dir, 'k')],
+      [
+        [/Enter passphrase for the new private key: $/, 'typed-secret-41'],
+        [/Enter the passphrase again: $/, 'typed-secret-41'],
+      ],
+    );
     assert.equal(ok.code, 0, ok.output);
     assert.match(ok.output, /Private key written to/);
     assert.ok(!ok.output.includes('typed-secret-41'), `the passphrase was echoed: ${ok.output}`);
     assert.equal(statSync(join(dir, 'k.key')).mode & 0o777, 0o600);
 
-    const bad = await onTerminal(['key', 'generate', '--output-key-prefix', join(dir, 'm')], [
-      [/Enter passphrase for the new private key: $/, 'one'],
-      [/Enter the passphrase again: $/, 'two'],
-    ]);
+    const bad = await onTerminal(
+      ['key', 'generate', '--output-key-prefix', join(dir, 'm')],
+      [
+        [/Enter passphrase for the new private key: $/, 'one'],
+        [/Enter the passphrase again: $/, 'two'],
+      ],
+    );
     assert.equal(bad.code, 1);
     assert.match(bad.output, /PASSPHRASE_REQUIRED/);
     assert.throws(() => statSync(join(dir, 'm.key')));

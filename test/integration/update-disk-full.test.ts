@@ -55,7 +55,10 @@ describe('tiu update on a full disk', function () {
   it('fails with DISK_FULL, deletes its snapshot, and the next update succeeds once there is room', async () => {
     const images = join(os.dir, 'images');
     // 16 MiB that do not compress (the apply writes zero blocks as holes).
-    await buildImage(images, 'big', [...(await baseOs()), { path: 'usr/share/fake/huge', content: randomBytes(16 << 20) }]);
+    await buildImage(images, 'big', [
+      ...(await baseOs()),
+      { path: 'usr/share/fake/huge', content: randomBytes(16 << 20) },
+    ]);
     const key = await installPolicy(os.sysroot);
     await signInLayout(images, 'big', key);
     const config = parseConfig('default-hooks = false');
@@ -70,13 +73,22 @@ describe('tiu update on a full disk', function () {
       (e: unknown) => isTiuError(e, 'DISK_FULL') && /no space left/.test(e.message),
     );
     const after = await readState(ctx);
-    assert.deepEqual(after.snapshots.map((s) => s.number), before.snapshots.map((s) => s.number));
+    assert.deepEqual(
+      after.snapshots.map((s) => s.number),
+      before.snapshots.map((s) => s.number),
+    );
     assert.equal(after.default, before.default);
     assert.equal(existsSync(join(os.sysroot, '.snapshots/2')), false);
 
-    for (const f of await readdir(join(os.sysroot, 'var'))) if (f === 'fill' || f.startsWith('fill.')) await rm(join(os.sysroot, 'var', f));
+    for (const f of await readdir(join(os.sysroot, 'var')))
+      if (f === 'fill' || f.startsWith('fill.')) await rm(join(os.sysroot, 'var', f));
     await run('btrfs', ['filesystem', 'sync', os.sysroot]);
-    const r = await update(productionDeps, { sysroot: os.sysroot, reference: `oci:${images}:big`, config, offline: true });
+    const r = await update(productionDeps, {
+      sysroot: os.sysroot,
+      reference: `oci:${images}:big`,
+      config,
+      offline: true,
+    });
     assert.equal(r.status, 'updated');
   });
 
@@ -84,7 +96,9 @@ describe('tiu update on a full disk', function () {
     const tree = join(os.dir, 'tree-delta');
     await writeTree(tree, [...(await baseOs()), { path: 'usr/share/fake/huge-delta', content: randomBytes(16 << 20) }]);
     const layout = join(os.dir, 'bundles');
-    await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(layout, { create: true }), 'd1', { sourceDateEpoch: 1767225600 });
+    await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(layout, { create: true }), 'd1', {
+      sourceDateEpoch: 1767225600,
+    });
     const key = await installPolicy(os.sysroot);
     await signInLayout(layout, 'd1', key);
     const config = parseConfig('default-hooks = false');
@@ -105,13 +119,22 @@ describe('tiu update on a full disk', function () {
           },
         );
         const after = await readState(ctx);
-        assert.deepEqual(after.snapshots.map((s) => s.number), before.snapshots.map((s) => s.number));
+        assert.deepEqual(
+          after.snapshots.map((s) => s.number),
+          before.snapshots.map((s) => s.number),
+        );
         assert.equal(after.default, before.default);
         // the delta's content store is gone again
-        assert.deepEqual(existsSync(join(os.sysroot, 'var/cache/tiu/delta')) ? await readdir(join(os.sysroot, 'var/cache/tiu/delta')) : [], []);
+        assert.deepEqual(
+          existsSync(join(os.sysroot, 'var/cache/tiu/delta'))
+            ? await readdir(join(os.sysroot, 'var/cache/tiu/delta'))
+            : [],
+          [],
+        );
       }
     } finally {
-      for (const f of await readdir(join(os.sysroot, 'var'))) if (f === 'fill' || f.startsWith('fill.')) await rm(join(os.sysroot, 'var', f));
+      for (const f of await readdir(join(os.sysroot, 'var')))
+        if (f === 'fill' || f.startsWith('fill.')) await rm(join(os.sysroot, 'var', f));
       await run('btrfs', ['filesystem', 'sync', os.sysroot]);
     }
     const r = await update(productionDeps, { sysroot: os.sysroot, reference: `oci:${layout}:d1`, config });

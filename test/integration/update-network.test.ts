@@ -45,7 +45,10 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     async openSource(reference, o) {
       const r = parseReference(reference);
       if (r.transport !== 'docker') return productionDeps.openSource(reference, o);
-      return { target: openRegistryTarget(r, { registriesConf: false, backoffBaseMs: 5, backoffMaxMs: 20 }), reference: referenceName(r) };
+      return {
+        target: openRegistryTarget(r, { registriesConf: false, backoffBaseMs: 5, backoffMaxMs: 20 }),
+        reference: referenceName(r),
+      };
     },
   };
 
@@ -55,16 +58,25 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     os = await createMicroOS({ files: await baseOs() });
     const tree = join(work, 'v2');
     // Some weight, so that a whole layer is several reads and the failure lands inside one.
-    const files = [...(await v2Files()), ...Array.from({ length: 40 }, (_, i) => ({ path: `usr/lib/big/f${i}`, content: `${i}`.repeat(20_000 + i) }))];
+    const files = [
+      ...(await v2Files()),
+      ...Array.from({ length: 40 }, (_, i) => ({ path: `usr/lib/big/f${i}`, content: `${i}`.repeat(20_000 + i) })),
+    ];
     await writeTree(tree, files);
     const layout = join(work, 'layout');
     const target = await OciLayoutTarget.open(layout, { create: true });
-    await buildBundle({ kind: 'directory', path: tree }, target, 'v2', { compression: 'zstd', sourceDateEpoch: 1_767_225_600, layers: 2 });
+    await buildBundle({ kind: 'directory', path: tree }, target, 'v2', {
+      compression: 'zstd',
+      sourceDateEpoch: 1_767_225_600,
+      layers: 2,
+    });
     key = await installPolicy(os.sysroot);
     await signInLayout(layout, 'v2', key);
     reg = await startRegistry();
     proxy = await startCountingProxy(reg.port);
-    const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, { registriesConf: false });
+    const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, {
+      registriesConf: false,
+    });
     try {
       await copy(target, 'v2', dst, 'v2', { referrers: true });
     } finally {
@@ -103,7 +115,10 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     // REGISTRY_UNREACHABLE itself, or the copy into the cache failing because of it.
     const e = err as TiuError;
     const cause = isTiuError(err, 'COPY_FAILED') ? e.cause : err;
-    assert.ok(isTiuError(cause, 'REGISTRY_UNREACHABLE'), `unexpected error: ${err instanceof Error ? err.message : JSON.stringify(err)}`);
+    assert.ok(
+      isTiuError(cause, 'REGISTRY_UNREACHABLE'),
+      `unexpected error: ${err instanceof Error ? err.message : JSON.stringify(err)}`,
+    );
     // The message names the registry (directly, or through the failed blob's cause).
     const chain: string[] = [];
     for (let x: unknown = e; x instanceof Error; x = x.cause) chain.push(x.message);
@@ -111,7 +126,10 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     const after = await state();
     assert.equal(after.default, before.default);
     assert.equal(after.booted, before.booted);
-    assert.deepEqual(after.snapshots.map((s) => s.number), before.snapshots.map((s) => s.number));
+    assert.deepEqual(
+      after.snapshots.map((s) => s.number),
+      before.snapshots.map((s) => s.number),
+    );
     assert.ok(after.snapshots.every((s) => !s.inProgress));
     return e;
   }
@@ -122,7 +140,13 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
       if (line.startsWith('transfer: file delta')) proxy.down();
     });
     const lines: string[] = [];
-    const r = await update(deps, { sysroot: os.sysroot, reference: image(), config: noHooks, progressEveryMs: 0, onProgress: (l) => lines.push(l) });
+    const r = await update(deps, {
+      sysroot: os.sysroot,
+      reference: image(),
+      config: noHooks,
+      progressEveryMs: 0,
+      onProgress: (l) => lines.push(l),
+    });
     assert.equal(r.status, 'updated');
     assert.ok(r.status === 'updated' && r.transfer?.path === 'delta');
     progressEndsAtAll(lines);
@@ -136,9 +160,19 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     const e = await failsUnchanged('whole-layer', (line) => {
       if (line.startsWith('fetching ')) proxy.down(30_000);
     });
-    assert.ok(proxy.requests.some((q) => q.method === 'GET' && q.blob && q.bytes > 0), `no blob bytes went out before the failure (${e.message})`);
+    assert.ok(
+      proxy.requests.some((q) => q.method === 'GET' && q.blob && q.bytes > 0),
+      `no blob bytes went out before the failure (${e.message})`,
+    );
     const lines: string[] = [];
-    const r = await update(deps, { sysroot: os.sysroot, reference: image(), config: noHooks, transfer: 'whole-layer', progressEveryMs: 0, onProgress: (l) => lines.push(l) });
+    const r = await update(deps, {
+      sysroot: os.sysroot,
+      reference: image(),
+      config: noHooks,
+      transfer: 'whole-layer',
+      progressEveryMs: 0,
+      onProgress: (l) => lines.push(l),
+    });
     assert.equal(r.status, 'updated');
     progressEndsAtAll(lines);
     assert.equal((await state()).default, r.snapshot);
@@ -148,11 +182,20 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     // Six files of 3 MiB that do not compress, one request each; four run at once, so the cut
     // after 16 MiB lands when the first four are in and the last two are not.
     const tree = join(work, 'v3');
-    await writeTree(tree, [...(await v2Files()), ...Array.from({ length: 6 }, (_, i) => ({ path: `usr/lib/huge/h${i}`, content: randomBytes(3 << 20) }))]);
+    await writeTree(tree, [
+      ...(await v2Files()),
+      ...Array.from({ length: 6 }, (_, i) => ({ path: `usr/lib/huge/h${i}`, content: randomBytes(3 << 20) })),
+    ]);
     const layout = join(work, 'layout-v3');
-    await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(layout, { create: true }), 'v3', { compression: 'zstd', sourceDateEpoch: 1_767_225_600, layers: 2 });
+    await buildBundle({ kind: 'directory', path: tree }, await OciLayoutTarget.open(layout, { create: true }), 'v3', {
+      compression: 'zstd',
+      sourceDateEpoch: 1_767_225_600,
+      layers: 2,
+    });
     await signInLayout(layout, 'v3', key);
-    const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, { registriesConf: false });
+    const dst = openRegistryTarget(parseReference(`docker://${reg.host}/tiu/os`) as DockerReference, {
+      registriesConf: false,
+    });
     try {
       await copy(await OciLayoutTarget.open(layout), 'v3', dst, 'v3', { referrers: true });
     } finally {
@@ -162,25 +205,48 @@ describe('tiu update when the network dies mid-download (registry behind a proxy
     const before = await state();
     proxy.reset();
     await assert.rejects(
-      update(deps, { sysroot: os.sysroot, reference: v3, config: noHooks, onProgress: (l) => l.startsWith('transfer: file delta') && proxy.down(16 << 20) }),
+      update(deps, {
+        sysroot: os.sysroot,
+        reference: v3,
+        config: noHooks,
+        onProgress: (l) => l.startsWith('transfer: file delta') && proxy.down(16 << 20),
+      }),
       (e: unknown) => isTiuError(e, 'REGISTRY_UNREACHABLE') || isTiuError((e as Error).cause, 'REGISTRY_UNREACHABLE'),
     );
     proxy.up();
-    assert.deepEqual((await state()).snapshots.map((x) => x.number), before.snapshots.map((x) => x.number));
+    assert.deepEqual(
+      (await state()).snapshots.map((x) => x.number),
+      before.snapshots.map((x) => x.number),
+    );
     const stores = join(os.sysroot, 'var/cache/tiu/delta');
-    const kept = existsSync(stores) ? (await readdir(stores, { recursive: true })).filter((f) => /\/[0-9a-f]{64}$/.test(f)) : [];
-    const keptHuge = (await Promise.all(kept.map(async (f) => (await stat(join(stores, f))).size))).filter((n) => n === 3 << 20).length;
+    const kept = existsSync(stores)
+      ? (await readdir(stores, { recursive: true })).filter((f) => /\/[0-9a-f]{64}$/.test(f))
+      : [];
+    const keptHuge = (await Promise.all(kept.map(async (f) => (await stat(join(stores, f))).size))).filter(
+      (n) => n === 3 << 20,
+    ).length;
     assert.ok(keptHuge >= 1 && keptHuge < 6, `big files kept from the cut download: ${keptHuge} of 6`);
 
     const lines: string[] = [];
     proxy.reset();
-    const r = await update(deps, { sysroot: os.sysroot, reference: v3, config: noHooks, onProgress: (l) => lines.push(l) });
+    const r = await update(deps, {
+      sysroot: os.sysroot,
+      reference: v3,
+      config: noHooks,
+      onProgress: (l) => lines.push(l),
+    });
     const second = proxy.reset().down;
     assert.ok(r.status === 'updated' && r.transfer?.path === 'delta');
-    assert.ok(lines.some((l) => new RegExp(`^resuming: ${kept.length} file\\(s\\)`).test(l)), lines.join('\n'));
+    assert.ok(
+      lines.some((l) => new RegExp(`^resuming: ${kept.length} file\\(s\\)`).test(l)),
+      lines.join('\n'),
+    );
     // Only the files that had not come: about 3 MiB each, plus the tables of contents.
     const left = 6 - keptHuge;
-    assert.ok(second < (left * 3 + 1) * (1 << 20) && second > left * 3 * (1 << 20) - (1 << 20), `second run downloaded ${second} bytes for ${left} file(s)`);
+    assert.ok(
+      second < (left * 3 + 1) * (1 << 20) && second > left * 3 * (1 << 20) - (1 << 20),
+      `second run downloaded ${second} bytes for ${left} file(s)`,
+    );
     assert.ok(r.transfer.downloaded! < r.transfer.downloadBytes);
     assert.equal(existsSync(stores) ? (await readdir(stores)).length : 0, 0, 'the store is gone after the update');
   });

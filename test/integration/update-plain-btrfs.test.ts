@@ -26,7 +26,14 @@ describe('tiu update where snapper is absent (plain btrfs, snapper-compatible in
   });
 
   it('info.xml round-trips, escapes included', () => {
-    const i = { type: 'single', num: 7, date: '2026-01-01 00:00:00', description: 'a <b> & "c"', cleanup: 'number', userdata: { 'tiu-image': 'docker://r/x:1', k: 'a&b' } };
+    const i = {
+      type: 'single',
+      num: 7,
+      date: '2026-01-01 00:00:00',
+      description: 'a <b> & "c"',
+      cleanup: 'number',
+      userdata: { 'tiu-image': 'docker://r/x:1', k: 'a&b' },
+    };
     assert.deepEqual(parseInfoXml(formatInfoXml(i)), i);
   });
 
@@ -47,7 +54,10 @@ describe('tiu update where snapper is absent (plain btrfs, snapper-compatible in
     assert.equal(s.default, r.snapshot);
     assert.equal(s.booted, 1);
     assert.equal(s.snapshots.find((x) => x.number === r.snapshot)?.digest, v2.manifest.digest);
-    assert.match(await readFile(join(snapshotPath(os.sysroot, r.snapshot), 'usr/lib/os-release'), 'utf8'), /VERSION_ID="2"/);
+    assert.match(
+      await readFile(join(snapshotPath(os.sysroot, r.snapshot), 'usr/lib/os-release'), 'utf8'),
+      /VERSION_ID="2"/,
+    );
     assert.deepEqual((await cleanupInProgress(ctx)).deleted, []);
 
     await rollback({ sysroot: os.sysroot });
@@ -56,7 +66,21 @@ describe('tiu update where snapper is absent (plain btrfs, snapper-compatible in
 
     // Install snapper's config: snapper sees tiu's snapshot with its userdata.
     await writeTree(os.sysroot, await snapperConfigFiles());
-    const list = JSON.parse((await run('snapper', ['--no-dbus', '--jsonout', '--root', os.sysroot, '-c', 'root', 'list', '--columns', 'number,default,userdata'])).stdout) as {
+    const list = JSON.parse(
+      (
+        await run('snapper', [
+          '--no-dbus',
+          '--jsonout',
+          '--root',
+          os.sysroot,
+          '-c',
+          'root',
+          'list',
+          '--columns',
+          'number,default,userdata',
+        ])
+      ).stdout,
+    ) as {
       root: { number: number; default: boolean; userdata: Record<string, string> | null }[];
     };
     const mine = list.root.find((x) => x.number === r.snapshot);

@@ -103,7 +103,8 @@ describe('system: boot assessment through systemd-boot in a UEFI VM (new kernel,
   let failed = false;
   let passed = -1;
   const requirePrevious = (n: number) => {
-    if (passed !== n - 1) throw new Error(`scenario ${n} starts where scenario ${n - 1} ends, and that one did not pass`);
+    if (passed !== n - 1)
+      throw new Error(`scenario ${n} starts where scenario ${n - 1} ends, and that one did not pass`);
   };
   const timings: [string, number][] = [];
   const timed = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
@@ -114,14 +115,16 @@ describe('system: boot assessment through systemd-boot in a UEFI VM (new kernel,
       timings.push([what, Date.now() - t0]);
     }
   };
-  const mountUsb = () => vm!.sh(`mkdir -p ${USB}; mountpoint -q ${USB} || mount -o ro /dev/disk/by-id/virtio-tiuusb ${USB}`);
+  const mountUsb = () =>
+    vm!.sh(`mkdir -p ${USB}; mountpoint -q ${USB} || mount -o ro /dev/disk/by-id/virtio-tiuusb ${USB}`);
   const vmJson = async (command: string): Promise<unknown> =>
     JSON.parse(await vm!.sh(`${command} 2>/run/tiu-test.stderr || { rc=$?; cat /run/tiu-test.stderr; exit $rc; }`));
   const status = async (): Promise<Status> => (await vmJson('tiu status --json')) as Status;
   const versionId = async () => /^VERSION_ID="?([^"\n]*)"?$/m.exec(await vm!.sh('cat /etc/os-release'))?.[1];
   const entries = async () => (await vm!.sh('ls /boot/efi/loader/entries')).split('\n').filter(Boolean).sort();
   /** The loader's own view of its default entry (bootctl reads loader.conf and the entries as systemd-boot does). */
-  const loaderDefault = async () => /Default Boot Loader Entry:[\s\S]*?\n\s*id: (\S+)/.exec(await vm!.sh('bootctl status 2>/dev/null'))?.[1];
+  const loaderDefault = async () =>
+    /Default Boot Loader Entry:[\s\S]*?\n\s*id: (\S+)/.exec(await vm!.sh('bootctl status 2>/dev/null'))?.[1];
   /** Wait until the booted snapshot's entry is blessed (systemd-bless-boot runs after boot-complete.target). */
   const waitBlessed = async (n: number) => {
     const deadline = Date.now() + 180_000;
@@ -169,7 +172,10 @@ describe('system: boot assessment through systemd-boot in a UEFI VM (new kernel,
         // initrd is decompressed first, so the kernel reads one plain cpio stream, ours last.
         const initrd = join(tree, 'boot', `initrd.img-${image.kernel2.kver}`);
         const { stdout: raw } = await execFileP('zstd', ['-dc', initrd], { encoding: 'buffer', maxBuffer: 1 << 30 });
-        await writeFile(initrd, Buffer.concat([raw, cpioNewc([{ name: 'init', mode: 0o100755, data: Buffer.from(init) }])]));
+        await writeFile(
+          initrd,
+          Buffer.concat([raw, cpioNewc([{ name: 'init', mode: 0o100755, data: Buffer.from(init) }])]),
+        );
       }
       await sh(tiuBin, ['build', tree, '--tag', `oci:${layout}:${ver.tag}`]);
     } finally {
@@ -187,11 +193,23 @@ describe('system: boot assessment through systemd-boot in a UEFI VM (new kernel,
       const layout = join(work, 'usb', 'os');
       for (const ver of [V2, V3, V4]) {
         await buildBundle(ver, layout);
-        await sh(tiuBin, ['sign', '--key', join(work, 'os.key'), '--identity', `${IDENTITY}:${ver.tag}`, `oci:${layout}:${ver.tag}`], { COSIGN_PASSWORD: PASS });
+        await sh(
+          tiuBin,
+          ['sign', '--key', join(work, 'os.key'), '--identity', `${IDENTITY}:${ver.tag}`, `oci:${layout}:${ver.tag}`],
+          { COSIGN_PASSWORD: PASS },
+        );
       }
       const kib = Number((await sh('du', ['-sk', join(work, 'usb')])).split('\t')[0]);
       const img = join(work, 'usb.img');
-      await sh('mkfs.ext4', ['-q', '-L', 'TIUUSB', '-d', join(work, 'usb'), img, `${Math.ceil(kib * 1.2 / 1024) + 64}M`]);
+      await sh('mkfs.ext4', [
+        '-q',
+        '-L',
+        'TIUUSB',
+        '-d',
+        join(work, 'usb'),
+        img,
+        `${Math.ceil((kib * 1.2) / 1024) + 64}M`,
+      ]);
       vm!.addDisk({ path: img, serial: 'tiuusb', readonly: true });
     });
     await timed('boot 1 (v1)', () => vm!.bootReady());
@@ -199,7 +217,15 @@ describe('system: boot assessment through systemd-boot in a UEFI VM (new kernel,
     const policy = {
       default: [{ type: 'reject' }],
       transports: {
-        oci: { '': [{ type: 'sigstoreSigned', keyPath: '/etc/tiu/keys/os.pub', signedIdentity: { type: 'exactRepository', dockerRepository: IDENTITY } }] },
+        oci: {
+          '': [
+            {
+              type: 'sigstoreSigned',
+              keyPath: '/etc/tiu/keys/os.pub',
+              signedIdentity: { type: 'exactRepository', dockerRepository: IDENTITY },
+            },
+          ],
+        },
       },
     };
     await vm.sh(

@@ -16,7 +16,7 @@ import { vmImage } from '../helpers/vm.ts';
 
 const execFileP = promisify(execFile);
 
-describe('system: initrd hooks run the image\'s own update-initramfs in the chroot (no VM)', function () {
+describe("system: initrd hooks run the image's own update-initramfs in the chroot (no VM)", function () {
   this.timeout(1_800_000);
   let work = '';
   after(async () => {
@@ -37,7 +37,11 @@ describe('system: initrd hooks run the image\'s own update-initramfs in the chro
     // With its initrd (as the image ships it): the kernel is new, but no initrd hook is planned.
     let present = await existingPaths(root, DEFAULT_HOOKS);
     const withInitrd = planHooks(DEFAULT_HOOKS, await kernelFacts(old, root), 7, (p) => present.has(p));
-    assert.deepEqual(withInitrd.filter((h) => /initr/.test(h.name)), [], JSON.stringify(withInitrd));
+    assert.deepEqual(
+      withInitrd.filter((h) => /initr/.test(h.name)),
+      [],
+      JSON.stringify(withInitrd),
+    );
 
     // Without it: update-initramfs (the tree has no dracut), run for real in the chroot.
     await rm(initrd);
@@ -46,17 +50,25 @@ describe('system: initrd hooks run the image\'s own update-initramfs in the chro
     assert.deepEqual(facts.withoutInitrd, [kver]);
     present = await existingPaths(root, DEFAULT_HOOKS);
     const planned = planHooks(DEFAULT_HOOKS, facts, 7, (p) => present.has(p)).filter((h) => /initr/.test(h.name));
-    assert.deepEqual(planned.map((h) => h.argv), [['update-initramfs', '-c', '-k', kver]]);
+    assert.deepEqual(
+      planned.map((h) => h.argv),
+      [['update-initramfs', '-c', '-k', kver]],
+    );
     const before = await readFile('/proc/self/mountinfo', 'utf8');
     const ran = await runHooks(root, planned, { sysroot: '/' });
     assert.equal(ran.length, 1);
     assert.equal(await readFile('/proc/self/mountinfo', 'utf8'), before, 'the chroot left nothing mounted');
     assert.ok((await lstat(initrd)).isFile(), 'update-initramfs wrote boot/initrd.img-<kver>');
     // An initramfs the kernel can boot: it holds /init and the kernel's modules.
-    const { stdout } = await execFileP('chroot', [root, 'lsinitramfs', `/boot/initrd.img-${kver}`], { maxBuffer: 64 << 20 });
+    const { stdout } = await execFileP('chroot', [root, 'lsinitramfs', `/boot/initrd.img-${kver}`], {
+      maxBuffer: 64 << 20,
+    });
     const files = stdout.split('\n');
     assert.ok(files.includes('init'), 'the initramfs has /init');
-    assert.ok(files.some((f) => f.startsWith(`usr/lib/modules/${kver}/`) || f.startsWith(`lib/modules/${kver}/`)), 'the initramfs has the modules of its kernel');
+    assert.ok(
+      files.some((f) => f.startsWith(`usr/lib/modules/${kver}/`) || f.startsWith(`lib/modules/${kver}/`)),
+      'the initramfs has the modules of its kernel',
+    );
     assert.equal((await kernelFacts(old, root)).withoutInitrd.length, 0, 'the boot integration now finds its initrd');
   });
 });

@@ -82,7 +82,8 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
   /** The scenarios run in order on one VM: each needs the one before it to have passed. */
   let passed = -1;
   const requirePrevious = (n: number) => {
-    if (passed !== n - 1) throw new Error(`scenario ${n} starts where scenario ${n - 1} ends, and that one did not pass`);
+    if (passed !== n - 1)
+      throw new Error(`scenario ${n} starts where scenario ${n - 1} ends, and that one did not pass`);
   };
   const timings: [string, number][] = [];
   const timed = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
@@ -95,7 +96,8 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
   };
 
   /** In the VM: mount the USB disk (read-only) where the updates come from. */
-  const mountUsb = () => vm!.sh(`mkdir -p ${USB}; mountpoint -q ${USB} || mount -o ro /dev/disk/by-id/virtio-tiuusb ${USB}`);
+  const mountUsb = () =>
+    vm!.sh(`mkdir -p ${USB}; mountpoint -q ${USB} || mount -o ro /dev/disk/by-id/virtio-tiuusb ${USB}`);
   /**
    * Run a command in the VM and parse its stdout as JSON. The VM's shell mixes stderr into the
    * output, so stderr goes to a file and comes back only when the command fails: snapper, for
@@ -156,11 +158,23 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
       const layout = join(work, 'usb', 'os');
       for (const ver of [V2, V3, V4]) {
         await buildBundle(ver, layout);
-        await sh(tiuBin, ['sign', '--key', join(work, 'os.key'), '--identity', `${IDENTITY}:${ver.tag}`, `oci:${layout}:${ver.tag}`], { COSIGN_PASSWORD: PASS });
+        await sh(
+          tiuBin,
+          ['sign', '--key', join(work, 'os.key'), '--identity', `${IDENTITY}:${ver.tag}`, `oci:${layout}:${ver.tag}`],
+          { COSIGN_PASSWORD: PASS },
+        );
       }
       const kib = Number((await sh('du', ['-sk', join(work, 'usb')])).split('\t')[0]);
       const img = join(work, 'usb.img');
-      await sh('mkfs.ext4', ['-q', '-L', 'TIUUSB', '-d', join(work, 'usb'), img, `${Math.ceil(kib * 1.2 / 1024) + 64}M`]);
+      await sh('mkfs.ext4', [
+        '-q',
+        '-L',
+        'TIUUSB',
+        '-d',
+        join(work, 'usb'),
+        img,
+        `${Math.ceil((kib * 1.2) / 1024) + 64}M`,
+      ]);
       vm!.addDisk({ path: img, serial: 'tiuusb', readonly: true });
     });
     await timed('boot 1 (v1)', () => vm!.bootReady());
@@ -169,7 +183,15 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     const policy = {
       default: [{ type: 'reject' }],
       transports: {
-        oci: { '': [{ type: 'sigstoreSigned', keyPath: '/etc/tiu/keys/os.pub', signedIdentity: { type: 'exactRepository', dockerRepository: IDENTITY } }] },
+        oci: {
+          '': [
+            {
+              type: 'sigstoreSigned',
+              keyPath: '/etc/tiu/keys/os.pub',
+              signedIdentity: { type: 'exactRepository', dockerRepository: IDENTITY },
+            },
+          ],
+        },
       },
     };
     await vm.sh(
@@ -180,7 +202,11 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     await mountUsb();
     const st = await status();
     assert.equal(st.booted, 1);
-    assert.equal(st.snapshots.find((s) => s.number === 1)?.health, 'good', 'the first boot marks the installed snapshot good');
+    assert.equal(
+      st.snapshots.find((s) => s.number === 1)?.health,
+      'good',
+      'the first boot marks the installed snapshot good',
+    );
     console.log(`      setup took ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     failed = false;
   });
@@ -281,7 +307,9 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     const v = vm!;
     await mountUsb();
     // $! is tiu's pid: setsid and /usr/bin/tiu exec, they do not fork.
-    await v.sh(`setsid tiu update oci:${USB}/os:${V4.tag} >/var/log/tiu-update-killed.log 2>&1 < /dev/null & echo $! >/run/tiu-update-killed.pid`);
+    await v.sh(
+      `setsid tiu update oci:${USB}/os:${V4.tag} >/var/log/tiu-update-killed.log 2>&1 < /dev/null & echo $! >/run/tiu-update-killed.pid`,
+    );
     // Pull the plug as soon as tiu says it writes the image into the new snapshot. (Waiting a
     // fixed time after the snapshot appears could race the end of this small update on a faster
     // host.) By then the snapshot and its userdata are on disk: the /etc snapshots made after it
@@ -316,8 +344,14 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     assert.match(now.image ?? '', /os:v4$/);
     // The killed update's snapshot was deleted by the next run; snapper may give its number to the new one.
     const reused = st.snapshots.find((s) => s.number === inProgress);
-    assert.ok(reused === undefined || (reused.booted && !reused.inProgress), `the unfinished snapshot ${inProgress} was cleaned up`);
-    assert.deepEqual(st.snapshots.filter((s) => s.inProgress), []);
+    assert.ok(
+      reused === undefined || (reused.booted && !reused.inProgress),
+      `the unfinished snapshot ${inProgress} was cleaned up`,
+    );
+    assert.deepEqual(
+      st.snapshots.filter((s) => s.inProgress),
+      [],
+    );
     passed = 3;
   });
 
@@ -340,8 +374,24 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     const policy = {
       default: [{ type: 'reject' }],
       transports: {
-        oci: { '': [{ type: 'sigstoreSigned', keyPath: '/etc/tiu/keys/os.pub', signedIdentity: { type: 'exactRepository', dockerRepository: IDENTITY } }] },
-        docker: { [guestRegistry]: [{ type: 'sigstoreSigned', keyData: Buffer.from(pub).toString('base64'), signedIdentity: { type: 'matchRepository' } }] },
+        oci: {
+          '': [
+            {
+              type: 'sigstoreSigned',
+              keyPath: '/etc/tiu/keys/os.pub',
+              signedIdentity: { type: 'exactRepository', dockerRepository: IDENTITY },
+            },
+          ],
+        },
+        docker: {
+          [guestRegistry]: [
+            {
+              type: 'sigstoreSigned',
+              keyData: Buffer.from(pub).toString('base64'),
+              signedIdentity: { type: 'matchRepository' },
+            },
+          ],
+        },
       },
     };
     await timed('scenario 4: network up in the VM', async () => {
@@ -366,20 +416,38 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     const before = await status();
 
     // Unsigned: the unit fails, says why, and writes nothing.
-    const refused = await timed('scenario 4: tiu-update.service refuses the unsigned v5', () => v.run('systemctl start tiu-update.service', 900_000));
-    assert.notEqual(refused.code, 0, `systemctl start tiu-update.service succeeded on an unsigned image:\n${refused.output}`);
-    const show = await v.sh('systemctl show -P Result tiu-update.service; systemctl show -P ExecMainStatus tiu-update.service');
+    const refused = await timed('scenario 4: tiu-update.service refuses the unsigned v5', () =>
+      v.run('systemctl start tiu-update.service', 900_000),
+    );
+    assert.notEqual(
+      refused.code,
+      0,
+      `systemctl start tiu-update.service succeeded on an unsigned image:\n${refused.output}`,
+    );
+    const show = await v.sh(
+      'systemctl show -P Result tiu-update.service; systemctl show -P ExecMainStatus tiu-update.service',
+    );
     assert.deepEqual(show.trim().split('\n'), ['exit-code', '1']);
     const journal = await v.sh('journalctl -b -u tiu-update.service -o cat --no-pager');
     assert.match(journal, /has no signature .*\[NO_SIGNATURE\]/);
-    assert.match(journal, new RegExp(`${guestRegistry.replace(/\./g, '\\.')}/tiu/os`), 'the error names the registry and repository');
+    assert.match(
+      journal,
+      new RegExp(`${guestRegistry.replace(/\./g, '\\.')}/tiu/os`),
+      'the error names the registry and repository',
+    );
     const after = await status();
-    assert.deepEqual(after.snapshots.map((s) => s.number), before.snapshots.map((s) => s.number), 'no snapshot was created');
+    assert.deepEqual(
+      after.snapshots.map((s) => s.number),
+      before.snapshots.map((s) => s.number),
+      'no snapshot was created',
+    );
     assert.equal(after.default, before.default);
 
     // CI signs v5 as the device will see it and pushes the signature with it.
     await timed('scenario 4: sign v5 + push the signature (host)', async () => {
-      await sh(tiuBin, ['sign', '--key', join(work, 'os.key'), '--identity', image, `oci:${layout}:${V5.tag}`], { COSIGN_PASSWORD: PASS });
+      await sh(tiuBin, ['sign', '--key', join(work, 'os.key'), '--identity', image, `oci:${layout}:${V5.tag}`], {
+        COSIGN_PASSWORD: PASS,
+      });
       await sh(tiuBin, ['copy', '--referrers', `oci:${layout}:${V5.tag}`, hostRef]);
     });
     await v.sh('systemctl reset-failed tiu-update.service; systemctl start --no-block tiu-update.service');
@@ -409,11 +477,18 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     assert.equal(now.image, image, 'the snapshot records the registry reference it was pulled from');
     // The unit's log of the update, from the boot before.
     const updateLog = await v.sh('journalctl -b -1 -u tiu-update.service -o cat --no-pager');
-    assert.match(updateLog, new RegExp(`snapshot ${now.number} \\(from \\d+\\) holds ${image.replace(/\./g, '\\.')} \\(sha256:`));
+    assert.match(
+      updateLog,
+      new RegExp(`snapshot ${now.number} \\(from \\d+\\) holds ${image.replace(/\./g, '\\.')} \\(sha256:`),
+    );
     assert.match(updateLog, /^rebooting$/m);
     // The admin's network survived the update (/etc merge), and nothing at boot waits for it.
     assert.equal((await v.sh('systemctl is-active systemd-networkd.service')).trim(), 'active');
-    assert.equal((await v.run('systemctl is-active systemd-networkd-wait-online.service')).output.trim(), 'inactive', 'no boot waits for network-online.target');
+    assert.equal(
+      (await v.run('systemctl is-active systemd-networkd-wait-online.service')).output.trim(),
+      'inactive',
+      'no boot waits for network-online.target',
+    );
     passed = 4;
   });
 });

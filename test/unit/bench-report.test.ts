@@ -3,8 +3,13 @@ import { compare, recheck } from '../../bench/lib/report.ts';
 import { formatRange, formatRatio } from '../../bench/lib/stats.ts';
 import type { Figure } from '../../bench/lib/stats.ts';
 
-const fig = (tool: string, metric: string, samples: number[], unit: 's' | 'B' = 's'): Figure =>
-  ({ scenario: 'update', metric, unit, tool, samples });
+const fig = (tool: string, metric: string, samples: number[], unit: 's' | 'B' = 's'): Figure => ({
+  scenario: 'update',
+  metric,
+  unit,
+  tool,
+  samples,
+});
 
 describe('bench report', () => {
   it('compares every tiu variant with every peer, with the ratio of medians and the sample range', () => {
@@ -14,9 +19,10 @@ describe('bench report', () => {
       fig('skopeo', 'time', [5, 6, 8]),
       fig('casync', 'time', [3, 3, 3]),
     ]);
-    assert.deepEqual(cs.map((c) => `${c.subject}/${c.peer}`), [
-      'tiu/skopeo', 'tiu/casync', 'tiu --transfer whole-layer/skopeo', 'tiu --transfer whole-layer/casync',
-    ]);
+    assert.deepEqual(
+      cs.map((c) => `${c.subject}/${c.peer}`),
+      ['tiu/skopeo', 'tiu/casync', 'tiu --transfer whole-layer/skopeo', 'tiu --transfer whole-layer/casync'],
+    );
     const first = cs[0]!;
     assert.equal(first.ratio, 3 / 6);
     assert.equal(first.low, 2 / 8);
@@ -35,12 +41,33 @@ describe('bench report', () => {
     assert.equal(formatRatio(worse.ratio), '∞');
   });
 
-  it('finds the ratios of a new run that leave the earlier run\'s range', () => {
-    const earlier = compare([fig('tiu', 'time', [9, 10, 11]), fig('peer', 'time', [10, 10, 10]), fig('tiu', 'bytes', [100], 'B'), fig('peer', 'bytes', [200], 'B')]);
-    const steady = compare([fig('tiu', 'time', [10.5, 10.6, 12]), fig('peer', 'time', [10, 10, 10]), fig('tiu', 'bytes', [101], 'B'), fig('peer', 'bytes', [200], 'B')]);
-    const moved = compare([fig('tiu', 'time', [13, 14, 15]), fig('peer', 'time', [10, 10, 10]), fig('tiu', 'bytes', [110], 'B'), fig('peer', 'bytes', [200], 'B')]);
-    assert.deepEqual(recheck(steady, earlier).map((r) => r.within), [true, true]);
-    assert.deepEqual(recheck(moved, earlier).map((r) => r.within), [false, false]);
+  it("finds the ratios of a new run that leave the earlier run's range", () => {
+    const earlier = compare([
+      fig('tiu', 'time', [9, 10, 11]),
+      fig('peer', 'time', [10, 10, 10]),
+      fig('tiu', 'bytes', [100], 'B'),
+      fig('peer', 'bytes', [200], 'B'),
+    ]);
+    const steady = compare([
+      fig('tiu', 'time', [10.5, 10.6, 12]),
+      fig('peer', 'time', [10, 10, 10]),
+      fig('tiu', 'bytes', [101], 'B'),
+      fig('peer', 'bytes', [200], 'B'),
+    ]);
+    const moved = compare([
+      fig('tiu', 'time', [13, 14, 15]),
+      fig('peer', 'time', [10, 10, 10]),
+      fig('tiu', 'bytes', [110], 'B'),
+      fig('peer', 'bytes', [200], 'B'),
+    ]);
+    assert.deepEqual(
+      recheck(steady, earlier).map((r) => r.within),
+      [true, true],
+    );
+    assert.deepEqual(
+      recheck(moved, earlier).map((r) => r.within),
+      [false, false],
+    );
     // Rows the earlier run did not have are not judged.
     assert.equal(recheck(compare([fig('tiu', 'rss', [1]), fig('peer', 'rss', [1])]), earlier).length, 0);
   });

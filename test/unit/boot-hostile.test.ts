@@ -4,7 +4,15 @@ import { mkdir, mkdtemp, rm, statfs, truncate, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isTiuError } from '../../src/errors.ts';
-import { kernelRel, KVER_RE, parseEntryName, planReconcile, sanitizeCmdline, selectedEntry, type EspEntry } from '../../src/deploy/boot/entries.ts';
+import {
+  kernelRel,
+  KVER_RE,
+  parseEntryName,
+  planReconcile,
+  sanitizeCmdline,
+  selectedEntry,
+  type EspEntry,
+} from '../../src/deploy/boot/entries.ts';
 import { SystemdBoot } from '../../src/deploy/boot/systemd-boot.ts';
 import type { Context } from '../../src/deploy/state.ts';
 
@@ -12,24 +20,45 @@ const HASH = 'ab'.repeat(32);
 
 describe('deploy/boot with hostile image data', () => {
   it('kernel versions: no `/`, `..`, control characters, over 128 bytes, or a trailing dot (vfat drops it)', () => {
-    for (const ok of ['6.1.0-tiu1', '6.8.0-1-default', '5.10.0+deb11~x', 'a'.repeat(128)]) assert.ok(KVER_RE.test(ok), ok);
-    for (const bad of ['6.1.0.', '6.1.0-x.', '..', '.x', 'a/b', '../../EFI', 'a\nb', 'a\u0000', 'a b', 'a'.repeat(129), '']) {
+    for (const ok of ['6.1.0-tiu1', '6.8.0-1-default', '5.10.0+deb11~x', 'a'.repeat(128)])
+      assert.ok(KVER_RE.test(ok), ok);
+    for (const bad of [
+      '6.1.0.',
+      '6.1.0-x.',
+      '..',
+      '.x',
+      'a/b',
+      '../../EFI',
+      'a\nb',
+      'a\u0000',
+      'a b',
+      'a'.repeat(129),
+      '',
+    ]) {
       assert.ok(!KVER_RE.test(bad), JSON.stringify(bad));
-      assert.throws(() => kernelRel(bad, 'linux', HASH), (e: unknown) => isTiuError(e, 'BAD_KERNEL_VERSION'), JSON.stringify(bad));
+      assert.throws(
+        () => kernelRel(bad, 'linux', HASH),
+        (e: unknown) => isTiuError(e, 'BAD_KERNEL_VERSION'),
+        JSON.stringify(bad),
+      );
     }
     assert.equal(kernelRel('6.1.0', 'linux', HASH), `tiu/6.1.0/linux-${HASH.slice(0, 32)}`);
   });
 
   it("an image's root=/rootflags= in any spelling the kernel or systemd's initrd reads is dropped", () => {
     // The kernel skips a leading quote ("root=x" sets root); systemd removes all quotes; '-' = '_'.
-    const line = 'quiet "root=/dev/sdb1" ro"ot"=/dev/sdc "rootflags=subvol=@/.snapshots/1/snapshot" initrd=\\evil BOOT-IMAGE=x mount.usr=/dev/sdd mount.usrflags=ro keep=1 rootwait a="root=x"';
+    const line =
+      'quiet "root=/dev/sdb1" ro"ot"=/dev/sdc "rootflags=subvol=@/.snapshots/1/snapshot" initrd=\\evil BOOT-IMAGE=x mount.usr=/dev/sdd mount.usrflags=ro keep=1 rootwait a="root=x"';
     assert.deepEqual(sanitizeCmdline(line, 't'), ['quiet', 'keep=1', 'rootwait', 'a="root=x"']);
   });
 
   it('reconcile compares ESP paths as vfat does: a kernel named in another case is in use', () => {
     const e = (name: string, files: string[]): EspEntry => ({ ...parseEntryName(name)!, name, files });
     const plan = planReconcile({
-      snapshots: [{ number: 1, inProgress: false }, { number: 2, inProgress: false }],
+      snapshots: [
+        { number: 1, inProgress: false },
+        { number: 2, inProgress: false },
+      ],
       default: 2,
       // Snapshot 2's kernel version differs from 1's only in case: one directory on vfat, listed as created.
       entries: [e('tiu-1.conf', ['tiu/6.1-A/linux-1']), e('tiu-2+3.conf', ['tiu/6.1-a/linux-2'])],

@@ -31,15 +31,25 @@ describe('bounded resources and clear refusals (pure parts)', () => {
     assert.equal(reserveBytes({ bytes: 7 }, 1000), 7);
     assert.deepEqual(parseConfig('disk-reserve = "2%"').diskReserve, { percent: 2 });
     assert.equal(parseConfig('').diskReserve, undefined);
-    assert.throws(() => parseConfig('disk-reserve = "half"'), (e) => isTiuError(e, 'CONFIG_INVALID') && /disk-reserve/.test(e.message));
+    assert.throws(
+      () => parseConfig('disk-reserve = "half"'),
+      (e) => isTiuError(e, 'CONFIG_INVALID') && /disk-reserve/.test(e.message),
+    );
   });
 
   it('network limits: defaults, tiu.conf, then the environment; the deadline scales with the size', () => {
     assert.deepEqual(speedLimits({}, {}), { minBytesPerSec: 1024, speedTimeMs: 60_000, deadlineFloorMs: 600_000 });
     const conf = parseConfig('min-speed = "4K"\nspeed-time = 30\nrequest-deadline = 120').network!;
     assert.deepEqual(speedLimits(conf, {}), { minBytesPerSec: 4096, speedTimeMs: 30_000, deadlineFloorMs: 120_000 });
-    assert.deepEqual(speedLimits(conf, { TIU_MIN_SPEED: '1K', TIU_SPEED_TIME: '2', TIU_REQUEST_DEADLINE: '0' }), { minBytesPerSec: 1024, speedTimeMs: 2000, deadlineFloorMs: 0 });
-    assert.throws(() => speedLimits({}, { TIU_MIN_SPEED: 'fast' }), (e) => isTiuError(e, 'USAGE'));
+    assert.deepEqual(speedLimits(conf, { TIU_MIN_SPEED: '1K', TIU_SPEED_TIME: '2', TIU_REQUEST_DEADLINE: '0' }), {
+      minBytesPerSec: 1024,
+      speedTimeMs: 2000,
+      deadlineFloorMs: 0,
+    });
+    assert.throws(
+      () => speedLimits({}, { TIU_MIN_SPEED: 'fast' }),
+      (e) => isTiuError(e, 'USAGE'),
+    );
     const l = speedLimits({}, {});
     assert.equal(deadlineMs(l, undefined), 600_000);
     assert.equal(deadlineMs(l, 1024 * 100), 600_000 + 100_000);
@@ -72,12 +82,19 @@ describe('bounded resources and clear refusals (pure parts)', () => {
     const c = new HttpClient({ speed: { minBytesPerSec: 100, speedTimeMs: 1500, deadlineFloorMs: 0 } });
     const t0 = Date.now();
     try {
-      const res = await c.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/v2/os/blobs/sha256:abc`), what: 'blob sha256:abc in os' });
+      const res = await c.request({
+        method: 'GET',
+        url: new URL(`http://127.0.0.1:${port}/v2/os/blobs/sha256:abc`),
+        what: 'blob sha256:abc in os',
+      });
       await assert.rejects(
         (async () => {
           for await (const _ of res.body) void _;
         })(),
-        (e) => isTiuError(e, 'REGISTRY_TOO_SLOW') && e.message.includes(`127.0.0.1:${port}`) && e.message.includes('blob sha256:abc in os'),
+        (e) =>
+          isTiuError(e, 'REGISTRY_TOO_SLOW') &&
+          e.message.includes(`127.0.0.1:${port}`) &&
+          e.message.includes('blob sha256:abc in os'),
       );
       assert.ok(Date.now() - t0 < 6000, `took ${Date.now() - t0} ms`);
       // Headers that never come: the deadline.
@@ -85,7 +102,10 @@ describe('bounded resources and clear refusals (pure parts)', () => {
       const stall = createServer(() => undefined);
       await new Promise<void>((r) => stall.listen(0, '127.0.0.1', r));
       try {
-        await assert.rejects(c2.request({ method: 'GET', url: new URL(`http://127.0.0.1:${(stall.address() as AddressInfo).port}/v2/`) }), (e) => isTiuError(e, 'REGISTRY_TOO_SLOW') && /deadline/.test(e.message));
+        await assert.rejects(
+          c2.request({ method: 'GET', url: new URL(`http://127.0.0.1:${(stall.address() as AddressInfo).port}/v2/`) }),
+          (e) => isTiuError(e, 'REGISTRY_TOO_SLOW') && /deadline/.test(e.message),
+        );
       } finally {
         stall.closeAllConnections();
         stall.close();
@@ -100,8 +120,14 @@ describe('bounded resources and clear refusals (pure parts)', () => {
 
   it('a name component over 255 bytes is BAD_ENTRY, naming it', () => {
     const long = 'a'.repeat(300);
-    assert.throws(() => normalizeEntryPath(`usr/${long}`), (e) => isTiuError(e, 'BAD_ENTRY') && e.message.includes('300 bytes'));
-    assert.throws(() => normalizeEntryPath(`usr/${'é'.repeat(128)}`), (e) => isTiuError(e, 'BAD_ENTRY')); // 256 bytes
+    assert.throws(
+      () => normalizeEntryPath(`usr/${long}`),
+      (e) => isTiuError(e, 'BAD_ENTRY') && e.message.includes('300 bytes'),
+    );
+    assert.throws(
+      () => normalizeEntryPath(`usr/${'é'.repeat(128)}`),
+      (e) => isTiuError(e, 'BAD_ENTRY'),
+    ); // 256 bytes
     assert.equal(normalizeEntryPath(`usr/${'a'.repeat(255)}`), `usr/${'a'.repeat(255)}`);
   });
 
@@ -125,7 +151,11 @@ describe('bounded resources and clear refusals (pure parts)', () => {
   });
 
   it('inLayer names the layer in a refusal of its tar, once', () => {
-    const t = inLayer(new TiuError('BAD_TAR', 'invalid tar stream: header checksum mismatch'), 1, 'layer 2 (sha256:ab)') as TiuError;
+    const t = inLayer(
+      new TiuError('BAD_TAR', 'invalid tar stream: header checksum mismatch'),
+      1,
+      'layer 2 (sha256:ab)',
+    ) as TiuError;
     assert.equal(t.code, 'LAYER_CORRUPT');
     assert.equal(t.message, 'layer 2 (sha256:ab) is not a valid tar: header checksum mismatch');
     const e = inLayer(new TiuError('BAD_ENTRY', 'invalid entry "x": y'), 1, 'layer 2 (sha256:ab)') as TiuError;
@@ -140,7 +170,10 @@ describe('bounded resources and clear refusals (pure parts)', () => {
     const data = Buffer.alloc(3 << 20, 7);
     const z = zstdCompressSync(data);
     assert.ok(zstdDecompressBufferSync(z, data.length).equals(data));
-    assert.throws(() => zstdDecompressBufferSync(z, data.length - 1), (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'));
+    assert.throws(
+      () => zstdDecompressBufferSync(z, data.length - 1),
+      (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'),
+    );
     // A small frame "declared" huge: the output is only what the frame holds.
     const small = zstdCompressSync(Buffer.from('hello'));
     const before = process.memoryUsage().arrayBuffers;
@@ -149,12 +182,18 @@ describe('bounded resources and clear refusals (pure parts)', () => {
   });
 
   it('the space guard: DISK_FULL when the content would not fit above the reserve', async () => {
-    await assert.rejects(checkRoom(tmpdir(), Number.MAX_SAFE_INTEGER / 2, { bytes: 0 }, 'a test'), (e) => isTiuError(e, 'DISK_FULL') && /no space left for a test/.test(e.message));
+    await assert.rejects(
+      checkRoom(tmpdir(), Number.MAX_SAFE_INTEGER / 2, { bytes: 0 }, 'a test'),
+      (e) => isTiuError(e, 'DISK_FULL') && /no space left for a test/.test(e.message),
+    );
     await checkRoom(tmpdir(), 0, { bytes: 0 }, 'nothing');
     const g = new SpaceGuard(tmpdir(), { bytes: 0 });
     await g.start(0);
     g.expand(1, 'small');
-    assert.throws(() => g.expand(Number.MAX_SAFE_INTEGER / 2, '"usr/huge"'), (e) => isTiuError(e, 'DISK_FULL') && /usr\/huge/.test(e.message));
+    assert.throws(
+      () => g.expand(Number.MAX_SAFE_INTEGER / 2, '"usr/huge"'),
+      (e) => isTiuError(e, 'DISK_FULL') && /usr\/huge/.test(e.message),
+    );
     // A reserve larger than anything free.
     const huge = new SpaceGuard(tmpdir(), { bytes: Number.MAX_SAFE_INTEGER }, { every: 1 });
     await assert.rejects(huge.wrote(1), (e) => isTiuError(e, 'DISK_FULL') && /reserve/.test(e.message));

@@ -8,7 +8,18 @@ import { isTiuError } from '../../src/errors.ts';
 function e(path: string, over: Partial<TreeEntry> = {}): TreeEntry {
   const type = over.type ?? (path.endsWith('/') ? 'dir' : 'reg');
   const p = path.replace(/\/$/, '');
-  return { path: p, type, mode: type === 'dir' ? 0o755 : 0o644, uid: 0, gid: 0, mtime: 1000, mtimeNsec: 0, size: 0, xattrs: [], ...over };
+  return {
+    path: p,
+    type,
+    mode: type === 'dir' ? 0o755 : 0o644,
+    uid: 0,
+    gid: 0,
+    mtime: 1000,
+    mtimeNsec: 0,
+    size: 0,
+    xattrs: [],
+    ...over,
+  };
 }
 
 function tree(...paths: (string | TreeEntry)[]): TreeEntry[] {
@@ -18,14 +29,56 @@ function tree(...paths: (string | TreeEntry)[]): TreeEntry[] {
 describe('bundle tree rules', function () {
   it('leaves out runtime and subvolume contents but keeps the directories', function () {
     const out = applyTreeRules(
-      tree('run/', 'run/x', 'tmp/', 'tmp/y', 'home/', 'home/u/', 'home/u/f', 'usr/', 'usr/local/', 'usr/local/bin/', 'boot/', 'boot/grub2/', 'boot/grub2/x86_64-efi/', 'boot/grub2/x86_64-efi/a.mod', 'boot/grub2/grub.cfg', 'dev/', 'dev/null', '.snapshots/', '.snapshots/1/'),
+      tree(
+        'run/',
+        'run/x',
+        'tmp/',
+        'tmp/y',
+        'home/',
+        'home/u/',
+        'home/u/f',
+        'usr/',
+        'usr/local/',
+        'usr/local/bin/',
+        'boot/',
+        'boot/grub2/',
+        'boot/grub2/x86_64-efi/',
+        'boot/grub2/x86_64-efi/a.mod',
+        'boot/grub2/grub.cfg',
+        'dev/',
+        'dev/null',
+        '.snapshots/',
+        '.snapshots/1/',
+      ),
       { mtime: 0 },
     ).map((x) => x.path);
-    assert.deepEqual(out, ['.snapshots', 'boot', 'boot/grub2', 'boot/grub2/grub.cfg', 'boot/grub2/x86_64-efi', 'dev', 'home', 'run', 'tmp', 'usr', 'usr/local']);
+    assert.deepEqual(out, [
+      '.snapshots',
+      'boot',
+      'boot/grub2',
+      'boot/grub2/grub.cfg',
+      'boot/grub2/x86_64-efi',
+      'dev',
+      'home',
+      'run',
+      'tmp',
+      'usr',
+      'usr/local',
+    ]);
   });
 
   it('moves /var content to the factory with one tmpfiles.d line per top entry', function () {
-    const out = applyTreeRules(tree(e('var/', { mtime: 777 }), 'var/lib/', 'var/lib/a', e('var/run', { type: 'symlink', link: '../run' }), e('var/odd dir/', {}), 'usr/'), { mtime: 5 });
+    const out = applyTreeRules(
+      tree(
+        e('var/', { mtime: 777 }),
+        'var/lib/',
+        'var/lib/a',
+        e('var/run', { type: 'symlink', link: '../run' }),
+        e('var/odd dir/', {}),
+        'usr/',
+      ),
+      { mtime: 5 },
+    );
     const paths = out.map((x) => x.path);
     assert.ok(paths.includes('var'));
     assert.ok(!paths.some((p) => p.startsWith('var/')));
@@ -41,15 +94,29 @@ describe('bundle tree rules', function () {
   });
 
   it('keeps /etc twice and honours --exclude', function () {
-    const out = applyTreeRules(tree('etc/', 'etc/a', 'etc/secret/', 'etc/secret/k', 'usr/', 'usr/x'), { mtime: 0, exclude: ['/etc/secret', 'usr/x'] }).map((x) => x.path);
+    const out = applyTreeRules(tree('etc/', 'etc/a', 'etc/secret/', 'etc/secret/k', 'usr/', 'usr/x'), {
+      mtime: 0,
+      exclude: ['/etc/secret', 'usr/x'],
+    }).map((x) => x.path);
     assert.deepEqual(out, ['etc', 'etc/a', 'usr', 'usr/lib', 'usr/lib/tiu', 'usr/lib/tiu/etc', 'usr/lib/tiu/etc/a']);
-    assert.throws(() => applyTreeRules([], { mtime: 0, exclude: ['/'] }), (err) => isTiuError(err, 'BUILD_BAD_OPTION'));
+    assert.throws(
+      () => applyTreeRules([], { mtime: 0, exclude: ['/'] }),
+      (err) => isTiuError(err, 'BUILD_BAD_OPTION'),
+    );
   });
 
   it('leads a hardlink group with its smallest path, and promotes a link whose target is left out', function () {
     const data = { data: Buffer.from('x') };
     const out = applyTreeRules(
-      tree('usr/', 'usr/b', e('usr/b', { size: 1, content: data }), e('usr/a', { type: 'hardlink', link: 'usr/b', size: 1, content: data }), 'opt/', e('opt/t', { size: 1, content: data }), e('usr/c', { type: 'hardlink', link: 'opt/t', size: 1, content: data })),
+      tree(
+        'usr/',
+        'usr/b',
+        e('usr/b', { size: 1, content: data }),
+        e('usr/a', { type: 'hardlink', link: 'usr/b', size: 1, content: data }),
+        'opt/',
+        e('opt/t', { size: 1, content: data }),
+        e('usr/c', { type: 'hardlink', link: 'opt/t', size: 1, content: data }),
+      ),
       { mtime: 0 },
     );
     const by = new Map(out.map((x) => [x.path, x]));
@@ -69,13 +136,34 @@ describe('bundle tree rules', function () {
         ['usr/lib/x', 'reg', 1000],
       ],
     );
-    assert.throws(() => applyTreeRules(tree('usr', 'usr/x'), { mtime: 0 }), (err) => isTiuError(err, 'BUILD_SOURCE_UNSUPPORTED'));
+    assert.throws(
+      () => applyTreeRules(tree('usr', 'usr/x'), { mtime: 0 }),
+      (err) => isTiuError(err, 'BUILD_SOURCE_UNSUPPORTED'),
+    );
   });
 });
 
 describe('bundle layers', function () {
   const base = applyTreeRules(
-    tree('etc/', 'etc/ssh/', 'etc/ssh/c', 'usr/', 'usr/lib/', 'usr/lib/modules/', 'usr/lib/modules/k', 'usr/share/', 'usr/share/doc/', 'usr/share/doc/d', 'usr/bin/', 'usr/bin/sh', 'var/', 'var/lib/', 'var/lib/s', 'boot/', 'boot/vmlinuz'),
+    tree(
+      'etc/',
+      'etc/ssh/',
+      'etc/ssh/c',
+      'usr/',
+      'usr/lib/',
+      'usr/lib/modules/',
+      'usr/lib/modules/k',
+      'usr/share/',
+      'usr/share/doc/',
+      'usr/share/doc/d',
+      'usr/bin/',
+      'usr/bin/sh',
+      'var/',
+      'var/lib/',
+      'var/lib/s',
+      'boot/',
+      'boot/vmlinuz',
+    ),
     { mtime: 0 },
   );
 
@@ -99,14 +187,24 @@ describe('bundle layers', function () {
         assert.ok(layers.at(-1)!.every((x) => x.type === 'dir'));
         assert.ok(layers.slice(0, -1).every((l) => l.every((x) => x.type !== 'dir')));
       }
-      for (const l of layers) assert.deepEqual(l.map((x) => x.path), l.map((x) => x.path).sort());
+      for (const l of layers)
+        assert.deepEqual(
+          l.map((x) => x.path),
+          l.map((x) => x.path).sort(),
+        );
     }
   });
 
   it('a changed file changes only the layer that holds it; a changed directory only the last', function () {
     const before = planLayers(base, 8);
-    const changedFile = planLayers(base.map((x) => (x.path === 'usr/bin/sh' ? { ...x, mtime: 2000 } : x)), 8);
-    const changedDir = planLayers(base.map((x) => (x.path === 'usr/bin' ? { ...x, mtime: 2000 } : x)), 8);
+    const changedFile = planLayers(
+      base.map((x) => (x.path === 'usr/bin/sh' ? { ...x, mtime: 2000 } : x)),
+      8,
+    );
+    const changedDir = planLayers(
+      base.map((x) => (x.path === 'usr/bin' ? { ...x, mtime: 2000 } : x)),
+      8,
+    );
     for (const after of [changedFile, changedDir]) {
       assert.equal(after.length, before.length);
       assert.equal(after.filter((l, i) => JSON.stringify(l) !== JSON.stringify(before[i])).length, 1);
@@ -115,7 +213,16 @@ describe('bundle layers', function () {
   });
 
   it('keeps a hardlink with the file it links to', function () {
-    const t = applyTreeRules(tree('usr/', 'usr/bin/', e('usr/bin/a', { size: 1, content: { data: Buffer.from('x') } }), e('var/', {}), e('var/z', { type: 'hardlink', link: 'usr/bin/a' })), { mtime: 0 });
+    const t = applyTreeRules(
+      tree(
+        'usr/',
+        'usr/bin/',
+        e('usr/bin/a', { size: 1, content: { data: Buffer.from('x') } }),
+        e('var/', {}),
+        e('var/z', { type: 'hardlink', link: 'usr/bin/a' }),
+      ),
+      { mtime: 0 },
+    );
     const layers = planLayers(t, 16);
     const holder = layers.find((l) => l.some((x) => x.path === 'usr/bin/a'))!;
     assert.ok(holder.some((x) => x.path === 'usr/share/factory/var/z' && x.type === 'hardlink'));
@@ -124,7 +231,9 @@ describe('bundle layers', function () {
 
 describe('os-release', function () {
   it('parses quoted and unquoted values', function () {
-    const r = parseOsRelease('# c\nNAME="openSUSE MicroOS"\nID=opensuse-microos\nVERSION_ID=\'2026\'\nX="a \\"q\\""\nbad line\n');
+    const r = parseOsRelease(
+      '# c\nNAME="openSUSE MicroOS"\nID=opensuse-microos\nVERSION_ID=\'2026\'\nX="a \\"q\\""\nbad line\n',
+    );
     assert.deepEqual(r, { NAME: 'openSUSE MicroOS', ID: 'opensuse-microos', VERSION_ID: '2026', X: 'a "q"' });
   });
 });

@@ -49,8 +49,32 @@ describe('bundle tar and image sources', function () {
   }
 
   it('applies layers in order with whiteouts and opaque directories', async function () {
-    await tb.addTar(tar(dir('etc'), file('etc/a', 'A1'), file('etc/b', 'B'), dir('opt'), dir('opt/x'), file('opt/x/y', 'Y'), dir('srv'), file('srv/old', 'O')), 'l1', { whiteouts: true });
-    await tb.addTar(tar(file('etc/a', 'A2'), ent('etc/.wh.b'), ent('.wh.opt'), dir('srv'), file('srv/new', 'N'), ent('srv/.wh..wh..opq')), 'l2', { whiteouts: true });
+    await tb.addTar(
+      tar(
+        dir('etc'),
+        file('etc/a', 'A1'),
+        file('etc/b', 'B'),
+        dir('opt'),
+        dir('opt/x'),
+        file('opt/x/y', 'Y'),
+        dir('srv'),
+        file('srv/old', 'O'),
+      ),
+      'l1',
+      { whiteouts: true },
+    );
+    await tb.addTar(
+      tar(
+        file('etc/a', 'A2'),
+        ent('etc/.wh.b'),
+        ent('.wh.opt'),
+        dir('srv'),
+        file('srv/new', 'N'),
+        ent('srv/.wh..wh..opq'),
+      ),
+      'l2',
+      { whiteouts: true },
+    );
     assert.deepEqual([...tb.entries.keys()].sort(), ['etc', 'etc/a', 'srv', 'srv/new']);
     assert.equal(await content('etc/a'), 'A2');
     assert.equal(await content('srv/new'), 'N');
@@ -67,8 +91,12 @@ describe('bundle tar and image sources', function () {
     assert.equal(b.type, 'hardlink');
     assert.equal(b.link, 'usr/a');
     assert.equal(b.size, 4);
-    await assert.rejects(tb.addTar(tar(ent('usr/c', { type: 'hardlink', link: 'usr/missing' })), 't'), (e) => isTiuError(e, 'TAR_INVALID'));
-    await assert.rejects(tb.addTar(tar(ent('usr/d', { type: 'hardlink', link: '../../etc/shadow' })), 't'), (e) => isTiuError(e, 'TAR_UNSAFE_PATH'));
+    await assert.rejects(tb.addTar(tar(ent('usr/c', { type: 'hardlink', link: 'usr/missing' })), 't'), (e) =>
+      isTiuError(e, 'TAR_INVALID'),
+    );
+    await assert.rejects(tb.addTar(tar(ent('usr/d', { type: 'hardlink', link: '../../etc/shadow' })), 't'), (e) =>
+      isTiuError(e, 'TAR_UNSAFE_PATH'),
+    );
   });
 
   it('a directory replaced by a file loses its children', async function () {

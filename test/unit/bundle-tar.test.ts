@@ -2,11 +2,29 @@ import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import type { TreeEntry } from '../../src/bundle/entry.ts';
 import { normalizeTreePath } from '../../src/bundle/entry.ts';
-import { ByteReader, encodeHeader, END_OF_ARCHIVE, paddingFor, readTar, type TarMember } from '../../src/bundle/tar-format.ts';
+import {
+  ByteReader,
+  encodeHeader,
+  END_OF_ARCHIVE,
+  paddingFor,
+  readTar,
+  type TarMember,
+} from '../../src/bundle/tar-format.ts';
 import { isTiuError } from '../../src/errors.ts';
 
 function entry(over: Partial<TreeEntry>): TreeEntry {
-  return { path: 'x', type: 'reg', mode: 0o644, uid: 0, gid: 0, mtime: 1_700_000_000, mtimeNsec: 0, size: 0, xattrs: [], ...over };
+  return {
+    path: 'x',
+    type: 'reg',
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtime: 1_700_000_000,
+    mtimeNsec: 0,
+    size: 0,
+    xattrs: [],
+    ...over,
+  };
 }
 
 function tarOf(entries: TreeEntry[]): Buffer {
@@ -40,7 +58,15 @@ describe('bundle tar format', function () {
     const cap = Buffer.from('0100000200200000000000000000000000000000', 'hex');
     const entries: TreeEntry[] = [
       entry({ path: 'usr', type: 'dir', mode: 0o755 }),
-      entry({ path: odd, size: 3, content: { data: Buffer.from('abc') }, xattrs: [['security.capability', cap], ['user.x', Buffer.from([0, 0xff, 10])]] }),
+      entry({
+        path: odd,
+        size: 3,
+        content: { data: Buffer.from('abc') },
+        xattrs: [
+          ['security.capability', cap],
+          ['user.x', Buffer.from([0, 0xff, 10])],
+        ],
+      }),
       entry({ path: long, uid: 3_000_000, gid: 12345, mtime: 315_532_800, mtimeNsec: 123_456_789 }),
       entry({ path: unsplittable, type: 'symlink', link: 'l'.repeat(150) + '\xff', mode: 0o777 }),
       entry({ path: 'usr/dev', type: 'char', devMajor: 240, devMinor: 300_000, mode: 0o620 }),
@@ -70,7 +96,14 @@ describe('bundle tar format', function () {
   });
 
   it('is deterministic', function () {
-    const e = entry({ path: 'a/b', xattrs: [['user.b', Buffer.from('2')], ['user.a', Buffer.from('1')]], mtimeNsec: 5 });
+    const e = entry({
+      path: 'a/b',
+      xattrs: [
+        ['user.b', Buffer.from('2')],
+        ['user.a', Buffer.from('1')],
+      ],
+      mtimeNsec: 5,
+    });
     assert.ok(encodeHeader(e).equals(encodeHeader({ ...e })));
   });
 
@@ -84,7 +117,10 @@ describe('bundle tar format', function () {
     assert.equal(normalizeTreePath('./usr//bin/./x', 't'), 'usr/bin/x');
     assert.equal(normalizeTreePath('./', 't'), '');
     for (const bad of ['../x', 'a/../../x', '/etc/passwd', 'a/..']) {
-      assert.throws(() => normalizeTreePath(bad, 't'), (e) => isTiuError(e, 'TAR_UNSAFE_PATH'));
+      assert.throws(
+        () => normalizeTreePath(bad, 't'),
+        (e) => isTiuError(e, 'TAR_UNSAFE_PATH'),
+      );
     }
   });
 });

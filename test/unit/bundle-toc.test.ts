@@ -8,14 +8,39 @@ import { randomBytes } from 'node:crypto';
 import { constants as zlibConstants, zstdCompressSync } from 'node:zlib';
 import type { TreeEntry } from '../../src/bundle/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
-import { fetchTocFile, formatModtime, parseFooter, readTocFromFooter, skippableFrame, ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
-import { SYNC_FRAME_MAX, SYNC_OUTPUT_MAX, zstdDecompressBufferSync, zstdDecompressFrames, zstdFrameSpans } from '../../src/bundle/zstd-frames.ts';
+import {
+  fetchTocFile,
+  formatModtime,
+  parseFooter,
+  readTocFromFooter,
+  skippableFrame,
+  ZstdChunkedAnnotation,
+} from '../../src/bundle/toc.ts';
+import {
+  SYNC_FRAME_MAX,
+  SYNC_OUTPUT_MAX,
+  zstdDecompressBufferSync,
+  zstdDecompressFrames,
+  zstdFrameSpans,
+} from '../../src/bundle/zstd-frames.ts';
 import { Crc64 } from '../../src/bundle/tar-split.ts';
 import { ByteReader, readTar } from '../../src/bundle/tar-format.ts';
 import { isTiuError } from '../../src/errors.ts';
 
 function file(path: string, data: Buffer, over: Partial<TreeEntry> = {}): TreeEntry {
-  return { path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtime: 1_700_000_000, mtimeNsec: 0, size: data.length, xattrs: [], content: { data }, ...over };
+  return {
+    path,
+    type: 'reg',
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtime: 1_700_000_000,
+    mtimeNsec: 0,
+    size: data.length,
+    xattrs: [],
+    content: { data },
+    ...over,
+  };
 }
 
 async function collect(it: AsyncIterable<Buffer>): Promise<Buffer> {
@@ -81,7 +106,10 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
     assert.equal(toc.entries[1]!.modtime, '2023-11-14T22:13:20Z');
     assert.deepEqual(await readTocFromFooter(fetch, blob.length), toc);
     const footer = parseFooter(blob.subarray(blob.length - 72));
-    assert.equal(annotations[ZstdChunkedAnnotation.ManifestPosition], `${footer.offset}:${footer.lengthCompressed}:${footer.lengthUncompressed}:1`);
+    assert.equal(
+      annotations[ZstdChunkedAnnotation.ManifestPosition],
+      `${footer.offset}:${footer.lengthCompressed}:${footer.lengthUncompressed}:1`,
+    );
   });
 
   it('gives each file its own frame, fetchable and verified alone', async function () {
@@ -102,23 +130,52 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
   });
 
   it('refuses a TOC that does not match the annotation, and blobs without a footer', async function () {
-    await assert.rejects(readTocFromFooter(fetch, blob.length, { ...annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'1'.repeat(64)}` }), (err) => isTiuError(err, 'TOC_CHECKSUM_MISMATCH'));
+    await assert.rejects(
+      readTocFromFooter(fetch, blob.length, {
+        ...annotations,
+        [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'1'.repeat(64)}`,
+      }),
+      (err) => isTiuError(err, 'TOC_CHECKSUM_MISMATCH'),
+    );
     const plain = zstdCompressSync(Buffer.alloc(4096));
-    await assert.rejects(readTocFromFooter((s, en) => Promise.resolve(plain.subarray(s, en)), plain.length), (err) => isTiuError(err, 'TOC_INVALID'));
+    await assert.rejects(
+      readTocFromFooter((s, en) => Promise.resolve(plain.subarray(s, en)), plain.length),
+      (err) => isTiuError(err, 'TOC_INVALID'),
+    );
     const { [ZstdChunkedAnnotation.ManifestChecksum]: _drop, ...noChecksum } = annotations;
     await assert.rejects(readTocFromFooter(fetch, blob.length, noChecksum), (err) => isTiuError(err, 'TOC_INVALID'));
   });
 
   it('carries tar-split data that rebuilds the exact tar from file contents', async function () {
     const toc = await readTocFromFooter(fetch, blob.length, annotations);
-    const [off, len, ulen] = annotations[ZstdChunkedAnnotation.TarSplitPosition]!.split(':').map(Number) as [number, number, number];
+    const [off, len, ulen] = annotations[ZstdChunkedAnnotation.TarSplitPosition]!.split(':').map(Number) as [
+      number,
+      number,
+      number,
+    ];
     const frame = blob.subarray(off, off + len);
     assert.equal(toc.tarSplitDigest, `sha256:${createHash('sha256').update(frame).digest('hex')}`);
     const text = await collect(zstdDecompressFrames(Readable.from([frame])));
     assert.equal(text.length, ulen);
-    const byName = new Map(entries.map((x) => [Buffer.from(x.type === 'dir' ? x.path + '/' : x.path, 'latin1').toString('base64'), x]));
+    const byName = new Map(
+      entries.map((x) => [Buffer.from(x.type === 'dir' ? x.path + '/' : x.path, 'latin1').toString('base64'), x]),
+    );
     const rebuilt = createHash('sha256');
-    const lines = text.toString('utf8').trim().split('\n').map((l) => JSON.parse(l) as { type: number; name?: string; name_raw?: string; size?: number; payload: string | null; position: number });
+    const lines = text
+      .toString('utf8')
+      .trim()
+      .split('\n')
+      .map(
+        (l) =>
+          JSON.parse(l) as {
+            type: number;
+            name?: string;
+            name_raw?: string;
+            size?: number;
+            payload: string | null;
+            position: number;
+          },
+      );
     lines.forEach((l, i) => assert.equal(l.position, i));
     for (const l of lines) {
       if (l.type === 2) rebuilt.update(Buffer.from(l.payload ?? '', 'base64'));
@@ -166,7 +223,7 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
       const data = Buffer.from(Array.from({ length: len }, () => rnd(256)));
       assert.equal(new Crc64().update(data).digest().toString('hex'), reference(data), `${len} bytes`);
       const c = new Crc64();
-      for (let i = 0; i < len; ) {
+      for (let i = 0; i < len;) {
         const n = 1 + rnd(20);
         c.update(data.subarray(i, i + n));
         i += n;
@@ -176,9 +233,18 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
   });
 
   it('zstd frame reader skips skippable frames and concatenates frames', async function () {
-    const b = Buffer.concat([zstdCompressSync(Buffer.from('ab')), skippableFrame(Buffer.from('ignored')), zstdCompressSync(Buffer.from('cd'))]);
-    assert.equal((await collect(zstdDecompressFrames(Readable.from([b.subarray(0, 5), b.subarray(5)])))).toString(), 'abcd');
-    await assert.rejects(collect(zstdDecompressFrames(Readable.from([b.subarray(0, b.length - 3)]))), (err) => isTiuError(err, 'TAR_INVALID'));
+    const b = Buffer.concat([
+      zstdCompressSync(Buffer.from('ab')),
+      skippableFrame(Buffer.from('ignored')),
+      zstdCompressSync(Buffer.from('cd')),
+    ]);
+    assert.equal(
+      (await collect(zstdDecompressFrames(Readable.from([b.subarray(0, 5), b.subarray(5)])))).toString(),
+      'abcd',
+    );
+    await assert.rejects(collect(zstdDecompressFrames(Readable.from([b.subarray(0, b.length - 3)]))), (err) =>
+      isTiuError(err, 'TAR_INVALID'),
+    );
   });
 
   it('zstd frame reader: small frames in one call, large or far-expanding frames streamed in bounded pieces', async function () {
@@ -186,14 +252,23 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
     const random = randomBytes(SYNC_FRAME_MAX + 300_000); // compressed, still larger than SYNC_FRAME_MAX
     const zeros = Buffer.alloc(SYNC_OUTPUT_MAX + 5_000_000); // a tiny frame that expands beyond SYNC_OUTPUT_MAX
     const checked = { params: { [zlibConstants.ZSTD_c_checksumFlag]: 1 } };
-    const frames = [zstdCompressSync(small, checked), zstdCompressSync(random), skippableFrame(Buffer.from('toc')), zstdCompressSync(zeros), zstdCompressSync(Buffer.alloc(0))];
+    const frames = [
+      zstdCompressSync(small, checked),
+      zstdCompressSync(random),
+      skippableFrame(Buffer.from('toc')),
+      zstdCompressSync(zeros),
+      zstdCompressSync(Buffer.alloc(0)),
+    ];
     assert.ok(frames[1]!.length > SYNC_FRAME_MAX && frames[3]!.length < SYNC_FRAME_MAX);
     const whole = Buffer.concat(frames);
     for (const pieces of [[whole], [whole.subarray(0, 7), whole.subarray(7, 70_000), whole.subarray(70_000)]]) {
       const out: Buffer[] = [];
       for await (const c of zstdDecompressFrames(Readable.from(pieces))) out.push(c);
       assert.ok(Buffer.concat(out).equals(Buffer.concat([small, random, zeros])));
-      assert.ok(out.every((c) => c.length <= 1024 * 1024), `largest piece ${Math.max(...out.map((c) => c.length))} bytes`);
+      assert.ok(
+        out.every((c) => c.length <= 1024 * 1024),
+        `largest piece ${Math.max(...out.map((c) => c.length))} bytes`,
+      );
     }
     // a corrupted small frame (its checksum no longer matches) is refused
     const bad = Buffer.from(frames[0]!);
@@ -204,13 +279,30 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
   it('zstd frames of a buffer in one call each: skippable frames left out, size bounded, truncation refused', function () {
     const a = Buffer.from('first frame '.repeat(100));
     const b = Buffer.alloc(70_000, 7);
-    const buf = Buffer.concat([zstdCompressSync(a), skippableFrame(Buffer.from('toc')), zstdCompressSync(b), zstdCompressSync(Buffer.alloc(0))]);
+    const buf = Buffer.concat([
+      zstdCompressSync(a),
+      skippableFrame(Buffer.from('toc')),
+      zstdCompressSync(b),
+      zstdCompressSync(Buffer.alloc(0)),
+    ]);
     assert.equal(zstdFrameSpans(buf).length, 3);
     assert.ok(zstdDecompressBufferSync(buf, a.length + b.length).equals(Buffer.concat([a, b])));
-    assert.throws(() => zstdDecompressBufferSync(buf, a.length + b.length - 1), (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'));
-    assert.throws(() => zstdDecompressBufferSync(buf, a.length - 1), (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'));
-    assert.throws(() => zstdDecompressBufferSync(buf.subarray(0, buf.length - 5), 1e6), (e) => isTiuError(e, 'TAR_INVALID'));
-    assert.throws(() => zstdDecompressBufferSync(Buffer.from('not zstd at all'), 1e6), (e) => isTiuError(e, 'TAR_INVALID'));
+    assert.throws(
+      () => zstdDecompressBufferSync(buf, a.length + b.length - 1),
+      (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'),
+    );
+    assert.throws(
+      () => zstdDecompressBufferSync(buf, a.length - 1),
+      (e) => isTiuError(e, 'ZSTD_OUTPUT_TOO_LARGE'),
+    );
+    assert.throws(
+      () => zstdDecompressBufferSync(buf.subarray(0, buf.length - 5), 1e6),
+      (e) => isTiuError(e, 'TAR_INVALID'),
+    );
+    assert.throws(
+      () => zstdDecompressBufferSync(Buffer.from('not zstd at all'), 1e6),
+      (e) => isTiuError(e, 'TAR_INVALID'),
+    );
   });
 
   it('gzip layers are a plain gzip tar with the same diff_id', async function () {

@@ -19,8 +19,22 @@ async function put(t: Target, data: Buffer, mediaType: string): Promise<Descript
   return d;
 }
 async function image(t: Target, opts: { layers?: Descriptor[]; subject?: Descriptor; artifactType?: string } = {}) {
-  const layers = opts.layers ?? [await put(t, randomBytes(4000), MediaType.OciLayerGzip), await put(t, randomBytes(3000), MediaType.OciLayerGzip)];
-  const config = await put(t, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', author: randomBytes(4).toString('hex'), rootfs: { type: 'layers', diff_ids: [] } })), MediaType.OciConfig);
+  const layers = opts.layers ?? [
+    await put(t, randomBytes(4000), MediaType.OciLayerGzip),
+    await put(t, randomBytes(3000), MediaType.OciLayerGzip),
+  ];
+  const config = await put(
+    t,
+    Buffer.from(
+      JSON.stringify({
+        architecture: 'amd64',
+        os: 'linux',
+        author: randomBytes(4).toString('hex'),
+        rootfs: { type: 'layers', diff_ids: [] },
+      }),
+    ),
+    MediaType.OciConfig,
+  );
   const doc: Record<string, unknown> = { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers };
   if (opts.subject) doc.subject = opts.subject;
   if (opts.artifactType) doc.artifactType = opts.artifactType;
@@ -56,7 +70,10 @@ describe('copy', () => {
     const done = events.filter((e) => e.type === 'blob-done').map((e) => e.desc.digest);
     assert.equal(done.length, 4);
     assert.equal(done[done.length - 1], img.manifest.digest);
-    const bytes = events.filter((e): e is Extract<CopyEvent, { type: 'blob-bytes' }> => e.type === 'blob-bytes' && e.desc.digest === img.layers[0]!.digest);
+    const bytes = events.filter(
+      (e): e is Extract<CopyEvent, { type: 'blob-bytes' }> =>
+        e.type === 'blob-bytes' && e.desc.digest === img.layers[0]!.digest,
+    );
     assert.equal(bytes[bytes.length - 1]!.bytes, 4000);
     // the source tag is reused when no destination tag is given
     await copy(src, 't', dst, undefined);
@@ -72,14 +89,23 @@ describe('copy', () => {
     const b = await image(src, { layers: a.layers });
     const events: CopyEvent[] = [];
     await copy(src, b.manifest.digest, dst, 'b', { onProgress: (e) => events.push(e) });
-    const started = events.filter((e) => e.type === 'blob-start').map((e) => e.desc.digest).sort();
+    const started = events
+      .filter((e) => e.type === 'blob-start')
+      .map((e) => e.desc.digest)
+      .sort();
     assert.deepEqual(started, [b.config.digest, b.manifest.digest].sort());
-    const skipped = events.filter((e) => e.type === 'blob-skipped').map((e) => e.desc.digest).sort();
+    const skipped = events
+      .filter((e) => e.type === 'blob-skipped')
+      .map((e) => e.desc.digest)
+      .sort();
     assert.deepEqual(skipped, a.layers.map((l) => l.digest).sort());
     // again: everything is there, nothing moves
     events.length = 0;
     await copy(src, b.manifest.digest, dst, 'b', { onProgress: (e) => events.push(e) });
-    assert.deepEqual(events.map((e) => e.type), ['blob-skipped', 'blob-skipped', 'blob-skipped', 'blob-skipped']);
+    assert.deepEqual(
+      events.map((e) => e.type),
+      ['blob-skipped', 'blob-skipped', 'blob-skipped', 'blob-skipped'],
+    );
   });
 
   it('completes a destination that has a manifest but not all its blobs', async () => {
@@ -98,8 +124,23 @@ describe('copy', () => {
     const inner = new MemoryTarget();
     const shared = await put(src, randomBytes(500), MediaType.OciLayerGzip);
     const imgs = [];
-    for (let i = 0; i < 3; i++) imgs.push(await image(src, { layers: [shared, await put(src, randomBytes(800), MediaType.OciLayerGzip), await put(src, randomBytes(900), MediaType.OciLayerGzip)] }));
-    const idx = await put(src, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: imgs.map((i) => i.manifest) })), MediaType.OciIndex);
+    for (let i = 0; i < 3; i++)
+      imgs.push(
+        await image(src, {
+          layers: [
+            shared,
+            await put(src, randomBytes(800), MediaType.OciLayerGzip),
+            await put(src, randomBytes(900), MediaType.OciLayerGzip),
+          ],
+        }),
+      );
+    const idx = await put(
+      src,
+      Buffer.from(
+        JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: imgs.map((i) => i.manifest) }),
+      ),
+      MediaType.OciIndex,
+    );
     let now = 0;
     let max = 0;
     const pushes = new Map<string, number>();
@@ -199,7 +240,9 @@ describe('copy', () => {
       assert.equal(dst.size, 0);
       throw new (await import('../../src/errors.ts')).TiuError('POLICY_REJECTED', 'no signature');
     };
-    await assert.rejects(copy(src, 't', dst, 't', { verify: refuse }), (e: unknown) => isTiuError(e, 'POLICY_REJECTED'));
+    await assert.rejects(copy(src, 't', dst, 't', { verify: refuse }), (e: unknown) =>
+      isTiuError(e, 'POLICY_REJECTED'),
+    );
     assert.equal(seen?.digest, img.manifest.digest);
     assert.equal(dst.size, 0);
     await copy(src, 't', dst, 't', { verify: () => Promise.resolve() });
@@ -211,9 +254,19 @@ describe('copy', () => {
     const src = new MemoryTarget();
     const img = await image(src);
     await src.tag(img.manifest, 't');
-    const sig = await image(src, { subject: img.manifest, artifactType: 'application/vnd.example.sig', layers: [await put(src, randomBytes(50), MediaType.OciLayerGzip)] });
-    const sigsig = await image(src, { subject: sig.manifest, artifactType: 'application/vnd.example.sig', layers: [await put(src, randomBytes(60), MediaType.OciLayerGzip)] });
-    const cosign = await image(src, { layers: [await put(src, Buffer.from('{"critical":{}}'), MediaType.CosignSimpleSigning)] });
+    const sig = await image(src, {
+      subject: img.manifest,
+      artifactType: 'application/vnd.example.sig',
+      layers: [await put(src, randomBytes(50), MediaType.OciLayerGzip)],
+    });
+    const sigsig = await image(src, {
+      subject: sig.manifest,
+      artifactType: 'application/vnd.example.sig',
+      layers: [await put(src, randomBytes(60), MediaType.OciLayerGzip)],
+    });
+    const cosign = await image(src, {
+      layers: [await put(src, Buffer.from('{"critical":{}}'), MediaType.CosignSimpleSigning)],
+    });
     const sigTag = cosignTags(img.manifest.digest)[0]!;
     assert.match(sigTag, /^sha256-[0-9a-f]{64}\.sig$/);
     await src.tag(cosign.manifest, sigTag);
@@ -225,8 +278,14 @@ describe('copy', () => {
 
     const dst = new MemoryTarget();
     await copy(src, 't', dst, 't', { referrers: true });
-    assert.deepEqual((await dst.referrers(img.manifest)).map((d) => d.digest), [sig.manifest.digest]);
-    assert.deepEqual((await dst.referrers(sig.manifest)).map((d) => d.digest), [sigsig.manifest.digest]);
+    assert.deepEqual(
+      (await dst.referrers(img.manifest)).map((d) => d.digest),
+      [sig.manifest.digest],
+    );
+    assert.deepEqual(
+      (await dst.referrers(sig.manifest)).map((d) => d.digest),
+      [sigsig.manifest.digest],
+    );
     assert.equal((await dst.resolve(sigTag)).digest, cosign.manifest.digest);
     assert.equal((await dst.resolve('t')).digest, img.manifest.digest);
   });
@@ -248,11 +307,13 @@ describe('copy', () => {
         async fetch(d, o) {
           if (d.digest !== big.digest) return inner.fetch(d, o);
           const data = Buffer.concat(await (await inner.fetch(d)).toArray());
-          return Readable.from((async function* () {
-            yield data.subarray(0, 1000);
-            await new Promise((r) => setTimeout(r, 5));
-            throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' });
-          })());
+          return Readable.from(
+            (async function* () {
+              yield data.subarray(0, 1000);
+              await new Promise((r) => setTimeout(r, 5));
+              throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' });
+            })(),
+          );
         },
       });
       const dst = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
@@ -263,7 +324,10 @@ describe('copy', () => {
         return true;
       });
       const files = await readdir(join(dir, 'l', 'blobs', 'sha256'));
-      assert.ok(files.every((f) => /^[0-9a-f]{64}$/.test(f)), `stray: ${files.join(' ')}`);
+      assert.ok(
+        files.every((f) => /^[0-9a-f]{64}$/.test(f)),
+        `stray: ${files.join(' ')}`,
+      );
       assert.ok(!files.includes(big.digest.slice(7)));
       assert.deepEqual(await dst.tags(), []);
     });
@@ -274,7 +338,9 @@ describe('copy', () => {
       const dst = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
       const ac = new AbortController();
       ac.abort();
-      await assert.rejects(copy(src, img.manifest.digest, dst, 't', { signal: ac.signal }), (e: unknown) => isTiuError(e, 'ABORTED'));
+      await assert.rejects(copy(src, img.manifest.digest, dst, 't', { signal: ac.signal }), (e: unknown) =>
+        isTiuError(e, 'ABORTED'),
+      );
       assert.deepEqual(await dst.tags(), []);
     });
 
@@ -282,16 +348,26 @@ describe('copy', () => {
       const src = new MemoryTarget();
       const img = await image(src);
       await src.tag(img.manifest, 't');
-      const sig = await image(src, { subject: img.manifest, artifactType: 'application/vnd.example.sig', layers: [await put(src, randomBytes(50), MediaType.OciLayerGzip)] });
+      const sig = await image(src, {
+        subject: img.manifest,
+        artifactType: 'application/vnd.example.sig',
+        layers: [await put(src, randomBytes(50), MediaType.OciLayerGzip)],
+      });
       const dst = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
       await copy(src, 't', dst, undefined, { referrers: true });
       assert.equal((await dst.resolve('t')).digest, img.manifest.digest);
-      assert.deepEqual((await dst.referrers(img.manifest)).map((d) => d.digest), [sig.manifest.digest]);
+      assert.deepEqual(
+        (await dst.referrers(img.manifest)).map((d) => d.digest),
+        [sig.manifest.digest],
+      );
       assert.equal((await dst.resolveDefault()).digest, img.manifest.digest);
       // and back: layout -> memory keeps the referrer
       const back = new MemoryTarget();
       await copy(dst, undefined, back, 'x', { referrers: true });
-      assert.deepEqual((await back.referrers(img.manifest)).map((d) => d.digest), [sig.manifest.digest]);
+      assert.deepEqual(
+        (await back.referrers(img.manifest)).map((d) => d.digest),
+        [sig.manifest.digest],
+      );
     });
   });
 });

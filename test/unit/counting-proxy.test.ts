@@ -10,7 +10,11 @@ import { startCountingProxy, type CountingProxy } from '../helpers/counting-prox
 const BLOB = `/v2/x/blobs/sha256:${'a'.repeat(64)}`;
 const data = Buffer.alloc(10_000, 7);
 
-function fetchVia(p: CountingProxy, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer }> {
+function fetchVia(
+  p: CountingProxy,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve) => {
     const parts: Buffer[] = [];
     const req = get({ host: '127.0.0.1', port: p.port, path, headers, agent: false }, (res) => {
@@ -52,7 +56,13 @@ describe('counting proxy (test helper)', () => {
     assert.equal((await fetchVia(proxy, BLOB, { range: 'bytes=0-99' })).body.length, 100);
     assert.equal((await fetchVia(proxy, BLOB)).body.length, data.length);
     assert.equal(proxy.blobBytes(), 100 + data.length);
-    assert.deepEqual(proxy.requests.map((r) => [r.range, r.status]), [['bytes=0-99', 206], ['', 200]]);
+    assert.deepEqual(
+      proxy.requests.map((r) => [r.range, r.status]),
+      [
+        ['bytes=0-99', 206],
+        ['', 200],
+      ],
+    );
     const c = proxy.reset();
     assert.equal(c.requests, 2);
     assert.ok(c.down > 100 + data.length && c.up > 0);

@@ -15,7 +15,16 @@ import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
 import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
-import { coalesce, ContentStore, downloadRanges, fetchLayerTocs, frameless, prepareTransfer, rangeBytes, storeProvider } from '../../src/deploy/delta/index.ts';
+import {
+  coalesce,
+  ContentStore,
+  downloadRanges,
+  fetchLayerTocs,
+  frameless,
+  prepareTransfer,
+  rangeBytes,
+  storeProvider,
+} from '../../src/deploy/delta/index.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
@@ -23,23 +32,58 @@ import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
 const code = (c: string) => (e: unknown) => isTiuError(e, c);
 
 function entry(path: string, layer: number, offset: number, endOffset: number, size = 100): TreeEntry {
-  return { path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size, digest: `sha256:${'0'.repeat(64)}`, source: { layer, offset, endOffset } };
+  return {
+    path,
+    type: 'reg',
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtimeNs: 0n,
+    xattrs: {},
+    size,
+    digest: `sha256:${'0'.repeat(64)}`,
+    source: { layer, offset, endOffset },
+  };
 }
 
 describe('delta: coalescing frames into requests', () => {
   it('joins neighbours within the gap, splits at larger gaps, other layers and the span limit', () => {
-    const es = [entry('c', 0, 5000, 6000), entry('a', 0, 0, 1000), entry('b', 0, 1100, 2000), entry('d', 1, 0, 10), entry('e', 0, 6050, 9000)];
+    const es = [
+      entry('c', 0, 5000, 6000),
+      entry('a', 0, 0, 1000),
+      entry('b', 0, 1100, 2000),
+      entry('d', 1, 0, 10),
+      entry('e', 0, 6050, 9000),
+    ];
     const r = coalesce(es, { maxGap: 200, maxSpan: 1_000_000 });
-    assert.deepEqual(r.map((x) => [x.layer, x.start, x.end, x.entries.map((e) => e.path).join('')]), [[0, 0, 2000, 'ab'], [0, 5000, 9000, 'ce'], [1, 0, 10, 'd']]);
+    assert.deepEqual(
+      r.map((x) => [x.layer, x.start, x.end, x.entries.map((e) => e.path).join('')]),
+      [
+        [0, 0, 2000, 'ab'],
+        [0, 5000, 9000, 'ce'],
+        [1, 0, 10, 'd'],
+      ],
+    );
     assert.equal(rangeBytes(r), 2000 + 4000 + 10);
     const capped = coalesce(es, { maxGap: 10_000, maxSpan: 2500 });
-    assert.deepEqual(capped.map((x) => [x.start, x.end]), [[0, 2000], [5000, 6000], [6050, 9000], [0, 10]]);
+    assert.deepEqual(
+      capped.map((x) => [x.start, x.end]),
+      [
+        [0, 2000],
+        [5000, 6000],
+        [6050, 9000],
+        [0, 10],
+      ],
+    );
   });
   it('leaves empty files out and finds files with content but no frame', () => {
     const empty = { ...entry('z', 0, 0, 0, 0) };
     const noFrame = { ...entry('n', 0, 0, 0, 10) };
     assert.deepEqual(coalesce([empty, noFrame]), []);
-    assert.deepEqual(frameless([empty, noFrame]).map((e) => e.path), ['n']);
+    assert.deepEqual(
+      frameless([empty, noFrame]).map((e) => e.path),
+      ['n'],
+    );
   });
 });
 
@@ -57,13 +101,42 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'tiu-delta-unit-'));
-    const dirEntry = (path: string): BuildEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, size: 0, xattrs: [] });
-    const entries: BuildEntry[] = [dirEntry('usr'), ...Object.entries(files).map(([path, data]): BuildEntry => ({ path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, size: data.length, xattrs: [], content: { data } }))];
+    const dirEntry = (path: string): BuildEntry => ({
+      path,
+      type: 'dir',
+      mode: 0o755,
+      uid: 0,
+      gid: 0,
+      mtime: 0,
+      mtimeNsec: 0,
+      size: 0,
+      xattrs: [],
+    });
+    const entries: BuildEntry[] = [
+      dirEntry('usr'),
+      ...Object.entries(files).map(([path, data]): BuildEntry => ({
+        path,
+        type: 'reg',
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtimeNsec: 0,
+        size: data.length,
+        xattrs: [],
+        content: { data },
+      })),
+    ];
     const r = await writeLayer(entries, join(dir, 'layer'), { compression: 'zstd' });
     layer = r.descriptor;
     target = new MemoryTarget();
     await target.push(layer, Readable.from([await readFile(join(dir, 'layer'))]));
-    manifest = { schemaVersion: 2, mediaType: MediaType.OciManifest, config: { mediaType: MediaType.OciConfig, digest: `sha256:${'1'.repeat(64)}`, size: 2 }, layers: [layer] };
+    manifest = {
+      schemaVersion: 2,
+      mediaType: MediaType.OciManifest,
+      config: { mediaType: MediaType.OciConfig, digest: `sha256:${'1'.repeat(64)}`, size: 2 },
+      layers: [layer],
+    };
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });
@@ -89,9 +162,15 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     assert.deepEqual(gz.ok ? null : /not a zstd:chunked layer/.test(gz.reason), true);
     const noToc = await fetchLayerTocs(target, { ...manifest, layers: [{ ...layer, annotations: {} }] });
     assert.deepEqual(noToc.ok ? null : /no table of contents/.test(noToc.reason), true);
-    const noRange = await fetchLayerTocs({ ...target, name: 'plain', fetch: target.fetch.bind(target), fetchRange: undefined } as never, manifest);
+    const noRange = await fetchLayerTocs(
+      { ...target, name: 'plain', fetch: target.fetch.bind(target), fetchRange: undefined } as never,
+      manifest,
+    );
     assert.deepEqual(noRange.ok ? null : /does not serve byte ranges/.test(noRange.reason), true);
-    const bad = { ...layer, annotations: { ...layer.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'2'.repeat(64)}` } };
+    const bad = {
+      ...layer,
+      annotations: { ...layer.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'2'.repeat(64)}` },
+    };
     await assert.rejects(fetchLayerTocs(target, { ...manifest, layers: [bad] }), code('TOC_CHECKSUM_MISMATCH'));
   });
 
@@ -110,10 +189,29 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     assert.equal(t.path, 'delta');
     assert.ok(t.path === 'delta');
     assert.deepEqual(t.plan.fetch.map((e) => e.path).sort(), ['usr/b', 'usr/c', 'usr/empty'], 'usr/a is already there');
-    await assert.rejects(prepareTransfer({ source: slow, manifest, oldRoot: join(dir, 'no-such-root'), preserve: [] }), code('BAD_ROOT'));
-    const bad = { ...layer, annotations: { ...layer.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'2'.repeat(64)}` } };
-    await assert.rejects(prepareTransfer({ source: slow, manifest: { ...manifest, layers: [bad] }, oldRoot: join(dir, 'no-such-root'), preserve: [] }), code('TOC_CHECKSUM_MISMATCH'));
-    const gz = await prepareTransfer({ source: slow, manifest: { ...manifest, layers: [{ ...layer, mediaType: MediaType.OciLayerGzip }] }, oldRoot: join(dir, 'no-such-root'), preserve: [] });
+    await assert.rejects(
+      prepareTransfer({ source: slow, manifest, oldRoot: join(dir, 'no-such-root'), preserve: [] }),
+      code('BAD_ROOT'),
+    );
+    const bad = {
+      ...layer,
+      annotations: { ...layer.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'2'.repeat(64)}` },
+    };
+    await assert.rejects(
+      prepareTransfer({
+        source: slow,
+        manifest: { ...manifest, layers: [bad] },
+        oldRoot: join(dir, 'no-such-root'),
+        preserve: [],
+      }),
+      code('TOC_CHECKSUM_MISMATCH'),
+    );
+    const gz = await prepareTransfer({
+      source: slow,
+      manifest: { ...manifest, layers: [{ ...layer, mediaType: MediaType.OciLayerGzip }] },
+      oldRoot: join(dir, 'no-such-root'),
+      preserve: [],
+    });
     assert.equal(gz.path, 'whole-layer');
   });
 
@@ -129,16 +227,31 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
       if (maxSpan > 1000) assert.equal(ranges.length, 1);
       else assert.ok(ranges.some((r) => r.entries.length === 1 && r.end - r.start > maxSpan));
       assert.equal(s.bytes, rangeBytes(ranges));
-      for (const e of es.filter((x) => x.size > 0)) assert.deepEqual(await readFile(store.path(e.digest!)), files[e.path]);
+      for (const e of es.filter((x) => x.size > 0))
+        assert.deepEqual(await readFile(store.path(e.digest!)), files[e.path]);
       assert.equal((await readdir(store.dir)).length, 3, 'no temporary files left');
     }
   });
 
   it('a frame that does not match its TOC digest is refused and nothing of it is stored', async () => {
     for (const maxSpan of [1_000_000, 1000]) {
-      const es = (await tocEntries()).map((e) => (e.path === 'usr/c' ? { ...e, digest: `sha256:${'3'.repeat(64)}` } : e));
+      const es = (await tocEntries()).map((e) =>
+        e.path === 'usr/c' ? { ...e, digest: `sha256:${'3'.repeat(64)}` } : e,
+      );
       const store = await ContentStore.open(join(dir, `store-bad-${maxSpan}`));
-      await assert.rejects(downloadRanges(target, manifest.layers, coalesce(es.filter((e) => e.path === 'usr/c'), { maxSpan }), store, { maxSpan }), code('DELTA_FILE_MISMATCH'));
+      await assert.rejects(
+        downloadRanges(
+          target,
+          manifest.layers,
+          coalesce(
+            es.filter((e) => e.path === 'usr/c'),
+            { maxSpan },
+          ),
+          store,
+          { maxSpan },
+        ),
+        code('DELTA_FILE_MISMATCH'),
+      );
       assert.deepEqual(await readdir(store.dir), []);
     }
   });
@@ -161,7 +274,11 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
         },
       });
       const store = await ContentStore.open(join(dir, `store-odd-${what.length}`));
-      await assert.rejects(downloadRanges(odd, manifest.layers, ranges, store), (e: unknown) => isTiuError(e, 'DELTA_SHORT_RANGE') && /got \d+ of \d+/.test((e as Error).message), what);
+      await assert.rejects(
+        downloadRanges(odd, manifest.layers, ranges, store),
+        (e: unknown) => isTiuError(e, 'DELTA_SHORT_RANGE') && /got \d+ of \d+/.test((e as Error).message),
+        what,
+      );
       for (const f of await readdir(store.dir)) {
         const e = es.find((x) => x.digest === `sha256:${f}`)!;
         assert.deepEqual(await readFile(store.path(e.digest!)), files[e.path], `${what}: ${e.path} is whole`);
@@ -205,7 +322,7 @@ describe('delta: ContentStore', () => {
   });
 });
 
-describe('delta: the apply\'s content provider (storeProvider)', () => {
+describe("delta: the apply's content provider (storeProvider)", () => {
   let dir: string;
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'tiu-delta-provider-'));
@@ -221,7 +338,18 @@ describe('delta: the apply\'s content provider (storeProvider)', () => {
     const frames: Buffer[] = [];
     const entries: TreeEntry[] = [];
     let off = 0;
-    const reg = (path: string, data: Buffer, offset: number, endOffset: number): TreeEntry => ({ path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: data.length, digest: sha(data), source: { layer: 0, offset, endOffset } });
+    const reg = (path: string, data: Buffer, offset: number, endOffset: number): TreeEntry => ({
+      path,
+      type: 'reg',
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtimeNs: 0n,
+      xattrs: {},
+      size: data.length,
+      digest: sha(data),
+      source: { layer: 0, offset, endOffset },
+    });
     for (const f of files) {
       const fr = zstdCompressSync(f.data);
       entries.push(reg(f.n, f.data, off, off + fr.length));
@@ -234,7 +362,11 @@ describe('delta: the apply\'s content provider (storeProvider)', () => {
     entries.push(reg('far', farData, off + pad.length, off + pad.length + far.length));
     const blob = Buffer.concat([...frames, pad, far]);
     const target = new MemoryTarget();
-    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: sha(blob) as Descriptor['digest'], size: blob.length };
+    const desc: Descriptor = {
+      mediaType: MediaType.OciLayerZstd,
+      digest: sha(blob) as Descriptor['digest'],
+      size: blob.length,
+    };
     await target.push(desc, Readable.from([blob]));
     const requests: string[] = [];
     const fetchRange = target.fetchRange.bind(target);
@@ -257,8 +389,18 @@ describe('delta: the apply\'s content provider (storeProvider)', () => {
     const p = storeProvider(target, [desc], store);
     await p.deliver([entries[0]!, entries[2]!, entries[3]!, entries[4]!, empty], take);
     assert.equal(requests.length, 2, requests.join(' '));
-    assert.deepEqual(p.extra, { bytes: rangeBytes(coalesce([entries[0]!, entries[2]!, entries[3]!, entries[4]!])), requests: 2, files: 4 });
-    assert.deepEqual(Object.fromEntries(got), { alpha: 'alpha'.repeat(100), gamma: 'gamma'.repeat(100), delta: 'delta'.repeat(100), far: 'far away', empty: '' });
+    assert.deepEqual(p.extra, {
+      bytes: rangeBytes(coalesce([entries[0]!, entries[2]!, entries[3]!, entries[4]!])),
+      requests: 2,
+      files: 4,
+    });
+    assert.deepEqual(Object.fromEntries(got), {
+      alpha: 'alpha'.repeat(100),
+      gamma: 'gamma'.repeat(100),
+      delta: 'delta'.repeat(100),
+      far: 'far away',
+      empty: '',
+    });
     // What the store holds is not fetched again.
     got.clear();
     const again = storeProvider(target, [desc], store);

@@ -12,7 +12,14 @@ import type { SnapperSnapshot } from '../../src/host/snapper.ts';
 import { cacheTag } from '../../src/deploy/update.ts';
 
 const row = (number: number, userdata: Record<string, string> = {}): SnapperSnapshot => ({
-  number, type: 'single', default: false, active: false, date: '', description: `s${number}`, cleanup: 'number', userdata,
+  number,
+  type: 'single',
+  default: false,
+  active: false,
+  date: '',
+  description: `s${number}`,
+  cleanup: 'number',
+  userdata,
 });
 
 describe('deploy/config', () => {
@@ -24,10 +31,17 @@ describe('deploy/config', () => {
     assert.deepEqual(c.hooks, DEFAULT_HOOKS);
   });
   it('reads image, paths and extra hooks after the defaults', () => {
-    const c = parseConfig(`image = "docker://r.example/os:1"\npolicy = "/etc/tiu/policy.json"\ncache = "/var/lib/tiu"\n[[hook]]\nname = "ca"\ncommand = ["update-ca-certificates", "--fresh"]\nwhen = "always"\nif-exists = "/usr/sbin/update-ca-certificates"\n`);
+    const c = parseConfig(
+      `image = "docker://r.example/os:1"\npolicy = "/etc/tiu/policy.json"\ncache = "/var/lib/tiu"\n[[hook]]\nname = "ca"\ncommand = ["update-ca-certificates", "--fresh"]\nwhen = "always"\nif-exists = "/usr/sbin/update-ca-certificates"\n`,
+    );
     assert.equal(c.image, 'docker://r.example/os:1');
     assert.equal(c.cache, '/var/lib/tiu');
-    assert.deepEqual(c.hooks.at(-1), { name: 'ca', command: ['update-ca-certificates', '--fresh'], when: 'always', ifExists: '/usr/sbin/update-ca-certificates' });
+    assert.deepEqual(c.hooks.at(-1), {
+      name: 'ca',
+      command: ['update-ca-certificates', '--fresh'],
+      when: 'always',
+      ifExists: '/usr/sbin/update-ca-certificates',
+    });
     assert.equal(c.hooks.length, DEFAULT_HOOKS.length + 1);
     assert.equal(parseConfig('default-hooks = false').hooks.length, 0);
   });
@@ -40,39 +54,89 @@ describe('deploy/config', () => {
     ['default-hooks = "yes"', 'true or false'],
   ] as const) {
     it(`refuses ${JSON.stringify(text)} with CONFIG_INVALID`, () => {
-      assert.throws(() => parseConfig(text, '/etc/tiu/tiu.conf'), (e: unknown) => isTiuError(e, 'CONFIG_INVALID') && e.message.includes(what) && e.message.startsWith('/etc/tiu/tiu.conf'));
+      assert.throws(
+        () => parseConfig(text, '/etc/tiu/tiu.conf'),
+        (e: unknown) =>
+          isTiuError(e, 'CONFIG_INVALID') && e.message.includes(what) && e.message.startsWith('/etc/tiu/tiu.conf'),
+      );
     });
   }
 });
 
 describe('deploy/hooks planHooks', () => {
-  const facts = (f: Partial<KernelFacts>): KernelFacts => ({ kernels: ['6.1.0'], changed: [], withoutInitrd: [], ...f });
+  const facts = (f: Partial<KernelFacts>): KernelFacts => ({
+    kernels: ['6.1.0'],
+    changed: [],
+    withoutInitrd: [],
+    ...f,
+  });
   const all = () => true;
   it('no kernel change: only the always-hooks (sdbootutil with the snapshot number)', () => {
-    assert.deepEqual(planHooks(DEFAULT_HOOKS, facts({}), 7, all), [{ name: 'sdbootutil', argv: ['sdbootutil', 'add-all-kernels', '7'] }]);
+    assert.deepEqual(planHooks(DEFAULT_HOOKS, facts({}), 7, all), [
+      { name: 'sdbootutil', argv: ['sdbootutil', 'add-all-kernels', '7'] },
+    ]);
   });
   it('a new kernel with its initrd in the image: bootloader only, no dracut', () => {
     const p = planHooks(DEFAULT_HOOKS, facts({ kernels: ['6.2.0'], changed: ['6.2.0'] }), 3, all);
-    assert.deepEqual(p.map((h) => h.name), ['grub2-mkconfig', 'sdbootutil']);
+    assert.deepEqual(
+      p.map((h) => h.name),
+      ['grub2-mkconfig', 'sdbootutil'],
+    );
   });
   it('a new kernel without an initrd: dracut for that version', () => {
-    const p = planHooks(DEFAULT_HOOKS, facts({ kernels: ['6.1.0', '6.2.0'], changed: ['6.2.0'], withoutInitrd: ['6.1.0', '6.2.0'] }), 3, all);
-    assert.deepEqual(p[0], { name: 'initrd 6.2.0', argv: ['dracut', '--force', '--kver', '6.2.0', '/usr/lib/modules/6.2.0/initrd'] });
-    assert.deepEqual(p.map((h) => h.name), ['initrd 6.2.0', 'grub2-mkconfig', 'sdbootutil'], 'update-initramfs is skipped where dracut is');
+    const p = planHooks(
+      DEFAULT_HOOKS,
+      facts({ kernels: ['6.1.0', '6.2.0'], changed: ['6.2.0'], withoutInitrd: ['6.1.0', '6.2.0'] }),
+      3,
+      all,
+    );
+    assert.deepEqual(p[0], {
+      name: 'initrd 6.2.0',
+      argv: ['dracut', '--force', '--kver', '6.2.0', '/usr/lib/modules/6.2.0/initrd'],
+    });
+    assert.deepEqual(
+      p.map((h) => h.name),
+      ['initrd 6.2.0', 'grub2-mkconfig', 'sdbootutil'],
+      'update-initramfs is skipped where dracut is',
+    );
   });
   it('a Debian tree without dracut: update-initramfs -c -k for the new kernel', () => {
-    const p = planHooks(DEFAULT_HOOKS, facts({ kernels: ['6.1.0-13-amd64'], changed: ['6.1.0-13-amd64'], withoutInitrd: ['6.1.0-13-amd64'] }), 3, (x) => x === '/usr/sbin/update-initramfs');
-    assert.deepEqual(p, [{ name: 'update-initramfs 6.1.0-13-amd64', argv: ['update-initramfs', '-c', '-k', '6.1.0-13-amd64'] }]);
+    const p = planHooks(
+      DEFAULT_HOOKS,
+      facts({ kernels: ['6.1.0-13-amd64'], changed: ['6.1.0-13-amd64'], withoutInitrd: ['6.1.0-13-amd64'] }),
+      3,
+      (x) => x === '/usr/sbin/update-initramfs',
+    );
+    assert.deepEqual(p, [
+      { name: 'update-initramfs 6.1.0-13-amd64', argv: ['update-initramfs', '-c', '-k', '6.1.0-13-amd64'] },
+    ]);
   });
   it('skips hooks whose program the new tree lacks', () => {
-    const p = planHooks(DEFAULT_HOOKS, facts({ changed: ['6.1.0'], withoutInitrd: ['6.1.0'] }), 3, (p) => p === '/usr/sbin/grub2-mkconfig');
-    assert.deepEqual(p.map((h) => h.name), ['grub2-mkconfig']);
+    const p = planHooks(
+      DEFAULT_HOOKS,
+      facts({ changed: ['6.1.0'], withoutInitrd: ['6.1.0'] }),
+      3,
+      (p) => p === '/usr/sbin/grub2-mkconfig',
+    );
+    assert.deepEqual(
+      p.map((h) => h.name),
+      ['grub2-mkconfig'],
+    );
   });
 });
 
 describe('deploy/state deriveState', () => {
   it('marks booted/default, staged and the rollback target from userdata', () => {
-    const s = deriveState('/', [row(1), row(2, { 'tiu-image': 'docker://r/os:2', 'tiu-digest': 'sha256:b' }), row(3, { 'tiu-in-progress': 'yes' })], 1, 2);
+    const s = deriveState(
+      '/',
+      [
+        row(1),
+        row(2, { 'tiu-image': 'docker://r/os:2', 'tiu-digest': 'sha256:b' }),
+        row(3, { 'tiu-in-progress': 'yes' }),
+      ],
+      1,
+      2,
+    );
     assert.equal(s.staged, 2);
     assert.equal(s.rollback, 1);
     assert.equal(s.snapshots[1]?.image, 'docker://r/os:2');
@@ -85,7 +149,12 @@ describe('deploy/state deriveState', () => {
     assert.equal(deriveState('/', [row(1)], 1, 1).rollback, undefined);
   });
   it('rollback skips snapshots the health check marked bad and prefers good ones', () => {
-    const s = deriveState('/', [row(1, { 'tiu-health': 'good' }), row(2), row(3, { 'tiu-health': 'bad' }), row(4)], 4, 4);
+    const s = deriveState(
+      '/',
+      [row(1, { 'tiu-health': 'good' }), row(2), row(3, { 'tiu-health': 'bad' }), row(4)],
+      4,
+      4,
+    );
     assert.equal(s.rollback, 1);
     assert.equal(deriveState('/', [row(1), row(2), row(3, { 'tiu-health': 'bad' }), row(4)], 4, 4).rollback, 2);
   });
@@ -100,11 +169,19 @@ describe('deploy/state deriveState', () => {
 describe('host helpers (pure)', () => {
   it('formats snapper userdata and refuses separators in values', () => {
     assert.equal(formatUserdata({ a: '1', 'tiu-digest': 'sha256:x', gone: '' }), 'a=1,tiu-digest=sha256:x,gone=');
-    assert.throws(() => formatUserdata({ a: 'x,y' }), (e: unknown) => isTiuError(e, 'SNAPPER'));
-    assert.throws(() => formatUserdata({ 'a b': 'x' }), (e: unknown) => isTiuError(e, 'SNAPPER'));
+    assert.throws(
+      () => formatUserdata({ a: 'x,y' }),
+      (e: unknown) => isTiuError(e, 'SNAPPER'),
+    );
+    assert.throws(
+      () => formatUserdata({ 'a b': 'x' }),
+      (e: unknown) => isTiuError(e, 'SNAPPER'),
+    );
   });
   it('parses mountinfo with escapes', () => {
-    const m = parseMountInfo('36 35 0:30 /@/.snapshots/1/snapshot /mnt/my\\040root rw,relatime shared:1 - btrfs /dev/loop0 rw,subvol=/@/.snapshots/1/snapshot\n');
+    const m = parseMountInfo(
+      '36 35 0:30 /@/.snapshots/1/snapshot /mnt/my\\040root rw,relatime shared:1 - btrfs /dev/loop0 rw,subvol=/@/.snapshots/1/snapshot\n',
+    );
     assert.equal(m[0]?.mountPoint, '/mnt/my root');
     assert.equal(m[0]?.root, '/@/.snapshots/1/snapshot');
     assert.equal(m[0]?.fsType, 'btrfs');

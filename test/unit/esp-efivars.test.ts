@@ -3,7 +3,14 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decodeLoaderVariable, efivarsDir, encodeLoaderVariable, LOADER_GUID, readLoaderVariable, removeLoaderVariable } from '../../src/host/esp.ts';
+import {
+  decodeLoaderVariable,
+  efivarsDir,
+  encodeLoaderVariable,
+  LOADER_GUID,
+  readLoaderVariable,
+  removeLoaderVariable,
+} from '../../src/host/esp.ts';
 import { SystemdBoot } from '../../src/deploy/boot/systemd-boot.ts';
 import { isTiuError } from '../../src/errors.ts';
 
@@ -27,8 +34,16 @@ describe('host/esp EFI variables (efivarfs bytes; a tmp dir stands in for efivar
   it('decodes what bootctl writes, and refuses what is no string variable', () => {
     const raw = Buffer.from([0x07, 0, 0, 0, 0x61, 0, 0x2a, 0, 0, 0]);
     assert.deepEqual(decodeLoaderVariable(raw), { attributes: 7, value: 'a*' });
-    assert.deepEqual(decodeLoaderVariable(Buffer.from([6, 0, 0, 0, 0x41, 0x04])), { attributes: 6, value: '\u0441' }, 'UTF-16LE, not bytes');
-    assert.deepEqual(decodeLoaderVariable(Buffer.from([7, 0, 0, 0, 0x62, 0])), { attributes: 7, value: 'b' }, 'no NUL: the whole value');
+    assert.deepEqual(
+      decodeLoaderVariable(Buffer.from([6, 0, 0, 0, 0x41, 0x04])),
+      { attributes: 6, value: '\u0441' },
+      'UTF-16LE, not bytes',
+    );
+    assert.deepEqual(
+      decodeLoaderVariable(Buffer.from([7, 0, 0, 0, 0x62, 0])),
+      { attributes: 7, value: 'b' },
+      'no NUL: the whole value',
+    );
     assert.equal(decodeLoaderVariable(Buffer.from([7, 0, 0])), undefined, 'shorter than the attributes');
     assert.equal(decodeLoaderVariable(Buffer.from([7, 0, 0, 0, 0x61])), undefined, 'odd value length');
     assert.equal(decodeLoaderVariable(Buffer.alloc(4 + 8192)), undefined, 'too large');
@@ -63,6 +78,10 @@ describe('host/esp EFI variables (efivarfs bytes; a tmp dir stands in for efivar
     await writeFile(path, encodeLoaderVariable('tiu-1.conf'));
     assert.equal(await sd.clearForeignEntryDefault(), 'tiu-1.conf');
     assert.ok(!existsSync(path));
-    assert.equal(await new SystemdBoot(dir, undefined).clearForeignEntryDefault(), undefined, 'no EFI variables: nothing to do');
+    assert.equal(
+      await new SystemdBoot(dir, undefined).clearForeignEntryDefault(),
+      undefined,
+      'no EFI variables: nothing to do',
+    );
   });
 });

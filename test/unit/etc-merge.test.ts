@@ -26,12 +26,17 @@ describe('deploy/etc-merge planning', () => {
     assert.deepEqual(p.conflicts, [{ path: 'x.conf', kind: 'both-changed', tiunew: 'x.conf.tiunew' }]);
   });
   it('the same change on both sides is no conflict', () => {
-    const p = planEtcMerge(tree({ 'x': f('1') }), tree({ 'x': f('2') }), tree({ 'x': f('2') }));
+    const p = planEtcMerge(tree({ x: f('1') }), tree({ x: f('2') }), tree({ x: f('2') }));
     assert.deepEqual(p.actions, []);
     assert.deepEqual(p.conflicts, []);
   });
   it('deletions: by the admin and unchanged upstream stays deleted; upstream and untouched goes', () => {
-    const base = tree({ 'gone-admin': f('1'), 'gone-up': f('1'), 'gone-up-changed': f('1'), 'gone-admin-changed': f('1') });
+    const base = tree({
+      'gone-admin': f('1'),
+      'gone-up': f('1'),
+      'gone-up-changed': f('1'),
+      'gone-admin-changed': f('1'),
+    });
     const ours = tree({ 'gone-up': f('1'), 'gone-up-changed': f('mine') });
     const theirs = tree({ 'gone-admin': f('1'), 'gone-admin-changed': f('2') });
     const p = planEtcMerge(base, ours, theirs);
@@ -43,9 +48,9 @@ describe('deploy/etc-merge planning', () => {
     assert.ok(p.keptLocal.includes('gone-admin'));
   });
   it('modes and symlink targets count as content', () => {
-    const base = tree({ 'm': f('x', 0o644), 's': l('a'), 'sm': l('a') });
-    const ours = tree({ 'm': f('x', 0o600), 's': l('a'), 'sm': l('mine') });
-    const theirs = tree({ 'm': f('x', 0o644), 's': l('b'), 'sm': l('b') });
+    const base = tree({ m: f('x', 0o644), s: l('a'), sm: l('a') });
+    const ours = tree({ m: f('x', 0o600), s: l('a'), sm: l('mine') });
+    const theirs = tree({ m: f('x', 0o644), s: l('b'), sm: l('b') });
     const p = planEtcMerge(base, ours, theirs);
     assert.deepEqual(ops(p), ['take s', 'tiunew sm -> sm.tiunew']);
     assert.deepEqual(p.keptLocal, ['m']);
@@ -53,27 +58,41 @@ describe('deploy/etc-merge planning', () => {
     assert.ok(!sameNode(f('x', 0o644, 0), f('x', 0o644, 1)));
   });
   it('new files from the image are added; files the admin added stay', () => {
-    const p = planEtcMerge(tree({}), tree({ 'local.conf': f('mine'), 'both': f('mine') }), tree({ 'new.conf': f('n'), 'both': f('theirs') }));
+    const p = planEtcMerge(
+      tree({}),
+      tree({ 'local.conf': f('mine'), both: f('mine') }),
+      tree({ 'new.conf': f('n'), both: f('theirs') }),
+    );
     assert.deepEqual(ops(p), ['tiunew both -> both.tiunew', 'take new.conf']);
-    assert.deepEqual(p.conflicts.map((c) => c.kind), ['both-changed']);
+    assert.deepEqual(
+      p.conflicts.map((c) => c.kind),
+      ['both-changed'],
+    );
   });
   it('a directory removed upstream stays while the admin has files in it', () => {
-    const base = tree({ 'd': d(), 'd/a': f('1'), 'e': d(), 'e/a': f('1') });
-    const ours = tree({ 'd': d(), 'd/a': f('1'), 'd/mine': f('m'), 'e': d(), 'e/a': f('1') });
+    const base = tree({ d: d(), 'd/a': f('1'), e: d(), 'e/a': f('1') });
+    const ours = tree({ d: d(), 'd/a': f('1'), 'd/mine': f('m'), e: d(), 'e/a': f('1') });
     const p = planEtcMerge(base, ours, tree({}));
     assert.deepEqual(ops(p), ['delete e/a', 'delete e', 'delete d/a']);
     assert.deepEqual(p.keptNonEmpty, ['d']);
   });
   it('never plans a write below a path the admin made a non-directory', () => {
-    const base = tree({ 'd': d(), 'd/a': f('1') });
-    const ours = tree({ 'd': l('/somewhere') });
-    const theirs = tree({ 'd': d(), 'd/a': f('2'), 'd/b': f('new') });
+    const base = tree({ d: d(), 'd/a': f('1') });
+    const ours = tree({ d: l('/somewhere') });
+    const theirs = tree({ d: d(), 'd/a': f('2'), 'd/b': f('new') });
     const p = planEtcMerge(base, ours, theirs);
     assert.ok(!p.actions.some((a) => a.path.startsWith('d/')), JSON.stringify(ops(p)));
-    assert.deepEqual(p.conflicts.map((c) => `${c.path}:${c.kind}`).sort(), ['d/a:parent-not-directory', 'd/b:parent-not-directory']);
+    assert.deepEqual(p.conflicts.map((c) => `${c.path}:${c.kind}`).sort(), [
+      'd/a:parent-not-directory',
+      'd/b:parent-not-directory',
+    ]);
   });
   it('leaves passwd, group, shadow, gshadow to the users merge', () => {
-    const p = planEtcMerge(tree({ passwd: f('1') }), tree({ passwd: f('1') }), tree({ passwd: f('2'), shadow: f('s') }));
+    const p = planEtcMerge(
+      tree({ passwd: f('1') }),
+      tree({ passwd: f('1') }),
+      tree({ passwd: f('2'), shadow: f('s') }),
+    );
     assert.deepEqual(p.actions, []);
   });
 });

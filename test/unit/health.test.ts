@@ -55,7 +55,11 @@ function fakeHost(state: HealthState, checks: CheckResult[]) {
 describe('deploy/health', () => {
   describe('rollbackTarget', () => {
     it('picks the newest snapshot marked good, skipping bad and unfinished ones', () => {
-      const st: HealthState = { snapshots: [snap(1, good), snap(2, good), snap(3, bad), snap(4, good, true), snap(5)], booted: 5, default: 5 };
+      const st: HealthState = {
+        snapshots: [snap(1, good), snap(2, good), snap(3, bad), snap(4, good, true), snap(5)],
+        booted: 5,
+        default: 5,
+      };
       assert.equal(rollbackTarget(st, 5), 2);
     });
     it('falls back to the newest older finished snapshot when none is marked good', () => {
@@ -84,8 +88,14 @@ describe('deploy/health', () => {
       assert.deepEqual(p, { kind: 'check', snapshot: 2, attempt: 2 });
     });
     it('refuses a root that is not a snapshot', () => {
-      assert.throws(() => planBoot({ snapshots: [snap(1)] }), (e) => isTiuError(e, 'NOT_SNAPSHOT_ROOT'));
-      assert.throws(() => planBoot({ snapshots: [snap(1)], booted: 7 }), (e) => isTiuError(e, 'NO_SUCH_SNAPSHOT'));
+      assert.throws(
+        () => planBoot({ snapshots: [snap(1)] }),
+        (e) => isTiuError(e, 'NOT_SNAPSHOT_ROOT'),
+      );
+      assert.throws(
+        () => planBoot({ snapshots: [snap(1)], booted: 7 }),
+        (e) => isTiuError(e, 'NO_SUCH_SNAPSHOT'),
+      );
     });
   });
 
@@ -95,13 +105,20 @@ describe('deploy/health', () => {
       const r = await runBootHealth(f.host);
       assert.equal(r.outcome, 'good');
       assert.equal(r.attempt, 1);
-      assert.deepEqual(f.calls, [`userdata 2 {"tiu-boot-attempts":"1"}`, 'checks', `userdata 2 {"tiu-health":"good","tiu-health-failed":""}`]);
+      assert.deepEqual(f.calls, [
+        `userdata 2 {"tiu-boot-attempts":"1"}`,
+        'checks',
+        `userdata 2 {"tiu-health":"good","tiu-health-failed":""}`,
+      ]);
       assert.equal(f.state.snapshots[1]!.userdata[HEALTH_UD.health], 'good');
       assert.equal(f.state.default, 2);
     });
 
     it('rolls a failing new snapshot back to the last good one and reboots', async () => {
-      const f = fakeHost({ snapshots: [snap(1, good), snap(2, good), snap(3)], booted: 3, default: 3 }, [ok('a'), fail('b')]);
+      const f = fakeHost({ snapshots: [snap(1, good), snap(2, good), snap(3)], booted: 3, default: 3 }, [
+        ok('a'),
+        fail('b'),
+      ]);
       const r = await runBootHealth(f.host);
       assert.equal(r.outcome, 'rolled-back');
       assert.equal(r.rollbackTo, 2);
@@ -109,7 +126,11 @@ describe('deploy/health', () => {
       assert.equal(f.state.default, 2);
       assert.equal(f.state.snapshots[2]!.userdata[HEALTH_UD.health], 'bad');
       assert.equal(f.state.snapshots[2]!.userdata[HEALTH_UD.failed], 'b');
-      assert.deepEqual(f.calls.slice(-3), [`userdata 3 {"tiu-health":"bad","tiu-health-failed":"b"}`, 'default 2', 'reboot']);
+      assert.deepEqual(f.calls.slice(-3), [
+        `userdata 3 {"tiu-health":"bad","tiu-health-failed":"b"}`,
+        'default 2',
+        'reboot',
+      ]);
     });
 
     it('does not reboot when told not to', async () => {
@@ -130,7 +151,10 @@ describe('deploy/health', () => {
     });
 
     it('rolls back without running checks once the attempts are used up', async () => {
-      const f = fakeHost({ snapshots: [snap(1, good), snap(2, { [HEALTH_UD.attempts]: '2' })], booted: 2, default: 2 }, [ok('a')]);
+      const f = fakeHost(
+        { snapshots: [snap(1, good), snap(2, { [HEALTH_UD.attempts]: '2' })], booted: 2, default: 2 },
+        [ok('a')],
+      );
       const r = await runBootHealth(f.host, { maxAttempts: 2 });
       assert.equal(r.outcome, 'rolled-back');
       assert.ok(!f.calls.includes('checks'));

@@ -10,14 +10,22 @@ describe('host/exec', () => {
     assert.equal(r.stderr, 'err\n');
   });
   it('puts the stderr tail into the error', async () => {
-    await assert.rejects(run('sh', ['-c', 'echo broken thing >&2; exit 3']), (e: unknown) =>
-      isTiuError(e, 'COMMAND_FAILED') && e.message.includes('broken thing') && e.details.exitCode === 3);
+    await assert.rejects(
+      run('sh', ['-c', 'echo broken thing >&2; exit 3']),
+      (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes('broken thing') && e.details.exitCode === 3,
+    );
   });
   it('says when a program is missing', async () => {
-    await assert.rejects(run('no-such-program-tiu', []), (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes('not installed'));
+    await assert.rejects(
+      run('no-such-program-tiu', []),
+      (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes('not installed'),
+    );
   });
   it('times out', async () => {
-    await assert.rejects(run('sleep', ['5'], { timeout: 200 }), (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes('timed out'));
+    await assert.rejects(
+      run('sleep', ['5'], { timeout: 200 }),
+      (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes('timed out'),
+    );
   });
   it('passes input and streams through a filter', async () => {
     assert.equal((await run('cat', [], { input: 'abc' })).stdout, 'abc');

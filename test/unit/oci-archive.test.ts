@@ -32,7 +32,9 @@ async function put(t: Target, data: Buffer, mediaType: string) {
   return d;
 }
 
-async function tarOf(entries: { name: string; type?: 'file' | 'symlink' | 'directory'; data?: string; linkname?: string }[]): Promise<Buffer> {
+async function tarOf(
+  entries: { name: string; type?: 'file' | 'symlink' | 'directory'; data?: string; linkname?: string }[],
+): Promise<Buffer> {
   const pack = tar.pack();
   for (const e of entries) {
     if (e.type === 'symlink') pack.entry({ name: e.name, type: 'symlink', linkname: e.linkname ?? '/etc/passwd' });
@@ -58,8 +60,16 @@ describe('oci archive', () => {
     const path = join(dir, 'img.tar');
     const w = await OciArchiveTarget.open(path, { create: true, tmpDir: dir });
     const layer = await put(w, randomBytes(2000), MediaType.OciLayerGzip);
-    const config = await put(w, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } })), MediaType.OciConfig);
-    const m = await put(w, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer] })), MediaType.OciManifest);
+    const config = await put(
+      w,
+      Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } })),
+      MediaType.OciConfig,
+    );
+    const m = await put(
+      w,
+      Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer] })),
+      MediaType.OciManifest,
+    );
     await w.tag(m, 'v1');
     await assert.rejects(OciArchiveTarget.open(path), code('NOT_FOUND'));
     await w.close();
@@ -93,7 +103,10 @@ describe('oci archive', () => {
       ['dotdot', await tarOf([...layoutFiles, { name: '../evil', data: 'x' }])],
       ['dotdot-in-blobs', await tarOf([...layoutFiles, { name: 'blobs/../../evil', data: 'x' }])],
       ['absolute', await tarOf([...layoutFiles, { name: '/etc/evil', data: 'x' }])],
-      ['symlink blob', await tarOf([...layoutFiles, { name: `blobs/sha256/${sha256('x').slice(7)}`, type: 'symlink' }])],
+      [
+        'symlink blob',
+        await tarOf([...layoutFiles, { name: `blobs/sha256/${sha256('x').slice(7)}`, type: 'symlink' }]),
+      ],
       ['duplicate', await tarOf([...layoutFiles, { name: 'index.json', data: '{}' }])],
       ['no layout', await tarOf([{ name: 'hello', data: 'x' }])],
       ['not a tar', Buffer.from('this is not a tar archive at all'.repeat(40))],

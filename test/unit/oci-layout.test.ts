@@ -29,8 +29,18 @@ async function push(t: OciLayoutTarget, data: Buffer, mediaType: string): Promis
 }
 async function image(t: OciLayoutTarget, extra: Record<string, unknown> = {}): Promise<Descriptor> {
   const layer = await push(t, randomBytes(100), MediaType.OciLayerGzip);
-  const config = await push(t, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } })), MediaType.OciConfig);
-  return push(t, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer], ...extra })), MediaType.OciManifest);
+  const config = await push(
+    t,
+    Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } })),
+    MediaType.OciConfig,
+  );
+  return push(
+    t,
+    Buffer.from(
+      JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer], ...extra }),
+    ),
+    MediaType.OciManifest,
+  );
 }
 
 describe('oci layout', function () {
@@ -140,7 +150,9 @@ describe('oci layout', function () {
     const script = fileURLToPath(new URL('../helpers/layout-writer.ts', import.meta.url));
     const run = (prefix: string) =>
       new Promise<void>((resolve, reject) => {
-        const child = spawn(process.execPath, ['--disable-warning=ExperimentalWarning', script, path, prefix, '25'], { stdio: ['ignore', 'ignore', 'pipe'] });
+        const child = spawn(process.execPath, ['--disable-warning=ExperimentalWarning', script, path, prefix, '25'], {
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
         let err = '';
         child.stderr.on('data', (d: Buffer) => (err += d.toString()));
         child.on('exit', (rc) => (rc === 0 ? resolve() : reject(new Error(`writer ${prefix} exited ${rc}: ${err}`))));
@@ -156,7 +168,7 @@ describe('oci layout', function () {
 
   it('takes over the lock of a writer that died', async () => {
     const t = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
-    const dead = spawnSync(process.execPath, ["-e", "process.exit(0)"]).pid;
+    const dead = spawnSync(process.execPath, ['-e', 'process.exit(0)']).pid;
     await writeFile(join(dir, 'l', '.tiu.lock'), `${dead}\n${hostname()}\n`);
     const m = await image(t);
     await t.tag(m, 'after-crash');
@@ -167,7 +179,10 @@ describe('oci layout', function () {
     const lock = join(dir, 'x.lock');
     await writeFile(lock, `${process.pid}\n${hostname()}\n`);
     const started = Date.now();
-    await assert.rejects(withLock(lock, () => Promise.resolve(1), 300), code('LOCK_TIMEOUT'));
+    await assert.rejects(
+      withLock(lock, () => Promise.resolve(1), 300),
+      code('LOCK_TIMEOUT'),
+    );
     assert.ok(Date.now() - started >= 300);
     await rm(lock);
     assert.equal(await withLock(lock, () => Promise.resolve(2), 300), 2);

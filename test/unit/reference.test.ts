@@ -10,8 +10,14 @@ describe('reference', () => {
     ['debian:12', { transport: 'docker', registry: 'docker.io', repository: 'library/debian', tag: '12' }],
     ['docker://opensuse/tumbleweed', { transport: 'docker', registry: 'docker.io', repository: 'opensuse/tumbleweed' }],
     ['localhost/os', { transport: 'docker', registry: 'localhost', repository: 'os' }],
-    ['127.0.0.1:5000/os/micro:1', { transport: 'docker', registry: '127.0.0.1:5000', repository: 'os/micro', tag: '1' }],
-    [`registry.opensuse.org/x@${D}`, { transport: 'docker', registry: 'registry.opensuse.org', repository: 'x', digest: D }],
+    [
+      '127.0.0.1:5000/os/micro:1',
+      { transport: 'docker', registry: '127.0.0.1:5000', repository: 'os/micro', tag: '1' },
+    ],
+    [
+      `registry.opensuse.org/x@${D}`,
+      { transport: 'docker', registry: 'registry.opensuse.org', repository: 'x', digest: D },
+    ],
     [`host:5000/x:t@${D}`, { transport: 'docker', registry: 'host:5000', repository: 'x', tag: 't', digest: D }],
     ['index.docker.io/library/busybox', { transport: 'docker', registry: 'docker.io', repository: 'library/busybox' }],
     ['oci:/media/usb/layout', { transport: 'oci', path: '/media/usb/layout' }],
@@ -23,9 +29,22 @@ describe('reference', () => {
     it(`parses ${input}`, () => assert.deepEqual(parseReference(input), want));
   }
 
-  for (const bad of ['', 'UPPER/case', 'docker://', 'x:bad tag', 'x@sha256:123', 'oci:', 'dir:/tmp/x', 'a//b', `oci:/x:sha256:zz`]) {
+  for (const bad of [
+    '',
+    'UPPER/case',
+    'docker://',
+    'x:bad tag',
+    'x@sha256:123',
+    'oci:',
+    'dir:/tmp/x',
+    'a//b',
+    `oci:/x:sha256:zz`,
+  ]) {
     it(`rejects ${JSON.stringify(bad)}`, () => {
-      assert.throws(() => parseReference(bad), (e: unknown) => isTiuError(e, 'INVALID_REFERENCE'));
+      assert.throws(
+        () => parseReference(bad),
+        (e: unknown) => isTiuError(e, 'INVALID_REFERENCE'),
+      );
     });
   }
 

@@ -1,8 +1,18 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import {
-  describeSkipped, dropReserved, flattenLayers, fstabMountPoints, parseFstab, planApply, reservedRoot, reservedSet, SkipTally, unescapeFstab,
-  type ExistingEntry, type TreeEntry,
+  describeSkipped,
+  dropReserved,
+  flattenLayers,
+  fstabMountPoints,
+  parseFstab,
+  planApply,
+  reservedRoot,
+  reservedSet,
+  SkipTally,
+  unescapeFstab,
+  type ExistingEntry,
+  type TreeEntry,
 } from '../../src/deploy/apply/index.ts';
 import { indexOldTree } from '../../src/deploy/apply/scan.ts';
 import { mountPointsToKeep } from '../../src/deploy/mount-points.ts';
@@ -12,7 +22,14 @@ import { isTiuError } from '../../src/errors.ts';
 const sha = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}`;
 const T = 1_700_000_000_000_000_000n;
 const e = (path: string, type: TreeEntry['type'] = 'dir', extra: Partial<TreeEntry> = {}): TreeEntry => ({
-  path, type, mode: 0o755, uid: 0, gid: 0, mtimeNs: T, xattrs: {}, size: 0,
+  path,
+  type,
+  mode: 0o755,
+  uid: 0,
+  gid: 0,
+  mtimeNs: T,
+  xattrs: {},
+  size: 0,
   ...(type === 'reg' ? { digest: sha(''), source: { layer: 0, offset: 0, endOffset: 1 } } : {}),
   ...(type === 'symlink' ? { linkname: 'x' } : {}),
   ...extra,
@@ -44,7 +61,19 @@ describe('reserved paths and fstab', () => {
     assert.equal(all.find((x) => x.file.startsWith('/srv/'))?.file, '/srv/my data');
     assert.equal(all.find((x) => x.file === '/home')?.options, 'subvol=/@/home');
     assert.deepEqual(fstabMountPoints(MICROOS_FSTAB), [
-      '.snapshots', 'boot/efi', 'boot/grub2/x86_64-efi', 'boot/writable', 'etc', 'home', 'opt', 'root', 'srv', 'srv/my data', 'tmp', 'usr/local', 'var',
+      '.snapshots',
+      'boot/efi',
+      'boot/grub2/x86_64-efi',
+      'boot/writable',
+      'etc',
+      'home',
+      'opt',
+      'root',
+      'srv',
+      'srv/my data',
+      'tmp',
+      'usr/local',
+      'var',
     ]);
     assert.deepEqual(fstabMountPoints('LABEL=x relative ext4 defaults 0 0\n/dev/x /a/../b ext4 defaults\n\n   \n'), []);
   });
@@ -70,7 +99,8 @@ describe('reserved paths and fstab', () => {
     assert.equal(reservedRoot('boot/grub2', 'reg', r), 'boot/grub2');
     assert.equal(reservedRoot('boot/grub2', 'dir', r), null);
     assert.equal(reservedRoot('usr', 'symlink', r), 'usr');
-    for (const w of ['.tiu-etc-merge/etc/passwd', '.tiu-staging-abc/1', '.tiu-tmp-1-2', '.autorelabel']) assert.equal(reservedRoot(w, 'reg', r), w.split('/')[0]);
+    for (const w of ['.tiu-etc-merge/etc/passwd', '.tiu-staging-abc/1', '.tiu-tmp-1-2', '.autorelabel'])
+      assert.equal(reservedRoot(w, 'reg', r), w.split('/')[0]);
     assert.equal(reservedRoot('usr/.tiu-tmp-1-2', 'reg', r), null);
     assert.equal(reservedRoot('', 'dir', r), null);
   });
@@ -80,27 +110,59 @@ describe('reserved paths and fstab', () => {
     const tally = new SkipTally();
     const layers = dropReserved(
       [
-        [e(''), e('home'), e('usr'), e('usr/bin'), e('usr/bin/sh', 'reg', { size: 5 }), e('var'), e('var/lib'), e('var/lib/x', 'reg', { size: 7 }), e('opt', 'symlink'), e('.tiu-etc-merge/etc/passwd', 'reg', { size: 3 })],
-        [e('.wh.home', 'reg'), e('var/.wh..wh..opq', 'reg'), e('.wh.usr', 'reg'), e('usr/.wh..wh..opq', 'reg'), e('data/f', 'reg'), e('boot', 'symlink')],
+        [
+          e(''),
+          e('home'),
+          e('usr'),
+          e('usr/bin'),
+          e('usr/bin/sh', 'reg', { size: 5 }),
+          e('var'),
+          e('var/lib'),
+          e('var/lib/x', 'reg', { size: 7 }),
+          e('opt', 'symlink'),
+          e('.tiu-etc-merge/etc/passwd', 'reg', { size: 3 }),
+        ],
+        [
+          e('.wh.home', 'reg'),
+          e('var/.wh..wh..opq', 'reg'),
+          e('.wh.usr', 'reg'),
+          e('usr/.wh..wh..opq', 'reg'),
+          e('data/f', 'reg'),
+          e('boot', 'symlink'),
+        ],
       ],
       r,
       tally,
     );
-    assert.deepEqual(layers.map((l) => l.map((x) => x.path)), [['', 'usr', 'usr/bin', 'usr/bin/sh'], ['.wh.usr', 'usr/.wh..wh..opq']]);
+    assert.deepEqual(
+      layers.map((l) => l.map((x) => x.path)),
+      [
+        ['', 'usr', 'usr/bin', 'usr/bin/sh'],
+        ['.wh.usr', 'usr/.wh..wh..opq'],
+      ],
+    );
     const rep = tally.report();
     // home and var as plain directories are the mount points both sides have: dropped, not counted
     assert.equal(rep.skipped.count, 8);
     assert.equal(rep.skipped.bytes, 10);
     assert.deepEqual(rep.skippedPaths, ['.tiu-etc-merge', 'boot', 'data', 'home', 'opt', 'var']);
-    assert.equal(describeSkipped(rep), 'skipped 8 entries under reserved paths: .tiu-etc-merge, boot, data, home, opt, var');
+    assert.equal(
+      describeSkipped(rep),
+      'skipped 8 entries under reserved paths: .tiu-etc-merge, boot, data, home, opt, var',
+    );
     const many = new SkipTally();
-    for (let i = 0; i < 30; i++) many.add(`m${String(i).padStart(2, '0')}`, { path: `m${String(i).padStart(2, '0')}/f`, type: 'reg' });
+    for (let i = 0; i < 30; i++)
+      many.add(`m${String(i).padStart(2, '0')}`, { path: `m${String(i).padStart(2, '0')}/f`, type: 'reg' });
     assert.equal(many.report().skippedPaths.length, 20);
     assert.match(describeSkipped(many.report()), /^skipped 30 entries under reserved paths: m00, .*, …$/);
   });
 
   it('mount points to keep: top-most only (one inside @/var lives in @/var)', () => {
-    assert.deepEqual(mountPointsToKeep(['var', 'var/lib/docker', 'boot/efi', 'proc', '', 'proc']), ['boot/efi', 'proc', 'var']);
+    assert.deepEqual(mountPointsToKeep(['var', 'var/lib/docker', 'boot/efi', 'proc', '', 'proc']), [
+      'boot/efi',
+      'proc',
+      'var',
+    ]);
   });
 });
 
@@ -109,7 +171,21 @@ describe('planner: ancestors of preserved paths are never deleted', () => {
   const old = (paths: Record<string, ExistingEntry['type']>) => {
     const m = new Map<string, ExistingEntry>();
     for (const [p, type] of Object.entries({ '': 'dir', ...paths } as Record<string, ExistingEntry['type']>)) {
-      m.set(p, { path: p, type, mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: T, ctimeNs: T, ino: ino++, dev: 1n, nlink: 1, rdev: 0n, xattrs: {} });
+      m.set(p, {
+        path: p,
+        type,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtimeNs: T,
+        ctimeNs: T,
+        ino: ino++,
+        dev: 1n,
+        nlink: 1,
+        rdev: 0n,
+        xattrs: {},
+      });
     }
     return indexOldTree('/nowhere', m);
   };
@@ -117,7 +193,17 @@ describe('planner: ancestors of preserved paths are never deleted', () => {
   const preserve = ['boot/grub2/x86_64-efi', 'boot/efi', 'var'];
 
   it('an image without boot/grub2 deletes its other children one by one, not boot/grub2', async () => {
-    const o = old({ boot: 'dir', 'boot/grub2': 'dir', 'boot/grub2/grub.cfg': 'reg', 'boot/grub2/themes': 'dir', 'boot/grub2/themes/a': 'reg', 'boot/grub2/x86_64-efi': 'dir', 'boot/efi': 'dir', 'boot/vmlinuz': 'reg', usr: 'dir' });
+    const o = old({
+      boot: 'dir',
+      'boot/grub2': 'dir',
+      'boot/grub2/grub.cfg': 'reg',
+      'boot/grub2/themes': 'dir',
+      'boot/grub2/themes/a': 'reg',
+      'boot/grub2/x86_64-efi': 'dir',
+      'boot/efi': 'dir',
+      'boot/vmlinuz': 'reg',
+      usr: 'dir',
+    });
     const plan = await planApply(flattenLayers([[e(''), e('usr')]]), o, hasher, { preserve });
     assert.deepEqual(plan.deletes, ['boot/grub2/grub.cfg', 'boot/grub2/themes', 'boot/vmlinuz']);
     assert.equal(plan.summary.delete.count, 4);
@@ -128,8 +214,14 @@ describe('planner: ancestors of preserved paths are never deleted', () => {
 
   it('refuses a non-directory of the image at or above a preserved path', async () => {
     const o = old({ boot: 'dir', 'boot/grub2': 'dir', 'boot/grub2/x86_64-efi': 'dir', var: 'dir' });
-    await assert.rejects(planApply(flattenLayers([[e(''), e('boot', 'symlink')]]), o, hasher, { preserve }), (x: unknown) => isTiuError(x, 'UNSAFE_PATH'));
-    await assert.rejects(planApply(flattenLayers([[e(''), e('var', 'symlink')]]), o, hasher, { preserve }), (x: unknown) => isTiuError(x, 'UNSAFE_PATH'));
+    await assert.rejects(
+      planApply(flattenLayers([[e(''), e('boot', 'symlink')]]), o, hasher, { preserve }),
+      (x: unknown) => isTiuError(x, 'UNSAFE_PATH'),
+    );
+    await assert.rejects(
+      planApply(flattenLayers([[e(''), e('var', 'symlink')]]), o, hasher, { preserve }),
+      (x: unknown) => isTiuError(x, 'UNSAFE_PATH'),
+    );
     const ok = await planApply(flattenLayers([[e(''), e('boot'), e('boot/grub2')]]), o, hasher, { preserve });
     assert.deepEqual(ok.deletes, []);
   });

@@ -46,6 +46,9 @@ describe('openReference', () => {
     }
     const conf = `${dir}/registries.conf`;
     await writeFile(conf, '[[registry]]\nprefix = "example.com/a"\nblocked = true\n');
-    await assert.rejects(openReference('docker://example.com/a:b', { registry: { registriesConf: conf } }), (e: unknown) => isTiuError(e, 'BLOCKED'));
+    await assert.rejects(
+      openReference('docker://example.com/a:b', { registry: { registriesConf: conf } }),
+      (e: unknown) => isTiuError(e, 'BLOCKED'),
+    );
   });
 });

@@ -1,5 +1,19 @@
 import assert from 'node:assert/strict';
-import { chmod, lstat, mkdir, mkdtemp, readFile, readlink, readdir, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
+import {
+  chmod,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readlink,
+  readdir,
+  rm,
+  stat,
+  symlink,
+  utimes,
+  writeFile,
+  link,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isTiuError } from '../../src/errors.ts';
@@ -7,7 +21,8 @@ import { RootedDir } from '../../src/deploy/rooted.ts';
 import { checkXattrName, xattrNameProblem } from '../../src/deploy/apply/xattr-names.ts';
 import { removeXattr, setXattrs } from '../../src/host/xattr.ts';
 
-const unsafe = (path?: string) => (e: unknown) => isTiuError(e, 'UNSAFE_PATH') && (path === undefined || (e.details.path as string).includes(path));
+const unsafe = (path?: string) => (e: unknown) =>
+  isTiuError(e, 'UNSAFE_PATH') && (path === undefined || (e.details.path as string).includes(path));
 
 describe('deploy/rooted: RootedDir', () => {
   let dir: string;
@@ -101,7 +116,10 @@ describe('deploy/rooted: RootedDir', () => {
     assert.equal((await stat(outside)).mtimeMs, before);
     await assert.rejects(rd.writeFileAtomic('usr', 'x'), unsafe('usr'));
     // no temporary names left behind by the refused or finished writes
-    assert.deepEqual((await readdir(root)).filter((n) => n.startsWith('.tiu-tmp-')), []);
+    assert.deepEqual(
+      (await readdir(root)).filter((n) => n.startsWith('.tiu-tmp-')),
+      [],
+    );
   });
 
   it('writeFileAtomic sets mode and owner; mkdir -p makes real directories; touchDir sets times', async () => {
@@ -148,13 +166,34 @@ describe('deploy/rooted: RootedDir', () => {
 
 describe('xattr names (no text-format injection)', () => {
   it('accepts the namespaces tiu sets', () => {
-    for (const n of ['user.x', 'trusted.overlay.opaque', 'security.selinux', 'security.capability', 'system.posix_acl_access', 'system.posix_acl_default']) assert.equal(xattrNameProblem(n), undefined, n);
+    for (const n of [
+      'user.x',
+      'trusted.overlay.opaque',
+      'security.selinux',
+      'security.capability',
+      'system.posix_acl_access',
+      'system.posix_acl_default',
+    ])
+      assert.equal(xattrNameProblem(n), undefined, n);
   });
   it('refuses other namespaces, control characters, whitespace, = and long names with BAD_XATTR naming file and attribute', () => {
-    for (const n of ['', 'user.', 'system.nfs4_acl', 'btrfs.compression', 'foo', 'user.a\n# file: /x', 'user.a b', 'user.a=b', 'user.\u00e9', 'user.a\tb', 'user.' + 'a'.repeat(251)]) {
+    for (const n of [
+      '',
+      'user.',
+      'system.nfs4_acl',
+      'btrfs.compression',
+      'foo',
+      'user.a\n# file: /x',
+      'user.a b',
+      'user.a=b',
+      'user.\u00e9',
+      'user.a\tb',
+      'user.' + 'a'.repeat(251),
+    ]) {
       assert.throws(
         () => checkXattrName('usr/bin/x', n),
-        (e: unknown) => isTiuError(e, 'BAD_XATTR') && e.details.path === 'usr/bin/x' && e.details.name === n.slice(0, 300),
+        (e: unknown) =>
+          isTiuError(e, 'BAD_XATTR') && e.details.path === 'usr/bin/x' && e.details.name === n.slice(0, 300),
         JSON.stringify(n),
       );
     }
@@ -167,8 +206,14 @@ describe('xattr names (no text-format injection)', () => {
       const victim = join(dir, 'victim');
       await writeFile(victim, 'v');
       const evil = `user.a\n# file: ${victim}\nuser.evil`;
-      await assert.rejects(setXattrs([{ path: join(dir, 'f'), set: { [evil]: Buffer.from('x') } }]), (e: unknown) => isTiuError(e, 'BAD_XATTR') && e.details.name === evil && e.details.path === join(dir, 'f'));
-      await assert.rejects(setXattrs([{ path: join(dir, 'f'), set: { 'user.big': Buffer.alloc(64 * 1024 + 1) } }]), (e: unknown) => isTiuError(e, 'BAD_XATTR'));
+      await assert.rejects(
+        setXattrs([{ path: join(dir, 'f'), set: { [evil]: Buffer.from('x') } }]),
+        (e: unknown) => isTiuError(e, 'BAD_XATTR') && e.details.name === evil && e.details.path === join(dir, 'f'),
+      );
+      await assert.rejects(
+        setXattrs([{ path: join(dir, 'f'), set: { 'user.big': Buffer.alloc(64 * 1024 + 1) } }]),
+        (e: unknown) => isTiuError(e, 'BAD_XATTR'),
+      );
       await assert.rejects(removeXattr(victim, 'user.a\n-x'), (e: unknown) => isTiuError(e, 'BAD_XATTR'));
       assert.equal(await readFile(victim, 'utf8'), 'v');
     } finally {

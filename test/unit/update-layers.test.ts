@@ -49,10 +49,15 @@ describe('update: layer streams', () => {
   // Incompressible and larger than the streams buffer, so the blob is not all read by then.
   const noise = randomBytes(1 << 20);
   const openers: [string, (t: MemoryTarget, d: Descriptor) => Promise<Readable>][] = [
-    ['update layerOpeners', (t, d) => {
-      const config: Descriptor = { mediaType: MediaType.OciConfig, digest: sha(Buffer.from('{}')), size: 2 };
-      return Promise.resolve(layerOpeners(t, { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [d] })[0]!());
-    }],
+    [
+      'update layerOpeners',
+      (t, d) => {
+        const config: Descriptor = { mediaType: MediaType.OciConfig, digest: sha(Buffer.from('{}')), size: 2 };
+        return Promise.resolve(
+          layerOpeners(t, { schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [d] })[0]!(),
+        );
+      },
+    ],
   ];
   for (const [via, openLayer] of openers) {
     for (const [kind, mediaType, blob] of [
@@ -68,9 +73,12 @@ describe('update: layer streams', () => {
         const fetch = target.fetch.bind(target);
         target.fetch = async (d, o) => {
           const all = await buffer(await fetch(d, o));
-          const raw = Readable.from((function* () {
-            for (let i = 0; i < all.length; i += 16384) yield all.subarray(i, i + 16384);
-          })(), { objectMode: false });
+          const raw = Readable.from(
+            (function* () {
+              for (let i = 0; i < all.length; i += 16384) yield all.subarray(i, i + 16384);
+            })(),
+            { objectMode: false },
+          );
           raws.push(raw);
           return raw;
         };
@@ -83,5 +91,4 @@ describe('update: layer streams', () => {
       });
     }
   }
-
 });

@@ -14,7 +14,8 @@ describe('deploy/users-merge planning', () => {
       gshadow: 'root:::\nwheel:::\n',
     };
     const theirs = {
-      passwd: basePasswd.replace('/bin/bash', '/bin/sh') + 'chrony:x:498:498:chrony:/var/lib/chrony:/usr/sbin/nologin\n',
+      passwd:
+        basePasswd.replace('/bin/bash', '/bin/sh') + 'chrony:x:498:498:chrony:/var/lib/chrony:/usr/sbin/nologin\n',
       group: baseGroup + 'chrony:x:498:\n',
       shadow: 'root:*:19500::::::\nmessagebus:!:19500::::::\nchrony:!:19500::::::\n',
       gshadow: 'root:::\nwheel:::\nchrony:!::\n',
@@ -32,21 +33,37 @@ describe('deploy/users-merge planning', () => {
   });
 
   it('reports a UID clash and does not add or overwrite', () => {
-    const ours = { passwd: basePasswd + 'bob:x:497:100::/home/bob:/bin/bash\n', group: baseGroup, shadow: 'bob:$6$bob:1::::::\n' };
-    const theirs = { passwd: basePasswd + 'polkitd:x:497:497::/var/lib/polkit:/sbin/nologin\n', group: baseGroup + 'polkitd:x:497:\n', shadow: 'polkitd:!:1::::::\n' };
+    const ours = {
+      passwd: basePasswd + 'bob:x:497:100::/home/bob:/bin/bash\n',
+      group: baseGroup,
+      shadow: 'bob:$6$bob:1::::::\n',
+    };
+    const theirs = {
+      passwd: basePasswd + 'polkitd:x:497:497::/var/lib/polkit:/sbin/nologin\n',
+      group: baseGroup + 'polkitd:x:497:\n',
+      shadow: 'polkitd:!:1::::::\n',
+    };
     const r = planUsersMerge({ passwd: basePasswd, group: baseGroup }, ours, theirs);
     assert.deepEqual(r.addedUsers, []);
-    assert.deepEqual(r.clashes, [{ kind: 'uid', name: 'polkitd', id: 497, existing: 'bob', existingId: 497, why: 'id-taken' }]);
+    assert.deepEqual(r.clashes, [
+      { kind: 'uid', name: 'polkitd', id: 497, existing: 'bob', existingId: 497, why: 'id-taken' },
+    ]);
     assert.equal(r.files.passwd, ours.passwd);
     assert.equal(r.files.shadow, ours.shadow);
     assert.deepEqual(r.addedGroups, ['polkitd']);
   });
 
   it('reports a GID clash and a changed id of an existing account', () => {
-    const ours = { passwd: basePasswd.replace('messagebus:x:499', 'messagebus:x:480'), group: baseGroup + 'mine:x:498:\n' };
+    const ours = {
+      passwd: basePasswd.replace('messagebus:x:499', 'messagebus:x:480'),
+      group: baseGroup + 'mine:x:498:\n',
+    };
     const theirs = { passwd: basePasswd, group: baseGroup + 'chrony:x:498:\n' };
     const r = planUsersMerge({ passwd: basePasswd, group: baseGroup }, ours, theirs);
-    assert.deepEqual(r.clashes.map((c) => `${c.kind}:${c.name}:${c.why}:${c.existing}`).sort(), ['gid:chrony:id-taken:mine', 'uid:messagebus:id-differs:messagebus']);
+    assert.deepEqual(r.clashes.map((c) => `${c.kind}:${c.name}:${c.why}:${c.existing}`).sort(), [
+      'gid:chrony:id-taken:mine',
+      'uid:messagebus:id-differs:messagebus',
+    ]);
     assert.equal(r.files.group, ours.group);
     assert.equal(r.files.passwd, ours.passwd);
   });
@@ -60,7 +77,11 @@ describe('deploy/users-merge planning', () => {
   });
 
   it('without a base (first update), every missing account is added', () => {
-    const r = planUsersMerge({}, { passwd: 'root:x:0:0::/root:/bin/sh\n', group: 'root:x:0:\n' }, { passwd: basePasswd, group: baseGroup });
+    const r = planUsersMerge(
+      {},
+      { passwd: 'root:x:0:0::/root:/bin/sh\n', group: 'root:x:0:\n' },
+      { passwd: basePasswd, group: baseGroup },
+    );
     assert.deepEqual(r.addedUsers, ['messagebus']);
     assert.deepEqual(r.addedGroups, ['wheel', 'messagebus', 'audio']);
   });
@@ -77,13 +98,24 @@ describe('deploy/users-merge planning', () => {
 
   it('keeps comments and NIS compat lines last', () => {
     const ours = { passwd: '# local\nroot:x:0:0::/root:/bin/sh\n+::::::\n' };
-    const r = planUsersMerge({}, ours, { passwd: 'root:x:0:0::/root:/bin/sh\nsshd:x:71:65::/var/lib/sshd:/bin/false\n' });
-    assert.equal(r.files.passwd, '# local\nroot:x:0:0::/root:/bin/sh\nsshd:x:71:65::/var/lib/sshd:/bin/false\n+::::::\n');
+    const r = planUsersMerge({}, ours, {
+      passwd: 'root:x:0:0::/root:/bin/sh\nsshd:x:71:65::/var/lib/sshd:/bin/false\n',
+    });
+    assert.equal(
+      r.files.passwd,
+      '# local\nroot:x:0:0::/root:/bin/sh\nsshd:x:71:65::/var/lib/sshd:/bin/false\n+::::::\n',
+    );
     assert.match(r.files.shadow, /^sshd:!\*:/m);
   });
 
   it('refuses malformed lines with USER_DB_INVALID', () => {
-    assert.throws(() => planUsersMerge({}, { passwd: 'root:x:0\n' }, {}), (e: unknown) => isTiuError(e, 'USER_DB_INVALID') && e.message.includes('line 1'));
-    assert.throws(() => planUsersMerge({}, {}, { passwd: 'svc:x:abc:1::/:/bin/false\n' }), (e: unknown) => isTiuError(e, 'USER_DB_INVALID'));
+    assert.throws(
+      () => planUsersMerge({}, { passwd: 'root:x:0\n' }, {}),
+      (e: unknown) => isTiuError(e, 'USER_DB_INVALID') && e.message.includes('line 1'),
+    );
+    assert.throws(
+      () => planUsersMerge({}, {}, { passwd: 'svc:x:abc:1::/:/bin/false\n' }),
+      (e: unknown) => isTiuError(e, 'USER_DB_INVALID'),
+    );
   });
 });

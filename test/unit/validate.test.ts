@@ -17,7 +17,12 @@ import type { Fetcher } from '../../src/content/interfaces.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 
 const D = sha256('x');
-const desc = (over: Record<string, unknown> = {}) => ({ mediaType: MediaType.OciLayerGzip, digest: D, size: 1, ...over });
+const desc = (over: Record<string, unknown> = {}) => ({
+  mediaType: MediaType.OciLayerGzip,
+  digest: D,
+  size: 1,
+  ...over,
+});
 const manifest = (over: Record<string, unknown> = {}) => ({
   schemaVersion: 2,
   mediaType: MediaType.OciManifest,
@@ -31,9 +36,15 @@ const code = (c: string) => (e: unknown) => isTiuError(e, c);
 describe('validate', () => {
   it('accepts a good descriptor and rejects bad fields by name', () => {
     assert.equal(validateDescriptor(desc()).digest, D);
-    assert.throws(() => validateDescriptor(desc({ digest: 'sha256:abc' }), 'layers[0]'), (e: unknown) => isTiuError(e, 'INVALID_MANIFEST') && /layers\[0\]\.digest/.test((e as Error).message));
+    assert.throws(
+      () => validateDescriptor(desc({ digest: 'sha256:abc' }), 'layers[0]'),
+      (e: unknown) => isTiuError(e, 'INVALID_MANIFEST') && /layers\[0\]\.digest/.test((e as Error).message),
+    );
     for (const size of [-1, 1.5, '3', null, 2 ** 60]) {
-      assert.throws(() => validateDescriptor(desc({ size })), (e: unknown) => isTiuError(e, 'INVALID_MANIFEST') && /size/.test((e as Error).message));
+      assert.throws(
+        () => validateDescriptor(desc({ size })),
+        (e: unknown) => isTiuError(e, 'INVALID_MANIFEST') && /size/.test((e as Error).message),
+      );
     }
     assert.throws(() => validateDescriptor(desc({ mediaType: 'nonsense' })), code('INVALID_MANIFEST'));
     assert.throws(() => validateDescriptor(desc({ annotations: { a: 1 } })), code('INVALID_MANIFEST'));
@@ -57,10 +68,20 @@ describe('validate', () => {
 
   it('checks media type consistency', () => {
     assert.throws(() => parseManifestBytes(bytes(manifest()), MediaType.DockerManifest), code('MEDIA_TYPE_MISMATCH'));
-    assert.throws(() => parseManifestBytes(bytes(manifest({ mediaType: MediaType.OciIndex }))), code('MEDIA_TYPE_MISMATCH'));
+    assert.throws(
+      () => parseManifestBytes(bytes(manifest({ mediaType: MediaType.OciIndex }))),
+      code('MEDIA_TYPE_MISMATCH'),
+    );
     assert.throws(() => parseManifestBytes(bytes(manifest()), MediaType.OciIndex), code('MEDIA_TYPE_MISMATCH'));
-    assert.throws(() => parseManifestBytes(bytes(manifest({ mediaType: undefined })), MediaType.DockerManifest), code('INVALID_MANIFEST'));
-    const idx = { schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [desc({ mediaType: MediaType.OciManifest })] };
+    assert.throws(
+      () => parseManifestBytes(bytes(manifest({ mediaType: undefined })), MediaType.DockerManifest),
+      code('INVALID_MANIFEST'),
+    );
+    const idx = {
+      schemaVersion: 2,
+      mediaType: MediaType.OciIndex,
+      manifests: [desc({ mediaType: MediaType.OciManifest })],
+    };
     assert.equal(parseIndexBytes(bytes(idx), MediaType.OciIndex).manifests.length, 1);
     assert.throws(() => parseIndexBytes(bytes(idx), MediaType.OciManifest), code('MEDIA_TYPE_MISMATCH'));
     assert.throws(() => parseIndexBytes(bytes(manifest())), code('MEDIA_TYPE_MISMATCH'));
@@ -77,10 +98,18 @@ describe('validate', () => {
   });
 
   it('parses configs', () => {
-    const cfg = { architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [D] }, config: { Labels: { ID: 'opensuse-microos' } } };
+    const cfg = {
+      architecture: 'amd64',
+      os: 'linux',
+      rootfs: { type: 'layers', diff_ids: [D] },
+      config: { Labels: { ID: 'opensuse-microos' } },
+    };
     assert.equal(parseConfigBytes(bytes(cfg)).config?.Labels?.ID, 'opensuse-microos');
     assert.throws(() => parseConfigBytes(bytes({ ...cfg, os: 3 })), code('INVALID_CONFIG'));
-    assert.throws(() => parseConfigBytes(bytes({ ...cfg, rootfs: { type: 'layers', diff_ids: ['bad'] } })), code('INVALID_CONFIG'));
+    assert.throws(
+      () => parseConfigBytes(bytes({ ...cfg, rootfs: { type: 'layers', diff_ids: ['bad'] } })),
+      code('INVALID_CONFIG'),
+    );
     assert.throws(() => parseConfigBytes(bytes({ ...cfg, config: { Labels: { a: 1 } } })), code('INVALID_CONFIG'));
   });
 
@@ -103,16 +132,28 @@ describe('graph.successors', () => {
     },
   };
   const layer = put(Buffer.from('layer'), MediaType.OciLayerGzip);
-  const config = put(bytes({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }), MediaType.OciConfig);
+  const config = put(
+    bytes({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }),
+    MediaType.OciConfig,
+  );
   const subject = put(Buffer.from('subject'), MediaType.OciLayerGzip);
-  const m = put(bytes({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer], subject }), MediaType.OciManifest);
+  const m = put(
+    bytes({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer], subject }),
+    MediaType.OciManifest,
+  );
   const idx = put(bytes({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [m] }), MediaType.OciIndex);
 
   it('lists config and layers of a manifest, not its subject', async () => {
-    assert.deepEqual((await successors(fetcher, m)).map((d) => d.digest), [config.digest, layer.digest]);
+    assert.deepEqual(
+      (await successors(fetcher, m)).map((d) => d.digest),
+      [config.digest, layer.digest],
+    );
   });
   it('lists the manifests of an index', async () => {
-    assert.deepEqual((await successors(fetcher, idx)).map((d) => d.digest), [m.digest]);
+    assert.deepEqual(
+      (await successors(fetcher, idx)).map((d) => d.digest),
+      [m.digest],
+    );
   });
   it('has no successors for a blob', async () => {
     assert.deepEqual(await successors(fetcher, layer), []);

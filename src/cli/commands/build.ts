@@ -20,7 +20,8 @@ function parseAnnotations(values: string[]): Record<string, string> {
 const command: Command = {
   name: 'build',
   summary: 'Build a bundle (an OCI image with a table of contents) from an OS tree and push it',
-  usage: 'tiu build SOURCE --tag DEST [--compression zstd|gzip] [--layers N] [--exclude PATH]... [--annotation K=V]... [--arch ARCH] [--json]',
+  usage:
+    'tiu build SOURCE --tag DEST [--compression zstd|gzip] [--layers N] [--exclude PATH]... [--annotation K=V]... [--arch ARCH] [--json]',
   help:
     'SOURCE: a directory, a tar archive (.tar, .tar.gz, .tar.xz, .tar.zst, .tbz: as kiwi writes them),\n' +
     '  or an image reference (docker://..., oci:..., oci-archive:...) to re-layer.\n' +
@@ -34,7 +35,7 @@ const command: Command = {
     '  --layers N               at most N layers (default 8), split by a stable rule\n' +
     '  --exclude PATH           leave PATH and everything below it out (repeatable)\n' +
     '  --annotation K=V         add a manifest annotation (repeatable)\n' +
-    '  --arch ARCH              OCI architecture (default: this machine\'s)\n' +
+    "  --arch ARCH              OCI architecture (default: this machine's)\n" +
     registryOptionsHelp,
   options: {
     tag: { type: 'string' },
@@ -48,12 +49,18 @@ const command: Command = {
   positionals: [1, 1],
   async run([sourceInput], options, out) {
     const destInput = optString(options, 'tag');
-    if (!destInput) throw new BuildError('BUILD_BAD_OPTION', '--tag DEST is required (e.g. --tag oci:/srv/bundles:latest)');
+    if (!destInput)
+      throw new BuildError('BUILD_BAD_OPTION', '--tag DEST is required (e.g. --tag oci:/srv/bundles:latest)');
     const compression = optString(options, 'compression') ?? 'zstd';
-    if (compression !== 'zstd' && compression !== 'gzip') throw new BuildError('BUILD_BAD_OPTION', `--compression must be zstd or gzip, got ${JSON.stringify(compression)}`);
+    if (compression !== 'zstd' && compression !== 'gzip')
+      throw new BuildError(
+        'BUILD_BAD_OPTION',
+        `--compression must be zstd or gzip, got ${JSON.stringify(compression)}`,
+      );
     const layersText = optString(options, 'layers');
     const layers = layersText === undefined ? undefined : Number(layersText);
-    if (layers !== undefined && !Number.isInteger(layers)) throw new BuildError('BUILD_BAD_OPTION', `--layers must be a whole number, got ${JSON.stringify(layersText)}`);
+    if (layers !== undefined && !Number.isInteger(layers))
+      throw new BuildError('BUILD_BAD_OPTION', `--layers must be a whole number, got ${JSON.stringify(layersText)}`);
     const annotations = parseAnnotations(optStrings(options, 'annotation'));
 
     let src: OpenedReference | undefined;
@@ -82,7 +89,9 @@ const command: Command = {
       await dst.target.close?.();
       ok = true;
       const total = r.layers.reduce((n, l) => n + l.descriptor.size, 0);
-      out.info(`${r.entries} entries in ${r.layers.length} layers, ${humanSize(total)} (${compression}); manifest ${shortDigest(r.descriptor.digest)}`);
+      out.info(
+        `${r.entries} entries in ${r.layers.length} layers, ${humanSize(total)} (${compression}); manifest ${shortDigest(r.descriptor.digest)}`,
+      );
       out.result(r.descriptor.digest, {
         digest: r.descriptor.digest,
         mediaType: r.descriptor.mediaType,
@@ -91,7 +100,12 @@ const command: Command = {
         tag,
         entries: r.entries,
         compression,
-        layers: r.layers.map((l) => ({ digest: l.descriptor.digest, size: l.descriptor.size, diffId: l.diffId, entries: l.entries })),
+        layers: r.layers.map((l) => ({
+          digest: l.descriptor.digest,
+          size: l.descriptor.size,
+          diffId: l.diffId,
+          entries: l.entries,
+        })),
         annotations: r.manifest.annotations,
       });
     } finally {

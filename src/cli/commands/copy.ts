@@ -30,7 +30,8 @@ const command: Command = {
   async run([srcInput, dstInput], options, out) {
     const concText = optString(options, 'concurrency');
     const concurrency = concText === undefined ? 3 : Number(concText);
-    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new UsageError(`--concurrency must be an integer from 1 to 64, got ${concText}`);
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64)
+      throw new UsageError(`--concurrency must be an integer from 1 to 64, got ${concText}`);
     const src: OpenedReference = await openReference(srcInput!, { registry: registryOptions(options, 'src') });
     let dst: OpenedReference | undefined;
     let ok = false;
@@ -41,28 +42,38 @@ const command: Command = {
         const d = e.desc;
         const kind = isManifestLike(d.mediaType) ? 'manifest' : 'blob';
         if (e.type === 'blob-start') out.info(`copying ${kind} ${shortDigest(d.digest)} (${humanSize(d.size)})`);
-        else if (e.type === 'blob-skipped') out.info(`skipping ${kind} ${shortDigest(d.digest)}: already at the destination`);
+        else if (e.type === 'blob-skipped')
+          out.info(`skipping ${kind} ${shortDigest(d.digest)}: already at the destination`);
         else if (e.type === 'blob-done') out.info(`done    ${kind} ${shortDigest(d.digest)}`);
         else if (e.bytes < e.total) {
           const now = Date.now();
           if (now - (lastReport.get(d.digest) ?? now) >= 2000) {
-            out.info(`        ${shortDigest(d.digest)} ${Math.floor((100 * e.bytes) / e.total)}% of ${humanSize(e.total)}`);
+            out.info(
+              `        ${shortDigest(d.digest)} ${Math.floor((100 * e.bytes) / e.total)}% of ${humanSize(e.total)}`,
+            );
             lastReport.set(d.digest, now);
           } else if (!lastReport.has(d.digest)) lastReport.set(d.digest, now);
         }
       };
-      const root = await copy(src.target, src.name, dst.target, dst.name, { referrers: optBool(options, 'referrers'), concurrency, onProgress });
+      const root = await copy(src.target, src.name, dst.target, dst.name, {
+        referrers: optBool(options, 'referrers'),
+        concurrency,
+        onProgress,
+      });
       await dst.target.close?.();
       ok = true;
       const tag = dst.name ?? (src.name !== undefined && !isDigest(src.name) ? src.name : undefined);
-      out.result(`copied ${root.digest} to ${dstInput}${tag && !dstInput!.endsWith(':' + tag) ? ` (tag ${tag})` : ''}`, {
-        source: srcInput,
-        destination: dstInput,
-        digest: root.digest,
-        mediaType: root.mediaType,
-        size: root.size,
-        tag: tag ?? null,
-      });
+      out.result(
+        `copied ${root.digest} to ${dstInput}${tag && !dstInput!.endsWith(':' + tag) ? ` (tag ${tag})` : ''}`,
+        {
+          source: srcInput,
+          destination: dstInput,
+          digest: root.digest,
+          mediaType: root.mediaType,
+          size: root.size,
+          tag: tag ?? null,
+        },
+      );
     } finally {
       await src.target.close?.().catch(() => undefined);
       if (dst && !ok) {

@@ -15,7 +15,8 @@ function positiveInt(options: OptionValues, name: string, min: number, max: numb
   const text = optString(options, name);
   if (text === undefined) return undefined;
   const n = Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${text}`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${text}`);
   return n;
 }
 
@@ -30,7 +31,7 @@ const command: Command = {
   summary: 'Run the health checks; at boot, mark the snapshot good or roll back',
   usage: 'tiu health [--boot] [--sysroot DIR] [--max-attempts N] [--check-timeout SECONDS] [--no-reboot] [--json]',
   help:
-    'Checks: executables in /usr/libexec/tiu/health.d/ (the image\'s) and /etc/tiu/health.d/ (the admin\'s,\n' +
+    "Checks: executables in /usr/libexec/tiu/health.d/ (the image's) and /etc/tiu/health.d/ (the admin's,\n" +
     'same name replaces, empty file or /dev/null symlink disables), and openSUSE health-checker plugins\n' +
     'in /usr/lib/health-checker/*.sh (run with "check"). A check passes when it exits 0.\n' +
     'Without --boot the checks only run and report (exit 1 when one fails).\n' +
@@ -57,11 +58,21 @@ const command: Command = {
     if (!optBool(options, 'boot')) {
       const results = await runChecks(await discoverChecks(sysroot), checkTimeoutMs);
       const failed = results.filter((r) => !r.ok).map((r) => r.name);
-      const human = results.length === 0 ? 'no health checks installed' : results.map(checkLine).join('\n') + `\n${failed.length ? `${failed.length} of ${results.length} checks failed` : 'healthy'}`;
+      const human =
+        results.length === 0
+          ? 'no health checks installed'
+          : results.map(checkLine).join('\n') +
+            `\n${failed.length ? `${failed.length} of ${results.length} checks failed` : 'healthy'}`;
       out.result(human, { healthy: failed.length === 0, checks: results, failed });
       return failed.length ? 1 : 0;
     }
-    const r = await bootHealth({ sysroot, maxAttempts, checkTimeoutMs, reboot: !optBool(options, 'no-reboot'), log: (l) => out.info(`tiu-health: ${l}`) });
+    const r = await bootHealth({
+      sysroot,
+      maxAttempts,
+      checkTimeoutMs,
+      reboot: !optBool(options, 'no-reboot'),
+      log: (l) => out.info(`tiu-health: ${l}`),
+    });
     const what = {
       good: `snapshot ${r.snapshot} is healthy: marked good`,
       verified: `snapshot ${r.snapshot} is healthy`,
@@ -69,7 +80,12 @@ const command: Command = {
       'rolled-back': `snapshot ${r.snapshot} is unhealthy (${r.failed.join(', ')}): snapshot ${r.rollbackTo} is the default${r.rebooting ? ', rebooting' : ''}`,
       'no-rollback-target': `snapshot ${r.snapshot} is unhealthy (${r.failed.join(', ')}) and there is no good snapshot to roll back to`,
     }[r.outcome];
-    const settled = r.boot?.failed !== undefined ? [`snapshot ${r.boot.failed} never reached userspace (its boot counter ran out): marked bad, snapshot ${r.boot.backTo} is the default again`] : [];
+    const settled =
+      r.boot?.failed !== undefined
+        ? [
+            `snapshot ${r.boot.failed} never reached userspace (its boot counter ran out): marked bad, snapshot ${r.boot.backTo} is the default again`,
+          ]
+        : [];
     out.result([...settled, ...r.checks.map(checkLine), what].join('\n'), r);
     return r.outcome === 'good' || r.outcome === 'verified' ? 0 : 1;
   },

@@ -10,7 +10,19 @@ import { registryOptionSpecs, registryOptions, registryOptionsHelp } from '../re
 
 /** os-release keys tiu shows when an image carries them (as labels or annotations). */
 const OS_RELEASE_KEYS = new Set([
-  'NAME', 'ID', 'ID_LIKE', 'PRETTY_NAME', 'VERSION', 'VERSION_ID', 'VERSION_CODENAME', 'BUILD_ID', 'IMAGE_ID', 'IMAGE_VERSION', 'VARIANT', 'VARIANT_ID', 'CPE_NAME',
+  'NAME',
+  'ID',
+  'ID_LIKE',
+  'PRETTY_NAME',
+  'VERSION',
+  'VERSION_ID',
+  'VERSION_CODENAME',
+  'BUILD_ID',
+  'IMAGE_ID',
+  'IMAGE_VERSION',
+  'VARIANT',
+  'VARIANT_ID',
+  'CPE_NAME',
 ]);
 
 /** Labels/annotations named like os-release keys: `ID`, `org.opensuse.tiu.os-release.VERSION_ID`, ... */
@@ -27,19 +39,31 @@ export function osReleaseFrom(...maps: (Record<string, string> | undefined)[]): 
   return out;
 }
 
-const layerInfo = (l: Descriptor) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType, ...(l.annotations ? { annotations: l.annotations } : {}) });
+const layerInfo = (l: Descriptor) => ({
+  digest: l.digest,
+  size: l.size,
+  mediaType: l.mediaType,
+  ...(l.annotations ? { annotations: l.annotations } : {}),
+});
 
 const command: Command = {
   name: 'inspect',
   summary: 'Show an image: manifest, config summary, layers, annotations, os-release',
   usage: 'tiu inspect REF [--raw] [--json]',
-  help: 'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG].\n  --raw  print the manifest (or index) exactly as stored\n' + registryOptionsHelp,
+  help:
+    'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG].\n  --raw  print the manifest (or index) exactly as stored\n' +
+    registryOptionsHelp,
   options: { raw: { type: 'boolean' }, ...registryOptionSpecs },
   positionals: [1, 1],
   async run([input], options, out) {
     const { target, name } = await openReference(input!, { registry: registryOptions(options) });
     try {
-      const root = name !== undefined ? await target.resolve(name) : target.resolveDefault ? await target.resolveDefault() : undefined;
+      const root =
+        name !== undefined
+          ? await target.resolve(name)
+          : target.resolveDefault
+            ? await target.resolveDefault()
+            : undefined;
       if (!root) throw new TiuError('MISSING_REFERENCE', `${input} needs a tag or digest`);
       const { bytes, parsed } = await fetchManifest(target, root);
       if (optBool(options, 'raw')) {
@@ -54,12 +78,24 @@ const command: Command = {
           mediaType: parsed.mediaType,
           size: root.size,
           kind: 'index',
-          manifests: idx.manifests.map((m) => ({ digest: m.digest, mediaType: m.mediaType, size: m.size, ...(m.platform ? { platform: m.platform } : {}) })),
+          manifests: idx.manifests.map((m) => ({
+            digest: m.digest,
+            mediaType: m.mediaType,
+            size: m.size,
+            ...(m.platform ? { platform: m.platform } : {}),
+          })),
           annotations: idx.annotations ?? {},
         };
-        const lines = [`Reference:  ${input}`, `Digest:     ${root.digest}`, `MediaType:  ${parsed.mediaType}`, `Manifests:  ${idx.manifests.length}`];
+        const lines = [
+          `Reference:  ${input}`,
+          `Digest:     ${root.digest}`,
+          `MediaType:  ${parsed.mediaType}`,
+          `Manifests:  ${idx.manifests.length}`,
+        ];
         for (const m of idx.manifests) {
-          const p = m.platform ? `${m.platform.os}/${m.platform.architecture}${m.platform.variant ? '/' + m.platform.variant : ''}` : '-';
+          const p = m.platform
+            ? `${m.platform.os}/${m.platform.architecture}${m.platform.variant ? '/' + m.platform.variant : ''}`
+            : '-';
           lines.push(`  ${m.digest}  ${p}  ${humanSize(m.size)}`);
         }
         for (const [k, v] of Object.entries(idx.annotations ?? {})) lines.push(`Annotation: ${k}=${v}`);
@@ -87,7 +123,13 @@ const command: Command = {
           mediaType: m.config.mediaType,
           size: m.config.size,
           ...(config
-            ? { architecture: config.architecture, os: config.os, ...(config.variant ? { variant: config.variant } : {}), created: config.created ?? null, labels }
+            ? {
+                architecture: config.architecture,
+                os: config.os,
+                ...(config.variant ? { variant: config.variant } : {}),
+                created: config.created ?? null,
+                labels,
+              }
             : {}),
         },
         layers: m.layers.map(layerInfo),
@@ -104,7 +146,9 @@ const command: Command = {
         lines.push(`Config:      ${m.config.mediaType} (${humanSize(m.config.size)})`);
       }
       if (Object.keys(osRelease).length > 0) {
-        const pretty = osRelease.PRETTY_NAME ?? [osRelease.NAME ?? osRelease.ID, osRelease.VERSION ?? osRelease.VERSION_ID].filter(Boolean).join(' ');
+        const pretty =
+          osRelease.PRETTY_NAME ??
+          [osRelease.NAME ?? osRelease.ID, osRelease.VERSION ?? osRelease.VERSION_ID].filter(Boolean).join(' ');
         lines.push(`OS release:  ${pretty}`.trimEnd());
         for (const [k, v] of Object.entries(osRelease)) lines.push(`  ${k}=${v}`);
       }

@@ -20,7 +20,10 @@ const command: Command = {
       if (!/^\d+$/.test(n) || snapshot < 1) throw new TiuError('USAGE', `N must be a snapshot number, got '${n}'`);
     }
     const r = await rollback({ sysroot: optString(options, 'sysroot') ?? '/', snapshot });
-    const note = r.from === r.to ? `snapshot ${r.to} already is the default` : `snapshot ${r.to} is the default again (was ${r.from ?? 'none'})`;
+    const note =
+      r.from === r.to
+        ? `snapshot ${r.to} already is the default`
+        : `snapshot ${r.to} is the default again (was ${r.from ?? 'none'})`;
     out.result(`${note}; it starts at the next boot${r.booted === r.to ? ' (it is the one running now)' : ''}`, r);
   },
 };

@@ -12,7 +12,7 @@ const command: Command = {
   summary: 'sign an image with a cosign-compatible key',
   usage: 'tiu sign --key KEY [--identity host/repo:tag] [--annotation k=v]... [--bundle] REF',
   help:
-    'Signs the manifest REF resolves to: a simple-signing payload (docker-reference = REF\'s name, or --identity)\n' +
+    "Signs the manifest REF resolves to: a simple-signing payload (docker-reference = REF's name, or --identity)\n" +
     'appended to the signature manifest at tag sha256-<hex>.sig next to the image, as cosign does.\n' +
     'An OCI layout has no registry name: give the one the image will be verified as with --identity.\n' +
     '--bundle also attaches a sigstore bundle (v0.3) as an OCI referrer.\n' +
@@ -35,18 +35,23 @@ const command: Command = {
     const opened = await openReference(input!, { registry: registryOptions(options) });
     try {
       const r = await signReference(opened, key, { identity, annotations, bundle: optBool(options, 'bundle') });
-      const what = r.added ? `signature added to ${r.tag} (${r.count} signature${r.count === 1 ? '' : 's'})` : `already signed by this key (${r.tag})`;
-      out.result(`Signed ${r.image} (${r.digest}) as ${r.dockerReference}: ${what}${r.bundle ? `; bundle ${r.bundle.digest}` : ''}`, {
-        image: r.image,
-        digest: r.digest,
-        dockerReference: r.dockerReference,
-        tag: r.tag,
-        signatureManifest: r.descriptor.digest,
-        added: r.added,
-        count: r.count,
-        payloadDigest: r.payloadDigest,
-        bundle: r.bundle?.digest ?? null,
-      });
+      const what = r.added
+        ? `signature added to ${r.tag} (${r.count} signature${r.count === 1 ? '' : 's'})`
+        : `already signed by this key (${r.tag})`;
+      out.result(
+        `Signed ${r.image} (${r.digest}) as ${r.dockerReference}: ${what}${r.bundle ? `; bundle ${r.bundle.digest}` : ''}`,
+        {
+          image: r.image,
+          digest: r.digest,
+          dockerReference: r.dockerReference,
+          tag: r.tag,
+          signatureManifest: r.descriptor.digest,
+          added: r.added,
+          count: r.count,
+          payloadDigest: r.payloadDigest,
+          bundle: r.bundle?.digest ?? null,
+        },
+      );
     } finally {
       await opened.target.close?.();
     }

@@ -19,7 +19,7 @@ const command: Command = {
     '?N = booted N times without a verdict yet (tiu health --boot).\n' +
     'boot: the systemd-boot entry of the snapshot, when the host boots with systemd-boot:\n' +
     'ok = blessed, +N = N tries left (+N-D: D tries done), bad = no tries left, - = no entry;\n' +
-    '~ = parked (newer than the default: not the loader\'s choice).\n' +
+    "~ = parked (newer than the default: not the loader's choice).\n" +
     '/etc conflicts are listed for snapshots whose update reported some, as long as their\n' +
     '<file>.tiunew is still there.',
   options: { sysroot: { type: 'string' } },
@@ -31,26 +31,64 @@ const command: Command = {
     const boot: BootStatus = sd ? await sd.status() : { integration: 'none', entries: {} };
     const snapshots = [];
     for (const s of state.snapshots) {
-      const conflicts = s.etcConflicts > 0 ? await pendingEtcConflicts(join(snapshotPath(ctx.sysroot, s.number), 'etc')) : [];
-      snapshots.push({ ...s, pendingEtcConflicts: conflicts, ...(sd ? { bootEntry: boot.entries[s.number] ?? null } : {}) });
+      const conflicts =
+        s.etcConflicts > 0 ? await pendingEtcConflicts(join(snapshotPath(ctx.sysroot, s.number), 'etc')) : [];
+      snapshots.push({
+        ...s,
+        pendingEtcConflicts: conflicts,
+        ...(sd ? { bootEntry: boot.entries[s.number] ?? null } : {}),
+      });
     }
-    const lines = [`  #  BD  health  ${sd ? 'boot    ' : ''}image                                     digest               date                 description`];
+    const lines = [
+      `  #  BD  health  ${sd ? 'boot    ' : ''}image                                     digest               date                 description`,
+    ];
     for (const s of snapshots) {
       const marks = `${s.booted ? 'B' : ' '}${s.default ? 'D' : ' '}`;
       const img = s.inProgress ? `(unfinished) ${s.image ?? ''}` : (s.image ?? '-');
       const health = s.health ?? (s.bootAttempts > 0 ? `?${s.bootAttempts}` : '-');
       const e = boot.entries[s.number];
-      const entry = !e ? '-' : `${e.parked ? '~' : ''}${e.state === 'blessed' ? 'ok' : e.state === 'bad' ? 'bad' : `+${e.triesLeft}${e.triesDone !== undefined ? `-${e.triesDone}` : ''}`}`;
-      lines.push(`${String(s.number).padStart(3)}  ${marks}  ${health.padEnd(6)}  ${sd ? `${entry.padEnd(6)}  ` : ''}${img.padEnd(40)}  ${(s.digest ? shortDigest(s.digest) : '-').padEnd(19)}  ${s.date.padEnd(19)}  ${s.description}`);
+      const entry = !e
+        ? '-'
+        : `${e.parked ? '~' : ''}${e.state === 'blessed' ? 'ok' : e.state === 'bad' ? 'bad' : `+${e.triesLeft}${e.triesDone !== undefined ? `-${e.triesDone}` : ''}`}`;
+      lines.push(
+        `${String(s.number).padStart(3)}  ${marks}  ${health.padEnd(6)}  ${sd ? `${entry.padEnd(6)}  ` : ''}${img.padEnd(40)}  ${(s.digest ? shortDigest(s.digest) : '-').padEnd(19)}  ${s.date.padEnd(19)}  ${s.description}`,
+      );
     }
-    for (const s of snapshots) if (s.health === 'bad' && s.userdata[HEALTH_UD.failed]) lines.push(`snapshot ${s.number} is bad: ${s.userdata[HEALTH_UD.failed]}`);
-    lines.push(sd ? `boot integration: systemd-boot on ${boot.esp} (loader.conf default ${boot.loaderDefault ?? '-'}; next boot: ${boot.selected ?? 'no entry'})` : 'boot integration: none (tiu sets the btrfs default only)');
-    if (state.staged !== undefined) lines.push(`\nsnapshot ${state.staged} boots next; snapshot ${state.booted} runs now ('tiu rollback' keeps ${state.booted})`);
-    else if (state.rollback !== undefined) lines.push(`\n'tiu rollback' would make snapshot ${state.rollback} the default`);
+    for (const s of snapshots)
+      if (s.health === 'bad' && s.userdata[HEALTH_UD.failed])
+        lines.push(`snapshot ${s.number} is bad: ${s.userdata[HEALTH_UD.failed]}`);
+    lines.push(
+      sd
+        ? `boot integration: systemd-boot on ${boot.esp} (loader.conf default ${boot.loaderDefault ?? '-'}; next boot: ${boot.selected ?? 'no entry'})`
+        : 'boot integration: none (tiu sets the btrfs default only)',
+    );
+    if (state.staged !== undefined)
+      lines.push(
+        `\nsnapshot ${state.staged} boots next; snapshot ${state.booted} runs now ('tiu rollback' keeps ${state.booted})`,
+      );
+    else if (state.rollback !== undefined)
+      lines.push(`\n'tiu rollback' would make snapshot ${state.rollback} the default`);
     for (const s of snapshots) {
-      for (const c of s.pendingEtcConflicts) lines.push(`snapshot ${s.number}: /etc conflict: ${c} kept as changed locally, the image's version is ${c}.tiunew`);
+      for (const c of s.pendingEtcConflicts)
+        lines.push(
+          `snapshot ${s.number}: /etc conflict: ${c} kept as changed locally, the image's version is ${c}.tiunew`,
+        );
     }
-    out.result(lines.join('\n'), { sysroot: state.sysroot, boot: { integration: boot.integration, esp: boot.esp, loaderDefault: boot.loaderDefault, efiEntryDefault: boot.efiEntryDefault, selected: boot.selected }, booted: state.booted, default: state.default, staged: state.staged, rollback: state.rollback, snapshots });
+    out.result(lines.join('\n'), {
+      sysroot: state.sysroot,
+      boot: {
+        integration: boot.integration,
+        esp: boot.esp,
+        loaderDefault: boot.loaderDefault,
+        efiEntryDefault: boot.efiEntryDefault,
+        selected: boot.selected,
+      },
+      booted: state.booted,
+      default: state.default,
+      staged: state.staged,
+      rollback: state.rollback,
+      snapshots,
+    });
   },
 };
 export default command;

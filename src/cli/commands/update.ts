@@ -11,7 +11,8 @@ import { humanSize, shortDigest } from '../../format.ts';
 const command: Command = {
   name: 'update',
   summary: 'Write an OS image into a new snapshot and make it the next boot',
-  usage: 'tiu update [REF] [--sysroot DIR] [--check] [--transfer auto|delta|whole-layer] [--download-only] [--offline] [--reboot] [--json]',
+  usage:
+    'tiu update [REF] [--sysroot DIR] [--check] [--transfer auto|delta|whole-layer] [--download-only] [--offline] [--reboot] [--json]',
   help:
     'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG] (a USB stick), oci-archive:/FILE.tar[:TAG];\n' +
     "default: 'image' in /etc/tiu/tiu.conf. The signature policy is enforced; the running system\n" +
@@ -25,18 +26,32 @@ const command: Command = {
     '  --transfer MODE   auto (default): only the files this system lacks, by HTTP Range, where\n' +
     '                    the source and its layers allow it, else whole layers; delta: fail\n' +
     '                    instead of downloading whole layers; whole-layer: never by Range',
-  options: { sysroot: { type: 'string' }, 'download-only': { type: 'boolean' }, offline: { type: 'boolean' }, reboot: { type: 'boolean' }, check: { type: 'boolean' }, transfer: { type: 'string' } },
+  options: {
+    sysroot: { type: 'string' },
+    'download-only': { type: 'boolean' },
+    offline: { type: 'boolean' },
+    reboot: { type: 'boolean' },
+    check: { type: 'boolean' },
+    transfer: { type: 'string' },
+  },
   positionals: [0, 1],
   async run([reference], options, out) {
     const sysroot = optString(options, 'sysroot') ?? '/';
     const wantReboot = optBool(options, 'reboot');
-    if (wantReboot && sysroot !== '/') throw new TiuError('USAGE', '--reboot reboots this machine: it cannot be combined with --sysroot');
+    if (wantReboot && sysroot !== '/')
+      throw new TiuError('USAGE', '--reboot reboots this machine: it cannot be combined with --sysroot');
     const transfer = optString(options, 'transfer') ?? 'auto';
-    if (transfer !== 'auto' && transfer !== 'delta' && transfer !== 'whole-layer') throw new TiuError('USAGE', `--transfer must be auto, delta or whole-layer, not ${JSON.stringify(transfer)}`);
+    if (transfer !== 'auto' && transfer !== 'delta' && transfer !== 'whole-layer')
+      throw new TiuError('USAGE', `--transfer must be auto, delta or whole-layer, not ${JSON.stringify(transfer)}`);
     if (optBool(options, 'check')) {
-      if (wantReboot || optBool(options, 'download-only') || optBool(options, 'offline')) throw new TiuError('USAGE', '--check only looks: it cannot be combined with --reboot, --download-only or --offline');
+      if (wantReboot || optBool(options, 'download-only') || optBool(options, 'offline'))
+        throw new TiuError(
+          'USAGE',
+          '--check only looks: it cannot be combined with --reboot, --download-only or --offline',
+        );
       const c = await checkUpdate(productionDeps, { sysroot, reference, transfer: transfer });
-      if (c.status === 'already-present') out.result(`${c.image} (${shortDigest(c.digest)}) is already deployed in snapshot ${c.snapshot}: no update`, c);
+      if (c.status === 'already-present')
+        out.result(`${c.image} (${shortDigest(c.digest)}) is already deployed in snapshot ${c.snapshot}: no update`, c);
       else out.result(`update available: ${c.image} (${shortDigest(c.digest)})\n  ${describeTransfer(c.transfer)}`, c);
       return;
     }
@@ -56,10 +71,16 @@ const command: Command = {
       });
       switch (r.status) {
         case 'already-present':
-          out.result(`${r.image} (${shortDigest(r.digest)}) is already deployed in snapshot ${r.snapshot}: nothing to do`, r);
+          out.result(
+            `${r.image} (${shortDigest(r.digest)}) is already deployed in snapshot ${r.snapshot}: nothing to do`,
+            r,
+          );
           return;
         case 'downloaded':
-          out.result(`${r.image} (${shortDigest(r.digest)}) is in the cache ${r.cache}; 'tiu update --offline ${r.image}' applies it`, r);
+          out.result(
+            `${r.image} (${shortDigest(r.digest)}) is in the cache ${r.cache}; 'tiu update --offline ${r.image}' applies it`,
+            r,
+          );
           return;
         case 'updated': {
           const a = r.apply;
@@ -68,8 +89,14 @@ const command: Command = {
             `  files: ${a.written.count} written (${humanSize(a.written.bytes)}), ${a.reflinked.count} reflinked, ${a.kept.count} kept, ${a.deleted.count} deleted`,
             ...(r.transfer ? [`  ${describeTransfer(r.transfer)}`] : []),
             ...(a.skipped.count ? [`  ${describeSkipped(a)}`] : []),
-            ...r.etcConflicts.map((c) => `  /etc conflict: /etc/${c.path} kept as you changed it${c.tiunew ? `, the image's version is in /etc/${c.tiunew}` : ''}`),
-            ...r.userClashes.map((c) => `  account clash: the image's ${c.kind === 'uid' ? 'user' : 'group'} ${c.name} (${c.kind} ${c.id}) was not added: ${c.existing} has ${c.kind} ${c.existingId}`),
+            ...r.etcConflicts.map(
+              (c) =>
+                `  /etc conflict: /etc/${c.path} kept as you changed it${c.tiunew ? `, the image's version is in /etc/${c.tiunew}` : ''}`,
+            ),
+            ...r.userClashes.map(
+              (c) =>
+                `  account clash: the image's ${c.kind === 'uid' ? 'user' : 'group'} ${c.name} (${c.kind} ${c.id}) was not added: ${c.existing} has ${c.kind} ${c.existingId}`,
+            ),
             ...(r.relabel ? ['  SELinux: the image carries no labels, /.autorelabel relabels at the next boot'] : []),
           ];
           out.result(lines.join('\n'), r);
@@ -87,4 +114,3 @@ const command: Command = {
   },
 };
 export default command;
-

@@ -9,11 +9,11 @@ import { loadPolicy } from '../../trust/policy.ts';
 
 const command: Command = {
   name: 'verify',
-  summary: 'verify an image\'s cosign signatures (with a key, or with containers-policy.json)',
+  summary: "verify an image's cosign signatures (with a key, or with containers-policy.json)",
   usage: 'tiu verify [--key KEY.pub... | --policy FILE] [--identity host/repo:tag] [--annotation k=v]... REF',
   help:
     'With --key: a signature by one of the keys, for the manifest REF resolves to, whose docker-reference is in\n' +
-    'REF\'s repository (or --identity\'s). An OCI layout without --identity has digest and signature checked, not its name.\n' +
+    "REF's repository (or --identity's). An OCI layout without --identity has digest and signature checked, not its name.\n" +
     'Otherwise the policy decides: --policy FILE, else /etc/tiu/policy.json, else /etc/containers/policy.json.\n' +
     'Refusals exit 1 with a code: NO_SIGNATURE, SIGNATURE_INVALID, DIGEST_MISMATCH_SIGNATURE, IDENTITY_MISMATCH, POLICY_REJECTED...\n' +
     registryOptionsHelp,
@@ -28,21 +28,30 @@ const command: Command = {
   async run([input], options, out) {
     const keyPaths = optStrings(options, 'key');
     const policyPath = optString(options, 'policy');
-    if (keyPaths.length > 0 && policyPath !== undefined) throw new TiuError('USAGE', 'give --key or --policy, not both');
+    if (keyPaths.length > 0 && policyPath !== undefined)
+      throw new TiuError('USAGE', 'give --key or --policy, not both');
     const identity = parseIdentityOption(optString(options, 'identity'));
     const annotations = parseAnnotations(optStrings(options, 'annotation'));
-    if (keyPaths.length === 0 && Object.keys(annotations).length > 0) throw new TiuError('USAGE', '--annotation needs --key');
-    const keys = keyPaths.length > 0 ? (await Promise.all(keyPaths.map((p) => readPublicKeyFile(p)))).flat() : undefined;
+    if (keyPaths.length === 0 && Object.keys(annotations).length > 0)
+      throw new TiuError('USAGE', '--annotation needs --key');
+    const keys =
+      keyPaths.length > 0 ? (await Promise.all(keyPaths.map((p) => readPublicKeyFile(p)))).flat() : undefined;
     const policy = keys ? undefined : loadPolicy(policyPath);
     const opened = await openReference(input!, { registry: registryOptions(options) });
     try {
-      const r = keys ? await verifyWithKeys(opened, keys, { identity, annotations }) : await verifyWithPolicy(opened, policy!, { identity });
+      const r = keys
+        ? await verifyWithKeys(opened, keys, { identity, annotations })
+        : await verifyWithPolicy(opened, policy!, { identity });
       const lines = [`Verified ${r.image} (${r.digest})`];
       if (r.policy) {
         lines[0] += ` under ${policy!.source} (${r.policy.scope === 'default' ? 'default' : `${r.policy.transport} scope ${JSON.stringify(r.policy.scope)}`}): ${r.policy.accepted.map((a) => a.type).join(', ')}`;
       }
-      for (const s of r.signatures) lines.push(`  ${s.kind === 'bundle' ? 'sigstore bundle' : 'signature'} ${s.payloadDigest} for ${s.dockerReference}`);
-      if (keys && r.identityRule === 'any') lines.push('  note: the image has no registry name, so the signed name was not checked (use --identity)');
+      for (const s of r.signatures)
+        lines.push(
+          `  ${s.kind === 'bundle' ? 'sigstore bundle' : 'signature'} ${s.payloadDigest} for ${s.dockerReference}`,
+        );
+      if (keys && r.identityRule === 'any')
+        lines.push('  note: the image has no registry name, so the signed name was not checked (use --identity)');
       out.result(lines.join('\n'), r);
     } finally {
       await opened.target.close?.();

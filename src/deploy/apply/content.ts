@@ -21,7 +21,10 @@ export interface VerifiedFile {
   verifiedFile: string;
 }
 
-export type ContentSink = (entry: TreeEntry, content: AsyncIterable<Buffer | Uint8Array> | VerifiedFile) => Promise<void>;
+export type ContentSink = (
+  entry: TreeEntry,
+  content: AsyncIterable<Buffer | Uint8Array> | VerifiedFile,
+) => Promise<void>;
 
 export function isVerifiedFile(c: unknown): c is VerifiedFile {
   return typeof c === 'object' && c !== null && typeof (c as VerifiedFile).verifiedFile === 'string';
@@ -37,7 +40,9 @@ export interface ContentProvider {
 
 /** Order in which a sequential source has the entries: by layer, then by offset. */
 export function byLayerOrder(entries: readonly TreeEntry[]): TreeEntry[] {
-  return [...entries].sort((a, b) => (a.source?.layer ?? 0) - (b.source?.layer ?? 0) || (a.source?.offset ?? 0) - (b.source?.offset ?? 0));
+  return [...entries].sort(
+    (a, b) => (a.source?.layer ?? 0) - (b.source?.layer ?? 0) || (a.source?.offset ?? 0) - (b.source?.offset ?? 0),
+  );
 }
 
 /** The simplest provider: a function that opens one entry's content. Called in layer/offset order. */
@@ -84,7 +89,8 @@ export function tarLayerProvider(openLayer: (layer: number) => Promise<Readable>
           stream.destroy();
         }
         const missing = [...wanted.keys()];
-        if (missing.length) throw new ContentUnavailableError(missing[0]!, `not found in layer ${layer} (${missing.length} missing)`);
+        if (missing.length)
+          throw new ContentUnavailableError(missing[0]!, `not found in layer ${layer} (${missing.length} missing)`);
       }
     },
   };

@@ -4,19 +4,29 @@ import { TiuError } from '../../errors.ts';
 /** An entry name or link target that would leave the root, or a write through a non-directory. */
 export class UnsafePathError extends TiuError {
   constructor(path: string, why: string) {
-    super('UNSAFE_PATH', `refusing entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, { path: path.slice(0, 300), why });
+    super('UNSAFE_PATH', `refusing entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, {
+      path: path.slice(0, 300),
+      why,
+    });
   }
 }
 /** A hardlink whose target is missing from the tree, outside it, or a directory. */
 export class BadHardlinkError extends TiuError {
   constructor(path: string, target: string, why: string) {
-    super('BAD_HARDLINK', `hardlink ${JSON.stringify(path)} -> ${JSON.stringify(target)}: ${why}`, { path, target, why });
+    super('BAD_HARDLINK', `hardlink ${JSON.stringify(path)} -> ${JSON.stringify(target)}: ${why}`, {
+      path,
+      target,
+      why,
+    });
   }
 }
 /** A tree entry that is malformed (unknown type, missing digest, bad numbers). */
 export class BadEntryError extends TiuError {
   constructor(path: string, why: string) {
-    super('BAD_ENTRY', `invalid entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, { path: path.slice(0, 300), why });
+    super('BAD_ENTRY', `invalid entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, {
+      path: path.slice(0, 300),
+      why,
+    });
   }
 }
 /** A tar stream that is not a valid tar archive. */
@@ -63,7 +73,13 @@ const LAYER_NAMED = new Set(['BAD_TAR', 'BAD_ENTRY', 'UNSAFE_PATH', 'BAD_HARDLIN
 export function inLayer(e: unknown, k: number, label = `layer ${k + 1}`): unknown {
   if (!(e instanceof TiuError) || !LAYER_NAMED.has(e.code) || e.details.layer !== undefined) return e;
   // A tar that does not decode is a corrupt layer, like gzip or zstd that does not.
-  if (e.code === 'BAD_TAR') return new TiuError('LAYER_CORRUPT', `${label} is not a valid tar: ${e.message.replace(/^invalid tar stream: /, '')}`, { ...e.details, layer: label, causeCode: 'BAD_TAR' }, { cause: e });
+  if (e.code === 'BAD_TAR')
+    return new TiuError(
+      'LAYER_CORRUPT',
+      `${label} is not a valid tar: ${e.message.replace(/^invalid tar stream: /, '')}`,
+      { ...e.details, layer: label, causeCode: 'BAD_TAR' },
+      { cause: e },
+    );
   const named = new TiuError(e.code, `${label}: ${e.message}`, { ...e.details, layer: label }, { cause: e });
   named.name = e.name;
   return named;

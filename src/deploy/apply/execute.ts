@@ -14,7 +14,17 @@ import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import { isVerifiedFile, type ContentProvider } from './content.ts';
 import { ContentUnavailableError, UnsafePathError, mapFsError } from './errors.ts';
-import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, writeNewFile } from './fsops.ts';
+import {
+  SafeRoot,
+  createSpecial,
+  ensureDir,
+  makeLink,
+  reflinkFile,
+  removeTree,
+  sameTime,
+  setMetaAt,
+  writeNewFile,
+} from './fsops.ts';
 import { parentOf } from './paths.ts';
 import type { SpaceGuard } from './space.ts';
 import type { ContentIndex } from './scan.ts';
@@ -42,7 +52,13 @@ function add(c: Counter, bytes: number): void {
  * subvolume, and rename() cannot cross into a nested one (MicroOS's /etc is a subvolume inside
  * each snapshot): there the content is reflinked beside its place first, which shares the extents.
  */
-async function moveIntoPlace(sr: SafeRoot, staged: string, rel: string, e: TreeEntry, allowCopy: boolean): Promise<void> {
+async function moveIntoPlace(
+  sr: SafeRoot,
+  staged: string,
+  rel: string,
+  e: TreeEntry,
+  allowCopy: boolean,
+): Promise<void> {
   try {
     renameSync(sr.abs(staged), sr.abs(rel));
     return;
@@ -72,11 +88,17 @@ async function cloneVerified(from: string, to: string, size: number, what: strin
     throw e;
   }
   const st = await lstat(to);
-  if (!st.isFile() || st.size !== size) throw new ContentUnavailableError(what, `the verified content has ${st.size} bytes instead of ${size}`);
+  if (!st.isFile() || st.size !== size)
+    throw new ContentUnavailableError(what, `the verified content has ${st.size} bytes instead of ${size}`);
   return true;
 }
 
-export async function executePlan(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions = {}): Promise<ApplyReport> {
+export async function executePlan(
+  root: string,
+  plan: Plan,
+  provider: ContentProvider,
+  opts: ExecuteOptions = {},
+): Promise<ApplyReport> {
   try {
     return await executePlanInner(root, plan, provider, opts);
   } catch (e) {
@@ -84,7 +106,12 @@ export async function executePlan(root: string, plan: Plan, provider: ContentPro
   }
 }
 
-async function executePlanInner(root: string, plan: Plan, provider: ContentProvider, opts: ExecuteOptions): Promise<ApplyReport> {
+async function executePlanInner(
+  root: string,
+  plan: Plan,
+  provider: ContentProvider,
+  opts: ExecuteOptions,
+): Promise<ApplyReport> {
   const sr = await SafeRoot.open(root);
   await opts.space?.check();
   const report = emptyReport();
@@ -105,7 +132,11 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
       const taken = new Set<string>();
       await provider.deliver([...writes.values()], async (entry, content) => {
         const want = writes.get(entry.path);
-        if (!want || taken.has(entry.path)) throw new ContentUnavailableError(entry.path, 'the provider delivered an entry that was not asked for, or twice');
+        if (!want || taken.has(entry.path))
+          throw new ContentUnavailableError(
+            entry.path,
+            'the provider delivered an entry that was not asked for, or twice',
+          );
         taken.add(entry.path); // before any await: a provider may deliver several at once
         const rel = `${stagingRel}/${++n}`;
         if (isVerifiedFile(content)) {
@@ -120,7 +151,8 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
         await writeNewFile(sr.abs(rel), content, { digest: want.digest!, size: want.size }, want.path, opts.space);
         staged.set(entry.path, rel);
       });
-      for (const p of writes.keys()) if (!staged.has(p)) throw new ContentUnavailableError(p, 'the content provider did not deliver it');
+      for (const p of writes.keys())
+        if (!staged.has(p)) throw new ContentUnavailableError(p, 'the content provider did not deliver it');
     }
     opts.onPhase?.('reflink');
     for (const a of plan.actions) {
@@ -161,7 +193,8 @@ async function executePlanInner(root: string, plan: Plan, provider: ContentProvi
       if (a.replace) await clearFor(sr, rel, e, report.warnings);
       if (a.kind === 'meta') {
         await setMetaAt(sr, rel, e, a.fix ?? {});
-        if (a.fix?.xattrSet?.length) xattrSets.push({ path: sr.abs(rel), set: Object.fromEntries(a.fix.xattrSet.map((k) => [k, e.xattrs[k]!])) });
+        if (a.fix?.xattrSet?.length)
+          xattrSets.push({ path: sr.abs(rel), set: Object.fromEntries(a.fix.xattrSet.map((k) => [k, e.xattrs[k]!])) });
         for (const k of a.fix?.xattrRemove ?? []) xattrRemoves.push({ path: sr.abs(rel), name: k });
         if (e.type === 'dir') sr.markDir(rel);
         add(report.metadataFixed, bytes);

@@ -5,7 +5,24 @@
  * (rename never follows a symlink at the destination); metadata is set through file
  * descriptors opened with O_NOFOLLOW, or l*-calls.
  */
-import { chmodSync, closeSync, constants, mkdirSync, renameSync, symlinkSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, lchownSync, lstatSync, lutimesSync, openSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  mkdirSync,
+  renameSync,
+  symlinkSync,
+  fchmodSync,
+  fchownSync,
+  fstatSync,
+  ftruncateSync,
+  futimesSync,
+  lchownSync,
+  lstatSync,
+  lutimesSync,
+  openSync,
+  writeSync,
+} from 'node:fs';
 import { copyFile, link, lstat, open, opendir, rename, rmdir, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -82,7 +99,8 @@ export class SafeRoot {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return rel;
       throw e;
     }
-    if (st.isSymbolicLink()) throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} is a symlink: writing through it is refused`);
+    if (st.isSymbolicLink())
+      throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} is a symlink: writing through it is refused`);
     if (!st.isDirectory()) throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} is not a directory`);
     this.#dirs.add(rel);
     return null;
@@ -112,7 +130,11 @@ export class SafeRoot {
  * device (nested subvolumes, mounts) are emptied but not removed or crossed... they are left
  * alone entirely and reported. Returns {count, bytes} of what was removed.
  */
-export async function removeTree(sr: SafeRoot, rel: string, warnings: string[]): Promise<{ count: number; bytes: number }> {
+export async function removeTree(
+  sr: SafeRoot,
+  rel: string,
+  warnings: string[],
+): Promise<{ count: number; bytes: number }> {
   const out = { count: 0, bytes: 0 };
   const abs = sr.abs(rel);
   let st;
@@ -157,7 +179,13 @@ export async function removeTree(sr: SafeRoot, rel: string, warnings: string[]):
  * given, leaving holes where whole 4 KiB blocks are zero. Returns the bytes actually written
  * and the sha256 of the content. With `space`, the bytes written count against the reserve.
  */
-export async function writeNewFile(abs: string, content: AsyncIterable<Buffer | Uint8Array>, expect?: { digest?: string; size: number }, what = abs, space?: SpaceGuard): Promise<{ written: number; digest: string }> {
+export async function writeNewFile(
+  abs: string,
+  content: AsyncIterable<Buffer | Uint8Array>,
+  expect?: { digest?: string; size: number },
+  what = abs,
+  space?: SpaceGuard,
+): Promise<{ written: number; digest: string }> {
   const fh = await open(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   let pos = 0;
   let written = 0;
@@ -227,7 +255,7 @@ export function writeSparseSync(fd: number, data: Buffer): void {
       if (k2 - k === BLOCK && data.subarray(k, k2).equals(ZERO)) break;
       k = k2;
     }
-    for (let off = i; off < k; ) off += writeSync(fd, data, off, k - off, off);
+    for (let off = i; off < k;) off += writeSync(fd, data, off, k - off, off);
     i = k;
     end = k;
   }
@@ -235,7 +263,11 @@ export function writeSparseSync(fd: number, data: Buffer): void {
 }
 
 /** Owner, then mode (chown clears setuid), then times, through a descriptor. */
-export async function setFdMeta(fh: FileHandle, e: Pick<TreeEntry, 'uid' | 'gid' | 'mode' | 'mtimeNs'>, what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true }): Promise<void> {
+export async function setFdMeta(
+  fh: FileHandle,
+  e: Pick<TreeEntry, 'uid' | 'gid' | 'mode' | 'mtimeNs'>,
+  what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true },
+): Promise<void> {
   if (what.owner) await fh.chown(e.uid, e.gid);
   if (what.owner || what.mode) await fh.chmod(e.mode);
   if (what.mtime) {
@@ -246,7 +278,10 @@ export async function setFdMeta(fh: FileHandle, e: Pick<TreeEntry, 'uid' | 'gid'
 
 /** Open an existing regular file or directory for metadata changes, never following a symlink. */
 export async function openNoFollow(abs: string, dir: boolean): Promise<FileHandle> {
-  return open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | (dir ? constants.O_DIRECTORY : 0) | constants.O_NONBLOCK);
+  return open(
+    abs,
+    constants.O_RDONLY | constants.O_NOFOLLOW | (dir ? constants.O_DIRECTORY : 0) | constants.O_NONBLOCK,
+  );
 }
 
 /**
@@ -254,7 +289,12 @@ export async function openNoFollow(abs: string, dir: boolean): Promise<FileHandl
  * Synchronous system calls: each is microseconds, and a thread-pool round trip for each of the
  * five or six calls per file dominated the apply of a whole OS tree.
  */
-export function setMetaAt(sr: SafeRoot, rel: string, e: TreeEntry, what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true }): Promise<void> {
+export function setMetaAt(
+  sr: SafeRoot,
+  rel: string,
+  e: TreeEntry,
+  what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true },
+): Promise<void> {
   try {
     setMetaAtSync(sr.abs(rel), rel, e, what);
     return Promise.resolve();
@@ -263,10 +303,18 @@ export function setMetaAt(sr: SafeRoot, rel: string, e: TreeEntry, what: { owner
   }
 }
 
-function setMetaAtSync(abs: string, rel: string, e: TreeEntry, what: { owner?: boolean; mode?: boolean; mtime?: boolean }): void {
+function setMetaAtSync(
+  abs: string,
+  rel: string,
+  e: TreeEntry,
+  what: { owner?: boolean; mode?: boolean; mtime?: boolean },
+): void {
   const t = e.type === 'hardlink' ? 'reg' : e.type;
   if (t === 'reg' || t === 'dir') {
-    const fd = openSync(abs, constants.O_RDONLY | constants.O_NOFOLLOW | (t === 'dir' ? constants.O_DIRECTORY : 0) | constants.O_NONBLOCK);
+    const fd = openSync(
+      abs,
+      constants.O_RDONLY | constants.O_NOFOLLOW | (t === 'dir' ? constants.O_DIRECTORY : 0) | constants.O_NONBLOCK,
+    );
     try {
       const st = fstatSync(fd);
       if (t === 'reg' ? !st.isFile() : !st.isDirectory()) throw new UnsafePathError(rel, `expected a ${t} on disk`);
@@ -298,7 +346,8 @@ export async function createSpecial(sr: SafeRoot, rel: string, e: TreeEntry): Pr
   const tmp = await sr.tmpBeside(rel);
   const abs = sr.abs(tmp);
   if (e.type === 'symlink') symlinkSync(e.linkname!, abs);
-  else if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') await makeNode(abs, e.type, e.mode & 0o777, e.devmajor ?? 0, e.devminor ?? 0);
+  else if (e.type === 'char' || e.type === 'block' || e.type === 'fifo')
+    await makeNode(abs, e.type, e.mode & 0o777, e.devmajor ?? 0, e.devminor ?? 0);
   else throw new Error(`createSpecial: ${e.type}`);
   await setMetaAt(sr, tmp, e);
   renameSync(abs, sr.abs(rel));
@@ -339,7 +388,11 @@ export async function reflinkFile(fromAbs: string, toAbs: string, allowCopy: boo
     return true;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (!allowCopy || !(code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL' || code === 'ENOSYS')) throw e;
+    if (
+      !allowCopy ||
+      !(code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL' || code === 'ENOSYS')
+    )
+      throw e;
   }
   await copyFile(fromAbs, toAbs, constants.COPYFILE_EXCL);
   return false;

@@ -18,11 +18,46 @@ export { tocToEntries, parseTimeNs, EMPTY_SHA256, type ChunkedToc, type ChunkedT
 export { scanTree, ContentIndex, hashFile, type ContentHasher, type ScanOptions } from './scan.ts';
 export { planApply, metaDiff, type PlanOptions } from './plan.ts';
 export { executePlan, type ExecuteOptions } from './execute.ts';
-export { openerProvider, tarLayerProvider, byLayerOrder, isVerifiedFile, type ContentProvider, type ContentSink, type VerifiedFile } from './content.ts';
+export {
+  openerProvider,
+  tarLayerProvider,
+  byLayerOrder,
+  isVerifiedFile,
+  type ContentProvider,
+  type ContentSink,
+  type VerifiedFile,
+} from './content.ts';
 export { applyTarLayers, type LayerOpener, type TarApplyOptions } from './tar-apply.ts';
 export { readTar, type TarEntry } from './tar.ts';
 export { entriesFromTar } from './tar-entries.ts';
 export { applyFromToc, type ApplyOptions, type ApplyResult } from './toc-apply.ts';
-export { reservedSet, reservedRoot, reservedRootOfEntry, skipReserved, dropReserved, describeSkipped, SkipTally, parseFstab, fstabMountPoints, unescapeFstab, WORKING_NAMES, WORKING_PREFIXES, SKIPPED_PATHS_MAX, type Reserved, type SkipReport, type FstabEntry } from './reserved.ts';
-export { SpaceGuard, DiskReserveError, checkRoom, fsSpace, parseReserve, reserveBytes, describeReserve, type DiskReserve, type FsSpace } from './space.ts';
+export {
+  reservedSet,
+  reservedRoot,
+  reservedRootOfEntry,
+  skipReserved,
+  dropReserved,
+  describeSkipped,
+  SkipTally,
+  parseFstab,
+  fstabMountPoints,
+  unescapeFstab,
+  WORKING_NAMES,
+  WORKING_PREFIXES,
+  SKIPPED_PATHS_MAX,
+  type Reserved,
+  type SkipReport,
+  type FstabEntry,
+} from './reserved.ts';
+export {
+  SpaceGuard,
+  DiskReserveError,
+  checkRoom,
+  fsSpace,
+  parseReserve,
+  reserveBytes,
+  describeReserve,
+  type DiskReserve,
+  type FsSpace,
+} from './space.ts';
 export { validateTarLayers, type TarValidateOptions } from './tar-validate.ts';

@@ -20,7 +20,8 @@ export function whiteoutOf(path: string): Whiteout | null {
   if (name === OPAQUE_MARKER) return { kind: 'opaque', dir };
   const hidden = name.slice(WHITEOUT_PREFIX.length);
   // `.wh..wh.*` other than the opaque marker are aufs bookkeeping (e.g. hardlink dirs): ignored.
-  if (hidden.startsWith(WHITEOUT_PREFIX) || hidden === '' || hidden === '.' || hidden === '..') return { kind: 'other' };
+  if (hidden.startsWith(WHITEOUT_PREFIX) || hidden === '' || hidden === '.' || hidden === '..')
+    return { kind: 'other' };
   return { kind: 'whiteout', path: joinPath(dir, hidden) };
 }
 

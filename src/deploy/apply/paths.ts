@@ -20,7 +20,11 @@ export function normalizeEntryPath(name: string): string {
   for (const p of name.split('/')) {
     if (p === '' || p === '.') continue;
     if (p === '..') throw new UnsafePathError(name, "contains a '..' component");
-    if (p.length > MAX_COMPONENT / 3 && Buffer.byteLength(p) > MAX_COMPONENT) throw new BadEntryError(name, `a name component is ${Buffer.byteLength(p)} bytes long, more than the ${MAX_COMPONENT} a filesystem allows`);
+    if (p.length > MAX_COMPONENT / 3 && Buffer.byteLength(p) > MAX_COMPONENT)
+      throw new BadEntryError(
+        name,
+        `a name component is ${Buffer.byteLength(p)} bytes long, more than the ${MAX_COMPONENT} a filesystem allows`,
+      );
     parts.push(p);
   }
   return parts.join('/');
@@ -35,7 +39,8 @@ export function normalizeLinkTarget(path: string, target: string): string {
   const parts: string[] = [];
   for (const p of target.split('/')) {
     if (p === '' || p === '.') continue;
-    if (p === '..') throw new UnsafePathError(path, `hardlink target ${JSON.stringify(target)} contains a '..' component`);
+    if (p === '..')
+      throw new UnsafePathError(path, `hardlink target ${JSON.stringify(target)} contains a '..' component`);
     parts.push(p);
   }
   if (parts.length === 0) throw new UnsafePathError(path, 'hardlink to the root directory');

@@ -16,7 +16,6 @@ export interface PlanOptions {
   preserve?: readonly string[];
 }
 
-
 function sameXattrs(a: Record<string, Buffer>, b: Record<string, Buffer>): { set: string[]; remove: string[] } {
   const set: string[] = [];
   const remove: string[] = [];
@@ -36,7 +35,8 @@ export function metaDiff(e: TreeEntry, x: ExistingEntry): MetaFix | null {
   if (!sameTime(e.mtimeNs, x.mtimeNs)) fix.mtime = true;
   const xa = sameXattrs(e.xattrs, x.xattrs);
   // chown drops security.capability: set it again after an owner change.
-  if (fix.owner && e.xattrs['security.capability'] && !xa.set.includes('security.capability')) xa.set.push('security.capability');
+  if (fix.owner && e.xattrs['security.capability'] && !xa.set.includes('security.capability'))
+    xa.set.push('security.capability');
   if (xa.set.length) fix.xattrSet = xa.set;
   if (xa.remove.length) fix.xattrRemove = xa.remove;
   return Object.keys(fix).length ? fix : null;
@@ -45,17 +45,32 @@ export function metaDiff(e: TreeEntry, x: ExistingEntry): MetaFix | null {
 /** Add the parent directories an image did not list (tar archives may omit them). */
 export function addImplicitParents(tree: Map<string, TreeEntry>): void {
   const root = tree.get('');
-  if (root && root.type !== 'dir') throw new UnsafePathError('.', `the root of the image is a ${root.type}, not a directory`);
+  if (root && root.type !== 'dir')
+    throw new UnsafePathError('.', `the root of the image is a ${root.type}, not a directory`);
   const add: TreeEntry[] = [];
   for (const p of tree.keys()) {
     let d = parentOf(p);
     for (;;) {
       const have = tree.get(d);
       if (have) {
-        if (have.type !== 'dir') throw new UnsafePathError(p, `its parent ${JSON.stringify(d)} is a ${have.type} in the image, not a directory`);
+        if (have.type !== 'dir')
+          throw new UnsafePathError(
+            p,
+            `its parent ${JSON.stringify(d)} is a ${have.type} in the image, not a directory`,
+          );
         break;
       }
-      const implicit: TreeEntry = { path: d, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: 0, implicit: true };
+      const implicit: TreeEntry = {
+        path: d,
+        type: 'dir',
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtimeNs: 0n,
+        xattrs: {},
+        size: 0,
+        implicit: true,
+      };
       tree.set(d, implicit);
       add.push(implicit);
       if (d === '') break;
@@ -70,7 +85,12 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
   return b.every((x) => s.has(x));
 }
 
-export async function planApply(newTree: Map<string, TreeEntry>, old: OldTree, hasher: ContentHasher, opts: PlanOptions = {}): Promise<Plan> {
+export async function planApply(
+  newTree: Map<string, TreeEntry>,
+  old: OldTree,
+  hasher: ContentHasher,
+  opts: PlanOptions = {},
+): Promise<Plan> {
   const tree = new Map(newTree);
   addImplicitParents(tree);
   const paths = [...tree.keys()].sort(comparePaths);
@@ -82,7 +102,8 @@ export async function planApply(newTree: Map<string, TreeEntry>, old: OldTree, h
     if (e.type !== 'hardlink') continue;
     const t = e.linkname!;
     const te = tree.get(t);
-    if (!te || te.type === 'dir' || te.type === 'hardlink') throw new UnsafePathError(p, `hardlink target ${JSON.stringify(t)} is not a file of the image`);
+    if (!te || te.type === 'dir' || te.type === 'hardlink')
+      throw new UnsafePathError(p, `hardlink target ${JSON.stringify(t)} is not a file of the image`);
     let g = groups.get(t);
     if (!g) groups.set(t, (g = [t]));
     g.push(p);
@@ -90,8 +111,13 @@ export async function planApply(newTree: Map<string, TreeEntry>, old: OldTree, h
 
   const actions = new Map<string, Action>();
   const summary: PlanSummary = {
-    keep: emptyCounter(), meta: emptyCounter(), reflink: emptyCounter(), write: emptyCounter(),
-    create: emptyCounter(), link: emptyCounter(), delete: emptyCounter(),
+    keep: emptyCounter(),
+    meta: emptyCounter(),
+    reflink: emptyCounter(),
+    write: emptyCounter(),
+    create: emptyCounter(),
+    link: emptyCounter(),
+    delete: emptyCounter(),
   };
   const firstWriteOf = new Map<string, string>();
   const fetch: TreeEntry[] = [];
@@ -125,7 +151,9 @@ export async function planApply(newTree: Map<string, TreeEntry>, old: OldTree, h
       case 'char':
       case 'block':
       case 'fifo': {
-        const same = x?.type === e.type && (e.type === 'fifo' || (devMajor(x.rdev) === e.devmajor && devMinor(x.rdev) === e.devminor));
+        const same =
+          x?.type === e.type &&
+          (e.type === 'fifo' || (devMajor(x.rdev) === e.devmajor && devMinor(x.rdev) === e.devminor));
         if (x && same && keepsInode(x, p)) {
           const fix = metaDiff(e, x);
           a = fix ? { kind: 'meta', entry: e, fix } : { kind: 'keep', entry: e };
@@ -187,12 +215,18 @@ export async function planApply(newTree: Map<string, TreeEntry>, old: OldTree, h
   const ordered = paths.map((p) => actions.get(p)!);
   for (const a of ordered) {
     const bytes = a.entry.type === 'reg' ? a.entry.size : 0;
-    const c = a.kind === 'keep' ? summary.keep
-      : a.kind === 'meta' ? summary.meta
-      : a.kind === 'clone' || a.kind === 'reflink' ? summary.reflink
-      : a.kind === 'write' ? summary.write
-      : a.kind === 'link' ? summary.link
-      : summary.create;
+    const c =
+      a.kind === 'keep'
+        ? summary.keep
+        : a.kind === 'meta'
+          ? summary.meta
+          : a.kind === 'clone' || a.kind === 'reflink'
+            ? summary.reflink
+            : a.kind === 'write'
+              ? summary.write
+              : a.kind === 'link'
+                ? summary.link
+                : summary.create;
     c.count++;
     c.bytes += bytes;
   }
@@ -206,7 +240,11 @@ export async function planApply(newTree: Map<string, TreeEntry>, old: OldTree, h
     // The product drops such entries first (reserved.ts); the planner refuses rather than replace the host's directory.
     for (let a = d; a !== ''; a = parentOf(a)) {
       const e = tree.get(a);
-      if (e && e.type !== 'dir') throw new UnsafePathError(a, `the image has a ${e.type} where the preserved directory ${JSON.stringify(d)}${a === d ? '' : ' and its parents'} must stay`);
+      if (e && e.type !== 'dir')
+        throw new UnsafePathError(
+          a,
+          `the image has a ${e.type} where the preserved directory ${JSON.stringify(d)}${a === d ? '' : ' and its parents'} must stay`,
+        );
     }
   }
   const holdsPreserved = (p: string): boolean => preserve.some((d) => d.startsWith(p + '/'));

@@ -117,7 +117,10 @@ export class SkipTally {
 export function reservedRootOfEntry(e: { path: string; type: EntryType }, r: Reserved): string | null {
   const w = whiteoutOf(e.path);
   if (w?.kind === 'whiteout') return reservedRoot(w.path, 'whiteout', r) ?? reservedRoot(e.path, e.type, r);
-  if (w?.kind === 'opaque') return w.dir === '' ? reservedRoot(e.path, e.type, r) : (reservedRoot(w.dir, 'dir', r) ?? reservedRoot(e.path, e.type, r));
+  if (w?.kind === 'opaque')
+    return w.dir === ''
+      ? reservedRoot(e.path, e.type, r)
+      : (reservedRoot(w.dir, 'dir', r) ?? reservedRoot(e.path, e.type, r));
   return reservedRoot(e.path, e.type, r);
 }
 
@@ -125,7 +128,11 @@ export function reservedRootOfEntry(e: { path: string; type: EntryType }, r: Res
  * The one rule of both apply paths: true when the (normalised) entry is the host's and must be
  * dropped; then it is counted in `tally`.
  */
-export function skipReserved(e: { path: string; type: EntryType; size?: number }, r: Reserved, tally: SkipTally): boolean {
+export function skipReserved(
+  e: { path: string; type: EntryType; size?: number },
+  r: Reserved,
+  tally: SkipTally,
+): boolean {
   const root = reservedRootOfEntry(e, r);
   if (root === null) return false;
   tally.add(root, whiteoutOf(e.path) ? { path: e.path, type: 'whiteout' } : e);
@@ -158,7 +165,12 @@ export function parseFstab(text: string): FstabEntry[] {
     if (line === '' || line.startsWith('#')) continue;
     const f = line.split(/[ \t]+/);
     if (f.length < 2) continue;
-    out.push({ spec: unescapeFstab(f[0]!), file: unescapeFstab(f[1]!), vfstype: unescapeFstab(f[2] ?? ''), options: unescapeFstab(f[3] ?? '') });
+    out.push({
+      spec: unescapeFstab(f[0]!),
+      file: unescapeFstab(f[1]!),
+      vfstype: unescapeFstab(f[2] ?? ''),
+      options: unescapeFstab(f[3] ?? ''),
+    });
   }
   return out;
 }

@@ -158,7 +158,8 @@ export class ContentIndex implements ContentHasher {
     try {
       const j = JSON.parse(await readFile(file, 'utf8')) as IndexFile;
       if (j?.version === 1 && j.entries && typeof j.entries === 'object') {
-        for (const [k, v] of Object.entries(j.entries)) if (typeof v === 'string' && /^sha256:[0-9a-f]{64}$/.test(v)) idx.#known.set(k, v);
+        for (const [k, v] of Object.entries(j.entries))
+          if (typeof v === 'string' && /^sha256:[0-9a-f]{64}$/.test(v)) idx.#known.set(k, v);
       }
     } catch {
       // No or unreadable cache: start empty, it is only an accelerator.

@@ -29,7 +29,6 @@ export function reserveBytes(r: DiskReserve | undefined, total: number): number 
   return r.bytes;
 }
 
-
 /** `"5%"`, `"1G"`, `"512MiB"`, `"0"` or a number of bytes; undefined when not understood. */
 export function parseReserve(v: unknown): DiskReserve | undefined {
   if (typeof v === 'number') return Number.isSafeInteger(v) && v >= 0 ? { bytes: v } : undefined;
@@ -42,7 +41,6 @@ export function parseReserve(v: unknown): DiskReserve | undefined {
   const bytes = parseSize(v);
   return bytes === undefined ? undefined : { bytes };
 }
-
 
 export function describeReserve(r: DiskReserve | undefined): string {
   if (r === undefined) return `the smaller of ${DEFAULT_RESERVE_PERCENT}% and ${humanSize(DEFAULT_RESERVE_MAX)}`;
@@ -72,7 +70,12 @@ export async function fsSpace(path: string, reserve: DiskReserve | undefined): P
  * DISK_FULL unless `predicted` more bytes fit on the filesystem of `path` with the reserve
  * still free. `what` says what would be written ("the new files of the update").
  */
-export async function checkRoom(path: string, predicted: number, reserve: DiskReserve | undefined, what: string): Promise<FsSpace> {
+export async function checkRoom(
+  path: string,
+  predicted: number,
+  reserve: DiskReserve | undefined,
+  what: string,
+): Promise<FsSpace> {
   const s = await fsSpace(path, reserve);
   if (s.free - predicted < s.reserve) {
     throw new DiskReserveError(

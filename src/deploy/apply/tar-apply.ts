@@ -13,7 +13,18 @@ import type { Readable } from 'node:stream';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import { BadHardlinkError, BadTarError, UnsafePathError, inLayer, mapFsError } from './errors.ts';
 import type { SpaceGuard } from './space.ts';
-import { SafeRoot, createSpecial, ensureDir, makeLink, reflinkFile, removeTree, sameTime, setMetaAt, tmpName, writeNewFile } from './fsops.ts';
+import {
+  SafeRoot,
+  createSpecial,
+  ensureDir,
+  makeLink,
+  reflinkFile,
+  removeTree,
+  sameTime,
+  setMetaAt,
+  tmpName,
+  writeNewFile,
+} from './fsops.ts';
 import { isAtOrBelow, whiteoutOf } from './layers.ts';
 import { comparePaths, joinPath, normalizeEntryPath, normalizeLinkTarget, parentOf } from './paths.ts';
 import { devMajor, devMinor } from '../../bundle/entry.ts';
@@ -58,7 +69,16 @@ function add(c: Counter, bytes: number): void {
 
 function toTreeEntry(path: string, t: TarEntry): TreeEntry {
   if (t.type === 'other') throw new BadTarError(`unsupported entry type '${t.flag}' for ${JSON.stringify(t.name)}`);
-  const e: TreeEntry = { path, type: t.type, mode: t.mode, uid: t.uid, gid: t.gid, mtimeNs: t.mtimeNs, xattrs: t.xattrs, size: t.size };
+  const e: TreeEntry = {
+    path,
+    type: t.type,
+    mode: t.mode,
+    uid: t.uid,
+    gid: t.gid,
+    mtimeNs: t.mtimeNs,
+    xattrs: t.xattrs,
+    size: t.size,
+  };
   if (t.type === 'symlink') {
     if (t.linkname === '') throw new BadTarError(`symlink ${JSON.stringify(t.name)} without a target`);
     e.linkname = t.linkname;
@@ -87,7 +107,11 @@ interface State {
   skipped: SkipTally;
 }
 
-export async function applyTarLayers(root: string, layers: readonly LayerOpener[], opts: TarApplyOptions = {}): Promise<ApplyReport> {
+export async function applyTarLayers(
+  root: string,
+  layers: readonly LayerOpener[],
+  opts: TarApplyOptions = {},
+): Promise<ApplyReport> {
   try {
     return await applyTarLayersInner(root, layers, opts);
   } catch (e) {
@@ -95,10 +119,23 @@ export async function applyTarLayers(root: string, layers: readonly LayerOpener[
   }
 }
 
-async function applyTarLayersInner(root: string, layers: readonly LayerOpener[], opts: TarApplyOptions): Promise<ApplyReport> {
+async function applyTarLayersInner(
+  root: string,
+  layers: readonly LayerOpener[],
+  opts: TarApplyOptions,
+): Promise<ApplyReport> {
   const sr = await SafeRoot.open(root);
   const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
-  const st: State = { sr, old, index: opts.index ?? new ContentIndex(root), report: emptyReport(), present: new Map(), xattrNow: new Map(), opts, skipped: new SkipTally() };
+  const st: State = {
+    sr,
+    old,
+    index: opts.index ?? new ContentIndex(root),
+    report: emptyReport(),
+    present: new Map(),
+    xattrNow: new Map(),
+    opts,
+    skipped: new SkipTally(),
+  };
   for (const [p, e] of old.entries) st.xattrNow.set(p, e.xattrs);
 
   // The reserve: checked now, every few MiB written, and against what the tars declare.
@@ -127,7 +164,8 @@ async function applyTarLayersInner(root: string, layers: readonly LayerOpener[],
   const gone = new Set<string>();
   for (const p of [...now.entries.keys()].sort(comparePaths)) {
     if (p === '' || st.present.has(p) || preserve.some((d) => isAtOrBelow(p, d))) continue;
-    if (now.entries.get(p)!.type === 'dir' && !gone.has(parentOf(p)) && preserve.some((d) => d.startsWith(p + '/'))) continue;
+    if (now.entries.get(p)!.type === 'dir' && !gone.has(parentOf(p)) && preserve.some((d) => d.startsWith(p + '/')))
+      continue;
     if (gone.has(parentOf(p))) {
       gone.add(p);
       continue;
@@ -189,10 +227,24 @@ async function ensureParents(st: State, path: string, layer: number): Promise<vo
   for (const d of chain) {
     const have = st.present.get(d);
     if (have) {
-      if (have.entry.type !== 'dir') throw new UnsafePathError(path, `its parent ${JSON.stringify(d)} is a ${have.entry.type} in the image, not a directory`);
+      if (have.entry.type !== 'dir')
+        throw new UnsafePathError(
+          path,
+          `its parent ${JSON.stringify(d)} is a ${have.entry.type} in the image, not a directory`,
+        );
       continue;
     }
-    const implicit: TreeEntry = { path: d, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: 0, implicit: true };
+    const implicit: TreeEntry = {
+      path: d,
+      type: 'dir',
+      mode: 0o755,
+      uid: 0,
+      gid: 0,
+      mtimeNs: 0n,
+      xattrs: {},
+      size: 0,
+      implicit: true,
+    };
     const s = await lstatOrNull(st.sr.abs(d));
     if (!s?.isDirectory()) {
       if (s) await removeTree(st.sr, d, st.report.warnings);
@@ -206,14 +258,19 @@ async function ensureParents(st: State, path: string, layer: number): Promise<vo
 async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<void> {
   const path = normalizeEntryPath(t.name);
   const w = whiteoutOf(path);
-  if (st.opts.reserved && skipReserved({ path, type: t.type === 'other' ? 'reg' : t.type, size: t.size }, st.opts.reserved, st.skipped)) return;
+  if (
+    st.opts.reserved &&
+    skipReserved({ path, type: t.type === 'other' ? 'reg' : t.type, size: t.size }, st.opts.reserved, st.skipped)
+  )
+    return;
   if (w) {
     if (w.kind === 'whiteout') hide(st, w.path, true, layer);
     else if (w.kind === 'opaque') hide(st, w.dir, false, layer);
     return;
   }
   const e = toTreeEntry(path, t);
-  if (path === '' && e.type !== 'dir') throw new UnsafePathError(t.name, `the root of the image is a ${e.type}, not a directory`);
+  if (path === '' && e.type !== 'dir')
+    throw new UnsafePathError(t.name, `the root of the image is a ${e.type}, not a directory`);
   if (path !== '') await ensureParents(st, path, layer);
   const { sr, report } = st;
   if (path !== '') await sr.verifyDir(parentOf(path), path);
@@ -249,7 +306,8 @@ async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<voi
     case 'fifo': {
       let same = curX?.type === e.type && curX.nlink === 1;
       if (same && e.type === 'symlink') same = (await readlink(abs)) === e.linkname;
-      else if (same && e.type !== 'fifo') same = devMajor(curX!.rdev) === e.devmajor && devMinor(curX!.rdev) === e.devminor;
+      else if (same && e.type !== 'fifo')
+        same = devMajor(curX!.rdev) === e.devmajor && devMinor(curX!.rdev) === e.devminor;
       if (same) {
         const fix = metaDiff(e, curX!);
         if (fix && (fix.owner || fix.mode || fix.mtime)) {
@@ -297,7 +355,13 @@ async function readAt(fh: FileHandle, len: number, pos: number): Promise<Buffer>
   return b.subarray(0, got);
 }
 
-async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntStats | null, curX: ReturnType<typeof existingFromStats> | null): Promise<void> {
+async function applyRegular(
+  st: State,
+  e: TreeEntry,
+  t: TarEntry,
+  cur: BigIntStats | null,
+  curX: ReturnType<typeof existingFromStats> | null,
+): Promise<void> {
   const { sr, report } = st;
   const path = e.path;
   const abs = sr.abs(path);
@@ -324,12 +388,18 @@ async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntSta
           yield chunk;
           for await (const c of body) yield c;
         }
-        const r = await reuseOldContent(st, tmp, (await writeNewFile(sr.abs(tmp), rest(), { size: e.size }, path, st.opts.space)).digest, e.size);
+        const r = await reuseOldContent(
+          st,
+          tmp,
+          (await writeNewFile(sr.abs(tmp), rest(), { size: e.size }, path, st.opts.space)).digest,
+          e.size,
+        );
         tmp = r.path;
         reused = r.reused;
         break;
       }
-      if (!tmp && pos !== e.size) throw new BadTarError(`content of ${JSON.stringify(t.name)} is shorter than its header says`);
+      if (!tmp && pos !== e.size)
+        throw new BadTarError(`content of ${JSON.stringify(t.name)} is shorter than its header says`);
     } finally {
       await fh.close();
     }
@@ -362,7 +432,12 @@ async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntSta
   }
   if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
   const tmp0 = await sr.tmpBeside(path);
-  const { path: tmp, reused } = await reuseOldContent(st, tmp0, (await writeNewFile(sr.abs(tmp0), body, { size: e.size }, path, st.opts.space)).digest, e.size);
+  const { path: tmp, reused } = await reuseOldContent(
+    st,
+    tmp0,
+    (await writeNewFile(sr.abs(tmp0), body, { size: e.size }, path, st.opts.space)).digest,
+    e.size,
+  );
   await setMetaAt(sr, tmp, e);
   await rename(sr.abs(tmp), abs);
   st.xattrNow.set(path, {});
@@ -374,13 +449,25 @@ async function applyRegular(st: State, e: TreeEntry, t: TarEntry, cur: BigIntSta
  * file): then a reflink of that file replaces it, so the extents stay shared with the old
  * snapshot. Only still-unmodified old files of the same size are candidates.
  */
-async function reuseOldContent(st: State, tmp: string, digest: string, size: number): Promise<{ path: string; reused: boolean }> {
+async function reuseOldContent(
+  st: State,
+  tmp: string,
+  digest: string,
+  size: number,
+): Promise<{ path: string; reused: boolean }> {
   const no = { path: tmp, reused: false };
   if (size < REFLINK_MIN) return no;
   for (const c of st.old.bySize.get(size) ?? []) {
     const x = st.old.entries.get(c)!;
     const now = await lstatOrNull(st.sr.abs(c));
-    if (!now?.isFile() || now.ino !== x.ino || now.mtimeNs !== x.mtimeNs || now.ctimeNs !== x.ctimeNs || Number(now.size) !== size) continue;
+    if (
+      !now?.isFile() ||
+      now.ino !== x.ino ||
+      now.mtimeNs !== x.mtimeNs ||
+      now.ctimeNs !== x.ctimeNs ||
+      Number(now.size) !== size
+    )
+      continue;
     if ((await st.index.digestOf(x)) !== digest) continue;
     const clone = joinPath(parentOf(tmp), tmpName());
     const real = await reflinkFile(st.sr.abs(c), st.sr.abs(clone), st.opts.allowCopyFallback ?? false);

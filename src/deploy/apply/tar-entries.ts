@@ -11,12 +11,26 @@ import { readTar } from './tar.ts';
 import type { TreeEntry } from './types.ts';
 
 /** `hash: false`: the content is read (skipped) but not hashed; regular files get no digest (validation only). */
-export async function entriesFromTar(stream: Readable | AsyncIterable<Buffer | Uint8Array>, layer: number, opts: { hash?: boolean } = {}): Promise<TreeEntry[]> {
+export async function entriesFromTar(
+  stream: Readable | AsyncIterable<Buffer | Uint8Array>,
+  layer: number,
+  opts: { hash?: boolean } = {},
+): Promise<TreeEntry[]> {
   const out: TreeEntry[] = [];
   for await (const t of readTar(stream)) {
     if (t.type === 'other') throw new BadTarError(`unsupported entry type '${t.flag}' for ${JSON.stringify(t.name)}`);
     const path = normalizeEntryPath(t.name);
-    const e: TreeEntry = { path, type: t.type, mode: t.mode, uid: t.uid, gid: t.gid, mtimeNs: t.mtimeNs, xattrs: t.xattrs, size: t.size, source: { layer } };
+    const e: TreeEntry = {
+      path,
+      type: t.type,
+      mode: t.mode,
+      uid: t.uid,
+      gid: t.gid,
+      mtimeNs: t.mtimeNs,
+      xattrs: t.xattrs,
+      size: t.size,
+      source: { layer },
+    };
     if (t.type === 'reg' && opts.hash !== false) {
       const h = createHash('sha256');
       for await (const c of t.body()) h.update(c);

@@ -32,7 +32,10 @@ export interface TarValidateOptions {
 }
 
 /** Read every layer's headers and refuse what the apply would refuse; what would be skipped as reserved. */
-export async function validateTarLayers(layers: readonly LayerOpener[], o: TarValidateOptions = {}): Promise<SkipReport & { tree: Map<string, TreeEntry> }> {
+export async function validateTarLayers(
+  layers: readonly LayerOpener[],
+  o: TarValidateOptions = {},
+): Promise<SkipReport & { tree: Map<string, TreeEntry> }> {
   const all: TreeEntry[][] = [];
   for (let k = 0; k < layers.length; k++) {
     let stream: Awaited<ReturnType<LayerOpener>> | undefined;
@@ -57,8 +60,10 @@ export async function validateTarLayers(layers: readonly LayerOpener[], o: TarVa
   for (const layer of kept) {
     for (const e of layer) {
       if (whiteoutOf(e.path)) continue;
-      if (e.path === '' && e.type !== 'dir') throw new UnsafePathError('.', `the root of the image is a ${e.type}, not a directory`);
-      if (e.type === 'symlink' && !e.linkname) throw new BadTarError(`symlink ${JSON.stringify(e.path)} without a target`);
+      if (e.path === '' && e.type !== 'dir')
+        throw new UnsafePathError('.', `the root of the image is a ${e.type}, not a directory`);
+      if (e.type === 'symlink' && !e.linkname)
+        throw new BadTarError(`symlink ${JSON.stringify(e.path)} without a target`);
       if (e.type === 'hardlink') {
         const target = e.linkname ?? '';
         if (target === e.path) throw new BadHardlinkError(e.path, target, 'links to itself');

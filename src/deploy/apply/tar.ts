@@ -45,7 +45,10 @@ function nameOf(b: Buffer, field = 'name', nulEnds = true): string {
   try {
     return UTF8.decode(raw);
   } catch {
-    throw new BadEntryError(raw.toString(), `its ${field} is not valid UTF-8: names that are not UTF-8 are not supported by the apply engine`);
+    throw new BadEntryError(
+      raw.toString(),
+      `its ${field} is not valid UTF-8: names that are not UTF-8 are not supported by the apply engine`,
+    );
   }
 }
 
@@ -70,7 +73,8 @@ function parsePax(buf: Buffer): Map<string, Buffer> {
     const sp = buf.indexOf(0x20, i);
     if (sp < 0) throw new BadTarError('malformed pax record');
     const len = Number(buf.subarray(i, sp).toString());
-    if (!Number.isSafeInteger(len) || len <= sp - i || i + len > buf.length) throw new BadTarError('malformed pax record length');
+    if (!Number.isSafeInteger(len) || len <= sp - i || i + len > buf.length)
+      throw new BadTarError('malformed pax record length');
     const rec = buf.subarray(sp + 1, i + len - 1); // without trailing newline
     const eq = rec.indexOf(0x3d);
     if (eq < 0) throw new BadTarError('pax record without =');
@@ -96,7 +100,15 @@ function decodeXattrKey(k: string): string {
 }
 
 const FLAG_TYPES: Record<string, EntryType> = {
-  '0': 'reg', '\0': 'reg', '7': 'reg', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo',
+  '0': 'reg',
+  '\0': 'reg',
+  '7': 'reg',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'char',
+  '4': 'block',
+  '5': 'dir',
+  '6': 'fifo',
 };
 
 export async function* readTar(src: Readable | AsyncIterable<Buffer | Uint8Array>): AsyncGenerator<TarEntry> {
@@ -129,7 +141,8 @@ export async function* readTar(src: Readable | AsyncIterable<Buffer | Uint8Array
     }
     if (flag === 'S') throw new BadTarError('GNU sparse entries are not supported');
     const all = new Map([...globalPax, ...pax]);
-    if ([...all.keys()].some((k) => k.startsWith('GNU.sparse.'))) throw new BadTarError('pax sparse entries are not supported');
+    if ([...all.keys()].some((k) => k.startsWith('GNU.sparse.')))
+      throw new BadTarError('pax sparse entries are not supported');
     const magic = h.subarray(257, 263).toString();
     // The header's own fields only where no pax record or GNU long name replaces them (writers
     // put a lossy fallback there).
@@ -152,16 +165,23 @@ export async function* readTar(src: Readable | AsyncIterable<Buffer | Uint8Array
       else if (k === 'uid') uid = Number(v.toString());
       else if (k === 'gid') gid = Number(v.toString());
       else if (k.startsWith('SCHILY.xattr.')) xattrs[k.slice(13)] = v;
-      else if (k.startsWith('LIBARCHIVE.xattr.')) xattrs[decodeXattrKey(k.slice(17))] = Buffer.from(v.toString(), 'base64');
+      else if (k.startsWith('LIBARCHIVE.xattr.'))
+        xattrs[decodeXattrKey(k.slice(17))] = Buffer.from(v.toString(), 'base64');
     }
     // Names from image data: refused here, before anything is written (BAD_XATTR).
     checkXattrs(name, xattrs);
-    if (!Number.isSafeInteger(realSize) || realSize < 0 || !Number.isSafeInteger(uid) || !Number.isSafeInteger(gid)) throw new BadTarError(`bad numbers in pax header of ${JSON.stringify(name)}`);
+    if (!Number.isSafeInteger(realSize) || realSize < 0 || !Number.isSafeInteger(uid) || !Number.isSafeInteger(gid))
+      throw new BadTarError(`bad numbers in pax header of ${JSON.stringify(name)}`);
     pax = new Map();
     longName = null;
     longLink = null;
     const type: TarEntry['type'] = FLAG_TYPES[flag] ?? 'other';
-    const dataSize = type === 'reg' ? realSize : flag === '1' || flag === '2' || flag === '5' || flag === '3' || flag === '4' || flag === '6' ? 0 : realSize;
+    const dataSize =
+      type === 'reg'
+        ? realSize
+        : flag === '1' || flag === '2' || flag === '5' || flag === '3' || flag === '4' || flag === '6'
+          ? 0
+          : realSize;
     const dataPadded = Math.ceil(dataSize / 512) * 512;
     let remaining = dataSize;
     async function* body(): AsyncGenerator<Buffer> {
@@ -173,7 +193,14 @@ export async function* readTar(src: Readable | AsyncIterable<Buffer | Uint8Array
       }
     }
     yield {
-      name, type, flag, linkname, uid, gid, mtimeNs, xattrs,
+      name,
+      type,
+      flag,
+      linkname,
+      uid,
+      gid,
+      mtimeNs,
+      xattrs,
       mode: num(h.subarray(100, 108), 'mode') & 0o7777,
       size: type === 'reg' ? realSize : 0,
       devmajor: num(h.subarray(329, 337), 'devmajor'),

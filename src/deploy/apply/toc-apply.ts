@@ -40,7 +40,12 @@ export interface ApplyResult {
 }
 
 /** Plan and apply layers described by tables of contents (lowest layer first). */
-export async function applyFromToc(root: string, layers: readonly (readonly TreeEntry[])[], provider: ContentProvider, opts: ApplyOptions = {}): Promise<ApplyResult> {
+export async function applyFromToc(
+  root: string,
+  layers: readonly (readonly TreeEntry[])[],
+  provider: ContentProvider,
+  opts: ApplyOptions = {},
+): Promise<ApplyResult> {
   const tally = new SkipTally();
   const tree = flattenLayers(opts.reserved ? dropReserved(layers, opts.reserved, tally) : layers);
   const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
@@ -48,7 +53,10 @@ export async function applyFromToc(root: string, layers: readonly (readonly Tree
   const plan = await planApply(tree, old, index, { preserve: opts.preserve ?? [] });
   const hashed = { files: index.hashedFiles, bytes: index.hashedBytes };
   if (opts.planOnly) return { plan, report: null, hashed };
-  const report = { ...(await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index })), ...tally.report() };
+  const report = {
+    ...(await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index })),
+    ...tally.report(),
+  };
   const saveTo = opts.saveIndexTo ?? opts.indexFile;
   if (saveTo) await index.save(saveTo);
   return { plan, report, hashed };

@@ -29,7 +29,8 @@ const TYPES: Record<string, EntryType> = {
 
 function nat(v: unknown, name: string, what: string): number {
   if (v === undefined || v === null) return 0;
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new BadEntryError(name, `${what} is not a non-negative integer`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
+    throw new BadEntryError(name, `${what} is not a non-negative integer`);
   return v;
 }
 
@@ -48,7 +49,8 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
   if (!toc || !Array.isArray(toc.entries)) throw new BadEntryError('(toc)', 'no entries array');
   const out: TreeEntry[] = [];
   for (const t of toc.entries) {
-    if (typeof t?.name !== 'string' || typeof t.type !== 'string') throw new BadEntryError(String(t?.name), 'entry without name or type');
+    if (typeof t?.name !== 'string' || typeof t.type !== 'string')
+      throw new BadEntryError(String(t?.name), 'entry without name or type');
     if (t.nameRaw !== undefined || t.linkNameRaw !== undefined) {
       throw new BadEntryError(t.name, 'names that are not UTF-8 are not supported by the apply engine');
     }
@@ -56,10 +58,12 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
       // Further zstd frames of the previous file, right after it: widen its range to take them.
       const prev = out[out.length - 1];
       const src = prev?.source;
-      if (!prev || prev.type !== 'reg' || !src || normalizeEntryPath(t.name) !== prev.path) throw new BadEntryError(t.name, 'chunk entry without its file');
+      if (!prev || prev.type !== 'reg' || !src || normalizeEntryPath(t.name) !== prev.path)
+        throw new BadEntryError(t.name, 'chunk entry without its file');
       const off = nat(t.offset, t.name, 'offset');
       const end = nat(t.endOffset, t.name, 'endOffset');
-      if (src.endOffset === undefined || off !== src.endOffset || end < off) throw new BadEntryError(t.name, 'chunk frames are not contiguous');
+      if (src.endOffset === undefined || off !== src.endOffset || end < off)
+        throw new BadEntryError(t.name, 'chunk frames are not contiguous');
       src.endOffset = end;
       continue;
     }
@@ -68,7 +72,8 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
     const path = normalizeEntryPath(t.name);
     const xattrs: Record<string, Buffer> = {};
     for (const [k, v] of Object.entries(t.xattrs ?? {})) {
-      if (typeof v !== 'string') throw new BadEntryError(t.name, `xattr ${JSON.stringify(k.slice(0, 100))} is not base64 text`);
+      if (typeof v !== 'string')
+        throw new BadEntryError(t.name, `xattr ${JSON.stringify(k.slice(0, 100))} is not base64 text`);
       xattrs[k] = Buffer.from(v, 'base64');
     }
     // Names from image data: refused while the TOC is read, before anything is written (BAD_XATTR).
@@ -85,12 +90,14 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
     };
     if (type === 'reg') {
       if (e.size === 0 && (t.digest === undefined || t.digest === '')) e.digest = EMPTY_SHA256;
-      else if (typeof t.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(t.digest)) throw new BadEntryError(t.name, 'regular file without a sha256 digest');
+      else if (typeof t.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(t.digest))
+        throw new BadEntryError(t.name, 'regular file without a sha256 digest');
       else e.digest = t.digest;
       e.source = { layer, offset: nat(t.offset, t.name, 'offset'), endOffset: nat(t.endOffset, t.name, 'endOffset') };
     }
     if (type === 'symlink') {
-      if (typeof t.linkName !== 'string' || t.linkName === '') throw new BadEntryError(t.name, 'symlink without a target');
+      if (typeof t.linkName !== 'string' || t.linkName === '')
+        throw new BadEntryError(t.name, 'symlink without a target');
       e.linkname = t.linkName;
     }
     if (type === 'hardlink') {

@@ -23,7 +23,11 @@ const SYSTEM_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_defau
 export class BadXattrError extends TiuError {
   constructor(path: string, name: string, why: string) {
     const shown = JSON.stringify(name.slice(0, 100));
-    super('BAD_XATTR', `refusing extended attribute ${shown} of ${JSON.stringify(path.slice(0, 300))}: ${why}`, { path: path.slice(0, 300), name: name.slice(0, 300), why });
+    super('BAD_XATTR', `refusing extended attribute ${shown} of ${JSON.stringify(path.slice(0, 300))}: ${why}`, {
+      path: path.slice(0, 300),
+      name: name.slice(0, 300),
+      why,
+    });
   }
 }
 
@@ -37,7 +41,8 @@ export function xattrNameProblem(name: string, opts: { anyNamespace?: boolean } 
   if (bytes.length > XATTR_NAME_MAX) return `name longer than ${XATTR_NAME_MAX} bytes`;
   for (const b of bytes) {
     if (b === 0x3d) return "name contains '='";
-    if (b <= 0x20 || b >= 0x7f) return 'name contains whitespace, a control character or a byte outside printable ASCII';
+    if (b <= 0x20 || b >= 0x7f)
+      return 'name contains whitespace, a control character or a byte outside printable ASCII';
   }
   if (opts.anyNamespace || SYSTEM_NAMES.has(name)) return undefined;
   const ns = NAMESPACES.find((p) => name.startsWith(p));
@@ -54,7 +59,8 @@ export function checkXattrName(path: string, name: string, opts: { anyNamespace?
 
 /** Throw BAD_XATTR when a value is larger than the kernel accepts. */
 export function checkXattrValue(path: string, name: string, value: Uint8Array): void {
-  if (value.length > XATTR_VALUE_MAX) throw new BadXattrError(path, name, `value of ${value.length} bytes is larger than ${XATTR_VALUE_MAX}`);
+  if (value.length > XATTR_VALUE_MAX)
+    throw new BadXattrError(path, name, `value of ${value.length} bytes is larger than ${XATTR_VALUE_MAX}`);
 }
 
 /** Check every name and value of an entry's xattrs. */

@@ -61,7 +61,8 @@ export function parseEntryName(name: string): EntryName | undefined {
 }
 
 export function entryName(e: EntryName): string {
-  const counter = e.triesLeft === undefined ? '' : `+${e.triesLeft}${e.triesDone !== undefined ? `-${e.triesDone}` : ''}`;
+  const counter =
+    e.triesLeft === undefined ? '' : `+${e.triesLeft}${e.triesDone !== undefined ? `-${e.triesDone}` : ''}`;
   return `${e.parked ? PARKED_PREFIX : ENTRY_PREFIX}${e.snapshot}${counter}.conf`;
 }
 
@@ -125,10 +126,16 @@ export function sanitizeCmdline(raw: Uint8Array | string, source: string): strin
   text = text.replace(/\r?\n$/, '');
   // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f\u0080-\u009f\u2028\u2029]/.test(text)) {
-    throw new BootError('BAD_CMDLINE', `${source} contains a newline or control character; refusing to write it into a boot entry`, { source });
+    throw new BootError(
+      'BAD_CMDLINE',
+      `${source} contains a newline or control character; refusing to write it into a boot entry`,
+      { source },
+    );
   }
-  if (Buffer.byteLength(text) > MAX_CMDLINE) throw new BootError('BAD_CMDLINE', `${source} is longer than ${MAX_CMDLINE} bytes`, { source });
-  if ((text.match(/"/g) ?? []).length % 2) throw new BootError('BAD_CMDLINE', `${source} has an unbalanced quote`, { source });
+  if (Buffer.byteLength(text) > MAX_CMDLINE)
+    throw new BootError('BAD_CMDLINE', `${source} is longer than ${MAX_CMDLINE} bytes`, { source });
+  if ((text.match(/"/g) ?? []).length % 2)
+    throw new BootError('BAD_CMDLINE', `${source} has an unbalanced quote`, { source });
   return splitCmdline(text.replace(/\t/g, ' ')).filter((t) => !ownParameter(t));
 }
 
@@ -149,21 +156,26 @@ export interface EntrySpec {
 }
 
 export function kernelRel(kver: string, kind: 'linux' | 'initrd', sha256: string): string {
-  if (!KVER_RE.test(kver)) throw new BootError('BAD_KERNEL_VERSION', `kernel version '${kver}' is not usable as a file name`, { kver });
-  if (!/^[0-9a-f]{64}$/.test(sha256)) throw new BootError('BAD_KERNEL_VERSION', `bad content hash for kernel ${kver}`, { kver });
+  if (!KVER_RE.test(kver))
+    throw new BootError('BAD_KERNEL_VERSION', `kernel version '${kver}' is not usable as a file name`, { kver });
+  if (!/^[0-9a-f]{64}$/.test(sha256))
+    throw new BootError('BAD_KERNEL_VERSION', `bad content hash for kernel ${kver}`, { kver });
   return `${KERNEL_DIR}/${kver}/${kind}-${sha256.slice(0, 32)}`;
 }
 
 /** The options line: root by filesystem UUID, the snapshot's subvolume, then the image's and the admin's additions. */
 export function entryOptions(fsUuid: string, subvol: string, image: string[], admin: string[]): string[] {
   if (!/^[0-9a-f-]{36}$/.test(fsUuid)) throw new BootError('BAD_CMDLINE', `filesystem UUID '${fsUuid}' is not a UUID`);
-  if (!/^[A-Za-z0-9@._/-]+$/.test(subvol)) throw new BootError('BAD_CMDLINE', `subvolume path '${subvol}' cannot be written into a command line`);
+  if (!/^[A-Za-z0-9@._/-]+$/.test(subvol))
+    throw new BootError('BAD_CMDLINE', `subvolume path '${subvol}' cannot be written into a command line`);
   return [`root=UUID=${fsUuid}`, `rootflags=subvol=${subvol}`, ...image, ...admin];
 }
 
 export function entryText(s: EntrySpec): string {
-  // eslint-disable-next-line no-control-regex
-  for (const t of s.options) if (/[\u0000-\u001f\u007f]/.test(t)) throw new BootError('BAD_CMDLINE', `option '${JSON.stringify(t)}' has a control character`);
+  for (const t of s.options)
+    // eslint-disable-next-line no-control-regex
+    if (/[\u0000-\u001f\u007f]/.test(t))
+      throw new BootError('BAD_CMDLINE', `option '${JSON.stringify(t)}' has a control character`);
   return [
     `# Boot Loader Specification type #1 entry, written by tiu for snapshot ${s.snapshot}`,
     `title      tiu snapshot ${s.snapshot} (${s.kver})`,
@@ -249,7 +261,11 @@ const counterOf = (name: string): { left?: number; done?: number } => {
  * entries sorted with no-tries-left first, then by version comparison of the lower-cased file
  * name, then by tries; the `default` pattern picks the last match; without a match, the last entry.
  */
-export function selectedEntry(names: readonly string[], defaultPattern: string | undefined, efiEntryDefault?: string): string | undefined {
+export function selectedEntry(
+  names: readonly string[],
+  defaultPattern: string | undefined,
+  efiEntryDefault?: string,
+): string | undefined {
   const sorted = [...names].sort((a, b) => {
     const ca = counterOf(a);
     const cb = counterOf(b);
@@ -265,7 +281,8 @@ export function selectedEntry(names: readonly string[], defaultPattern: string |
   // LoaderEntryDefault (bootctl set-default) first, when it matches an entry; then loader.conf.
   for (const pattern of [efiEntryDefault, defaultPattern]) {
     if (!pattern) continue;
-    for (let i = sorted.length - 1; i >= 0; i--) if (fnmatch(pattern.toLowerCase(), sorted[i]!.toLowerCase())) return sorted[i];
+    for (let i = sorted.length - 1; i >= 0; i--)
+      if (fnmatch(pattern.toLowerCase(), sorted[i]!.toLowerCase())) return sorted[i];
   }
   return sorted.at(-1);
 }
@@ -319,7 +336,12 @@ export function planReconcile(i: ReconcileInput): ReconcilePlan {
   }
   for (const e of keep.values()) {
     const s = snaps.get(e.snapshot)!;
-    const want: EntryName = { snapshot: e.snapshot, parked: i.default !== undefined && e.snapshot > i.default, triesLeft: e.triesLeft, triesDone: e.triesDone };
+    const want: EntryName = {
+      snapshot: e.snapshot,
+      parked: i.default !== undefined && e.snapshot > i.default,
+      triesLeft: e.triesLeft,
+      triesDone: e.triesDone,
+    };
     if (e.snapshot === i.default) {
       want.parked = false;
       // The default must be bootable: a bad counter on it (an admin's rollback to it) starts again.
@@ -338,7 +360,13 @@ export function planReconcile(i: ReconcileInput): ReconcilePlan {
   const used = new Set(i.entries.filter((e) => !removed.has(e.name)).flatMap((e) => e.files.map(espKey)));
   const unusedFiles = i.files.filter((f) => !used.has(espKey(f)));
   const missing = i.snapshots
-    .filter((s) => !s.inProgress && s.health !== 'bad' && !keep.has(s.number) && (i.default === undefined || s.number <= i.default))
+    .filter(
+      (s) =>
+        !s.inProgress &&
+        s.health !== 'bad' &&
+        !keep.has(s.number) &&
+        (i.default === undefined || s.number <= i.default),
+    )
     .map((s) => s.number)
     .sort((a, b) => (a === i.default ? -1 : b === i.default ? 1 : b - a));
   return { remove, rename, missing, unusedFiles, setLoaderDefault: i.loaderDefault !== LOADER_DEFAULT };

@@ -50,7 +50,12 @@ export interface SettleResult {
  * COUNTER_RAN_OUT) and make the booted snapshot the btrfs default again (the loader default
  * follows in the reconcile). Callers hold the update lock.
  */
-export async function settleBoot(ctx: Context, sd: SystemdBoot, config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'>, o: { log?: (l: string) => void; required?: number[] } = {}): Promise<SettleResult> {
+export async function settleBoot(
+  ctx: Context,
+  sd: SystemdBoot,
+  config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'>,
+  o: { log?: (l: string) => void; required?: number[] } = {},
+): Promise<SettleResult> {
   let state = await readState(ctx);
   const { booted } = await bootedFacts(ctx, state);
   const out: Partial<SettleResult> = {};
@@ -58,9 +63,18 @@ export async function settleBoot(ctx: Context, sd: SystemdBoot, config: Pick<Tiu
   if (def !== undefined && booted !== undefined && booted !== def) {
     const entry = (await sd.entries()).find((e) => e.snapshot === def);
     const snap = state.snapshots.find((s) => s.number === def);
-    if (entry?.triesLeft === 0 && snap && healthOf(snap) !== 'good' && state.snapshots.some((s) => s.number === booted)) {
-      o.log?.(`snapshot ${def}'s boot entry has no tries left and snapshot ${booted} booted instead: marking ${def} bad, making ${booted} the default again`);
-      await ctx.snapper.modify(def, { userdata: { [HEALTH_UD.health]: 'bad', [HEALTH_UD.failed]: failedValue([COUNTER_RAN_OUT]) } });
+    if (
+      entry?.triesLeft === 0 &&
+      snap &&
+      healthOf(snap) !== 'good' &&
+      state.snapshots.some((s) => s.number === booted)
+    ) {
+      o.log?.(
+        `snapshot ${def}'s boot entry has no tries left and snapshot ${booted} booted instead: marking ${def} bad, making ${booted} the default again`,
+      );
+      await ctx.snapper.modify(def, {
+        userdata: { [HEALTH_UD.health]: 'bad', [HEALTH_UD.failed]: failedValue([COUNTER_RAN_OUT]) },
+      });
       await setDefaultSnapshot(ctx, booted);
       out.failed = def;
       out.backTo = booted;

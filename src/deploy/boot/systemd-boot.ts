@@ -8,7 +8,20 @@
 import { join } from 'node:path';
 import { realpath } from 'node:fs/promises';
 import { filesystemUuid, subvolumeShow } from '../../host/btrfs.ts';
-import { copyToEsp, efivarsDir, espFileSize, espSpace, ESP_TMP_PREFIX, listEsp, readEspFile, readLoaderVariable, removeEsp, removeLoaderVariable, renameEsp, writeEspFile } from '../../host/esp.ts';
+import {
+  copyToEsp,
+  efivarsDir,
+  espFileSize,
+  espSpace,
+  ESP_TMP_PREFIX,
+  listEsp,
+  readEspFile,
+  readLoaderVariable,
+  removeEsp,
+  removeLoaderVariable,
+  renameEsp,
+  writeEspFile,
+} from '../../host/esp.ts';
 import { isMountPoint } from '../../host/mount.ts';
 import { asError, isTiuError } from '../../errors.ts';
 import type { TiuConfig } from '../config.ts';
@@ -86,8 +99,14 @@ export async function detectBoot(sysroot: string, config: Pick<TiuConfig, 'esp'>
     const abs = await realpath(join(sysroot, p)).catch(() => undefined);
     if (!abs || !(await isMountPoint(abs))) continue;
     const efiDir = (await listEsp(abs, '')).find((f) => f.dir && f.name.toLowerCase() === 'efi');
-    const sdDir = efiDir ? (await listEsp(abs, efiDir.name)).find((f) => f.dir && f.name.toLowerCase() === 'systemd') : undefined;
-    const hasSdBoot = sdDir !== undefined && (await listEsp(abs, `${efiDir!.name}/${sdDir.name}`)).some((f) => !f.dir && /^systemd-boot.*\.efi$/i.test(f.name));
+    const sdDir = efiDir
+      ? (await listEsp(abs, efiDir.name)).find((f) => f.dir && f.name.toLowerCase() === 'systemd')
+      : undefined;
+    const hasSdBoot =
+      sdDir !== undefined &&
+      (await listEsp(abs, `${efiDir!.name}/${sdDir.name}`)).some(
+        (f) => !f.dir && /^systemd-boot.*\.efi$/i.test(f.name),
+      );
     const hasLoader = (await listEsp(abs, '')).some((f) => f.dir && f.name.toLowerCase() === 'loader');
     if (hasSdBoot || hasLoader) return new SystemdBoot(abs, efivarsDir(sysroot));
   }
@@ -142,7 +161,8 @@ export class SystemdBoot {
       }
       for (const f of await listEsp(this.esp, `${KERNEL_DIR}/${d.name}`)) out.push(`${KERNEL_DIR}/${d.name}/${f.name}`);
     }
-    for (const dir of [ENTRIES_DIR, 'loader']) for (const f of await listEsp(this.esp, dir)) if (f.name.startsWith(ESP_TMP_PREFIX)) out.push(`${dir}/${f.name}`);
+    for (const dir of [ENTRIES_DIR, 'loader'])
+      for (const f of await listEsp(this.esp, dir)) if (f.name.startsWith(ESP_TMP_PREFIX)) out.push(`${dir}/${f.name}`);
     return out;
   }
 
@@ -154,7 +174,12 @@ export class SystemdBoot {
    * Plan snapshot n's entry, reading everything it needs and validating it: nothing is written.
    * A kernel or initrd that is a symlink is UNSAFE_PATH, a bad command line BAD_CMDLINE.
    */
-  async prepare(ctx: Context, n: number, config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'>, o: { tries?: boolean } = {}): Promise<StagePlan | undefined> {
+  async prepare(
+    ctx: Context,
+    n: number,
+    config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'>,
+    o: { tries?: boolean } = {},
+  ): Promise<StagePlan | undefined> {
     const root = snapshotPath(ctx.sysroot, n);
     const rd = await RootedDir.open(root);
     const kernels = await findKernels(rd);
@@ -164,22 +189,37 @@ export class SystemdBoot {
     // Bounded before it is read: a file larger than the whole ESP never fits (and a sparse
     // many-GiB "kernel" is not hashed for minutes first).
     const { size: espSize } = await espSpace(this.esp);
-    for (const [kind, src] of [['linux', k.kernel], ['initrd', k.initrd]] as const) {
+    for (const [kind, src] of [
+      ['linux', k.kernel],
+      ['initrd', k.initrd],
+    ] as const) {
       if (!src) continue;
       const fh = await rd.openNoFollow(src, 'file');
       try {
         const st = await fh.stat();
-        if (st.size > espSize) throw new BootError('ESP_FULL', `snapshot ${n}'s /${src} (${st.size} bytes) is larger than the ESP ${this.esp} (${espSize} bytes): nothing was written`, { esp: this.esp, snapshot: n, size: st.size });
+        if (st.size > espSize)
+          throw new BootError(
+            'ESP_FULL',
+            `snapshot ${n}'s /${src} (${st.size} bytes) is larger than the ESP ${this.esp} (${espSize} bytes): nothing was written`,
+            { esp: this.esp, snapshot: n, size: st.size },
+          );
         const { sha256, size } = await hashHandle(fh);
         files.push({ src, dest: { espRel: kernelRel(k.kver, kind, sha256), sha256, size } });
       } finally {
         await fh.close();
       }
     }
-    const cmdlineFile = (await rd.lstat('etc/kernel/cmdline')) ? 'etc/kernel/cmdline' : (await rd.lstat('usr/lib/kernel/cmdline')) ? 'usr/lib/kernel/cmdline' : undefined;
+    const cmdlineFile = (await rd.lstat('etc/kernel/cmdline'))
+      ? 'etc/kernel/cmdline'
+      : (await rd.lstat('usr/lib/kernel/cmdline'))
+        ? 'usr/lib/kernel/cmdline'
+        : undefined;
     const cmdlineSource = `snapshot ${n}'s /${cmdlineFile}`;
     const cmdlineBytes = cmdlineFile ? await readBounded(rd, cmdlineFile, MAX_CMDLINE + 2) : undefined;
-    if (cmdlineBytes === null) throw new BootError('BAD_CMDLINE', `${cmdlineSource} is longer than ${MAX_CMDLINE} bytes`, { source: cmdlineSource });
+    if (cmdlineBytes === null)
+      throw new BootError('BAD_CMDLINE', `${cmdlineSource} is longer than ${MAX_CMDLINE} bytes`, {
+        source: cmdlineSource,
+      });
     const image = cmdlineBytes ? sanitizeCmdline(cmdlineBytes, cmdlineSource) : [];
     const admin = config.kernelCmdline ? sanitizeCmdline(config.kernelCmdline, "tiu.conf's kernel-cmdline") : [];
     const subvol = (await subvolumeShow(root)).path;
@@ -191,15 +231,29 @@ export class SystemdBoot {
         const t = (await rd.lstat('etc/kernel/tries')) ? await readBounded(rd, 'etc/kernel/tries', 64) : undefined;
         if (t !== undefined) {
           const s = t === null ? '(more than 64 bytes)' : t.toString('utf8').trim();
-          if (!/^\d{1,3}$/.test(s) || Number(s) < 1 || Number(s) > 100) throw new BootError('BAD_BOOT_TRIES', `snapshot ${n}'s /etc/kernel/tries must be a number from 1 to 100, not '${s.slice(0, 20)}'`, { snapshot: n });
+          if (!/^\d{1,3}$/.test(s) || Number(s) < 1 || Number(s) > 100)
+            throw new BootError(
+              'BAD_BOOT_TRIES',
+              `snapshot ${n}'s /etc/kernel/tries must be a number from 1 to 100, not '${s.slice(0, 20)}'`,
+              { snapshot: n },
+            );
           tries = Number(s);
         }
       }
       tries ??= DEFAULT_BOOT_TRIES;
     }
-    const [kernel, initrd] = [files.find((f) => f.dest.espRel.includes('/linux-'))!.dest, files.find((f) => f.dest.espRel.includes('/initrd-'))?.dest];
+    const [kernel, initrd] = [
+      files.find((f) => f.dest.espRel.includes('/linux-'))!.dest,
+      files.find((f) => f.dest.espRel.includes('/initrd-'))?.dest,
+    ];
     const text = entryText({ snapshot: n, kver: k.kver, kernel, ...(initrd ? { initrd } : {}), options });
-    return { snapshot: n, kver: k.kver, files, name: entryName({ snapshot: n, parked: true, ...(tries !== undefined ? { triesLeft: tries } : {}) }), text };
+    return {
+      snapshot: n,
+      kver: k.kver,
+      files,
+      name: entryName({ snapshot: n, parked: true, ...(tries !== undefined ? { triesLeft: tries } : {}) }),
+      text,
+    };
   }
 
   /**
@@ -212,7 +266,8 @@ export class SystemdBoot {
       const { cluster } = await espSpace(this.esp);
       const round = (b: number) => Math.ceil(b / cluster) * cluster;
       let bytes = 4 * cluster;
-      for (const f of plan.files) if ((await espFileSize(this.esp, f.dest.espRel)) !== f.dest.size) bytes += round(f.dest.size) + cluster;
+      for (const f of plan.files)
+        if ((await espFileSize(this.esp, f.dest.espRel)) !== f.dest.size) bytes += round(f.dest.size) + cluster;
       return bytes;
     };
     if ((await espSpace(this.esp)).free >= (await need())) return;
@@ -221,7 +276,11 @@ export class SystemdBoot {
     const free = (await espSpace(this.esp)).free;
     const needed = await need();
     if (free < needed) {
-      throw new BootError('ESP_FULL', `the ESP ${this.esp} has ${free} bytes free, snapshot ${plan.snapshot}'s kernel and initrd need ${needed}: nothing was written`, { esp: this.esp, free, needed, snapshot: plan.snapshot });
+      throw new BootError(
+        'ESP_FULL',
+        `the ESP ${this.esp} has ${free} bytes free, snapshot ${plan.snapshot}'s kernel and initrd need ${needed}: nothing was written`,
+        { esp: this.esp, free, needed, snapshot: plan.snapshot },
+      );
     }
   }
 
@@ -241,7 +300,8 @@ export class SystemdBoot {
   }
 
   async stageEntry(plan: StagePlan): Promise<void> {
-    for (const e of await this.entries()) if (e.snapshot === plan.snapshot) await removeEsp(this.esp, `${ENTRIES_DIR}/${e.name}`);
+    for (const e of await this.entries())
+      if (e.snapshot === plan.snapshot) await removeEsp(this.esp, `${ENTRIES_DIR}/${e.name}`);
     await writeEspFile(this.esp, `${ENTRIES_DIR}/${plan.name}`, plan.text);
   }
 
@@ -268,10 +328,22 @@ export class SystemdBoot {
    * missing entries created (`create`: the snapshots whose entry must exist, ESP_FULL when it
    * cannot; the others are best effort), kernels no entry uses deleted, loader.conf's default set.
    */
-  async reconcile(ctx: Context, state: { snapshots: { number: number; inProgress: boolean; userdata: Record<string, string> }[]; default?: number }, config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'>, o: { create?: boolean; required?: number[] } = {}): Promise<ReconcileReport> {
+  async reconcile(
+    ctx: Context,
+    state: { snapshots: { number: number; inProgress: boolean; userdata: Record<string, string> }[]; default?: number },
+    config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'>,
+    o: { create?: boolean; required?: number[] } = {},
+  ): Promise<ReconcileReport> {
     const report: ReconcileReport = { removed: [], renamed: [], created: [], skipped: [], deletedFiles: [] };
     const snapshots = state.snapshots.map((s) => ({ number: s.number, inProgress: s.inProgress, health: healthOf(s) }));
-    const input = async () => ({ snapshots, default: state.default, entries: await this.entries(), files: await this.files(), loaderDefault: await this.loaderDefault(), tries: config.bootTries ?? DEFAULT_BOOT_TRIES });
+    const input = async () => ({
+      snapshots,
+      default: state.default,
+      entries: await this.entries(),
+      files: await this.files(),
+      loaderDefault: await this.loaderDefault(),
+      tries: config.bootTries ?? DEFAULT_BOOT_TRIES,
+    });
     let plan = planReconcile(await input());
     for (const name of plan.remove) await removeEsp(this.esp, `${ENTRIES_DIR}/${name}`);
     report.removed.push(...plan.remove);
@@ -289,7 +361,11 @@ export class SystemdBoot {
           await this.stageEntry(p);
           report.created.push(n);
         } catch (e) {
-          if (o.required?.includes(n) || !(isTiuError(e, 'ESP_FULL') || isTiuError(e, 'UNSAFE_PATH') || isTiuError(e, 'BAD_CMDLINE'))) throw e;
+          if (
+            o.required?.includes(n) ||
+            !(isTiuError(e, 'ESP_FULL') || isTiuError(e, 'UNSAFE_PATH') || isTiuError(e, 'BAD_CMDLINE'))
+          )
+            throw e;
           report.skipped.push({ snapshot: n, reason: asError(e).message });
         }
       }
@@ -298,7 +374,8 @@ export class SystemdBoot {
     }
     for (const r of plan.rename) await renameEsp(this.esp, `${ENTRIES_DIR}/${r.from}`, `${ENTRIES_DIR}/${r.to}`);
     report.renamed.push(...plan.rename);
-    if (plan.setLoaderDefault) await writeEspFile(this.esp, LOADER_CONF, loaderConfWith(await readEspFile(this.esp, LOADER_CONF)));
+    if (plan.setLoaderDefault)
+      await writeEspFile(this.esp, LOADER_CONF, loaderConfWith(await readEspFile(this.esp, LOADER_CONF)));
     // Renames and loader.conf do not change which files the entries use: the plan's list stands.
     for (const f of plan.unusedFiles) await removeEsp(this.esp, f, { pruneParents: 1 });
     report.deletedFiles.push(...plan.unusedFiles);
@@ -308,13 +385,27 @@ export class SystemdBoot {
   async status(): Promise<BootStatus> {
     const entries = await this.entries();
     const loaderDefault = await this.loaderDefault();
-    const all = (await listEsp(this.esp, ENTRIES_DIR)).filter((f) => !f.dir && /\.conf$/i.test(f.name) && !/^auto-/i.test(f.name)).map((f) => f.name);
+    const all = (await listEsp(this.esp, ENTRIES_DIR))
+      .filter((f) => !f.dir && /\.conf$/i.test(f.name) && !/^auto-/i.test(f.name))
+      .map((f) => f.name);
     const efiDefault = await this.entryDefaultVariable();
-    const out: BootStatus = { integration: 'systemd-boot', esp: this.esp, ...(loaderDefault ? { loaderDefault } : {}), ...(efiDefault !== undefined ? { efiEntryDefault: efiDefault } : {}), entries: {} };
+    const out: BootStatus = {
+      integration: 'systemd-boot',
+      esp: this.esp,
+      ...(loaderDefault ? { loaderDefault } : {}),
+      ...(efiDefault !== undefined ? { efiEntryDefault: efiDefault } : {}),
+      entries: {},
+    };
     const sel = selectedEntry(all, loaderDefault, efiDefault);
     if (sel) out.selected = sel;
     for (const e of entries) {
-      out.entries[e.snapshot] = { name: e.name, state: entryState(e), parked: e.parked, ...(e.triesLeft !== undefined ? { triesLeft: e.triesLeft } : {}), ...(e.triesDone !== undefined ? { triesDone: e.triesDone } : {}) };
+      out.entries[e.snapshot] = {
+        name: e.name,
+        state: entryState(e),
+        parked: e.parked,
+        ...(e.triesLeft !== undefined ? { triesLeft: e.triesLeft } : {}),
+        ...(e.triesDone !== undefined ? { triesDone: e.triesDone } : {}),
+      };
     }
     return out;
   }

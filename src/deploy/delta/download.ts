@@ -134,11 +134,15 @@ export interface DownloadStats {
 }
 
 function mismatch(e: TreeEntry, why: string, actual?: string): DeltaError {
-  return new DeltaError('DELTA_FILE_MISMATCH', `content of /${e.path} from layer ${(e.source?.layer ?? 0) + 1} does not match its table-of-contents digest ${e.digest}: ${why}`, {
-    path: e.path,
-    expected: e.digest,
-    ...(actual ? { actual } : {}),
-  });
+  return new DeltaError(
+    'DELTA_FILE_MISMATCH',
+    `content of /${e.path} from layer ${(e.source?.layer ?? 0) + 1} does not match its table-of-contents digest ${e.digest}: ${why}`,
+    {
+      path: e.path,
+      expected: e.digest,
+      ...(actual ? { actual } : {}),
+    },
+  );
 }
 
 /** Decompress a file's frame(s) and check size and sha256; the verified content. */
@@ -185,7 +189,12 @@ export const IN_MEMORY_FILE_MAX = 16 * 1024 * 1024;
  * hashing; adopted under its digest only when size and sha256 match. Output past the declared
  * size stops the decompression at once (DELTA_FILE_MISMATCH): memory stays bounded by a block.
  */
-async function streamIntoStore(e: TreeEntry, frames: AsyncIterable<Buffer> | Readable, store: ContentStore, signal: AbortSignal): Promise<void> {
+async function streamIntoStore(
+  e: TreeEntry,
+  frames: AsyncIterable<Buffer> | Readable,
+  store: ContentStore,
+  signal: AbortSignal,
+): Promise<void> {
   const tmp = store.tmpPath();
   const fh = await open(tmp, 'wx', 0o600);
   const h = createHash('sha256');
@@ -201,7 +210,12 @@ async function streamIntoStore(e: TreeEntry, frames: AsyncIterable<Buffer> | Rea
           await writeSparse(fh, c, got - c.length);
         } catch (err) {
           // The store's disk, not the content: not a mismatch (a full disk becomes DISK_FULL).
-          throw new DeltaError('DELTA_STORE_WRITE', `cannot write /${e.path} into the content store ${store.dir}: ${(err as Error).message}`, { path: e.path }, { cause: err });
+          throw new DeltaError(
+            'DELTA_STORE_WRITE',
+            `cannot write /${e.path} into the content store ${store.dir}: ${(err as Error).message}`,
+            { path: e.path },
+            { cause: err },
+          );
         }
       }
     } catch (err) {
@@ -220,7 +234,15 @@ async function streamIntoStore(e: TreeEntry, frames: AsyncIterable<Buffer> | Rea
   await store.adopt(tmp, e.digest);
 }
 
-async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchRange, store: ContentStore, maxSpan: number, signal: AbortSignal, count: (n: number) => void): Promise<number> {
+async function fetchOne(
+  source: Target,
+  layers: readonly Descriptor[],
+  r: FetchRange,
+  store: ContentStore,
+  maxSpan: number,
+  signal: AbortSignal,
+  count: (n: number) => void,
+): Promise<number> {
   const desc = layers[r.layer];
   if (!desc) throw new DeltaError('DELTA_CONTENT_MISSING', `layer ${r.layer + 1} is not in the manifest`);
   const raw = await source.fetchRange!(desc, r.start, r.end, { signal });
@@ -239,14 +261,19 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
   }
   const buf = await collect(raw, r.end - r.start, count);
   if (buf.length !== r.end - r.start) {
-    throw new DeltaError('DELTA_SHORT_RANGE', `bytes ${r.start}-${r.end - 1} of layer ${desc.digest}: got ${buf.length} of ${r.end - r.start}`, { digest: desc.digest, start: r.start, end: r.end, got: buf.length });
+    throw new DeltaError(
+      'DELTA_SHORT_RANGE',
+      `bytes ${r.start}-${r.end - 1} of layer ${desc.digest}: got ${buf.length} of ${r.end - r.start}`,
+      { digest: desc.digest, start: r.start, end: r.end, got: buf.length },
+    );
   }
   for (const e of r.entries) {
     if (store.has(e.digest!)) continue;
     const frames = buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start);
     // A small frame may declare (and expand to) a huge file: by its declared size, not its
     // compressed one, it streams to disk instead of into memory.
-    if (e.size > IN_MEMORY_FILE_MAX) await streamIntoStore(e, Readable.from([frames], { objectMode: false }), store, signal);
+    if (e.size > IN_MEMORY_FILE_MAX)
+      await streamIntoStore(e, Readable.from([frames], { objectMode: false }), store, signal);
     else await store.put(e.digest!, decodeVerified(e, frames));
     stored++;
   }
@@ -254,8 +281,15 @@ async function fetchOne(source: Target, layers: readonly Descriptor[], r: FetchR
 }
 
 /** Fetch `ranges` of the image's layers into `store`, a bounded number at a time. */
-export async function downloadRanges(source: Target, layers: readonly Descriptor[], ranges: readonly FetchRange[], store: ContentStore, opts: DownloadOptions = {}): Promise<DownloadStats> {
-  if (ranges.length && !source.fetchRange) throw new DeltaError('DELTA_NOT_POSSIBLE', `${source.name} does not serve byte ranges`);
+export async function downloadRanges(
+  source: Target,
+  layers: readonly Descriptor[],
+  ranges: readonly FetchRange[],
+  store: ContentStore,
+  opts: DownloadOptions = {},
+): Promise<DownloadStats> {
+  if (ranges.length && !source.fetchRange)
+    throw new DeltaError('DELTA_NOT_POSSIBLE', `${source.name} does not serve byte ranges`);
   const stats: DownloadStats = { bytes: 0, requests: 0, files: 0 };
   const stop = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
@@ -282,7 +316,12 @@ export async function downloadRanges(source: Target, layers: readonly Descriptor
  * apply's plan may differ a little from the one the download was made for) is fetched first,
  * the same way, and counted in `extra`.
  */
-export function storeProvider(source: Target, layers: readonly Descriptor[], store: ContentStore, opts: DownloadOptions & { coalesce?: CoalesceOptions } = {}): ContentProvider & { extra: DownloadStats } {
+export function storeProvider(
+  source: Target,
+  layers: readonly Descriptor[],
+  store: ContentStore,
+  opts: DownloadOptions & { coalesce?: CoalesceOptions } = {},
+): ContentProvider & { extra: DownloadStats } {
   const extra: DownloadStats = { bytes: 0, requests: 0, files: 0 };
   return {
     extra,
@@ -301,11 +340,18 @@ export function storeProvider(source: Target, layers: readonly Descriptor[], sto
         extra.files += s.files;
       }
       for (const e of entries) {
-        if (e.size > 0 && (!e.digest || !store.has(e.digest))) throw new DeltaError('DELTA_CONTENT_MISSING', `no verified content for /${e.path} (${e.digest ?? 'no digest'})`, { path: e.path });
+        if (e.size > 0 && (!e.digest || !store.has(e.digest)))
+          throw new DeltaError(
+            'DELTA_CONTENT_MISSING',
+            `no verified content for /${e.path} (${e.digest ?? 'no digest'})`,
+            { path: e.path },
+          );
       }
       // A few at a time: each is a reflink, whose cost is mostly waiting on the filesystem.
       // The first failure stops the others, and all have finished before it is thrown.
-      await forEachBounded(entries, TAKE_CONCURRENCY, (e) => take(e, e.size === 0 ? Readable.from([]) : { verifiedFile: store.path(e.digest!) }));
+      await forEachBounded(entries, TAKE_CONCURRENCY, (e) =>
+        take(e, e.size === 0 ? Readable.from([]) : { verifiedFile: store.path(e.digest!) }),
+      );
     },
   };
 }

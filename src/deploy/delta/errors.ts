@@ -2,7 +2,17 @@
 import { TiuError } from '../../errors.ts';
 
 export class DeltaError extends TiuError {
-  constructor(code: 'DELTA_FILE_MISMATCH' | 'DELTA_SHORT_RANGE' | 'DELTA_NOT_POSSIBLE' | 'DELTA_CONTENT_MISSING' | 'DELTA_STORE_WRITE', message: string, details: Record<string, unknown> = {}, options?: ErrorOptions) {
+  constructor(
+    code:
+      | 'DELTA_FILE_MISMATCH'
+      | 'DELTA_SHORT_RANGE'
+      | 'DELTA_NOT_POSSIBLE'
+      | 'DELTA_CONTENT_MISSING'
+      | 'DELTA_STORE_WRITE',
+    message: string,
+    details: Record<string, unknown> = {},
+    options?: ErrorOptions,
+  ) {
     super(code, message, details, options);
   }
 }

@@ -20,7 +20,23 @@ import { dirname, join } from 'node:path';
 import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
-import { ContentIndex, dropReserved, executePlan, flattenLayers, planApply, scanTree, SkipTally, type ApplyReport, type OldTree, type Plan, type PlanSummary, type Reserved, type SkipReport, type SpaceGuard, type TreeEntry } from '../apply/index.ts';
+import {
+  ContentIndex,
+  dropReserved,
+  executePlan,
+  flattenLayers,
+  planApply,
+  scanTree,
+  SkipTally,
+  type ApplyReport,
+  type OldTree,
+  type Plan,
+  type PlanSummary,
+  type Reserved,
+  type SkipReport,
+  type SpaceGuard,
+  type TreeEntry,
+} from '../apply/index.ts';
 import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } from './download.ts';
 import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
@@ -28,7 +44,15 @@ import { fetchLayerTocs, type LayerTocs } from './tocs.ts';
 
 export { ContentStore, downloadRanges, storeProvider, type DownloadStats, type DownloadOptions } from './download.ts';
 export { DeltaError } from './errors.ts';
-export { coalesce, frameless, rangeBytes, DEFAULT_MAX_GAP, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
+export {
+  coalesce,
+  frameless,
+  rangeBytes,
+  DEFAULT_MAX_GAP,
+  DEFAULT_MAX_SPAN,
+  type CoalesceOptions,
+  type FetchRange,
+} from './ranges.ts';
 export { fetchLayerTocs, type LayerTocs } from './tocs.ts';
 
 export type TransferPath = 'delta' | 'whole-layer';
@@ -102,9 +126,21 @@ function layerBytes(layers: readonly Descriptor[]): number {
 }
 
 function whole(manifest: ImageManifest, reason: string, mode: TransferMode): WholeLayerTransfer {
-  if (mode === 'delta') throw new DeltaError('DELTA_NOT_POSSIBLE', `a file-level delta download is not possible: ${reason}`, { reason });
+  if (mode === 'delta')
+    throw new DeltaError('DELTA_NOT_POSSIBLE', `a file-level delta download is not possible: ${reason}`, { reason });
   const bytes = layerBytes(manifest.layers);
-  return { path: 'whole-layer', report: { path: 'whole-layer', reason, layerBytes: bytes, downloadBytes: bytes, tocBytes: 0, contentBytes: bytes, requests: manifest.layers.length } };
+  return {
+    path: 'whole-layer',
+    report: {
+      path: 'whole-layer',
+      reason,
+      layerBytes: bytes,
+      downloadBytes: bytes,
+      tocBytes: 0,
+      contentBytes: bytes,
+      requests: manifest.layers.length,
+    },
+  };
 }
 
 function changedFiles(s: PlanSummary): number {
@@ -112,7 +148,14 @@ function changedFiles(s: PlanSummary): number {
 }
 
 /** Plan the new tree of `layers` (without what is reserved) against `root`. */
-async function planAgainst(layers: readonly (readonly TreeEntry[])[], root: string, preserve: readonly string[], reserved: Reserved | undefined, indexFile?: string, scanned?: OldTree): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
+async function planAgainst(
+  layers: readonly (readonly TreeEntry[])[],
+  root: string,
+  preserve: readonly string[],
+  reserved: Reserved | undefined,
+  indexFile?: string,
+  scanned?: OldTree,
+): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
   const tree = flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers);
   const old = scanned ?? (await scanTree(root, { preserve }));
@@ -139,10 +182,18 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     await scanning.catch(() => undefined);
     return whole(o.manifest, tocs.reason, mode);
   }
-  const { plan, index } = await planAgainst(tocs.layers, o.oldRoot, o.preserve, o.reserved, o.indexFile, await scanning);
+  const { plan, index } = await planAgainst(
+    tocs.layers,
+    o.oldRoot,
+    o.preserve,
+    o.reserved,
+    o.indexFile,
+    await scanning,
+  );
   if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
   const lacking = frameless(plan.fetch);
-  if (lacking.length) return whole(o.manifest, `/${lacking[0]!.path} has no content frame of its own in the table of contents`, mode);
+  if (lacking.length)
+    return whole(o.manifest, `/${lacking[0]!.path} has no content frame of its own in the table of contents`, mode);
   const co = o.coalesce ?? {};
   const ranges = coalesce(plan.fetch, co);
   const content = rangeBytes(ranges);
@@ -170,12 +221,22 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
 /** The delta's ranges for the files `store` lacks: all of them, unless it kept some from an interrupted run. */
 export function pendingRanges(t: DeltaTransfer, store: ContentStore): FetchRange[] {
   if (store.size === 0) return t.ranges;
-  return coalesce(t.plan.fetch.filter((e) => !(e.digest && store.has(e.digest))), t.coalesce);
+  return coalesce(
+    t.plan.fetch.filter((e) => !(e.digest && store.has(e.digest))),
+    t.coalesce,
+  );
 }
 
 /** Download what `store` lacks of the delta into it (verified); the measured bytes. */
-export async function downloadTransfer(t: DeltaTransfer, store: ContentStore, opts: { concurrency?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {}): Promise<DownloadStats> {
-  return downloadRanges(t.source, t.manifest.layers, pendingRanges(t, store), store, { ...opts, maxSpan: t.coalesce.maxSpan });
+export async function downloadTransfer(
+  t: DeltaTransfer,
+  store: ContentStore,
+  opts: { concurrency?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {},
+): Promise<DownloadStats> {
+  return downloadRanges(t.source, t.manifest.layers, pendingRanges(t, store), store, {
+    ...opts,
+    maxSpan: t.coalesce.maxSpan,
+  });
 }
 
 export interface ApplyTransferResult {
@@ -194,11 +255,32 @@ export async function applyTransfer(
   t: DeltaTransfer,
   root: string,
   store: ContentStore,
-  opts: { preserve: readonly string[]; reserved?: Reserved; indexFile?: string; saveIndexTo?: string; concurrency?: number; signal?: AbortSignal; allowCopyFallback?: boolean; space?: SpaceGuard },
+  opts: {
+    preserve: readonly string[];
+    reserved?: Reserved;
+    indexFile?: string;
+    saveIndexTo?: string;
+    concurrency?: number;
+    signal?: AbortSignal;
+    allowCopyFallback?: boolean;
+    space?: SpaceGuard;
+  },
 ): Promise<ApplyTransferResult> {
   const { plan, index, skip } = await planAgainst(t.layers, root, opts.preserve, opts.reserved, opts.indexFile);
-  const provider = storeProvider(t.source, t.manifest.layers, store, { concurrency: opts.concurrency, signal: opts.signal, coalesce: t.coalesce, maxSpan: t.coalesce.maxSpan });
-  const report = { ...(await executePlan(root, plan, provider, { allowCopyFallback: opts.allowCopyFallback ?? false, index, ...(opts.space ? { space: opts.space } : {}) })), ...skip };
+  const provider = storeProvider(t.source, t.manifest.layers, store, {
+    concurrency: opts.concurrency,
+    signal: opts.signal,
+    coalesce: t.coalesce,
+    maxSpan: t.coalesce.maxSpan,
+  });
+  const report = {
+    ...(await executePlan(root, plan, provider, {
+      allowCopyFallback: opts.allowCopyFallback ?? false,
+      index,
+      ...(opts.space ? { space: opts.space } : {}),
+    })),
+    ...skip,
+  };
   if (opts.saveIndexTo) await saveIndex(index, opts.saveIndexTo);
   return { report, extra: provider.extra, plan };
 }
@@ -217,7 +299,8 @@ export function contentIndexFile(cacheDir: string, n: number): string {
 export async function pruneContentIndexes(cacheDir: string, keep: readonly number[]): Promise<void> {
   const dir = join(cacheDir, 'content-index');
   const names = await readdir(dir).catch(() => [] as string[]);
-  for (const f of names) if (/^\d+\.json$/.test(f) && !keep.includes(Number(f.slice(0, -5)))) await rm(join(dir, f), { force: true });
+  for (const f of names)
+    if (/^\d+\.json$/.test(f) && !keep.includes(Number(f.slice(0, -5)))) await rm(join(dir, f), { force: true });
 }
 
 /**
@@ -227,9 +310,11 @@ export async function pruneContentIndexes(cacheDir: string, keep: readonly numbe
 export function describeTransfer(r: TransferReport): string {
   const f = r.files;
   if (r.downloaded === undefined) {
-    if (r.path === 'whole-layer') return `transfer: whole layers, ${humanSize(r.downloadBytes)} (${r.reason ?? 'no reason given'})`;
+    if (r.path === 'whole-layer')
+      return `transfer: whole layers, ${humanSize(r.downloadBytes)} (${r.reason ?? 'no reason given'})`;
     return `transfer: file delta, ${humanSize(r.downloadBytes)} of ${humanSize(r.layerBytes)} (${f?.write.count ?? 0} files to download, ${f?.changed ?? 0} to change, ${r.requests} requests)`;
   }
-  if (r.path === 'whole-layer') return `download: whole layers, ${humanSize(r.downloaded)} (${r.reason ?? 'no reason given'})`;
+  if (r.path === 'whole-layer')
+    return `download: whole layers, ${humanSize(r.downloaded)} (${r.reason ?? 'no reason given'})`;
   return `download: file delta, ${humanSize(r.downloaded)} instead of ${humanSize(r.layerBytes)} for whole layers; ${f?.write.count ?? 0} files downloaded, ${f?.changed ?? 0} changed, ${r.requests} requests`;
 }

@@ -42,14 +42,22 @@ export function hasFrame(e: TreeEntry): boolean {
 export function coalesce(entries: readonly TreeEntry[], opts: CoalesceOptions = {}): FetchRange[] {
   const maxGap = opts.maxGap ?? DEFAULT_MAX_GAP;
   const maxSpan = opts.maxSpan ?? DEFAULT_MAX_SPAN;
-  const framed = entries.filter(hasFrame).sort((a, b) => a.source!.layer - b.source!.layer || a.source!.offset! - b.source!.offset!);
+  const framed = entries
+    .filter(hasFrame)
+    .sort((a, b) => a.source!.layer - b.source!.layer || a.source!.offset! - b.source!.offset!);
   const out: FetchRange[] = [];
   let cur: FetchRange | undefined;
   for (const e of framed) {
     const s = e.source!;
     const start = s.offset!;
     const end = s.endOffset!;
-    if (cur && cur.layer === s.layer && start >= cur.start && start - cur.end <= maxGap && Math.max(cur.end, end) - cur.start <= maxSpan) {
+    if (
+      cur &&
+      cur.layer === s.layer &&
+      start >= cur.start &&
+      start - cur.end <= maxGap &&
+      Math.max(cur.end, end) - cur.start <= maxSpan
+    ) {
       cur.end = Math.max(cur.end, end);
       cur.entries.push(e);
       continue;

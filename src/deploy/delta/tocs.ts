@@ -14,14 +14,17 @@ import { readTocFromFooter, ZstdChunkedAnnotation, type Toc } from '../../bundle
 import { tocToEntries, type TreeEntry } from '../apply/index.ts';
 
 export type LayerTocs =
-  | { ok: true; layers: TreeEntry[][]; tocBytes: number; requests: number }
-  | { ok: false; reason: string };
+  { ok: true; layers: TreeEntry[][]; tocBytes: number; requests: number } | { ok: false; reason: string };
 
 /** Why this layer can't be read file by file, or undefined when it can. */
 function layerUnusable(d: Descriptor, i: number): string | undefined {
   const a = d.annotations ?? {};
-  if (d.mediaType !== MediaType.OciLayerZstd) return `layer ${i + 1} (${d.digest}) is ${d.mediaType}, not a zstd:chunked layer`;
-  if (a[ZstdChunkedAnnotation.ManifestChecksum] === undefined || a[ZstdChunkedAnnotation.ManifestPosition] === undefined) {
+  if (d.mediaType !== MediaType.OciLayerZstd)
+    return `layer ${i + 1} (${d.digest}) is ${d.mediaType}, not a zstd:chunked layer`;
+  if (
+    a[ZstdChunkedAnnotation.ManifestChecksum] === undefined ||
+    a[ZstdChunkedAnnotation.ManifestPosition] === undefined
+  ) {
     return `layer ${i + 1} (${d.digest}) has no table of contents`;
   }
   return undefined;
@@ -35,13 +38,18 @@ function layerUnusable(d: Descriptor, i: number): string | undefined {
  */
 function chunkWithoutFrame(toc: Toc): string | undefined {
   for (const e of toc.entries) {
-    if (e.type === 'chunk' && (e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset)) return `chunk of ${e.name} has no frame of its own`;
+    if (e.type === 'chunk' && (e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset))
+      return `chunk of ${e.name} has no frame of its own`;
   }
   return undefined;
 }
 
 /** Fetch and verify every layer's TOC; `{ok:false}` with the reason when the delta path is impossible. */
-export async function fetchLayerTocs(source: Target, manifest: ImageManifest, signal?: AbortSignal): Promise<LayerTocs> {
+export async function fetchLayerTocs(
+  source: Target,
+  manifest: ImageManifest,
+  signal?: AbortSignal,
+): Promise<LayerTocs> {
   const fetchRange = source.fetchRange?.bind(source);
   if (!fetchRange) return { ok: false, reason: `${source.name} does not serve byte ranges` };
   if (manifest.layers.length === 0) return { ok: false, reason: 'the image has no layers' };
@@ -71,7 +79,8 @@ export async function fetchLayerTocs(source: Target, manifest: ImageManifest, si
       );
     } catch (e) {
       // A registry that answers a Range request with the whole blob: nothing usable by range.
-      if (isTiuError(e, 'RANGE_UNSUPPORTED')) return { ok: false, reason: `${source.name} ignores HTTP Range requests` };
+      if (isTiuError(e, 'RANGE_UNSUPPORTED'))
+        return { ok: false, reason: `${source.name} ignores HTTP Range requests` };
       // TOC_CHECKSUM_MISMATCH (tampering with signed content), TOC_INVALID, TOC_TOO_LARGE: refused.
       throw e;
     }

@@ -14,7 +14,13 @@ const hints: string[] = [];
 function sigstoreVerify(bundleJson: Buffer, pub: ReturnType<typeof generateKeyPairSync>['publicKey']): void {
   const bundle = bundleFromJSON(JSON.parse(bundleJson.toString()));
   const trust = toTrustMaterial(
-    { mediaType: 'application/vnd.dev.sigstore.trustedroot+json;version=0.1', tlogs: [], certificateAuthorities: [], ctlogs: [], timestampAuthorities: [] },
+    {
+      mediaType: 'application/vnd.dev.sigstore.trustedroot+json;version=0.1',
+      tlogs: [],
+      certificateAuthorities: [],
+      ctlogs: [],
+      timestampAuthorities: [],
+    },
     (hint: string) => {
       hints.push(hint);
       return { publicKey: pub, validFor: () => true };
@@ -34,23 +40,35 @@ describe('trust/bundle (sigstore bundle v0.3 as a referrer)', () => {
     assert.deepEqual(hints, [keyHint(publicKey)]);
 
     const doc = JSON.parse(bundle.toString()) as { dsseEnvelope: { payload: string } };
-    const statement = JSON.parse(Buffer.from(doc.dsseEnvelope.payload, 'base64').toString()) as { subject: { digest: { sha256: string } }[] };
+    const statement = JSON.parse(Buffer.from(doc.dsseEnvelope.payload, 'base64').toString()) as {
+      subject: { digest: { sha256: string } }[];
+    };
     statement.subject[0]!.digest.sha256 = 'b'.repeat(64);
     doc.dsseEnvelope.payload = Buffer.from(JSON.stringify(statement)).toString('base64');
     const altered = Buffer.from(JSON.stringify(doc));
     assert.throws(() => sigstoreVerify(altered, publicKey));
     assert.equal(verifyBundle(altered, [publicKey]), null);
-    assert.throws(() => sigstoreVerify(bundle, other.publicKey), (e: Error) => e.name === 'VerificationError' && /signature/i.test(e.message));
+    assert.throws(
+      () => sigstoreVerify(bundle, other.publicKey),
+      (e: Error) => e.name === 'VerificationError' && /signature/i.test(e.message),
+    );
 
     const ref = await attachBundle(t, img, bundle);
     const found = await listBundles(t, img);
     assert.equal(found.length, 1);
     assert.equal(found[0]!.manifest.digest, ref.digest);
-    const manifest = (await t.json(ref)) as { artifactType: string; subject: { digest: string }; config: { mediaType: string; size: number } };
+    const manifest = (await t.json(ref)) as {
+      artifactType: string;
+      subject: { digest: string };
+      config: { mediaType: string; size: number };
+    };
     assert.equal(manifest.artifactType, 'application/vnd.dev.sigstore.bundle.v0.3+json');
     assert.equal(manifest.subject.digest, img.digest);
     assert.deepEqual([manifest.config.mediaType, manifest.config.size], ['application/vnd.oci.empty.v1+json', 2]);
-    assert.deepEqual(verifyBundle(found[0]!.bundle!, [other.publicKey, publicKey]), { claims: [{ dockerReference: 'r.example/os/microos:v1', digest: img.digest }], keyIndex: 1 });
+    assert.deepEqual(verifyBundle(found[0]!.bundle!, [other.publicKey, publicKey]), {
+      claims: [{ dockerReference: 'r.example/os/microos:v1', digest: img.digest }],
+      keyIndex: 1,
+    });
   });
 
   it('tiu verify accepts a bundle alone, and refuses a replayed or foreign one with the same codes', async () => {
@@ -61,13 +79,31 @@ describe('trust/bundle (sigstore bundle v0.3 as a referrer)', () => {
     const r = await signImage(t, img, privateKey, { dockerReference: 'r.example/os/microos:v1', bundle: true });
     assert.ok(r.bundle);
     t.tagsMap.delete(signatureTag(img.digest));
-    const opts = { keys: [publicKey], identity: { type: 'matchRepoDigestOrExact' as const }, imageIdentity: parseReference('r.example/os/microos:v1') as DockerReference };
+    const opts = {
+      keys: [publicKey],
+      identity: { type: 'matchRepoDigestOrExact' as const },
+      imageIdentity: parseReference('r.example/os/microos:v1') as DockerReference,
+    };
     const v = await verifyImageSignatures(t, img, opts);
-    assert.deepEqual(v.verified.map((x) => x.kind), ['bundle']);
-    await assert.rejects(verifyImageSignatures(t, img, { ...opts, imageIdentity: parseReference('r.example/os/other:v1') as DockerReference }), (e: unknown) => isTiuError(e, 'IDENTITY_MISMATCH'));
-    await assert.rejects(verifyImageSignatures(t, img, { ...opts, keys: [generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey] }), (e: unknown) => isTiuError(e, 'SIGNATURE_INVALID'));
+    assert.deepEqual(
+      v.verified.map((x) => x.kind),
+      ['bundle'],
+    );
+    await assert.rejects(
+      verifyImageSignatures(t, img, {
+        ...opts,
+        imageIdentity: parseReference('r.example/os/other:v1') as DockerReference,
+      }),
+      (e: unknown) => isTiuError(e, 'IDENTITY_MISMATCH'),
+    );
+    await assert.rejects(
+      verifyImageSignatures(t, img, { ...opts, keys: [generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey] }),
+      (e: unknown) => isTiuError(e, 'SIGNATURE_INVALID'),
+    );
     // Replay: img's bundle attached to evil.
     await attachBundle(t, evil, (await listBundles(t, img))[0]!.bundle!);
-    await assert.rejects(verifyImageSignatures(t, evil, opts), (e: unknown) => isTiuError(e, 'DIGEST_MISMATCH_SIGNATURE'));
+    await assert.rejects(verifyImageSignatures(t, evil, opts), (e: unknown) =>
+      isTiuError(e, 'DIGEST_MISMATCH_SIGNATURE'),
+    );
   });
 });

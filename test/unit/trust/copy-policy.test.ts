@@ -22,19 +22,35 @@ describe('trust: policy inside copy(), signatures travelling with --referrers', 
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const policy = parsePolicy(JSON.stringify({
-    default: [{ type: 'reject' }],
-    transports: { docker: { 'r.example/os': [{ type: 'sigstoreSigned', keyData: Buffer.from(publicKey.export({ format: 'pem', type: 'spki' })).toString('base64') }] } },
-  }));
+  const policy = parsePolicy(
+    JSON.stringify({
+      default: [{ type: 'reject' }],
+      transports: {
+        docker: {
+          'r.example/os': [
+            {
+              type: 'sigstoreSigned',
+              keyData: Buffer.from(publicKey.export({ format: 'pem', type: 'spki' })).toString('base64'),
+            },
+          ],
+        },
+      },
+    }),
+  );
   const ref = parseReference('r.example/os/microos:1');
 
   it('refuses an unsigned image before any byte reaches the destination', async () => {
     const src = new MemoryTarget('memory:src');
     await putImage(src, '1', 'unsigned');
     const dst = new MemoryTarget('memory:dst');
-    await assert.rejects(copy(src, '1', dst, '1', { verify: policyVerifier(policy, ref) }), (e: unknown) => isTiuError(e, 'NO_SIGNATURE'));
+    await assert.rejects(copy(src, '1', dst, '1', { verify: policyVerifier(policy, ref) }), (e: unknown) =>
+      isTiuError(e, 'NO_SIGNATURE'),
+    );
     assert.equal(dst.size, 0);
-    await assert.rejects(copy(src, '1', dst, '1', { verify: policyVerifier(policy, parseReference('elsewhere.example/x:1')) }), (e: unknown) => isTiuError(e, 'POLICY_REJECTED'));
+    await assert.rejects(
+      copy(src, '1', dst, '1', { verify: policyVerifier(policy, parseReference('elsewhere.example/x:1')) }),
+      (e: unknown) => isTiuError(e, 'POLICY_REJECTED'),
+    );
     assert.equal(dst.size, 0);
   });
 
@@ -45,7 +61,11 @@ describe('trust: policy inside copy(), signatures travelling with --referrers', 
     const dst = await OciLayoutTarget.open(join(dir, 'usb'), { create: true });
     await copy(src, '1', dst, '1', { verify: policyVerifier(policy, ref), referrers: true });
     assert.equal((await dst.resolve(signatureTag(img.digest))).mediaType, 'application/vnd.oci.image.manifest.v1+json');
-    const v = await verifyImageSignatures(dst, await dst.resolve('1'), { keys: [publicKey], identity: { type: 'exactRepository', dockerRepository: 'r.example/os/microos' }, imageIdentity: undefined });
+    const v = await verifyImageSignatures(dst, await dst.resolve('1'), {
+      keys: [publicKey],
+      identity: { type: 'exactRepository', dockerRepository: 'r.example/os/microos' },
+      imageIdentity: undefined,
+    });
     assert.deepEqual(v.verified.map((s) => s.kind).sort(), ['bundle', 'simplesigning']);
   });
 

@@ -6,7 +6,14 @@ import { join } from 'node:path';
 import { isTiuError } from '../../../src/errors.ts';
 import { parseReference, type DockerReference } from '../../../src/oci/reference.ts';
 import { identityMismatch, type SignedIdentity } from '../../../src/trust/identity.ts';
-import { checkPolicy, loadPolicy, parsePolicy, policyScopes, policyVerifier, requirementsFor } from '../../../src/trust/policy.ts';
+import {
+  checkPolicy,
+  loadPolicy,
+  parsePolicy,
+  policyScopes,
+  policyVerifier,
+  requirementsFor,
+} from '../../../src/trust/policy.ts';
 import { signImage } from '../../../src/trust/sign.ts';
 import { putImage, TestTarget } from '../../helpers/trust-target.ts';
 
@@ -30,9 +37,24 @@ describe('trust/identity', () => {
     [{ type: 'exactReference', dockerReference: 'up.example/x:1' }, 'r.example/a/b:1', 'up.example/x:2', false],
     [{ type: 'exactRepository', dockerRepository: 'up.example/x' }, 'r.example/a/b:1', 'up.example/x:2', true],
     [{ type: 'exactRepository', dockerRepository: 'up.example/x' }, 'r.example/a/b:1', 'up.example/y:2', false],
-    [{ type: 'remapIdentity', prefix: 'mirror:5000/vendor', signedPrefix: 'vendor.example' }, 'mirror:5000/vendor/p/i:1', 'vendor.example/p/i:1', true],
-    [{ type: 'remapIdentity', prefix: 'mirror:5000/vendor', signedPrefix: 'vendor.example' }, 'mirror:5000/vendor/p/i:1', 'mirror:5000/vendor/p/i:1', false],
-    [{ type: 'remapIdentity', prefix: 'mirror:5000/vendor', signedPrefix: 'vendor.example' }, 'mirror:5000/vendorx/i:1', 'mirror:5000/vendorx/i:1', true],
+    [
+      { type: 'remapIdentity', prefix: 'mirror:5000/vendor', signedPrefix: 'vendor.example' },
+      'mirror:5000/vendor/p/i:1',
+      'vendor.example/p/i:1',
+      true,
+    ],
+    [
+      { type: 'remapIdentity', prefix: 'mirror:5000/vendor', signedPrefix: 'vendor.example' },
+      'mirror:5000/vendor/p/i:1',
+      'mirror:5000/vendor/p/i:1',
+      false,
+    ],
+    [
+      { type: 'remapIdentity', prefix: 'mirror:5000/vendor', signedPrefix: 'vendor.example' },
+      'mirror:5000/vendorx/i:1',
+      'mirror:5000/vendorx/i:1',
+      true,
+    ],
   ];
   for (const [rule, image, signed, ok] of cases) {
     it(`${rule.type}: image ${image}, signed ${signed} -> ${ok ? 'accept' : 'refuse'}`, () => {
@@ -41,7 +63,10 @@ describe('trust/identity', () => {
   }
   it('layouts have no identity: only exactReference/exactRepository can decide', () => {
     assert.notEqual(identityMismatch({ type: 'matchRepository' }, undefined, 'r.example/a/b:1'), null);
-    assert.equal(identityMismatch({ type: 'exactRepository', dockerRepository: 'r.example/a/b' }, undefined, 'r.example/a/b:1'), null);
+    assert.equal(
+      identityMismatch({ type: 'exactRepository', dockerRepository: 'r.example/a/b' }, undefined, 'r.example/a/b:1'),
+      null,
+    );
     assert.notEqual(identityMismatch({ type: 'matchRepository' }, d('r.example/a/b:1'), 'NOT A NAME'), null);
   });
 });
@@ -62,7 +87,15 @@ describe('trust/policy', () => {
         'r.example/os/debug:1': [{ type: 'reject' }],
         '*.example.org': [{ type: 'insecureAcceptAnything' }],
       },
-      oci: { '/media/usb': [{ type: 'sigstoreSigned', keyPath: '/k.pub', signedIdentity: { type: 'exactRepository', dockerRepository: 'r.example/os/microos' } }] },
+      oci: {
+        '/media/usb': [
+          {
+            type: 'sigstoreSigned',
+            keyPath: '/k.pub',
+            signedIdentity: { type: 'exactRepository', dockerRepository: 'r.example/os/microos' },
+          },
+        ],
+      },
     },
   });
 
@@ -92,14 +125,22 @@ describe('trust/policy', () => {
       '{"default":[{"type":"reject"}],"transports":{"oci":{"/":[{"type":"reject"}]}}}',
       '{"default":[{"type":"reject"}],"extra":1}',
     ];
-    for (const text of bad) assert.throws(() => parsePolicy(text), (e: unknown) => isTiuError(e, 'POLICY_INVALID'), text);
+    for (const text of bad)
+      assert.throws(
+        () => parsePolicy(text),
+        (e: unknown) => isTiuError(e, 'POLICY_INVALID'),
+        text,
+      );
   });
 
   it('loads from a path and reports a missing file', () => {
     const path = join(dir, 'policy.json');
     writeFileSync(path, '{"default":[{"type":"insecureAcceptAnything"}]}');
     assert.equal(loadPolicy(path).default[0]!.type, 'insecureAcceptAnything');
-    assert.throws(() => loadPolicy(join(dir, 'missing.json')), (e: unknown) => isTiuError(e, 'POLICY_NOT_FOUND'));
+    assert.throws(
+      () => loadPolicy(join(dir, 'missing.json')),
+      (e: unknown) => isTiuError(e, 'POLICY_NOT_FOUND'),
+    );
   });
 
   it('evaluates reject, insecureAcceptAnything and sigstoreSigned (keyPath relative to the policy, keyData)', async () => {
@@ -111,32 +152,66 @@ describe('trust/policy', () => {
     const img = await putImage(t, '1');
     const mic = parseReference('r.example/os/microos:1');
     await assert.rejects(checkPolicy(p, t, img, mic), (e: unknown) => isTiuError(e, 'NO_SIGNATURE'));
-    await assert.rejects(checkPolicy(p, t, img, parseReference('elsewhere.example/x:1')), (e: unknown) => isTiuError(e, 'POLICY_REJECTED'));
-    await assert.rejects(checkPolicy(p, t, img, parseReference('r.example/os/debug:1')), (e: unknown) => isTiuError(e, 'POLICY_REJECTED'));
-    assert.deepEqual((await checkPolicy(p, t, img, parseReference('r.example/other:1'))).accepted, [{ type: 'insecureAcceptAnything' }]);
+    await assert.rejects(checkPolicy(p, t, img, parseReference('elsewhere.example/x:1')), (e: unknown) =>
+      isTiuError(e, 'POLICY_REJECTED'),
+    );
+    await assert.rejects(checkPolicy(p, t, img, parseReference('r.example/os/debug:1')), (e: unknown) =>
+      isTiuError(e, 'POLICY_REJECTED'),
+    );
+    assert.deepEqual((await checkPolicy(p, t, img, parseReference('r.example/other:1'))).accepted, [
+      { type: 'insecureAcceptAnything' },
+    ]);
 
     await signImage(t, img, privateKey, { dockerReference: 'r.example/os/microos:1' });
     const decision = await checkPolicy(p, t, img, mic);
     assert.equal(decision.scope, 'r.example/os');
     assert.equal(decision.accepted[0]!.signatures!.length, 1);
     // Signed for :1, pulled as :2 -> the default matchRepoDigestOrExact refuses.
-    await assert.rejects(checkPolicy(p, t, img, parseReference('r.example/os/microos:2')), (e: unknown) => isTiuError(e, 'IDENTITY_MISMATCH'));
+    await assert.rejects(checkPolicy(p, t, img, parseReference('r.example/os/microos:2')), (e: unknown) =>
+      isTiuError(e, 'IDENTITY_MISMATCH'),
+    );
 
     // keyData, and a layout scope with exactRepository (a layout has no identity of its own).
-    const p2 = parsePolicy(JSON.stringify({
-      default: [{ type: 'reject' }],
-      transports: { oci: { '': [{ type: 'sigstoreSigned', keyData: Buffer.from(pubPem).toString('base64'), signedIdentity: { type: 'exactRepository', dockerRepository: 'r.example/os/microos' } }] } },
-    }));
+    const p2 = parsePolicy(
+      JSON.stringify({
+        default: [{ type: 'reject' }],
+        transports: {
+          oci: {
+            '': [
+              {
+                type: 'sigstoreSigned',
+                keyData: Buffer.from(pubPem).toString('base64'),
+                signedIdentity: { type: 'exactRepository', dockerRepository: 'r.example/os/microos' },
+              },
+            ],
+          },
+        },
+      }),
+    );
     await checkPolicy(p2, t, img, parseReference('oci:/media/usb/l:1'));
     // matchRepository on a layout needs an identity from the caller.
-    const p3 = parsePolicy(JSON.stringify({ default: [{ type: 'sigstoreSigned', keyData: Buffer.from(pubPem).toString('base64'), signedIdentity: { type: 'matchRepository' } }] }));
-    await assert.rejects(checkPolicy(p3, t, img, parseReference('oci:/media/usb/l:1')), (e: unknown) => isTiuError(e, 'IDENTITY_MISMATCH'));
+    const p3 = parsePolicy(
+      JSON.stringify({
+        default: [
+          {
+            type: 'sigstoreSigned',
+            keyData: Buffer.from(pubPem).toString('base64'),
+            signedIdentity: { type: 'matchRepository' },
+          },
+        ],
+      }),
+    );
+    await assert.rejects(checkPolicy(p3, t, img, parseReference('oci:/media/usb/l:1')), (e: unknown) =>
+      isTiuError(e, 'IDENTITY_MISMATCH'),
+    );
     await checkPolicy(p3, t, img, parseReference('oci:/media/usb/l:1'), { identity: d('r.example/os/microos:1') });
 
     // The copy() hook shape.
     const hook = policyVerifier(p, mic);
     await hook(t, img);
-    await assert.rejects(policyVerifier(p, parseReference('elsewhere.example/x:1'))(t, img), (e: unknown) => isTiuError(e, 'POLICY_REJECTED'));
+    await assert.rejects(policyVerifier(p, parseReference('elsewhere.example/x:1'))(t, img), (e: unknown) =>
+      isTiuError(e, 'POLICY_REJECTED'),
+    );
   });
 
   it('refuses requirements it cannot check', async () => {
@@ -148,7 +223,9 @@ describe('trust/policy', () => {
       { type: 'sigstoreSigned', keyPath: '/x.pub', rekorPublicKeyPath: '/r.pub' },
     ]) {
       const p = parsePolicy(JSON.stringify({ default: [req] }));
-      await assert.rejects(checkPolicy(p, t, img, parseReference('r.example/a:1')), (e: unknown) => isTiuError(e, 'POLICY_UNSUPPORTED'));
+      await assert.rejects(checkPolicy(p, t, img, parseReference('r.example/a:1')), (e: unknown) =>
+        isTiuError(e, 'POLICY_UNSUPPORTED'),
+      );
     }
   });
 });

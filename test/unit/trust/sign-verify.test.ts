@@ -25,11 +25,15 @@ async function rejectsWith(p: Promise<unknown>, code: string): Promise<void> {
   });
 }
 
-
 describe('trust/sign + verify (in memory)', () => {
   const signer = keyPair();
   const other = keyPair();
-  const opts = (o: Partial<VerifyOptions> = {}): VerifyOptions => ({ keys: [signer.pub], identity: { type: 'matchRepoDigestOrExact' }, imageIdentity: ref, ...o });
+  const opts = (o: Partial<VerifyOptions> = {}): VerifyOptions => ({
+    keys: [signer.pub],
+    identity: { type: 'matchRepoDigestOrExact' },
+    imageIdentity: ref,
+    ...o,
+  });
 
   it('signs, verifies, and writes the cosign layout', async () => {
     const t = new TestTarget();
@@ -42,7 +46,11 @@ describe('trust/sign + verify (in memory)', () => {
     assert.equal(sm.layers[0]!.mediaType, 'application/vnd.dev.cosign.simplesigning.v1+json');
     const payload = JSON.parse(t.blobs.get(sm.layers[0]!.digest)!.toString());
     assert.deepEqual(payload, {
-      critical: { identity: { 'docker-reference': 'registry.example/os/microos:stable' }, image: { 'docker-manifest-digest': img.digest }, type: 'cosign container image signature' },
+      critical: {
+        identity: { 'docker-reference': 'registry.example/os/microos:stable' },
+        image: { 'docker-manifest-digest': img.digest },
+        type: 'cosign container image signature',
+      },
       optional: null,
     });
     const cfg = (await t.json(sm.config)) as { rootfs: { diff_ids: string[] } };
@@ -58,7 +66,10 @@ describe('trust/sign + verify (in memory)', () => {
     await signImage(t, img, signer.priv, { dockerReference: 'registry.example/os/microos:stable' });
     const again = await signImage(t, img, signer.priv, { dockerReference: 'registry.example/os/microos:stable' });
     assert.equal(again.added, false);
-    const second = await signImage(t, img, other.priv, { dockerReference: 'registry.example/os/microos:stable', annotations: { build: '42' } });
+    const second = await signImage(t, img, other.priv, {
+      dockerReference: 'registry.example/os/microos:stable',
+      annotations: { build: '42' },
+    });
     assert.equal(second.added, true);
     assert.equal(second.count, 2);
     assert.equal((await listSignatures(t, img.digest)).length, 2);
@@ -77,12 +88,24 @@ describe('trust/sign + verify (in memory)', () => {
   it('refuses one altered byte in the payload: SIGNATURE_INVALID', async () => {
     const t = new TestTarget();
     const img = await putImage(t, 'stable');
-    const payload = Buffer.from(JSON.stringify({ critical: { identity: { 'docker-reference': 'registry.example/os/microos:stable' }, image: { 'docker-manifest-digest': img.digest }, type: 'cosign container image signature' }, optional: null }));
+    const payload = Buffer.from(
+      JSON.stringify({
+        critical: {
+          identity: { 'docker-reference': 'registry.example/os/microos:stable' },
+          image: { 'docker-manifest-digest': img.digest },
+          type: 'cosign container image signature',
+        },
+        optional: null,
+      }),
+    );
     const sig = sign('sha256', payload, { key: signer.priv, dsaEncoding: 'der' }).toString('base64');
     const altered = Buffer.from(payload);
     altered[altered.indexOf('stable')] = 'S'.charCodeAt(0);
     await handMadeSignature(t, img, altered, sig);
-    await rejectsWith(verifyImageSignatures(t, img, opts({ identity: { type: 'matchRepository' } })), 'SIGNATURE_INVALID');
+    await rejectsWith(
+      verifyImageSignatures(t, img, opts({ identity: { type: 'matchRepository' } })),
+      'SIGNATURE_INVALID',
+    );
     // Stored bytes tampered behind the descriptor: also never accepted.
     const t2 = new TestTarget();
     const img2 = await putImage(t2, 'stable');
@@ -115,7 +138,10 @@ describe('trust/sign + verify (in memory)', () => {
     const t = new TestTarget();
     const img = await putImage(t, 'stable');
     await signImage(t, img, signer.priv, { dockerReference: 'registry.example/os/debug:stable' });
-    await rejectsWith(verifyImageSignatures(t, img, opts({ identity: { type: 'matchRepository' } })), 'IDENTITY_MISMATCH');
+    await rejectsWith(
+      verifyImageSignatures(t, img, opts({ identity: { type: 'matchRepository' } })),
+      'IDENTITY_MISMATCH',
+    );
     // The same repository with another tag is fine under matchRepository, not under the default.
     const t2 = new TestTarget();
     const img2 = await putImage(t2, 'stable');
@@ -128,14 +154,27 @@ describe('trust/sign + verify (in memory)', () => {
     const t = new TestTarget();
     const img = await putImage(t, 'stable');
     // cosign writes the repository only, with index.docker.io for Docker Hub; Go's encoder order.
-    const payload = Buffer.from(`{"critical":{"identity":{"docker-reference":"registry.example/os/microos"},"image":{"docker-manifest-digest":"${img.digest}"},"type":"cosign container image signature"},"optional":null}`);
-    await handMadeSignature(t, img, payload, sign('sha256', payload, { key: signer.priv, dsaEncoding: 'der' }).toString('base64'));
+    const payload = Buffer.from(
+      `{"critical":{"identity":{"docker-reference":"registry.example/os/microos"},"image":{"docker-manifest-digest":"${img.digest}"},"type":"cosign container image signature"},"optional":null}`,
+    );
+    await handMadeSignature(
+      t,
+      img,
+      payload,
+      sign('sha256', payload, { key: signer.priv, dsaEncoding: 'der' }).toString('base64'),
+    );
     const v = await verifyImageSignatures(t, img, opts({ identity: { type: 'matchRepository' } }));
     assert.equal(v.verified[0]!.dockerReference, 'registry.example/os/microos');
     // Under the default rule a tag-referenced image needs the tag in the signature (containers-policy.json(5)).
     await rejectsWith(verifyImageSignatures(t, img, opts()), 'IDENTITY_MISMATCH');
     // By digest, the repository is enough.
-    await verifyImageSignatures(t, img, opts({ imageIdentity: { transport: 'docker', registry: ref.registry, repository: ref.repository, digest: img.digest } }));
+    await verifyImageSignatures(
+      t,
+      img,
+      opts({
+        imageIdentity: { transport: 'docker', registry: ref.registry, repository: ref.repository, digest: img.digest },
+      }),
+    );
   });
 
   it('reports the signature that got furthest when several fail', async () => {
@@ -154,11 +193,31 @@ describe('trust/sign + verify (in memory)', () => {
     const t = new TestTarget();
     const img = await putImage(t, 'stable');
     const payload = Buffer.from('{}');
-    const layer = { mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', size: payload.length, digest: sha(payload), annotations: { 'dev.cosignproject.cosign/signature': 'AAAA' } };
+    const layer = {
+      mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json',
+      size: payload.length,
+      digest: sha(payload),
+      annotations: { 'dev.cosignproject.cosign/signature': 'AAAA' },
+    };
     const config = Buffer.from('{}');
-    const configDesc = { mediaType: 'application/vnd.oci.image.config.v1+json', size: config.length, digest: sha(config) };
-    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: configDesc, layers: Array.from({ length: 257 }, () => layer) }));
-    const mDesc = { mediaType: 'application/vnd.oci.image.manifest.v1+json', size: manifest.length, digest: sha(manifest) };
+    const configDesc = {
+      mediaType: 'application/vnd.oci.image.config.v1+json',
+      size: config.length,
+      digest: sha(config),
+    };
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: configDesc,
+        layers: Array.from({ length: 257 }, () => layer),
+      }),
+    );
+    const mDesc = {
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      size: manifest.length,
+      digest: sha(manifest),
+    };
     await t.push(mDesc, Readable.from([manifest]));
     await t.tag(mDesc, signatureTag(img.digest));
     let fetches = 0;
