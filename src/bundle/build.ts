@@ -16,6 +16,7 @@ import { Semaphore } from '../content/semaphore.ts';
 import { VerifyingStream, sha256, verifyBuffer } from '../oci/digest.ts';
 import { isIndexType, isManifestType, MediaType } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type ImageConfig, type ImageIndex, type ImageManifest } from '../oci/types.ts';
+import { hostArchitecture } from '../oci/platform.ts';
 import { decompressStream } from './decompress.ts';
 import { BuildError } from './errors.ts';
 import { contentFile, normalizeTreePath, parentOf, type TreeEntry } from './entry.ts';
@@ -64,19 +65,6 @@ export interface BuildResult {
   config: ImageConfig;
   layers: LayerResult[];
   entries: number;
-}
-
-export function hostArchitecture(): string {
-  const map: Record<string, string> = {
-    x64: 'amd64',
-    arm64: 'arm64',
-    arm: 'arm',
-    ppc64: 'ppc64le',
-    s390x: 's390x',
-    riscv64: 'riscv64',
-    ia32: '386',
-  };
-  return map[process.arch] ?? process.arch;
 }
 
 export function sourceDateEpochFromEnv(env: NodeJS.ProcessEnv = process.env): number | undefined {

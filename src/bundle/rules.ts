@@ -22,22 +22,10 @@ import {
   showPath,
   type TreeEntry,
 } from './entry.ts';
+import { DEVICE_DATA } from '../os-layout.ts';
 
 /** Directories whose contents never go into a bundle. */
-export const EXCLUDED_CONTENTS = [
-  'run',
-  'tmp',
-  'proc',
-  'sys',
-  'dev',
-  '.snapshots',
-  'home',
-  'root',
-  'opt',
-  'srv',
-  'usr/local',
-  'boot/writable',
-] as const;
+export const EXCLUDED_CONTENTS = ['run', 'tmp', 'proc', 'sys', 'dev', ...DEVICE_DATA] as const;
 /** GRUB's per-platform module directories (a subvolume on MicroOS): boot/grub2/<arch>-<platform>. */
 const GRUB_ARCH =
   /^boot\/grub2\/(?:i386|x86_64|arm64|arm|aarch64|powerpc|s390x|riscv32|riscv64|loongarch64|mips|mipsel|ia64|sparc64)-[a-z0-9]+$/;

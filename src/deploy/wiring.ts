@@ -1,9 +1,11 @@
 /**
  * The real implementations behind UpdateDeps: transports and copy (src/transport, src/copy),
  * the signature policy (src/trust), the cache (an OCI layout), the diff-apply engine
- * (src/deploy/apply) and the /etc and user database merges.
+ * (src/deploy/apply), the file delta (src/deploy/delta), the /etc and user database merges, and
+ * the system: snapper, btrfs, the lock, the boot loader, hooks, SELinux, free space.
  */
 import { existsSync } from 'node:fs';
+import { readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { copy } from '../copy/copy.ts';
@@ -11,10 +13,22 @@ import { parseReference, type DockerReference, type ImageReference } from '../oc
 import { openReference } from '../transport/resolve.ts';
 import { TrustError } from '../trust/errors.ts';
 import { checkPolicy, DEFAULT_POLICY_PATHS, loadPolicy } from '../trust/policy.ts';
-import { applyTarLayers } from './apply/index.ts';
+import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
+import { hasSelinuxLabel } from '../host/selinux.ts';
+import { applyTarLayers, validateTarLayers } from './apply/index.ts';
+import { checkRoom, fsSpace, SpaceGuard } from './apply/space.ts';
+import { detectBoot, settleBoot } from './boot/index.ts';
+import { loadConfig } from './config.ts';
+import { applyTransfer, ContentStore, downloadTransfer, prepareTransfer, pruneContentIndexes } from './delta/index.ts';
 import { mergeEtc } from './etc-merge.ts';
+import { existingPaths, kernelFacts, runHooks } from './hooks.ts';
+import { acquireUpdateLock } from './lock.ts';
+import { keepMountPoints, reservedOf } from './mount-points.ts';
+import { RootedDir } from './rooted.ts';
+import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot } from './snapshot.ts';
+import { openContext, readState } from './state.ts';
 import { mergeUserDb } from './users-merge.ts';
-import type { UpdateDeps } from './update.ts';
+import type { UpdateDeps } from './update/deps.ts';
 
 /** The policy file of the system at `sysroot`: the configured one, else the first default that exists. */
 export function policyPathFor(sysroot: string, configured: string | undefined): string {
@@ -64,4 +78,37 @@ export const productionDeps: UpdateDeps = {
     }),
   mergeEtc: (base, ours, theirs) => mergeEtc(base, ours, theirs),
   mergeUsers: (base, ours, theirs) => mergeUserDb(base, ours, theirs),
+  system: {
+    openContext,
+    loadConfig,
+    readState,
+    lock: acquireUpdateLock,
+    cleanupInProgress,
+    createInProgress,
+    deleteSnapshot,
+    commitSnapshot,
+    detectBoot,
+    settleBoot,
+    reservedOf,
+    keepMountPoints,
+    isSubvolume,
+    subvolumeSnapshot,
+    subvolumeDelete,
+    hasSelinuxLabel,
+    kernelFacts,
+    existingPaths,
+    runHooks,
+    fsSpace,
+    checkRoom,
+    spaceGuard: (root, reserve) => new SpaceGuard(root, reserve),
+  },
+  delta: {
+    prepareTransfer,
+    downloadTransfer,
+    applyTransfer,
+    pruneContentIndexes,
+    openStore: (dir, opts) => ContentStore.open(dir, opts),
+    validateTarLayers,
+  },
+  files: { openRooted: (root) => RootedDir.open(root), rm, rename, readdir },
 };

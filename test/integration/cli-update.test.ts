@@ -9,7 +9,7 @@ import { baseOs, createMicroOS, v2Files, type MicroOS } from '../helpers/microos
 import { buildImage, installPolicy, signInLayout } from '../helpers/update-deps.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { mountInfo } from '../../src/host/mount.ts';
-import { ETC_ASIDE } from '../../src/deploy/update.ts';
+import { ETC_ASIDE } from '../../src/deploy/update/merge.ts';
 
 const TIU = new URL('../../bin/tiu', import.meta.url).pathname;
 

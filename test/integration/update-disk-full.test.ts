@@ -12,7 +12,7 @@ import { isTiuError } from '../../src/errors.ts';
 import { run } from '../../src/host/exec.ts';
 import { parseConfig } from '../../src/deploy/config.ts';
 import { openContext, readState } from '../../src/deploy/state.ts';
-import { update } from '../../src/deploy/update.ts';
+import { update } from '../../src/deploy/update/index.ts';
 import { productionDeps } from '../../src/deploy/wiring.ts';
 
 const MiB = 1 << 20;

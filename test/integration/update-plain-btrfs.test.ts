@@ -11,7 +11,7 @@ import { parseConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { cleanupInProgress, createInProgress } from '../../src/deploy/snapshot.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
-import { update } from '../../src/deploy/update.ts';
+import { update } from '../../src/deploy/update/index.ts';
 import { productionDeps } from '../../src/deploy/wiring.ts';
 import { parseInfoXml, formatInfoXml } from '../../src/deploy/plain-snapshots.ts';
 

@@ -9,7 +9,7 @@ import { deriveState, snapshotNumberOf } from '../../src/deploy/state.ts';
 import { formatUserdata } from '../../src/host/snapper.ts';
 import { parseMountInfo } from '../../src/host/mount.ts';
 import type { SnapperSnapshot } from '../../src/host/snapper.ts';
-import { cacheTag } from '../../src/deploy/update.ts';
+import { cacheTag } from '../../src/deploy/update/settle.ts';
 
 const row = (number: number, userdata: Record<string, string> = {}): SnapperSnapshot => ({
   number,

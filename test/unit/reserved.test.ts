@@ -16,7 +16,7 @@ import {
 } from '../../src/deploy/apply/index.ts';
 import { indexOldTree } from '../../src/deploy/apply/scan.ts';
 import { mountPointsToKeep } from '../../src/deploy/mount-points.ts';
-import { PRESERVE } from '../../src/deploy/update.ts';
+import { PRESERVE } from '../../src/deploy/update/settle.ts';
 import { isTiuError } from '../../src/errors.ts';
 
 const sha = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}`;

@@ -2,7 +2,7 @@ import type { Command } from '../command.ts';
 import { optString } from '../command.ts';
 import { join } from 'node:path';
 import { openContext, readState, snapshotPath } from '../../deploy/state.ts';
-import { pendingEtcConflicts } from '../../deploy/update.ts';
+import { pendingEtcConflicts } from '../../deploy/etc-conflicts.ts';
 import { shortDigest } from '../../format.ts';
 import { loadConfig } from '../../deploy/config.ts';
 import { detectBoot, type BootStatus } from '../../deploy/boot/index.ts';

@@ -1,7 +1,8 @@
 import type { Command } from '../command.ts';
 import { optBool, optString } from '../command.ts';
 import { TiuError } from '../../errors.ts';
-import { checkUpdate, update } from '../../deploy/update.ts';
+import { checkUpdate } from '../../deploy/update/check.ts';
+import { update } from '../../deploy/update/index.ts';
 import { describeTransfer } from '../../deploy/delta/index.ts';
 import { describeSkipped } from '../../deploy/apply/reserved.ts';
 import { productionDeps } from '../../deploy/wiring.ts';

@@ -1,0 +1,27 @@
+/**
+ * `tiu update --check`: resolve, trust and plan as a real update does (the same stages) against
+ * the booted snapshot. Takes no lock and writes nothing: no cache, no snapshot, no cleanup; the
+ * booted snapshot's content index is only read, where an update left one.
+ */
+import type { UpdateDeps } from './deps.ts';
+import { indexOf, prepare } from './plan.ts';
+import { resolveSource } from './resolve.ts';
+import { begin, release, type CheckResult, type UpdateOptions } from './run.ts';
+import { onBooted } from './settle.ts';
+import { trust } from './trust.ts';
+
+export async function checkUpdate(
+  deps: UpdateDeps,
+  opts: Omit<UpdateOptions, 'downloadOnly' | 'offline' | 'onProgress'> = {},
+): Promise<CheckResult> {
+  const run = await onBooted(deps, await begin(deps, opts));
+  try {
+    const found = await resolveSource(deps, run);
+    const { image, root, present } = found;
+    if (present !== undefined) return { status: 'already-present', image, digest: root.digest, snapshot: present };
+    const t = await prepare(deps, await trust(deps, found), { load: indexOf(run, run.from), save: false });
+    return { status: 'available', image, digest: root.digest, booted: run.from, transfer: t.report };
+  } finally {
+    await release(run.held);
+  }
+}

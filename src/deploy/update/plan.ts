@@ -1,0 +1,131 @@
+/**
+ * Stage `plan`: the download path against the booted snapshot, the file-level delta where the
+ * source and layers allow it (prepareTransfer), else whole layers. Reads the system, writes only
+ * the booted snapshot's content index into the cache. `prepare` is shared with --check.
+ */
+import { join } from 'node:path';
+import { fetchManifest } from '../../content/graph.ts';
+import type { Target } from '../../content/interfaces.ts';
+import { humanSize } from '../../format.ts';
+import type { Descriptor, ImageManifest } from '../../oci/types.ts';
+import { UnsafePathError } from '../apply/index.ts';
+import type { TreeEntry } from '../apply/types.ts';
+import { contentIndexFile, describeTransfer, type DeltaTransfer, type PreparedTransfer } from '../delta/index.ts';
+import { snapshotPath } from '../state.ts';
+import { withLayers } from '../update.ts';
+import type { UpdateDeps } from './deps.ts';
+import { UpdateError, whileFetching } from './errors.ts';
+import type { OnBooted, Planned, Resolved, Settled } from './run.ts';
+
+/** The image manifest for this machine: the root itself, or the matching entry of an index. */
+export async function imageManifest(
+  target: Target,
+  root: Descriptor,
+  platform: { os: string; architecture: string },
+  signal?: AbortSignal,
+): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
+  const first = await fetchManifest(target, root, { signal });
+  if (first.parsed.kind === 'manifest') return { desc: root, manifest: withLayers(root, first.parsed.manifest) };
+  const pick = first.parsed.index.manifests.find(
+    (m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture,
+  );
+  if (!pick)
+    throw new UpdateError(
+      'NO_MATCHING_PLATFORM',
+      `${root.digest} has no image for ${platform.os}/${platform.architecture}`,
+      { digest: root.digest, platform },
+    );
+  const second = await fetchManifest(target, pick, { signal });
+  if (second.parsed.kind !== 'manifest')
+    throw new UpdateError(
+      'INVALID_MANIFEST',
+      `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`,
+      { digest: pick.digest },
+    );
+  return { desc: pick, manifest: withLayers(pick, second.parsed.manifest) };
+}
+
+/**
+ * The image's final tree must look like an operating system where tiu relies on it, before any
+ * snapshot: a real /usr directory (NOT_AN_OS_IMAGE otherwise), and /etc, where the image has one,
+ * a real directory (the admin's /etc is merged into it, and on MicroOS it replaces a nested
+ * subvolume: a symlink there is UNSAFE_PATH).
+ */
+export function checkOsTree(entryAt: (path: string) => TreeEntry | undefined, image: string): void {
+  // The trees checked have their implicit parents: a `usr/...` entry alone makes `usr` a directory.
+  const usr = entryAt('usr');
+  if (usr?.type !== 'dir')
+    throw new UpdateError(
+      'NOT_AN_OS_IMAGE',
+      `${image} is not an operating system image: its tree has no /usr directory${usr ? ` (/usr is a ${usr.type})` : ''}`,
+      { image },
+    );
+  const etc = entryAt('etc');
+  if (etc && etc.type !== 'dir')
+    throw new UnsafePathError(
+      'etc',
+      `/etc is a ${etc.type} in ${image}, not a directory: the admin's /etc is merged into it`,
+    );
+}
+
+/** checkOsTree on the tree a delta planned (its actions hold every entry, implicit parents too). */
+export function checkOsPlan(d: DeltaTransfer, image: string): void {
+  const top = new Map<string, TreeEntry>();
+  for (const a of d.plan.actions) if (a.entry.path === 'usr' || a.entry.path === 'etc') top.set(a.entry.path, a.entry);
+  checkOsTree((p) => top.get(p), image);
+}
+
+/**
+ * The download path for the accepted image against the booted snapshot, using its content
+ * index (`save`: write what planning hashed back, for the next plan). Reads, never writes else.
+ */
+export async function prepare(
+  deps: UpdateDeps,
+  run: OnBooted & Resolved,
+  index: { load: string; save: boolean },
+): Promise<PreparedTransfer> {
+  const { manifest } = await imageManifest(run.source, run.root, run.platform, run.signal);
+  return deps.delta.prepareTransfer({
+    source: run.source,
+    manifest,
+    oldRoot: snapshotPath(run.ctx.sysroot, run.from),
+    preserve: run.reserved.paths,
+    reserved: run.reserved,
+    mode: run.opts.transfer ?? 'auto',
+    signal: run.signal,
+    indexFile: index.load,
+    ...(index.save ? { saveIndexTo: index.load } : {}),
+  });
+}
+
+/** The content index of snapshot `n`, in the cache. */
+export function indexOf(run: OnBooted, n: number): string {
+  return contentIndexFile(join(run.ctx.sysroot, run.config.cache), n);
+}
+
+/**
+ * Online updates only (--offline reads the cache, --download-only fetches whole layers): the
+ * download path, the delta's tree checked as an OS tree, and room in the cache for what the
+ * download writes (the new files of a delta, the blobs of whole layers) above the reserve:
+ * DISK_FULL now, before anything is written.
+ */
+export async function plan(deps: UpdateDeps, run: Settled & Resolved): Promise<Planned> {
+  if (run.opts.offline || run.opts.downloadOnly) return { ...run, delta: undefined, transfer: undefined };
+  const { cacheDir, image } = run;
+  // Planning saves the booted snapshot's content index into the cache: a full disk can show here.
+  const t = await whileFetching(cacheDir, image, () =>
+    prepare(deps, run, { load: indexOf(run, run.from), save: true }),
+  );
+  run.progress(describeTransfer(t.report));
+  if (t.path === 'delta') checkOsPlan(t, image);
+  const predicted = t.path === 'delta' ? (t.report.files?.write.bytes ?? 0) : t.report.layerBytes;
+  await whileFetching(cacheDir, image, () =>
+    deps.system.checkRoom(
+      cacheDir,
+      predicted,
+      run.config.diskReserve,
+      t.path === 'delta' ? `the ${humanSize(predicted)} of new files of ${image}` : `the layers of ${image}`,
+    ),
+  );
+  return { ...run, delta: t.path === 'delta' ? t : undefined, transfer: t.report };
+}
