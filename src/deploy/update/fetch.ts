@@ -13,7 +13,7 @@ import { downloadProgress } from '../download-progress.ts';
 import { isLayer } from '../update.ts';
 import type { UpdateDeps } from './deps.ts';
 import { isTransient, whileFetching } from './errors.ts';
-import type { Planned } from './run.ts';
+import type { Planned, UpdateResult } from './run.ts';
 import { policyCheck } from './trust.ts';
 
 /**
@@ -129,4 +129,9 @@ export async function fetchImage(deps: UpdateDeps, run: Planned): Promise<Planne
     }
   });
   return { ...run, transfer };
+}
+
+/** The end of a --download-only run: the image is in the cache for a later --offline. */
+export function downloaded(run: Planned): UpdateResult {
+  return { status: 'downloaded', image: run.image, digest: run.root.digest, cache: run.cacheDir, cleanup: run.cleanup };
 }

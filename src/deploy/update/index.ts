@@ -3,8 +3,8 @@
  * sequence of stages over one run state (./run.ts). Every effect comes in through `UpdateDeps`
  * (./deps.ts says why), wired in src/deploy/wiring.ts.
  *
- * Before `stageSnapshot` the stages only read the system and write the cache; a failure leaves
- * the system as it was. After it, a failure deletes the unfinished snapshot (`abandon`); a kill
+ * Before `stageSnapshot` the stages write only the cache (and `settle` removes what earlier runs
+ * left unfinished); a failure leaves the system as it was. After it, a failure deletes the unfinished snapshot (`abandon`); a kill
  * leaves it marked in progress for the next run's `settle` to delete. The btrfs default, moved in
  * `commit`, is the one commit point. Whatever fails, `release` gives back the lock, the source
  * and the delta's content store.
@@ -12,11 +12,11 @@
 import { checkLocal } from './cached.ts';
 import { commit } from './commit.ts';
 import type { UpdateDeps } from './deps.ts';
-import { fetchImage } from './fetch.ts';
+import { downloaded, fetchImage } from './fetch.ts';
 import { hooks } from './hooks.ts';
 import { merge, setEtcAside } from './merge.ts';
 import { plan } from './plan.ts';
-import { resolve } from './resolve.ts';
+import { alreadyPresent, resolve } from './resolve.ts';
 import { begin, release, type UpdateOptions, type UpdateResult } from './run.ts';
 import { settle } from './settle.ts';
 import { abandon, stageSnapshot } from './snapshot.ts';
@@ -26,18 +26,21 @@ import { trust } from './trust.ts';
 export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promise<UpdateResult> {
   const run = await begin(deps, opts);
   try {
-    const found = await resolve(deps, await settle(deps, run));
-    const { image, root, present, cleanup } = found;
-    if (present !== undefined && !opts.downloadOnly) {
-      run.progress(`${image} (${root.digest}) is already deployed in snapshot ${present}`);
-      return { status: 'already-present', image, digest: root.digest, snapshot: present, cleanup };
-    }
-    const fetched = await fetchImage(deps, await plan(deps, await trust(deps, found)));
-    if (opts.downloadOnly) return { status: 'downloaded', image, digest: root.digest, cache: found.cacheDir, cleanup };
-    const staged = await stageSnapshot(deps, await checkLocal(deps, fetched));
+    const settled = await settle(deps, run);
+    const found = await resolve(deps, settled);
+    if (found.present !== undefined && !opts.downloadOnly) return alreadyPresent(found, found.present);
+    const trusted = await trust(deps, found);
+    const planned = await plan(deps, trusted);
+    const fetched = await fetchImage(deps, planned);
+    if (opts.downloadOnly) return downloaded(fetched);
+    const checked = await checkLocal(deps, fetched);
+    const staged = await stageSnapshot(deps, checked);
     try {
-      const applied = await apply(deps, await setEtcAside(deps, staged));
-      return await commit(deps, await hooks(deps, await merge(deps, applied)));
+      const aside = await setEtcAside(deps, staged);
+      const applied = await apply(deps, aside);
+      const merged = await merge(deps, applied);
+      const hooked = await hooks(deps, merged);
+      return await commit(deps, hooked);
     } catch (e) {
       throw await abandon(deps, staged, e);
     }

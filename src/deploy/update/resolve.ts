@@ -7,7 +7,7 @@ import type { Descriptor } from '../../oci/types.ts';
 import type { SystemState } from '../state.ts';
 import type { UpdateDeps } from './deps.ts';
 import { UpdateError } from './errors.ts';
-import type { OnBooted, Resolved, Settled } from './run.ts';
+import type { OnBooted, Resolved, Settled, UpdateResult } from './run.ts';
 
 /** The snapshot (default first, then booted) that already holds the image with this digest. */
 function presentIn(state: SystemState, digest: string): number | undefined {
@@ -50,4 +50,10 @@ export async function resolve(deps: UpdateDeps, run: Settled): Promise<Settled &
     );
   });
   return { ...run, root, source: run.cache, present: presentIn(run.state, root.digest) };
+}
+
+/** The end of a run whose image a snapshot already holds (not for --download-only, which fetches it anyway). */
+export function alreadyPresent(run: Settled & Resolved, snapshot: number): UpdateResult {
+  run.progress(`${run.image} (${run.root.digest}) is already deployed in snapshot ${snapshot}`);
+  return { status: 'already-present', image: run.image, digest: run.root.digest, snapshot, cleanup: run.cleanup };
 }
