@@ -3,12 +3,13 @@
  * the cache, the signature policy, the engines that write a tree (tar apply, file delta,
  * merges), snapper, btrfs, the lock, the boot loader, hooks, SELinux facts, free space and the
  * few plain file operations of the stages. The stage modules import only types, pure functions
- * (planning, naming, wording) and errors, so that a stage reads as decisions over its inputs and
- * a test can replace any effect (the network tests replace `openSource`) without reaching into
- * module internals. Why all and not none: the tests drive real updates against their own
- * registries and need that one seam; half of the effects behind it and half imported made it
- * impossible to say what a test had replaced. src/deploy/wiring.ts names the implementations.
- * Reads through a Target the deps returned (manifests, layers) are that Target's effects already.
+ * (planning, naming, wording) and errors; reads through a Target the deps returned (manifests,
+ * layers) are that Target's effects already.
+ *
+ * Why all and not none: the tests drive real updates against their own registries and need a
+ * seam for the source (they replace `openSource`), so "none" is not an option; with half of the
+ * effects behind the seam and half imported, neither a reader nor a test could tell which of
+ * them a run used. src/deploy/wiring.ts is the one place that names the implementations.
  */
 import type { readdir, rename, rm } from 'node:fs/promises';
 import type { Target } from '../../content/interfaces.ts';
