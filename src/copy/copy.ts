@@ -263,7 +263,7 @@ class GraphCopier {
       try {
         found.push({ desc: await src.resolve(tag, { signal }), tag });
       } catch (e) {
-        if (isTiuError(e, 'NOT_FOUND')) continue;
+        if (isTiuError(e, 'CONTENT_NOT_FOUND')) continue;
         throw new CopyError('resolve', 'source', src.name, e, subject.digest);
       }
     }
@@ -293,7 +293,7 @@ export async function copy(
   const root = await step('resolve', 'source', src, async () => {
     if (srcRef !== undefined) return src.resolve(srcRef, { signal: opts.signal });
     if (!src.resolveDefault)
-      throw new TiuError('MISSING_REFERENCE', `${src.name} needs a tag or digest to name the image`);
+      throw new TiuError('REFERENCE_MISSING', `${src.name} needs a tag or digest to name the image`);
     return src.resolveDefault({ signal: opts.signal });
   });
   if (opts.verify) await opts.verify(src, root);

@@ -213,14 +213,14 @@ export async function imageManifest(
   );
   if (!pick)
     throw new UpdateError(
-      'NO_MATCHING_PLATFORM',
+      'IMAGE_PLATFORM_MISSING',
       `${root.digest} has no image for ${platform.os}/${platform.architecture}`,
       { digest: root.digest, platform },
     );
   const second = await fetchManifest(target, pick, { signal });
   if (second.parsed.kind !== 'manifest')
     throw new UpdateError(
-      'INVALID_MANIFEST',
+      'MANIFEST_INVALID',
       `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`,
       { digest: pick.digest },
     );
@@ -229,16 +229,16 @@ export async function imageManifest(
 
 /**
  * The image's final tree must look like an operating system where tiu relies on it, before any
- * snapshot: a real /usr directory (NOT_AN_OS_IMAGE otherwise), and /etc, where the image has one,
+ * snapshot: a real /usr directory (IMAGE_NOT_OS otherwise), and /etc, where the image has one,
  * a real directory (the admin's /etc is merged into it, and on MicroOS it replaces a nested
- * subvolume: a symlink there is UNSAFE_PATH).
+ * subvolume: a symlink there is PATH_UNSAFE).
  */
 export function checkOsTree(entryAt: (path: string) => TreeEntry | undefined, image: string): void {
   // The trees checked have their implicit parents: a `usr/...` entry alone makes `usr` a directory.
   const usr = entryAt('usr');
   if (usr?.type !== 'dir')
     throw new UpdateError(
-      'NOT_AN_OS_IMAGE',
+      'IMAGE_NOT_OS',
       `${image} is not an operating system image: its tree has no /usr directory${usr ? ` (/usr is a ${usr.type})` : ''}`,
       { image },
     );
@@ -257,10 +257,10 @@ function checkOsPlan(d: DeltaTransfer, image: string): void {
   checkOsTree((p) => top.get(p), image);
 }
 
-/** An image manifest without layers has no tree to deploy: NO_LAYERS, before anything is fetched. */
+/** An image manifest without layers has no tree to deploy: IMAGE_LAYERS_MISSING, before anything is fetched. */
 function withLayers(desc: Descriptor, manifest: ImageManifest): ImageManifest {
   if (manifest.layers.length === 0)
-    throw new UpdateError('NO_LAYERS', `image manifest ${desc.digest} has no layers: there is no tree to deploy`, {
+    throw new UpdateError('IMAGE_LAYERS_MISSING', `image manifest ${desc.digest} has no layers: there is no tree to deploy`, {
       digest: desc.digest,
     });
   return manifest;
@@ -354,7 +354,7 @@ export function layerOpeners(
   for (const layer of manifest.layers) {
     if (!TAR_LAYER_TYPES.has(layer.mediaType)) {
       throw new UpdateError(
-        'UNSUPPORTED_LAYER',
+        'LAYER_UNSUPPORTED',
         `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`,
         { mediaType: layer.mediaType, digest: layer.digest },
       );
@@ -370,7 +370,7 @@ export function layerOpeners(
       pipeline(raw, verify).catch(() => undefined);
       return decompressed(layer.mediaType, verify, label, expansionLimit);
     };
-    // The apply names the layer in a refusal of its tar (BAD_TAR, BAD_ENTRY …).
+    // The apply names the layer in a refusal of its tar (TAR_INVALID, ENTRY_INVALID …).
     return Object.assign(open, { label });
   });
 }
@@ -379,7 +379,7 @@ export function layerOpeners(
 export async function verifyBlobs(target: Target, blobs: Descriptor[], signal?: AbortSignal): Promise<void> {
   for (const d of blobs) {
     if (!(await target.exists(d, { signal })))
-      throw new UpdateError('NOT_IN_CACHE', `blob ${d.digest} is missing from ${target.name}`, { digest: d.digest });
+      throw new UpdateError('CACHE_BLOB_MISSING', `blob ${d.digest} is missing from ${target.name}`, { digest: d.digest });
     const raw = await target.fetch(d, { signal });
     await pipeline(
       raw,
@@ -417,7 +417,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
   const image = opts.reference ?? config.image;
   if (!image)
     throw new UpdateError(
-      'NO_IMAGE',
+      'REFERENCE_MISSING',
       `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`,
     );
   if (opts.offline && opts.downloadOnly)
@@ -441,7 +441,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     const state = await readState(ctx);
     if (state.booted === undefined) {
       throw new UpdateError(
-        'NOT_SNAPSHOT_ROOT',
+        'SYSROOT_NOT_SNAPSHOT',
         `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`,
         { sysroot: ctx.sysroot },
       );
@@ -460,7 +460,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       progress(`looking up ${image} in the cache ${cacheDir}`);
       root = await cache.resolve(tag, { signal }).catch((e: unknown) => {
         throw new UpdateError(
-          'NOT_IN_CACHE',
+          'CACHE_BLOB_MISSING',
           `${image} is not in the cache ${cacheDir}; run 'tiu update --download-only ${image}' first`,
           { image, cache: cacheDir },
           { cause: e },
@@ -475,7 +475,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal });
       else
         throw new UpdateError(
-          'MISSING_REFERENCE',
+          'REFERENCE_MISSING',
           `${image} does not say which image of ${src.target.name} to use: add a tag or digest`,
           { image },
         );
@@ -619,7 +619,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       // A second copy of the admin's /etc waits aside while the image is written over the first
       // (so the image's /etc costs only what differs), then the merge writes into it.
       // Reads and writes in the snapshots outside the apply engine go through the rooted API:
-      // a symlink on the way (usr/lib/tiu -> /elsewhere) is UNSAFE_PATH, never followed.
+      // a symlink on the way (usr/lib/tiu -> /elsewhere) is PATH_UNSAFE, never followed.
       const newRd = await RootedDir.open(newRoot);
       const oldRd = await RootedDir.open(oldRoot);
       const aside = join(newRoot, ETC_ASIDE);
@@ -661,7 +661,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         await newRd.mkdir(parentOf(PRISTINE_ETC));
         await newRd.copyTree(newRd, 'etc', PRISTINE_ETC);
       }
-      // The old pristine /etc may be missing (the first update); a symlink on its way is UNSAFE_PATH.
+      // The old pristine /etc may be missing (the first update); a symlink on its way is PATH_UNSAFE.
       await oldRd.isDir(PRISTINE_ETC);
       await newRd.verifyDir(ETC_ASIDE);
       const theirs = newRd.abs(PRISTINE_ETC);
@@ -936,9 +936,9 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
 /** Failures that a later run may not meet: the network, the registry's load, a signal. */
 const TRANSIENT = [
   'REGISTRY_UNREACHABLE',
-  'TIMEOUT',
+  'REGISTRY_TIMEOUT',
   'REGISTRY_UNAVAILABLE',
-  'TOO_MANY_REQUESTS',
+  'REGISTRY_TOO_MANY_REQUESTS',
   'REGISTRY_TOO_SLOW',
   'ABORTED',
   'INTERRUPTED',
@@ -1014,14 +1014,14 @@ export async function checkUpdate(
   const image = opts.reference ?? config.image;
   if (!image)
     throw new UpdateError(
-      'NO_IMAGE',
+      'REFERENCE_MISSING',
       `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`,
     );
   const platform = opts.platform ?? { os: 'linux', architecture: ARCH[process.arch] ?? process.arch };
   const state = await readState(ctx);
   if (state.booted === undefined)
     throw new UpdateError(
-      'NOT_SNAPSHOT_ROOT',
+      'SYSROOT_NOT_SNAPSHOT',
       `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`,
       { sysroot: ctx.sysroot },
     );
@@ -1032,7 +1032,7 @@ export async function checkUpdate(
     else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal: opts.signal });
     else
       throw new UpdateError(
-        'MISSING_REFERENCE',
+        'REFERENCE_MISSING',
         `${image} does not say which image of ${src.target.name} to use: add a tag or digest`,
         { image },
       );

@@ -528,12 +528,12 @@ describe('deploy/apply on btrfs (integration)', function () {
       before = await listing(outside);
     });
     const cases: { name: string; tar: () => Buffer; code: string }[] = [
-      { name: '../ escape', tar: () => makeTar([file('../../outside/pwned', 'x')]), code: 'UNSAFE_PATH' },
-      { name: 'absolute path', tar: () => makeTar([file('/tmp/pwned', 'x')]), code: 'UNSAFE_PATH' },
+      { name: '../ escape', tar: () => makeTar([file('../../outside/pwned', 'x')]), code: 'PATH_UNSAFE' },
+      { name: 'absolute path', tar: () => makeTar([file('/tmp/pwned', 'x')]), code: 'PATH_UNSAFE' },
       {
         name: 'absolute symlink then a write through it',
         tar: () => makeTar([{ name: 'l', type: '2', linkname: outside }, file('l/passwd', 'pwned\n')]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'relative symlink up then a write through it',
@@ -542,27 +542,27 @@ describe('deploy/apply on btrfs (integration)', function () {
             { name: 'l', type: '2', linkname: '../../../../../../../..' + outside },
             file('l/passwd', 'pwned\n'),
           ]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'hardlink to a file outside (../)',
         tar: () => makeTar([{ name: 'h', type: '1', linkname: '../../outside/passwd' }]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'hardlink to an absolute path not in the tree',
         tar: () => makeTar([{ name: 'h', type: '1', linkname: join(outside, 'passwd') }]),
-        code: 'BAD_HARDLINK',
+        code: 'HARDLINK_INVALID',
       },
       {
         name: 'the root itself as a symlink',
         tar: () => makeTar([{ name: './', type: '2', linkname: outside }, file('passwd', 'pwned\n')]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'device where a directory is expected',
         tar: () => makeTar([{ name: 'd', type: '3', devmajor: 1, devminor: 3 }, file('d/x', 'x')]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
     ];
     for (const c of cases) {
@@ -619,7 +619,7 @@ describe('deploy/apply on btrfs (integration)', function () {
           plan,
           openerProvider(() => Readable.from([content])),
         ),
-        (e: unknown) => isTiuError(e, 'UNSAFE_PATH'),
+        (e: unknown) => isTiuError(e, 'PATH_UNSAFE'),
       );
       assert.equal(await listing(outside), before);
       assert.deepEqual((await readdir(target)).sort(), ['l']);
@@ -658,7 +658,7 @@ describe('deploy/apply on a full filesystem (integration)', function () {
     await small?.cleanup();
   });
 
-  it('a full disk gives NO_SPACE and leaves no staging directory behind', async () => {
+  it('a full disk gives DISK_FULL and leaves no staging directory behind', async () => {
     const size = 200 * 1024 * 1024;
     const chunk = Buffer.alloc(1024 * 1024, 0x5a);
     const h = createHash('sha256');
@@ -689,7 +689,7 @@ describe('deploy/apply on a full filesystem (integration)', function () {
           ),
         ),
       ),
-      (e: unknown) => isTiuError(e, 'NO_SPACE'),
+      (e: unknown) => isTiuError(e, 'DISK_FULL'),
     );
     assert.deepEqual(await readdir(target), []);
   });

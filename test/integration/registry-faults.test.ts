@@ -185,7 +185,7 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       assert.equal(fake.log.filter((l) => l.startsWith('PUT ')).length, puts, 'no PUT ?digest= for unverified content');
       assert.equal(await t.exists(wrong.desc), false);
       // Trailing bytes fail at once.
-      await assert.rejects(t.push(wrong.desc, Readable.from([wrong.data, Buffer.from('x')])), code('TRAILING_DATA'));
+      await assert.rejects(t.push(wrong.desc, Readable.from([wrong.data, Buffer.from('x')])), code('SIZE_MISMATCH'));
       assert.equal(await t.exists(wrong.desc), false);
     });
 
@@ -360,7 +360,7 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       await assert.rejects(tOnlyFresh.resolve(digest), code('REGISTRY_UNREACHABLE'));
     });
 
-    it('a blocked registry is refused with BLOCKED', () => {
+    it('a blocked registry is refused with REGISTRY_BLOCKED', () => {
       const conf = parseRegistriesConf(
         `[[registry]]\nprefix = "evil.example.com"\nblocked = true\n`,
         '/etc/containers/registries.conf.d/50-block.conf',
@@ -368,7 +368,7 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       assert.throws(
         () => openRegistryTarget(ref('evil.example.com/os:1'), { ...fast, registriesConf: conf }),
         (e: unknown) =>
-          isTiuError(e, 'BLOCKED') && e.message.includes('evil.example.com/os') && e.message.includes('50-block.conf'),
+          isTiuError(e, 'REGISTRY_BLOCKED') && e.message.includes('evil.example.com/os') && e.message.includes('50-block.conf'),
       );
       // other registries are not affected
       assert.ok(openRegistryTarget(ref('good.example.com/os:1'), { ...fast, registriesConf: conf }));

@@ -172,7 +172,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     // Dropped from the cache: offline there is nothing left to use, online it comes again.
     await unchanged(
       () => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true }),
-      'NOT_IN_CACHE',
+      'CACHE_BLOB_MISSING',
     );
     const again = await update(deps(), {
       sysroot: os.sysroot,
@@ -187,7 +187,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
   it('an image the policy refuses is refused before a snapshot exists and before it reaches the cache', async () => {
     await unchanged(
       () => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks }),
-      'NO_SIGNATURE',
+      'SIGNATURE_MISSING',
     );
     const cache = await OciLayoutTarget.open(cacheDir());
     assert.equal(await cache.exists(unsigned.manifest), false);
@@ -268,7 +268,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
       for (const l of v2.layers) assert.equal(await cache.exists(l), true);
       await assert.rejects(
         update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks, offline: true }),
-        (e: unknown) => isTiuError(e, 'NOT_IN_CACHE'),
+        (e: unknown) => isTiuError(e, 'CACHE_BLOB_MISSING'),
       );
     } finally {
       await rename(moved, images);

@@ -101,7 +101,7 @@ describe('bundle tree rules', function () {
     assert.deepEqual(out, ['etc', 'etc/a', 'usr', 'usr/lib', 'usr/lib/tiu', 'usr/lib/tiu/etc', 'usr/lib/tiu/etc/a']);
     assert.throws(
       () => applyTreeRules([], { mtime: 0, exclude: ['/'] }),
-      (err) => isTiuError(err, 'BUILD_BAD_OPTION'),
+      (err) => isTiuError(err, 'BUILD_OPTION_INVALID'),
     );
   });
 

@@ -190,7 +190,7 @@ describe('copy', () => {
       assert.match(e.message, new RegExp(bad.digest.replace(':', '.')));
       return true;
     });
-    await assert.rejects(dst.resolve('t'), (e: unknown) => isTiuError(e, 'NOT_FOUND'));
+    await assert.rejects(dst.resolve('t'), (e: unknown) => isTiuError(e, 'CONTENT_NOT_FOUND'));
     assert.equal(await dst.exists(img.manifest), false);
     assert.equal(await dst.exists(bad), false);
   });
@@ -223,7 +223,7 @@ describe('copy', () => {
       assert.ok(e instanceof CopyError);
       assert.equal(e.op, 'resolve');
       assert.equal(e.origin, 'source');
-      assert.equal(e.details.causeCode, 'NOT_FOUND');
+      assert.equal(e.details.causeCode, 'CONTENT_NOT_FOUND');
       return true;
     });
   });
@@ -274,7 +274,7 @@ describe('copy', () => {
     const plain = new MemoryTarget();
     await copy(src, 't', plain, 't');
     assert.equal(await plain.exists(sig.manifest), false);
-    await assert.rejects(plain.resolve(sigTag), (e: unknown) => isTiuError(e, 'NOT_FOUND'));
+    await assert.rejects(plain.resolve(sigTag), (e: unknown) => isTiuError(e, 'CONTENT_NOT_FOUND'));
 
     const dst = new MemoryTarget();
     await copy(src, 't', dst, 't', { referrers: true });

@@ -71,7 +71,7 @@ describe('oci archive', () => {
       MediaType.OciManifest,
     );
     await w.tag(m, 'v1');
-    await assert.rejects(OciArchiveTarget.open(path), code('NOT_FOUND'));
+    await assert.rejects(OciArchiveTarget.open(path), code('CONTENT_NOT_FOUND'));
     await w.close();
     // the temporary layout is gone; only the archive remains
     assert.deepEqual(await readdir(dir), ['img.tar']);
@@ -114,7 +114,7 @@ describe('oci archive', () => {
     for (const [what, bytes] of cases) {
       const p = join(dir, `${what}.tar`);
       await writeFile(p, bytes);
-      await assert.rejects(OciArchiveTarget.open(p, { tmpDir: dir }), code('INVALID_ARCHIVE'), what);
+      await assert.rejects(OciArchiveTarget.open(p, { tmpDir: dir }), code('ARCHIVE_INVALID'), what);
     }
     // nothing extracted is left behind
     assert.ok((await readdir(dir)).every((n) => n.endsWith('.tar')));

@@ -216,11 +216,11 @@ describe('planner: ancestors of preserved paths are never deleted', () => {
     const o = old({ boot: 'dir', 'boot/grub2': 'dir', 'boot/grub2/x86_64-efi': 'dir', var: 'dir' });
     await assert.rejects(
       planApply(flattenLayers([[e(''), e('boot', 'symlink')]]), o, hasher, { preserve }),
-      (x: unknown) => isTiuError(x, 'UNSAFE_PATH'),
+      (x: unknown) => isTiuError(x, 'PATH_UNSAFE'),
     );
     await assert.rejects(
       planApply(flattenLayers([[e(''), e('var', 'symlink')]]), o, hasher, { preserve }),
-      (x: unknown) => isTiuError(x, 'UNSAFE_PATH'),
+      (x: unknown) => isTiuError(x, 'PATH_UNSAFE'),
     );
     const ok = await planApply(flattenLayers([[e(''), e('boot'), e('boot/grub2')]]), o, hasher, { preserve });
     assert.deepEqual(ok.deletes, []);
