@@ -25,7 +25,7 @@ import {
   subvolumeSnapshot,
 } from '../host/btrfs.ts';
 import { mountInfo, unmount } from '../host/mount.ts';
-import { TiuError } from '../errors.ts';
+import { TiuError, type ErrorCode } from '../errors.ts';
 import { RootedDir } from './rooted.ts';
 import { readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
 import type { SystemdBoot } from './boot/systemd-boot.ts';
@@ -33,7 +33,7 @@ import { LOADER_DEFAULT } from './boot/entries.ts';
 import type { TiuConfig } from './config.ts';
 
 export class SnapshotError extends TiuError {
-  constructor(code: string, message: string, details: Record<string, unknown> = {}) {
+  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}) {
     super(code, message, details);
   }
 }

@@ -33,7 +33,7 @@ import type { TreeEntry } from './apply/types.ts';
 import { keepMountPoints, reservedOf } from './mount-points.ts';
 import type { EtcConflict, EtcMergeReport } from './etc-merge.ts';
 import type { IdClash, UsersMergeResult } from './users-merge.ts';
-import { TiuError, asError, isTiuError, someCause } from '../errors.ts';
+import { TiuError, asError, isDiskFullError, isTiuError, isTransientError } from '../errors.ts';
 import { hasSelinuxLabel, selinuxConfigWants } from '../host/selinux.ts';
 import { parentOf } from './apply/paths.ts';
 import { RootedDir } from './rooted.ts';
@@ -727,7 +727,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       } catch (d) {
         progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
       }
-      if (isNoSpace(e) || someCause(e, (x) => isTiuError(x, 'DISK_FULL'))) {
+      if (isNoSpace(e)) {
         throw new UpdateError(
           'DISK_FULL',
           `no space left on the filesystem of ${ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`,
@@ -923,7 +923,7 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
   try {
     return await step();
   } catch (e) {
-    if (!isNoSpace(e) && !someCause(e, (x) => isTiuError(x, 'DISK_FULL'))) throw e;
+    if (!isNoSpace(e)) throw e;
     throw new UpdateError(
       'DISK_FULL',
       `no space left on the filesystem of the cache ${cacheDir} while fetching ${image}; no snapshot was made: ${asError(e).message}`,
@@ -933,28 +933,17 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
   }
 }
 
-/** Failures that a later run may not meet: the network, the registry's load, a signal. */
-const TRANSIENT = [
-  'REGISTRY_UNREACHABLE',
-  'REGISTRY_TIMEOUT',
-  'REGISTRY_UNAVAILABLE',
-  'REGISTRY_TOO_MANY_REQUESTS',
-  'REGISTRY_TOO_SLOW',
-  'ABORTED',
-  'INTERRUPTED',
-];
+/**
+ * Whether the delta's content store is worth keeping for the next run: the failure is transient
+ * (a retry may get past it) and not a full disk, which the store itself helps fill.
+ */
 function isTransient(e: unknown, signal?: AbortSignal): boolean {
-  return signal?.aborted === true || someCause(e, (x) => TRANSIENT.some((c) => isTiuError(x, c)));
+  return signal?.aborted === true || (isTransientError(e) && !isDiskFullError(e));
 }
 
-/** ENOSPC anywhere in the cause chain (fs calls, a program's stderr, a wrapped error). */
+/** A full disk anywhere in the cause chain (DISK_FULL, or Node's ENOSPC/EDQUOT). */
 function isNoSpace(e: unknown): boolean {
-  return someCause(
-    e,
-    (x) =>
-      (x as NodeJS.ErrnoException).code === 'ENOSPC' ||
-      (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)),
-  );
+  return isDiskFullError(e);
 }
 
 /**

@@ -41,7 +41,7 @@ export async function resolveOptional(target: Target, reference: string): Promis
   try {
     return await target.resolve(reference);
   } catch (e) {
-    if (isTiuError(e, 'CONTENT_NOT_FOUND') || isTiuError(e, 'MANIFEST_UNKNOWN') || isTiuError(e, 'TAG_NOT_FOUND'))
+    if (isTiuError(e, 'CONTENT_NOT_FOUND'))
       return undefined;
     throw e;
   }

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import type { Target } from '../../src/content/interfaces.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
@@ -66,7 +66,7 @@ async function pushImage(
   return { layer, config, manifest, manifestBytes };
 }
 
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 export function runTargetContract(name: string, make: () => Promise<Made>, features: ContractFeatures = {}): void {
   const f = { referrers: true, tags: true, ranges: true, ...features };

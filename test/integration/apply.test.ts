@@ -11,7 +11,7 @@ import { scanDirectory } from '../../src/bundle/source-dir.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { run } from '../../src/host/exec.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import {
   applyFromToc,
   applyTarLayers,
@@ -527,7 +527,7 @@ describe('deploy/apply on btrfs (integration)', function () {
       await writeFile(join(outside, 'passwd'), 'root:x:0:0::/root:/bin/sh\n');
       before = await listing(outside);
     });
-    const cases: { name: string; tar: () => Buffer; code: string }[] = [
+    const cases: { name: string; tar: () => Buffer; code: ErrorCode }[] = [
       { name: '../ escape', tar: () => makeTar([file('../../outside/pwned', 'x')]), code: 'PATH_UNSAFE' },
       { name: 'absolute path', tar: () => makeTar([file('/tmp/pwned', 'x')]), code: 'PATH_UNSAFE' },
       {

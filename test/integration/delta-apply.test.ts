@@ -37,7 +37,7 @@ import {
   type DeltaTransfer,
 } from '../../src/deploy/delta/index.ts';
 import { layerOpeners } from '../../src/deploy/update.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { run } from '../../src/host/exec.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
 import { chunkedLayer, pushLayers, type CraftedEntry } from '../helpers/chunked-layer.ts';
@@ -84,7 +84,7 @@ const v2: TarSpec[] = [
 ];
 
 const sha = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 const nothing = { bytes: 0, requests: 0, files: 0 };
 
 /** A source whose ranged reads are counted. */
@@ -387,7 +387,7 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
       toc: { type: 'reg', name, mode: 0o644 },
       content: Buffer.from(content),
     });
-    const cases: { name: string; entries: () => CraftedEntry[]; code: string }[] = [
+    const cases: { name: string; entries: () => CraftedEntry[]; code: ErrorCode }[] = [
       { name: '../ escape', entries: () => [reg('../../outside/pwned', 'x')], code: 'PATH_UNSAFE' },
       { name: 'absolute path', entries: () => [reg('/tmp/pwned', 'x')], code: 'PATH_UNSAFE' },
       {

@@ -23,7 +23,7 @@ import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest } from '../../src/oci/types.ts';
 import type { TocEntry } from '../../src/bundle/toc.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { parseConfig, type TiuConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { update, type UpdateResult } from '../../src/deploy/update.ts';
@@ -147,7 +147,7 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
   }
 
   /** The update fails with `codes[0]` (or one of `codes`), and nothing changed. */
-  async function refused(reference: string, codes: string[], config: TiuConfig = noHooks): Promise<void> {
+  async function refused(reference: string, codes: ErrorCode[], config: TiuConfig = noHooks): Promise<void> {
     const before = await state();
     const outsideBefore = await fingerprint(outside);
     const mountsBefore = await mountPoints();

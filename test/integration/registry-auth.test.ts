@@ -176,12 +176,18 @@ describe('registry transport: authentication', function () {
         () => undefined,
         (e: { stdout: string }) =>
           JSON.parse(e.stdout) as {
-            error: { code: string; message: string; details: { causeCode?: string; origin?: string } };
+            error: {
+              code: string;
+              message: string;
+              details: { causeCode?: string; origin?: string };
+              cause?: { code: string };
+            };
           },
       );
       // copy() reports it as COPY_FAILED on the destination, with the registry's code as the cause
       assert.equal(failed?.error.code, 'COPY_FAILED');
       assert.equal(failed.error.details.causeCode, 'REGISTRY_UNAUTHORIZED');
+      assert.equal(failed.error.cause?.code, 'REGISTRY_UNAUTHORIZED');
       assert.equal(failed.error.details.origin, 'destination');
       assert.ok(failed.error.message.includes(reg.host));
       await tiu('copy', `oci:${layout}:1`, `docker://${reg.host}/cli/os:1`, '--dest-creds', `${USER}:${PASS}`);

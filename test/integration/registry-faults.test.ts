@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { copy } from '../../src/copy/copy.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
@@ -27,7 +27,7 @@ import { blobOf, makeImage, pushImage, readAll } from '../helpers/images.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 const ref = (s: string): DockerReference => parseReference(`docker://${s}`) as DockerReference;
 const fast: RegistryClientOptions = { registriesConf: false, backoffBaseMs: 5, backoffMaxMs: 20 };
 

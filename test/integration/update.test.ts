@@ -9,7 +9,7 @@ import { buildBundle } from '../../src/bundle/build.ts';
 import { buildImage, installPolicy, signInLayout, type BuiltImage } from '../helpers/update-deps.ts';
 import { productionDeps } from '../../src/deploy/wiring.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
-import { isTiuError, type TiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode, type TiuError } from '../../src/errors.ts';
 import { parseConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
@@ -113,7 +113,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     b[b.length - 20] = b[b.length - 20]! ^ 0xff;
     await writeFile(file, b);
   };
-  const unchanged = async (f: () => Promise<unknown>, code: string, more: (e: TiuError) => boolean = () => true) => {
+  const unchanged = async (f: () => Promise<unknown>, code: ErrorCode, more: (e: TiuError) => boolean = () => true) => {
     const before = await state();
     await assert.rejects(f(), (e: unknown) => isTiuError(e, code) && more(e));
     const after = await state();

@@ -212,7 +212,11 @@ describe('copy', () => {
       assert.ok(e instanceof CopyError);
       assert.equal(e.origin, 'destination');
       assert.equal(e.op, 'push');
+      // Node's ENOSPC is a full disk where it is caught; the errno stays visible as the cause
+      assert.equal(e.code, 'DISK_FULL');
+      assert.equal(e.transient, true);
       assert.equal(e.details.causeCode, 'ENOSPC');
+      assert.equal(e.causeCode, 'ENOSPC');
       return true;
     });
     assert.equal(await inner.exists(img.manifest), false);
@@ -223,7 +227,9 @@ describe('copy', () => {
       assert.ok(e instanceof CopyError);
       assert.equal(e.op, 'resolve');
       assert.equal(e.origin, 'source');
+      assert.equal(e.code, 'COPY_FAILED');
       assert.equal(e.details.causeCode, 'CONTENT_NOT_FOUND');
+      assert.equal(e.causeCode, 'CONTENT_NOT_FOUND');
       return true;
     });
   });

@@ -25,11 +25,11 @@ import {
   rangeBytes,
   storeProvider,
 } from '../../src/deploy/delta/index.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
 
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 function entry(path: string, layer: number, offset: number, endOffset: number, size = 100): TreeEntry {
   return {

@@ -6,13 +6,13 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { OciArchiveTarget } from '../../src/content/oci-archive.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Target } from '../../src/content/interfaces.ts';
 import { runTargetContract } from '../helpers/target-contract.ts';
 
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 runTargetContract('oci archive', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'tiu-archive-test-'));

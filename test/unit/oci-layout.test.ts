@@ -8,13 +8,13 @@ import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { withLock } from '../../src/content/lock.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 import { runTargetContract } from '../helpers/target-contract.ts';
 
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 runTargetContract('oci layout', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'tiu-layout-'));

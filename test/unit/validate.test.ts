@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType } from '../../src/oci/mediatypes.ts';
 import {
@@ -31,7 +31,7 @@ const manifest = (over: Record<string, unknown> = {}) => ({
   ...over,
 });
 const bytes = (v: unknown) => Buffer.from(JSON.stringify(v));
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 describe('validate', () => {
   it('accepts a good descriptor and rejects bad fields by name', () => {

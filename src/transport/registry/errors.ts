@@ -32,7 +32,7 @@ export class BlockedError extends RegistryError {
 
 /** Connection refused/reset, DNS, or a timeout after the retries ran out. */
 export class UnreachableError extends RegistryError {
-  constructor(host: string, why: string, code = 'REGISTRY_UNREACHABLE') {
+  constructor(host: string, why: string, code: 'REGISTRY_UNREACHABLE' | 'REGISTRY_TIMEOUT' = 'REGISTRY_UNREACHABLE') {
     super(code, `registry ${host} unreachable: ${why}`, { host });
   }
 }
