@@ -103,7 +103,7 @@ export const ERROR_CODES = {
   },
   REFERENCE_MISSING: {
     meaning: 'no image is named: no reference given and none configured, or a source that needs a tag or digest',
-    action: "give a reference with a tag or digest, or set `image` in /etc/tiu/tiu.conf",
+    action: 'give a reference with a tag or digest, or set `image` in /etc/tiu/tiu.conf',
     transient: false,
   },
   TAG_INVALID: {
@@ -142,7 +142,8 @@ export const ERROR_CODES = {
     transient: true,
   },
   COPY_FAILED: {
-    meaning: 'a copy between two targets failed; the cause code (`[COPY_FAILED <- CAUSE]`, `error.cause.code`) says why',
+    meaning:
+      'a copy between two targets failed; the cause code (`[COPY_FAILED <- CAUSE]`, `error.cause.code`) says why',
     action: 'see the cause code',
     transient: false,
   },
@@ -185,7 +186,7 @@ export const ERROR_CODES = {
   },
   REGISTRY_DENIED: {
     meaning: 'a registry denied the request (403)',
-    action: 'check the account\'s rights on the repository',
+    action: "check the account's rights on the repository",
     transient: false,
   },
   REGISTRY_BLOCKED: {
@@ -232,7 +233,7 @@ export const ERROR_CODES = {
   },
   SIGNATURE_DIGEST_MISMATCH: {
     meaning: 'a valid signature names another manifest digest (a replayed signature)',
-    action: 'sign this image; do not reuse another image\'s signature',
+    action: "sign this image; do not reuse another image's signature",
     transient: false,
   },
   SIGNATURE_PAYLOAD_INVALID: {
@@ -355,7 +356,7 @@ export const ERROR_CODES = {
 
   // tiu update: the image and its layers (src/deploy)
   IMAGE_PLATFORM_MISSING: {
-    meaning: 'an image index has no image for this machine\'s OS and architecture',
+    meaning: "an image index has no image for this machine's OS and architecture",
     action: 'build and push the image for this architecture',
     transient: false,
   },
@@ -390,12 +391,14 @@ export const ERROR_CODES = {
     transient: false,
   },
   ENTRY_INVALID: {
-    meaning: 'a tree entry is malformed (unknown type, a name that is not UTF-8, a component over 255 bytes, bad numbers)',
+    meaning:
+      'a tree entry is malformed (unknown type, a name that is not UTF-8, a component over 255 bytes, bad numbers)',
     action: 'fix the named entry in the image',
     transient: false,
   },
   XATTR_INVALID: {
-    meaning: 'an extended attribute tiu does not set: a name with a newline or `=`, another namespace, a value over 64 KiB',
+    meaning:
+      'an extended attribute tiu does not set: a name with a newline or `=`, another namespace, a value over 64 KiB',
     action: 'remove the attribute from the image',
     transient: false,
   },
@@ -492,7 +495,7 @@ export const ERROR_CODES = {
     transient: false,
   },
   ETC_MERGE_FAILED: {
-    meaning: "the three-way merge of /etc could not write a file into the new snapshot",
+    meaning: 'the three-way merge of /etc could not write a file into the new snapshot',
     action: 'check the named path in the image and in /etc',
     transient: false,
   },
@@ -508,12 +511,12 @@ export const ERROR_CODES = {
   },
   COMMAND_FAILED: {
     meaning: 'a program tiu runs failed; the message has its argv and the end of its stderr',
-    action: 'read the program\'s error in the message',
+    action: "read the program's error in the message",
     transient: false,
   },
   BTRFS_FAILED: {
     meaning: 'btrfs printed something tiu cannot read',
-    action: 'check btrfs-progs\' version and the filesystem',
+    action: "check btrfs-progs' version and the filesystem",
     transient: false,
   },
   SNAPPER_FAILED: {
@@ -529,7 +532,8 @@ export const ERROR_CODES = {
 
   // systemd-boot (src/deploy/boot, src/host/esp.ts)
   CMDLINE_INVALID: {
-    meaning: 'a kernel command line (/etc/kernel/cmdline, kernel-cmdline) is too long, not UTF-8 or has control characters',
+    meaning:
+      'a kernel command line (/etc/kernel/cmdline, kernel-cmdline) is too long, not UTF-8 or has control characters',
     action: 'correct the command line in the image or tiu.conf',
     transient: false,
   },
@@ -549,8 +553,8 @@ export const ERROR_CODES = {
     transient: false,
   },
   ESP_FULL: {
-    meaning: "the ESP has no room for the new kernel and initrd even after unused ones were removed",
-    action: 'free space on the ESP (other boot loaders\' files) or make it larger',
+    meaning: 'the ESP has no room for the new kernel and initrd even after unused ones were removed',
+    action: "free space on the ESP (other boot loaders' files) or make it larger",
     transient: true,
   },
   ESP_SOURCE_CHANGED: {

@@ -103,23 +103,43 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 /**
- * One line `tiu: error: MESSAGE [CODE]`, or `[CODE <- CAUSE]` when the error wraps another code
- * (COPY_FAILED over CONTENT_NOT_FOUND); with --json `{"error":{code,message,details,cause?}}`.
- * The exit status is the code's (2 for USAGE, else 1).
+ * What the CLI says about a failure: one line `tiu: error: MESSAGE [CODE]`, or `[CODE <- CAUSE]`
+ * when the error wraps another code (COPY_FAILED over CONTENT_NOT_FOUND); for --json
+ * `{"error":{code,message,details,cause?:{code}}}`; the exit status is the code's (src/error-codes.ts).
  */
-function reportError(e: unknown, json: boolean): number {
+export function describeError(e: unknown): {
+  code: ErrorCode;
+  line: string;
+  json: { error: { code: ErrorCode; message: string; details: Record<string, unknown>; cause?: { code: string } } };
+  status: number;
+} {
   const err = asError(e);
   const code: ErrorCode = err instanceof TiuError ? err.code : 'INTERNAL';
   const causeCode = err instanceof TiuError ? err.causeCode : undefined;
-  if (json) {
-    const details = err instanceof TiuError ? err.details : {};
-    const cause = causeCode !== undefined ? { cause: { code: causeCode } } : {};
-    process.stdout.write(JSON.stringify({ error: { code, message: err.message, details, ...cause } }, null, 2) + '\n');
-  } else {
-    process.stderr.write(`tiu: error: ${err.message} [${code}${causeCode !== undefined ? ` <- ${causeCode}` : ''}]\n`);
-    if (code === 'INTERNAL' && process.env.TIU_DEBUG) process.stderr.write(`${err.stack}\n`);
+  const details = err instanceof TiuError ? err.details : {};
+  return {
+    code,
+    line: `tiu: error: ${err.message} [${code}${causeCode !== undefined ? ` <- ${causeCode}` : ''}]`,
+    json: {
+      error: {
+        code,
+        message: err.message,
+        details,
+        ...(causeCode !== undefined ? { cause: { code: causeCode } } : {}),
+      },
+    },
+    status: exitStatusOf(code),
+  };
+}
+
+function reportError(e: unknown, json: boolean): number {
+  const d = describeError(e);
+  if (json) process.stdout.write(JSON.stringify(d.json, null, 2) + '\n');
+  else {
+    process.stderr.write(d.line + '\n');
+    if (d.code === 'INTERNAL' && process.env.TIU_DEBUG) process.stderr.write(`${asError(e).stack}\n`);
   }
-  return exitStatusOf(code);
+  return d.status;
 }
 
 if (import.meta.main) {

@@ -33,7 +33,12 @@ export type CopyOrigin = 'source' | 'destination';
  * COPY_FAILED; `causeCode` (details.causeCode, error.cause.code in the CLI's --json) and
  * `op`/`origin` say the rest.
  */
-const KEEP_CODE: ReadonlySet<ErrorCode> = new Set(['DIGEST_MISMATCH', 'SIZE_MISMATCH', 'REGISTRY_TOO_SLOW', 'DISK_FULL']);
+const KEEP_CODE: ReadonlySet<ErrorCode> = new Set([
+  'DIGEST_MISMATCH',
+  'SIZE_MISMATCH',
+  'REGISTRY_TOO_SLOW',
+  'DISK_FULL',
+]);
 
 /** The code a copy error over `err` takes: a kept cause's, DISK_FULL for Node's ENOSPC, else COPY_FAILED. */
 function copyCode(err: Error): ErrorCode {

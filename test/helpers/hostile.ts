@@ -438,7 +438,7 @@ export async function createHostileEnv(
     async expectRefused(ref, codes, o = {}) {
       const want = typeof codes === 'string' ? [codes] : codes;
       const before = await env.world();
-      let jerr: { code: string; message: string } | undefined;
+      let jerr: ReturnType<typeof jsonError> | undefined;
       if (o.json !== false) {
         const j = await env.update(ref, { json: true, timeoutMs: o.timeoutMs });
         assert.equal(j.timedOut, false, `tiu update --json did not end within ${o.timeoutMs ?? 120_000} ms`);
