@@ -199,7 +199,8 @@ export async function readTreeOsRelease(entries: readonly TreeEntry[]): Promise<
 }
 
 function parseAnnotations(a: Record<string, string>): Record<string, string> {
-  for (const k of Object.keys(a)) if (k === '') throw new BuildError('BUILD_OPTION_INVALID', 'an annotation needs a key');
+  for (const k of Object.keys(a))
+    if (k === '') throw new BuildError('BUILD_OPTION_INVALID', 'an annotation needs a key');
   return a;
 }
 

@@ -260,9 +260,13 @@ function checkOsPlan(d: DeltaTransfer, image: string): void {
 /** An image manifest without layers has no tree to deploy: IMAGE_LAYERS_MISSING, before anything is fetched. */
 function withLayers(desc: Descriptor, manifest: ImageManifest): ImageManifest {
   if (manifest.layers.length === 0)
-    throw new UpdateError('IMAGE_LAYERS_MISSING', `image manifest ${desc.digest} has no layers: there is no tree to deploy`, {
-      digest: desc.digest,
-    });
+    throw new UpdateError(
+      'IMAGE_LAYERS_MISSING',
+      `image manifest ${desc.digest} has no layers: there is no tree to deploy`,
+      {
+        digest: desc.digest,
+      },
+    );
   return manifest;
 }
 
@@ -379,7 +383,9 @@ export function layerOpeners(
 export async function verifyBlobs(target: Target, blobs: Descriptor[], signal?: AbortSignal): Promise<void> {
   for (const d of blobs) {
     if (!(await target.exists(d, { signal })))
-      throw new UpdateError('CACHE_BLOB_MISSING', `blob ${d.digest} is missing from ${target.name}`, { digest: d.digest });
+      throw new UpdateError('CACHE_BLOB_MISSING', `blob ${d.digest} is missing from ${target.name}`, {
+        digest: d.digest,
+      });
     const raw = await target.fetch(d, { signal });
     await pipeline(
       raw,

@@ -236,7 +236,9 @@ describe('registry transport: authentication', function () {
       await assert.rejects(
         anon.push(b.desc, Readable.from([b.data])),
         (e: unknown) =>
-          isTiuError(e, 'REGISTRY_UNAUTHORIZED') && e.message.includes(reg.host) && e.message.includes('no credentials'),
+          isTiuError(e, 'REGISTRY_UNAUTHORIZED') &&
+          e.message.includes(reg.host) &&
+          e.message.includes('no credentials'),
       );
       await assert.rejects(
         open(reg.host, 'tiu/tok').resolve('latest'),

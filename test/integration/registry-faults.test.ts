@@ -368,7 +368,9 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       assert.throws(
         () => openRegistryTarget(ref('evil.example.com/os:1'), { ...fast, registriesConf: conf }),
         (e: unknown) =>
-          isTiuError(e, 'REGISTRY_BLOCKED') && e.message.includes('evil.example.com/os') && e.message.includes('50-block.conf'),
+          isTiuError(e, 'REGISTRY_BLOCKED') &&
+          e.message.includes('evil.example.com/os') &&
+          e.message.includes('50-block.conf'),
       );
       // other registries are not affected
       assert.ok(openRegistryTarget(ref('good.example.com/os:1'), { ...fast, registriesConf: conf }));

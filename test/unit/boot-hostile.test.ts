@@ -105,7 +105,9 @@ describe('deploy/boot with hostile image data', () => {
       await writeFile(join(snap, 'usr/lib/modules/6.1.0/vmlinuz'), 'kernel');
       await writeFile(join(snap, 'etc/kernel/cmdline'), '');
       await truncate(join(snap, 'etc/kernel/cmdline'), 4 * 1024 ** 3); // sparse 4 GiB: readFile would throw ERR_FS_FILE_TOO_LARGE
-      await assert.rejects(new SystemdBoot(esp).prepare(ctx(), 1, {}), (e: unknown) => isTiuError(e, 'CMDLINE_INVALID'));
+      await assert.rejects(new SystemdBoot(esp).prepare(ctx(), 1, {}), (e: unknown) =>
+        isTiuError(e, 'CMDLINE_INVALID'),
+      );
     });
   });
 });

@@ -110,7 +110,10 @@ describe('validate', () => {
       () => parseConfigBytes(bytes({ ...cfg, rootfs: { type: 'layers', diff_ids: ['bad'] } })),
       code('IMAGE_CONFIG_INVALID'),
     );
-    assert.throws(() => parseConfigBytes(bytes({ ...cfg, config: { Labels: { a: 1 } } })), code('IMAGE_CONFIG_INVALID'));
+    assert.throws(
+      () => parseConfigBytes(bytes({ ...cfg, config: { Labels: { a: 1 } } })),
+      code('IMAGE_CONFIG_INVALID'),
+    );
   });
 
   it('reads streams with a cap', async () => {

@@ -60,7 +60,10 @@ const command: Command = {
     const layersText = optString(options, 'layers');
     const layers = layersText === undefined ? undefined : Number(layersText);
     if (layers !== undefined && !Number.isInteger(layers))
-      throw new BuildError('BUILD_OPTION_INVALID', `--layers must be a whole number, got ${JSON.stringify(layersText)}`);
+      throw new BuildError(
+        'BUILD_OPTION_INVALID',
+        `--layers must be a whole number, got ${JSON.stringify(layersText)}`,
+      );
     const annotations = parseAnnotations(optStrings(options, 'annotation'));
 
     let src: OpenedReference | undefined;

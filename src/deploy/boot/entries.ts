@@ -165,7 +165,8 @@ export function kernelRel(kver: string, kind: 'linux' | 'initrd', sha256: string
 
 /** The options line: root by filesystem UUID, the snapshot's subvolume, then the image's and the admin's additions. */
 export function entryOptions(fsUuid: string, subvol: string, image: string[], admin: string[]): string[] {
-  if (!/^[0-9a-f-]{36}$/.test(fsUuid)) throw new BootError('CMDLINE_INVALID', `filesystem UUID '${fsUuid}' is not a UUID`);
+  if (!/^[0-9a-f-]{36}$/.test(fsUuid))
+    throw new BootError('CMDLINE_INVALID', `filesystem UUID '${fsUuid}' is not a UUID`);
   if (!/^[A-Za-z0-9@._/-]+$/.test(subvol))
     throw new BootError('CMDLINE_INVALID', `subvolume path '${subvol}' cannot be written into a command line`);
   return [`root=UUID=${fsUuid}`, `rootflags=subvol=${subvol}`, ...image, ...admin];
