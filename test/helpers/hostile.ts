@@ -105,7 +105,7 @@ export function runTiu(
 
 export interface CliError {
   code: string;
-  /** The wrapped error's code: `[CODE <- CAUSE]`. */
+  /** The wrapped error's code: `[CODE <- CAUSE]` (a tiu code, or Node's or zstd's own). */
   causeCode?: string;
   message: string;
   line: string;
@@ -122,7 +122,7 @@ export function cliError(r: Ran): CliError {
   assert.equal(errLines.length, 1, `one 'tiu: error:' line on stderr, got:\n${r.stderr}`);
   const line = lines.at(-1)!;
   assert.equal(line, errLines[0], `the error line is the last line of stderr (a one-line message), got:\n${r.stderr}`);
-  const m = /^tiu: error: (.+) \[([A-Z][A-Z0-9_]*)(?: <- ([A-Z][A-Z0-9_]*))?\]$/.exec(line);
+  const m = /^tiu: error: (.+) \[([A-Z][A-Z0-9_]*)(?: <- (\w+))?\]$/.exec(line);
   assert.ok(m, `'tiu: error: MESSAGE [CODE]': ${line}`);
   assert.equal(r.stdout, '', 'nothing on stdout');
   return { message: m[1]!, code: m[2]!, ...(m[3] ? { causeCode: m[3] } : {}), line };

@@ -1,5 +1,5 @@
 /** Typed errors of the diff-apply engine. Tests assert on `code`. */
-import { TiuError } from '../../errors.ts';
+import { TiuError, type ErrorCode } from '../../errors.ts';
 
 /** An entry name or link target that would leave the root, or a write through a non-directory. */
 export class UnsafePathError extends TiuError {
@@ -62,7 +62,13 @@ export function mapFsError(e: unknown, root: string): unknown {
 }
 
 /** Refusals of an image's tar that name the entry; `inLayer` adds which layer it is in. */
-const LAYER_NAMED = new Set(['TAR_INVALID', 'ENTRY_INVALID', 'PATH_UNSAFE', 'HARDLINK_INVALID', 'XATTR_INVALID']);
+const LAYER_NAMED: ReadonlySet<ErrorCode> = new Set([
+  'TAR_INVALID',
+  'ENTRY_INVALID',
+  'PATH_UNSAFE',
+  'HARDLINK_INVALID',
+  'XATTR_INVALID',
+]);
 
 /**
  * `e`, thrown while layer `k` (0-based) was read, naming that layer (TAR_INVALID becomes

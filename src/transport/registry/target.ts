@@ -5,7 +5,7 @@
  * registry has it, else the `sha256-<hex>` tag-schema index, which pushes keep up to date.
  */
 import { Readable } from 'node:stream';
-import { TiuError } from '../../errors.ts';
+import { TiuError, type ErrorCode } from '../../errors.ts';
 import { NotFoundError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
 import type { FetchOptions, PushOptions, Target } from '../../content/interfaces.ts';
 import { Semaphore } from '../../content/semaphore.ts';
@@ -29,7 +29,7 @@ export interface RegistryClientOptions extends SessionOptions, ClientTuning {
 }
 
 /** Errors after which the next pull endpoint (a mirror, then the primary) is tried. */
-const FAILOVER = new Set([
+const FAILOVER: ReadonlySet<ErrorCode> = new Set([
   'CONTENT_NOT_FOUND', 'REGISTRY_UNREACHABLE', 'REGISTRY_TIMEOUT', 'TLS_ERROR', 'REGISTRY_UNAVAILABLE', 'REGISTRY_TOO_MANY_REQUESTS',
   'REGISTRY_UNAUTHORIZED', 'REGISTRY_DENIED', 'REGISTRY_ERROR', 'DIGEST_MISMATCH', 'SIZE_MISMATCH', 'MANIFEST_TOO_LARGE', 'REGISTRY_TOO_SLOW',
 ]);
