@@ -107,10 +107,10 @@ export function comparePaths(a: string, b: string): number {
  */
 export function normalizeTreePath(raw: string, what: string, allowAbsolute = false): string {
   if (raw.includes('\0'))
-    throw new BuildError('TAR_UNSAFE_PATH', `${what}: path contains a NUL byte`, { path: showPath(raw) });
+    throw new BuildError('PATH_UNSAFE', `${what}: path contains a NUL byte`, { path: showPath(raw) });
   if (raw.startsWith('/') && !allowAbsolute) {
     // "./" prefixed names are normal; "/etc/passwd" is not.
-    throw new BuildError('TAR_UNSAFE_PATH', `${what}: absolute path ${JSON.stringify(showPath(raw))} is not allowed`, {
+    throw new BuildError('PATH_UNSAFE', `${what}: absolute path ${JSON.stringify(showPath(raw))} is not allowed`, {
       path: showPath(raw),
     });
   }
@@ -118,7 +118,7 @@ export function normalizeTreePath(raw: string, what: string, allowAbsolute = fal
   for (const c of raw.split('/')) {
     if (c === '' || c === '.') continue;
     if (c === '..')
-      throw new BuildError('TAR_UNSAFE_PATH', `${what}: path ${JSON.stringify(showPath(raw))} leaves the tree ('..')`, {
+      throw new BuildError('PATH_UNSAFE', `${what}: path ${JSON.stringify(showPath(raw))} leaves the tree ('..')`, {
         path: showPath(raw),
       });
     parts.push(c);

@@ -72,7 +72,7 @@ export class TreeBuilder {
       }
       if (!type) {
         throw new BuildError(
-          'TAR_UNSUPPORTED_ENTRY',
+          'TAR_ENTRY_UNSUPPORTED',
           `${what}: member ${JSON.stringify(showPath(m.name))} has tar type ${JSON.stringify(m.typeflag)}, which tiu does not support`,
         );
       }

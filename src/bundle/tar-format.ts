@@ -379,7 +379,7 @@ export async function* readTar(reader: ByteReader, what: string): AsyncGenerator
     longName = longLink = undefined;
     if (typeflag === 'S' || px('GNU.sparse.major') || px('GNU.sparse.map')) {
       throw new BuildError(
-        'TAR_UNSUPPORTED_ENTRY',
+        'TAR_ENTRY_UNSUPPORTED',
         `${what}: ${JSON.stringify(showPath(name))} is a GNU sparse member, which tiu does not read; create the tar without --sparse`,
       );
     }

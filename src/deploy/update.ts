@@ -18,12 +18,16 @@ import { UpdateError } from './update/errors.ts';
 /** A layer's uncompressed tar, verified against the blob digest as it is read (a mismatch errors the stream). */
 export type LayerOpener = () => Promise<Readable>;
 
-/** An image manifest without layers has no tree to deploy: NO_LAYERS, before anything is fetched. */
+/** An image manifest without layers has no tree to deploy: IMAGE_LAYERS_MISSING, before anything is fetched. */
 export function withLayers(desc: Descriptor, manifest: ImageManifest): ImageManifest {
   if (manifest.layers.length === 0)
-    throw new UpdateError('NO_LAYERS', `image manifest ${desc.digest} has no layers: there is no tree to deploy`, {
-      digest: desc.digest,
-    });
+    throw new UpdateError(
+      'IMAGE_LAYERS_MISSING',
+      `image manifest ${desc.digest} has no layers: there is no tree to deploy`,
+      {
+        digest: desc.digest,
+      },
+    );
   return manifest;
 }
 
@@ -115,7 +119,7 @@ export function layerOpeners(
   for (const layer of manifest.layers) {
     if (!TAR_LAYER_TYPES.has(layer.mediaType)) {
       throw new UpdateError(
-        'UNSUPPORTED_LAYER',
+        'LAYER_UNSUPPORTED',
         `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`,
         { mediaType: layer.mediaType, digest: layer.digest },
       );
@@ -131,7 +135,7 @@ export function layerOpeners(
       pipeline(raw, verify).catch(() => undefined);
       return decompressed(layer.mediaType, verify, label, expansionLimit);
     };
-    // The apply names the layer in a refusal of its tar (BAD_TAR, BAD_ENTRY …).
+    // The apply names the layer in a refusal of its tar (TAR_INVALID, ENTRY_INVALID …).
     return Object.assign(open, { label });
   });
 }
@@ -140,7 +144,9 @@ export function layerOpeners(
 export async function verifyBlobs(target: Target, blobs: Descriptor[], signal?: AbortSignal): Promise<void> {
   for (const d of blobs) {
     if (!(await target.exists(d, { signal })))
-      throw new UpdateError('NOT_IN_CACHE', `blob ${d.digest} is missing from ${target.name}`, { digest: d.digest });
+      throw new UpdateError('CACHE_BLOB_MISSING', `blob ${d.digest} is missing from ${target.name}`, {
+        digest: d.digest,
+      });
     const raw = await target.fetch(d, { signal });
     await pipeline(
       raw,

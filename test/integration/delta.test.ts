@@ -41,7 +41,7 @@ import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts'
 import { checkUpdate } from '../../src/deploy/update/check.ts';
 import { update } from '../../src/deploy/update/index.ts';
 import type { UpdateDeps } from '../../src/deploy/update/deps.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, referenceName, type DockerReference } from '../../src/oci/reference.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
@@ -150,7 +150,7 @@ async function collect(s: Readable): Promise<Buffer> {
 }
 
 const SKIP = ['.snapshots', 'var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable'];
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 describe('file-level delta update by Range (registry behind a counting proxy, MicroOS on btrfs)', function () {
   this.timeout(300_000);

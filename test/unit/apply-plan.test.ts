@@ -128,7 +128,7 @@ describe('deploy/apply paths and layers', () => {
     for (const bad of ['../x', 'a/../../x', '/etc/passwd', 'a/..', 'x\0y']) {
       assert.throws(
         () => normalizeEntryPath(bad),
-        (e: unknown) => isTiuError(e, 'UNSAFE_PATH'),
+        (e: unknown) => isTiuError(e, 'PATH_UNSAFE'),
         bad,
       );
     }
@@ -156,16 +156,16 @@ describe('deploy/apply paths and layers', () => {
     assert.equal(t.get('h')!.linkname, 'f');
     assert.throws(
       () => flattenLayers([[hl('g', 'missing')]]),
-      (e: unknown) => isTiuError(e, 'BAD_HARDLINK'),
+      (e: unknown) => isTiuError(e, 'HARDLINK_INVALID'),
     );
     assert.throws(
       () => flattenLayers([[dir('d'), hl('g', 'd')]]),
-      (e: unknown) => isTiuError(e, 'BAD_HARDLINK'),
+      (e: unknown) => isTiuError(e, 'HARDLINK_INVALID'),
     );
     // a whiteout in an upper layer removes the target
     assert.throws(
       () => flattenLayers([[reg('f', 'x'), hl('g', 'f')], [reg('.wh.f', '')]]),
-      (e: unknown) => isTiuError(e, 'BAD_HARDLINK'),
+      (e: unknown) => isTiuError(e, 'HARDLINK_INVALID'),
     );
   });
 });
@@ -210,23 +210,23 @@ describe('deploy/apply table of contents and tar reading', () => {
     assert.equal(e[5]!.devmajor, 1);
     assert.throws(
       () => tocToEntries({ version: 1, entries: [{ type: 'reg', name: '../x', size: 0 }] }, 0),
-      (x: unknown) => isTiuError(x, 'UNSAFE_PATH'),
+      (x: unknown) => isTiuError(x, 'PATH_UNSAFE'),
     );
     assert.throws(
       () => tocToEntries({ version: 1, entries: [{ type: 'reg', name: 'x', size: 5 }] }, 0),
-      (x: unknown) => isTiuError(x, 'BAD_ENTRY'),
+      (x: unknown) => isTiuError(x, 'ENTRY_INVALID'),
     );
     assert.throws(
       () => tocToEntries({ version: 1, entries: [{ type: 'socket', name: 'x' } as never] }, 0),
-      (x: unknown) => isTiuError(x, 'BAD_ENTRY'),
+      (x: unknown) => isTiuError(x, 'ENTRY_INVALID'),
     );
     assert.throws(
       () => tocToEntries({ version: 1, entries: [{ type: 'chunk', name: 'x', offset: 1, endOffset: 2 }] }, 0),
-      (x: unknown) => isTiuError(x, 'BAD_ENTRY'),
+      (x: unknown) => isTiuError(x, 'ENTRY_INVALID'),
     );
     assert.throws(
       () => tocToEntries({ version: 1, entries: [{ type: 'reg', name: 'x', size: 0, nameRaw: 'eA==' } as never] }, 0),
-      (x: unknown) => isTiuError(x, 'BAD_ENTRY'),
+      (x: unknown) => isTiuError(x, 'ENTRY_INVALID'),
     );
   });
   it('reads tar with long names and raw binary pax xattrs', async () => {
@@ -253,13 +253,13 @@ describe('deploy/apply table of contents and tar reading', () => {
     assert.deepEqual(got[0]!.x['security.capability'], cap);
     assert.equal(got[1]!.link, 'x'.repeat(120));
   });
-  it('refuses corrupt and truncated tar streams with BAD_TAR', async () => {
+  it('refuses corrupt and truncated tar streams with TAR_INVALID', async () => {
     const tar = makeTar([{ name: 'f', content: 'x'.repeat(2000) }]);
     const bad = Buffer.from(tar);
     bad[10] = 0x41;
-    await assert.rejects(entriesFromTar(Readable.from([bad]), 0), (e: unknown) => isTiuError(e, 'BAD_TAR'));
+    await assert.rejects(entriesFromTar(Readable.from([bad]), 0), (e: unknown) => isTiuError(e, 'TAR_INVALID'));
     await assert.rejects(entriesFromTar(Readable.from([tar.subarray(0, 1024)]), 0), (e: unknown) =>
-      isTiuError(e, 'BAD_TAR'),
+      isTiuError(e, 'TAR_INVALID'),
     );
   });
 });
@@ -379,7 +379,7 @@ describe('deploy/apply planner', () => {
         old,
         hasher,
       ),
-      (e: unknown) => isTiuError(e, 'UNSAFE_PATH'),
+      (e: unknown) => isTiuError(e, 'PATH_UNSAFE'),
     );
     const plan = await planApply(flattenLayers([[dir('usr')]]), old, hasher, { preserve: ['.snapshots', 'var'] });
     assert.deepEqual(plan.deletes, []);

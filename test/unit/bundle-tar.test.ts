@@ -119,7 +119,7 @@ describe('bundle tar format', function () {
     for (const bad of ['../x', 'a/../../x', '/etc/passwd', 'a/..']) {
       assert.throws(
         () => normalizeTreePath(bad, 't'),
-        (e) => isTiuError(e, 'TAR_UNSAFE_PATH'),
+        (e) => isTiuError(e, 'PATH_UNSAFE'),
       );
     }
   });

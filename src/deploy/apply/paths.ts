@@ -10,7 +10,7 @@ const MAX_COMPONENT = 255;
 
 /**
  * `./usr/bin/` -> `usr/bin`, `.` -> `` (the root). Refuses absolute names, `..` components,
- * NUL bytes and over-long names with UNSAFE_PATH, a component longer than 255 bytes with BAD_ENTRY.
+ * NUL bytes and over-long names with PATH_UNSAFE, a component longer than 255 bytes with ENTRY_INVALID.
  */
 export function normalizeEntryPath(name: string): string {
   if (name.includes('\0')) throw new UnsafePathError(name, 'contains a NUL byte');

@@ -37,7 +37,7 @@ function cstr(b: Buffer): string {
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 /**
  * A name or link target: must be UTF-8. A lossy decode would turn two distinct names into one
- * file (both become U+FFFD), so anything else is refused with BAD_ENTRY (as on the TOC path).
+ * file (both become U+FFFD), so anything else is refused with ENTRY_INVALID (as on the TOC path).
  */
 function nameOf(b: Buffer, field = 'name', nulEnds = true): string {
   const z = nulEnds ? b.indexOf(0) : -1;
@@ -168,7 +168,7 @@ export async function* readTar(src: Readable | AsyncIterable<Buffer | Uint8Array
       else if (k.startsWith('LIBARCHIVE.xattr.'))
         xattrs[decodeXattrKey(k.slice(17))] = Buffer.from(v.toString(), 'base64');
     }
-    // Names from image data: refused here, before anything is written (BAD_XATTR).
+    // Names from image data: refused here, before anything is written (XATTR_INVALID).
     checkXattrs(name, xattrs);
     if (!Number.isSafeInteger(realSize) || realSize < 0 || !Number.isSafeInteger(uid) || !Number.isSafeInteger(gid))
       throw new BadTarError(`bad numbers in pax header of ${JSON.stringify(name)}`);

@@ -3,7 +3,7 @@
  * new snapshot while the image is written over the first (so the image's /etc costs only what
  * differs). `merge`: the three-way /etc merge and the user databases merge write into it, it
  * becomes /etc, and every mount point gets a real directory. Reads and writes in the snapshots
- * go through the rooted API: a symlink on the way (usr/lib/tiu -> /elsewhere) is UNSAFE_PATH,
+ * go through the rooted API: a symlink on the way (usr/lib/tiu -> /elsewhere) is PATH_UNSAFE,
  * never followed.
  */
 import { join } from 'node:path';
@@ -35,7 +35,7 @@ export async function merge(deps: UpdateDeps, run: Applied): Promise<Merged> {
     await newRd.mkdir(parentOf(PRISTINE_ETC));
     await newRd.copyTree(newRd, 'etc', PRISTINE_ETC);
   }
-  // The old pristine /etc may be missing (the first update); a symlink on its way is UNSAFE_PATH.
+  // The old pristine /etc may be missing (the first update); a symlink on its way is PATH_UNSAFE.
   await oldRd.isDir(PRISTINE_ETC);
   await newRd.verifyDir(ETC_ASIDE);
   const aside = join(newRoot, ETC_ASIDE);

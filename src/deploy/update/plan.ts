@@ -31,14 +31,14 @@ export async function imageManifest(
   );
   if (!pick)
     throw new UpdateError(
-      'NO_MATCHING_PLATFORM',
+      'IMAGE_PLATFORM_MISSING',
       `${root.digest} has no image for ${platform.os}/${platform.architecture}`,
       { digest: root.digest, platform },
     );
   const second = await fetchManifest(target, pick, { signal });
   if (second.parsed.kind !== 'manifest')
     throw new UpdateError(
-      'INVALID_MANIFEST',
+      'MANIFEST_INVALID',
       `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`,
       { digest: pick.digest },
     );
@@ -47,16 +47,16 @@ export async function imageManifest(
 
 /**
  * The image's final tree must look like an operating system where tiu relies on it, before any
- * snapshot: a real /usr directory (NOT_AN_OS_IMAGE otherwise), and /etc, where the image has one,
+ * snapshot: a real /usr directory (IMAGE_NOT_OS otherwise), and /etc, where the image has one,
  * a real directory (the admin's /etc is merged into it, and on MicroOS it replaces a nested
- * subvolume: a symlink there is UNSAFE_PATH).
+ * subvolume: a symlink there is PATH_UNSAFE).
  */
 export function checkOsTree(entryAt: (path: string) => TreeEntry | undefined, image: string): void {
   // The trees checked have their implicit parents: a `usr/...` entry alone makes `usr` a directory.
   const usr = entryAt('usr');
   if (usr?.type !== 'dir')
     throw new UpdateError(
-      'NOT_AN_OS_IMAGE',
+      'IMAGE_NOT_OS',
       `${image} is not an operating system image: its tree has no /usr directory${usr ? ` (/usr is a ${usr.type})` : ''}`,
       { image },
     );

@@ -29,7 +29,7 @@ export async function resolveSource<R extends OnBooted>(deps: UpdateDeps, run: R
   else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal });
   else
     throw new UpdateError(
-      'MISSING_REFERENCE',
+      'REFERENCE_MISSING',
       `${image} does not say which image of ${src.target.name} to use: add a tag or digest`,
       { image },
     );
@@ -43,7 +43,7 @@ export async function resolve(deps: UpdateDeps, run: Settled): Promise<Settled &
   run.progress(`looking up ${image} in the cache ${cacheDir}`);
   const root = await run.cache.resolve(run.tag, { signal: run.signal }).catch((e: unknown) => {
     throw new UpdateError(
-      'NOT_IN_CACHE',
+      'CACHE_BLOB_MISSING',
       `${image} is not in the cache ${cacheDir}; run 'tiu update --download-only ${image}' first`,
       { image, cache: cacheDir },
       { cause: e },

@@ -161,7 +161,7 @@ export async function begin(deps: UpdateDeps, opts: UpdateOptions): Promise<Upda
   const image = opts.reference ?? config.image;
   if (!image)
     throw new UpdateError(
-      'NO_IMAGE',
+      'REFERENCE_MISSING',
       `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`,
     );
   if (opts.offline && opts.downloadOnly)

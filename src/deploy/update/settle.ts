@@ -33,7 +33,7 @@ export async function onBooted<R extends UpdateRun>(deps: UpdateDeps, run: R): P
   const state = await deps.system.readState(run.ctx);
   if (state.booted === undefined)
     throw new UpdateError(
-      'NOT_SNAPSHOT_ROOT',
+      'SYSROOT_NOT_SNAPSHOT',
       `${run.ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`,
       { sysroot: run.ctx.sysroot },
     );

@@ -6,7 +6,7 @@
 import { asError } from '../../errors.ts';
 import { snapshotPath } from '../state.ts';
 import type { UpdateDeps } from './deps.ts';
-import { isOutOfSpace, UpdateError } from './errors.ts';
+import { isNoSpace, UpdateError } from './errors.ts';
 import type { Checked, Staged } from './run.ts';
 
 /** The reserve is still free (the apply checks it again as it writes); then the snapshot, in progress. */
@@ -35,7 +35,7 @@ export async function abandon(deps: UpdateDeps, run: Staged, e: unknown): Promis
   } catch (d) {
     run.progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
   }
-  if (!isOutOfSpace(e)) return e;
+  if (!isNoSpace(e)) return e;
   return new UpdateError(
     'DISK_FULL',
     `no space left on the filesystem of ${run.ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`,
