@@ -10,10 +10,11 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, rmdir, statfs, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rmdir, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { TiuError } from '../errors.ts';
 import { run } from './exec.ts';
+import { fsyncDir, replaceFileAtomic } from '../util/atomic.ts';
 
 export class EspError extends TiuError {}
 
@@ -25,15 +26,6 @@ function safeRel(rel: string): string {
 }
 
 export const ESP_TMP_PREFIX = '.tiu-tmp-';
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 async function mkdirSynced(esp: string, relDir: string): Promise<void> {
   const parts = relDir.split('/').filter(Boolean);
@@ -86,23 +78,14 @@ export async function copyToEsp(esp: string, rel: string, src: FileHandle, sha25
 }
 
 async function writeEspFrom(esp: string, rel: string, fill: (fh: FileHandle) => Promise<void>): Promise<void> {
-  const dir = join(esp, dirname(rel));
   await mkdirSynced(esp, dirname(rel) === '.' ? '' : dirname(rel));
-  const tmp = join(dir, `${ESP_TMP_PREFIX}${randomBytes(6).toString('hex')}`);
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+  // The ESP's own temporary prefix: reconcile removes leftovers of a crash by it.
+  const tempPath = join(esp, dirname(rel), `${ESP_TMP_PREFIX}${randomBytes(6).toString('hex')}`);
   try {
-    try {
-      await fill(fh);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, join(esp, rel));
+    await replaceFileAtomic(join(esp, rel), fill, { tempPath });
   } catch (e) {
-    await rm(tmp, { force: true }).catch(() => undefined);
     throw mapNoSpace(e, esp, rel);
   }
-  await fsyncDir(dir);
 }
 
 function mapNoSpace(e: unknown, esp: string, rel: string): unknown {

@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import { TiuError } from '../../errors.ts';
 import { NotFoundError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
 import type { FetchOptions, PushOptions, Target } from '../../content/interfaces.ts';
-import { Semaphore } from '../../content/semaphore.ts';
+import { Semaphore } from '../../util/semaphore.ts';
 import { isDigest, parseDigest, verifyBuffer } from '../../oci/digest.ts';
 import { isIndexType, isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
 import type { DockerReference } from '../../oci/reference.ts';
