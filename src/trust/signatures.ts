@@ -6,7 +6,7 @@
  * cosign writes (rootfs.diff_ids = the payload digests).
  */
 import type { Target } from '../content/interfaces.ts';
-import { InvalidManifestError } from '../content/errors.ts';
+import { InvalidManifestError } from '../oci/validate.ts';
 import { parseDigest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType, isManifestType } from '../oci/mediatypes.ts';
 import { parseManifestBytes } from '../oci/validate.ts';
