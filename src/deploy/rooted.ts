@@ -45,7 +45,7 @@ import { dumpTreeXattrs, setXattrs } from '../host/xattr.ts';
 import { UnsafePathError } from './apply/errors.ts';
 import { SafeRoot, tmpName } from './apply/fsops.ts';
 import { joinPath, normalizeEntryPath, parentOf } from './apply/paths.ts';
-import { settableXattrs } from './apply/xattr-names.ts';
+import { settableXattrs } from '../host/xattr-names.ts';
 
 export { UnsafePathError };
 
@@ -317,7 +317,7 @@ export class RootedDir {
    * which must not exist: what `cp -a --reflink=auto` did, without following any symlink on
    * either side. Files are reflinked (copied where the filesystem can't), hardlinks within the
    * tree kept, symlinks recreated as symlinks, devices and fifos made with mknod; owner, mode,
-   * times and xattrs (those tiu sets: see xattr-names.ts) are kept. The copy is built under a
+   * times and xattrs (those tiu sets: see src/host/xattr-names.ts) are kept. The copy is built under a
    * temporary name beside `toRel` and renamed into place at the end.
    */
   async copyTree(from: RootedDir, fromRel: string, toRel: string): Promise<CopyTreeReport> {
