@@ -23,7 +23,6 @@
  */
 import { constants, type Dir, type Dirent, type Stats } from 'node:fs';
 import {
-  copyFile,
   link,
   lstat,
   mkdir,
@@ -43,7 +42,7 @@ import { join } from 'node:path';
 import { makeNode } from '../host/nodes.ts';
 import { dumpTreeXattrs, setXattrs } from '../host/xattr.ts';
 import { UnsafePathError } from './apply/errors.ts';
-import { SafeRoot, tmpName } from './apply/fsops.ts';
+import { reflinkFile, SafeRoot, tmpName } from './apply/fsops.ts';
 import { joinPath, normalizeEntryPath, parentOf } from './apply/paths.ts';
 import { settableXattrs } from '../host/xattr-names.ts';
 
@@ -77,18 +76,20 @@ function devMinor(rdev: number): number {
  * filesystem can (true), else by copying. The source is named through its descriptor
  * (/proc/self/fd/N names exactly that inode), so no path of it is resolved again.
  */
-async function cloneFd(fh: FileHandle, destAbs: string): Promise<boolean> {
-  const via = `/proc/self/fd/${fh.fd}`;
-  try {
-    await copyFile(via, destAbs, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE_FORCE);
-    return true;
-  } catch (e) {
-    const c = errno(e);
-    if (!(c === 'ENOTSUP' || c === 'EOPNOTSUPP' || c === 'EXDEV' || c === 'EINVAL' || c === 'ENOSYS' || c === 'ENOTTY'))
-      throw e;
+function cloneFd(fh: FileHandle, destAbs: string): Promise<boolean> {
+  return reflinkFile(`/proc/self/fd/${fh.fd}`, destAbs, true);
+}
+
+/** The first `max` bytes of `fh`, or null when it has more. */
+async function readAtMost(fh: FileHandle, max: number): Promise<Buffer | null> {
+  const buf = Buffer.alloc(max + 1);
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
   }
-  await copyFile(via, destAbs, constants.COPYFILE_EXCL);
-  return false;
+  return got > max ? null : buf.subarray(0, got);
 }
 
 export class RootedDir {
@@ -199,10 +200,16 @@ export class RootedDir {
   }
 
   /** The content of the regular file `rel` (never through a symlink; ENOENT errors pass as they are). */
-  async readFile(rel: string): Promise<Buffer> {
+  async readFile(rel: string): Promise<Buffer>;
+  /**
+   * The same, read no further than `max` bytes: null when the file is longer (an image's 2 GiB
+   * /etc/kernel/cmdline is refused, not loaded into memory).
+   */
+  async readFile(rel: string, max: number): Promise<Buffer | null>;
+  async readFile(rel: string, max?: number): Promise<Buffer | null> {
     const fh = await this.openNoFollow(rel, 'file');
     try {
-      return await fh.readFile();
+      return max === undefined ? await fh.readFile() : await readAtMost(fh, max);
     } finally {
       await fh.close();
     }
