@@ -177,17 +177,6 @@ export function efivarsDir(sysroot: string): string | undefined {
 }
 
 /**
- * An efivarfs file's bytes for a boot loader string variable: the 4-byte little-endian
- * attributes, then the value in UTF-16LE with its terminating NUL (as systemd writes them).
- * efivarfs takes a variable in one write() of exactly these bytes.
- */
-export function encodeLoaderVariable(value: string, attributes = LOADER_VARIABLE_ATTRIBUTES): Buffer {
-  const head = Buffer.alloc(4);
-  head.writeUInt32LE(attributes >>> 0);
-  return Buffer.concat([head, Buffer.from(`${value}\0`, 'utf16le')]);
-}
-
-/**
  * An efivarfs file's bytes -> attributes and string value (up to the first NUL); undefined for
  * what is not a UTF-16 string variable (shorter than the attributes, an odd number of value
  * bytes, larger than MAX_LOADER_VARIABLE).
