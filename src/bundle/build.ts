@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { pipeline, Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import type { Target } from '../content/interfaces.ts';
-import { Semaphore } from '../content/semaphore.ts';
+import { Semaphore } from '../util/semaphore.ts';
 import { VerifyingStream, sha256, verifyBuffer } from '../oci/digest.ts';
 import { isIndexType, isManifestType, MediaType } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type ImageConfig, type ImageIndex, type ImageManifest } from '../oci/types.ts';

@@ -22,7 +22,7 @@ import {
   showPath,
   type TreeEntry,
 } from './entry.ts';
-import { DEVICE_DATA } from '../os-layout.ts';
+import { DEVICE_DATA } from './os-layout.ts';
 
 /** Directories whose contents never go into a bundle. */
 export const EXCLUDED_CONTENTS = ['run', 'tmp', 'proc', 'sys', 'dev', ...DEVICE_DATA] as const;

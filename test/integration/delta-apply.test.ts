@@ -26,7 +26,7 @@ import { buildBundle, type BuildResult } from '../../src/bundle/build.ts';
 import { comparePaths, type TreeEntry as BuildEntry } from '../../src/bundle/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import type { FetchOptions } from '../../src/content/interfaces.ts';
-import { MemoryTarget } from '../../src/content/memory.ts';
+import { MemoryTarget } from '../helpers/memory-target.ts';
 import { applyTarLayers } from '../../src/deploy/apply/index.ts';
 import {
   applyTransfer,

@@ -29,7 +29,7 @@ import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts'
 import { update } from '../../src/deploy/update/index.ts';
 import type { UpdateResult } from '../../src/deploy/update/run.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress } from '../../src/deploy/snapshot.ts';
-import { withChroot } from '../../src/host/chroot.ts';
+import { withChroot } from '../../src/deploy/chroot.ts';
 import { bindMount, mountInfo } from '../../src/host/mount.ts';
 import { run } from '../../src/host/exec.ts';
 

@@ -17,7 +17,8 @@ import { rollback } from '../../src/deploy/rollback.ts';
 import { cacheTag } from '../../src/deploy/update/settle.ts';
 import { ETC_ASIDE } from '../../src/deploy/update/merge.ts';
 import { update } from '../../src/deploy/update/index.ts';
-import { dataUsed, isSubvolume } from '../../src/host/btrfs.ts';
+import { isSubvolume } from '../../src/host/btrfs.ts';
+import { dataUsed } from '../helpers/btrfs.ts';
 import { fetchManifest } from '../../src/content/graph.ts';
 import { contentIndexFile, fetchLayerTocs } from '../../src/deploy/delta/index.ts';
 

@@ -6,7 +6,7 @@
 import type { Readable } from 'node:stream';
 import { ByteReader } from '../../bundle/tar-format.ts';
 import { BadEntryError, BadTarError } from './errors.ts';
-import { checkXattrs } from './xattr-names.ts';
+import { checkXattrs } from '../../host/xattr-names.ts';
 import type { EntryType } from './types.ts';
 
 export interface TarEntry {

@@ -6,7 +6,7 @@
  * contiguous in the blob) widen that file's byte range: its digest is of the whole content.
  */
 import { BadEntryError } from './errors.ts';
-import { checkXattrs } from './xattr-names.ts';
+import { checkXattrs } from '../../host/xattr-names.ts';
 import { normalizeEntryPath, normalizeLinkTarget } from './paths.ts';
 import type { EntryType, TreeEntry } from './types.ts';
 import type { Toc, TocEntry } from '../../bundle/toc.ts';

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { DEVICE_DATA } from '../../os-layout.ts';
+import { DEVICE_DATA } from '../../bundle/os-layout.ts';
 import { snapshotPath } from '../state.ts';
 import type { UpdateDeps } from './deps.ts';
 import { UpdateError } from './errors.ts';
