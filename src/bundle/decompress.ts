@@ -6,7 +6,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { spawnFilter } from '../host/exec.ts';
-import { zstdDecompressStream } from './zstd-frames.ts';
+import { zstdDecompressStream } from '../layer/zstd-frames.ts';
 
 export type Compression = 'none' | 'gzip' | 'zstd' | 'xz' | 'bzip2';
 

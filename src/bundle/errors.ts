@@ -1,4 +1,6 @@
-import { TiuError } from '../errors.ts';
+import { TiuError, isTiuError } from '../errors.ts';
+import { showPath } from '../layer/entry.ts';
+import { normalizeEntryPath } from '../layer/paths.ts';
 
 /** Anything wrong with what `tiu build` was given: the source tree, tar or options. */
 export class BuildError extends TiuError {
@@ -20,5 +22,22 @@ export class BuildError extends TiuError {
     details: Record<string, unknown> = {},
   ) {
     super(code, message, details);
+  }
+}
+
+/**
+ * A path of the build's input in tree form, by src/layer's one set of path rules; a refusal is
+ * said as TAR_UNSAFE_PATH naming `what` (the source member, option or link it came from).
+ */
+export function treePath(raw: string, what: string, allowAbsolute = false): string {
+  try {
+    return normalizeEntryPath(raw, { allowAbsolute });
+  } catch (e) {
+    if (!isTiuError(e, 'UNSAFE_PATH') && !isTiuError(e, 'BAD_ENTRY')) throw e;
+    const why = String(e.details.why);
+    throw new BuildError('TAR_UNSAFE_PATH', `${what}: path ${JSON.stringify(showPath(raw))}: ${why}`, {
+      path: showPath(raw),
+      why,
+    });
   }
 }

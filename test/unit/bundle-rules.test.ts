@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import type { TreeEntry } from '../../src/bundle/entry.ts';
+import type { TreeEntry } from '../../src/layer/entry.ts';
 import { groupOf, layerOfGroup, planLayers } from '../../src/bundle/layers.ts';
 import { parseOsRelease } from '../../src/bundle/os-release.ts';
 import { applyTreeRules, TMPFILES_CONF } from '../../src/bundle/rules.ts';

@@ -3,9 +3,9 @@ import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import type { TreeEntry } from '../../src/bundle/entry.ts';
+import type { TreeEntry } from '../../src/layer/entry.ts';
 import { TreeBuilder } from '../../src/bundle/source-tar.ts';
-import { encodeHeader, END_OF_ARCHIVE, paddingFor } from '../../src/bundle/tar-format.ts';
+import { encodeHeader, END_OF_ARCHIVE, paddingFor } from '../../src/layer/tar.ts';
 import { isTiuError } from '../../src/errors.ts';
 
 function ent(path: string, over: Partial<TreeEntry> = {}): TreeEntry {

@@ -10,9 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { zstdCompressSync } from 'node:zlib';
-import type { TreeEntry as BuildEntry } from '../../src/bundle/entry.ts';
+import type { TreeEntry as BuildEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
-import { ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
+import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
 import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
 import {

@@ -1,32 +1,15 @@
 /** Typed errors of the diff-apply engine. Tests assert on `code`. */
 import { TiuError } from '../../errors.ts';
+import { showPath } from '../../layer/entry.ts';
 
-/** An entry name or link target that would leave the root, or a write through a non-directory. */
-export class UnsafePathError extends TiuError {
-  constructor(path: string, why: string) {
-    super('UNSAFE_PATH', `refusing entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, {
-      path: path.slice(0, 300),
-      why,
-    });
-  }
-}
-/** A hardlink whose target is missing from the tree, outside it, or a directory. */
+// Refusals of entry names are the layer format's, shared with the build.
+export { UnsafePathError, BadEntryError } from '../../layer/errors.ts';
+
+/** A hardlink whose target is missing from the tree, outside it, or a directory. Paths are binary strings. */
 export class BadHardlinkError extends TiuError {
   constructor(path: string, target: string, why: string) {
-    super('BAD_HARDLINK', `hardlink ${JSON.stringify(path)} -> ${JSON.stringify(target)}: ${why}`, {
-      path,
-      target,
-      why,
-    });
-  }
-}
-/** A tree entry that is malformed (unknown type, missing digest, bad numbers). */
-export class BadEntryError extends TiuError {
-  constructor(path: string, why: string) {
-    super('BAD_ENTRY', `invalid entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, {
-      path: path.slice(0, 300),
-      why,
-    });
+    const [p, t] = [showPath(path), showPath(target)];
+    super('BAD_HARDLINK', `hardlink ${JSON.stringify(p)} -> ${JSON.stringify(t)}: ${why}`, { path: p, target: t, why });
   }
 }
 /** A tar stream that is not a valid tar archive. */
@@ -38,7 +21,10 @@ export class BadTarError extends TiuError {
 /** The content provider could not give an entry's content. */
 export class ContentUnavailableError extends TiuError {
   constructor(path: string, why: string) {
-    super('CONTENT_UNAVAILABLE', `no content for ${JSON.stringify(path)}: ${why}`, { path, why });
+    super('CONTENT_UNAVAILABLE', `no content for ${JSON.stringify(showPath(path))}: ${why}`, {
+      path: showPath(path),
+      why,
+    });
   }
 }
 /** The target root is not usable (missing, not a directory, a symlink). */
@@ -62,7 +48,15 @@ export function mapFsError(e: unknown, root: string): unknown {
 }
 
 /** Refusals of an image's tar that name the entry; `inLayer` adds which layer it is in. */
-const LAYER_NAMED = new Set(['BAD_TAR', 'BAD_ENTRY', 'UNSAFE_PATH', 'BAD_HARDLINK', 'BAD_XATTR']);
+const LAYER_NAMED = new Set([
+  'BAD_TAR',
+  'TAR_INVALID',
+  'TAR_UNSUPPORTED_ENTRY',
+  'BAD_ENTRY',
+  'UNSAFE_PATH',
+  'BAD_HARDLINK',
+  'BAD_XATTR',
+]);
 
 /**
  * `e`, thrown while layer `k` (0-based) was read, naming that layer (BAD_TAR becomes
@@ -73,11 +67,11 @@ const LAYER_NAMED = new Set(['BAD_TAR', 'BAD_ENTRY', 'UNSAFE_PATH', 'BAD_HARDLIN
 export function inLayer(e: unknown, k: number, label = `layer ${k + 1}`): unknown {
   if (!(e instanceof TiuError) || !LAYER_NAMED.has(e.code) || e.details.layer !== undefined) return e;
   // A tar that does not decode is a corrupt layer, like gzip or zstd that does not.
-  if (e.code === 'BAD_TAR')
+  if (e.code === 'BAD_TAR' || e.code === 'TAR_INVALID')
     return new TiuError(
       'LAYER_CORRUPT',
       `${label} is not a valid tar: ${e.message.replace(/^invalid tar stream: /, '')}`,
-      { ...e.details, layer: label, causeCode: 'BAD_TAR' },
+      { ...e.details, layer: label, causeCode: e.code },
       { cause: e },
     );
   const named = new TiuError(e.code, `${label}: ${e.message}`, { ...e.details, layer: label }, { cause: e });

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor } from '../../oci/types.ts';
-import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
+import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../layer/zstd-frames.ts';
 import { isTiuError } from '../../errors.ts';
 import { hashFile, type ContentProvider, type TreeEntry } from '../apply/index.ts';
 import { writeSparse, writeSparseSync } from '../apply/fsops.ts';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { constants as zlibConstants, zstdCompressSync } from 'node:zlib';
-import type { TreeEntry } from '../../src/bundle/entry.ts';
+import type { TreeEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import {
   fetchTocFile,
@@ -15,16 +15,16 @@ import {
   readTocFromFooter,
   skippableFrame,
   ZstdChunkedAnnotation,
-} from '../../src/bundle/toc.ts';
+} from '../../src/layer/toc.ts';
 import {
   SYNC_FRAME_MAX,
   SYNC_OUTPUT_MAX,
   zstdDecompressBufferSync,
   zstdDecompressFrames,
   zstdFrameSpans,
-} from '../../src/bundle/zstd-frames.ts';
-import { Crc64 } from '../../src/bundle/tar-split.ts';
-import { ByteReader, readTar } from '../../src/bundle/tar-format.ts';
+} from '../../src/layer/zstd-frames.ts';
+import { Crc64 } from '../../src/layer/tar-split.ts';
+import { ByteReader, readTar } from '../../src/layer/tar.ts';
 import { isTiuError } from '../../src/errors.ts';
 
 function file(path: string, data: Buffer, over: Partial<TreeEntry> = {}): TreeEntry {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
-import type { TreeEntry } from '../../src/bundle/entry.ts';
-import { normalizeTreePath } from '../../src/bundle/entry.ts';
+import type { TreeEntry } from '../../src/layer/entry.ts';
+import { normalizeTreePath } from '../../src/layer/entry.ts';
 import {
   ByteReader,
   encodeHeader,
@@ -9,7 +9,7 @@ import {
   paddingFor,
   readTar,
   type TarMember,
-} from '../../src/bundle/tar-format.ts';
+} from '../../src/layer/tar.ts';
 import { isTiuError } from '../../src/errors.ts';
 
 function entry(over: Partial<TreeEntry>): TreeEntry {
