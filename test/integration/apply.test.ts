@@ -7,6 +7,7 @@ import { zstdCompressSync } from 'node:zlib';
 import { zstdDecompressStream } from '../../src/layer/zstd-frames.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { readTocFromFooter } from '../../src/layer/toc.ts';
+import { readTar } from '../../src/layer/tar.ts';
 import { scanDirectory } from '../../src/bundle/source-dir.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -18,7 +19,6 @@ import {
   entriesFromTar,
   tarLayerProvider,
   openerProvider,
-  readTar,
   tocToEntries,
   scanTree,
   planApply,

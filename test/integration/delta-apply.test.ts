@@ -270,17 +270,16 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     const layer = async (i: number, files: [string, string | null][]): Promise<Descriptor> => {
       const entries = files.map(([path, content]): BuildEntry =>
         content === null
-          ? { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T, mtimeNsec: 0, size: 0, xattrs: [] }
+          ? { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: BigInt(T) * 1_000_000_000n, size: 0, xattrs: {} }
           : {
               path,
               type: 'reg',
               mode: 0o644,
               uid: 0,
               gid: 0,
-              mtime: T,
-              mtimeNsec: 0,
+              mtimeNs: BigInt(T) * 1_000_000_000n,
               size: Buffer.byteLength(content),
-              xattrs: [],
+              xattrs: {},
               content: { data: Buffer.from(content) },
             },
       );

@@ -107,10 +107,9 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
       mode: 0o755,
       uid: 0,
       gid: 0,
-      mtime: 0,
-      mtimeNsec: 0,
+      mtimeNs: 0n,
       size: 0,
-      xattrs: [],
+      xattrs: {},
     });
     const entries: BuildEntry[] = [
       dirEntry('usr'),
@@ -120,10 +119,9 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
         mode: 0o644,
         uid: 0,
         gid: 0,
-        mtime: 0,
-        mtimeNsec: 0,
+        mtimeNs: 0n,
         size: data.length,
-        xattrs: [],
+        xattrs: {},
         content: { data },
       })),
     ];
