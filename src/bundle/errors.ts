@@ -2,7 +2,7 @@ import { TiuError, isTiuError } from '../errors.ts';
 import { showPath } from '../layer/entry.ts';
 import { normalizeEntryPath } from '../layer/paths.ts';
 
-/** Anything wrong with what `tiu build` was given: the source tree, tar or options. */
+/** Anything wrong with what `tiu build` was given: the source tree, tar or options (the layer format's own refusals: src/layer/errors.ts). */
 export class BuildError extends TiuError {
   constructor(
     code:
@@ -12,12 +12,7 @@ export class BuildError extends TiuError {
       | 'BUILD_SOURCE_UNREADABLE'
       | 'BUILD_BAD_OPTION'
       | 'TAR_UNSAFE_PATH'
-      | 'TAR_INVALID'
-      | 'TAR_UNSUPPORTED_ENTRY'
-      | 'TOC_INVALID'
-      | 'TOC_CHECKSUM_MISMATCH'
-      | 'TOC_TOO_LARGE'
-      | 'ZSTD_OUTPUT_TOO_LARGE',
+      | 'TAR_INVALID',
     message: string,
     details: Record<string, unknown> = {},
   ) {

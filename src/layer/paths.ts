@@ -24,7 +24,7 @@ export function normalizeEntryPath(name: string, opts: { allowAbsolute?: boolean
   const parts: string[] = [];
   for (const p of name.split('/')) {
     if (p === '' || p === '.') continue;
-    if (p === '..') throw new UnsafePathError(name, "contains a '..' component");
+    if (p === '..') throw new UnsafePathError(name, "leaves the tree (a '..' component)");
     if (p.length > MAX_COMPONENT)
       throw new BadEntryError(
         name,

@@ -13,18 +13,8 @@ import type { LayerOpener } from '../../layer/openers.ts';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import { BadHardlinkError, BadTarError, UnsafePathError, inLayer, mapFsError } from './errors.ts';
 import type { SpaceGuard } from './space.ts';
-import {
-  SafeRoot,
-  createSpecial,
-  ensureDir,
-  makeLink,
-  reflinkFile,
-  removeTree,
-  sameTime,
-  setMetaAt,
-  tmpName,
-  writeNewFile,
-} from './fsops.ts';
+// The filesystem primitives, shared with the executor (execute.ts).
+import * as fsops from './fsops.ts';
 import { isAtOrBelow, whiteoutOf } from './layers.ts';
 import { comparePaths, joinPath, normalizeEntryPath, parentOf } from '../../layer/paths.ts';
 import { bstr, devMajor, devMinor, implicitDir, showPath } from '../../layer/entry.ts';
@@ -66,7 +56,7 @@ function add(c: Counter, bytes: number): void {
 const REFLINK_MIN = 4096;
 
 interface State {
-  sr: SafeRoot;
+  sr: fsops.SafeRoot;
   old: OldTree;
   index: ContentIndex;
   report: ApplyReport;
@@ -95,7 +85,7 @@ async function applyTarLayersInner(
   layers: readonly LayerOpener[],
   opts: TarApplyOptions,
 ): Promise<ApplyReport> {
-  const sr = await SafeRoot.open(root, 'binary');
+  const sr = await fsops.SafeRoot.open(root, 'binary');
   const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
   const st: State = {
     sr,
@@ -142,7 +132,7 @@ async function applyTarLayersInner(
       continue;
     }
     gone.add(p);
-    const r = await removeTree(sr, p, st.report.warnings);
+    const r = await fsops.removeTree(sr, p, st.report.warnings);
     st.report.deleted.count += r.count;
     st.report.deleted.bytes += r.bytes;
   }
@@ -163,7 +153,7 @@ async function applyTarLayersInner(
   for (const [p, { entry }] of st.present) {
     if (entry.type !== 'dir' || entry.implicit) continue;
     const s = await lstat(sr.path(p), { bigint: true });
-    if (!sameTime(s.mtimeNs, entry.mtimeNs)) await setMetaAt(sr, p, entry, { mtime: true });
+    if (!fsops.sameTime(s.mtimeNs, entry.mtimeNs)) await fsops.setMetaAt(sr, p, entry, { mtime: true });
   }
   return { ...st.report, ...st.skipped.report() };
 }
@@ -208,8 +198,8 @@ async function ensureParents(st: State, path: string, layer: number): Promise<vo
     const implicit = implicitDir(d);
     const s = await lstatOrNull(st.sr.path(d));
     if (!s?.isDirectory()) {
-      if (s) await removeTree(st.sr, d, st.report.warnings);
-      await ensureDir(st.sr, d, implicit);
+      if (s) await fsops.removeTree(st.sr, d, st.report.warnings);
+      await fsops.ensureDir(st.sr, d, implicit);
       add(st.report.created, 0);
     }
     st.present.set(d, { entry: implicit, layer });
@@ -242,13 +232,13 @@ async function applyTarEntry(st: State, t: TarMember, layer: number): Promise<vo
       if (cur?.isDirectory()) {
         const fix = metaDiff(e, curX!);
         if (fix && (fix.owner || fix.mode)) {
-          await setMetaAt(sr, path, e, fix);
+          await fsops.setMetaAt(sr, path, e, fix);
           if (fix.owner) afterChown(st, path);
           add(report.metadataFixed, 0);
         } else add(report.kept, 0);
       } else {
-        if (cur) await removeTree(sr, path, report.warnings);
-        await ensureDir(sr, path, e);
+        if (cur) await fsops.removeTree(sr, path, report.warnings);
+        await fsops.ensureDir(sr, path, e);
         st.xattrNow.set(path, {});
         add(report.created, 0);
       }
@@ -269,13 +259,13 @@ async function applyTarEntry(st: State, t: TarMember, layer: number): Promise<vo
       if (same) {
         const fix = metaDiff(e, curX!);
         if (fix && (fix.owner || fix.mode || fix.mtime)) {
-          await setMetaAt(sr, path, e, fix);
+          await fsops.setMetaAt(sr, path, e, fix);
           if (fix.owner) afterChown(st, path);
           add(report.metadataFixed, 0);
         } else add(report.kept, 0);
       } else {
-        if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
-        await createSpecial(sr, path, e);
+        if (cur?.isDirectory()) await fsops.removeTree(sr, path, report.warnings);
+        await fsops.createSpecial(sr, path, e);
         st.xattrNow.set(path, {});
         add(report.created, 0);
       }
@@ -290,8 +280,8 @@ async function applyTarEntry(st: State, t: TarMember, layer: number): Promise<vo
       const ts = await lstatOrNull(sr.path(target));
       if (cur && ts && cur.ino === ts.ino && !cur.isDirectory()) add(report.kept, 0);
       else {
-        if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
-        await makeLink(sr, path, target);
+        if (cur?.isDirectory()) await fsops.removeTree(sr, path, report.warnings);
+        await fsops.makeLink(sr, path, target);
         add(report.linked, 0);
       }
       // record the target's entry for xattrs purposes: the link shares its inode
@@ -338,7 +328,7 @@ async function applyRegular(
           continue;
         }
         // differs: copy the equal prefix from the old file, then this chunk and the rest
-        tmp = joinPath(parentOf(path), tmpName());
+        tmp = joinPath(parentOf(path), fsops.tmpName());
         const fhOld = fh;
         const prefixEnd = pos;
         async function* rest(): AsyncGenerator<Buffer> {
@@ -349,7 +339,7 @@ async function applyRegular(
         const r = await reuseOldContent(
           st,
           tmp,
-          (await writeNewFile(sr.path(tmp), rest(), { size: e.size }, path, st.opts.space)).digest,
+          (await fsops.writeNewFile(sr.path(tmp), rest(), { size: e.size }, path, st.opts.space)).digest,
           e.size,
         );
         tmp = r.path;
@@ -362,7 +352,7 @@ async function applyRegular(
       await fh.close();
     }
     if (tmp) {
-      await setMetaAt(sr, tmp, e);
+      await fsops.setMetaAt(sr, tmp, e);
       await rename(sr.path(tmp), abs);
       st.xattrNow.set(path, {});
       add(reused ? report.reflinked : report.written, e.size);
@@ -372,9 +362,9 @@ async function applyRegular(
       // Same content, but the inode is shared with other names: give this name its own inode
       // (a reflink, no data) so changing its metadata cannot change the others'.
       const tmp2 = await sr.tmpBeside(path);
-      const real = await reflinkFile(abs, sr.path(tmp2), st.opts.allowCopyFallback ?? false);
+      const real = await fsops.reflinkFile(abs, sr.path(tmp2), st.opts.allowCopyFallback ?? false);
       if (!real) add(report.copiedInsteadOfReflink, e.size);
-      await setMetaAt(sr, tmp2, e);
+      await fsops.setMetaAt(sr, tmp2, e);
       await rename(sr.path(tmp2), abs);
       st.xattrNow.set(path, {});
       add(report.reflinked, e.size);
@@ -382,21 +372,21 @@ async function applyRegular(
     }
     const fix = metaDiff(e, curX!);
     if (fix && (fix.owner || fix.mode || fix.mtime)) {
-      await setMetaAt(sr, path, e, fix);
+      await fsops.setMetaAt(sr, path, e, fix);
       if (fix.owner) afterChown(st, path);
       add(report.metadataFixed, e.size);
     } else add(report.kept, e.size);
     return;
   }
-  if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
+  if (cur?.isDirectory()) await fsops.removeTree(sr, path, report.warnings);
   const tmp0 = await sr.tmpBeside(path);
   const { path: tmp, reused } = await reuseOldContent(
     st,
     tmp0,
-    (await writeNewFile(sr.path(tmp0), body, { size: e.size }, path, st.opts.space)).digest,
+    (await fsops.writeNewFile(sr.path(tmp0), body, { size: e.size }, path, st.opts.space)).digest,
     e.size,
   );
-  await setMetaAt(sr, tmp, e);
+  await fsops.setMetaAt(sr, tmp, e);
   await rename(sr.path(tmp), abs);
   st.xattrNow.set(path, {});
   add(reused ? report.reflinked : report.written, e.size);
@@ -427,8 +417,8 @@ async function reuseOldContent(
     )
       continue;
     if ((await st.index.digestOf(x)) !== digest) continue;
-    const clone = joinPath(parentOf(tmp), tmpName());
-    const real = await reflinkFile(st.sr.path(c), st.sr.path(clone), st.opts.allowCopyFallback ?? false);
+    const clone = joinPath(parentOf(tmp), fsops.tmpName());
+    const real = await fsops.reflinkFile(st.sr.path(c), st.sr.path(clone), st.opts.allowCopyFallback ?? false);
     if (!real) {
       // no reflinks here: the copy just written is as good
       await unlink(st.sr.path(clone));
