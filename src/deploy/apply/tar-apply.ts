@@ -107,7 +107,7 @@ async function applyTarLayersInner(
     try {
       for await (const t of readTar(stream)) {
         if (space) {
-          space.expand(t.size, showPath(t.name));
+          space.expand(t.size, t.name);
           await space.wrote(ENTRY_COST);
         }
         await applyTarEntry(st, t, k);
