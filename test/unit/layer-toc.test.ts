@@ -180,8 +180,15 @@ describe('layer: zstd:chunked layers and their table of contents', function () {
     for (const l of lines) {
       if (l.type === 2) rebuilt.update(Buffer.from(l.payload ?? '', 'base64'));
       else {
+        // tar-split's rule: `name` when the name is valid UTF-8, else only `name_raw` (base64 of the bytes).
+        assert.ok((l.name === undefined) !== (l.name_raw === undefined), JSON.stringify(l));
         const key = l.name_raw ?? Buffer.from(l.name!, 'utf8').toString('base64');
         const e = byName.get(key)!;
+        assert.equal(
+          l.name_raw !== undefined,
+          e && e.path === 'usr/z\xff',
+          `name_raw only for the name that is not UTF-8`,
+        );
         assert.ok(e, `tar-split names ${l.name ?? l.name_raw}`);
         const data = (e.content as { data: Buffer } | undefined)?.data ?? Buffer.alloc(0);
         assert.equal(l.size ?? 0, data.length);
