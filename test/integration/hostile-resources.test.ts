@@ -272,7 +272,10 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
     await writeImage(env.layout, t, [rawLayer(gzipSync(tar), MediaType.OciLayerGzip)]);
     const done = await env.expectSkipped(env.ref(t));
     const dir = Buffer.from(join(done.root, 'usr/share/fake'));
-    const names = (await readdir(dir, { encoding: 'buffer' })).map((n) => n.toString('latin1')).sort();
+    const names = (await readdir(dir, { encoding: 'buffer' }))
+      .map((n) => n.toString('latin1'))
+      .filter((n) => n.startsWith('n-'))
+      .sort();
     assert.deepEqual(names, ['n-\xfe', 'n-\xff']);
     const read = (b: number) => readFile(Buffer.concat([dir, Buffer.from('/n-'), Buffer.from([b])]), 'utf8');
     assert.equal(await read(0xff), 'one');
