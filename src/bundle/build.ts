@@ -84,7 +84,7 @@ export function sourceDateEpochFromEnv(env: NodeJS.ProcessEnv = process.env): nu
   const v = env.SOURCE_DATE_EPOCH;
   if (v === undefined || v === '') return undefined;
   if (!/^\d+$/.test(v))
-    throw new BuildError('BUILD_BAD_OPTION', `SOURCE_DATE_EPOCH=${JSON.stringify(v)} is not a number of seconds`);
+    throw new BuildError('BUILD_OPTION_INVALID', `SOURCE_DATE_EPOCH=${JSON.stringify(v)} is not a number of seconds`);
   return Number(v);
 }
 
@@ -198,7 +198,8 @@ export async function readTreeOsRelease(entries: readonly TreeEntry[]): Promise<
 }
 
 function parseAnnotations(a: Record<string, string>): Record<string, string> {
-  for (const k of Object.keys(a)) if (k === '') throw new BuildError('BUILD_BAD_OPTION', 'an annotation needs a key');
+  for (const k of Object.keys(a))
+    if (k === '') throw new BuildError('BUILD_OPTION_INVALID', 'an annotation needs a key');
   return a;
 }
 
@@ -212,9 +213,9 @@ export async function buildBundle(
   const compression = opts.compression ?? 'zstd';
   const nLayers = opts.layers ?? DEFAULT_LAYERS;
   if (!Number.isInteger(nLayers) || nLayers < 1 || nLayers > MAX_LAYERS)
-    throw new BuildError('BUILD_BAD_OPTION', `--layers must be between 1 and ${MAX_LAYERS}, got ${nLayers}`);
+    throw new BuildError('BUILD_OPTION_INVALID', `--layers must be between 1 and ${MAX_LAYERS}, got ${nLayers}`);
   if (compression !== 'zstd' && compression !== 'gzip')
-    throw new BuildError('BUILD_BAD_OPTION', `--compression must be zstd or gzip, got ${String(compression)}`);
+    throw new BuildError('BUILD_OPTION_INVALID', `--compression must be zstd or gzip, got ${String(compression)}`);
   const excludes = normalizeExcludes(opts.exclude);
   const arch = opts.architecture ?? hostArchitecture();
   const userAnnotations = parseAnnotations(opts.annotations ?? {});
@@ -267,7 +268,7 @@ export async function buildBundle(
       }, 0);
     const created = formatModtime(epoch, 0);
     if (created === undefined)
-      throw new BuildError('BUILD_BAD_OPTION', `SOURCE_DATE_EPOCH=${epoch} is not a representable date`);
+      throw new BuildError('BUILD_OPTION_INVALID', `SOURCE_DATE_EPOCH=${epoch} is not a representable date`);
 
     // 3. Rules and layers.
     const tree = applyTreeRules(entries, { exclude: excludes, mtime: epoch });

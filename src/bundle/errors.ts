@@ -10,8 +10,8 @@ export class BuildError extends TiuError {
       | 'BUILD_SOURCE_UNSUPPORTED'
       | 'BUILD_SOURCE_CHANGED'
       | 'BUILD_SOURCE_UNREADABLE'
-      | 'BUILD_BAD_OPTION'
-      | 'TAR_UNSAFE_PATH'
+      | 'BUILD_OPTION_INVALID'
+      | 'PATH_UNSAFE'
       | 'TAR_INVALID',
     message: string,
     details: Record<string, unknown> = {},
@@ -22,15 +22,15 @@ export class BuildError extends TiuError {
 
 /**
  * A path of the build's input in tree form, by src/layer's one set of path rules; a refusal is
- * said as TAR_UNSAFE_PATH naming `what` (the source member, option or link it came from).
+ * said as PATH_UNSAFE naming `what` (the source member, option or link it came from).
  */
 export function treePath(raw: string, what: string, allowAbsolute = false): string {
   try {
     return normalizeEntryPath(raw, { allowAbsolute });
   } catch (e) {
-    if (!isTiuError(e, 'UNSAFE_PATH') && !isTiuError(e, 'BAD_ENTRY')) throw e;
+    if (!isTiuError(e, 'PATH_UNSAFE') && !isTiuError(e, 'ENTRY_INVALID')) throw e;
     const why = String(e.details.why);
-    throw new BuildError('TAR_UNSAFE_PATH', `${what}: path ${JSON.stringify(showPath(raw))}: ${why}`, {
+    throw new BuildError('PATH_UNSAFE', `${what}: path ${JSON.stringify(showPath(raw))}: ${why}`, {
       path: showPath(raw),
       why,
     });

@@ -88,7 +88,7 @@ export function normalizeExcludes(exclude: string[] = []): string[] {
   return exclude.map((x) => {
     const p = treePath(x, `--exclude ${x}`, true);
     if (p === '')
-      throw new BuildError('BUILD_BAD_OPTION', `--exclude ${JSON.stringify(x)} would leave out the whole tree`);
+      throw new BuildError('BUILD_OPTION_INVALID', `--exclude ${JSON.stringify(x)} would leave out the whole tree`);
     return p;
   });
 }

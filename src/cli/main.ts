@@ -3,11 +3,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { TiuError, asError } from '../errors.ts';
+import { TiuError, asError, type ErrorCode } from '../errors.ts';
+import { EXIT_FAILURE, EXIT_USAGE, exitStatusOf } from '../error-codes.ts';
 import type { Command, Output } from './command.ts';
 import { commands } from './commands/index.ts';
 
-export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
+/** Exit statuses; an error's comes from the registry (src/error-codes.ts, docs/errors.md). */
+export const EXIT = { ok: 0, failure: EXIT_FAILURE, usage: EXIT_USAGE } as const;
 
 export function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -100,17 +102,44 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-function reportError(e: unknown, json: boolean): number {
+/**
+ * What the CLI says about a failure: one line `tiu: error: MESSAGE [CODE]`, or `[CODE <- CAUSE]`
+ * when the error wraps another code (COPY_FAILED over CONTENT_NOT_FOUND); for --json
+ * `{"error":{code,message,details,cause?:{code}}}`; the exit status is the code's (src/error-codes.ts).
+ */
+export function describeError(e: unknown): {
+  code: ErrorCode;
+  line: string;
+  json: { error: { code: ErrorCode; message: string; details: Record<string, unknown>; cause?: { code: string } } };
+  status: number;
+} {
   const err = asError(e);
-  const code = err instanceof TiuError ? err.code : 'INTERNAL';
-  if (json) {
-    const details = err instanceof TiuError ? err.details : {};
-    process.stdout.write(JSON.stringify({ error: { code, message: err.message, details } }, null, 2) + '\n');
-  } else {
-    process.stderr.write(`tiu: error: ${err.message} [${code}]\n`);
-    if (code === 'INTERNAL' && process.env.TIU_DEBUG) process.stderr.write(`${err.stack}\n`);
+  const code: ErrorCode = err instanceof TiuError ? err.code : 'INTERNAL';
+  const causeCode = err instanceof TiuError ? err.causeCode : undefined;
+  const details = err instanceof TiuError ? err.details : {};
+  return {
+    code,
+    line: `tiu: error: ${err.message} [${code}${causeCode !== undefined ? ` <- ${causeCode}` : ''}]`,
+    json: {
+      error: {
+        code,
+        message: err.message,
+        details,
+        ...(causeCode !== undefined ? { cause: { code: causeCode } } : {}),
+      },
+    },
+    status: exitStatusOf(code),
+  };
+}
+
+function reportError(e: unknown, json: boolean): number {
+  const d = describeError(e);
+  if (json) process.stdout.write(JSON.stringify(d.json, null, 2) + '\n');
+  else {
+    process.stderr.write(d.line + '\n');
+    if (d.code === 'INTERNAL' && process.env.TIU_DEBUG) process.stderr.write(`${asError(e).stack}\n`);
   }
-  return code === 'USAGE' ? EXIT.usage : EXIT.failure;
+  return d.status;
 }
 
 if (import.meta.main) {

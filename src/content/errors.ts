@@ -2,7 +2,7 @@ import { TiuError } from '../errors.ts';
 
 export class NotFoundError extends TiuError {
   constructor(what: string, where: string) {
-    super('NOT_FOUND', `${what} not found in ${where}`, { what, where });
+    super('CONTENT_NOT_FOUND', `${what} not found in ${where}`, { what, where });
   }
 }
 export class RangeUnsupportedError extends TiuError {
@@ -12,7 +12,7 @@ export class RangeUnsupportedError extends TiuError {
 }
 export class InvalidManifestError extends TiuError {
   constructor(why: string, details: Record<string, unknown> = {}) {
-    super('INVALID_MANIFEST', `invalid manifest: ${why}`, details);
+    super('MANIFEST_INVALID', `invalid manifest: ${why}`, details);
   }
 }
 export class ManifestTooLargeError extends TiuError {
@@ -22,12 +22,12 @@ export class ManifestTooLargeError extends TiuError {
 }
 export class InvalidTagError extends TiuError {
   constructor(tag: string) {
-    super('INVALID_TAG', `invalid tag ${JSON.stringify(tag.slice(0, 140))}`, { tag: tag.slice(0, 140) });
+    super('TAG_INVALID', `invalid tag ${JSON.stringify(tag.slice(0, 140))}`, { tag: tag.slice(0, 140) });
   }
 }
 export class InvalidRangeError extends TiuError {
   constructor(digest: string, start: number, end: number, size: number) {
-    super('INVALID_RANGE', `byte range [${start}, ${end}) is outside blob ${digest} of ${size} bytes`, {
+    super('RANGE_INVALID', `byte range [${start}, ${end}) is outside blob ${digest} of ${size} bytes`, {
       digest,
       start,
       end,

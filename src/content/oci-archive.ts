@@ -25,7 +25,7 @@ import { OciLayoutTarget } from './oci-layout.ts';
 
 export class InvalidArchiveError extends TiuError {
   constructor(path: string, why: string) {
-    super('INVALID_ARCHIVE', `${path} is not a usable oci-archive: ${why}`, { path });
+    super('ARCHIVE_INVALID', `${path} is not a usable oci-archive: ${why}`, { path });
   }
 }
 
@@ -96,7 +96,7 @@ export class OciArchiveTarget implements Target {
       return t;
     } catch (e) {
       await rm(tmp, { recursive: true, force: true });
-      if (exists && e instanceof TiuError && e.code === 'NOT_FOUND')
+      if (exists && e instanceof TiuError && e.code === 'CONTENT_NOT_FOUND')
         throw new InvalidArchiveError(abs, 'no oci-layout file in it');
       throw e;
     }

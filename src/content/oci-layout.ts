@@ -63,12 +63,12 @@ const COSIGN_TAG_RE = /^[a-z0-9]+-[0-9a-f]{64}\.(?:sig|att|sbom)$/;
 
 export class InvalidLayoutError extends TiuError {
   constructor(path: string, why: string) {
-    super('INVALID_LAYOUT', `${path} is not a usable OCI layout: ${why}`, { path });
+    super('LAYOUT_INVALID', `${path} is not a usable OCI layout: ${why}`, { path });
   }
 }
 export class AmbiguousReferenceError extends TiuError {
   constructor(where: string, count: number) {
-    super('AMBIGUOUS_REFERENCE', `${where} holds ${count} images; name one with :TAG or @DIGEST`, { where, count });
+    super('REFERENCE_AMBIGUOUS', `${where} holds ${count} images; name one with :TAG or @DIGEST`, { where, count });
   }
 }
 

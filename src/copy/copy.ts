@@ -12,11 +12,11 @@
  *  5. only then the tag at the destination: a tag never points at incomplete content.
  *
  * Failures are CopyError { code: COPY_FAILED (or the cause's DIGEST_MISMATCH, SIZE_MISMATCH,
- * REGISTRY_TOO_SLOW), op, origin: 'source' | 'destination' } with the
+ * REGISTRY_TOO_SLOW, DISK_FULL), op, origin: 'source' | 'destination' } with the
  * underlying error as `cause` and its code in details.causeCode.
  */
 import { Readable } from 'node:stream';
-import { TiuError, asError, isTiuError } from '../errors.ts';
+import { TiuError, asError, isNoSpaceErrno, isTiuError, type ErrorCode } from '../errors.ts';
 import { fetchManifest, childrenOf } from '../content/graph.ts';
 import type { Target } from '../content/interfaces.ts';
 import { Semaphore } from '../content/semaphore.ts';
@@ -29,10 +29,22 @@ export type CopyOrigin = 'source' | 'destination';
 
 /**
  * Causes whose code the copy error keeps as its own (the README promises them at the top): a
- * blob that fails its digest or size, a registry below the minimum speed. `details.causeCode`
- * and `op`/`origin` say the rest, as for COPY_FAILED.
+ * blob that fails its digest or size, a registry below the minimum speed, a full disk. Otherwise
+ * COPY_FAILED; `causeCode` (details.causeCode, error.cause.code in the CLI's --json) and
+ * `op`/`origin` say the rest.
  */
-const KEEP_CODE = new Set(['DIGEST_MISMATCH', 'SIZE_MISMATCH', 'REGISTRY_TOO_SLOW']);
+const KEEP_CODE: ReadonlySet<ErrorCode> = new Set([
+  'DIGEST_MISMATCH',
+  'SIZE_MISMATCH',
+  'REGISTRY_TOO_SLOW',
+  'DISK_FULL',
+]);
+
+/** The code a copy error over `err` takes: a kept cause's, DISK_FULL for Node's ENOSPC, else COPY_FAILED. */
+function copyCode(err: Error): ErrorCode {
+  if (isTiuError(err)) return KEEP_CODE.has(err.code) ? err.code : 'COPY_FAILED';
+  return isNoSpaceErrno(err) ? 'DISK_FULL' : 'COPY_FAILED';
+}
 
 export class CopyError extends TiuError {
   readonly op: CopyOp;
@@ -52,7 +64,7 @@ export class CopyError extends TiuError {
     };
     const side = op === 'resolve' || op === 'tag' || op === 'referrers' ? ` in ${where}` : ` ${prep} ${where}`;
     super(
-      KEEP_CODE.has(causeCode) ? causeCode : 'COPY_FAILED',
+      copyCode(err),
       `copy failed ${verb[op]}${what}${side}: ${err.message}`,
       {
         op,
@@ -263,7 +275,7 @@ class GraphCopier {
       try {
         found.push({ desc: await src.resolve(tag, { signal }), tag });
       } catch (e) {
-        if (isTiuError(e, 'NOT_FOUND')) continue;
+        if (isTiuError(e, 'CONTENT_NOT_FOUND')) continue;
         throw new CopyError('resolve', 'source', src.name, e, subject.digest);
       }
     }
@@ -293,7 +305,7 @@ export async function copy(
   const root = await step('resolve', 'source', src, async () => {
     if (srcRef !== undefined) return src.resolve(srcRef, { signal: opts.signal });
     if (!src.resolveDefault)
-      throw new TiuError('MISSING_REFERENCE', `${src.name} needs a tag or digest to name the image`);
+      throw new TiuError('REFERENCE_MISSING', `${src.name} needs a tag or digest to name the image`);
     return src.resolveDefault({ signal: opts.signal });
   });
   if (opts.verify) await opts.verify(src, root);

@@ -79,13 +79,13 @@ export function planBoot(state: HealthState, maxAttempts = DEFAULT_MAX_ATTEMPTS)
   const n = state.booted;
   if (n === undefined) {
     throw new HealthError(
-      'NOT_SNAPSHOT_ROOT',
+      'SYSROOT_NOT_SNAPSHOT',
       'the running root is not a snapper snapshot (@/.snapshots/N/snapshot): nothing to check or roll back',
     );
   }
   const snap = state.snapshots.find((s) => s.number === n);
   if (!snap)
-    throw new HealthError('NO_SUCH_SNAPSHOT', `the booted snapshot ${n} is not in snapper's list`, { snapshot: n });
+    throw new HealthError('SNAPSHOT_NOT_FOUND', `the booted snapshot ${n} is not in snapper's list`, { snapshot: n });
   if (healthOf(snap) === 'good') return { kind: 'verify', snapshot: n };
   const before = attemptsOf(snap);
   if (before >= maxAttempts)

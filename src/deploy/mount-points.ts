@@ -52,7 +52,7 @@ export interface KeptMountPoints {
  * Make every mount point a real directory in the new snapshot at `newRoot`: those of the old
  * /etc/fstab (`oldMountPoints`, as reservedOf read them) and of the new one, `preserve`, and proc, sys, dev, run, tmp. Missing ones (and missing
  * parents) are created like the booted snapshot's (else 0755 root:root); a symlink or file where the mount point itself must be
- * is removed first (not followed). A symlink on the way to one is UNSAFE_PATH.
+ * is removed first (not followed). A symlink on the way to one is PATH_UNSAFE.
  */
 export async function keepMountPoints(
   newRoot: string,

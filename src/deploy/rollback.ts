@@ -27,12 +27,18 @@ export async function rollback(opts: { sysroot?: string; snapshot?: number } = {
     const state = await readState(ctx);
     const to = opts.snapshot ?? state.rollback;
     if (to === undefined)
-      throw new RollbackError('NO_ROLLBACK_TARGET', `there is no earlier snapshot to roll back to on ${ctx.sysroot}`, {
-        default: state.default,
-      });
+      throw new RollbackError(
+        'ROLLBACK_TARGET_MISSING',
+        `there is no earlier snapshot to roll back to on ${ctx.sysroot}`,
+        {
+          default: state.default,
+        },
+      );
     const snap = state.snapshots.find((s) => s.number === to);
     if (!snap)
-      throw new RollbackError('NO_SUCH_SNAPSHOT', `snapshot ${to} does not exist on ${ctx.sysroot}`, { snapshot: to });
+      throw new RollbackError('SNAPSHOT_NOT_FOUND', `snapshot ${to} does not exist on ${ctx.sysroot}`, {
+        snapshot: to,
+      });
     if (snap.inProgress && !snap.default)
       throw new RollbackError('SNAPSHOT_UNFINISHED', `snapshot ${to} is an unfinished update and cannot be booted`, {
         snapshot: to,
@@ -45,7 +51,7 @@ export async function rollback(opts: { sysroot?: string; snapshot?: number } = {
     if (sd && !(await sd.entries()).some((e) => e.snapshot === to)) {
       const plan = await sd.prepare(ctx, to, config, { tries: false });
       if (!plan)
-        throw new RollbackError('NO_KERNEL', `snapshot ${to} has no kernel to boot it with systemd-boot`, {
+        throw new RollbackError('KERNEL_MISSING', `snapshot ${to} has no kernel to boot it with systemd-boot`, {
           snapshot: to,
         });
       await sd.stageFiles(ctx, plan);

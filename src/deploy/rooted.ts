@@ -4,12 +4,12 @@
  * the new /etc to /usr/lib/tiu/etc, the commit's touch of /usr, the hook chroot's mount points)
  * goes through a RootedDir, so an image can never make tiu read or write outside the snapshot.
  *
- *   - A RootedDir is opened on an absolute path that must be a real directory (BAD_ROOT
+ *   - A RootedDir is opened on an absolute path that must be a real directory (APPLY_ROOT_INVALID
  *     otherwise). Paths given to it are relative: `.` and empty components are dropped, an
- *     absolute path, a `..` component or a NUL byte is UNSAFE_PATH.
+ *     absolute path, a `..` component or a NUL byte is PATH_UNSAFE.
  *   - Every directory on the way is resolved beneath the root component by component with
  *     lstat, never following a symlink: a symlink or non-directory where a directory must be is
- *     UNSAFE_PATH naming the path (SafeRoot in apply/fsops.ts does this walk for the apply
+ *     PATH_UNSAFE naming the path (SafeRoot in apply/fsops.ts does this walk for the apply
  *     engine too: one rooted model).
  *   - The last component is opened with O_NOFOLLOW (reads, metadata) or created with O_EXCL
  *     (new files, under a temporary name in the verified parent), and files are replaced by
@@ -100,14 +100,14 @@ export class RootedDir {
     this.root = sr.root;
   }
 
-  /** Open `root` (absolute, a real directory, not a symlink: BAD_ROOT otherwise). */
+  /** Open `root` (absolute, a real directory, not a symlink: APPLY_ROOT_INVALID otherwise). */
   static async open(root: string): Promise<RootedDir> {
     if (!root.startsWith('/'))
       throw new UnsafePathError(root, 'the root of a rooted directory must be an absolute path');
     return new RootedDir(await SafeRoot.open(root));
   }
 
-  /** Normalise a relative path: `` is the root; absolute, `..` and NUL are UNSAFE_PATH. */
+  /** Normalise a relative path: `` is the root; absolute, `..` and NUL are PATH_UNSAFE. */
   static rel(path: string): string {
     return normalizeEntryPath(path);
   }
@@ -118,12 +118,12 @@ export class RootedDir {
     return r === '' ? this.root : join(this.root, r);
   }
 
-  /** `rel` is a real directory beneath the root (every component lstat'ed), or UNSAFE_PATH (also when missing). */
+  /** `rel` is a real directory beneath the root (every component lstat'ed), or PATH_UNSAFE (also when missing). */
   async verifyDir(rel: string): Promise<void> {
     await this.#sr.verifyDir(RootedDir.rel(rel));
   }
 
-  /** True when `rel` is a real directory, false when it or a parent is missing; UNSAFE_PATH for a symlink or non-directory on the way. */
+  /** True when `rel` is a real directory, false when it or a parent is missing; PATH_UNSAFE for a symlink or non-directory on the way. */
   async isDir(rel: string): Promise<boolean> {
     return (await this.#sr.probeDir(RootedDir.rel(rel))) === null;
   }
@@ -266,7 +266,7 @@ export class RootedDir {
   /**
    * Write `data` as the file `rel`: into a new temporary file beside it (O_CREAT|O_EXCL|O_NOFOLLOW),
    * with mode (and owner, mtime when given), then renamed over `rel`. A symlink at `rel` is
-   * replaced, never followed; a directory there is UNSAFE_PATH.
+   * replaced, never followed; a directory there is PATH_UNSAFE.
    */
   async writeFileAtomic(
     rel: string,
@@ -300,7 +300,7 @@ export class RootedDir {
     }
   }
 
-  /** Set the times of the real directory `rel` (a symlink, non-directory or missing one is UNSAFE_PATH). */
+  /** Set the times of the real directory `rel` (a symlink, non-directory or missing one is PATH_UNSAFE). */
   async touchDir(rel: string, time: Date = new Date()): Promise<void> {
     const r = RootedDir.rel(rel);
     if ((await this.lstat(r)) === undefined) throw new UnsafePathError(r, 'does not exist');

@@ -25,7 +25,7 @@ import {
   subvolumeSnapshot,
 } from '../host/btrfs.ts';
 import { mountInfo, unmount } from '../host/mount.ts';
-import { TiuError } from '../errors.ts';
+import { TiuError, type ErrorCode } from '../errors.ts';
 import { RootedDir } from './rooted.ts';
 import { readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
 import type { SystemdBoot } from './boot/systemd-boot.ts';
@@ -33,7 +33,7 @@ import { LOADER_DEFAULT } from './boot/entries.ts';
 import type { TiuConfig } from './config.ts';
 
 export class SnapshotError extends TiuError {
-  constructor(code: string, message: string, details: Record<string, unknown> = {}) {
+  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}) {
     super(code, message, details);
   }
 }
@@ -180,7 +180,7 @@ function crashPoint(step: (typeof COMMIT_STEPS)[number]): void {
  *
  * With systemd-boot (crash-safe order: at every instant some entry boots a complete snapshot):
  *   0. plan the entry: read the kernel, initrd and /etc/kernel/cmdline through the rooted API,
- *      validate, check the ESP's room (UNSAFE_PATH, BAD_CMDLINE, ESP_FULL: nothing written)
+ *      validate, check the ESP's room (PATH_UNSAFE, CMDLINE_INVALID, ESP_FULL: nothing written)
  *   1. kernel and initrd onto the ESP (content-named, atomic, fsync)       crash: unused files,
  *   2. the entry `tiuparked-N+3.conf`, fsync: not a candidate for loader.conf's `default tiu-*`,
  *      so the loader still boots the old default                          crash: parked entry
@@ -195,7 +195,7 @@ function crashPoint(step: (typeof COMMIT_STEPS)[number]): void {
 export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions): Promise<void> {
   const root = snapshotPath(ctx.sysroot, n);
   // systemd's ConditionNeedsUpdate= compares /usr's mtime with /etc/.updated and /var/.updated.
-  // Through the rooted API: an image's `usr -> /elsewhere` (or a file there) is UNSAFE_PATH
+  // Through the rooted API: an image's `usr -> /elsewhere` (or a file there) is PATH_UNSAFE
   // before anything is committed, and update() deletes the snapshot.
   const now = new Date();
   await (await RootedDir.open(root)).touchDir('usr', now);
@@ -203,7 +203,7 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
   const plan = o.boot ? await o.boot.sd.prepare(ctx, n, o.boot.config) : undefined;
   if (o.boot && !plan)
     throw new SnapshotError(
-      'NO_KERNEL',
+      'KERNEL_MISSING',
       `snapshot ${n} has no kernel (usr/lib/modules/<kver>/vmlinuz or boot/vmlinuz-<kver>) to boot it with systemd-boot`,
       { snapshot: n },
     );
@@ -250,12 +250,12 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
 export async function setDefaultSnapshot(ctx: Context, n: number): Promise<void> {
   const root = snapshotPath(ctx.sysroot, n);
   const info = await subvolumeShow(root).catch(() => {
-    throw new SnapshotError('NO_SUCH_SNAPSHOT', `snapshot ${n} does not exist (no subvolume at ${root})`, {
+    throw new SnapshotError('SNAPSHOT_NOT_FOUND', `snapshot ${n} does not exist (no subvolume at ${root})`, {
       snapshot: n,
     });
   });
   if (snapshotNumberOf(info.path) !== n) {
-    throw new SnapshotError('NO_SUCH_SNAPSHOT', `${root} is not snapshot ${n}'s subvolume (it is '${info.path}')`, {
+    throw new SnapshotError('SNAPSHOT_NOT_FOUND', `${root} is not snapshot ${n}'s subvolume (it is '${info.path}')`, {
       snapshot: n,
     });
   }
@@ -263,7 +263,7 @@ export async function setDefaultSnapshot(ctx: Context, n: number): Promise<void>
   const now = await getDefault(ctx.sysroot);
   if (now.id !== info.id)
     throw new SnapshotError(
-      'SET_DEFAULT_FAILED',
+      'SNAPSHOT_DEFAULT_FAILED',
       `the default subvolume is still ${now.path} after setting snapshot ${n}`,
       { snapshot: n },
     );

@@ -23,7 +23,7 @@ export const UD = {
 
 export class NotMicroOSError extends TiuError {
   constructor(message: string, details: Record<string, unknown> = {}) {
-    super('NOT_SNAPSHOT_ROOT', message, details);
+    super('SYSROOT_NOT_SNAPSHOT', message, details);
   }
 }
 

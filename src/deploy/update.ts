@@ -28,7 +28,7 @@ import type { TreeEntry } from './apply/types.ts';
 import { keepMountPoints, reservedOf } from './mount-points.ts';
 import type { EtcConflict, EtcMergeReport } from './etc-merge.ts';
 import type { IdClash, UsersMergeResult } from './users-merge.ts';
-import { TiuError, asError, isTiuError, someCause } from '../errors.ts';
+import { TiuError, asError, isDiskFullError, isTiuError, isTransientError } from '../errors.ts';
 import { hasSelinuxLabel, selinuxConfigWants } from '../host/selinux.ts';
 import { parentOf } from '../layer/paths.ts';
 import { RootedDir } from './rooted.ts';
@@ -207,14 +207,14 @@ export async function imageManifest(
   );
   if (!pick)
     throw new UpdateError(
-      'NO_MATCHING_PLATFORM',
+      'IMAGE_PLATFORM_MISSING',
       `${root.digest} has no image for ${platform.os}/${platform.architecture}`,
       { digest: root.digest, platform },
     );
   const second = await fetchManifest(target, pick, { signal });
   if (second.parsed.kind !== 'manifest')
     throw new UpdateError(
-      'INVALID_MANIFEST',
+      'MANIFEST_INVALID',
       `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`,
       { digest: pick.digest },
     );
@@ -223,16 +223,16 @@ export async function imageManifest(
 
 /**
  * The image's final tree must look like an operating system where tiu relies on it, before any
- * snapshot: a real /usr directory (NOT_AN_OS_IMAGE otherwise), and /etc, where the image has one,
+ * snapshot: a real /usr directory (IMAGE_NOT_OS otherwise), and /etc, where the image has one,
  * a real directory (the admin's /etc is merged into it, and on MicroOS it replaces a nested
- * subvolume: a symlink there is UNSAFE_PATH).
+ * subvolume: a symlink there is PATH_UNSAFE).
  */
 export function checkOsTree(entryAt: (path: string) => TreeEntry | undefined, image: string): void {
   // The trees checked have their implicit parents: a `usr/...` entry alone makes `usr` a directory.
   const usr = entryAt('usr');
   if (usr?.type !== 'dir')
     throw new UpdateError(
-      'NOT_AN_OS_IMAGE',
+      'IMAGE_NOT_OS',
       `${image} is not an operating system image: its tree has no /usr directory${usr ? ` (/usr is a ${usr.type})` : ''}`,
       { image },
     );
@@ -278,7 +278,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
   const image = opts.reference ?? config.image;
   if (!image)
     throw new UpdateError(
-      'NO_IMAGE',
+      'REFERENCE_MISSING',
       `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`,
     );
   if (opts.offline && opts.downloadOnly)
@@ -302,7 +302,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     const state = await readState(ctx);
     if (state.booted === undefined) {
       throw new UpdateError(
-        'NOT_SNAPSHOT_ROOT',
+        'SYSROOT_NOT_SNAPSHOT',
         `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`,
         { sysroot: ctx.sysroot },
       );
@@ -321,7 +321,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       progress(`looking up ${image} in the cache ${cacheDir}`);
       root = await cache.resolve(tag, { signal }).catch((e: unknown) => {
         throw new UpdateError(
-          'NOT_IN_CACHE',
+          'CACHE_BLOB_MISSING',
           `${image} is not in the cache ${cacheDir}; run 'tiu update --download-only ${image}' first`,
           { image, cache: cacheDir },
           { cause: e },
@@ -336,7 +336,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal });
       else
         throw new UpdateError(
-          'MISSING_REFERENCE',
+          'REFERENCE_MISSING',
           `${image} does not say which image of ${src.target.name} to use: add a tag or digest`,
           { image },
         );
@@ -480,7 +480,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       // A second copy of the admin's /etc waits aside while the image is written over the first
       // (so the image's /etc costs only what differs), then the merge writes into it.
       // Reads and writes in the snapshots outside the apply engine go through the rooted API:
-      // a symlink on the way (usr/lib/tiu -> /elsewhere) is UNSAFE_PATH, never followed.
+      // a symlink on the way (usr/lib/tiu -> /elsewhere) is PATH_UNSAFE, never followed.
       const newRd = await RootedDir.open(newRoot);
       const oldRd = await RootedDir.open(oldRoot);
       const aside = join(newRoot, ETC_ASIDE);
@@ -522,7 +522,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
         await newRd.mkdir(parentOf(PRISTINE_ETC));
         await newRd.copyTree(newRd, 'etc', PRISTINE_ETC);
       }
-      // The old pristine /etc may be missing (the first update); a symlink on its way is UNSAFE_PATH.
+      // The old pristine /etc may be missing (the first update); a symlink on its way is PATH_UNSAFE.
       await oldRd.isDir(PRISTINE_ETC);
       await newRd.verifyDir(ETC_ASIDE);
       const theirs = newRd.abs(PRISTINE_ETC);
@@ -588,7 +588,7 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
       } catch (d) {
         progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
       }
-      if (isNoSpace(e) || someCause(e, (x) => isTiuError(x, 'DISK_FULL'))) {
+      if (isNoSpace(e)) {
         throw new UpdateError(
           'DISK_FULL',
           `no space left on the filesystem of ${ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`,
@@ -784,7 +784,7 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
   try {
     return await step();
   } catch (e) {
-    if (!isNoSpace(e) && !someCause(e, (x) => isTiuError(x, 'DISK_FULL'))) throw e;
+    if (!isNoSpace(e)) throw e;
     throw new UpdateError(
       'DISK_FULL',
       `no space left on the filesystem of the cache ${cacheDir} while fetching ${image}; no snapshot was made: ${asError(e).message}`,
@@ -794,28 +794,17 @@ async function whileFetching<T>(cacheDir: string, image: string, step: () => Pro
   }
 }
 
-/** Failures that a later run may not meet: the network, the registry's load, a signal. */
-const TRANSIENT = [
-  'REGISTRY_UNREACHABLE',
-  'TIMEOUT',
-  'REGISTRY_UNAVAILABLE',
-  'TOO_MANY_REQUESTS',
-  'REGISTRY_TOO_SLOW',
-  'ABORTED',
-  'INTERRUPTED',
-];
+/**
+ * Whether the delta's content store is worth keeping for the next run: the failure is transient
+ * (a retry may get past it) and not a full disk, which the store itself helps fill.
+ */
 function isTransient(e: unknown, signal?: AbortSignal): boolean {
-  return signal?.aborted === true || someCause(e, (x) => TRANSIENT.some((c) => isTiuError(x, c)));
+  return signal?.aborted === true || (isTransientError(e) && !isDiskFullError(e));
 }
 
-/** ENOSPC anywhere in the cause chain (fs calls, a program's stderr, a wrapped error). */
+/** A full disk anywhere in the cause chain (DISK_FULL, or Node's ENOSPC/EDQUOT). */
 function isNoSpace(e: unknown): boolean {
-  return someCause(
-    e,
-    (x) =>
-      (x as NodeJS.ErrnoException).code === 'ENOSPC' ||
-      (x instanceof Error && /ENOSPC|No space left on device/.test(x.message)),
-  );
+  return isDiskFullError(e);
 }
 
 /**
@@ -875,14 +864,14 @@ export async function checkUpdate(
   const image = opts.reference ?? config.image;
   if (!image)
     throw new UpdateError(
-      'NO_IMAGE',
+      'REFERENCE_MISSING',
       `no image reference given and ${config.file ?? '/etc/tiu/tiu.conf'} sets no 'image'`,
     );
   const platform = opts.platform ?? { os: 'linux', architecture: ARCH[process.arch] ?? process.arch };
   const state = await readState(ctx);
   if (state.booted === undefined)
     throw new UpdateError(
-      'NOT_SNAPSHOT_ROOT',
+      'SYSROOT_NOT_SNAPSHOT',
       `${ctx.sysroot} does not run from a snapper snapshot (@/.snapshots/N/snapshot)`,
       { sysroot: ctx.sysroot },
     );
@@ -893,7 +882,7 @@ export async function checkUpdate(
     else if (src.target.resolveDefault) root = await src.target.resolveDefault({ signal: opts.signal });
     else
       throw new UpdateError(
-        'MISSING_REFERENCE',
+        'REFERENCE_MISSING',
         `${image} does not say which image of ${src.target.name} to use: add a tag or digest`,
         { image },
       );

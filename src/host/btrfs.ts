@@ -7,7 +7,7 @@ import { TiuError } from '../errors.ts';
 
 export class BtrfsError extends TiuError {
   constructor(message: string, details: Record<string, unknown> = {}) {
-    super('BTRFS', message, details);
+    super('BTRFS_FAILED', message, details);
   }
 }
 

@@ -12,7 +12,7 @@ import { RootedDir } from '../deploy/rooted.ts';
 
 export class ChrootError extends TiuError {
   constructor(message: string, details: Record<string, unknown> = {}) {
-    super('CHROOT', message, details);
+    super('CHROOT_FAILED', message, details);
   }
 }
 
@@ -30,7 +30,7 @@ export interface Chroot {
  * Bind the pseudo filesystems into `root`, call `fn`, unmount (on every exit path; a SIGKILL
  * leaves them, and the next run's cleanup, deleteSnapshot, unmounts whatever is below an
  * unfinished snapshot). Mount points missing in `root` are created as real directories; one
- * that is a symlink, or below one, is UNSAFE_PATH (src/deploy/rooted.ts) before anything is mounted.
+ * that is a symlink, or below one, is PATH_UNSAFE (src/deploy/rooted.ts) before anything is mounted.
  */
 export async function withChroot<T>(
   root: string,
@@ -51,7 +51,7 @@ export async function withChroot<T>(
   try {
     for (const b of binds) {
       // A real directory inside the root, every component lstat'ed (a missing one is created as
-      // a real directory): an image's `proc -> /elsewhere` is UNSAFE_PATH, never mounted over.
+      // a real directory): an image's `proc -> /elsewhere` is PATH_UNSAFE, never mounted over.
       await rooted.mkdir(b.target);
       await rooted.verifyDir(b.target);
       const target = rooted.abs(b.target);

@@ -19,7 +19,7 @@ export class EspError extends TiuError {}
 
 function safeRel(rel: string): string {
   if (rel.startsWith('/') || rel.split('/').some((c) => c === '' || c === '.' || c === '..') || rel.includes('\0')) {
-    throw new EspError('UNSAFE_PATH', `refusing ESP path '${rel}'`, { path: rel });
+    throw new EspError('PATH_UNSAFE', `refusing ESP path '${rel}'`, { path: rel });
   }
   return rel;
 }
@@ -219,7 +219,7 @@ export function decodeLoaderVariable(raw: Uint8Array): { attributes: number; val
 
 function loaderVariablePath(name: string, dir: string): string {
   if (!/^[A-Za-z][A-Za-z0-9]{0,63}$/.test(name))
-    throw new EspError('UNSAFE_PATH', `refusing EFI variable name '${name}'`, { name });
+    throw new EspError('PATH_UNSAFE', `refusing EFI variable name '${name}'`, { name });
   return join(dir, `${name}-${LOADER_GUID}`);
 }
 

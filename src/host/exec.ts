@@ -6,11 +6,15 @@ import type { Options as ExecaOptions, execa as ExecaFn } from 'execa';
 import type { Readable, Writable } from 'node:stream';
 import { TiuError } from '../errors.ts';
 
+/**
+ * A program that failed: COMMAND_FAILED, or DISK_FULL when its stderr says the disk is full (a
+ * program's ENOSPC reaches tiu only as text), so callers see a full disk by its code.
+ */
 export class CommandFailedError extends TiuError {
   constructor(argv: readonly string[], exitCode: number | undefined, stderrTail: string, why?: string) {
     const shown = argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(' ');
     super(
-      'COMMAND_FAILED',
+      /No space left on device|ENOSPC|Disk quota exceeded/.test(stderrTail) ? 'DISK_FULL' : 'COMMAND_FAILED',
       `${shown} ${why ?? `exited with ${exitCode ?? 'no code'}`}${stderrTail ? `: ${stderrTail}` : ''}`,
       { argv: [...argv], exitCode, stderr: stderrTail },
     );

@@ -27,7 +27,7 @@ export async function withProgramPath<T>(path: string | Buffer, use: (arg: strin
   const base = asText(path.subarray(slash + 1));
   if (slash <= 0 || base === undefined || base === '')
     throw new TiuError(
-      'NAME_NOT_SPELLABLE',
+      'PATH_ENCODING_UNSUPPORTED',
       `${JSON.stringify(path.toString('utf8'))}: a name that is not UTF-8 cannot be given to a program here`,
       { path: path.toString('utf8') },
     );

@@ -11,7 +11,7 @@ import { TiuError } from '../errors.ts';
 
 export class SnapperError extends TiuError {
   constructor(message: string, details: Record<string, unknown> = {}) {
-    super('SNAPPER', message, details);
+    super('SNAPPER_FAILED', message, details);
   }
 }
 

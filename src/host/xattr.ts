@@ -8,7 +8,7 @@
  * escaped with quoteName (every byte outside printable ASCII, and the backslash, as `\ooo`),
  * values are base64 (`0s…`), and names cannot be escaped, so every name is validated
  * (src/deploy/apply/xattr-names.ts: namespace, printable ASCII, no '=', 1..255 bytes) and
- * values are at most 64 KiB; anything else is BAD_XATTR before setfattr runs.
+ * values are at most 64 KiB; anything else is XATTR_INVALID before setfattr runs.
  */
 import { CommandFailedError, run } from './exec.ts';
 import { withProgramPath } from './program-path.ts';

@@ -7,7 +7,7 @@ export class LayerFormatError extends TiuError {
   constructor(
     code:
       | 'TAR_INVALID'
-      | 'TAR_UNSUPPORTED_ENTRY'
+      | 'TAR_ENTRY_UNSUPPORTED'
       | 'TOC_INVALID'
       | 'TOC_CHECKSUM_MISMATCH'
       | 'TOC_TOO_LARGE'
@@ -28,7 +28,7 @@ function shown(path: string | Uint8Array): string {
 export class UnsafePathError extends TiuError {
   constructor(path: string | Uint8Array, why: string) {
     const name = shown(path);
-    super('UNSAFE_PATH', `refusing entry ${JSON.stringify(name)}: ${why}`, { path: name, why });
+    super('PATH_UNSAFE', `refusing entry ${JSON.stringify(name)}: ${why}`, { path: name, why });
   }
 }
 
@@ -36,6 +36,6 @@ export class UnsafePathError extends TiuError {
 export class BadEntryError extends TiuError {
   constructor(path: string | Uint8Array, why: string) {
     const name = shown(path);
-    super('BAD_ENTRY', `invalid entry ${JSON.stringify(name)}: ${why}`, { path: name, why });
+    super('ENTRY_INVALID', `invalid entry ${JSON.stringify(name)}: ${why}`, { path: name, why });
   }
 }

@@ -29,7 +29,7 @@ export interface BlobSource {
   exists(desc: Descriptor, opts?: { signal?: AbortSignal }): Promise<boolean>;
 }
 
-/** The layers of an image that cannot be used as they are (codes NO_LAYERS, UNSUPPORTED_LAYER, LAYER_CORRUPT, NOT_IN_CACHE). */
+/** The layers of an image that cannot be used as they are (codes IMAGE_LAYERS_MISSING, LAYER_UNSUPPORTED, LAYER_CORRUPT, CACHE_BLOB_MISSING). */
 export class LayerError extends TiuError {}
 
 /** A layer that expands past the room the root filesystem has above its reserve: DISK_FULL, before it is written. */
@@ -43,12 +43,16 @@ export class LayerTooLargeError extends TiuError {
   }
 }
 
-/** An image manifest without layers has no tree to deploy: NO_LAYERS, before anything is fetched. */
+/** An image manifest without layers has no tree to deploy: IMAGE_LAYERS_MISSING, before anything is fetched. */
 export function withLayers(desc: Descriptor, manifest: ImageManifest): ImageManifest {
   if (manifest.layers.length === 0)
-    throw new LayerError('NO_LAYERS', `image manifest ${desc.digest} has no layers: there is no tree to deploy`, {
-      digest: desc.digest,
-    });
+    throw new LayerError(
+      'IMAGE_LAYERS_MISSING',
+      `image manifest ${desc.digest} has no layers: there is no tree to deploy`,
+      {
+        digest: desc.digest,
+      },
+    );
   return manifest;
 }
 
@@ -133,7 +137,7 @@ export function layerOpeners(
   for (const layer of manifest.layers) {
     if (!isLayer(layer.mediaType)) {
       throw new LayerError(
-        'UNSUPPORTED_LAYER',
+        'LAYER_UNSUPPORTED',
         `layer ${layer.digest} has media type ${layer.mediaType}, not a tar, tar+gzip or tar+zstd layer`,
         { mediaType: layer.mediaType, digest: layer.digest },
       );
@@ -149,7 +153,7 @@ export function layerOpeners(
       pipeline(raw, verify).catch(() => undefined);
       return decompressed(layer.mediaType, verify, label, expansionLimit);
     };
-    // The apply names the layer in a refusal of its tar (TAR_INVALID, BAD_ENTRY …).
+    // The apply names the layer in a refusal of its tar (TAR_INVALID, ENTRY_INVALID …).
     return Object.assign(open, { label });
   });
 }
@@ -158,7 +162,9 @@ export function layerOpeners(
 export async function verifyBlobs(source: BlobSource, blobs: Descriptor[], signal?: AbortSignal): Promise<void> {
   for (const d of blobs) {
     if (!(await source.exists(d, { signal })))
-      throw new LayerError('NOT_IN_CACHE', `blob ${d.digest} is missing from ${source.name}`, { digest: d.digest });
+      throw new LayerError('CACHE_BLOB_MISSING', `blob ${d.digest} is missing from ${source.name}`, {
+        digest: d.digest,
+      });
     const raw = await source.fetch(d, { signal });
     await pipeline(
       raw,

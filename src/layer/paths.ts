@@ -15,7 +15,7 @@ export const MAX_COMPONENT = 255;
 /**
  * `./usr/bin/` -> `usr/bin`, `.` -> `` (the root). Refuses `..` components, NUL bytes, names
  * over PATH_MAX and (unless `allowAbsolute`, for a user's own input) absolute names with
- * UNSAFE_PATH; a component over NAME_MAX with BAD_ENTRY.
+ * PATH_UNSAFE; a component over NAME_MAX with ENTRY_INVALID.
  */
 export function normalizeEntryPath(name: string, opts: { allowAbsolute?: boolean } = {}): string {
   if (name.includes('\0')) throw new UnsafePathError(name, 'contains a NUL byte');

@@ -4,7 +4,7 @@
  * reads tars with the same care: the one reader for the build's tar sources (kiwi archives,
  * image layers) and the device's whole-layer path. POSIX pax (ustar + 'x' records) out;
  * ustar, pax (SCHILY.xattr.*, LIBARCHIVE.xattr.*) and GNU long names in. Names stay binary
- * strings; whatever is not understood is refused (TAR_INVALID, TAR_UNSUPPORTED_ENTRY), never
+ * strings; whatever is not understood is refused (TAR_INVALID, TAR_ENTRY_UNSUPPORTED), never
  * guessed.
  *
  * Writer conventions: ustar fields whenever a value fits (raw bytes, as GNU tar and Go read
@@ -166,7 +166,7 @@ export interface TarMember {
   /** Raw name as in the archive (binary string), before normalisation. */
   name: string;
   typeflag: string;
-  /** undefined for a typeflag tiu does not apply (the consumer refuses it with TAR_UNSUPPORTED_ENTRY). */
+  /** undefined for a typeflag tiu does not apply (the consumer refuses it with TAR_ENTRY_UNSUPPORTED). */
   type: EntryType | undefined;
   mode: number;
   uid: number;
@@ -201,7 +201,7 @@ const HEADER_ONLY = new Set(['1', '2', '3', '4', '5', '6']);
 /** A member the consumer refuses for its type, said the same way by every reader of tars. */
 export function unsupportedMember(what: string, m: TarMember): LayerFormatError {
   return new LayerFormatError(
-    'TAR_UNSUPPORTED_ENTRY',
+    'TAR_ENTRY_UNSUPPORTED',
     `${what}: member ${JSON.stringify(showPath(m.name))} has tar type ${JSON.stringify(m.typeflag)}, which tiu does not support`,
     { path: showPath(m.name), typeflag: m.typeflag },
   );
@@ -419,7 +419,7 @@ export async function* readTar(
     }
     if (typeflag === 'S' || pax.has('GNU.sparse.major') || pax.has('GNU.sparse.map') || pax.has('GNU.sparse.size'))
       throw new LayerFormatError(
-        'TAR_UNSUPPORTED_ENTRY',
+        'TAR_ENTRY_UNSUPPORTED',
         `${what}: ${JSON.stringify(showPath(name))} is a GNU sparse member, which tiu does not read; create the tar without --sparse`,
         { path: showPath(name) },
       );
@@ -460,7 +460,7 @@ export async function* readTar(
 /**
  * The TreeEntry a member describes, at its normalised `path` (paths.ts): no content, no
  * digest. A hardlink's target is normalised like a path; a symlink's target is kept as stored.
- * An unknown type is TAR_UNSUPPORTED_ENTRY, a symlink without a target TAR_INVALID.
+ * An unknown type is TAR_ENTRY_UNSUPPORTED, a symlink without a target TAR_INVALID.
  */
 export function memberEntry(m: TarMember, path: string, what = 'tar'): TreeEntry {
   if (!m.type) throw unsupportedMember(what, m);

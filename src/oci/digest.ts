@@ -9,7 +9,7 @@ import type { Descriptor, Digest } from './types.ts';
 
 export class InvalidDigestError extends TiuError {
   constructor(value: string) {
-    super('INVALID_DIGEST', `invalid digest ${JSON.stringify(value.slice(0, 100))}`, { value: value.slice(0, 100) });
+    super('DIGEST_INVALID', `invalid digest ${JSON.stringify(value.slice(0, 100))}`, { value: value.slice(0, 100) });
   }
 }
 export class DigestMismatchError extends TiuError {
@@ -34,7 +34,7 @@ export class SizeMismatchError extends TiuError {
 /** More bytes arrived than the descriptor's size: never trust them. */
 export class TrailingDataError extends TiuError {
   constructor(digest: string, expected: number) {
-    super('TRAILING_DATA', `content ${digest}: more than the expected ${expected} bytes`, { digest, expected });
+    super('SIZE_MISMATCH', `content ${digest}: more than the expected ${expected} bytes`, { digest, expected });
   }
 }
 

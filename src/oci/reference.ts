@@ -12,7 +12,7 @@ import type { Digest } from './types.ts';
 
 export class InvalidReferenceError extends TiuError {
   constructor(ref: string, why: string) {
-    super('INVALID_REFERENCE', `invalid image reference ${JSON.stringify(ref)}: ${why}`, { reference: ref });
+    super('REFERENCE_INVALID', `invalid image reference ${JSON.stringify(ref)}: ${why}`, { reference: ref });
   }
 }
 

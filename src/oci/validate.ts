@@ -1,8 +1,8 @@
 /**
  * Schema checks of untrusted JSON: manifests, indexes, image configs and descriptors.
  * Everything that arrives from a registry, a layout on a USB stick or an archive passes here
- * before tiu acts on it. Failures are typed (INVALID_MANIFEST, MANIFEST_TOO_LARGE,
- * INVALID_CONFIG, MEDIA_TYPE_MISMATCH) and name the field that was wrong.
+ * before tiu acts on it. Failures are typed (MANIFEST_INVALID, MANIFEST_TOO_LARGE,
+ * IMAGE_CONFIG_INVALID, MEDIA_TYPE_MISMATCH) and name the field that was wrong.
  */
 import type { Readable } from 'node:stream';
 import { TiuError } from '../errors.ts';
@@ -22,7 +22,7 @@ export { InvalidManifestError, ManifestTooLargeError };
 
 export class InvalidConfigError extends TiuError {
   constructor(why: string, details: Record<string, unknown> = {}) {
-    super('INVALID_CONFIG', `invalid image config: ${why}`, details);
+    super('IMAGE_CONFIG_INVALID', `invalid image config: ${why}`, details);
   }
 }
 export class MediaTypeMismatchError extends TiuError {
@@ -85,7 +85,7 @@ function checkPlatform(v: unknown, field: string, fail: Fail): Platform | undefi
 
 /**
  * Check one descriptor. `field` names it in messages (e.g. `layers[2]`). Throws
- * INVALID_MANIFEST by default; `fail` lets callers raise their own error type.
+ * MANIFEST_INVALID by default; `fail` lets callers raise their own error type.
  */
 export function validateDescriptor(
   v: unknown,

@@ -16,7 +16,7 @@ import { openRegistryTarget, type RegistryClientOptions } from './registry/index
 export class UnsupportedTransportError extends TiuError {
   constructor(transport: string, input: string) {
     super(
-      'UNSUPPORTED_TRANSPORT',
+      'TRANSPORT_UNSUPPORTED',
       `transport ${transport} is not available in this build (reference ${JSON.stringify(input)})`,
       { transport, reference: input },
     );

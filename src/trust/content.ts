@@ -41,8 +41,7 @@ export async function resolveOptional(target: Target, reference: string): Promis
   try {
     return await target.resolve(reference);
   } catch (e) {
-    if (isTiuError(e, 'NOT_FOUND') || isTiuError(e, 'MANIFEST_UNKNOWN') || isTiuError(e, 'TAG_NOT_FOUND'))
-      return undefined;
+    if (isTiuError(e, 'CONTENT_NOT_FOUND')) return undefined;
     throw e;
   }
 }

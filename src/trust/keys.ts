@@ -144,7 +144,7 @@ export async function decryptCosignKey(json: Buffer, passphrase: string, source 
   try {
     return Buffer.from(xsalsa20poly1305(boxKey, nonce).decrypt(ciphertext));
   } catch {
-    throw new TrustError('BAD_PASSPHRASE', `${source}: wrong passphrase (the key does not decrypt)`, { source });
+    throw new TrustError('PASSPHRASE_WRONG', `${source}: wrong passphrase (the key does not decrypt)`, { source });
   } finally {
     boxKey.fill(0);
   }
@@ -183,7 +183,7 @@ export async function loadPrivateKey(
       try {
         key = createPrivateKey({ key: pemEncode(block.label, block.der), format: 'pem', passphrase: pass });
       } catch {
-        throw new TrustError('BAD_PASSPHRASE', `${source}: wrong passphrase (the key does not decrypt)`, { source });
+        throw new TrustError('PASSPHRASE_WRONG', `${source}: wrong passphrase (the key does not decrypt)`, { source });
       }
     } else if (block.label === 'PRIVATE KEY' || block.label === 'EC PRIVATE KEY') {
       key = createPrivateKey({ key: pemEncode(block.label, block.der), format: 'pem' });

@@ -301,8 +301,8 @@ function loadKeys(req: Extract<PolicyRequirement, { type: 'sigstoreSigned' }>, p
 
 /**
  * Check the image `root` in `source` (reached as `ref`) against `policy`. Resolves with what
- * accepted it; throws a TrustError (POLICY_REJECTED, NO_SIGNATURE, SIGNATURE_INVALID,
- * DIGEST_MISMATCH_SIGNATURE, IDENTITY_MISMATCH, POLICY_UNSUPPORTED...) otherwise.
+ * accepted it; throws a TrustError (POLICY_REJECTED, SIGNATURE_MISSING, SIGNATURE_INVALID,
+ * SIGNATURE_DIGEST_MISMATCH, IDENTITY_MISMATCH, POLICY_UNSUPPORTED...) otherwise.
  */
 export async function checkPolicy(
   policy: Policy,

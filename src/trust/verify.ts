@@ -81,7 +81,7 @@ export function checkSignature(
   }
   if (payload.manifestDigest !== subject) {
     return fail(
-      'DIGEST_MISMATCH_SIGNATURE',
+      'SIGNATURE_DIGEST_MISMATCH',
       `signed for manifest ${payload.manifestDigest}, not ${subject} (a signature replayed from another image)`,
     );
   }
@@ -123,7 +123,7 @@ export function checkBundle(
   const mine = r.claims.filter((c) => c.digest === subject);
   if (mine.length === 0)
     return fail(
-      'DIGEST_MISMATCH_SIGNATURE',
+      'SIGNATURE_DIGEST_MISMATCH',
       `bundle signed for ${r.claims.map((c) => c.digest).join(', ') || 'nothing'}, not ${subject}`,
     );
   if (opts.annotations && Object.keys(opts.annotations).length > 0)
@@ -168,7 +168,7 @@ export async function verifyImageSignatures(
   const bundles = await listBundles(target, root);
   if (sigs.length === 0 && bundles.length === 0) {
     throw new TrustError(
-      'NO_SIGNATURE',
+      'SIGNATURE_MISSING',
       `${target.name}: image ${root.digest} has no signature (no ${signatureTag(root.digest)}, no sigstore bundle referrer)`,
       {
         image: root.digest,

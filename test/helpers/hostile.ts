@@ -28,6 +28,8 @@ import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { constants as zc, createGzip, createZstdCompress, gzipSync, zstdCompressSync } from 'node:zlib';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
+import { exitStatusOf } from '../../src/error-codes.ts';
+import type { ErrorCode } from '../../src/errors.ts';
 import { run } from '../../src/host/exec.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest } from '../../src/oci/types.ts';
@@ -103,13 +105,16 @@ export function runTiu(
 
 export interface CliError {
   code: string;
+  /** The wrapped error's code: `[CODE <- CAUSE]` (a tiu code, or Node's or zstd's own). */
+  causeCode?: string;
   message: string;
   line: string;
 }
 
 /**
- * The error a run without --json printed: exactly one `tiu: error: MESSAGE [CODE]` line, the
- * last line of stderr (progress lines come before it), and nothing on stdout.
+ * The error a run without --json printed: exactly one `tiu: error: MESSAGE [CODE]` (or
+ * `[CODE <- CAUSE]`) line, the last line of stderr (progress lines come before it), and nothing
+ * on stdout.
  */
 export function cliError(r: Ran): CliError {
   const lines = r.stderr.replace(/\n$/, '').split('\n');
@@ -117,15 +122,22 @@ export function cliError(r: Ran): CliError {
   assert.equal(errLines.length, 1, `one 'tiu: error:' line on stderr, got:\n${r.stderr}`);
   const line = lines.at(-1)!;
   assert.equal(line, errLines[0], `the error line is the last line of stderr (a one-line message), got:\n${r.stderr}`);
-  const m = /^tiu: error: (.+) \[([A-Z][A-Z0-9_]*)\]$/.exec(line);
+  const m = /^tiu: error: (.+) \[([A-Z][A-Z0-9_]*)(?: <- (\w+))?\]$/.exec(line);
   assert.ok(m, `'tiu: error: MESSAGE [CODE]': ${line}`);
   assert.equal(r.stdout, '', 'nothing on stdout');
-  return { message: m[1]!, code: m[2]!, line };
+  return { message: m[1]!, code: m[2]!, ...(m[3] ? { causeCode: m[3] } : {}), line };
 }
 
-/** `{error:{code,message}}` of a --json run. */
-export function jsonError(r: Ran): { code: string; message: string; details?: Record<string, unknown> } {
-  let doc: { error?: { code: string; message: string; details?: Record<string, unknown> } };
+/** `{error:{code,message,details,cause?}}` of a --json run. */
+export function jsonError(r: Ran): {
+  code: string;
+  message: string;
+  details?: Record<string, unknown>;
+  cause?: { code: string };
+} {
+  let doc: {
+    error?: { code: string; message: string; details?: Record<string, unknown>; cause?: { code: string } };
+  };
   try {
     doc = JSON.parse(r.stdout) as typeof doc;
   } catch {
@@ -426,7 +438,7 @@ export async function createHostileEnv(
     async expectRefused(ref, codes, o = {}) {
       const want = typeof codes === 'string' ? [codes] : codes;
       const before = await env.world();
-      let jerr: { code: string; message: string } | undefined;
+      let jerr: ReturnType<typeof jsonError> | undefined;
       if (o.json !== false) {
         const j = await env.update(ref, { json: true, timeoutMs: o.timeoutMs });
         assert.equal(j.timedOut, false, `tiu update --json did not end within ${o.timeoutMs ?? 120_000} ms`);
@@ -448,6 +460,8 @@ export async function createHostileEnv(
       const e = cliError(r);
       assert.ok(want.includes(e.code), `error code ${e.code} (${e.line}), expected ${want.join(' or ')}`);
       if (jerr) assert.equal(e.code, jerr.code, 'the same code with and without --json');
+      if (jerr) assert.equal(e.causeCode, jerr.cause?.code, 'the same cause code with and without --json');
+      assert.equal(r.code, exitStatusOf(e.code as ErrorCode), `the exit status of ${e.code}`);
       if (o.message) assert.match(e.message, o.message);
       const after = await env.world();
       assert.deepEqual(env.compare(before, after), [], `the refused update changed things (${e.line})`);

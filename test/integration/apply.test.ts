@@ -9,10 +9,11 @@ import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { readTocFromFooter } from '../../src/layer/toc.ts';
 import { readTar } from '../../src/layer/tar.ts';
 import { scanDirectory } from '../../src/bundle/source-dir.ts';
+import { planLayers } from '../../src/bundle/layers.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { run } from '../../src/host/exec.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import {
   applyFromToc,
   applyTarLayers,
@@ -332,6 +333,96 @@ describe('deploy/apply on btrfs (integration)', function () {
     }
   });
 
+  it('layers that each carry their parent directories (tiu build): one directory, counted once, on every path', async () => {
+    const tree = await scanDirectory(ref2);
+    const plan = planLayers(tree, 4);
+    const distinct = new Set(plan.flat().map((e) => e.path));
+    assert.ok(plan.length >= 3, `${plan.length} layers`);
+    assert.ok(plan.filter((l) => l.some((e) => e.path === 'usr')).length >= 2, 'directories repeat across layers');
+    const files = plan.map((_, i) => join(fs.dir, `parents-${i}.layer`));
+    const built = await Promise.all(plan.map((l, i) => writeLayer(l, files[i]!, { compression: 'zstd' })));
+    const whole = (i: number) => zstdDecompressStream(createReadStream(files[i]!));
+    const tocs: TreeEntry[][] = [];
+    for (const [i, b] of built.entries()) {
+      const fh = await open(files[i]!);
+      try {
+        const fetch = async (start: number, end: number) => {
+          const buf = Buffer.alloc(end - start);
+          await fh.read(buf, 0, end - start, start);
+          return buf;
+        };
+        tocs.push(tocToEntries(await readTocFromFooter(fetch, b.descriptor.size, b.descriptor.annotations), i));
+      } finally {
+        await fh.close();
+      }
+    }
+    const total = (r: NonNullable<Awaited<ReturnType<typeof applyFromToc>>['report']>) =>
+      r.kept.count + r.metadataFixed.count + r.reflinked.count + r.written.count + r.created.count + r.linked.count;
+    // The reference: the same tree as one layer, every entry listed once.
+    const oneFile = join(fs.dir, 'parents-one.layer');
+    await writeLayer(planLayers(tree, 1)[0]!, oneFile, { compression: 'zstd' });
+    const oneTarget = join(fs.mnt, 'parents-one');
+    await subvolume(oneTarget);
+    const once = await applyTarLayers(oneTarget, [() => zstdDecompressStream(createReadStream(oneFile))]);
+    assert.equal(total(once), distinct.size, JSON.stringify(once));
+    // Onto an empty subvolume: every entry made once, as from the single layer.
+    const tocTarget = join(fs.mnt, 'parents-toc');
+    await subvolume(tocTarget);
+    const viaToc = (
+      await applyFromToc(
+        tocTarget,
+        tocs,
+        tarLayerProvider((i) => Promise.resolve(whole(i))),
+      )
+    ).report!;
+    assert.deepEqual(await diffTrees(tocTarget, ref2, { ignoreRootMeta: true }), []);
+    // (the TOC plan also counts the root it keeps)
+    assert.equal(total(viaToc), distinct.size + viaToc.kept.count, JSON.stringify(viaToc));
+    assert.equal(viaToc.kept.count, 1);
+    const tarTarget = join(fs.mnt, 'parents-tar');
+    await subvolume(tarTarget);
+    const viaTar = await applyTarLayers(
+      tarTarget,
+      plan.map((_, i) => () => whole(i)),
+    );
+    assert.deepEqual(await diffTrees(tarTarget, ref2, { ignoreRootMeta: true }), []);
+    assert.deepEqual(
+      [viaTar.created, viaTar.written, viaTar.linked, viaTar.kept],
+      [once.created, once.written, once.linked, once.kept],
+    );
+    assert.equal(viaTar.kept.count, 0, 'a directory of an earlier layer is not "kept" again');
+    // The same layers again onto their own result: nothing made, every entry counted once.
+    const again = await applyTarLayers(
+      tarTarget,
+      plan.map((_, i) => () => whole(i)),
+    );
+    assert.equal(total(again), distinct.size, JSON.stringify(again));
+    assert.deepEqual([again.written.count, again.created.count], [0, 0]);
+    // The delta path (TOCs by range, frames into the store), against v1.
+    const source = new MemoryTarget();
+    for (const [i, b] of built.entries()) await source.push(b.descriptor, createReadStream(files[i]!));
+    const config: Descriptor = {
+      mediaType: MediaType.OciConfig,
+      digest: `sha256:${createHash('sha256').update('{}').digest('hex')}`,
+      size: 2,
+    };
+    const manifest: ImageManifest = {
+      schemaVersion: 2,
+      mediaType: MediaType.OciManifest,
+      config,
+      layers: built.map((b) => b.descriptor),
+    };
+    const t = await prepareTransfer({ source, manifest, oldRoot: join(fs.mnt, 'v1'), preserve: [] });
+    assert.ok(t.path === 'delta', t.report.reason);
+    const deltaTarget = join(fs.mnt, 'parents-delta');
+    await snapshot(join(fs.mnt, 'v1'), deltaTarget);
+    const store = await ContentStore.open(join(fs.dir, 'parents-store'));
+    await downloadTransfer(t, store);
+    const res = await applyTransfer(t, deltaTarget, store, { preserve: [] });
+    assert.deepEqual(await diffTrees(deltaTarget, ref2, { ignoreRootMeta: true }), []);
+    assert.equal(total(res.report), distinct.size + 1, JSON.stringify(res.report)); // and the root
+  });
+
   it('a provider that delivers wrong bytes is caught by the digest check', async () => {
     const target = join(fs.mnt, 'wrong-bytes');
     await snapshot(join(fs.mnt, 'v1'), target);
@@ -527,13 +618,13 @@ describe('deploy/apply on btrfs (integration)', function () {
       await writeFile(join(outside, 'passwd'), 'root:x:0:0::/root:/bin/sh\n');
       before = await listing(outside);
     });
-    const cases: { name: string; tar: () => Buffer; code: string }[] = [
-      { name: '../ escape', tar: () => makeTar([file('../../outside/pwned', 'x')]), code: 'UNSAFE_PATH' },
-      { name: 'absolute path', tar: () => makeTar([file('/tmp/pwned', 'x')]), code: 'UNSAFE_PATH' },
+    const cases: { name: string; tar: () => Buffer; code: ErrorCode }[] = [
+      { name: '../ escape', tar: () => makeTar([file('../../outside/pwned', 'x')]), code: 'PATH_UNSAFE' },
+      { name: 'absolute path', tar: () => makeTar([file('/tmp/pwned', 'x')]), code: 'PATH_UNSAFE' },
       {
         name: 'absolute symlink then a write through it',
         tar: () => makeTar([{ name: 'l', type: '2', linkname: outside }, file('l/passwd', 'pwned\n')]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'relative symlink up then a write through it',
@@ -542,27 +633,27 @@ describe('deploy/apply on btrfs (integration)', function () {
             { name: 'l', type: '2', linkname: '../../../../../../../..' + outside },
             file('l/passwd', 'pwned\n'),
           ]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'hardlink to a file outside (../)',
         tar: () => makeTar([{ name: 'h', type: '1', linkname: '../../outside/passwd' }]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'hardlink to an absolute path not in the tree',
         tar: () => makeTar([{ name: 'h', type: '1', linkname: join(outside, 'passwd') }]),
-        code: 'BAD_HARDLINK',
+        code: 'HARDLINK_INVALID',
       },
       {
         name: 'the root itself as a symlink',
         tar: () => makeTar([{ name: './', type: '2', linkname: outside }, file('passwd', 'pwned\n')]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'device where a directory is expected',
         tar: () => makeTar([{ name: 'd', type: '3', devmajor: 1, devminor: 3 }, file('d/x', 'x')]),
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
     ];
     for (const c of cases) {
@@ -619,7 +710,7 @@ describe('deploy/apply on btrfs (integration)', function () {
           plan,
           openerProvider(() => Readable.from([content])),
         ),
-        (e: unknown) => isTiuError(e, 'UNSAFE_PATH'),
+        (e: unknown) => isTiuError(e, 'PATH_UNSAFE'),
       );
       assert.equal(await listing(outside), before);
       assert.deepEqual((await readdir(target)).sort(), ['l']);
@@ -658,7 +749,7 @@ describe('deploy/apply on a full filesystem (integration)', function () {
     await small?.cleanup();
   });
 
-  it('a full disk gives NO_SPACE and leaves no staging directory behind', async () => {
+  it('a full disk gives DISK_FULL and leaves no staging directory behind', async () => {
     const size = 200 * 1024 * 1024;
     const chunk = Buffer.alloc(1024 * 1024, 0x5a);
     const h = createHash('sha256');
@@ -689,7 +780,7 @@ describe('deploy/apply on a full filesystem (integration)', function () {
           ),
         ),
       ),
-      (e: unknown) => isTiuError(e, 'NO_SPACE'),
+      (e: unknown) => isTiuError(e, 'DISK_FULL'),
     );
     assert.deepEqual(await readdir(target), []);
   });

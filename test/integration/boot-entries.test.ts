@@ -324,10 +324,10 @@ describe('systemd-boot entries on the ESP (update, rollback, deletion, crashes, 
       [
         'kernel symlink',
         [...(await baseOs()), { path: 'usr/lib/modules/6.9.0-evil/vmlinuz', symlink: secret }, ...cmdline('quiet\n')],
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       ],
-      ['cmdline newline', await tree('6.9.1-evil', [], { cmdline: 'quiet\ninitrd /EFI/evil\n' }), 'BAD_CMDLINE'],
-      ['cmdline control character', await tree('6.9.2-evil', [], { cmdline: 'quiet\u001b[2J\n' }), 'BAD_CMDLINE'],
+      ['cmdline newline', await tree('6.9.1-evil', [], { cmdline: 'quiet\ninitrd /EFI/evil\n' }), 'CMDLINE_INVALID'],
+      ['cmdline control character', await tree('6.9.2-evil', [], { cmdline: 'quiet\u001b[2J\n' }), 'CMDLINE_INVALID'],
     ];
     for (const [label, files, code] of cases) {
       const def = (await readState(ctx)).default;

@@ -353,7 +353,7 @@ describe('tiu build (integration)', function () {
       );
       await assert.rejects(
         buildBundle({ kind: 'archive', path: file }, await layout(join(work, `layout-${name}`)), 'v1', {}),
-        (err) => isTiuError(err, 'TAR_UNSAFE_PATH') && /leaves the tree|absolute/.test((err as Error).message),
+        (err) => isTiuError(err, 'PATH_UNSAFE') && /leaves the tree|absolute/.test((err as Error).message),
       );
     }
   });
@@ -418,10 +418,10 @@ describe('tiu build (integration)', function () {
     it('says exactly what is wrong, with a code', async function () {
       const cases: [string[], string][] = [
         [['build', join(work, 'nope'), '--tag', `oci:${join(work, 'x')}:v1`], 'BUILD_SOURCE_NOT_FOUND'],
-        [['build', src, '--tag', `oci:${join(work, 'x')}:v1`, '--compression', 'lz4'], 'BUILD_BAD_OPTION'],
-        [['build', src, '--tag', `oci:${join(work, 'x')}:v1`, '--layers', 'many'], 'BUILD_BAD_OPTION'],
-        [['build', src, '--tag', `oci:${join(work, 'x')}:v1`, '--annotation', 'novalue'], 'BUILD_BAD_OPTION'],
-        [['build', src], 'BUILD_BAD_OPTION'],
+        [['build', src, '--tag', `oci:${join(work, 'x')}:v1`, '--compression', 'lz4'], 'BUILD_OPTION_INVALID'],
+        [['build', src, '--tag', `oci:${join(work, 'x')}:v1`, '--layers', 'many'], 'BUILD_OPTION_INVALID'],
+        [['build', src, '--tag', `oci:${join(work, 'x')}:v1`, '--annotation', 'novalue'], 'BUILD_OPTION_INVALID'],
+        [['build', src], 'BUILD_OPTION_INVALID'],
       ];
       for (const [args, code] of cases) {
         const r = await tiu([...args, '--json']);

@@ -107,7 +107,7 @@ describe('tiu update / status / rollback (the CLI on a loop-device MicroOS)', fu
     r = await tiu(['rollback', '2', '--sysroot', os.sysroot]);
     assert.equal((await status()).default, 2);
     r = await tiu(['rollback', '9', '--sysroot', os.sysroot]);
-    assert.equal(errorCode(r), 'NO_SUCH_SNAPSHOT');
+    assert.equal(errorCode(r), 'SNAPSHOT_NOT_FOUND');
     r = await tiu(['rollback', 'x', '--sysroot', os.sysroot]);
     assert.equal(r.code, 2);
   });

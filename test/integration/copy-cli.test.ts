@@ -111,7 +111,7 @@ describe('tiu copy / inspect with umoci and skopeo', function () {
     assert.equal(JSON.parse((await tiu('inspect', '--json', `oci:${A}`)).stdout).digest, manifestDigest);
     const missing = await tiu('inspect', `oci:${A}:nope`);
     assert.equal(missing.exitCode, 1);
-    assert.match(missing.stderr, /^tiu: error: tag "nope" not found in .*\[NOT_FOUND\]$/);
+    assert.match(missing.stderr, /^tiu: error: tag "nope" not found in .*\[CONTENT_NOT_FOUND\]$/);
     assert.equal(missing.stderr.split('\n').length, 1);
   });
 

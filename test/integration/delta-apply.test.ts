@@ -38,7 +38,7 @@ import {
   type DeltaTransfer,
 } from '../../src/deploy/delta/index.ts';
 import { layerOpeners } from '../../src/deploy/update.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { run } from '../../src/host/exec.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
 import { chunkedLayer, pushLayers, type CraftedEntry } from '../helpers/chunked-layer.ts';
@@ -85,7 +85,7 @@ const v2: TarSpec[] = [
 ];
 
 const sha = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 const nothing = { bytes: 0, requests: 0, files: 0 };
 
 /** A source whose ranged reads are counted. */
@@ -387,13 +387,13 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
       toc: { type: 'reg', name, mode: 0o644 },
       content: Buffer.from(content),
     });
-    const cases: { name: string; entries: () => CraftedEntry[]; code: string }[] = [
-      { name: '../ escape', entries: () => [reg('../../outside/pwned', 'x')], code: 'UNSAFE_PATH' },
-      { name: 'absolute path', entries: () => [reg('/tmp/pwned', 'x')], code: 'UNSAFE_PATH' },
+    const cases: { name: string; entries: () => CraftedEntry[]; code: ErrorCode }[] = [
+      { name: '../ escape', entries: () => [reg('../../outside/pwned', 'x')], code: 'PATH_UNSAFE' },
+      { name: 'absolute path', entries: () => [reg('/tmp/pwned', 'x')], code: 'PATH_UNSAFE' },
       {
         name: 'absolute symlink then a write through it',
         entries: () => [{ toc: { type: 'symlink', name: 'l', linkName: outside } }, reg('l/passwd', 'pwned\n')],
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'relative symlink up then a write through it',
@@ -401,37 +401,37 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
           { toc: { type: 'symlink', name: 'l', linkName: '../../../../../../../..' + outside } },
           reg('l/passwd', 'pwned\n'),
         ],
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'hardlink to a file outside (../)',
         entries: () => [{ toc: { type: 'hardlink', name: 'h', linkName: '../../outside/passwd' } }],
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'hardlink to an absolute path not in the tree',
         entries: () => [{ toc: { type: 'hardlink', name: 'h', linkName: join(outside, 'passwd') } }],
-        code: 'BAD_HARDLINK',
+        code: 'HARDLINK_INVALID',
       },
       {
         name: 'the root itself as a symlink',
         entries: () => [{ toc: { type: 'symlink', name: './', linkName: outside } }, reg('passwd', 'pwned\n')],
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'device where a directory is expected',
         entries: () => [{ toc: { type: 'char', name: 'd', devMajor: 1, devMinor: 3 } }, reg('d/x', 'x')],
-        code: 'UNSAFE_PATH',
+        code: 'PATH_UNSAFE',
       },
       {
         name: 'a chunk that is not the next frame of its file',
         entries: () => [reg('f', 'some content'), { toc: { type: 'chunk', name: 'f', offset: 1000, endOffset: 1010 } }],
-        code: 'BAD_ENTRY',
+        code: 'ENTRY_INVALID',
       },
       {
         name: 'a regular file without a digest',
         entries: () => [{ toc: { type: 'reg', name: 'f', size: 5, offset: 0, endOffset: 10 } }],
-        code: 'BAD_ENTRY',
+        code: 'ENTRY_INVALID',
       },
     ];
     for (const c of cases) {
@@ -475,7 +475,7 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
       ]);
       const t = await prepare(manifest, root);
       const store = await newStore();
-      await assert.rejects(downloadTransfer(t, store), code('INVALID_RANGE'));
+      await assert.rejects(downloadTransfer(t, store), code('RANGE_INVALID'));
       assert.deepEqual(await readdir(store.dir), []);
       assert.deepEqual(await readdir(root), ['old']);
     });

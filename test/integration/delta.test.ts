@@ -39,7 +39,7 @@ import { parseConfig } from '../../src/deploy/config.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { checkUpdate, update, type UpdateDeps } from '../../src/deploy/update.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, referenceName, type DockerReference } from '../../src/oci/reference.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
@@ -148,7 +148,7 @@ async function collect(s: Readable): Promise<Buffer> {
 }
 
 const SKIP = ['.snapshots', 'var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable'];
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 describe('file-level delta update by Range (registry behind a counting proxy, MicroOS on btrfs)', function () {
   this.timeout(300_000);

@@ -19,7 +19,7 @@ describe('npm run demo (examples/demo.ts)', function () {
       all: true,
     });
     assert.equal(r.exitCode, 0, r.all);
-    assert.match(r.all, /\[NO_SIGNATURE\]/);
+    assert.match(r.all, /\[SIGNATURE_MISSING\]/);
     assert.match(
       r.all,
       /next boot: snapshot 2; its os-release:\nNAME="Fake MicroOS"\nID="fake-microos"\nVERSION_ID="2"/,

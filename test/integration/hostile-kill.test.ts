@@ -179,7 +179,7 @@ describe('SIGKILL at random points of updates with a hook: the next run leaves n
     }
     // A hostile image: proc and dev are symlinks to a host directory. Nothing may ever be mounted
     // there; a kill while the hook's mounts are up leaves nothing after the next run, which
-    // either completes (real directories for the mount points) or refuses with UNSAFE_PATH.
+    // either completes (real directories for the mount points) or refuses with PATH_UNSAFE.
     await rollbackTo1();
     const ref = env.ref('hostile-proc');
     const snaps = join(env.os.sysroot, '.snapshots') + '/';
@@ -200,7 +200,7 @@ describe('SIGKILL at random points of updates with a hook: the next run leaves n
     log.push(`hostile-proc: ${sawMounts ? "killed with the hook's mounts up" : 'ended by itself'}`);
     const r = await runTiu(['update', ref, '--json', '--sysroot', env.os.sysroot]);
     const code = r.code === 0 ? 'ok' : (JSON.parse(r.stdout) as { error: { code: string } }).error.code;
-    assert.ok(code === 'ok' || code === 'UNSAFE_PATH', `the next run: ${r.stdout}`);
+    assert.ok(code === 'ok' || code === 'PATH_UNSAFE', `the next run: ${r.stdout}`);
     assert.deepEqual(await mountsBelow(env.os.dir), mountsBefore, 'mounts below the test directory after the next run');
     assert.deepEqual(
       (await status()).snapshots.filter((x) => x.inProgress).map((x) => x.number),

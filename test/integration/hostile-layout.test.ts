@@ -246,7 +246,7 @@ describe('hostile and foreign image layouts on a MicroOS-layout btrfs', function
           onProgress: (l) => lines.push(l),
         }),
         (e: unknown) => {
-          assert.ok(isTiuError(e, 'UNSAFE_PATH') || isTiuError(e, 'BAD_HARDLINK'), `${tag}: ${String(e)}`);
+          assert.ok(isTiuError(e, 'PATH_UNSAFE') || isTiuError(e, 'HARDLINK_INVALID'), `${tag}: ${String(e)}`);
           return true;
         },
       );

@@ -8,7 +8,7 @@
  *   fill the disk (DISK_FULL with the reserve still free, watched while it runs), a registry
  *   that drips (update and copy: REGISTRY_TOO_SLOW in bounded time), corrupt gzip and zstd
  *   (LAYER_CORRUPT naming the layer), a blob failing its digest on copy (DIGEST_MISMATCH), no
- *   usr (NOT_AN_OS_IMAGE), a 300-byte name (BAD_ENTRY), no layers (NO_LAYERS); names that are not
+ *   usr (IMAGE_NOT_OS), a 300-byte name (ENTRY_INVALID), no layers (IMAGE_LAYERS_MISSING); names that are not
  *   UTF-8 are not refused but written byte-exact.
  */
 import assert from 'node:assert/strict';
@@ -234,19 +234,19 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
     assert.match(e.message, new RegExp(junk.desc.digest));
   });
 
-  it('no usr in the tree -> NOT_AN_OS_IMAGE before any snapshot (tar and TOC path)', async () => {
+  it('no usr in the tree -> IMAGE_NOT_OS before any snapshot (tar and TOC path)', async () => {
     const files = base.filter((f) => !f.path.startsWith('usr/'));
-    await env.expectRefused(await tarImage(osTarEntries(files, { omitDirs: ['usr', 'usr/local'] })), 'NOT_AN_OS_IMAGE');
+    await env.expectRefused(await tarImage(osTarEntries(files, { omitDirs: ['usr', 'usr/local'] })), 'IMAGE_NOT_OS');
     const t = tag();
     await writeImage(env.layout, t, [tocLayer(osTocEntries(files, { omitDirs: ['usr', 'usr/local'] }))]);
-    await env.expectRefused(env.ref(t), 'NOT_AN_OS_IMAGE');
+    await env.expectRefused(env.ref(t), 'IMAGE_NOT_OS');
   });
 
-  it('a 300-byte name component -> BAD_ENTRY naming it and the layer', async () => {
+  it('a 300-byte name component -> ENTRY_INVALID naming it and the layer', async () => {
     const long = 'n'.repeat(300);
     const e = await env.expectRefused(
       await tarImage([...osTarEntries(base), { name: `usr/share/${long}`, content: 'x', mtime: T }]),
-      'BAD_ENTRY',
+      'ENTRY_INVALID',
     );
     assert.match(e.message, /300 bytes/);
     assert.match(e.message, /layer 1/);
@@ -282,10 +282,10 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
     assert.equal(await read(0xfe), 'two');
   });
 
-  it('a manifest with no layers -> NO_LAYERS', async () => {
+  it('a manifest with no layers -> IMAGE_LAYERS_MISSING', async () => {
     const t = tag();
     await writeImage(env.layout, t, []);
-    await env.expectRefused(env.ref(t), 'NO_LAYERS');
+    await env.expectRefused(env.ref(t), 'IMAGE_LAYERS_MISSING');
   });
 
   describe('a hostile registry on 127.0.0.1', () => {
@@ -354,9 +354,9 @@ describe('bounded resources and one clear line per refusal (tiu update / tiu cop
       await env.expectRefused(`docker://${reg.host}/hostile/os:wrong`, 'DIGEST_MISMATCH');
     });
 
-    it('tiu update: a manifest with no layers from a registry -> NO_LAYERS', async () => {
+    it('tiu update: a manifest with no layers from a registry -> IMAGE_LAYERS_MISSING', async () => {
       reg.put('hostile/os', 'empty', imageOf([]));
-      await env.expectRefused(`docker://${reg.host}/hostile/os:empty`, 'NO_LAYERS');
+      await env.expectRefused(`docker://${reg.host}/hostile/os:empty`, 'IMAGE_LAYERS_MISSING');
     });
   });
 });

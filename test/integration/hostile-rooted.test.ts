@@ -23,7 +23,7 @@ import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest } from '../../src/oci/types.ts';
 import type { TocEntry } from '../../src/layer/toc.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { parseConfig, type TiuConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { update, type UpdateResult } from '../../src/deploy/update.ts';
@@ -147,7 +147,7 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
   }
 
   /** The update fails with `codes[0]` (or one of `codes`), and nothing changed. */
-  async function refused(reference: string, codes: string[], config: TiuConfig = noHooks): Promise<void> {
+  async function refused(reference: string, codes: ErrorCode[], config: TiuConfig = noHooks): Promise<void> {
     const before = await state();
     const outsideBefore = await fingerprint(outside);
     const mountsBefore = await mountPoints();
@@ -169,18 +169,18 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     assert.deepEqual(await mountPoints(), mountsBefore, 'the mount table is as it was');
   }
 
-  it('tar layer: a PAX SCHILY.xattr name with a newline and `# file: <host path>` is BAD_XATTR, nothing set on the host file', async () => {
+  it('tar layer: a PAX SCHILY.xattr name with a newline and `# file: <host path>` is XATTR_INVALID, nothing set on the host file', async () => {
     const evil = `user.a\n# file: ${join(outside, 'file')}\nuser.evil`;
     await tarImage(images, 'xattr-tar', [
       ...(await baseOs()),
       { path: 'usr/share/fake/carrier', content: 'x\n', pax: { [`SCHILY.xattr.${evil}`]: 'owned' } },
     ]);
-    await refused(await sign('xattr-tar'), ['BAD_XATTR']);
+    await refused(await sign('xattr-tar'), ['XATTR_INVALID']);
     const r = await run('getfattr', ['-d', '-m', '-', join(outside, 'file')]);
     assert.doesNotMatch(r.stdout, /evil/);
   });
 
-  it('tar layer: a LIBARCHIVE.xattr name outside the namespaces tiu sets is BAD_XATTR', async () => {
+  it('tar layer: a LIBARCHIVE.xattr name outside the namespaces tiu sets is XATTR_INVALID', async () => {
     await tarImage(images, 'xattr-libarchive', [
       ...(await baseOs()),
       {
@@ -189,10 +189,10 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
         pax: { 'LIBARCHIVE.xattr.user.a%0A%23%20file%3A%20%2Fx': Buffer.from('v').toString('base64') },
       },
     ]);
-    await refused(await sign('xattr-libarchive'), ['BAD_XATTR']);
+    await refused(await sign('xattr-libarchive'), ['XATTR_INVALID']);
   });
 
-  it('TOC layer (zstd:chunked): an xattr name with a newline in the table of contents is BAD_XATTR before a snapshot exists', async () => {
+  it('TOC layer (zstd:chunked): an xattr name with a newline in the table of contents is XATTR_INVALID before a snapshot exists', async () => {
     const evil = `user.a\n# file: ${join(outside, 'file')}\nsecurity.capability`;
     const entries: { toc: TocEntry; content?: Buffer }[] = [];
     const dirs = new Set<string>(MOUNT_POINT_DIRS);
@@ -227,15 +227,15 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     });
     const layer = chunkedLayer(entries);
     await tagManifest(images, 'xattr-toc', [layer], [sha(layer.data)]);
-    await refused(await sign('xattr-toc'), ['BAD_XATTR']);
+    await refused(await sign('xattr-toc'), ['XATTR_INVALID']);
     const r = await run('getfattr', ['-d', '-m', '-', join(outside, 'file')]);
     assert.doesNotMatch(r.stdout, /capability/);
   });
 
-  it('`usr/lib/tiu -> <outside dir>`: the copy of the new /etc is UNSAFE_PATH, nothing lands outside', async () => {
+  it('`usr/lib/tiu -> <outside dir>`: the copy of the new /etc is PATH_UNSAFE, nothing lands outside', async () => {
     const files = (await baseOs()).filter((f) => !f.path.startsWith('usr/lib/tiu/'));
     await tarImage(images, 'tiu-link', [...files, { path: 'usr/lib/tiu', symlink: join(outside, 'dir') }]);
-    await refused(await sign('tiu-link'), ['UNSAFE_PATH']);
+    await refused(await sign('tiu-link'), ['PATH_UNSAFE']);
     assert.deepEqual(await run('ls', ['-A', join(outside, 'dir')]).then((r) => r.stdout), '');
   });
 
@@ -252,8 +252,8 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     try {
       r = await update(productionDeps, { sysroot: os.sysroot, reference, config: noHooks });
     } catch (e) {
-      // UNSAFE_PATH from the rooted API (or NOT_AN_OS_IMAGE where the image is checked for a usr directory first)
-      assert.ok(isTiuError(e, 'UNSAFE_PATH') || isTiuError(e, 'NOT_AN_OS_IMAGE'), String(e));
+      // PATH_UNSAFE from the rooted API (or IMAGE_NOT_OS where the image is checked for a usr directory first)
+      assert.ok(isTiuError(e, 'PATH_UNSAFE') || isTiuError(e, 'IMAGE_NOT_OS'), String(e));
       const after = await state();
       assert.equal(after.default, before.default);
       assert.deepEqual(
@@ -273,7 +273,7 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     assert.deepEqual(await mountPoints(), mountsBefore);
   });
 
-  it('commit: a snapshot whose usr is a symlink is UNSAFE_PATH before anything is committed (no utimes through it)', async () => {
+  it('commit: a snapshot whose usr is a symlink is PATH_UNSAFE before anything is committed (no utimes through it)', async () => {
     const ctx = await openContext(os.sysroot);
     const before = await state();
     const n = await createInProgress(ctx, { from: before.booted!, description: 'hostile usr', image: 'test' });
@@ -284,7 +284,7 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     const mtime = (await lstat(join(outside, 'dir'))).mtimeMs;
     await assert.rejects(
       commitSnapshot(ctx, n, { image: 'test', digest: 'sha256:00', etcConflicts: 0 }),
-      (e: unknown) => isTiuError(e, 'UNSAFE_PATH') && String(e.details.path) === 'usr',
+      (e: unknown) => isTiuError(e, 'PATH_UNSAFE') && String(e.details.path) === 'usr',
     );
     assert.equal((await lstat(join(outside, 'dir'))).mtimeMs, mtime);
     assert.equal(await fingerprint(outside), outsideBefore);
@@ -316,7 +316,7 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
       r = await update(productionDeps, { sysroot: os.sysroot, reference, config });
     } catch (e) {
       // Refused (the mount point is a symlink) unless the update made proc a real directory first.
-      assert.ok(isTiuError(e, 'UNSAFE_PATH'), String(e));
+      assert.ok(isTiuError(e, 'PATH_UNSAFE'), String(e));
       const after = await state();
       assert.equal(after.default, before.default);
       assert.deepEqual(
@@ -336,7 +336,7 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     assert.deepEqual(await mountPoints(), mountsBefore);
   });
 
-  it('withChroot: a mount point that is a symlink or a file is UNSAFE_PATH before anything is mounted; missing ones become real directories', async () => {
+  it('withChroot: a mount point that is a symlink or a file is PATH_UNSAFE before anything is mounted; missing ones become real directories', async () => {
     const root = join(os.dir, 'chroot-root');
     await mkdir(root, { recursive: true });
     await symlink(join(outside, 'dir'), join(root, 'proc'));
@@ -347,7 +347,7 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
         called = true;
         return Promise.resolve();
       }),
-      (e: unknown) => isTiuError(e, 'UNSAFE_PATH') && String(e.details.path) === 'proc',
+      (e: unknown) => isTiuError(e, 'PATH_UNSAFE') && String(e.details.path) === 'proc',
     );
     assert.equal(called, false);
     assert.deepEqual(await mountPoints(), mountsBefore);
@@ -358,7 +358,7 @@ describe('hostile images cannot reach outside the snapshot (rooted writes, xattr
     await writeFile(join(root, 'sys'), 'not a directory');
     await assert.rejects(
       withChroot(root, () => Promise.resolve()),
-      (e: unknown) => isTiuError(e, 'UNSAFE_PATH') && String(e.details.path) === 'sys',
+      (e: unknown) => isTiuError(e, 'PATH_UNSAFE') && String(e.details.path) === 'sys',
     );
     assert.deepEqual(await mountPoints(), mountsBefore);
     await rm(join(root, 'sys'));

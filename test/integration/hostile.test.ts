@@ -139,13 +139,13 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
 
   describe('xattr names that would inject a `# file:` block into a setfattr --restore dump', () => {
     const evil = (target: string) => `user.a\n# file: ${target}\nuser.pwned`;
-    it('tar path: PAX SCHILY.xattr name with a newline -> BAD_XATTR', async () => {
+    it('tar path: PAX SCHILY.xattr name with a newline -> XATTR_INVALID', async () => {
       await env.expectRefused(
         await tarImage([file('usr/share/fake/x', 'x', { xattrs: { [evil(env.marker.file)]: 'owned' } })]),
-        'BAD_XATTR',
+        'XATTR_INVALID',
       );
     });
-    it('tar path (plain tar): security.capability through an injected block -> BAD_XATTR', async () => {
+    it('tar path (plain tar): security.capability through an injected block -> XATTR_INVALID', async () => {
       const name = `user.b\n# file: ${env.marker.file}\nsecurity.capability`;
       await env.expectRefused(
         await tarImage(
@@ -156,27 +156,27 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
           ],
           { compression: 'none' },
         ),
-        'BAD_XATTR',
+        'XATTR_INVALID',
       );
     });
-    it('TOC path: a TOC xattrs name with a newline -> BAD_XATTR', async () => {
+    it('TOC path: a TOC xattrs name with a newline -> XATTR_INVALID', async () => {
       await env.expectRefused(
         await tocImage([
           treg('usr/share/fake/x', 'x', {
             xattrs: { [evil(env.marker.file)]: Buffer.from('owned').toString('base64') },
           }),
         ]),
-        'BAD_XATTR',
+        'XATTR_INVALID',
       );
     });
-    it('tar and TOC: a name outside the supported namespaces, or longer than 255 bytes -> BAD_XATTR', async () => {
+    it('tar and TOC: a name outside the supported namespaces, or longer than 255 bytes -> XATTR_INVALID', async () => {
       await env.expectRefused(
         await tarImage([file('usr/share/fake/z', 'z', { xattrs: { 'evil.ns': 'v' } })], { compression: 'zstd' }),
-        'BAD_XATTR',
+        'XATTR_INVALID',
       );
       await env.expectRefused(
         await tocImage([treg('usr/share/fake/z', 'z', { xattrs: { [`user.${'n'.repeat(260)}`]: 'dg==' } })]),
-        'BAD_XATTR',
+        'XATTR_INVALID',
       );
     });
   });
@@ -187,7 +187,7 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       { path: 'usr/lib/tiu/etc/selinux/config', content: 'SELINUX=enforcing\nSELINUXTYPE=targeted\n' },
     ];
     const check = async (ref: string) => {
-      const r = await env.expectSkippedOrRefused(ref, 'UNSAFE_PATH');
+      const r = await env.expectSkippedOrRefused(ref, 'PATH_UNSAFE');
       if (r) {
         // tiu's own marker, a regular empty file, not the image's symlink.
         const st = await lstat(join(r.root, '.autorelabel'));
@@ -197,7 +197,7 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       }
       assert.equal(await readFile(env.marker.file, 'utf8'), 'marker file: must never change\n');
     };
-    it('tar path: `.autorelabel -> <marker>/f` is skipped (tiu writes its own) or UNSAFE_PATH; the marker is untouched', async () => {
+    it('tar path: `.autorelabel -> <marker>/f` is skipped (tiu writes its own) or PATH_UNSAFE; the marker is untouched', async () => {
       await check(await tarImage([link('.autorelabel', env.marker.file)], { files: [...base, ...selinux] }));
     });
     it('TOC path: the same', async () => {
@@ -206,62 +206,62 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
   });
 
   describe('symlinks where tiu writes after the apply', () => {
-    it('tar path: `usr/lib/tiu -> <marker dir>` -> UNSAFE_PATH', async () => {
+    it('tar path: `usr/lib/tiu -> <marker dir>` -> PATH_UNSAFE', async () => {
       await env.expectRefused(
         await tarImage([link('usr/lib/tiu', env.marker.subdir)], { files: without(base, 'usr/lib/tiu') }),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
     });
-    it('TOC path: `usr/lib/tiu -> <marker dir>` -> UNSAFE_PATH', async () => {
+    it('TOC path: `usr/lib/tiu -> <marker dir>` -> PATH_UNSAFE', async () => {
       await env.expectRefused(
         await tocImage([tlink('usr/lib/tiu', env.marker.subdir)], { files: without(base, 'usr/lib/tiu') }),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
     });
-    it('tar path: `usr -> <marker>` -> UNSAFE_PATH or NOT_AN_OS_IMAGE', async () => {
+    it('tar path: `usr -> <marker>` -> PATH_UNSAFE or IMAGE_NOT_OS', async () => {
       await env.expectRefused(
         await tarImage([link('usr', env.marker.subdir)], {
           files: without(base, 'usr'),
           omitDirs: ['usr', 'usr/local'],
         }),
-        ['UNSAFE_PATH', 'NOT_AN_OS_IMAGE'],
+        ['PATH_UNSAFE', 'IMAGE_NOT_OS'],
       );
     });
-    it('TOC path: `usr -> <marker>` -> UNSAFE_PATH or NOT_AN_OS_IMAGE', async () => {
+    it('TOC path: `usr -> <marker>` -> PATH_UNSAFE or IMAGE_NOT_OS', async () => {
       await env.expectRefused(
         await tocImage([tlink('usr', env.marker.subdir)], {
           files: without(base, 'usr'),
           omitDirs: ['usr', 'usr/local'],
         }),
-        ['UNSAFE_PATH', 'NOT_AN_OS_IMAGE'],
+        ['PATH_UNSAFE', 'IMAGE_NOT_OS'],
       );
     });
     // /etc is a nested subvolume on MicroOS: tiu deletes the image's copy after the merge, and a
     // subvolume delete that resolved a symlink would take the host's (or the marker) with it.
-    it('tar path: `etc -> <marker dir>` and `etc -> /var` -> UNSAFE_PATH', async () => {
+    it('tar path: `etc -> <marker dir>` and `etc -> /var` -> PATH_UNSAFE', async () => {
       await env.expectRefused(
         await tarImage([link('etc', env.marker.subdir)], { files: without(base, 'etc'), omitDirs: ['etc'] }),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
       await env.expectRefused(
         await tarImage([link('etc', '/var')], { files: without(base, 'etc'), omitDirs: ['etc'] }),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
     });
-    it('TOC path: `etc -> <marker dir>` and `etc -> /var` -> UNSAFE_PATH', async () => {
+    it('TOC path: `etc -> <marker dir>` and `etc -> /var` -> PATH_UNSAFE', async () => {
       await env.expectRefused(
         await tocImage([tlink('etc', env.marker.subdir)], { files: without(base, 'etc'), omitDirs: ['etc'] }),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
       await env.expectRefused(
         await tocImage([tlink('etc', '/var')], { files: without(base, 'etc'), omitDirs: ['etc'] }),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
     });
-    it('tar path: an image with no usr at all -> NOT_AN_OS_IMAGE', async () => {
+    it('tar path: an image with no usr at all -> IMAGE_NOT_OS', async () => {
       await env.expectRefused(
         await tarImage([], { files: without(base, 'usr'), omitDirs: ['usr', 'usr/local'] }),
-        'NOT_AN_OS_IMAGE',
+        'IMAGE_NOT_OS',
       );
     });
   });
@@ -448,11 +448,11 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       }
     };
     const check = async (ref: string) => {
-      const r = await env.expectSkippedOrRefused(ref, 'UNSAFE_PATH');
+      const r = await env.expectSkippedOrRefused(ref, 'PATH_UNSAFE');
       if (r)
         for (const d of ['proc', 'dev', 'sys']) assert.ok(await isDir(join(r.root, d)), `${d} is a real directory`);
     };
-    it('tar path: `proc -> <marker dir>`, `dev -> <marker>`: mount points replaced or UNSAFE_PATH; nothing mounted outside', async () => {
+    it('tar path: `proc -> <marker dir>`, `dev -> <marker>`: mount points replaced or PATH_UNSAFE; nothing mounted outside', async () => {
       await withHook(async () =>
         check(
           await tarImage([link('proc', env.marker.subdir), link('dev', env.marker.dir)], {
@@ -494,43 +494,43 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
   });
 
   describe('paths that leave the root, malformed names', () => {
-    it('tar path: `../` in a name -> UNSAFE_PATH', async () => {
-      await env.expectRefused(await tarImage([file('usr/../../../marker-pwned', 'x')]), 'UNSAFE_PATH');
+    it('tar path: `../` in a name -> PATH_UNSAFE', async () => {
+      await env.expectRefused(await tarImage([file('usr/../../../marker-pwned', 'x')]), 'PATH_UNSAFE');
     });
-    it('TOC path: `../` in a name -> UNSAFE_PATH', async () => {
-      await env.expectRefused(await tocImage([treg('usr/../../../marker-pwned', 'x')]), 'UNSAFE_PATH');
+    it('TOC path: `../` in a name -> PATH_UNSAFE', async () => {
+      await env.expectRefused(await tocImage([treg('usr/../../../marker-pwned', 'x')]), 'PATH_UNSAFE');
     });
-    it('tar path: a write through a symlinked parent (absolute, and relative up) -> UNSAFE_PATH', async () => {
+    it('tar path: a write through a symlinked parent (absolute, and relative up) -> PATH_UNSAFE', async () => {
       await env.expectRefused(
         await tarImage([link('usr/share/esc', env.marker.subdir), file('usr/share/esc/pwned', 'x')]),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
       await env.expectRefused(
         await tarImage(
           [link('usr/share/up', `../../../../../../../..${env.marker.subdir}`), file('usr/share/up/pwned', 'x')],
           { compression: 'zstd' },
         ),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
     });
-    it('TOC path: a write through a symlinked parent (absolute, and relative up) -> UNSAFE_PATH', async () => {
+    it('TOC path: a write through a symlinked parent (absolute, and relative up) -> PATH_UNSAFE', async () => {
       await env.expectRefused(
         await tocImage([tlink('usr/share/esc', env.marker.subdir), treg('usr/share/esc/pwned', 'x')]),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
       await env.expectRefused(
         await tocImage([
           tlink('usr/share/up', `../../../../../../../..${env.marker.subdir}`),
           treg('usr/share/up/pwned', 'x'),
         ]),
-        'UNSAFE_PATH',
+        'PATH_UNSAFE',
       );
     });
-    it('tar path: a 300-byte name component -> BAD_ENTRY', async () => {
-      await env.expectRefused(await tarImage([file(`usr/share/${'a'.repeat(300)}`, 'x')]), 'BAD_ENTRY');
+    it('tar path: a 300-byte name component -> ENTRY_INVALID', async () => {
+      await env.expectRefused(await tarImage([file(`usr/share/${'a'.repeat(300)}`, 'x')]), 'ENTRY_INVALID');
     });
-    it('TOC path: a 300-byte name component -> BAD_ENTRY', async () => {
-      await env.expectRefused(await tocImage([treg(`usr/share/${'a'.repeat(300)}`, 'x')]), 'BAD_ENTRY');
+    it('TOC path: a 300-byte name component -> ENTRY_INVALID', async () => {
+      await env.expectRefused(await tocImage([treg(`usr/share/${'a'.repeat(300)}`, 'x')]), 'ENTRY_INVALID');
     });
   });
 
@@ -713,22 +713,22 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
         assert.deepEqual(await readdir(join(r.root, d)), [], `${d} is the empty mount point`);
       assert.equal(await lstat(join(r.root, '.tiu-etc-merge')).catch(() => undefined), undefined);
     });
-    it('a bundle with SELinux on and `.autorelabel -> <marker>/f`: skipped (tiu writes its own) or UNSAFE_PATH; the marker untouched', async () => {
+    it('a bundle with SELinux on and `.autorelabel -> <marker>/f`: skipped (tiu writes its own) or PATH_UNSAFE; the marker untouched', async () => {
       // (`usr/lib/tiu -> outside` cannot be bundled: tiu build refuses it itself.)
       const ref = await bundle([
         { path: 'etc/selinux/config', content: 'SELINUX=enforcing\n' },
         { path: '.autorelabel', symlink: env.marker.file },
       ]);
-      const r = await env.expectSkippedOrRefused(ref, 'UNSAFE_PATH');
+      const r = await env.expectSkippedOrRefused(ref, 'PATH_UNSAFE');
       if (r) assert.ok((await lstat(join(r.root, '.autorelabel'))).isFile(), '.autorelabel is a regular file');
     });
   });
 
   describe('OCI layouts', () => {
-    it('a manifest without layers -> NO_LAYERS', async () => {
+    it('a manifest without layers -> IMAGE_LAYERS_MISSING', async () => {
       const t = tag();
       await writeImage(env.layout, t, []);
-      await env.expectRefused(env.ref(t), 'NO_LAYERS');
+      await env.expectRefused(env.ref(t), 'IMAGE_LAYERS_MISSING');
     });
     it('a layer blob in the layout whose bytes do not match its digest -> DIGEST_MISMATCH', async () => {
       const layout = join(env.os.dir, 'rotten');
@@ -754,9 +754,9 @@ describe('hostile images are refused cleanly or skipped: nothing outside the new
       reg.faults.set(img.layers[0]!.desc.digest, { kind: 'wrong-bytes' });
       await env.expectRefused(`docker://${reg.host}/hostile/os:wrong`, 'DIGEST_MISMATCH');
     });
-    it('a manifest without layers -> NO_LAYERS', async () => {
+    it('a manifest without layers -> IMAGE_LAYERS_MISSING', async () => {
       reg.put('hostile/os', 'empty', imageOf([]));
-      await env.expectRefused(`docker://${reg.host}/hostile/os:empty`, 'NO_LAYERS');
+      await env.expectRefused(`docker://${reg.host}/hostile/os:empty`, 'IMAGE_LAYERS_MISSING');
     });
     it('a body that drips one byte a second -> REGISTRY_TOO_SLOW (speed-time = 5 in tiu.conf; the default is 60 s), naming the registry', async () => {
       const img = imageOf([tarLayer(osTarEntries(base))]);

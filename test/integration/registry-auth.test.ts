@@ -75,13 +75,13 @@ describe('registry transport: authentication', function () {
       await reg?.stop();
     });
 
-    it('without credentials: UNAUTHORIZED naming the registry and the auth files consulted, no secrets', async () => {
+    it('without credentials: REGISTRY_UNAUTHORIZED naming the registry and the auth files consulted, no secrets', async () => {
       const t = open(reg.host, 'tiu/basic');
       const err = await t.resolve('latest').then(
         () => undefined,
         (e: unknown) => e,
       );
-      assert.ok(isTiuError(err, 'UNAUTHORIZED'), String(err));
+      assert.ok(isTiuError(err, 'REGISTRY_UNAUTHORIZED'), String(err));
       const msg = err.message;
       assert.match(msg, new RegExp(reg.host.replace(/\./g, '\\.')));
       for (const f of [
@@ -100,10 +100,10 @@ describe('registry transport: authentication', function () {
       ]);
     });
 
-    it('wrong --creds: UNAUTHORIZED that names the source and not the password', async () => {
+    it('wrong --creds: REGISTRY_UNAUTHORIZED that names the source and not the password', async () => {
       const t = open(reg.host, 'tiu/basic', { creds: `${USER}:wrong-Pa55` });
       await assert.rejects(t.resolve('latest'), (e: unknown) => {
-        assert.ok(isTiuError(e, 'UNAUTHORIZED'), String(e));
+        assert.ok(isTiuError(e, 'REGISTRY_UNAUTHORIZED'), String(e));
         assert.match(e.message, /--creds/);
         assert.ok(!e.message.includes('wrong-Pa55') && !JSON.stringify(e.details).includes('wrong-Pa55'));
         return true;
@@ -147,13 +147,13 @@ describe('registry transport: authentication', function () {
       const other = open('localhost:' + reg.port, 'tiu/basic');
       await assert.rejects(
         other.resolve('v1'),
-        (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes('docker-credential-tiutest'),
+        (e: unknown) => isTiuError(e, 'REGISTRY_UNAUTHORIZED') && e.message.includes('docker-credential-tiutest'),
       );
       await rm(join(dir, 'home/.docker/config.json'));
     });
   });
 
-  it('tiu copy and inspect take --dest-creds, --creds and --authfile (and say UNAUTHORIZED without)', async function () {
+  it('tiu copy and inspect take --dest-creds, --creds and --authfile (and say REGISTRY_UNAUTHORIZED without)', async function () {
     this.timeout(300_000);
     const htpasswd = join(dir, 'htpasswd-cli');
     await writeFile(htpasswd, execFileSync('htpasswd', ['-Bbn', USER, PASS]));
@@ -176,12 +176,18 @@ describe('registry transport: authentication', function () {
         () => undefined,
         (e: { stdout: string }) =>
           JSON.parse(e.stdout) as {
-            error: { code: string; message: string; details: { causeCode?: string; origin?: string } };
+            error: {
+              code: string;
+              message: string;
+              details: { causeCode?: string; origin?: string };
+              cause?: { code: string };
+            };
           },
       );
       // copy() reports it as COPY_FAILED on the destination, with the registry's code as the cause
       assert.equal(failed?.error.code, 'COPY_FAILED');
-      assert.equal(failed.error.details.causeCode, 'UNAUTHORIZED');
+      assert.equal(failed.error.details.causeCode, 'REGISTRY_UNAUTHORIZED');
+      assert.equal(failed.error.cause?.code, 'REGISTRY_UNAUTHORIZED');
       assert.equal(failed.error.details.origin, 'destination');
       assert.ok(failed.error.message.includes(reg.host));
       await tiu('copy', `oci:${layout}:1`, `docker://${reg.host}/cli/os:1`, '--dest-creds', `${USER}:${PASS}`);
@@ -219,7 +225,7 @@ describe('registry transport: authentication', function () {
       await issuer?.stop();
     });
 
-    it('anonymous: an anonymous token pulls public repositories; anything more is UNAUTHORIZED', async () => {
+    it('anonymous: an anonymous token pulls public repositories; anything more is REGISTRY_UNAUTHORIZED', async () => {
       const img = await makeImage();
       await pushImage(open(reg.host, 'public/os', { creds: `${USER}:${PASS}` }), img, '1');
       const anon = open(reg.host, 'public/os');
@@ -230,11 +236,13 @@ describe('registry transport: authentication', function () {
       await assert.rejects(
         anon.push(b.desc, Readable.from([b.data])),
         (e: unknown) =>
-          isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host) && e.message.includes('no credentials'),
+          isTiuError(e, 'REGISTRY_UNAUTHORIZED') &&
+          e.message.includes(reg.host) &&
+          e.message.includes('no credentials'),
       );
       await assert.rejects(
         open(reg.host, 'tiu/tok').resolve('latest'),
-        (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes(reg.host),
+        (e: unknown) => isTiuError(e, 'REGISTRY_UNAUTHORIZED') && e.message.includes(reg.host),
       );
     });
 
@@ -280,12 +288,12 @@ describe('registry transport: authentication', function () {
       assert.ok(issuer.issued.refresh > before);
     });
 
-    it('wrong password: UNAUTHORIZED from the token service, password not in the message', async () => {
+    it('wrong password: REGISTRY_UNAUTHORIZED from the token service, password not in the message', async () => {
       const t = open(reg.host, 'tiu/tok', { creds: `${USER}:nope-Nope` });
       await assert.rejects(
         t.resolve('v1'),
         (e: unknown) =>
-          isTiuError(e, 'UNAUTHORIZED') && !e.message.includes('nope-Nope') && e.message.includes('--creds'),
+          isTiuError(e, 'REGISTRY_UNAUTHORIZED') && !e.message.includes('nope-Nope') && e.message.includes('--creds'),
       );
     });
   });

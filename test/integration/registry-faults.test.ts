@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { copy } from '../../src/copy/copy.ts';
 import { MemoryTarget } from '../../src/content/memory.ts';
@@ -27,7 +27,7 @@ import { blobOf, makeImage, pushImage, readAll } from '../helpers/images.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 const ref = (s: string): DockerReference => parseReference(`docker://${s}`) as DockerReference;
 const fast: RegistryClientOptions = { registriesConf: false, backoffBaseMs: 5, backoffMaxMs: 20 };
 
@@ -185,7 +185,7 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       assert.equal(fake.log.filter((l) => l.startsWith('PUT ')).length, puts, 'no PUT ?digest= for unverified content');
       assert.equal(await t.exists(wrong.desc), false);
       // Trailing bytes fail at once.
-      await assert.rejects(t.push(wrong.desc, Readable.from([wrong.data, Buffer.from('x')])), code('TRAILING_DATA'));
+      await assert.rejects(t.push(wrong.desc, Readable.from([wrong.data, Buffer.from('x')])), code('SIZE_MISMATCH'));
       assert.equal(await t.exists(wrong.desc), false);
     });
 
@@ -360,7 +360,7 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       await assert.rejects(tOnlyFresh.resolve(digest), code('REGISTRY_UNREACHABLE'));
     });
 
-    it('a blocked registry is refused with BLOCKED', () => {
+    it('a blocked registry is refused with REGISTRY_BLOCKED', () => {
       const conf = parseRegistriesConf(
         `[[registry]]\nprefix = "evil.example.com"\nblocked = true\n`,
         '/etc/containers/registries.conf.d/50-block.conf',
@@ -368,7 +368,9 @@ describe('registry transport: faults, mirrors, referrers API', function () {
       assert.throws(
         () => openRegistryTarget(ref('evil.example.com/os:1'), { ...fast, registriesConf: conf }),
         (e: unknown) =>
-          isTiuError(e, 'BLOCKED') && e.message.includes('evil.example.com/os') && e.message.includes('50-block.conf'),
+          isTiuError(e, 'REGISTRY_BLOCKED') &&
+          e.message.includes('evil.example.com/os') &&
+          e.message.includes('50-block.conf'),
       );
       // other registries are not affected
       assert.ok(openRegistryTarget(ref('good.example.com/os:1'), { ...fast, registriesConf: conf }));

@@ -146,7 +146,7 @@ describe('registry transport: skopeo interop and the air gap', function () {
     await assert.rejects(
       tiu('copy', '--registries-conf', conf, 'docker://updates.example.com/os:2', `oci:${out}:3`, '--json'),
       (e: unknown) =>
-        /BLOCKED/.test(
+        /REGISTRY_BLOCKED/.test(
           String((e as { stdout?: string; stderr?: string }).stdout) + String((e as { stderr?: string }).stderr),
         ),
     );

@@ -105,7 +105,7 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
     await rollback({ sysroot: os.sysroot, snapshot: 2 });
     assert.equal((await readState(ctx)).default, 2);
     await assert.rejects(rollback({ sysroot: os.sysroot, snapshot: 42 }), (e: unknown) =>
-      isTiuError(e, 'NO_SUCH_SNAPSHOT'),
+      isTiuError(e, 'SNAPSHOT_NOT_FOUND'),
     );
   });
 

@@ -158,7 +158,7 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), img('altered')]), 'SIGNATURE_INVALID');
   });
 
-  it('refuses a signature made for another digest (replay): DIGEST_MISMATCH_SIGNATURE', async () => {
+  it('refuses a signature made for another digest (replay): SIGNATURE_DIGEST_MISMATCH', async () => {
     const a = await pushImage('replay-a', 'genuine');
     const b = await pushImage('replay-b', 'evil');
     expectOk(tiu(['sign', '--key', join(dir, 'signer.key'), img('replay-a')]));
@@ -166,7 +166,7 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
       await a.target.resolve(`sha256-${a.desc.digest.slice(7)}.sig`),
       `sha256-${b.desc.digest.slice(7)}.sig`,
     );
-    expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), img('replay-b')]), 'DIGEST_MISMATCH_SIGNATURE');
+    expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), img('replay-b')]), 'SIGNATURE_DIGEST_MISMATCH');
   });
 
   it('refuses a docker-reference of another repository under matchRepository: IDENTITY_MISMATCH', async () => {
@@ -185,12 +185,12 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), img('ident')]), 'IDENTITY_MISMATCH');
   });
 
-  it('refuses an image with no signature at all: NO_SIGNATURE', async () => {
+  it('refuses an image with no signature at all: SIGNATURE_MISSING', async () => {
     await pushImage('unsigned', 'unsigned');
-    expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), img('unsigned')]), 'NO_SIGNATURE');
+    expectCode(tiu(['verify', '--key', join(dir, 'signer.pub'), img('unsigned')]), 'SIGNATURE_MISSING');
     const policy = join(dir, 'policy-default.json');
     writeFileSync(policy, JSON.stringify({ default: [{ type: 'sigstoreSigned', keyPath: join(dir, 'signer.pub') }] }));
-    expectCode(tiu(['verify', '--policy', policy, img('unsigned')]), 'NO_SIGNATURE');
+    expectCode(tiu(['verify', '--policy', policy, img('unsigned')]), 'SIGNATURE_MISSING');
   });
 
   it('verifies a signature the test made itself with node:crypto following the cosign format', async () => {
@@ -208,7 +208,7 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     expectOk(tiu(['verify', '--key', join(dir, 'handmade.pub'), img('handmade')]));
   });
 
-  it('signs with a key the test encrypted itself per the cosign format; a wrong passphrase is BAD_PASSPHRASE', async () => {
+  it('signs with a key the test encrypted itself per the cosign format; a wrong passphrase is PASSPHRASE_WRONG', async () => {
     await pushImage('selfkey', 'self-encrypted key');
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const salt = randomBytes(32);
@@ -233,7 +233,7 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     writeFileSync(join(dir, 'self.pub'), publicKey.export({ format: 'pem', type: 'spki' }));
     expectCode(
       tiu(['sign', '--key', join(dir, 'self.key'), img('selfkey')], { TIU_PASSWORD: 'not the passphrase' }),
-      'BAD_PASSPHRASE',
+      'PASSPHRASE_WRONG',
     );
     expectOk(tiu(['sign', '--key', join(dir, 'self.key'), img('selfkey')], { COSIGN_PASSWORD: 'self made' }));
     expectOk(tiu(['verify', '--key', join(dir, 'self.pub'), img('selfkey')]));
@@ -304,7 +304,7 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     expectOk(tiu(['verify', '--policy', policy, `oci:${usb}:1`]));
     // An unsigned image copied the same way is refused.
     expectOk(tiu(['copy', '--referrers', img('unsigned'), `oci:${usb}:unsigned`]));
-    expectCode(tiu(['verify', '--policy', policy, `oci:${usb}:unsigned`]), 'NO_SIGNATURE');
+    expectCode(tiu(['verify', '--policy', policy, `oci:${usb}:unsigned`]), 'SIGNATURE_MISSING');
   });
 
   it('no key material or passphrase appears in any output', () => {

@@ -9,7 +9,7 @@ import { buildBundle } from '../../src/bundle/build.ts';
 import { buildImage, installPolicy, signInLayout, type BuiltImage } from '../helpers/update-deps.ts';
 import { productionDeps } from '../../src/deploy/wiring.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
-import { isTiuError, type TiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode, type TiuError } from '../../src/errors.ts';
 import { parseConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
@@ -113,7 +113,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     b[b.length - 20] = b[b.length - 20]! ^ 0xff;
     await writeFile(file, b);
   };
-  const unchanged = async (f: () => Promise<unknown>, code: string, more: (e: TiuError) => boolean = () => true) => {
+  const unchanged = async (f: () => Promise<unknown>, code: ErrorCode, more: (e: TiuError) => boolean = () => true) => {
     const before = await state();
     await assert.rejects(f(), (e: unknown) => isTiuError(e, code) && more(e));
     const after = await state();
@@ -172,7 +172,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
     // Dropped from the cache: offline there is nothing left to use, online it comes again.
     await unchanged(
       () => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:v1`, config: noHooks, offline: true }),
-      'NOT_IN_CACHE',
+      'CACHE_BLOB_MISSING',
     );
     const again = await update(deps(), {
       sysroot: os.sysroot,
@@ -187,7 +187,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
   it('an image the policy refuses is refused before a snapshot exists and before it reaches the cache', async () => {
     await unchanged(
       () => update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks }),
-      'NO_SIGNATURE',
+      'SIGNATURE_MISSING',
     );
     const cache = await OciLayoutTarget.open(cacheDir());
     assert.equal(await cache.exists(unsigned.manifest), false);
@@ -268,7 +268,7 @@ describe('tiu update on a MicroOS-layout btrfs (loop device, real snapper)', fun
       for (const l of v2.layers) assert.equal(await cache.exists(l), true);
       await assert.rejects(
         update(deps(), { sysroot: os.sysroot, reference: `oci:${images}:unsigned`, config: noHooks, offline: true }),
-        (e: unknown) => isTiuError(e, 'NOT_IN_CACHE'),
+        (e: unknown) => isTiuError(e, 'CACHE_BLOB_MISSING'),
       );
     } finally {
       await rename(moved, images);

@@ -429,7 +429,7 @@ describe('system: update, reboot, health and rollback in a VM (USB-stick bundles
     );
     assert.deepEqual(show.trim().split('\n'), ['exit-code', '1']);
     const journal = await v.sh('journalctl -b -u tiu-update.service -o cat --no-pager');
-    assert.match(journal, /has no signature .*\[NO_SIGNATURE\]/);
+    assert.match(journal, /has no signature .*\[SIGNATURE_MISSING\]/);
     assert.match(
       journal,
       new RegExp(`${guestRegistry.replace(/\./g, '\\.')}/tiu/os`),

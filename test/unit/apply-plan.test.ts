@@ -128,7 +128,7 @@ describe('deploy/apply paths and layers', () => {
     for (const bad of ['../x', 'a/../../x', '/etc/passwd', 'a/..', 'x\0y']) {
       assert.throws(
         () => normalizeEntryPath(bad),
-        (e: unknown) => isTiuError(e, 'UNSAFE_PATH'),
+        (e: unknown) => isTiuError(e, 'PATH_UNSAFE'),
         bad,
       );
     }
@@ -156,16 +156,16 @@ describe('deploy/apply paths and layers', () => {
     assert.equal(t.get('h')!.linkname, 'f');
     assert.throws(
       () => flattenLayers([[hl('g', 'missing')]]),
-      (e: unknown) => isTiuError(e, 'BAD_HARDLINK'),
+      (e: unknown) => isTiuError(e, 'HARDLINK_INVALID'),
     );
     assert.throws(
       () => flattenLayers([[dir('d'), hl('g', 'd')]]),
-      (e: unknown) => isTiuError(e, 'BAD_HARDLINK'),
+      (e: unknown) => isTiuError(e, 'HARDLINK_INVALID'),
     );
     // a whiteout in an upper layer removes the target
     assert.throws(
       () => flattenLayers([[reg('f', 'x'), hl('g', 'f')], [reg('.wh.f', '')]]),
-      (e: unknown) => isTiuError(e, 'BAD_HARDLINK'),
+      (e: unknown) => isTiuError(e, 'HARDLINK_INVALID'),
     );
   });
 });
@@ -210,19 +210,19 @@ describe('deploy/apply table of contents and tar reading', () => {
     assert.equal(e[5]!.devmajor, 1);
     assert.throws(
       () => tocToEntries({ version: 1, entries: [{ type: 'reg', name: '../x', size: 0 }] }, 0),
-      (x: unknown) => isTiuError(x, 'UNSAFE_PATH'),
+      (x: unknown) => isTiuError(x, 'PATH_UNSAFE'),
     );
     assert.throws(
       () => tocToEntries({ version: 1, entries: [{ type: 'reg', name: 'x', size: 5 }] }, 0),
-      (x: unknown) => isTiuError(x, 'BAD_ENTRY'),
+      (x: unknown) => isTiuError(x, 'ENTRY_INVALID'),
     );
     assert.throws(
       () => tocToEntries({ version: 1, entries: [{ type: 'socket', name: 'x' } as never] }, 0),
-      (x: unknown) => isTiuError(x, 'BAD_ENTRY'),
+      (x: unknown) => isTiuError(x, 'ENTRY_INVALID'),
     );
     assert.throws(
       () => tocToEntries({ version: 1, entries: [{ type: 'chunk', name: 'x', offset: 1, endOffset: 2 }] }, 0),
-      (x: unknown) => isTiuError(x, 'BAD_ENTRY'),
+      (x: unknown) => isTiuError(x, 'ENTRY_INVALID'),
     );
   });
   it('takes TOC names that are not UTF-8 byte-exact, as two different entries', () => {
@@ -396,7 +396,7 @@ describe('deploy/apply planner', () => {
         old,
         hasher,
       ),
-      (e: unknown) => isTiuError(e, 'UNSAFE_PATH'),
+      (e: unknown) => isTiuError(e, 'PATH_UNSAFE'),
     );
     const plan = await planApply(flattenLayers([[dir('usr')]]), old, hasher, { preserve: ['.snapshots', 'var'] });
     assert.deepEqual(plan.deletes, []);

@@ -49,13 +49,13 @@ describe('deploy/boot entries (pure)', () => {
     for (const bad of ['quiet\ninitrd /x', 'a\rb', 'a\u0000b', 'a\u001bb', 'unbalanced "quote']) {
       assert.throws(
         () => sanitizeCmdline(bad, 't'),
-        (e: unknown) => isTiuError(e, 'BAD_CMDLINE'),
+        (e: unknown) => isTiuError(e, 'CMDLINE_INVALID'),
         JSON.stringify(bad),
       );
     }
     assert.throws(
       () => sanitizeCmdline(Buffer.from([0x71, 0xff]), 't'),
-      (e: unknown) => isTiuError(e, 'BAD_CMDLINE'),
+      (e: unknown) => isTiuError(e, 'CMDLINE_INVALID'),
     );
   });
 

@@ -38,7 +38,7 @@ describe('deploy/boot with hostile image data', () => {
       assert.ok(!KVER_RE.test(bad), JSON.stringify(bad));
       assert.throws(
         () => kernelRel(bad, 'linux', HASH),
-        (e: unknown) => isTiuError(e, 'BAD_KERNEL_VERSION'),
+        (e: unknown) => isTiuError(e, 'KERNEL_VERSION_INVALID'),
         JSON.stringify(bad),
       );
     }
@@ -101,11 +101,13 @@ describe('deploy/boot with hostile image data', () => {
       await assert.rejects(new SystemdBoot(esp).prepare(ctx(), 1, {}), (e: unknown) => isTiuError(e, 'ESP_FULL'));
     });
 
-    it('an over-long /etc/kernel/cmdline is BAD_CMDLINE without being loaded whole', async () => {
+    it('an over-long /etc/kernel/cmdline is CMDLINE_INVALID without being loaded whole', async () => {
       await writeFile(join(snap, 'usr/lib/modules/6.1.0/vmlinuz'), 'kernel');
       await writeFile(join(snap, 'etc/kernel/cmdline'), '');
       await truncate(join(snap, 'etc/kernel/cmdline'), 4 * 1024 ** 3); // sparse 4 GiB: readFile would throw ERR_FS_FILE_TOO_LARGE
-      await assert.rejects(new SystemdBoot(esp).prepare(ctx(), 1, {}), (e: unknown) => isTiuError(e, 'BAD_CMDLINE'));
+      await assert.rejects(new SystemdBoot(esp).prepare(ctx(), 1, {}), (e: unknown) =>
+        isTiuError(e, 'CMDLINE_INVALID'),
+      );
     });
   });
 });

@@ -119,15 +119,15 @@ describe('bounded resources and clear refusals (pure parts)', () => {
     }
   });
 
-  it('a name component over 255 bytes is BAD_ENTRY, naming it', () => {
+  it('a name component over 255 bytes is ENTRY_INVALID, naming it', () => {
     const long = 'a'.repeat(300);
     assert.throws(
       () => normalizeEntryPath(`usr/${long}`),
-      (e) => isTiuError(e, 'BAD_ENTRY') && e.message.includes('300 bytes'),
+      (e) => isTiuError(e, 'ENTRY_INVALID') && e.message.includes('300 bytes'),
     );
     assert.throws(
       () => normalizeEntryPath(`usr/${bstr(Buffer.from('é'.repeat(128)))}`),
-      (e) => isTiuError(e, 'BAD_ENTRY'),
+      (e) => isTiuError(e, 'ENTRY_INVALID'),
     ); // 256 bytes (names are binary strings: one char per byte)
     assert.equal(normalizeEntryPath(`usr/${'a'.repeat(255)}`), `usr/${'a'.repeat(255)}`);
   });
@@ -154,14 +154,14 @@ describe('bounded resources and clear refusals (pure parts)', () => {
 
   it('inLayer names the layer in a refusal of its tar, once', () => {
     const t = inLayer(
-      new TiuError('BAD_TAR', 'invalid tar stream: header checksum mismatch'),
+      new TiuError('TAR_INVALID', 'invalid tar stream: header checksum mismatch'),
       1,
       'layer 2 (sha256:ab)',
     ) as TiuError;
     assert.equal(t.code, 'LAYER_CORRUPT');
     assert.equal(t.message, 'layer 2 (sha256:ab) is not a valid tar: header checksum mismatch');
-    const e = inLayer(new TiuError('BAD_ENTRY', 'invalid entry "x": y'), 1, 'layer 2 (sha256:ab)') as TiuError;
-    assert.equal(e.code, 'BAD_ENTRY');
+    const e = inLayer(new TiuError('ENTRY_INVALID', 'invalid entry "x": y'), 1, 'layer 2 (sha256:ab)') as TiuError;
+    assert.equal(e.code, 'ENTRY_INVALID');
     assert.equal(e.message, 'layer 2 (sha256:ab): invalid entry "x": y');
     assert.equal(inLayer(e, 1, 'layer 2 (sha256:ab)'), e);
     const other = new TiuError('DISK_FULL', 'x');

@@ -95,7 +95,7 @@ describe('bundle tar and image sources', function () {
       isTiuError(e, 'TAR_INVALID'),
     );
     await assert.rejects(tb.addTar(tar(ent('usr/d', { type: 'hardlink', linkname: '../../etc/shadow' })), 't'), (e) =>
-      isTiuError(e, 'TAR_UNSAFE_PATH'),
+      isTiuError(e, 'PATH_UNSAFE'),
     );
   });
 

@@ -190,7 +190,7 @@ describe('copy', () => {
       assert.match(e.message, new RegExp(bad.digest.replace(':', '.')));
       return true;
     });
-    await assert.rejects(dst.resolve('t'), (e: unknown) => isTiuError(e, 'NOT_FOUND'));
+    await assert.rejects(dst.resolve('t'), (e: unknown) => isTiuError(e, 'CONTENT_NOT_FOUND'));
     assert.equal(await dst.exists(img.manifest), false);
     assert.equal(await dst.exists(bad), false);
   });
@@ -212,7 +212,11 @@ describe('copy', () => {
       assert.ok(e instanceof CopyError);
       assert.equal(e.origin, 'destination');
       assert.equal(e.op, 'push');
+      // Node's ENOSPC is a full disk where it is caught; the errno stays visible as the cause
+      assert.equal(e.code, 'DISK_FULL');
+      assert.equal(e.transient, true);
       assert.equal(e.details.causeCode, 'ENOSPC');
+      assert.equal(e.causeCode, 'ENOSPC');
       return true;
     });
     assert.equal(await inner.exists(img.manifest), false);
@@ -223,7 +227,9 @@ describe('copy', () => {
       assert.ok(e instanceof CopyError);
       assert.equal(e.op, 'resolve');
       assert.equal(e.origin, 'source');
-      assert.equal(e.details.causeCode, 'NOT_FOUND');
+      assert.equal(e.code, 'COPY_FAILED');
+      assert.equal(e.details.causeCode, 'CONTENT_NOT_FOUND');
+      assert.equal(e.causeCode, 'CONTENT_NOT_FOUND');
       return true;
     });
   });
@@ -274,7 +280,7 @@ describe('copy', () => {
     const plain = new MemoryTarget();
     await copy(src, 't', plain, 't');
     assert.equal(await plain.exists(sig.manifest), false);
-    await assert.rejects(plain.resolve(sigTag), (e: unknown) => isTiuError(e, 'NOT_FOUND'));
+    await assert.rejects(plain.resolve(sigTag), (e: unknown) => isTiuError(e, 'CONTENT_NOT_FOUND'));
 
     const dst = new MemoryTarget();
     await copy(src, 't', dst, 't', { referrers: true });

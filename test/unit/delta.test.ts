@@ -25,11 +25,11 @@ import {
   rangeBytes,
   storeProvider,
 } from '../../src/deploy/delta/index.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
 
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 function entry(path: string, layer: number, offset: number, endOffset: number, size = 100): TreeEntry {
   return {
@@ -189,7 +189,7 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     assert.deepEqual(t.plan.fetch.map((e) => e.path).sort(), ['usr/b', 'usr/c', 'usr/empty'], 'usr/a is already there');
     await assert.rejects(
       prepareTransfer({ source: slow, manifest, oldRoot: join(dir, 'no-such-root'), preserve: [] }),
-      code('BAD_ROOT'),
+      code('APPLY_ROOT_INVALID'),
     );
     const bad = {
       ...layer,
@@ -254,7 +254,7 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     }
   });
 
-  it('a response shorter or longer than the range asked for is DELTA_SHORT_RANGE; the files before the cut are whole', async () => {
+  it('a response shorter or longer than the range asked for is DELTA_RANGE_SHORT; the files before the cut are whole', async () => {
     const es = await tocEntries();
     const ranges = coalesce(es, { maxGap: 1024, maxSpan: 1_000_000 });
     assert.equal(ranges.length, 1);
@@ -274,7 +274,7 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
       const store = await ContentStore.open(join(dir, `store-odd-${what.length}`));
       await assert.rejects(
         downloadRanges(odd, manifest.layers, ranges, store),
-        (e: unknown) => isTiuError(e, 'DELTA_SHORT_RANGE') && /got \d+ of \d+/.test((e as Error).message),
+        (e: unknown) => isTiuError(e, 'DELTA_RANGE_SHORT') && /got \d+ of \d+/.test((e as Error).message),
         what,
       );
       for (const f of await readdir(store.dir)) {

@@ -171,11 +171,11 @@ describe('host helpers (pure)', () => {
     assert.equal(formatUserdata({ a: '1', 'tiu-digest': 'sha256:x', gone: '' }), 'a=1,tiu-digest=sha256:x,gone=');
     assert.throws(
       () => formatUserdata({ a: 'x,y' }),
-      (e: unknown) => isTiuError(e, 'SNAPPER'),
+      (e: unknown) => isTiuError(e, 'SNAPPER_FAILED'),
     );
     assert.throws(
       () => formatUserdata({ 'a b': 'x' }),
-      (e: unknown) => isTiuError(e, 'SNAPPER'),
+      (e: unknown) => isTiuError(e, 'SNAPPER_FAILED'),
     );
   });
   it('parses mountinfo with escapes', () => {

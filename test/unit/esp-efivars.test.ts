@@ -58,7 +58,7 @@ describe('host/esp EFI variables (efivarfs bytes; a tmp dir stands in for efivar
     assert.equal(await removeLoaderVariable('LoaderEntryDefault', dir), true);
     assert.ok(!existsSync(path));
     assert.equal(await removeLoaderVariable('LoaderEntryDefault', dir), false);
-    await assert.rejects(readLoaderVariable('../x', dir), (e) => isTiuError(e, 'UNSAFE_PATH'));
+    await assert.rejects(readLoaderVariable('../x', dir), (e) => isTiuError(e, 'PATH_UNSAFE'));
     const saved = process.env.TIU_TEST_EFIVARS;
     delete process.env.TIU_TEST_EFIVARS;
     try {

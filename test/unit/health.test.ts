@@ -90,11 +90,11 @@ describe('deploy/health', () => {
     it('refuses a root that is not a snapshot', () => {
       assert.throws(
         () => planBoot({ snapshots: [snap(1)] }),
-        (e) => isTiuError(e, 'NOT_SNAPSHOT_ROOT'),
+        (e) => isTiuError(e, 'SYSROOT_NOT_SNAPSHOT'),
       );
       assert.throws(
         () => planBoot({ snapshots: [snap(1)], booted: 7 }),
-        (e) => isTiuError(e, 'NO_SUCH_SNAPSHOT'),
+        (e) => isTiuError(e, 'SNAPSHOT_NOT_FOUND'),
       );
     });
   });

@@ -169,15 +169,15 @@ describe('layer tar format', function () {
     assert.equal(m.name, 'a/\xe9\n');
   });
 
-  it('reports an unknown type for the consumer to refuse (TAR_UNSUPPORTED_ENTRY) and refuses sparse members', async function () {
+  it('reports an unknown type for the consumer to refuse (TAR_ENTRY_UNSUPPORTED) and refuses sparse members', async function () {
     const [[m]] = (await readAll(paxTar({}, 'v', 'V'))) as [[TarMember, Buffer]];
     assert.equal(m.type, undefined);
     assert.throws(
       () => memberEntry(m, 'v'),
-      (e) => isTiuError(e, 'TAR_UNSUPPORTED_ENTRY'),
+      (e) => isTiuError(e, 'TAR_ENTRY_UNSUPPORTED'),
     );
     await assert.rejects(readAll(paxTar({ 'GNU.sparse.major': Buffer.from('1') })), (e) =>
-      isTiuError(e, 'TAR_UNSUPPORTED_ENTRY'),
+      isTiuError(e, 'TAR_ENTRY_UNSUPPORTED'),
     );
   });
 
@@ -212,14 +212,14 @@ describe('layer path rules', function () {
     for (const bad of ['../x', 'a/../../x', '/etc/passwd', 'a/..', 'a\0b', 'x/'.repeat(2049)]) {
       assert.throws(
         () => normalizeEntryPath(bad),
-        (e) => isTiuError(e, 'UNSAFE_PATH'),
+        (e) => isTiuError(e, 'PATH_UNSAFE'),
         JSON.stringify(bad.slice(0, 20)),
       );
     }
     assert.equal(normalizeEntryPath('a/' + 'n'.repeat(255)), 'a/' + 'n'.repeat(255));
     assert.throws(
       () => normalizeEntryPath('a/' + 'n'.repeat(256)),
-      (e) => isTiuError(e, 'BAD_ENTRY'),
+      (e) => isTiuError(e, 'ENTRY_INVALID'),
     );
   });
 

@@ -6,13 +6,13 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { OciArchiveTarget } from '../../src/content/oci-archive.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Target } from '../../src/content/interfaces.ts';
 import { runTargetContract } from '../helpers/target-contract.ts';
 
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 runTargetContract('oci archive', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'tiu-archive-test-'));
@@ -71,7 +71,7 @@ describe('oci archive', () => {
       MediaType.OciManifest,
     );
     await w.tag(m, 'v1');
-    await assert.rejects(OciArchiveTarget.open(path), code('NOT_FOUND'));
+    await assert.rejects(OciArchiveTarget.open(path), code('CONTENT_NOT_FOUND'));
     await w.close();
     // the temporary layout is gone; only the archive remains
     assert.deepEqual(await readdir(dir), ['img.tar']);
@@ -114,7 +114,7 @@ describe('oci archive', () => {
     for (const [what, bytes] of cases) {
       const p = join(dir, `${what}.tar`);
       await writeFile(p, bytes);
-      await assert.rejects(OciArchiveTarget.open(p, { tmpDir: dir }), code('INVALID_ARCHIVE'), what);
+      await assert.rejects(OciArchiveTarget.open(p, { tmpDir: dir }), code('ARCHIVE_INVALID'), what);
     }
     // nothing extracted is left behind
     assert.ok((await readdir(dir)).every((n) => n.endsWith('.tar')));

@@ -8,13 +8,13 @@ import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { withLock } from '../../src/content/lock.ts';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 import { runTargetContract } from '../helpers/target-contract.ts';
 
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 runTargetContract('oci layout', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'tiu-layout-'));
@@ -72,26 +72,26 @@ describe('oci layout', function () {
   });
 
   it('refuses what is not a layout', async () => {
-    await assert.rejects(OciLayoutTarget.open(join(dir, 'none')), code('NOT_FOUND'));
+    await assert.rejects(OciLayoutTarget.open(join(dir, 'none')), code('CONTENT_NOT_FOUND'));
     await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"9.0.0"}');
-    await assert.rejects(OciLayoutTarget.open(dir), code('INVALID_LAYOUT'));
+    await assert.rejects(OciLayoutTarget.open(dir), code('LAYOUT_INVALID'));
     await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
     await writeFile(join(dir, 'index.json'), '{"schemaVersion":2,"manifests":[{"digest":"sha256:zz"}]}');
     const t = await OciLayoutTarget.open(dir);
-    await assert.rejects(t.resolve('latest'), code('INVALID_LAYOUT'));
+    await assert.rejects(t.resolve('latest'), code('LAYOUT_INVALID'));
   });
 
   it('rejects an invalid manifest before it becomes visible', async () => {
     const t = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
     const junk = Buffer.from('{"schemaVersion":2,"config":{},"layers":[]}');
     const d = { mediaType: MediaType.OciManifest, digest: sha256(junk), size: junk.length };
-    await assert.rejects(t.push(d, Readable.from([junk])), code('INVALID_MANIFEST'));
+    await assert.rejects(t.push(d, Readable.from([junk])), code('MANIFEST_INVALID'));
     assert.equal(await t.exists(d), false);
   });
 
   it('resolves the only image when no reference is given; referrers do not count', async () => {
     const t = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
-    await assert.rejects(t.resolveDefault(), code('NOT_FOUND'));
+    await assert.rejects(t.resolveDefault(), code('CONTENT_NOT_FOUND'));
     const a = await image(t);
     await t.tag(a, 'a');
     await image(t, { subject: a, artifactType: 'application/vnd.example.sig' });
@@ -102,11 +102,11 @@ describe('oci layout', function () {
     assert.equal((await t.resolveDefault()).digest, a.digest);
     const b = await image(t);
     await t.tag(b, 'b');
-    await assert.rejects(t.resolveDefault(), code('AMBIGUOUS_REFERENCE'));
+    await assert.rejects(t.resolveDefault(), code('REFERENCE_AMBIGUOUS'));
     // an untagged child resolves by digest from its blob
     const c = await image(t);
     assert.deepEqual(await t.resolve(c.digest), c);
-    await assert.rejects(t.tag(c, 'bad tag'), code('INVALID_TAG'));
+    await assert.rejects(t.tag(c, 'bad tag'), code('TAG_INVALID'));
   });
 
   it('removes an image with its signatures and referrers, and frees only the blobs nothing else uses', async () => {

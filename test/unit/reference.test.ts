@@ -43,7 +43,7 @@ describe('reference', () => {
     it(`rejects ${JSON.stringify(bad)}`, () => {
       assert.throws(
         () => parseReference(bad),
-        (e: unknown) => isTiuError(e, 'INVALID_REFERENCE'),
+        (e: unknown) => isTiuError(e, 'REFERENCE_INVALID'),
       );
     });
   }

@@ -157,6 +157,26 @@ describe('reserved paths and fstab', () => {
     assert.match(describeSkipped(many.report()), /^skipped 30 entries under reserved paths: m00, .*, …$/);
   });
 
+  it('a directory under a reserved path that several layers carry (each with its parents) is counted once', () => {
+    const r = reservedSet(PRESERVE, []);
+    const tally = new SkipTally();
+    const layers = dropReserved(
+      [
+        [e('usr'), e('usr/bin'), e('usr/bin/sh', 'reg', { size: 5 }), e('var'), e('var/lib'), e('var/lib/a', 'reg')],
+        [e('var'), e('var/lib'), e('var/lib/b', 'reg', { size: 2 }), e('var/cache')],
+        [e('var'), e('var/lib'), e('var/cache'), e('var/cache/c', 'reg')],
+      ],
+      r,
+      tally,
+    );
+    assert.deepEqual(
+      layers.map((l) => l.map((x) => x.path)),
+      [['usr', 'usr/bin', 'usr/bin/sh'], [], []],
+    );
+    // var/lib and var/cache once each, three files
+    assert.deepEqual(tally.report().skipped, { count: 5, bytes: 2 });
+  });
+
   it('mount points to keep: top-most only (one inside @/var lives in @/var)', () => {
     assert.deepEqual(mountPointsToKeep(['var', 'var/lib/docker', 'boot/efi', 'proc', '', 'proc']), [
       'boot/efi',
@@ -216,11 +236,11 @@ describe('planner: ancestors of preserved paths are never deleted', () => {
     const o = old({ boot: 'dir', 'boot/grub2': 'dir', 'boot/grub2/x86_64-efi': 'dir', var: 'dir' });
     await assert.rejects(
       planApply(flattenLayers([[e(''), e('boot', 'symlink')]]), o, hasher, { preserve }),
-      (x: unknown) => isTiuError(x, 'UNSAFE_PATH'),
+      (x: unknown) => isTiuError(x, 'PATH_UNSAFE'),
     );
     await assert.rejects(
       planApply(flattenLayers([[e(''), e('var', 'symlink')]]), o, hasher, { preserve }),
-      (x: unknown) => isTiuError(x, 'UNSAFE_PATH'),
+      (x: unknown) => isTiuError(x, 'PATH_UNSAFE'),
     );
     const ok = await planApply(flattenLayers([[e(''), e('boot'), e('boot/grub2')]]), o, hasher, { preserve });
     assert.deepEqual(ok.deletes, []);

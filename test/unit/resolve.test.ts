@@ -18,7 +18,7 @@ describe('openReference', () => {
   });
 
   it('opens oci: layouts, creating them only for writing', async () => {
-    await assert.rejects(openReference(`oci:${dir}/l:t`), (e: unknown) => isTiuError(e, 'NOT_FOUND'));
+    await assert.rejects(openReference(`oci:${dir}/l:t`), (e: unknown) => isTiuError(e, 'CONTENT_NOT_FOUND'));
     const w = await openReference(`oci:${dir}/l:t`, { forWrite: true });
     assert.ok(w.target instanceof OciLayoutTarget);
     assert.equal(w.name, 't');
@@ -30,7 +30,7 @@ describe('openReference', () => {
   });
 
   it('opens oci-archive: files', async () => {
-    await assert.rejects(openReference(`oci-archive:${dir}/a.tar`), (e: unknown) => isTiuError(e, 'NOT_FOUND'));
+    await assert.rejects(openReference(`oci-archive:${dir}/a.tar`), (e: unknown) => isTiuError(e, 'CONTENT_NOT_FOUND'));
     const w = await openReference(`oci-archive:${dir}/a.tar:v1`, { forWrite: true, tmpDir: dir });
     assert.ok(w.target instanceof OciArchiveTarget);
     assert.equal(w.name, 'v1');
@@ -48,7 +48,7 @@ describe('openReference', () => {
     await writeFile(conf, '[[registry]]\nprefix = "example.com/a"\nblocked = true\n');
     await assert.rejects(
       openReference('docker://example.com/a:b', { registry: { registriesConf: conf } }),
-      (e: unknown) => isTiuError(e, 'BLOCKED'),
+      (e: unknown) => isTiuError(e, 'REGISTRY_BLOCKED'),
     );
   });
 });

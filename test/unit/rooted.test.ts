@@ -22,7 +22,7 @@ import { checkXattrName, xattrNameProblem } from '../../src/deploy/apply/xattr-n
 import { removeXattr, setXattrs } from '../../src/host/xattr.ts';
 
 const unsafe = (path?: string) => (e: unknown) =>
-  isTiuError(e, 'UNSAFE_PATH') && (path === undefined || (e.details.path as string).includes(path));
+  isTiuError(e, 'PATH_UNSAFE') && (path === undefined || (e.details.path as string).includes(path));
 
 describe('deploy/rooted: RootedDir', () => {
   let dir: string;
@@ -46,8 +46,8 @@ describe('deploy/rooted: RootedDir', () => {
 
   it('opens only a real directory given by an absolute path', async () => {
     await symlink(root, join(dir, 'link'));
-    await assert.rejects(RootedDir.open(join(dir, 'link')), (e: unknown) => isTiuError(e, 'BAD_ROOT'));
-    await assert.rejects(RootedDir.open(join(outside, 'file')), (e: unknown) => isTiuError(e, 'BAD_ROOT'));
+    await assert.rejects(RootedDir.open(join(dir, 'link')), (e: unknown) => isTiuError(e, 'APPLY_ROOT_INVALID'));
+    await assert.rejects(RootedDir.open(join(outside, 'file')), (e: unknown) => isTiuError(e, 'APPLY_ROOT_INVALID'));
     await assert.rejects(RootedDir.open('relative/root'), unsafe());
   });
 
@@ -78,7 +78,7 @@ describe('deploy/rooted: RootedDir', () => {
     assert.equal(await readFile(join(outside, 'file'), 'utf8'), 'outside\n');
   });
 
-  it('a symlink component is UNSAFE_PATH naming the path, for reads and writes, even when it points inside', async () => {
+  it('a symlink component is PATH_UNSAFE naming the path, for reads and writes, even when it points inside', async () => {
     await symlink(join(outside), join(root, 'usr/lib/tiu'));
     await symlink('lib', join(root, 'usr/inner'));
     for (const p of ['usr/lib/tiu/etc', 'usr/inner/os-release']) {
@@ -94,7 +94,7 @@ describe('deploy/rooted: RootedDir', () => {
     assert.deepEqual((await readdir(outside)).sort(), ['etc', 'file']);
   });
 
-  it('a file where a directory must be is UNSAFE_PATH; a missing parent is just missing', async () => {
+  it('a file where a directory must be is PATH_UNSAFE; a missing parent is just missing', async () => {
     await assert.rejects(rd.mkdir('usr/lib/os-release/x'), unsafe('usr/lib/os-release/x'));
     assert.equal(await rd.lstat('no/such/file'), undefined);
     assert.equal(await rd.isDir('no/such'), false);
@@ -176,7 +176,7 @@ describe('xattr names (no text-format injection)', () => {
     ])
       assert.equal(xattrNameProblem(n), undefined, n);
   });
-  it('refuses other namespaces, control characters, whitespace, = and long names with BAD_XATTR naming file and attribute', () => {
+  it('refuses other namespaces, control characters, whitespace, = and long names with XATTR_INVALID naming file and attribute', () => {
     for (const n of [
       '',
       'user.',
@@ -193,7 +193,7 @@ describe('xattr names (no text-format injection)', () => {
       assert.throws(
         () => checkXattrName('usr/bin/x', n),
         (e: unknown) =>
-          isTiuError(e, 'BAD_XATTR') && e.details.path === 'usr/bin/x' && e.details.name === n.slice(0, 300),
+          isTiuError(e, 'XATTR_INVALID') && e.details.path === 'usr/bin/x' && e.details.name === n.slice(0, 300),
         JSON.stringify(n),
       );
     }
@@ -208,13 +208,13 @@ describe('xattr names (no text-format injection)', () => {
       const evil = `user.a\n# file: ${victim}\nuser.evil`;
       await assert.rejects(
         setXattrs([{ path: join(dir, 'f'), set: { [evil]: Buffer.from('x') } }]),
-        (e: unknown) => isTiuError(e, 'BAD_XATTR') && e.details.name === evil && e.details.path === join(dir, 'f'),
+        (e: unknown) => isTiuError(e, 'XATTR_INVALID') && e.details.name === evil && e.details.path === join(dir, 'f'),
       );
       await assert.rejects(
         setXattrs([{ path: join(dir, 'f'), set: { 'user.big': Buffer.alloc(64 * 1024 + 1) } }]),
-        (e: unknown) => isTiuError(e, 'BAD_XATTR'),
+        (e: unknown) => isTiuError(e, 'XATTR_INVALID'),
       );
-      await assert.rejects(removeXattr(victim, 'user.a\n-x'), (e: unknown) => isTiuError(e, 'BAD_XATTR'));
+      await assert.rejects(removeXattr(victim, 'user.a\n-x'), (e: unknown) => isTiuError(e, 'XATTR_INVALID'));
       assert.equal(await readFile(victim, 'utf8'), 'v');
     } finally {
       await rm(dir, { recursive: true, force: true });

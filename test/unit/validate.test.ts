@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
-import { isTiuError } from '../../src/errors.ts';
+import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType } from '../../src/oci/mediatypes.ts';
 import {
@@ -31,26 +31,26 @@ const manifest = (over: Record<string, unknown> = {}) => ({
   ...over,
 });
 const bytes = (v: unknown) => Buffer.from(JSON.stringify(v));
-const code = (c: string) => (e: unknown) => isTiuError(e, c);
+const code = (c: ErrorCode) => (e: unknown) => isTiuError(e, c);
 
 describe('validate', () => {
   it('accepts a good descriptor and rejects bad fields by name', () => {
     assert.equal(validateDescriptor(desc()).digest, D);
     assert.throws(
       () => validateDescriptor(desc({ digest: 'sha256:abc' }), 'layers[0]'),
-      (e: unknown) => isTiuError(e, 'INVALID_MANIFEST') && /layers\[0\]\.digest/.test((e as Error).message),
+      (e: unknown) => isTiuError(e, 'MANIFEST_INVALID') && /layers\[0\]\.digest/.test((e as Error).message),
     );
     for (const size of [-1, 1.5, '3', null, 2 ** 60]) {
       assert.throws(
         () => validateDescriptor(desc({ size })),
-        (e: unknown) => isTiuError(e, 'INVALID_MANIFEST') && /size/.test((e as Error).message),
+        (e: unknown) => isTiuError(e, 'MANIFEST_INVALID') && /size/.test((e as Error).message),
       );
     }
-    assert.throws(() => validateDescriptor(desc({ mediaType: 'nonsense' })), code('INVALID_MANIFEST'));
-    assert.throws(() => validateDescriptor(desc({ annotations: { a: 1 } })), code('INVALID_MANIFEST'));
-    assert.throws(() => validateDescriptor(desc({ urls: 'http://x' })), code('INVALID_MANIFEST'));
-    assert.throws(() => validateDescriptor(desc({ platform: { os: 'linux' } })), code('INVALID_MANIFEST'));
-    assert.throws(() => validateDescriptor([]), code('INVALID_MANIFEST'));
+    assert.throws(() => validateDescriptor(desc({ mediaType: 'nonsense' })), code('MANIFEST_INVALID'));
+    assert.throws(() => validateDescriptor(desc({ annotations: { a: 1 } })), code('MANIFEST_INVALID'));
+    assert.throws(() => validateDescriptor(desc({ urls: 'http://x' })), code('MANIFEST_INVALID'));
+    assert.throws(() => validateDescriptor(desc({ platform: { os: 'linux' } })), code('MANIFEST_INVALID'));
+    assert.throws(() => validateDescriptor([]), code('MANIFEST_INVALID'));
   });
 
   it('parses manifests and checks them', () => {
@@ -58,12 +58,12 @@ describe('validate', () => {
     assert.equal(m.layers.length, 1);
     // OCI manifests may omit mediaType
     parseManifestBytes(bytes(manifest({ mediaType: undefined })), MediaType.OciManifest);
-    assert.throws(() => parseManifestBytes(Buffer.from('{not json')), code('INVALID_MANIFEST'));
-    assert.throws(() => parseManifestBytes(bytes([1])), code('INVALID_MANIFEST'));
-    assert.throws(() => parseManifestBytes(bytes(manifest({ schemaVersion: 1 }))), code('INVALID_MANIFEST'));
-    assert.throws(() => parseManifestBytes(bytes(manifest({ layers: {} }))), code('INVALID_MANIFEST'));
-    assert.throws(() => parseManifestBytes(bytes(manifest({ config: desc({ size: -5 }) }))), code('INVALID_MANIFEST'));
-    assert.throws(() => parseManifestBytes(bytes(manifest({ subject: { digest: 'x' } }))), code('INVALID_MANIFEST'));
+    assert.throws(() => parseManifestBytes(Buffer.from('{not json')), code('MANIFEST_INVALID'));
+    assert.throws(() => parseManifestBytes(bytes([1])), code('MANIFEST_INVALID'));
+    assert.throws(() => parseManifestBytes(bytes(manifest({ schemaVersion: 1 }))), code('MANIFEST_INVALID'));
+    assert.throws(() => parseManifestBytes(bytes(manifest({ layers: {} }))), code('MANIFEST_INVALID'));
+    assert.throws(() => parseManifestBytes(bytes(manifest({ config: desc({ size: -5 }) }))), code('MANIFEST_INVALID'));
+    assert.throws(() => parseManifestBytes(bytes(manifest({ subject: { digest: 'x' } }))), code('MANIFEST_INVALID'));
   });
 
   it('checks media type consistency', () => {
@@ -75,7 +75,7 @@ describe('validate', () => {
     assert.throws(() => parseManifestBytes(bytes(manifest()), MediaType.OciIndex), code('MEDIA_TYPE_MISMATCH'));
     assert.throws(
       () => parseManifestBytes(bytes(manifest({ mediaType: undefined })), MediaType.DockerManifest),
-      code('INVALID_MANIFEST'),
+      code('MANIFEST_INVALID'),
     );
     const idx = {
       schemaVersion: 2,
@@ -105,12 +105,15 @@ describe('validate', () => {
       config: { Labels: { ID: 'opensuse-microos' } },
     };
     assert.equal(parseConfigBytes(bytes(cfg)).config?.Labels?.ID, 'opensuse-microos');
-    assert.throws(() => parseConfigBytes(bytes({ ...cfg, os: 3 })), code('INVALID_CONFIG'));
+    assert.throws(() => parseConfigBytes(bytes({ ...cfg, os: 3 })), code('IMAGE_CONFIG_INVALID'));
     assert.throws(
       () => parseConfigBytes(bytes({ ...cfg, rootfs: { type: 'layers', diff_ids: ['bad'] } })),
-      code('INVALID_CONFIG'),
+      code('IMAGE_CONFIG_INVALID'),
     );
-    assert.throws(() => parseConfigBytes(bytes({ ...cfg, config: { Labels: { a: 1 } } })), code('INVALID_CONFIG'));
+    assert.throws(
+      () => parseConfigBytes(bytes({ ...cfg, config: { Labels: { a: 1 } } })),
+      code('IMAGE_CONFIG_INVALID'),
+    );
   });
 
   it('reads streams with a cap', async () => {
@@ -163,7 +166,7 @@ describe('graph.successors', () => {
     blobs.set(wrong.digest, blobs.get(m.digest)!);
     await assert.rejects(successors(fetcher, wrong), code('DIGEST_MISMATCH'));
     const short = { ...m, size: m.size - 1 };
-    await assert.rejects(successors(fetcher, short), code('TRAILING_DATA'));
+    await assert.rejects(successors(fetcher, short), code('SIZE_MISMATCH'));
     await assert.rejects(successors(fetcher, { ...m, size: MAX_MANIFEST_BYTES + 1 }), code('MANIFEST_TOO_LARGE'));
   });
 });

@@ -11,7 +11,7 @@ function parseAnnotations(values: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const v of values) {
     const eq = v.indexOf('=');
-    if (eq <= 0) throw new BuildError('BUILD_BAD_OPTION', `--annotation ${JSON.stringify(v)} is not KEY=VALUE`);
+    if (eq <= 0) throw new BuildError('BUILD_OPTION_INVALID', `--annotation ${JSON.stringify(v)} is not KEY=VALUE`);
     out[v.slice(0, eq)] = v.slice(eq + 1);
   }
   return out;
@@ -50,17 +50,20 @@ const command: Command = {
   async run([sourceInput], options, out) {
     const destInput = optString(options, 'tag');
     if (!destInput)
-      throw new BuildError('BUILD_BAD_OPTION', '--tag DEST is required (e.g. --tag oci:/srv/bundles:latest)');
+      throw new BuildError('BUILD_OPTION_INVALID', '--tag DEST is required (e.g. --tag oci:/srv/bundles:latest)');
     const compression = optString(options, 'compression') ?? 'zstd';
     if (compression !== 'zstd' && compression !== 'gzip')
       throw new BuildError(
-        'BUILD_BAD_OPTION',
+        'BUILD_OPTION_INVALID',
         `--compression must be zstd or gzip, got ${JSON.stringify(compression)}`,
       );
     const layersText = optString(options, 'layers');
     const layers = layersText === undefined ? undefined : Number(layersText);
     if (layers !== undefined && !Number.isInteger(layers))
-      throw new BuildError('BUILD_BAD_OPTION', `--layers must be a whole number, got ${JSON.stringify(layersText)}`);
+      throw new BuildError(
+        'BUILD_OPTION_INVALID',
+        `--layers must be a whole number, got ${JSON.stringify(layersText)}`,
+      );
     const annotations = parseAnnotations(optStrings(options, 'annotation'));
 
     let src: OpenedReference | undefined;
@@ -77,7 +80,7 @@ const command: Command = {
       }
       dst = await openReference(destInput, { forWrite: true, registry: registryOptions(options, 'dest') });
       const tag = dst.name ?? 'latest';
-      if (isDigest(tag)) throw new BuildError('BUILD_BAD_OPTION', `--tag ${destInput} names a digest; give a tag`);
+      if (isDigest(tag)) throw new BuildError('BUILD_OPTION_INVALID', `--tag ${destInput} names a digest; give a tag`);
       const r = await buildBundle(source, dst.target, tag, {
         compression,
         layers,

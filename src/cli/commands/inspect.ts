@@ -64,7 +64,7 @@ const command: Command = {
           : target.resolveDefault
             ? await target.resolveDefault()
             : undefined;
-      if (!root) throw new TiuError('MISSING_REFERENCE', `${input} needs a tag or digest`);
+      if (!root) throw new TiuError('REFERENCE_MISSING', `${input} needs a tag or digest`);
       const { bytes, parsed } = await fetchManifest(target, root);
       if (optBool(options, 'raw')) {
         process.stdout.write(bytes);

@@ -56,7 +56,7 @@ const command: Command = {
       return;
     }
     const ac = new AbortController();
-    const onSignal = () => ac.abort(new TiuError('INTERRUPTED', 'interrupted by a signal'));
+    const onSignal = () => ac.abort(new TiuError('ABORTED', 'interrupted by a signal'));
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
     try {

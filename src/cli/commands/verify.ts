@@ -15,7 +15,7 @@ const command: Command = {
     'With --key: a signature by one of the keys, for the manifest REF resolves to, whose docker-reference is in\n' +
     "REF's repository (or --identity's). An OCI layout without --identity has digest and signature checked, not its name.\n" +
     'Otherwise the policy decides: --policy FILE, else /etc/tiu/policy.json, else /etc/containers/policy.json.\n' +
-    'Refusals exit 1 with a code: NO_SIGNATURE, SIGNATURE_INVALID, DIGEST_MISMATCH_SIGNATURE, IDENTITY_MISMATCH, POLICY_REJECTED...\n' +
+    'Refusals exit 1 with a code: SIGNATURE_MISSING, SIGNATURE_INVALID, SIGNATURE_DIGEST_MISMATCH, IDENTITY_MISMATCH, POLICY_REJECTED...\n' +
     registryOptionsHelp,
   options: {
     key: { type: 'string', multiple: true },

@@ -1,5 +1,5 @@
 /** Typed errors of the diff-apply engine. Tests assert on `code`. */
-import { TiuError } from '../../errors.ts';
+import { TiuError, type ErrorCode } from '../../errors.ts';
 import { showPath } from '../../layer/entry.ts';
 
 // Refusals of entry names are the layer format's, shared with the build.
@@ -9,13 +9,17 @@ export { UnsafePathError, BadEntryError } from '../../layer/errors.ts';
 export class BadHardlinkError extends TiuError {
   constructor(path: string, target: string, why: string) {
     const [p, t] = [showPath(path), showPath(target)];
-    super('BAD_HARDLINK', `hardlink ${JSON.stringify(p)} -> ${JSON.stringify(t)}: ${why}`, { path: p, target: t, why });
+    super('HARDLINK_INVALID', `hardlink ${JSON.stringify(p)} -> ${JSON.stringify(t)}: ${why}`, {
+      path: p,
+      target: t,
+      why,
+    });
   }
 }
 /** A tar stream that is not a valid tar archive. */
 export class BadTarError extends TiuError {
   constructor(why: string, details: Record<string, unknown> = {}) {
-    super('BAD_TAR', `invalid tar stream: ${why}`, details);
+    super('TAR_INVALID', `invalid tar stream: ${why}`, details);
   }
 }
 /** The content provider could not give an entry's content. */
@@ -30,17 +34,17 @@ export class ContentUnavailableError extends TiuError {
 /** The target root is not usable (missing, not a directory, a symlink). */
 export class BadRootError extends TiuError {
   constructor(root: string, why: string) {
-    super('BAD_ROOT', `apply target ${root}: ${why}`, { root, why });
+    super('APPLY_ROOT_INVALID', `apply target ${root}: ${why}`, { root, why });
   }
 }
 /** The filesystem ran out of space (or quota) while applying. */
 export class NoSpaceError extends TiuError {
   constructor(root: string, cause: unknown) {
-    super('NO_SPACE', `no space left on the filesystem of ${root} while applying the image`, { root }, { cause });
+    super('DISK_FULL', `no space left on the filesystem of ${root} while applying the image`, { root }, { cause });
   }
 }
 
-/** Turn ENOSPC/EDQUOT from any step into NO_SPACE; everything else passes unchanged. */
+/** Turn ENOSPC/EDQUOT from any step into DISK_FULL; everything else passes unchanged. */
 export function mapFsError(e: unknown, root: string): unknown {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'ENOSPC' || code === 'EDQUOT') return new NoSpaceError(root, e);
@@ -48,18 +52,17 @@ export function mapFsError(e: unknown, root: string): unknown {
 }
 
 /** Refusals of an image's tar that name the entry; `inLayer` adds which layer it is in. */
-const LAYER_NAMED = new Set([
-  'BAD_TAR',
+const LAYER_NAMED: ReadonlySet<ErrorCode> = new Set([
   'TAR_INVALID',
-  'TAR_UNSUPPORTED_ENTRY',
-  'BAD_ENTRY',
-  'UNSAFE_PATH',
-  'BAD_HARDLINK',
-  'BAD_XATTR',
+  'TAR_ENTRY_UNSUPPORTED',
+  'ENTRY_INVALID',
+  'PATH_UNSAFE',
+  'HARDLINK_INVALID',
+  'XATTR_INVALID',
 ]);
 
 /**
- * `e`, thrown while layer `k` (0-based) was read, naming that layer (BAD_TAR becomes
+ * `e`, thrown while layer `k` (0-based) was read, naming that layer (TAR_INVALID becomes
  * LAYER_CORRUPT) (`label`, e.g. `layer 2
  * (sha256:…)`) in its message and details when it is a refusal of the layer's content that does
  * not name one yet. Same code; the original is the cause.
@@ -67,11 +70,11 @@ const LAYER_NAMED = new Set([
 export function inLayer(e: unknown, k: number, label = `layer ${k + 1}`): unknown {
   if (!(e instanceof TiuError) || !LAYER_NAMED.has(e.code) || e.details.layer !== undefined) return e;
   // A tar that does not decode is a corrupt layer, like gzip or zstd that does not.
-  if (e.code === 'BAD_TAR' || e.code === 'TAR_INVALID')
+  if (e.code === 'TAR_INVALID')
     return new TiuError(
       'LAYER_CORRUPT',
       `${label} is not a valid tar: ${e.message.replace(/^invalid tar stream: /, '')}`,
-      { ...e.details, layer: label, causeCode: e.code },
+      { ...e.details, layer: label, causeCode: 'TAR_INVALID' },
       { cause: e },
     );
   const named = new TiuError(e.code, `${label}: ${e.message}`, { ...e.details, layer: label }, { cause: e });

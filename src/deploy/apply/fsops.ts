@@ -119,7 +119,7 @@ export class SafeRoot {
   /**
    * Like verifyDir, but a missing component is not an error: null when `rel` is a real
    * directory, else the first component that does not exist. A symlink or non-directory on the
-   * way still throws UNSAFE_PATH (lstat per component, never following a link).
+   * way still throws PATH_UNSAFE (lstat per component, never following a link).
    */
   async probeDir(rel: string, forEntry = rel): Promise<string | null> {
     if (this.#dirs.has(rel)) return null;

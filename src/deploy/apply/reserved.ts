@@ -96,10 +96,16 @@ export interface SkipReport {
 export class SkipTally {
   readonly counter: Counter = { count: 0, bytes: 0 };
   readonly #roots = new Set<string>();
+  /** Directories counted: layers each carry the parents they need, so one may come several times. */
+  readonly #dirs = new Set<string>();
 
   /** Count one skipped entry. A plain directory exactly at a reserved path is a mount point both sides agree on: dropped, not counted. */
   add(root: string, e: { path: string; type: EntryType | 'whiteout'; size?: number }): void {
     if (e.type === 'dir' && e.path === root) return;
+    if (e.type === 'dir') {
+      if (this.#dirs.has(e.path)) return;
+      this.#dirs.add(e.path);
+    }
     this.counter.count++;
     if (e.type === 'reg') this.counter.bytes += e.size ?? 0;
     this.#roots.add(root);

@@ -229,13 +229,17 @@ async function applyTarEntry(st: State, t: TarMember, layer: number): Promise<vo
 
   switch (e.type) {
     case 'dir': {
+      // Layers each carry the parents they need (tiu's do): a directory an earlier layer already
+      // put down is one directory of the tree, counted once; a later layer's metadata still wins.
+      const again = st.present.get(path);
+      const counted = again?.entry.type === 'dir' && !again.entry.implicit;
       if (cur?.isDirectory()) {
         const fix = metaDiff(e, curX!);
         if (fix && (fix.owner || fix.mode)) {
           await fsops.setMetaAt(sr, path, e, fix);
           if (fix.owner) afterChown(st, path);
-          add(report.metadataFixed, 0);
-        } else add(report.kept, 0);
+          if (!counted) add(report.metadataFixed, 0);
+        } else if (!counted) add(report.kept, 0);
       } else {
         if (cur) await fsops.removeTree(sr, path, report.warnings);
         await fsops.ensureDir(sr, path, e);

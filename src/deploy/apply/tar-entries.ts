@@ -11,7 +11,7 @@ import { memberEntry, readTar, type ByteReader, type TarMember } from '../../lay
 import { checkXattrs } from './xattr-names.ts';
 import type { TreeEntry } from './types.ts';
 
-/** The entry of a member of an image's tar at layer `layer`: path normalised, xattr names checked (BAD_XATTR). */
+/** The entry of a member of an image's tar at layer `layer`: path normalised, xattr names checked (XATTR_INVALID). */
 export function imageEntry(m: TarMember, layer: number): TreeEntry {
   const path = normalizeEntryPath(m.name);
   // Names from image data: refused here, before anything is written.

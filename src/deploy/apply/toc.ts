@@ -74,7 +74,7 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
         throw new BadEntryError(t.name, `xattr ${JSON.stringify(k.slice(0, 100))} is not base64 text`);
       xattrs[k] = Buffer.from(v, 'base64');
     }
-    // Names from image data: refused while the TOC is read, before anything is written (BAD_XATTR).
+    // Names from image data: refused while the TOC is read, before anything is written (XATTR_INVALID).
     checkXattrs(bbuf(path), xattrs);
     const e: TreeEntry = {
       path,

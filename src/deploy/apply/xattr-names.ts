@@ -19,13 +19,13 @@ export const XATTR_VALUE_MAX = 64 * 1024;
 const NAMESPACES = ['user.', 'trusted.', 'security.'] as const;
 const SYSTEM_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
-/** An xattr name or value tiu refuses to set: BAD_XATTR, naming the file and the attribute. */
+/** An xattr name or value tiu refuses to set: XATTR_INVALID, naming the file and the attribute. */
 export class BadXattrError extends TiuError {
   /** `path`: text, or the bytes of a name (an entry path of the image, which need not be UTF-8). */
   constructor(path: string | Uint8Array, name: string, why: string) {
     const shown = JSON.stringify(name.slice(0, 100));
     const file = (typeof path === 'string' ? path : Buffer.from(path).toString('utf8')).slice(0, 300);
-    super('BAD_XATTR', `refusing extended attribute ${shown} of ${JSON.stringify(file)}: ${why}`, {
+    super('XATTR_INVALID', `refusing extended attribute ${shown} of ${JSON.stringify(file)}: ${why}`, {
       path: file,
       name: name.slice(0, 300),
       why,
@@ -53,13 +53,13 @@ export function xattrNameProblem(name: string, opts: { anyNamespace?: boolean } 
   return undefined;
 }
 
-/** Throw BAD_XATTR unless `name` is an xattr name tiu sets. `path` names the file (entry path or absolute). */
+/** Throw XATTR_INVALID unless `name` is an xattr name tiu sets. `path` names the file (entry path or absolute). */
 export function checkXattrName(path: string | Uint8Array, name: string, opts: { anyNamespace?: boolean } = {}): void {
   const why = xattrNameProblem(name, opts);
   if (why !== undefined) throw new BadXattrError(path, name, why);
 }
 
-/** Throw BAD_XATTR when a value is larger than the kernel accepts. */
+/** Throw XATTR_INVALID when a value is larger than the kernel accepts. */
 export function checkXattrValue(path: string | Uint8Array, name: string, value: Uint8Array): void {
   if (value.length > XATTR_VALUE_MAX)
     throw new BadXattrError(path, name, `value of ${value.length} bytes is larger than ${XATTR_VALUE_MAX}`);

@@ -114,28 +114,28 @@ export function ownParameter(token: string): boolean {
  * A command line from image data (`/etc/kernel/cmdline`) or tiu.conf: valid UTF-8, no control
  * characters (a newline would start a new key in the entry file), at most 4 KiB, balanced
  * quotes; one trailing newline (the file's end) is allowed. root=/rootflags=/initrd= are
- * dropped: tiu names the snapshot. BAD_CMDLINE otherwise.
+ * dropped: tiu names the snapshot. CMDLINE_INVALID otherwise.
  */
 export function sanitizeCmdline(raw: Uint8Array | string, source: string): string[] {
   let text: string;
   try {
     text = typeof raw === 'string' ? raw : new TextDecoder('utf-8', { fatal: true }).decode(raw);
   } catch {
-    throw new BootError('BAD_CMDLINE', `${source} is not valid UTF-8`, { source });
+    throw new BootError('CMDLINE_INVALID', `${source} is not valid UTF-8`, { source });
   }
   text = text.replace(/\r?\n$/, '');
   // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f\u0080-\u009f\u2028\u2029]/.test(text)) {
     throw new BootError(
-      'BAD_CMDLINE',
+      'CMDLINE_INVALID',
       `${source} contains a newline or control character; refusing to write it into a boot entry`,
       { source },
     );
   }
   if (Buffer.byteLength(text) > MAX_CMDLINE)
-    throw new BootError('BAD_CMDLINE', `${source} is longer than ${MAX_CMDLINE} bytes`, { source });
+    throw new BootError('CMDLINE_INVALID', `${source} is longer than ${MAX_CMDLINE} bytes`, { source });
   if ((text.match(/"/g) ?? []).length % 2)
-    throw new BootError('BAD_CMDLINE', `${source} has an unbalanced quote`, { source });
+    throw new BootError('CMDLINE_INVALID', `${source} has an unbalanced quote`, { source });
   return splitCmdline(text.replace(/\t/g, ' ')).filter((t) => !ownParameter(t));
 }
 
@@ -157,17 +157,18 @@ export interface EntrySpec {
 
 export function kernelRel(kver: string, kind: 'linux' | 'initrd', sha256: string): string {
   if (!KVER_RE.test(kver))
-    throw new BootError('BAD_KERNEL_VERSION', `kernel version '${kver}' is not usable as a file name`, { kver });
+    throw new BootError('KERNEL_VERSION_INVALID', `kernel version '${kver}' is not usable as a file name`, { kver });
   if (!/^[0-9a-f]{64}$/.test(sha256))
-    throw new BootError('BAD_KERNEL_VERSION', `bad content hash for kernel ${kver}`, { kver });
+    throw new BootError('KERNEL_VERSION_INVALID', `bad content hash for kernel ${kver}`, { kver });
   return `${KERNEL_DIR}/${kver}/${kind}-${sha256.slice(0, 32)}`;
 }
 
 /** The options line: root by filesystem UUID, the snapshot's subvolume, then the image's and the admin's additions. */
 export function entryOptions(fsUuid: string, subvol: string, image: string[], admin: string[]): string[] {
-  if (!/^[0-9a-f-]{36}$/.test(fsUuid)) throw new BootError('BAD_CMDLINE', `filesystem UUID '${fsUuid}' is not a UUID`);
+  if (!/^[0-9a-f-]{36}$/.test(fsUuid))
+    throw new BootError('CMDLINE_INVALID', `filesystem UUID '${fsUuid}' is not a UUID`);
   if (!/^[A-Za-z0-9@._/-]+$/.test(subvol))
-    throw new BootError('BAD_CMDLINE', `subvolume path '${subvol}' cannot be written into a command line`);
+    throw new BootError('CMDLINE_INVALID', `subvolume path '${subvol}' cannot be written into a command line`);
   return [`root=UUID=${fsUuid}`, `rootflags=subvol=${subvol}`, ...image, ...admin];
 }
 
@@ -175,7 +176,7 @@ export function entryText(s: EntrySpec): string {
   for (const t of s.options)
     // eslint-disable-next-line no-control-regex
     if (/[\u0000-\u001f\u007f]/.test(t))
-      throw new BootError('BAD_CMDLINE', `option '${JSON.stringify(t)}' has a control character`);
+      throw new BootError('CMDLINE_INVALID', `option '${JSON.stringify(t)}' has a control character`);
   return [
     `# Boot Loader Specification type #1 entry, written by tiu for snapshot ${s.snapshot}`,
     `title      tiu snapshot ${s.snapshot} (${s.kver})`,

@@ -1,6 +1,6 @@
 /**
  * Kernels and initrds of a snapshot, found and read through the rooted API: image content is
- * hostile, so a kernel that is a symlink (to a host file, or anywhere) is UNSAFE_PATH, never
+ * hostile, so a kernel that is a symlink (to a host file, or anywhere) is PATH_UNSAFE, never
  * followed or copied.
  *
  *   openSUSE / MicroOS   usr/lib/modules/<kver>/vmlinuz (or Image), usr/lib/modules/<kver>/initrd

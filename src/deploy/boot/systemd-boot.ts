@@ -172,7 +172,7 @@ export class SystemdBoot {
 
   /**
    * Plan snapshot n's entry, reading everything it needs and validating it: nothing is written.
-   * A kernel or initrd that is a symlink is UNSAFE_PATH, a bad command line BAD_CMDLINE.
+   * A kernel or initrd that is a symlink is PATH_UNSAFE, a bad command line CMDLINE_INVALID.
    */
   async prepare(
     ctx: Context,
@@ -217,7 +217,7 @@ export class SystemdBoot {
     const cmdlineSource = `snapshot ${n}'s /${cmdlineFile}`;
     const cmdlineBytes = cmdlineFile ? await readBounded(rd, cmdlineFile, MAX_CMDLINE + 2) : undefined;
     if (cmdlineBytes === null)
-      throw new BootError('BAD_CMDLINE', `${cmdlineSource} is longer than ${MAX_CMDLINE} bytes`, {
+      throw new BootError('CMDLINE_INVALID', `${cmdlineSource} is longer than ${MAX_CMDLINE} bytes`, {
         source: cmdlineSource,
       });
     const image = cmdlineBytes ? sanitizeCmdline(cmdlineBytes, cmdlineSource) : [];
@@ -233,7 +233,7 @@ export class SystemdBoot {
           const s = t === null ? '(more than 64 bytes)' : t.toString('utf8').trim();
           if (!/^\d{1,3}$/.test(s) || Number(s) < 1 || Number(s) > 100)
             throw new BootError(
-              'BAD_BOOT_TRIES',
+              'BOOT_TRIES_INVALID',
               `snapshot ${n}'s /etc/kernel/tries must be a number from 1 to 100, not '${s.slice(0, 20)}'`,
               { snapshot: n },
             );
@@ -363,7 +363,7 @@ export class SystemdBoot {
         } catch (e) {
           if (
             o.required?.includes(n) ||
-            !(isTiuError(e, 'ESP_FULL') || isTiuError(e, 'UNSAFE_PATH') || isTiuError(e, 'BAD_CMDLINE'))
+            !(isTiuError(e, 'ESP_FULL') || isTiuError(e, 'PATH_UNSAFE') || isTiuError(e, 'CMDLINE_INVALID'))
           )
             throw e;
           report.skipped.push({ snapshot: n, reason: asError(e).message });

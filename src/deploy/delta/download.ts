@@ -212,7 +212,7 @@ async function streamIntoStore(
         } catch (err) {
           // The store's disk, not the content: not a mismatch (a full disk becomes DISK_FULL).
           throw new DeltaError(
-            'DELTA_STORE_WRITE',
+            'DELTA_STORE_WRITE_FAILED',
             `cannot write /${showPath(e.path)} into the content store ${store.dir}: ${(err as Error).message}`,
             { path: showPath(e.path) },
             { cause: err },
@@ -263,7 +263,7 @@ async function fetchOne(
   const buf = await collect(raw, r.end - r.start, count);
   if (buf.length !== r.end - r.start) {
     throw new DeltaError(
-      'DELTA_SHORT_RANGE',
+      'DELTA_RANGE_SHORT',
       `bytes ${r.start}-${r.end - 1} of layer ${desc.digest}: got ${buf.length} of ${r.end - r.start}`,
       { digest: desc.digest, start: r.start, end: r.end, got: buf.length },
     );

@@ -5,10 +5,10 @@ export class DeltaError extends TiuError {
   constructor(
     code:
       | 'DELTA_FILE_MISMATCH'
-      | 'DELTA_SHORT_RANGE'
+      | 'DELTA_RANGE_SHORT'
       | 'DELTA_NOT_POSSIBLE'
       | 'DELTA_CONTENT_MISSING'
-      | 'DELTA_STORE_WRITE',
+      | 'DELTA_STORE_WRITE_FAILED',
     message: string,
     details: Record<string, unknown> = {},
     options?: ErrorOptions,

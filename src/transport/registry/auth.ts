@@ -134,7 +134,7 @@ export class RegistryAuth {
 
   /**
    * After a 401: forget the cached token for these scopes and learn the new challenge.
-   * Returns whether one more attempt makes sense; otherwise throws UNAUTHORIZED.
+   * Returns whether one more attempt makes sense; otherwise throws REGISTRY_UNAUTHORIZED.
    */
   async rejected(res: HttpResponse, repository: string, scopes: string[], attempt: number, what: string): Promise<boolean> {
     this.learn(res);

@@ -349,7 +349,7 @@ export class RepositoryClient {
   /** Bytes [start, end) of a blob; RANGE_UNSUPPORTED when the registry answers 200 instead of 206. */
   async fetchRange(desc: Descriptor, start: number, end: number, signal?: AbortSignal): Promise<Readable> {
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > desc.size || start > end) {
-      throw new TiuError('INVALID_RANGE', `range [${start}, ${end}) is outside blob ${desc.digest} of ${desc.size} bytes`, { start, end, size: desc.size });
+      throw new TiuError('RANGE_INVALID', `range [${start}, ${end}) is outside blob ${desc.digest} of ${desc.size} bytes`, { start, end, size: desc.size });
     }
     if (start === end) return Readable.from([]);
     const res = await this.#getBlob(desc, `bytes=${start}-${end - 1}`, signal, end - start);
@@ -413,7 +413,7 @@ export class RepositoryClient {
     try {
       res = await this.#send({ method: 'POST', path, scopes: [pushScope(this.repository), pullScope(from)], headers: { 'content-length': '0' }, signal, what });
     } catch (e) {
-      if (e instanceof TiuError && (e.code === 'DENIED' || e.code === 'UNAUTHORIZED')) return undefined;
+      if (e instanceof TiuError && (e.code === 'REGISTRY_DENIED' || e.code === 'REGISTRY_UNAUTHORIZED')) return undefined;
       throw e;
     }
     res.body.resume();
@@ -670,7 +670,7 @@ function heldBytes(range: string | undefined): number | undefined {
   return last === 0 ? 0 : last + 1;
 }
 
-/** The whole stream, refusing more than `max` bytes (TRAILING_DATA). */
+/** The whole stream, refusing more than `max` bytes (SIZE_MISMATCH). */
 export async function collect(s: Readable, max: number, what = 'content'): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
@@ -679,7 +679,7 @@ export async function collect(s: Readable, max: number, what = 'content'): Promi
     n += b.length;
     if (n > max) {
       s.destroy();
-      throw new TiuError('TRAILING_DATA', `${what}: more than the expected ${max} bytes`, { expected: max });
+      throw new TiuError('SIZE_MISMATCH', `${what}: more than the expected ${max} bytes`, { expected: max });
     }
     parts.push(b);
   }

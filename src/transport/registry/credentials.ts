@@ -57,7 +57,7 @@ export function authFilePaths(opts: CredentialOptions = {}): string[] {
 
 export class InvalidCredentialsError extends TiuError {
   constructor(why: string) {
-    super('INVALID_CREDENTIALS', why);
+    super('CREDENTIALS_INVALID', why);
   }
 }
 

@@ -10,7 +10,7 @@ export class RegistryError extends TiuError {}
 export class UnauthorizedError extends RegistryError {
   constructor(registry: string, what: string, why: string, consulted: string[]) {
     super(
-      'UNAUTHORIZED',
+      'REGISTRY_UNAUTHORIZED',
       `registry ${registry} refused ${what}: ${why}` +
         (consulted.length ? ` (credentials looked up in: ${consulted.join(', ')})` : ''),
       { registry, what, consulted },
@@ -20,19 +20,19 @@ export class UnauthorizedError extends RegistryError {
 
 export class DeniedError extends RegistryError {
   constructor(registry: string, what: string) {
-    super('DENIED', `registry ${registry} denied ${what} (403)`, { registry, what });
+    super('REGISTRY_DENIED', `registry ${registry} denied ${what} (403)`, { registry, what });
   }
 }
 
 export class BlockedError extends RegistryError {
   constructor(name: string, source: string) {
-    super('BLOCKED', `registry ${name} is blocked by ${source}`, { name, source });
+    super('REGISTRY_BLOCKED', `registry ${name} is blocked by ${source}`, { name, source });
   }
 }
 
 /** Connection refused/reset, DNS, or a timeout after the retries ran out. */
 export class UnreachableError extends RegistryError {
-  constructor(host: string, why: string, code = 'REGISTRY_UNREACHABLE') {
+  constructor(host: string, why: string, code: 'REGISTRY_UNREACHABLE' | 'REGISTRY_TIMEOUT' = 'REGISTRY_UNREACHABLE') {
     super(code, `registry ${host} unreachable: ${why}`, { host });
   }
 }
@@ -49,7 +49,7 @@ export class TlsError extends RegistryError {
 /** An HTTP answer the protocol does not allow at that point. */
 export class UnexpectedStatusError extends RegistryError {
   constructor(registry: string, what: string, status: number, body: string) {
-    const code = status === 429 ? 'TOO_MANY_REQUESTS' : status >= 500 ? 'REGISTRY_UNAVAILABLE' : 'REGISTRY_ERROR';
+    const code = status === 429 ? 'REGISTRY_TOO_MANY_REQUESTS' : status >= 500 ? 'REGISTRY_UNAVAILABLE' : 'REGISTRY_ERROR';
     super(code, `registry ${registry}: ${what} answered ${status}${body ? ': ' + body : ''}`, { registry, what, status });
   }
 }
@@ -62,7 +62,7 @@ export class AbortedError extends RegistryError {
 
 export class InvalidConfigError extends TiuError {
   constructor(file: string, why: string) {
-    super('INVALID_CONFIG', `${file}: ${why}`, { file });
+    super('CONFIG_INVALID', `${file}: ${why}`, { file });
   }
 }
 

@@ -184,7 +184,7 @@ export class HttpClient {
           continue;
         }
         const msg = e instanceof Error ? `${errCode(e) || e.name}: ${e.message}` : String(e);
-        throw new UnreachableError(url.host, msg, errCode(e) === 'TIMEOUT' ? 'TIMEOUT' : 'REGISTRY_UNREACHABLE');
+        throw new UnreachableError(url.host, msg, errCode(e) === 'TIMEOUT' ? 'REGISTRY_TIMEOUT' : 'REGISTRY_UNREACHABLE');
       }
       const s = res.status;
       logger(`http ${method} ${url.origin}${url.pathname} -> ${s}${attempt > 0 ? ` (attempt ${attempt + 1})` : ''}`);

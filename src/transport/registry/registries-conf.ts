@@ -199,7 +199,7 @@ function rewrite(entry: RegistryEntry | undefined, location: string, name: strin
   return { registry: full.slice(0, slash), repository: full.slice(slash + 1) };
 }
 
-/** Where pushes go: the primary location. Throws BLOCKED. */
+/** Where pushes go: the primary location. Throws REGISTRY_BLOCKED. */
 export function pushEndpoint(conf: RegistriesConf, ref: DockerReference): Endpoint {
   const name = `${ref.registry}/${ref.repository}`;
   const e = findRegistry(conf, name);
@@ -209,7 +209,7 @@ export function pushEndpoint(conf: RegistriesConf, ref: DockerReference): Endpoi
 
 /**
  * Where pulls of `ref` are tried, in order: the mirrors that apply (by digest vs by tag), then
- * the primary location. Throws BLOCKED.
+ * the primary location. Throws REGISTRY_BLOCKED.
  */
 export function pullEndpoints(conf: RegistriesConf, ref: DockerReference): Endpoint[] {
   const name = `${ref.registry}/${ref.repository}`;

@@ -5,7 +5,7 @@
  * registry has it, else the `sha256-<hex>` tag-schema index, which pushes keep up to date.
  */
 import { Readable } from 'node:stream';
-import { TiuError } from '../../errors.ts';
+import { TiuError, type ErrorCode } from '../../errors.ts';
 import { NotFoundError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
 import type { FetchOptions, PushOptions, Target } from '../../content/interfaces.ts';
 import { Semaphore } from '../../content/semaphore.ts';
@@ -29,9 +29,9 @@ export interface RegistryClientOptions extends SessionOptions, ClientTuning {
 }
 
 /** Errors after which the next pull endpoint (a mirror, then the primary) is tried. */
-const FAILOVER = new Set([
-  'NOT_FOUND', 'REGISTRY_UNREACHABLE', 'TIMEOUT', 'TLS_ERROR', 'REGISTRY_UNAVAILABLE', 'TOO_MANY_REQUESTS',
-  'UNAUTHORIZED', 'DENIED', 'REGISTRY_ERROR', 'DIGEST_MISMATCH', 'SIZE_MISMATCH', 'MANIFEST_TOO_LARGE', 'REGISTRY_TOO_SLOW',
+const FAILOVER: ReadonlySet<ErrorCode> = new Set([
+  'CONTENT_NOT_FOUND', 'REGISTRY_UNREACHABLE', 'REGISTRY_TIMEOUT', 'TLS_ERROR', 'REGISTRY_UNAVAILABLE', 'REGISTRY_TOO_MANY_REQUESTS',
+  'REGISTRY_UNAUTHORIZED', 'REGISTRY_DENIED', 'REGISTRY_ERROR', 'DIGEST_MISMATCH', 'SIZE_MISMATCH', 'MANIFEST_TOO_LARGE', 'REGISTRY_TOO_SLOW',
 ]);
 
 /** Where a blob was last seen on a registry, for cross-repository mounts: registry -> digest -> repository. */
@@ -102,7 +102,7 @@ export class RegistryTarget implements Target {
     this.#session = opts.session ?? new RegistrySession(opts);
     this.#tuning = opts;
     this.#uploads = new Semaphore(opts.maxParallelUploads ?? 4);
-    // Both throw BLOCKED now rather than at first use.
+    // Both throw REGISTRY_BLOCKED now rather than at first use.
     pullEndpoints(this.#conf, ref);
     this.#primary = this.#client(pushEndpoint(this.#conf, ref));
   }
@@ -154,7 +154,7 @@ export class RegistryTarget implements Target {
 
   #checkReference(reference: string): void {
     if (!isDigest(reference) && !/^[\w][\w.-]{0,127}$/.test(reference)) {
-      throw new TiuError('INVALID_REFERENCE', `${JSON.stringify(reference)} is neither a tag nor a digest`, { reference });
+      throw new TiuError('REFERENCE_INVALID', `${JSON.stringify(reference)} is neither a tag nor a digest`, { reference });
     }
   }
 
@@ -214,7 +214,7 @@ export class RegistryTarget implements Target {
       try {
         return (await p.headManifest(desc.digest, opts.signal)) !== undefined;
       } catch (e) {
-        if (e instanceof TiuError && e.code === 'NOT_FOUND') return false;
+        if (e instanceof TiuError && e.code === 'CONTENT_NOT_FOUND') return false;
         throw e;
       }
     }
@@ -269,7 +269,7 @@ export class RegistryTarget implements Target {
   async tag(desc: Descriptor, reference: string, opts: FetchOptions = {}): Promise<void> {
     this.#checkReference(reference);
     if (isDigest(reference)) {
-      if (reference !== desc.digest) throw new TiuError('INVALID_REFERENCE', `can't tag ${desc.digest} as another digest ${reference}`);
+      if (reference !== desc.digest) throw new TiuError('REFERENCE_INVALID', `can't tag ${desc.digest} as another digest ${reference}`);
       return;
     }
     let bytes = this.#manifests.get(desc.digest);
@@ -291,7 +291,7 @@ export class RegistryTarget implements Target {
         if (!isIndexType(m.desc.mediaType)) return [];
         idx = parseIndex(m.bytes, `referrers index ${fallbackTag(desc.digest)}`);
       } catch (e) {
-        if (e instanceof TiuError && e.code === 'NOT_FOUND') return [];
+        if (e instanceof TiuError && e.code === 'CONTENT_NOT_FOUND') return [];
         throw e;
       }
       return idx.manifests.filter((d) => !artifactType || d.artifactType === artifactType);
@@ -311,7 +311,7 @@ export class RegistryTarget implements Target {
         const s = (JSON.parse(bytes.toString('utf8')) as { subject?: { digest?: unknown } }).subject?.digest;
         if (typeof s === 'string' && isDigest(s)) subject = s;
       } catch (e) {
-        if (!(e instanceof TiuError && e.code === 'NOT_FOUND')) throw e;
+        if (!(e instanceof TiuError && e.code === 'CONTENT_NOT_FOUND')) throw e;
       }
     }
     await this.#primary.deleteManifest(desc.digest, opts.signal);
@@ -341,7 +341,7 @@ export class RegistryTarget implements Target {
           }
           current = parseIndex(m.bytes, `referrers index ${tag}`);
         } catch (e) {
-          if (!(e instanceof TiuError && e.code === 'NOT_FOUND')) throw e;
+          if (!(e instanceof TiuError && e.code === 'CONTENT_NOT_FOUND')) throw e;
         }
         const next = change(current?.manifests ?? []);
         if (!next) return;

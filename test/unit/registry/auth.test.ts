@@ -82,7 +82,7 @@ describe('registry: token cache', () => {
     }
   });
 
-  it('a 401 from the registry gets one retry with a fresh token, then UNAUTHORIZED without secrets', async () => {
+  it('a 401 from the registry gets one retry with a fresh token, then REGISTRY_UNAUTHORIZED without secrets', async () => {
     const r = await realm(300);
     try {
       const auth = new RegistryAuth('r.example', new HttpClient(), { creds: 'u:p' });
@@ -90,7 +90,7 @@ describe('registry: token cache', () => {
       await auth.header('a', ['repository:a:pull']);
       const res = challenge(`Bearer realm="${r.url}",error="invalid_token"`);
       assert.equal(await auth.rejected(res, 'a', ['repository:a:pull'], 0, 'x'), true);
-      await assert.rejects(auth.rejected(res, 'a', ['repository:a:pull'], 1, 'GET x'), (e: unknown) => isTiuError(e, 'UNAUTHORIZED') && e.message.includes('--creds') && !e.message.includes(':p'));
+      await assert.rejects(auth.rejected(res, 'a', ['repository:a:pull'], 1, 'GET x'), (e: unknown) => isTiuError(e, 'REGISTRY_UNAUTHORIZED') && e.message.includes('--creds') && !e.message.includes(':p'));
     } finally {
       await r.close();
     }

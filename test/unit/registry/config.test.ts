@@ -90,13 +90,13 @@ insecure = true
     assert.deepEqual(pullEndpoints(c, ref(`r.example/a@sha256:${'b'.repeat(64)}`)).map((e) => e.registry), ['m.example', 'r.example']);
   });
 
-  it('refuses blocked registries with BLOCKED naming the file', () => {
-    assert.throws(() => pullEndpoints(conf, ref('x.blocked.example/a:1')), (e: unknown) => isTiuError(e, 'BLOCKED') && e.message.includes('/etc/containers/registries.conf'));
-    assert.throws(() => pushEndpoint(conf, ref('x.blocked.example/a:1')), (e: unknown) => isTiuError(e, 'BLOCKED'));
+  it('refuses blocked registries with REGISTRY_BLOCKED naming the file', () => {
+    assert.throws(() => pullEndpoints(conf, ref('x.blocked.example/a:1')), (e: unknown) => isTiuError(e, 'REGISTRY_BLOCKED') && e.message.includes('/etc/containers/registries.conf'));
+    assert.throws(() => pushEndpoint(conf, ref('x.blocked.example/a:1')), (e: unknown) => isTiuError(e, 'REGISTRY_BLOCKED'));
   });
 
   it('says exactly what is wrong in a bad file', () => {
-    const bad = (t: string, re: RegExp) => assert.throws(() => parseRegistriesConf(t, 'bad.conf'), (e: unknown) => isTiuError(e, 'INVALID_CONFIG') && re.test(e.message) && e.message.includes('bad.conf'));
+    const bad = (t: string, re: RegExp) => assert.throws(() => parseRegistriesConf(t, 'bad.conf'), (e: unknown) => isTiuError(e, 'CONFIG_INVALID') && re.test(e.message) && e.message.includes('bad.conf'));
     bad('[[registry]\n', /TOML/);
     bad('[registries.search]\nregistries = ["a"]\n', /version 1/);
     bad('[[registry]]\nlocation = "a"\n[[registry.mirror]]\nlocation = "b"\npull-from-mirror = "sometimes"\n', /pull-from-mirror/);
@@ -170,11 +170,11 @@ describe('registry: credentials', () => {
 
   it('says which file is broken, and never echoes secrets', async () => {
     await writeFile(join(dir, 'run/containers/auth.json'), '{"auths": {"r.example": {"auth": "' + b64('nocolon') + '"}}}');
-    await assert.rejects(lookupCredentials('r.example', 'a', { env }), (e: unknown) => isTiuError(e, 'INVALID_CONFIG') && e.message.includes('auth.json') && !e.message.includes('nocolon'));
+    await assert.rejects(lookupCredentials('r.example', 'a', { env }), (e: unknown) => isTiuError(e, 'CONFIG_INVALID') && e.message.includes('auth.json') && !e.message.includes('nocolon'));
     await writeFile(join(dir, 'run/containers/auth.json'), '{not json');
-    await assert.rejects(lookupCredentials('r.example', 'a', { env }), (e: unknown) => isTiuError(e, 'INVALID_CONFIG'));
+    await assert.rejects(lookupCredentials('r.example', 'a', { env }), (e: unknown) => isTiuError(e, 'CONFIG_INVALID'));
     await rm(join(dir, 'run/containers/auth.json'));
-    assert.throws(() => parseCredsOption('justuser'), (e: unknown) => isTiuError(e, 'INVALID_CREDENTIALS') && !e.message.includes('justuser'));
+    assert.throws(() => parseCredsOption('justuser'), (e: unknown) => isTiuError(e, 'CREDENTIALS_INVALID') && !e.message.includes('justuser'));
   });
 
   it('normalises docker-style keys', () => {

@@ -75,12 +75,12 @@ describe('registry: http', () => {
     assert.ok(Date.now() - t0 < 10_000);
   });
 
-  it('times out an idle server (TIMEOUT) and honours AbortSignal (ABORTED)', async () => {
+  it('times out an idle server (REGISTRY_TIMEOUT) and honours AbortSignal (ABORTED)', async () => {
     const { server, url } = await serve(() => {
       /* never answers */
     });
     servers.push(server);
-    await assert.rejects(client({ timeoutMs: 100, retries: 1 }).request({ method: 'GET', url: new URL('/x', url) }), (e: unknown) => isTiuError(e, 'TIMEOUT'));
+    await assert.rejects(client({ timeoutMs: 100, retries: 1 }).request({ method: 'GET', url: new URL('/x', url) }), (e: unknown) => isTiuError(e, 'REGISTRY_TIMEOUT'));
     const ac = new AbortController();
     setTimeout(() => ac.abort(), 50);
     await assert.rejects(client().request({ method: 'GET', url: new URL('/x', url), signal: ac.signal }), (e: unknown) => isTiuError(e, 'ABORTED'));

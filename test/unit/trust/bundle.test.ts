@@ -103,7 +103,7 @@ describe('trust/bundle (sigstore bundle v0.3 as a referrer)', () => {
     // Replay: img's bundle attached to evil.
     await attachBundle(t, evil, (await listBundles(t, img))[0]!.bundle!);
     await assert.rejects(verifyImageSignatures(t, evil, opts), (e: unknown) =>
-      isTiuError(e, 'DIGEST_MISMATCH_SIGNATURE'),
+      isTiuError(e, 'SIGNATURE_DIGEST_MISMATCH'),
     );
   });
 });

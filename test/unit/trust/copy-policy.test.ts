@@ -44,7 +44,7 @@ describe('trust: policy inside copy(), signatures travelling with --referrers', 
     await putImage(src, '1', 'unsigned');
     const dst = new MemoryTarget('memory:dst');
     await assert.rejects(copy(src, '1', dst, '1', { verify: policyVerifier(policy, ref) }), (e: unknown) =>
-      isTiuError(e, 'NO_SIGNATURE'),
+      isTiuError(e, 'SIGNATURE_MISSING'),
     );
     assert.equal(dst.size, 0);
     await assert.rejects(

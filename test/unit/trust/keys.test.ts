@@ -69,12 +69,12 @@ describe('trust/keys', function () {
     assert.ok(!verifyBytes(loadPublicKeys(kp.publicPem)[0]!, Buffer.from('payloaD'), sig));
   });
 
-  it('refuses a wrong passphrase with BAD_PASSPHRASE and says nothing secret', async () => {
+  it('refuses a wrong passphrase with PASSPHRASE_WRONG and says nothing secret', async () => {
     const kp = await generateKeyPair('right');
     await assert.rejects(
       loadPrivateKey(kp.privatePem, () => Promise.resolve('hunter2-guess'), 'my.key'),
       (e: unknown) => {
-        assert.ok(isTiuError(e, 'BAD_PASSPHRASE'));
+        assert.ok(isTiuError(e, 'PASSPHRASE_WRONG'));
         assert.match(e.message, /my\.key/);
         for (const secret of ['hunter2-guess', 'right'])
           assert.ok(!`${e.message} ${JSON.stringify(e.details)}`.includes(secret));
@@ -103,7 +103,7 @@ describe('trust/keys', function () {
     assert.ok(verify('sha256', payload, { key: publicKey, dsaEncoding: 'der' }, signBytes(key, payload)));
     await assert.rejects(
       loadPrivateKey(pem, () => Promise.resolve('s3creT')),
-      (e: unknown) => isTiuError(e, 'BAD_PASSPHRASE'),
+      (e: unknown) => isTiuError(e, 'PASSPHRASE_WRONG'),
     );
   });
 

@@ -151,7 +151,7 @@ describe('trust/policy', () => {
     const t = new TestTarget();
     const img = await putImage(t, '1');
     const mic = parseReference('r.example/os/microos:1');
-    await assert.rejects(checkPolicy(p, t, img, mic), (e: unknown) => isTiuError(e, 'NO_SIGNATURE'));
+    await assert.rejects(checkPolicy(p, t, img, mic), (e: unknown) => isTiuError(e, 'SIGNATURE_MISSING'));
     await assert.rejects(checkPolicy(p, t, img, parseReference('elsewhere.example/x:1')), (e: unknown) =>
       isTiuError(e, 'POLICY_REJECTED'),
     );

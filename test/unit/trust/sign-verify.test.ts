@@ -79,10 +79,10 @@ describe('trust/sign + verify (in memory)', () => {
     await rejectsWith(verifyImageSignatures(t, img, opts({ annotations: { build: '42' } })), 'IDENTITY_MISMATCH');
   });
 
-  it('refuses an image with no signature: NO_SIGNATURE', async () => {
+  it('refuses an image with no signature: SIGNATURE_MISSING', async () => {
     const t = new TestTarget();
     const img = await putImage(t, 'stable');
-    await rejectsWith(verifyImageSignatures(t, img, opts()), 'NO_SIGNATURE');
+    await rejectsWith(verifyImageSignatures(t, img, opts()), 'SIGNATURE_MISSING');
   });
 
   it('refuses one altered byte in the payload: SIGNATURE_INVALID', async () => {
@@ -124,14 +124,14 @@ describe('trust/sign + verify (in memory)', () => {
     await rejectsWith(verifyImageSignatures(t, img, opts()), 'SIGNATURE_INVALID');
   });
 
-  it('refuses a signature replayed from another digest: DIGEST_MISMATCH_SIGNATURE', async () => {
+  it('refuses a signature replayed from another digest: SIGNATURE_DIGEST_MISMATCH', async () => {
     const t = new TestTarget();
     const good = await putImage(t, 'v1', 'one');
     const evil = await putImage(t, 'stable', 'two');
     await signImage(t, good, signer.priv, { dockerReference: 'registry.example/os/microos:stable' });
     // Copy v1's signature manifest to the other image's signature tag.
     await t.tag(await t.resolve(signatureTag(good.digest)), signatureTag(evil.digest));
-    await rejectsWith(verifyImageSignatures(t, evil, opts()), 'DIGEST_MISMATCH_SIGNATURE');
+    await rejectsWith(verifyImageSignatures(t, evil, opts()), 'SIGNATURE_DIGEST_MISMATCH');
   });
 
   it('refuses a docker-reference of another repository under matchRepository: IDENTITY_MISMATCH', async () => {
@@ -226,7 +226,7 @@ describe('trust/sign + verify (in memory)', () => {
       fetches++;
       return fetch(d);
     };
-    await rejectsWith(verifyImageSignatures(t, img, opts()), 'INVALID_MANIFEST');
+    await rejectsWith(verifyImageSignatures(t, img, opts()), 'MANIFEST_INVALID');
     assert.equal(fetches, 1);
   });
 });
