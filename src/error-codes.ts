@@ -214,11 +214,6 @@ export const ERROR_CODES = {
     action: 'give USER:PASSWORD, or fix the credential helper',
     transient: false,
   },
-  TRANSPORT_UNSUPPORTED: {
-    meaning: 'a reference names a transport tiu does not read (not docker://, oci:, oci-archive:)',
-    action: 'use one of docker://, oci:, oci-archive:',
-    transient: false,
-  },
 
   // signatures and policy (src/trust)
   SIGNATURE_MISSING: {

@@ -8,6 +8,7 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 bash scripts/install-deps.sh || exit 1
 echo "== typecheck"; tsc --noEmit || exit 1
 echo "== lint"; eslint . || exit 1
+echo "== imports"; depcruise src --config .dependency-cruiser.cjs --output-type err || exit 1
 echo "== format"; prettier --check --log-level warn . || { echo "run: npx prettier --write ."; exit 1; }
 log=$(mktemp)
 echo "== tests"

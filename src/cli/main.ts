@@ -5,8 +5,9 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { TiuError, asError, type ErrorCode } from '../errors.ts';
 import { EXIT_FAILURE, EXIT_USAGE, exitStatusOf } from '../error-codes.ts';
-import type { Command, Output } from './command.ts';
+import type { Command, OptionSpec, Output } from './command.ts';
 import { commands } from './commands/index.ts';
+import { copyRegistryOptionSpecs, registryOptionSpecs, registryOptionsHelp } from './registry-options.ts';
 
 /** Exit statuses; an error's comes from the registry (src/error-codes.ts, docs/errors.md). */
 export const EXIT = { ok: 0, failure: EXIT_FAILURE, usage: EXIT_USAGE } as const;
@@ -36,11 +37,22 @@ function makeOutput(json: boolean): Output {
   };
 }
 
+const REGISTRY_OPTIONS = { one: registryOptionSpecs, copy: copyRegistryOptionSpecs } as const;
+
+function optionsOf(cmd: Command): OptionSpec {
+  return cmd.registry ? { ...cmd.options, ...REGISTRY_OPTIONS[cmd.registry] } : cmd.options;
+}
+
+function helpOf(cmd: Command): string | undefined {
+  return cmd.registry ? (cmd.help ?? '') + registryOptionsHelp : cmd.help;
+}
+
 function helpFor(cmd: Command): string {
-  const opts = Object.entries(cmd.options)
+  const help = helpOf(cmd);
+  const opts = Object.entries(optionsOf(cmd))
     .map(([k, v]) => `  --${k}${v.type === 'string' ? ' VALUE' : ''}${v.multiple ? ' (repeatable)' : ''}`)
     .join('\n');
-  return `usage: ${cmd.usage}\n\n${cmd.summary}\n${cmd.help ? '\n' + cmd.help + '\n' : ''}\noptions:\n${opts}\n  --json\n  --help\n`;
+  return `usage: ${cmd.usage}\n\n${cmd.summary}\n${help ? '\n' + help + '\n' : ''}\noptions:\n${opts}\n  --json\n  --help\n`;
 }
 
 async function loadCommands(): Promise<Command[]> {
@@ -84,7 +96,7 @@ export async function main(argv: string[]): Promise<number> {
     try {
       parsed = parseArgs({
         args: rest,
-        options: { ...cmd.options, json: { type: 'boolean' }, help: { type: 'boolean' } },
+        options: { ...optionsOf(cmd), json: { type: 'boolean' }, help: { type: 'boolean' } },
         allowPositionals: true,
         strict: true,
       });

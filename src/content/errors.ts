@@ -10,16 +10,6 @@ export class RangeUnsupportedError extends TiuError {
     super('RANGE_UNSUPPORTED', `${where} does not serve byte ranges`, { where });
   }
 }
-export class InvalidManifestError extends TiuError {
-  constructor(why: string, details: Record<string, unknown> = {}) {
-    super('MANIFEST_INVALID', `invalid manifest: ${why}`, details);
-  }
-}
-export class ManifestTooLargeError extends TiuError {
-  constructor(size: number, limit: number) {
-    super('MANIFEST_TOO_LARGE', `manifest of ${size} bytes exceeds the limit of ${limit}`, { size, limit });
-  }
-}
 export class InvalidTagError extends TiuError {
   constructor(tag: string) {
     super('TAG_INVALID', `invalid tag ${JSON.stringify(tag.slice(0, 140))}`, { tag: tag.slice(0, 140) });

@@ -4,7 +4,7 @@
  */
 import { isTiuError } from '../errors.ts';
 import { TrailingDataError, verifyBuffer } from '../oci/digest.ts';
-import { MAX_MANIFEST_BYTES, isManifestLike } from '../oci/mediatypes.ts';
+import { MAX_MANIFEST_BYTES } from '../oci/mediatypes.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { ManifestTooLargeError, parseManifestOrIndex, readAllCapped, type ParsedManifest } from '../oci/validate.ts';
 import type { FetchOptions, Fetcher } from './interfaces.ts';
@@ -44,11 +44,4 @@ export async function fetchVerified(
 export function childrenOf(parsed: ParsedManifest): Descriptor[] {
   if (parsed.kind === 'index') return [...parsed.index.manifests];
   return [parsed.manifest.config, ...parsed.manifest.layers];
-}
-
-/** Index -> manifests; manifest -> config then layers; anything else has none. */
-export async function successors(fetcher: Fetcher, desc: Descriptor, opts?: FetchOptions): Promise<Descriptor[]> {
-  if (!isManifestLike(desc.mediaType)) return [];
-  const { parsed } = await fetchManifest(fetcher, desc, opts);
-  return childrenOf(parsed);
 }

@@ -82,7 +82,3 @@ export interface Target extends Storage, Resolver, Tagger {
   /** Flush and release (oci-archive writes its tar here). */
   close?(): Promise<void>;
 }
-
-export function hasReferrers(t: Target): t is Target & ReferrerLister {
-  return typeof t.referrers === 'function';
-}

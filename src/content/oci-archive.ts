@@ -18,7 +18,7 @@ import tar from 'tar-stream';
 import { TiuError } from '../errors.ts';
 import { isDigest } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
-import { fsyncDir, tempNameFor } from './atomic.ts';
+import { fsyncDir, tempNameFor } from '../util/atomic.ts';
 import { NotFoundError } from './errors.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
 import { OciLayoutTarget } from './oci-layout.ts';

@@ -29,7 +29,7 @@ import {
   validateDescriptor,
   type ParsedManifest,
 } from '../oci/validate.ts';
-import { fsyncDir, writeFileAtomic } from './atomic.ts';
+import { fsyncDir, writeFileAtomic } from '../util/atomic.ts';
 import { InvalidTagError, NotFoundError } from './errors.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
 import { withLock } from './lock.ts';

@@ -19,7 +19,7 @@ import { Readable } from 'node:stream';
 import { TiuError, asError, isNoSpaceErrno, isTiuError, type ErrorCode } from '../errors.ts';
 import { fetchManifest, childrenOf } from '../content/graph.ts';
 import type { Target } from '../content/interfaces.ts';
-import { Semaphore } from '../content/semaphore.ts';
+import { Semaphore } from '../util/semaphore.ts';
 import { isDigest, parseDigest, verifiedStream } from '../oci/digest.ts';
 import { isManifestLike } from '../oci/mediatypes.ts';
 import type { Descriptor } from '../oci/types.ts';

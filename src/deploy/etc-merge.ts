@@ -19,7 +19,7 @@ import { TiuError } from '../errors.ts';
 import { getXattrs, setXattrs } from '../host/xattr.ts';
 import { openNoFollow, SafeRoot, tmpName } from './apply/fsops.ts';
 import { comparePaths, isAtOrBelow, joinPath, parentOf } from '../layer/paths.ts';
-import { settableXattrs } from './apply/xattr-names.ts';
+import { settableXattrs } from '../host/xattr-names.ts';
 import { RootedDir } from './rooted.ts';
 
 export const TIUNEW_SUFFIX = '.tiunew';

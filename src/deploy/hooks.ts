@@ -6,7 +6,7 @@
  */
 import type { Stats } from 'node:fs';
 import { join } from 'node:path';
-import { withChroot } from '../host/chroot.ts';
+import { withChroot } from './chroot.ts';
 import { RootedDir } from './rooted.ts';
 import { TiuError, asError } from '../errors.ts';
 import type { HookSpec } from './config.ts';

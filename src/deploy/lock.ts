@@ -1,15 +1,15 @@
 /**
- * One update at a time per system: an flock(2)ed lock file. The lock belongs to this
- * process's open file description, so it goes away with the process, even on SIGKILL: a
- * crashed update never leaves a stale lock behind.
+ * One update at a time per system: the flock(2)ed lock file of src/host/file-lock.ts, which
+ * goes away with the process, even on SIGKILL: a crashed update never leaves a stale lock
+ * behind. A second update does not wait: it fails at once.
  *
  * The lock file lives under /run/tiu (tmpfs, writable even though / is a read-only
  * snapshot); for a --sysroot it is named after the sysroot's real path.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, open, realpath, type FileHandle } from 'node:fs/promises';
+import { mkdir, realpath } from 'node:fs/promises';
 import { join } from 'node:path';
-import { run } from '../host/exec.ts';
+import { acquireFileLock } from '../host/file-lock.ts';
 import { TiuError } from '../errors.ts';
 
 export class UpdateLockedError extends TiuError {
@@ -40,30 +40,7 @@ export async function lockFileFor(sysroot: string): Promise<string> {
 export async function acquireUpdateLock(sysroot = '/'): Promise<UpdateLock> {
   const file = await lockFileFor(sysroot);
   await mkdir(LOCK_DIR, { recursive: true, mode: 0o700 });
-  const fh: FileHandle = await open(file, 'a+', 0o600);
-  try {
-    // flock(1) locks its fd 3, which is our descriptor: the lock stays with our open file.
-    const r = await run('flock', ['--nonblock', '--conflict-exit-code', '75', '3'], {
-      passFds: [fh.fd],
-      okExitCodes: [0, 75],
-    });
-    if (r.exitCode === 75) {
-      const holder = (await fh.readFile('utf8')).trim();
-      throw new UpdateLockedError(file, holder);
-    }
-    await fh.truncate(0);
-    await fh.write(`${process.pid}\n`, 0);
-  } catch (e) {
-    await fh.close();
-    throw e;
-  }
-  let released = false;
-  return {
-    file,
-    async release() {
-      if (released) return;
-      released = true;
-      await fh.close();
-    },
-  };
+  const lock = await acquireFileLock(file, 0);
+  if ('busy' in lock) throw new UpdateLockedError(file, lock.holder);
+  return { file, release: () => lock.release() };
 }

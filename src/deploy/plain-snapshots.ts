@@ -9,7 +9,7 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promise
 import { join } from 'node:path';
 import { setReadOnly, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
 import { SnapperError, formatUserdata, type Snapper, type SnapperSnapshot } from '../host/snapper.ts';
-import { bootedSnapshot, defaultSnapshot } from './state.ts';
+import { bootedSnapshot, defaultSnapshot } from './snapshot-location.ts';
 
 export interface InfoXml {
   type: string;

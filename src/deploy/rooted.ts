@@ -23,7 +23,6 @@
  */
 import { constants, type Dir, type Dirent, type Stats } from 'node:fs';
 import {
-  copyFile,
   link,
   lstat,
   mkdir,
@@ -43,9 +42,9 @@ import { join } from 'node:path';
 import { makeNode } from '../host/nodes.ts';
 import { dumpTreeXattrs, setXattrs } from '../host/xattr.ts';
 import { UnsafePathError } from './apply/errors.ts';
-import { SafeRoot, tmpName } from './apply/fsops.ts';
+import { reflinkFile, SafeRoot, tmpName } from './apply/fsops.ts';
 import { joinPath, normalizeEntryPath, parentOf } from '../layer/paths.ts';
-import { settableXattrs } from './apply/xattr-names.ts';
+import { settableXattrs } from '../host/xattr-names.ts';
 
 export { UnsafePathError };
 
@@ -77,18 +76,20 @@ function devMinor(rdev: number): number {
  * filesystem can (true), else by copying. The source is named through its descriptor
  * (/proc/self/fd/N names exactly that inode), so no path of it is resolved again.
  */
-async function cloneFd(fh: FileHandle, destAbs: string): Promise<boolean> {
-  const via = `/proc/self/fd/${fh.fd}`;
-  try {
-    await copyFile(via, destAbs, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE_FORCE);
-    return true;
-  } catch (e) {
-    const c = errno(e);
-    if (!(c === 'ENOTSUP' || c === 'EOPNOTSUPP' || c === 'EXDEV' || c === 'EINVAL' || c === 'ENOSYS' || c === 'ENOTTY'))
-      throw e;
+function cloneFd(fh: FileHandle, destAbs: string): Promise<boolean> {
+  return reflinkFile(`/proc/self/fd/${fh.fd}`, destAbs, true);
+}
+
+/** The first `max` bytes of `fh`, or null when it has more. */
+async function readAtMost(fh: FileHandle, max: number): Promise<Buffer | null> {
+  const buf = Buffer.alloc(max + 1);
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
   }
-  await copyFile(via, destAbs, constants.COPYFILE_EXCL);
-  return false;
+  return got > max ? null : buf.subarray(0, got);
 }
 
 export class RootedDir {
@@ -199,10 +200,16 @@ export class RootedDir {
   }
 
   /** The content of the regular file `rel` (never through a symlink; ENOENT errors pass as they are). */
-  async readFile(rel: string): Promise<Buffer> {
+  async readFile(rel: string): Promise<Buffer>;
+  /**
+   * The same, read no further than `max` bytes: null when the file is longer (an image's 2 GiB
+   * /etc/kernel/cmdline is refused, not loaded into memory).
+   */
+  async readFile(rel: string, max: number): Promise<Buffer | null>;
+  async readFile(rel: string, max?: number): Promise<Buffer | null> {
     const fh = await this.openNoFollow(rel, 'file');
     try {
-      return await fh.readFile();
+      return max === undefined ? await fh.readFile() : await readAtMost(fh, max);
     } finally {
       await fh.close();
     }
@@ -317,7 +324,7 @@ export class RootedDir {
    * which must not exist: what `cp -a --reflink=auto` did, without following any symlink on
    * either side. Files are reflinked (copied where the filesystem can't), hardlinks within the
    * tree kept, symlinks recreated as symlinks, devices and fifos made with mknod; owner, mode,
-   * times and xattrs (those tiu sets: see xattr-names.ts) are kept. The copy is built under a
+   * times and xattrs (those tiu sets: see src/host/xattr-names.ts) are kept. The copy is built under a
    * temporary name beside `toRel` and renamed into place at the end.
    */
   async copyTree(from: RootedDir, fromRel: string, toRel: string): Promise<CopyTreeReport> {

@@ -5,13 +5,14 @@
  */
 import { join } from 'node:path';
 import { realpath } from 'node:fs/promises';
-import { getDefault } from '../host/btrfs.ts';
-import { mountAt } from '../host/mount.ts';
 import { snapper as openSnapper, snapperInstalled, type Snapper, type SnapperSnapshot } from '../host/snapper.ts';
 import { plainSnapshots } from './plain-snapshots.ts';
 import { existsSync } from 'node:fs';
 import { TiuError } from '../errors.ts';
 import { attemptsOf, healthOf, type HealthMark } from './health.ts';
+import { bootedSnapshot, defaultSnapshot } from './snapshot-location.ts';
+
+export { bootedSnapshot, defaultSnapshot, snapshotNumberOf, snapshotPath } from './snapshot-location.ts';
 
 /** Userdata keys tiu writes. */
 export const UD = {
@@ -57,17 +58,6 @@ export interface SystemState {
   rollback?: number;
 }
 
-/** Where snapshot N's root is, seen from the sysroot. */
-export function snapshotPath(sysroot: string, n: number): string {
-  return join(sysroot, '.snapshots', String(n), 'snapshot');
-}
-
-/** `@/.snapshots/12/snapshot` (with or without a leading slash) -> 12. */
-export function snapshotNumberOf(subvolPath: string): number | undefined {
-  const m = /(?:^|\/)\.snapshots\/(\d+)\/snapshot$/.exec(subvolPath);
-  return m ? Number(m[1]) : undefined;
-}
-
 export interface Context {
   sysroot: string;
   /** snapper itself, or plain btrfs keeping snapper's info.xml where snapper is absent. */
@@ -90,17 +80,6 @@ export async function openContext(sysroot = '/', opts: { backend?: 'snapper' | '
     opts.backend ??
     (existsSync(join(real, 'etc/snapper/configs/root')) && (await snapperInstalled()) ? 'snapper' : 'btrfs');
   return { sysroot: real, snapper: backend === 'snapper' ? openSnapper(real) : plainSnapshots(real), backend };
-}
-
-/** The snapshot number the sysroot runs from (what is mounted there). */
-export async function bootedSnapshot(sysroot: string): Promise<number | undefined> {
-  const m = await mountAt(sysroot);
-  if (!m || m.fsType !== 'btrfs') return undefined;
-  return snapshotNumberOf(m.root);
-}
-
-export async function defaultSnapshot(sysroot: string): Promise<number | undefined> {
-  return snapshotNumberOf((await getDefault(sysroot)).path);
 }
 
 /** The pure part: snapper rows + booted + default -> state. */

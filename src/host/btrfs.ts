@@ -17,10 +17,6 @@ export interface SubvolumeInfo {
   path: string;
 }
 
-export async function subvolumeCreate(path: string): Promise<void> {
-  await run('btrfs', ['-q', 'subvolume', 'create', path]);
-}
-
 export async function subvolumeSnapshot(
   source: string,
   dest: string,
@@ -68,22 +64,8 @@ export async function setDefault(id: number, mountPath: string): Promise<void> {
   await run('btrfs', ['subvolume', 'set-default', String(id), mountPath]);
 }
 
-export async function getReadOnly(path: string): Promise<boolean> {
-  const r = await run('btrfs', ['property', 'get', '-ts', path, 'ro']);
-  return r.stdout.trim() === 'ro=true';
-}
-
 export async function setReadOnly(path: string, readOnly: boolean): Promise<void> {
   await run('btrfs', ['property', 'set', '-ts', path, 'ro', readOnly ? 'true' : 'false']);
-}
-
-/** Bytes of data used on the filesystem (btrfs filesystem df, "Data" line), for disk accounting. */
-export async function dataUsed(mountPath: string): Promise<number> {
-  await run('btrfs', ['filesystem', 'sync', mountPath]);
-  const r = await run('btrfs', ['filesystem', 'df', '-b', mountPath]);
-  const m = /^Data[^:]*:\s*total=(\d+),\s*used=(\d+)/m.exec(r.stdout);
-  if (!m) throw new BtrfsError(`cannot parse 'btrfs filesystem df ${mountPath}'`, { mountPath });
-  return Number(m[2]);
 }
 
 /** The UUID of the btrfs filesystem holding `mountPath` (what `root=UUID=` names). */

@@ -10,10 +10,11 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, rmdir, statfs, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rmdir, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { TiuError } from '../errors.ts';
 import { run } from './exec.ts';
+import { fsyncDir, replaceFileAtomic } from '../util/atomic.ts';
 
 export class EspError extends TiuError {}
 
@@ -25,15 +26,6 @@ function safeRel(rel: string): string {
 }
 
 export const ESP_TMP_PREFIX = '.tiu-tmp-';
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 async function mkdirSynced(esp: string, relDir: string): Promise<void> {
   const parts = relDir.split('/').filter(Boolean);
@@ -86,23 +78,14 @@ export async function copyToEsp(esp: string, rel: string, src: FileHandle, sha25
 }
 
 async function writeEspFrom(esp: string, rel: string, fill: (fh: FileHandle) => Promise<void>): Promise<void> {
-  const dir = join(esp, dirname(rel));
   await mkdirSynced(esp, dirname(rel) === '.' ? '' : dirname(rel));
-  const tmp = join(dir, `${ESP_TMP_PREFIX}${randomBytes(6).toString('hex')}`);
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+  // The ESP's own temporary prefix: reconcile removes leftovers of a crash by it.
+  const tempPath = join(esp, dirname(rel), `${ESP_TMP_PREFIX}${randomBytes(6).toString('hex')}`);
   try {
-    try {
-      await fill(fh);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, join(esp, rel));
+    await replaceFileAtomic(join(esp, rel), fill, { tempPath });
   } catch (e) {
-    await rm(tmp, { force: true }).catch(() => undefined);
     throw mapNoSpace(e, esp, rel);
   }
-  await fsyncDir(dir);
 }
 
 function mapNoSpace(e: unknown, esp: string, rel: string): unknown {
@@ -191,17 +174,6 @@ export function efivarsDir(sysroot: string): string | undefined {
   const test = process.env.TIU_TEST_EFIVARS;
   if (test) return test;
   return sysroot === '/' ? EFIVARS : undefined;
-}
-
-/**
- * An efivarfs file's bytes for a boot loader string variable: the 4-byte little-endian
- * attributes, then the value in UTF-16LE with its terminating NUL (as systemd writes them).
- * efivarfs takes a variable in one write() of exactly these bytes.
- */
-export function encodeLoaderVariable(value: string, attributes = LOADER_VARIABLE_ATTRIBUTES): Buffer {
-  const head = Buffer.alloc(4);
-  head.writeUInt32LE(attributes >>> 0);
-  return Buffer.concat([head, Buffer.from(`${value}\0`, 'utf16le')]);
 }
 
 /**

@@ -46,13 +46,9 @@ export interface RunResult {
   exitCode: number;
 }
 
-type Logger = (line: string) => void;
-let logger: Logger = (line) => {
+/** The argv of every program run, on stderr with TIU_DEBUG set. */
+function logger(line: string): void {
   if (process.env.TIU_DEBUG) process.stderr.write(`tiu: run ${line}\n`);
-};
-/** Route the argv log (the agent sends it to the journal, tests may collect it). */
-export function setCommandLogger(l: Logger): void {
-  logger = l;
 }
 
 /**

@@ -64,19 +64,6 @@ export async function bindMount(
   if (opts.recursive) await run('mount', ['--make-rslave', target]);
 }
 
-export async function mount(
-  source: string,
-  target: string,
-  opts: { type?: string; options?: string } = {},
-): Promise<void> {
-  await run('mount', [
-    ...(opts.type ? ['-t', opts.type] : []),
-    ...(opts.options ? ['-o', opts.options] : []),
-    source,
-    target,
-  ]);
-}
-
 /** Unmount `target` and everything below it (lazy as a last resort, so a busy mount can't be left behind). */
 export async function unmount(target: string, opts: { recursive?: boolean } = {}): Promise<void> {
   const r = await run('umount', [...(opts.recursive ? ['-R'] : []), target], { okExitCodes: [0, 32] });

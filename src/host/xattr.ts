@@ -7,12 +7,12 @@
  * names and values come from images: nothing goes into it without exact escaping. Paths are
  * escaped with quoteName (every byte outside printable ASCII, and the backslash, as `\ooo`),
  * values are base64 (`0s…`), and names cannot be escaped, so every name is validated
- * (src/deploy/apply/xattr-names.ts: namespace, printable ASCII, no '=', 1..255 bytes) and
+ * (./xattr-names.ts: namespace, printable ASCII, no '=', 1..255 bytes) and
  * values are at most 64 KiB; anything else is XATTR_INVALID before setfattr runs.
  */
 import { CommandFailedError, run } from './exec.ts';
 import { withProgramPath } from './program-path.ts';
-import { checkXattrName, checkXattrValue } from '../deploy/apply/xattr-names.ts';
+import { checkXattrName, checkXattrValue } from './xattr-names.ts';
 
 /** getfattr's escaping of names: the backslash and bytes outside printable ASCII as `\ooo`. */
 export function quoteName(path: string | Uint8Array): string {

@@ -167,18 +167,3 @@ export function verifiedStream(
   });
   return content.pipe(v);
 }
-
-/** Hashes and counts whatever passes, for producing a descriptor of content being written. */
-export class DigestingStream extends Transform {
-  readonly #hash = createHash('sha256');
-  size = 0;
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.size += chunk.length;
-    this.#hash.update(chunk);
-    cb(null, chunk);
-  }
-  /** Valid after the stream has ended. */
-  digest(): Digest {
-    return `sha256:${this.#hash.copy().digest('hex')}`;
-  }
-}

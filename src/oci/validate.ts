@@ -6,7 +6,6 @@
  */
 import type { Readable } from 'node:stream';
 import { TiuError } from '../errors.ts';
-import { InvalidManifestError, ManifestTooLargeError } from '../content/errors.ts';
 import { isDigest } from './digest.ts';
 import {
   INDEX_MEDIA_TYPES,
@@ -18,7 +17,16 @@ import {
 } from './mediatypes.ts';
 import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, Platform } from './types.ts';
 
-export { InvalidManifestError, ManifestTooLargeError };
+export class InvalidManifestError extends TiuError {
+  constructor(why: string, details: Record<string, unknown> = {}) {
+    super('MANIFEST_INVALID', `invalid manifest: ${why}`, details);
+  }
+}
+export class ManifestTooLargeError extends TiuError {
+  constructor(size: number, limit: number) {
+    super('MANIFEST_TOO_LARGE', `manifest of ${size} bytes exceeds the limit of ${limit}`, { size, limit });
+  }
+}
 
 export class InvalidConfigError extends TiuError {
   constructor(why: string, details: Record<string, unknown> = {}) {
@@ -178,9 +186,9 @@ export function parseManifestBytes(bytes: Uint8Array, expectedMediaType?: string
   return doc as unknown as ImageManifest;
 }
 
-/** Parse and check an image index (or a Docker manifest list). */
-export function parseIndexBytes(bytes: Uint8Array, expectedMediaType?: string): ImageIndex {
-  const fail: Fail = failManifest('index');
+/** Parse and check an image index (or a Docker manifest list); `where` names it in messages. */
+export function parseIndexBytes(bytes: Uint8Array, expectedMediaType?: string, where = 'index'): ImageIndex {
+  const fail: Fail = failManifest(where);
   const doc = parseCappedJson(bytes, MAX_MANIFEST_BYTES, fail, () => {
     throw new ManifestTooLargeError(bytes.length, MAX_MANIFEST_BYTES);
   });
@@ -189,10 +197,10 @@ export function parseIndexBytes(bytes: Uint8Array, expectedMediaType?: string): 
     throw new MediaTypeMismatchError(
       MediaType.OciIndex,
       typeof doc.mediaType === 'string' ? doc.mediaType : 'a manifest',
-      'index',
+      where,
     );
   }
-  checkDocMediaType(doc, expectedMediaType, INDEX_MEDIA_TYPES, 'index', fail);
+  checkDocMediaType(doc, expectedMediaType, INDEX_MEDIA_TYPES, where, fail);
   if (!Array.isArray(doc.manifests)) fail('manifests must be an array');
   doc.manifests.forEach((m, i) => validateDescriptor(m, `manifests[${i}]`, fail));
   if (doc.subject !== undefined) validateDescriptor(doc.subject, 'subject', fail);
@@ -275,15 +283,23 @@ export class ContentTooLargeError extends TiuError {
   }
 }
 
-/** Read a whole stream into memory, failing as soon as it passes `limit` bytes. */
-export async function readAllCapped(stream: Readable, limit: number, what = 'content'): Promise<Buffer> {
+/**
+ * Read a whole stream into memory, failing as soon as it passes `limit` bytes (with
+ * CONTENT_TOO_LARGE, or the error `tooLarge` makes).
+ */
+export async function readAllCapped(
+  stream: Readable,
+  limit: number,
+  what = 'content',
+  tooLarge: () => Error = () => new ContentTooLargeError(what, limit),
+): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let n = 0;
   try {
     for await (const c of stream) {
       const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
       n += chunk.length;
-      if (n > limit) throw new ContentTooLargeError(what, limit);
+      if (n > limit) throw tooLarge();
       chunks.push(chunk);
     }
   } finally {

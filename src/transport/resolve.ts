@@ -6,22 +6,11 @@
  * `name` is what to pass to resolve()/tag() on the Target: a tag, a digest, or undefined for
  * a layout's only image.
  */
-import { TiuError } from '../errors.ts';
 import type { Target } from '../content/interfaces.ts';
 import { OciArchiveTarget } from '../content/oci-archive.ts';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { parseReference, referenceName, type ImageReference } from '../oci/reference.ts';
 import { openRegistryTarget, type RegistryClientOptions } from './registry/index.ts';
-
-export class UnsupportedTransportError extends TiuError {
-  constructor(transport: string, input: string) {
-    super(
-      'TRANSPORT_UNSUPPORTED',
-      `transport ${transport} is not available in this build (reference ${JSON.stringify(input)})`,
-      { transport, reference: input },
-    );
-  }
-}
 
 /**
  * Options for opening a reference. An open interface: transports add their own fields

@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
 import type { Target } from '../content/interfaces.ts';
-import { ManifestTooLargeError } from '../content/errors.ts';
+import { ManifestTooLargeError } from '../oci/validate.ts';
 import { sha256, VerifyingStream } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { isTiuError } from '../errors.ts';

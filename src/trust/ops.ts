@@ -13,7 +13,6 @@ import {
   referenceName,
 } from '../oci/reference.ts';
 import type { Descriptor } from '../oci/types.ts';
-import { TiuError } from '../errors.ts';
 import { TrustError } from './errors.ts';
 import { parseDockerName, type SignedIdentity } from './identity.ts';
 import { checkPolicy, type Policy, type PolicyDecision } from './policy.ts';
@@ -137,15 +136,4 @@ export async function verifyWithPolicy(
     identityRule: 'policy',
     policy: d,
   };
-}
-
-/** `-a key=value` options to a record. */
-export function parseAnnotations(values: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const v of values) {
-    const eq = v.indexOf('=');
-    if (eq <= 0) throw new TiuError('USAGE', `annotation ${JSON.stringify(v)} is not key=value`);
-    out[v.slice(0, eq)] = v.slice(eq + 1);
-  }
-  return out;
 }

@@ -6,7 +6,7 @@
  * cosign writes (rootfs.diff_ids = the payload digests).
  */
 import type { Target } from '../content/interfaces.ts';
-import { InvalidManifestError } from '../content/errors.ts';
+import { InvalidManifestError } from '../oci/validate.ts';
 import { parseDigest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType, isManifestType } from '../oci/mediatypes.ts';
 import { parseManifestBytes } from '../oci/validate.ts';
@@ -17,16 +17,11 @@ import { MAX_PAYLOAD_BYTES } from './payload.ts';
 export const SIGNATURE_ANNOTATION = 'dev.cosignproject.cosign/signature';
 /** Most signatures one image may carry: a hostile signature manifest must not make us fetch thousands of blobs. */
 export const MAX_SIGNATURES = 256;
-export const CERTIFICATE_ANNOTATION = 'dev.sigstore.cosign/certificate';
 
 /** `sha256:abc...` -> `sha256-abc....sig` */
 export function signatureTag(digest: Digest): string {
   const { algorithm, hex } = parseDigest(digest);
   return `${algorithm}-${hex}.sig`;
-}
-
-export function isSignatureTag(tag: string): boolean {
-  return /^[a-z0-9]+-[a-f0-9]{64,128}\.sig$/.test(tag);
 }
 
 export interface StoredSignature {

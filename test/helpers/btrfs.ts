@@ -53,3 +53,18 @@ export async function exclusiveBytes(path: string): Promise<number> {
   const cols = out[out.length - 1]!.trim().split(/\s+/);
   return Number(cols[1]);
 }
+
+/** Whether the subvolume at `path` is read-only (btrfs property ro). */
+export async function getReadOnly(path: string): Promise<boolean> {
+  const r = await run('btrfs', ['property', 'get', '-ts', path, 'ro']);
+  return r.stdout.trim() === 'ro=true';
+}
+
+/** Bytes of data used on the filesystem (btrfs filesystem df, "Data" line), for disk accounting. */
+export async function dataUsed(mountPath: string): Promise<number> {
+  await run('btrfs', ['filesystem', 'sync', mountPath]);
+  const r = await run('btrfs', ['filesystem', 'df', '-b', mountPath]);
+  const m = /^Data[^:]*:\s*total=(\d+),\s*used=(\d+)/m.exec(r.stdout);
+  if (!m) throw new Error(`cannot parse 'btrfs filesystem df ${mountPath}'`);
+  return Number(m[2]);
+}

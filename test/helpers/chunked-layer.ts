@@ -15,7 +15,7 @@ import {
   ZstdChunkedAnnotation,
   type TocEntry,
 } from '../../src/layer/toc.ts';
-import type { MemoryTarget } from '../../src/content/memory.ts';
+import type { MemoryTarget } from './memory-target.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';
 

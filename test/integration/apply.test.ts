@@ -36,7 +36,7 @@ import {
   applyTransfer,
   storeProvider,
 } from '../../src/deploy/delta/index.ts';
-import { MemoryTarget } from '../../src/content/memory.ts';
+import { MemoryTarget } from '../helpers/memory-target.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
 import { requireRoot } from '../helpers/env.ts';

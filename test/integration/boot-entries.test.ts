@@ -26,7 +26,8 @@ import { COMMIT_STEPS, deleteSnapshot } from '../../src/deploy/snapshot.ts';
 import { openContext, readState, type Context } from '../../src/deploy/state.ts';
 import { HEALTH_UD } from '../../src/deploy/health.ts';
 import { COUNTER_RAN_OUT } from '../../src/deploy/boot/index.ts';
-import { encodeLoaderVariable, LOADER_GUID } from '../../src/host/esp.ts';
+import { LOADER_GUID } from '../../src/host/esp.ts';
+import { encodeLoaderVariable } from '../helpers/efivars.ts';
 
 const TIU = new URL('../../bin/tiu', import.meta.url).pathname;
 const SDBOOT = '/usr/lib/systemd/boot/efi/systemd-bootx64.efi';

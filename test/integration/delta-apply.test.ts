@@ -27,7 +27,7 @@ import type { TreeEntry as BuildEntry } from '../../src/layer/entry.ts';
 import { compareBytes as comparePaths } from '../../src/layer/paths.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import type { FetchOptions } from '../../src/content/interfaces.ts';
-import { MemoryTarget } from '../../src/content/memory.ts';
+import { MemoryTarget } from '../helpers/memory-target.ts';
 import { applyTarLayers } from '../../src/deploy/apply/index.ts';
 import {
   applyTransfer,

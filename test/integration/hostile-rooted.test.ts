@@ -28,7 +28,7 @@ import { parseConfig, type TiuConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';
 import { update, type UpdateResult } from '../../src/deploy/update.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress } from '../../src/deploy/snapshot.ts';
-import { withChroot } from '../../src/host/chroot.ts';
+import { withChroot } from '../../src/deploy/chroot.ts';
 import { bindMount, mountInfo } from '../../src/host/mount.ts';
 import { run } from '../../src/host/exec.ts';
 

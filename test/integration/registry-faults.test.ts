@@ -11,7 +11,7 @@ import { Readable } from 'node:stream';
 import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { copy } from '../../src/copy/copy.ts';
-import { MemoryTarget } from '../../src/content/memory.ts';
+import { MemoryTarget } from '../helpers/memory-target.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
 import {

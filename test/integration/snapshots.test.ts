@@ -7,7 +7,8 @@ import { requireRoot } from '../helpers/env.ts';
 import { createMicroOS, type MicroOS } from '../helpers/microos.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { run } from '../../src/host/exec.ts';
-import { getReadOnly, isSubvolume } from '../../src/host/btrfs.ts';
+import { isSubvolume } from '../../src/host/btrfs.ts';
+import { getReadOnly } from '../helpers/btrfs.ts';
 import { mountInfo } from '../../src/host/mount.ts';
 import { openContext, readState, snapshotPath, type Context } from '../../src/deploy/state.ts';
 import {

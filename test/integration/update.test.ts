@@ -15,7 +15,8 @@ import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts'
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
 import { cacheTag, ETC_ASIDE, update } from '../../src/deploy/update.ts';
-import { dataUsed, isSubvolume } from '../../src/host/btrfs.ts';
+import { isSubvolume } from '../../src/host/btrfs.ts';
+import { dataUsed } from '../helpers/btrfs.ts';
 import { fetchManifest } from '../../src/content/graph.ts';
 import { contentIndexFile, fetchLayerTocs } from '../../src/deploy/delta/index.ts';
 

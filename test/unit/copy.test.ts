@@ -4,7 +4,7 @@ import { Readable } from 'node:stream';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MemoryTarget } from '../../src/content/memory.ts';
+import { MemoryTarget } from '../helpers/memory-target.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import type { Target } from '../../src/content/interfaces.ts';
 import { CopyError, copy, cosignTags, type CopyEvent } from '../../src/copy/copy.ts';

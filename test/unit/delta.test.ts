@@ -13,7 +13,7 @@ import { zstdCompressSync } from 'node:zlib';
 import type { TreeEntry as BuildEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
-import { MemoryTarget } from '../../src/content/memory.ts';
+import { MemoryTarget } from '../helpers/memory-target.ts';
 import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
 import {
   coalesce,

@@ -6,11 +6,11 @@ import { join } from 'node:path';
 import {
   decodeLoaderVariable,
   efivarsDir,
-  encodeLoaderVariable,
   LOADER_GUID,
   readLoaderVariable,
   removeLoaderVariable,
 } from '../../src/host/esp.ts';
+import { encodeLoaderVariable } from '../helpers/efivars.ts';
 import { SystemdBoot } from '../../src/deploy/boot/systemd-boot.ts';
 import { isTiuError } from '../../src/errors.ts';
 

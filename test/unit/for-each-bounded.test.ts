@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { forEachBounded } from '../../src/content/semaphore.ts';
+import { forEachBounded } from '../../src/util/semaphore.ts';
 
 describe('forEachBounded', () => {
   it('runs at most n at a time, every item once, in order of start', async () => {

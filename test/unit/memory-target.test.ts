@@ -1,4 +1,4 @@
-import { MemoryTarget } from '../../src/content/memory.ts';
+import { MemoryTarget } from '../helpers/memory-target.ts';
 import { runTargetContract } from '../helpers/target-contract.ts';
 
 runTargetContract('memory', () => Promise.resolve({ target: new MemoryTarget(), cleanup: () => Promise.resolve() }));

@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { hostname, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { withLock } from '../../src/content/lock.ts';
+import { acquireFileLock } from '../../src/host/file-lock.ts';
 import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
@@ -166,10 +167,21 @@ describe('oci layout', function () {
     assert.deepEqual((await readdir(path)).sort(), ['blobs', 'index.json', 'oci-layout']);
   });
 
-  it('takes over the lock of a writer that died', async () => {
+  it('a writer that died holding the lock does not block the next one', async () => {
     const t = await OciLayoutTarget.open(join(dir, 'l'), { create: true });
-    const dead = spawnSync(process.execPath, ['-e', 'process.exit(0)']).pid;
-    await writeFile(join(dir, 'l', '.tiu.lock'), `${dead}\n${hostname()}\n`);
+    const script = fileURLToPath(new URL('../helpers/lock-user.ts', import.meta.url));
+    const holder = spawn(
+      process.execPath,
+      ['--disable-warning=ExperimentalWarning', script, join(dir, 'l', '.tiu.lock'), 'hold'],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    await new Promise<void>((resolve) =>
+      holder.stdout.on('data', (d: Buffer) => d.toString().includes('locked') && resolve()),
+    );
+    holder.kill('SIGKILL');
+    await new Promise((r) => holder.once('exit', r));
     const m = await image(t);
     await t.tag(m, 'after-crash');
     assert.equal((await t.resolve('after-crash')).digest, m.digest);
@@ -177,14 +189,15 @@ describe('oci layout', function () {
 
   it('waits for a live lock holder, then gives up with LOCK_TIMEOUT', async () => {
     const lock = join(dir, 'x.lock');
-    await writeFile(lock, `${process.pid}\n${hostname()}\n`);
+    const holder = await acquireFileLock(lock, 0);
+    assert.ok(!('busy' in holder));
     const started = Date.now();
     await assert.rejects(
       withLock(lock, () => Promise.resolve(1), 300),
-      code('LOCK_TIMEOUT'),
+      (e: unknown) => isTiuError(e, 'LOCK_TIMEOUT') && e.details.owner === `pid ${process.pid}`,
     );
-    assert.ok(Date.now() - started >= 300);
-    await rm(lock);
+    assert.ok(Date.now() - started >= 250);
+    await holder.release();
     assert.equal(await withLock(lock, () => Promise.resolve(2), 300), 2);
     await assert.rejects(readFile(lock), /ENOENT/);
   });

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isTiuError } from '../../src/errors.ts';
 import { RootedDir } from '../../src/deploy/rooted.ts';
-import { checkXattrName, xattrNameProblem } from '../../src/deploy/apply/xattr-names.ts';
+import { checkXattrName, xattrNameProblem } from '../../src/host/xattr-names.ts';
 import { removeXattr, setXattrs } from '../../src/host/xattr.ts';
 
 const unsafe = (path?: string) => (e: unknown) =>

@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
-import { MemoryTarget } from '../../src/content/memory.ts';
+import { MemoryTarget } from '../helpers/memory-target.ts';
 import { layerOpeners } from '../../src/deploy/update.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';

@@ -12,7 +12,7 @@ import {
   readAllCapped,
   validateDescriptor,
 } from '../../src/oci/validate.ts';
-import { successors } from '../../src/content/graph.ts';
+import { successors } from '../helpers/graph.ts';
 import type { Fetcher } from '../../src/content/interfaces.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 

@@ -1,21 +1,11 @@
 import type { Command } from '../command.ts';
-import { optString, optStrings } from '../command.ts';
+import { annotationOption, optAnnotations, optString, optStrings } from '../command.ts';
 import { buildBundle, classifySource, type BuildSource } from '../../bundle/build.ts';
 import { BuildError } from '../../bundle/errors.ts';
 import { isDigest } from '../../oci/digest.ts';
 import { openReference, type OpenedReference } from '../../transport/resolve.ts';
 import { humanSize, shortDigest } from '../../format.ts';
-import { copyRegistryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
-
-function parseAnnotations(values: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const v of values) {
-    const eq = v.indexOf('=');
-    if (eq <= 0) throw new BuildError('BUILD_OPTION_INVALID', `--annotation ${JSON.stringify(v)} is not KEY=VALUE`);
-    out[v.slice(0, eq)] = v.slice(eq + 1);
-  }
-  return out;
-}
+import { registryOptions } from '../registry-options.ts';
 
 const command: Command = {
   name: 'build',
@@ -34,17 +24,16 @@ const command: Command = {
     '  --compression zstd|gzip  zstd:chunked layers with a table of contents (default), or plain gzip\n' +
     '  --layers N               at most N layers (default 8), split by a stable rule\n' +
     '  --exclude PATH           leave PATH and everything below it out (repeatable)\n' +
-    '  --annotation K=V         add a manifest annotation (repeatable)\n' +
-    "  --arch ARCH              OCI architecture (default: this machine's)\n" +
-    registryOptionsHelp,
+    '  --annotation, -a K=V     add a manifest annotation (repeatable)\n' +
+    "  --arch ARCH              OCI architecture (default: this machine's)\n",
+  registry: 'copy',
   options: {
     tag: { type: 'string' },
     compression: { type: 'string' },
     layers: { type: 'string' },
     exclude: { type: 'string', multiple: true },
-    annotation: { type: 'string', multiple: true },
+    ...annotationOption,
     arch: { type: 'string' },
-    ...copyRegistryOptionSpecs,
   },
   positionals: [1, 1],
   async run([sourceInput], options, out) {
@@ -64,7 +53,10 @@ const command: Command = {
         'BUILD_OPTION_INVALID',
         `--layers must be a whole number, got ${JSON.stringify(layersText)}`,
       );
-    const annotations = parseAnnotations(optStrings(options, 'annotation'));
+    const annotations = optAnnotations(
+      options,
+      (v) => new BuildError('BUILD_OPTION_INVALID', `--annotation ${JSON.stringify(v)} is not KEY=VALUE`),
+    );
 
     let src: OpenedReference | undefined;
     let dst: OpenedReference | undefined;

@@ -6,7 +6,7 @@ import { openReference, type OpenedReference } from '../../transport/resolve.ts'
 import { isManifestLike } from '../../oci/mediatypes.ts';
 import { isDigest } from '../../oci/digest.ts';
 import { humanSize, shortDigest } from '../../format.ts';
-import { copyRegistryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
+import { registryOptions } from '../registry-options.ts';
 
 class UsageError extends TiuError {
   constructor(message: string) {
@@ -23,9 +23,9 @@ const command: Command = {
     'Every byte is verified by digest and size; the destination tag is set only once all content is there.\n' +
     'Without a destination tag the source tag is reused.\n' +
     '  --referrers      also copy signatures and other referrers (and cosign sha256-<hex>.sig tags)\n' +
-    '  --concurrency N  blob transfers at a time (default 3)\n' +
-    registryOptionsHelp,
-  options: { referrers: { type: 'boolean' }, concurrency: { type: 'string' }, ...copyRegistryOptionSpecs },
+    '  --concurrency N  blob transfers at a time (default 3)\n',
+  registry: 'copy',
+  options: { referrers: { type: 'boolean' }, concurrency: { type: 'string' } },
   positionals: [2, 2],
   async run([srcInput, dstInput], options, out) {
     const concText = optString(options, 'concurrency');

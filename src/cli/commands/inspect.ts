@@ -6,24 +6,11 @@ import type { Descriptor, ImageConfig } from '../../oci/types.ts';
 import { MAX_CONFIG_BYTES, isImageConfigType, parseConfigBytes } from '../../oci/validate.ts';
 import { openReference } from '../../transport/resolve.ts';
 import { humanSize } from '../../format.ts';
-import { registryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
+import { registryOptions } from '../registry-options.ts';
+import { OS_RELEASE_KEYS as BUNDLE_OS_RELEASE_KEYS } from '../../bundle/os-release.ts';
 
-/** os-release keys tiu shows when an image carries them (as labels or annotations). */
-const OS_RELEASE_KEYS = new Set([
-  'NAME',
-  'ID',
-  'ID_LIKE',
-  'PRETTY_NAME',
-  'VERSION',
-  'VERSION_ID',
-  'VERSION_CODENAME',
-  'BUILD_ID',
-  'IMAGE_ID',
-  'IMAGE_VERSION',
-  'VARIANT',
-  'VARIANT_ID',
-  'CPE_NAME',
-]);
+/** os-release keys tiu shows when an image carries them (as labels or annotations): those tiu build records. */
+const OS_RELEASE_KEYS: ReadonlySet<string> = new Set(BUNDLE_OS_RELEASE_KEYS);
 
 /** Labels/annotations named like os-release keys: `ID`, `org.opensuse.tiu.os-release.VERSION_ID`, ... */
 export function osReleaseFrom(...maps: (Record<string, string> | undefined)[]): Record<string, string> {
@@ -50,10 +37,9 @@ const command: Command = {
   name: 'inspect',
   summary: 'Show an image: manifest, config summary, layers, annotations, os-release',
   usage: 'tiu inspect REF [--raw] [--json]',
-  help:
-    'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG].\n  --raw  print the manifest (or index) exactly as stored\n' +
-    registryOptionsHelp,
-  options: { raw: { type: 'boolean' }, ...registryOptionSpecs },
+  help: 'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG].\n  --raw  print the manifest (or index) exactly as stored\n',
+  registry: 'one',
+  options: { raw: { type: 'boolean' } },
   positionals: [1, 1],
   async run([input], options, out) {
     const { target, name } = await openReference(input!, { registry: registryOptions(options) });

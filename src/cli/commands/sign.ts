@@ -1,10 +1,10 @@
 /** tiu sign: a cosign-compatible signature of an image (tag sha256-<hex>.sig), on a registry or an OCI layout. */
-import { type Command, optBool, optString, optStrings } from '../command.ts';
+import { annotationOption, badAnnotation, type Command, optAnnotations, optBool, optString } from '../command.ts';
 import { openReference } from '../../transport/resolve.ts';
-import { registryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
+import { registryOptions } from '../registry-options.ts';
 import { TiuError } from '../../errors.ts';
 import { readPrivateKeyFile } from '../../trust/keyfiles.ts';
-import { parseAnnotations, parseIdentityOption, signReference } from '../../trust/ops.ts';
+import { parseIdentityOption, signReference } from '../../trust/ops.ts';
 import { getPassphrase } from '../../trust/passphrase.ts';
 
 const command: Command = {
@@ -16,21 +16,15 @@ const command: Command = {
     'appended to the signature manifest at tag sha256-<hex>.sig next to the image, as cosign does.\n' +
     'An OCI layout has no registry name: give the one the image will be verified as with --identity.\n' +
     '--bundle also attaches a sigstore bundle (v0.3) as an OCI referrer.\n' +
-    'The key passphrase comes from COSIGN_PASSWORD or TIU_PASSWORD, else it is asked on the terminal.\n' +
-    registryOptionsHelp,
-  options: {
-    key: { type: 'string' },
-    identity: { type: 'string' },
-    annotation: { type: 'string', multiple: true, short: 'a' },
-    ...registryOptionSpecs,
-    bundle: { type: 'boolean' },
-  },
+    'The key passphrase comes from COSIGN_PASSWORD or TIU_PASSWORD, else it is asked on the terminal.\n',
+  registry: 'one',
+  options: { key: { type: 'string' }, identity: { type: 'string' }, ...annotationOption, bundle: { type: 'boolean' } },
   positionals: [1, 1],
   async run([input], options, out) {
     const keyPath = optString(options, 'key');
     if (!keyPath) throw new TiuError('USAGE', 'tiu sign needs --key KEY');
     const identity = parseIdentityOption(optString(options, 'identity'));
-    const annotations = parseAnnotations(optStrings(options, 'annotation'));
+    const annotations = optAnnotations(options, badAnnotation);
     const key = await readPrivateKeyFile(keyPath, () => getPassphrase(keyPath));
     const opened = await openReference(input!, { registry: registryOptions(options) });
     try {

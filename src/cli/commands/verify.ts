@@ -1,10 +1,10 @@
 /** tiu verify: check an image's signatures against a public key or the signature policy. */
-import { type Command, optString, optStrings } from '../command.ts';
+import { annotationOption, badAnnotation, type Command, optAnnotations, optString, optStrings } from '../command.ts';
 import { openReference } from '../../transport/resolve.ts';
-import { registryOptionSpecs, registryOptions, registryOptionsHelp } from '../registry-options.ts';
+import { registryOptions } from '../registry-options.ts';
 import { TiuError } from '../../errors.ts';
 import { readPublicKeyFile } from '../../trust/keyfiles.ts';
-import { parseAnnotations, parseIdentityOption, verifyWithKeys, verifyWithPolicy } from '../../trust/ops.ts';
+import { parseIdentityOption, verifyWithKeys, verifyWithPolicy } from '../../trust/ops.ts';
 import { loadPolicy } from '../../trust/policy.ts';
 
 const command: Command = {
@@ -15,14 +15,13 @@ const command: Command = {
     'With --key: a signature by one of the keys, for the manifest REF resolves to, whose docker-reference is in\n' +
     "REF's repository (or --identity's). An OCI layout without --identity has digest and signature checked, not its name.\n" +
     'Otherwise the policy decides: --policy FILE, else /etc/tiu/policy.json, else /etc/containers/policy.json.\n' +
-    'Refusals exit 1 with a code: SIGNATURE_MISSING, SIGNATURE_INVALID, SIGNATURE_DIGEST_MISMATCH, IDENTITY_MISMATCH, POLICY_REJECTED...\n' +
-    registryOptionsHelp,
+    'Refusals exit 1 with a code: SIGNATURE_MISSING, SIGNATURE_INVALID, SIGNATURE_DIGEST_MISMATCH, IDENTITY_MISMATCH, POLICY_REJECTED...\n',
+  registry: 'one',
   options: {
     key: { type: 'string', multiple: true },
     policy: { type: 'string' },
     identity: { type: 'string' },
-    annotation: { type: 'string', multiple: true, short: 'a' },
-    ...registryOptionSpecs,
+    ...annotationOption,
   },
   positionals: [1, 1],
   async run([input], options, out) {
@@ -31,7 +30,7 @@ const command: Command = {
     if (keyPaths.length > 0 && policyPath !== undefined)
       throw new TiuError('USAGE', 'give --key or --policy, not both');
     const identity = parseIdentityOption(optString(options, 'identity'));
-    const annotations = parseAnnotations(optStrings(options, 'annotation'));
+    const annotations = optAnnotations(options, badAnnotation);
     if (keyPaths.length === 0 && Object.keys(annotations).length > 0)
       throw new TiuError('USAGE', '--annotation needs --key');
     const keys =

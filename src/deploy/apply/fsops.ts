@@ -426,11 +426,7 @@ export async function reflinkFile(fromAbs: PathLike, toAbs: PathLike, allowCopy:
     return true;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (
-      !allowCopy ||
-      !(code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL' || code === 'ENOSYS')
-    )
-      throw e;
+    if (!allowCopy || !['ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'EINVAL', 'ENOSYS', 'ENOTTY'].includes(code ?? '')) throw e;
   }
   await copyFile(fromAbs, toAbs, constants.COPYFILE_EXCL);
   return false;

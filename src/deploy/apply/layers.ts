@@ -82,15 +82,4 @@ export function resolveHardlinks(tree: Map<string, TreeEntry>): void {
   }
 }
 
-/** True when some ancestor of `path` in `tree` is not a directory (hostile or broken image). */
-export function firstNonDirAncestor(tree: Map<string, TreeEntry>, path: string): string | null {
-  let p = parentOf(path);
-  while (p !== '') {
-    const a = tree.get(p);
-    if (a && a.type !== 'dir') return p;
-    p = parentOf(p);
-  }
-  return null;
-}
-
 export { isAtOrBelow };

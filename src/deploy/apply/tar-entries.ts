@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { bbuf } from '../../layer/entry.ts';
 import { normalizeEntryPath } from '../../layer/paths.ts';
 import { memberEntry, readTar, type ByteReader, type TarMember } from '../../layer/tar.ts';
-import { checkXattrs } from './xattr-names.ts';
+import { checkXattrs } from '../../host/xattr-names.ts';
 import type { TreeEntry } from './types.ts';
 
 /** The entry of a member of an image's tar at layer `layer`: path normalised, xattr names checked (XATTR_INVALID). */

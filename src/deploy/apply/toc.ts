@@ -7,12 +7,12 @@
  */
 import { bbuf } from '../../layer/entry.ts';
 import { BadEntryError } from './errors.ts';
-import { checkXattrs } from './xattr-names.ts';
+import { checkXattrs } from '../../host/xattr-names.ts';
 import { normalizeEntryPath, normalizeLinkTarget } from '../../layer/paths.ts';
 import type { EntryType, TreeEntry } from './types.ts';
 import type { Toc, TocEntry } from '../../layer/toc.ts';
 
-/** The TOC format is defined once, in src/bundle/toc.ts (which also reads and checks it). */
+/** The TOC format is defined once, in src/layer/toc.ts (which also reads and checks it). */
 export type ChunkedToc = Toc;
 export type ChunkedTocEntry = TocEntry;
 

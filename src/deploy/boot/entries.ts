@@ -198,11 +198,6 @@ export function entryFiles(text: string): string[] {
   return out;
 }
 
-/** The `options` of an entry text. */
-export function entryOptionsOf(text: string): string | undefined {
-  return /^\s*options\s+(.*)$/m.exec(text)?.[1]?.trim();
-}
-
 /** loader.conf with its `default` line set to `pattern` (other settings kept). */
 export function loaderConfWith(current: string | undefined, pattern = LOADER_DEFAULT): string {
   const lines = (current ?? '').split('\n').filter((l) => l.trim() !== '' && !/^\s*default(\s|$)/.test(l));

@@ -67,23 +67,3 @@ export async function hashHandle(fh: FileHandle): Promise<{ sha256: string; size
   }
   return { sha256: h.digest('hex'), size };
 }
-
-/**
- * The regular file `rel` (never through a symlink), read only up to `max` bytes: null when it is
- * longer (an image's 2 GiB /etc/kernel/cmdline is refused, not loaded into memory).
- */
-export async function readBounded(rd: RootedDir, rel: string, max: number): Promise<Buffer | null> {
-  const fh = await rd.openNoFollow(rel, 'file');
-  try {
-    const buf = Buffer.alloc(max + 1);
-    let got = 0;
-    while (got < buf.length) {
-      const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
-    return got > max ? null : buf.subarray(0, got);
-  } finally {
-    await fh.close();
-  }
-}

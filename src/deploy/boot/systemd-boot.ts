@@ -54,7 +54,7 @@ import {
   type EntryState,
   type EspEntry,
 } from './entries.ts';
-import { findKernels, hashHandle, readBounded } from './kernels.ts';
+import { findKernels, hashHandle } from './kernels.ts';
 
 export interface StagePlan {
   snapshot: number;
@@ -215,7 +215,7 @@ export class SystemdBoot {
         ? 'usr/lib/kernel/cmdline'
         : undefined;
     const cmdlineSource = `snapshot ${n}'s /${cmdlineFile}`;
-    const cmdlineBytes = cmdlineFile ? await readBounded(rd, cmdlineFile, MAX_CMDLINE + 2) : undefined;
+    const cmdlineBytes = cmdlineFile ? await rd.readFile(cmdlineFile, MAX_CMDLINE + 2) : undefined;
     if (cmdlineBytes === null)
       throw new BootError('CMDLINE_INVALID', `${cmdlineSource} is longer than ${MAX_CMDLINE} bytes`, {
         source: cmdlineSource,
@@ -228,7 +228,7 @@ export class SystemdBoot {
     if (o.tries !== false) {
       tries = config.bootTries;
       if (tries === undefined) {
-        const t = (await rd.lstat('etc/kernel/tries')) ? await readBounded(rd, 'etc/kernel/tries', 64) : undefined;
+        const t = (await rd.lstat('etc/kernel/tries')) ? await rd.readFile('etc/kernel/tries', 64) : undefined;
         if (t !== undefined) {
           const s = t === null ? '(more than 64 bytes)' : t.toString('utf8').trim();
           if (!/^\d{1,3}$/.test(s) || Number(s) < 1 || Number(s) > 100)

@@ -21,7 +21,7 @@ import { isTiuError } from '../../errors.ts';
 import { hashFile, type ContentProvider, type TreeEntry } from '../apply/index.ts';
 import { writeSparse, writeSparseSync } from '../apply/fsops.ts';
 import { DeltaError } from './errors.ts';
-import { forEachBounded } from '../../content/semaphore.ts';
+import { forEachBounded } from '../../util/semaphore.ts';
 import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
 
 export const DEFAULT_CONCURRENCY = 4;

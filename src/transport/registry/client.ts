@@ -5,10 +5,11 @@
  */
 import { Readable, Transform } from 'node:stream';
 import { TiuError } from '../../errors.ts';
-import { NotFoundError, RangeUnsupportedError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
-import { sha256, verifiedStream, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
+import { NotFoundError, RangeUnsupportedError } from '../../content/errors.ts';
+import { ManifestTooLargeError, parseIndexBytes, readAllCapped } from '../../oci/validate.ts';
+import { sha256, TrailingDataError, verifiedStream, verifyBuffer, VerifyingStream } from '../../oci/digest.ts';
 import { isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
-import type { Descriptor, Digest, ImageIndex } from '../../oci/types.ts';
+import type { Descriptor, Digest } from '../../oci/types.ts';
 import { pullScope, pushScope } from './auth.ts';
 import { AbortedError, DeniedError, UnexpectedStatusError, UnreachableError } from './errors.ts';
 import { backoffMs, bodyExcerpt, headerOne, isConnectionFailure, readBody, type HttpResponse } from './http.ts';
@@ -232,7 +233,7 @@ export class RepositoryClient {
     const ct = headerOne(res.headers['content-type'])?.split(';')[0]?.trim();
     const bytes = await readBody(res, MAX_MANIFEST_BYTES, (n) => new ManifestTooLargeError(n, MAX_MANIFEST_BYTES));
     if (ct !== MediaType.OciIndex) return undefined;
-    const idx = parseIndex(bytes, what);
+    const idx = parseIndexBytes(bytes, MediaType.OciIndex, what);
     const filtered = headerOne(res.headers['oci-filters-applied'])?.split(',').map((s) => s.trim()).includes('artifactType');
     return idx.manifests.filter((d) => !artifactType || filtered || d.artifactType === artifactType);
   }
@@ -443,7 +444,7 @@ export class RepositoryClient {
     let upload: URL | undefined = opts.session;
     try {
       if (desc.size <= SINGLE_POST_MAX && !upload && !this.#s.noSinglePost.has(this.registry)) {
-        const buf = await collect(content, desc.size);
+        const buf = await readAllCapped(content, desc.size, `blob ${desc.digest}`, () => new TrailingDataError(desc.digest, desc.size));
         verifyBuffer(desc, buf, `blob ${desc.digest}`);
         const res = await this.#send({
           method: 'POST',
@@ -668,40 +669,4 @@ function heldBytes(range: string | undefined): number | undefined {
   if (!m) return undefined;
   const last = Number(m[1]);
   return last === 0 ? 0 : last + 1;
-}
-
-/** The whole stream, refusing more than `max` bytes (SIZE_MISMATCH). */
-export async function collect(s: Readable, max: number, what = 'content'): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const c of s) {
-    const b = c as Buffer;
-    n += b.length;
-    if (n > max) {
-      s.destroy();
-      throw new TiuError('SIZE_MISMATCH', `${what}: more than the expected ${max} bytes`, { expected: max });
-    }
-    parts.push(b);
-  }
-  return Buffer.concat(parts, n);
-}
-
-export function parseIndex(bytes: Buffer, what: string): ImageIndex {
-  let j: unknown;
-  try {
-    j = JSON.parse(bytes.toString('utf8'));
-  } catch {
-    throw new InvalidManifestError(`${what} is not JSON`);
-  }
-  const o = j as { schemaVersion?: unknown; manifests?: unknown };
-  if (typeof o !== 'object' || o === null || o.schemaVersion !== 2 || !Array.isArray(o.manifests)) {
-    throw new InvalidManifestError(`${what} is not an image index`);
-  }
-  for (const d of o.manifests as unknown[]) {
-    const x = d as Partial<Descriptor>;
-    if (typeof x !== 'object' || x === null || typeof x.digest !== 'string' || typeof x.size !== 'number' || typeof x.mediaType !== 'string') {
-      throw new InvalidManifestError(`${what} has a malformed descriptor`);
-    }
-  }
-  return j as ImageIndex;
 }

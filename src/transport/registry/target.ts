@@ -6,14 +6,15 @@
  */
 import { Readable } from 'node:stream';
 import { TiuError, type ErrorCode } from '../../errors.ts';
-import { NotFoundError, ManifestTooLargeError, InvalidManifestError } from '../../content/errors.ts';
+import { NotFoundError } from '../../content/errors.ts';
 import type { FetchOptions, PushOptions, Target } from '../../content/interfaces.ts';
-import { Semaphore } from '../../content/semaphore.ts';
-import { isDigest, parseDigest, verifyBuffer } from '../../oci/digest.ts';
+import { Semaphore } from '../../util/semaphore.ts';
+import { isDigest, parseDigest, TrailingDataError, verifyBuffer } from '../../oci/digest.ts';
 import { isIndexType, isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
 import type { DockerReference } from '../../oci/reference.ts';
 import type { Descriptor, ImageIndex } from '../../oci/types.ts';
-import { collect, parseIndex, RepositoryClient, type ClientTuning } from './client.ts';
+import { ManifestTooLargeError, parseIndexBytes, parseManifestOrIndex, readAllCapped } from '../../oci/validate.ts';
+import { RepositoryClient, type ClientTuning } from './client.ts';
 import { loadRegistriesConf, pullEndpoints, pushEndpoint, emptyRegistriesConf, type Endpoint, type RegistriesConf } from './registries-conf.ts';
 import { RegistrySession, type SessionOptions } from './session.ts';
 
@@ -241,14 +242,10 @@ export class RegistryTarget implements Target {
         content.destroy();
         throw new ManifestTooLargeError(desc.size, MAX_MANIFEST_BYTES);
       }
-      const bytes = await collect(content, desc.size, `manifest ${desc.digest}`);
+      const bytes = await readAllCapped(content, desc.size, `manifest ${desc.digest}`, () => new TrailingDataError(desc.digest, desc.size));
       verifyBuffer(desc, bytes, `manifest ${desc.digest}`);
-      let doc: { subject?: Descriptor; artifactType?: unknown; config?: { mediaType?: unknown }; annotations?: unknown };
-      try {
-        doc = JSON.parse(bytes.toString('utf8')) as typeof doc;
-      } catch {
-        throw new InvalidManifestError(`${desc.digest} is not JSON`, { digest: desc.digest });
-      }
+      const parsed = parseManifestOrIndex(bytes, desc.mediaType);
+      const doc = parsed.kind === 'manifest' ? parsed.manifest : parsed.index;
       const r = await p.putManifest(desc.digest, bytes, desc.mediaType, opts.signal);
       this.#cache(desc.digest, bytes);
       opts.onBytes?.(bytes.length);
@@ -289,7 +286,7 @@ export class RegistryTarget implements Target {
       try {
         const m = await c.getManifest(fallbackTag(desc.digest), opts.signal);
         if (!isIndexType(m.desc.mediaType)) return [];
-        idx = parseIndex(m.bytes, `referrers index ${fallbackTag(desc.digest)}`);
+        idx = parseIndexBytes(m.bytes, m.desc.mediaType, `referrers index ${fallbackTag(desc.digest)}`);
       } catch (e) {
         if (e instanceof TiuError && e.code === 'CONTENT_NOT_FOUND') return [];
         throw e;
@@ -339,7 +336,7 @@ export class RegistryTarget implements Target {
           if (!isIndexType(m.desc.mediaType)) {
             throw new TiuError('REFERRERS_CONFLICT', `tag ${tag} in ${p.name} is not an index; refusing to overwrite it with a referrers index`, { tag });
           }
-          current = parseIndex(m.bytes, `referrers index ${tag}`);
+          current = parseIndexBytes(m.bytes, m.desc.mediaType, `referrers index ${tag}`);
         } catch (e) {
           if (!(e instanceof TiuError && e.code === 'CONTENT_NOT_FOUND')) throw e;
         }

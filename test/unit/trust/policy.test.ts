@@ -6,14 +6,8 @@ import { join } from 'node:path';
 import { isTiuError } from '../../../src/errors.ts';
 import { parseReference, type DockerReference } from '../../../src/oci/reference.ts';
 import { identityMismatch, type SignedIdentity } from '../../../src/trust/identity.ts';
-import {
-  checkPolicy,
-  loadPolicy,
-  parsePolicy,
-  policyScopes,
-  policyVerifier,
-  requirementsFor,
-} from '../../../src/trust/policy.ts';
+import { checkPolicy, loadPolicy, parsePolicy, policyScopes, requirementsFor } from '../../../src/trust/policy.ts';
+import { policyVerifier } from '../../helpers/policy.ts';
 import { signImage } from '../../../src/trust/sign.ts';
 import { putImage, TestTarget } from '../../helpers/trust-target.ts';
 

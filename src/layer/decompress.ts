@@ -6,8 +6,8 @@ import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { spawnFilter } from '../host/exec.ts';
-import { ByteReader } from '../layer/tar.ts';
-import { zstdDecompressStream } from '../layer/zstd-frames.ts';
+import { ByteReader } from './tar.ts';
+import { zstdDecompressStream } from './zstd-frames.ts';
 
 export type Compression = 'none' | 'gzip' | 'zstd' | 'xz' | 'bzip2';
 

@@ -3,7 +3,7 @@
  * `SCHILY.xattr.`/`LIBARCHIVE.xattr.` records, a TOC's `xattrs`) and end up in setfattr's
  * `--restore` text, whose lines are `name=value` under `# file: PATH` headers: a name with a
  * newline could start a block for another file. So a name is checked where an entry is read
- * (before any snapshot exists) and again where it is set (src/host/xattr.ts):
+ * (before any snapshot exists) and again where it is set (./xattr.ts):
  *   - namespace user., trusted. or security. (with something after the dot), or exactly
  *     system.posix_acl_access / system.posix_acl_default;
  *   - printable ASCII only (0x21..0x7e): no whitespace, control characters or bytes >= 0x80,
@@ -11,7 +11,7 @@
  *   - 1..255 bytes (XATTR_NAME_MAX);
  * and a value is at most 64 KiB (XATTR_SIZE_MAX). Pure: no filesystem access.
  */
-import { TiuError } from '../../errors.ts';
+import { TiuError } from '../errors.ts';
 
 export const XATTR_NAME_MAX = 255;
 export const XATTR_VALUE_MAX = 64 * 1024;

@@ -4,14 +4,14 @@
  */
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { isDigest, verifiedStream } from '../oci/digest.ts';
-import { isManifestLike } from '../oci/mediatypes.ts';
-import type { Descriptor } from '../oci/types.ts';
-import { parseManifestOrIndex, validateDescriptor } from '../oci/validate.ts';
-import { InvalidTagError, NotFoundError } from './errors.ts';
-import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
-import { referrerDescriptor } from './referrers.ts';
-import { checkRange } from './range.ts';
+import { isDigest, verifiedStream } from '../../src/oci/digest.ts';
+import { isManifestLike } from '../../src/oci/mediatypes.ts';
+import type { Descriptor } from '../../src/oci/types.ts';
+import { parseManifestOrIndex, validateDescriptor } from '../../src/oci/validate.ts';
+import { InvalidTagError, NotFoundError } from '../../src/content/errors.ts';
+import type { FetchOptions, PushOptions, Target } from '../../src/content/interfaces.ts';
+import { referrerDescriptor } from '../../src/content/referrers.ts';
+import { checkRange } from '../../src/content/range.ts';
 
 interface Stored {
   desc: Descriptor;
