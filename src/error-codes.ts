@@ -380,6 +380,13 @@ export const ERROR_CODES = {
     action: 'remove the named entry from the image; tiu never writes outside the new snapshot',
     transient: false,
   },
+  PATH_ENCODING_UNSUPPORTED: {
+    meaning:
+      'a program (mknod, setfattr) had to be given a path whose last component is not UTF-8, which an argument cannot carry',
+    action:
+      'rename the named entry in the image to a UTF-8 name, or report it: tiu reaches such paths through their parent directory',
+    transient: false,
+  },
   HARDLINK_INVALID: {
     meaning: 'a hardlink names an entry that is missing from the tree, outside it, or a directory',
     action: 'fix the named entry in the image',

@@ -17,15 +17,16 @@ import { VerifyingStream, sha256, verifyBuffer } from '../oci/digest.ts';
 import { isIndexType, isManifestType, MediaType } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type ImageConfig, type ImageIndex, type ImageManifest } from '../oci/types.ts';
 import { hostArchitecture } from '../oci/platform.ts';
-import { decompressStream } from './decompress.ts';
-import { BuildError } from './errors.ts';
-import { contentFile, normalizeTreePath, parentOf, type TreeEntry } from './entry.ts';
+import { decompressStream } from '../layer/decompress.ts';
+import { BuildError, treePath } from './errors.ts';
+import { contentFile, mtimeParts, type TreeEntry } from '../layer/entry.ts';
+import { parentOf } from '../layer/paths.ts';
 import { DEFAULT_LAYERS, MAX_LAYERS, planLayers } from './layers.ts';
 import { writeLayer, type LayerCompression, type LayerResult } from './layer-writer.ts';
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
 import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
 import { scanDirectory } from './source-dir.ts';
-import { formatModtime } from './toc.ts';
+import { formatModtime } from '../layer/toc.ts';
 import { TreeBuilder } from './source-tar.ts';
 
 /** Version of the bundle format (manifest annotation org.opensuse.tiu.bundle.version). */
@@ -146,12 +147,10 @@ function resolveInTree(byPath: Map<string, TreeEntry>, path: string): TreeEntry 
   for (let hops = 0; hops < 40; hops++) {
     const e = byPath.get(p);
     if (!e || e.type !== 'symlink') return e;
-    const link = e.link ?? '';
+    const link = e.linkname ?? '';
     let next: string;
     try {
-      next = link.startsWith('/')
-        ? normalizeTreePath(link, 'symlink', true)
-        : normalizeTreePath(`${parentOf(p)}/${link}`, 'symlink');
+      next = link.startsWith('/') ? treePath(link, 'symlink', true) : treePath(`${parentOf(p)}/${link}`, 'symlink');
     } catch {
       return undefined;
     }
@@ -251,7 +250,10 @@ export async function buildBundle(
     const epoch =
       opts.sourceDateEpoch ??
       sourceDateEpochFromEnv() ??
-      entries.reduce((m, e) => (formatModtime(e.mtime, 0) !== undefined ? Math.max(m, e.mtime) : m), 0);
+      entries.reduce((m, e) => {
+        const { sec } = mtimeParts(e.mtimeNs);
+        return formatModtime(sec, 0) !== undefined ? Math.max(m, sec) : m;
+      }, 0);
     const created = formatModtime(epoch, 0);
     if (created === undefined)
       throw new BuildError('BUILD_OPTION_INVALID', `SOURCE_DATE_EPOCH=${epoch} is not a representable date`);

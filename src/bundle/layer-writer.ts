@@ -15,19 +15,19 @@ import { constants as zc, createGzip, createZstdCompress, zstdCompressSync } fro
 import { MediaType } from '../oci/mediatypes.ts';
 import type { Descriptor, Digest } from '../oci/types.ts';
 import { BuildError } from './errors.ts';
-import { bbuf, contentFile, isUtf8, showPath, type TreeEntry } from './entry.ts';
-import { encodeHeader, END_OF_ARCHIVE, paddingFor } from './tar-format.ts';
-import { Crc64, TarSplitWriter } from './tar-split.ts';
+import { contentFile, showPath, type TreeEntry } from '../layer/entry.ts';
+import { encodeHeader, END_OF_ARCHIVE, paddingFor } from '../layer/tar.ts';
+import { Crc64, TarSplitWriter } from '../layer/tar-split.ts';
 import {
   encodeFooter,
-  formatModtime,
+  encodeToc,
   MANIFEST_TYPE_CRFS,
   SKIPPABLE_HEADER,
   skippableFrame,
+  tocEntryOf,
   ZstdChunkedAnnotation,
   type Toc,
-  type TocEntry,
-} from './toc.ts';
+} from '../layer/toc.ts';
 
 export type LayerCompression = 'zstd' | 'gzip';
 
@@ -144,29 +144,6 @@ function readWhole(e: TreeEntry, scratch: Scratch): Buffer {
 /** The member name as the tar header spells it (directories end in '/'). */
 function tarName(e: TreeEntry): string {
   return e.type === 'dir' ? e.path + '/' : e.path;
-}
-
-/** The TOC entry of a tar entry (offsets and digest filled in by the writer). */
-export function tocEntryOf(e: TreeEntry): TocEntry {
-  const name = e.type === 'dir' ? e.path + '/' : e.path;
-  const t: TocEntry = { type: e.type, name: bbuf(name).toString('utf8') };
-  if (!isUtf8(name)) t.nameRaw = bbuf(name).toString('base64');
-  if (e.link !== undefined) {
-    t.linkName = bbuf(e.link).toString('utf8');
-    if (!isUtf8(e.link)) t.linkNameRaw = bbuf(e.link).toString('base64');
-  }
-  if (e.mode) t.mode = e.mode;
-  if (e.type === 'reg' && e.size) t.size = e.size;
-  if (e.uid) t.uid = e.uid;
-  if (e.gid) t.gid = e.gid;
-  const modtime = formatModtime(e.mtime, e.mtimeNsec);
-  if (modtime !== undefined) t.modtime = modtime;
-  if (e.type === 'char' || e.type === 'block') {
-    if (e.devMajor) t.devMajor = e.devMajor;
-    if (e.devMinor) t.devMinor = e.devMinor;
-  }
-  if (e.xattrs.length) t.xattrs = Object.fromEntries(e.xattrs.map(([k, v]) => [k, v.toString('base64')]));
-  return t;
 }
 
 class BlobFile {
@@ -416,7 +393,7 @@ async function writeZstdChunked(
     await zs.close();
     const splitData = Buffer.concat(splitChunks);
     toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
-    const json = Buffer.from(JSON.stringify(toc), 'utf8');
+    const json = encodeToc(toc);
     const compressed = zstdCompressSync(json, { params });
     const tocOffset = out.size + SKIPPABLE_HEADER;
     out.write(skippableFrame(compressed));

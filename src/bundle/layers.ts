@@ -24,7 +24,8 @@
  * to what it holds or what an earlier layer put down; keeping them together is simplest).
  */
 import { createHash } from 'node:crypto';
-import { ancestorsOf, comparePaths, parentOf, type TreeEntry } from './entry.ts';
+import type { TreeEntry } from '../layer/entry.ts';
+import { ancestorsOf, compareBytes, parentOf } from '../layer/paths.ts';
 import { FACTORY_VAR, PRISTINE_ETC } from './rules.ts';
 
 export const DEFAULT_LAYERS = 8;
@@ -49,14 +50,14 @@ export function layerOfGroup(group: string, n: number): number {
  * the tree has), empty layers dropped, in layer order.
  */
 export function planLayers(entries: readonly TreeEntry[], n: number): TreeEntry[][] {
-  const sorted = [...entries].sort((a, b) => comparePaths(a.path, b.path));
+  const sorted = [...entries].sort((a, b) => compareBytes(a.path, b.path));
   if (n <= 1) return sorted.length ? [sorted] : [];
   const byPath = new Map(sorted.map((e) => [e.path, e]));
   const index = new Map<string, number>();
   const assign = (e: TreeEntry): number => {
     const known = index.get(e.path);
     if (known !== undefined) return known;
-    const target = e.type === 'hardlink' && e.link !== undefined ? byPath.get(e.link) : undefined;
+    const target = e.type === 'hardlink' && e.linkname !== undefined ? byPath.get(e.linkname) : undefined;
     const i = target && target !== e ? assign(target) : layerOfGroup(groupOf(e.path), n);
     index.set(e.path, i);
     return i;

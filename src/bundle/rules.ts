@@ -11,17 +11,9 @@
  * Hardlink entries carry their inode's size and content reference as well (never written for
  * them; only the leader's content is).
  */
-import { BuildError } from './errors.ts';
-import {
-  ancestorsOf,
-  bbuf,
-  comparePaths,
-  contentFile,
-  isUnder,
-  normalizeTreePath,
-  showPath,
-  type TreeEntry,
-} from './entry.ts';
+import { BuildError, treePath } from './errors.ts';
+import { bbuf, contentFile, mtimeParts, showPath, type TreeEntry } from '../layer/entry.ts';
+import { ancestorsOf, compareBytes, isAtOrBelow } from '../layer/paths.ts';
 import { DEVICE_DATA } from './os-layout.ts';
 
 /** Directories whose contents never go into a bundle. */
@@ -47,11 +39,11 @@ export interface RuleOptions {
 
 /** Should the source reader skip descending into this directory? (Pure; same rules as below.) */
 export function contentsExcluded(path: string, exclude: string[] = []): boolean {
-  return EXCLUDED_CONTENTS.some((d) => path === d) || GRUB_ARCH.test(path) || exclude.some((x) => isUnder(path, x));
+  return EXCLUDED_CONTENTS.some((d) => path === d) || GRUB_ARCH.test(path) || exclude.some((x) => isAtOrBelow(path, x));
 }
 
 function isExcluded(path: string, excludes: string[]): boolean {
-  if (excludes.some((x) => isUnder(path, x))) return true;
+  if (excludes.some((x) => isAtOrBelow(path, x))) return true;
   for (const d of EXCLUDED_CONTENTS) if (path.startsWith(d + '/')) return true;
   const parts = path.split('/');
   if (parts.length >= 3 && GRUB_ARCH.test(parts.slice(0, 3).join('/')) && parts.length > 3) return true;
@@ -71,13 +63,18 @@ function pinned(e: TreeEntry): TreeEntry['content'] {
   return e.content && 'root' in e.content ? contentFile(e) : e.content;
 }
 
+/** Whole seconds since the epoch as an entry's mtimeNs. */
+function secondsNs(sec: number): bigint {
+  return BigInt(sec) * 1_000_000_000n;
+}
+
 function dirEntry(path: string, mtime: number): TreeEntry {
-  return { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime, mtimeNsec: 0, size: 0, xattrs: [] };
+  return { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: secondsNs(mtime), size: 0, xattrs: {} };
 }
 
 export function normalizeExcludes(exclude: string[] = []): string[] {
   return exclude.map((x) => {
-    const p = normalizeTreePath(x, `--exclude ${x}`, true);
+    const p = treePath(x, `--exclude ${x}`, true);
     if (p === '')
       throw new BuildError('BUILD_OPTION_INVALID', `--exclude ${JSON.stringify(x)} would leave out the whole tree`);
     return p;
@@ -93,12 +90,14 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
     byPath.set(e.path, e);
   }
 
-  const varMtime = byPath.get('var')?.mtime ?? opts.mtime;
-  const etcMtime = byPath.get('etc')?.mtime ?? opts.mtime;
+  // Whole seconds of the source's /var and /etc: what tiu adds there has no sub-second time.
+  const secondsOf = (e: TreeEntry | undefined) => (e ? mtimeParts(e.mtimeNs).sec : opts.mtime);
+  const varMtime = secondsOf(byPath.get('var'));
+  const etcMtime = secondsOf(byPath.get('etc'));
   const synthMtime = (p: string) =>
-    isUnder(p, 'usr/lib/tiu')
+    isAtOrBelow(p, 'usr/lib/tiu')
       ? etcMtime
-      : isUnder(p, 'usr/share/factory') || isUnder(p, 'usr/lib/tmpfiles.d')
+      : isAtOrBelow(p, 'usr/share/factory') || isAtOrBelow(p, 'usr/lib/tmpfiles.d')
         ? varMtime
         : opts.mtime;
 
@@ -120,14 +119,14 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
     if (!p.slice(4).includes('/')) varTop.push(ne);
   }
   for (const e of byPath.values()) {
-    if (e.type === 'hardlink' && e.link !== undefined && moved.has(e.link)) e.link = moved.get(e.link);
+    if (e.type === 'hardlink' && e.linkname !== undefined && moved.has(e.linkname)) e.linkname = moved.get(e.linkname);
   }
   if (varTop.length > 0) {
-    varTop.sort((a, b) => comparePaths(a.path, b.path));
+    varTop.sort((a, b) => compareBytes(a.path, b.path));
     const lines = ['# Created by tiu build: /var content shipped in the image, copied where /var lacks it.'];
     for (const e of varTop) {
       const rel = e.path.slice(FACTORY_VAR.length + 1);
-      if (e.type === 'symlink') lines.push(`L /var/${tmpfilesPath(rel)} - - - - ${tmpfilesPath(e.link ?? '')}`);
+      if (e.type === 'symlink') lines.push(`L /var/${tmpfilesPath(rel)} - - - - ${tmpfilesPath(e.linkname ?? '')}`);
       else lines.push(`C /var/${tmpfilesPath(rel)} - - - - /${FACTORY_VAR}/${tmpfilesPath(rel)}`);
     }
     const data = Buffer.from(lines.join('\n') + '\n', 'latin1');
@@ -137,10 +136,9 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
       mode: 0o644,
       uid: 0,
       gid: 0,
-      mtime: varMtime,
-      mtimeNsec: 0,
+      mtimeNs: secondsNs(varMtime),
       size: data.length,
-      xattrs: [],
+      xattrs: {},
       content: { data },
     });
   }
@@ -148,11 +146,11 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
   // /etc is kept twice.
   if (byPath.get('etc')?.type === 'dir') {
     for (const [p, e] of [...byPath]) {
-      if (!isUnder(p, 'etc')) continue;
+      if (!isAtOrBelow(p, 'etc')) continue;
       const np = `${PRISTINE_ETC}${p.slice(3)}`;
       const copy = { ...e, path: np, content: pinned(e) };
-      if (e.type === 'hardlink' && e.link !== undefined && isUnder(e.link, 'etc'))
-        copy.link = `${PRISTINE_ETC}${e.link.slice(3)}`;
+      if (e.type === 'hardlink' && e.linkname !== undefined && isAtOrBelow(e.linkname, 'etc'))
+        copy.linkname = `${PRISTINE_ETC}${e.linkname.slice(3)}`;
       byPath.set(np, copy);
     }
   }
@@ -171,7 +169,7 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
   }
 
   normalizeHardlinks(byPath);
-  return [...byPath.values()].sort((a, b) => comparePaths(a.path, b.path));
+  return [...byPath.values()].sort((a, b) => compareBytes(a.path, b.path));
 }
 
 /**
@@ -182,7 +180,7 @@ export function normalizeHardlinks(byPath: Map<string, TreeEntry>): void {
   const groups = new Map<string, string[]>();
   for (const e of byPath.values()) {
     if (e.type !== 'hardlink') continue;
-    const t = e.link ?? '';
+    const t = e.linkname ?? '';
     const g = groups.get(t);
     if (g) g.push(e.path);
     else groups.set(t, [e.path]);
@@ -196,13 +194,13 @@ export function normalizeHardlinks(byPath: Map<string, TreeEntry>): void {
       );
     // Hardlink entries carry their inode's content too, so a link whose target was left out
     // can take its place.
-    const source = te ?? byPath.get(links.sort(comparePaths)[0]!)!;
-    const all = (te ? [target, ...links] : links).sort(comparePaths);
+    const source = te ?? byPath.get(links.sort(compareBytes)[0]!)!;
+    const all = (te ? [target, ...links] : links).sort(compareBytes);
     const leader = all[0]!;
     for (const p of all) {
       const cur = byPath.get(p)!;
-      if (p === leader) byPath.set(p, { ...source, path: p, type: 'reg', link: undefined });
-      else byPath.set(p, { ...cur, type: 'hardlink', link: leader, size: source.size, content: source.content });
+      if (p === leader) byPath.set(p, { ...source, path: p, type: 'reg', linkname: undefined });
+      else byPath.set(p, { ...cur, type: 'hardlink', linkname: leader, size: source.size, content: source.content });
     }
   }
 }

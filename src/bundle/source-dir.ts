@@ -8,9 +8,10 @@ import { lstat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { readTreeXattrs } from '../host/xattr.ts';
 import { BuildError } from './errors.ts';
-import { bbuf, bstr, comparePaths, devMajor, devMinor, fileTypeOf, showPath, type TreeEntry } from './entry.ts';
+import { bbuf, bstr, devMajor, devMinor, fileTypeOf, showPath, type TreeEntry } from '../layer/entry.ts';
+import { compareBytes } from '../layer/paths.ts';
 
-export { devMajor, devMinor } from './entry.ts';
+export { devMajor, devMinor } from '../layer/entry.ts';
 
 export interface ScanOptions {
   signal?: AbortSignal;
@@ -30,12 +31,14 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   }
   if (!rootStat.isDirectory())
     throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${root} is not a directory`, { source: root });
-  const xattrs = await readTreeXattrs(root, { signal: opts.signal });
+  const xattrs = new Map(
+    [...(await readTreeXattrs(root, { signal: opts.signal }))].map(([p, list]) => [p, Object.fromEntries(list)]),
+  );
   const rootBuf = Buffer.from(root === '/' ? '' : root, 'utf8');
   const entries: TreeEntry[] = [];
   // Shared by every entry: no per-file path buffer or empty array kept in memory.
   const contentRoot = { root };
-  const noXattrs: [string, Buffer][] = [];
+  const noXattrs: Record<string, Buffer> = Object.freeze({});
   const inodes = new Map<string, string>();
   const abs = (rel: string) =>
     rel === '' ? Buffer.from(root, 'utf8') : Buffer.concat([rootBuf, Buffer.from('/'), bbuf(rel)]);
@@ -43,7 +46,7 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   const visit = async (rel: string): Promise<void> => {
     opts.signal?.throwIfAborted();
     // Sync calls: one thread, no promise per file; this keeps a 100k-file scan small in memory.
-    const names = readdirSync(abs(rel), { encoding: 'buffer' }).map(bstr).sort(comparePaths);
+    const names = readdirSync(abs(rel), { encoding: 'buffer' }).map(bstr).sort(compareBytes);
     for (const name of names) {
       const path = rel === '' ? name : `${rel}/${name}`;
       const p = abs(path);
@@ -56,8 +59,7 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
         mode: Number(st.mode & 0o7777n),
         uid: Number(st.uid),
         gid: Number(st.gid),
-        mtime: Number(st.mtimeNs / 1_000_000_000n) - (st.mtimeNs < 0n && st.mtimeNs % 1_000_000_000n !== 0n ? 1 : 0),
-        mtimeNsec: Number(((st.mtimeNs % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n),
+        mtimeNs: st.mtimeNs,
         size: 0,
         xattrs: xattrs.get(path) ?? noXattrs,
       };
@@ -68,15 +70,15 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
         if (e.size > 0) e.content = contentRoot;
         if (first !== undefined) {
           e.type = 'hardlink';
-          e.link = first;
+          e.linkname = first;
         } else if (st.nlink > 1n) {
           inodes.set(key, path);
         }
       } else if (type === 'symlink') {
-        e.link = bstr(readlinkSync(p, { encoding: 'buffer' }));
+        e.linkname = bstr(readlinkSync(p, { encoding: 'buffer' }));
       } else if (type === 'char' || type === 'block') {
-        e.devMajor = devMajor(st.rdev);
-        e.devMinor = devMinor(st.rdev);
+        e.devmajor = devMajor(st.rdev);
+        e.devminor = devMinor(st.rdev);
       }
       entries.push(e);
       if (entries.length % 10000 === 0) opts.onProgress?.(entries.length);

@@ -6,21 +6,10 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { BuildError } from './errors.ts';
-import { isUnder, normalizeTreePath, showPath, type EntryType, type TreeEntry } from './entry.ts';
-import { ByteReader, readTar } from './tar-format.ts';
-
-const TYPES: Record<string, EntryType> = {
-  '0': 'reg',
-  '\0': 'reg',
-  '7': 'reg',
-  '1': 'hardlink',
-  '2': 'symlink',
-  '3': 'char',
-  '4': 'block',
-  '5': 'dir',
-  '6': 'fifo',
-};
+import { BuildError, treePath } from './errors.ts';
+import { showPath, type TreeEntry } from '../layer/entry.ts';
+import { isAtOrBelow } from '../layer/paths.ts';
+import { ByteReader, memberEntry, readTar } from '../layer/tar.ts';
 
 const WH = '.wh.';
 const OPAQUE = '.wh..wh..opq';
@@ -38,7 +27,7 @@ export class TreeBuilder {
 
   #removeTree(path: string, keep?: Set<string>): void {
     for (const p of [...this.entries.keys()]) {
-      if (isUnder(p, path) && !keep?.has(p)) this.entries.delete(p);
+      if (isAtOrBelow(p, path) && !keep?.has(p)) this.entries.delete(p);
     }
   }
 
@@ -52,11 +41,10 @@ export class TreeBuilder {
     const thisLayer = new Set<string>();
     for await (const m of readTar(reader, what)) {
       opts.signal?.throwIfAborted();
-      const path = normalizeTreePath(m.name, `${what}: member ${JSON.stringify(showPath(m.name))}`);
-      const type = TYPES[m.typeflag];
+      const path = treePath(m.name, `${what}: member ${JSON.stringify(showPath(m.name))}`);
       if (path === '') {
         // The archive's root directory ("./"): nothing to record; the tree root is implicit.
-        if (type === 'dir') continue;
+        if (m.type === 'dir') continue;
         throw new BuildError('TAR_INVALID', `${what}: a non-directory member names the root`);
       }
       const base = path.slice(path.lastIndexOf('/') + 1);
@@ -64,47 +52,24 @@ export class TreeBuilder {
         const dir = path.slice(0, Math.max(0, path.lastIndexOf('/')));
         if (base === OPAQUE) {
           for (const p of [...this.entries.keys()])
-            if (p !== dir && isUnder(p, dir) && !thisLayer.has(p)) this.entries.delete(p);
+            if (p !== dir && isAtOrBelow(p, dir) && !thisLayer.has(p)) this.entries.delete(p);
         } else {
           this.#removeTree(dir === '' ? base.slice(WH.length) : `${dir}/${base.slice(WH.length)}`);
         }
         continue;
       }
-      if (!type) {
-        throw new BuildError(
-          'TAR_ENTRY_UNSUPPORTED',
-          `${what}: member ${JSON.stringify(showPath(m.name))} has tar type ${JSON.stringify(m.typeflag)}, which tiu does not support`,
-        );
-      }
-      const e: TreeEntry = {
-        path,
-        type,
-        mode: m.mode,
-        uid: m.uid,
-        gid: m.gid,
-        mtime: m.mtime,
-        mtimeNsec: m.mtimeNsec,
-        size: 0,
-        xattrs: m.xattrs,
-      };
-      if (type === 'reg') {
-        e.size = m.size;
-        if (m.size > 0) {
-          e.content = { file: this.#spoolName, offset: this.#spoolSize };
-          let got = 0;
-          for await (const piece of reader.pieces(m.size)) {
-            await this.#spool.write(piece, 0, piece.length, this.#spoolSize + got);
-            got += piece.length;
-          }
-          if (got !== m.size)
-            throw new BuildError(
-              'TAR_INVALID',
-              `${what}: truncated tar in the content of ${JSON.stringify(showPath(path))}`,
-            );
-          this.#spoolSize += got;
+      if (m.type === 'hardlink') treePath(m.linkname, `${what}: hardlink ${JSON.stringify(showPath(m.name))}`);
+      const e = memberEntry(m, path, what);
+      if (e.type === 'reg' && m.size > 0) {
+        e.content = { file: this.#spoolName, offset: this.#spoolSize };
+        let got = 0;
+        for await (const piece of m.body()) {
+          await this.#spool.write(piece, 0, piece.length, this.#spoolSize + got);
+          got += piece.length;
         }
-      } else if (type === 'hardlink') {
-        const target = normalizeTreePath(m.linkname, `${what}: hardlink ${JSON.stringify(showPath(m.name))}`);
+        this.#spoolSize += got;
+      } else if (e.type === 'hardlink') {
+        const target = e.linkname!;
         const t = this.entries.get(target);
         if (!t || (t.type !== 'reg' && t.type !== 'hardlink')) {
           throw new BuildError(
@@ -112,19 +77,14 @@ export class TreeBuilder {
             `${what}: hardlink ${JSON.stringify(showPath(path))} points at ${JSON.stringify(showPath(target))}, which is not a regular file earlier in the archive`,
           );
         }
-        e.link = t.type === 'hardlink' ? t.link! : target;
+        e.linkname = t.type === 'hardlink' ? t.linkname! : target;
         e.size = t.size;
         e.content = t.content;
-      } else if (type === 'symlink') {
-        e.link = m.linkname;
-      } else if (type === 'char' || type === 'block') {
-        e.devMajor = m.devMajor;
-        e.devMinor = m.devMinor;
       }
       const old = this.entries.get(path);
       // Replacing a directory by something else drops what was inside it (a scan, but rare);
       // replacing a file is just the new entry.
-      if (old?.type === 'dir' && type !== 'dir') this.#removeTree(path);
+      if (old?.type === 'dir' && e.type !== 'dir') this.#removeTree(path);
       this.entries.set(path, e);
       thisLayer.add(path);
     }

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { TiuError } from '../errors.ts';
 import { getXattrs, setXattrs } from '../host/xattr.ts';
 import { openNoFollow, SafeRoot, tmpName } from './apply/fsops.ts';
-import { comparePaths, isAtOrBelow, joinPath, parentOf } from './apply/paths.ts';
+import { comparePaths, isAtOrBelow, joinPath, parentOf } from '../layer/paths.ts';
 import { settableXattrs } from '../host/xattr-names.ts';
 import { RootedDir } from './rooted.ts';
 

@@ -10,7 +10,7 @@
  */
 import { unlink } from 'node:fs/promises';
 import { fstabMountPoints, reservedSet, type Reserved } from './apply/reserved.ts';
-import { comparePaths, isAtOrBelow, parentOf } from './apply/paths.ts';
+import { comparePaths, isAtOrBelow, parentOf } from '../layer/paths.ts';
 import { RootedDir } from './rooted.ts';
 
 /** The API filesystems systemd mounts (and a tmpfs /tmp): directories every root needs. */

@@ -43,7 +43,7 @@ import { makeNode } from '../host/nodes.ts';
 import { dumpTreeXattrs, setXattrs } from '../host/xattr.ts';
 import { UnsafePathError } from './apply/errors.ts';
 import { reflinkFile, SafeRoot, tmpName } from './apply/fsops.ts';
-import { joinPath, normalizeEntryPath, parentOf } from './apply/paths.ts';
+import { joinPath, normalizeEntryPath, parentOf } from '../layer/paths.ts';
 import { settableXattrs } from '../host/xattr-names.ts';
 
 export { UnsafePathError };

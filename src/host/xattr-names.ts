@@ -21,10 +21,12 @@ const SYSTEM_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_defau
 
 /** An xattr name or value tiu refuses to set: XATTR_INVALID, naming the file and the attribute. */
 export class BadXattrError extends TiuError {
-  constructor(path: string, name: string, why: string) {
+  /** `path`: text, or the bytes of a name (an entry path of the image, which need not be UTF-8). */
+  constructor(path: string | Uint8Array, name: string, why: string) {
     const shown = JSON.stringify(name.slice(0, 100));
-    super('XATTR_INVALID', `refusing extended attribute ${shown} of ${JSON.stringify(path.slice(0, 300))}: ${why}`, {
-      path: path.slice(0, 300),
+    const file = (typeof path === 'string' ? path : Buffer.from(path).toString('utf8')).slice(0, 300);
+    super('XATTR_INVALID', `refusing extended attribute ${shown} of ${JSON.stringify(file)}: ${why}`, {
+      path: file,
       name: name.slice(0, 300),
       why,
     });
@@ -52,19 +54,19 @@ export function xattrNameProblem(name: string, opts: { anyNamespace?: boolean } 
 }
 
 /** Throw XATTR_INVALID unless `name` is an xattr name tiu sets. `path` names the file (entry path or absolute). */
-export function checkXattrName(path: string, name: string, opts: { anyNamespace?: boolean } = {}): void {
+export function checkXattrName(path: string | Uint8Array, name: string, opts: { anyNamespace?: boolean } = {}): void {
   const why = xattrNameProblem(name, opts);
   if (why !== undefined) throw new BadXattrError(path, name, why);
 }
 
 /** Throw XATTR_INVALID when a value is larger than the kernel accepts. */
-export function checkXattrValue(path: string, name: string, value: Uint8Array): void {
+export function checkXattrValue(path: string | Uint8Array, name: string, value: Uint8Array): void {
   if (value.length > XATTR_VALUE_MAX)
     throw new BadXattrError(path, name, `value of ${value.length} bytes is larger than ${XATTR_VALUE_MAX}`);
 }
 
 /** Check every name and value of an entry's xattrs. */
-export function checkXattrs(path: string, xattrs: Record<string, Uint8Array>): void {
+export function checkXattrs(path: string | Uint8Array, xattrs: Record<string, Uint8Array>): void {
   for (const [n, v] of Object.entries(xattrs)) {
     checkXattrName(path, n);
     checkXattrValue(path, n, v);

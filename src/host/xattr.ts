@@ -11,12 +11,13 @@
  * values are at most 64 KiB; anything else is XATTR_INVALID before setfattr runs.
  */
 import { CommandFailedError, run } from './exec.ts';
+import { withProgramPath } from './program-path.ts';
 import { checkXattrName, checkXattrValue } from './xattr-names.ts';
 
 /** getfattr's escaping of names: the backslash and bytes outside printable ASCII as `\ooo`. */
-export function quoteName(path: string): string {
+export function quoteName(path: string | Uint8Array): string {
   let out = '';
-  for (const b of Buffer.from(path)) {
+  for (const b of typeof path === 'string' ? Buffer.from(path) : path) {
     if (b > 0x20 && b < 0x7f && b !== 0x5c) out += String.fromCharCode(b);
     else out += '\\' + b.toString(8).padStart(3, '0');
   }
@@ -91,13 +92,19 @@ export async function getXattrs(paths: readonly string[]): Promise<Map<string, R
   return out;
 }
 
-/** Set xattrs on many files with one setfattr run (absolute paths, no dereferencing). */
-export async function setXattrs(items: ReadonlyArray<{ path: string; set: Record<string, Buffer> }>): Promise<void> {
+/**
+ * Set xattrs on many files with one setfattr run (absolute paths, no dereferencing). A path is
+ * text or the bytes of a name (any bytes: the restore format escapes them).
+ */
+export async function setXattrs(
+  items: ReadonlyArray<{ path: string | Buffer; set: Record<string, Buffer> }>,
+): Promise<void> {
   const lines: string[] = [];
   for (const it of items) {
     const names = Object.keys(it.set);
     if (names.length === 0) continue;
-    if (!it.path.startsWith('/')) throw new Error(`setXattrs: ${JSON.stringify(it.path)} is not an absolute path`);
+    if (it.path[0] !== '/' && it.path[0] !== 0x2f)
+      throw new Error(`setXattrs: ${JSON.stringify(it.path.toString())} is not an absolute path`);
     for (const n of names) {
       checkXattrName(it.path, n);
       checkXattrValue(it.path, n, it.set[n]!);
@@ -110,11 +117,11 @@ export async function setXattrs(items: ReadonlyArray<{ path: string; set: Record
   await run('setfattr', ['-h', '--restore=-'], { input: lines.join('\n') + '\n', timeout: 3_600_000 });
 }
 
-/** Remove one xattr from a file (no dereferencing). */
-export async function removeXattr(path: string, name: string): Promise<void> {
+/** Remove one xattr from a file (no dereferencing). `path`: text, or the bytes of a name. */
+export async function removeXattr(path: string | Buffer, name: string): Promise<void> {
   // An argument, not a text format; the name is one on disk (any namespace), but of a sane form.
   checkXattrName(path, name, { anyNamespace: true });
-  await run('setfattr', ['-h', '-x', name, '--', path]);
+  await withProgramPath(path, (p) => run('setfattr', ['-h', '-x', name, '--', p]));
 }
 
 /** getfattr's `\ooo` escapes back to raw bytes (names that are not UTF-8 stay exact). */

@@ -14,7 +14,7 @@ import {
   skippableFrame,
   ZstdChunkedAnnotation,
   type TocEntry,
-} from '../../src/bundle/toc.ts';
+} from '../../src/layer/toc.ts';
 import type { MemoryTarget } from './memory-target.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';

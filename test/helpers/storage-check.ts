@@ -375,7 +375,7 @@ function text(v: JsonValue, what: string): string {
   return v;
 }
 
-/** unmarshalToc: field names matched lower-cased, unknown fields (tiu's nameRaw) skipped. */
+/** unmarshalToc: field names matched lower-cased, unknown fields skipped. */
 export function unmarshalToc(json: Buffer): { entries: GoFileMetadata[]; tarSplitDigest: string } {
   const top = parseJsonBytes(json);
   if (!top || typeof top !== 'object' || !('fields' in top)) return fail('TOC: not an object');

@@ -108,6 +108,12 @@ export interface CompareOptions {
   ignoreDirMtime?: boolean;
   /** Leave these xattrs out of the comparison. */
   ignoreXattrs?: string[];
+  /**
+   * Allow an mtime with a fraction of a second to differ by less than this many nanoseconds
+   * (whole-second mtimes must still be equal): Node's utimes takes seconds as a double, which
+   * holds about 240 ns at today's dates (docs/bundle-format.md, "Times").
+   */
+  subsecondToleranceNs?: bigint;
 }
 
 /** Differences between `expected` and `actual` (same keys), as readable lines. */
@@ -137,7 +143,10 @@ export function diffTrees(
     if (!skipTime) {
       const et = opts.secondsOnly ? e.mtimeNs / 1_000_000_000n : e.mtimeNs;
       const at = opts.secondsOnly ? a.mtimeNs / 1_000_000_000n : a.mtimeNs;
-      if (et !== at) out.push(`${show(p)}: mtime ${e.mtimeNs} != ${a.mtimeNs}`);
+      const d = et > at ? et - at : at - et;
+      const tolerated =
+        opts.subsecondToleranceNs !== undefined && e.mtimeNs % 1_000_000_000n !== 0n && d < opts.subsecondToleranceNs;
+      if (d !== 0n && !tolerated) out.push(`${show(p)}: mtime ${e.mtimeNs} != ${a.mtimeNs}`);
     }
   }
   for (const p of actual.keys()) if (!expected.has(p)) out.push(`unexpected ${show(p)}`);

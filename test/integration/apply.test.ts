@@ -4,9 +4,10 @@ import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { zstdCompressSync } from 'node:zlib';
-import { zstdDecompressStream } from '../../src/bundle/zstd-frames.ts';
+import { zstdDecompressStream } from '../../src/layer/zstd-frames.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
-import { readTocFromFooter } from '../../src/bundle/toc.ts';
+import { readTocFromFooter } from '../../src/layer/toc.ts';
+import { readTar } from '../../src/layer/tar.ts';
 import { scanDirectory } from '../../src/bundle/source-dir.ts';
 import { planLayers } from '../../src/bundle/layers.ts';
 import { join } from 'node:path';
@@ -19,7 +20,6 @@ import {
   entriesFromTar,
   tarLayerProvider,
   openerProvider,
-  readTar,
   tocToEntries,
   scanTree,
   planApply,

@@ -23,7 +23,8 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildBundle, type BuildResult } from '../../src/bundle/build.ts';
-import { comparePaths, type TreeEntry as BuildEntry } from '../../src/bundle/entry.ts';
+import type { TreeEntry as BuildEntry } from '../../src/layer/entry.ts';
+import { compareBytes as comparePaths } from '../../src/layer/paths.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import type { FetchOptions } from '../../src/content/interfaces.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
@@ -36,7 +37,7 @@ import {
   rangeBytes,
   type DeltaTransfer,
 } from '../../src/deploy/delta/index.ts';
-import { layerOpeners } from '../../src/deploy/update.ts';
+import { layerOpeners } from '../../src/layer/openers.ts';
 import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { run } from '../../src/host/exec.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
@@ -269,17 +270,16 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     const layer = async (i: number, files: [string, string | null][]): Promise<Descriptor> => {
       const entries = files.map(([path, content]): BuildEntry =>
         content === null
-          ? { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T, mtimeNsec: 0, size: 0, xattrs: [] }
+          ? { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: BigInt(T) * 1_000_000_000n, size: 0, xattrs: {} }
           : {
               path,
               type: 'reg',
               mode: 0o644,
               uid: 0,
               gid: 0,
-              mtime: T,
-              mtimeNsec: 0,
+              mtimeNs: BigInt(T) * 1_000_000_000n,
               size: Buffer.byteLength(content),
-              xattrs: [],
+              xattrs: {},
               content: { data: Buffer.from(content) },
             },
       );

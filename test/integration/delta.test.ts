@@ -31,7 +31,7 @@ import {
   ZstdChunkedAnnotation,
   parsePosition,
   type Toc,
-} from '../../src/bundle/toc.ts';
+} from '../../src/layer/toc.ts';
 import type { Target } from '../../src/content/interfaces.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { copy } from '../../src/copy/copy.ts';

@@ -22,7 +22,7 @@ import { productionDeps } from '../../src/deploy/wiring.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest } from '../../src/oci/types.ts';
-import type { TocEntry } from '../../src/bundle/toc.ts';
+import type { TocEntry } from '../../src/layer/toc.ts';
 import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { parseConfig, type TiuConfig } from '../../src/deploy/config.ts';
 import { openContext, readState, snapshotPath } from '../../src/deploy/state.ts';

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { buildBundle } from '../../src/bundle/build.ts';
-import type { TreeEntry } from '../../src/bundle/entry.ts';
+import type { TreeEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import type { Descriptor, ImageConfig, ImageManifest } from '../../src/oci/types.ts';
@@ -228,10 +228,9 @@ describe('layer format: every layer tiu writes passes a containers/storage-faith
         mode: 0o644,
         uid: 0,
         gid: 0,
-        mtime: 1_700_000_000,
-        mtimeNsec: 0,
+        mtimeNs: 1_700_000_000n * 1_000_000_000n,
         size: 3,
-        xattrs: [],
+        xattrs: {},
         content: { data: Buffer.from('abc') },
       };
       const file = join(work, 'orphan.layer');

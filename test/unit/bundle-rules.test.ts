@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import type { TreeEntry } from '../../src/bundle/entry.ts';
+import { isDeepStrictEqual } from 'node:util';
+import type { TreeEntry } from '../../src/layer/entry.ts';
 import { groupOf, layerOfGroup, planLayers } from '../../src/bundle/layers.ts';
 import { parseOsRelease } from '../../src/bundle/os-release.ts';
 import { applyTreeRules, TMPFILES_CONF } from '../../src/bundle/rules.ts';
@@ -14,10 +15,9 @@ function e(path: string, over: Partial<TreeEntry> = {}): TreeEntry {
     mode: type === 'dir' ? 0o755 : 0o644,
     uid: 0,
     gid: 0,
-    mtime: 1000,
-    mtimeNsec: 0,
+    mtimeNs: 1000n * 1_000_000_000n,
     size: 0,
-    xattrs: [],
+    xattrs: {},
     ...over,
   };
 }
@@ -70,10 +70,10 @@ describe('bundle tree rules', function () {
   it('moves /var content to the factory with one tmpfiles.d line per top entry', function () {
     const out = applyTreeRules(
       tree(
-        e('var/', { mtime: 777 }),
+        e('var/', { mtimeNs: 777_000_000_000n }),
         'var/lib/',
         'var/lib/a',
-        e('var/run', { type: 'symlink', link: '../run' }),
+        e('var/run', { type: 'symlink', linkname: '../run' }),
         e('var/odd dir/', {}),
         'usr/',
       ),
@@ -84,13 +84,13 @@ describe('bundle tree rules', function () {
     assert.ok(!paths.some((p) => p.startsWith('var/')));
     assert.ok(paths.includes('usr/share/factory/var/lib/a'));
     const conf = out.find((x) => x.path === TMPFILES_CONF)!;
-    assert.equal(conf.mtime, 777);
+    assert.equal(conf.mtimeNs, 777_000_000_000n);
     const text = (conf.content as { data: Buffer }).data.toString();
     assert.match(text, /^C \/var\/lib - - - - \/usr\/share\/factory\/var\/lib$/m);
     assert.match(text, /^C \/var\/odd\\x20dir - - - - \/usr\/share\/factory\/var\/odd\\x20dir$/m);
     assert.match(text, /^L \/var\/run - - - - \.\.\/run$/m);
     // synthesized parents take /var's mtime, so they only change when /var does
-    assert.equal(out.find((x) => x.path === 'usr/share/factory')!.mtime, 777);
+    assert.equal(out.find((x) => x.path === 'usr/share/factory')!.mtimeNs, 777_000_000_000n);
   });
 
   it('keeps /etc twice and honours --exclude', function () {
@@ -112,24 +112,24 @@ describe('bundle tree rules', function () {
         'usr/',
         'usr/b',
         e('usr/b', { size: 1, content: data }),
-        e('usr/a', { type: 'hardlink', link: 'usr/b', size: 1, content: data }),
+        e('usr/a', { type: 'hardlink', linkname: 'usr/b', size: 1, content: data }),
         'opt/',
         e('opt/t', { size: 1, content: data }),
-        e('usr/c', { type: 'hardlink', link: 'opt/t', size: 1, content: data }),
+        e('usr/c', { type: 'hardlink', linkname: 'opt/t', size: 1, content: data }),
       ),
       { mtime: 0 },
     );
     const by = new Map(out.map((x) => [x.path, x]));
     assert.equal(by.get('usr/a')!.type, 'reg');
     assert.equal(by.get('usr/b')!.type, 'hardlink');
-    assert.equal(by.get('usr/b')!.link, 'usr/a');
+    assert.equal(by.get('usr/b')!.linkname, 'usr/a');
     assert.equal(by.get('usr/c')!.type, 'reg');
     assert.equal(by.get('usr/c')!.size, 1);
   });
 
   it('synthesizes missing parents and refuses a file where a directory must be', function () {
     assert.deepEqual(
-      applyTreeRules(tree('usr/lib/x'), { mtime: 9 }).map((x) => [x.path, x.type, x.mtime]),
+      applyTreeRules(tree('usr/lib/x'), { mtime: 9 }).map((x) => [x.path, x.type, Number(x.mtimeNs / 1_000_000_000n)]),
       [
         ['usr', 'dir', 9],
         ['usr/lib', 'dir', 9],
@@ -219,16 +219,16 @@ describe('bundle layers', function () {
   it('a changed file changes only the layer that holds it; a changed directory only the layers below it', function () {
     const before = planLayers(base, 8);
     const changedFile = planLayers(
-      base.map((x) => (x.path === 'usr/bin/sh' ? { ...x, mtime: 2000 } : x)),
+      base.map((x) => (x.path === 'usr/bin/sh' ? { ...x, mtimeNs: 2000_000_000_000n } : x)),
       8,
     );
     const changedDir = planLayers(
-      base.map((x) => (x.path === 'usr/bin' ? { ...x, mtime: 2000 } : x)),
+      base.map((x) => (x.path === 'usr/bin' ? { ...x, mtimeNs: 2000_000_000_000n } : x)),
       8,
     );
     for (const after of [changedFile, changedDir]) {
       assert.equal(after.length, before.length);
-      const differ = after.filter((l, i) => JSON.stringify(l) !== JSON.stringify(before[i]));
+      const differ = after.filter((l, i) => !isDeepStrictEqual(l, before[i]));
       assert.equal(differ.length, 1);
       assert.ok(differ[0]!.some((x) => x.path === 'usr/bin/sh'));
     }
@@ -241,7 +241,7 @@ describe('bundle layers', function () {
         'usr/bin/',
         e('usr/bin/a', { size: 1, content: { data: Buffer.from('x') } }),
         e('var/', {}),
-        e('var/z', { type: 'hardlink', link: 'usr/bin/a' }),
+        e('var/z', { type: 'hardlink', linkname: 'usr/bin/a' }),
       ),
       { mtime: 0 },
     );

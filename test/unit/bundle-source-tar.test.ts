@@ -3,13 +3,13 @@ import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import type { TreeEntry } from '../../src/bundle/entry.ts';
+import type { TreeEntry } from '../../src/layer/entry.ts';
 import { TreeBuilder } from '../../src/bundle/source-tar.ts';
-import { encodeHeader, END_OF_ARCHIVE, paddingFor } from '../../src/bundle/tar-format.ts';
+import { encodeHeader, END_OF_ARCHIVE, paddingFor } from '../../src/layer/tar.ts';
 import { isTiuError } from '../../src/errors.ts';
 
 function ent(path: string, over: Partial<TreeEntry> = {}): TreeEntry {
-  return { path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtime: 1, mtimeNsec: 0, size: 0, xattrs: [], ...over };
+  return { path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 1_000_000_000n, size: 0, xattrs: {}, ...over };
 }
 function file(path: string, text: string): TreeEntry {
   const data = Buffer.from(text);
@@ -86,15 +86,15 @@ describe('bundle tar and image sources', function () {
   });
 
   it('resolves hardlinks to the file they name, and refuses dangling ones', async function () {
-    await tb.addTar(tar(dir('usr'), file('usr/a', 'data'), ent('usr/b', { type: 'hardlink', link: 'usr/a' })), 't');
+    await tb.addTar(tar(dir('usr'), file('usr/a', 'data'), ent('usr/b', { type: 'hardlink', linkname: 'usr/a' })), 't');
     const b = tb.entries.get('usr/b')!;
     assert.equal(b.type, 'hardlink');
-    assert.equal(b.link, 'usr/a');
+    assert.equal(b.linkname, 'usr/a');
     assert.equal(b.size, 4);
-    await assert.rejects(tb.addTar(tar(ent('usr/c', { type: 'hardlink', link: 'usr/missing' })), 't'), (e) =>
+    await assert.rejects(tb.addTar(tar(ent('usr/c', { type: 'hardlink', linkname: 'usr/missing' })), 't'), (e) =>
       isTiuError(e, 'TAR_INVALID'),
     );
-    await assert.rejects(tb.addTar(tar(ent('usr/d', { type: 'hardlink', link: '../../etc/shadow' })), 't'), (e) =>
+    await assert.rejects(tb.addTar(tar(ent('usr/d', { type: 'hardlink', linkname: '../../etc/shadow' })), 't'), (e) =>
       isTiuError(e, 'PATH_UNSAFE'),
     );
   });

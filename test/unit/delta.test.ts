@@ -10,9 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { zstdCompressSync } from 'node:zlib';
-import type { TreeEntry as BuildEntry } from '../../src/bundle/entry.ts';
+import type { TreeEntry as BuildEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
-import { ZstdChunkedAnnotation } from '../../src/bundle/toc.ts';
+import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
 import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
 import {
@@ -107,10 +107,9 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
       mode: 0o755,
       uid: 0,
       gid: 0,
-      mtime: 0,
-      mtimeNsec: 0,
+      mtimeNs: 0n,
       size: 0,
-      xattrs: [],
+      xattrs: {},
     });
     const entries: BuildEntry[] = [
       dirEntry('usr'),
@@ -120,10 +119,9 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
         mode: 0o644,
         uid: 0,
         gid: 0,
-        mtime: 0,
-        mtimeNsec: 0,
+        mtimeNs: 0n,
         size: data.length,
-        xattrs: [],
+        xattrs: {},
         content: { data },
       })),
     ];

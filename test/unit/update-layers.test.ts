@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { MemoryTarget } from '../helpers/memory-target.ts';
-import { layerOpeners } from '../../src/deploy/update.ts';
+import { layerOpeners } from '../../src/layer/openers.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';
 

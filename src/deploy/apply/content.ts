@@ -8,8 +8,8 @@
  */
 import type { Readable } from 'node:stream';
 import { ContentUnavailableError } from './errors.ts';
-import { normalizeEntryPath } from './paths.ts';
-import { readTar } from './tar.ts';
+import { normalizeEntryPath } from '../../layer/paths.ts';
+import { readTar } from '../../layer/tar.ts';
 import type { TreeEntry } from './types.ts';
 
 /**

@@ -1,30 +1,17 @@
 /** Typed errors of the diff-apply engine. Tests assert on `code`. */
 import { TiuError, type ErrorCode } from '../../errors.ts';
+import { showPath } from '../../layer/entry.ts';
 
-/** An entry name or link target that would leave the root, or a write through a non-directory. */
-export class UnsafePathError extends TiuError {
-  constructor(path: string, why: string) {
-    super('PATH_UNSAFE', `refusing entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, {
-      path: path.slice(0, 300),
-      why,
-    });
-  }
-}
-/** A hardlink whose target is missing from the tree, outside it, or a directory. */
+// Refusals of entry names are the layer format's, shared with the build.
+export { UnsafePathError, BadEntryError } from '../../layer/errors.ts';
+
+/** A hardlink whose target is missing from the tree, outside it, or a directory. Paths are binary strings. */
 export class BadHardlinkError extends TiuError {
   constructor(path: string, target: string, why: string) {
-    super('HARDLINK_INVALID', `hardlink ${JSON.stringify(path)} -> ${JSON.stringify(target)}: ${why}`, {
-      path,
-      target,
-      why,
-    });
-  }
-}
-/** A tree entry that is malformed (unknown type, missing digest, bad numbers). */
-export class BadEntryError extends TiuError {
-  constructor(path: string, why: string) {
-    super('ENTRY_INVALID', `invalid entry ${JSON.stringify(path.slice(0, 300))}: ${why}`, {
-      path: path.slice(0, 300),
+    const [p, t] = [showPath(path), showPath(target)];
+    super('HARDLINK_INVALID', `hardlink ${JSON.stringify(p)} -> ${JSON.stringify(t)}: ${why}`, {
+      path: p,
+      target: t,
       why,
     });
   }
@@ -38,7 +25,10 @@ export class BadTarError extends TiuError {
 /** The content provider could not give an entry's content. */
 export class ContentUnavailableError extends TiuError {
   constructor(path: string, why: string) {
-    super('CONTENT_UNAVAILABLE', `no content for ${JSON.stringify(path)}: ${why}`, { path, why });
+    super('CONTENT_UNAVAILABLE', `no content for ${JSON.stringify(showPath(path))}: ${why}`, {
+      path: showPath(path),
+      why,
+    });
   }
 }
 /** The target root is not usable (missing, not a directory, a symlink). */
@@ -64,6 +54,7 @@ export function mapFsError(e: unknown, root: string): unknown {
 /** Refusals of an image's tar that name the entry; `inLayer` adds which layer it is in. */
 const LAYER_NAMED: ReadonlySet<ErrorCode> = new Set([
   'TAR_INVALID',
+  'TAR_ENTRY_UNSUPPORTED',
   'ENTRY_INVALID',
   'PATH_UNSAFE',
   'HARDLINK_INVALID',

@@ -25,7 +25,7 @@ import {
   setMetaAt,
   writeNewFile,
 } from './fsops.ts';
-import { parentOf } from './paths.ts';
+import { parentOf } from '../../layer/paths.ts';
 import type { SpaceGuard } from './space.ts';
 import type { ContentIndex } from './scan.ts';
 import type { Action, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
@@ -60,23 +60,23 @@ async function moveIntoPlace(
   allowCopy: boolean,
 ): Promise<void> {
   try {
-    renameSync(sr.abs(staged), sr.abs(rel));
+    renameSync(sr.path(staged), sr.path(rel));
     return;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
   }
   const tmp = await sr.tmpBeside(rel);
-  await reflinkFile(sr.abs(staged), sr.abs(tmp), allowCopy);
+  await reflinkFile(sr.path(staged), sr.path(tmp), allowCopy);
   await setMetaAt(sr, tmp, e);
-  await rename(sr.abs(tmp), sr.abs(rel));
-  await unlink(sr.abs(staged));
+  await rename(sr.path(tmp), sr.path(rel));
+  await unlink(sr.path(staged));
 }
 
 /**
  * Reflink a verified file into the staging directory; false where the filesystem can't (then
  * the caller copies the bytes, verifying them). The size is checked again on the clone.
  */
-async function cloneVerified(from: string, to: string, size: number, what: string): Promise<boolean> {
+async function cloneVerified(from: string, to: Buffer, size: number, what: string): Promise<boolean> {
   try {
     await copyFile(from, to, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE_FORCE);
   } catch (e) {
@@ -112,16 +112,16 @@ async function executePlanInner(
   provider: ContentProvider,
   opts: ExecuteOptions,
 ): Promise<ApplyReport> {
-  const sr = await SafeRoot.open(root);
+  const sr = await SafeRoot.open(root, 'binary');
   await opts.space?.check();
   const report = emptyReport();
   const stagingRel = `.tiu-staging-${randomBytes(6).toString('hex')}`;
-  await mkdir(sr.abs(stagingRel), 0o700);
+  await mkdir(sr.path(stagingRel), 0o700);
   sr.markDir(stagingRel);
   const staged = new Map<string, string>();
   let n = 0;
-  const xattrSets: { path: string; set: Record<string, Buffer> }[] = [];
-  const xattrRemoves: { path: string; name: string }[] = [];
+  const xattrSets: { path: Buffer; set: Record<string, Buffer> }[] = [];
+  const xattrRemoves: { path: Buffer; name: string }[] = [];
 
   try {
     // (1) content into staging
@@ -141,14 +141,14 @@ async function executePlanInner(
         const rel = `${stagingRel}/${++n}`;
         if (isVerifiedFile(content)) {
           // Already verified by this process (the delta store, same filesystem): share its extents.
-          if (await cloneVerified(content.verifiedFile, sr.abs(rel), want.size, want.path)) {
+          if (await cloneVerified(content.verifiedFile, sr.path(rel), want.size, want.path)) {
             add(report.clonedFromStore, want.size);
             staged.set(entry.path, rel);
             return;
           }
           content = createReadStream(content.verifiedFile);
         }
-        await writeNewFile(sr.abs(rel), content, { digest: want.digest!, size: want.size }, want.path, opts.space);
+        await writeNewFile(sr.path(rel), content, { digest: want.digest!, size: want.size }, want.path, opts.space);
         staged.set(entry.path, rel);
       });
       for (const p of writes.keys())
@@ -158,10 +158,10 @@ async function executePlanInner(
     for (const a of plan.actions) {
       if (!((a.kind === 'reflink' && !a.fromNew) || a.kind === 'clone')) continue;
       const from = a.from!;
-      const st = await lstat(sr.abs(from)).catch(() => null);
+      const st = await lstat(sr.path(from)).catch(() => null);
       if (!st?.isFile()) throw new UnsafePathError(from, 'reflink source is no longer a regular file');
       const rel = `${stagingRel}/${++n}`;
-      const real = await reflinkFile(sr.abs(from), sr.abs(rel), opts.allowCopyFallback ?? false);
+      const real = await reflinkFile(sr.path(from), sr.path(rel), opts.allowCopyFallback ?? false);
       if (!real) add(report.copiedInsteadOfReflink, a.entry.size);
       staged.set(a.entry.path, rel);
     }
@@ -194,8 +194,8 @@ async function executePlanInner(
       if (a.kind === 'meta') {
         await setMetaAt(sr, rel, e, a.fix ?? {});
         if (a.fix?.xattrSet?.length)
-          xattrSets.push({ path: sr.abs(rel), set: Object.fromEntries(a.fix.xattrSet.map((k) => [k, e.xattrs[k]!])) });
-        for (const k of a.fix?.xattrRemove ?? []) xattrRemoves.push({ path: sr.abs(rel), name: k });
+          xattrSets.push({ path: sr.path(rel), set: Object.fromEntries(a.fix.xattrSet.map((k) => [k, e.xattrs[k]!])) });
+        for (const k of a.fix?.xattrRemove ?? []) xattrRemoves.push({ path: sr.path(rel), name: k });
         if (e.type === 'dir') sr.markDir(rel);
         add(report.metadataFixed, bytes);
         continue;
@@ -209,9 +209,9 @@ async function executePlanInner(
           let src = staged.get(rel);
           if (a.kind === 'reflink' && a.fromNew) {
             const tmp = await sr.tmpBeside(rel);
-            const fst = await lstat(sr.abs(a.from!)).catch(() => null);
+            const fst = await lstat(sr.path(a.from!)).catch(() => null);
             if (!fst?.isFile()) throw new UnsafePathError(a.from!, 'reflink source is not a regular file');
-            const real = await reflinkFile(sr.abs(a.from!), sr.abs(tmp), opts.allowCopyFallback ?? false);
+            const real = await reflinkFile(sr.path(a.from!), sr.path(tmp), opts.allowCopyFallback ?? false);
             if (!real) add(report.copiedInsteadOfReflink, e.size);
             src = tmp;
           }
@@ -232,7 +232,7 @@ async function executePlanInner(
           links.push(a);
           continue;
       }
-      if (Object.keys(e.xattrs).length) xattrSets.push({ path: sr.abs(rel), set: e.xattrs });
+      if (Object.keys(e.xattrs).length) xattrSets.push({ path: sr.path(rel), set: e.xattrs });
     }
 
     // (4) hardlinks
@@ -250,7 +250,7 @@ async function executePlanInner(
     for (const x of xattrRemoves) await removeXattr(x.path, x.name);
   } finally {
     await removeTree(sr, stagingRel, report.warnings).catch(() => undefined);
-    await rmdir(sr.abs(stagingRel)).catch(() => undefined);
+    await rmdir(sr.path(stagingRel)).catch(() => undefined);
   }
 
   // (6) directory mtimes, now that nothing changes inside them any more
@@ -258,7 +258,7 @@ async function executePlanInner(
   for (const a of plan.actions) {
     const e = a.entry;
     if (e.type !== 'dir' || e.implicit) continue;
-    const st = await lstat(sr.abs(e.path), { bigint: true });
+    const st = await lstat(sr.path(e.path), { bigint: true });
     if (!sameTime(st.mtimeNs, e.mtimeNs)) await setMetaAt(sr, e.path, e, { mtime: true });
   }
 
@@ -268,7 +268,7 @@ async function executePlanInner(
     for (const a of plan.actions) {
       const e = a.entry;
       if (e.type !== 'reg' || !e.digest) continue;
-      const st = await lstat(sr.abs(e.path), { bigint: true });
+      const st = await lstat(sr.path(e.path), { bigint: true });
       const k = { ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
       opts.index.remember(k, e.digest);
       keep.push(k);
@@ -280,7 +280,7 @@ async function executePlanInner(
 
 /** Make room at `rel` for an entry of another type: a directory goes (recursively); a non-directory where a directory must be goes. */
 async function clearFor(sr: SafeRoot, rel: string, e: TreeEntry, warnings: string[]): Promise<void> {
-  const st = await lstat(sr.abs(rel)).catch(() => null);
+  const st = await lstat(sr.path(rel)).catch(() => null);
   if (!st) return;
   if (st.isDirectory() && e.type !== 'dir') await removeTree(sr, rel, warnings);
   else if (!st.isDirectory() && e.type === 'dir') await removeTree(sr, rel, warnings);

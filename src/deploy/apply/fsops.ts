@@ -23,17 +23,20 @@ import {
   openSync,
   writeSync,
 } from 'node:fs';
-import { copyFile, link, lstat, open, opendir, rename, rmdir, unlink, type FileHandle } from 'node:fs/promises';
+import { copyFile, link, lstat, open, readdir, rename, rmdir, unlink, type FileHandle } from 'node:fs/promises';
+import type { PathLike } from 'node:fs';
+import { bbuf, bstr, showPath } from '../../layer/entry.ts';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { DigestMismatchError, SizeMismatchError, TrailingDataError } from '../../oci/digest.ts';
 import { makeNode } from '../../host/nodes.ts';
 import { BadRootError, UnsafePathError } from './errors.ts';
-import { joinPath, parentOf } from './paths.ts';
+import { joinPath, parentOf } from '../../layer/paths.ts';
 import type { SpaceGuard } from './space.ts';
 import type { TreeEntry } from './types.ts';
 
 const BLOCK = 4096;
+const SLASH = Buffer.from('/');
 const ZERO = Buffer.alloc(BLOCK);
 
 /** Two mtimes are equal when within a microsecond: Node sets times as doubles (sub-µs precision is lost). */
@@ -51,18 +54,29 @@ export function tmpName(): string {
   return `.tiu-tmp-${process.pid}-${++tmpCounter}`;
 }
 
+/**
+ * How the relative paths given to a SafeRoot spell names: `binary` (the apply engine: binary
+ * strings of src/layer, one char per byte, so any name works) or `text` (UTF-8 strings, for
+ * callers that read their names as text, such as the /etc merge).
+ */
+export type NameEncoding = 'binary' | 'text';
+
 /** A directory tree being written, with the set of relative directories verified to be real. */
 export class SafeRoot {
   readonly root: string;
   readonly dev: bigint;
+  readonly names: NameEncoding;
+  readonly #rootBytes: Buffer;
   readonly #dirs = new Set<string>(['']);
 
-  private constructor(root: string, dev: bigint) {
+  private constructor(root: string, dev: bigint, names: NameEncoding) {
     this.root = root;
     this.dev = dev;
+    this.names = names;
+    this.#rootBytes = Buffer.from(root.replace(/\/+$/, ''), 'utf8');
   }
 
-  static async open(root: string): Promise<SafeRoot> {
+  static async open(root: string, names: NameEncoding = 'text'): Promise<SafeRoot> {
     let st;
     try {
       st = await lstat(root, { bigint: true });
@@ -70,17 +84,36 @@ export class SafeRoot {
       throw new BadRootError(root, (e as Error).message);
     }
     if (!st.isDirectory()) throw new BadRootError(root, 'is not a directory (or is a symlink)');
-    return new SafeRoot(root, st.dev);
+    return new SafeRoot(root, st.dev, names);
   }
 
+  /** The absolute path of `rel` as text (a `text` root's names). */
   abs(rel: string): string {
     return rel === '' ? this.root : join(this.root, rel);
+  }
+
+  /** The absolute path of `rel` as bytes, whatever the encoding: what every fs call here is given. */
+  path(rel: string): Buffer {
+    if (rel === '') return Buffer.from(this.root, 'utf8');
+    const name = this.names === 'binary' ? bbuf(rel) : Buffer.from(rel, 'utf8');
+    return Buffer.concat([this.#rootBytes, SLASH, name]);
+  }
+
+  /** `rel` as an error names it (binary string or bytes). */
+  #entry(rel: string): string | Buffer {
+    return this.names === 'binary' ? rel : Buffer.from(rel, 'utf8');
+  }
+
+  /** `rel` for a message. */
+  show(rel: string): string {
+    return this.names === 'binary' ? showPath(rel) : rel;
   }
 
   /** Check, component by component, that `rel` is a real directory inside the root. */
   async verifyDir(rel: string, forEntry = rel): Promise<void> {
     const missing = await this.probeDir(rel, forEntry);
-    if (missing !== null) throw new UnsafePathError(forEntry, `parent ${JSON.stringify(missing)} does not exist`);
+    if (missing !== null)
+      throw new UnsafePathError(this.#entry(forEntry), `parent ${JSON.stringify(this.show(missing))} does not exist`);
   }
 
   /**
@@ -94,14 +127,18 @@ export class SafeRoot {
     if (up !== null) return up;
     let st;
     try {
-      st = await lstat(this.abs(rel));
+      st = await lstat(this.path(rel));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return rel;
       throw e;
     }
     if (st.isSymbolicLink())
-      throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} is a symlink: writing through it is refused`);
-    if (!st.isDirectory()) throw new UnsafePathError(forEntry, `parent ${JSON.stringify(rel)} is not a directory`);
+      throw new UnsafePathError(
+        this.#entry(forEntry),
+        `parent ${JSON.stringify(this.show(rel))} is a symlink: writing through it is refused`,
+      );
+    if (!st.isDirectory())
+      throw new UnsafePathError(this.#entry(forEntry), `parent ${JSON.stringify(this.show(rel))} is not a directory`);
     this.#dirs.add(rel);
     return null;
   }
@@ -136,7 +173,7 @@ export async function removeTree(
   warnings: string[],
 ): Promise<{ count: number; bytes: number }> {
   const out = { count: 0, bytes: 0 };
-  const abs = sr.abs(rel);
+  const abs = sr.path(rel);
   let st;
   try {
     st = await lstat(abs, { bigint: true });
@@ -145,12 +182,12 @@ export async function removeTree(
   }
   if (st.isDirectory()) {
     if (st.dev !== sr.dev) {
-      warnings.push(`${rel}: another subvolume or mount, left in place`);
+      warnings.push(`${sr.show(rel)}: another subvolume or mount, left in place`);
       return out;
     }
-    const dir = await opendir(abs);
-    const names: string[] = [];
-    for await (const d of dir) names.push(d.name);
+    const names = (await readdir(abs, { encoding: 'buffer' })).map((n) =>
+      sr.names === 'binary' ? bstr(n) : n.toString('utf8'),
+    );
     let kept = false;
     for (const n of names) {
       const r = await removeTree(sr, joinPath(rel, n), warnings);
@@ -163,7 +200,7 @@ export async function removeTree(
       out.count++;
     } catch (e) {
       if (!kept) throw e;
-      warnings.push(`${rel}: not removed, something inside was left in place`);
+      warnings.push(`${sr.show(rel)}: not removed, something inside was left in place`);
     }
     sr.forget(rel);
   } else {
@@ -180,10 +217,10 @@ export async function removeTree(
  * and the sha256 of the content. With `space`, the bytes written count against the reserve.
  */
 export async function writeNewFile(
-  abs: string,
+  abs: PathLike,
   content: AsyncIterable<Buffer | Uint8Array>,
   expect?: { digest?: string; size: number },
-  what = abs,
+  what = abs.toString(),
   space?: SpaceGuard,
 ): Promise<{ written: number; digest: string }> {
   const fh = await open(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
@@ -277,7 +314,7 @@ export async function setFdMeta(
 }
 
 /** Open an existing regular file or directory for metadata changes, never following a symlink. */
-export async function openNoFollow(abs: string, dir: boolean): Promise<FileHandle> {
+export async function openNoFollow(abs: PathLike, dir: boolean): Promise<FileHandle> {
   return open(
     abs,
     constants.O_RDONLY | constants.O_NOFOLLOW | (dir ? constants.O_DIRECTORY : 0) | constants.O_NONBLOCK,
@@ -296,7 +333,7 @@ export function setMetaAt(
   what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true },
 ): Promise<void> {
   try {
-    setMetaAtSync(sr.abs(rel), rel, e, what);
+    setMetaAtSync(sr.path(rel), rel, e, what);
     return Promise.resolve();
   } catch (err) {
     return Promise.reject(err instanceof Error ? err : new Error(String(err)));
@@ -304,7 +341,7 @@ export function setMetaAt(
 }
 
 function setMetaAtSync(
-  abs: string,
+  abs: Buffer,
   rel: string,
   e: TreeEntry,
   what: { owner?: boolean; mode?: boolean; mtime?: boolean },
@@ -344,13 +381,13 @@ function setMetaAtSync(
 /** Create a symlink, device node or fifo at a temporary name and rename it to `rel`. */
 export async function createSpecial(sr: SafeRoot, rel: string, e: TreeEntry): Promise<void> {
   const tmp = await sr.tmpBeside(rel);
-  const abs = sr.abs(tmp);
-  if (e.type === 'symlink') symlinkSync(e.linkname!, abs);
+  const abs = sr.path(tmp);
+  if (e.type === 'symlink') symlinkSync(bbuf(e.linkname!), abs);
   else if (e.type === 'char' || e.type === 'block' || e.type === 'fifo')
     await makeNode(abs, e.type, e.mode & 0o777, e.devmajor ?? 0, e.devminor ?? 0);
   else throw new Error(`createSpecial: ${e.type}`);
   await setMetaAt(sr, tmp, e);
-  renameSync(abs, sr.abs(rel));
+  renameSync(abs, sr.path(rel));
 }
 
 /** Create the directory `rel` (parent verified) if missing and set its owner and mode. */
@@ -358,7 +395,7 @@ export async function ensureDir(sr: SafeRoot, rel: string, e: TreeEntry): Promis
   if (rel !== '') {
     await sr.verifyDir(parentOf(rel), rel);
     try {
-      mkdirSync(sr.abs(rel), 0o700);
+      mkdirSync(sr.path(rel), 0o700);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
@@ -370,19 +407,20 @@ export async function ensureDir(sr: SafeRoot, rel: string, e: TreeEntry): Promis
 /** Hardlink `rel` to `target` (both inside the root; target must not be a directory). */
 export async function makeLink(sr: SafeRoot, rel: string, target: string): Promise<void> {
   await sr.verifyDir(parentOf(target), rel);
-  const tabs = sr.abs(target);
+  const tabs = sr.path(target);
   const st = await lstat(tabs).catch(() => null);
-  if (!st) throw new UnsafePathError(rel, `hardlink target ${JSON.stringify(target)} does not exist`);
-  if (st.isDirectory()) throw new UnsafePathError(rel, `hardlink target ${JSON.stringify(target)} is a directory`);
+  if (!st) throw new UnsafePathError(rel, `hardlink target ${JSON.stringify(showPath(target))} does not exist`);
+  if (st.isDirectory())
+    throw new UnsafePathError(rel, `hardlink target ${JSON.stringify(showPath(target))} is a directory`);
   const tmp = await sr.tmpBeside(rel);
-  await link(tabs, sr.abs(tmp));
-  await rename(sr.abs(tmp), sr.abs(rel));
+  await link(tabs, sr.path(tmp));
+  await rename(sr.path(tmp), sr.path(rel));
   // rename() between two names of the same inode does nothing: the temporary name stays.
-  await unlink(sr.abs(tmp)).catch(() => undefined);
+  await unlink(sr.path(tmp)).catch(() => undefined);
 }
 
 /** Reflink `fromAbs` to a new file `toAbs`; falls back to a copy where the filesystem can't. Returns true for a real reflink. */
-export async function reflinkFile(fromAbs: string, toAbs: string, allowCopy: boolean): Promise<boolean> {
+export async function reflinkFile(fromAbs: PathLike, toAbs: PathLike, allowCopy: boolean): Promise<boolean> {
   try {
     await copyFile(fromAbs, toAbs, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE_FORCE);
     return true;

@@ -12,7 +12,7 @@
 
 export * from './types.ts';
 export * from './errors.ts';
-export { normalizeEntryPath, normalizeLinkTarget } from './paths.ts';
+export { normalizeEntryPath, normalizeLinkTarget } from '../../layer/paths.ts';
 export { flattenLayers, whiteoutOf, OPAQUE_MARKER, WHITEOUT_PREFIX } from './layers.ts';
 export { tocToEntries, parseTimeNs, EMPTY_SHA256, type ChunkedToc, type ChunkedTocEntry } from './toc.ts';
 export { scanTree, ContentIndex, hashFile, type ContentHasher, type ScanOptions } from './scan.ts';
@@ -27,8 +27,8 @@ export {
   type ContentSink,
   type VerifiedFile,
 } from './content.ts';
-export { applyTarLayers, type LayerOpener, type TarApplyOptions } from './tar-apply.ts';
-export { readTar, type TarEntry } from './tar.ts';
+export { applyTarLayers, type TarApplyOptions } from './tar-apply.ts';
+export type { LayerOpener } from '../../layer/openers.ts';
 export { entriesFromTar } from './tar-entries.ts';
 export { applyFromToc, type ApplyOptions, type ApplyResult } from './toc-apply.ts';
 export {

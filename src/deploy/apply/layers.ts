@@ -4,7 +4,7 @@
  * (`.wh..wh..opq` hides everything lower layers put in that directory).
  */
 import { BadHardlinkError } from './errors.ts';
-import { baseName, comparePaths, isAtOrBelow, joinPath, parentOf } from './paths.ts';
+import { baseName, comparePaths, isAtOrBelow, joinPath, parentOf } from '../../layer/paths.ts';
 import type { TreeEntry } from './types.ts';
 
 export const WHITEOUT_PREFIX = '.wh.';

@@ -3,10 +3,10 @@
  * It reads nothing but file hashes, through the ContentHasher it is given (lazily, only files
  * whose size matches), so it is unit-testable with a fake hasher.
  */
-import { devMajor, devMinor } from '../../bundle/entry.ts';
+import { devMajor, devMinor, implicitDir, showPath } from '../../layer/entry.ts';
 import { UnsafePathError } from './errors.ts';
 import { sameTime } from './fsops.ts';
-import { comparePaths, isAtOrBelow, parentOf } from './paths.ts';
+import { comparePaths, isAtOrBelow, parentOf } from '../../layer/paths.ts';
 import type { ContentHasher } from './scan.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
 import { emptyCounter } from './types.ts';
@@ -56,21 +56,11 @@ export function addImplicitParents(tree: Map<string, TreeEntry>): void {
         if (have.type !== 'dir')
           throw new UnsafePathError(
             p,
-            `its parent ${JSON.stringify(d)} is a ${have.type} in the image, not a directory`,
+            `its parent ${JSON.stringify(showPath(d))} is a ${have.type} in the image, not a directory`,
           );
         break;
       }
-      const implicit: TreeEntry = {
-        path: d,
-        type: 'dir',
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtimeNs: 0n,
-        xattrs: {},
-        size: 0,
-        implicit: true,
-      };
+      const implicit = implicitDir(d);
       tree.set(d, implicit);
       add.push(implicit);
       if (d === '') break;
@@ -103,7 +93,7 @@ export async function planApply(
     const t = e.linkname!;
     const te = tree.get(t);
     if (!te || te.type === 'dir' || te.type === 'hardlink')
-      throw new UnsafePathError(p, `hardlink target ${JSON.stringify(t)} is not a file of the image`);
+      throw new UnsafePathError(p, `hardlink target ${JSON.stringify(showPath(t))} is not a file of the image`);
     let g = groups.get(t);
     if (!g) groups.set(t, (g = [t]));
     g.push(p);
@@ -243,7 +233,7 @@ export async function planApply(
       if (e && e.type !== 'dir')
         throw new UnsafePathError(
           a,
-          `the image has a ${e.type} where the preserved directory ${JSON.stringify(d)}${a === d ? '' : ' and its parents'} must stay`,
+          `the image has a ${e.type} where the preserved directory ${JSON.stringify(showPath(d))}${a === d ? '' : ' and its parents'} must stay`,
         );
     }
   }

@@ -18,7 +18,8 @@
  * Pure: no filesystem access.
  */
 import { whiteoutOf } from './layers.ts';
-import { comparePaths, isAtOrBelow } from './paths.ts';
+import { bstr, showPath } from '../../layer/entry.ts';
+import { comparePaths, isAtOrBelow } from '../../layer/paths.ts';
 import type { Counter, EntryType, TreeEntry } from './types.ts';
 
 /** Top-level names tiu itself uses inside a snapshot while it writes one. */
@@ -32,7 +33,7 @@ export const SKIPPED_PATHS_MAX = 20;
 const NEVER_RESERVED = new Set(['', 'etc', 'usr']);
 
 export interface Reserved {
-  /** Normalised paths (no leading `/`) whose entries and everything below them are the host's. */
+  /** Normalised paths (no leading `/`, binary strings like entry paths) whose entries and everything below them are the host's. */
   readonly paths: readonly string[];
   /** The fstab mount points among them (as given), for the mount points the new snapshot keeps. */
   readonly mountPoints: readonly string[];
@@ -43,7 +44,8 @@ export function reservedSet(preserve: readonly string[], mountPoints: readonly s
   const all = new Set<string>();
   for (const p of [...preserve, ...mountPoints]) {
     const n = normalizeMountPoint(p);
-    if (n !== null && !NEVER_RESERVED.has(n)) all.add(n);
+    // Entry paths are bytes (binary strings): a mount point's name must be compared as its bytes.
+    if (n !== null && !NEVER_RESERVED.has(n)) all.add(bstr(Buffer.from(n, 'utf8')));
   }
   return { paths: [...all].sort(comparePaths), mountPoints };
 }
@@ -112,7 +114,8 @@ export class SkipTally {
   report(): SkipReport {
     const roots = [...this.#roots].sort(comparePaths);
     const top = roots.filter((p) => !roots.some((q) => q !== p && isAtOrBelow(p, q)));
-    return { skipped: { ...this.counter }, skippedPaths: top.slice(0, SKIPPED_PATHS_MAX) };
+    // Shown as text: the report goes to messages and JSON.
+    return { skipped: { ...this.counter }, skippedPaths: top.slice(0, SKIPPED_PATHS_MAX).map(showPath) };
   }
 }
 

@@ -15,13 +15,14 @@
 import { createHash } from 'node:crypto';
 import { lstat, open, readFile, rename, writeFile } from 'node:fs/promises';
 import { constants, lstatSync, readdirSync, readlinkSync } from 'node:fs';
-import { join } from 'node:path';
-import { dumpTreeXattrs } from '../../host/xattr.ts';
-import { fileTypeOf } from '../../bundle/entry.ts';
+import { readTreeXattrs } from '../../host/xattr.ts';
+import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
 import { BadRootError } from './errors.ts';
-import { isAtOrBelow, joinPath } from './paths.ts';
+import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
 import type { EntryType, ExistingEntry, OldTree } from './types.ts';
-import type { BigIntStats } from 'node:fs';
+import type { BigIntStats, PathLike } from 'node:fs';
+
+const SLASH = Buffer.from('/');
 
 export function typeOfStats(st: BigIntStats): EntryType | 'other' {
   return fileTypeOf(st) ?? 'other';
@@ -69,15 +70,18 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
   // Synchronous calls: one lstat is a few microseconds, while a round trip through libuv's
   // thread pool per entry made the walk of a 13k-entry tree take over a second. The event
   // loop gets a turn every few hundred entries.
+  // Names are read as bytes and kept as binary strings (src/layer/entry.ts), like entry paths.
+  const rootBytes = Buffer.from(root.replace(/\/+$/, ''), 'utf8');
+  const absOf = (rel: string) => (rel === '' ? rootBytes : Buffer.concat([rootBytes, SLASH, bbuf(rel)]));
   const stack: string[] = [''];
   let sinceYield = 0;
   while (stack.length > 0) {
     const rel = stack.pop()!;
-    for (const name of readdirSync(rel === '' ? root : join(root, rel))) {
-      const p = joinPath(rel, name);
-      const abs = join(root, p);
+    for (const name of readdirSync(absOf(rel), { encoding: 'buffer' })) {
+      const p = joinPath(rel, bstr(name));
+      const abs = absOf(p);
       const st = lstatSync(abs, { bigint: true });
-      const link = st.isSymbolicLink() ? readlinkSync(abs) : undefined;
+      const link = st.isSymbolicLink() ? bstr(readlinkSync(abs, { encoding: 'buffer' })) : undefined;
       entries.set(p, existingFromStats(p, st, link));
       if (st.isDirectory() && !preserve.some((x) => isAtOrBelow(p, x))) stack.push(p);
       if (++sinceYield >= 500) {
@@ -87,11 +91,9 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
     }
   }
   if (!opts.noXattrs) {
-    const prefix = root.endsWith('/') ? root : root + '/';
-    for (const [abs, xs] of await dumpTreeXattrs(root)) {
-      const rel = abs === root || abs + '/' === prefix ? '' : abs.startsWith(prefix) ? abs.slice(prefix.length) : null;
-      const e = rel === null ? undefined : entries.get(rel);
-      if (e) e.xattrs = xs;
+    for (const [rel, xs] of await readTreeXattrs(root)) {
+      const e = entries.get(rel);
+      if (e) e.xattrs = Object.fromEntries(xs);
     }
   }
   return indexOldTree(root, entries);
@@ -127,7 +129,7 @@ function keyOf(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): 
 }
 
 /** sha256 of a file, reading it without following a symlink at its place. */
-export async function hashFile(abs: string): Promise<string> {
+export async function hashFile(abs: PathLike): Promise<string> {
   const h = createHash('sha256');
   const fh = await open(abs, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
@@ -193,7 +195,7 @@ export class ContentIndex implements ContentHasher {
     const k = keyOf(e);
     const known = this.#known.get(k);
     if (known) return known;
-    const d = await hashFile(join(this.root, e.path));
+    const d = await hashFile(Buffer.concat([Buffer.from(this.root, 'utf8'), SLASH, bbuf(e.path)]));
     this.hashedFiles++;
     this.hashedBytes += e.size;
     this.#known.set(k, d);

@@ -16,6 +16,7 @@
 import { statfs } from 'node:fs/promises';
 import { TiuError } from '../../errors.ts';
 import { humanSize, parseSize } from '../../format.ts';
+import { showPath } from '../../layer/entry.ts';
 
 export type DiskReserve = { percent: number } | { bytes: number };
 
@@ -139,10 +140,11 @@ export class SpaceGuard {
   }
 
   /** The tree declares `n` more bytes of content (`entry`: its name, quoted only for a refusal). */
+  /** `entry`: the tar name (a binary string), shown only in a refusal. */
   expand(n: number, entry: string): void {
     this.#expanded += n;
     if (this.#expanded > this.#limit) {
-      const what = JSON.stringify(entry.slice(0, 200));
+      const what = JSON.stringify(showPath(entry.slice(0, 200)));
       throw new DiskReserveError(
         this.path,
         `no space left for the image on the filesystem of ${this.path}: its content reaches ${humanSize(this.#expanded)} at ${what}, more than the old tree's files and the free space above the reserve of ${humanSize(this.#reserveBytes)} (disk-reserve: ${describeReserve(this.reserve)}) hold`,

@@ -9,28 +9,19 @@
  */
 import { constants, type BigIntStats } from 'node:fs';
 import { lstat, open, readlink, rename, unlink, type FileHandle } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import type { LayerOpener } from '../../layer/openers.ts';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import { BadHardlinkError, BadTarError, UnsafePathError, inLayer, mapFsError } from './errors.ts';
 import type { SpaceGuard } from './space.ts';
-import {
-  SafeRoot,
-  createSpecial,
-  ensureDir,
-  makeLink,
-  reflinkFile,
-  removeTree,
-  sameTime,
-  setMetaAt,
-  tmpName,
-  writeNewFile,
-} from './fsops.ts';
+// The filesystem primitives, shared with the executor (execute.ts).
+import * as fsops from './fsops.ts';
 import { isAtOrBelow, whiteoutOf } from './layers.ts';
-import { comparePaths, joinPath, normalizeEntryPath, normalizeLinkTarget, parentOf } from './paths.ts';
-import { devMajor, devMinor } from '../../bundle/entry.ts';
+import { comparePaths, joinPath, normalizeEntryPath, parentOf } from '../../layer/paths.ts';
+import { bstr, devMajor, devMinor, implicitDir, showPath } from '../../layer/entry.ts';
 import { metaDiff } from './plan.ts';
 import { ContentIndex, existingFromStats, scanTree } from './scan.ts';
-import { readTar, type TarEntry } from './tar.ts';
+import { readTar, type TarMember } from '../../layer/tar.ts';
+import { imageEntry } from './tar-entries.ts';
 import { skipReserved, SkipTally, type Reserved } from './reserved.ts';
 import type { ApplyReport, Counter, EntryType, OldTree, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
@@ -53,12 +44,6 @@ export interface TarApplyOptions {
   space?: SpaceGuard;
 }
 
-/** A layer: an uncompressed tar stream, opened when its turn comes. */
-export type LayerOpener = (() => Promise<Readable> | Readable) & {
-  /** How refusals name the layer, e.g. `layer 2 (sha256:…)`; default `layer N`. */
-  label?: string;
-};
-
 /** What an entry costs on disk besides its content (inode, name), for the reserve's count. */
 const ENTRY_COST = 512;
 
@@ -67,35 +52,11 @@ function add(c: Counter, bytes: number): void {
   c.bytes += bytes;
 }
 
-function toTreeEntry(path: string, t: TarEntry): TreeEntry {
-  if (t.type === 'other') throw new BadTarError(`unsupported entry type '${t.flag}' for ${JSON.stringify(t.name)}`);
-  const e: TreeEntry = {
-    path,
-    type: t.type,
-    mode: t.mode,
-    uid: t.uid,
-    gid: t.gid,
-    mtimeNs: t.mtimeNs,
-    xattrs: t.xattrs,
-    size: t.size,
-  };
-  if (t.type === 'symlink') {
-    if (t.linkname === '') throw new BadTarError(`symlink ${JSON.stringify(t.name)} without a target`);
-    e.linkname = t.linkname;
-  }
-  if (t.type === 'hardlink') e.linkname = normalizeLinkTarget(path, t.linkname);
-  if (t.type === 'char' || t.type === 'block') {
-    e.devmajor = t.devmajor;
-    e.devminor = t.devminor;
-  }
-  return e;
-}
-
 /** Smaller new files are not worth looking for elsewhere (inline extents can't be shared anyway). */
 const REFLINK_MIN = 4096;
 
 interface State {
-  sr: SafeRoot;
+  sr: fsops.SafeRoot;
   old: OldTree;
   index: ContentIndex;
   report: ApplyReport;
@@ -124,7 +85,7 @@ async function applyTarLayersInner(
   layers: readonly LayerOpener[],
   opts: TarApplyOptions,
 ): Promise<ApplyReport> {
-  const sr = await SafeRoot.open(root);
+  const sr = await fsops.SafeRoot.open(root, 'binary');
   const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
   const st: State = {
     sr,
@@ -171,28 +132,28 @@ async function applyTarLayersInner(
       continue;
     }
     gone.add(p);
-    const r = await removeTree(sr, p, st.report.warnings);
+    const r = await fsops.removeTree(sr, p, st.report.warnings);
     st.report.deleted.count += r.count;
     st.report.deleted.bytes += r.bytes;
   }
 
   // xattrs, after every chown
-  const sets: { path: string; set: Record<string, Buffer> }[] = [];
+  const sets: { path: Buffer; set: Record<string, Buffer> }[] = [];
   for (const [p, { entry }] of st.present) {
     if (entry.type === 'hardlink' || entry.implicit) continue;
     const have = st.xattrNow.get(p) ?? {};
     const set: Record<string, Buffer> = {};
     for (const [n, v] of Object.entries(entry.xattrs)) if (!have[n]?.equals(v)) set[n] = v;
-    if (Object.keys(set).length) sets.push({ path: sr.abs(p), set });
-    for (const n of Object.keys(have)) if (!(n in entry.xattrs)) await removeXattr(sr.abs(p), n);
+    if (Object.keys(set).length) sets.push({ path: sr.path(p), set });
+    for (const n of Object.keys(have)) if (!(n in entry.xattrs)) await removeXattr(sr.path(p), n);
   }
   await setXattrs(sets);
 
   // directory mtimes last
   for (const [p, { entry }] of st.present) {
     if (entry.type !== 'dir' || entry.implicit) continue;
-    const s = await lstat(sr.abs(p), { bigint: true });
-    if (!sameTime(s.mtimeNs, entry.mtimeNs)) await setMetaAt(sr, p, entry, { mtime: true });
+    const s = await lstat(sr.path(p), { bigint: true });
+    if (!fsops.sameTime(s.mtimeNs, entry.mtimeNs)) await fsops.setMetaAt(sr, p, entry, { mtime: true });
   }
   return { ...st.report, ...st.skipped.report() };
 }
@@ -213,7 +174,7 @@ function afterChown(st: State, path: string): void {
   }
 }
 
-async function lstatOrNull(abs: string): Promise<BigIntStats | null> {
+async function lstatOrNull(abs: Buffer): Promise<BigIntStats | null> {
   return lstat(abs, { bigint: true }).catch(() => null);
 }
 
@@ -230,51 +191,38 @@ async function ensureParents(st: State, path: string, layer: number): Promise<vo
       if (have.entry.type !== 'dir')
         throw new UnsafePathError(
           path,
-          `its parent ${JSON.stringify(d)} is a ${have.entry.type} in the image, not a directory`,
+          `its parent ${JSON.stringify(showPath(d))} is a ${have.entry.type} in the image, not a directory`,
         );
       continue;
     }
-    const implicit: TreeEntry = {
-      path: d,
-      type: 'dir',
-      mode: 0o755,
-      uid: 0,
-      gid: 0,
-      mtimeNs: 0n,
-      xattrs: {},
-      size: 0,
-      implicit: true,
-    };
-    const s = await lstatOrNull(st.sr.abs(d));
+    const implicit = implicitDir(d);
+    const s = await lstatOrNull(st.sr.path(d));
     if (!s?.isDirectory()) {
-      if (s) await removeTree(st.sr, d, st.report.warnings);
-      await ensureDir(st.sr, d, implicit);
+      if (s) await fsops.removeTree(st.sr, d, st.report.warnings);
+      await fsops.ensureDir(st.sr, d, implicit);
       add(st.report.created, 0);
     }
     st.present.set(d, { entry: implicit, layer });
   }
 }
 
-async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<void> {
+async function applyTarEntry(st: State, t: TarMember, layer: number): Promise<void> {
   const path = normalizeEntryPath(t.name);
   const w = whiteoutOf(path);
-  if (
-    st.opts.reserved &&
-    skipReserved({ path, type: t.type === 'other' ? 'reg' : t.type, size: t.size }, st.opts.reserved, st.skipped)
-  )
+  if (st.opts.reserved && skipReserved({ path, type: t.type ?? 'reg', size: t.size }, st.opts.reserved, st.skipped))
     return;
   if (w) {
     if (w.kind === 'whiteout') hide(st, w.path, true, layer);
     else if (w.kind === 'opaque') hide(st, w.dir, false, layer);
     return;
   }
-  const e = toTreeEntry(path, t);
+  const e = imageEntry(t, layer);
   if (path === '' && e.type !== 'dir')
     throw new UnsafePathError(t.name, `the root of the image is a ${e.type}, not a directory`);
   if (path !== '') await ensureParents(st, path, layer);
   const { sr, report } = st;
   if (path !== '') await sr.verifyDir(parentOf(path), path);
-  const abs = sr.abs(path);
+  const abs = sr.path(path);
   const cur = await lstatOrNull(abs);
   const curX = cur ? existingFromStats(path, cur) : null;
   if (curX) curX.xattrs = st.xattrNow.get(path) ?? {};
@@ -288,13 +236,13 @@ async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<voi
       if (cur?.isDirectory()) {
         const fix = metaDiff(e, curX!);
         if (fix && (fix.owner || fix.mode)) {
-          await setMetaAt(sr, path, e, fix);
+          await fsops.setMetaAt(sr, path, e, fix);
           if (fix.owner) afterChown(st, path);
           if (!counted) add(report.metadataFixed, 0);
         } else if (!counted) add(report.kept, 0);
       } else {
-        if (cur) await removeTree(sr, path, report.warnings);
-        await ensureDir(sr, path, e);
+        if (cur) await fsops.removeTree(sr, path, report.warnings);
+        await fsops.ensureDir(sr, path, e);
         st.xattrNow.set(path, {});
         add(report.created, 0);
       }
@@ -309,19 +257,19 @@ async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<voi
     case 'block':
     case 'fifo': {
       let same = curX?.type === e.type && curX.nlink === 1;
-      if (same && e.type === 'symlink') same = (await readlink(abs)) === e.linkname;
+      if (same && e.type === 'symlink') same = bstr(await readlink(abs, { encoding: 'buffer' })) === e.linkname;
       else if (same && e.type !== 'fifo')
         same = devMajor(curX!.rdev) === e.devmajor && devMinor(curX!.rdev) === e.devminor;
       if (same) {
         const fix = metaDiff(e, curX!);
         if (fix && (fix.owner || fix.mode || fix.mtime)) {
-          await setMetaAt(sr, path, e, fix);
+          await fsops.setMetaAt(sr, path, e, fix);
           if (fix.owner) afterChown(st, path);
           add(report.metadataFixed, 0);
         } else add(report.kept, 0);
       } else {
-        if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
-        await createSpecial(sr, path, e);
+        if (cur?.isDirectory()) await fsops.removeTree(sr, path, report.warnings);
+        await fsops.createSpecial(sr, path, e);
         st.xattrNow.set(path, {});
         add(report.created, 0);
       }
@@ -333,11 +281,11 @@ async function applyTarEntry(st: State, t: TarEntry, layer: number): Promise<voi
       if (!te) throw new BadHardlinkError(path, target, 'target is not in the tree (yet)');
       if (te.entry.type === 'dir') throw new BadHardlinkError(path, target, 'target is a directory');
       if (target === path) throw new BadHardlinkError(path, target, 'links to itself');
-      const ts = await lstatOrNull(sr.abs(target));
+      const ts = await lstatOrNull(sr.path(target));
       if (cur && ts && cur.ino === ts.ino && !cur.isDirectory()) add(report.kept, 0);
       else {
-        if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
-        await makeLink(sr, path, target);
+        if (cur?.isDirectory()) await fsops.removeTree(sr, path, report.warnings);
+        await fsops.makeLink(sr, path, target);
         add(report.linked, 0);
       }
       // record the target's entry for xattrs purposes: the link shares its inode
@@ -362,13 +310,13 @@ async function readAt(fh: FileHandle, len: number, pos: number): Promise<Buffer>
 async function applyRegular(
   st: State,
   e: TreeEntry,
-  t: TarEntry,
+  t: TarMember,
   cur: BigIntStats | null,
   curX: ReturnType<typeof existingFromStats> | null,
 ): Promise<void> {
   const { sr, report } = st;
   const path = e.path;
-  const abs = sr.abs(path);
+  const abs = sr.path(path);
   const body = t.body();
   if (cur?.isFile() && Number(cur.size) === e.size) {
     // Compare while streaming; start writing only at the first difference.
@@ -384,7 +332,7 @@ async function applyRegular(
           continue;
         }
         // differs: copy the equal prefix from the old file, then this chunk and the rest
-        tmp = joinPath(parentOf(path), tmpName());
+        tmp = joinPath(parentOf(path), fsops.tmpName());
         const fhOld = fh;
         const prefixEnd = pos;
         async function* rest(): AsyncGenerator<Buffer> {
@@ -395,7 +343,7 @@ async function applyRegular(
         const r = await reuseOldContent(
           st,
           tmp,
-          (await writeNewFile(sr.abs(tmp), rest(), { size: e.size }, path, st.opts.space)).digest,
+          (await fsops.writeNewFile(sr.path(tmp), rest(), { size: e.size }, path, st.opts.space)).digest,
           e.size,
         );
         tmp = r.path;
@@ -403,13 +351,13 @@ async function applyRegular(
         break;
       }
       if (!tmp && pos !== e.size)
-        throw new BadTarError(`content of ${JSON.stringify(t.name)} is shorter than its header says`);
+        throw new BadTarError(`content of ${JSON.stringify(showPath(t.name))} is shorter than its header says`);
     } finally {
       await fh.close();
     }
     if (tmp) {
-      await setMetaAt(sr, tmp, e);
-      await rename(sr.abs(tmp), abs);
+      await fsops.setMetaAt(sr, tmp, e);
+      await rename(sr.path(tmp), abs);
       st.xattrNow.set(path, {});
       add(reused ? report.reflinked : report.written, e.size);
       return;
@@ -418,32 +366,32 @@ async function applyRegular(
       // Same content, but the inode is shared with other names: give this name its own inode
       // (a reflink, no data) so changing its metadata cannot change the others'.
       const tmp2 = await sr.tmpBeside(path);
-      const real = await reflinkFile(abs, sr.abs(tmp2), st.opts.allowCopyFallback ?? false);
+      const real = await fsops.reflinkFile(abs, sr.path(tmp2), st.opts.allowCopyFallback ?? false);
       if (!real) add(report.copiedInsteadOfReflink, e.size);
-      await setMetaAt(sr, tmp2, e);
-      await rename(sr.abs(tmp2), abs);
+      await fsops.setMetaAt(sr, tmp2, e);
+      await rename(sr.path(tmp2), abs);
       st.xattrNow.set(path, {});
       add(report.reflinked, e.size);
       return;
     }
     const fix = metaDiff(e, curX!);
     if (fix && (fix.owner || fix.mode || fix.mtime)) {
-      await setMetaAt(sr, path, e, fix);
+      await fsops.setMetaAt(sr, path, e, fix);
       if (fix.owner) afterChown(st, path);
       add(report.metadataFixed, e.size);
     } else add(report.kept, e.size);
     return;
   }
-  if (cur?.isDirectory()) await removeTree(sr, path, report.warnings);
+  if (cur?.isDirectory()) await fsops.removeTree(sr, path, report.warnings);
   const tmp0 = await sr.tmpBeside(path);
   const { path: tmp, reused } = await reuseOldContent(
     st,
     tmp0,
-    (await writeNewFile(sr.abs(tmp0), body, { size: e.size }, path, st.opts.space)).digest,
+    (await fsops.writeNewFile(sr.path(tmp0), body, { size: e.size }, path, st.opts.space)).digest,
     e.size,
   );
-  await setMetaAt(sr, tmp, e);
-  await rename(sr.abs(tmp), abs);
+  await fsops.setMetaAt(sr, tmp, e);
+  await rename(sr.path(tmp), abs);
   st.xattrNow.set(path, {});
   add(reused ? report.reflinked : report.written, e.size);
 }
@@ -463,7 +411,7 @@ async function reuseOldContent(
   if (size < REFLINK_MIN) return no;
   for (const c of st.old.bySize.get(size) ?? []) {
     const x = st.old.entries.get(c)!;
-    const now = await lstatOrNull(st.sr.abs(c));
+    const now = await lstatOrNull(st.sr.path(c));
     if (
       !now?.isFile() ||
       now.ino !== x.ino ||
@@ -473,14 +421,14 @@ async function reuseOldContent(
     )
       continue;
     if ((await st.index.digestOf(x)) !== digest) continue;
-    const clone = joinPath(parentOf(tmp), tmpName());
-    const real = await reflinkFile(st.sr.abs(c), st.sr.abs(clone), st.opts.allowCopyFallback ?? false);
+    const clone = joinPath(parentOf(tmp), fsops.tmpName());
+    const real = await fsops.reflinkFile(st.sr.path(c), st.sr.path(clone), st.opts.allowCopyFallback ?? false);
     if (!real) {
       // no reflinks here: the copy just written is as good
-      await unlink(st.sr.abs(clone));
+      await unlink(st.sr.path(clone));
       return no;
     }
-    await unlink(st.sr.abs(tmp));
+    await unlink(st.sr.path(tmp));
     return { path: clone, reused: true };
   }
   return no;

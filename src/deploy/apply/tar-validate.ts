@@ -4,7 +4,7 @@
  * local (the cache, a USB layout). Every layer is read once, to its end, through the opener
  * (which verifies the blob digest as it streams); only headers are looked at:
  *
- *   entry names (normalizeEntryPath), entry types, symlink targets, hardlinks (a target that
+ *   entry names (src/layer/paths.ts), entry types, symlink targets, hardlinks (a target that
  *   the stream has put down before, not a directory, not itself), xattr names and values
  *   (checked by the tar reader itself, xattr-names.ts), reserved paths dropped and counted (reserved.ts), then the final tree:
  *   flattenLayers (whiteouts, hardlink chains) and addImplicitParents (no entry below a
@@ -13,12 +13,13 @@
  * applyTarLayers makes the same checks again while it writes; this pass only moves the refusal
  * before the snapshot.
  */
-import { BadHardlinkError, BadTarError, UnsafePathError, inLayer } from './errors.ts';
+import { ByteReader } from '../../layer/tar.ts';
+import { BadHardlinkError, UnsafePathError, inLayer } from './errors.ts';
 import { flattenLayers, whiteoutOf } from './layers.ts';
 import { addImplicitParents } from './plan.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from './reserved.ts';
 import { entriesFromTar } from './tar-entries.ts';
-import type { LayerOpener } from './tar-apply.ts';
+import type { LayerOpener } from '../../layer/openers.ts';
 import type { EntryType, TreeEntry } from './types.ts';
 
 export interface TarValidateOptions {
@@ -41,11 +42,11 @@ export async function validateTarLayers(
     let stream: Awaited<ReturnType<LayerOpener>> | undefined;
     try {
       stream = await layers[k]!();
-      // One iterator: the tar reader stops at the end blocks, the rest (padding, and the digest
-      // check at the end of the blob) is read from the same one.
-      const it = (stream as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
-      all.push(await entriesFromTar({ [Symbol.asyncIterator]: () => it }, k, { hash: false }));
-      while (!(await it.next()).done);
+      // One reader: the tar reader stops at the end blocks, the rest (padding, and the digest
+      // check at the end of the blob) is drained from the same one.
+      const reader = new ByteReader(stream as AsyncIterable<Buffer>);
+      all.push(await entriesFromTar(reader, k, { hash: false }));
+      await reader.drain();
     } catch (e) {
       if (o.explain) await o.explain(k, e);
       throw inLayer(e, k, layers[k]!.label);
@@ -62,8 +63,6 @@ export async function validateTarLayers(
       if (whiteoutOf(e.path)) continue;
       if (e.path === '' && e.type !== 'dir')
         throw new UnsafePathError('.', `the root of the image is a ${e.type}, not a directory`);
-      if (e.type === 'symlink' && !e.linkname)
-        throw new BadTarError(`symlink ${JSON.stringify(e.path)} without a target`);
       if (e.type === 'hardlink') {
         const target = e.linkname ?? '';
         if (target === e.path) throw new BadHardlinkError(e.path, target, 'links to itself');

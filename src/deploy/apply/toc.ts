@@ -5,13 +5,14 @@
  * Xattr values in the TOC are base64; `chunk` entries (further frames of the file before them,
  * contiguous in the blob) widen that file's byte range: its digest is of the whole content.
  */
+import { bbuf } from '../../layer/entry.ts';
 import { BadEntryError } from './errors.ts';
 import { checkXattrs } from '../../host/xattr-names.ts';
-import { normalizeEntryPath, normalizeLinkTarget } from './paths.ts';
+import { normalizeEntryPath, normalizeLinkTarget } from '../../layer/paths.ts';
 import type { EntryType, TreeEntry } from './types.ts';
-import type { Toc, TocEntry } from '../../bundle/toc.ts';
+import type { Toc, TocEntry } from '../../layer/toc.ts';
 
-/** The TOC format is defined once, in src/bundle/toc.ts (which also reads and checks it). */
+/** The TOC format is defined once, in src/layer/toc.ts (which also reads and checks it). */
 export type ChunkedToc = Toc;
 export type ChunkedTocEntry = TocEntry;
 
@@ -51,9 +52,6 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
   for (const t of toc.entries) {
     if (typeof t?.name !== 'string' || typeof t.type !== 'string')
       throw new BadEntryError(String(t?.name), 'entry without name or type');
-    if (t.nameRaw !== undefined || t.linkNameRaw !== undefined) {
-      throw new BadEntryError(t.name, 'names that are not UTF-8 are not supported by the apply engine');
-    }
     if (t.type === 'chunk') {
       // Further zstd frames of the previous file, right after it: widen its range to take them.
       const prev = out[out.length - 1];
@@ -77,7 +75,7 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
       xattrs[k] = Buffer.from(v, 'base64');
     }
     // Names from image data: refused while the TOC is read, before anything is written (XATTR_INVALID).
-    checkXattrs(path, xattrs);
+    checkXattrs(bbuf(path), xattrs);
     const e: TreeEntry = {
       path,
       type,

@@ -1,47 +1,16 @@
 /**
- * The data the diff-apply engine works on: entries of the new tree (from a table of contents
- * or a tar header), what a scan found in the target directory, and the plan between them.
+ * The data the diff-apply engine works on: what a scan found in the target directory, and the
+ * plan between it and the new tree (src/layer's TreeEntry, from a table of contents or a tar).
+ * Paths are binary strings (src/layer/entry.ts), also in the scan and the report.
  */
 
-import type { EntryType } from '../../bundle/entry.ts';
-export type { EntryType };
-
-/** Where an entry's content sits in its layer, so a later fetch can take just that range. */
-export interface ContentSource {
-  /** Index of the layer in the image (0 = lowest). */
-  layer: number;
-  /** Compressed byte range [offset, endOffset) of the entry's zstd frame in the layer blob (TOC layers). */
-  offset?: number;
-  endOffset?: number;
-}
-
-/** One entry of the new tree, as a TOC or a tar header describes it. Paths are normalised: no leading `/` or `./`, no `..`, `''` is the root. */
-export interface TreeEntry {
-  path: string;
-  type: EntryType;
-  /** Permission bits incl. setuid/setgid/sticky (0o7777), no file-type bits. */
-  mode: number;
-  uid: number;
-  gid: number;
-  /** Modification time in nanoseconds since the epoch. */
-  mtimeNs: bigint;
-  /** Extended attributes, values as raw bytes. */
-  xattrs: Record<string, Buffer>;
-  /** Content size for `reg`. */
-  size: number;
-  /** `sha256:<hex>` of the content for `reg` (required when planning from a TOC). */
-  digest?: string;
-  /** Symlink target (as stored) or, for `hardlink`, the normalised path of the linked entry. */
-  linkname?: string;
-  devmajor?: number;
-  devminor?: number;
-  source?: ContentSource;
-  /** A parent directory the image did not list: created 0755 root:root when missing, left alone when present. */
-  implicit?: boolean;
-}
+import type { EntryType, TreeEntry } from '../../layer/entry.ts';
+/** The tree model is src/layer's, shared with the build: paths, link targets and xattr values are bytes. */
+export type { EntryType, TreeEntry, ContentSource } from '../../layer/entry.ts';
 
 /** What the scan found at a path of the target directory (lstat + xattrs). */
 export interface ExistingEntry {
+  /** Binary string. */
   path: string;
   type: EntryType | 'other';
   mode: number;

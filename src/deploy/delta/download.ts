@@ -15,7 +15,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor } from '../../oci/types.ts';
-import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../bundle/zstd-frames.ts';
+import { showPath } from '../../layer/entry.ts';
+import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../layer/zstd-frames.ts';
 import { isTiuError } from '../../errors.ts';
 import { hashFile, type ContentProvider, type TreeEntry } from '../apply/index.ts';
 import { writeSparse, writeSparseSync } from '../apply/fsops.ts';
@@ -136,9 +137,9 @@ export interface DownloadStats {
 function mismatch(e: TreeEntry, why: string, actual?: string): DeltaError {
   return new DeltaError(
     'DELTA_FILE_MISMATCH',
-    `content of /${e.path} from layer ${(e.source?.layer ?? 0) + 1} does not match its table-of-contents digest ${e.digest}: ${why}`,
+    `content of /${showPath(e.path)} from layer ${(e.source?.layer ?? 0) + 1} does not match its table-of-contents digest ${e.digest}: ${why}`,
     {
-      path: e.path,
+      path: showPath(e.path),
       expected: e.digest,
       ...(actual ? { actual } : {}),
     },
@@ -212,8 +213,8 @@ async function streamIntoStore(
           // The store's disk, not the content: not a mismatch (a full disk becomes DISK_FULL).
           throw new DeltaError(
             'DELTA_STORE_WRITE_FAILED',
-            `cannot write /${e.path} into the content store ${store.dir}: ${(err as Error).message}`,
-            { path: e.path },
+            `cannot write /${showPath(e.path)} into the content store ${store.dir}: ${(err as Error).message}`,
+            { path: showPath(e.path) },
             { cause: err },
           );
         }
@@ -343,8 +344,8 @@ export function storeProvider(
         if (e.size > 0 && (!e.digest || !store.has(e.digest)))
           throw new DeltaError(
             'DELTA_CONTENT_MISSING',
-            `no verified content for /${e.path} (${e.digest ?? 'no digest'})`,
-            { path: e.path },
+            `no verified content for /${showPath(e.path)} (${e.digest ?? 'no digest'})`,
+            { path: showPath(e.path) },
           );
       }
       // A few at a time: each is a reflink, whose cost is mostly waiting on the filesystem.

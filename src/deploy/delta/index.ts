@@ -16,6 +16,7 @@
  * check's byte count is what the download fetches.
  */
 import { mkdir, readdir, rm } from 'node:fs/promises';
+import { showPath } from '../../layer/entry.ts';
 import { dirname, join } from 'node:path';
 import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
@@ -193,7 +194,11 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
   if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
   const lacking = frameless(plan.fetch);
   if (lacking.length)
-    return whole(o.manifest, `/${lacking[0]!.path} has no content frame of its own in the table of contents`, mode);
+    return whole(
+      o.manifest,
+      `/${showPath(lacking[0]!.path)} has no content frame of its own in the table of contents`,
+      mode,
+    );
   const co = o.coalesce ?? {};
   const ranges = coalesce(plan.fetch, co);
   const content = rangeBytes(ranges);

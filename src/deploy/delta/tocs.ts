@@ -10,7 +10,7 @@ import { isTiuError } from '../../errors.ts';
 import type { Target } from '../../content/interfaces.ts';
 import { MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
-import { readTocFromFooter, ZstdChunkedAnnotation, type Toc } from '../../bundle/toc.ts';
+import { readTocFromFooter, ZstdChunkedAnnotation, type Toc } from '../../layer/toc.ts';
 import { tocToEntries, type TreeEntry } from '../apply/index.ts';
 
 export type LayerTocs =

@@ -4,7 +4,7 @@
  * streamed from the cache through the tar engine. DISK_FULL while the reserve is still free,
  * whatever the layers expand to.
  */
-import { layerOpeners } from '../update.ts';
+import { layerOpeners } from '../../layer/openers.ts';
 import type { UpdateDeps } from './deps.ts';
 import { ETC_ASIDE } from './merge.ts';
 import { indexOf } from './plan.ts';

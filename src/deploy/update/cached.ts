@@ -9,7 +9,7 @@ import { asError, isTiuError } from '../../errors.ts';
 import type { ImageManifest } from '../../oci/types.ts';
 import type { DeltaTransfer } from '../delta/index.ts';
 import { snapshotPath } from '../state.ts';
-import { layerOpeners, verifyBlobs } from '../update.ts';
+import { layerOpeners, verifyBlobs } from '../../layer/openers.ts';
 import type { CacheTarget, UpdateDeps } from './deps.ts';
 import { UpdateError, whileFetching } from './errors.ts';
 import { downloadDelta } from './fetch.ts';

@@ -10,7 +10,7 @@ import { humanSize } from '../../format.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { pendingRanges, rangeBytes, type ContentStore, type DeltaTransfer } from '../delta/index.ts';
 import { downloadProgress } from '../download-progress.ts';
-import { isLayer } from '../update.ts';
+import { isLayer } from '../../layer/openers.ts';
 import type { UpdateDeps } from './deps.ts';
 import { isTransient, whileFetching } from './errors.ts';
 import type { Planned, UpdateResult } from './run.ts';

@@ -7,7 +7,7 @@
  * never followed.
  */
 import { join } from 'node:path';
-import { parentOf } from '../apply/paths.ts';
+import { parentOf } from '../../layer/paths.ts';
 import type { UpdateDeps } from './deps.ts';
 import type { Applied, Aside, Merged, Staged } from './run.ts';
 import { PRESERVE } from './settle.ts';

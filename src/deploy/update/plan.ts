@@ -12,7 +12,7 @@ import { UnsafePathError } from '../apply/index.ts';
 import type { TreeEntry } from '../apply/types.ts';
 import { contentIndexFile, describeTransfer, type DeltaTransfer, type PreparedTransfer } from '../delta/index.ts';
 import { snapshotPath } from '../state.ts';
-import { withLayers } from '../update.ts';
+import { withLayers } from '../../layer/openers.ts';
 import type { UpdateDeps } from './deps.ts';
 import { UpdateError, whileFetching } from './errors.ts';
 import type { OnBooted, Planned, Resolved, Settled } from './run.ts';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { constants as zlibConstants, zstdCompressSync } from 'node:zlib';
-import type { TreeEntry } from '../../src/bundle/entry.ts';
+import type { TreeEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import {
   fetchTocFile,
@@ -15,16 +15,16 @@ import {
   readTocFromFooter,
   skippableFrame,
   ZstdChunkedAnnotation,
-} from '../../src/bundle/toc.ts';
+} from '../../src/layer/toc.ts';
 import {
   SYNC_FRAME_MAX,
   SYNC_OUTPUT_MAX,
   zstdDecompressBufferSync,
   zstdDecompressFrames,
   zstdFrameSpans,
-} from '../../src/bundle/zstd-frames.ts';
-import { Crc64 } from '../../src/bundle/tar-split.ts';
-import { ByteReader, readTar } from '../../src/bundle/tar-format.ts';
+} from '../../src/layer/zstd-frames.ts';
+import { Crc64 } from '../../src/layer/tar-split.ts';
+import { ByteReader, readTar } from '../../src/layer/tar.ts';
 import { isTiuError } from '../../src/errors.ts';
 
 function file(path: string, data: Buffer, over: Partial<TreeEntry> = {}): TreeEntry {
@@ -34,10 +34,9 @@ function file(path: string, data: Buffer, over: Partial<TreeEntry> = {}): TreeEn
     mode: 0o644,
     uid: 0,
     gid: 0,
-    mtime: 1_700_000_000,
-    mtimeNsec: 0,
+    mtimeNs: 1_700_000_000n * 1_000_000_000n,
     size: data.length,
-    xattrs: [],
+    xattrs: {},
     content: { data },
     ...over,
   };
@@ -49,7 +48,7 @@ async function collect(it: AsyncIterable<Buffer>): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-describe('bundle zstd:chunked layers and their table of contents', function () {
+describe('layer: zstd:chunked layers and their table of contents', function () {
   let dir: string;
   let blob: Buffer;
   let annotations: Record<string, string>;
@@ -57,11 +56,11 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
   const big = Buffer.alloc(5 * 1024 * 1024 + 3);
   for (let i = 0; i + 4 <= big.length; i += 4096) big.writeUInt32LE(i, i);
   const entries: TreeEntry[] = [
-    { path: 'usr', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1, mtimeNsec: 0, size: 0, xattrs: [] },
+    { path: 'usr', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: 1_000_000_000n, size: 0, xattrs: {} },
     file('usr/a', Buffer.from('first file')),
     file('usr/big', big),
     file('usr/empty', Buffer.alloc(0)),
-    file('usr/z\xff', Buffer.from('odd name'), { xattrs: [['user.k', Buffer.from([1, 2, 3])]] }),
+    file('usr/z\xff', Buffer.from('odd name'), { xattrs: { 'user.k': Buffer.from([1, 2, 3]) } }),
   ];
 
   before(async function () {
@@ -98,10 +97,11 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
         ['reg', 'usr/a'],
         ['reg', 'usr/big'],
         ['reg', 'usr/empty'],
-        ['reg', 'usr/z\ufffd'],
+        ['reg', 'usr/z\xff'],
       ],
     );
-    assert.equal(toc.entries[4]!.nameRaw, Buffer.from('usr/z\xff', 'latin1').toString('base64'));
+    // The name's raw bytes, not U+FFFD and no side field.
+    assert.equal(Object.keys(toc.entries[4]!).includes('nameRaw'), false);
     assert.deepEqual(toc.entries[4]!.xattrs, { 'user.k': 'AQID' });
     assert.equal(toc.entries[1]!.modtime, '2023-11-14T22:13:20Z');
     assert.deepEqual(await readTocFromFooter(fetch, blob.length), toc);
@@ -180,8 +180,15 @@ describe('bundle zstd:chunked layers and their table of contents', function () {
     for (const l of lines) {
       if (l.type === 2) rebuilt.update(Buffer.from(l.payload ?? '', 'base64'));
       else {
+        // tar-split's rule: `name` when the name is valid UTF-8, else only `name_raw` (base64 of the bytes).
+        assert.ok((l.name === undefined) !== (l.name_raw === undefined), JSON.stringify(l));
         const key = l.name_raw ?? Buffer.from(l.name!, 'utf8').toString('base64');
         const e = byName.get(key)!;
+        assert.equal(
+          l.name_raw !== undefined,
+          e && e.path === 'usr/z\xff',
+          `name_raw only for the name that is not UTF-8`,
+        );
         assert.ok(e, `tar-split names ${l.name ?? l.name_raw}`);
         const data = (e.content as { data: Buffer } | undefined)?.data ?? Buffer.alloc(0);
         assert.equal(l.size ?? 0, data.length);

@@ -6,6 +6,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { spawnFilter } from '../host/exec.ts';
+import { ByteReader } from './tar.ts';
 import { zstdDecompressStream } from './zstd-frames.ts';
 
 export type Compression = 'none' | 'gzip' | 'zstd' | 'xz' | 'bzip2';
@@ -28,39 +29,21 @@ export async function decompressStream(
   input: Readable,
   opts: { signal?: AbortSignal } = {},
 ): Promise<{ stream: Readable; compression: Compression; done: Promise<void> }> {
-  // Peek at the first bytes without losing them.
-  const it = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-  const chunks: Buffer[] = [];
-  let total = 0;
-  let ended = false;
-  while (total < 6) {
-    const r = await it.next();
-    if (r.done) {
-      ended = true;
-      break;
-    }
-    chunks.push(r.value);
-    total += r.value.length;
-  }
+  // Peek at the first bytes without losing them: the magic, then everything after it.
+  const reader = new ByteReader(input as AsyncIterable<Buffer>);
+  const head = await reader.read(6);
+  const compression = detectCompression(head);
   async function* all(): AsyncGenerator<Buffer> {
-    let finished = ended;
+    let finished = false;
     try {
-      yield* chunks;
-      if (ended) return;
-      for (;;) {
-        const r = await it.next();
-        if (r.done) {
-          finished = true;
-          return;
-        }
-        yield r.value;
-      }
+      if (head.length) yield head;
+      yield* reader.pieces(Number.POSITIVE_INFINITY);
+      finished = true;
     } finally {
       // a reader that stops early releases the input (a Readable's iterator destroys it)
-      if (!finished) await it.return?.();
+      if (!finished) await reader.close();
     }
   }
-  const compression = detectCompression(Buffer.concat(chunks));
   const src = Readable.from(all(), { objectMode: false });
   if (compression === 'none') return { stream: src, compression, done: Promise.resolve() };
   if (compression === 'zstd') return { stream: zstdDecompressStream(src), compression, done: Promise.resolve() };

@@ -7,13 +7,13 @@
  */
 import { Readable } from 'node:stream';
 import { createZstdDecompress, zstdDecompressSync } from 'node:zlib';
-import { BuildError } from './errors.ts';
-import { ByteReader } from './tar-format.ts';
+import { LayerFormatError } from './errors.ts';
+import { ByteReader } from './tar.ts';
 
 const ZSTD_MAGIC = 0xfd2fb528;
 
-function truncated(): BuildError {
-  return new BuildError('TAR_INVALID', 'zstd stream is truncated');
+function truncated(): LayerFormatError {
+  return new LayerFormatError('TAR_INVALID', 'zstd stream is truncated');
 }
 
 async function exact(r: ByteReader, n: number): Promise<Buffer> {
@@ -41,7 +41,7 @@ async function* frameBytes(r: ByteReader, magic: Buffer): AsyncGenerator<Buffer>
     const last = v & 1;
     const type = (v >> 1) & 3;
     const size = v >>> 3;
-    if (type === 3) throw new BuildError('TAR_INVALID', 'zstd stream has a reserved block type');
+    if (type === 3) throw new LayerFormatError('TAR_INVALID', 'zstd stream has a reserved block type');
     const payload = type === 1 ? 1 : size;
     let got = 0;
     for await (const p of r.pieces(payload)) {
@@ -89,7 +89,7 @@ export async function* zstdDecompressFrames(
         if (got !== size) throw truncated();
         continue;
       }
-      if (m !== ZSTD_MAGIC) throw new BuildError('TAR_INVALID', `not a zstd frame at byte ${r.position - 4}`);
+      if (m !== ZSTD_MAGIC) throw new LayerFormatError('TAR_INVALID', `not a zstd frame at byte ${r.position - 4}`);
       // Collect a small frame whole; a large one goes to a streaming decompressor.
       const it = frameBytes(r, magic);
       const held: Buffer[] = [];
@@ -150,7 +150,7 @@ export function zstdFrameSpans(buf: Buffer): [number, number][] {
       p += 8 + size;
       continue;
     }
-    if (m !== ZSTD_MAGIC) throw new BuildError('TAR_INVALID', `not a zstd frame at byte ${p}`);
+    if (m !== ZSTD_MAGIC) throw new LayerFormatError('TAR_INVALID', `not a zstd frame at byte ${p}`);
     const start = p;
     need(5);
     const fhd = buf[p + 4]!;
@@ -161,7 +161,7 @@ export function zstdFrameSpans(buf: Buffer): [number, number][] {
       need(3);
       const v = buf[p]! | (buf[p + 1]! << 8) | (buf[p + 2]! << 16);
       const type = (v >> 1) & 3;
-      if (type === 3) throw new BuildError('TAR_INVALID', 'zstd stream has a reserved block type');
+      if (type === 3) throw new LayerFormatError('TAR_INVALID', 'zstd stream has a reserved block type');
       const payload = type === 1 ? 1 : v >>> 3;
       need(3 + payload);
       p += 3 + payload;
@@ -198,12 +198,12 @@ export function zstdDecompressBufferSync(buf: Buffer, maxSize: number): Buffer {
       });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE')
-        throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
+        throw new LayerFormatError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
       throw err;
     }
     got += out.length;
     if (got > maxSize)
-      throw new BuildError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
+      throw new LayerFormatError('ZSTD_OUTPUT_TOO_LARGE', `zstd frames decompress to more than ${maxSize} bytes`);
     if (out.length) parts.push(out);
   }
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, got);

@@ -1,16 +1,20 @@
 /**
  * The tar format, both ways, byte-exact: tiu writes its own headers so names with any bytes,
  * binary xattr values (security.capability) and large numbers come through unchanged, and
- * reads tars (kiwi archives, image layers) with the same care. POSIX pax (ustar + 'x'
- * records) out; ustar, pax and GNU long names in.
+ * reads tars with the same care: the one reader for the build's tar sources (kiwi archives,
+ * image layers) and the device's whole-layer path. POSIX pax (ustar + 'x' records) out;
+ * ustar, pax (SCHILY.xattr.*, LIBARCHIVE.xattr.*) and GNU long names in. Names stay binary
+ * strings; whatever is not understood is refused (TAR_INVALID, TAR_ENTRY_UNSUPPORTED), never
+ * guessed.
  *
  * Writer conventions: ustar fields whenever a value fits (raw bytes, as GNU tar and Go read
  * them), a pax record only where needed (long or non-ASCII-unsafe names, big numbers,
  * sub-second mtimes, xattrs as SCHILY.xattr.*), `hdrcharset=BINARY` when a pax name is not
  * UTF-8. uname/gname stay empty so every reader uses the numeric owners.
  */
-import { BuildError } from './errors.ts';
-import { bbuf, bstr, isUtf8, showPath, type EntryType, type TreeEntry } from './entry.ts';
+import { LayerFormatError } from './errors.ts';
+import { normalizeLinkTarget } from './paths.ts';
+import { bbuf, bstr, isUtf8, mtimeParts, showPath, sortedXattrs, type EntryType, type TreeEntry } from './entry.ts';
 
 export const BLOCK = 512;
 export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK);
@@ -100,10 +104,10 @@ export function encodeHeader(e: TreeEntry): Buffer {
     records.push(['path', nameBuf]);
     if (!isUtf8(bstr(nameBuf))) binaryName = true;
   }
-  const linkBuf = e.link !== undefined ? bbuf(e.link) : undefined;
+  const linkBuf = e.linkname !== undefined ? bbuf(e.linkname) : undefined;
   if (linkBuf && linkBuf.length > 100) {
     records.push(['linkpath', linkBuf]);
-    if (!isUtf8(e.link!)) binaryName = true;
+    if (!isUtf8(e.linkname!)) binaryName = true;
   }
   if (binaryName) records.push(['hdrcharset', Buffer.from('BINARY')]);
   const small = (v: number, digits: number) => v >= 0 && Number.isSafeInteger(v) && v.toString(8).length <= digits;
@@ -111,19 +115,20 @@ export function encodeHeader(e: TreeEntry): Buffer {
   if (!small(e.gid, 7)) records.push(['gid', Buffer.from(String(e.gid))]);
   const size = e.type === 'reg' ? e.size : 0;
   if (!small(size, 11)) records.push(['size', Buffer.from(String(size))]);
-  if (e.mtimeNsec !== 0 || !small(e.mtime, 11)) {
-    const frac = e.mtimeNsec !== 0 ? '.' + String(e.mtimeNsec).padStart(9, '0').replace(/0+$/, '') : '';
-    // pax spells negative times as -sec.frac meaning -(sec+frac); keep it exact for e.mtime>=0,
+  const { sec: mtime, nsec: mtimeNsec } = mtimeParts(e.mtimeNs);
+  if (mtimeNsec !== 0 || !small(mtime, 11)) {
+    const frac = mtimeNsec !== 0 ? '.' + String(mtimeNsec).padStart(9, '0').replace(/0+$/, '') : '';
+    // pax spells negative times as -sec.frac meaning -(sec+frac); keep it exact for mtime>=0,
     // and for negative seconds with a fraction express the value the same way.
     const t =
-      e.mtime < 0 && e.mtimeNsec !== 0
-        ? `-${-e.mtime - 1}.${String(1e9 - e.mtimeNsec)
+      mtime < 0 && mtimeNsec !== 0
+        ? `-${-mtime - 1}.${String(1e9 - mtimeNsec)
             .padStart(9, '0')
             .replace(/0+$/, '')}`
-        : `${e.mtime}${frac}`;
+        : `${mtime}${frac}`;
     records.push(['mtime', Buffer.from(t)]);
   }
-  for (const [k, v] of e.xattrs) records.push([`SCHILY.xattr.${k}`, v]);
+  for (const [k, v] of sortedXattrs(e.xattrs)) records.push([`SCHILY.xattr.${k}`, v]);
 
   const out: Buffer[] = [];
   if (records.length > 0) {
@@ -143,11 +148,11 @@ export function encodeHeader(e: TreeEntry): Buffer {
       uid: small(e.uid, 7) ? e.uid : 0,
       gid: small(e.gid, 7) ? e.gid : 0,
       size: small(size, 11) ? size : 0,
-      mtime: small(e.mtime, 11) ? e.mtime : 0,
+      mtime: small(mtime, 11) ? mtime : 0,
       typeflag: TYPEFLAG[e.type],
       linkname: linkBuf && linkBuf.length <= 100 ? linkBuf : undefined,
-      devMajor: e.type === 'char' || e.type === 'block' ? (e.devMajor ?? 0) : undefined,
-      devMinor: e.type === 'char' || e.type === 'block' ? (e.devMinor ?? 0) : undefined,
+      devMajor: e.type === 'char' || e.type === 'block' ? (e.devmajor ?? 0) : undefined,
+      devMinor: e.type === 'char' || e.type === 'block' ? (e.devminor ?? 0) : undefined,
     }),
   );
   return Buffer.concat(out);
@@ -156,21 +161,50 @@ export function encodeHeader(e: TreeEntry): Buffer {
 // ---------------------------------------------------------------------------------------------
 // Reading
 
-/** One member as read from a tar: the header facts, with paths still raw (binary strings). */
+/** One member as read from a tar: the header facts, with names still raw (binary strings, not normalised). */
 export interface TarMember {
   /** Raw name as in the archive (binary string), before normalisation. */
   name: string;
   typeflag: string;
+  /** undefined for a typeflag tiu does not apply (the consumer refuses it with TAR_ENTRY_UNSUPPORTED). */
+  type: EntryType | undefined;
   mode: number;
   uid: number;
   gid: number;
+  /** Content size of a regular file; 0 for the header-only types. */
   size: number;
-  mtime: number;
-  mtimeNsec: number;
+  mtimeNs: bigint;
+  /** Raw link target (binary string). */
   linkname: string;
-  devMajor: number;
-  devMinor: number;
-  xattrs: [string, Buffer][];
+  devmajor: number;
+  devminor: number;
+  /** Values are raw bytes. */
+  xattrs: Record<string, Buffer>;
+  /** The content, in pieces; what is not consumed before the next member is skipped. */
+  body(): AsyncGenerator<Buffer>;
+}
+
+const FLAG_TYPES: Record<string, EntryType> = {
+  '0': 'reg',
+  '\0': 'reg',
+  '7': 'reg',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'char',
+  '4': 'block',
+  '5': 'dir',
+  '6': 'fifo',
+};
+/** Types whose size field says nothing about data (Go's archive/tar reads no content for them). */
+const HEADER_ONLY = new Set(['1', '2', '3', '4', '5', '6']);
+
+/** A member the consumer refuses for its type, said the same way by every reader of tars. */
+export function unsupportedMember(what: string, m: TarMember): LayerFormatError {
+  return new LayerFormatError(
+    'TAR_ENTRY_UNSUPPORTED',
+    `${what}: member ${JSON.stringify(showPath(m.name))} has tar type ${JSON.stringify(m.typeflag)}, which tiu does not support`,
+    { path: showPath(m.name), typeflag: m.typeflag },
+  );
 }
 
 /** Pulls exact byte counts out of an async stream of chunks. */
@@ -237,6 +271,9 @@ export class ByteReader {
   }
 }
 
+const invalid = (why: string, details: Record<string, unknown> = {}) =>
+  new LayerFormatError('TAR_INVALID', why, details);
+
 function parseNumber(h: Buffer, off: number, len: number, what: string): number {
   const f = h.subarray(off, off + len);
   if ((f[0]! & 0x80) !== 0) {
@@ -246,13 +283,12 @@ function parseNumber(h: Buffer, off: number, len: number, what: string): number 
     if (negative) v = BigInt(f[0]!) - 256n;
     for (let i = 1; i < f.length; i++) v = (v << 8n) | BigInt(f[i]!);
     const n = Number(v);
-    if (!Number.isSafeInteger(n)) throw new BuildError('TAR_INVALID', `tar header field ${what} is out of range`);
+    if (!Number.isSafeInteger(n)) throw invalid(`tar header field ${what} is out of range`);
     return n;
   }
   const s = f.toString('latin1').replace(/\0.*$/s, '').trim();
   if (s === '') return 0;
-  if (!/^[0-7]+$/.test(s))
-    throw new BuildError('TAR_INVALID', `tar header field ${what} is not an octal number: ${JSON.stringify(s)}`);
+  if (!/^[0-7]+$/.test(s)) throw invalid(`tar header field ${what} is not an octal number: ${JSON.stringify(s)}`);
   return parseInt(s, 8);
 }
 
@@ -269,35 +305,47 @@ function parsePax(body: Buffer, what: string): Map<string, Buffer> {
     if (body[p] === 0) break;
     const sp = body.indexOf(0x20, p);
     const len = sp > p ? parseInt(body.subarray(p, sp).toString('ascii'), 10) : NaN;
-    if (!Number.isSafeInteger(len) || len <= 0 || p + len > body.length || body[p + len - 1] !== 0x0a) {
-      throw new BuildError('TAR_INVALID', `malformed pax record in ${what}`);
-    }
+    if (!Number.isSafeInteger(len) || len <= sp - p || p + len > body.length || body[p + len - 1] !== 0x0a)
+      throw invalid(`${what}: malformed pax record`);
     const rec = body.subarray(sp + 1, p + len - 1);
     const eq = rec.indexOf(0x3d);
-    if (eq < 0) throw new BuildError('TAR_INVALID', `malformed pax record in ${what}`);
+    if (eq < 0) throw invalid(`${what}: malformed pax record`);
     out.set(rec.subarray(0, eq).toString('utf8'), Buffer.from(rec.subarray(eq + 1)));
     p += len;
   }
   return out;
 }
 
-function parsePaxTime(v: string): [number, number] {
+/** A pax time: `-sec.frac` means -(sec + frac). */
+function parsePaxTime(v: string, what: string): bigint {
   const m = /^(-?)(\d+)(?:\.(\d+))?$/.exec(v);
-  if (!m) throw new BuildError('TAR_INVALID', `bad pax time ${JSON.stringify(v)}`);
-  const sec = Number(m[2]);
-  const nsec = Number((m[3] ?? '').slice(0, 9).padEnd(9, '0'));
-  if (m[1] === '-') return nsec === 0 ? [-sec, 0] : [-sec - 1, 1e9 - nsec];
-  return [sec, nsec];
+  if (!m) throw invalid(`${what}: bad pax time ${JSON.stringify(v.slice(0, 40))}`);
+  const ns = BigInt(m[2]!) * 1_000_000_000n + BigInt((m[3] ?? '').slice(0, 9).padEnd(9, '0'));
+  return m[1] === '-' ? -ns : ns;
+}
+
+/** LIBARCHIVE.xattr. keys are URL-encoded and their values base64; a malformed escape is a bad tar. */
+function libarchiveXattrName(k: string, what: string): string {
+  try {
+    return decodeURIComponent(k);
+  } catch {
+    throw invalid(`${what}: malformed LIBARCHIVE.xattr. name ${JSON.stringify(k.slice(0, 100))}`);
+  }
 }
 
 const MAX_META = 1 << 20;
 
 /**
- * Iterate the members of a tar stream. For each member the consumer must consume or skip its
- * content through `reader.pieces(member.size)` before asking for the next one; the generator
- * skips whatever is left and the padding.
+ * Iterate the members of a tar stream (`what` names it in errors). A member's content is read
+ * through `member.body()` before the next member is asked for; the generator skips whatever is
+ * left and the padding. It stops at the end-of-archive blocks: the caller drains or closes the
+ * source (`ByteReader.drain`), so a verifying stream below can finish its check.
  */
-export async function* readTar(reader: ByteReader, what: string): AsyncGenerator<TarMember> {
+export async function* readTar(
+  source: ByteReader | AsyncIterable<Buffer | Uint8Array>,
+  what = 'tar',
+): AsyncGenerator<TarMember> {
+  const reader = source instanceof ByteReader ? source : new ByteReader(source);
   let global = new Map<string, Buffer>();
   let pending = new Map<string, Buffer>();
   let longName: string | undefined;
@@ -305,20 +353,18 @@ export async function* readTar(reader: ByteReader, what: string): AsyncGenerator
   for (;;) {
     const h = await reader.read(BLOCK);
     if (h.length === 0) return; // tolerate a missing end-of-archive marker
-    if (h.length < BLOCK)
-      throw new BuildError('TAR_INVALID', `${what}: truncated tar header at byte ${reader.position - h.length}`);
+    if (h.length < BLOCK) throw invalid(`${what}: truncated tar header at byte ${reader.position - h.length}`);
     if (h.every((b) => b === 0)) return;
     let sum = 0;
     for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : h[i]!;
     if (parseNumber(h, 148, 8, 'chksum') !== sum)
-      throw new BuildError('TAR_INVALID', `${what}: bad tar header checksum at byte ${reader.position - BLOCK}`);
-    const typeflag = String.fromCharCode(h[156] || 0x30);
+      throw invalid(`${what}: bad tar header checksum at byte ${reader.position - BLOCK}`);
+    const typeflag = String.fromCharCode(h[156]!);
     const size = parseNumber(h, 124, 12, 'size');
     const meta = async (): Promise<Buffer> => {
-      if (size > MAX_META)
-        throw new BuildError('TAR_INVALID', `${what}: metadata record of ${size} bytes is too large`);
+      if (size > MAX_META) throw invalid(`${what}: metadata record of ${size} bytes is too large`);
       const body = await reader.read(size);
-      if (body.length < size) throw new BuildError('TAR_INVALID', `${what}: truncated tar`);
+      if (body.length < size) throw invalid(`${what}: truncated tar`);
       await reader.read(paddingFor(size));
       return body;
     };
@@ -337,57 +383,105 @@ export async function* readTar(reader: ByteReader, what: string): AsyncGenerator
       continue;
     }
     const pax = new Map([...global, ...pending]);
-    const magic = h.subarray(257, 263).toString('latin1');
-    let name = cstring(h, 0, 100);
-    if (magic.startsWith('ustar')) {
+    pending = new Map();
+    // The header's own fields only where no pax record or GNU long name replaces them.
+    let name = longName ?? cstring(h, 0, 100);
+    if (longName === undefined && h.subarray(257, 262).toString('latin1') === 'ustar') {
       const prefix = cstring(h, 345, 155);
       if (prefix) name = prefix + '/' + name;
     }
-    if (longName !== undefined) name = longName;
     let linkname = longLink ?? cstring(h, 157, 100);
-    const px = (k: string) => pax.get(k);
-    if (px('path')) name = bstr(px('path')!);
-    if (px('linkpath')) linkname = bstr(px('linkpath')!);
-    let mtime = parseNumber(h, 136, 12, 'mtime');
-    let mtimeNsec = 0;
-    if (px('mtime')) [mtime, mtimeNsec] = parsePaxTime(px('mtime')!.toString('ascii'));
-    const num = (k: string, fallback: number) => {
-      const v = px(k);
-      if (!v) return fallback;
-      const n = Number(v.toString('ascii'));
-      if (!Number.isSafeInteger(n) || n < 0) throw new BuildError('TAR_INVALID', `${what}: bad pax ${k}`);
+    longName = longLink = undefined;
+    let mtimeNs = BigInt(parseNumber(h, 136, 12, 'mtime')) * 1_000_000_000n;
+    let uid = parseNumber(h, 108, 8, 'uid');
+    let gid = parseNumber(h, 116, 8, 'gid');
+    let realSize = size;
+    const xattrs: Record<string, Buffer> = {};
+    const paxNumber = (k: string, v: Buffer): number => {
+      const s = v.toString('latin1');
+      const n = /^\d+$/.test(s) ? Number(s) : NaN;
+      if (!Number.isSafeInteger(n)) throw invalid(`${what}: bad pax ${k} of ${JSON.stringify(showPath(name))}`);
       return n;
     };
-    const xattrs: [string, Buffer][] = [];
-    for (const [k, v] of pax) if (k.startsWith('SCHILY.xattr.')) xattrs.push([k.slice('SCHILY.xattr.'.length), v]);
-    xattrs.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-    const member: TarMember = {
-      name,
-      typeflag,
-      mode: parseNumber(h, 100, 8, 'mode') & 0o7777,
-      uid: num('uid', parseNumber(h, 108, 8, 'uid')),
-      gid: num('gid', parseNumber(h, 116, 8, 'gid')),
-      size: num('size', size),
-      mtime,
-      mtimeNsec,
-      linkname,
-      devMajor: parseNumber(h, 329, 8, 'devmajor'),
-      devMinor: parseNumber(h, 337, 8, 'devminor'),
-      xattrs,
-    };
-    pending = new Map();
-    longName = longLink = undefined;
-    if (typeflag === 'S' || px('GNU.sparse.major') || px('GNU.sparse.map')) {
-      throw new BuildError(
+    for (const [k, v] of pax) {
+      if (k === 'path') name = bstr(v);
+      else if (k === 'linkpath') linkname = bstr(v);
+      else if (k === 'mtime') mtimeNs = parsePaxTime(v.toString('latin1'), what);
+      else if (k === 'uid') uid = paxNumber(k, v);
+      else if (k === 'gid') gid = paxNumber(k, v);
+      else if (k === 'size') realSize = paxNumber(k, v);
+      else if (k.startsWith('SCHILY.xattr.')) xattrs[k.slice('SCHILY.xattr.'.length)] = v;
+      else if (k.startsWith('LIBARCHIVE.xattr.'))
+        xattrs[libarchiveXattrName(k.slice('LIBARCHIVE.xattr.'.length), what)] = Buffer.from(
+          v.toString('latin1'),
+          'base64',
+        );
+    }
+    if (typeflag === 'S' || pax.has('GNU.sparse.major') || pax.has('GNU.sparse.map') || pax.has('GNU.sparse.size'))
+      throw new LayerFormatError(
         'TAR_ENTRY_UNSUPPORTED',
         `${what}: ${JSON.stringify(showPath(name))} is a GNU sparse member, which tiu does not read; create the tar without --sparse`,
+        { path: showPath(name) },
       );
+    const dataSize = HEADER_ONLY.has(typeflag) ? 0 : realSize;
+    const type = FLAG_TYPES[typeflag];
+    let remaining = dataSize;
+    const shown = name;
+    async function* body(): AsyncGenerator<Buffer> {
+      while (remaining > 0) {
+        const b = await reader.some(Math.min(remaining, 1 << 20));
+        if (b.length === 0)
+          throw invalid(`${what}: truncated tar in the content of ${JSON.stringify(showPath(shown))}`);
+        remaining -= b.length;
+        yield b;
+      }
     }
-    const before = reader.position;
-    yield member;
-    const dataSize = ['1', '2', '3', '4', '5', '6'].includes(typeflag) ? 0 : member.size;
-    const consumed = reader.position - before;
-    for await (const _ of reader.pieces(dataSize - consumed));
-    await reader.read(paddingFor(dataSize));
+    yield {
+      name,
+      typeflag,
+      type,
+      mode: parseNumber(h, 100, 8, 'mode') & 0o7777,
+      uid,
+      gid,
+      size: type === 'reg' ? realSize : 0,
+      mtimeNs,
+      linkname,
+      devmajor: parseNumber(h, 329, 8, 'devmajor'),
+      devminor: parseNumber(h, 337, 8, 'devminor'),
+      xattrs,
+      body,
+    };
+    for await (const _ of body());
+    if ((await reader.read(paddingFor(dataSize))).length < paddingFor(dataSize))
+      throw invalid(`${what}: truncated tar after ${JSON.stringify(showPath(name))}`);
   }
+}
+
+/**
+ * The TreeEntry a member describes, at its normalised `path` (paths.ts): no content, no
+ * digest. A hardlink's target is normalised like a path; a symlink's target is kept as stored.
+ * An unknown type is TAR_ENTRY_UNSUPPORTED, a symlink without a target TAR_INVALID.
+ */
+export function memberEntry(m: TarMember, path: string, what = 'tar'): TreeEntry {
+  if (!m.type) throw unsupportedMember(what, m);
+  const e: TreeEntry = {
+    path,
+    type: m.type,
+    mode: m.mode,
+    uid: m.uid,
+    gid: m.gid,
+    mtimeNs: m.mtimeNs,
+    xattrs: m.xattrs,
+    size: m.size,
+  };
+  if (m.type === 'symlink') {
+    if (m.linkname === '') throw invalid(`${what}: symlink ${JSON.stringify(showPath(m.name))} without a target`);
+    e.linkname = m.linkname;
+  }
+  if (m.type === 'hardlink') e.linkname = normalizeLinkTarget(path, m.linkname);
+  if (m.type === 'char' || m.type === 'block') {
+    e.devmajor = m.devmajor;
+    e.devminor = m.devminor;
+  }
+  return e;
 }

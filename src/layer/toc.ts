@@ -14,13 +14,15 @@
  * Layer annotations repeat the positions and carry the sha256 of the compressed TOC, so a
  * signed manifest pins the TOC, and the TOC pins every file by sha256.
  *
- * Entry names are the tar names. JSON can't carry non-UTF-8 bytes, so for such names tiu
- * adds `nameRaw`/`linkNameRaw` (base64 of the bytes); other readers ignore unknown fields.
+ * Entry names are the tar header names, byte for byte (directories with their trailing `/`),
+ * as binary strings; toc-json.ts writes and reads them the way containers/storage does, so a
+ * name that is not UTF-8 travels as its raw bytes.
  */
 import { sha256 } from '../oci/digest.ts';
 import { zstdDecompressSync } from 'node:zlib';
-import { BuildError } from './errors.ts';
-import type { EntryType } from './entry.ts';
+import { LayerFormatError } from './errors.ts';
+import { bbuf, mtimeParts, showPath, sortedXattrs, type EntryType, type TreeEntry } from './entry.ts';
+import { encodeTocJson, parseTocJson } from './toc-json.ts';
 
 export const ZstdChunkedAnnotation = {
   ManifestChecksum: 'io.github.containers.zstd-chunked.manifest-checksum',
@@ -38,6 +40,7 @@ export const MAX_TOC_BYTES = 256 * 1024 * 1024;
 
 export type TocEntryType = EntryType | 'chunk';
 
+/** One TOC entry. `name` and `linkName` are binary strings (toc-json.ts). */
 export interface TocEntry {
   type: TocEntryType;
   name: string;
@@ -61,9 +64,6 @@ export interface TocEntry {
   chunkOffset?: number;
   chunkDigest?: string;
   chunkType?: string;
-  /** tiu: base64 of the name's bytes where they are not UTF-8. */
-  nameRaw?: string;
-  linkNameRaw?: string;
 }
 
 export interface Toc {
@@ -112,13 +112,14 @@ export function parseFooter(frame: Buffer): Footer {
     frame.readUInt32LE(0) !== SKIPPABLE_MAGIC ||
     frame.readUInt32LE(4) !== FOOTER_SIZE
   ) {
-    throw new BuildError('TOC_INVALID', 'the blob does not end in a zstd:chunked footer');
+    throw new LayerFormatError('TOC_INVALID', 'the blob does not end in a zstd:chunked footer');
   }
   const b = frame.subarray(SKIPPABLE_HEADER);
-  if (!b.subarray(56).equals(FOOTER_MAGIC)) throw new BuildError('TOC_INVALID', 'the footer has no zstd:chunked magic');
+  if (!b.subarray(56).equals(FOOTER_MAGIC))
+    throw new LayerFormatError('TOC_INVALID', 'the footer has no zstd:chunked magic');
   const n = (i: number) => {
     const v = b.readBigUInt64LE(i * 8);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BuildError('TOC_INVALID', 'footer value out of range');
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new LayerFormatError('TOC_INVALID', 'footer value out of range');
     return Number(v);
   };
   return {
@@ -142,7 +143,7 @@ export function parsePosition(value: string): {
   const parts = value.split(':');
   const nums = parts.map((p) => (/^\d+$/.test(p) ? Number(p) : NaN));
   if (nums.length !== 4 || nums.some((x) => !Number.isSafeInteger(x)))
-    throw new BuildError('TOC_INVALID', `bad manifest-position annotation ${JSON.stringify(value)}`);
+    throw new LayerFormatError('TOC_INVALID', `bad manifest-position annotation ${JSON.stringify(value)}`);
   return { offset: nums[0]!, lengthCompressed: nums[1]!, lengthUncompressed: nums[2]!, manifestType: nums[3]! };
 }
 
@@ -164,7 +165,7 @@ export type RangeFetch = (start: number, end: number) => Promise<Buffer>;
 const TYPES: readonly string[] = ['reg', 'hardlink', 'symlink', 'dir', 'char', 'block', 'fifo', 'chunk'];
 
 function checkToc(v: unknown): Toc {
-  const bad = (why: string) => new BuildError('TOC_INVALID', `invalid table of contents: ${why}`);
+  const bad = (why: string) => new LayerFormatError('TOC_INVALID', `invalid table of contents: ${why}`);
   if (typeof v !== 'object' || v === null) throw bad('not an object');
   const t = v as Record<string, unknown>;
   if (t.version !== 1) throw bad(`version ${JSON.stringify(t.version)} is not 1`);
@@ -190,7 +191,7 @@ function checkToc(v: unknown): Toc {
       if (x[k] !== undefined && (typeof x[k] !== 'number' || !Number.isSafeInteger(x[k]) || x[k] < 0))
         throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
     }
-    for (const k of ['linkName', 'modtime', 'digest', 'chunkDigest', 'chunkType', 'nameRaw', 'linkNameRaw']) {
+    for (const k of ['linkName', 'modtime', 'digest', 'chunkDigest', 'chunkType']) {
       if (x[k] !== undefined && typeof x[k] !== 'string') throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
     }
     if (x.digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(x.digest as string))
@@ -225,29 +226,32 @@ export async function readTocFromFooter(
   } else {
     const size = SKIPPABLE_HEADER + FOOTER_SIZE;
     if (blobSize < size)
-      throw new BuildError('TOC_INVALID', `a blob of ${blobSize} bytes is too small for a zstd:chunked footer`);
+      throw new LayerFormatError('TOC_INVALID', `a blob of ${blobSize} bytes is too small for a zstd:chunked footer`);
     pos = parseFooter(await fetch(blobSize - size, blobSize));
   }
   if (pos.manifestType !== MANIFEST_TYPE_CRFS)
-    throw new BuildError('TOC_INVALID', `unknown TOC type ${pos.manifestType}`);
+    throw new LayerFormatError('TOC_INVALID', `unknown TOC type ${pos.manifestType}`);
   if (pos.lengthUncompressed > MAX_TOC_BYTES || pos.lengthCompressed > MAX_TOC_BYTES) {
-    throw new BuildError(
+    throw new LayerFormatError(
       'TOC_TOO_LARGE',
       `table of contents of ${pos.lengthUncompressed} bytes exceeds the limit of ${MAX_TOC_BYTES}`,
     );
   }
   if (pos.offset < SKIPPABLE_HEADER || pos.offset + pos.lengthCompressed > blobSize)
-    throw new BuildError('TOC_INVALID', 'TOC position lies outside the blob');
+    throw new LayerFormatError('TOC_INVALID', 'TOC position lies outside the blob');
   const compressed = await fetch(pos.offset, pos.offset + pos.lengthCompressed);
   if (compressed.length !== pos.lengthCompressed)
-    throw new BuildError('TOC_INVALID', `fetched ${compressed.length} TOC bytes, expected ${pos.lengthCompressed}`);
+    throw new LayerFormatError(
+      'TOC_INVALID',
+      `fetched ${compressed.length} TOC bytes, expected ${pos.lengthCompressed}`,
+    );
   const expected = annotations?.[ZstdChunkedAnnotation.ManifestChecksum];
   if (annotations && expected === undefined)
-    throw new BuildError('TOC_INVALID', 'the layer has no manifest-checksum annotation');
+    throw new LayerFormatError('TOC_INVALID', 'the layer has no manifest-checksum annotation');
   if (expected !== undefined) {
     const actual = sha256(compressed);
     if (actual !== expected)
-      throw new BuildError(
+      throw new LayerFormatError(
         'TOC_CHECKSUM_MISMATCH',
         `table of contents ${actual} does not match the layer annotation ${expected}`,
         { expected, actual },
@@ -257,25 +261,50 @@ export async function readTocFromFooter(
   try {
     json = zstdDecompressSync(compressed, { maxOutputLength: Math.max(pos.lengthUncompressed, 1) });
   } catch (e) {
-    throw new BuildError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
+    throw new LayerFormatError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
   }
   if (json.length !== pos.lengthUncompressed)
-    throw new BuildError(
+    throw new LayerFormatError(
       'TOC_INVALID',
       `table of contents is ${json.length} bytes, expected ${pos.lengthUncompressed}`,
     );
   let parsed: unknown;
   try {
-    parsed = JSON.parse(json.toString('utf8'));
+    parsed = parseTocJson(json);
   } catch (e) {
-    throw new BuildError('TOC_INVALID', `table of contents is not JSON: ${(e as Error).message}`);
+    throw new LayerFormatError('TOC_INVALID', `table of contents is not JSON: ${(e as Error).message}`);
   }
   return checkToc(parsed);
 }
 
-/** The raw bytes of an entry's name (nameRaw where present, else the UTF-8 name). */
+/** The raw bytes of an entry's name. */
 export function entryNameBytes(e: TocEntry): Buffer {
-  return e.nameRaw !== undefined ? Buffer.from(e.nameRaw, 'base64') : Buffer.from(e.name, 'utf8');
+  return bbuf(e.name);
+}
+
+/** The TOC entry of a tree entry, named as its tar header names it (offsets and digest are the writer's). */
+export function tocEntryOf(e: TreeEntry): TocEntry {
+  const t: TocEntry = { type: e.type, name: e.type === 'dir' ? e.path + '/' : e.path };
+  if (e.linkname !== undefined) t.linkName = e.linkname;
+  if (e.mode) t.mode = e.mode;
+  if (e.type === 'reg' && e.size) t.size = e.size;
+  if (e.uid) t.uid = e.uid;
+  if (e.gid) t.gid = e.gid;
+  const { sec, nsec } = mtimeParts(e.mtimeNs);
+  const modtime = formatModtime(sec, nsec);
+  if (modtime !== undefined) t.modtime = modtime;
+  if (e.type === 'char' || e.type === 'block') {
+    if (e.devmajor) t.devMajor = e.devmajor;
+    if (e.devminor) t.devMinor = e.devminor;
+  }
+  const xattrs = sortedXattrs(e.xattrs);
+  if (xattrs.length) t.xattrs = Object.fromEntries(xattrs.map(([k, v]) => [k, v.toString('base64')]));
+  return t;
+}
+
+/** The TOC as the bytes of its JSON (names as raw bytes, toc-json.ts). */
+export function encodeToc(toc: Toc): Buffer {
+  return encodeTocJson(toc);
 }
 
 /**
@@ -283,24 +312,31 @@ export function entryNameBytes(e: TocEntry): Buffer {
  * TOC pins). Only for entries without chunks (tiu writes one frame per file).
  */
 export async function fetchTocFile(fetch: RangeFetch, e: TocEntry): Promise<Buffer> {
-  if (e.type !== 'reg') throw new BuildError('TOC_INVALID', `${e.name} is not a regular file`);
+  if (e.type !== 'reg') throw new LayerFormatError('TOC_INVALID', `${showPath(e.name)} is not a regular file`);
   if (!e.size) return Buffer.alloc(0);
   if (e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset || e.digest === undefined) {
-    throw new BuildError('TOC_INVALID', `${e.name} has no content frame in the table of contents`);
+    throw new LayerFormatError('TOC_INVALID', `${showPath(e.name)} has no content frame in the table of contents`);
   }
   const frame = await fetch(e.offset, e.endOffset);
   let data: Buffer;
   try {
     data = zstdDecompressSync(frame, { maxOutputLength: e.size });
   } catch (err) {
-    throw new BuildError('TOC_INVALID', `content frame of ${e.name} does not decompress: ${(err as Error).message}`);
+    throw new LayerFormatError(
+      'TOC_INVALID',
+      `content frame of ${showPath(e.name)} does not decompress: ${(err as Error).message}`,
+    );
   }
   const actual = sha256(data);
   if (data.length !== e.size || actual !== e.digest) {
-    throw new BuildError('TOC_CHECKSUM_MISMATCH', `content of ${e.name} does not match its table-of-contents digest`, {
-      expected: e.digest,
-      actual,
-    });
+    throw new LayerFormatError(
+      'TOC_CHECKSUM_MISMATCH',
+      `content of ${showPath(e.name)} does not match its table-of-contents digest`,
+      {
+        expected: e.digest,
+        actual,
+      },
+    );
   }
   return data;
 }

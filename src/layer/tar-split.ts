@@ -37,7 +37,7 @@ for (let t = 1; t < 8; t++) {
     TAB_HI[t]![i] = ((phi >>> 8) ^ TAB_HI[0]![idx]!) >>> 0;
   }
 }
-const [L0, L1, L2, L3, L4, L5, L6, L7] = TAB_LO as [
+type Eight = readonly [
   Uint32Array,
   Uint32Array,
   Uint32Array,
@@ -47,16 +47,22 @@ const [L0, L1, L2, L3, L4, L5, L6, L7] = TAB_LO as [
   Uint32Array,
   Uint32Array,
 ];
-const [H0, H1, H2, H3, H4, H5, H6, H7] = TAB_HI as [
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-];
+const LO = TAB_LO as unknown as Eight;
+const HI = TAB_HI as unknown as Eight;
+
+/** One half (low or high 32 bits, by its tables) of the CRC after eight bytes: x and y are the state XOR those bytes. */
+function eightBytes(t: Eight, x: number, y: number): number {
+  return (
+    t[7][x & 0xff]! ^
+    t[6][(x >>> 8) & 0xff]! ^
+    t[5][(x >>> 16) & 0xff]! ^
+    t[4][x >>> 24]! ^
+    t[3][y & 0xff]! ^
+    t[2][(y >>> 8) & 0xff]! ^
+    t[1][(y >>> 16) & 0xff]! ^
+    t[0][y >>> 24]!
+  );
+}
 
 export class Crc64 {
   #lo = 0xffffffff;
@@ -69,29 +75,13 @@ export class Crc64 {
     for (; i < n8; i += 8) {
       const x = lo ^ (b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24));
       const y = hi ^ (b[i + 4]! | (b[i + 5]! << 8) | (b[i + 6]! << 16) | (b[i + 7]! << 24));
-      lo =
-        L7[x & 0xff]! ^
-        L6[(x >>> 8) & 0xff]! ^
-        L5[(x >>> 16) & 0xff]! ^
-        L4[x >>> 24]! ^
-        L3[y & 0xff]! ^
-        L2[(y >>> 8) & 0xff]! ^
-        L1[(y >>> 16) & 0xff]! ^
-        L0[y >>> 24]!;
-      hi =
-        H7[x & 0xff]! ^
-        H6[(x >>> 8) & 0xff]! ^
-        H5[(x >>> 16) & 0xff]! ^
-        H4[x >>> 24]! ^
-        H3[y & 0xff]! ^
-        H2[(y >>> 8) & 0xff]! ^
-        H1[(y >>> 16) & 0xff]! ^
-        H0[y >>> 24]!;
+      lo = eightBytes(LO, x, y);
+      hi = eightBytes(HI, x, y);
     }
     for (; i < b.length; i++) {
       const idx = (lo ^ b[i]!) & 0xff;
-      lo = ((lo >>> 8) | ((hi & 0xff) << 24)) ^ L0[idx]!;
-      hi = (hi >>> 8) ^ H0[idx]!;
+      lo = ((lo >>> 8) | ((hi & 0xff) << 24)) ^ LO[0][idx]!;
+      hi = (hi >>> 8) ^ HI[0][idx]!;
     }
     this.#lo = lo >>> 0;
     this.#hi = hi >>> 0;

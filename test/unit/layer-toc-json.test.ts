@@ -1,0 +1,81 @@
+/**
+ * The TOC's JSON carries names as bytes, read and written as containers/storage does: raw bytes
+ * inside strings stay bytes, `\uXXXX` escapes become the code point's UTF-8 bytes.
+ */
+import assert from 'node:assert/strict';
+import { bstr } from '../../src/layer/entry.ts';
+import { encodeTocJson, parseTocJson } from '../../src/layer/toc-json.ts';
+
+const bytes = (...b: number[]) => bstr(Buffer.from(b));
+const nameOf = (json: Buffer): string => (parseTocJson(json) as { name: string }).name;
+
+describe('layer TOC JSON encoding', function () {
+  it('writes a name that is not UTF-8 as its raw bytes, escaping only quote, backslash and controls', function () {
+    const name = bytes(0x63, 0x61, 0x66, 0xe9, 0x22, 0x5c, 0x0a, 0x01, 0x7f, 0xff);
+    const json = encodeTocJson({ name });
+    assert.deepEqual(
+      json,
+      Buffer.concat([
+        Buffer.from('{"name":"caf'),
+        Buffer.from([0xe9]),
+        Buffer.from('\\"\\\\\\n\\u0001'),
+        Buffer.from([0x7f, 0xff]),
+        Buffer.from('"}'),
+      ]),
+    );
+    assert.equal(nameOf(json), name);
+  });
+
+  it('writes a UTF-8 name as plain UTF-8 JSON, which any JSON reader reads as that text', function () {
+    const text = 'usr/share/café/日本/🙂';
+    const json = encodeTocJson({ name: bstr(Buffer.from(text, 'utf8')) });
+    assert.deepEqual(json, Buffer.from(JSON.stringify({ name: text }), 'utf8'));
+    assert.equal((JSON.parse(json.toString('utf8')) as { name: string }).name, text);
+  });
+
+  it('reads raw bytes as bytes and \\u escapes as the UTF-8 bytes of the code point', function () {
+    assert.equal(
+      nameOf(Buffer.concat([Buffer.from('{"name":"a'), Buffer.from([0xe9, 0xff]), Buffer.from('"}')])),
+      bytes(0x61, 0xe9, 0xff),
+    );
+    // `\u00e9` is é, whose UTF-8 is C3 A9: the same name as the raw bytes C3 A9.
+    assert.equal(nameOf(Buffer.from('{"name":"\\u00e9"}')), bytes(0xc3, 0xa9));
+    assert.equal(
+      nameOf(Buffer.from('{"name":"\\u00E9"}')),
+      nameOf(Buffer.from([...Buffer.from('{"name":"'), 0xc3, 0xa9, ...Buffer.from('"}')])),
+    );
+    assert.equal(nameOf(Buffer.from('{"name":"\\u65e5"}')), bstr(Buffer.from('日', 'utf8')));
+    assert.equal(nameOf(Buffer.from('{"name":"\\u0000\\n\\t\\"\\/"}')), '\0\n\t"/');
+  });
+
+  it('joins surrogate pairs and reads a lone surrogate as U+FFFD', function () {
+    assert.equal(nameOf(Buffer.from('{"name":"\\ud83d\\ude42"}')), bytes(0xf0, 0x9f, 0x99, 0x82));
+    assert.equal(nameOf(Buffer.from('{"name":"\\uD83D\\uDE42x"}')), bytes(0xf0, 0x9f, 0x99, 0x82, 0x78));
+    const fffd = [0xef, 0xbf, 0xbd];
+    assert.equal(nameOf(Buffer.from('{"name":"\\ud83dx"}')), bytes(...fffd, 0x78));
+    assert.equal(nameOf(Buffer.from('{"name":"\\ude42\\ud83d"}')), bytes(...fffd, ...fffd));
+    // A high surrogate followed by another high one, then its pair: one U+FFFD, then the pair.
+    assert.equal(nameOf(Buffer.from('{"name":"\\ud83d\\ud83d\\ude42"}')), bytes(...fffd, 0xf0, 0x9f, 0x99, 0x82));
+  });
+
+  it('treats an escaped backslash before "u" as a backslash, not an escape', function () {
+    assert.equal(nameOf(Buffer.from('{"name":"\\\\u00e9"}')), '\\u00e9');
+    assert.equal(nameOf(Buffer.from('{"name":"\\\\\\u00e9"}')), '\\' + bytes(0xc3, 0xa9));
+  });
+
+  it('round-trips every byte value in names, link names and xattr keys', function () {
+    const all = bstr(Buffer.from(Array.from({ length: 256 }, (_, i) => i)));
+    const toc = {
+      version: 1,
+      entries: [
+        { type: 'symlink', name: all, linkName: all.split('').reverse().join(''), xattrs: { 'user.k': 'AA==' } },
+      ],
+    };
+    assert.deepEqual(parseTocJson(encodeTocJson(toc)), toc);
+  });
+
+  it('refuses what is not JSON', function () {
+    assert.throws(() => parseTocJson(Buffer.from('{"name":"\\u00"}')), SyntaxError);
+    assert.throws(() => parseTocJson(Buffer.from([0x7b, 0xff, 0x7d])), SyntaxError);
+  });
+});
