@@ -382,9 +382,8 @@ export const ERROR_CODES = {
   },
   PATH_ENCODING_UNSUPPORTED: {
     meaning:
-      'a program (mknod, setfattr) had to be given a path whose last component is not UTF-8, which an argument cannot carry',
-    action:
-      'rename the named entry in the image to a UTF-8 name, or report it: tiu reaches such paths through their parent directory',
+      'a program (mknod, setfattr) had to be given a relative path of one component that is not UTF-8, which an argument cannot carry (an absolute path is reached through its parent directory and a stand-in name)',
+    action: 'report it: tiu passes absolute paths to programs, so this is a bug',
     transient: false,
   },
   HARDLINK_INVALID: {
