@@ -21,7 +21,7 @@
 import { sha256 } from '../oci/digest.ts';
 import { zstdDecompressSync } from 'node:zlib';
 import { LayerFormatError } from './errors.ts';
-import { bbuf, mtimeParts, showPath, sortedXattrs, type EntryType, type TreeEntry } from './entry.ts';
+import { mtimeParts, sortedXattrs, type EntryType, type TreeEntry } from './entry.ts';
 import { encodeTocJson, parseTocJson } from './toc-json.ts';
 
 export const ZstdChunkedAnnotation = {
@@ -277,11 +277,6 @@ export async function readTocFromFooter(
   return checkToc(parsed);
 }
 
-/** The raw bytes of an entry's name. */
-export function entryNameBytes(e: TocEntry): Buffer {
-  return bbuf(e.name);
-}
-
 /** The TOC entry of a tree entry, named as its tar header names it (offsets and digest are the writer's). */
 export function tocEntryOf(e: TreeEntry): TocEntry {
   const t: TocEntry = { type: e.type, name: e.type === 'dir' ? e.path + '/' : e.path };
@@ -305,38 +300,4 @@ export function tocEntryOf(e: TreeEntry): TocEntry {
 /** The TOC as the bytes of its JSON (names as raw bytes, toc-json.ts). */
 export function encodeToc(toc: Toc): Buffer {
   return encodeTocJson(toc);
-}
-
-/**
- * One regular file's content by Range, verified against the TOC's sha256 (which the verified
- * TOC pins). Only for entries without chunks (tiu writes one frame per file).
- */
-export async function fetchTocFile(fetch: RangeFetch, e: TocEntry): Promise<Buffer> {
-  if (e.type !== 'reg') throw new LayerFormatError('TOC_INVALID', `${showPath(e.name)} is not a regular file`);
-  if (!e.size) return Buffer.alloc(0);
-  if (e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset || e.digest === undefined) {
-    throw new LayerFormatError('TOC_INVALID', `${showPath(e.name)} has no content frame in the table of contents`);
-  }
-  const frame = await fetch(e.offset, e.endOffset);
-  let data: Buffer;
-  try {
-    data = zstdDecompressSync(frame, { maxOutputLength: e.size });
-  } catch (err) {
-    throw new LayerFormatError(
-      'TOC_INVALID',
-      `content frame of ${showPath(e.name)} does not decompress: ${(err as Error).message}`,
-    );
-  }
-  const actual = sha256(data);
-  if (data.length !== e.size || actual !== e.digest) {
-    throw new LayerFormatError(
-      'TOC_CHECKSUM_MISMATCH',
-      `content of ${showPath(e.name)} does not match its table-of-contents digest`,
-      {
-        expected: e.digest,
-        actual,
-      },
-    );
-  }
-  return data;
 }

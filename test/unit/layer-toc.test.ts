@@ -8,8 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { constants as zlibConstants, zstdCompressSync } from 'node:zlib';
 import type { TreeEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
+import { fetchTocFile } from '../helpers/toc-file.ts';
 import {
-  fetchTocFile,
   formatModtime,
   parseFooter,
   readTocFromFooter,

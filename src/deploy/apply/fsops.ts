@@ -299,20 +299,6 @@ export function writeSparseSync(fd: number, data: Buffer): void {
   if (end !== data.length) ftruncateSync(fd, data.length);
 }
 
-/** Owner, then mode (chown clears setuid), then times, through a descriptor. */
-export async function setFdMeta(
-  fh: FileHandle,
-  e: Pick<TreeEntry, 'uid' | 'gid' | 'mode' | 'mtimeNs'>,
-  what: { owner?: boolean; mode?: boolean; mtime?: boolean } = { owner: true, mode: true, mtime: true },
-): Promise<void> {
-  if (what.owner) await fh.chown(e.uid, e.gid);
-  if (what.owner || what.mode) await fh.chmod(e.mode);
-  if (what.mtime) {
-    const t = nsToSeconds(e.mtimeNs);
-    await fh.utimes(t, t);
-  }
-}
-
 /** Open an existing regular file or directory for metadata changes, never following a symlink. */
 export async function openNoFollow(abs: PathLike, dir: boolean): Promise<FileHandle> {
   return open(
