@@ -37,30 +37,35 @@ for (let t = 1; t < 8; t++) {
     TAB_HI[t]![i] = ((phi >>> 8) ^ TAB_HI[0]![idx]!) >>> 0;
   }
 }
-type Eight = readonly [
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-  Uint32Array,
-];
-const LO = TAB_LO as unknown as Eight;
-const HI = TAB_HI as unknown as Eight;
+const [L0, L1, L2, L3, L4, L5, L6, L7] = TAB_LO as [Uint32Array, ...Uint32Array[]] as Uint32Array[];
+const [H0, H1, H2, H3, H4, H5, H6, H7] = TAB_HI as [Uint32Array, ...Uint32Array[]] as Uint32Array[];
 
-/** One half (low or high 32 bits, by its tables) of the CRC after eight bytes: x and y are the state XOR those bytes. */
-function eightBytes(t: Eight, x: number, y: number): number {
+/**
+ * One half (low or high 32 bits, by its tables t0..t7) of the CRC after eight bytes: x and y are
+ * the state XOR those bytes. The tables come as separate arguments, not an array of them: this is
+ * the hot loop of every build, and indexing an array of tables made it 2.5 times slower.
+ */
+function eightBytes(
+  t0: Uint32Array,
+  t1: Uint32Array,
+  t2: Uint32Array,
+  t3: Uint32Array,
+  t4: Uint32Array,
+  t5: Uint32Array,
+  t6: Uint32Array,
+  t7: Uint32Array,
+  x: number,
+  y: number,
+): number {
   return (
-    t[7][x & 0xff]! ^
-    t[6][(x >>> 8) & 0xff]! ^
-    t[5][(x >>> 16) & 0xff]! ^
-    t[4][x >>> 24]! ^
-    t[3][y & 0xff]! ^
-    t[2][(y >>> 8) & 0xff]! ^
-    t[1][(y >>> 16) & 0xff]! ^
-    t[0][y >>> 24]!
+    t7[x & 0xff]! ^
+    t6[(x >>> 8) & 0xff]! ^
+    t5[(x >>> 16) & 0xff]! ^
+    t4[x >>> 24]! ^
+    t3[y & 0xff]! ^
+    t2[(y >>> 8) & 0xff]! ^
+    t1[(y >>> 16) & 0xff]! ^
+    t0[y >>> 24]!
   );
 }
 
@@ -75,13 +80,13 @@ export class Crc64 {
     for (; i < n8; i += 8) {
       const x = lo ^ (b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24));
       const y = hi ^ (b[i + 4]! | (b[i + 5]! << 8) | (b[i + 6]! << 16) | (b[i + 7]! << 24));
-      lo = eightBytes(LO, x, y);
-      hi = eightBytes(HI, x, y);
+      lo = eightBytes(L0!, L1!, L2!, L3!, L4!, L5!, L6!, L7!, x, y);
+      hi = eightBytes(H0!, H1!, H2!, H3!, H4!, H5!, H6!, H7!, x, y);
     }
     for (; i < b.length; i++) {
       const idx = (lo ^ b[i]!) & 0xff;
-      lo = ((lo >>> 8) | ((hi & 0xff) << 24)) ^ LO[0][idx]!;
-      hi = (hi >>> 8) ^ HI[0][idx]!;
+      lo = ((lo >>> 8) | ((hi & 0xff) << 24)) ^ L0![idx]!;
+      hi = (hi >>> 8) ^ H0![idx]!;
     }
     this.#lo = lo >>> 0;
     this.#hi = hi >>> 0;
