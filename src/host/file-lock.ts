@@ -9,7 +9,8 @@
  * unlinked file: it checks that the path still names the file it locked, and starts over if not.
  */
 import { open, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { run } from './exec.ts';
+import { spawn } from 'node:child_process';
+import { CommandFailedError } from './exec.ts';
 
 export interface FileLock {
   readonly path: string;
@@ -24,15 +25,36 @@ export interface LockBusy {
 
 const CONFLICT = 75;
 
-/** flock(1) on our `fd` (its fd 3): true when locked, false when still held by another after `waitMs` (0: don't wait). */
-async function flockFd(fd: number, waitMs: number): Promise<boolean> {
+/**
+ * flock(1) on our `fd` (its fd 3): true when locked, false when still held by another after
+ * `waitMs` (0: don't wait). node:child_process directly, not execa (src/host/exec.ts): a fixed
+ * argument list and an exit status is all this needs, and importing execa (about 60 ms) only
+ * for the content store's lock made every pull into an OCI layout that much slower.
+ */
+function flockFd(fd: number, waitMs: number): Promise<boolean> {
   const wait = waitMs > 0 ? ['--timeout', (waitMs / 1000).toFixed(3)] : ['--nonblock'];
-  const r = await run('flock', [...wait, '--conflict-exit-code', String(CONFLICT), '3'], {
-    passFds: [fd],
-    okExitCodes: [0, CONFLICT],
-    timeout: waitMs + 60_000,
+  return new Promise((resolve, reject) => {
+    const child = spawn('flock', [...wait, '--conflict-exit-code', String(CONFLICT), '3'], {
+      stdio: ['ignore', 'ignore', 'pipe', fd],
+      timeout: waitMs + 60_000,
+    });
+    let stderr = '';
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-2000)));
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      if (code === 0) resolve(true);
+      else if (code === CONFLICT) resolve(false);
+      else
+        reject(
+          new CommandFailedError(
+            ['flock', ...wait, '3'],
+            code ?? undefined,
+            stderr,
+            signal ? `was killed by ${signal}` : undefined,
+          ),
+        );
+    });
   });
-  return r.exitCode === 0;
 }
 
 async function sameFile(fh: FileHandle, path: string): Promise<boolean> {
