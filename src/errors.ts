@@ -29,7 +29,7 @@ export class TiuError extends Error {
    */
   get causeCode(): string | undefined {
     let found: string | undefined;
-    for (let x: unknown = this.cause, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) {
+    for (const x of causeChain(this.cause)) {
       const code = (x as { code?: unknown }).code;
       if (typeof code === 'string' && code) found = code;
     }
@@ -46,9 +46,14 @@ export function asError(e: unknown): Error {
   return e instanceof Error ? e : new Error(String(e));
 }
 
+/** `e` and the errors in its `cause` chain, at most 8 (a cycle of causes ends there). */
+function* causeChain(e: unknown): Generator<unknown> {
+  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) yield x;
+}
+
 /** Whether `e` or an error in its `cause` chain (a few levels deep) satisfies `test`. */
 export function someCause(e: unknown, test: (x: unknown) => boolean): boolean {
-  for (let x: unknown = e, i = 0; x && i < 8; x = (x as { cause?: unknown }).cause, i++) if (test(x)) return true;
+  for (const x of causeChain(e)) if (test(x)) return true;
   return false;
 }
 

@@ -40,7 +40,6 @@ export function normalizeEntryPath(name: string, opts: { allowAbsolute?: boolean
  * (leading `/` tolerated as tar writers sometimes do, `..` refused).
  */
 export function normalizeLinkTarget(path: string, target: string): string {
-  if (target.includes('\0')) throw new UnsafePathError(path, 'hardlink target contains a NUL byte');
   let norm: string;
   try {
     norm = normalizeEntryPath(target, { allowAbsolute: true });

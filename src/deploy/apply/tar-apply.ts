@@ -216,7 +216,7 @@ async function applyTarEntry(st: State, t: TarMember, layer: number): Promise<vo
     else if (w.kind === 'opaque') hide(st, w.dir, false, layer);
     return;
   }
-  const e = imageEntry(t, layer);
+  const e = imageEntry(t, layer, path);
   if (path === '' && e.type !== 'dir')
     throw new UnsafePathError(t.name, `the root of the image is a ${e.type}, not a directory`);
   if (path !== '') await ensureParents(st, path, layer);

@@ -11,9 +11,11 @@ import { memberEntry, readTar, type ByteReader, type TarMember } from '../../lay
 import { checkXattrs } from '../../host/xattr-names.ts';
 import type { TreeEntry } from './types.ts';
 
-/** The entry of a member of an image's tar at layer `layer`: path normalised, xattr names checked (XATTR_INVALID). */
-export function imageEntry(m: TarMember, layer: number): TreeEntry {
-  const path = normalizeEntryPath(m.name);
+/**
+ * The entry of a member of an image's tar at layer `layer`: path normalised (the caller's, when
+ * it normalised the name already), xattr names checked (XATTR_INVALID).
+ */
+export function imageEntry(m: TarMember, layer: number, path = normalizeEntryPath(m.name)): TreeEntry {
   // Names from image data: refused here, before anything is written.
   checkXattrs(bbuf(path), m.xattrs);
   return { ...memberEntry(m, path), source: { layer } };

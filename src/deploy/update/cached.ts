@@ -32,13 +32,10 @@ async function fromTheCache<T>(
   try {
     return await step();
   } catch (e) {
-    const mismatch =
-      isTiuError(e, 'DIGEST_MISMATCH') ||
-      isTiuError(e, 'SIZE_MISMATCH') ||
-      isTiuError(e, 'DELTA_FILE_MISMATCH') ||
-      isTiuError(e, 'TOC_CHECKSUM_MISMATCH');
-    if (!mismatch) throw e;
-    if (!isTiuError(e, 'DIGEST_MISMATCH') && !isTiuError(e, 'SIZE_MISMATCH')) {
+    const blobMismatch = isTiuError(e, 'DIGEST_MISMATCH') || isTiuError(e, 'SIZE_MISMATCH');
+    const fileMismatch = isTiuError(e, 'DELTA_FILE_MISMATCH') || isTiuError(e, 'TOC_CHECKSUM_MISMATCH');
+    if (!blobMismatch && !fileMismatch) throw e;
+    if (fileMismatch) {
       const layersIntact = await verifyBlobs(cache, manifest.layers, o.signal).then(
         () => true,
         () => false,

@@ -7,13 +7,8 @@ export class UpdateError extends TiuError {}
  * Whether the delta's content store is worth keeping for the next run: the failure is transient
  * (a retry may get past it) and not a full disk, which the store itself helps fill.
  */
-export function isTransient(e: unknown, signal?: AbortSignal): boolean {
+export function storeWorthKeeping(e: unknown, signal?: AbortSignal): boolean {
   return signal?.aborted === true || (isTransientError(e) && !isDiskFullError(e));
-}
-
-/** A full disk anywhere in the cause chain (DISK_FULL, or Node's ENOSPC/EDQUOT). */
-export function isNoSpace(e: unknown): boolean {
-  return isDiskFullError(e);
 }
 
 /** ENOSPC while the image is fetched into the cache (before any snapshot) becomes DISK_FULL naming the cache. */
@@ -21,7 +16,7 @@ export async function whileFetching<T>(cacheDir: string, image: string, step: ()
   try {
     return await step();
   } catch (e) {
-    if (!isNoSpace(e)) throw e;
+    if (!isDiskFullError(e)) throw e;
     throw new UpdateError(
       'DISK_FULL',
       `no space left on the filesystem of the cache ${cacheDir} while fetching ${image}; no snapshot was made: ${asError(e).message}`,

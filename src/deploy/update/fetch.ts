@@ -12,7 +12,7 @@ import { pendingRanges, rangeBytes, type ContentStore, type DeltaTransfer } from
 import { downloadProgress } from '../download-progress.ts';
 import { isLayer } from '../../layer/openers.ts';
 import type { UpdateDeps } from './deps.ts';
-import { isTransient, whileFetching } from './errors.ts';
+import { storeWorthKeeping, whileFetching } from './errors.ts';
 import type { Planned, UpdateResult } from './run.ts';
 import { policyCheck } from './trust.ts';
 
@@ -67,7 +67,7 @@ export async function downloadDelta(
       o.progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${humanSize(got.bytes)} of content`);
     return { store, bytes: got.bytes };
   } catch (e) {
-    if (!isTransient(e, o.signal)) await store.remove().catch(() => undefined);
+    if (!storeWorthKeeping(e, o.signal)) await store.remove().catch(() => undefined);
     throw e;
   }
 }

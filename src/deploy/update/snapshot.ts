@@ -3,10 +3,10 @@
  * happens to it when a later stage fails (`abandon`): it is deleted again, and the btrfs default
  * never moved, so the system is as it was.
  */
-import { asError } from '../../errors.ts';
+import { asError, isDiskFullError } from '../../errors.ts';
 import { snapshotPath } from '../state.ts';
 import type { UpdateDeps } from './deps.ts';
-import { isNoSpace, UpdateError } from './errors.ts';
+import { UpdateError } from './errors.ts';
 import type { Checked, Staged } from './run.ts';
 
 /** The reserve is still free (the apply checks it again as it writes); then the snapshot, in progress. */
@@ -35,7 +35,7 @@ export async function abandon(deps: UpdateDeps, run: Staged, e: unknown): Promis
   } catch (d) {
     run.progress(`could not delete snapshot ${n} (the next run retries): ${asError(d).message}`);
   }
-  if (!isNoSpace(e)) return e;
+  if (!isDiskFullError(e)) return e;
   return new UpdateError(
     'DISK_FULL',
     `no space left on the filesystem of ${run.ctx.sysroot} while writing snapshot ${n}; it was deleted again: ${asError(e).message}`,
