@@ -2,8 +2,10 @@
  * The executor: carries out a Plan in the target directory.
  *
  * Phases: (1) everything with content is first materialised in a staging directory inside the
- * root: new content from the provider (verified by sha256 and size, holes kept), reflinks of
- * old files (taken before anything is deleted or overwritten, so moved and swapped files work);
+ * root: clones from other snapshots (from-snapshot.ts; one that vanished or changed is fetched
+ * from the provider instead), new content from the provider (verified by sha256 and size, holes
+ * kept), reflinks of old files (taken before anything is deleted or overwritten, so moved and
+ * swapped files work);
  * (2) deletions; (3) the tree in path order, parents first: directories, files renamed from
  * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs in one setfattr run, after every
  * chown (chown drops security.capability); (6) directory mtimes last.
@@ -13,6 +15,7 @@ import { copyFile, lstat, mkdir, rename, rm, rmdir, unlink } from 'node:fs/promi
 import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
 import { isVerifiedFile, type ContentProvider } from './content.ts';
+import { takeFromSnapshot } from './from-snapshot.ts';
 import { ContentUnavailableError, UnsafePathError, mapFsError } from './errors.ts';
 import {
   SafeRoot,
@@ -26,6 +29,7 @@ import {
   writeNewFile,
 } from './fsops.ts';
 import { parentOf } from '../../layer/paths.ts';
+import { showPath } from '../../layer/entry.ts';
 import type { SpaceGuard } from './space.ts';
 import type { ContentIndex } from './scan.ts';
 import type { Action, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
@@ -124,10 +128,31 @@ async function executePlanInner(
   const xattrRemoves: { path: Buffer; name: string }[] = [];
 
   try {
-    // (1) content into staging
+    // (1) content into staging: first from other snapshots, then what is still missing from the provider
     opts.onPhase?.('fetch');
     const writes = new Map<string, TreeEntry>();
     for (const a of plan.actions) if (a.kind === 'write') writes.set(a.entry.path, a.entry);
+    const sources = new Map<string, SafeRoot | null>();
+    for (const a of plan.actions) {
+      const f = a.fromSnapshot;
+      if (a.kind !== 'reflink' || !f) continue;
+      let src = sources.get(f.root);
+      if (src === undefined) sources.set(f.root, (src = await SafeRoot.open(f.root, 'binary').catch(() => null)));
+      const rel = `${stagingRel}/${++n}`;
+      const got = src
+        ? await takeFromSnapshot(src, f, a.entry, sr.path(rel), opts.allowCopyFallback ?? false)
+        : { ok: false as const, why: 'the snapshot is gone' };
+      if (got.ok) {
+        if (!got.reflinked) add(report.copiedInsteadOfReflink, a.entry.size);
+        staged.set(a.entry.path, rel);
+        continue;
+      }
+      report.warnings.push(
+        `/${showPath(a.entry.path)}: not taken from snapshot ${f.snapshot} (/${showPath(f.seen.path)}): ${got.why}; fetched instead`,
+      );
+      add(report.snapshotFallbacks, a.entry.size);
+      writes.set(a.entry.path, a.entry);
+    }
     if (writes.size) {
       const taken = new Set<string>();
       await provider.deliver([...writes.values()], async (entry, content) => {
@@ -156,7 +181,7 @@ async function executePlanInner(
     }
     opts.onPhase?.('reflink');
     for (const a of plan.actions) {
-      if (!((a.kind === 'reflink' && !a.fromNew) || a.kind === 'clone')) continue;
+      if (!((a.kind === 'reflink' && !a.fromNew && !a.fromSnapshot) || a.kind === 'clone')) continue;
       const from = a.from!;
       const st = await lstat(sr.path(from)).catch(() => null);
       if (!st?.isFile()) throw new UnsafePathError(from, 'reflink source is no longer a regular file');
@@ -218,7 +243,11 @@ async function executePlanInner(
           if (!src) throw new ContentUnavailableError(rel, 'no staged content');
           await setMetaAt(sr, src, e);
           await moveIntoPlace(sr, src, rel, e, opts.allowCopyFallback ?? false);
-          add(a.kind === 'write' ? report.written : report.reflinked, bytes);
+          if (a.kind === 'write' || writes.has(rel)) add(report.written, bytes);
+          else {
+            add(report.reflinked, bytes);
+            if (a.fromSnapshot) add(report.reflinkedFromSnapshots, bytes);
+          }
           break;
         }
         case 'symlink':

@@ -17,6 +17,7 @@ export { flattenLayers, whiteoutOf, OPAQUE_MARKER, WHITEOUT_PREFIX } from './lay
 export { tocToEntries, parseTimeNs, EMPTY_SHA256, type ChunkedToc, type ChunkedTocEntry } from './toc.ts';
 export { scanTree, ContentIndex, hashFile, type ContentHasher, type ScanOptions } from './scan.ts';
 export { planApply, metaDiff, type PlanOptions } from './plan.ts';
+export { SnapshotSource, findInSources, type ContentSource, type SourceSpec } from './sources.ts';
 export { executePlan, type ExecuteOptions } from './execute.ts';
 export {
   openerProvider,

@@ -8,12 +8,18 @@ import { UnsafePathError } from './errors.ts';
 import { sameTime } from './fsops.ts';
 import { comparePaths, isAtOrBelow, parentOf } from '../../layer/paths.ts';
 import type { ContentHasher } from './scan.ts';
+import { findInSources, type ContentSource } from './sources.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
 import { emptyCounter } from './types.ts';
 
 export interface PlanOptions {
   /** Relative paths never deleted (nor anything below them). */
   preserve?: readonly string[];
+  /**
+   * Other snapshots asked, in this order, for content the old tree lacks: a match is reflinked
+   * from there (nothing fetched, extents shared) instead of written.
+   */
+  sources?: readonly ContentSource[];
 }
 
 function sameXattrs(a: Record<string, Buffer>, b: Record<string, Buffer>): { set: string[]; remove: string[] } {
@@ -104,6 +110,7 @@ export async function planApply(
     keep: emptyCounter(),
     meta: emptyCounter(),
     reflink: emptyCounter(),
+    fromSnapshots: emptyCounter(),
     write: emptyCounter(),
     create: emptyCounter(),
     link: emptyCounter(),
@@ -180,6 +187,11 @@ export async function planApply(
             a = { kind: 'reflink', entry: e, from: dup, fromNew: true, replace };
             break;
           }
+          const other = await findInSources(opts.sources ?? [], e.size, digest);
+          if (other) {
+            a = { kind: 'reflink', entry: e, from: other.seen.path, fromSnapshot: other, replace };
+            break;
+          }
           firstWriteOf.set(digest, p);
         }
         a = { kind: 'write', entry: e, replace };
@@ -219,6 +231,10 @@ export async function planApply(
                 : summary.create;
     c.count++;
     c.bytes += bytes;
+    if (a.fromSnapshot) {
+      summary.fromSnapshots.count++;
+      summary.fromSnapshots.bytes += bytes;
+    }
   }
 
   // Deletions: old paths not in the new tree, top-most only; below a path the new tree turns

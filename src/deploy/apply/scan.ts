@@ -147,6 +147,8 @@ export async function hashFile(abs: PathLike): Promise<string> {
 export class ContentIndex implements ContentHasher {
   readonly root: string;
   readonly #known = new Map<string, string>();
+  /** Keys whose digest this process read from the file itself (not loaded from a saved index). */
+  readonly #hashedHere = new Set<string>();
   /** Files actually read to hash them (for reports and tests). */
   hashedFiles = 0;
   hashedBytes = 0;
@@ -199,6 +201,12 @@ export class ContentIndex implements ContentHasher {
     this.hashedFiles++;
     this.hashedBytes += e.size;
     this.#known.set(k, d);
+    this.#hashedHere.add(k);
     return d;
+  }
+
+  /** Whether this process read the file with this key to hash it (rather than trusting a saved index). */
+  hashedHere(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): boolean {
+    return this.#hashedHere.has(keyOf(e));
   }
 }

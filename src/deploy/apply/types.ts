@@ -58,8 +58,25 @@ export interface Action {
   from?: string;
   /** For reflink: `from` is a path of the *new* tree written earlier in this apply (same content twice). */
   fromNew?: boolean;
+  /** For reflink: `from` is a path of another snapshot (a content source), not of the old tree. */
+  fromSnapshot?: SnapshotFile;
   /** For meta: which attributes differ. */
   fix?: MetaFix;
+}
+
+/**
+ * A file of another snapshot that holds a new entry's content (apply/sources.ts found it by size
+ * and sha256). What the executor needs to take it safely: where, what it looked like when it was
+ * matched, and whether its digest was read from the file by this process.
+ */
+export interface SnapshotFile {
+  snapshot: number;
+  /** The snapshot's root directory. */
+  root: string;
+  /** The file as the match saw it: inode, size, mtime and ctime must still be these when it is opened. */
+  seen: ExistingEntry;
+  /** This process hashed the file itself (true), or the digest came from a saved content index (false: verify). */
+  hashedHere: boolean;
 }
 
 export interface MetaFix {
@@ -89,7 +106,10 @@ export interface Counter {
 export interface PlanSummary {
   keep: Counter;
   meta: Counter;
+  /** Content already on the disk, cloned: from the old tree, another snapshot or a file written before. */
   reflink: Counter;
+  /** Of `reflink`: content found in other snapshots (content sources), not in the old tree. */
+  fromSnapshots: Counter;
   write: Counter;
   create: Counter;
   link: Counter;
@@ -100,6 +120,10 @@ export interface ApplyReport {
   kept: Counter;
   metadataFixed: Counter;
   reflinked: Counter;
+  /** Of `reflinked`: content cloned from other snapshots (content sources). */
+  reflinkedFromSnapshots: Counter;
+  /** Planned from another snapshot, but its file had vanished or changed: fetched instead (and counted in `written`). */
+  snapshotFallbacks: Counter;
   written: Counter;
   created: Counter;
   linked: Counter;
@@ -124,6 +148,8 @@ export function emptyReport(): ApplyReport {
     kept: emptyCounter(),
     metadataFixed: emptyCounter(),
     reflinked: emptyCounter(),
+    reflinkedFromSnapshots: emptyCounter(),
+    snapshotFallbacks: emptyCounter(),
     written: emptyCounter(),
     created: emptyCounter(),
     linked: emptyCounter(),

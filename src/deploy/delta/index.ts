@@ -29,12 +29,14 @@ import {
   planApply,
   scanTree,
   SkipTally,
+  SnapshotSource,
   type ApplyReport,
   type OldTree,
   type Plan,
   type PlanSummary,
   type Reserved,
   type SkipReport,
+  type SourceSpec,
   type SpaceGuard,
   type TreeEntry,
 } from '../apply/index.ts';
@@ -80,7 +82,7 @@ export interface TransferReport {
   requests: number;
   /** Measured after the download: layer bytes actually received (TOCs + content). */
   downloaded?: number;
-  /** Delta: files of the old tree read to hash them while planning (none when its content index knew them). */
+  /** Delta: files of the old tree and the content sources read to hash them while planning (none when their content indexes knew them). */
   hashed?: { files: number; bytes: number };
   /** Delta: files of the new tree by what the plan does with them; `changed` is everything but `keep`. */
   files?: PlanSummary & { changed: number };
@@ -100,6 +102,12 @@ export interface PrepareOptions {
   indexFile?: string;
   /** Save the index (with what planning hashed) here, so the next plan of the same root reads nothing. */
   saveIndexTo?: string;
+  /**
+   * Other snapshots that may hold content the old root lacks, in the order they are asked
+   * (apply/sources.ts): their files are reflinked, not downloaded. With saveIndexTo, what
+   * planning hashed of them is saved to their own index files.
+   */
+  sources?: readonly SourceSpec[];
   coalesce?: CoalesceOptions;
   signal?: AbortSignal;
 }
@@ -110,6 +118,8 @@ export interface DeltaTransfer {
   manifest: ImageManifest;
   layers: TreeEntry[][];
   plan: Plan;
+  /** The content sources the plan used, kept for the apply's plan (their scans and indexes). */
+  sources: SnapshotSource[];
   ranges: FetchRange[];
   coalesce: CoalesceOptions;
   report: TransferReport;
@@ -156,12 +166,13 @@ async function planAgainst(
   reserved: Reserved | undefined,
   indexFile?: string,
   scanned?: OldTree,
+  sources: readonly SnapshotSource[] = [],
 ): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
   const tree = flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers);
   const old = scanned ?? (await scanTree(root, { preserve }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
-  const plan = await planApply(tree, old, index, { preserve });
+  const plan = await planApply(tree, old, index, { preserve, sources });
   return { plan, index, skip: tally.report() };
 }
 
@@ -183,6 +194,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     await scanning.catch(() => undefined);
     return whole(o.manifest, tocs.reason, mode);
   }
+  const sources = await Promise.all((o.sources ?? []).map((s) => SnapshotSource.open(s, o.preserve)));
   const { plan, index } = await planAgainst(
     tocs.layers,
     o.oldRoot,
@@ -190,8 +202,14 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     o.reserved,
     o.indexFile,
     await scanning,
+    sources,
   );
   if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
+  if (o.saveIndexTo)
+    for (const [i, s] of sources.entries()) {
+      const file = o.sources![i]!.indexFile;
+      if (file && s.index.hashedFiles > 0) await saveIndex(s.index, file);
+    }
   const lacking = frameless(plan.fetch);
   if (lacking.length)
     return whole(
@@ -208,6 +226,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     manifest: o.manifest,
     layers: tocs.layers,
     plan,
+    sources,
     ranges,
     coalesce: co,
     report: {
@@ -218,7 +237,10 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       contentBytes: content,
       requests: tocs.requests + ranges.length,
       files: { ...plan.summary, changed: changedFiles(plan.summary) },
-      hashed: { files: index.hashedFiles, bytes: index.hashedBytes },
+      hashed: {
+        files: index.hashedFiles + sources.reduce((n, s) => n + s.index.hashedFiles, 0),
+        bytes: index.hashedBytes + sources.reduce((n, s) => n + s.index.hashedBytes, 0),
+      },
     },
   };
 }
@@ -271,7 +293,15 @@ export async function applyTransfer(
     space?: SpaceGuard;
   },
 ): Promise<ApplyTransferResult> {
-  const { plan, index, skip } = await planAgainst(t.layers, root, opts.preserve, opts.reserved, opts.indexFile);
+  const { plan, index, skip } = await planAgainst(
+    t.layers,
+    root,
+    opts.preserve,
+    opts.reserved,
+    opts.indexFile,
+    undefined,
+    t.sources,
+  );
   const provider = storeProvider(t.source, t.manifest.layers, store, {
     concurrency: opts.concurrency,
     signal: opts.signal,
@@ -300,7 +330,7 @@ export function contentIndexFile(cacheDir: string, n: number): string {
   return join(cacheDir, 'content-index', `${n}.json`);
 }
 
-/** Drop the content indexes of snapshots other than `keep`. */
+/** Drop the content indexes of snapshots other than `keep` (every snapshot that can still be planned against or from). */
 export async function pruneContentIndexes(cacheDir: string, keep: readonly number[]): Promise<void> {
   const dir = join(cacheDir, 'content-index');
   const names = await readdir(dir).catch(() => [] as string[]);

@@ -9,6 +9,7 @@ import type { UpdateDeps } from './deps.ts';
 import { ETC_ASIDE } from './merge.ts';
 import { indexOf } from './plan.ts';
 import type { Applied, Aside } from './run.ts';
+import { indexesToKeep } from './sources.ts';
 
 export async function apply(deps: UpdateDeps, run: Aside): Promise<Applied> {
   const { delta, newRoot, reserved, signal, snapshot: n } = run;
@@ -36,7 +37,7 @@ export async function apply(deps: UpdateDeps, run: Aside): Promise<Applied> {
     indexFile: indexOf(run, run.from),
     saveIndexTo: indexOf(run, n),
   });
-  await deps.delta.pruneContentIndexes(run.cacheDir, [run.from, n]);
+  await deps.delta.pruneContentIndexes(run.cacheDir, indexesToKeep(run.state, run.from, n));
   // Content the store lacked at apply time was downloaded then: part of the transfer's cost.
   const transfer =
     a.extra.bytes && !run.fromCache

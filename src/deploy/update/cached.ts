@@ -15,6 +15,7 @@ import { UpdateError, whileFetching } from './errors.ts';
 import { downloadDelta } from './fetch.ts';
 import { checkOsPlan, checkOsTree, imageManifest, indexOf } from './plan.ts';
 import type { Checked, Planned } from './run.ts';
+import { contentSources } from './sources.ts';
 
 /**
  * Read the cached image with `step`. A cached copy that fails its digests (a disk that rots, a
@@ -70,6 +71,7 @@ async function readCache(deps: UpdateDeps, run: Planned, manifest: ImageManifest
     signal,
     indexFile: indexOf(run, run.from),
     saveIndexTo: indexOf(run, run.from),
+    sources: contentSources(run.state, run.from, run.cacheDir),
   });
   if (local.path !== 'delta') {
     // Every blob read through its digest, and every tar header checked as the apply will, before a snapshot exists.

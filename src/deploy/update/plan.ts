@@ -1,7 +1,8 @@
 /**
- * Stage `plan`: the download path against the booted snapshot, the file-level delta where the
- * source and layers allow it (prepareTransfer), else whole layers. Reads the system, writes only
- * the booted snapshot's content index into the cache. `prepare` is shared with --check.
+ * Stage `plan`: the download path against the booted snapshot (with the other snapshots tiu
+ * deployed as content sources), the file-level delta where the source and layers allow it
+ * (prepareTransfer), else whole layers. Reads the system, writes only content indexes into the
+ * cache. `prepare` is shared with --check.
  */
 import { join } from 'node:path';
 import { fetchManifest } from '../../content/graph.ts';
@@ -16,6 +17,7 @@ import { withLayers } from '../../layer/openers.ts';
 import type { UpdateDeps } from './deps.ts';
 import { UpdateError, whileFetching } from './errors.ts';
 import type { OnBooted, Planned, Resolved, Settled } from './run.ts';
+import { contentSources } from './sources.ts';
 
 /** The image manifest for this machine: the root itself, or the matching entry of an index. */
 export async function imageManifest(
@@ -77,7 +79,9 @@ export function checkOsPlan(d: DeltaTransfer, image: string): void {
 
 /**
  * The download path for the accepted image against the booted snapshot, using its content
- * index (`save`: write what planning hashed back, for the next plan). Reads, never writes else.
+ * index, with the other snapshots tiu deployed as content sources (./sources.ts): what one of
+ * them holds is reflinked, not downloaded. `save`: write what planning hashed back into the
+ * indexes, for the next plan. Reads, never writes else.
  */
 export async function prepare(
   deps: UpdateDeps,
@@ -95,6 +99,7 @@ export async function prepare(
     signal: run.signal,
     indexFile: index.load,
     ...(index.save ? { saveIndexTo: index.load } : {}),
+    sources: contentSources(run.state, run.from, join(run.ctx.sysroot, run.config.cache)),
   });
 }
 
