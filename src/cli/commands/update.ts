@@ -87,7 +87,7 @@ const command: Command = {
           const a = r.apply;
           const lines = [
             `snapshot ${r.snapshot} (from ${r.from}) holds ${r.image} (${shortDigest(r.digest)}) and boots next`,
-            `  files: ${a.written.count} written (${humanSize(a.written.bytes)}), ${a.reflinked.count} reflinked, ${a.kept.count} kept, ${a.deleted.count} deleted`,
+            `  files: ${a.written.count} written (${humanSize(a.written.bytes)}), ${a.reflinked.count} reflinked${a.reflinkedFromSnapshots.count ? ` (${a.reflinkedFromSnapshots.count} from other snapshots)` : ''}, ${a.kept.count} kept, ${a.deleted.count} deleted`,
             ...(r.transfer ? [`  ${describeTransfer(r.transfer)}`] : []),
             ...(a.skipped.count ? [`  ${describeSkipped(a)}`] : []),
             ...r.etcConflicts.map(
