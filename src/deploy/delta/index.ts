@@ -82,8 +82,10 @@ export interface TransferReport {
   requests: number;
   /** Measured after the download: layer bytes actually received (TOCs + content). */
   downloaded?: number;
-  /** Delta: files of the old tree and the content sources read to hash them while planning (none when their content indexes knew them). */
+  /** Delta: files of the old tree read to hash them while planning (none when its content index knew them). */
   hashed?: { files: number; bytes: number };
+  /** Delta: the same for the other snapshots asked for content (content sources). */
+  hashedInSources?: { files: number; bytes: number };
   /** Delta: files of the new tree by what the plan does with them; `changed` is everything but `keep`. */
   files?: PlanSummary & { changed: number };
 }
@@ -237,9 +239,10 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       contentBytes: content,
       requests: tocs.requests + ranges.length,
       files: { ...plan.summary, changed: changedFiles(plan.summary) },
-      hashed: {
-        files: index.hashedFiles + sources.reduce((n, s) => n + s.index.hashedFiles, 0),
-        bytes: index.hashedBytes + sources.reduce((n, s) => n + s.index.hashedBytes, 0),
+      hashed: { files: index.hashedFiles, bytes: index.hashedBytes },
+      hashedInSources: {
+        files: sources.reduce((n, s) => n + s.index.hashedFiles, 0),
+        bytes: sources.reduce((n, s) => n + s.index.hashedBytes, 0),
       },
     },
   };
