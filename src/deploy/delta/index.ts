@@ -3,7 +3,8 @@
  * against an unmodified registry (or ranged reads of an OCI layout on a USB stick).
  *
  *   prepareTransfer  TOCs by range (verified against the signed manifest's annotations), a plan
- *                    against the booted snapshot (by sha256 wherever a file lives), and the
+ *                    against the booted snapshot (by sha256 wherever a file lives, there or in
+ *                    another snapshot: the content sources, apply/sources.ts), and the
  *                    coalesced byte ranges of the missing files; or the reason why only the
  *                    whole-layer path is possible (no Range support, no TOC, gzip layers).
  *                    Writes nothing: `tiu update --check` is this step and its report.
