@@ -7,6 +7,7 @@
  * push index + patches as an OCI artifact whose subject is TO's platform manifest.
  * Deterministic: the same FROM and TO give the same artifact digest.
  */
+import { availableParallelism } from 'node:os';
 import { Readable } from 'node:stream';
 import type { Target } from '../content/interfaces.ts';
 import { MediaType } from '../oci/mediatypes.ts';
@@ -36,7 +37,10 @@ import {
 } from './delta-images.ts';
 
 export interface DeltaOptions {
-  /** Patches encoded at a time (each holds an old and a new file in memory, at most 16 MiB each). Default 4. */
+  /**
+   * Patches encoded at a time (each holds an old and a new file, at most 16 MiB each, and a
+   * level-19 zstd context, up to ~150 MiB). Default: the CPUs, at most 4.
+   */
   concurrency?: number;
   onProgress?: (line: string) => void;
 }
@@ -81,6 +85,8 @@ export interface DeltaImageRef {
 }
 
 const EMPTY_CONFIG = Buffer.from('{}');
+
+const concurrency = (opts: DeltaOptions): number => opts.concurrency ?? Math.min(4, availableParallelism());
 
 /**
  * Make and push a delta artifact from FROM to TO for every platform of TO that FROM has.
@@ -234,7 +240,7 @@ async function encodeFilePatches(
   const patches: (Buffer | undefined)[] = new Array<Buffer | undefined>(pairs.length);
   let done = 0;
   let lastSaid = Date.now();
-  await forEachBounded([...pairs.keys()], opts.concurrency ?? 4, async (i) => {
+  await forEachBounded([...pairs.keys()], concurrency(opts), async (i) => {
     const { old, neu } = pairs[i]!;
     const patch = await encodePatch(await readImageFile(fromRange, old), await readImageFile(toRange, neu));
     patches[i] = patch;
@@ -264,7 +270,7 @@ async function encodeTocPatches(fromTocs: readonly LayerToc[], toTocs: readonly 
   const dictionary = Buffer.concat(fromTocs.map((t) => t.json));
   const candidates = changed.filter((t) => t.jsonDigest !== undefined);
   const encoded: Buffer[] = new Array<Buffer>(candidates.length);
-  await forEachBounded([...candidates.keys()], opts.concurrency ?? 4, async (i) => {
+  await forEachBounded([...candidates.keys()], concurrency(opts), async (i) => {
     encoded[i] = await compressWithDictionary(candidates[i]!.json, dictionary);
   });
   const patches = candidates.flatMap((t, i) =>
