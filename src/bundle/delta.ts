@@ -266,7 +266,10 @@ async function encodeFilePatches(
  */
 async function encodeTocPatches(fromTocs: readonly LayerToc[], toTocs: readonly LayerToc[], opts: DeltaOptions) {
   const fromChecksums = new Set(fromTocs.map((t) => t.checksum));
-  const changed = toTocs.filter((t) => !fromChecksums.has(t.checksum));
+  // A layer listed twice in TO is one layer: one patch (the index names each layer once).
+  const changed = toTocs.filter(
+    (t, i) => !fromChecksums.has(t.checksum) && toTocs.findIndex((x) => x.layer.digest === t.layer.digest) === i,
+  );
   const dictionary = Buffer.concat(fromTocs.map((t) => t.json));
   const candidates = changed.filter((t) => t.jsonDigest !== undefined);
   const encoded: Buffer[] = new Array<Buffer>(candidates.length);
