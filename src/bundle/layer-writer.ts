@@ -13,7 +13,9 @@ import { closeSync, createReadStream, openSync, readSync, writeSync } from 'node
 import { once } from 'node:events';
 import { constants as zc, createGzip, createZstdCompress, zstdCompress } from 'node:zlib';
 import { promisify } from 'node:util';
+import { sha256 } from '../oci/digest.ts';
 import { MediaType } from '../oci/mediatypes.ts';
+import { DeltaAnnotation } from '../patch/media.ts';
 import type { Descriptor, Digest } from '../oci/types.ts';
 import { BuildError } from './errors.ts';
 import { contentFile, showPath, type TreeEntry } from '../layer/entry.ts';
@@ -433,6 +435,8 @@ async function writeZstdChunked(
           [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${createHash('sha256').update(compressed).digest('hex')}`,
           [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${compressed.length}:${json.length}:${MANIFEST_TYPE_CRFS}`,
           [ZstdChunkedAnnotation.TarSplitPosition]: `${splitOffset}:${splitData.length}:${split.uncompressedSize}`,
+          // Pins the uncompressed TOC too, so a TOC rebuilt from a delta patch is verified like a fetched one.
+          [DeltaAnnotation.TocJsonDigest]: sha256(json),
         },
       },
       diffId: `sha256:${tar.digest('hex')}`,
