@@ -9,11 +9,13 @@
  *           An update is a btrfs snapshot of that subvolume, `ostree pull` of upgraded over
  *           HTTP (which takes the static delta from base) and `ostree checkout -H upgraded`
  *           into it, sync. Disk = btrfs exclusive bytes of the new snapshot (new objects plus
- *           the checkout's directories), as for the other peers.
+ *           the checkout's directories), as for the other peers. A second variant takes the
+ *           same delta as one file (`--inline --filename`): curl, `ostree static-delta
+ *           apply-offline`, checkout: the delta format without the pull's logic.
  * ostree refuses device nodes: the commits skip /dev (a skip list; the other peers exclude it
  * when they apply, too).
  */
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeBtrfs } from '../test/helpers/btrfs.ts';
 import { measured, sh } from './lib/proc.ts';
@@ -22,6 +24,7 @@ import { exclusiveBytes, Steps } from './update.ts';
 
 /** The peers' names in the figures. */
 export const OSTREE = 'ostree (static delta pull, checkout -H)';
+export const OSTREE_FILE = 'ostree (static delta file, apply-offline, checkout -H)';
 export const OSTREE_GENERATE = 'ostree static-delta generate';
 /** The scenario of making a delta in CI (tiu's `tiu delta` is recorded under it too). */
 export const MAKE_DELTA = 'make the delta base → upgraded (CI)';
@@ -64,9 +67,29 @@ async function serverRepo(ctx: Ctx): Promise<string> {
   return repo;
 }
 
+/** The same delta as one file (`--inline --filename`), served under /ostree-file/ for the offline variant. */
+async function deltaFile(ctx: Ctx, server: string): Promise<{ dir: string; name: string; commit: string }> {
+  const dir = join(ctx.work, 'ostree-file');
+  await mkdir(dir);
+  const name = 'base-upgraded.delta';
+  await sh('ostree', [
+    `--repo=${server}`,
+    'static-delta',
+    'generate',
+    '--from=base',
+    '--to=upgraded',
+    '--inline',
+    `--filename=${join(dir, name)}`,
+  ]);
+  const commit = (await sh('ostree', [`--repo=${server}`, 'rev-parse', 'upgraded'])).stdout.trim();
+  return { dir, name, commit };
+}
+
 export async function ostreePeer(ctx: Ctx, scenario: string): Promise<void> {
   const server = await serverRepo(ctx);
+  const file = await deltaFile(ctx, server);
   ctx.proxy.serve('/ostree/', server);
+  ctx.proxy.serve('/ostree-file/', file.dir);
   log('ostree device: a btrfs with base pulled into a bare repo and checked out');
   const fs = await makeBtrfs(8192);
   try {
@@ -79,34 +102,55 @@ export async function ostreePeer(ctx: Ctx, scenario: string): Promise<void> {
     await sh('ostree', [repo(base), 'checkout', '-H', 'base', join(base, 'deploy/base')]);
     await sh('ostree', [repo(base), 'remote', 'add', '--no-gpg-verify', 'bench', `${ctx.proxy.url}/ostree/`]);
     await sh('btrfs', ['filesystem', 'sync', fs.mnt]);
-    for (let i = 0; i < RUNS; i++) {
+    /** One update into a snapshot of base: `fetch` brings upgraded's objects into the snapshot's repo. */
+    const update = async (
+      tool: string,
+      i: number,
+      how: string,
+      fetch: (snap: string, st: Steps) => Promise<{ temporary: number }>,
+    ): Promise<void> => {
       const snap = join(fs.mnt, `update-${i}`);
       const st = new Steps();
-      log(`${scenario} with ostree (${i + 1}/${RUNS})`);
+      log(`${scenario} with ${tool} (${i + 1}/${RUNS})`);
       await st.run('btrfs', ['-q', 'subvolume', 'snapshot', base, snap]);
       ctx.proxy.reset();
-      const pull = await st.run('ostree', [repo(snap), 'pull', 'bench', 'upgraded']);
+      const { temporary } = await fetch(snap, st);
       const down = ctx.proxy.reset().down;
-      await st.run('ostree', [repo(snap), 'checkout', '-H', 'upgraded', join(snap, 'deploy/upgraded')]);
+      await st.run('ostree', [repo(snap), 'checkout', '-H', file.commit, join(snap, 'deploy/upgraded')]);
       await st.run('btrfs', ['filesystem', 'sync', snap]);
-      record(
-        ctx,
-        scenario,
-        'time',
-        's',
-        OSTREE,
-        [st.wall],
-        'ostree: btrfs snapshot of the subvolume holding the bare repo and the base checkout, ostree pull over HTTP (the static delta from base), ostree checkout -H upgraded into the snapshot, sync',
-      );
-      record(ctx, scenario, 'bytes downloaded', 'B', OSTREE, [down]);
-      record(ctx, scenario, 'disk (new snapshot)', 'B', OSTREE, [await exclusiveBytes(snap)]);
-      record(ctx, scenario, 'temporary disk', 'B', OSTREE, [0]);
-      record(ctx, scenario, 'peak RSS', 'B', OSTREE, [st.rss]);
-      // ostree 2022.7 also fetches objects the delta holds as loose objects (a race between
-      // the delta and the commit scan, ostreedev/ostree#2680): say how many, run by run.
-      const summary = pull.stdout.trim().split('\n').pop() ?? '';
-      ctx.notes.push(`ostree pull, run ${i + 1}: ${summary}`);
+      record(ctx, scenario, 'time', 's', tool, [st.wall], how);
+      record(ctx, scenario, 'bytes downloaded', 'B', tool, [down]);
+      record(ctx, scenario, 'disk (new snapshot)', 'B', tool, [await exclusiveBytes(snap)]);
+      record(ctx, scenario, 'temporary disk', 'B', tool, [temporary]);
+      record(ctx, scenario, 'peak RSS', 'B', tool, [st.rss]);
       await sh('btrfs', ['-q', 'subvolume', 'delete', snap]);
+    };
+    for (let i = 0; i < RUNS; i++) {
+      await update(
+        OSTREE,
+        i,
+        'ostree: btrfs snapshot of the subvolume holding the bare repo and the base checkout, ostree pull over HTTP (the static delta from base), ostree checkout -H upgraded into the snapshot, sync',
+        async (snap, st) => {
+          const pull = await st.run('ostree', [repo(snap), 'pull', 'bench', 'upgraded']);
+          // ostree 2022.7 also fetches objects the delta holds as loose objects (a race between
+          // the delta and the commit scan, ostreedev/ostree#2680): say how many, run by run.
+          ctx.notes.push(`ostree pull, run ${i + 1}: ${pull.stdout.trim().split('\n').pop() ?? ''}`);
+          return { temporary: 0 };
+        },
+      );
+      await update(
+        OSTREE_FILE,
+        i,
+        'ostree, the delta as one file: as ostree, but curl of the static delta made with --inline --filename, ostree static-delta apply-offline, the file removed; no pull logic (and none of its loose fetches)',
+        async (snap, st) => {
+          const local = join(snap, file.name);
+          await st.run('curl', ['-sSf', '-o', local, `${ctx.proxy.url}/ostree-file/${file.name}`]);
+          await st.run('ostree', [repo(snap), 'static-delta', 'apply-offline', local]);
+          const size = (await stat(local)).size;
+          await rm(local);
+          return { temporary: size };
+        },
+      );
     }
   } finally {
     await fs.cleanup();

@@ -27,7 +27,7 @@ import { formatRange, formatRatio, formatSummary, summarize, type Figure, type U
 import { compare, recheck, type Comparison } from './lib/report.ts';
 import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts';
 import { APPLY_OCI, CASYNC, IDEAL, TIU_ARTIFACT, TIU_WHOLE, UPDATE, updateSection } from './update.ts';
-import { MAKE_DELTA, OSTREE, OSTREE_GENERATE, ostreePeer } from './ostree.ts';
+import { MAKE_DELTA, OSTREE, OSTREE_FILE, OSTREE_GENERATE, ostreePeer } from './ostree.ts';
 import { TIU_DELTA } from './tiu-delta.ts';
 
 const repo = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -373,6 +373,7 @@ async function machine(): Promise<Record<string, string>> {
     rsync: await versionOf('rsync', ['--version'], /version\s+(\S+)/),
     casync: await versionOf('casync', ['--version'], /casync (\S+)/),
     ostree: await versionOf('ostree', ['--version'], /Version: '([^']+)'/),
+    curl: await versionOf('curl', ['--version'], /curl (\S+)/),
     'btrfs-progs': await versionOf('btrfs', ['--version'], /(v\S+)/),
     snapper: await versionOf('snapper', ['--version'], /snapper (\S+)/),
     'docker-registry': await versionOf('docker-registry', ['--version'], /(\d+\.\d+\.\d+\S*)/),
@@ -408,6 +409,7 @@ const README_ROWS: [string, string, string, string][] = [
   ['update base → upgraded', 'bytes downloaded', 'tiu', CASYNC],
   ['update base → upgraded', 'bytes downloaded', 'tiu', OSTREE],
   ['update base → upgraded', 'bytes downloaded', TIU_ARTIFACT, OSTREE],
+  ['update base → upgraded', 'bytes downloaded', TIU_ARTIFACT, OSTREE_FILE],
   ['update base → upgraded', 'bytes downloaded', 'tiu', IDEAL],
   [MAKE_DELTA, 'delta size', TIU_DELTA, OSTREE_GENERATE],
   [MAKE_DELTA, 'time', TIU_DELTA, OSTREE_GENERATE],
@@ -419,6 +421,7 @@ const README_ROWS: [string, string, string, string][] = [
   ['update base → upgraded', 'time', 'tiu', CASYNC],
   ['update base → upgraded', 'time', 'tiu', OSTREE],
   ['update base → upgraded', 'time', TIU_ARTIFACT, OSTREE],
+  ['update base → upgraded', 'time', TIU_ARTIFACT, OSTREE_FILE],
   ['update base → upgraded', 'time', TIU_WHOLE, APPLY_OCI],
   ['update base → upgraded', 'peak RSS', 'tiu', APPLY_OCI],
   ['update upgraded → upgraded', 'time', 'tiu', APPLY_OCI],
