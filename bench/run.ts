@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: tiu side by side with the tools a user would otherwise run (skopeo, umoci,
- * rsync as transactional-update's apply-oci does it, casync, OSTree: bench/ostree.ts), on two real Debian bookworm trees
- * (bench/trees.ts), in one run on this machine. Writes bench/results.md, bench/results.json and
+ * rsync as transactional-update's apply-oci does it, casync, OSTree: bench/ostree.ts), on two
+ * real Debian bookworm trees (bench/trees.ts), in one run on this machine. Writes bench/results.md, bench/results.json and
  * the README's excerpt; the report compares its ratios with those of the results.json it
  * replaces (what a reviewer re-running the bench checks).
  *
