@@ -119,8 +119,22 @@ interface FilePair {
   readonly neu: ImageFile;
 }
 
-/** The TO files with content FROM lacks, one per distinct content, in path order; and why the others get no patch. */
-function pairFiles(fromTocs: readonly LayerToc[], toTocs: readonly LayerToc[]) {
+/** Why `neu` cannot be patched from `old`, or undefined when it can. */
+function unpatchable(old: ImageFile | undefined, neu: ImageFile): UnpatchedReason | undefined {
+  if (!old) return 'no-old-file';
+  if (old.size > MAX_PATCH_INPUT || neu.size > MAX_PATCH_INPUT) return 'too-large';
+  if (old.chunked || neu.chunked) return 'chunked';
+  return undefined;
+}
+
+const byPath = (a: ImageFile, b: ImageFile): number => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
+
+/**
+ * The TO files with content FROM lacks anywhere (content FROM has at any path is on the device
+ * already), one pair per distinct content: the first path in byte order that has an old file to
+ * patch from. Pairs in path order; the reasons of the contents that get none.
+ */
+export function pairFiles(fromTocs: readonly LayerToc[], toTocs: readonly LayerToc[]) {
   const fromFiles = imageFiles(fromTocs);
   const fromDigests = new Set([...fromFiles.values()].map((f) => f.digest));
   const unpatched: Record<UnpatchedReason, number> = {
@@ -130,20 +144,20 @@ function pairFiles(fromTocs: readonly LayerToc[], toTocs: readonly LayerToc[]) {
     'not-smaller': 0,
     'not-patchable': 0,
   };
-  const seen = new Set<string>();
-  const pairs: FilePair[] = [];
-  const toFiles = [...imageFiles(toTocs).values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  for (const neu of toFiles) {
-    // Content FROM has anywhere is on the device already; the same new content twice needs one patch.
-    if (fromDigests.has(neu.digest) || seen.has(neu.digest)) continue;
-    seen.add(neu.digest);
-    const old = fromFiles.get(neu.path);
-    if (!old) unpatched['no-old-file']++;
-    else if (old.size > MAX_PATCH_INPUT || neu.size > MAX_PATCH_INPUT) unpatched['too-large']++;
-    else if (old.chunked || neu.chunked) unpatched.chunked++;
-    else pairs.push({ old, neu });
+  const byContent = new Map<string, ImageFile[]>();
+  for (const f of [...imageFiles(toTocs).values()].sort(byPath)) {
+    if (fromDigests.has(f.digest)) continue;
+    const same = byContent.get(f.digest);
+    if (same) same.push(f);
+    else byContent.set(f.digest, [f]);
   }
-  return { pairs, unpatched, changed: seen.size };
+  const pairs: FilePair[] = [];
+  for (const paths of byContent.values()) {
+    const neu = paths.find((f) => unpatchable(fromFiles.get(f.path), f) === undefined);
+    if (neu) pairs.push({ old: fromFiles.get(neu.path)!, neu });
+    else unpatched[unpatchable(fromFiles.get(paths[0]!.path), paths[0]!)!]++;
+  }
+  return { pairs: pairs.sort((a, b) => byPath(a.neu, b.neu)), unpatched, changed: byContent.size };
 }
 
 async function makeDelta(
