@@ -42,6 +42,7 @@ import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } 
 import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
 import { fetchLayerTocs, type LayerTocs } from './tocs.ts';
+import type { TocStore } from './toc-store.ts';
 
 export { ContentStore, downloadRanges, storeProvider, type DownloadStats, type DownloadOptions } from './download.ts';
 export { DeltaError } from './errors.ts';
@@ -54,7 +55,8 @@ export {
   type CoalesceOptions,
   type FetchRange,
 } from './ranges.ts';
-export { fetchLayerTocs, type LayerTocs } from './tocs.ts';
+export { fetchLayerTocs, tocJsonOf, type LayerTocs, type TocBytes } from './tocs.ts';
+export { TocStore, type ImageManifests, type StoredImage } from './toc-store.ts';
 
 export type TransferPath = 'delta' | 'whole-layer';
 
@@ -102,6 +104,8 @@ export interface PrepareOptions {
   saveIndexTo?: string;
   coalesce?: CoalesceOptions;
   signal?: AbortSignal;
+  /** TOCs verified before (no request for those); TOCs fetched now are kept there when it is writable. */
+  tocStore?: TocStore;
 }
 
 export interface DeltaTransfer {
@@ -174,7 +178,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
   scanning.catch(() => undefined); // handled below; not an unhandled rejection meanwhile
   let tocs: LayerTocs;
   try {
-    tocs = await fetchLayerTocs(o.source, o.manifest, o.signal);
+    tocs = await fetchLayerTocs(o.source, o.manifest, o.signal, o.tocStore ? { store: o.tocStore } : {});
   } catch (e) {
     await scanning.catch(() => undefined);
     throw e;

@@ -70,6 +70,8 @@ async function readCache(deps: UpdateDeps, run: Planned, manifest: ImageManifest
     signal,
     indexFile: indexOf(run, run.from),
     saveIndexTo: indexOf(run, run.from),
+    // The cached layers' TOCs, verified here, are kept for the updates after this one.
+    tocStore: deps.delta.tocStore(run.cacheDir, { write: true }),
   });
   if (local.path !== 'delta') {
     // Every blob read through its digest, and every tar header checked as the apply will, before a snapshot exists.
@@ -97,9 +99,10 @@ async function readCache(deps: UpdateDeps, run: Planned, manifest: ImageManifest
  */
 export async function checkLocal(deps: UpdateDeps, run: Planned): Promise<Checked> {
   const { cache, root, image, cacheDir, signal } = run;
-  const { manifest } = run.delta
-    ? { manifest: run.delta.manifest }
-    : await imageManifest(cache, root, run.platform, signal);
+  const { manifest, manifests } =
+    run.delta && run.manifests
+      ? { manifest: run.delta.manifest, manifests: run.manifests }
+      : await imageManifest(cache, root, run.platform, signal);
   const fsNow = await deps.system.fsSpace(run.ctx.sysroot, run.config.diskReserve);
   const expansionLimit = fsNow.total - fsNow.reserve;
   const cached: DeltaTransfer | undefined = run.delta
@@ -110,5 +113,12 @@ export async function checkLocal(deps: UpdateDeps, run: Planned): Promise<Checke
         ),
       );
   if (cached) checkOsPlan(cached, image);
-  return { ...run, manifest, delta: run.delta ?? cached, fromCache: cached !== undefined, expansionLimit };
+  return {
+    ...run,
+    manifest,
+    manifests,
+    delta: run.delta ?? cached,
+    fromCache: cached !== undefined,
+    expansionLimit,
+  };
 }
