@@ -11,6 +11,7 @@ const LAYERS = [
   'oci', // media types, digests, references, schema checks of untrusted JSON
   'host', // the only code that runs programs
   'layer', // layer format: tar, TOC, zstd frames, tar-split
+  'patch', // delta artifact format: zstd patch-from codec, delta index
   'content', // Targets: memory, OCI layout, oci-archive, graph walking, locks
   'transport', // registry client, reference -> Target
   'trust', // keys, signing, verification, policy

@@ -349,6 +349,24 @@ export const ERROR_CODES = {
     transient: false,
   },
 
+  // delta artifacts (src/patch, src/bundle/delta.ts)
+  PATCH_INVALID: {
+    meaning:
+      "a delta artifact's patch does not decode, or decodes to other content than the signed TOC or manifest declares",
+    action: 'nothing: tiu fetches that file or TOC the normal way; if it persists, make the delta again (`tiu delta`)',
+    transient: false,
+  },
+  DELTA_INDEX_INVALID: {
+    meaning: "a delta artifact's index is malformed (a field, an order, a bound)",
+    action: 'nothing: tiu updates without the delta; make it again with `tiu delta` to get the saving back',
+    transient: false,
+  },
+  DELTA_INDEX_TOO_LARGE: {
+    meaning: "a delta artifact's index (or its header) is larger than tiu reads",
+    action: 'check the artifact: an index that large is damaged or hostile; tiu updates without it',
+    transient: false,
+  },
+
   // tiu update: the image and its layers (src/deploy)
   IMAGE_PLATFORM_MISSING: {
     meaning: "an image index has no image for this machine's OS and architecture",
