@@ -14,7 +14,7 @@ import type { TreeEntry as BuildEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { fetchLayerTocs, TocStore, tocJsonOf, type ImageManifests } from '../../src/deploy/delta/index.ts';
-import { TOC_JSON_DIGEST } from '../../src/deploy/delta/toc-store.ts';
+import { DeltaAnnotation } from '../../src/patch/media.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest, ImageManifest } from '../../src/oci/types.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
@@ -138,7 +138,7 @@ describe('delta: the TOC and manifest store in the cache', () => {
   it('knows the platform manifest of a deployed image and prunes to what the kept images need', async () => {
     const store = TocStore.open(cacheDir, { write: true });
     const json = Buffer.from('{"version":1,"entries":[]}');
-    const withJson: Descriptor = { ...layer, annotations: { ...layer.annotations, [TOC_JSON_DIGEST]: sha(json) } };
+    const withJson: Descriptor = { ...layer, annotations: { ...layer.annotations, [DeltaAnnotation.TocJsonDigest]: sha(json) } };
     const platformBytes = Buffer.from(JSON.stringify({ ...manifest, layers: [withJson] }));
     const platform: Descriptor = {
       mediaType: MediaType.OciManifest,

@@ -20,8 +20,9 @@ import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { parseManifestOrIndex } from '../../oci/validate.ts';
 import { ZstdChunkedAnnotation } from '../../layer/toc.ts';
 import { writeFileAtomic } from '../../util/atomic.ts';
-/** The layer annotation with the sha256 of the uncompressed TOC JSON (tiu build; src/patch once merged). */
-export const TOC_JSON_DIGEST = 'org.opensuse.tiu.toc.json-digest';
+import { DeltaAnnotation } from '../../patch/media.ts';
+
+const TOC_JSON_DIGEST = DeltaAnnotation.TocJsonDigest;
 
 const HEX = /^sha256:([0-9a-f]{64})$/;
 

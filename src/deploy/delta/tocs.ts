@@ -13,7 +13,8 @@ import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { zstdDecompressSync } from 'node:zlib';
 import { parsePosition, parseToc, readTocFromFooter, ZstdChunkedAnnotation, type Toc } from '../../layer/toc.ts';
 import { tocToEntries, type TreeEntry } from '../apply/index.ts';
-import { TOC_JSON_DIGEST, type TocStore } from './toc-store.ts';
+import { DeltaAnnotation } from '../../patch/media.ts';
+import type { TocStore } from './toc-store.ts';
 
 export type LayerTocs =
   | { ok: true; layers: TreeEntry[][]; bytes: TocBytes[]; tocBytes: number; requests: number }
@@ -107,7 +108,7 @@ export async function fetchLayerTocs(
       const json = got ? undefined : await from.patched?.(i, d);
       if (json) {
         got = { toc: parseToc(json), bytes: { json } };
-        await from.store?.keepTocJson(d.annotations![TOC_JSON_DIGEST]!, json);
+        await from.store?.keepTocJson(d.annotations![DeltaAnnotation.TocJsonDigest]!, json);
       }
       if (!got) {
         let compressed: Buffer | undefined;

@@ -17,7 +17,7 @@ import {
   type ImageManifests,
   type PreparedTransfer,
 } from '../delta/index.ts';
-import { snapshotPath } from '../state.ts';
+import { snapshotPath, type SnapshotState, type SystemState } from '../state.ts';
 import { withLayers } from '../../layer/openers.ts';
 import type { UpdateDeps } from './deps.ts';
 import { UpdateError, whileFetching } from './errors.ts';
@@ -101,7 +101,7 @@ export async function prepare(
   run: OnBooted & Resolved,
   index: { load: string; save: boolean },
 ): Promise<{ transfer: PreparedTransfer; manifests: ImageManifests }> {
-  const { manifest, manifests } = await imageManifest(run.source, run.root, run.platform, run.signal);
+  const { desc, manifest, manifests } = await imageManifest(run.source, run.root, run.platform, run.signal);
   const transfer = await deps.delta.prepareTransfer({
     source: run.source,
     manifest,
@@ -113,8 +113,20 @@ export async function prepare(
     indexFile: index.load,
     ...(index.save ? { saveIndexTo: index.load } : {}),
     tocStore: deps.delta.tocStore(cacheOf(run), { write: index.save }),
+    deltaArtifacts: { subject: desc, held: heldImages(run.state), platform: run.platform },
   });
   return { transfer, manifests };
+}
+
+/**
+ * The images local snapshots hold (root digests), in the order a delta artifact's FROM is
+ * wanted: the booted one (the plan's old tree), the pending default, then the others, newest first.
+ */
+export function heldImages(state: SystemState): string[] {
+  const done = state.snapshots.filter((s) => s.digest && !s.inProgress);
+  const rank = (s: SnapshotState) => (s.booted ? 0 : s.default ? 1 : 2);
+  const sorted = [...done].sort((a, b) => rank(a) - rank(b) || b.number - a.number);
+  return [...new Set(sorted.map((s) => s.digest!))];
 }
 
 /** The cache directory (on /var) of this system. */
