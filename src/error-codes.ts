@@ -367,6 +367,13 @@ export const ERROR_CODES = {
     transient: false,
   },
 
+  DELTA_IMAGE_UNSUPPORTED: {
+    meaning:
+      '`tiu delta` was given images it cannot make a delta between: a layer without a zstd:chunked table of contents, no platform in common, or the same image twice',
+    action: 'build both images with `tiu build` (zstd layers) for the same platform',
+    transient: false,
+  },
+
   // tiu update: the image and its layers (src/deploy)
   IMAGE_PLATFORM_MISSING: {
     meaning: "an image index has no image for this machine's OS and architecture",

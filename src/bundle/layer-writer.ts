@@ -12,7 +12,9 @@ import { createHash, type Hash } from 'node:crypto';
 import { closeSync, createReadStream, openSync, readSync, writeSync } from 'node:fs';
 import { once } from 'node:events';
 import { constants as zc, createGzip, createZstdCompress, zstdCompressSync } from 'node:zlib';
+import { sha256 } from '../oci/digest.ts';
 import { MediaType } from '../oci/mediatypes.ts';
+import { DeltaAnnotation } from '../patch/media.ts';
 import type { Descriptor, Digest } from '../oci/types.ts';
 import { BuildError } from './errors.ts';
 import { contentFile, showPath, type TreeEntry } from '../layer/entry.ts';
@@ -422,6 +424,8 @@ async function writeZstdChunked(
           [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${createHash('sha256').update(compressed).digest('hex')}`,
           [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${compressed.length}:${json.length}:${MANIFEST_TYPE_CRFS}`,
           [ZstdChunkedAnnotation.TarSplitPosition]: `${splitOffset}:${splitData.length}:${split.uncompressedSize}`,
+          // Pins the uncompressed TOC too, so a TOC rebuilt from a delta patch is verified like a fetched one.
+          [DeltaAnnotation.TocJsonDigest]: sha256(json),
         },
       },
       diffId: `sha256:${tar.digest('hex')}`,

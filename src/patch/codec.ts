@@ -49,13 +49,18 @@ export function canPatch(old: Uint8Array, content: Uint8Array): boolean {
 }
 
 /**
- * The patch that turns `old` into `content`: one zstd frame (compressed on libuv's thread pool,
- * so a bounded pool of these runs in parallel). Undefined when the pair cannot be patched
- * (`canPatch`).
+ * `content` as one zstd frame compressed with `dictionary` (patch parameters), on libuv's thread
+ * pool, so a bounded pool of these runs in parallel. For a TOC patch (dictionary: FROM's TOC
+ * JSONs) there is no input cap: the window stops at 2^26 and matches further back are not used.
  */
+export async function compressWithDictionary(content: Uint8Array, dictionary: Uint8Array): Promise<Buffer> {
+  return compressAsync(content, patchCompressOptions(dictionary, content.length));
+}
+
+/** The patch that turns `old` into `content`; undefined when the pair cannot be patched (`canPatch`). */
 export async function encodePatch(old: Uint8Array, content: Uint8Array): Promise<Buffer | undefined> {
   if (!canPatch(old, content)) return undefined;
-  return compressAsync(content, patchCompressOptions(old, content.length));
+  return compressWithDictionary(content, old);
 }
 
 /**

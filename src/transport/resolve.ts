@@ -7,6 +7,8 @@
  * a layout's only image.
  */
 import type { Target } from '../content/interfaces.ts';
+import { TiuError } from '../errors.ts';
+import type { Descriptor } from '../oci/types.ts';
 import { OciArchiveTarget } from '../content/oci-archive.ts';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { parseReference, referenceName, type ImageReference } from '../oci/reference.ts';
@@ -51,4 +53,12 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
     case 'docker':
       return { target: openRegistryTarget(ref, opts.registry ?? {}), name, ref };
   }
+}
+
+/** The root descriptor `opened` names: its tag or digest, else a layout's only image. REFERENCE_MISSING without either. */
+export async function resolveRoot(opened: OpenedReference, opts: { signal?: AbortSignal } = {}): Promise<Descriptor> {
+  const { target, name } = opened;
+  if (name !== undefined) return target.resolve(name, opts);
+  if (target.resolveDefault) return target.resolveDefault(opts);
+  throw new TiuError('REFERENCE_MISSING', `${target.name} needs a tag or digest to name the image`);
 }

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
-import { constants as zlibConstants, zstdCompressSync } from 'node:zlib';
+import { constants as zlibConstants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import type { TreeEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { fetchTocFile } from '../helpers/toc-file.ts';
@@ -109,6 +109,16 @@ describe('layer: zstd:chunked layers and their table of contents', function () {
     assert.equal(
       annotations[ZstdChunkedAnnotation.ManifestPosition],
       `${footer.offset}:${footer.lengthCompressed}:${footer.lengthUncompressed}:1`,
+    );
+  });
+
+  it('pins the uncompressed TOC JSON by its sha256 (org.opensuse.tiu.toc.json-digest), for delta patches', function () {
+    const footer = parseFooter(blob.subarray(blob.length - 72));
+    const json = zstdDecompressSync(blob.subarray(footer.offset, footer.offset + footer.lengthCompressed));
+    assert.equal(json.length, footer.lengthUncompressed);
+    assert.equal(
+      annotations['org.opensuse.tiu.toc.json-digest'],
+      `sha256:${createHash('sha256').update(json).digest('hex')}`,
     );
   });
 

@@ -3,7 +3,9 @@ import { annotationOption, optAnnotations, optString, optStrings } from '../comm
 import { buildBundle, classifySource, type BuildSource } from '../../bundle/build.ts';
 import { BuildError } from '../../bundle/errors.ts';
 import { isDigest } from '../../oci/digest.ts';
-import { openReference, type OpenedReference } from '../../transport/resolve.ts';
+import { makeDeltas, type DeltaResult } from '../../bundle/delta.ts';
+import { openReference, resolveRoot, type OpenedReference } from '../../transport/resolve.ts';
+import { deltaJson, describeDelta } from '../delta-output.ts';
 import { humanSize, shortDigest } from '../../format.ts';
 import { registryOptions } from '../registry-options.ts';
 
@@ -11,7 +13,7 @@ const command: Command = {
   name: 'build',
   summary: 'Build a bundle (an OCI image with a table of contents) from an OS tree and push it',
   usage:
-    'tiu build SOURCE --tag DEST [--compression zstd|gzip] [--layers N] [--exclude PATH]... [--annotation K=V]... [--arch ARCH] [--json]',
+    'tiu build SOURCE --tag DEST [--compression zstd|gzip] [--layers N] [--exclude PATH]... [--annotation K=V]... [--arch ARCH] [--delta-from REF]... [--json]',
   help:
     'SOURCE: a directory, a tar archive (.tar, .tar.gz, .tar.xz, .tar.zst, .tbz: as kiwi writes them),\n' +
     '  or an image reference (docker://..., oci:..., oci-archive:...) to re-layer.\n' +
@@ -25,7 +27,9 @@ const command: Command = {
     '  --layers N               at most N layers (default 8), split by a stable rule\n' +
     '  --exclude PATH           leave PATH and everything below it out (repeatable)\n' +
     '  --annotation, -a K=V     add a manifest annotation (repeatable)\n' +
-    "  --arch ARCH              OCI architecture (default: this machine's)\n",
+    "  --arch ARCH              OCI architecture (default: this machine's)\n" +
+    '  --delta-from REF         after the push, make a delta artifact from image REF to the new one\n' +
+    '                           and attach it as a referrer (repeatable; see `tiu delta --help`)\n',
   registry: 'copy',
   options: {
     tag: { type: 'string' },
@@ -34,6 +38,7 @@ const command: Command = {
     exclude: { type: 'string', multiple: true },
     ...annotationOption,
     arch: { type: 'string' },
+    'delta-from': { type: 'string', multiple: true },
   },
   positionals: [1, 1],
   async run([sourceInput], options, out) {
@@ -81,12 +86,31 @@ const command: Command = {
         architecture: optString(options, 'arch'),
         onProgress: (line) => out.info(line),
       });
+      // Before close: an oci-archive destination is written out on close.
+      const deltas: DeltaResult[] = [];
+      for (const fromInput of optStrings(options, 'delta-from')) {
+        const from = await openReference(fromInput, { registry: registryOptions(options, 'src') });
+        try {
+          out.info(`delta from ${fromInput}`);
+          const target = dst.target;
+          deltas.push(
+            ...(await makeDeltas(
+              { target: from.target, root: await resolveRoot(from) },
+              { target, root: r.descriptor },
+              { onProgress: (line) => out.info(line) },
+            )),
+          );
+        } finally {
+          await from.target.close?.().catch(() => undefined);
+        }
+      }
       await dst.target.close?.();
       ok = true;
       const total = r.layers.reduce((n, l) => n + l.descriptor.size, 0);
       out.info(
         `${r.entries} entries in ${r.layers.length} layers, ${humanSize(total)} (${compression}); manifest ${shortDigest(r.descriptor.digest)}`,
       );
+      for (const d of deltas) out.info(describeDelta(d));
       out.result(r.descriptor.digest, {
         digest: r.descriptor.digest,
         mediaType: r.descriptor.mediaType,
@@ -102,6 +126,7 @@ const command: Command = {
           entries: l.entries,
         })),
         annotations: r.manifest.annotations,
+        deltas: deltas.map(deltaJson),
       });
     } finally {
       await src?.target.close?.().catch(() => undefined);

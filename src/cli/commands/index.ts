@@ -14,6 +14,7 @@ export interface CommandEntry {
 export const commands: CommandEntry[] = [
   { name: 'build', load: async () => (await import('./build.ts')).default },
   { name: 'copy', load: async () => (await import('./copy.ts')).default },
+  { name: 'delta', load: async () => (await import('./delta.ts')).default },
   { name: 'inspect', load: async () => (await import('./inspect.ts')).default },
   { name: 'key generate', load: async () => (await import('./key-generate.ts')).default },
   { name: 'sign', load: async () => (await import('./sign.ts')).default },
