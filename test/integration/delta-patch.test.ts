@@ -12,7 +12,7 @@
  * back to whole layers.
  */
 import assert from 'node:assert/strict';
-import { createHash, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,7 +21,6 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { buildBundle } from '../../src/bundle/build.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
-import type { Target } from '../../src/content/interfaces.ts';
 import { copy } from '../../src/copy/copy.ts';
 import { parseConfig } from '../../src/deploy/config.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
@@ -164,7 +163,7 @@ describe('delta artifact updates (tiu delta, registry behind a counting proxy, M
     proxy = await startCountingProxy(reg.port);
     const dst = registry();
     try {
-      for (const v of ['v1', 'v2', 'v3', 'v4']) await copy(layout as Target, v, dst, v, { referrers: true });
+      for (const v of ['v1', 'v2', 'v3', 'v4']) await copy(layout, v, dst, v, { referrers: true });
     } finally {
       await dst.close();
     }

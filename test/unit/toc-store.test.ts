@@ -138,7 +138,10 @@ describe('delta: the TOC and manifest store in the cache', () => {
   it('knows the platform manifest of a deployed image and prunes to what the kept images need', async () => {
     const store = TocStore.open(cacheDir, { write: true });
     const json = Buffer.from('{"version":1,"entries":[]}');
-    const withJson: Descriptor = { ...layer, annotations: { ...layer.annotations, [DeltaAnnotation.TocJsonDigest]: sha(json) } };
+    const withJson: Descriptor = {
+      ...layer,
+      annotations: { ...layer.annotations, [DeltaAnnotation.TocJsonDigest]: sha(json) },
+    };
     const platformBytes = Buffer.from(JSON.stringify({ ...manifest, layers: [withJson] }));
     const platform: Descriptor = {
       mediaType: MediaType.OciManifest,
