@@ -72,10 +72,15 @@ export class TocStore {
     return undefined;
   }
 
+  /** Keep `bytes` when they hash to `hex`. Best effort: a store that cannot be written (a full /var) only accelerates less. */
   async #write(dir: string, name: string, hex: string, bytes: Uint8Array): Promise<void> {
     if (!this.writable || sha256Hex(bytes) !== hex) return;
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await writeFileAtomic(join(dir, name), bytes, 0o600);
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await writeFileAtomic(join(dir, name), bytes, 0o600);
+    } catch {
+      // nothing depends on it: the next update fetches what is missing
+    }
   }
 
   /** The compressed TOC of layer `d` (by its manifest-checksum), verified; undefined when not kept. */
