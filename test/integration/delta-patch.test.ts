@@ -301,6 +301,25 @@ describe('delta artifact updates (tiu delta, registry behind a counting proxy, M
     }
   });
 
+  it('an artifact whose index is damaged is not used: the file delta, with the reason', async () => {
+    await rollback({ sysroot: os.sysroot, snapshot: 1 });
+    const fh = await open(blobFile(artifact.index), 'r+');
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, 10);
+    await fh.write(Buffer.from([b[0]! ^ 0xff]), 0, 1, 10);
+    try {
+      const r = await update(deps(), { sysroot: os.sysroot, reference: ref('v2'), config: noHooks });
+      assert.ok(r.status === 'updated');
+      assert.equal(r.transfer?.path, 'delta');
+      assert.match(r.transfer.artifact?.unused ?? '', new RegExp(`delta artifact ${artifact.digest} cannot be used`));
+      assert.equal(r.transfer.artifact?.patches.count, 0);
+      await sameSnapshots(r.snapshot, v2Snapshot);
+    } finally {
+      await fh.write(b, 0, 1, 10);
+      await fh.close();
+    }
+  });
+
   it('a delta for another FROM is ignored: the file-level delta, with the reason', async () => {
     await rollback({ sysroot: os.sysroot, snapshot: 1 });
     const c = await checkUpdate(deps(), { sysroot: os.sysroot, reference: ref('v4'), config: noHooks });
@@ -312,6 +331,8 @@ describe('delta artifact updates (tiu delta, registry behind a counting proxy, M
 
   it('a registry that ignores Range falls back to whole layers and gives the same snapshot', async () => {
     await rollback({ sysroot: os.sysroot, snapshot: 1 });
+    // The whole-layer path keeps the TOCs too: read from the cached layers.
+    await rm(join(cacheDir(), 'tocs'), { recursive: true, force: true });
     proxy.stripRange(true);
     try {
       const r = await update(deps(), { sysroot: os.sysroot, reference: ref('v2'), config: noHooks });
@@ -322,6 +343,9 @@ describe('delta artifact updates (tiu delta, registry behind a counting proxy, M
     } finally {
       proxy.stripRange(false);
     }
-    assert.ok(existsSync(join(cacheDir(), 'tocs')));
+    for (const l of images.v2!.manifest.layers) {
+      const c = l.annotations!['io.github.containers.zstd-chunked.manifest-checksum']!;
+      assert.ok(existsSync(join(cacheDir(), 'tocs', hexOf(c))), `TOC of ${l.digest} kept`);
+    }
   });
 });
