@@ -44,6 +44,9 @@ export interface ChosenDelta {
   fromJsons: Buffer[];
 }
 
+/** Most listed artifacts looked at: a registry cannot make the device fetch manifests without end. */
+const MAX_CANDIDATES = 16;
+
 export type DeltaChoice =
   | { chosen: ChosenDelta }
   /** Why no artifact is used; `indexBytes`: an index fetched before it proved unusable. */
@@ -136,7 +139,7 @@ export async function chooseDelta(
   }
   let best: { rank: number; image: StoredImage; desc: Descriptor; fromJsons: Buffer[] } | undefined;
   let why = `no delta artifact is from an image a local snapshot holds (${listed.length} for other images)`;
-  for (const d of listed) {
+  for (const d of listed.slice(0, MAX_CANDIDATES)) {
     const from = await fromOf(source, d, signal);
     const h = from === undefined ? undefined : held.get(from);
     if (!h || (best && best.rank <= h.rank)) continue;

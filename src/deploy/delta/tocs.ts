@@ -90,6 +90,7 @@ export async function fetchLayerTocs(
   }
   const layers: TreeEntry[][] = [];
   const bytes: TocBytes[] = [];
+  let patchedAny = false;
   let tocBytes = 0;
   let requests = 0;
   const fetched = async (d: Descriptor, s: number, e: number): Promise<Buffer> => {
@@ -107,6 +108,7 @@ export async function fetchLayerTocs(
       let got = from.store ? await storedToc(from.store, d) : undefined;
       const json = got ? undefined : await from.patched?.(i, d);
       if (json) {
+        patchedAny = true;
         got = { toc: parseToc(json), bytes: { json } };
         await from.store?.keepTocJson(d.annotations![DeltaAnnotation.TocJsonDigest]!, json);
       }
@@ -126,8 +128,9 @@ export async function fetchLayerTocs(
       layers[i] = tocToEntries(got.toc, i);
       bytes[i] = got.bytes;
     }
-    // No TOC came by range: one byte tells whether the source serves ranges, before the plan relies on it.
-    if (requests === 0) await fetched(manifest.layers[order[0]!]!, 0, 1);
+    // No TOC came by range (a patch came by range from the same source): one byte tells whether
+    // the source serves ranges, before the plan relies on it.
+    if (requests === 0 && !patchedAny) await fetched(manifest.layers[order[0]!]!, 0, 1);
   } catch (e) {
     // A registry that answers a Range request with the whole blob: nothing usable by range.
     if (isTiuError(e, 'RANGE_UNSUPPORTED')) return { ok: false, reason: `${source.name} ignores HTTP Range requests` };
