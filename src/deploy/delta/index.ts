@@ -2,13 +2,17 @@
  * File-level delta updates: download only the files the system lacks, by HTTP Range requests
  * against an unmodified registry (or ranged reads of an OCI layout on a USB stick).
  *
- *   prepareTransfer  TOCs by range (verified against the signed manifest's annotations), a plan
- *                    against the booted snapshot (by sha256 wherever a file lives), and the
- *                    coalesced byte ranges of the missing files; or the reason why only the
- *                    whole-layer path is possible (no Range support, no TOC, gzip layers).
- *                    Writes nothing: `tiu update --check` is this step and its report.
+ *   prepareTransfer  TOCs from the cache's TOC store or by range (verified against the signed
+ *                    manifest's annotations), a plan against the booted snapshot (by sha256
+ *                    wherever a file lives), and the coalesced byte ranges of the missing files;
+ *                    with a delta artifact whose FROM a local snapshot holds (artifact.ts), TOCs
+ *                    from its TOC patches and the files it has patches for as patch ranges
+ *                    (patches.ts); or the reason why only the whole-layer path is possible (no
+ *                    Range support, no TOC, gzip layers). Writes nothing but verified TOCs into
+ *                    the TOC store: `tiu update --check` is this step (store read-only) and its report.
  *   downloadTransfer fetches those ranges, a bounded number in parallel, verifying every file
- *                    by sha256 before storing it in a content store (the cache, on /var).
+ *                    by sha256 before storing it in a content store (the cache, on /var); a
+ *                    patch that fails sends its file to the frame download.
  *   applyTransfer    plans again against the new snapshot (the same planner) and applies, the
  *                    content coming from the store.
  *
