@@ -7,6 +7,7 @@
  * push index + patches as an OCI artifact whose subject is TO's platform manifest.
  * Deterministic: the same FROM and TO give the same artifact digest.
  */
+import { availableParallelism } from 'node:os';
 import { Readable } from 'node:stream';
 import type { Target } from '../content/interfaces.ts';
 import { MediaType } from '../oci/mediatypes.ts';
@@ -36,7 +37,10 @@ import {
 } from './delta-images.ts';
 
 export interface DeltaOptions {
-  /** Patches encoded at a time (each holds an old and a new file in memory, at most 16 MiB each). Default 4. */
+  /**
+   * Patches encoded at a time (each holds an old and a new file, at most 16 MiB each, and a
+   * level-19 zstd context, up to ~150 MiB). Default: the CPUs, at most 4.
+   */
   concurrency?: number;
   onProgress?: (line: string) => void;
 }
@@ -82,6 +86,8 @@ export interface DeltaImageRef {
 
 const EMPTY_CONFIG = Buffer.from('{}');
 
+const concurrency = (opts: DeltaOptions): number => opts.concurrency ?? Math.min(4, availableParallelism());
+
 /**
  * Make and push a delta artifact from FROM to TO for every platform of TO that FROM has.
  * `to.target` must be writable: the artifacts go there, as referrers of TO's platform manifests.
@@ -113,8 +119,22 @@ interface FilePair {
   readonly neu: ImageFile;
 }
 
-/** The TO files with content FROM lacks, one per distinct content, in path order; and why the others get no patch. */
-function pairFiles(fromTocs: readonly LayerToc[], toTocs: readonly LayerToc[]) {
+/** Why `neu` cannot be patched from `old`, or undefined when it can. */
+function unpatchable(old: ImageFile | undefined, neu: ImageFile): UnpatchedReason | undefined {
+  if (!old) return 'no-old-file';
+  if (old.size > MAX_PATCH_INPUT || neu.size > MAX_PATCH_INPUT) return 'too-large';
+  if (old.chunked || neu.chunked) return 'chunked';
+  return undefined;
+}
+
+const byPath = (a: ImageFile, b: ImageFile): number => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
+
+/**
+ * The TO files with content FROM lacks anywhere (content FROM has at any path is on the device
+ * already), one pair per distinct content: the first path in byte order that has an old file to
+ * patch from. Pairs in path order; the reasons of the contents that get none.
+ */
+export function pairFiles(fromTocs: readonly LayerToc[], toTocs: readonly LayerToc[]) {
   const fromFiles = imageFiles(fromTocs);
   const fromDigests = new Set([...fromFiles.values()].map((f) => f.digest));
   const unpatched: Record<UnpatchedReason, number> = {
@@ -124,20 +144,20 @@ function pairFiles(fromTocs: readonly LayerToc[], toTocs: readonly LayerToc[]) {
     'not-smaller': 0,
     'not-patchable': 0,
   };
-  const seen = new Set<string>();
-  const pairs: FilePair[] = [];
-  const toFiles = [...imageFiles(toTocs).values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  for (const neu of toFiles) {
-    // Content FROM has anywhere is on the device already; the same new content twice needs one patch.
-    if (fromDigests.has(neu.digest) || seen.has(neu.digest)) continue;
-    seen.add(neu.digest);
-    const old = fromFiles.get(neu.path);
-    if (!old) unpatched['no-old-file']++;
-    else if (old.size > MAX_PATCH_INPUT || neu.size > MAX_PATCH_INPUT) unpatched['too-large']++;
-    else if (old.chunked || neu.chunked) unpatched.chunked++;
-    else pairs.push({ old, neu });
+  const byContent = new Map<string, ImageFile[]>();
+  for (const f of [...imageFiles(toTocs).values()].sort(byPath)) {
+    if (fromDigests.has(f.digest)) continue;
+    const same = byContent.get(f.digest);
+    if (same) same.push(f);
+    else byContent.set(f.digest, [f]);
   }
-  return { pairs, unpatched, changed: seen.size };
+  const pairs: FilePair[] = [];
+  for (const paths of byContent.values()) {
+    const neu = paths.find((f) => unpatchable(fromFiles.get(f.path), f) === undefined);
+    if (neu) pairs.push({ old: fromFiles.get(neu.path)!, neu });
+    else unpatched[unpatchable(fromFiles.get(paths[0]!.path), paths[0]!)!]++;
+  }
+  return { pairs: pairs.sort((a, b) => byPath(a.neu, b.neu)), unpatched, changed: byContent.size };
 }
 
 async function makeDelta(
@@ -234,7 +254,7 @@ async function encodeFilePatches(
   const patches: (Buffer | undefined)[] = new Array<Buffer | undefined>(pairs.length);
   let done = 0;
   let lastSaid = Date.now();
-  await forEachBounded([...pairs.keys()], opts.concurrency ?? 4, async (i) => {
+  await forEachBounded([...pairs.keys()], concurrency(opts), async (i) => {
     const { old, neu } = pairs[i]!;
     const patch = await encodePatch(await readImageFile(fromRange, old), await readImageFile(toRange, neu));
     patches[i] = patch;
@@ -260,11 +280,14 @@ async function encodeFilePatches(
  */
 async function encodeTocPatches(fromTocs: readonly LayerToc[], toTocs: readonly LayerToc[], opts: DeltaOptions) {
   const fromChecksums = new Set(fromTocs.map((t) => t.checksum));
-  const changed = toTocs.filter((t) => !fromChecksums.has(t.checksum));
+  // A layer listed twice in TO is one layer: one patch (the index names each layer once).
+  const changed = toTocs.filter(
+    (t, i) => !fromChecksums.has(t.checksum) && toTocs.findIndex((x) => x.layer.digest === t.layer.digest) === i,
+  );
   const dictionary = Buffer.concat(fromTocs.map((t) => t.json));
   const candidates = changed.filter((t) => t.jsonDigest !== undefined);
   const encoded: Buffer[] = new Array<Buffer>(candidates.length);
-  await forEachBounded([...candidates.keys()], opts.concurrency ?? 4, async (i) => {
+  await forEachBounded([...candidates.keys()], concurrency(opts), async (i) => {
     encoded[i] = await compressWithDictionary(candidates[i]!.json, dictionary);
   });
   const patches = candidates.flatMap((t, i) =>

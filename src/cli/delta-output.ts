@@ -3,9 +3,10 @@ import type { DeltaResult } from '../bundle/delta.ts';
 import { TiuError } from '../errors.ts';
 import { humanSize, shortDigest } from '../format.ts';
 
-/** `--concurrency` of delta and build: patches encoded at a time. */
-export function deltaConcurrency(text: string | undefined): number {
-  const n = text === undefined ? 4 : Number(text);
+/** `--concurrency` of `tiu delta`: patches encoded at a time (undefined: makeDeltas's default). */
+export function deltaConcurrency(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
   if (!Number.isInteger(n) || n < 1 || n > 64)
     throw new TiuError('USAGE', `--concurrency must be an integer from 1 to 64, got ${text}`);
   return n;

@@ -80,7 +80,7 @@ process.stderr.write(JSON.stringify(seen));\n`,
     }
   });
 
-  it('tiu build and update run with a fixed malloc mmap threshold that programs they start do not inherit; copy without', async () => {
+  it('tiu build, delta and update run with a fixed malloc mmap threshold that programs they start do not inherit; copy without', async () => {
     const probe = join(tmp, 'env-probe.mjs');
     await writeFile(
       probe,
@@ -104,6 +104,9 @@ process.on('exit', () => {
     const b = await tiu(['build', '--help'], env);
     assert.equal(b.exitCode, 0, b.stderr);
     assert.deepEqual(probeOf(b.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, marker: null });
+    const d = await tiu(['delta', '--help'], env);
+    assert.equal(d.exitCode, 0, d.stderr);
+    assert.deepEqual(probeOf(d.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, marker: null });
     const u = await tiu(['update', '--help'], env);
     assert.equal(u.exitCode, 0, u.stderr);
     assert.deepEqual(probeOf(u.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: null, marker: null });

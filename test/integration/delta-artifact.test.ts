@@ -10,10 +10,12 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { blobRanges, platformImages, readLayerTocs } from '../../src/bundle/delta-images.ts';
 import { fetchManifest, fetchVerified } from '../../src/content/graph.ts';
+import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import type { Target } from '../../src/content/interfaces.ts';
 import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { sha256 } from '../../src/oci/digest.ts';
@@ -298,6 +300,48 @@ describe('delta artifacts: tiu delta, tiu build --delta-from, tiu copy --referre
     const again = await tiu('delta', `oci:${layout}:v2`, `oci:${layout}:v2`, '--json');
     assert.equal(again.exitCode, 1);
     assert.equal((JSON.parse(again.stdout) as { error: { code: string } }).error.code, 'DELTA_IMAGE_UNSUPPORTED');
+  });
+
+  it('an index: one artifact per platform FROM has too, each a referrer of that platform manifest', async function () {
+    const layout = join(work, 'multi');
+    const arches = { v1: ['amd64', 'arm64'], v2: ['amd64', 'arm64', 'riscv64'] };
+    const platformDigest: Record<string, string> = {};
+    for (const [name, tree] of [
+      ['v1', v1],
+      ['v2', v2],
+    ] as const) {
+      for (const arch of arches[name]) {
+        const b = await tiu('build', tree, '--tag', `oci:${layout}:${name}-${arch}`, '--arch', arch);
+        assert.equal(b.exitCode, 0, b.stderr);
+      }
+      const t = await OciLayoutTarget.open(layout);
+      const manifests: Descriptor[] = [];
+      for (const arch of arches[name]) {
+        const d = await t.resolve(`${name}-${arch}`);
+        platformDigest[`${name}-${arch}`] = d.digest;
+        manifests.push({ ...d, platform: { os: 'linux', architecture: arch } });
+      }
+      const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests }));
+      const index: Descriptor = { mediaType: MediaType.OciIndex, digest: sha256(bytes), size: bytes.length };
+      await t.push(index, Readable.from([bytes]));
+      await t.tag(index, name);
+    }
+    const r = await tiu('delta', `oci:${layout}:v1`, `oci:${layout}:v2`, '--json');
+    assert.equal(r.exitCode, 0, r.stderr);
+    const deltas = (JSON.parse(r.stdout) as { deltas: (DeltaJson & { platform: string })[] }).deltas;
+    assert.deepEqual(
+      deltas.map((d) => [d.platform, d.from, d.to, d.files.patched]),
+      ['amd64', 'arm64'].map((a) => [`linux/${a}`, platformDigest[`v1-${a}`], platformDigest[`v2-${a}`], 6]),
+    );
+    const t = await OciLayoutTarget.open(layout);
+    for (const [i, arch] of ['amd64', 'arm64'].entries()) {
+      const subject = await t.resolve(`v2-${arch}`);
+      assert.deepEqual(
+        (await t.referrers(subject, DELTA_ARTIFACT_TYPE)).map((d) => d.digest),
+        [deltas[i]!.artifact],
+      );
+    }
+    assert.deepEqual(await t.referrers(await t.resolve('v2-riscv64'), DELTA_ARTIFACT_TYPE), []);
   });
 
   it('refuses images without tables of contents (gzip layers) with DELTA_IMAGE_UNSUPPORTED', async function () {

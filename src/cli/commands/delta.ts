@@ -15,7 +15,7 @@ const command: Command = {
     "  repository or layout as a referrer of TO's image manifest (of each platform FROM has too).\n" +
     "A device updating from FROM to TO then downloads zstd patches against its own files instead of TO's\n" +
     '  file frames, and patches of the tables of contents. The same FROM and TO give the same artifact.\n' +
-    '  --concurrency N  patches encoded at a time (default 4)\n',
+    '  --concurrency N  patches encoded at a time (default: the CPUs, at most 4)\n',
   registry: 'copy',
   options: { concurrency: { type: 'string' } },
   positionals: [2, 2],
@@ -30,7 +30,7 @@ const command: Command = {
       const results = await makeDeltas(
         { target: from.target, root: await resolveRoot(from) },
         { target: to.target, root: await resolveRoot(to) },
-        { concurrency, onProgress: (line) => out.info(line) },
+        { ...(concurrency ? { concurrency } : {}), onProgress: (line) => out.info(line) },
       );
       await to.target.close?.();
       ok = true;
