@@ -1,7 +1,8 @@
 /**
  * Delta artifacts on the device (issue 16) end to end: a MicroOS-layout btrfs running a v1 tree,
  * v1 deployed by tiu (so the cache's store holds its manifests and TOCs and snapshot 2 says it
- * holds v1), then v2 with a `tiu delta v1 v2` artifact, from a real docker-registry (no
+ * holds v1; one file of the booted system differs from v1, so its old content is only in
+ * snapshot 2), then v2 with a `tiu delta v1 v2` artifact, from a real docker-registry (no
  * referrers API: the tag fallback) behind the byte-counting proxy.
  *
  * Checked: --check predicts the artifact path's bytes exactly and the update downloads exactly
@@ -145,7 +146,11 @@ describe('delta artifact updates (tiu delta, registry behind a counting proxy, M
     requireRoot(this);
     work = await mkdtemp(join(tmpdir(), 'tiu-delta-patch-'));
     const layoutDir = join(work, 'layout');
-    os = await createMicroOS({ files: await osFiles(1) });
+    // The booted system differs from v1 in one file: its v1 content is only in the snapshot v1 goes into.
+    const booted = (await osFiles(1)).map((f) =>
+      f.path === 'usr/lib/synth/file0.so' ? { ...f, content: content(prng(99), 30_000) } : f,
+    );
+    os = await createMicroOS({ files: booted });
     key = await installPolicy(os.sysroot);
     const layout = await OciLayoutTarget.open(layoutDir, { create: true });
     for (const v of [1, 2, 3, 4]) {
@@ -219,7 +224,11 @@ describe('delta artifact updates (tiu delta, registry behind a counting proxy, M
     assert.equal(a.unused, undefined, a.unused);
     assert.equal(a.digest, artifact.digest);
     assert.equal(a.from, images.v1!.desc.digest);
-    assert.equal(a.patches.count, 13, 'the 12 rewritten files and os-release come as patches');
+    assert.equal(
+      a.patches.count,
+      13,
+      'the 12 rewritten files and os-release come as patches (file0.so against snapshot 2, which holds FROM)',
+    );
     assert.equal(a.indexBytes, artifact.index.size);
     assert.equal(c.transfer.files?.write.count, 14, '12 patched files, the new one and os-release');
     predicted = c.transfer.downloadBytes;

@@ -94,7 +94,11 @@ describe('delta: choosing a delta artifact', () => {
   }
   const checksum = (i: ReturnType<typeof image>) =>
     i.layer.annotations![ZstdChunkedAnnotation.ManifestChecksum]! as Digest;
-  const want = (): DeltaWanted => ({ subject, held: [booted.digest, pending.digest, untocd.digest], platform });
+  const want = (): DeltaWanted => ({
+    subject,
+    held: [booted, pending, untocd].map((i, n) => ({ digest: i.digest, root: `/.snapshots/${n}/snapshot` })),
+    platform,
+  });
 
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'tiu-delta-choice-'));
@@ -120,6 +124,7 @@ describe('delta: choosing a delta artifact', () => {
     assert.ok(c.chosen, 'reason' in c ? c.reason : '');
     assert.equal(c.chosen.artifact.digest, wanted.digest);
     assert.equal(c.chosen.from.digest, booted.digest);
+    assert.equal(c.chosen.holder.root, '/.snapshots/0/snapshot');
     assert.equal(c.chosen.header.from, booted.digest);
     assert.deepEqual(
       c.chosen.fromJsons.map((j) => JSON.parse(j.toString()) as unknown),

@@ -17,6 +17,7 @@ import {
   downloadPatches,
   Fallbacks,
   patchRanges,
+  type OldSource,
   type PatchUse,
 } from '../../src/deploy/delta/patches.ts';
 import type { Digest, Descriptor } from '../../src/oci/types.ts';
@@ -69,6 +70,7 @@ describe('delta: file patches of a delta artifact', () => {
   after(async () => {
     await rm(dir, { recursive: true, force: true });
   });
+  const booted = (): OldSource => ({ root, tree: old, index: new ContentIndex(root) });
 
   const patch = (path: string, o: Buffer, n: Buffer, offset: number, size: number): DeltaFilePatch => ({
     path,
@@ -91,7 +93,7 @@ describe('delta: file patches of a delta artifact', () => {
     const d = entry('usr/d', text('d', 100), 4000);
     // The same content as usr/a's patch makes, at another path: that patch serves it.
     const a2 = entry('opt/a-copy', newA, 4000);
-    const { uses, rest } = await choosePatches([a, b, c, d], files, old, new ContentIndex(root));
+    const { uses, rest } = await choosePatches([a, b, c, d], files, [booted()]);
     assert.deepEqual(
       uses.map((u) => [u.entry.path, u.old.path]),
       [['usr/a', 'usr/a']],
@@ -100,10 +102,29 @@ describe('delta: file patches of a delta artifact', () => {
       rest.map((e) => e.path),
       ['usr/b', 'usr/c', 'usr/d'],
     );
-    const other = await choosePatches([a2], files, old, new ContentIndex(root));
+    const other = await choosePatches([a2], files, [booted()]);
     assert.deepEqual(
       other.uses.map((u) => [u.entry.path, u.old.path]),
       [['opt/a-copy', 'usr/a']],
+    );
+  });
+
+  it('takes an old file from the snapshot holding FROM where the booted one has other content', async () => {
+    const from = join(dir, 'from');
+    const oldC = text('c-in-from', 5000);
+    await mkdir(join(from, 'usr'), { recursive: true });
+    await writeFile(join(from, 'usr/c'), oldC);
+    const fromSource: OldSource = { root: from, tree: await scanTree(from), index: new ContentIndex(from) };
+    const newC = text('c2', 5000);
+    const { uses, rest } = await choosePatches(
+      [entry('usr/c', newC, 4000)],
+      [patch('usr/c', oldC, newC, 0, 40)],
+      [booted(), fromSource],
+    );
+    assert.deepEqual(rest, []);
+    assert.deepEqual(
+      uses.map((u) => u.old),
+      [{ root: from, path: 'usr/c', size: oldC.length }],
     );
   });
 
@@ -120,19 +141,19 @@ describe('delta: file patches of a delta artifact', () => {
       {
         entry: entry('usr/a', newA, 9000),
         patch: patch('usr/a', oldA, newA, 0, pa.length),
-        old: { path: 'usr/a', size: oldA.length },
+        old: { root, path: 'usr/a', size: oldA.length },
       },
       {
         entry: entry('usr/b', newB, 9000),
         patch: patch('usr/b', oldB, newB, pa.length, pb.length),
-        old: { path: 'usr/b', size: oldB.length },
+        old: { root, path: 'usr/b', size: oldB.length },
       },
     ];
     const ranges = patchRanges(uses, {});
     assert.equal(ranges.length, 1, 'neighbouring patches are one request');
     const store = await ContentStore.open(join(dir, 'store'));
     const fallbacks = new Fallbacks();
-    const got = await downloadPatches(source, desc, ranges, root, store, fallbacks);
+    const got = await downloadPatches(source, desc, ranges, store, fallbacks);
     assert.equal(got.bytes, blob.length);
     assert.equal(got.files, 1);
     assert.ok(store.has(sha(newA)));
@@ -148,7 +169,7 @@ describe('delta: file patches of a delta artifact', () => {
     await writeFile(join(root, 'usr/a'), text('other', oldA.length));
     const store2 = await ContentStore.open(join(dir, 'store2'));
     const fb2 = new Fallbacks();
-    const again = await downloadPatches(source, desc, patchRanges(uses.slice(0, 1), {}), root, store2, fb2);
+    const again = await downloadPatches(source, desc, patchRanges(uses.slice(0, 1), {}), store2, fb2);
     assert.equal(again.files, 0);
     assert.equal(store2.size, 0);
     assert.match(fb2.reasons[0]!, /the old file \/usr\/a is no longer/);

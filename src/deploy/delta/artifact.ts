@@ -23,12 +23,21 @@ import {
 import { tocJsonOf } from './tocs.ts';
 import type { StoredImage, TocStore } from './toc-store.ts';
 
+/** An image a local snapshot holds: its root digest (snapper userdata tiu-digest) and where the snapshot is. */
+export interface HeldImage {
+  digest: string;
+  /** The snapshot's root directory (read only). */
+  root: string;
+  /** Its content index in the cache, where one is kept. */
+  indexFile?: string;
+}
+
 /** What the device looks for: TO's platform manifest, and the images its snapshots hold. */
 export interface DeltaWanted {
   /** TO's platform image manifest descriptor (the artifacts' subject). */
   subject: Descriptor;
-  /** Root digests (snapper userdata tiu-digest) of images local snapshots hold, most wanted first. */
-  held: readonly string[];
+  /** The images local snapshots hold, most wanted first. */
+  held: readonly HeldImage[];
   platform: { os: string; architecture: string };
 }
 
@@ -36,6 +45,8 @@ export interface DeltaWanted {
 export interface ChosenDelta {
   artifact: Descriptor;
   from: StoredImage;
+  /** The snapshot that holds FROM: where its old files are. */
+  holder: HeldImage;
   index: Descriptor;
   patches: Descriptor;
   indexBlob: Buffer;
@@ -132,12 +143,12 @@ export async function chooseDelta(
   listed = listed.filter((d) => d.artifactType === undefined || d.artifactType === DELTA_ARTIFACT_TYPE);
   if (listed.length === 0) return { chosen: undefined, reason: 'no delta artifact for this image' };
   // The images local snapshots hold, by platform manifest digest, in the order wanted.
-  const held = new Map<string, { rank: number; image: StoredImage }>();
-  for (const [rank, root] of want.held.entries()) {
-    const image = await store.image(root, want.platform);
-    if (image && !held.has(image.digest)) held.set(image.digest, { rank, image });
+  const held = new Map<string, { rank: number; image: StoredImage; holder: HeldImage }>();
+  for (const [rank, holder] of want.held.entries()) {
+    const image = await store.image(holder.digest, want.platform);
+    if (image && !held.has(image.digest)) held.set(image.digest, { rank, image, holder });
   }
-  let best: { rank: number; image: StoredImage; desc: Descriptor; fromJsons: Buffer[] } | undefined;
+  let best: { rank: number; image: StoredImage; holder: HeldImage; desc: Descriptor; fromJsons: Buffer[] } | undefined;
   let why = `no delta artifact is from an image a local snapshot holds (${listed.length} for other images)`;
   for (const d of listed.slice(0, MAX_CANDIDATES)) {
     const from = await fromOf(source, d, signal);
@@ -151,7 +162,7 @@ export async function chooseDelta(
     best = { ...h, desc: d, fromJsons };
   }
   if (!best) return { chosen: undefined, reason: why };
-  const { desc, image, fromJsons } = best;
+  const { desc, image, holder, fromJsons } = best;
   let indexBytes: number | undefined;
   try {
     const { index, patches } = await artifactParts(source, desc, want, image.digest, signal);
@@ -159,7 +170,7 @@ export async function chooseDelta(
     indexBytes = indexBlob.length;
     const header = parseDeltaHeader(indexBlob, patches.size);
     checkHeader(header, want, image);
-    return { chosen: { artifact: desc, from: image, index, patches, indexBlob, header, fromJsons } };
+    return { chosen: { artifact: desc, from: image, holder, index, patches, indexBlob, header, fromJsons } };
   } catch (e) {
     signal?.throwIfAborted();
     return {

@@ -47,7 +47,7 @@ import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
 import { fetchLayerTocs, type LayerTocs } from './tocs.ts';
 import type { TocStore } from './toc-store.ts';
-import { chooseDelta, type DeltaChoice, type DeltaWanted } from './artifact.ts';
+import { chooseDelta, type DeltaChoice, type DeltaWanted, type HeldImage } from './artifact.ts';
 import {
   choosePatches,
   downloadPatches,
@@ -55,6 +55,7 @@ import {
   patchRanges,
   readFilePatches,
   tocPatcher,
+  type OldSource,
   type PatchRange,
   type PatchUse,
   type TocPatchTally,
@@ -75,7 +76,7 @@ export {
 } from './ranges.ts';
 export { fetchLayerTocs, tocJsonOf, type LayerTocs, type TocBytes } from './tocs.ts';
 export { TocStore, type ImageManifests, type StoredImage } from './toc-store.ts';
-export { chooseDelta, type DeltaWanted } from './artifact.ts';
+export { chooseDelta, type DeltaWanted, type HeldImage } from './artifact.ts';
 
 export type TransferPath = 'delta' | 'whole-layer';
 
@@ -159,7 +160,7 @@ export interface DeltaTransfer {
   frames: TreeEntry[];
   ranges: FetchRange[];
   /** Files that come as patches of a delta artifact, against the old tree. */
-  patches?: { blob: Descriptor; oldRoot: string; uses: PatchUse[]; ranges: PatchRange[] };
+  patches?: { blob: Descriptor; uses: PatchUse[]; ranges: PatchRange[] };
   coalesce: CoalesceOptions;
   report: TransferReport;
 }
@@ -273,7 +274,10 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       artifact.unused = `delta artifact ${choice.chosen.artifact.digest} cannot be used: ${(e as Error).message}`;
     }
   }
-  const split = files ? await choosePatches(plan.fetch, files, scanned, index) : { uses: [], rest: plan.fetch };
+  const split =
+    files && choice?.chosen
+      ? await choosePatches(plan.fetch, files, await oldSources(o, choice.chosen.holder, scanned, index))
+      : { uses: [], rest: plan.fetch };
   if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
   const co = o.coalesce ?? {};
   const ranges = coalesce(split.rest, co);
@@ -291,7 +295,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     frames: split.rest,
     ranges,
     ...(choice?.chosen && split.uses.length
-      ? { patches: { blob: choice.chosen.patches, oldRoot: o.oldRoot, uses: split.uses, ranges: pranges } }
+      ? { patches: { blob: choice.chosen.patches, uses: split.uses, ranges: pranges } }
       : {}),
     coalesce: co,
     report: {
@@ -306,6 +310,27 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       ...(artifact ? { artifact } : {}),
     },
   };
+}
+
+/**
+ * Where a delta artifact's old files may be: the planned-against snapshot, then the snapshot
+ * holding FROM (scanned now, with its content index from the cache where one is kept).
+ */
+async function oldSources(
+  o: PrepareOptions,
+  holder: HeldImage,
+  scanned: OldTree,
+  index: ContentIndex,
+): Promise<OldSource[]> {
+  const sources: OldSource[] = [{ root: o.oldRoot, tree: scanned, index }];
+  if (holder.root !== o.oldRoot) {
+    const tree = await scanTree(holder.root, { preserve: o.preserve });
+    const idx = holder.indexFile
+      ? await ContentIndex.load(holder.root, holder.indexFile)
+      : new ContentIndex(holder.root);
+    sources.push({ root: holder.root, tree, index: idx });
+  }
+  return sources;
 }
 
 /** What prepareTransfer downloaded already: TOCs, and a delta artifact's index and TOC patches. */
@@ -357,7 +382,7 @@ export async function downloadTransfer(
   const pranges = pendingPatchRanges(t, store);
   if (t.patches && pranges.length) {
     const fallbacks = new Fallbacks();
-    const p = await downloadPatches(t.source, t.patches.blob, pranges, t.patches.oldRoot, store, fallbacks, opts);
+    const p = await downloadPatches(t.source, t.patches.blob, pranges, store, fallbacks, opts);
     patches = { files: p.files, bytes: p.bytes, fallbacks };
     failed = p.failed;
   }

@@ -109,12 +109,19 @@ export function readFilePatches(
   });
 }
 
-/** A file the plan fetches that comes as a patch against a file of the old tree. */
+/** A local tree old files may come from: a snapshot's root, its scan and its content index. */
+export interface OldSource {
+  root: string;
+  tree: OldTree;
+  index: ContentIndex;
+}
+
+/** A file the plan fetches that comes as a patch against a local old file. */
 export interface PatchUse {
   entry: TreeEntry;
   patch: DeltaFilePatch;
-  /** The old file (path in the planned-against root) and its size. */
-  old: { path: string; size: number };
+  /** The old file: the snapshot root it is in, its path there and its size. */
+  old: { root: string; path: string; size: number };
 }
 
 export interface PatchRange {
@@ -123,16 +130,27 @@ export interface PatchRange {
   uses: PatchUse[];
 }
 
+/** The old file a patch needs: at its path in the first of `sources` where it has the `old` digest. */
+async function oldFileFor(f: DeltaFilePatch, sources: readonly OldSource[]): Promise<PatchUse['old'] | undefined> {
+  const path = normalizeEntryPath(f.path);
+  for (const s of sources) {
+    const x = s.tree.entries.get(path);
+    if (x?.type === 'reg' && x.size <= MAX_PATCH_INPUT && (await s.index.digestOf(x)) === f.old)
+      return { root: s.root, path, size: x.size };
+  }
+  return undefined;
+}
+
 /**
- * Split the plan's fetch list: files with a patch (same new digest) against an old file of the
- * planned-against tree at the patch's path with the `old` digest, smaller than the file's frame,
- * and the rest (fetched by their frames).
+ * Split the plan's fetch list: files with a patch (same new digest) smaller than the file's
+ * frame, against an old file with the patch's `old` digest at its path in one of `sources`
+ * (the planned-against snapshot first, then the one holding FROM), and the rest (fetched by
+ * their frames).
  */
 export async function choosePatches(
   fetch: readonly TreeEntry[],
   files: readonly DeltaFilePatch[],
-  old: OldTree,
-  hasher: ContentIndex,
+  sources: readonly OldSource[],
 ): Promise<{ uses: PatchUse[]; rest: TreeEntry[] }> {
   const byPath = new Map<string, DeltaFilePatch>();
   const byNew = new Map<string, DeltaFilePatch>();
@@ -152,17 +170,8 @@ export async function choosePatches(
     const same = byPath.get(e.path);
     const f = same?.new === e.digest ? same : e.digest ? byNew.get(e.digest) : undefined;
     const frame = (e.source?.endOffset ?? 0) - (e.source?.offset ?? 0);
-    const oldPath = f && normalizeEntryPath(f.path);
-    const x = oldPath === undefined ? undefined : old.entries.get(oldPath);
-    if (
-      f &&
-      x?.type === 'reg' &&
-      f.size < frame &&
-      e.size <= MAX_PATCH_INPUT &&
-      x.size <= MAX_PATCH_INPUT &&
-      (await hasher.digestOf(x)) === f.old
-    )
-      uses.push({ entry: e, patch: f, old: { path: oldPath!, size: x.size } });
+    const old = f && f.size < frame && e.size <= MAX_PATCH_INPUT ? await oldFileFor(f, sources) : undefined;
+    if (f && old) uses.push({ entry: e, patch: f, old });
     else rest.push(e);
   }
   return { uses, rest };
@@ -176,7 +185,7 @@ export function patchRanges(uses: readonly PatchUse[], co: CoalesceOptions): Pat
 }
 
 /** The old file's bytes, read without following a symlink at its last component, checked against `want`. */
-async function readOld(root: string, path: string, size: number, want: string): Promise<Buffer> {
+async function readOld({ root, path, size }: PatchUse['old'], want: string): Promise<Buffer> {
   const fh = await open(Buffer.from(`${root}/${path}`, 'latin1'), constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
     const b = Buffer.alloc(size);
@@ -201,7 +210,7 @@ export interface PatchDownload {
 }
 
 /**
- * Fetch the patch ranges, decode each patch against its old file (under `oldRoot`) and store
+ * Fetch the patch ranges, decode each patch against its old file and store
  * the result when it matches the signed TOC's size and sha256. A failing patch (or a range
  * that comes back short) puts its files into `failed`, the reason into `fallbacks`; errors of
  * the source itself (network, signal) end the download as they would for frames.
@@ -210,7 +219,6 @@ export async function downloadPatches(
   source: Target,
   patches: Descriptor,
   ranges: readonly PatchRange[],
-  oldRoot: string,
   store: ContentStore,
   fallbacks: Fallbacks,
   opts: { concurrency?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {},
@@ -235,7 +243,7 @@ export async function downloadPatches(
       }
       let content: Buffer;
       try {
-        const old = await readOld(oldRoot, u.old.path, u.old.size, u.patch.old);
+        const old = await readOld(u.old, u.patch.old);
         content = decodePatch(buf.subarray(at, at + u.patch.size), old, {
           size: e.size,
           digest: e.digest!,

@@ -14,6 +14,7 @@ import {
   contentIndexFile,
   describeTransfer,
   type DeltaTransfer,
+  type HeldImage,
   type ImageManifests,
   type PreparedTransfer,
 } from '../delta/index.ts';
@@ -113,7 +114,7 @@ export async function prepare(
     indexFile: index.load,
     ...(index.save ? { saveIndexTo: index.load } : {}),
     tocStore: deps.delta.tocStore(cacheOf(run), { write: index.save }),
-    deltaArtifacts: { subject: desc, held: heldImages(run.state), platform: run.platform },
+    deltaArtifacts: { subject: desc, held: heldImages(run.state, cacheOf(run)), platform: run.platform },
   });
   return { transfer, manifests };
 }
@@ -122,11 +123,16 @@ export async function prepare(
  * The images local snapshots hold (root digests), in the order a delta artifact's FROM is
  * wanted: the booted one (the plan's old tree), the pending default, then the others, newest first.
  */
-export function heldImages(state: SystemState): string[] {
+export function heldImages(state: SystemState, cacheDir: string): HeldImage[] {
   const done = state.snapshots.filter((s) => s.digest && !s.inProgress);
   const rank = (s: SnapshotState) => (s.booted ? 0 : s.default ? 1 : 2);
-  const sorted = [...done].sort((a, b) => rank(a) - rank(b) || b.number - a.number);
-  return [...new Set(sorted.map((s) => s.digest!))];
+  return [...done]
+    .sort((a, b) => rank(a) - rank(b) || b.number - a.number)
+    .map((s) => ({
+      digest: s.digest!,
+      root: snapshotPath(state.sysroot, s.number),
+      indexFile: contentIndexFile(cacheDir, s.number),
+    }));
 }
 
 /** The cache directory (on /var) of this system. */
