@@ -298,6 +298,7 @@ describe('delta artifact updates (tiu delta, registry behind a counting proxy, M
       const a = r.transfer?.artifact;
       assert.ok(a && !a.unused);
       assert.equal(a.fallbacks.count, 1);
+      assert.equal(a.patches.count, 12, 'one of the 13 came by its frame');
       assert.match(a.fallbacks.reasons[0]!, /usr\/lib\/synth\/file\d+\.so: the patch for/);
       // The failure was met while downloading, before the snapshot was created.
       const failedAt = progress.findIndex((l) => /patch\(es\) of the delta artifact failed/.test(l));

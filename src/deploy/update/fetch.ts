@@ -89,7 +89,12 @@ function measured(r: TransferReport, s: TransferStats): TransferReport {
   const f = s.patches?.fallbacks;
   if (r.artifact && f?.count) {
     const reasons = [...r.artifact.fallbacks.reasons, ...f.reasons].slice(0, 20);
-    out.artifact = { ...r.artifact, fallbacks: { count: r.artifact.fallbacks.count + f.count, reasons } };
+    out.artifact = {
+      ...r.artifact,
+      // The files whose patch failed came by their frames: not as patches.
+      patches: { ...r.artifact.patches, count: r.artifact.patches.count - f.count },
+      fallbacks: { count: r.artifact.fallbacks.count + f.count, reasons },
+    };
   }
   return out;
 }
