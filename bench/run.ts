@@ -1,15 +1,16 @@
 /**
  * `npm run bench`: tiu side by side with the tools a user would otherwise run (skopeo, umoci,
- * rsync as transactional-update's apply-oci does it, casync), on two real Debian bookworm trees
- * (bench/trees.ts), in one run on this machine. Writes bench/results.md, bench/results.json and
+ * rsync as transactional-update's apply-oci does it, casync, OSTree: bench/ostree.ts), on two
+ * real Debian bookworm trees (bench/trees.ts), in one run on this machine. Writes bench/results.md, bench/results.json and
  * the README's excerpt; the report compares its ratios with those of the results.json it
  * replaces (what a reviewer re-running the bench checks).
  *
  * Environment: TIU_BENCH_RUNS (samples per figure, default 5: with 3, a re-run of the same
  * code left 4 of 47 ratios outside the ranges the first run reported), TIU_BENCH_CACHE (tree
  * cache, default /var/cache/tiu-bench), TIU_BENCH_WORK (scratch, default /var/tmp),
- * TIU_BENCH_ONLY (comma list of sections: build,registry,update; update-tiu or update-peers for
- * one side of the updates; build always runs, the others need its images), TIU_BENCH_VERBOSE=1.
+ * TIU_BENCH_ONLY (comma list of sections: build,registry,update,ostree; update-tiu or update-peers
+ * for one side of the updates; build runs whenever a section other than ostree does, they need its
+ * images; ostree runs with update and update-peers too), TIU_BENCH_VERBOSE=1.
  * With TIU_BENCH_RUNS or TIU_BENCH_ONLY set the run is partial and writes
  * bench/results.partial.{md,json} instead. Runs as root (loop devices, btrfs, mounts).
  */
@@ -25,12 +26,14 @@ import { imageSize } from './lib/oci.ts';
 import { formatRange, formatRatio, formatSummary, summarize, type Figure, type Unit } from './lib/stats.ts';
 import { compare, recheck, type Comparison } from './lib/report.ts';
 import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts';
-import { APPLY_OCI, CASYNC, TIU_WHOLE, updateSection } from './update.ts';
+import { APPLY_OCI, CASYNC, IDEAL, TIU_ARTIFACT, TIU_WHOLE, UPDATE, updateSection } from './update.ts';
+import { MAKE_DELTA, OSTREE, OSTREE_FILE, OSTREE_GENERATE, ostreePeer } from './ostree.ts';
+import { TIU_DELTA } from './tiu-delta.ts';
 
 const repo = dirname(dirname(fileURLToPath(import.meta.url)));
 export const tiuBin = join(repo, 'bin/tiu');
 export const RUNS = Math.max(1, Number(process.env.TIU_BENCH_RUNS ?? 5));
-const ONLY = (process.env.TIU_BENCH_ONLY ?? 'build,registry,update').split(',');
+const ONLY = (process.env.TIU_BENCH_ONLY ?? 'build,registry,update,ostree').split(',');
 /**
  * A full run (no TIU_BENCH_ONLY, no TIU_BENCH_RUNS) writes bench/results.{md,json} and the
  * README's rows; a partial one writes bench/results.partial.{md,json} and leaves those alone.
@@ -369,6 +372,8 @@ async function machine(): Promise<Record<string, string>> {
     umoci: await versionOf('umoci', ['--version'], /version (\S+)/),
     rsync: await versionOf('rsync', ['--version'], /version\s+(\S+)/),
     casync: await versionOf('casync', ['--version'], /casync (\S+)/),
+    ostree: await versionOf('ostree', ['--version'], /Version: '([^']+)'/),
+    curl: await versionOf('curl', ['--version'], /curl (\S+)/),
     'btrfs-progs': await versionOf('btrfs', ['--version'], /(v\S+)/),
     snapper: await versionOf('snapper', ['--version'], /snapper (\S+)/),
     'docker-registry': await versionOf('docker-registry', ['--version'], /(\d+\.\d+\.\d+\S*)/),
@@ -402,11 +407,21 @@ function table(figures: readonly Figure[]): string {
 const README_ROWS: [string, string, string, string][] = [
   ['update base → upgraded', 'bytes downloaded', 'tiu', APPLY_OCI],
   ['update base → upgraded', 'bytes downloaded', 'tiu', CASYNC],
+  ['update base → upgraded', 'bytes downloaded', 'tiu', OSTREE],
+  ['update base → upgraded', 'bytes downloaded', TIU_ARTIFACT, OSTREE],
+  ['update base → upgraded', 'bytes downloaded', TIU_ARTIFACT, OSTREE_FILE],
+  ['update base → upgraded', 'bytes downloaded', 'tiu', IDEAL],
+  [MAKE_DELTA, 'delta size', TIU_DELTA, OSTREE_GENERATE],
+  [MAKE_DELTA, 'time', TIU_DELTA, OSTREE_GENERATE],
   ['update base → upgraded', 'disk (new snapshot)', 'tiu', APPLY_OCI],
   ['update base → upgraded', 'disk (new snapshot)', 'tiu', CASYNC],
+  ['update base → upgraded', 'disk (new snapshot)', 'tiu', OSTREE],
   ['update base → upgraded', 'temporary disk', 'tiu', APPLY_OCI],
   ['update base → upgraded', 'time', 'tiu', APPLY_OCI],
   ['update base → upgraded', 'time', 'tiu', CASYNC],
+  ['update base → upgraded', 'time', 'tiu', OSTREE],
+  ['update base → upgraded', 'time', TIU_ARTIFACT, OSTREE],
+  ['update base → upgraded', 'time', TIU_ARTIFACT, OSTREE_FILE],
   ['update base → upgraded', 'time', TIU_WHOLE, APPLY_OCI],
   ['update base → upgraded', 'peak RSS', 'tiu', APPLY_OCI],
   ['update upgraded → upgraded', 'time', 'tiu', APPLY_OCI],
@@ -595,13 +610,15 @@ async function main(): Promise<void> {
   const proxy = await startCountingProxy(registry.port);
   const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], sectionSeconds: {}, proxy, registry };
   try {
-    await timed(ctx, 'build', () => buildSection(ctx));
+    if (ONLY.some((o) => o !== 'ostree')) await timed(ctx, 'build', () => buildSection(ctx));
     if (ONLY.includes('registry')) await timed(ctx, 'push/pull', () => registrySection(ctx));
     if (ONLY.some((o) => o.startsWith('update'))) {
       await timed(ctx, 'install and updates', () =>
         updateSection(ctx, { peers: !ONLY.includes('update-tiu'), tiu: !ONLY.includes('update-peers') }),
       );
     }
+    if (ONLY.some((o) => o === 'ostree' || o === 'update' || o === 'update-peers'))
+      await timed(ctx, 'ostree', () => ostreePeer(ctx, UPDATE('base')));
   } finally {
     await proxy.stop();
     await ctx.registry.stop();

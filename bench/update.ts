@@ -16,6 +16,8 @@ import { join } from 'node:path';
 import { createMicroOS, MICROOS_SUBVOLUMES, type MicroOS } from '../test/helpers/microos.ts';
 import { measured, sh, type Measured } from './lib/proc.ts';
 import { dirBytes, firstLine, log, record, RUNS, tiuHas, tiuBin, type Ctx } from './run.ts';
+import { IDEAL_HOW, idealUpdateBytes } from './lib/ideal.ts';
+import { DELTA_REPO, makeTiuDelta, pushWithDelta } from './tiu-delta.ts';
 
 /**
  * What apply-oci and the tree copies leave alone: MicroOS's own subvolumes, runtime dirs, and
@@ -42,7 +44,7 @@ interface Step {
 }
 
 /** Several measured steps as one: wall times add up, peak RSS is the largest. */
-class Steps {
+export class Steps {
   wall = 0;
   rss = 0;
   async run(cmd: string, args: readonly string[]): Promise<Measured> {
@@ -163,11 +165,13 @@ export async function updateSection(
         `docker://${reg}/bench/tiu:${tag}`,
       ]);
   }
+  const withArtifact = which.tiu && (await makeTiuDelta(ctx));
+  if (withArtifact) await pushWithDelta(ctx);
   ctx.proxy.reset();
   if (which.peers) await peers(ctx);
   if (!which.tiu) return;
   if (ctx.tiuLayout && (await tiuHas('update'))) {
-    await tiuUpdates(ctx);
+    await tiuUpdates(ctx, withArtifact);
   } else {
     ctx.missing.push(
       `first install and updates: ${ctx.tiuLayout ? '`tiu update`' : '`tiu build` (for the bundles) and `tiu update`'} not in this checkout yet`,
@@ -176,7 +180,7 @@ export async function updateSection(
 }
 
 const FIRST = 'first install (empty snapshot ← base image)';
-const UPDATE = (from: string): string => `update ${from} → upgraded`;
+export const UPDATE = (from: string): string => `update ${from} → upgraded`;
 
 async function peers(ctx: Ctx): Promise<void> {
   const reg = ctx.proxy.host;
@@ -361,7 +365,7 @@ async function snapshotNumbers(os: MicroOS): Promise<Set<number>> {
 async function tiuStep(
   ctx: Ctx,
   os: MicroOS,
-  step: { scenario: string; tag: string; tool: string; args: string[]; how: string },
+  step: { scenario: string; repo?: string; tag: string; tool: string; args: string[]; how: string },
   i: number,
 ): Promise<number | undefined> {
   const cache = join(os.sysroot, 'var/cache/tiu');
@@ -372,7 +376,7 @@ async function tiuStep(
   const st = new Steps();
   await st.run(tiuBin, [
     'update',
-    `docker://${ctx.proxy.host}/bench/tiu:${step.tag}`,
+    `docker://${ctx.proxy.host}/${step.repo ?? 'bench/tiu'}:${step.tag}`,
     '--sysroot',
     os.sysroot,
     ...step.args,
@@ -397,14 +401,19 @@ export const TIU_WHOLE = 'tiu --transfer whole-layer';
 export const APPLY_OCI = 'apply-oci (skopeo + umoci + rsync)';
 export const CASYNC = 'casync (seeded extract, reflink)';
 
+/** The ideal per-file zstd download of base → upgraded (bench/lib/ideal.ts), next to tiu's. */
+export const IDEAL = 'ideal per-file zstd (the frames the update needs)';
+export const TIU_ARTIFACT = 'tiu with delta artifact';
+
 /**
  * tiu on its own MicroOS per run: first install of base over the minimal fake OS the harness
- * puts in snapshot 1, reboot, base → upgraded by file-level delta (the default), back to base
- * (`tiu rollback`, reboot), base → upgraded again with whole layers, reboot, upgraded →
- * upgraded. Both base → upgraded runs start from the same booted snapshot; the delta runs
- * first, so whatever it leaves in tiu's cache can only help the whole-layer run.
+ * puts in snapshot 1, reboot; then base → upgraded three ways, each from the same state (base
+ * booted, tiu's cache as the first install left it, no other snapshot of upgraded: after each,
+ * `tiu rollback`, reboot, the new snapshot deleted, the cache put back): file-level delta (the
+ * default, from bench/tiu, which has no delta artifact), with the delta artifact (bench/tiu-delta,
+ * when `tiu delta` made one), whole layers; then, on upgraded, upgraded → upgraded.
  */
-async function tiuUpdates(ctx: Ctx): Promise<void> {
+async function tiuUpdates(ctx: Ctx, withArtifact: boolean): Promise<void> {
   ctx.notes.push(
     'tiu update runs with default-hooks = false (the peers run no hooks either) and a policy.json that accepts unsigned images (insecureAcceptAnything).',
   );
@@ -423,14 +432,44 @@ async function tiuUpdates(ctx: Ctx): Promise<void> {
       const base = await tiuStep(ctx, os, { scenario: FIRST, tag: 'base', tool: 'tiu', args: [], how }, i);
       if (base === undefined) throw new Error('the first install created no snapshot');
       await reboot(os);
-      if (
-        (await tiuStep(ctx, os, { scenario: UPDATE('base'), tag: 'upgraded', tool: 'tiu', args: [], how }, i)) ===
-        undefined
-      ) {
-        throw new Error('base → upgraded created no snapshot');
+      const cache = join(os.sysroot, 'var/cache/tiu');
+      const savedCache = join(os.top, 'bench-cache-after-install');
+      if (existsSync(cache)) await sh('cp', ['-a', '--reflink=auto', cache, savedCache]);
+      if (i === 0) {
+        // The same in every run: the plan against the booted base does not change.
+        const ideal = await idealUpdateBytes(ctx.proxy.host, 'bench/tiu', 'upgraded', os.snapshotPath(base));
+        record(ctx, UPDATE('base'), 'bytes downloaded', 'B', IDEAL, [ideal.bytes], IDEAL_HOW);
       }
-      await sh(tiuBin, ['rollback', String(base), '--sysroot', os.sysroot]);
-      await reboot(os);
+      const backToBase = async (snap: number | undefined, what: string): Promise<void> => {
+        if (snap === undefined) throw new Error(`base → upgraded (${what}) created no snapshot`);
+        await sh(tiuBin, ['rollback', String(base), '--sysroot', os.sysroot]);
+        await reboot(os);
+        await snapperDelete(os, snap);
+        await rm(cache, { recursive: true, force: true });
+        if (existsSync(savedCache)) await sh('cp', ['-a', '--reflink=auto', savedCache, cache]);
+      };
+      await backToBase(
+        await tiuStep(ctx, os, { scenario: UPDATE('base'), tag: 'upgraded', tool: 'tiu', args: [], how }, i),
+        'file-level',
+      );
+      if (withArtifact) {
+        await backToBase(
+          await tiuStep(
+            ctx,
+            os,
+            {
+              scenario: UPDATE('base'),
+              repo: DELTA_REPO,
+              tag: 'upgraded',
+              tool: TIU_ARTIFACT,
+              args: [],
+              how: 'tiu update from a repository where upgraded has a delta artifact from base (tiu delta, pushed with tiu copy --referrers): the patches of the files the system lacks instead of their frames',
+            },
+            i,
+          ),
+          'delta artifact',
+        );
+      }
       const whole = await tiuStep(
         ctx,
         os,
