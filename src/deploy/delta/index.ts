@@ -283,7 +283,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
   const ranges = coalesce(split.rest, co);
   const content = rangeBytes(ranges);
   const pranges = patchRanges(split.uses, co);
-  const patchBytes = pranges.reduce((n, r) => n + (r.end - r.start), 0);
+  const patchBytes = rangeBytes(pranges);
   if (artifact) artifact.patches = { count: split.uses.length, bytes: patchBytes };
   const artifactBytes = artifact ? artifact.indexBytes + artifact.tocPatches.bytes + patchBytes : 0;
   return {
@@ -359,7 +359,7 @@ export function pendingPatchRanges(t: DeltaTransfer, store: ContentStore): Patch
 
 /** Bytes the download of what `store` lacks fetches: frames and patches. */
 export function pendingBytes(t: DeltaTransfer, store: ContentStore): number {
-  return rangeBytes(pendingRanges(t, store)) + pendingPatchRanges(t, store).reduce((n, r) => n + (r.end - r.start), 0);
+  return rangeBytes(pendingRanges(t, store)) + rangeBytes(pendingPatchRanges(t, store));
 }
 
 /** A download's figures; with a delta artifact, its patches' share and the files they failed for. */

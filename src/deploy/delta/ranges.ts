@@ -94,6 +94,6 @@ export function frameless(entries: readonly TreeEntry[]): TreeEntry[] {
 }
 
 /** Total bytes of a set of requests. */
-export function rangeBytes(ranges: readonly FetchRange[]): number {
+export function rangeBytes(ranges: readonly { start: number; end: number }[]): number {
   return ranges.reduce((n, r) => n + (r.end - r.start), 0);
 }
