@@ -19,7 +19,14 @@ import { applyTarLayers, validateTarLayers } from './apply/index.ts';
 import { checkRoom, fsSpace, SpaceGuard } from './apply/space.ts';
 import { detectBoot, settleBoot } from './boot/index.ts';
 import { loadConfig } from './config.ts';
-import { applyTransfer, ContentStore, downloadTransfer, prepareTransfer, pruneContentIndexes } from './delta/index.ts';
+import {
+  applyTransfer,
+  ContentStore,
+  downloadTransfer,
+  prepareTransfer,
+  pruneContentIndexes,
+  TocStore,
+} from './delta/index.ts';
 import { mergeEtc } from './etc-merge.ts';
 import { existingPaths, kernelFacts, runHooks } from './hooks.ts';
 import { acquireUpdateLock } from './lock.ts';
@@ -108,6 +115,7 @@ export const productionDeps: UpdateDeps = {
     applyTransfer,
     pruneContentIndexes,
     openStore: (dir, opts) => ContentStore.open(dir, opts),
+    tocStore: (cacheDir, opts) => TocStore.open(cacheDir, opts),
     validateTarLayers,
   },
   files: { openRooted: (root) => RootedDir.open(root), rm, rename, readdir },

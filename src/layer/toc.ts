@@ -268,6 +268,11 @@ export async function readTocFromFooter(
       'TOC_INVALID',
       `table of contents is ${json.length} bytes, expected ${pos.lengthUncompressed}`,
     );
+  return parseToc(json);
+}
+
+/** A TOC from its JSON bytes (verified by the caller: a checksum or a signed digest), schema-checked. */
+export function parseToc(json: Uint8Array): Toc {
   let parsed: unknown;
   try {
     parsed = parseTocJson(json);

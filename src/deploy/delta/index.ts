@@ -2,14 +2,18 @@
  * File-level delta updates: download only the files the system lacks, by HTTP Range requests
  * against an unmodified registry (or ranged reads of an OCI layout on a USB stick).
  *
- *   prepareTransfer  TOCs by range (verified against the signed manifest's annotations), a plan
- *                    against the booted snapshot (by sha256 wherever a file lives, there or in
- *                    another snapshot: the content sources, apply/sources.ts), and the
- *                    coalesced byte ranges of the missing files; or the reason why only the
- *                    whole-layer path is possible (no Range support, no TOC, gzip layers).
- *                    Writes nothing: `tiu update --check` is this step and its report.
+ *   prepareTransfer  TOCs from the cache's TOC store or by range (verified against the signed
+ *                    manifest's annotations), a plan against the booted snapshot (by sha256
+ *                    wherever a file lives, there or in another snapshot: the content sources,
+ *                    apply/sources.ts), and the coalesced byte ranges of the missing files;
+ *                    with a delta artifact whose FROM a local snapshot holds (artifact.ts), TOCs
+ *                    from its TOC patches and the files it has patches for as patch ranges
+ *                    (patches.ts); or the reason why only the whole-layer path is possible (no
+ *                    Range support, no TOC, gzip layers). Writes nothing but verified TOCs into
+ *                    the TOC store: `tiu update --check` is this step (store read-only) and its report.
  *   downloadTransfer fetches those ranges, a bounded number in parallel, verifying every file
- *                    by sha256 before storing it in a content store (the cache, on /var).
+ *                    by sha256 before storing it in a content store (the cache, on /var); a
+ *                    patch that fails sends its file to the frame download.
  *   applyTransfer    plans again against the new snapshot (the same planner) and applies, the
  *                    content coming from the store.
  *
@@ -45,6 +49,22 @@ import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } 
 import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
 import { fetchLayerTocs, type LayerTocs } from './tocs.ts';
+import type { TocStore } from './toc-store.ts';
+import { chooseDelta, type DeltaChoice, type DeltaWanted, type HeldImage } from './artifact.ts';
+import {
+  choosePatches,
+  downloadPatches,
+  Fallbacks,
+  patchRanges,
+  readFilePatches,
+  tocPatcher,
+  type OldSource,
+  type PatchRange,
+  type PatchUse,
+  type TocPatchTally,
+} from './patches.ts';
+import type { Counter } from '../apply/index.ts';
+import type { DeltaFilePatch } from '../../patch/delta-index.ts';
 
 export { ContentStore, downloadRanges, storeProvider, type DownloadStats, type DownloadOptions } from './download.ts';
 export { DeltaError } from './errors.ts';
@@ -57,7 +77,9 @@ export {
   type CoalesceOptions,
   type FetchRange,
 } from './ranges.ts';
-export { fetchLayerTocs, type LayerTocs } from './tocs.ts';
+export { fetchLayerTocs, tocJsonOf, type LayerTocs, type TocBytes } from './tocs.ts';
+export { TocStore, type ImageManifests, type StoredImage } from './toc-store.ts';
+export { chooseDelta, type DeltaWanted, type HeldImage } from './artifact.ts';
 
 export type TransferPath = 'delta' | 'whole-layer';
 
@@ -89,6 +111,26 @@ export interface TransferReport {
   hashedInSources?: { files: number; bytes: number };
   /** Delta: files of the new tree by what the plan does with them; `changed` is everything but `keep`. */
   files?: PlanSummary & { changed: number };
+  /** Delta: what a delta artifact contributes (present when the update looked for one). */
+  artifact?: ArtifactReport;
+}
+
+/** A delta artifact's part of a transfer. */
+export interface ArtifactReport {
+  /** The artifact (manifest digest) used, or looked at and found unusable. */
+  digest?: string;
+  /** Its FROM: the platform manifest of the local image its patches apply to. */
+  from?: string;
+  /** Why no artifact is used (none, another FROM, unusable); absent when one is. */
+  unused?: string;
+  /** The artifact's index blob. */
+  indexBytes: number;
+  /** TOCs made from TOC patches (count) and the patches' bytes. */
+  tocPatches: Counter;
+  /** Files that come as patches (count) and the bytes of their requests. */
+  patches: Counter;
+  /** Patches that failed, their TOC or file fetched the normal way instead (measured). */
+  fallbacks: { count: number; reasons: string[] };
 }
 
 export interface PrepareOptions {
@@ -113,6 +155,10 @@ export interface PrepareOptions {
   sources?: readonly SourceSpec[];
   coalesce?: CoalesceOptions;
   signal?: AbortSignal;
+  /** Look for a delta artifact of this image (needs `tocStore`: FROM's TOCs are its dictionary). */
+  deltaArtifacts?: DeltaWanted;
+  /** TOCs verified before (no request for those); TOCs fetched now are kept there when it is writable. */
+  tocStore?: TocStore;
 }
 
 export interface DeltaTransfer {
@@ -123,7 +169,11 @@ export interface DeltaTransfer {
   plan: Plan;
   /** The content sources the plan used, kept for the apply's plan (their scans and indexes). */
   sources: SnapshotSource[];
+  /** The files fetched by their frames (plan.fetch but those that come as patches). */
+  frames: TreeEntry[];
   ranges: FetchRange[];
+  /** Files that come as patches of a delta artifact, against the old tree. */
+  patches?: { blob: Descriptor; uses: PatchUse[]; ranges: PatchRange[] };
   coalesce: CoalesceOptions;
   report: TransferReport;
 }
@@ -179,7 +229,20 @@ async function planAgainst(
   return { plan, index, skip: tally.report() };
 }
 
-/** Decide the path and, for the delta path, exactly which byte ranges it downloads. Writes nothing. */
+/** The artifact's share of the report before any file is planned. */
+function artifactReport(choice: DeltaChoice, tally: TocPatchTally): ArtifactReport {
+  const c = choice.chosen;
+  return {
+    ...(c ? { digest: c.artifact.digest, from: c.from.digest } : choice.artifact ? { digest: choice.artifact } : {}),
+    ...(c ? {} : { unused: choice.reason }),
+    indexBytes: c ? c.indexBlob.length : (choice.indexBytes ?? 0),
+    tocPatches: { count: tally.count, bytes: tally.bytes },
+    patches: { count: 0, bytes: 0 },
+    fallbacks: { count: tally.fallbacks.count, reasons: [...tally.fallbacks.reasons] },
+  };
+}
+
+/** Decide the path and, for the delta path, exactly which byte ranges it downloads. Writes nothing but the cache's TOC store. */
 export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransfer> {
   const mode = o.mode ?? 'auto';
   if (mode === 'whole-layer') return whole(o.manifest, 'whole-layer download requested', mode);
@@ -187,8 +250,16 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
   const scanning = scanTree(o.oldRoot, { preserve: o.preserve });
   scanning.catch(() => undefined); // handled below; not an unhandled rejection meanwhile
   let tocs: LayerTocs;
+  let choice: DeltaChoice | undefined;
+  const tally: TocPatchTally = { count: 0, bytes: 0, requests: 0, fallbacks: new Fallbacks() };
   try {
-    tocs = await fetchLayerTocs(o.source, o.manifest, o.signal);
+    if (o.deltaArtifacts && o.tocStore && o.source.fetchRange)
+      choice = await chooseDelta(o.source, o.deltaArtifacts, o.tocStore, o.signal);
+    const chosen = choice?.chosen;
+    tocs = await fetchLayerTocs(o.source, o.manifest, o.signal, {
+      ...(o.tocStore ? { store: o.tocStore } : {}),
+      ...(chosen ? { patched: tocPatcher(o.source, chosen, tally, o.signal) } : {}),
+    });
   } catch (e) {
     await scanning.catch(() => undefined);
     throw e;
@@ -197,6 +268,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     await scanning.catch(() => undefined);
     return whole(o.manifest, tocs.reason, mode);
   }
+  const scanned = await scanning;
   const sources = await Promise.all((o.sources ?? []).map((s) => SnapshotSource.open(s, o.preserve)));
   const { plan, index } = await planAgainst(
     tocs.layers,
@@ -204,25 +276,44 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     o.preserve,
     o.reserved,
     o.indexFile,
-    await scanning,
+    scanned,
     sources,
   );
-  if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
   if (o.saveIndexTo)
     for (const [i, s] of sources.entries()) {
       const file = o.sources![i]!.indexFile;
       if (file && s.index.hashedFiles > 0) await saveIndex(s.index, file);
     }
   const lacking = frameless(plan.fetch);
-  if (lacking.length)
+  if (lacking.length) {
+    if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
     return whole(
       o.manifest,
       `/${showPath(lacking[0]!.path)} has no content frame of its own in the table of contents`,
       mode,
     );
+  }
+  const artifact = choice ? artifactReport(choice, tally) : undefined;
+  let files: DeltaFilePatch[] | undefined;
+  if (choice?.chosen && artifact) {
+    try {
+      files = readFilePatches(choice.chosen, o.manifest.layers, tocs.bytes, tocs.layers);
+    } catch (e) {
+      artifact.unused = `delta artifact ${choice.chosen.artifact.digest} cannot be used: ${(e as Error).message}`;
+    }
+  }
+  const split =
+    files && choice?.chosen
+      ? await choosePatches(plan.fetch, files, await oldSources(o, choice.chosen.holder, scanned, index))
+      : { uses: [], rest: plan.fetch };
+  if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
   const co = o.coalesce ?? {};
-  const ranges = coalesce(plan.fetch, co);
+  const ranges = coalesce(split.rest, co);
   const content = rangeBytes(ranges);
+  const pranges = patchRanges(split.uses, co);
+  const patchBytes = rangeBytes(pranges);
+  if (artifact) artifact.patches = { count: split.uses.length, bytes: patchBytes };
+  const artifactBytes = artifact ? artifact.indexBytes + artifact.tocPatches.bytes + patchBytes : 0;
   return {
     path: 'delta',
     source: o.source,
@@ -230,44 +321,113 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     layers: tocs.layers,
     plan,
     sources,
+    frames: split.rest,
     ranges,
+    ...(choice?.chosen && split.uses.length
+      ? { patches: { blob: choice.chosen.patches, uses: split.uses, ranges: pranges } }
+      : {}),
     coalesce: co,
     report: {
       path: 'delta',
       layerBytes: layerBytes(o.manifest.layers),
-      downloadBytes: tocs.tocBytes + content,
+      downloadBytes: tocs.tocBytes + artifactBytes + content,
       tocBytes: tocs.tocBytes,
       contentBytes: content,
-      requests: tocs.requests + ranges.length,
+      requests: tocs.requests + tally.requests + ranges.length + pranges.length + (choice?.chosen ? 1 : 0),
       files: { ...plan.summary, changed: changedFiles(plan.summary) },
       hashed: { files: index.hashedFiles, bytes: index.hashedBytes },
       hashedInSources: {
         files: sources.reduce((n, s) => n + s.index.hashedFiles, 0),
         bytes: sources.reduce((n, s) => n + s.index.hashedBytes, 0),
       },
+      ...(artifact ? { artifact } : {}),
     },
   };
+}
+
+/**
+ * Where a delta artifact's old files may be: the planned-against snapshot, then the snapshot
+ * holding FROM (scanned now, with its content index from the cache where one is kept).
+ */
+async function oldSources(
+  o: PrepareOptions,
+  holder: HeldImage,
+  scanned: OldTree,
+  index: ContentIndex,
+): Promise<OldSource[]> {
+  const sources: OldSource[] = [{ root: o.oldRoot, tree: scanned, index }];
+  if (holder.root !== o.oldRoot) {
+    const tree = await scanTree(holder.root, { preserve: o.preserve });
+    const idx = holder.indexFile
+      ? await ContentIndex.load(holder.root, holder.indexFile)
+      : new ContentIndex(holder.root);
+    sources.push({ root: holder.root, tree, index: idx });
+  }
+  return sources;
+}
+
+/** What prepareTransfer downloaded already: TOCs, and a delta artifact's index and TOC patches. */
+export function preparedBytes(r: TransferReport): number {
+  return r.tocBytes + (r.artifact ? r.artifact.indexBytes + r.artifact.tocPatches.bytes : 0);
 }
 
 /** The delta's ranges for the files `store` lacks: all of them, unless it kept some from an interrupted run. */
 export function pendingRanges(t: DeltaTransfer, store: ContentStore): FetchRange[] {
   if (store.size === 0) return t.ranges;
   return coalesce(
-    t.plan.fetch.filter((e) => !(e.digest && store.has(e.digest))),
+    t.frames.filter((e) => !(e.digest && store.has(e.digest))),
     t.coalesce,
   );
 }
 
-/** Download what `store` lacks of the delta into it (verified); the measured bytes. */
+/** The delta artifact's patch requests for the files `store` lacks. */
+export function pendingPatchRanges(t: DeltaTransfer, store: ContentStore): PatchRange[] {
+  if (!t.patches) return [];
+  if (store.size === 0) return t.patches.ranges;
+  return patchRanges(
+    t.patches.uses.filter((u) => !store.has(u.entry.digest!)),
+    t.coalesce,
+  );
+}
+
+/** Bytes the download of what `store` lacks fetches: frames and patches. */
+export function pendingBytes(t: DeltaTransfer, store: ContentStore): number {
+  return rangeBytes(pendingRanges(t, store)) + rangeBytes(pendingPatchRanges(t, store));
+}
+
+/** A download's figures; with a delta artifact, its patches' share and the files they failed for. */
+export interface TransferStats extends DownloadStats {
+  patches?: { files: number; bytes: number; fallbacks: Fallbacks };
+}
+
+/**
+ * Download what `store` lacks of the delta into it (verified); the measured bytes. Patches
+ * first: a file whose patch fails is fetched by its frame with the others.
+ */
 export async function downloadTransfer(
   t: DeltaTransfer,
   store: ContentStore,
   opts: { concurrency?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {},
-): Promise<DownloadStats> {
-  return downloadRanges(t.source, t.manifest.layers, pendingRanges(t, store), store, {
-    ...opts,
-    maxSpan: t.coalesce.maxSpan,
-  });
+): Promise<TransferStats> {
+  let patches: TransferStats['patches'];
+  let failed: TreeEntry[] = [];
+  const frames = pendingRanges(t, store);
+  const pranges = pendingPatchRanges(t, store);
+  if (t.patches && pranges.length) {
+    const fallbacks = new Fallbacks();
+    const p = await downloadPatches(t.source, t.patches.blob, pranges, store, fallbacks, opts);
+    patches = { files: p.files, bytes: p.bytes, fallbacks };
+    failed = p.failed;
+  }
+  const ranges = [...frames, ...coalesce(failed, t.coalesce)];
+  const s = await downloadRanges(t.source, t.manifest.layers, ranges, store, { ...opts, maxSpan: t.coalesce.maxSpan });
+  if (!patches) return s;
+  return {
+    bytes: s.bytes + patches.bytes,
+    requests: s.requests + pranges.length,
+    files: s.files + patches.files,
+    patches,
+  };
 }
 
 export interface ApplyTransferResult {
@@ -348,12 +508,27 @@ export async function pruneContentIndexes(cacheDir: string, keep: readonly numbe
  */
 export function describeTransfer(r: TransferReport): string {
   const f = r.files;
+  const a = r.artifact;
   if (r.downloaded === undefined) {
     if (r.path === 'whole-layer')
       return `transfer: whole layers, ${humanSize(r.downloadBytes)} (${r.reason ?? 'no reason given'})`;
-    return `transfer: file delta, ${humanSize(r.downloadBytes)} of ${humanSize(r.layerBytes)} (${f?.write.count ?? 0} files to download, ${f?.changed ?? 0} to change, ${r.requests} requests)`;
+    return `transfer: ${kind(r)}, ${humanSize(r.downloadBytes)} of ${humanSize(r.layerBytes)} (${f?.write.count ?? 0} files to download, ${f?.changed ?? 0} to change, ${r.requests} requests)${artifactNote(a)}`;
   }
   if (r.path === 'whole-layer')
     return `download: whole layers, ${humanSize(r.downloaded)} (${r.reason ?? 'no reason given'})`;
-  return `download: file delta, ${humanSize(r.downloaded)} instead of ${humanSize(r.layerBytes)} for whole layers; ${f?.write.count ?? 0} files downloaded, ${f?.changed ?? 0} changed, ${r.requests} requests`;
+  return `download: ${kind(r)}, ${humanSize(r.downloaded)} instead of ${humanSize(r.layerBytes)} for whole layers; ${f?.write.count ?? 0} files downloaded, ${f?.changed ?? 0} changed, ${r.requests} requests${artifactNote(a)}`;
+}
+
+function kind(r: TransferReport): string {
+  return r.artifact && !r.artifact.unused ? 'delta artifact' : 'file delta';
+}
+
+/** The artifact's figures: which one and how much of it, the fallbacks; or why none is used. */
+function artifactNote(a: ArtifactReport | undefined): string {
+  if (!a) return '';
+  if (a.unused) return `; ${a.unused}`;
+  const fb = a.fallbacks.count
+    ? `, ${a.fallbacks.count} patch(es) failed and came whole (${a.fallbacks.reasons[0]})`
+    : '';
+  return `; ${a.digest} from ${a.from}: ${a.patches.count} file(s) as patches (${humanSize(a.patches.bytes)}), ${a.tocPatches.count} table(s) of contents as patches${fb}`;
 }

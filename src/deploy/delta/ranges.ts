@@ -35,38 +35,57 @@ export function hasFrame(e: TreeEntry): boolean {
   return e.size > 0 && s?.offset !== undefined && s.endOffset !== undefined && s.endOffset > s.offset;
 }
 
+/** Where one item's bytes lie: [start, end) of blob `blob`. */
+export interface Span {
+  blob: number;
+  start: number;
+  end: number;
+}
+
+/**
+ * Group items into requests by where their bytes lie (`spanOf`): neighbours in the same blob
+ * at most `maxGap` apart join while the request stays within `maxSpan`. The one coalescing rule
+ * for file frames and for a delta artifact's patches.
+ */
+export function joinSpans<T>(
+  items: readonly T[],
+  spanOf: (t: T) => Span,
+  opts: CoalesceOptions = {},
+): { blob: number; start: number; end: number; items: T[] }[] {
+  const maxGap = opts.maxGap ?? DEFAULT_MAX_GAP;
+  const maxSpan = opts.maxSpan ?? DEFAULT_MAX_SPAN;
+  const sorted = items.map((t) => ({ t, s: spanOf(t) })).sort((a, b) => a.s.blob - b.s.blob || a.s.start - b.s.start);
+  const out: { blob: number; start: number; end: number; items: T[] }[] = [];
+  let cur: (typeof out)[number] | undefined;
+  for (const { t, s } of sorted) {
+    if (
+      cur &&
+      cur.blob === s.blob &&
+      s.start >= cur.start &&
+      s.start - cur.end <= maxGap &&
+      Math.max(cur.end, s.end) - cur.start <= maxSpan
+    ) {
+      cur.end = Math.max(cur.end, s.end);
+      cur.items.push(t);
+      continue;
+    }
+    cur = { blob: s.blob, start: s.start, end: s.end, items: [t] };
+    out.push(cur);
+  }
+  return out;
+}
+
 /**
  * Group the frames of `entries` into requests. Entries without a frame (empty files) are left
  * out; entries with content but no frame are the caller's error to report (see `frameless`).
  * Two entries with the same frame (same layer and offset) share it.
  */
 export function coalesce(entries: readonly TreeEntry[], opts: CoalesceOptions = {}): FetchRange[] {
-  const maxGap = opts.maxGap ?? DEFAULT_MAX_GAP;
-  const maxSpan = opts.maxSpan ?? DEFAULT_MAX_SPAN;
-  const framed = entries
-    .filter(hasFrame)
-    .sort((a, b) => a.source!.layer - b.source!.layer || a.source!.offset! - b.source!.offset!);
-  const out: FetchRange[] = [];
-  let cur: FetchRange | undefined;
-  for (const e of framed) {
-    const s = e.source!;
-    const start = s.offset!;
-    const end = s.endOffset!;
-    if (
-      cur &&
-      cur.layer === s.layer &&
-      start >= cur.start &&
-      start - cur.end <= maxGap &&
-      Math.max(cur.end, end) - cur.start <= maxSpan
-    ) {
-      cur.end = Math.max(cur.end, end);
-      cur.entries.push(e);
-      continue;
-    }
-    cur = { layer: s.layer, start, end, entries: [e] };
-    out.push(cur);
-  }
-  return out;
+  return joinSpans(
+    entries.filter(hasFrame),
+    (e) => ({ blob: e.source!.layer, start: e.source!.offset!, end: e.source!.endOffset! }),
+    opts,
+  ).map((r) => ({ layer: r.blob, start: r.start, end: r.end, entries: r.items }));
 }
 
 /** Entries that have content but no frame in their layer (a TOC that can't serve them). */
@@ -75,6 +94,6 @@ export function frameless(entries: readonly TreeEntry[]): TreeEntry[] {
 }
 
 /** Total bytes of a set of requests. */
-export function rangeBytes(ranges: readonly FetchRange[]): number {
+export function rangeBytes(ranges: readonly { start: number; end: number }[]): number {
   return ranges.reduce((n, r) => n + (r.end - r.start), 0);
 }

@@ -10,11 +10,15 @@ import { isTiuError } from '../../errors.ts';
 import type { Target } from '../../content/interfaces.ts';
 import { MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
-import { readTocFromFooter, ZstdChunkedAnnotation, type Toc } from '../../layer/toc.ts';
+import { zstdDecompressSync } from 'node:zlib';
+import { parsePosition, parseToc, readTocFromFooter, ZstdChunkedAnnotation, type Toc } from '../../layer/toc.ts';
 import { tocToEntries, type TreeEntry } from '../apply/index.ts';
+import { DeltaAnnotation } from '../../patch/media.ts';
+import type { TocStore } from './toc-store.ts';
 
 export type LayerTocs =
-  { ok: true; layers: TreeEntry[][]; tocBytes: number; requests: number } | { ok: false; reason: string };
+  | { ok: true; layers: TreeEntry[][]; bytes: TocBytes[]; tocBytes: number; requests: number }
+  | { ok: false; reason: string };
 
 /** Why this layer can't be read file by file, or undefined when it can. */
 function layerUnusable(d: Descriptor, i: number): string | undefined {
@@ -44,11 +48,38 @@ function chunkWithoutFrame(toc: Toc): string | undefined {
   return undefined;
 }
 
-/** Fetch and verify every layer's TOC; `{ok:false}` with the reason when the delta path is impossible. */
+/** Where a layer's TOC came from: the bytes it was verified as (compressed: by the manifest-checksum; json: by the signed json-digest). */
+export type TocBytes = { compressed: Buffer } | { json: Buffer };
+
+export interface TocSources {
+  /** The TOCs the device verified before (the cache's store): no request for these. */
+  store?: TocStore;
+  /** A TOC JSON from elsewhere (a delta artifact's patch), already verified against the layer's json-digest; undefined: none. */
+  patched?: (layer: number, d: Descriptor) => Promise<Buffer | undefined>;
+}
+
+/** A stored TOC of layer `d`, parsed; undefined when the store has none. Store bytes are verified again. */
+async function storedToc(store: TocStore, d: Descriptor): Promise<{ toc: Toc; bytes: TocBytes } | undefined> {
+  const compressed = await store.compressedToc(d);
+  if (compressed) {
+    const toc = await readTocFromFooter(() => Promise.resolve(compressed), d.size, d.annotations ?? {});
+    return { toc, bytes: { compressed } };
+  }
+  const json = await store.tocJson(d);
+  return json ? { toc: parseToc(json), bytes: { json } } : undefined;
+}
+
+/**
+ * Every layer's TOC, verified: from the store where it has the layer's TOC, from `patched`
+ * where that gives one, else fetched by range (and then kept in the store). `{ok:false}` with
+ * the reason when the delta path is impossible. tocBytes/requests count only what came over
+ * the source.
+ */
 export async function fetchLayerTocs(
   source: Target,
   manifest: ImageManifest,
   signal?: AbortSignal,
+  from: TocSources = {},
 ): Promise<LayerTocs> {
   const fetchRange = source.fetchRange?.bind(source);
   if (!fetchRange) return { ok: false, reason: `${source.name} does not serve byte ranges` };
@@ -58,35 +89,61 @@ export async function fetchLayerTocs(
     if (why) return { ok: false, reason: why };
   }
   const layers: TreeEntry[][] = [];
+  const bytes: TocBytes[] = [];
+  let patchedAny = false;
   let tocBytes = 0;
   let requests = 0;
+  const fetched = async (d: Descriptor, s: number, e: number): Promise<Buffer> => {
+    requests++;
+    const b = await buffer(await fetchRange(d, s, e, { signal }));
+    tocBytes += b.length;
+    return b;
+  };
   // Smallest layer first: a registry that answers a Range request with the whole blob (200)
   // then costs at most the smallest layer's bytes in flight before the answer is dropped.
   const order = [...manifest.layers.keys()].sort((a, b) => manifest.layers[a]!.size - manifest.layers[b]!.size);
-  for (const i of order) {
-    const d = manifest.layers[i]!;
-    let toc: Toc;
-    try {
-      toc = await readTocFromFooter(
-        async (s, e) => {
-          requests++;
-          const b = await buffer(await fetchRange(d, s, e, { signal }));
-          tocBytes += b.length;
-          return b;
-        },
-        d.size,
-        d.annotations ?? {},
-      );
-    } catch (e) {
-      // A registry that answers a Range request with the whole blob: nothing usable by range.
-      if (isTiuError(e, 'RANGE_UNSUPPORTED'))
-        return { ok: false, reason: `${source.name} ignores HTTP Range requests` };
-      // TOC_CHECKSUM_MISMATCH (tampering with signed content), TOC_INVALID, TOC_TOO_LARGE: refused.
-      throw e;
+  try {
+    for (const i of order) {
+      const d = manifest.layers[i]!;
+      let got = from.store ? await storedToc(from.store, d) : undefined;
+      const json = got ? undefined : await from.patched?.(i, d);
+      if (json) {
+        patchedAny = true;
+        got = { toc: parseToc(json), bytes: { json } };
+        await from.store?.keepTocJson(d.annotations![DeltaAnnotation.TocJsonDigest]!, json);
+      }
+      if (!got) {
+        let compressed: Buffer | undefined;
+        const toc = await readTocFromFooter(
+          async (s, e) => (compressed = await fetched(d, s, e)),
+          d.size,
+          d.annotations ?? {},
+        );
+        // Verified against the signed checksum by readTocFromFooter: worth keeping.
+        await from.store?.keepCompressedToc(d.annotations![ZstdChunkedAnnotation.ManifestChecksum]!, compressed!);
+        got = { toc, bytes: { compressed: compressed! } };
+      }
+      const chunkless = chunkWithoutFrame(got.toc);
+      if (chunkless) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${chunkless}` };
+      layers[i] = tocToEntries(got.toc, i);
+      bytes[i] = got.bytes;
     }
-    const chunkless = chunkWithoutFrame(toc);
-    if (chunkless) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${chunkless}` };
-    layers[i] = tocToEntries(toc, i);
+    // No TOC came by range (a patch came by range from the same source): one byte tells whether
+    // the source serves ranges, before the plan relies on it.
+    if (requests === 0 && !patchedAny) await fetched(manifest.layers[order[0]!]!, 0, 1);
+  } catch (e) {
+    // A registry that answers a Range request with the whole blob: nothing usable by range.
+    if (isTiuError(e, 'RANGE_UNSUPPORTED')) return { ok: false, reason: `${source.name} ignores HTTP Range requests` };
+    // TOC_CHECKSUM_MISMATCH (tampering with signed content), TOC_INVALID, TOC_TOO_LARGE: refused.
+    throw e;
   }
-  return { ok: true, layers, tocBytes, requests };
+  return { ok: true, layers, bytes, tocBytes, requests };
+}
+
+/** The uncompressed TOC JSON of layer `d` from the bytes it was verified as. */
+export function tocJsonOf(b: TocBytes, d: Descriptor): Buffer {
+  if ('json' in b) return b.json;
+  const { lengthUncompressed } = parsePosition(d.annotations![ZstdChunkedAnnotation.ManifestPosition]!);
+  // Verified by its checksum already; the bound is the signed size.
+  return zstdDecompressSync(b.compressed, { maxOutputLength: Math.max(lengthUncompressed, 1) });
 }

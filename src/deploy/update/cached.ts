@@ -71,6 +71,8 @@ async function readCache(deps: UpdateDeps, run: Planned, manifest: ImageManifest
     signal,
     indexFile: indexOf(run, run.from),
     saveIndexTo: indexOf(run, run.from),
+    // The cached layers' TOCs, verified here, are kept for the updates after this one.
+    tocStore: deps.delta.tocStore(run.cacheDir, { write: true }),
     sources: contentSources(run.state, run.from, run.cacheDir),
   });
   if (local.path !== 'delta') {
@@ -99,9 +101,10 @@ async function readCache(deps: UpdateDeps, run: Planned, manifest: ImageManifest
  */
 export async function checkLocal(deps: UpdateDeps, run: Planned): Promise<Checked> {
   const { cache, root, image, cacheDir, signal } = run;
-  const { manifest } = run.delta
-    ? { manifest: run.delta.manifest }
-    : await imageManifest(cache, root, run.platform, signal);
+  const { manifest, manifests } =
+    run.delta && run.manifests
+      ? { manifest: run.delta.manifest, manifests: run.manifests }
+      : await imageManifest(cache, root, run.platform, signal);
   const fsNow = await deps.system.fsSpace(run.ctx.sysroot, run.config.diskReserve);
   const expansionLimit = fsNow.total - fsNow.reserve;
   const cached: DeltaTransfer | undefined = run.delta
@@ -112,5 +115,12 @@ export async function checkLocal(deps: UpdateDeps, run: Planned): Promise<Checke
         ),
       );
   if (cached) checkOsPlan(cached, image);
-  return { ...run, manifest, delta: run.delta ?? cached, fromCache: cached !== undefined, expansionLimit };
+  return {
+    ...run,
+    manifest,
+    manifests,
+    delta: run.delta ?? cached,
+    fromCache: cached !== undefined,
+    expansionLimit,
+  };
 }

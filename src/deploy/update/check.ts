@@ -19,8 +19,8 @@ export async function checkUpdate(
     const found = await resolveSource(deps, run);
     const { image, root, present } = found;
     if (present !== undefined) return { status: 'already-present', image, digest: root.digest, snapshot: present };
-    const t = await prepare(deps, await trust(deps, found), { load: indexOf(run, run.from), save: false });
-    return { status: 'available', image, digest: root.digest, booted: run.from, transfer: t.report };
+    const { transfer } = await prepare(deps, await trust(deps, found), { load: indexOf(run, run.from), save: false });
+    return { status: 'available', image, digest: root.digest, booted: run.from, transfer: transfer.report };
   } finally {
     await release(run.held);
   }

@@ -28,6 +28,7 @@ import type {
   downloadTransfer,
   prepareTransfer,
   pruneContentIndexes,
+  TocStore,
 } from '../delta/index.ts';
 import type { EtcMergeReport } from '../etc-merge.ts';
 import type { existingPaths, kernelFacts, runHooks } from '../hooks.ts';
@@ -76,6 +77,8 @@ export interface DeltaDeps {
   applyTransfer: typeof applyTransfer;
   pruneContentIndexes: typeof pruneContentIndexes;
   openStore(dir: string, opts: { resume?: boolean }): Promise<ContentStore>;
+  /** The TOCs and manifests of deployed images in the cache (`write: false`: only read). */
+  tocStore(cacheDir: string, opts: { write: boolean }): TocStore;
   validateTarLayers: typeof validateTarLayers;
 }
 

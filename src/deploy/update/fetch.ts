@@ -8,7 +8,14 @@ import type { Target } from '../../content/interfaces.ts';
 import type { CopyEvent } from '../../copy/copy.ts';
 import { humanSize } from '../../format.ts';
 import type { Descriptor } from '../../oci/types.ts';
-import { pendingRanges, rangeBytes, type ContentStore, type DeltaTransfer } from '../delta/index.ts';
+import {
+  pendingBytes,
+  preparedBytes,
+  type ContentStore,
+  type DeltaTransfer,
+  type TransferReport,
+  type TransferStats,
+} from '../delta/index.ts';
 import { downloadProgress } from '../download-progress.ts';
 import { isLayer } from '../../layer/openers.ts';
 import type { UpdateDeps } from './deps.ts';
@@ -45,7 +52,7 @@ export async function downloadDelta(
     progressEveryMs?: number | undefined;
     /** the source is the cache's whole layers */ fromCache?: boolean;
   },
-): Promise<{ store: ContentStore; bytes: number }> {
+): Promise<{ store: ContentStore; stats: TransferStats }> {
   const store = await openStore(deps, cacheDir, digest);
   if (store.resumed.files)
     o.progress(
@@ -54,7 +61,7 @@ export async function downloadDelta(
   try {
     const onBytes = o.fromCache
       ? undefined
-      : downloadProgress(rangeBytes(pendingRanges(delta, store)), o.progress, { everyMs: o.progressEveryMs });
+      : downloadProgress(pendingBytes(delta, store), o.progress, { everyMs: o.progressEveryMs });
     const got = await deps.delta.downloadTransfer(delta, store, {
       ...(o.signal ? { signal: o.signal } : {}),
       ...(onBytes ? { onBytes } : {}),
@@ -65,11 +72,31 @@ export async function downloadDelta(
       );
     else
       o.progress(`downloaded ${got.files} file(s) in ${got.requests} request(s), ${humanSize(got.bytes)} of content`);
-    return { store, bytes: got.bytes };
+    if (got.patches?.fallbacks.count)
+      o.progress(
+        `${got.patches.fallbacks.count} patch(es) of the delta artifact failed, those files came whole: ${got.patches.fallbacks.reasons[0]}`,
+      );
+    return { store, stats: got };
   } catch (e) {
     if (!storeWorthKeeping(e, o.signal)) await store.remove().catch(() => undefined);
     throw e;
   }
+}
+
+/** The planned report with what the download measured: the bytes, and patches that failed. */
+function measured(r: TransferReport, s: TransferStats): TransferReport {
+  const out: TransferReport = { ...r, downloaded: preparedBytes(r) + s.bytes };
+  const f = s.patches?.fallbacks;
+  if (r.artifact && f?.count) {
+    const reasons = [...r.artifact.fallbacks.reasons, ...f.reasons].slice(0, 20);
+    out.artifact = {
+      ...r.artifact,
+      // The files whose patch failed came by their frames: not as patches.
+      patches: { ...r.artifact.patches, count: r.artifact.patches.count - f.count },
+      fallbacks: { count: r.artifact.fallbacks.count + f.count, reasons },
+    };
+  }
+  return out;
 }
 
 /** The whole image into the cache, with progress over its layers; the layer bytes received. */
@@ -121,7 +148,7 @@ export async function fetchImage(deps: UpdateDeps, run: Planned): Promise<Planne
         progressEveryMs: run.opts.progressEveryMs,
       });
       run.held.store = d.store;
-      transfer = { ...delta.report, downloaded: delta.report.tocBytes + d.bytes };
+      transfer = measured(delta.report, d.stats);
     } else {
       run.progress(`fetching ${image} (${root.digest}) into ${cacheDir}`);
       const received = await copyIntoCache(deps, run, run.opts.downloadOnly ? policyCheck(deps, run) : undefined);

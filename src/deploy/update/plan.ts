@@ -11,8 +11,15 @@ import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { UnsafePathError } from '../apply/index.ts';
 import type { TreeEntry } from '../apply/types.ts';
-import { contentIndexFile, describeTransfer, type DeltaTransfer, type PreparedTransfer } from '../delta/index.ts';
-import { snapshotPath } from '../state.ts';
+import {
+  contentIndexFile,
+  describeTransfer,
+  type DeltaTransfer,
+  type HeldImage,
+  type ImageManifests,
+  type PreparedTransfer,
+} from '../delta/index.ts';
+import { snapshotPath, type SnapshotState, type SystemState } from '../state.ts';
 import { withLayers } from '../../layer/openers.ts';
 import type { UpdateDeps } from './deps.ts';
 import { UpdateError, whileFetching } from './errors.ts';
@@ -25,9 +32,15 @@ export async function imageManifest(
   root: Descriptor,
   platform: { os: string; architecture: string },
   signal?: AbortSignal,
-): Promise<{ desc: Descriptor; manifest: ImageManifest }> {
+): Promise<{ desc: Descriptor; manifest: ImageManifest; manifests: ImageManifests }> {
   const first = await fetchManifest(target, root, { signal });
-  if (first.parsed.kind === 'manifest') return { desc: root, manifest: withLayers(root, first.parsed.manifest) };
+  const rootBytes = { digest: root.digest, bytes: first.bytes };
+  if (first.parsed.kind === 'manifest')
+    return {
+      desc: root,
+      manifest: withLayers(root, first.parsed.manifest),
+      manifests: { root: rootBytes, platform: rootBytes },
+    };
   const pick = first.parsed.index.manifests.find(
     (m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture,
   );
@@ -44,7 +57,11 @@ export async function imageManifest(
       `${pick.digest}, the ${platform.os}/${platform.architecture} entry of ${root.digest}, is not an image manifest`,
       { digest: pick.digest },
     );
-  return { desc: pick, manifest: withLayers(pick, second.parsed.manifest) };
+  return {
+    desc: pick,
+    manifest: withLayers(pick, second.parsed.manifest),
+    manifests: { root: rootBytes, platform: { digest: pick.digest, bytes: second.bytes } },
+  };
 }
 
 /**
@@ -79,17 +96,17 @@ export function checkOsPlan(d: DeltaTransfer, image: string): void {
 
 /**
  * The download path for the accepted image against the booted snapshot, using its content
- * index, with the other snapshots tiu deployed as content sources (./sources.ts): what one of
- * them holds is reflinked, not downloaded. `save`: write what planning hashed back into the
- * indexes, for the next plan. Reads, never writes else.
+ * index and the cache's TOC store (`save`: write what planning hashed and the TOCs it verified
+ * back, for the next plan), with the other snapshots tiu deployed as content sources
+ * (./sources.ts): what one of them holds is reflinked, not downloaded. Reads, never writes else.
  */
 export async function prepare(
   deps: UpdateDeps,
   run: OnBooted & Resolved,
   index: { load: string; save: boolean },
-): Promise<PreparedTransfer> {
-  const { manifest } = await imageManifest(run.source, run.root, run.platform, run.signal);
-  return deps.delta.prepareTransfer({
+): Promise<{ transfer: PreparedTransfer; manifests: ImageManifests }> {
+  const { desc, manifest, manifests } = await imageManifest(run.source, run.root, run.platform, run.signal);
+  const transfer = await deps.delta.prepareTransfer({
     source: run.source,
     manifest,
     oldRoot: snapshotPath(run.ctx.sysroot, run.from),
@@ -99,13 +116,37 @@ export async function prepare(
     signal: run.signal,
     indexFile: index.load,
     ...(index.save ? { saveIndexTo: index.load } : {}),
+    tocStore: deps.delta.tocStore(cacheOf(run), { write: index.save }),
+    deltaArtifacts: { subject: desc, held: heldImages(run.state, cacheOf(run)), platform: run.platform },
     sources: contentSources(run.state, run.from, join(run.ctx.sysroot, run.config.cache)),
   });
+  return { transfer, manifests };
+}
+
+/**
+ * The images local snapshots hold (root digests), in the order a delta artifact's FROM is
+ * wanted: the booted one (the plan's old tree), the pending default, then the others, newest first.
+ */
+export function heldImages(state: SystemState, cacheDir: string): HeldImage[] {
+  const done = state.snapshots.filter((s) => s.digest && !s.inProgress);
+  const rank = (s: SnapshotState) => (s.booted ? 0 : s.default ? 1 : 2);
+  return [...done]
+    .sort((a, b) => rank(a) - rank(b) || b.number - a.number)
+    .map((s) => ({
+      digest: s.digest!,
+      root: snapshotPath(state.sysroot, s.number),
+      indexFile: contentIndexFile(cacheDir, s.number),
+    }));
+}
+
+/** The cache directory (on /var) of this system. */
+function cacheOf(run: OnBooted): string {
+  return join(run.ctx.sysroot, run.config.cache);
 }
 
 /** The content index of snapshot `n`, in the cache. */
 export function indexOf(run: OnBooted, n: number): string {
-  return contentIndexFile(join(run.ctx.sysroot, run.config.cache), n);
+  return contentIndexFile(cacheOf(run), n);
 }
 
 /**
@@ -115,10 +156,11 @@ export function indexOf(run: OnBooted, n: number): string {
  * DISK_FULL now, before anything is written.
  */
 export async function plan(deps: UpdateDeps, run: Settled & Resolved): Promise<Planned> {
-  if (run.opts.offline || run.opts.downloadOnly) return { ...run, delta: undefined, transfer: undefined };
+  if (run.opts.offline || run.opts.downloadOnly)
+    return { ...run, delta: undefined, transfer: undefined, manifests: undefined };
   const { cacheDir, image } = run;
   // Planning saves the booted snapshot's content index into the cache: a full disk can show here.
-  const t = await whileFetching(cacheDir, image, () =>
+  const { transfer: t, manifests } = await whileFetching(cacheDir, image, () =>
     prepare(deps, run, { load: indexOf(run, run.from), save: true }),
   );
   run.progress(describeTransfer(t.report));
@@ -132,5 +174,5 @@ export async function plan(deps: UpdateDeps, run: Settled & Resolved): Promise<P
       t.path === 'delta' ? `the ${humanSize(predicted)} of new files of ${image}` : `the layers of ${image}`,
     ),
   );
-  return { ...run, delta: t.path === 'delta' ? t : undefined, transfer: t.report };
+  return { ...run, delta: t.path === 'delta' ? t : undefined, transfer: t.report, manifests };
 }

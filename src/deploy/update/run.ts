@@ -10,7 +10,7 @@ import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import type { ApplyReport, Reserved } from '../apply/index.ts';
 import type { SystemdBoot } from '../boot/index.ts';
 import type { TiuConfig } from '../config.ts';
-import type { ContentStore, DeltaTransfer, TransferMode, TransferReport } from '../delta/index.ts';
+import type { ContentStore, DeltaTransfer, ImageManifests, TransferMode, TransferReport } from '../delta/index.ts';
 import type { EtcConflict } from '../etc-merge.ts';
 import type { HookRun } from '../hooks.ts';
 import type { UpdateLock } from '../lock.ts';
@@ -115,11 +115,14 @@ export interface Planned extends Settled, Resolved {
   delta: DeltaTransfer | undefined;
   /** What the download costs (absent for --offline and --download-only). */
   transfer: TransferReport | undefined;
+  /** The verified manifests of the image, when planning fetched them (online updates). */
+  manifests: ImageManifests | undefined;
 }
 
 /** Everything the apply uses is local and verified; no snapshot yet. */
 export interface Checked extends Planned {
   manifest: ImageManifest;
+  manifests: ImageManifests;
   /** The delta was planned from the cached layers (its bytes are not downloads). */
   fromCache: boolean;
   /** No layer may expand past what the root filesystem holds above its reserve. */

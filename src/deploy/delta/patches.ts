@@ -1,0 +1,261 @@
+/**
+ * Using a delta artifact (artifact.ts chose it): TO's TOCs from its TOC patches, the file index,
+ * which of the files the plan fetches come as patches against the old files the device holds,
+ * and downloading those patches by Range, each decoded against its old file and verified by the
+ * signed TOC's size and sha256 before it enters the content store.
+ *
+ * A patch is only used where it is smaller than what it replaces (the file's frame, the layer's
+ * compressed TOC) as the signed manifest and TOCs declare: the unsigned artifact cannot make a
+ * download larger. A patch that fails (damaged, for another old file, a decoder error, a short
+ * answer) costs that one file or TOC: it is fetched the normal way, and the reason reported.
+ */
+import { createHash } from 'node:crypto';
+import { constants } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { buffer } from 'node:stream/consumers';
+import type { Target } from '../../content/interfaces.ts';
+import { asError } from '../../errors.ts';
+import { showPath } from '../../layer/entry.ts';
+import { normalizeEntryPath } from '../../layer/paths.ts';
+import { parsePosition, ZstdChunkedAnnotation } from '../../layer/toc.ts';
+import type { Descriptor } from '../../oci/types.ts';
+import { decodePatch } from '../../patch/codec.ts';
+import { parseDeltaFiles, tocDictionary, type DeltaFilePatch } from '../../patch/delta-index.ts';
+import { DeltaAnnotation, MAX_PATCH_INPUT } from '../../patch/media.ts';
+import { forEachBounded } from '../../util/semaphore.ts';
+import type { ContentIndex, OldTree, TreeEntry } from '../apply/index.ts';
+import type { ChosenDelta } from './artifact.ts';
+import type { ContentStore } from './download.ts';
+import { DEFAULT_CONCURRENCY } from './download.ts';
+import { joinSpans, type CoalesceOptions } from './ranges.ts';
+import { tocJsonOf, type TocBytes } from './tocs.ts';
+
+/** Most fallback reasons a report lists (the count is complete). */
+const MAX_REASONS = 20;
+
+/** Patches that failed and what was fetched instead. */
+export class Fallbacks {
+  count = 0;
+  readonly reasons: string[] = [];
+  add(reason: string): void {
+    this.count++;
+    if (this.reasons.length < MAX_REASONS) this.reasons.push(reason);
+  }
+}
+
+/** TOC patches used: how many TOCs they gave, their bytes and requests, and those that failed. */
+export interface TocPatchTally {
+  count: number;
+  bytes: number;
+  requests: number;
+  fallbacks: Fallbacks;
+}
+
+async function fetchBytes(source: Target, d: Descriptor, start: number, end: number, signal?: AbortSignal) {
+  return buffer(await source.fetchRange!(d, start, end, { signal }));
+}
+
+/**
+ * For fetchLayerTocs: TO layer `d`'s TOC JSON from the artifact's TOC patch, verified against
+ * the layer's signed json-digest and size; undefined (the TOC is fetched by range) when the
+ * artifact has none for it, the layer has no json-digest, the patch is not smaller than the
+ * compressed TOC, or it fails (counted in `tally`).
+ */
+export function tocPatcher(
+  source: Target,
+  chosen: ChosenDelta,
+  tally: TocPatchTally,
+  signal?: AbortSignal,
+): (layer: number, d: Descriptor) => Promise<Buffer | undefined> {
+  const dictionary = Buffer.concat(chosen.fromJsons);
+  return async (i, d) => {
+    const p = chosen.header.tocs.find((t) => t.layer === d.digest);
+    const digest = d.annotations?.[DeltaAnnotation.TocJsonDigest];
+    const position = d.annotations?.[ZstdChunkedAnnotation.ManifestPosition];
+    if (!p || !digest || !position) return undefined;
+    const { lengthCompressed, lengthUncompressed } = parsePosition(position);
+    if (p.size >= lengthCompressed) return undefined;
+    tally.requests++;
+    const patch = await fetchBytes(source, chosen.patches, p.offset, p.offset + p.size, signal);
+    tally.bytes += patch.length;
+    try {
+      if (patch.length !== p.size) throw new Error(`got ${patch.length} of its ${p.size} bytes`);
+      const json = decodePatch(patch, dictionary, {
+        size: lengthUncompressed,
+        digest,
+        name: `the table of contents of layer ${i + 1}`,
+      });
+      tally.count++;
+      return json;
+    } catch (e) {
+      tally.fallbacks.add(`TOC of layer ${i + 1} (${d.digest}): ${asError(e).message}`);
+      return undefined;
+    }
+  };
+}
+
+/** The artifact's file patches, its files frame decoded with the TOC dictionary (FROM's TOCs, then TO's). */
+export function readFilePatches(
+  chosen: ChosenDelta,
+  layers: readonly Descriptor[],
+  bytes: readonly TocBytes[],
+  toEntries: readonly (readonly TreeEntry[])[],
+): DeltaFilePatch[] {
+  const toJsons = layers.map((d, i) => tocJsonOf(bytes[i]!, d));
+  const maxFiles = toEntries.reduce((n, l) => n + l.filter((e) => e.type === 'reg').length, 0);
+  return parseDeltaFiles(chosen.indexBlob, chosen.header, tocDictionary(chosen.fromJsons, toJsons), {
+    patchesSize: chosen.patches.size,
+    maxFiles,
+  });
+}
+
+/** A local tree old files may come from: a snapshot's root, its scan and its content index. */
+export interface OldSource {
+  root: string;
+  tree: OldTree;
+  index: ContentIndex;
+}
+
+/** A file the plan fetches that comes as a patch against a local old file. */
+export interface PatchUse {
+  entry: TreeEntry;
+  patch: DeltaFilePatch;
+  /** The old file: the snapshot root it is in, its path there and its size. */
+  old: { root: string; path: string; size: number };
+}
+
+export interface PatchRange {
+  start: number;
+  end: number;
+  uses: PatchUse[];
+}
+
+/** The old file a patch needs: at its path in the first of `sources` where it has the `old` digest. */
+async function oldFileFor(f: DeltaFilePatch, sources: readonly OldSource[]): Promise<PatchUse['old'] | undefined> {
+  const path = normalizeEntryPath(f.path);
+  for (const s of sources) {
+    const x = s.tree.entries.get(path);
+    if (x?.type === 'reg' && x.size <= MAX_PATCH_INPUT && (await s.index.digestOf(x)) === f.old)
+      return { root: s.root, path, size: x.size };
+  }
+  return undefined;
+}
+
+/**
+ * Split the plan's fetch list: files with a patch (same new digest) smaller than the file's
+ * frame, against an old file with the patch's `old` digest at its path in one of `sources`
+ * (the planned-against snapshot first, then the one holding FROM), and the rest (fetched by
+ * their frames).
+ */
+export async function choosePatches(
+  fetch: readonly TreeEntry[],
+  files: readonly DeltaFilePatch[],
+  sources: readonly OldSource[],
+): Promise<{ uses: PatchUse[]; rest: TreeEntry[] }> {
+  const byPath = new Map<string, DeltaFilePatch>();
+  const byNew = new Map<string, DeltaFilePatch>();
+  for (const f of files) {
+    let p: string;
+    try {
+      p = normalizeEntryPath(f.path);
+    } catch {
+      continue; // a name no tree can have: never matches
+    }
+    byPath.set(p, f);
+    if (!byNew.has(f.new)) byNew.set(f.new, f);
+  }
+  const uses: PatchUse[] = [];
+  const rest: TreeEntry[] = [];
+  for (const e of fetch) {
+    const same = byPath.get(e.path);
+    const f = same?.new === e.digest ? same : e.digest ? byNew.get(e.digest) : undefined;
+    const frame = (e.source?.endOffset ?? 0) - (e.source?.offset ?? 0);
+    const old = f && f.size < frame && e.size <= MAX_PATCH_INPUT ? await oldFileFor(f, sources) : undefined;
+    if (f && old) uses.push({ entry: e, patch: f, old });
+    else rest.push(e);
+  }
+  return { uses, rest };
+}
+
+/** The patches' requests, coalesced like frames. */
+export function patchRanges(uses: readonly PatchUse[], co: CoalesceOptions): PatchRange[] {
+  return joinSpans(uses, (u) => ({ blob: 0, start: u.patch.offset, end: u.patch.offset + u.patch.size }), co).map(
+    (r) => ({ start: r.start, end: r.end, uses: r.items }),
+  );
+}
+
+/** The old file's bytes, read without following a symlink at its last component, checked against `want`. */
+async function readOld({ root, path, size }: PatchUse['old'], want: string): Promise<Buffer> {
+  const fh = await open(Buffer.from(`${root}/${path}`, 'latin1'), constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const b = Buffer.alloc(size);
+    const { bytesRead } = await fh.read(b, 0, size, 0);
+    if (bytesRead !== size) throw new Error(`the old file /${showPath(path)} is no longer ${size} bytes`);
+    const got = `sha256:${createHash('sha256').update(b).digest('hex')}`;
+    if (got !== want) throw new Error(`the old file /${showPath(path)} is no longer ${want}`);
+    return b;
+  } finally {
+    await fh.close();
+  }
+}
+
+export interface PatchDownload {
+  /** Patch bytes received. */
+  bytes: number;
+  requests: number;
+  /** Files decoded from patches, verified and stored. */
+  files: number;
+  /** Files whose patch failed: to be fetched by their frames. */
+  failed: TreeEntry[];
+}
+
+/**
+ * Fetch the patch ranges, decode each patch against its old file and store
+ * the result when it matches the signed TOC's size and sha256. A failing patch (or a range
+ * that comes back short) puts its files into `failed`, the reason into `fallbacks`; errors of
+ * the source itself (network, signal) end the download as they would for frames.
+ */
+export async function downloadPatches(
+  source: Target,
+  patches: Descriptor,
+  ranges: readonly PatchRange[],
+  store: ContentStore,
+  fallbacks: Fallbacks,
+  opts: { concurrency?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {},
+): Promise<PatchDownload> {
+  const out: PatchDownload = { bytes: 0, requests: 0, files: 0, failed: [] };
+  const fail = (u: PatchUse, why: string) => {
+    fallbacks.add(`/${showPath(u.entry.path)}: ${why}`);
+    out.failed.push(u.entry);
+  };
+  await forEachBounded(ranges, opts.concurrency ?? DEFAULT_CONCURRENCY, async (r) => {
+    out.requests++;
+    const buf = await fetchBytes(source, patches, r.start, r.end, opts.signal);
+    out.bytes += buf.length;
+    opts.onBytes?.(buf.length);
+    for (const u of r.uses) {
+      const e = u.entry;
+      if (store.has(e.digest!)) continue;
+      const at = u.patch.offset - r.start;
+      if (buf.length < at + u.patch.size) {
+        fail(u, `the patches blob answered ${buf.length} of ${r.end - r.start} bytes`);
+        continue;
+      }
+      let content: Buffer;
+      try {
+        const old = await readOld(u.old, u.patch.old);
+        content = decodePatch(buf.subarray(at, at + u.patch.size), old, {
+          size: e.size,
+          digest: e.digest!,
+          name: `/${showPath(e.path)}`,
+        });
+      } catch (err) {
+        fail(u, asError(err).message);
+        continue;
+      }
+      await store.put(e.digest!, content);
+      out.files++;
+    }
+  });
+  return out;
+}

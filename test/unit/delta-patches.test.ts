@@ -1,0 +1,178 @@
+/**
+ * Using a delta artifact's file patches: which planned files come as patches (only against an
+ * old file at the patch's path with the index's `old` digest, only when smaller than the frame),
+ * and the download: each patch decoded against its old file and verified before it is stored; a
+ * damaged patch or a changed old file sends that file to its frame, with the reason.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { ContentIndex, scanTree, type OldTree, type TreeEntry } from '../../src/deploy/apply/index.ts';
+import { ContentStore } from '../../src/deploy/delta/index.ts';
+import {
+  choosePatches,
+  downloadPatches,
+  Fallbacks,
+  patchRanges,
+  type OldSource,
+  type PatchUse,
+} from '../../src/deploy/delta/patches.ts';
+import type { Digest, Descriptor } from '../../src/oci/types.ts';
+import { encodePatch } from '../../src/patch/codec.ts';
+import type { DeltaFilePatch } from '../../src/patch/delta-index.ts';
+import { DELTA_PATCHES_MEDIA_TYPE } from '../../src/patch/media.ts';
+import { MemoryTarget } from '../helpers/memory-target.ts';
+
+const sha = (b: Uint8Array): Digest => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+function text(seed: string, n: number): Buffer {
+  let s = '';
+  for (let i = 0; s.length < n; i++) s += `${seed} line ${i} of a shared library's symbol table\n`;
+  return Buffer.from(s.slice(0, n));
+}
+
+function entry(path: string, data: Buffer, frame: number): TreeEntry {
+  return {
+    path,
+    type: 'reg',
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtimeNs: 0n,
+    xattrs: {},
+    size: data.length,
+    digest: sha(data),
+    source: { layer: 0, offset: 1000, endOffset: 1000 + frame },
+  };
+}
+
+describe('delta: file patches of a delta artifact', () => {
+  let dir: string;
+  let root: string;
+  let old: OldTree;
+  const oldA = text('a', 30_000);
+  const newA = Buffer.concat([Buffer.from('changed header\n'), oldA.subarray(15)]);
+  const oldB = text('b', 30_000);
+  const newB = Buffer.concat([Buffer.from('changed header\n'), oldB.subarray(15)]);
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-delta-patches-'));
+    root = join(dir, 'old');
+    await mkdir(join(root, 'usr'), { recursive: true });
+    await writeFile(join(root, 'usr/a'), oldA);
+    await writeFile(join(root, 'usr/b'), oldB);
+    await writeFile(join(root, 'usr/c'), text('c', 5000));
+    old = await scanTree(root);
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+  const booted = (): OldSource => ({ root, tree: old, index: new ContentIndex(root) });
+
+  const patch = (path: string, o: Buffer, n: Buffer, offset: number, size: number): DeltaFilePatch => ({
+    path,
+    old: sha(o),
+    new: sha(n),
+    offset,
+    size,
+  });
+
+  it('uses a patch only against the old file with its digest, and only when smaller than the frame', async () => {
+    const files = [
+      patch('usr/a', oldA, newA, 0, 50), // used
+      patch('usr/b', oldB, newB, 50, 5000), // not smaller than the frame (4000)
+      patch('usr/c', oldA, text('c2', 5000), 5050, 40), // the old file at usr/c has other content
+      patch('usr/gone', oldA, text('d', 100), 5090, 10), // no old file at that path
+    ];
+    const a = entry('usr/a', newA, 4000);
+    const b = entry('usr/b', newB, 4000);
+    const c = entry('usr/c', text('c2', 5000), 4000);
+    const d = entry('usr/d', text('d', 100), 4000);
+    // The same content as usr/a's patch makes, at another path: that patch serves it.
+    const a2 = entry('opt/a-copy', newA, 4000);
+    const { uses, rest } = await choosePatches([a, b, c, d], files, [booted()]);
+    assert.deepEqual(
+      uses.map((u) => [u.entry.path, u.old.path]),
+      [['usr/a', 'usr/a']],
+    );
+    assert.deepEqual(
+      rest.map((e) => e.path),
+      ['usr/b', 'usr/c', 'usr/d'],
+    );
+    const other = await choosePatches([a2], files, [booted()]);
+    assert.deepEqual(
+      other.uses.map((u) => [u.entry.path, u.old.path]),
+      [['opt/a-copy', 'usr/a']],
+    );
+  });
+
+  it('takes an old file from the snapshot holding FROM where the booted one has other content', async () => {
+    const from = join(dir, 'from');
+    const oldC = text('c-in-from', 5000);
+    await mkdir(join(from, 'usr'), { recursive: true });
+    await writeFile(join(from, 'usr/c'), oldC);
+    const fromSource: OldSource = { root: from, tree: await scanTree(from), index: new ContentIndex(from) };
+    const newC = text('c2', 5000);
+    const { uses, rest } = await choosePatches(
+      [entry('usr/c', newC, 4000)],
+      [patch('usr/c', oldC, newC, 0, 40)],
+      [booted(), fromSource],
+    );
+    assert.deepEqual(rest, []);
+    assert.deepEqual(
+      uses.map((u) => u.old),
+      [{ root: from, path: 'usr/c', size: oldC.length }],
+    );
+  });
+
+  it('decodes and verifies each patch into the store; a damaged one falls back to its frame with the reason', async () => {
+    const pa = (await encodePatch(oldA, newA))!;
+    const pb = (await encodePatch(oldB, newB))!;
+    const damaged = Buffer.from(pb);
+    damaged[damaged.length >> 1]! ^= 0xff;
+    const blob = Buffer.concat([pa, damaged]);
+    const desc: Descriptor = { mediaType: DELTA_PATCHES_MEDIA_TYPE, digest: sha(blob), size: blob.length };
+    const source = new MemoryTarget();
+    await source.push(desc, Readable.from([blob]));
+    const uses: PatchUse[] = [
+      {
+        entry: entry('usr/a', newA, 9000),
+        patch: patch('usr/a', oldA, newA, 0, pa.length),
+        old: { root, path: 'usr/a', size: oldA.length },
+      },
+      {
+        entry: entry('usr/b', newB, 9000),
+        patch: patch('usr/b', oldB, newB, pa.length, pb.length),
+        old: { root, path: 'usr/b', size: oldB.length },
+      },
+    ];
+    const ranges = patchRanges(uses, {});
+    assert.equal(ranges.length, 1, 'neighbouring patches are one request');
+    const store = await ContentStore.open(join(dir, 'store'));
+    const fallbacks = new Fallbacks();
+    const got = await downloadPatches(source, desc, ranges, store, fallbacks);
+    assert.equal(got.bytes, blob.length);
+    assert.equal(got.files, 1);
+    assert.ok(store.has(sha(newA)));
+    assert.ok(!store.has(sha(newB)));
+    assert.deepEqual(
+      got.failed.map((e) => e.path),
+      ['usr/b'],
+    );
+    assert.equal(fallbacks.count, 1);
+    assert.match(fallbacks.reasons[0]!, /^\/usr\/b: the patch for \/usr\/b /);
+
+    // The old file changed since planning: that file falls back too, nothing wrong is stored.
+    await writeFile(join(root, 'usr/a'), text('other', oldA.length));
+    const store2 = await ContentStore.open(join(dir, 'store2'));
+    const fb2 = new Fallbacks();
+    const again = await downloadPatches(source, desc, patchRanges(uses.slice(0, 1), {}), store2, fb2);
+    assert.equal(again.files, 0);
+    assert.equal(store2.size, 0);
+    assert.match(fb2.reasons[0]!, /the old file \/usr\/a is no longer/);
+    await writeFile(join(root, 'usr/a'), oldA);
+  });
+});
