@@ -259,6 +259,9 @@ describe('delta artifact updates (tiu delta, registry behind a counting proxy, M
     );
     assert.equal(measured, predicted);
     assert.equal(r.transfer!.downloaded, measured);
+    // The patches blob in two requests: the TOC patches side by side in one, the file patches in another.
+    const patchRequests = proxy.requests.filter((q) => q.blob === artifact.patches.digest).length;
+    assert.equal(patchRequests, 2, `${patchRequests} requests for the patches blob`);
     // Everything (index, TOC patches, patches, the new file's frame) against the frames of the changed files alone.
     assert.ok(measured * 5 < plainFrames, `${measured} bytes vs the file delta's frames ${plainFrames}`);
     // The same image by whole layers: the same tree.

@@ -55,42 +55,62 @@ async function fetchBytes(source: Target, d: Descriptor, start: number, end: num
   return buffer(await source.fetchRange!(d, start, end, { signal }));
 }
 
+/** A layer whose TOC is wanted: its index in the manifest and its descriptor. */
+export interface WantedToc {
+  layer: number;
+  d: Descriptor;
+}
+
 /**
- * For fetchLayerTocs: TO layer `d`'s TOC JSON from the artifact's TOC patch, verified against
- * the layer's signed json-digest and size; undefined (the TOC is fetched by range) when the
- * artifact has none for it, the layer has no json-digest, the patch is not smaller than the
- * compressed TOC, or it fails (counted in `tally`).
+ * For fetchLayerTocs: the TOC JSONs of the `wanted` TO layers that the artifact's TOC patches
+ * give, each verified against its layer's signed json-digest and size. A layer is left out (its
+ * TOC is fetched by range) when the artifact has no patch for it, the layer has no json-digest,
+ * the patch is not smaller than the compressed TOC, or it fails (counted in `tally`). The
+ * patches lie side by side at the start of the patches blob: they come in as few requests as
+ * the coalescing rule allows (one, usually), each request's response headers costing as much
+ * as a small patch.
  */
 export function tocPatcher(
   source: Target,
   chosen: ChosenDelta,
   tally: TocPatchTally,
   signal?: AbortSignal,
-): (layer: number, d: Descriptor) => Promise<Buffer | undefined> {
+): (wanted: readonly WantedToc[]) => Promise<Map<number, Buffer>> {
   const dictionary = Buffer.concat(chosen.fromJsons);
-  return async (i, d) => {
-    const p = chosen.header.tocs.find((t) => t.layer === d.digest);
-    const digest = d.annotations?.[DeltaAnnotation.TocJsonDigest];
-    const position = d.annotations?.[ZstdChunkedAnnotation.ManifestPosition];
-    if (!p || !digest || !position) return undefined;
-    const { lengthCompressed, lengthUncompressed } = parsePosition(position);
-    if (p.size >= lengthCompressed) return undefined;
-    tally.requests++;
-    const patch = await fetchBytes(source, chosen.patches, p.offset, p.offset + p.size, signal);
-    tally.bytes += patch.length;
-    try {
-      if (patch.length !== p.size) throw new Error(`got ${patch.length} of its ${p.size} bytes`);
-      const json = decodePatch(patch, dictionary, {
-        size: lengthUncompressed,
-        digest,
-        name: `the table of contents of layer ${i + 1}`,
-      });
-      tally.count++;
-      return json;
-    } catch (e) {
-      tally.fallbacks.add(`TOC of layer ${i + 1} (${d.digest}): ${asError(e).message}`);
-      return undefined;
+  return async (wanted) => {
+    const usable: { w: WantedToc; offset: number; size: number; digest: string; jsonSize: number }[] = [];
+    for (const w of wanted) {
+      const p = chosen.header.tocs.find((t) => t.layer === w.d.digest);
+      const digest = w.d.annotations?.[DeltaAnnotation.TocJsonDigest];
+      const position = w.d.annotations?.[ZstdChunkedAnnotation.ManifestPosition];
+      if (!p || !digest || !position) continue;
+      const { lengthCompressed, lengthUncompressed } = parsePosition(position);
+      if (p.size >= lengthCompressed) continue;
+      usable.push({ w, offset: p.offset, size: p.size, digest, jsonSize: lengthUncompressed });
     }
+    const out = new Map<number, Buffer>();
+    for (const req of joinSpans(usable, (u) => ({ blob: 0, start: u.offset, end: u.offset + u.size }))) {
+      tally.requests++;
+      const got = await fetchBytes(source, chosen.patches, req.start, req.end, signal);
+      tally.bytes += got.length;
+      for (const u of req.items) {
+        const { layer, d } = u.w;
+        try {
+          if (got.length !== req.end - req.start)
+            throw new Error(`got ${got.length} of the ${req.end - req.start} bytes that hold its patch`);
+          const json = decodePatch(got.subarray(u.offset - req.start, u.offset - req.start + u.size), dictionary, {
+            size: u.jsonSize,
+            digest: u.digest,
+            name: `the table of contents of layer ${layer + 1}`,
+          });
+          tally.count++;
+          out.set(layer, json);
+        } catch (e) {
+          tally.fallbacks.add(`TOC of layer ${layer + 1} (${d.digest}): ${asError(e).message}`);
+        }
+      }
+    }
+    return out;
   };
 }
 

@@ -55,7 +55,7 @@ export interface TocSources {
   /** The TOCs the device verified before (the cache's store): no request for these. */
   store?: TocStore;
   /** A TOC JSON from elsewhere (a delta artifact's patch), already verified against the layer's json-digest; undefined: none. */
-  patched?: (layer: number, d: Descriptor) => Promise<Buffer | undefined>;
+  patched?: (wanted: readonly { layer: number; d: Descriptor }[]) => Promise<Map<number, Buffer>>;
 }
 
 /** A stored TOC of layer `d`, parsed; undefined when the store has none. Store bytes are verified again. */
@@ -103,10 +103,18 @@ export async function fetchLayerTocs(
   // then costs at most the smallest layer's bytes in flight before the answer is dropped.
   const order = [...manifest.layers.keys()].sort((a, b) => manifest.layers[a]!.size - manifest.layers[b]!.size);
   try {
+    // The stored TOCs first: the TOC patches the rest can have come in one go.
+    const stored = new Map<number, Awaited<ReturnType<typeof storedToc>>>();
+    for (const i of order) {
+      const s = from.store ? await storedToc(from.store, manifest.layers[i]!) : undefined;
+      if (s) stored.set(i, s);
+    }
+    const wanted = order.filter((i) => !stored.has(i)).map((i) => ({ layer: i, d: manifest.layers[i]! }));
+    const patched = from.patched && wanted.length ? await from.patched(wanted) : new Map<number, Buffer>();
     for (const i of order) {
       const d = manifest.layers[i]!;
-      let got = from.store ? await storedToc(from.store, d) : undefined;
-      const json = got ? undefined : await from.patched?.(i, d);
+      let got = stored.get(i);
+      const json = patched.get(i);
       if (json) {
         patchedAny = true;
         got = { toc: parseToc(json), bytes: { json } };
