@@ -50,8 +50,8 @@ export class SnapshotSource implements ContentSource {
     return new SnapshotSource(spec, index, preserve);
   }
 
-  /** The scan; undefined when the snapshot is gone (snapper's cleanup does not take tiu's lock). */
-  #scan(): Promise<OldTree | undefined> {
+  /** The scan (once); undefined when the snapshot is gone (snapper's cleanup does not take tiu's lock). */
+  tree(): Promise<OldTree | undefined> {
     this.#tree ??= scanTree(this.root, { preserve: this.#preserve, noXattrs: true }).catch((e: unknown) => {
       if (isGone(e)) return undefined;
       throw e;
@@ -60,7 +60,7 @@ export class SnapshotSource implements ContentSource {
   }
 
   async find(size: number, digest: string): Promise<SnapshotFile | undefined> {
-    const tree = await this.#scan();
+    const tree = await this.tree();
     for (const p of tree?.bySize.get(size) ?? []) {
       const seen = tree!.entries.get(p)!;
       let d: string;

@@ -304,7 +304,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
   }
   const split =
     files && choice?.chosen
-      ? await choosePatches(plan.fetch, files, await oldSources(o, choice.chosen.holder, scanned, index))
+      ? await choosePatches(plan.fetch, files, await oldSources(o, choice.chosen.holder, scanned, index, sources))
       : { uses: [], rest: plan.fetch };
   if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
   const co = o.coalesce ?? {};
@@ -354,14 +354,19 @@ async function oldSources(
   holder: HeldImage,
   scanned: OldTree,
   index: ContentIndex,
+  contentSources: readonly SnapshotSource[],
 ): Promise<OldSource[]> {
   const sources: OldSource[] = [{ root: o.oldRoot, tree: scanned, index }];
   if (holder.root !== o.oldRoot) {
-    const tree = await scanTree(holder.root, { preserve: o.preserve });
+    // The holder is usually one of the plan's content sources already: its scan serves both.
+    const planned = contentSources.find((s) => s.root === holder.root);
+    const tree = planned ? await planned.tree() : undefined;
+    if (planned && tree) return [...sources, { root: holder.root, tree, index: planned.index }];
+    const scan = await scanTree(holder.root, { preserve: o.preserve });
     const idx = holder.indexFile
       ? await ContentIndex.load(holder.root, holder.indexFile)
       : new ContentIndex(holder.root);
-    sources.push({ root: holder.root, tree, index: idx });
+    sources.push({ root: holder.root, tree: scan, index: idx });
   }
   return sources;
 }
