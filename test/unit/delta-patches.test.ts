@@ -95,7 +95,7 @@ describe('delta: file patches of a delta artifact', () => {
     const a2 = entry('opt/a-copy', newA, 4000);
     const { uses, rest } = await choosePatches([a, b, c, d], files, [booted()]);
     assert.deepEqual(
-      uses.map((u) => [u.entry.path, u.old.path]),
+      uses.map((u) => [u.entry.path, u.old.seen.path]),
       [['usr/a', 'usr/a']],
     );
     assert.deepEqual(
@@ -104,7 +104,7 @@ describe('delta: file patches of a delta artifact', () => {
     );
     const other = await choosePatches([a2], files, [booted()]);
     assert.deepEqual(
-      other.uses.map((u) => [u.entry.path, u.old.path]),
+      other.uses.map((u) => [u.entry.path, u.old.seen.path]),
       [['opt/a-copy', 'usr/a']],
     );
   });
@@ -123,7 +123,7 @@ describe('delta: file patches of a delta artifact', () => {
     );
     assert.deepEqual(rest, []);
     assert.deepEqual(
-      uses.map((u) => u.old),
+      uses.map((u) => ({ root: u.old.root, path: u.old.seen.path, size: u.old.seen.size })),
       [{ root: from, path: 'usr/c', size: oldC.length }],
     );
   });
@@ -141,12 +141,12 @@ describe('delta: file patches of a delta artifact', () => {
       {
         entry: entry('usr/a', newA, 9000),
         patch: patch('usr/a', oldA, newA, 0, pa.length),
-        old: { root, path: 'usr/a', size: oldA.length },
+        old: { root, seen: old.entries.get('usr/a')! },
       },
       {
         entry: entry('usr/b', newB, 9000),
         patch: patch('usr/b', oldB, newB, pa.length, pb.length),
-        old: { root, path: 'usr/b', size: oldB.length },
+        old: { root, seen: old.entries.get('usr/b')! },
       },
     ];
     const ranges = patchRanges(uses, {});

@@ -40,6 +40,34 @@ function unchanged(st: BigIntStats, seen: SnapshotFile['seen']): boolean {
 }
 
 /**
+ * Open `rel` beneath `src` for reading: its directories checked component by component (no
+ * symlink on the way), the file itself with O_NOFOLLOW and O_NONBLOCK (a fifo put in its place
+ * does not block), and the open file still the inode `seen` describes. Returns why not when it
+ * is gone or changed; a path an image redirected is `UnsafePathError`'s message.
+ */
+export async function openUnchanged(
+  src: SafeRoot,
+  rel: string,
+  seen: SnapshotFile['seen'],
+): Promise<{ ok: true; fh: FileHandle } | { ok: false; why: string }> {
+  let fh: FileHandle;
+  try {
+    await src.verifyDir(parentOf(rel), rel);
+    // lstat first: never open a device or fifo that took the file's place.
+    if (!unchanged(await lstat(src.path(rel), { bigint: true }), seen))
+      return { ok: false, why: 'it changed since it was matched' };
+    fh = await open(src.path(rel), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    if (e instanceof UnsafePathError) return { ok: false, why: e.message };
+    if (GONE.has((e as NodeJS.ErrnoException).code ?? '')) return { ok: false, why: 'it is gone' };
+    throw e;
+  }
+  if (unchanged(await fh.stat({ bigint: true }), seen)) return { ok: true, fh };
+  await fh.close();
+  return { ok: false, why: 'it changed since it was matched' };
+}
+
+/**
  * Clone `f` (of the snapshot `src` is rooted at) to the new file `to` for `entry`. Returns why
  * not when the file vanished or no longer holds the entry's content (nothing is left at `to`).
  */
@@ -50,22 +78,10 @@ export async function takeFromSnapshot(
   to: Buffer,
   allowCopy: boolean,
 ): Promise<Taken> {
-  const rel = f.seen.path;
-  let fh: FileHandle;
+  const opened = await openUnchanged(src, f.seen.path, f.seen);
+  if (!opened.ok) return opened;
+  const { fh } = opened;
   try {
-    await src.verifyDir(parentOf(rel), rel);
-    // lstat first: never open a device or fifo that took the file's place.
-    if (!unchanged(await lstat(src.path(rel), { bigint: true }), f.seen))
-      return { ok: false, why: 'it changed since it was matched' };
-    fh = await open(src.path(rel), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  } catch (e) {
-    if (e instanceof UnsafePathError) return { ok: false, why: e.message };
-    if (GONE.has((e as NodeJS.ErrnoException).code ?? '')) return { ok: false, why: 'it is gone' };
-    throw e;
-  }
-  try {
-    if (!unchanged(await fh.stat({ bigint: true }), f.seen))
-      return { ok: false, why: 'it changed since it was matched' };
     const reflinked = await reflinkFile(`/proc/self/fd/${fh.fd}`, to, allowCopy);
     const st = await lstat(to);
     const digest = f.hashedHere && st.size === entry.size ? entry.digest : await hashFile(to);

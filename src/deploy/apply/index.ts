@@ -19,6 +19,8 @@ export { scanTree, ContentIndex, hashFile, type ContentHasher, type ScanOptions 
 export { planApply, metaDiff, type PlanOptions } from './plan.ts';
 export { SnapshotSource, findInSources, type ContentSource, type SourceSpec } from './sources.ts';
 export { executePlan, type ExecuteOptions } from './execute.ts';
+export { openUnchanged } from './from-snapshot.ts';
+export { SafeRoot } from './fsops.ts';
 export {
   openerProvider,
   tarLayerProvider,

@@ -9,21 +9,26 @@
  * download larger. A patch that fails (damaged, for another old file, a decoder error, a short
  * answer) costs that one file or TOC: it is fetched the normal way, and the reason reported.
  */
-import { createHash } from 'node:crypto';
-import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { buffer } from 'node:stream/consumers';
 import type { Target } from '../../content/interfaces.ts';
 import { asError } from '../../errors.ts';
 import { showPath } from '../../layer/entry.ts';
 import { normalizeEntryPath } from '../../layer/paths.ts';
 import { parsePosition, ZstdChunkedAnnotation } from '../../layer/toc.ts';
+import { sha256 } from '../../oci/digest.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { decodePatch } from '../../patch/codec.ts';
 import { parseDeltaFiles, tocDictionary, type DeltaFilePatch } from '../../patch/delta-index.ts';
 import { DeltaAnnotation, MAX_PATCH_INPUT } from '../../patch/media.ts';
 import { forEachBounded } from '../../util/semaphore.ts';
-import type { ContentIndex, OldTree, TreeEntry } from '../apply/index.ts';
+import {
+  openUnchanged,
+  SafeRoot,
+  type ContentIndex,
+  type ExistingEntry,
+  type OldTree,
+  type TreeEntry,
+} from '../apply/index.ts';
 import type { ChosenDelta } from './artifact.ts';
 import type { ContentStore } from './download.ts';
 import { DEFAULT_CONCURRENCY } from './download.ts';
@@ -140,8 +145,8 @@ export interface OldSource {
 export interface PatchUse {
   entry: TreeEntry;
   patch: DeltaFilePatch;
-  /** The old file: the snapshot root it is in, its path there and its size. */
-  old: { root: string; path: string; size: number };
+  /** The old file: the snapshot root it is in, and the file as the scan saw it (path, size, inode, times). */
+  old: { root: string; seen: ExistingEntry };
 }
 
 export interface PatchRange {
@@ -150,13 +155,16 @@ export interface PatchRange {
   uses: PatchUse[];
 }
 
-/** The old file a patch needs: at its path in the first of `sources` where it has the `old` digest. */
-async function oldFileFor(f: DeltaFilePatch, sources: readonly OldSource[]): Promise<PatchUse['old'] | undefined> {
-  const path = normalizeEntryPath(f.path);
+/** The old file a patch needs: at its (normalised) path in the first of `sources` where it has the `old` digest. */
+async function oldFileFor(
+  f: DeltaFilePatch,
+  path: string,
+  sources: readonly OldSource[],
+): Promise<PatchUse['old'] | undefined> {
   for (const s of sources) {
     const x = s.tree.entries.get(path);
     if (x?.type === 'reg' && x.size <= MAX_PATCH_INPUT && (await s.index.digestOf(x)) === f.old)
-      return { root: s.root, path, size: x.size };
+      return { root: s.root, seen: x };
   }
   return undefined;
 }
@@ -174,6 +182,7 @@ export async function choosePatches(
 ): Promise<{ uses: PatchUse[]; rest: TreeEntry[] }> {
   const byPath = new Map<string, DeltaFilePatch>();
   const byNew = new Map<string, DeltaFilePatch>();
+  const pathOf = new Map<DeltaFilePatch, string>();
   for (const f of files) {
     let p: string;
     try {
@@ -182,6 +191,7 @@ export async function choosePatches(
       continue; // a name no tree can have: never matches
     }
     byPath.set(p, f);
+    pathOf.set(f, p);
     if (!byNew.has(f.new)) byNew.set(f.new, f);
   }
   const uses: PatchUse[] = [];
@@ -190,7 +200,8 @@ export async function choosePatches(
     const same = byPath.get(e.path);
     const f = same?.new === e.digest ? same : e.digest ? byNew.get(e.digest) : undefined;
     const frame = (e.source?.endOffset ?? 0) - (e.source?.offset ?? 0);
-    const old = f && f.size < frame && e.size <= MAX_PATCH_INPUT ? await oldFileFor(f, sources) : undefined;
+    const old =
+      f && f.size < frame && e.size <= MAX_PATCH_INPUT ? await oldFileFor(f, pathOf.get(f)!, sources) : undefined;
     if (f && old) uses.push({ entry: e, patch: f, old });
     else rest.push(e);
   }
@@ -204,18 +215,26 @@ export function patchRanges(uses: readonly PatchUse[], co: CoalesceOptions): Pat
   );
 }
 
-/** The old file's bytes, read without following a symlink at its last component, checked against `want`. */
-async function readOld({ root, path, size }: PatchUse['old'], want: string): Promise<Buffer> {
-  const fh = await open(Buffer.from(`${root}/${path}`, 'latin1'), constants.O_RDONLY | constants.O_NOFOLLOW);
+/**
+ * The old file's bytes, read beneath its snapshot's root without following a link (the rooted
+ * open the apply uses for other snapshots' files), still the file the plan matched, and checked
+ * against `want`: a file changed since is this patch's failure, not the update's.
+ */
+async function readOld(roots: Map<string, Promise<SafeRoot>>, { root, seen }: PatchUse['old'], want: string) {
+  let sr = roots.get(root);
+  if (!sr) roots.set(root, (sr = SafeRoot.open(root, 'binary')));
+  const opened = await openUnchanged(await sr, seen.path, seen);
+  if (!opened.ok)
+    throw new Error(`the old file /${showPath(seen.path)} is no longer the file the plan matched: ${opened.why}`);
   try {
-    const b = Buffer.alloc(size);
-    const { bytesRead } = await fh.read(b, 0, size, 0);
-    if (bytesRead !== size) throw new Error(`the old file /${showPath(path)} is no longer ${size} bytes`);
-    const got = `sha256:${createHash('sha256').update(b).digest('hex')}`;
-    if (got !== want) throw new Error(`the old file /${showPath(path)} is no longer ${want}`);
+    const b = Buffer.alloc(seen.size);
+    const { bytesRead } = await opened.fh.read(b, 0, seen.size, 0);
+    if (bytesRead !== seen.size)
+      throw new Error(`the old file /${showPath(seen.path)} is no longer ${seen.size} bytes`);
+    if (sha256(b) !== want) throw new Error(`the old file /${showPath(seen.path)} is no longer ${want}`);
     return b;
   } finally {
-    await fh.close();
+    await opened.fh.close();
   }
 }
 
@@ -244,6 +263,7 @@ export async function downloadPatches(
   opts: { concurrency?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {},
 ): Promise<PatchDownload> {
   const out: PatchDownload = { bytes: 0, requests: 0, files: 0, failed: [] };
+  const roots = new Map<string, Promise<SafeRoot>>();
   const fail = (u: PatchUse, why: string) => {
     fallbacks.add(`/${showPath(u.entry.path)}: ${why}`);
     out.failed.push(u.entry);
@@ -263,7 +283,7 @@ export async function downloadPatches(
       }
       let content: Buffer;
       try {
-        const old = await readOld(u.old, u.patch.old);
+        const old = await readOld(roots, u.old, u.patch.old);
         content = decodePatch(buf.subarray(at, at + u.patch.size), old, {
           size: e.size,
           digest: e.digest!,
