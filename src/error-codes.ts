@@ -241,6 +241,46 @@ export const ERROR_CODES = {
     action: 'sign for the repository the device pulls from, or adjust signedIdentity in policy.json',
     transient: false,
   },
+  CERT_INVALID: {
+    meaning:
+      "a keyless signature's certificate or chain annotation cannot be parsed (not PEM X.509, too large, too many)",
+    action: 'the signature is damaged or not made by cosign: sign the image again',
+    transient: false,
+  },
+  CERT_UNTRUSTED: {
+    meaning: "a signature's certificate does not chain to the policy's Fulcio CA, or lacks code-signing usage",
+    action: "check fulcio.caPath/caData in policy.json against the CA that issued the signer's certificate",
+    transient: false,
+  },
+  CERT_VALIDITY_MISMATCH: {
+    meaning:
+      "the transparency log's integrated time lies outside the validity of the signing certificate (or its chain)",
+    action: 'the signature was logged when its certificate was not valid: sign the image again',
+    transient: false,
+  },
+  OIDC_ISSUER_MISMATCH: {
+    meaning: "the certificate's OIDC issuer extension differs from fulcio.oidcIssuer (or is missing)",
+    action: 'sign from the identity provider the policy names, or correct fulcio.oidcIssuer',
+    transient: false,
+  },
+  CERT_SUBJECT_MISMATCH: {
+    meaning: "the certificate's SAN email (or URI) differs from fulcio.subjectEmail (subjectURI)",
+    action: 'sign as the identity the policy names, or correct fulcio.subjectEmail / subjectURI',
+    transient: false,
+  },
+  TLOG_MISSING: {
+    meaning:
+      'the policy asks for a Rekor entry (rekorPublicKey*) and the signature carries no dev.sigstore.cosign/bundle',
+    action: 'sign with the transparency log (cosign sign with tlog upload), or drop rekorPublicKey* from the policy',
+    transient: false,
+  },
+  TLOG_INVALID: {
+    meaning:
+      "the signature's Rekor SET does not verify under the policy's Rekor key(s), or its entry does not match the signature, payload or certificate",
+    action:
+      'check rekorPublicKey* in policy.json against the log that signed; a mismatching entry means a damaged or forged signature',
+    transient: false,
+  },
   IDENTITY_REQUIRED: {
     meaning: 'an image without a docker name (an OCI layout) is signed without --identity',
     action: 'give --identity REGISTRY/REPOSITORY[:TAG]',
@@ -262,8 +302,8 @@ export const ERROR_CODES = {
     transient: false,
   },
   POLICY_UNSUPPORTED: {
-    meaning: 'policy.json has a requirement tiu cannot check (GPG signedBy, fulcio, rekor)',
-    action: 'use sigstoreSigned with a public key',
+    meaning: 'policy.json has a requirement tiu cannot check (GPG signedBy, sigstoreSigned pki)',
+    action: 'use sigstoreSigned with a public key or fulcio',
     transient: false,
   },
   KEY_INVALID: {

@@ -17,6 +17,13 @@ export type TrustErrorCode =
   | 'SIGNATURE_INVALID'
   | 'SIGNATURE_DIGEST_MISMATCH'
   | 'IDENTITY_MISMATCH'
+  | 'CERT_INVALID'
+  | 'CERT_UNTRUSTED'
+  | 'CERT_VALIDITY_MISMATCH'
+  | 'OIDC_ISSUER_MISMATCH'
+  | 'CERT_SUBJECT_MISMATCH'
+  | 'TLOG_MISSING'
+  | 'TLOG_INVALID'
   | 'SIGNATURE_PAYLOAD_INVALID'
   | 'POLICY_REJECTED'
   | 'POLICY_INVALID'
@@ -31,10 +38,21 @@ export class TrustError extends TiuError {
   }
 }
 
-/** How far a signature got through verification: higher is closer to valid. Picks the error to report. */
+/**
+ * How far a signature got through verification: higher is closer to valid. Picks the error to
+ * report. The order is the order of the checks (src/trust/verify.ts): certificate, chain, Rekor
+ * SET, validity at the logged time, OIDC issuer, SAN, then the signature and its payload.
+ */
 export const FAILURE_RANK: Partial<Record<TrustErrorCode, number>> = {
-  SIGNATURE_INVALID: 1,
-  SIGNATURE_PAYLOAD_INVALID: 2,
-  SIGNATURE_DIGEST_MISMATCH: 3,
-  IDENTITY_MISMATCH: 4,
+  CERT_INVALID: 1,
+  CERT_UNTRUSTED: 2,
+  TLOG_MISSING: 3,
+  TLOG_INVALID: 4,
+  CERT_VALIDITY_MISMATCH: 5,
+  OIDC_ISSUER_MISMATCH: 6,
+  CERT_SUBJECT_MISMATCH: 7,
+  SIGNATURE_INVALID: 8,
+  SIGNATURE_PAYLOAD_INVALID: 9,
+  SIGNATURE_DIGEST_MISMATCH: 10,
+  IDENTITY_MISMATCH: 11,
 };

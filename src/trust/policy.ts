@@ -3,17 +3,26 @@
  * evaluate its requirements (all must hold) against the image in a Target.
  *
  * Supported requirements: insecureAcceptAnything, reject, sigstoreSigned with keyPath /
- * keyPaths / keyData / keyDatas (public keys) and signedIdentity. signedBy (GPG), sigstoreSigned
- * with fulcio/pki, and rekor requirements are parsed but refused (POLICY_UNSUPPORTED): an
- * unverifiable requirement never passes.
+ * keyPaths / keyData / keyDatas (public keys) or fulcio (keyless: `{caPath|caData, oidcIssuer,
+ * subjectEmail}`, which needs rekorPublicKey*), rekorPublicKeyPath / Paths / Data / Datas (the
+ * Rekor log's keys: every signature must then carry a SET by one of them, also with public
+ * keys), and signedIdentity; the same rules as containers/image (exactly one key source, at most
+ * one rekor field). tiu extension, which podman and skopeo refuse as an unknown field:
+ * `fulcio.subjectURI` instead of subjectEmail, for CI identities (a GitHub Actions workflow
+ * URI is a URI SAN). signedBy (GPG) and sigstoreSigned with pki are parsed but refused
+ * (POLICY_UNSUPPORTED): an unverifiable requirement never passes.
  *
- * Relative keyPath values are taken relative to the policy file's directory.
+ * Relative keyPath, rekorPublicKeyPath and caPath values are taken relative to the policy
+ * file's directory; *Data values are base64 of the PEM text.
  * Where no file is named: /etc/tiu/policy.json, else /etc/containers/policy.json, else
  * POLICY_NOT_FOUND (tiu never falls back to accepting anything).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve as resolvePath } from 'node:path';
 import type { KeyObject } from 'node:crypto';
+import type { FulcioTrust } from './fulcio.ts';
+import { parseCertificateDer, type Certificate } from './x509.ts';
+import { pemDecodeAll } from './pem.ts';
 import type { Target } from '../content/interfaces.ts';
 import { type DockerReference, type ImageReference, dockerName } from '../oci/reference.ts';
 import type { Descriptor } from '../oci/types.ts';
@@ -32,11 +41,28 @@ export type PolicyRequirement =
       keyPaths: string[];
       /** Decoded keyData/keyDatas (PEM text). */
       keyDatas: string[];
+      /** Keyless signers (instead of keys). */
+      fulcio?: FulcioPolicy;
+      /** rekorPublicKeyPath/Paths. */
+      rekorKeyPaths: string[];
+      /** Decoded rekorPublicKeyData/Datas (PEM text). */
+      rekorKeyDatas: string[];
       signedIdentity: SignedIdentity;
-      /** Set when the requirement asks for something tiu can't check (fulcio, pki, rekor). */
+      /** Set when the requirement asks for something tiu can't check (pki). */
       unsupported?: string;
     }
   | { type: 'signedBy'; unsupported: string };
+
+/** A sigstoreSigned requirement's `fulcio` object. */
+export interface FulcioPolicy {
+  caPath?: string;
+  /** Decoded caData (PEM text). */
+  caData?: string;
+  oidcIssuer: string;
+  subjectEmail?: string;
+  /** tiu only. */
+  subjectURI?: string;
+}
 
 export interface Policy {
   default: PolicyRequirement[];
@@ -110,6 +136,26 @@ function parseIdentity(v: unknown, where: string, source: string): SignedIdentit
   }
 }
 
+function parseFulcio(
+  v: unknown,
+  where: string,
+  source: string,
+  decode: (b64: string, name: string) => string,
+): FulcioPolicy {
+  if (!isObject(v)) throw bad(source, `${where} must be an object`);
+  onlyKeys(v, ['caPath', 'caData', 'oidcIssuer', 'subjectEmail', 'subjectURI'], where, source);
+  if ((v.caPath === undefined) === (v.caData === undefined))
+    throw bad(source, `${where}: exactly one of caPath, caData must be set`);
+  if ((v.subjectEmail === undefined) === (v.subjectURI === undefined))
+    throw bad(source, `${where}: exactly one of subjectEmail, subjectURI (tiu only) must be set`);
+  const out: FulcioPolicy = { oidcIssuer: str(v.oidcIssuer, `${where}.oidcIssuer`, source) };
+  if (v.caPath !== undefined) out.caPath = str(v.caPath, `${where}.caPath`, source);
+  if (v.caData !== undefined) out.caData = decode(str(v.caData, `${where}.caData`, source), 'fulcio.caData');
+  if (v.subjectEmail !== undefined) out.subjectEmail = str(v.subjectEmail, `${where}.subjectEmail`, source);
+  if (v.subjectURI !== undefined) out.subjectURI = str(v.subjectURI, `${where}.subjectURI`, source);
+  return out;
+}
+
 function parseRequirement(v: unknown, where: string, source: string): PolicyRequirement {
   if (!isObject(v)) throw bad(source, `${where} must be an object`);
   switch (v.type) {
@@ -132,8 +178,13 @@ function parseRequirement(v: unknown, where: string, source: string): PolicyRequ
           source,
           `${where}: exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, pki must be set (found ${present.join(', ') || 'none'})`,
         );
-      const keyPaths: string[] = [];
-      const keyDatas: string[] = [];
+      const rekorPresent = rekor.filter((k) => v[k] !== undefined);
+      if (rekorPresent.length > 1)
+        throw bad(source, `${where}: at most one of ${rekor.join(', ')} may be set (found ${rekorPresent.join(', ')})`);
+      if (v.fulcio !== undefined && rekorPresent.length === 0)
+        throw bad(source, `${where}: fulcio needs one of ${rekor.join(', ')}`);
+      if (v.pki !== undefined && rekorPresent.length > 0)
+        throw bad(source, `${where}: ${rekorPresent[0]} is not allowed with pki`);
       const list = (x: unknown, name: string): string[] => {
         if (!Array.isArray(x) || x.length === 0) throw bad(source, `${where}.${name} must be a non-empty array`);
         return x.map((e, i) => str(e, `${where}.${name}[${i}]`, source));
@@ -142,20 +193,25 @@ function parseRequirement(v: unknown, where: string, source: string): PolicyRequ
         if (!/^[A-Za-z0-9+/=\s]+$/.test(b64)) throw bad(source, `${where}.${name} is not base64`);
         return Buffer.from(b64, 'base64').toString('utf8');
       };
-      if (v.keyPath !== undefined) keyPaths.push(str(v.keyPath, `${where}.keyPath`, source));
-      if (v.keyPaths !== undefined) keyPaths.push(...list(v.keyPaths, 'keyPaths'));
-      if (v.keyData !== undefined) keyDatas.push(decode(str(v.keyData, `${where}.keyData`, source), 'keyData'));
-      if (v.keyDatas !== undefined) keyDatas.push(...list(v.keyDatas, 'keyDatas').map((d) => decode(d, 'keyDatas')));
+      const paths = (one: string, many: string): string[] => [
+        ...(v[one] !== undefined ? [str(v[one], `${where}.${one}`, source)] : []),
+        ...(v[many] !== undefined ? list(v[many], many) : []),
+      ];
+      const datas = (one: string, many: string): string[] => [
+        ...(v[one] !== undefined ? [decode(str(v[one], `${where}.${one}`, source), one)] : []),
+        ...(v[many] !== undefined ? list(v[many], many).map((d) => decode(d, many)) : []),
+      ];
       const req: PolicyRequirement = {
         type: 'sigstoreSigned',
-        keyPaths,
-        keyDatas,
+        keyPaths: paths('keyPath', 'keyPaths'),
+        keyDatas: datas('keyData', 'keyDatas'),
+        rekorKeyPaths: paths('rekorPublicKeyPath', 'rekorPublicKeyPaths'),
+        rekorKeyDatas: datas('rekorPublicKeyData', 'rekorPublicKeyDatas'),
         signedIdentity: parseIdentity(v.signedIdentity, where, source),
       };
-      if (v.fulcio !== undefined || v.pki !== undefined)
-        req.unsupported = 'sigstoreSigned with fulcio/pki (certificate-based, keyless) is not supported by tiu';
-      else if (rekor.some((k) => v[k] !== undefined))
-        req.unsupported = 'sigstoreSigned with a rekor requirement (transparency log) is not supported by tiu';
+      if (v.fulcio !== undefined) req.fulcio = parseFulcio(v.fulcio, `${where}.fulcio`, source, decode);
+      if (v.pki !== undefined)
+        req.unsupported = 'sigstoreSigned with pki (certificates of your own CA, no Fulcio) is not supported by tiu';
       return req;
     }
     default:
@@ -279,30 +335,75 @@ export interface PolicyDecision {
   accepted: { type: string; signatures?: VerifiedSignature[] }[];
 }
 
-function loadKeys(req: Extract<PolicyRequirement, { type: 'sigstoreSigned' }>, policy: Policy): KeyObject[] {
+type SigstoreRequirement = Extract<PolicyRequirement, { type: 'sigstoreSigned' }>;
+
+function readPolicyFile(policy: Policy, p: string, what: string): { path: string; text: string } {
+  const path = isAbsolute(p) ? p : resolvePath(policy.baseDir, p);
+  try {
+    return { path, text: readFileSync(path, 'utf8') };
+  } catch (e) {
+    throw new TrustError(
+      'KEY_INVALID',
+      `${policy.source}: ${what} ${path} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+      { path },
+    );
+  }
+}
+
+function loadKeyList(policy: Policy, paths: string[], datas: string[], what: string): KeyObject[] {
   const keys: KeyObject[] = [];
-  for (const p of req.keyPaths) {
-    const path = isAbsolute(p) ? p : resolvePath(policy.baseDir, p);
-    let text: string;
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (e) {
-      throw new TrustError(
-        'KEY_INVALID',
-        `${policy.source}: public key ${path} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
-        { path },
-      );
-    }
+  for (const p of paths) {
+    const { path, text } = readPolicyFile(policy, p, what);
     keys.push(...loadPublicKeys(text, path));
   }
-  req.keyDatas.forEach((d, i) => keys.push(...loadPublicKeys(d, `${policy.source}: keyData #${i + 1}`)));
+  datas.forEach((d, i) => keys.push(...loadPublicKeys(d, `${policy.source}: ${what} data #${i + 1}`)));
   return keys;
+}
+
+function loadRekorKeys(req: SigstoreRequirement, policy: Policy): KeyObject[] | undefined {
+  if (req.rekorKeyPaths.length === 0 && req.rekorKeyDatas.length === 0) return undefined;
+  const keys = loadKeyList(policy, req.rekorKeyPaths, req.rekorKeyDatas, 'Rekor public key');
+  keys.forEach((k, i) => {
+    // A SET is an ECDSA signature (containers/image accepts nothing else either).
+    if (k.asymmetricKeyType !== 'ec')
+      throw new TrustError('KEY_UNSUPPORTED', `${policy.source}: Rekor public key #${i + 1} is not an ECDSA key`);
+  });
+  return keys;
+}
+
+function loadFulcio(f: FulcioPolicy, policy: Policy): FulcioTrust {
+  const { path, text } =
+    f.caPath !== undefined ? readPolicyFile(policy, f.caPath, 'Fulcio CA') : { path: 'caData', text: f.caData ?? '' };
+  const cas: Certificate[] = [];
+  for (const block of pemDecodeAll(text)) {
+    if (block.label !== 'CERTIFICATE') continue;
+    try {
+      cas.push(parseCertificateDer(block.der, `${policy.source}: Fulcio CA ${path}`));
+    } catch (e) {
+      throw new TrustError('POLICY_INVALID', (e as Error).message, { path });
+    }
+  }
+  if (cas.length === 0)
+    throw new TrustError('POLICY_INVALID', `${policy.source}: Fulcio CA ${path} holds no PEM certificate`, { path });
+  const subject = f.subjectURI !== undefined ? { uri: f.subjectURI } : { email: f.subjectEmail ?? '' };
+  return { cas, oidcIssuer: f.oidcIssuer, subject };
+}
+
+/** What one sigstoreSigned requirement trusts, loaded from its files and data. */
+export function loadTrust(
+  req: SigstoreRequirement,
+  policy: Policy,
+): { keys: KeyObject[]; fulcio?: FulcioTrust; rekorKeys?: KeyObject[] } {
+  const keys = loadKeyList(policy, req.keyPaths, req.keyDatas, 'public key');
+  const rekorKeys = loadRekorKeys(req, policy);
+  const fulcio = req.fulcio ? loadFulcio(req.fulcio, policy) : undefined;
+  return { keys, ...(fulcio ? { fulcio } : {}), ...(rekorKeys ? { rekorKeys } : {}) };
 }
 
 /**
  * Check the image `root` in `source` (reached as `ref`) against `policy`. Resolves with what
  * accepted it; throws a TrustError (POLICY_REJECTED, SIGNATURE_MISSING, SIGNATURE_INVALID,
- * SIGNATURE_DIGEST_MISMATCH, IDENTITY_MISMATCH, POLICY_UNSUPPORTED...) otherwise.
+ * SIGNATURE_DIGEST_MISMATCH, IDENTITY_MISMATCH, POLICY_UNSUPPORTED, CERT_*, TLOG_*...) otherwise.
  */
 export async function checkPolicy(
   policy: Policy,
@@ -339,8 +440,11 @@ export async function checkPolicy(
             transport,
             scope,
           });
-        const keys = loadKeys(req, policy);
-        const r = await verifyImageSignatures(source, root, { keys, identity: req.signedIdentity, imageIdentity });
+        const r = await verifyImageSignatures(source, root, {
+          ...loadTrust(req, policy),
+          identity: req.signedIdentity,
+          imageIdentity,
+        });
         decision.accepted.push({ type: req.type, signatures: r.verified });
         break;
       }

@@ -108,6 +108,8 @@ export interface AppendResult {
  * Add one signed payload to `subject`'s signature manifest (creating it if absent), as cosign
  * does: the existing layers are kept, the new layer appended, config and manifest rewritten and
  * the tag moved. `isDuplicate` decides whether an existing layer already is this signature.
+ * `extraAnnotations` go on the layer beside the signature (a keyless signature's certificate,
+ * chain and Rekor SET, as cosign writes them).
  */
 export async function appendSignature(
   target: Target,
@@ -116,6 +118,7 @@ export async function appendSignature(
   signatureB64: string,
   isDuplicate: (existing: StoredSignature) => boolean = (s) =>
     s.payload?.equals(payload) === true && s.signature === signatureB64,
+  extraAnnotations: Record<string, string> = {},
 ): Promise<AppendResult> {
   const tag = signatureTag(subject);
   const existing = await readSignatureManifest(target, subject);
@@ -126,7 +129,7 @@ export async function appendSignature(
     }
   }
   const layer = descriptorOf(MediaType.CosignSimpleSigning, payload, {
-    annotations: { [SIGNATURE_ANNOTATION]: signatureB64 },
+    annotations: { ...extraAnnotations, [SIGNATURE_ANNOTATION]: signatureB64 },
   });
   await pushIfAbsent(target, layer, payload);
   layers.push(layer);

@@ -1,10 +1,12 @@
 /**
- * Verify cosign simple-signing signatures of an image against public keys and an identity rule.
- * Order of checks for each signature: the signature over the payload bytes with one of the
- * keys (nothing in the payload is believed before that), the payload's form, its
- * docker-manifest-digest against the image's digest, its docker-reference against the rule.
- * The image passes when at least one signature passes all checks; otherwise the error is the
- * one of the signature that got furthest (see FAILURE_RANK).
+ * Verify cosign simple-signing signatures of an image against public keys or a Fulcio CA, and
+ * an identity rule. Order of checks for each signature: who signed it (keyless: certificate,
+ * chain, Rekor SET, validity at the logged time, OIDC issuer, SAN, see src/trust/fulcio.ts;
+ * key + Rekor: a SET naming one of the keys, src/trust/rekor.ts), the signature over the
+ * payload bytes with the signer's key (nothing in the payload is believed before that), the
+ * payload's form, its docker-manifest-digest against the image's digest, its docker-reference
+ * against the rule. The image passes when at least one signature passes all checks; otherwise
+ * the error is the one of the signature that got furthest (see FAILURE_RANK).
  */
 import type { KeyObject } from 'node:crypto';
 import type { Target } from '../content/interfaces.ts';
@@ -16,10 +18,16 @@ import { verifyBytes } from './keys.ts';
 import { parsePayload } from './payload.ts';
 import { listSignatures, signatureTag, type StoredSignature } from './signatures.ts';
 import { listBundles, verifyBundle } from './bundle.ts';
+import { CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION, verifyKeylessSigner, type FulcioTrust } from './fulcio.ts';
+import { REKOR_SET_ANNOTATION, verifyRekorSet, type RekorEntry } from './rekor.ts';
 
 export interface VerifyOptions {
-  /** Trusted public keys; a signature by any of them is accepted. */
+  /** Trusted public keys; a signature by any of them is accepted. Empty with `fulcio`. */
   keys: KeyObject[];
+  /** Keyless: signers are certificates of this CA with this identity (needs rekorKeys). */
+  fulcio?: FulcioTrust;
+  /** Rekor log keys: every signature must carry a SET by one of them (with keys or fulcio). */
+  rekorKeys?: KeyObject[];
   /** How the signed docker-reference must relate to the image. */
   identity: SignedIdentity;
   /** The image's docker identity (undefined for an OCI layout with no name given). */
@@ -36,8 +44,12 @@ export interface VerifiedSignature {
   optional: Record<string, unknown> | null;
   /** Digest of the payload blob in the signature manifest (of the referrer manifest for a bundle). */
   payloadDigest: Digest;
-  /** Index of the key (in VerifyOptions.keys) that verified it. */
+  /** Index of the key (in VerifyOptions.keys) that verified it; -1 for a keyless signature (a certificate). */
   keyIndex: number;
+  /** When the Rekor log integrated it (a SET was verified). */
+  signedAt?: Date;
+  /** Keyless: the certificate's OIDC issuer and the SAN the policy matched. */
+  certificate?: { issuer: string; subject: string };
 }
 
 export interface SignatureFailure {
@@ -46,8 +58,12 @@ export interface SignatureFailure {
   reason: string;
 }
 
+/** Longest signature annotation read: an ECDSA/RSA-4096 signature in base64 is far below. */
+const MAX_SIGNATURE_CHARS = 8192;
+
 function decodeSignature(s: string): Buffer | undefined {
   const t = s.trim();
+  if (t.length > MAX_SIGNATURE_CHARS) return undefined;
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(t)) return undefined;
   return Buffer.from(t, 'base64');
 }
@@ -67,12 +83,9 @@ export function checkSignature(
     );
   const raw = decodeSignature(sig.signature);
   if (!raw) return fail('SIGNATURE_INVALID', 'the signature annotation is not base64');
-  const keyIndex = opts.keys.findIndex((k) => verifyBytes(k, sig.payload!, raw));
-  if (keyIndex < 0)
-    return fail(
-      'SIGNATURE_INVALID',
-      `does not verify with ${opts.keys.length === 1 ? 'the trusted key' : `any of the ${opts.keys.length} trusted keys`} (payload altered or signed by another key)`,
-    );
+  const signer = identifySigner(sig, sig.payload, raw, opts);
+  if ('code' in signer) return fail(signer.code, signer.reason);
+  const { keyIndex } = signer;
   let payload;
   try {
     payload = parsePayload(sig.payload);
@@ -95,7 +108,7 @@ export function checkSignature(
         `annotation ${k}=${JSON.stringify(v)} required, payload has ${JSON.stringify(got ?? null)}`,
       );
   }
-  return {
+  const verified: VerifiedSignature = {
     kind: 'simplesigning',
     dockerReference: payload.dockerReference,
     manifestDigest: payload.manifestDigest,
@@ -103,6 +116,89 @@ export function checkSignature(
     payloadDigest,
     keyIndex,
   };
+  if (signer.entry) verified.signedAt = signer.entry.integratedTime;
+  if (signer.certificate) verified.certificate = signer.certificate;
+  return verified;
+}
+
+interface Signer {
+  keyIndex: number;
+  entry?: RekorEntry;
+  certificate?: { issuer: string; subject: string };
+}
+
+function asFailure(e: unknown): Omit<SignatureFailure, 'payloadDigest'> {
+  if (e instanceof TrustError) return { code: e.code, reason: e.message };
+  throw e;
+}
+
+/**
+ * Who made the signature, checked before the signature itself: the certificate (keyless), or
+ * the trusted key a Rekor SET names (key + Rekor), or any trusted key the signature verifies with.
+ */
+function identifySigner(
+  sig: StoredSignature,
+  payload: Buffer,
+  raw: Buffer,
+  opts: VerifyOptions,
+): Signer | Omit<SignatureFailure, 'payloadDigest'> {
+  const annotations = sig.layer.annotations ?? {};
+  if (opts.fulcio) {
+    let signer;
+    try {
+      signer = verifyKeylessSigner(
+        {
+          certificatePem: annotations[CERTIFICATE_ANNOTATION],
+          chainPem: annotations[CHAIN_ANNOTATION],
+          setText: annotations[REKOR_SET_ANNOTATION],
+          signature: raw,
+          payload,
+        },
+        opts.fulcio,
+        opts.rekorKeys ?? [],
+      );
+    } catch (e) {
+      return asFailure(e);
+    }
+    if (!verifyBytes(signer.publicKey, payload, raw))
+      return {
+        code: 'SIGNATURE_INVALID',
+        reason: "does not verify with the signing certificate's key (payload or signature altered)",
+      };
+    return { keyIndex: -1, entry: signer.entry, certificate: signer.certificate };
+  }
+  const candidates = opts.keys.map((key, keyIndex) => ({ key, keyIndex }));
+  let entry: RekorEntry | undefined;
+  if (opts.rekorKeys) {
+    // The SET names one public key: only that key may then have made the signature.
+    const reasons = new Set<string>();
+    let found: (typeof candidates)[number] | undefined;
+    for (const c of candidates) {
+      try {
+        const spki = c.key.export({ format: 'der', type: 'spki' });
+        entry = verifyRekorSet(annotations[REKOR_SET_ANNOTATION], opts.rekorKeys, {
+          signerDer: spki,
+          signature: raw,
+          payload,
+        });
+        found = c;
+        break;
+      } catch (e) {
+        const f = asFailure(e);
+        if (f.code === 'TLOG_MISSING') return f;
+        reasons.add(f.reason);
+      }
+    }
+    if (!found) return { code: 'TLOG_INVALID', reason: [...reasons].join('; ') };
+    candidates.splice(0, candidates.length, found);
+  }
+  const match = candidates.find((c) => verifyBytes(c.key, payload, raw));
+  if (!match)
+    return {
+      code: 'SIGNATURE_INVALID',
+      reason: `does not verify with ${candidates.length === 1 ? 'the trusted key' : `any of the ${candidates.length} trusted keys`} (payload altered or signed by another key)`,
+    };
+  return entry ? { keyIndex: match.keyIndex, entry } : { keyIndex: match.keyIndex };
 }
 
 /** Check one sigstore bundle (DSSE in-toto statement, key-based) the same way. */
@@ -114,6 +210,11 @@ export function checkBundle(
 ): VerifiedSignature | SignatureFailure {
   const fail = (code: TrustErrorCode, reason: string): SignatureFailure => ({ payloadDigest: manifest, code, reason });
   if (!bundle) return fail('SIGNATURE_INVALID', 'sigstore bundle unreadable');
+  if (opts.fulcio || opts.rekorKeys)
+    return fail(
+      'TLOG_MISSING',
+      'is a sigstore bundle referrer: tiu checks those against keys only, not a Fulcio CA or Rekor log',
+    );
   const r = verifyBundle(bundle, opts.keys);
   if (!r)
     return fail(
@@ -163,7 +264,9 @@ export async function verifyImageSignatures(
   root: Descriptor,
   opts: VerifyOptions,
 ): Promise<VerifyResult> {
-  if (opts.keys.length === 0) throw new TrustError('KEY_INVALID', 'no public key to verify with');
+  if (opts.keys.length === 0 && !opts.fulcio) throw new TrustError('KEY_INVALID', 'no public key to verify with');
+  if (opts.fulcio && (opts.rekorKeys ?? []).length === 0)
+    throw new TrustError('KEY_INVALID', 'a Fulcio CA needs Rekor public keys to verify with');
   const sigs = await listSignatures(target, root.digest);
   const bundles = await listBundles(target, root);
   if (sigs.length === 0 && bundles.length === 0) {

@@ -213,8 +213,7 @@ describe('trust/policy', () => {
     const img = await putImage(t, '1');
     for (const req of [
       { type: 'signedBy', keyType: 'GPGKeys', keyPath: '/x.gpg' },
-      { type: 'sigstoreSigned', fulcio: { caPath: '/ca' }, rekorPublicKeyPath: '/r.pub' },
-      { type: 'sigstoreSigned', keyPath: '/x.pub', rekorPublicKeyPath: '/r.pub' },
+      { type: 'sigstoreSigned', pki: { caRootsPath: '/ca', subjectEmail: 'a@example.com' } },
     ]) {
       const p = parsePolicy(JSON.stringify({ default: [req] }));
       await assert.rejects(checkPolicy(p, t, img, parseReference('r.example/a:1')), (e: unknown) =>
