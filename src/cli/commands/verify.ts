@@ -15,7 +15,10 @@ const command: Command = {
     'With --key: a signature by one of the keys, for the manifest REF resolves to, whose docker-reference is in\n' +
     "REF's repository (or --identity's). An OCI layout without --identity has digest and signature checked, not its name.\n" +
     'Otherwise the policy decides: --policy FILE, else /etc/tiu/policy.json, else /etc/containers/policy.json.\n' +
-    'Refusals exit 1 with a code: SIGNATURE_MISSING, SIGNATURE_INVALID, SIGNATURE_DIGEST_MISMATCH, IDENTITY_MISMATCH, POLICY_REJECTED...\n',
+    'Keyless signatures (policy sigstoreSigned with fulcio + rekorPublicKey*) are verified offline: the text names the\n' +
+    "certificate's identity and the Rekor integrated time; --json has them as certificate {issuer, subject} and signedAt.\n" +
+    'Refusals exit 1 with a code: SIGNATURE_MISSING, SIGNATURE_INVALID, SIGNATURE_DIGEST_MISMATCH, IDENTITY_MISMATCH, POLICY_REJECTED,\n' +
+    'CERT_UNTRUSTED, OIDC_ISSUER_MISMATCH, CERT_SUBJECT_MISMATCH, TLOG_INVALID...\n',
   registry: 'one',
   options: {
     key: { type: 'string', multiple: true },
@@ -45,10 +48,13 @@ const command: Command = {
       if (r.policy) {
         lines[0] += ` under ${policy!.source} (${r.policy.scope === 'default' ? 'default' : `${r.policy.transport} scope ${JSON.stringify(r.policy.scope)}`}): ${r.policy.accepted.map((a) => a.type).join(', ')}`;
       }
-      for (const s of r.signatures)
+      for (const s of r.signatures) {
+        const by = s.certificate ? ` by ${s.certificate.subject} (issuer ${s.certificate.issuer})` : '';
+        const logged = s.signedAt ? `, logged ${s.signedAt.toISOString()}` : '';
         lines.push(
-          `  ${s.kind === 'bundle' ? 'sigstore bundle' : 'signature'} ${s.payloadDigest} for ${s.dockerReference}`,
+          `  ${s.kind === 'bundle' ? 'sigstore bundle' : 'signature'} ${s.payloadDigest} for ${s.dockerReference}${by}${logged}`,
         );
+      }
       if (keys && r.identityRule === 'any')
         lines.push('  note: the image has no registry name, so the signed name was not checked (use --identity)');
       out.result(lines.join('\n'), r);
