@@ -22,3 +22,15 @@ export function pemDecodeAll(text: string): PemBlock[] {
   }
   return out;
 }
+
+/**
+ * The PEM blocks of a text that holds nothing else (only whitespace around them), or undefined:
+ * hostile text must not smuggle a second block, a header or a malformed body past a reader
+ * that takes the first block.
+ */
+export function pemDecodeStrict(text: string): PemBlock[] | undefined {
+  const blocks = pemDecodeAll(text);
+  const begins = text.split('-----BEGIN ').length - 1;
+  const rest = text.replace(/-----BEGIN ([A-Z0-9 ]+)-----\r?\n[\s\S]*?-----END \1-----/g, '');
+  return blocks.length > 0 && blocks.length === begins && rest.trim() === '' ? blocks : undefined;
+}

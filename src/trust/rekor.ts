@@ -11,7 +11,7 @@
 import { createHash, verify as verifySignature, type KeyObject } from 'node:crypto';
 import { json } from '@sigstore/core';
 import { TrustError } from './errors.ts';
-import { pemDecodeAll } from './pem.ts';
+import { pemDecodeStrict } from './pem.ts';
 
 export const REKOR_SET_ANNOTATION = 'dev.sigstore.cosign/bundle';
 /** Largest SET annotation read (a real one is about 2-5 KiB: the body holds the certificate). */
@@ -145,9 +145,8 @@ export function verifyRekorSet(
   const publicKey = withFields(sig.publicKey, ['content'], 'spec.signature.publicKey');
 
   const signerPem = base64(publicKey.content, 'spec.signature.publicKey.content', MAX_SET_BYTES).toString('utf8');
-  const signer = pemDecodeAll(signerPem);
-  const signerRest = signerPem.replace(/-----BEGIN ([A-Z0-9 ]+)-----\r?\n[\s\S]*?-----END \1-----/, '').trim();
-  if (signer.length !== 1 || signerRest !== '') throw invalid("the entry's public key is not one PEM block");
+  const signer = pemDecodeStrict(signerPem);
+  if (signer?.length !== 1) throw invalid("the entry's public key is not one PEM block");
   if (!signer[0]!.der.equals(expect.signerDer))
     throw invalid('the entry names another certificate or public key than the signature (an entry of another signer)');
   if (!base64(sig.content, 'spec.signature.content', 4096).equals(expect.signature))

@@ -7,7 +7,7 @@
 import { X509Certificate as NodeCertificate } from 'node:crypto';
 import { ASN1Obj, X509Certificate as Asn1Certificate } from '@sigstore/core';
 import { TrustError } from './errors.ts';
-import { pemDecodeAll } from './pem.ts';
+import { pemDecodeStrict } from './pem.ts';
 
 /** Extended key usage id-kp-codeSigning, and anyExtendedKeyUsage. */
 export const OID_CODE_SIGNING = '1.3.6.1.5.5.7.3.3';
@@ -52,11 +52,8 @@ export function parseCertificateDer(der: Buffer, what: string): Certificate {
 export function parseCertificatesPem(text: string, what: string, max: number, maxBytes: number): Certificate[] {
   if (text.length > maxBytes)
     throw new TrustError('CERT_INVALID', `${what} is ${text.length} bytes, more than ${maxBytes}`);
-  const blocks = pemDecodeAll(text);
-  const begins = text.split('-----BEGIN ').length - 1;
-  const rest = text.replace(/-----BEGIN ([A-Z0-9 ]+)-----\r?\n[\s\S]*?-----END \1-----/g, '');
-  if (blocks.length === 0 || blocks.length !== begins || rest.trim() !== '')
-    throw new TrustError('CERT_INVALID', `${what} is not a sequence of PEM certificates`);
+  const blocks = pemDecodeStrict(text);
+  if (!blocks) throw new TrustError('CERT_INVALID', `${what} is not a sequence of PEM certificates`);
   if (blocks.length > max)
     throw new TrustError('CERT_INVALID', `${what} holds ${blocks.length} certificates, more than ${max}`);
   return blocks.map((b, i) => {

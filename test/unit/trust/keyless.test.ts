@@ -155,6 +155,7 @@ describe('trust/keyless (Fulcio + Rekor, offline)', function () {
     const payload = makePayload({ dockerReference: REF, manifestDigest: img.digest, optional: null });
     const cases: [Record<string, string>, RegExp][] = [
       [{ [CERTIFICATE_ANNOTATION]: 'not a certificate' }, /not a sequence of PEM/],
+      [{ [CERTIFICATE_ANNOTATION]: `${leaf.certPem}Proc-Type: 4,ENCRYPTED\n` }, /not a sequence of PEM/],
       [
         { [CERTIFICATE_ANNOTATION]: '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n' },
         /not a valid X\.509/,
@@ -187,6 +188,8 @@ describe('trust/keyless (Fulcio + Rekor, offline)', function () {
         makeSet(log, hashedRekordBody(Buffer.from('another signature'), leaf.certPem, Buffer.from('x')), logged),
     });
     await refused(check(foreignSet.t, foreignSet.img), 'TLOG_INVALID', /another signature/);
+    const extraField = await signedImage({ tamperSet: (set) => set.replace(/^\{/, '{"Extra":1,') });
+    await refused(check(extraField.t, extraField.img), 'TLOG_INVALID', /unknown "Extra"/);
     const notJson = await signedImage({ tamperSet: () => '{"SignedEntryTimestamp":' });
     await refused(check(notJson.t, notJson.img), 'TLOG_INVALID', /not JSON/);
   });
