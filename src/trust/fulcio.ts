@@ -85,9 +85,17 @@ export function chainToCa(leaf: Certificate, intermediates: Certificate[], cas: 
     throw new TrustError('CERT_UNTRUSTED', 'the signing certificate does not allow code signing (extended key usage)');
   const path: Certificate[] = [];
   let current = leaf;
+  // A CA below which `path.length` intermediates already lie: basic constraints, key usage, path length.
+  const isCa = (c: Certificate): boolean => {
+    const pathLen = c.asn1.extBasicConstraints?.pathLenConstraint;
+    return (
+      c.node.ca &&
+      c.asn1.extKeyUsage?.keyCertSign !== false &&
+      unhandledCriticalExtension(c) === undefined &&
+      (pathLen === undefined || BigInt(path.length) <= pathLen)
+    );
+  };
   for (let depth = 0; depth <= MAX_CHAIN_CERTIFICATES; depth++) {
-    const isCa = (c: Certificate): boolean =>
-      c.node.ca && c.asn1.extKeyUsage?.keyCertSign !== false && unhandledCriticalExtension(c) === undefined;
     const anchor = cas.find((ca) => issuedBy(current, ca));
     if (anchor) {
       if (!isCa(anchor))
@@ -106,7 +114,7 @@ export function chainToCa(leaf: Certificate, intermediates: Certificate[], cas: 
     if (!isCa(next) || !allowsCodeSigning(next, false))
       throw new TrustError(
         'CERT_UNTRUSTED',
-        `intermediate ${describeCertificate(next)} is not a CA for code signing (basic constraints, key usage or extended key usage)`,
+        `intermediate ${describeCertificate(next)} is not a CA for code signing (basic constraints, path length, key usage or extended key usage)`,
       );
     path.push(next);
     current = next;

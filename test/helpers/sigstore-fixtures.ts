@@ -162,6 +162,27 @@ export function makeFulcioCa(label = 'fulcio'): FulcioCa {
   return { dir, root, intermediate, chainPem: intermediate.certPem + root.certPem };
 }
 
+/** A CA one level deeper: a sub-intermediate under `ca`'s intermediate (which allows none: pathlen 0). */
+export function subordinateCa(ca: FulcioCa): FulcioCa {
+  const from = new Date(Date.now() - YEAR);
+  const sub = issue(
+    ca.dir,
+    `sub-${serial}`,
+    '/O=fulcio.test/CN=sub-intermediate',
+    ca.intermediate,
+    from,
+    new Date(Date.now() + YEAR),
+    [
+      'basicConstraints = critical, CA:TRUE',
+      'keyUsage = critical, keyCertSign, cRLSign',
+      'extendedKeyUsage = codeSigning',
+      'subjectKeyIdentifier = hash',
+      'authorityKeyIdentifier = keyid',
+    ],
+  );
+  return { ...ca, intermediate: sub, chainPem: sub.certPem + ca.chainPem };
+}
+
 function hexBytes(s: string): string {
   return [...Buffer.from(s, 'utf8')].map((b) => b.toString(16).padStart(2, '0')).join(':');
 }

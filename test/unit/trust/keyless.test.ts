@@ -12,6 +12,7 @@ import {
   makeFulcioCa,
   makeRekorLog,
   makeSet,
+  subordinateCa,
   tamperIntegratedTime,
   TEST_EMAIL,
   TEST_OIDC_ISSUER,
@@ -136,6 +137,10 @@ describe('trust/keyless (Fulcio + Rekor, offline)', function () {
       ca: { ...otherCa, chainPem: otherCa.chainPem + ca.root.certPem },
     });
     await refused(check(mixed.t, mixed.img), 'CERT_UNTRUSTED');
+    // The intermediate allows no CA below it (pathlen 0).
+    const deeper = subordinateCa(ca);
+    const tooLong = await signedImage({ leaf: issueLeaf(deeper, leafOpts), ca: deeper });
+    await refused(check(tooLong.t, tooLong.img), 'CERT_UNTRUSTED', /path length/);
     const tls = await signedImage({ leaf: issueLeaf(ca, { ...leafOpts, eku: 'serverAuth' }) });
     await refused(check(tls.t, tls.img), 'CERT_UNTRUSTED', /code signing/);
     // Without the chain the intermediate is missing.
