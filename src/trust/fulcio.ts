@@ -24,6 +24,7 @@ import {
   describeCertificate,
   extensionValues,
   issuedBy,
+  quoteUntrusted,
   parseCertificatesPem,
   subjectAltNames,
   unhandledCriticalExtension,
@@ -133,10 +134,6 @@ export function checkValidityAt(leaf: Certificate, path: Certificate[], at: Date
   }
 }
 
-function printable(s: string): string {
-  return JSON.stringify(s.length > 200 ? `${s.slice(0, 197)}...` : s);
-}
-
 /** The certificate's OIDC issuer: v1 and v2 extensions, each at most once, equal when both are there. */
 export function oidcIssuerOf(leaf: Certificate): string {
   const v1 = extensionValues(leaf, OID_OIDC_ISSUER_V1);
@@ -159,7 +156,9 @@ export function oidcIssuerOf(leaf: Certificate): string {
     issuer2 = obj.value.toString('utf8');
   }
   if (issuer1 !== undefined && issuer2 !== undefined && issuer1 !== issuer2)
-    throw mismatch(`has inconsistent OIDC issuer extensions (v1 ${printable(issuer1)}, v2 ${printable(issuer2)})`);
+    throw mismatch(
+      `has inconsistent OIDC issuer extensions (v1 ${quoteUntrusted(issuer1)}, v2 ${quoteUntrusted(issuer2)})`,
+    );
   const issuer = issuer2 ?? issuer1;
   if (issuer === undefined) throw mismatch('has no OIDC issuer extension');
   return issuer;
@@ -175,7 +174,14 @@ export function checkSubject(leaf: Certificate, subject: FulcioTrust['subject'])
   if (have.includes(wanted)) return wanted;
   throw new TrustError(
     'CERT_SUBJECT_MISMATCH',
-    `the signing certificate is for ${kind} ${have.length > 0 ? have.slice(0, 4).map(printable).join(', ') : '(none)'}, not ${printable(wanted)}`,
+    `the signing certificate is for ${kind} ${
+      have.length > 0
+        ? have
+            .slice(0, 4)
+            .map((n) => quoteUntrusted(n))
+            .join(', ')
+        : '(none)'
+    }, not ${quoteUntrusted(wanted)}`,
   );
 }
 
@@ -205,7 +211,7 @@ export function verifyKeylessSigner(
   if (issuer !== trust.oidcIssuer)
     throw new TrustError(
       'OIDC_ISSUER_MISMATCH',
-      `the signing certificate's OIDC issuer is ${printable(issuer)}, not ${printable(trust.oidcIssuer)}`,
+      `the signing certificate's OIDC issuer is ${quoteUntrusted(issuer)}, not ${quoteUntrusted(trust.oidcIssuer)}`,
     );
   const subject = checkSubject(leaf, trust.subject);
   return { publicKey: leaf.node.publicKey, entry, certificate: { issuer, subject } };

@@ -12,6 +12,7 @@ import { createHash, verify as verifySignature, type KeyObject } from 'node:cryp
 import { json } from '@sigstore/core';
 import { TrustError } from './errors.ts';
 import { pemDecodeStrict } from './pem.ts';
+import { quoteUntrusted } from './x509.ts';
 
 export const REKOR_SET_ANNOTATION = 'dev.sigstore.cosign/bundle';
 /** Largest SET annotation read (a real one is about 2-5 KiB: the body holds the certificate). */
@@ -49,7 +50,7 @@ function exactFields(v: unknown, fields: string[], where: string): Record<string
   const extra = keys.filter((k) => !fields.includes(k));
   if (missing.length > 0 || extra.length > 0)
     throw invalid(
-      `${where} must have exactly the fields ${fields.join(', ')} (${[...missing.map((m) => `missing ${m}`), ...extra.map((x) => `unknown ${JSON.stringify(x.slice(0, 40))}`)].join(', ')})`,
+      `${where} must have exactly the fields ${fields.join(', ')} (${[...missing.map((m) => `missing ${m}`), ...extra.map((x) => `unknown ${quoteUntrusted(x, 40)}`)].join(', ')})`,
     );
   return v;
 }
@@ -135,9 +136,10 @@ export function verifyRekorSet(
     ['apiVersion', 'kind', 'spec'],
     'the entry',
   );
-  if (body.kind !== 'hashedrekord') throw invalid(`the entry is a ${JSON.stringify(body.kind)}, not a hashedrekord`);
+  if (body.kind !== 'hashedrekord')
+    throw invalid(`the entry is a ${quoteUntrusted(body.kind, 40)}, not a hashedrekord`);
   if (body.apiVersion !== HASHEDREKORD_VERSION)
-    throw invalid(`hashedrekord version ${JSON.stringify(body.apiVersion)} is not ${HASHEDREKORD_VERSION}`);
+    throw invalid(`hashedrekord version ${quoteUntrusted(body.apiVersion, 40)} is not ${HASHEDREKORD_VERSION}`);
   const spec = withFields(body.spec, ['data', 'signature'], 'spec');
   const data = withFields(spec.data, ['hash'], 'spec.data');
   const hash = withFields(data.hash, ['algorithm', 'value'], 'spec.data.hash');
@@ -152,9 +154,9 @@ export function verifyRekorSet(
   if (!base64(sig.content, 'spec.signature.content', 4096).equals(expect.signature))
     throw invalid('the entry names another signature (an entry of another signature)');
   if (str(hash.algorithm, 'spec.data.hash.algorithm') !== 'sha256')
-    throw invalid(`the entry's hash algorithm ${JSON.stringify(hash.algorithm)} is not sha256`);
+    throw invalid(`the entry's hash algorithm ${quoteUntrusted(hash.algorithm, 40)} is not sha256`);
   const payloadHex = createHash('sha256').update(expect.payload).digest('hex');
   if (str(hash.value, 'spec.data.hash.value').toLowerCase() !== payloadHex)
-    throw invalid(`the entry names payload sha256:${String(hash.value).slice(0, 64)}, not sha256:${payloadHex}`);
+    throw invalid(`the entry names payload ${quoteUntrusted(hash.value, 80)}, not sha256:${payloadHex}`);
   return { integratedTime: new Date(integratedTime * 1000), logIndex, logID };
 }

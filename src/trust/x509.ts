@@ -146,8 +146,17 @@ export function issuedBy(cert: Certificate, issuer: Certificate): boolean {
   }
 }
 
-/** A short, printable name of a certificate for messages: its subject (control characters dropped). */
+/**
+ * An untrusted value for a one-line message: quoted, shortened, and everything outside printable
+ * ASCII escaped (no terminal controls, no bidi tricks, no line breaks).
+ */
+export function quoteUntrusted(v: unknown, max = 120): string {
+  const s = typeof v === 'string' ? v : (JSON.stringify(v) ?? String(v));
+  const short = s.length > max ? `${s.slice(0, max - 3)}...` : s;
+  return `"${short.replace(/[^\x20-\x7e]|["\\]/g, (c) => (c === '"' || c === '\\' ? `\\${c}` : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`))}"`;
+}
+
+/** A short, printable name of a certificate for messages: its subject. */
 export function describeCertificate(cert: Certificate): string {
-  const subject = cert.node.subject.replace(/[^\x20-\x7e]+/g, ' ').trim();
-  return JSON.stringify(subject.length > 120 ? `${subject.slice(0, 117)}...` : subject || '(empty subject)');
+  return quoteUntrusted(cert.node.subject.replace(/\n/g, ', ') || '(empty subject)');
 }

@@ -6,6 +6,7 @@ import type { Descriptor } from '../../../src/oci/types.ts';
 import { CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION } from '../../../src/trust/fulcio.ts';
 import { checkPolicy, parsePolicy, type PolicyDecision } from '../../../src/trust/policy.ts';
 import { REKOR_SET_ANNOTATION } from '../../../src/trust/rekor.ts';
+import { quoteUntrusted } from '../../../src/trust/x509.ts';
 import {
   hashedRekordBody,
   issueLeaf,
@@ -246,6 +247,12 @@ describe('trust/keyless (Fulcio + Rekor, offline)', function () {
       integratedTime: logged,
     });
     await refused(check(t, img), 'CERT_SUBJECT_MISMATCH', /1 other signature failing/);
+  });
+
+  it('quotes hostile certificate values on one printable line', () => {
+    assert.equal(quoteUntrusted('a\u001b[2J\u202e"b\nc'), '"a\\u001b[2J\\u202e\\"b\\u000ac"');
+    assert.equal(quoteUntrusted('x'.repeat(500), 10), `"${'x'.repeat(7)}..."`);
+    assert.equal(quoteUntrusted({ a: 1 }), '"{\\"a\\":1}"');
   });
 
   describe('public key + Rekor', () => {
