@@ -261,7 +261,7 @@ export const ERROR_CODES = {
   },
   DOWNGRADE: {
     meaning:
-      "the offered image is older (signed created time or version) than the image the device runs or has pending: a rollback attack, or an old tag",
+      'the offered image is older (signed created time or version) than the image the device runs or has pending: a rollback attack, or an old tag',
     action:
       'check where the device pulls from; to install an older image on purpose, `tiu update --allow-downgrade`; `tiu rollback` goes back to a local snapshot',
     transient: false,

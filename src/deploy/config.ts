@@ -238,7 +238,8 @@ export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
   if (tries !== undefined && (typeof tries !== 'number' || !Number.isInteger(tries) || tries < 1 || tries > 100))
     throw new ConfigError(file, `'boot-tries' must be an integer from 1 to 100`);
   const requireExpiry = doc['require-signature-expiry'] ?? false;
-  if (typeof requireExpiry !== 'boolean') throw new ConfigError(file, `'require-signature-expiry' must be true or false`);
+  if (typeof requireExpiry !== 'boolean')
+    throw new ConfigError(file, `'require-signature-expiry' must be true or false`);
   return {
     image,
     signedIdentity,

@@ -30,7 +30,11 @@ export interface SignResult extends AppendResult {
 /** Claims as comparable text: the same keys and values in any order are the same claims. */
 function claimsText(optional: Record<string, unknown> | null): string {
   if (!optional) return 'null';
-  return JSON.stringify(Object.keys(optional).sort().map((k) => [k, optional[k]]));
+  return JSON.stringify(
+    Object.keys(optional)
+      .sort()
+      .map((k) => [k, optional[k]]),
+  );
 }
 
 /** The payload's optional section: the annotations, and the expiry where one is given. */
