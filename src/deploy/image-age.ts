@@ -20,6 +20,11 @@ export interface ImageAge {
   version?: string;
 }
 
+/** An age with only the fields that are known. */
+export function ageFrom(created: string | undefined, version: string | undefined): ImageAge {
+  return { ...(created ? { created } : {}), ...(version ? { version } : {}) };
+}
+
 function annotationsOf(p: ParsedManifest): Record<string, string> | undefined {
   return p.kind === 'manifest' ? p.manifest.annotations : p.index.annotations;
 }
@@ -43,7 +48,7 @@ export function ageOfImage(root: ParsedManifest, platform: ParsedManifest): Imag
   const index = root.kind === 'index' ? (annotationsOf(root) ?? {}) : {};
   const created = normalCreated(own[CREATED_ANNOTATION]) ?? normalCreated(index[CREATED_ANNOTATION]);
   const version = normalVersion(own[VERSION_ANNOTATION]) ?? normalVersion(index[VERSION_ANNOTATION]);
-  return { ...(created ? { created } : {}), ...(version ? { version } : {}) };
+  return ageFrom(created, version);
 }
 
 export function describeAge(a: ImageAge | undefined): string {

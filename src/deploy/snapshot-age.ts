@@ -3,7 +3,7 @@
  * in its userdata, else, for a snapshot committed before tiu recorded it, what the image's
  * manifests kept in the cache's TOC store state (verified by sha256 on read). Only reads.
  */
-import { ageOfManifests, type ImageAge } from './image-age.ts';
+import { ageFrom, ageOfManifests, type ImageAge } from './image-age.ts';
 import type { TocStore } from './delta/index.ts';
 import type { SnapshotState } from './state.ts';
 
@@ -18,11 +18,7 @@ export async function snapshotAge(
   store: TocStore,
   platform: { os: string; architecture: string },
 ): Promise<SnapshotAge> {
-  if (s.created || s.version)
-    return {
-      age: { ...(s.created ? { created: s.created } : {}), ...(s.version ? { version: s.version } : {}) },
-      from: 'userdata',
-    };
+  if (s.created || s.version) return { age: ageFrom(s.created, s.version), from: 'userdata' };
   const kept = s.digest ? await store.imageManifests(s.digest, platform) : undefined;
   return kept ? { age: ageOfManifests(kept), from: 'cache' } : { age: undefined, from: 'unknown' };
 }

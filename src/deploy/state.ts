@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { TiuError } from '../errors.ts';
 import { attemptsOf, healthOf, type HealthMark } from './health.ts';
 import { bootedSnapshot, defaultSnapshot } from './snapshot-location.ts';
-import { normalCreated, normalVersion, type ImageAge } from './image-age.ts';
+import { ageFrom, normalCreated, normalVersion, type ImageAge } from './image-age.ts';
 import { escapeUserdata, unescapeUserdata } from './userdata-text.ts';
 
 export { bootedSnapshot, defaultSnapshot, snapshotNumberOf, snapshotPath } from './snapshot-location.ts';
@@ -93,9 +93,7 @@ export async function openContext(sysroot = '/', opts: { backend?: 'snapper' | '
 /** The age recorded in userdata; a value tiu did not write (not exactly escaped, not valid) counts as absent. */
 function recordedAge(userdata: Record<string, string>): ImageAge {
   const raw = (k: string) => (userdata[k] ? unescapeUserdata(userdata[k]) : undefined);
-  const created = normalCreated(raw(UD.created));
-  const version = normalVersion(raw(UD.version));
-  return { ...(created ? { created } : {}), ...(version ? { version } : {}) };
+  return ageFrom(normalCreated(raw(UD.created)), normalVersion(raw(UD.version)));
 }
 
 /** The userdata that records `age` (escaped; a value too long to record is left out). */
