@@ -11,7 +11,13 @@ import { attachBundle, keyHint, listBundles, makeBundle, verifyBundle } from '..
 import { putImage, TestTarget } from '../../helpers/trust-target.ts';
 
 const hints: string[] = [];
-function sigstoreVerify(bundleJson: Buffer, pub: ReturnType<typeof generateKeyPairSync>['publicKey']): void {
+type Thresholds = { tlogThreshold?: number; ctlogThreshold?: number; timestampThreshold?: number };
+const OFFLINE_KEY: Thresholds = { tlogThreshold: 0, ctlogThreshold: 0, timestampThreshold: 0 };
+function sigstoreVerify(
+  bundleJson: Buffer,
+  pub: ReturnType<typeof generateKeyPairSync>['publicKey'],
+  thresholds: Thresholds = OFFLINE_KEY,
+): void {
   const bundle = bundleFromJSON(JSON.parse(bundleJson.toString()));
   const trust = toTrustMaterial(
     {
@@ -26,7 +32,7 @@ function sigstoreVerify(bundleJson: Buffer, pub: ReturnType<typeof generateKeyPa
       return { publicKey: pub, validFor: () => true };
     },
   );
-  new Verifier(trust, { tlogThreshold: 0, ctlogThreshold: 0, timestampThreshold: 0 }).verify(toSignedEntity(bundle));
+  new Verifier(trust, thresholds).verify(toSignedEntity(bundle));
 }
 
 describe('trust/bundle (sigstore bundle v0.3 as a referrer)', () => {
@@ -69,6 +75,24 @@ describe('trust/bundle (sigstore bundle v0.3 as a referrer)', () => {
       claims: [{ dockerReference: 'r.example/os/microos:v1', digest: img.digest }],
       keyIndex: 1,
     });
+  });
+
+  it('sigstore-js at its default thresholds refuses the bundle for exactly one reason: no timestamp from a log or TSA', () => {
+    // A key-based offline bundle has no transparency-log entry and no signed timestamp; sigstore's
+    // verifiers ask for one of each by default (timestampThreshold 1, tlogThreshold 1). Everything
+    // else verifies: with only the timestamp requirement lifted, the next refusal is the tlog one,
+    // and with both lifted (cosign's --insecure-ignore-tlog) it passes.
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const bundle = makeBundle(privateKey, 'r.example/os/microos:v1', `sha256:${'c'.repeat(64)}`);
+    assert.throws(
+      () => sigstoreVerify(bundle, publicKey, {}),
+      (e: Error & { code?: string }) => e.code === 'TIMESTAMP_ERROR' && /expected 1 timestamps, got 0/.test(e.message),
+    );
+    assert.throws(
+      () => sigstoreVerify(bundle, publicKey, { timestampThreshold: 0 }),
+      (e: Error & { code?: string }) => e.code === 'TLOG_ERROR' && /expected 1 tlog entries, got 0/.test(e.message),
+    );
+    sigstoreVerify(bundle, publicKey, { timestampThreshold: 0, tlogThreshold: 0 });
   });
 
   it('tiu verify accepts a bundle alone, and refuses a replayed or foreign one with the same codes', async () => {
