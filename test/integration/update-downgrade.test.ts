@@ -233,6 +233,22 @@ describe('downgrade protection and signature freshness (the CLI, a registry, sna
     assert.match(await refused('v1-created-only', 'DOWNGRADE', 5), /created 2026-11-01T00:00:00Z, before/);
   });
 
+  it('--offline judges the cached copy the same way: --download-only fetches v1, --offline refuses it', async () => {
+    const d = await tiu(['update', '--download-only', '--sysroot', os.sysroot, ref('v1')]);
+    assert.equal(d.code, 0, d.stderr);
+    assert.equal(d.json.status, 'downloaded');
+    const before = await status();
+    const r = await tiu(['update', '--offline', '--sysroot', os.sysroot, ref('v1')]);
+    assert.equal(r.code, 5, r.stderr);
+    assert.equal(errorOf(r)?.code, 'DOWNGRADE');
+    const after = await status();
+    assert.deepEqual(
+      after.snapshots.map((x) => x.number),
+      before.snapshots.map((x) => x.number),
+    );
+    assert.equal(after.default, before.default);
+  });
+
   it('an image without version or created time cannot be compared: --check says so and does not refuse', async () => {
     const r = await tiu(['update', '--check', '--sysroot', os.sysroot, ref('v0-no-age')]);
     assert.equal(r.code, 0, r.stderr);
