@@ -25,6 +25,10 @@ export interface ErrorCodeInfo {
 
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
+/** No accepted signature is unexpired while tiu.conf requires one: monitoring tells a frozen mirror apart. */
+export const EXIT_STALE = 4;
+/** The offered image is older than the one the device runs or has pending. */
+export const EXIT_DOWNGRADE = 5;
 
 export const ERROR_CODES = {
   // the whole run
@@ -285,6 +289,23 @@ export const ERROR_CODES = {
     meaning: 'an image without a docker name (an OCI layout) is signed without --identity',
     action: 'give --identity REGISTRY/REPOSITORY[:TAG]',
     transient: false,
+  },
+  // signature freshness and downgrade protection (src/trust/freshness.ts, src/deploy/update/downgrade.ts)
+  SIGNATURE_EXPIRED: {
+    meaning:
+      'tiu.conf requires an unexpired signature (require-signature-expiry) and no signature the policy accepted carries an expiry in the future (a frozen mirror, or CI stopped re-signing)',
+    action:
+      'check where the device pulls from; re-sign the current image with `tiu sign --expires DURATION`; the device stays on its system',
+    transient: false,
+    exit: EXIT_STALE,
+  },
+  DOWNGRADE: {
+    meaning:
+      'the offered image is older (signed created time or version) than the image the device runs or has pending: a rollback attack, or an old tag',
+    action:
+      'check where the device pulls from; to install an older image on purpose, `tiu update --allow-downgrade`; `tiu rollback` goes back to a local snapshot',
+    transient: false,
+    exit: EXIT_DOWNGRADE,
   },
   POLICY_REJECTED: {
     meaning: 'policy.json rejects images from this source',

@@ -13,6 +13,9 @@
  *   speed-time = 60               # … for this many seconds ends with REGISTRY_TOO_SLOW (0: never)
  *   request-deadline = 600        # seconds any one request may take at least; a blob gets more in
  *                                 # proportion to its size (its size at min-speed); 0: no deadline
+ *   require-signature-expiry = true  # freshness: at least one signature the policy accepted must carry
+ *                                 # an expiry (tiu sign --expires) in the future, else SIGNATURE_EXPIRED
+ *                                 # (exit 4) and the system stays as it is; default: false
  *
  *   esp = "/boot/efi"             # the EFI system partition's mount point; default: /boot/efi, else /efi
  *   kernel-cmdline = "quiet"      # added to every boot entry tiu writes (after the image's /etc/kernel/cmdline)
@@ -74,6 +77,8 @@ export interface TiuConfig {
   kernelCmdline?: string;
   /** Tries counter of a new boot entry (undefined: the image's /etc/kernel/tries, else 3). */
   bootTries?: number;
+  /** Refuse an image unless an accepted signature carries an expiry in the future (src/trust/freshness.ts). */
+  requireSignatureExpiry?: boolean;
   /** The file it came from, when there was one. */
   file?: string;
 }
@@ -125,6 +130,7 @@ const KEYS = new Set([
   'esp',
   'kernel-cmdline',
   'boot-tries',
+  'require-signature-expiry',
 ]);
 const HOOK_KEYS = new Set(['name', 'command', 'when', 'if-exists', 'unless-exists']);
 const WHEN: readonly string[] = ['always', 'kernel-changed', 'initrd-missing'];
@@ -231,12 +237,16 @@ export function parseConfig(text: string, file = CONFIG_PATH): TiuConfig {
   const tries = doc['boot-tries'];
   if (tries !== undefined && (typeof tries !== 'number' || !Number.isInteger(tries) || tries < 1 || tries > 100))
     throw new ConfigError(file, `'boot-tries' must be an integer from 1 to 100`);
+  const requireExpiry = doc['require-signature-expiry'] ?? false;
+  if (typeof requireExpiry !== 'boolean')
+    throw new ConfigError(file, `'require-signature-expiry' must be true or false`);
   return {
     image,
     signedIdentity,
     ...(esp ? { esp } : {}),
     ...(kernelCmdline ? { kernelCmdline } : {}),
     ...(tries !== undefined ? { bootTries: tries } : {}),
+    ...(requireExpiry ? { requireSignatureExpiry: true } : {}),
     policy,
     cache,
     hooks: [...(defaults ? DEFAULT_HOOKS : []), ...hooks],

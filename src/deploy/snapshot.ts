@@ -27,7 +27,8 @@ import {
 import { mountInfo, unmount } from '../host/mount.ts';
 import { TiuError, type ErrorCode } from '../errors.ts';
 import { RootedDir } from './rooted.ts';
-import { readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
+import { ageUserdata, readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
+import type { ImageAge } from './image-age.ts';
 import type { SystemdBoot } from './boot/systemd-boot.ts';
 import { LOADER_DEFAULT } from './boot/entries.ts';
 import type { TiuConfig } from './config.ts';
@@ -161,6 +162,8 @@ export interface CommitOptions {
   image: string;
   digest: string;
   etcConflicts: number;
+  /** The image's signed created time and version, recorded for downgrade protection and `tiu status`. */
+  age?: ImageAge;
   /** systemd-boot integration (src/deploy/boot), when the host has it. */
   boot?: { sd: SystemdBoot; config: Pick<TiuConfig, 'kernelCmdline' | 'bootTries'>; log?: (line: string) => void };
 }
@@ -208,7 +211,12 @@ export async function commitSnapshot(ctx: Context, n: number, o: CommitOptions):
       { snapshot: n },
     );
   await ctx.snapper.modify(n, {
-    userdata: { [UD.image]: o.image, [UD.digest]: o.digest, [UD.etcConflicts]: String(o.etcConflicts) },
+    userdata: {
+      [UD.image]: o.image,
+      [UD.digest]: o.digest,
+      [UD.etcConflicts]: String(o.etcConflicts),
+      ...ageUserdata(o.age),
+    },
   });
   // The apply writes without fsync per file: the snapshot's data must be on disk before the
   // default points at it, or a power cut could boot a half-written snapshot.

@@ -11,6 +11,8 @@ import { existsSync } from 'node:fs';
 import { TiuError } from '../errors.ts';
 import { attemptsOf, healthOf, type HealthMark } from './health.ts';
 import { bootedSnapshot, defaultSnapshot } from './snapshot-location.ts';
+import { ageFrom, normalCreated, normalVersion, type ImageAge } from './image-age.ts';
+import { escapeUserdata, unescapeUserdata } from './userdata-text.ts';
 
 export { bootedSnapshot, defaultSnapshot, snapshotNumberOf, snapshotPath } from './snapshot-location.ts';
 
@@ -20,6 +22,9 @@ export const UD = {
   image: 'tiu-image',
   digest: 'tiu-digest',
   etcConflicts: 'tiu-etc-conflicts',
+  /** The image's signed created time and version (./image-age.ts), escaped (./userdata-text.ts). */
+  created: 'tiu-created',
+  version: 'tiu-version',
 } as const;
 
 export class NotMicroOSError extends TiuError {
@@ -35,6 +40,9 @@ export interface SnapshotState {
   /** The image reference and manifest digest tiu deployed into it (from userdata). */
   image?: string;
   digest?: string;
+  /** The deployed image's signed created time and version, as recorded at commit (absent before issue 17). */
+  created?: string;
+  version?: string;
   /** Marked by an update that has not finished (yet, or ever: a crash). */
   inProgress: boolean;
   etcConflicts: number;
@@ -82,6 +90,25 @@ export async function openContext(sysroot = '/', opts: { backend?: 'snapper' | '
   return { sysroot: real, snapper: backend === 'snapper' ? openSnapper(real) : plainSnapshots(real), backend };
 }
 
+/** The age recorded in userdata; a value tiu did not write (not exactly escaped, not valid) counts as absent. */
+function recordedAge(userdata: Record<string, string>): ImageAge {
+  const raw = (k: string) => (userdata[k] ? unescapeUserdata(userdata[k]) : undefined);
+  return ageFrom(normalCreated(raw(UD.created)), normalVersion(raw(UD.version)));
+}
+
+/** The userdata that records `age` (escaped; a value too long to record is left out). */
+export function ageUserdata(age: ImageAge | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of [
+    [UD.created, age?.created],
+    [UD.version, age?.version],
+  ] as const) {
+    const text = v === undefined ? undefined : escapeUserdata(v);
+    if (text) out[k] = text;
+  }
+  return out;
+}
+
 /** The pure part: snapper rows + booted + default -> state. */
 export function deriveState(
   sysroot: string,
@@ -97,6 +124,7 @@ export function deriveState(
       date: r.date,
       image: r.userdata[UD.image] || undefined,
       digest: r.userdata[UD.digest] || undefined,
+      ...recordedAge(r.userdata),
       inProgress: r.userdata[UD.inProgress] === 'yes',
       etcConflicts: Number(r.userdata[UD.etcConflicts] ?? 0) || 0,
       health: healthOf(r),

@@ -75,7 +75,7 @@ export const productionDeps: UpdateDeps = {
   async checkPolicy({ reference, source, root, policyPath, sysroot, signedIdentity }) {
     const policy = loadPolicy(policyPathFor(sysroot, policyPath));
     const ref = parseReference(reference);
-    await checkPolicy(policy, source, root, ref, layoutIdentity(ref, signedIdentity));
+    return checkPolicy(policy, source, root, ref, layoutIdentity(ref, signedIdentity));
   },
   applyLayers: (o) =>
     applyTarLayers(o.root, o.layers, {

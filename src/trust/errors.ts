@@ -29,7 +29,9 @@ export type TrustErrorCode =
   | 'POLICY_INVALID'
   | 'POLICY_NOT_FOUND'
   | 'POLICY_UNSUPPORTED'
-  | 'IDENTITY_REQUIRED';
+  | 'IDENTITY_REQUIRED'
+  // freshness (src/trust/freshness.ts)
+  | 'SIGNATURE_EXPIRED';
 
 export class TrustError extends TiuError {
   declare readonly code: TrustErrorCode;

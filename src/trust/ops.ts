@@ -69,7 +69,7 @@ export interface SignOutcome extends SignResult {
 export async function signReference(
   o: Opened,
   key: KeyObject,
-  opts: { identity?: DockerReference; annotations?: Record<string, string>; bundle?: boolean } = {},
+  opts: { identity?: DockerReference; annotations?: Record<string, string>; bundle?: boolean; expires?: string } = {},
 ): Promise<SignOutcome> {
   const dockerReference = claimedReference(o.ref, opts.identity);
   const root = await resolveRoot(o);
@@ -77,6 +77,7 @@ export async function signReference(
     dockerReference,
     annotations: opts.annotations,
     bundle: opts.bundle,
+    ...(opts.expires !== undefined ? { expires: opts.expires } : {}),
   });
   return { ...r, image: formatReference(o.ref), digest: root.digest, dockerReference };
 }

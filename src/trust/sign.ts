@@ -5,6 +5,8 @@ import { sha256 } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { attachBundle, makeBundle } from './bundle.ts';
 import { publicOf, signBytes, verifyBytes } from './keys.ts';
+import { TiuError } from '../errors.ts';
+import { EXPIRES_CLAIM } from './expiry.ts';
 import { makePayload, parsePayload } from './payload.ts';
 import { appendSignature, type AppendResult } from './signatures.ts';
 
@@ -15,6 +17,8 @@ export interface SignOptions {
   annotations?: Record<string, string>;
   /** Also attach a sigstore bundle (v0.3) as an OCI referrer. */
   bundle?: boolean;
+  /** The signature's expiry, RFC 3339 UTC (./expiry.ts): `org.opensuse.tiu.expires` in `optional`. */
+  expires?: string;
 }
 
 export interface SignResult extends AppendResult {
@@ -23,9 +27,30 @@ export interface SignResult extends AppendResult {
   bundle?: Descriptor;
 }
 
+/** Claims as comparable text: the same keys and values in any order are the same claims. */
+function claimsText(optional: Record<string, unknown> | null): string {
+  if (!optional) return 'null';
+  return JSON.stringify(
+    Object.keys(optional)
+      .sort()
+      .map((k) => [k, optional[k]]),
+  );
+}
+
+/** The payload's optional section: the annotations, and the expiry where one is given. */
+function optionalClaims(opts: SignOptions): Record<string, string> | null {
+  const claims: Record<string, string> = { ...opts.annotations };
+  if (EXPIRES_CLAIM in claims)
+    throw new TiuError('USAGE', `${EXPIRES_CLAIM} is written by --expires, not given as an annotation`);
+  if (opts.expires !== undefined) claims[EXPIRES_CLAIM] = opts.expires;
+  return Object.keys(claims).length > 0 ? claims : null;
+}
+
 /**
  * Sign `root` in `target` with `key`. An existing signature by the same key over the same claims
- * counts as a duplicate (ECDSA signatures differ each time), and nothing is written then.
+ * counts as a duplicate (ECDSA signatures differ each time), and nothing is written then. The
+ * expiry is one of the claims: re-signing with a new expiry adds a signature (that is how CI
+ * keeps an unchanged image fresh), the older ones stay and the device takes the latest expiry.
  */
 export async function signImage(
   target: Target,
@@ -33,7 +58,7 @@ export async function signImage(
   key: KeyObject,
   opts: SignOptions,
 ): Promise<SignResult> {
-  const optional = opts.annotations && Object.keys(opts.annotations).length > 0 ? { ...opts.annotations } : null;
+  const optional = optionalClaims(opts);
   const payload = makePayload({ dockerReference: opts.dockerReference, manifestDigest: root.digest, optional });
   const signature = signBytes(key, payload).toString('base64');
   const pub = publicOf(key);
@@ -46,7 +71,7 @@ export async function signImage(
         if (
           p.manifestDigest !== root.digest ||
           p.dockerReference !== opts.dockerReference ||
-          JSON.stringify(p.optional) !== JSON.stringify(optional)
+          claimsText(p.optional) !== claimsText(optional)
         )
           return false;
       } catch {

@@ -312,7 +312,7 @@ describe('delta artifact updates (tiu delta, registry behind a counting proxy, M
       assert.match(a.fallbacks.reasons[0]!, /usr\/lib\/synth\/file\d+\.so: the patch for/);
       // The failure was met while downloading, before the snapshot was created.
       const failedAt = progress.findIndex((l) => /patch\(es\) of the delta artifact failed/.test(l));
-      const snapAt = progress.findIndex((l) => /snapshot \d+/.test(l));
+      const snapAt = progress.findIndex((l) => /^creating snapshot from \d+/.test(l));
       assert.ok(failedAt >= 0 && failedAt < snapAt, progress.join('\n'));
       await sameSnapshots(r.snapshot, v2Snapshot);
     } finally {

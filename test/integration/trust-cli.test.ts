@@ -127,6 +127,37 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     expectCode(tiu(['verify', '--policy', policy, img('1', 'elsewhere/x')]), 'POLICY_REJECTED');
   });
 
+  it('sign --expires writes org.opensuse.tiu.expires into the optional claims; verify shows it and -a matches it', async () => {
+    await pushImage('expiring', 'expiring');
+    const before = Date.now();
+    const s = tiu(['sign', '--expires', '30d', '--key', join(dir, 'signer.key'), img('expiring')]);
+    expectOk(s);
+    const expires = String(s.json.expires);
+    assert.match(expires, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/);
+    const ms = Date.parse(expires) - before;
+    assert.ok(ms > 30 * 86_400_000 - 5_000 && ms < 30 * 86_400_000 + 60_000, `${expires} is not 30 days away`);
+    const v = tiu([
+      'verify',
+      '--key',
+      join(dir, 'signer.pub'),
+      '-a',
+      `org.opensuse.tiu.expires=${expires}`,
+      img('expiring'),
+    ]);
+    expectOk(v);
+    const sigs = v.json.signatures as { optional: Record<string, string> }[];
+    assert.equal(sigs[0]?.optional['org.opensuse.tiu.expires'], expires);
+    const human = spawnSync(BIN, ['verify', '--key', join(dir, 'signer.pub'), img('expiring')], {
+      env: { PATH: process.env.PATH, HOME: process.env.HOME },
+      encoding: 'utf8',
+    });
+    assert.equal(human.status, 0, human.stderr);
+    assert.match(human.stdout, new RegExp(`expires ${expires}`));
+    const bad = tiu(['sign', '--expires', 'soon', '--key', join(dir, 'signer.key'), img('expiring')]);
+    assert.equal(bad.code, 2);
+    assert.equal(bad.json.error?.code, 'USAGE');
+  });
+
   it('refuses a signature by another key: SIGNATURE_INVALID', async () => {
     await pushImage('other', 'signed by the other key');
     expectOk(tiu(['sign', '--key', join(dir, 'other.key'), img('other')], { COSIGN_PASSWORD: 'another one' }));

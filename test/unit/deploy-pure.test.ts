@@ -45,7 +45,13 @@ describe('deploy/config', () => {
     assert.equal(c.hooks.length, DEFAULT_HOOKS.length + 1);
     assert.equal(parseConfig('default-hooks = false').hooks.length, 0);
   });
+  it('require-signature-expiry: off by default, on when true', () => {
+    assert.equal(parseConfig('').requireSignatureExpiry, undefined);
+    assert.equal(parseConfig('require-signature-expiry = false').requireSignatureExpiry, undefined);
+    assert.equal(parseConfig('require-signature-expiry = true').requireSignatureExpiry, true);
+  });
   for (const [text, what] of [
+    ['require-signature-expiry = "yes"', "'require-signature-expiry' must be true or false"],
     ['image = ', 'not valid TOML'],
     ['imagee = "x"', "unknown key 'imagee'"],
     ['cache = "relative"', 'absolute'],

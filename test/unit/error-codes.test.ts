@@ -169,8 +169,10 @@ describe('error codes', () => {
     assert.equal(deep.causeCode, 'EACCES');
   });
 
-  it('exit statuses: 2 for USAGE, 1 for other errors and for what is not a TiuError', () => {
+  it('exit statuses: 2 for USAGE, 4 SIGNATURE_EXPIRED, 5 DOWNGRADE, 1 for other errors and for what is not a TiuError', () => {
     assert.equal(exitStatusOf('USAGE'), 2);
+    assert.equal(exitStatusOf('SIGNATURE_EXPIRED'), 4);
+    assert.equal(describeError(new TiuError('DOWNGRADE', 'older')).status, 5);
     assert.equal(describeError(new TiuError('USAGE', 'bad option')).status, 2);
     assert.equal(exitStatusOf('DISK_FULL'), 1);
     const internal = describeError(new Error('boom'));
@@ -179,7 +181,7 @@ describe('error codes', () => {
     const codes = Object.keys(ERROR_CODES) as ErrorCode[];
     assert.deepEqual(
       codes.filter((c) => exitStatusOf(c) !== 1),
-      ['USAGE'],
+      ['USAGE', 'SIGNATURE_EXPIRED', 'DOWNGRADE'],
     );
   });
 });

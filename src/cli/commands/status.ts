@@ -7,13 +7,19 @@ import { shortDigest } from '../../format.ts';
 import { loadConfig } from '../../deploy/config.ts';
 import { detectBoot, type BootStatus } from '../../deploy/boot/index.ts';
 import { HEALTH_UD } from '../../deploy/health.ts';
+import { TocStore } from '../../deploy/delta/index.ts';
+import { snapshotAge } from '../../deploy/snapshot-age.ts';
+import { hostArchitecture } from '../../oci/platform.ts';
 
 const command: Command = {
   name: 'status',
   summary: 'Show the snapshots, what tiu deployed in them, and which one runs and boots next',
   usage: 'tiu status [--sysroot DIR] [--json]',
   help:
-    'Everything shown comes from snapper (userdata tiu-image, tiu-digest, tiu-in-progress), the\n' +
+    'Everything shown comes from snapper (userdata tiu-image, tiu-digest, tiu-in-progress,\n' +
+    "tiu-version, tiu-created: the image's signed org.opencontainers.image.version and .created,\n" +
+    'which downgrade protection compares; for snapshots committed before tiu recorded them, from\n' +
+    "the image's manifests kept in the cache), the\n" +
     'btrfs default subvolume and what is mounted: B = booted (running), D = default (boots next).\n' +
     'health: good = a boot passed its health checks, bad = it failed them and was rolled back,\n' +
     '?N = booted N times without a verdict yet (tiu health --boot).\n' +
@@ -27,20 +33,27 @@ const command: Command = {
   async run(_p, options, out) {
     const ctx = await openContext(optString(options, 'sysroot') ?? '/');
     const state = await readState(ctx);
-    const sd = await detectBoot(ctx.sysroot, await loadConfig(ctx.sysroot));
+    const config = await loadConfig(ctx.sysroot);
+    const sd = await detectBoot(ctx.sysroot, config);
     const boot: BootStatus = sd ? await sd.status() : { integration: 'none', entries: {} };
+    const store = TocStore.open(join(ctx.sysroot, config.cache), { write: false });
+    const platform = { os: 'linux', architecture: hostArchitecture() };
     const snapshots = [];
     for (const s of state.snapshots) {
+      const { age, from } = await snapshotAge(s, store, platform);
       const conflicts =
         s.etcConflicts > 0 ? await pendingEtcConflicts(join(snapshotPath(ctx.sysroot, s.number), 'etc')) : [];
       snapshots.push({
         ...s,
+        version: age?.version ?? null,
+        created: age?.created ?? null,
+        ageFrom: from,
         pendingEtcConflicts: conflicts,
         ...(sd ? { bootEntry: boot.entries[s.number] ?? null } : {}),
       });
     }
     const lines = [
-      `  #  BD  health  ${sd ? 'boot    ' : ''}image                                     digest               date                 description`,
+      `  #  BD  health  ${sd ? 'boot    ' : ''}image                                     digest               version     created               date                 description`,
     ];
     for (const s of snapshots) {
       const marks = `${s.booted ? 'B' : ' '}${s.default ? 'D' : ' '}`;
@@ -51,7 +64,7 @@ const command: Command = {
         ? '-'
         : `${e.parked ? '~' : ''}${e.state === 'blessed' ? 'ok' : e.state === 'bad' ? 'bad' : `+${e.triesLeft}${e.triesDone !== undefined ? `-${e.triesDone}` : ''}`}`;
       lines.push(
-        `${String(s.number).padStart(3)}  ${marks}  ${health.padEnd(6)}  ${sd ? `${entry.padEnd(6)}  ` : ''}${img.padEnd(40)}  ${(s.digest ? shortDigest(s.digest) : '-').padEnd(19)}  ${s.date.padEnd(19)}  ${s.description}`,
+        `${String(s.number).padStart(3)}  ${marks}  ${health.padEnd(6)}  ${sd ? `${entry.padEnd(6)}  ` : ''}${img.padEnd(40)}  ${(s.digest ? shortDigest(s.digest) : '-').padEnd(19)}  ${(s.version ?? '-').padEnd(10)}  ${(s.created ?? '-').padEnd(20)}  ${s.date.padEnd(19)}  ${s.description}`,
       );
     }
     for (const s of snapshots)

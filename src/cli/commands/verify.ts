@@ -3,9 +3,17 @@ import { annotationOption, badAnnotation, type Command, optAnnotations, optStrin
 import { openReference } from '../../transport/resolve.ts';
 import { registryOptions } from '../registry-options.ts';
 import { TiuError } from '../../errors.ts';
+import { expiryOf, formatExpiry } from '../../trust/expiry.ts';
 import { readPublicKeyFile } from '../../trust/keyfiles.ts';
 import { parseIdentityOption, verifyWithKeys, verifyWithPolicy } from '../../trust/ops.ts';
 import { loadPolicy } from '../../trust/policy.ts';
+
+/** `, expires T` / `, expired T` for a signature that carries an expiry (the JSON has it in `optional`). */
+function describeExpiry(optional: Record<string, unknown> | null, now: Date): string {
+  const at = expiryOf(optional);
+  if (!at) return '';
+  return `, ${at > now ? 'expires' : 'expired'} ${formatExpiry(at)}`;
+}
 
 const command: Command = {
   name: 'verify',
@@ -52,7 +60,7 @@ const command: Command = {
         const by = s.certificate ? ` by ${s.certificate.subject} (issuer ${s.certificate.issuer})` : '';
         const logged = s.signedAt ? `, logged ${s.signedAt.toISOString()}` : '';
         lines.push(
-          `  ${s.kind === 'bundle' ? 'sigstore bundle' : 'signature'} ${s.payloadDigest} for ${s.dockerReference}${by}${logged}`,
+          `  ${s.kind === 'bundle' ? 'sigstore bundle' : 'signature'} ${s.payloadDigest} for ${s.dockerReference}${by}${logged}${describeExpiry(s.optional, new Date())}`,
         );
       }
       if (keys && r.identityRule === 'any')

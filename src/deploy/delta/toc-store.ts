@@ -121,6 +121,22 @@ export class TocStore {
   }
 
   /**
+   * The kept manifests (root and platform, verified) of the deployed image whose root is
+   * `rootDigest`: what a snapshot committed before tiu recorded its image's age holds.
+   */
+  async imageManifests(
+    rootDigest: string,
+    platform: { os: string; architecture: string },
+  ): Promise<ImageManifests | undefined> {
+    const root = await this.manifest(rootDigest);
+    if (!root) return undefined;
+    const img = await this.image(rootDigest, platform);
+    if (!img) return undefined;
+    const bytes = img.digest === rootDigest ? root : await this.manifest(img.digest);
+    return bytes ? { root: { digest: rootDigest, bytes: root }, platform: { digest: img.digest, bytes } } : undefined;
+  }
+
+  /**
    * The platform manifest of the deployed image whose root is `rootDigest` (a snapshot's
    * `tiu-digest`), from the kept manifests; undefined when they are not (all) kept.
    */

@@ -1,9 +1,11 @@
 /**
- * `tiu update --check`: resolve, trust and plan as a real update does (the same stages) against
+ * `tiu update --check`: resolve, trust (freshness too), the downgrade check (an offer that would be
+ * refused is DOWNGRADE here too) and plan as a real update does (the same stages) against
  * the booted snapshot. Takes no lock and writes nothing: no cache, no snapshot, no cleanup; the
  * booted snapshot's content index is only read, where an update left one.
  */
 import type { UpdateDeps } from './deps.ts';
+import { refuseDowngrade } from './downgrade.ts';
 import { indexOf, prepare } from './plan.ts';
 import { resolveSource } from './resolve.ts';
 import { begin, release, type CheckResult, type UpdateOptions } from './run.ts';
@@ -19,8 +21,16 @@ export async function checkUpdate(
     const found = await resolveSource(deps, run);
     const { image, root, present } = found;
     if (present !== undefined) return { status: 'already-present', image, digest: root.digest, snapshot: present };
-    const { transfer } = await prepare(deps, await trust(deps, found), { load: indexOf(run, run.from), save: false });
-    return { status: 'available', image, digest: root.digest, booted: run.from, transfer: transfer.report };
+    const judged = await refuseDowngrade(deps, await trust(deps, found));
+    const { transfer } = await prepare(deps, judged, { load: indexOf(run, run.from), save: false });
+    return {
+      status: 'available',
+      image,
+      digest: root.digest,
+      booted: run.from,
+      transfer: transfer.report,
+      age: judged.age,
+    };
   } finally {
     await release(run.held);
   }

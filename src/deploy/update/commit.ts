@@ -1,8 +1,10 @@
 /**
- * Stage `commit`: read-only, userdata, boot entry and the btrfs default — the one commit point
+ * Stage `commit`: read-only, userdata (also the image's signed created time and version, which the
+ * next update's downgrade check compares against), boot entry and the btrfs default — the one commit point
  * (commitSnapshot) — then the applied image's layers leave the cache.
  */
 import { asError } from '../../errors.ts';
+import { ageOfManifests } from '../image-age.ts';
 import type { CacheTarget, UpdateDeps } from './deps.ts';
 import type { Hooked, UpdateResult } from './run.ts';
 
@@ -46,6 +48,7 @@ export async function commit(deps: UpdateDeps, run: Hooked): Promise<UpdateResul
     image,
     digest: root.digest,
     etcConflicts: run.etcConflicts.length,
+    age: ageOfManifests(run.manifests),
     ...(boot ? { boot: { sd: boot, config, log: progress } } : {}),
   });
   progress(`snapshot ${n} is the default: it boots next`);
@@ -65,5 +68,6 @@ export async function commit(deps: UpdateDeps, run: Hooked): Promise<UpdateResul
     apply: run.apply,
     cleanup: run.cleanup,
     ...(run.transfer ? { transfer: run.transfer } : {}),
+    ...(run.age ? { age: run.age } : {}),
   };
 }

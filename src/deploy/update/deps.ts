@@ -18,6 +18,7 @@ import type { Descriptor } from '../../oci/types.ts';
 import type { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../../host/btrfs.ts';
 import type { hasSelinuxLabel } from '../../host/selinux.ts';
 import type { LayerOpener } from '../../layer/openers.ts';
+import type { PolicyDecision } from '../../trust/policy.ts';
 import type { ApplyReport, Reserved, validateTarLayers } from '../apply/index.ts';
 import type { checkRoom, fsSpace, SpaceGuard } from '../apply/space.ts';
 import type { detectBoot, settleBoot } from '../boot/index.ts';
@@ -113,7 +114,7 @@ export interface UpdateDeps {
       onProgress?: (e: CopyEvent) => void;
     },
   ): Promise<Descriptor>;
-  /** Throws when the signature policy refuses the image. */
+  /** What the signature policy accepted the image with; throws when it refuses it. */
   checkPolicy(o: {
     reference: string;
     source: Target;
@@ -122,7 +123,7 @@ export interface UpdateDeps {
     sysroot: string;
     signedIdentity?: string;
     signal?: AbortSignal;
-  }): Promise<void>;
+  }): Promise<PolicyDecision>;
   applyLayers(o: {
     root: string;
     layers: LayerOpener[];

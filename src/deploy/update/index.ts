@@ -12,6 +12,7 @@
 import { checkLocal } from './cached.ts';
 import { commit } from './commit.ts';
 import type { UpdateDeps } from './deps.ts';
+import { refuseDowngrade } from './downgrade.ts';
 import { downloaded, fetchImage } from './fetch.ts';
 import { hooks } from './hooks.ts';
 import { merge, setEtcAside } from './merge.ts';
@@ -30,10 +31,13 @@ export async function update(deps: UpdateDeps, opts: UpdateOptions = {}): Promis
     const found = await resolve(deps, settled);
     if (found.present !== undefined && !opts.downloadOnly) return alreadyPresent(found, found.present);
     const trusted = await trust(deps, found);
-    const planned = await plan(deps, trusted);
+    // --offline: the cached copy is trusted in `fetch`, and judged after it; --download-only installs nothing.
+    const judged = opts.offline || opts.downloadOnly ? trusted : await refuseDowngrade(deps, trusted);
+    const planned = await plan(deps, judged);
     const fetched = await fetchImage(deps, planned);
     if (opts.downloadOnly) return downloaded(fetched);
-    const checked = await checkLocal(deps, fetched);
+    const current = opts.offline ? await refuseDowngrade(deps, fetched) : fetched;
+    const checked = await checkLocal(deps, current);
     const staged = await stageSnapshot(deps, checked);
     try {
       const aside = await setEtcAside(deps, staged);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fetchManifest } from '../../content/graph.ts';
 import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
-import type { Descriptor, ImageManifest } from '../../oci/types.ts';
+import type { Descriptor } from '../../oci/types.ts';
 import { UnsafePathError } from '../apply/index.ts';
 import type { TreeEntry } from '../apply/types.ts';
 import {
@@ -23,7 +23,7 @@ import { snapshotPath, type SnapshotState, type SystemState } from '../state.ts'
 import { withLayers } from '../../layer/openers.ts';
 import type { UpdateDeps } from './deps.ts';
 import { UpdateError, whileFetching } from './errors.ts';
-import type { OnBooted, Planned, Resolved, Settled } from './run.ts';
+import type { OfferedImage, OnBooted, Planned, Resolved, Settled } from './run.ts';
 import { contentSources } from './sources.ts';
 
 /** The image manifest for this machine: the root itself, or the matching entry of an index. */
@@ -32,7 +32,7 @@ export async function imageManifest(
   root: Descriptor,
   platform: { os: string; architecture: string },
   signal?: AbortSignal,
-): Promise<{ desc: Descriptor; manifest: ImageManifest; manifests: ImageManifests }> {
+): Promise<OfferedImage> {
   const first = await fetchManifest(target, root, { signal });
   const rootBytes = { digest: root.digest, bytes: first.bytes };
   if (first.parsed.kind === 'manifest')
@@ -105,7 +105,8 @@ export async function prepare(
   run: OnBooted & Resolved,
   index: { load: string; save: boolean },
 ): Promise<{ transfer: PreparedTransfer; manifests: ImageManifests }> {
-  const { desc, manifest, manifests } = await imageManifest(run.source, run.root, run.platform, run.signal);
+  const { desc, manifest, manifests } =
+    run.offered ?? (await imageManifest(run.source, run.root, run.platform, run.signal));
   const transfer = await deps.delta.prepareTransfer({
     source: run.source,
     manifest,

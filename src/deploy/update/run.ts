@@ -12,6 +12,7 @@ import type { SystemdBoot } from '../boot/index.ts';
 import type { TiuConfig } from '../config.ts';
 import type { ContentStore, DeltaTransfer, ImageManifests, TransferMode, TransferReport } from '../delta/index.ts';
 import type { EtcConflict } from '../etc-merge.ts';
+import type { AgeJudgement } from '../image-age.ts';
 import type { HookRun } from '../hooks.ts';
 import type { UpdateLock } from '../lock.ts';
 import type { RootedDir } from '../rooted.ts';
@@ -36,6 +37,8 @@ export interface UpdateOptions {
   transfer?: TransferMode;
   /** Time between two "downloading …" progress lines (default 2000 ms). */
   progressEveryMs?: number;
+  /** Install an image older than the booted or pending one (otherwise DOWNGRADE). */
+  allowDowngrade?: boolean;
 }
 
 export type UpdateResult =
@@ -56,12 +59,22 @@ export type UpdateResult =
       cleanup: CleanupReport;
       /** Which download path was taken and what it cost (absent for --offline). */
       transfer?: TransferReport;
+      /** The downgrade check: the image's age against the booted and pending ones. */
+      age?: AgeJudgement;
     };
 
 /** `tiu update --check`: whether an update exists and what it would download; nothing written. */
 export type CheckResult =
   | { status: 'already-present'; image: string; digest: string; snapshot: number }
-  | { status: 'available'; image: string; digest: string; booted: number; transfer: TransferReport };
+  | {
+      status: 'available';
+      image: string;
+      digest: string;
+      booted: number;
+      transfer: TransferReport;
+      /** The downgrade check (an older image is refused with DOWNGRADE unless allowDowngrade). */
+      age: AgeJudgement;
+    };
 
 /** What must be given back whatever stage fails. */
 export interface Held {
@@ -108,6 +121,23 @@ export interface Resolved {
   source: Target;
   /** The snapshot that already holds this digest, if one does. */
   present: number | undefined;
+  /** The verified manifests for this machine, once a stage fetched them (the downgrade check). */
+  offered?: OfferedImage;
+  /** The downgrade check's judgement, once it ran. */
+  age?: AgeJudgement;
+}
+
+/** The image's verified manifests: the platform manifest (descriptor, parsed) and both as bytes. */
+export interface OfferedImage {
+  desc: Descriptor;
+  manifest: ImageManifest;
+  manifests: ImageManifests;
+}
+
+/** After the downgrade check: the offer is not older, or the operator allowed it. */
+export interface Judged {
+  offered: OfferedImage;
+  age: AgeJudgement;
 }
 
 export interface Planned extends Settled, Resolved {

@@ -1,17 +1,21 @@
 /**
- * Stage `trust`: the signature policy accepts the image. Nothing of the image (its manifest,
- * its TOCs) is used before this. An online update asks before planning; --offline asks of the
+ * Stage `trust`: the signature policy accepts the image, and where tiu.conf requires
+ * fresh signatures (`require-signature-expiry`), one accepted signature's expiry lies in the
+ * future (src/trust/freshness.ts: SIGNATURE_EXPIRED). Nothing of the image (its manifest, its
+ * TOCs) is used before this. An online update asks before planning; --offline asks of the
  * cached copy in `fetch`, and --download-only while the copy into the cache verifies.
  */
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor } from '../../oci/types.ts';
+import { checkFreshness } from '../../trust/freshness.ts';
+import { formatExpiry } from '../../trust/expiry.ts';
 import type { UpdateDeps } from './deps.ts';
 import type { Resolved, UpdateRun } from './run.ts';
 
-/** The policy check of this run, for any copy of the image (source or cache). */
+/** The policy check of this run, for any copy of the image (source or cache), with the freshness check. */
 export function policyCheck(deps: UpdateDeps, run: UpdateRun): (source: Target, root: Descriptor) => Promise<void> {
-  return (source, root) =>
-    deps.checkPolicy({
+  return async (source, root) => {
+    const decision = await deps.checkPolicy({
       reference: run.image,
       source,
       root,
@@ -20,6 +24,10 @@ export function policyCheck(deps: UpdateDeps, run: UpdateRun): (source: Target, 
       signedIdentity: run.config.signedIdentity,
       signal: run.signal,
     });
+    if (!run.config.requireSignatureExpiry) return;
+    const fresh = checkFreshness(decision, `${run.image} (${root.digest})`, new Date());
+    run.progress(`signature fresh: expires ${formatExpiry(fresh.expires)}`);
+  };
 }
 
 /** The image at its source is accepted (online updates and --check); throws the policy's refusal. */
