@@ -7,6 +7,10 @@
  * log entries, and a DSSE envelope over an in-toto Statement v1 whose subject is the image
  * (name = the claimed docker reference, digest = the manifest digest) with predicateType
  * https://sigstore.dev/cosign/sign/v1.
+ *
+ * Without a log entry or a signed timestamp, sigstore's verifiers refuse such a bundle at their
+ * defaults (they bound the signing time by one); a key's trust does not depend on time, so tiu
+ * and podman need neither. test/unit/trust/bundle.test.ts pins what sigstore-js says.
  */
 import { createHash, type KeyObject } from 'node:crypto';
 import type { Target } from '../content/interfaces.ts';

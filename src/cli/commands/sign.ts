@@ -16,7 +16,9 @@ const command: Command = {
     "Signs the manifest REF resolves to: a simple-signing payload (docker-reference = REF's name, or --identity)\n" +
     'appended to the signature manifest at tag sha256-<hex>.sig next to the image, as cosign does.\n' +
     'An OCI layout has no registry name: give the one the image will be verified as with --identity.\n' +
-    '--bundle also attaches a sigstore bundle (v0.3) as an OCI referrer.\n' +
+    '--bundle also attaches a sigstore bundle (v0.3) as an OCI referrer. It is key-based and offline: no\n' +
+    "transparency-log entry, no signed timestamp, so sigstore's own verifiers refuse it at their defaults\n" +
+    '(cosign verify needs --insecure-ignore-tlog; sigstore-js tlogThreshold and timestampThreshold 0).\n' +
     '--expires DURATION (30d, 12h, 90m, 45s, 2w) writes org.opensuse.tiu.expires = now + DURATION (RFC 3339 UTC)\n' +
     "into the payload's optional claims (cosign shows and `cosign verify -a` matches them); a device whose\n" +
     'tiu.conf sets require-signature-expiry refuses the image once every accepted signature expired. Re-signing\n' +
