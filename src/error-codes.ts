@@ -278,6 +278,12 @@ export const ERROR_CODES = {
     action: 'sign with the transparency log (cosign sign with tlog upload), or drop rekorPublicKey* from the policy',
     transient: false,
   },
+  TLOG_UNSUPPORTED: {
+    meaning:
+      'the signature\'s only log entries are Rekor v2 entries: they carry no signed entry timestamp (their time comes from an RFC 3161 timestamp authority), and containers-policy.json names no timestamp authority to trust',
+    action: 'sign with Rekor v1 (a log entry with an inclusion promise), as podman and skopeo also require',
+    transient: false,
+  },
   TLOG_INVALID: {
     meaning:
       "the signature's Rekor SET does not verify under the policy's Rekor key(s), or its entry does not match the signature, payload or certificate",

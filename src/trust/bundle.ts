@@ -19,6 +19,7 @@ import { MAX_MANIFEST_BYTES, MediaType } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type Digest, type ImageManifest } from '../oci/types.ts';
 import { parseManifestBytes } from '../oci/validate.ts';
 import { descriptorOf, pushIfAbsent, readVerified } from './content.ts';
+import { TrustError } from './errors.ts';
 import { publicOf, signBytes, verifyBytes } from './keys.ts';
 
 export const BUNDLE_MEDIA_TYPE = MediaType.SigstoreBundle;
@@ -115,42 +116,67 @@ export interface BundleClaim {
   digest: Digest;
 }
 
-/**
- * Verify a bundle's DSSE signature with one of `keys` and return what it claims; null when no
- * key verifies it or it is not a cosign-sign statement.
- */
-export function verifyBundle(bytes: Buffer, keys: KeyObject[]): { claims: BundleClaim[]; keyIndex: number } | null {
-  let doc: { dsseEnvelope?: { payload?: unknown; payloadType?: unknown; signatures?: unknown } };
+/** A bundle's parts as read from hostile JSON: nothing here is verified yet. */
+export interface ParsedBundle {
+  /** verificationMaterial (certificate or publicKey hint, tlogEntries), unchecked. */
+  material: Record<string, unknown>;
+  /** The DSSE payload (the in-toto statement) and its pre-authentication encoding, which is what was signed. */
+  payload: Buffer;
+  signed: Buffer;
+  /** The envelope's raw signatures (undecodable ones left out). */
+  signatures: Buffer[];
+}
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+function bundleInvalid(why: string): TrustError {
+  return new TrustError('SIGNATURE_INVALID', `sigstore bundle ${why}`);
+}
+
+/** Parse a bundle's envelope and material; SIGNATURE_INVALID names what is malformed. */
+export function parseBundle(bytes: Buffer): ParsedBundle {
+  let doc: unknown;
   try {
-    doc = JSON.parse(bytes.toString('utf8')) as typeof doc;
+    doc = JSON.parse(bytes.toString('utf8'));
   } catch {
-    return null;
+    throw bundleInvalid('is not JSON');
   }
-  const env = doc.dsseEnvelope;
-  if (
-    !env ||
-    typeof env.payload !== 'string' ||
-    env.payloadType !== IN_TOTO_PAYLOAD_TYPE ||
-    !Array.isArray(env.signatures)
-  )
-    return null;
+  const d = doc as { dsseEnvelope?: { payload?: unknown; payloadType?: unknown; signatures?: unknown } } | null;
+  const env = typeof d === 'object' && d !== null ? d.dsseEnvelope : undefined;
+  if (!env || typeof env.payload !== 'string' || !BASE64.test(env.payload) || !Array.isArray(env.signatures))
+    throw bundleInvalid('has no DSSE envelope');
+  if (env.payloadType !== IN_TOTO_PAYLOAD_TYPE) throw bundleInvalid(`envelope is not of type ${IN_TOTO_PAYLOAD_TYPE}`);
+  const material = (doc as { verificationMaterial?: unknown }).verificationMaterial;
+  if (typeof material !== 'object' || material === null || Array.isArray(material))
+    throw bundleInvalid('has no verificationMaterial');
   const payload = Buffer.from(env.payload, 'base64');
-  const signed = pae(IN_TOTO_PAYLOAD_TYPE, payload);
-  let keyIndex = -1;
-  for (const s of env.signatures as { sig?: unknown }[]) {
-    if (typeof s?.sig !== 'string') continue;
-    const raw = Buffer.from(s.sig, 'base64');
-    keyIndex = keys.findIndex((k) => verifyBytes(k, signed, raw));
-    if (keyIndex >= 0) break;
-  }
-  if (keyIndex < 0) return null;
+  const signatures = (env.signatures as { sig?: unknown }[])
+    .map((s) => s?.sig)
+    .filter((sig): sig is string => typeof sig === 'string' && BASE64.test(sig))
+    .map((sig) => Buffer.from(sig, 'base64'));
+  return {
+    material: material as Record<string, unknown>,
+    payload,
+    signed: pae(IN_TOTO_PAYLOAD_TYPE, payload),
+    signatures,
+  };
+}
+
+/** What a cosign-sign in-toto statement claims (subject names and digests); null when it is not one. */
+export function statementClaims(payload: Buffer): BundleClaim[] | null {
   let st: { _type?: unknown; predicateType?: unknown; subject?: unknown };
   try {
     st = JSON.parse(payload.toString('utf8')) as typeof st;
   } catch {
     return null;
   }
-  if (st._type !== STATEMENT_TYPE || st.predicateType !== COSIGN_SIGN_PREDICATE || !Array.isArray(st.subject))
+  if (
+    typeof st !== 'object' ||
+    st === null ||
+    st._type !== STATEMENT_TYPE ||
+    st.predicateType !== COSIGN_SIGN_PREDICATE ||
+    !Array.isArray(st.subject)
+  )
     return null;
   const claims: BundleClaim[] = [];
   for (const s of st.subject as { name?: unknown; digest?: Record<string, unknown> }[]) {
@@ -158,7 +184,32 @@ export function verifyBundle(bytes: Buffer, keys: KeyObject[]): { claims: Bundle
     for (const [alg, hex] of Object.entries(s.digest))
       if (typeof hex === 'string') claims.push({ dockerReference: s.name, digest: `${alg}:${hex}` });
   }
-  return { claims, keyIndex };
+  return claims;
+}
+
+/** The index of the first of `keys` that made one of the bundle's signatures, or -1. */
+export function bundleKeyIndex(bundle: ParsedBundle, keys: KeyObject[]): number {
+  for (const raw of bundle.signatures) {
+    const i = keys.findIndex((k) => verifyBytes(k, bundle.signed, raw));
+    if (i >= 0) return i;
+  }
+  return -1;
+}
+
+/**
+ * Verify a key-based bundle's DSSE signature with one of `keys` and return what it claims; null
+ * when it is malformed, no key verifies it or it is not a cosign-sign statement.
+ */
+export function verifyBundle(bytes: Buffer, keys: KeyObject[]): { claims: BundleClaim[]; keyIndex: number } | null {
+  let bundle: ParsedBundle;
+  try {
+    bundle = parseBundle(bytes);
+  } catch {
+    return null;
+  }
+  const keyIndex = bundleKeyIndex(bundle, keys);
+  const claims = keyIndex < 0 ? null : statementClaims(bundle.payload);
+  return claims ? { claims, keyIndex } : null;
 }
 
 /** The bundle bytes of every sigstore-bundle referrer of `subject` (targets without referrers give none). */

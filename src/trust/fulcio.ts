@@ -18,7 +18,7 @@
 import type { KeyObject } from 'node:crypto';
 import { ASN1Obj } from '@sigstore/core';
 import { TrustError } from './errors.ts';
-import { verifyRekorSet, type RekorEntry } from './rekor.ts';
+import type { RekorEntry } from './rekor.ts';
 import {
   allowsCodeSigning,
   describeCertificate,
@@ -185,27 +185,19 @@ export function checkSubject(leaf: Certificate, subject: FulcioTrust['subject'])
   );
 }
 
-export interface KeylessEvidence {
-  certificatePem: string | undefined;
-  chainPem: string | undefined;
-  setText: string | undefined;
-  signature: Buffer;
-  payload: Buffer;
-}
-
-/** Check a keyless signer in the order of the module comment; returns the key to check the signature with. */
+/**
+ * Check a keyless signer in the order of the module comment; returns the key to check the
+ * signature with. `logEntry` verifies the signature's log entry for the leaf (a SET annotation,
+ * or a sigstore bundle's tlogEntries) and throws TLOG_* when it cannot.
+ */
 export function verifyKeylessSigner(
-  evidence: KeylessEvidence,
+  certificates: { leaf: Certificate; intermediates: Certificate[] },
   trust: FulcioTrust,
-  rekorKeys: KeyObject[],
+  logEntry: (leaf: Certificate) => RekorEntry,
 ): KeylessSigner {
-  const { leaf, intermediates } = parseSignerCertificates(evidence.certificatePem, evidence.chainPem);
+  const { leaf, intermediates } = certificates;
   const path = chainToCa(leaf, intermediates, trust.cas);
-  const entry = verifyRekorSet(evidence.setText, rekorKeys, {
-    signerDer: leaf.der,
-    signature: evidence.signature,
-    payload: evidence.payload,
-  });
+  const entry = logEntry(leaf);
   checkValidityAt(leaf, path, entry.integratedTime);
   const issuer = oidcIssuerOf(leaf);
   if (issuer !== trust.oidcIssuer)

@@ -17,8 +17,15 @@ import { identityMismatch, type SignedIdentity } from './identity.ts';
 import { verifyBytes } from './keys.ts';
 import { parsePayload } from './payload.ts';
 import { listSignatures, signatureTag, type StoredSignature } from './signatures.ts';
-import { listBundles, verifyBundle } from './bundle.ts';
-import { CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION, verifyKeylessSigner, type FulcioTrust } from './fulcio.ts';
+import { listBundles, parseBundle, statementClaims, type ParsedBundle } from './bundle.ts';
+import { identifyBundleSigner, type BundleSigner } from './bundle-signer.ts';
+import {
+  CERTIFICATE_ANNOTATION,
+  CHAIN_ANNOTATION,
+  parseSignerCertificates,
+  verifyKeylessSigner,
+  type FulcioTrust,
+} from './fulcio.ts';
 import { REKOR_SET_ANNOTATION, verifyRekorSet, type RekorEntry } from './rekor.ts';
 
 export interface VerifyOptions {
@@ -147,15 +154,14 @@ function identifySigner(
     let signer;
     try {
       signer = verifyKeylessSigner(
-        {
-          certificatePem: annotations[CERTIFICATE_ANNOTATION],
-          chainPem: annotations[CHAIN_ANNOTATION],
-          setText: annotations[REKOR_SET_ANNOTATION],
-          signature: raw,
-          payload,
-        },
+        parseSignerCertificates(annotations[CERTIFICATE_ANNOTATION], annotations[CHAIN_ANNOTATION]),
         opts.fulcio,
-        opts.rekorKeys ?? [],
+        (leaf) =>
+          verifyRekorSet(annotations[REKOR_SET_ANNOTATION], opts.rekorKeys ?? [], {
+            signerDer: leaf.der,
+            signature: raw,
+            payload,
+          }),
       );
     } catch (e) {
       return asFailure(e);
@@ -201,46 +207,54 @@ function identifySigner(
   return entry ? { keyIndex: match.keyIndex, entry } : { keyIndex: match.keyIndex };
 }
 
-/** Check one sigstore bundle (DSSE in-toto statement, key-based) the same way. */
+/**
+ * Check one sigstore bundle the same way: who signed it (src/trust/bundle-signer.ts: keyless with
+ * its own log entry, key + Rekor, or a key), then the statement's subject digest and name.
+ */
 export function checkBundle(
   manifest: Digest,
-  bundle: Buffer | undefined,
+  bytes: Buffer | undefined,
   subject: Digest,
   opts: VerifyOptions,
 ): VerifiedSignature | SignatureFailure {
   const fail = (code: TrustErrorCode, reason: string): SignatureFailure => ({ payloadDigest: manifest, code, reason });
-  if (!bundle) return fail('SIGNATURE_INVALID', 'sigstore bundle unreadable');
-  if (opts.fulcio || opts.rekorKeys)
-    return fail(
-      'TLOG_MISSING',
-      'is a sigstore bundle referrer: tiu checks those against keys only, not a Fulcio CA or Rekor log',
-    );
-  const r = verifyBundle(bundle, opts.keys);
-  if (!r)
-    return fail(
-      'SIGNATURE_INVALID',
-      'sigstore bundle does not verify with a trusted key (altered, signed by another key, or not a cosign statement)',
-    );
-  const mine = r.claims.filter((c) => c.digest === subject);
+  if (!bytes) return fail('SIGNATURE_INVALID', 'sigstore bundle unreadable');
+  let signer: BundleSigner;
+  let bundle: ParsedBundle;
+  try {
+    bundle = parseBundle(bytes);
+    signer = identifyBundleSigner(bundle, opts);
+  } catch (e) {
+    const f = asFailure(e);
+    return fail(f.code, f.reason);
+  }
+  const claims = statementClaims(bundle.payload);
+  if (!claims)
+    return fail('SIGNATURE_PAYLOAD_INVALID', 'sigstore bundle statement is not a cosign-sign in-toto statement');
+  const mine = claims.filter((c) => c.digest === subject);
   if (mine.length === 0)
     return fail(
       'SIGNATURE_DIGEST_MISMATCH',
-      `bundle signed for ${r.claims.map((c) => c.digest).join(', ') || 'nothing'}, not ${subject}`,
+      `bundle signed for ${claims.map((c) => c.digest).join(', ') || 'nothing'}, not ${subject} (a signature replayed from another image)`,
     );
   if (opts.annotations && Object.keys(opts.annotations).length > 0)
     return fail('IDENTITY_MISMATCH', 'bundles carry no annotations to match');
   let why = '';
   for (const c of mine) {
     const w = identityMismatch(opts.identity, opts.imageIdentity, c.dockerReference);
-    if (w === null)
-      return {
+    if (w === null) {
+      const verified: VerifiedSignature = {
         kind: 'bundle',
         dockerReference: c.dockerReference,
         manifestDigest: subject,
         optional: null,
         payloadDigest: manifest,
-        keyIndex: r.keyIndex,
+        keyIndex: signer.keyIndex,
       };
+      if (signer.entry) verified.signedAt = signer.entry.integratedTime;
+      if (signer.certificate) verified.certificate = signer.certificate;
+      return verified;
+    }
     why = w;
   }
   return fail('IDENTITY_MISMATCH', `${why} (signedIdentity ${opts.identity.type})`);

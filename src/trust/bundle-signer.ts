@@ -1,0 +1,110 @@
+/**
+ * Who signed a sigstore bundle, under the same policy kinds and codes as simple signing:
+ * - keyless (fulcio + rekorPublicKey*; cosign 3's default output): the leaf certificate of
+ *   verificationMaterial (v0.3 `certificate`, or v0.1/v0.2 `x509CertificateChain`, whose later
+ *   certificates are intermediates; a v0.3 bundle carries the leaf only, so the policy's CA file
+ *   holds Fulcio's intermediate too), checked by src/trust/fulcio.ts with the log entry from the
+ *   bundle's tlogEntries (src/trust/bundle-tlog.ts), then the DSSE signature with the leaf's key;
+ * - key + rekorPublicKey*: a log entry must be there (TLOG_MISSING first, as for simple
+ *   signatures without a SET), the DSSE signature by a trusted key, and the entry naming that key;
+ * - keys only: the DSSE signature by a trusted key.
+ * Throws TrustError; the caller then checks the statement (digest, identity).
+ */
+import type { KeyObject } from 'node:crypto';
+import { bundleKeyIndex, type ParsedBundle } from './bundle.ts';
+import { verifyBundleTlog } from './bundle-tlog.ts';
+import { TrustError } from './errors.ts';
+import { MAX_CERTIFICATE_BYTES, MAX_CHAIN_CERTIFICATES, verifyKeylessSigner, type FulcioTrust } from './fulcio.ts';
+import { verifyBytes } from './keys.ts';
+import type { RekorEntry } from './rekor.ts';
+import { parseCertificateDer, type Certificate } from './x509.ts';
+
+export interface BundleSigner {
+  /** Index of the trusted key; -1 for a certificate. */
+  keyIndex: number;
+  entry?: RekorEntry;
+  certificate?: { issuer: string; subject: string };
+}
+
+export interface BundleTrust {
+  keys: KeyObject[];
+  fulcio?: FulcioTrust;
+  rekorKeys?: KeyObject[];
+}
+
+function certInvalid(why: string): TrustError {
+  return new TrustError('CERT_INVALID', `the sigstore bundle ${why}`);
+}
+
+function certificateDer(v: unknown, where: string): Certificate {
+  const raw = typeof v === 'object' && v !== null ? (v as { rawBytes?: unknown }).rawBytes : undefined;
+  if (typeof raw !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(raw)) throw certInvalid(`${where} has no rawBytes`);
+  if ((raw.length / 4) * 3 > MAX_CERTIFICATE_BYTES)
+    throw certInvalid(`${where} is larger than ${MAX_CERTIFICATE_BYTES} bytes`);
+  return parseCertificateDer(Buffer.from(raw, 'base64'), `the sigstore bundle's ${where}`);
+}
+
+/** The bundle's signing certificate and any intermediates it carries (a chain's root is dropped). */
+export function bundleCertificates(material: Record<string, unknown>): {
+  leaf: Certificate;
+  intermediates: Certificate[];
+} {
+  if (material.certificate !== undefined)
+    return { leaf: certificateDer(material.certificate, 'certificate'), intermediates: [] };
+  const chain = (material.x509CertificateChain as { certificates?: unknown } | undefined)?.certificates;
+  if (chain === undefined)
+    throw certInvalid('has no verificationMaterial.certificate (a key-based bundle, not a keyless signature)');
+  if (!Array.isArray(chain) || chain.length === 0) throw certInvalid('x509CertificateChain holds no certificates');
+  if (chain.length > MAX_CHAIN_CERTIFICATES)
+    throw certInvalid(`x509CertificateChain holds ${chain.length} certificates, more than ${MAX_CHAIN_CERTIFICATES}`);
+  const certs = chain.map((c, i) => certificateDer(c, `x509CertificateChain certificate #${i + 1}`));
+  return { leaf: certs[0]!, intermediates: certs.slice(1, -1) };
+}
+
+/** Identify the signer of `bundle` under `trust` (the module comment's three cases). */
+export function identifyBundleSigner(bundle: ParsedBundle, trust: BundleTrust): BundleSigner {
+  const signature = bundle.signatures.length === 1 ? bundle.signatures[0] : undefined;
+  if (trust.fulcio) {
+    const certificates = bundleCertificates(bundle.material);
+    // A log entry names exactly one signature: a keyless envelope has exactly one.
+    if (!signature)
+      throw new TrustError('SIGNATURE_INVALID', 'sigstore bundle envelope does not hold exactly one signature');
+    const signer = verifyKeylessSigner(certificates, trust.fulcio, (leaf) =>
+      verifyBundleTlog(bundle.material.tlogEntries, trust.rekorKeys ?? [], {
+        signerDer: leaf.der,
+        signature,
+        payload: bundle.payload,
+      }),
+    );
+    if (!verifyBytes(signer.publicKey, bundle.signed, signature))
+      throw new TrustError(
+        'SIGNATURE_INVALID',
+        "sigstore bundle does not verify with the signing certificate's key (statement or signature altered)",
+      );
+    return { keyIndex: -1, entry: signer.entry, certificate: signer.certificate };
+  }
+  const noKey = (): TrustError =>
+    new TrustError(
+      'SIGNATURE_INVALID',
+      'sigstore bundle does not verify with a trusted key (altered, signed by another key, or not a cosign statement)',
+    );
+  if (trust.rekorKeys) {
+    const entries = bundle.material.tlogEntries;
+    if (!Array.isArray(entries) || entries.length === 0)
+      throw new TrustError(
+        'TLOG_MISSING',
+        'the policy requires a Rekor entry and the sigstore bundle has no transparency-log entry (a key-based offline bundle)',
+      );
+    const keyIndex = bundleKeyIndex(bundle, trust.keys);
+    if (keyIndex < 0 || !signature) throw noKey();
+    const entry = verifyBundleTlog(entries, trust.rekorKeys, {
+      signerDer: trust.keys[keyIndex]!.export({ format: 'der', type: 'spki' }),
+      signature,
+      payload: bundle.payload,
+    });
+    return { keyIndex, entry };
+  }
+  const keyIndex = bundleKeyIndex(bundle, trust.keys);
+  if (keyIndex < 0) throw noKey();
+  return { keyIndex };
+}
