@@ -3,7 +3,9 @@
  * certificates for an ephemeral P-256 key with Fulcio's OIDC issuer extensions (v1: raw
  * string, v2: DER UTF8String), SAN email or URI, code-signing EKU and minutes of validity; a
  * Rekor-like P-256 log key; hashedrekord bodies and SETs; and signature layers written as
- * cosign writes them (signature, certificate, chain, bundle annotations). Certificates are made
+ * cosign writes them (signature, certificate, chain, bundle annotations); sigstore bundles as
+ * cosign 3 writes them (DSSE envelope, leaf certificate, Rekor v1 dsse entry with SET and
+ * inclusion proof), attached as referrers. Certificates are made
  * with the openssl CLI (`openssl ca` for exact validity windows).
  */
 import { execFileSync } from 'node:child_process';
@@ -14,6 +16,14 @@ import { join } from 'node:path';
 import { json } from '@sigstore/core';
 import type { Target } from '../../src/content/interfaces.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
+import {
+  attachBundle,
+  BUNDLE_MEDIA_TYPE,
+  IN_TOTO_PAYLOAD_TYPE,
+  keyHint,
+  makeStatement,
+  pae,
+} from '../../src/trust/bundle.ts';
 import { CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION } from '../../src/trust/fulcio.ts';
 import { makePayload } from '../../src/trust/payload.ts';
 import { REKOR_SET_ANNOTATION } from '../../src/trust/rekor.ts';
@@ -316,4 +326,139 @@ export function tamperIntegratedTime(set: string): string {
   const doc = JSON.parse(set) as { Payload: { integratedTime: number } };
   doc.Payload.integratedTime += 1;
   return JSON.stringify(doc);
+}
+
+/** The in-toto DSSE payload type and a sigstore bundle v0.3 document as cosign 3 writes one. */
+export interface SigstoreBundleDoc {
+  mediaType: string;
+  verificationMaterial: {
+    certificate?: { rawBytes: string };
+    x509CertificateChain?: { certificates: { rawBytes: string }[] };
+    publicKey?: { hint: string };
+    tlogEntries: Record<string, unknown>[];
+    timestampVerificationData?: Record<string, unknown>;
+  };
+  dsseEnvelope: { payload: string; payloadType: string; signatures: { sig: string; keyid: string }[] };
+}
+
+export interface SigstoreBundleOptions {
+  dockerReference: string;
+  /** The statement's subject digest (the image; another one makes a replayed bundle). */
+  digest: string;
+  /** Keyless: the leaf's key signs, its certificate is the material and the entry's verifier. */
+  leaf?: Leaf;
+  /** Key + Rekor: this key signs, the entry's verifier is its public key. */
+  key?: KeyObject;
+  log: RekorLog;
+  integratedTime: Date;
+  /** Shape the entry as Rekor v2 writes it: dsse 0.0.2, no SET, no integrated time. */
+  rekorV2?: boolean;
+  /** The entry body to log instead of this envelope's (e.g. an entry of another signature). */
+  body?: (real: Record<string, unknown>) => Record<string, unknown>;
+  /** The entry's logID instead of the log's (the SET still by the log's key). */
+  logID?: string;
+  /** Edit the document after everything was signed (tampering, leaving parts out). */
+  tamper?: (doc: SigstoreBundleDoc) => void;
+}
+
+const PEM_CERT = /-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/;
+
+/** The DER of the (first) PEM certificate in `pem`. */
+export function certificateDer(pem: string): Buffer {
+  return Buffer.from(PEM_CERT.exec(pem)![1]!.replace(/\s+/g, ''), 'base64');
+}
+
+/** A Rekor dsse v0.0.1 entry body for the envelope (canonical JSON, as the log stores it). */
+export function dsseEntryBody(envelopeJson: string, payload: Buffer, signature: Buffer, verifierPem: string) {
+  const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
+  return {
+    apiVersion: '0.0.1',
+    kind: 'dsse',
+    spec: {
+      envelopeHash: { algorithm: 'sha256', value: sha(envelopeJson) },
+      payloadHash: { algorithm: 'sha256', value: sha(payload) },
+      signatures: [{ signature: signature.toString('base64'), verifier: Buffer.from(verifierPem).toString('base64') }],
+    },
+  };
+}
+
+const REKOR_ORIGIN = 'rekor.test';
+export const REKOR_TEST_URL = `https://${REKOR_ORIGIN}`;
+
+/**
+ * An inclusion proof in a one-entry tree and its checkpoint (a signed note by the log's key):
+ * what a Rekor v1 entry carries next to its SET. tiu does not read it; sigstore-js checks it.
+ */
+function inclusionProof(log: RekorLog, body: Buffer): Record<string, unknown> {
+  const root = createHash('sha256')
+    .update(Buffer.concat([Buffer.from([0]), body]))
+    .digest();
+  const note = `${REKOR_ORIGIN} - 1\n1\n${root.toString('base64')}\n`;
+  const sig = sign('sha256', Buffer.from(note), { key: log.key, dsaEncoding: 'der' });
+  const hint = Buffer.from(log.logID, 'hex').subarray(0, 4);
+  return {
+    logIndex: '0',
+    rootHash: root.toString('base64'),
+    treeSize: '1',
+    hashes: [],
+    checkpoint: { envelope: `${note}\n\u2014 ${REKOR_ORIGIN} ${Buffer.concat([hint, sig]).toString('base64')}\n` },
+  };
+}
+
+/**
+ * A sigstore bundle v0.3 as cosign 3 writes one: a DSSE envelope over the cosign-sign in-toto
+ * statement, signed by the leaf's (keyless) or the key's private key, the leaf certificate (DER)
+ * or a key hint as material, and one Rekor v1 dsse 0.0.1 entry with its SET and inclusion proof.
+ */
+export function makeSigstoreBundle(o: SigstoreBundleOptions): Buffer {
+  const signingKey = o.leaf?.key ?? o.key!;
+  const statement = makeStatement(o.dockerReference, o.digest as `sha256:${string}`);
+  const signature = sign('sha256', pae(IN_TOTO_PAYLOAD_TYPE, statement), { key: signingKey, dsaEncoding: 'der' });
+  const envelope = {
+    payload: statement.toString('base64'),
+    payloadType: IN_TOTO_PAYLOAD_TYPE,
+    signatures: [{ sig: signature.toString('base64'), keyid: '' }],
+  };
+  const verifierPem = o.leaf
+    ? o.leaf.certPem
+    : createPublicKey(signingKey).export({ format: 'pem', type: 'spki' }).toString();
+  const real = dsseEntryBody(JSON.stringify(envelope), statement, signature, verifierPem);
+  const body = Buffer.from(json.canonicalize(o.body ? o.body(real) : real));
+  const integratedTime = Math.floor(o.integratedTime.getTime() / 1000);
+  const logIndex = 42;
+  const entry: Record<string, unknown> = {
+    logIndex: String(logIndex),
+    logId: { keyId: Buffer.from(o.logID ?? o.log.logID, 'hex').toString('base64') },
+    kindVersion: { kind: 'dsse', version: o.rekorV2 ? '0.0.2' : '0.0.1' },
+    integratedTime: o.rekorV2 ? '0' : String(integratedTime),
+    inclusionProof: inclusionProof(o.log, body),
+    canonicalizedBody: body.toString('base64'),
+  };
+  if (!o.rekorV2) {
+    const setPayload = { body: body.toString('base64'), integratedTime, logIndex, logID: o.logID ?? o.log.logID };
+    const set = sign('sha256', Buffer.from(json.canonicalize(setPayload)), { key: o.log.key, dsaEncoding: 'der' });
+    entry.inclusionPromise = { signedEntryTimestamp: set.toString('base64') };
+  }
+  const doc: SigstoreBundleDoc = {
+    mediaType: BUNDLE_MEDIA_TYPE,
+    verificationMaterial: {
+      ...(o.leaf
+        ? { certificate: { rawBytes: certificateDer(o.leaf.certPem).toString('base64') } }
+        : { publicKey: { hint: keyHint(signingKey) } }),
+      tlogEntries: [entry],
+      timestampVerificationData: {},
+    },
+    dsseEnvelope: envelope,
+  };
+  o.tamper?.(doc);
+  return Buffer.from(JSON.stringify(doc));
+}
+
+/** Attach a bundle made by makeSigstoreBundle to `subject` as a referrer (cosign 3's default layout). */
+export async function attachSigstoreBundle(
+  target: Target,
+  subject: Descriptor,
+  o: Omit<SigstoreBundleOptions, 'digest'> & { digest?: string },
+): Promise<Descriptor> {
+  return attachBundle(target, subject, makeSigstoreBundle({ ...o, digest: o.digest ?? subject.digest }));
 }

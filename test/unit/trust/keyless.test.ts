@@ -194,6 +194,16 @@ describe('trust/keyless (Fulcio + Rekor, offline)', function () {
         makeSet(log, hashedRekordBody(Buffer.from('another signature'), leaf.certPem, Buffer.from('x')), logged),
     });
     await refused(check(foreignSet.t, foreignSet.img), 'TLOG_INVALID', /another signature/);
+    // Signed by the log's key but naming another log's id.
+    const foreignId = await signedImage({
+      tamperSet: () =>
+        makeSet(
+          { ...log, logID: otherLog.logID },
+          hashedRekordBody(Buffer.from('x'), leaf.certPem, Buffer.from('x')),
+          logged,
+        ),
+    });
+    await refused(check(foreignId.t, foreignId.img), 'TLOG_INVALID', /not the id of the Rekor key/);
     const extraField = await signedImage({ tamperSet: (set) => set.replace(/^\{/, '{"Extra":1,') });
     await refused(check(extraField.t, extraField.img), 'TLOG_INVALID', /unknown "Extra"/);
     const notJson = await signedImage({ tamperSet: () => '{"SignedEntryTimestamp":' });
