@@ -280,7 +280,7 @@ export const ERROR_CODES = {
   },
   TLOG_UNSUPPORTED: {
     meaning:
-      'the signature\'s only log entries are Rekor v2 entries: they carry no signed entry timestamp (their time comes from an RFC 3161 timestamp authority), and containers-policy.json names no timestamp authority to trust',
+      "the signature's only log entries are Rekor v2 entries: they carry no signed entry timestamp (their time comes from an RFC 3161 timestamp authority), and containers-policy.json names no timestamp authority to trust",
     action: 'sign with Rekor v1 (a log entry with an inclusion promise), as podman and skopeo also require',
     transient: false,
   },
