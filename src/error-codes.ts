@@ -274,14 +274,14 @@ export const ERROR_CODES = {
   },
   TLOG_MISSING: {
     meaning:
-      'the policy asks for a Rekor entry (rekorPublicKey*) and the signature carries no dev.sigstore.cosign/bundle',
+      'the policy asks for a Rekor entry (rekorPublicKey*) and the signature carries no dev.sigstore.cosign/bundle (a sigstore bundle: no tlog entry with a signed entry timestamp)',
     action: 'sign with the transparency log (cosign sign with tlog upload), or drop rekorPublicKey* from the policy',
     transient: false,
   },
   TLOG_UNSUPPORTED: {
     meaning:
       "the signature's only log entries are Rekor v2 entries: they carry no signed entry timestamp (their time comes from an RFC 3161 timestamp authority), and containers-policy.json names no timestamp authority to trust",
-    action: 'sign with Rekor v1 (a log entry with an inclusion promise), as podman and skopeo also require',
+    action: 'sign against a Rekor v1 log (an entry with an inclusion promise, i.e. a signed entry timestamp)',
     transient: false,
   },
   TLOG_INVALID: {
