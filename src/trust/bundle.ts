@@ -3,14 +3,19 @@
  * with artifactType application/vnd.dev.sigstore.bundle.v0.3+json, the empty config, one layer
  * holding the bundle JSON, and `subject` = the signed image.
  *
- * The bundle is key-based and offline: verificationMaterial.publicKey (a hint), no transparency
- * log entries, and a DSSE envelope over an in-toto Statement v1 whose subject is the image
- * (name = the claimed docker reference, digest = the manifest digest) with predicateType
- * https://sigstore.dev/cosign/sign/v1.
+ * tiu writes (`tiu sign --bundle`) the key-based, offline flavour: verificationMaterial.publicKey
+ * (a hint), no transparency log entries, and a DSSE envelope over an in-toto Statement v1 whose
+ * subject is the image (name = the claimed docker reference, digest = the manifest digest) with
+ * predicateType https://sigstore.dev/cosign/sign/v1. Without a log entry or a signed timestamp,
+ * sigstore's verifiers refuse such a bundle at their defaults (they bound the signing time by
+ * one); a key's trust does not depend on time, so tiu and podman need neither.
+ * test/unit/trust/bundle.test.ts pins what sigstore-js says.
  *
- * Without a log entry or a signed timestamp, sigstore's verifiers refuse such a bundle at their
- * defaults (they bound the signing time by one); a key's trust does not depend on time, so tiu
- * and podman need neither. test/unit/trust/bundle.test.ts pins what sigstore-js says.
+ * tiu reads (parseBundle, statementClaims) that flavour and cosign 3's default keyless one: the
+ * same envelope and statement, verificationMaterial.certificate (v0.3: the leaf, DER; v0.1/v0.2:
+ * x509CertificateChain) and tlogEntries[] (Rekor v1 `dsse` 0.0.1 with inclusionPromise = SET).
+ * Who signed is decided in src/trust/bundle-signer.ts (keyless: src/trust/fulcio.ts with the
+ * entry of src/trust/bundle-tlog.ts); the statement's digest and name in src/trust/verify.ts.
  */
 import { createHash, type KeyObject } from 'node:crypto';
 import type { Target } from '../content/interfaces.ts';

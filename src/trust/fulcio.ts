@@ -3,7 +3,8 @@
  * `fulcio`: the signature layer carries the signer's certificate
  * (`dev.sigstore.cosign/certificate`, one PEM), the chain up to the root
  * (`dev.sigstore.cosign/chain`, PEM, intermediates first; the last one, the root, is not
- * trusted from there) and the Rekor SET (src/trust/rekor.ts).
+ * trusted from there) and the Rekor SET (src/trust/rekor.ts); a sigstore bundle carries the
+ * certificate and its log entry in verificationMaterial (src/trust/bundle-signer.ts, bundle-tlog.ts).
  *
  * Order, cheapest refusal first and nothing believed before its check: certificate and chain
  * parse (CERT_INVALID); the leaf chains to one of the policy's CA certificates through the

@@ -1,12 +1,13 @@
 /**
- * Verify cosign simple-signing signatures of an image against public keys or a Fulcio CA, and
+ * Verify cosign signatures (simple signing, sigstore bundles) of an image against public keys or a Fulcio CA, and
  * an identity rule. Order of checks for each signature: who signed it (keyless: certificate,
  * chain, Rekor SET, validity at the logged time, OIDC issuer, SAN, see src/trust/fulcio.ts;
  * key + Rekor: a SET naming one of the keys, src/trust/rekor.ts), the signature over the
  * payload bytes with the signer's key (nothing in the payload is believed before that), the
  * payload's form, its docker-manifest-digest against the image's digest, its docker-reference
  * against the rule. The image passes when at least one signature passes all checks; otherwise
- * the error is the one of the signature that got furthest (see FAILURE_RANK).
+ * the error is the one of the signature that got furthest (see FAILURE_RANK). Sigstore bundle
+ * referrers count as signatures too (checkBundle: src/trust/bundle-signer.ts, then the statement).
  */
 import type { KeyObject } from 'node:crypto';
 import type { Target } from '../content/interfaces.ts';

@@ -41,7 +41,9 @@ import {
   TEST_OIDC_ISSUER,
   writeKeylessSignature,
   writeKeyRekorSignature,
+  attachSigstoreBundle,
   type FulcioCa,
+  type SigstoreBundleOptions,
   type KeylessSignOptions,
   type Leaf,
   type RekorLog,
@@ -83,7 +85,7 @@ describe('keyless signatures (Fulcio + Rekor) on a registry: tiu verify and tiu 
   const state = async () => readState(await openContext(os.sysroot));
 
   /** A copy of v2's manifest under another digest (an annotation more), tagged `tag`, signed by `sign`. */
-  async function variant(tag: string, sign: (d: Descriptor) => Promise<void>): Promise<Descriptor> {
+  async function variant(tag: string, sign: (d: Descriptor) => Promise<unknown>): Promise<Descriptor> {
     const m = JSON.parse(Buffer.concat(await (await registry.fetch(v2)).toArray()).toString('utf8')) as {
       annotations?: Record<string, string>;
     };
@@ -186,7 +188,9 @@ describe('keyless signatures (Fulcio + Rekor) on a registry: tiu verify and tiu 
       notAfter: new Date(t0.getTime() + 10 * MIN),
     });
     await mkdir(join(os.sysroot, 'etc/tiu'), { recursive: true });
-    await writeFile(join(os.sysroot, 'etc/tiu/fulcio.pem'), ca.root.certPem);
+    // The intermediate too: a sigstore bundle (v0.3) carries the leaf only, and every certificate
+    // of the policy's CA file is an anchor (the simple signatures' chain annotation needs only the root).
+    await writeFile(join(os.sysroot, 'etc/tiu/fulcio.pem'), ca.intermediate.certPem + ca.root.certPem);
     await writeFile(join(os.sysroot, 'etc/tiu/rekor.pub'), log.publicKeyPem);
     await writePolicy(join(os.sysroot, 'etc/tiu/policy.json'), fulcioRequirement());
   });
@@ -199,30 +203,8 @@ describe('keyless signatures (Fulcio + Rekor) on a registry: tiu verify and tiu 
     if (work) await rm(work, { recursive: true, force: true });
   });
 
-  it('refuses each forged or mismatching keyless signature with its own code, before any image blob, nothing changed', async () => {
-    const cases: [string, (d: Descriptor) => Promise<void>, ErrorCode][] = [
-      [
-        'wrong-issuer',
-        keyless({
-          leaf: issueLeaf(ca, { ...leafOpts(), issuerV1: undefined, issuerV2: 'https://accounts.example.org' }),
-        }),
-        'OIDC_ISSUER_MISMATCH',
-      ],
-      [
-        'wrong-email',
-        keyless({ leaf: issueLeaf(ca, { ...leafOpts(), email: 'mallory@example.com' }) }),
-        'CERT_SUBJECT_MISMATCH',
-      ],
-      ['other-ca', keyless({ leaf: issueLeaf(otherCa, leafOpts()), ca: otherCa }), 'CERT_UNTRUSTED'],
-      ['tampered-set', keyless({ tamperSet: tamperIntegratedTime }), 'TLOG_INVALID'],
-      [
-        'set-outside-validity',
-        keyless({ integratedTime: new Date(t0.getTime() + 20 * MIN) }),
-        'CERT_VALIDITY_MISMATCH',
-      ],
-      // v2's own valid signature, copied onto another image.
-      ['replayed', keyless({ manifestDigest: v2.digest }), 'SIGNATURE_DIGEST_MISMATCH'],
-    ];
+  /** Each case: a variant tagged `tag` and signed by `sign`, refused with `code` by tiu update and tiu verify. */
+  async function refusesEach(cases: [string, (d: Descriptor) => Promise<unknown>, ErrorCode][]): Promise<void> {
     for (const [tag, sign, code] of cases) {
       await variant(tag, sign);
       const before = await state();
@@ -249,6 +231,33 @@ describe('keyless signatures (Fulcio + Rekor) on a registry: tiu verify and tiu 
       assert.match(r.stderr, new RegExp(`^tiu: error: .*\\[${code}\\]\\n$`), tag);
       noImageBlobFetched(`tiu verify ${tag}`);
     }
+  }
+
+  it('refuses each forged or mismatching keyless signature with its own code, before any image blob, nothing changed', async () => {
+    const cases: [string, (d: Descriptor) => Promise<unknown>, ErrorCode][] = [
+      [
+        'wrong-issuer',
+        keyless({
+          leaf: issueLeaf(ca, { ...leafOpts(), issuerV1: undefined, issuerV2: 'https://accounts.example.org' }),
+        }),
+        'OIDC_ISSUER_MISMATCH',
+      ],
+      [
+        'wrong-email',
+        keyless({ leaf: issueLeaf(ca, { ...leafOpts(), email: 'mallory@example.com' }) }),
+        'CERT_SUBJECT_MISMATCH',
+      ],
+      ['other-ca', keyless({ leaf: issueLeaf(otherCa, leafOpts()), ca: otherCa }), 'CERT_UNTRUSTED'],
+      ['tampered-set', keyless({ tamperSet: tamperIntegratedTime }), 'TLOG_INVALID'],
+      [
+        'set-outside-validity',
+        keyless({ integratedTime: new Date(t0.getTime() + 20 * MIN) }),
+        'CERT_VALIDITY_MISMATCH',
+      ],
+      // v2's own valid signature, copied onto another image.
+      ['replayed', keyless({ manifestDigest: v2.digest }), 'SIGNATURE_DIGEST_MISMATCH'],
+    ];
+    await refusesEach(cases);
   });
 
   it('accepts a keyless-signed image: tiu verify names the identity, tiu update installs it', async () => {
@@ -273,6 +282,77 @@ describe('keyless signatures (Fulcio + Rekor) on a registry: tiu verify and tiu 
     assert.notEqual(after.default, before.default);
     assert.ok(r, 'update result');
     assert.match(await readFile(join(os.snapshotPath(after.default!), 'usr/lib/os-release'), 'utf8'), /VERSION_ID="2"/);
+  });
+
+  /** Sign `d` with a keyless sigstore bundle only (no .sig), attached as a referrer: cosign 3's default. */
+  const keylessBundle =
+    (o: Partial<SigstoreBundleOptions> = {}) =>
+    (d: Descriptor) =>
+      attachSigstoreBundle(registry, d, {
+        dockerReference: `${TEST_IDENTITY}:v2`,
+        leaf,
+        log,
+        integratedTime: logged,
+        ...o,
+      });
+
+  it('refuses each forged or mismatching keyless sigstore bundle (referrer, tag fallback) with its code, before any image blob', async () => {
+    await refusesEach([
+      [
+        'bundle-wrong-issuer',
+        keylessBundle({
+          leaf: issueLeaf(ca, { ...leafOpts(), issuerV1: undefined, issuerV2: 'https://accounts.example.org' }),
+        }),
+        'OIDC_ISSUER_MISMATCH',
+      ],
+      [
+        'bundle-wrong-email',
+        keylessBundle({ leaf: issueLeaf(ca, { ...leafOpts(), email: 'mallory@example.com' }) }),
+        'CERT_SUBJECT_MISMATCH',
+      ],
+      ['bundle-other-ca', keylessBundle({ leaf: issueLeaf(otherCa, leafOpts()) }), 'CERT_UNTRUSTED'],
+      [
+        'bundle-tampered-set',
+        keylessBundle({
+          tamper: (doc) =>
+            (doc.verificationMaterial.tlogEntries[0]!.integratedTime = String(logged.getTime() / 1000 + 1)),
+        }),
+        'TLOG_INVALID',
+      ],
+      [
+        'bundle-outside-validity',
+        keylessBundle({ integratedTime: new Date(t0.getTime() + 20 * MIN) }),
+        'CERT_VALIDITY_MISMATCH',
+      ],
+      // v2's own statement and entry, attached to another image.
+      ['bundle-replayed', keylessBundle({ digest: v2.digest }), 'SIGNATURE_DIGEST_MISMATCH'],
+      ['bundle-rekor-v2', keylessBundle({ rekorV2: true }), 'TLOG_UNSUPPORTED'],
+    ]);
+  });
+
+  it('accepts an image whose only signature is a keyless sigstore bundle: tiu verify and tiu update', async () => {
+    const d = await variant('keyless-bundle', keylessBundle());
+    const referrers = await registry.referrers!(d);
+    assert.deepEqual(
+      referrers.map((r) => r.artifactType),
+      ['application/vnd.dev.sigstore.bundle.v0.3+json'],
+    );
+    const policy = join(os.sysroot, 'etc/tiu/policy.json');
+    const json = await tiu(['verify', '--policy', policy, image('keyless-bundle'), '--json']);
+    assert.equal(json.code, 0, json.stderr);
+    const doc = JSON.parse(json.stdout) as {
+      signatures: { kind: string; certificate: unknown; signedAt: string }[];
+    };
+    assert.deepEqual(
+      doc.signatures.map((s) => [s.kind, s.certificate, s.signedAt]),
+      [['bundle', { issuer: TEST_OIDC_ISSUER, subject: TEST_EMAIL }, logged.toISOString()]],
+    );
+    const before = await state();
+    await update(deps, { sysroot: os.sysroot, reference: image('keyless-bundle'), config: noHooks });
+    const after = await state();
+    assert.notEqual(after.default, before.default);
+    const deployed = after.snapshots.find((s) => s.number === after.default);
+    assert.equal(deployed?.digest, d.digest);
   });
 
   it('public key + Rekor: a SET naming the key verifies; the same signature with a tampered SET is refused', async () => {
