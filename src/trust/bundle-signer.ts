@@ -2,7 +2,7 @@
  * Who signed a sigstore bundle, under the same policy kinds and codes as simple signing:
  * - keyless (fulcio + rekorPublicKey*; cosign 3's default output): the leaf certificate of
  *   verificationMaterial (v0.3 `certificate`, or v0.1/v0.2 `x509CertificateChain`, whose later
- *   certificates are intermediates; a v0.3 bundle carries the leaf only, so the policy's CA file
+ *   certificates may link it to the policy's CA; a v0.3 bundle carries the leaf only, so the policy's CA file
  *   holds Fulcio's intermediate too), checked by src/trust/fulcio.ts with the log entry from the
  *   bundle's tlogEntries (src/trust/bundle-tlog.ts), then the DSSE signature with the leaf's key;
  * - key + rekorPublicKey*: a log entry must be there (TLOG_MISSING first, as for simple
@@ -44,7 +44,7 @@ function certificateDer(v: unknown, where: string): Certificate {
   return parseCertificateDer(Buffer.from(raw, 'base64'), `the sigstore bundle's ${where}`);
 }
 
-/** The bundle's signing certificate and any intermediates it carries (a chain's root is dropped). */
+/** The bundle's signing certificate and the certificates its chain carries after it (links, never anchors). */
 export function bundleCertificates(material: Record<string, unknown>): {
   leaf: Certificate;
   intermediates: Certificate[];
@@ -58,7 +58,8 @@ export function bundleCertificates(material: Record<string, unknown>): {
   if (chain.length > MAX_CHAIN_CERTIFICATES)
     throw certInvalid(`x509CertificateChain holds ${chain.length} certificates, more than ${MAX_CHAIN_CERTIFICATES}`);
   const certs = chain.map((c, i) => certificateDer(c, `x509CertificateChain certificate #${i + 1}`));
-  return { leaf: certs[0]!, intermediates: certs.slice(1, -1) };
+  // Every later certificate may link the path (a root among them too): only the policy's CAs are anchors.
+  return { leaf: certs[0]!, intermediates: certs.slice(1) };
 }
 
 /** Identify the signer of `bundle` under `trust` (the module comment's three cases). */

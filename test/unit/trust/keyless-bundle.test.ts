@@ -137,17 +137,33 @@ describe('trust/keyless sigstore bundles (cosign 3, Rekor v1, offline)', functio
     assert.throws(() => verifier.verify(entity, { subjectAlternativeName: 'mallory@example.com' }));
   });
 
-  it('takes intermediates from a v0.2 x509CertificateChain (then the root alone is enough)', async () => {
-    const chain = [leaf.certPem, ca.intermediate.certPem, ca.root.certPem].map((p) => ({
-      rawBytes: b64(certificateDer(p)),
-    }));
-    const { t, img } = await bundled({
+  it('takes intermediates from a v0.1/v0.2 x509CertificateChain (then the root alone is enough)', async () => {
+    const der = (pems: string[]) => pems.map((p) => ({ rawBytes: b64(certificateDer(p)) }));
+    // With or without the root at its end: only the policy's CA is an anchor.
+    for (const certificates of [
+      der([leaf.certPem, ca.intermediate.certPem, ca.root.certPem]),
+      der([leaf.certPem, ca.intermediate.certPem]),
+    ]) {
+      const { t, img } = await bundled({
+        tamper: (d) => {
+          delete d.verificationMaterial.certificate;
+          d.verificationMaterial.x509CertificateChain = { certificates };
+        },
+      });
+      await check(t, img, fulcioPolicy({ caData: b64(ca.root.certPem) }));
+    }
+    // Another CA's chain, its root included, does not reach the policy's root.
+    const foreign = issueLeaf(otherCa, leafOpts);
+    const other = await bundled({
+      leaf: foreign,
       tamper: (d) => {
         delete d.verificationMaterial.certificate;
-        d.verificationMaterial.x509CertificateChain = { certificates: chain };
+        d.verificationMaterial.x509CertificateChain = {
+          certificates: der([foreign.certPem, otherCa.intermediate.certPem, otherCa.root.certPem]),
+        };
       },
     });
-    await check(t, img, fulcioPolicy({ caData: b64(ca.root.certPem) }));
+    await refused(check(other.t, other.img, fulcioPolicy({ caData: b64(ca.root.certPem) })), 'CERT_UNTRUSTED');
     // A v0.3 bundle (leaf only) under a policy with the root alone has no path to it.
     const v03 = await bundled();
     await refused(check(v03.t, v03.img, fulcioPolicy({ caData: b64(ca.root.certPem) })), 'CERT_UNTRUSTED');
