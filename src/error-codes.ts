@@ -348,6 +348,12 @@ export const ERROR_CODES = {
     action: 'choose another name, or give --force',
     transient: false,
   },
+  KEY_WRITE_FAILED: {
+    meaning:
+      '`tiu key generate` cannot create a key file: its directory is missing or not writable, or the disk is full',
+    action: 'create the directory named by --output-key-prefix, or choose a writable one',
+    transient: false,
+  },
   PASSPHRASE_WRONG: {
     meaning: 'the passphrase does not open the encrypted private key',
     action: 'give the right passphrase (COSIGN_PASSWORD, TIU_PASSWORD or the prompt)',

@@ -10,9 +10,10 @@ async function createSecretFile(path: string, content: string): Promise<void> {
   try {
     fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST')
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST')
       throw new TrustError('KEY_EXISTS', `${path} already exists (use --force to replace it)`, { path });
-    throw e;
+    throw new TrustError('KEY_WRITE_FAILED', `${path} can't be created (${code ?? 'error'})`, { path }, { cause: e });
   }
   try {
     await fh.writeFile(content);

@@ -91,6 +91,7 @@ describe('tiu key generate / sign / verify (CLI on a registry and OCI layouts)',
     assert.match(readFileSync(join(dir, 'signer.key'), 'utf8'), /^-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n/);
     assert.match(readFileSync(join(dir, 'signer.pub'), 'utf8'), /^-----BEGIN PUBLIC KEY-----\n/);
     expectCode(tiu(['key', 'generate', '--output-key-prefix', join(dir, 'signer')]), 'KEY_EXISTS');
+    expectCode(tiu(['key', 'generate', '--output-key-prefix', join(dir, 'no-such-dir', 'k')]), 'KEY_WRITE_FAILED');
   });
 
   it('round trip on a registry: sign, verify with the key and with a policy', async () => {
