@@ -6,16 +6,15 @@
  * a created time that is not RFC 3339, or a version that is too long or holds control
  * characters, counts as absent. Pure: the stage that refuses is src/deploy/update/downgrade.ts.
  */
+import { Annotation } from '../oci/types.ts';
 import { parseManifestOrIndex, type ParsedManifest } from '../oci/validate.ts';
-import { formatExpiry, parseRfc3339 } from '../trust/expiry.ts';
+import { formatRfc3339, parseRfc3339 } from '../trust/expiry.ts';
 import { compareVersions } from '../trust/version.ts';
 
-export const CREATED_ANNOTATION = 'org.opencontainers.image.created';
-export const VERSION_ANNOTATION = 'org.opencontainers.image.version';
 const MAX_VERSION = 128;
 
 export interface ImageAge {
-  /** RFC 3339, as normalised by formatExpiry (UTC, seconds). */
+  /** RFC 3339, as normalised by formatRfc3339 (UTC, seconds). */
   created?: string;
   version?: string;
 }
@@ -32,7 +31,7 @@ function annotationsOf(p: ParsedManifest): Record<string, string> | undefined {
 /** The created time as tiu records it (UTC, seconds); undefined when not an RFC 3339 time. */
 export function normalCreated(value: unknown): string | undefined {
   const t = parseRfc3339(value);
-  return t ? formatExpiry(t) : undefined;
+  return t ? formatRfc3339(t) : undefined;
 }
 
 /** A version tiu compares and records; undefined when absent or not plain text. */
@@ -46,8 +45,8 @@ export function normalVersion(value: unknown): string | undefined {
 export function ageOfImage(root: ParsedManifest, platform: ParsedManifest): ImageAge {
   const own = annotationsOf(platform) ?? {};
   const index = root.kind === 'index' ? (annotationsOf(root) ?? {}) : {};
-  const created = normalCreated(own[CREATED_ANNOTATION]) ?? normalCreated(index[CREATED_ANNOTATION]);
-  const version = normalVersion(own[VERSION_ANNOTATION]) ?? normalVersion(index[VERSION_ANNOTATION]);
+  const created = normalCreated(own[Annotation.Created]) ?? normalCreated(index[Annotation.Created]);
+  const version = normalVersion(own[Annotation.Version]) ?? normalVersion(index[Annotation.Version]);
   return ageFrom(created, version);
 }
 

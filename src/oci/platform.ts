@@ -14,3 +14,8 @@ const NODE_TO_OCI_ARCH: Record<string, string> = {
 export function hostArchitecture(): string {
   return NODE_TO_OCI_ARCH[process.arch] ?? process.arch;
 }
+
+/** The platform an update picks from an image index on this machine. */
+export function hostPlatform(): { os: string; architecture: string } {
+  return { os: 'linux', architecture: hostArchitecture() };
+}

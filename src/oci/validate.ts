@@ -16,6 +16,7 @@ import {
   isManifestType,
 } from './mediatypes.ts';
 import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, Platform } from './types.ts';
+import { isObject } from '../util/json.ts';
 
 export class InvalidManifestError extends TiuError {
   constructor(why: string, details: Record<string, unknown> = {}) {
@@ -47,9 +48,6 @@ export class MediaTypeMismatchError extends TiuError {
 export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
 
 /** A JSON-ish object: not null, not an array. */
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 type Fail = (why: string) => never;
 

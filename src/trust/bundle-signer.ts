@@ -13,23 +13,41 @@
 import type { KeyObject } from 'node:crypto';
 import { bundleKeyIndex, type ParsedBundle } from './bundle.ts';
 import { verifyBundleTlog } from './bundle-tlog.ts';
+import { isObject } from '../util/json.ts';
 import { TrustError } from './errors.ts';
 import { MAX_CERTIFICATE_BYTES, MAX_CHAIN_CERTIFICATES, verifyKeylessSigner, type FulcioTrust } from './fulcio.ts';
 import { verifyBytes } from './keys.ts';
 import type { RekorEntry } from './rekor.ts';
 import { parseCertificateDer, type Certificate } from './x509.ts';
 
-export interface BundleSigner {
+/** Who made a signature (simple signing or bundle), as the checks established it. */
+export interface Signer {
   /** Index of the trusted key; -1 for a certificate. */
   keyIndex: number;
+  /** The Rekor entry whose SET verified (key + Rekor, keyless). */
   entry?: RekorEntry;
+  /** Keyless: the certificate's OIDC issuer and the SAN the policy matched. */
   certificate?: { issuer: string; subject: string };
 }
 
-export interface BundleTrust {
+/** What one policy requirement trusts as signers (src/trust/policy.ts loadTrust). */
+export interface SignerTrust {
+  /** Trusted public keys; a signature by any of them is accepted. Empty with `fulcio`. */
   keys: KeyObject[];
+  /** Keyless: signers are certificates of this CA with this identity (needs rekorKeys). */
   fulcio?: FulcioTrust;
+  /** Rekor log keys: every signature must carry a SET by one of them (with keys or fulcio). */
   rekorKeys?: KeyObject[];
+}
+
+/** `verified` with what its signer adds: the logged time and the certificate's identity. */
+export function withSigner<T extends { signedAt?: Date; certificate?: Signer['certificate'] }>(
+  verified: T,
+  signer: Signer,
+): T {
+  if (signer.entry) verified.signedAt = signer.entry.integratedTime;
+  if (signer.certificate) verified.certificate = signer.certificate;
+  return verified;
 }
 
 function certInvalid(why: string): TrustError {
@@ -37,7 +55,7 @@ function certInvalid(why: string): TrustError {
 }
 
 function certificateDer(v: unknown, where: string): Certificate {
-  const raw = typeof v === 'object' && v !== null ? (v as { rawBytes?: unknown }).rawBytes : undefined;
+  const raw = isObject(v) ? v.rawBytes : undefined;
   if (typeof raw !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(raw)) throw certInvalid(`${where} has no rawBytes`);
   if ((raw.length / 4) * 3 > MAX_CERTIFICATE_BYTES)
     throw certInvalid(`${where} is larger than ${MAX_CERTIFICATE_BYTES} bytes`);
@@ -63,7 +81,7 @@ export function bundleCertificates(material: Record<string, unknown>): {
 }
 
 /** Identify the signer of `bundle` under `trust` (the module comment's three cases). */
-export function identifyBundleSigner(bundle: ParsedBundle, trust: BundleTrust): BundleSigner {
+export function identifyBundleSigner(bundle: ParsedBundle, trust: SignerTrust): Signer {
   const signature = bundle.signatures.length === 1 ? bundle.signatures[0] : undefined;
   if (trust.fulcio) {
     const certificates = bundleCertificates(bundle.material);

@@ -16,17 +16,10 @@
  * 3161 timestamp authority, which containers-policy.json cannot name: TLOG_UNSUPPORTED.
  */
 import type { KeyObject } from 'node:crypto';
+import { isObject } from '../util/json.ts';
 import { TrustError } from './errors.ts';
 import { checkDsseEntry } from './rekor-dsse.ts';
-import {
-  base64,
-  invalid,
-  isObject,
-  MAX_SET_BYTES,
-  verifySignedEntry,
-  type RekorEntry,
-  type RekorExpectation,
-} from './rekor.ts';
+import { base64, invalid, MAX_SET_BYTES, verifySignedEntry, type RekorEntry, type RekorExpectation } from './rekor.ts';
 
 /** Most log entries read from one bundle (cosign writes one). */
 export const MAX_TLOG_ENTRIES = 8;

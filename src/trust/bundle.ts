@@ -24,6 +24,7 @@ import { MAX_MANIFEST_BYTES, MediaType } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type Digest, type ImageManifest } from '../oci/types.ts';
 import { parseManifestBytes } from '../oci/validate.ts';
 import { descriptorOf, pushIfAbsent, readVerified } from './content.ts';
+import { isObject } from '../util/json.ts';
 import { TrustError } from './errors.ts';
 import { publicOf, signBytes, verifyBytes } from './keys.ts';
 
@@ -146,21 +147,19 @@ export function parseBundle(bytes: Buffer): ParsedBundle {
   } catch {
     throw bundleInvalid('is not JSON');
   }
-  const d = doc as { dsseEnvelope?: { payload?: unknown; payloadType?: unknown; signatures?: unknown } } | null;
-  const env = typeof d === 'object' && d !== null ? d.dsseEnvelope : undefined;
-  if (!env || typeof env.payload !== 'string' || !BASE64.test(env.payload) || !Array.isArray(env.signatures))
+  const env = isObject(doc) ? doc.dsseEnvelope : undefined;
+  if (!isObject(env) || typeof env.payload !== 'string' || !BASE64.test(env.payload) || !Array.isArray(env.signatures))
     throw bundleInvalid('has no DSSE envelope');
   if (env.payloadType !== IN_TOTO_PAYLOAD_TYPE) throw bundleInvalid(`envelope is not of type ${IN_TOTO_PAYLOAD_TYPE}`);
   const material = (doc as { verificationMaterial?: unknown }).verificationMaterial;
-  if (typeof material !== 'object' || material === null || Array.isArray(material))
-    throw bundleInvalid('has no verificationMaterial');
+  if (!isObject(material)) throw bundleInvalid('has no verificationMaterial');
   const payload = Buffer.from(env.payload, 'base64');
   const signatures = (env.signatures as { sig?: unknown }[])
     .map((s) => s?.sig)
     .filter((sig): sig is string => typeof sig === 'string' && BASE64.test(sig))
     .map((sig) => Buffer.from(sig, 'base64'));
   return {
-    material: material as Record<string, unknown>,
+    material,
     payload,
     signed: pae(IN_TOTO_PAYLOAD_TYPE, payload),
     signatures,

@@ -16,8 +16,8 @@ export function parseDuration(text: string): number | undefined {
   return Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS];
 }
 
-/** RFC 3339 UTC, seconds precision: 2026-12-05T06:00:00Z. */
-export function formatExpiry(at: Date): string {
+/** RFC 3339 UTC, seconds precision: 2026-12-05T06:00:00Z (expiries and created times). */
+export function formatRfc3339(at: Date): string {
   return at.toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
 
@@ -29,7 +29,7 @@ export function expiryAfter(duration: string, now: Date): string {
       'USAGE',
       `--expires ${JSON.stringify(duration)} is not a duration (a number and s, m, h, d or w: 30d, 12h, 90m)`,
     );
-  return formatExpiry(new Date(now.getTime() + ms));
+  return formatRfc3339(new Date(now.getTime() + ms));
 }
 
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;

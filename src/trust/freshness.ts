@@ -6,7 +6,7 @@
  * whose signature verified.
  */
 import { TrustError } from './errors.ts';
-import { EXPIRES_CLAIM, expiryOf, formatExpiry } from './expiry.ts';
+import { EXPIRES_CLAIM, expiryOf, formatRfc3339 } from './expiry.ts';
 import type { PolicyDecision } from './policy.ts';
 
 export interface Freshness {
@@ -24,7 +24,7 @@ export function checkFreshness(decision: PolicyDecision, image: string, now: Dat
     if (expires && (!latest || expires > latest.expires)) latest = { expires, payloadDigest: s.payloadDigest };
   }
   if (latest && latest.expires > now) return latest;
-  const details = { image, now: formatExpiry(now), signatures: signatures.length };
+  const details = { image, now: formatRfc3339(now), signatures: signatures.length };
   if (!latest)
     throw new TrustError(
       'SIGNATURE_EXPIRED',
@@ -33,7 +33,7 @@ export function checkFreshness(decision: PolicyDecision, image: string, now: Dat
     );
   throw new TrustError(
     'SIGNATURE_EXPIRED',
-    `${image}: the signature expired at ${formatExpiry(latest.expires)} (the latest expiry of the ${signatures.length} accepted signature(s); now ${formatExpiry(now)})`,
-    { ...details, expires: formatExpiry(latest.expires), payloadDigest: latest.payloadDigest },
+    `${image}: the signature expired at ${formatRfc3339(latest.expires)} (the latest expiry of the ${signatures.length} accepted signature(s); now ${formatRfc3339(now)})`,
+    { ...details, expires: formatRfc3339(latest.expires), payloadDigest: latest.payloadDigest },
   );
 }

@@ -24,6 +24,7 @@ import {
 import { xsalsa20poly1305 } from '@noble/ciphers/salsa.js';
 import { TrustError } from './errors.ts';
 import { pemDecodeAll, pemEncode } from './pem.ts';
+import { isObject } from '../util/json.ts';
 
 export const SIGSTORE_KEY_LABEL = 'ENCRYPTED SIGSTORE PRIVATE KEY';
 export const COSIGN_KEY_LABEL = 'ENCRYPTED COSIGN PRIVATE KEY';
@@ -94,10 +95,6 @@ function b64field(v: unknown, what: string, source: string, length?: number): Bu
     throw new TrustError('KEY_INVALID', `${source}: ${what} must be ${length} bytes, is ${b.length}`, { source });
   }
   return b;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /** Decrypt the JSON body of a cosign encrypted key to its PKCS#8 DER. */

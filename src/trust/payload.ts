@@ -7,6 +7,7 @@
 import { isDigest } from '../oci/digest.ts';
 import type { Digest } from '../oci/types.ts';
 import { TrustError } from './errors.ts';
+import { isObject } from '../util/json.ts';
 
 export const COSIGN_SIGNATURE_TYPE = 'cosign container image signature';
 /** Payloads are small; anything bigger is not one. */
@@ -33,10 +34,6 @@ export function makePayload(p: SimpleSigningPayload): Buffer {
 
 function invalid(why: string): TrustError {
   return new TrustError('SIGNATURE_PAYLOAD_INVALID', `signed payload is not a cosign simple-signing payload: ${why}`);
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /** Field names are matched case-insensitively, as Go's encoding/json does when cosign reads them. */

@@ -20,6 +20,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve as resolvePath } from 'node:path';
 import type { KeyObject } from 'node:crypto';
+import type { SignerTrust } from './bundle-signer.ts';
 import type { FulcioTrust } from './fulcio.ts';
 import { parseCertificateDer, type Certificate } from './x509.ts';
 import { pemDecodeAll } from './pem.ts';
@@ -30,6 +31,7 @@ import { TrustError } from './errors.ts';
 import { DEFAULT_SIGNED_IDENTITY, parseDockerName, type SignedIdentity } from './identity.ts';
 import { loadPublicKeys } from './keys.ts';
 import { verifyImageSignatures, type VerifiedSignature } from './verify.ts';
+import { isObject } from '../util/json.ts';
 
 export const DEFAULT_POLICY_PATHS = ['/etc/tiu/policy.json', '/etc/containers/policy.json'] as const;
 
@@ -75,10 +77,6 @@ export interface Policy {
 
 function bad(source: string, why: string): TrustError {
   return new TrustError('POLICY_INVALID', `${source}: ${why}`, { source });
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function onlyKeys(obj: Record<string, unknown>, allowed: string[], where: string, source: string): void {
@@ -390,10 +388,7 @@ function loadFulcio(f: FulcioPolicy, policy: Policy): FulcioTrust {
 }
 
 /** What one sigstoreSigned requirement trusts, loaded from its files and data. */
-export function loadTrust(
-  req: SigstoreRequirement,
-  policy: Policy,
-): { keys: KeyObject[]; fulcio?: FulcioTrust; rekorKeys?: KeyObject[] } {
+export function loadTrust(req: SigstoreRequirement, policy: Policy): SignerTrust {
   const keys = loadKeyList(policy, req.keyPaths, req.keyDatas, 'public key');
   const rekorKeys = loadRekorKeys(req, policy);
   const fulcio = req.fulcio ? loadFulcio(req.fulcio, policy) : undefined;

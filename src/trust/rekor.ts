@@ -13,6 +13,7 @@ import { json } from '@sigstore/core';
 import { TrustError } from './errors.ts';
 import { pemDecodeStrict } from './pem.ts';
 import { quoteUntrusted } from './x509.ts';
+import { isObject } from '../util/json.ts';
 
 export const REKOR_SET_ANNOTATION = 'dev.sigstore.cosign/bundle';
 /** Largest SET annotation read (a real one is about 2-5 KiB: the body holds the certificate). */
@@ -37,10 +38,6 @@ export interface RekorExpectation {
 
 export function invalid(why: string): TrustError {
   return new TrustError('TLOG_INVALID', `Rekor SET: ${why}`);
-}
-
-export function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function exactFields(v: unknown, fields: string[], where: string): Record<string, unknown> {

@@ -5,6 +5,7 @@ import { sha256 } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { attachBundle, makeBundle } from './bundle.ts';
 import { publicOf, signBytes, verifyBytes } from './keys.ts';
+import { json } from '@sigstore/core';
 import { TiuError } from '../errors.ts';
 import { EXPIRES_CLAIM } from './expiry.ts';
 import { makePayload, parsePayload } from './payload.ts';
@@ -27,14 +28,9 @@ export interface SignResult extends AppendResult {
   bundle?: Descriptor;
 }
 
-/** Claims as comparable text: the same keys and values in any order are the same claims. */
+/** Claims as comparable text: the same keys and values in any order are the same claims (RFC 8785). */
 function claimsText(optional: Record<string, unknown> | null): string {
-  if (!optional) return 'null';
-  return JSON.stringify(
-    Object.keys(optional)
-      .sort()
-      .map((k) => [k, optional[k]]),
-  );
+  return optional ? json.canonicalize(optional) : 'null';
 }
 
 /** The payload's optional section: the annotations, and the expiry where one is given. */

@@ -9,7 +9,6 @@
  * the error is the one of the signature that got furthest (see FAILURE_RANK). Sigstore bundle
  * referrers count as signatures too (checkBundle: src/trust/bundle-signer.ts, then the statement).
  */
-import type { KeyObject } from 'node:crypto';
 import type { Target } from '../content/interfaces.ts';
 import type { DockerReference } from '../oci/reference.ts';
 import type { Descriptor, Digest } from '../oci/types.ts';
@@ -19,23 +18,11 @@ import { verifyBytes } from './keys.ts';
 import { parsePayload } from './payload.ts';
 import { listSignatures, signatureTag, type StoredSignature } from './signatures.ts';
 import { listBundles, parseBundle, statementClaims, type ParsedBundle } from './bundle.ts';
-import { identifyBundleSigner, type BundleSigner } from './bundle-signer.ts';
-import {
-  CERTIFICATE_ANNOTATION,
-  CHAIN_ANNOTATION,
-  parseSignerCertificates,
-  verifyKeylessSigner,
-  type FulcioTrust,
-} from './fulcio.ts';
+import { identifyBundleSigner, withSigner, type Signer, type SignerTrust } from './bundle-signer.ts';
+import { CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION, parseSignerCertificates, verifyKeylessSigner } from './fulcio.ts';
 import { REKOR_SET_ANNOTATION, verifyRekorSet, type RekorEntry } from './rekor.ts';
 
-export interface VerifyOptions {
-  /** Trusted public keys; a signature by any of them is accepted. Empty with `fulcio`. */
-  keys: KeyObject[];
-  /** Keyless: signers are certificates of this CA with this identity (needs rekorKeys). */
-  fulcio?: FulcioTrust;
-  /** Rekor log keys: every signature must carry a SET by one of them (with keys or fulcio). */
-  rekorKeys?: KeyObject[];
+export interface VerifyOptions extends SignerTrust {
   /** How the signed docker-reference must relate to the image. */
   identity: SignedIdentity;
   /** The image's docker identity (undefined for an OCI layout with no name given). */
@@ -124,15 +111,7 @@ export function checkSignature(
     payloadDigest,
     keyIndex,
   };
-  if (signer.entry) verified.signedAt = signer.entry.integratedTime;
-  if (signer.certificate) verified.certificate = signer.certificate;
-  return verified;
-}
-
-interface Signer {
-  keyIndex: number;
-  entry?: RekorEntry;
-  certificate?: { issuer: string; subject: string };
+  return withSigner(verified, signer);
 }
 
 function asFailure(e: unknown): Omit<SignatureFailure, 'payloadDigest'> {
@@ -220,7 +199,7 @@ export function checkBundle(
 ): VerifiedSignature | SignatureFailure {
   const fail = (code: TrustErrorCode, reason: string): SignatureFailure => ({ payloadDigest: manifest, code, reason });
   if (!bytes) return fail('SIGNATURE_INVALID', 'sigstore bundle unreadable');
-  let signer: BundleSigner;
+  let signer: Signer;
   let bundle: ParsedBundle;
   try {
     bundle = parseBundle(bytes);
@@ -252,9 +231,7 @@ export function checkBundle(
         payloadDigest: manifest,
         keyIndex: signer.keyIndex,
       };
-      if (signer.entry) verified.signedAt = signer.entry.integratedTime;
-      if (signer.certificate) verified.certificate = signer.certificate;
-      return verified;
+      return withSigner(verified, signer);
     }
     why = w;
   }

@@ -219,6 +219,28 @@ export interface RekorLog {
   logID: string;
 }
 
+export const MINUTE_MS = 60_000;
+
+/**
+ * A Fulcio-like leaf's life as the tests use it: ten minutes of validity `hoursAgo` hours ago
+ * (already expired by the device's clock, as real keyless certificates are) and the time the log
+ * integrated the signature, `loggedAfter` minutes into it.
+ */
+export function pastValidity(hoursAgo = 2, loggedAfter = 5): { t0: Date; logged: Date; leafOpts: LeafOptions } {
+  const t0 = new Date(Math.floor((Date.now() - hoursAgo * 3600 * 1000) / 1000) * 1000);
+  return {
+    t0,
+    logged: new Date(t0.getTime() + loggedAfter * MINUTE_MS),
+    leafOpts: {
+      issuerV1: TEST_OIDC_ISSUER,
+      issuerV2: TEST_OIDC_ISSUER,
+      email: TEST_EMAIL,
+      notBefore: t0,
+      notAfter: new Date(t0.getTime() + 10 * MINUTE_MS),
+    },
+  };
+}
+
 export function makeRekorLog(): RekorLog {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const spki = publicKey.export({ format: 'der', type: 'spki' });

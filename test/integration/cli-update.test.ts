@@ -10,32 +10,9 @@ import { buildImage, installPolicy, signInLayout } from '../helpers/update-deps.
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { mountInfo } from '../../src/host/mount.ts';
 import { ETC_ASIDE } from '../../src/deploy/update/merge.ts';
+import { TIU, tiuJson, type Ran } from '../helpers/tiu-cli.ts';
 
-const TIU = new URL('../../bin/tiu', import.meta.url).pathname;
-
-interface Ran {
-  code: number | null;
-  json: Record<string, unknown>;
-  stderr: string;
-}
-
-function tiu(args: string[]): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(TIU, [...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    p.on('error', reject);
-    p.on('exit', (code) => {
-      try {
-        resolve({ code, json: JSON.parse(out) as Record<string, unknown>, stderr: err });
-      } catch {
-        reject(new Error(`tiu ${args.join(' ')} printed no JSON (exit ${code}): ${out}\n${err}`));
-      }
-    });
-  });
-}
+const tiu = tiuJson;
 
 const errorCode = (r: Ran) => (r.json.error as { code?: string } | undefined)?.code;
 

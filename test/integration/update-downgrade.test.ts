@@ -13,8 +13,6 @@
  */
 import assert from 'node:assert/strict';
 import { type KeyObject } from 'node:crypto';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +21,7 @@ import { openContext } from '../../src/deploy/state.ts';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { copy } from '../../src/copy/copy.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
-import type { Descriptor } from '../../src/oci/types.ts';
+import { Annotation, type Descriptor } from '../../src/oci/types.ts';
 import { openRegistryTarget } from '../../src/transport/registry/index.ts';
 import { EXPIRES_CLAIM } from '../../src/trust/expiry.ts';
 import { signBytes } from '../../src/trust/keys.ts';
@@ -35,34 +33,9 @@ import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, writeTree, type MicroOS, type OsFile } from '../helpers/microos.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { installPolicy, TEST_IDENTITY } from '../helpers/update-deps.ts';
+import { tiuJson, type Ran } from '../helpers/tiu-cli.ts';
 
-const TIU = fileURLToPath(new URL('../../bin/tiu', import.meta.url));
-const CREATED = 'org.opencontainers.image.created';
-const VERSION = 'org.opencontainers.image.version';
-
-interface Ran {
-  code: number | null;
-  json: Record<string, unknown>;
-  stderr: string;
-}
-
-function tiu(args: string[]): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(TIU, [...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    p.on('error', reject);
-    p.on('exit', (code) => {
-      try {
-        resolve({ code, json: JSON.parse(out) as Record<string, unknown>, stderr: err });
-      } catch {
-        reject(new Error(`tiu ${args.join(' ')} printed no JSON (exit ${code}): ${out}\n${err}`));
-      }
-    });
-  });
-}
+const tiu = tiuJson;
 
 const errorOf = (r: Ran) => r.json.error as { code: string; message: string } | undefined;
 
@@ -106,7 +79,7 @@ describe('downgrade protection and signature freshness (the CLI, a registry, sna
       compression: 'zstd',
       sourceDateEpoch: 1_767_225_600,
       layers: 2,
-      annotations: { [CREATED]: age.created, [VERSION]: age.version, 'org.example.tag': tag },
+      annotations: { [Annotation.Created]: age.created, [Annotation.Version]: age.version, 'org.example.tag': tag },
     });
     layers.set(tag, r.manifest.layers);
     roots.set(tag, r.descriptor);

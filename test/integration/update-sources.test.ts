@@ -13,8 +13,6 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes, type KeyObject } from 'node:crypto';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { lstat, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,34 +31,12 @@ import { baseOs, createMicroOS, writeTree, type MicroOS, type OsFile } from '../
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { diffTrees } from '../helpers/treecmp.ts';
 import { installPolicy, signInLayout } from '../helpers/update-deps.ts';
+import { tiuJson } from '../helpers/tiu-cli.ts';
 
-const TIU = fileURLToPath(new URL('../../bin/tiu', import.meta.url));
 const sha = (b: Uint8Array) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const KiB = 1024;
 
-interface Ran {
-  code: number | null;
-  json: Record<string, unknown>;
-  stderr: string;
-}
-
-function tiu(args: string[]): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(TIU, [...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    p.on('error', reject);
-    p.on('exit', (code) => {
-      try {
-        resolve({ code, json: JSON.parse(out) as Record<string, unknown>, stderr: err });
-      } catch {
-        reject(new Error(`tiu ${args.join(' ')} printed no JSON (exit ${code}): ${out}\n${err}`));
-      }
-    });
-  });
-}
+const tiu = tiuJson;
 
 interface Counter {
   count: number;

@@ -1,14 +1,9 @@
 import assert from 'node:assert/strict';
 import { formatUserdata } from '../../src/host/snapper.ts';
-import {
-  ageOfManifests,
-  CREATED_ANNOTATION,
-  judgeAge,
-  VERSION_ANNOTATION,
-  type ImageAge,
-} from '../../src/deploy/image-age.ts';
+import { ageOfManifests, judgeAge, type ImageAge } from '../../src/deploy/image-age.ts';
 import { ageUserdata, deriveState, UD } from '../../src/deploy/state.ts';
 import { escapeUserdata, MAX_USERDATA_VALUE, unescapeUserdata } from '../../src/deploy/userdata-text.ts';
+import { Annotation } from '../../src/oci/types.ts';
 
 const manifest = (annotations?: Record<string, string>) =>
   Buffer.from(
@@ -40,13 +35,13 @@ const both = (root: Buffer, platform = root) => ({ root: { bytes: root }, platfo
 
 describe('deploy/image-age: an image age from its signed manifests', () => {
   it('reads created (normalised to UTC seconds) and version from a manifest', () => {
-    const m = manifest({ [CREATED_ANNOTATION]: '2026-12-04T10:00:00.123+01:00', [VERSION_ANNOTATION]: '20261204' });
+    const m = manifest({ [Annotation.Created]: '2026-12-04T10:00:00.123+01:00', [Annotation.Version]: '20261204' });
     assert.deepEqual(ageOfManifests(both(m)), { created: '2026-12-04T09:00:00Z', version: '20261204' });
   });
 
   it("for an index: the platform manifest's annotations, else the index's", () => {
-    const idx = index({ [CREATED_ANNOTATION]: '2026-01-01T00:00:00Z', [VERSION_ANNOTATION]: '1.0' });
-    assert.deepEqual(ageOfManifests(both(idx, manifest({ [VERSION_ANNOTATION]: '2.0' }))), {
+    const idx = index({ [Annotation.Created]: '2026-01-01T00:00:00Z', [Annotation.Version]: '1.0' });
+    assert.deepEqual(ageOfManifests(both(idx, manifest({ [Annotation.Version]: '2.0' }))), {
       created: '2026-01-01T00:00:00Z',
       version: '2.0',
     });
@@ -54,9 +49,9 @@ describe('deploy/image-age: an image age from its signed manifests', () => {
   });
 
   it('hostile or malformed annotations count as absent', () => {
-    const m = manifest({ [CREATED_ANNOTATION]: 'last tuesday', [VERSION_ANNOTATION]: '1.0\nfake=1' });
+    const m = manifest({ [Annotation.Created]: 'last tuesday', [Annotation.Version]: '1.0\nfake=1' });
     assert.deepEqual(ageOfManifests(both(m)), {});
-    assert.deepEqual(ageOfManifests(both(manifest({ [VERSION_ANNOTATION]: 'x'.repeat(129) }))), {});
+    assert.deepEqual(ageOfManifests(both(manifest({ [Annotation.Version]: 'x'.repeat(129) }))), {});
     assert.deepEqual(ageOfManifests(both(Buffer.from('not json'))), {});
   });
 });

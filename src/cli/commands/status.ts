@@ -9,7 +9,7 @@ import { detectBoot, type BootStatus } from '../../deploy/boot/index.ts';
 import { HEALTH_UD } from '../../deploy/health.ts';
 import { TocStore } from '../../deploy/delta/index.ts';
 import { snapshotAge } from '../../deploy/snapshot-age.ts';
-import { hostArchitecture } from '../../oci/platform.ts';
+import { hostPlatform } from '../../oci/platform.ts';
 
 const command: Command = {
   name: 'status',
@@ -37,7 +37,7 @@ const command: Command = {
     const sd = await detectBoot(ctx.sysroot, config);
     const boot: BootStatus = sd ? await sd.status() : { integration: 'none', entries: {} };
     const store = TocStore.open(join(ctx.sysroot, config.cache), { write: false });
-    const platform = { os: 'linux', architecture: hostArchitecture() };
+    const platform = hostPlatform();
     const snapshots = [];
     for (const s of state.snapshots) {
       const { age, from } = await snapshotAge(s, store, platform);

@@ -3,7 +3,7 @@ import { annotationOption, badAnnotation, type Command, optAnnotations, optStrin
 import { openReference } from '../../transport/resolve.ts';
 import { registryOptions } from '../registry-options.ts';
 import { TiuError } from '../../errors.ts';
-import { expiryOf, formatExpiry } from '../../trust/expiry.ts';
+import { expiryOf, formatRfc3339 } from '../../trust/expiry.ts';
 import { readPublicKeyFile } from '../../trust/keyfiles.ts';
 import { parseIdentityOption, verifyWithKeys, verifyWithPolicy } from '../../trust/ops.ts';
 import { loadPolicy } from '../../trust/policy.ts';
@@ -12,7 +12,7 @@ import { loadPolicy } from '../../trust/policy.ts';
 function describeExpiry(optional: Record<string, unknown> | null, now: Date): string {
   const at = expiryOf(optional);
   if (!at) return '';
-  return `, ${at > now ? 'expires' : 'expired'} ${formatExpiry(at)}`;
+  return `, ${at > now ? 'expires' : 'expired'} ${formatRfc3339(at)}`;
 }
 
 const command: Command = {

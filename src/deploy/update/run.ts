@@ -5,7 +5,7 @@
  * (the lock, an open source, a content store) is in `held`, which `release` empties.
  */
 import type { Target } from '../../content/interfaces.ts';
-import { hostArchitecture } from '../../oci/platform.ts';
+import { hostPlatform } from '../../oci/platform.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import type { ApplyReport, Reserved } from '../apply/index.ts';
 import type { SystemdBoot } from '../boot/index.ts';
@@ -204,7 +204,7 @@ export async function begin(deps: UpdateDeps, opts: UpdateOptions): Promise<Upda
     ctx,
     config,
     image,
-    platform: opts.platform ?? { os: 'linux', architecture: hostArchitecture() },
+    platform: opts.platform ?? hostPlatform(),
     progress: opts.onProgress ?? (() => undefined),
     signal: opts.signal,
     held: {},

@@ -8,7 +8,7 @@
 import type { Target } from '../../content/interfaces.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { checkFreshness } from '../../trust/freshness.ts';
-import { formatExpiry } from '../../trust/expiry.ts';
+import { formatRfc3339 } from '../../trust/expiry.ts';
 import type { UpdateDeps } from './deps.ts';
 import type { Resolved, UpdateRun } from './run.ts';
 
@@ -26,7 +26,7 @@ export function policyCheck(deps: UpdateDeps, run: UpdateRun): (source: Target, 
     });
     if (!run.config.requireSignatureExpiry) return;
     const fresh = checkFreshness(decision, `${run.image} (${root.digest})`, new Date());
-    run.progress(`signature fresh: expires ${formatExpiry(fresh.expires)}`);
+    run.progress(`signature fresh: expires ${formatRfc3339(fresh.expires)}`);
   };
 }
 

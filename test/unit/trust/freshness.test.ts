@@ -6,7 +6,7 @@ import {
   EXPIRES_CLAIM,
   expiryAfter,
   expiryOf,
-  formatExpiry,
+  formatRfc3339,
   parseDuration,
   parseRfc3339,
 } from '../../../src/trust/expiry.ts';
@@ -84,7 +84,7 @@ describe('trust/expiry: durations and times', () => {
     const now = new Date('2026-12-05T06:00:00.750Z');
     assert.equal(expiryAfter('30d', now), '2027-01-04T06:00:00Z');
     assert.equal(expiryAfter('90m', now), '2026-12-05T07:30:00Z');
-    assert.equal(formatExpiry(new Date(0)), '1970-01-01T00:00:00Z');
+    assert.equal(formatRfc3339(new Date(0)), '1970-01-01T00:00:00Z');
     throwsCode(() => expiryAfter('soon', now), 'USAGE', /--expires "soon"/);
   });
 
@@ -111,7 +111,7 @@ describe('trust/freshness', () => {
       'img',
       now,
     );
-    assert.equal(formatExpiry(f.expires), '2027-01-01T00:00:00Z');
+    assert.equal(formatRfc3339(f.expires), '2027-01-01T00:00:00Z');
     assert.equal(f.payloadDigest, `sha256:${'2'.repeat(64)}`);
   });
 
@@ -187,7 +187,7 @@ describe('trust/freshness', () => {
     assert.equal(renewed.added, true, 'a new expiry is a new signature');
     assert.equal((await listSignatures(t, img.digest)).length, 2);
     const r2 = await verifyImageSignatures(t, img, opts);
-    assert.equal(formatExpiry(checkFreshness(decision(...r2.verified), 'img', now).expires), '2027-01-01T00:00:00Z');
+    assert.equal(formatRfc3339(checkFreshness(decision(...r2.verified), 'img', now).expires), '2027-01-01T00:00:00Z');
     await assert.rejects(
       signImage(t, img, privateKey, { dockerReference, annotations: { [EXPIRES_CLAIM]: '2099-01-01T00:00:00Z' } }),
       (e: unknown) => isTiuError(e) && e.code === 'USAGE',

@@ -16,12 +16,12 @@ import {
   issueLeaf,
   makeFulcioCa,
   makeRekorLog,
+  pastValidity,
   makeSigstoreBundle,
   REKOR_TEST_URL,
   TEST_EMAIL,
   TEST_OIDC_ISSUER,
   TEST_URI,
-  type LeafOptions,
   type SigstoreBundleOptions,
 } from '../../helpers/sigstore-fixtures.ts';
 import { putImage, TestTarget } from '../../helpers/trust-target.ts';
@@ -36,15 +36,8 @@ describe('trust/keyless sigstore bundles (cosign 3, Rekor v1, offline)', functio
   const otherCa = makeFulcioCa('other');
   const log = makeRekorLog();
   const otherLog = makeRekorLog();
-  const t0 = new Date(Math.floor((Date.now() - 2 * 3600 * 1000) / 1000) * 1000);
-  const logged = new Date(t0.getTime() + 5 * MIN);
-  const leafOpts: LeafOptions = {
-    issuerV1: TEST_OIDC_ISSUER,
-    issuerV2: TEST_OIDC_ISSUER,
-    email: TEST_EMAIL,
-    notBefore: t0,
-    notAfter: new Date(t0.getTime() + 10 * MIN),
-  };
+  // Minutes of validity two hours ago: already expired by the device's clock, valid when logged.
+  const { t0, logged, leafOpts } = pastValidity();
   const leaf = issueLeaf(ca, leafOpts);
 
   /** A v0.3 bundle carries only the leaf: the policy's CA file holds the intermediate and the root. */

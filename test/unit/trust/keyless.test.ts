@@ -12,6 +12,7 @@ import {
   issueLeaf,
   makeFulcioCa,
   makeRekorLog,
+  pastValidity,
   makeSet,
   subordinateCa,
   tamperIntegratedTime,
@@ -21,7 +22,6 @@ import {
   writeKeylessSignature,
   writeKeyRekorSignature,
   type KeylessSignOptions,
-  type LeafOptions,
 } from '../../helpers/sigstore-fixtures.ts';
 import { putImage, TestTarget } from '../../helpers/trust-target.ts';
 
@@ -36,15 +36,7 @@ describe('trust/keyless (Fulcio + Rekor, offline)', function () {
   const log = makeRekorLog();
   const otherLog = makeRekorLog();
   // Minutes of validity two hours ago: already expired by the device's clock, valid when logged.
-  const t0 = new Date(Math.floor((Date.now() - 2 * 3600 * 1000) / 1000) * 1000);
-  const logged = new Date(t0.getTime() + 5 * MIN);
-  const leafOpts: LeafOptions = {
-    issuerV1: TEST_OIDC_ISSUER,
-    issuerV2: TEST_OIDC_ISSUER,
-    email: TEST_EMAIL,
-    notBefore: t0,
-    notAfter: new Date(t0.getTime() + 10 * MIN),
-  };
+  const { t0, logged, leafOpts } = pastValidity();
   const leaf = issueLeaf(ca, leafOpts);
 
   function fulcioPolicy(fulcio: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): string {
