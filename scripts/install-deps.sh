@@ -5,7 +5,7 @@ set -euo pipefail
 # package:command-that-proves-it
 wanted=(
   btrfs-progs:mkfs.btrfs snapper:snapper docker-registry:docker-registry skopeo:skopeo
-  umoci:umoci zstd:zstd rsync:rsync casync:casync ostree:ostree curl:curl xz-utils:xz apache2-utils:htpasswd
+  umoci:umoci podman:podman buildah:buildah zstd:zstd rsync:rsync casync:casync ostree:ostree curl:curl xz-utils:xz apache2-utils:htpasswd
   openssl:openssl util-linux:losetup tar:tar e2fsprogs:mkfs.ext4 bsdutils:script
   attr:getfattr bzip2:bzip2
   # test/system: the VM image (debootstrap, chroot) and qemu to boot it

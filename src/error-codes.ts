@@ -608,6 +608,21 @@ export const ERROR_CODES = {
     action: "fix the hook or the image; the hook's output is in the message",
     transient: false,
   },
+  PODMAN_MISSING: {
+    meaning: 'a containers-storage: reference needs podman, and podman is not installed',
+    action: 'install podman, or give the image as oci:, oci-archive: or docker:// instead',
+    transient: false,
+  },
+  CONTAINERS_STORAGE_FAILED: {
+    meaning: "podman could not save the containers-storage: image (unknown name or ID, a storage it can't open)",
+    action: "check the name with `podman images` and the storage specifier; podman's error is the cause",
+    transient: false,
+  },
+  CONTAINERS_STORAGE_UNSUPPORTED: {
+    meaning: 'containers-storage: was given as a destination; tiu reads it, it does not write it',
+    action: 'copy to oci-archive: and load it with `podman load`, or push to a registry and pull it',
+    transient: false,
+  },
   COMMAND_FAILED: {
     meaning: 'a program tiu runs failed; the message has its argv and the end of its stderr',
     action: "read the program's error in the message",

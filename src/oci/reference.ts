@@ -3,6 +3,7 @@
  *   docker://host[:port]/repo[:tag][@digest]   (a bare `name[:tag][@digest]` means docker://)
  *   oci:/path/to/layout[:tag-or-digest]
  *   oci-archive:/path/to/file.tar[:tag-or-digest]
+ *   containers-storage:[[driver@]root[+runroot][:options]]image   (a source, read through podman)
  * Docker names are normalised like the containers tools do: no registry means docker.io, and a
  * single-component docker.io repository gets `library/`.
  */
@@ -36,7 +37,24 @@ export interface LayoutReference {
   digest?: Digest;
 }
 
-export type ImageReference = DockerReference | LayoutReference;
+/** Where containers-storage(5) keeps images, as the `[...]` of a containers-storage: reference. */
+export interface StorageSpecifier {
+  driver?: string;
+  root: string;
+  runRoot?: string;
+  options?: string;
+}
+
+export interface StorageReference {
+  transport: 'containers-storage';
+  storage?: StorageSpecifier;
+  /** An image ID (or its prefix) or a name as podman takes it: `localhost/x:v1`, `x@sha256:...`. */
+  image: string;
+  tag?: never;
+  digest?: never;
+}
+
+export type ImageReference = DockerReference | LayoutReference | StorageReference;
 
 const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[\w][\w.-]{0,127}$/;
@@ -47,13 +65,14 @@ export function parseReference(input: string): ImageReference {
   if (input.startsWith('docker://')) return parseDockerName(input.slice('docker://'.length), input);
   if (input.startsWith('oci-archive:')) return parseLayout('oci-archive', input.slice('oci-archive:'.length), input);
   if (input.startsWith('oci:')) return parseLayout('oci', input.slice('oci:'.length), input);
+  if (input.startsWith('containers-storage:')) return parseStorage(input.slice('containers-storage:'.length), input);
   const scheme = /^([a-z][a-z0-9+-]*):(?!\d)/.exec(input);
   if (scheme && !input.slice(0, input.indexOf('/') >>> 0).includes('.') && !['localhost'].includes(scheme[1]!)) {
-    // `containers-storage:`, `dir:` ... are transports tiu does not speak (a host:port has a digit after ':').
+    // `dir:`, `docker-daemon:` ... are transports tiu does not speak (a host:port has a digit after ':').
     if (!input.includes('/') || input.indexOf(':') < input.indexOf('/')) {
       throw new InvalidReferenceError(
         input,
-        `transport '${scheme[1]}' is not supported (use docker://, oci: or oci-archive:)`,
+        `transport '${scheme[1]}' is not supported (use docker://, oci:, oci-archive: or containers-storage:)`,
       );
     }
   }
@@ -72,6 +91,57 @@ function parseLayout(transport: 'oci' | 'oci-archive', rest: string, input: stri
   if (/[\s/]/.test(name) || name.length > 255)
     throw new InvalidReferenceError(input, `invalid tag ${JSON.stringify(name)}`);
   return { transport, path, tag: name };
+}
+
+function parseStorage(rest: string, input: string): StorageReference {
+  let storage: StorageSpecifier | undefined;
+  if (rest.startsWith('[')) {
+    const end = rest.indexOf(']');
+    if (end === -1) throw new InvalidReferenceError(input, "storage specifier without ']'");
+    storage = parseStorageSpecifier(rest.slice(1, end), input);
+    rest = rest.slice(end + 1);
+  }
+  // The name goes to podman as one argument: it must not read as an option or carry odd bytes.
+  if (rest === '') throw new InvalidReferenceError(input, 'no image name or ID');
+  if (rest.startsWith('-') || /\s/.test(rest) || hasControl(rest) || rest.length > 512) {
+    throw new InvalidReferenceError(input, `invalid image name ${JSON.stringify(rest)}`);
+  }
+  return storage
+    ? { transport: 'containers-storage', storage, image: rest }
+    : { transport: 'containers-storage', image: rest };
+}
+
+const hasControl = (s: string): boolean => [...s].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f);
+
+/** `[driver@]root[+runroot][:options]`, the paths absolute (containers-transports(5)). */
+function parseStorageSpecifier(text: string, input: string): StorageSpecifier {
+  let rest = text;
+  const spec: StorageSpecifier = { root: '' };
+  const colon = rest.indexOf(':');
+  if (colon !== -1) {
+    spec.options = rest.slice(colon + 1);
+    rest = rest.slice(0, colon);
+  }
+  const at = rest.indexOf('@');
+  if (at !== -1) {
+    spec.driver = rest.slice(0, at);
+    rest = rest.slice(at + 1);
+  }
+  const plus = rest.indexOf('+');
+  if (plus !== -1) {
+    spec.runRoot = rest.slice(plus + 1);
+    rest = rest.slice(0, plus);
+  }
+  spec.root = rest;
+  for (const p of [spec.root, spec.runRoot]) {
+    if (p !== undefined && !p.startsWith('/'))
+      throw new InvalidReferenceError(input, `storage path ${JSON.stringify(p)} is not absolute`);
+  }
+  if (spec.driver !== undefined && !/^[a-z0-9_]+$/.test(spec.driver)) {
+    throw new InvalidReferenceError(input, `invalid storage driver ${JSON.stringify(spec.driver)}`);
+  }
+  if (spec.options === '') delete spec.options;
+  return spec;
 }
 
 function parseDockerName(name: string, input: string): DockerReference {
@@ -136,6 +206,12 @@ export function dockerName(ref: DockerReference, withTag = true): string {
 
 export function formatReference(ref: ImageReference): string {
   if (ref.transport === 'docker') return `docker://${dockerName(ref)}`;
+  if (ref.transport === 'containers-storage') return `containers-storage:${formatStorage(ref.storage)}${ref.image}`;
   const name = ref.digest ?? ref.tag;
   return `${ref.transport}:${ref.path}${name ? ':' + name : ''}`;
+}
+
+function formatStorage(s: StorageSpecifier | undefined): string {
+  if (!s) return '';
+  return `[${s.driver ? s.driver + '@' : ''}${s.root}${s.runRoot ? '+' + s.runRoot : ''}${s.options ? ':' + s.options : ''}]`;
 }

@@ -3,6 +3,7 @@
  *   oci:/path[:tag|@digest]           an OCI layout directory
  *   oci-archive:/file.tar[:tag|@digest] a tar of a layout
  *   docker://host/repo:tag, host/repo  a registry (src/transport/registry)
+ *   containers-storage:[SPEC]IMAGE     podman's storage, a source only (./containers-storage.ts)
  * `name` is what to pass to resolve()/tag() on the Target: a tag, a digest, or undefined for
  * a layout's only image.
  */
@@ -12,6 +13,7 @@ import type { Descriptor } from '../oci/types.ts';
 import { OciArchiveTarget } from '../content/oci-archive.ts';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { parseReference, referenceName, type ImageReference } from '../oci/reference.ts';
+import { openStorageSource } from './containers-storage.ts';
 import { openRegistryTarget, type RegistryClientOptions } from './registry/index.ts';
 
 /**
@@ -52,6 +54,22 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
     }
     case 'docker':
       return { target: openRegistryTarget(ref, opts.registry ?? {}), name, ref };
+    case 'containers-storage': {
+      if (opts.forWrite) {
+        throw new TiuError(
+          'CONTAINERS_STORAGE_UNSUPPORTED',
+          `${input}: tiu reads containers-storage:, it does not write it`,
+          {
+            reference: input,
+          },
+        );
+      }
+      const { target, digest } = await openStorageSource(ref, {
+        ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+      return { target, name: digest, ref };
+    }
   }
 }
 

@@ -8,8 +8,8 @@ async function run(argv: string[]): Promise<{ rc: number; stdout: string; stderr
   let stderr = '';
   const out = process.stdout.write.bind(process.stdout);
   const err = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((s: string | Uint8Array) => ((stdout += String(s)), true));
-  process.stderr.write = ((s: string | Uint8Array) => ((stderr += String(s)), true));
+  process.stdout.write = (s: string | Uint8Array) => ((stdout += String(s)), true);
+  process.stderr.write = (s: string | Uint8Array) => ((stderr += String(s)), true);
   try {
     return { rc: await main(argv), stdout, stderr };
   } finally {

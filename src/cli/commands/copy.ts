@@ -20,6 +20,7 @@ const command: Command = {
   usage: 'tiu copy SRC DST [--referrers] [--concurrency N] [--json]',
   help:
     'SRC and DST are image references: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG].\n' +
+    'SRC may also be containers-storage:[[DRIVER@]ROOT[+RUNROOT]]IMAGE (read through podman).\n' +
     'Every byte is verified by digest and size; the destination tag is set only once all content is there.\n' +
     'Without a destination tag the source tag is reused.\n' +
     '  --referrers      also copy signatures and other referrers (and cosign sha256-<hex>.sig tags)\n' +
