@@ -209,7 +209,8 @@ export const ERROR_CODES = {
     transient: false,
   },
   CONFIG_INVALID: {
-    meaning: 'a configuration file (tiu.conf, registries.conf, auth.json) is malformed; the message names it',
+    meaning:
+      'a configuration file (tiu.conf, registries.conf, auth.json) or certificate directory is malformed or missing; the message names it',
     action: 'correct the file at the place the message names',
     transient: false,
   },
