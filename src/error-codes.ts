@@ -105,6 +105,19 @@ export const ERROR_CODES = {
     action: 'name one with :TAG or @DIGEST',
     transient: false,
   },
+  SHORT_NAME_UNRESOLVED: {
+    meaning: 'a short image name (no registry) has no alias and registries.conf lists no unqualified-search-registries',
+    action:
+      'name the registry (docker://HOST/REPO:TAG), or add an alias or unqualified-search-registries to registries.conf',
+    transient: false,
+  },
+  SHORT_NAME_AMBIGUOUS: {
+    meaning:
+      'a short image name could come from several unqualified-search-registries and short-name-mode is enforcing (podman would ask; tiu does not), or it names a destination',
+    action:
+      'name the registry, add an alias to registries.conf, or set short-name-mode = "permissive" to take the first that has the image',
+    transient: false,
+  },
   REFERENCE_MISSING: {
     meaning: 'no image is named: no reference given and none configured, or a source that needs a tag or digest',
     action: 'give a reference with a tag or digest, or set `image` in /etc/tiu/tiu.conf',

@@ -14,7 +14,8 @@ import { OciArchiveTarget } from '../content/oci-archive.ts';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { parseReference, referenceName, type ImageReference } from '../oci/reference.ts';
 import { openStorageSource } from './containers-storage.ts';
-import { openRegistryTarget, type RegistryClientOptions } from './registry/index.ts';
+import { openRegistryTarget, registriesConfOf, type RegistryClientOptions } from './registry/index.ts';
+import { isShortName, shortNameCandidates } from './short-names.ts';
 
 /**
  * Options for opening a reference. An open interface: transports add their own fields
@@ -53,6 +54,7 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
       return { target, name, ref };
     }
     case 'docker':
+      if (isShortName(input)) return openShortName(input, name, opts);
       return { target: openRegistryTarget(ref, opts.registry ?? {}), name, ref };
     case 'containers-storage': {
       if (opts.forWrite) {
@@ -71,6 +73,39 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
       return { target, name: digest, ref };
     }
   }
+}
+
+/**
+ * A short name's registry Target (./short-names.ts): its one candidate, or for a pull among
+ * several (short-name-mode permissive or disabled) the first that has the image; when none has
+ * it, the first failure that is not "not found" (a network error says more), else the first.
+ */
+async function openShortName(input: string, name: string | undefined, opts: OpenOptions): Promise<OpenedReference> {
+  const conf = registriesConfOf(opts.registry ?? {});
+  const { candidates, origin } = shortNameCandidates(input, conf);
+  const registry: RegistryClientOptions = { ...opts.registry, registriesConf: conf };
+  if (candidates.length > 1 && opts.forWrite) {
+    throw new TiuError(
+      'SHORT_NAME_AMBIGUOUS',
+      `short name ${JSON.stringify(input)} as a destination could be any of ${origin}; name the registry`,
+      {
+        name: input,
+      },
+    );
+  }
+  const failures: unknown[] = [];
+  for (const ref of candidates) {
+    const target = openRegistryTarget(ref, registry);
+    if (candidates.length === 1) return { target, name, ref };
+    try {
+      await target.resolve(name ?? 'latest', opts.signal ? { signal: opts.signal } : {});
+      return { target, name, ref };
+    } catch (e) {
+      failures.push(e);
+      await target.close();
+    }
+  }
+  throw failures.find((e) => !(e instanceof TiuError && e.code === 'CONTENT_NOT_FOUND')) ?? failures[0];
 }
 
 /** The root descriptor `opened` names: its tag or digest, else a layout's only image. REFERENCE_MISSING without either. */

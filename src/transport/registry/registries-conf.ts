@@ -45,8 +45,14 @@ export interface RegistriesConf {
   unqualifiedSearchRegistries: string[];
   /** The file that set unqualified-search-registries last; undefined when none did. */
   unqualifiedSearchOrigin?: string;
+  /** short-name-mode; containers/image's default is enforcing. */
+  shortNameMode?: ShortNameMode;
+  /** [aliases]: short name -> fully qualified repository, and the file that set each. */
+  aliases: Record<string, { value: string; source: string }>;
   files: string[];
 }
+
+export type ShortNameMode = 'enforcing' | 'permissive' | 'disabled';
 
 export const DEFAULT_REGISTRIES_CONF = '/etc/containers/registries.conf';
 export const DEFAULT_REGISTRIES_CONF_DIR = '/etc/containers/registries.conf.d';
@@ -54,7 +60,7 @@ const USER_REGISTRIES_CONF = '.config/containers/registries.conf';
 const USER_REGISTRIES_CONF_DIR = '.config/containers/registries.conf.d';
 
 export function emptyRegistriesConf(): RegistriesConf {
-  return { registries: [], unqualifiedSearchRegistries: [], files: [] };
+  return { registries: [], unqualifiedSearchRegistries: [], aliases: {}, files: [] };
 }
 
 function str(v: unknown, file: string, key: string): string | undefined {
@@ -79,7 +85,22 @@ export function parseRegistriesConf(text: string, file: string): RegistriesConf 
   if (doc.registries !== undefined && typeof doc.registries === 'object' && !Array.isArray(doc.registries)) {
     throw new InvalidConfigError(file, 'is in the version 1 format ([registries.search]); tiu reads version 2');
   }
-  const conf: RegistriesConf = { registries: [], unqualifiedSearchRegistries: [], files: [file] };
+  const conf: RegistriesConf = { registries: [], unqualifiedSearchRegistries: [], aliases: {}, files: [file] };
+  const mode = doc['short-name-mode'];
+  if (mode !== undefined) {
+    if (mode !== 'enforcing' && mode !== 'permissive' && mode !== 'disabled') {
+      throw new InvalidConfigError(file, `short-name-mode must be enforcing, permissive or disabled, not ${JSON.stringify(mode)}`);
+    }
+    conf.shortNameMode = mode;
+  }
+  const aliases = doc.aliases;
+  if (aliases !== undefined) {
+    if (typeof aliases !== 'object' || aliases === null || Array.isArray(aliases)) throw new InvalidConfigError(file, '[aliases] must be a table');
+    for (const [k, v] of Object.entries(aliases)) {
+      if (typeof v !== 'string') throw new InvalidConfigError(file, `alias ${JSON.stringify(k)} must be a string`);
+      conf.aliases[k] = { value: v, source: file };
+    }
+  }
   const usr = doc['unqualified-search-registries'];
   if (usr !== undefined) {
     if (!Array.isArray(usr) || usr.some((x) => typeof x !== 'string')) throw new InvalidConfigError(file, 'unqualified-search-registries must be a list of strings');
@@ -187,6 +208,8 @@ export function loadRegistriesConf(opts: LoadOptions = {}): RegistriesConf {
   }
   for (const p of parts) {
     merged.files.push(...p.files);
+    if (p.shortNameMode !== undefined) merged.shortNameMode = p.shortNameMode;
+    Object.assign(merged.aliases, p.aliases);
     if (p.unqualifiedSearchOrigin !== undefined) {
       merged.unqualifiedSearchRegistries = p.unqualifiedSearchRegistries;
       merged.unqualifiedSearchOrigin = p.unqualifiedSearchOrigin;
