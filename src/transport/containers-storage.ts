@@ -23,7 +23,13 @@ export async function openStorageSource(
     await saveFromStorage(ref, layoutDir, opts.signal);
     const layout = await OciLayoutTarget.open(layoutDir, { name: formatReference(ref) });
     const root = await layout.resolveDefault();
-    const target: Target = Object.assign(layout, { close: remove });
+    const own = (layout as Target).close?.bind(layout);
+    const target: Target = Object.assign(layout, {
+      close: async () => {
+        await own?.();
+        await remove();
+      },
+    });
     return { target, digest: root.digest };
   } catch (e) {
     await remove();
