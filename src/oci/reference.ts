@@ -1,8 +1,10 @@
 /**
  * Image references as containers-transports(5) spells them:
  *   docker://host[:port]/repo[:tag][@digest]   (a bare `name[:tag][@digest]` means docker://)
- *   oci:/path/to/layout[:tag-or-digest]
- *   oci-archive:/path/to/file.tar[:tag-or-digest]
+ *   oci:/path/to/layout[:name-or-digest] or oci:/path/to/layout@digest
+ *   oci-archive:/path/to/file.tar[:name-or-digest] or oci-archive:/path/to/file.tar@digest
+ * A layout's name is any org.opencontainers.image.ref.name containers/image accepts there
+ * (`oci-archive:saved.tar:localhost/on-top:latest`); the path ends at the first ':'.
  * Docker names are normalised like the containers tools do: no registry means docker.io, and a
  * single-component docker.io repository gets `library/`.
  */
@@ -60,7 +62,19 @@ export function parseReference(input: string): ImageReference {
   return parseDockerName(input, input);
 }
 
+/**
+ * An image name inside `oci:`/`oci-archive:` (matched against org.opencontainers.image.ref.name):
+ * containers/image's rule, components of letters and digits joined by `-._:@+` or `--`, separated
+ * by `/`, so `localhost/on-top:latest` (what `podman save --format oci-archive` writes) is one.
+ */
+const LAYOUT_COMPONENT = '[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*';
+const LAYOUT_NAME = new RegExp(`^${LAYOUT_COMPONENT}(?:/${LAYOUT_COMPONENT})*$`);
+/** `PATH@DIGEST`, the form tiu's REFERENCE_AMBIGUOUS hint offers besides `PATH:DIGEST`. */
+const PATH_AT_DIGEST = /^([^:]+)@(sha256:[a-f0-9]{64})$/;
+
 function parseLayout(transport: 'oci' | 'oci-archive', rest: string, input: string): LayoutReference {
+  const atDigest = PATH_AT_DIGEST.exec(rest);
+  if (atDigest) return { transport, path: atDigest[1]!, digest: atDigest[2] as Digest };
   // The path ends at the first ':' (as in containers/image); what follows names the image.
   const colon = rest.indexOf(':');
   const path = colon === -1 ? rest : rest.slice(0, colon);
@@ -69,8 +83,11 @@ function parseLayout(transport: 'oci' | 'oci-archive', rest: string, input: stri
   if (name === undefined || name === '') return { transport, path };
   if (isDigest(name)) return { transport, path, digest: name };
   if (name.startsWith('sha256:')) throw new InvalidReferenceError(input, 'malformed digest');
-  if (/[\s/]/.test(name) || name.length > 255)
-    throw new InvalidReferenceError(input, `invalid tag ${JSON.stringify(name)}`);
+  if (!LAYOUT_NAME.test(name) || name.length > 255)
+    throw new InvalidReferenceError(
+      input,
+      `invalid image name ${JSON.stringify(name)} (letters and digits joined by - . _ : @ + or /, at most 255)`,
+    );
   return { transport, path, tag: name };
 }
 
