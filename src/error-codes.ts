@@ -145,6 +145,19 @@ export const ERROR_CODES = {
     action: 'wait for the other tiu to finish, then run again',
     transient: true,
   },
+  CONVERSION_REFUSED: {
+    meaning:
+      'the destination (`oci:`, `oci-archive:`) takes only OCI manifests, and converting this Docker image would change its digests: refused because of --preserve-digests, or because the image has referrers (signatures) that name the old digest',
+    action:
+      'copy to a registry (docker://) to keep the Docker manifest, or copy without --preserve-digests / --referrers',
+    transient: false,
+  },
+  CONVERSION_UNSUPPORTED: {
+    meaning:
+      'a Docker image cannot be converted to OCI (a layer media type with no OCI counterpart, a config time that is not RFC 3339)',
+    action: 'copy it to a registry (docker://) instead, or rebuild the image in OCI format',
+    transient: false,
+  },
   COPY_FAILED: {
     meaning:
       'a copy between two targets failed; the cause code (`[COPY_FAILED <- CAUSE]`, `error.cause.code`) says why',
