@@ -1,0 +1,153 @@
+/**
+ * skopeo-compatible copies against the real tools: a Docker v2s2 image in a registry, copied by
+ * tiu into `oci:` and `oci-archive:`, is converted to OCI as skopeo converts it (same digests)
+ * and read back by skopeo and umoci by its tag; `podman save --format oci-archive` archives are
+ * addressable by the name podman gave the image.
+ */
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
+import { requireRoot } from '../helpers/env.ts';
+
+const TIU = fileURLToPath(new URL('../../bin/tiu', import.meta.url));
+const tiu = (...args: string[]) => execa(TIU, args, { reject: false });
+
+interface Inspected {
+  Digest: string;
+  Labels: Record<string, string> | null;
+  Layers: string[];
+}
+const inspect = async (ref: string): Promise<Inspected> =>
+  JSON.parse((await execa('skopeo', ['inspect', ref])).stdout) as Inspected;
+const raw = async (ref: string, ...flags: string[]): Promise<{ mediaType: string; config: { mediaType: string } }> =>
+  JSON.parse((await execa('skopeo', ['inspect', '--raw', ...flags, ref])).stdout) as {
+    mediaType: string;
+    config: { mediaType: string };
+  };
+
+describe('skopeo-compatible transports and copy semantics (skopeo, umoci, podman)', function () {
+  this.timeout(300000);
+  let dir: string;
+  let registry: RunningRegistry;
+  let dockerRef: string;
+  let ociLayout: string;
+
+  before(async function () {
+    requireRoot(this, 'starts a registry');
+    dir = await mkdtemp(join(tmpdir(), 'tiu-skopeo-'));
+    ociLayout = join(dir, 'umoci');
+    await execa('umoci', ['init', '--layout', ociLayout]);
+    await execa('umoci', ['new', '--image', `${ociLayout}:t`]);
+    const root = join(dir, 'root');
+    await mkdir(join(root, 'etc'), { recursive: true });
+    await writeFile(join(root, 'etc', 'os-release'), 'ID=opensuse-microos\nVERSION_ID=20251205\n');
+    await execa('umoci', ['insert', '--image', `${ociLayout}:t`, join(root, 'etc'), '/etc']);
+    await execa('umoci', ['config', '--image', `${ociLayout}:t`, '--config.label', 'ID=opensuse-microos']);
+    registry = await startRegistry();
+    dockerRef = `docker://${registry.host}/docker/img:v1`;
+    // skopeo writes it as a Docker v2s2 image: the source the issue is about.
+    await execa('skopeo', ['copy', '--dest-tls-verify=false', '--format', 'v2s2', `oci:${ociLayout}:t`, dockerRef]);
+    const m = await raw(dockerRef, '--tls-verify=false');
+    assert.equal(m.mediaType, 'application/vnd.docker.distribution.manifest.v2+json');
+  });
+  after(async () => {
+    await registry?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('copies a Docker image into oci: as OCI, with the digests skopeo gives it; skopeo and umoci read it by tag', async () => {
+    const layout = join(dir, 'tiu-layout');
+    const r = await tiu('copy', '--json', '--src-tls-verify=false', dockerRef, `oci:${layout}:v1`);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { digest: string; mediaType: string };
+    assert.equal(out.mediaType, 'application/vnd.oci.image.manifest.v1+json');
+
+    const m = await raw(`oci:${layout}:v1`);
+    assert.equal(m.mediaType, 'application/vnd.oci.image.manifest.v1+json');
+    assert.equal(m.config.mediaType, 'application/vnd.oci.image.config.v1+json');
+    const info = await inspect(`oci:${layout}:v1`);
+    assert.equal(info.Digest, out.digest);
+    assert.equal(info.Labels?.ID, 'opensuse-microos');
+
+    // skopeo's own conversion of the same registry image: byte-identical manifest and config.
+    const bySkopeo = join(dir, 'skopeo-layout');
+    await execa('skopeo', ['copy', '--src-tls-verify=false', dockerRef, `oci:${bySkopeo}:v1`]);
+    assert.equal((await inspect(`oci:${bySkopeo}:v1`)).Digest, out.digest);
+
+    const bundle = join(dir, 'bundle');
+    await execa('umoci', ['unpack', '--image', `${layout}:v1`, bundle]);
+    assert.match(await readFile(join(bundle, 'rootfs', 'etc', 'os-release'), 'utf8'), /VERSION_ID=20251205/);
+  });
+
+  it('copies a Docker image into oci-archive: as OCI; skopeo reads it by tag, umoci from its layout', async () => {
+    const archive = join(dir, 'tiu.tar');
+    const r = await tiu('copy', '--src-tls-verify=false', dockerRef, `oci-archive:${archive}:v2`);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const m = await raw(`oci-archive:${archive}:v2`);
+    assert.equal(m.mediaType, 'application/vnd.oci.image.manifest.v1+json');
+    const info = await inspect(`oci-archive:${archive}:v2`);
+    assert.equal(info.Labels?.ID, 'opensuse-microos');
+    const unpacked = join(dir, 'archive-layout');
+    await mkdir(unpacked);
+    await execa('tar', ['-xf', archive, '-C', unpacked]);
+    const bundle = join(dir, 'bundle-archive');
+    await execa('umoci', ['unpack', '--image', `${unpacked}:v2`, bundle]);
+    assert.deepEqual(await readdir(join(bundle, 'rootfs', 'etc')), ['os-release']);
+  });
+
+  it('--preserve-digests refuses the conversion before writing anything', async () => {
+    const layout = join(dir, 'refused');
+    const r = await tiu('copy', '--preserve-digests', '--src-tls-verify=false', dockerRef, `oci:${layout}:v1`);
+    assert.equal(r.exitCode, 1);
+    assert.match(r.stderr, /\[CONVERSION_REFUSED\]/);
+    const blobs = await readdir(join(layout, 'blobs', 'sha256')).catch(() => []);
+    assert.deepEqual(blobs, []);
+    // skopeo 1.9 keeps the digests by writing the Docker manifest into the layout unconverted,
+    // which it then cannot resolve by tag (the issue's complaint): tiu refuses instead.
+    const s = await execa('skopeo', [
+      'copy',
+      '--preserve-digests',
+      '--src-tls-verify=false',
+      dockerRef,
+      `oci:${join(dir, 'kept')}:v1`,
+    ]);
+    assert.equal(s.exitCode, 0);
+    const kept = JSON.parse(await readFile(join(dir, 'kept', 'index.json'), 'utf8')) as {
+      manifests: { mediaType: string }[];
+    };
+    assert.equal(kept.manifests[0]?.mediaType, 'application/vnd.docker.distribution.manifest.v2+json');
+  });
+
+  it('reads a `podman save --format oci-archive` archive by the name podman gave it', async () => {
+    // A private podman store: the machine's own is left alone.
+    const store = ['--root', join(dir, 'podman-root'), '--runroot', join(dir, 'podman-run'), '--storage-driver', 'vfs'];
+    const storeSpec = `[vfs@${join(dir, 'podman-root')}+${join(dir, 'podman-run')}]`;
+    await execa('skopeo', ['copy', `oci:${ociLayout}:t`, `containers-storage:${storeSpec}localhost/on-top:latest`]);
+    const saved = join(dir, 'saved.tar');
+    await execa('podman', [...store, 'save', '--format', 'oci-archive', '-o', saved, 'localhost/on-top:latest']);
+
+    const { stdout: indexText } = await execa('tar', ['-xOf', saved, 'index.json']);
+    const names = (JSON.parse(indexText) as { manifests: { annotations?: Record<string, string> }[] }).manifests.map(
+      (m) => m.annotations?.['org.opencontainers.image.ref.name'],
+    );
+    assert.deepEqual(names, ['localhost/on-top:latest'], 'podman names the image so');
+    const named = `oci-archive:${saved}:localhost/on-top:latest`;
+    const r = await tiu('inspect', '--json', named);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const viaSkopeo = await inspect(named);
+    const copied = join(dir, 'from-podman');
+    const c = await tiu('copy', '--json', named, `oci:${copied}:on-top`);
+    assert.equal(c.exitCode, 0, c.stderr);
+    assert.equal((JSON.parse(c.stdout) as { digest: string }).digest, viaSkopeo.Digest);
+    assert.equal((await inspect(`oci:${copied}:on-top`)).Digest, viaSkopeo.Digest);
+    // The digest form the ambiguity hint offers.
+    const byDigest = await tiu('copy', `oci-archive:${saved}@${viaSkopeo.Digest}`, `oci:${copied}:again`);
+    assert.equal(byDigest.exitCode, 0, byDigest.stderr);
+    const wrongName = await tiu('inspect', `oci-archive:${saved}:localhost/other:latest`);
+    assert.notEqual(wrongName.exitCode, 0);
+  });
+});
