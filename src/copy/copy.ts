@@ -277,7 +277,7 @@ class GraphCopier {
     if (parsed.kind === 'index') {
       const written = await this.#all(parsed.index.manifests);
       const byDigest = new Map(parsed.index.manifests.map((m, i) => [m.digest, written[i]!]));
-      return step('push', 'destination', this.#dst, async () => dockerListToOci(parsed.index, byDigest), desc.digest);
+      return this.#converting(desc, () => dockerListToOci(parsed.index, byDigest));
     }
     const { manifest } = parsed;
     await this.#all(manifest.layers);
@@ -294,10 +294,15 @@ class GraphCopier {
         manifest.config.digest,
       ),
     );
-    const ociConfig = dockerConfigToOci(configBytes);
+    const ociConfig = await this.#converting(manifest.config, () => dockerConfigToOci(configBytes));
     const config: Descriptor = { mediaType: MediaType.OciConfig, digest: sha256(ociConfig), size: ociConfig.length };
     await this.#pushSmall(config, ociConfig, true);
-    return step('push', 'destination', this.#dst, async () => dockerManifestToOci(manifest, config), desc.digest);
+    return this.#converting(desc, () => dockerManifestToOci(manifest, config));
+  }
+
+  /** A conversion step; its failure is a copy failure naming the document (COPY_FAILED <- CONVERSION_UNSUPPORTED). */
+  #converting<T>(desc: Descriptor, convert: () => T): Promise<T> {
+    return step('push', 'destination', this.#dst, () => Promise.resolve(convert()), desc.digest);
   }
 
   async #copyBlob(desc: Descriptor): Promise<void> {

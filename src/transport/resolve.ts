@@ -62,3 +62,39 @@ export async function resolveRoot(opened: OpenedReference, opts: { signal?: Abor
   if (target.resolveDefault) return target.resolveDefault(opts);
   throw new TiuError('REFERENCE_MISSING', `${target.name} needs a tag or digest to name the image`);
 }
+
+/** The OCI empty blob (`{}`): what a probe asks a registry for; any answer but "no such host" will do. */
+const PROBE_BLOB: Descriptor = {
+  mediaType: 'application/vnd.oci.empty.v1+json',
+  digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a',
+  size: 2,
+};
+
+/**
+ * Check a destination before expensive work (a build compresses every layer before it pushes):
+ * a registry must answer (connection, TLS, credentials), so `--tag localhost/x:v3`, read as the
+ * registry at localhost:80, fails at once and says how it was read. Layouts and archives were
+ * already checked when opened for writing.
+ */
+export async function probeDestination(opened: OpenedReference, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  const { ref, target } = opened;
+  if (ref.transport !== 'docker') return;
+  try {
+    await target.exists(PROBE_BLOB, opts);
+  } catch (e) {
+    if (!(e instanceof TiuError)) throw e;
+    throw new UnusableDestinationError(target.name, ref.registry, e);
+  }
+}
+
+/** A destination registry that does not answer; keeps the cause's code (REGISTRY_UNREACHABLE, REGISTRY_AUTH_FAILED, …). */
+export class UnusableDestinationError extends TiuError {
+  constructor(name: string, registry: string, cause: TiuError) {
+    super(
+      cause.code,
+      `destination ${name} (read as the registry at ${registry}) cannot be used: ${cause.message}; ` +
+        'a local image needs its transport: oci:DIR:TAG or oci-archive:FILE:TAG',
+      { ...cause.details, destination: name },
+    );
+  }
+}

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { requireRoot } from '../helpers/env.ts';
+import { freePort } from '../helpers/ports.ts';
 
 const TIU = fileURLToPath(new URL('../../bin/tiu', import.meta.url));
 const tiu = (...args: string[]) => execa(TIU, args, { reject: false });
@@ -149,5 +150,21 @@ describe('skopeo-compatible transports and copy semantics (skopeo, umoci, podman
     assert.equal(byDigest.exitCode, 0, byDigest.stderr);
     const wrongName = await tiu('inspect', `oci-archive:${saved}:localhost/other:latest`);
     assert.notEqual(wrongName.exitCode, 0);
+  });
+
+  it('tiu build checks a registry destination before any work: a bare localhost name fails at once', async () => {
+    const tree = join(dir, 'tree');
+    await mkdir(join(tree, 'etc'), { recursive: true });
+    await writeFile(join(tree, 'etc', 'os-release'), 'ID=opensuse-microos\n');
+    await writeFile(join(tree, 'etc', 'big'), Buffer.alloc(1 << 20, 7));
+    // `localhost:PORT/x:v3` with nothing listening stands for the issue's `localhost/x:v3` (port 80).
+    const r = await tiu('build', tree, '--tag', `localhost:${await freePort()}/x:v3`);
+    assert.equal(r.exitCode, 1);
+    assert.match(r.stderr, /read as the registry at localhost:\d+.*oci:DIR:TAG.*\[REGISTRY_UNREACHABLE\]/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, `nothing built before the refusal:\n${r.stderr}`);
+    const bad = await tiu('build', tree, '--tag', `oci:${join(dir, 'never')}:v1`, '--delta-from', 'oci:/x:bad name');
+    assert.equal(bad.exitCode, 1);
+    assert.match(bad.stderr, /\[REFERENCE_INVALID\]/);
+    assert.equal(bad.stderr.trim().split('\n').length, 1, bad.stderr);
   });
 });
