@@ -145,6 +145,12 @@ export const ERROR_CODES = {
     action: 'wait for the other tiu to finish, then run again',
     transient: true,
   },
+  DIR_INVALID: {
+    meaning:
+      'a `dir:` image cannot be used: no manifest.json, an unknown version file, a symlink or non-regular file, a digest other than sha256, or a destination that is a non-empty directory but no dir: image',
+    action: 'name a dir: image written by skopeo or tiu, or an empty or new directory as a destination',
+    transient: false,
+  },
   CONVERSION_REFUSED: {
     meaning:
       'the destination (`oci:`, `oci-archive:`) takes only OCI manifests, and converting this Docker image would change its digests: refused because of --preserve-digests, or because the image has referrers (signatures) that name the old digest',

@@ -3,6 +3,7 @@
  *   docker://host[:port]/repo[:tag][@digest]   (a bare `name[:tag][@digest]` means docker://)
  *   oci:/path/to/layout[:name-or-digest] or oci:/path/to/layout@digest
  *   oci-archive:/path/to/file.tar[:name-or-digest] or oci-archive:/path/to/file.tar@digest
+ *   dir:/path/to/dir                           (containers' directory transport: one image, no name)
  * A layout's name is any org.opencontainers.image.ref.name containers/image accepts there
  * (`oci-archive:saved.tar:localhost/on-top:latest`); the path ends at the first ':'.
  * Docker names are normalised like the containers tools do: no registry means docker.io, and a
@@ -38,7 +39,15 @@ export interface LayoutReference {
   digest?: Digest;
 }
 
-export type ImageReference = DockerReference | LayoutReference;
+/** containers' dir: transport: one image in a flat directory; the whole rest is the path. */
+export interface DirReference {
+  transport: 'dir';
+  path: string;
+  tag?: undefined;
+  digest?: undefined;
+}
+
+export type ImageReference = DockerReference | LayoutReference | DirReference;
 
 const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[\w][\w.-]{0,127}$/;
@@ -49,13 +58,18 @@ export function parseReference(input: string): ImageReference {
   if (input.startsWith('docker://')) return parseDockerName(input.slice('docker://'.length), input);
   if (input.startsWith('oci-archive:')) return parseLayout('oci-archive', input.slice('oci-archive:'.length), input);
   if (input.startsWith('oci:')) return parseLayout('oci', input.slice('oci:'.length), input);
+  if (input.startsWith('dir:')) {
+    const path = input.slice('dir:'.length);
+    if (path === '') throw new InvalidReferenceError(input, 'empty path');
+    return { transport: 'dir', path };
+  }
   const scheme = /^([a-z][a-z0-9+-]*):(?!\d)/.exec(input);
   if (scheme && !input.slice(0, input.indexOf('/') >>> 0).includes('.') && !['localhost'].includes(scheme[1]!)) {
     // `containers-storage:`, `dir:` ... are transports tiu does not speak (a host:port has a digit after ':').
     if (!input.includes('/') || input.indexOf(':') < input.indexOf('/')) {
       throw new InvalidReferenceError(
         input,
-        `transport '${scheme[1]}' is not supported (use docker://, oci: or oci-archive:)`,
+        `transport '${scheme[1]}' is not supported (use docker://, oci:, oci-archive: or dir:)`,
       );
     }
   }
@@ -153,6 +167,7 @@ export function dockerName(ref: DockerReference, withTag = true): string {
 
 export function formatReference(ref: ImageReference): string {
   if (ref.transport === 'docker') return `docker://${dockerName(ref)}`;
+  if (ref.transport === 'dir') return `dir:${ref.path}`;
   const name = ref.digest ?? ref.tag;
   return `${ref.transport}:${ref.path}${name ? ':' + name : ''}`;
 }

@@ -2,6 +2,7 @@
  * A reference string (containers-transports(5)) to an open Target:
  *   oci:/path[:tag|@digest]           an OCI layout directory
  *   oci-archive:/file.tar[:tag|@digest] a tar of a layout
+ *   dir:/path                         containers' directory transport (src/content/dir.ts)
  *   docker://host/repo:tag, host/repo  a registry (src/transport/registry)
  * `name` is what to pass to resolve()/tag() on the Target: a tag, a digest, or undefined for
  * a layout's only image.
@@ -9,6 +10,7 @@
 import type { Target } from '../content/interfaces.ts';
 import { TiuError } from '../errors.ts';
 import type { Descriptor } from '../oci/types.ts';
+import { DirTarget } from '../content/dir.ts';
 import { OciArchiveTarget } from '../content/oci-archive.ts';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { parseReference, referenceName, type ImageReference } from '../oci/reference.ts';
@@ -48,6 +50,10 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
         name: `oci-archive:${ref.path}`,
         ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}),
       });
+      return { target, name, ref };
+    }
+    case 'dir': {
+      const target = await DirTarget.open(ref.path, { create: opts.forWrite === true, name: `dir:${ref.path}` });
       return { target, name, ref };
     }
     case 'docker':

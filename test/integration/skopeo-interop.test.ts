@@ -167,4 +167,34 @@ describe('skopeo-compatible transports and copy semantics (skopeo, umoci, podman
     assert.match(bad.stderr, /\[REFERENCE_INVALID\]/);
     assert.equal(bad.stderr.trim().split('\n').length, 1, bad.stderr);
   });
+
+  it('dir: round trips with skopeo: skopeo writes, tiu reads; tiu writes, skopeo reads', async () => {
+    const bySkopeo = join(dir, 'dir-skopeo');
+    await execa('skopeo', ['copy', '--src-tls-verify=false', dockerRef, `dir:${bySkopeo}`]);
+    const viaSkopeo = await inspect(`dir:${bySkopeo}`);
+    const layout = join(dir, 'from-dir');
+    const r = await tiu('copy', '--json', `dir:${bySkopeo}`, `oci:${layout}:d`);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.deepEqual((await inspect(`oci:${layout}:d`)).Layers, viaSkopeo.Layers);
+
+    // tiu keeps the Docker manifest as it is in dir: (skopeo does too), digest and all.
+    const byTiu = join(dir, 'dir-tiu');
+    const w = await tiu('copy', '--json', '--src-tls-verify=false', dockerRef, `dir:${byTiu}`);
+    assert.equal(w.exitCode, 0, w.stderr);
+    const written = JSON.parse(w.stdout) as { digest: string; mediaType: string };
+    assert.equal(written.mediaType, 'application/vnd.docker.distribution.manifest.v2+json');
+    assert.equal((await inspect(`dir:${byTiu}`)).Digest, written.digest);
+    assert.equal(
+      (await execa('skopeo', ['inspect', '--tls-verify=false', dockerRef])).stdout.includes(written.digest),
+      true,
+      'the registry has the same digest',
+    );
+    const back = join(dir, 'dir-back');
+    await execa('skopeo', ['copy', `dir:${byTiu}`, `oci:${back}:b`]);
+    assert.equal(await readFile(join(dir, 'dir-tiu', 'version'), 'utf8'), 'Directory Transport Version: 1.1\n');
+    const again = await tiu('copy', '--json', '--src-tls-verify=false', dockerRef, `dir:${byTiu}`);
+    assert.equal(again.exitCode, 0, 'a dir: image is replaced by the next copy');
+    const refused = await tiu('copy', '--referrers', '--src-tls-verify=false', dockerRef, `dir:${byTiu}`);
+    assert.equal(refused.exitCode, 2);
+  });
 });

@@ -33,6 +33,7 @@ describe('reference', () => {
       'oci:l:registry.example.com/a_b/c-d:1.0',
       { transport: 'oci', path: 'l', tag: 'registry.example.com/a_b/c-d:1.0' },
     ],
+    ['dir:/tmp/x:y', { transport: 'dir', path: '/tmp/x:y' }],
     [`oci:rel/dir@${D}`, { transport: 'oci', path: 'rel/dir', digest: D }],
     [`oci-archive:/tmp/a.tar@${D}`, { transport: 'oci-archive', path: '/tmp/a.tar', digest: D }],
   ];
@@ -47,7 +48,8 @@ describe('reference', () => {
     'x:bad tag',
     'x@sha256:123',
     'oci:',
-    'dir:/tmp/x',
+    'dir:',
+    'containers-storage:x',
     'a//b',
     `oci:/x:sha256:zz`,
     'oci:/x:a//b',
