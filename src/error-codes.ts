@@ -151,6 +151,12 @@ export const ERROR_CODES = {
     action: 'name a dir: image written by skopeo or tiu, or an empty or new directory as a destination',
     transient: false,
   },
+  DOCKER_ARCHIVE_INVALID: {
+    meaning:
+      'a `docker-archive:` (docker save) file cannot be read: no or bad manifest.json, a missing config or layer, layers and diff_ids that disagree, a compressed layer, an entry leaving the archive',
+    action: 'write the archive again with `docker save` or `skopeo copy … docker-archive:`',
+    transient: false,
+  },
   CONVERSION_REFUSED: {
     meaning:
       'the destination (`oci:`, `oci-archive:`) takes only OCI manifests, and converting this Docker image would change its digests: refused because of --preserve-digests, or because the image has referrers (signatures) that name the old digest',

@@ -25,7 +25,7 @@ export class ConversionError extends TiuError {
 /** Docker layer media types and their OCI counterparts (same bytes, same compression). */
 const LAYER_TYPES: Readonly<Record<string, string>> = {
   [MediaType.DockerLayerGzip]: MediaType.OciLayerGzip,
-  'application/vnd.docker.image.rootfs.diff.tar': MediaType.OciLayerTar,
+  [MediaType.DockerLayerTar]: MediaType.OciLayerTar,
   'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip':
     'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
   'application/vnd.docker.image.rootfs.foreign.diff.tar': 'application/vnd.oci.image.layer.nondistributable.v1.tar',

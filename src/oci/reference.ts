@@ -4,6 +4,7 @@
  *   oci:/path/to/layout[:name-or-digest] or oci:/path/to/layout@digest
  *   oci-archive:/path/to/file.tar[:name-or-digest] or oci-archive:/path/to/file.tar@digest
  *   dir:/path/to/dir                           (containers' directory transport: one image, no name)
+ *   docker-archive:/path/to/file.tar[:name[:tag]]  (`docker save` format, a source)
  * A layout's name is any org.opencontainers.image.ref.name containers/image accepts there
  * (`oci-archive:saved.tar:localhost/on-top:latest`); the path ends at the first ':'.
  * Docker names are normalised like the containers tools do: no registry means docker.io, and a
@@ -47,7 +48,15 @@ export interface DirReference {
   digest?: undefined;
 }
 
-export type ImageReference = DockerReference | LayoutReference | DirReference;
+/** `docker save` archives: `tag` is the image's docker name (`name:tag`, normalised) among its RepoTags. */
+export interface DockerArchiveReference {
+  transport: 'docker-archive';
+  path: string;
+  tag?: string;
+  digest?: undefined;
+}
+
+export type ImageReference = DockerReference | LayoutReference | DirReference | DockerArchiveReference;
 
 const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[\w][\w.-]{0,127}$/;
@@ -58,6 +67,7 @@ export function parseReference(input: string): ImageReference {
   if (input.startsWith('docker://')) return parseDockerName(input.slice('docker://'.length), input);
   if (input.startsWith('oci-archive:')) return parseLayout('oci-archive', input.slice('oci-archive:'.length), input);
   if (input.startsWith('oci:')) return parseLayout('oci', input.slice('oci:'.length), input);
+  if (input.startsWith('docker-archive:')) return parseDockerArchive(input.slice('docker-archive:'.length), input);
   if (input.startsWith('dir:')) {
     const path = input.slice('dir:'.length);
     if (path === '') throw new InvalidReferenceError(input, 'empty path');
@@ -69,7 +79,7 @@ export function parseReference(input: string): ImageReference {
     if (!input.includes('/') || input.indexOf(':') < input.indexOf('/')) {
       throw new InvalidReferenceError(
         input,
-        `transport '${scheme[1]}' is not supported (use docker://, oci:, oci-archive: or dir:)`,
+        `transport '${scheme[1]}' is not supported (use docker://, oci:, oci-archive:, dir: or docker-archive:)`,
       );
     }
   }
@@ -103,6 +113,18 @@ function parseLayout(transport: 'oci' | 'oci-archive', rest: string, input: stri
       `invalid image name ${JSON.stringify(name)} (letters and digits joined by - . _ : @ + or /, at most 255)`,
     );
   return { transport, path, tag: name };
+}
+
+/** `PATH[:NAME[:TAG]]`: the path ends at the first ':', the rest is a docker name (`:latest` when untagged). */
+function parseDockerArchive(rest: string, input: string): DockerArchiveReference {
+  const colon = rest.indexOf(':');
+  const path = colon === -1 ? rest : rest.slice(0, colon);
+  const name = colon === -1 ? '' : rest.slice(colon + 1);
+  if (path === '') throw new InvalidReferenceError(input, 'empty path');
+  if (name === '') return { transport: 'docker-archive', path };
+  const ref = parseDockerName(name, input);
+  if (ref.digest) throw new InvalidReferenceError(input, 'a docker-archive: image is named by NAME:TAG, not a digest');
+  return { transport: 'docker-archive', path, tag: dockerName({ ...ref, tag: ref.tag ?? 'latest' }) };
 }
 
 function parseDockerName(name: string, input: string): DockerReference {

@@ -3,6 +3,7 @@
  *   oci:/path[:tag|@digest]           an OCI layout directory
  *   oci-archive:/file.tar[:tag|@digest] a tar of a layout
  *   dir:/path                         containers' directory transport (src/content/dir.ts)
+ *   docker-archive:/file.tar[:name:tag] a `docker save` archive, read only (src/content/docker-archive.ts)
  *   docker://host/repo:tag, host/repo  a registry (src/transport/registry)
  * `name` is what to pass to resolve()/tag() on the Target: a tag, a digest, or undefined for
  * a layout's only image.
@@ -11,6 +12,7 @@ import type { Target } from '../content/interfaces.ts';
 import { TiuError } from '../errors.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { DirTarget } from '../content/dir.ts';
+import { DockerArchiveTarget } from '../content/docker-archive.ts';
 import { OciArchiveTarget } from '../content/oci-archive.ts';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { parseReference, referenceName, type ImageReference } from '../oci/reference.ts';
@@ -54,6 +56,19 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
     }
     case 'dir': {
       const target = await DirTarget.open(ref.path, { create: opts.forWrite === true, name: `dir:${ref.path}` });
+      return { target, name, ref };
+    }
+    case 'docker-archive': {
+      if (opts.forWrite)
+        throw new TiuError(
+          'REFERENCE_INVALID',
+          `${input}: tiu reads docker-archive: (docker save) images but does not write them; use oci-archive: or dir:`,
+          { reference: input },
+        );
+      const target = await DockerArchiveTarget.open(ref.path, {
+        name: `docker-archive:${ref.path}`,
+        ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}),
+      });
       return { target, name, ref };
     }
     case 'docker':

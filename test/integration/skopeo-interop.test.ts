@@ -16,6 +16,7 @@ import { freePort } from '../helpers/ports.ts';
 
 const TIU = fileURLToPath(new URL('../../bin/tiu', import.meta.url));
 const tiu = (...args: string[]) => execa(TIU, args, { reject: false });
+const ID_LABEL = 'org.opensuse.tiu.os-release.ID';
 
 interface Inspected {
   Digest: string;
@@ -40,14 +41,14 @@ describe('skopeo-compatible transports and copy semantics (skopeo, umoci, podman
   before(async function () {
     requireRoot(this, 'starts a registry');
     dir = await mkdtemp(join(tmpdir(), 'tiu-skopeo-'));
-    ociLayout = join(dir, 'umoci');
-    await execa('umoci', ['init', '--layout', ociLayout]);
-    await execa('umoci', ['new', '--image', `${ociLayout}:t`]);
+    // The base image: a tiu bundle with gzip layers (umoci 0.4.7's `insert` writes layer tars
+    // without the end-of-archive blocks, which GNU tar and tiu's reader refuse).
+    ociLayout = join(dir, 'base');
     const root = join(dir, 'root');
     await mkdir(join(root, 'etc'), { recursive: true });
     await writeFile(join(root, 'etc', 'os-release'), 'ID=opensuse-microos\nVERSION_ID=20251205\n');
-    await execa('umoci', ['insert', '--image', `${ociLayout}:t`, join(root, 'etc'), '/etc']);
-    await execa('umoci', ['config', '--image', `${ociLayout}:t`, '--config.label', 'ID=opensuse-microos']);
+    const built = await tiu('build', root, '--compression', 'gzip', '--tag', `oci:${ociLayout}:t`);
+    assert.equal(built.exitCode, 0, built.stderr);
     registry = await startRegistry();
     dockerRef = `docker://${registry.host}/docker/img:v1`;
     // skopeo writes it as a Docker v2s2 image: the source the issue is about.
@@ -72,7 +73,7 @@ describe('skopeo-compatible transports and copy semantics (skopeo, umoci, podman
     assert.equal(m.config.mediaType, 'application/vnd.oci.image.config.v1+json');
     const info = await inspect(`oci:${layout}:v1`);
     assert.equal(info.Digest, out.digest);
-    assert.equal(info.Labels?.ID, 'opensuse-microos');
+    assert.equal(info.Labels?.[ID_LABEL], 'opensuse-microos');
 
     // skopeo's own conversion of the same registry image: byte-identical manifest and config.
     const bySkopeo = join(dir, 'skopeo-layout');
@@ -91,7 +92,7 @@ describe('skopeo-compatible transports and copy semantics (skopeo, umoci, podman
     const m = await raw(`oci-archive:${archive}:v2`);
     assert.equal(m.mediaType, 'application/vnd.oci.image.manifest.v1+json');
     const info = await inspect(`oci-archive:${archive}:v2`);
-    assert.equal(info.Labels?.ID, 'opensuse-microos');
+    assert.equal(info.Labels?.[ID_LABEL], 'opensuse-microos');
     const unpacked = join(dir, 'archive-layout');
     await mkdir(unpacked);
     await execa('tar', ['-xf', archive, '-C', unpacked]);
@@ -194,7 +195,36 @@ describe('skopeo-compatible transports and copy semantics (skopeo, umoci, podman
     assert.equal(await readFile(join(dir, 'dir-tiu', 'version'), 'utf8'), 'Directory Transport Version: 1.1\n');
     const again = await tiu('copy', '--json', '--src-tls-verify=false', dockerRef, `dir:${byTiu}`);
     assert.equal(again.exitCode, 0, 'a dir: image is replaced by the next copy');
+    const built = await tiu('build', `dir:${bySkopeo}`, '--tag', `oci:${join(dir, 'built-from-dir')}:b`);
+    assert.equal(built.exitCode, 0, built.stderr);
     const refused = await tiu('copy', '--referrers', '--src-tls-verify=false', dockerRef, `dir:${byTiu}`);
     assert.equal(refused.exitCode, 2);
+  });
+
+  it('docker-archive: written by skopeo is read by tiu, by the name inside it; tiu refuses to write one', async () => {
+    const archive = join(dir, 'saved-docker.tar');
+    await execa('skopeo', ['copy', `oci:${ociLayout}:t`, `docker-archive:${archive}:localhost/saved:v1`]);
+    const viaSkopeo = await inspect(`docker-archive:${archive}`);
+    const layout = join(dir, 'from-docker-archive');
+    for (const src of [`docker-archive:${archive}`, `docker-archive:${archive}:localhost/saved:v1`]) {
+      const r = await tiu('copy', '--json', src, `oci:${layout}:v1`);
+      assert.equal(r.exitCode, 0, r.stderr);
+    }
+    // Layers stay the archive's uncompressed tars, named by the config's diff_ids (as skopeo names them there).
+    const info = await inspect(`oci:${layout}:v1`);
+    assert.deepEqual(info.Layers, viaSkopeo.Layers);
+    assert.equal(info.Labels?.[ID_LABEL], 'opensuse-microos');
+    const bundle = join(dir, 'bundle-docker-archive');
+    await execa('umoci', ['unpack', '--image', `${layout}:v1`, bundle]);
+    assert.match(await readFile(join(bundle, 'rootfs', 'etc', 'os-release'), 'utf8'), /VERSION_ID=20251205/);
+
+    const built = await tiu('build', `docker-archive:${archive}`, '--tag', `oci:${join(dir, 'built-from-archive')}:b`);
+    assert.equal(built.exitCode, 0, built.stderr);
+    const other = await tiu('copy', `docker-archive:${archive}:localhost/other:v1`, `oci:${layout}:x`);
+    assert.equal(other.exitCode, 1);
+    assert.match(other.stderr, /\[COPY_FAILED <- CONTENT_NOT_FOUND\]|\[CONTENT_NOT_FOUND\]/);
+    const write = await tiu('copy', `oci:${layout}:v1`, `docker-archive:${join(dir, 'never.tar')}`);
+    assert.equal(write.exitCode, 1);
+    assert.match(write.stderr, /does not write them.*\[REFERENCE_INVALID\]/);
   });
 });

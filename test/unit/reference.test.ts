@@ -34,6 +34,15 @@ describe('reference', () => {
       { transport: 'oci', path: 'l', tag: 'registry.example.com/a_b/c-d:1.0' },
     ],
     ['dir:/tmp/x:y', { transport: 'dir', path: '/tmp/x:y' }],
+    ['docker-archive:/tmp/s.tar', { transport: 'docker-archive', path: '/tmp/s.tar' }],
+    [
+      'docker-archive:s.tar:busybox',
+      { transport: 'docker-archive', path: 's.tar', tag: 'docker.io/library/busybox:latest' },
+    ],
+    [
+      'docker-archive:s.tar:localhost/saved:v1',
+      { transport: 'docker-archive', path: 's.tar', tag: 'localhost/saved:v1' },
+    ],
     [`oci:rel/dir@${D}`, { transport: 'oci', path: 'rel/dir', digest: D }],
     [`oci-archive:/tmp/a.tar@${D}`, { transport: 'oci-archive', path: '/tmp/a.tar', digest: D }],
   ];
@@ -49,6 +58,9 @@ describe('reference', () => {
     'x@sha256:123',
     'oci:',
     'dir:',
+    'docker-archive:',
+    `docker-archive:s.tar:x@${D}`,
+    'docker-archive:s.tar:Upper',
     'containers-storage:x',
     'a//b',
     `oci:/x:sha256:zz`,

@@ -78,7 +78,10 @@ const command: Command = {
       let source: BuildSource;
       if (kind === 'image') {
         src = await openReference(sourceInput!, { registry: registryOptions(options, 'src') });
-        source = { kind: 'image', target: src.target, reference: src.name ?? 'latest' };
+        // dir: and docker-archive: name no tag: their one image (or the archive's only one).
+        const oneImage = src.ref.transport === 'dir' || src.ref.transport === 'docker-archive';
+        const reference = src.name ?? (oneImage ? (await resolveRoot(src)).digest : 'latest');
+        source = { kind: 'image', target: src.target, reference };
       } else {
         source = { kind, path: sourceInput! };
       }
