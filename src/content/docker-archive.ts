@@ -23,17 +23,11 @@ import { MediaType } from '../oci/mediatypes.ts';
 import { dockerName, parseReference } from '../oci/reference.ts';
 import type { Descriptor, Digest } from '../oci/types.ts';
 import { MAX_CONFIG_BYTES, parseConfigBytes } from '../oci/validate.ts';
+import { detectCompression } from '../layer/decompress.ts';
 import { NotFoundError } from './errors.ts';
 import type { FetchOptions, Target } from './interfaces.ts';
 
 const MAX_TAR_MANIFEST_BYTES = 4 * 1024 * 1024;
-/** Magic numbers of compressed layers (gzip, zstd, xz, bzip2): docker save writes them uncompressed. */
-const COMPRESSED_MAGIC = [
-  Buffer.from([0x1f, 0x8b]),
-  Buffer.from([0x28, 0xb5, 0x2f, 0xfd]),
-  Buffer.from('\xfd7zXZ', 'latin1'),
-  Buffer.from('BZh'),
-];
 
 export class InvalidDockerArchiveError extends TiuError {
   constructor(path: string, why: string) {
@@ -265,8 +259,8 @@ async function refuseCompressed(file: string, archive: string, what: string): Pr
   try {
     const head = Buffer.alloc(6);
     const { bytesRead } = await fh.read(head, 0, 6, 0);
-    const start = head.subarray(0, bytesRead);
-    if (COMPRESSED_MAGIC.some((m) => start.subarray(0, m.length).equals(m)))
+    // docker save writes layers uncompressed; the manifest made here says so.
+    if (detectCompression(head.subarray(0, bytesRead)) !== 'none')
       throw new InvalidDockerArchiveError(
         archive,
         `layer ${what} is compressed; tiu reads docker save's uncompressed layers`,

@@ -3,7 +3,7 @@
  *   oci:/path[:tag|@digest]           an OCI layout directory
  *   oci-archive:/file.tar[:tag|@digest] a tar of a layout
  *   dir:/path                         containers' directory transport (src/content/dir.ts)
- *   docker-archive:/file.tar[:name:tag] a `docker save` archive, read only (src/content/docker-archive.ts)
+ *   docker-archive:/file.tar[:name:tag] a `docker save` archive (src/content/docker-archive*.ts)
  *   docker://host/repo:tag, host/repo  a registry (src/transport/registry)
  * `name` is what to pass to resolve()/tag() on the Target: a tag, a digest, or undefined for
  * a layout's only image.
@@ -13,6 +13,7 @@ import { TiuError } from '../errors.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { DirTarget } from '../content/dir.ts';
 import { DockerArchiveTarget } from '../content/docker-archive.ts';
+import { DockerArchiveWriter } from '../content/docker-archive-writer.ts';
 import { OciArchiveTarget } from '../content/oci-archive.ts';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { parseReference, referenceName, type ImageReference } from '../oci/reference.ts';
@@ -59,16 +60,10 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
       return { target, name, ref };
     }
     case 'docker-archive': {
-      if (opts.forWrite)
-        throw new TiuError(
-          'REFERENCE_INVALID',
-          `${input}: tiu reads docker-archive: (docker save) images but does not write them; use oci-archive: or dir:`,
-          { reference: input },
-        );
-      const target = await DockerArchiveTarget.open(ref.path, {
-        name: `docker-archive:${ref.path}`,
-        ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}),
-      });
+      const common = { name: `docker-archive:${ref.path}`, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}) };
+      const target = opts.forWrite
+        ? await DockerArchiveWriter.open(ref.path, { ...common, ...(ref.tag ? { repoTag: ref.tag } : {}) })
+        : await DockerArchiveTarget.open(ref.path, common);
       return { target, name, ref };
     }
     case 'docker':

@@ -201,7 +201,7 @@ describe('skopeo-compatible transports and copy semantics (skopeo, umoci, podman
     assert.equal(refused.exitCode, 2);
   });
 
-  it('docker-archive: written by skopeo is read by tiu, by the name inside it; tiu refuses to write one', async () => {
+  it('docker-archive: round trips with skopeo: skopeo writes, tiu reads by the name inside; tiu writes, skopeo and umoci read', async () => {
     const archive = join(dir, 'saved-docker.tar');
     await execa('skopeo', ['copy', `oci:${ociLayout}:t`, `docker-archive:${archive}:localhost/saved:v1`]);
     const viaSkopeo = await inspect(`docker-archive:${archive}`);
@@ -223,8 +223,24 @@ describe('skopeo-compatible transports and copy semantics (skopeo, umoci, podman
     const other = await tiu('copy', `docker-archive:${archive}:localhost/other:v1`, `oci:${layout}:x`);
     assert.equal(other.exitCode, 1);
     assert.match(other.stderr, /\[COPY_FAILED <- CONTENT_NOT_FOUND\]|\[CONTENT_NOT_FOUND\]/);
-    const write = await tiu('copy', `oci:${layout}:v1`, `docker-archive:${join(dir, 'never.tar')}`);
-    assert.equal(write.exitCode, 1);
-    assert.match(write.stderr, /does not write them.*\[REFERENCE_INVALID\]/);
+
+    // tiu writes one (uncompressed layers named by diff_id), skopeo and umoci read it.
+    const out = join(dir, 'by-tiu-docker.tar');
+    const w = await tiu('copy', `oci:${ociLayout}:t`, `docker-archive:${out}:localhost/out:v2`);
+    assert.equal(w.exitCode, 0, w.stderr);
+    const written = await inspect(`docker-archive:${out}`);
+    assert.deepEqual(written.Layers, viaSkopeo.Layers, 'the same diff_ids as skopeo wrote');
+    assert.equal(written.Labels?.[ID_LABEL], 'opensuse-microos');
+    const { stdout: listing } = await execa('tar', ['-tf', out]);
+    assert.match(listing, /^manifest\.json$/m);
+    const tarManifest = JSON.parse((await execa('tar', ['-xOf', out, 'manifest.json'])).stdout) as {
+      RepoTags: string[];
+    }[];
+    assert.deepEqual(tarManifest[0]?.RepoTags, ['localhost/out:v2']);
+    const viaOci = join(dir, 'docker-archive-to-oci');
+    await execa('skopeo', ['copy', `docker-archive:${out}:localhost/out:v2`, `oci:${viaOci}:x`]);
+    const bundle2 = join(dir, 'bundle-docker-archive-2');
+    await execa('umoci', ['unpack', '--image', `${viaOci}:x`, bundle2]);
+    assert.match(await readFile(join(bundle2, 'rootfs', 'etc', 'os-release'), 'utf8'), /VERSION_ID=20251205/);
   });
 });

@@ -8,6 +8,10 @@ import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { MemoryTarget } from '../helpers/memory-target.ts';
 import { DockerArchiveTarget } from '../../src/content/docker-archive.ts';
+import { DockerArchiveWriter } from '../../src/content/docker-archive-writer.ts';
+import type { Target } from '../../src/content/interfaces.ts';
+import { Readable } from 'node:stream';
+import { stat } from 'node:fs/promises';
 import { copy } from '../../src/copy/copy.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { sha256 } from '../../src/oci/digest.ts';
@@ -98,5 +102,46 @@ describe('docker-archive: (docker save), read', () => {
     await assert.rejects(DockerArchiveTarget.open(none), (e: unknown) => isTiuError(e, 'DOCKER_ARCHIVE_INVALID'));
     await writeFile(none, 'not a tar at all, but long enough to not be an empty archive'.repeat(20));
     await assert.rejects(DockerArchiveTarget.open(none), (e: unknown) => isTiuError(e, 'DOCKER_ARCHIVE_INVALID'));
+  });
+
+  describe('written', () => {
+    async function put(t: Target, data: Buffer, mediaType: string) {
+      const d = { mediaType, digest: sha256(data), size: data.length };
+      await t.push(d, Readable.from([data]));
+      return d;
+    }
+    async function ociImage(t: Target, diffIds: string[]) {
+      const layer = await put(t, gzipSync(LAYER), MediaType.OciLayerGzip);
+      const cfg = await put(t, config(diffIds), MediaType.OciConfig);
+      const m = { schemaVersion: 2, mediaType: MediaType.OciManifest, config: cfg, layers: [layer] };
+      return put(t, Buffer.from(JSON.stringify(m)), MediaType.OciManifest);
+    }
+
+    it('writes layers uncompressed by diff_id, which the reader takes back', async () => {
+      const src = new MemoryTarget('src');
+      const root = await ociImage(src, [sha256(LAYER)]);
+      const path = join(work, 'out.tar');
+      const w = await DockerArchiveWriter.open(path, { repoTag: 'localhost/x:v1' });
+      await copy(src, root.digest, w, 'ignored');
+      await w.close();
+      const r = await DockerArchiveTarget.open(path);
+      try {
+        const mem = new MemoryTarget('m');
+        await copy(r, 'localhost/x:v1', mem, 'v1');
+        assert.ok(await mem.exists({ mediaType: MediaType.DockerLayerTar, digest: sha256(LAYER), size: LAYER.length }));
+      } finally {
+        await r.close();
+      }
+    });
+
+    it('refuses layers that do not decompress to the diff_ids of the config, writing nothing', async () => {
+      const src = new MemoryTarget('src');
+      const root = await ociImage(src, [sha256('something else')]);
+      const path = join(work, 'bad-out.tar');
+      const w = await DockerArchiveWriter.open(path);
+      await copy(src, root.digest, w, undefined);
+      await assert.rejects(w.close(), (e: unknown) => isTiuError(e, 'DOCKER_ARCHIVE_INVALID'));
+      await assert.rejects(stat(path), /ENOENT/);
+    });
   });
 });

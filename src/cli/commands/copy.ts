@@ -20,7 +20,7 @@ const command: Command = {
   usage: 'tiu copy SRC DST [--referrers] [--preserve-digests] [--concurrency N] [--json]',
   help:
     'SRC and DST are image references: docker://HOST/REPO:TAG, oci:/PATH[:NAME], oci-archive:/FILE.tar[:NAME],\n' +
-    'dir:/PATH (one image, as skopeo writes it).\n' +
+    'dir:/PATH (one image, as skopeo writes it), docker-archive:/FILE.tar[:NAME:TAG] (docker save format).\n' +
     'Every byte is verified by digest and size; the destination tag is set only once all content is there.\n' +
     'Without a destination tag the source tag is reused.\n' +
     'oci: and oci-archive: hold only OCI images: a Docker image is written converted to OCI (as skopeo does),\n' +
@@ -45,8 +45,8 @@ const command: Command = {
     let ok = false;
     try {
       dst = await openReference(dstInput!, { forWrite: true, registry: registryOptions(options, 'dest') });
-      if (dst.ref.transport === 'dir' && optBool(options, 'referrers'))
-        throw new UsageError('--referrers: a dir: image keeps no referrers (cosign signatures)');
+      if ((dst.ref.transport === 'dir' || dst.ref.transport === 'docker-archive') && optBool(options, 'referrers'))
+        throw new UsageError(`--referrers: a ${dst.ref.transport}: image keeps no referrers (cosign signatures)`);
       const lastReport = new Map<string, number>();
       const onProgress = (e: CopyEvent) => {
         const d = e.desc;
