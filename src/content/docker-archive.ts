@@ -10,13 +10,12 @@
  * against the config when it is read. Entries are extracted, streaming, under generated names
  * into a private directory; symlinks are followed only to other entries of the archive.
  */
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, posix, resolve as resolvePath } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import tar from 'tar-stream';
 import { TiuError } from '../errors.ts';
 import { sha256 } from '../oci/digest.ts';
 import { MediaType } from '../oci/mediatypes.ts';
@@ -25,6 +24,7 @@ import type { Descriptor, Digest } from '../oci/types.ts';
 import { MAX_CONFIG_BYTES, parseConfigBytes } from '../oci/validate.ts';
 import { detectCompression } from '../layer/decompress.ts';
 import { NotFoundError } from './errors.ts';
+import { forEachTarEntry } from './tar-entries.ts';
 import type { FetchOptions, Target } from './interfaces.ts';
 
 const MAX_TAR_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -277,12 +277,9 @@ async function extractEntries(
 ): Promise<{ entries: Map<string, string>; links: Map<string, string> }> {
   const entries = new Map<string, string>();
   const links = new Map<string, string>();
-  const extract = tar.extract();
-  const reading = pipeline(createReadStream(archive), extract).catch((e: unknown) => {
-    throw e instanceof TiuError ? e : new InvalidDockerArchiveError(archive, (e as Error).message);
-  });
-  try {
-    for await (const entry of extract) {
+  await forEachTarEntry(
+    archive,
+    async (entry) => {
       const h = entry.header;
       const name = entryName(h.name);
       if (name === undefined)
@@ -302,13 +299,8 @@ async function extractEntries(
       } else {
         entry.resume();
       }
-    }
-  } catch (e) {
-    extract.destroy();
-    await reading.catch(() => undefined);
-    if (e instanceof TiuError) throw e;
-    throw new InvalidDockerArchiveError(archive, (e as Error).message);
-  }
-  await reading;
+    },
+    (why) => new InvalidDockerArchiveError(archive, why),
+  );
   return { entries, links };
 }
