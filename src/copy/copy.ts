@@ -10,6 +10,8 @@
  *  4. with `referrers`, the referrers of the root (and of their own referrers, recursively),
  *     plus cosign's tag-scheme attachments (sha256-<hex>.sig/.att/.sbom);
  *  5. only then the tag at the destination: a tag never points at incomplete content.
+ * With `toOci` (an `oci:`/`oci-archive:` destination) a Docker manifest or list is written as
+ * its OCI conversion (to-oci.ts) after its children: the returned root is the converted one.
  *
  * Failures are CopyError { code: COPY_FAILED (or the cause's DIGEST_MISMATCH, SIZE_MISMATCH,
  * REGISTRY_TOO_SLOW, DISK_FULL), op, origin: 'source' | 'destination' } with the
