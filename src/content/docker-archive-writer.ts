@@ -101,6 +101,7 @@ export class DockerArchiveWriter implements Target {
     const counted = new PassThrough();
     counted.on('data', (b: Buffer) => opts?.onBytes?.(b.length));
     const feeding = pipeline(verified, counted);
+    feeding.catch(() => undefined); // awaited below; a failure of the decompressor may come first
     const { stream, done } = await decompressStream(counted);
     const hash = createHash('sha256');
     const partial = join(this.#tmp, `partial-${this.#layers.size}-${Date.now()}`);
