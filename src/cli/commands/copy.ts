@@ -74,7 +74,9 @@ const command: Command = {
       });
       await dst.target.close?.();
       ok = true;
-      const tag = dst.name ?? (src.name !== undefined && !isDigest(src.name) ? src.name : undefined);
+      // dir: and docker-archive: keep no source tag (the latter only the name its reference gives).
+      const reusesTag = dst.ref.transport !== 'dir' && dst.ref.transport !== 'docker-archive';
+      const tag = dst.name ?? (reusesTag && src.name !== undefined && !isDigest(src.name) ? src.name : undefined);
       out.result(
         `copied ${root.digest} to ${dstInput}${tag && !dstInput!.endsWith(':' + tag) ? ` (tag ${tag})` : ''}`,
         {
