@@ -8,6 +8,8 @@ wanted=(
   umoci:umoci podman:podman buildah:buildah zstd:zstd rsync:rsync casync:casync ostree:ostree curl:curl xz-utils:xz apache2-utils:htpasswd
   openssl:openssl util-linux:losetup tar:tar e2fsprogs:mkfs.ext4 bsdutils:script
   attr:getfattr bzip2:bzip2
+  # test/integration/skopeo-interop.test.ts: `podman save --format oci-archive`
+  podman:podman
   # test/system: the VM image (debootstrap, chroot) and qemu to boot it
   qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap binutils:strip
   # test/system: the VM's GPT disk, its ESP (built with mtools) and UEFI firmware (a path, not a command)

@@ -158,6 +158,31 @@ export const ERROR_CODES = {
     action: 'wait for the other tiu to finish, then run again',
     transient: true,
   },
+  DIR_INVALID: {
+    meaning:
+      'a `dir:` image cannot be used: no manifest.json, an unknown version file, a symlink or non-regular file, a digest other than sha256, or a destination that is a non-empty directory but no dir: image',
+    action: 'name a dir: image written by skopeo or tiu, or an empty or new directory as a destination',
+    transient: false,
+  },
+  DOCKER_ARCHIVE_INVALID: {
+    meaning:
+      'a `docker-archive:` (docker save) file cannot be read: no or bad manifest.json, a missing config or layer, layers and diff_ids that disagree, a compressed layer, an entry leaving the archive',
+    action: 'write the archive again with `docker save` or `skopeo copy … docker-archive:`',
+    transient: false,
+  },
+  CONVERSION_REFUSED: {
+    meaning:
+      'the destination (`oci:`, `oci-archive:`) takes only OCI manifests, and converting this Docker image would change its digests: refused because of --preserve-digests, or because the image has referrers (signatures) that name the old digest',
+    action:
+      'copy to a registry (docker://) to keep the Docker manifest, or copy without --preserve-digests / --referrers',
+    transient: false,
+  },
+  CONVERSION_UNSUPPORTED: {
+    meaning:
+      'a Docker image cannot be converted to OCI (a layer media type with no OCI counterpart, a config time that is not RFC 3339)',
+    action: 'copy it to a registry (docker://) instead, or rebuild the image in OCI format',
+    transient: false,
+  },
   COPY_FAILED: {
     meaning:
       'a copy between two targets failed; the cause code (`[COPY_FAILED <- CAUSE]`, `error.cause.code`) says why',

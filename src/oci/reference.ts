@@ -1,9 +1,13 @@
 /**
  * Image references as containers-transports(5) spells them:
  *   docker://host[:port]/repo[:tag][@digest]   (a bare `name[:tag][@digest]` means docker://)
- *   oci:/path/to/layout[:tag-or-digest]
- *   oci-archive:/path/to/file.tar[:tag-or-digest]
+ *   oci:/path/to/layout[:name-or-digest] or oci:/path/to/layout@digest
+ *   oci-archive:/path/to/file.tar[:name-or-digest] or oci-archive:/path/to/file.tar@digest
+ *   dir:/path/to/dir                           (containers' directory transport: one image, no name)
+ *   docker-archive:/path/to/file.tar[:name[:tag]]  (`docker save` format, a source)
  *   containers-storage:[[driver@]root[+runroot][:options]]image   (a source, read through podman)
+ * A layout's name is any org.opencontainers.image.ref.name containers/image accepts there
+ * (`oci-archive:saved.tar:localhost/on-top:latest`); the path ends at the first ':'.
  * Docker names are normalised like the containers tools do: no registry means docker.io, and a
  * single-component docker.io repository gets `library/`.
  */
@@ -54,7 +58,24 @@ export interface StorageReference {
   digest?: never;
 }
 
-export type ImageReference = DockerReference | LayoutReference | StorageReference;
+/** containers' dir: transport: one image in a flat directory; the whole rest is the path. */
+export interface DirReference {
+  transport: 'dir';
+  path: string;
+  tag?: undefined;
+  digest?: undefined;
+}
+
+/** `docker save` archives: `tag` is the image's docker name (`name:tag`, normalised) among its RepoTags. */
+export interface DockerArchiveReference {
+  transport: 'docker-archive';
+  path: string;
+  tag?: string;
+  digest?: undefined;
+}
+
+export type ImageReference =
+  DockerReference | LayoutReference | DirReference | DockerArchiveReference | StorageReference;
 
 const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[\w][\w.-]{0,127}$/;
@@ -66,20 +87,38 @@ export function parseReference(input: string): ImageReference {
   if (input.startsWith('oci-archive:')) return parseLayout('oci-archive', input.slice('oci-archive:'.length), input);
   if (input.startsWith('oci:')) return parseLayout('oci', input.slice('oci:'.length), input);
   if (input.startsWith('containers-storage:')) return parseStorage(input.slice('containers-storage:'.length), input);
+  if (input.startsWith('docker-archive:')) return parseDockerArchive(input.slice('docker-archive:'.length), input);
+  if (input.startsWith('dir:')) {
+    const path = input.slice('dir:'.length);
+    if (path === '') throw new InvalidReferenceError(input, 'empty path');
+    return { transport: 'dir', path };
+  }
   const scheme = /^([a-z][a-z0-9+-]*):(?!\d)/.exec(input);
   if (scheme && !input.slice(0, input.indexOf('/') >>> 0).includes('.') && !['localhost'].includes(scheme[1]!)) {
     // `dir:`, `docker-daemon:` ... are transports tiu does not speak (a host:port has a digit after ':').
     if (!input.includes('/') || input.indexOf(':') < input.indexOf('/')) {
       throw new InvalidReferenceError(
         input,
-        `transport '${scheme[1]}' is not supported (use docker://, oci:, oci-archive: or containers-storage:)`,
+        `transport '${scheme[1]}' is not supported (use docker://, oci:, oci-archive:, dir:, docker-archive: or containers-storage:)`,
       );
     }
   }
   return parseDockerName(input, input);
 }
 
+/**
+ * An image name inside `oci:`/`oci-archive:` (matched against org.opencontainers.image.ref.name):
+ * containers/image's rule, components of letters and digits joined by `-._:@+` or `--`, separated
+ * by `/`, so `localhost/on-top:latest` (what `podman save --format oci-archive` writes) is one.
+ */
+const LAYOUT_COMPONENT = '[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*';
+const LAYOUT_NAME = new RegExp(`^${LAYOUT_COMPONENT}(?:/${LAYOUT_COMPONENT})*$`);
+/** `PATH@DIGEST`, the form tiu's REFERENCE_AMBIGUOUS hint offers besides `PATH:DIGEST`. */
+const PATH_AT_DIGEST = /^([^:]+)@(sha256:[a-f0-9]{64})$/;
+
 function parseLayout(transport: 'oci' | 'oci-archive', rest: string, input: string): LayoutReference {
+  const atDigest = PATH_AT_DIGEST.exec(rest);
+  if (atDigest) return { transport, path: atDigest[1]!, digest: atDigest[2] as Digest };
   // The path ends at the first ':' (as in containers/image); what follows names the image.
   const colon = rest.indexOf(':');
   const path = colon === -1 ? rest : rest.slice(0, colon);
@@ -88,8 +127,11 @@ function parseLayout(transport: 'oci' | 'oci-archive', rest: string, input: stri
   if (name === undefined || name === '') return { transport, path };
   if (isDigest(name)) return { transport, path, digest: name };
   if (name.startsWith('sha256:')) throw new InvalidReferenceError(input, 'malformed digest');
-  if (/[\s/]/.test(name) || name.length > 255)
-    throw new InvalidReferenceError(input, `invalid tag ${JSON.stringify(name)}`);
+  if (!LAYOUT_NAME.test(name) || name.length > 255)
+    throw new InvalidReferenceError(
+      input,
+      `invalid image name ${JSON.stringify(name)} (letters and digits joined by - . _ : @ + or /, at most 255)`,
+    );
   return { transport, path, tag: name };
 }
 
@@ -142,6 +184,18 @@ function parseStorageSpecifier(text: string, input: string): StorageSpecifier {
   }
   if (spec.options === '') delete spec.options;
   return spec;
+}
+
+/** `PATH[:NAME[:TAG]]`: the path ends at the first ':', the rest is a docker name (`:latest` when untagged). */
+function parseDockerArchive(rest: string, input: string): DockerArchiveReference {
+  const colon = rest.indexOf(':');
+  const path = colon === -1 ? rest : rest.slice(0, colon);
+  const name = colon === -1 ? '' : rest.slice(colon + 1);
+  if (path === '') throw new InvalidReferenceError(input, 'empty path');
+  if (name === '') return { transport: 'docker-archive', path };
+  const ref = parseDockerName(name, input);
+  if (ref.digest) throw new InvalidReferenceError(input, 'a docker-archive: image is named by NAME:TAG, not a digest');
+  return { transport: 'docker-archive', path, tag: dockerName({ ...ref, tag: ref.tag ?? 'latest' }) };
 }
 
 function parseDockerName(name: string, input: string): DockerReference {
@@ -207,6 +261,7 @@ export function dockerName(ref: DockerReference, withTag = true): string {
 export function formatReference(ref: ImageReference): string {
   if (ref.transport === 'docker') return `docker://${dockerName(ref)}`;
   if (ref.transport === 'containers-storage') return `containers-storage:${formatStorage(ref.storage)}${ref.image}`;
+  if (ref.transport === 'dir') return `dir:${ref.path}`;
   const name = ref.digest ?? ref.tag;
   return `${ref.transport}:${ref.path}${name ? ':' + name : ''}`;
 }
