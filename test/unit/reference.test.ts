@@ -61,7 +61,6 @@ describe('reference', () => {
     'docker-archive:',
     `docker-archive:s.tar:x@${D}`,
     'docker-archive:s.tar:Upper',
-    'containers-storage:x',
     'a//b',
     `oci:/x:sha256:zz`,
     'oci:/x:a//b',
