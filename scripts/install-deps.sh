@@ -16,6 +16,10 @@ wanted=(
   ovmf:/usr/share/OVMF/OVMF_CODE_4M.fd fdisk:sfdisk mtools:mcopy
   # test/integration/boot-entries.test.ts and the VM: systemd-boot's EFI binary (a path), the ESP's mkfs
   systemd-boot:/usr/lib/systemd/boot/efi/systemd-bootx64.efi dosfstools:mkfs.vfat
+  # test/integration/rpm.test.ts: rpmbuild, rpm2cpio | cpio, man -l (nroff)
+  rpm:rpmbuild cpio:cpio man-db:man groff-base:nroff
+  # test/integration/containerfile.test.ts: buildah (debootstrap is above)
+  buildah:buildah
 )
 [ "${TIU_WITH_BENCH:-}" = 1 ] && wanted+=(debootstrap:debootstrap)
 missing=()

@@ -39,11 +39,12 @@ function makeOutput(json: boolean): Output {
 
 const REGISTRY_OPTIONS = { one: registryOptionSpecs, copy: copyRegistryOptionSpecs } as const;
 
-function optionsOf(cmd: Command): OptionSpec {
+/** A command's options with the registry options it takes (also for the man pages and completion). */
+export function optionsOf(cmd: Command): OptionSpec {
   return cmd.registry ? { ...cmd.options, ...REGISTRY_OPTIONS[cmd.registry] } : cmd.options;
 }
 
-function helpOf(cmd: Command): string | undefined {
+export function helpOf(cmd: Command): string | undefined {
   return cmd.registry ? (cmd.help ?? '') + registryOptionsHelp : cmd.help;
 }
 
