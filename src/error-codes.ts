@@ -105,6 +105,19 @@ export const ERROR_CODES = {
     action: 'name one with :TAG or @DIGEST',
     transient: false,
   },
+  SHORT_NAME_UNRESOLVED: {
+    meaning: 'a short image name (no registry) has no alias and registries.conf lists no unqualified-search-registries',
+    action:
+      'name the registry (docker://HOST/REPO:TAG), or add an alias or unqualified-search-registries to registries.conf',
+    transient: false,
+  },
+  SHORT_NAME_AMBIGUOUS: {
+    meaning:
+      'a short image name could come from several unqualified-search-registries and short-name-mode is enforcing (podman would ask; tiu does not), or it names a destination',
+    action:
+      'name the registry, add an alias to registries.conf, or set short-name-mode = "permissive" to take the first that has the image',
+    transient: false,
+  },
   REFERENCE_MISSING: {
     meaning: 'no image is named: no reference given and none configured, or a source that needs a tag or digest',
     action: 'give a reference with a tag or digest, or set `image` in /etc/tiu/tiu.conf',
@@ -144,6 +157,31 @@ export const ERROR_CODES = {
     meaning: 'a lock on a layout or cache was held by another process for too long',
     action: 'wait for the other tiu to finish, then run again',
     transient: true,
+  },
+  DIR_INVALID: {
+    meaning:
+      'a `dir:` image cannot be used: no manifest.json, an unknown version file, a symlink or non-regular file, a digest other than sha256, or a destination that is a non-empty directory but no dir: image',
+    action: 'name a dir: image written by skopeo or tiu, or an empty or new directory as a destination',
+    transient: false,
+  },
+  DOCKER_ARCHIVE_INVALID: {
+    meaning:
+      'a `docker-archive:` (docker save) file cannot be read: no or bad manifest.json, a missing config or layer, layers and diff_ids that disagree, a compressed layer, an entry leaving the archive',
+    action: 'write the archive again with `docker save` or `skopeo copy … docker-archive:`',
+    transient: false,
+  },
+  CONVERSION_REFUSED: {
+    meaning:
+      'the destination (`oci:`, `oci-archive:`) takes only OCI manifests, and converting this Docker image would change its digests: refused because of --preserve-digests, or because the image has referrers (signatures) that name the old digest',
+    action:
+      'copy to a registry (docker://) to keep the Docker manifest, or copy without --preserve-digests / --referrers',
+    transient: false,
+  },
+  CONVERSION_UNSUPPORTED: {
+    meaning:
+      'a Docker image cannot be converted to OCI (a layer media type with no OCI counterpart, a config time that is not RFC 3339)',
+    action: 'copy it to a registry (docker://) instead, or rebuild the image in OCI format',
+    transient: false,
   },
   COPY_FAILED: {
     meaning:
@@ -209,7 +247,8 @@ export const ERROR_CODES = {
     transient: false,
   },
   CONFIG_INVALID: {
-    meaning: 'a configuration file (tiu.conf, registries.conf, auth.json) is malformed; the message names it',
+    meaning:
+      'a configuration file (tiu.conf, registries.conf, auth.json) or certificate directory is malformed or missing; the message names it',
     action: 'correct the file at the place the message names',
     transient: false,
   },
@@ -606,6 +645,21 @@ export const ERROR_CODES = {
   HOOK_FAILED: {
     meaning: 'a hook in the new snapshot (initrd, SELinux, a configured hook) failed; the snapshot was deleted',
     action: "fix the hook or the image; the hook's output is in the message",
+    transient: false,
+  },
+  PODMAN_MISSING: {
+    meaning: 'a containers-storage: reference needs podman, and podman is not installed',
+    action: 'install podman, or give the image as oci:, oci-archive: or docker:// instead',
+    transient: false,
+  },
+  CONTAINERS_STORAGE_FAILED: {
+    meaning: "podman could not save the containers-storage: image (unknown name or ID, a storage it can't open)",
+    action: "check the name with `podman images` and the storage specifier; podman's error is the cause",
+    transient: false,
+  },
+  CONTAINERS_STORAGE_UNSUPPORTED: {
+    meaning: 'containers-storage: was given as a destination; tiu reads it, it does not write it',
+    action: 'copy to oci-archive: and load it with `podman load`, or push to a registry and pull it',
     transient: false,
   },
   COMMAND_FAILED: {

@@ -39,11 +39,12 @@ function makeOutput(json: boolean): Output {
 
 const REGISTRY_OPTIONS = { one: registryOptionSpecs, copy: copyRegistryOptionSpecs } as const;
 
-function optionsOf(cmd: Command): OptionSpec {
+/** A command's options with the registry options it takes (also for the man pages and completion). */
+export function optionsOf(cmd: Command): OptionSpec {
   return cmd.registry ? { ...cmd.options, ...REGISTRY_OPTIONS[cmd.registry] } : cmd.options;
 }
 
-function helpOf(cmd: Command): string | undefined {
+export function helpOf(cmd: Command): string | undefined {
   return cmd.registry ? (cmd.help ?? '') + registryOptionsHelp : cmd.help;
 }
 
@@ -53,6 +54,12 @@ function helpFor(cmd: Command): string {
     .map(([k, v]) => `  --${k}${v.type === 'string' ? ' VALUE' : ''}${v.multiple ? ' (repeatable)' : ''}`)
     .join('\n');
   return `usage: ${cmd.usage}\n\n${cmd.summary}\n${help ? '\n' + help + '\n' : ''}\noptions:\n${opts}\n  --json\n  --help\n`;
+}
+
+/** One line a command: its name and summary, aligned. */
+function commandList(cmds: Command[]): string {
+  const width = Math.max(...cmds.map((c) => c.name.length), 4);
+  return cmds.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join('\n');
 }
 
 async function loadCommands(): Promise<Command[]> {
@@ -65,16 +72,16 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`tiu ${version()}\n`);
     return EXIT.ok;
   }
-  if (first === undefined || first === '--help' || first === 'help' || first === '-h') {
-    const all = await loadCommands();
-    const width = Math.max(...all.map((c) => c.name.length), 4);
+  if (first === undefined || first === '--help' || first === '-h' || (first === 'help' && argv.length === 1)) {
     process.stdout.write(
       `tiu ${version()}: image-based transactional updates for snapshot-based hosts\n\nusage: tiu COMMAND [OPTIONS]\n\ncommands:\n` +
-        all.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join('\n') +
-        `\n\nRun 'tiu COMMAND --help' for a command's options. Every command takes --json.\n`,
+        commandList(await loadCommands()) +
+        `\n\nRun 'tiu COMMAND --help' (or 'tiu help COMMAND') for a command's options. Every command takes --json.\n`,
     );
     return first === undefined ? EXIT.usage : EXIT.ok;
   }
+  // `tiu help build`, `tiu help key generate` are `tiu build --help`, `tiu key generate --help`.
+  if (first === 'help') return main([...argv.slice(1), '--help']);
   // Two-word commands ("key generate") take precedence over one-word ones. Only the command
   // that runs is imported.
   let entry = commands.find((c) => argv.length > 1 && c.name === `${first} ${argv[1]}`);
@@ -87,7 +94,21 @@ export async function main(argv: string[]): Promise<number> {
   const json = rest.includes('--json');
   const out = makeOutput(json);
   try {
-    if (!cmd) throw new UsageError(`unknown command '${first}'; run 'tiu --help'`);
+    if (!cmd) {
+      // A group of two-word commands ("key" of "key generate"): its help lists them.
+      const group = commands.filter((c) => c.name.startsWith(`${first} `));
+      if (group.length === 0) throw new UsageError(`unknown command '${first}'; run 'tiu --help'`);
+      const asked = rest.includes('--help') || rest.includes('-h');
+      if (!asked && argv.length > 1) {
+        throw new UsageError(`unknown command '${argv.slice(0, 2).join(' ')}'; run 'tiu ${first} --help'`);
+      }
+      const list = commandList(await Promise.all(group.map((c) => c.load())));
+      process.stdout.write(
+        `usage: tiu ${first} COMMAND [OPTIONS]\n\ncommands:\n${list}\n\nRun 'tiu ${first} COMMAND --help' for a command's options.\n`,
+      );
+      // Like a bare `tiu`: the help, but the command line was incomplete.
+      return asked ? EXIT.ok : EXIT.usage;
+    }
     if (rest.includes('--help') || rest.includes('-h')) {
       process.stdout.write(helpFor(cmd));
       return EXIT.ok;

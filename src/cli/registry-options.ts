@@ -26,7 +26,8 @@ export const registryOptionsHelp =
   '  --authfile FILE         credentials file (containers-auth.json(5)); default: the containers/docker locations\n' +
   '  --creds USER:PASSWORD   credentials for the registry (--src-creds/--dest-creds for one side of a copy)\n' +
   '  --tls-verify=false      accept any certificate and allow plain http (--src-/--dest-tls-verify for one side)\n' +
-  '  --cert-dir DIR          a certs.d-style directory of CAs (DIR/HOST:PORT/*.crt) instead of the system ones\n' +
+  '  --cert-dir DIR          use DIR/*.crt (CAs) and DIR/*.cert + *.key (client) for the registry, as skopeo does,\n' +
+  '                          instead of /etc/containers/certs.d/HOST:PORT/\n' +
   '  --registries-conf FILE  registries.conf to use instead of /etc/containers/registries.conf';
 
 class UsageError extends TiuError {
@@ -54,7 +55,7 @@ export function registryOptions(options: OptionValues, side?: 'src' | 'dest'): R
     tlsVerify(optString(options, 'tls-verify'), 'tls-verify');
   if (tv !== undefined) o.tlsVerify = tv;
   const certDir = optString(options, 'cert-dir');
-  if (certDir) o.certDirs = [certDir];
+  if (certDir) o.certDir = certDir;
   const conf = optString(options, 'registries-conf');
   if (conf) o.registriesConf = conf;
   return o;

@@ -22,6 +22,7 @@ import { fsyncDir, tempNameFor } from '../util/atomic.ts';
 import { NotFoundError } from './errors.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
 import { OciLayoutTarget } from './oci-layout.ts';
+import { forEachTarEntry } from './tar-entries.ts';
 
 export class InvalidArchiveError extends TiuError {
   constructor(path: string, why: string) {
@@ -166,12 +167,9 @@ export class OciArchiveTarget implements Target {
 /** Extract the layout files of an archive into `dir`, streaming. */
 export async function extractLayout(archive: string, dir: string): Promise<void> {
   await mkdir(join(dir, 'blobs'), { recursive: true });
-  const extract = tar.extract();
-  const reading = pipeline(createReadStream(archive), extract).catch((e: unknown) => {
-    throw e instanceof TiuError ? e : new InvalidArchiveError(archive, (e as Error).message);
-  });
-  try {
-    for await (const entry of extract) {
+  await forEachTarEntry(
+    archive,
+    async (entry) => {
       const h = entry.header;
       const name = layoutEntryName(h.name, archive);
       const parts = name?.split('/') ?? [];
@@ -183,13 +181,13 @@ export async function extractLayout(archive: string, dir: string): Promise<void>
         (parts.length === 3 && parts[0] === 'blobs' && isDigest(`${parts[1]}:${parts[2]}`));
       if (name === undefined || !known) {
         entry.resume();
-        continue;
+        return;
       }
       if (h.type === 'directory') {
         if (parts.length === 3) throw new InvalidArchiveError(archive, `${name} is a directory`);
         await mkdir(join(dir, name), { recursive: true });
         entry.resume();
-        continue;
+        return;
       }
       if (h.type !== 'file' && h.type !== 'contiguous-file') {
         throw new InvalidArchiveError(archive, `${name} is a ${h.type ?? 'special file'}, not a regular file`);
@@ -201,14 +199,9 @@ export async function extractLayout(archive: string, dir: string): Promise<void>
         if (errno(e) === 'EEXIST') throw new InvalidArchiveError(archive, `${name} appears twice`);
         throw e;
       });
-    }
-  } catch (e) {
-    extract.destroy();
-    await reading.catch(() => undefined);
-    if (e instanceof TiuError) throw e;
-    throw new InvalidArchiveError(archive, (e as Error).message);
-  }
-  await reading;
+    },
+    (why) => new InvalidArchiveError(archive, why),
+  );
 }
 
 /** Pack the layout in `dir` into the tar `archive`, atomically (temp + fsync + rename). */

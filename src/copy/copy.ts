@@ -10,6 +10,8 @@
  *  4. with `referrers`, the referrers of the root (and of their own referrers, recursively),
  *     plus cosign's tag-scheme attachments (sha256-<hex>.sig/.att/.sbom);
  *  5. only then the tag at the destination: a tag never points at incomplete content.
+ * With `toOci` (an `oci:`/`oci-archive:` destination) a Docker manifest or list is written as
+ * its OCI conversion (to-oci.ts) after its children: the returned root is the converted one.
  *
  * Failures are CopyError { code: COPY_FAILED (or the cause's DIGEST_MISMATCH, SIZE_MISMATCH,
  * REGISTRY_TOO_SLOW, DISK_FULL), op, origin: 'source' | 'destination' } with the
@@ -17,12 +19,14 @@
  */
 import { Readable } from 'node:stream';
 import { TiuError, asError, isNoSpaceErrno, isTiuError, type ErrorCode } from '../errors.ts';
-import { fetchManifest, childrenOf } from '../content/graph.ts';
+import { fetchManifest, fetchVerified, childrenOf } from '../content/graph.ts';
 import type { Target } from '../content/interfaces.ts';
 import { Semaphore } from '../util/semaphore.ts';
-import { isDigest, parseDigest, verifiedStream } from '../oci/digest.ts';
-import { isManifestLike } from '../oci/mediatypes.ts';
+import { isDigest, parseDigest, sha256, verifiedStream } from '../oci/digest.ts';
+import { isManifestLike, MediaType } from '../oci/mediatypes.ts';
 import type { Descriptor } from '../oci/types.ts';
+import { MAX_CONFIG_BYTES, parseConfigBytes, type ParsedManifest } from '../oci/validate.ts';
+import { dockerConfigToOci, dockerListToOci, dockerManifestToOci, needsOciConversion } from './to-oci.ts';
 
 export type CopyOp = 'resolve' | 'fetch' | 'exists' | 'push' | 'tag' | 'referrers';
 export type CopyOrigin = 'source' | 'destination';
@@ -99,7 +103,23 @@ export interface CopyOptions {
    * the copy (the signature policy plugs in here). Its errors propagate unchanged.
    */
   verify?: (src: Target, root: Descriptor) => Promise<void>;
+  /**
+   * The destination takes only OCI manifests (an `oci:` layout, an `oci-archive:`): Docker
+   * manifests and lists are written converted to OCI (src/copy/to-oci.ts), so their digests change.
+   */
+  toOci?: boolean;
+  /** With `toOci`: refuse (CONVERSION_REFUSED) instead of converting, before anything is written. */
+  preserveDigests?: boolean;
   signal?: AbortSignal;
+}
+
+export class ConversionRefusedError extends TiuError {
+  constructor(desc: Descriptor, why: string) {
+    super('CONVERSION_REFUSED', `${desc.digest} is a ${desc.mediaType}: ${why}`, {
+      digest: desc.digest,
+      mediaType: desc.mediaType,
+    });
+  }
 }
 
 function isAbortError(e: Error): boolean {
@@ -126,7 +146,10 @@ class GraphCopier {
   readonly #dst: Target;
   readonly #opts: CopyOptions;
   readonly #sem: Semaphore;
-  readonly #nodes = new Map<string, Promise<void>>();
+  /** Each node's copy, resolving to the descriptor written (another one where it was converted). */
+  readonly #nodes = new Map<string, Promise<Descriptor>>();
+  /** Source digests of manifests written converted: their referrers would name a digest the destination lacks. */
+  readonly converted = new Set<string>();
   readonly #abort = new AbortController();
   readonly signal: AbortSignal;
   /** Every manifest/index reached, for referrers. */
@@ -153,7 +176,7 @@ class GraphCopier {
     this.#opts.onProgress?.(e);
   }
 
-  copyNode(desc: Descriptor): Promise<void> {
+  copyNode(desc: Descriptor): Promise<Descriptor> {
     let p = this.#nodes.get(desc.digest);
     if (!p) {
       p = this.#copyNode(desc).catch((e: unknown) => this.#fail(e));
@@ -163,24 +186,29 @@ class GraphCopier {
   }
 
   /** Settle all, then throw the first failure: no transfer is still running when copy() returns. */
-  async #all(descs: Descriptor[]): Promise<void> {
+  async #all(descs: Descriptor[]): Promise<Descriptor[]> {
     const results = await Promise.allSettled(descs.map((d) => this.copyNode(d)));
-    const bad = results.find((r) => r.status === 'rejected');
-    if (bad) throw this.#firstError ?? bad.reason;
+    const written: Descriptor[] = [];
+    for (const r of results) {
+      if (r.status === 'rejected') throw this.#firstError ?? r.reason;
+      written.push(r.value);
+    }
+    return written;
   }
 
-  async #copyNode(desc: Descriptor): Promise<void> {
+  async #copyNode(desc: Descriptor): Promise<Descriptor> {
     const signal = this.signal;
     signal.throwIfAborted();
     const manifestLike = isManifestLike(desc.mediaType);
     if (manifestLike) this.manifests.push(desc);
+    if (this.#opts.toOci && needsOciConversion(desc.mediaType)) return this.#convertNode(desc);
     // Lookups take a transfer slot too, so a wide index does not fire hundreds of requests at once.
     const has = await this.#sem.run(() =>
       step('exists', 'destination', this.#dst, () => this.#dst.exists(desc, { signal }), desc.digest),
     );
     if (has && !manifestLike) {
       this.#emit({ type: 'blob-skipped', desc });
-      return;
+      return desc;
     }
     if (manifestLike) {
       const { bytes, parsed } = await this.#sem.run(() =>
@@ -192,23 +220,91 @@ class GraphCopier {
       await this.#all(childrenOf(parsed));
       if (has) {
         this.#emit({ type: 'blob-skipped', desc });
-        return;
+        return desc;
       }
-      await this.#sem.run(async () => {
-        this.#emit({ type: 'blob-start', desc });
-        await step(
-          'push',
-          'destination',
-          this.#dst,
-          () => this.#dst.push(desc, Readable.from([bytes]), { signal }),
-          desc.digest,
-        );
-        this.#emit({ type: 'blob-bytes', desc, bytes: bytes.length, total: desc.size });
-        this.#emit({ type: 'blob-done', desc });
-      });
-      return;
+      await this.#pushSmall(desc, bytes);
+      return desc;
     }
     await this.#sem.run(() => this.#copyBlob(desc));
+    return desc;
+  }
+
+  /** A manifest, index or config the copier holds whole, unless the destination has it. */
+  async #pushSmall(desc: Descriptor, bytes: Buffer, skipIfPresent = false): Promise<void> {
+    const signal = this.signal;
+    await this.#sem.run(async () => {
+      if (
+        skipIfPresent &&
+        (await step('exists', 'destination', this.#dst, () => this.#dst.exists(desc, { signal }), desc.digest))
+      ) {
+        this.#emit({ type: 'blob-skipped', desc });
+        return;
+      }
+      this.#emit({ type: 'blob-start', desc });
+      await step(
+        'push',
+        'destination',
+        this.#dst,
+        () => this.#dst.push(desc, Readable.from([bytes]), { signal }),
+        desc.digest,
+      );
+      this.#emit({ type: 'blob-bytes', desc, bytes: bytes.length, total: desc.size });
+      this.#emit({ type: 'blob-done', desc });
+    });
+  }
+
+  /**
+   * A Docker manifest or list written as OCI: its layers (or manifests) first, as always, then
+   * the converted config, then the converted document. Returns the converted descriptor.
+   */
+  async #convertNode(desc: Descriptor): Promise<Descriptor> {
+    const signal = this.signal;
+    if (this.#opts.preserveDigests)
+      throw new ConversionRefusedError(
+        desc,
+        'the destination takes only OCI, and converting it would change its digest (--preserve-digests)',
+      );
+    this.converted.add(desc.digest);
+    const { parsed } = await this.#sem.run(() =>
+      step('fetch', 'source', this.#src, () => fetchManifest(this.#src, desc, { signal }), desc.digest),
+    );
+    const out = await this.#convertParsed(desc, parsed);
+    if (desc.platform) out.desc.platform = desc.platform;
+    await this.#pushSmall(out.desc, out.bytes, true);
+    return out.desc;
+  }
+
+  async #convertParsed(desc: Descriptor, parsed: ParsedManifest): Promise<{ desc: Descriptor; bytes: Buffer }> {
+    const signal = this.signal;
+    if (parsed.kind === 'index') {
+      const written = await this.#all(parsed.index.manifests);
+      const byDigest = new Map(parsed.index.manifests.map((m, i) => [m.digest, written[i]!]));
+      return this.#converting(desc, () => dockerListToOci(parsed.index, byDigest));
+    }
+    const { manifest } = parsed;
+    await this.#all(manifest.layers);
+    const configBytes = await this.#sem.run(() =>
+      step(
+        'fetch',
+        'source',
+        this.#src,
+        async () => {
+          const b = await fetchVerified(this.#src, manifest.config, MAX_CONFIG_BYTES, { signal });
+          parseConfigBytes(b);
+          return b;
+        },
+        manifest.config.digest,
+      ),
+    );
+    const ociConfig = await this.#converting(manifest.config, () => dockerConfigToOci(configBytes));
+    const config: Descriptor = { mediaType: MediaType.OciConfig, digest: sha256(ociConfig), size: ociConfig.length };
+    await this.#pushSmall(config, ociConfig, true);
+    return this.#converting(desc, () => dockerManifestToOci(manifest, config));
+  }
+
+  /** A conversion step; its failure is a copy failure naming the document (COPY_FAILED <- CONVERSION_UNSUPPORTED). */
+  #converting<T>(desc: Descriptor, convert: () => T): Promise<T> {
+    return step('push', 'destination', this.#dst, () => Promise.resolve(convert()), desc.digest);
   }
 
   async #copyBlob(desc: Descriptor): Promise<void> {
@@ -279,6 +375,11 @@ class GraphCopier {
         throw new CopyError('resolve', 'source', src.name, e, subject.digest);
       }
     }
+    if (found.length > 0 && this.converted.has(subject.digest))
+      throw new ConversionRefusedError(
+        subject,
+        `it has ${found.length} referrer(s) (signatures, attestations) naming this digest, which the OCI conversion the destination needs would change`,
+      );
     for (const f of found) {
       await this.copyNode(f.desc);
       if (f.tag !== undefined) {
@@ -293,7 +394,7 @@ class GraphCopier {
 /**
  * Copy the image `srcRef` names in `src` to `dst`, tagged `dstRef` there. Without `dstRef`, a
  * source tag is reused; a source digest leaves the copy untagged. Without `srcRef`, the source's
- * only image (resolveDefault). Returns the root descriptor.
+ * only image (resolveDefault). Returns the root descriptor as written (converted with `toOci`).
  */
 export async function copy(
   src: Target,
@@ -308,10 +409,16 @@ export async function copy(
       throw new TiuError('REFERENCE_MISSING', `${src.name} needs a tag or digest to name the image`);
     return src.resolveDefault({ signal: opts.signal });
   });
+  if (opts.toOci && opts.preserveDigests && needsOciConversion(root.mediaType))
+    throw new ConversionRefusedError(
+      root,
+      'the destination takes only OCI, and converting it would change its digest (--preserve-digests)',
+    );
   if (opts.verify) await opts.verify(src, root);
   const g = new GraphCopier(src, dst, opts);
+  let written: Descriptor;
   try {
-    await g.copyNode(root);
+    written = await g.copyNode(root);
     if (opts.referrers) {
       const seen = new Set<string>();
       for (const m of [...g.manifests]) await g.copyReferrers(m, seen);
@@ -333,18 +440,18 @@ export async function copy(
   const name = dstRef ?? (srcRef !== undefined && !isDigest(srcRef) ? srcRef : undefined);
   if (name !== undefined) {
     if (isDigest(name)) {
-      if (name !== root.digest) {
+      if (name !== written.digest) {
         throw new CopyError(
           'tag',
           'destination',
           dst.name,
-          new TiuError('DIGEST_MISMATCH', `the destination names ${name} but the image is ${root.digest}`),
-          root.digest,
+          new TiuError('DIGEST_MISMATCH', `the destination names ${name} but the image is ${written.digest}`),
+          written.digest,
         );
       }
     } else {
-      await step('tag', 'destination', dst, () => dst.tag(root, name, { signal: opts.signal }), root.digest);
+      await step('tag', 'destination', dst, () => dst.tag(written, name, { signal: opts.signal }), written.digest);
     }
   }
-  return root;
+  return written;
 }

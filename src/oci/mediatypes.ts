@@ -11,6 +11,7 @@ export const MediaType = {
   DockerManifestList: 'application/vnd.docker.distribution.manifest.list.v2+json',
   DockerConfig: 'application/vnd.docker.container.image.v1+json',
   DockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  DockerLayerTar: 'application/vnd.docker.image.rootfs.diff.tar',
   CosignSimpleSigning: 'application/vnd.dev.cosign.simplesigning.v1+json',
   SigstoreBundle: 'application/vnd.dev.sigstore.bundle.v0.3+json',
 } as const;

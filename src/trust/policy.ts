@@ -292,6 +292,9 @@ export function policyScopes(ref: ImageReference): { transport: string; scopes: 
     scopes.push('');
     return { transport: 'docker', scopes };
   }
+  // Scopes inside containers-storage name podman's store ([driver@root]...), which tiu does not
+  // open itself: only the transport's default applies.
+  if (ref.transport === 'containers-storage') return { transport: ref.transport, scopes: [''] };
   const path = resolvePath(ref.path);
   const scopes: string[] = [];
   const name = ref.tag ?? ref.digest;

@@ -98,17 +98,18 @@ describe('tiu copy / inspect with umoci and skopeo', function () {
   it('inspect shows config, layers and os-release, as text and JSON', async () => {
     const j = await tiu('inspect', '--json', `oci:${A}:t`);
     assert.equal(j.exitCode, 0, j.stderr);
+    // skopeo inspect's keys
     const v = JSON.parse(j.stdout);
-    assert.equal(v.digest, manifestDigest);
-    assert.equal(v.kind, 'manifest');
-    assert.equal(v.config.os, 'linux');
-    assert.equal(v.layers.length, 2);
-    assert.deepEqual(v.osRelease, { ID: 'opensuse-microos', VERSION_ID: '20251126' });
+    assert.equal(v.Digest, manifestDigest);
+    assert.equal(v.Os, 'linux');
+    assert.equal(v.Layers.length, 2);
+    assert.deepEqual(v.RepoTags, []);
+    assert.equal(v.Labels.ID, 'opensuse-microos');
     const h = await tiu('inspect', `oci:${A}:t`);
     assert.match(h.stdout, /Layers:\s+2/);
     assert.match(h.stdout, /ID=opensuse-microos/);
     // the only image of a layout needs no tag
-    assert.equal(JSON.parse((await tiu('inspect', '--json', `oci:${A}`)).stdout).digest, manifestDigest);
+    assert.equal(JSON.parse((await tiu('inspect', '--json', `oci:${A}`)).stdout).Digest, manifestDigest);
     const missing = await tiu('inspect', `oci:${A}:nope`);
     assert.equal(missing.exitCode, 1);
     assert.match(missing.stderr, /^tiu: error: tag "nope" not found in .*\[CONTENT_NOT_FOUND\]$/);

@@ -71,8 +71,8 @@ describe('scripts/install.sh (the installed layout)', function () {
     assert.equal(b.exitCode, 0, b.stderr);
     const i = await installed(['inspect', `oci:${layout}:v1`, '--json']);
     assert.equal(i.exitCode, 0, i.stderr);
-    const info = JSON.parse(i.stdout) as { osRelease?: Record<string, string> };
-    assert.equal(info.osRelease?.VERSION_ID, '1');
+    const info = JSON.parse(i.stdout) as { Labels?: Record<string, string> };
+    assert.equal(info.Labels?.['org.opensuse.tiu.os-release.VERSION_ID'], '1');
 
     const bad = await installed(['inspect', `oci:${join(tmp, 'nothing')}:v1`]);
     assert.notEqual(bad.exitCode, 0);

@@ -193,14 +193,14 @@ describe('registry transport: authentication', function () {
       await tiu('copy', `oci:${layout}:1`, `docker://${reg.host}/cli/os:1`, '--dest-creds', `${USER}:${PASS}`);
       const byCreds = JSON.parse(
         (await tiu('inspect', `docker://${reg.host}/cli/os:1`, '--creds', `${USER}:${PASS}`)).stdout,
-      ) as { digest: string };
-      assert.equal(byCreds.digest, img.manifest.desc.digest);
+      ) as { Digest: string };
+      assert.equal(byCreds.Digest, img.manifest.desc.digest);
       const authfile = join(dir, 'cli-auth.json');
       await writeFile(authfile, authJson(reg.host, { auth: Buffer.from(`${USER}:${PASS}`).toString('base64') }));
       const byFile = JSON.parse(
         (await tiu('inspect', `docker://${reg.host}/cli/os:1`, '--authfile', authfile)).stdout,
-      ) as { digest: string };
-      assert.equal(byFile.digest, img.manifest.desc.digest);
+      ) as { Digest: string };
+      assert.equal(byFile.Digest, img.manifest.desc.digest);
     } finally {
       await reg.stop();
     }

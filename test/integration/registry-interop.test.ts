@@ -120,7 +120,7 @@ describe('registry transport: skopeo interop and the air gap', function () {
     assert.equal((await dst.resolve(sigTag)).digest, cosign.manifest.desc.digest);
     // and `tiu inspect` reads it from the second registry
     const { stdout } = await tiu('inspect', `docker://${b.host}/os:1`, '--json');
-    assert.equal((JSON.parse(stdout) as { digest: string }).digest, img.manifest.desc.digest);
+    assert.equal((JSON.parse(stdout) as { Digest: string }).Digest, img.manifest.desc.digest);
   });
 
   it('a registries.conf mirror serves tiu copy while the primary is down', async () => {

@@ -8,12 +8,15 @@ import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { isTiuError } from '../../src/errors.ts';
 import { parseReference, type DockerReference } from '../../src/oci/reference.ts';
 import { openRegistryTarget, parseRegistriesConf } from '../../src/transport/registry/index.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { makeImage, pushImage, readAll } from '../helpers/images.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
+
+const TIU = new URL('../../bin/tiu', import.meta.url).pathname;
 
 describe('registry transport: TLS with certs.d', function () {
   this.timeout(60_000);
@@ -143,6 +146,75 @@ describe('registry transport: TLS with certs.d', function () {
       await pushImage(t, img, 'v1');
       assert.equal((await t.resolve('v1')).digest, img.manifest.desc.digest);
       await t.close();
+    } finally {
+      await mtls.stop();
+    }
+  });
+
+  it("--cert-dir is skopeo's flat folder: *.crt CAs and *.cert + *.key for whichever registry", async () => {
+    const o = (...args: string[]): void => {
+      execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+    };
+    o('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=tiu flat', '-keyout', 'flat.key', '-out', 'flat.csr');
+    await writeFile(join(dir, 'flat.cnf'), 'extendedKeyUsage=clientAuth\n');
+    o(
+      'x509',
+      '-req',
+      '-in',
+      'flat.csr',
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-days',
+      '2',
+      '-extfile',
+      'flat.cnf',
+      '-out',
+      'flat.cert',
+    );
+    const mtls = await startRegistry({
+      tls: { certificate: join(dir, 'server.crt'), key: join(dir, 'server.key'), clientcas: [join(dir, 'ca.crt')] },
+    });
+    try {
+      const flat = join(dir, 'flat');
+      await mkdir(flat);
+      await copyFile(join(dir, 'ca.crt'), join(flat, 'my-ca.crt'));
+      await copyFile(join(dir, 'flat.cert'), join(flat, 'me.cert'));
+      await copyFile(join(dir, 'flat.key'), join(flat, 'me.key'));
+      const t = openRegistryTarget(parseReference(`docker://${mtls.host}/tiu/flat`) as DockerReference, {
+        registriesConf: false,
+        certDir: flat,
+      });
+      const img = await makeImage();
+      await pushImage(t, img, 'v1');
+      await t.close();
+      // The CLI's --cert-dir, for both registries (the flat folder is not per host).
+      const env = { ...process.env, CONTAINERS_REGISTRIES_CONF: join(dir, 'none.conf') };
+      await writeFile(env.CONTAINERS_REGISTRIES_CONF, '');
+      for (const host of [mtls.host, reg.host]) {
+        const ref = `docker://${host}/tiu/${host === mtls.host ? 'flat' : 'tls'}:v1`;
+        const r = await execa(TIU, ['inspect', '--json', '--no-tags', '--cert-dir', flat, ref], { env, reject: false });
+        assert.equal(r.exitCode, 0, r.stdout + r.stderr);
+        assert.match((JSON.parse(r.stdout) as { Digest: string }).Digest, /^sha256:/);
+      }
+      // Without it, the CA is unknown; a certs.d tree given as --cert-dir has no *.crt at its top.
+      for (const args of [[], ['--cert-dir', certsd]]) {
+        const r = await execa(TIU, ['inspect', '--json', ...args, `docker://${reg.host}/tiu/tls:v1`], {
+          env,
+          reject: false,
+        });
+        assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, 'TLS_ERROR', args.join(' '));
+      }
+      // A key without its certificate is refused by name, as containers/image does.
+      await rm(join(flat, 'me.cert'));
+      const r = await execa(TIU, ['inspect', '--json', '--cert-dir', flat, `docker://${mtls.host}/tiu/flat:v1`], {
+        env,
+        reject: false,
+      });
+      const err = (JSON.parse(r.stdout) as { error: { code: string; message: string } }).error;
+      assert.equal(err.code, 'CONFIG_INVALID', r.stdout);
+      assert.match(err.message, /key .*me\.key has no client certificate/);
     } finally {
       await mtls.stop();
     }

@@ -24,6 +24,27 @@ describe('reference', () => {
     ['oci:/media/usb/layout:1.0', { transport: 'oci', path: '/media/usb/layout', tag: '1.0' }],
     [`oci:rel/dir:${D}`, { transport: 'oci', path: 'rel/dir', digest: D }],
     ['oci-archive:/tmp/a.tar:latest', { transport: 'oci-archive', path: '/tmp/a.tar', tag: 'latest' }],
+    // what `podman save --format oci-archive` names the image, as skopeo takes it
+    [
+      'oci-archive:saved.tar:localhost/on-top:latest',
+      { transport: 'oci-archive', path: 'saved.tar', tag: 'localhost/on-top:latest' },
+    ],
+    [
+      'oci:l:registry.example.com/a_b/c-d:1.0',
+      { transport: 'oci', path: 'l', tag: 'registry.example.com/a_b/c-d:1.0' },
+    ],
+    ['dir:/tmp/x:y', { transport: 'dir', path: '/tmp/x:y' }],
+    ['docker-archive:/tmp/s.tar', { transport: 'docker-archive', path: '/tmp/s.tar' }],
+    [
+      'docker-archive:s.tar:busybox',
+      { transport: 'docker-archive', path: 's.tar', tag: 'docker.io/library/busybox:latest' },
+    ],
+    [
+      'docker-archive:s.tar:localhost/saved:v1',
+      { transport: 'docker-archive', path: 's.tar', tag: 'localhost/saved:v1' },
+    ],
+    [`oci:rel/dir@${D}`, { transport: 'oci', path: 'rel/dir', digest: D }],
+    [`oci-archive:/tmp/a.tar@${D}`, { transport: 'oci-archive', path: '/tmp/a.tar', digest: D }],
   ];
   for (const [input, want] of cases) {
     it(`parses ${input}`, () => assert.deepEqual(parseReference(input), want));
@@ -36,9 +57,17 @@ describe('reference', () => {
     'x:bad tag',
     'x@sha256:123',
     'oci:',
-    'dir:/tmp/x',
+    'dir:',
+    'docker-archive:',
+    `docker-archive:s.tar:x@${D}`,
+    'docker-archive:s.tar:Upper',
     'a//b',
     `oci:/x:sha256:zz`,
+    'oci:/x:a//b',
+    'oci:/x:/abs',
+    'oci:/x:-lead',
+    'oci:/x:has space',
+    'oci:/x:@0',
   ]) {
     it(`rejects ${JSON.stringify(bad)}`, () => {
       assert.throws(

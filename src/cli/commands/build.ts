@@ -4,7 +4,8 @@ import { buildBundle, classifySource, type BuildSource } from '../../bundle/buil
 import { BuildError } from '../../bundle/errors.ts';
 import { isDigest } from '../../oci/digest.ts';
 import { makeDeltas, type DeltaResult } from '../../bundle/delta.ts';
-import { openReference, resolveRoot, type OpenedReference } from '../../transport/resolve.ts';
+import { openReference, probeDestination, resolveRoot, type OpenedReference } from '../../transport/resolve.ts';
+import { parseReference } from '../../oci/reference.ts';
 import { deltaJson, describeDelta } from '../delta-output.ts';
 import { humanSize, shortDigest } from '../../format.ts';
 import { registryOptions } from '../registry-options.ts';
@@ -16,7 +17,7 @@ const command: Command = {
     'tiu build SOURCE --tag DEST [--compression zstd|gzip] [--layers N] [--exclude PATH]... [--annotation K=V]... [--arch ARCH] [--delta-from REF]... [--json]',
   help:
     'SOURCE: a directory, a tar archive (.tar, .tar.gz, .tar.xz, .tar.zst, .tbz: as kiwi writes them),\n' +
-    '  or an image reference (docker://..., oci:..., oci-archive:...) to re-layer.\n' +
+    '  or an image reference (docker://..., oci:..., oci-archive:..., containers-storage:...) to re-layer.\n' +
     'DEST: where to push: docker://HOST/REPO:TAG, oci:/PATH:TAG, oci-archive:/FILE.tar:TAG.\n' +
     'Left out of every bundle: the contents of /run /tmp /proc /sys /dev /.snapshots /home /root /opt\n' +
     '  /srv /usr/local /boot/writable /boot/grub2/<arch>. /var content moves to /usr/share/factory/var\n' +
@@ -67,17 +68,23 @@ const command: Command = {
     let dst: OpenedReference | undefined;
     let ok = false;
     try {
+      // The destination first: a wrong one must fail before the layers are compressed.
+      dst = await openReference(destInput, { forWrite: true, registry: registryOptions(options, 'dest') });
+      const tag = dst.name ?? 'latest';
+      if (isDigest(tag)) throw new BuildError('BUILD_OPTION_INVALID', `--tag ${destInput} names a digest; give a tag`);
+      for (const fromInput of optStrings(options, 'delta-from')) parseReference(fromInput);
+      await probeDestination(dst);
       const kind = await classifySource(sourceInput!);
       let source: BuildSource;
       if (kind === 'image') {
         src = await openReference(sourceInput!, { registry: registryOptions(options, 'src') });
-        source = { kind: 'image', target: src.target, reference: src.name ?? 'latest' };
+        // dir: and docker-archive: name no tag: their one image (or the archive's only one).
+        const oneImage = src.ref.transport === 'dir' || src.ref.transport === 'docker-archive';
+        const reference = src.name ?? (oneImage ? (await resolveRoot(src)).digest : 'latest');
+        source = { kind: 'image', target: src.target, reference };
       } else {
         source = { kind, path: sourceInput! };
       }
-      dst = await openReference(destInput, { forWrite: true, registry: registryOptions(options, 'dest') });
-      const tag = dst.name ?? 'latest';
-      if (isDigest(tag)) throw new BuildError('BUILD_OPTION_INVALID', `--tag ${destInput} names a digest; give a tag`);
       const r = await buildBundle(source, dst.target, tag, {
         compression,
         layers,

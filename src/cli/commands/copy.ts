@@ -17,15 +17,24 @@ class UsageError extends TiuError {
 const command: Command = {
   name: 'copy',
   summary: 'Copy an image between registries, OCI layouts and oci-archives',
-  usage: 'tiu copy SRC DST [--referrers] [--concurrency N] [--json]',
+  usage: 'tiu copy SRC DST [--referrers] [--preserve-digests] [--concurrency N] [--json]',
   help:
-    'SRC and DST are image references: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG].\n' +
+    'SRC and DST are image references: docker://HOST/REPO:TAG, oci:/PATH[:NAME], oci-archive:/FILE.tar[:NAME],\n' +
+    'dir:/PATH (one image, as skopeo writes it), docker-archive:/FILE.tar[:NAME:TAG] (docker save format).\n' +
+    'SRC may also be containers-storage:[[DRIVER@]ROOT[+RUNROOT]]IMAGE (read through podman).\n' +
     'Every byte is verified by digest and size; the destination tag is set only once all content is there.\n' +
     'Without a destination tag the source tag is reused.\n' +
+    'oci: and oci-archive: hold only OCI images: a Docker image is written converted to OCI (as skopeo does),\n' +
+    'so its manifest and config digests change.\n' +
     '  --referrers      also copy signatures and other referrers (and cosign sha256-<hex>.sig tags)\n' +
+    '  --preserve-digests  refuse a copy that would change digests (a Docker image into oci:/oci-archive:)\n' +
     '  --concurrency N  blob transfers at a time (default 3)\n',
   registry: 'copy',
-  options: { referrers: { type: 'boolean' }, concurrency: { type: 'string' } },
+  options: {
+    referrers: { type: 'boolean' },
+    'preserve-digests': { type: 'boolean' },
+    concurrency: { type: 'string' },
+  },
   positionals: [2, 2],
   async run([srcInput, dstInput], options, out) {
     const concText = optString(options, 'concurrency');
@@ -37,6 +46,8 @@ const command: Command = {
     let ok = false;
     try {
       dst = await openReference(dstInput!, { forWrite: true, registry: registryOptions(options, 'dest') });
+      if ((dst.ref.transport === 'dir' || dst.ref.transport === 'docker-archive') && optBool(options, 'referrers'))
+        throw new UsageError(`--referrers: a ${dst.ref.transport}: image keeps no referrers (cosign signatures)`);
       const lastReport = new Map<string, number>();
       const onProgress = (e: CopyEvent) => {
         const d = e.desc;
@@ -57,12 +68,16 @@ const command: Command = {
       };
       const root = await copy(src.target, src.name, dst.target, dst.name, {
         referrers: optBool(options, 'referrers'),
+        toOci: dst.ref.transport === 'oci' || dst.ref.transport === 'oci-archive',
+        preserveDigests: optBool(options, 'preserve-digests'),
         concurrency,
         onProgress,
       });
       await dst.target.close?.();
       ok = true;
-      const tag = dst.name ?? (src.name !== undefined && !isDigest(src.name) ? src.name : undefined);
+      // dir: and docker-archive: keep no source tag (the latter only the name its reference gives).
+      const reusesTag = dst.ref.transport !== 'dir' && dst.ref.transport !== 'docker-archive';
+      const tag = dst.name ?? (reusesTag && src.name !== undefined && !isDigest(src.name) ? src.name : undefined);
       out.result(
         `copied ${root.digest} to ${dstInput}${tag && !dstInput!.endsWith(':' + tag) ? ` (tag ${tag})` : ''}`,
         {

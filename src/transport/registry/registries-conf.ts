@@ -1,7 +1,12 @@
 /**
- * registries.conf(5) version 2 (TOML): /etc/containers/registries.conf (or
- * $CONTAINERS_REGISTRIES_CONF) and the drop-ins registries.conf.d/*.conf in name order, a later
- * [[registry]] with the same prefix replacing an earlier one.
+ * registries.conf(5) version 2 (TOML), found where containers/image finds it:
+ *   - the file: --registries-conf FILE or $CONTAINERS_REGISTRIES_CONF (then it must exist), else
+ *     $HOME/.config/containers/registries.conf if it exists, else /etc/containers/registries.conf
+ *     (missing: no configuration);
+ *   - the drop-ins: *.conf in /etc/containers/registries.conf.d, then in
+ *     $HOME/.config/containers/registries.conf.d, each directory in name order; only the user
+ *     directory when the user file is the file. Each later file replaces a [[registry]] of the
+ *     same prefix and, where it sets it (also to []), unqualified-search-registries.
  *
  * For a reference host/repo the longest matching prefix wins (`*.example.com` matches
  * subdomains); its `location` replaces the prefix; `blocked` refuses it; `insecure` allows
@@ -9,7 +14,8 @@
  * for pulls only, filtered by `pull-from-mirror` (all | digest-only | tag-only) and the older
  * `mirror-by-digest-only`.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'smol-toml';
 import type { DockerReference } from '../../oci/reference.ts';
@@ -37,13 +43,24 @@ export interface RegistryEntry {
 export interface RegistriesConf {
   registries: RegistryEntry[];
   unqualifiedSearchRegistries: string[];
+  /** The file that set unqualified-search-registries last; undefined when none did. */
+  unqualifiedSearchOrigin?: string;
+  /** short-name-mode; containers/image's default is enforcing. */
+  shortNameMode?: ShortNameMode;
+  /** [aliases]: short name -> fully qualified repository, and the file that set each. */
+  aliases: Record<string, { value: string; source: string }>;
   files: string[];
 }
 
+export type ShortNameMode = 'enforcing' | 'permissive' | 'disabled';
+
 export const DEFAULT_REGISTRIES_CONF = '/etc/containers/registries.conf';
+export const DEFAULT_REGISTRIES_CONF_DIR = '/etc/containers/registries.conf.d';
+const USER_REGISTRIES_CONF = '.config/containers/registries.conf';
+const USER_REGISTRIES_CONF_DIR = '.config/containers/registries.conf.d';
 
 export function emptyRegistriesConf(): RegistriesConf {
-  return { registries: [], unqualifiedSearchRegistries: [], files: [] };
+  return { registries: [], unqualifiedSearchRegistries: [], aliases: {}, files: [] };
 }
 
 function str(v: unknown, file: string, key: string): string | undefined {
@@ -68,11 +85,27 @@ export function parseRegistriesConf(text: string, file: string): RegistriesConf 
   if (doc.registries !== undefined && typeof doc.registries === 'object' && !Array.isArray(doc.registries)) {
     throw new InvalidConfigError(file, 'is in the version 1 format ([registries.search]); tiu reads version 2');
   }
-  const conf: RegistriesConf = { registries: [], unqualifiedSearchRegistries: [], files: [file] };
+  const conf: RegistriesConf = { registries: [], unqualifiedSearchRegistries: [], aliases: {}, files: [file] };
+  const mode = doc['short-name-mode'];
+  if (mode !== undefined) {
+    if (mode !== 'enforcing' && mode !== 'permissive' && mode !== 'disabled') {
+      throw new InvalidConfigError(file, `short-name-mode must be enforcing, permissive or disabled, not ${JSON.stringify(mode)}`);
+    }
+    conf.shortNameMode = mode;
+  }
+  const aliases = doc.aliases;
+  if (aliases !== undefined) {
+    if (typeof aliases !== 'object' || aliases === null || Array.isArray(aliases)) throw new InvalidConfigError(file, '[aliases] must be a table');
+    for (const [k, v] of Object.entries(aliases)) {
+      if (typeof v !== 'string') throw new InvalidConfigError(file, `alias ${JSON.stringify(k)} must be a string`);
+      conf.aliases[k] = { value: v, source: file };
+    }
+  }
   const usr = doc['unqualified-search-registries'];
   if (usr !== undefined) {
     if (!Array.isArray(usr) || usr.some((x) => typeof x !== 'string')) throw new InvalidConfigError(file, 'unqualified-search-registries must be a list of strings');
     conf.unqualifiedSearchRegistries = usr as string[];
+    conf.unqualifiedSearchOrigin = file;
   }
   const regs = doc.registry;
   if (regs === undefined) return conf;
@@ -114,11 +147,29 @@ export function parseRegistriesConf(text: string, file: string): RegistriesConf 
 }
 
 export interface LoadOptions {
-  /** The main file; default $CONTAINERS_REGISTRIES_CONF or /etc/containers/registries.conf. */
+  /** The file, as --registries-conf gives it; default $CONTAINERS_REGISTRIES_CONF, else the user's or the system's. */
   file?: string;
-  /** The drop-in directory; default `<file>.d`. */
+  /** The only drop-in directory to read; default the system's and the user's. */
   dropInDir?: string;
   env?: NodeJS.ProcessEnv;
+  /** The system's file and drop-in directory (tests). */
+  systemFile?: string;
+  systemDir?: string;
+}
+
+/** Which files containers/image would read: the file (required when named explicitly) and the drop-in directories in order. */
+export function registriesConfSources(opts: LoadOptions = {}): { file: string; required: boolean; dirs: string[] } {
+  const env = opts.env ?? process.env;
+  const home = env.HOME ?? homedir();
+  const systemFile = opts.systemFile ?? DEFAULT_REGISTRIES_CONF;
+  const systemDir = opts.systemDir ?? DEFAULT_REGISTRIES_CONF_DIR;
+  const userFile = join(home, USER_REGISTRIES_CONF);
+  const userDir = join(home, USER_REGISTRIES_CONF_DIR);
+  const explicit = opts.file ?? (env.CONTAINERS_REGISTRIES_CONF || undefined);
+  if (explicit !== undefined) return { file: explicit, required: true, dirs: opts.dropInDir ? [opts.dropInDir] : [systemDir, userDir] };
+  // A user file replaces the system's configuration, drop-ins included.
+  if (existsSync(userFile)) return { file: userFile, required: false, dirs: [opts.dropInDir ?? userDir] };
+  return { file: systemFile, required: false, dirs: opts.dropInDir ? [opts.dropInDir] : [systemDir, userDir] };
 }
 
 function readIfThere(path: string): string | undefined {
@@ -130,28 +181,39 @@ function readIfThere(path: string): string | undefined {
   }
 }
 
-/** Read the main file and its drop-ins (synchronously: a few small files, read once per target). */
+function dropIns(dir: string): string[] {
+  try {
+    return readdirSync(dir, { withFileTypes: true })
+      .filter((d) => !d.isDirectory() && d.name.endsWith('.conf'))
+      .map((d) => d.name)
+      .sort()
+      .map((n) => join(dir, n));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw new InvalidConfigError(dir, `can't be read: ${(e as Error).message}`);
+  }
+}
+
+/** Read the file and its drop-ins (synchronously: a few small files, read once per target). */
 export function loadRegistriesConf(opts: LoadOptions = {}): RegistriesConf {
-  const env = opts.env ?? process.env;
-  const file = opts.file ?? env.CONTAINERS_REGISTRIES_CONF ?? DEFAULT_REGISTRIES_CONF;
-  const dir = opts.dropInDir ?? `${file}.d`;
+  const src = registriesConfSources(opts);
   const merged = emptyRegistriesConf();
   const parts: RegistriesConf[] = [];
-  const main = readIfThere(file);
-  if (main !== undefined) parts.push(parseRegistriesConf(main, file));
-  let names: string[] = [];
-  try {
-    names = readdirSync(dir).filter((n) => n.endsWith('.conf')).sort();
-  } catch {
-    /* no drop-ins */
-  }
-  for (const n of names) {
-    const text = readIfThere(join(dir, n));
-    if (text !== undefined) parts.push(parseRegistriesConf(text, join(dir, n)));
+  const main = readIfThere(src.file);
+  if (main !== undefined) parts.push(parseRegistriesConf(main, src.file));
+  else if (src.required) throw new InvalidConfigError(src.file, 'does not exist');
+  for (const path of src.dirs.flatMap(dropIns)) {
+    const text = readIfThere(path);
+    if (text !== undefined) parts.push(parseRegistriesConf(text, path));
   }
   for (const p of parts) {
     merged.files.push(...p.files);
-    if (p.unqualifiedSearchRegistries.length) merged.unqualifiedSearchRegistries = p.unqualifiedSearchRegistries;
+    if (p.shortNameMode !== undefined) merged.shortNameMode = p.shortNameMode;
+    Object.assign(merged.aliases, p.aliases);
+    if (p.unqualifiedSearchOrigin !== undefined) {
+      merged.unqualifiedSearchRegistries = p.unqualifiedSearchRegistries;
+      merged.unqualifiedSearchOrigin = p.unqualifiedSearchOrigin;
+    }
     for (const r of p.registries) {
       const i = merged.registries.findIndex((x) => x.prefix === r.prefix);
       if (i >= 0) merged.registries[i] = r;

@@ -3,7 +3,7 @@
  * the auth state per registry host, and the scheme each host answered on (learnt by a ping of
  * /v2/: https first; http only where allowed: insecure registries, localhost, --tls-verify=false).
  */
-import { loadCerts, DEFAULT_CERT_DIRS } from './certs.ts';
+import { loadCerts, loadFlatCerts, DEFAULT_CERT_DIRS } from './certs.ts';
 import { RegistryAuth } from './auth.ts';
 import type { CredentialOptions } from './credentials.ts';
 import { TlsError, UnexpectedStatusError, UnreachableError } from './errors.ts';
@@ -15,6 +15,8 @@ export interface SessionOptions extends HttpOptions, CredentialOptions {
   tlsVerify?: boolean;
   /** certs.d directories; default /etc/containers/certs.d, /etc/docker/certs.d. */
   certDirs?: string[];
+  /** skopeo's --cert-dir: a flat directory of *.crt, *.cert and *.key for every registry, instead of certDirs. */
+  certDir?: string;
 }
 
 export function isLocalhost(hostport: string): boolean {
@@ -42,7 +44,7 @@ export class RegistrySession {
     this.http = new HttpClient({
       ...opts,
       tls: async (hostport) => {
-        const c = await loadCerts(hostport, dirs);
+        const c = opts.certDir !== undefined ? await loadFlatCerts(opts.certDir) : await loadCerts(hostport, dirs);
         return {
           verify: opts.tlsVerify !== false && !this.#insecure.has(hostport),
           ca: c.ca,

@@ -29,6 +29,14 @@ export interface RegistryClientOptions extends SessionOptions, ClientTuning {
   maxParallelUploads?: number;
 }
 
+/** The registries.conf `opts` select: parsed, read from a path, none, or the files containers/image reads. */
+export function registriesConfOf(opts: Pick<RegistryClientOptions, 'registriesConf' | 'registriesConfDir'>): RegistriesConf {
+  const rc = opts.registriesConf;
+  if (rc === false) return emptyRegistriesConf();
+  if (typeof rc === 'object') return rc;
+  return loadRegistriesConf({ ...(rc ? { file: rc } : {}), ...(opts.registriesConfDir ? { dropInDir: opts.registriesConfDir } : {}) });
+}
+
 /** Errors after which the next pull endpoint (a mirror, then the primary) is tried. */
 const FAILOVER: ReadonlySet<ErrorCode> = new Set([
   'CONTENT_NOT_FOUND', 'REGISTRY_UNREACHABLE', 'REGISTRY_TIMEOUT', 'TLS_ERROR', 'REGISTRY_UNAVAILABLE', 'REGISTRY_TOO_MANY_REQUESTS',
@@ -92,13 +100,7 @@ export class RegistryTarget implements Target {
   constructor(ref: DockerReference, opts: RegistryClientOptions = {}) {
     this.ref = ref;
     this.name = `docker://${ref.registry}/${ref.repository}`;
-    const rc = opts.registriesConf;
-    this.#conf =
-      rc === false
-        ? emptyRegistriesConf()
-        : typeof rc === 'object'
-          ? rc
-          : loadRegistriesConf({ ...(rc ? { file: rc } : {}), ...(opts.registriesConfDir ? { dropInDir: opts.registriesConfDir } : {}) });
+    this.#conf = registriesConfOf(opts);
     this.#ownSession = !opts.session;
     this.#session = opts.session ?? new RegistrySession(opts);
     this.#tuning = opts;

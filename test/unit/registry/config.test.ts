@@ -7,7 +7,14 @@ import { parseReference, type DockerReference } from '../../../src/oci/reference
 import { parseChallenges } from '../../../src/transport/registry/auth.ts';
 import { authFilePaths, lookupCredentials, normalizeAuthKey, parseCredsOption } from '../../../src/transport/registry/credentials.ts';
 import { apiHost } from '../../../src/transport/registry/session.ts';
-import { findRegistry, loadRegistriesConf, parseRegistriesConf, pullEndpoints, pushEndpoint } from '../../../src/transport/registry/registries-conf.ts';
+import {
+  findRegistry,
+  loadRegistriesConf,
+  parseRegistriesConf,
+  pullEndpoints,
+  pushEndpoint,
+  registriesConfSources,
+} from '../../../src/transport/registry/registries-conf.ts';
 
 const ref = (s: string): DockerReference => parseReference(s) as DockerReference;
 
@@ -104,23 +111,83 @@ insecure = true
     bad('[[registry]]\ninsecure = "yes"\nlocation = "a"\n', /insecure/);
   });
 
-  it('reads drop-ins in name order, a later prefix replacing an earlier one', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'tiu-regconf-'));
-    try {
-      await writeFile(join(dir, 'registries.conf'), '[[registry]]\nprefix = "a.example"\nlocation = "one.example"\n');
-      await mkdir(join(dir, 'registries.conf.d'));
-      await writeFile(join(dir, 'registries.conf.d/20-b.conf'), '[[registry]]\nprefix = "a.example"\nlocation = "three.example"\n');
-      await writeFile(join(dir, 'registries.conf.d/10-a.conf'), '[[registry]]\nprefix = "a.example"\nlocation = "two.example"\n[[registry]]\nprefix = "b.example"\nblocked = true\n');
-      await writeFile(join(dir, 'registries.conf.d/ignored.txt'), 'not toml [');
-      const c = loadRegistriesConf({ file: join(dir, 'registries.conf') });
+  describe('where registries.conf is looked up (as containers/image)', () => {
+    let dir: string;
+    let home: string;
+    let sys: { systemFile: string; systemDir: string };
+    const conf = (prefix: string, location: string) => `[[registry]]\nprefix = "${prefix}"\nlocation = "${location}"\n`;
+    const put = async (path: string, text: string) => {
+      await mkdir(join(path, '..'), { recursive: true });
+      await writeFile(path, text);
+    };
+    beforeEach(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'tiu-regconf-'));
+      home = join(dir, 'home');
+      sys = { systemFile: join(dir, 'etc/registries.conf'), systemDir: join(dir, 'etc/registries.conf.d') };
+      await mkdir(home, { recursive: true });
+    });
+    afterEach(async () => {
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    it('system file, then system drop-ins, then user drop-ins, each in name order; later files win', async () => {
+      await put(sys.systemFile, 'unqualified-search-registries = ["s.example"]\n' + conf('a.example', 'one.example'));
+      await put(join(sys.systemDir, '20-b.conf'), conf('a.example', 'three.example'));
+      await put(join(sys.systemDir, '10-a.conf'), conf('a.example', 'two.example') + '[[registry]]\nprefix = "b.example"\nblocked = true\n');
+      await put(join(sys.systemDir, 'ignored.txt'), 'not toml [');
+      await mkdir(join(sys.systemDir, 'sub.conf'));
+      await put(join(home, '.config/containers/registries.conf.d/05-user.conf'), conf('c.example', 'user.example'));
+      const c = loadRegistriesConf({ ...sys, env: { HOME: home } });
       assert.equal(findRegistry(c, 'a.example/x')!.location, 'three.example');
       assert.equal(findRegistry(c, 'b.example/x')!.blocked, true);
-      assert.equal(c.files.length, 3);
-      const env = loadRegistriesConf({ env: { CONTAINERS_REGISTRIES_CONF: join(dir, 'none.conf') } });
-      assert.equal(env.registries.length, 0);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+      assert.equal(findRegistry(c, 'c.example/x')!.location, 'user.example');
+      assert.deepEqual(c.files.map((f) => f.slice(dir.length)), [
+        '/etc/registries.conf',
+        '/etc/registries.conf.d/10-a.conf',
+        '/etc/registries.conf.d/20-b.conf',
+        '/home/.config/containers/registries.conf.d/05-user.conf',
+      ]);
+      assert.deepEqual(c.unqualifiedSearchRegistries, ['s.example']);
+      // A drop-in that sets the list, even to [], replaces it; one that does not, keeps it.
+      await put(join(home, '.config/containers/registries.conf.d/10-empty.conf'), 'unqualified-search-registries = []\n');
+      const e = loadRegistriesConf({ ...sys, env: { HOME: home } });
+      assert.deepEqual(e.unqualifiedSearchRegistries, []);
+      assert.match(e.unqualifiedSearchOrigin!, /10-empty\.conf$/);
+    });
+
+    it("a user file replaces the system's file and drop-ins; the user's drop-ins still apply", async () => {
+      await put(sys.systemFile, conf('a.example', 'system.example'));
+      await put(join(sys.systemDir, '10.conf'), conf('b.example', 'system.example'));
+      await put(join(home, '.config/containers/registries.conf'), conf('a.example', 'user.example'));
+      await put(join(home, '.config/containers/registries.conf.d/10.conf'), conf('c.example', 'user-d.example'));
+      const c = loadRegistriesConf({ ...sys, env: { HOME: home } });
+      assert.equal(findRegistry(c, 'a.example/x')!.location, 'user.example');
+      assert.equal(findRegistry(c, 'b.example/x'), undefined);
+      assert.equal(findRegistry(c, 'c.example/x')!.location, 'user-d.example');
+      assert.equal(registriesConfSources({ ...sys, env: { HOME: home } }).file, join(home, '.config/containers/registries.conf'));
+    });
+
+    it('CONTAINERS_REGISTRIES_CONF (and --registries-conf) name the file, which must exist; drop-ins stay', async () => {
+      await put(join(home, '.config/containers/registries.conf'), conf('a.example', 'user.example'));
+      await put(join(dir, 'mine.conf'), conf('a.example', 'env.example'));
+      await put(join(sys.systemDir, '10.conf'), conf('b.example', 'system-d.example'));
+      const env = { HOME: home, CONTAINERS_REGISTRIES_CONF: join(dir, 'mine.conf') };
+      const c = loadRegistriesConf({ ...sys, env });
+      assert.equal(findRegistry(c, 'a.example/x')!.location, 'env.example');
+      assert.equal(findRegistry(c, 'b.example/x')!.location, 'system-d.example');
+      assert.throws(() => loadRegistriesConf({ ...sys, env: { ...env, CONTAINERS_REGISTRIES_CONF: join(dir, 'none.conf') } }), {
+        code: 'CONFIG_INVALID',
+      });
+      // The option wins over the variable; an explicit drop-in directory is the only one read.
+      await put(join(dir, 'only.d/1.conf'), conf('d.example', 'only.example'));
+      const o = loadRegistriesConf({ ...sys, env, file: join(dir, 'mine.conf'), dropInDir: join(dir, 'only.d') });
+      assert.equal(findRegistry(o, 'b.example/x'), undefined);
+      assert.equal(findRegistry(o, 'd.example/x')!.location, 'only.example');
+      // Nothing anywhere: no configuration, not an error.
+      await rm(join(home, '.config'), { recursive: true });
+      await rm(sys.systemDir, { recursive: true });
+      assert.deepEqual(loadRegistriesConf({ ...sys, env: { HOME: home } }).files, []);
+    });
   });
 });
 

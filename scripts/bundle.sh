@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Bundle tiu for a package (packaging/tiu.spec): the CLI and its production dependencies as ONE
+# JavaScript file that runs on the distribution's Node.js (>= 22.15: zstd in node:zlib), plus the
+# man pages and bash completion rendered from the command table (scripts/package-docs.ts).
+#
+#   scripts/bundle.sh OUTDIR
+#
+# OUTDIR/dist/cli/main.js   the bundle; it sits where bin/tiu and `tiu --version` (../../package.json) expect it
+# OUTDIR/docs/              tiu.8 tiu.conf.5 tiu-health.8 tiu.bash
+#
+# esbuild comes from node_modules (the vendored dependencies), or $ESBUILD. It runs offline.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:?usage: scripts/bundle.sh OUTDIR}
+esbuild=${ESBUILD:-$repo/node_modules/.bin/esbuild}
+[ -x "$esbuild" ] || { echo "bundle.sh: no esbuild at $esbuild (vendor it, or set ESBUILD)" >&2; exit 1; }
+node=${NODE:-node}
+
+# In one ESM file, CommonJS dependencies (tar-stream, cross-spawn) still call require() for
+# Node's built-in modules: the banner gives them one. import.meta.main is true for the whole
+# bundle (main.ts is its entry); Node before 22.18 does not set it.
+common=(--bundle --platform=node --format=esm --target=node22.15 --legal-comments=none --log-level=warning
+  "--banner:js=import { createRequire as __tiuCreateRequire } from 'node:module'; const require = __tiuCreateRequire(import.meta.url);")
+"$esbuild" "$repo/src/cli/main.ts" "${common[@]}" --define:import.meta.main=true --outfile="$out/dist/cli/main.js"
+
+# The docs generator imports main.ts for the help text: there import.meta.main must be false.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$esbuild" "$repo/scripts/package-docs.ts" "${common[@]}" --define:import.meta.main=false --outfile="$tmp/package-docs.mjs"
+"$node" "$tmp/package-docs.mjs" "$repo" "$out/docs"
