@@ -9,12 +9,14 @@
 # OUTDIR/docs/              tiu.8 tiu.conf.5 tiu-health.8 tiu.bash
 #
 # esbuild comes from node_modules (the vendored dependencies), or $ESBUILD. It runs offline.
+# The docs generator runs on the first `node` in PATH, or $TIU_BUNDLE_NODE. Not $NODE: npm sets
+# that to the Node.js running npm itself, which under `npm test` may be older than 22.15.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:?usage: scripts/bundle.sh OUTDIR}
 esbuild=${ESBUILD:-$repo/node_modules/.bin/esbuild}
 [ -x "$esbuild" ] || { echo "bundle.sh: no esbuild at $esbuild (vendor it, or set ESBUILD)" >&2; exit 1; }
-node=${NODE:-node}
+node=${TIU_BUNDLE_NODE:-node}
 
 # In one ESM file, CommonJS dependencies (tar-stream, cross-spawn) still call require() for
 # Node's built-in modules: the banner gives them one. import.meta.main is true for the whole
