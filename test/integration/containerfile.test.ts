@@ -15,7 +15,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run, type RunResult } from '../../src/host/exec.ts';
 import { requireRoot } from '../helpers/env.ts';
-import { esbuildRoot } from '../helpers/npm-package.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CACHE = process.env.TIU_CONTAINER_CACHE ?? '/var/cache/tiu-test/container-base';
@@ -53,9 +52,8 @@ describe('Containerfile (buildah build from a local base; the image runs a CI jo
     for (const f of ['Containerfile', '.containerignore', 'package.json', 'bin/tiu', 'bin/compile-cache.mjs'])
       await copyFile(join(ROOT, f), join(ctx, f));
     await run('chmod', ['755', join(ctx, 'bin/tiu')]);
-    const esbuild = join(await esbuildRoot(ROOT, join(tmp, 'esbuild')), 'node_modules/esbuild/bin/esbuild');
     await run(join(ROOT, 'scripts/bundle.sh'), [join(ctx, 'build')], {
-      env: { ESBUILD: esbuild, PATH: `${join(ROOT, 'node_modules/.bin')}:${process.env.PATH}` },
+      env: { PATH: `${join(ROOT, 'node_modules/.bin')}:${process.env.PATH}` },
     });
     await mkdir(CACHE, { recursive: true });
     await run(join(ROOT, 'scripts/container-base.sh'), [join(ctx, 'build/base.tar'), join(CACHE, 'tree')], {

