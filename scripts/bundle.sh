@@ -17,6 +17,10 @@ out=${1:?usage: scripts/bundle.sh OUTDIR}
 esbuild=${ESBUILD:-$repo/node_modules/.bin/esbuild}
 [ -x "$esbuild" ] || { echo "bundle.sh: no esbuild at $esbuild (vendor it, or set ESBUILD)" >&2; exit 1; }
 node=${TIU_BUNDLE_NODE:-node}
+"$node" -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 22 || (a === 22 && b >= 15) ? 0 : 1)' || {
+  echo "bundle.sh: $(command -v "$node") is Node.js $("$node" --version), older than 22.15.0; put a newer node first in PATH or set TIU_BUNDLE_NODE" >&2
+  exit 1
+}
 
 # In one ESM file, CommonJS dependencies (tar-stream, cross-spawn) still call require() for
 # Node's built-in modules: the banner gives them one. import.meta.main is true for the whole

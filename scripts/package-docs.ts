@@ -10,10 +10,12 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { commands } from '../src/cli/commands/index.ts';
 import { helpOf, optionsOf } from '../src/cli/main.ts';
+import { ERROR_CODES } from '../src/error-codes.ts';
 import {
   bashCompletion,
   commandDoc,
   confPage,
+  exitStatusSection,
   healthPage,
   leadingDocComment,
   renderManPage,
@@ -39,7 +41,7 @@ const configDoc = leadingDocComment(await readFile(join(repo, 'src/deploy/config
 const unitDoc = unitComment(await readFile(join(repo, 'systemd/tiu-health.service'), 'utf8'));
 
 await mkdir(out, { recursive: true });
-for (const page of [tiuPage(docs), confPage(configDoc), healthPage(health, unitDoc)]) {
+for (const page of [tiuPage(docs, exitStatusSection(ERROR_CODES)), confPage(configDoc), healthPage(health, unitDoc)]) {
   await writeFile(join(out, `${page.name}.${page.section}`), renderManPage(page, pkg.version));
 }
 await writeFile(join(out, 'tiu.bash'), bashCompletion(docs));

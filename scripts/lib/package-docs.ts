@@ -66,12 +66,46 @@ export function optionLines(options: OptionSpec): string[] {
   ];
 }
 
+/**
+ * The options a command's help text does not already describe (--json and --help are in the
+ * page's description): listed bare so that the page still names every option.
+ */
+export function undescribedOptions(c: CommandDoc): string[] {
+  const mentioned = (flag: string): boolean =>
+    new RegExp(`(^|[^\\w-])${flag.replace(/[-]/g, '\\-')}(?![\\w-])`).test(`${c.usage}\n${c.help ?? ''}`);
+  return optionLines(c.options).filter((o) => {
+    const flag = o.split(' ')[0]!;
+    return flag !== '--json' && flag !== '--help' && !mentioned(flag);
+  });
+}
+
 /** One command's subsection of tiu(8). */
 export function commandSection(c: CommandDoc): string {
   const parts = [`.SS "tiu ${roffText(c.name)}"`, roffVerbatim(c.usage), '.PP', roffText(c.summary)];
   if (c.help) parts.push('.PP', roffVerbatim(c.help));
-  parts.push('.PP', 'Options:', roffVerbatim(optionLines(c.options).join('\n')));
+  const rest = undescribedOptions(c);
+  if (rest.length > 0) parts.push('.PP', c.help ? 'Also:' : 'Options:', roffVerbatim(rest.join('\n')));
   return parts.join('\n');
+}
+
+/**
+ * EXIT STATUS from the error registry: 0, 1 for any error not listed, and each other status
+ * with the codes that give it.
+ */
+export function exitStatusSection(codes: Record<string, { meaning: string; exit?: number }>): string {
+  const byStatus = new Map<number, string[]>();
+  for (const [code, info] of Object.entries(codes).sort(([a], [b]) => (a < b ? -1 : 1))) {
+    if (info.exit === undefined || info.exit === 1) continue;
+    byStatus.set(info.exit, [...(byStatus.get(info.exit) ?? []), `${code}: ${info.meaning}`]);
+  }
+  const lines = [
+    '0    success',
+    '1    an error, reported as one line "tiu: error: MESSAGE [CODE]" on stderr (with --json, an',
+    '     {"error": {"code", "message", ...}} object on stdout); also `tiu health` when a check fails',
+  ];
+  for (const [status, list] of [...byStatus].sort(([a], [b]) => a - b))
+    list.forEach((l, i) => lines.push(`${i === 0 ? String(status).padEnd(5) : '     '}${l}`));
+  return roffVerbatim(lines.join('\n'));
 }
 
 /** The text of the first `/** ... *\/` comment of a source file, without the comment's markup. */
@@ -109,7 +143,7 @@ const FILES_SECTION = roffVerbatim(
   ].join('\n'),
 );
 
-export function tiuPage(commands: CommandDoc[]): ManPage {
+export function tiuPage(commands: CommandDoc[], exitStatus: string): ManPage {
   return {
     name: 'tiu',
     section: 8,
@@ -125,6 +159,7 @@ export function tiuPage(commands: CommandDoc[]): ManPage {
         ),
       ],
       ['Commands', commands.map(commandSection).join('\n')],
+      ['Exit status', exitStatus],
       ['Files', FILES_SECTION],
       ['See also', 'tiu.conf(5), tiu\\-health(8), containers\\-policy.json(5), snapper(8)'],
     ],
@@ -139,7 +174,18 @@ export function healthPage(health: CommandDoc, unitDoc: string): ManPage {
     sections: [
       ['Synopsis', roffVerbatim(health.usage)],
       ['Description', `${roffText(health.summary)}.\n.PP\n${roffVerbatim(health.help ?? '')}`],
-      ['Options', roffVerbatim(optionLines(health.options).join('\n'))],
+      ...(undescribedOptions(health).length
+        ? [['Options', roffVerbatim(undescribedOptions(health).join('\n'))] as [string, string]]
+        : []),
+      [
+        'Exit status',
+        roffVerbatim(
+          '0    every check passed (with --boot: the booted snapshot is good)\n' +
+            '1    a check failed (with --boot: whether or not it rolled back), or an error, reported as one\n' +
+            '     line "tiu: error: MESSAGE [CODE]"\n' +
+            '2    USAGE: bad options',
+        ),
+      ],
       ['tiu-health.service', roffVerbatim(unitDoc)],
       ['See also', 'tiu(8), tiu.conf(5), systemd\\-bless\\-boot.service(8)'],
     ],

@@ -17,8 +17,10 @@ const command: Command = {
     'tiu build SOURCE --tag DEST [--compression zstd|gzip] [--layers N] [--exclude PATH]... [--annotation K=V]... [--arch ARCH] [--delta-from REF]... [--json]',
   help:
     'SOURCE: a directory, a tar archive (.tar, .tar.gz, .tar.xz, .tar.zst, .tbz: as kiwi writes them),\n' +
-    '  or an image reference (docker://..., oci:..., oci-archive:..., containers-storage:...) to re-layer.\n' +
-    'DEST: where to push: docker://HOST/REPO:TAG, oci:/PATH:TAG, oci-archive:/FILE.tar:TAG.\n' +
+    '  or an image reference (docker://..., oci:..., oci-archive:..., dir:..., docker-archive:...,\n' +
+    '  containers-storage:...) to re-layer.\n' +
+    'DEST: where to push: docker://HOST/REPO:TAG, oci:/PATH:TAG, oci-archive:/FILE.tar:TAG, dir:/PATH,\n' +
+    '  docker-archive:/FILE.tar[:NAME:TAG] (as `docker load` reads it; layers stored uncompressed).\n' +
     'Left out of every bundle: the contents of /run /tmp /proc /sys /dev /.snapshots /home /root /opt\n' +
     '  /srv /usr/local /boot/writable /boot/grub2/<arch>. /var content moves to /usr/share/factory/var\n' +
     '  (with tmpfiles.d lines); /etc is also kept as /usr/lib/tiu/etc.\n' +

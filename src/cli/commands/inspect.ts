@@ -59,7 +59,8 @@ const command: Command = {
   summary: 'Show an image: manifest, config summary, layers, annotations, os-release',
   usage: 'tiu inspect REF [--raw] [--config] [--no-tags] [--json]',
   help:
-    'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG], containers-storage:IMAGE.\n' +
+    'REF: docker://HOST/REPO:TAG, oci:/PATH[:TAG], oci-archive:/FILE.tar[:TAG], dir:/PATH,\n' +
+    '  docker-archive:/FILE.tar[:NAME:TAG], containers-storage:IMAGE.\n' +
     "--json prints skopeo inspect's keys (Name, Digest, RepoTags, Created, DockerVersion, Labels, Architecture,\n" +
     "  Os, Layers, LayersData, Env); an index is inspected as its image for this machine, Digest stays the index's.\n" +
     '  --raw          print the manifest (or index) exactly as stored\n' +
