@@ -231,6 +231,36 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     }
   });
 
+  it('bounds the requests in flight by the bytes they hold, not only by their number', async () => {
+    const es = await tocEntries();
+    let inFlight = 0;
+    let most = 0;
+    const counting = Object.assign(Object.create(target) as MemoryTarget, {
+      async fetchRange(d: Descriptor, start: number, end: number): Promise<Readable> {
+        most = Math.max(most, ++inFlight);
+        const body = await target.fetchRange(d, start, end);
+        body.once('close', () => inFlight--);
+        return body;
+      },
+    });
+    const ranges = coalesce(es, { maxGap: 0, maxSpan: 1 });
+    assert.ok(ranges.length >= 3, `${ranges.length} requests`);
+    const run = async (name: string, memoryBudget?: number) => {
+      most = 0;
+      const store = await ContentStore.open(join(dir, name));
+      const s = await downloadRanges(counting, manifest.layers, ranges, store, {
+        concurrency: 4,
+        maxSpan: 1,
+        ...(memoryBudget ? { memoryBudget } : {}),
+      });
+      assert.equal(s.files, 3);
+      return most;
+    };
+    // Every request costs more than one byte: with that budget they run one at a time.
+    assert.equal(await run('budget-1', 1), 1);
+    assert.ok((await run('budget-default')) > 1, 'small requests still run in parallel');
+  });
+
   it('a frame that does not match its TOC digest is refused and nothing of it is stored', async () => {
     for (const maxSpan of [1_000_000, 1000]) {
       const es = (await tocEntries()).map((e) =>

@@ -22,9 +22,19 @@ import { hashFile, type ContentProvider, type TreeEntry } from '../apply/index.t
 import { writeSparse, writeSparseSync } from '../apply/fsops.ts';
 import { DeltaError } from './errors.ts';
 import { forEachBounded } from '../../util/semaphore.ts';
+import { ByteBudget } from '../../util/byte-budget.ts';
 import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
 
 export const DEFAULT_CONCURRENCY = 4;
+/**
+ * Bytes the requests in flight may hold at once: their responses and the files decompressed
+ * from them (downloadCost). Bounded by bytes, not only by count: four coalesced 4 MiB spans
+ * with a large file each held over 50 MiB of Buffers in a first install of the bench's Debian
+ * tree; small requests still run four at a time.
+ */
+export const DEFAULT_MEMORY_BUDGET = 12 * 1024 * 1024;
+/** What one streamed file holds at a time (a response piece, the decompressor's window and output). */
+const STREAM_COST = 1024 * 1024;
 /** Files handed to the apply at once. */
 const TAKE_CONCURRENCY = 4;
 
@@ -120,6 +130,8 @@ export class ContentStore {
 export interface DownloadOptions {
   /** Requests in flight at once (default 4). */
   concurrency?: number;
+  /** Bytes the requests in flight hold at most (default DEFAULT_MEMORY_BUDGET; one larger request runs alone). */
+  memoryBudget?: number;
   maxSpan?: number;
   signal?: AbortSignal;
   /** Called with the compressed bytes of every response piece as it arrives. */
@@ -183,7 +195,18 @@ async function collect(s: Readable, size: number, onBytes: (n: number) => void):
  * temporary file of the store, whatever their compressed size. Below it, the in-memory path
  * grows with what actually comes out, up to the declared size (see zstdDecompressBufferSync).
  */
-export const IN_MEMORY_FILE_MAX = 16 * 1024 * 1024;
+export const IN_MEMORY_FILE_MAX = 4 * 1024 * 1024;
+
+/**
+ * The memory a request of `r` holds while it runs: a span read into memory and the largest file
+ * decompressed from it (one at a time); a single file larger than `maxSpan` streams.
+ */
+export function downloadCost(r: FetchRange, maxSpan: number = DEFAULT_MAX_SPAN): number {
+  if (r.entries.length === 1 && r.end - r.start > maxSpan) return STREAM_COST;
+  let file = 0;
+  for (const e of r.entries) file = Math.max(file, e.size > IN_MEMORY_FILE_MAX ? STREAM_COST : e.size);
+  return r.end - r.start + file;
+}
 
 /**
  * Stream one file's frame(s) through the decompressor into a temporary file of the store,
@@ -299,14 +322,16 @@ export async function downloadRanges(
     stats.bytes += n;
     opts.onBytes?.(n);
   };
+  const budget = new ByteBudget(opts.memoryBudget ?? DEFAULT_MEMORY_BUDGET);
   await forEachBounded(
     ranges,
     opts.concurrency ?? DEFAULT_CONCURRENCY,
-    async (r) => {
-      stats.requests++;
-      const stored = await fetchOne(source, layers, r, store, maxSpan, signal, count);
-      stats.files += stored; // not `+= await`: that reads stats.files before the await
-    },
+    (r) =>
+      budget.run(downloadCost(r, maxSpan), async () => {
+        stats.requests++;
+        const stored = await fetchOne(source, layers, r, store, maxSpan, signal, count);
+        stats.files += stored; // not `+= await`: that reads stats.files before the await
+      }),
     (e) => stop.abort(e),
   );
   return stats;

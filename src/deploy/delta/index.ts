@@ -66,7 +66,14 @@ import {
 import type { Counter } from '../apply/index.ts';
 import type { DeltaFilePatch } from '../../patch/delta-index.ts';
 
-export { ContentStore, downloadRanges, storeProvider, type DownloadStats, type DownloadOptions } from './download.ts';
+export {
+  ContentStore,
+  downloadCost,
+  downloadRanges,
+  storeProvider,
+  type DownloadStats,
+  type DownloadOptions,
+} from './download.ts';
 export { DeltaError } from './errors.ts';
 export {
   coalesce,

@@ -31,7 +31,8 @@ import {
 } from '../apply/index.ts';
 import type { ChosenDelta } from './artifact.ts';
 import type { ContentStore } from './download.ts';
-import { DEFAULT_CONCURRENCY } from './download.ts';
+import { DEFAULT_CONCURRENCY, DEFAULT_MEMORY_BUDGET } from './download.ts';
+import { ByteBudget } from '../../util/byte-budget.ts';
 import { joinSpans, type CoalesceOptions } from './ranges.ts';
 import { tocJsonOf, type TocBytes } from './tocs.ts';
 
@@ -238,6 +239,13 @@ async function readOld(roots: Map<string, Promise<SafeRoot>>, { root, seen }: Pa
   }
 }
 
+/** The memory a patch request holds: its bytes, and the old and new file of the largest patch decoded (one at a time). */
+export function patchCost(r: PatchRange): number {
+  let files = 0;
+  for (const u of r.uses) files = Math.max(files, u.old.seen.size + u.entry.size);
+  return r.end - r.start + files;
+}
+
 export interface PatchDownload {
   /** Patch bytes received. */
   bytes: number;
@@ -260,7 +268,7 @@ export async function downloadPatches(
   ranges: readonly PatchRange[],
   store: ContentStore,
   fallbacks: Fallbacks,
-  opts: { concurrency?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {},
+  opts: { concurrency?: number; memoryBudget?: number; signal?: AbortSignal; onBytes?: (n: number) => void } = {},
 ): Promise<PatchDownload> {
   const out: PatchDownload = { bytes: 0, requests: 0, files: 0, failed: [] };
   const roots = new Map<string, Promise<SafeRoot>>();
@@ -268,7 +276,13 @@ export async function downloadPatches(
     fallbacks.add(`/${showPath(u.entry.path)}: ${why}`);
     out.failed.push(u.entry);
   };
-  await forEachBounded(ranges, opts.concurrency ?? DEFAULT_CONCURRENCY, async (r) => {
+  const budget = new ByteBudget(opts.memoryBudget ?? DEFAULT_MEMORY_BUDGET);
+  await forEachBounded(ranges, opts.concurrency ?? DEFAULT_CONCURRENCY, (r) =>
+    budget.run(patchCost(r), () => fetchPatched(r)),
+  );
+  return out;
+
+  async function fetchPatched(r: PatchRange): Promise<void> {
     out.requests++;
     const buf = await fetchBytes(source, patches, r.start, r.end, opts.signal);
     out.bytes += buf.length;
@@ -296,6 +310,5 @@ export async function downloadPatches(
       await store.put(e.digest!, content);
       out.files++;
     }
-  });
-  return out;
+  }
 }
