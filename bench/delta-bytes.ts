@@ -82,12 +82,12 @@ try {
   const downloadSeconds = (Date.now() - t2) / 1000;
   const measured = proxy.blobBytes(layers);
   const allResponseBodies = proxy.bodyBytes;
-  const ideal = idealFrameBytes(t.plan.fetch);
+  const ideal = idealFrameBytes(t.fetch);
 
   // The gap sweep: TOCs are the same for every gap, so only the content ranges are fetched again.
   const sweep = [];
   for (const maxGap of GAPS) {
-    const ranges = coalesce(t.plan.fetch, { ...t.coalesce, maxGap });
+    const ranges = coalesce(t.fetch, { ...t.coalesce, maxGap });
     const variant: DeltaTransfer = { ...t, ranges, coalesce: { ...t.coalesce, maxGap } };
     const seconds: number[] = [];
     let bytes = 0;

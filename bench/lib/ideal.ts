@@ -42,7 +42,7 @@ export async function idealUpdateBytes(
     const { manifest } = await imageManifest(source, root, { os: 'linux', architecture: hostArchitecture() });
     const t = await prepareTransfer({ source, manifest, oldRoot, preserve: PRESERVE, mode: 'delta' });
     if (t.path !== 'delta') throw new Error(`no file-level plan for ${repo}:${tag}: ${t.report.reason ?? '?'}`);
-    return idealFrameBytes(t.plan.fetch);
+    return idealFrameBytes(t.fetch);
   } finally {
     await source.close();
   }

@@ -184,10 +184,10 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     const v2new = new Set(
       v2.filter((s) => s.content !== undefined && !v1content.has(sha(s.content))).map((s) => sha(s.content!)),
     );
-    assert.deepEqual(new Set(t.plan.fetch.map((e) => e.digest)), v2new);
+    assert.deepEqual(new Set(t.fetch.map((e) => e.digest)), v2new);
     // With no gap allowed, the ranges are the fetched files' frames and nothing else.
     const frames = new Map(
-      t.plan.fetch.map((e) => [`${e.source!.layer}:${e.source!.offset}`, e.source!.endOffset! - e.source!.offset!]),
+      t.fetch.map((e) => [`${e.source!.layer}:${e.source!.offset}`, e.source!.endOffset! - e.source!.offset!]),
     );
     assert.equal(
       rangeBytes(t.ranges),
@@ -245,7 +245,7 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     const sys4 = join(fs.mnt, 'sys4');
     await snapshot(join(fs.mnt, 'sys1'), sys4);
     const a = await applyTransfer(t, sys4, await newStore(), { preserve: [] });
-    assert.equal(a.extra.files, new Set(t.plan.fetch.map((e) => e.digest)).size);
+    assert.equal(a.extra.files, new Set(t.fetch.map((e) => e.digest)).size);
     assert.equal(a.extra.bytes, t.report.contentBytes);
     assert.deepEqual(await diffTrees(sys4, join(fs.mnt, 'ref2'), { ignoreRootMeta: true }), []);
 
@@ -254,7 +254,7 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     // with access to /var) is gone once the store opens, and its content is fetched again.
     const dir = join(fs.dir, 'store-leftover');
     const earlier = await ContentStore.open(dir);
-    const victim = t.plan.fetch.find((e) => e.size > 0)!;
+    const victim = t.fetch.find((e) => e.size > 0)!;
     await writeFile(earlier.path(victim.digest!), Buffer.alloc(victim.size, 0x41));
     const store = await ContentStore.open(dir);
     assert.equal(store.has(victim.digest!), false);
@@ -324,7 +324,7 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
       await writeFile(join(root, 'stale'), 'from the old tree');
     }
     const t = await prepare(manifest, byRange);
-    assert.deepEqual(t.plan.fetch.map((e) => e.path).sort(), ['a/2', 'a/3', 'b/z', 'c', 'd']);
+    assert.deepEqual(t.fetch.map((e) => e.path).sort(), ['a/2', 'a/3', 'b/z', 'c', 'd']);
     const store = await newStore();
     await downloadTransfer(t, store);
     await applyTransfer(t, byRange, store, { preserve: [] });
@@ -350,8 +350,8 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     const root = join(fs.mnt, 'chunked');
     await subvolume(root);
     const t = await prepare(manifest, root);
-    const big = t.plan.fetch.find((e) => e.path === 'big')!;
-    const small = t.plan.fetch.find((e) => e.path === 'small')!;
+    const big = t.fetch.find((e) => e.path === 'big')!;
+    const small = t.fetch.find((e) => e.path === 'small')!;
     assert.equal(big.source!.endOffset, small.source!.offset, 'the range of big covers its three frames');
     const store = await newStore();
     await downloadTransfer(t, store);
@@ -457,7 +457,7 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
         const store = await newStore();
         await assert.rejects(downloadTransfer(t, store), code('DELTA_FILE_MISMATCH'));
         assert.ok(
-          !(await readdir(store.dir)).some((x) => x === t.plan.fetch.find((e) => e.path === 'bad')!.digest!.slice(7)),
+          !(await readdir(store.dir)).some((x) => x === t.fetch.find((e) => e.path === 'bad')!.digest!.slice(7)),
           'the bad file is not in the store',
         );
         assert.deepEqual(await readdir(root), ['old']);

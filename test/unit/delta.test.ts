@@ -186,7 +186,7 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     const t = await prepareTransfer({ source: slow, manifest, oldRoot: old, preserve: [] });
     assert.equal(t.path, 'delta');
     assert.ok(t.path === 'delta');
-    assert.deepEqual(t.plan.fetch.map((e) => e.path).sort(), ['usr/b', 'usr/c', 'usr/empty'], 'usr/a is already there');
+    assert.deepEqual(t.fetch.map((e) => e.path).sort(), ['usr/b', 'usr/c', 'usr/empty'], 'usr/a is already there');
     await assert.rejects(
       prepareTransfer({ source: slow, manifest, oldRoot: join(dir, 'no-such-root'), preserve: [] }),
       code('APPLY_ROOT_INVALID'),

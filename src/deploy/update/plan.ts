@@ -87,11 +87,9 @@ export function checkOsTree(entryAt: (path: string) => TreeEntry | undefined, im
     );
 }
 
-/** checkOsTree on the tree a delta planned (its actions hold every entry, implicit parents too). */
+/** checkOsTree on the tree a delta planned (its plan held every entry, implicit parents too). */
 export function checkOsPlan(d: DeltaTransfer, image: string): void {
-  const top = new Map<string, TreeEntry>();
-  for (const a of d.plan.actions) if (a.entry.path === 'usr' || a.entry.path === 'etc') top.set(a.entry.path, a.entry);
-  checkOsTree((p) => top.get(p), image);
+  checkOsTree((p) => (p === 'usr' ? d.top.usr : p === 'etc' ? d.top.etc : undefined), image);
 }
 
 /**
