@@ -28,6 +28,23 @@ export function typeOfStats(st: BigIntStats): EntryType | 'other' {
   return fileTypeOf(st) ?? 'other';
 }
 
+/**
+ * The xattrs of an entry the scan found none for (the scan assigns a new object when it finds
+ * some, never adds to this one). One shared frozen object instead of ~56 bytes per entry.
+ */
+const NO_XATTRS: Record<string, Buffer> = Object.freeze({});
+
+/**
+ * One BigInt per value where a tree repeats it: every entry of a tree has the same `dev`, and
+ * nearly all an `rdev` of 0 (each lstat returns new BigInts, ~24 bytes apiece).
+ */
+function sharedBig(seen: { last?: bigint }, v: bigint): bigint {
+  if (seen.last === v) return seen.last;
+  return (seen.last = v);
+}
+const lastDev: { last?: bigint } = {};
+const ZERO = 0n;
+
 export function existingFromStats(path: string, st: BigIntStats, linkname?: string): ExistingEntry {
   const e: ExistingEntry = {
     path,
@@ -39,10 +56,10 @@ export function existingFromStats(path: string, st: BigIntStats, linkname?: stri
     mtimeNs: st.mtimeNs,
     ctimeNs: st.ctimeNs,
     ino: st.ino,
-    dev: st.dev,
+    dev: sharedBig(lastDev, st.dev),
     nlink: Number(st.nlink),
-    rdev: st.rdev,
-    xattrs: {},
+    rdev: st.rdev === ZERO ? ZERO : st.rdev,
+    xattrs: NO_XATTRS,
   };
   if (linkname !== undefined) e.linkname = linkname;
   return e;
@@ -104,12 +121,14 @@ export function indexOldTree(root: string, entries: Map<string, ExistingEntry>):
   const byIno = new Map<bigint, string[]>();
   for (const e of entries.values()) {
     if (e.type !== 'reg') continue;
-    let s = bySize.get(e.size);
-    if (!s) bySize.set(e.size, (s = []));
-    s.push(e.path);
-    let i = byIno.get(e.ino);
-    if (!i) byIno.set(e.ino, (i = []));
-    i.push(e.path);
+    // A new list as a literal: `[]` then push() reserves 17 slots, ~150 bytes for the one path
+    // almost every inode and many sizes have.
+    const s = bySize.get(e.size);
+    if (s) s.push(e.path);
+    else bySize.set(e.size, [e.path]);
+    const i = byIno.get(e.ino);
+    if (i) i.push(e.path);
+    else byIno.set(e.ino, [e.path]);
   }
   return { root, entries, bySize, byIno };
 }
