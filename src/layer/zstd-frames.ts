@@ -181,9 +181,12 @@ const SYNC_CHUNK = 256 * 1024;
 
 /**
  * The content of a complete buffer of zstd frames, decompressed in one call per frame (output
- * buffers of at most 256 KiB, joined at the end); throws ZSTD_OUTPUT_TOO_LARGE as soon as more than `maxSize` bytes come out.
+ * buffers of at most `chunk` bytes, default 256 KiB, joined at the end); throws
+ * ZSTD_OUTPUT_TOO_LARGE as soon as more than `maxSize` bytes come out. A caller whose
+ * `maxSize` is small and already accounted for passes `maxSize + 1` as `chunk`: one output
+ * buffer instead of pieces and their joined copy (half the garbage per file).
  */
-export function zstdDecompressBufferSync(buf: Buffer, maxSize: number): Buffer {
+export function zstdDecompressBufferSync(buf: Buffer, maxSize: number, chunk: number = SYNC_CHUNK): Buffer {
   const parts: Buffer[] = [];
   let got = 0;
   for (const [s, e] of zstdFrameSpans(buf)) {
@@ -194,7 +197,7 @@ export function zstdDecompressBufferSync(buf: Buffer, maxSize: number): Buffer {
       // (bounded by maxSize), never with what a table of contents declares.
       out = zstdDecompressSync(buf.subarray(s, e), {
         maxOutputLength: left + 1,
-        chunkSize: Math.max(64, Math.min(left + 1, SYNC_CHUNK)),
+        chunkSize: Math.max(64, Math.min(left + 1, chunk)),
       });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE')

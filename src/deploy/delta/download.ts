@@ -90,11 +90,16 @@ export class ContentStore {
     return this.#stored.has(digest);
   }
 
-  /** Store verified content (zero blocks become holes, as the apply would write them). */
-  async put(digest: string, data: Buffer): Promise<void> {
-    // The same content may come in two requests at once: the write below is synchronous up to
-    // its last line, so the second put finds it stored.
-    if (this.#stored.has(digest)) return;
+  /**
+   * Store verified content (zero blocks become holes, as the apply would write them). Not an
+   * async function on purpose: that would keep `data` alive in its frame across the turn it
+   * yields, long enough for V8 to move it to the old generation, where dead file contents
+   * piled up by the tens of MiB before a full collection.
+   */
+  put(digest: string, data: Buffer): Promise<void> {
+    // The same content may come in two requests at once: the write below is synchronous, so
+    // the second put finds it stored.
+    if (this.#stored.has(digest)) return Promise.resolve();
     // Synchronous calls: the files are mostly small, and a thread-pool round trip for each of
     // open, write and close cost more than the writes into the page cache.
     const path = this.path(digest);
@@ -109,7 +114,7 @@ export class ContentStore {
     }
     this.#stored.add(digest);
     // let the downloads in flight make progress between files
-    await new Promise((r) => setImmediate(r));
+    return new Promise((r) => setImmediate(r));
   }
 
   /** Take a verified temporary file (tmpPath) in as `digest`. */
@@ -162,7 +167,8 @@ function mismatch(e: TreeEntry, why: string, actual?: string): DeltaError {
 function decodeVerified(e: TreeEntry, frames: Buffer): Buffer {
   let data: Buffer;
   try {
-    data = zstdDecompressBufferSync(frames, e.size);
+    // e.size is at most IN_MEMORY_FILE_MAX here and counted in the request's downloadCost.
+    data = zstdDecompressBufferSync(frames, e.size, e.size + 1);
   } catch (err) {
     if (isTiuError(err, 'ZSTD_OUTPUT_TOO_LARGE')) throw mismatch(e, `more than ${e.size} bytes`);
     throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
