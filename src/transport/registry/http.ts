@@ -5,6 +5,7 @@
  * Requests whose body is a stream are sent once: a stream can't be replayed.
  */
 import type http from 'node:http';
+import type https from 'node:https';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
@@ -70,7 +71,7 @@ export interface HttpResponse {
  * https URL.
  */
 const httpModule = (): typeof http => process.getBuiltinModule('node:http');
-const httpsModule = (): typeof import('node:https') => process.getBuiltinModule('node:https');
+const httpsModule = (): typeof https => process.getBuiltinModule('node:https');
 
 const RETRY_CODES = new Set([
   'ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'ECONNABORTED', 'EHOSTUNREACH',
