@@ -333,11 +333,14 @@ export async function buildBundle(
       }
       progress(`pushing layer ${i + 1}/${layers.length} (${l.descriptor.size} bytes)`);
       const file = join(tmp, `layer-${i}`);
+      // A local layout takes the file itself (the digest was computed as it was written);
       // reopen: a registry whose upload was cut reads the layer file again.
-      await dest.push(l.descriptor, createReadStream(file), {
-        signal: opts.signal,
-        reopen: () => Promise.resolve(createReadStream(file)),
-      });
+      if (dest.pushFile) await dest.pushFile(l.descriptor, file, { signal: opts.signal });
+      else
+        await dest.push(l.descriptor, createReadStream(file), {
+          signal: opts.signal,
+          reopen: () => Promise.resolve(createReadStream(file)),
+        });
     }
     if (!(await dest.exists(configDesc, { signal: opts.signal })))
       await dest.push(configDesc, Readable.from([configBytes]), { signal: opts.signal });
