@@ -22,7 +22,7 @@ import { BuildError, treePath } from './errors.ts';
 import { contentFile, mtimeParts, type TreeEntry } from '../layer/entry.ts';
 import { parentOf } from '../layer/paths.ts';
 import { DEFAULT_LAYERS, MAX_LAYERS, planLayers } from './layers.ts';
-import { writeLayer, type LayerCompression, type LayerResult } from './layer-writer.ts';
+import { writeLayerContent, type LayerCompression, type LayerResult, type UnfinishedLayer } from './layer-writer.ts';
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
 import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
 import { scanDirectory } from './source-dir.ts';
@@ -264,23 +264,36 @@ export async function buildBundle(
     const osRelease = await readTreeOsRelease(tree);
     const plan = planLayers(tree, nLayers);
     // Layers are independent: while one layer's files are read and hashed on this thread,
-    // another's compression runs in the thread pool. One layer per core at a time.
+    // another's compression runs in the thread pool. One layer per core at a time; then the
+    // layers are finished one by one (writeLayerContent says why).
     const cores = new Semaphore(Math.min(availableParallelism(), 4));
-    const layers: LayerResult[] = await Promise.all(
+    const written = await Promise.allSettled(
       plan.map((layerEntries, i) =>
-        cores.run(async () => {
-          const r = await writeLayer(layerEntries, join(tmp, `layer-${i}`), {
+        cores.run(() =>
+          writeLayerContent(layerEntries, join(tmp, `layer-${i}`), {
             compression,
             level: opts.level,
             signal: opts.signal,
-          });
-          progress(
-            `layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`,
-          );
-          return r;
-        }),
+          }),
+        ),
       ),
     );
+    const failed = written.find((w) => w.status === 'rejected');
+    if (failed) {
+      for (const w of written) if (w.status === 'fulfilled') w.value.abort();
+      throw failed.reason;
+    }
+    const layers: LayerResult[] = [];
+    for (const [i, w] of written.entries()) {
+      const r = await (w as PromiseFulfilledResult<UnfinishedLayer>).value.finish().catch((e: unknown) => {
+        for (const rest of written.slice(i + 1)) (rest as PromiseFulfilledResult<UnfinishedLayer>).value.abort();
+        throw e;
+      });
+      progress(
+        `layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`,
+      );
+      layers.push(r);
+    }
 
     // 4. Config and manifest.
     const labels: Record<string, string> = {};

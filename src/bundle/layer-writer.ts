@@ -164,13 +164,38 @@ class BlobFile {
   }
 }
 
+/**
+ * A layer whose content is written; finish() adds what only the whole layer gives (the TOC,
+ * tar-split and footer of zstd:chunked) and closes the file, abort() just closes it.
+ */
+export interface UnfinishedLayer {
+  finish(): Promise<LayerResult>;
+  abort(): void;
+}
+
 /** Write the layer holding `entries` (sorted) to `file`. */
 export async function writeLayer(
   entries: readonly TreeEntry[],
   file: string,
   opts: LayerWriteOptions,
 ): Promise<LayerResult> {
-  return opts.compression === 'zstd' ? writeZstdChunked(entries, file, opts) : writeGzip(entries, file, opts);
+  return (await writeLayerContent(entries, file, opts)).finish();
+}
+
+/**
+ * The first part of writeLayer: every entry written. A build writes all its layers' content
+ * first and finishes them after, one at a time: a zstd:chunked TOC is compressed at level 19,
+ * whose tables (sized to the TOC: ~35 MiB for the bench's largest layer) then never sit beside
+ * the compression contexts of layers still being written.
+ */
+export async function writeLayerContent(
+  entries: readonly TreeEntry[],
+  file: string,
+  opts: LayerWriteOptions,
+): Promise<UnfinishedLayer> {
+  if (opts.compression === 'zstd') return writeZstdChunked(entries, file, opts);
+  const done = await writeGzip(entries, file, opts);
+  return { finish: () => Promise.resolve(done), abort: () => undefined };
 }
 
 /**
@@ -326,17 +351,14 @@ const FRAME_CONTEXTS = 3;
 const PENDING_BYTES = 8 * 1024 * 1024;
 /** Read buffers for small files, shared by the layers being written. */
 const readBuffers = new BufferPool(64 * 1024, 8 * 1024 * 1024);
-/**
- * One TOC is compressed at a time: level 19 sizes its tables to the TOC (~35 MiB for the bench's
- * largest layer), and two layers that end together would hold both.
- */
+/** One TOC is compressed at a time (see writeLayerContent), also when layers are finished at once. */
 const tocTurn = new Semaphore(1);
 
 async function writeZstdChunked(
   entries: readonly TreeEntry[],
   file: string,
   opts: LayerWriteOptions,
-): Promise<LayerResult> {
+): Promise<UnfinishedLayer> {
   const level = opts.level ?? 3;
   const params = { [zc.ZSTD_c_compressionLevel]: level, [zc.ZSTD_c_checksumFlag]: 1 };
   const out = new BlobFile(file);
@@ -422,11 +444,18 @@ async function writeZstdChunked(
     split.end();
     await frames.close();
     await zs.close();
-    const splitData = Buffer.concat(splitChunks);
-    toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
+  } catch (err) {
+    frames.destroy();
+    zs.destroy();
+    closeQuietly(out.fd);
+    throw err;
+  }
+  const splitData = Buffer.concat(splitChunks);
+  toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
+  const finish = async (): Promise<LayerResult> => {
     const json = encodeToc(toc);
     // Every device that updates by file fetches the TOCs: level 19 makes them ~16% smaller for ~2 s of CPU per
-    // build of the bench trees (bench/README.md), on the thread pool while the other layers' frames go on.
+    // build of the bench trees (bench/README.md).
     const compressed = await tocTurn.run(() =>
       zstdCompressAsync(json, {
         params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL },
@@ -469,15 +498,25 @@ async function writeZstdChunked(
       entries: entries.length,
       contentBytes,
     };
-  } catch (err) {
-    frames.destroy();
-    zs.destroy();
-    try {
-      closeSync(out.fd);
-    } catch {
-      /* already closed */
-    }
-    throw err;
+  };
+  return {
+    finish: async () => {
+      try {
+        return await finish();
+      } catch (err) {
+        closeQuietly(out.fd);
+        throw err;
+      }
+    },
+    abort: () => closeQuietly(out.fd),
+  };
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    /* already closed */
   }
 }
 
@@ -509,11 +548,7 @@ async function writeGzip(entries: readonly TreeEntry[], file: string, opts: Laye
   } catch (err) {
     gz.destroy();
     await drained.catch(() => undefined);
-    try {
-      closeSync(out.fd);
-    } catch {
-      /* already closed */
-    }
+    closeQuietly(out.fd);
     throw err;
   }
   const digest = out.close();
