@@ -104,6 +104,47 @@ async function* contentPieces(e: TreeEntry): AsyncGenerator<Buffer> {
   if (got !== e.size) throw changed(e, `expected ${e.size} bytes, read ${got}`);
 }
 
+/** Read size of a file larger than WHOLE_FILE_LIMIT. */
+const STREAM_PIECE = 1024 * 1024;
+
+/**
+ * The content of a large file in pieces read into `piece` (each valid until the next is asked
+ * for): exactly e.size bytes, or an error.
+ */
+function* filePieces(e: TreeEntry, piece: Buffer): Generator<Buffer> {
+  if (e.content && 'data' in e.content) {
+    if (e.content.data.length !== e.size) throw changed(e, 'size');
+    yield e.content.data;
+    return;
+  }
+  const c = contentFile(e);
+  if (!c) throw changed(e, 'no content');
+  let fd: number;
+  try {
+    fd = openSync(c.file, 'r');
+  } catch (err) {
+    throw readError(e, err);
+  }
+  try {
+    let got = 0;
+    while (got < e.size) {
+      let n: number;
+      try {
+        n = readSync(fd, piece, 0, Math.min(piece.length, e.size - got), c.offset + got);
+      } catch (err) {
+        throw readError(e, err);
+      }
+      if (n === 0) throw changed(e, `expected ${e.size} bytes, read ${got}`);
+      got += n;
+      yield piece.subarray(0, n);
+    }
+    // One byte more would mean the file grew (a spool slice ends where the next begins).
+    if (c.whole && readSync(fd, oneByte, 0, 1, c.offset + e.size) !== 0) throw changed(e, 'it grew');
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /**
  * The content of a small file, read into `into` (at least e.size bytes), or the entry's own
  * data when it has it in memory.
@@ -217,11 +258,12 @@ class ZstdFramer {
   #check(): void {
     if (this.#error) throw this.#error;
   }
+  /** Resolves once the compressor has taken all of `b` in: the caller may then reuse it. */
   async write(b: Buffer): Promise<void> {
     this.#check();
     if (b.length === 0) return;
     this.#open = true;
-    if (!this.#z.write(b)) await once(this.#z, 'drain');
+    await new Promise<void>((res, rej) => this.#z.write(b, (err) => (err ? rej(err) : res())));
     this.#check();
   }
   /** Write without waiting for the compressor (small side streams; their errors show in close()). */
@@ -318,7 +360,10 @@ class OrderedFrames {
     first.written?.(start, this.#out.size);
   }
   /** One large frame streamed straight into the blob, after everything queued before it; `written` as for add(). */
-  async stream(pieces: AsyncIterable<Buffer>, written: (start: number, end: number) => void): Promise<void> {
+  async stream(
+    pieces: Iterable<Buffer> | AsyncIterable<Buffer>,
+    written: (start: number, end: number) => void,
+  ): Promise<void> {
     await this.drain();
     await this.#onNextContext(async (f) => {
       const start = this.#out.size;
@@ -419,15 +464,22 @@ async function writeZstdChunked(
             readBuffers.give(into);
           });
         } else {
-          const hashed = (async function* () {
-            for await (const piece of contentPieces(e)) {
-              fileHash.update(piece);
-              crc.update(piece);
-              tar.update(piece);
-              yield piece;
+          // One read buffer for the whole file: the compressor has taken a piece in before the
+          // next is read (ZstdFramer.write), so a large file leaves no garbage behind.
+          const piece = readBuffers.take(STREAM_PIECE);
+          const hashed = (function* () {
+            for (const p of filePieces(e, piece)) {
+              fileHash.update(p);
+              crc.update(p);
+              tar.update(p);
+              yield p;
             }
           })();
-          await frames.stream(hashed, setOffsets);
+          try {
+            await frames.stream(hashed, setOffsets);
+          } finally {
+            readBuffers.give(piece);
+          }
         }
         split.file(tarName(e), e.size, crc.digest());
         t.digest = `sha256:${fileHash.digest('hex')}`;
