@@ -1,8 +1,8 @@
 /**
  * `tiu build`: a directory, a tar archive or an image -> tree -> tree rules -> N layers -> config
  * and manifest -> pushed to a Target and tagged. Blobs are written to temp files first (their
- * digests must be known before a push), then streamed to the target; nothing the size of the
- * tree is ever held in memory.
+ * digests must be known before a push), then moved into a target that takes files (an OCI
+ * layout) or streamed to it; nothing the size of the tree is ever held in memory.
  */
 import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
