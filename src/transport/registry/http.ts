@@ -4,11 +4,11 @@
  * (exponential backoff with full jitter on connection errors and 5xx; 429 honours Retry-After).
  * Requests whose body is a stream are sent once: a stream can't be replayed.
  */
-import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
-import https from 'node:https';
+import type http from 'node:http';
+import type https from 'node:https';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { rootCertificates } from 'node:tls';
 import { setTimeout as delay } from 'node:timers/promises';
 import { TiuError } from '../../errors.ts';
 import { AbortedError, TlsError, TooSlowError, UnreachableError } from './errors.ts';
@@ -63,6 +63,15 @@ export interface HttpResponse {
   /** The URL that answered (after redirects). */
   url: URL;
 }
+
+/**
+ * node:http and node:https as CommonJS objects, not ESM imports: an ESM import of node:http
+ * reads every export, and its lazy getters (WebSocket, CloseEvent, MessageEvent) load undici,
+ * ~14 MiB of RSS that tiu never uses. https (and with it OpenSSL's root store) only for an
+ * https URL.
+ */
+const httpModule = (): typeof http => process.getBuiltinModule('node:http');
+const httpsModule = (): typeof https => process.getBuiltinModule('node:https');
 
 const RETRY_CODES = new Set([
   'ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'ECONNABORTED', 'EHOSTUNREACH',
@@ -138,7 +147,9 @@ export class HttpClient {
     let a = this.#agents.get(key);
     if (!a) {
       a = (async () => {
-        if (url.protocol === 'http:') return new http.Agent({ keepAlive: true, maxSockets: 8 });
+        if (url.protocol === 'http:') return new (httpModule().Agent)({ keepAlive: true, maxSockets: 8 });
+        const https = httpsModule();
+        const { rootCertificates } = process.getBuiltinModule('node:tls');
         const tls = this.#opts.tls ? await this.#opts.tls(url.host) : { verify: true };
         return new https.Agent({
           keepAlive: true,
@@ -227,7 +238,7 @@ export class HttpClient {
 
   async #once(method: string, url: URL, headers: Record<string, string>, body: Buffer | Readable | undefined, signal: AbortSignal | undefined, o: { what: string; expectedBytes: number | undefined }): Promise<HttpResponse> {
     const agent = await this.#agent(url);
-    const mod = url.protocol === 'https:' ? https : http;
+    const mod = url.protocol === 'https:' ? httpsModule() : httpModule();
     const h: Record<string, string> = { 'user-agent': this.#opts.userAgent ?? 'tiu', ...headers };
     if (Buffer.isBuffer(body)) h['content-length'] = String(body.length);
     return new Promise<HttpResponse>((resolve, reject) => {
