@@ -1,8 +1,8 @@
 /**
  * `tiu build`: a directory, a tar archive or an image -> tree -> tree rules -> N layers -> config
  * and manifest -> pushed to a Target and tagged. Blobs are written to temp files first (their
- * digests must be known before a push), then streamed to the target; nothing the size of the
- * tree is ever held in memory.
+ * digests must be known before a push), then moved into a target that takes files (an OCI
+ * layout) or streamed to it; nothing the size of the tree is ever held in memory.
  */
 import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
@@ -22,7 +22,7 @@ import { BuildError, treePath } from './errors.ts';
 import { contentFile, mtimeParts, type TreeEntry } from '../layer/entry.ts';
 import { parentOf } from '../layer/paths.ts';
 import { DEFAULT_LAYERS, MAX_LAYERS, planLayers } from './layers.ts';
-import { writeLayer, type LayerCompression, type LayerResult } from './layer-writer.ts';
+import { writeLayerContent, type LayerCompression, type LayerResult, type UnfinishedLayer } from './layer-writer.ts';
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
 import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
 import { scanDirectory } from './source-dir.ts';
@@ -264,23 +264,36 @@ export async function buildBundle(
     const osRelease = await readTreeOsRelease(tree);
     const plan = planLayers(tree, nLayers);
     // Layers are independent: while one layer's files are read and hashed on this thread,
-    // another's compression runs in the thread pool. One layer per core at a time.
+    // another's compression runs in the thread pool. One layer per core at a time; then the
+    // layers are finished one by one (writeLayerContent says why).
     const cores = new Semaphore(Math.min(availableParallelism(), 4));
-    const layers: LayerResult[] = await Promise.all(
+    const written = await Promise.allSettled(
       plan.map((layerEntries, i) =>
-        cores.run(async () => {
-          const r = await writeLayer(layerEntries, join(tmp, `layer-${i}`), {
+        cores.run(() =>
+          writeLayerContent(layerEntries, join(tmp, `layer-${i}`), {
             compression,
             level: opts.level,
             signal: opts.signal,
-          });
-          progress(
-            `layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`,
-          );
-          return r;
-        }),
+          }),
+        ),
       ),
     );
+    const failed = written.find((w) => w.status === 'rejected');
+    if (failed) {
+      for (const w of written) if (w.status === 'fulfilled') w.value.abort();
+      throw failed.reason;
+    }
+    const layers: LayerResult[] = [];
+    for (const [i, w] of written.entries()) {
+      const r = await (w as PromiseFulfilledResult<UnfinishedLayer>).value.finish().catch((e: unknown) => {
+        for (const rest of written.slice(i + 1)) (rest as PromiseFulfilledResult<UnfinishedLayer>).value.abort();
+        throw e;
+      });
+      progress(
+        `layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`,
+      );
+      layers.push(r);
+    }
 
     // 4. Config and manifest.
     const labels: Record<string, string> = {};
@@ -333,11 +346,14 @@ export async function buildBundle(
       }
       progress(`pushing layer ${i + 1}/${layers.length} (${l.descriptor.size} bytes)`);
       const file = join(tmp, `layer-${i}`);
+      // A local layout takes the file itself (the digest was computed as it was written);
       // reopen: a registry whose upload was cut reads the layer file again.
-      await dest.push(l.descriptor, createReadStream(file), {
-        signal: opts.signal,
-        reopen: () => Promise.resolve(createReadStream(file)),
-      });
+      if (dest.pushFile) await dest.pushFile(l.descriptor, file, { signal: opts.signal });
+      else
+        await dest.push(l.descriptor, createReadStream(file), {
+          signal: opts.signal,
+          reopen: () => Promise.resolve(createReadStream(file)),
+        });
     }
     if (!(await dest.exists(configDesc, { signal: opts.signal })))
       await dest.push(configDesc, Readable.from([configBytes]), { signal: opts.signal });

@@ -14,6 +14,8 @@ import { once } from 'node:events';
 import { constants as zc, createGzip, createZstdCompress, zstdCompress } from 'node:zlib';
 import { promisify } from 'node:util';
 import { sha256 } from '../oci/digest.ts';
+import { BufferPool } from '../util/buffer-pool.ts';
+import { Semaphore } from '../util/semaphore.ts';
 import { MediaType } from '../oci/mediatypes.ts';
 import { DeltaAnnotation } from '../patch/media.ts';
 import type { Descriptor, Digest } from '../oci/types.ts';
@@ -102,26 +104,59 @@ async function* contentPieces(e: TreeEntry): AsyncGenerator<Buffer> {
   if (got !== e.size) throw changed(e, `expected ${e.size} bytes, read ${got}`);
 }
 
-/** A reusable read buffer (several per layer: frames are compressed in parallel, layers too). */
-interface Scratch {
-  buf: Buffer;
+/** Read size of a file larger than WHOLE_FILE_LIMIT. */
+const STREAM_PIECE = 1024 * 1024;
+
+/**
+ * The content of a large file in pieces read into `piece` (each valid until the next is asked
+ * for): exactly e.size bytes, or an error.
+ */
+function* filePieces(e: TreeEntry, piece: Buffer): Generator<Buffer> {
+  if (e.content && 'data' in e.content) {
+    if (e.content.data.length !== e.size) throw changed(e, 'size');
+    yield e.content.data;
+    return;
+  }
+  const c = contentFile(e);
+  if (!c) throw changed(e, 'no content');
+  let fd: number;
+  try {
+    fd = openSync(c.file, 'r');
+  } catch (err) {
+    throw readError(e, err);
+  }
+  try {
+    let got = 0;
+    while (got < e.size) {
+      let n: number;
+      try {
+        n = readSync(fd, piece, 0, Math.min(piece.length, e.size - got), c.offset + got);
+      } catch (err) {
+        throw readError(e, err);
+      }
+      if (n === 0) throw changed(e, `expected ${e.size} bytes, read ${got}`);
+      got += n;
+      yield piece.subarray(0, n);
+    }
+    // One byte more would mean the file grew (a spool slice ends where the next begins).
+    if (c.whole && readSync(fd, oneByte, 0, 1, c.offset + e.size) !== 0) throw changed(e, 'it grew');
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**
- * The content of a small file, read into `scratch`: only valid until the next call with the
- * same scratch, so the caller must be done with it (the compressor flushed) before then.
+ * The content of a small file, read into `into` (at least e.size bytes), or the entry's own
+ * data when it has it in memory.
  */
-function readWhole(e: TreeEntry, scratch: Scratch): Buffer {
+function readWhole(e: TreeEntry, into: Buffer): Buffer {
   if (e.content && 'data' in e.content) {
     if (e.content.data.length !== e.size) throw changed(e, 'size');
     return e.content.data;
   }
   const c = contentFile(e);
   if (!c) throw changed(e, 'no content');
-  // Grown to the next power of two: a layer of small files keeps small buffers.
-  if (scratch.buf.length < e.size)
-    scratch.buf = Buffer.allocUnsafe(Math.min(WHOLE_FILE_LIMIT, 2 ** Math.ceil(Math.log2(e.size))));
-  const buf = scratch.buf.subarray(0, e.size);
+  const buf = into.subarray(0, e.size);
   let fd: number;
   try {
     fd = openSync(c.file, 'r');
@@ -137,12 +172,14 @@ function readWhole(e: TreeEntry, scratch: Scratch): Buffer {
     }
     if (got !== e.size) throw changed(e, `expected ${e.size} bytes, read ${got}`);
     // One byte more would mean the file grew.
-    if (!c.whole || readSync(fd, Buffer.alloc(1), 0, 1, c.offset + e.size) === 0) return buf;
+    if (!c.whole || readSync(fd, oneByte, 0, 1, c.offset + e.size) === 0) return buf;
     throw changed(e, 'it grew');
   } finally {
     closeSync(fd);
   }
 }
+
+const oneByte = Buffer.alloc(1);
 
 /** The member name as the tar header spells it (directories end in '/'). */
 function tarName(e: TreeEntry): string {
@@ -168,13 +205,38 @@ class BlobFile {
   }
 }
 
+/**
+ * A layer whose content is written; finish() adds what only the whole layer gives (the TOC,
+ * tar-split and footer of zstd:chunked) and closes the file, abort() just closes it.
+ */
+export interface UnfinishedLayer {
+  finish(): Promise<LayerResult>;
+  abort(): void;
+}
+
 /** Write the layer holding `entries` (sorted) to `file`. */
 export async function writeLayer(
   entries: readonly TreeEntry[],
   file: string,
   opts: LayerWriteOptions,
 ): Promise<LayerResult> {
-  return opts.compression === 'zstd' ? writeZstdChunked(entries, file, opts) : writeGzip(entries, file, opts);
+  return (await writeLayerContent(entries, file, opts)).finish();
+}
+
+/**
+ * The first part of writeLayer: every entry written. A build writes all its layers' content
+ * first and finishes them after, one at a time: a zstd:chunked TOC is compressed at level 19,
+ * whose tables (sized to the TOC: ~35 MiB for the bench's largest layer) then never sit beside
+ * the compression contexts of layers still being written.
+ */
+export async function writeLayerContent(
+  entries: readonly TreeEntry[],
+  file: string,
+  opts: LayerWriteOptions,
+): Promise<UnfinishedLayer> {
+  if (opts.compression === 'zstd') return writeZstdChunked(entries, file, opts);
+  const done = await writeGzip(entries, file, opts);
+  return { finish: () => Promise.resolve(done), abort: () => undefined };
 }
 
 /**
@@ -196,11 +258,12 @@ class ZstdFramer {
   #check(): void {
     if (this.#error) throw this.#error;
   }
+  /** Resolves once the compressor has taken all of `b` in: the caller may then reuse it. */
   async write(b: Buffer): Promise<void> {
     this.#check();
     if (b.length === 0) return;
     this.#open = true;
-    if (!this.#z.write(b)) await once(this.#z, 'drain');
+    await new Promise<void>((res, rej) => this.#z.write(b, (err) => (err ? rej(err) : res())));
     this.#check();
   }
   /** Write without waiting for the compressor (small side streams; their errors show in close()). */
@@ -231,21 +294,25 @@ class ZstdFramer {
  * independent (a file's content, or the tar headers between two files), so a few contexts in
  * the thread pool can work on consecutive frames at once while this thread reads and hashes the
  * next files; a layer that holds most of the tree (kernel modules) no longer compresses on one
- * core. At most `window` frames are pending: their inputs and outputs bound the memory.
+ * core. At most `window` frames and `budget` bytes of input are pending (one frame at least):
+ * they bound the memory, whatever the sizes of the files.
  */
 class OrderedFrames {
   readonly #contexts: ZstdFramer[];
   /** Per context, the end of the work queued on it. */
   readonly #tails: Promise<unknown>[];
   #next = 0;
-  readonly #pending: { out: Promise<Buffer[]>; written?: (start: number, end: number) => void }[] = [];
+  readonly #pending: { out: Promise<Buffer[]>; size: number; written?: (start: number, end: number) => void }[] = [];
+  #pendingBytes = 0;
   readonly #out: BlobFile;
   readonly window: number;
-  constructor(params: Record<number, number>, out: BlobFile, contexts: number) {
+  readonly #budget: number;
+  constructor(params: Record<number, number>, out: BlobFile, contexts: number, budget: number) {
     this.#contexts = Array.from({ length: contexts }, () => new ZstdFramer(params));
     this.#tails = this.#contexts.map(() => Promise.resolve());
     this.#out = out;
     this.window = contexts * 2;
+    this.#budget = budget;
   }
   /**
    * Run `job` on the next context in turn. Frames go round the contexts in a fixed order, not
@@ -271,22 +338,32 @@ class OrderedFrames {
       return chunks;
     });
     out.catch(() => undefined); // thrown where it is awaited, in order
-    this.#pending.push({ out, ...(written ? { written } : {}) });
+    this.#pending.push({ out, size: data.length, ...(written ? { written } : {}) });
+    this.#pendingBytes += data.length;
     await this.drain(this.window - 1);
+  }
+  /** Wait until `bytes` more input fit the budget (or nothing is pending): call before reading them. */
+  async makeRoom(bytes: number): Promise<void> {
+    while (this.#pending.length > 0 && this.#pendingBytes + bytes > this.#budget) await this.#writeFirst();
   }
   /** Write finished frames, in order, until at most `keep` are pending. */
   async drain(keep = 0): Promise<void> {
-    while (this.#pending.length > keep) {
-      const first = this.#pending[0]!;
-      const chunks = await first.out;
-      this.#pending.shift();
-      const start = this.#out.size;
-      for (const c of chunks) this.#out.write(c);
-      first.written?.(start, this.#out.size);
-    }
+    while (this.#pending.length > keep) await this.#writeFirst();
+  }
+  async #writeFirst(): Promise<void> {
+    const first = this.#pending[0]!;
+    const chunks = await first.out;
+    this.#pending.shift();
+    this.#pendingBytes -= first.size;
+    const start = this.#out.size;
+    for (const c of chunks) this.#out.write(c);
+    first.written?.(start, this.#out.size);
   }
   /** One large frame streamed straight into the blob, after everything queued before it; `written` as for add(). */
-  async stream(pieces: AsyncIterable<Buffer>, written: (start: number, end: number) => void): Promise<void> {
+  async stream(
+    pieces: Iterable<Buffer> | AsyncIterable<Buffer>,
+    written: (start: number, end: number) => void,
+  ): Promise<void> {
     await this.drain();
     await this.#onNextContext(async (f) => {
       const start = this.#out.size;
@@ -315,26 +392,28 @@ const zstdCompressAsync = promisify(zstdCompress);
 
 /** zstd contexts per layer: layers are written a few at a time too (build.ts), so a few suffice. */
 const FRAME_CONTEXTS = 3;
+/** Input bytes of a layer's pending frames (above it, the next file is read when one is written). */
+const PENDING_BYTES = 8 * 1024 * 1024;
+/** Read buffers for small files, shared by the layers being written. */
+const readBuffers = new BufferPool(64 * 1024, 8 * 1024 * 1024);
+/** One TOC is compressed at a time (see writeLayerContent), also when layers are finished at once. */
+const tocTurn = new Semaphore(1);
 
 async function writeZstdChunked(
   entries: readonly TreeEntry[],
   file: string,
   opts: LayerWriteOptions,
-): Promise<LayerResult> {
+): Promise<UnfinishedLayer> {
   const level = opts.level ?? 3;
   const params = { [zc.ZSTD_c_compressionLevel]: level, [zc.ZSTD_c_checksumFlag]: 1 };
   const out = new BlobFile(file);
-  const frames = new OrderedFrames(params, out, FRAME_CONTEXTS);
+  const frames = new OrderedFrames(params, out, FRAME_CONTEXTS, PENDING_BYTES);
   // tar-split lines, compressed as they come (they are kept until the end: ~1/10 of the TOC).
   const splitChunks: Buffer[] = [];
   const zs = new ZstdFramer(params, (b) => splitChunks.push(b));
   const split = new TarSplitWriter((line) => zs.push(line));
   const tar = createHash('sha256');
   const toc: Toc = { version: 1, entries: [] };
-  // Read buffers for small files, one per frame that can be pending, used in turn: by the time
-  // one comes round again, the frame that used it has been written.
-  const scratches: Scratch[] = Array.from({ length: frames.window + 1 }, () => ({ buf: Buffer.alloc(0) }));
-  let nextScratch = 0;
   // Tar headers (and padding) since the last frame: they become the next header frame.
   let headers: Buffer[] = [];
   let pendingLen = 0;
@@ -367,21 +446,40 @@ async function writeZstdChunked(
           t.endOffset = end;
         };
         if (e.size <= WHOLE_FILE_LIMIT) {
-          const data = readWhole(e, scratches[nextScratch++ % scratches.length]!);
+          await frames.makeRoom(e.size);
+          const into = readBuffers.take(e.size);
+          let data: Buffer;
+          try {
+            data = readWhole(e, into);
+          } catch (err) {
+            readBuffers.give(into);
+            throw err;
+          }
           fileHash.update(data);
           crc.update(data);
           tar.update(data);
-          await frames.add(data, setOffsets);
+          // The buffer goes back to the pool once the frame is compressed and written.
+          await frames.add(data, (start, end) => {
+            setOffsets(start, end);
+            readBuffers.give(into);
+          });
         } else {
-          const hashed = (async function* () {
-            for await (const piece of contentPieces(e)) {
-              fileHash.update(piece);
-              crc.update(piece);
-              tar.update(piece);
-              yield piece;
+          // One read buffer for the whole file: the compressor has taken a piece in before the
+          // next is read (ZstdFramer.write), so a large file leaves no garbage behind.
+          const piece = readBuffers.take(STREAM_PIECE);
+          const hashed = (function* () {
+            for (const p of filePieces(e, piece)) {
+              fileHash.update(p);
+              crc.update(p);
+              tar.update(p);
+              yield p;
             }
           })();
-          await frames.stream(hashed, setOffsets);
+          try {
+            await frames.stream(hashed, setOffsets);
+          } finally {
+            readBuffers.give(piece);
+          }
         }
         split.file(tarName(e), e.size, crc.digest());
         t.digest = `sha256:${fileHash.digest('hex')}`;
@@ -398,16 +496,25 @@ async function writeZstdChunked(
     split.end();
     await frames.close();
     await zs.close();
-    const splitData = Buffer.concat(splitChunks);
-    toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
+  } catch (err) {
+    frames.destroy();
+    zs.destroy();
+    closeQuietly(out.fd);
+    throw err;
+  }
+  const splitData = Buffer.concat(splitChunks);
+  toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
+  const finish = async (): Promise<LayerResult> => {
     const json = encodeToc(toc);
     // Every device that updates by file fetches the TOCs: level 19 makes them ~16% smaller for ~2 s of CPU per
-    // build of the bench trees (bench/README.md), on the thread pool while the other layers' frames go on.
-    const compressed = await zstdCompressAsync(json, {
-      params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL },
-      // A known size lets zstd size its tables to the TOC, not to level 19's defaults (~100 MiB).
-      pledgedSrcSize: json.length,
-    });
+    // build of the bench trees (bench/README.md).
+    const compressed = await tocTurn.run(() =>
+      zstdCompressAsync(json, {
+        params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL },
+        // A known size lets zstd size its tables to the TOC, not to level 19's defaults (~100 MiB).
+        pledgedSrcSize: json.length,
+      }),
+    );
     const tocOffset = out.size + SKIPPABLE_HEADER;
     out.write(skippableFrame(compressed));
     const splitOffset = out.size + SKIPPABLE_HEADER;
@@ -443,15 +550,25 @@ async function writeZstdChunked(
       entries: entries.length,
       contentBytes,
     };
-  } catch (err) {
-    frames.destroy();
-    zs.destroy();
-    try {
-      closeSync(out.fd);
-    } catch {
-      /* already closed */
-    }
-    throw err;
+  };
+  return {
+    finish: async () => {
+      try {
+        return await finish();
+      } catch (err) {
+        closeQuietly(out.fd);
+        throw err;
+      }
+    },
+    abort: () => closeQuietly(out.fd),
+  };
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    /* already closed */
   }
 }
 
@@ -483,11 +600,7 @@ async function writeGzip(entries: readonly TreeEntry[], file: string, opts: Laye
   } catch (err) {
     gz.destroy();
     await drained.catch(() => undefined);
-    try {
-      closeSync(out.fd);
-    } catch {
-      /* already closed */
-    }
+    closeQuietly(out.fd);
     throw err;
   }
   const digest = out.close();

@@ -75,6 +75,12 @@ export interface Target extends Storage, Resolver, Tagger {
   tags?: TagLister['tags'];
   fetchRange?: RangeFetcher['fetchRange'];
   /**
+   * Store a finished local file as the blob `desc`, moving it where it can (a build's layer files):
+   * no second copy of the bytes through a stream. The file is no longer the caller's afterwards.
+   * The caller vouches for the digest (it hashed the bytes as it wrote them); the size is checked.
+   */
+  pushFile?(desc: Descriptor, file: string, opts?: PushOptions): Promise<void>;
+  /**
    * The image meant when a reference names none (an `oci:` layout holding exactly one image).
    * Targets without such a notion leave it out; copy() then needs a reference.
    */

@@ -12,12 +12,24 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import {
+  chmod,
+  copyFile,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  stat,
+  unlink,
+  type FileHandle,
+} from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { TiuError } from '../errors.ts';
-import { isDigest, parseDigest, verifiedStream } from '../oci/digest.ts';
+import { isDigest, parseDigest, SizeMismatchError, verifiedStream } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType, isManifestLike } from '../oci/mediatypes.ts';
 import { Annotation, type Descriptor, type ImageIndex } from '../oci/types.ts';
 import {
@@ -222,6 +234,44 @@ export class OciLayoutTarget implements Target {
       return (await stat(this.blobPath(desc.digest))).size === desc.size;
     } catch (e) {
       if (errno(e) === 'ENOENT') return false;
+      throw e;
+    }
+  }
+
+  /**
+   * A finished file as a blob: renamed into place when it is on this filesystem, else copied by
+   * the kernel (copy_file_range or a reflink), then fsynced like a pushed blob. Manifests go
+   * through push(): they are parsed and may be referrers.
+   */
+  async pushFile(desc: Descriptor, file: string, opts?: PushOptions): Promise<void> {
+    if (isManifestLike(desc.mediaType)) return this.push(desc, createReadStream(file), opts);
+    validateDescriptor(desc);
+    opts?.signal?.throwIfAborted();
+    const size = (await stat(file)).size;
+    if (size !== desc.size) throw new SizeMismatchError(desc.digest, desc.size, size, 'blob');
+    const final = this.blobPath(desc.digest);
+    const dir = join(final, '..');
+    await mkdir(dir, { recursive: true });
+    const tmp = join(dir, `.tiu-${randomBytes(8).toString('hex')}.tmp`);
+    try {
+      try {
+        await rename(file, tmp);
+      } catch (e) {
+        if (errno(e) !== 'EXDEV') throw e;
+        await copyFile(file, tmp, fsc.COPYFILE_EXCL | fsc.COPYFILE_FICLONE);
+      }
+      await chmod(tmp, 0o644);
+      const fh = await open(tmp, 'r');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, final);
+      await fsyncDir(dir);
+      opts?.onBytes?.(size);
+    } catch (e) {
+      await unlink(tmp).catch(() => undefined);
       throw e;
     }
   }

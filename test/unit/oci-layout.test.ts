@@ -72,6 +72,26 @@ describe('oci layout', function () {
     assert.deepEqual((await readdir(path)).sort(), ['blobs', 'index.json', 'oci-layout']);
   });
 
+  it('pushFile moves a finished file in as a blob, checks its size and leaves nothing on a mismatch', async () => {
+    const t = await OciLayoutTarget.open(join(dir, 'layout'), { create: true });
+    const data = randomBytes(5000);
+    const file = join(dir, 'layer-0');
+    await writeFile(file, data);
+    const d = { mediaType: MediaType.OciLayerZstd, digest: sha256(data), size: data.length };
+    await t.pushFile(d, file);
+    assert.ok((await readFile(t.blobPath(d.digest))).equals(data));
+    assert.equal(await t.exists(d), true);
+    assert.deepEqual(await readdir(dir), ['layout'], 'the file was moved, not copied');
+
+    const other = randomBytes(10);
+    await writeFile(file, other);
+    const wrong = { mediaType: MediaType.OciLayerZstd, digest: sha256(other), size: 11 };
+    await assert.rejects(t.pushFile(wrong, file), code('SIZE_MISMATCH'));
+    assert.equal(await t.exists({ ...wrong, size: 10 }), false);
+    const blobs = await readdir(join(dir, 'layout', 'blobs', 'sha256'));
+    assert.deepEqual(blobs, [d.digest.slice('sha256:'.length)], 'no temp file or blob left behind');
+  });
+
   it('refuses what is not a layout', async () => {
     await assert.rejects(OciLayoutTarget.open(join(dir, 'none')), code('CONTENT_NOT_FOUND'));
     await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"9.0.0"}');
