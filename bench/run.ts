@@ -26,14 +26,14 @@ import { imageSize } from './lib/oci.ts';
 import { formatRange, formatRatio, formatSummary, summarize, type Figure, type Unit } from './lib/stats.ts';
 import { compare, recheck, type Comparison } from './lib/report.ts';
 import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts';
-import { APPLY_OCI, CASYNC, IDEAL, TIU_ARTIFACT, TIU_WHOLE, UPDATE, updateSection } from './update.ts';
+import { APPLY_OCI, CASYNC, CHECK, IDEAL, STATUS, TIU_ARTIFACT, TIU_WHOLE, UPDATE, updateSection } from './update.ts';
 import { MAKE_DELTA, OSTREE, OSTREE_FILE, OSTREE_GENERATE, ostreePeer } from './ostree.ts';
 import { TIU_DELTA } from './tiu-delta.ts';
 
 const repo = dirname(dirname(fileURLToPath(import.meta.url)));
 export const tiuBin = join(repo, 'bin/tiu');
 export const RUNS = Math.max(1, Number(process.env.TIU_BENCH_RUNS ?? 5));
-const ONLY = (process.env.TIU_BENCH_ONLY ?? 'build,registry,update,ostree').split(',');
+const ONLY = (process.env.TIU_BENCH_ONLY ?? 'build,registry,update,ostree,large').split(',');
 /**
  * A full run (no TIU_BENCH_ONLY, no TIU_BENCH_RUNS) writes bench/results.{md,json} and the
  * README's rows; a partial one writes bench/results.partial.{md,json} and leaves those alone.
@@ -44,6 +44,14 @@ const RESULTS = FULL ? 'bench/results' : 'bench/results.partial';
 export interface Ctx {
   work: string;
   trees: TreeInfo;
+  /**
+   * The pass: `base` measures everything on the base trees; `large` measures tiu and its main
+   * peers again on the larger trees (bench/trees.ts) so that growth with the image shows. Figures
+   * of the large pass carry LARGE_SUFFIX in their scenario names.
+   */
+  pass: 'base' | 'large';
+  /** The larger trees, once the large pass has run. */
+  largeTrees?: TreeInfo;
   figures: Figure[];
   /** What could not be measured, and why. */
   missing: string[];
@@ -58,6 +66,9 @@ export interface Ctx {
   registry: RunningRegistry;
 }
 
+/** Appended to the scenario of every figure the larger trees give. */
+export const LARGE_SUFFIX = ' [larger tree]';
+
 export function log(msg: string): void {
   process.stderr.write(`bench: ${msg}\n`);
 }
@@ -71,6 +82,7 @@ export function record(
   samples: number[],
   how?: string,
 ): void {
+  if (ctx.pass === 'large') scenario += LARGE_SUFFIX;
   let f = ctx.figures.find((x) => x.scenario === scenario && x.metric === metric && x.tool === tool);
   if (!f) {
     f = { scenario, metric, unit, tool, samples: [], ...(how ? { how } : {}) };
@@ -213,7 +225,7 @@ async function buildSection(ctx: Ctx): Promise<void> {
   }
 
   // casync make: the chunk store + index a casync user builds instead of an image.
-  for (let i = 0; i < RUNS; i++) {
+  for (let i = 0; i < (ctx.pass === 'base' ? RUNS : 0); i++) {
     const store = join(ctx.work, 'casync-build');
     await rm(store, { recursive: true, force: true });
     await mkdir(store);
@@ -424,12 +436,18 @@ const README_ROWS: [string, string, string, string][] = [
   ['update base → upgraded', 'time', TIU_ARTIFACT, OSTREE_FILE],
   ['update base → upgraded', 'time', TIU_WHOLE, APPLY_OCI],
   ['update base → upgraded', 'peak RSS', 'tiu', APPLY_OCI],
+  ['update base → upgraded', 'peak RSS', TIU_WHOLE, APPLY_OCI],
+  ['first install (empty snapshot ← base image)', 'peak RSS', 'tiu', 'skopeo + umoci unpack'],
+  [CHECK, 'peak RSS', 'tiu', 'skopeo inspect'],
+  [STATUS, 'peak RSS', 'tiu', 'snapper list'],
   ['update upgraded → upgraded', 'time', 'tiu', APPLY_OCI],
   ['first install (empty snapshot ← base image)', 'time', 'tiu', 'skopeo + umoci unpack'],
   ['build (base tree → OCI image)', 'time', 'tiu', 'umoci repack'],
   ['build (base tree → OCI image)', 'peak RSS', 'tiu', 'umoci repack'],
   ['push (OCI layout → registry)', 'time', 'tiu', 'skopeo'],
   ['pull (registry → OCI layout)', 'time', 'tiu', 'skopeo'],
+  ['push (OCI layout → registry)', 'peak RSS', 'tiu', 'skopeo'],
+  ['pull (registry → OCI layout)', 'peak RSS', 'tiu', 'skopeo'],
 ];
 
 /** The README's excerpt of the table, between its bench markers. */
@@ -512,6 +530,41 @@ function recheckSection(
   ];
 }
 
+/**
+ * Peak RSS at both image sizes, per scenario and tool: what grows with the image and what does
+ * not (tiu's device commands and copy must not).
+ */
+function growthSection(ctx: Ctx): string[] {
+  const large = ctx.largeTrees;
+  if (!large) return [];
+  const t = ctx.trees;
+  const rows: string[] = [];
+  for (const f of ctx.figures) {
+    if (f.metric !== 'peak RSS' || f.scenario.endsWith(LARGE_SUFFIX)) continue;
+    const g = ctx.figures.find(
+      (x) => x.metric === f.metric && x.tool === f.tool && x.scenario === f.scenario + LARGE_SUFFIX,
+    );
+    if (!g) continue;
+    const a = summarize(f.samples);
+    const b = summarize(g.samples);
+    rows.push(
+      `| ${f.scenario} | ${f.tool} | ${formatSummary(a, 'B')} | ${formatSummary(b, 'B')} | ${formatRatio(b.median / a.median)} |`,
+    );
+  }
+  const size = (x: TreeInfo): string =>
+    `${(x.bytes.base / 2 ** 20).toFixed(0)} MiB in ${x.diff.files.base} entries (${x.packages.base.length} packages)`;
+  return [
+    '## Peak RSS by image size',
+    '',
+    `The base trees (${size(t)}) against the larger trees (${size(large)}: ${large.inputs.include.join(', ')}; the update changes ${large.upgradedPackages.length} packages, ${(large.diff.changedBytes / 2 ** 20).toFixed(1)} MiB of new file content). Medians of ${RUNS} runs (min–max); the last column is larger ÷ base.`,
+    '',
+    '| Scenario | Tool | base trees | larger trees | growth |',
+    '|---|---|---|---|---|',
+    ...rows,
+    '',
+  ];
+}
+
 async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number, treeSeconds: number): Promise<void> {
   const t = ctx.trees;
   const earlier = await earlierRun(t.key);
@@ -532,6 +585,18 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
       upgradedPackages: t.upgradedPackages,
       packages: t.packages.base.length,
     },
+    ...(ctx.largeTrees
+      ? {
+          largeTrees: {
+            key: ctx.largeTrees.key,
+            include: ctx.largeTrees.inputs.include,
+            bytes: ctx.largeTrees.bytes,
+            diff: ctx.largeTrees.diff,
+            upgradedPackages: ctx.largeTrees.upgradedPackages,
+            packages: ctx.largeTrees.packages.base.length,
+          },
+        }
+      : {}),
     figures: ctx.figures.map((f) => ({ ...f, ...summarize(f.samples) })),
     missing: ctx.missing,
     notes: ctx.notes,
@@ -547,6 +612,7 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
     '',
     ...recheckSection(compare(ctx.figures), earlier, mach.tiu ?? '?', mach['tiu code (src, bin, lock file)'] ?? '?'),
     '',
+    ...growthSection(ctx),
     ...(loadAtStart[0]! > cpus().length
       ? [
           `Note: the load average was ${fmtLoad(loadAtStart)} at the start on ${cpus().length} cores (other work on this machine, running or just finished), so times may be inflated and noisy; sizes and byte counts are not affected.`,
@@ -586,6 +652,29 @@ async function writeResults(ctx: Ctx, mach: Record<string, string>, wall: number
 
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * The same build, push/pull, first install and base → upgraded update on the larger trees, for
+ * tiu and its main peers (umoci, skopeo, apply-oci), so that results.md can show how each peak
+ * RSS grows with the image. Figures land in the same list, their scenarios marked LARGE_SUFFIX.
+ */
+async function largerPass(ctx: Ctx): Promise<void> {
+  const trees = await ensureTrees('large');
+  ctx.largeTrees = trees;
+  log(`larger trees: ${trees.dir} (${(trees.bytes.base / 2 ** 20).toFixed(0)} MiB, ${trees.diff.files.base} entries)`);
+  const large: Ctx = { ...ctx, pass: 'large', trees, work: join(ctx.work, 'large') };
+  delete large.umociLayout;
+  delete large.tiuLayout;
+  await mkdir(large.work);
+  try {
+    await buildSection(large);
+    await registrySection(large);
+    await updateSection(large);
+  } finally {
+    ctx.registry = large.registry;
+    await rm(large.work, { recursive: true, force: true });
+  }
+}
+
 async function timed(ctx: Ctx, section: string, body: () => Promise<void>): Promise<void> {
   const start = Date.now();
   try {
@@ -608,9 +697,19 @@ async function main(): Promise<void> {
   const work = await mkdtemp(join(base, 'tiu-bench-'));
   const registry = await startRegistry();
   const proxy = await startCountingProxy(registry.port);
-  const ctx: Ctx = { work, trees, figures: [], missing: [], notes: [], sectionSeconds: {}, proxy, registry };
+  const ctx: Ctx = {
+    work,
+    trees,
+    pass: 'base',
+    figures: [],
+    missing: [],
+    notes: [],
+    sectionSeconds: {},
+    proxy,
+    registry,
+  };
   try {
-    if (ONLY.some((o) => o !== 'ostree')) await timed(ctx, 'build', () => buildSection(ctx));
+    if (ONLY.some((o) => o !== 'ostree' && o !== 'large')) await timed(ctx, 'build', () => buildSection(ctx));
     if (ONLY.includes('registry')) await timed(ctx, 'push/pull', () => registrySection(ctx));
     if (ONLY.some((o) => o.startsWith('update'))) {
       await timed(ctx, 'install and updates', () =>
@@ -619,6 +718,7 @@ async function main(): Promise<void> {
     }
     if (ONLY.some((o) => o === 'ostree' || o === 'update' || o === 'update-peers'))
       await timed(ctx, 'ostree', () => ostreePeer(ctx, UPDATE('base')));
+    if (ONLY.includes('large')) await timed(ctx, 'larger trees', () => largerPass(ctx));
   } finally {
     await proxy.stop();
     await ctx.registry.stop();

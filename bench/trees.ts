@@ -3,11 +3,14 @@
  * cached outside the repository (TIU_BENCH_CACHE, default /var/cache/tiu-bench), keyed by the
  * inputs that make them:
  *   base     = minbase + systemd + linux-image-amd64, bookworm (release) packages only;
- *   upgraded = base after `apt-get upgrade` with bookworm-updates and bookworm-security.
+ *   upgraded = base after `apt-get upgrade` with bookworm-updates and bookworm-security;
+ * and a larger pair (`ensureTrees('large')`, about twice the bytes and three times the files:
+ * compilers, kernel headers, Python, Perl, all locales) made the same way, for the figures that
+ * must not grow with the image (peak RSS).
  * tree.json next to them records what was built: mirrors, the suites' Release dates, the
  * package sets (name=version), the packages the upgrade changed, debootstrap/upgrade wall
  * times, and the file-level difference between the trees.
- * Run alone: `node bench/trees.ts` builds (or finds) them and prints tree.json.
+ * Run alone: `node bench/trees.ts [large]` builds (or finds) them and prints tree.json.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
@@ -82,13 +85,20 @@ export async function aptMirrors(): Promise<{ mirror: string; securityMirror: st
 
 export const cacheRoot = process.env.TIU_BENCH_CACHE ?? '/var/cache/tiu-bench';
 
-async function inputs(): Promise<TreeInputs> {
+/** The bench's image sizes: `base` is what every comparison uses, `large` the growth check. */
+export type TreeSize = 'base' | 'large';
+
+/** Packages the larger trees add: many files (headers, Perl and Python modules) and big ones. */
+const LARGE_EXTRA = ['build-essential', 'linux-headers-amd64', 'python3', 'perl', 'git', 'locales-all'];
+
+async function inputs(size: TreeSize): Promise<TreeInputs> {
+  const include = ['systemd', 'systemd-sysv', 'linux-image-amd64'];
   return {
     recipe: 1,
     suite: 'bookworm',
     arch: 'amd64',
     variant: 'minbase',
-    include: ['systemd', 'systemd-sysv', 'linux-image-amd64'],
+    include: size === 'large' ? [...include, ...LARGE_EXTRA] : include,
     ...(await aptMirrors()),
   };
 }
@@ -216,9 +226,9 @@ export async function diffTrees(a: string, b: string): Promise<TreeDiff & { byte
   return { files: { base: ea.size, upgraded: eb.size }, added, removed, changed, changedBytes, bytesA, bytesB };
 }
 
-/** Build (or find in the cache) both trees. */
-export async function ensureTrees(): Promise<TreeInfo> {
-  const inp = await inputs();
+/** Build (or find in the cache) both trees of one size. */
+export async function ensureTrees(size: TreeSize = 'base'): Promise<TreeInfo> {
+  const inp = await inputs(size);
   const key = createHash('sha256').update(JSON.stringify(inp)).digest('hex').slice(0, 12);
   const dir = join(cacheRoot, `bookworm-${key}`);
   const infoFile = join(dir, 'tree.json');
@@ -295,7 +305,7 @@ export async function ensureTrees(): Promise<TreeInfo> {
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const info = await ensureTrees();
+  const info = await ensureTrees(process.argv[2] === 'large' ? 'large' : 'base');
   const { packages: _p, ...rest } = info;
   console.log(JSON.stringify(rest, null, 2));
 }

@@ -165,7 +165,8 @@ export async function updateSection(
         `docker://${reg}/bench/tiu:${tag}`,
       ]);
   }
-  const withArtifact = which.tiu && (await makeTiuDelta(ctx));
+  // The larger trees' pass measures tiu's own paths and the main peers only (growth, not breadth).
+  const withArtifact = which.tiu && ctx.pass === 'base' && (await makeTiuDelta(ctx));
   if (withArtifact) await pushWithDelta(ctx);
   ctx.proxy.reset();
   if (which.peers) await peers(ctx);
@@ -198,6 +199,7 @@ async function peers(ctx: Ctx): Promise<void> {
       { name: 'base', snap: 1 },
       { name: 'upgraded', snap: two },
     ];
+    const lean = ctx.pass !== 'base';
     for (const st of states)
       await sh('skopeo', [
         'copy',
@@ -209,7 +211,7 @@ async function peers(ctx: Ctx): Promise<void> {
     // casync's server side: one chunk store, an index per state, served through the proxy.
     const serve = join(ctx.work, 'casync-serve');
     await mkdir(serve, { recursive: true });
-    for (const st of states) {
+    for (const st of lean ? [] : states) {
       log(`casync make of snapshot ${st.snap} (${st.name})`);
       await sh('casync', [
         'make',
@@ -260,7 +262,7 @@ async function peers(ctx: Ctx): Promise<void> {
         await rm(store, { recursive: true, force: true });
       }
 
-      for (const from of states) {
+      for (const from of lean ? states.slice(0, 1) : states) {
         const scenario = UPDATE(from.name);
         // apply-oci
         {
@@ -308,7 +310,7 @@ async function peers(ctx: Ctx): Promise<void> {
           await rm(bundle, { recursive: true, force: true });
         }
         // casync
-        {
+        if (!lean) {
           const tool = CASYNC;
           const target = join(targets, `casync-${i}-${from.name}`);
           const st = new Steps();
@@ -396,6 +398,48 @@ async function tiuStep(
   return snap;
 }
 
+export const CHECK = 'update --check (base booted, upgraded offered)';
+export const STATUS = 'status (two snapshots)';
+export const HEALTH = 'health (no checks installed)';
+export const ROLLBACK = 'rollback (upgraded default → base)';
+
+/**
+ * The device's other commands on the state a first install leaves (base booted, upgraded in
+ * the registry), each beside what a user would otherwise run where there is such a thing:
+ * `skopeo inspect` of the offered image for --check, `snapper list` for status.
+ */
+async function deviceCommands(ctx: Ctx, os: MicroOS, i: number): Promise<void> {
+  log(`device commands (${i + 1}/${RUNS})`);
+  const ref = `docker://${ctx.proxy.host}/bench/tiu:upgraded`;
+  const steps: [string, string, string[], string][] = [
+    [
+      CHECK,
+      'tiu',
+      [tiuBin, 'update', '--check', ref, '--sysroot', os.sysroot],
+      'tiu update --check docker://… --sysroot DIR',
+    ],
+    [
+      CHECK,
+      'skopeo inspect',
+      ['skopeo', 'inspect', '--tls-verify=false', `docker://${ctx.proxy.host}/bench/umoci:upgraded`],
+      'skopeo inspect docker://… (is there a newer image?)',
+    ],
+    [STATUS, 'tiu', [tiuBin, 'status', '--sysroot', os.sysroot], 'tiu status --sysroot DIR'],
+    [STATUS, 'snapper list', snapper(os, ['list']).flat(), 'snapper --no-dbus --root DIR list'],
+    [
+      HEALTH,
+      'tiu',
+      [tiuBin, 'health', '--sysroot', os.sysroot],
+      'tiu health --sysroot DIR (runs and reports the checks; none installed)',
+    ],
+  ];
+  for (const [scenario, tool, [cmd, ...args], how] of steps) {
+    const m = await measured(cmd!, args);
+    record(ctx, scenario, 'time', 's', tool, [m.wall], how);
+    record(ctx, scenario, 'peak RSS', 'B', tool, [m.rss]);
+  }
+}
+
 export const TIU_WHOLE = 'tiu --transfer whole-layer';
 /** The peers' names in the figures (the README's rows pick them by name). */
 export const APPLY_OCI = 'apply-oci (skopeo + umoci + rsync)';
@@ -432,6 +476,7 @@ async function tiuUpdates(ctx: Ctx, withArtifact: boolean): Promise<void> {
       const base = await tiuStep(ctx, os, { scenario: FIRST, tag: 'base', tool: 'tiu', args: [], how }, i);
       if (base === undefined) throw new Error('the first install created no snapshot');
       await reboot(os);
+      await deviceCommands(ctx, os, i);
       const cache = join(os.sysroot, 'var/cache/tiu');
       const savedCache = join(os.top, 'bench-cache-after-install');
       if (existsSync(cache)) await sh('cp', ['-a', '--reflink=auto', cache, savedCache]);
@@ -442,7 +487,19 @@ async function tiuUpdates(ctx: Ctx, withArtifact: boolean): Promise<void> {
       }
       const backToBase = async (snap: number | undefined, what: string): Promise<void> => {
         if (snap === undefined) throw new Error(`base → upgraded (${what}) created no snapshot`);
-        await sh(tiuBin, ['rollback', String(base), '--sysroot', os.sysroot]);
+        const r = await measured(tiuBin, ['rollback', String(base), '--sysroot', os.sysroot]);
+        if (what === 'file-level') {
+          record(
+            ctx,
+            ROLLBACK,
+            'time',
+            's',
+            'tiu',
+            [r.wall],
+            'tiu rollback N --sysroot DIR (the default back to the booted base)',
+          );
+          record(ctx, ROLLBACK, 'peak RSS', 'B', 'tiu', [r.rss]);
+        }
         await reboot(os);
         await snapperDelete(os, snap);
         await rm(cache, { recursive: true, force: true });
@@ -484,7 +541,8 @@ async function tiuUpdates(ctx: Ctx, withArtifact: boolean): Promise<void> {
       );
       if (whole === undefined) throw new Error('base → upgraded (whole layers) created no snapshot');
       await reboot(os);
-      await tiuStep(ctx, os, { scenario: UPDATE('upgraded'), tag: 'upgraded', tool: 'tiu', args: [], how }, i);
+      if (ctx.pass === 'base')
+        await tiuStep(ctx, os, { scenario: UPDATE('upgraded'), tag: 'upgraded', tool: 'tiu', args: [], how }, i);
     } catch (e) {
       ctx.missing.push(`tiu update failed: ${firstLine(e)}`);
       return;
