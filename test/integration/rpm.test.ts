@@ -175,7 +175,9 @@ describe('packaging/tiu.spec (rpmbuild offline, the installed payload on the old
     const tiu = (await man('man8/tiu.8')).stdout;
     assert.match(tiu, /^TIU\(8\)/m);
     for (const cmd of ['build', 'update', 'key generate', 'health']) assert.match(tiu, new RegExp(`tiu ${cmd}\\n`));
-    assert.match(tiu, /--sysroot VALUE/);
+    assert.match(tiu, /--sysroot DIR/);
+    assert.match(tiu, /^EXIT STATUS$/m);
+    assert.match(tiu, /^ +5 +DOWNGRADE: /m);
     const conf = (await man('man5/tiu.conf.5')).stdout;
     assert.match(conf, /^TIU\.CONF\(5\)/m);
     assert.match(conf, /require-signature-expiry = true/);
