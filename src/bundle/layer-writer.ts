@@ -117,14 +117,7 @@ function* filePieces(e: TreeEntry, piece: Buffer): Generator<Buffer> {
     yield e.content.data;
     return;
   }
-  const c = contentFile(e);
-  if (!c) throw changed(e, 'no content');
-  let fd: number;
-  try {
-    fd = openSync(c.file, 'r');
-  } catch (err) {
-    throw readError(e, err);
-  }
+  const { c, fd } = openContent(e);
   try {
     let got = 0;
     while (got < e.size) {
@@ -154,15 +147,8 @@ function readWhole(e: TreeEntry, into: Buffer): Buffer {
     if (e.content.data.length !== e.size) throw changed(e, 'size');
     return e.content.data;
   }
-  const c = contentFile(e);
-  if (!c) throw changed(e, 'no content');
   const buf = into.subarray(0, e.size);
-  let fd: number;
-  try {
-    fd = openSync(c.file, 'r');
-  } catch (err) {
-    throw readError(e, err);
-  }
+  const { c, fd } = openContent(e);
   try {
     let got = 0;
     while (got < e.size) {
@@ -180,6 +166,17 @@ function readWhole(e: TreeEntry, into: Buffer): Buffer {
 }
 
 const oneByte = Buffer.alloc(1);
+
+/** The file (or spool slice) holding an entry's content, opened for reading; the caller closes it. */
+function openContent(e: TreeEntry): { c: NonNullable<ReturnType<typeof contentFile>>; fd: number } {
+  const c = contentFile(e);
+  if (!c) throw changed(e, 'no content');
+  try {
+    return { c, fd: openSync(c.file, 'r') };
+  } catch (err) {
+    throw readError(e, err);
+  }
+}
 
 /** The member name as the tar header spells it (directories end in '/'). */
 function tarName(e: TreeEntry): string {
