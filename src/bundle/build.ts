@@ -22,7 +22,7 @@ import { BuildError, treePath } from './errors.ts';
 import { contentFile, mtimeParts, type TreeEntry } from '../layer/entry.ts';
 import { parentOf } from '../layer/paths.ts';
 import { DEFAULT_LAYERS, MAX_LAYERS, planLayers } from './layers.ts';
-import { writeLayerContent, type LayerCompression, type LayerResult, type UnfinishedLayer } from './layer-writer.ts';
+import { writeLayerContent, type LayerCompression, type LayerResult } from './layer-writer.ts';
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
 import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
 import { scanDirectory } from './source-dir.ts';
@@ -278,15 +278,16 @@ export async function buildBundle(
         ),
       ),
     );
+    const unfinished = written.flatMap((w) => (w.status === 'fulfilled' ? [w.value] : []));
     const failed = written.find((w) => w.status === 'rejected');
     if (failed) {
-      for (const w of written) if (w.status === 'fulfilled') w.value.abort();
+      for (const u of unfinished) u.abort();
       throw failed.reason;
     }
     const layers: LayerResult[] = [];
-    for (const [i, w] of written.entries()) {
-      const r = await (w as PromiseFulfilledResult<UnfinishedLayer>).value.finish().catch((e: unknown) => {
-        for (const rest of written.slice(i + 1)) (rest as PromiseFulfilledResult<UnfinishedLayer>).value.abort();
+    for (const [i, u] of unfinished.entries()) {
+      const r = await u.finish().catch((e: unknown) => {
+        for (const rest of unfinished.slice(i + 1)) rest.abort();
         throw e;
       });
       progress(

@@ -9,7 +9,7 @@
  * gzip: one plain gzip stream of the tar, no TOC.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { closeSync, createReadStream, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { once } from 'node:events';
 import { constants as zc, createGzip, createZstdCompress, zstdCompress } from 'node:zlib';
 import { promisify } from 'node:util';
@@ -70,38 +70,6 @@ function changed(e: TreeEntry, why: string): BuildError {
   return new BuildError('BUILD_SOURCE_CHANGED', `/${showPath(e.path)} changed while tiu was reading it (${why})`, {
     path: showPath(e.path),
   });
-}
-
-/** The content of a regular file in pieces, exactly e.size bytes or an error. */
-async function* contentPieces(e: TreeEntry): AsyncGenerator<Buffer> {
-  if (e.size === 0) return;
-  if (e.content && 'data' in e.content) {
-    if (e.content.data.length !== e.size) throw changed(e, 'size');
-    yield e.content.data;
-    return;
-  }
-  const c = contentFile(e);
-  if (!c) throw changed(e, 'no content');
-  let got = 0;
-  // A whole file is read to its end, so one that grew is noticed; a spool slice to its size.
-  const rs = createReadStream(c.file, {
-    start: c.offset,
-    ...(c.whole ? {} : { end: c.offset + e.size - 1 }),
-    highWaterMark: 1024 * 1024,
-  });
-  try {
-    for await (const chunk of rs as AsyncIterable<Buffer>) {
-      if (got + chunk.length > e.size) throw changed(e, 'it grew');
-      got += chunk.length;
-      yield chunk;
-    }
-  } catch (err) {
-    if (err instanceof BuildError) throw err;
-    throw readError(e, err);
-  } finally {
-    rs.destroy();
-  }
-  if (got !== e.size) throw changed(e, `expected ${e.size} bytes, read ${got}`);
 }
 
 /** Read size of a file larger than WHOLE_FILE_LIMIT. */
@@ -581,12 +549,22 @@ async function writeGzip(entries: readonly TreeEntry[], file: string, opts: Laye
     tar.update(b);
     if (!gz.write(b)) await once(gz, 'drain');
   };
+  // A piece of a file is read into one pooled buffer, taken back once gzip has consumed it.
+  const putPiece = (b: Buffer) => {
+    tar.update(b);
+    return new Promise<void>((res, rej) => gz.write(b, (err) => (err ? rej(err) : res())));
+  };
   try {
     for (const e of entries) {
       opts.signal?.throwIfAborted();
       await put(encodeHeader(e));
       if (e.type === 'reg' && e.size > 0) {
-        for await (const piece of contentPieces(e)) await put(piece);
+        const piece = readBuffers.take(STREAM_PIECE);
+        try {
+          for (const p of filePieces(e, piece)) await putPiece(p);
+        } finally {
+          readBuffers.give(piece);
+        }
         await put(Buffer.alloc(paddingFor(e.size)));
         contentBytes += e.size;
       }

@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, open, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdtemp, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -28,7 +28,7 @@ import {
   readAllCapped,
 } from '../oci/validate.ts';
 import { decompressStream } from '../layer/decompress.ts';
-import { fsyncDir, tempNameFor } from '../util/atomic.ts';
+import { fsyncDir, fsyncFile, tempNameFor } from '../util/atomic.ts';
 import { InvalidDockerArchiveError } from './docker-archive.ts';
 import { NotFoundError } from './errors.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
@@ -184,8 +184,7 @@ export class DockerArchiveWriter implements Target {
       }
       pack.finalize();
       await writing;
-      const fh = await open(tmpTar, 'r');
-      await fh.sync().finally(() => fh.close());
+      await fsyncFile(tmpTar);
       await rename(tmpTar, this.path);
       await fsyncDir(dirname(this.path));
     } catch (e) {

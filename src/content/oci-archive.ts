@@ -9,7 +9,7 @@
  * Blob content is not trusted because it came from a tar: every consumer verifies it by digest.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -18,7 +18,7 @@ import tar from 'tar-stream';
 import { TiuError } from '../errors.ts';
 import { isDigest } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
-import { fsyncDir, tempNameFor } from '../util/atomic.ts';
+import { fsyncDir, fsyncFile, tempNameFor } from '../util/atomic.ts';
 import { NotFoundError } from './errors.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
 import { OciLayoutTarget } from './oci-layout.ts';
@@ -240,12 +240,7 @@ export async function packLayout(dir: string, archive: string): Promise<void> {
     }
     pack.finalize();
     await writing;
-    const fh = await open(tmp, 'r+');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await fsyncFile(tmp);
     await rename(tmp, archive);
     await fsyncDir(dirname(archive));
   } catch (e) {

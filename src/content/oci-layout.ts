@@ -41,7 +41,7 @@ import {
   validateDescriptor,
   type ParsedManifest,
 } from '../oci/validate.ts';
-import { fsyncDir, writeFileAtomic } from '../util/atomic.ts';
+import { fsyncDir, fsyncFile, writeFileAtomic } from '../util/atomic.ts';
 import { InvalidTagError, NotFoundError } from './errors.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
 import { withLock } from './lock.ts';
@@ -261,12 +261,7 @@ export class OciLayoutTarget implements Target {
         await copyFile(file, tmp, fsc.COPYFILE_EXCL | fsc.COPYFILE_FICLONE);
       }
       await chmod(tmp, 0o644);
-      const fh = await open(tmp, 'r');
-      try {
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      await fsyncFile(tmp);
       await rename(tmp, final);
       await fsyncDir(dir);
       opts?.onBytes?.(size);

@@ -47,8 +47,6 @@ export class MediaTypeMismatchError extends TiuError {
 /** Largest image config accepted (configs are small; history can make them a few hundred KiB). */
 export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
 
-/** A JSON-ish object: not null, not an array. */
-
 type Fail = (why: string) => never;
 
 function failManifest(where: string): Fail {

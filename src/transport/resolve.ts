@@ -66,12 +66,13 @@ export async function openReference(input: string, opts: OpenOptions = {}): Prom
     }
     case 'docker-archive': {
       const common = { name: `docker-archive:${ref.path}`, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}) };
-      const target = opts.forWrite
-        ? await (
-            await import('../content/docker-archive-writer.ts')
-          ).DockerArchiveWriter.open(ref.path, { ...common, ...(ref.tag ? { repoTag: ref.tag } : {}) })
-        : await (await import('../content/docker-archive.ts')).DockerArchiveTarget.open(ref.path, common);
-      return { target, name, ref };
+      if (opts.forWrite) {
+        const { DockerArchiveWriter } = await import('../content/docker-archive-writer.ts');
+        const repoTag = ref.tag ? { repoTag: ref.tag } : {};
+        return { target: await DockerArchiveWriter.open(ref.path, { ...common, ...repoTag }), name, ref };
+      }
+      const { DockerArchiveTarget } = await import('../content/docker-archive.ts');
+      return { target: await DockerArchiveTarget.open(ref.path, common), name, ref };
     }
     case 'docker':
       if (isShortName(input)) return openShortName(input, name, opts);

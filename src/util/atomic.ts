@@ -9,7 +9,16 @@ export function tempNameFor(path: string): string {
 }
 
 export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  await fsyncPath(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+}
+
+/** fsync a file written by other means (a stream, a rename, a copy) before it is renamed into place. */
+export async function fsyncFile(path: string): Promise<void> {
+  await fsyncPath(path, constants.O_RDONLY);
+}
+
+async function fsyncPath(path: string, flags: number): Promise<void> {
+  const fh = await open(path, flags);
   try {
     await fh.sync();
   } finally {

@@ -25,7 +25,6 @@ import {
   rangeBytes,
   storeProvider,
 } from '../../src/deploy/delta/index.ts';
-import { SpanBuffers } from '../../src/deploy/delta/download.ts';
 import { isTiuError, type ErrorCode } from '../../src/errors.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../src/oci/types.ts';
@@ -442,25 +441,5 @@ describe("delta: the apply's content provider (storeProvider)", () => {
     const noFrame: TreeEntry = { ...reg('noframe', Buffer.from('x'), 0, 0) };
     await assert.rejects(storeProvider(target, [desc], store).deliver([noFrame], take), code('DELTA_CONTENT_MISSING'));
     assert.equal(got.size, 0);
-  });
-});
-
-describe('delta: span buffers of the download', () => {
-  it('hands the same buffers out again, one large enough, and keeps no more than asked', () => {
-    const spans = new SpanBuffers(2);
-    const a = spans.take(1000);
-    const b = spans.take(10);
-    const c = spans.take(500);
-    spans.give(a);
-    spans.give(b);
-    spans.give(c); // a third: not kept
-    assert.equal(spans.free, 2);
-    assert.equal(spans.take(800), a, 'the free buffer large enough');
-    assert.equal(spans.take(5), b);
-    assert.equal(spans.free, 0);
-    spans.give(b);
-    const d = spans.take(2000); // none large enough: a new one, the small one dropped
-    assert.ok(d !== b && d.length >= 2000);
-    assert.equal(spans.free, 0);
   });
 });

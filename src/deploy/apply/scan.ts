@@ -38,11 +38,7 @@ const NO_XATTRS: Record<string, Buffer> = Object.freeze({});
  * One BigInt per value where a tree repeats it: every entry of a tree has the same `dev`, and
  * nearly all an `rdev` of 0 (each lstat returns new BigInts, ~24 bytes apiece).
  */
-function sharedBig(seen: { last?: bigint }, v: bigint): bigint {
-  if (seen.last === v) return seen.last;
-  return (seen.last = v);
-}
-const lastDev: { last?: bigint } = {};
+let lastDev = 0n;
 const ZERO = 0n;
 
 export function existingFromStats(path: string, st: BigIntStats, linkname?: string): ExistingEntry {
@@ -56,7 +52,7 @@ export function existingFromStats(path: string, st: BigIntStats, linkname?: stri
     mtimeNs: st.mtimeNs,
     ctimeNs: st.ctimeNs,
     ino: st.ino,
-    dev: sharedBig(lastDev, st.dev),
+    dev: st.dev === lastDev ? lastDev : (lastDev = st.dev),
     nlink: Number(st.nlink),
     rdev: st.rdev === ZERO ? ZERO : st.rdev,
     xattrs: NO_XATTRS,

@@ -22,6 +22,7 @@ import { hashFile, type ContentProvider, type TreeEntry } from '../apply/index.t
 import { writeSparse, writeSparseSync } from '../apply/fsops.ts';
 import { DeltaError } from './errors.ts';
 import { forEachBounded } from '../../util/semaphore.ts';
+import { BufferPool } from '../../util/buffer-pool.ts';
 import { ByteBudget } from '../../util/byte-budget.ts';
 import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
 
@@ -180,35 +181,14 @@ function decodeVerified(e: TreeEntry, frames: Buffer): Buffer {
 }
 
 /**
- * The buffers requests read their spans into, used again by the next request. A span lives
- * while its response streams in (many event-loop turns), so a fresh buffer per request ends up
- * in V8's old generation, and garbage there is only collected once tens of MiB of it have
- * accumulated: a first install of the bench's Debian tree (211 MiB in 4 MiB spans) held over
- * 50 MiB of dead spans. At most `keep` buffers are kept, each as large as the largest span it held.
+ * The buffers requests read their spans into are used again by the next request (a BufferPool
+ * per download, keeping what `concurrency` spans of maxSpan need). A span lives while
+ * its response streams in (many event-loop turns), so a fresh buffer per request ends up in V8's
+ * old generation, and garbage there is only collected once tens of MiB of it have accumulated:
+ * a first install of the bench's Debian tree (211 MiB in 4 MiB spans) held over 50 MiB of dead
+ * spans.
  */
-export class SpanBuffers {
-  readonly #free: Buffer[] = [];
-  readonly #keep: number;
-  constructor(keep: number) {
-    this.#keep = keep;
-  }
-  /** A buffer of at least `size` bytes (its contents are garbage). */
-  take(size: number): Buffer {
-    const i = this.#free.findIndex((b) => b.length >= size);
-    if (i >= 0) return this.#free.splice(i, 1)[0]!;
-    // None large enough: a new one, replacing the smallest free one.
-    this.#free.sort((a, b) => a.length - b.length).shift();
-    return Buffer.allocUnsafe(size);
-  }
-  /** Give `buf` back; nothing may use it afterwards. */
-  give(buf: Buffer): void {
-    if (this.#free.length < this.#keep) this.#free.push(buf);
-  }
-  /** Buffers waiting to be used again. */
-  get free(): number {
-    return this.#free.length;
-  }
-}
+const SPAN_POOL_MIN = 64 * 1024;
 
 /** A response body of exactly `size` bytes (expected), read into `buf`; fewer if the body is short. */
 async function collect(s: Readable, size: number, onBytes: (n: number) => void, buf: Buffer): Promise<Buffer> {
@@ -302,7 +282,7 @@ async function fetchOne(
   maxSpan: number,
   signal: AbortSignal,
   count: (n: number) => void,
-  spans: SpanBuffers,
+  spans: BufferPool,
 ): Promise<number> {
   const desc = layers[r.layer];
   if (!desc) throw new DeltaError('DELTA_CONTENT_MISSING', `layer ${r.layer + 1} is not in the manifest`);
@@ -376,7 +356,7 @@ export async function downloadRanges(
   };
   const budget = new ByteBudget(opts.memoryBudget ?? DEFAULT_MEMORY_BUDGET);
   const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
-  const spans = new SpanBuffers(concurrency);
+  const spans = new BufferPool(SPAN_POOL_MIN, concurrency * maxSpan);
   await forEachBounded(
     ranges,
     concurrency,
