@@ -239,6 +239,18 @@ describe('layer: zstd:chunked layers and their table of contents', function () {
     for (const len of [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4099]) {
       const data = Buffer.from(Array.from({ length: len }, () => rnd(256)));
       assert.equal(new Crc64().update(data).digest().toString('hex'), reference(data), `${len} bytes`);
+      assert.equal(
+        new Crc64(false).update(data).digest().toString('hex'),
+        reference(data),
+        `${len} bytes, no word loads`,
+      );
+      // Word loads start at a 4-byte boundary of the underlying memory, whatever the view's offset.
+      for (let shift = 1; shift < 4; shift++) {
+        const moved = Buffer.alloc(len + 4).fill(0xa5);
+        data.copy(moved, shift);
+        const view = moved.subarray(shift, shift + len);
+        assert.equal(new Crc64().update(view).digest().toString('hex'), reference(data), `${len} bytes at +${shift}`);
+      }
       const c = new Crc64();
       for (let i = 0; i < len;) {
         const n = 1 + rnd(20);
