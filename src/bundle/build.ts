@@ -21,7 +21,7 @@ import { decompressStream } from '../layer/decompress.ts';
 import { BuildError, treePath } from './errors.ts';
 import { contentFile, mtimeParts, type TreeEntry } from '../layer/entry.ts';
 import { parentOf } from '../layer/paths.ts';
-import { DEFAULT_LAYERS, MAX_LAYERS, planLayers } from './layers.ts';
+import { DEFAULT_LAYERS, largestFirst, MAX_LAYERS, planLayers } from './layers.ts';
 import { writeLayerContent, type LayerCompression, type LayerResult } from './layer-writer.ts';
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
 import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
@@ -264,37 +264,35 @@ export async function buildBundle(
     const osRelease = await readTreeOsRelease(tree);
     const plan = planLayers(tree, nLayers);
     // Layers are independent: while one layer's files are read and hashed on this thread,
-    // another's compression runs in the thread pool. One layer per core at a time; then the
-    // layers are finished one by one (writeLayerContent says why).
+    // another's compression runs in the thread pool. One layer's content per core at a time,
+    // the largest first (it is the longest job; the small ones fill the other core around it).
+    // A layer is finished (its TOC compressed, one at a time: writeLayerContent says why) as
+    // soon as its content is written, while the content of the next runs.
     const cores = new Semaphore(Math.min(availableParallelism(), 4));
-    const written = await Promise.allSettled(
-      plan.map((layerEntries, i) =>
-        cores.run(() =>
-          writeLayerContent(layerEntries, join(tmp, `layer-${i}`), {
-            compression,
-            level: opts.level,
-            signal: opts.signal,
-          }),
-        ),
+    const results: LayerResult[] = [];
+    const order = largestFirst(plan);
+    const contents = order.map((i) =>
+      cores.run(() =>
+        writeLayerContent(plan[i]!, join(tmp, `layer-${i}`), {
+          compression,
+          level: opts.level,
+          signal: opts.signal,
+        }),
       ),
     );
-    const unfinished = written.flatMap((w) => (w.status === 'fulfilled' ? [w.value] : []));
-    const failed = written.find((w) => w.status === 'rejected');
-    if (failed) {
-      for (const u of unfinished) u.abort();
-      throw failed.reason;
-    }
-    const layers: LayerResult[] = [];
-    for (const [i, u] of unfinished.entries()) {
-      const r = await u.finish().catch((e: unknown) => {
-        for (const rest of unfinished.slice(i + 1)) rest.abort();
-        throw e;
-      });
+    const allWritten = Promise.allSettled(contents);
+    const settled = await Promise.allSettled(
+      order.map(async (i, k) => {
+        results[i] = await (await contents[k]!).finish(allWritten);
+      }),
+    );
+    const failed = settled.find((w) => w.status === 'rejected');
+    if (failed) throw failed.reason;
+    const layers = plan.map((_, i) => results[i]!);
+    for (const [i, r] of layers.entries())
       progress(
         `layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`,
       );
-      layers.push(r);
-    }
 
     // 4. Config and manifest.
     const labels: Record<string, string> = {};

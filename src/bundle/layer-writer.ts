@@ -175,7 +175,11 @@ class BlobFile {
  * tar-split and footer of zstd:chunked) and closes the file, abort() just closes it.
  */
 export interface UnfinishedLayer {
-  finish(): Promise<LayerResult>;
+  /**
+   * `othersWritten`: resolves once the other layers' content is written. A large TOC is not
+   * compressed before (see LARGE_TOC), so its level-19 tables never sit beside their contexts.
+   */
+  finish(othersWritten?: Promise<unknown>): Promise<LayerResult>;
   abort(): void;
 }
 
@@ -189,10 +193,10 @@ export async function writeLayer(
 }
 
 /**
- * The first part of writeLayer: every entry written. A build writes all its layers' content
- * first and finishes them after, one at a time: a zstd:chunked TOC is compressed at level 19,
- * whose tables (sized to the TOC: ~35 MiB for the bench's largest layer) then never sit beside
- * the compression contexts of layers still being written.
+ * The first part of writeLayer: every entry written. A build finishes each layer once its
+ * content is written, while other layers' content is still being written: the TOCs are
+ * compressed at level 19, one at a time, the large ones only once no other layer's content is
+ * being written (UnfinishedLayer.finish).
  */
 export async function writeLayerContent(
   entries: readonly TreeEntry[],
@@ -365,10 +369,16 @@ const zstdCompressAsync = promisify(zstdCompress);
 /** zstd contexts per layer: layers are written a few at a time too (build.ts), so a few suffice. */
 const FRAME_CONTEXTS = 3;
 /** Input bytes of a layer's pending frames (above it, the next file is read when one is written). */
-const PENDING_BYTES = 8 * 1024 * 1024;
+const PENDING_BYTES = 4 * 1024 * 1024;
 /** Read buffers for small files, shared by the layers being written. */
-const readBuffers = new BufferPool(64 * 1024, 8 * 1024 * 1024);
+const readBuffers = new BufferPool(64 * 1024, 4 * 1024 * 1024);
 /** One TOC is compressed at a time (see writeLayerContent), also when layers are finished at once. */
+/**
+ * A TOC JSON above this size waits for the other layers' content (UnfinishedLayer.finish): its
+ * level-19 tables grow with it (a 1.2 MiB TOC: ~35 MiB), while those of the smaller TOCs (a few
+ * MiB) may sit beside the contexts of layers still being written.
+ */
+const LARGE_TOC = 512 * 1024;
 const tocTurn = new Semaphore(1);
 
 async function writeZstdChunked(
@@ -476,17 +486,19 @@ async function writeZstdChunked(
   }
   const splitData = Buffer.concat(splitChunks);
   toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
-  const finish = async (): Promise<LayerResult> => {
-    const json = encodeToc(toc);
+  const finish = async (othersWritten?: Promise<unknown>): Promise<LayerResult> => {
     // Every device that updates by file fetches the TOCs: level 19 makes them ~16% smaller for ~2 s of CPU per
     // build of the bench trees (bench/README.md).
-    const compressed = await tocTurn.run(() =>
-      zstdCompressAsync(json, {
+    const json = encodeToc(toc);
+    if (json.length > LARGE_TOC) await othersWritten;
+    const compressed = await tocTurn.run(async () => {
+      const compressed = await zstdCompressAsync(json, {
         params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL },
         // A known size lets zstd size its tables to the TOC, not to level 19's defaults (~100 MiB).
         pledgedSrcSize: json.length,
-      }),
-    );
+      });
+      return compressed;
+    });
     const tocOffset = out.size + SKIPPABLE_HEADER;
     out.write(skippableFrame(compressed));
     const splitOffset = out.size + SKIPPABLE_HEADER;
@@ -524,9 +536,9 @@ async function writeZstdChunked(
     };
   };
   return {
-    finish: async () => {
+    finish: async (othersWritten) => {
       try {
-        return await finish();
+        return await finish(othersWritten);
       } catch (err) {
         closeQuietly(out.fd);
         throw err;

@@ -77,3 +77,14 @@ export function planLayers(entries: readonly TreeEntry[], n: number): TreeEntry[
   for (const e of sorted.toReversed()) if (e.type === 'dir' && !held.has(e.path)) place(e, assign(e));
   return members.map((m) => sorted.filter((e) => m.has(e.path))).filter((l) => l.length > 0);
 }
+
+/**
+ * The order in which to write the layers of a plan (their indexes): the most content bytes
+ * first, ties by index. The largest layer is the longest job; started first, the small ones
+ * fill the other cores around it instead of leaving it to run alone at the end. The bytes of a
+ * layer do not depend on when it is written.
+ */
+export function largestFirst(plan: readonly (readonly TreeEntry[])[]): number[] {
+  const bytes = plan.map((layer) => layer.reduce((sum, e) => sum + (e.type === 'reg' ? e.size : 0), 0));
+  return plan.map((_, i) => i).sort((a, b) => bytes[b]! - bytes[a]! || a - b);
+}
