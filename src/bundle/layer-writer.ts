@@ -76,10 +76,10 @@ function changed(e: TreeEntry, why: string): BuildError {
 const STREAM_PIECE = 1024 * 1024;
 
 /**
- * The content of a large file in pieces read into `piece` (each valid until the next is asked
- * for): exactly e.size bytes, or an error.
+ * The content of a large file in pieces read into the `buffers` in turn (each piece valid until
+ * `buffers.length` more are asked for): exactly e.size bytes, or an error.
  */
-function* filePieces(e: TreeEntry, piece: Buffer): Generator<Buffer> {
+function* filePieces(e: TreeEntry, buffers: readonly Buffer[]): Generator<Buffer> {
   if (e.content && 'data' in e.content) {
     if (e.content.data.length !== e.size) throw changed(e, 'size');
     yield e.content.data;
@@ -88,7 +88,8 @@ function* filePieces(e: TreeEntry, piece: Buffer): Generator<Buffer> {
   const { c, fd } = openContent(e);
   try {
     let got = 0;
-    while (got < e.size) {
+    for (let k = 0; got < e.size; k++) {
+      const piece = buffers[k % buffers.length]!;
       let n: number;
       try {
         n = readSync(fd, piece, 0, Math.min(piece.length, e.size - got), c.offset + got);
@@ -335,7 +336,10 @@ class OrderedFrames {
     for (const c of chunks) this.#out.write(c);
     first.written?.(start, this.#out.size);
   }
-  /** One large frame streamed straight into the blob, after everything queued before it; `written` as for add(). */
+  /**
+   * One large frame streamed straight into the blob, after everything queued before it; `written`
+   * as for add(). A piece must stay unchanged until the one after it has been taken.
+   */
   async stream(
     pieces: Iterable<Buffer> | AsyncIterable<Buffer>,
     written: (start: number, end: number) => void,
@@ -344,7 +348,15 @@ class OrderedFrames {
     await this.#onNextContext(async (f) => {
       const start = this.#out.size;
       f.sink = (b) => this.#out.write(b);
-      for await (const p of pieces) await f.write(p);
+      // One piece in the compressor while the next is read and hashed (two read buffers).
+      let taking: Promise<void> | undefined;
+      for await (const p of pieces) {
+        const next = f.write(p);
+        next.catch(() => undefined); // thrown where it is awaited
+        await taking;
+        taking = next;
+      }
+      await taking;
       await f.endFrame();
       written(start, this.#out.size);
     });
@@ -446,11 +458,12 @@ async function writeZstdChunked(
             readBuffers.give(into);
           });
         } else {
-          // One read buffer for the whole file: the compressor has taken a piece in before the
-          // next is read (ZstdFramer.write), so a large file leaves no garbage behind.
-          const piece = readBuffers.take(STREAM_PIECE);
+          // Two read buffers for the whole file: one piece is read and hashed while the
+          // compressor takes the other in (OrderedFrames.stream), and a large file leaves no
+          // garbage behind.
+          const buffers = [readBuffers.take(STREAM_PIECE), readBuffers.take(STREAM_PIECE)];
           const hashed = (function* () {
-            for (const p of filePieces(e, piece)) {
+            for (const p of filePieces(e, buffers)) {
               fileHash.update(p);
               crc.update(p);
               tar.update(p);
@@ -460,7 +473,7 @@ async function writeZstdChunked(
           try {
             await frames.stream(hashed, setOffsets);
           } finally {
-            readBuffers.give(piece);
+            for (const b of buffers) readBuffers.give(b);
           }
         }
         split.file(tarName(e), e.size, crc.digest());
@@ -580,7 +593,7 @@ async function writeGzip(entries: readonly TreeEntry[], file: string, opts: Laye
       if (e.type === 'reg' && e.size > 0) {
         const piece = readBuffers.take(STREAM_PIECE);
         try {
-          for (const p of filePieces(e, piece)) await putPiece(p);
+          for (const p of filePieces(e, [piece])) await putPiece(p);
         } finally {
           readBuffers.give(piece);
         }

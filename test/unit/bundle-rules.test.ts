@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { isDeepStrictEqual } from 'node:util';
 import type { TreeEntry } from '../../src/layer/entry.ts';
-import { groupOf, layerOfGroup, planLayers } from '../../src/bundle/layers.ts';
+import { groupOf, largestFirst, layerOfGroup, planLayers } from '../../src/bundle/layers.ts';
 import { parseOsRelease } from '../../src/bundle/os-release.ts';
 import { applyTreeRules, TMPFILES_CONF } from '../../src/bundle/rules.ts';
 import { isTiuError } from '../../src/errors.ts';
@@ -248,6 +248,19 @@ describe('bundle layers', function () {
     const layers = planLayers(t, 16);
     const holder = layers.find((l) => l.some((x) => x.path === 'usr/bin/a'))!;
     assert.ok(holder.some((x) => x.path === 'usr/share/factory/var/z' && x.type === 'hardlink'));
+  });
+
+  it('writes the layers with the most content bytes first, ties in layer order, directories and links weigh nothing', function () {
+    const file = (p: string, size: number) => e(p, { type: 'reg', size });
+    const plan = [
+      [e('a/', {}), file('a/x', 10)],
+      [file('b/x', 300), e('b/l', { type: 'hardlink', linkname: 'b/x', size: 300 })],
+      [file('c/x', 10)],
+      [e('d/', {}), e('d/y', { type: 'symlink', linkname: 'x' })],
+      [file('e/x', 200), file('e/y', 200)],
+    ];
+    assert.deepEqual(largestFirst(plan), [4, 1, 0, 2, 3]);
+    assert.deepEqual(largestFirst([]), []);
   });
 });
 
