@@ -3,7 +3,7 @@
  * (GET/HEAD/PUT/DELETE), tags, blobs (GET with resume, HEAD, ranges, uploads, mounts) and the
  * referrers API. Mirrors, fallbacks and the Target shape are in target.ts.
  */
-import { Readable, Transform } from 'node:stream';
+import { Readable, Transform, type Writable } from 'node:stream';
 import { TiuError } from '../../errors.ts';
 import { NotFoundError, RangeUnsupportedError } from '../../content/errors.ts';
 import { ManifestTooLargeError, parseIndexBytes, readAllCapped } from '../../oci/validate.ts';
@@ -12,7 +12,8 @@ import { isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediaty
 import type { Descriptor, Digest } from '../../oci/types.ts';
 import { pullScope, pushScope } from './auth.ts';
 import { AbortedError, DeniedError, UnexpectedStatusError, UnreachableError } from './errors.ts';
-import { backoffMs, bodyExcerpt, headerOne, isConnectionFailure, readBody, type HttpResponse } from './http.ts';
+import { backoffMs, bodyExcerpt, headerOne, isConnectionFailure, readBody, type BodyWriter, type HttpResponse } from './http.ts';
+import { RingWriter } from '../../util/ring-writer.ts';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { RegistrySession } from './session.ts';
 
@@ -38,7 +39,7 @@ interface SendOptions {
   path: string | URL;
   scopes: string[];
   headers?: Record<string, string>;
-  body?: Buffer | Readable;
+  body?: Buffer | Readable | BodyWriter;
   signal?: AbortSignal | undefined;
   followRedirects?: boolean;
   noRetry?: boolean;
@@ -527,19 +528,22 @@ export class RepositoryClient {
       verified.once('end', resolve);
       verified.once('close', resolve);
     });
-    let body: Readable = verified;
-    if (opts.onBytes) {
-      const on = opts.onBytes;
-      body = verified.pipe(
-        new Transform({
-          transform(chunk: Buffer, _e, cb) {
-            on(chunk.length);
-            cb(null, chunk);
-          },
-        }),
-      );
-      verified.on('error', (e) => body.destroy(e));
-    }
+    // The request takes the blob from buffers of the sender's own (ring-writer.ts), each reused
+    // once the socket has written it: what the source hands over dies young, and the bytes
+    // waiting for the socket are bounded whatever the blob's size.
+    const body: BodyWriter = async (req) => {
+      const ring = new RingWriter(async (bytes) => {
+        await writeTo(req, bytes);
+        opts.onBytes?.(bytes.length);
+      });
+      try {
+        for await (const chunk of verified) await ring.write(chunk as Buffer);
+      } catch (e) {
+        await ring.abort(e);
+        throw e;
+      }
+      await ring.end();
+    };
     const headers: Record<string, string> = { 'content-type': 'application/octet-stream', 'content-length': String(desc.size) };
     if (desc.size > 0) headers['content-range'] = `0-${desc.size - 1}`;
     const res = await this.#send({ method: 'PATCH', path: upload, scopes, headers, body, signal: opts.signal, noRetry: true, what, expectedBytes: desc.size });
@@ -645,6 +649,23 @@ export class RepositoryClient {
     if (pendingLen > 0) await flush();
     return upload;
   }
+}
+
+/**
+ * Write `bytes` into a request body; settles once the socket is done with them (the callback
+ * of the write) or the request has closed, so that the caller may reuse the buffer.
+ */
+function writeTo(req: Writable, bytes: Buffer): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (req.destroyed) return reject(new Error('the request closed before its body was sent'));
+    const closed = (): void => reject(new Error('the request closed before its body was sent'));
+    req.once('close', closed);
+    req.write(bytes, (err) => {
+      req.off('close', closed);
+      if (err) reject(err);
+      else resolve();
+    });
+  });
 }
 
 /** Times a streamed upload is started again from a fresh stream (PushOptions.reopen). */
