@@ -44,6 +44,7 @@ import {
 import { fsyncDir, fsyncFile, writeFileAtomic } from '../util/atomic.ts';
 import { RingWriter } from '../util/ring-writer.ts';
 import { InvalidTagError, NotFoundError } from './errors.ts';
+import type { BlobReader } from './blob-reader.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
 import { withLock } from './lock.ts';
 import { checkRange } from './range.ts';
@@ -200,6 +201,21 @@ export class OciLayoutTarget implements Target {
       if (errno(e) === 'ENOENT') throw new NotFoundError(`blob ${desc.digest}`, this.name);
       throw e;
     }
+  }
+
+  async openBlob(desc: Descriptor, _opts?: FetchOptions): Promise<BlobReader> {
+    const path = this.blobPath(desc.digest);
+    let fh: FileHandle;
+    try {
+      fh = await open(path, 'r');
+    } catch (e) {
+      if (errno(e) === 'ENOENT') throw new NotFoundError(`blob ${desc.digest}`, this.name);
+      throw e;
+    }
+    return {
+      read: async (into) => (await fh.read(into, 0, into.length, null)).bytesRead,
+      close: () => fh.close(),
+    };
   }
 
   async fetchRange(desc: Descriptor, start: number, end: number, _opts?: FetchOptions): Promise<Readable> {

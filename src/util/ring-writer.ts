@@ -40,6 +40,8 @@ export class RingWriter {
   #taken = 0;
   #failure: { error: unknown } | undefined;
   #released = false;
+  /** A fill() is reading into the current buffer: it must not go back to the pool under it. */
+  #reading = false;
 
   /**
    * `sink` is called with each filled buffer (the last one possibly short), in order; the buffer
@@ -69,6 +71,27 @@ export class RingWriter {
       off += n;
       if (this.#fill === this.#slotSize) this.#flush();
     }
+  }
+
+  /**
+   * Read straight into the buffer being filled (a file: no copy, no allocation per chunk):
+   * `read` gets its free part and returns how many bytes it put there, 0 at the end.
+   */
+  async fill(read: (into: Buffer) => Promise<number>): Promise<number> {
+    this.#throwIfFailed();
+    this.#current ??= await this.#take();
+    const buf = this.#current;
+    this.#reading = true;
+    let n: number;
+    try {
+      n = await read(buf.subarray(this.#fill));
+    } finally {
+      this.#reading = false;
+    }
+    this.#throwIfFailed();
+    this.#fill += n;
+    if (this.#fill === this.#slotSize) this.#flush();
+    return n;
   }
 
   /** Hand over what is left and wait for the sink to finish everything; throws its first failure. */
@@ -133,7 +156,7 @@ export class RingWriter {
   #release(): void {
     this.#released = true;
     for (const b of this.#free.splice(0)) this.#pool.give(b);
-    if (this.#current) this.#pool.give(this.#current);
+    if (this.#current && !this.#reading) this.#pool.give(this.#current);
     this.#current = undefined;
   }
 }
