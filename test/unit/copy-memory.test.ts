@@ -177,6 +177,7 @@ async function writtenFrom(dir: string, fn: () => Promise<void>): Promise<Set<Ar
   const proto = Object.getPrototypeOf(probe) as FileHandle;
   await probe.close();
   const seen = new Set<ArrayBufferLike>();
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- put back as they were, and called with .call
   const { write, writev } = proto;
   proto.write = function (this: FileHandle, buf: unknown, ...rest: unknown[]) {
     if (ArrayBuffer.isView(buf) && buf.byteLength > 0) seen.add(buf.buffer);
