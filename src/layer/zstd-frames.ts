@@ -69,7 +69,7 @@ export const SYNC_OUTPUT_MAX = 16 * 1024 * 1024;
  * of the caller's (zstdDecompressSync returns a new Buffer; a stream allocates each `chunkSize`
  * output chunk), so the output of a frame is a new Buffer; its input need not be.
  */
-export const frameBuffers = new BufferPool(64 * 1024, 4 * SYNC_FRAME_MAX);
+export const frameBuffers = new BufferPool(64 * 1024, 2 * SYNC_FRAME_MAX);
 
 /** `pieces` copied one after another into `into` (which holds at least `size` bytes). */
 function gather(pieces: Buffer[], size: number, into: Buffer): Buffer {
