@@ -16,6 +16,9 @@ import type { Toc, TocEntry } from '../../layer/toc.ts';
 export type ChunkedToc = Toc;
 export type ChunkedTocEntry = TocEntry;
 
+/** The xattrs of every entry without any (frozen: nothing adds to it). */
+const NO_XATTRS: Record<string, Buffer> = Object.freeze({});
+
 export const EMPTY_SHA256 = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
 const TYPES: Record<string, EntryType> = {
@@ -46,10 +49,21 @@ export function parseTimeNs(s: string | undefined, name: string): bigint {
   return BigInt(secs) * 1_000_000n + frac;
 }
 
-export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
-  if (!toc || !Array.isArray(toc.entries)) throw new BadEntryError('(toc)', 'no entries array');
-  const out: TreeEntry[] = [];
-  for (const t of toc.entries) {
+/**
+ * One layer's entries from its TOC entries, taken one at a time in TOC order (`chunk` entries
+ * widen the file before them), so a reader never needs the whole parsed TOC.
+ */
+export class LayerEntries {
+  readonly entries: TreeEntry[] = [];
+  readonly #layer: number;
+
+  constructor(layer: number) {
+    this.#layer = layer;
+  }
+
+  add(t: TocEntry): void {
+    const out = this.entries;
+    const layer = this.#layer;
     if (typeof t?.name !== 'string' || typeof t.type !== 'string')
       throw new BadEntryError(String(t?.name), 'entry without name or type');
     if (t.type === 'chunk') {
@@ -63,12 +77,13 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
       if (src.endOffset === undefined || off !== src.endOffset || end < off)
         throw new BadEntryError(t.name, 'chunk frames are not contiguous');
       src.endOffset = end;
-      continue;
+      return;
     }
     const type = TYPES[t.type];
     if (!type) throw new BadEntryError(t.name, `unknown entry type ${JSON.stringify(t.type)}`);
     const path = normalizeEntryPath(t.name);
-    const xattrs: Record<string, Buffer> = {};
+    // Most entries have none: they share one frozen object (tens of bytes apiece on a 45k-entry tree).
+    const xattrs: Record<string, Buffer> = t.xattrs && Object.keys(t.xattrs).length ? {} : NO_XATTRS;
     for (const [k, v] of Object.entries(t.xattrs ?? {})) {
       if (typeof v !== 'string')
         throw new BadEntryError(t.name, `xattr ${JSON.stringify(k.slice(0, 100))} is not base64 text`);
@@ -108,5 +123,11 @@ export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
     }
     out.push(e);
   }
-  return out;
+}
+
+export function tocToEntries(toc: Toc, layer: number): TreeEntry[] {
+  if (!toc || !Array.isArray(toc.entries)) throw new BadEntryError('(toc)', 'no entries array');
+  const out = new LayerEntries(layer);
+  for (const t of toc.entries) out.add(t);
+  return out.entries;
 }
