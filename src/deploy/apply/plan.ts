@@ -7,7 +7,7 @@ import { devMajor, devMinor, implicitDir, showPath } from '../../layer/entry.ts'
 import { UnsafePathError } from './errors.ts';
 import { sameTime } from './fsops.ts';
 import { comparePaths, isAtOrBelow, parentOf } from '../../layer/paths.ts';
-import type { ContentHasher } from './scan.ts';
+import { pathsOfSize, type ContentHasher } from './scan.ts';
 import { findInSources, type ContentSource } from './sources.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
 import { emptyCounter } from './types.ts';
@@ -172,7 +172,7 @@ export async function planApply(
         const replace = !!x;
         if (e.size > 0) {
           let from: string | undefined;
-          for (const c of old.bySize.get(e.size) ?? []) {
+          for (const c of pathsOfSize(old, e.size)) {
             if ((await hasher.digestOf(old.entries.get(c)!)) === digest) {
               from = c;
               break;

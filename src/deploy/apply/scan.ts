@@ -13,7 +13,7 @@
  * once each.
  */
 import { createHash } from 'node:crypto';
-import { lstat, open, readFile, rename, writeFile } from 'node:fs/promises';
+import { lstat, open, readFile, rename } from 'node:fs/promises';
 import { constants, lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import { readTreeXattrs } from '../../host/xattr.ts';
 import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
@@ -113,15 +113,16 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
 }
 
 export function indexOldTree(root: string, entries: Map<string, ExistingEntry>): OldTree {
-  const bySize = new Map<number, string[]>();
+  const bySize = new Map<number, string | string[]>();
   const byIno = new Map<bigint, string[]>();
   for (const e of entries.values()) {
     if (e.type !== 'reg') continue;
-    // A new list as a literal: `[]` then push() reserves 17 slots, ~150 bytes for the one path
-    // almost every inode and many sizes have.
     const s = bySize.get(e.size);
-    if (s) s.push(e.path);
-    else bySize.set(e.size, [e.path]);
+    if (s === undefined) bySize.set(e.size, e.path);
+    else if (typeof s === 'string') bySize.set(e.size, [s, e.path]);
+    else s.push(e.path);
+    if (e.nlink < 2) continue;
+    // A new list as a literal: `[]` then push() reserves 17 slots.
     const i = byIno.get(e.ino);
     if (i) i.push(e.path);
     else byIno.set(e.ino, [e.path]);
@@ -129,18 +130,83 @@ export function indexOldTree(root: string, entries: Map<string, ExistingEntry>):
   return { root, entries, bySize, byIno };
 }
 
+const NO_PATHS: readonly string[] = [];
+
+/** The regular files of `old` that have `size` bytes. */
+export function pathsOfSize(old: OldTree, size: number): readonly string[] {
+  const s = old.bySize.get(size);
+  return s === undefined ? NO_PATHS : typeof s === 'string' ? [s] : s;
+}
+
 /** Hashes of old-tree files, asked for lazily by the planner. */
 export interface ContentHasher {
   digestOf(e: ExistingEntry): Promise<string>;
 }
 
-interface IndexFile {
-  version: 1;
-  entries: Record<string, string>;
-}
+/**
+ * The saved index: `{"version":1,"entries":{"<ino>:<size>:<mtimeNs>:<ctimeNs>":"sha256:<hex>",...}}`,
+ * the JSON text JSON.stringify made of it before (keys are digits, `:` and `-`: nothing to escape).
+ */
+const INDEX_HEAD = '{"version":1,"entries":{';
+const INDEX_MEMBER = /"(\d+:\d+:-?\d+:-?\d+)":"(sha256:[0-9a-f]{64})"(,|\}\})/y;
 
 function keyOf(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): string {
   return `${e.ino}:${e.size}:${e.mtimeNs}:${e.ctimeNs}`;
+}
+
+const SHA256 = /^sha256:[0-9a-f]{64}$/;
+const DIGEST_BYTES = 32;
+
+/**
+ * sha256 digests by key, each as its 32 raw bytes in one growing Buffer, not as a 71-char
+ * string (~90 bytes) apiece: an index holds one per file of a snapshot, tens of thousands.
+ */
+class DigestTable {
+  readonly #slots = new Map<string, number>();
+  #bytes = Buffer.alloc(DIGEST_BYTES * 1024);
+
+  get size(): number {
+    return this.#slots.size;
+  }
+
+  /** `sha256:<hex>`, or undefined. */
+  get(key: string): string | undefined {
+    const at = this.#slots.get(key);
+    if (at === undefined) return undefined;
+    return 'sha256:' + this.#bytes.toString('hex', at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
+  }
+
+  /** `digest` must be `sha256:<64 lowercase hex>`. */
+  set(key: string, digest: string): void {
+    let at = this.#slots.get(key);
+    if (at === undefined) {
+      at = this.#slots.size;
+      if ((at + 1) * DIGEST_BYTES > this.#bytes.length) {
+        const grown = Buffer.alloc(this.#bytes.length * 2);
+        this.#bytes.copy(grown);
+        this.#bytes = grown;
+      }
+      this.#slots.set(key, at);
+    }
+    this.#bytes.write(digest.slice(7), at * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+  }
+
+  keys(): IterableIterator<string> {
+    return this.#slots.keys();
+  }
+
+  /** Keep only `keep`'s keys (slots are renumbered, the buffer shrinks to fit). */
+  retain(keep: ReadonlySet<string>): void {
+    const old = this.#bytes;
+    const kept = [...this.#slots].filter(([k]) => keep.has(k));
+    this.#slots.clear();
+    this.#bytes = Buffer.alloc(DIGEST_BYTES * Math.max(kept.length, 1024));
+    for (const [k, at] of kept) {
+      const to = this.#slots.size;
+      old.copy(this.#bytes, to * DIGEST_BYTES, at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
+      this.#slots.set(k, to);
+    }
+  }
 }
 
 /** sha256 of a file, reading it without following a symlink at its place. */
@@ -161,7 +227,7 @@ export async function hashFile(abs: PathLike): Promise<string> {
  */
 export class ContentIndex implements ContentHasher {
   readonly root: string;
-  readonly #known = new Map<string, string>();
+  readonly #known = new DigestTable();
   /** Keys whose digest this process read from the file itself (not loaded from a saved index). */
   readonly #hashedHere = new Set<string>();
   /** Files actually read to hash them (for reports and tests). */
@@ -172,23 +238,50 @@ export class ContentIndex implements ContentHasher {
     this.root = root;
   }
 
+  /**
+   * The index saved at `file`; empty when there is none or it is not exactly what `save`
+   * writes (it is only an accelerator). Read member by member from the text: JSON.parse made an
+   * object of every entry (~8 MB for a 45k-file tree) next to the table it was copied into.
+   */
   static async load(root: string, file: string): Promise<ContentIndex> {
     const idx = new ContentIndex(root);
+    let bytes: Buffer;
     try {
-      const j = JSON.parse(await readFile(file, 'utf8')) as IndexFile;
-      if (j?.version === 1 && j.entries && typeof j.entries === 'object') {
-        for (const [k, v] of Object.entries(j.entries))
-          if (typeof v === 'string' && /^sha256:[0-9a-f]{64}$/.test(v)) idx.#known.set(k, v);
-      }
+      bytes = await readFile(file);
     } catch {
-      // No or unreadable cache: start empty, it is only an accelerator.
+      return idx;
     }
-    return idx;
+    const text = bytes.toString('latin1');
+    if (!text.startsWith(INDEX_HEAD)) return idx;
+    if (text === INDEX_HEAD + '}}') return idx;
+    INDEX_MEMBER.lastIndex = INDEX_HEAD.length;
+    for (;;) {
+      const m = INDEX_MEMBER.exec(text);
+      if (!m) return new ContentIndex(root);
+      // The key copied out of the file's bytes: a match of `text` would keep all of it alive.
+      idx.#known.set(bytes.toString('latin1', m.index + 1, m.index + 1 + m[1]!.length), m[2]!);
+      if (m[3] === '}}') return INDEX_MEMBER.lastIndex === text.length ? idx : new ContentIndex(root);
+    }
   }
 
+  /** The file is written in pieces: one object or string of every entry would be tens of MB at once. */
   async save(file: string): Promise<void> {
-    const body: IndexFile = { version: 1, entries: Object.fromEntries(this.#known) };
-    await writeFile(file + '.tmp', JSON.stringify(body));
+    const fh = await open(file + '.tmp', 'w');
+    try {
+      let piece = INDEX_HEAD;
+      let first = true;
+      for (const k of this.#known.keys()) {
+        piece += `${first ? '' : ','}"${k}":"${this.#known.get(k)!}"`;
+        first = false;
+        if (piece.length >= 64 * 1024) {
+          await fh.write(piece);
+          piece = '';
+        }
+      }
+      await fh.write(piece + '}}');
+    } finally {
+      await fh.close();
+    }
     await rename(file + '.tmp', file);
   }
 
@@ -198,14 +291,14 @@ export class ContentIndex implements ContentHasher {
 
   /** Record a known digest (the executor does this for everything it writes, from the TOC). */
   remember(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): void {
-    this.#known.set(keyOf(e), digest);
+    if (SHA256.test(digest)) this.#known.set(keyOf(e), digest);
   }
 
   /** Drop everything except these keys (after an apply, only the new tree's files matter). */
   retainOnly(keep: Iterable<Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>>): void {
     const ks = new Set<string>();
     for (const e of keep) ks.add(keyOf(e));
-    for (const k of [...this.#known.keys()]) if (!ks.has(k)) this.#known.delete(k);
+    this.#known.retain(ks);
   }
 
   async digestOf(e: ExistingEntry): Promise<string> {

@@ -57,8 +57,20 @@ export class LayerEntries {
   readonly entries: TreeEntry[] = [];
   readonly #layer: number;
 
+  /** The last modtime read and its value: files of a package share one, and a BigInt is 24 bytes. */
+  #lastModtime: string | undefined;
+  #lastMtimeNs = 0n;
+
   constructor(layer: number) {
     this.#layer = layer;
+  }
+
+  #mtimeOf(modtime: string | undefined, name: string): bigint {
+    if (modtime !== this.#lastModtime) {
+      this.#lastMtimeNs = parseTimeNs(modtime, name);
+      this.#lastModtime = modtime;
+    }
+    return this.#lastMtimeNs;
   }
 
   add(t: TocEntry): void {
@@ -91,22 +103,36 @@ export class LayerEntries {
     }
     // Names from image data: refused while the TOC is read, before anything is written (XATTR_INVALID).
     checkXattrs(bbuf(path), xattrs);
-    const e: TreeEntry = {
+    const meta = {
       path,
       type,
       mode: nat(t.mode, t.name, 'mode') & 0o7777,
       uid: nat(t.uid, t.name, 'uid'),
       gid: nat(t.gid, t.name, 'gid'),
-      mtimeNs: parseTimeNs(t.modtime, t.name),
+      mtimeNs: this.#mtimeOf(t.modtime, t.name),
       xattrs,
       size: type === 'reg' ? nat(t.size, t.name, 'size') : 0,
     };
+    let e: TreeEntry = meta;
     if (type === 'reg') {
-      if (e.size === 0 && (t.digest === undefined || t.digest === '')) e.digest = EMPTY_SHA256;
+      let digest: string;
+      if (meta.size === 0 && (t.digest === undefined || t.digest === '')) digest = EMPTY_SHA256;
       else if (typeof t.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(t.digest))
         throw new BadEntryError(t.name, 'regular file without a sha256 digest');
-      else e.digest = t.digest;
-      e.source = { layer, offset: nat(t.offset, t.name, 'offset'), endOffset: nat(t.endOffset, t.name, 'endOffset') };
+      else digest = t.digest;
+      // In one literal: fields added later would move to a separate property array (~40 bytes a file).
+      e = {
+        path,
+        type,
+        mode: meta.mode,
+        uid: meta.uid,
+        gid: meta.gid,
+        mtimeNs: meta.mtimeNs,
+        xattrs,
+        size: meta.size,
+        digest,
+        source: { layer, offset: nat(t.offset, t.name, 'offset'), endOffset: nat(t.endOffset, t.name, 'endOffset') },
+      };
     }
     if (type === 'symlink') {
       if (typeof t.linkName !== 'string' || t.linkName === '')

@@ -30,9 +30,13 @@ export interface ExistingEntry {
 export interface OldTree {
   root: string;
   entries: Map<string, ExistingEntry>;
-  /** Regular files by size: the only candidates for a content match. */
-  bySize: Map<number, string[]>;
-  /** Paths by inode, for hardlink groups. */
+  /**
+   * Regular files by size: the only candidates for a content match. A size only one file has
+   * (most of them) maps to its path, not a list of one (~90 bytes less each): read it with
+   * `pathsOfSize` (scan.ts).
+   */
+  bySize: Map<number, string | string[]>;
+  /** Paths by inode of the files with more than one link (hardlink groups); a file with one link is in no group. */
   byIno: Map<bigint, string[]>;
 }
 
