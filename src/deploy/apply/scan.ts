@@ -19,7 +19,8 @@ import { readTreeXattrs } from '../../host/xattr.ts';
 import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
 import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
-import type { EntryType, ExistingEntry, OldTree } from './types.ts';
+import { ScanEntries } from './scan-entries.ts';
+import type { EntryType, ExistingEntry, OldTree, ScannedEntries } from './types.ts';
 import type { BigIntStats, PathLike } from 'node:fs';
 
 const SLASH = Buffer.from('/');
@@ -28,19 +29,7 @@ export function typeOfStats(st: BigIntStats): EntryType | 'other' {
   return fileTypeOf(st) ?? 'other';
 }
 
-/**
- * The xattrs of an entry the scan found none for (the scan assigns a new object when it finds
- * some, never adds to this one). One shared frozen object instead of ~56 bytes per entry.
- */
-const NO_XATTRS: Record<string, Buffer> = Object.freeze({});
-
-/**
- * One BigInt per value where a tree repeats it: every entry of a tree has the same `dev`, and
- * nearly all an `rdev` of 0 (each lstat returns new BigInts, ~24 bytes apiece).
- */
-let lastDev = 0n;
-const ZERO = 0n;
-
+/** One lstat result as an entry (the executor's look at a path; a scan keeps rows, scan-entries.ts). */
 export function existingFromStats(path: string, st: BigIntStats, linkname?: string): ExistingEntry {
   const e: ExistingEntry = {
     path,
@@ -52,10 +41,10 @@ export function existingFromStats(path: string, st: BigIntStats, linkname?: stri
     mtimeNs: st.mtimeNs,
     ctimeNs: st.ctimeNs,
     ino: st.ino,
-    dev: st.dev === lastDev ? lastDev : (lastDev = st.dev),
+    dev: st.dev,
     nlink: Number(st.nlink),
-    rdev: st.rdev === ZERO ? ZERO : st.rdev,
-    xattrs: NO_XATTRS,
+    rdev: st.rdev,
+    xattrs: {},
   };
   if (linkname !== undefined) e.linkname = linkname;
   return e;
@@ -78,8 +67,8 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
   }
   if (!rst.isDirectory()) throw new BadRootError(root, 'is not a directory (or is a symlink)');
   const preserve = opts.preserve ?? [];
-  const entries = new Map<string, ExistingEntry>();
-  entries.set('', existingFromStats('', rst));
+  const entries = new ScanEntries();
+  entries.addStats('', rst);
   // Synchronous calls: one lstat is a few microseconds, while a round trip through libuv's
   // thread pool per entry made the walk of a 13k-entry tree take over a second. The event
   // loop gets a turn every few hundred entries.
@@ -95,7 +84,7 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
       const abs = absOf(p);
       const st = lstatSync(abs, { bigint: true });
       const link = st.isSymbolicLink() ? bstr(readlinkSync(abs, { encoding: 'buffer' })) : undefined;
-      entries.set(p, existingFromStats(p, st, link));
+      entries.addStats(p, st, link);
       if (st.isDirectory() && !preserve.some((x) => isAtOrBelow(p, x))) stack.push(p);
       if (++sinceYield >= 500) {
         sinceYield = 0;
@@ -104,15 +93,12 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
     }
   }
   if (!opts.noXattrs) {
-    for (const [rel, xs] of await readTreeXattrs(root)) {
-      const e = entries.get(rel);
-      if (e) e.xattrs = Object.fromEntries(xs);
-    }
+    for (const [rel, xs] of await readTreeXattrs(root)) entries.setXattrs(rel, Object.fromEntries(xs));
   }
   return indexOldTree(root, entries);
 }
 
-export function indexOldTree(root: string, entries: Map<string, ExistingEntry>): OldTree {
+export function indexOldTree(root: string, entries: ScannedEntries): OldTree {
   const bySize = new Map<number, string | string[]>();
   const byIno = new Map<bigint, string[]>();
   for (const e of entries.values()) {

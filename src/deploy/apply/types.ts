@@ -27,9 +27,22 @@ export interface ExistingEntry {
   xattrs: Record<string, Buffer>;
 }
 
+/**
+ * The scan's entries by path: a Map in tests, compact rows from a real scan (scan-entries.ts),
+ * whose `get` makes a new object each time (don't keep it as the scan's identity).
+ */
+export interface ScannedEntries {
+  readonly size: number;
+  has(path: string): boolean;
+  get(path: string): ExistingEntry | undefined;
+  keys(): IterableIterator<string>;
+  values(): IterableIterator<ExistingEntry>;
+  [Symbol.iterator](): IterableIterator<[string, ExistingEntry]>;
+}
+
 export interface OldTree {
   root: string;
-  entries: Map<string, ExistingEntry>;
+  entries: ScannedEntries;
   /**
    * Regular files by size: the only candidates for a content match. A size only one file has
    * (most of them) maps to its path, not a list of one (~90 bytes less each): read it with
