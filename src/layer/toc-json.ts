@@ -42,19 +42,38 @@ const SIMPLE_ESCAPES: Record<number, string> = {
   0x74: '\t',
 };
 
+/** Thrown by a reader that is not final when a value runs past its bytes: the caller waits for more. */
+const INCOMPLETE = new Error('the JSON goes on in bytes not read yet');
+
 const NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
 
 /** A JSON reader over bytes whose strings come back as binary strings (see above). Errors are SyntaxErrors. */
 class TocJsonReader {
   readonly #b: Uint8Array;
+  /** All of the text is here (false: more may follow, and a value cut off by the end is INCOMPLETE, not an error). */
+  readonly #final: boolean;
+  /** Where `bytes` start in the document (for messages). */
+  readonly #base: number;
   #i = 0;
 
-  constructor(bytes: Uint8Array) {
+  constructor(bytes: Uint8Array, final = true, base = 0) {
     this.#b = bytes;
+    this.#final = final;
+    this.#base = base;
+  }
+
+  get pos(): number {
+    return this.#i;
+  }
+
+  /** The bytes end here: an error, or, while more may follow, INCOMPLETE. */
+  cutOff(why: string): never {
+    if (!this.#final) throw INCOMPLETE;
+    return this.fail(why);
   }
 
   fail(why: string): never {
-    throw new SyntaxError(`${why} at byte ${this.#i} of the JSON`);
+    throw new SyntaxError(`${why} at byte ${this.#base + this.#i} of the JSON`);
   }
 
   /** Skip whitespace; the next byte (-1 at the end). */
@@ -63,7 +82,9 @@ class TocJsonReader {
     let i = this.#i;
     while (i < b.length && (b[i] === 0x20 || b[i] === 0x0a || b[i] === 0x0d || b[i] === 0x09)) i++;
     this.#i = i;
-    return i < b.length ? b[i]! : -1;
+    if (i < b.length) return b[i]!;
+    if (!this.#final) throw INCOMPLETE;
+    return -1;
   }
 
   expect(ch: number): void {
@@ -141,7 +162,10 @@ class TocJsonReader {
 
   literal(word: string, v: boolean | null): boolean | null {
     const b = this.#b;
-    for (let k = 0; k < word.length; k++) if (b[this.#i + k] !== word.charCodeAt(k)) this.fail('unexpected token');
+    for (let k = 0; k < word.length; k++) {
+      if (this.#i + k >= b.length) this.cutOff('unexpected end of the JSON');
+      if (b[this.#i + k] !== word.charCodeAt(k)) this.fail('unexpected token');
+    }
     this.#i += word.length;
     return v;
   }
@@ -161,6 +185,8 @@ class TocJsonReader {
         b[i] === 0x45)
     )
       i++;
+    // A number that runs to the end may go on in the next bytes.
+    if (i === b.length && !this.#final) throw INCOMPLETE;
     const text = Buffer.from(b.buffer, b.byteOffset + start, i - start).toString('latin1');
     if (!NUMBER.test(text))
       this.fail(text === '' ? 'unexpected token' : `bad number ${JSON.stringify(text.slice(0, 40))}`);
@@ -193,7 +219,7 @@ class TocJsonReader {
     for (;;) {
       if (i >= b.length) {
         this.#i = i;
-        this.fail('unterminated string');
+        this.cutOff('unterminated string');
       }
       const c = b[i]!;
       if (c === QUOTE) break;
@@ -206,6 +232,11 @@ class TocJsonReader {
         continue;
       }
       out += raw(i);
+      // An escape is decided with its next 12 bytes at most (a surrogate pair): wait for them.
+      if (i + 12 > b.length) {
+        this.#i = i;
+        if (!this.#final) throw INCOMPLETE;
+      }
       const e = b[i + 1];
       if (e === 0x75) {
         let cp = this.hex4(i + 2);
@@ -248,46 +279,122 @@ export function parseTocJson(json: Uint8Array): unknown {
   return v;
 }
 
+type Stage = 'start' | 'firstKey' | 'key' | 'firstEntry' | 'entry' | 'afterEntry' | 'afterMember' | 'trailing' | 'done';
+
 /**
- * Read a TOC document `{..., "entries": [...], ...}` entry by entry: `onEntry` gets each element
- * of `entries` as soon as it is read (nothing keeps the array). `rest` is the other members
- * (`entries` among them only when it is not an array), or the document when it is not an
- * object; `entries` the number of elements, undefined without an array. Throws SyntaxError on
- * bad JSON, also after some entries went out.
+ * A TOC document `{..., "entries": [...], ...}` read from its bytes as they come (`push`, then
+ * `end`): `onEntry` gets each element of `entries` as soon as its last byte is there, and only
+ * the bytes of a value not yet complete are kept. Throws SyntaxError on bad JSON, also after
+ * some entries went out.
  */
-export function readTocJson(
-  json: Uint8Array,
-  onEntry: (entry: unknown, index: number) => void,
-): { rest: unknown; entries?: number } {
-  const r = new TocJsonReader(json);
-  if (r.peek() !== 0x7b) {
-    const v = r.value();
-    r.end();
-    return { rest: v };
+export class TocJsonStream {
+  readonly #onEntry: (entry: unknown, index: number) => void;
+  #pending: Buffer = Buffer.alloc(0);
+  /** Bytes of the document before `#pending`. */
+  #consumed = 0;
+  #stage: Stage = 'start';
+  #retryAt = 0;
+  #rest: Record<string, unknown> = {};
+  #entries: number | undefined;
+
+  constructor(onEntry: (entry: unknown, index: number) => void) {
+    this.#onEntry = onEntry;
   }
-  r.expect(0x7b);
-  const rest: Record<string, unknown> = {};
-  let entries: number | undefined;
-  if (!r.empty(0x7d)) {
-    do {
-      const k = r.key();
-      if (k !== 'entries' || r.peek() !== 0x5b) {
+
+  push(chunk: Buffer): void {
+    this.#pending = this.#pending.length ? Buffer.concat([this.#pending, chunk]) : chunk;
+    // A value cut off is read again from its start: only once its bytes doubled, so that a huge
+    // value costs linear, not quadratic, time.
+    if (this.#pending.length >= this.#retryAt) this.#run(false);
+  }
+
+  /**
+   * No more bytes: the rest of the document. `rest` is its other members (`entries` among them
+   * only when it is not an array); `entries` the number of elements, undefined without an array.
+   */
+  end(): { rest: Record<string, unknown>; entries?: number } {
+    this.#run(true);
+    return this.#entries === undefined ? { rest: this.#rest } : { rest: this.#rest, entries: this.#entries };
+  }
+
+  #run(final: boolean): void {
+    const r = new TocJsonReader(this.#pending, final, this.#consumed);
+    let done = 0;
+    try {
+      for (;;) {
+        this.#step(r);
+        done = r.pos;
+        if (this.#stage === 'done') break;
+      }
+    } catch (e) {
+      if (e !== INCOMPLETE) throw e;
+    }
+    this.#retryAt = 2 * (this.#pending.length - done);
+    this.#pending = this.#pending.subarray(done);
+    this.#consumed += done;
+  }
+
+  /** One step of the document; a step is redone from its start when its bytes were not all there. */
+  #step(r: TocJsonReader): void {
+    const rest = this.#rest;
+    switch (this.#stage) {
+      case 'start':
+        if (r.peek() !== 0x7b) r.fail('the document is not an object');
+        r.expect(0x7b);
+        this.#stage = 'firstKey';
+        return;
+      case 'firstKey':
+        this.#stage = r.empty(0x7d) ? 'trailing' : 'key';
+        return;
+      case 'key': {
+        const k = r.key();
+        if (k === 'entries' && r.peek() === 0x5b) {
+          if (this.#entries !== undefined) r.fail('a second "entries" array');
+          r.expect(0x5b);
+          delete rest.entries;
+          this.#entries = 0;
+          this.#stage = 'firstEntry';
+          return;
+        }
         const v = r.value();
+        // As JSON.parse: an own property even for "__proto__", the last of duplicate keys wins.
         if (k === '__proto__')
           Object.defineProperty(rest, k, { value: v, enumerable: true, writable: true, configurable: true });
         else rest[k] = v;
-        continue;
+        this.#stage = 'afterMember';
+        return;
       }
-      if (entries !== undefined) r.fail('a second "entries" array');
-      delete rest.entries;
-      r.expect(0x5b);
-      let n = 0;
-      if (!r.empty(0x5d))
-        do onEntry(r.value(), n++);
-        while (r.more(0x5d));
-      entries = n;
-    } while (r.more(0x7d));
+      case 'firstEntry':
+        this.#stage = r.empty(0x5d) ? 'afterMember' : 'entry';
+        return;
+      case 'entry': {
+        const v = r.value();
+        this.#stage = 'afterEntry';
+        this.#onEntry(v, this.#entries!++);
+        return;
+      }
+      case 'afterEntry':
+        this.#stage = r.more(0x5d) ? 'entry' : 'afterMember';
+        return;
+      case 'afterMember':
+        this.#stage = r.more(0x7d) ? 'key' : 'trailing';
+        return;
+      case 'trailing':
+        r.end();
+        this.#stage = 'done';
+        return;
+      case 'done':
+        return;
+    }
   }
-  r.end();
-  return entries === undefined ? { rest } : { rest, entries };
+}
+
+/** A whole TOC document read with TocJsonStream (see there). */
+export function readTocJson(
+  json: Uint8Array,
+  onEntry: (entry: unknown, index: number) => void,
+): { rest: Record<string, unknown>; entries?: number } {
+  const s = new TocJsonStream(onEntry);
+  s.push(Buffer.from(json.buffer, json.byteOffset, json.length));
+  return s.end();
 }

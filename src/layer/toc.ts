@@ -19,10 +19,11 @@
  * name that is not UTF-8 travels as its raw bytes.
  */
 import { sha256 } from '../oci/digest.ts';
-import { zstdDecompressSync } from 'node:zlib';
+import { createZstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { isTiuError } from '../errors.ts';
 import { LayerFormatError } from './errors.ts';
 import { mtimeParts, sortedXattrs, type EntryType, type TreeEntry } from './entry.ts';
-import { encodeTocJson, readTocJson } from './toc-json.ts';
+import { encodeTocJson, TocJsonStream } from './toc-json.ts';
 
 export const ZstdChunkedAnnotation = {
   ManifestChecksum: 'io.github.containers.zstd-chunked.manifest-checksum',
@@ -210,20 +211,75 @@ const STRING_FIELDS = ['linkName', 'modtime', 'digest', 'chunkDigest', 'chunkTyp
  * went out throws then: the caller uses what it collected only when this returns.
  */
 export function forEachTocEntry(json: Uint8Array, onEntry: (e: TocEntry, index: number) => void): Omit<Toc, 'entries'> {
-  let read: ReturnType<typeof readTocJson>;
+  const read = new TocReading(onEntry);
+  read.push(Buffer.from(json.buffer, json.byteOffset, json.length));
+  return read.end();
+}
+
+/**
+ * forEachTocEntry over the compressed TOC (verified by the caller against the manifest-checksum),
+ * decompressed piece by piece: not even the JSON bytes are held whole.
+ */
+export async function forEachCompressedTocEntry(
+  compressed: Buffer,
+  lengthUncompressed: number,
+  onEntry: (e: TocEntry, index: number) => void,
+): Promise<Omit<Toc, 'entries'>> {
+  const read = new TocReading(onEntry);
+  const z = createZstdDecompress();
+  z.end(compressed);
+  let total = 0;
   try {
-    read = readTocJson(json, (e, i) => onEntry(checkEntry(e, i), i));
+    for await (const chunk of z) {
+      total += (chunk as Buffer).length;
+      if (total > lengthUncompressed) break;
+      read.push(chunk as Buffer);
+    }
+  } catch (e) {
+    if (isTiuError(e)) throw e;
+    throw new LayerFormatError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
+  } finally {
+    z.destroy();
+  }
+  if (total !== lengthUncompressed)
+    throw new LayerFormatError(
+      'TOC_INVALID',
+      total > lengthUncompressed
+        ? `table of contents is larger than the ${lengthUncompressed} bytes its position declares`
+        : `table of contents is ${total} bytes, expected ${lengthUncompressed}`,
+    );
+  return read.end();
+}
+
+/** A TOC document read as its bytes come: entries checked one by one, then the rest. */
+class TocReading {
+  readonly #stream: TocJsonStream;
+
+  constructor(onEntry: (e: TocEntry, index: number) => void) {
+    this.#stream = new TocJsonStream((e, i) => onEntry(checkEntry(e, i), i));
+  }
+
+  push(bytes: Buffer): void {
+    notJson(() => this.#stream.push(bytes));
+  }
+
+  end(): Omit<Toc, 'entries'> {
+    const read = notJson(() => this.#stream.end());
+    const version = read.rest.version;
+    if (version !== 1) throw tocError(`version ${JSON.stringify(version)} is not 1`);
+    if (read.entries === undefined) throw tocError('no entries array');
+    return read.rest as unknown as Omit<Toc, 'entries'>;
+  }
+}
+
+function notJson<T>(f: () => T): T {
+  try {
+    return f();
   } catch (e) {
     if (e instanceof SyntaxError)
       throw new LayerFormatError('TOC_INVALID', `table of contents is not JSON: ${e.message}`);
     throw e;
   }
-  const t = read.rest;
-  if (typeof t !== 'object' || t === null || Array.isArray(t)) throw tocError('not an object');
-  const version = (t as Record<string, unknown>).version;
-  if (version !== 1) throw tocError(`version ${JSON.stringify(version)} is not 1`);
-  if (read.entries === undefined) throw tocError('no entries array');
-  return t as Omit<Toc, 'entries'>;
 }
 
 /**
@@ -250,6 +306,30 @@ export async function readTocJsonFromFooter(
   blobSize: number,
   annotations?: Record<string, string>,
 ): Promise<{ json: Buffer; compressed: Buffer }> {
+  const { compressed, lengthUncompressed } = await readCompressedToc(fetch, blobSize, annotations);
+  let json: Buffer;
+  try {
+    json = zstdDecompressSync(compressed, { maxOutputLength: Math.max(lengthUncompressed, 1) });
+  } catch (e) {
+    throw new LayerFormatError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
+  }
+  if (json.length !== lengthUncompressed)
+    throw new LayerFormatError(
+      'TOC_INVALID',
+      `table of contents is ${json.length} bytes, expected ${lengthUncompressed}`,
+    );
+  return { json, compressed };
+}
+
+/**
+ * The compressed TOC of a blob, found and verified as readTocFromFooter does, with the length
+ * its JSON must have (forEachCompressedTocEntry reads it without ever holding that JSON).
+ */
+export async function readCompressedToc(
+  fetch: RangeFetch,
+  blobSize: number,
+  annotations?: Record<string, string>,
+): Promise<{ compressed: Buffer; lengthUncompressed: number }> {
   let pos: { offset: number; lengthCompressed: number; lengthUncompressed: number; manifestType: number };
   const position = annotations?.[ZstdChunkedAnnotation.ManifestPosition];
   if (position !== undefined) {
@@ -288,18 +368,7 @@ export async function readTocJsonFromFooter(
         { expected, actual },
       );
   }
-  let json: Buffer;
-  try {
-    json = zstdDecompressSync(compressed, { maxOutputLength: Math.max(pos.lengthUncompressed, 1) });
-  } catch (e) {
-    throw new LayerFormatError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
-  }
-  if (json.length !== pos.lengthUncompressed)
-    throw new LayerFormatError(
-      'TOC_INVALID',
-      `table of contents is ${json.length} bytes, expected ${pos.lengthUncompressed}`,
-    );
-  return { json, compressed };
+  return { compressed, lengthUncompressed: pos.lengthUncompressed };
 }
 
 /** A TOC from its JSON bytes (verified by the caller: a checksum or a signed digest), schema-checked. */

@@ -13,8 +13,9 @@ import { runInNewContext } from 'node:vm';
 import { LayerEntries, type ExistingEntry } from '../../src/deploy/apply/index.ts';
 import { ContentIndex, indexOldTree, pathsOfSize } from '../../src/deploy/apply/scan.ts';
 import { isTiuError } from '../../src/errors.ts';
-import { forEachTocEntry, parseToc, type TocEntry } from '../../src/layer/toc.ts';
-import { encodeTocJson, parseTocJson, readTocJson } from '../../src/layer/toc-json.ts';
+import { zstdCompressSync } from 'node:zlib';
+import { forEachCompressedTocEntry, forEachTocEntry, parseToc, type TocEntry } from '../../src/layer/toc.ts';
+import { encodeTocJson, parseTocJson, readTocJson, TocJsonStream } from '../../src/layer/toc-json.ts';
 
 const digestOf = (i: number) => `sha256:${i.toString(16).padStart(64, '0')}`;
 
@@ -77,6 +78,48 @@ describe('planning memory (issue 19)', function () {
     );
     const rest = forEachTocEntry(good, () => undefined);
     assert.deepEqual(rest, { version: 1 });
+  });
+
+  it('reads a TOC cut into pieces anywhere (escapes, numbers, literals split) as the whole', async function () {
+    // A name with \u escapes (one a surrogate pair), an escaped quote and backslash, in JSON text.
+    const oddName = '"a/\\u00e9\\ud83d\\ude42\\"\\\\x"';
+    const doc = Buffer.from(
+      '{ "version" : 1, "tarSplitDigest": "sha256:00", "entries" : [ ' +
+        JSON.stringify({ ...tocEntry(1), xattrs: { 'user.k': 'AA==' } }).replace(
+          /"name":"[^"]*"/,
+          `"name":${oddName}`,
+        ) +
+        ' , ' +
+        JSON.stringify({ ...tocEntry(22), size: 1234567890 }) +
+        ',{"type":"dir","name":"x/","uid":0}\n ], "other": [true, false, null, -1.5e3] }  ',
+    );
+    const whole: unknown[] = [];
+    const expected = readTocJson(doc, (e) => whole.push(e));
+    assert.deepEqual(whole, (parseTocJson(doc) as { entries: unknown[] }).entries);
+    assert.equal((whole[0] as TocEntry).name, 'a/\xc3\xa9\xf0\x9f\x99\x82"\\x');
+    for (const size of [1, 2, 3, 7, 64]) {
+      const got: unknown[] = [];
+      const s = new TocJsonStream((e) => got.push(e));
+      for (let i = 0; i < doc.length; i += size) s.push(doc.subarray(i, i + size));
+      assert.deepEqual(s.end(), expected, `pieces of ${size}`);
+      assert.deepEqual(got, whole, `pieces of ${size}`);
+    }
+    // From the compressed TOC, decompressed piece by piece: the same entries, and its length is checked.
+    const json = tocJsonOf(5000);
+    const fromZstd: string[] = [];
+    await forEachCompressedTocEntry(zstdCompressSync(json), json.length, (e) => fromZstd.push(e.name));
+    assert.deepEqual(
+      fromZstd,
+      parseToc(json).entries.map((e) => e.name),
+    );
+    await assert.rejects(
+      forEachCompressedTocEntry(zstdCompressSync(json), json.length - 1, () => undefined),
+      (e) => isTiuError(e, 'TOC_INVALID'),
+    );
+    await assert.rejects(
+      forEachCompressedTocEntry(Buffer.from('not zstd'), 8, () => undefined),
+      (e) => isTiuError(e, 'TOC_INVALID'),
+    );
   });
 
   it('reads JSON as JSON.parse does, and refuses what it refuses', function () {

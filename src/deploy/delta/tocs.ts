@@ -12,9 +12,10 @@ import { MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { zstdDecompressSync } from 'node:zlib';
 import {
+  forEachCompressedTocEntry,
   forEachTocEntry,
   parsePosition,
-  readTocJsonFromFooter,
+  readCompressedToc,
   ZstdChunkedAnnotation,
   type TocEntry,
 } from '../../layer/toc.ts';
@@ -53,17 +54,23 @@ function chunkWithoutFrame(e: TocEntry): string | undefined {
 }
 
 /**
- * Layer `layer`'s entries read straight from its verified TOC JSON, entry by entry (the parsed
- * TOC is never held: on a 45k-entry tree it was tens of MB next to the entries), or why the
- * layer can't be read file by file.
+ * Layer `layer`'s entries read straight from its verified TOC, entry by entry: a compressed TOC
+ * is decompressed piece by piece, so neither its JSON nor the parsed TOC is ever held whole (on
+ * a 45k-entry tree they were tens of MB next to the entries). Or why the layer can't be read
+ * file by file.
  */
-function layerEntries(json: Buffer, layer: number): TreeEntry[] | { unusable: string } {
+async function layerEntries(b: TocBytes, d: Descriptor, layer: number): Promise<TreeEntry[] | { unusable: string }> {
   const out = new LayerEntries(layer);
   let unusable: string | undefined;
-  forEachTocEntry(json, (e) => {
+  const onEntry = (e: TocEntry) => {
     unusable ??= chunkWithoutFrame(e);
     if (unusable === undefined) out.add(e);
-  });
+  };
+  if ('json' in b) forEachTocEntry(b.json, onEntry);
+  else {
+    const { lengthUncompressed } = parsePosition(d.annotations![ZstdChunkedAnnotation.ManifestPosition]!);
+    await forEachCompressedTocEntry(b.compressed, lengthUncompressed, onEntry);
+  }
   return unusable === undefined ? out.entries : { unusable };
 }
 
@@ -85,10 +92,11 @@ async function storedToc(store: TocStore, d: Descriptor): Promise<TocBytes | und
   return json ? { json } : undefined;
 }
 
-/** The JSON of a stored TOC, its compressed form checked against the layer's annotations once more. */
-async function storedJson(b: TocBytes, d: Descriptor): Promise<Buffer> {
-  if ('json' in b) return b.json;
-  return (await readTocJsonFromFooter(() => Promise.resolve(b.compressed), d.size, d.annotations ?? {})).json;
+/** A stored compressed TOC checked against the layer's annotations once more (as if it came by range). */
+async function checkedStored(b: TocBytes, d: Descriptor): Promise<TocBytes> {
+  if ('json' in b) return b;
+  const { compressed } = await readCompressedToc(() => Promise.resolve(b.compressed), d.size, d.annotations ?? {});
+  return { compressed };
 }
 
 /**
@@ -136,23 +144,23 @@ export async function fetchLayerTocs(
     for (const i of order) {
       const d = manifest.layers[i]!;
       const kept = stored.get(i);
-      let got = kept && { json: await storedJson(kept, d), bytes: kept };
+      let got: TocBytes | undefined = kept && (await checkedStored(kept, d));
       const json = patched.get(i);
       if (json) {
         patchedAny = true;
-        got = { json, bytes: { json } };
+        got = { json };
         await from.store?.keepTocJson(d.annotations![DeltaAnnotation.TocJsonDigest]!, json);
       }
       if (!got) {
-        const read = await readTocJsonFromFooter((s, e) => fetched(d, s, e), d.size, d.annotations ?? {});
-        // Verified against the signed checksum by readTocJsonFromFooter: worth keeping.
+        const read = await readCompressedToc((s, e) => fetched(d, s, e), d.size, d.annotations ?? {});
+        // Verified against the signed checksum by readCompressedToc: worth keeping.
         await from.store?.keepCompressedToc(d.annotations![ZstdChunkedAnnotation.ManifestChecksum]!, read.compressed);
-        got = { json: read.json, bytes: { compressed: read.compressed } };
+        got = { compressed: read.compressed };
       }
-      const entries = layerEntries(got.json, i);
+      const entries = await layerEntries(got, d, i);
       if ('unusable' in entries) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${entries.unusable}` };
       layers[i] = entries;
-      bytes[i] = got.bytes;
+      bytes[i] = got;
     }
     // No TOC came by range (a patch came by range from the same source): one byte tells whether
     // the source serves ranges, before the plan relies on it.
