@@ -91,7 +91,7 @@ describe('planning memory (issue 19)', function () {
         ) +
         ' , ' +
         JSON.stringify({ ...tocEntry(22), size: 1234567890 }) +
-        ',{"type":"dir","name":"x/","uid":0}\n ], "other": [true, false, null, -1.5e3] }  ',
+        ',{"type":"dir","name":"x/","uid":0}\n ], "other": [true, false, null, -1.5e3], "n": 12345 }  ',
     );
     const whole: unknown[] = [];
     const expected = readTocJson(doc, (e) => whole.push(e));
