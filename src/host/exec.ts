@@ -1,8 +1,13 @@
 /**
  * The one wrapper through which tiu runs programs. Logs the argv (never stdin), enforces a
  * timeout, honours an AbortSignal, and puts the tail of stderr into the error it throws.
+ *
+ * Written on node:child_process rather than execa: execa and its dependencies are ~170 modules,
+ * about 20 MiB of RSS once loaded, which every device command that runs btrfs or snapper paid
+ * (the device commands must stay under 100 MiB, see bench/). What tiu needs is small: argv, env,
+ * stdin bytes, collected output, a timeout, cancellation and extra inherited fds.
  */
-import type { Options as ExecaOptions, execa as ExecaFn } from 'execa';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { TiuError } from '../errors.ts';
 
@@ -23,6 +28,7 @@ export class CommandFailedError extends TiuError {
 
 export interface RunOptions {
   cwd?: string;
+  /** Added to (and, where a value is undefined, removed from) tiu's own environment. */
   env?: Record<string, string | undefined>;
   /** Milliseconds; default 10 minutes. */
   timeout?: number;
@@ -51,98 +57,172 @@ function logger(line: string): void {
   if (process.env.TIU_DEBUG) process.stderr.write(`tiu: run ${line}\n`);
 }
 
-/**
- * execa, loaded on first use: it is ~170 modules (about 20 MiB of RSS at start-up) that
- * commands which never run a program (copy, build, inspect) need not pay for.
- */
-let execaModule: Promise<{ execa: typeof ExecaFn }> | undefined;
-export function loadExeca(): Promise<{ execa: typeof ExecaFn }> {
-  execaModule ??= import('execa');
-  return execaModule;
-}
-
 const STDERR_TAIL = 2000;
 function tail(s: string): string {
   const t = s.trim();
   return t.length > STDERR_TAIL ? '…' + t.slice(-STDERR_TAIL) : t;
 }
 
+/** More output than this from one program is an error, not a reason to run out of memory. */
+export const MAX_OUTPUT_BYTES = 100 * 1024 * 1024;
+/** How long a program gets to exit after SIGTERM (timeout, cancellation) before SIGKILL. */
+const KILL_GRACE_MS = 5000;
+
+/** Children still running, so that tiu exiting (an error, a signal) does not leave them behind. */
+const running = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function track(child: ChildProcess): void {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.on('exit', () => {
+      for (const c of running) c.kill('SIGTERM');
+    });
+  }
+  running.add(child);
+  child.once('close', () => running.delete(child));
+}
+
+/** Collects a stream's bytes up to MAX_OUTPUT_BYTES; `overflow` says the program wrote more. */
+class OutputCollector {
+  private readonly chunks: Buffer[] = [];
+  private bytes = 0;
+  overflow = false;
+  constructor(stream: Readable | null, onOverflow: () => void) {
+    stream?.on('data', (chunk: Buffer) => {
+      if (this.overflow) return;
+      this.bytes += chunk.length;
+      if (this.bytes > MAX_OUTPUT_BYTES) {
+        this.overflow = true;
+        this.chunks.length = 0;
+        onOverflow();
+        return;
+      }
+      this.chunks.push(chunk);
+    });
+  }
+  buffer(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+  text(): string {
+    return this.buffer().toString('utf8');
+  }
+}
+
+/** SIGTERM now, SIGKILL if it is still there after the grace period. */
+function terminate(child: ChildProcess): void {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  const force = setTimeout(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }, KILL_GRACE_MS);
+  force.unref();
+  child.once('exit', () => clearTimeout(force));
+}
+
+function childEnv(extra: RunOptions['env']): NodeJS.ProcessEnv | undefined {
+  return extra ? { ...process.env, ...extra } : undefined;
+}
+
+/** What spawn's 'error' event says, in the words of a failure message. */
+function startFailure(err: NodeJS.ErrnoException): string {
+  return err.code === 'ENOENT' ? 'is not installed' : `could not be started: ${err.message}`;
+}
+
 export async function run(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const argv = [file, ...args];
   logger(argv.join(' '));
-  const stdinOpts: ExecaOptions = opts.passFds?.length
-    ? {
-        stdio: [
-          opts.input !== undefined ? 'pipe' : 'ignore',
-          'pipe',
-          'pipe',
-          ...opts.passFds,
-        ] as unknown as ExecaOptions['stdio'],
-        ...(opts.input !== undefined ? { input: opts.input } : {}),
-      }
-    : opts.input !== undefined
-      ? { input: opts.input }
-      : { stdin: 'ignore' };
-  const options: ExecaOptions = {
-    cwd: opts.cwd,
-    env: opts.env,
-    extendEnv: true,
-    timeout: opts.timeout ?? 600_000,
-    cancelSignal: opts.signal,
-    reject: false,
-    stripFinalNewline: false,
-    encoding: opts.binary ? 'buffer' : 'utf8',
-    ...stdinOpts,
+  const timeout = opts.timeout ?? 600_000;
+  if (opts.signal?.aborted) throw new CommandFailedError(argv, undefined, '', 'was cancelled');
+  const stdio: StdioOptions = [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe', ...(opts.passFds ?? [])];
+  const child = spawn(file, args, { cwd: opts.cwd, env: childEnv(opts.env), stdio });
+  track(child);
+
+  let why: string | undefined;
+  const stop = (reason: string): void => {
+    why ??= reason;
+    terminate(child);
   };
-  const { execa } = await loadExeca();
-  const r = await execa(file, args, options);
-  const stderr = typeof r.stderr === 'string' ? r.stderr : Buffer.from(r.stderr as Uint8Array).toString();
-  if (r.timedOut) throw new CommandFailedError(argv, undefined, tail(stderr), `timed out after ${options.timeout} ms`);
-  if (r.isCanceled) throw new CommandFailedError(argv, undefined, tail(stderr), 'was cancelled');
-  if (r.failed && r.exitCode === undefined) {
-    const why = r.originalMessage ?? 'could not be started';
-    throw new CommandFailedError(argv, undefined, tail(stderr), why.includes('ENOENT') ? 'is not installed' : why);
+  const stdout = new OutputCollector(child.stdout, () => stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes of output`));
+  const stderr = new OutputCollector(child.stderr, () => stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes to stderr`));
+  const timer = timeout > 0 ? setTimeout(() => stop(`timed out after ${timeout} ms`), timeout) : undefined;
+  const onAbort = (): void => stop('was cancelled');
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  if (child.stdin) {
+    // A program may exit without reading all of its input: that is its exit status's business.
+    child.stdin.on('error', () => {});
+    child.stdin.end(opts.input);
   }
-  const exitCode = r.exitCode ?? 0;
+
+  const ended = await new Promise<{ code: number | null } | { error: NodeJS.ErrnoException }>((resolve) => {
+    child.once('error', (error: NodeJS.ErrnoException) => resolve({ error }));
+    child.once('close', (code: number | null) => resolve({ code }));
+  }).finally(() => {
+    clearTimeout(timer);
+    opts.signal?.removeEventListener('abort', onAbort);
+  });
+
+  const errText = stderr.text();
+  if ('error' in ended) throw new CommandFailedError(argv, undefined, tail(errText), startFailure(ended.error));
+  if (why) throw new CommandFailedError(argv, undefined, tail(errText), why);
+  // Killed by a signal tiu did not send: no exit code to judge by.
+  if (ended.code === null) {
+    throw new CommandFailedError(argv, undefined, tail(errText), `was killed by ${child.signalCode ?? 'a signal'}`);
+  }
+  const exitCode = ended.code;
   if (!opts.allowFailure && !(opts.okExitCodes ?? [0]).includes(exitCode))
-    throw new CommandFailedError(argv, exitCode, tail(stderr));
-  if (opts.binary) {
-    const bytes = r.stdout as unknown as Uint8Array;
-    return { stdout: '', stdoutBytes: bytes, stderr, exitCode };
-  }
-  return { stdout: r.stdout as string, stderr, exitCode };
+    throw new CommandFailedError(argv, exitCode, tail(errText));
+  if (opts.binary) return { stdout: '', stdoutBytes: stdout.buffer(), stderr: errText, exitCode };
+  return { stdout: stdout.text(), stderr: errText, exitCode };
 }
 
 /**
  * A program as a stream filter (decompressors, tar): bytes in on stdin, out on stdout.
  * The returned promise settles when the program exits; failures carry the stderr tail.
  */
-export async function spawnFilter(
+export function spawnFilter(
   file: string,
   args: readonly string[],
   opts: { signal?: AbortSignal; timeout?: number } = {},
 ): Promise<{ stdin: Writable; stdout: Readable; done: Promise<void> }> {
   const argv = [file, ...args];
   logger(argv.join(' '));
-  const { execa } = await loadExeca();
-  const child = execa(file, args, {
-    stdin: 'pipe',
-    stdout: 'pipe',
-    stderr: 'pipe',
-    buffer: { stdout: false, stderr: true },
-    reject: false,
-    cancelSignal: opts.signal,
-    timeout: opts.timeout ?? 0,
-  });
-  const done = child.then((r) => {
-    if (r.exitCode === 0) return;
-    const stderr = typeof r.stderr === 'string' ? r.stderr : '';
-    throw new CommandFailedError(
-      argv,
-      r.exitCode,
-      tail(stderr),
-      r.exitCode === undefined ? (r.originalMessage ?? 'failed to start') : undefined,
+  if (opts.signal?.aborted) return Promise.reject(new CommandFailedError(argv, undefined, '', 'was cancelled'));
+  const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  track(child);
+  let why: string | undefined;
+  const stop = (reason: string): void => {
+    why ??= reason;
+    terminate(child);
+  };
+  const stderr = new OutputCollector(child.stderr, () => stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes to stderr`));
+  const timeout = opts.timeout ?? 0;
+  const timer = timeout > 0 ? setTimeout(() => stop(`timed out after ${timeout} ms`), timeout) : undefined;
+  const onAbort = (): void => stop('was cancelled');
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  const done = new Promise<void>((resolve, reject) => {
+    const settle = (failure?: CommandFailedError): void => {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
+      if (failure) reject(failure);
+      else resolve();
+    };
+    child.once('error', (error: NodeJS.ErrnoException) =>
+      settle(new CommandFailedError(argv, undefined, tail(stderr.text()), startFailure(error))),
     );
+    child.once('close', (code: number | null) => {
+      if (why) return settle(new CommandFailedError(argv, undefined, tail(stderr.text()), why));
+      if (code === 0) return settle();
+      settle(
+        new CommandFailedError(
+          argv,
+          code ?? undefined,
+          tail(stderr.text()),
+          code === null ? `was killed by ${child.signalCode ?? 'a signal'}` : undefined,
+        ),
+      );
+    });
   });
-  return { stdin: child.stdin, stdout: child.stdout, done };
+  // Callers attach to `done` after they start streaming; an early failure must not be unhandled.
+  done.catch(() => {});
+  return Promise.resolve({ stdin: child.stdin, stdout: child.stdout, done });
 }

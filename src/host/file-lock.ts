@@ -27,9 +27,8 @@ const CONFLICT = 75;
 
 /**
  * flock(1) on our `fd` (its fd 3): true when locked, false when still held by another after
- * `waitMs` (0: don't wait). node:child_process directly, not execa (src/host/exec.ts): a fixed
- * argument list and an exit status is all this needs, and importing execa (about 60 ms) only
- * for the content store's lock made every pull into an OCI layout that much slower.
+ * `waitMs` (0: don't wait). node:child_process directly rather than run() (src/host/exec.ts): the
+ * lock's fd goes in as fd 3 and only the exit status matters.
  */
 function flockFd(fd: number, waitMs: number): Promise<boolean> {
   const wait = waitMs > 0 ? ['--timeout', (waitMs / 1000).toFixed(3)] : ['--nonblock'];

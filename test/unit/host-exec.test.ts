@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { run, spawnFilter } from '../../src/host/exec.ts';
+import { MAX_OUTPUT_BYTES, run, spawnFilter } from '../../src/host/exec.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { text } from 'node:stream/consumers';
 
@@ -33,5 +33,70 @@ describe('host/exec', () => {
     f.stdin.end('hello');
     const [out] = await Promise.all([text(f.stdout), f.done]);
     assert.equal(out, 'HELLO');
+  });
+  it('cancels a program through its AbortSignal', async () => {
+    const ac = new AbortController();
+    const started = Date.now();
+    setTimeout(() => ac.abort(), 100);
+    await assert.rejects(
+      run('sleep', ['5'], { signal: ac.signal }),
+      (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes('was cancelled'),
+    );
+    assert.ok(Date.now() - started < 3000, 'the program was stopped, not waited for');
+  });
+  it('keeps binary output as bytes', async () => {
+    const r = await run('printf', ['\\377\\000\\001'], { binary: true });
+    assert.deepEqual([...r.stdoutBytes!], [0xff, 0x00, 0x01]);
+  });
+  it('adds to the environment and removes what is set to undefined', async () => {
+    process.env.TIU_EXEC_TEST_DROP = 'present';
+    try {
+      const r = await run('sh', ['-c', 'echo "$TIU_EXEC_TEST_ADD/${TIU_EXEC_TEST_DROP-unset}/${HOME:+home}"'], {
+        env: { TIU_EXEC_TEST_ADD: 'added', TIU_EXEC_TEST_DROP: undefined },
+      });
+      assert.equal(r.stdout, 'added/unset/home\n');
+    } finally {
+      delete process.env.TIU_EXEC_TEST_DROP;
+    }
+  });
+  it('returns exit codes it was told are fine, and any with allowFailure', async () => {
+    assert.equal((await run('sh', ['-c', 'exit 1'], { okExitCodes: [0, 1] })).exitCode, 1);
+    assert.equal((await run('sh', ['-c', 'exit 7'], { allowFailure: true })).exitCode, 7);
+  });
+  it('says when a program was killed by a signal', async () => {
+    await assert.rejects(
+      run('sh', ['-c', 'kill -KILL $$']),
+      (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes('was killed by SIGKILL'),
+    );
+  });
+  it('stops a program that writes more output than it may hold', async () => {
+    await assert.rejects(
+      run('head', ['-c', String(MAX_OUTPUT_BYTES + 1), '/dev/zero']),
+      (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes(`more than ${MAX_OUTPUT_BYTES} bytes`),
+    );
+  });
+  it('passes open descriptors on as fds 3 and up', async () => {
+    const { openSync, closeSync, readFileSync, rmSync } = await import('node:fs');
+    const path = `/tmp/tiu-exec-fd-${process.pid}`;
+    const fd = openSync(path, 'w');
+    try {
+      await run('sh', ['-c', 'echo through-fd3 >&3'], { passFds: [fd] });
+    } finally {
+      closeSync(fd);
+    }
+    assert.equal(readFileSync(path, 'utf8'), 'through-fd3\n');
+    rmSync(path);
+  });
+  it('a failing filter rejects with its stderr, and a missing one says so', async () => {
+    const f = await spawnFilter('sh', ['-c', 'cat >/dev/null; echo bad input >&2; exit 2']);
+    f.stdin.end('x');
+    f.stdout.resume();
+    await assert.rejects(f.done, (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes('bad input'));
+    const missing = await spawnFilter('no-such-filter-tiu', []);
+    missing.stdin.on('error', () => {});
+    await assert.rejects(
+      missing.done,
+      (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes('not installed'),
+    );
   });
 });
