@@ -42,6 +42,13 @@ const SIMPLE_ESCAPES: Record<number, string> = {
   0x74: '\t',
 };
 
+/** A member of a parsed object as JSON.parse sets it: an own property even for "__proto__", the last of duplicate keys wins. */
+function setMember(o: Record<string, unknown>, k: string, v: unknown): void {
+  if (k === '__proto__')
+    Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
+  else o[k] = v;
+}
+
 /** Thrown by a reader that is not final when a value runs past its bytes: the caller waits for more. */
 const INCOMPLETE = new Error('the JSON goes on in bytes not read yet');
 
@@ -143,10 +150,7 @@ class TocJsonReader {
     do {
       const k = this.key();
       const v = this.value();
-      // As JSON.parse: an own property even for "__proto__", the last of duplicate keys wins.
-      if (k === '__proto__')
-        Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
-      else o[k] = v;
+      setMember(o, k, v);
     } while (this.more(0x7d));
     return o;
   }
@@ -357,10 +361,7 @@ export class TocJsonStream {
           return;
         }
         const v = r.value();
-        // As JSON.parse: an own property even for "__proto__", the last of duplicate keys wins.
-        if (k === '__proto__')
-          Object.defineProperty(rest, k, { value: v, enumerable: true, writable: true, configurable: true });
-        else rest[k] = v;
+        setMember(rest, k, v);
         this.#stage = 'afterMember';
         return;
       }
