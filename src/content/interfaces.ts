@@ -5,6 +5,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { Descriptor } from '../oci/types.ts';
+import type { BlobReader } from './blob-reader.ts';
 
 export interface FetchOptions {
   signal?: AbortSignal;
@@ -80,6 +81,17 @@ export interface Target extends Storage, Resolver, Tagger {
    * The caller vouches for the digest (it hashed the bytes as it wrote them); the size is checked.
    */
   pushFile?(desc: Descriptor, file: string, opts?: PushOptions): Promise<void>;
+  /**
+   * A blob this target holds as a file, for a consumer that reads it into buffers of its own
+   * (blob-reader.ts); unverified, like fetch(). Only sources with files have it.
+   */
+  openBlob?(desc: Descriptor, opts?: FetchOptions): Promise<BlobReader>;
+  /**
+   * Store a blob by reading it from `open()`'s reader into the destination's own buffers (no
+   * allocation per chunk); `open` is called again when a cut transfer starts over. The bytes
+   * are verified like push()'s. copy() uses it where the source has openBlob().
+   */
+  pushFrom?(desc: Descriptor, open: () => Promise<BlobReader>, opts?: PushOptions): Promise<void>;
   /**
    * The image meant when a reference names none (an `oci:` layout holding exactly one image).
    * Targets without such a notion leave it out; copy() then needs a reference.

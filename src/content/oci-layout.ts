@@ -42,33 +42,21 @@ import {
   type ParsedManifest,
 } from '../oci/validate.ts';
 import { fsyncDir, fsyncFile, writeFileAtomic } from '../util/atomic.ts';
+import { RingWriter } from '../util/ring-writer.ts';
 import { InvalidTagError, NotFoundError } from './errors.ts';
+import type { BlobReader } from './blob-reader.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
 import { withLock } from './lock.ts';
 import { checkRange } from './range.ts';
 import { referrerDescriptor } from './referrers.ts';
 
 export const LAYOUT_VERSION = '1.0.0';
-/** Bytes gathered before one writev() when a blob is written. */
-const WRITE_BATCH = 1024 * 1024;
-
-/** Write all of `bufs` (writev may write less than asked). */
-async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<void> {
-  let rest = bufs;
-  while (rest.length > 0) {
-    const total = rest.reduce((n, b) => n + b.length, 0);
-    let { bytesWritten } = await fh.writev(rest);
-    if (bytesWritten >= total) return;
-    const next: Buffer[] = [];
-    for (const b of rest) {
-      if (bytesWritten >= b.length) {
-        bytesWritten -= b.length;
-        continue;
-      }
-      next.push(bytesWritten > 0 ? b.subarray(bytesWritten) : b);
-      bytesWritten = 0;
-    }
-    rest = next;
+/** Write all of `bytes` at `position` (a write may take fewer bytes than asked). */
+async function writeAt(fh: FileHandle, bytes: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
+    done += bytesWritten;
   }
 }
 const COSIGN_TAG_RE = /^[a-z0-9]+-[0-9a-f]{64}\.(?:sig|att|sbom)$/;
@@ -215,6 +203,21 @@ export class OciLayoutTarget implements Target {
     }
   }
 
+  async openBlob(desc: Descriptor, _opts?: FetchOptions): Promise<BlobReader> {
+    const path = this.blobPath(desc.digest);
+    let fh: FileHandle;
+    try {
+      fh = await open(path, 'r');
+    } catch (e) {
+      if (errno(e) === 'ENOENT') throw new NotFoundError(`blob ${desc.digest}`, this.name);
+      throw e;
+    }
+    return {
+      read: async (into) => (await fh.read(into, 0, into.length, null)).bytesRead,
+      close: () => fh.close(),
+    };
+  }
+
   async fetchRange(desc: Descriptor, start: number, end: number, _opts?: FetchOptions): Promise<Readable> {
     const path = this.blobPath(desc.digest);
     let size: number;
@@ -286,28 +289,29 @@ export class OciLayoutTarget implements Target {
     const fh = await open(tmp, 'wx', 0o644);
     try {
       try {
-        // Chunks are written in batches of about WRITE_BATCH bytes (one writev each) instead
-        // of one write per 16-64 KiB chunk.
+        // Chunks are copied into a few buffers of the writer's own as they arrive and written
+        // from there (ring-writer.ts): no incoming chunk waits for the disk, so none outlives the
+        // young generation, and the bytes held are bounded whatever the blob's size.
+        let position = 0;
+        const ring = new RingWriter(async (bytes) => {
+          const at = position;
+          position += bytes.length;
+          await writeAt(fh, bytes, at);
+          opts?.onBytes?.(bytes.length);
+        });
         await pipeline(
           verifiedStream(content, desc, 'blob'),
           async (source: AsyncIterable<Buffer>) => {
-            let batch: Buffer[] = [];
-            let batchLen = 0;
-            for await (const chunk of source) {
-              batch.push(chunk);
-              batchLen += chunk.length;
-              if (manifestLike) kept.push(chunk);
-              if (batchLen >= WRITE_BATCH) {
-                await writeAll(fh, batch);
-                opts?.onBytes?.(batchLen);
-                batch = [];
-                batchLen = 0;
+            try {
+              for await (const chunk of source) {
+                if (manifestLike) kept.push(chunk);
+                await ring.write(chunk);
               }
+            } catch (e) {
+              await ring.abort(e);
+              throw e;
             }
-            if (batchLen > 0) {
-              await writeAll(fh, batch);
-              opts?.onBytes?.(batchLen);
-            }
+            await ring.end();
           },
           { signal: opts?.signal },
         );

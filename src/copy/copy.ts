@@ -20,6 +20,7 @@
 import { Readable } from 'node:stream';
 import { TiuError, asError, isNoSpaceErrno, isTiuError, type ErrorCode } from '../errors.ts';
 import { fetchManifest, fetchVerified, childrenOf } from '../content/graph.ts';
+import { verifiedReader, type BlobReader } from '../content/blob-reader.ts';
 import type { Target } from '../content/interfaces.ts';
 import { Semaphore } from '../util/semaphore.ts';
 import { isDigest, parseDigest, sha256, verifiedStream } from '../oci/digest.ts';
@@ -311,6 +312,7 @@ class GraphCopier {
     const signal = this.signal;
     signal.throwIfAborted();
     this.#emit({ type: 'blob-start', desc });
+    if (this.#src.openBlob && this.#dst.pushFrom) return this.#copyBlobFile(desc);
     const stream = await step('fetch', 'source', this.#src, () => this.#src.fetch(desc, { signal }), desc.digest);
     let srcErr: Error | undefined;
     // One verification of the bytes on their way: a source that verifies as it streams (a
@@ -347,6 +349,42 @@ class GraphCopier {
       throw new CopyError('push', 'destination', this.#dst.name, e, desc.digest);
     }
     if (srcErr) throw new CopyError('fetch', 'source', this.#src.name, srcErr, desc.digest);
+    this.#emit({ type: 'blob-done', desc });
+  }
+
+  /**
+   * A blob the source holds as a file, read by the destination into buffers of its own
+   * (Target.openBlob/pushFrom): no Buffer per chunk on its way. The reader is verified by digest
+   * and size as it is read; its failures (and a failed verification) are the source's.
+   */
+  async #copyBlobFile(desc: Descriptor): Promise<void> {
+    const signal = this.signal;
+    const src = this.#src;
+    let srcErr: unknown;
+    const failed = (e: unknown): void => {
+      srcErr ??= e;
+    };
+    let passed = 0;
+    const onBytes = (n: number): void => {
+      passed += n;
+      this.#emit({ type: 'blob-bytes', desc, bytes: passed, total: desc.size });
+    };
+    // called again when the destination starts over
+    const open = async (): Promise<BlobReader> => {
+      passed = 0;
+      try {
+        return verifiedReader(await src.openBlob!(desc, { signal }), desc, 'blob', failed);
+      } catch (e) {
+        failed(e);
+        throw e;
+      }
+    };
+    try {
+      await this.#dst.pushFrom!(desc, open, { signal, onBytes });
+    } catch (e) {
+      if (srcErr !== undefined) throw new CopyError('fetch', 'source', src.name, srcErr, desc.digest);
+      throw new CopyError('push', 'destination', this.#dst.name, e, desc.digest);
+    }
     this.#emit({ type: 'blob-done', desc });
   }
 

@@ -7,6 +7,7 @@
  */
 import { Readable } from 'node:stream';
 import { createZstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { BufferPool } from '../util/buffer-pool.ts';
 import { LayerFormatError } from './errors.ts';
 import { ByteReader } from './tar.ts';
 
@@ -63,6 +64,20 @@ export const SYNC_FRAME_MAX = 1024 * 1024;
 /** Output bound of the one-call path; a frame that expands beyond it is streamed instead. */
 export const SYNC_OUTPUT_MAX = 16 * 1024 * 1024;
 
+/**
+ * Buffers frames are gathered in. Node's zstd API has no call that decompresses into a buffer
+ * of the caller's (zstdDecompressSync returns a new Buffer; a stream allocates each `chunkSize`
+ * output chunk), so the output of a frame is a new Buffer; its input need not be.
+ */
+export const frameBuffers = new BufferPool(64 * 1024, 2 * SYNC_FRAME_MAX);
+
+/** `pieces` copied one after another into `into` (which holds at least `size` bytes). */
+function gather(pieces: Buffer[], size: number, into: Buffer): Buffer {
+  let at = 0;
+  for (const p of pieces) at += p.copy(into, at);
+  return into.subarray(0, size);
+}
+
 async function* streamFrame(pieces: AsyncIterable<Buffer> | Iterable<Buffer>): AsyncGenerator<Buffer> {
   const d = createZstdDecompress();
   const input = Readable.from(pieces);
@@ -106,17 +121,23 @@ export async function* zstdDecompressFrames(
         if (size > SYNC_FRAME_MAX) break;
       }
       if (complete) {
-        const frame = held.length === 1 ? held[0]! : Buffer.concat(held, size);
+        // A frame in several pieces is gathered in a pooled buffer (the one-call decompressor
+        // does not keep its input) instead of a new one per file.
+        const gathered = held.length === 1 ? undefined : frameBuffers.take(size);
+        const frame = gathered ? gather(held, size, gathered) : held[0]!;
         let out: Buffer | undefined;
         try {
           out = zstdDecompressSync(frame, { maxOutputLength: SYNC_OUTPUT_MAX });
         } catch (e) {
+          if (gathered) frameBuffers.give(gathered);
           if ((e as NodeJS.ErrnoException).code !== 'ERR_BUFFER_TOO_LARGE') throw e;
         }
         if (out) {
+          if (gathered) frameBuffers.give(gathered);
           if (out.length) yield out;
         } else {
-          yield* streamFrame([frame]);
+          // rare (a frame that expands past SYNC_OUTPUT_MAX): streamed from its own copy
+          yield* streamFrame([Buffer.from(frame)]);
         }
         continue;
       }

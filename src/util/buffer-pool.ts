@@ -8,6 +8,8 @@
 export class BufferPool {
   readonly #free = new Map<number, Buffer[]>();
   #freeBytes = 0;
+  /** Buffers this pool has allocated (not handed out again from its free lists). */
+  allocated = 0;
   readonly #minSize: number;
   readonly #maxFreeBytes: number;
   constructor(minSize: number, maxFreeBytes: number) {
@@ -28,6 +30,7 @@ export class BufferPool {
       this.#freeBytes -= buf.length;
       return buf;
     }
+    this.allocated++;
     return Buffer.allocUnsafeSlow(cls);
   }
 

@@ -3,7 +3,7 @@
  * (GET/HEAD/PUT/DELETE), tags, blobs (GET with resume, HEAD, ranges, uploads, mounts) and the
  * referrers API. Mirrors, fallbacks and the Target shape are in target.ts.
  */
-import { Readable, Transform } from 'node:stream';
+import { Readable, Transform, type Writable } from 'node:stream';
 import { TiuError } from '../../errors.ts';
 import { NotFoundError, RangeUnsupportedError } from '../../content/errors.ts';
 import { ManifestTooLargeError, parseIndexBytes, readAllCapped } from '../../oci/validate.ts';
@@ -12,7 +12,9 @@ import { isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediaty
 import type { Descriptor, Digest } from '../../oci/types.ts';
 import { pullScope, pushScope } from './auth.ts';
 import { AbortedError, DeniedError, UnexpectedStatusError, UnreachableError } from './errors.ts';
-import { backoffMs, bodyExcerpt, headerOne, isConnectionFailure, readBody, type HttpResponse } from './http.ts';
+import { backoffMs, bodyExcerpt, headerOne, isConnectionFailure, readBody, type BodyWriter, type HttpResponse } from './http.ts';
+import { RingWriter } from '../../util/ring-writer.ts';
+import { readerStream, verifiedReader, type BlobReader } from '../../content/blob-reader.ts';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { RegistrySession } from './session.ts';
 
@@ -38,7 +40,7 @@ interface SendOptions {
   path: string | URL;
   scopes: string[];
   headers?: Record<string, string>;
-  body?: Buffer | Readable;
+  body?: Buffer | Readable | BodyWriter;
   signal?: AbortSignal | undefined;
   followRedirects?: boolean;
   noRetry?: boolean;
@@ -494,17 +496,65 @@ export class RepositoryClient {
         }
         break;
       }
-      const put = new URL(upload);
-      put.searchParams.set('digest', desc.digest);
-      const r = await this.#send({ method: 'PUT', path: put, scopes, headers: { 'content-length': '0' }, signal, what });
-      if (r.status !== 201) await this.#fail(r, what);
-      r.body.resume();
+      await this.#commitUpload(desc, upload, scopes, what, signal);
       upload = undefined;
     } catch (e) {
       content.resume();
       await this.cancelUpload(upload);
       throw e;
     }
+  }
+
+  /**
+   * Upload a blob read by `open()`'s reader straight into the upload's own buffers (a file of an
+   * `oci:` layout): the same few buffers carry a blob of any size from the disk to the socket,
+   * checked by digest and size in place (verifiedReader). Like pushBlob: one streamed PATCH,
+   * then the committing PUT once every byte was read and verified; a cut upload starts again
+   * from a fresh reader. Small blobs and chunked uploads take pushBlob's way.
+   */
+  async pushBlobFrom(desc: Descriptor, open: () => Promise<BlobReader>, opts: { signal?: AbortSignal; onBytes?: (n: number) => void } = {}): Promise<void> {
+    const what = `upload of blob ${desc.digest} to ${this.repository}`;
+    const verified = async (): Promise<BlobReader> => verifiedReader(await open(), desc, `blob ${desc.digest}`);
+    const chunkSize = this.#tuning.chunkSize;
+    if (desc.size <= SINGLE_POST_MAX || (chunkSize !== undefined && desc.size > chunkSize)) {
+      const reopen = async (): Promise<Readable> => readerStream(await verified());
+      return this.pushBlob(desc, await reopen(), { ...opts, reopen });
+    }
+    const scopes = [pushScope(this.repository)];
+    const signal = opts.signal;
+    let upload: URL | undefined;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        upload = await this.#startUpload(scopes, what, signal);
+        const reader = await verified();
+        try {
+          upload = await this.#patchFromReader(desc, reader, upload, scopes, what, opts);
+        } catch (e) {
+          if (attempt >= STREAM_RETRIES || signal?.aborted || !isRetryableUpload(e)) throw e;
+          await this.cancelUpload(upload);
+          upload = undefined;
+          await delay(backoffMs(attempt + 1, 200, 2000), undefined, signal ? { signal } : {});
+          continue;
+        } finally {
+          await reader.close();
+        }
+        break;
+      }
+      await this.#commitUpload(desc, upload, scopes, what, signal);
+      upload = undefined;
+    } catch (e) {
+      await this.cancelUpload(upload);
+      throw e;
+    }
+  }
+
+  /** PUT ?digest= with no body: the registry checks and commits what the upload holds. */
+  async #commitUpload(desc: Descriptor, upload: URL, scopes: string[], what: string, signal: AbortSignal | undefined): Promise<void> {
+    const put = new URL(upload);
+    put.searchParams.set('digest', desc.digest);
+    const r = await this.#send({ method: 'PUT', path: put, scopes, headers: { 'content-length': '0' }, signal, what });
+    if (r.status !== 201) await this.#fail(r, what);
+    r.body.resume();
   }
 
   async #startUpload(scopes: string[], what: string, signal: AbortSignal | undefined): Promise<URL> {
@@ -527,30 +577,83 @@ export class RepositoryClient {
       verified.once('end', resolve);
       verified.once('close', resolve);
     });
-    let body: Readable = verified;
-    if (opts.onBytes) {
-      const on = opts.onBytes;
-      body = verified.pipe(
-        new Transform({
-          transform(chunk: Buffer, _e, cb) {
-            on(chunk.length);
-            cb(null, chunk);
-          },
-        }),
-      );
-      verified.on('error', (e) => body.destroy(e));
-    }
+    // The request takes the blob from buffers of the sender's own (ring-writer.ts), each reused
+    // once the socket has written it: what the source hands over dies young, and the bytes
+    // waiting for the socket are bounded whatever the blob's size.
+    const body: BodyWriter = async (req) => {
+      const ring = new RingWriter(async (bytes) => {
+        await writeTo(req, bytes);
+        opts.onBytes?.(bytes.length);
+      });
+      try {
+        for await (const chunk of verified) await ring.write(chunk as Buffer);
+      } catch (e) {
+        await ring.abort(e);
+        throw e;
+      }
+      await ring.end();
+    };
+    return this.#patch(desc, body, upload, scopes, what, opts.signal, {
+      stop: () => verified.destroy(),
+      finished: async (status) => {
+        await ended;
+        if (failed) throw failed;
+        if (!verified.readableEnded) throw new IncompleteUploadError(this.registry, what, status, 'the registry answered before the whole blob was sent');
+      },
+    });
+  }
+
+  /** The whole blob in one PATCH, read by `reader` into the ring's buffers (RingWriter.fill). */
+  async #patchFromReader(desc: Descriptor, reader: BlobReader, upload: URL, scopes: string[], what: string, opts: { signal?: AbortSignal; onBytes?: (n: number) => void }): Promise<URL> {
+    let stopped = false;
+    let fed: Promise<void> | undefined;
+    const body: BodyWriter = (req) => {
+      fed = (async () => {
+        const ring = new RingWriter(async (bytes) => {
+          await writeTo(req, bytes);
+          opts.onBytes?.(bytes.length);
+        });
+        try {
+          while (!stopped && (await ring.fill((into) => reader.read(into))) > 0);
+        } catch (e) {
+          await ring.abort(e);
+          throw e;
+        }
+        await ring.end();
+      })();
+      return fed;
+    };
+    return this.#patch(desc, body, upload, scopes, what, opts.signal, {
+      stop: () => {
+        stopped = true;
+      },
+      finished: async (status) => {
+        try {
+          await fed;
+        } catch (e) {
+          // A verification failure says so; a request closed under the body is a short upload.
+          if (e instanceof TiuError) throw e;
+          throw new IncompleteUploadError(this.registry, what, status, 'the registry answered before the whole blob was sent');
+        }
+        if (stopped || fed === undefined) throw new IncompleteUploadError(this.registry, what, status, 'the blob was not sent');
+      },
+    });
+  }
+
+  /**
+   * One PATCH with the whole blob as `body`; `finished` throws when the body was not sent whole
+   * and verified, `stop` ends the body early when the registry refused the upload.
+   */
+  async #patch(desc: Descriptor, body: BodyWriter, upload: URL, scopes: string[], what: string, signal: AbortSignal | undefined, end: { stop: () => void; finished: (status: number) => Promise<void> }): Promise<URL> {
     const headers: Record<string, string> = { 'content-type': 'application/octet-stream', 'content-length': String(desc.size) };
     if (desc.size > 0) headers['content-range'] = `0-${desc.size - 1}`;
-    const res = await this.#send({ method: 'PATCH', path: upload, scopes, headers, body, signal: opts.signal, noRetry: true, what, expectedBytes: desc.size });
+    const res = await this.#send({ method: 'PATCH', path: upload, scopes, headers, body, signal, noRetry: true, what, expectedBytes: desc.size });
     if (res.status !== 202 && res.status !== 204) {
-      verified.destroy();
+      end.stop();
       await this.#fail(res, what);
     }
     res.body.resume();
-    await ended;
-    if (failed) throw failed;
-    if (!verified.readableEnded) throw new IncompleteUploadError(this.registry, what, res.status, 'the registry answered before the whole blob was sent');
+    await end.finished(res.status);
     const held = heldBytes(headerOne(res.headers.range));
     if (held !== undefined && held !== desc.size) {
       throw new IncompleteUploadError(this.registry, what, res.status, `registry holds ${held} of ${desc.size} bytes after the upload`);
@@ -645,6 +748,23 @@ export class RepositoryClient {
     if (pendingLen > 0) await flush();
     return upload;
   }
+}
+
+/**
+ * Write `bytes` into a request body; settles once the socket is done with them (the callback
+ * of the write) or the request has closed, so that the caller may reuse the buffer.
+ */
+function writeTo(req: Writable, bytes: Buffer): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (req.destroyed) return reject(new Error('the request closed before its body was sent'));
+    const closed = (): void => reject(new Error('the request closed before its body was sent'));
+    req.once('close', closed);
+    req.write(bytes, (err) => {
+      req.off('close', closed);
+      if (err) reject(err);
+      else resolve();
+    });
+  });
 }
 
 /** Times a streamed upload is started again from a fresh stream (PushOptions.reopen). */

@@ -8,7 +8,7 @@ import type http from 'node:http';
 import type https from 'node:https';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { TiuError } from '../../errors.ts';
 import { AbortedError, TlsError, TooSlowError, UnreachableError } from './errors.ts';
@@ -43,8 +43,8 @@ export interface HttpRequest {
   method: string;
   url: URL;
   headers?: Record<string, string>;
-  /** A Buffer can be re-sent on retry; a stream is sent once. */
-  body?: Buffer | Readable;
+  /** A Buffer can be re-sent on retry; a stream or a BodyWriter is sent once. */
+  body?: Buffer | Readable | BodyWriter;
   signal?: AbortSignal | undefined;
   /** Follow 30x (blob GETs go to storage backends); Authorization is dropped on a host change. */
   followRedirects?: boolean;
@@ -55,6 +55,13 @@ export interface HttpRequest {
   /** What is fetched, for REGISTRY_TOO_SLOW ("blob sha256:… in os/microos"); default: method and path. */
   what?: string;
 }
+
+/**
+ * A request body written by the caller into the request (then ended by the client), for a
+ * sender that reuses its buffers: it may reuse one once its write's callback has run. A
+ * rejection destroys the request with that error.
+ */
+export type BodyWriter = (req: Writable) => Promise<void>;
 
 export interface HttpResponse {
   status: number;
@@ -236,7 +243,7 @@ export class HttpClient {
     }
   }
 
-  async #once(method: string, url: URL, headers: Record<string, string>, body: Buffer | Readable | undefined, signal: AbortSignal | undefined, o: { what: string; expectedBytes: number | undefined }): Promise<HttpResponse> {
+  async #once(method: string, url: URL, headers: Record<string, string>, body: Buffer | Readable | BodyWriter | undefined, signal: AbortSignal | undefined, o: { what: string; expectedBytes: number | undefined }): Promise<HttpResponse> {
     const agent = await this.#agent(url);
     const mod = url.protocol === 'https:' ? httpsModule() : httpModule();
     const h: Record<string, string> = { 'user-agent': this.#opts.userAgent ?? 'tiu', ...headers };
@@ -250,7 +257,12 @@ export class HttpClient {
       r.on('error', reject);
       if (body === undefined) r.end();
       else if (Buffer.isBuffer(body)) r.end(body);
-      else {
+      else if (typeof body === 'function') {
+        body(r).then(
+          () => r.end(),
+          (e: unknown) => r.destroy(e instanceof Error ? e : new Error(String(e))),
+        );
+      } else {
         body.on('error', (e) => r.destroy(e));
         body.pipe(r);
       }

@@ -7,6 +7,7 @@
 import { Readable } from 'node:stream';
 import { TiuError, type ErrorCode } from '../../errors.ts';
 import { NotFoundError } from '../../content/errors.ts';
+import { readerStream, type BlobReader } from '../../content/blob-reader.ts';
 import type { FetchOptions, PushOptions, Target } from '../../content/interfaces.ts';
 import { Semaphore } from '../../util/semaphore.ts';
 import { isDigest, parseDigest, TrailingDataError, verifyBuffer } from '../../oci/digest.ts';
@@ -261,6 +262,16 @@ export class RegistryTarget implements Target {
     }
     await this.#uploads.run(() =>
       p.pushBlob(desc, content, { ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onBytes ? { onBytes: opts.onBytes } : {}), ...(opts.reopen ? { reopen: opts.reopen } : {}) }),
+    );
+    rememberBlob(p.registry, desc.digest, p.repository);
+  }
+
+  /** A blob from a reader (an `oci:` layout's file) through the upload's own buffers (RepositoryClient.pushBlobFrom). */
+  async pushFrom(desc: Descriptor, open: () => Promise<BlobReader>, opts: PushOptions = {}): Promise<void> {
+    if (isManifestLike(desc.mediaType)) return this.push(desc, readerStream(await open()), opts);
+    const p = this.#primary;
+    await this.#uploads.run(() =>
+      p.pushBlobFrom(desc, open, { ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onBytes ? { onBytes: opts.onBytes } : {}) }),
     );
     rememberBlob(p.registry, desc.digest, p.repository);
   }
