@@ -19,10 +19,11 @@
  * name that is not UTF-8 travels as its raw bytes.
  */
 import { sha256 } from '../oci/digest.ts';
-import { zstdDecompressSync } from 'node:zlib';
+import { createZstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { isTiuError } from '../errors.ts';
 import { LayerFormatError } from './errors.ts';
 import { mtimeParts, sortedXattrs, type EntryType, type TreeEntry } from './entry.ts';
-import { encodeTocJson, parseTocJson } from './toc-json.ts';
+import { encodeTocJson, TocJsonStream } from './toc-json.ts';
 
 export const ZstdChunkedAnnotation = {
   ManifestChecksum: 'io.github.containers.zstd-chunked.manifest-checksum',
@@ -164,48 +165,121 @@ export type RangeFetch = (start: number, end: number) => Promise<Buffer>;
 
 const TYPES: readonly string[] = ['reg', 'hardlink', 'symlink', 'dir', 'char', 'block', 'fifo', 'chunk'];
 
-function checkToc(v: unknown): Toc {
-  const bad = (why: string) => new LayerFormatError('TOC_INVALID', `invalid table of contents: ${why}`);
-  if (typeof v !== 'object' || v === null) throw bad('not an object');
-  const t = v as Record<string, unknown>;
-  if (t.version !== 1) throw bad(`version ${JSON.stringify(t.version)} is not 1`);
-  if (!Array.isArray(t.entries)) throw bad('no entries array');
-  for (const [i, e] of (t.entries as unknown[]).entries()) {
-    if (typeof e !== 'object' || e === null) throw bad(`entry ${i} is not an object`);
-    const x = e as Record<string, unknown>;
-    if (typeof x.type !== 'string' || !TYPES.includes(x.type))
-      throw bad(`entry ${i} has type ${JSON.stringify(x.type)}`);
-    if (typeof x.name !== 'string') throw bad(`entry ${i} has no name`);
-    for (const k of [
-      'mode',
-      'size',
-      'uid',
-      'gid',
-      'devMajor',
-      'devMinor',
-      'offset',
-      'endOffset',
-      'chunkSize',
-      'chunkOffset',
-    ]) {
-      if (x[k] !== undefined && (typeof x[k] !== 'number' || !Number.isSafeInteger(x[k]) || x[k] < 0))
-        throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
-    }
-    for (const k of ['linkName', 'modtime', 'digest', 'chunkDigest', 'chunkType']) {
-      if (x[k] !== undefined && typeof x[k] !== 'string') throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
-    }
-    if (x.digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(x.digest as string))
-      throw bad(`entry ${i} (${x.name}) has a bad digest`);
-    if (x.xattrs !== undefined) {
-      if (
-        typeof x.xattrs !== 'object' ||
-        x.xattrs === null ||
-        Object.values(x.xattrs).some((s) => typeof s !== 'string')
-      )
-        throw bad(`entry ${i} (${x.name}) has bad xattrs`);
-    }
+const tocError = (why: string) => new LayerFormatError('TOC_INVALID', `invalid table of contents: ${why}`);
+
+/** One entry of a TOC document, schema-checked. */
+function checkEntry(e: unknown, i: number): TocEntry {
+  const bad = tocError;
+  if (typeof e !== 'object' || e === null) throw bad(`entry ${i} is not an object`);
+  const x = e as Record<string, unknown>;
+  if (typeof x.type !== 'string' || !TYPES.includes(x.type)) throw bad(`entry ${i} has type ${JSON.stringify(x.type)}`);
+  if (typeof x.name !== 'string') throw bad(`entry ${i} has no name`);
+  for (const k of NUMBER_FIELDS) {
+    if (x[k] !== undefined && (typeof x[k] !== 'number' || !Number.isSafeInteger(x[k]) || x[k] < 0))
+      throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
   }
-  return t as unknown as Toc;
+  for (const k of STRING_FIELDS) {
+    if (x[k] !== undefined && typeof x[k] !== 'string') throw bad(`entry ${i} (${x.name}) has a bad ${k}`);
+  }
+  if (x.digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(x.digest as string))
+    throw bad(`entry ${i} (${x.name}) has a bad digest`);
+  if (x.xattrs !== undefined) {
+    if (typeof x.xattrs !== 'object' || x.xattrs === null || Object.values(x.xattrs).some((s) => typeof s !== 'string'))
+      throw bad(`entry ${i} (${x.name}) has bad xattrs`);
+  }
+  return x as unknown as TocEntry;
+}
+
+const NUMBER_FIELDS = [
+  'mode',
+  'size',
+  'uid',
+  'gid',
+  'devMajor',
+  'devMinor',
+  'offset',
+  'endOffset',
+  'chunkSize',
+  'chunkOffset',
+];
+const STRING_FIELDS = ['linkName', 'modtime', 'digest', 'chunkDigest', 'chunkType'];
+
+/**
+ * Read a TOC from its JSON bytes (verified by the caller: a checksum or a signed digest) entry
+ * by entry, each schema-checked before `onEntry` gets it; nothing keeps the document's text or
+ * its array. The rest of the TOC comes back. A TOC that turns out invalid after some entries
+ * went out throws then: the caller uses what it collected only when this returns.
+ */
+export function forEachTocEntry(json: Uint8Array, onEntry: (e: TocEntry, index: number) => void): Omit<Toc, 'entries'> {
+  const read = new TocReading(onEntry);
+  read.push(Buffer.from(json.buffer, json.byteOffset, json.length));
+  return read.end();
+}
+
+/**
+ * forEachTocEntry over the compressed TOC (verified by the caller against the manifest-checksum),
+ * decompressed piece by piece: not even the JSON bytes are held whole.
+ */
+export async function forEachCompressedTocEntry(
+  compressed: Buffer,
+  lengthUncompressed: number,
+  onEntry: (e: TocEntry, index: number) => void,
+): Promise<Omit<Toc, 'entries'>> {
+  const read = new TocReading(onEntry);
+  const z = createZstdDecompress();
+  z.end(compressed);
+  let total = 0;
+  try {
+    for await (const chunk of z) {
+      total += (chunk as Buffer).length;
+      if (total > lengthUncompressed) break;
+      read.push(chunk as Buffer);
+    }
+  } catch (e) {
+    if (isTiuError(e)) throw e;
+    throw new LayerFormatError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
+  } finally {
+    z.destroy();
+  }
+  if (total !== lengthUncompressed)
+    throw new LayerFormatError(
+      'TOC_INVALID',
+      total > lengthUncompressed
+        ? `table of contents is larger than the ${lengthUncompressed} bytes its position declares`
+        : `table of contents is ${total} bytes, expected ${lengthUncompressed}`,
+    );
+  return read.end();
+}
+
+/** A TOC document read as its bytes come: entries checked one by one, then the rest. */
+class TocReading {
+  readonly #stream: TocJsonStream;
+
+  constructor(onEntry: (e: TocEntry, index: number) => void) {
+    this.#stream = new TocJsonStream((e, i) => onEntry(checkEntry(e, i), i));
+  }
+
+  push(bytes: Buffer): void {
+    notJson(() => this.#stream.push(bytes));
+  }
+
+  end(): Omit<Toc, 'entries'> {
+    const read = notJson(() => this.#stream.end());
+    const version = read.rest.version;
+    if (version !== 1) throw tocError(`version ${JSON.stringify(version)} is not 1`);
+    if (read.entries === undefined) throw tocError('no entries array');
+    return read.rest as unknown as Omit<Toc, 'entries'>;
+  }
+}
+
+function notJson<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof SyntaxError)
+      throw new LayerFormatError('TOC_INVALID', `table of contents is not JSON: ${e.message}`);
+    throw e;
+  }
 }
 
 /**
@@ -219,6 +293,43 @@ export async function readTocFromFooter(
   blobSize: number,
   annotations?: Record<string, string>,
 ): Promise<Toc> {
+  return parseToc((await readTocJsonFromFooter(fetch, blobSize, annotations)).json);
+}
+
+/**
+ * readTocFromFooter without the parse: the TOC's JSON bytes and the compressed bytes they came
+ * from (verified against the annotations where given), for a reader that takes the entries one
+ * by one (forEachTocEntry).
+ */
+export async function readTocJsonFromFooter(
+  fetch: RangeFetch,
+  blobSize: number,
+  annotations?: Record<string, string>,
+): Promise<{ json: Buffer; compressed: Buffer }> {
+  const { compressed, lengthUncompressed } = await readCompressedToc(fetch, blobSize, annotations);
+  let json: Buffer;
+  try {
+    json = zstdDecompressSync(compressed, { maxOutputLength: Math.max(lengthUncompressed, 1) });
+  } catch (e) {
+    throw new LayerFormatError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
+  }
+  if (json.length !== lengthUncompressed)
+    throw new LayerFormatError(
+      'TOC_INVALID',
+      `table of contents is ${json.length} bytes, expected ${lengthUncompressed}`,
+    );
+  return { json, compressed };
+}
+
+/**
+ * The compressed TOC of a blob, found and verified as readTocFromFooter does, with the length
+ * its JSON must have (forEachCompressedTocEntry reads it without ever holding that JSON).
+ */
+export async function readCompressedToc(
+  fetch: RangeFetch,
+  blobSize: number,
+  annotations?: Record<string, string>,
+): Promise<{ compressed: Buffer; lengthUncompressed: number }> {
   let pos: { offset: number; lengthCompressed: number; lengthUncompressed: number; manifestType: number };
   const position = annotations?.[ZstdChunkedAnnotation.ManifestPosition];
   if (position !== undefined) {
@@ -257,29 +368,14 @@ export async function readTocFromFooter(
         { expected, actual },
       );
   }
-  let json: Buffer;
-  try {
-    json = zstdDecompressSync(compressed, { maxOutputLength: Math.max(pos.lengthUncompressed, 1) });
-  } catch (e) {
-    throw new LayerFormatError('TOC_INVALID', `table of contents does not decompress: ${(e as Error).message}`);
-  }
-  if (json.length !== pos.lengthUncompressed)
-    throw new LayerFormatError(
-      'TOC_INVALID',
-      `table of contents is ${json.length} bytes, expected ${pos.lengthUncompressed}`,
-    );
-  return parseToc(json);
+  return { compressed, lengthUncompressed: pos.lengthUncompressed };
 }
 
 /** A TOC from its JSON bytes (verified by the caller: a checksum or a signed digest), schema-checked. */
 export function parseToc(json: Uint8Array): Toc {
-  let parsed: unknown;
-  try {
-    parsed = parseTocJson(json);
-  } catch (e) {
-    throw new LayerFormatError('TOC_INVALID', `table of contents is not JSON: ${(e as Error).message}`);
-  }
-  return checkToc(parsed);
+  const entries: TocEntry[] = [];
+  const rest = forEachTocEntry(json, (e) => entries.push(e));
+  return { ...rest, entries };
 }
 
 /** The TOC entry of a tree entry, named as its tar header names it (offsets and digest are the writer's). */

@@ -60,7 +60,10 @@ export function flattenLayers(layers: readonly (readonly TreeEntry[])[]): Map<st
   // Entries whose parent is not a directory of the final tree can't exist: a lower layer's
   // directory replaced by a file hid them above; what is left is an image error.
   resolveHardlinks(tree);
-  return new Map([...tree.entries()].sort((a, b) => comparePaths(a[0], b[0])));
+  // Sorting the keys, not [key, entry] pairs: a pair is a ~50-byte array per file.
+  const sorted = new Map<string, TreeEntry>();
+  for (const p of [...tree.keys()].sort(comparePaths)) sorted.set(p, tree.get(p)!);
+  return sorted;
 }
 
 /** Point every hardlink at its final (non-hardlink) target; refuse dangling or directory targets. */

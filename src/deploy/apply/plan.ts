@@ -7,7 +7,7 @@ import { devMajor, devMinor, implicitDir, showPath } from '../../layer/entry.ts'
 import { UnsafePathError } from './errors.ts';
 import { sameTime } from './fsops.ts';
 import { comparePaths, isAtOrBelow, parentOf } from '../../layer/paths.ts';
-import type { ContentHasher } from './scan.ts';
+import { pathsOfSize, type ContentHasher } from './scan.ts';
 import { findInSources, type ContentSource } from './sources.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
 import { emptyCounter } from './types.ts';
@@ -105,7 +105,10 @@ export async function planApply(
     g.push(p);
   }
 
-  const actions = new Map<string, Action>();
+  // In path order, a hole for each hardlink until its target's action is known; only the
+  // targets' actions are also kept by path (a map of every action was ~40 bytes a file).
+  const ordered: (Action | undefined)[] = [];
+  const targetActions = new Map<string, Action>();
   const summary: PlanSummary = {
     keep: emptyCounter(),
     meta: emptyCounter(),
@@ -130,6 +133,10 @@ export async function planApply(
     const e = tree.get(p)!;
     const x = old.entries.get(p);
     let a: Action;
+    if (e.type === 'hardlink') {
+      ordered.push(undefined); // after all primaries are decided
+      continue;
+    }
     switch (e.type) {
       case 'dir': {
         if (x?.type === 'dir') {
@@ -157,8 +164,6 @@ export async function planApply(
         } else a = { kind: 'create', entry: e, replace: !!x };
         break;
       }
-      case 'hardlink':
-        continue; // after all primaries are decided
       case 'reg': {
         const digest = e.digest;
         if (!digest) throw new UnsafePathError(p, 'regular file without a content digest in the table of contents');
@@ -172,7 +177,7 @@ export async function planApply(
         const replace = !!x;
         if (e.size > 0) {
           let from: string | undefined;
-          for (const c of old.bySize.get(e.size) ?? []) {
+          for (const c of pathsOfSize(old, e.size)) {
             if ((await hasher.digestOf(old.entries.get(c)!)) === digest) {
               from = c;
               break;
@@ -199,23 +204,24 @@ export async function planApply(
         break;
       }
     }
-    actions.set(p, a);
+    ordered.push(a);
+    if (groups.has(p)) targetActions.set(p, a);
   }
 
-  for (const p of paths) {
+  for (const [i, p] of paths.entries()) {
     const e = tree.get(p)!;
     if (e.type !== 'hardlink') continue;
     const x = old.entries.get(p);
     const t = e.linkname!;
-    const ta = actions.get(t)!;
+    const ta = targetActions.get(t)!;
     const tx = old.entries.get(t);
     const inodeStays = ta.kind === 'keep' || ta.kind === 'meta';
-    if (x && tx && inodeStays && x.ino === tx.ino && x.type === tx.type) actions.set(p, { kind: 'keep', entry: e });
-    else actions.set(p, { kind: 'link', entry: e, replace: !!x });
+    if (x && tx && inodeStays && x.ino === tx.ino && x.type === tx.type) ordered[i] = { kind: 'keep', entry: e };
+    else ordered[i] = { kind: 'link', entry: e, replace: !!x };
   }
 
-  const ordered = paths.map((p) => actions.get(p)!);
-  for (const a of ordered) {
+  const actions = ordered as Action[];
+  for (const a of actions) {
     const bytes = a.entry.type === 'reg' ? a.entry.size : 0;
     const c =
       a.kind === 'keep'
@@ -283,5 +289,5 @@ export async function planApply(
     deletes.push(p);
   }
 
-  return { actions: ordered, deletes, fetch, summary };
+  return { actions, deletes, fetch, summary };
 }

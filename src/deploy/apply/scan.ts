@@ -13,13 +13,14 @@
  * once each.
  */
 import { createHash } from 'node:crypto';
-import { lstat, open, readFile, rename, writeFile } from 'node:fs/promises';
+import { lstat, open, readFile, rename } from 'node:fs/promises';
 import { constants, lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import { readTreeXattrs } from '../../host/xattr.ts';
 import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
 import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
-import type { EntryType, ExistingEntry, OldTree } from './types.ts';
+import { ScanEntries } from './scan-entries.ts';
+import type { EntryType, ExistingEntry, OldTree, ScannedEntries } from './types.ts';
 import type { BigIntStats, PathLike } from 'node:fs';
 
 const SLASH = Buffer.from('/');
@@ -28,19 +29,7 @@ export function typeOfStats(st: BigIntStats): EntryType | 'other' {
   return fileTypeOf(st) ?? 'other';
 }
 
-/**
- * The xattrs of an entry the scan found none for (the scan assigns a new object when it finds
- * some, never adds to this one). One shared frozen object instead of ~56 bytes per entry.
- */
-const NO_XATTRS: Record<string, Buffer> = Object.freeze({});
-
-/**
- * One BigInt per value where a tree repeats it: every entry of a tree has the same `dev`, and
- * nearly all an `rdev` of 0 (each lstat returns new BigInts, ~24 bytes apiece).
- */
-let lastDev = 0n;
-const ZERO = 0n;
-
+/** One lstat result as an entry (the executor's look at a path; a scan keeps rows, scan-entries.ts). */
 export function existingFromStats(path: string, st: BigIntStats, linkname?: string): ExistingEntry {
   const e: ExistingEntry = {
     path,
@@ -52,10 +41,10 @@ export function existingFromStats(path: string, st: BigIntStats, linkname?: stri
     mtimeNs: st.mtimeNs,
     ctimeNs: st.ctimeNs,
     ino: st.ino,
-    dev: st.dev === lastDev ? lastDev : (lastDev = st.dev),
+    dev: st.dev,
     nlink: Number(st.nlink),
-    rdev: st.rdev === ZERO ? ZERO : st.rdev,
-    xattrs: NO_XATTRS,
+    rdev: st.rdev,
+    xattrs: {},
   };
   if (linkname !== undefined) e.linkname = linkname;
   return e;
@@ -78,8 +67,8 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
   }
   if (!rst.isDirectory()) throw new BadRootError(root, 'is not a directory (or is a symlink)');
   const preserve = opts.preserve ?? [];
-  const entries = new Map<string, ExistingEntry>();
-  entries.set('', existingFromStats('', rst));
+  const entries = new ScanEntries();
+  entries.addStats('', rst);
   // Synchronous calls: one lstat is a few microseconds, while a round trip through libuv's
   // thread pool per entry made the walk of a 13k-entry tree take over a second. The event
   // loop gets a turn every few hundred entries.
@@ -95,7 +84,7 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
       const abs = absOf(p);
       const st = lstatSync(abs, { bigint: true });
       const link = st.isSymbolicLink() ? bstr(readlinkSync(abs, { encoding: 'buffer' })) : undefined;
-      entries.set(p, existingFromStats(p, st, link));
+      entries.addStats(p, st, link);
       if (st.isDirectory() && !preserve.some((x) => isAtOrBelow(p, x))) stack.push(p);
       if (++sinceYield >= 500) {
         sinceYield = 0;
@@ -104,24 +93,22 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
     }
   }
   if (!opts.noXattrs) {
-    for (const [rel, xs] of await readTreeXattrs(root)) {
-      const e = entries.get(rel);
-      if (e) e.xattrs = Object.fromEntries(xs);
-    }
+    for (const [rel, xs] of await readTreeXattrs(root)) entries.setXattrs(rel, Object.fromEntries(xs));
   }
   return indexOldTree(root, entries);
 }
 
-export function indexOldTree(root: string, entries: Map<string, ExistingEntry>): OldTree {
-  const bySize = new Map<number, string[]>();
+export function indexOldTree(root: string, entries: ScannedEntries): OldTree {
+  const bySize = new Map<number, string | string[]>();
   const byIno = new Map<bigint, string[]>();
   for (const e of entries.values()) {
     if (e.type !== 'reg') continue;
-    // A new list as a literal: `[]` then push() reserves 17 slots, ~150 bytes for the one path
-    // almost every inode and many sizes have.
     const s = bySize.get(e.size);
-    if (s) s.push(e.path);
-    else bySize.set(e.size, [e.path]);
+    if (s === undefined) bySize.set(e.size, e.path);
+    else if (typeof s === 'string') bySize.set(e.size, [s, e.path]);
+    else s.push(e.path);
+    if (e.nlink < 2) continue;
+    // A new list as a literal: `[]` then push() reserves 17 slots.
     const i = byIno.get(e.ino);
     if (i) i.push(e.path);
     else byIno.set(e.ino, [e.path]);
@@ -129,18 +116,83 @@ export function indexOldTree(root: string, entries: Map<string, ExistingEntry>):
   return { root, entries, bySize, byIno };
 }
 
+const NO_PATHS: readonly string[] = [];
+
+/** The regular files of `old` that have `size` bytes. */
+export function pathsOfSize(old: OldTree, size: number): readonly string[] {
+  const s = old.bySize.get(size);
+  return s === undefined ? NO_PATHS : typeof s === 'string' ? [s] : s;
+}
+
 /** Hashes of old-tree files, asked for lazily by the planner. */
 export interface ContentHasher {
   digestOf(e: ExistingEntry): Promise<string>;
 }
 
-interface IndexFile {
-  version: 1;
-  entries: Record<string, string>;
-}
+/**
+ * The saved index: `{"version":1,"entries":{"<ino>:<size>:<mtimeNs>:<ctimeNs>":"sha256:<hex>",...}}`,
+ * the JSON text JSON.stringify made of it before (keys are digits, `:` and `-`: nothing to escape).
+ */
+const INDEX_HEAD = '{"version":1,"entries":{';
+const INDEX_MEMBER = /"(\d+:\d+:-?\d+:-?\d+)":"(sha256:[0-9a-f]{64})"(,|\}\})/y;
 
 function keyOf(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): string {
   return `${e.ino}:${e.size}:${e.mtimeNs}:${e.ctimeNs}`;
+}
+
+const SHA256 = /^sha256:[0-9a-f]{64}$/;
+const DIGEST_BYTES = 32;
+
+/**
+ * sha256 digests by key, each as its 32 raw bytes in one growing Buffer, not as a 71-char
+ * string (~90 bytes) apiece: an index holds one per file of a snapshot, tens of thousands.
+ */
+class DigestTable {
+  readonly #slots = new Map<string, number>();
+  #bytes = Buffer.alloc(DIGEST_BYTES * 1024);
+
+  get size(): number {
+    return this.#slots.size;
+  }
+
+  /** `sha256:<hex>`, or undefined. */
+  get(key: string): string | undefined {
+    const at = this.#slots.get(key);
+    if (at === undefined) return undefined;
+    return 'sha256:' + this.#bytes.toString('hex', at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
+  }
+
+  /** `digest` must be `sha256:<64 lowercase hex>`. */
+  set(key: string, digest: string): void {
+    let at = this.#slots.get(key);
+    if (at === undefined) {
+      at = this.#slots.size;
+      if ((at + 1) * DIGEST_BYTES > this.#bytes.length) {
+        const grown = Buffer.alloc(this.#bytes.length * 2);
+        this.#bytes.copy(grown);
+        this.#bytes = grown;
+      }
+      this.#slots.set(key, at);
+    }
+    this.#bytes.write(digest.slice(7), at * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+  }
+
+  keys(): IterableIterator<string> {
+    return this.#slots.keys();
+  }
+
+  /** Keep only `keep`'s keys (slots are renumbered, the buffer shrinks to fit). */
+  retain(keep: ReadonlySet<string>): void {
+    const old = this.#bytes;
+    const kept = [...this.#slots].filter(([k]) => keep.has(k));
+    this.#slots.clear();
+    this.#bytes = Buffer.alloc(DIGEST_BYTES * Math.max(kept.length, 1024));
+    for (const [k, at] of kept) {
+      const to = this.#slots.size;
+      old.copy(this.#bytes, to * DIGEST_BYTES, at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
+      this.#slots.set(k, to);
+    }
+  }
 }
 
 /** sha256 of a file, reading it without following a symlink at its place. */
@@ -161,7 +213,7 @@ export async function hashFile(abs: PathLike): Promise<string> {
  */
 export class ContentIndex implements ContentHasher {
   readonly root: string;
-  readonly #known = new Map<string, string>();
+  readonly #known = new DigestTable();
   /** Keys whose digest this process read from the file itself (not loaded from a saved index). */
   readonly #hashedHere = new Set<string>();
   /** Files actually read to hash them (for reports and tests). */
@@ -172,23 +224,50 @@ export class ContentIndex implements ContentHasher {
     this.root = root;
   }
 
+  /**
+   * The index saved at `file`; empty when there is none or it is not exactly what `save`
+   * writes (it is only an accelerator). Read member by member from the text: JSON.parse made an
+   * object of every entry (~8 MB for a 45k-file tree) next to the table it was copied into.
+   */
   static async load(root: string, file: string): Promise<ContentIndex> {
     const idx = new ContentIndex(root);
+    let bytes: Buffer;
     try {
-      const j = JSON.parse(await readFile(file, 'utf8')) as IndexFile;
-      if (j?.version === 1 && j.entries && typeof j.entries === 'object') {
-        for (const [k, v] of Object.entries(j.entries))
-          if (typeof v === 'string' && /^sha256:[0-9a-f]{64}$/.test(v)) idx.#known.set(k, v);
-      }
+      bytes = await readFile(file);
     } catch {
-      // No or unreadable cache: start empty, it is only an accelerator.
+      return idx;
     }
-    return idx;
+    const text = bytes.toString('latin1');
+    if (!text.startsWith(INDEX_HEAD)) return idx;
+    if (text === INDEX_HEAD + '}}') return idx;
+    INDEX_MEMBER.lastIndex = INDEX_HEAD.length;
+    for (;;) {
+      const m = INDEX_MEMBER.exec(text);
+      if (!m) return new ContentIndex(root);
+      // The key copied out of the file's bytes: a match of `text` would keep all of it alive.
+      idx.#known.set(bytes.toString('latin1', m.index + 1, m.index + 1 + m[1]!.length), m[2]!);
+      if (m[3] === '}}') return INDEX_MEMBER.lastIndex === text.length ? idx : new ContentIndex(root);
+    }
   }
 
+  /** The file is written in pieces: one object or string of every entry would be tens of MB at once. */
   async save(file: string): Promise<void> {
-    const body: IndexFile = { version: 1, entries: Object.fromEntries(this.#known) };
-    await writeFile(file + '.tmp', JSON.stringify(body));
+    const fh = await open(file + '.tmp', 'w');
+    try {
+      let piece = INDEX_HEAD;
+      let first = true;
+      for (const k of this.#known.keys()) {
+        piece += `${first ? '' : ','}"${k}":"${this.#known.get(k)!}"`;
+        first = false;
+        if (piece.length >= 64 * 1024) {
+          await fh.write(piece);
+          piece = '';
+        }
+      }
+      await fh.write(piece + '}}');
+    } finally {
+      await fh.close();
+    }
     await rename(file + '.tmp', file);
   }
 
@@ -198,14 +277,14 @@ export class ContentIndex implements ContentHasher {
 
   /** Record a known digest (the executor does this for everything it writes, from the TOC). */
   remember(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): void {
-    this.#known.set(keyOf(e), digest);
+    if (SHA256.test(digest)) this.#known.set(keyOf(e), digest);
   }
 
   /** Drop everything except these keys (after an apply, only the new tree's files matter). */
   retainOnly(keep: Iterable<Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>>): void {
     const ks = new Set<string>();
     for (const e of keep) ks.add(keyOf(e));
-    for (const k of [...this.#known.keys()]) if (!ks.has(k)) this.#known.delete(k);
+    this.#known.retain(ks);
   }
 
   async digestOf(e: ExistingEntry): Promise<string> {

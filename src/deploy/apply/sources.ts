@@ -7,7 +7,7 @@
  * (or downloads nothing) never walks another snapshot.
  */
 import { BadRootError } from './errors.ts';
-import { ContentIndex, scanTree } from './scan.ts';
+import { ContentIndex, pathsOfSize, scanTree } from './scan.ts';
 import type { OldTree, SnapshotFile } from './types.ts';
 
 /** Where a source snapshot is and where its content index is kept. */
@@ -61,7 +61,7 @@ export class SnapshotSource implements ContentSource {
 
   async find(size: number, digest: string): Promise<SnapshotFile | undefined> {
     const tree = await this.tree();
-    for (const p of tree?.bySize.get(size) ?? []) {
+    for (const p of tree ? pathsOfSize(tree, size) : []) {
       const seen = tree!.entries.get(p)!;
       let d: string;
       try {

@@ -19,7 +19,7 @@ import { isAtOrBelow, whiteoutOf } from './layers.ts';
 import { comparePaths, joinPath, normalizeEntryPath, parentOf } from '../../layer/paths.ts';
 import { bstr, devMajor, devMinor, implicitDir, showPath } from '../../layer/entry.ts';
 import { metaDiff } from './plan.ts';
-import { ContentIndex, existingFromStats, scanTree } from './scan.ts';
+import { ContentIndex, existingFromStats, pathsOfSize, scanTree } from './scan.ts';
 import { readTar, type TarMember } from '../../layer/tar.ts';
 import { imageEntry } from './tar-entries.ts';
 import { skipReserved, SkipTally, type Reserved } from './reserved.ts';
@@ -409,7 +409,7 @@ async function reuseOldContent(
 ): Promise<{ path: string; reused: boolean }> {
   const no = { path: tmp, reused: false };
   if (size < REFLINK_MIN) return no;
-  for (const c of st.old.bySize.get(size) ?? []) {
+  for (const c of pathsOfSize(st.old, size)) {
     const x = st.old.entries.get(c)!;
     const now = await lstatOrNull(st.sr.path(c));
     if (

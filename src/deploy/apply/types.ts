@@ -27,12 +27,29 @@ export interface ExistingEntry {
   xattrs: Record<string, Buffer>;
 }
 
+/**
+ * The scan's entries by path: a Map in tests, compact rows from a real scan (scan-entries.ts),
+ * whose `get` makes a new object each time (don't keep it as the scan's identity).
+ */
+export interface ScannedEntries {
+  readonly size: number;
+  has(path: string): boolean;
+  get(path: string): ExistingEntry | undefined;
+  keys(): IterableIterator<string>;
+  values(): IterableIterator<ExistingEntry>;
+  [Symbol.iterator](): IterableIterator<[string, ExistingEntry]>;
+}
+
 export interface OldTree {
   root: string;
-  entries: Map<string, ExistingEntry>;
-  /** Regular files by size: the only candidates for a content match. */
-  bySize: Map<number, string[]>;
-  /** Paths by inode, for hardlink groups. */
+  entries: ScannedEntries;
+  /**
+   * Regular files by size: the only candidates for a content match. A size only one file has
+   * (most of them) maps to its path, not a list of one (~90 bytes less each): read it with
+   * `pathsOfSize` (scan.ts).
+   */
+  bySize: Map<number, string | string[]>;
+  /** Paths by inode of the files with more than one link (hardlink groups); a file with one link is in no group. */
   byIno: Map<bigint, string[]>;
 }
 

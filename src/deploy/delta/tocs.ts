@@ -11,8 +11,15 @@ import type { Target } from '../../content/interfaces.ts';
 import { MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { zstdDecompressSync } from 'node:zlib';
-import { parsePosition, parseToc, readTocFromFooter, ZstdChunkedAnnotation, type Toc } from '../../layer/toc.ts';
-import { tocToEntries, type TreeEntry } from '../apply/index.ts';
+import {
+  forEachCompressedTocEntry,
+  forEachTocEntry,
+  parsePosition,
+  readCompressedToc,
+  ZstdChunkedAnnotation,
+  type TocEntry,
+} from '../../layer/toc.ts';
+import { LayerEntries, type TreeEntry } from '../apply/index.ts';
 import { DeltaAnnotation } from '../../patch/media.ts';
 import type { TocStore } from './toc-store.ts';
 
@@ -36,16 +43,35 @@ function layerUnusable(d: Descriptor, i: number): string | undefined {
 
 /**
  * containers/storage splits large files into chunks: a `reg` entry whose frame holds the first
- * chunk, then `chunk` entries. tocToEntries (apply/toc.ts, the one TOC reader) widens the file's
+ * chunk, then `chunk` entries. LayerEntries (apply/toc.ts, the one TOC reader) widens the file's
  * range over them; here only the case it would refuse is turned into a reason for the
  * whole-layer path: a chunk with no frame of its own, which can't be fetched by range.
  */
-function chunkWithoutFrame(toc: Toc): string | undefined {
-  for (const e of toc.entries) {
-    if (e.type === 'chunk' && (e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset))
-      return `chunk of ${e.name} has no frame of its own`;
-  }
+function chunkWithoutFrame(e: TocEntry): string | undefined {
+  if (e.type === 'chunk' && (e.offset === undefined || e.endOffset === undefined || e.endOffset <= e.offset))
+    return `chunk of ${e.name} has no frame of its own`;
   return undefined;
+}
+
+/**
+ * Layer `layer`'s entries read straight from its verified TOC, entry by entry: a compressed TOC
+ * is decompressed piece by piece, so neither its JSON nor the parsed TOC is ever held whole (on
+ * a 45k-entry tree they were tens of MB next to the entries). Or why the layer can't be read
+ * file by file.
+ */
+async function layerEntries(b: TocBytes, d: Descriptor, layer: number): Promise<TreeEntry[] | { unusable: string }> {
+  const out = new LayerEntries(layer);
+  let unusable: string | undefined;
+  const onEntry = (e: TocEntry) => {
+    unusable ??= chunkWithoutFrame(e);
+    if (unusable === undefined) out.add(e);
+  };
+  if ('json' in b) forEachTocEntry(b.json, onEntry);
+  else {
+    const { lengthUncompressed } = parsePosition(d.annotations![ZstdChunkedAnnotation.ManifestPosition]!);
+    await forEachCompressedTocEntry(b.compressed, lengthUncompressed, onEntry);
+  }
+  return unusable === undefined ? out.entries : { unusable };
 }
 
 /** Where a layer's TOC came from: the bytes it was verified as (compressed: by the manifest-checksum; json: by the signed json-digest). */
@@ -58,15 +84,19 @@ export interface TocSources {
   patched?: (wanted: readonly { layer: number; d: Descriptor }[]) => Promise<Map<number, Buffer>>;
 }
 
-/** A stored TOC of layer `d`, parsed; undefined when the store has none. Store bytes are verified again. */
-async function storedToc(store: TocStore, d: Descriptor): Promise<{ toc: Toc; bytes: TocBytes } | undefined> {
+/** The stored TOC of layer `d` (as the store verified it); undefined when the store has none. */
+async function storedToc(store: TocStore, d: Descriptor): Promise<TocBytes | undefined> {
   const compressed = await store.compressedToc(d);
-  if (compressed) {
-    const toc = await readTocFromFooter(() => Promise.resolve(compressed), d.size, d.annotations ?? {});
-    return { toc, bytes: { compressed } };
-  }
+  if (compressed) return { compressed };
   const json = await store.tocJson(d);
-  return json ? { toc: parseToc(json), bytes: { json } } : undefined;
+  return json ? { json } : undefined;
+}
+
+/** A stored compressed TOC checked against the layer's annotations once more (as if it came by range). */
+async function checkedStored(b: TocBytes, d: Descriptor): Promise<TocBytes> {
+  if ('json' in b) return b;
+  const { compressed } = await readCompressedToc(() => Promise.resolve(b.compressed), d.size, d.annotations ?? {});
+  return { compressed };
 }
 
 /**
@@ -113,28 +143,24 @@ export async function fetchLayerTocs(
     const patched = from.patched && wanted.length ? await from.patched(wanted) : new Map<number, Buffer>();
     for (const i of order) {
       const d = manifest.layers[i]!;
-      let got = stored.get(i);
+      const kept = stored.get(i);
+      let got: TocBytes | undefined = kept && (await checkedStored(kept, d));
       const json = patched.get(i);
       if (json) {
         patchedAny = true;
-        got = { toc: parseToc(json), bytes: { json } };
+        got = { json };
         await from.store?.keepTocJson(d.annotations![DeltaAnnotation.TocJsonDigest]!, json);
       }
       if (!got) {
-        let compressed: Buffer | undefined;
-        const toc = await readTocFromFooter(
-          async (s, e) => (compressed = await fetched(d, s, e)),
-          d.size,
-          d.annotations ?? {},
-        );
-        // Verified against the signed checksum by readTocFromFooter: worth keeping.
-        await from.store?.keepCompressedToc(d.annotations![ZstdChunkedAnnotation.ManifestChecksum]!, compressed!);
-        got = { toc, bytes: { compressed: compressed! } };
+        const read = await readCompressedToc((s, e) => fetched(d, s, e), d.size, d.annotations ?? {});
+        // Verified against the signed checksum by readCompressedToc: worth keeping.
+        await from.store?.keepCompressedToc(d.annotations![ZstdChunkedAnnotation.ManifestChecksum]!, read.compressed);
+        got = { compressed: read.compressed };
       }
-      const chunkless = chunkWithoutFrame(got.toc);
-      if (chunkless) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${chunkless}` };
-      layers[i] = tocToEntries(got.toc, i);
-      bytes[i] = got.bytes;
+      const entries = await layerEntries(got, d, i);
+      if ('unusable' in entries) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${entries.unusable}` };
+      layers[i] = entries;
+      bytes[i] = got;
     }
     // No TOC came by range (a patch came by range from the same source): one byte tells whether
     // the source serves ranges, before the plan relies on it.

@@ -1,0 +1,226 @@
+/**
+ * Issue 19: the device's planning data stays small per file and the TOC is read entry by entry.
+ * Guards without timing or RSS: the reader hands entries out before the document ends (so it
+ * never builds the array), it reads JSON as JSON.parse does, and the compact forms (shared empty
+ * xattrs, path-not-list for unique sizes, no inode groups of one, digests as raw bytes) hold.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { LayerEntries, type ExistingEntry } from '../../src/deploy/apply/index.ts';
+import { ContentIndex, indexOldTree, pathsOfSize } from '../../src/deploy/apply/scan.ts';
+import { isTiuError } from '../../src/errors.ts';
+import { zstdCompressSync } from 'node:zlib';
+import { forEachCompressedTocEntry, forEachTocEntry, parseToc, type TocEntry } from '../../src/layer/toc.ts';
+import { encodeTocJson, parseTocJson, readTocJson, TocJsonStream } from '../../src/layer/toc-json.ts';
+
+const digestOf = (i: number) => `sha256:${i.toString(16).padStart(64, '0')}`;
+
+function tocEntry(i: number): TocEntry {
+  return {
+    type: 'reg',
+    name: `usr/share/doc/package-${i % 500}/file-number-${i}.txt`,
+    mode: 0o644,
+    size: 100 + i,
+    modtime: `2024-01-0${1 + (i % 3)}T00:00:00Z`,
+    digest: digestOf(i),
+    offset: 1000 * i,
+    endOffset: 1000 * i + 500,
+  };
+}
+
+function existing(path: string, size: number, ino: bigint, nlink = 1): ExistingEntry {
+  return {
+    path,
+    type: 'reg',
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    size,
+    mtimeNs: 1n,
+    ctimeNs: 2n,
+    ino,
+    dev: 1n,
+    nlink,
+    rdev: 0n,
+    xattrs: {},
+  };
+}
+
+/** A TOC of n entries as JSON (made in a function of its own: nothing of the source objects stays reachable). */
+function tocJsonOf(n: number): Buffer {
+  return encodeTocJson({ version: 1, entries: Array.from({ length: n }, (_, i) => tocEntry(i)) });
+}
+
+/** V8's gc, reachable from a test without a node flag. */
+function collector(): () => void {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+}
+
+describe('planning memory (issue 19)', function () {
+  it('hands each TOC entry out as it is read, before the end of the document', function () {
+    const entries = [tocEntry(1), tocEntry(2), tocEntry(3)];
+    const good = encodeTocJson({ version: 1, entries });
+    // The same document cut off before its end: the entries come out, then the refusal.
+    const cut = good.subarray(0, good.length - 2);
+    const seen: string[] = [];
+    assert.throws(
+      () => forEachTocEntry(cut, (e) => seen.push(e.name)),
+      (e) => isTiuError(e, 'TOC_INVALID'),
+    );
+    assert.deepEqual(
+      seen,
+      entries.map((e) => e.name),
+    );
+    const rest = forEachTocEntry(good, () => undefined);
+    assert.deepEqual(rest, { version: 1 });
+  });
+
+  it('reads a TOC cut into pieces anywhere (escapes, numbers, literals split) as the whole', async function () {
+    // A name with \u escapes (one a surrogate pair), an escaped quote and backslash, in JSON text.
+    const oddName = '"a/\\u00e9\\ud83d\\ude42\\"\\\\x"';
+    const doc = Buffer.from(
+      '{ "version" : 1, "tarSplitDigest": "sha256:00", "entries" : [ ' +
+        JSON.stringify({ ...tocEntry(1), xattrs: { 'user.k': 'AA==' } }).replace(
+          /"name":"[^"]*"/,
+          `"name":${oddName}`,
+        ) +
+        ' , ' +
+        JSON.stringify({ ...tocEntry(22), size: 1234567890 }) +
+        ',{"type":"dir","name":"x/","uid":0}\n ], "other": [true, false, null, -1.5e3], "n": 12345 }  ',
+    );
+    const whole: unknown[] = [];
+    const expected = readTocJson(doc, (e) => whole.push(e));
+    assert.deepEqual(whole, (parseTocJson(doc) as { entries: unknown[] }).entries);
+    assert.equal((whole[0] as TocEntry).name, 'a/\xc3\xa9\xf0\x9f\x99\x82"\\x');
+    for (const size of [1, 2, 3, 7, 64]) {
+      const got: unknown[] = [];
+      const s = new TocJsonStream((e) => got.push(e));
+      for (let i = 0; i < doc.length; i += size) s.push(doc.subarray(i, i + size));
+      assert.deepEqual(s.end(), expected, `pieces of ${size}`);
+      assert.deepEqual(got, whole, `pieces of ${size}`);
+    }
+    // From the compressed TOC, decompressed piece by piece: the same entries, and its length is checked.
+    const json = tocJsonOf(5000);
+    const fromZstd: string[] = [];
+    await forEachCompressedTocEntry(zstdCompressSync(json), json.length, (e) => fromZstd.push(e.name));
+    assert.deepEqual(
+      fromZstd,
+      parseToc(json).entries.map((e) => e.name),
+    );
+    await assert.rejects(
+      forEachCompressedTocEntry(zstdCompressSync(json), json.length - 1, () => undefined),
+      (e) => isTiuError(e, 'TOC_INVALID'),
+    );
+    await assert.rejects(
+      forEachCompressedTocEntry(Buffer.from('not zstd'), 8, () => undefined),
+      (e) => isTiuError(e, 'TOC_INVALID'),
+    );
+  });
+
+  it('reads JSON as JSON.parse does, and refuses what it refuses', function () {
+    const docs = [
+      '{"a":[1,-2.5,3e2,0.125E-1,true,false,null,"x\\ty"],"b":{},"c":[],"d":{"e":{"f":[[]]}}}',
+      ' [ 1 , 2 ]\n',
+      '"\\"\\\\\\/\\b\\f\\n\\r\\t"',
+      '{"__proto__":{"x":1},"k":2,"k":3}',
+      '-0',
+    ];
+    for (const d of docs) assert.deepEqual(parseTocJson(Buffer.from(d)), JSON.parse(d), d);
+    const bad = ['{"a":1,}', '[1,]', '01', '{a:1}', '"\u0001"', 'tru', '1 2', '{"a" 1}', '', '[1', '"\\x"', '+1', '.5'];
+    for (const d of bad) {
+      assert.throws(() => JSON.parse(d), SyntaxError, `JSON.parse accepts ${d}`);
+      assert.throws(() => parseTocJson(Buffer.from(d)), SyntaxError, d);
+    }
+  });
+
+  it('checks the document around the entries: version, an entries array, one of them', function () {
+    const bad = (doc: string) =>
+      assert.throws(
+        () => forEachTocEntry(Buffer.from(doc), () => undefined),
+        (e) => isTiuError(e, 'TOC_INVALID'),
+        doc,
+      );
+    bad('{"version":2,"entries":[]}');
+    bad('{"version":1}');
+    bad('{"version":1,"entries":{}}');
+    bad('{"version":1,"entries":[],"entries":[]}');
+    bad('[]');
+    bad('{"version":1,"entries":[{"type":"reg"}]}');
+    // The version may come after the entries (JSON members have no order).
+    assert.equal(parseToc(Buffer.from('{"entries":[{"type":"dir","name":"a/"}],"version":1}')).entries.length, 1);
+    assert.deepEqual(
+      readTocJson(Buffer.from('{"entries":[]}'), () => undefined),
+      { rest: {}, entries: 0 },
+    );
+  });
+
+  it('keeps a layer of 20,000 TOC entries in under 400 bytes each (the parsed TOC made 620), entries without xattrs sharing one object', function () {
+    const n = 20_000;
+    const json = tocJsonOf(n);
+    const gc = collector();
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    const layer = new LayerEntries(0);
+    forEachTocEntry(json, (e) => layer.add(e));
+    gc();
+    const perEntry = (process.memoryUsage().heapUsed - before) / n;
+    assert.equal(layer.entries.length, n);
+    assert.ok(perEntry < 400, `${perEntry.toFixed(0)} bytes per entry`);
+    const [a, b] = layer.entries;
+    assert.equal(a!.xattrs, b!.xattrs);
+    assert.ok(Object.isFrozen(a!.xattrs));
+    // Files of one modtime share its BigInt (a BigInt is a heap object of 24 bytes).
+    assert.equal(layer.entries[0]!.mtimeNs, layer.entries[3]!.mtimeNs);
+    assert.equal(a!.digest, digestOf(0));
+    assert.deepEqual(b!.source, { layer: 0, offset: 1000, endOffset: 1500 });
+  });
+
+  it('indexes the scan compactly: a unique size maps to its path, only multi-link inodes form groups', function () {
+    const entries = new Map<string, ExistingEntry>([
+      ['a', existing('a', 10, 1n)],
+      ['b', existing('b', 20, 2n, 2)],
+      ['c', existing('c', 20, 2n, 2)],
+      ['d', existing('d', 30, 3n)],
+    ]);
+    const old = indexOldTree('/x', entries);
+    assert.equal(old.bySize.get(10), 'a');
+    assert.deepEqual(pathsOfSize(old, 10), ['a']);
+    assert.deepEqual(pathsOfSize(old, 20), ['b', 'c']);
+    assert.deepEqual(pathsOfSize(old, 99), []);
+    assert.deepEqual([...old.byIno.keys()], [2n]);
+  });
+
+  it('saves and loads the content index in the JSON it always had; anything else loads empty', async function () {
+    const dir = await mkdtemp(join(tmpdir(), 'tiu-index-'));
+    try {
+      const idx = new ContentIndex(dir);
+      const n = 3000;
+      for (let i = 0; i < n; i++)
+        idx.remember({ ino: BigInt(i), size: i, mtimeNs: -5n, ctimeNs: BigInt(i) * 7n }, digestOf(i));
+      const file = join(dir, 'index.json');
+      await idx.save(file);
+      const text = await readFile(file, 'utf8');
+      const parsed = JSON.parse(text) as { version: number; entries: Record<string, string> };
+      assert.equal(parsed.version, 1);
+      assert.equal(Object.keys(parsed.entries).length, n);
+      assert.equal(parsed.entries['7:7:-5:49'], digestOf(7));
+      // What JSON.stringify of the same object wrote before is the same text.
+      assert.equal(text, JSON.stringify(parsed));
+      const back = await ContentIndex.load(dir, file);
+      assert.equal(back.size, n);
+      assert.equal(await back.digestOf({ ...existing('x', 7, 7n), mtimeNs: -5n, ctimeNs: 49n }), digestOf(7));
+      assert.equal(back.hashedFiles, 0);
+      for (const broken of [text.slice(0, -1), text + ' ', text.replace('"version":1', '"version":2'), '{}']) {
+        await writeFile(file, broken);
+        assert.equal((await ContentIndex.load(dir, file)).size, 0, broken.slice(-20));
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
