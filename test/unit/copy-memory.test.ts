@@ -290,8 +290,9 @@ describe('copy memory: blobs go through a few owned buffers, not one Buffer per 
       });
       assert.ok(await dst.exists(blob));
       // The socket's own chunks (hundreds for 32 MiB) never reach the disk: copies in the ring's
-      // buffers do. The config and manifest are written through the same ring.
-      assert.ok(buffers.size <= RING_SLOTS, `the pull wrote from ${buffers.size} distinct buffers`);
+      // buffers do. The config is written through a ring of its own, which may be in flight at the
+      // same time as the layer's (then the two hold different pooled buffers); the manifest comes after.
+      assert.ok(buffers.size <= 2 * RING_SLOTS, `the pull wrote from ${buffers.size} distinct buffers`);
     } finally {
       await target.close();
       await reg.stop();
