@@ -15,7 +15,6 @@ import { TrustError } from '../trust/errors.ts';
 import { checkPolicy, DEFAULT_POLICY_PATHS, loadPolicy } from '../trust/policy.ts';
 import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
 import { hasSelinuxLabel } from '../host/selinux.ts';
-import { applyTarLayers, validateTarLayers } from './apply/index.ts';
 import { checkRoom, fsSpace, SpaceGuard } from './apply/space.ts';
 import { detectBoot, settleBoot } from './boot/index.ts';
 import { loadConfig } from './config.ts';
@@ -27,14 +26,12 @@ import {
   pruneContentIndexes,
   TocStore,
 } from './delta/index.ts';
-import { mergeEtc } from './etc-merge.ts';
 import { existingPaths, kernelFacts, runHooks } from './hooks.ts';
 import { acquireUpdateLock } from './lock.ts';
 import { keepMountPoints, reservedOf } from './mount-points.ts';
 import { RootedDir } from './rooted.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot } from './snapshot.ts';
 import { openContext, readState } from './state.ts';
-import { mergeUserDb } from './users-merge.ts';
 import type { UpdateDeps } from './update/deps.ts';
 
 /** The policy file of the system at `sysroot`: the configured one, else the first default that exists. */
@@ -61,6 +58,18 @@ function layoutIdentity(ref: ImageReference, signedIdentity: string | undefined)
   return id.transport === 'docker' ? { identity: id } : {};
 }
 
+/**
+ * The whole-layer path's tar engine, loaded when an update takes that path: the file-level
+ * delta and `--check` never need it, and every module a device command loads costs RSS.
+ */
+const tarEngine = async () => ({
+  ...(await import('./apply/tar-apply.ts')),
+  ...(await import('./apply/tar-validate.ts')),
+});
+
+/** The /etc and user database merges, loaded when an update has a new snapshot to merge into (not for --check). */
+const merges = async () => ({ ...(await import('./etc-merge.ts')), ...(await import('./users-merge.ts')) });
+
 export const productionDeps: UpdateDeps = {
   async openSource(reference, o) {
     // tiu.conf's min-speed, speed-time, request-deadline (the environment overrides them)
@@ -77,14 +86,14 @@ export const productionDeps: UpdateDeps = {
     const ref = parseReference(reference);
     return checkPolicy(policy, source, root, ref, layoutIdentity(ref, signedIdentity));
   },
-  applyLayers: (o) =>
-    applyTarLayers(o.root, o.layers, {
+  applyLayers: async (o) =>
+    (await tarEngine()).applyTarLayers(o.root, o.layers, {
       preserve: o.preserve,
       ...(o.reserved ? { reserved: o.reserved } : {}),
       ...(o.space ? { space: o.space } : {}),
     }),
-  mergeEtc: (base, ours, theirs) => mergeEtc(base, ours, theirs),
-  mergeUsers: (base, ours, theirs) => mergeUserDb(base, ours, theirs),
+  mergeEtc: async (base, ours, theirs) => (await merges()).mergeEtc(base, ours, theirs),
+  mergeUsers: async (base, ours, theirs) => (await merges()).mergeUserDb(base, ours, theirs),
   system: {
     openContext,
     loadConfig,
@@ -116,7 +125,7 @@ export const productionDeps: UpdateDeps = {
     pruneContentIndexes,
     openStore: (dir, opts) => ContentStore.open(dir, opts),
     tocStore: (cacheDir, opts) => TocStore.open(cacheDir, opts),
-    validateTarLayers,
+    validateTarLayers: async (...a) => (await tarEngine()).validateTarLayers(...a),
   },
   files: { openRooted: (root) => RootedDir.open(root), rm, rename, readdir },
 };

@@ -15,7 +15,7 @@ import { TrustError } from './errors.ts';
 import type { FulcioTrust } from './fulcio.ts';
 import { loadPublicKeys } from './keys.ts';
 import { pemDecodeAll } from './pem.ts';
-import type { FulcioPolicy, Policy, SigstoreRequirement } from './policy.ts';
+import type { FulcioPolicy, Policy, SigstoreRequirement } from './policy-types.ts';
 import { verifyImageSignatures, type VerifiedSignature } from './verify.ts';
 import { parseCertificateDer, type Certificate } from './x509.ts';
 

@@ -24,50 +24,13 @@ import { type DockerReference, type ImageReference, dockerName } from '../oci/re
 import type { Descriptor } from '../oci/types.ts';
 import { TrustError } from './errors.ts';
 import { DEFAULT_SIGNED_IDENTITY, parseDockerName, type SignedIdentity } from './identity.ts';
+import type { FulcioPolicy, Policy, PolicyRequirement } from './policy-types.ts';
 import type { VerifiedSignature } from './verify.ts';
 import { isObject } from '../util/json.ts';
 
 export const DEFAULT_POLICY_PATHS = ['/etc/tiu/policy.json', '/etc/containers/policy.json'] as const;
 
-export type PolicyRequirement =
-  | { type: 'insecureAcceptAnything' }
-  | { type: 'reject' }
-  | {
-      type: 'sigstoreSigned';
-      keyPaths: string[];
-      /** Decoded keyData/keyDatas (PEM text). */
-      keyDatas: string[];
-      /** Keyless signers (instead of keys). */
-      fulcio?: FulcioPolicy;
-      /** rekorPublicKeyPath/Paths. */
-      rekorKeyPaths: string[];
-      /** Decoded rekorPublicKeyData/Datas (PEM text). */
-      rekorKeyDatas: string[];
-      signedIdentity: SignedIdentity;
-      /** Set when the requirement asks for something tiu can't check (pki). */
-      unsupported?: string;
-    }
-  | { type: 'signedBy'; unsupported: string };
-
-/** A sigstoreSigned requirement's `fulcio` object. */
-export interface FulcioPolicy {
-  caPath?: string;
-  /** Decoded caData (PEM text). */
-  caData?: string;
-  oidcIssuer: string;
-  subjectEmail?: string;
-  /** tiu only. */
-  subjectURI?: string;
-}
-
-export interface Policy {
-  default: PolicyRequirement[];
-  transports: Record<string, Record<string, PolicyRequirement[]>>;
-  /** Where it came from (a path, or a label), for messages. */
-  source: string;
-  /** Directory relative key paths are resolved against. */
-  baseDir: string;
-}
+export type { FulcioPolicy, Policy, PolicyRequirement, SigstoreRequirement } from './policy-types.ts';
 
 function bad(source: string, why: string): TrustError {
   return new TrustError('POLICY_INVALID', `${source}: ${why}`, { source });
@@ -329,8 +292,6 @@ export interface PolicyDecision {
   /** One entry per requirement, in order: what accepted it. */
   accepted: { type: string; signatures?: VerifiedSignature[] }[];
 }
-
-export type SigstoreRequirement = Extract<PolicyRequirement, { type: 'sigstoreSigned' }>;
 
 /**
  * Check the image `root` in `source` (reached as `ref`) against `policy`. Resolves with what
