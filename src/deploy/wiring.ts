@@ -8,7 +8,6 @@ import { existsSync } from 'node:fs';
 import { readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
-import { copy } from '../copy/copy.ts';
 import { parseReference, type DockerReference, type ImageReference } from '../oci/reference.ts';
 import { openReference } from '../transport/resolve.ts';
 import { TrustError } from '../trust/errors.ts';
@@ -26,7 +25,6 @@ import {
   pruneContentIndexes,
   TocStore,
 } from './delta/index.ts';
-import { existingPaths, kernelFacts, runHooks } from './hooks.ts';
 import { acquireUpdateLock } from './lock.ts';
 import { keepMountPoints, reservedOf } from './mount-points.ts';
 import { RootedDir } from './rooted.ts';
@@ -67,6 +65,10 @@ const tarEngine = async () => ({
   ...(await import('./apply/tar-validate.ts')),
 });
 
+/** The whole-image copy (the whole-layer path's download), loaded when an update fetches the image. */
+const copier = () => import('../copy/copy.ts');
+/** Hooks and their kernel facts, loaded when a new snapshot has hooks to run (not for --check). */
+const hookRunner = () => import('./hooks.ts');
 /** The /etc and user database merges, loaded when an update has a new snapshot to merge into (not for --check). */
 const merges = async () => ({ ...(await import('./etc-merge.ts')), ...(await import('./users-merge.ts')) });
 
@@ -80,7 +82,7 @@ export const productionDeps: UpdateDeps = {
     return { target, reference: name };
   },
   openCache: (dir) => OciLayoutTarget.open(dir, { create: true, name: `cache oci:${dir}` }),
-  copy: (src, srcRef, dst, dstRef, opts) => copy(src, srcRef, dst, dstRef, opts),
+  copy: async (src, srcRef, dst, dstRef, opts) => (await copier()).copy(src, srcRef, dst, dstRef, opts),
   async checkPolicy({ reference, source, root, policyPath, sysroot, signedIdentity }) {
     const policy = loadPolicy(policyPathFor(sysroot, policyPath));
     const ref = parseReference(reference);
@@ -111,9 +113,9 @@ export const productionDeps: UpdateDeps = {
     subvolumeSnapshot,
     subvolumeDelete,
     hasSelinuxLabel,
-    kernelFacts,
-    existingPaths,
-    runHooks,
+    kernelFacts: async (...a) => (await hookRunner()).kernelFacts(...a),
+    existingPaths: async (...a) => (await hookRunner()).existingPaths(...a),
+    runHooks: async (...a) => (await hookRunner()).runHooks(...a),
     fsSpace,
     checkRoom,
     spaceGuard: (root, reserve) => new SpaceGuard(root, reserve),

@@ -20,6 +20,8 @@ const SIGSTORE = 'node_modules/@sigstore/core/';
 const TAR_ENGINE = ['src/deploy/apply/tar-apply.ts', 'src/deploy/apply/tar-validate.ts'];
 const MERGES = ['src/deploy/etc-merge.ts', 'src/deploy/users-merge.ts'];
 const UPDATE_STAGES = ['src/deploy/update/index.ts', 'src/deploy/update/commit.ts', 'src/deploy/update/merge.ts'];
+/** What only writing a snapshot needs: the apply engine's writing half, the whole-image copy, hooks. */
+const WRITING = ['src/deploy/apply/execute.ts', 'src/copy/copy.ts', 'src/deploy/hooks.ts', 'src/deploy/chroot.ts'];
 
 describe('modules each device path loads', function () {
   this.timeout(60_000);
@@ -70,10 +72,10 @@ describe('modules each device path loads', function () {
     assert.ok(mods.length < 15, `update --help loaded ${mods.length} modules: ${mods.join(', ')}`);
   });
 
-  it('update --check imports no signature, tar, merge or commit code', () => {
+  it('update --check imports no signature, tar, merge, commit, copy, hook or writing code', () => {
     const mods = loaded('check', ['--input-type=module', '-e', "await import('./src/cli/update-check.ts')"]);
     assert.ok(mods.includes('src/deploy/update/check.ts') && mods.includes('src/deploy/wiring.ts'));
-    assertNone(mods, [...TRUST, SIGSTORE, ...TAR_ENGINE, ...MERGES, ...UPDATE_STAGES], 'update --check');
+    assertNone(mods, [...TRUST, SIGSTORE, ...TAR_ENGINE, ...MERGES, ...UPDATE_STAGES, ...WRITING], 'update --check');
   });
 
   it('an update imports the tar engine, the merges and the signature code only when it uses them', () => {

@@ -28,7 +28,6 @@ import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { ContentIndex, scanTree } from '../apply/scan.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
-import { executePlan } from '../apply/execute.ts';
 import { flattenLayers } from '../apply/layers.ts';
 import { planApply } from '../apply/plan.ts';
 import { SnapshotSource, type SourceSpec } from '../apply/sources.ts';
@@ -494,6 +493,9 @@ export async function applyTransfer(
     coalesce: t.coalesce,
     maxSpan: t.coalesce.maxSpan,
   });
+  // The apply engine's writing half, imported where a plan is applied: `--check` and the
+  // download only plan, and carry none of it.
+  const { executePlan } = await import('../apply/execute.ts');
   const report = {
     ...(await executePlan(root, plan, provider, {
       allowCopyFallback: opts.allowCopyFallback ?? false,
