@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { zstdCompressSync } from 'node:zlib';
 import { chooseDelta, TocStore, type DeltaWanted } from '../../src/deploy/delta/index.ts';
+import { TocDictionary } from '../../src/deploy/delta/toc-dictionary.ts';
 import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest } from '../../src/oci/types.ts';
@@ -126,10 +127,11 @@ describe('delta: choosing a delta artifact', () => {
     assert.equal(c.chosen.from.digest, booted.digest);
     assert.equal(c.chosen.holder.root, '/.snapshots/0/snapshot');
     assert.equal(c.chosen.header.from, booted.digest);
-    assert.deepEqual(
-      c.chosen.fromJsons.map((j) => JSON.parse(j.toString()) as unknown),
-      [{ version: 1, entries: [{ type: 'reg', name: 'usr/booted' }] }],
-    );
+    const dictionary = new TocDictionary(c.chosen.fromTocs, c.chosen.from.manifest.layers, []);
+    assert.deepEqual(JSON.parse(dictionary.from.toString()), {
+      version: 1,
+      entries: [{ type: 'reg', name: 'usr/booted' }],
+    });
   });
 
   it('the pending default when only it has an artifact', async () => {

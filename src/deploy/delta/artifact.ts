@@ -20,7 +20,8 @@ import {
   DeltaAnnotation,
   MAX_DELTA_INDEX_BYTES,
 } from '../../patch/media.ts';
-import { tocJsonOf } from './tocs.ts';
+import type { TocBytes } from './tocs.ts';
+import { tocJsonSize } from './toc-dictionary.ts';
 import type { StoredImage, TocStore } from './toc-store.ts';
 
 /** An image a local snapshot holds: its root digest (snapper userdata tiu-digest) and where the snapshot is. */
@@ -41,7 +42,7 @@ export interface DeltaWanted {
   platform: { os: string; architecture: string };
 }
 
-/** A delta artifact that fits: its parts, its checked header, and FROM's TOC JSONs (the dictionary). */
+/** A delta artifact that fits: its parts, its checked header, and FROM's TOCs (the start of its dictionary). */
 export interface ChosenDelta {
   artifact: Descriptor;
   from: StoredImage;
@@ -51,8 +52,8 @@ export interface ChosenDelta {
   patches: Descriptor;
   indexBlob: Buffer;
   header: DeltaHeader;
-  /** FROM's TOC JSONs in FROM layer order. */
-  fromJsons: Buffer[];
+  /** FROM's TOCs in FROM layer order, as the store verified them (mostly compressed: decompressed into the dictionary when used). */
+  fromTocs: TocBytes[];
 }
 
 /** Most listed artifacts looked at: a registry cannot make the device fetch manifests without end. */
@@ -63,14 +64,19 @@ export type DeltaChoice =
   /** Why no artifact is used; `indexBytes`: an index fetched before it proved unusable. */
   | { chosen: undefined; reason: string; artifact?: string; indexBytes?: number };
 
-/** FROM's TOC JSONs from the store, in layer order; undefined when one is missing. */
-async function fromTocJsons(store: TocStore, m: ImageManifest): Promise<Buffer[] | undefined> {
-  const out: Buffer[] = [];
+/**
+ * FROM's TOCs from the store, in layer order, as kept (a compressed TOC stays compressed: the
+ * dictionary decompresses it into place when used); undefined when one is missing or its size
+ * is not declared.
+ */
+async function fromStoredTocs(store: TocStore, m: ImageManifest): Promise<TocBytes[] | undefined> {
+  const out: TocBytes[] = [];
   for (const d of m.layers) {
     const compressed = await store.compressedToc(d);
-    const json = compressed ? tocJsonOf({ compressed }, d) : await store.tocJson(d);
-    if (!json) return undefined;
-    out.push(json);
+    const json = compressed ? undefined : await store.tocJson(d);
+    const b: TocBytes | undefined = compressed ? { compressed } : json ? { json } : undefined;
+    if (!b || tocJsonSize(b, d) === undefined) return undefined;
+    out.push(b);
   }
   return out;
 }
@@ -148,21 +154,21 @@ export async function chooseDelta(
     const image = await store.image(holder.digest, want.platform);
     if (image && !held.has(image.digest)) held.set(image.digest, { rank, image, holder });
   }
-  let best: { rank: number; image: StoredImage; holder: HeldImage; desc: Descriptor; fromJsons: Buffer[] } | undefined;
+  let best: { rank: number; image: StoredImage; holder: HeldImage; desc: Descriptor; fromTocs: TocBytes[] } | undefined;
   let why = `no delta artifact is from an image a local snapshot holds (${listed.length} for other images)`;
   for (const d of listed.slice(0, MAX_CANDIDATES)) {
     const from = await fromOf(source, d, signal);
     const h = from === undefined ? undefined : held.get(from);
     if (!h || (best && best.rank <= h.rank)) continue;
-    const fromJsons = await fromTocJsons(store, h.image.manifest);
-    if (!fromJsons) {
+    const fromTocs = await fromStoredTocs(store, h.image.manifest).catch(() => undefined);
+    if (!fromTocs) {
       why = `the tables of contents of ${h.image.digest}, the FROM of delta artifact ${d.digest}, are not in the cache`;
       continue;
     }
-    best = { ...h, desc: d, fromJsons };
+    best = { ...h, desc: d, fromTocs };
   }
   if (!best) return { chosen: undefined, reason: why };
-  const { desc, image, holder, fromJsons } = best;
+  const { desc, image, holder, fromTocs } = best;
   let indexBytes: number | undefined;
   try {
     const { index, patches } = await artifactParts(source, desc, want, image.digest, signal);
@@ -170,7 +176,7 @@ export async function chooseDelta(
     indexBytes = indexBlob.length;
     const header = parseDeltaHeader(indexBlob, patches.size);
     checkHeader(header, want, image);
-    return { chosen: { artifact: desc, from: image, holder, index, patches, indexBlob, header, fromJsons } };
+    return { chosen: { artifact: desc, from: image, holder, index, patches, indexBlob, header, fromTocs } };
   } catch (e) {
     signal?.throwIfAborted();
     return {

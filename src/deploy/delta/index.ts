@@ -39,6 +39,7 @@ import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
 import { fetchLayerTocs, type LayerTocs } from './tocs.ts';
 import type { TocStore } from './toc-store.ts';
+import { TocDictionary } from './toc-dictionary.ts';
 import { chooseDelta, type DeltaChoice, type DeltaWanted, type HeldImage } from './artifact.ts';
 import {
   choosePatches,
@@ -266,14 +267,16 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
   scanning.catch(() => undefined); // handled below; not an unhandled rejection meanwhile
   let tocs: LayerTocs;
   let choice: DeltaChoice | undefined;
+  let dictionary: TocDictionary | undefined;
   const tally: TocPatchTally = { count: 0, bytes: 0, requests: 0, fallbacks: new Fallbacks() };
   try {
     if (o.deltaArtifacts && o.tocStore && o.source.fetchRange)
       choice = await chooseDelta(o.source, o.deltaArtifacts, o.tocStore, o.signal);
     const chosen = choice?.chosen;
+    dictionary = chosen && new TocDictionary(chosen.fromTocs, chosen.from.manifest.layers, o.manifest.layers);
     tocs = await fetchLayerTocs(o.source, o.manifest, o.signal, {
       ...(o.tocStore ? { store: o.tocStore } : {}),
-      ...(chosen ? { patched: tocPatcher(o.source, chosen, tally, o.signal) } : {}),
+      ...(chosen && dictionary ? { patched: tocPatcher(o.source, chosen, dictionary, tally, o.signal) } : {}),
     });
   } catch (e) {
     await scanning.catch(() => undefined);
@@ -310,9 +313,9 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
   }
   const artifact = choice ? artifactReport(choice, tally) : undefined;
   let files: DeltaFilePatch[] | undefined;
-  if (choice?.chosen && artifact) {
+  if (choice?.chosen && dictionary && artifact) {
     try {
-      files = readFilePatches(choice.chosen, o.manifest.layers, tocs.bytes, tocs.layers);
+      files = readFilePatches(choice.chosen, dictionary, tocs.bytes, tocs.layers);
     } catch (e) {
       artifact.unused = `delta artifact ${choice.chosen.artifact.digest} cannot be used: ${(e as Error).message}`;
     }

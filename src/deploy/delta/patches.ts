@@ -18,7 +18,7 @@ import { parsePosition, ZstdChunkedAnnotation } from '../../layer/toc.ts';
 import { sha256 } from '../../oci/digest.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { decodePatch } from '../../patch/codec.ts';
-import { parseDeltaFiles, tocDictionary, type DeltaFilePatch } from '../../patch/delta-index.ts';
+import { parseDeltaFiles, type DeltaFilePatch } from '../../patch/delta-index.ts';
 import { DeltaAnnotation, MAX_PATCH_INPUT } from '../../patch/media.ts';
 import { forEachBounded } from '../../util/semaphore.ts';
 import { openUnchanged } from '../apply/from-snapshot.ts';
@@ -31,7 +31,8 @@ import type { ContentStore } from './download.ts';
 import { DEFAULT_CONCURRENCY, DEFAULT_MEMORY_BUDGET } from './download.ts';
 import { ByteBudget } from '../../util/byte-budget.ts';
 import { joinSpans, type CoalesceOptions } from './ranges.ts';
-import { tocJsonOf, type TocBytes } from './tocs.ts';
+import type { TocBytes } from './tocs.ts';
+import type { TocDictionary } from './toc-dictionary.ts';
 
 /** Most fallback reasons a report lists (the count is complete). */
 const MAX_REASONS = 20;
@@ -76,10 +77,10 @@ export interface WantedToc {
 export function tocPatcher(
   source: Target,
   chosen: ChosenDelta,
+  dictionary: TocDictionary,
   tally: TocPatchTally,
   signal?: AbortSignal,
 ): (wanted: readonly WantedToc[]) => Promise<Map<number, Buffer>> {
-  const dictionary = Buffer.concat(chosen.fromJsons);
   return async (wanted) => {
     const usable: { w: WantedToc; offset: number; size: number; digest: string; jsonSize: number }[] = [];
     for (const w of wanted) {
@@ -101,13 +102,14 @@ export function tocPatcher(
         try {
           if (got.length !== req.end - req.start)
             throw new Error(`got ${got.length} of the ${req.end - req.start} bytes that hold its patch`);
-          const json = decodePatch(got.subarray(u.offset - req.start, u.offset - req.start + u.size), dictionary, {
+          const json = decodePatch(got.subarray(u.offset - req.start, u.offset - req.start + u.size), dictionary.from, {
             size: u.jsonSize,
             digest: u.digest,
             name: `the table of contents of layer ${layer + 1}`,
           });
+          // Verified: it goes into its place in the dictionary, and the update reads it there.
+          out.set(layer, dictionary.placeTo(layer, json));
           tally.count++;
-          out.set(layer, json);
         } catch (e) {
           tally.fallbacks.add(`TOC of layer ${layer + 1} (${d.digest}): ${asError(e).message}`);
         }
@@ -117,16 +119,18 @@ export function tocPatcher(
   };
 }
 
-/** The artifact's file patches, its files frame decoded with the TOC dictionary (FROM's TOCs, then TO's). */
+/**
+ * The artifact's file patches, its files frame decoded with the TOC dictionary (FROM's TOCs,
+ * then TO's: `bytes`, one per TO layer, where a patch did not place it already).
+ */
 export function readFilePatches(
   chosen: ChosenDelta,
-  layers: readonly Descriptor[],
+  dictionary: TocDictionary,
   bytes: readonly TocBytes[],
   toEntries: readonly (readonly TreeEntry[])[],
 ): DeltaFilePatch[] {
-  const toJsons = layers.map((d, i) => tocJsonOf(bytes[i]!, d));
   const maxFiles = toEntries.reduce((n, l) => n + l.filter((e) => e.type === 'reg').length, 0);
-  return parseDeltaFiles(chosen.indexBlob, chosen.header, tocDictionary(chosen.fromJsons, toJsons), {
+  return parseDeltaFiles(chosen.indexBlob, chosen.header, dictionary.whole(bytes), {
     patchesSize: chosen.patches.size,
     maxFiles,
   });
