@@ -127,6 +127,8 @@ describe('delta: choosing a delta artifact', () => {
     assert.equal(c.chosen.from.digest, booted.digest);
     assert.equal(c.chosen.holder.root, '/.snapshots/0/snapshot');
     assert.equal(c.chosen.header.from, booted.digest);
+    // FROM's TOCs stay as the store keeps them (compressed) until the dictionary needs them.
+    assert.ok(c.chosen.fromTocs.every((t) => 'compressed' in t));
     const dictionary = new TocDictionary(c.chosen.fromTocs, c.chosen.from.manifest.layers, []);
     assert.deepEqual(JSON.parse(dictionary.from.toString()), {
       version: 1,
