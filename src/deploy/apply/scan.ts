@@ -13,13 +13,14 @@
  * once each.
  */
 import { createHash } from 'node:crypto';
-import { lstat, open, readFile, rename } from 'node:fs/promises';
+import { lstat, open, rename } from 'node:fs/promises';
 import { constants, lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import { readTreeXattrs } from '../../host/xattr.ts';
 import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
 import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
 import { ScanEntries } from './scan-entries.ts';
+import { INDEX_HEAD, IndexTextParser } from './content-index-text.ts';
 import type { EntryType, ExistingEntry, OldTree, ScannedEntries } from './types.ts';
 import type { BigIntStats, PathLike } from 'node:fs';
 
@@ -132,9 +133,9 @@ export interface ContentHasher {
 /**
  * The saved index: `{"version":1,"entries":{"<ino>:<size>:<mtimeNs>:<ctimeNs>":"sha256:<hex>",...}}`,
  * the JSON text JSON.stringify made of it before (keys are digits, `:` and `-`: nothing to escape).
+ * It is read in pieces of this size, each parsed as it comes (content-index-text.ts).
  */
-const INDEX_HEAD = '{"version":1,"entries":{';
-const INDEX_MEMBER = /"(\d+:\d+:-?\d+:-?\d+)":"(sha256:[0-9a-f]{64})"(,|\}\})/y;
+const INDEX_READ_PIECE = 64 * 1024;
 
 function keyOf(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): string {
   return `${e.ino}:${e.size}:${e.mtimeNs}:${e.ctimeNs}`;
@@ -226,28 +227,32 @@ export class ContentIndex implements ContentHasher {
 
   /**
    * The index saved at `file`; empty when there is none or it is not exactly what `save`
-   * writes (it is only an accelerator). Read member by member from the text: JSON.parse made an
-   * object of every entry (~8 MB for a 45k-file tree) next to the table it was copied into.
+   * writes (it is only an accelerator). Read member by member as its pieces come: JSON.parse made
+   * an object of every entry (~8 MB for a 45k-file tree), and the whole file with its text copy
+   * was ~10 MB more.
    */
   static async load(root: string, file: string): Promise<ContentIndex> {
     const idx = new ContentIndex(root);
-    let bytes: Buffer;
+    let fh;
     try {
-      bytes = await readFile(file);
+      fh = await open(file, 'r');
     } catch {
       return idx;
     }
-    const text = bytes.toString('latin1');
-    if (!text.startsWith(INDEX_HEAD)) return idx;
-    if (text === INDEX_HEAD + '}}') return idx;
-    INDEX_MEMBER.lastIndex = INDEX_HEAD.length;
-    for (;;) {
-      const m = INDEX_MEMBER.exec(text);
-      if (!m) return new ContentIndex(root);
-      // The key copied out of the file's bytes: a match of `text` would keep all of it alive.
-      idx.#known.set(bytes.toString('latin1', m.index + 1, m.index + 1 + m[1]!.length), m[2]!);
-      if (m[3] === '}}') return INDEX_MEMBER.lastIndex === text.length ? idx : new ContentIndex(root);
+    const parser = new IndexTextParser((key, digest) => idx.#known.set(key, digest));
+    try {
+      const piece = Buffer.allocUnsafe(INDEX_READ_PIECE);
+      for (;;) {
+        const { bytesRead } = await fh.read(piece, 0, piece.length, null);
+        if (bytesRead === 0) break;
+        if (!parser.push(piece.subarray(0, bytesRead))) break;
+      }
+    } catch {
+      return new ContentIndex(root);
+    } finally {
+      await fh.close();
     }
+    return parser.end() ? idx : new ContentIndex(root);
   }
 
   /** The file is written in pieces: one object or string of every entry would be tens of MB at once. */
