@@ -184,15 +184,22 @@ class DigestTable {
 
   /** Keep only `keep`'s keys (slots are renumbered, the buffer shrinks to fit). */
   retain(keep: ReadonlySet<string>): void {
-    const old = this.#bytes;
-    const kept = [...this.#slots].filter(([k]) => keep.has(k));
-    this.#slots.clear();
-    this.#bytes = Buffer.alloc(DIGEST_BYTES * Math.max(kept.length, 1024));
-    for (const [k, at] of kept) {
-      const to = this.#slots.size;
-      old.copy(this.#bytes, to * DIGEST_BYTES, at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
-      this.#slots.set(k, to);
+    // In place, without a list of the entries: slots were numbered in the Map's (insertion)
+    // order, so a kept slot only ever moves down, over one already moved or dropped.
+    let to = 0;
+    for (const [k, at] of this.#slots) {
+      if (!keep.has(k)) {
+        this.#slots.delete(k);
+        continue;
+      }
+      if (at !== to) {
+        this.#bytes.copy(this.#bytes, to * DIGEST_BYTES, at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
+        this.#slots.set(k, to);
+      }
+      to++;
     }
+    const fit = DIGEST_BYTES * Math.max(to, 1024);
+    if (fit < this.#bytes.length) this.#bytes = Buffer.from(this.#bytes.subarray(0, fit));
   }
 }
 
@@ -280,16 +287,19 @@ export class ContentIndex implements ContentHasher {
     return this.#known.size;
   }
 
-  /** Record a known digest (the executor does this for everything it writes, from the TOC). */
-  remember(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): void {
-    if (SHA256.test(digest)) this.#known.set(keyOf(e), digest);
+  /**
+   * Record a known digest (the executor does this for everything it writes, from the TOC); the
+   * file's key, for retainKeys.
+   */
+  remember(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): string {
+    const key = keyOf(e);
+    if (SHA256.test(digest)) this.#known.set(key, digest);
+    return key;
   }
 
   /** Drop everything except these keys (after an apply, only the new tree's files matter). */
-  retainOnly(keep: Iterable<Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>>): void {
-    const ks = new Set<string>();
-    for (const e of keep) ks.add(keyOf(e));
-    this.#known.retain(ks);
+  retainKeys(keep: ReadonlySet<string>): void {
+    this.#known.retain(keep);
   }
 
   async digestOf(e: ExistingEntry): Promise<string> {
