@@ -8,14 +8,12 @@ import { existsSync } from 'node:fs';
 import { readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
-import { copy } from '../copy/copy.ts';
 import { parseReference, type DockerReference, type ImageReference } from '../oci/reference.ts';
 import { openReference } from '../transport/resolve.ts';
 import { TrustError } from '../trust/errors.ts';
 import { checkPolicy, DEFAULT_POLICY_PATHS, loadPolicy } from '../trust/policy.ts';
 import { isSubvolume, subvolumeDelete, subvolumeSnapshot } from '../host/btrfs.ts';
 import { hasSelinuxLabel } from '../host/selinux.ts';
-import { applyTarLayers, validateTarLayers } from './apply/index.ts';
 import { checkRoom, fsSpace, SpaceGuard } from './apply/space.ts';
 import { detectBoot, settleBoot } from './boot/index.ts';
 import { loadConfig } from './config.ts';
@@ -27,14 +25,11 @@ import {
   pruneContentIndexes,
   TocStore,
 } from './delta/index.ts';
-import { mergeEtc } from './etc-merge.ts';
-import { existingPaths, kernelFacts, runHooks } from './hooks.ts';
 import { acquireUpdateLock } from './lock.ts';
 import { keepMountPoints, reservedOf } from './mount-points.ts';
 import { RootedDir } from './rooted.ts';
 import { cleanupInProgress, commitSnapshot, createInProgress, deleteSnapshot } from './snapshot.ts';
 import { openContext, readState } from './state.ts';
-import { mergeUserDb } from './users-merge.ts';
 import type { UpdateDeps } from './update/deps.ts';
 
 /** The policy file of the system at `sysroot`: the configured one, else the first default that exists. */
@@ -61,6 +56,22 @@ function layoutIdentity(ref: ImageReference, signedIdentity: string | undefined)
   return id.transport === 'docker' ? { identity: id } : {};
 }
 
+/**
+ * The whole-layer path's tar engine, loaded when an update takes that path: the file-level
+ * delta and `--check` never need it, and every module a device command loads costs RSS.
+ */
+const tarEngine = async () => ({
+  ...(await import('./apply/tar-apply.ts')),
+  ...(await import('./apply/tar-validate.ts')),
+});
+
+/** The whole-image copy (the whole-layer path's download), loaded when an update fetches the image. */
+const copier = () => import('../copy/copy.ts');
+/** Hooks and their kernel facts, loaded when a new snapshot has hooks to run (not for --check). */
+const hookRunner = () => import('./hooks.ts');
+/** The /etc and user database merges, loaded when an update has a new snapshot to merge into (not for --check). */
+const merges = async () => ({ ...(await import('./etc-merge.ts')), ...(await import('./users-merge.ts')) });
+
 export const productionDeps: UpdateDeps = {
   async openSource(reference, o) {
     // tiu.conf's min-speed, speed-time, request-deadline (the environment overrides them)
@@ -71,20 +82,20 @@ export const productionDeps: UpdateDeps = {
     return { target, reference: name };
   },
   openCache: (dir) => OciLayoutTarget.open(dir, { create: true, name: `cache oci:${dir}` }),
-  copy: (src, srcRef, dst, dstRef, opts) => copy(src, srcRef, dst, dstRef, opts),
+  copy: async (src, srcRef, dst, dstRef, opts) => (await copier()).copy(src, srcRef, dst, dstRef, opts),
   async checkPolicy({ reference, source, root, policyPath, sysroot, signedIdentity }) {
     const policy = loadPolicy(policyPathFor(sysroot, policyPath));
     const ref = parseReference(reference);
     return checkPolicy(policy, source, root, ref, layoutIdentity(ref, signedIdentity));
   },
-  applyLayers: (o) =>
-    applyTarLayers(o.root, o.layers, {
+  applyLayers: async (o) =>
+    (await tarEngine()).applyTarLayers(o.root, o.layers, {
       preserve: o.preserve,
       ...(o.reserved ? { reserved: o.reserved } : {}),
       ...(o.space ? { space: o.space } : {}),
     }),
-  mergeEtc: (base, ours, theirs) => mergeEtc(base, ours, theirs),
-  mergeUsers: (base, ours, theirs) => mergeUserDb(base, ours, theirs),
+  mergeEtc: async (base, ours, theirs) => (await merges()).mergeEtc(base, ours, theirs),
+  mergeUsers: async (base, ours, theirs) => (await merges()).mergeUserDb(base, ours, theirs),
   system: {
     openContext,
     loadConfig,
@@ -102,9 +113,9 @@ export const productionDeps: UpdateDeps = {
     subvolumeSnapshot,
     subvolumeDelete,
     hasSelinuxLabel,
-    kernelFacts,
-    existingPaths,
-    runHooks,
+    kernelFacts: async (...a) => (await hookRunner()).kernelFacts(...a),
+    existingPaths: async (...a) => (await hookRunner()).existingPaths(...a),
+    runHooks: async (...a) => (await hookRunner()).runHooks(...a),
     fsSpace,
     checkRoom,
     spaceGuard: (root, reserve) => new SpaceGuard(root, reserve),
@@ -116,7 +127,7 @@ export const productionDeps: UpdateDeps = {
     pruneContentIndexes,
     openStore: (dir, opts) => ContentStore.open(dir, opts),
     tocStore: (cacheDir, opts) => TocStore.open(cacheDir, opts),
-    validateTarLayers,
+    validateTarLayers: async (...a) => (await tarEngine()).validateTarLayers(...a),
   },
   files: { openRooted: (root) => RootedDir.open(root), rm, rename, readdir },
 };

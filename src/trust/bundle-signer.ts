@@ -30,7 +30,7 @@ export interface Signer {
   certificate?: { issuer: string; subject: string };
 }
 
-/** What one policy requirement trusts as signers (src/trust/policy.ts loadTrust). */
+/** What one policy requirement trusts as signers (src/trust/policy-signed.ts loadTrust). */
 export interface SignerTrust {
   /** Trusted public keys; a signature by any of them is accepted. Empty with `fulcio`. */
   keys: KeyObject[];

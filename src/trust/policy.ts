@@ -18,62 +18,19 @@
  * POLICY_NOT_FOUND (tiu never falls back to accepting anything).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve as resolvePath } from 'node:path';
-import type { KeyObject } from 'node:crypto';
-import type { SignerTrust } from './bundle-signer.ts';
-import type { FulcioTrust } from './fulcio.ts';
-import { parseCertificateDer, type Certificate } from './x509.ts';
-import { pemDecodeAll } from './pem.ts';
+import { dirname, resolve as resolvePath } from 'node:path';
 import type { Target } from '../content/interfaces.ts';
 import { type DockerReference, type ImageReference, dockerName } from '../oci/reference.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { TrustError } from './errors.ts';
 import { DEFAULT_SIGNED_IDENTITY, parseDockerName, type SignedIdentity } from './identity.ts';
-import { loadPublicKeys } from './keys.ts';
-import { verifyImageSignatures, type VerifiedSignature } from './verify.ts';
+import type { FulcioPolicy, Policy, PolicyRequirement } from './policy-types.ts';
+import type { VerifiedSignature } from './verify.ts';
 import { isObject } from '../util/json.ts';
 
 export const DEFAULT_POLICY_PATHS = ['/etc/tiu/policy.json', '/etc/containers/policy.json'] as const;
 
-export type PolicyRequirement =
-  | { type: 'insecureAcceptAnything' }
-  | { type: 'reject' }
-  | {
-      type: 'sigstoreSigned';
-      keyPaths: string[];
-      /** Decoded keyData/keyDatas (PEM text). */
-      keyDatas: string[];
-      /** Keyless signers (instead of keys). */
-      fulcio?: FulcioPolicy;
-      /** rekorPublicKeyPath/Paths. */
-      rekorKeyPaths: string[];
-      /** Decoded rekorPublicKeyData/Datas (PEM text). */
-      rekorKeyDatas: string[];
-      signedIdentity: SignedIdentity;
-      /** Set when the requirement asks for something tiu can't check (pki). */
-      unsupported?: string;
-    }
-  | { type: 'signedBy'; unsupported: string };
-
-/** A sigstoreSigned requirement's `fulcio` object. */
-export interface FulcioPolicy {
-  caPath?: string;
-  /** Decoded caData (PEM text). */
-  caData?: string;
-  oidcIssuer: string;
-  subjectEmail?: string;
-  /** tiu only. */
-  subjectURI?: string;
-}
-
-export interface Policy {
-  default: PolicyRequirement[];
-  transports: Record<string, Record<string, PolicyRequirement[]>>;
-  /** Where it came from (a path, or a label), for messages. */
-  source: string;
-  /** Directory relative key paths are resolved against. */
-  baseDir: string;
-}
+export type { FulcioPolicy, Policy, PolicyRequirement, SigstoreRequirement } from './policy-types.ts';
 
 function bad(source: string, why: string): TrustError {
   return new TrustError('POLICY_INVALID', `${source}: ${why}`, { source });
@@ -336,68 +293,6 @@ export interface PolicyDecision {
   accepted: { type: string; signatures?: VerifiedSignature[] }[];
 }
 
-type SigstoreRequirement = Extract<PolicyRequirement, { type: 'sigstoreSigned' }>;
-
-function readPolicyFile(policy: Policy, p: string, what: string): { path: string; text: string } {
-  const path = isAbsolute(p) ? p : resolvePath(policy.baseDir, p);
-  try {
-    return { path, text: readFileSync(path, 'utf8') };
-  } catch (e) {
-    throw new TrustError(
-      'KEY_INVALID',
-      `${policy.source}: ${what} ${path} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
-      { path },
-    );
-  }
-}
-
-function loadKeyList(policy: Policy, paths: string[], datas: string[], what: string): KeyObject[] {
-  const keys: KeyObject[] = [];
-  for (const p of paths) {
-    const { path, text } = readPolicyFile(policy, p, what);
-    keys.push(...loadPublicKeys(text, path));
-  }
-  datas.forEach((d, i) => keys.push(...loadPublicKeys(d, `${policy.source}: ${what} data #${i + 1}`)));
-  return keys;
-}
-
-function loadRekorKeys(req: SigstoreRequirement, policy: Policy): KeyObject[] | undefined {
-  if (req.rekorKeyPaths.length === 0 && req.rekorKeyDatas.length === 0) return undefined;
-  const keys = loadKeyList(policy, req.rekorKeyPaths, req.rekorKeyDatas, 'Rekor public key');
-  keys.forEach((k, i) => {
-    // A SET is an ECDSA signature (containers/image accepts nothing else either).
-    if (k.asymmetricKeyType !== 'ec')
-      throw new TrustError('KEY_UNSUPPORTED', `${policy.source}: Rekor public key #${i + 1} is not an ECDSA key`);
-  });
-  return keys;
-}
-
-function loadFulcio(f: FulcioPolicy, policy: Policy): FulcioTrust {
-  const { path, text } =
-    f.caPath !== undefined ? readPolicyFile(policy, f.caPath, 'Fulcio CA') : { path: 'caData', text: f.caData ?? '' };
-  const cas: Certificate[] = [];
-  for (const block of pemDecodeAll(text)) {
-    if (block.label !== 'CERTIFICATE') continue;
-    try {
-      cas.push(parseCertificateDer(block.der, `${policy.source}: Fulcio CA ${path}`));
-    } catch (e) {
-      throw new TrustError('POLICY_INVALID', (e as Error).message, { path });
-    }
-  }
-  if (cas.length === 0)
-    throw new TrustError('POLICY_INVALID', `${policy.source}: Fulcio CA ${path} holds no PEM certificate`, { path });
-  const subject = f.subjectURI !== undefined ? { uri: f.subjectURI } : { email: f.subjectEmail ?? '' };
-  return { cas, oidcIssuer: f.oidcIssuer, subject };
-}
-
-/** What one sigstoreSigned requirement trusts, loaded from its files and data. */
-export function loadTrust(req: SigstoreRequirement, policy: Policy): SignerTrust {
-  const keys = loadKeyList(policy, req.keyPaths, req.keyDatas, 'public key');
-  const rekorKeys = loadRekorKeys(req, policy);
-  const fulcio = req.fulcio ? loadFulcio(req.fulcio, policy) : undefined;
-  return { keys, ...(fulcio ? { fulcio } : {}), ...(rekorKeys ? { rekorKeys } : {}) };
-}
-
 /**
  * Check the image `root` in `source` (reached as `ref`) against `policy`. Resolves with what
  * accepted it; throws a TrustError (POLICY_REJECTED, SIGNATURE_MISSING, SIGNATURE_INVALID,
@@ -438,12 +333,11 @@ export async function checkPolicy(
             transport,
             scope,
           });
-        const r = await verifyImageSignatures(source, root, {
-          ...loadTrust(req, policy),
-          identity: req.signedIdentity,
-          imageIdentity,
-        });
-        decision.accepted.push({ type: req.type, signatures: r.verified });
+        // Loaded here, not at the top: the keys, X.509 and signature code (@sigstore/core among
+        // them, ~40 modules) cost every device command ~5 MiB, and only this requirement needs it.
+        const { verifySigstoreRequirement } = await import('./policy-signed.ts');
+        const signatures = await verifySigstoreRequirement(req, policy, source, root, imageIdentity);
+        decision.accepted.push({ type: req.type, signatures });
         break;
       }
     }

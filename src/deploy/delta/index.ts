@@ -26,25 +26,14 @@ import { dirname, join } from 'node:path';
 import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
-import {
-  ContentIndex,
-  dropReserved,
-  executePlan,
-  flattenLayers,
-  planApply,
-  scanTree,
-  SkipTally,
-  SnapshotSource,
-  type ApplyReport,
-  type OldTree,
-  type Plan,
-  type PlanSummary,
-  type Reserved,
-  type SkipReport,
-  type SourceSpec,
-  type SpaceGuard,
-  type TreeEntry,
-} from '../apply/index.ts';
+import { ContentIndex, scanTree } from '../apply/scan.ts';
+import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
+import { flattenLayers } from '../apply/layers.ts';
+import { planApply } from '../apply/plan.ts';
+import { SnapshotSource, type SourceSpec } from '../apply/sources.ts';
+import type { ApplyReport, OldTree, Plan, PlanSummary } from '../apply/types.ts';
+import type { SpaceGuard } from '../apply/space.ts';
+import type { TreeEntry } from '../../layer/entry.ts';
 import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } from './download.ts';
 import { DeltaError } from './errors.ts';
 import { coalesce, frameless, rangeBytes, type CoalesceOptions, type FetchRange } from './ranges.ts';
@@ -63,7 +52,7 @@ import {
   type PatchUse,
   type TocPatchTally,
 } from './patches.ts';
-import type { Counter } from '../apply/index.ts';
+import type { Counter } from '../apply/types.ts';
 import type { DeltaFilePatch } from '../../patch/delta-index.ts';
 
 export {
@@ -506,6 +495,9 @@ export async function applyTransfer(
     coalesce: t.coalesce,
     maxSpan: t.coalesce.maxSpan,
   });
+  // The apply engine's writing half, imported where a plan is applied: `--check` and the
+  // download only plan, and carry none of it.
+  const { executePlan } = await import('../apply/execute.ts');
   const report = {
     ...(await executePlan(root, plan, provider, {
       allowCopyFallback: opts.allowCopyFallback ?? false,

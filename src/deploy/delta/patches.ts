@@ -21,14 +21,11 @@ import { decodePatch } from '../../patch/codec.ts';
 import { parseDeltaFiles, tocDictionary, type DeltaFilePatch } from '../../patch/delta-index.ts';
 import { DeltaAnnotation, MAX_PATCH_INPUT } from '../../patch/media.ts';
 import { forEachBounded } from '../../util/semaphore.ts';
-import {
-  openUnchanged,
-  SafeRoot,
-  type ContentIndex,
-  type ExistingEntry,
-  type OldTree,
-  type TreeEntry,
-} from '../apply/index.ts';
+import { openUnchanged } from '../apply/from-snapshot.ts';
+import { SafeRoot } from '../apply/fsops.ts';
+import type { ContentIndex } from '../apply/scan.ts';
+import type { ExistingEntry, OldTree } from '../apply/types.ts';
+import type { TreeEntry } from '../../layer/entry.ts';
 import type { ChosenDelta } from './artifact.ts';
 import type { ContentStore } from './download.ts';
 import { DEFAULT_CONCURRENCY, DEFAULT_MEMORY_BUDGET } from './download.ts';

@@ -19,7 +19,8 @@ import {
   ZstdChunkedAnnotation,
   type TocEntry,
 } from '../../layer/toc.ts';
-import { LayerEntries, type TreeEntry } from '../apply/index.ts';
+import { LayerEntries } from '../apply/toc.ts';
+import type { TreeEntry } from '../../layer/entry.ts';
 import { DeltaAnnotation } from '../../patch/media.ts';
 import type { TocStore } from './toc-store.ts';
 

@@ -9,7 +9,7 @@ import { fetchManifest } from '../../content/graph.ts';
 import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
 import type { Descriptor } from '../../oci/types.ts';
-import { UnsafePathError } from '../apply/index.ts';
+import { UnsafePathError } from '../../layer/errors.ts';
 import type { TreeEntry } from '../apply/types.ts';
 import {
   contentIndexFile,
