@@ -41,6 +41,11 @@ export interface RunOptions {
   allowFailure?: boolean;
   /** Keep stdout as a Buffer instead of text. */
   binary?: boolean;
+  /**
+   * Hand stdout to this function piece by piece as it arrives instead of collecting it (the
+   * result's stdout is then empty): output of any size, held only as long as the consumer keeps it.
+   */
+  onStdout?: (chunk: Buffer) => void;
   /** Open file descriptors of this process to pass on as the child's fds 3, 4, ... (e.g. for flock(1)). */
   passFds?: number[];
 }
@@ -142,7 +147,21 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     why ??= reason;
     terminate(child);
   };
-  const stdout = new OutputCollector(child.stdout, () => stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes of output`));
+  const consume = opts.onStdout;
+  let consumerFailed: Error | undefined;
+  if (consume)
+    child.stdout?.on('data', (chunk: Buffer) => {
+      if (consumerFailed !== undefined) return;
+      try {
+        consume(chunk);
+      } catch (e) {
+        consumerFailed = e instanceof Error ? e : new Error(String(e));
+        stop('had its output refused');
+      }
+    });
+  const stdout = new OutputCollector(consume ? null : child.stdout, () =>
+    stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes of output`),
+  );
   const stderr = new OutputCollector(child.stderr, () => stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes to stderr`));
   const timer = timeout > 0 ? setTimeout(() => stop(`timed out after ${timeout} ms`), timeout) : undefined;
   const onAbort = (): void => stop('was cancelled');
@@ -162,6 +181,7 @@ export async function run(file: string, args: readonly string[], opts: RunOption
   });
 
   const errText = stderr.text();
+  if (consumerFailed !== undefined) throw consumerFailed;
   if ('error' in ended) throw new CommandFailedError(argv, undefined, tail(errText), startFailure(ended.error));
   if (why) throw new CommandFailedError(argv, undefined, tail(errText), why);
   // Killed by a signal tiu did not send: no exit code to judge by.

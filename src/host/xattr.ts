@@ -13,6 +13,7 @@
 import { CommandFailedError, run } from './exec.ts';
 import { withProgramPath } from './program-path.ts';
 import { checkXattrName, checkXattrValue } from './xattr-names.ts';
+import { LineSplitter } from '../util/line-splitter.ts';
 
 /** getfattr's escaping of names: the backslash and bytes outside printable ASCII as `\ooo`. */
 export function quoteName(path: string | Uint8Array): string {
@@ -144,6 +145,12 @@ function unquoteBytes(s: Buffer): Buffer {
 }
 
 /**
+ * The longest line a dump can hold: a `# file:` line of a PATH_MAX path with every byte escaped
+ * (4 x 4096), or a value of XATTR_SIZE_MAX (64 KiB) in base64, with its name; with room to spare.
+ */
+const MAX_DUMP_LINE = 256 * 1024;
+
+/**
  * Every xattr under `root` (absolute), keyed by the path relative to root as a *binary*
  * (latin1) string, '' for root itself, so names that are not UTF-8 survive; the bundle builder
  * keys tar names that way. Lists are sorted by attribute name.
@@ -152,47 +159,38 @@ export async function readTreeXattrs(
   root: string,
   opts: { signal?: AbortSignal } = {},
 ): Promise<Map<string, [string, Buffer][]>> {
-  const r = await run(
-    'getfattr',
-    [
-      '--recursive',
-      '--no-dereference',
-      '--physical',
-      '--dump',
-      '--match=-',
-      '--encoding=base64',
-      '--absolute-names',
-      root,
-    ],
-    {
-      binary: true,
-      signal: opts.signal,
-      timeout: 3_600_000,
-    },
-  );
   const out = new Map<string, [string, Buffer][]>();
-  const text = Buffer.from(r.stdoutBytes ?? new Uint8Array());
   const rootBytes = Buffer.from(root.replace(/\/+$/, ''), 'utf8');
   let current: [string, Buffer][] | undefined;
-  let start = 0;
-  while (start < text.length) {
-    let end = text.indexOf(0x0a, start);
-    if (end < 0) end = text.length;
-    const line = text.subarray(start, end);
-    start = end + 1;
-    if (line.length === 0) continue;
-    if (line.subarray(0, 8).toString('latin1') === '# file: ') {
-      const abs = unquoteBytes(line.subarray(8));
-      let rel = abs.equals(rootBytes) ? Buffer.alloc(0) : abs.subarray(rootBytes.length + 1);
-      while (rel.length && rel[rel.length - 1] === 0x2f) rel = rel.subarray(0, rel.length - 1);
-      current = [];
-      out.set(rel.toString('latin1'), current);
-      continue;
-    }
-    const eq = line.indexOf(0x3d);
-    if (!current || eq < 0) continue;
-    current.push([line.subarray(0, eq).toString('utf8'), decodeValue(line.subarray(eq + 1).toString('latin1'))]);
-  }
+  // The dump is parsed line by line as getfattr writes it: a tree with a label on every file
+  // dumps tens of MiB, which were held whole (and copied) before the first line was read.
+  const argv = ['getfattr', '--recursive', '--no-dereference', '--physical', '--dump', '--match=-'];
+  const lines = new LineSplitter({
+    maxLine: MAX_DUMP_LINE,
+    tooLong: (n) => {
+      throw new CommandFailedError([...argv, root], undefined, '', `wrote a line of ${n} bytes`);
+    },
+    onLine: (line) => {
+      if (line.length === 0) return;
+      if (line.subarray(0, 8).toString('latin1') === '# file: ') {
+        const abs = unquoteBytes(line.subarray(8));
+        let rel = abs.equals(rootBytes) ? Buffer.alloc(0) : abs.subarray(rootBytes.length + 1);
+        while (rel.length && rel[rel.length - 1] === 0x2f) rel = rel.subarray(0, rel.length - 1);
+        current = [];
+        out.set(rel.toString('latin1'), current);
+        return;
+      }
+      const eq = line.indexOf(0x3d);
+      if (!current || eq < 0) return;
+      current.push([line.subarray(0, eq).toString('utf8'), decodeValue(line.subarray(eq + 1).toString('latin1'))]);
+    },
+  });
+  await run(argv[0]!, [...argv.slice(1), '--encoding=base64', '--absolute-names', root], {
+    onStdout: (chunk) => lines.push(chunk),
+    signal: opts.signal,
+    timeout: 3_600_000,
+  });
+  lines.end();
   for (const list of out.values()) list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
   return out;
 }

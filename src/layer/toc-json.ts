@@ -54,6 +54,13 @@ const INCOMPLETE = new Error('the JSON goes on in bytes not read yet');
 
 const NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
 
+/**
+ * Objects and arrays inside each other deeper than this are refused: a TOC nests four levels
+ * (document, entries, entry, xattrs), and the reader recurses, so a hostile `[[[[…` would
+ * otherwise end in a RangeError from a full stack instead of a SyntaxError naming the TOC.
+ */
+export const MAX_JSON_DEPTH = 64;
+
 /** A JSON reader over bytes whose strings come back as binary strings (see above). Errors are SyntaxErrors. */
 class TocJsonReader {
   readonly #b: Uint8Array;
@@ -62,6 +69,7 @@ class TocJsonReader {
   /** Where `bytes` start in the document (for messages). */
   readonly #base: number;
   #i = 0;
+  #depth = 0;
 
   constructor(bytes: Uint8Array, final = true, base = 0) {
     this.#b = bytes;
@@ -143,24 +151,35 @@ class TocJsonReader {
     return k;
   }
 
+  /** Into an object or array: refused past MAX_JSON_DEPTH. */
+  #enter(): void {
+    if (++this.#depth > MAX_JSON_DEPTH) this.fail(`objects and arrays nested deeper than ${MAX_JSON_DEPTH} levels`);
+  }
+
   object(): Record<string, unknown> {
     this.expect(0x7b);
+    this.#enter();
     const o: Record<string, unknown> = {};
-    if (this.empty(0x7d)) return o;
-    do {
-      const k = this.key();
-      const v = this.value();
-      setMember(o, k, v);
-    } while (this.more(0x7d));
+    if (!this.empty(0x7d)) {
+      do {
+        const k = this.key();
+        const v = this.value();
+        setMember(o, k, v);
+      } while (this.more(0x7d));
+    }
+    this.#depth--;
     return o;
   }
 
   array(): unknown[] {
     this.expect(0x5b);
+    this.#enter();
     const a: unknown[] = [];
-    if (this.empty(0x5d)) return a;
-    do a.push(this.value());
-    while (this.more(0x5d));
+    if (!this.empty(0x5d)) {
+      do a.push(this.value());
+      while (this.more(0x5d));
+    }
+    this.#depth--;
     return a;
   }
 

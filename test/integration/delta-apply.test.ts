@@ -205,9 +205,12 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     const layerBytes = b2.manifest.layers.reduce((a, l) => a + l.size, 0);
     assert.ok(t.report.downloadBytes < layerBytes / 3, `${t.report.downloadBytes} of ${layerBytes}`);
 
+    const requests = t.ranges.length;
     const a = await applyTransfer(t, sys2, store, { preserve: [] });
     assert.deepEqual(a.extra, nothing, 'the download had all the apply needed');
-    assert.equal(target.ranges.length, t.ranges.length);
+    assert.equal(target.ranges.length, requests);
+    // The apply used the transfer up: its entries do not outlive the apply in the update's run state.
+    assert.deepEqual([t.layers, t.fetch, t.frames, t.ranges, t.sources], [[], [], [], [], []]);
     assert.deepEqual(await diffTrees(sys2, join(fs.mnt, 'ref2'), { ignoreRootMeta: true }), []);
     assert.ok(a.report.reflinked.bytes >= big.length, 'the moved data.bin is a reflink');
     assert.ok((await exclusiveBytes(sys2)) < 256 * 1024);
@@ -244,8 +247,9 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     const t = await prepare(b2.manifest, join(fs.mnt, 'sys1'));
     const sys4 = join(fs.mnt, 'sys4');
     await snapshot(join(fs.mnt, 'sys1'), sys4);
+    const fetched = t.fetch;
     const a = await applyTransfer(t, sys4, await newStore(), { preserve: [] });
-    assert.equal(a.extra.files, new Set(t.fetch.map((e) => e.digest)).size);
+    assert.equal(a.extra.files, new Set(fetched.map((e) => e.digest)).size);
     assert.equal(a.extra.bytes, t.report.contentBytes);
     assert.deepEqual(await diffTrees(sys4, join(fs.mnt, 'ref2'), { ignoreRootMeta: true }), []);
 
@@ -254,14 +258,15 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     // with access to /var) is gone once the store opens, and its content is fetched again.
     const dir = join(fs.dir, 'store-leftover');
     const earlier = await ContentStore.open(dir);
-    const victim = t.fetch.find((e) => e.size > 0)!;
+    const victim = fetched.find((e) => e.size > 0)!;
     await writeFile(earlier.path(victim.digest!), Buffer.alloc(victim.size, 0x41));
     const store = await ContentStore.open(dir);
     assert.equal(store.has(victim.digest!), false);
     assert.deepEqual(await readdir(dir), []);
     const sys5 = join(fs.mnt, 'sys5');
     await snapshot(join(fs.mnt, 'sys1'), sys5);
-    const b = await applyTransfer(t, sys5, store, { preserve: [] });
+    // A transfer is used up by its apply: the same plan made again.
+    const b = await applyTransfer(await prepare(b2.manifest, join(fs.mnt, 'sys1')), sys5, store, { preserve: [] });
     assert.equal(b.extra.files, a.extra.files);
     assert.deepEqual(await diffTrees(sys5, join(fs.mnt, 'ref2'), { ignoreRootMeta: true }), []);
   });

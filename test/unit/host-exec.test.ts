@@ -75,6 +75,32 @@ describe('host/exec', () => {
       (e: unknown) => isTiuError(e, 'COMMAND_FAILED') && e.message.includes(`more than ${MAX_OUTPUT_BYTES} bytes`),
     );
   });
+  it('hands stdout piece by piece to onStdout without holding it, whatever its size', async () => {
+    let bytes = 0;
+    let largest = 0;
+    const r = await run('head', ['-c', String(MAX_OUTPUT_BYTES + 1), '/dev/zero'], {
+      onStdout: (c) => {
+        bytes += c.length;
+        largest = Math.max(largest, c.length);
+      },
+    });
+    assert.equal(bytes, MAX_OUTPUT_BYTES + 1);
+    assert.equal(r.stdout, '');
+    assert.ok(largest <= 1024 * 1024, `a piece of ${largest} bytes`);
+  });
+  it('stops the program when onStdout throws, and rejects with that error', async () => {
+    const refused = new Error('refused');
+    const started = Date.now();
+    await assert.rejects(
+      run('sh', ['-c', 'echo one; exec sleep 30'], {
+        onStdout: () => {
+          throw refused;
+        },
+      }),
+      (e: unknown) => e === refused,
+    );
+    assert.ok(Date.now() - started < 10_000);
+  });
   it('passes open descriptors on as fds 3 and up', async () => {
     const { openSync, closeSync, readFileSync, rmSync } = await import('node:fs');
     const path = `/tmp/tiu-exec-fd-${process.pid}`;

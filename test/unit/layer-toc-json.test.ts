@@ -4,7 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { bstr } from '../../src/layer/entry.ts';
-import { encodeTocJson, parseTocJson } from '../../src/layer/toc-json.ts';
+import { encodeTocJson, MAX_JSON_DEPTH, parseTocJson, TocJsonStream } from '../../src/layer/toc-json.ts';
+import { parseToc } from '../../src/layer/toc.ts';
+import { isTiuError } from '../../src/errors.ts';
 
 const bytes = (...b: number[]) => bstr(Buffer.from(b));
 const nameOf = (json: Buffer): string => (parseTocJson(json) as { name: string }).name;
@@ -77,5 +79,26 @@ describe('layer TOC JSON encoding', function () {
   it('refuses what is not JSON', function () {
     assert.throws(() => parseTocJson(Buffer.from('{"name":"\\u00"}')), SyntaxError);
     assert.throws(() => parseTocJson(Buffer.from([0x7b, 0xff, 0x7d])), SyntaxError);
+  });
+
+  it('refuses nesting deeper than MAX_JSON_DEPTH with TOC_INVALID, whole or in pieces, where a full stack would throw a RangeError', function () {
+    const deep = (n: number) =>
+      Buffer.from(`{"version":1,"entries":[{"type":"reg","name":"a","x":${'['.repeat(n)}${']'.repeat(n)}}]}`);
+    assert.throws(
+      () => parseToc(deep(200_000)),
+      (e: unknown) => isTiuError(e, 'TOC_INVALID') && /nested deeper than 64 levels/.test((e as Error).message),
+    );
+    // Nesting up to the limit still reads (the document and its entries array count as two levels).
+    assert.doesNotThrow(() => parseTocJson(Buffer.from(`${'['.repeat(MAX_JSON_DEPTH)}${']'.repeat(MAX_JSON_DEPTH)}`)));
+    assert.throws(
+      () => parseTocJson(Buffer.from(`${'['.repeat(MAX_JSON_DEPTH + 1)}${']'.repeat(MAX_JSON_DEPTH + 1)}`)),
+      SyntaxError,
+    );
+    const stream = new TocJsonStream(() => {});
+    assert.throws(() => {
+      const doc = deep(200_000);
+      for (let at = 0; at < doc.length; at += 4096) stream.push(doc.subarray(at, at + 4096));
+      stream.end();
+    }, /nested deeper than 64 levels/);
   });
 });

@@ -195,6 +195,30 @@ describe('planning memory (issue 19)', function () {
     assert.deepEqual([...old.byIno.keys()], [2n]);
   });
 
+  it('keeps exactly the kept keys of a content index, each with its own digest, and grows on after', async function () {
+    const dir = await mkdtemp(join(tmpdir(), 'tiu-index-'));
+    try {
+      const idx = new ContentIndex(dir);
+      const key = (i: number) => ({ ino: BigInt(i), size: i, mtimeNs: 1n, ctimeNs: 2n });
+      const keep = new Set<string>();
+      for (let i = 0; i < 3000; i++) {
+        const k = idx.remember(key(i), digestOf(i));
+        if (i % 3 === 1) keep.add(k);
+      }
+      idx.retainKeys(keep);
+      assert.equal(idx.size, 1000);
+      for (let i = 3000; i < 3010; i++) idx.remember(key(i), digestOf(i));
+      const file = join(dir, 'index.json');
+      await idx.save(file);
+      const saved = (JSON.parse(await readFile(file, 'utf8')) as { entries: Record<string, string> }).entries;
+      const want: Record<string, string> = {};
+      for (let i = 0; i < 3010; i++) if (i % 3 === 1 || i >= 3000) want[`${i}:${i}:1:2`] = digestOf(i);
+      assert.deepEqual(saved, want);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('saves and loads the content index in the JSON it always had; anything else loads empty', async function () {
     const dir = await mkdtemp(join(tmpdir(), 'tiu-index-'));
     try {

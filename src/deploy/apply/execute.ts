@@ -293,16 +293,17 @@ async function executePlanInner(
 
   if (opts.index) {
     opts.onPhase?.('index');
-    const keep = [];
+    // The keys as they are recorded, not an object of three BigInts per file kept until the end.
+    const keep = new Set<string>();
     for (const a of plan.actions) {
       const e = a.entry;
       if (e.type !== 'reg' || !e.digest) continue;
       const st = await lstat(sr.path(e.path), { bigint: true });
-      const k = { ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
-      opts.index.remember(k, e.digest);
-      keep.push(k);
+      keep.add(
+        opts.index.remember({ ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs }, e.digest),
+      );
     }
-    opts.index.retainOnly(keep);
+    opts.index.retainKeys(keep);
   }
   return report;
 }

@@ -13,13 +13,14 @@
  * once each.
  */
 import { createHash } from 'node:crypto';
-import { lstat, open, readFile, rename } from 'node:fs/promises';
+import { lstat, open, rename } from 'node:fs/promises';
 import { constants, lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import { readTreeXattrs } from '../../host/xattr.ts';
 import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
 import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
 import { ScanEntries } from './scan-entries.ts';
+import { INDEX_HEAD, IndexTextParser } from './content-index-text.ts';
 import type { EntryType, ExistingEntry, OldTree, ScannedEntries } from './types.ts';
 import type { BigIntStats, PathLike } from 'node:fs';
 
@@ -132,9 +133,9 @@ export interface ContentHasher {
 /**
  * The saved index: `{"version":1,"entries":{"<ino>:<size>:<mtimeNs>:<ctimeNs>":"sha256:<hex>",...}}`,
  * the JSON text JSON.stringify made of it before (keys are digits, `:` and `-`: nothing to escape).
+ * It is read in pieces of this size, each parsed as it comes (content-index-text.ts).
  */
-const INDEX_HEAD = '{"version":1,"entries":{';
-const INDEX_MEMBER = /"(\d+:\d+:-?\d+:-?\d+)":"(sha256:[0-9a-f]{64})"(,|\}\})/y;
+const INDEX_READ_PIECE = 64 * 1024;
 
 function keyOf(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): string {
   return `${e.ino}:${e.size}:${e.mtimeNs}:${e.ctimeNs}`;
@@ -183,15 +184,22 @@ class DigestTable {
 
   /** Keep only `keep`'s keys (slots are renumbered, the buffer shrinks to fit). */
   retain(keep: ReadonlySet<string>): void {
-    const old = this.#bytes;
-    const kept = [...this.#slots].filter(([k]) => keep.has(k));
-    this.#slots.clear();
-    this.#bytes = Buffer.alloc(DIGEST_BYTES * Math.max(kept.length, 1024));
-    for (const [k, at] of kept) {
-      const to = this.#slots.size;
-      old.copy(this.#bytes, to * DIGEST_BYTES, at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
-      this.#slots.set(k, to);
+    // In place, without a list of the entries: slots were numbered in the Map's (insertion)
+    // order, so a kept slot only ever moves down, over one already moved or dropped.
+    let to = 0;
+    for (const [k, at] of this.#slots) {
+      if (!keep.has(k)) {
+        this.#slots.delete(k);
+        continue;
+      }
+      if (at !== to) {
+        this.#bytes.copy(this.#bytes, to * DIGEST_BYTES, at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
+        this.#slots.set(k, to);
+      }
+      to++;
     }
+    const fit = DIGEST_BYTES * Math.max(to, 1024);
+    if (fit < this.#bytes.length) this.#bytes = Buffer.from(this.#bytes.subarray(0, fit));
   }
 }
 
@@ -226,28 +234,32 @@ export class ContentIndex implements ContentHasher {
 
   /**
    * The index saved at `file`; empty when there is none or it is not exactly what `save`
-   * writes (it is only an accelerator). Read member by member from the text: JSON.parse made an
-   * object of every entry (~8 MB for a 45k-file tree) next to the table it was copied into.
+   * writes (it is only an accelerator). Read member by member as its pieces come: JSON.parse made
+   * an object of every entry (~8 MB for a 45k-file tree), and the whole file with its text copy
+   * was ~10 MB more.
    */
   static async load(root: string, file: string): Promise<ContentIndex> {
     const idx = new ContentIndex(root);
-    let bytes: Buffer;
+    let fh;
     try {
-      bytes = await readFile(file);
+      fh = await open(file, 'r');
     } catch {
       return idx;
     }
-    const text = bytes.toString('latin1');
-    if (!text.startsWith(INDEX_HEAD)) return idx;
-    if (text === INDEX_HEAD + '}}') return idx;
-    INDEX_MEMBER.lastIndex = INDEX_HEAD.length;
-    for (;;) {
-      const m = INDEX_MEMBER.exec(text);
-      if (!m) return new ContentIndex(root);
-      // The key copied out of the file's bytes: a match of `text` would keep all of it alive.
-      idx.#known.set(bytes.toString('latin1', m.index + 1, m.index + 1 + m[1]!.length), m[2]!);
-      if (m[3] === '}}') return INDEX_MEMBER.lastIndex === text.length ? idx : new ContentIndex(root);
+    const parser = new IndexTextParser((key, digest) => idx.#known.set(key, digest));
+    try {
+      const piece = Buffer.allocUnsafe(INDEX_READ_PIECE);
+      for (;;) {
+        const { bytesRead } = await fh.read(piece, 0, piece.length, null);
+        if (bytesRead === 0) break;
+        if (!parser.push(piece.subarray(0, bytesRead))) break;
+      }
+    } catch {
+      return new ContentIndex(root);
+    } finally {
+      await fh.close();
     }
+    return parser.end() ? idx : new ContentIndex(root);
   }
 
   /** The file is written in pieces: one object or string of every entry would be tens of MB at once. */
@@ -275,16 +287,19 @@ export class ContentIndex implements ContentHasher {
     return this.#known.size;
   }
 
-  /** Record a known digest (the executor does this for everything it writes, from the TOC). */
-  remember(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): void {
-    if (SHA256.test(digest)) this.#known.set(keyOf(e), digest);
+  /**
+   * Record a known digest (the executor does this for everything it writes, from the TOC); the
+   * file's key, for retainKeys.
+   */
+  remember(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): string {
+    const key = keyOf(e);
+    if (SHA256.test(digest)) this.#known.set(key, digest);
+    return key;
   }
 
   /** Drop everything except these keys (after an apply, only the new tree's files matter). */
-  retainOnly(keep: Iterable<Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>>): void {
-    const ks = new Set<string>();
-    for (const e of keep) ks.add(keyOf(e));
-    this.#known.retain(ks);
+  retainKeys(keep: ReadonlySet<string>): void {
+    this.#known.retain(keep);
   }
 
   async digestOf(e: ExistingEntry): Promise<string> {

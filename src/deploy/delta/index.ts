@@ -469,7 +469,8 @@ export interface ApplyTransferResult {
 /**
  * Plan against the new snapshot (a copy of the booted one: same inodes, so the booted root's
  * content index is valid for it) and apply, content from the store. The index of the new tree
- * is saved to `saveIndexTo`, for the update that runs from it.
+ * is saved to `saveIndexTo`, for the update that runs from it. Uses `t` up (spendTransfer): one
+ * apply per transfer.
  */
 export async function applyTransfer(
   t: DeltaTransfer,
@@ -495,6 +496,7 @@ export async function applyTransfer(
     undefined,
     t.sources,
   );
+  spendTransfer(t);
   const provider = storeProvider(t.source, t.manifest.layers, store, {
     concurrency: opts.concurrency,
     signal: opts.signal,
@@ -514,6 +516,21 @@ export async function applyTransfer(
   };
   if (opts.saveIndexTo) await saveIndex(index, opts.saveIndexTo);
   return { report, extra: provider.extra, plan };
+}
+
+/**
+ * The plan holds the new tree now: the transfer lets go of its layers' entries, the download's
+ * lists and the content sources (their scans), which the update's run state would otherwise
+ * keep alive through the execution, the /etc merge and the commit (~20 MiB of heap at the
+ * commit of a first install of the bench's larger tree). Its manifest, source and report stay.
+ */
+function spendTransfer(t: DeltaTransfer): void {
+  t.layers = [];
+  t.fetch = [];
+  t.frames = [];
+  t.ranges = [];
+  t.sources = [];
+  delete t.patches;
 }
 
 async function saveIndex(index: ContentIndex, file: string): Promise<void> {
