@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { zstdCompressSync } from 'node:zlib';
-import { TocDictionary } from '../../src/deploy/delta/toc-dictionary.ts';
+import { MAX_DICTIONARY_BYTES, TocDictionary } from '../../src/deploy/delta/toc-dictionary.ts';
 import type { TocBytes } from '../../src/deploy/delta/tocs.ts';
 import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
@@ -61,5 +61,15 @@ describe('delta: the TOC dictionary built in place', () => {
   it('decompresses nothing until a part is asked for', () => {
     const d = new TocDictionary([{ compressed: Buffer.from('not zstd') }], [layer(from[0]!, 1)], toLayers);
     assert.throws(() => d.from);
+  });
+
+  it('refuses to reserve more than MAX_DICTIONARY_BYTES, whatever the manifests declare', () => {
+    // Every TO layer declares a TOC just under the per-TOC limit: together far over the total.
+    const huge = (n: number): Descriptor => ({
+      ...layer(json('x'), n),
+      annotations: { [ZstdChunkedAnnotation.ManifestPosition]: `10:20:${MAX_DICTIONARY_BYTES - 1}:1` },
+    });
+    const d = new TocDictionary(fromTocs, fromLayers, [huge(20), huge(21), huge(22)]);
+    assert.throws(() => d.from, /TOC dictionary would be \d+ bytes, over the limit/);
   });
 });

@@ -14,6 +14,13 @@ import type { Descriptor } from '../../oci/types.ts';
 import { MAX_TOC_BYTES, parsePosition, ZstdChunkedAnnotation } from '../../layer/toc.ts';
 import { tocJsonOf, type TocBytes } from './tocs.ts';
 
+/**
+ * The most the dictionary may reserve: its size is the sum of sizes the manifests declare, before
+ * any TOC is seen, so a hostile TO manifest declaring many TOCs at MAX_TOC_BYTES must not make
+ * tiu reserve gigabytes. Real dictionaries are tens of MiB (~30 on the bench's larger tree).
+ */
+export const MAX_DICTIONARY_BYTES = MAX_TOC_BYTES;
+
 /** A TOC JSON's uncompressed size as the (signed) manifest-position annotation declares it; undefined without one. */
 function declaredSize(d: Descriptor): number | undefined {
   const position = d.annotations?.[ZstdChunkedAnnotation.ManifestPosition];
@@ -64,6 +71,8 @@ export class TocDictionary {
       at += declaredSize(d) ?? 0;
     }
     this.#toStarts.push(at);
+    if (at > MAX_DICTIONARY_BYTES)
+      throw new Error(`its TOC dictionary would be ${at} bytes, over the limit of ${MAX_DICTIONARY_BYTES}`);
     this.#filled = this.#toLayers.map(() => false);
     const buf = Buffer.allocUnsafe(at);
     let start = 0;
