@@ -173,7 +173,7 @@ class BlobFile {
 
 /**
  * A layer whose content is written; finish() adds what only the whole layer gives (the TOC,
- * tar-split and footer of zstd:chunked) and closes the file, abort() just closes it.
+ * tar-split and footer of zstd:chunked) and closes the file (also when it fails).
  */
 export interface UnfinishedLayer {
   /**
@@ -181,7 +181,6 @@ export interface UnfinishedLayer {
    * compressed before (see LARGE_TOC), so its level-19 tables never sit beside their contexts.
    */
   finish(othersWritten?: Promise<unknown>): Promise<LayerResult>;
-  abort(): void;
 }
 
 /** Write the layer holding `entries` (sorted) to `file`. */
@@ -206,7 +205,7 @@ export async function writeLayerContent(
 ): Promise<UnfinishedLayer> {
   if (opts.compression === 'zstd') return writeZstdChunked(entries, file, opts);
   const done = await writeGzip(entries, file, opts);
-  return { finish: () => Promise.resolve(done), abort: () => undefined };
+  return { finish: () => Promise.resolve(done) };
 }
 
 /**
@@ -388,13 +387,13 @@ const PENDING_BYTES = 4 * 1024 * 1024;
  * allocated 174 MiB of new buffers for the collector to find, with 8 MiB 97 MiB.
  */
 const readBuffers = new BufferPool(64 * 1024, 8 * 1024 * 1024);
-/** One TOC is compressed at a time (see writeLayerContent), also when layers are finished at once. */
 /**
  * A TOC JSON above this size waits for the other layers' content (UnfinishedLayer.finish): its
  * level-19 tables grow with it (a 1.2 MiB TOC: ~35 MiB), while those of the smaller TOCs (a few
  * MiB) may sit beside the contexts of layers still being written.
  */
 const LARGE_TOC = 512 * 1024;
+/** One TOC is compressed at a time (see writeLayerContent), also when layers are finished at once. */
 const tocTurn = new Semaphore(1);
 
 async function writeZstdChunked(
@@ -508,14 +507,13 @@ async function writeZstdChunked(
     // build of the bench trees (bench/README.md).
     const json = encodeToc(toc);
     if (json.length > LARGE_TOC) await othersWritten;
-    const compressed = await tocTurn.run(async () => {
-      const compressed = await zstdCompressAsync(json, {
+    const compressed = await tocTurn.run(() =>
+      zstdCompressAsync(json, {
         params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL },
         // A known size lets zstd size its tables to the TOC, not to level 19's defaults (~100 MiB).
         pledgedSrcSize: json.length,
-      });
-      return compressed;
-    });
+      }),
+    );
     const tocOffset = out.size + SKIPPABLE_HEADER;
     out.write(skippableFrame(compressed));
     const splitOffset = out.size + SKIPPABLE_HEADER;
@@ -561,7 +559,6 @@ async function writeZstdChunked(
         throw err;
       }
     },
-    abort: () => closeQuietly(out.fd),
   };
 }
 

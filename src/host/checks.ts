@@ -4,6 +4,7 @@
  * an error: a failing check is an answer, not a failure of tiu.
  */
 import { spawn } from 'node:child_process';
+import { childEnded } from './exec.ts';
 
 export interface CheckRun {
   exitCode?: number;
@@ -51,10 +52,7 @@ export async function runCheckProgram(path: string, args: readonly string[], tim
       // already gone
     }
   }, timeoutMs);
-  const ended = await new Promise<{ code: number | null } | { error: Error }>((resolve) => {
-    child.once('error', (error) => resolve({ error }));
-    child.once('close', (code) => resolve({ code }));
-  }).finally(() => clearTimeout(timer));
+  const ended = await childEnded(child).finally(() => clearTimeout(timer));
   if (timedOut) return { timedOut: true, output: output.text() };
   if ('error' in ended) return { timedOut: false, startError: ended.error.message, output: output.text() };
   if (ended.code === null) {

@@ -124,6 +124,59 @@ function terminate(child: ChildProcess): void {
   child.once('exit', () => clearTimeout(force));
 }
 
+/** How a child ended: its exit code (null: killed by a signal), or the error that kept it from starting. */
+export type ChildEnd = { code: number | null } | { error: NodeJS.ErrnoException };
+
+/** The child's end, once its output streams are closed too. */
+export function childEnded(child: ChildProcess): Promise<ChildEnd> {
+  return new Promise((resolve) => {
+    child.once('error', (error: NodeJS.ErrnoException) => resolve({ error }));
+    child.once('close', (code: number | null) => resolve({ code }));
+  });
+}
+
+/**
+ * A started child watched until it ends: its timeout (0: none) and cancellation stop it;
+ * `why` is the first reason it was stopped for, `ended` settles when it is gone.
+ */
+class Supervised {
+  why: string | undefined;
+  readonly ended: Promise<ChildEnd>;
+  readonly #child: ChildProcess;
+
+  constructor(child: ChildProcess, timeout: number, signal: AbortSignal | undefined) {
+    this.#child = child;
+    track(child);
+    const timer = timeout > 0 ? setTimeout(() => this.stop(`timed out after ${timeout} ms`), timeout) : undefined;
+    const onAbort = (): void => this.stop('was cancelled');
+    signal?.addEventListener('abort', onAbort, { once: true });
+    this.ended = childEnded(child).finally(() => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    });
+  }
+
+  stop = (reason: string): void => {
+    this.why ??= reason;
+    terminate(this.#child);
+  };
+
+  /** The failure of an end that is not an exit code to judge (not started, stopped, killed), else undefined. */
+  failure(argv: readonly string[], end: ChildEnd, stderr: string): CommandFailedError | undefined {
+    if ('error' in end) return new CommandFailedError(argv, undefined, tail(stderr), startFailure(end.error));
+    if (this.why) return new CommandFailedError(argv, undefined, tail(stderr), this.why);
+    // Killed by a signal tiu did not send.
+    if (end.code === null)
+      return new CommandFailedError(
+        argv,
+        undefined,
+        tail(stderr),
+        `was killed by ${this.#child.signalCode ?? 'a signal'}`,
+      );
+    return undefined;
+  }
+}
+
 function childEnv(extra: RunOptions['env']): NodeJS.ProcessEnv | undefined {
   return extra ? { ...process.env, ...extra } : undefined;
 }
@@ -140,13 +193,8 @@ export async function run(file: string, args: readonly string[], opts: RunOption
   if (opts.signal?.aborted) throw new CommandFailedError(argv, undefined, '', 'was cancelled');
   const stdio: StdioOptions = [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe', ...(opts.passFds ?? [])];
   const child = spawn(file, args, { cwd: opts.cwd, env: childEnv(opts.env), stdio });
-  track(child);
-
-  let why: string | undefined;
-  const stop = (reason: string): void => {
-    why ??= reason;
-    terminate(child);
-  };
+  const watch = new Supervised(child, timeout, opts.signal);
+  const stop = watch.stop;
   const consume = opts.onStdout;
   let consumerFailed: Error | undefined;
   if (consume)
@@ -163,32 +211,18 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes of output`),
   );
   const stderr = new OutputCollector(child.stderr, () => stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes to stderr`));
-  const timer = timeout > 0 ? setTimeout(() => stop(`timed out after ${timeout} ms`), timeout) : undefined;
-  const onAbort = (): void => stop('was cancelled');
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
   if (child.stdin) {
     // A program may exit without reading all of its input: that is its exit status's business.
     child.stdin.on('error', () => {});
     child.stdin.end(opts.input);
   }
 
-  const ended = await new Promise<{ code: number | null } | { error: NodeJS.ErrnoException }>((resolve) => {
-    child.once('error', (error: NodeJS.ErrnoException) => resolve({ error }));
-    child.once('close', (code: number | null) => resolve({ code }));
-  }).finally(() => {
-    clearTimeout(timer);
-    opts.signal?.removeEventListener('abort', onAbort);
-  });
-
+  const ended = await watch.ended;
   const errText = stderr.text();
   if (consumerFailed !== undefined) throw consumerFailed;
-  if ('error' in ended) throw new CommandFailedError(argv, undefined, tail(errText), startFailure(ended.error));
-  if (why) throw new CommandFailedError(argv, undefined, tail(errText), why);
-  // Killed by a signal tiu did not send: no exit code to judge by.
-  if (ended.code === null) {
-    throw new CommandFailedError(argv, undefined, tail(errText), `was killed by ${child.signalCode ?? 'a signal'}`);
-  }
-  const exitCode = ended.code;
+  const failed = watch.failure(argv, ended, errText);
+  if (failed) throw failed;
+  const exitCode = (ended as { code: number }).code;
   if (!opts.allowFailure && !(opts.okExitCodes ?? [0]).includes(exitCode))
     throw new CommandFailedError(argv, exitCode, tail(errText));
   if (opts.binary) return { stdout: '', stdoutBytes: stdout.buffer(), stderr: errText, exitCode };
@@ -208,39 +242,15 @@ export function spawnFilter(
   logger(argv.join(' '));
   if (opts.signal?.aborted) return Promise.reject(new CommandFailedError(argv, undefined, '', 'was cancelled'));
   const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  track(child);
-  let why: string | undefined;
-  const stop = (reason: string): void => {
-    why ??= reason;
-    terminate(child);
-  };
-  const stderr = new OutputCollector(child.stderr, () => stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes to stderr`));
-  const timeout = opts.timeout ?? 0;
-  const timer = timeout > 0 ? setTimeout(() => stop(`timed out after ${timeout} ms`), timeout) : undefined;
-  const onAbort = (): void => stop('was cancelled');
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
-  const done = new Promise<void>((resolve, reject) => {
-    const settle = (failure?: CommandFailedError): void => {
-      clearTimeout(timer);
-      opts.signal?.removeEventListener('abort', onAbort);
-      if (failure) reject(failure);
-      else resolve();
-    };
-    child.once('error', (error: NodeJS.ErrnoException) =>
-      settle(new CommandFailedError(argv, undefined, tail(stderr.text()), startFailure(error))),
-    );
-    child.once('close', (code: number | null) => {
-      if (why) return settle(new CommandFailedError(argv, undefined, tail(stderr.text()), why));
-      if (code === 0) return settle();
-      settle(
-        new CommandFailedError(
-          argv,
-          code ?? undefined,
-          tail(stderr.text()),
-          code === null ? `was killed by ${child.signalCode ?? 'a signal'}` : undefined,
-        ),
-      );
-    });
+  const watch = new Supervised(child, opts.timeout ?? 0, opts.signal);
+  const stderr = new OutputCollector(child.stderr, () =>
+    watch.stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes to stderr`),
+  );
+  const done = watch.ended.then((end) => {
+    const failed = watch.failure(argv, end, stderr.text());
+    if (failed) throw failed;
+    const code = (end as { code: number }).code;
+    if (code !== 0) throw new CommandFailedError(argv, code, tail(stderr.text()));
   });
   // Callers attach to `done` after they start streaming; an early failure must not be unhandled.
   done.catch(() => {});

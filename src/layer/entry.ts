@@ -97,6 +97,9 @@ export interface TreeEntry {
 }
 
 /** Seconds (floored) and nanoseconds of an entry's mtime, as tar and RFC 3339 spell it. */
+/** The xattrs of every entry without any: one frozen object shared, not an empty one per entry. */
+export const NO_XATTRS: Record<string, Buffer> = Object.freeze({});
+
 export function mtimeParts(ns: bigint): { sec: number; nsec: number } {
   let sec = ns / 1_000_000_000n;
   let nsec = ns % 1_000_000_000n;

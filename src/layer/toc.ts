@@ -293,19 +293,6 @@ export async function readTocFromFooter(
   blobSize: number,
   annotations?: Record<string, string>,
 ): Promise<Toc> {
-  return parseToc((await readTocJsonFromFooter(fetch, blobSize, annotations)).json);
-}
-
-/**
- * readTocFromFooter without the parse: the TOC's JSON bytes and the compressed bytes they came
- * from (verified against the annotations where given), for a reader that takes the entries one
- * by one (forEachTocEntry).
- */
-export async function readTocJsonFromFooter(
-  fetch: RangeFetch,
-  blobSize: number,
-  annotations?: Record<string, string>,
-): Promise<{ json: Buffer; compressed: Buffer }> {
   const { compressed, lengthUncompressed } = await readCompressedToc(fetch, blobSize, annotations);
   let json: Buffer;
   try {
@@ -318,7 +305,7 @@ export async function readTocJsonFromFooter(
       'TOC_INVALID',
       `table of contents is ${json.length} bytes, expected ${lengthUncompressed}`,
     );
-  return { json, compressed };
+  return parseToc(json);
 }
 
 /**

@@ -126,19 +126,19 @@ export async function* zstdDecompressFrames(
         const gathered = held.length === 1 ? undefined : frameBuffers.take(size);
         const frame = gathered ? gather(held, size, gathered) : held[0]!;
         let out: Buffer | undefined;
+        let failure: Error | undefined;
         try {
           out = zstdDecompressSync(frame, { maxOutputLength: SYNC_OUTPUT_MAX });
         } catch (e) {
-          if (gathered) frameBuffers.give(gathered);
-          if ((e as NodeJS.ErrnoException).code !== 'ERR_BUFFER_TOO_LARGE') throw e;
+          if ((e as NodeJS.ErrnoException).code !== 'ERR_BUFFER_TOO_LARGE') failure = e as Error;
         }
-        if (out) {
-          if (gathered) frameBuffers.give(gathered);
-          if (out.length) yield out;
-        } else {
-          // rare (a frame that expands past SYNC_OUTPUT_MAX): streamed from its own copy
-          yield* streamFrame([Buffer.from(frame)]);
-        }
+        // Rare (a frame that expands past SYNC_OUTPUT_MAX): streamed from its own copy, taken
+        // before the gathering buffer goes back to the pool.
+        const toStream = out === undefined && failure === undefined ? Buffer.from(frame) : undefined;
+        if (gathered) frameBuffers.give(gathered);
+        if (failure !== undefined) throw failure;
+        if (toStream) yield* streamFrame([toStream]);
+        else if (out!.length) yield out!;
         continue;
       }
       const rest = async function* (): AsyncGenerator<Buffer> {

@@ -6,14 +6,11 @@
  * makes the ExistingEntry when the planner asks for one (a short-lived object).
  */
 import type { BigIntStats } from 'node:fs';
-import { fileTypeOf } from '../../layer/entry.ts';
+import { fileTypeOf, NO_XATTRS } from '../../layer/entry.ts';
 import type { EntryType, ExistingEntry } from './types.ts';
 
 const TYPES: readonly (EntryType | 'other')[] = ['reg', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'other'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
-
-/** The xattrs of every entry without any (frozen: the scan sets a row's xattrs, never adds to this object). */
-const NO_XATTRS: Record<string, Buffer> = Object.freeze({});
 
 export class ScanEntries {
   readonly #rows = new Map<string, number>();

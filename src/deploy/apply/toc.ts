@@ -5,7 +5,7 @@
  * Xattr values in the TOC are base64; `chunk` entries (further frames of the file before them,
  * contiguous in the blob) widen that file's byte range: its digest is of the whole content.
  */
-import { bbuf } from '../../layer/entry.ts';
+import { bbuf, NO_XATTRS } from '../../layer/entry.ts';
 import { BadEntryError } from './errors.ts';
 import { checkXattrs } from '../../host/xattr-names.ts';
 import { normalizeEntryPath, normalizeLinkTarget } from '../../layer/paths.ts';
@@ -15,9 +15,6 @@ import type { Toc, TocEntry } from '../../layer/toc.ts';
 /** The TOC format is defined once, in src/layer/toc.ts (which also reads and checks it). */
 export type ChunkedToc = Toc;
 export type ChunkedTocEntry = TocEntry;
-
-/** The xattrs of every entry without any (frozen: nothing adds to it). */
-const NO_XATTRS: Record<string, Buffer> = Object.freeze({});
 
 export const EMPTY_SHA256 = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
