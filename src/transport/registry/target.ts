@@ -208,6 +208,19 @@ export class RegistryTarget implements Target {
     return this.#tryPull(desc.digest, (c) => c.fetchRange(desc, start, end, opts.signal));
   }
 
+  /** A blob read into the consumer's buffers (no Buffer per socket read); unverified, like fetch(). */
+  async openBlob(desc: Descriptor, opts: FetchOptions = {}): Promise<BlobReader> {
+    return this.#tryPull(desc.digest, async (c) => {
+      const r = await c.openBlob(desc, opts.signal);
+      rememberBlob(c.registry, desc.digest, c.repository);
+      return r;
+    });
+  }
+
+  async openRange(desc: Descriptor, start: number, end: number, opts: FetchOptions = {}): Promise<BlobReader> {
+    return this.#tryPull(desc.digest, (c) => c.openRange(desc, start, end, opts.signal));
+  }
+
   /**
    * Whether the primary has `desc`. A blob it lacks but that tiu saw in another repository of
    * the same registry is mounted from there (and then it has it).
