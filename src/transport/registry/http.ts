@@ -65,7 +65,7 @@ export interface ResponseBody {
   [Symbol.asyncIterator](): AsyncIterator<unknown>;
 }
 
-export interface HttpResponse<B extends ResponseBody = IncomingMessage> {
+export interface HttpResponse<B extends ResponseBody = ResponseBody> {
   status: number;
   headers: IncomingHttpHeaders;
   body: B;
@@ -181,7 +181,15 @@ export class HttpClient {
     this.#streamed?.close();
   }
 
-  async request(req: HttpRequest): Promise<HttpResponse> {
+  /**
+   * One request (with retries and redirects). A GET or HEAD without a body goes through
+   * requestStreamed(): a pull never loads node:http, and no request reads its body through
+   * a Buffer per socket read.
+   */
+  async request(req: HttpRequest): Promise<HttpResponse<ResponseBody>> {
+    if (req.body === undefined && (req.method === 'GET' || req.method === 'HEAD')) {
+      return this.requestStreamed({ ...req, method: req.method });
+    }
     return this.#loop(req, (method, url, headers) =>
       this.#once(method, url, headers, req.body, req.signal, { what: req.what ?? `${method} ${url.pathname}`, expectedBytes: req.expectedBytes }),
     );
