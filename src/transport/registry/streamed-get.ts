@@ -53,6 +53,11 @@ class ConnectionError extends Error {
   }
 }
 
+/** No bytes for the idle timeout: the same code as http.ts's, which the retry loop maps to REGISTRY_TIMEOUT. */
+class IdleTimeout extends Error {
+  readonly code = 'TIMEOUT';
+}
+
 class AbortError extends Error {
   override readonly name = 'AbortError';
 }
@@ -428,7 +433,7 @@ export class StreamedGets {
       }
       const waiting = !conn.pending;
       if (waiting && now - conn.lastActivity > timeoutMs) {
-        return conn.destroy(new ConnectionError('TIMEOUT', `no data for ${timeoutMs} ms`));
+        return conn.destroy(new IdleTimeout(`no data for ${timeoutMs} ms`));
       }
       if (!waiting) conn.lastActivity = now;
       const slow = window.sample(now, conn.bytesRead, waiting);
