@@ -14,7 +14,7 @@ import type { TreeEntry as BuildEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
-import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
+import { isVerifiedFile, plainEntry, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
 import {
   coalesce,
   ContentStore,
@@ -264,7 +264,7 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
   it('a frame that does not match its TOC digest is refused and nothing of it is stored', async () => {
     for (const maxSpan of [1_000_000, 1000]) {
       const es = (await tocEntries()).map((e) =>
-        e.path === 'usr/c' ? { ...e, digest: `sha256:${'3'.repeat(64)}` } : e,
+        e.path === 'usr/c' ? { ...plainEntry(e), digest: `sha256:${'3'.repeat(64)}` } : e,
       );
       const store = await ContentStore.open(join(dir, `store-bad-${maxSpan}`));
       await assert.rejects(

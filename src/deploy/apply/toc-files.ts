@@ -1,0 +1,155 @@
+/**
+ * A layer's regular files from its table of contents as rows of typed arrays, not as objects
+ * with strings: a file was a TreeEntry of ten fields (104 bytes), its 71-char digest string
+ * (88) and a `source` object (48), ~240 bytes beside its path; here it is an object of three
+ * fields (48 bytes) and a row of 86 bytes. The TOC is the largest thing the device plans with
+ * (tens of thousands of files), so this is what grows with the image.
+ *
+ * `TocFile` is a TreeEntry whose fields are read from its row: `digest` becomes the
+ * `sha256:<hex>` text each time it is read (a short-lived string; comparing `digestBytes`
+ * compares the 32 bytes), `source` a new `{layer, offset, endOffset}`. The values are exactly
+ * what the TOC said (the reader, apply/toc.ts, checked them before they were stored).
+ */
+import { mtimeParts, NO_XATTRS } from '../../layer/entry.ts';
+import type { ContentSource, TreeEntry } from './types.ts';
+
+const DIGEST_BYTES = 32;
+/** Rows per block: a block is allocated whole (~80 KiB) and never copied when the layer grows. */
+const BLOCK_ROWS = 1024;
+/**
+ * Float64 fields of a row: size, offset, endOffset, mtime seconds, uid, gid. The reader allows
+ * any safe integer, and a uid cut to 32 bits would be another owner (2^32 would be root).
+ */
+const F64 = 6;
+
+class FileBlock {
+  readonly digests = Buffer.alloc(BLOCK_ROWS * DIGEST_BYTES);
+  readonly numbers = new Float64Array(BLOCK_ROWS * F64);
+  /** The mtime's nanoseconds. */
+  readonly nsecs = new Uint32Array(BLOCK_ROWS);
+  readonly modes = new Uint16Array(BLOCK_ROWS);
+  /** Only the rows that have xattrs (most files have none). */
+  xattrs: Map<number, Record<string, Buffer>> | undefined;
+  used = 0;
+  readonly layer: number;
+
+  constructor(layer: number) {
+    this.layer = layer;
+  }
+}
+
+/** What a row stores: the checked values of one regular file of the TOC. */
+export interface TocFileFields {
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeNs: bigint;
+  xattrs: Record<string, Buffer>;
+  size: number;
+  /** `sha256:<64 lowercase hex>` (checked by the reader). */
+  digest: string;
+  offset: number;
+  endOffset: number;
+}
+
+export class TocFile implements TreeEntry {
+  readonly path: string;
+  readonly #block: FileBlock;
+  readonly #row: number;
+
+  constructor(path: string, block: FileBlock, row: number) {
+    this.path = path;
+    this.#block = block;
+    this.#row = row;
+  }
+
+  get type(): 'reg' {
+    return 'reg';
+  }
+  get mode(): number {
+    return this.#block.modes[this.#row]!;
+  }
+  get uid(): number {
+    return this.#block.numbers[this.#row * F64 + 4]!;
+  }
+  get gid(): number {
+    return this.#block.numbers[this.#row * F64 + 5]!;
+  }
+  get mtimeNs(): bigint {
+    const sec = this.#block.numbers[this.#row * F64 + 3]!;
+    return BigInt(sec) * 1_000_000_000n + BigInt(this.#block.nsecs[this.#row]!);
+  }
+  get xattrs(): Record<string, Buffer> {
+    return this.#block.xattrs?.get(this.#row) ?? NO_XATTRS;
+  }
+  get size(): number {
+    return this.#block.numbers[this.#row * F64]!;
+  }
+  get digest(): string {
+    const at = this.#row * DIGEST_BYTES;
+    return `sha256:${this.#block.digests.toString('hex', at, at + DIGEST_BYTES)}`;
+  }
+  /** The digest's 32 bytes (a view of the row: don't keep or change it). */
+  get digestBytes(): Uint8Array {
+    const at = this.#row * DIGEST_BYTES;
+    return this.#block.digests.subarray(at, at + DIGEST_BYTES);
+  }
+  get source(): ContentSource {
+    const at = this.#row * F64;
+    const n = this.#block.numbers;
+    return { layer: this.#block.layer, offset: n[at + 1]!, endOffset: n[at + 2]! };
+  }
+
+  /** Further frames of this file follow its last one (TOC `chunk` entries): its range ends at `endOffset` now. */
+  widenTo(endOffset: number): void {
+    this.#block.numbers[this.#row * F64 + 2] = endOffset;
+  }
+}
+
+/** The rows of one layer's regular files, block by block. */
+export class TocFiles {
+  readonly #layer: number;
+  #block: FileBlock | undefined;
+
+  constructor(layer: number) {
+    this.#layer = layer;
+  }
+
+  add(path: string, f: TocFileFields): TocFile {
+    let b = this.#block;
+    if (!b || b.used === BLOCK_ROWS) this.#block = b = new FileBlock(this.#layer);
+    const r = b.used++;
+    b.modes[r] = f.mode;
+    const { sec, nsec } = mtimeParts(f.mtimeNs);
+    b.nsecs[r] = nsec;
+    b.numbers.set([f.size, f.offset, f.endOffset, sec, f.uid, f.gid], r * F64);
+    b.digests.write(f.digest.slice('sha256:'.length), r * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+    if (f.xattrs !== NO_XATTRS) (b.xattrs ??= new Map()).set(r, f.xattrs);
+    return new TocFile(path, b, r);
+  }
+}
+
+/**
+ * A TreeEntry as a plain object with its own fields: a spread (`{ ...e, digest }`) of a TocFile
+ * would copy only its path, its fields being read from its row.
+ */
+export function plainEntry(e: TreeEntry): TreeEntry {
+  const out: TreeEntry = {
+    path: e.path,
+    type: e.type,
+    mode: e.mode,
+    uid: e.uid,
+    gid: e.gid,
+    mtimeNs: e.mtimeNs,
+    xattrs: e.xattrs,
+    size: e.size,
+  };
+  if (e.linkname !== undefined) out.linkname = e.linkname;
+  if (e.devmajor !== undefined) out.devmajor = e.devmajor;
+  if (e.devminor !== undefined) out.devminor = e.devminor;
+  if (e.digest !== undefined) out.digest = e.digest;
+  if (e.source !== undefined) out.source = e.source;
+  if (e.content !== undefined) out.content = e.content;
+  if (e.implicit !== undefined) out.implicit = e.implicit;
+  return out;
+}
