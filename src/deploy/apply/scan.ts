@@ -138,7 +138,10 @@ export interface ContentHasher {
 const INDEX_READ_PIECE = 64 * 1024;
 
 function keyOf(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): string {
-  return `${e.ino}:${e.size}:${e.mtimeNs}:${e.ctimeNs}`;
+  // join makes one flat string; a template literal makes a tree of concatenations and number
+  // strings that a kept key holds on to: ~320 bytes a key instead of ~120, for every file the
+  // executor records (a first install: all of them).
+  return [e.ino, e.size, e.mtimeNs, e.ctimeNs].join(':');
 }
 
 const SHA256 = /^sha256:[0-9a-f]{64}$/;
