@@ -14,7 +14,8 @@ import type { TreeEntry as BuildEntry } from '../../src/layer/entry.ts';
 import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
-import { isVerifiedFile, plainEntry, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
+import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
+import { plainEntry } from '../helpers/plain-entry.ts';
 import {
   coalesce,
   ContentStore,

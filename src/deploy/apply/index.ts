@@ -15,7 +15,6 @@ export * from './errors.ts';
 export { normalizeEntryPath, normalizeLinkTarget } from '../../layer/paths.ts';
 export { flattenLayers, whiteoutOf, OPAQUE_MARKER, WHITEOUT_PREFIX } from './layers.ts';
 export { LayerEntries, tocToEntries, parseTimeNs, EMPTY_SHA256, type ChunkedToc, type ChunkedTocEntry } from './toc.ts';
-export { TocFile, plainEntry } from './toc-files.ts';
 export { scanTree, ContentIndex, hashFile, type ContentHasher, type ScanOptions } from './scan.ts';
 export { planApply, metaDiff, type PlanOptions } from './plan.ts';
 export { SnapshotSource, findInSources, type ContentSource, type SourceSpec } from './sources.ts';

@@ -47,18 +47,12 @@ class FileBlock {
 }
 
 /** What a row stores: the checked values of one regular file of the TOC. */
-export interface TocFileFields {
-  mode: number;
-  uid: number;
-  gid: number;
-  mtimeNs: bigint;
-  xattrs: Record<string, Buffer>;
-  size: number;
+export type TocFileFields = Pick<TreeEntry, 'mode' | 'uid' | 'gid' | 'mtimeNs' | 'xattrs' | 'size'> & {
   /** `sha256:<64 lowercase hex>` (checked by the reader). */
   digest: string;
   offset: number;
   endOffset: number;
-}
+};
 
 export class TocFile implements TreeEntry {
   readonly path: string;
@@ -142,29 +136,4 @@ export class TocFiles {
     if (f.xattrs !== NO_XATTRS) (b.xattrs ??= new Map()).set(r, f.xattrs);
     return new TocFile(path, b, r);
   }
-}
-
-/**
- * A TreeEntry as a plain object with its own fields: a spread (`{ ...e, digest }`) of a TocFile
- * would copy only its path, its fields being read from its row.
- */
-export function plainEntry(e: TreeEntry): TreeEntry {
-  const out: TreeEntry = {
-    path: e.path,
-    type: e.type,
-    mode: e.mode,
-    uid: e.uid,
-    gid: e.gid,
-    mtimeNs: e.mtimeNs,
-    xattrs: e.xattrs,
-    size: e.size,
-  };
-  if (e.linkname !== undefined) out.linkname = e.linkname;
-  if (e.devmajor !== undefined) out.devmajor = e.devmajor;
-  if (e.devminor !== undefined) out.devminor = e.devminor;
-  if (e.digest !== undefined) out.digest = e.digest;
-  if (e.source !== undefined) out.source = e.source;
-  if (e.content !== undefined) out.content = e.content;
-  if (e.implicit !== undefined) out.implicit = e.implicit;
-  return out;
 }
