@@ -6,9 +6,9 @@
  * (tens of thousands of files), so this is what grows with the image.
  *
  * `TocFile` is a TreeEntry whose fields are read from its row: `digest` becomes the
- * `sha256:<hex>` text each time it is read (a short-lived string; comparing `digestBytes`
- * compares the 32 bytes), `source` a new `{layer, offset, endOffset}`. The values are exactly
- * what the TOC said (the reader, apply/toc.ts, checked them before they were stored).
+ * `sha256:<hex>` text each time it is read (a short-lived string), `source` a new
+ * `{layer, offset, endOffset}`. The values are exactly what the TOC said (the reader,
+ * apply/toc.ts, checked them before they were stored).
  */
 import { mtimeParts, NO_XATTRS } from '../../layer/entry.ts';
 import type { ContentSource, TreeEntry } from './types.ts';
@@ -95,11 +95,6 @@ export class TocFile implements TreeEntry {
   get digest(): string {
     const at = this.#row * DIGEST_BYTES;
     return `sha256:${this.#block.digests.toString('hex', at, at + DIGEST_BYTES)}`;
-  }
-  /** The digest's 32 bytes (a view of the row: don't keep or change it). */
-  get digestBytes(): Uint8Array {
-    const at = this.#row * DIGEST_BYTES;
-    return this.#block.digests.subarray(at, at + DIGEST_BYTES);
   }
   get source(): ContentSource {
     const at = this.#row * F64;
