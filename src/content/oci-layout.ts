@@ -59,6 +59,17 @@ async function writeAt(fh: FileHandle, bytes: Buffer, position: number): Promise
     done += bytesWritten;
   }
 }
+
+/** A RingWriter whose buffers go to `fh` one after another (positional writes, in order). */
+function fileRing(fh: FileHandle, onBytes: ((n: number) => void) | undefined): RingWriter {
+  let position = 0;
+  return new RingWriter(async (bytes) => {
+    const at = position;
+    position += bytes.length;
+    await writeAt(fh, bytes, at);
+    onBytes?.(bytes.length);
+  });
+}
 const COSIGN_TAG_RE = /^[a-z0-9]+-[0-9a-f]{64}\.(?:sig|att|sbom)$/;
 
 export class InvalidLayoutError extends TiuError {
@@ -291,13 +302,7 @@ export class OciLayoutTarget implements Target {
     try {
       const fh = await open(tmp, 'wx', 0o644);
       try {
-        let position = 0;
-        const ring = new RingWriter(async (bytes) => {
-          const at = position;
-          position += bytes.length;
-          await writeAt(fh, bytes, at);
-          opts?.onBytes?.(bytes.length);
-        });
+        const ring = fileRing(fh, opts?.onBytes);
         try {
           while ((await ring.fill((into) => reader.read(into))) > 0) opts?.signal?.throwIfAborted();
         } catch (e) {
@@ -337,13 +342,7 @@ export class OciLayoutTarget implements Target {
         // Chunks are copied into a few buffers of the writer's own as they arrive and written
         // from there (ring-writer.ts): no incoming chunk waits for the disk, so none outlives the
         // young generation, and the bytes held are bounded whatever the blob's size.
-        let position = 0;
-        const ring = new RingWriter(async (bytes) => {
-          const at = position;
-          position += bytes.length;
-          await writeAt(fh, bytes, at);
-          opts?.onBytes?.(bytes.length);
-        });
+        const ring = fileRing(fh, opts?.onBytes);
         await pipeline(
           verifiedStream(content, desc, 'blob'),
           async (source: AsyncIterable<Buffer>) => {
