@@ -32,6 +32,8 @@ export class ResumingBlobReader implements BlobReader {
   #offset = 0;
   #skip = 0;
   #resumes = 0;
+  /** A failed reader stays failed: a later read never starts the download again. */
+  #failed: { error: unknown } | undefined;
 
   constructor(first: StreamedBody, s: ResumeSource) {
     this.#body = first;
@@ -39,6 +41,16 @@ export class ResumingBlobReader implements BlobReader {
   }
 
   async read(into: Buffer): Promise<number> {
+    if (this.#failed) throw this.#failed.error;
+    try {
+      return await this.#read(into);
+    } catch (e) {
+      this.#failed = { error: e };
+      throw e;
+    }
+  }
+
+  async #read(into: Buffer): Promise<number> {
     const s = this.#s;
     for (;;) {
       if (!this.#body) ({ body: this.#body, skip: this.#skip } = await s.reopen(this.#offset));

@@ -97,7 +97,7 @@ class Connection {
   onRead = (nread: number): boolean => {
     if (this.pending) {
       // onread only runs while the socket flows, which it does only once `buf` is drained.
-      this.destroy(new ConnectionError('EPROTO', 'socket read while its buffer was still in use'));
+      this.destroy(new Error('internal: a socket read while its buffer was still in use'));
       return false;
     }
     this.at = 0;
@@ -108,7 +108,6 @@ class Connection {
       this.onIdleEvent();
       return false;
     }
-
     this.wake();
     if (!this.pending) return true;
     // Returning false stops the handle's reads but leaves the stream flowing; pause() makes
@@ -139,15 +138,12 @@ export class StreamedBody {
   readonly #conn: Connection;
   readonly #finish: (reusable: boolean) => void;
   #closed = false;
+  /** The body was read to its end (not given up or failed). */
+  #complete = false;
 
   constructor(conn: Connection, finish: (reusable: boolean) => void) {
     this.#conn = conn;
     this.#finish = finish;
-  }
-
-  /** Body bytes so far. */
-  get bytes(): number {
-    return this.#conn.parser.bodyBytes;
   }
 
   /** Content-Length of the answer, when it had one. */
@@ -158,7 +154,11 @@ export class StreamedBody {
   /** The next body bytes copied into `into`; 0 at the end of the body. */
   async read(into: Buffer): Promise<number> {
     if (into.length === 0) throw new RangeError('StreamedBody.read() needs room for at least one byte');
-    if (this.#closed) return 0;
+    if (this.#closed) {
+      // After its end, the end again; after a failure or close(), never a quiet 0.
+      if (this.#complete) return 0;
+      throw this.#conn.failure ?? new AbortError('body read after it was closed');
+    }
     try {
       return await this.#read(into);
     } catch (e) {
@@ -209,6 +209,7 @@ export class StreamedBody {
       this.#finish(false);
       throw e;
     }
+    this.#complete = true;
     this.#finish(true);
   }
 
@@ -227,7 +228,10 @@ export class StreamedBody {
     if (this.#closed) return;
     this.#closed = true;
     const c = this.#conn;
-    if (c.parser.done && !c.pending && !c.failure) return this.#finish(true);
+    if (c.parser.done && !c.pending && !c.failure) {
+      this.#complete = true;
+      return this.#finish(true);
+    }
     c.destroy(e ?? new AbortError('body closed before its end'));
     this.#finish(false);
   }

@@ -283,6 +283,7 @@ describe('registry: blob bodies on our own HTTP/1.1 reader', () => {
         while (got < 1000) got += await r.read(into.subarray(got));
         setTimeout(() => ac.abort(), 20);
         await assert.rejects(r.read(into), code('ABORTED'));
+        await assert.rejects(r.read(into), code('ABORTED'), 'a failed reader never reads 0 (a clean end) afterwards');
         const t0 = Date.now();
         const idle = new HttpClient({ timeoutMs: 300, retries: 0 });
         try {
@@ -299,6 +300,27 @@ describe('registry: blob bodies on our own HTTP/1.1 reader', () => {
         assert.ok(Date.now() - t0 < 5000);
       } finally {
         await t.close();
+      }
+    });
+
+    it('a body given up half-way throws on the next read instead of reporting an end, and its connection is not reused', async () => {
+      srv = await rawServer((_h, sock) => sock.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-length: ${blob.length}\r\n\r\n`), blob])));
+      const http = new HttpClient({ retries: 0 });
+      try {
+        const url = new URL(`http://127.0.0.1:${srv.port}/v2/x/blobs/${desc.digest}`);
+        const res = await http.requestStreamed({ url });
+        const into = Buffer.alloc(100);
+        assert.equal(await res.body.read(into), 100);
+        res.body.destroy();
+        await assert.rejects(res.body.read(into));
+        const again = await http.requestStreamed({ url });
+        let got = 0;
+        for (let k = await again.body.read(into); k > 0; k = await again.body.read(into)) got += k;
+        assert.equal(got, blob.length);
+        assert.equal(http.streamedConnections, 2);
+        assert.equal(srv.connections, 2);
+      } finally {
+        await http.close();
       }
     });
 
