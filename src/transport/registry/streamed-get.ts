@@ -116,10 +116,9 @@ class Connection {
     return false;
   };
 
+  /** Tell the waiting reader (a body read, the head's wait) that bytes, an end or a failure came. */
   wake(): void {
-    const w = this.waiter;
-    this.waiter = undefined;
-    w?.();
+    this.waiter?.();
   }
 
   resumeIfDrained(): void {
@@ -167,7 +166,34 @@ export class StreamedBody {
     }
   }
 
-  async #read(into: Buffer): Promise<number> {
+  /**
+   * A read waits with its buffer registered: the socket's read callback fills it at once
+   * (#attempt), so the socket keeps flowing and libuv reads on in the same loop turn. Pausing
+   * after every 64 KiB instead would cap a download at one read per event-loop turn, which an
+   * update busy decompressing makes slow.
+   */
+  #read(into: Buffer): Promise<number> {
+    const now = this.#attempt(into);
+    if (now !== undefined) return Promise.resolve(now);
+    const c = this.#conn;
+    return new Promise<number>((resolve, reject) => {
+      c.waiter = () => {
+        try {
+          const n = this.#attempt(into);
+          if (n === undefined) return;
+          c.waiter = undefined;
+          resolve(n);
+        } catch (e) {
+          c.waiter = undefined;
+          reject(e instanceof Error ? e : new Error(String(e)));
+        }
+      };
+      c.resumeIfDrained();
+    });
+  }
+
+  /** Body bytes copied into `into` now: how many (0 at the end), or undefined when none are there yet. */
+  #attempt(into: Buffer): number | undefined {
     const c = this.#conn;
     const p = c.parser;
     for (;;) {
@@ -179,10 +205,7 @@ export class StreamedBody {
           copied += p.pieceEnd - p.pieceStart;
         }
       }
-      if (copied > 0) {
-        if (!p.done) c.resumeIfDrained();
-        return copied;
-      }
+      if (copied > 0) return copied;
       if (p.done) {
         this.#end();
         return 0;
@@ -193,8 +216,7 @@ export class StreamedBody {
         const declared = p.declaredLength !== undefined ? ` of ${p.declaredLength}` : '';
         throw new ConnectionError('ECONNRESET', `connection closed after ${p.bodyBytes}${declared} body bytes`);
       }
-      c.resumeIfDrained();
-      await new Promise<void>((resolve) => (c.waiter = resolve));
+      return undefined;
     }
   }
 
@@ -405,7 +427,12 @@ export class StreamedGets {
         if (p.head) break;
         if (conn.ended) throw new ConnectionError('ECONNRESET', 'socket hang up');
         conn.resumeIfDrained();
-        await new Promise<void>((resolve) => (conn.waiter = resolve));
+        await new Promise<void>((resolve) => {
+          conn.waiter = () => {
+            conn.waiter = undefined;
+            resolve();
+          };
+        });
       }
       const head = p.head;
       const keepAlive = !/\bclose\b/i.test(String(head.headers.connection ?? '')) && p.framing !== 'close';
