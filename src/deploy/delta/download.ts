@@ -11,6 +11,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, constants, openSync, rmSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { removeAll } from '../../util/remove-all.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
@@ -59,7 +60,7 @@ export class ContentStore {
   }
 
   static async open(dir: string, opts: { resume?: boolean } = {}): Promise<ContentStore> {
-    if (!opts.resume) await rm(dir, { recursive: true, force: true });
+    if (!opts.resume) await removeAll(dir);
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const store = new ContentStore(dir);
     if (opts.resume) await store.#verifyLeftovers();
@@ -76,7 +77,7 @@ export class ContentStore {
         this.resumed.bytes += (await stat(path)).size;
         continue;
       }
-      await rm(path, { recursive: true, force: true });
+      await removeAll(path);
     }
   }
 
@@ -131,7 +132,7 @@ export class ContentStore {
   }
 
   async remove(): Promise<void> {
-    await rm(this.dir, { recursive: true, force: true });
+    await removeAll(this.dir);
   }
 }
 
