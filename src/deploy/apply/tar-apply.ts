@@ -137,17 +137,13 @@ async function applyTarLayersInner(
     st.report.deleted.bytes += r.bytes;
   }
 
-  // xattrs, after every chown
-  const sets: { path: Buffer; set: Record<string, Buffer> }[] = [];
+  // xattrs, after every chown: set in batches as the tree is read (no list of every labelled file)
+  await setXattrs(xattrsToSet(st));
   for (const [p, { entry }] of st.present) {
     if (entry.type === 'hardlink' || entry.implicit) continue;
     const have = st.xattrNow.get(p) ?? {};
-    const set: Record<string, Buffer> = {};
-    for (const [n, v] of Object.entries(entry.xattrs)) if (!have[n]?.equals(v)) set[n] = v;
-    if (Object.keys(set).length) sets.push({ path: sr.path(p), set });
     for (const n of Object.keys(have)) if (!(n in entry.xattrs)) await removeXattr(sr.path(p), n);
   }
-  await setXattrs(sets);
 
   // directory mtimes last
   for (const [p, { entry }] of st.present) {
@@ -156,6 +152,17 @@ async function applyTarLayersInner(
     if (!fsops.sameTime(s.mtimeNs, entry.mtimeNs)) await fsops.setMetaAt(sr, p, entry, { mtime: true });
   }
   return { ...st.report, ...st.skipped.report() };
+}
+
+/** The xattrs each path of the final tree lacks or has with another value. */
+function* xattrsToSet(st: State): Generator<{ path: Buffer; set: Record<string, Buffer> }> {
+  for (const [p, { entry }] of st.present) {
+    if (entry.type === 'hardlink' || entry.implicit) continue;
+    const have = st.xattrNow.get(p) ?? {};
+    const set: Record<string, Buffer> = {};
+    for (const [n, v] of Object.entries(entry.xattrs)) if (!have[n]?.equals(v)) set[n] = v;
+    if (Object.keys(set).length) yield { path: st.sr.path(p), set };
+  }
 }
 
 function hide(st: State, below: string, includeSelf: boolean, layer: number): void {
