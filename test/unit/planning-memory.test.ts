@@ -200,12 +200,10 @@ describe('planning memory (issue 19)', function () {
     try {
       const idx = new ContentIndex(dir);
       const key = (i: number) => ({ ino: BigInt(i), size: i, mtimeNs: 1n, ctimeNs: 2n });
-      const keep = new Set<string>();
-      for (let i = 0; i < 3000; i++) {
-        const k = idx.remember(key(i), digestOf(i));
-        if (i % 3 === 1) keep.add(k);
-      }
-      idx.retainKeys(keep);
+      for (let i = 0; i < 3000; i++)
+        if (i % 3 === 1) idx.rememberToKeep(key(i), digestOf(i));
+        else idx.remember(key(i), digestOf(i));
+      idx.retainRemembered();
       assert.equal(idx.size, 1000);
       for (let i = 3000; i < 3010; i++) idx.remember(key(i), digestOf(i));
       const file = join(dir, 'index.json');

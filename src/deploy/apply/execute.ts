@@ -349,17 +349,17 @@ async function executePlanInner(
 
   if (opts.index) {
     opts.onPhase?.('index');
-    // The keys as they are recorded, not an object of three BigInts per file kept until the end.
-    const keep = new Set<string>();
+    // Marked in the index as they are recorded: no set of every file's key until the end.
     for (const a of plan.actions) {
       const e = a.entry;
       if (e.type !== 'reg' || !e.digest) continue;
       const st = await lstat(sr.path(e.path), { bigint: true });
-      keep.add(
-        opts.index.remember({ ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs }, e.digest),
+      opts.index.rememberToKeep(
+        { ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs },
+        e.digest,
       );
     }
-    opts.index.retainKeys(keep);
+    opts.index.retainRemembered();
   }
   return report;
 }

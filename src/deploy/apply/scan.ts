@@ -151,6 +151,8 @@ const DIGEST_BYTES = 32;
 class DigestTable {
   readonly #slots = new Map<string, number>();
   #bytes = Buffer.alloc(DIGEST_BYTES * 1024);
+  /** A byte per slot: marked to stay through the next retainMarked. */
+  #marks = new Uint8Array(1024);
 
   get size(): number {
     return this.#slots.size;
@@ -173,6 +175,11 @@ class DigestTable {
         this.#bytes.copy(grown);
         this.#bytes = grown;
       }
+      if (at >= this.#marks.length) {
+        const marks = new Uint8Array(this.#marks.length * 2);
+        marks.set(this.#marks);
+        this.#marks = marks;
+      }
       this.#slots.set(key, at);
     }
     this.#bytes.write(digest.slice(7), at * DIGEST_BYTES, DIGEST_BYTES, 'hex');
@@ -182,13 +189,19 @@ class DigestTable {
     return this.#slots.keys();
   }
 
-  /** Keep only `keep`'s keys (slots are renumbered, the buffer shrinks to fit). */
-  retain(keep: ReadonlySet<string>): void {
+  /** Mark `key` (if present) to stay through the next retainMarked. */
+  mark(key: string): void {
+    const at = this.#slots.get(key);
+    if (at !== undefined) this.#marks[at] = 1;
+  }
+
+  /** Keep only the marked keys (slots are renumbered, the buffer shrinks to fit), and clear the marks. */
+  retainMarked(): void {
     // In place, without a list of the entries: slots were numbered in the Map's (insertion)
     // order, so a kept slot only ever moves down, over one already moved or dropped.
     let to = 0;
     for (const [k, at] of this.#slots) {
-      if (!keep.has(k)) {
+      if (this.#marks[at] !== 1) {
         this.#slots.delete(k);
         continue;
       }
@@ -198,8 +211,9 @@ class DigestTable {
       }
       to++;
     }
-    const fit = DIGEST_BYTES * Math.max(to, 1024);
-    if (fit < this.#bytes.length) this.#bytes = Buffer.from(this.#bytes.subarray(0, fit));
+    const fit = Math.max(to, 1024);
+    if (fit * DIGEST_BYTES < this.#bytes.length) this.#bytes = Buffer.from(this.#bytes.subarray(0, fit * DIGEST_BYTES));
+    this.#marks = new Uint8Array(Math.max(fit, this.#bytes.length / DIGEST_BYTES));
   }
 }
 
@@ -289,7 +303,7 @@ export class ContentIndex implements ContentHasher {
 
   /**
    * Record a known digest (the executor does this for everything it writes, from the TOC); the
-   * file's key, for retainKeys.
+   * file's key.
    */
   remember(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): string {
     const key = keyOf(e);
@@ -297,9 +311,18 @@ export class ContentIndex implements ContentHasher {
     return key;
   }
 
-  /** Drop everything except these keys (after an apply, only the new tree's files matter). */
-  retainKeys(keep: ReadonlySet<string>): void {
-    this.#known.retain(keep);
+  /**
+   * remember(), and keep the key through the next retainRemembered (after an apply, only the new
+   * tree's files matter): the executor records every file of the new tree this way, a mark in a
+   * byte per slot instead of a set of every key.
+   */
+  rememberToKeep(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): void {
+    this.#known.mark(this.remember(e, digest));
+  }
+
+  /** Drop everything not given to rememberToKeep since the last call. */
+  retainRemembered(): void {
+    this.#known.retainMarked();
   }
 
   async digestOf(e: ExistingEntry): Promise<string> {
