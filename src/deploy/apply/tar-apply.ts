@@ -57,7 +57,8 @@ const REFLINK_MIN = 4096;
 
 interface State {
   sr: fsops.SafeRoot;
-  old: OldTree;
+  /** The booted tree's scan, while layers are written (null after: not held through the second scan). */
+  old: OldTree | null;
   index: ContentIndex;
   report: ApplyReport;
   /** Paths of the final tree so far -> the entry and the layer that put it there. */
@@ -86,10 +87,9 @@ async function applyTarLayersInner(
   opts: TarApplyOptions,
 ): Promise<ApplyReport> {
   const sr = await fsops.SafeRoot.open(root, 'binary');
-  const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
   const st: State = {
     sr,
-    old,
+    old: await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false }),
     index: opts.index ?? new ContentIndex(root),
     report: emptyReport(),
     present: new Map(),
@@ -97,11 +97,15 @@ async function applyTarLayersInner(
     opts,
     skipped: new SkipTally(),
   };
-  for (const [p, e] of old.entries) st.xattrNow.set(p, e.xattrs);
+  let oldBytes = 0;
+  for (const [p, e] of st.old!.entries) {
+    st.xattrNow.set(p, e.xattrs);
+    if (e.type === 'reg') oldBytes += e.size;
+  }
 
   // The reserve: checked now, every few MiB written, and against what the tars declare.
   const space = opts.space;
-  if (space) await space.start([...old.entries.values()].reduce((n, e) => n + (e.type === 'reg' ? e.size : 0), 0));
+  if (space) await space.start(oldBytes);
   for (let k = 0; k < layers.length; k++) {
     const stream = await layers[k]!();
     try {
@@ -119,6 +123,7 @@ async function applyTarLayersInner(
     }
   }
 
+  st.old = null;
   // What no layer left in the tree goes; ancestors of preserved paths stay (their other children go).
   const preserve = opts.preserve ?? [];
   const now = await scanTree(root, { preserve, noXattrs: true });
@@ -415,9 +420,10 @@ async function reuseOldContent(
   size: number,
 ): Promise<{ path: string; reused: boolean }> {
   const no = { path: tmp, reused: false };
-  if (size < REFLINK_MIN) return no;
-  for (const c of pathsOfSize(st.old, size)) {
-    const x = st.old.entries.get(c)!;
+  const old = st.old;
+  if (!old || size < REFLINK_MIN) return no;
+  for (const c of pathsOfSize(old, size)) {
+    const x = old.entries.get(c)!;
     const now = await lstatOrNull(st.sr.path(c));
     if (
       !now?.isFile() ||
