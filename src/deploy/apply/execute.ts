@@ -98,13 +98,14 @@ function* xattrsToSet(
 ): Generator<{ path: Buffer; set: Record<string, Buffer> }> {
   for (const a of actions) {
     const e = a.entry;
-    if (a.kind === 'keep' || a.kind === 'link' || e.type === 'hardlink') continue;
+    // As phase (3) goes through the plan: a hardlink shares its target's inode.
+    if (a.kind === 'keep' || a.kind === 'link') continue;
     if (a.kind === 'meta') {
       const names = a.fix?.xattrSet;
       if (names?.length) yield { path: sr.path(e.path), set: Object.fromEntries(names.map((k) => [k, e.xattrs[k]!])) };
       continue;
     }
-    if (Object.keys(e.xattrs).length) yield { path: sr.path(e.path), set: e.xattrs };
+    if (e.type !== 'hardlink' && Object.keys(e.xattrs).length) yield { path: sr.path(e.path), set: e.xattrs };
   }
 }
 
