@@ -67,6 +67,7 @@ interface State {
   xattrNow: Map<string, Record<string, Buffer>>;
   opts: TarApplyOptions;
   skipped: SkipTally;
+  reads: ReadBuffer;
 }
 
 export async function applyTarLayers(
@@ -96,6 +97,7 @@ async function applyTarLayersInner(
     xattrNow: new Map(),
     opts,
     skipped: new SkipTally(),
+    reads: new ReadBuffer(),
   };
   let oldBytes = 0;
   for (const [p, e] of st.old!.entries) {
@@ -308,8 +310,26 @@ async function applyTarEntry(st: State, t: TarMember, layer: number): Promise<vo
   st.present.set(path, { entry: e, layer });
 }
 
-async function readAt(fh: FileHandle, len: number, pos: number): Promise<Buffer> {
-  const b = Buffer.allocUnsafe(len);
+/** The largest piece of an old file read at once (to compare it, or to copy its equal prefix). */
+const OLD_PIECE = 1 << 20;
+
+/**
+ * The buffer old files are read into, to compare them with the layer's bytes or to copy their
+ * equal prefix: one per apply, of at most OLD_PIECE bytes, not a new one per chunk (an unchanged
+ * tree is read whole this way). What is read into it is used before the next read.
+ */
+class ReadBuffer {
+  #buf = Buffer.alloc(0);
+
+  /** Up to `len` (<= OLD_PIECE) bytes of `fh` at `pos`; valid until the next read. */
+  async readAt(fh: FileHandle, len: number, pos: number): Promise<Buffer> {
+    if (this.#buf.length < len) this.#buf = Buffer.allocUnsafe(Math.min(OLD_PIECE, Math.max(len, 64 * 1024)));
+    return readInto(fh, this.#buf.subarray(0, len), pos);
+  }
+}
+
+async function readInto(fh: FileHandle, b: Buffer, pos: number): Promise<Buffer> {
+  const len = b.length;
   let got = 0;
   while (got < len) {
     const { bytesRead } = await fh.read(b, got, len - got, pos + got);
@@ -338,8 +358,12 @@ async function applyRegular(
     let reused = false;
     try {
       for await (const chunk of body) {
-        const mine = await readAt(fh, chunk.length, pos);
-        if (mine.equals(chunk)) {
+        let same = true;
+        for (let off = 0; same && off < chunk.length; off += OLD_PIECE) {
+          const n = Math.min(OLD_PIECE, chunk.length - off);
+          same = (await st.reads.readAt(fh, n, pos + off)).equals(chunk.subarray(off, off + n));
+        }
+        if (same) {
           pos += chunk.length;
           continue;
         }
@@ -348,7 +372,9 @@ async function applyRegular(
         const fhOld = fh;
         const prefixEnd = pos;
         async function* rest(): AsyncGenerator<Buffer> {
-          for (let p = 0; p < prefixEnd; p += 1 << 20) yield await readAt(fhOld, Math.min(1 << 20, prefixEnd - p), p);
+          // each piece is written before the next is read (writeNewFile takes one at a time)
+          for (let p = 0; p < prefixEnd; p += OLD_PIECE)
+            yield await st.reads.readAt(fhOld, Math.min(OLD_PIECE, prefixEnd - p), p);
           yield chunk;
           for await (const c of body) yield c;
         }
