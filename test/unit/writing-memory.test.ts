@@ -13,7 +13,6 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { executePlan, openerProvider, type Plan, type TreeEntry } from '../../src/deploy/apply/index.ts';
 import { restoreBatches, type XattrSet } from '../../src/host/xattr.ts';
-import { ContentIndex } from '../../src/deploy/apply/scan.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 
 /** V8's gc, reachable from a test without a node flag. */
@@ -87,20 +86,6 @@ describe('writing stage memory (issue 19)', function () {
     const perFile = (large - small) / 5000;
     // ~33 bytes now; a map of paths to staging names and the map of entries to fetch kept ~185.
     assert.ok(perFile < 64, `${perFile.toFixed(1)} heap bytes held per fetched file`);
-  });
-
-  it('keeps the content index keys the executor marked, a byte each, and clears the marks', () => {
-    const idx = new ContentIndex(dir);
-    const key = (i: number) => ({ ino: BigInt(i), size: i, mtimeNs: 1n, ctimeNs: 2n });
-    const digest = (i: number) => `sha256:${i.toString(16).padStart(64, '0')}`;
-    for (let i = 0; i < 5000; i++) idx.remember(key(i), digest(i));
-    // The new tree: every other old file, and files written now (slots past the first 5000).
-    for (let i = 0; i < 7000; i += 2) idx.rememberToKeep(key(i), digest(i));
-    idx.retainRemembered();
-    assert.equal(idx.size, 3500);
-    idx.rememberToKeep(key(6998), digest(6998));
-    idx.retainRemembered();
-    assert.equal(idx.size, 1, 'marks do not outlive the retain they were made for');
   });
 
   it('makes the setfattr input in bounded batches, reading its source as it goes', () => {

@@ -36,7 +36,7 @@ import {
 import { parentOf } from '../../layer/paths.ts';
 import { showPath } from '../../layer/entry.ts';
 import type { SpaceGuard } from './space.ts';
-import type { ContentIndex } from './scan.ts';
+import type { ContentIndex, IndexKey } from './scan.ts';
 import type { Action, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
@@ -350,17 +350,17 @@ async function executePlanInner(
 
   if (opts.index) {
     opts.onPhase?.('index');
-    // Marked in the index as they are recorded: no set of every file's key until the end.
+    // The keys as they are recorded (row numbers), not an object of three BigInts per file kept until the end.
+    const keep = new Set<IndexKey>();
     for (const a of plan.actions) {
       const e = a.entry;
       if (e.type !== 'reg' || !e.digest) continue;
       const st = await lstat(sr.path(e.path), { bigint: true });
-      opts.index.rememberToKeep(
-        { ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs },
-        e.digest,
+      keep.add(
+        opts.index.remember({ ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs }, e.digest),
       );
     }
-    opts.index.retainRemembered();
+    opts.index.retainKeys(keep);
   }
   return report;
 }

@@ -20,6 +20,7 @@ import { showPath } from '../../layer/entry.ts';
 import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../layer/zstd-frames.ts';
 import { isTiuError } from '../../errors.ts';
 import { hashFile } from '../apply/scan.ts';
+import { DigestSet } from '../apply/digest-set.ts';
 import type { ContentProvider } from '../apply/content.ts';
 import type { TreeEntry } from '../../layer/entry.ts';
 import { writeSparse, writeSparseSync } from '../apply/fsops.ts';
@@ -51,8 +52,8 @@ const TAKE_CONCURRENCY = 4;
 export class ContentStore {
   readonly dir: string;
   #n = 0;
-  /** Digests stored (by this process, or verified by it when resuming). */
-  readonly #stored = new Set<string>();
+  /** Digests stored (by this process, or verified by it when resuming): as bytes, one per file of an image. */
+  readonly #stored = new DigestSet();
   /** What `open` kept from an earlier run (resume). */
   readonly resumed = { files: 0, bytes: 0 };
   private constructor(dir: string) {
@@ -390,7 +391,7 @@ export function storeProvider(
     extra,
     async deliver(entries, take) {
       const missing: TreeEntry[] = [];
-      const seen = new Set<string>();
+      const seen = new DigestSet();
       for (const e of entries) {
         if (e.size === 0 || !e.digest || seen.has(e.digest)) continue;
         seen.add(e.digest);
