@@ -196,6 +196,13 @@ export const ERROR_CODES = {
     action: 'check the network and the registry host; run again later',
     transient: true,
   },
+  REGISTRY_BAD_RESPONSE: {
+    meaning:
+      'a registry (or the storage it redirected to) sent an HTTP response tiu refuses: headers over the limit or malformed, Content-Length with Transfer-Encoding, differing Content-Lengths, a bad chunk size, a body longer than it said, or a range that is not the one asked for',
+    action:
+      'the registry, a mirror or a proxy in between is broken or hostile: report it to whoever runs it, or use another mirror',
+    transient: false,
+  },
   REGISTRY_TIMEOUT: {
     meaning: 'a registry did not answer in time after the retries',
     action: 'check the network; run again later',

@@ -1,8 +1,10 @@
 /**
- * BlobReader: a blob read by its consumer into buffers the consumer owns, for sources that hold
- * blobs as files (an `oci:` layout). A stream allocates a new Buffer for every chunk it reads;
- * a reader fills the consumer's buffers, which it reuses (RingWriter.fill), so a blob of any
- * size goes from disk to the socket through the same few buffers.
+ * BlobReader: a blob read by its consumer into buffers the consumer owns, for sources that can
+ * fill them without allocating: files (an `oci:` layout) and registry bodies (copied from one
+ * read buffer per connection, transport/registry/streamed-get.ts). A stream allocates a new
+ * Buffer for every chunk it reads; a reader fills the consumer's buffers, which it reuses
+ * (RingWriter.fill), so a blob of any size goes from disk or socket to socket or disk through
+ * the same few buffers.
  *
  * verifiedReader() checks the bytes by digest and size as they are read, in place in the
  * consumer's buffers: the read that finds the end fails with DIGEST_MISMATCH/SIZE_MISMATCH

@@ -23,6 +23,11 @@ export interface Fetcher {
 export interface RangeFetcher {
   /** Bytes [start, end) of the blob. Throws RANGE_UNSUPPORTED where the source can't. */
   fetchRange(desc: Descriptor, start: number, end: number, opts?: FetchOptions): Promise<Readable>;
+  /**
+   * The same bytes read into the consumer's buffers (blob-reader.ts), where the source can do
+   * that without a Buffer per chunk (a registry's body).
+   */
+  openRange?(desc: Descriptor, start: number, end: number, opts?: FetchOptions): Promise<BlobReader>;
 }
 
 export interface PushOptions {
@@ -75,6 +80,7 @@ export interface Target extends Storage, Resolver, Tagger {
   referrers?: ReferrerLister['referrers'];
   tags?: TagLister['tags'];
   fetchRange?: RangeFetcher['fetchRange'];
+  openRange?: RangeFetcher['openRange'];
   /**
    * Store a finished local file as the blob `desc`, moving it where it can (a build's layer files):
    * no second copy of the bytes through a stream. The file is no longer the caller's afterwards.
@@ -82,8 +88,9 @@ export interface Target extends Storage, Resolver, Tagger {
    */
   pushFile?(desc: Descriptor, file: string, opts?: PushOptions): Promise<void>;
   /**
-   * A blob this target holds as a file, for a consumer that reads it into buffers of its own
-   * (blob-reader.ts); unverified, like fetch(). Only sources with files have it.
+   * A blob read by the consumer into buffers of its own (blob-reader.ts); unverified, like
+   * fetch(). Sources that can fill a consumer's buffer without allocating have it: files (an
+   * `oci:` layout) and registries (a body read from one buffer per connection).
    */
   openBlob?(desc: Descriptor, opts?: FetchOptions): Promise<BlobReader>;
   /**

@@ -44,7 +44,7 @@ import {
 import { fsyncDir, fsyncFile, writeFileAtomic } from '../util/atomic.ts';
 import { RingWriter } from '../util/ring-writer.ts';
 import { InvalidTagError, NotFoundError } from './errors.ts';
-import type { BlobReader } from './blob-reader.ts';
+import { readerStream, verifiedReader, type BlobReader } from './blob-reader.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
 import { withLock } from './lock.ts';
 import { checkRange } from './range.ts';
@@ -58,6 +58,17 @@ async function writeAt(fh: FileHandle, bytes: Buffer, position: number): Promise
     const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
     done += bytesWritten;
   }
+}
+
+/** A RingWriter whose buffers go to `fh` one after another (positional writes, in order). */
+function fileRing(fh: FileHandle, onBytes: ((n: number) => void) | undefined): RingWriter {
+  let position = 0;
+  return new RingWriter(async (bytes) => {
+    const at = position;
+    position += bytes.length;
+    await writeAt(fh, bytes, at);
+    onBytes?.(bytes.length);
+  });
 }
 const COSIGN_TAG_RE = /^[a-z0-9]+-[0-9a-f]{64}\.(?:sig|att|sbom)$/;
 
@@ -274,6 +285,45 @@ export class OciLayoutTarget implements Target {
     }
   }
 
+  /**
+   * A blob read by `openReader()`'s reader straight into the ring's buffers (RingWriter.fill), which
+   * the file writes take from: a registry's body reaches the disk with one copy and no
+   * allocation per chunk. Verified as it is read; the file becomes the blob only once the reader
+   * has ended cleanly (the end is where a digest or size mismatch throws).
+   */
+  async pushFrom(desc: Descriptor, openReader: () => Promise<BlobReader>, opts?: PushOptions): Promise<void> {
+    if (isManifestLike(desc.mediaType)) return this.push(desc, readerStream(await openReader()), opts);
+    validateDescriptor(desc);
+    const final = this.blobPath(desc.digest);
+    const dir = join(final, '..');
+    await mkdir(dir, { recursive: true });
+    const tmp = join(dir, `.tiu-${randomBytes(8).toString('hex')}.tmp`);
+    const reader = verifiedReader(await openReader(), desc, 'blob');
+    try {
+      const fh = await open(tmp, 'wx', 0o644);
+      try {
+        const ring = fileRing(fh, opts?.onBytes);
+        try {
+          while ((await ring.fill((into) => reader.read(into))) > 0) opts?.signal?.throwIfAborted();
+        } catch (e) {
+          await ring.abort(e);
+          throw e;
+        }
+        await ring.end();
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, final);
+      await fsyncDir(dir);
+    } catch (e) {
+      await unlink(tmp).catch(() => undefined);
+      throw e;
+    } finally {
+      await reader.close();
+    }
+  }
+
   async push(desc: Descriptor, content: Readable, opts?: PushOptions): Promise<void> {
     validateDescriptor(desc);
     const manifestLike = isManifestLike(desc.mediaType);
@@ -292,13 +342,7 @@ export class OciLayoutTarget implements Target {
         // Chunks are copied into a few buffers of the writer's own as they arrive and written
         // from there (ring-writer.ts): no incoming chunk waits for the disk, so none outlives the
         // young generation, and the bytes held are bounded whatever the blob's size.
-        let position = 0;
-        const ring = new RingWriter(async (bytes) => {
-          const at = position;
-          position += bytes.length;
-          await writeAt(fh, bytes, at);
-          opts?.onBytes?.(bytes.length);
-        });
+        const ring = fileRing(fh, opts?.onBytes);
         await pipeline(
           verifiedStream(content, desc, 'blob'),
           async (source: AsyncIterable<Buffer>) => {

@@ -312,7 +312,7 @@ class GraphCopier {
     const signal = this.signal;
     signal.throwIfAborted();
     this.#emit({ type: 'blob-start', desc });
-    if (this.#src.openBlob && this.#dst.pushFrom) return this.#copyBlobFile(desc);
+    if (this.#src.openBlob && this.#dst.pushFrom) return this.#copyBlobRead(desc);
     const stream = await step('fetch', 'source', this.#src, () => this.#src.fetch(desc, { signal }), desc.digest);
     let srcErr: Error | undefined;
     // One verification of the bytes on their way: a source that verifies as it streams (a
@@ -353,11 +353,11 @@ class GraphCopier {
   }
 
   /**
-   * A blob the source holds as a file, read by the destination into buffers of its own
-   * (Target.openBlob/pushFrom): no Buffer per chunk on its way. The reader is verified by digest
+   * A blob read by the destination into buffers of its own (Target.openBlob/pushFrom: a
+   * layout's file, a registry's body): no Buffer per chunk on its way. The reader is verified by digest
    * and size as it is read; its failures (and a failed verification) are the source's.
    */
-  async #copyBlobFile(desc: Descriptor): Promise<void> {
+  async #copyBlobRead(desc: Descriptor): Promise<void> {
     const signal = this.signal;
     const src = this.#src;
     let srcErr: unknown;

@@ -15,6 +15,7 @@ import { removeAll } from '../../util/remove-all.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
+import type { BlobReader } from '../../content/blob-reader.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { showPath } from '../../layer/entry.ts';
 import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../layer/zstd-frames.ts';
@@ -210,6 +211,25 @@ async function collect(s: Readable, size: number, onBytes: (n: number) => void, 
   return buf.subarray(0, got);
 }
 
+/** One byte to read into once a span is full: the reader's end (or its complaint about more bytes). */
+const END_PROBE = Buffer.alloc(1);
+
+/** A range read by its reader straight into `buf` (a registry's body: no Buffer per read); the caller checks the length. */
+async function readInto(reader: BlobReader, buf: Buffer, onBytes: (n: number) => void): Promise<Buffer> {
+  let got = 0;
+  try {
+    for (;;) {
+      const n = await reader.read(got < buf.length ? buf.subarray(got) : END_PROBE);
+      if (n > 0 && got === buf.length) return Buffer.concat([buf, END_PROBE]); // too long: the caller reports it
+      if (n === 0) return buf.subarray(0, got);
+      onBytes(n);
+      got += n;
+    }
+  } finally {
+    await reader.close();
+  }
+}
+
 /**
  * Files declared larger than this are never decompressed into memory: they stream into a
  * temporary file of the store, whatever their compressed size. Below it, the in-memory path
@@ -290,8 +310,8 @@ async function fetchOne(
 ): Promise<number> {
   const desc = layers[r.layer];
   if (!desc) throw new DeltaError('DELTA_CONTENT_MISSING', `layer ${r.layer + 1} is not in the manifest`);
-  const raw = await source.fetchRange!(desc, r.start, r.end, { signal });
   if (r.entries.length === 1 && r.end - r.start > maxSpan) {
+    const raw = await source.fetchRange!(desc, r.start, r.end, { signal });
     // One large file: stream it through the decompressor into a temporary file, hashing.
     const counted = (async function* () {
       for await (const c of raw) {
@@ -305,7 +325,14 @@ async function fetchOne(
   }
   const span = spans.take(r.end - r.start);
   try {
-    return await storeSpan(desc, r, await collect(raw, r.end - r.start, count, span), store, signal);
+    const bytes = source.openRange
+      ? await readInto(
+          await source.openRange(desc, r.start, r.end, { signal }),
+          span.subarray(0, r.end - r.start),
+          count,
+        )
+      : await collect(await source.fetchRange!(desc, r.start, r.end, { signal }), r.end - r.start, count, span);
+    return await storeSpan(desc, r, bytes, store, signal);
   } finally {
     spans.give(span);
   }

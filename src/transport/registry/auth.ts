@@ -7,7 +7,7 @@
 import { MAX_MANIFEST_BYTES } from '../../oci/mediatypes.ts';
 import { lookupCredentials, type CredentialLookup, type CredentialOptions, type Credentials } from './credentials.ts';
 import { UnauthorizedError, UnexpectedStatusError } from './errors.ts';
-import { bodyExcerpt, readBody, type HttpClient, type HttpResponse } from './http.ts';
+import { bodyExcerpt, readBody, type HttpClient, type HttpResponse, type ResponseBody } from './http.ts';
 
 export interface Challenge {
   /** lower case: basic, bearer */
@@ -103,7 +103,7 @@ export class RegistryAuth {
   }
 
   /** What the registry asked for on a 401 (a ping of /v2/ usually tells). */
-  learn(res: HttpResponse): void {
+  learn(res: HttpResponse<ResponseBody>): void {
     const chs = parseChallenges(res.headers['www-authenticate']);
     this.#challenge = chs.find((c) => c.scheme === 'bearer') ?? chs.find((c) => c.scheme === 'basic') ?? this.#challenge;
   }
@@ -136,7 +136,7 @@ export class RegistryAuth {
    * After a 401: forget the cached token for these scopes and learn the new challenge.
    * Returns whether one more attempt makes sense; otherwise throws REGISTRY_UNAUTHORIZED.
    */
-  async rejected(res: HttpResponse, repository: string, scopes: string[], attempt: number, what: string): Promise<boolean> {
+  async rejected(res: HttpResponse<ResponseBody>, repository: string, scopes: string[], attempt: number, what: string): Promise<boolean> {
     this.learn(res);
     res.body.resume();
     this.#tokens.delete([...new Set(scopes)].sort().join(' '));

@@ -3,7 +3,7 @@
  * (GET/HEAD/PUT/DELETE), tags, blobs (GET with resume, HEAD, ranges, uploads, mounts) and the
  * referrers API. Mirrors, fallbacks and the Target shape are in target.ts.
  */
-import { Readable, Transform, type Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { TiuError } from '../../errors.ts';
 import { NotFoundError, RangeUnsupportedError } from '../../content/errors.ts';
 import { ManifestTooLargeError, parseIndexBytes, readAllCapped } from '../../oci/validate.ts';
@@ -11,8 +11,11 @@ import { sha256, TrailingDataError, verifiedStream, verifyBuffer, VerifyingStrea
 import { isManifestLike, MAX_MANIFEST_BYTES, MediaType } from '../../oci/mediatypes.ts';
 import type { Descriptor, Digest } from '../../oci/types.ts';
 import { pullScope, pushScope } from './auth.ts';
-import { AbortedError, DeniedError, UnexpectedStatusError, UnreachableError } from './errors.ts';
-import { backoffMs, bodyExcerpt, headerOne, isConnectionFailure, readBody, type BodyWriter, type HttpResponse } from './http.ts';
+import { DeniedError, UnexpectedStatusError, UnreachableError } from './errors.ts';
+import { backoffMs, bodyExcerpt, headerOne, readBody, type BodyWriter, type HttpRequest, type HttpResponse, type ResponseBody } from './http.ts';
+import type { StreamedBody } from './streamed-get.ts';
+import { BadResponseError } from './response-parser.ts';
+import { RangeReader, ResumingBlobReader } from './blob-download.ts';
 import { RingWriter } from '../../util/ring-writer.ts';
 import { readerStream, verifiedReader, type BlobReader } from '../../content/blob-reader.ts';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -90,7 +93,16 @@ export class RepositoryClient {
     return `docker://${this.registry}/${this.repository}`;
   }
 
-  async #send(o: SendOptions): Promise<HttpResponse> {
+  #send(o: SendOptions): Promise<HttpResponse> {
+    return this.#sendVia(o, (r) => this.#s.http.request(r));
+  }
+
+  /** A GET whose body is read into the consumer's buffers (HttpClient.requestStreamed). */
+  #sendStreamed(o: SendOptions): Promise<HttpResponse<StreamedBody>> {
+    return this.#sendVia(o, (r) => this.#s.http.requestStreamed({ ...r, method: 'GET' }));
+  }
+
+  async #sendVia<B extends ResponseBody>(o: SendOptions, request: (r: HttpRequest) => Promise<HttpResponse<B>>): Promise<HttpResponse<B>> {
     const base = await this.#s.base(this.registry, this.insecure, o.signal);
     const auth = this.#s.auth(this.registry);
     const url = o.path instanceof URL ? o.path : new URL(o.path, base);
@@ -98,7 +110,7 @@ export class RepositoryClient {
       const authz = await auth.header(this.repository, o.scopes, o.signal);
       const headers = { ...o.headers };
       if (authz) headers.authorization = authz;
-      const res = await this.#s.http.request({
+      const res = await request({
         method: o.method,
         url,
         headers,
@@ -126,7 +138,7 @@ export class RepositoryClient {
     return `/v2/${this.repository}/${kind}${rest}`;
   }
 
-  async #fail(res: HttpResponse, what: string): Promise<never> {
+  async #fail(res: HttpResponse<ResponseBody>, what: string): Promise<never> {
     throw new UnexpectedStatusError(this.registry, what, res.status, await bodyExcerpt(res));
   }
 
@@ -251,9 +263,9 @@ export class RepositoryClient {
     throw new UnexpectedStatusError(this.registry, `HEAD ${what}`, res.status, '');
   }
 
-  async #getBlob(desc: Descriptor, range: string | undefined, signal?: AbortSignal, expectedBytes?: number): Promise<HttpResponse> {
+  async #getBlob(desc: Descriptor, range: string | undefined, signal?: AbortSignal, expectedBytes?: number): Promise<HttpResponse<StreamedBody>> {
     const what = `blob ${desc.digest} in ${this.repository}`;
-    const res = await this.#send({
+    const res = await this.#sendStreamed({
       method: 'GET',
       path: this.#path('blobs/', desc.digest),
       scopes: [pullScope(this.repository)],
@@ -271,90 +283,57 @@ export class RepositoryClient {
   }
 
   /**
-   * The blob as a stream, verified by digest and size as it flows. A connection cut mid-body is
-   * resumed with `Range: bytes=<received>-` (up to maxResumes times); a registry answering 200
-   * to that is read past the bytes already received.
+   * The blob read into the caller's buffers (BlobReader), unverified (verifiedReader checks it).
+   * A connection cut mid-body is resumed with `Range: bytes=<received>-` (up to maxResumes
+   * times); a registry answering 200 to that is read past the bytes already received.
    */
-  async fetchBlob(desc: Descriptor, signal?: AbortSignal): Promise<Readable> {
+  async openBlob(desc: Descriptor, signal?: AbortSignal): Promise<BlobReader> {
     const first = await this.#getBlob(desc, undefined, signal);
     if (first.status !== 200) await this.#fail(first, `GET blob ${desc.digest}`);
-    const out = new VerifyingStream(desc, `blob ${desc.digest} from ${this.name}`);
-    const pump = async (): Promise<void> => {
-      let res: HttpResponse | undefined = first;
-      let offset = 0;
-      let resumes = 0;
-      for (;;) {
-        let skip = 0;
-        if (!res) {
-          res = await this.#getBlob(desc, `bytes=${offset}-`, signal);
-          if (res.status === 206) {
-            const cr = headerOne(res.headers['content-range']);
-            const m = cr ? /^bytes (\d+)-/.exec(cr) : null;
-            if (!m || Number(m[1]) !== offset) throw new UnexpectedStatusError(this.registry, `resume of blob ${desc.digest}`, 206, `Content-Range ${cr ?? 'missing'} does not start at ${offset}`);
-          } else if (res.status === 200) {
-            skip = offset;
-          } else {
-            await this.#fail(res, `GET (resume) blob ${desc.digest}`);
-          }
+    return new ResumingBlobReader(first.body, {
+      registry: this.registry,
+      what: `blob ${desc.digest}`,
+      size: desc.size,
+      maxResumes: this.#tuning.maxResumes,
+      signal,
+      received: (n) => {
+        this.blobBytesReceived += n;
+      },
+      reopen: async (offset) => {
+        const res = await this.#getBlob(desc, `bytes=${offset}-`, signal);
+        if (res.status === 200) return { body: res.body, skip: offset };
+        if (res.status !== 206) await this.#fail(res, `GET (resume) blob ${desc.digest}`);
+        const cr = headerOne(res.headers['content-range']);
+        const m = cr ? /^bytes (\d+)-/.exec(cr) : null;
+        if (!m || Number(m[1]) !== offset) {
+          res.body.destroy();
+          throw new BadResponseError(this.registry, `resume of blob ${desc.digest}: Content-Range ${cr ?? 'missing'} does not start at ${offset}`);
         }
-        const body = res.body;
-        res = undefined;
-        try {
-          for await (const chunk of body) {
-            let c = chunk as Buffer;
-            this.blobBytesReceived += c.length;
-            if (skip > 0) {
-              const n = Math.min(skip, c.length);
-              skip -= n;
-              c = c.subarray(n);
-              if (c.length === 0) continue;
-            }
-            offset += c.length;
-            if (out.destroyed) {
-              body.destroy();
-              return;
-            }
-            if (!out.write(c)) {
-              await new Promise<void>((resolve) => {
-                const done = (): void => {
-                  out.off('drain', done);
-                  out.off('close', done);
-                  resolve();
-                };
-                out.once('drain', done);
-                out.once('close', done);
-              });
-            }
-          }
-        } catch (e) {
-          if (out.destroyed) return;
-          if (signal?.aborted) throw new AbortedError(`download of blob ${desc.digest}`);
-          if (!isConnectionFailure(e) || offset >= desc.size) throw e;
-          if (resumes >= this.#tuning.maxResumes) {
-            throw new UnreachableError(this.registry, `download of blob ${desc.digest} cut ${resumes + 1} times, last at byte ${offset} of ${desc.size}`);
-          }
-          resumes++;
-          continue;
-        }
-        if (offset < desc.size && resumes < this.#tuning.maxResumes) {
-          // The body ended early without an error: treat it like a cut connection.
-          resumes++;
-          continue;
-        }
-        out.end();
-        return;
-      }
-    };
-    pump().catch((e: unknown) => out.destroy(e instanceof Error ? e : new Error(String(e))));
-    return out;
+        return { body: res.body, skip: 0 };
+      },
+    });
   }
 
-  /** Bytes [start, end) of a blob; RANGE_UNSUPPORTED when the registry answers 200 instead of 206. */
-  async fetchRange(desc: Descriptor, start: number, end: number, signal?: AbortSignal): Promise<Readable> {
+  /** The blob as a stream, verified by digest and size as it flows (openBlob's reader, resumed the same way). */
+  async fetchBlob(desc: Descriptor, signal?: AbortSignal): Promise<Readable> {
+    const reader = await this.openBlob(desc, signal);
+    const out = new VerifyingStream(desc, `blob ${desc.digest} from ${this.name}`);
+    const chunks = readerStream(reader);
+    chunks.on('error', (e) => out.destroy(e));
+    out.on('close', () => chunks.destroy());
+    return chunks.pipe(out);
+  }
+
+  /**
+   * Bytes [start, end) of a blob read into the caller's buffers; RANGE_UNSUPPORTED when the
+   * registry answers 200 instead of 206, REGISTRY_BAD_RESPONSE when its Content-Range or
+   * Content-Length is not the range asked for.
+   */
+  async openRange(desc: Descriptor, start: number, end: number, signal?: AbortSignal): Promise<BlobReader> {
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > desc.size || start > end) {
       throw new TiuError('RANGE_INVALID', `range [${start}, ${end}) is outside blob ${desc.digest} of ${desc.size} bytes`, { start, end, size: desc.size });
     }
-    if (start === end) return Readable.from([]);
+    if (start === end) return { read: () => Promise.resolve(0), close: () => Promise.resolve() };
     const res = await this.#getBlob(desc, `bytes=${start}-${end - 1}`, signal, end - start);
     if (res.status === 200) {
       res.body.destroy();
@@ -362,31 +341,19 @@ export class RepositoryClient {
     }
     if (res.status !== 206) await this.#fail(res, `GET range of blob ${desc.digest}`);
     const cr = headerOne(res.headers['content-range']);
-    const m = cr ? /^bytes (\d+)-(\d+)/.exec(cr) : null;
-    if (!m || Number(m[1]) !== start || Number(m[2]) !== end - 1) {
+    const m = cr ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr.trim()) : null;
+    const declared = res.body.declaredLength;
+    if (!m || Number(m[1]) !== start || Number(m[2]) !== end - 1 || (m[3] !== '*' && Number(m[3]) !== desc.size) || (declared !== undefined && declared !== end - start)) {
       res.body.destroy();
-      throw new UnexpectedStatusError(this.registry, `range of blob ${desc.digest}`, 206, `Content-Range ${cr ?? 'missing'} is not bytes ${start}-${end - 1}`);
+      const got = `Content-Range ${cr ?? 'missing'}${declared !== undefined ? `, Content-Length ${declared}` : ''}`;
+      throw new BadResponseError(this.registry, `range of blob ${desc.digest}: ${got} is not bytes ${start}-${end - 1}/${desc.size}`);
     }
-    const want = end - start;
-    let seen = 0;
-    const check = new Transform({
-      transform(chunk: Buffer, _e, cb) {
-        seen += chunk.length;
-        if (seen > want) cb(new TiuError('SIZE_MISMATCH', `range of blob ${desc.digest}: more than ${want} bytes`));
-        else cb(null, chunk);
-      },
-      flush(cb) {
-        cb(seen === want ? null : new TiuError('SIZE_MISMATCH', `range of blob ${desc.digest}: ${seen} of ${want} bytes`));
-      },
-    });
-    // A connection cut mid-body is the network's fault, said as such (the delta keeps the files
-    // that came and a later run goes on from there), not a bare "aborted".
-    res.body.on('error', (e) => {
-      if (signal?.aborted) check.destroy(new AbortedError(`range of blob ${desc.digest}`));
-      else if (isConnectionFailure(e)) check.destroy(new UnreachableError(this.registry, `range of blob ${desc.digest} cut at byte ${seen} of ${want}: ${e.message}`));
-      else check.destroy(e);
-    });
-    return res.body.pipe(check);
+    return new RangeReader(res.body, end - start, this.registry, `range of blob ${desc.digest}`, signal);
+  }
+
+  /** Bytes [start, end) of a blob as a stream (openRange's reader). */
+  async fetchRange(desc: Descriptor, start: number, end: number, signal?: AbortSignal): Promise<Readable> {
+    return readerStream(await this.openRange(desc, start, end, signal));
   }
 
   #uploadUrl(res: HttpResponse, what: string): URL {

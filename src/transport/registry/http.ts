@@ -13,15 +13,10 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { TiuError } from '../../errors.ts';
 import { AbortedError, TlsError, TooSlowError, UnreachableError } from './errors.ts';
 import { deadlineMs, rate, speedLimits, SpeedWindow, type SpeedLimits, type SpeedSettings } from './speed.ts';
+import { StreamedGets, type StreamedBody } from './streamed-get.ts';
+import type { TlsSettings } from './tls-settings.ts';
 
-export interface TlsSettings {
-  /** Extra CAs (PEM) trusted on top of the system roots. */
-  ca?: Buffer[];
-  cert?: Buffer;
-  key?: Buffer;
-  /** false: accept any certificate (--tls-verify=false). */
-  verify: boolean;
-}
+export type { TlsSettings };
 
 export interface HttpOptions {
   /** Idle time on a socket before the request fails (and is retried). Default 30 s. */
@@ -63,10 +58,17 @@ export interface HttpRequest {
  */
 export type BodyWriter = (req: Writable) => Promise<void>;
 
-export interface HttpResponse {
+/** What every response body offers: given up, destroyed, or read (small bodies) as Buffers. */
+export interface ResponseBody {
+  resume(): void;
+  destroy(error?: Error): void;
+  [Symbol.asyncIterator](): AsyncIterator<unknown>;
+}
+
+export interface HttpResponse<B extends ResponseBody = ResponseBody> {
   status: number;
   headers: IncomingHttpHeaders;
-  body: IncomingMessage;
+  body: B;
   /** The URL that answered (after redirects). */
   url: URL;
 }
@@ -135,6 +137,7 @@ export class HttpClient {
   readonly #opts: Required<Omit<HttpOptions, 'tls' | 'userAgent' | 'speed'>> & Pick<HttpOptions, 'tls' | 'userAgent'>;
   readonly speed: SpeedLimits;
   readonly #agents = new Map<string, Promise<http.Agent>>();
+  #streamed: StreamedGets | undefined;
 
   constructor(opts: HttpOptions = {}) {
     this.#opts = {
@@ -175,9 +178,57 @@ export class HttpClient {
   async close(): Promise<void> {
     for (const a of this.#agents.values()) (await a).destroy();
     this.#agents.clear();
+    this.#streamed?.close();
   }
 
-  async request(req: HttpRequest): Promise<HttpResponse> {
+  /**
+   * One request (with retries and redirects). A GET or HEAD without a body goes through
+   * requestStreamed(): a pull never loads node:http, and no request reads its body through
+   * a Buffer per socket read.
+   */
+  async request(req: HttpRequest): Promise<HttpResponse<ResponseBody>> {
+    if (req.body === undefined && (req.method === 'GET' || req.method === 'HEAD')) {
+      return this.requestStreamed({ ...req, method: req.method });
+    }
+    return this.#loop(req, (method, url, headers) =>
+      this.#once(method, url, headers, req.body, req.signal, { what: req.what ?? `${method} ${url.pathname}`, expectedBytes: req.expectedBytes }),
+    );
+  }
+
+  /**
+   * A GET (or HEAD) whose body is read into the caller's buffers (streamed-get.ts: no Buffer per
+   * socket read): blob downloads and Range GETs. Retries, redirects and the log line as request().
+   */
+  async requestStreamed(req: Omit<HttpRequest, 'body' | 'method'> & { method?: 'GET' | 'HEAD' }): Promise<HttpResponse<StreamedBody>> {
+    this.#streamed ??= new StreamedGets({
+      timeoutMs: this.#opts.timeoutMs,
+      userAgent: this.#opts.userAgent ?? 'tiu',
+      tls: this.#opts.tls,
+      speed: this.speed,
+    });
+    const streamed = this.#streamed;
+    return this.#loop({ ...req, method: req.method ?? 'GET' }, async (method, url, headers) => {
+      const r = await streamed.request({
+        url,
+        method: method === 'HEAD' ? 'HEAD' : 'GET',
+        headers,
+        signal: req.signal,
+        what: req.what ?? `${method} ${url.pathname}`,
+        expectedBytes: req.expectedBytes,
+      });
+      return { ...r, url };
+    });
+  }
+
+  /** Connections opened by requestStreamed() (tests check that they are kept alive). */
+  get streamedConnections(): number {
+    return this.#streamed?.connectionsOpened ?? 0;
+  }
+
+  async #loop<R extends HttpResponse<ResponseBody>>(
+    req: HttpRequest,
+    once: (method: string, url: URL, headers: Record<string, string>) => Promise<R>,
+  ): Promise<R> {
     const replayable = !req.noRetry && (req.body === undefined || Buffer.isBuffer(req.body));
     const retries = replayable ? this.#opts.retries : 0;
     let url = req.url;
@@ -186,9 +237,9 @@ export class HttpClient {
     let redirects = 0;
     for (let attempt = 0; ; attempt++) {
       if (req.signal?.aborted) throw new AbortedError(`${req.method} ${hostOf(url)}`);
-      let res: HttpResponse;
+      let res: R;
       try {
-        res = await this.#once(method, url, headers, req.body, req.signal, { what: req.what ?? `${method} ${url.pathname}`, expectedBytes: req.expectedBytes });
+        res = await once(method, url, headers);
       } catch (e) {
         if (e instanceof TiuError) throw e;
         if (req.signal?.aborted || (e instanceof Error && e.name === 'AbortError')) throw new AbortedError(`${req.method} ${hostOf(url)}`);
@@ -332,7 +383,7 @@ export function headerOne(v: string | string[] | undefined): string | undefined 
 }
 
 /** Read a whole body, failing with `tooLarge(size)` past `limit` bytes (checked before and while reading). */
-export async function readBody(res: HttpResponse, limit: number, tooLarge: (size: number) => Error): Promise<Buffer> {
+export async function readBody(res: HttpResponse<ResponseBody>, limit: number, tooLarge: (size: number) => Error): Promise<Buffer> {
   const declared = Number(res.headers['content-length']);
   if (Number.isFinite(declared) && declared > limit) {
     res.body.destroy();
@@ -353,7 +404,7 @@ export async function readBody(res: HttpResponse, limit: number, tooLarge: (size
 }
 
 /** A short, single-line excerpt of an error body for messages. */
-export async function bodyExcerpt(res: HttpResponse): Promise<string> {
+export async function bodyExcerpt(res: HttpResponse<ResponseBody>): Promise<string> {
   try {
     const b = await readBody(res, 16 * 1024, () => new Error('large'));
     const text = b.toString('utf8');

@@ -6,7 +6,7 @@
 import { loadCerts, loadFlatCerts, DEFAULT_CERT_DIRS } from './certs.ts';
 import { RegistryAuth } from './auth.ts';
 import type { CredentialOptions } from './credentials.ts';
-import { TlsError, UnexpectedStatusError, UnreachableError } from './errors.ts';
+import { UnexpectedStatusError, UnreachableError } from './errors.ts';
 import { HttpClient, type HttpOptions } from './http.ts';
 import { TiuError } from '../../errors.ts';
 
@@ -76,25 +76,34 @@ export class RegistrySession {
     return p;
   }
 
+  /**
+   * Where plain http is allowed, it is tried first: a port speaks one or the other, and a TLS
+   * port answers a plain request with an error (400, an alert, a close), after which https is
+   * tried as before. The outcome is what https-first gives, without starting TLS (OpenSSL's
+   * ~6 MiB of RSS) for a registry that does not speak it.
+   */
   async #ping(registry: string, plainAllowed: boolean, signal?: AbortSignal): Promise<URL> {
-    const tryOne = async (scheme: 'https' | 'http'): Promise<URL> => {
+    const tryOne = async (scheme: 'https' | 'http', probe: boolean): Promise<URL> => {
       const base = new URL(`${scheme}://${apiHost(registry)}/`);
-      const res = await this.http.request({ method: 'GET', url: new URL('/v2/', base), signal, ...(plainAllowed && scheme === 'https' ? { noRetry: true } : {}) });
+      const res = await this.http.request({ method: 'GET', url: new URL('/v2/', base), signal, ...(probe ? { noRetry: true } : {}) });
       res.body.resume();
       if (res.status === 401) this.auth(registry).learn(res);
       else if (res.status !== 200) throw new UnexpectedStatusError(registry, 'GET /v2/ (is this a registry?)', res.status, '');
       return base;
     };
+    if (!plainAllowed) return tryOne('https', false);
+    let plain: unknown;
     try {
-      return await tryOne('https');
+      return await tryOne('http', true);
     } catch (e) {
-      // http only where allowed, and never after a refused certificate: that server speaks TLS.
-      if (!plainAllowed || !((e instanceof TlsError && !e.certificate) || e instanceof UnreachableError)) throw e;
-      try {
-        return await tryOne('http');
-      } catch (e2) {
-        throw e2 instanceof TiuError && e instanceof UnreachableError ? e2 : e;
-      }
+      if (e instanceof TiuError && e.code === 'ABORTED') throw e;
+      plain = e;
+    }
+    try {
+      return await tryOne('https', false);
+    } catch (e) {
+      // Neither answered: say why https failed, unless it could not connect while http could.
+      throw e instanceof UnreachableError && !(plain instanceof UnreachableError) && plain instanceof TiuError ? plain : e;
     }
   }
 

@@ -41,7 +41,7 @@ export function registriesConfOf(opts: Pick<RegistryClientOptions, 'registriesCo
 /** Errors after which the next pull endpoint (a mirror, then the primary) is tried. */
 const FAILOVER: ReadonlySet<ErrorCode> = new Set([
   'CONTENT_NOT_FOUND', 'REGISTRY_UNREACHABLE', 'REGISTRY_TIMEOUT', 'TLS_ERROR', 'REGISTRY_UNAVAILABLE', 'REGISTRY_TOO_MANY_REQUESTS',
-  'REGISTRY_UNAUTHORIZED', 'REGISTRY_DENIED', 'REGISTRY_ERROR', 'DIGEST_MISMATCH', 'SIZE_MISMATCH', 'MANIFEST_TOO_LARGE', 'REGISTRY_TOO_SLOW',
+  'REGISTRY_UNAUTHORIZED', 'REGISTRY_DENIED', 'REGISTRY_ERROR', 'REGISTRY_BAD_RESPONSE', 'DIGEST_MISMATCH', 'SIZE_MISMATCH', 'MANIFEST_TOO_LARGE', 'REGISTRY_TOO_SLOW',
 ]);
 
 /** Where a blob was last seen on a registry, for cross-repository mounts: registry -> digest -> repository. */
@@ -206,6 +206,19 @@ export class RegistryTarget implements Target {
 
   async fetchRange(desc: Descriptor, start: number, end: number, opts: FetchOptions = {}): Promise<Readable> {
     return this.#tryPull(desc.digest, (c) => c.fetchRange(desc, start, end, opts.signal));
+  }
+
+  /** A blob read into the consumer's buffers (no Buffer per socket read); unverified, like fetch(). */
+  async openBlob(desc: Descriptor, opts: FetchOptions = {}): Promise<BlobReader> {
+    return this.#tryPull(desc.digest, async (c) => {
+      const r = await c.openBlob(desc, opts.signal);
+      rememberBlob(c.registry, desc.digest, c.repository);
+      return r;
+    });
+  }
+
+  async openRange(desc: Descriptor, start: number, end: number, opts: FetchOptions = {}): Promise<BlobReader> {
+    return this.#tryPull(desc.digest, (c) => c.openRange(desc, start, end, opts.signal));
   }
 
   /**
