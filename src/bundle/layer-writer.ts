@@ -207,6 +207,12 @@ const PENDING_BYTES = 4 * 1024 * 1024;
  */
 const readBuffers = new BufferPool(64 * 1024, 8 * 1024 * 1024);
 /**
+ * The pending frames' compressed bytes (ordered-frames.ts), shared by the layers being written:
+ * about a third of their input, in smaller size classes than the reads (one pool for both made
+ * the small output classes evict the read buffers: 821 allocations instead of ~150).
+ */
+const frameBuffers = new BufferPool(16 * 1024, 4 * 1024 * 1024);
+/**
  * A TOC JSON above this size waits for the other layers' content (UnfinishedLayer.finish): its
  * level-19 tables grow with it (a 1.2 MiB TOC: ~35 MiB), while those of the smaller TOCs (a few
  * MiB) may sit beside the contexts of layers still being written.
@@ -217,10 +223,10 @@ const tocTurn = new Semaphore(1);
 /**
  * The large TOCs, once no layer's content is being written any more, are compressed side by side
  * while their JSON fits this (level 19's tables take ~25 times the JSON: 1.2 MiB, ~34 MiB), a
- * larger one alone. Compressed one after the other, they were the end of every build, one core
- * idle: the bench's base tree has two, of 1.2 and 0.65 MiB.
+ * larger one alone: they are the end of a build, where one after the other leaves a core idle,
+ * but their tables are the build's peak of memory (the larger bench tree's 4.2 MiB TOC: ~70 MiB).
  */
-const largeTocs = new ByteBudget(2 * 1024 * 1024);
+const largeTocs = new ByteBudget(1024 * 1024);
 
 async function writeZstdChunked(
   entries: readonly TreeEntry[],
@@ -230,13 +236,15 @@ async function writeZstdChunked(
   const level = opts.level ?? 3;
   const params = { [zc.ZSTD_c_compressionLevel]: level, [zc.ZSTD_c_checksumFlag]: 1 };
   const out = new BlobFile(file);
-  const frames = new OrderedFrames(params, out, FRAME_CONTEXTS, PENDING_BYTES);
+  const frames = new OrderedFrames(params, out, FRAME_CONTEXTS, PENDING_BYTES, frameBuffers);
   // tar-split lines, compressed as they come (they are kept until the end: ~1/10 of the TOC).
   const splitChunks: Buffer[] = [];
   const zs = new ZstdFramer(params, (b) => splitChunks.push(b));
   const split = new TarSplitWriter((lines) => zs.push(lines));
   const tar = createHash('sha256');
   const toc: Toc = { version: 1, entries: [] };
+  // Not `entries` itself: the tree entries need not outlive the writing (see build.ts).
+  const entryCount = entries.length;
   // Tar headers (and padding) since the last frame: they become the next header frame.
   let headers: Buffer[] = [];
   let pendingLen = 0;
@@ -379,7 +387,7 @@ async function writeZstdChunked(
         },
       },
       diffId: `sha256:${tar.digest('hex')}`,
-      entries: entries.length,
+      entries: entryCount,
       contentBytes,
     };
   };

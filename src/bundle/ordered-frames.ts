@@ -5,14 +5,15 @@
  * thread reads and hashes the next files.
  *
  * Memory: a frame's compressed bytes are copied, as the compressor hands them out, into one
- * buffer from a pool, which goes back to the pool once the frame is written. Holding node:zlib's
+ * buffer from a pool (the one the files are read into), which goes back to the pool once the
+ * frame is written. Holding node:zlib's
  * output chunks instead kept each of its 128 KiB output buffers alive until the frame's turn came;
  * by then they were promoted out of V8's young generation, and dead ones piled up by tens of MiB
  * until a full collection (the larger bench tree: up to ~110 MiB of ArrayBuffers).
  */
 import { once } from 'node:events';
 import { constants as zc, createZstdCompress } from 'node:zlib';
-import { BufferPool } from '../util/buffer-pool.ts';
+import type { BufferPool } from '../util/buffer-pool.ts';
 import type { BlobFile } from './blob-file.ts';
 
 /**
@@ -105,12 +106,8 @@ class FrameBytes {
   }
 }
 
-/**
- * Buffers of frames waiting for their turn, shared by the layers being written: a layer's pending
- * frames hold at most its input budget (PENDING_BYTES in layer-writer.ts) compressed, so two
- * layers' worth is kept for reuse.
- */
-const sharedFrameBuffers = new BufferPool(16 * 1024, 8 * 1024 * 1024);
+/** Frames above this size are compressed on the large frames' context (OrderedFrames). */
+export const LARGE_FRAME = 256 * 1024;
 
 interface Pending {
   out: Promise<FrameBytes>;
@@ -136,14 +133,9 @@ export class OrderedFrames {
   readonly #pool: BufferPool;
   readonly window: number;
   readonly #budget: number;
-  constructor(
-    params: Record<number, number>,
-    out: BlobFile,
-    contexts: number,
-    budget: number,
-    pool: BufferPool = sharedFrameBuffers,
-  ) {
-    this.#contexts = Array.from({ length: contexts }, () => new ZstdFramer(params));
+  constructor(params: Record<number, number>, out: BlobFile, contexts: number, budget: number, pool: BufferPool) {
+    // The small frames' contexts, then the one for large frames.
+    this.#contexts = Array.from({ length: contexts + 1 }, () => new ZstdFramer(params));
     this.#tails = this.#contexts.map(() => Promise.resolve());
     this.#out = out;
     this.#pool = pool;
@@ -156,7 +148,17 @@ export class OrderedFrames {
    * before, and the layer must come out the same on every build.
    */
   #onNextContext<T>(job: (f: ZstdFramer) => Promise<T>): Promise<T> {
-    const k = this.#next++ % this.#contexts.length;
+    return this.#onContext(this.#next++ % (this.#contexts.length - 1), job);
+  }
+  /**
+   * Large frames (and streamed files) all go to the last context: a context keeps the pages its
+   * largest frame touched (its input buffer grows up to zstd's window, 2 MiB at level 3), so
+   * spreading them over every context cost ~3.5 MiB per context instead of ~1.
+   */
+  #onLargeContext<T>(job: (f: ZstdFramer) => Promise<T>): Promise<T> {
+    return this.#onContext(this.#contexts.length - 1, job);
+  }
+  #onContext<T>(k: number, job: (f: ZstdFramer) => Promise<T>): Promise<T> {
     const run = this.#tails[k]!.then(() => job(this.#contexts[k]!));
     this.#tails[k] = run.catch(() => undefined);
     return run;
@@ -166,7 +168,7 @@ export class OrderedFrames {
    * gets the frame's offsets in the blob. Waits while the window is full.
    */
   async add(data: Buffer, written?: (start: number, end: number) => void): Promise<void> {
-    const out = this.#onNextContext(async (f) => {
+    const compress = async (f: ZstdFramer) => {
       const frame = new FrameBytes(this.#pool, zstdBound(data.length));
       f.sink = (b) => frame.append(b);
       try {
@@ -177,7 +179,8 @@ export class OrderedFrames {
         throw err;
       }
       return frame;
-    });
+    };
+    const out = data.length > LARGE_FRAME ? this.#onLargeContext(compress) : this.#onNextContext(compress);
     out.catch(() => undefined); // thrown where it is awaited, in order
     this.#pending.push({ out, size: data.length, ...(written ? { written } : {}) });
     this.#pendingBytes += data.length;
@@ -214,7 +217,7 @@ export class OrderedFrames {
     written: (start: number, end: number) => void,
   ): Promise<void> {
     await this.drain();
-    await this.#onNextContext(async (f) => {
+    await this.#onLargeContext(async (f) => {
       const start = this.#out.size;
       f.sink = (b) => this.#out.write(b);
       // One piece in the compressor while the next is read and hashed (two read buffers).
