@@ -28,14 +28,13 @@ import { encodeHeader, END_OF_ARCHIVE, paddingFor } from '../layer/tar.ts';
 import { Crc64, TarSplitWriter } from '../layer/tar-split.ts';
 import {
   encodeFooter,
-  encodeToc,
   MANIFEST_TYPE_CRFS,
   SKIPPABLE_HEADER,
   skippableFrame,
   tocEntryOf,
   ZstdChunkedAnnotation,
-  type Toc,
 } from '../layer/toc.ts';
+import { TocJsonWriter } from '../layer/toc-writer.ts';
 
 export type LayerCompression = 'zstd' | 'gzip';
 
@@ -205,7 +204,7 @@ const PENDING_BYTES = 4 * 1024 * 1024;
  * pending frames' buffers (sizes rounded up to a power of two): with 4 MiB, the bench's base tree
  * allocated 174 MiB of new buffers for the collector to find, with 8 MiB 97 MiB.
  */
-const readBuffers = new BufferPool(64 * 1024, 8 * 1024 * 1024);
+const readBuffers = new BufferPool(64 * 1024, 4 * 1024 * 1024);
 /**
  * The pending frames' compressed bytes (ordered-frames.ts), shared by the layers being written:
  * about a third of their input, in smaller size classes than the reads (one pool for both made
@@ -242,7 +241,7 @@ async function writeZstdChunked(
   const zs = new ZstdFramer(params, (b) => splitChunks.push(b));
   const split = new TarSplitWriter((lines) => zs.push(lines));
   const tar = createHash('sha256');
-  const toc: Toc = { version: 1, entries: [] };
+  const toc = new TocJsonWriter();
   // Not `entries` itself: the tree entries need not outlive the writing (see build.ts).
   const entryCount = entries.length;
   // Tar headers (and padding) since the last frame: they become the next header frame.
@@ -277,6 +276,7 @@ async function writeZstdChunked(
         const setOffsets = (start: number, end: number) => {
           t.offset = start;
           t.endOffset = end;
+          toc.encodeReady();
         };
         if (e.size <= WHOLE_FILE_LIMIT) {
           await frames.makeRoom(e.size);
@@ -322,7 +322,7 @@ async function writeZstdChunked(
       } else {
         split.file(tarName(e), 0, null);
       }
-      toc.entries.push(t);
+      toc.add(t);
       if (pendingLen > HEADER_FRAME_LIMIT) await endHeaderFrame();
     }
     meta(END_OF_ARCHIVE);
@@ -337,11 +337,17 @@ async function writeZstdChunked(
     throw err;
   }
   const splitData = Buffer.concat(splitChunks);
-  toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
+  let json: Buffer;
+  try {
+    // The JSON now, while the layer waits for its turn to compress it (finish).
+    json = toc.finish(`sha256:${createHash('sha256').update(splitData).digest('hex')}`);
+  } catch (err) {
+    out.closeQuietly();
+    throw err;
+  }
   const finish = async (othersWritten?: Promise<unknown>): Promise<LayerResult> => {
     // Every device that updates by file fetches the TOCs: level 19 makes them ~16% smaller for ~2 s of CPU per
     // build of the bench trees (bench/README.md).
-    const json = encodeToc(toc);
     const compress = () =>
       zstdCompressAsync(json, {
         params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL },
