@@ -137,6 +137,8 @@ function readWhole(e: TreeEntry, into: Buffer): Buffer {
 }
 
 const oneByte = Buffer.alloc(1);
+/** A file's padding to the next tar block: views of one zero block, only ever read. */
+const ZEROS = Buffer.alloc(512);
 
 /** The file (or spool slice) holding an entry's content, opened for reading; the caller closes it. */
 function openContent(e: TreeEntry): { c: NonNullable<ReturnType<typeof contentFile>>; fd: number } {
@@ -318,7 +320,7 @@ async function writeZstdChunked(
         split.file(tarName(e), e.size, crc.digest());
         t.digest = `sha256:${fileHash.digest('hex')}`;
         contentBytes += e.size;
-        meta(Buffer.alloc(paddingFor(e.size)));
+        meta(ZEROS.subarray(0, paddingFor(e.size)));
       } else {
         split.file(tarName(e), 0, null);
       }
@@ -437,7 +439,7 @@ async function writeGzip(entries: readonly TreeEntry[], file: string, opts: Laye
         } finally {
           readBuffers.give(piece);
         }
-        await put(Buffer.alloc(paddingFor(e.size)));
+        await put(ZEROS.subarray(0, paddingFor(e.size)));
         contentBytes += e.size;
       }
     }
