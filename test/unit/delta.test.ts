@@ -15,6 +15,7 @@ import { writeLayer } from '../../src/bundle/layer-writer.ts';
 import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
 import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
+import { plainEntry } from '../helpers/plain-entry.ts';
 import {
   coalesce,
   ContentStore,
@@ -264,7 +265,7 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
   it('a frame that does not match its TOC digest is refused and nothing of it is stored', async () => {
     for (const maxSpan of [1_000_000, 1000]) {
       const es = (await tocEntries()).map((e) =>
-        e.path === 'usr/c' ? { ...e, digest: `sha256:${'3'.repeat(64)}` } : e,
+        e.path === 'usr/c' ? { ...plainEntry(e), digest: `sha256:${'3'.repeat(64)}` } : e,
       );
       const store = await ContentStore.open(join(dir, `store-bad-${maxSpan}`));
       await assert.rejects(
@@ -347,6 +348,24 @@ describe('delta: ContentStore', () => {
     const fresh = await ContentStore.open(at);
     assert.equal(fresh.has(sha(good)), false);
     assert.deepEqual(await readdir(at), []);
+  });
+
+  it('remove takes the store away with whatever is in it, entry by entry; a missing one is no error', async () => {
+    const at = join(dir, 'removed');
+    const store = await ContentStore.open(at);
+    for (let i = 0; i < 300; i++) {
+      const b = Buffer.from(`file ${i}`);
+      await store.put(sha(b), b);
+    }
+    await writeFile(join(at, '.tmp-1-1'), 'half');
+    await mkdir(join(at, 'sub', 'deeper'), { recursive: true });
+    await writeFile(join(at, 'sub', 'deeper', 'x'), 'x');
+    // Left by a run before: a plain open empties it the same way.
+    assert.deepEqual(await readdir(await ContentStore.open(at).then((s) => s.dir)), []);
+    await writeFile(join(at, 'again'), 'x');
+    await store.remove();
+    await assert.rejects(readdir(at), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
+    await store.remove();
   });
 });
 

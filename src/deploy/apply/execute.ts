@@ -31,7 +31,7 @@ import {
 import { parentOf } from '../../layer/paths.ts';
 import { showPath } from '../../layer/entry.ts';
 import type { SpaceGuard } from './space.ts';
-import type { ContentIndex } from './scan.ts';
+import type { ContentIndex, IndexKey } from './scan.ts';
 import type { Action, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
@@ -294,7 +294,7 @@ async function executePlanInner(
   if (opts.index) {
     opts.onPhase?.('index');
     // The keys as they are recorded, not an object of three BigInts per file kept until the end.
-    const keep = new Set<string>();
+    const keep = new Set<IndexKey>();
     for (const a of plan.actions) {
       const e = a.entry;
       if (e.type !== 'reg' || !e.digest) continue;

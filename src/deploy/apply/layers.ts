@@ -60,10 +60,13 @@ export function flattenLayers(layers: readonly (readonly TreeEntry[])[]): Map<st
   // Entries whose parent is not a directory of the final tree can't exist: a lower layer's
   // directory replaced by a file hid them above; what is left is an image error.
   resolveHardlinks(tree);
-  // Sorting the keys, not [key, entry] pairs: a pair is a ~50-byte array per file.
-  const sorted = new Map<string, TreeEntry>();
-  for (const p of [...tree.keys()].sort(comparePaths)) sorted.set(p, tree.get(p)!);
-  return sorted;
+  // Sorting the keys, not [key, entry] pairs: a pair is a ~50-byte array per file. The map is
+  // refilled in that order rather than copied: two maps of every file at once were ~40 bytes a file more.
+  const paths = [...tree.keys()].sort(comparePaths);
+  const entries = paths.map((p) => tree.get(p)!);
+  tree.clear();
+  for (let i = 0; i < paths.length; i++) tree.set(paths[i]!, entries[i]!);
+  return tree;
 }
 
 /** Point every hardlink at its final (non-hardlink) target; refuse dangling or directory targets. */

@@ -9,6 +9,7 @@ import { sameTime } from './fsops.ts';
 import { comparePaths, isAtOrBelow, parentOf } from '../../layer/paths.ts';
 import { pathsOfSize, type ContentHasher } from './scan.ts';
 import { findInSources, type ContentSource } from './sources.ts';
+import { DigestSet, isSha256 } from './digest-set.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
 import { emptyCounter } from './types.ts';
 
@@ -81,13 +82,15 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
   return b.every((x) => s.has(x));
 }
 
+/** `newTree` is the plan's now: the parents the image did not list are added to it. */
 export async function planApply(
   newTree: Map<string, TreeEntry>,
   old: OldTree,
   hasher: ContentHasher,
   opts: PlanOptions = {},
 ): Promise<Plan> {
-  const tree = new Map(newTree);
+  // In place, not on a copy (a Map slot is ~40 bytes a file): the caller's tree gains the implicit parents.
+  const tree = newTree;
   addImplicitParents(tree);
   const paths = [...tree.keys()].sort(comparePaths);
 
@@ -119,7 +122,10 @@ export async function planApply(
     link: emptyCounter(),
     delete: emptyCounter(),
   };
-  const firstWriteOf = new Map<string, string>();
+  // The path written first for each content, by the digest's member number (digest-set.ts:
+  // ~40 bytes a digest where a Map of digest strings took ~110; a first install writes them all).
+  const written = new DigestSet();
+  const firstWriteOf: string[] = [];
   const fetch: TreeEntry[] = [];
 
   const keepsInode = (x: ExistingEntry, p: string): boolean => {
@@ -166,7 +172,8 @@ export async function planApply(
       }
       case 'reg': {
         const digest = e.digest;
-        if (!digest) throw new UnsafePathError(p, 'regular file without a content digest in the table of contents');
+        if (!digest || !isSha256(digest))
+          throw new UnsafePathError(p, 'regular file without a content digest in the table of contents');
         if (x?.type === 'reg' && x.size === e.size && (await hasher.digestOf(x)) === digest) {
           if (keepsInode(x, p)) {
             const fix = metaDiff(e, x);
@@ -187,7 +194,8 @@ export async function planApply(
             a = { kind: 'reflink', entry: e, from, replace };
             break;
           }
-          const dup = firstWriteOf.get(digest);
+          const seen = written.indexOf(digest);
+          const dup = seen === -1 ? undefined : firstWriteOf[seen];
           if (dup !== undefined) {
             a = { kind: 'reflink', entry: e, from: dup, fromNew: true, replace };
             break;
@@ -197,7 +205,7 @@ export async function planApply(
             a = { kind: 'reflink', entry: e, from: other.seen.path, fromSnapshot: other, replace };
             break;
           }
-          firstWriteOf.set(digest, p);
+          firstWriteOf[written.add(digest)] = p;
         }
         a = { kind: 'write', entry: e, replace };
         fetch.push(e);

@@ -21,6 +21,7 @@ import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
 import { ScanEntries } from './scan-entries.ts';
 import { INDEX_HEAD, IndexTextParser } from './content-index-text.ts';
+import { IndexTable, type IndexKeyParts } from './index-table.ts';
 import type { EntryType, ExistingEntry, OldTree, ScannedEntries } from './types.ts';
 import type { BigIntStats, PathLike } from 'node:fs';
 
@@ -137,70 +138,15 @@ export interface ContentHasher {
  */
 const INDEX_READ_PIECE = 64 * 1024;
 
-function keyOf(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): string {
-  return `${e.ino}:${e.size}:${e.mtimeNs}:${e.ctimeNs}`;
-}
-
 const SHA256 = /^sha256:[0-9a-f]{64}$/;
-const DIGEST_BYTES = 32;
 
-/**
- * sha256 digests by key, each as its 32 raw bytes in one growing Buffer, not as a 71-char
- * string (~90 bytes) apiece: an index holds one per file of a snapshot, tens of thousands.
- */
-class DigestTable {
-  readonly #slots = new Map<string, number>();
-  #bytes = Buffer.alloc(DIGEST_BYTES * 1024);
+/** A file's row in a content index, as `remember` gives it for `retainKeys`; -1: none. */
+export type IndexKey = number;
 
-  get size(): number {
-    return this.#slots.size;
-  }
-
-  /** `sha256:<hex>`, or undefined. */
-  get(key: string): string | undefined {
-    const at = this.#slots.get(key);
-    if (at === undefined) return undefined;
-    return 'sha256:' + this.#bytes.toString('hex', at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
-  }
-
-  /** `digest` must be `sha256:<64 lowercase hex>`. */
-  set(key: string, digest: string): void {
-    let at = this.#slots.get(key);
-    if (at === undefined) {
-      at = this.#slots.size;
-      if ((at + 1) * DIGEST_BYTES > this.#bytes.length) {
-        const grown = Buffer.alloc(this.#bytes.length * 2);
-        this.#bytes.copy(grown);
-        this.#bytes = grown;
-      }
-      this.#slots.set(key, at);
-    }
-    this.#bytes.write(digest.slice(7), at * DIGEST_BYTES, DIGEST_BYTES, 'hex');
-  }
-
-  keys(): IterableIterator<string> {
-    return this.#slots.keys();
-  }
-
-  /** Keep only `keep`'s keys (slots are renumbered, the buffer shrinks to fit). */
-  retain(keep: ReadonlySet<string>): void {
-    // In place, without a list of the entries: slots were numbered in the Map's (insertion)
-    // order, so a kept slot only ever moves down, over one already moved or dropped.
-    let to = 0;
-    for (const [k, at] of this.#slots) {
-      if (!keep.has(k)) {
-        this.#slots.delete(k);
-        continue;
-      }
-      if (at !== to) {
-        this.#bytes.copy(this.#bytes, to * DIGEST_BYTES, at * DIGEST_BYTES, (at + 1) * DIGEST_BYTES);
-        this.#slots.set(k, to);
-      }
-      to++;
-    }
-    const fit = DIGEST_BYTES * Math.max(to, 1024);
-    if (fit < this.#bytes.length) this.#bytes = Buffer.from(this.#bytes.subarray(0, fit));
-  }
+/** A saved member's key, `ino:size:mtimeNs:ctimeNs` (the text parser checked its form), as parts. */
+function partsOf(key: string): IndexKeyParts {
+  const [ino, size, mtimeNs, ctimeNs] = key.split(':').map((n) => BigInt(n)) as [bigint, bigint, bigint, bigint];
+  return { ino, size: Number(size), mtimeNs, ctimeNs };
 }
 
 /** sha256 of a file, reading it without following a symlink at its place. */
@@ -221,9 +167,7 @@ export async function hashFile(abs: PathLike): Promise<string> {
  */
 export class ContentIndex implements ContentHasher {
   readonly root: string;
-  readonly #known = new DigestTable();
-  /** Keys whose digest this process read from the file itself (not loaded from a saved index). */
-  readonly #hashedHere = new Set<string>();
+  readonly #known = new IndexTable();
   /** Files actually read to hash them (for reports and tests). */
   hashedFiles = 0;
   hashedBytes = 0;
@@ -246,7 +190,7 @@ export class ContentIndex implements ContentHasher {
     } catch {
       return idx;
     }
-    const parser = new IndexTextParser((key, digest) => idx.#known.set(key, digest));
+    const parser = new IndexTextParser((key, digest) => idx.#known.set(partsOf(key), digest));
     try {
       const piece = Buffer.allocUnsafe(INDEX_READ_PIECE);
       for (;;) {
@@ -268,8 +212,8 @@ export class ContentIndex implements ContentHasher {
     try {
       let piece = INDEX_HEAD;
       let first = true;
-      for (const k of this.#known.keys()) {
-        piece += `${first ? '' : ','}"${k}":"${this.#known.get(k)!}"`;
+      for (let r = 0; r < this.#known.size; r++) {
+        piece += `${first ? '' : ','}"${this.#known.keyAt(r)}":"${this.#known.digestAt(r)}"`;
         first = false;
         if (piece.length >= 64 * 1024) {
           await fh.write(piece);
@@ -289,33 +233,30 @@ export class ContentIndex implements ContentHasher {
 
   /**
    * Record a known digest (the executor does this for everything it writes, from the TOC); the
-   * file's key, for retainKeys.
+   * file's key, for retainKeys (-1: not recorded).
    */
-  remember(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>, digest: string): string {
-    const key = keyOf(e);
-    if (SHA256.test(digest)) this.#known.set(key, digest);
-    return key;
+  remember(e: IndexKeyParts, digest: string): IndexKey {
+    return SHA256.test(digest) ? this.#known.set(e, digest) : this.#known.find(e);
   }
 
-  /** Drop everything except these keys (after an apply, only the new tree's files matter). */
-  retainKeys(keep: ReadonlySet<string>): void {
+  /** Drop everything except these keys (after an apply, only the new tree's files matter); earlier keys are invalid after. */
+  retainKeys(keep: ReadonlySet<IndexKey>): void {
     this.#known.retain(keep);
   }
 
   async digestOf(e: ExistingEntry): Promise<string> {
-    const k = keyOf(e);
-    const known = this.#known.get(k);
-    if (known) return known;
+    const r = this.#known.find(e);
+    if (r !== -1) return this.#known.digestAt(r);
     const d = await hashFile(Buffer.concat([Buffer.from(this.root, 'utf8'), SLASH, bbuf(e.path)]));
     this.hashedFiles++;
     this.hashedBytes += e.size;
-    this.#known.set(k, d);
-    this.#hashedHere.add(k);
+    this.#known.set(e, d, true);
     return d;
   }
 
   /** Whether this process read the file with this key to hash it (rather than trusting a saved index). */
-  hashedHere(e: Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): boolean {
-    return this.#hashedHere.has(keyOf(e));
+  hashedHere(e: IndexKeyParts): boolean {
+    const r = this.#known.find(e);
+    return r !== -1 && this.#known.hashedHereAt(r);
   }
 }

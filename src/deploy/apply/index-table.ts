@@ -1,0 +1,163 @@
+/**
+ * The content index's table: (inode, size, mtime, ctime) -> sha256, every row as numbers and
+ * bytes (four 64-bit integers, 32 digest bytes, a flag) in growing typed arrays, found through an
+ * open-addressing table of row numbers. The key was a string `ino:size:mtime:ctime` (~70 bytes)
+ * in a Map (~30 more a slot) beside the digest: an index holds one row per file of a snapshot,
+ * and the executor records one for every file it leaves in the new tree.
+ *
+ * Rows keep the order they were added in (`keys`/`entries` give them so): the saved file lists
+ * its members in the order it always did.
+ */
+import type { ExistingEntry } from './types.ts';
+
+export type IndexKeyParts = Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>;
+
+const DIGEST_BYTES = 32;
+const EMPTY = -1;
+const U64 = (1n << 64n) - 1n;
+const I64_MIN = -(1n << 63n);
+const I64_MAX = (1n << 63n) - 1n;
+
+/** Can these parts be a row (ino an unsigned 64-bit number, size a safe integer, times signed 64-bit)? */
+function fits(k: IndexKeyParts): boolean {
+  return (
+    k.ino >= 0n &&
+    k.ino <= U64 &&
+    Number.isSafeInteger(k.size) &&
+    k.size >= 0 &&
+    k.mtimeNs >= I64_MIN &&
+    k.mtimeNs <= I64_MAX &&
+    k.ctimeNs >= I64_MIN &&
+    k.ctimeNs <= I64_MAX
+  );
+}
+
+export class IndexTable {
+  /** ino (as its 64 bits), size, mtimeNs, ctimeNs per row. */
+  #keys = new BigInt64Array(4 * 256);
+  #digests = Buffer.alloc(DIGEST_BYTES * 256);
+  /** Rows whose digest this process read from the file itself. */
+  #hashedHere = new Uint8Array(256);
+  /** Row numbers by hash position (EMPTY: free); a power of two long, at most half full. */
+  #table = new Int32Array(512).fill(EMPTY);
+  #size = 0;
+
+  get size(): number {
+    return this.#size;
+  }
+
+  /** The row of these key parts, or -1. */
+  find(k: IndexKeyParts): number {
+    if (!fits(k)) return EMPTY;
+    return this.#table[this.#position(k)]!;
+  }
+
+  /** `sha256:<hex>` of row `r`. */
+  digestAt(r: number): string {
+    return `sha256:${this.#digests.toString('hex', r * DIGEST_BYTES, (r + 1) * DIGEST_BYTES)}`;
+  }
+
+  hashedHereAt(r: number): boolean {
+    return this.#hashedHere[r] === 1;
+  }
+
+  /**
+   * Record `digest` (`sha256:<64 lowercase hex>`, checked by the caller) for these key parts:
+   * their row, new or updated (`hashedHere` marks it read by this process; a later set does not
+   * unmark it); -1 when the parts cannot be a row (nothing is recorded: the index only saves
+   * hashing).
+   */
+  set(k: IndexKeyParts, digest: string, hashedHere = false): number {
+    if (!fits(k)) return EMPTY;
+    const pos = this.#position(k);
+    let r = this.#table[pos]!;
+    if (r === EMPTY) {
+      r = this.#size++;
+      this.#ensure(this.#size);
+      this.#keys.set([BigInt.asIntN(64, k.ino), BigInt(k.size), k.mtimeNs, k.ctimeNs], r * 4);
+      this.#table[pos] = r;
+      if (this.#size * 2 > this.#table.length) this.#rehash(this.#table.length * 2);
+    }
+    this.#digests.write(digest.slice(7), r * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+    if (hashedHere) this.#hashedHere[r] = 1;
+    return r;
+  }
+
+  /** Row `r`'s key as the saved file spells it: `ino:size:mtimeNs:ctimeNs`, in decimal. */
+  keyAt(r: number): string {
+    const k = this.#keys;
+    return [BigInt.asUintN(64, k[r * 4]!), k[r * 4 + 1]!, k[r * 4 + 2]!, k[r * 4 + 3]!].join(':');
+  }
+
+  /** Keep only the rows in `keep`, in their order (row numbers change: earlier ones are invalid after). */
+  retain(keep: ReadonlySet<number>): void {
+    let to = 0;
+    for (let r = 0; r < this.#size; r++) {
+      if (!keep.has(r)) continue;
+      if (r !== to) {
+        this.#keys.copyWithin(to * 4, r * 4, r * 4 + 4);
+        this.#digests.copy(this.#digests, to * DIGEST_BYTES, r * DIGEST_BYTES, (r + 1) * DIGEST_BYTES);
+        this.#hashedHere[to] = this.#hashedHere[r]!;
+      }
+      to++;
+    }
+    this.#size = to;
+    // Shrink to fit (at least the first size) and find the rows again.
+    this.#resize(Math.max(to, 256));
+    let cap = 512;
+    while (this.#size * 2 > cap) cap *= 2;
+    this.#rehash(cap);
+  }
+
+  #ensure(rows: number): void {
+    if (rows * DIGEST_BYTES <= this.#digests.length) return;
+    this.#resize((this.#digests.length / DIGEST_BYTES) * 2);
+  }
+
+  #resize(rows: number): void {
+    const keys = new BigInt64Array(4 * rows);
+    keys.set(this.#keys.subarray(0, 4 * this.#size));
+    const digests = Buffer.alloc(DIGEST_BYTES * rows);
+    this.#digests.copy(digests, 0, 0, this.#size * DIGEST_BYTES);
+    const flags = new Uint8Array(rows);
+    flags.set(this.#hashedHere.subarray(0, this.#size));
+    this.#keys = keys;
+    this.#digests = digests;
+    this.#hashedHere = flags;
+  }
+
+  #hashOf(ino: bigint, size: bigint, mtimeNs: bigint, ctimeNs: bigint): number {
+    // The low 32 bits of each: inode numbers alone are nearly unique in a tree.
+    let h = Number(BigInt.asUintN(32, ino)) ^ Math.imul(Number(BigInt.asUintN(32, size)), 0x9e3779b1);
+    h = Math.imul(h ^ Number(BigInt.asUintN(32, mtimeNs)), 0x85ebca6b);
+    h = Math.imul(h ^ Number(BigInt.asUintN(32, ctimeNs)), 0xc2b2ae35);
+    return (h ^ (h >>> 16)) >>> 0;
+  }
+
+  /** Where `k` is in the table, or the free position it would take (linear probing). */
+  #position(k: IndexKeyParts): number {
+    const ino = BigInt.asIntN(64, k.ino);
+    const size = BigInt(k.size);
+    const mask = this.#table.length - 1;
+    const keys = this.#keys;
+    for (let pos = this.#hashOf(ino, size, k.mtimeNs, k.ctimeNs) & mask; ; pos = (pos + 1) & mask) {
+      const r = this.#table[pos]!;
+      if (r === EMPTY) return pos;
+      const at = r * 4;
+      if (keys[at] === ino && keys[at + 1] === size && keys[at + 2] === k.mtimeNs && keys[at + 3] === k.ctimeNs)
+        return pos;
+    }
+  }
+
+  #rehash(capacity: number): void {
+    const table = new Int32Array(capacity).fill(EMPTY);
+    const mask = capacity - 1;
+    const k = this.#keys;
+    for (let r = 0; r < this.#size; r++) {
+      let pos = this.#hashOf(k[r * 4]!, k[r * 4 + 1]!, k[r * 4 + 2]!, k[r * 4 + 3]!) & mask;
+      while (table[pos] !== EMPTY) pos = (pos + 1) & mask;
+      table[pos] = r;
+    }
+    this.#table = table;
+  }
+}
