@@ -202,9 +202,10 @@ const FRAME_CONTEXTS = 3;
 /** Input bytes of a layer's pending frames (above it, the next file is read when one is written). */
 const PENDING_BYTES = 4 * 1024 * 1024;
 /**
- * Read buffers for small files, shared by the layers being written. What it keeps must cover the
- * pending frames' buffers (sizes rounded up to a power of two): with 4 MiB, the bench's base tree
- * allocated 174 MiB of new buffers for the collector to find, with 8 MiB 97 MiB.
+ * Read buffers for small files, shared by the layers being written. What it keeps should cover
+ * the pending frames' buffers (sizes rounded up to a power of two), but it is resident all build
+ * long: with 4 MiB the bench's base tree allocates ~140 buffers in all, with 8 MiB ~95, for ~2 MiB
+ * more peak RSS.
  */
 const readBuffers = new BufferPool(64 * 1024, 4 * 1024 * 1024);
 /**
