@@ -120,19 +120,39 @@ function eightBytes(t: Int32Array, x: number, y: number): number {
   );
 }
 
-/** Builds the JSON lines while a tar is written; hand it to a sink in chunks. */
+/**
+ * Lines are handed to the sink in batches of at least this many bytes: a line per write was a
+ * round trip to the compressor's thread per tar member (the sink's compressor makes the same
+ * bytes however its input is cut, as long as nothing flushes it in between).
+ */
+export const TAR_SPLIT_BATCH = 64 * 1024;
+
+/** Builds the JSON lines while a tar is written; hands them to a sink in batches (TAR_SPLIT_BATCH, the rest at end()). */
 export class TarSplitWriter {
   #position = 0;
   #segment: Buffer[] = [];
-  readonly #sink: (line: Buffer) => void;
+  readonly #sink: (lines: Buffer) => void;
+  #batch: string[] = [];
+  /** Chars of the batch (at least its bytes / 3). */
+  #batchLength = 0;
+  /** Bytes handed to the sink (all of them after end()). */
   uncompressedSize = 0;
-  constructor(sink: (line: Buffer) => void) {
+  constructor(sink: (lines: Buffer) => void) {
     this.#sink = sink;
   }
   #emit(obj: Record<string, unknown>): void {
-    const line = Buffer.from(JSON.stringify(obj) + '\n', 'utf8');
-    this.uncompressedSize += line.length;
-    this.#sink(line);
+    const line = JSON.stringify(obj) + '\n';
+    this.#batch.push(line);
+    this.#batchLength += line.length;
+    if (this.#batchLength >= TAR_SPLIT_BATCH) this.#flushBatch();
+  }
+  #flushBatch(): void {
+    if (this.#batchLength === 0) return;
+    const lines = Buffer.from(this.#batch.join(''), 'utf8');
+    this.uncompressedSize += lines.length;
+    this.#batch = [];
+    this.#batchLength = 0;
+    this.#sink(lines);
   }
   /** Raw tar bytes that are not file content (headers, padding, the end marker). */
   raw(b: Buffer): void {
@@ -159,5 +179,6 @@ export class TarSplitWriter {
     this.#flushSegment(true);
     // tar-split records what follows the end marker as one more (here empty) segment.
     this.#emit({ type: 2, payload: '', position: this.#position++ });
+    this.#flushBatch();
   }
 }
