@@ -259,10 +259,14 @@ export async function buildBundle(
       throw new BuildError('BUILD_OPTION_INVALID', `SOURCE_DATE_EPOCH=${epoch} is not a representable date`);
 
     // 3. Rules and layers.
-    const tree = applyTreeRules(entries, { exclude: excludes, mtime: epoch });
+    let tree = applyTreeRules(entries, { exclude: excludes, mtime: epoch });
     entries = [];
     const osRelease = await readTreeOsRelease(tree);
-    const plan = planLayers(tree, nLayers);
+    const treeSize = tree.length;
+    let plan = planLayers(tree, nLayers);
+    // From here on each layer's writer holds its own entries, and only until its content is
+    // written: the TOCs are compressed (the build's peak) without the tree beside them.
+    tree = [];
     // Layers are independent: while one layer's files are read and hashed on this thread,
     // another's compression runs in the thread pool. One layer's content per core at a time,
     // the largest first (it is the longest job; the small ones fill the other core around it).
@@ -271,15 +275,18 @@ export async function buildBundle(
     const cores = new Semaphore(Math.min(availableParallelism(), 4));
     const results: LayerResult[] = [];
     const order = largestFirst(plan);
-    const contents = order.map((i) =>
-      cores.run(() =>
-        writeLayerContent(plan[i]!, join(tmp, `layer-${i}`), {
+    const contents = order.map((i) => {
+      const layerEntries = plan[i]!;
+      return cores.run(() =>
+        writeLayerContent(layerEntries, join(tmp, `layer-${i}`), {
           compression,
           level: opts.level,
           signal: opts.signal,
         }),
-      ),
-    );
+      );
+    });
+    const layerCount = plan.length;
+    plan = [];
     const allWritten = Promise.allSettled(contents);
     const settled = await Promise.allSettled(
       order.map(async (i, k) => {
@@ -288,10 +295,10 @@ export async function buildBundle(
     );
     const failed = settled.find((w) => w.status === 'rejected');
     if (failed) throw failed.reason;
-    const layers = plan.map((_, i) => results[i]!);
+    const layers = Array.from({ length: layerCount }, (_, i) => results[i]!);
     for (const [i, r] of layers.entries())
       progress(
-        `layer ${i + 1}/${plan.length}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`,
+        `layer ${i + 1}/${layerCount}: ${r.entries} entries, ${r.contentBytes} content bytes -> ${r.descriptor.size} bytes ${r.descriptor.digest}`,
       );
 
     // 4. Config and manifest.
@@ -359,7 +366,7 @@ export async function buildBundle(
     await dest.push(descriptor, Readable.from([manifestBytes]), { signal: opts.signal });
     await dest.tag(descriptor, tag, { signal: opts.signal });
     progress(`pushed ${dest.name} ${tag} ${descriptor.digest}`);
-    return { descriptor, manifest, config, layers, entries: tree.length };
+    return { descriptor, manifest, config, layers, entries: treeSize };
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }

@@ -8,31 +8,33 @@
  * frames (see toc.ts, tar-split.ts).
  * gzip: one plain gzip stream of the tar, no TOC.
  */
-import { createHash, type Hash } from 'node:crypto';
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { once } from 'node:events';
-import { constants as zc, createGzip, createZstdCompress, zstdCompress } from 'node:zlib';
+import { constants as zc, createGzip, zstdCompress } from 'node:zlib';
 import { promisify } from 'node:util';
 import { sha256 } from '../oci/digest.ts';
 import { BufferPool } from '../util/buffer-pool.ts';
+import { ByteBudget } from '../util/byte-budget.ts';
 import { Semaphore } from '../util/semaphore.ts';
 import { MediaType } from '../oci/mediatypes.ts';
 import { DeltaAnnotation } from '../patch/media.ts';
 import type { Descriptor, Digest } from '../oci/types.ts';
 import { BuildError } from './errors.ts';
+import { BlobFile } from './blob-file.ts';
+import { OrderedFrames, ZstdFramer } from './ordered-frames.ts';
 import { contentFile, showPath, type TreeEntry } from '../layer/entry.ts';
 import { encodeHeader, END_OF_ARCHIVE, paddingFor } from '../layer/tar.ts';
 import { Crc64, TarSplitWriter } from '../layer/tar-split.ts';
 import {
   encodeFooter,
-  encodeToc,
   MANIFEST_TYPE_CRFS,
   SKIPPABLE_HEADER,
   skippableFrame,
   tocEntryOf,
   ZstdChunkedAnnotation,
-  type Toc,
 } from '../layer/toc.ts';
+import { TocJsonWriter } from '../layer/toc-writer.ts';
 
 export type LayerCompression = 'zstd' | 'gzip';
 
@@ -135,6 +137,8 @@ function readWhole(e: TreeEntry, into: Buffer): Buffer {
 }
 
 const oneByte = Buffer.alloc(1);
+/** A file's padding to the next tar block: views of one zero block, only ever read. */
+const ZEROS = Buffer.alloc(512);
 
 /** The file (or spool slice) holding an entry's content, opened for reading; the caller closes it. */
 function openContent(e: TreeEntry): { c: NonNullable<ReturnType<typeof contentFile>>; fd: number } {
@@ -150,25 +154,6 @@ function openContent(e: TreeEntry): { c: NonNullable<ReturnType<typeof contentFi
 /** The member name as the tar header spells it (directories end in '/'). */
 function tarName(e: TreeEntry): string {
   return e.type === 'dir' ? e.path + '/' : e.path;
-}
-
-class BlobFile {
-  readonly fd: number;
-  readonly hash: Hash = createHash('sha256');
-  size = 0;
-  constructor(path: string) {
-    this.fd = openSync(path, 'w', 0o600);
-  }
-  write(b: Uint8Array): void {
-    let off = 0;
-    while (off < b.length) off += writeSync(this.fd, b, off, b.length - off);
-    this.hash.update(b);
-    this.size += b.length;
-  }
-  close(): Digest {
-    closeSync(this.fd);
-    return `sha256:${this.hash.digest('hex')}`;
-  }
 }
 
 /**
@@ -208,171 +193,6 @@ export async function writeLayerContent(
   return { finish: () => Promise.resolve(done) };
 }
 
-/**
- * Output buffer of a zstd context. Each one that fills is a round trip between the thread pool
- * and this thread (node:zlib's default is 16 KiB: ~13,000 of them for the bench's base tree);
- * the output bytes do not depend on it.
- */
-const OUTPUT_CHUNK = 128 * 1024;
-
-/**
- * One zstd compression context, cut into independent frames with ZSTD_e_end flushes. (A fresh
- * context per file, as zstdCompressSync makes, leaves native memory for the garbage collector
- * to find: ~100 MB more on a 50k-file layer.) Output goes to whatever `sink` is at the time.
- */
-class ZstdFramer {
-  readonly #z: ReturnType<typeof createZstdCompress>;
-  #error: Error | undefined;
-  #open = false;
-  sink: (b: Buffer) => void;
-  constructor(params: Record<number, number>, sink: (b: Buffer) => void = () => undefined) {
-    this.sink = sink;
-    this.#z = createZstdCompress({ params, chunkSize: OUTPUT_CHUNK });
-    this.#z.on('data', (b: Buffer) => this.sink(b));
-    this.#z.on('error', (e) => (this.#error = e));
-  }
-  #check(): void {
-    if (this.#error) throw this.#error;
-  }
-  /** Resolves once the compressor has taken all of `b` in: the caller may then reuse it. */
-  async write(b: Buffer): Promise<void> {
-    this.#check();
-    if (b.length === 0) return;
-    this.#open = true;
-    await new Promise<void>((res, rej) => this.#z.write(b, (err) => (err ? rej(err) : res())));
-    this.#check();
-  }
-  /** Write without waiting for the compressor (small side streams; their errors show in close()). */
-  push(b: Buffer): void {
-    if (b.length === 0) return;
-    this.#open = true;
-    this.#z.write(b);
-  }
-  /** End the current frame: everything written so far has reached the sink when this resolves. */
-  async endFrame(): Promise<void> {
-    if (!this.#open) return;
-    await new Promise<void>((res) => this.#z.flush(zc.ZSTD_e_end, () => res()));
-    this.#open = false;
-    this.#check();
-  }
-  async close(): Promise<void> {
-    await this.endFrame();
-    this.#z.end();
-    await once(this.#z, 'end').catch(() => undefined);
-  }
-  destroy(): void {
-    this.#z.destroy();
-  }
-}
-
-/**
- * Frames compressed in parallel and written in order. Every frame of a zstd:chunked layer is
- * independent (a file's content, or the tar headers between two files), so a few contexts in
- * the thread pool can work on consecutive frames at once while this thread reads and hashes the
- * next files; a layer that holds most of the tree (kernel modules) no longer compresses on one
- * core. At most `window` frames and `budget` bytes of input are pending (one frame at least):
- * they bound the memory, whatever the sizes of the files.
- */
-class OrderedFrames {
-  readonly #contexts: ZstdFramer[];
-  /** Per context, the end of the work queued on it. */
-  readonly #tails: Promise<unknown>[];
-  #next = 0;
-  readonly #pending: { out: Promise<Buffer[]>; size: number; written?: (start: number, end: number) => void }[] = [];
-  #pendingBytes = 0;
-  readonly #out: BlobFile;
-  readonly window: number;
-  readonly #budget: number;
-  constructor(params: Record<number, number>, out: BlobFile, contexts: number, budget: number) {
-    this.#contexts = Array.from({ length: contexts }, () => new ZstdFramer(params));
-    this.#tails = this.#contexts.map(() => Promise.resolve());
-    this.#out = out;
-    this.window = contexts * 2;
-    this.#budget = budget;
-  }
-  /**
-   * Run `job` on the next context in turn. Frames go round the contexts in a fixed order, not
-   * to whichever is free: zstd's output for a frame can depend on what its context compressed
-   * before, and the layer must come out the same on every build.
-   */
-  #onNextContext<T>(job: (f: ZstdFramer) => Promise<T>): Promise<T> {
-    const k = this.#next++ % this.#contexts.length;
-    const run = this.#tails[k]!.then(() => job(this.#contexts[k]!));
-    this.#tails[k] = run.catch(() => undefined);
-    return run;
-  }
-  /**
-   * Queue `data` as one frame (not reused by the caller until `written` has run); `written`
-   * gets the frame's offsets in the blob. Waits while the window is full.
-   */
-  async add(data: Buffer, written?: (start: number, end: number) => void): Promise<void> {
-    const out = this.#onNextContext(async (f) => {
-      const chunks: Buffer[] = [];
-      f.sink = (b) => chunks.push(b);
-      await f.write(data);
-      await f.endFrame();
-      return chunks;
-    });
-    out.catch(() => undefined); // thrown where it is awaited, in order
-    this.#pending.push({ out, size: data.length, ...(written ? { written } : {}) });
-    this.#pendingBytes += data.length;
-    await this.drain(this.window - 1);
-  }
-  /** Wait until `bytes` more input fit the budget (or nothing is pending): call before reading them. */
-  async makeRoom(bytes: number): Promise<void> {
-    while (this.#pending.length > 0 && this.#pendingBytes + bytes > this.#budget) await this.#writeFirst();
-  }
-  /** Write finished frames, in order, until at most `keep` are pending. */
-  async drain(keep = 0): Promise<void> {
-    while (this.#pending.length > keep) await this.#writeFirst();
-  }
-  async #writeFirst(): Promise<void> {
-    const first = this.#pending[0]!;
-    const chunks = await first.out;
-    this.#pending.shift();
-    this.#pendingBytes -= first.size;
-    const start = this.#out.size;
-    for (const c of chunks) this.#out.write(c);
-    first.written?.(start, this.#out.size);
-  }
-  /**
-   * One large frame streamed straight into the blob, after everything queued before it; `written`
-   * as for add(). A piece must stay unchanged until the one after it has been taken.
-   */
-  async stream(
-    pieces: Iterable<Buffer> | AsyncIterable<Buffer>,
-    written: (start: number, end: number) => void,
-  ): Promise<void> {
-    await this.drain();
-    await this.#onNextContext(async (f) => {
-      const start = this.#out.size;
-      f.sink = (b) => this.#out.write(b);
-      // One piece in the compressor while the next is read and hashed (two read buffers).
-      let taking: Promise<void> | undefined;
-      for await (const p of pieces) {
-        const next = f.write(p);
-        next.catch(() => undefined); // thrown where it is awaited
-        await taking;
-        taking = next;
-      }
-      await taking;
-      await f.endFrame();
-      written(start, this.#out.size);
-    });
-  }
-  async close(): Promise<void> {
-    await this.drain();
-    // Ending a zstd stream emits one more (empty) frame: not part of the layer.
-    for (const f of this.#contexts) {
-      f.sink = () => undefined;
-      await f.close();
-    }
-  }
-  destroy(): void {
-    for (const f of this.#contexts) f.destroy();
-  }
-}
-
 /** zstd level of the TOC frame (the file frames keep `LayerWriteOptions.level`). */
 const TOC_LEVEL = 19;
 const zstdCompressAsync = promisify(zstdCompress);
@@ -382,19 +202,33 @@ const FRAME_CONTEXTS = 3;
 /** Input bytes of a layer's pending frames (above it, the next file is read when one is written). */
 const PENDING_BYTES = 4 * 1024 * 1024;
 /**
- * Read buffers for small files, shared by the layers being written. What it keeps must cover the
- * pending frames' buffers (sizes rounded up to a power of two): with 4 MiB, the bench's base tree
- * allocated 174 MiB of new buffers for the collector to find, with 8 MiB 97 MiB.
+ * Read buffers for small files, shared by the layers being written. What it keeps should cover
+ * the pending frames' buffers (sizes rounded up to a power of two), but it is resident all build
+ * long: with 4 MiB the bench's base tree allocates ~140 buffers in all, with 8 MiB ~95, for ~2 MiB
+ * more peak RSS.
  */
-const readBuffers = new BufferPool(64 * 1024, 8 * 1024 * 1024);
+const readBuffers = new BufferPool(64 * 1024, 4 * 1024 * 1024);
+/**
+ * The pending frames' compressed bytes (ordered-frames.ts), shared by the layers being written:
+ * about a third of their input, in smaller size classes than the reads (one pool for both made
+ * the small output classes evict the read buffers: 821 allocations instead of ~150).
+ */
+const frameBuffers = new BufferPool(16 * 1024, 4 * 1024 * 1024);
 /**
  * A TOC JSON above this size waits for the other layers' content (UnfinishedLayer.finish): its
  * level-19 tables grow with it (a 1.2 MiB TOC: ~35 MiB), while those of the smaller TOCs (a few
  * MiB) may sit beside the contexts of layers still being written.
  */
 const LARGE_TOC = 512 * 1024;
-/** One TOC is compressed at a time (see writeLayerContent), also when layers are finished at once. */
+/** The small TOCs are compressed one at a time (see writeLayerContent), beside the layers still being written. */
 const tocTurn = new Semaphore(1);
+/**
+ * The large TOCs, once no layer's content is being written any more, are compressed side by side
+ * while their JSON fits this (level 19's tables take ~25 times the JSON: 1.2 MiB, ~34 MiB), a
+ * larger one alone: they are the end of a build, where one after the other leaves a core idle,
+ * but their tables are the build's peak of memory (the larger bench tree's 4.2 MiB TOC: ~70 MiB).
+ */
+const largeTocs = new ByteBudget(1024 * 1024);
 
 async function writeZstdChunked(
   entries: readonly TreeEntry[],
@@ -404,13 +238,15 @@ async function writeZstdChunked(
   const level = opts.level ?? 3;
   const params = { [zc.ZSTD_c_compressionLevel]: level, [zc.ZSTD_c_checksumFlag]: 1 };
   const out = new BlobFile(file);
-  const frames = new OrderedFrames(params, out, FRAME_CONTEXTS, PENDING_BYTES);
+  const frames = new OrderedFrames(params, out, FRAME_CONTEXTS, PENDING_BYTES, frameBuffers);
   // tar-split lines, compressed as they come (they are kept until the end: ~1/10 of the TOC).
   const splitChunks: Buffer[] = [];
   const zs = new ZstdFramer(params, (b) => splitChunks.push(b));
-  const split = new TarSplitWriter((line) => zs.push(line));
+  const split = new TarSplitWriter((lines) => zs.push(lines));
   const tar = createHash('sha256');
-  const toc: Toc = { version: 1, entries: [] };
+  const toc = new TocJsonWriter();
+  // Not `entries` itself: the tree entries need not outlive the writing (see build.ts).
+  const entryCount = entries.length;
   // Tar headers (and padding) since the last frame: they become the next header frame.
   let headers: Buffer[] = [];
   let pendingLen = 0;
@@ -423,11 +259,13 @@ async function writeZstdChunked(
   };
   const endHeaderFrame = async () => {
     if (!pendingLen) return;
-    // One buffer: each write is a round trip to the thread pool.
-    const frame = headers.length === 1 ? headers[0]! : Buffer.concat(headers, pendingLen);
+    // One buffer (each write is a round trip to the thread pool), pooled like a file's.
+    const into = readBuffers.take(pendingLen);
+    let at = 0;
+    for (const h of headers) at += h.copy(into, at);
     headers = [];
     pendingLen = 0;
-    await frames.add(frame);
+    await frames.add(into.subarray(0, at), () => readBuffers.give(into));
   };
   try {
     for (const e of entries) {
@@ -441,6 +279,7 @@ async function writeZstdChunked(
         const setOffsets = (start: number, end: number) => {
           t.offset = start;
           t.endOffset = end;
+          toc.encodeReady();
         };
         if (e.size <= WHOLE_FILE_LIMIT) {
           await frames.makeRoom(e.size);
@@ -482,11 +321,11 @@ async function writeZstdChunked(
         split.file(tarName(e), e.size, crc.digest());
         t.digest = `sha256:${fileHash.digest('hex')}`;
         contentBytes += e.size;
-        meta(Buffer.alloc(paddingFor(e.size)));
+        meta(ZEROS.subarray(0, paddingFor(e.size)));
       } else {
         split.file(tarName(e), 0, null);
       }
-      toc.entries.push(t);
+      toc.add(t);
       if (pendingLen > HEADER_FRAME_LIMIT) await endHeaderFrame();
     }
     meta(END_OF_ARCHIVE);
@@ -497,23 +336,34 @@ async function writeZstdChunked(
   } catch (err) {
     frames.destroy();
     zs.destroy();
-    closeQuietly(out.fd);
+    out.closeQuietly();
     throw err;
   }
   const splitData = Buffer.concat(splitChunks);
-  toc.tarSplitDigest = `sha256:${createHash('sha256').update(splitData).digest('hex')}`;
+  let json: Buffer;
+  try {
+    // The JSON now, while the layer waits for its turn to compress it (finish).
+    json = toc.finish(`sha256:${createHash('sha256').update(splitData).digest('hex')}`);
+  } catch (err) {
+    out.closeQuietly();
+    throw err;
+  }
   const finish = async (othersWritten?: Promise<unknown>): Promise<LayerResult> => {
     // Every device that updates by file fetches the TOCs: level 19 makes them ~16% smaller for ~2 s of CPU per
     // build of the bench trees (bench/README.md).
-    const json = encodeToc(toc);
-    if (json.length > LARGE_TOC) await othersWritten;
-    const compressed = await tocTurn.run(() =>
+    const compress = () =>
       zstdCompressAsync(json, {
         params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL },
         // A known size lets zstd size its tables to the TOC, not to level 19's defaults (~100 MiB).
         pledgedSrcSize: json.length,
-      }),
-    );
+      });
+    let compressed: Buffer;
+    if (json.length > LARGE_TOC) {
+      await othersWritten;
+      compressed = await largeTocs.run(json.length, compress);
+    } else {
+      compressed = await tocTurn.run(compress);
+    }
     const tocOffset = out.size + SKIPPABLE_HEADER;
     out.write(skippableFrame(compressed));
     const splitOffset = out.size + SKIPPABLE_HEADER;
@@ -546,7 +396,7 @@ async function writeZstdChunked(
         },
       },
       diffId: `sha256:${tar.digest('hex')}`,
-      entries: entries.length,
+      entries: entryCount,
       contentBytes,
     };
   };
@@ -555,19 +405,11 @@ async function writeZstdChunked(
       try {
         return await finish(othersWritten);
       } catch (err) {
-        closeQuietly(out.fd);
+        out.closeQuietly();
         throw err;
       }
     },
   };
-}
-
-function closeQuietly(fd: number): void {
-  try {
-    closeSync(fd);
-  } catch {
-    /* already closed */
-  }
 }
 
 async function writeGzip(entries: readonly TreeEntry[], file: string, opts: LayerWriteOptions): Promise<LayerResult> {
@@ -598,7 +440,7 @@ async function writeGzip(entries: readonly TreeEntry[], file: string, opts: Laye
         } finally {
           readBuffers.give(piece);
         }
-        await put(Buffer.alloc(paddingFor(e.size)));
+        await put(ZEROS.subarray(0, paddingFor(e.size)));
         contentBytes += e.size;
       }
     }
@@ -608,7 +450,7 @@ async function writeGzip(entries: readonly TreeEntry[], file: string, opts: Laye
   } catch (err) {
     gz.destroy();
     await drained.catch(() => undefined);
-    closeQuietly(out.fd);
+    out.closeQuietly();
     throw err;
   }
   const digest = out.close();

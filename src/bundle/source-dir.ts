@@ -13,6 +13,9 @@ import { compareBytes } from '../layer/paths.ts';
 
 export { devMajor, devMinor } from '../layer/entry.ts';
 
+/** The walk lets the event loop run after this many directories (getfattr's output is read meanwhile). */
+const YIELD_EVERY_DIRS = 64;
+
 export interface ScanOptions {
   signal?: AbortSignal;
   /** Skip reading these subtrees at all (tree paths); their directories are still listed. */
@@ -31,9 +34,11 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   }
   if (!rootStat.isDirectory())
     throw new BuildError('BUILD_SOURCE_UNSUPPORTED', `${root} is not a directory`, { source: root });
-  const xattrs = new Map(
-    [...(await readTreeXattrs(root, { signal: opts.signal }))].map(([p, list]) => [p, Object.fromEntries(list)]),
-  );
+  // getfattr reads the xattrs in its own process while this thread walks the tree (the walk
+  // yields to the event loop now and then, so that getfattr's output is taken as it comes).
+  const xattrsRead = readTreeXattrs(root, { signal: opts.signal });
+  xattrsRead.catch(() => undefined); // awaited after the walk
+  let dirsWalked = 0;
   const rootBuf = Buffer.from(root === '/' ? '' : root, 'utf8');
   const entries: TreeEntry[] = [];
   // Shared by every entry: no per-file path buffer or empty array kept in memory.
@@ -46,6 +51,7 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   const visit = async (rel: string): Promise<void> => {
     opts.signal?.throwIfAborted();
     // Sync calls: one thread, no promise per file; this keeps a 100k-file scan small in memory.
+    if (++dirsWalked % YIELD_EVERY_DIRS === 0) await new Promise(setImmediate);
     const names = readdirSync(abs(rel), { encoding: 'buffer' }).map(bstr).sort(compareBytes);
     for (const name of names) {
       const path = rel === '' ? name : `${rel}/${name}`;
@@ -61,7 +67,7 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
         gid: Number(st.gid),
         mtimeNs: st.mtimeNs,
         size: 0,
-        xattrs: xattrs.get(path) ?? noXattrs,
+        xattrs: noXattrs,
       };
       if (type === 'reg') {
         const key = `${st.dev}:${st.ino}`;
@@ -101,5 +107,11 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
       },
     );
   }
+  const xattrs = await xattrsRead;
+  if (xattrs.size)
+    for (const e of entries) {
+      const list = xattrs.get(e.path);
+      if (list) e.xattrs = Object.fromEntries(list);
+    }
   return entries;
 }

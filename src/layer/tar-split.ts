@@ -54,45 +54,61 @@ export class Crc64 {
     this.#wordLoads = wordLoads;
   }
   update(b: Uint8Array): this {
+    let i = 0;
+    if (this.#wordLoads && b.length >= 16) {
+      // Bytes up to a 4-byte boundary one at a time, then whole words.
+      i = this.#bytes(b, 0, (4 - (b.byteOffset & 3)) & 3);
+      i = this.#wordsLittleEndian(b, i);
+    } else {
+      i = this.#wordsFromBytes(b);
+    }
+    this.#bytes(b, i, b.length);
+    return this;
+  }
+  /** One byte at a time over b[from, to); returns `to`. */
+  #bytes(b: Uint8Array, from: number, to: number): number {
     const L = TABLE_LO;
     const H = TABLE_HI;
     let lo = this.#lo;
     let hi = this.#hi;
-    let i = 0;
-    let words: Int32Array | undefined;
-    if (this.#wordLoads && b.length >= 16) {
-      // Bytes up to a 4-byte boundary one at a time, then whole words.
-      for (const head = (4 - (b.byteOffset & 3)) & 3; i < head; i++) {
-        const idx = (lo ^ b[i]!) & 0xff;
-        lo = ((lo >>> 8) | ((hi & 0xff) << 24)) ^ L[idx]!;
-        hi = (hi >>> 8) ^ H[idx]!;
-      }
-      words = new Int32Array(b.buffer, b.byteOffset + i, ((b.length - i) >>> 3) << 1);
-    }
-    if (words) {
-      for (let w = 0; w < words.length; w += 2) {
-        const x = lo ^ words[w]!;
-        const y = hi ^ words[w + 1]!;
-        lo = eightBytes(L, x, y);
-        hi = eightBytes(H, x, y);
-      }
-      i += words.length * 4;
-    } else {
-      for (const n8 = b.length - (b.length % 8); i < n8; i += 8) {
-        const x = lo ^ (b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24));
-        const y = hi ^ (b[i + 4]! | (b[i + 5]! << 8) | (b[i + 6]! << 16) | (b[i + 7]! << 24));
-        lo = eightBytes(L, x, y);
-        hi = eightBytes(H, x, y);
-      }
-    }
-    for (; i < b.length; i++) {
+    for (let i = from; i < to; i++) {
       const idx = (lo ^ b[i]!) & 0xff;
       lo = ((lo >>> 8) | ((hi & 0xff) << 24)) ^ L[idx]!;
       hi = (hi >>> 8) ^ H[idx]!;
     }
     this.#lo = lo;
     this.#hi = hi;
-    return this;
+    return to;
+  }
+  /** Eight bytes at a time from `from` (4-byte aligned) through an Int32Array view; returns where it stopped. */
+  #wordsLittleEndian(b: Uint8Array, from: number): number {
+    const words = new Int32Array(b.buffer, b.byteOffset + from, ((b.length - from) >>> 3) << 1);
+    let lo = this.#lo;
+    let hi = this.#hi;
+    for (let w = 0; w < words.length; w += 2) {
+      const x = lo ^ words[w]!;
+      const y = hi ^ words[w + 1]!;
+      lo = eightBytes(TABLE_LO, x, y);
+      hi = eightBytes(TABLE_HI, x, y);
+    }
+    this.#lo = lo;
+    this.#hi = hi;
+    return from + words.length * 4;
+  }
+  /** Eight bytes at a time, each word assembled from its bytes (any host); returns where it stopped. */
+  #wordsFromBytes(b: Uint8Array): number {
+    let lo = this.#lo;
+    let hi = this.#hi;
+    const n8 = b.length - (b.length % 8);
+    for (let i = 0; i < n8; i += 8) {
+      const x = lo ^ (b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24));
+      const y = hi ^ (b[i + 4]! | (b[i + 5]! << 8) | (b[i + 6]! << 16) | (b[i + 7]! << 24));
+      lo = eightBytes(TABLE_LO, x, y);
+      hi = eightBytes(TABLE_HI, x, y);
+    }
+    this.#lo = lo;
+    this.#hi = hi;
+    return n8;
   }
   /** 8 bytes, big-endian, as Go's Sum appends them. */
   digest(): Buffer {
@@ -120,19 +136,39 @@ function eightBytes(t: Int32Array, x: number, y: number): number {
   );
 }
 
-/** Builds the JSON lines while a tar is written; hand it to a sink in chunks. */
+/**
+ * Lines are handed to the sink in batches of at least this many bytes: a line per write was a
+ * round trip to the compressor's thread per tar member (the sink's compressor makes the same
+ * bytes however its input is cut, as long as nothing flushes it in between).
+ */
+export const TAR_SPLIT_BATCH = 64 * 1024;
+
+/** Builds the JSON lines while a tar is written; hands them to a sink in batches (TAR_SPLIT_BATCH, the rest at end()). */
 export class TarSplitWriter {
   #position = 0;
   #segment: Buffer[] = [];
-  readonly #sink: (line: Buffer) => void;
+  readonly #sink: (lines: Buffer) => void;
+  #batch: string[] = [];
+  /** Chars of the batch (at least its bytes / 3). */
+  #batchLength = 0;
+  /** Bytes handed to the sink (all of them after end()). */
   uncompressedSize = 0;
-  constructor(sink: (line: Buffer) => void) {
+  constructor(sink: (lines: Buffer) => void) {
     this.#sink = sink;
   }
   #emit(obj: Record<string, unknown>): void {
-    const line = Buffer.from(JSON.stringify(obj) + '\n', 'utf8');
-    this.uncompressedSize += line.length;
-    this.#sink(line);
+    const line = JSON.stringify(obj) + '\n';
+    this.#batch.push(line);
+    this.#batchLength += line.length;
+    if (this.#batchLength >= TAR_SPLIT_BATCH) this.#flushBatch();
+  }
+  #flushBatch(): void {
+    if (this.#batchLength === 0) return;
+    const lines = Buffer.from(this.#batch.join(''), 'utf8');
+    this.uncompressedSize += lines.length;
+    this.#batch = [];
+    this.#batchLength = 0;
+    this.#sink(lines);
   }
   /** Raw tar bytes that are not file content (headers, padding, the end marker). */
   raw(b: Buffer): void {
@@ -159,5 +195,6 @@ export class TarSplitWriter {
     this.#flushSegment(true);
     // tar-split records what follows the end marker as one more (here empty) segment.
     this.#emit({ type: 2, payload: '', position: this.#position++ });
+    this.#flushBatch();
   }
 }

@@ -75,8 +75,13 @@ describe('IndexTable (the content index as rows)', function () {
       r++;
     }
     assert.equal(t.hashedHereAt(t.find(parts(10))), true);
-    // And it grows on after.
+    // And it grows on after, also once trimmed to its rows.
     assert.equal(t.set(parts(5000), digestOf(5000)), keep.size);
     assert.equal(t.find(parts(5000)), keep.size);
+    t.trim();
+    assert.equal(t.digestAt(t.find(parts(5000))), digestOf(5000));
+    assert.equal(t.digestAt(t.find(parts(1))), digestOf(1));
+    assert.equal(t.set(parts(5001), digestOf(5001)), keep.size + 1);
+    assert.equal(t.find(parts(5001)), keep.size + 1);
   });
 });

@@ -213,20 +213,26 @@ describe('planning memory (issue 19)', function () {
     assert.deepEqual([...old.byIno.keys()], [2n]);
   });
 
-  it('remembers the digests of 20,000 files in a content index in under 140 bytes each (string keys held ~170, made by a template literal ~365)', function () {
+  it('remembers the digests of 20,000 files in a content index in under 110 bytes each (string keys held ~170, made by a template literal ~365)', function () {
     const n = 20_000;
     const { files, digests } = indexInputs(n);
     const held = () => process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
     const gc = collector();
-    gc();
-    const before = held();
-    const idx = new ContentIndex('/x');
-    for (let i = 0; i < n; i++) idx.remember(files[i]!, digests[i]!);
-    gc();
-    const perFile = (held() - before) / n;
+    // The least of three tries: after the other tests, a collection now and then leaves MiBs of
+    // their garbage to a later one, which would count against a single measurement.
+    let perFile = Infinity;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      gc();
+      const before = held();
+      const idx = new ContentIndex('/x');
+      for (let i = 0; i < n; i++) idx.remember(files[i]!, digests[i]!);
+      gc();
+      perFile = Math.min(perFile, (held() - before) / n);
+      assert.equal(idx.size, n);
+    }
     // Used after the measurement: dead, the inputs' own bytes would count against the index.
-    assert.equal(idx.size, files.length + digests.length - n);
-    assert.ok(perFile < 140, `${perFile.toFixed(0)} bytes per file`);
+    assert.equal(files.length + digests.length, 2 * n);
+    assert.ok(perFile < 110, `${perFile.toFixed(0)} bytes per file`);
   });
 
   it('keeps exactly the kept keys of a content index, each with its own digest, and grows on after', async function () {

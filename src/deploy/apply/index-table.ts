@@ -109,9 +109,15 @@ export class IndexTable {
     this.#rehash(cap);
   }
 
+  /** Give back the room rows were not added to (an index loaded whole gets no more rows for a while). */
+  trim(): void {
+    if (this.#size * DIGEST_BYTES < this.#digests.length) this.#resize(Math.max(this.#size, 256));
+  }
+
   #ensure(rows: number): void {
     if (rows * DIGEST_BYTES <= this.#digests.length) return;
-    this.#resize((this.#digests.length / DIGEST_BYTES) * 2);
+    // By half again, not double: the room a full table leaves unused is a third at most.
+    this.#resize(Math.ceil((this.#digests.length / DIGEST_BYTES) * 1.5));
   }
 
   #resize(rows: number): void {

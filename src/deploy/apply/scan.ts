@@ -203,7 +203,9 @@ export class ContentIndex implements ContentHasher {
     } finally {
       await fh.close();
     }
-    return parser.end() ? idx : new ContentIndex(root);
+    if (!parser.end()) return new ContentIndex(root);
+    idx.#known.trim();
+    return idx;
   }
 
   /** The file is written in pieces: one object or string of every entry would be tens of MB at once. */

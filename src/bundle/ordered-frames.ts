@@ -1,0 +1,254 @@
+/**
+ * zstd frames compressed in parallel in the thread pool and written to a layer blob in order.
+ * Every frame of a zstd:chunked layer is independent (a file's content, or the tar headers
+ * between two files), so a few contexts can work on consecutive frames at once while the main
+ * thread reads and hashes the next files.
+ *
+ * Memory: a frame's compressed bytes are copied, as the compressor hands them out, into one
+ * buffer from a pool (the one the files are read into), which goes back to the pool once the
+ * frame is written. Holding node:zlib's
+ * output chunks instead kept each of its 128 KiB output buffers alive until the frame's turn came;
+ * by then they were promoted out of V8's young generation, and dead ones piled up by tens of MiB
+ * until a full collection (the larger bench tree: up to ~110 MiB of ArrayBuffers).
+ */
+import { once } from 'node:events';
+import { constants as zc, createZstdCompress } from 'node:zlib';
+import type { BufferPool } from '../util/buffer-pool.ts';
+import type { BlobFile } from './blob-file.ts';
+
+/**
+ * Output buffer of a zstd context. Each one that fills is a round trip between the thread pool
+ * and this thread (node:zlib's default is 16 KiB: ~13,000 of them for the bench's base tree);
+ * the output bytes do not depend on it.
+ */
+const OUTPUT_CHUNK = 128 * 1024;
+
+/**
+ * One zstd compression context, cut into independent frames with ZSTD_e_end flushes. (A fresh
+ * context per file, as zstdCompressSync makes, leaves native memory for the garbage collector
+ * to find: ~100 MB more on a 50k-file layer.) Output goes to whatever `sink` is at the time.
+ */
+export class ZstdFramer {
+  readonly #z: ReturnType<typeof createZstdCompress>;
+  #error: Error | undefined;
+  #open = false;
+  sink: (b: Buffer) => void;
+  constructor(params: Record<number, number>, sink: (b: Buffer) => void = () => undefined) {
+    this.sink = sink;
+    this.#z = createZstdCompress({ params, chunkSize: OUTPUT_CHUNK });
+    this.#z.on('data', (b: Buffer) => this.sink(b));
+    this.#z.on('error', (e) => (this.#error = e));
+  }
+  #check(): void {
+    if (this.#error) throw this.#error;
+  }
+  /** Resolves once the compressor has taken all of `b` in: the caller may then reuse it. */
+  async write(b: Buffer): Promise<void> {
+    this.#check();
+    if (b.length === 0) return;
+    this.#open = true;
+    await new Promise<void>((res, rej) => this.#z.write(b, (err) => (err ? rej(err) : res())));
+    this.#check();
+  }
+  /** Write without waiting for the compressor (small side streams; their errors show in close()). */
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.#open = true;
+    this.#z.write(b);
+  }
+  /** End the current frame: everything written so far has reached the sink when this resolves. */
+  async endFrame(): Promise<void> {
+    if (!this.#open) return;
+    await new Promise<void>((res) => this.#z.flush(zc.ZSTD_e_end, () => res()));
+    this.#open = false;
+    this.#check();
+  }
+  async close(): Promise<void> {
+    await this.endFrame();
+    this.#z.end();
+    await once(this.#z, 'end').catch(() => undefined);
+  }
+  destroy(): void {
+    this.#z.destroy();
+  }
+}
+
+/** The most a zstd frame of `n` input bytes takes (zstd's ZSTD_COMPRESSBOUND, plus header and checksum). */
+export function zstdBound(n: number): number {
+  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0) + 32;
+}
+
+/** One frame's compressed bytes, gathered into a pooled buffer as they come. */
+class FrameBytes {
+  readonly #pool: BufferPool;
+  #buf: Buffer;
+  #length = 0;
+  constructor(pool: BufferPool, expected: number) {
+    this.#pool = pool;
+    this.#buf = pool.take(expected);
+  }
+  append(b: Buffer): void {
+    if (this.#length + b.length > this.#buf.length) {
+      // Only if zstd's bound were wrong: a larger buffer, the smaller one back to the pool.
+      const bigger = this.#pool.take(this.#length + b.length);
+      this.#buf.copy(bigger, 0, 0, this.#length);
+      this.#pool.give(this.#buf);
+      this.#buf = bigger;
+    }
+    b.copy(this.#buf, this.#length);
+    this.#length += b.length;
+  }
+  get bytes(): Buffer {
+    return this.#buf.subarray(0, this.#length);
+  }
+  release(): void {
+    this.#pool.give(this.#buf);
+  }
+}
+
+/** Frames above this size are compressed on the large frames' context (OrderedFrames). */
+export const LARGE_FRAME = 256 * 1024;
+
+interface Pending {
+  out: Promise<FrameBytes>;
+  size: number;
+  written?: (start: number, end: number) => void;
+}
+
+/**
+ * Frames compressed on a few contexts, written in order. At most `window` frames and `budget`
+ * bytes of input are pending (one frame at least): they bound the memory, whatever the sizes of
+ * the files.
+ */
+export class OrderedFrames {
+  readonly #contexts: ZstdFramer[];
+  /** Per context, the end of the work queued on it. */
+  readonly #tails: Promise<unknown>[];
+  #next = 0;
+  readonly #pending: Pending[] = [];
+  #pendingBytes = 0;
+  /** The most input bytes that were pending at once (for tests of the bound). */
+  maxPendingBytes = 0;
+  readonly #out: BlobFile;
+  readonly #pool: BufferPool;
+  readonly window: number;
+  readonly #budget: number;
+  constructor(params: Record<number, number>, out: BlobFile, contexts: number, budget: number, pool: BufferPool) {
+    // The small frames' contexts, then the one for large frames.
+    this.#contexts = Array.from({ length: contexts + 1 }, () => new ZstdFramer(params));
+    this.#tails = this.#contexts.map(() => Promise.resolve());
+    this.#out = out;
+    this.#pool = pool;
+    this.window = contexts * 2;
+    this.#budget = budget;
+  }
+  /**
+   * Run `job` on the next context in turn. Frames go round the contexts in a fixed order, not
+   * to whichever is free: zstd's output for a frame can depend on what its context compressed
+   * before, and the layer must come out the same on every build.
+   */
+  #onNextContext<T>(job: (f: ZstdFramer) => Promise<T>): Promise<T> {
+    return this.#onContext(this.#next++ % (this.#contexts.length - 1), job);
+  }
+  /**
+   * Large frames (and streamed files) all go to the last context: a context keeps the pages its
+   * largest frame touched (its input buffer grows up to zstd's window, 2 MiB at level 3), so
+   * spreading them over every context cost ~3.5 MiB per context instead of ~1.
+   */
+  #onLargeContext<T>(job: (f: ZstdFramer) => Promise<T>): Promise<T> {
+    return this.#onContext(this.#contexts.length - 1, job);
+  }
+  #onContext<T>(k: number, job: (f: ZstdFramer) => Promise<T>): Promise<T> {
+    const run = this.#tails[k]!.then(() => job(this.#contexts[k]!));
+    this.#tails[k] = run.catch(() => undefined);
+    return run;
+  }
+  /**
+   * Queue `data` as one frame (not reused by the caller until `written` has run); `written`
+   * gets the frame's offsets in the blob. Waits while the window is full.
+   */
+  async add(data: Buffer, written?: (start: number, end: number) => void): Promise<void> {
+    const compress = async (f: ZstdFramer) => {
+      const frame = new FrameBytes(this.#pool, zstdBound(data.length));
+      f.sink = (b) => frame.append(b);
+      try {
+        await f.write(data);
+        await f.endFrame();
+      } catch (err) {
+        frame.release();
+        throw err;
+      }
+      return frame;
+    };
+    const out = data.length > LARGE_FRAME ? this.#onLargeContext(compress) : this.#onNextContext(compress);
+    out.catch(() => undefined); // thrown where it is awaited, in order
+    this.#pending.push({ out, size: data.length, ...(written ? { written } : {}) });
+    this.#pendingBytes += data.length;
+    this.maxPendingBytes = Math.max(this.maxPendingBytes, this.#pendingBytes);
+    await this.drain(this.window - 1);
+  }
+  /** Wait until `bytes` more input fit the budget (or nothing is pending): call before reading them. */
+  async makeRoom(bytes: number): Promise<void> {
+    while (this.#pending.length > 0 && this.#pendingBytes + bytes > this.#budget) await this.#writeFirst();
+  }
+  /** Write finished frames, in order, until at most `keep` are pending. */
+  async drain(keep = 0): Promise<void> {
+    while (this.#pending.length > keep) await this.#writeFirst();
+  }
+  async #writeFirst(): Promise<void> {
+    const first = this.#pending[0]!;
+    const frame = await first.out;
+    this.#pending.shift();
+    this.#pendingBytes -= first.size;
+    const start = this.#out.size;
+    try {
+      this.#out.write(frame.bytes);
+    } finally {
+      frame.release();
+    }
+    first.written?.(start, this.#out.size);
+  }
+  /**
+   * One large frame streamed straight into the blob, after everything queued before it; `written`
+   * as for add(). A piece must stay unchanged until the one after it has been taken.
+   */
+  async stream(
+    pieces: Iterable<Buffer> | AsyncIterable<Buffer>,
+    written: (start: number, end: number) => void,
+  ): Promise<void> {
+    await this.drain();
+    await this.#onLargeContext(async (f) => {
+      const start = this.#out.size;
+      f.sink = (b) => this.#out.write(b);
+      // One piece in the compressor while the next is read and hashed (two read buffers).
+      let taking: Promise<void> | undefined;
+      for await (const p of pieces) {
+        const next = f.write(p);
+        next.catch(() => undefined); // thrown where it is awaited
+        await taking;
+        taking = next;
+      }
+      await taking;
+      await f.endFrame();
+      written(start, this.#out.size);
+    });
+  }
+  async close(): Promise<void> {
+    await this.drain();
+    // Ending a zstd stream emits one more (empty) frame: not part of the layer.
+    for (const f of this.#contexts) {
+      f.sink = () => undefined;
+      await f.close();
+    }
+  }
+  destroy(): void {
+    for (const f of this.#contexts) f.destroy();
+    // Frames still pending give their buffers back when their compression settles.
+    for (const p of this.#pending.splice(0))
+      void p.out.then(
+        (f) => f.release(),
+        () => undefined,
+      );
+    this.#pendingBytes = 0;
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * What the build's layer writer holds while it writes, guarded without timing: the frames'
+ * input in flight (bytes, not a count), the buffers their compressed bytes are gathered into
+ * (reused, not one per frame), the TOC entries waiting for their offsets (a few, not the
+ * layer's), and tar-split lines handed on in batches; each made exactly as before.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { constants as zc, zstdDecompressSync } from 'node:zlib';
+import { BlobFile } from '../../src/bundle/blob-file.ts';
+import { LARGE_FRAME, OrderedFrames } from '../../src/bundle/ordered-frames.ts';
+import { BufferPool } from '../../src/util/buffer-pool.ts';
+import { TocJsonWriter } from '../../src/layer/toc-writer.ts';
+import { encodeToc, type TocEntry } from '../../src/layer/toc.ts';
+import { TAR_SPLIT_BATCH, TarSplitWriter } from '../../src/layer/tar-split.ts';
+
+const PARAMS = { [zc.ZSTD_c_compressionLevel]: 3, [zc.ZSTD_c_checksumFlag]: 1 };
+
+/** Compressible bytes of a given size, different for each seed. */
+function content(seed: number, size: number): Buffer {
+  const b = Buffer.alloc(size);
+  for (let i = 0; i < size; i += 4) b.writeUInt32LE((Math.imul(i >>> 6, 2654435761) ^ seed) >>> 0, i);
+  return b.subarray(0, size);
+}
+
+describe('layer writer: what it holds while it writes', function () {
+  let dir: string;
+  beforeEach(async function () {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-lw-'));
+  });
+  afterEach(async function () {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('keeps the frames in flight under their byte budget and gathers their output in reused buffers, in order', async function () {
+    const out = new BlobFile(join(dir, 'blob'));
+    const pool = new BufferPool(16 * 1024, 4 * 1024 * 1024);
+    const budget = 1024 * 1024;
+    const frames = new OrderedFrames(PARAMS, out, 3, budget, pool);
+    const sizes = Array.from({ length: 300 }, (_, i) => [100, 20_000, 90_000, 300_000, 700_000][i % 5]!);
+    const spans: [number, number][] = [];
+    let largest = 0;
+    for (const [i, size] of sizes.entries()) {
+      await frames.makeRoom(size);
+      largest = Math.max(largest, size);
+      await frames.add(content(i, size), (start, end) => (spans[i] = [start, end]));
+    }
+    await frames.close();
+    out.close();
+    assert.ok(frames.maxPendingBytes <= budget, `at most the budget in flight: ${frames.maxPendingBytes}`);
+    assert.ok(frames.maxPendingBytes >= budget / 2, 'and the budget is used (the check can fail)');
+    // 300 frames, their output gathered in pooled buffers: only a window's worth allocated.
+    assert.ok(pool.allocated < 40, `output buffers reused: ${pool.allocated} allocated for ${sizes.length} frames`);
+    const blob = await readFile(join(dir, 'blob'));
+    let at = 0;
+    for (const [i, size] of sizes.entries()) {
+      const [start, end] = spans[i]!;
+      assert.equal(start, at, `frame ${i} follows the one before`);
+      assert.ok(zstdDecompressSync(blob.subarray(start, end)).equals(content(i, size)), `frame ${i} holds its input`);
+      at = end;
+    }
+    assert.equal(at, blob.length);
+    assert.ok(sizes.some((s) => s > LARGE_FRAME) && sizes.some((s) => s <= LARGE_FRAME), 'both kinds of context used');
+  });
+
+  it('makes the TOC JSON as entries complete, holding only those waiting for their frame, byte for byte as encodeToc', function () {
+    const writer = new TocJsonWriter();
+    const all: TocEntry[] = [];
+    const open: TocEntry[] = [];
+    let mostWaiting = 0;
+    for (let i = 0; i < 5000; i++) {
+      const name =
+        i % 7 === 0 ? `usr/lib/caf\xc3\xa9-${i}` : i % 11 === 0 ? `odd/\xff\xfe-"q\\-${i}` : `usr/share/f${i}`;
+      const t: TocEntry =
+        i % 3 === 0
+          ? { type: 'dir', name: name + '/', mode: 0o755, modtime: '2024-01-02T03:04:05Z' }
+          : { type: 'reg', name, mode: 0o644, size: 10 + i, xattrs: i % 13 === 0 ? { 'user.x': 'AQI=' } : {} };
+      if (t.type === 'reg' && i % 2 === 0) {
+        // a streamed file: offsets before the digest, complete when added
+        t.offset = i * 100;
+        t.endOffset = i * 100 + 50;
+        t.digest = `sha256:${String(i).padStart(64, '0')}`;
+      } else if (t.type === 'reg') {
+        // a file read whole: the digest now, the offsets once its frame is written (a few later)
+        t.digest = `sha256:${String(i).padStart(64, '1')}`;
+        open.push(t);
+      }
+      all.push(t);
+      writer.add(t);
+      if (open.length > 6) {
+        const done = open.shift()!;
+        done.offset = 1;
+        done.endOffset = 2;
+        writer.encodeReady();
+      }
+      mostWaiting = Math.max(mostWaiting, writer.waiting);
+    }
+    for (const t of open) {
+      t.offset = 3;
+      t.endOffset = 4;
+    }
+    const digest = `sha256:${'ab'.repeat(32)}`;
+    const json = writer.finish(digest);
+    assert.ok(json.equals(encodeToc({ version: 1, entries: all, tarSplitDigest: digest })), 'the same bytes');
+    assert.ok(mostWaiting < 40, `only entries behind an unwritten frame wait: at most ${mostWaiting}`);
+    assert.ok(mostWaiting > 1, 'entries did wait (the check can fail)');
+    assert.ok(new TocJsonWriter().finish().equals(encodeToc({ version: 1, entries: [] })), 'an empty TOC too');
+  });
+
+  it('refuses to finish a TOC whose file entry never got its offsets', function () {
+    const writer = new TocJsonWriter();
+    writer.add({ type: 'reg', name: 'a', size: 1, digest: `sha256:${'0'.repeat(64)}` });
+    assert.throws(() => writer.finish(), { code: 'TOC_INVALID' });
+  });
+
+  it('hands tar-split lines on in batches, the same bytes as line by line', function () {
+    const batches: Buffer[] = [];
+    const split = new TarSplitWriter((b) => batches.push(b));
+    const expected: string[] = [];
+    let position = 0;
+    for (let i = 0; i < 3000; i++) {
+      const name = i % 5 === 0 ? `usr/caf\xc3\xa9/${i}` : `usr/bin/f${i}`;
+      const header = Buffer.alloc(512, i % 256);
+      split.raw(header);
+      expected.push(JSON.stringify({ type: 2, payload: header.toString('base64'), position: position++ }));
+      split.file(name, i, Buffer.alloc(8, 1));
+      const shown = Buffer.from(name, 'latin1').toString('utf8');
+      expected.push(
+        JSON.stringify({
+          type: 1,
+          name: shown,
+          ...(i ? { size: i } : {}),
+          payload: 'AQEBAQEBAQE=',
+          position: position++,
+        }),
+      );
+    }
+    const end = Buffer.alloc(1024);
+    split.raw(end);
+    split.end();
+    expected.push(JSON.stringify({ type: 2, payload: end.toString('base64'), position: position++ }));
+    expected.push(JSON.stringify({ type: 2, payload: '', position: position++ }));
+    const text = Buffer.from(expected.join('\n') + '\n', 'utf8');
+    assert.ok(Buffer.concat(batches).equals(text));
+    assert.equal(split.uncompressedSize, text.length, 'size in bytes, also for UTF-8 names');
+    assert.ok(batches.length < 3000 / 5, `batched: ${batches.length} writes for 6,000 lines`);
+    for (const b of batches.slice(0, -1)) assert.ok(b.length >= TAR_SPLIT_BATCH);
+  });
+});
