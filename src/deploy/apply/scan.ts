@@ -118,6 +118,19 @@ export function indexOldTree(root: string, entries: ScannedEntries): OldTree {
   return { root, entries, bySize, byIno };
 }
 
+/**
+ * Let `old` name its paths with `tree`'s strings of them: the booted tree and the new one share
+ * almost every path, and two strings of each were ~3.5 MiB on a 45k-file tree. The size and
+ * inode indexes are made again from the shared strings (their lists in the same order).
+ */
+export function sharePathsWith(old: OldTree, tree: ReadonlyMap<string, { readonly path: string }>): void {
+  if (!(old.entries instanceof ScanEntries)) return;
+  old.entries.sharePaths((p) => tree.get(p)?.path);
+  const again = indexOldTree(old.root, old.entries);
+  old.bySize = again.bySize;
+  old.byIno = again.byIno;
+}
+
 const NO_PATHS: readonly string[] = [];
 
 /** The regular files of `old` that have `size` bytes. */
