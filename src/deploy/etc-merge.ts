@@ -23,6 +23,8 @@ import { settableXattrs } from '../host/xattr-names.ts';
 import { RootedDir } from './rooted.ts';
 
 export const TIUNEW_SUFFIX = '.tiunew';
+/** The piece a scan reads an /etc file in to hash it (64 KiB took 14 times as long for a 2 GiB file). */
+const ETC_READ_PIECE = 1024 * 1024;
 export const USER_DB_FILES = ['passwd', 'group', 'shadow', 'gshadow'] as const;
 
 export interface EtcNode {
@@ -173,20 +175,30 @@ export async function scanEtc(dir: string): Promise<EtcTree> {
   if (!st0) return out;
   if (!st0.isDirectory()) throw new EtcMergeError(dir, 'is not a directory');
   const rd = await RootedDir.open(dir);
+  // One read buffer per scan (the three trees are scanned at once): a file is hashed piece by
+  // piece, never read whole (an image's /etc may hold a file of any size).
+  const piece = Buffer.allocUnsafe(ETC_READ_PIECE);
+  async function contentHash(rel: string): Promise<string> {
+    const h = createHash('sha256');
+    const fh = await rd.openNoFollow(rel, 'file');
+    try {
+      for (;;) {
+        const { bytesRead } = await fh.read(piece, 0, piece.length, null);
+        if (bytesRead === 0) break;
+        h.update(piece.subarray(0, bytesRead));
+      }
+    } finally {
+      await fh.close();
+    }
+    return h.digest('hex');
+  }
   async function walk(rel: string): Promise<void> {
     for await (const d of await rd.opendir(rel)) {
       const p = joinPath(rel, d.name);
       const st = await rd.lstat(p);
       if (!st) throw new EtcMergeError(join(dir, p), 'vanished while /etc was read');
       const base = { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtimeMs: st.mtimeMs };
-      if (st.isFile())
-        out.set(p, {
-          type: 'file',
-          ...base,
-          content: createHash('sha256')
-            .update(await rd.readFile(p))
-            .digest('hex'),
-        });
+      if (st.isFile()) out.set(p, { type: 'file', ...base, content: await contentHash(p) });
       else if (st.isSymbolicLink()) out.set(p, { type: 'symlink', ...base, content: await rd.readlink(p) });
       else if (st.isDirectory()) {
         out.set(p, { type: 'dir', ...base, content: '' });

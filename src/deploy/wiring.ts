@@ -5,7 +5,8 @@
  * the system: snapper, btrfs, the lock, the boot loader, hooks, SELinux, free space.
  */
 import { existsSync } from 'node:fs';
-import { readdir, rename, rm } from 'node:fs/promises';
+import { readdir, rename } from 'node:fs/promises';
+import { removeAll } from '../util/remove-all.ts';
 import { join } from 'node:path';
 import { OciLayoutTarget } from '../content/oci-layout.ts';
 import { parseReference, type DockerReference, type ImageReference } from '../oci/reference.ts';
@@ -129,5 +130,5 @@ export const productionDeps: UpdateDeps = {
     tocStore: (cacheDir, opts) => TocStore.open(cacheDir, opts),
     validateTarLayers: async (...a) => (await tarEngine()).validateTarLayers(...a),
   },
-  files: { openRooted: (root) => RootedDir.open(root), rm, rename, readdir },
+  files: { openRooted: (root) => RootedDir.open(root), removeAll, rename, readdir },
 };

@@ -1,14 +1,16 @@
 /**
  * Extended attributes through getfattr/setfattr (package `attr`): Node has no xattr API.
  * Never dereferences symlinks (-h). Whole trees are read with one getfattr run and many files
- * are written with one `setfattr --restore` run, so the cost is a few processes per apply.
+ * are written with `setfattr --restore` runs of up to RESTORE_BATCH_BYTES of input each, so the
+ * cost is a few processes per apply and the input is never held whole (a tree with a label on
+ * every file makes megabytes of it).
  *
  * The `--restore` input is a text format (`# file: PATH` headers, `name=value` lines) and the
  * names and values come from images: nothing goes into it without exact escaping. Paths are
  * escaped with quoteName (every byte outside printable ASCII, and the backslash, as `\ooo`),
  * values are base64 (`0s…`), and names cannot be escaped, so every name is validated
  * (./xattr-names.ts: namespace, printable ASCII, no '=', 1..255 bytes) and
- * values are at most 64 KiB; anything else is XATTR_INVALID before setfattr runs.
+ * values are at most 64 KiB; anything else is XATTR_INVALID before it goes into an input.
  */
 import { CommandFailedError, run } from './exec.ts';
 import { withProgramPath } from './program-path.ts';
@@ -93,14 +95,21 @@ export async function getXattrs(paths: readonly string[]): Promise<Map<string, R
   return out;
 }
 
+/** Input of one `setfattr --restore` run: past this many bytes (UTF-16 units, all ASCII) a batch is run. */
+export const RESTORE_BATCH_BYTES = 1024 * 1024;
+
+export interface XattrSet {
+  path: string | Buffer;
+  set: Record<string, Buffer>;
+}
+
 /**
- * Set xattrs on many files with one setfattr run (absolute paths, no dereferencing). A path is
- * text or the bytes of a name (any bytes: the restore format escapes them).
+ * The `--restore` input for `items`, in batches of whole files of about `maxBytes` each (one
+ * file's block may carry a batch past it: at most a few 64 KiB values). Every name and value is
+ * checked before its block is made.
  */
-export async function setXattrs(
-  items: ReadonlyArray<{ path: string | Buffer; set: Record<string, Buffer> }>,
-): Promise<void> {
-  const lines: string[] = [];
+export function* restoreBatches(items: Iterable<XattrSet>, maxBytes = RESTORE_BATCH_BYTES): Generator<string> {
+  let batch = '';
   for (const it of items) {
     const names = Object.keys(it.set);
     if (names.length === 0) continue;
@@ -110,12 +119,25 @@ export async function setXattrs(
       checkXattrName(it.path, n);
       checkXattrValue(it.path, n, it.set[n]!);
     }
-    lines.push(`# file: ${quoteName(it.path)}`);
-    for (const n of names) lines.push(`${n}=0s${Buffer.from(it.set[n]!).toString('base64')}`);
-    lines.push('');
+    batch += `# file: ${quoteName(it.path)}\n`;
+    for (const n of names) batch += `${n}=0s${Buffer.from(it.set[n]!).toString('base64')}\n`;
+    batch += '\n';
+    if (batch.length >= maxBytes) {
+      yield batch;
+      batch = '';
+    }
   }
-  if (lines.length === 0) return;
-  await run('setfattr', ['-h', '--restore=-'], { input: lines.join('\n') + '\n', timeout: 3_600_000 });
+  if (batch) yield batch;
+}
+
+/**
+ * Set xattrs on many files (absolute paths, no dereferencing), one setfattr run per batch of
+ * restoreBatches. A path is text or the bytes of a name (any bytes: the restore format escapes
+ * them). `items` is read as the batches go: a generator over a plan holds nothing per file.
+ */
+export async function setXattrs(items: Iterable<XattrSet>): Promise<void> {
+  for (const input of restoreBatches(items))
+    await run('setfattr', ['-h', '--restore=-'], { input, timeout: 3_600_000 });
 }
 
 /** Remove one xattr from a file (no dereferencing). `path`: text, or the bytes of a name. */

@@ -54,45 +54,61 @@ export class Crc64 {
     this.#wordLoads = wordLoads;
   }
   update(b: Uint8Array): this {
+    let i = 0;
+    if (this.#wordLoads && b.length >= 16) {
+      // Bytes up to a 4-byte boundary one at a time, then whole words.
+      i = this.#bytes(b, 0, (4 - (b.byteOffset & 3)) & 3);
+      i = this.#wordsLittleEndian(b, i);
+    } else {
+      i = this.#wordsFromBytes(b);
+    }
+    this.#bytes(b, i, b.length);
+    return this;
+  }
+  /** One byte at a time over b[from, to); returns `to`. */
+  #bytes(b: Uint8Array, from: number, to: number): number {
     const L = TABLE_LO;
     const H = TABLE_HI;
     let lo = this.#lo;
     let hi = this.#hi;
-    let i = 0;
-    let words: Int32Array | undefined;
-    if (this.#wordLoads && b.length >= 16) {
-      // Bytes up to a 4-byte boundary one at a time, then whole words.
-      for (const head = (4 - (b.byteOffset & 3)) & 3; i < head; i++) {
-        const idx = (lo ^ b[i]!) & 0xff;
-        lo = ((lo >>> 8) | ((hi & 0xff) << 24)) ^ L[idx]!;
-        hi = (hi >>> 8) ^ H[idx]!;
-      }
-      words = new Int32Array(b.buffer, b.byteOffset + i, ((b.length - i) >>> 3) << 1);
-    }
-    if (words) {
-      for (let w = 0; w < words.length; w += 2) {
-        const x = lo ^ words[w]!;
-        const y = hi ^ words[w + 1]!;
-        lo = eightBytes(L, x, y);
-        hi = eightBytes(H, x, y);
-      }
-      i += words.length * 4;
-    } else {
-      for (const n8 = b.length - (b.length % 8); i < n8; i += 8) {
-        const x = lo ^ (b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24));
-        const y = hi ^ (b[i + 4]! | (b[i + 5]! << 8) | (b[i + 6]! << 16) | (b[i + 7]! << 24));
-        lo = eightBytes(L, x, y);
-        hi = eightBytes(H, x, y);
-      }
-    }
-    for (; i < b.length; i++) {
+    for (let i = from; i < to; i++) {
       const idx = (lo ^ b[i]!) & 0xff;
       lo = ((lo >>> 8) | ((hi & 0xff) << 24)) ^ L[idx]!;
       hi = (hi >>> 8) ^ H[idx]!;
     }
     this.#lo = lo;
     this.#hi = hi;
-    return this;
+    return to;
+  }
+  /** Eight bytes at a time from `from` (4-byte aligned) through an Int32Array view; returns where it stopped. */
+  #wordsLittleEndian(b: Uint8Array, from: number): number {
+    const words = new Int32Array(b.buffer, b.byteOffset + from, ((b.length - from) >>> 3) << 1);
+    let lo = this.#lo;
+    let hi = this.#hi;
+    for (let w = 0; w < words.length; w += 2) {
+      const x = lo ^ words[w]!;
+      const y = hi ^ words[w + 1]!;
+      lo = eightBytes(TABLE_LO, x, y);
+      hi = eightBytes(TABLE_HI, x, y);
+    }
+    this.#lo = lo;
+    this.#hi = hi;
+    return from + words.length * 4;
+  }
+  /** Eight bytes at a time, each word assembled from its bytes (any host); returns where it stopped. */
+  #wordsFromBytes(b: Uint8Array): number {
+    let lo = this.#lo;
+    let hi = this.#hi;
+    const n8 = b.length - (b.length % 8);
+    for (let i = 0; i < n8; i += 8) {
+      const x = lo ^ (b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24));
+      const y = hi ^ (b[i + 4]! | (b[i + 5]! << 8) | (b[i + 6]! << 16) | (b[i + 7]! << 24));
+      lo = eightBytes(TABLE_LO, x, y);
+      hi = eightBytes(TABLE_HI, x, y);
+    }
+    this.#lo = lo;
+    this.#hi = hi;
+    return n8;
   }
   /** 8 bytes, big-endian, as Go's Sum appends them. */
   digest(): Buffer {

@@ -562,6 +562,21 @@ describe('deploy/apply on btrfs (integration)', function () {
     assert.ok((await exclusiveBytes(again)) < 64 * 1024);
   });
 
+  it('tar path: a same-size file that differs past its first MiB keeps its equal prefix and takes the rest (read in pieces)', async () => {
+    const target = join(fs.mnt, 'tar-prefix');
+    await mkdir(target);
+    const before = randomBytes(3 * 1024 * 1024 + 17);
+    const after = Buffer.from(before);
+    after.writeUInt8(before.readUInt8(2_600_000) ^ 0xff, 2_600_000);
+    const tarOf = (content: Buffer) => makeTar([dir('data/'), file('data/blob', content)]);
+    await applyTarLayers(target, [() => Readable.from([tarOf(before)])]);
+    const same = await applyTarLayers(target, [() => Readable.from([tarOf(before)])]);
+    assert.equal(same.written.count, 0, JSON.stringify(same));
+    const rep = await applyTarLayers(target, [() => Readable.from([tarOf(after)])]);
+    assert.equal(rep.written.count, 1, JSON.stringify(rep));
+    assert.ok((await readFile(join(target, 'data/blob'))).equals(after));
+  });
+
   it('multi-layer images: whiteouts and opaque directories, same result by TOC and by tar', async () => {
     const l0 = makeTar([
       dir('a'),

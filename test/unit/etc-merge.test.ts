@@ -1,5 +1,10 @@
 import assert from 'node:assert/strict';
-import { planEtcMerge, sameNode, type EtcNode, type EtcTree } from '../../src/deploy/etc-merge.ts';
+import { createHash } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { planEtcMerge, sameNode, scanEtc, type EtcNode, type EtcTree } from '../../src/deploy/etc-merge.ts';
 
 const f = (content: string, mode = 0o644, uid = 0): EtcNode => ({ type: 'file', mode, uid, gid: 0, content });
 const d = (mode = 0o755): EtcNode => ({ type: 'dir', mode, uid: 0, gid: 0, content: '' });
@@ -94,5 +99,34 @@ describe('deploy/etc-merge planning', () => {
       tree({ passwd: f('2'), shadow: f('s') }),
     );
     assert.deepEqual(p.actions, []);
+  });
+});
+
+describe('deploy/etc-merge scanning (issue 19: memory)', function () {
+  this.timeout(60_000);
+  const peakRssMiB = (): number => Number(/VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]) / 1024;
+
+  it('hashes a file piece by piece, never holding it whole (peak RSS of a 256 MiB file)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'tiu-etc-scan-'));
+    try {
+      const big = 256 * 1024 * 1024;
+      const fh = await open(join(dir, 'huge.conf'), 'w');
+      await fh.truncate(big); // sparse: zeros without using the disk
+      await fh.close();
+      await writeFile(join(dir, 'small.conf'), 'x=1\n');
+      writeFileSync('/proc/self/clear_refs', '5'); // the peak from now on
+      const before = peakRssMiB();
+      const scanned = await scanEtc(dir);
+      const grew = peakRssMiB() - before;
+      assert.equal(scanned.get('small.conf')?.content, createHash('sha256').update('x=1\n').digest('hex'));
+      const zeros = createHash('sha256');
+      const block = Buffer.alloc(1024 * 1024);
+      for (let left = big; left > 0; left -= block.length) zeros.update(block);
+      assert.equal(scanned.get('huge.conf')?.content, zeros.digest('hex'));
+      // Read whole, the file alone was 256 MiB of RSS.
+      assert.ok(grew < 48, `the scan raised the peak RSS by ${grew.toFixed(1)} MiB`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

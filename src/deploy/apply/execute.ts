@@ -7,8 +7,13 @@
  * kept), reflinks of old files (taken before anything is deleted or overwritten, so moved and
  * swapped files work);
  * (2) deletions; (3) the tree in path order, parents first: directories, files renamed from
- * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs in one setfattr run, after every
+ * staging, symlinks, devices, fifos; (4) hardlinks; (5) xattrs through setfattr, after every
  * chown (chown drops security.capability); (6) directory mtimes last.
+ *
+ * Memory (issue 19): what is kept per file while the plan is carried out is a byte of
+ * StagedContent, and for the files to fetch a slot of one map; staged content is named by its
+ * action's index, xattrs are read from the plan again in phase (5) and set in batches bounded
+ * by bytes (src/host/xattr.ts), not gathered into a list of every labelled file.
  */
 import { constants, createReadStream, renameSync } from 'node:fs';
 import { copyFile, lstat, mkdir, rename, rm, rmdir, unlink } from 'node:fs/promises';
@@ -49,6 +54,59 @@ export interface ExecuteOptions {
 function add(c: Counter, bytes: number): void {
   c.count++;
   c.bytes += bytes;
+}
+
+/** Where an action's content is in the staging directory. */
+const NOT_STAGED = 0;
+const FETCHING = 1;
+/** New content from the content provider (counted as written). */
+const FETCHED = 2;
+/** A reflink of a file already on disk (this or another snapshot, counted as reflinked). */
+const CLONED = 3;
+
+/**
+ * Content staged for the tree phase, by action index: the staging name is the index, so a byte
+ * per action is all that is kept (a map of paths to staging names was ~70 bytes a file).
+ */
+class StagedContent {
+  readonly dir: string;
+  readonly #state: Uint8Array;
+
+  constructor(dir: string, actions: number) {
+    this.dir = dir;
+    this.#state = new Uint8Array(actions);
+  }
+
+  /** The staging name of action `i` (relative to the root). */
+  nameOf(i: number): string {
+    return `${this.dir}/${i}`;
+  }
+
+  state(i: number): number {
+    return this.#state[i]!;
+  }
+
+  set(i: number, state: number): void {
+    this.#state[i] = state;
+  }
+}
+
+/** What phase (5) sets and removes: the plan read again, one entry at a time. */
+function* xattrsToSet(
+  sr: SafeRoot,
+  actions: readonly Action[],
+): Generator<{ path: Buffer; set: Record<string, Buffer> }> {
+  for (const a of actions) {
+    const e = a.entry;
+    // As phase (3) goes through the plan: a hardlink shares its target's inode.
+    if (a.kind === 'keep' || a.kind === 'link') continue;
+    if (a.kind === 'meta') {
+      const names = a.fix?.xattrSet;
+      if (names?.length) yield { path: sr.path(e.path), set: Object.fromEntries(names.map((k) => [k, e.xattrs[k]!])) };
+      continue;
+    }
+    if (e.type !== 'hardlink' && Object.keys(e.xattrs).length) yield { path: sr.path(e.path), set: e.xattrs };
+  }
 }
 
 /**
@@ -122,73 +180,74 @@ async function executePlanInner(
   const stagingRel = `.tiu-staging-${randomBytes(6).toString('hex')}`;
   await mkdir(sr.path(stagingRel), 0o700);
   sr.markDir(stagingRel);
-  const staged = new Map<string, string>();
-  let n = 0;
-  const xattrSets: { path: Buffer; set: Record<string, Buffer> }[] = [];
-  const xattrRemoves: { path: Buffer; name: string }[] = [];
+  const staged = new StagedContent(stagingRel, plan.actions.length);
 
   try {
     // (1) content into staging: first from other snapshots, then what is still missing from the provider
     opts.onPhase?.('fetch');
-    const writes = new Map<string, TreeEntry>();
-    for (const a of plan.actions) if (a.kind === 'write') writes.set(a.entry.path, a.entry);
+    /** Files to fetch: path -> action index (the provider names an entry by its path). */
+    const writes = new Map<string, number>();
+    plan.actions.forEach((a, i) => {
+      if (a.kind === 'write') writes.set(a.entry.path, i);
+    });
     const sources = new Map<string, SafeRoot | null>();
-    for (const a of plan.actions) {
+    for (const [i, a] of plan.actions.entries()) {
       const f = a.fromSnapshot;
       if (a.kind !== 'reflink' || !f) continue;
       let src = sources.get(f.root);
       if (src === undefined) sources.set(f.root, (src = await SafeRoot.open(f.root, 'binary').catch(() => null)));
-      const rel = `${stagingRel}/${++n}`;
       const got = src
-        ? await takeFromSnapshot(src, f, a.entry, sr.path(rel), opts.allowCopyFallback ?? false)
+        ? await takeFromSnapshot(src, f, a.entry, sr.path(staged.nameOf(i)), opts.allowCopyFallback ?? false)
         : { ok: false as const, why: 'the snapshot is gone' };
       if (got.ok) {
         if (!got.reflinked) add(report.copiedInsteadOfReflink, a.entry.size);
-        staged.set(a.entry.path, rel);
+        staged.set(i, CLONED);
         continue;
       }
       report.warnings.push(
         `/${showPath(a.entry.path)}: not taken from snapshot ${f.snapshot} (/${showPath(f.seen.path)}): ${got.why}; fetched instead`,
       );
       add(report.snapshotFallbacks, a.entry.size);
-      writes.set(a.entry.path, a.entry);
+      writes.set(a.entry.path, i);
     }
     if (writes.size) {
-      const taken = new Set<string>();
-      await provider.deliver([...writes.values()], async (entry, content) => {
-        const want = writes.get(entry.path);
-        if (!want || taken.has(entry.path))
+      const wanted = Array.from(writes.values(), (i) => plan.actions[i]!.entry);
+      await provider.deliver(wanted, async (entry, content) => {
+        const i = writes.get(entry.path);
+        if (i === undefined || staged.state(i) !== NOT_STAGED)
           throw new ContentUnavailableError(
             entry.path,
             'the provider delivered an entry that was not asked for, or twice',
           );
-        taken.add(entry.path); // before any await: a provider may deliver several at once
-        const rel = `${stagingRel}/${++n}`;
+        staged.set(i, FETCHING); // before any await: a provider may deliver several at once
+        const want = plan.actions[i]!.entry;
+        const to = sr.path(staged.nameOf(i));
         if (isVerifiedFile(content)) {
           // Already verified by this process (the delta store, same filesystem): share its extents.
-          if (await cloneVerified(content.verifiedFile, sr.path(rel), want.size, want.path)) {
+          if (await cloneVerified(content.verifiedFile, to, want.size, want.path)) {
             add(report.clonedFromStore, want.size);
-            staged.set(entry.path, rel);
+            staged.set(i, FETCHED);
             return;
           }
           content = createReadStream(content.verifiedFile);
         }
-        await writeNewFile(sr.path(rel), content, { digest: want.digest!, size: want.size }, want.path, opts.space);
-        staged.set(entry.path, rel);
+        await writeNewFile(to, content, { digest: want.digest!, size: want.size }, want.path, opts.space);
+        staged.set(i, FETCHED);
       });
-      for (const p of writes.keys())
-        if (!staged.has(p)) throw new ContentUnavailableError(p, 'the content provider did not deliver it');
+      for (const [p, i] of writes)
+        if (staged.state(i) !== FETCHED)
+          throw new ContentUnavailableError(p, 'the content provider did not deliver it');
+      writes.clear();
     }
     opts.onPhase?.('reflink');
-    for (const a of plan.actions) {
+    for (const [i, a] of plan.actions.entries()) {
       if (!((a.kind === 'reflink' && !a.fromNew && !a.fromSnapshot) || a.kind === 'clone')) continue;
       const from = a.from!;
       const st = await lstat(sr.path(from)).catch(() => null);
       if (!st?.isFile()) throw new UnsafePathError(from, 'reflink source is no longer a regular file');
-      const rel = `${stagingRel}/${++n}`;
-      const real = await reflinkFile(sr.path(from), sr.path(rel), opts.allowCopyFallback ?? false);
+      const real = await reflinkFile(sr.path(from), sr.path(staged.nameOf(i)), opts.allowCopyFallback ?? false);
       if (!real) add(report.copiedInsteadOfReflink, a.entry.size);
-      staged.set(a.entry.path, rel);
+      staged.set(i, CLONED);
     }
 
     // (2) deletions
@@ -202,7 +261,7 @@ async function executePlanInner(
     // (3) the tree, parents first
     opts.onPhase?.('tree');
     const links: Action[] = [];
-    for (const a of plan.actions) {
+    for (const [i, a] of plan.actions.entries()) {
       const e = a.entry;
       const rel = e.path;
       const bytes = e.type === 'reg' ? e.size : 0;
@@ -218,9 +277,6 @@ async function executePlanInner(
       if (a.replace) await clearFor(sr, rel, e, report.warnings);
       if (a.kind === 'meta') {
         await setMetaAt(sr, rel, e, a.fix ?? {});
-        if (a.fix?.xattrSet?.length)
-          xattrSets.push({ path: sr.path(rel), set: Object.fromEntries(a.fix.xattrSet.map((k) => [k, e.xattrs[k]!])) });
-        for (const k of a.fix?.xattrRemove ?? []) xattrRemoves.push({ path: sr.path(rel), name: k });
         if (e.type === 'dir') sr.markDir(rel);
         add(report.metadataFixed, bytes);
         continue;
@@ -231,7 +287,8 @@ async function executePlanInner(
           add(report.created, 0);
           break;
         case 'reg': {
-          let src = staged.get(rel);
+          const state = staged.state(i);
+          let src = state === FETCHED || state === CLONED ? staged.nameOf(i) : undefined;
           if (a.kind === 'reflink' && a.fromNew) {
             const tmp = await sr.tmpBeside(rel);
             const fst = await lstat(sr.path(a.from!)).catch(() => null);
@@ -243,7 +300,7 @@ async function executePlanInner(
           if (!src) throw new ContentUnavailableError(rel, 'no staged content');
           await setMetaAt(sr, src, e);
           await moveIntoPlace(sr, src, rel, e, opts.allowCopyFallback ?? false);
-          if (a.kind === 'write' || writes.has(rel)) add(report.written, bytes);
+          if (a.kind === 'write' || state === FETCHED) add(report.written, bytes);
           else {
             add(report.reflinked, bytes);
             if (a.fromSnapshot) add(report.reflinkedFromSnapshots, bytes);
@@ -261,7 +318,6 @@ async function executePlanInner(
           links.push(a);
           continue;
       }
-      if (Object.keys(e.xattrs).length) xattrSets.push({ path: sr.path(rel), set: e.xattrs });
     }
 
     // (4) hardlinks
@@ -275,8 +331,9 @@ async function executePlanInner(
 
     // (5) xattrs, after every chown
     opts.onPhase?.('xattrs');
-    await setXattrs(xattrSets);
-    for (const x of xattrRemoves) await removeXattr(x.path, x.name);
+    await setXattrs(xattrsToSet(sr, plan.actions));
+    for (const a of plan.actions)
+      if (a.kind === 'meta') for (const k of a.fix?.xattrRemove ?? []) await removeXattr(sr.path(a.entry.path), k);
   } finally {
     await removeTree(sr, stagingRel, report.warnings).catch(() => undefined);
     await rmdir(sr.path(stagingRel)).catch(() => undefined);
@@ -293,7 +350,7 @@ async function executePlanInner(
 
   if (opts.index) {
     opts.onPhase?.('index');
-    // The keys as they are recorded, not an object of three BigInts per file kept until the end.
+    // The keys as they are recorded (row numbers), not an object of three BigInts per file kept until the end.
     const keep = new Set<IndexKey>();
     for (const a of plan.actions) {
       const e = a.entry;

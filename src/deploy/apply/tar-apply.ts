@@ -57,7 +57,8 @@ const REFLINK_MIN = 4096;
 
 interface State {
   sr: fsops.SafeRoot;
-  old: OldTree;
+  /** The booted tree's scan, while layers are written (null after: not held through the second scan). */
+  old: OldTree | null;
   index: ContentIndex;
   report: ApplyReport;
   /** Paths of the final tree so far -> the entry and the layer that put it there. */
@@ -66,6 +67,7 @@ interface State {
   xattrNow: Map<string, Record<string, Buffer>>;
   opts: TarApplyOptions;
   skipped: SkipTally;
+  reads: ReadBuffer;
 }
 
 export async function applyTarLayers(
@@ -86,22 +88,26 @@ async function applyTarLayersInner(
   opts: TarApplyOptions,
 ): Promise<ApplyReport> {
   const sr = await fsops.SafeRoot.open(root, 'binary');
-  const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
   const st: State = {
     sr,
-    old,
+    old: await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false }),
     index: opts.index ?? new ContentIndex(root),
     report: emptyReport(),
     present: new Map(),
     xattrNow: new Map(),
     opts,
     skipped: new SkipTally(),
+    reads: new ReadBuffer(),
   };
-  for (const [p, e] of old.entries) st.xattrNow.set(p, e.xattrs);
+  let oldBytes = 0;
+  for (const [p, e] of st.old!.entries) {
+    st.xattrNow.set(p, e.xattrs);
+    if (e.type === 'reg') oldBytes += e.size;
+  }
 
   // The reserve: checked now, every few MiB written, and against what the tars declare.
   const space = opts.space;
-  if (space) await space.start([...old.entries.values()].reduce((n, e) => n + (e.type === 'reg' ? e.size : 0), 0));
+  if (space) await space.start(oldBytes);
   for (let k = 0; k < layers.length; k++) {
     const stream = await layers[k]!();
     try {
@@ -119,6 +125,7 @@ async function applyTarLayersInner(
     }
   }
 
+  st.old = null;
   // What no layer left in the tree goes; ancestors of preserved paths stay (their other children go).
   const preserve = opts.preserve ?? [];
   const now = await scanTree(root, { preserve, noXattrs: true });
@@ -137,17 +144,13 @@ async function applyTarLayersInner(
     st.report.deleted.bytes += r.bytes;
   }
 
-  // xattrs, after every chown
-  const sets: { path: Buffer; set: Record<string, Buffer> }[] = [];
+  // xattrs, after every chown: set in batches as the tree is read (no list of every labelled file)
+  await setXattrs(xattrsToSet(st));
   for (const [p, { entry }] of st.present) {
     if (entry.type === 'hardlink' || entry.implicit) continue;
     const have = st.xattrNow.get(p) ?? {};
-    const set: Record<string, Buffer> = {};
-    for (const [n, v] of Object.entries(entry.xattrs)) if (!have[n]?.equals(v)) set[n] = v;
-    if (Object.keys(set).length) sets.push({ path: sr.path(p), set });
     for (const n of Object.keys(have)) if (!(n in entry.xattrs)) await removeXattr(sr.path(p), n);
   }
-  await setXattrs(sets);
 
   // directory mtimes last
   for (const [p, { entry }] of st.present) {
@@ -156,6 +159,17 @@ async function applyTarLayersInner(
     if (!fsops.sameTime(s.mtimeNs, entry.mtimeNs)) await fsops.setMetaAt(sr, p, entry, { mtime: true });
   }
   return { ...st.report, ...st.skipped.report() };
+}
+
+/** The xattrs each path of the final tree lacks or has with another value. */
+function* xattrsToSet(st: State): Generator<{ path: Buffer; set: Record<string, Buffer> }> {
+  for (const [p, { entry }] of st.present) {
+    if (entry.type === 'hardlink' || entry.implicit) continue;
+    const have = st.xattrNow.get(p) ?? {};
+    const set: Record<string, Buffer> = {};
+    for (const [n, v] of Object.entries(entry.xattrs)) if (!have[n]?.equals(v)) set[n] = v;
+    if (Object.keys(set).length) yield { path: st.sr.path(p), set };
+  }
 }
 
 function hide(st: State, below: string, includeSelf: boolean, layer: number): void {
@@ -296,8 +310,26 @@ async function applyTarEntry(st: State, t: TarMember, layer: number): Promise<vo
   st.present.set(path, { entry: e, layer });
 }
 
-async function readAt(fh: FileHandle, len: number, pos: number): Promise<Buffer> {
-  const b = Buffer.allocUnsafe(len);
+/** The largest piece of an old file read at once (to compare it, or to copy its equal prefix). */
+const OLD_PIECE = 1 << 20;
+
+/**
+ * The buffer old files are read into, to compare them with the layer's bytes or to copy their
+ * equal prefix: one per apply, of at most OLD_PIECE bytes, not a new one per chunk (an unchanged
+ * tree is read whole this way). What is read into it is used before the next read.
+ */
+class ReadBuffer {
+  #buf = Buffer.alloc(0);
+
+  /** Up to `len` (<= OLD_PIECE) bytes of `fh` at `pos`; valid until the next read. */
+  async readAt(fh: FileHandle, len: number, pos: number): Promise<Buffer> {
+    if (this.#buf.length < len) this.#buf = Buffer.allocUnsafe(Math.min(OLD_PIECE, Math.max(len, 64 * 1024)));
+    return readInto(fh, this.#buf.subarray(0, len), pos);
+  }
+}
+
+async function readInto(fh: FileHandle, b: Buffer, pos: number): Promise<Buffer> {
+  const len = b.length;
   let got = 0;
   while (got < len) {
     const { bytesRead } = await fh.read(b, got, len - got, pos + got);
@@ -326,8 +358,12 @@ async function applyRegular(
     let reused = false;
     try {
       for await (const chunk of body) {
-        const mine = await readAt(fh, chunk.length, pos);
-        if (mine.equals(chunk)) {
+        let same = true;
+        for (let off = 0; same && off < chunk.length; off += OLD_PIECE) {
+          const n = Math.min(OLD_PIECE, chunk.length - off);
+          same = (await st.reads.readAt(fh, n, pos + off)).equals(chunk.subarray(off, off + n));
+        }
+        if (same) {
           pos += chunk.length;
           continue;
         }
@@ -336,7 +372,9 @@ async function applyRegular(
         const fhOld = fh;
         const prefixEnd = pos;
         async function* rest(): AsyncGenerator<Buffer> {
-          for (let p = 0; p < prefixEnd; p += 1 << 20) yield await readAt(fhOld, Math.min(1 << 20, prefixEnd - p), p);
+          // each piece is written before the next is read (writeNewFile takes one at a time)
+          for (let p = 0; p < prefixEnd; p += OLD_PIECE)
+            yield await st.reads.readAt(fhOld, Math.min(OLD_PIECE, prefixEnd - p), p);
           yield chunk;
           for await (const c of body) yield c;
         }
@@ -408,9 +446,10 @@ async function reuseOldContent(
   size: number,
 ): Promise<{ path: string; reused: boolean }> {
   const no = { path: tmp, reused: false };
-  if (size < REFLINK_MIN) return no;
-  for (const c of pathsOfSize(st.old, size)) {
-    const x = st.old.entries.get(c)!;
+  const old = st.old;
+  if (!old || size < REFLINK_MIN) return no;
+  for (const c of pathsOfSize(old, size)) {
+    const x = old.entries.get(c)!;
     const now = await lstatOrNull(st.sr.path(c));
     if (
       !now?.isFile() ||

@@ -10,7 +10,8 @@
  */
 import { createHash } from 'node:crypto';
 import { closeSync, constants, openSync, rmSync } from 'node:fs';
-import { mkdir, open, opendir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { removeAll } from '../../util/remove-all.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
@@ -61,7 +62,7 @@ export class ContentStore {
   }
 
   static async open(dir: string, opts: { resume?: boolean } = {}): Promise<ContentStore> {
-    if (!opts.resume) await removeStoreDir(dir);
+    if (!opts.resume) await removeAll(dir);
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const store = new ContentStore(dir);
     if (opts.resume) await store.#verifyLeftovers();
@@ -78,7 +79,7 @@ export class ContentStore {
         this.resumed.bytes += (await stat(path)).size;
         continue;
       }
-      await rm(path, { recursive: true, force: true });
+      await removeAll(path);
     }
   }
 
@@ -133,32 +134,8 @@ export class ContentStore {
   }
 
   async remove(): Promise<void> {
-    await removeStoreDir(this.dir);
+    await removeAll(this.dir);
   }
-}
-
-/**
- * Remove a store directory (files named by digest, nothing below them normally) one entry at a
- * time. fs.rm's recursive removal starts the removal of every entry at once: for the 30k files of
- * a first install that was ~60 MiB of RSS at the very end of the update.
- */
-async function removeStoreDir(dir: string): Promise<void> {
-  let entries;
-  try {
-    entries = await opendir(dir);
-  } catch {
-    // Missing (nothing to do) or not a directory: fs.rm does what it always did.
-    await rm(dir, { recursive: true, force: true });
-    return;
-  }
-  for await (const d of entries) {
-    const path = join(dir, d.name);
-    // Synchronous: an unlink is microseconds, a thread-pool round trip for each cost more.
-    if (d.isDirectory()) await rm(path, { recursive: true, force: true });
-    else rmSync(path, { force: true });
-  }
-  // The directory itself, and anything that appeared in it meanwhile.
-  await rm(dir, { recursive: true, force: true });
 }
 
 export interface DownloadOptions {

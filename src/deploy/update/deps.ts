@@ -11,7 +11,7 @@
  * effects behind the seam and half imported, neither a reader nor a test could tell which of
  * them a run used. src/deploy/wiring.ts is the one place that names the implementations.
  */
-import type { readdir, rename, rm } from 'node:fs/promises';
+import type { readdir, rename } from 'node:fs/promises';
 import type { Target } from '../../content/interfaces.ts';
 import type { CopyEvent } from '../../copy/copy.ts';
 import type { Descriptor } from '../../oci/types.ts';
@@ -86,7 +86,8 @@ export interface DeltaDeps {
 /** The stages' own file operations: rooted access into snapshots, and the cache's and the /etc swap's plain ones. */
 export interface FileDeps {
   openRooted(root: string): Promise<RootedDir>;
-  rm: typeof rm;
+  /** A file or a tree removed (a missing one is not an error), a batch of names at a time. */
+  removeAll(path: string): Promise<void>;
   rename: typeof rename;
   readdir: typeof readdir;
 }

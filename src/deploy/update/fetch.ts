@@ -31,7 +31,7 @@ async function openStore(deps: UpdateDeps, cacheDir: string, digest: string): Pr
   const parent = join(cacheDir, 'delta');
   const name = digest.replace(/^sha256:/, '');
   for (const other of await deps.files.readdir(parent).catch(() => [] as string[]))
-    if (other !== name) await deps.files.rm(join(parent, other), { recursive: true, force: true });
+    if (other !== name) await deps.files.removeAll(join(parent, other));
   return deps.delta.openStore(join(parent, name), { resume: true });
 }
 

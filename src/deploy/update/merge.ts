@@ -47,7 +47,7 @@ export async function merge(deps: UpdateDeps, run: Applied): Promise<Merged> {
   // btrfs resolves the path it is given: only a real directory of the snapshot is asked about.
   if ((await newRd.isDir('etc')) && (await deps.system.isSubvolume(join(newRoot, 'etc'))))
     await deps.system.subvolumeDelete(join(newRoot, 'etc'));
-  else await deps.files.rm(join(newRoot, 'etc'), { recursive: true, force: true });
+  else await deps.files.removeAll(join(newRoot, 'etc'));
   await deps.files.rename(aside, join(newRoot, 'etc'));
   await keepMountPoints(deps, run);
   return { ...run, etcConflicts: etc.conflicts, userClashes: users.clashes, addedUsers: users.addedUsers };
