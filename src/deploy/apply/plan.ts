@@ -7,7 +7,7 @@ import { devMajor, devMinor, implicitDir, showPath } from '../../layer/entry.ts'
 import { UnsafePathError } from './errors.ts';
 import { sameTime } from './fsops.ts';
 import { comparePaths, isAtOrBelow, parentOf } from '../../layer/paths.ts';
-import { pathsOfSize, type ContentHasher } from './scan.ts';
+import { pathsOfSize, sharePathsWith, type ContentHasher } from './scan.ts';
 import { findInSources, type ContentSource } from './sources.ts';
 import { DigestSet, isSha256 } from './digest-set.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
@@ -92,6 +92,7 @@ export async function planApply(
   // In place, not on a copy (a Map slot is ~40 bytes a file): the caller's tree gains the implicit parents.
   const tree = newTree;
   addImplicitParents(tree);
+  sharePathsWith(old, tree);
   const paths = [...tree.keys()].sort(comparePaths);
 
   // Hardlink groups of the new tree: primary path -> all paths sharing its inode.

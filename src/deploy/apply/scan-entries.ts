@@ -2,7 +2,7 @@
  * What a scan found, as rows of typed arrays instead of one object per path: an ExistingEntry
  * object with its three BigInts (mtime, ctime, inode) and its lists in the size and inode maps
  * cost ~460 bytes a path, ~20 MB for a 45k-entry tree, and a plan holds one or two scans (the
- * booted snapshot, content sources). A row is ~65 bytes plus the path and its map slot; `get`
+ * booted snapshot, content sources). A row is ~65 bytes plus the path and its table slot; `get`
  * makes the ExistingEntry when the planner asks for one (a short-lived object).
  */
 import type { BigIntStats } from 'node:fs';
@@ -12,8 +12,21 @@ import type { EntryType, ExistingEntry } from './types.ts';
 const TYPES: readonly (EntryType | 'other')[] = ['reg', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'other'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 
+/** FNV-1a of a path's char codes: where its row is looked for first. */
+function hashOf(path: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < path.length; i++) h = Math.imul(h ^ path.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
 export class ScanEntries {
-  readonly #rows = new Map<string, number>();
+  /**
+   * Each row's path, and an open-addressing table of row + 1 (0: empty) found by the path's hash,
+   * at most half full: not a Map, whose keys cannot be changed in place, so `sharePaths` can
+   * swap a path for the new tree's string of it without making anything.
+   */
+  readonly #paths: string[] = [];
+  #slots = new Int32Array(0);
   #capacity = 0;
   #type = new Uint8Array(0);
   /** mode, uid, gid, nlink */
@@ -27,28 +40,41 @@ export class ScanEntries {
   readonly #xattrs = new Map<number, Record<string, Buffer>>();
 
   get size(): number {
-    return this.#rows.size;
+    return this.#paths.length;
   }
 
   has(path: string): boolean {
-    return this.#rows.has(path);
+    return this.#find(path) !== -1;
   }
 
   get(path: string): ExistingEntry | undefined {
-    const r = this.#rows.get(path);
-    return r === undefined ? undefined : this.#entry(path, r);
+    const r = this.#find(path);
+    return r === -1 ? undefined : this.#entry(this.#paths[r]!, r);
   }
 
   keys(): IterableIterator<string> {
-    return this.#rows.keys();
+    return this.#paths.values();
   }
 
   *values(): IterableIterator<ExistingEntry> {
-    for (const [p, r] of this.#rows) yield this.#entry(p, r);
+    for (let r = 0; r < this.#paths.length; r++) yield this.#entry(this.#paths[r]!, r);
   }
 
   *[Symbol.iterator](): IterableIterator<[string, ExistingEntry]> {
-    for (const [p, r] of this.#rows) yield [p, this.#entry(p, r)];
+    for (let r = 0; r < this.#paths.length; r++) yield [this.#paths[r]!, this.#entry(this.#paths[r]!, r)];
+  }
+
+  /**
+   * Key the rows by `same`'s string of each path where it has one (the new tree's, when
+   * planning), in the same order: the scan's own copy of a path both sides hold (~80 bytes a
+   * file) is let go.
+   */
+  sharePaths(same: (path: string) => string | undefined): void {
+    const paths = this.#paths;
+    for (let r = 0; r < paths.length; r++) {
+      const s = same(paths[r]!);
+      if (s !== undefined) paths[r] = s;
+    }
   }
 
   /** Record what lstat said of `path` (and its link target). */
@@ -78,8 +104,8 @@ export class ScanEntries {
 
   /** The xattrs of a recorded path (a path not recorded is ignored). */
   setXattrs(path: string, xattrs: Record<string, Buffer>): void {
-    const r = this.#rows.get(path);
-    if (r === undefined) return;
+    const r = this.#find(path);
+    if (r === -1) return;
     if (Object.keys(xattrs).length) this.#xattrs.set(r, xattrs);
     else this.#xattrs.delete(r);
   }
@@ -89,12 +115,32 @@ export class ScanEntries {
     else this.#linknames.set(r, linkname);
   }
 
+  /** The row of `path`, or -1. */
+  #find(path: string): number {
+    const slots = this.#slots;
+    if (slots.length === 0) return -1;
+    const mask = slots.length - 1;
+    for (let i = hashOf(path) & mask; ; i = (i + 1) & mask) {
+      const v = slots[i]!;
+      if (v === 0) return -1;
+      if (this.#paths[v - 1] === path) return v - 1;
+    }
+  }
+
+  #place(path: string, r: number): void {
+    const mask = this.#slots.length - 1;
+    let i = hashOf(path) & mask;
+    while (this.#slots[i] !== 0) i = (i + 1) & mask;
+    this.#slots[i] = r + 1;
+  }
+
   #row(path: string): number {
-    const have = this.#rows.get(path);
-    if (have !== undefined) return have;
-    const r = this.#rows.size;
+    const have = this.#find(path);
+    if (have !== -1) return have;
+    const r = this.#paths.length;
     if (r === this.#capacity) this.#grow();
-    this.#rows.set(path, r);
+    this.#paths.push(path);
+    this.#place(path, r);
     return r;
   }
 
@@ -111,6 +157,9 @@ export class ScanEntries {
     this.#times = grown(this.#times, (l) => new BigInt64Array(l), 2);
     this.#ids = grown(this.#ids, (l) => new BigUint64Array(l), 3);
     this.#capacity = n;
+    // At most half full once the rows are used up.
+    this.#slots = new Int32Array(n * 2);
+    for (let r = 0; r < this.#paths.length; r++) this.#place(this.#paths[r]!, r);
   }
 
   #entry(path: string, r: number): ExistingEntry {

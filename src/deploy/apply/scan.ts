@@ -118,6 +118,23 @@ export function indexOldTree(root: string, entries: ScannedEntries): OldTree {
   return { root, entries, bySize, byIno };
 }
 
+/**
+ * Let `old` name its paths with `tree`'s strings of them: the booted tree and the new one share
+ * almost every path, and two strings of each were ~3 MiB on a 45k-file tree. Done in place (the
+ * rows, the size and inode indexes keep their order and make nothing): rebuilt indexes and maps
+ * left as much garbage as they saved, and RSS peaked higher.
+ */
+export function sharePathsWith(old: OldTree, tree: ReadonlyMap<string, { readonly path: string }>): void {
+  if (!(old.entries instanceof ScanEntries)) return;
+  const same = (p: string) => tree.get(p)?.path;
+  old.entries.sharePaths(same);
+  for (const [size, s] of old.bySize) {
+    if (typeof s === 'string') old.bySize.set(size, same(s) ?? s);
+    else for (let i = 0; i < s.length; i++) s[i] = same(s[i]!) ?? s[i]!;
+  }
+  for (const g of old.byIno.values()) for (let i = 0; i < g.length; i++) g[i] = same(g[i]!) ?? g[i]!;
+}
+
 const NO_PATHS: readonly string[] = [];
 
 /** The regular files of `old` that have `size` bytes. */
