@@ -70,6 +70,50 @@ function fileRing(fh: FileHandle, onBytes: ((n: number) => void) | undefined): R
     onBytes?.(bytes.length);
   });
 }
+/**
+ * A new temporary file beside `final` holding what `fill` writes into its ring, synced; its
+ * name is returned for `install`. On any failure the file is removed and the error rethrown.
+ */
+async function writeTemporary(
+  final: string,
+  onBytes: ((n: number) => void) | undefined,
+  fill: (ring: RingWriter) => Promise<void>,
+): Promise<string> {
+  const dir = join(final, '..');
+  await mkdir(dir, { recursive: true });
+  const tmp = join(dir, `.tiu-${randomBytes(8).toString('hex')}.tmp`);
+  const fh = await open(tmp, 'wx', 0o644);
+  try {
+    try {
+      const ring = fileRing(fh, onBytes);
+      try {
+        await fill(ring);
+      } catch (e) {
+        await ring.abort(e);
+        throw e;
+      }
+      await ring.end();
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  } catch (e) {
+    await unlink(tmp).catch(() => undefined);
+    throw e;
+  }
+  return tmp;
+}
+
+/** A written temporary file becomes the blob (rename, then the directory synced); removed if that fails. */
+async function install(tmp: string, final: string): Promise<void> {
+  try {
+    await rename(tmp, final);
+    await fsyncDir(join(final, '..'));
+  } catch (e) {
+    await unlink(tmp).catch(() => undefined);
+    throw e;
+  }
+}
 const COSIGN_TAG_RE = /^[a-z0-9]+-[0-9a-f]{64}\.(?:sig|att|sbom)$/;
 
 export class InvalidLayoutError extends TiuError {
@@ -295,30 +339,12 @@ export class OciLayoutTarget implements Target {
     if (isManifestLike(desc.mediaType)) return this.push(desc, readerStream(await openReader()), opts);
     validateDescriptor(desc);
     const final = this.blobPath(desc.digest);
-    const dir = join(final, '..');
-    await mkdir(dir, { recursive: true });
-    const tmp = join(dir, `.tiu-${randomBytes(8).toString('hex')}.tmp`);
     const reader = verifiedReader(await openReader(), desc, 'blob');
     try {
-      const fh = await open(tmp, 'wx', 0o644);
-      try {
-        const ring = fileRing(fh, opts?.onBytes);
-        try {
-          while ((await ring.fill((into) => reader.read(into))) > 0) opts?.signal?.throwIfAborted();
-        } catch (e) {
-          await ring.abort(e);
-          throw e;
-        }
-        await ring.end();
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, final);
-      await fsyncDir(dir);
-    } catch (e) {
-      await unlink(tmp).catch(() => undefined);
-      throw e;
+      const tmp = await writeTemporary(final, opts?.onBytes, async (ring) => {
+        while ((await ring.fill((into) => reader.read(into))) > 0) opts?.signal?.throwIfAborted();
+      });
+      await install(tmp, final);
     } finally {
       await reader.close();
     }
@@ -332,44 +358,29 @@ export class OciLayoutTarget implements Target {
       throw new ManifestTooLargeError(desc.size, MAX_MANIFEST_BYTES);
     }
     const final = this.blobPath(desc.digest);
-    const dir = join(final, '..');
-    await mkdir(dir, { recursive: true });
-    const tmp = join(dir, `.tiu-${randomBytes(8).toString('hex')}.tmp`);
     const kept: Buffer[] = [];
-    const fh = await open(tmp, 'wx', 0o644);
+    // Chunks are copied into a few buffers of the writer's own as they arrive and written from
+    // there (ring-writer.ts): no incoming chunk waits for the disk, so none outlives the young
+    // generation, and the bytes held are bounded whatever the blob's size.
+    const tmp = await writeTemporary(final, opts?.onBytes, (ring) =>
+      pipeline(
+        verifiedStream(content, desc, 'blob'),
+        async (source: AsyncIterable<Buffer>) => {
+          for await (const chunk of source) {
+            if (manifestLike) kept.push(chunk);
+            await ring.write(chunk);
+          }
+        },
+        { signal: opts?.signal },
+      ),
+    );
     try {
-      try {
-        // Chunks are copied into a few buffers of the writer's own as they arrive and written
-        // from there (ring-writer.ts): no incoming chunk waits for the disk, so none outlives the
-        // young generation, and the bytes held are bounded whatever the blob's size.
-        const ring = fileRing(fh, opts?.onBytes);
-        await pipeline(
-          verifiedStream(content, desc, 'blob'),
-          async (source: AsyncIterable<Buffer>) => {
-            try {
-              for await (const chunk of source) {
-                if (manifestLike) kept.push(chunk);
-                await ring.write(chunk);
-              }
-            } catch (e) {
-              await ring.abort(e);
-              throw e;
-            }
-            await ring.end();
-          },
-          { signal: opts?.signal },
-        );
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
       let parsed: ParsedManifest | undefined;
       if (manifestLike) {
         parsed = parseManifestOrIndex(Buffer.concat(kept), desc.mediaType);
         this.#parsed.set(desc.digest, parsed);
       }
-      await rename(tmp, final);
-      await fsyncDir(dir);
+      await install(tmp, final);
       const ref = parsed && referrerDescriptor(desc, parsed);
       if (ref) {
         const entry: Descriptor = { mediaType: desc.mediaType, digest: desc.digest, size: desc.size };
