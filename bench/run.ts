@@ -29,9 +29,16 @@ import { startRegistry, type RunningRegistry } from '../test/helpers/registry.ts
 import { APPLY_OCI, CASYNC, CHECK, IDEAL, STATUS, TIU_ARTIFACT, TIU_WHOLE, UPDATE, updateSection } from './update.ts';
 import { MAKE_DELTA, OSTREE, OSTREE_FILE, OSTREE_GENERATE, ostreePeer } from './ostree.ts';
 import { TIU_DELTA } from './tiu-delta.ts';
+import { layOutPackage, tiuForm, versionRss } from './lib/tiu-package.ts';
 
 const repo = dirname(dirname(fileURLToPath(import.meta.url)));
-export const tiuBin = join(repo, 'bin/tiu');
+/** This checkout's bin/tiu (src/ through type stripping). */
+export const checkoutTiuBin = join(repo, 'bin/tiu');
+/**
+ * The tiu every figure measures: the package laid out from this checkout (bench/lib/tiu-package.ts),
+ * set by main() before any section runs; the checkout's with TIU_BENCH_TIU=checkout.
+ */
+export let tiuBin = checkoutTiuBin;
 export const RUNS = Math.max(1, Number(process.env.TIU_BENCH_RUNS ?? 5));
 const ONLY = (process.env.TIU_BENCH_ONLY ?? 'build,registry,update,ostree,large').split(',');
 /**
@@ -675,6 +682,21 @@ async function largerPass(ctx: Ctx): Promise<void> {
   }
 }
 
+/** Point tiuBin at the form this run measures and say in the notes which one it is. */
+async function chooseTiu(ctx: Ctx): Promise<void> {
+  if (tiuForm() === 'checkout') {
+    ctx.notes.push('tiu ran from this checkout (bin/tiu over src/, TIU_BENCH_TIU=checkout), not as packaged.');
+    return;
+  }
+  tiuBin = await layOutPackage(repo, join(ctx.work, 'tiu-package'));
+  const mib = (b: number): string => (b / 2 ** 20).toFixed(1);
+  const [pkg, src] = [await versionRss(tiuBin), await versionRss(checkoutTiuBin)];
+  ctx.notes.push(
+    `tiu ran as packaged (packaging/tiu.spec's layout: bin/tiu over scripts/bundle.sh's dist/, on this checkout's Node ${process.versions.node}), as a device runs it. ` +
+      `A checkout runs src/ through type stripping instead: \`tiu --version\` peaks at ${mib(pkg)} MiB packaged and ${mib(src)} MiB from the checkout (medians of 5); the status row shows a device command both ways.`,
+  );
+}
+
 async function timed(ctx: Ctx, section: string, body: () => Promise<void>): Promise<void> {
   const start = Date.now();
   try {
@@ -709,6 +731,7 @@ async function main(): Promise<void> {
     registry,
   };
   try {
+    await chooseTiu(ctx);
     if (ONLY.some((o) => o !== 'ostree' && o !== 'large')) await timed(ctx, 'build', () => buildSection(ctx));
     if (ONLY.includes('registry')) await timed(ctx, 'push/pull', () => registrySection(ctx));
     if (ONLY.some((o) => o.startsWith('update'))) {

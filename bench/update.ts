@@ -15,7 +15,7 @@ import { lstat as st, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createMicroOS, MICROOS_SUBVOLUMES, type MicroOS } from '../test/helpers/microos.ts';
 import { measured, sh, type Measured } from './lib/proc.ts';
-import { dirBytes, firstLine, log, record, RUNS, tiuHas, tiuBin, type Ctx } from './run.ts';
+import { checkoutTiuBin, dirBytes, firstLine, log, record, RUNS, tiuHas, tiuBin, type Ctx } from './run.ts';
 import { IDEAL_HOW, idealUpdateBytes } from './lib/ideal.ts';
 import { DELTA_REPO, makeTiuDelta, pushWithDelta } from './tiu-delta.ts';
 
@@ -425,6 +425,16 @@ async function deviceCommands(ctx: Ctx, os: MicroOS, i: number): Promise<void> {
       'skopeo inspect docker://… (is there a newer image?)',
     ],
     [STATUS, 'tiu', [tiuBin, 'status', '--sysroot', os.sysroot], 'tiu status --sysroot DIR'],
+    ...(tiuBin === checkoutTiuBin
+      ? []
+      : [
+          [
+            STATUS,
+            'tiu from a checkout',
+            [checkoutTiuBin, 'status', '--sysroot', os.sysroot],
+            'bin/tiu status --sysroot DIR in the checkout (src/ through type stripping; the other tiu rows run the package)',
+          ] as [string, string, string[], string],
+        ]),
     [STATUS, 'snapper list', snapper(os, ['list']).flat(), 'snapper --no-dbus --root DIR list'],
     [
       HEALTH,

@@ -117,6 +117,25 @@ process.on('exit', () => {
     assert.deepEqual(probeOf(own.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: '65536', marker: null });
   });
 
+  it('copy runs without V8\'s optimizing tiers; build and the device commands keep them', async () => {
+    const probe = join(tmp, 'argv-probe.mjs');
+    await writeFile(
+      probe,
+      "process.on('exit', () => process.stderr.write('ARGV ' + JSON.stringify(process.execArgv) + '\\n'));\n",
+    );
+    const argvOf = async (args: string[]): Promise<string[]> => {
+      const r = await tiu(args, { NODE_OPTIONS: `--import ${probe}` });
+      assert.equal(r.exitCode, 0, r.stderr);
+      return JSON.parse(/ARGV (.*)/.exec(r.stderr)![1]!) as string[];
+    };
+    const copy = await argvOf(['copy', '--help']);
+    assert.ok(copy.includes('--no-maglev') && copy.includes('--no-turbofan'), copy.join(' '));
+    for (const cmd of ['build', 'update', 'status']) {
+      const argv = await argvOf([cmd, '--help']);
+      assert.ok(!argv.some((a) => a === '--no-maglev' || a === '--no-turbofan'), `${cmd}: ${argv.join(' ')}`);
+    }
+  });
+
   it('picks the cache directory: TIU_COMPILE_CACHE, off, /var/cache for root, then XDG or ~/.cache', async () => {
     // Importing the preload enables a cache in this process unless told not to.
     const saved = process.env.TIU_COMPILE_CACHE;
@@ -175,7 +194,8 @@ process.on('exit', () => {
 
     it('reads a read-only cache and still runs when it is empty', async () => {
       const warm = join(tmp, 'ro-warm');
-      assert.equal((await tiu(['--version'], { TIU_COMPILE_CACHE: warm })).exitCode, 0);
+      // Warmed by the same command: Node keys the cache by V8 flags, and copy's differ (bin/tiu).
+      assert.equal((await tiu(['copy', '--help'], { TIU_COMPILE_CACHE: warm })).exitCode, 0);
       const before = await files(warm);
       await run('mount', ['--bind', warm, warm]);
       ro = warm;
