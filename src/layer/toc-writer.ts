@@ -6,6 +6,7 @@
  * JSON.stringify of each entry, keys in the order they were set, joined as the document's
  * `entries` array.
  */
+import { freeNow } from '../util/buffer-pool.ts';
 import { LayerFormatError } from './errors.ts';
 import type { TocEntry } from './toc.ts';
 
@@ -68,6 +69,9 @@ export class TocJsonWriter {
       this.#piece.subarray(0, this.#used),
       Buffer.from(tail, 'latin1'),
     ]);
+    // The pieces are copied: their memory goes now, not beside the TOC's compression.
+    for (const p of this.#pieces) freeNow(p);
+    freeNow(this.#piece);
     this.#pieces.length = 0;
     this.#piece = Buffer.alloc(0);
     this.#used = 0;

@@ -43,8 +43,33 @@ export class BufferPool {
     this.#freeBytes += buf.length;
   }
 
+  /**
+   * Free the buffers held for reuse now (the phase that used them is over). Their memory goes
+   * back to the system at once (their ArrayBuffers are detached), not at a collection that a
+   * phase allocating little may not run for a while: a build's level-19 TOC compression, the
+   * peak of its memory, would otherwise have them beside it.
+   */
+  release(): void {
+    for (const list of this.#free.values()) for (const buf of list) freeNow(buf);
+    this.#free.clear();
+    this.#freeBytes = 0;
+  }
+
   /** Bytes held for reuse. */
   get freeBytes(): number {
     return this.#freeBytes;
   }
+}
+
+/**
+ * Free the memory of a Buffer allocated on its own (Buffer.allocUnsafeSlow, or alloc/allocUnsafe
+ * above Buffer.poolSize / 2), or of a view of it from its start, now rather than at a later
+ * garbage collection: its ArrayBuffer is detached, so every view of it reads as empty afterwards.
+ * The caller must be done with all of them. A Buffer cut from Node's shared 8 KiB slab is left
+ * alone (others use the slab; too small to matter).
+ */
+export function freeNow(buf: Buffer): void {
+  const ab = buf.buffer;
+  if (ab instanceof ArrayBuffer && !ab.detached && buf.byteOffset === 0 && ab.byteLength > Buffer.poolSize)
+    ab.transfer(0);
 }
