@@ -76,13 +76,6 @@ function changed(e: TreeEntry, why: string): BuildError {
 
 /** Read size of a file larger than WHOLE_FILE_LIMIT. */
 const STREAM_PIECE = 1024 * 1024;
-/**
- * A file up to WHOLE_FILE_LIMIT is read into pooled buffers of at most this size (still one
- * frame): a few size classes that the pool keeps and hands out again. A buffer as large as
- * each file (up to 4 MiB) was a new allocation for most large files: on the bench's base tree
- * ~170 MiB in ~110 buffers, garbage that waited for a full collection beside the live ones.
- */
-const READ_PIECE = 256 * 1024;
 
 /**
  * The content of a large file in pieces read into the `buffers` in turn (each piece valid until
@@ -117,36 +110,27 @@ function* filePieces(e: TreeEntry, buffers: readonly Buffer[]): Generator<Buffer
 }
 
 /**
- * The content of a file of at most WHOLE_FILE_LIMIT bytes, read into the `into` buffers one after
- * the other (together at least e.size bytes): views of them, or the entry's own data when it
- * has it in memory.
+ * The content of a small file, read into `into` (at least e.size bytes), or the entry's own
+ * data when it has it in memory.
  */
-function readWhole(e: TreeEntry, into: readonly Buffer[]): Buffer[] {
+function readWhole(e: TreeEntry, into: Buffer): Buffer {
   if (e.content && 'data' in e.content) {
     if (e.content.data.length !== e.size) throw changed(e, 'size');
-    return [e.content.data];
+    return e.content.data;
   }
-  const views: Buffer[] = [];
+  const buf = into.subarray(0, e.size);
   const { c, fd } = openContent(e);
   try {
     let got = 0;
-    for (const buf of into) {
-      const piece = buf.subarray(0, Math.min(buf.length, e.size - got));
-      let at = 0;
-      while (at < piece.length) {
-        const n = readSync(fd, piece, at, piece.length - at, c.offset + got + at);
-        if (n === 0) throw changed(e, `expected ${e.size} bytes, read ${got + at}`);
-        at += n;
-      }
-      got += at;
-      views.push(piece);
-      if (got === e.size) break;
+    while (got < e.size) {
+      const n = readSync(fd, buf, got, e.size - got, c.offset + got);
+      if (n === 0) break;
+      got += n;
     }
+    if (got !== e.size) throw changed(e, `expected ${e.size} bytes, read ${got}`);
     // One byte more would mean the file grew.
-    if (c.whole && readSync(fd, oneByte, 0, 1, c.offset + e.size) !== 0) throw changed(e, 'it grew');
-    return views;
-  } catch (err) {
-    throw err instanceof BuildError ? err : readError(e, err);
+    if (!c.whole || readSync(fd, oneByte, 0, 1, c.offset + e.size) === 0) return buf;
+    throw changed(e, 'it grew');
   } finally {
     closeSync(fd);
   }
@@ -210,8 +194,8 @@ export async function writeLayerContent(
     const done = await writeGzip(entries, file, opts);
     return { finish: () => Promise.resolve(done) };
   } finally {
-    // The last layer's content is written: what the pools keep would sit beside the large TOCs'
-    // level-19 tables (the build's peak of memory), so it goes now.
+    // No layer's content is being written any more: what the pools keep would sit beside the
+    // large TOCs' level-19 tables (the build's other peak of memory), so it goes now.
     if (--contentWriters === 0) {
       readBuffers.release();
       frameBuffers.release();
@@ -312,27 +296,21 @@ async function writeZstdChunked(
         };
         if (e.size <= WHOLE_FILE_LIMIT) {
           await frames.makeRoom(e.size);
-          const into: Buffer[] = [];
-          for (let left = e.size; left > 0; left -= READ_PIECE) into.push(readBuffers.take(Math.min(left, READ_PIECE)));
-          const giveBack = () => {
-            for (const b of into) readBuffers.give(b);
-          };
-          let data: Buffer[];
+          const into = readBuffers.take(e.size);
+          let data: Buffer;
           try {
             data = readWhole(e, into);
           } catch (err) {
-            giveBack();
+            readBuffers.give(into);
             throw err;
           }
-          for (const d of data) {
-            fileHash.update(d);
-            crc.update(d);
-            tar.update(d);
-          }
-          // The buffers go back to the pool once the frame is compressed and written.
+          fileHash.update(data);
+          crc.update(data);
+          tar.update(data);
+          // The buffer goes back to the pool once the frame is compressed and written.
           await frames.add(data, (start, end) => {
             setOffsets(start, end);
-            giveBack();
+            readBuffers.give(into);
           });
         } else {
           // Two read buffers for the whole file: one piece is read and hashed while the
@@ -374,7 +352,6 @@ async function writeZstdChunked(
     out.closeQuietly();
     throw err;
   }
-  const T0 = performance.now(); const tr = (m: string) => process.env.TIU_TRACE && console.error(`${(performance.now() / 1000).toFixed(2)} ${file.slice(-7)} ${m}`); tr(`content done ${entryCount} entries`);
   const splitData = Buffer.concat(splitChunks);
   let json: Buffer;
   try {
@@ -396,11 +373,10 @@ async function writeZstdChunked(
     let compressed: Buffer;
     if (json.length > LARGE_TOC) {
       await othersWritten;
-      compressed = await largeTocs.run(json.length, () => { tr(`toc start ${json.length}`); return compress(); });
+      compressed = await largeTocs.run(json.length, compress);
     } else {
-      compressed = await tocTurn.run(() => { tr(`toc start ${json.length}`); return compress(); });
+      compressed = await tocTurn.run(compress);
     }
-    tr(`toc done ${(performance.now() - T0).toFixed(0)}`);
     const tocOffset = out.size + SKIPPABLE_HEADER;
     out.write(skippableFrame(compressed));
     const splitOffset = out.size + SKIPPABLE_HEADER;

@@ -4,9 +4,10 @@
  * between two files), so a few contexts can work on consecutive frames at once while the main
  * thread reads and hashes the next files.
  *
- * Memory: a frame's compressed bytes are copied, as the compressor hands them out, into pieces
- * from a pool (OUTPUT_PIECE), which go back to the pool once the frame is written. Holding
- * node:zlib's output chunks instead kept each of its 128 KiB output buffers alive until the frame's turn came;
+ * Memory: a frame's compressed bytes are copied, as the compressor hands them out, into one
+ * buffer from a pool (the one the files are read into), which goes back to the pool once the
+ * frame is written. Holding node:zlib's
+ * output chunks instead kept each of its 128 KiB output buffers alive until the frame's turn came;
  * by then they were promoted out of V8's young generation, and dead ones piled up by tens of MiB
  * until a full collection (the larger bench tree: up to ~110 MiB of ArrayBuffers).
  */
@@ -77,45 +78,31 @@ export function zstdBound(n: number): number {
   return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0) + 32;
 }
 
-/**
- * Pieces a frame's compressed bytes are gathered into. Pieces of one size (a small frame's
- * output takes one smaller piece) are what the pool keeps and hands out again; one buffer sized
- * to zstd's bound of each frame was a new allocation of up to 8 MiB for most large files.
- */
-const OUTPUT_PIECE = 64 * 1024;
-
-/** One frame's compressed bytes, gathered into pooled pieces as they come. */
+/** One frame's compressed bytes, gathered into a pooled buffer as they come. */
 class FrameBytes {
   readonly #pool: BufferPool;
-  readonly #pieces: Buffer[];
-  #last: Buffer;
-  /** Bytes in #last. */
-  #used = 0;
+  #buf: Buffer;
+  #length = 0;
   constructor(pool: BufferPool, expected: number) {
     this.#pool = pool;
-    this.#last = pool.take(Math.min(expected, OUTPUT_PIECE));
-    this.#pieces = [this.#last];
+    this.#buf = pool.take(expected);
   }
   append(b: Buffer): void {
-    let at = 0;
-    while (at < b.length) {
-      if (this.#used === this.#last.length) {
-        this.#last = this.#pool.take(OUTPUT_PIECE);
-        this.#pieces.push(this.#last);
-        this.#used = 0;
-      }
-      const n = b.copy(this.#last, this.#used, at);
-      this.#used += n;
-      at += n;
+    if (this.#length + b.length > this.#buf.length) {
+      // Only if zstd's bound were wrong: a larger buffer, the smaller one back to the pool.
+      const bigger = this.#pool.take(this.#length + b.length);
+      this.#buf.copy(bigger, 0, 0, this.#length);
+      this.#pool.give(this.#buf);
+      this.#buf = bigger;
     }
+    b.copy(this.#buf, this.#length);
+    this.#length += b.length;
   }
-  /** The bytes, in order (views of the pieces). */
-  get bytes(): Buffer[] {
-    const n = this.#pieces.length;
-    return this.#pieces.map((p, i) => (i === n - 1 ? p.subarray(0, this.#used) : p));
+  get bytes(): Buffer {
+    return this.#buf.subarray(0, this.#length);
   }
   release(): void {
-    for (const p of this.#pieces) this.#pool.give(p);
+    this.#pool.give(this.#buf);
   }
 }
 
@@ -177,20 +164,15 @@ export class OrderedFrames {
     return run;
   }
   /**
-   * Queue `data` (one buffer, or pieces of one frame in order) as one frame, not reused by the
-   * caller until `written` has run; `written` gets the frame's offsets in the blob. Waits while
-   * the window is full.
+   * Queue `data` as one frame (not reused by the caller until `written` has run); `written`
+   * gets the frame's offsets in the blob. Waits while the window is full.
    */
-  async add(data: Buffer | readonly Buffer[], written?: (start: number, end: number) => void): Promise<void> {
-    const pieces = Buffer.isBuffer(data) ? [data] : data;
-    let size = 0;
-    for (const p of pieces) size += p.length;
+  async add(data: Buffer, written?: (start: number, end: number) => void): Promise<void> {
     const compress = async (f: ZstdFramer) => {
-      const frame = new FrameBytes(this.#pool, zstdBound(size));
+      const frame = new FrameBytes(this.#pool, zstdBound(data.length));
       f.sink = (b) => frame.append(b);
       try {
-        // The same bytes however the input is cut: nothing flushes the frame in between.
-        for (const p of pieces) await f.write(p);
+        await f.write(data);
         await f.endFrame();
       } catch (err) {
         frame.release();
@@ -198,10 +180,10 @@ export class OrderedFrames {
       }
       return frame;
     };
-    const out = size > LARGE_FRAME ? this.#onLargeContext(compress) : this.#onNextContext(compress);
+    const out = data.length > LARGE_FRAME ? this.#onLargeContext(compress) : this.#onNextContext(compress);
     out.catch(() => undefined); // thrown where it is awaited, in order
-    this.#pending.push({ out, size, ...(written ? { written } : {}) });
-    this.#pendingBytes += size;
+    this.#pending.push({ out, size: data.length, ...(written ? { written } : {}) });
+    this.#pendingBytes += data.length;
     this.maxPendingBytes = Math.max(this.maxPendingBytes, this.#pendingBytes);
     await this.drain(this.window - 1);
   }
@@ -220,7 +202,7 @@ export class OrderedFrames {
     this.#pendingBytes -= first.size;
     const start = this.#out.size;
     try {
-      for (const b of frame.bytes) this.#out.write(b);
+      this.#out.write(frame.bytes);
     } finally {
       frame.release();
     }

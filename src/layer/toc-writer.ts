@@ -10,8 +10,8 @@ import { freeNow } from '../util/buffer-pool.ts';
 import { LayerFormatError } from './errors.ts';
 import type { TocEntry } from './toc.ts';
 
-/** Encoded entries are gathered in pieces of this size. */
-const PIECE = 64 * 1024;
+/** Encoded entries are gathered in pieces of this size (above Buffer.poolSize: freeNow frees them). */
+const PIECE = 128 * 1024;
 
 /** A regular file's entry is complete once it has its content digest and its frame's offsets. */
 function complete(t: TocEntry): boolean {
@@ -20,7 +20,7 @@ function complete(t: TocEntry): boolean {
 
 export class TocJsonWriter {
   readonly #pieces: Buffer[] = [];
-  #piece = Buffer.allocUnsafe(PIECE);
+  #piece = Buffer.allocUnsafeSlow(PIECE);
   #used = 0;
   /** Entries added and not yet encoded (the first is incomplete), in tar order. */
   #waiting: TocEntry[] = [];
@@ -50,7 +50,7 @@ export class TocJsonWriter {
     // Binary strings: one char per byte (toc-json.ts).
     if (this.#used + text.length > this.#piece.length) {
       this.#pieces.push(this.#piece.subarray(0, this.#used));
-      this.#piece = Buffer.allocUnsafe(Math.max(PIECE, text.length));
+      this.#piece = Buffer.allocUnsafeSlow(Math.max(PIECE, text.length));
       this.#used = 0;
     }
     this.#used += this.#piece.write(text, this.#used, 'latin1');
