@@ -188,10 +188,23 @@ export async function writeLayerContent(
   file: string,
   opts: LayerWriteOptions,
 ): Promise<UnfinishedLayer> {
-  if (opts.compression === 'zstd') return writeZstdChunked(entries, file, opts);
-  const done = await writeGzip(entries, file, opts);
-  return { finish: () => Promise.resolve(done) };
+  contentWriters++;
+  try {
+    if (opts.compression === 'zstd') return await writeZstdChunked(entries, file, opts);
+    const done = await writeGzip(entries, file, opts);
+    return { finish: () => Promise.resolve(done) };
+  } finally {
+    // No layer's content is being written any more: what the pools keep would sit beside the
+    // large TOCs' level-19 tables (the build's other peak of memory), so it goes now.
+    if (--contentWriters === 0) {
+      readBuffers.release();
+      frameBuffers.release();
+    }
+  }
 }
+
+/** Layers whose content is being written (writeLayerContent). */
+let contentWriters = 0;
 
 /** zstd level of the TOC frame (the file frames keep `LayerWriteOptions.level`). */
 const TOC_LEVEL = 19;

@@ -6,11 +6,12 @@
  * JSON.stringify of each entry, keys in the order they were set, joined as the document's
  * `entries` array.
  */
+import { freeNow } from '../util/buffer-pool.ts';
 import { LayerFormatError } from './errors.ts';
 import type { TocEntry } from './toc.ts';
 
-/** Encoded entries are gathered in pieces of this size. */
-const PIECE = 64 * 1024;
+/** Encoded entries are gathered in pieces of this size (above Buffer.poolSize: freeNow frees them). */
+const PIECE = 128 * 1024;
 
 /** A regular file's entry is complete once it has its content digest and its frame's offsets. */
 function complete(t: TocEntry): boolean {
@@ -19,7 +20,7 @@ function complete(t: TocEntry): boolean {
 
 export class TocJsonWriter {
   readonly #pieces: Buffer[] = [];
-  #piece = Buffer.allocUnsafe(PIECE);
+  #piece = Buffer.allocUnsafeSlow(PIECE);
   #used = 0;
   /** Entries added and not yet encoded (the first is incomplete), in tar order. */
   #waiting: TocEntry[] = [];
@@ -49,7 +50,7 @@ export class TocJsonWriter {
     // Binary strings: one char per byte (toc-json.ts).
     if (this.#used + text.length > this.#piece.length) {
       this.#pieces.push(this.#piece.subarray(0, this.#used));
-      this.#piece = Buffer.allocUnsafe(Math.max(PIECE, text.length));
+      this.#piece = Buffer.allocUnsafeSlow(Math.max(PIECE, text.length));
       this.#used = 0;
     }
     this.#used += this.#piece.write(text, this.#used, 'latin1');
@@ -68,6 +69,9 @@ export class TocJsonWriter {
       this.#piece.subarray(0, this.#used),
       Buffer.from(tail, 'latin1'),
     ]);
+    // The pieces are copied: their memory goes now, not beside the TOC's compression.
+    for (const p of this.#pieces) freeNow(p);
+    freeNow(this.#piece);
     this.#pieces.length = 0;
     this.#piece = Buffer.alloc(0);
     this.#used = 0;

@@ -7,6 +7,8 @@
  */
 export class BufferPool {
   readonly #free = new Map<number, Buffer[]>();
+  /** The memory of the buffers this pool allocated: release() frees only those. */
+  readonly #made = new WeakSet<ArrayBufferLike>();
   #freeBytes = 0;
   /** Buffers this pool has allocated (not handed out again from its free lists). */
   allocated = 0;
@@ -31,7 +33,9 @@ export class BufferPool {
       return buf;
     }
     this.allocated++;
-    return Buffer.allocUnsafeSlow(cls);
+    const made = Buffer.allocUnsafeSlow(cls);
+    this.#made.add(made.buffer);
+    return made;
   }
 
   /** Give back a buffer from take(); the caller must not use it afterwards. */
@@ -43,8 +47,35 @@ export class BufferPool {
     this.#freeBytes += buf.length;
   }
 
+  /**
+   * Free the buffers held for reuse now (the phase that used them is over). Their memory goes
+   * back to the system at once (their ArrayBuffers are detached), not at a collection that a
+   * phase allocating little may not run for a while: a build's level-19 TOC compression, the
+   * peak of its memory, would otherwise have them beside it.
+   */
+  release(): void {
+    for (const list of this.#free.values()) for (const buf of list) if (this.#made.has(buf.buffer)) detach(buf.buffer);
+    this.#free.clear();
+    this.#freeBytes = 0;
+  }
+
   /** Bytes held for reuse. */
   get freeBytes(): number {
     return this.#freeBytes;
   }
+}
+
+/**
+ * Free the memory of a Buffer from Buffer.allocUnsafeSlow (or of a view of it from its start)
+ * now rather than at a later garbage collection: its ArrayBuffer is detached, so every view of
+ * it reads as empty afterwards; the caller must be done with all of them. Anything that may be
+ * a piece of Node's shared slab (Buffer.poolSize bytes or less, which other Buffers use) is left
+ * alone.
+ */
+export function freeNow(buf: Buffer): void {
+  if (buf.byteOffset === 0 && buf.buffer.byteLength > Buffer.poolSize) detach(buf.buffer);
+}
+
+function detach(ab: ArrayBufferLike): void {
+  if (ab instanceof ArrayBuffer && !ab.detached) ab.transfer(0);
 }

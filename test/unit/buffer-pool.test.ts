@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { BufferPool } from '../../src/util/buffer-pool.ts';
+import { BufferPool, freeNow } from '../../src/util/buffer-pool.ts';
 
 describe('BufferPool', function () {
   it('hands out power-of-two buffers of at least the minimum and reuses what is given back', function () {
@@ -22,5 +22,36 @@ describe('BufferPool', function () {
     pool.give(Buffer.alloc(100));
     assert.equal(pool.freeBytes, 256);
     assert.notEqual(pool.take(100), bufs[2]);
+  });
+
+  it('release() frees the buffers it keeps at once and leaves those handed out alone', function () {
+    const pool = new BufferPool(64 * 1024, 1024 * 1024);
+    const kept = [pool.take(100_000), pool.take(64 * 1024)];
+    const inUse = pool.take(200_000).fill(7);
+    for (const b of kept) pool.give(b);
+    const foreign = Buffer.allocUnsafeSlow(128 * 1024);
+    pool.give(foreign);
+    const before = process.memoryUsage().arrayBuffers;
+    pool.release();
+    assert.equal(pool.freeBytes, 0);
+    for (const b of kept) assert.equal(b.length, 0, 'detached: its memory is gone now, not at a collection');
+    assert.ok(process.memoryUsage().arrayBuffers <= before - 192 * 1024, 'the process holds that much less');
+    assert.equal(foreign.length, 128 * 1024, 'a buffer the pool did not allocate is only forgotten');
+    assert.equal(inUse.length, 256 * 1024, 'a buffer in use keeps its memory');
+    assert.equal(inUse[0], 7);
+    assert.notEqual(pool.take(64 * 1024), kept[1], 'the next take allocates anew');
+  });
+
+  it('freeNow leaves a Buffer that shares its memory (a view inside, or the shared slab) alone', function () {
+    const own = Buffer.allocUnsafeSlow(128 * 1024);
+    const inside = own.subarray(4096);
+    freeNow(inside);
+    assert.equal(own.length, 128 * 1024, 'a view that does not start the allocation frees nothing');
+    const small = Buffer.allocUnsafe(100);
+    freeNow(small);
+    assert.equal(small.length, 100, 'a slab buffer stays');
+    freeNow(own.subarray(0, 10));
+    assert.equal(own.length, 0, 'a view from its start frees the whole allocation');
+    assert.equal(inside.length, 0);
   });
 });
