@@ -154,7 +154,9 @@ export class ScanEntries {
   }
 
   #grow(): void {
-    const n = Math.max(1024, this.#capacity * 2);
+    // A power of two (the table of slots is found by mask), also after a trim left an odd count.
+    let n = 1024;
+    while (n <= this.#capacity) n *= 2;
     this.#resize(n);
     // At most half full once the rows are used up.
     this.#slots = new Int32Array(n * 2);
