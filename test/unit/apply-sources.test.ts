@@ -102,7 +102,7 @@ describe('deploy/apply content sources: the plan', () => {
       ],
     ]);
     const plan = await planApply(tree, old, hasher, { sources: [pending, older] });
-    const by = (p: string) => plan.actions.find((a) => a.entry.path === p)!;
+    const by = (p: string) => [...plan.actions].find((a) => a.entry.path === p)!;
     assert.equal(by('x-booted').kind, 'reflink');
     assert.equal(by('x-booted').fromSnapshot, undefined);
     assert.equal(by('x-a').fromSnapshot?.snapshot, 3);

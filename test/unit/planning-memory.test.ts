@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { LayerEntries, type ExistingEntry } from '../../src/deploy/apply/index.ts';
+import { LayerEntries, planApply, type ExistingEntry, type TreeEntry } from '../../src/deploy/apply/index.ts';
+import { NO_XATTRS } from '../../src/layer/entry.ts';
 import { ContentIndex, indexOldTree, pathsOfSize, sharePathsWith } from '../../src/deploy/apply/scan.ts';
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
 import { isTiuError } from '../../src/errors.ts';
@@ -70,6 +71,26 @@ function indexInputs(n: number): { files: Parameters<ContentIndex['remember']>[0
   // Flat strings (through JSON): the index would flatten concatenated ones, freeing their parts meanwhile.
   const digests = JSON.parse(JSON.stringify(Array.from({ length: n }, (_, i) => digestOf(i)))) as string[];
   return { files, digests };
+}
+
+/**
+ * A tree of n entries (three directories, then files) and its scan, naming every path with the
+ * same string (sharing paths frees nothing here), every file unchanged: a plan that keeps all.
+ */
+function keptTree(n: number): { tree: Map<string, TreeEntry>; entries: ScanEntries } {
+  const tree = new Map<string, TreeEntry>();
+  const entries = new ScanEntries();
+  const dirs = ['', 'usr', 'usr/share'];
+  for (let i = 0; i < n; i++) {
+    const dir = i < dirs.length;
+    const path = dir ? dirs[i]! : `usr/share/file-number-${i}.txt`;
+    const size = dir ? 0 : i;
+    const base = { path, mode: dir ? 0o755 : 0o644, uid: 0, gid: 0, size, mtimeNs: 1n, xattrs: NO_XATTRS };
+    tree.set(path, dir ? { ...base, type: 'dir' } : { ...base, type: 'reg', digest: digestOf(i) });
+    entries.set({ ...base, type: dir ? 'dir' : 'reg', ctimeNs: 2n, ino: BigInt(i + 1), dev: 1n, nlink: 1, rdev: 0n });
+  }
+  entries.trim();
+  return { tree, entries };
 }
 
 /** V8's gc, reachable from a test without a node flag. */
@@ -249,6 +270,63 @@ describe('planning memory (issue 19)', function () {
     assert.equal(shapeOf(), before);
     assert.deepEqual(entries.get(pathOf(7)), existing(pathOf(7), 7, 7n));
     assert.ok(freedPerFile > 45, `${freedPerFile.toFixed(0)} bytes freed per file`);
+  });
+
+  it('holds a plan that keeps 20,000 entries in under 16 bytes each (an action object apiece held ~50)', async function () {
+    const n = 20_000;
+    const { tree, entries } = keptTree(n);
+    const old = indexOldTree('/x', entries);
+    const hasher = { digestOf: (x: ExistingEntry) => Promise.resolve(digestOf(x.size)) };
+    const held = () => process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+    const gc = collector();
+    /** Bytes a plan holds per entry, measured in a frame of its own: nothing of it outlives the call. */
+    const heldByPlan = async (): Promise<number> => {
+      for (let i = 0; i < 3; i++) gc();
+      const before = held();
+      const plan = await planApply(tree, old, hasher);
+      for (let i = 0; i < 3; i++) gc();
+      const perEntry = (held() - before) / n;
+      assert.equal(plan.summary.keep.count, n);
+      assert.equal(plan.actions.length, n);
+      const a = plan.actions.at(7)!;
+      assert.equal(a.kind, 'keep');
+      assert.equal(a.entry, tree.get(a.entry.path));
+      assert.deepEqual(
+        [...plan.actions].map((x) => x.entry.path).slice(0, 4),
+        ['', 'usr', 'usr/share', 'usr/share/file-number-10.txt'],
+      );
+      return perEntry;
+    };
+    // A first plan frees what the setup left (its figure is of no use), then the least of three.
+    await heldByPlan();
+    const perEntry = Math.min(await heldByPlan(), await heldByPlan(), await heldByPlan());
+    assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
+  });
+
+  it('gives back the rows a finished scan does not use (16,385 paths sat in rows for 32,768)', function () {
+    const n = 16_385;
+    const { entries } = keptTree(n);
+    const { entries: untrimmed } = keptTree(3);
+    // keptTree trims; a scan of n paths made without it holds the grown rows:
+    const grown = new ScanEntries();
+    for (const e of entries.values()) grown.set(e);
+    const gc = collector();
+    const buffers = () => {
+      for (let i = 0; i < 3; i++) gc();
+      return process.memoryUsage().arrayBuffers;
+    };
+    const before = buffers();
+    grown.trim();
+    const freedPerUnusedRow = (before - buffers()) / (32_768 - n);
+    // A row is 65 bytes (type, four 32-bit fields, size, two times, three ids).
+    assert.ok(freedPerUnusedRow > 60, `${freedPerUnusedRow.toFixed(0)} bytes freed per unused row`);
+    assert.deepEqual(grown.get('usr/share/file-number-99.txt'), entries.get('usr/share/file-number-99.txt'));
+    assert.equal(grown.size, n);
+    // It grows again after a trim.
+    grown.set({ ...grown.get('usr')!, path: 'usr/new' });
+    assert.equal(grown.get('usr/new')?.type, 'dir');
+    assert.equal(grown.get('usr/share/file-number-16384.txt')?.size, 16_384);
+    assert.equal(untrimmed.size, 3);
   });
 
   it('remembers the digests of 20,000 files in a content index in under 110 bytes each (string keys held ~170, made by a template literal ~365)', function () {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { executePlan, openerProvider, type Plan, type TreeEntry } from '../../src/deploy/apply/index.ts';
+import { executePlan, openerProvider, type Action, type Plan, type TreeEntry } from '../../src/deploy/apply/index.ts';
 import { restoreBatches, type XattrSet } from '../../src/host/xattr.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 
@@ -61,7 +61,7 @@ describe('writing stage memory (issue 19)', function () {
     /** Heap bytes still held when the fetch phase is over (after a full collection), for `files` files. */
     async function heldAfterFetch(root: string, files: number): Promise<number> {
       await mkdir(root);
-      const actions: Plan['actions'] = [{ kind: 'create', entry: entry('', 'dir') }];
+      const actions: Action[] = [{ kind: 'create', entry: entry('', 'dir') }];
       for (let d = 0; d < 40; d++) actions.push({ kind: 'create', entry: entry(`d${d}`, 'dir') });
       for (let i = 0; i < files; i++)
         actions.push({ kind: 'write', entry: entry(`d${i % 40}/f${i}`, 'reg', contentOf(i)) });

@@ -37,7 +37,7 @@ import { parentOf } from '../../layer/paths.ts';
 import { showPath } from '../../layer/entry.ts';
 import type { SpaceGuard } from './space.ts';
 import type { ContentIndex, IndexKey } from './scan.ts';
-import type { Action, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
+import type { Action, ActionList, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
 export interface ExecuteOptions {
@@ -94,7 +94,7 @@ class StagedContent {
 /** What phase (5) sets and removes: the plan read again, one entry at a time. */
 function* xattrsToSet(
   sr: SafeRoot,
-  actions: readonly Action[],
+  actions: ActionList,
 ): Generator<{ path: Buffer; set: Record<string, Buffer> }> {
   for (const a of actions) {
     const e = a.entry;
@@ -187,9 +187,7 @@ async function executePlanInner(
     opts.onPhase?.('fetch');
     /** Files to fetch: path -> action index (the provider names an entry by its path). */
     const writes = new Map<string, number>();
-    plan.actions.forEach((a, i) => {
-      if (a.kind === 'write') writes.set(a.entry.path, i);
-    });
+    for (const [i, a] of plan.actions.entries()) if (a.kind === 'write') writes.set(a.entry.path, i);
     const sources = new Map<string, SafeRoot | null>();
     for (const [i, a] of plan.actions.entries()) {
       const f = a.fromSnapshot;
@@ -211,7 +209,7 @@ async function executePlanInner(
       writes.set(a.entry.path, i);
     }
     if (writes.size) {
-      const wanted = Array.from(writes.values(), (i) => plan.actions[i]!.entry);
+      const wanted = Array.from(writes.values(), (i) => plan.actions.at(i)!.entry);
       await provider.deliver(wanted, async (entry, content) => {
         const i = writes.get(entry.path);
         if (i === undefined || staged.state(i) !== NOT_STAGED)
@@ -220,7 +218,7 @@ async function executePlanInner(
             'the provider delivered an entry that was not asked for, or twice',
           );
         staged.set(i, FETCHING); // before any await: a provider may deliver several at once
-        const want = plan.actions[i]!.entry;
+        const want = plan.actions.at(i)!.entry;
         const to = sr.path(staged.nameOf(i));
         if (isVerifiedFile(content)) {
           // Already verified by this process (the delta store, same filesystem): share its extents.

@@ -10,6 +10,7 @@ import { comparePaths, isAtOrBelow, parentOf } from '../../layer/paths.ts';
 import { pathsOfSize, sharePathsWith, type ContentHasher } from './scan.ts';
 import { findInSources, type ContentSource } from './sources.ts';
 import { DigestSet, isSha256 } from './digest-set.ts';
+import { PlanActions } from './plan-actions.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
 import { emptyCounter } from './types.ts';
 
@@ -109,9 +110,9 @@ export async function planApply(
     g.push(p);
   }
 
-  // In path order, a hole for each hardlink until its target's action is known; only the
-  // targets' actions are also kept by path (a map of every action was ~40 bytes a file).
-  const ordered: (Action | undefined)[] = [];
+  // In path order, a reserved slot for each hardlink until its target's action is known; only
+  // the targets' actions are also kept by path (a map of every action was ~40 bytes a file).
+  const actions = new PlanActions();
   const targetActions = new Map<string, Action>();
   const summary: PlanSummary = {
     keep: emptyCounter(),
@@ -141,7 +142,7 @@ export async function planApply(
     const x = old.entries.get(p);
     let a: Action;
     if (e.type === 'hardlink') {
-      ordered.push(undefined); // after all primaries are decided
+      actions.reserve(); // after all primaries are decided
       continue;
     }
     switch (e.type) {
@@ -213,7 +214,7 @@ export async function planApply(
         break;
       }
     }
-    ordered.push(a);
+    actions.push(a);
     if (groups.has(p)) targetActions.set(p, a);
   }
 
@@ -225,11 +226,10 @@ export async function planApply(
     const ta = targetActions.get(t)!;
     const tx = old.entries.get(t);
     const inodeStays = ta.kind === 'keep' || ta.kind === 'meta';
-    if (x && tx && inodeStays && x.ino === tx.ino && x.type === tx.type) ordered[i] = { kind: 'keep', entry: e };
-    else ordered[i] = { kind: 'link', entry: e, replace: !!x };
+    if (x && tx && inodeStays && x.ino === tx.ino && x.type === tx.type) actions.set(i, { kind: 'keep', entry: e });
+    else actions.set(i, { kind: 'link', entry: e, replace: !!x });
   }
 
-  const actions = ordered as Action[];
   for (const a of actions) {
     const bytes = a.entry.type === 'reg' ? a.entry.size : 0;
     const c =

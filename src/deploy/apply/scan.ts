@@ -94,6 +94,7 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
       }
     }
   }
+  entries.trim();
   if (!opts.noXattrs) {
     for (const [rel, xs] of await readTreeXattrs(root)) entries.setXattrs(rel, Object.fromEntries(xs));
   }

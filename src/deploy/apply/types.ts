@@ -105,9 +105,19 @@ export interface MetaFix {
   xattrRemove?: string[];
 }
 
+/**
+ * The actions of a plan, by index, in path order. A plain Action[] is one (tests build plans
+ * so); the planner's is a PlanActions (plan-actions.ts), which keeps a `keep` as its entry alone.
+ */
+export interface ActionList extends Iterable<Action> {
+  readonly length: number;
+  at(i: number): Action | undefined;
+  entries(): IterableIterator<[number, Action]>;
+}
+
 export interface Plan {
   /** Every entry of the new tree, parents before children. */
-  actions: Action[];
+  actions: ActionList;
   /** Old paths absent from the new tree, top-most only (a removed directory takes its content). */
   deletes: string[];
   /** The new-content entries: what a ranged fetcher must get (digest, size, layer, offsets). */

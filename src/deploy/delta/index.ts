@@ -487,6 +487,8 @@ export async function applyTransfer(
     space?: SpaceGuard;
   },
 ): Promise<ApplyTransferResult> {
+  // The download's lists are done with: not alive beside the plan made now.
+  spendDownload(t);
   const { plan, index, skip } = await planAgainst(
     t.layers,
     root,
@@ -526,10 +528,15 @@ export async function applyTransfer(
  */
 function spendTransfer(t: DeltaTransfer): void {
   t.layers = [];
+  t.sources = [];
+  spendDownload(t);
+}
+
+/** What only the download used: the files to fetch, their ranges, the artifact's patches. */
+function spendDownload(t: DeltaTransfer): void {
   t.fetch = [];
   t.frames = [];
   t.ranges = [];
-  t.sources = [];
   delete t.patches;
 }
 
