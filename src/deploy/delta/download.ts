@@ -18,7 +18,8 @@ import type { Target } from '../../content/interfaces.ts';
 import { streamReader } from '../../content/blob-reader.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { showPath } from '../../layer/entry.ts';
-import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../layer/zstd-frames.ts';
+import { zstdDecompressBufferSync, zstdDecompressFrames, zstdFrameSpans } from '../../layer/zstd-frames.ts';
+import { zstdDecompressSync } from 'node:zlib';
 import { isTiuError } from '../../errors.ts';
 import { hashFile } from '../apply/scan.ts';
 import { DigestSet } from '../apply/digest-set.ts';
@@ -170,14 +171,37 @@ function mismatch(e: TreeEntry, why: string, actual?: string): DeltaError {
   );
 }
 
+/**
+ * Output buffers asked for at least this size are allocations of their own: Node hands out
+ * smaller ones as slices of a shared slab (Buffer.poolSize), which must never be detached.
+ */
+const OWN_ALLOCATION = (Buffer.poolSize >>> 1) + 1;
+
+/** The output buffer a file of `size` bytes is decoded into: its own allocation, one byte of room. */
+function outputSize(size: number): number {
+  const n = Math.max(size + 1, OWN_ALLOCATION);
+  return n === Buffer.poolSize ? n + 1 : n; // never the slab's size: releaseOwned tells them apart by it
+}
+
 /** Decompress a file's frame(s) and check size and sha256; the verified content. */
 function decodeVerified(e: TreeEntry, frames: Buffer): Buffer {
   let data: Buffer;
   try {
-    // e.size is at most IN_MEMORY_FILE_MAX here and counted in the request's downloadCost.
-    data = zstdDecompressBufferSync(frames, e.size, e.size + 1);
+    // e.size is at most IN_MEMORY_FILE_MAX here and counted in the request's downloadCost. A
+    // file of one frame (every file tiu builds) is decoded into one buffer of its own, which
+    // storeDecoded gives back at once; frames of several chunks are joined as before.
+    const spans = zstdFrameSpans(frames);
+    data =
+      spans.length === 1
+        ? zstdDecompressSync(frames.subarray(spans[0]![0], spans[0]![1]), {
+            maxOutputLength: e.size + 1,
+            chunkSize: outputSize(e.size),
+          })
+        : zstdDecompressBufferSync(frames, e.size, e.size + 1);
   } catch (err) {
-    if (isTiuError(err, 'ZSTD_OUTPUT_TOO_LARGE')) throw mismatch(e, `more than ${e.size} bytes`);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (isTiuError(err, 'ZSTD_OUTPUT_TOO_LARGE') || code === 'ERR_BUFFER_TOO_LARGE')
+      throw mismatch(e, `more than ${e.size} bytes`);
     throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
   }
   if (data.length !== e.size) throw mismatch(e, `${data.length} bytes instead of ${e.size}`);
@@ -311,25 +335,25 @@ async function fetchOne(
 /**
  * A small file decoded, verified and written to the store, its content's memory returned at
  * once. Garbage to the collector otherwise: a young Buffer costs the heap a few bytes, so
- * thousands of decoded files passed before a scavenge found them, ~10 MiB of dead content at a
- * time through a first install's download.
+ * thousands of decoded files passed before a scavenge found them, 10-20 MiB of dead content at
+ * a time through a first install's download.
  */
 function storeDecoded(store: ContentStore, e: TreeEntry, frames: Buffer): Promise<void> {
   const data = decodeVerified(e, frames);
   const done = store.put(e.digest!, data);
-  releaseOwned(data);
+  releaseOwned(data, outputSize(e.size));
   return done;
 }
 
 /**
- * Detach `buf`'s memory when it is the whole of its ArrayBuffer but for zstdDecompressSync's one
- * byte of room (what zstdDecompressBufferSync returns for a file of more than a few KiB: an
- * allocation of its own that nothing else views). A smaller one is a slice of a shared slab
- * and is left to the collector.
+ * Detach `buf`'s memory when it is the start of an ArrayBuffer of exactly `allocated` bytes, the
+ * output buffer decodeVerified had zstd allocate for this file alone (larger than Node's slab
+ * slices, and never the slab's size): nothing else views it. Anything else (a joined copy of
+ * several frames) is left to the collector.
  */
-function releaseOwned(buf: Buffer): void {
+function releaseOwned(buf: Buffer, allocated: number): void {
   const ab = buf.buffer;
-  if (ab instanceof ArrayBuffer && buf.byteOffset === 0 && ab.byteLength - buf.length <= 1 && buf.length >= 64 * 1024)
+  if (ab instanceof ArrayBuffer && buf.byteOffset === 0 && ab.byteLength === allocated && allocated !== Buffer.poolSize)
     ab.transfer(0);
 }
 
