@@ -12,9 +12,16 @@ export class BufferPool {
   allocated = 0;
   readonly #minSize: number;
   readonly #maxFreeBytes: number;
-  constructor(minSize: number, maxFreeBytes: number) {
+  readonly #detachExcess: boolean;
+  /**
+   * `detachExcess`: a buffer of this pool given back beyond `maxFreeBytes` is detached at once
+   * (see release()) instead of being left to the collector. Only for callers that hold no other
+   * view of what they give back.
+   */
+  constructor(minSize: number, maxFreeBytes: number, opts: { detachExcess?: boolean } = {}) {
     this.#minSize = minSize;
     this.#maxFreeBytes = maxFreeBytes;
+    this.#detachExcess = opts.detachExcess ?? false;
   }
 
   /** The size class of `size`: the next power of two, at least minSize. */
@@ -69,13 +76,12 @@ export class BufferPool {
   give(buf: Buffer): void {
     // Only a buffer that is its whole ArrayBuffer (as take() makes them) is kept: one that shares
     // it (a slice of Node's pool) must never be handed out twice, nor detached by release().
-    if (
-      buf.length !== this.classOf(buf.length) ||
-      buf.byteOffset !== 0 ||
-      buf.buffer.byteLength !== buf.length ||
-      this.#freeBytes + buf.length > this.#maxFreeBytes
-    )
+    const own = buf.length === this.classOf(buf.length) && buf.byteOffset === 0 && buf.buffer.byteLength === buf.length;
+    if (!own) return;
+    if (this.#freeBytes + buf.length > this.#maxFreeBytes) {
+      if (this.#detachExcess && buf.buffer instanceof ArrayBuffer) buf.buffer.transfer(0);
       return;
+    }
     let list = this.#free.get(buf.length);
     if (!list) this.#free.set(buf.length, (list = []));
     list.push(buf);

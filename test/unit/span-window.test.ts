@@ -122,6 +122,20 @@ describe('BufferPool.takeFitting and release', function () {
     assert.equal(big.length, 4096, 'a buffer handed out is left alone');
   });
 
+  it('with detachExcess gives back at once what it does not keep', function () {
+    const pool = new BufferPool(64, 256, { detachExcess: true });
+    const [a, b] = [pool.take(256), pool.take(256)];
+    pool.give(a);
+    pool.give(b);
+    assert.equal(pool.freeBytes, 256);
+    assert.equal(a.buffer.byteLength, 256, 'kept for reuse');
+    assert.equal(b.buffer.byteLength, 0, 'beyond maxFreeBytes: detached');
+    const plain = new BufferPool(64, 0);
+    const c = plain.take(64);
+    plain.give(c);
+    assert.equal(c.buffer.byteLength, 64, 'without the option, left to the collector');
+  });
+
   it('never keeps a buffer that shares its memory (a slice of a larger allocation)', function () {
     const pool = new BufferPool(64, 1 << 20);
     const slab = Buffer.allocUnsafeSlow(256);

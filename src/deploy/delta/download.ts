@@ -31,7 +31,7 @@ import { forEachBounded } from '../../util/semaphore.ts';
 import { BufferPool } from '../../util/buffer-pool.ts';
 import { ByteBudget } from '../../util/byte-budget.ts';
 import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
-import { SpanWindow, windowSize } from './span-window.ts';
+import { SpanWindow, WINDOW_MIN, windowSize } from './span-window.ts';
 
 export const DEFAULT_CONCURRENCY = 4;
 /**
@@ -415,11 +415,11 @@ export async function downloadRanges(
   const budgetBytes = opts.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
   const budget = new ByteBudget(budgetBytes);
   const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
-  // The windows kept for reuse count against the same budget as those in flight: together they
-  // stay about what the budget lets run at once (takeFitting serves a small window from a larger
-  // free buffer). Released when the download ends: the apply that follows has no use for them,
-  // and left to the collector they outlived it (~17 MiB at a first install's apply).
-  const windows = new BufferPool(WINDOW_POOL_MIN, budgetBytes);
+  // The windows in flight are what the budget counts; a few small ones are kept for the next
+  // requests, larger ones (a large frame's) are given back to the system as soon as their
+  // request is done, and the rest when the download ends: left to the collector, they outlived
+  // it (~17 MiB at a first install's apply) and piled up beside the windows in flight.
+  const windows = new BufferPool(WINDOW_POOL_MIN, concurrency * WINDOW_MIN, { detachExcess: true });
   try {
     await forEachBounded(
       ranges,
