@@ -109,3 +109,29 @@ export function readerStream(reader: BlobReader, chunkSize = 64 * 1024): Readabl
   }
   return Readable.from(chunks(), { objectMode: false });
 }
+
+/**
+ * A stream as a reader (for a source whose ranges come as streams): each read copies from the
+ * chunk at hand, so at most one chunk is held beside the caller's buffer.
+ */
+export function streamReader(stream: Readable): BlobReader {
+  const chunks = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer | Uint8Array>;
+  let held: Buffer | undefined;
+  return {
+    async read(into: Buffer): Promise<number> {
+      while (!held?.length) {
+        const next = await chunks.next();
+        if (next.done) return 0;
+        held = Buffer.isBuffer(next.value) ? next.value : Buffer.from(next.value);
+      }
+      const n = held.copy(into, 0, 0, Math.min(held.length, into.length));
+      held = held.subarray(n);
+      return n;
+    },
+    async close(): Promise<void> {
+      held = undefined;
+      // Ending the iteration destroys the stream; its error, if any, was read()'s to report.
+      await chunks.return?.().catch(() => undefined);
+    },
+  };
+}

@@ -81,18 +81,29 @@ export function isAtOrBelow(path: string, dir: string): boolean {
   return dir === '' || path === dir || path.startsWith(dir + '/');
 }
 
-/** Order paths so that every directory comes before what is inside it (component-wise, bytes within a component). */
+/**
+ * Order paths so that every directory comes before what is inside it (component-wise, bytes
+ * within a component). Compared character by character with `/` below every other byte, which
+ * is the same order: splitting both paths into components for each comparison made sorting a
+ * first install's tree (~100k paths, ~1.7M comparisons) allocate hundreds of MiB of arrays and
+ * strings, and lifted its planning's heap by ~20 MiB on the bench's larger tree.
+ */
 export function comparePaths(a: string, b: string): number {
-  const aa = a === '' ? [] : a.split('/');
-  const bb = b === '' ? [] : b.split('/');
-  const n = Math.min(aa.length, bb.length);
+  const n = Math.min(a.length, b.length);
   for (let i = 0; i < n; i++) {
-    const x = aa[i]!;
-    const y = bb[i]!;
-    if (x !== y) return x < y ? -1 : 1;
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    // A component that ends here is a prefix of the other's: it sorts first.
+    if (x === SLASH_CODE) return -1;
+    if (y === SLASH_CODE) return 1;
+    return x < y ? -1 : 1;
   }
-  return aa.length - bb.length;
+  // One is the other plus more: the shorter (an ancestor, or a prefix of the last component) first.
+  return a.length - b.length;
 }
+
+const SLASH_CODE = 0x2f;
 
 /** Plain byte order of whole paths: the order `tiu build` writes entries into a tar layer. */
 export function compareBytes(a: string, b: string): number {

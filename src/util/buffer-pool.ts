@@ -14,9 +14,16 @@ export class BufferPool {
   allocated = 0;
   readonly #minSize: number;
   readonly #maxFreeBytes: number;
-  constructor(minSize: number, maxFreeBytes: number) {
+  readonly #detachExcess: boolean;
+  /**
+   * `detachExcess`: a buffer of this pool given back beyond `maxFreeBytes` is detached at once
+   * (see release()) instead of being left to the collector. Only for callers that hold no other
+   * view of what they give back.
+   */
+  constructor(minSize: number, maxFreeBytes: number, opts: { detachExcess?: boolean } = {}) {
     this.#minSize = minSize;
     this.#maxFreeBytes = maxFreeBytes;
+    this.#detachExcess = opts.detachExcess ?? false;
   }
 
   /** The size class of `size`: the next power of two, at least minSize. */
@@ -38,9 +45,47 @@ export class BufferPool {
     return made;
   }
 
+  /**
+   * A buffer of at least `size` bytes: the smallest free one that is large enough, of any
+   * class, else a new one of `size`'s class. For callers that use only `subarray(0, size)` of it
+   * and whose sizes vary (a download's spans): a free 4 MiB buffer serves a 1 MiB request
+   * instead of a second buffer being allocated beside it, so the pool holds about what the
+   * requests in flight at once need, not that for each size class.
+   */
+  takeFitting(size: number): Buffer {
+    const want = this.classOf(size);
+    let best: number | undefined;
+    for (const [cls, list] of this.#free)
+      if (cls >= want && list.length && (best === undefined || cls < best)) best = cls;
+    if (best === undefined) return this.take(size);
+    const buf = this.#free.get(best)!.pop()!;
+    this.#freeBytes -= buf.length;
+    return buf;
+  }
+
+  /**
+   * Return the free buffers' memory now instead of at some later garbage collection: each is
+   * detached (ArrayBuffer.prototype.transfer to length 0), which frees its backing store at
+   * once. Only buffers given back are touched, so the caller must not hold a view of one it
+   * gave back (the rule of give() already); buffers handed out stay valid.
+   */
+  release(): void {
+    for (const list of this.#free.values())
+      for (const b of list) if (b.buffer instanceof ArrayBuffer) b.buffer.transfer(0);
+    this.#free.clear();
+    this.#freeBytes = 0;
+  }
+
   /** Give back a buffer from take(); the caller must not use it afterwards. */
   give(buf: Buffer): void {
-    if (buf.length !== this.classOf(buf.length) || this.#freeBytes + buf.length > this.#maxFreeBytes) return;
+    // Only a buffer that is its whole ArrayBuffer (as take() makes them) is kept: one that shares
+    // it (a slice of Node's pool) must never be handed out twice, nor detached by release().
+    const own = buf.length === this.classOf(buf.length) && buf.byteOffset === 0 && buf.buffer.byteLength === buf.length;
+    if (!own) return;
+    if (this.#freeBytes + buf.length > this.#maxFreeBytes) {
+      if (this.#detachExcess && buf.buffer instanceof ArrayBuffer) buf.buffer.transfer(0);
+      return;
+    }
     let list = this.#free.get(buf.length);
     if (!list) this.#free.set(buf.length, (list = []));
     list.push(buf);

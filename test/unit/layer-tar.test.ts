@@ -228,4 +228,27 @@ describe('layer path rules', function () {
     assert.equal(comparePaths('a.b', 'a/b'), 1);
     assert.equal(compareBytes('\xe9', 'z'), 1);
   });
+
+  it('orders paths as comparing them component by component does, without splitting them', function () {
+    // The order by components, as comparePaths was written before it compared characters.
+    const byComponents = (a: string, b: string): number => {
+      const aa = a === '' ? [] : a.split('/');
+      const bb = b === '' ? [] : b.split('/');
+      for (let i = 0; i < Math.min(aa.length, bb.length); i++) if (aa[i] !== bb[i]) return aa[i]! < bb[i]! ? -1 : 1;
+      return aa.length - bb.length;
+    };
+    let seed = 7;
+    const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) >>> 8) % n;
+    const names = ['a', 'b', 'a-b', 'a.b', 'ab', '\x01', '\xe9', 'z', 'a b'];
+    const path = () => Array.from({ length: rand(4) }, () => names[rand(names.length)]!).join('/');
+    for (let i = 0; i < 20_000; i++) {
+      const a = path();
+      const b = rand(5) === 0 ? a : path();
+      assert.equal(
+        Math.sign(comparePaths(a, b)),
+        Math.sign(byComponents(a, b)),
+        `${JSON.stringify(a)} vs ${JSON.stringify(b)}`,
+      );
+    }
+  });
 });

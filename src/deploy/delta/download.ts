@@ -15,10 +15,11 @@ import { removeAll } from '../../util/remove-all.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
-import type { BlobReader } from '../../content/blob-reader.ts';
+import { streamReader } from '../../content/blob-reader.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { showPath } from '../../layer/entry.ts';
-import { zstdDecompressBufferSync, zstdDecompressFrames } from '../../layer/zstd-frames.ts';
+import { zstdDecompressBufferSync, zstdDecompressFrames, zstdFrameSpans } from '../../layer/zstd-frames.ts';
+import { zstdDecompressSync } from 'node:zlib';
 import { isTiuError } from '../../errors.ts';
 import { hashFile } from '../apply/scan.ts';
 import { DigestSet } from '../apply/digest-set.ts';
@@ -30,6 +31,7 @@ import { forEachBounded } from '../../util/semaphore.ts';
 import { BufferPool } from '../../util/buffer-pool.ts';
 import { ByteBudget } from '../../util/byte-budget.ts';
 import { coalesce, DEFAULT_MAX_SPAN, type CoalesceOptions, type FetchRange } from './ranges.ts';
+import { SpanWindow, WINDOW_MIN, windowSize } from './span-window.ts';
 
 export const DEFAULT_CONCURRENCY = 4;
 /**
@@ -169,14 +171,37 @@ function mismatch(e: TreeEntry, why: string, actual?: string): DeltaError {
   );
 }
 
+/**
+ * Output buffers asked for at least this size are allocations of their own: Node hands out
+ * smaller ones as slices of a shared slab (Buffer.poolSize), which must never be detached.
+ */
+const OWN_ALLOCATION = (Buffer.poolSize >>> 1) + 1;
+
+/** The output buffer a file of `size` bytes is decoded into: its own allocation, one byte of room. */
+function outputSize(size: number): number {
+  const n = Math.max(size + 1, OWN_ALLOCATION);
+  return n === Buffer.poolSize ? n + 1 : n; // never the slab's size: releaseOwned tells them apart by it
+}
+
 /** Decompress a file's frame(s) and check size and sha256; the verified content. */
 function decodeVerified(e: TreeEntry, frames: Buffer): Buffer {
   let data: Buffer;
   try {
-    // e.size is at most IN_MEMORY_FILE_MAX here and counted in the request's downloadCost.
-    data = zstdDecompressBufferSync(frames, e.size, e.size + 1);
+    // e.size is at most IN_MEMORY_FILE_MAX here and counted in the request's downloadCost. A
+    // file of one frame (every file tiu builds) is decoded into one buffer of its own, which
+    // storeDecoded gives back at once; frames of several chunks are joined as before.
+    const spans = zstdFrameSpans(frames);
+    data =
+      spans.length === 1
+        ? zstdDecompressSync(frames.subarray(spans[0]![0], spans[0]![1]), {
+            maxOutputLength: e.size + 1,
+            chunkSize: outputSize(e.size),
+          })
+        : zstdDecompressBufferSync(frames, e.size, e.size + 1);
   } catch (err) {
-    if (isTiuError(err, 'ZSTD_OUTPUT_TOO_LARGE')) throw mismatch(e, `more than ${e.size} bytes`);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (isTiuError(err, 'ZSTD_OUTPUT_TOO_LARGE') || code === 'ERR_BUFFER_TOO_LARGE')
+      throw mismatch(e, `more than ${e.size} bytes`);
     throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
   }
   if (data.length !== e.size) throw mismatch(e, `${data.length} bytes instead of ${e.size}`);
@@ -186,49 +211,13 @@ function decodeVerified(e: TreeEntry, frames: Buffer): Buffer {
 }
 
 /**
- * The buffers requests read their spans into are used again by the next request (a BufferPool
- * per download, keeping what `concurrency` spans of maxSpan need). A span lives while
- * its response streams in (many event-loop turns), so a fresh buffer per request ends up in V8's
- * old generation, and garbage there is only collected once tens of MiB of it have accumulated:
- * a first install of the bench's Debian tree (211 MiB in 4 MiB spans) held over 50 MiB of dead
- * spans.
+ * The windows requests read their bytes through are used again by the next request (a
+ * BufferPool per download). A window lives while its response streams in (many event-loop
+ * turns), so a fresh buffer per request ends up in V8's old generation, and garbage there is
+ * only collected once tens of MiB of it have accumulated: a first install of the bench's Debian
+ * tree (211 MiB in 4 MiB spans, then read whole) held over 50 MiB of dead spans.
  */
-const SPAN_POOL_MIN = 64 * 1024;
-
-/** A response body of exactly `size` bytes (expected), read into `buf`; fewer if the body is short. */
-async function collect(s: Readable, size: number, onBytes: (n: number) => void, buf: Buffer): Promise<Buffer> {
-  let got = 0;
-  for await (const c of s) {
-    const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
-    onBytes(b.length);
-    if (got + b.length > size) {
-      s.destroy();
-      return Buffer.concat([buf.subarray(0, got), b]); // too long: the caller reports it
-    }
-    b.copy(buf, got);
-    got += b.length;
-  }
-  return buf.subarray(0, got);
-}
-
-/** One byte to read into once a span is full: the reader's end (or its complaint about more bytes). */
-const END_PROBE = Buffer.alloc(1);
-
-/** A range read by its reader straight into `buf` (a registry's body: no Buffer per read); the caller checks the length. */
-async function readInto(reader: BlobReader, buf: Buffer, onBytes: (n: number) => void): Promise<Buffer> {
-  let got = 0;
-  try {
-    for (;;) {
-      const n = await reader.read(got < buf.length ? buf.subarray(got) : END_PROBE);
-      if (n > 0 && got === buf.length) return Buffer.concat([buf, END_PROBE]); // too long: the caller reports it
-      if (n === 0) return buf.subarray(0, got);
-      onBytes(n);
-      got += n;
-    }
-  } finally {
-    await reader.close();
-  }
-}
+const WINDOW_POOL_MIN = 64 * 1024;
 
 /**
  * Files declared larger than this are never decompressed into memory: they stream into a
@@ -238,14 +227,22 @@ async function readInto(reader: BlobReader, buf: Buffer, onBytes: (n: number) =>
 export const IN_MEMORY_FILE_MAX = 4 * 1024 * 1024;
 
 /**
- * The memory a request of `r` holds while it runs: a span read into memory and the largest file
- * decompressed from it (one at a time); a single file larger than `maxSpan` streams.
+ * The memory a request of `r` holds while it runs: the window its bytes are read through
+ * (span-window.ts: its largest frame, at least WINDOW_MIN, at most the span) and the largest
+ * file decompressed from it (one at a time); a single file larger than `maxSpan` streams.
  */
 export function downloadCost(r: FetchRange, maxSpan: number = DEFAULT_MAX_SPAN): number {
   if (r.entries.length === 1 && r.end - r.start > maxSpan) return STREAM_COST;
   let file = 0;
   for (const e of r.entries) file = Math.max(file, e.size > IN_MEMORY_FILE_MAX ? STREAM_COST : e.size);
-  return r.end - r.start + file;
+  return requestWindow(r) + file;
+}
+
+/** The window request `r` is read through. */
+function requestWindow(r: FetchRange): number {
+  let frame = 0;
+  for (const e of r.entries) frame = Math.max(frame, e.source!.endOffset! - e.source!.offset!);
+  return windowSize(r.start, r.end, frame);
 }
 
 /**
@@ -306,7 +303,7 @@ async function fetchOne(
   maxSpan: number,
   signal: AbortSignal,
   count: (n: number) => void,
-  spans: BufferPool,
+  windows: BufferPool,
 ): Promise<number> {
   const desc = layers[r.layer];
   if (!desc) throw new DeltaError('DELTA_CONTENT_MISSING', `layer ${r.layer + 1} is not in the manifest`);
@@ -323,47 +320,77 @@ async function fetchOne(
     await streamIntoStore(r.entries[0]!, counted, store, signal);
     return 1;
   }
-  const span = spans.take(r.end - r.start);
+  const reader = source.openRange
+    ? await source.openRange(desc, r.start, r.end, { signal })
+    : streamReader(await source.fetchRange!(desc, r.start, r.end, { signal }));
+  const window = new SpanWindow(reader, r, requestWindow(r), windows, count);
   try {
-    const bytes = source.openRange
-      ? await readInto(
-          await source.openRange(desc, r.start, r.end, { signal }),
-          span.subarray(0, r.end - r.start),
-          count,
-        )
-      : await collect(await source.fetchRange!(desc, r.start, r.end, { signal }), r.end - r.start, count, span);
-    return await storeSpan(desc, r, bytes, store, signal);
+    return await storeFrames(desc, r, window, store, signal);
   } finally {
-    spans.give(span);
+    window.dispose();
+    await reader.close();
   }
 }
 
-/** The files of request `r` from its bytes `buf`, each verified and stored; how many were stored. */
-async function storeSpan(
+/**
+ * A small file decoded, verified and written to the store, its content's memory returned at
+ * once. Garbage to the collector otherwise: a young Buffer costs the heap a few bytes, so
+ * thousands of decoded files passed before a scavenge found them, 10-20 MiB of dead content at
+ * a time through a first install's download.
+ */
+function storeDecoded(store: ContentStore, e: TreeEntry, frames: Buffer): Promise<void> {
+  const data = decodeVerified(e, frames);
+  const done = store.put(e.digest!, data);
+  releaseOwned(data, outputSize(e.size));
+  return done;
+}
+
+/**
+ * Detach `buf`'s memory when it is the start of an ArrayBuffer of exactly `allocated` bytes, the
+ * output buffer decodeVerified had zstd allocate for this file alone (larger than Node's slab
+ * slices, and never the slab's size): nothing else views it. Anything else (a joined copy of
+ * several frames) is left to the collector.
+ */
+function releaseOwned(buf: Buffer, allocated: number): void {
+  const ab = buf.buffer;
+  if (ab instanceof ArrayBuffer && buf.byteOffset === 0 && ab.byteLength === allocated && allocated !== Buffer.poolSize)
+    ab.transfer(0);
+}
+
+function short(desc: Descriptor, r: FetchRange, got: number): DeltaError {
+  return new DeltaError(
+    'DELTA_RANGE_SHORT',
+    `bytes ${r.start}-${r.end - 1} of layer ${desc.digest}: got ${got} of ${r.end - r.start}`,
+    { digest: desc.digest, start: r.start, end: r.end, got },
+  );
+}
+
+/**
+ * The files of request `r`, frame by frame as its bytes come through `window`, each verified
+ * and stored; how many were stored. A file is stored only once its own sha256 matched, so
+ * the ones before a short or overlong answer are kept (the answer is refused all the same).
+ */
+async function storeFrames(
   desc: Descriptor,
   r: FetchRange,
-  buf: Buffer,
+  window: SpanWindow,
   store: ContentStore,
   signal: AbortSignal,
 ): Promise<number> {
   let stored = 0;
-  if (buf.length !== r.end - r.start) {
-    throw new DeltaError(
-      'DELTA_RANGE_SHORT',
-      `bytes ${r.start}-${r.end - 1} of layer ${desc.digest}: got ${buf.length} of ${r.end - r.start}`,
-      { digest: desc.digest, start: r.start, end: r.end, got: buf.length },
-    );
-  }
   for (const e of r.entries) {
     if (store.has(e.digest!)) continue;
-    const frames = buf.subarray(e.source!.offset! - r.start, e.source!.endOffset! - r.start);
+    const frames = await window.bytes(e.source!.offset!, e.source!.endOffset!);
+    if (!frames) throw short(desc, r, window.got);
     // A small frame may declare (and expand to) a huge file: by its declared size, not its
     // compressed one, it streams to disk instead of into memory.
     if (e.size > IN_MEMORY_FILE_MAX)
       await streamIntoStore(e, Readable.from([frames], { objectMode: false }), store, signal);
-    else await store.put(e.digest!, decodeVerified(e, frames));
+    else await storeDecoded(store, e, frames);
     stored++;
   }
+  const got = await window.finish();
+  if (got !== r.end - r.start) throw short(desc, r, got);
   return stored;
 }
 
@@ -385,20 +412,29 @@ export async function downloadRanges(
     stats.bytes += n;
     opts.onBytes?.(n);
   };
-  const budget = new ByteBudget(opts.memoryBudget ?? DEFAULT_MEMORY_BUDGET);
+  const budgetBytes = opts.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
+  const budget = new ByteBudget(budgetBytes);
   const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
-  const spans = new BufferPool(SPAN_POOL_MIN, concurrency * maxSpan);
-  await forEachBounded(
-    ranges,
-    concurrency,
-    (r) =>
-      budget.run(downloadCost(r, maxSpan), async () => {
-        stats.requests++;
-        const stored = await fetchOne(source, layers, r, store, maxSpan, signal, count, spans);
-        stats.files += stored; // not `+= await`: that reads stats.files before the await
-      }),
-    (e) => stop.abort(e),
-  );
+  // The windows in flight are what the budget counts; a few small ones are kept for the next
+  // requests, larger ones (a large frame's) are given back to the system as soon as their
+  // request is done, and the rest when the download ends: left to the collector, they outlived
+  // it (~17 MiB at a first install's apply) and piled up beside the windows in flight.
+  const windows = new BufferPool(WINDOW_POOL_MIN, concurrency * WINDOW_MIN, { detachExcess: true });
+  try {
+    await forEachBounded(
+      ranges,
+      concurrency,
+      (r) =>
+        budget.run(downloadCost(r, maxSpan), async () => {
+          stats.requests++;
+          const stored = await fetchOne(source, layers, r, store, maxSpan, signal, count, windows);
+          stats.files += stored; // not `+= await`: that reads stats.files before the await
+        }),
+      (e) => stop.abort(e),
+    );
+  } finally {
+    windows.release();
+  }
   return stats;
 }
 
