@@ -63,19 +63,6 @@ export class BufferPool {
     return buf;
   }
 
-  /**
-   * Return the free buffers' memory now instead of at some later garbage collection: each is
-   * detached (ArrayBuffer.prototype.transfer to length 0), which frees its backing store at
-   * once. Only buffers given back are touched, so the caller must not hold a view of one it
-   * gave back (the rule of give() already); buffers handed out stay valid.
-   */
-  release(): void {
-    for (const list of this.#free.values())
-      for (const b of list) if (b.buffer instanceof ArrayBuffer) b.buffer.transfer(0);
-    this.#free.clear();
-    this.#freeBytes = 0;
-  }
-
   /** Give back a buffer from take(); the caller must not use it afterwards. */
   give(buf: Buffer): void {
     // Only a buffer that is its whole ArrayBuffer (as take() makes them) is kept: one that shares
@@ -83,7 +70,7 @@ export class BufferPool {
     const own = buf.length === this.classOf(buf.length) && buf.byteOffset === 0 && buf.buffer.byteLength === buf.length;
     if (!own) return;
     if (this.#freeBytes + buf.length > this.#maxFreeBytes) {
-      if (this.#detachExcess && buf.buffer instanceof ArrayBuffer) buf.buffer.transfer(0);
+      if (this.#detachExcess && this.#made.has(buf.buffer)) detach(buf.buffer);
       return;
     }
     let list = this.#free.get(buf.length);
@@ -94,9 +81,11 @@ export class BufferPool {
 
   /**
    * Free the buffers held for reuse now (the phase that used them is over). Their memory goes
-   * back to the system at once (their ArrayBuffers are detached), not at a collection that a
-   * phase allocating little may not run for a while: a build's level-19 TOC compression, the
-   * peak of its memory, would otherwise have them beside it.
+   * back to the system at once (their ArrayBuffers are detached: ArrayBuffer.prototype.transfer
+   * to length 0 frees the backing store), not at a collection that a phase allocating little may
+   * not run for a while: a build's level-19 TOC compression, the peak of its memory, would
+   * otherwise have them beside it. Only buffers this pool allocated and that were given back are
+   * touched (the caller holds no view of those: give()'s rule); buffers handed out stay valid.
    */
   release(): void {
     for (const list of this.#free.values()) for (const buf of list) if (this.#made.has(buf.buffer)) detach(buf.buffer);
