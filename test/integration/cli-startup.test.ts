@@ -117,7 +117,7 @@ process.on('exit', () => {
     assert.deepEqual(probeOf(own.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: '65536', marker: null });
   });
 
-  it('copy runs without V8\'s optimizing tiers; build and the device commands keep them', async () => {
+  it("copy runs without V8's optimizing tiers; build and the device commands keep them", async () => {
     const probe = join(tmp, 'argv-probe.mjs');
     await writeFile(
       probe,

@@ -291,10 +291,12 @@ describe('planning memory (issue 19)', function () {
       const a = plan.actions.at(7)!;
       assert.equal(a.kind, 'keep');
       assert.equal(a.entry, tree.get(a.entry.path));
-      assert.deepEqual(
-        [...plan.actions].map((x) => x.entry.path).slice(0, 4),
-        ['', 'usr', 'usr/share', 'usr/share/file-number-10.txt'],
-      );
+      assert.deepEqual([...plan.actions].map((x) => x.entry.path).slice(0, 4), [
+        '',
+        'usr',
+        'usr/share',
+        'usr/share/file-number-10.txt',
+      ]);
       return perEntry;
     };
     // A first plan frees what the setup left (its figure is of no use), then the least of three.

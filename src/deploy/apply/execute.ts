@@ -92,10 +92,7 @@ class StagedContent {
 }
 
 /** What phase (5) sets and removes: the plan read again, one entry at a time. */
-function* xattrsToSet(
-  sr: SafeRoot,
-  actions: ActionList,
-): Generator<{ path: Buffer; set: Record<string, Buffer> }> {
+function* xattrsToSet(sr: SafeRoot, actions: ActionList): Generator<{ path: Buffer; set: Record<string, Buffer> }> {
   for (const a of actions) {
     const e = a.entry;
     // As phase (3) goes through the plan: a hardlink shares its target's inode.
