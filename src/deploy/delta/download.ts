@@ -19,7 +19,7 @@ import { streamReader } from '../../content/blob-reader.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { showPath } from '../../layer/entry.ts';
 import { zstdDecompressBufferSync, zstdDecompressFrames, zstdFrameSpans } from '../../layer/zstd-frames.ts';
-import { zstdDecompressSync } from 'node:zlib';
+import { createZstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { isTiuError } from '../../errors.ts';
 import { hashFile } from '../apply/scan.ts';
 import { DigestSet } from '../apply/digest-set.ts';
@@ -227,6 +227,17 @@ const WINDOW_POOL_MIN = 64 * 1024;
 export const IN_MEMORY_FILE_MAX = 4 * 1024 * 1024;
 
 /**
+ * Files of one frame declared larger than this are decoded in pieces of DECODE_CHUNK, each
+ * hashed and written to the store as it comes out, instead of into one buffer of their size:
+ * four requests each decoding a file of up to IN_MEMORY_FILE_MAX held ~12 MiB of output at a
+ * first install's peak. The few hundred files above it cost a stream each; the thousands below
+ * keep the one synchronous call.
+ */
+export const DECODE_WHOLE_MAX = 256 * 1024;
+/** Output piece of a file decoded in pieces (and so its share of a request's memory, doubled). */
+const DECODE_CHUNK = 128 * 1024;
+
+/**
  * The memory a request of `r` holds while it runs: the window its bytes are read through
  * (span-window.ts: its largest frame, at least WINDOW_MIN, at most the span) and the largest
  * file decompressed from it (one at a time); a single file larger than `maxSpan` streams.
@@ -234,14 +245,18 @@ export const IN_MEMORY_FILE_MAX = 4 * 1024 * 1024;
 export function downloadCost(r: FetchRange, maxSpan: number = DEFAULT_MAX_SPAN): number {
   if (r.entries.length === 1 && r.end - r.start > maxSpan) return STREAM_COST;
   let file = 0;
-  for (const e of r.entries) file = Math.max(file, e.size > IN_MEMORY_FILE_MAX ? STREAM_COST : e.size);
+  for (const e of r.entries) file = Math.max(file, e.size > DECODE_WHOLE_MAX ? STREAM_COST : e.size);
   return requestWindow(r) + file;
 }
 
-/** The window request `r` is read through. */
+/**
+ * The window request `r` is read through: large enough for the frames decoded whole (files of
+ * at most DECODE_WHOLE_MAX); larger files' frames stream through it in pieces.
+ */
 function requestWindow(r: FetchRange): number {
   let frame = 0;
-  for (const e of r.entries) frame = Math.max(frame, e.source!.endOffset! - e.source!.offset!);
+  for (const e of r.entries)
+    if (e.size <= DECODE_WHOLE_MAX) frame = Math.max(frame, e.source!.endOffset! - e.source!.offset!);
   return windowSize(r.start, r.end, frame);
 }
 
@@ -255,6 +270,7 @@ async function streamIntoStore(
   frames: AsyncIterable<Buffer> | Readable,
   store: ContentStore,
   signal: AbortSignal,
+  decode: (frames: AsyncIterable<Buffer> | Readable) => AsyncIterable<Buffer> = zstdDecompressFrames,
 ): Promise<void> {
   const tmp = store.tmpPath();
   const fh = await open(tmp, 'wx', 0o600);
@@ -263,7 +279,7 @@ async function streamIntoStore(
   let ok = false;
   try {
     try {
-      for await (const c of zstdDecompressFrames(frames)) {
+      for await (const c of decode(frames)) {
         got += c.length;
         if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
         h.update(c);
@@ -357,6 +373,34 @@ function releaseOwned(buf: Buffer, allocated: number): void {
     ab.transfer(0);
 }
 
+/**
+ * The content of zstd frames arriving in pieces (views a window reuses), DECODE_CHUNK at a time.
+ * A piece is written to the decompressor only once the previous one was consumed, so the
+ * window may take the next bytes in its place. Several frames and skippable frames are
+ * zstd's to handle, as in one call.
+ */
+async function* decodeInPieces(pieces: AsyncIterable<Buffer> | Readable): AsyncGenerator<Buffer> {
+  const d = createZstdDecompress({ chunkSize: DECODE_CHUNK });
+  const feeding = (async () => {
+    const it = (pieces as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    // Checked before every read: once the decoding stopped, the window is not read into again.
+    while (!d.destroyed) {
+      const n = await it.next();
+      if (n.done) return void d.end();
+      await new Promise<void>((res, rej) => d.write(n.value, (err) => (err ? rej(err) : res())));
+    }
+  })();
+  feeding.catch((err: unknown) => d.destroy(err as Error));
+  try {
+    for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
+    await feeding;
+  } finally {
+    // a consumer that stops early (more than the declared size) frees the decompressor now
+    d.destroy();
+    await feeding.catch(() => undefined);
+  }
+}
+
 function short(desc: Descriptor, r: FetchRange, got: number): DeltaError {
   return new DeltaError(
     'DELTA_RANGE_SHORT',
@@ -380,13 +424,22 @@ async function storeFrames(
   let stored = 0;
   for (const e of r.entries) {
     if (store.has(e.digest!)) continue;
-    const frames = await window.bytes(e.source!.offset!, e.source!.endOffset!);
-    if (!frames) throw short(desc, r, window.got);
-    // A small frame may declare (and expand to) a huge file: by its declared size, not its
-    // compressed one, it streams to disk instead of into memory.
-    if (e.size > IN_MEMORY_FILE_MAX)
-      await streamIntoStore(e, Readable.from([frames], { objectMode: false }), store, signal);
-    else await storeDecoded(store, e, frames);
+    const [s, end] = [e.source!.offset!, e.source!.endOffset!];
+    if (e.size > DECODE_WHOLE_MAX) {
+      // Decoded as its bytes come through the window, DECODE_CHUNK at a time into the store: a
+      // large file is never in memory whole, neither its frame nor its content.
+      try {
+        await streamIntoStore(e, window.pieces(s, end), store, signal, decodeInPieces);
+      } catch (err) {
+        if (window.short) throw short(desc, r, window.got);
+        throw err;
+      }
+      if (window.short) throw short(desc, r, window.got);
+    } else {
+      const frames = await window.bytes(s, end);
+      if (!frames) throw short(desc, r, window.got);
+      await storeDecoded(store, e, frames);
+    }
     stored++;
   }
   const got = await window.finish();
