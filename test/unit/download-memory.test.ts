@@ -19,6 +19,7 @@ import { coalesce, ContentStore, downloadRanges, rangeBytes } from '../../src/de
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
+import { hashFile } from '../../src/deploy/apply/scan.ts';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -105,5 +106,49 @@ describe('download memory (issue 19: a first install)', function () {
     // held 8-12 MiB of them (two or three 4 MiB spans in flight, those kept for reuse).
     for (const p of peaks) assert.ok(p < 3 * 2 ** 20, `ArrayBuffers held while downloading: ${mib.join(', ')} MiB`);
     assert.ok(peaks[1]! < peaks[0]! + 2 ** 20, `three times the files, about the same memory: ${mib.join(' -> ')} MiB`);
+  });
+});
+
+describe('download memory of large files (issue 19: frames streamed through the window)', function () {
+  this.timeout(60_000);
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-download-memory-large-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('neither grows a window to a large frame nor holds a large file decoded whole', async function () {
+    // Incompressible 1.5 MiB files, two a request: their frames are 1.5 MiB too. Each request's
+    // window grew to a frame, four requests at a time within the 12 MiB budget: ~6 MiB held.
+    const { blob, entries } = layer(16, 1536 * 1024);
+    const target = new MemoryTarget();
+    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: sha(blob) as Descriptor['digest'], size: blob.length };
+    await target.push(desc, Readable.from([blob]));
+    let base = 0;
+    let peak = 0;
+    target.fetchRange = (_d, s, e) => {
+      function* pieces(): Generator<Buffer> {
+        for (let at = s; at < e; at += 64 * 1024) {
+          gc();
+          peak = Math.max(peak, process.memoryUsage().arrayBuffers - base);
+          yield blob.subarray(at, Math.min(e, at + 64 * 1024));
+        }
+      }
+      return Promise.resolve(Readable.from(pieces(), { objectMode: false }));
+    };
+    const store = await ContentStore.open(join(dir, 'store'));
+    const ranges = coalesce(entries);
+    assert.ok(ranges.every((r) => r.entries.length === 2), 'requests of two large frames each');
+    gc();
+    base = process.memoryUsage().arrayBuffers;
+    const stats = await downloadRanges(target, [desc], ranges, store);
+    assert.equal(stats.files, entries.length);
+    for (const e of entries) assert.equal(await hashFile(store.path(e.digest!)), e.digest);
+    const mib = (peak / 2 ** 20).toFixed(2);
+    if (process.env.TIU_TEST_SHOW) console.log(mib);
+    assert.ok(peak < 4 * 2 ** 20, `ArrayBuffers held while downloading 1.5 MiB frames: ${mib} MiB`);
+    await store.remove();
   });
 });

@@ -235,7 +235,7 @@ export const IN_MEMORY_FILE_MAX = 4 * 1024 * 1024;
  */
 export const DECODE_WHOLE_MAX = 1024 * 1024;
 /** Output piece of a file decoded in pieces (and so its share of a request's memory, doubled). */
-const DECODE_CHUNK = 256 * 1024;
+const DECODE_CHUNK = 128 * 1024;
 
 /**
  * The memory a request of `r` holds while it runs: the window its bytes are read through
