@@ -271,7 +271,8 @@ async function streamIntoStore(
   store: ContentStore,
   signal: AbortSignal,
   decode: (frames: AsyncIterable<Buffer> | Readable) => AsyncIterable<Buffer> = zstdDecompressFrames,
-): Promise<void> {
+  shortIsFrames = false,
+): Promise<'stored' | 'short'> {
   const tmp = store.tmpPath();
   const fh = await open(tmp, 'wx', 0o600);
   const h = createHash('sha256');
@@ -299,6 +300,8 @@ async function streamIntoStore(
       if (err instanceof DeltaError || signal.aborted || isTiuError(err)) throw err;
       throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
     }
+    // decodeInPieces decodes one frame: less than declared may be a file in several frames.
+    if (got < e.size && shortIsFrames) return 'short';
     if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
     const actual = `sha256:${h.digest('hex')}`;
     if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
@@ -309,6 +312,27 @@ async function streamIntoStore(
     if (!ok) await rm(tmp, { force: true });
   }
   await store.adopt(tmp, e.digest);
+  return 'stored';
+}
+
+/** One file's frames fetched on their own and streamed frame by frame into the store. */
+async function refetchFile(
+  source: Target,
+  desc: Descriptor,
+  e: TreeEntry,
+  store: ContentStore,
+  signal: AbortSignal,
+  count: (n: number) => void,
+): Promise<void> {
+  const raw = await source.fetchRange!(desc, e.source!.offset!, e.source!.endOffset!, { signal });
+  const counted = (async function* () {
+    for await (const c of raw) {
+      const b = Buffer.isBuffer(c) ? c : Buffer.from(c);
+      count(b.length);
+      yield b;
+    }
+  })();
+  await streamIntoStore(e, counted, store, signal);
 }
 
 async function fetchOne(
@@ -341,7 +365,8 @@ async function fetchOne(
     : streamReader(await source.fetchRange!(desc, r.start, r.end, { signal }));
   const window = new SpanWindow(reader, r, requestWindow(r), windows, count);
   try {
-    return await storeFrames(desc, r, window, store, signal);
+    const again = (e: TreeEntry): Promise<void> => refetchFile(source, desc, e, store, signal, count);
+    return await storeFrames(desc, r, window, store, signal, again);
   } finally {
     window.dispose();
     await reader.close();
@@ -374,30 +399,34 @@ function releaseOwned(buf: Buffer, allocated: number): void {
 }
 
 /**
- * The content of zstd frames arriving in pieces (views a window reuses), DECODE_CHUNK at a time.
- * A piece is written to the decompressor only once the previous one was consumed, so the
- * window may take the next bytes in its place. Several frames and skippable frames are
- * zstd's to handle, as in one call.
+ * One frame's content from pieces (views a window reuses), DECODE_CHUNK at a time. A piece is
+ * written to the decompressor only once the previous one was consumed, so the window may take
+ * the next bytes in its place.
  */
 async function* decodeInPieces(pieces: AsyncIterable<Buffer> | Readable): AsyncGenerator<Buffer> {
   const d = createZstdDecompress({ chunkSize: DECODE_CHUNK });
+  const it = (pieces as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  // The read of the window in progress: awaited before the window is handed on.
+  let reading: Promise<unknown> = Promise.resolve();
   const feeding = (async () => {
-    const it = (pieces as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
     // Checked before every read: once the decoding stopped, the window is not read into again.
     while (!d.destroyed) {
-      const n = await it.next();
+      const next = it.next();
+      reading = next;
+      const n = await next;
       if (n.done) return void d.end();
+      if (d.destroyed) return;
       await new Promise<void>((res, rej) => d.write(n.value, (err) => (err ? rej(err) : res())));
     }
   })();
   feeding.catch((err: unknown) => d.destroy(err as Error));
   try {
     for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
-    await feeding;
   } finally {
-    // a consumer that stops early (more than the declared size) frees the decompressor now
+    // Node's decoder ends with the first frame and may leave the last write unanswered: the
+    // feeder is not waited for, only its read of the window (a destroyed decoder is written no more).
     d.destroy();
-    await feeding.catch(() => undefined);
+    await reading.catch(() => undefined);
   }
 }
 
@@ -420,6 +449,7 @@ async function storeFrames(
   window: SpanWindow,
   store: ContentStore,
   signal: AbortSignal,
+  refetch: (e: TreeEntry) => Promise<void>,
 ): Promise<number> {
   let stored = 0;
   for (const e of r.entries) {
@@ -428,13 +458,17 @@ async function storeFrames(
     if (e.size > DECODE_WHOLE_MAX) {
       // Decoded as its bytes come through the window, DECODE_CHUNK at a time into the store: a
       // large file is never in memory whole, neither its frame nor its content.
+      let got: 'stored' | 'short';
       try {
-        await streamIntoStore(e, window.pieces(s, end), store, signal, decodeInPieces);
+        got = await streamIntoStore(e, window.pieces(s, end), store, signal, decodeInPieces, true);
       } catch (err) {
         if (window.short) throw short(desc, r, window.got);
         throw err;
       }
       if (window.short) throw short(desc, r, window.got);
+      // Its first frame held less than the file: several frames (containers/storage's chunks),
+      // which Node's decoder does not run on through. Fetched again alone, frame by frame.
+      if (got === 'short') await refetch(e);
     } else {
       const frames = await window.bytes(s, end);
       if (!frames) throw short(desc, r, window.got);
