@@ -187,7 +187,7 @@ function outputSize(size: number): number {
 function decodeVerified(e: TreeEntry, frames: Buffer): Buffer {
   let data: Buffer;
   try {
-    // e.size is at most IN_MEMORY_FILE_MAX here and counted in the request's downloadCost. A
+    // e.size is at most DECODE_WHOLE_MAX here and counted in the request's downloadCost. A
     // file of one frame (every file tiu builds) is decoded into one buffer of its own, which
     // storeDecoded gives back at once; frames of several chunks are joined as before.
     const spans = zstdFrameSpans(frames);
@@ -227,11 +227,11 @@ const WINDOW_POOL_MIN = 64 * 1024;
 export const IN_MEMORY_FILE_MAX = 4 * 1024 * 1024;
 
 /**
- * Files of one frame declared larger than this are decoded in pieces of DECODE_CHUNK, each
- * hashed and written to the store as it comes out, instead of into one buffer of their size:
- * four requests each decoding a file of up to IN_MEMORY_FILE_MAX held ~12 MiB of output at a
- * first install's peak. The few hundred files above it cost a stream each; the thousands below
- * keep the one synchronous call.
+ * Files declared larger than this are decoded as their frame comes through the window, in
+ * pieces of DECODE_CHUNK hashed and written to the store, instead of reading the frame whole
+ * (the window grown to it) and decoding it into one buffer of the file's size: on the bench's
+ * base tree, requests holding such windows were 10-15 MiB of ArrayBuffers at the download's
+ * peak. The 64 files above it there cost a stream each; the thousands below keep one call.
  */
 export const DECODE_WHOLE_MAX = 1024 * 1024;
 /** Output piece of a file decoded in pieces (and so its share of a request's memory, doubled). */
