@@ -19,6 +19,7 @@ import { coalesce, ContentStore, downloadRanges, rangeBytes } from '../../src/de
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
+import { hashFile } from '../../src/deploy/apply/scan.ts';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -105,5 +106,106 @@ describe('download memory (issue 19: a first install)', function () {
     // held 8-12 MiB of them (two or three 4 MiB spans in flight, those kept for reuse).
     for (const p of peaks) assert.ok(p < 3 * 2 ** 20, `ArrayBuffers held while downloading: ${mib.join(', ')} MiB`);
     assert.ok(peaks[1]! < peaks[0]! + 2 ** 20, `three times the files, about the same memory: ${mib.join(' -> ')} MiB`);
+  });
+});
+
+describe('download memory of large files (issue 19: frames streamed through the window)', function () {
+  this.timeout(60_000);
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-download-memory-large-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('neither grows a window to a large frame nor holds a large file decoded whole', async function () {
+    // Incompressible 1.5 MiB files, two a request: their frames are 1.5 MiB too. Each request's
+    // window grew to a frame, four requests at a time within the 12 MiB budget: ~6 MiB held.
+    const { blob, entries } = layer(16, 1536 * 1024);
+    const target = new MemoryTarget();
+    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: sha(blob) as Descriptor['digest'], size: blob.length };
+    await target.push(desc, Readable.from([blob]));
+    let base = 0;
+    let peak = 0;
+    target.fetchRange = (_d, s, e) => {
+      function* pieces(): Generator<Buffer> {
+        for (let at = s; at < e; at += 64 * 1024) {
+          gc();
+          peak = Math.max(peak, process.memoryUsage().arrayBuffers - base);
+          yield blob.subarray(at, Math.min(e, at + 64 * 1024));
+        }
+      }
+      return Promise.resolve(Readable.from(pieces(), { objectMode: false }));
+    };
+    const store = await ContentStore.open(join(dir, 'store'));
+    const ranges = coalesce(entries);
+    assert.ok(ranges.every((r) => r.entries.length === 2), 'requests of two large frames each');
+    gc();
+    base = process.memoryUsage().arrayBuffers;
+    const stats = await downloadRanges(target, [desc], ranges, store);
+    assert.equal(stats.files, entries.length);
+    for (const e of entries) assert.equal(await hashFile(store.path(e.digest!)), e.digest);
+    const mib = (peak / 2 ** 20).toFixed(2);
+    if (process.env.TIU_TEST_SHOW) console.log(mib);
+    assert.ok(peak < 4 * 2 ** 20, `ArrayBuffers held while downloading 1.5 MiB frames: ${mib} MiB`);
+    await store.remove();
+  });
+});
+
+describe('large files decoded through the window: several frames, too much, too little', function () {
+  this.timeout(60_000);
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'tiu-download-pieces-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** One file in `parts.length` frames (containers/storage's chunks), declared `size`, then a small one. */
+  async function image(parts: Buffer[], size: number, digest: string) {
+    const frames = parts.map((p) => zstdCompressSync(p));
+    const small = Buffer.from('small\n');
+    const blob = Buffer.concat([...frames, zstdCompressSync(small)]);
+    const big = frames.reduce((n, f) => n + f.length, 0);
+    const e = (path: string, sz: number, dg: string, offset: number, endOffset: number): TreeEntry => ({
+      path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: sz, digest: dg,
+      source: { layer: 0, offset, endOffset },
+    });
+    const entries = [e('big', size, digest, 0, big), e('small', small.length, sha(small), big, blob.length)];
+    const target = new MemoryTarget();
+    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: sha(blob) as Descriptor['digest'], size: blob.length };
+    await target.push(desc, Readable.from([blob]));
+    return { target, desc, entries };
+  }
+
+  it('stores a large file of several frames whole (fetched again frame by frame)', async () => {
+    const parts = [randomBytes(700 * 1024), randomBytes(600 * 1024), Buffer.from('tail\n')];
+    const whole = Buffer.concat(parts);
+    const { target, desc, entries } = await image(parts, whole.length, sha(whole));
+    const store = await ContentStore.open(join(dir, 'several'));
+    const stats = await downloadRanges(target, [desc], coalesce(entries), store);
+    assert.equal(stats.files, 2);
+    assert.equal(await hashFile(store.path(sha(whole))), sha(whole));
+    assert.ok(stats.bytes > rangeBytes(coalesce(entries)), 'the file of several frames was fetched again');
+  });
+
+  it('refuses a large file that decodes to more or less than declared, or differs', async () => {
+    const data = randomBytes(1300 * 1024);
+    for (const [size, digest, why] of [
+      [data.length - 1, sha(data.subarray(1)), /more than/],
+      [data.length + 1, sha(Buffer.concat([data, Buffer.alloc(1)])), /bytes instead of/],
+      [data.length, sha(Buffer.alloc(3)), /differs/],
+    ] as const) {
+      const { target, desc, entries } = await image([data], size, digest);
+      const store = await ContentStore.open(join(dir, `bad-${size}`));
+      await assert.rejects(downloadRanges(target, [desc], coalesce(entries), store), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'DELTA_FILE_MISMATCH');
+        assert.match(err.message, why);
+        return true;
+      });
+      assert.ok(!store.has(digest));
+    }
   });
 });

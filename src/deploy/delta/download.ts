@@ -19,7 +19,7 @@ import { streamReader } from '../../content/blob-reader.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { showPath } from '../../layer/entry.ts';
 import { zstdDecompressBufferSync, zstdDecompressFrames, zstdFrameSpans } from '../../layer/zstd-frames.ts';
-import { zstdDecompressSync } from 'node:zlib';
+import { createZstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { isTiuError } from '../../errors.ts';
 import { hashFile } from '../apply/scan.ts';
 import { DigestSet } from '../apply/digest-set.ts';
@@ -187,7 +187,7 @@ function outputSize(size: number): number {
 function decodeVerified(e: TreeEntry, frames: Buffer): Buffer {
   let data: Buffer;
   try {
-    // e.size is at most IN_MEMORY_FILE_MAX here and counted in the request's downloadCost. A
+    // e.size is at most DECODE_WHOLE_MAX here and counted in the request's downloadCost. A
     // file of one frame (every file tiu builds) is decoded into one buffer of its own, which
     // storeDecoded gives back at once; frames of several chunks are joined as before.
     const spans = zstdFrameSpans(frames);
@@ -227,6 +227,17 @@ const WINDOW_POOL_MIN = 64 * 1024;
 export const IN_MEMORY_FILE_MAX = 4 * 1024 * 1024;
 
 /**
+ * Files declared larger than this are decoded as their frame comes through the window, in
+ * pieces of DECODE_CHUNK hashed and written to the store, instead of reading the frame whole
+ * (the window grown to it) and decoding it into one buffer of the file's size: on the bench's
+ * base tree, requests holding such windows were 10-15 MiB of ArrayBuffers at the download's
+ * peak. The 64 files above it there cost a stream each; the thousands below keep one call.
+ */
+export const DECODE_WHOLE_MAX = 1024 * 1024;
+/** Output piece of a file decoded in pieces (and so its share of a request's memory, doubled). */
+const DECODE_CHUNK = 128 * 1024;
+
+/**
  * The memory a request of `r` holds while it runs: the window its bytes are read through
  * (span-window.ts: its largest frame, at least WINDOW_MIN, at most the span) and the largest
  * file decompressed from it (one at a time); a single file larger than `maxSpan` streams.
@@ -234,14 +245,18 @@ export const IN_MEMORY_FILE_MAX = 4 * 1024 * 1024;
 export function downloadCost(r: FetchRange, maxSpan: number = DEFAULT_MAX_SPAN): number {
   if (r.entries.length === 1 && r.end - r.start > maxSpan) return STREAM_COST;
   let file = 0;
-  for (const e of r.entries) file = Math.max(file, e.size > IN_MEMORY_FILE_MAX ? STREAM_COST : e.size);
+  for (const e of r.entries) file = Math.max(file, e.size > DECODE_WHOLE_MAX ? STREAM_COST : e.size);
   return requestWindow(r) + file;
 }
 
-/** The window request `r` is read through. */
+/**
+ * The window request `r` is read through: large enough for the frames decoded whole (files of
+ * at most DECODE_WHOLE_MAX); larger files' frames stream through it in pieces.
+ */
 function requestWindow(r: FetchRange): number {
   let frame = 0;
-  for (const e of r.entries) frame = Math.max(frame, e.source!.endOffset! - e.source!.offset!);
+  for (const e of r.entries)
+    if (e.size <= DECODE_WHOLE_MAX) frame = Math.max(frame, e.source!.endOffset! - e.source!.offset!);
   return windowSize(r.start, r.end, frame);
 }
 
@@ -255,7 +270,9 @@ async function streamIntoStore(
   frames: AsyncIterable<Buffer> | Readable,
   store: ContentStore,
   signal: AbortSignal,
-): Promise<void> {
+  decode: (frames: AsyncIterable<Buffer> | Readable) => AsyncIterable<Buffer> = zstdDecompressFrames,
+  shortIsFrames = false,
+): Promise<'stored' | 'short'> {
   const tmp = store.tmpPath();
   const fh = await open(tmp, 'wx', 0o600);
   const h = createHash('sha256');
@@ -263,7 +280,7 @@ async function streamIntoStore(
   let ok = false;
   try {
     try {
-      for await (const c of zstdDecompressFrames(frames)) {
+      for await (const c of decode(frames)) {
         got += c.length;
         if (got > e.size) throw mismatch(e, `more than ${e.size} bytes`);
         h.update(c);
@@ -283,6 +300,8 @@ async function streamIntoStore(
       if (err instanceof DeltaError || signal.aborted || isTiuError(err)) throw err;
       throw mismatch(e, `its frame does not decompress (${(err as Error).message})`);
     }
+    // decodeInPieces decodes one frame: less than declared may be a file in several frames.
+    if (got < e.size && shortIsFrames) return 'short';
     if (got !== e.size) throw mismatch(e, `${got} bytes instead of ${e.size}`);
     const actual = `sha256:${h.digest('hex')}`;
     if (actual !== e.digest) throw mismatch(e, 'the content differs', actual);
@@ -293,6 +312,27 @@ async function streamIntoStore(
     if (!ok) await rm(tmp, { force: true });
   }
   await store.adopt(tmp, e.digest);
+  return 'stored';
+}
+
+/** One file's frames fetched on their own and streamed frame by frame into the store. */
+async function refetchFile(
+  source: Target,
+  desc: Descriptor,
+  e: TreeEntry,
+  store: ContentStore,
+  signal: AbortSignal,
+  count: (n: number) => void,
+): Promise<void> {
+  const raw = await source.fetchRange!(desc, e.source!.offset!, e.source!.endOffset!, { signal });
+  const counted = (async function* () {
+    for await (const c of raw) {
+      const b = Buffer.isBuffer(c) ? c : Buffer.from(c);
+      count(b.length);
+      yield b;
+    }
+  })();
+  await streamIntoStore(e, counted, store, signal);
 }
 
 async function fetchOne(
@@ -325,7 +365,8 @@ async function fetchOne(
     : streamReader(await source.fetchRange!(desc, r.start, r.end, { signal }));
   const window = new SpanWindow(reader, r, requestWindow(r), windows, count);
   try {
-    return await storeFrames(desc, r, window, store, signal);
+    const again = (e: TreeEntry): Promise<void> => refetchFile(source, desc, e, store, signal, count);
+    return await storeFrames(desc, r, window, store, signal, again);
   } finally {
     window.dispose();
     await reader.close();
@@ -357,6 +398,38 @@ function releaseOwned(buf: Buffer, allocated: number): void {
     ab.transfer(0);
 }
 
+/**
+ * One frame's content from pieces (views a window reuses), DECODE_CHUNK at a time. A piece is
+ * written to the decompressor only once the previous one was consumed, so the window may take
+ * the next bytes in its place.
+ */
+async function* decodeInPieces(pieces: AsyncIterable<Buffer> | Readable): AsyncGenerator<Buffer> {
+  const d = createZstdDecompress({ chunkSize: DECODE_CHUNK });
+  const it = (pieces as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  // The read of the window in progress: awaited before the window is handed on.
+  let reading: Promise<unknown> = Promise.resolve();
+  const feeding = (async () => {
+    // Checked before every read: once the decoding stopped, the window is not read into again.
+    while (!d.destroyed) {
+      const next = it.next();
+      reading = next;
+      const n = await next;
+      if (n.done) return void d.end();
+      if (d.destroyed) return;
+      await new Promise<void>((res, rej) => d.write(n.value, (err) => (err ? rej(err) : res())));
+    }
+  })();
+  feeding.catch((err: unknown) => d.destroy(err as Error));
+  try {
+    for await (const chunk of d as AsyncIterable<Buffer>) yield chunk;
+  } finally {
+    // Node's decoder ends with the first frame and may leave the last write unanswered: the
+    // feeder is not waited for, only its read of the window (a destroyed decoder is written no more).
+    d.destroy();
+    await reading.catch(() => undefined);
+  }
+}
+
 function short(desc: Descriptor, r: FetchRange, got: number): DeltaError {
   return new DeltaError(
     'DELTA_RANGE_SHORT',
@@ -376,17 +449,31 @@ async function storeFrames(
   window: SpanWindow,
   store: ContentStore,
   signal: AbortSignal,
+  refetch: (e: TreeEntry) => Promise<void>,
 ): Promise<number> {
   let stored = 0;
   for (const e of r.entries) {
     if (store.has(e.digest!)) continue;
-    const frames = await window.bytes(e.source!.offset!, e.source!.endOffset!);
-    if (!frames) throw short(desc, r, window.got);
-    // A small frame may declare (and expand to) a huge file: by its declared size, not its
-    // compressed one, it streams to disk instead of into memory.
-    if (e.size > IN_MEMORY_FILE_MAX)
-      await streamIntoStore(e, Readable.from([frames], { objectMode: false }), store, signal);
-    else await storeDecoded(store, e, frames);
+    const [s, end] = [e.source!.offset!, e.source!.endOffset!];
+    if (e.size > DECODE_WHOLE_MAX) {
+      // Decoded as its bytes come through the window, DECODE_CHUNK at a time into the store: a
+      // large file is never in memory whole, neither its frame nor its content.
+      let got: 'stored' | 'short';
+      try {
+        got = await streamIntoStore(e, window.pieces(s, end), store, signal, decodeInPieces, true);
+      } catch (err) {
+        if (window.short) throw short(desc, r, window.got);
+        throw err;
+      }
+      if (window.short) throw short(desc, r, window.got);
+      // Its first frame held less than the file: several frames (containers/storage's chunks),
+      // which Node's decoder does not run on through. Fetched again alone, frame by frame.
+      if (got === 'short') await refetch(e);
+    } else {
+      const frames = await window.bytes(s, end);
+      if (!frames) throw short(desc, r, window.got);
+      await storeDecoded(store, e, frames);
+    }
     stored++;
   }
   const got = await window.finish();

@@ -81,6 +81,27 @@ export class SpanWindow {
     return this.#buf.subarray(s - this.#at, e - this.#at);
   }
 
+  /**
+   * Bytes [s, e) in pieces of at most the window's size, for a frame decoded as it streams
+   * (never held whole, however large). Each piece is a view valid until the next is asked for;
+   * `short` is set when the source ended before `e`.
+   */
+  async *pieces(s: number, e: number): AsyncGenerator<Buffer> {
+    for (let at = s; at < e; ) {
+      const to = Math.min(e, at + this.#buf.length);
+      const b = await this.bytes(at, to);
+      if (!b) {
+        this.short = true;
+        return;
+      }
+      yield b;
+      at = to;
+    }
+  }
+
+  /** Whether pieces() found the source ending before the range did. */
+  short = false;
+
   /** Read what is left of the range and one byte beyond: the bytes the source sent in all. */
   async finish(): Promise<number> {
     while (this.got < this.#end - this.#start) {
