@@ -41,9 +41,15 @@ export class IndexTable {
   /** Row numbers by hash position (EMPTY: free); a power of two long, at most half full. */
   #table = new Int32Array(512).fill(EMPTY);
   #size = 0;
+  #allocations = 0;
 
   get size(): number {
     return this.#size;
+  }
+
+  /** How many times the rows were made anew (each time the old ones are garbage): a load makes them once. */
+  get allocations(): number {
+    return this.#allocations;
   }
 
   /** The row of these key parts, or -1. */
@@ -134,6 +140,7 @@ export class IndexTable {
   }
 
   #resize(rows: number): void {
+    this.#allocations++;
     const keys = new BigInt64Array(4 * rows);
     keys.set(this.#keys.subarray(0, 4 * this.#size));
     const digests = Buffer.alloc(DIGEST_BYTES * rows);

@@ -270,6 +270,11 @@ export class ContentIndex implements ContentHasher {
     return this.#known.size;
   }
 
+  /** How many times its rows were made (IndexTable.allocations). */
+  get tableAllocations(): number {
+    return this.#known.allocations;
+  }
+
   /**
    * Record a known digest (the executor does this for everything it writes, from the TOC); the
    * file's key, for retainKeys (-1: not recorded).
