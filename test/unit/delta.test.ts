@@ -156,6 +156,16 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     assert.equal(c.digest, `sha256:${createHash('sha256').update(files['usr/c']!).digest('hex')}`);
   });
 
+  it('lets each TOC go once its entries are read when its bytes are not wanted (keepBytes: false), the same entries', async () => {
+    const kept = await fetchLayerTocs(target, manifest);
+    const dropped = await fetchLayerTocs(target, manifest, undefined, { keepBytes: false });
+    assert.ok(kept.ok && dropped.ok);
+    assert.equal(kept.bytes.length, 1);
+    assert.deepEqual(dropped.bytes, []);
+    assert.deepEqual(dropped.layers, kept.layers);
+    assert.equal(dropped.tocBytes, kept.tocBytes);
+  });
+
   it('gives the reason for the whole-layer path: gzip, no TOC, no ranges; refuses a TOC that does not match', async () => {
     const gz = await fetchLayerTocs(target, { ...manifest, layers: [{ ...layer, mediaType: MediaType.OciLayerGzip }] });
     assert.deepEqual(gz.ok ? null : /not a zstd:chunked layer/.test(gz.reason), true);

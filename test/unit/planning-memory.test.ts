@@ -377,6 +377,31 @@ describe('planning memory (issue 19)', function () {
     }
   });
 
+  it('loads a saved index of 20,000 files into a table made once at its size (grown row by row and trimmed, it was made ~12 times, ~4x the rows in garbage)', async function () {
+    const dir = await mkdtemp(join(tmpdir(), 'tiu-index-'));
+    try {
+      const n = 20_000;
+      const { files, digests } = indexInputs(n);
+      const saved = new ContentIndex(dir);
+      for (let i = 0; i < n; i++) saved.remember(files[i]!, digests[i]!);
+      assert.ok(saved.tableAllocations > 5, `${saved.tableAllocations}: remembering one by one grows the table`);
+      const file = join(dir, 'index.json');
+      await saved.save(file);
+      const back = await ContentIndex.load(dir, file);
+      assert.equal(back.size, n);
+      assert.equal(back.tableAllocations, 1);
+      for (const i of [0, 7, n - 1])
+        assert.equal(await back.digestOf({ ...existing('x', files[i]!.size, files[i]!.ino), ...files[i]! }), digests[i]);
+      assert.equal(back.hashedFiles, 0);
+      // A file that claims more members than its bytes can hold reserves no more than they can.
+      await writeFile(file, '{"version":1,"entries":{' + '"'.repeat(40_000) + '}}');
+      const damaged = await ContentIndex.load(dir, file);
+      assert.equal(damaged.size, 0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('saves and loads the content index in the JSON it always had; anything else loads empty', async function () {
     const dir = await mkdtemp(join(tmpdir(), 'tiu-index-'));
     try {

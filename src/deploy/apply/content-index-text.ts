@@ -8,6 +8,8 @@
  */
 export const INDEX_HEAD = '{"version":1,"entries":{';
 const MEMBER = /"(\d+:\d+:-?\d+:-?\d+)":"(sha256:[0-9a-f]{64})"(,|\}\})/y;
+/** The shortest member with its separator: `"0:0:0:0":"sha256:<64 hex>",`. */
+export const MIN_MEMBER = 9 + 1 + 73 + 1;
 /** The longest member: four 20-digit numbers (two signed), `:`s, quotes, a digest, `}}`. */
 const MAX_MEMBER = 4 * 21 + 3 + 2 + 3 + 71 + 2 + 2;
 

@@ -13,14 +13,14 @@
  * once each.
  */
 import { createHash } from 'node:crypto';
-import { lstat, open, rename } from 'node:fs/promises';
+import { lstat, open, rename, type FileHandle } from 'node:fs/promises';
 import { constants, lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import { readTreeXattrs } from '../../host/xattr.ts';
 import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
 import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
 import { ScanEntries } from './scan-entries.ts';
-import { INDEX_HEAD, IndexTextParser } from './content-index-text.ts';
+import { INDEX_HEAD, IndexTextParser, MIN_MEMBER } from './content-index-text.ts';
 import { IndexTable, type IndexKeyParts } from './index-table.ts';
 import type { EntryType, ExistingEntry, OldTree, ScannedEntries } from './types.ts';
 import type { BigIntStats, PathLike } from 'node:fs';
@@ -161,6 +161,22 @@ const SHA256 = /^sha256:[0-9a-f]{64}$/;
 /** A file's row in a content index, as `remember` gives it for `retainKeys`; -1: none. */
 export type IndexKey = number;
 
+/**
+ * How many members the saved index in `fh` has: four quotes each, after the head's four (the
+ * text parser allows no others). A damaged file can claim more, never more than its bytes hold.
+ */
+async function countMembers(fh: FileHandle, piece: Buffer): Promise<number> {
+  let quotes = 0;
+  let bytes = 0;
+  for (;;) {
+    const { bytesRead } = await fh.read(piece, 0, piece.length, bytes);
+    if (bytesRead === 0) break;
+    bytes += bytesRead;
+    for (let at = piece.indexOf(0x22); at >= 0 && at < bytesRead; at = piece.indexOf(0x22, at + 1)) quotes++;
+  }
+  return Math.max(0, Math.min(Math.floor(quotes / 4) - 1, Math.floor(bytes / MIN_MEMBER)));
+}
+
 /** A saved member's key, `ino:size:mtimeNs:ctimeNs` (the text parser checked its form), as parts. */
 function partsOf(key: string): IndexKeyParts {
   const [ino, size, mtimeNs, ctimeNs] = key.split(':').map((n) => BigInt(n)) as [bigint, bigint, bigint, bigint];
@@ -211,9 +227,12 @@ export class ContentIndex implements ContentHasher {
     const parser = new IndexTextParser((key, digest) => idx.#known.set(partsOf(key), digest));
     try {
       const piece = Buffer.allocUnsafe(INDEX_READ_PIECE);
-      for (;;) {
-        const { bytesRead } = await fh.read(piece, 0, piece.length, null);
+      // Counted first, so that the table is made once at its size (IndexTable.reserve).
+      idx.#known.reserve(await countMembers(fh, piece));
+      for (let at = 0; ; ) {
+        const { bytesRead } = await fh.read(piece, 0, piece.length, at);
         if (bytesRead === 0) break;
+        at += bytesRead;
         if (!parser.push(piece.subarray(0, bytesRead))) break;
       }
     } catch {
@@ -249,6 +268,11 @@ export class ContentIndex implements ContentHasher {
 
   get size(): number {
     return this.#known.size;
+  }
+
+  /** How many times its rows were made (IndexTable.allocations). */
+  get tableAllocations(): number {
+    return this.#known.allocations;
   }
 
   /**

@@ -278,6 +278,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     tocs = await fetchLayerTocs(o.source, o.manifest, o.signal, {
       ...(o.tocStore ? { store: o.tocStore } : {}),
       ...(chosen && dictionary ? { patched: tocPatcher(o.source, chosen, dictionary, tally, o.signal) } : {}),
+      keepBytes: !!(chosen && dictionary),
     });
     // The file index is read now, before the plan: its dictionary holds every TOC JSON of FROM
     // and TO (~30 MiB on the bench's larger tree), and the TOC bytes are needed for nothing

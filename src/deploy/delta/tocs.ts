@@ -25,6 +25,7 @@ import { DeltaAnnotation } from '../../patch/media.ts';
 import type { TocStore } from './toc-store.ts';
 
 export type LayerTocs =
+  /** `bytes`: each layer's TOC as verified, none with `keepBytes: false`. */
   | { ok: true; layers: TreeEntry[][]; bytes: TocBytes[]; tocBytes: number; requests: number }
   | { ok: false; reason: string };
 
@@ -83,6 +84,12 @@ export interface TocSources {
   store?: TocStore;
   /** A TOC JSON from elsewhere (a delta artifact's patch), already verified against the layer's json-digest; undefined: none. */
   patched?: (wanted: readonly { layer: number; d: Descriptor }[]) => Promise<Map<number, Buffer>>;
+  /**
+   * false: `bytes` stays empty, each TOC let go once its entries are read (only a delta
+   * artifact's file index reads the TOCs again; all of them were ~1.6 MiB on the bench's larger
+   * tree, held through the read of the others). Default true.
+   */
+  keepBytes?: boolean;
 }
 
 /** The stored TOC of layer `d` (as the store verified it); undefined when the store has none. */
@@ -145,6 +152,7 @@ export async function fetchLayerTocs(
     for (const i of order) {
       const d = manifest.layers[i]!;
       const kept = stored.get(i);
+      stored.delete(i);
       let got: TocBytes | undefined = kept && (await checkedStored(kept, d));
       const json = patched.get(i);
       if (json) {
@@ -161,7 +169,7 @@ export async function fetchLayerTocs(
       const entries = await layerEntries(got, d, i);
       if ('unusable' in entries) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${entries.unusable}` };
       layers[i] = entries;
-      bytes[i] = got;
+      if (from.keepBytes !== false) bytes[i] = got;
     }
     // No TOC came by range (a patch came by range from the same source): one byte tells whether
     // the source serves ranges, before the plan relies on it.
