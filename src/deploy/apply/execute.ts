@@ -36,7 +36,8 @@ import {
 import { parentOf } from '../../layer/paths.ts';
 import { showPath } from '../../layer/entry.ts';
 import type { SpaceGuard } from './space.ts';
-import type { ContentIndex, IndexKey } from './scan.ts';
+import type { ContentIndex } from './scan.ts';
+import type { IndexKeyParts } from './index-table.ts';
 import type { Action, ActionList, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
@@ -345,19 +346,21 @@ async function executePlanInner(
 
   if (opts.index) {
     opts.onPhase?.('index');
-    // The keys as they are recorded (row numbers), not an object of three BigInts per file kept until the end.
-    const keep = new Set<IndexKey>();
-    for (const a of plan.actions) {
-      const e = a.entry;
-      if (e.type !== 'reg' || !e.digest) continue;
-      const st = await lstat(sr.path(e.path), { bigint: true });
-      keep.add(
-        opts.index.remember({ ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs }, e.digest),
-      );
-    }
-    opts.index.retainKeys(keep);
+    let files = 0;
+    for (const a of plan.actions) if (a.entry.type === 'reg' && a.entry.digest) files++;
+    await opts.index.replaceRows(files, writtenFiles(sr, plan.actions));
   }
   return report;
+}
+
+/** The key and digest of every regular file of the new tree, as it is on disk now (for the content index). */
+async function* writtenFiles(sr: SafeRoot, actions: ActionList): AsyncGenerator<readonly [IndexKeyParts, string]> {
+  for (const a of actions) {
+    const e = a.entry;
+    if (e.type !== 'reg' || !e.digest) continue;
+    const st = await lstat(sr.path(e.path), { bigint: true });
+    yield [{ ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs }, e.digest];
+  }
 }
 
 /** Make room at `rel` for an entry of another type: a directory goes (recursively); a non-directory where a directory must be goes. */

@@ -34,14 +34,28 @@ function fits(k: IndexKeyParts): boolean {
 
 export class IndexTable {
   /** ino (as its 64 bits), size, mtimeNs, ctimeNs per row. */
-  #keys = new BigInt64Array(4 * 256);
-  #digests = Buffer.alloc(DIGEST_BYTES * 256);
+  #keys: BigInt64Array;
+  #digests: Buffer;
   /** Rows whose digest this process read from the file itself. */
-  #hashedHere = new Uint8Array(256);
+  #hashedHere: Uint8Array;
   /** Row numbers by hash position (EMPTY: free); a power of two long, at most half full. */
-  #table = new Int32Array(512).fill(EMPTY);
+  #table: Int32Array;
   #size = 0;
   #allocations = 0;
+
+  /**
+   * Room for `rows` rows before it grows: a caller that knows how many it will add (the
+   * executor, the new tree's files) gets them without the growth's copies and garbage.
+   */
+  constructor(rows = 256) {
+    const room = Math.max(256, Math.ceil(rows));
+    this.#keys = new BigInt64Array(4 * room);
+    this.#digests = Buffer.alloc(DIGEST_BYTES * room);
+    this.#hashedHere = new Uint8Array(room);
+    let cap = 512;
+    while (room * 2 > cap) cap *= 2;
+    this.#table = new Int32Array(cap).fill(EMPTY);
+  }
 
   get size(): number {
     return this.#size;
