@@ -124,7 +124,11 @@ describe('download memory of large files (issue 19: frames streamed through the 
     // window grew to a frame, four requests at a time within the 12 MiB budget: ~6 MiB held.
     const { blob, entries } = layer(16, 1536 * 1024);
     const target = new MemoryTarget();
-    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: sha(blob) as Descriptor['digest'], size: blob.length };
+    const desc: Descriptor = {
+      mediaType: MediaType.OciLayerZstd,
+      digest: sha(blob) as Descriptor['digest'],
+      size: blob.length,
+    };
     await target.push(desc, Readable.from([blob]));
     let base = 0;
     let peak = 0;
@@ -140,7 +144,10 @@ describe('download memory of large files (issue 19: frames streamed through the 
     };
     const store = await ContentStore.open(join(dir, 'store'));
     const ranges = coalesce(entries);
-    assert.ok(ranges.every((r) => r.entries.length === 2), 'requests of two large frames each');
+    assert.ok(
+      ranges.every((r) => r.entries.length === 2),
+      'requests of two large frames each',
+    );
     gc();
     base = process.memoryUsage().arrayBuffers;
     const stats = await downloadRanges(target, [desc], ranges, store);
@@ -170,12 +177,24 @@ describe('large files decoded through the window: several frames, too much, too 
     const blob = Buffer.concat([...frames, zstdCompressSync(small)]);
     const big = frames.reduce((n, f) => n + f.length, 0);
     const e = (path: string, sz: number, dg: string, offset: number, endOffset: number): TreeEntry => ({
-      path, type: 'reg', mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, xattrs: {}, size: sz, digest: dg,
+      path,
+      type: 'reg',
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtimeNs: 0n,
+      xattrs: {},
+      size: sz,
+      digest: dg,
       source: { layer: 0, offset, endOffset },
     });
     const entries = [e('big', size, digest, 0, big), e('small', small.length, sha(small), big, blob.length)];
     const target = new MemoryTarget();
-    const desc: Descriptor = { mediaType: MediaType.OciLayerZstd, digest: sha(blob) as Descriptor['digest'], size: blob.length };
+    const desc: Descriptor = {
+      mediaType: MediaType.OciLayerZstd,
+      digest: sha(blob) as Descriptor['digest'],
+      size: blob.length,
+    };
     await target.push(desc, Readable.from([blob]));
     return { target, desc, entries };
   }
@@ -200,11 +219,14 @@ describe('large files decoded through the window: several frames, too much, too 
     ] as const) {
       const { target, desc, entries } = await image([data], size, digest);
       const store = await ContentStore.open(join(dir, `bad-${size}`));
-      await assert.rejects(downloadRanges(target, [desc], coalesce(entries), store), (err: Error & { code?: string }) => {
-        assert.equal(err.code, 'DELTA_FILE_MISMATCH');
-        assert.match(err.message, why);
-        return true;
-      });
+      await assert.rejects(
+        downloadRanges(target, [desc], coalesce(entries), store),
+        (err: Error & { code?: string }) => {
+          assert.equal(err.code, 'DELTA_FILE_MISMATCH');
+          assert.match(err.message, why);
+          return true;
+        },
+      );
       assert.ok(!store.has(digest));
     }
   });

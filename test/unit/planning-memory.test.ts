@@ -391,7 +391,10 @@ describe('planning memory (issue 19)', function () {
       assert.equal(back.size, n);
       assert.equal(back.tableAllocations, 1);
       for (const i of [0, 7, n - 1])
-        assert.equal(await back.digestOf({ ...existing('x', files[i]!.size, files[i]!.ino), ...files[i]! }), digests[i]);
+        assert.equal(
+          await back.digestOf({ ...existing('x', files[i]!.size, files[i]!.ino), ...files[i]! }),
+          digests[i],
+        );
       assert.equal(back.hashedFiles, 0);
       // A file that claims more members than its bytes can hold reserves no more than they can.
       await writeFile(file, '{"version":1,"entries":{' + '"'.repeat(40_000) + '}}');

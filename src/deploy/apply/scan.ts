@@ -229,7 +229,7 @@ export class ContentIndex implements ContentHasher {
       const piece = Buffer.allocUnsafe(INDEX_READ_PIECE);
       // Counted first, so that the table is made once at its size (IndexTable.reserve).
       idx.#known.reserve(await countMembers(fh, piece));
-      for (let at = 0; ; ) {
+      for (let at = 0; ;) {
         const { bytesRead } = await fh.read(piece, 0, piece.length, at);
         if (bytesRead === 0) break;
         at += bytesRead;

@@ -87,7 +87,7 @@ export class SpanWindow {
    * `short` is set when the source ended before `e`.
    */
   async *pieces(s: number, e: number): AsyncGenerator<Buffer> {
-    for (let at = s; at < e; ) {
+    for (let at = s; at < e;) {
       const to = Math.min(e, at + this.#buf.length);
       const b = await this.bytes(at, to);
       if (!b) {
