@@ -315,6 +315,15 @@ async function streamIntoStore(
   return 'stored';
 }
 
+/** A range's chunks as Buffers, each counted as it arrives (the download's byte tally). */
+async function* counted(raw: AsyncIterable<unknown>, count: (n: number) => void): AsyncGenerator<Buffer> {
+  for await (const c of raw) {
+    const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
+    count(b.length);
+    yield b;
+  }
+}
+
 /** One file's frames fetched on their own and streamed frame by frame into the store. */
 async function refetchFile(
   source: Target,
@@ -325,14 +334,7 @@ async function refetchFile(
   count: (n: number) => void,
 ): Promise<void> {
   const raw = await source.fetchRange!(desc, e.source!.offset!, e.source!.endOffset!, { signal });
-  const counted = (async function* () {
-    for await (const c of raw) {
-      const b = Buffer.isBuffer(c) ? c : Buffer.from(c);
-      count(b.length);
-      yield b;
-    }
-  })();
-  await streamIntoStore(e, counted, store, signal);
+  await streamIntoStore(e, counted(raw, count), store, signal);
 }
 
 async function fetchOne(
@@ -350,14 +352,7 @@ async function fetchOne(
   if (r.entries.length === 1 && r.end - r.start > maxSpan) {
     const raw = await source.fetchRange!(desc, r.start, r.end, { signal });
     // One large file: stream it through the decompressor into a temporary file, hashing.
-    const counted = (async function* () {
-      for await (const c of raw) {
-        const b = Buffer.isBuffer(c) ? c : Buffer.from(c);
-        count(b.length);
-        yield b;
-      }
-    })();
-    await streamIntoStore(r.entries[0]!, counted, store, signal);
+    await streamIntoStore(r.entries[0]!, counted(raw, count), store, signal);
     return 1;
   }
   const reader = source.openRange
