@@ -52,6 +52,38 @@ function layer(n: number, size: number): { blob: Buffer; entries: TreeEntry[] } 
   return { blob: Buffer.concat(frames), entries };
 }
 
+/**
+ * The layer `blob` in a registry whose range reads hand out views of it in 64 KiB pieces
+ * (nothing allocated for them) and record, at each piece after a forced collection, the
+ * ArrayBuffer bytes held above `probe.base`: the download's own memory.
+ */
+async function sampledImage(blob: Buffer) {
+  const target = new MemoryTarget();
+  const desc: Descriptor = {
+    mediaType: MediaType.OciLayerZstd,
+    digest: sha(blob) as Descriptor['digest'],
+    size: blob.length,
+  };
+  await target.push(desc, Readable.from([blob]));
+  const probe = { base: 0, peak: 0 };
+  target.fetchRange = (_d, s, e) => {
+    function* pieces(): Generator<Buffer> {
+      for (let at = s; at < e; at += 64 * 1024) {
+        gc();
+        probe.peak = Math.max(probe.peak, process.memoryUsage().arrayBuffers - probe.base);
+        yield blob.subarray(at, Math.min(e, at + 64 * 1024));
+      }
+    }
+    return Promise.resolve(Readable.from(pieces(), { objectMode: false }));
+  };
+  /** Collects, then counts from what is held now. */
+  const start = (): void => {
+    gc();
+    probe.base = process.memoryUsage().arrayBuffers;
+  };
+  return { target, desc, probe, start };
+}
+
 describe('download memory (issue 19: a first install)', function () {
   this.timeout(60_000);
   let dir: string;
@@ -66,38 +98,17 @@ describe('download memory (issue 19: a first install)', function () {
     const peaks: number[] = [];
     for (const n of [100, 300]) {
       const { blob, entries } = layer(n, 48 * 1024);
-      const target = new MemoryTarget();
-      const desc: Descriptor = {
-        mediaType: MediaType.OciLayerZstd,
-        digest: sha(blob) as Descriptor['digest'],
-        size: blob.length,
-      };
-      await target.push(desc, Readable.from([blob]));
-      // The source hands out views of the blob in 64 KiB pieces (nothing allocated for them)
-      // and measures what the download holds at each.
-      let base = 0;
-      let peak = 0;
-      target.fetchRange = (_d, s, e) => {
-        function* pieces(): Generator<Buffer> {
-          for (let at = s; at < e; at += 64 * 1024) {
-            gc();
-            peak = Math.max(peak, process.memoryUsage().arrayBuffers - base);
-            yield blob.subarray(at, Math.min(e, at + 64 * 1024));
-          }
-        }
-        return Promise.resolve(Readable.from(pieces(), { objectMode: false }));
-      };
+      const { target, desc, probe, start } = await sampledImage(blob);
       const store = await ContentStore.open(join(dir, `store-${n}`));
       const ranges = coalesce(entries);
       assert.ok(ranges.length >= n / 90, 'requests of many files each');
       assert.ok(Math.max(...ranges.map((r) => r.end - r.start)) > 3 * 1024 * 1024, 'spans of about 4 MiB');
-      gc();
-      base = process.memoryUsage().arrayBuffers;
+      start();
       const stats = await downloadRanges(target, [desc], ranges, store);
       assert.equal(stats.files, n);
       assert.equal(stats.bytes, rangeBytes(ranges));
       assert.equal((await readdir(store.dir)).length, n);
-      peaks.push(peak);
+      peaks.push(probe.peak);
       await store.remove();
     }
     if (process.env.TIU_TEST_SHOW) console.log(peaks);
@@ -128,39 +139,20 @@ describe('download memory of large files (issue 19: frames streamed through the 
     // Incompressible 1.5 MiB files, two a request: their frames are 1.5 MiB too. Each request's
     // window grew to a frame, four requests at a time within the 12 MiB budget: ~6 MiB held.
     const { blob, entries } = layer(16, 1536 * 1024);
-    const target = new MemoryTarget();
-    const desc: Descriptor = {
-      mediaType: MediaType.OciLayerZstd,
-      digest: sha(blob) as Descriptor['digest'],
-      size: blob.length,
-    };
-    await target.push(desc, Readable.from([blob]));
-    let base = 0;
-    let peak = 0;
-    target.fetchRange = (_d, s, e) => {
-      function* pieces(): Generator<Buffer> {
-        for (let at = s; at < e; at += 64 * 1024) {
-          gc();
-          peak = Math.max(peak, process.memoryUsage().arrayBuffers - base);
-          yield blob.subarray(at, Math.min(e, at + 64 * 1024));
-        }
-      }
-      return Promise.resolve(Readable.from(pieces(), { objectMode: false }));
-    };
+    const { target, desc, probe, start } = await sampledImage(blob);
     const store = await ContentStore.open(join(dir, 'store'));
     const ranges = coalesce(entries);
     assert.ok(
       ranges.every((r) => r.entries.length === 2),
       'requests of two large frames each',
     );
-    gc();
-    base = process.memoryUsage().arrayBuffers;
+    start();
     const stats = await downloadRanges(target, [desc], ranges, store);
     assert.equal(stats.files, entries.length);
     for (const e of entries) assert.equal(await hashFile(store.path(e.digest!)), e.digest);
-    const mib = (peak / 2 ** 20).toFixed(2);
+    const mib = (probe.peak / 2 ** 20).toFixed(2);
     if (process.env.TIU_TEST_SHOW) console.log(mib);
-    assert.ok(peak < 4 * 2 ** 20, `ArrayBuffers held while downloading 1.5 MiB frames: ${mib} MiB`);
+    assert.ok(probe.peak < 4 * 2 ** 20, `ArrayBuffers held while downloading 1.5 MiB frames: ${mib} MiB`);
     await store.remove();
   });
 });
