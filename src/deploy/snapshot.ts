@@ -27,7 +27,15 @@ import {
 import { mountInfo, unmount } from '../host/mount.ts';
 import { TiuError, type ErrorCode } from '../errors.ts';
 import { RootedDir } from './rooted.ts';
-import { clearCreating, readCreating, recordCreating, snapshotNumbers } from './snapshot-intent.ts';
+import {
+  clearCreating,
+  clearDeleting,
+  readCreating,
+  readDeleting,
+  recordCreating,
+  recordDeleting,
+  snapshotNumbers,
+} from './snapshot-intent.ts';
 import { ageUserdata, readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
 import type { ImageAge } from './image-age.ts';
 import type { SystemdBoot } from './boot/systemd-boot.ts';
@@ -129,6 +137,8 @@ export async function deleteSnapshot(ctx: Context, n: number): Promise<void> {
   }
   const root = snapshotPath(ctx.sysroot, n);
   await unmountBelow(root);
+  // From here a kill can leave `.snapshots/N` unlisted: the record claims it for the next run.
+  await recordDeleting(ctx.sysroot, n);
   const exists = await stat(root).catch(() => undefined);
   if (exists) {
     await setReadOnly(root, false);
@@ -145,6 +155,7 @@ export async function deleteSnapshot(ctx: Context, n: number): Promise<void> {
     if (exists) await subvolumeDelete(root);
     await rm(dir, { recursive: true, force: true });
   }
+  await clearDeleting(ctx.sysroot);
 }
 
 /**
@@ -303,20 +314,22 @@ export interface CleanupReport {
 export async function cleanupInProgress(ctx: Context): Promise<CleanupReport> {
   const state = await readState(ctx);
   const report: CleanupReport = { deleted: [], orphans: [], finished: [] };
-  // snapper writes info.xml after creating the subvolume: a kill in between leaves a directory
-  // snapper does not list. It is tiu's only when tiu's create record says a create was cut off
-  // and it is numbered above what was there before; any other (snapper's timeline creating one
-  // right now) is left alone.
+  // snapper writes info.xml after creating the subvolume (and removes it before the directory
+  // when deleting): a kill in between leaves a directory snapper does not list. It is tiu's only
+  // when a record claims it: numbered above what was there when a create was cut off, or the one a
+  // cut-off delete named; any other (snapper's timeline creating one right now) is left alone.
   const creating = await readCreating(ctx.sysroot);
+  const deleting = await readDeleting(ctx.sysroot);
   const listed = new Set(state.snapshots.map((s) => s.number));
   const dirs = await snapshotNumbers(ctx.sysroot);
   for (const n of dirs.filter((d) => !listed.has(d) && d !== state.default && d !== state.booted)) {
-    if (creating === undefined || n <= creating) continue;
+    if (n !== deleting && (creating === undefined || n <= creating)) continue;
     if (existsSync(join(ctx.sysroot, '.snapshots', String(n), 'info.xml'))) continue;
     await deleteSnapshot(ctx, n);
     report.orphans.push(n);
   }
   if (creating !== undefined) await clearCreating(ctx.sysroot);
+  if (deleting !== undefined) await clearDeleting(ctx.sysroot);
   for (const s of state.snapshots.filter((x) => x.inProgress)) {
     if (s.default || s.booted) {
       await ctx.snapper.modify(s.number, { userdata: { [UD.inProgress]: '' } });

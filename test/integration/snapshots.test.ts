@@ -19,7 +19,7 @@ import {
   setDefaultSnapshot,
 } from '../../src/deploy/snapshot.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
-import { readCreating, recordCreating } from '../../src/deploy/snapshot-intent.ts';
+import { readCreating, readDeleting, recordCreating, recordDeleting } from '../../src/deploy/snapshot-intent.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { runHooks } from '../../src/deploy/hooks.ts';
 
@@ -142,6 +142,18 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
     assert.deepEqual(r.orphans, [40]);
     assert.equal(existsSync(dir), false);
     assert.equal(await readCreating(os.sysroot), undefined, 'the record is consumed');
+  });
+
+  it("the directory a cut-off delete left (info.xml removed, the rest not) is removed when tiu's delete record names it", async () => {
+    const n = await createInProgress(ctx, { from: 1, description: 'killed delete', image: 'oci:/x:5' });
+    const dir = join(os.sysroot, '.snapshots', String(n));
+    // snapper's delete killed after removing info.xml: the subvolume (and tiu's /etc in it) stay.
+    await recordDeleting(os.sysroot, n);
+    await rm(join(dir, 'info.xml'));
+    const r = await cleanupInProgress(ctx);
+    assert.deepEqual(r.orphans, [n]);
+    assert.equal(existsSync(dir), false);
+    assert.equal(await readDeleting(os.sysroot), undefined, 'the record is consumed');
   });
 
   it('an unfinished snapshot directory tiu has no create record for (snapper creating one right now) is left alone', async () => {
