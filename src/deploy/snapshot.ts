@@ -27,6 +27,15 @@ import {
 import { mountInfo, unmount } from '../host/mount.ts';
 import { TiuError, type ErrorCode } from '../errors.ts';
 import { RootedDir } from './rooted.ts';
+import {
+  clearCreating,
+  clearDeleting,
+  readCreating,
+  readDeleting,
+  recordCreating,
+  recordDeleting,
+  snapshotNumbers,
+} from './snapshot-intent.ts';
 import { ageUserdata, readState, snapshotNumberOf, snapshotPath, UD, type Context } from './state.ts';
 import type { ImageAge } from './image-age.ts';
 import type { SystemdBoot } from './boot/systemd-boot.ts';
@@ -47,13 +56,21 @@ export interface CreateOptions {
 
 /** A new read-write snapshot of `from`, marked in progress, with /etc carried over. */
 export async function createInProgress(ctx: Context, o: CreateOptions): Promise<number> {
-  const n = await ctx.snapper.create({
-    from: o.from,
-    readWrite: true,
-    description: o.description,
-    cleanup: 'number',
-    userdata: { [UD.inProgress]: 'yes', [UD.image]: o.image },
-  });
+  // A kill inside snapper's create leaves a directory nothing marks as tiu's: the record does.
+  await recordCreating(ctx.sysroot);
+  let n: number;
+  try {
+    n = await ctx.snapper.create({
+      from: o.from,
+      readWrite: true,
+      description: o.description,
+      cleanup: 'number',
+      userdata: { [UD.inProgress]: 'yes', [UD.image]: o.image },
+    });
+  } finally {
+    // snapper answered: its snapshot is listed and marked in progress, or it cleaned up and failed.
+    await clearCreating(ctx.sysroot);
+  }
   try {
     await carryNestedSubvolumes(ctx, o.from, n);
   } catch (e) {
@@ -120,17 +137,25 @@ export async function deleteSnapshot(ctx: Context, n: number): Promise<void> {
   }
   const root = snapshotPath(ctx.sysroot, n);
   await unmountBelow(root);
+  // From here a kill can leave `.snapshots/N` unlisted: the record claims it for the next run.
+  await recordDeleting(ctx.sysroot, n);
   const exists = await stat(root).catch(() => undefined);
   if (exists) {
     await setReadOnly(root, false);
     for (const name of await nestedSubvolumes(root)) await subvolumeDelete(join(root, name));
   }
+  const dir = join(ctx.sysroot, '.snapshots', String(n));
   if (state.snapshots.some((s) => s.number === n)) {
     await ctx.snapper.delete(n);
+    // snapper's delete removes the subvolume and the files it knows, then an rmdir whose failure
+    // it ignores: an info.xml.tmp-XXXXXX of a `snapper modify` killed before its rename keeps the
+    // directory, now without info.xml. With the subvolume gone, the rest of it is tiu's to remove.
+    if (existsSync(dir) && !existsSync(root)) await rm(dir, { recursive: true, force: true });
   } else {
     if (exists) await subvolumeDelete(root);
-    await rm(join(ctx.sysroot, '.snapshots', String(n)), { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true });
   }
+  await clearDeleting(ctx.sysroot);
 }
 
 /**
@@ -289,17 +314,22 @@ export interface CleanupReport {
 export async function cleanupInProgress(ctx: Context): Promise<CleanupReport> {
   const state = await readState(ctx);
   const report: CleanupReport = { deleted: [], orphans: [], finished: [] };
-  // snapper writes info.xml after creating the subvolume: a kill in between leaves a directory
-  // snapper does not list. Only the update holding the lock creates snapshots here.
+  // snapper writes info.xml after creating the subvolume (and removes it before the directory
+  // when deleting): a kill in between leaves a directory snapper does not list. It is tiu's only
+  // when a record claims it: numbered above what was there when a create was cut off, or the one a
+  // cut-off delete named; any other (snapper's timeline creating one right now) is left alone.
+  const creating = await readCreating(ctx.sysroot);
+  const deleting = await readDeleting(ctx.sysroot);
   const listed = new Set(state.snapshots.map((s) => s.number));
-  const dirs = (await readdir(join(ctx.sysroot, '.snapshots')).catch(() => [] as string[]))
-    .filter((d) => /^\d+$/.test(d))
-    .map(Number);
+  const dirs = await snapshotNumbers(ctx.sysroot);
   for (const n of dirs.filter((d) => !listed.has(d) && d !== state.default && d !== state.booted)) {
+    if (n !== deleting && (creating === undefined || n <= creating)) continue;
     if (existsSync(join(ctx.sysroot, '.snapshots', String(n), 'info.xml'))) continue;
     await deleteSnapshot(ctx, n);
     report.orphans.push(n);
   }
+  if (creating !== undefined) await clearCreating(ctx.sysroot);
+  if (deleting !== undefined) await clearDeleting(ctx.sysroot);
   for (const s of state.snapshots.filter((x) => x.inProgress)) {
     if (s.default || s.booted) {
       await ctx.snapper.modify(s.number, { userdata: { [UD.inProgress]: '' } });

@@ -16,6 +16,9 @@ import { mkdir, mkdtemp, readFile, rm, symlink, writeFile, chmod } from 'node:fs
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { run } from '../../src/host/exec.ts';
+import { spawnSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { atExit } from './at-exit.ts';
 
 export const MICROOS_SUBVOLUMES = ['var', 'home', 'root', 'opt', 'srv', 'usr/local', 'boot/writable'] as const;
 
@@ -179,8 +182,17 @@ export async function createMicroOS(
       for (const m of [sysroot, top]) await run('umount', ['-R', '-l', m], { okExitCodes: [0, 1, 32] });
       if (loop) await run('losetup', ['-d', loop], { okExitCodes: [0, 1] });
       await rm(dir, { recursive: true, force: true });
+      forget();
     },
   };
+  // The same, synchronously, if the process ends before teardown() ran (a throwing after hook,
+  // SIGTERM): lazy unmounts first, so the removal never walks into the test filesystem.
+  const forget = atExit(() => {
+    const quiet = { stdio: 'ignore' } as const;
+    for (const m of [sysroot, top]) spawnSync('umount', ['-R', '-l', m], quiet);
+    if (loop) spawnSync('losetup', ['-d', loop], quiet);
+    rmSync(dir, { recursive: true, force: true });
+  });
   try {
     await run('truncate', ['-s', `${opts.sizeMiB ?? 300}M`, image]);
     loop = (await run('losetup', ['-f', '--show', image])).stdout.trim();

@@ -6,6 +6,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { rmSync } from 'node:fs';
+import { atExit } from './at-exit.ts';
 import { freePort } from './ports.ts';
 
 export interface RegistryOptions {
@@ -29,6 +31,8 @@ export interface RunningRegistry {
 
 export async function startRegistry(opts: RegistryOptions = {}): Promise<RunningRegistry> {
   const dir = await mkdtemp(join(tmpdir(), 'tiu-registry-'));
+  // A test that never reaches stop() (a throwing after hook, SIGTERM) still leaves nothing.
+  const forgetDir = atExit(() => rmSync(dir, { recursive: true, force: true }));
   const port = await freePort();
   const storage = join(dir, 'data');
   const lines = [
@@ -60,6 +64,9 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Running
   const config = join(dir, 'config.yml');
   await writeFile(config, lines.join('\n') + '\n');
   const child: ChildProcess = spawn('docker-registry', ['serve', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const forgetChild = atExit(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-4000);
@@ -72,7 +79,9 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Running
       child.kill('SIGTERM');
       await exited;
     }
+    forgetChild();
     await rm(dir, { recursive: true, force: true });
+    forgetDir();
   };
   // Ready when the port accepts connections (any HTTP answer, 401 included).
   const deadline = Date.now() + 15000;

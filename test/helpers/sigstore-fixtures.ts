@@ -10,10 +10,11 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { json } from '@sigstore/core';
+import { atExit } from './at-exit.ts';
 import type { Target } from '../../src/content/interfaces.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 import {
@@ -155,6 +156,8 @@ const YEAR = 365 * 24 * 3600 * 1000;
 /** A root and an intermediate, valid from a year ago for five years, as Fulcio's are shaped. */
 export function makeFulcioCa(label = 'fulcio'): FulcioCa {
   const dir = mkdtempSync(join(tmpdir(), `tiu-${label}-`));
+  // Made while a test file loads (describe bodies), used until its last test: gone when the process ends.
+  atExit(() => rmSync(dir, { recursive: true, force: true }));
   const from = new Date(Date.now() - YEAR);
   const to = new Date(Date.now() + 5 * YEAR);
   const root = issue(dir, 'root', `/O=${label}.test/CN=${label}-root`, undefined, from, to, [

@@ -8,6 +8,8 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { rmSync } from 'node:fs';
+import { atExit } from '../helpers/at-exit.ts';
 import { requireRoot } from '../helpers/env.ts';
 import { baseOs, createMicroOS, v2Files, writeTree, type MicroOS } from '../helpers/microos.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
@@ -20,6 +22,7 @@ describe('containers-storage: podman build -> tiu build -> registry -> tiu updat
   let os: MicroOS;
   let reg: RunningRegistry;
   let work = '';
+  let forgetWork = (): void => undefined;
   let storage = '';
   const podman = (args: string[]) =>
     execa('podman', ['--root', join(work, 'root'), '--runroot', join(work, 'run'), '--storage-driver', 'vfs', ...args]);
@@ -27,6 +30,8 @@ describe('containers-storage: podman build -> tiu build -> registry -> tiu updat
   before(async function () {
     requireRoot(this);
     work = await mkdtemp(join(tmpdir(), 'tiu-cstore-'));
+    const dir = work;
+    forgetWork = atExit(() => rmSync(dir, { recursive: true, force: true }));
     storage = `[vfs@${join(work, 'root')}+${join(work, 'run')}]`;
     const ctx = join(work, 'ctx');
     await writeTree(join(ctx, 'rootfs'), [
@@ -39,12 +44,18 @@ describe('containers-storage: podman build -> tiu build -> registry -> tiu updat
     reg = await startRegistry();
   });
   after(async () => {
-    await os?.teardown();
-    await reg?.stop();
-    if (work) {
-      await podman(['system', 'reset', '--force']).catch(() => undefined);
-      await rm(work, { recursive: true, force: true });
-    }
+    // Each step whatever the one before did: a failing teardown must not keep the others from running.
+    const steps = await Promise.allSettled([
+      os?.teardown(),
+      reg?.stop(),
+      (async () => {
+        if (!work) return;
+        await podman(['system', 'reset', '--force']).catch(() => undefined);
+        await rm(work, { recursive: true, force: true });
+        forgetWork();
+      })(),
+    ]);
+    for (const s of steps) if (s.status === 'rejected') throw s.reason;
   });
 
   it('builds a bundle from podman storage, pushes it and updates the device to it', async () => {

@@ -5,12 +5,15 @@
  * completes the update. The kill points are seeded (TIU_TEST_SEED=N repeats a run; the seed is
  * printed) and spread over the whole run (download, apply, merge, hook, commit); one more kill
  * lands while the hook's bind mounts are up. The kill takes tiu's whole process group (the hook
- * with it), as systemd's SIGKILL of the unit would.
+ * with it), as systemd's SIGKILL of the unit would. Two windows too narrow for timed kills are
+ * reached on purpose: inside `snapper create` (its directory made, info.xml not yet written), and
+ * a `snapper modify` killed before renaming its info.xml.tmp-XXXXXX (the flake of seed
+ * 1513425689: the next run's snapper delete left `.snapshots/7` holding only that file).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
 import {
@@ -208,5 +211,69 @@ describe('SIGKILL at random points of updates with a hook: the next run leaves n
       'no unfinished snapshot',
     );
     console.log(`      ${log.join('\n      ')}`);
+  });
+
+  // After the seeded kills: their first, unkilled run times a real update, not an already-present one.
+  it('kills while snapper creates the snapshot (its directory made, info.xml not yet written): the next run removes it and completes', async () => {
+    // snapper create makes .snapshots/N, snapshots the subvolume into it, then writes info.xml:
+    // a kill in between leaves a directory snapper does not list. Watched for, not timed: each
+    // round kills at the first sight of the directory, or of its subvolume, still without info.xml.
+    const snaps = join(env.os.sysroot, '.snapshots');
+    const log: string[] = [];
+    for (const stage of ['directory', 'subvolume'] as const) {
+      // The subvolume's part of the window can be missed (the poll sees it a moment late): a few tries.
+      let caught = '';
+      for (let attempt = 1; attempt <= 4 && !caught; attempt++) {
+        await rollbackTo1();
+        const before = new Set(readdirSync(snaps));
+        let seen = '';
+        const killed = await killedUpdate(refs[0]!, async (child) => {
+          while (child.exitCode === null && !seen) {
+            const fresh = readdirSync(snaps).find((d) => /^\d+$/.test(d) && !before.has(d));
+            if (
+              fresh &&
+              !existsSync(join(snaps, fresh, 'info.xml')) &&
+              (stage === 'directory' || existsSync(join(snaps, fresh, 'snapshot')))
+            )
+              seen = fresh;
+            else await new Promise<void>((r) => setImmediate(r));
+          }
+        });
+        if (killed && seen) {
+          caught = seen;
+          const left = existsSync(join(snaps, seen)) ? readdirSync(join(snaps, seen)).join(',') || '(empty)' : '-';
+          log.push(`${stage} (try ${attempt}): killed with .snapshots/${seen} holding ${left}`);
+          assert.ok(existsSync(join(snaps, '.tiu-creating')), `${stage}: the kill left tiu's create record`);
+        }
+        await nextRunCompletes(refs[0]!, `kill at snapper's ${stage} of .snapshots/${seen} (try ${attempt})`);
+        assert.ok(!existsSync(join(snaps, '.tiu-creating')), `${stage}: the next run consumed the create record`);
+      }
+      assert.ok(caught, `${stage}: an update was killed inside snapper's create within 4 tries`);
+    }
+    console.log(`      ${log.join('\n      ')}`);
+  });
+
+  it('a kill while snapper rewrites info.xml leaves its temporary file: the next run still removes the whole snapshot directory', async () => {
+    // snapper writes info.xml as info.xml.tmp-XXXXXX and renames it; a kill in between (the
+    // commit's `snapper modify`) leaves that file beside info.xml. snapper's delete removes
+    // info.xml and the subvolume, then rmdir fails on the stray file and it says nothing: the
+    // directory stayed, without info.xml. The window is microseconds wide, so the test kills
+    // once the snapshot is listed and puts the file where snapper's writer leaves it.
+    const snaps = join(env.os.sysroot, '.snapshots');
+    await rollbackTo1();
+    const before = new Set(readdirSync(snaps));
+    let caught = '';
+    const killed = await killedUpdate(refs[0]!, async (child) => {
+      while (child.exitCode === null && !caught) {
+        const fresh = readdirSync(snaps).find((d) => /^\d+$/.test(d) && !before.has(d));
+        if (fresh && existsSync(join(snaps, fresh, 'info.xml'))) caught = fresh;
+        else await new Promise<void>((r) => setImmediate(r));
+      }
+    });
+    assert.ok(killed && caught, 'the update was killed once its snapshot was listed');
+    writeFileSync(join(snaps, caught, 'info.xml.tmp-Kq3xZt'), '<?xml version="1.0"?>\n<snapshot>\n');
+    await nextRunCompletes(refs[0]!, `kill with .snapshots/${caught}/info.xml.tmp-Kq3xZt`);
+    // The next run may reuse the number: the stray file is what must be gone.
+    assert.ok(!existsSync(join(snaps, caught, 'info.xml.tmp-Kq3xZt')), `.snapshots/${caught}'s stray file is gone`);
   });
 });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile, readdir, mkdir, rm } from 'node:fs/promises';
+import { readFile, readdir, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireRoot } from '../helpers/env.ts';
 import { createMicroOS, type MicroOS } from '../helpers/microos.ts';
@@ -19,6 +19,7 @@ import {
   setDefaultSnapshot,
 } from '../../src/deploy/snapshot.ts';
 import { rollback } from '../../src/deploy/rollback.ts';
+import { readCreating, readDeleting, recordCreating, recordDeleting } from '../../src/deploy/snapshot-intent.ts';
 import { acquireUpdateLock } from '../../src/deploy/lock.ts';
 import { runHooks } from '../../src/deploy/hooks.ts';
 
@@ -131,12 +132,54 @@ describe('deploy: snapshots on a MicroOS-layout btrfs (loop device, real snapper
     assert.equal(s.default, 2);
   });
 
-  it('a snapshot directory snapper never finished (no info.xml) is removed as an orphan', async () => {
+  it("a snapshot directory snapper never finished (no info.xml) is removed as an orphan when tiu's create record claims it", async () => {
+    // What a kill inside createInProgress's `snapper create` leaves: the record, then the directory.
+    await recordCreating(os.sysroot);
     const dir = join(os.sysroot, '.snapshots', '40');
     await mkdir(dir);
     await run('btrfs', ['-q', 'subvolume', 'snapshot', snapshotPath(os.sysroot, 1), join(dir, 'snapshot')]);
     const r = await cleanupInProgress(ctx);
     assert.deepEqual(r.orphans, [40]);
+    assert.equal(existsSync(dir), false);
+    assert.equal(await readCreating(os.sysroot), undefined, 'the record is consumed');
+  });
+
+  it("the directory a cut-off delete left (info.xml removed, the rest not) is removed when tiu's delete record names it", async () => {
+    const n = await createInProgress(ctx, { from: 1, description: 'killed delete', image: 'oci:/x:5' });
+    const dir = join(os.sysroot, '.snapshots', String(n));
+    // snapper's delete killed after removing info.xml: the subvolume (and tiu's /etc in it) stay.
+    await recordDeleting(os.sysroot, n);
+    await rm(join(dir, 'info.xml'));
+    const r = await cleanupInProgress(ctx);
+    assert.deepEqual(r.orphans, [n]);
+    assert.equal(existsSync(dir), false);
+    assert.equal(await readDeleting(os.sysroot), undefined, 'the record is consumed');
+  });
+
+  it('an unfinished snapshot directory tiu has no create record for (snapper creating one right now) is left alone', async () => {
+    const dir = join(os.sysroot, '.snapshots', '41');
+    await mkdir(dir);
+    try {
+      await run('btrfs', ['-q', 'subvolume', 'snapshot', '-r', snapshotPath(os.sysroot, 1), join(dir, 'snapshot')]);
+      const r = await cleanupInProgress(ctx);
+      assert.deepEqual(r.orphans, []);
+      assert.ok(existsSync(join(dir, 'snapshot')));
+      // A record from before it (its number is not above the record's) does not claim it either.
+      await recordCreating(os.sysroot);
+      assert.deepEqual((await cleanupInProgress(ctx)).orphans, []);
+      assert.ok(existsSync(join(dir, 'snapshot')));
+    } finally {
+      await run('btrfs', ['-q', 'subvolume', 'delete', join(dir, 'snapshot')]).catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("snapper's delete leaves the directory when a killed info.xml rewrite left its temporary file: deleteSnapshot removes it", async () => {
+    const n = await createInProgress(ctx, { from: 1, description: 'killed modify', image: 'oci:/x:4' });
+    const dir = join(os.sysroot, '.snapshots', String(n));
+    await writeFile(join(dir, 'info.xml.tmp-Ab12Cd'), '<?xml version="1.0"?>\n');
+    const r = await cleanupInProgress(ctx);
+    assert.deepEqual(r.deleted, [n]);
     assert.equal(existsSync(dir), false);
   });
 
