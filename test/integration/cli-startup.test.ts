@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm, writeFile, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../../src/host/exec.ts';
@@ -115,6 +115,31 @@ process.on('exit', () => {
     // A caller's own setting is left alone, and passed on.
     const own = await tiu(['build', '--help'], { ...env, MALLOC_MMAP_THRESHOLD_: '65536' });
     assert.deepEqual(probeOf(own.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: '65536', marker: null });
+  });
+
+  it("tiu build runs libuv's thread pool with a thread per core (at most 4); other commands and a caller's own size keep theirs", async () => {
+    const probe = join(tmp, 'pool-probe.mjs');
+    // The probe starts the pool itself (a build --help queues no work) and counts its threads.
+    await writeFile(
+      probe,
+      `import { readdirSync, readFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+await stat('/');
+process.on('exit', () => {
+  const names = readdirSync('/proc/self/task').map((t) => readFileSync('/proc/self/task/' + t + '/comm', 'utf8').trim());
+  process.stderr.write('POOL ' + names.filter((n) => n === 'libuv-worker').length + '\\n');
+});\n`,
+    );
+    const poolOf = (stderr: string) => Number(/POOL (\d+)/.exec(stderr)![1]);
+    const env = { NODE_OPTIONS: `--import ${probe}`, UV_THREADPOOL_SIZE: undefined };
+    const cores = Math.min(4, availableParallelism());
+    const b = await tiu(['build', '--help'], env);
+    assert.equal(b.exitCode, 0, b.stderr);
+    assert.equal(poolOf(b.stderr), cores);
+    const c = await tiu(['copy', '--help'], env);
+    assert.equal(poolOf(c.stderr), 4);
+    const own = await tiu(['build', '--help'], { ...env, UV_THREADPOOL_SIZE: '3' });
+    assert.equal(poolOf(own.stderr), 3);
   });
 
   it("copy runs without V8's optimizing tiers; build and the device commands keep them", async () => {
