@@ -220,17 +220,22 @@ describe('planning memory (issue 19)', function () {
     assert.deepEqual(b!.source, { layer: 0, offset: 1000, endOffset: 1500 });
   });
 
-  it('indexes the scan compactly: a unique size maps to its path, only multi-link inodes form groups', function () {
+  it('indexes the scan by size (files of one size in scan order), only multi-link inodes form groups', function () {
     const entries = new Map<string, ExistingEntry>([
       ['a', existing('a', 10, 1n)],
       ['b', existing('b', 20, 2n, 2)],
       ['c', existing('c', 20, 2n, 2)],
       ['d', existing('d', 30, 3n)],
+      ['e', existing('e', 20, 4n)],
+      ['f', existing('f', 0, 5n)],
     ]);
     const old = indexOldTree('/x', entries);
-    assert.equal(old.bySize.get(10), 'a');
+    assert.deepEqual([...old.bySize], [[0, 'f'], [10, 'a'], [20, 'b'], [20, 'c'], [20, 'e'], [30, 'd']]);
     assert.deepEqual(pathsOfSize(old, 10), ['a']);
-    assert.deepEqual(pathsOfSize(old, 20), ['b', 'c']);
+    assert.deepEqual(pathsOfSize(old, 20), ['b', 'c', 'e']);
+    assert.deepEqual(pathsOfSize(old, 30), ['d']);
+    assert.deepEqual(pathsOfSize(old, 0), ['f']);
+    assert.deepEqual(pathsOfSize(old, 15), []);
     assert.deepEqual(pathsOfSize(old, 99), []);
     assert.deepEqual([...old.byIno.keys()], [2n]);
   });

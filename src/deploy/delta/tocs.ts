@@ -61,8 +61,13 @@ function chunkWithoutFrame(e: TocEntry): string | undefined {
  * a 45k-entry tree they were tens of MB next to the entries). Or why the layer can't be read
  * file by file.
  */
-async function layerEntries(b: TocBytes, d: Descriptor, layer: number): Promise<TreeEntry[] | { unusable: string }> {
-  const out = new LayerEntries(layer);
+async function layerEntries(
+  b: TocBytes,
+  d: Descriptor,
+  layer: number,
+  ownPath?: (path: string) => string | undefined,
+): Promise<TreeEntry[] | { unusable: string }> {
+  const out = new LayerEntries(layer, ownPath);
   let unusable: string | undefined;
   const onEntry = (e: TocEntry) => {
     unusable ??= chunkWithoutFrame(e);
@@ -90,6 +95,11 @@ export interface TocSources {
    * tree, held through the read of the others). Default true.
    */
   keepBytes?: boolean;
+  /**
+   * Strings to name the entries' paths with where they have the path (LayerEntries): awaited
+   * before the first TOC is read, while that TOC's bytes come; undefined: the entries' own.
+   */
+  ownPaths?: Promise<((path: string) => string | undefined) | undefined>;
 }
 
 /** The stored TOC of layer `d` (as the store verified it); undefined when the store has none. */
@@ -166,7 +176,7 @@ export async function fetchLayerTocs(
         await from.store?.keepCompressedToc(d.annotations![ZstdChunkedAnnotation.ManifestChecksum]!, read.compressed);
         got = { compressed: read.compressed };
       }
-      const entries = await layerEntries(got, d, i);
+      const entries = await layerEntries(got, d, i, await from.ownPaths);
       if ('unusable' in entries) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${entries.unusable}` };
       layers[i] = entries;
       if (from.keepBytes !== false) bytes[i] = got;
