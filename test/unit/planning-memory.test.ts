@@ -230,7 +230,17 @@ describe('planning memory (issue 19)', function () {
       ['f', existing('f', 0, 5n)],
     ]);
     const old = indexOldTree('/x', entries);
-    assert.deepEqual([...old.bySize], [[0, 'f'], [10, 'a'], [20, 'b'], [20, 'c'], [20, 'e'], [30, 'd']]);
+    assert.deepEqual(
+      [...old.bySize],
+      [
+        [0, 'f'],
+        [10, 'a'],
+        [20, 'b'],
+        [20, 'c'],
+        [20, 'e'],
+        [30, 'd'],
+      ],
+    );
     assert.deepEqual(pathsOfSize(old, 10), ['a']);
     assert.deepEqual(pathsOfSize(old, 20), ['b', 'c', 'e']);
     assert.deepEqual(pathsOfSize(old, 30), ['d']);
