@@ -183,6 +183,35 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     await assert.rejects(fetchLayerTocs(target, { ...manifest, layers: [bad] }), code('TOC_CHECKSUM_MISMATCH'));
   });
 
+  it('fetches the next TOCs while the paths to name entries with are coming, then reads every entry through them', async () => {
+    const three = { ...manifest, layers: [layer, layer, layer] };
+    let requests = 0;
+    const counting = Object.assign(Object.create(target) as MemoryTarget, {
+      fetchRange: (d: Descriptor, s: number, e: number) => {
+        requests++;
+        return target.fetchRange(d, s, e);
+      },
+    });
+    let give: (f: (p: string) => string | undefined) => void = () => undefined;
+    const ownPaths = new Promise<(p: string) => string | undefined>((r) => (give = r));
+    const reading = fetchLayerTocs(counting, three, undefined, { ownPaths });
+    // Far below the prefetch bound: all three TOCs come before the paths do.
+    for (let k = 0; k < 400 && requests < 3; k++) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(requests, 3);
+    const asked: string[] = [];
+    give((p) => {
+      asked.push(p);
+      return p === 'usr/a' ? p : undefined;
+    });
+    const t = await reading;
+    assert.ok(t.ok);
+    assert.equal(requests, 3);
+    const paths = ['usr', ...Object.keys(files)];
+    for (const l of t.layers) assert.deepEqual(l.map((e) => e.path).sort(), [...paths].sort());
+    assert.deepEqual(asked.sort(), [...paths, ...paths, ...paths].sort());
+  });
+
   it('prepareTransfer scans the old root while the TOCs download; either failing is reported, not crashed on', async () => {
     const old = join(dir, 'old-root');
     await mkdir(join(old, 'usr'), { recursive: true });

@@ -81,6 +81,18 @@ async function layerEntries(
   return unusable === undefined ? out.entries : { unusable };
 }
 
+/** TOC bytes fetched ahead of their reading, while the paths to name entries with are not there yet. */
+const PREFETCH_BYTES = 4 * 1024 * 1024;
+
+function sizeOf(b: TocBytes): number {
+  return 'json' in b ? b.json.length : b.compressed.length;
+}
+
+/** The compressed TOC's size its (signed) position annotation declares. */
+function compressedTocSize(d: Descriptor): number {
+  return parsePosition(d.annotations![ZstdChunkedAnnotation.ManifestPosition]!).lengthCompressed;
+}
+
 /** Where a layer's TOC came from: the bytes it was verified as (compressed: by the manifest-checksum; json: by the signed json-digest). */
 export type TocBytes = { compressed: Buffer } | { json: Buffer };
 
@@ -159,7 +171,8 @@ export async function fetchLayerTocs(
     }
     const wanted = order.filter((i) => !stored.has(i)).map((i) => ({ layer: i, d: manifest.layers[i]! }));
     const patched = from.patched && wanted.length ? await from.patched(wanted) : new Map<number, Buffer>();
-    for (const i of order) {
+    /** Layer i's verified TOC bytes: stored, patched or fetched (and then kept). */
+    const tocOf = async (i: number): Promise<TocBytes> => {
       const d = manifest.layers[i]!;
       const kept = stored.get(i);
       stored.delete(i);
@@ -175,6 +188,32 @@ export async function fetchLayerTocs(
         // Verified against the signed checksum by readCompressedToc: worth keeping.
         await from.store?.keepCompressedToc(d.annotations![ZstdChunkedAnnotation.ManifestChecksum]!, read.compressed);
         got = { compressed: read.compressed };
+      }
+      return got;
+    };
+    // While the paths to name the entries with are still coming (the booted tree's scan), the
+    // next layers' TOCs come ahead, at most PREFETCH_BYTES of them held: their round trips
+    // overlap the scan as when each TOC was read as soon as it came.
+    let pathsReady = from.ownPaths === undefined;
+    from.ownPaths?.then(
+      () => (pathsReady = true),
+      () => (pathsReady = true),
+    );
+    const ahead = new Map<number, TocBytes>();
+    let aheadBytes = 0;
+    for (const [k, i] of order.entries()) {
+      const d = manifest.layers[i]!;
+      const early = ahead.get(i);
+      ahead.delete(i);
+      if (early) aheadBytes -= sizeOf(early);
+      const got = early ?? (await tocOf(i));
+      for (let j = k + 1; !pathsReady && j < order.length; j++) {
+        const next = order[j]!;
+        if (ahead.has(next)) continue;
+        if (aheadBytes + compressedTocSize(manifest.layers[next]!) > PREFETCH_BYTES) break;
+        const b = await tocOf(next);
+        ahead.set(next, b);
+        aheadBytes += sizeOf(b);
       }
       const entries = await layerEntries(got, d, i, await from.ownPaths);
       if ('unusable' in entries) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${entries.unusable}` };
