@@ -283,7 +283,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       // The scan first, then the TOCs read with its path strings: the scan and the plan's tree
       // hold one string per path (~3 MiB on the bench's larger tree were the scan's own copies,
       // garbage only from the plan's sharePathsWith on and alive at its peak). JavaScript runs
-      // one thing at a time: only the first TOC's download no longer overlaps the scan.
+      // one thing at a time, and the TOCs' bytes still come during the scan (fetchLayerTocs).
       // A failed scan shares nothing here; its error is thrown where the plan awaits it.
       ownPaths: scanning.then(
         (t) => (t.entries instanceof ScanEntries ? (p: string) => (t.entries as ScanEntries).ownPath(p) : undefined),
