@@ -16,6 +16,7 @@ import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
 import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
 import { plainEntry } from '../helpers/plain-entry.ts';
+import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
 import {
   coalesce,
   ContentStore,
@@ -210,6 +211,35 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     const paths = ['usr', ...Object.keys(files)];
     for (const l of t.layers) assert.deepEqual(l.map((e) => e.path).sort(), [...paths].sort());
     assert.deepEqual(asked.sort(), [...paths, ...paths, ...paths].sort());
+  });
+
+  it("prepareTransfer reads the TOCs with the booted tree's scan's path strings (one string per path, not two until a full GC)", async () => {
+    const old = join(dir, 'old-root-shared');
+    await mkdir(join(old, 'usr'), { recursive: true });
+    await writeFile(join(old, 'usr/a'), files['usr/a']!);
+    const asked: [string, string | undefined][] = [];
+    const proto = ScanEntries.prototype;
+    const ownPath = Object.getOwnPropertyDescriptor(proto, 'ownPath')!.value as ScanEntries['ownPath'];
+    proto.ownPath = function (this: ScanEntries, p: string) {
+      const own = ownPath.call(this, p);
+      asked.push([p, own]);
+      return own;
+    };
+    try {
+      const t = await prepareTransfer({ source: target, manifest, oldRoot: old, preserve: [] });
+      assert.equal(t.path, 'delta');
+    } finally {
+      proto.ownPath = ownPath;
+    }
+    // Every entry of the TOC asked; those the booted tree has answered with its string of them.
+    assert.deepEqual(asked.map(([p]) => p).sort(), ['usr', ...Object.keys(files)].sort());
+    assert.deepEqual(
+      asked
+        .filter(([, own]) => own !== undefined)
+        .map(([p]) => p)
+        .sort(),
+      ['usr', 'usr/a'],
+    );
   });
 
   it('prepareTransfer scans the old root while the TOCs download; either failing is reported, not crashed on', async () => {
