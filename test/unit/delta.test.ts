@@ -16,6 +16,7 @@ import { ZstdChunkedAnnotation } from '../../src/layer/toc.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
 import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
 import { plainEntry } from '../helpers/plain-entry.ts';
+import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
 import {
   coalesce,
   ContentStore,
@@ -181,6 +182,64 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
       annotations: { ...layer.annotations, [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${'2'.repeat(64)}` },
     };
     await assert.rejects(fetchLayerTocs(target, { ...manifest, layers: [bad] }), code('TOC_CHECKSUM_MISMATCH'));
+  });
+
+  it('fetches the next TOCs while the paths to name entries with are coming, then reads every entry through them', async () => {
+    const three = { ...manifest, layers: [layer, layer, layer] };
+    let requests = 0;
+    const counting = Object.assign(Object.create(target) as MemoryTarget, {
+      fetchRange: (d: Descriptor, s: number, e: number) => {
+        requests++;
+        return target.fetchRange(d, s, e);
+      },
+    });
+    let give: (f: (p: string) => string | undefined) => void = () => undefined;
+    const ownPaths = new Promise<(p: string) => string | undefined>((r) => (give = r));
+    const reading = fetchLayerTocs(counting, three, undefined, { ownPaths });
+    // Far below the prefetch bound: all three TOCs come before the paths do.
+    for (let k = 0; k < 400 && requests < 3; k++) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(requests, 3);
+    const asked: string[] = [];
+    give((p) => {
+      asked.push(p);
+      return p === 'usr/a' ? p : undefined;
+    });
+    const t = await reading;
+    assert.ok(t.ok);
+    assert.equal(requests, 3);
+    const paths = ['usr', ...Object.keys(files)];
+    for (const l of t.layers) assert.deepEqual(l.map((e) => e.path).sort(), [...paths].sort());
+    assert.deepEqual(asked.sort(), [...paths, ...paths, ...paths].sort());
+  });
+
+  it("prepareTransfer reads the TOCs with the booted tree's scan's path strings (one string per path, not two until a full GC)", async () => {
+    const old = join(dir, 'old-root-shared');
+    await mkdir(join(old, 'usr'), { recursive: true });
+    await writeFile(join(old, 'usr/a'), files['usr/a']!);
+    const asked: [string, string | undefined][] = [];
+    const proto = ScanEntries.prototype;
+    const ownPath = Object.getOwnPropertyDescriptor(proto, 'ownPath')!.value as ScanEntries['ownPath'];
+    proto.ownPath = function (this: ScanEntries, p: string) {
+      const own = ownPath.call(this, p);
+      asked.push([p, own]);
+      return own;
+    };
+    try {
+      const t = await prepareTransfer({ source: target, manifest, oldRoot: old, preserve: [] });
+      assert.equal(t.path, 'delta');
+    } finally {
+      proto.ownPath = ownPath;
+    }
+    // Every entry of the TOC asked; those the booted tree has answered with its string of them.
+    assert.deepEqual(asked.map(([p]) => p).sort(), ['usr', ...Object.keys(files)].sort());
+    assert.deepEqual(
+      asked
+        .filter(([, own]) => own !== undefined)
+        .map(([p]) => p)
+        .sort(),
+      ['usr', 'usr/a'],
+    );
   });
 
   it('prepareTransfer scans the old root while the TOCs download; either failing is reported, not crashed on', async () => {

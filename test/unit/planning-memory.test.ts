@@ -220,17 +220,89 @@ describe('planning memory (issue 19)', function () {
     assert.deepEqual(b!.source, { layer: 0, offset: 1000, endOffset: 1500 });
   });
 
-  it('indexes the scan compactly: a unique size maps to its path, only multi-link inodes form groups', function () {
+  it("reads a layer of 20,000 TOC entries with the scan's path strings: its own copies die young (~60 bytes an entry were held twice)", function () {
+    const n = 20_000;
+    const json = tocJsonOf(n);
+    // The scan's paths as a scan makes them: strings of their own, not the TOC's.
+    const scanPaths = JSON.parse(JSON.stringify(Array.from({ length: n }, (_, i) => tocEntry(i).name))) as string[];
+    const scan = new ScanEntries();
+    for (const [i, p] of scanPaths.entries()) scan.set(existing(p, i, BigInt(i)));
+    scanPaths.length = 0;
+    const gc = collector();
+    const held = () => process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+    const heldByLayer = (ownPath?: (p: string) => string | undefined): { perEntry: number; layer: LayerEntries } => {
+      for (let i = 0; i < 3; i++) gc();
+      const before = held();
+      const layer = new LayerEntries(0, ownPath);
+      forEachTocEntry(json, (e) => layer.add(e));
+      for (let i = 0; i < 3; i++) gc();
+      return { perEntry: (held() - before) / n, layer };
+    };
+    const own = heldByLayer();
+    const shared = heldByLayer((p) => scan.ownPath(p));
+    assert.ok(
+      own.perEntry - shared.perEntry > 45,
+      `${(own.perEntry - shared.perEntry).toFixed(0)} bytes an entry saved`,
+    );
+    // The same entries either way; a path the scan lacks keeps the TOC's string.
+    assert.deepEqual(
+      shared.layer.entries.slice(0, 50).map((e) => [e.path, e.digest, e.size]),
+      own.layer.entries.slice(0, 50).map((e) => [e.path, e.digest, e.size]),
+    );
+    assert.equal(scan.ownPath('usr/not/scanned'), undefined);
+    const partial = new LayerEntries(0, (p) => (p.endsWith('-1.txt') ? scan.ownPath(p) : undefined));
+    forEachTocEntry(tocJsonOf(3), (e) => partial.add(e));
+    assert.deepEqual(
+      partial.entries.map((e) => e.path),
+      [0, 1, 2].map((i) => tocEntry(i).name),
+    );
+  });
+
+  it('holds the scan of 20,000 files (3,000 sizes) by size in under 32 bytes a file (~17 here; a Map of path-or-list held ~41)', function () {
+    const n = 20_000;
+    const entries = new ScanEntries();
+    for (let i = 0; i < n; i++) entries.set(existing(`usr/lib/file-${i}`, i % 3000, BigInt(i)));
+    const gc = collector();
+    const held = () => process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+    for (let i = 0; i < 3; i++) gc();
+    const before = held();
+    const old = indexOldTree('/x', entries);
+    for (let i = 0; i < 3; i++) gc();
+    const perFile = (held() - before) / n;
+    assert.ok(perFile < 32, `${perFile.toFixed(1)} bytes a file`);
+    assert.equal(old.bySize.size, n);
+    assert.deepEqual(
+      pathsOfSize(old, 7),
+      [0, 1, 2, 3, 4, 5, 6].map((k) => `usr/lib/file-${7 + 3000 * k}`),
+    );
+  });
+
+  it('indexes the scan by size (files of one size in scan order), only multi-link inodes form groups', function () {
     const entries = new Map<string, ExistingEntry>([
       ['a', existing('a', 10, 1n)],
       ['b', existing('b', 20, 2n, 2)],
       ['c', existing('c', 20, 2n, 2)],
       ['d', existing('d', 30, 3n)],
+      ['e', existing('e', 20, 4n)],
+      ['f', existing('f', 0, 5n)],
     ]);
     const old = indexOldTree('/x', entries);
-    assert.equal(old.bySize.get(10), 'a');
+    assert.deepEqual(
+      [...old.bySize],
+      [
+        [0, 'f'],
+        [10, 'a'],
+        [20, 'b'],
+        [20, 'c'],
+        [20, 'e'],
+        [30, 'd'],
+      ],
+    );
     assert.deepEqual(pathsOfSize(old, 10), ['a']);
-    assert.deepEqual(pathsOfSize(old, 20), ['b', 'c']);
+    assert.deepEqual(pathsOfSize(old, 20), ['b', 'c', 'e']);
+    assert.deepEqual(pathsOfSize(old, 30), ['d']);
+    assert.deepEqual(pathsOfSize(old, 0), ['f']);
+    assert.deepEqual(pathsOfSize(old, 15), []);
     assert.deepEqual(pathsOfSize(old, 99), []);
     assert.deepEqual([...old.byIno.keys()], [2n]);
   });

@@ -56,6 +56,12 @@ export class ScanEntries {
     return this.#paths.values();
   }
 
+  /** This scan's own string of `path` (equal text, maybe another string), or undefined when it has no such path. */
+  ownPath(path: string): string | undefined {
+    const r = this.#find(path);
+    return r === -1 ? undefined : this.#paths[r];
+  }
+
   *values(): IterableIterator<ExistingEntry> {
     for (let r = 0; r < this.#paths.length; r++) yield this.#entry(this.#paths[r]!, r);
   }

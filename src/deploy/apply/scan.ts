@@ -20,6 +20,7 @@ import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
 import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
 import { ScanEntries } from './scan-entries.ts';
+import { SizeIndex } from './size-index.ts';
 import { INDEX_HEAD, IndexTextParser, MIN_MEMBER } from './content-index-text.ts';
 import { IndexTable, type IndexKeyParts } from './index-table.ts';
 import type { EntryType, ExistingEntry, OldTree, ScannedEntries } from './types.ts';
@@ -102,21 +103,20 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
 }
 
 export function indexOldTree(root: string, entries: ScannedEntries): OldTree {
-  const bySize = new Map<number, string | string[]>();
+  const sizes: number[] = [];
+  const paths: string[] = [];
   const byIno = new Map<bigint, string[]>();
   for (const e of entries.values()) {
     if (e.type !== 'reg') continue;
-    const s = bySize.get(e.size);
-    if (s === undefined) bySize.set(e.size, e.path);
-    else if (typeof s === 'string') bySize.set(e.size, [s, e.path]);
-    else s.push(e.path);
+    sizes.push(e.size);
+    paths.push(e.path);
     if (e.nlink < 2) continue;
     // A new list as a literal: `[]` then push() reserves 17 slots.
     const i = byIno.get(e.ino);
     if (i) i.push(e.path);
     else byIno.set(e.ino, [e.path]);
   }
-  return { root, entries, bySize, byIno };
+  return { root, entries, bySize: new SizeIndex(sizes, paths), byIno };
 }
 
 /**
@@ -129,19 +129,13 @@ export function sharePathsWith(old: OldTree, tree: ReadonlyMap<string, { readonl
   if (!(old.entries instanceof ScanEntries)) return;
   const same = (p: string) => tree.get(p)?.path;
   old.entries.sharePaths(same);
-  for (const [size, s] of old.bySize) {
-    if (typeof s === 'string') old.bySize.set(size, same(s) ?? s);
-    else for (let i = 0; i < s.length; i++) s[i] = same(s[i]!) ?? s[i]!;
-  }
+  old.bySize.sharePaths(same);
   for (const g of old.byIno.values()) for (let i = 0; i < g.length; i++) g[i] = same(g[i]!) ?? g[i]!;
 }
 
-const NO_PATHS: readonly string[] = [];
-
 /** The regular files of `old` that have `size` bytes. */
 export function pathsOfSize(old: OldTree, size: number): readonly string[] {
-  const s = old.bySize.get(size);
-  return s === undefined ? NO_PATHS : typeof s === 'string' ? [s] : s;
+  return old.bySize.pathsOf(size);
 }
 
 /** Hashes of old-tree files, asked for lazily by the planner. */

@@ -60,8 +60,17 @@ export class LayerEntries {
   #lastModtime: string | undefined;
   #lastMtimeNs = 0n;
 
-  constructor(layer: number) {
+  /** Where the entries' paths may be had as strings that exist already (see `constructor`). */
+  readonly #ownPath: ((path: string) => string | undefined) | undefined;
+
+  /**
+   * `ownPath`: another holder's string of a path, used instead of the one read (the booted
+   * tree's scan, which planning holds anyway): the read one then dies young, and the tree and
+   * the scan share one string per path from the start instead of two until a full collection.
+   */
+  constructor(layer: number, ownPath?: (path: string) => string | undefined) {
     this.#files = new TocFiles(layer);
+    this.#ownPath = ownPath;
   }
 
   #mtimeOf(modtime: string | undefined, name: string): bigint {
@@ -90,7 +99,8 @@ export class LayerEntries {
     }
     const type = TYPES[t.type];
     if (!type) throw new BadEntryError(t.name, `unknown entry type ${JSON.stringify(t.type)}`);
-    const path = normalizeEntryPath(t.name);
+    const read = normalizeEntryPath(t.name);
+    const path = this.#ownPath?.(read) ?? read;
     // Most entries have none: they share one frozen object (tens of bytes apiece on a 45k-entry tree).
     const xattrs: Record<string, Buffer> = t.xattrs && Object.keys(t.xattrs).length ? {} : NO_XATTRS;
     for (const [k, v] of Object.entries(t.xattrs ?? {})) {

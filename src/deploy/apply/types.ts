@@ -5,6 +5,7 @@
  */
 
 import type { EntryType, TreeEntry } from '../../layer/entry.ts';
+import type { SizeIndex } from './size-index.ts';
 /** The tree model is src/layer's, shared with the build: paths, link targets and xattr values are bytes. */
 export type { EntryType, TreeEntry, ContentSource } from '../../layer/entry.ts';
 
@@ -43,12 +44,8 @@ export interface ScannedEntries {
 export interface OldTree {
   root: string;
   entries: ScannedEntries;
-  /**
-   * Regular files by size: the only candidates for a content match. A size only one file has
-   * (most of them) maps to its path, not a list of one (~90 bytes less each): read it with
-   * `pathsOfSize` (scan.ts).
-   */
-  bySize: Map<number, string | string[]>;
+  /** Regular files by size: the only candidates for a content match (read with `pathsOfSize`, scan.ts). */
+  bySize: SizeIndex;
   /** Paths by inode of the files with more than one link (hardlink groups); a file with one link is in no group. */
   byIno: Map<bigint, string[]>;
 }

@@ -27,6 +27,7 @@ import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { ContentIndex, scanTree } from '../apply/scan.ts';
+import { ScanEntries } from '../apply/scan-entries.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
 import { flattenLayers } from '../apply/layers.ts';
 import { planApply } from '../apply/plan.ts';
@@ -279,6 +280,15 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       ...(o.tocStore ? { store: o.tocStore } : {}),
       ...(chosen && dictionary ? { patched: tocPatcher(o.source, chosen, dictionary, tally, o.signal) } : {}),
       keepBytes: !!(chosen && dictionary),
+      // The scan first, then the TOCs read with its path strings: the scan and the plan's tree
+      // hold one string per path (~3 MiB on the bench's larger tree were the scan's own copies,
+      // garbage only from the plan's sharePathsWith on and alive at its peak). JavaScript runs
+      // one thing at a time, and the TOCs' bytes still come during the scan (fetchLayerTocs).
+      // A failed scan shares nothing here; its error is thrown where the plan awaits it.
+      ownPaths: scanning.then(
+        (t) => (t.entries instanceof ScanEntries ? (p: string) => (t.entries as ScanEntries).ownPath(p) : undefined),
+        () => undefined,
+      ),
     });
     // The file index is read now, before the plan: its dictionary holds every TOC JSON of FROM
     // and TO (~30 MiB on the bench's larger tree), and the TOC bytes are needed for nothing

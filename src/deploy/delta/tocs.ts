@@ -61,8 +61,13 @@ function chunkWithoutFrame(e: TocEntry): string | undefined {
  * a 45k-entry tree they were tens of MB next to the entries). Or why the layer can't be read
  * file by file.
  */
-async function layerEntries(b: TocBytes, d: Descriptor, layer: number): Promise<TreeEntry[] | { unusable: string }> {
-  const out = new LayerEntries(layer);
+async function layerEntries(
+  b: TocBytes,
+  d: Descriptor,
+  layer: number,
+  ownPath?: (path: string) => string | undefined,
+): Promise<TreeEntry[] | { unusable: string }> {
+  const out = new LayerEntries(layer, ownPath);
   let unusable: string | undefined;
   const onEntry = (e: TocEntry) => {
     unusable ??= chunkWithoutFrame(e);
@@ -74,6 +79,18 @@ async function layerEntries(b: TocBytes, d: Descriptor, layer: number): Promise<
     await forEachCompressedTocEntry(b.compressed, lengthUncompressed, onEntry);
   }
   return unusable === undefined ? out.entries : { unusable };
+}
+
+/** TOC bytes fetched ahead of their reading, while the paths to name entries with are not there yet. */
+const PREFETCH_BYTES = 4 * 1024 * 1024;
+
+function sizeOf(b: TocBytes): number {
+  return 'json' in b ? b.json.length : b.compressed.length;
+}
+
+/** The compressed TOC's size its (signed) position annotation declares. */
+function compressedTocSize(d: Descriptor): number {
+  return parsePosition(d.annotations![ZstdChunkedAnnotation.ManifestPosition]!).lengthCompressed;
 }
 
 /** Where a layer's TOC came from: the bytes it was verified as (compressed: by the manifest-checksum; json: by the signed json-digest). */
@@ -90,6 +107,11 @@ export interface TocSources {
    * tree, held through the read of the others). Default true.
    */
   keepBytes?: boolean;
+  /**
+   * Strings to name the entries' paths with where they have the path (LayerEntries): awaited
+   * before the first TOC is read, while that TOC's bytes come; undefined: the entries' own.
+   */
+  ownPaths?: Promise<((path: string) => string | undefined) | undefined>;
 }
 
 /** The stored TOC of layer `d` (as the store verified it); undefined when the store has none. */
@@ -149,7 +171,8 @@ export async function fetchLayerTocs(
     }
     const wanted = order.filter((i) => !stored.has(i)).map((i) => ({ layer: i, d: manifest.layers[i]! }));
     const patched = from.patched && wanted.length ? await from.patched(wanted) : new Map<number, Buffer>();
-    for (const i of order) {
+    /** Layer i's verified TOC bytes: stored, patched or fetched (and then kept). */
+    const tocOf = async (i: number): Promise<TocBytes> => {
       const d = manifest.layers[i]!;
       const kept = stored.get(i);
       stored.delete(i);
@@ -166,7 +189,33 @@ export async function fetchLayerTocs(
         await from.store?.keepCompressedToc(d.annotations![ZstdChunkedAnnotation.ManifestChecksum]!, read.compressed);
         got = { compressed: read.compressed };
       }
-      const entries = await layerEntries(got, d, i);
+      return got;
+    };
+    // While the paths to name the entries with are still coming (the booted tree's scan), the
+    // next layers' TOCs come ahead, at most PREFETCH_BYTES of them held: their round trips
+    // overlap the scan as when each TOC was read as soon as it came.
+    let pathsReady = from.ownPaths === undefined;
+    from.ownPaths?.then(
+      () => (pathsReady = true),
+      () => (pathsReady = true),
+    );
+    const ahead = new Map<number, TocBytes>();
+    let aheadBytes = 0;
+    for (const [k, i] of order.entries()) {
+      const d = manifest.layers[i]!;
+      const early = ahead.get(i);
+      ahead.delete(i);
+      if (early) aheadBytes -= sizeOf(early);
+      const got = early ?? (await tocOf(i));
+      for (let j = k + 1; !pathsReady && j < order.length; j++) {
+        const next = order[j]!;
+        if (ahead.has(next)) continue;
+        if (aheadBytes + compressedTocSize(manifest.layers[next]!) > PREFETCH_BYTES) break;
+        const b = await tocOf(next);
+        ahead.set(next, b);
+        aheadBytes += sizeOf(b);
+      }
+      const entries = await layerEntries(got, d, i, await from.ownPaths);
       if ('unusable' in entries) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${entries.unusable}` };
       layers[i] = entries;
       if (from.keepBytes !== false) bytes[i] = got;
