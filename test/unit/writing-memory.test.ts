@@ -188,10 +188,10 @@ describe('writing stage memory (issue 19)', function () {
     const store = await ContentStore.open(join(dir, 'store'));
     await store.put(sha256('new\n'), Buffer.from('new\n'));
 
-    const load = ContentIndex.load;
+    const load = ContentIndex.load.bind(ContentIndex);
     let loaded: WeakRef<ContentIndex> | undefined;
     ContentIndex.load = async (r: string, f: string) => {
-      const i = await load.call(ContentIndex, r, f);
+      const i = await load(r, f);
       loaded = new WeakRef(i);
       return i;
     };
