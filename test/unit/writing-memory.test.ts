@@ -188,6 +188,7 @@ describe('writing stage memory (issue 19)', function () {
     const store = await ContentStore.open(join(dir, 'store'));
     await store.put(sha256('new\n'), Buffer.from('new\n'));
 
+    const original = Object.getOwnPropertyDescriptor(ContentIndex, 'load')!;
     const load = ContentIndex.load.bind(ContentIndex);
     let loaded: WeakRef<ContentIndex> | undefined;
     ContentIndex.load = async (r: string, f: string) => {
@@ -223,7 +224,7 @@ describe('writing stage memory (issue 19)', function () {
     try {
       ({ report } = await applyTransfer(t, root, store, { preserve: [], indexFile, saveIndexTo: saved }));
     } finally {
-      ContentIndex.load = load;
+      Object.defineProperty(ContentIndex, 'load', original);
     }
     assert.ok(loaded, 'the apply planned with the booted index');
     assert.equal(aliveWhileWriting, false, "the booted tree's index was alive while writing");
