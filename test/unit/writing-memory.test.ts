@@ -233,7 +233,10 @@ describe('writing stage memory (issue 19)', function () {
     assert.equal(await readFile(join(root, 'new'), 'utf8'), 'new\n');
     // The new tree's index knows both files, as they are on disk now.
     const next = await ContentIndex.load(root, saved);
-    for (const [name, content] of [['kept', 'kept\n'], ['new', 'new\n']] as const) {
+    for (const [name, content] of [
+      ['kept', 'kept\n'],
+      ['new', 'new\n'],
+    ] as const) {
       const s = await lstat(join(root, name), { bigint: true });
       const e = { path: name, ino: s.ino, size: Number(s.size), mtimeNs: s.mtimeNs, ctimeNs: s.ctimeNs };
       assert.equal(await next.digestOf(e as never), sha256(content));

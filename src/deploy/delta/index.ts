@@ -30,6 +30,7 @@ import { ContentIndex, scanTree } from '../apply/scan.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
 import { flattenLayers } from '../apply/layers.ts';
 import { planApply } from '../apply/plan.ts';
+import { SortedTree } from '../apply/sorted-tree.ts';
 import { SnapshotSource, type SourceSpec } from '../apply/sources.ts';
 import type { ApplyReport, OldTree, Plan, PlanSummary } from '../apply/types.ts';
 import type { SpaceGuard } from '../apply/space.ts';
@@ -238,7 +239,8 @@ async function planAgainst(
   sources: readonly SnapshotSource[] = [],
 ): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
-  const tree = flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers);
+  // The flattened Map is let go once sorted: not alive beside the scan and the index (sorted-tree.ts).
+  const tree = SortedTree.of(flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers));
   const old = scanned ?? (await scanTree(root, { preserve }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve, sources });
