@@ -228,6 +228,14 @@ function changedFiles(s: PlanSummary): number {
   return s.meta.count + s.reflink.count + s.write.count + s.create.count + s.link.count + s.delete.count;
 }
 
+/**
+ * The final tree of `layers`, sorted. The flattened Map is made and let go in this frame: not
+ * alive beside the scan and the index, which the suspended planAgainst would keep it with.
+ */
+function sortedTree(layers: readonly (readonly TreeEntry[])[]): SortedTree {
+  return SortedTree.of(flattenLayers(layers));
+}
+
 /** Plan the new tree of `layers` (without what is reserved) against `root`. */
 async function planAgainst(
   layers: readonly (readonly TreeEntry[])[],
@@ -239,8 +247,7 @@ async function planAgainst(
   sources: readonly SnapshotSource[] = [],
 ): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
-  // The flattened Map is let go once sorted: not alive beside the scan and the index (sorted-tree.ts).
-  const tree = SortedTree.of(flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers));
+  const tree = sortedTree(reserved ? dropReserved(layers, reserved, tally) : layers);
   const old = scanned ?? (await scanTree(root, { preserve }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve, sources });
