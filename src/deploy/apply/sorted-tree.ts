@@ -9,6 +9,7 @@
 import { implicitDir, showPath } from '../../layer/entry.ts';
 import { comparePaths, parentOf } from '../../layer/paths.ts';
 import { UnsafePathError } from './errors.ts';
+import { flattenLayers } from './layers.ts';
 import { pathHash } from './path-hash.ts';
 import type { TreeEntry } from './types.ts';
 
@@ -102,4 +103,13 @@ export class SortedTree {
   values(): IterableIterator<TreeEntry> {
     return this.#rows.values();
   }
+}
+
+/**
+ * The final tree of `layers` (flattenLayers), sorted. The flattened Map is made and let go in
+ * this frame: a suspended async caller would keep a temporary of its own frame alive beside the
+ * scan and the index it awaits next.
+ */
+export function flattenSorted(layers: readonly (readonly TreeEntry[])[]): SortedTree {
+  return SortedTree.of(flattenLayers(layers));
 }

@@ -28,9 +28,8 @@ import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { ContentIndex, scanTree } from '../apply/scan.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
-import { flattenLayers } from '../apply/layers.ts';
 import { planApply } from '../apply/plan.ts';
-import { SortedTree } from '../apply/sorted-tree.ts';
+import { flattenSorted } from '../apply/sorted-tree.ts';
 import { SnapshotSource, type SourceSpec } from '../apply/sources.ts';
 import type { ApplyReport, OldTree, Plan, PlanSummary } from '../apply/types.ts';
 import type { SpaceGuard } from '../apply/space.ts';
@@ -228,14 +227,6 @@ function changedFiles(s: PlanSummary): number {
   return s.meta.count + s.reflink.count + s.write.count + s.create.count + s.link.count + s.delete.count;
 }
 
-/**
- * The final tree of `layers`, sorted. The flattened Map is made and let go in this frame: not
- * alive beside the scan and the index, which the suspended planAgainst would keep it with.
- */
-function sortedTree(layers: readonly (readonly TreeEntry[])[]): SortedTree {
-  return SortedTree.of(flattenLayers(layers));
-}
-
 /** Plan the new tree of `layers` (without what is reserved) against `root`. */
 async function planAgainst(
   layers: readonly (readonly TreeEntry[])[],
@@ -247,7 +238,7 @@ async function planAgainst(
   sources: readonly SnapshotSource[] = [],
 ): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
-  const tree = sortedTree(reserved ? dropReserved(layers, reserved, tally) : layers);
+  const tree = flattenSorted(reserved ? dropReserved(layers, reserved, tally) : layers);
   const old = scanned ?? (await scanTree(root, { preserve }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve, sources });
