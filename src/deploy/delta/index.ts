@@ -490,10 +490,20 @@ export async function applyTransfer(
 ): Promise<ApplyTransferResult> {
   // The download's lists are done with: not alive beside the plan made now.
   spendDownload(t);
-  const planned = await planAgainst(t.layers, root, opts.preserve, opts.reserved, opts.indexFile, undefined, t.sources);
-  const { plan, skip } = planned;
+  const { plan, index, skip } = await planAgainst(
+    t.layers,
+    root,
+    opts.preserve,
+    opts.reserved,
+    opts.indexFile,
+    undefined,
+    t.sources,
+  );
   spendTransfer(t);
-  const index = writingIndex(planned);
+  // The booted tree's rows have answered the plan; the executor records the new tree's files
+  // (every digest from the plan: planApply refuses a regular file without a sha256 one) in their
+  // arrays, not in a second table made beside them at the end of the writing.
+  index.forgetRows();
   const provider = storeProvider(t.source, t.manifest.layers, store, {
     concurrency: opts.concurrency,
     signal: opts.signal,
@@ -513,20 +523,6 @@ export async function applyTransfer(
   };
   if (opts.saveIndexTo) await saveIndex(index, opts.saveIndexTo);
   return { report, extra: provider.extra, plan };
-}
-
-/**
- * The index the executor records the new tree in, empty: the booted tree's index (one row per
- * file, ~85 bytes each: ~3.9 MiB on the bench's larger tree) only answered the plan's questions,
- * and the executor makes the new tree's rows from what it wrote, every digest from the plan
- * (planApply refuses a regular file without a sha256 one). Kept through the writing, it was held
- * beside everything the writing holds, and beside the new table at its end. Takes the index out
- * of `planned`, so that nothing keeps it.
- */
-function writingIndex(planned: { index?: ContentIndex }): ContentIndex {
-  const root = planned.index!.root;
-  delete planned.index;
-  return new ContentIndex(root);
 }
 
 /**
