@@ -65,12 +65,11 @@ export class SortedTree {
    */
   static of(map: Map<string, TreeEntry>): SortedTree {
     addImplicitParents(map);
-    const rows: TreeEntry[] = [];
-    for (const [path, e] of map) {
+    for (const [path, e] of map)
       if (e.path !== path)
         throw new Error(`tree key ${JSON.stringify(path)} names an entry of ${JSON.stringify(e.path)}`);
-      rows.push(e);
-    }
+    // Spread from the Map's iterator: made at its size, not grown by push (the copies garbage).
+    const rows = [...map.values()];
     rows.sort((a, b) => comparePaths(a.path, b.path));
     return new SortedTree(rows);
   }
