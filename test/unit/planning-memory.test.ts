@@ -11,9 +11,7 @@ import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { LayerEntries, planApply, type ExistingEntry, type TreeEntry } from '../../src/deploy/apply/index.ts';
-import { implicitDir, NO_XATTRS } from '../../src/layer/entry.ts';
-import { comparePaths } from '../../src/layer/paths.ts';
-import { SortedTree } from '../../src/deploy/apply/sorted-tree.ts';
+import { NO_XATTRS } from '../../src/layer/entry.ts';
 import { ContentIndex, indexOldTree, pathsOfSize, sharePathsWith } from '../../src/deploy/apply/scan.ts';
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
 import { isTiuError } from '../../src/errors.ts';
@@ -305,40 +303,6 @@ describe('planning memory (issue 19)', function () {
     await heldByPlan();
     const perEntry = Math.min(await heldByPlan(), await heldByPlan(), await heldByPlan());
     assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
-  });
-
-  it('holds the new tree of 30,000 entries in under 26 bytes each beside them (the flattened Map and its sorted keys held ~38)', function () {
-    const entries = [implicitDir(''), implicitDir('usr')];
-    for (let d = 0; d < 300; d++) entries.push(implicitDir(`usr/d${d}`));
-    for (let i = entries.length; i < 30_000; i++) entries.push(implicitDir(`usr/d${i % 300}/file-${i}`));
-    const gc = collector();
-    const held = () => {
-      for (let i = 0; i < 3; i++) gc();
-      return process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
-    };
-    let kept: SortedTree | undefined;
-    // The Map is made and let go in a frame of its own, as in planAgainst.
-    const sorted = () => SortedTree.of(new Map(entries.map((e) => [e.path, e])));
-    /** Bytes the sorted tree holds per entry. */
-    const perEntry = (): number => {
-      kept = undefined;
-      const before = held();
-      kept = sorted();
-      return (held() - before) / entries.length;
-    };
-    perEntry();
-    const bytes = Math.min(perEntry(), perEntry(), perEntry());
-    assert.ok(bytes < 26, `${bytes.toFixed(1)} bytes per entry`);
-    // Found by path, walked in path order.
-    assert.equal(kept!.size, entries.length);
-    assert.equal(
-      kept!.get('usr/d7/file-307'),
-      entries.find((e) => e.path === 'usr/d7/file-307'),
-    );
-    assert.equal(kept!.get('usr/d7/file-30000'), undefined);
-    const paths = [...kept!.values()].map((e) => e.path);
-    assert.deepEqual(paths.slice(0, 4), ['', 'usr', 'usr/d0', 'usr/d0/file-10200']);
-    assert.deepEqual(paths, [...paths].sort(comparePaths));
   });
 
   it('gives back the rows a finished scan does not use (16,385 paths sat in rows for 32,768)', function () {

@@ -3,7 +3,7 @@
  * It reads nothing but file hashes, through the ContentHasher it is given (lazily, only files
  * whose size matches), so it is unit-testable with a fake hasher.
  */
-import { devMajor, devMinor, showPath } from '../../layer/entry.ts';
+import { devMajor, devMinor, implicitDir, showPath } from '../../layer/entry.ts';
 import { UnsafePathError } from './errors.ts';
 import { sameTime } from './fsops.ts';
 import { comparePaths, isAtOrBelow, parentOf } from '../../layer/paths.ts';
@@ -11,9 +11,6 @@ import { pathsOfSize, sharePathsWith, type ContentHasher } from './scan.ts';
 import { findInSources, type ContentSource } from './sources.ts';
 import { DigestSet, isSha256 } from './digest-set.ts';
 import { PlanActions } from './plan-actions.ts';
-import { SortedTree } from './sorted-tree.ts';
-
-export { addImplicitParents } from './sorted-tree.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeEntry } from './types.ts';
 import { emptyCounter } from './types.ts';
 
@@ -53,30 +50,56 @@ export function metaDiff(e: TreeEntry, x: ExistingEntry): MetaFix | null {
   return Object.keys(fix).length ? fix : null;
 }
 
+/** Add the parent directories an image did not list (tar archives may omit them). */
+export function addImplicitParents(tree: Map<string, TreeEntry>): void {
+  const root = tree.get('');
+  if (root && root.type !== 'dir')
+    throw new UnsafePathError('.', `the root of the image is a ${root.type}, not a directory`);
+  const add: TreeEntry[] = [];
+  for (const p of tree.keys()) {
+    let d = parentOf(p);
+    for (;;) {
+      const have = tree.get(d);
+      if (have) {
+        if (have.type !== 'dir')
+          throw new UnsafePathError(
+            p,
+            `its parent ${JSON.stringify(showPath(d))} is a ${have.type} in the image, not a directory`,
+          );
+        break;
+      }
+      const implicit = implicitDir(d);
+      tree.set(d, implicit);
+      add.push(implicit);
+      if (d === '') break;
+      d = parentOf(d);
+    }
+  }
+}
+
 function sameSet(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
   const s = new Set(a);
   return b.every((x) => s.has(x));
 }
 
-/**
- * `newTree` is the plan's now. A Map gains the parents the image did not list and is sorted into
- * a SortedTree here, while the caller still holds it: callers that can let it go pass
- * `SortedTree.of(map)` instead (planAgainst).
- */
+/** `newTree` is the plan's now: the parents the image did not list are added to it. */
 export async function planApply(
-  newTree: Map<string, TreeEntry> | SortedTree,
+  newTree: Map<string, TreeEntry>,
   old: OldTree,
   hasher: ContentHasher,
   opts: PlanOptions = {},
 ): Promise<Plan> {
-  const tree = newTree instanceof SortedTree ? newTree : SortedTree.of(newTree);
+  // In place, not on a copy (a Map slot is ~40 bytes a file): the caller's tree gains the implicit parents.
+  const tree = newTree;
+  addImplicitParents(tree);
   sharePathsWith(old, tree);
+  const paths = [...tree.keys()].sort(comparePaths);
 
   // Hardlink groups of the new tree: primary path -> all paths sharing its inode.
   const groups = new Map<string, string[]>();
-  for (const e of tree.values()) {
-    const p = e.path;
+  for (const p of paths) {
+    const e = tree.get(p)!;
     if (e.type !== 'hardlink') continue;
     const t = e.linkname!;
     const te = tree.get(t);
@@ -114,8 +137,8 @@ export async function planApply(
     return x.nlink === have.length && sameSet(have, want);
   };
 
-  for (const e of tree.values()) {
-    const p = e.path;
+  for (const p of paths) {
+    const e = tree.get(p)!;
     const x = old.entries.get(p);
     let a: Action;
     if (e.type === 'hardlink') {
@@ -195,9 +218,8 @@ export async function planApply(
     if (groups.has(p)) targetActions.set(p, a);
   }
 
-  for (let i = 0; i < tree.size; i++) {
-    const e = tree.at(i);
-    const p = e.path;
+  for (const [i, p] of paths.entries()) {
+    const e = tree.get(p)!;
     if (e.type !== 'hardlink') continue;
     const x = old.entries.get(p);
     const t = e.linkname!;

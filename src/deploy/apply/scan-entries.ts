@@ -7,11 +7,17 @@
  */
 import type { BigIntStats } from 'node:fs';
 import { fileTypeOf, NO_XATTRS } from '../../layer/entry.ts';
-import { pathHash as hashOf } from './path-hash.ts';
 import type { EntryType, ExistingEntry } from './types.ts';
 
 const TYPES: readonly (EntryType | 'other')[] = ['reg', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'other'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
+
+/** FNV-1a of a path's char codes: where its row is looked for first. */
+function hashOf(path: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < path.length; i++) h = Math.imul(h ^ path.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
 
 export class ScanEntries {
   /**

@@ -125,7 +125,7 @@ export function indexOldTree(root: string, entries: ScannedEntries): OldTree {
  * rows, the size and inode indexes keep their order and make nothing): rebuilt indexes and maps
  * left as much garbage as they saved, and RSS peaked higher.
  */
-export function sharePathsWith(old: OldTree, tree: { get(path: string): { readonly path: string } | undefined }): void {
+export function sharePathsWith(old: OldTree, tree: ReadonlyMap<string, { readonly path: string }>): void {
   if (!(old.entries instanceof ScanEntries)) return;
   const same = (p: string) => tree.get(p)?.path;
   old.entries.sharePaths(same);

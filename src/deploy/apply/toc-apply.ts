@@ -5,9 +5,9 @@
  * it plans against the booted snapshot before anything is downloaded, and again against the
  * new snapshot when it applies.
  */
+import { flattenLayers } from './layers.ts';
 import { dropReserved, SkipTally, type Reserved } from './reserved.ts';
 import { planApply } from './plan.ts';
-import { flattenSorted } from './sorted-tree.ts';
 import { ContentIndex, scanTree } from './scan.ts';
 import { executePlan } from './execute.ts';
 import type { ContentProvider } from './content.ts';
@@ -47,7 +47,7 @@ export async function applyFromToc(
   opts: ApplyOptions = {},
 ): Promise<ApplyResult> {
   const tally = new SkipTally();
-  const tree = flattenSorted(opts.reserved ? dropReserved(layers, opts.reserved, tally) : layers);
+  const tree = flattenLayers(opts.reserved ? dropReserved(layers, opts.reserved, tally) : layers);
   const old = await scanTree(root, { preserve: opts.preserve ?? [], noXattrs: opts.noXattrs ?? false });
   const index = opts.indexFile ? await ContentIndex.load(root, opts.indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve: opts.preserve ?? [] });

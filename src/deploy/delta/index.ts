@@ -28,8 +28,8 @@ import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { ContentIndex, scanTree } from '../apply/scan.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
+import { flattenLayers } from '../apply/layers.ts';
 import { planApply } from '../apply/plan.ts';
-import { flattenSorted } from '../apply/sorted-tree.ts';
 import { SnapshotSource, type SourceSpec } from '../apply/sources.ts';
 import type { ApplyReport, OldTree, Plan, PlanSummary } from '../apply/types.ts';
 import type { SpaceGuard } from '../apply/space.ts';
@@ -238,7 +238,7 @@ async function planAgainst(
   sources: readonly SnapshotSource[] = [],
 ): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
-  const tree = flattenSorted(reserved ? dropReserved(layers, reserved, tally) : layers);
+  const tree = flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers);
   const old = scanned ?? (await scanTree(root, { preserve }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve, sources });
