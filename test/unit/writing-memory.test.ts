@@ -5,7 +5,7 @@
  * input made in batches as its source is read, never for the whole tree at once.
  */
 import assert from 'node:assert/strict';
-import { lstat, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -13,6 +13,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { executePlan, openerProvider, type Action, type Plan, type TreeEntry } from '../../src/deploy/apply/index.ts';
 import { ContentIndex } from '../../src/deploy/apply/scan.ts';
+import { applyTransfer, ContentStore, type DeltaTransfer } from '../../src/deploy/delta/index.ts';
 import { restoreBatches, type XattrSet } from '../../src/host/xattr.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 
@@ -169,5 +170,75 @@ describe('writing stage memory (issue 19)', function () {
     assert.ok(made >= 32 * files, `the new rows' keys were made in the index phase (${made} bytes)`);
     // Growing by half from the old rows and compacting made ~4.5x this; one sized table is 1x.
     assert.ok(made <= 32 * files * 1.1, `${made} bytes of keys made for ${files} files`);
+  });
+
+  it("records the new tree in the booted tree's index arrays, not in a second table (applyTransfer)", async () => {
+    // The apply plans with the index of the tree it writes into (its rows answer which files are
+    // unchanged), then records the new tree's files: in the arrays of the rows it loaded, which
+    // have room for them, not in a table made beside them at the end of the writing.
+    const root = join(dir, 'root');
+    await mkdir(root);
+    await writeFile(join(root, 'kept'), 'kept\n');
+    const st = await lstat(join(root, 'kept'), { bigint: true });
+    const booted = new ContentIndex(root);
+    booted.remember({ ino: st.ino, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs }, sha256('kept\n'));
+    const indexFile = join(dir, 'booted-index.json');
+    await booted.save(indexFile);
+    const store = await ContentStore.open(join(dir, 'store'));
+    await store.put(sha256('new\n'), Buffer.from('new\n'));
+
+    // The table's keys are a BigInt64Array: count what is made once the writing has begun (the
+    // provider asks the store while the executor fetches).
+    const Real = globalThis.BigInt64Array;
+    let made = 0;
+    let writing = false;
+    globalThis.BigInt64Array = new Proxy(Real, {
+      construct(target, args: unknown[]) {
+        const a = Reflect.construct(target, args) as BigInt64Array;
+        if (writing) made += a.byteLength;
+        return a;
+      },
+    });
+    const has = store.has.bind(store);
+    store.has = (d: string) => {
+      writing = true;
+      return has(d);
+    };
+    const t = {
+      path: 'delta',
+      source: {},
+      manifest: { layers: [] },
+      layers: [[entry('', 'dir'), entry('kept', 'reg', 'kept\n'), entry('new', 'reg', 'new\n')]],
+      top: {},
+      fetch: [],
+      sources: [],
+      frames: [],
+      ranges: [],
+      coalesce: {},
+      report: {},
+    } as unknown as DeltaTransfer;
+    const saved = join(dir, 'new-index.json');
+    let report;
+    try {
+      ({ report } = await applyTransfer(t, root, store, { preserve: [], indexFile, saveIndexTo: saved }));
+    } finally {
+      globalThis.BigInt64Array = Real;
+    }
+    assert.ok(writing, 'the executor fetched from the store');
+    assert.equal(made, 0, `${made} bytes of index keys made while writing`);
+    assert.equal(report.written.count, 1);
+    assert.equal(report.kept.count + report.metadataFixed.count, 2, 'the root and the unchanged file');
+    assert.equal(await readFile(join(root, 'new'), 'utf8'), 'new\n');
+    // The new tree's index knows both files, as they are on disk now.
+    const next = await ContentIndex.load(root, saved);
+    for (const [name, content] of [
+      ['kept', 'kept\n'],
+      ['new', 'new\n'],
+    ] as const) {
+      const s = await lstat(join(root, name), { bigint: true });
+      const e = { path: name, ino: s.ino, size: Number(s.size), mtimeNs: s.mtimeNs, ctimeNs: s.ctimeNs };
+      assert.equal(await next.digestOf(e as never), sha256(content));
+    }
+    assert.equal(next.hashedFiles, 0, 'both known from the saved index, none read');
   });
 });

@@ -61,6 +61,18 @@ export class IndexTable {
     return this.#size;
   }
 
+  /** Rows it has arrays for. */
+  get room(): number {
+    return this.#hashedHere.length;
+  }
+
+  /** Forget every row, keeping the arrays for the rows set next. */
+  clear(): void {
+    this.#size = 0;
+    this.#hashedHere.fill(0);
+    this.#table.fill(EMPTY);
+  }
+
   /** How many times the rows were made anew (each time the old ones are garbage): a load makes them once. */
   get allocations(): number {
     return this.#allocations;

@@ -510,6 +510,10 @@ export async function applyTransfer(
     t.sources,
   );
   spendTransfer(t);
+  // The booted tree's rows have answered the plan; the executor records the new tree's files
+  // (every digest from the plan: planApply refuses a regular file without a sha256 one) in their
+  // arrays, not in a second table made beside them at the end of the writing.
+  index.forgetRows();
   const provider = storeProvider(t.source, t.manifest.layers, store, {
     concurrency: opts.concurrency,
     signal: opts.signal,
