@@ -52,12 +52,8 @@ function layer(n: number, size: number): { blob: Buffer; entries: TreeEntry[] } 
   return { blob: Buffer.concat(frames), entries };
 }
 
-/**
- * The layer `blob` in a registry whose range reads hand out views of it in 64 KiB pieces
- * (nothing allocated for them) and record, at each piece after a forced collection, the
- * ArrayBuffer bytes held above `probe.base`: the download's own memory.
- */
-async function sampledImage(blob: Buffer) {
+/** `blob` as the one zstd layer of an in-memory registry. */
+async function pushedLayer(blob: Buffer): Promise<{ target: MemoryTarget; desc: Descriptor }> {
   const target = new MemoryTarget();
   const desc: Descriptor = {
     mediaType: MediaType.OciLayerZstd,
@@ -65,6 +61,16 @@ async function sampledImage(blob: Buffer) {
     size: blob.length,
   };
   await target.push(desc, Readable.from([blob]));
+  return { target, desc };
+}
+
+/**
+ * The layer `blob` in a registry whose range reads hand out views of it in 64 KiB pieces
+ * (nothing allocated for them) and record, at each piece after a forced collection, the
+ * ArrayBuffer bytes held above `probe.base`: the download's own memory.
+ */
+async function sampledImage(blob: Buffer) {
+  const { target, desc } = await pushedLayer(blob);
   const probe = { base: 0, peak: 0 };
   target.fetchRange = (_d, s, e) => {
     function* pieces(): Generator<Buffer> {
@@ -186,14 +192,7 @@ describe('large files decoded through the window: several frames, too much, too 
       source: { layer: 0, offset, endOffset },
     });
     const entries = [e('big', size, digest, 0, big), e('small', small.length, sha(small), big, blob.length)];
-    const target = new MemoryTarget();
-    const desc: Descriptor = {
-      mediaType: MediaType.OciLayerZstd,
-      digest: sha(blob) as Descriptor['digest'],
-      size: blob.length,
-    };
-    await target.push(desc, Readable.from([blob]));
-    return { target, desc, entries };
+    return { ...(await pushedLayer(blob)), entries };
   }
 
   it('stores a large file of several frames whole (fetched again frame by frame)', async () => {
