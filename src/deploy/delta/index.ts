@@ -286,7 +286,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       // one thing at a time, and the TOCs' bytes still come during the scan (fetchLayerTocs).
       // A failed scan shares nothing here; its error is thrown where the plan awaits it.
       ownPaths: scanning.then(
-        (t) => (t.entries instanceof ScanEntries ? (p: string) => (t.entries as ScanEntries).ownPath(p) : undefined),
+        (t) => (t.entries instanceof ScanEntries ? t.entries.ownPath.bind(t.entries) : undefined),
         () => undefined,
       ),
     });
