@@ -255,9 +255,13 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     // (the tree's string asked for); a scan keeping the string it read asks nothing.
     const recorded: [string, boolean][] = [];
     let asked: unknown;
-    const get = Map.prototype.get;
-    const addStats = Object.getOwnPropertyDescriptor(ScanEntries.prototype, 'addStats')!.value as ScanEntries['addStats'];
-    Map.prototype.get = function (this: Map<unknown, unknown>, k: unknown) {
+    const get = Object.getOwnPropertyDescriptor(Map.prototype, 'get')!.value as (
+      this: Map<unknown, unknown>,
+      k: unknown,
+    ) => unknown;
+    const addStats = Object.getOwnPropertyDescriptor(ScanEntries.prototype, 'addStats')!
+      .value as ScanEntries['addStats'];
+    Map.prototype.get = function (this: Map<unknown, unknown>, k: unknown): unknown {
       asked = k;
       return get.call(this, k);
     };
@@ -273,7 +277,10 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     }
     const scanned = recorded.filter(([p]) => p !== '');
     assert.deepEqual(scanned.map(([p]) => p).sort(), ['usr', 'usr/a', 'usr/gone']);
-    assert.deepEqual(scanned.filter(([, viaTree]) => !viaTree), []);
+    assert.deepEqual(
+      scanned.filter(([, viaTree]) => !viaTree),
+      [],
+    );
     assert.deepEqual((await readdir(join(old, 'usr'))).sort(), ['a', 'b', 'c', 'empty']);
   });
 
