@@ -21,7 +21,7 @@ import { decompressStream } from '../layer/decompress.ts';
 import { BuildError, treePath } from './errors.ts';
 import { contentFile, mtimeParts, type TreeEntry } from '../layer/entry.ts';
 import { parentOf } from '../layer/paths.ts';
-import { DEFAULT_LAYERS, largestFirst, MAX_LAYERS, planLayers } from './layers.ts';
+import { DEFAULT_LAYERS, findSorted, largestFirst, MAX_LAYERS, planLayers } from './layers.ts';
 import { writeLayerContent, type LayerCompression, type LayerResult } from './layer-writer.ts';
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
 import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
@@ -142,10 +142,10 @@ async function loadImage(
 }
 
 /** Resolve a symlink inside the tree (relative to the tree root, never leaving it). */
-function resolveInTree(byPath: Map<string, TreeEntry>, path: string): TreeEntry | undefined {
+function resolveInTree(sorted: readonly TreeEntry[], path: string): TreeEntry | undefined {
   let p = path;
   for (let hops = 0; hops < 40; hops++) {
-    const e = byPath.get(p);
+    const e = sorted[findSorted(sorted, p)];
     if (!e || e.type !== 'symlink') return e;
     const link = e.linkname ?? '';
     let next: string;
@@ -173,10 +173,13 @@ async function readSmall(e: TreeEntry): Promise<Buffer> {
   }
 }
 
-export async function readTreeOsRelease(entries: readonly TreeEntry[]): Promise<Record<string, string>> {
-  const byPath = new Map(entries.map((e) => [e.path, e]));
+/**
+ * The os-release of a tree sorted by path (applyTreeRules), found by binary search: a map of
+ * the whole tree here would be part of the heap's peak, which V8 keeps for the rest of the build.
+ */
+export async function readTreeOsRelease(sorted: readonly TreeEntry[]): Promise<Record<string, string>> {
   for (const p of ['etc/os-release', 'usr/lib/os-release']) {
-    const e = resolveInTree(byPath, p);
+    const e = resolveInTree(sorted, p);
     if (e && (e.type === 'reg' || e.type === 'hardlink')) {
       checkOsReleaseSize(e.size);
       return parseOsRelease((await readSmall(e)).toString('utf8'));

@@ -14,7 +14,7 @@ import { once } from 'node:events';
 import { constants as zc, createGzip, zstdCompress } from 'node:zlib';
 import { promisify } from 'node:util';
 import { sha256 } from '../oci/digest.ts';
-import { BufferPool } from '../util/buffer-pool.ts';
+import { BufferPool, freeNow } from '../util/buffer-pool.ts';
 import { ByteBudget } from '../util/byte-budget.ts';
 import { Semaphore } from '../util/semaphore.ts';
 import { MediaType } from '../oci/mediatypes.ts';
@@ -353,6 +353,8 @@ async function writeZstdChunked(
     throw err;
   }
   const splitData = Buffer.concat(splitChunks);
+  // The chunks are copied: finish() keeps this function's variables alive until the build ends.
+  splitChunks.length = 0;
   let json: Buffer;
   try {
     // The JSON now, while the layer waits for its turn to compress it (finish).
@@ -395,17 +397,26 @@ async function writeZstdChunked(
       ),
     );
     const digest = out.close();
+    const tocChecksum = `sha256:${createHash('sha256').update(compressed).digest('hex')}`;
+    const tocJsonDigest = sha256(json);
+    const tocLength = json.length;
+    const tocCompressedLength = compressed.length;
+    const splitLength = splitData.length;
+    // Written and hashed: freed now, not when the build ends (the UnfinishedLayer, and so these
+    // buffers, live as long as the build), so that the largest TOC, compressed last, does not
+    // have the other layers' TOCs and tar-splits beside its level-19 tables.
+    for (const b of [json, compressed, splitData]) freeNow(b);
     return {
       descriptor: {
         mediaType: MediaType.OciLayerZstd,
         digest,
         size: out.size,
         annotations: {
-          [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${createHash('sha256').update(compressed).digest('hex')}`,
-          [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${compressed.length}:${json.length}:${MANIFEST_TYPE_CRFS}`,
-          [ZstdChunkedAnnotation.TarSplitPosition]: `${splitOffset}:${splitData.length}:${split.uncompressedSize}`,
+          [ZstdChunkedAnnotation.ManifestChecksum]: tocChecksum,
+          [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${tocCompressedLength}:${tocLength}:${MANIFEST_TYPE_CRFS}`,
+          [ZstdChunkedAnnotation.TarSplitPosition]: `${splitOffset}:${splitLength}:${split.uncompressedSize}`,
           // Pins the uncompressed TOC too, so a TOC rebuilt from a delta patch is verified like a fetched one.
-          [DeltaAnnotation.TocJsonDigest]: sha256(json),
+          [DeltaAnnotation.TocJsonDigest]: tocJsonDigest,
         },
       },
       diffId: `sha256:${tar.digest('hex')}`,

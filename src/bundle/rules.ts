@@ -104,8 +104,10 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
   // /var -> /usr/share/factory/var, with one tmpfiles.d line per top entry.
   const varTop: TreeEntry[] = [];
   const moved = new Map<string, string>();
-  for (const [p, e] of [...byPath]) {
-    if (!p.startsWith('var/')) continue;
+  // The paths to move, not a copy of the whole map: what is allocated while the tree is in
+  // memory is kept by V8 for the rest of the build (planLayers).
+  for (const p of [...byPath.keys()].filter((k) => k.startsWith('var/'))) {
+    const e = byPath.get(p)!;
     const np = `${FACTORY_VAR}/${p.slice(4)}`;
     if (byPath.has(np))
       throw new BuildError(
@@ -145,8 +147,8 @@ export function applyTreeRules(input: Iterable<TreeEntry>, opts: RuleOptions): T
 
   // /etc is kept twice.
   if (byPath.get('etc')?.type === 'dir') {
-    for (const [p, e] of [...byPath]) {
-      if (!isAtOrBelow(p, 'etc')) continue;
+    for (const p of [...byPath.keys()].filter((k) => isAtOrBelow(k, 'etc'))) {
+      const e = byPath.get(p)!;
       const np = `${PRISTINE_ETC}${p.slice(3)}`;
       const copy = { ...e, path: np, content: pinned(e) };
       if (e.type === 'hardlink' && e.linkname !== undefined && isAtOrBelow(e.linkname, 'etc'))

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { isDeepStrictEqual } from 'node:util';
 import type { TreeEntry } from '../../src/layer/entry.ts';
-import { groupOf, largestFirst, layerOfGroup, planLayers } from '../../src/bundle/layers.ts';
+import { findSorted, groupOf, largestFirst, layerOfGroup, planLayers } from '../../src/bundle/layers.ts';
+import { ancestorsOf, compareBytes } from '../../src/layer/paths.ts';
 import { parseOsRelease } from '../../src/bundle/os-release.ts';
 import { applyTreeRules, TMPFILES_CONF } from '../../src/bundle/rules.ts';
 import { isTiuError } from '../../src/errors.ts';
@@ -232,6 +233,73 @@ describe('bundle layers', function () {
       assert.equal(differ.length, 1);
       assert.ok(differ[0]!.some((x) => x.path === 'usr/bin/sh'));
     }
+  });
+
+  /** The plan as the rule says it, with maps and sets of paths (planLayers records it in typed arrays). */
+  function referencePlan(entries: readonly TreeEntry[], n: number): TreeEntry[][] {
+    const sorted = [...entries].sort((a, b) => compareBytes(a.path, b.path));
+    const byPath = new Map(sorted.map((x) => [x.path, x]));
+    const index = new Map<string, number>();
+    const assign = (x: TreeEntry): number => {
+      const known = index.get(x.path);
+      if (known !== undefined) return known;
+      const target = x.type === 'hardlink' && x.linkname !== undefined ? byPath.get(x.linkname) : undefined;
+      const i = target && target !== x ? assign(target) : layerOfGroup(groupOf(x.path), n);
+      index.set(x.path, i);
+      return i;
+    };
+    const members: Set<string>[] = Array.from({ length: n }, () => new Set());
+    const held = new Set<string>();
+    const place = (x: TreeEntry, i: number) => {
+      for (const p of [...ancestorsOf(x.path), x.path])
+        if (byPath.has(p)) {
+          members[i]!.add(p);
+          held.add(p);
+        }
+    };
+    for (const x of sorted) if (x.type !== 'dir') place(x, assign(x));
+    for (const x of sorted.toReversed()) if (x.type === 'dir' && !held.has(x.path)) place(x, assign(x));
+    return members.map((m) => sorted.filter((x) => m.has(x.path))).filter((l) => l.length > 0);
+  }
+
+  it('plans exactly as the rule says on random trees: missing parents, empty directories, hardlinks, 1 to 127 layers', function () {
+    let seed = 7;
+    const rand = (k: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % k;
+    };
+    const names = ['usr', 'lib', 'bin', 'etc', 'var', 'a', 'a-b', 'a.b', 'x\xff', 'share', 'doc'];
+    for (let round = 0; round < 40; round++) {
+      const byPath = new Map<string, TreeEntry>();
+      for (let k = 0; k < 300; k++) {
+        const depth = 1 + rand(5);
+        const parts = Array.from({ length: depth }, () => names[rand(names.length)]!);
+        const path = parts.join('/');
+        // Some parents are left out (planLayers takes what the tree has), some paths stay empty directories.
+        if (rand(3) > 0) for (const a of ancestorsOf(path)) if (!byPath.has(a)) byPath.set(a, e(a + '/'));
+        if (!byPath.has(path)) byPath.set(path, rand(6) === 0 ? e(path + '/') : e(path, { size: rand(100) }));
+      }
+      const files = [...byPath.values()].filter((x) => x.type === 'reg');
+      // Links to files of the first half (as normalizeHardlinks leaves them: no link to a link), some to a path the tree lacks.
+      const half = files.length >> 1;
+      for (let k = 0; k < 20 && half > 0; k++) {
+        const link = files[half + rand(files.length - half)]!;
+        const target = rand(5) === 0 ? 'not/there' : files[rand(half)]!.path;
+        byPath.set(link.path, { ...link, type: 'hardlink', linkname: target });
+      }
+      const entries = [...byPath.values()];
+      for (const n of [1, 2, 3, 8, 33, 127]) {
+        const got = planLayers(entries, n);
+        assert.deepEqual(
+          got.map((l) => l.map((x) => x.path)),
+          referencePlan(entries, n).map((l) => l.map((x) => x.path)),
+          `round ${round}, ${n} layers`,
+        );
+      }
+    }
+    const sorted = planLayers(tree('a/', 'a/b', 'a-b', 'b'), 1)[0]!;
+    assert.equal(findSorted(sorted, 'a-b'), 1); // 'a' < 'a-b' < 'a/b' < 'b'
+    assert.equal(findSorted(sorted, 'a/c'), -1);
   });
 
   it('keeps a hardlink with the file it links to', function () {

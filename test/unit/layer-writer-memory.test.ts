@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { constants as zc, zstdDecompressSync } from 'node:zlib';
 import { BlobFile } from '../../src/bundle/blob-file.ts';
 import { LARGE_FRAME, OrderedFrames } from '../../src/bundle/ordered-frames.ts';
@@ -15,6 +17,8 @@ import { BufferPool } from '../../src/util/buffer-pool.ts';
 import { TocJsonWriter } from '../../src/layer/toc-writer.ts';
 import { encodeToc, type TocEntry } from '../../src/layer/toc.ts';
 import { TAR_SPLIT_BATCH, TarSplitWriter } from '../../src/layer/tar-split.ts';
+import { writeLayerContent } from '../../src/bundle/layer-writer.ts';
+import type { TreeEntry } from '../../src/layer/entry.ts';
 
 const PARAMS = { [zc.ZSTD_c_compressionLevel]: 3, [zc.ZSTD_c_checksumFlag]: 1 };
 
@@ -107,6 +111,36 @@ describe('layer writer: what it holds while it writes', function () {
     assert.ok(mostWaiting < 40, `only entries behind an unwritten frame wait: at most ${mostWaiting}`);
     assert.ok(mostWaiting > 1, 'entries did wait (the check can fail)');
     assert.ok(new TocJsonWriter().finish().equals(encodeToc({ version: 1, entries: [] })), 'an empty TOC too');
+  });
+
+  it('frees a finished layer\'s TOC and tar-split although the build keeps the layer until its end', async function () {
+    this.timeout(60_000);
+    // 40,000 symlinks: a TOC JSON of ~7 MiB, nothing else of that size in the layer.
+    const entries: TreeEntry[] = Array.from({ length: 40_000 }, (_, i) => ({
+      path: `usr/share/doc/package-${String(i).padStart(6, '0')}/changelog.Debian.gz`,
+      type: 'symlink',
+      mode: 0o777,
+      uid: 0,
+      gid: 0,
+      mtimeNs: 1_700_000_000_000_000_000n,
+      size: 0,
+      xattrs: {},
+      linkname: `../../../../usr/share/doc/common-package-name-${i % 7}/changelog.Debian.gz`,
+    }));
+    // A full collection before each reading, so that only what is referenced counts.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    gc();
+    const before = process.memoryUsage().arrayBuffers;
+    const unfinished = await writeLayerContent(entries, join(dir, 'layer'), { compression: 'zstd' });
+    const result = await unfinished.finish();
+    gc();
+    const held = process.memoryUsage().arrayBuffers - before;
+    const tocBytes = Number(result.descriptor.annotations!['io.github.containers.zstd-chunked.manifest-position']!.split(':')[2]);
+    assert.ok(tocBytes > 6 * 1024 * 1024, `the TOC is large enough to see: ${tocBytes}`);
+    // `unfinished` is still referenced here, as build.ts references it until the build ends.
+    assert.ok(unfinished);
+    assert.ok(held < tocBytes / 2, `${held} bytes of ArrayBuffers still held after finish(), TOC ${tocBytes}`);
   });
 
   it('refuses to finish a TOC whose file entry never got its offsets', function () {
