@@ -113,7 +113,7 @@ describe('layer writer: what it holds while it writes', function () {
     assert.ok(new TocJsonWriter().finish().equals(encodeToc({ version: 1, entries: [] })), 'an empty TOC too');
   });
 
-  it('frees a finished layer\'s TOC and tar-split although the build keeps the layer until its end', async function () {
+  it("frees a finished layer's TOC and tar-split although the build keeps the layer until its end", async function () {
     this.timeout(60_000);
     // 40,000 symlinks: a TOC JSON of ~7 MiB, nothing else of that size in the layer.
     const entries: TreeEntry[] = Array.from({ length: 40_000 }, (_, i) => ({
@@ -136,7 +136,9 @@ describe('layer writer: what it holds while it writes', function () {
     const result = await unfinished.finish();
     gc();
     const held = process.memoryUsage().arrayBuffers - before;
-    const tocBytes = Number(result.descriptor.annotations!['io.github.containers.zstd-chunked.manifest-position']!.split(':')[2]);
+    const tocBytes = Number(
+      result.descriptor.annotations!['io.github.containers.zstd-chunked.manifest-position']!.split(':')[2],
+    );
     assert.ok(tocBytes > 6 * 1024 * 1024, `the TOC is large enough to see: ${tocBytes}`);
     // `unfinished` is still referenced here, as build.ts references it until the build ends.
     assert.ok(unfinished);
