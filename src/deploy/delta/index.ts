@@ -240,9 +240,7 @@ async function planAgainst(
 ): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
   const tree = flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers);
-  // The scan names its paths with the tree's strings (the mirror of the TOCs taking the booted
-  // scan's in prepareTransfer): one string per path, not a second copy alive until the plan.
-  const old = scanned ?? (await scanTree(root, { preserve, ownPath: (p) => tree.get(p)?.path }));
+  const old = scanned ?? (await scanTree(root, { preserve }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve, sources });
   return { plan, index, skip: tally.report() };
