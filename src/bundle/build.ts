@@ -145,7 +145,8 @@ async function loadImage(
 function resolveInTree(sorted: readonly TreeEntry[], path: string): TreeEntry | undefined {
   let p = path;
   for (let hops = 0; hops < 40; hops++) {
-    const e = sorted[findSorted(sorted, p)];
+    const k = findSorted(sorted, p);
+    const e = k >= 0 ? sorted[k] : undefined;
     if (!e || e.type !== 'symlink') return e;
     const link = e.linkname ?? '';
     let next: string;

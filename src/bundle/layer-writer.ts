@@ -396,29 +396,24 @@ async function writeZstdChunked(
         }),
       ),
     );
-    const digest = out.close();
-    const tocChecksum = `sha256:${createHash('sha256').update(compressed).digest('hex')}`;
-    const tocJsonDigest = sha256(json);
-    const tocLength = json.length;
-    const tocCompressedLength = compressed.length;
-    const splitLength = splitData.length;
+    const descriptor = {
+      mediaType: MediaType.OciLayerZstd,
+      digest: out.close(),
+      size: out.size,
+      annotations: {
+        [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${createHash('sha256').update(compressed).digest('hex')}`,
+        [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${compressed.length}:${json.length}:${MANIFEST_TYPE_CRFS}`,
+        [ZstdChunkedAnnotation.TarSplitPosition]: `${splitOffset}:${splitData.length}:${split.uncompressedSize}`,
+        // Pins the uncompressed TOC too, so a TOC rebuilt from a delta patch is verified like a fetched one.
+        [DeltaAnnotation.TocJsonDigest]: sha256(json),
+      },
+    };
     // Written and hashed: freed now, not when the build ends (the UnfinishedLayer, and so these
     // buffers, live as long as the build), so that the largest TOC, compressed last, does not
     // have the other layers' TOCs and tar-splits beside its level-19 tables.
     for (const b of [json, compressed, splitData]) freeNow(b);
     return {
-      descriptor: {
-        mediaType: MediaType.OciLayerZstd,
-        digest,
-        size: out.size,
-        annotations: {
-          [ZstdChunkedAnnotation.ManifestChecksum]: tocChecksum,
-          [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${tocCompressedLength}:${tocLength}:${MANIFEST_TYPE_CRFS}`,
-          [ZstdChunkedAnnotation.TarSplitPosition]: `${splitOffset}:${splitLength}:${split.uncompressedSize}`,
-          // Pins the uncompressed TOC too, so a TOC rebuilt from a delta patch is verified like a fetched one.
-          [DeltaAnnotation.TocJsonDigest]: tocJsonDigest,
-        },
-      },
+      descriptor,
       diffId: `sha256:${tar.digest('hex')}`,
       entries: entryCount,
       contentBytes,
