@@ -22,6 +22,7 @@ import { BuildError, treePath } from './errors.ts';
 import { contentFile, mtimeParts, type TreeEntry } from '../layer/entry.ts';
 import { parentOf } from '../layer/paths.ts';
 import { DEFAULT_LAYERS, findSorted, largestFirst, MAX_LAYERS, planLayers } from './layers.ts';
+import { releaseFreedHeapPages } from './heap-pages.ts';
 import { writeLayerContent, type LayerCompression, type LayerResult } from './layer-writer.ts';
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
 import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
@@ -291,7 +292,9 @@ export async function buildBundle(
     });
     const layerCount = plan.length;
     plan = [];
-    const allWritten = Promise.allSettled(contents);
+    // Once every layer's content is written, the heap pages freed since the tree was held go
+    // back to the system before the large TOCs are compressed (heap-pages.ts says why).
+    const allWritten = Promise.allSettled(contents).then(releaseFreedHeapPages);
     const settled = await Promise.allSettled(
       order.map(async (i, k) => {
         results[i] = await (await contents[k]!).finish(allWritten);

@@ -124,6 +124,19 @@ describe('tiu build digest (pinned bytes)', function () {
     assert.equal(await build('gzip8', { compression: 'gzip' }), PINNED.gzip8);
   });
 
+  it('one last-resort collection once every layer is written (bin/tiu exposes gc), the same bytes', async function () {
+    const calls: unknown[] = [];
+    const saved = globalThis.gc;
+    // What V8's gc() receives; a regular collection would leave the freed pages resident (heap-pages.ts).
+    globalThis.gc = ((options?: unknown) => void calls.push(options)) as NodeJS.GCFunction;
+    try {
+      assert.equal(await build('gc', {}), PINNED.zstd8);
+    } finally {
+      globalThis.gc = saved;
+    }
+    assert.deepEqual(calls, [{ type: 'major', execution: 'sync', flavor: 'last-resort' }]);
+  });
+
   it('the command line with SOURCE_DATE_EPOCH gives the pinned zstd digest', async function () {
     const dir = join(work, 'cli');
     const r = await run(
