@@ -39,6 +39,7 @@ export class ScanEntries {
   #ids = new BigUint64Array(0);
   readonly #linknames = new Map<number, string>();
   readonly #xattrs = new Map<number, Record<string, Buffer>>();
+  #released = false;
 
   get size(): number {
     return this.#paths.length;
@@ -54,6 +55,7 @@ export class ScanEntries {
   }
 
   keys(): IterableIterator<string> {
+    this.#usable();
     return this.#paths.values();
   }
 
@@ -64,10 +66,12 @@ export class ScanEntries {
   }
 
   *values(): IterableIterator<ExistingEntry> {
+    this.#usable();
     for (let r = 0; r < this.#paths.length; r++) yield this.#entry(this.#paths[r]!, r);
   }
 
   *[Symbol.iterator](): IterableIterator<[string, ExistingEntry]> {
+    this.#usable();
     for (let r = 0; r < this.#paths.length; r++) yield [this.#paths[r]!, this.#entry(this.#paths[r]!, r)];
   }
 
@@ -122,8 +126,26 @@ export class ScanEntries {
     else this.#linknames.set(r, linkname);
   }
 
+  /**
+   * Give the rows' memory back now, when nothing reads this scan again (its plan is made): dead,
+   * they stayed in RSS until a full collection, through the writing after the apply's plan
+   * (~3 MiB of typed arrays on the bench's larger tree). Any use afterwards throws.
+   */
+  release(): void {
+    for (const a of [this.#type, this.#small, this.#size, this.#times, this.#ids, this.#slots]) freeArray(a);
+    this.#paths.length = 0;
+    this.#linknames.clear();
+    this.#xattrs.clear();
+    this.#released = true;
+  }
+
+  #usable(): void {
+    if (this.#released) throw new Error('a released scan was read');
+  }
+
   /** The row of `path`, or -1. */
   #find(path: string): number {
+    this.#usable();
     const slots = this.#slots;
     if (slots.length === 0) return -1;
     const mask = slots.length - 1;

@@ -133,6 +133,11 @@ export function sharePathsWith(old: OldTree, tree: ReadonlyMap<string, { readonl
   for (const g of old.byIno.values()) for (let i = 0; i < g.length; i++) g[i] = same(g[i]!) ?? g[i]!;
 }
 
+/** Free `old`'s rows now: nothing reads it again (see ScanEntries.release); a tree not from a scan is left to the collector. */
+export function releaseScan(old: OldTree): void {
+  if (old.entries instanceof ScanEntries) old.entries.release();
+}
+
 /** The regular files of `old` that have `size` bytes. */
 export function pathsOfSize(old: OldTree, size: number): readonly string[] {
   return old.bySize.pathsOf(size);
