@@ -241,7 +241,9 @@ async function planAgainst(
 ): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
   const tree = flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers);
-  const old = scanned ?? (await scanTree(root, { preserve }));
+  // The scan names its paths with the tree's strings (the mirror of the TOCs taking the booted
+  // scan's in prepareTransfer): one string per path, not a second copy alive until the plan.
+  const old = scanned ?? (await scanTree(root, { preserve, ownPath: (p) => tree.get(p)?.path }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve, sources });
   // A scan made here is read by nothing after its plan: the apply's, which the writing follows.
