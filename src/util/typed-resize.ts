@@ -7,13 +7,7 @@
  * a buffer of the new length and detaches the old one, which frees its memory at once.
  */
 
-type Resizable =
-  | Uint8Array
-  | Int32Array
-  | Uint32Array
-  | Float64Array
-  | BigInt64Array
-  | BigUint64Array;
+type Resizable = Uint8Array | Int32Array | Uint32Array | Float64Array | BigInt64Array | BigUint64Array;
 
 /** Does `a` alone own its (non-shared, resizable by transfer) buffer, from its first byte to its last? */
 function ownsBuffer(a: Resizable): boolean {
