@@ -19,6 +19,7 @@ import { plainEntry } from '../helpers/plain-entry.ts';
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
 import {
   coalesce,
+  applyTransfer,
   ContentStore,
   downloadRanges,
   fetchLayerTocs,
@@ -240,6 +241,47 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
         .sort(),
       ['usr', 'usr/a'],
     );
+  });
+
+  it("applyTransfer scans the new snapshot with the plan's tree strings of its paths (one string per path, not a second copy until the plan)", async () => {
+    const old = join(dir, 'old-root-apply');
+    await mkdir(join(old, 'usr'), { recursive: true });
+    await writeFile(join(old, 'usr/a'), files['usr/a']!);
+    await writeFile(join(old, 'usr/gone'), 'not in the image');
+    const t = await prepareTransfer({ source: target, manifest, oldRoot: old, preserve: [] });
+    assert.ok(t.path === 'delta');
+    const store = await ContentStore.open(join(dir, 'store-apply'));
+    // Each path the scan records, and whether the lookup just before it was of that very path
+    // (the tree's string asked for); a scan keeping the string it read asks nothing.
+    const recorded: [string, boolean][] = [];
+    let asked: unknown;
+    const get = Object.getOwnPropertyDescriptor(Map.prototype, 'get')!.value as (
+      this: Map<unknown, unknown>,
+      k: unknown,
+    ) => unknown;
+    const addStats = Object.getOwnPropertyDescriptor(ScanEntries.prototype, 'addStats')!
+      .value as ScanEntries['addStats'];
+    Map.prototype.get = function (this: Map<unknown, unknown>, k: unknown): unknown {
+      asked = k;
+      return get.call(this, k);
+    };
+    ScanEntries.prototype.addStats = function (this: ScanEntries, ...a: Parameters<ScanEntries['addStats']>) {
+      recorded.push([a[0], asked === a[0]]);
+      return addStats.apply(this, a);
+    };
+    try {
+      await applyTransfer(t, old, store, { preserve: [], allowCopyFallback: true });
+    } finally {
+      Map.prototype.get = get;
+      ScanEntries.prototype.addStats = addStats;
+    }
+    const scanned = recorded.filter(([p]) => p !== '');
+    assert.deepEqual(scanned.map(([p]) => p).sort(), ['usr', 'usr/a', 'usr/gone']);
+    assert.deepEqual(
+      scanned.filter(([, viaTree]) => !viaTree),
+      [],
+    );
+    assert.deepEqual((await readdir(join(old, 'usr'))).sort(), ['a', 'b', 'c', 'empty']);
   });
 
   it('prepareTransfer scans the old root while the TOCs download; either failing is reported, not crashed on', async () => {

@@ -5,15 +5,17 @@
  * xattrs, path-not-list for unique sizes, no inode groups of one, digests as raw bytes) hold.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { writeFileSync } from 'node:fs';
 import { LayerEntries, planApply, type ExistingEntry, type TreeEntry } from '../../src/deploy/apply/index.ts';
 import { NO_XATTRS } from '../../src/layer/entry.ts';
-import { ContentIndex, indexOldTree, pathsOfSize, sharePathsWith } from '../../src/deploy/apply/scan.ts';
+import { ContentIndex, indexOldTree, pathsOfSize, scanTree, sharePathsWith } from '../../src/deploy/apply/scan.ts';
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
+import type { OldTree } from '../../src/deploy/apply/types.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { zstdCompressSync } from 'node:zlib';
 import { forEachCompressedTocEntry, forEachTocEntry, parseToc, type TocEntry } from '../../src/layer/toc.ts';
@@ -218,6 +220,42 @@ describe('planning memory (issue 19)', function () {
     assert.equal(layer.entries[0]!.mtimeNs, layer.entries[3]!.mtimeNs);
     assert.equal(a!.digest, digestOf(0));
     assert.deepEqual(b!.source, { layer: 0, offset: 1000, endOffset: 1500 });
+  });
+
+  it("scans a tree of 20,000 files with the plan's strings of their paths: the read copies die young (~80 bytes a file were held twice)", async function () {
+    this.timeout(60_000);
+    const n = 20_000;
+    const dir = await mkdtemp(join(tmpdir(), 'tiu-scan-paths-'));
+    try {
+      const name = (i: number) => `usr/share/doc/package-${i % 60}/file-number-${i}-with-a-longer-name.txt`;
+      for (let d = 0; d < 60; d++) await mkdir(join(dir, `usr/share/doc/package-${d}`), { recursive: true });
+      for (let i = 0; i < n; i++) writeFileSync(join(dir, name(i)), '');
+      // The plan's tree as a TOC reader makes it: strings of its own, not the scan's.
+      const paths = JSON.parse(JSON.stringify(Array.from({ length: n }, (_, i) => name(i)))) as string[];
+      const tree = new Map(paths.map((p) => [p, { path: p }]));
+      const gc = collector();
+      const held = () => process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+      // Every scan kept to the end: one let go meanwhile would be freed inside another's measurement.
+      const scans: OldTree[] = [];
+      const heldByScan = async (ownPath?: (p: string) => string | undefined): Promise<number> => {
+        for (let i = 0; i < 3; i++) gc();
+        const before = held();
+        scans.push(await scanTree(dir, { noXattrs: true, ...(ownPath ? { ownPath } : {}) }));
+        for (let i = 0; i < 3; i++) gc();
+        return (held() - before) / n;
+      };
+      await heldByScan(); // the walk's code compiled and its buffer pool made: not counted below
+      const own = await heldByScan();
+      const shared = await heldByScan((p) => tree.get(p)?.path);
+      assert.ok(own - shared > 60, `${(own - shared).toFixed(0)} bytes a file saved`);
+      const [, ownScan, sharedScan] = scans;
+      // The same scan either way; the directories the tree lacks keep the read strings.
+      assert.deepEqual([...sharedScan!.entries.keys()].sort(), [...ownScan!.entries.keys()].sort());
+      assert.equal(sharedScan!.entries.size, n + 64);
+      assert.equal(sharedScan!.entries.get(name(7))?.type, 'reg');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("reads a layer of 20,000 TOC entries with the scan's path strings: its own copies die young (~60 bytes an entry were held twice)", function () {

@@ -9,6 +9,7 @@
  * its members in the order it always did.
  */
 import type { ExistingEntry } from './types.ts';
+import { freeArray, resized } from '../../util/typed-resize.ts';
 
 export type IndexKeyParts = Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>;
 
@@ -165,17 +166,16 @@ export class IndexTable {
     this.#resize(Math.ceil((this.#digests.length / DIGEST_BYTES) * 1.5));
   }
 
+  /**
+   * Room for `rows` rows, the first `size` kept. Moved, not copied (util/typed-resize.ts): the
+   * executor's records grow the table during the writing, and each old copy was garbage there
+   * until a full collection. Rows past `size` are zeroed (a moved buffer keeps what was there).
+   */
   #resize(rows: number): void {
     this.#allocations++;
-    const keys = new BigInt64Array(4 * rows);
-    keys.set(this.#keys.subarray(0, 4 * this.#size));
-    const digests = Buffer.alloc(DIGEST_BYTES * rows);
-    this.#digests.copy(digests, 0, 0, this.#size * DIGEST_BYTES);
-    const flags = new Uint8Array(rows);
-    flags.set(this.#hashedHere.subarray(0, this.#size));
-    this.#keys = keys;
-    this.#digests = digests;
-    this.#hashedHere = flags;
+    this.#keys = resized(this.#keys, 4 * rows).fill(0n, 4 * this.#size);
+    this.#digests = resized(this.#digests, DIGEST_BYTES * rows).fill(0, this.#size * DIGEST_BYTES);
+    this.#hashedHere = resized(this.#hashedHere, rows).fill(0, this.#size);
   }
 
   #hashOf(ino: bigint, size: bigint, mtimeNs: bigint, ctimeNs: bigint): number {
@@ -210,6 +210,7 @@ export class IndexTable {
       while (table[pos] !== EMPTY) pos = (pos + 1) & mask;
       table[pos] = r;
     }
+    freeArray(this.#table);
     this.#table = table;
   }
 }

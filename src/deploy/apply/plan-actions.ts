@@ -6,6 +6,7 @@
  * the check's plan, then the apply's against the new snapshot.
  */
 import type { Action, ActionList, TreeEntry } from './types.ts';
+import { resized } from '../../util/typed-resize.ts';
 
 export class PlanActions implements ActionList {
   /** The entry of a kept one, the action of any other; undefined: reserved, not set yet. */
@@ -30,9 +31,7 @@ export class PlanActions implements ActionList {
 
   set(i: number, a: Action): void {
     if (i >= this.#kept.length) {
-      const grown = new Uint8Array(Math.max(i + 1, this.#kept.length * 2));
-      grown.set(this.#kept);
-      this.#kept = grown;
+      this.#kept = resized(this.#kept, Math.max(i + 1, this.#kept.length * 2));
     }
     const keep = a.kind === 'keep';
     this.#kept[i] = keep ? 1 : 0;

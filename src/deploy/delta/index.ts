@@ -26,7 +26,7 @@ import { dirname, join } from 'node:path';
 import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
-import { ContentIndex, scanTree } from '../apply/scan.ts';
+import { ContentIndex, releaseScan, scanTree } from '../apply/scan.ts';
 import { ScanEntries } from '../apply/scan-entries.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
 import { flattenLayers } from '../apply/layers.ts';
@@ -55,6 +55,7 @@ import {
   type TocPatchTally,
 } from './patches.ts';
 import type { Counter } from '../apply/types.ts';
+import { collectNow } from '../../util/collect.ts';
 import type { DeltaFilePatch } from '../../patch/delta-index.ts';
 
 export {
@@ -240,9 +241,13 @@ async function planAgainst(
 ): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
   const tree = flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers);
-  const old = scanned ?? (await scanTree(root, { preserve }));
+  // The scan names its paths with the tree's strings (the mirror of the TOCs taking the booted
+  // scan's in prepareTransfer): one string per path, not a second copy alive until the plan.
+  const old = scanned ?? (await scanTree(root, { preserve, ownPath: (p) => tree.get(p)?.path }));
   const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve, sources });
+  // A scan made here is read by nothing after its plan: the apply's, which the writing follows.
+  if (!scanned) releaseScan(old);
   return { plan, index, skip: tally.report() };
 }
 
@@ -341,6 +346,9 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       ? await choosePatches(plan.fetch, files, await oldSources(o, choice.chosen.holder, scanned, index, sources))
       : { uses: [], rest: plan.fetch };
   if (o.saveIndexTo && index.hashedFiles > 0) await saveIndex(index, o.saveIndexTo);
+  // The booted tree's scan has answered the plan and the patches' choice: its rows are not
+  // left to the next full collection, which may come after the download's peak.
+  releaseScan(scanned);
   const co = o.coalesce ?? {};
   const ranges = coalesce(split.rest, co);
   const content = rangeBytes(ranges);
@@ -523,6 +531,10 @@ export async function applyTransfer(
   // The apply engine's writing half, imported where a plan is applied: `--check` and the
   // download only plan, and carry none of it.
   const { executePlan } = await import('../apply/execute.ts');
+  // The plans' garbage (the new snapshot's scan, the layers' tree map, the planner's lists) goes
+  // now, not at a full collection V8 may time after the writing's peak (util/collect.ts). After
+  // the import: Node's compile cache is keyed by V8's flags, which the first call changes.
+  collectNow();
   const report = {
     ...(await executePlan(root, plan, provider, {
       allowCopyFallback: opts.allowCopyFallback ?? false,
