@@ -22,7 +22,7 @@ import { BuildError, treePath } from './errors.ts';
 import { contentFile, mtimeParts, type TreeEntry } from '../layer/entry.ts';
 import { parentOf } from '../layer/paths.ts';
 import { DEFAULT_LAYERS, findSorted, largestFirst, MAX_LAYERS, planLayers } from './layers.ts';
-import { releaseFreedHeapPages } from './heap-pages.ts';
+import { collectNow } from '../util/collect.ts';
 import { writeLayerContent, type LayerCompression, type LayerResult } from './layer-writer.ts';
 import { checkOsReleaseSize, OS_RELEASE_KEYS, parseOsRelease } from './os-release.ts';
 import { applyTreeRules, contentsExcluded, normalizeExcludes } from './rules.ts';
@@ -293,8 +293,9 @@ export async function buildBundle(
     const layerCount = plan.length;
     plan = [];
     // Once every layer's content is written, the heap pages freed since the tree was held go
-    // back to the system before the large TOCs are compressed (heap-pages.ts says why).
-    const allWritten = Promise.allSettled(contents).then(releaseFreedHeapPages);
+    // back to the system before the large TOCs' level-19 tables are made (util/collect.ts): V8
+    // keeps them pooled, resident, until a last-resort collection (larger bench tree: ~24 MiB).
+    const allWritten = Promise.allSettled(contents).then(() => collectNow('last-resort'));
     const settled = await Promise.allSettled(
       order.map(async (i, k) => {
         results[i] = await (await contents[k]!).finish(allWritten);

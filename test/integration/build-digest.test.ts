@@ -127,7 +127,7 @@ describe('tiu build digest (pinned bytes)', function () {
   it('one last-resort collection once every layer is written (bin/tiu exposes gc), the same bytes', async function () {
     const calls: unknown[] = [];
     const saved = globalThis.gc;
-    // What V8's gc() receives; a regular collection would leave the freed pages resident (heap-pages.ts).
+    // What V8's gc() receives; a regular collection would leave the freed pages resident (util/collect.ts).
     globalThis.gc = ((options?: unknown) => void calls.push(options)) as NodeJS.GCFunction;
     try {
       assert.equal(await build('gc', {}), PINNED.zstd8);

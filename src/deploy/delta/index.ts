@@ -532,8 +532,7 @@ export async function applyTransfer(
   // download only plan, and carry none of it.
   const { executePlan } = await import('../apply/execute.ts');
   // The plans' garbage (the new snapshot's scan, the layers' tree map, the planner's lists) goes
-  // now, not at a full collection V8 may time after the writing's peak (util/collect.ts). After
-  // the import: Node's compile cache is keyed by V8's flags, which the first call changes.
+  // now, not at a full collection V8 may time after the writing's peak (util/collect.ts).
   collectNow();
   const report = {
     ...(await executePlan(root, plan, provider, {
