@@ -12,6 +12,7 @@
  */
 import { Readable } from 'node:stream';
 import type { Hash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
 import { DigestMismatchError, digestHasher, parseDigest, SizeMismatchError, TrailingDataError } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
 
@@ -133,5 +134,25 @@ export function streamReader(stream: Readable): BlobReader {
       // Ending the iteration destroys the stream; its error, if any, was read()'s to report.
       await chunks.return?.().catch(() => undefined);
     },
+  };
+}
+
+/**
+ * Bytes [start, end) of an open file, read at their offsets straight into the caller's buffers
+ * (never past `end`); closes `fh`. A file's range as a stream (createReadStream) allocates a new
+ * 64 KiB Buffer per chunk, all garbage once copied: the whole-layer path reads every layer of the
+ * cache by range, hundreds of MiB of them left to the collector.
+ */
+export function fileRangeReader(fh: FileHandle, start: number, end: number): BlobReader {
+  let at = start;
+  return {
+    async read(into: Buffer): Promise<number> {
+      const want = Math.min(into.length, end - at);
+      if (want <= 0) return 0;
+      const { bytesRead } = await fh.read(into, 0, want, at);
+      at += bytesRead;
+      return bytesRead;
+    },
+    close: () => fh.close(),
   };
 }

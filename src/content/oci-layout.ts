@@ -44,7 +44,7 @@ import {
 import { fsyncDir, fsyncFile, writeFileAtomic } from '../util/atomic.ts';
 import { RingWriter } from '../util/ring-writer.ts';
 import { InvalidTagError, NotFoundError } from './errors.ts';
-import { readerStream, verifiedReader, type BlobReader } from './blob-reader.ts';
+import { fileRangeReader, readerStream, verifiedReader, type BlobReader } from './blob-reader.ts';
 import type { FetchOptions, PushOptions, Target } from './interfaces.ts';
 import { withLock } from './lock.ts';
 import { checkRange } from './range.ts';
@@ -285,6 +285,24 @@ export class OciLayoutTarget implements Target {
     checkRange(size, start, end, desc.digest);
     if (start === end) return Readable.from([]);
     return createReadStream(path, { start, end: end - 1 });
+  }
+
+  /** fetchRange's bytes read into the consumer's buffers: no Buffer per chunk (blob-reader.ts). */
+  async openRange(desc: Descriptor, start: number, end: number, _opts?: FetchOptions): Promise<BlobReader> {
+    let fh: FileHandle;
+    try {
+      fh = await open(this.blobPath(desc.digest), 'r');
+    } catch (e) {
+      if (errno(e) === 'ENOENT') throw new NotFoundError(`blob ${desc.digest}`, this.name);
+      throw e;
+    }
+    try {
+      checkRange((await fh.stat()).size, start, end, desc.digest);
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+    return fileRangeReader(fh, start, end);
   }
 
   async exists(desc: Descriptor, _opts?: FetchOptions): Promise<boolean> {

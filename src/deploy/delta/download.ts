@@ -2,10 +2,11 @@
  * Fetching files' frames by range into a content store, verified before they are stored.
  *
  * Requests run a bounded number at a time. A request of several files (coalesced, at most
- * `maxSpan` bytes) is read into memory, each file's frame(s) decompressed and checked against
- * the TOC's sha256 and size, and only then written to the store (named by digest). A single
- * file larger than `maxSpan` streams into a temporary file of the store that is renamed to its
- * digest only when the hash matched. The store is a plain directory (under the tiu cache, on
+ * `maxSpan` bytes) is read through a window (span-window.ts), each file's frame(s) decompressed
+ * and checked against the TOC's sha256 and size, and only then written to the store (named by
+ * digest). A single file larger than `maxSpan` is decoded as it comes (through the window where
+ * the source reads into the caller's buffers, else as a stream) into a temporary file of the
+ * store that is renamed to its digest only when the hash matched. The store is a plain directory (under the tiu cache, on
  * /var): nothing reaches a snapshot from here until the apply takes it.
  */
 import { createHash } from 'node:crypto';
@@ -243,10 +244,21 @@ const DECODE_CHUNK = 128 * 1024;
  * file decompressed from it (one at a time); a single file larger than `maxSpan` streams.
  */
 export function downloadCost(r: FetchRange, maxSpan: number = DEFAULT_MAX_SPAN): number {
-  if (r.entries.length === 1 && r.end - r.start > maxSpan) return STREAM_COST;
+  if (streamsAlone(r, maxSpan)) return STREAM_COST;
   let file = 0;
   for (const e of r.entries) file = Math.max(file, e.size > DECODE_WHOLE_MAX ? STREAM_COST : e.size);
   return requestWindow(r) + file;
+}
+
+/**
+ * A request of one file larger than `maxSpan`: never read into a window of its size. Where the
+ * source reads into the caller's buffers (openRange) it goes through a window of WINDOW_MIN
+ * like the files decoded in pieces (its frame's bytes are more than DECODE_WHOLE_MAX, so
+ * requestWindow does not grow it); otherwise it streams. The stream allocates a Buffer per
+ * chunk: 96 MiB of them, left to the collector, in a first install of the bench's larger tree.
+ */
+function streamsAlone(r: FetchRange, maxSpan: number): boolean {
+  return r.entries.length === 1 && r.end - r.start > maxSpan;
 }
 
 /**
@@ -349,7 +361,9 @@ async function fetchOne(
 ): Promise<number> {
   const desc = layers[r.layer];
   if (!desc) throw new DeltaError('DELTA_CONTENT_MISSING', `layer ${r.layer + 1} is not in the manifest`);
-  if (r.entries.length === 1 && r.end - r.start > maxSpan) {
+  // A frame that declares at most DECODE_WHOLE_MAX bytes of content would be read whole into
+  // the window, however large it is (hostile TOC): such a request streams whatever the source.
+  if (streamsAlone(r, maxSpan) && !(source.openRange && r.entries[0]!.size > DECODE_WHOLE_MAX)) {
     const raw = await source.fetchRange!(desc, r.start, r.end, { signal });
     // One large file: stream it through the decompressor into a temporary file, hashing.
     await streamIntoStore(r.entries[0]!, counted(raw, count), store, signal);
