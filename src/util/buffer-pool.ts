@@ -110,6 +110,7 @@ export function freeNow(buf: Buffer): void {
   if (buf.byteOffset === 0 && buf.buffer.byteLength > Buffer.poolSize) detach(buf.buffer);
 }
 
-function detach(ab: ArrayBufferLike): void {
+/** Free `ab`'s memory now (it reads as empty afterwards), unless it is shared or already detached. */
+export function detach(ab: ArrayBufferLike): void {
   if (ab instanceof ArrayBuffer && !ab.detached) ab.transfer(0);
 }

@@ -7,6 +7,8 @@
  * a buffer of the new length and detaches the old one, which frees its memory at once.
  */
 
+import { detach } from './buffer-pool.ts';
+
 type Resizable = Uint8Array | Int32Array | Uint32Array | Float64Array | BigInt64Array | BigUint64Array;
 
 /** Does `a` alone own its (non-shared, resizable by transfer) buffer, from its first byte to its last? */
@@ -37,5 +39,5 @@ export function resized<T extends Resizable>(a: T, length: number): T {
 
 /** Give `a`'s memory back now, where it owns its whole buffer (it reads as empty afterwards); otherwise nothing. */
 export function freeArray(a: Resizable): void {
-  if (ownsBuffer(a) && !(a.buffer as ArrayBuffer).detached) (a.buffer as ArrayBuffer).transfer(0);
+  if (ownsBuffer(a)) detach(a.buffer);
 }

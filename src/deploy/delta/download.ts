@@ -6,8 +6,9 @@
  * and checked against the TOC's sha256 and size, and only then written to the store (named by
  * digest). A single file larger than `maxSpan` is decoded as it comes (through the window where
  * the source reads into the caller's buffers, else as a stream) into a temporary file of the
- * store that is renamed to its digest only when the hash matched. The store is a plain directory (under the tiu cache, on
- * /var): nothing reaches a snapshot from here until the apply takes it.
+ * store that is renamed to its digest only when the hash matched. The store is a plain
+ * directory (under the tiu cache, on /var): nothing reaches a snapshot from here until the
+ * apply takes it.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, constants, openSync, rmSync } from 'node:fs';
