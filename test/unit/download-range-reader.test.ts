@@ -11,7 +11,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { zstdCompressSync } from 'node:zlib';
-import type { TreeEntry } from '../../src/deploy/apply/index.ts';
 import { coalesce, ContentStore, downloadRanges } from '../../src/deploy/delta/index.ts';
 import { WINDOW_MIN } from '../../src/deploy/delta/span-window.ts';
 import { DEFAULT_MAX_SPAN } from '../../src/deploy/delta/ranges.ts';
@@ -21,23 +20,9 @@ import { hashFile } from '../../src/deploy/apply/scan.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 import { isTiuError } from '../../src/errors.ts';
+import { layerFile } from '../helpers/file-entry.ts';
 
 const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
-function entry(path: string, size: number, digest: string, offset: number, endOffset: number): TreeEntry {
-  return {
-    path,
-    type: 'reg',
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    mtimeNs: 0n,
-    xattrs: {},
-    size,
-    digest,
-    source: { layer: 0, offset, endOffset },
-  };
-}
 
 /** Read all of `r` through buffers of `size` bytes. */
 async function readAll(r: BlobReader, size: number): Promise<Buffer> {
@@ -117,8 +102,8 @@ describe('range reads into the consumer buffers (issue 19)', function () {
     const blob = Buffer.concat([frame, smallFrame]);
     const desc = await pushed(blob);
     const entries = [
-      entry('usr/lib/large', data.length, sha(data), 0, frame.length),
-      entry('usr/lib/small', small.length, sha(small), frame.length, blob.length),
+      layerFile('usr/lib/large', data.length, sha(data), 0, frame.length),
+      layerFile('usr/lib/small', small.length, sha(small), frame.length, blob.length),
     ];
     const ranges = coalesce(entries);
     assert.ok(
@@ -143,7 +128,7 @@ describe('range reads into the consumer buffers (issue 19)', function () {
     const data = randomBytes(6 * 1024 * 1024);
     const frame = zstdCompressSync(data);
     const desc = await pushed(frame);
-    const e = entry('usr/lib/liar', 512 * 1024, sha(data), 0, frame.length);
+    const e = layerFile('usr/lib/liar', 512 * 1024, sha(data), 0, frame.length);
     const { source, seen } = counting();
     const store = await ContentStore.open(join(dir, 'store-liar'));
     await assert.rejects(downloadRanges(source, [desc], coalesce([e]), store), (err) =>
