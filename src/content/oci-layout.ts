@@ -247,26 +247,22 @@ export class OciLayoutTarget implements Target {
 
   // ---- Storage
 
-  async fetch(desc: Descriptor, _opts?: FetchOptions): Promise<Readable> {
-    const path = this.blobPath(desc.digest);
+  /** The blob's file, open for reading; a missing one is NotFoundError. */
+  async #openBlobFile(desc: Descriptor): Promise<FileHandle> {
     try {
-      const fh = await open(path, 'r');
-      return fh.createReadStream();
+      return await open(this.blobPath(desc.digest), 'r');
     } catch (e) {
       if (errno(e) === 'ENOENT') throw new NotFoundError(`blob ${desc.digest}`, this.name);
       throw e;
     }
   }
 
+  async fetch(desc: Descriptor, _opts?: FetchOptions): Promise<Readable> {
+    return (await this.#openBlobFile(desc)).createReadStream();
+  }
+
   async openBlob(desc: Descriptor, _opts?: FetchOptions): Promise<BlobReader> {
-    const path = this.blobPath(desc.digest);
-    let fh: FileHandle;
-    try {
-      fh = await open(path, 'r');
-    } catch (e) {
-      if (errno(e) === 'ENOENT') throw new NotFoundError(`blob ${desc.digest}`, this.name);
-      throw e;
-    }
+    const fh = await this.#openBlobFile(desc);
     return {
       read: async (into) => (await fh.read(into, 0, into.length, null)).bytesRead,
       close: () => fh.close(),
@@ -289,13 +285,7 @@ export class OciLayoutTarget implements Target {
 
   /** fetchRange's bytes read into the consumer's buffers: no Buffer per chunk (blob-reader.ts). */
   async openRange(desc: Descriptor, start: number, end: number, _opts?: FetchOptions): Promise<BlobReader> {
-    let fh: FileHandle;
-    try {
-      fh = await open(this.blobPath(desc.digest), 'r');
-    } catch (e) {
-      if (errno(e) === 'ENOENT') throw new NotFoundError(`blob ${desc.digest}`, this.name);
-      throw e;
-    }
+    const fh = await this.#openBlobFile(desc);
     try {
       checkRange((await fh.stat()).size, start, end, desc.digest);
     } catch (e) {

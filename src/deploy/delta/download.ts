@@ -245,7 +245,7 @@ const DECODE_CHUNK = 128 * 1024;
  * file decompressed from it (one at a time); a single file larger than `maxSpan` streams.
  */
 export function downloadCost(r: FetchRange, maxSpan: number = DEFAULT_MAX_SPAN): number {
-  if (streamsAlone(r, maxSpan)) return STREAM_COST;
+  if (isLoneLargeFile(r, maxSpan)) return STREAM_COST;
   let file = 0;
   for (const e of r.entries) file = Math.max(file, e.size > DECODE_WHOLE_MAX ? STREAM_COST : e.size);
   return requestWindow(r) + file;
@@ -255,10 +255,10 @@ export function downloadCost(r: FetchRange, maxSpan: number = DEFAULT_MAX_SPAN):
  * A request of one file larger than `maxSpan`: never read into a window of its size. Where the
  * source reads into the caller's buffers (openRange) it goes through a window of WINDOW_MIN
  * like the files decoded in pieces (its frame's bytes are more than DECODE_WHOLE_MAX, so
- * requestWindow does not grow it); otherwise it streams. The stream allocates a Buffer per
+ * requestWindow does not grow it); otherwise it streams. Counted as a stream either way. The stream allocates a Buffer per
  * chunk: 96 MiB of them, left to the collector, in a first install of the bench's larger tree.
  */
-function streamsAlone(r: FetchRange, maxSpan: number): boolean {
+function isLoneLargeFile(r: FetchRange, maxSpan: number): boolean {
   return r.entries.length === 1 && r.end - r.start > maxSpan;
 }
 
@@ -364,7 +364,7 @@ async function fetchOne(
   if (!desc) throw new DeltaError('DELTA_CONTENT_MISSING', `layer ${r.layer + 1} is not in the manifest`);
   // A frame that declares at most DECODE_WHOLE_MAX bytes of content would be read whole into
   // the window, however large it is (hostile TOC): such a request streams whatever the source.
-  if (streamsAlone(r, maxSpan) && !(source.openRange && r.entries[0]!.size > DECODE_WHOLE_MAX)) {
+  if (isLoneLargeFile(r, maxSpan) && !(source.openRange && r.entries[0]!.size > DECODE_WHOLE_MAX)) {
     const raw = await source.fetchRange!(desc, r.start, r.end, { signal });
     // One large file: stream it through the decompressor into a temporary file, hashing.
     await streamIntoStore(r.entries[0]!, counted(raw, count), store, signal);
