@@ -81,15 +81,25 @@ export function isOutputTooLarge(e: unknown): boolean {
   return (e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE';
 }
 
+/** Node's smallest output chunk (zlib's Z_MIN_CHUNK). */
+const MIN_CHUNK = 64;
+
 /**
  * Decode a zstd frame compressed with `dictionary` (raw content; none when empty): the window
  * at most 2^26, the output at most `maxSize` bytes (else Node's ERR_BUFFER_TOO_LARGE,
  * `isOutputTooLarge`). Other failures are zstd's errors as Node throws them.
+ *
+ * The output chunk is one byte more than `maxSize`: the content comes out in one Buffer of its
+ * own (freeNow can free it), where Node's 16 KiB default gathers hundreds of chunks and copies
+ * them into a second Buffer of the whole size, twice the file held at once. The spare byte ends
+ * the decode in one pass (a full chunk makes Node allocate another to look for more) and is
+ * where an over-long output shows: past `maxSize` it is ERR_BUFFER_TOO_LARGE.
  */
 export function decodeBounded(frame: Uint8Array, dictionary: Uint8Array, maxSize: number): Buffer {
   return zstdDecompressSync(frame, {
     ...withDictionary(dictionary, { [constants.ZSTD_d_windowLogMax]: PATCH_WINDOW_LOG_MAX }),
     maxOutputLength: Math.max(maxSize, 1),
+    chunkSize: Math.max(maxSize + 1, MIN_CHUNK),
   });
 }
 

@@ -30,6 +30,7 @@ import type { ChosenDelta } from './artifact.ts';
 import type { ContentStore } from './download.ts';
 import { DEFAULT_CONCURRENCY, DEFAULT_MEMORY_BUDGET } from './download.ts';
 import { ByteBudget } from '../../util/byte-budget.ts';
+import { freeNow } from '../../util/buffer-pool.ts';
 import { joinSpans, type CoalesceOptions } from './ranges.ts';
 import type { TocBytes } from './tocs.ts';
 import type { TocDictionary } from './toc-dictionary.ts';
@@ -109,11 +110,13 @@ export function tocPatcher(
           });
           // Verified: it goes into its place in the dictionary, and the update reads it there.
           out.set(layer, dictionary.placeTo(layer, json));
+          freeNow(json); // copied into the dictionary
           tally.count++;
         } catch (e) {
           tally.fallbacks.add(`TOC of layer ${layer + 1} (${d.digest}): ${asError(e).message}`);
         }
       }
+      freeNow(got); // the decoded TOCs are copies: the patch bytes are dead
     }
     return out;
   };
@@ -297,8 +300,9 @@ export async function downloadPatches(
         continue;
       }
       let content: Buffer;
+      let old: Buffer | undefined;
       try {
-        const old = await readOld(roots, u.old, u.patch.old);
+        old = await readOld(roots, u.old, u.patch.old);
         content = decodePatch(buf.subarray(at, at + u.patch.size), old, {
           size: e.size,
           digest: e.digest!,
@@ -307,9 +311,15 @@ export async function downloadPatches(
       } catch (err) {
         fail(u, asError(err).message);
         continue;
+      } finally {
+        if (old) freeNow(old);
       }
       await store.put(e.digest!, content);
+      // Written (put is synchronous): freed now, not when a collection finds it, which under
+      // the budget's parallel decodes let dead old and new files pile up into the peak.
+      freeNow(content);
       out.files++;
     }
+    freeNow(buf);
   }
 }
