@@ -17,7 +17,7 @@ import { normalizeEntryPath } from '../../layer/paths.ts';
 import { parsePosition, ZstdChunkedAnnotation } from '../../layer/toc.ts';
 import { sha256 } from '../../oci/digest.ts';
 import type { Descriptor } from '../../oci/types.ts';
-import { decodePatch } from '../../patch/codec.ts';
+import { decodePatch, decodePatchFreeingOld } from '../../patch/codec.ts';
 import { parseDeltaFiles, type DeltaFilePatch } from '../../patch/delta-index.ts';
 import { DeltaAnnotation, MAX_PATCH_INPUT } from '../../patch/media.ts';
 import { forEachBounded } from '../../util/semaphore.ts';
@@ -300,10 +300,9 @@ export async function downloadPatches(
         continue;
       }
       let content: Buffer;
-      let old: Buffer | undefined;
       try {
-        old = await readOld(roots, u.old, u.patch.old);
-        content = decodePatch(buf.subarray(at, at + u.patch.size), old, {
+        const old = await readOld(roots, u.old, u.patch.old);
+        content = await decodePatchFreeingOld(buf.subarray(at, at + u.patch.size), old, {
           size: e.size,
           digest: e.digest!,
           name: `/${showPath(e.path)}`,
@@ -311,8 +310,6 @@ export async function downloadPatches(
       } catch (err) {
         fail(u, asError(err).message);
         continue;
-      } finally {
-        if (old) freeNow(old);
       }
       await store.put(e.digest!, content);
       // Written (put is synchronous): freed now, not when a collection finds it, which under
