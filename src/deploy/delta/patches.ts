@@ -126,7 +126,8 @@ export function tocPatcher(
 
 /**
  * The artifact's file patches, its files frame decoded with the TOC dictionary (FROM's TOCs,
- * then TO's: `bytes`, one per TO layer, where a patch did not place it already).
+ * then TO's: `bytes`, one per TO layer, where a patch did not place it already). The
+ * dictionary's last use: it is released (its views read empty afterwards).
  */
 export function readFilePatches(
   chosen: ChosenDelta,
@@ -135,10 +136,14 @@ export function readFilePatches(
   toEntries: readonly (readonly TreeEntry[])[],
 ): DeltaFilePatch[] {
   const maxFiles = toEntries.reduce((n, l) => n + l.filter((e) => e.type === 'reg').length, 0);
-  return parseDeltaFiles(chosen.indexBlob, chosen.header, dictionary.whole(bytes), {
-    patchesSize: chosen.patches.size,
-    maxFiles,
-  });
+  try {
+    return parseDeltaFiles(chosen.indexBlob, chosen.header, dictionary.whole(bytes), {
+      patchesSize: chosen.patches.size,
+      maxFiles,
+    });
+  } finally {
+    dictionary.release(); // its last use: the TOCs it held for the patches are read and stored
+  }
 }
 
 /** A local tree old files may come from: a snapshot's root, its scan and its content index. */
