@@ -7,7 +7,15 @@
  * tells.
  */
 import { promisify } from 'node:util';
-import { constants, zstdCompress, zstdDecompress, zstdDecompressSync, type ZstdOptions } from 'node:zlib';
+import {
+  constants,
+  createZstdDecompress,
+  zstdCompress,
+  zstdDecompress,
+  zstdDecompressSync,
+  type ZstdDecompress,
+  type ZstdOptions,
+} from 'node:zlib';
 import { zstdFrameSpans } from '../layer/zstd-frames.ts';
 import { sha256 } from '../oci/digest.ts';
 import { freeNow } from '../util/buffer-pool.ts';
@@ -154,6 +162,32 @@ export async function decodePatchFreeingOld(patch: Uint8Array, old: Buffer, expe
     throw decodeFailure(e, expected);
   }
   return verified(out, expected);
+}
+
+/**
+ * A decoder of `patch` against `old` for a file too large to hold decoded whole: the caller
+ * writes `patch` to it and checks the size and digest of what comes out, `chunkSize` at a time.
+ * PATCH_INVALID unless the patch is one zstd frame; `old` is freed once the decoder holds its
+ * copy, as in decodePatchFreeingOld.
+ */
+export function openPatchDecoder(
+  patch: Uint8Array,
+  old: Buffer,
+  expected: PatchTarget,
+  chunkSize: number,
+): ZstdDecompress {
+  try {
+    checkOneFrame(patch, expected);
+  } catch (e) {
+    freeNow(old);
+    throw e;
+  }
+  const d = createZstdDecompress({
+    ...withDictionary(old, { [constants.ZSTD_d_windowLogMax]: PATCH_WINDOW_LOG_MAX }),
+    chunkSize,
+  });
+  freeNow(old);
+  return d;
 }
 
 const detailsOf = (expected: PatchTarget) => ({ name: expected.name, size: expected.size, digest: expected.digest });

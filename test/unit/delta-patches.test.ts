@@ -6,12 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { ContentIndex, scanTree, type OldTree, type TreeEntry } from '../../src/deploy/apply/index.ts';
 import { ContentStore } from '../../src/deploy/delta/index.ts';
+import { DECODE_WHOLE_MAX } from '../../src/deploy/delta/download.ts';
 import {
   choosePatches,
   downloadPatches,
@@ -258,5 +259,67 @@ describe('delta: file patches of a delta artifact', () => {
       fallbacks.reasons[0]!,
       new RegExp(`^/usr/p6: the patches blob answered ${cut} of ${blob.length} bytes$`),
     );
+  });
+
+  it('decodes a patched file over DECODE_WHOLE_MAX as it is written, never whole; a damaged one falls back', async () => {
+    const tree = join(dir, 'large');
+    await mkdir(join(tree, 'usr'), { recursive: true });
+    const oldL = text('large', DECODE_WHOLE_MAX + 500_000);
+    const newL = Buffer.concat([Buffer.from('a new first line\n'), oldL.subarray(100)]);
+    await writeFile(join(tree, 'usr/large'), oldL);
+    const scanned = await scanTree(tree);
+    const p = (await encodePatch(oldL, newL))!;
+    const damaged = Buffer.from(p);
+    damaged[damaged.length >> 1]! ^= 0xff;
+    for (const [bytes, ok] of [
+      [p, true],
+      [damaged, false],
+    ] as const) {
+      const desc: Descriptor = { mediaType: DELTA_PATCHES_MEDIA_TYPE, digest: sha(bytes), size: bytes.length };
+      const source = new MemoryTarget();
+      await source.push(desc, Readable.from([bytes]));
+      const uses: PatchUse[] = [
+        {
+          entry: entry('usr/large', newL, 500_000),
+          patch: patch('usr/large', oldL, newL, 0, bytes.length),
+          old: { root: tree, seen: scanned.entries.get('usr/large')! },
+        },
+      ];
+      const store = await ContentStore.open(join(dir, `store-large-${ok}`));
+      const fallbacks = new Fallbacks();
+      // The largest Buffer.allocUnsafe or Buffer.concat while it runs: decoding whole takes one of the file's size.
+      const unsafe = Object.getOwnPropertyDescriptor(Buffer, 'allocUnsafe')!;
+      const concat = Object.getOwnPropertyDescriptor(Buffer, 'concat')!;
+      const allocUnsafe = Buffer.allocUnsafe.bind(Buffer);
+      const joined = Buffer.concat.bind(Buffer);
+      let largest = 0;
+      Buffer.allocUnsafe = (n: number) => ((largest = Math.max(largest, n)), allocUnsafe(n));
+      Buffer.concat = (list: readonly Uint8Array[], n?: number) => {
+        const b = joined(list, n);
+        largest = Math.max(largest, b.length);
+        return b;
+      };
+      let got;
+      try {
+        got = await downloadPatches(source, desc, patchRanges(uses, {}), store, fallbacks);
+      } finally {
+        Object.defineProperty(Buffer, 'allocUnsafe', unsafe);
+        Object.defineProperty(Buffer, 'concat', concat);
+      }
+      assert.ok(largest < DECODE_WHOLE_MAX, `a buffer of ${largest} bytes`);
+      if (ok) {
+        assert.ok(largest > 0, 'decoded in pieces from Buffer.allocUnsafe');
+        assert.equal(got.files, 1);
+        assert.ok((await readFile(store.path(sha(newL)))).equals(newL));
+      } else {
+        assert.equal(got.files, 0);
+        assert.equal(store.size, 0);
+        assert.deepEqual(
+          got.failed.map((e) => e.path),
+          ['usr/large'],
+        );
+        assert.match(fallbacks.reasons[0]!, /^\/usr\/large: /);
+      }
+    }
   });
 });

@@ -11,13 +11,13 @@
  */
 import { buffer } from 'node:stream/consumers';
 import type { Target } from '../../content/interfaces.ts';
-import { asError } from '../../errors.ts';
+import { asError, isTiuError } from '../../errors.ts';
 import { showPath } from '../../layer/entry.ts';
 import { normalizeEntryPath } from '../../layer/paths.ts';
 import { parsePosition, ZstdChunkedAnnotation } from '../../layer/toc.ts';
 import { sha256 } from '../../oci/digest.ts';
 import type { Descriptor } from '../../oci/types.ts';
-import { decodePatch, decodePatchFreeingOld } from '../../patch/codec.ts';
+import { decodePatch, decodePatchFreeingOld, openPatchDecoder } from '../../patch/codec.ts';
 import { parseDeltaFiles, type DeltaFilePatch } from '../../patch/delta-index.ts';
 import { DeltaAnnotation, MAX_PATCH_INPUT } from '../../patch/media.ts';
 import { forEachBounded } from '../../util/semaphore.ts';
@@ -28,7 +28,7 @@ import type { ExistingEntry, OldTree } from '../apply/types.ts';
 import type { TreeEntry } from '../../layer/entry.ts';
 import type { ChosenDelta } from './artifact.ts';
 import type { ContentStore } from './download.ts';
-import { DEFAULT_CONCURRENCY, DEFAULT_MEMORY_BUDGET } from './download.ts';
+import { DECODE_WHOLE_MAX, DEFAULT_CONCURRENCY, DEFAULT_MEMORY_BUDGET, storeInPieces } from './download.ts';
 import { SpanWindow, WINDOW_MIN, windowSize } from './span-window.ts';
 import { streamReader } from '../../content/blob-reader.ts';
 import { ByteBudget } from '../../util/byte-budget.ts';
@@ -296,6 +296,7 @@ export async function downloadPatches(
     fallbacks.add(`/${showPath(u.entry.path)}: ${why}`);
     out.failed.push(u.entry);
   };
+  const signal = opts.signal ?? new AbortController().signal;
   const count = (n: number): void => {
     out.bytes += n;
     opts.onBytes?.(n);
@@ -319,8 +320,8 @@ export async function downloadPatches(
   async function fetchPatched(r: PatchRange): Promise<void> {
     out.requests++;
     const reader = source.openRange
-      ? await source.openRange(patches, r.start, r.end, { signal: opts.signal })
-      : streamReader(await source.fetchRange!(patches, r.start, r.end, { signal: opts.signal }));
+      ? await source.openRange(patches, r.start, r.end, { signal })
+      : streamReader(await source.fetchRange!(patches, r.start, r.end, { signal }));
     const window = new SpanWindow(reader, r, windowSize(r.start, r.end, largestPatch(r)), windows, count);
     try {
       for (const [i, u] of r.uses.entries()) {
@@ -333,21 +334,24 @@ export async function downloadPatches(
           for (const v of r.uses.slice(i)) fail(v, `the patches blob answered ${got} of ${r.end - r.start} bytes`);
           return;
         }
-        let content: Buffer;
+        const target = { size: e.size, digest: e.digest!, name: `/${showPath(e.path)}` };
+        let content: Buffer | undefined;
         try {
           const old = await readOld(roots, u.old, u.patch.old);
-          content = await decodePatchFreeingOld(bytes, old, {
-            size: e.size,
-            digest: e.digest!,
-            name: `/${showPath(e.path)}`,
-          });
+          if (e.size > DECODE_WHOLE_MAX)
+            // Decoded as it is hashed and written, as frames of such files are: never held whole.
+            await storeInPieces(e, bytes, store, signal, (chunk) => openPatchDecoder(bytes, old, target, chunk));
+          else content = await decodePatchFreeingOld(bytes, old, target);
         } catch (err) {
+          if (isTiuError(err, 'DELTA_STORE_WRITE_FAILED')) throw err; // the store's disk, not the patch
           fail(u, asError(err).message);
           continue;
         }
-        await store.put(e.digest!, content);
-        // Written (put is synchronous): freed now rather than when a collection finds it.
-        freeNow(content);
+        if (content) {
+          await store.put(e.digest!, content);
+          // Written (put is synchronous): freed now rather than when a collection finds it.
+          freeNow(content);
+        }
         out.files++;
       }
       await window.finish();
