@@ -7,13 +7,23 @@
  * tells.
  */
 import { promisify } from 'node:util';
-import { constants, zstdCompress, zstdDecompressSync, type ZstdOptions } from 'node:zlib';
+import {
+  constants,
+  createZstdDecompress,
+  zstdCompress,
+  zstdDecompress,
+  zstdDecompressSync,
+  type ZstdDecompress,
+  type ZstdOptions,
+} from 'node:zlib';
 import { zstdFrameSpans } from '../layer/zstd-frames.ts';
 import { sha256 } from '../oci/digest.ts';
+import { freeNow } from '../util/buffer-pool.ts';
 import { PatchError } from './errors.ts';
 import { MAX_PATCH_INPUT, PATCH_LEVEL, PATCH_WINDOW_LOG_MAX } from './media.ts';
 
 const compressAsync = promisify(zstdCompress) as (data: Uint8Array, options: ZstdOptions) => Promise<Buffer>;
+const decompressAsync = promisify(zstdDecompress) as (data: Uint8Array, options: ZstdOptions) => Promise<Buffer>;
 
 /** zstd's smallest window. */
 const WINDOW_LOG_MIN = 10;
@@ -81,16 +91,30 @@ export function isOutputTooLarge(e: unknown): boolean {
   return (e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE';
 }
 
+/** Node's smallest output chunk (zlib's Z_MIN_CHUNK). */
+const MIN_CHUNK = 64;
+
 /**
  * Decode a zstd frame compressed with `dictionary` (raw content; none when empty): the window
  * at most 2^26, the output at most `maxSize` bytes (else Node's ERR_BUFFER_TOO_LARGE,
  * `isOutputTooLarge`). Other failures are zstd's errors as Node throws them.
+ *
+ * The output chunk is one byte more than `maxSize`: the content comes out in one Buffer of its
+ * own (freeNow can free it), where Node's 16 KiB default gathers hundreds of chunks and copies
+ * them into a second Buffer of the whole size, twice the file held at once. The spare byte ends
+ * the decode in one pass (a full chunk makes Node allocate another to look for more) and is
+ * where an over-long output shows: past `maxSize` it is ERR_BUFFER_TOO_LARGE.
  */
 export function decodeBounded(frame: Uint8Array, dictionary: Uint8Array, maxSize: number): Buffer {
-  return zstdDecompressSync(frame, {
+  return zstdDecompressSync(frame, boundedOptions(dictionary, maxSize));
+}
+
+function boundedOptions(dictionary: Uint8Array, maxSize: number): ZstdOptions {
+  return {
     ...withDictionary(dictionary, { [constants.ZSTD_d_windowLogMax]: PATCH_WINDOW_LOG_MAX }),
     maxOutputLength: Math.max(maxSize, 1),
-  });
+    chunkSize: Math.max(maxSize + 1, MIN_CHUNK),
+  };
 }
 
 /** What a patch must decode to, as the signed TOC (or manifest) declares it; `name` is for messages. */
@@ -106,18 +130,91 @@ export interface PatchTarget {
  * is PATCH_INVALID: a damaged patch, a patch for another old file, one larger than declared.
  */
 export function decodePatch(patch: Uint8Array, old: Uint8Array, expected: PatchTarget): Buffer {
-  const details = { name: expected.name, size: expected.size, digest: expected.digest };
-  if (!isSingleZstdFrame(patch)) throw new PatchError(`the patch for ${expected.name} is not one zstd frame`, details);
+  checkOneFrame(patch, expected);
   let out: Buffer;
   try {
     out = decodeBounded(patch, old, expected.size);
   } catch (e) {
-    if (isOutputTooLarge(e))
-      throw new PatchError(`the patch for ${expected.name} decodes to more than ${expected.size} bytes`, details);
-    throw new PatchError(`the patch for ${expected.name} does not decode: ${(e as Error).message}`, details, {
-      cause: e,
-    });
+    throw decodeFailure(e, expected);
   }
+  return verified(out, expected);
+}
+
+/**
+ * decodePatch for an old file read for this patch alone: `old` is freed (freeNow) as soon as
+ * the decoder has started, for Node's zstd loads a dictionary by copy when the decoder is made,
+ * so the old file is not held twice while the new one is decoded (the largest patched files
+ * are what an update with a delta artifact peaks on). The decoding runs on libuv's thread pool.
+ */
+export async function decodePatchFreeingOld(patch: Uint8Array, old: Buffer, expected: PatchTarget): Promise<Buffer> {
+  try {
+    checkOneFrame(patch, expected);
+  } catch (e) {
+    freeNow(old);
+    throw e;
+  }
+  const decoding = decompressAsync(patch, boundedOptions(old, expected.size));
+  freeNow(old);
+  let out: Buffer;
+  try {
+    out = await decoding;
+  } catch (e) {
+    throw decodeFailure(e, expected);
+  }
+  return verified(out, expected);
+}
+
+/**
+ * A decoder of `patch` against `old` for a file too large to hold decoded whole: the caller
+ * writes `patch` to it and checks the size and digest of what comes out, `chunkSize` at a time.
+ * PATCH_INVALID unless the patch is one zstd frame; `old` is freed once the decoder holds its
+ * copy, as in decodePatchFreeingOld.
+ */
+export function openPatchDecoder(
+  patch: Uint8Array,
+  old: Buffer,
+  expected: PatchTarget,
+  chunkSize: number,
+): ZstdDecompress {
+  try {
+    checkOneFrame(patch, expected);
+  } catch (e) {
+    freeNow(old);
+    throw e;
+  }
+  const d = createZstdDecompress({
+    ...withDictionary(old, { [constants.ZSTD_d_windowLogMax]: PATCH_WINDOW_LOG_MAX }),
+    chunkSize,
+  });
+  freeNow(old);
+  return d;
+}
+
+const detailsOf = (expected: PatchTarget) => ({ name: expected.name, size: expected.size, digest: expected.digest });
+
+function checkOneFrame(patch: Uint8Array, expected: PatchTarget): void {
+  if (!isSingleZstdFrame(patch))
+    throw new PatchError(`the patch for ${expected.name} is not one zstd frame`, detailsOf(expected));
+}
+
+function decodeFailure(e: unknown, expected: PatchTarget): PatchError {
+  if (isOutputTooLarge(e))
+    return new PatchError(
+      `the patch for ${expected.name} decodes to more than ${expected.size} bytes`,
+      detailsOf(expected),
+    );
+  return new PatchError(
+    `the patch for ${expected.name} does not decode: ${(e as Error).message}`,
+    detailsOf(expected),
+    {
+      cause: e,
+    },
+  );
+}
+
+/** `out` when it has the size and digest `expected` declares; PATCH_INVALID otherwise. */
+function verified(out: Buffer, expected: PatchTarget): Buffer {
+  const details = detailsOf(expected);
   if (out.length !== expected.size)
     throw new PatchError(
       `the patch for ${expected.name} decodes to ${out.length} bytes, expected ${expected.size}`,

@@ -5,13 +5,14 @@
  * damaged patch or a changed old file sends that file to its frame, with the reason.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { ContentIndex, scanTree, type OldTree, type TreeEntry } from '../../src/deploy/apply/index.ts';
 import { ContentStore } from '../../src/deploy/delta/index.ts';
+import { DECODE_WHOLE_MAX } from '../../src/deploy/delta/download.ts';
 import {
   choosePatches,
   downloadPatches,
@@ -25,6 +26,9 @@ import { encodePatch } from '../../src/patch/codec.ts';
 import type { DeltaFilePatch } from '../../src/patch/delta-index.ts';
 import { DELTA_PATCHES_MEDIA_TYPE } from '../../src/patch/media.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
+import { streamReader } from '../../src/content/blob-reader.ts';
+import type { Target } from '../../src/content/interfaces.ts';
+import { WINDOW_MIN } from '../../src/deploy/delta/span-window.ts';
 
 const sha = (b: Uint8Array): Digest => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -174,5 +178,148 @@ describe('delta: file patches of a delta artifact', () => {
     assert.equal(store2.size, 0);
     assert.match(fb2.reasons[0]!, /the old file \/usr\/a is no longer/);
     await writeFile(join(root, 'usr/a'), oldA);
+  });
+
+  it('reads a request of many patches through a window, never whole, and a short answer fails the patches it lacks', async () => {
+    // Ten incompressible files of 40 KB, each replaced whole: patches of ~40 KB, one request of ~400 KB.
+    const tree = join(dir, 'many');
+    await mkdir(join(tree, 'usr'), { recursive: true });
+    const olds = Array.from({ length: 10 }, () => randomBytes(40_000));
+    const news = Array.from({ length: 10 }, () => randomBytes(40_000));
+    for (const [i, o] of olds.entries()) await writeFile(join(tree, `usr/p${i}`), o);
+    const scanned = await scanTree(tree);
+    const patches = await Promise.all(olds.map(async (o, i) => (await encodePatch(o, news[i]!))!));
+    const blob = Buffer.concat(patches);
+    const desc: Descriptor = { mediaType: DELTA_PATCHES_MEDIA_TYPE, digest: sha(blob), size: blob.length };
+    const memory = new MemoryTarget();
+    await memory.push(desc, Readable.from([blob]));
+    let at = 0;
+    const uses: PatchUse[] = patches.map((p, i) => {
+      const u = {
+        entry: entry(`usr/p${i}`, news[i]!, 50_000),
+        patch: patch(`usr/p${i}`, olds[i]!, news[i]!, at, p.length),
+        old: { root: tree, seen: scanned.entries.get(`usr/p${i}`)! },
+      };
+      at += p.length;
+      return u;
+    });
+    const ranges = patchRanges(uses, {});
+    assert.equal(ranges.length, 1);
+    assert.ok(blob.length > WINDOW_MIN);
+    /** The memory source with openRange, each reader answering at most `limit` bytes; the largest buffer one filled. */
+    const source = (limit: number) => {
+      const seen = { streams: 0, largestRead: 0 };
+      const t = Object.create(memory) as MemoryTarget & Required<Pick<Target, 'openRange'>>;
+      t.fetchRange = (d, s, e, o) => {
+        seen.streams++;
+        return memory.fetchRange(d, s, e, o);
+      };
+      t.openRange = async (d, s, e, o) => {
+        const r = streamReader(await memory.fetchRange(d, s, e, o));
+        let left = limit;
+        return {
+          read: async (into) => {
+            seen.largestRead = Math.max(seen.largestRead, into.length);
+            const n = left > 0 ? await r.read(into.subarray(0, Math.min(into.length, left))) : 0;
+            left -= n;
+            return n;
+          },
+          close: () => r.close(),
+        };
+      };
+      return { t, seen };
+    };
+
+    const whole = source(Infinity);
+    const store = await ContentStore.open(join(dir, 'store-many'));
+    const got = await downloadPatches(whole.t, desc, ranges, store, new Fallbacks());
+    assert.equal(got.files, 10);
+    assert.equal(got.bytes, blob.length);
+    assert.ok(news.every((n) => store.has(sha(n))));
+    assert.equal(whole.seen.streams, 0, 'read through the reader, not as a stream');
+    assert.ok(
+      whole.seen.largestRead <= WINDOW_MIN,
+      `a window of ${whole.seen.largestRead} bytes for a request of ${blob.length}`,
+    );
+
+    // The source ends inside the seventh patch: six stored, the other four fall back with the reason.
+    const cut = patches.slice(0, 6).reduce((n, p) => n + p.length, 0) + 100;
+    const short = source(cut);
+    const store2 = await ContentStore.open(join(dir, 'store-short'));
+    const fallbacks = new Fallbacks();
+    const part = await downloadPatches(short.t, desc, ranges, store2, fallbacks);
+    assert.equal(part.files, 6);
+    assert.deepEqual(
+      part.failed.map((e) => e.path),
+      ['usr/p6', 'usr/p7', 'usr/p8', 'usr/p9'],
+    );
+    assert.equal(store2.size, 6);
+    assert.equal(fallbacks.count, 4);
+    assert.match(
+      fallbacks.reasons[0]!,
+      new RegExp(`^/usr/p6: the patches blob answered ${cut} of ${blob.length} bytes$`),
+    );
+  });
+
+  it('decodes a patched file over DECODE_WHOLE_MAX as it is written, never whole; a damaged one falls back', async () => {
+    const tree = join(dir, 'large');
+    await mkdir(join(tree, 'usr'), { recursive: true });
+    const oldL = text('large', DECODE_WHOLE_MAX + 500_000);
+    const newL = Buffer.concat([Buffer.from('a new first line\n'), oldL.subarray(100)]);
+    await writeFile(join(tree, 'usr/large'), oldL);
+    const scanned = await scanTree(tree);
+    const p = (await encodePatch(oldL, newL))!;
+    const damaged = Buffer.from(p);
+    damaged[damaged.length >> 1]! ^= 0xff;
+    for (const [bytes, ok] of [
+      [p, true],
+      [damaged, false],
+    ] as const) {
+      const desc: Descriptor = { mediaType: DELTA_PATCHES_MEDIA_TYPE, digest: sha(bytes), size: bytes.length };
+      const source = new MemoryTarget();
+      await source.push(desc, Readable.from([bytes]));
+      const uses: PatchUse[] = [
+        {
+          entry: entry('usr/large', newL, 500_000),
+          patch: patch('usr/large', oldL, newL, 0, bytes.length),
+          old: { root: tree, seen: scanned.entries.get('usr/large')! },
+        },
+      ];
+      const store = await ContentStore.open(join(dir, `store-large-${ok}`));
+      const fallbacks = new Fallbacks();
+      // The largest Buffer.allocUnsafe or Buffer.concat while it runs: decoding whole takes one of the file's size.
+      const unsafe = Object.getOwnPropertyDescriptor(Buffer, 'allocUnsafe')!;
+      const concat = Object.getOwnPropertyDescriptor(Buffer, 'concat')!;
+      const allocUnsafe = Buffer.allocUnsafe.bind(Buffer);
+      const joined = Buffer.concat.bind(Buffer);
+      let largest = 0;
+      Buffer.allocUnsafe = (n: number) => ((largest = Math.max(largest, n)), allocUnsafe(n));
+      Buffer.concat = (list: readonly Uint8Array[], n?: number) => {
+        const b = joined(list, n);
+        largest = Math.max(largest, b.length);
+        return b;
+      };
+      let got;
+      try {
+        got = await downloadPatches(source, desc, patchRanges(uses, {}), store, fallbacks);
+      } finally {
+        Object.defineProperty(Buffer, 'allocUnsafe', unsafe);
+        Object.defineProperty(Buffer, 'concat', concat);
+      }
+      assert.ok(largest < DECODE_WHOLE_MAX, `a buffer of ${largest} bytes`);
+      if (ok) {
+        assert.ok(largest > 0, 'decoded in pieces from Buffer.allocUnsafe');
+        assert.equal(got.files, 1);
+        assert.ok((await readFile(store.path(sha(newL)))).equals(newL));
+      } else {
+        assert.equal(got.files, 0);
+        assert.equal(store.size, 0);
+        assert.deepEqual(
+          got.failed.map((e) => e.path),
+          ['usr/large'],
+        );
+        assert.match(fallbacks.reasons[0]!, /^\/usr\/large: /);
+      }
+    }
   });
 });

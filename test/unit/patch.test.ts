@@ -11,7 +11,7 @@ import { skippableFrame } from '../../src/layer/toc.ts';
 import { encodeTocJson } from '../../src/layer/toc-json.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import type { Digest } from '../../src/oci/types.ts';
-import { canPatch, decodePatch, encodePatch, patchWindowLog } from '../../src/patch/codec.ts';
+import { canPatch, decodePatch, decodePatchFreeingOld, encodePatch, patchWindowLog } from '../../src/patch/codec.ts';
 import {
   encodeDeltaIndex,
   parseDeltaFiles,
@@ -105,6 +105,61 @@ describe('patch codec (zstd patch-from)', function () {
       () => decodePatch(patch, old, { ...target(neu), size: neu.length + 1 }),
       withMessage('PATCH_INVALID', /expected \d+/),
     );
+  });
+
+  it('decodes into one Buffer of the file size: no 16 KiB pieces copied into a second (issue 19)', async function () {
+    const { old, neu } = pair(1_000_000);
+    const patch = (await encodePatch(old, neu))!;
+    // Node's zlib takes its output chunks from Buffer.allocUnsafe: the content must be the one
+    // chunk it wrote into, not a concatenation of many (a second copy of the file).
+    const original = Object.getOwnPropertyDescriptor(Buffer, 'allocUnsafe')!;
+    const allocUnsafe = Buffer.allocUnsafe.bind(Buffer);
+    const chunks: ArrayBufferLike[] = [];
+    let allocated = 0;
+    Buffer.allocUnsafe = (n: number) => {
+      const b = allocUnsafe(n);
+      chunks.push(b.buffer);
+      allocated += n;
+      return b;
+    };
+    let out: Buffer;
+    try {
+      out = decodePatch(patch, old, target(neu));
+    } finally {
+      Object.defineProperty(Buffer, 'allocUnsafe', original);
+    }
+    assert.ok(out.equals(neu));
+    assert.ok(chunks.includes(out.buffer), `the content is not a decoder chunk (${chunks.length} chunks)`);
+    assert.ok(
+      out.byteOffset === 0 && out.buffer.byteLength <= neu.length + 1,
+      'a Buffer of its own (freeNow frees it)',
+    );
+    assert.ok(allocated < neu.length * 1.1, `${allocated} bytes of chunks for ${neu.length}`);
+  });
+
+  it('decodePatchFreeingOld: frees the old file once the decoder holds its copy, and decodes and verifies as decodePatch', async function () {
+    const { old, neu } = pair(300_000);
+    const patch = (await encodePatch(old, neu))!;
+    const own = (b: Buffer) => Buffer.from(b); // an ArrayBuffer of its own, as readOld's
+    const mine = own(old);
+    const out = await decodePatchFreeingOld(patch, mine, target(neu));
+    // Freed before the decoding ran: the decoder used its own copy of the dictionary.
+    assert.equal(mine.length, 0);
+    assert.ok(out.equals(neu));
+    const bad = Buffer.from(patch);
+    bad[bad.length - 5] = bad[bad.length - 5]! ^ 0xff;
+    for (const [p, t, re] of [
+      [bad, target(neu), /PATCH_INVALID|does not decode|decodes to/],
+      [patch, { ...target(neu), size: neu.length - 1 }, /more than \d+ bytes/],
+      [patch.subarray(1), target(neu), /not one zstd frame/],
+    ] as const) {
+      const o = own(old);
+      await assert.rejects(
+        decodePatchFreeingOld(p, o, t),
+        (e) => isTiuError(e) && e.code === 'PATCH_INVALID' && re.test(e.message),
+      );
+      assert.equal(o.length, 0, 'freed when the patch fails too');
+    }
   });
 
   it('refuses trailing bytes, a second frame, a skippable frame and a truncated patch', async function () {

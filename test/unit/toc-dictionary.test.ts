@@ -48,6 +48,25 @@ describe('delta: the TOC dictionary built in place', () => {
     assert.equal(placed.byteOffset - whole.byteOffset, whole.length - to[2]!.length);
   });
 
+  it('release frees the dictionary at once (its views read empty) and refuses to be used again', () => {
+    // Over Buffer.poolSize (64 KiB here): a buffer of its own, which freeNow frees (a slab slice it leaves alone).
+    const big = (n: string) =>
+      Buffer.from(
+        JSON.stringify({ version: 1, entries: Array.from({ length: 5000 }, (_, i) => ({ name: `${n}/${i}` })) }),
+      );
+    const f = big('usr/from');
+    const t = big('usr/to');
+    const d = new TocDictionary([{ json: f }], [layer(f, 1)], [layer(t, 2)]);
+    const placed = d.placeTo(0, t);
+    const whole = d.whole([{ json: placed }]);
+    assert.equal(whole.length, f.length + t.length);
+    d.release();
+    assert.equal(whole.length, 0);
+    assert.equal(placed.length, 0);
+    assert.deepEqual(f, big('usr/from'), 'what it was built from is untouched');
+    assert.throws(() => d.from, /released/);
+  });
+
   it('refuses a JSON of another size than its layer declares', () => {
     const d = new TocDictionary(fromTocs, fromLayers, toLayers);
     assert.throws(() => d.placeTo(0, json('usr/other')), /declares/);

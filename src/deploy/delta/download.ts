@@ -15,7 +15,7 @@ import { closeSync, constants, openSync, rmSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { removeAll } from '../../util/remove-all.ts';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, type Transform } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
 import { streamReader } from '../../content/blob-reader.ts';
 import type { Descriptor } from '../../oci/types.ts';
@@ -422,8 +422,11 @@ function releaseFullPiece(piece: Buffer): void {
  * written to the decompressor only once the previous one was consumed, so the window may take
  * the next bytes in its place.
  */
-async function* decodeInPieces(pieces: AsyncIterable<Buffer> | Readable): AsyncGenerator<Buffer> {
-  const d = createZstdDecompress({ chunkSize: DECODE_CHUNK });
+async function* decodeInPieces(
+  pieces: AsyncIterable<Buffer> | Readable,
+  decoder: (chunkSize: number) => Transform = (chunkSize) => createZstdDecompress({ chunkSize }),
+): AsyncGenerator<Buffer> {
+  const d = decoder(DECODE_CHUNK);
   const it = (pieces as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   // The read of the window in progress: awaited before the window is handed on.
   let reading: Promise<unknown> = Promise.resolve();
@@ -453,6 +456,24 @@ async function* decodeInPieces(pieces: AsyncIterable<Buffer> | Readable): AsyncG
     d.destroy();
     await reading.catch(() => undefined);
   }
+}
+
+/**
+ * A file's one frame, held in `frame`, decoded by `decoder` (made for DECODE_CHUNK pieces) as it
+ * is hashed and written into the store: the content is never held whole. For a delta artifact's
+ * patch of a file over DECODE_WHOLE_MAX (its decoder has the old file as dictionary). A content
+ * that differs from `e` is DELTA_CONTENT_MISMATCH; a failed write DELTA_STORE_WRITE_FAILED.
+ */
+export async function storeInPieces(
+  e: TreeEntry,
+  frame: Buffer,
+  store: ContentStore,
+  signal: AbortSignal,
+  decoder: (chunkSize: number) => Transform,
+): Promise<void> {
+  await streamIntoStore(e, Readable.from([frame], { objectMode: false }), store, signal, (pieces) =>
+    decodeInPieces(pieces, decoder),
+  );
 }
 
 function short(desc: Descriptor, r: FetchRange, got: number): DeltaError {

@@ -10,6 +10,7 @@
  * TO's TOC JSONs that came from patches are handed out as views into this buffer, so the
  * update's TOCs and the dictionary are the same bytes.
  */
+import { freeNow } from '../../util/buffer-pool.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { MAX_TOC_BYTES, parsePosition, ZstdChunkedAnnotation } from '../../layer/toc.ts';
 import { tocJsonOf, type TocBytes } from './tocs.ts';
@@ -44,6 +45,7 @@ export class TocDictionary {
   #toStarts: number[] = [];
   #filled: boolean[] = [];
   #buf: Buffer | undefined;
+  #released = false;
 
   /**
    * `fromTocs`: FROM's TOCs as the store verified them, one per `fromLayers` item. Nothing is
@@ -59,6 +61,7 @@ export class TocDictionary {
   /** Allocated with FROM's part filled in; FROM's stored TOCs are let go. */
   #buffer(): Buffer {
     if (this.#buf) return this.#buf;
+    if (this.#released) throw new Error('the TOC dictionary was released');
     const fromSizes = this.#fromTocs.map((b, i) => {
       const size = tocJsonSize(b, this.#fromLayers[i]!);
       if (size === undefined) throw new Error(`FROM layer ${i + 1} declares no table of contents size`);
@@ -82,6 +85,18 @@ export class TocDictionary {
     }
     this.#buf = buf;
     return buf;
+  }
+
+  /**
+   * Free the dictionary's memory now rather than at a collection: its last reader, the index's
+   * files frame, is done with it, and left to the collector its several MiB were still there
+   * when the patches' largest files were decoded, the update's peak. Every view handed out
+   * (placeTo's) reads as empty afterwards: their TOCs have been read and stored by then.
+   */
+  release(): void {
+    if (this.#buf) freeNow(this.#buf);
+    this.#buf = undefined;
+    this.#released = true;
   }
 
   /** FROM's TOC JSONs: the dictionary of the TOC patches. */
