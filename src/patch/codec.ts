@@ -147,12 +147,7 @@ export function decodePatch(patch: Uint8Array, old: Uint8Array, expected: PatchT
  * are what an update with a delta artifact peaks on). The decoding runs on libuv's thread pool.
  */
 export async function decodePatchFreeingOld(patch: Uint8Array, old: Buffer, expected: PatchTarget): Promise<Buffer> {
-  try {
-    checkOneFrame(patch, expected);
-  } catch (e) {
-    freeNow(old);
-    throw e;
-  }
+  checkOneFrame(patch, expected, old);
   const decoding = decompressAsync(patch, boundedOptions(old, expected.size));
   freeNow(old);
   let out: Buffer;
@@ -176,12 +171,7 @@ export function openPatchDecoder(
   expected: PatchTarget,
   chunkSize: number,
 ): ZstdDecompress {
-  try {
-    checkOneFrame(patch, expected);
-  } catch (e) {
-    freeNow(old);
-    throw e;
-  }
+  checkOneFrame(patch, expected, old);
   const d = createZstdDecompress({
     ...withDictionary(old, { [constants.ZSTD_d_windowLogMax]: PATCH_WINDOW_LOG_MAX }),
     chunkSize,
@@ -192,9 +182,11 @@ export function openPatchDecoder(
 
 const detailsOf = (expected: PatchTarget) => ({ name: expected.name, size: expected.size, digest: expected.digest });
 
-function checkOneFrame(patch: Uint8Array, expected: PatchTarget): void {
-  if (!isSingleZstdFrame(patch))
-    throw new PatchError(`the patch for ${expected.name} is not one zstd frame`, detailsOf(expected));
+/** PATCH_INVALID unless `patch` is one zstd frame; `freeOnFailure` (the old file) is freed before it throws. */
+function checkOneFrame(patch: Uint8Array, expected: PatchTarget, freeOnFailure?: Buffer): void {
+  if (isSingleZstdFrame(patch)) return;
+  if (freeOnFailure) freeNow(freeOnFailure);
+  throw new PatchError(`the patch for ${expected.name} is not one zstd frame`, detailsOf(expected));
 }
 
 function decodeFailure(e: unknown, expected: PatchTarget): PatchError {

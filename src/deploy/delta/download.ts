@@ -255,8 +255,9 @@ export function downloadCost(r: FetchRange, maxSpan: number = DEFAULT_MAX_SPAN):
  * A request of one file larger than `maxSpan`: never read into a window of its size. Where the
  * source reads into the caller's buffers (openRange) it goes through a window of WINDOW_MIN
  * like the files decoded in pieces (its frame's bytes are more than DECODE_WHOLE_MAX, so
- * requestWindow does not grow it); otherwise it streams. Counted as a stream either way. The stream allocates a Buffer per
- * chunk: 96 MiB of them, left to the collector, in a first install of the bench's larger tree.
+ * requestWindow does not grow it); otherwise it streams. Counted as a stream either way. The
+ * stream allocates a Buffer per chunk: 96 MiB of them, left to the collector, in a first install
+ * of the bench's larger tree.
  */
 function isLoneLargeFile(r: FetchRange, maxSpan: number): boolean {
   return r.entries.length === 1 && r.end - r.start > maxSpan;
