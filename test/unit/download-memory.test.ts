@@ -16,6 +16,7 @@ import { runInNewContext } from 'node:vm';
 import { zstdCompressSync } from 'node:zlib';
 import type { TreeEntry } from '../../src/deploy/apply/index.ts';
 import { coalesce, ContentStore, downloadRanges, rangeBytes } from '../../src/deploy/delta/index.ts';
+import { decodeInPieces } from '../../src/deploy/delta/download.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
 import { MemoryTarget } from '../helpers/memory-target.ts';
@@ -204,6 +205,33 @@ describe('large files decoded through the window: several frames, too much, too 
     assert.equal(stats.files, 2);
     assert.equal(await hashFile(store.path(sha(whole))), sha(whole));
     assert.ok(stats.bytes > rangeBytes(coalesce(entries)), 'the file of several frames was fetched again');
+  });
+
+  it('ends with the first frame and reads no further, however slowly its output is consumed', async () => {
+    // CI's one failure on f410819. The frame ends inside the third 256 KiB piece. Before the fix the feeder wrote the fourth
+    // piece (the middle of the second frame) once the third was taken: "Unknown frame descriptor"
+    // whenever that came before the consumer had read to the end, every time with a slow one.
+    const first = randomBytes(700 * 1024);
+    const all = Buffer.concat([zstdCompressSync(first), zstdCompressSync(randomBytes(600 * 1024))]);
+    const pieces: Buffer[] = [];
+    for (let o = 0; o < all.length; o += 256 * 1024) pieces.push(all.subarray(o, o + 256 * 1024));
+    let handed = 0;
+    const source = Readable.from(
+      (function* () {
+        for (const p of pieces) {
+          handed++;
+          yield p;
+        }
+      })(),
+      { objectMode: false, highWaterMark: 0 },
+    );
+    const out: Buffer[] = [];
+    for await (const c of decodeInPieces(source)) {
+      out.push(Buffer.from(c));
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.ok(Buffer.concat(out).equals(first), 'exactly the first frame');
+    assert.equal(handed, 3, 'no piece read past the one the frame ended in');
   });
 
   it('refuses a large file that decodes to more or less than declared, or differs', async () => {

@@ -15,13 +15,13 @@ import { closeSync, constants, openSync, rmSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { removeAll } from '../../util/remove-all.ts';
 import { join } from 'node:path';
-import { Readable, type Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { Target } from '../../content/interfaces.ts';
 import { streamReader } from '../../content/blob-reader.ts';
 import type { Descriptor } from '../../oci/types.ts';
 import { showPath } from '../../layer/entry.ts';
 import { zstdDecompressBufferSync, zstdDecompressFrames, zstdFrameSpans } from '../../layer/zstd-frames.ts';
-import { createZstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { createZstdDecompress, zstdDecompressSync, type ZstdDecompress } from 'node:zlib';
 import { isTiuError } from '../../errors.ts';
 import { hashFile } from '../apply/scan.ts';
 import { DigestSet } from '../apply/digest-set.ts';
@@ -421,16 +421,17 @@ function releaseFullPiece(piece: Buffer): void {
 /**
  * One frame's content from pieces (views a window reuses), DECODE_CHUNK at a time. A piece is
  * written to the decompressor only once the previous one was consumed, so the window may take
- * the next bytes in its place.
+ * the next bytes in its place. Exported for its tests.
  */
-async function* decodeInPieces(
+export async function* decodeInPieces(
   pieces: AsyncIterable<Buffer> | Readable,
-  decoder: (chunkSize: number) => Transform = (chunkSize) => createZstdDecompress({ chunkSize }),
+  decoder: (chunkSize: number) => ZstdDecompress = (chunkSize) => createZstdDecompress({ chunkSize }),
 ): AsyncGenerator<Buffer> {
   const d = decoder(DECODE_CHUNK);
   const it = (pieces as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   // The read of the window in progress: awaited before the window is handed on.
   let reading: Promise<unknown> = Promise.resolve();
+  let fed = 0;
   const feeding = (async () => {
     // Checked before every read: once the decoding stopped, the window is not read into again.
     while (!d.destroyed) {
@@ -440,6 +441,12 @@ async function* decodeInPieces(
       if (n.done) return void d.end();
       if (d.destroyed) return;
       await new Promise<void>((res, rej) => d.write(n.value, (err) => (err ? rej(err) : res())));
+      // Input left unconsumed: the frame ended inside this piece and Node's decoder ended its
+      // output. What follows is the middle of the next frame (the rest of this piece was
+      // dropped): written on, it failed the decode ("Unknown frame descriptor") whenever it
+      // came before the consumer had read the output to its end.
+      fed += n.value.length;
+      if (d.bytesWritten < fed) return;
     }
   })();
   feeding.catch((err: unknown) => d.destroy(err as Error));
@@ -470,7 +477,7 @@ export async function storeInPieces(
   frame: Buffer,
   store: ContentStore,
   signal: AbortSignal,
-  decoder: (chunkSize: number) => Transform,
+  decoder: (chunkSize: number) => ZstdDecompress,
 ): Promise<void> {
   await streamIntoStore(e, Readable.from([frame], { objectMode: false }), store, signal, (pieces) =>
     decodeInPieces(pieces, decoder),
