@@ -208,9 +208,10 @@ describe('large files decoded through the window: several frames, too much, too 
   });
 
   it('ends with the first frame and reads no further, however slowly its output is consumed', async () => {
-    // CI's one failure on f410819. The frame ends inside the third 256 KiB piece. Before the fix the feeder wrote the fourth
-    // piece (the middle of the second frame) once the third was taken: "Unknown frame descriptor"
-    // whenever that came before the consumer had read to the end, every time with a slow one.
+    // CI's one failure on f410819. The frame ends inside the third 256 KiB piece. Before the fix
+    // the feeder wrote the fourth piece (the middle of the second frame) once the third was taken:
+    // "Unknown frame descriptor" whenever that came before the consumer had read to the end,
+    // every time with a slow one.
     const first = randomBytes(700 * 1024);
     const all = Buffer.concat([zstdCompressSync(first), zstdCompressSync(randomBytes(600 * 1024))]);
     const pieces: Buffer[] = [];
