@@ -12,7 +12,7 @@
  * and its libraries) so hooks can run in a chroot, and the pristine /etc copy in
  * /usr/lib/tiu/etc. teardown() unmounts and detaches whatever happened.
  */
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile, chmod } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile, chmod, lutimes, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { run } from '../../src/host/exec.ts';
@@ -124,15 +124,24 @@ export async function v2Files(): Promise<OsFile[]> {
   ];
 }
 
+/**
+ * Write `files` below `root`, every one with the same mtime (the whole second the write began):
+ * a tree written across a second boundary would otherwise give /etc/X and its copy in
+ * /usr/lib/tiu/etc different mtimes, and the build's copy of /etc (which carries /etc's) would
+ * then differ from the tree by a second (update-sources failed so once in CI).
+ */
 export async function writeTree(root: string, files: OsFile[]): Promise<void> {
+  const at = Math.floor(Date.now() / 1000);
   for (const f of files) {
     const p = join(root, f.path);
     await mkdir(dirname(p), { recursive: true });
     if (f.symlink !== undefined) {
       await symlink(f.symlink, p);
+      await lutimes(p, at, at);
     } else {
       await writeFile(p, f.content ?? '');
       await chmod(p, f.mode ?? 0o644);
+      await utimes(p, at, at);
     }
   }
 }
