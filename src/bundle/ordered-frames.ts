@@ -17,6 +17,7 @@
  */
 import { once } from 'node:events';
 import { constants as zc, createZstdCompress } from 'node:zlib';
+import { TiuError } from '../errors.ts';
 import type { BufferPool } from '../util/buffer-pool.ts';
 import type { BlobFile } from './blob-file.ts';
 
@@ -30,7 +31,7 @@ const OUTPUT_CHUNK = 128 * 1024;
 /**
  * Frames up to this size are compressed whole on the main thread (ZstdFramer.frameSync). The bench's
  * base tree has ~10,000 header frames and ~6,000 files of this size, 2 pool jobs each before; on 2
- * cores, alternated builds: 7.4-8.3 s with 4 KiB, 6.7-7.0 with 16, 6.8-7.7 with 64, main 8.3-8.9.
+ * cores, one set of alternated builds: 6.6-7.8 s with 4 KiB, 6.7-7.0 with 16, 6.8-7.7 with 64.
  */
 export const SMALL_FRAME = 16 * 1024;
 /**
@@ -94,7 +95,7 @@ export class ZstdFramer {
     const z = this.#z as unknown as Required<NativeZstd>;
     z._handle.writeSync!(flush, input, 0, input.length, out, outOff, out.length - outOff);
     // A failed call destroys the stream with the error (node:zlib's onerror), before its event.
-    if (this.#z.destroyed) throw this.#z.errored ?? new Error('zstd compressor destroyed');
+    if (this.#z.destroyed) throw this.#z.errored ?? new TiuError('INTERNAL', 'zstd compressor destroyed');
     this.#check();
     return [out.length - outOff - z._writeState[0]!, z._writeState[1]!];
   }
@@ -107,11 +108,12 @@ export class ZstdFramer {
   frameSync(data: Buffer, out: Buffer): number {
     this.#check();
     const [written, left] = this.#callSync(zc.ZSTD_e_continue, data, out, 0);
-    if (left !== 0) throw new Error(`zstd took ${data.length - left} of ${data.length} bytes into a frame`);
+    if (left !== 0)
+      throw new TiuError('INTERNAL', `zstd took ${data.length - left} of ${data.length} bytes into a frame`);
     const [ended] = this.#callSync(zc.ZSTD_e_end, NO_INPUT, out, written);
     const length = written + ended;
     // A full buffer may mean the frame did not end (zstdBound is zstd's own bound: it should not).
-    if (length === out.length) throw new Error(`zstd frame of ${data.length} bytes exceeds its bound`);
+    if (length === out.length) throw new TiuError('INTERNAL', `zstd frame of ${data.length} bytes exceeds its bound`);
     return length;
   }
   /**
@@ -122,12 +124,13 @@ export class ZstdFramer {
     this.#check();
     if (data.length === 0) return;
     this.#open = true;
-    if (data.length >= ZSTD_BLOCK) throw new RangeError(`takeSync is for less than a block, not ${data.length} bytes`);
+    if (data.length >= ZSTD_BLOCK)
+      throw new TiuError('INTERNAL', `takeSync is for less than a block, not ${data.length} bytes`);
     // The sink copies what it is given, so one scratch buffer serves every context.
     takeScratch ??= Buffer.allocUnsafeSlow(zstdBound(ZSTD_BLOCK));
     const out = takeScratch;
     const [written, left] = this.#callSync(zc.ZSTD_e_continue, data, out, 0);
-    if (left !== 0) throw new Error(`zstd took ${data.length - left} of ${data.length} bytes in`);
+    if (left !== 0) throw new TiuError('INTERNAL', `zstd took ${data.length - left} of ${data.length} bytes in`);
     if (written > 0) this.sink(out.subarray(0, written));
   }
   /** Resolves once the compressor has taken all of `b` in: the caller may then reuse it. */

@@ -73,12 +73,15 @@ describe('zstd frames made on the main thread', function () {
     }
     f.sink = () => undefined;
     await f.close();
-    assert.throws(() => new ZstdFramer(PARAMS).takeSync(Buffer.alloc(128 * 1024)), RangeError);
+    assert.throws(() => new ZstdFramer(PARAMS).takeSync(Buffer.alloc(128 * 1024)), { code: 'INTERNAL' });
   });
 
   it('an output buffer below the bound is an error, not a cut frame', function () {
     const data = content(3, 4000);
-    assert.throws(() => new ZstdFramer(PARAMS).frameSync(data, Buffer.alloc(16)), /exceeds its bound/);
+    assert.throws(() => new ZstdFramer(PARAMS).frameSync(data, Buffer.alloc(16)), {
+      code: 'INTERNAL',
+      message: /exceeds its bound/,
+    });
   });
 
   describe('OrderedFrames', function () {
