@@ -107,6 +107,8 @@ export class ZstdFramer {
    */
   frameSync(data: Buffer, out: Buffer): number {
     this.#check();
+    // As write() + endFrame(): no input, no frame (zstd would end an empty one).
+    if (data.length === 0) return 0;
     const [written, left] = this.#callSync(zc.ZSTD_e_continue, data, out, 0);
     if (left !== 0)
       throw new TiuError('INTERNAL', `zstd took ${data.length - left} of ${data.length} bytes into a frame`);

@@ -76,6 +76,12 @@ describe('zstd frames made on the main thread', function () {
     assert.throws(() => new ZstdFramer(PARAMS).takeSync(Buffer.alloc(128 * 1024)), { code: 'INTERNAL' });
   });
 
+  it('no input makes no frame, as write() and endFrame() make none', async function () {
+    const [viaPool] = await throughPool([Buffer.alloc(0)]);
+    assert.equal(viaPool!.length, 0);
+    assert.equal(new ZstdFramer(PARAMS).frameSync(Buffer.alloc(0), Buffer.alloc(64)), 0);
+  });
+
   it('an output buffer below the bound is an error, not a cut frame', function () {
     const data = content(3, 4000);
     assert.throws(() => new ZstdFramer(PARAMS).frameSync(data, Buffer.alloc(16)), {
