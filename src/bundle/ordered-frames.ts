@@ -81,14 +81,16 @@ export class ZstdFramer {
     this.#z = createZstdCompress({ params, chunkSize: OUTPUT_CHUNK });
     this.#z.on('data', (b: Buffer) => this.sink(b));
     this.#z.on('error', (e) => (this.#error = e));
+    const native = this.#z as unknown as NativeZstd;
+    this.#canRunSync = typeof native._handle?.writeSync === 'function' && native._writeState instanceof Uint32Array;
   }
+  readonly #canRunSync: boolean;
   #check(): void {
     if (this.#error) throw this.#error;
   }
   /** Whether frameSync and takeSync can run (node:zlib's native handle is as expected). */
   get canRunSync(): boolean {
-    const z = this.#z as unknown as NativeZstd;
-    return typeof z._handle?.writeSync === 'function' && z._writeState instanceof Uint32Array;
+    return this.#canRunSync;
   }
   /** One zstd call on this thread; returns [output bytes written, input bytes left]. */
   #callSync(flush: number, input: Buffer, out: Buffer, outOff: number): [number, number] {
@@ -125,9 +127,9 @@ export class ZstdFramer {
   takeSync(data: Buffer): void {
     this.#check();
     if (data.length === 0) return;
-    this.#open = true;
     if (data.length >= ZSTD_BLOCK)
       throw new TiuError('INTERNAL', `takeSync is for less than a block, not ${data.length} bytes`);
+    this.#open = true;
     // The sink copies what it is given, so one scratch buffer serves every context.
     takeScratch ??= Buffer.allocUnsafeSlow(zstdBound(ZSTD_BLOCK));
     const out = takeScratch;
@@ -267,14 +269,13 @@ export class OrderedFrames {
   async add(data: Buffer, written?: (start: number, end: number) => void): Promise<void> {
     const compress = async (f: ZstdFramer) => {
       const frame = new FrameBytes(this.#pool, zstdBound(data.length));
-      const sync = f.canRunSync;
-      f.sink = (b) => frame.append(b);
       try {
-        if (sync && data.length <= SMALL_FRAME) {
+        if (f.canRunSync && data.length <= SMALL_FRAME) {
           frame.fillSync(f, data);
           return frame;
         }
-        if (sync && data.length < ZSTD_BLOCK) f.takeSync(data);
+        f.sink = (b) => frame.append(b);
+        if (f.canRunSync && data.length < ZSTD_BLOCK) f.takeSync(data);
         else await f.write(data);
         await f.endFrame();
       } catch (err) {
