@@ -176,9 +176,12 @@ function reportError(e: unknown, json: boolean): number {
 }
 
 if (import.meta.main) {
-  // bin/tiu's malloc tuning is for this process only (glibc read it at start-up).
-  if (process.env.TIU_DROP_MALLOC_ENV === '1') {
-    delete process.env.MALLOC_MMAP_THRESHOLD_;
+  // bin/tiu's malloc tuning is for this process only (glibc read it at start-up): it names the
+  // variables it set, and only those two may be dropped.
+  const drop = process.env.TIU_DROP_MALLOC_ENV;
+  if (drop !== undefined) {
+    for (const name of drop.split(' '))
+      if (name === 'MALLOC_MMAP_THRESHOLD_' || name === 'MALLOC_ARENA_MAX') delete process.env[name];
     delete process.env.TIU_DROP_MALLOC_ENV;
   }
   process.exitCode = await main(process.argv.slice(2));

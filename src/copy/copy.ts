@@ -28,6 +28,7 @@ import { isManifestLike, MediaType } from '../oci/mediatypes.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { MAX_CONFIG_BYTES, parseConfigBytes, type ParsedManifest } from '../oci/validate.ts';
 import { dockerConfigToOci, dockerListToOci, dockerManifestToOci, needsOciConversion } from './to-oci.ts';
+import { releaseRingBuffers } from '../util/ring-writer.ts';
 
 export type CopyOp = 'resolve' | 'fetch' | 'exists' | 'push' | 'tag' | 'referrers';
 export type CopyOrigin = 'source' | 'destination';
@@ -470,6 +471,9 @@ export async function copy(
         { cause: e },
       );
     throw e;
+  } finally {
+    // Every blob of this copy is written: the ring buffers it kept for a next blob go now.
+    releaseRingBuffers();
   }
   if (opts.signal?.aborted)
     throw new TiuError('ABORTED', `copy of ${root.digest} to ${dst.name} was aborted before tagging`, {

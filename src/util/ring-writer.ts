@@ -19,6 +19,21 @@ export const RING_SLOTS = 3;
 /** Buffers of finished writers, kept for the next blob (three concurrent blobs' worth). */
 const sharedPool = new BufferPool(RING_SLOT_BYTES, 3 * RING_SLOTS * RING_SLOT_BYTES);
 
+/**
+ * Free the buffers finished writers keep for the next blob, when a run of blob copies is over
+ * (copy() does at its end): an update's whole-layer download is followed by the writing of the
+ * layers, which would otherwise carry those ~2.25 MiB through its peak. Buffers of writers still
+ * running are not touched (BufferPool.release); later writers allocate anew.
+ */
+export function releaseRingBuffers(): void {
+  sharedPool.release();
+}
+
+/** Bytes kept for the next blob by finished writers (tests). */
+export function ringBuffersKept(): number {
+  return sharedPool.freeBytes;
+}
+
 export interface RingWriterOptions {
   /** Owned buffers (default RING_SLOTS). */
   slots?: number;

@@ -80,41 +80,64 @@ process.stderr.write(JSON.stringify(seen));\n`,
     }
   });
 
-  it('tiu build, delta and update run with a fixed malloc mmap threshold that programs they start do not inherit; copy without', async () => {
+  it('tiu build, delta and update run with a fixed malloc mmap threshold (update also with two malloc arenas) that programs they start do not inherit; copy without', async () => {
     const probe = join(tmp, 'env-probe.mjs');
     await writeFile(
       probe,
       `import { readFileSync } from 'node:fs';
 process.on('exit', () => {
-  const initial = readFileSync('/proc/self/environ', 'utf8').split('\\0').find((l) => l.startsWith('MALLOC_MMAP_THRESHOLD_='));
-  process.stderr.write('PROBE ' + JSON.stringify({ initial: initial ?? null, now: process.env.MALLOC_MMAP_THRESHOLD_ ?? null, marker: process.env.TIU_DROP_MALLOC_ENV ?? null }) + '\\n');
+  const environ = readFileSync('/proc/self/environ', 'utf8').split('\\0');
+  const initial = (name) => environ.find((l) => l.startsWith(name + '=')) ?? null;
+  process.stderr.write('PROBE ' + JSON.stringify({
+    initial: initial('MALLOC_MMAP_THRESHOLD_'), now: process.env.MALLOC_MMAP_THRESHOLD_ ?? null,
+    arenas: initial('MALLOC_ARENA_MAX'), arenasNow: process.env.MALLOC_ARENA_MAX ?? null,
+    marker: process.env.TIU_DROP_MALLOC_ENV ?? null,
+  }) + '\\n');
 });\n`,
     );
     const probeOf = (stderr: string) =>
       JSON.parse(/PROBE (.*)/.exec(stderr)![1]!) as {
         initial: string | null;
         now: string | null;
+        arenas: string | null;
+        arenasNow: string | null;
         marker: string | null;
       };
     const env = {
       NODE_OPTIONS: `--import ${probe}`,
       MALLOC_MMAP_THRESHOLD_: undefined,
+      MALLOC_ARENA_MAX: undefined,
       TIU_DROP_MALLOC_ENV: undefined,
     };
+    const none = { arenas: null, arenasNow: null, marker: null };
     const b = await tiu(['build', '--help'], env);
     assert.equal(b.exitCode, 0, b.stderr);
-    assert.deepEqual(probeOf(b.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, marker: null });
+    assert.deepEqual(probeOf(b.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, ...none });
     const d = await tiu(['delta', '--help'], env);
     assert.equal(d.exitCode, 0, d.stderr);
-    assert.deepEqual(probeOf(d.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, marker: null });
+    assert.deepEqual(probeOf(d.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=32768', now: null, ...none });
     const u = await tiu(['update', '--help'], env);
     assert.equal(u.exitCode, 0, u.stderr);
-    assert.deepEqual(probeOf(u.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: null, marker: null });
+    assert.deepEqual(probeOf(u.stderr), {
+      initial: 'MALLOC_MMAP_THRESHOLD_=65536',
+      now: null,
+      arenas: 'MALLOC_ARENA_MAX=2',
+      arenasNow: null,
+      marker: null,
+    });
     const c = await tiu(['copy', '--help'], env);
-    assert.deepEqual(probeOf(c.stderr), { initial: null, now: null, marker: null });
-    // A caller's own setting is left alone, and passed on.
+    assert.deepEqual(probeOf(c.stderr), { initial: null, now: null, ...none });
+    // A caller's own setting is left alone, and passed on; only what bin/tiu set is dropped.
     const own = await tiu(['build', '--help'], { ...env, MALLOC_MMAP_THRESHOLD_: '65536' });
-    assert.deepEqual(probeOf(own.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: '65536', marker: null });
+    assert.deepEqual(probeOf(own.stderr), { initial: 'MALLOC_MMAP_THRESHOLD_=65536', now: '65536', ...none });
+    const ownArenas = await tiu(['update', '--help'], { ...env, MALLOC_ARENA_MAX: '4' });
+    assert.deepEqual(probeOf(ownArenas.stderr), {
+      initial: 'MALLOC_MMAP_THRESHOLD_=65536',
+      now: null,
+      arenas: 'MALLOC_ARENA_MAX=4',
+      arenasNow: '4',
+      marker: null,
+    });
   });
 
   it("tiu build runs libuv's thread pool with a thread per core (at most 4); other commands and a caller's own size keep theirs", async () => {
@@ -142,7 +165,7 @@ process.on('exit', () => {
     assert.equal(poolOf(own.stderr), 3);
   });
 
-  it("copy runs without V8's optimizing tiers; build and the device commands keep them", async () => {
+  it("copy runs without V8's optimizing tiers, update without Maglev; build and the other commands keep them", async () => {
     const probe = join(tmp, 'argv-probe.mjs');
     await writeFile(
       probe,
@@ -155,7 +178,9 @@ process.on('exit', () => {
     };
     const copy = await argvOf(['copy', '--help']);
     assert.ok(copy.includes('--no-maglev') && copy.includes('--no-turbofan'), copy.join(' '));
-    for (const cmd of ['build', 'update', 'status']) {
+    const update = await argvOf(['update', '--help']);
+    assert.ok(update.includes('--no-maglev') && !update.includes('--no-turbofan'), update.join(' '));
+    for (const cmd of ['build', 'status']) {
       const argv = await argvOf([cmd, '--help']);
       assert.ok(!argv.some((a) => a === '--no-maglev' || a === '--no-turbofan'), `${cmd}: ${argv.join(' ')}`);
     }

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { OciLayoutTarget } from '../../src/content/oci-layout.ts';
 import { copy, type CopyError } from '../../src/copy/copy.ts';
-import { RING_SLOTS } from '../../src/util/ring-writer.ts';
+import { RING_SLOTS, ringBuffersKept } from '../../src/util/ring-writer.ts';
 import { verifiedStream } from '../../src/oci/digest.ts';
 import { MediaType } from '../../src/oci/mediatypes.ts';
 import type { Descriptor, Digest } from '../../src/oci/types.ts';
@@ -293,6 +293,8 @@ describe('copy memory: blobs go through a few owned buffers, not one Buffer per 
       // buffers do. The config is written through a ring of its own, which may be in flight at the
       // same time as the layer's (then the two hold different pooled buffers); the manifest comes after.
       assert.ok(buffers.size <= 2 * RING_SLOTS, `the pull wrote from ${buffers.size} distinct buffers`);
+      // Nothing is kept for a next blob once the copy is over (an update writes its layers next).
+      assert.equal(ringBuffersKept(), 0);
     } finally {
       await target.close();
       await reg.stop();

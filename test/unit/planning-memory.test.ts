@@ -15,7 +15,8 @@ import { LayerEntries, planApply, type ExistingEntry, type TreeEntry } from '../
 import { NO_XATTRS } from '../../src/layer/entry.ts';
 import { ContentIndex, indexOldTree, pathsOfSize, scanTree, sharePathsWith } from '../../src/deploy/apply/scan.ts';
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
-import type { OldTree } from '../../src/deploy/apply/types.ts';
+import type { Action, OldTree } from '../../src/deploy/apply/types.ts';
+import { PlanActions } from '../../src/deploy/apply/plan-actions.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { zstdCompressSync } from 'node:zlib';
 import { forEachCompressedTocEntry, forEachTocEntry, parseToc, type TocEntry } from '../../src/layer/toc.ts';
@@ -413,6 +414,78 @@ describe('planning memory (issue 19)', function () {
     await heldByPlan();
     const perEntry = Math.min(await heldByPlan(), await heldByPlan(), await heldByPlan());
     assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
+  });
+
+  it('holds a plan that creates 20,000 entries on an empty tree in under 16 bytes each (a {kind, entry, replace} object apiece held ~56)', async function () {
+    const n = 20_000;
+    const tree = new Map<string, TreeEntry>();
+    for (let i = 0; i < n; i++) {
+      const path = i === 0 ? '' : `d-${i}`;
+      tree.set(path, { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 1n, xattrs: NO_XATTRS });
+    }
+    const empty = new ScanEntries();
+    empty.trim();
+    const old = indexOldTree('/x', empty);
+    const hasher = { digestOf: () => Promise.reject(new Error('nothing to hash')) };
+    const held = () => process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+    const gc = collector();
+    const heldByPlan = async (): Promise<number> => {
+      for (let i = 0; i < 3; i++) gc();
+      const before = held();
+      const plan = await planApply(tree, old, hasher);
+      for (let i = 0; i < 3; i++) gc();
+      const perEntry = (held() - before) / n;
+      assert.equal(plan.summary.create.count, n);
+      const a = plan.actions.at(7)!;
+      assert.deepEqual(a, { kind: 'create', entry: tree.get(a.entry.path), replace: false });
+      assert.equal(a.entry, tree.get(a.entry.path));
+      return perEntry;
+    };
+    await heldByPlan();
+    const perEntry = Math.min(await heldByPlan(), await heldByPlan(), await heldByPlan());
+    assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
+  });
+
+  it('reads every action back as it was set: kinds, replace true, false or absent, and the ones kept as objects', function () {
+    const entry = (path: string): TreeEntry => ({
+      path,
+      type: 'reg',
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      size: 1,
+      mtimeNs: 1n,
+      xattrs: NO_XATTRS,
+      digest: digestOf(1),
+    });
+    const actions: Action[] = [
+      { kind: 'keep', entry: entry('a') },
+      { kind: 'write', entry: entry('b'), replace: false },
+      { kind: 'write', entry: entry('c'), replace: true },
+      { kind: 'create', entry: entry('d'), replace: true },
+      { kind: 'link', entry: entry('e'), replace: false },
+      { kind: 'meta', entry: entry('f'), fix: { mode: true } },
+      { kind: 'reflink', entry: entry('g'), from: 'a', replace: true },
+      { kind: 'reflink', entry: entry('h'), from: 'b', fromNew: true, replace: false },
+      { kind: 'clone', entry: entry('i'), from: 'i' },
+      { kind: 'create', entry: entry('j') },
+    ];
+    const list = new PlanActions();
+    list.reserve();
+    for (const a of actions) list.push(a);
+    list.set(0, { kind: 'link', entry: entry('z'), replace: true });
+    assert.deepEqual([...list], [{ kind: 'link', entry: entry('z'), replace: true }, ...actions]);
+    for (const [i, a] of actions.entries()) {
+      assert.deepEqual(list.at(i + 1), a);
+      // Stored whole only where it says more than a kind, an entry and replace.
+      const asObject = 'from' in a || 'fix' in a;
+      assert.equal(list.at(i + 1) === a, asObject, a.entry.path);
+    }
+    assert.equal(list.at(-1)!.entry, actions.at(-1)!.entry);
+    const reserved = new PlanActions();
+    reserved.reserve();
+    assert.equal(reserved.at(0), undefined);
+    assert.throws(() => [...reserved], /plan action 0 was reserved and never set/);
   });
 
   it('gives back the rows a finished scan does not use (16,385 paths sat in rows for 32,768)', function () {

@@ -1,18 +1,39 @@
 /**
- * A plan's actions as the planner keeps them: most entries of an update are kept as they are,
- * and a `keep` is stored as its entry alone, its action made when it is read (a short-lived
- * object). An action object per entry ({kind, entry}, ~40 bytes beside its slot) was the largest
- * part of the plan on the bench's larger tree (46k entries, 1.8 MiB), and an update plans twice:
- * the check's plan, then the apply's against the new snapshot.
+ * A plan's actions as the planner keeps them. Most actions of an update are an entry and a kind
+ * (and whether the path there must go first): such an action is stored as its entry alone, its
+ * kind and `replace` in a byte beside it, and the action is made when it is read (a short-lived
+ * object). An action object per entry ({kind, entry, replace}, ~48 bytes beside its slot) was
+ * the largest part of the plan on the bench's larger tree: a first install of it makes 44,500
+ * `create`/`write` actions (2 MiB of heap through the whole writing), a delta update's `keep`s
+ * as many; and an update plans twice, the check's plan, then the apply's against the new
+ * snapshot. Actions with more to say (a reflink's source, a meta fix) stay objects.
  */
-import type { Action, ActionList, TreeEntry } from './types.ts';
+import type { Action, ActionKind, ActionList, TreeEntry } from './types.ts';
 import { resized } from '../../util/typed-resize.ts';
 
+/** Kinds by code (a stored slot's byte is 1 + the index, 0 for an action kept as an object). */
+const KINDS: readonly ActionKind[] = ['keep', 'meta', 'clone', 'reflink', 'write', 'create', 'link'];
+const KIND_MASK = 0x0f;
+/** The action had a `replace` field (its value in REPLACE_TRUE): read back with the same fields. */
+const HAS_REPLACE = 0x10;
+const REPLACE_TRUE = 0x20;
+
+/** The byte for an action that is its kind, entry and `replace` alone, else 0 (kept as an object). */
+function codeOf(a: Action): number {
+  if ('from' in a || 'fromNew' in a || 'fromSnapshot' in a || 'fix' in a) return 0;
+  let code = KINDS.indexOf(a.kind) + 1;
+  if ('replace' in a) {
+    if (typeof a.replace !== 'boolean') return 0;
+    code |= HAS_REPLACE | (a.replace ? REPLACE_TRUE : 0);
+  }
+  return code;
+}
+
 export class PlanActions implements ActionList {
-  /** The entry of a kept one, the action of any other; undefined: reserved, not set yet. */
+  /** The entry of a stored action, the object of any other; undefined: reserved, not set yet. */
   readonly #slots: (Action | TreeEntry | undefined)[] = [];
-  /** 1 where the slot is a kept entry. */
-  #kept = new Uint8Array(1024);
+  /** Per slot: codeOf() its action (0 where the slot holds the action object). */
+  #codes = new Uint8Array(1024);
 
   get length(): number {
     return this.#slots.length;
@@ -30,19 +51,23 @@ export class PlanActions implements ActionList {
   }
 
   set(i: number, a: Action): void {
-    if (i >= this.#kept.length) {
-      this.#kept = resized(this.#kept, Math.max(i + 1, this.#kept.length * 2));
+    if (i >= this.#codes.length) {
+      this.#codes = resized(this.#codes, Math.max(i + 1, this.#codes.length * 2));
     }
-    const keep = a.kind === 'keep';
-    this.#kept[i] = keep ? 1 : 0;
-    this.#slots[i] = keep ? a.entry : a;
+    const code = codeOf(a);
+    this.#codes[i] = code;
+    this.#slots[i] = code ? a.entry : a;
   }
 
   at(i: number): Action | undefined {
     if (i < 0) i += this.#slots.length;
     const s = this.#slots[i];
     if (s === undefined) return undefined;
-    return this.#kept[i] ? { kind: 'keep', entry: s as TreeEntry } : (s as Action);
+    const code = this.#codes[i]!;
+    if (!code) return s as Action;
+    const a: Action = { kind: KINDS[(code & KIND_MASK) - 1]!, entry: s as TreeEntry };
+    if (code & HAS_REPLACE) a.replace = (code & REPLACE_TRUE) !== 0;
+    return a;
   }
 
   *entries(): IterableIterator<[number, Action]> {

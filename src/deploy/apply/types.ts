@@ -104,7 +104,8 @@ export interface MetaFix {
 
 /**
  * The actions of a plan, by index, in path order. A plain Action[] is one (tests build plans
- * so); the planner's is a PlanActions (plan-actions.ts), which keeps a `keep` as its entry alone.
+ * so); the planner's is a PlanActions (plan-actions.ts), which stores an action that is a kind
+ * and an entry (and `replace`) as the entry alone and makes the object when it is read.
  */
 export interface ActionList extends Iterable<Action> {
   readonly length: number;
