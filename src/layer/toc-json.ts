@@ -55,6 +55,42 @@ const INCOMPLETE = new Error('the JSON goes on in bytes not read yet');
 const NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
 
 /**
+ * Keys the reader returns as these constants when their bytes match (TocJsonReader.knownKey):
+ * those of a TOC, its entries (containers/storage's zstd:chunked fields) and of tiu's own.
+ * Any other key is read as a string, as before.
+ */
+const KEYS = [
+  'version',
+  'entries',
+  'type',
+  'name',
+  'linkName',
+  'mode',
+  'size',
+  'uid',
+  'gid',
+  'userName',
+  'groupName',
+  'modtime',
+  'accesstime',
+  'changetime',
+  'devMajor',
+  'devMinor',
+  'xattrs',
+  'digest',
+  'offset',
+  'endOffset',
+  'chunkSize',
+  'chunkOffset',
+  'chunkDigest',
+  'chunkType',
+];
+const KEYS_BY_LENGTH: (string[] | undefined)[] = [];
+for (const k of KEYS) (KEYS_BY_LENGTH[k.length] ??= []).push(k);
+/** How far a known key's closing quote is looked for: past the longest key, it is not one. */
+const KEY_END_SEARCH = Math.max(...KEYS.map((k) => k.length)) + 1;
+
+/**
  * Objects and arrays inside each other deeper than this are refused: a TOC nests four levels
  * (document, entries, entry, xattrs), and the reader recurses, so a hostile `[[[[…` would
  * otherwise end in a RangeError from a full stack instead of a SyntaxError naming the TOC.
@@ -64,6 +100,8 @@ export const MAX_JSON_DEPTH = 64;
 /** A JSON reader over bytes whose strings come back as binary strings (see above). Errors are SyntaxErrors. */
 class TocJsonReader {
   readonly #b: Uint8Array;
+  /** `#b` as a Buffer, made once: its text is cut out by toString('latin1', from, to), no Buffer per token. */
+  readonly #buf: Buffer;
   /** All of the text is here (false: more may follow, and a value cut off by the end is INCOMPLETE, not an error). */
   readonly #final: boolean;
   /** Where `bytes` start in the document (for messages). */
@@ -73,6 +111,7 @@ class TocJsonReader {
 
   constructor(bytes: Uint8Array, final = true, base = 0) {
     this.#b = bytes;
+    this.#buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
     this.#final = final;
     this.#base = base;
   }
@@ -146,9 +185,38 @@ class TocJsonReader {
   /** The key of the next member of an object, its `:` consumed. */
   key(): string {
     if (this.peek() !== QUOTE) this.fail('expected a string key');
-    const k = this.string();
+    const k = this.#knownKey() ?? this.string();
     this.expect(0x3a);
     return k;
+  }
+
+  /**
+   * A key without escapes that is one of KEYS, read without making a string (a TOC repeats the
+   * same eight or so keys in every entry: ~400,000 strings for a 45k-entry TOC); else undefined
+   * and nothing consumed.
+   */
+  #knownKey(): string | undefined {
+    const b = this.#b;
+    const start = this.#i + 1;
+    const len = KEY_END_SEARCH > b.length - start ? b.length - start : KEY_END_SEARCH;
+    let end = -1;
+    for (let k = 0; k < len; k++) {
+      const c = b[start + k]!;
+      if (c === QUOTE) {
+        end = start + k;
+        break;
+      }
+      if (c === BACKSLASH || c < 0x20) return undefined;
+    }
+    if (end < 0) return undefined;
+    const candidates = KEYS_BY_LENGTH[end - start];
+    if (!candidates) return undefined;
+    outer: for (const key of candidates) {
+      for (let k = 0; k < key.length; k++) if (b[start + k] !== key.charCodeAt(k)) continue outer;
+      this.#i = end + 1;
+      return key;
+    }
+    return undefined;
   }
 
   /** Into an object or array: refused past MAX_JSON_DEPTH. */
@@ -210,7 +278,23 @@ class TocJsonReader {
       i++;
     // A number that runs to the end may go on in the next bytes.
     if (i === b.length && !this.#final) throw INCOMPLETE;
-    const text = Buffer.from(b.buffer, b.byteOffset + start, i - start).toString('latin1');
+    // Most numbers of a TOC are sizes and offsets: digits alone, computed here without a string
+    // (exact: at most 15 digits stay below 2^53). A leading 0 before more digits is not JSON.
+    const digits = i - start;
+    if (digits > 0 && digits <= 15 && (digits === 1 || b[start] !== 0x30)) {
+      let v = 0;
+      let k = start;
+      for (; k < i; k++) {
+        const d = b[k]! - 0x30;
+        if (d < 0 || d > 9) break;
+        v = v * 10 + d;
+      }
+      if (k === i) {
+        this.#i = i;
+        return v;
+      }
+    }
+    const text = this.#buf.toString('latin1', start, i);
     if (!NUMBER.test(text))
       this.fail(text === '' ? 'unexpected token' : `bad number ${JSON.stringify(text.slice(0, 40))}`);
     this.#i = i;
@@ -237,8 +321,7 @@ class TocJsonReader {
     let i = this.#i + 1;
     let out = '';
     let from = i;
-    const raw = (to: number) =>
-      to > from ? Buffer.from(b.buffer, b.byteOffset + from, to - from).toString('latin1') : '';
+    const raw = (to: number) => (to > from ? this.#buf.toString('latin1', from, to) : '');
     for (;;) {
       if (i >= b.length) {
         this.#i = i;

@@ -223,6 +223,42 @@ describe('layer path rules', function () {
     );
   });
 
+  it('returns a name that is normal already as it is, and anything else as the long way makes it', function () {
+    // The long way, as normalizeEntryPath did it for every name before it kept normal ones whole.
+    const longWay = (name: string) =>
+      name
+        .split('/')
+        .filter((p) => p !== '' && p !== '.')
+        .join('/');
+    for (const name of [
+      '',
+      'a',
+      'usr/bin/x',
+      '.a/..b/...',
+      'a/.../b',
+      'x/.wh..wh..opq',
+      '\xe9/\xff',
+      'a/' + 'n'.repeat(255),
+    ]) {
+      assert.equal(normalizeEntryPath(name), name);
+      assert.equal(longWay(name), name);
+    }
+    for (const name of ['./a', 'a/.', 'a//b', 'a/', '/a', './', '.', 'a/./b/']) {
+      const abs = name.startsWith('/');
+      assert.equal(normalizeEntryPath(name, { allowAbsolute: abs }), longWay(name), JSON.stringify(name));
+    }
+    for (const bad of ['..', 'a/..', '../a', 'a/../b'])
+      assert.throws(
+        () => normalizeEntryPath(bad),
+        (e) => isTiuError(e, 'PATH_UNSAFE'),
+        bad,
+      );
+    assert.throws(
+      () => normalizeEntryPath('n'.repeat(256) + '/a'),
+      (e) => isTiuError(e, 'ENTRY_INVALID'),
+    );
+  });
+
   it('orders by bytes (the build) and parents first (the apply)', function () {
     assert.equal(compareBytes('a.b', 'a/b'), -1);
     assert.equal(comparePaths('a.b', 'a/b'), 1);

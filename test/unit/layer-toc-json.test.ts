@@ -76,6 +76,40 @@ describe('layer TOC JSON encoding', function () {
     assert.deepEqual(parseTocJson(encodeTocJson(toc)), toc);
   });
 
+  it('reads numbers and keys as JSON.parse does, the common ones without making strings', function () {
+    for (const n of [
+      '0',
+      '7',
+      '10',
+      '123456789012345',
+      '1234567890123456',
+      '9007199254740993',
+      '-1',
+      '-0',
+      '1.5',
+      '1e3',
+      '2E-2',
+      '0.0',
+    ])
+      assert.equal(Object.is(parseTocJson(Buffer.from(n)), JSON.parse(n)), true, n);
+    for (const bad of ['05', '00', '1.', '.5', '+1', '-', '1e', '0x1'])
+      assert.throws(() => parseTocJson(Buffer.from(bad)), SyntaxError, bad);
+    // Known keys, with escapes, cut short or run on, unknown ones: all the keys JSON.parse reads.
+    const doc = '{"name":1,"n\\u0061me":2,"nam":3,"names":4,"endOffset":5,"endOffsets":6,"chunkType":7,"x":8,"":9}';
+    assert.deepEqual(parseTocJson(Buffer.from(doc)), JSON.parse(doc));
+    assert.deepEqual(Object.keys(parseTocJson(Buffer.from(doc)) as object), Object.keys(JSON.parse(doc) as object));
+    // Streamed in pieces cut anywhere, even inside a key or a number.
+    for (let cut = 1; cut < doc.length; cut++) {
+      const got: unknown[] = [];
+      const stream = new TocJsonStream((e) => got.push(e));
+      const whole = Buffer.from(`{"entries":[${doc},${doc}]}`);
+      stream.push(whole.subarray(0, cut));
+      stream.push(whole.subarray(cut));
+      stream.end();
+      assert.deepEqual(got, [JSON.parse(doc), JSON.parse(doc)], `cut at ${cut}`);
+    }
+  });
+
   it('refuses what is not JSON', function () {
     assert.throws(() => parseTocJson(Buffer.from('{"name":"\\u00"}')), SyntaxError);
     assert.throws(() => parseTocJson(Buffer.from([0x7b, 0xff, 0x7d])), SyntaxError);

@@ -14,8 +14,9 @@ export type Whiteout = { kind: 'whiteout'; path: string } | { kind: 'opaque'; di
 
 /** Is this (normalised) path a whiteout marker, and what does it hide? `null` for ordinary entries. */
 export function whiteoutOf(path: string): Whiteout | null {
+  // Asked of every entry: the name is cut out only when it is a whiteout's.
+  if (!path.startsWith(WHITEOUT_PREFIX, path.lastIndexOf('/') + 1)) return null;
   const name = baseName(path);
-  if (!name.startsWith(WHITEOUT_PREFIX)) return null;
   const dir = parentOf(path);
   if (name === OPAQUE_MARKER) return { kind: 'opaque', dir };
   const hidden = name.slice(WHITEOUT_PREFIX.length);

@@ -19,7 +19,7 @@
  */
 import { whiteoutOf } from './layers.ts';
 import { bstr, showPath } from '../../layer/entry.ts';
-import { comparePaths, isAtOrBelow } from '../../layer/paths.ts';
+import { comparePaths, isAtOrBelow, isBelow } from '../../layer/paths.ts';
 import type { Counter, EntryType, TreeEntry } from './types.ts';
 
 /** Top-level names tiu itself uses inside a snapshot while it writes one. */
@@ -80,7 +80,7 @@ export function reservedRoot(path: string, type: EntryType | 'whiteout', r: Rese
   }
   if (type !== 'dir') {
     // A symlink, file or whiteout where the host needs a directory holding a reserved path.
-    for (const d of r.paths) if (d.startsWith(path + '/')) return type === 'whiteout' ? null : path;
+    for (const d of r.paths) if (isBelow(d, path)) return type === 'whiteout' ? null : path;
   }
   return null;
 }

@@ -123,8 +123,16 @@ export class TocFiles {
     const r = b.used++;
     b.modes[r] = f.mode;
     const { sec, nsec } = mtimeParts(f.mtimeNs);
-    b.numbers.set([f.size, f.offset, f.endOffset, sec], r * F64);
-    b.ids.set([Math.min(f.uid, WIDE), Math.min(f.gid, WIDE), nsec], r * U32);
+    // Element by element: an array literal per row was garbage for every file of the TOC.
+    const n = r * F64;
+    b.numbers[n] = f.size;
+    b.numbers[n + 1] = f.offset;
+    b.numbers[n + 2] = f.endOffset;
+    b.numbers[n + 3] = sec;
+    const u = r * U32;
+    b.ids[u] = Math.min(f.uid, WIDE);
+    b.ids[u + 1] = Math.min(f.gid, WIDE);
+    b.ids[u + 2] = nsec;
     if (f.uid >= WIDE) (b.wideIds ??= new Map()).set(r * U32, f.uid);
     if (f.gid >= WIDE) (b.wideIds ??= new Map()).set(r * U32 + 1, f.gid);
     b.digests.write(f.digest.slice('sha256:'.length), r * DIGEST_BYTES, DIGEST_BYTES, 'hex');

@@ -109,7 +109,7 @@ export class LayerEntries {
       xattrs[k] = Buffer.from(v, 'base64');
     }
     // Names from image data: refused while the TOC is read, before anything is written (XATTR_INVALID).
-    checkXattrs(bbuf(path), xattrs);
+    if (xattrs !== NO_XATTRS) checkXattrs(bbuf(path), xattrs);
     const meta = {
       path,
       type,
