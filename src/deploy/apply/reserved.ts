@@ -62,8 +62,12 @@ export function normalizeMountPoint(p: string): string | null {
   return parts.join('/');
 }
 
-function isWorkingName(top: string): boolean {
-  return (WORKING_NAMES as readonly string[]).includes(top) || WORKING_PREFIXES.some((p) => top.startsWith(p));
+/** `path` is or lies below one of tiu's working names at the top (no string made: asked of every entry). */
+function underWorkingName(path: string): boolean {
+  for (const n of WORKING_NAMES) if (isAtOrBelow(path, n)) return true;
+  // The prefixes hold no `/`: the top component starts with one exactly when the path does.
+  for (const p of WORKING_PREFIXES) if (path.startsWith(p)) return true;
+  return false;
 }
 
 /**
@@ -72,9 +76,10 @@ function isWorkingName(top: string): boolean {
  */
 export function reservedRoot(path: string, type: EntryType | 'whiteout', r: Reserved): string | null {
   if (path === '') return null;
-  const slash = path.indexOf('/');
-  const top = slash < 0 ? path : path.slice(0, slash);
-  if (isWorkingName(top)) return top;
+  if (underWorkingName(path)) {
+    const slash = path.indexOf('/');
+    return slash < 0 ? path : path.slice(0, slash);
+  }
   for (const d of r.paths) {
     if (isAtOrBelow(path, d)) return d;
   }
