@@ -3,11 +3,11 @@
  * V8 times its full collections by how much the heap and the ArrayBuffers outside it grew since
  * the last one, so whether a phase's garbage is gone before the next phase's allocations pile on
  * top is otherwise a matter of luck: the same update peaked at ~92 or ~110-125 MiB from run to
- * run. Two callers: an update before its writing (delta/index.ts `applyTransfer`), and a build
- * once its content is written, before the large TOCs' level-19 tables (bundle/build.ts): there a
- * last-resort collection, because only that hands V8's freed heap pages back to the system (a
- * regular one keeps them pooled: larger bench tree, RSS 109 -> 106 MiB regular, 109 -> 85
- * last-resort).
+ * run. Two callers, both last-resort collections, because only that hands V8's freed heap pages
+ * back to the system (a regular one keeps them pooled): an update before its writing
+ * (delta/index.ts `applyTransfer`), and a build once its content is written, before the large
+ * TOCs' level-19 tables (bundle/build.ts; larger bench tree, RSS 109 -> 106 MiB regular, 109 ->
+ * 85 last-resort).
  *
  * bin/tiu passes `--expose-gc` to the commands that collect, so that V8's flags, which key
  * Node's compile cache, are the same all through a run. Where tiu runs without it (as a library,

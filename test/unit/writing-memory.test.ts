@@ -219,11 +219,20 @@ describe('writing stage memory (issue 19)', function () {
     } as unknown as DeltaTransfer;
     const saved = join(dir, 'new-index.json');
     let report;
+    // What V8's gc() receives: one last-resort collection before the writing, which hands the
+    // freed heap pages back (a regular one keeps them pooled beside the writing's first allocations).
+    const gcCalls: unknown[] = [];
+    const savedGc = globalThis.gc;
+    globalThis.gc = ((options?: unknown) => void gcCalls.push({ options, writing })) as NodeJS.GCFunction;
     try {
       ({ report } = await applyTransfer(t, root, store, { preserve: [], indexFile, saveIndexTo: saved }));
     } finally {
       globalThis.BigInt64Array = Real;
+      globalThis.gc = savedGc;
     }
+    assert.deepEqual(gcCalls, [
+      { options: { type: 'major', execution: 'sync', flavor: 'last-resort' }, writing: false },
+    ]);
     assert.ok(writing, 'the executor fetched from the store');
     assert.equal(made, 0, `${made} bytes of index keys made while writing`);
     assert.equal(report.written.count, 1);

@@ -532,8 +532,11 @@ export async function applyTransfer(
   // download only plan, and carry none of it.
   const { executePlan } = await import('../apply/execute.ts');
   // The plans' garbage (the new snapshot's scan, the layers' tree map, the planner's lists) goes
-  // now, not at a full collection V8 may time after the writing's peak (util/collect.ts).
-  collectNow();
+  // now, not at a full collection V8 may time after the writing's peak (util/collect.ts). A
+  // last-resort one, which also hands the freed heap pages back: after a regular one the
+  // writing's first ~150 ms still raised the peak (a first install of the larger bench tree,
+  // VmHWM set there at 100.1-106.1 MiB in 4 runs; with this one 96.6-99.6, set later).
+  collectNow('last-resort');
   const report = {
     ...(await executePlan(root, plan, provider, {
       allowCopyFallback: opts.allowCopyFallback ?? false,
