@@ -295,7 +295,7 @@ export async function buildBundle(
     // Once every layer's content is written, the heap pages freed since the tree was held go
     // back to the system before the large TOCs' level-19 tables are made (util/collect.ts): V8
     // keeps them pooled, resident, until a last-resort collection (larger bench tree: ~24 MiB).
-    const allWritten = Promise.allSettled(contents).then(() => collectNow('last-resort'));
+    const allWritten = Promise.allSettled(contents).then(() => collectNow());
     const settled = await Promise.allSettled(
       order.map(async (i, k) => {
         results[i] = await (await contents[k]!).finish(allWritten);

@@ -3,7 +3,7 @@
  * V8 times its full collections by how much the heap and the ArrayBuffers outside it grew since
  * the last one, so whether a phase's garbage is gone before the next phase's allocations pile on
  * top is otherwise a matter of luck: the same update peaked at ~92 or ~110-125 MiB from run to
- * run. Two callers, both last-resort collections, because only that hands V8's freed heap pages
+ * run. Two callers; the collection is a last-resort one, because only that hands V8's freed heap pages
  * back to the system (a regular one keeps them pooled): an update before its writing
  * (delta/index.ts `applyTransfer`), and a build once its content is written, before the large
  * TOCs' level-19 tables (bundle/build.ts; larger bench tree, RSS 109 -> 106 MiB regular, 109 ->
@@ -28,9 +28,10 @@ function exposedGc(): NodeJS.GCFunction {
   return lateGc;
 }
 
-/** Collect all garbage now: a full, compacting collection (~10-100 ms on an update's heap). */
-export function collectNow(flavor: 'regular' | 'last-resort' = 'regular'): void {
-  exposedGc()(
-    flavor === 'last-resort' ? { type: 'major', execution: 'sync', flavor } : { type: 'major', execution: 'sync' },
-  );
+/**
+ * Collect all garbage now: a full, compacting, last-resort collection, which also hands the
+ * freed heap pages back (~10-100 ms on an update's heap).
+ */
+export function collectNow(): void {
+  exposedGc()({ type: 'major', execution: 'sync', flavor: 'last-resort' });
 }

@@ -536,7 +536,7 @@ export async function applyTransfer(
   // last-resort one, which also hands the freed heap pages back: after a regular one the
   // writing's first ~150 ms still raised the peak (a first install of the larger bench tree,
   // VmHWM set there at 100.1-106.1 MiB in 4 runs; with this one 96.6-99.6, set later).
-  collectNow('last-resort');
+  collectNow();
   const report = {
     ...(await executePlan(root, plan, provider, {
       allowCopyFallback: opts.allowCopyFallback ?? false,
