@@ -5,6 +5,7 @@
  * layer's), and tar-split lines handed on in batches; each made exactly as before.
  */
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -143,6 +144,56 @@ describe('layer writer: what it holds while it writes', function () {
     // `unfinished` is still referenced here, as build.ts references it until the build ends.
     assert.ok(unfinished);
     assert.ok(held < tocBytes / 2, `${held} bytes of ArrayBuffers still held after finish(), TOC ${tocBytes}`);
+  });
+
+  it("frees zlib's full output buffers as it copies them out, not at a later collection, and the bytes stay", async function () {
+    // Random bytes do not compress: 2 MiB of input is ~16 of zlib's 128 KiB output buffers.
+    const data = randomBytes(2 * 1024 * 1024);
+    const entry = (path: string): TreeEntry => ({
+      path,
+      type: 'reg',
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtimeNs: 1_700_000_000_000_000_000n,
+      size: data.length,
+      xattrs: {},
+      content: { data },
+    });
+    // Every ArrayBuffer freed on purpose goes through transfer(0) (util/buffer-pool.ts detach).
+    const detached: number[] = [];
+    const transfer = Object.getOwnPropertyDescriptor(ArrayBuffer.prototype, 'transfer')!;
+    Object.defineProperty(ArrayBuffer.prototype, 'transfer', {
+      ...transfer,
+      value: function (this: ArrayBuffer, length?: number) {
+        if (length === 0) detached.push(this.byteLength);
+        return (transfer.value as (n?: number) => ArrayBuffer).call(this, length);
+      },
+    });
+    let result;
+    try {
+      result = await writeLayerContent([entry('usr/lib/big')], join(dir, 'layer'), { compression: 'zstd' }).then((u) =>
+        u.finish(),
+      );
+    } finally {
+      Object.defineProperty(ArrayBuffer.prototype, 'transfer', transfer);
+    }
+    // The pools' own buffers are powers of two of 64 KiB and more too; only zlib's are exactly 128 KiB here
+    // (the file is read whole into 2 MiB, its frame gathered into 4 MiB).
+    const zlibBuffers = detached.filter((n) => n === 128 * 1024).length;
+    assert.ok(zlibBuffers >= 14, `zlib's filled output buffers freed as they were copied: ${zlibBuffers}`);
+    const layer = await readFile(join(dir, 'layer'));
+    assert.equal(result.descriptor.digest, `sha256:${createHash('sha256').update(layer).digest('hex')}`);
+    // The file's frame, where the layer's TOC says it is.
+    const [tocOffset, tocLength] = result.descriptor
+      .annotations!['io.github.containers.zstd-chunked.manifest-position']!.split(':')
+      .map(Number);
+    const toc = JSON.parse(zstdDecompressSync(layer.subarray(tocOffset, tocOffset! + tocLength!)).toString()) as {
+      entries: TocEntry[];
+    };
+    const file = toc.entries.find((t) => t.name === 'usr/lib/big')!;
+    const frame = layer.subarray(file.offset, file.endOffset);
+    assert.ok(zstdDecompressSync(frame).equals(data), 'the frame still holds the file');
   });
 
   it('refuses to finish a TOC whose file entry never got its offsets', function () {
