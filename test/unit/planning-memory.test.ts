@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { LayerEntries, planApply, type ExistingEntry, type TreeEntry } from '../../src/deploy/apply/index.ts';
 import { NO_XATTRS } from '../../src/layer/entry.ts';
 import { ContentIndex, indexOldTree, pathsOfSize, scanTree, sharePathsWith } from '../../src/deploy/apply/scan.ts';
@@ -597,6 +598,44 @@ describe('planning memory (issue 19)', function () {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it('coalesces frames without an object per frame that outlives the young generation (joinSpans)', function () {
+    this.timeout(30_000);
+    // With the device's 1 MiB young generation (bin/tiu), what the call keeps alive while it works
+    // is promoted: the old generation's growth per item, least of three calls. Adjacent 500-byte
+    // frames over three blobs, given in reverse order: ~130 to a request.
+    const script = `import { getHeapSpaceStatistics } from 'node:v8';
+      import { joinSpans } from ${JSON.stringify(new URL('../../src/deploy/delta/ranges.ts', import.meta.url).href)};
+      const n = 200000;
+      const spans = Array.from({ length: n }, (_, i) => {
+        const start = Math.floor((n - 1 - i) / 3) * 500;
+        return { blob: i % 3, start, end: start + 500 };
+      });
+      const items = Array.from({ length: n }, (_, i) => i);
+      const old = () => getHeapSpaceStatistics()
+        .filter((s) => s.space_name === 'old_space' || s.space_name === 'large_object_space')
+        .reduce((a, s) => a + s.space_used_size, 0);
+      let perItem = Infinity, requests = 0, joined = 0;
+      for (let k = 0; k < 3; k++) {
+        gc(); gc();
+        const before = old();
+        const out = joinSpans(items, (i) => spans[i], { maxGap: 0, maxSpan: 64 * 1024 });
+        perItem = Math.min(perItem, (old() - before) / n);
+        requests = out.length;
+        joined = out.reduce((m, r) => m + r.items.length, 0);
+      }
+      console.log(JSON.stringify({ perItem, requests, joined }));`;
+    const got = JSON.parse(
+      execFileSync(process.execPath, ['--max-semi-space-size=1', '--expose-gc', '--input-type=module', '-e', script], {
+        encoding: 'utf8',
+      }),
+    ) as { perItem: number; requests: number; joined: number };
+    assert.equal(got.joined, 200_000, 'every frame in a request');
+    assert.ok(got.requests > 1000 && got.requests < 2000, `adjacent frames joined: ${got.requests} requests`);
+    // The result's items arrays take ~8 bytes an item (and their growth); an object pairing each
+    // item with its span, alive until the sort ended, took ~40 more (65 in all).
+    assert.ok(got.perItem > 0 && got.perItem < 40, `${got.perItem.toFixed(1)} bytes promoted per item`);
   });
 
   it('saves and loads the content index in the JSON it always had; anything else loads empty', async function () {

@@ -54,22 +54,41 @@ export function joinSpans<T>(
 ): { blob: number; start: number; end: number; items: T[] }[] {
   const maxGap = opts.maxGap ?? DEFAULT_MAX_GAP;
   const maxSpan = opts.maxSpan ?? DEFAULT_MAX_SPAN;
-  const sorted = items.map((t) => ({ t, s: spanOf(t) })).sort((a, b) => a.s.blob - b.s.blob || a.s.start - b.s.start);
+  // The spans in typed arrays and the order as indexes into them: an object pairing each item
+  // with its span lived until the end, one per file to fetch (a first install of the bench's
+  // larger tree, 35,700 of them: +14 MiB of heap in 25 ms, the peak of its planning).
+  const n = items.length;
+  const blobs = new Float64Array(n);
+  const starts = new Float64Array(n);
+  const ends = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const s = spanOf(items[i]!);
+    blobs[i] = s.blob;
+    starts[i] = s.start;
+    ends[i] = s.end;
+  }
+  // By blob, then start; equal spans keep the items' order (the index decides last).
+  const order = new Uint32Array(n);
+  for (let i = 0; i < n; i++) order[i] = i;
+  order.sort((a, b) => blobs[a]! - blobs[b]! || starts[a]! - starts[b]! || a - b);
   const out: { blob: number; start: number; end: number; items: T[] }[] = [];
   let cur: (typeof out)[number] | undefined;
-  for (const { t, s } of sorted) {
+  for (const i of order) {
+    const blob = blobs[i]!;
+    const start = starts[i]!;
+    const end = ends[i]!;
     if (
       cur &&
-      cur.blob === s.blob &&
-      s.start >= cur.start &&
-      s.start - cur.end <= maxGap &&
-      Math.max(cur.end, s.end) - cur.start <= maxSpan
+      cur.blob === blob &&
+      start >= cur.start &&
+      start - cur.end <= maxGap &&
+      Math.max(cur.end, end) - cur.start <= maxSpan
     ) {
-      cur.end = Math.max(cur.end, s.end);
-      cur.items.push(t);
+      cur.end = Math.max(cur.end, end);
+      cur.items.push(items[i]!);
       continue;
     }
-    cur = { blob: s.blob, start: s.start, end: s.end, items: [t] };
+    cur = { blob, start, end, items: [items[i]!] };
     out.push(cur);
   }
   return out;
@@ -83,7 +102,11 @@ export function joinSpans<T>(
 export function coalesce(entries: readonly TreeEntry[], opts: CoalesceOptions = {}): FetchRange[] {
   return joinSpans(
     entries.filter(hasFrame),
-    (e) => ({ blob: e.source!.layer, start: e.source!.offset!, end: e.source!.endOffset! }),
+    (e) => {
+      // A TocFile makes a new source object each time it is asked (apply/toc-files.ts).
+      const s = e.source!;
+      return { blob: s.layer, start: s.offset!, end: s.endOffset! };
+    },
     opts,
   ).map((r) => ({ layer: r.blob, start: r.start, end: r.end, entries: r.items }));
 }
