@@ -130,6 +130,8 @@ export async function planApply(
   const firstWriteOf: string[] = [];
   const fetch: TreeEntry[] = [];
 
+  const sources = opts.sources ?? [];
+
   const keepsInode = (x: ExistingEntry, p: string): boolean => {
     const want = groups.get(p) ?? [p];
     if (x.nlink === 1) return want.length === 1;
@@ -202,7 +204,8 @@ export async function planApply(
             a = { kind: 'reflink', entry: e, from: dup, fromNew: true, replace };
             break;
           }
-          const other = await findInSources(opts.sources ?? [], e.size, digest);
+          // An async call per new file, even with no source to ask, was ~10 MiB of promises a first install.
+          const other = sources.length ? await findInSources(sources, e.size, digest) : undefined;
           if (other) {
             a = { kind: 'reflink', entry: e, from: other.seen.path, fromSnapshot: other, replace };
             break;
