@@ -303,10 +303,10 @@ export class ContentIndex implements ContentHasher {
    * then compacting it left several copies of its arrays (~8 MiB of ArrayBuffers at the end of
    * the bench's larger first install, the peak of the apply).
    */
-  async replaceRows(rows: number, files: AsyncIterable<readonly [IndexKeyParts, string]>): Promise<void> {
+  replaceRows(rows: number, files: Iterable<readonly [IndexKeyParts, string]>): void {
     // An index without rows (forgetRows) has nothing to consult: its arrays take the rows when they have room.
     const next = this.#known.size === 0 && this.#known.room >= rows ? this.#known : new IndexTable(rows);
-    for await (const [key, digest] of files) {
+    for (const [key, digest] of files) {
       const r = this.#known.find(key);
       const known = SHA256.test(digest) ? digest : r !== -1 ? this.#known.digestAt(r) : undefined;
       if (known !== undefined) next.set(key, known, r !== -1 && this.#known.hashedHereAt(r));
