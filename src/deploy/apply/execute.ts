@@ -357,9 +357,9 @@ async function executePlanInner(
 /**
  * The key and digest of every regular file of the new tree, as it is on disk now (for the content
  * index). One lstat after the other on this thread: nothing runs beside this last phase, and an
- * awaited lstat per file (its promise, the async generator's, the loop's) was most of ~3 KiB of
- * garbage a file, promoted by the hundred collections it set off (a file-level update of the
- * bench's larger tree: 45,000 files, the peak of its writing).
+ * awaited lstat per file (its promise, the async generator's, the loop's) went through the event
+ * loop each time and made most of ~3 KiB of garbage a file (a file-level update of the bench's
+ * larger tree, 45,000 files: 142 MiB allocated in this phase, sampled; its peak was here).
  */
 function* writtenFiles(sr: SafeRoot, actions: ActionList): Generator<readonly [IndexKeyParts, string]> {
   for (let i = 0; i < actions.length; i++) {
