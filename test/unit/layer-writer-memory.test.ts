@@ -20,6 +20,7 @@ import { encodeToc, type TocEntry } from '../../src/layer/toc.ts';
 import { TAR_SPLIT_BATCH, TarSplitWriter } from '../../src/layer/tar-split.ts';
 import { writeLayerContent } from '../../src/bundle/layer-writer.ts';
 import type { TreeEntry } from '../../src/layer/entry.ts';
+import { layerFile } from '../helpers/file-entry.ts';
 
 const PARAMS = { [zc.ZSTD_c_compressionLevel]: 3, [zc.ZSTD_c_checksumFlag]: 1 };
 
@@ -149,17 +150,8 @@ describe('layer writer: what it holds while it writes', function () {
   it("frees zlib's full output buffers as it copies them out, not at a later collection, and the bytes stay", async function () {
     // Random bytes do not compress: 2 MiB of input is ~16 of zlib's 128 KiB output buffers.
     const data = randomBytes(2 * 1024 * 1024);
-    const entry = (path: string): TreeEntry => ({
-      path,
-      type: 'reg',
-      mode: 0o644,
-      uid: 0,
-      gid: 0,
-      mtimeNs: 1_700_000_000_000_000_000n,
-      size: data.length,
-      xattrs: {},
-      content: { data },
-    });
+    // Its content in memory; the digest and frame given are not read (the writer makes them).
+    const file: TreeEntry = { ...layerFile('usr/lib/big', data.length, '', 0, 0), content: { data } };
     // Every ArrayBuffer freed on purpose goes through transfer(0) (util/buffer-pool.ts detach).
     const detached: number[] = [];
     const transfer = Object.getOwnPropertyDescriptor(ArrayBuffer.prototype, 'transfer')!;
@@ -172,9 +164,7 @@ describe('layer writer: what it holds while it writes', function () {
     });
     let result;
     try {
-      result = await writeLayerContent([entry('usr/lib/big')], join(dir, 'layer'), { compression: 'zstd' }).then((u) =>
-        u.finish(),
-      );
+      result = await writeLayerContent([file], join(dir, 'layer'), { compression: 'zstd' }).then((u) => u.finish());
     } finally {
       Object.defineProperty(ArrayBuffer.prototype, 'transfer', transfer);
     }
@@ -191,8 +181,8 @@ describe('layer writer: what it holds while it writes', function () {
     const toc = JSON.parse(zstdDecompressSync(layer.subarray(tocOffset, tocOffset! + tocLength!)).toString()) as {
       entries: TocEntry[];
     };
-    const file = toc.entries.find((t) => t.name === 'usr/lib/big')!;
-    const frame = layer.subarray(file.offset, file.endOffset);
+    const written = toc.entries.find((t) => t.name === 'usr/lib/big')!;
+    const frame = layer.subarray(written.offset, written.endOffset);
     assert.ok(zstdDecompressSync(frame).equals(data), 'the frame still holds the file');
   });
 
