@@ -178,171 +178,19 @@ async function executePlanInner(
   const stagingRel = `.tiu-staging-${randomBytes(6).toString('hex')}`;
   await mkdir(sr.path(stagingRel), 0o700);
   sr.markDir(stagingRel);
-  const staged = new StagedContent(stagingRel, plan.actions.length);
+  const run: Run = { sr, plan, staged: new StagedContent(stagingRel, plan.actions.length), report, opts };
 
   try {
-    // (1) content into staging: first from other snapshots, then what is still missing from the provider
-    opts.onPhase?.('fetch');
-    /** Files to fetch: path -> action index (the provider names an entry by its path). */
-    const writes = new Map<string, number>();
-    for (const [i, a] of plan.actions.entries()) if (a.kind === 'write') writes.set(a.entry.path, i);
-    const sources = new Map<string, SafeRoot | null>();
-    for (const [i, a] of plan.actions.entries()) {
-      const f = a.fromSnapshot;
-      if (a.kind !== 'reflink' || !f) continue;
-      let src = sources.get(f.root);
-      if (src === undefined) sources.set(f.root, (src = await SafeRoot.open(f.root, 'binary').catch(() => null)));
-      const got = src
-        ? await takeFromSnapshot(src, f, a.entry, sr.path(staged.nameOf(i)), opts.allowCopyFallback ?? false)
-        : { ok: false as const, why: 'the snapshot is gone' };
-      if (got.ok) {
-        if (!got.reflinked) add(report.copiedInsteadOfReflink, a.entry.size);
-        staged.set(i, CLONED);
-        continue;
-      }
-      report.warnings.push(
-        `/${showPath(a.entry.path)}: not taken from snapshot ${f.snapshot} (/${showPath(f.seen.path)}): ${got.why}; fetched instead`,
-      );
-      add(report.snapshotFallbacks, a.entry.size);
-      writes.set(a.entry.path, i);
-    }
-    if (writes.size) {
-      const wanted = Array.from(writes.values(), (i) => plan.actions.at(i)!.entry);
-      await provider.deliver(wanted, async (entry, content) => {
-        const i = writes.get(entry.path);
-        if (i === undefined || staged.state(i) !== NOT_STAGED)
-          throw new ContentUnavailableError(
-            entry.path,
-            'the provider delivered an entry that was not asked for, or twice',
-          );
-        staged.set(i, FETCHING); // before any await: a provider may deliver several at once
-        const want = plan.actions.at(i)!.entry;
-        const to = sr.path(staged.nameOf(i));
-        if (isVerifiedFile(content)) {
-          // Already verified by this process (the delta store, same filesystem): share its extents.
-          if (await cloneVerified(content.verifiedFile, to, want.size, want.path)) {
-            add(report.clonedFromStore, want.size);
-            staged.set(i, FETCHED);
-            return;
-          }
-          content = createReadStream(content.verifiedFile);
-        }
-        await writeNewFile(to, content, { digest: want.digest!, size: want.size }, want.path, opts.space);
-        staged.set(i, FETCHED);
-      });
-      for (const [p, i] of writes)
-        if (staged.state(i) !== FETCHED)
-          throw new ContentUnavailableError(p, 'the content provider did not deliver it');
-      writes.clear();
-    }
-    opts.onPhase?.('reflink');
-    for (const [i, a] of plan.actions.entries()) {
-      if (!((a.kind === 'reflink' && !a.fromNew && !a.fromSnapshot) || a.kind === 'clone')) continue;
-      const from = a.from!;
-      const st = await lstat(sr.path(from)).catch(() => null);
-      if (!st?.isFile()) throw new UnsafePathError(from, 'reflink source is no longer a regular file');
-      const real = await reflinkFile(sr.path(from), sr.path(staged.nameOf(i)), opts.allowCopyFallback ?? false);
-      if (!real) add(report.copiedInsteadOfReflink, a.entry.size);
-      staged.set(i, CLONED);
-    }
-
-    // (2) deletions
-    opts.onPhase?.('delete');
-    for (const d of plan.deletes) {
-      const r = await removeTree(sr, d, report.warnings);
-      report.deleted.count += r.count;
-      report.deleted.bytes += r.bytes;
-    }
-
-    // (3) the tree, parents first
-    opts.onPhase?.('tree');
-    const links: Action[] = [];
-    for (const [i, a] of plan.actions.entries()) {
-      const e = a.entry;
-      const rel = e.path;
-      const bytes = e.type === 'reg' ? e.size : 0;
-      if (a.kind === 'keep') {
-        add(report.kept, bytes);
-        continue;
-      }
-      if (a.kind === 'link') {
-        links.push(a);
-        continue;
-      }
-      if (rel !== '') await sr.verifyDir(parentOf(rel), rel);
-      if (a.replace) await clearFor(sr, rel, e, report.warnings);
-      if (a.kind === 'meta') {
-        await setMetaAt(sr, rel, e, a.fix ?? {});
-        if (e.type === 'dir') sr.markDir(rel);
-        add(report.metadataFixed, bytes);
-        continue;
-      }
-      switch (e.type) {
-        case 'dir':
-          await ensureDir(sr, rel, e);
-          add(report.created, 0);
-          break;
-        case 'reg': {
-          const state = staged.state(i);
-          let src = state === FETCHED || state === CLONED ? staged.nameOf(i) : undefined;
-          if (a.kind === 'reflink' && a.fromNew) {
-            const tmp = await sr.tmpBeside(rel);
-            const fst = await lstat(sr.path(a.from!)).catch(() => null);
-            if (!fst?.isFile()) throw new UnsafePathError(a.from!, 'reflink source is not a regular file');
-            const real = await reflinkFile(sr.path(a.from!), sr.path(tmp), opts.allowCopyFallback ?? false);
-            if (!real) add(report.copiedInsteadOfReflink, e.size);
-            src = tmp;
-          }
-          if (!src) throw new ContentUnavailableError(rel, 'no staged content');
-          await setMetaAt(sr, src, e);
-          await moveIntoPlace(sr, src, rel, e, opts.allowCopyFallback ?? false);
-          if (a.kind === 'write' || state === FETCHED) add(report.written, bytes);
-          else {
-            add(report.reflinked, bytes);
-            if (a.fromSnapshot) add(report.reflinkedFromSnapshots, bytes);
-          }
-          break;
-        }
-        case 'symlink':
-        case 'char':
-        case 'block':
-        case 'fifo':
-          await createSpecial(sr, rel, e);
-          add(report.created, 0);
-          break;
-        case 'hardlink':
-          links.push(a);
-          continue;
-      }
-    }
-
-    // (4) hardlinks
-    opts.onPhase?.('links');
-    for (const a of links) {
-      const e = a.entry;
-      if (a.replace) await clearFor(sr, e.path, e, report.warnings);
-      await makeLink(sr, e.path, e.linkname!);
-      add(report.linked, 0);
-    }
-
-    // (5) xattrs, after every chown
-    opts.onPhase?.('xattrs');
-    await setXattrs(xattrsToSet(sr, plan.actions));
-    for (const a of plan.actions)
-      if (a.kind === 'meta') for (const k of a.fix?.xattrRemove ?? []) await removeXattr(sr.path(a.entry.path), k);
+    await stageContent(run, provider);
+    await deleteOld(run);
+    const links = await writeTree(run);
+    await makeLinks(run, links);
+    await setAllXattrs(run);
   } finally {
     await removeTree(sr, stagingRel, report.warnings).catch(() => undefined);
     await rmdir(sr.path(stagingRel)).catch(() => undefined);
   }
-
-  // (6) directory mtimes, now that nothing changes inside them any more
-  opts.onPhase?.('mtimes');
-  for (const a of plan.actions) {
-    const e = a.entry;
-    if (e.type !== 'dir' || e.implicit) continue;
-    const st = await lstat(sr.path(e.path), { bigint: true });
-    if (!sameTime(st.mtimeNs, e.mtimeNs)) await setMetaAt(sr, e.path, e, { mtime: true });
-  }
+  await fixDirMtimes(run);
 
   if (opts.index) {
     opts.onPhase?.('index');
@@ -352,6 +200,198 @@ async function executePlanInner(
     opts.index.replaceRows(files, writtenFiles(sr, plan.actions));
   }
   return report;
+}
+
+/**
+ * What each phase of one plan's execution works on. The phases are functions of their own, not
+ * one: V8 compiles a hot loop's function whole (on-stack replacement), and a compile of the
+ * single function every phase was in took up to 11 MiB of the optimizing compiler's memory
+ * (`--turbo-stats`, its largest compile in a first install of the bench's larger tree), on top of
+ * the plan while it runs.
+ */
+interface Run {
+  readonly sr: SafeRoot;
+  readonly plan: Plan;
+  readonly staged: StagedContent;
+  readonly report: ApplyReport;
+  readonly opts: ExecuteOptions;
+}
+
+/** (1) Content into staging: from other snapshots first, then what is still missing from the provider. */
+async function stageContent(run: Run, provider: ContentProvider): Promise<void> {
+  const { sr, plan, staged, report, opts } = run;
+  opts.onPhase?.('fetch');
+  /** Files to fetch: path -> action index (the provider names an entry by its path). */
+  const writes = new Map<string, number>();
+  for (const [i, a] of plan.actions.entries()) if (a.kind === 'write') writes.set(a.entry.path, i);
+  const sources = new Map<string, SafeRoot | null>();
+  for (const [i, a] of plan.actions.entries()) {
+    const f = a.fromSnapshot;
+    if (a.kind !== 'reflink' || !f) continue;
+    let src = sources.get(f.root);
+    if (src === undefined) sources.set(f.root, (src = await SafeRoot.open(f.root, 'binary').catch(() => null)));
+    const got = src
+      ? await takeFromSnapshot(src, f, a.entry, sr.path(staged.nameOf(i)), opts.allowCopyFallback ?? false)
+      : { ok: false as const, why: 'the snapshot is gone' };
+    if (got.ok) {
+      if (!got.reflinked) add(report.copiedInsteadOfReflink, a.entry.size);
+      staged.set(i, CLONED);
+      continue;
+    }
+    report.warnings.push(
+      `/${showPath(a.entry.path)}: not taken from snapshot ${f.snapshot} (/${showPath(f.seen.path)}): ${got.why}; fetched instead`,
+    );
+    add(report.snapshotFallbacks, a.entry.size);
+    writes.set(a.entry.path, i);
+  }
+  if (writes.size) {
+    const wanted = Array.from(writes.values(), (i) => plan.actions.at(i)!.entry);
+    await provider.deliver(wanted, async (entry, content) => {
+      const i = writes.get(entry.path);
+      if (i === undefined || staged.state(i) !== NOT_STAGED)
+        throw new ContentUnavailableError(
+          entry.path,
+          'the provider delivered an entry that was not asked for, or twice',
+        );
+      staged.set(i, FETCHING); // before any await: a provider may deliver several at once
+      const want = plan.actions.at(i)!.entry;
+      const to = sr.path(staged.nameOf(i));
+      if (isVerifiedFile(content)) {
+        // Already verified by this process (the delta store, same filesystem): share its extents.
+        if (await cloneVerified(content.verifiedFile, to, want.size, want.path)) {
+          add(report.clonedFromStore, want.size);
+          staged.set(i, FETCHED);
+          return;
+        }
+        content = createReadStream(content.verifiedFile);
+      }
+      await writeNewFile(to, content, { digest: want.digest!, size: want.size }, want.path, opts.space);
+      staged.set(i, FETCHED);
+    });
+    for (const [p, i] of writes)
+      if (staged.state(i) !== FETCHED) throw new ContentUnavailableError(p, 'the content provider did not deliver it');
+    writes.clear();
+  }
+  opts.onPhase?.('reflink');
+  for (const [i, a] of plan.actions.entries()) {
+    if (!((a.kind === 'reflink' && !a.fromNew && !a.fromSnapshot) || a.kind === 'clone')) continue;
+    const from = a.from!;
+    const st = await lstat(sr.path(from)).catch(() => null);
+    if (!st?.isFile()) throw new UnsafePathError(from, 'reflink source is no longer a regular file');
+    const real = await reflinkFile(sr.path(from), sr.path(staged.nameOf(i)), opts.allowCopyFallback ?? false);
+    if (!real) add(report.copiedInsteadOfReflink, a.entry.size);
+    staged.set(i, CLONED);
+  }
+}
+
+/** (2) The old paths the new tree does not have. */
+async function deleteOld(run: Run): Promise<void> {
+  const { sr, plan, report, opts } = run;
+  opts.onPhase?.('delete');
+  for (const d of plan.deletes) {
+    const r = await removeTree(sr, d, report.warnings);
+    report.deleted.count += r.count;
+    report.deleted.bytes += r.bytes;
+  }
+}
+
+/** (3) The tree, parents first; returns the hardlinks, made once their targets are there. */
+async function writeTree(run: Run): Promise<Action[]> {
+  const { sr, plan, staged, report, opts } = run;
+  opts.onPhase?.('tree');
+  const links: Action[] = [];
+  for (const [i, a] of plan.actions.entries()) {
+    const e = a.entry;
+    const rel = e.path;
+    const bytes = e.type === 'reg' ? e.size : 0;
+    if (a.kind === 'keep') {
+      add(report.kept, bytes);
+      continue;
+    }
+    if (a.kind === 'link') {
+      links.push(a);
+      continue;
+    }
+    if (rel !== '') await sr.verifyDir(parentOf(rel), rel);
+    if (a.replace) await clearFor(sr, rel, e, report.warnings);
+    if (a.kind === 'meta') {
+      await setMetaAt(sr, rel, e, a.fix ?? {});
+      if (e.type === 'dir') sr.markDir(rel);
+      add(report.metadataFixed, bytes);
+      continue;
+    }
+    switch (e.type) {
+      case 'dir':
+        await ensureDir(sr, rel, e);
+        add(report.created, 0);
+        break;
+      case 'reg': {
+        const state = staged.state(i);
+        let src = state === FETCHED || state === CLONED ? staged.nameOf(i) : undefined;
+        if (a.kind === 'reflink' && a.fromNew) {
+          const tmp = await sr.tmpBeside(rel);
+          const fst = await lstat(sr.path(a.from!)).catch(() => null);
+          if (!fst?.isFile()) throw new UnsafePathError(a.from!, 'reflink source is not a regular file');
+          const real = await reflinkFile(sr.path(a.from!), sr.path(tmp), opts.allowCopyFallback ?? false);
+          if (!real) add(report.copiedInsteadOfReflink, e.size);
+          src = tmp;
+        }
+        if (!src) throw new ContentUnavailableError(rel, 'no staged content');
+        await setMetaAt(sr, src, e);
+        await moveIntoPlace(sr, src, rel, e, opts.allowCopyFallback ?? false);
+        if (a.kind === 'write' || state === FETCHED) add(report.written, bytes);
+        else {
+          add(report.reflinked, bytes);
+          if (a.fromSnapshot) add(report.reflinkedFromSnapshots, bytes);
+        }
+        break;
+      }
+      case 'symlink':
+      case 'char':
+      case 'block':
+      case 'fifo':
+        await createSpecial(sr, rel, e);
+        add(report.created, 0);
+        break;
+      case 'hardlink':
+        links.push(a);
+        continue;
+    }
+  }
+  return links;
+}
+
+/** (4) Hardlinks. */
+async function makeLinks(run: Run, links: readonly Action[]): Promise<void> {
+  const { sr, report, opts } = run;
+  opts.onPhase?.('links');
+  for (const a of links) {
+    const e = a.entry;
+    if (a.replace) await clearFor(sr, e.path, e, report.warnings);
+    await makeLink(sr, e.path, e.linkname!);
+    add(report.linked, 0);
+  }
+}
+
+/** (5) Xattrs, after every chown. */
+async function setAllXattrs(run: Run): Promise<void> {
+  const { sr, plan, opts } = run;
+  opts.onPhase?.('xattrs');
+  await setXattrs(xattrsToSet(sr, plan.actions));
+  for (const a of plan.actions)
+    if (a.kind === 'meta') for (const k of a.fix?.xattrRemove ?? []) await removeXattr(sr.path(a.entry.path), k);
+}
+
+/** (6) Directory mtimes, now that nothing changes inside them any more. */
+async function fixDirMtimes(run: Run): Promise<void> {
+  const { sr, plan, opts } = run;
+  opts.onPhase?.('mtimes');
+  for (const a of plan.actions) {
+    const e = a.entry;
+    if (e.type !== 'dir' || e.implicit) continue;
+    const st = await lstat(sr.path(e.path), { bigint: true });
+    if (!sameTime(st.mtimeNs, e.mtimeNs)) await setMetaAt(sr, e.path, e, { mtime: true });
+  }
 }
 
 /**
