@@ -223,9 +223,13 @@ async function stageContent(run: Run, provider: ContentProvider): Promise<void> 
   opts.onPhase?.('fetch');
   /** Files to fetch: path -> action index (the provider names an entry by its path). */
   const writes = new Map<string, number>();
-  for (const [i, a] of plan.actions.entries()) if (a.kind === 'write') writes.set(a.entry.path, i);
+  for (let i = 0; i < plan.actions.length; i++) {
+    const a = plan.actions.at(i)!;
+    if (a.kind === 'write') writes.set(a.entry.path, i);
+  }
   const sources = new Map<string, SafeRoot | null>();
-  for (const [i, a] of plan.actions.entries()) {
+  for (let i = 0; i < plan.actions.length; i++) {
+    const a = plan.actions.at(i)!;
     const f = a.fromSnapshot;
     if (a.kind !== 'reflink' || !f) continue;
     let src = sources.get(f.root);
@@ -273,7 +277,8 @@ async function stageContent(run: Run, provider: ContentProvider): Promise<void> 
     writes.clear();
   }
   opts.onPhase?.('reflink');
-  for (const [i, a] of plan.actions.entries()) {
+  for (let i = 0; i < plan.actions.length; i++) {
+    const a = plan.actions.at(i)!;
     if (!((a.kind === 'reflink' && !a.fromNew && !a.fromSnapshot) || a.kind === 'clone')) continue;
     const from = a.from!;
     const st = await lstat(sr.path(from)).catch(() => null);
@@ -300,7 +305,9 @@ async function writeTree(run: Run): Promise<Action[]> {
   const { sr, plan, staged, report, opts } = run;
   opts.onPhase?.('tree');
   const links: Action[] = [];
-  for (const [i, a] of plan.actions.entries()) {
+  // Indexed, as planApply's loops: `entries()` made a pair per action.
+  for (let i = 0; i < plan.actions.length; i++) {
+    const a = plan.actions.at(i)!;
     const e = a.entry;
     const rel = e.path;
     const bytes = e.type === 'reg' ? e.size : 0;
@@ -386,8 +393,8 @@ async function setAllXattrs(run: Run): Promise<void> {
 async function fixDirMtimes(run: Run): Promise<void> {
   const { sr, plan, opts } = run;
   opts.onPhase?.('mtimes');
-  for (const a of plan.actions) {
-    const e = a.entry;
+  for (let i = 0; i < plan.actions.length; i++) {
+    const e = plan.actions.at(i)!.entry;
     if (e.type !== 'dir' || e.implicit) continue;
     const st = await lstat(sr.path(e.path), { bigint: true });
     if (!sameTime(st.mtimeNs, e.mtimeNs)) await setMetaAt(sr, e.path, e, { mtime: true });
