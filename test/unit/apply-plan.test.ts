@@ -334,6 +334,46 @@ describe('deploy/apply planner', () => {
     assert.deepEqual([...plan.actions].find((a) => a.entry.path === 'etc/chmod')!.fix, { mode: true });
   });
 
+  it('decides from the digests a hasher knows without reading, and hashes only the files it does not know', async () => {
+    const files = {
+      etc: {},
+      'etc/same': { content: 'same' },
+      'etc/changed': { content: 'v1' },
+      'usr/old-place': { content: 'moved content' },
+      'usr/other': { content: 'other content' },
+    };
+    const newTree = () =>
+      flattenLayers([
+        [
+          reg('etc/same', 'same'),
+          reg('etc/changed', 'v2'),
+          reg('usr/new-place', 'moved content'),
+          reg('usr/twice-a', 'dup content'),
+          reg('usr/twice-b', 'dup content'),
+        ],
+      ]);
+    const plain = oldTree(files);
+    const expected = kinds(await planApply(newTree(), plain.old, plain.hasher));
+    assert.equal(expected['usr/new-place'], 'reflink<usr/old-place');
+    assert.equal(expected['usr/twice-b'], 'reflink<usr/twice-a');
+    // A hasher that knows every digest is never asked to read one.
+    const all = oldTree(files);
+    const knowing: ContentHasher = {
+      digestOf: (e) => Promise.reject(new Error(`read ${e.path}`)),
+      knownMatch: (e, digest) => sha256(all.contents.get(e.path) ?? '') === digest,
+    };
+    assert.deepEqual(kinds(await planApply(newTree(), all.old, knowing)), expected);
+    // One it does not know is read (through digestOf), the others are not; the plan is the same.
+    const some = oldTree(files);
+    const partly: ContentHasher = {
+      digestOf: (e) => some.hasher.digestOf(e),
+      knownMatch: (e, digest) =>
+        e.path === 'usr/old-place' ? undefined : sha256(some.contents.get(e.path) ?? '') === digest,
+    };
+    assert.deepEqual(kinds(await planApply(newTree(), some.old, partly)), expected);
+    assert.deepEqual(some.hasher.hashed, ['usr/old-place']);
+  });
+
   it('an mtime within the microsecond utimes can set is kept, so a tree the executor wrote plans as unchanged', async () => {
     // utimes takes float seconds: 1795702796.850619938 s is set as ...850620031 ns.
     const set = 1_795_702_796_850_619_938n;

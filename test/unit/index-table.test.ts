@@ -29,6 +29,31 @@ describe('IndexTable (the content index as rows)', function () {
     assert.equal(t.size, n);
   });
 
+  it("tells a row's digest from any other text without making a string, and keeps keys apart by every 32-bit half", function () {
+    const t = new IndexTable();
+    const d = `sha256:${'0123456789abcdef'.repeat(4)}`;
+    const r = t.set(parts(1), d);
+    assert.equal(t.digestIs(r, d), true);
+    for (const other of [
+      d.slice(0, -1) + '0', // last hex digit
+      'sha256:1' + d.slice(8), // first hex digit
+      d.toUpperCase().replace('SHA256', 'sha256'), // hex the TOC never has
+      d.replace('sha256:', 'sha512:'),
+      d + '0',
+      d.slice(0, -2),
+    ])
+      assert.equal(t.digestIs(r, other), false, other);
+    // Sizes and inodes equal in their low 32 bits are different keys.
+    const low: IndexKeyParts = { ino: 5n, size: 5, mtimeNs: 0n, ctimeNs: 0n };
+    const a = t.set(low, digestOf(10));
+    const b = t.set({ ...low, size: 5 + 2 ** 32 }, digestOf(11));
+    const c = t.set({ ...low, ino: 5n + (1n << 32n) }, digestOf(12));
+    assert.deepEqual(new Set([a, b, c]).size, 3);
+    assert.equal(t.digestAt(t.find({ ...low, size: 5 + 2 ** 32 })), digestOf(11));
+    assert.equal(t.digestAt(t.find({ ...low, ino: 5n + (1n << 32n) })), digestOf(12));
+    assert.equal(t.keyAt(b), `5:${5 + 2 ** 32}:0:0`);
+  });
+
   it('keeps the whole range of each part exactly, and records nothing for parts that cannot be a row', function () {
     const t = new IndexTable();
     const top: IndexKeyParts = {

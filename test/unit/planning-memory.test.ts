@@ -591,6 +591,17 @@ describe('planning memory (issue 19)', function () {
           digests[i],
         );
       assert.equal(back.hashedFiles, 0);
+      // The planner's synchronous question: known, the same digest or another; unknown, no answer.
+      for (const i of [0, 7, n - 1]) {
+        const e = { ...existing('x', files[i]!.size, files[i]!.ino), ...files[i]! };
+        assert.equal(back.knownMatch(e, digests[i]!), true);
+        assert.equal(back.knownMatch(e, digests[(i + 1) % n]!), false);
+        assert.equal(back.knownMatch(e, digests[i]!.replace('sha256:', 'sha512:')), false);
+      }
+      assert.equal(
+        back.knownMatch({ ...existing('x', 1, 999_999_999n), ...files[0]!, ino: 999_999_999n }, digests[0]!),
+        undefined,
+      );
       // A file that claims more members than its bytes can hold reserves no more than they can.
       await writeFile(file, '{"version":1,"entries":{' + '"'.repeat(40_000) + '}}');
       const damaged = await ContentIndex.load(dir, file);

@@ -14,10 +14,17 @@ import { freeArray, resized } from '../../util/typed-resize.ts';
 export type IndexKeyParts = Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>;
 
 const DIGEST_BYTES = 32;
+const SHA256_PREFIX = 'sha256:';
+/** The char codes of lowercase hex digits, by value. */
+const HEX = Array.from('0123456789abcdef', (c) => c.charCodeAt(0));
 const EMPTY = -1;
 const U64 = (1n << 64n) - 1n;
 const I64_MIN = -(1n << 63n);
 const I64_MAX = (1n << 63n) - 1n;
+/** Which 32-bit half of a 64-bit element comes first in memory (typed arrays use the CPU's order: s390x is big-endian). */
+const LOW = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 1;
+const HIGH = 1 - LOW;
+const TWO_32 = 2 ** 32;
 
 /** Can these parts be a row (ino an unsigned 64-bit number, size a safe integer, times signed 64-bit)? */
 function fits(k: IndexKeyParts): boolean {
@@ -36,6 +43,14 @@ function fits(k: IndexKeyParts): boolean {
 export class IndexTable {
   /** ino (as its 64 bits), size, mtimeNs, ctimeNs per row. */
   #keys: BigInt64Array;
+  /**
+   * The same memory as 32-bit words, which a lookup compares: reading a BigInt64Array makes a
+   * BigInt of every element read, and the planner looks up a row for each file of an update.
+   */
+  #keys32: Uint32Array;
+  /** The key being looked up, as a row stores it (written, never read as BigInts). */
+  readonly #probe = new BigInt64Array(4);
+  readonly #probe32 = new Uint32Array(this.#probe.buffer);
   #digests: Buffer;
   /** Rows whose digest this process read from the file itself. */
   #hashedHere: Uint8Array;
@@ -51,6 +66,7 @@ export class IndexTable {
   constructor(rows = 256) {
     const room = Math.max(256, Math.ceil(rows));
     this.#keys = new BigInt64Array(4 * room);
+    this.#keys32 = new Uint32Array(this.#keys.buffer);
     this.#digests = Buffer.alloc(DIGEST_BYTES * room);
     this.#hashedHere = new Uint8Array(room);
     let cap = 512;
@@ -90,6 +106,17 @@ export class IndexTable {
     return `sha256:${this.#digests.toString('hex', r * DIGEST_BYTES, (r + 1) * DIGEST_BYTES)}`;
   }
 
+  /** Is row `r`'s digest this `sha256:<hex>` text? Compared character by character, no string made. */
+  digestIs(r: number, digest: string): boolean {
+    if (digest.length !== SHA256_PREFIX.length + 2 * DIGEST_BYTES || !digest.startsWith(SHA256_PREFIX)) return false;
+    const d = this.#digests;
+    for (let i = 0, at = r * DIGEST_BYTES, c = SHA256_PREFIX.length; i < DIGEST_BYTES; i++, c += 2) {
+      const byte = d[at + i]!;
+      if (digest.charCodeAt(c) !== HEX[byte >> 4] || digest.charCodeAt(c + 1) !== HEX[byte & 15]) return false;
+    }
+    return true;
+  }
+
   hashedHereAt(r: number): boolean {
     return this.#hashedHere[r] === 1;
   }
@@ -107,7 +134,8 @@ export class IndexTable {
     if (r === EMPTY) {
       r = this.#size++;
       this.#ensure(this.#size);
-      this.#keys.set([BigInt.asIntN(64, k.ino), BigInt(k.size), k.mtimeNs, k.ctimeNs], r * 4);
+      // #position left the key in the probe.
+      this.#keys32.set(this.#probe32, r * 8);
       this.#table[pos] = r;
       if (this.#size * 2 > this.#table.length) this.#rehash(this.#table.length * 2);
     }
@@ -174,29 +202,48 @@ export class IndexTable {
   #resize(rows: number): void {
     this.#allocations++;
     this.#keys = resized(this.#keys, 4 * rows).fill(0n, 4 * this.#size);
+    this.#keys32 = new Uint32Array(this.#keys.buffer);
     this.#digests = resized(this.#digests, DIGEST_BYTES * rows).fill(0, this.#size * DIGEST_BYTES);
     this.#hashedHere = resized(this.#hashedHere, rows).fill(0, this.#size);
   }
 
-  #hashOf(ino: bigint, size: bigint, mtimeNs: bigint, ctimeNs: bigint): number {
-    // The low 32 bits of each: inode numbers alone are nearly unique in a tree.
-    let h = Number(BigInt.asUintN(32, ino)) ^ Math.imul(Number(BigInt.asUintN(32, size)), 0x9e3779b1);
-    h = Math.imul(h ^ Number(BigInt.asUintN(32, mtimeNs)), 0x85ebca6b);
-    h = Math.imul(h ^ Number(BigInt.asUintN(32, ctimeNs)), 0xc2b2ae35);
+  /** A row's hash, from the low 32 bits of each of its four numbers (at `at` in `words`): inode numbers alone are nearly unique in a tree. */
+  #hashOf(words: Uint32Array, at: number): number {
+    let h = words[at + LOW]! ^ Math.imul(words[at + 2 + LOW]!, 0x9e3779b1);
+    h = Math.imul(h ^ words[at + 4 + LOW]!, 0x85ebca6b);
+    h = Math.imul(h ^ words[at + 6 + LOW]!, 0xc2b2ae35);
     return (h ^ (h >>> 16)) >>> 0;
   }
 
-  /** Where `k` is in the table, or the free position it would take (linear probing). */
+  /**
+   * Where `k` is in the table, or the free position it would take (linear probing); `k` is left
+   * in the probe, as a row stores it.
+   */
   #position(k: IndexKeyParts): number {
-    const ino = BigInt.asIntN(64, k.ino);
-    const size = BigInt(k.size);
+    const probe = this.#probe;
+    const p32 = this.#probe32;
+    // Stored into a BigInt64Array, ino wraps to its signed 64 bits (BigInt.asIntN): nothing is made.
+    probe[0] = k.ino;
+    p32[2 + LOW] = k.size % TWO_32;
+    p32[2 + HIGH] = Math.floor(k.size / TWO_32);
+    probe[2] = k.mtimeNs;
+    probe[3] = k.ctimeNs;
     const mask = this.#table.length - 1;
-    const keys = this.#keys;
-    for (let pos = this.#hashOf(ino, size, k.mtimeNs, k.ctimeNs) & mask; ; pos = (pos + 1) & mask) {
+    const keys = this.#keys32;
+    for (let pos = this.#hashOf(p32, 0) & mask; ; pos = (pos + 1) & mask) {
       const r = this.#table[pos]!;
       if (r === EMPTY) return pos;
-      const at = r * 4;
-      if (keys[at] === ino && keys[at + 1] === size && keys[at + 2] === k.mtimeNs && keys[at + 3] === k.ctimeNs)
+      const at = r * 8;
+      if (
+        keys[at] === p32[0] &&
+        keys[at + 1] === p32[1] &&
+        keys[at + 2] === p32[2] &&
+        keys[at + 3] === p32[3] &&
+        keys[at + 4] === p32[4] &&
+        keys[at + 5] === p32[5] &&
+        keys[at + 6] === p32[6] &&
+        keys[at + 7] === p32[7]
+      )
         return pos;
     }
   }
@@ -204,9 +251,9 @@ export class IndexTable {
   #rehash(capacity: number): void {
     const table = new Int32Array(capacity).fill(EMPTY);
     const mask = capacity - 1;
-    const k = this.#keys;
+    const words = this.#keys32;
     for (let r = 0; r < this.#size; r++) {
-      let pos = this.#hashOf(k[r * 4]!, k[r * 4 + 1]!, k[r * 4 + 2]!, k[r * 4 + 3]!) & mask;
+      let pos = this.#hashOf(words, r * 8) & mask;
       while (table[pos] !== EMPTY) pos = (pos + 1) & mask;
       table[pos] = r;
     }

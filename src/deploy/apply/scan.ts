@@ -154,6 +154,12 @@ export function pathsOfSize(old: OldTree, size: number): readonly string[] {
 /** Hashes of old-tree files, asked for lazily by the planner. */
 export interface ContentHasher {
   digestOf(e: ExistingEntry): Promise<string>;
+  /**
+   * Whether the file's digest is `digest`, when that is known without reading the file (a saved
+   * index); undefined when it is not known. The planner decides a file from it without a promise
+   * or a string (an update asks this of most files).
+   */
+  knownMatch?(e: ExistingEntry, digest: string): boolean | undefined;
 }
 
 /**
@@ -322,6 +328,11 @@ export class ContentIndex implements ContentHasher {
    */
   forgetRows(): void {
     this.#known.clear();
+  }
+
+  knownMatch(e: ExistingEntry, digest: string): boolean | undefined {
+    const r = this.#known.find(e);
+    return r === -1 ? undefined : this.#known.digestIs(r, digest);
   }
 
   async digestOf(e: ExistingEntry): Promise<string> {
