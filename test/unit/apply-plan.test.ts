@@ -14,6 +14,7 @@ import {
   type ContentHasher,
 } from '../../src/deploy/apply/index.ts';
 import { indexOldTree } from '../../src/deploy/apply/scan.ts';
+import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
 import { readTar } from '../../src/layer/tar.ts';
 import { sha256 } from '../../src/oci/digest.ts';
 import { isTiuError } from '../../src/errors.ts';
@@ -372,6 +373,11 @@ describe('deploy/apply planner', () => {
     };
     assert.deepEqual(kinds(await planApply(newTree(), some.old, partly)), expected);
     assert.deepEqual(some.hasher.hashed, ['usr/old-place']);
+    // From a real scan's rows (the planner peeks at them through one reused object): the same plan.
+    const rows = oldTree(files);
+    const scan = new ScanEntries();
+    for (const e of rows.old.entries.values()) scan.set(e);
+    assert.deepEqual(kinds(await planApply(newTree(), indexOldTree('/nowhere', scan), rows.hasher)), expected);
   });
 
   it('an mtime within the microsecond utimes can set is kept, so a tree the executor wrote plans as unchanged', async () => {

@@ -342,6 +342,27 @@ describe('planning memory (issue 19)', function () {
     );
   });
 
+  it("peeks at a scan's rows through one reused object, each time with exactly what get makes of the row", function () {
+    const scan = new ScanEntries();
+    const xattrs = { 'user.a': Buffer.from('1') };
+    scan.set({ ...existing('a', 10, 1n), xattrs, uid: 7, mtimeNs: -3n });
+    scan.set({ ...existing('link', 0, 2n), type: 'symlink', linkname: 'a', mode: 0o777 });
+    scan.set({ ...existing('dev', 0, 3n), type: 'char', rdev: 0x10203n, dev: 9n });
+    scan.set(existing('b', 2 ** 40, (1n << 64n) - 1n, 3));
+    const first = scan.peek('a');
+    for (const p of ['a', 'link', 'dev', 'b', 'a']) {
+      const seen = scan.peek(p)!;
+      assert.equal(seen, first, 'one object');
+      const made = scan.get(p)!;
+      assert.notEqual(made, first);
+      // A row without a link target reads as undefined there (the reused object keeps the field).
+      assert.deepEqual({ ...seen }, { linkname: undefined, ...made }, p);
+    }
+    assert.equal(scan.peek('nowhere'), undefined);
+    scan.release();
+    assert.throws(() => scan.peek('a'), /released/);
+  });
+
   it('indexes the scan by size (files of one size in scan order), only multi-link inodes form groups', function () {
     const entries = new Map<string, ExistingEntry>([
       ['a', existing('a', 10, 1n)],

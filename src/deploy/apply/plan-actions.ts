@@ -30,27 +30,38 @@ function codeOf(a: Action): number {
 }
 
 export class PlanActions implements ActionList {
-  /** The entry of a stored action, the object of any other; undefined: reserved, not set yet. */
-  readonly #slots: (Action | TreeEntry | undefined)[] = [];
+  /**
+   * The entry of a stored action, the object of any other; undefined: reserved, not set yet.
+   * The first `length` slots are the actions (the list is made at the expected count).
+   */
+  readonly #slots: (Action | TreeEntry | undefined)[];
+  #length = 0;
   /** Per slot: codeOf() its action (0 where the slot holds the action object). */
-  #codes = new Uint8Array(1024);
+  #codes: Uint8Array;
+
+  /** `expected`: how many actions there will be (the planner knows: one per path), so nothing grows. */
+  constructor(expected = 0) {
+    this.#slots = new Array<Action | TreeEntry | undefined>(expected);
+    this.#codes = new Uint8Array(Math.max(expected, 1024));
+  }
 
   get length(): number {
-    return this.#slots.length;
+    return this.#length;
   }
 
   /** Append an action. */
   push(a: Action): void {
-    this.#slots.push(undefined);
-    this.set(this.#slots.length - 1, a);
+    this.reserve();
+    this.set(this.#length - 1, a);
   }
 
   /** Append a slot whose action is set later (a hardlink waits for its target's). */
   reserve(): void {
-    this.#slots.push(undefined);
+    this.#slots[this.#length++] = undefined;
   }
 
   set(i: number, a: Action): void {
+    if (!(i >= 0 && i < this.#length)) throw new RangeError(`no plan action ${i}`);
     if (i >= this.#codes.length) {
       this.#codes = resized(this.#codes, Math.max(i + 1, this.#codes.length * 2));
     }
@@ -60,7 +71,8 @@ export class PlanActions implements ActionList {
   }
 
   at(i: number): Action | undefined {
-    if (i < 0) i += this.#slots.length;
+    if (i < 0) i += this.#length;
+    if (!(i >= 0 && i < this.#length)) return undefined;
     const s = this.#slots[i];
     if (s === undefined) return undefined;
     const code = this.#codes[i]!;
@@ -71,11 +83,11 @@ export class PlanActions implements ActionList {
   }
 
   *entries(): IterableIterator<[number, Action]> {
-    for (let i = 0; i < this.#slots.length; i++) yield [i, this.#actionAt(i)];
+    for (let i = 0; i < this.#length; i++) yield [i, this.#actionAt(i)];
   }
 
   *[Symbol.iterator](): IterableIterator<Action> {
-    for (let i = 0; i < this.#slots.length; i++) yield this.#actionAt(i);
+    for (let i = 0; i < this.#length; i++) yield this.#actionAt(i);
   }
 
   #actionAt(i: number): Action {

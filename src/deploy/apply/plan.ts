@@ -71,8 +71,9 @@ export function addImplicitParents(tree: Map<string, TreeEntry>): void {
   const root = tree.get('');
   if (root && root.type !== 'dir')
     throw new UnsafePathError('.', `the root of the image is a ${root.type}, not a directory`);
-  const add: TreeEntry[] = [];
-  for (const p of tree.keys()) {
+  // forEach, not for-of: no iterator result per path (this runs once, mostly unoptimized). Both
+  // visit the entries added while they run, here the implicit parents, whose own parents are then there.
+  tree.forEach((_, p) => {
     let d = parentOf(p);
     for (;;) {
       const have = tree.get(d);
@@ -84,13 +85,11 @@ export function addImplicitParents(tree: Map<string, TreeEntry>): void {
           );
         break;
       }
-      const implicit = implicitDir(d);
-      tree.set(d, implicit);
-      add.push(implicit);
+      tree.set(d, implicitDir(d));
       if (d === '') break;
       d = parentOf(d);
     }
-  }
+  });
 }
 
 function sameSet(a: readonly string[], b: readonly string[]): boolean {
@@ -114,9 +113,11 @@ export async function planApply(
 
   // Hardlink groups of the new tree: primary path -> all paths sharing its inode.
   const groups = new Map<string, string[]>();
+  let files = 0;
   for (let k = 0; k < paths.length; k++) {
     const p = paths[k]!;
     const e = tree.get(p)!;
+    if (e.type === 'reg') files++;
     if (e.type !== 'hardlink') continue;
     const t = e.linkname!;
     const te = tree.get(t);
@@ -129,7 +130,10 @@ export async function planApply(
 
   // In path order, a reserved slot for each hardlink until its target's action is known; only
   // the targets' actions are also kept by path (a map of every action was ~40 bytes a file).
-  const actions = new PlanActions();
+  // The lists are made at the size they can reach (a slot per path, per file): grown as they
+  // filled, each of their copies was large-object garbage until a full collection (~2 MiB on the
+  // bench's larger tree, at the writing's first peak).
+  const actions = new PlanActions(paths.length);
   const targetActions = new Map<string, Action>();
   const summary: PlanSummary = {
     keep: emptyCounter(),
@@ -144,10 +148,16 @@ export async function planApply(
   // The path written first for each content, by the digest's member number (digest-set.ts:
   // ~40 bytes a digest where a Map of digest strings took ~110; a first install writes them all).
   const written = new DigestSet();
-  const firstWriteOf: string[] = [];
-  const fetch: TreeEntry[] = [];
-
-  const ctx: PathPlanning = { old, hasher, groups, sources: opts.sources ?? [], written, firstWriteOf, fetch };
+  const ctx: PathPlanning = {
+    old,
+    hasher,
+    groups,
+    sources: opts.sources ?? [],
+    written,
+    firstWriteOf: new Array<string>(files),
+    fetch: new Array<TreeEntry>(files),
+    fetched: 0,
+  };
 
   // Indexed loops over the paths and actions: planApply runs once per plan, mostly unoptimized,
   // where each step of a for-of made an iterator result (and `entries()` a pair): ~24 MiB of
@@ -161,7 +171,8 @@ export async function planApply(
       actions.reserve(); // after all primaries are decided
       continue;
     }
-    const x = old.entries.get(p);
+    // Reused for the next path (peek): the decision keeps nothing of `x`, and the loop awaits it first.
+    const x = old.entries.peek ? old.entries.peek(p) : old.entries.get(p);
     let a = e.type === 'reg' ? planFile(ctx, e, x, p) : planNode(ctx, e, x, p);
     if (a instanceof Promise) a = await a;
     actions.push(a);
@@ -183,6 +194,8 @@ export async function planApply(
 
   countActions(actions, summary);
   const deletes = planDeletes(tree, old, opts.preserve ?? [], summary);
+  const fetch = ctx.fetch;
+  fetch.length = ctx.fetched; // the slots of files not fetched go (V8 trims the list in place)
   return { actions, deletes, fetch, summary };
 }
 
@@ -196,8 +209,9 @@ interface PathPlanning {
   /** The digests of the content written so far, and the path each was first written at (by member number). */
   written: DigestSet;
   firstWriteOf: string[];
-  /** The new-content entries, in path order. */
+  /** The new-content entries, in path order: the first `fetched` of this list (made at its largest size). */
   fetch: TreeEntry[];
+  fetched: number;
 }
 
 /** The old path `p` keeps its inode: its hardlinks in the old tree are the new tree's. */
@@ -313,7 +327,7 @@ function writtenBefore(ctx: PathPlanning, e: TreeEntry, digest: string, replace:
 /** New content: fetched, and remembered as written at `p`. */
 function firstWrite(ctx: PathPlanning, e: TreeEntry, p: string, digest: string, replace: boolean): Action {
   if (e.size > 0) ctx.firstWriteOf[ctx.written.add(digest)] = p;
-  ctx.fetch.push(e);
+  ctx.fetch[ctx.fetched++] = e;
   return { kind: 'write', entry: e, replace };
 }
 
@@ -373,7 +387,9 @@ function planDeletes(
   const deletes: string[] = [];
   const deleted = new Set<string>();
   const keptAncestors = new Set<string>();
-  for (const p of [...old.entries.keys()].sort(comparePaths)) {
+  const oldPaths = [...old.entries.keys()].sort(comparePaths);
+  for (let i = 0; i < oldPaths.length; i++) {
+    const p = oldPaths[i]!;
     if (p === '' || tree.has(p)) continue;
     if (preserve.some((d) => isAtOrBelow(p, d))) continue;
     const x = old.entries.get(p)!;

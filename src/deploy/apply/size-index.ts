@@ -4,6 +4,8 @@
  * larger tree (14k sizes; 5k lists, each grown by push() to ~20 slots), here 16 bytes a file.
  * Files of one size keep the order they were added in (the planner takes the first that matches).
  */
+const NONE: readonly string[] = Object.freeze([]);
+
 export class SizeIndex {
   readonly #sizes: Float64Array;
   readonly #paths: string[];
@@ -24,8 +26,11 @@ export class SizeIndex {
     return this.#paths.length;
   }
 
-  /** The paths of the files of `size` bytes (a new array; empty when there are none). */
-  pathsOf(size: number): string[] {
+  /**
+   * The paths of the files of `size` bytes (a new array), or one shared empty list when there are
+   * none: the planner asks this of every new file, and most sizes have no file in the old tree.
+   */
+  pathsOf(size: number): readonly string[] {
     const s = this.#sizes;
     let lo = 0;
     let hi = s.length;
@@ -36,7 +41,7 @@ export class SizeIndex {
     }
     let end = lo;
     while (end < s.length && s[end] === size) end++;
-    return this.#paths.slice(lo, end);
+    return end === lo ? NONE : this.#paths.slice(lo, end);
   }
 
   /** Name each file with `same(path)` where it gives a string (another copy of the same path). */

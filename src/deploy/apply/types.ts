@@ -36,6 +36,8 @@ export interface ScannedEntries {
   readonly size: number;
   has(path: string): boolean;
   get(path: string): ExistingEntry | undefined;
+  /** As `get`, but the object may be reused by the next `peek` (scan-entries.ts): nothing of it is kept. */
+  peek?(path: string): ExistingEntry | undefined;
   keys(): IterableIterator<string>;
   values(): IterableIterator<ExistingEntry>;
   [Symbol.iterator](): IterableIterator<[string, ExistingEntry]>;
