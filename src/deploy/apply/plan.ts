@@ -261,10 +261,12 @@ function planFile(ctx: PathPlanning, e: TreeEntry, x: ExistingEntry | undefined,
   const digest = e.digest;
   if (!digest || !isSha256(digest))
     throw new UnsafePathError(p, 'regular file without a content digest in the table of contents');
-  const candidates = e.size > 0 ? pathsOfSize(ctx.old, e.size) : NO_PATHS;
-  return (
-    planFileByKnownDigests(ctx, e, x, p, digest, candidates) ?? planFileByContent(ctx, e, x, p, digest, candidates)
-  );
+  return planFileByKnownDigests(ctx, e, x, p, digest) ?? planFileByContent(ctx, e, x, p, digest);
+}
+
+/** The old files of the entry's size, where its content may already be (an empty file is always written). */
+function candidatesFor(ctx: PathPlanning, e: TreeEntry): readonly string[] {
+  return e.size > 0 ? pathsOfSize(ctx.old, e.size) : NO_PATHS;
 }
 
 /** planFile's decision from known digests alone; undefined when a file must be hashed or snapshots asked. */
@@ -274,7 +276,6 @@ function planFileByKnownDigests(
   x: ExistingEntry | undefined,
   p: string,
   digest: string,
-  candidates: readonly string[],
 ): Action | undefined {
   if (x?.type === 'reg' && x.size === e.size) {
     const same = ctx.hasher.knownMatch?.(x, digest);
@@ -282,6 +283,7 @@ function planFileByKnownDigests(
     if (same) return keepsInode(ctx, x, p) ? unchanged(e, x) : { kind: 'clone', entry: e, from: p };
   }
   const replace = !!x;
+  const candidates = candidatesFor(ctx, e);
   for (let i = 0; i < candidates.length; i++) {
     const c = candidates[i]!;
     const same = ctx.hasher.knownMatch?.(ctx.old.entries.get(c)!, digest);
@@ -301,12 +303,11 @@ async function planFileByContent(
   x: ExistingEntry | undefined,
   p: string,
   digest: string,
-  candidates: readonly string[],
 ): Promise<Action> {
   if (x?.type === 'reg' && x.size === e.size && (await ctx.hasher.digestOf(x)) === digest)
     return keepsInode(ctx, x, p) ? unchanged(e, x) : { kind: 'clone', entry: e, from: p };
   const replace = !!x;
-  for (const c of candidates)
+  for (const c of candidatesFor(ctx, e))
     if ((await ctx.hasher.digestOf(ctx.old.entries.get(c)!)) === digest)
       return { kind: 'reflink', entry: e, from: c, replace };
   const dup = writtenBefore(ctx, e, digest, replace);
