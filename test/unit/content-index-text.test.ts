@@ -1,17 +1,27 @@
 import assert from 'node:assert/strict';
 import { IndexTextParser, INDEX_HEAD } from '../../src/deploy/apply/content-index-text.ts';
+import type { IndexKeyParts } from '../../src/deploy/apply/index-table.ts';
 
 const digestOf = (i: number) => `sha256:${i.toString(16).padStart(64, '0')}`;
 
-function indexText(n: number): { text: string; members: [string, string][] } {
-  const members: [string, string][] = [];
-  for (let i = 0; i < n; i++)
-    members.push([`${i * 1_000_003}:${i}:-${i * 7}:${18_446_744_073_709_551_615n - BigInt(i)}`, digestOf(i)]);
-  return { text: INDEX_HEAD + members.map(([k, d]) => `"${k}":"${d}"`).join(',') + '}}', members };
+/** A key's parts as BigInt makes them of each decimal (the size a number): what a member must read as. */
+function partsOf(key: string): IndexKeyParts {
+  const [ino, size, mtimeNs, ctimeNs] = key.split(':').map((n) => BigInt(n)) as [bigint, bigint, bigint, bigint];
+  return { ino, size: Number(size), mtimeNs, ctimeNs };
 }
 
-function parse(text: string, piece: number): { members: [string, string][]; valid: boolean; held: number } {
-  const members: [string, string][] = [];
+function indexText(n: number, keyOf?: (i: number) => string): { text: string; members: [IndexKeyParts, string][] } {
+  const keys: string[] = [];
+  for (let i = 0; i < n; i++)
+    keys.push(keyOf?.(i) ?? `${i * 1_000_003}:${i}:-${i * 7}:${18_446_744_073_709_551_615n - BigInt(i)}`);
+  return {
+    text: INDEX_HEAD + keys.map((k, i) => `"${k}":"${digestOf(i)}"`).join(',') + '}}',
+    members: keys.map((k, i) => [partsOf(k), digestOf(i)]),
+  };
+}
+
+function parse(text: string, piece: number): { members: [IndexKeyParts, string][]; valid: boolean; held: number } {
+  const members: [IndexKeyParts, string][] = [];
   const p = new IndexTextParser((k, d) => members.push([k, d]));
   const bytes = Buffer.from(text, 'latin1');
   for (let at = 0; at < bytes.length; at += piece) if (!p.push(bytes.subarray(at, at + piece))) break;
@@ -27,6 +37,21 @@ describe('deploy/apply/content-index-text', () => {
       assert.deepEqual(r.members, members, `pieces of ${piece}`);
       assert.ok(r.held < 200, `pieces of ${piece}: held ${r.held} characters`);
     }
+  });
+
+  it('reads each part exactly, short or long, signed or not, leading zeros and all', () => {
+    const keys = [
+      '0:0:0:0',
+      '0:0:-0:-1',
+      '999999999999999:999999999999999:-99999999999999:99999999999999', // 15 characters: read as numbers
+      '1000000000000000:1000000000000000:-100000000000000:100000000000000', // 16: through BigInt
+      '18446744073709551615:9007199254740993:-9223372036854775808:9223372036854775807',
+      '99999999999999999999999:123456789012345678:00042:-000000000000000000042',
+    ];
+    const { text, members } = indexText(keys.length, (i) => keys[i]!);
+    for (const piece of [1, 13, 1 << 20]) assert.deepEqual(parse(text, piece).members, members, `pieces of ${piece}`);
+    // A size past 2^53 reads as the double nearest it, as Number(BigInt) gives (the table refuses it: not a safe integer).
+    assert.equal(members[4]![0].size, 9007199254740992);
   });
 
   it('reads an empty index', () => {

@@ -422,7 +422,9 @@ describe('planning memory (issue 19)', function () {
     const untouched = settled();
     sharePathsWith(old, new Map());
     const unshared = settled();
-    assert.ok(Math.abs(untouched - unshared) / n < 8, `${((untouched - unshared) / n).toFixed(0)} bytes a file`);
+    // Within the noise of the heap's own figures: after the file's other tests, 8-16 bytes a file
+    // were seen here between two such calls (a shared path frees ~65).
+    assert.ok(Math.abs(untouched - unshared) / n < 24, `${((untouched - unshared) / n).toFixed(0)} bytes a file`);
     sharePathsWith(old, tree);
     const freedPerFile = (unshared - settled()) / n;
     assert.equal(shapeOf(), before);

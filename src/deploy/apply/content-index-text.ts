@@ -2,28 +2,50 @@
  * A reader of the content index file's text (scan.ts, ContentIndex) as its bytes come:
  * `{"version":1,"entries":{"<ino>:<size>:<mtimeNs>:<ctimeNs>":"sha256:<hex>",...}}`, exactly
  * as `save` writes it. Members go to `onMember` one by one; between pieces only the unfinished
- * member is kept, so loading an index of any size holds one read buffer and a member, not the
+ * member is kept, so loading an index of any size holds its read buffer and a piece, not the
  * file and a text copy of it (~10 MiB for a 45k-file tree). Anything else makes it invalid:
  * the index is only an accelerator, and the caller then starts from an empty one.
  */
+import type { IndexKeyParts } from './index-table.ts';
+
 export const INDEX_HEAD = '{"version":1,"entries":{';
-const MEMBER = /"(\d+:\d+:-?\d+:-?\d+)":"(sha256:[0-9a-f]{64})"(,|\}\})/y;
+/**
+ * One member and what follows it. Tested, not executed: a match array with its captures, and
+ * the key split into strings, were most of the ~42 MiB a load of the bench's larger tree's index
+ * (45,000 members) allocated (sampled); the parts are read from the text at known positions.
+ */
+const MEMBER = /"\d+:\d+:-?\d+:-?\d+":"sha256:[0-9a-f]{64}"(?:,|\}\})/y;
+/** `":"` between a member's key and its digest, and the digest's length. */
+const KEY_TO_DIGEST = 3;
+const DIGEST_CHARS = 71;
+/** Digits (and a sign) a double holds exactly: read as a number, not through a string. */
+const EXACT_CHARS = 15;
+const COLON = 0x3a;
+const QUOTE = 0x22;
+const MINUS = 0x2d;
+const ZERO = 0x30;
 /** The shortest member with its separator: `"0:0:0:0":"sha256:<64 hex>",`. */
 export const MIN_MEMBER = 9 + 1 + 73 + 1;
 /** The longest member: four 20-digit numbers (two signed), `:`s, quotes, a digest, `}}`. */
 const MAX_MEMBER = 4 * 21 + 3 + 2 + 3 + 71 + 2 + 2;
 
 export class IndexTextParser {
-  readonly #onMember: (key: string, digest: string) => void;
-  /** The unfinished text after the last whole member (latin1: the file is ASCII). */
-  #carry = '';
+  readonly #onMember: (key: IndexKeyParts, digest: string) => void;
+  /**
+   * The unfinished member's bytes, at the start of a buffer the next piece is copied in after:
+   * the text made of both is one string (a carried string joined to each piece's was flattened,
+   * another copy of the piece: ~4 MiB of heap per load of the larger bench tree's index, sampled).
+   */
+  #work = Buffer.alloc(0);
+  #carried = 0;
   #started = false;
   #done = false;
   #valid = true;
   /** The most characters kept between pieces so far (tests check the bound). */
   maxHeld = 0;
 
-  constructor(onMember: (key: string, digest: string) => void) {
+  /** `onMember` gets each member's key parts and its digest (a slice of the piece's text: copy it to keep it). */
+  constructor(onMember: (key: IndexKeyParts, digest: string) => void) {
     this.#onMember = onMember;
   }
 
@@ -35,7 +57,14 @@ export class IndexTextParser {
   push(piece: Uint8Array): boolean {
     if (!this.#valid) return false;
     if (this.#done) return this.#fail();
-    const text = this.#carry + Buffer.from(piece.buffer, piece.byteOffset, piece.length).toString('latin1');
+    const length = this.#carried + piece.length;
+    if (this.#work.length < length) {
+      const grown = Buffer.allocUnsafe(Math.max(length, 2 * this.#work.length));
+      this.#work.copy(grown, 0, 0, this.#carried);
+      this.#work = grown;
+    }
+    this.#work.set(piece, this.#carried);
+    const text = this.#work.toString('latin1', 0, length);
     let at = 0;
     if (!this.#started) {
       if (text.length < INDEX_HEAD.length + 2) return this.#keep(text, 0);
@@ -49,14 +78,25 @@ export class IndexTextParser {
     }
     for (;;) {
       MEMBER.lastIndex = at;
-      const m = MEMBER.exec(text);
-      if (!m) return text.length - at < MAX_MEMBER ? this.#keep(text, at) : this.#fail();
-      // Flat copies of the key and digest: a slice of `text` would keep all of it alive.
-      this.#onMember(Buffer.from(m[1]!, 'latin1').toString('latin1'), m[2]!);
+      if (!MEMBER.test(text)) return text.length - at < MAX_MEMBER ? this.#keep(text, at) : this.#fail();
+      const c1 = charAfter(text, at + 1, COLON);
+      const c2 = charAfter(text, c1 + 1, COLON);
+      const c3 = charAfter(text, c2 + 1, COLON);
+      const end = charAfter(text, c3 + 1, QUOTE);
+      const digestAt = end + KEY_TO_DIGEST;
+      this.#onMember(
+        {
+          ino: bigIntAt(text, at + 1, c1),
+          size: numberAt(text, c1 + 1, c2),
+          mtimeNs: bigIntAt(text, c2 + 1, c3),
+          ctimeNs: bigIntAt(text, c3 + 1, end),
+        },
+        text.slice(digestAt, digestAt + DIGEST_CHARS),
+      );
       at = MEMBER.lastIndex;
-      if (m[3] === '}}') {
+      if (text.charCodeAt(at - 1) === 0x7d) {
         this.#done = true;
-        this.#carry = '';
+        this.#carried = 0;
         return at === text.length || this.#fail();
       }
     }
@@ -68,15 +108,38 @@ export class IndexTextParser {
     return this.#valid;
   }
 
+  /** Carry the text from `at` on (its bytes, one to a character) to the next piece. */
   #keep(text: string, at: number): boolean {
-    this.#carry = Buffer.from(text.slice(at), 'latin1').toString('latin1');
-    this.maxHeld = Math.max(this.maxHeld, this.#carry.length);
+    this.#work.copyWithin(0, at, text.length);
+    this.#carried = text.length - at;
+    this.maxHeld = Math.max(this.maxHeld, this.#carried);
     return true;
   }
 
   #fail(): false {
     this.#valid = false;
-    this.#carry = '';
+    this.#carried = 0;
     return false;
   }
+}
+
+/** Where `code` is next in `text` from `from` (the member's shape was tested: it is there). */
+function charAfter(text: string, from: number, code: number): number {
+  let i = from;
+  while (text.charCodeAt(i) !== code) i++;
+  return i;
+}
+
+/** The decimal integer text[from, to) (an optional minus, digits: tested), as a number. */
+function numberAt(text: string, from: number, to: number): number {
+  if (to - from > EXACT_CHARS) return Number(text.slice(from, to));
+  const negative = text.charCodeAt(from) === MINUS;
+  let n = 0;
+  for (let i = negative ? from + 1 : from; i < to; i++) n = n * 10 + (text.charCodeAt(i) - ZERO);
+  return negative ? -n : n;
+}
+
+/** The same as a BigInt, exactly whatever its length. */
+function bigIntAt(text: string, from: number, to: number): bigint {
+  return to - from > EXACT_CHARS ? BigInt(text.slice(from, to)) : BigInt(numberAt(text, from, to));
 }

@@ -191,11 +191,6 @@ async function countMembers(fh: FileHandle, piece: Buffer): Promise<number> {
 }
 
 /** A saved member's key, `ino:size:mtimeNs:ctimeNs` (the text parser checked its form), as parts. */
-function partsOf(key: string): IndexKeyParts {
-  const [ino, size, mtimeNs, ctimeNs] = key.split(':').map((n) => BigInt(n)) as [bigint, bigint, bigint, bigint];
-  return { ino, size: Number(size), mtimeNs, ctimeNs };
-}
-
 /** sha256 of a file, reading it without following a symlink at its place. */
 export async function hashFile(abs: PathLike): Promise<string> {
   const h = createHash('sha256');
@@ -237,7 +232,7 @@ export class ContentIndex implements ContentHasher {
     } catch {
       return idx;
     }
-    const parser = new IndexTextParser((key, digest) => idx.#known.set(partsOf(key), digest));
+    const parser = new IndexTextParser((key, digest) => idx.#known.set(key, digest));
     try {
       const piece = Buffer.allocUnsafe(INDEX_READ_PIECE);
       // Counted first, so that the table is made once at its size (IndexTable.reserve).
