@@ -22,6 +22,7 @@ const DIGEST_CHARS = 71;
 const EXACT_CHARS = 15;
 const COLON = 0x3a;
 const QUOTE = 0x22;
+const CLOSE_BRACE = 0x7d;
 const MINUS = 0x2d;
 const ZERO = 0x30;
 /** The shortest member with its separator: `"0:0:0:0":"sha256:<64 hex>",`. */
@@ -94,7 +95,7 @@ export class IndexTextParser {
         text.slice(digestAt, digestAt + DIGEST_CHARS),
       );
       at = MEMBER.lastIndex;
-      if (text.charCodeAt(at - 1) === 0x7d) {
+      if (text.charCodeAt(at - 1) === CLOSE_BRACE) {
         this.#done = true;
         this.#carried = 0;
         return at === text.length || this.#fail();

@@ -94,7 +94,8 @@ class StagedContent {
 
 /** What phase (5) sets and removes: the plan read again, one entry at a time. */
 function* xattrsToSet(sr: SafeRoot, actions: ActionList): Generator<{ path: Buffer; set: Record<string, Buffer> }> {
-  for (const a of actions) {
+  for (let i = 0; i < actions.length; i++) {
+    const a = actions.at(i)!;
     const e = a.entry;
     // As phase (3) goes through the plan: a hardlink shares its target's inode.
     if (a.kind === 'keep' || a.kind === 'link') continue;
@@ -385,8 +386,10 @@ async function setAllXattrs(run: Run): Promise<void> {
   const { sr, plan, opts } = run;
   opts.onPhase?.('xattrs');
   await setXattrs(xattrsToSet(sr, plan.actions));
-  for (const a of plan.actions)
+  for (let i = 0; i < plan.actions.length; i++) {
+    const a = plan.actions.at(i)!;
     if (a.kind === 'meta') for (const k of a.fix?.xattrRemove ?? []) await removeXattr(sr.path(a.entry.path), k);
+  }
 }
 
 /** (6) Directory mtimes, now that nothing changes inside them any more. */

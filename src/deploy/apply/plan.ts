@@ -58,10 +58,11 @@ export function metaDiff(e: TreeEntry, x: ExistingEntry): MetaFix | null {
   // utimes takes float seconds: what the executor set is within 1 µs of what it was asked (sameTime).
   if (!sameTime(e.mtimeNs, x.mtimeNs)) (fix ??= {}).mtime = true;
   const xa = xattrChanges(e.xattrs, x.xattrs);
+  let set = xa?.set;
   // chown drops security.capability: set it again after an owner change.
-  if (owner && e.xattrs['security.capability'] && !xa?.set.includes('security.capability'))
-    (xa?.set ?? ((fix ??= {}).xattrSet = [])).push('security.capability');
-  if (xa?.set.length) (fix ??= {}).xattrSet = xa.set;
+  if (owner && e.xattrs['security.capability'] && !set?.includes('security.capability'))
+    (set ??= []).push('security.capability');
+  if (set?.length) (fix ??= {}).xattrSet = set;
   if (xa?.remove.length) (fix ??= {}).xattrRemove = xa.remove;
   return fix;
 }
@@ -131,8 +132,9 @@ export async function planApply(
   // In path order, a reserved slot for each hardlink until its target's action is known; only
   // the targets' actions are also kept by path (a map of every action was ~40 bytes a file).
   // The lists are made at the size they can reach (a slot per path, per file): grown as they
-  // filled, each of their copies was large-object garbage until a full collection (~2 MiB on the
-  // bench's larger tree, at the writing's first peak).
+  // filled, each of their copies was large-object garbage until a full collection (the
+  // large-object space went 1.0 -> 5.3 MiB planning a first install of the bench's larger tree,
+  // --trace-gc-verbose, at the writing's first peak).
   const actions = new PlanActions(paths.length);
   const targetActions = new Map<string, Action>();
   const summary: PlanSummary = {
@@ -250,12 +252,12 @@ function planNode(ctx: PathPlanning, e: TreeEntry, x: ExistingEntry | undefined,
 const NO_PATHS: readonly string[] = [];
 
 /**
- * A regular file. A file whose content might be on the disk already (a file of its size in the
- * old tree, or snapshots to ask) is decided from the digests the hasher knows without reading,
- * and asynchronously (hashing, asking snapshots) only when those do not settle it: a first
- * install, where no file has an old one, and an update, whose booted tree's digests are in its
- * saved index, decide nearly every file without a promise (one per file was ~7 MiB more peak RSS
- * planning an update of the bench's larger tree).
+ * A regular file. Its old files (own path, same size) are compared by the digests the hasher
+ * knows without reading, and only hashed (asynchronously) when one is unknown; other snapshots
+ * are asked (asynchronously) only when the old tree and this plan's earlier writes lack the
+ * content. A first install, where no file has an old one, and an update, whose booted tree's
+ * digests are in its saved index, decide nearly every file without a promise (one per file was
+ * ~7 MiB more peak RSS planning a file-level update of the bench's larger tree).
  */
 function planFile(ctx: PathPlanning, e: TreeEntry, x: ExistingEntry | undefined, p: string): Action | Promise<Action> {
   const digest = e.digest;
@@ -269,18 +271,21 @@ function candidatesFor(ctx: PathPlanning, e: TreeEntry): readonly string[] {
   return e.size > 0 ? pathsOfSize(ctx.old, e.size) : NO_PATHS;
 }
 
-/** planFile's decision from known digests alone; undefined when a file must be hashed or snapshots asked. */
+/**
+ * planFile's decision from known digests alone (own path, then old files of its size); undefined
+ * when one of them must be hashed, and planFileByContent decides it all again by reading.
+ */
 function planFileByKnownDigests(
   ctx: PathPlanning,
   e: TreeEntry,
   x: ExistingEntry | undefined,
   p: string,
   digest: string,
-): Action | undefined {
+): Action | Promise<Action> | undefined {
   if (x?.type === 'reg' && x.size === e.size) {
     const same = ctx.hasher.knownMatch?.(x, digest);
     if (same === undefined) return undefined;
-    if (same) return keepsInode(ctx, x, p) ? unchanged(e, x) : { kind: 'clone', entry: e, from: p };
+    if (same) return sameFile(ctx, e, x, p);
   }
   const replace = !!x;
   const candidates = candidatesFor(ctx, e);
@@ -290,13 +295,10 @@ function planFileByKnownDigests(
     if (same === undefined) return undefined;
     if (same) return { kind: 'reflink', entry: e, from: c, replace };
   }
-  const dup = writtenBefore(ctx, e, digest, replace);
-  if (dup) return dup;
-  if (e.size > 0 && ctx.sources.length) return undefined;
-  return firstWrite(ctx, e, p, digest, replace);
+  return notOnThisTree(ctx, e, p, digest, replace);
 }
 
-/** planFile's decision by hashing old files and asking the other snapshots (the same order of preference). */
+/** planFile's decision by hashing old files (the same order of preference). */
 async function planFileByContent(
   ctx: PathPlanning,
   e: TreeEntry,
@@ -305,14 +307,44 @@ async function planFileByContent(
   digest: string,
 ): Promise<Action> {
   if (x?.type === 'reg' && x.size === e.size && (await ctx.hasher.digestOf(x)) === digest)
-    return keepsInode(ctx, x, p) ? unchanged(e, x) : { kind: 'clone', entry: e, from: p };
+    return sameFile(ctx, e, x, p);
   const replace = !!x;
   for (const c of candidatesFor(ctx, e))
     if ((await ctx.hasher.digestOf(ctx.old.entries.get(c)!)) === digest)
       return { kind: 'reflink', entry: e, from: c, replace };
+  return notOnThisTree(ctx, e, p, digest, replace);
+}
+
+/** The old file at the entry's own path has its content: kept (or fixed), or cloned when its inode must change. */
+function sameFile(ctx: PathPlanning, e: TreeEntry, x: ExistingEntry, p: string): Action {
+  return keepsInode(ctx, x, p) ? unchanged(e, x) : { kind: 'clone', entry: e, from: p };
+}
+
+/**
+ * Content the old tree does not have: a file this plan writes earlier, else another snapshot's
+ * (asked asynchronously, only when there are snapshots), else written.
+ */
+function notOnThisTree(
+  ctx: PathPlanning,
+  e: TreeEntry,
+  p: string,
+  digest: string,
+  replace: boolean,
+): Action | Promise<Action> {
   const dup = writtenBefore(ctx, e, digest, replace);
   if (dup) return dup;
-  const other = e.size > 0 && ctx.sources.length ? await findInSources(ctx.sources, e.size, digest) : undefined;
+  if (e.size > 0 && ctx.sources.length) return fromSources(ctx, e, p, digest, replace);
+  return firstWrite(ctx, e, p, digest, replace);
+}
+
+async function fromSources(
+  ctx: PathPlanning,
+  e: TreeEntry,
+  p: string,
+  digest: string,
+  replace: boolean,
+): Promise<Action> {
+  const other = await findInSources(ctx.sources, e.size, digest);
   if (other) return { kind: 'reflink', entry: e, from: other.seen.path, fromSnapshot: other, replace };
   return firstWrite(ctx, e, p, digest, replace);
 }

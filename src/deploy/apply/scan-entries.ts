@@ -64,20 +64,7 @@ export class ScanEntries {
   peek(path: string): ExistingEntry | undefined {
     const r = this.#find(path);
     if (r === -1) return undefined;
-    const e = (this.#peeked ??= this.#entry(this.#paths[r]!, r));
-    e.path = this.#paths[r]!;
-    e.type = TYPES[this.#type[r]!]!;
-    e.mode = this.#small[r * 4]!;
-    e.uid = this.#small[r * 4 + 1]!;
-    e.gid = this.#small[r * 4 + 2]!;
-    e.size = this.#size[r]!;
-    e.mtimeNs = this.#times[r * 2]!;
-    e.ctimeNs = this.#times[r * 2 + 1]!;
-    e.ino = this.#ids[r * 3]!;
-    e.dev = this.#ids[r * 3 + 1]!;
-    e.nlink = this.#small[r * 4 + 3]!;
-    e.rdev = this.#ids[r * 3 + 2]!;
-    e.xattrs = this.#xattrs.get(r) ?? NO_XATTRS;
+    const e = this.#fill((this.#peeked ??= {} as ExistingEntry), this.#paths[r]!, r);
     // Always present (undefined when the row has none), so the object keeps one shape.
     e.linkname = this.#linknames.get(r);
     return e;
@@ -238,23 +225,27 @@ export class ScanEntries {
   }
 
   #entry(path: string, r: number): ExistingEntry {
-    const e: ExistingEntry = {
-      path,
-      type: TYPES[this.#type[r]!]!,
-      mode: this.#small[r * 4]!,
-      uid: this.#small[r * 4 + 1]!,
-      gid: this.#small[r * 4 + 2]!,
-      size: this.#size[r]!,
-      mtimeNs: this.#times[r * 2]!,
-      ctimeNs: this.#times[r * 2 + 1]!,
-      ino: this.#ids[r * 3]!,
-      dev: this.#ids[r * 3 + 1]!,
-      nlink: this.#small[r * 4 + 3]!,
-      rdev: this.#ids[r * 3 + 2]!,
-      xattrs: this.#xattrs.get(r) ?? NO_XATTRS,
-    };
+    const e = this.#fill({} as ExistingEntry, path, r);
     const link = this.#linknames.get(r);
     if (link !== undefined) e.linkname = link;
+    return e;
+  }
+
+  /** Row `r`'s fields into `e` (all but the link target, which get and peek set their own way). */
+  #fill(e: ExistingEntry, path: string, r: number): ExistingEntry {
+    e.path = path;
+    e.type = TYPES[this.#type[r]!]!;
+    e.mode = this.#small[r * 4]!;
+    e.uid = this.#small[r * 4 + 1]!;
+    e.gid = this.#small[r * 4 + 2]!;
+    e.size = this.#size[r]!;
+    e.mtimeNs = this.#times[r * 2]!;
+    e.ctimeNs = this.#times[r * 2 + 1]!;
+    e.ino = this.#ids[r * 3]!;
+    e.dev = this.#ids[r * 3 + 1]!;
+    e.nlink = this.#small[r * 4 + 3]!;
+    e.rdev = this.#ids[r * 3 + 2]!;
+    e.xattrs = this.#xattrs.get(r) ?? NO_XATTRS;
     return e;
   }
 }

@@ -190,7 +190,6 @@ async function countMembers(fh: FileHandle, piece: Buffer): Promise<number> {
   return Math.max(0, Math.min(Math.floor(quotes / 4) - 1, Math.floor(bytes / MIN_MEMBER)));
 }
 
-/** A saved member's key, `ino:size:mtimeNs:ctimeNs` (the text parser checked its form), as parts. */
 /** sha256 of a file, reading it without following a symlink at its place. */
 export async function hashFile(abs: PathLike): Promise<string> {
   const h = createHash('sha256');
