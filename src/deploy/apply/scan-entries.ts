@@ -2,16 +2,18 @@
  * What a scan found, as rows of typed arrays instead of one object per path: an ExistingEntry
  * object with its three BigInts (mtime, ctime, inode) and its lists in the size and inode maps
  * cost ~460 bytes a path, ~20 MB for a 45k-entry tree, and a plan holds one or two scans (the
- * booted snapshot, content sources). A row is ~65 bytes plus the path and its table slot; `get`
+ * booted snapshot, content sources). A row is ~49 bytes plus the path and its table slot; `get`
  * makes the ExistingEntry when the planner asks for one (a short-lived object).
  */
 import type { BigIntStats } from 'node:fs';
 import { fileTypeOf, NO_XATTRS } from '../../layer/entry.ts';
 import type { EntryType, ExistingEntry } from './types.ts';
 import { freeArray, resized } from '../../util/typed-resize.ts';
+import { SizeIndex } from './size-index.ts';
 
 const TYPES: readonly (EntryType | 'other')[] = ['reg', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'other'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
+const REG = TYPE_CODE.get('reg')!;
 
 /** FNV-1a of a path's char codes: where its row is looked for first. */
 function hashOf(path: string): number {
@@ -35,8 +37,15 @@ export class ScanEntries {
   #size = new Float64Array(0);
   /** mtimeNs, ctimeNs */
   #times = new BigInt64Array(0);
-  /** ino, dev, rdev */
-  #ids = new BigUint64Array(0);
+  #ino = new BigUint64Array(0);
+  /**
+   * The device of most rows (a scan stays on one file system), and of the rows on another one;
+   * the device number of the few that are device nodes. Three 64-bit fields per row were 1 MiB of
+   * the bench's larger tree's scan, two of them the same value or zero on nearly every row.
+   */
+  #dev: bigint | undefined;
+  readonly #otherDevs = new Map<number, bigint>();
+  readonly #rdevs = new Map<number, bigint>();
   readonly #linknames = new Map<number, string>();
   readonly #xattrs = new Map<number, Record<string, Buffer>>();
   #released = false;
@@ -68,6 +77,43 @@ export class ScanEntries {
     // Always present (undefined when the row has none), so the object keeps one shape.
     e.linkname = this.#linknames.get(r);
     return e;
+  }
+
+  /** Row `r`'s path (rows are numbered from 0 in the order their paths were added). */
+  pathAt(r: number): string {
+    this.#usable();
+    return this.#paths[r]!;
+  }
+
+  /** Row `r`'s size. */
+  sizeAt(r: number): number {
+    this.#usable();
+    return this.#size[r]!;
+  }
+
+  /**
+   * The regular files by size (apply/size-index.ts), their sizes and paths read from these rows
+   * (the index reads nothing once they are released). Made here so that its functions hold
+   * nothing but this scan.
+   */
+  filesBySize(): SizeIndex {
+    this.#usable();
+    let n = 0;
+    for (let r = 0; r < this.#paths.length; r++) if (this.#type[r] === REG) n++;
+    const files = new Int32Array(n);
+    for (let r = 0, i = 0; r < this.#paths.length; r++) if (this.#type[r] === REG) files[i++] = r;
+    return new SizeIndex(
+      files,
+      (r) => this.sizeAt(r),
+      (r) => this.pathAt(r),
+    );
+  }
+
+  /** Call `f` with the row, link count and inode of every regular file, in row order. */
+  forEachFile(f: (row: number, nlink: number, ino: bigint) => void): void {
+    this.#usable();
+    for (let r = 0; r < this.#paths.length; r++)
+      if (this.#type[r] === REG) f(r, this.#small[r * 4 + 3]!, this.#ino[r]!);
   }
 
   keys(): IterableIterator<string> {
@@ -112,7 +158,7 @@ export class ScanEntries {
     this.#size[r] = Number(st.size);
     this.#times[r * 2] = st.mtimeNs;
     this.#times[r * 2 + 1] = st.ctimeNs;
-    this.#ids.set([st.ino, st.dev, st.rdev], r * 3);
+    this.#setIds(r, st.ino, st.dev, st.rdev);
     this.#setLinkname(r, linkname);
   }
 
@@ -124,7 +170,7 @@ export class ScanEntries {
     this.#size[r] = e.size;
     this.#times[r * 2] = e.mtimeNs;
     this.#times[r * 2 + 1] = e.ctimeNs;
-    this.#ids.set([e.ino, e.dev, e.rdev], r * 3);
+    this.#setIds(r, e.ino, e.dev, e.rdev);
     this.#setLinkname(r, e.linkname);
     this.setXattrs(e.path, e.xattrs);
   }
@@ -135,6 +181,15 @@ export class ScanEntries {
     if (r === -1) return;
     if (Object.keys(xattrs).length) this.#xattrs.set(r, xattrs);
     else this.#xattrs.delete(r);
+  }
+
+  #setIds(r: number, ino: bigint, dev: bigint, rdev: bigint): void {
+    this.#ino[r] = ino;
+    this.#dev ??= dev;
+    if (dev === this.#dev) this.#otherDevs.delete(r);
+    else this.#otherDevs.set(r, dev);
+    if (rdev === 0n) this.#rdevs.delete(r);
+    else this.#rdevs.set(r, rdev);
   }
 
   #setLinkname(r: number, linkname: string | undefined): void {
@@ -148,8 +203,10 @@ export class ScanEntries {
    * (~3 MiB of typed arrays on the bench's larger tree). Any use afterwards throws.
    */
   release(): void {
-    for (const a of [this.#type, this.#small, this.#size, this.#times, this.#ids, this.#slots]) freeArray(a);
+    for (const a of [this.#type, this.#small, this.#size, this.#times, this.#ino, this.#slots]) freeArray(a);
     this.#paths.length = 0;
+    this.#otherDevs.clear();
+    this.#rdevs.clear();
     this.#linknames.clear();
     this.#xattrs.clear();
     this.#peeked = undefined;
@@ -220,7 +277,7 @@ export class ScanEntries {
     this.#small = resized(this.#small, n * 4);
     this.#size = resized(this.#size, n);
     this.#times = resized(this.#times, n * 2);
-    this.#ids = resized(this.#ids, n * 3);
+    this.#ino = resized(this.#ino, n);
     this.#capacity = n;
   }
 
@@ -241,10 +298,10 @@ export class ScanEntries {
     e.size = this.#size[r]!;
     e.mtimeNs = this.#times[r * 2]!;
     e.ctimeNs = this.#times[r * 2 + 1]!;
-    e.ino = this.#ids[r * 3]!;
-    e.dev = this.#ids[r * 3 + 1]!;
+    e.ino = this.#ino[r]!;
+    e.dev = this.#otherDevs.get(r) ?? this.#dev!;
     e.nlink = this.#small[r * 4 + 3]!;
-    e.rdev = this.#ids[r * 3 + 2]!;
+    e.rdev = this.#rdevs.get(r) ?? 0n;
     e.xattrs = this.#xattrs.get(r) ?? NO_XATTRS;
     return e;
   }

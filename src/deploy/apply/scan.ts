@@ -111,20 +111,34 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
 }
 
 export function indexOldTree(root: string, entries: ScannedEntries): OldTree {
+  const byIno = new Map<bigint, string[]>();
+  const linked = (ino: bigint, path: string) => {
+    // A new list as a literal: `[]` then push() reserves 17 slots.
+    const i = byIno.get(ino);
+    if (i) i.push(path);
+    else byIno.set(ino, [path]);
+  };
+  if (entries instanceof ScanEntries) {
+    // By row: no entry object made per path; the size index reads the rows' sizes and paths.
+    entries.forEachFile((r, nlink, ino) => {
+      if (nlink >= 2) linked(ino, entries.pathAt(r));
+    });
+    return { root, entries, bySize: entries.filesBySize(), byIno };
+  }
   const sizes: number[] = [];
   const paths: string[] = [];
-  const byIno = new Map<bigint, string[]>();
   for (const e of entries.values()) {
     if (e.type !== 'reg') continue;
     sizes.push(e.size);
     paths.push(e.path);
-    if (e.nlink < 2) continue;
-    // A new list as a literal: `[]` then push() reserves 17 slots.
-    const i = byIno.get(e.ino);
-    if (i) i.push(e.path);
-    else byIno.set(e.ino, [e.path]);
+    if (e.nlink >= 2) linked(e.ino, e.path);
   }
-  return { root, entries, bySize: new SizeIndex(sizes, paths), byIno };
+  const bySize = new SizeIndex(
+    Int32Array.from(sizes.keys()),
+    (i) => sizes[i]!,
+    (i) => paths[i]!,
+  );
+  return { root, entries, bySize, byIno };
 }
 
 /**
@@ -137,7 +151,6 @@ export function sharePathsWith(old: OldTree, tree: ReadonlyMap<string, { readonl
   if (!(old.entries instanceof ScanEntries)) return;
   const same = (p: string) => tree.get(p)?.path;
   old.entries.sharePaths(same);
-  old.bySize.sharePaths(same);
   for (const g of old.byIno.values()) for (let i = 0; i < g.length; i++) g[i] = same(g[i]!) ?? g[i]!;
 }
 

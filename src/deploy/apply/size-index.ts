@@ -1,29 +1,31 @@
 /**
- * A scanned tree's regular files by size (the only candidates for a content match), as two
- * arrays sorted by size: a Map of size to a path or a list of paths was ~1.5 MiB on the bench's
- * larger tree (14k sizes; 5k lists, each grown by push() to ~20 slots), here 16 bytes a file.
- * Files of one size keep the order they were added in (the planner takes the first that matches).
+ * A scanned tree's regular files by size (the only candidates for a content match): the files'
+ * numbers sorted by size, their sizes and paths read where the scan keeps them. A Map of size to
+ * a path or a list of paths was ~1.5 MiB on the bench's larger tree (14k sizes; 5k lists, each
+ * grown by push() to ~20 slots); sorted copies of the sizes and paths, 16 bytes a file; this
+ * is 4. Files of one size keep the order of their numbers (the planner takes the first that matches).
  */
 const NONE: readonly string[] = Object.freeze([]);
 
 export class SizeIndex {
-  readonly #sizes: Float64Array;
-  readonly #paths: string[];
+  /** The files' numbers, by size. */
+  readonly #order: Int32Array;
+  readonly #sizeOf: (file: number) => number;
+  readonly #pathOf: (file: number) => string;
 
-  /** `sizes[i]` is the size of the file at `paths[i]`. */
-  constructor(sizes: readonly number[], paths: readonly string[]) {
+  /**
+   * `files`: the numbers of the regular files (a scan's rows), each with its size and path by
+   * `sizeOf` and `pathOf`, which must give the same answer for as long as the index is read.
+   */
+  constructor(files: Int32Array, sizeOf: (file: number) => number, pathOf: (file: number) => string) {
+    this.#sizeOf = sizeOf;
+    this.#pathOf = pathOf;
     // Stable: equal sizes keep their order.
-    const order = Uint32Array.from(sizes.keys()).sort((a, b) => sizes[a]! - sizes[b]! || a - b);
-    this.#sizes = new Float64Array(order.length);
-    this.#paths = new Array<string>(order.length);
-    for (let i = 0; i < order.length; i++) {
-      this.#sizes[i] = sizes[order[i]!]!;
-      this.#paths[i] = paths[order[i]!]!;
-    }
+    this.#order = files.sort((a, b) => sizeOf(a) - sizeOf(b) || a - b);
   }
 
   get size(): number {
-    return this.#paths.length;
+    return this.#order.length;
   }
 
   /**
@@ -31,27 +33,24 @@ export class SizeIndex {
    * none: the planner asks this of every new file, and most sizes have no file in the old tree.
    */
   pathsOf(size: number): readonly string[] {
-    const s = this.#sizes;
+    const o = this.#order;
     let lo = 0;
-    let hi = s.length;
+    let hi = o.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (s[mid]! < size) lo = mid + 1;
+      if (this.#sizeOf(o[mid]!) < size) lo = mid + 1;
       else hi = mid;
     }
     let end = lo;
-    while (end < s.length && s[end] === size) end++;
-    return end === lo ? NONE : this.#paths.slice(lo, end);
-  }
-
-  /** Name each file with `same(path)` where it gives a string (another copy of the same path). */
-  sharePaths(same: (path: string) => string | undefined): void {
-    const p = this.#paths;
-    for (let i = 0; i < p.length; i++) p[i] = same(p[i]!) ?? p[i]!;
+    while (end < o.length && this.#sizeOf(o[end]!) === size) end++;
+    if (end === lo) return NONE;
+    const paths = new Array<string>(end - lo);
+    for (let i = lo; i < end; i++) paths[i - lo] = this.#pathOf(o[i]!);
+    return paths;
   }
 
   /** [size, path] of every file, by size. */
   *[Symbol.iterator](): IterableIterator<[number, string]> {
-    for (let i = 0; i < this.#paths.length; i++) yield [this.#sizes[i]!, this.#paths[i]!];
+    for (const f of this.#order) yield [this.#sizeOf(f), this.#pathOf(f)];
   }
 }
