@@ -17,6 +17,7 @@ import { MemoryTarget } from '../helpers/memory-target.ts';
 import { isVerifiedFile, type TreeEntry, type VerifiedFile } from '../../src/deploy/apply/index.ts';
 import { plainEntry } from '../helpers/plain-entry.ts';
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
+import { PathTable } from '../../src/deploy/apply/path-table.ts';
 import {
   coalesce,
   applyTransfer,
@@ -255,13 +256,11 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     // (the tree's string asked for); a scan keeping the string it read asks nothing.
     const recorded: [string, boolean][] = [];
     let asked: unknown;
-    const get = Object.getOwnPropertyDescriptor(Map.prototype, 'get')!.value as (
-      this: Map<unknown, unknown>,
-      k: unknown,
-    ) => unknown;
+    // The tree is flattenLayers' table of paths (apply/path-table.ts).
+    const get = Object.getOwnPropertyDescriptor(PathTable.prototype, 'get')!.value as PathTable['get'];
     const addStats = Object.getOwnPropertyDescriptor(ScanEntries.prototype, 'addStats')!
       .value as ScanEntries['addStats'];
-    Map.prototype.get = function (this: Map<unknown, unknown>, k: unknown): unknown {
+    PathTable.prototype.get = function (this: PathTable, k: string) {
       asked = k;
       return get.call(this, k);
     };
@@ -272,7 +271,7 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     try {
       await applyTransfer(t, old, store, { preserve: [], allowCopyFallback: true });
     } finally {
-      Map.prototype.get = get;
+      PathTable.prototype.get = get;
       ScanEntries.prototype.addStats = addStats;
     }
     const scanned = recorded.filter(([p]) => p !== '');

@@ -5,7 +5,8 @@
  */
 import { BadHardlinkError } from './errors.ts';
 import { baseName, isAtOrBelow, joinPath, parentOf } from '../../layer/paths.ts';
-import type { TreeEntry } from './types.ts';
+import type { TreeByPath, TreeEntry } from './types.ts';
+import { PathTable } from './path-table.ts';
 
 export const WHITEOUT_PREFIX = '.wh.';
 export const OPAQUE_MARKER = '.wh..wh..opq';
@@ -26,7 +27,7 @@ export function whiteoutOf(path: string): Whiteout | null {
   return { kind: 'whiteout', path: joinPath(dir, hidden) };
 }
 
-function removeBelow(tree: Map<string, TreeEntry>, dir: string, includeSelf: boolean): void {
+function removeBelow(tree: TreeByPath, dir: string, includeSelf: boolean): void {
   if (dir === '') {
     for (const k of tree.keys()) if (k !== '' || includeSelf) tree.delete(k);
     return;
@@ -38,13 +39,14 @@ function removeBelow(tree: Map<string, TreeEntry>, dir: string, includeSelf: boo
 
 /**
  * Flatten layers (each a list of entries with normalised paths, in archive order) into the
- * final tree: a map of path to entry, in no particular order (a path keeps the place where a
- * layer first put it). Within one layer whiteouts only hide lower layers, whatever their position.
+ * final tree: a table of path to entry (path-table.ts), in no particular order (a path keeps the
+ * place where a layer first put it). Within one layer whiteouts only hide lower layers, whatever their position.
  * Hardlinks must name an entry of the final tree that is not a directory; chains are resolved
  * so every hardlink names a regular (or other non-directory, non-hardlink) entry.
  */
-export function flattenLayers(layers: readonly (readonly TreeEntry[])[]): Map<string, TreeEntry> {
-  const tree = new Map<string, TreeEntry>();
+export function flattenLayers(layers: readonly (readonly TreeEntry[])[]): PathTable {
+  // Sized for every entry of every layer (upper layers repeat some paths): made once, not grown.
+  const tree = new PathTable(layers.reduce((n, l) => n + l.length, 0));
   for (const layer of layers) {
     for (const e of layer) {
       const w = whiteoutOf(e.path);
@@ -69,7 +71,7 @@ export function flattenLayers(layers: readonly (readonly TreeEntry[])[]): Map<st
 }
 
 /** Point every hardlink at its final (non-hardlink) target; refuse dangling or directory targets. */
-export function resolveHardlinks(tree: Map<string, TreeEntry>): void {
+export function resolveHardlinks(tree: TreeByPath): void {
   for (const [path, e] of tree) {
     if (e.type !== 'hardlink') continue;
     let target = e.linkname ?? '';

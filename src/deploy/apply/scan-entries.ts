@@ -10,17 +10,11 @@ import { fileTypeOf, NO_XATTRS } from '../../layer/entry.ts';
 import type { EntryType, ExistingEntry } from './types.ts';
 import { freeArray, resized } from '../../util/typed-resize.ts';
 import { SizeIndex } from './size-index.ts';
+import { fnv1a } from '../../util/string-hash.ts';
 
 const TYPES: readonly (EntryType | 'other')[] = ['reg', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'other'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 const REG = TYPE_CODE.get('reg')!;
-
-/** FNV-1a of a path's char codes: where its row is looked for first. */
-function hashOf(path: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < path.length; i++) h = Math.imul(h ^ path.charCodeAt(i), 0x01000193);
-  return h >>> 0;
-}
 
 export class ScanEntries {
   /**
@@ -223,7 +217,7 @@ export class ScanEntries {
     const slots = this.#slots;
     if (slots.length === 0) return -1;
     const mask = slots.length - 1;
-    for (let i = hashOf(path) & mask; ; i = (i + 1) & mask) {
+    for (let i = fnv1a(path) & mask; ; i = (i + 1) & mask) {
       const v = slots[i]!;
       if (v === 0) return -1;
       if (this.#paths[v - 1] === path) return v - 1;
@@ -232,7 +226,7 @@ export class ScanEntries {
 
   #place(path: string, r: number): void {
     const mask = this.#slots.length - 1;
-    let i = hashOf(path) & mask;
+    let i = fnv1a(path) & mask;
     while (this.#slots[i] !== 0) i = (i + 1) & mask;
     this.#slots[i] = r + 1;
   }

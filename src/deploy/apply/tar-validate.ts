@@ -20,7 +20,7 @@ import { addImplicitParents } from './plan.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from './reserved.ts';
 import { entriesFromTar } from './tar-entries.ts';
 import type { LayerOpener } from '../../layer/openers.ts';
-import type { EntryType, TreeEntry } from './types.ts';
+import type { EntryType, TreeByPath, TreeEntry } from './types.ts';
 
 export interface TarValidateOptions {
   reserved?: Reserved;
@@ -36,7 +36,7 @@ export interface TarValidateOptions {
 export async function validateTarLayers(
   layers: readonly LayerOpener[],
   o: TarValidateOptions = {},
-): Promise<SkipReport & { tree: Map<string, TreeEntry> }> {
+): Promise<SkipReport & { tree: TreeByPath }> {
   const all: TreeEntry[][] = [];
   for (let k = 0; k < layers.length; k++) {
     let stream: Awaited<ReturnType<LayerOpener>> | undefined;

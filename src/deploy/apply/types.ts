@@ -43,6 +43,15 @@ export interface ScannedEntries {
   [Symbol.iterator](): IterableIterator<[string, ExistingEntry]>;
 }
 
+/**
+ * The new tree by path, which the planner completes in place (implicit parents): flattenLayers'
+ * PathTable (path-table.ts), or a Map (tests).
+ */
+export interface TreeByPath extends ReadonlyMap<string, TreeEntry> {
+  set(path: string, e: TreeEntry): unknown;
+  delete(path: string): boolean;
+}
+
 export interface OldTree {
   root: string;
   entries: ScannedEntries;
