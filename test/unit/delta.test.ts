@@ -264,8 +264,11 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
       asked = k;
       return get.call(this, k);
     };
+    // The scan comes after the tree is made: by then the transfer has let its layers' lists go.
+    const layersAtScan: number[] = [];
     ScanEntries.prototype.addStats = function (this: ScanEntries, ...a: Parameters<ScanEntries['addStats']>) {
       recorded.push([a[0], asked === a[0]]);
+      layersAtScan.push(t.layers.length);
       return addStats.apply(this, a);
     };
     try {
@@ -276,6 +279,7 @@ describe('delta: TOCs and verified downloads from a tiu layer', () => {
     }
     const scanned = recorded.filter(([p]) => p !== '');
     assert.deepEqual(scanned.map(([p]) => p).sort(), ['usr', 'usr/a', 'usr/gone']);
+    assert.ok(layersAtScan.length > 0 && layersAtScan.every((n) => n === 0), `${layersAtScan.join(',')} layers held`);
     assert.deepEqual(
       scanned.filter(([, viaTree]) => !viaTree),
       [],
