@@ -10,13 +10,11 @@
  */
 import type { ExistingEntry } from './types.ts';
 import { freeArray, resized } from '../../util/typed-resize.ts';
+import { digestBytesAre } from './digest-bytes.ts';
 
 export type IndexKeyParts = Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>;
 
 const DIGEST_BYTES = 32;
-const SHA256_PREFIX = 'sha256:';
-/** The char codes of lowercase hex digits, by value. */
-const HEX = Array.from('0123456789abcdef', (c) => c.charCodeAt(0));
 const EMPTY = -1;
 const U64 = (1n << 64n) - 1n;
 const I64_MIN = -(1n << 63n);
@@ -26,8 +24,13 @@ const LOW = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 1;
 const HIGH = 1 - LOW;
 const TWO_32 = 2 ** 32;
 
+/** A key as the saved file spells it: `ino:size:mtimeNs:ctimeNs`, in decimal. */
+export function keyText(k: IndexKeyParts): string {
+  return `${k.ino}:${k.size}:${k.mtimeNs}:${k.ctimeNs}`;
+}
+
 /** Can these parts be a row (ino an unsigned 64-bit number, size a safe integer, times signed 64-bit)? */
-function fits(k: IndexKeyParts): boolean {
+export function keyFits(k: IndexKeyParts): boolean {
   return (
     k.ino >= 0n &&
     k.ino <= U64 &&
@@ -97,7 +100,7 @@ export class IndexTable {
 
   /** The row of these key parts, or -1. */
   find(k: IndexKeyParts): number {
-    if (!fits(k)) return EMPTY;
+    if (!keyFits(k)) return EMPTY;
     return this.#table[this.#position(k)]!;
   }
 
@@ -108,13 +111,7 @@ export class IndexTable {
 
   /** Is row `r`'s digest this `sha256:<hex>` text? Compared character by character, no string made. */
   digestIs(r: number, digest: string): boolean {
-    if (digest.length !== SHA256_PREFIX.length + 2 * DIGEST_BYTES || !digest.startsWith(SHA256_PREFIX)) return false;
-    const d = this.#digests;
-    for (let i = 0, at = r * DIGEST_BYTES, c = SHA256_PREFIX.length; i < DIGEST_BYTES; i++, c += 2) {
-      const byte = d[at + i]!;
-      if (digest.charCodeAt(c) !== HEX[byte >> 4] || digest.charCodeAt(c + 1) !== HEX[byte & 15]) return false;
-    }
-    return true;
+    return digestBytesAre(this.#digests, r * DIGEST_BYTES, digest);
   }
 
   hashedHereAt(r: number): boolean {
@@ -128,7 +125,7 @@ export class IndexTable {
    * hashing).
    */
   set(k: IndexKeyParts, digest: string, hashedHere = false): number {
-    if (!fits(k)) return EMPTY;
+    if (!keyFits(k)) return EMPTY;
     const pos = this.#position(k);
     let r = this.#table[pos]!;
     if (r === EMPTY) {
@@ -144,10 +141,10 @@ export class IndexTable {
     return r;
   }
 
-  /** Row `r`'s key as the saved file spells it: `ino:size:mtimeNs:ctimeNs`, in decimal. */
+  /** Row `r`'s key as the saved file spells it (keyText). */
   keyAt(r: number): string {
     const k = this.#keys;
-    return [BigInt.asUintN(64, k[r * 4]!), k[r * 4 + 1]!, k[r * 4 + 2]!, k[r * 4 + 3]!].join(':');
+    return `${BigInt.asUintN(64, k[r * 4]!)}:${k[r * 4 + 1]!}:${k[r * 4 + 2]!}:${k[r * 4 + 3]!}`;
   }
 
   /** Keep only the rows in `keep`, in their order (row numbers change: earlier ones are invalid after). */

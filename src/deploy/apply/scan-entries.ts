@@ -10,11 +10,15 @@ import { fileTypeOf, NO_XATTRS } from '../../layer/entry.ts';
 import type { EntryType, ExistingEntry } from './types.ts';
 import { freeArray, resized } from '../../util/typed-resize.ts';
 import { SizeIndex } from './size-index.ts';
+import { keyFits, type IndexKeyParts } from './index-table.ts';
 import { fnv1a } from '../../util/string-hash.ts';
 
 const TYPES: readonly (EntryType | 'other')[] = ['reg', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'other'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 const REG = TYPE_CODE.get('reg')!;
+/** Which 32-bit half of a 64-bit element comes first in memory (typed arrays use the CPU's order). */
+const LOW = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 1;
+const HIGH = 1 - LOW;
 
 export class ScanEntries {
   /**
@@ -32,6 +36,12 @@ export class ScanEntries {
   /** mtimeNs, ctimeNs */
   #times = new BigInt64Array(0);
   #ino = new BigUint64Array(0);
+  /** The same memory as `#ino` and `#times` in 32-bit words (keyIs compares them). */
+  #ino32 = new Uint32Array(0);
+  #times32 = new Uint32Array(0);
+  /** The key parts being compared (keyIs), as rows store them: written, never read as BigInts. */
+  readonly #probe = new BigInt64Array(3);
+  readonly #probe32 = new Uint32Array(this.#probe.buffer);
   /**
    * The device of most rows (a scan stays on one file system), and of the rows on another one;
    * the device number of the few that are device nodes. Three 64-bit fields per row were 1 MiB of
@@ -77,6 +87,72 @@ export class ScanEntries {
   pathAt(r: number): string {
     this.#usable();
     return this.#paths[r]!;
+  }
+
+  /** The row of `path`, or -1. */
+  rowOf(path: string): number {
+    return this.#find(path);
+  }
+
+  /**
+   * Are these row `r`'s inode, size, mtime and ctime (a content index's key)? Compared as 32-bit
+   * words: reading the rows' 64-bit fields would make a BigInt of each, and the planner asks this
+   * of every file of an update.
+   */
+  keyIs(r: number, k: IndexKeyParts): boolean {
+    this.#usable();
+    if (this.#size[r] !== k.size || !keyFits(k)) return false;
+    const p = this.#probe;
+    const p32 = this.#probe32;
+    p[0] = k.ino; // its 64 bits, as the row's BigUint64Array holds them
+    p[1] = k.mtimeNs;
+    p[2] = k.ctimeNs;
+    const ino = this.#ino32;
+    const times = this.#times32;
+    return (
+      ino[r * 2] === p32[0] &&
+      ino[r * 2 + 1] === p32[1] &&
+      times[r * 4] === p32[2] &&
+      times[r * 4 + 1] === p32[3] &&
+      times[r * 4 + 2] === p32[4] &&
+      times[r * 4 + 3] === p32[5]
+    );
+  }
+
+  /** Row `r`'s inode, size, mtime and ctime (a content index's key). */
+  keyPartsAt(r: number): IndexKeyParts {
+    this.#usable();
+    return { ino: this.#ino[r]!, size: this.#size[r]!, mtimeNs: this.#times[r * 2]!, ctimeNs: this.#times[r * 2 + 1]! };
+  }
+
+  /**
+   * The rows of regular files by the low 32 bits of their inode, for finding the rows of an
+   * inode (`rowsOfInode`) many times in a row: a table of first rows and a chain of next rows,
+   * ~8 bytes a row, let go with the function.
+   */
+  inodeLookup(): (ino: bigint, f: (row: number) => void) => void {
+    this.#usable();
+    const rows = this.#paths.length;
+    let cap = 1024;
+    while (cap < rows) cap *= 2;
+    const first = new Int32Array(cap).fill(-1);
+    const next = new Int32Array(rows).fill(-1);
+    const ino32 = this.#ino32;
+    const mask = cap - 1;
+    for (let r = rows - 1; r >= 0; r--) {
+      if (this.#type[r] !== REG) continue;
+      const h = ino32[r * 2 + LOW]! & mask;
+      next[r] = first[h]!;
+      first[h] = r;
+    }
+    const probe = new BigUint64Array(1);
+    const probe32 = new Uint32Array(probe.buffer);
+    return (ino, f) => {
+      this.#usable();
+      probe[0] = BigInt.asUintN(64, ino);
+      for (let r = first[probe32[LOW]! & mask]!; r !== -1; r = next[r]!)
+        if (ino32[r * 2 + LOW] === probe32[LOW] && ino32[r * 2 + HIGH] === probe32[HIGH]) f(r);
+    };
   }
 
   /** Row `r`'s size. */
@@ -198,6 +274,8 @@ export class ScanEntries {
    */
   release(): void {
     for (const a of [this.#type, this.#small, this.#size, this.#times, this.#ino, this.#slots]) freeArray(a);
+    this.#ino32 = new Uint32Array(0);
+    this.#times32 = new Uint32Array(0);
     this.#paths.length = 0;
     this.#otherDevs.clear();
     this.#rdevs.clear();
@@ -272,6 +350,8 @@ export class ScanEntries {
     this.#size = resized(this.#size, n);
     this.#times = resized(this.#times, n * 2);
     this.#ino = resized(this.#ino, n);
+    this.#ino32 = new Uint32Array(this.#ino.buffer);
+    this.#times32 = new Uint32Array(this.#times.buffer);
     this.#capacity = n;
   }
 

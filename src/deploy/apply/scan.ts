@@ -22,7 +22,8 @@ import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
 import { ScanEntries } from './scan-entries.ts';
 import { SizeIndex } from './size-index.ts';
 import { INDEX_HEAD, IndexTextParser, MIN_MEMBER } from './content-index-text.ts';
-import { IndexTable, type IndexKeyParts } from './index-table.ts';
+import { IndexTable, keyText, type IndexKeyParts } from './index-table.ts';
+import { ScanDigests, type KeyedEntry } from './scan-digests.ts';
 import type { EntryType, ExistingEntry, OldTree, ScannedEntries } from './types.ts';
 import type { BigIntStats, PathLike } from 'node:fs';
 
@@ -222,6 +223,12 @@ export async function hashFile(abs: PathLike): Promise<string> {
 export class ContentIndex implements ContentHasher {
   readonly root: string;
   #known = new IndexTable();
+  /**
+   * Loaded with the scan of its tree: the digests hang off the scan's rows (scan-digests.ts) and
+   * `#known` stays empty until the index is changed by something other than reading (remember,
+   * replaceRows, forgetRows), which first makes its rows a table of their own again.
+   */
+  #onScan: ScanDigests | undefined;
   /** Files actually read to hash them (for reports and tests). */
   hashedFiles = 0;
   hashedBytes = 0;
@@ -234,9 +241,11 @@ export class ContentIndex implements ContentHasher {
    * The index saved at `file`; empty when there is none or it is not exactly what `save`
    * writes (it is only an accelerator). Read member by member as its pieces come: JSON.parse made
    * an object of every entry (~8 MB for a 45k-file tree), and the whole file with its text copy
-   * was ~10 MB more.
+   * was ~10 MB more. With `scan` (the tree's, made just before and read by nothing that changes
+   * it), the digests are kept on its rows (scan-digests.ts) and the index reads it until
+   * `forgetRows`: it must not be released before.
    */
-  static async load(root: string, file: string): Promise<ContentIndex> {
+  static async load(root: string, file: string, scan?: ScanEntries): Promise<ContentIndex> {
     const idx = new ContentIndex(root);
     let fh;
     try {
@@ -244,24 +253,34 @@ export class ContentIndex implements ContentHasher {
     } catch {
       return idx;
     }
-    const parser = new IndexTextParser((key, digest) => idx.#known.set(key, digest));
     try {
       const piece = Buffer.allocUnsafe(INDEX_READ_PIECE);
-      // Counted first, so that the table is made once at its size (IndexTable.reserve).
-      idx.#known.reserve(await countMembers(fh, piece));
+      // Counted first, so that the rows are made once at their size (IndexTable.reserve).
+      const members = await countMembers(fh, piece);
+      let onMember: (key: IndexKeyParts, digest: string) => unknown;
+      if (scan) {
+        const onScan = (idx.#onScan = new ScanDigests(scan, members));
+        const rowsOfInode = scan.inodeLookup();
+        onMember = (key, digest) => onScan.attach(key, digest, rowsOfInode);
+      } else {
+        idx.#known.reserve(members);
+        onMember = (key, digest) => idx.#known.set(key, digest);
+      }
+      const parser = new IndexTextParser(onMember);
       for (let at = 0; ;) {
         const { bytesRead } = await fh.read(piece, 0, piece.length, at);
         if (bytesRead === 0) break;
         at += bytesRead;
         if (!parser.push(piece.subarray(0, bytesRead))) break;
       }
+      if (!parser.end()) return new ContentIndex(root);
     } catch {
       return new ContentIndex(root);
     } finally {
       await fh.close();
     }
-    if (!parser.end()) return new ContentIndex(root);
     idx.#known.trim();
+    idx.#onScan?.trim();
     return idx;
   }
 
@@ -271,9 +290,19 @@ export class ContentIndex implements ContentHasher {
     try {
       let piece = INDEX_HEAD;
       let first = true;
-      for (let r = 0; r < this.#known.size; r++) {
-        piece += `${first ? '' : ','}"${this.#known.keyAt(r)}":"${this.#known.digestAt(r)}"`;
+      const member = (key: string, digest: string) => {
+        piece += `${first ? '' : ','}"${key}":"${digest}"`;
         first = false;
+      };
+      for (const [key, digest] of this.#onScan?.rows() ?? []) {
+        member(keyText(key), digest);
+        if (piece.length >= 64 * 1024) {
+          await fh.write(piece);
+          piece = '';
+        }
+      }
+      for (let r = 0; r < this.#known.size; r++) {
+        member(this.#known.keyAt(r), this.#known.digestAt(r));
         if (piece.length >= 64 * 1024) {
           await fh.write(piece);
           piece = '';
@@ -287,7 +316,7 @@ export class ContentIndex implements ContentHasher {
   }
 
   get size(): number {
-    return this.#known.size;
+    return this.#onScan?.size ?? this.#known.size;
   }
 
   /** How many times its rows were made (IndexTable.allocations). */
@@ -300,11 +329,13 @@ export class ContentIndex implements ContentHasher {
    * file's key, for retainKeys (-1: not recorded).
    */
   remember(e: IndexKeyParts, digest: string): IndexKey {
+    this.#ownRows();
     return SHA256.test(digest) ? this.#known.set(e, digest) : this.#known.find(e);
   }
 
   /** Drop everything except these keys (after an apply, only the new tree's files matter); earlier keys are invalid after. */
   retainKeys(keep: ReadonlySet<IndexKey>): void {
+    this.#ownRows();
     this.#known.retain(keep);
   }
 
@@ -317,6 +348,7 @@ export class ContentIndex implements ContentHasher {
    * the bench's larger first install, the peak of the apply).
    */
   replaceRows(rows: number, files: Iterable<readonly [IndexKeyParts, string]>): void {
+    this.#ownRows();
     // An index without rows (forgetRows) has nothing to consult: its arrays take the rows when they have room.
     const next = this.#known.size === 0 && this.#known.room >= rows ? this.#known : new IndexTable(rows);
     for (const [key, digest] of files) {
@@ -334,27 +366,45 @@ export class ContentIndex implements ContentHasher {
    * table made beside them (~3.9 MiB on the bench's larger tree, the first one garbage then).
    */
   forgetRows(): void {
+    this.#onScan = undefined;
     this.#known.clear();
   }
 
   knownMatch(e: ExistingEntry, digest: string): boolean | undefined {
-    const r = this.#known.find(e);
-    return r === -1 ? undefined : this.#known.digestIs(r, digest);
+    const rows = this.#onScan ?? this.#known;
+    const r = rows.find(e);
+    return r === -1 ? undefined : rows.digestIs(r, digest);
   }
 
   async digestOf(e: ExistingEntry): Promise<string> {
-    const r = this.#known.find(e);
-    if (r !== -1) return this.#known.digestAt(r);
+    const rows = this.#onScan ?? this.#known;
+    const r = rows.find(e);
+    if (r !== -1) return rows.digestAt(r);
     const d = await hashFile(Buffer.concat([Buffer.from(this.root, 'utf8'), SLASH, bbuf(e.path)]));
     this.hashedFiles++;
     this.hashedBytes += e.size;
-    this.#known.set(e, d, true);
+    // Asked while the file was read, the rows may have become a table of their own meanwhile.
+    (this.#onScan ?? this.#known).set(e, d, true);
     return d;
   }
 
   /** Whether this process read the file with this key to hash it (rather than trusting a saved index). */
-  hashedHere(e: IndexKeyParts): boolean {
-    const r = this.#known.find(e);
-    return r !== -1 && this.#known.hashedHereAt(r);
+  hashedHere(e: KeyedEntry): boolean {
+    const rows = this.#onScan ?? this.#known;
+    const r = rows.find(e);
+    return r !== -1 && rows.hashedHereAt(r);
+  }
+
+  /**
+   * Rows kept on the scan become a table of their own (needed by the calls that change the
+   * index as a whole); the scan must still be there. A no-op for an index loaded without one.
+   */
+  #ownRows(): void {
+    const onScan = this.#onScan;
+    if (!onScan) return;
+    this.#onScan = undefined;
+    const table = new IndexTable(onScan.size);
+    for (const [key, digest, hashedHere] of onScan.rows()) table.set(key, digest, hashedHere);
+    this.#known = table;
   }
 }

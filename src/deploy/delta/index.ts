@@ -247,11 +247,18 @@ async function planAgainst(
   // The scan names its paths with the tree's strings (the mirror of the TOCs taking the booted
   // scan's in prepareTransfer): one string per path, not a second copy alive until the plan.
   const old = scanned ?? (await scanTree(root, { preserve, ownPath: (p) => tree.get(p)?.path }));
-  const index = indexFile ? await ContentIndex.load(root, indexFile) : new ContentIndex(root);
+  // The index's digests are kept on the scan's rows (apply/scan-digests.ts): it reads the scan
+  // until the apply's forgetRows, or prepareTransfer's releaseScan after its last use.
+  const index = indexFile ? await ContentIndex.load(root, indexFile, rowsOf(old)) : new ContentIndex(root);
   const plan = await planApply(tree, old, index, { preserve, sources });
   // A scan made here is read by nothing after its plan: the apply's, which the writing follows.
   if (!scanned) releaseScan(old);
   return { plan, index, skip: tally.report() };
+}
+
+/** A scan's rows, for a content index loaded beside them; undefined for a tree not from a scan (tests). */
+function rowsOf(t: OldTree): ScanEntries | undefined {
+  return t.entries instanceof ScanEntries ? t.entries : undefined;
 }
 
 /** The artifact's share of the report before any file is planned. */
@@ -410,7 +417,7 @@ async function oldSources(
     if (planned && tree) return [...sources, { root: holder.root, tree, index: planned.index }];
     const scan = await scanTree(holder.root, { preserve: o.preserve });
     const idx = holder.indexFile
-      ? await ContentIndex.load(holder.root, holder.indexFile)
+      ? await ContentIndex.load(holder.root, holder.indexFile, rowsOf(scan))
       : new ContentIndex(holder.root);
     sources.push({ root: holder.root, tree: scan, index: idx });
   }
