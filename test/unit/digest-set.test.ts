@@ -24,6 +24,19 @@ describe('DigestSet (issue 19: a digest per file as bytes)', function () {
     assert.equal(s.indexOf(sha(n)), -1);
   });
 
+  it('gives back what it outgrows at once: 65,537 digests hold ArrayBuffers of their final size, not every size they passed', function () {
+    const s = new DigestSet();
+    const digests = Array.from({ length: 65_537 }, (_, i) => sha(i));
+    const before = process.memoryUsage().arrayBuffers;
+    for (const d of digests) s.add(d);
+    const added = process.memoryUsage().arrayBuffers - before;
+    // Bytes for 131,072 digests (4 MiB) and a table of 262,144 slots (1 MiB); the buffers and
+    // tables it passed through (as much again) were garbage until a full collection.
+    assert.ok(added > 4 << 20 && added < 6 << 20, `${added} bytes of ArrayBuffers`);
+    assert.equal(s.indexOf(sha(65_536)), 65_536);
+    assert.equal(s.indexOf(sha(3)), 3);
+  });
+
   it('tells digests apart that share their first bytes (one hash position)', function () {
     const s = new DigestSet();
     for (let i = 0; i < 300; i++) s.add(sameStart(i));

@@ -120,7 +120,12 @@ export async function planApply(
   const tree = newTree;
   addImplicitParents(tree);
   sharePathsWith(old, tree);
-  const paths = [...tree.keys()].sort(comparePaths);
+  // Made at its size: a spread of the table's keys grew the array as it went (its copies
+  // large-object garbage beside the plan).
+  const paths = new Array<string>(tree.size);
+  let n = 0;
+  tree.forEach((_, p) => (paths[n++] = p));
+  paths.sort(comparePaths);
 
   // Hardlink groups of the new tree: primary path -> all paths sharing its inode.
   const groups = new Map<string, string[]>();
