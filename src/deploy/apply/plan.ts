@@ -435,10 +435,14 @@ function planDeletes(
   const deletes: string[] = [];
   const deleted = new Set<string>();
   const keptAncestors = new Set<string>();
-  const oldPaths = [...old.entries.keys()].sort(comparePaths);
-  for (let i = 0; i < oldPaths.length; i++) {
-    const p = oldPaths[i]!;
-    if (p === '' || tree.has(p)) continue;
+  // Only the old paths the new tree lacks, in path order (a parent before its children): a sorted
+  // copy of every old path was made at the end of the plan, its peak (~0.4 MiB and the sort's
+  // own ~1 MiB on the bench's larger tree; an update deletes a few hundred).
+  const gone: string[] = [];
+  for (const p of old.entries.keys()) if (p !== '' && !tree.has(p)) gone.push(p);
+  gone.sort(comparePaths);
+  for (let i = 0; i < gone.length; i++) {
+    const p = gone[i]!;
     if (preserve.some((d) => isAtOrBelow(p, d))) continue;
     const x = old.entries.get(p)!;
     const parent = parentOf(p);
