@@ -16,7 +16,7 @@ import { LayerEntries, planApply, type ExistingEntry, type TreeEntry } from '../
 import { NO_XATTRS } from '../../src/layer/entry.ts';
 import { ContentIndex, indexOldTree, pathsOfSize, scanTree, sharePathsWith } from '../../src/deploy/apply/scan.ts';
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
-import type { Action, OldTree, Plan } from '../../src/deploy/apply/types.ts';
+import { MTIME_ONLY, type Action, type OldTree, type Plan } from '../../src/deploy/apply/types.ts';
 import { PlanActions } from '../../src/deploy/apply/plan-actions.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { zstdCompressSync } from 'node:zlib';
@@ -81,7 +81,7 @@ function indexInputs(n: number): { files: Parameters<ContentIndex['remember']>[0
  * A tree of n entries (three directories, then files) and its scan, naming every path with the
  * same string (sharing paths frees nothing here), every file unchanged: a plan that keeps all.
  */
-function keptTree(n: number): { tree: Map<string, TreeEntry>; entries: ScanEntries } {
+function keptTree(n: number, treeMtimeNs = 1n): { tree: Map<string, TreeEntry>; entries: ScanEntries } {
   const tree = new Map<string, TreeEntry>();
   const entries = new ScanEntries();
   const dirs = ['', 'usr', 'usr/share'];
@@ -90,7 +90,8 @@ function keptTree(n: number): { tree: Map<string, TreeEntry>; entries: ScanEntri
     const path = dir ? dirs[i]! : `usr/share/file-number-${i}.txt`;
     const size = dir ? 0 : i;
     const base = { path, mode: dir ? 0o755 : 0o644, uid: 0, gid: 0, size, mtimeNs: 1n, xattrs: NO_XATTRS };
-    tree.set(path, dir ? { ...base, type: 'dir' } : { ...base, type: 'reg', digest: digestOf(i) });
+    const wanted = { ...base, mtimeNs: treeMtimeNs };
+    tree.set(path, dir ? { ...wanted, type: 'dir' } : { ...wanted, type: 'reg', digest: digestOf(i) });
     entries.set({ ...base, type: dir ? 'dir' : 'reg', ctimeNs: 2n, ino: BigInt(i + 1), dev: 1n, nlink: 1, rdev: 0n });
   }
   entries.trim();
@@ -486,6 +487,24 @@ describe('planning memory (issue 19)', function () {
     assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
   });
 
+  it('holds a plan that sets the mtime of 20,000 entries in under 16 bytes each (a {kind, entry, fix} object and its fix held ~90)', async function () {
+    const n = 20_000;
+    const { tree, entries } = keptTree(n, 5_000_000_000n);
+    const old = indexOldTree('/x', entries);
+    const hasher = { digestOf: (x: ExistingEntry) => Promise.resolve(digestOf(x.size)) };
+    const perEntry = await bytesHeldPerEntry(
+      n,
+      () => planApply(tree, old, hasher),
+      (plan) => {
+        assert.equal(plan.summary.meta.count, n);
+        const a = plan.actions.at(7)!;
+        assert.deepEqual(a, { kind: 'meta', entry: tree.get(a.entry.path), fix: { mtime: true } });
+        assert.equal(a.fix, MTIME_ONLY);
+      },
+    );
+    assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
+  });
+
   it('holds a plan that creates 20,000 entries on an empty tree in under 16 bytes each (a {kind, entry, replace} object apiece held ~56)', async function () {
     const n = 20_000;
     const tree = new Map<string, TreeEntry>();
@@ -529,6 +548,8 @@ describe('planning memory (issue 19)', function () {
       { kind: 'create', entry: entry('d'), replace: true },
       { kind: 'link', entry: entry('e'), replace: false },
       { kind: 'meta', entry: entry('f'), fix: { mode: true } },
+      { kind: 'meta', entry: entry('f2'), fix: MTIME_ONLY },
+      { kind: 'meta', entry: entry('f3'), fix: { mtime: true } },
       { kind: 'reflink', entry: entry('g'), from: 'a', replace: true },
       { kind: 'reflink', entry: entry('h'), from: 'b', fromNew: true, replace: false },
       { kind: 'clone', entry: entry('i'), from: 'i' },
@@ -541,9 +562,11 @@ describe('planning memory (issue 19)', function () {
     assert.deepEqual([...list], [{ kind: 'link', entry: entry('z'), replace: true }, ...actions]);
     for (const [i, a] of actions.entries()) {
       assert.deepEqual(list.at(i + 1), a);
-      // Stored whole only where it says more than a kind, an entry and replace.
-      const asObject = 'from' in a || 'fix' in a;
+      // Stored whole only where it says more than a kind, an entry and replace (or the shared
+      // mtime-only fix; an equal fix of its own is another object, kept as it is).
+      const asObject = 'from' in a || ('fix' in a && a.fix !== MTIME_ONLY);
       assert.equal(list.at(i + 1) === a, asObject, a.entry.path);
+      if ('fix' in a) assert.equal(list.at(i + 1)!.fix, a.fix, a.entry.path);
     }
     assert.equal(list.at(-1)!.entry, actions.at(-1)!.entry);
     const reserved = new PlanActions();

@@ -6,9 +6,10 @@
  * the largest part of the plan on the bench's larger tree: a first install of it makes 44,500
  * `create`/`write` actions (2 MiB of heap through the whole writing), a delta update's `keep`s
  * as many; and an update plans twice, the check's plan, then the apply's against the new
- * snapshot. Actions with more to say (a reflink's source, a meta fix) stay objects.
+ * snapshot. Actions with more to say (a reflink's source, a meta fix other than the mtime alone)
+ * stay objects; a fix of the mtime alone (MTIME_ONLY, the most common) is a bit beside the kind.
  */
-import type { Action, ActionKind, ActionList, TreeEntry } from './types.ts';
+import { MTIME_ONLY, type Action, type ActionKind, type ActionList, type TreeEntry } from './types.ts';
 import { resized } from '../../util/typed-resize.ts';
 
 /** Kinds by code (a stored slot's byte is 1 + the index, 0 for an action kept as an object). */
@@ -17,11 +18,15 @@ const KIND_MASK = 0x0f;
 /** The action had a `replace` field (its value in REPLACE_TRUE): read back with the same fields. */
 const HAS_REPLACE = 0x10;
 const REPLACE_TRUE = 0x20;
+/** The action's fix is MTIME_ONLY (a `meta` of the mtime alone: thousands in an update of rebuilt packages). */
+const FIX_MTIME = 0x40;
 
 /** The byte for an action that is its kind, entry and `replace` alone, else 0 (kept as an object). */
 function codeOf(a: Action): number {
-  if ('from' in a || 'fromNew' in a || 'fromSnapshot' in a || 'fix' in a) return 0;
+  if ('from' in a || 'fromNew' in a || 'fromSnapshot' in a) return 0;
+  if ('fix' in a && a.fix !== MTIME_ONLY) return 0;
   let code = KINDS.indexOf(a.kind) + 1;
+  if ('fix' in a) code |= FIX_MTIME;
   if ('replace' in a) {
     if (typeof a.replace !== 'boolean') return 0;
     code |= HAS_REPLACE | (a.replace ? REPLACE_TRUE : 0);
@@ -78,6 +83,7 @@ export class PlanActions implements ActionList {
     const code = this.#codes[i]!;
     if (!code) return s as Action;
     const a: Action = { kind: KINDS[(code & KIND_MASK) - 1]!, entry: s as TreeEntry };
+    if (code & FIX_MTIME) a.fix = MTIME_ONLY;
     if (code & HAS_REPLACE) a.replace = (code & REPLACE_TRUE) !== 0;
     return a;
   }

@@ -113,6 +113,9 @@ export interface MetaFix {
   xattrRemove?: string[];
 }
 
+/** The fix of an entry whose mtime alone differs: one shared (frozen) object for all of them. */
+export const MTIME_ONLY: MetaFix = Object.freeze({ mtime: true });
+
 /**
  * The actions of a plan, by index, in path order. A plain Action[] is one (tests build plans
  * so); the planner's is a PlanActions (plan-actions.ts), which stores an action that is a kind
