@@ -3,7 +3,7 @@
  * as one loaded on its own, for exactly the same keys, in less memory.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
@@ -83,6 +83,17 @@ describe('content index on the scan of its tree', function () {
     for (const e of unknown) assert.equal(onScan.knownMatch(e, digestOf(0)), undefined, JSON.stringify(e.path));
     assert.equal(onScan.hashedHere(a), false);
     assert.equal(alone.hashedFiles + onScan.hashedFiles, 0, 'nothing read');
+  });
+
+  it('takes the last digest of a key met twice, as an index loaded alone does', async function () {
+    const a = file('usr/a', 1n);
+    const scan = new ScanEntries();
+    scan.set(a);
+    const key = `${a.ino}:${a.size}:${a.mtimeNs}:${a.ctimeNs}`;
+    const at = join(dir, 'twice.json');
+    await writeFile(at, `{"version":1,"entries":{"${key}":"${digestOf(1)}","${key}":"${digestOf(2)}"}}`);
+    for (const idx of [await ContentIndex.load(dir, at), await ContentIndex.load(dir, at, scan)])
+      assert.equal(await idx.digestOf(a), digestOf(2));
   });
 
   it('saves what it holds, as an index loaded alone would; remember and replaceRows take its rows along', async function () {

@@ -49,7 +49,12 @@ export class ScanDigests {
     let d = NONE;
     rows(k.ino, (r) => {
       if (!this.#scan.keyIs(r, k)) return;
-      if (d === NONE) d = this.#digestOf[r] !== NONE ? this.#digestOf[r]! : this.#add(digest);
+      if (d === NONE) {
+        // A key met again (a file save never writes) takes its last digest, as the table's does.
+        d = this.#digestOf[r]!;
+        if (d === NONE) d = this.#add(digest);
+        else this.#digests.write(digest.slice(7), d * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+      }
       this.#digestOf[r] = d;
     });
     return d !== NONE;
