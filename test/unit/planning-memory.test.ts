@@ -18,6 +18,7 @@ import { ContentIndex, indexOldTree, pathsOfSize, scanTree, sharePathsWith } fro
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
 import { MTIME_ONLY, type Action, type OldTree, type Plan } from '../../src/deploy/apply/types.ts';
 import { PlanActions } from '../../src/deploy/apply/plan-actions.ts';
+import { existingFile } from '../helpers/existing-entry.ts';
 import { isTiuError } from '../../src/errors.ts';
 import { zstdCompressSync } from 'node:zlib';
 import { forEachCompressedTocEntry, forEachTocEntry, parseToc, type TocEntry } from '../../src/layer/toc.ts';
@@ -39,21 +40,7 @@ function tocEntry(i: number): TocEntry {
 }
 
 function existing(path: string, size: number, ino: bigint, nlink = 1): ExistingEntry {
-  return {
-    path,
-    type: 'reg',
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    size,
-    mtimeNs: 1n,
-    ctimeNs: 2n,
-    ino,
-    dev: 1n,
-    nlink,
-    rdev: 0n,
-    xattrs: {},
-  };
+  return existingFile(path, size, ino, { nlink });
 }
 
 /** A TOC of n entries as JSON (made in a function of its own: nothing of the source objects stays reachable). */
@@ -96,6 +83,25 @@ function keptTree(n: number, treeMtimeNs = 1n): { tree: Map<string, TreeEntry>; 
   }
   entries.trim();
   return { tree, entries };
+}
+
+/**
+ * Bytes a plan holds per entry (bytesHeldPerEntry) for keptTree(n, treeMtimeNs) against its own
+ * scan; `check` looks at the plan and the tree.
+ */
+function keptPlanBytes(
+  n: number,
+  treeMtimeNs: bigint,
+  check: (plan: Plan, tree: Map<string, TreeEntry>) => void,
+): Promise<number> {
+  const { tree, entries } = keptTree(n, treeMtimeNs);
+  const old = indexOldTree('/x', entries);
+  const hasher = { digestOf: (x: ExistingEntry) => Promise.resolve(digestOf(x.size)) };
+  return bytesHeldPerEntry(
+    n,
+    () => planApply(tree, old, hasher),
+    (plan) => check(plan, tree),
+  );
 }
 
 /** V8's gc, reachable from a test without a node flag. */
@@ -464,44 +470,30 @@ describe('planning memory (issue 19)', function () {
 
   it('holds a plan that keeps 20,000 entries in under 16 bytes each (an action object apiece held ~50)', async function () {
     const n = 20_000;
-    const { tree, entries } = keptTree(n);
-    const old = indexOldTree('/x', entries);
-    const hasher = { digestOf: (x: ExistingEntry) => Promise.resolve(digestOf(x.size)) };
-    const perEntry = await bytesHeldPerEntry(
-      n,
-      () => planApply(tree, old, hasher),
-      (plan) => {
-        assert.equal(plan.summary.keep.count, n);
-        assert.equal(plan.actions.length, n);
-        const a = plan.actions.at(7)!;
-        assert.equal(a.kind, 'keep');
-        assert.equal(a.entry, tree.get(a.entry.path));
-        assert.deepEqual([...plan.actions].map((x) => x.entry.path).slice(0, 4), [
-          '',
-          'usr',
-          'usr/share',
-          'usr/share/file-number-10.txt',
-        ]);
-      },
-    );
+    const perEntry = await keptPlanBytes(n, 1n, (plan, tree) => {
+      assert.equal(plan.summary.keep.count, n);
+      assert.equal(plan.actions.length, n);
+      const a = plan.actions.at(7)!;
+      assert.equal(a.kind, 'keep');
+      assert.equal(a.entry, tree.get(a.entry.path));
+      assert.deepEqual([...plan.actions].map((x) => x.entry.path).slice(0, 4), [
+        '',
+        'usr',
+        'usr/share',
+        'usr/share/file-number-10.txt',
+      ]);
+    });
     assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
   });
 
   it('holds a plan that sets the mtime of 20,000 entries in under 16 bytes each (a {kind, entry, fix} object and its fix held ~90)', async function () {
     const n = 20_000;
-    const { tree, entries } = keptTree(n, 5_000_000_000n);
-    const old = indexOldTree('/x', entries);
-    const hasher = { digestOf: (x: ExistingEntry) => Promise.resolve(digestOf(x.size)) };
-    const perEntry = await bytesHeldPerEntry(
-      n,
-      () => planApply(tree, old, hasher),
-      (plan) => {
-        assert.equal(plan.summary.meta.count, n);
-        const a = plan.actions.at(7)!;
-        assert.deepEqual(a, { kind: 'meta', entry: tree.get(a.entry.path), fix: { mtime: true } });
-        assert.equal(a.fix, MTIME_ONLY);
-      },
-    );
+    const perEntry = await keptPlanBytes(n, 5_000_000_000n, (plan, tree) => {
+      assert.equal(plan.summary.meta.count, n);
+      const a = plan.actions.at(7)!;
+      assert.deepEqual(a, { kind: 'meta', entry: tree.get(a.entry.path), fix: { mtime: true } });
+      assert.equal(a.fix, MTIME_ONLY);
+    });
     assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
   });
 

@@ -11,23 +11,11 @@ import { runInNewContext } from 'node:vm';
 import { ContentIndex, releaseScan, indexOldTree } from '../../src/deploy/apply/scan.ts';
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
 import type { ExistingEntry } from '../../src/deploy/apply/types.ts';
+import { existingFile } from '../helpers/existing-entry.ts';
 
+/** A file whose times are far from zero (a mtime past 2^53 ns, a negative ctime): exact as 64-bit words. */
 function file(path: string, ino: bigint, size = 10, nlink = 1): ExistingEntry {
-  return {
-    path,
-    type: 'reg',
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    size,
-    mtimeNs: 1_700_000_000_000_000_001n,
-    ctimeNs: -5n,
-    ino,
-    dev: 1n,
-    nlink,
-    rdev: 0n,
-    xattrs: {},
-  };
+  return existingFile(path, size, ino, { nlink, mtimeNs: 1_700_000_000_000_000_001n, ctimeNs: -5n });
 }
 
 const digestOf = (i: number) => `sha256:${i.toString(16).padStart(64, '0')}`;

@@ -13,3 +13,8 @@ export function digestBytesAre(bytes: Buffer, at: number, digest: string): boole
   }
   return true;
 }
+
+/** The `sha256:<hex>` text of the 32 bytes of `bytes` at `at`. */
+export function digestTextAt(bytes: Buffer, at: number): string {
+  return `${SHA256_PREFIX}${bytes.toString('hex', at, at + DIGEST_BYTES)}`;
+}

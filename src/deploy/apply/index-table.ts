@@ -10,7 +10,7 @@
  */
 import type { ExistingEntry } from './types.ts';
 import { freeArray, resized } from '../../util/typed-resize.ts';
-import { digestBytesAre } from './digest-bytes.ts';
+import { digestBytesAre, digestTextAt } from './digest-bytes.ts';
 
 export type IndexKeyParts = Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>;
 
@@ -106,7 +106,7 @@ export class IndexTable {
 
   /** `sha256:<hex>` of row `r`. */
   digestAt(r: number): string {
-    return `sha256:${this.#digests.toString('hex', r * DIGEST_BYTES, (r + 1) * DIGEST_BYTES)}`;
+    return digestTextAt(this.#digests, r * DIGEST_BYTES);
   }
 
   /** Is row `r`'s digest this `sha256:<hex>` text? Compared character by character, no string made. */

@@ -10,7 +10,7 @@
  */
 import type { ScanEntries } from './scan-entries.ts';
 import { keyFits, type IndexKeyParts } from './index-table.ts';
-import { digestBytesAre } from './digest-bytes.ts';
+import { digestBytesAre, digestTextAt } from './digest-bytes.ts';
 import { resized } from '../../util/typed-resize.ts';
 
 const DIGEST_BYTES = 32;
@@ -81,7 +81,7 @@ export class ScanDigests {
   }
 
   digestAt(d: number): string {
-    return `sha256:${this.#digests.toString('hex', d * DIGEST_BYTES, (d + 1) * DIGEST_BYTES)}`;
+    return digestTextAt(this.#digests, d * DIGEST_BYTES);
   }
 
   digestIs(d: number, digest: string): boolean {
