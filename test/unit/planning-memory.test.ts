@@ -559,6 +559,10 @@ describe('planning memory (issue 19)', function () {
       const asObject = 'from' in a || ('fix' in a && a.fix !== MTIME_ONLY);
       assert.equal(list.at(i + 1) === a, asObject, a.entry.path);
       if ('fix' in a) assert.equal(list.at(i + 1)!.fix, a.fix, a.entry.path);
+      // Read without making the action: its kind, its entry, and the object where it is one.
+      assert.equal(list.kindAt(i + 1), a.kind, a.entry.path);
+      assert.equal(list.entryAt(i + 1), a.entry, a.entry.path);
+      assert.equal(list.objectAt(i + 1), asObject ? a : undefined, a.entry.path);
     }
     assert.equal(list.at(-1)!.entry, actions.at(-1)!.entry);
     const reserved = new PlanActions();

@@ -88,6 +88,23 @@ export class PlanActions implements ActionList {
     return a;
   }
 
+  /** Action `i`'s kind, without making the action. */
+  kindAt(i: number): ActionKind {
+    const code = this.#codes[i]!;
+    return code ? KINDS[(code & KIND_MASK) - 1]! : (this.#slots[i] as Action).kind;
+  }
+
+  /** Action `i`'s entry, without making the action. */
+  entryAt(i: number): TreeEntry {
+    const s = this.#slots[i]!;
+    return this.#codes[i] ? (s as TreeEntry) : (s as Action).entry;
+  }
+
+  /** Action `i` when it is kept as an object (it says more than a kind and an entry), else undefined. */
+  objectAt(i: number): Action | undefined {
+    return this.#codes[i] ? undefined : (this.#slots[i] as Action);
+  }
+
   *entries(): IterableIterator<[number, Action]> {
     for (let i = 0; i < this.#length; i++) yield [i, this.#actionAt(i)];
   }
