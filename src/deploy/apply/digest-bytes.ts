@@ -18,3 +18,8 @@ export function digestBytesAre(bytes: Buffer, at: number, digest: string): boole
 export function digestTextAt(bytes: Buffer, at: number): string {
   return `${SHA256_PREFIX}${bytes.toString('hex', at, at + DIGEST_BYTES)}`;
 }
+
+/** Write the bytes of `digest` (`sha256:<64 lowercase hex>`, checked by the caller) at `at` of `bytes`. */
+export function writeDigestAt(bytes: Buffer, at: number, digest: string): void {
+  bytes.write(digest.slice(SHA256_PREFIX.length), at, DIGEST_BYTES, 'hex');
+}

@@ -8,6 +8,7 @@
  * can keep a value per digest in a plain array beside it.
  */
 import { freeArray, resized } from '../../util/typed-resize.ts';
+import { writeDigestAt } from './digest-bytes.ts';
 
 const DIGEST_BYTES = 32;
 const SHA256 = /^sha256:[0-9a-f]{64}$/;
@@ -64,7 +65,7 @@ export class DigestSet {
 
   #parse(digest: string): boolean {
     if (!SHA256.test(digest)) return false;
-    this.#probe.write(digest.slice(7), 0, DIGEST_BYTES, 'hex');
+    writeDigestAt(this.#probe, 0, digest);
     return true;
   }
 

@@ -10,7 +10,8 @@
  */
 import type { ExistingEntry } from './types.ts';
 import { freeArray, resized } from '../../util/typed-resize.ts';
-import { digestBytesAre, digestTextAt } from './digest-bytes.ts';
+import { HIGH, LOW } from '../../util/word-order.ts';
+import { digestBytesAre, digestTextAt, writeDigestAt } from './digest-bytes.ts';
 
 export type IndexKeyParts = Pick<ExistingEntry, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>;
 
@@ -19,9 +20,6 @@ const EMPTY = -1;
 const U64 = (1n << 64n) - 1n;
 const I64_MIN = -(1n << 63n);
 const I64_MAX = (1n << 63n) - 1n;
-/** Which 32-bit half of a 64-bit element comes first in memory (typed arrays use the CPU's order: s390x is big-endian). */
-const LOW = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 1;
-const HIGH = 1 - LOW;
 const TWO_32 = 2 ** 32;
 
 /** A key as the saved file spells it: `ino:size:mtimeNs:ctimeNs`, in decimal. */
@@ -136,7 +134,7 @@ export class IndexTable {
       this.#table[pos] = r;
       if (this.#size * 2 > this.#table.length) this.#rehash(this.#table.length * 2);
     }
-    this.#digests.write(digest.slice(7), r * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+    writeDigestAt(this.#digests, r * DIGEST_BYTES, digest);
     if (hashedHere) this.#hashedHere[r] = 1;
     return r;
   }

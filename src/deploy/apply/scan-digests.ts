@@ -9,8 +9,8 @@
  * exactly (keyIs): the same check as the table's. Rows of one inode (hardlinks) share a digest.
  */
 import type { ScanEntries } from './scan-entries.ts';
-import { keyFits, type IndexKeyParts } from './index-table.ts';
-import { digestBytesAre, digestTextAt } from './digest-bytes.ts';
+import type { IndexKeyParts } from './index-table.ts';
+import { digestBytesAre, digestTextAt, writeDigestAt } from './digest-bytes.ts';
 import { resized } from '../../util/typed-resize.ts';
 
 const DIGEST_BYTES = 32;
@@ -45,7 +45,6 @@ export class ScanDigests {
    * gives them), if any; a key no row has is stale and dropped. Whether one was taken.
    */
   attach(k: IndexKeyParts, digest: string, rows: (ino: bigint, f: (row: number) => void) => void): boolean {
-    if (!keyFits(k)) return false;
     let d = NONE;
     rows(k.ino, (r) => {
       if (!this.#scan.keyIs(r, k)) return;
@@ -53,7 +52,7 @@ export class ScanDigests {
         // A key met again (a file save never writes) takes its last digest, as the table's does.
         d = this.#digestOf[r]!;
         if (d === NONE) d = this.#add(digest);
-        else this.#digests.write(digest.slice(7), d * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+        else writeDigestAt(this.#digests, d * DIGEST_BYTES, digest);
       }
       this.#digestOf[r] = d;
     });
@@ -75,7 +74,7 @@ export class ScanDigests {
     if (r === NONE) return NONE;
     let d = this.#digestOf[r]!;
     if (d === NONE) d = this.#digestOf[r] = this.#add(digest);
-    else this.#digests.write(digest.slice(7), d * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+    else writeDigestAt(this.#digests, d * DIGEST_BYTES, digest);
     if (hashedHere) this.#hashedHere[d] = 1;
     return d;
   }
@@ -118,7 +117,7 @@ export class ScanDigests {
   #add(digest: string): number {
     const d = this.#count++;
     if (d === this.#hashedHere.length) this.#resize(Math.ceil(d * 1.5));
-    this.#digests.write(digest.slice(7), d * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+    writeDigestAt(this.#digests, d * DIGEST_BYTES, digest);
     return d;
   }
 

@@ -12,13 +12,11 @@ import { freeArray, resized } from '../../util/typed-resize.ts';
 import { SizeIndex } from './size-index.ts';
 import { keyFits, type IndexKeyParts } from './index-table.ts';
 import { fnv1a } from '../../util/string-hash.ts';
+import { HIGH, LOW } from '../../util/word-order.ts';
 
 const TYPES: readonly (EntryType | 'other')[] = ['reg', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'other'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 const REG = TYPE_CODE.get('reg')!;
-/** Which 32-bit half of a 64-bit element comes first in memory (typed arrays use the CPU's order). */
-const LOW = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 1;
-const HIGH = 1 - LOW;
 
 export class ScanEntries {
   /**

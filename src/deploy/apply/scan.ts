@@ -290,19 +290,9 @@ export class ContentIndex implements ContentHasher {
     try {
       let piece = INDEX_HEAD;
       let first = true;
-      const member = (key: string, digest: string) => {
+      for (const [key, digest] of this.#members()) {
         piece += `${first ? '' : ','}"${key}":"${digest}"`;
         first = false;
-      };
-      for (const [key, digest] of this.#onScan?.rows() ?? []) {
-        member(keyText(key), digest);
-        if (piece.length >= 64 * 1024) {
-          await fh.write(piece);
-          piece = '';
-        }
-      }
-      for (let r = 0; r < this.#known.size; r++) {
-        member(this.#known.keyAt(r), this.#known.digestAt(r));
         if (piece.length >= 64 * 1024) {
           await fh.write(piece);
           piece = '';
@@ -316,7 +306,18 @@ export class ContentIndex implements ContentHasher {
   }
 
   get size(): number {
-    return this.#onScan?.size ?? this.#known.size;
+    return this.#rows().size;
+  }
+
+  /** Where the digests are now: on the scan's rows, or in a table of their own. */
+  #rows(): ScanDigests | IndexTable {
+    return this.#onScan ?? this.#known;
+  }
+
+  /** Each member's key text and digest, in the order the file keeps them. */
+  *#members(): Generator<[string, string]> {
+    if (this.#onScan) for (const [key, digest] of this.#onScan.rows()) yield [keyText(key), digest];
+    else for (let r = 0; r < this.#known.size; r++) yield [this.#known.keyAt(r), this.#known.digestAt(r)];
   }
 
   /** How many times its rows were made (IndexTable.allocations). */
@@ -371,26 +372,26 @@ export class ContentIndex implements ContentHasher {
   }
 
   knownMatch(e: ExistingEntry, digest: string): boolean | undefined {
-    const rows = this.#onScan ?? this.#known;
+    const rows = this.#rows();
     const r = rows.find(e);
     return r === -1 ? undefined : rows.digestIs(r, digest);
   }
 
   async digestOf(e: ExistingEntry): Promise<string> {
-    const rows = this.#onScan ?? this.#known;
+    const rows = this.#rows();
     const r = rows.find(e);
     if (r !== -1) return rows.digestAt(r);
     const d = await hashFile(Buffer.concat([Buffer.from(this.root, 'utf8'), SLASH, bbuf(e.path)]));
     this.hashedFiles++;
     this.hashedBytes += e.size;
     // Asked while the file was read, the rows may have become a table of their own meanwhile.
-    (this.#onScan ?? this.#known).set(e, d, true);
+    this.#rows().set(e, d, true);
     return d;
   }
 
   /** Whether this process read the file with this key to hash it (rather than trusting a saved index). */
   hashedHere(e: KeyedEntry): boolean {
-    const rows = this.#onScan ?? this.#known;
+    const rows = this.#rows();
     const r = rows.find(e);
     return r !== -1 && rows.hashedHereAt(r);
   }
