@@ -15,7 +15,6 @@ import { constants as zc, createGzip, zstdCompress } from 'node:zlib';
 import { promisify } from 'node:util';
 import { sha256 } from '../oci/digest.ts';
 import { BufferPool, freeNow } from '../util/buffer-pool.ts';
-import { ByteBudget } from '../util/byte-budget.ts';
 import { Semaphore } from '../util/semaphore.ts';
 import { MediaType } from '../oci/mediatypes.ts';
 import { DeltaAnnotation } from '../patch/media.ts';
@@ -208,6 +207,16 @@ let contentWriters = 0;
 
 /** zstd level of the TOC frame (the file frames keep `LayerWriteOptions.level`). */
 const TOC_LEVEL = 19;
+/**
+ * The bound on a large TOC's level-19 tables (log2 of the window, of the hash table's and of
+ * the binary tree's entries): a 2 MiB window, 4 MiB of hash table and 8 MiB of tree, whatever the
+ * TOC's size. Level 19's own choice grows with the TOC up to an 8 MiB window and ~80 MiB of
+ * tables (the larger bench tree's 4.2 MiB TOC: +87 MiB RSS, 1.95 s) where these take +16 MiB and
+ * 1.42 s for 0.27% more bytes (bench/README.md). A TOC up to LARGE_TOC keeps level 19's own
+ * parameters: zstd sizes them to the source, and up to 512 KiB they already lie within these, so
+ * its bytes are those of the builds before the bound.
+ */
+const LARGE_TOC_TABLES = { [zc.ZSTD_c_windowLog]: 21, [zc.ZSTD_c_hashLog]: 20, [zc.ZSTD_c_chainLog]: 21 };
 const zstdCompressAsync = promisify(zstdCompress);
 
 /** zstd contexts per layer: layers are written a few at a time too (build.ts), so a few suffice. */
@@ -232,20 +241,20 @@ const readBuffers = new BufferPool(64 * 1024, 4 * 1024 * 1024, { detachExcess: t
  */
 const frameBuffers = new BufferPool(16 * 1024, 4 * 1024 * 1024, { detachExcess: true });
 /**
- * A TOC JSON above this size waits for the other layers' content (UnfinishedLayer.finish): its
- * level-19 tables grow with it (a 1.2 MiB TOC: ~35 MiB), while those of the smaller TOCs (a few
- * MiB) may sit beside the contexts of layers still being written.
+ * A TOC JSON above this size waits for the other layers' content (UnfinishedLayer.finish) and
+ * is compressed within LARGE_TOC_TABLES (~16 MiB of tables), while the smaller TOCs' tables
+ * (level 19's own, sized to the TOC: a few MiB) may sit beside the contexts of layers still
+ * being written.
  */
 const LARGE_TOC = 512 * 1024;
 /** The small TOCs are compressed one at a time (see writeLayerContent), beside the layers still being written. */
 const tocTurn = new Semaphore(1);
 /**
- * The large TOCs, once no layer's content is being written any more, are compressed side by side
- * while their JSON fits this (level 19's tables take ~25 times the JSON: 1.2 MiB, ~34 MiB), a
- * larger one alone: they are the end of a build, where one after the other leaves a core idle,
- * but their tables are the build's peak of memory (the larger bench tree's 4.2 MiB TOC: ~70 MiB).
+ * The large TOCs, once no layer's content is being written any more, are compressed two at a
+ * time: they are the end of a build, where one after the other leaves a core idle (the larger
+ * bench tree's six: 3.6 s one by one), and LARGE_TOC_TABLES bounds each one's tables (~16 MiB).
  */
-const largeTocs = new ByteBudget(1024 * 1024);
+const largeTocs = new Semaphore(2);
 
 async function writeZstdChunked(
   entries: readonly TreeEntry[],
@@ -370,16 +379,17 @@ async function writeZstdChunked(
   const finish = async (othersWritten?: Promise<unknown>): Promise<LayerResult> => {
     // Every device that updates by file fetches the TOCs: level 19 makes them ~16% smaller for ~2 s of CPU per
     // build of the bench trees (bench/README.md).
+    const large = json.length > LARGE_TOC;
     const compress = () =>
       zstdCompressAsync(json, {
-        params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL },
+        params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL, ...(large ? LARGE_TOC_TABLES : {}) },
         // A known size lets zstd size its tables to the TOC, not to level 19's defaults (~100 MiB).
         pledgedSrcSize: json.length,
       });
     let compressed: Buffer;
-    if (json.length > LARGE_TOC) {
+    if (large) {
       await othersWritten;
-      compressed = await largeTocs.run(json.length, compress);
+      compressed = await largeTocs.run(compress);
     } else {
       compressed = await tocTurn.run(compress);
     }

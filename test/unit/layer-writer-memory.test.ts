@@ -31,6 +31,46 @@ function content(seed: number, size: number): Buffer {
   return b.subarray(0, size);
 }
 
+/** `n` symlinks (a TOC of ~180 bytes an entry, nothing else of that size in the layer). */
+function symlinks(n: number): TreeEntry[] {
+  return Array.from({ length: n }, (_, i) => ({
+    path: `usr/share/doc/package-${String(i).padStart(6, '0')}/changelog.Debian.gz`,
+    type: 'symlink',
+    mode: 0o777,
+    uid: 0,
+    gid: 0,
+    mtimeNs: 1_700_000_000_000_000_000n,
+    size: 0,
+    xattrs: {},
+    linkname: `../../../../usr/share/doc/common-package-name-${i % 7}/changelog.Debian.gz`,
+  }));
+}
+
+/**
+ * The window a zstd frame declares (RFC 8878 3.1.1.1): its Window_Descriptor, or for a single
+ * segment frame (no descriptor) its content size, which then bounds every match.
+ */
+function frameWindow(frame: Buffer): { window: number; singleSegment: boolean } {
+  assert.equal(frame.readUInt32LE(0), 0xfd2fb528, 'a zstd frame');
+  const fhd = frame[4]!;
+  if (fhd & 0x20) {
+    const sizeBytes = [1, 2, 4, 8][fhd >> 6]!;
+    const size = frame.readUIntLE(5, Math.min(sizeBytes, 6)) + (sizeBytes === 2 ? 256 : 0);
+    return { window: size, singleSegment: true };
+  }
+  const wd = frame[5]!;
+  const base = 2 ** (10 + (wd >> 3));
+  return { window: base + (base / 8) * (wd & 7), singleSegment: false };
+}
+
+/** A zstd:chunked layer's TOC frame, by its manifest-position annotation. */
+async function tocFrame(file: string, annotations: Record<string, string>): Promise<{ frame: Buffer; json: number }> {
+  const [offset, length, json] =
+    annotations['io.github.containers.zstd-chunked.manifest-position']!.split(':').map(Number);
+  const blob = await readFile(file);
+  return { frame: blob.subarray(offset, offset! + length!), json: json! };
+}
+
 describe('layer writer: what it holds while it writes', function () {
   let dir: string;
   beforeEach(async function () {
@@ -118,17 +158,7 @@ describe('layer writer: what it holds while it writes', function () {
   it("frees a finished layer's TOC and tar-split although the build keeps the layer until its end", async function () {
     this.timeout(60_000);
     // 40,000 symlinks: a TOC JSON of ~7 MiB, nothing else of that size in the layer.
-    const entries: TreeEntry[] = Array.from({ length: 40_000 }, (_, i) => ({
-      path: `usr/share/doc/package-${String(i).padStart(6, '0')}/changelog.Debian.gz`,
-      type: 'symlink',
-      mode: 0o777,
-      uid: 0,
-      gid: 0,
-      mtimeNs: 1_700_000_000_000_000_000n,
-      size: 0,
-      xattrs: {},
-      linkname: `../../../../usr/share/doc/common-package-name-${i % 7}/changelog.Debian.gz`,
-    }));
+    const entries = symlinks(40_000);
     // A full collection before each reading, so that only what is referenced counts.
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
@@ -145,6 +175,25 @@ describe('layer writer: what it holds while it writes', function () {
     // `unfinished` is still referenced here, as build.ts references it until the build ends.
     assert.ok(unfinished);
     assert.ok(held < tocBytes / 2, `${held} bytes of ArrayBuffers still held after finish(), TOC ${tocBytes}`);
+  });
+
+  it("compresses a large TOC within a 2 MiB window whatever its size, a small one with level 19's own parameters", async function () {
+    this.timeout(60_000);
+    // ~7 MiB of TOC JSON: level 19's own choice would be an 8 MiB window (and ~80 MiB of tables).
+    const large = await writeLayerContent(symlinks(40_000), join(dir, 'large'), { compression: 'zstd' });
+    const done = await large.finish();
+    // Pinned as build-digest.test.ts pins a build (that tree's TOCs are all small): computed by
+    // the commit that bounded the large TOCs' tables; a change of these bytes is a format change.
+    assert.equal(done.descriptor.digest, 'sha256:8a056cae2851e7121cca2553afea5180b6ee3d344bdb54645510883049269ea0');
+    const l = await tocFrame(join(dir, 'large'), done.descriptor.annotations!);
+    assert.ok(l.json > 6 * 1024 * 1024, `a TOC larger than any bound: ${l.json}`);
+    assert.deepEqual(frameWindow(l.frame), { window: 2 * 1024 * 1024, singleSegment: false });
+    assert.equal(zstdDecompressSync(l.frame).length, l.json, 'the whole TOC in the frame');
+    // ~180 KiB: zstd sizes level 19's window to the TOC itself, as before the bound (pinned bytes).
+    const small = await writeLayerContent(symlinks(1000), join(dir, 'small'), { compression: 'zstd' });
+    const s = await tocFrame(join(dir, 'small'), (await small.finish()).descriptor.annotations!);
+    assert.ok(s.json < 512 * 1024);
+    assert.deepEqual(frameWindow(s.frame), { window: s.json, singleSegment: true });
   });
 
   it("frees zlib's full output buffers as it copies them out, not at a later collection, and the bytes stay", async function () {
