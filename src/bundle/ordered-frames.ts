@@ -162,11 +162,14 @@ export class ZstdFramer {
     await new Promise<void>((res, rej) => this.#z.write(b, (err) => (err ? rej(err) : res())));
     this.#check();
   }
-  /** Write without waiting for the compressor (small side streams; their errors show in close()). */
-  push(b: Buffer): void {
-    if (b.length === 0) return;
+  /**
+   * Write without waiting for the compressor (small side streams; their errors show in close()).
+   * `taken`: called once the compressor has all of `b` (the caller may free it then).
+   */
+  push(b: Buffer, taken?: () => void): void {
+    if (b.length === 0) return taken?.();
     this.#open = true;
-    this.#z.write(b);
+    this.#z.write(b, taken && (() => taken()));
   }
   /** End the current frame: everything written so far has reached the sink when this resolves. */
   async endFrame(): Promise<void> {

@@ -146,7 +146,13 @@ export const TAR_SPLIT_BATCH = 64 * 1024;
 /** Builds the JSON lines while a tar is written; hands them to a sink in batches (TAR_SPLIT_BATCH, the rest at end()). */
 export class TarSplitWriter {
   #position = 0;
-  #segment: Buffer[] = [];
+  /**
+   * The raw bytes since the last member, copied into one buffer reused all layer long: a
+   * header's Buffer may then be reused at once, and a segment is not a concatenation per member
+   * (the larger bench tree: 46,000 of them, ~35 MiB of garbage in a build).
+   */
+  #segment = Buffer.allocUnsafeSlow(4096);
+  #segmentLength = 0;
   readonly #sink: (lines: Buffer) => void;
   #batch: string[] = [];
   /** Chars of the batch (at least its bytes / 3). */
@@ -170,18 +176,28 @@ export class TarSplitWriter {
     this.#batchLength = 0;
     this.#sink(lines);
   }
-  /** Raw tar bytes that are not file content (headers, padding, the end marker). */
-  raw(b: Buffer): void {
-    if (b.length) this.#segment.push(b);
+  /** Raw tar bytes that are not file content (headers, padding, the end marker); copied. */
+  raw(b: Uint8Array): void {
+    const end = this.#segmentLength + b.length;
+    if (end > this.#segment.length) {
+      const bigger = Buffer.allocUnsafeSlow(2 ** Math.ceil(Math.log2(end)));
+      this.#segment.copy(bigger, 0, 0, this.#segmentLength);
+      this.#segment = bigger;
+    }
+    this.#segment.set(b, this.#segmentLength);
+    this.#segmentLength = end;
   }
-  #flushSegment(force = false): void {
-    if (this.#segment.length === 0 && !force) return;
-    this.#emit({ type: 2, payload: Buffer.concat(this.#segment).toString('base64'), position: this.#position++ });
-    this.#segment = [];
+  #flushSegment(): void {
+    this.#emit({
+      type: 2,
+      payload: this.#segment.toString('base64', 0, this.#segmentLength),
+      position: this.#position++,
+    });
+    this.#segmentLength = 0;
   }
   /** A tar member: its name as in the header (binary string), content size and CRC. */
   file(name: string, size: number, crc: Buffer | null): void {
-    this.#flushSegment(true);
+    this.#flushSegment();
     const e: Record<string, unknown> = { type: 1 };
     if (isUtf8(name)) e.name = bbuf(name).toString('utf8');
     else e.name_raw = bbuf(name).toString('base64');
@@ -192,7 +208,7 @@ export class TarSplitWriter {
   }
   /** After the end-of-archive marker went through raw(). */
   end(): void {
-    this.#flushSegment(true);
+    this.#flushSegment();
     // tar-split records what follows the end marker as one more (here empty) segment.
     this.#emit({ type: 2, payload: '', position: this.#position++ });
     this.#flushBatch();

@@ -48,9 +48,11 @@ function paxRecord(key: string, value: Buffer): Buffer {
   return Buffer.concat([Buffer.from(String(len), 'ascii'), body]);
 }
 
+const EMPTY = Buffer.alloc(0);
+
 /** Split a name into ustar prefix (<=155) and name (<=100) at a '/', or undefined. */
 function splitUstar(name: Buffer): [Buffer, Buffer] | undefined {
-  if (name.length <= 100) return [Buffer.alloc(0), name];
+  if (name.length <= 100) return [EMPTY, name];
   for (let i = Math.min(name.length - 1, 155); i > 0; i--) {
     if (name[i] === 0x2f && name.length - i - 1 <= 100 && name.length - i - 1 > 0)
       return [name.subarray(0, i), name.subarray(i + 1)];
@@ -58,20 +60,25 @@ function splitUstar(name: Buffer): [Buffer, Buffer] | undefined {
   return undefined;
 }
 
-function rawHeader(fields: {
-  name: Buffer;
-  prefix?: Buffer;
-  mode: number;
-  uid: number;
-  gid: number;
-  size: number;
-  mtime: number;
-  typeflag: string;
-  linkname?: Buffer;
-  devMajor?: number;
-  devMinor?: number;
-}): Buffer {
-  const h = Buffer.alloc(BLOCK);
+function rawHeader(
+  fields: {
+    name: Buffer;
+    prefix?: Buffer;
+    mode: number;
+    uid: number;
+    gid: number;
+    size: number;
+    mtime: number;
+    typeflag: string;
+    linkname?: Buffer;
+    devMajor?: number;
+    devMinor?: number;
+  },
+  into: Buffer = Buffer.alloc(BLOCK),
+  at = 0,
+): Buffer {
+  // The block is written in place (a view of `into` at `at`), whatever `into` held before.
+  const h = into.subarray(at, at + BLOCK).fill(0);
   fields.name.copy(h, 0, 0, 100);
   octal(h, 100, 8, fields.mode);
   octal(h, 108, 8, fields.uid);
@@ -86,7 +93,7 @@ function rawHeader(fields: {
   fields.prefix?.copy(h, 345, 0, 155);
   h.fill(0x20, 148, 156);
   let sum = 0;
-  for (const b of h) sum += b;
+  for (let i = 0; i < BLOCK; i++) sum += h[i]!;
   h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'ascii');
   return h;
 }
@@ -96,6 +103,36 @@ function rawHeader(fields: {
  * ustar header. Content and its padding follow separately.
  */
 export function encodeHeader(e: TreeEntry): Buffer {
+  const h = headerOf(e);
+  const out = Buffer.allocUnsafe(headerLength(h));
+  writeHeader(h, out, 0);
+  return out;
+}
+
+/** An entry's header, encoded but for its ustar block (headerOf, then headerLength and writeHeader). */
+export interface PreparedHeader {
+  /** The pax header block, records and padding, when the entry needs them (rare); else empty. */
+  readonly pax: Buffer;
+  readonly ustar: Parameters<typeof rawHeader>[0];
+}
+
+/** The bytes writeHeader writes. */
+export function headerLength(h: PreparedHeader): number {
+  return h.pax.length + BLOCK;
+}
+
+/**
+ * Write the header block(s) into `into` at `at` (headerLength(h) bytes must fit); returns the
+ * end. A layer writer puts headers straight into its frame's buffer, no Buffer made for one.
+ */
+export function writeHeader(h: PreparedHeader, into: Buffer, at: number): number {
+  at += h.pax.copy(into, at);
+  rawHeader(h.ustar, into, at);
+  return at + BLOCK;
+}
+
+/** What encodeHeader writes, all but the ustar block (whose fields are small) prepared. */
+export function headerOf(e: TreeEntry): PreparedHeader {
   const records: [string, Buffer][] = [];
   const nameBuf = bbuf(e.type === 'dir' ? e.path + '/' : e.path);
   let binaryName = false;
@@ -130,18 +167,22 @@ export function encodeHeader(e: TreeEntry): Buffer {
   }
   for (const [k, v] of sortedXattrs(e.xattrs)) records.push([`SCHILY.xattr.${k}`, v]);
 
-  const out: Buffer[] = [];
+  let pax = EMPTY;
   if (records.length > 0) {
     records.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     const body = Buffer.concat(records.map(([k, v]) => paxRecord(k, v)));
     const base = nameBuf.subarray(nameBuf.lastIndexOf(0x2f, nameBuf.length - 2) + 1);
     const paxName = Buffer.concat([Buffer.from('PaxHeaders/'), base]).subarray(0, 100);
-    out.push(rawHeader({ name: paxName, mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0, typeflag: 'x' }));
-    out.push(body, Buffer.alloc(paddingFor(body.length)));
+    pax = Buffer.concat([
+      rawHeader({ name: paxName, mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0, typeflag: 'x' }),
+      body,
+      Buffer.alloc(paddingFor(body.length)),
+    ]);
   }
-  const [prefix, name] = split ?? [Buffer.alloc(0), nameBuf.subarray(0, 100)];
-  out.push(
-    rawHeader({
+  const [prefix, name] = split ?? [EMPTY, nameBuf.subarray(0, 100)];
+  return {
+    pax,
+    ustar: {
       name,
       prefix,
       mode: e.mode & 0o7777,
@@ -153,9 +194,8 @@ export function encodeHeader(e: TreeEntry): Buffer {
       linkname: linkBuf && linkBuf.length <= 100 ? linkBuf : undefined,
       devMajor: e.type === 'char' || e.type === 'block' ? (e.devmajor ?? 0) : undefined,
       devMinor: e.type === 'char' || e.type === 'block' ? (e.devminor ?? 0) : undefined,
-    }),
-  );
-  return Buffer.concat(out);
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,10 +7,13 @@ import {
   ByteReader,
   encodeHeader,
   END_OF_ARCHIVE,
+  headerLength,
+  headerOf,
   memberEntry,
   paddingFor,
   readTar,
   type TarMember,
+  writeHeader,
 } from '../../src/layer/tar.ts';
 import { isTiuError } from '../../src/errors.ts';
 
@@ -193,6 +196,26 @@ describe('layer tar format', function () {
       mtimeNs: 5n,
     });
     assert.ok(encodeHeader(e).equals(encodeHeader(again)));
+  });
+
+  it('writes a header into a used buffer at an offset exactly as encodeHeader makes it', function () {
+    const long = 'usr/share/' + 'd'.repeat(120) + '/' + 'n'.repeat(90);
+    const cases = [
+      entry({ path: 'etc/hostname', size: 9 }),
+      entry({ path: 'usr/lib', type: 'dir', mode: 0o755 }),
+      entry({ path: long }),
+      entry({ path: 'x'.repeat(300), xattrs: { 'security.capability': Buffer.from([1, 2, 3]) }, mtimeNs: 7n }),
+      entry({ path: 'dev/null', type: 'char', devmajor: 1, devminor: 3 }),
+      entry({ path: 'l', type: 'symlink', linkname: 'target/' + 't'.repeat(150) }),
+    ];
+    for (const e of cases) {
+      const h = headerOf(e);
+      const into = Buffer.alloc(100 + headerLength(h) + 100, 0xa5);
+      const end = writeHeader(h, into, 100);
+      assert.equal(end, 100 + headerLength(h));
+      assert.ok(into.subarray(100, end).equals(encodeHeader(e)), e.path.slice(0, 40));
+      assert.ok(into.subarray(0, 100).every((b) => b === 0xa5) && into.subarray(end).every((b) => b === 0xa5));
+    }
   });
 
   it('refuses a corrupt header and truncated content with TAR_INVALID', async function () {

@@ -274,4 +274,59 @@ describe('layer writer: what it holds while it writes', function () {
     assert.ok(batches.length < 3000 / 5, `batched: ${batches.length} writes for 6,000 lines`);
     for (const b of batches.slice(0, -1)) assert.ok(b.length >= TAR_SPLIT_BATCH);
   });
+
+  it('copies the raw tar bytes it is given: the caller may reuse its buffer at once', function () {
+    const lines: Buffer[] = [];
+    const split = new TarSplitWriter((b) => lines.push(b));
+    const scratch = Buffer.alloc(3000);
+    // Two headers and a padding in one segment (larger than the first buffer), then a member.
+    scratch.fill(1, 0, 1536);
+    split.raw(scratch.subarray(0, 1536));
+    scratch.fill(2);
+    split.raw(scratch.subarray(0, 1000));
+    scratch.fill(3);
+    split.raw(scratch.subarray(0, 3000));
+    scratch.fill(4);
+    split.file('a', 0, null);
+    split.end();
+    const first = JSON.parse(Buffer.concat(lines).toString().split('\n')[0]!) as { payload: string };
+    const want = Buffer.concat([Buffer.alloc(1536, 1), Buffer.alloc(1000, 2), Buffer.alloc(3000, 3)]);
+    assert.equal(first.payload, want.toString('base64'));
+  });
+
+  it("frees each batch of tar-split lines once the layer's compressor has it, and the tar-split stays", async function () {
+    // 3,000 members with long names: ~10 batches of TAR_SPLIT_BATCH.
+    const entries = symlinks(3000);
+    const freed: number[] = [];
+    const transfer = Object.getOwnPropertyDescriptor(ArrayBuffer.prototype, 'transfer')!;
+    Object.defineProperty(ArrayBuffer.prototype, 'transfer', {
+      ...transfer,
+      value: function (this: ArrayBuffer, length?: number) {
+        if (length === 0) freed.push(this.byteLength);
+        return (transfer.value as (n?: number) => ArrayBuffer).call(this, length);
+      },
+    });
+    let result;
+    try {
+      result = await writeLayerContent(entries, join(dir, 'layer'), { compression: 'zstd' }).then((u) => u.finish());
+    } finally {
+      Object.defineProperty(ArrayBuffer.prototype, 'transfer', transfer);
+    }
+    // A batch is one line past TAR_SPLIT_BATCH; the pools' buffers are powers of two.
+    const batches = freed.filter((n) => n >= TAR_SPLIT_BATCH && n < TAR_SPLIT_BATCH + 4096);
+    assert.ok(batches.length >= 8, `batches freed as the compressor took them: ${batches.length}`);
+    const layer = await readFile(join(dir, 'layer'));
+    const [offset, length] = result.descriptor
+      .annotations!['io.github.containers.zstd-chunked.tarsplit-position']!.split(':')
+      .map(Number);
+    const lines = zstdDecompressSync(layer.subarray(offset, offset! + length!))
+      .toString()
+      .trimEnd()
+      .split('\n');
+    const files = lines.map((l) => JSON.parse(l) as { type: number; name?: string }).filter((l) => l.type === 1);
+    assert.deepEqual(
+      files.map((f) => f.name),
+      entries.map((e) => e.path),
+    );
+  });
 });
