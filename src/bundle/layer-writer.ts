@@ -9,17 +9,17 @@
  * gzip: one plain gzip stream of the tar, no TOC.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
 import { constants as zc, createGzip, zstdCompress } from 'node:zlib';
 import { promisify } from 'node:util';
-import { sha256 } from '../oci/digest.ts';
 import { BufferPool, freeNow } from '../util/buffer-pool.ts';
 import { Semaphore } from '../util/semaphore.ts';
 import { MediaType } from '../oci/mediatypes.ts';
 import { DeltaAnnotation } from '../patch/media.ts';
 import type { Descriptor, Digest } from '../oci/types.ts';
 import { BuildError } from './errors.ts';
+import { TiuError } from '../errors.ts';
 import { BlobFile } from './blob-file.ts';
 import { OrderedFrames, ZstdFramer } from './ordered-frames.ts';
 import { contentFile, showPath, type TreeEntry } from '../layer/entry.ts';
@@ -272,7 +272,12 @@ async function writeZstdChunked(
   // in a build of the larger bench tree).
   const split = new TarSplitWriter((lines) => zs.push(lines, () => freeNow(lines)));
   const tar = createHash('sha256');
-  const toc = new TocJsonWriter();
+  // The TOC JSON goes to a file beside the layer's as it is made: a layer waits with it until
+  // its turn to compress it (the larger bench tree's finished layers held ~9 MB of JSON through
+  // the rest of the content phase, the build's peak of memory); it is read back then.
+  const tocFile = `${file}.toc`;
+  const tocJson = new BlobFile(tocFile);
+  const toc = new TocJsonWriter((b) => tocJson.write(b));
   // Not `entries` itself: the tree entries need not outlive the writing (see build.ts).
   const entryCount = entries.length;
   // Tar headers (and padding) since the last frame, written straight into the pooled buffer of
@@ -385,29 +390,44 @@ async function writeZstdChunked(
     frames.destroy();
     zs.destroy();
     out.closeQuietly();
+    tocJson.closeQuietly();
+    rmSync(tocFile, { force: true });
     throw err;
   }
   const splitData = Buffer.concat(splitChunks);
   // The chunks are copied: finish() keeps this function's variables alive until the build ends.
   splitChunks.length = 0;
-  let json: Buffer;
+  let jsonLength: number;
+  let jsonDigest: Digest;
   try {
-    // The JSON now, while the layer waits for its turn to compress it (finish).
-    json = toc.finish(`sha256:${createHash('sha256').update(splitData).digest('hex')}`);
+    jsonLength = toc.finishSpilled(`sha256:${createHash('sha256').update(splitData).digest('hex')}`);
+    jsonDigest = tocJson.close();
   } catch (err) {
     out.closeQuietly();
+    tocJson.closeQuietly();
+    rmSync(tocFile, { force: true });
     throw err;
   }
   const finish = async (othersWritten?: Promise<unknown>): Promise<LayerResult> => {
     // Every device that updates by file fetches the TOCs: level 19 makes them ~16% smaller for ~2 s of CPU per
     // build of the bench trees (bench/README.md).
-    const large = json.length > LARGE_TOC;
-    const compress = () =>
-      zstdCompressAsync(json, {
-        params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL, ...(large ? LARGE_TOC_TABLES : {}) },
-        // A known size lets zstd size its tables to the TOC, not to level 19's defaults (~100 MiB).
-        pledgedSrcSize: json.length,
-      });
+    const large = jsonLength > LARGE_TOC;
+    // The JSON is in memory only while it is compressed, whole: the same call on the same bytes as
+    // before it went to a file, so the same frame.
+    const compress = async () => {
+      const json = readFileSync(tocFile);
+      try {
+        if (json.length !== jsonLength) throw new TiuError('INTERNAL', `the TOC file ${tocFile} changed size`);
+        return await zstdCompressAsync(json, {
+          params: { ...params, [zc.ZSTD_c_compressionLevel]: TOC_LEVEL, ...(large ? LARGE_TOC_TABLES : {}) },
+          // A known size lets zstd size its tables to the TOC, not to level 19's defaults (~100 MiB).
+          pledgedSrcSize: json.length,
+        });
+      } finally {
+        freeNow(json);
+        rmSync(tocFile, { force: true });
+      }
+    };
     let compressed: Buffer;
     if (large) {
       await othersWritten;
@@ -424,7 +444,7 @@ async function writeZstdChunked(
         encodeFooter({
           offset: tocOffset,
           lengthCompressed: compressed.length,
-          lengthUncompressed: json.length,
+          lengthUncompressed: jsonLength,
           manifestType: MANIFEST_TYPE_CRFS,
           offsetTarSplit: splitOffset,
           lengthCompressedTarSplit: splitData.length,
@@ -438,16 +458,16 @@ async function writeZstdChunked(
       size: out.size,
       annotations: {
         [ZstdChunkedAnnotation.ManifestChecksum]: `sha256:${createHash('sha256').update(compressed).digest('hex')}`,
-        [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${compressed.length}:${json.length}:${MANIFEST_TYPE_CRFS}`,
+        [ZstdChunkedAnnotation.ManifestPosition]: `${tocOffset}:${compressed.length}:${jsonLength}:${MANIFEST_TYPE_CRFS}`,
         [ZstdChunkedAnnotation.TarSplitPosition]: `${splitOffset}:${splitData.length}:${split.uncompressedSize}`,
         // Pins the uncompressed TOC too, so a TOC rebuilt from a delta patch is verified like a fetched one.
-        [DeltaAnnotation.TocJsonDigest]: sha256(json),
+        [DeltaAnnotation.TocJsonDigest]: jsonDigest,
       },
     };
     // Written and hashed: freed now, not when the build ends (the UnfinishedLayer, and so these
     // buffers, live as long as the build), so that the largest TOC, compressed last, does not
     // have the other layers' TOCs and tar-splits beside its level-19 tables.
-    for (const b of [json, compressed, splitData]) freeNow(b);
+    for (const b of [compressed, splitData]) freeNow(b);
     return {
       descriptor,
       diffId: `sha256:${tar.digest('hex')}`,
@@ -461,6 +481,7 @@ async function writeZstdChunked(
         return await finish(othersWritten);
       } catch (err) {
         out.closeQuietly();
+        rmSync(tocFile, { force: true });
         throw err;
       }
     },

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
@@ -71,6 +71,28 @@ async function tocFrame(file: string, annotations: Record<string, string>): Prom
   return { frame: blob.subarray(offset, offset! + length!), json: json! };
 }
 
+/**
+ * Write a zstd:chunked layer of `entries`, noting the size of every ArrayBuffer freed on purpose
+ * meanwhile: all of them go through transfer(0) (util/buffer-pool.ts detach).
+ */
+async function writeDetaching(entries: TreeEntry[], file: string) {
+  const detached: number[] = [];
+  const transfer = Object.getOwnPropertyDescriptor(ArrayBuffer.prototype, 'transfer')!;
+  Object.defineProperty(ArrayBuffer.prototype, 'transfer', {
+    ...transfer,
+    value: function (this: ArrayBuffer, length?: number) {
+      if (length === 0) detached.push(this.byteLength);
+      return (transfer.value as (n?: number) => ArrayBuffer).call(this, length);
+    },
+  });
+  try {
+    const result = await writeLayerContent(entries, file, { compression: 'zstd' }).then((u) => u.finish());
+    return { result, detached };
+  } finally {
+    Object.defineProperty(ArrayBuffer.prototype, 'transfer', transfer);
+  }
+}
+
 describe('layer writer: what it holds while it writes', function () {
   let dir: string;
   beforeEach(async function () {
@@ -111,51 +133,71 @@ describe('layer writer: what it holds while it writes', function () {
     assert.ok(sizes.some((s) => s > LARGE_FRAME) && sizes.some((s) => s <= LARGE_FRAME), 'both kinds of context used');
   });
 
-  it('makes the TOC JSON as entries complete, holding only those waiting for their frame, byte for byte as encodeToc', function () {
-    const writer = new TocJsonWriter();
-    const all: TocEntry[] = [];
-    const open: TocEntry[] = [];
-    let mostWaiting = 0;
-    for (let i = 0; i < 5000; i++) {
-      const name =
-        i % 7 === 0 ? `usr/lib/caf\xc3\xa9-${i}` : i % 11 === 0 ? `odd/\xff\xfe-"q\\-${i}` : `usr/share/f${i}`;
-      const t: TocEntry =
-        i % 3 === 0
-          ? { type: 'dir', name: name + '/', mode: 0o755, modtime: '2024-01-02T03:04:05Z' }
-          : { type: 'reg', name, mode: 0o644, size: 10 + i, xattrs: i % 13 === 0 ? { 'user.x': 'AQI=' } : {} };
-      if (t.type === 'reg' && i % 2 === 0) {
-        // a streamed file: offsets before the digest, complete when added
-        t.offset = i * 100;
-        t.endOffset = i * 100 + 50;
-        t.digest = `sha256:${String(i).padStart(64, '0')}`;
-      } else if (t.type === 'reg') {
-        // a file read whole: the digest now, the offsets once its frame is written (a few later)
-        t.digest = `sha256:${String(i).padStart(64, '1')}`;
-        open.push(t);
+  for (const spill of [false, true])
+    it(`makes the TOC JSON as entries complete, holding only those waiting for their frame, byte for byte as encodeToc${spill ? ', spilled in one reused piece' : ''}`, function () {
+      const spilled: Buffer[] = [];
+      const pieces = new Set<ArrayBufferLike>();
+      const writer = new TocJsonWriter(
+        spill
+          ? (b) => {
+              spilled.push(Buffer.from(b));
+              pieces.add(b.buffer);
+            }
+          : undefined,
+      );
+      const all: TocEntry[] = [];
+      const open: TocEntry[] = [];
+      let mostWaiting = 0;
+      for (let i = 0; i < 5000; i++) {
+        const name =
+          i % 7 === 0 ? `usr/lib/caf\xc3\xa9-${i}` : i % 11 === 0 ? `odd/\xff\xfe-"q\\-${i}` : `usr/share/f${i}`;
+        const t: TocEntry =
+          i % 3 === 0
+            ? { type: 'dir', name: name + '/', mode: 0o755, modtime: '2024-01-02T03:04:05Z' }
+            : { type: 'reg', name, mode: 0o644, size: 10 + i, xattrs: i % 13 === 0 ? { 'user.x': 'AQI=' } : {} };
+        if (t.type === 'reg' && i % 2 === 0) {
+          // a streamed file: offsets before the digest, complete when added
+          t.offset = i * 100;
+          t.endOffset = i * 100 + 50;
+          t.digest = `sha256:${String(i).padStart(64, '0')}`;
+        } else if (t.type === 'reg') {
+          // a file read whole: the digest now, the offsets once its frame is written (a few later)
+          t.digest = `sha256:${String(i).padStart(64, '1')}`;
+          open.push(t);
+        }
+        all.push(t);
+        writer.add(t);
+        if (open.length > 6) {
+          const done = open.shift()!;
+          done.offset = 1;
+          done.endOffset = 2;
+          writer.encodeReady();
+        }
+        mostWaiting = Math.max(mostWaiting, writer.waiting);
       }
-      all.push(t);
-      writer.add(t);
-      if (open.length > 6) {
-        const done = open.shift()!;
-        done.offset = 1;
-        done.endOffset = 2;
-        writer.encodeReady();
+      for (const t of open) {
+        t.offset = 3;
+        t.endOffset = 4;
       }
-      mostWaiting = Math.max(mostWaiting, writer.waiting);
-    }
-    for (const t of open) {
-      t.offset = 3;
-      t.endOffset = 4;
-    }
-    const digest = `sha256:${'ab'.repeat(32)}`;
-    const json = writer.finish(digest);
-    assert.ok(json.equals(encodeToc({ version: 1, entries: all, tarSplitDigest: digest })), 'the same bytes');
-    assert.ok(mostWaiting < 40, `only entries behind an unwritten frame wait: at most ${mostWaiting}`);
-    assert.ok(mostWaiting > 1, 'entries did wait (the check can fail)');
-    assert.ok(new TocJsonWriter().finish().equals(encodeToc({ version: 1, entries: [] })), 'an empty TOC too');
-  });
+      const digest = `sha256:${'ab'.repeat(32)}`;
+      let whole: Buffer;
+      if (spill) {
+        assert.ok(spilled.length >= 4, `spilled as it was made: ${spilled.length} pieces before the end`);
+        const length = writer.finishSpilled(digest);
+        whole = Buffer.concat(spilled);
+        assert.equal(length, whole.length);
+        assert.equal(pieces.size, 1, 'one piece, reused');
+      } else {
+        whole = writer.finish(digest);
+      }
+      assert.ok(whole.equals(encodeToc({ version: 1, entries: all, tarSplitDigest: digest })), 'the same bytes');
+      assert.ok(mostWaiting < 40, `only entries behind an unwritten frame wait: at most ${mostWaiting}`);
+      assert.ok(mostWaiting > 1, 'entries did wait (the check can fail)');
+      if (!spill)
+        assert.ok(new TocJsonWriter().finish().equals(encodeToc({ version: 1, entries: [] })), 'an empty TOC too');
+    });
 
-  it("frees a finished layer's TOC and tar-split although the build keeps the layer until its end", async function () {
+  it("keeps a written layer's TOC in a file until its turn, and frees its TOC and tar-split once finished although the build keeps the layer", async function () {
     this.timeout(60_000);
     // 40,000 symlinks: a TOC JSON of ~7 MiB, nothing else of that size in the layer.
     const entries = symlinks(40_000);
@@ -165,12 +207,18 @@ describe('layer writer: what it holds while it writes', function () {
     gc();
     const before = process.memoryUsage().arrayBuffers;
     const unfinished = await writeLayerContent(entries, join(dir, 'layer'), { compression: 'zstd' });
+    gc();
+    const waiting = process.memoryUsage().arrayBuffers - before;
+    const { size: spilled } = await stat(join(dir, 'layer.toc'));
     const result = await unfinished.finish();
     gc();
     const held = process.memoryUsage().arrayBuffers - before;
     const tocBytes = Number(
       result.descriptor.annotations!['io.github.containers.zstd-chunked.manifest-position']!.split(':')[2],
     );
+    assert.equal(spilled, tocBytes, 'the whole TOC JSON in its file while the layer waits');
+    assert.ok(waiting < tocBytes / 4, `${waiting} bytes of ArrayBuffers held while the layer waits, TOC ${tocBytes}`);
+    await assert.rejects(stat(join(dir, 'layer.toc')), { code: 'ENOENT' }, 'the file goes once the TOC is compressed');
     assert.ok(tocBytes > 6 * 1024 * 1024, `the TOC is large enough to see: ${tocBytes}`);
     // `unfinished` is still referenced here, as build.ts references it until the build ends.
     assert.ok(unfinished);
@@ -201,22 +249,7 @@ describe('layer writer: what it holds while it writes', function () {
     const data = randomBytes(2 * 1024 * 1024);
     // Its content in memory; the digest and frame given are not read (the writer makes them).
     const file: TreeEntry = { ...layerFile('usr/lib/big', data.length, '', 0, 0), content: { data } };
-    // Every ArrayBuffer freed on purpose goes through transfer(0) (util/buffer-pool.ts detach).
-    const detached: number[] = [];
-    const transfer = Object.getOwnPropertyDescriptor(ArrayBuffer.prototype, 'transfer')!;
-    Object.defineProperty(ArrayBuffer.prototype, 'transfer', {
-      ...transfer,
-      value: function (this: ArrayBuffer, length?: number) {
-        if (length === 0) detached.push(this.byteLength);
-        return (transfer.value as (n?: number) => ArrayBuffer).call(this, length);
-      },
-    });
-    let result;
-    try {
-      result = await writeLayerContent([file], join(dir, 'layer'), { compression: 'zstd' }).then((u) => u.finish());
-    } finally {
-      Object.defineProperty(ArrayBuffer.prototype, 'transfer', transfer);
-    }
+    const { result, detached } = await writeDetaching([file], join(dir, 'layer'));
     // The pools' own buffers are powers of two of 64 KiB and more too; only zlib's are exactly 128 KiB here
     // (the file is read whole into 2 MiB, its frame gathered into 4 MiB).
     const zlibBuffers = detached.filter((n) => n === 128 * 1024).length;
@@ -297,21 +330,7 @@ describe('layer writer: what it holds while it writes', function () {
   it("frees each batch of tar-split lines once the layer's compressor has it, and the tar-split stays", async function () {
     // 3,000 members with long names: ~10 batches of TAR_SPLIT_BATCH.
     const entries = symlinks(3000);
-    const freed: number[] = [];
-    const transfer = Object.getOwnPropertyDescriptor(ArrayBuffer.prototype, 'transfer')!;
-    Object.defineProperty(ArrayBuffer.prototype, 'transfer', {
-      ...transfer,
-      value: function (this: ArrayBuffer, length?: number) {
-        if (length === 0) freed.push(this.byteLength);
-        return (transfer.value as (n?: number) => ArrayBuffer).call(this, length);
-      },
-    });
-    let result;
-    try {
-      result = await writeLayerContent(entries, join(dir, 'layer'), { compression: 'zstd' }).then((u) => u.finish());
-    } finally {
-      Object.defineProperty(ArrayBuffer.prototype, 'transfer', transfer);
-    }
+    const { result, detached: freed } = await writeDetaching(entries, join(dir, 'layer'));
     // A batch is one line past TAR_SPLIT_BATCH; the pools' buffers are powers of two.
     const batches = freed.filter((n) => n >= TAR_SPLIT_BATCH && n < TAR_SPLIT_BATCH + 4096);
     assert.ok(batches.length >= 8, `batches freed as the compressor took them: ${batches.length}`);
