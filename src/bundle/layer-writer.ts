@@ -167,7 +167,7 @@ export interface UnfinishedLayer {
   finish(othersWritten?: Promise<unknown>): Promise<LayerResult>;
 }
 
-/** Write the layer holding `entries` (sorted) to `file`. */
+/** Write the layer holding `entries` (sorted) to `file` (its TOC JSON to `file.toc` until it is compressed). */
 export async function writeLayer(
   entries: readonly TreeEntry[],
   file: string,
@@ -400,7 +400,7 @@ async function writeZstdChunked(
   let jsonLength: number;
   let jsonDigest: Digest;
   try {
-    jsonLength = toc.finishSpilled(`sha256:${createHash('sha256').update(splitData).digest('hex')}`);
+    jsonLength = toc.finish(`sha256:${createHash('sha256').update(splitData).digest('hex')}`);
     jsonDigest = tocJson.close();
   } catch (err) {
     out.closeQuietly();
