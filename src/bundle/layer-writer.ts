@@ -287,15 +287,7 @@ async function writeZstdChunked(
   let pendingLen = 0;
   let contentBytes = 0;
   /** The pending frame's buffer, with room for `n` more bytes. */
-  const room = (n: number): Buffer => {
-    if (pending && pendingLen + n <= pending.length) return pending;
-    const bigger = readBuffers.take(pendingLen + n);
-    if (pending) {
-      pending.copy(bigger, 0, 0, pendingLen);
-      readBuffers.give(pending);
-    }
-    return (pending = bigger);
-  };
+  const room = (n: number): Buffer => (pending = readBuffers.grow(pending, pendingLen, pendingLen + n));
   /** The `n` bytes just written at the pending frame's end are part of the tar. */
   const wrote = (n: number) => {
     const written = pending!.subarray(pendingLen, pendingLen + n);

@@ -169,7 +169,7 @@ export class ZstdFramer {
   push(b: Buffer, taken?: () => void): void {
     if (b.length === 0) return taken?.();
     this.#open = true;
-    this.#z.write(b, taken && (() => taken()));
+    this.#z.write(b, taken);
   }
   /** End the current frame: everything written so far has reached the sink when this resolves. */
   async endFrame(): Promise<void> {
@@ -203,13 +203,8 @@ class FrameBytes {
     this.#buf = pool.take(expected);
   }
   append(b: Buffer): void {
-    if (this.#length + b.length > this.#buf.length) {
-      // Only if zstd's bound were wrong: a larger buffer, the smaller one back to the pool.
-      const bigger = this.#pool.take(this.#length + b.length);
-      this.#buf.copy(bigger, 0, 0, this.#length);
-      this.#pool.give(this.#buf);
-      this.#buf = bigger;
-    }
+    // Grows only if zstd's bound were wrong.
+    this.#buf = this.#pool.grow(this.#buf, this.#length, this.#length + b.length);
     b.copy(this.#buf, this.#length);
     this.#length += b.length;
   }

@@ -63,6 +63,20 @@ export class BufferPool {
     return buf;
   }
 
+  /**
+   * `buf` (from take(), or none yet) if it holds `size` bytes, else a larger one from take() with
+   * its first `used` bytes, `buf` given back: a buffer that grows as it is filled.
+   */
+  grow(buf: Buffer | undefined, used: number, size: number): Buffer {
+    if (buf && size <= buf.length) return buf;
+    const bigger = this.take(size);
+    if (buf) {
+      buf.copy(bigger, 0, 0, used);
+      this.give(buf);
+    }
+    return bigger;
+  }
+
   /** Give back a buffer from take(); the caller must not use it afterwards. */
   give(buf: Buffer): void {
     // Only a buffer that is its whole ArrayBuffer (as take() makes them) is kept: one that shares

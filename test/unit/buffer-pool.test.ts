@@ -54,4 +54,17 @@ describe('BufferPool', function () {
     assert.equal(own.length, 0, 'a view from its start frees the whole allocation');
     assert.equal(inside.length, 0);
   });
+
+  it('grows a buffer as it is filled: the same one while it fits, else a larger one with what it held, the old one given back', function () {
+    const pool = new BufferPool(1024, 1 << 20);
+    const first = pool.grow(undefined, 0, 100);
+    assert.equal(first.length, 1024);
+    first.write('abc');
+    assert.equal(pool.grow(first, 3, 1024), first, 'fits: the same buffer');
+    const bigger = pool.grow(first, 3, 1500);
+    assert.equal(bigger.length, 2048);
+    assert.equal(bigger.toString('latin1', 0, 3), 'abc');
+    assert.equal(pool.freeBytes, 1024, 'the smaller one is back in the pool');
+    assert.equal(pool.take(10), first, 'and handed out again');
+  });
 });
