@@ -15,6 +15,7 @@ import { constants as zc, createGzip, zstdCompress } from 'node:zlib';
 import { promisify } from 'node:util';
 import { BufferPool, freeNow } from '../util/buffer-pool.ts';
 import { Semaphore } from '../util/semaphore.ts';
+import { GrowingBytes } from '../util/growing-bytes.ts';
 import { MediaType } from '../oci/mediatypes.ts';
 import { DeltaAnnotation } from '../patch/media.ts';
 import type { Descriptor, Digest } from '../oci/types.ts';
@@ -265,12 +266,12 @@ async function writeZstdChunked(
   const params = { [zc.ZSTD_c_compressionLevel]: level, [zc.ZSTD_c_checksumFlag]: 1 };
   const out = new BlobFile(file);
   const frames = new OrderedFrames(params, out, FRAME_CONTEXTS, PENDING_BYTES, frameBuffers);
-  // tar-split lines, compressed as they come (they are kept until the end: ~1/10 of the TOC).
-  const splitChunks: Buffer[] = [];
-  const zs = new ZstdFramer(params, (b) => splitChunks.push(b));
-  // A batch's memory goes once the compressor has it, not at a later collection (~54 MiB of them
-  // in a build of the larger bench tree).
-  const split = new TarSplitWriter((lines) => zs.push(lines, () => freeNow(lines)));
+  // tar-split lines, compressed as they come (kept until the end: ~1/10 of the TOC), on this
+  // thread: a batch is a few ms of zstd, and its buffer is reused at once. (Handed to the thread
+  // pool, batches queued behind the file frames: up to ~5 MiB of them in a larger bench build.)
+  const splitOut = new GrowingBytes(64 * 1024);
+  const zs = new ZstdFramer(params, (b) => splitOut.append(b));
+  const split = new TarSplitWriter((lines) => zs.writeSync(lines));
   const tar = createHash('sha256');
   // The TOC JSON goes to a file beside the layer's as it is made: a layer waits with it until
   // its turn to compress it (the larger bench tree's finished layers held ~9 MB of JSON through
@@ -376,8 +377,8 @@ async function writeZstdChunked(
     meta(END_OF_ARCHIVE);
     await endHeaderFrame();
     split.end();
+    zs.closeSync();
     await frames.close();
-    await zs.close();
   } catch (err) {
     frames.destroy();
     zs.destroy();
@@ -386,9 +387,7 @@ async function writeZstdChunked(
     rmSync(tocFile, { force: true });
     throw err;
   }
-  const splitData = Buffer.concat(splitChunks);
-  // The chunks are copied: finish() keeps this function's variables alive until the build ends.
-  splitChunks.length = 0;
+  const splitData = splitOut.bytes;
   let jsonLength: number;
   let jsonDigest: Digest;
   try {
@@ -459,7 +458,8 @@ async function writeZstdChunked(
     // Written and hashed: freed now, not when the build ends (the UnfinishedLayer, and so these
     // buffers, live as long as the build), so that the largest TOC, compressed last, does not
     // have the other layers' TOCs and tar-splits beside its level-19 tables.
-    for (const b of [compressed, splitData]) freeNow(b);
+    freeNow(compressed);
+    splitOut.free();
     return {
       descriptor,
       diffId: `sha256:${tar.digest('hex')}`,

@@ -36,18 +36,18 @@ const OUTPUT_CHUNK = 128 * 1024;
 export const SMALL_FRAME = 16 * 1024;
 /**
  * zstd's block size: input below it is only copied into the context when taken in (ZSTD_e_continue),
- * so frames up to it are taken in on the main thread (ZstdFramer.takeSync) and only their end,
+ * so frames up to it are taken in on the main thread (ZstdFramer.writeSync) and only their end,
  * the compression, runs in the pool: one trip there instead of two.
  */
 const ZSTD_BLOCK = 128 * 1024;
 const NO_INPUT = Buffer.alloc(0);
-/** Output room for takeSync (allocated once, on first use). */
-let takeScratch: Buffer | undefined;
+/** Output room for writeSync and its kin (allocated once, on first use; every sink copies). */
+let syncScratch: Buffer | undefined;
 
 /**
  * The native handle of a node:zlib stream, as its own synchronous functions (zstdCompressSync)
  * drive it: writeSync runs one compression call on this thread and leaves the output and input
- * still available in `_writeState` ([availOut, availIn]). Not public API: frameSync/takeSync
+ * still available in `_writeState` ([availOut, availIn]). Not public API: frameSync/writeSync
  * check it is there and the stream falls back to the thread pool if not; a unit test pins it on
  * the Node this project ships with.
  */
@@ -105,7 +105,7 @@ export class ZstdFramer {
   #check(): void {
     if (this.#error) throw this.#error;
   }
-  /** Whether frameSync and takeSync can run (node:zlib's native handle is as expected). */
+  /** Whether frameSync and writeSync can run (node:zlib's native handle is as expected). */
   get canRunSync(): boolean {
     return this.#canRunSync;
   }
@@ -138,21 +138,46 @@ export class ZstdFramer {
     return length;
   }
   /**
-   * Take `data` in on this thread, as write() does in the pool: below zstd's block size that is a
-   * copy; endFrame() then compresses it. Any output (there is none below a block) goes to the sink.
+   * Take `data` into the current frame on this thread, whatever its size: zstd copies it in and
+   * compresses each block as one fills. Output goes to the sink, as views of a scratch buffer
+   * (the sink must copy). The same calls the stream makes in the pool, so the same bytes.
    */
-  takeSync(data: Buffer): void {
-    this.#check();
+  writeSync(data: Buffer): void {
     if (data.length === 0) return;
-    if (data.length >= ZSTD_BLOCK)
-      throw new TiuError('INTERNAL', `takeSync is for less than a block, not ${data.length} bytes`);
     this.#open = true;
-    // The sink copies what it is given, so one scratch buffer serves every context.
-    takeScratch ??= Buffer.allocUnsafeSlow(zstdBound(ZSTD_BLOCK));
-    const out = takeScratch;
-    const [written, left] = this.#callSync(zc.ZSTD_e_continue, data, out, 0);
-    if (left !== 0) throw new TiuError('INTERNAL', `zstd took ${data.length - left} of ${data.length} bytes in`);
-    if (written > 0) this.sink(out.subarray(0, written));
+    this.#streamSync(zc.ZSTD_e_continue, data);
+  }
+  /** End the current frame on this thread (as endFrame()). */
+  endFrameSync(): void {
+    if (!this.#open) return;
+    this.#streamSync(zc.ZSTD_e_end, NO_INPUT);
+    this.#open = false;
+  }
+  /**
+   * As close(), on this thread: the frame ends, then the stream, and node:zlib ends a stream with
+   * one more `end` call, which zstd makes an empty frame of (13 bytes, to the sink); the context is
+   * freed.
+   */
+  closeSync(): void {
+    this.endFrameSync();
+    this.#streamSync(zc.ZSTD_e_end, NO_INPUT);
+    this.#z.destroy();
+  }
+  /**
+   * zstd calls until all of `input` is in and, as node:zlib decides, the output is out: a call
+   * that fills the output buffer may have more to give.
+   */
+  #streamSync(flush: number, input: Buffer): void {
+    this.#check();
+    if (!this.#canRunSync) throw new TiuError('INTERNAL', 'zstd cannot run on this thread with this Node');
+    const out = (syncScratch ??= Buffer.allocUnsafeSlow(zstdBound(ZSTD_BLOCK)));
+    let rest = input;
+    for (;;) {
+      const [written, left] = this.#callSync(flush, rest, out, 0);
+      if (written > 0) this.sink(out.subarray(0, written));
+      rest = rest.subarray(rest.length - left);
+      if (left === 0 && written < out.length) return;
+    }
   }
   /** Resolves once the compressor has taken all of `b` in: the caller may then reuse it. */
   async write(b: Buffer): Promise<void> {
@@ -161,15 +186,6 @@ export class ZstdFramer {
     this.#open = true;
     await new Promise<void>((res, rej) => this.#z.write(b, (err) => (err ? rej(err) : res())));
     this.#check();
-  }
-  /**
-   * Write without waiting for the compressor (small side streams; their errors show in close()).
-   * `taken`: called once the compressor has all of `b` (the caller may free it then).
-   */
-  push(b: Buffer, taken?: () => void): void {
-    if (b.length === 0) return taken?.();
-    this.#open = true;
-    this.#z.write(b, taken);
   }
   /** End the current frame: everything written so far has reached the sink when this resolves. */
   async endFrame(): Promise<void> {
@@ -294,7 +310,7 @@ export class OrderedFrames {
           return frame;
         }
         f.sink = (b) => frame.append(b);
-        if (f.canRunSync && data.length < ZSTD_BLOCK) f.takeSync(data);
+        if (f.canRunSync && data.length < ZSTD_BLOCK) f.writeSync(data);
         else await f.write(data);
         await f.endFrame();
       } catch (err) {
