@@ -220,8 +220,14 @@ const TOC_LEVEL = 19;
 const LARGE_TOC_TABLES = { [zc.ZSTD_c_windowLog]: 21, [zc.ZSTD_c_hashLog]: 20, [zc.ZSTD_c_chainLog]: 21 };
 const zstdCompressAsync = promisify(zstdCompress);
 
-/** zstd contexts per layer: layers are written a few at a time too (build.ts), so a few suffice. */
-const FRAME_CONTEXTS = 3;
+/**
+ * zstd contexts for a layer's small frames (its large frames have one more): a build writes one
+ * layer per core at a time (build.ts), so one each keeps the pool's threads busy. Three each, with
+ * a window of six frames, held more contexts and pending frames and were slower on 2 cores:
+ * alternated builds of the larger bench tree, 12.9-17.3 s and 113-128 MiB with one against
+ * 14.6-18.6 s and 119-150 MiB with three (bench/README.md).
+ */
+const FRAME_CONTEXTS = 1;
 /** Input bytes of a layer's pending frames (above it, the next file is read when one is written). */
 const PENDING_BYTES = 4 * 1024 * 1024;
 /**
