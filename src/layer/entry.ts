@@ -51,7 +51,10 @@ export function contentFile(e: TreeEntry): { file: string | Buffer; offset: numb
   if (!c || 'data' in c) return undefined;
   if ('root' in c)
     return {
-      file: Buffer.concat([Buffer.from(c.root, 'utf8'), Buffer.from('/'), bbuf(e.path)]),
+      // An ASCII path is its own bytes as a string (the root is text): no Buffer per file.
+      file: isAscii(e.path)
+        ? `${c.root}/${e.path}`
+        : Buffer.concat([Buffer.from(c.root, 'utf8'), Buffer.from('/'), bbuf(e.path)]),
       offset: 0,
       whole: true,
     };
@@ -125,6 +128,10 @@ export function bbuf(s: string): Buffer {
 /** A binary string as text for messages and JSON (invalid UTF-8 becomes U+FFFD). */
 export function showPath(s: string): string {
   return bbuf(s).toString('utf8');
+}
+/** Is this binary string ASCII only (so its UTF-8 text is itself)? */
+export function isAscii(s: string): boolean {
+  return !/[\u0080-\uffff]/.test(s);
 }
 /** Is this binary string valid UTF-8? */
 export function isUtf8(s: string): boolean {

@@ -8,11 +8,8 @@
  * type 1 ("file": name or name_raw, size, payload = CRC-64/ISO of the content as 8 big-endian
  * bytes, null for empty files), each with its position, in the order the tar has them.
  */
-import { bbuf, isUtf8 } from './entry.ts';
+import { bbuf, isAscii, isUtf8 } from './entry.ts';
 import { GrowingBytes } from '../util/growing-bytes.ts';
-
-/** A binary string of ASCII only: its UTF-8 text is itself. */
-const isAscii = (s: string): boolean => !/[\u0080-\uffff]/.test(s);
 
 // CRC-64 with the ISO polynomial, reflected, complemented before and after (as Go's hash/crc64),
 // on two 32-bit halves so it stays fast without BigInt. Slicing-by-8: eight tables, each split

@@ -41,6 +41,8 @@ function octal(buf: Buffer, off: number, len: number, value: number): boolean {
   return true;
 }
 
+const EMPTY = Buffer.alloc(0);
+
 function paxRecord(key: string, value: Buffer): Buffer {
   const body = Buffer.concat([Buffer.from(` ${key}=`, 'utf8'), value, Buffer.from('\n')]);
   let len = body.length + 1;
@@ -48,29 +50,35 @@ function paxRecord(key: string, value: Buffer): Buffer {
   return Buffer.concat([Buffer.from(String(len), 'ascii'), body]);
 }
 
-const EMPTY = Buffer.alloc(0);
-
-/** Split a name into ustar prefix (<=155) and name (<=100) at a '/', or undefined. */
-function splitUstar(name: Buffer): [Buffer, Buffer] | undefined {
-  if (name.length <= 100) return [EMPTY, name];
+/**
+ * Split a name (binary string) into ustar prefix (<=155 bytes) and name (<=100) at a '/', or
+ * undefined. Binary strings are one char per byte, so char positions are byte positions.
+ */
+function splitUstar(name: string): [string, string] | undefined {
+  if (name.length <= 100) return ['', name];
   for (let i = Math.min(name.length - 1, 155); i > 0; i--) {
-    if (name[i] === 0x2f && name.length - i - 1 <= 100 && name.length - i - 1 > 0)
-      return [name.subarray(0, i), name.subarray(i + 1)];
+    if (name.charCodeAt(i) === 0x2f && name.length - i - 1 <= 100 && name.length - i - 1 > 0)
+      return [name.slice(0, i), name.slice(i + 1)];
   }
   return undefined;
 }
 
+/**
+ * The ustar block. Names are binary strings written as latin1, which gives back each char's
+ * byte: no Buffer is made for a header (46,000 in the larger bench tree; small Buffers come from
+ * Node's shared 64 KiB slabs, which outlive young collections and wait for a full one).
+ */
 function rawHeader(
   fields: {
-    name: Buffer;
-    prefix?: Buffer;
+    name: string;
+    prefix?: string;
     mode: number;
     uid: number;
     gid: number;
     size: number;
     mtime: number;
     typeflag: string;
-    linkname?: Buffer;
+    linkname?: string;
     devMajor?: number;
     devMinor?: number;
   },
@@ -79,18 +87,18 @@ function rawHeader(
 ): Buffer {
   // The block is written in place (a view of `into` at `at`), whatever `into` held before.
   const h = into.subarray(at, at + BLOCK).fill(0);
-  fields.name.copy(h, 0, 0, 100);
+  h.write(fields.name, 0, 100, 'latin1');
   octal(h, 100, 8, fields.mode);
   octal(h, 108, 8, fields.uid);
   octal(h, 116, 8, fields.gid);
   octal(h, 124, 12, fields.size);
   octal(h, 136, 12, fields.mtime);
   h.write(fields.typeflag, 156, 'ascii');
-  fields.linkname?.copy(h, 157, 0, 100);
+  if (fields.linkname !== undefined) h.write(fields.linkname, 157, 100, 'latin1');
   h.write('ustar\x0000', 257, 'latin1');
   if (fields.devMajor !== undefined) octal(h, 329, 8, fields.devMajor);
   if (fields.devMinor !== undefined) octal(h, 337, 8, fields.devMinor);
-  fields.prefix?.copy(h, 345, 0, 155);
+  if (fields.prefix !== undefined) h.write(fields.prefix, 345, 155, 'latin1');
   h.fill(0x20, 148, 156);
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += h[i]!;
@@ -134,17 +142,17 @@ export function writeHeader(h: PreparedHeader, into: Buffer, at: number): number
 /** What encodeHeader writes, all but the ustar block (whose fields are small) prepared. */
 export function headerOf(e: TreeEntry): PreparedHeader {
   const records: [string, Buffer][] = [];
-  const nameBuf = bbuf(e.type === 'dir' ? e.path + '/' : e.path);
+  const name = e.type === 'dir' ? e.path + '/' : e.path;
   let binaryName = false;
-  const split = splitUstar(nameBuf);
+  const split = splitUstar(name);
   if (!split) {
-    records.push(['path', nameBuf]);
-    if (!isUtf8(bstr(nameBuf))) binaryName = true;
+    records.push(['path', bbuf(name)]);
+    if (!isUtf8(name)) binaryName = true;
   }
-  const linkBuf = e.linkname !== undefined ? bbuf(e.linkname) : undefined;
-  if (linkBuf && linkBuf.length > 100) {
-    records.push(['linkpath', linkBuf]);
-    if (!isUtf8(e.linkname!)) binaryName = true;
+  const link = e.linkname;
+  if (link !== undefined && link.length > 100) {
+    records.push(['linkpath', bbuf(link)]);
+    if (!isUtf8(link)) binaryName = true;
   }
   if (binaryName) records.push(['hdrcharset', Buffer.from('BINARY')]);
   const small = (v: number, digits: number) => v >= 0 && Number.isSafeInteger(v) && v.toString(8).length <= digits;
@@ -171,19 +179,19 @@ export function headerOf(e: TreeEntry): PreparedHeader {
   if (records.length > 0) {
     records.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     const body = Buffer.concat(records.map(([k, v]) => paxRecord(k, v)));
-    const base = nameBuf.subarray(nameBuf.lastIndexOf(0x2f, nameBuf.length - 2) + 1);
-    const paxName = Buffer.concat([Buffer.from('PaxHeaders/'), base]).subarray(0, 100);
+    const base = name.slice(name.lastIndexOf('/', name.length - 2) + 1);
+    const paxName = ('PaxHeaders/' + base).slice(0, 100);
     pax = Buffer.concat([
       rawHeader({ name: paxName, mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0, typeflag: 'x' }),
       body,
       Buffer.alloc(paddingFor(body.length)),
     ]);
   }
-  const [prefix, name] = split ?? [EMPTY, nameBuf.subarray(0, 100)];
+  const [prefix, ustarName] = split ?? ['', name.slice(0, 100)];
   return {
     pax,
     ustar: {
-      name,
+      name: ustarName,
       prefix,
       mode: e.mode & 0o7777,
       uid: small(e.uid, 7) ? e.uid : 0,
@@ -191,7 +199,7 @@ export function headerOf(e: TreeEntry): PreparedHeader {
       size: small(size, 11) ? size : 0,
       mtime: small(mtime, 11) ? mtime : 0,
       typeflag: TYPEFLAG[e.type],
-      linkname: linkBuf && linkBuf.length <= 100 ? linkBuf : undefined,
+      linkname: link !== undefined && link.length <= 100 ? link : undefined,
       devMajor: e.type === 'char' || e.type === 'block' ? (e.devmajor ?? 0) : undefined,
       devMinor: e.type === 'char' || e.type === 'block' ? (e.devminor ?? 0) : undefined,
     },
