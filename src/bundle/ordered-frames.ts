@@ -4,9 +4,8 @@
  * between two files), so a few contexts can work on consecutive frames at once while the main
  * thread reads and hashes the next files.
  *
- * Memory: a frame's compressed bytes are copied, as the compressor hands them out, into one
- * buffer from a pool (the one the files are read into), which goes back to the pool once the
- * frame is written. Holding node:zlib's
+ * Memory: a frame's compressed bytes are copied, as the compressor hands them out, into 64 KiB
+ * pieces from a pool, which go back to the pool once the frame is written. Holding node:zlib's
  * output chunks instead kept each of its 128 KiB output buffers alive until the frame's turn came;
  * by then they were promoted out of V8's young generation, and dead ones piled up by tens of MiB
  * until a full collection (the larger bench tree: up to ~110 MiB of ArrayBuffers).
@@ -209,30 +208,49 @@ export function zstdBound(n: number): number {
   return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0) + 32;
 }
 
-/** One frame's compressed bytes, gathered into a pooled buffer as they come. */
+/** Pieces of a frame's compressed bytes (zlib hands them out in OUTPUT_CHUNK views). */
+const FRAME_PIECE = 64 * 1024;
+
+/**
+ * One frame's compressed bytes, gathered as they come into pooled pieces of FRAME_PIECE bytes: a
+ * pending frame holds about its compressed size. (One buffer sized to zstd's bound for the
+ * input, rounded up to the pool's power of two, held twice the input and more: a 4 MiB file's
+ * frame took an 8 MiB buffer for its ~1.5 MiB of output.)
+ */
 class FrameBytes {
   readonly #pool: BufferPool;
-  #buf: Buffer;
-  #length = 0;
-  constructor(pool: BufferPool, expected: number) {
+  readonly #pieces: Buffer[] = [];
+  /** Bytes used in the last piece. */
+  #last = 0;
+  constructor(pool: BufferPool) {
     this.#pool = pool;
-    this.#buf = pool.take(expected);
   }
   append(b: Buffer): void {
-    // Grows only if zstd's bound were wrong.
-    this.#buf = this.#pool.grow(this.#buf, this.#length, this.#length + b.length);
-    b.copy(this.#buf, this.#length);
-    this.#length += b.length;
+    for (let off = 0; off < b.length;) {
+      let piece = this.#pieces.at(-1);
+      if (!piece || this.#last === piece.length) {
+        piece = this.#pool.take(FRAME_PIECE);
+        this.#pieces.push(piece);
+        this.#last = 0;
+      }
+      const n = b.copy(piece, this.#last, off, off + Math.min(b.length - off, piece.length - this.#last));
+      this.#last += n;
+      off += n;
+    }
   }
-  /** Compress `data` into this frame's buffer on this thread (ZstdFramer.frameSync). */
+  /** Compress `data` whole into one buffer of zstd's bound on this thread (ZstdFramer.frameSync). */
   fillSync(f: ZstdFramer, data: Buffer): void {
-    this.#length = f.frameSync(data, this.#buf);
+    const buf = this.#pool.take(zstdBound(data.length));
+    this.#pieces.push(buf);
+    this.#last = f.frameSync(data, buf);
   }
-  get bytes(): Buffer {
-    return this.#buf.subarray(0, this.#length);
+  /** Write the frame's bytes to `out`, in order. */
+  writeTo(out: BlobFile): void {
+    const last = this.#pieces.length - 1;
+    for (const [k, piece] of this.#pieces.entries()) out.write(k < last ? piece : piece.subarray(0, this.#last));
   }
   release(): void {
-    this.#pool.give(this.#buf);
+    for (const piece of this.#pieces.splice(0)) this.#pool.give(piece);
   }
 }
 
@@ -303,7 +321,7 @@ export class OrderedFrames {
    */
   async add(data: Buffer, written?: (start: number, end: number) => void): Promise<void> {
     const compress = async (f: ZstdFramer) => {
-      const frame = new FrameBytes(this.#pool, zstdBound(data.length));
+      const frame = new FrameBytes(this.#pool);
       try {
         if (f.canRunSync && data.length <= SMALL_FRAME) {
           frame.fillSync(f, data);
@@ -341,7 +359,7 @@ export class OrderedFrames {
     this.#pendingBytes -= first.size;
     const start = this.#out.size;
     try {
-      this.#out.write(frame.bytes);
+      frame.writeTo(this.#out);
     } finally {
       frame.release();
     }
