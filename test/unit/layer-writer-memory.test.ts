@@ -133,6 +133,32 @@ describe('layer writer: what it holds while it writes', function () {
     assert.ok(sizes.some((s) => s > LARGE_FRAME) && sizes.some((s) => s <= LARGE_FRAME), 'both kinds of context used');
   });
 
+  it("holds a pending frame's output in 64 KiB pieces, about its compressed size, not a buffer of its input's bound", async function () {
+    const out = new BlobFile(join(dir, 'blob'));
+    const pool = new BufferPool(16 * 1024, 4 * 1024 * 1024);
+    const taken: number[] = [];
+    const take = pool.take.bind(pool);
+    pool.take = (n: number) => (taken.push(n), take(n));
+    const frames = new OrderedFrames(PARAMS, out, 1, 8 * 1024 * 1024, pool);
+    // A 3 MiB frame that compresses to about two thirds (every other byte random), then
+    // pool-sized and small ones.
+    const halfRandom = (n: number) => randomBytes(n).map((x, i) => (i % 2 ? x : 0));
+    const inputs = [halfRandom(3 * 1024 * 1024), content(1, 200_000), content(2, 40_000), content(3, 3000)];
+    const spans: [number, number][] = [];
+    for (const [i, data] of inputs.entries()) await frames.add(Buffer.from(data), (s, e) => (spans[i] = [s, e]));
+    await frames.close();
+    out.close();
+    const blob = await readFile(join(dir, 'blob'));
+    for (const [i, data] of inputs.entries()) {
+      const [start, end] = spans[i]!;
+      assert.ok(zstdDecompressSync(blob.subarray(start, end)).equals(data), `frame ${i} holds its input`);
+    }
+    const [s0, e0] = spans[0]!;
+    assert.ok(e0 - s0 > 1024 * 1024, `the large frame spans many pieces: ${e0 - s0} bytes`);
+    // Every buffer the frames took: pieces, and for the small frame its bound (made on this thread).
+    assert.ok(Math.max(...taken) <= 64 * 1024, `largest buffer taken: ${Math.max(...taken)} bytes`);
+  });
+
   it('makes the TOC JSON as entries complete, holding only those waiting for their frame, and hands it on through one reused piece, byte for byte as encodeToc', function () {
     const spilled: Buffer[] = [];
     const pieces = new Set<ArrayBufferLike>();
