@@ -224,7 +224,7 @@ const zstdCompressAsync = promisify(zstdCompress);
  * zstd contexts for a layer's small frames (its large frames have one more): a build writes one
  * layer per core at a time (build.ts), so one each keeps the pool's threads busy. Three each, with
  * a window of six frames, held more contexts and pending frames and were slower on 2 cores:
- * alternated builds of the larger bench tree, 12.9-17.3 s and 113-128 MiB with one against
+ * alternated builds of the larger bench tree, 12.9-17.3 s and 113-142 MiB with one against
  * 14.6-18.6 s and 119-150 MiB with three (bench/README.md).
  */
 const FRAME_CONTEXTS = 1;
