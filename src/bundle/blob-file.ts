@@ -16,16 +16,23 @@ export class BlobFile {
     this.#hash.update(b);
     this.size += b.length;
   }
+  #closed = false;
   close(): Digest {
+    this.#closed = true;
     closeSync(this.fd);
     return `sha256:${this.#hash.digest('hex')}`;
   }
-  /** Close after a failure (the file is removed with the build's temp dir). */
+  /**
+   * Close after a failure (the file is removed with the build's temp dir); nothing if it is
+   * closed already: its descriptor number may belong to another file by then.
+   */
   closeQuietly(): void {
+    if (this.#closed) return;
+    this.#closed = true;
     try {
       closeSync(this.fd);
     } catch {
-      /* already closed */
+      /* the failure was closing it */
     }
   }
 }

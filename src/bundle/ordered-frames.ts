@@ -146,19 +146,14 @@ export class ZstdFramer {
     this.#open = true;
     this.#streamSync(zc.ZSTD_e_continue, data);
   }
-  /** End the current frame on this thread (as endFrame()). */
-  endFrameSync(): void {
-    if (!this.#open) return;
-    this.#streamSync(zc.ZSTD_e_end, NO_INPUT);
-    this.#open = false;
-  }
   /**
    * As close(), on this thread: the frame ends, then the stream, and node:zlib ends a stream with
    * one more `end` call, which zstd makes an empty frame of (13 bytes, to the sink); the context is
    * freed.
    */
   closeSync(): void {
-    this.endFrameSync();
+    if (this.#open) this.#streamSync(zc.ZSTD_e_end, NO_INPUT);
+    this.#open = false;
     this.#streamSync(zc.ZSTD_e_end, NO_INPUT);
     this.#z.destroy();
   }

@@ -8,7 +8,7 @@ import { lstat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { readTreeXattrs } from '../host/xattr.ts';
 import { BuildError } from './errors.ts';
-import { bbuf, bstr, devMajor, devMinor, fileTypeOf, isAscii, showPath, type TreeEntry } from '../layer/entry.ts';
+import { bstr, devMajor, devMinor, fileTypeOf, pathUnder, showPath, type TreeEntry } from '../layer/entry.ts';
 import { compareBytes } from '../layer/paths.ts';
 
 export { devMajor, devMinor } from '../layer/entry.ts';
@@ -39,17 +39,12 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   const xattrsRead = readTreeXattrs(root, { signal: opts.signal });
   xattrsRead.catch(() => undefined); // awaited after the walk
   let dirsWalked = 0;
-  const rootBuf = Buffer.from(root === '/' ? '' : root, 'utf8');
   const entries: TreeEntry[] = [];
   // Shared by every entry: no per-file path buffer or empty array kept in memory.
   const contentRoot = { root };
   const noXattrs: Record<string, Buffer> = Object.freeze({});
   const inodes = new Map<string, string>();
-  const rootText = root === '/' ? '' : root;
-  // An ASCII path is its own bytes as a string (the root is text): no Buffer per file (small
-  // Buffers are slices of Node's shared 64 KiB slabs, garbage only a full collection frees).
-  const abs = (rel: string): string | Buffer =>
-    rel === '' ? root : isAscii(rel) ? `${rootText}/${rel}` : Buffer.concat([rootBuf, Buffer.from('/'), bbuf(rel)]);
+  const abs = (rel: string) => pathUnder(root, rel);
 
   const visit = async (rel: string): Promise<void> => {
     opts.signal?.throwIfAborted();

@@ -10,6 +10,7 @@
  * at the filesystem boundary (`bbuf`) and text only for messages and JSON (`showPath`).
  * Path rules: paths.ts.
  */
+import { isUtf8 as isUtf8Bytes } from 'node:buffer';
 export type EntryType = 'reg' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo';
 
 /** The entry type of an lstat result; undefined for a socket (never part of an image). */
@@ -51,10 +52,7 @@ export function contentFile(e: TreeEntry): { file: string | Buffer; offset: numb
   if (!c || 'data' in c) return undefined;
   if ('root' in c)
     return {
-      // An ASCII path is its own bytes as a string (the root is text): no Buffer per file.
-      file: isAscii(e.path)
-        ? `${c.root}/${e.path}`
-        : Buffer.concat([Buffer.from(c.root, 'utf8'), Buffer.from('/'), bbuf(e.path)]),
+      file: pathUnder(c.root, e.path),
       offset: 0,
       whole: true,
     };
@@ -125,18 +123,30 @@ export function bstr(b: Uint8Array): string {
 export function bbuf(s: string): Buffer {
   return Buffer.from(s, 'latin1');
 }
+/**
+ * Is this binary string ASCII only? Then it is its own UTF-8 text, and the helpers below make no
+ * Buffer for it: a small Buffer is a slice of Node's shared 64 KiB slabs, which outlive young
+ * collections and wait for a full one (a build makes one or more per file).
+ */
+function isAscii(s: string): boolean {
+  return !/[\u0080-\uffff]/.test(s);
+}
 /** A binary string as text for messages and JSON (invalid UTF-8 becomes U+FFFD). */
 export function showPath(s: string): string {
-  return bbuf(s).toString('utf8');
-}
-/** Is this binary string ASCII only (so its UTF-8 text is itself)? */
-export function isAscii(s: string): boolean {
-  return !/[\u0080-\uffff]/.test(s);
+  return isAscii(s) ? s : bbuf(s).toString('utf8');
 }
 /** Is this binary string valid UTF-8? */
 export function isUtf8(s: string): boolean {
-  const b = bbuf(s);
-  return Buffer.from(b.toString('utf8'), 'utf8').equals(b);
+  return isAscii(s) || isUtf8Bytes(bbuf(s));
+}
+/**
+ * `root`/`path` (a directory source's root, text; a tree path, a binary string) as the file
+ * system calls take it: a string where the path is ASCII, else its bytes.
+ */
+export function pathUnder(root: string, path: string): string | Buffer {
+  if (path === '') return root;
+  const base = root === '/' ? '' : root;
+  return isAscii(path) ? `${base}/${path}` : Buffer.concat([Buffer.from(`${base}/`, 'utf8'), bbuf(path)]);
 }
 
 /** A parent directory the image did not list: 0755 root:root, created only where missing. */

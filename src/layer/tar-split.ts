@@ -8,8 +8,9 @@
  * type 1 ("file": name or name_raw, size, payload = CRC-64/ISO of the content as 8 big-endian
  * bytes, null for empty files), each with its position, in the order the tar has them.
  */
-import { bbuf, isAscii, isUtf8 } from './entry.ts';
+import { bbuf, isUtf8, showPath } from './entry.ts';
 import { GrowingBytes } from '../util/growing-bytes.ts';
+import { TextPieces } from '../util/text-pieces.ts';
 
 // CRC-64 with the ISO polynomial, reflected, complemented before and after (as Go's hash/crc64),
 // on two 32-bit halves so it stays fast without BigInt. Slicing-by-8: eight tables, each split
@@ -153,74 +154,48 @@ export class TarSplitWriter {
    * (the larger bench tree: 46,000 of them, ~35 MiB of garbage in a build).
    */
   readonly #segment = new GrowingBytes(4096);
-  readonly #sink: (lines: Buffer) => void;
   /**
-   * The lines of the batch, written as UTF-8 as each is made, in one buffer reused all layer
-   * long. Kept as strings until the batch was full, they outlived young-generation collections
-   * and were promoted, and a batch was a Buffer of its own: about half of what a build's content
-   * phase left for full collections (the larger bench tree: ~10 MiB; 48 MiB of batches).
+   * The lines, written as UTF-8 as each is made into one buffer reused all layer long, handed on
+   * in batches. Kept as strings until a batch was full, they outlived young-generation
+   * collections, and a batch was a Buffer of its own: about half of what a build's content phase
+   * left for full collections (the larger bench tree: ~10 MiB; 48 MiB of batches).
    */
-  readonly #batch = Buffer.allocUnsafeSlow(2 * TAR_SPLIT_BATCH);
-  #batchLength = 0;
-  /** Bytes handed to the sink (all of them after end()). */
-  uncompressedSize = 0;
+  readonly #lines: TextPieces;
   /** `sink`: gets each batch, and must be done with its bytes when it returns (the buffer is reused). */
   constructor(sink: (lines: Buffer) => void) {
-    this.#sink = sink;
+    this.#lines = new TextPieces({ size: 2 * TAR_SPLIT_BATCH, handAt: TAR_SPLIT_BATCH, encoding: 'utf8', sink });
   }
-  /** One line: `json` (JSON.stringify's text) and its newline. */
-  #emit(json: string): void {
-    // UTF-8 takes at most 3 bytes per UTF-16 unit (counted only where that bound does not fit).
-    let bytes = 3 * json.length + 1;
-    if (this.#batchLength + bytes > this.#batch.length) bytes = Buffer.byteLength(json, 'utf8') + 1;
-    if (this.#batchLength + bytes > this.#batch.length) this.#flushBatch();
-    if (bytes > this.#batch.length) {
-      // A segment of pax headers larger than the batch: a buffer of its own.
-      this.#hand(Buffer.from(json + '\n', 'utf8'));
-      return;
-    }
-    this.#batchLength += this.#batch.write(json, this.#batchLength, 'utf8');
-    this.#batch[this.#batchLength++] = 0x0a;
-    if (this.#batchLength >= TAR_SPLIT_BATCH) this.#flushBatch();
-  }
-  #flushBatch(): void {
-    if (this.#batchLength === 0) return;
-    const lines = this.#batch.subarray(0, this.#batchLength);
-    this.#batchLength = 0;
-    this.#hand(lines);
-  }
-  #hand(lines: Buffer): void {
-    this.uncompressedSize += lines.length;
-    this.#sink(lines);
+  /** Bytes handed to the sink (all of them after end()). */
+  get uncompressedSize(): number {
+    return this.#lines.handed;
   }
   /** Raw tar bytes that are not file content (headers, padding, the end marker); copied. */
   raw(b: Uint8Array): void {
     this.#segment.append(b);
   }
   // The lines are JSON.stringify's text of { type, name | name_raw, size?, payload, position } in
-  // that key order, spelled out: base64 and numbers need no escaping, a name is JSON.stringify's.
+  // that key order and a newline, spelled out: base64 and numbers need no escaping, a name is
+  // JSON.stringify's.
   #flushSegment(): void {
     const payload = this.#segment.bytes.toString('base64');
-    this.#emit(`{"type":2,"payload":"${payload}","position":${this.#position++}}`);
+    this.#lines.write(`{"type":2,"payload":"${payload}","position":${this.#position++}}\n`);
     this.#segment.clear();
   }
   /** A tar member: its name as in the header (binary string), content size and CRC. */
   file(name: string, size: number, crc: Buffer | null): void {
     this.#flushSegment();
-    const named = isAscii(name)
-      ? `"name":${JSON.stringify(name)}`
-      : isUtf8(name)
-        ? `"name":${JSON.stringify(bbuf(name).toString('utf8'))}`
-        : `"name_raw":"${bbuf(name).toString('base64')}"`;
+    const named = isUtf8(name)
+      ? `"name":${JSON.stringify(showPath(name))}`
+      : `"name_raw":"${bbuf(name).toString('base64')}"`;
     const sized = size ? `,"size":${size}` : '';
     const payload = crc ? `"${crc.toString('base64')}"` : 'null';
-    this.#emit(`{"type":1,${named}${sized},"payload":${payload},"position":${this.#position++}}`);
+    this.#lines.write(`{"type":1,${named}${sized},"payload":${payload},"position":${this.#position++}}\n`);
   }
   /** After the end-of-archive marker went through raw(). */
   end(): void {
     this.#flushSegment();
     // tar-split records what follows the end marker as one more (here empty) segment.
-    this.#emit(`{"type":2,"payload":"","position":${this.#position++}}`);
-    this.#flushBatch();
+    this.#lines.write(`{"type":2,"payload":"","position":${this.#position++}}\n`);
+    this.#lines.end();
   }
 }

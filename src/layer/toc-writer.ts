@@ -7,11 +7,11 @@
  * `entries` array. The JSON leaves as it is made, a piece at a time (the constructor's `spill`:
  * a layer writer's file), so it is not held while the layer waits for its turn to compress it.
  */
-import { freeNow } from '../util/buffer-pool.ts';
+import { TextPieces } from '../util/text-pieces.ts';
 import { LayerFormatError } from './errors.ts';
 import type { TocEntry } from './toc.ts';
 
-/** Encoded entries are gathered in a piece of this size, reused (above Buffer.poolSize: freeNow frees it). */
+/** Encoded entries are gathered in a piece of this size, reused (above Buffer.poolSize: it is freed at the end). */
 const PIECE = 128 * 1024;
 
 /** A regular file's entry is complete once it has its content digest and its frame's offsets. */
@@ -22,13 +22,10 @@ function complete(t: TocEntry): boolean {
 const HEAD = '{"version":1,"entries":[';
 
 export class TocJsonWriter {
-  #piece = Buffer.allocUnsafeSlow(PIECE);
-  #used = 0;
+  readonly #out: TextPieces;
   /** Entries added and not yet encoded (the first is incomplete), in tar order. */
   #waiting: TocEntry[] = [];
   #count = 0;
-  readonly #spill: (bytes: Buffer) => void;
-  #spilled = 0;
 
   /**
    * `spill`: where the JSON goes, in order, a piece at a time as each fills (a layer writer's file:
@@ -36,8 +33,9 @@ export class TocJsonWriter {
    * must be done with the bytes when it returns: the piece is reused.
    */
   constructor(spill: (bytes: Buffer) => void) {
-    this.#spill = spill;
-    this.#used = this.#piece.write(HEAD, 0, 'latin1');
+    // Binary strings: one char per byte (toc-json.ts).
+    this.#out = new TextPieces({ size: PIECE, encoding: 'latin1', sink: spill });
+    this.#out.write(HEAD);
   }
 
   /** Entries waiting to be encoded (for tests of what a writer holds). */
@@ -60,25 +58,7 @@ export class TocJsonWriter {
   }
 
   #append(t: TocEntry): void {
-    // Binary strings: one char per byte (toc-json.ts).
-    this.#write((this.#count++ === 0 ? '' : ',') + JSON.stringify(t));
-  }
-
-  #write(text: string): void {
-    if (this.#used + text.length > this.#piece.length) {
-      this.#spillPiece();
-      if (text.length > this.#piece.length) {
-        freeNow(this.#piece);
-        this.#piece = Buffer.allocUnsafeSlow(text.length);
-      }
-    }
-    this.#used += this.#piece.write(text, this.#used, 'latin1');
-  }
-
-  #spillPiece(): void {
-    this.#spill(this.#piece.subarray(0, this.#used));
-    this.#spilled += this.#used;
-    this.#used = 0;
+    this.#out.write((this.#count++ === 0 ? '' : ',') + JSON.stringify(t));
   }
 
   /**
@@ -90,10 +70,8 @@ export class TocJsonWriter {
     const open = this.#waiting[0];
     if (open)
       throw new LayerFormatError('TOC_INVALID', `the TOC entry of ${open.name} was never given its digest and offsets`);
-    this.#write(tarSplitDigest === undefined ? ']}' : `],"tarSplitDigest":${JSON.stringify(tarSplitDigest)}}`);
-    this.#spillPiece();
-    freeNow(this.#piece);
-    this.#piece = Buffer.alloc(0);
-    return this.#spilled;
+    this.#out.write(tarSplitDigest === undefined ? ']}' : `],"tarSplitDigest":${JSON.stringify(tarSplitDigest)}}`);
+    this.#out.end();
+    return this.#out.handed;
   }
 }
