@@ -567,6 +567,13 @@ export const ERROR_CODES = {
     action: 'run `tiu update --download-only` with the network, then the offline update',
     transient: false,
   },
+  SPILL_LOST: {
+    meaning:
+      "rows of the image's file list that tiu set aside in a temporary file of the cache could not be read back (an I/O error of the cache's disk)",
+    action:
+      'check the disk holding /var/cache/tiu (dmesg), then run again; nothing of the system was changed before the snapshot, and an unfinished snapshot is removed',
+    transient: false,
+  },
   CACHE_DAMAGED: {
     meaning: 'the cached copy of the image does not verify; it is dropped from the cache',
     action: 'run again: the next update downloads it again',

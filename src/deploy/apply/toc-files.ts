@@ -9,8 +9,12 @@
  * `sha256:<hex>` text each time it is read (a short-lived string), `source` a new
  * `{layer, offset, endOffset}`. The values are exactly what the TOC said (the reader,
  * apply/toc.ts, checked them before they were stored).
+ *
+ * A block's columns are one buffer, so that with a spill (row-spill.ts) a complete block can be
+ * written out and read back whole: an update then holds a few blocks of rows, not all of them.
  */
 import { mtimeParts, NO_XATTRS } from '../../layer/entry.ts';
+import type { RowSpill, SpillBlock } from './row-spill.ts';
 import type { ContentSource, TreeEntry } from './types.ts';
 
 const DIGEST_BYTES = 32;
@@ -29,20 +33,47 @@ const U32 = 3;
  */
 const WIDE = 0xffffffff;
 
-class FileBlock {
-  readonly digests = Buffer.alloc(BLOCK_ROWS * DIGEST_BYTES);
-  readonly numbers = new Float64Array(BLOCK_ROWS * F64);
-  readonly ids = new Uint32Array(BLOCK_ROWS * U32);
+/** Bytes of a block: its columns side by side in one buffer (one allocation; what the spill writes and reads). */
+const NUMBERS_AT = 0;
+const IDS_AT = NUMBERS_AT + BLOCK_ROWS * F64 * 8;
+const DIGESTS_AT = IDS_AT + BLOCK_ROWS * U32 * 4;
+const MODES_AT = DIGESTS_AT + BLOCK_ROWS * DIGEST_BYTES;
+const BLOCK_BYTES = MODES_AT + BLOCK_ROWS * 2;
+
+class FileBlock implements SpillBlock {
+  bytes: ArrayBuffer | undefined;
+  digests!: Buffer;
+  numbers!: Float64Array;
+  ids!: Uint32Array;
+  modes!: Uint16Array;
   /** Ids at WIDE or above, by row * U32 + field. */
   wideIds: Map<number, number> | undefined;
-  readonly modes = new Uint16Array(BLOCK_ROWS);
   /** Only the rows that have xattrs (most files have none). */
   xattrs: Map<number, Record<string, Buffer>> | undefined;
   used = 0;
   readonly layer: number;
+  /** Where the block goes once it is complete (toc-files.ts keeps it in memory without one). */
+  readonly spill: RowSpill | undefined;
 
-  constructor(layer: number) {
+  constructor(layer: number, spill: RowSpill | undefined) {
     this.layer = layer;
+    this.spill = spill;
+    this.attach(new ArrayBuffer(BLOCK_BYTES));
+  }
+
+  attach(bytes: ArrayBuffer | undefined): void {
+    this.bytes = bytes;
+    if (!bytes) return; // the views stay until the next attach, reading as empty (detached)
+    this.numbers = new Float64Array(bytes, NUMBERS_AT, BLOCK_ROWS * F64);
+    this.ids = new Uint32Array(bytes, IDS_AT, BLOCK_ROWS * U32);
+    this.digests = Buffer.from(bytes, DIGESTS_AT, BLOCK_ROWS * DIGEST_BYTES);
+    this.modes = new Uint16Array(bytes, MODES_AT, BLOCK_ROWS);
+  }
+
+  /** This block, its rows in memory (read back from the spill if they left). */
+  inMemory(): this {
+    if (this.bytes === undefined) this.spill!.load(this, BLOCK_BYTES);
+    return this;
   }
 }
 
@@ -69,7 +100,7 @@ export class TocFile implements TreeEntry {
     return 'reg';
   }
   get mode(): number {
-    return this.#block.modes[this.#row]!;
+    return this.#block.inMemory().modes[this.#row]!;
   }
   get uid(): number {
     return this.#id(0);
@@ -79,47 +110,65 @@ export class TocFile implements TreeEntry {
   }
   #id(field: number): number {
     const at = this.#row * U32 + field;
-    const id = this.#block.ids[at]!;
+    const id = this.#block.inMemory().ids[at]!;
     return id === WIDE ? this.#block.wideIds!.get(at)! : id;
   }
   get mtimeNs(): bigint {
-    const sec = this.#block.numbers[this.#row * F64 + 3]!;
-    return BigInt(sec) * 1_000_000_000n + BigInt(this.#block.ids[this.#row * U32 + 2]!);
+    const b = this.#block.inMemory();
+    const sec = b.numbers[this.#row * F64 + 3]!;
+    return BigInt(sec) * 1_000_000_000n + BigInt(b.ids[this.#row * U32 + 2]!);
   }
   get xattrs(): Record<string, Buffer> {
     return this.#block.xattrs?.get(this.#row) ?? NO_XATTRS;
   }
   get size(): number {
-    return this.#block.numbers[this.#row * F64]!;
+    return this.#block.inMemory().numbers[this.#row * F64]!;
   }
   get digest(): string {
     const at = this.#row * DIGEST_BYTES;
-    return `sha256:${this.#block.digests.toString('hex', at, at + DIGEST_BYTES)}`;
+    return `sha256:${this.#block.inMemory().digests.toString('hex', at, at + DIGEST_BYTES)}`;
   }
   get source(): ContentSource {
     const at = this.#row * F64;
-    const n = this.#block.numbers;
+    const n = this.#block.inMemory().numbers;
     return { layer: this.#block.layer, offset: n[at + 1]!, endOffset: n[at + 2]! };
   }
 
   /** Further frames of this file follow its last one (TOC `chunk` entries): its range ends at `endOffset` now. */
   widenTo(endOffset: number): void {
-    this.#block.numbers[this.#row * F64 + 2] = endOffset;
+    const b = this.#block.inMemory();
+    b.numbers[this.#row * F64 + 2] = endOffset;
+    b.spill?.changed(b);
   }
 }
 
-/** The rows of one layer's regular files, block by block. */
+/**
+ * The rows of one layer's regular files, block by block. With a spill (row-spill.ts), each
+ * complete block may leave memory, and the rows are read back when asked for.
+ */
 export class TocFiles {
   readonly #layer: number;
+  readonly #spill: RowSpill | undefined;
+  /** The block being filled (always in memory). */
   #block: FileBlock | undefined;
 
-  constructor(layer: number) {
+  constructor(layer: number, spill?: RowSpill) {
     this.#layer = layer;
+    this.#spill = spill;
+  }
+
+  /** No more rows: the last block may leave memory too. */
+  finish(): void {
+    if (this.#block) this.#spill?.release(this.#block);
+    this.#block = undefined;
   }
 
   add(path: string, f: TocFileFields): TocFile {
     let b = this.#block;
-    if (!b || b.used === BLOCK_ROWS) this.#block = b = new FileBlock(this.#layer);
+    if (!b || b.used === BLOCK_ROWS) {
+      if (b) this.#spill?.release(b);
+      this.#block = b = new FileBlock(this.#layer, this.#spill);
+    }
     const r = b.used++;
     b.modes[r] = f.mode;
     const { sec, nsec } = mtimeParts(f.mtimeNs);

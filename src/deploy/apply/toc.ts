@@ -8,6 +8,7 @@
 import { bbuf, NO_XATTRS } from '../../layer/entry.ts';
 import { BadEntryError } from './errors.ts';
 import { TocFile, TocFiles } from './toc-files.ts';
+import type { RowSpill } from './row-spill.ts';
 import { checkXattrs } from '../../host/xattr-names.ts';
 import { normalizeEntryPath, normalizeLinkTarget } from '../../layer/paths.ts';
 import type { EntryType, TreeEntry } from './types.ts';
@@ -68,9 +69,16 @@ export class LayerEntries {
    * tree's scan, which planning holds anyway): the read one then dies young, and the tree and
    * the scan share one string per path from the start instead of two until a full collection.
    */
-  constructor(layer: number, ownPath?: (path: string) => string | undefined) {
-    this.#files = new TocFiles(layer);
+  /** `spill`: where the files' rows may go once complete (row-spill.ts); without one they stay in memory. */
+  constructor(layer: number, ownPath?: (path: string) => string | undefined, spill?: RowSpill) {
+    this.#files = new TocFiles(layer, spill);
     this.#ownPath = ownPath;
+  }
+
+  /** The TOC is read whole: the last rows may leave memory too. */
+  finish(): TreeEntry[] {
+    this.#files.finish();
+    return this.entries;
   }
 
   #mtimeOf(modtime: string | undefined, name: string): bigint {

@@ -27,6 +27,7 @@ import type { Target } from '../../content/interfaces.ts';
 import { humanSize } from '../../format.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import { ContentIndex, releaseScan, scanTree } from '../apply/scan.ts';
+import { RowSpill } from '../apply/row-spill.ts';
 import { ScanEntries } from '../apply/scan-entries.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
 import { flattenLayers } from '../apply/layers.ts';
@@ -158,6 +159,11 @@ export interface PrepareOptions {
   deltaArtifacts?: DeltaWanted;
   /** TOCs verified before (no request for those); TOCs fetched now are kept there when it is writable. */
   tocStore?: TocStore;
+  /**
+   * A directory on disk (the cache) where the TOCs' file rows may leave memory
+   * (apply/row-spill.ts: an unlinked file); undefined, or one that cannot take the file: they stay.
+   */
+  spillDir?: string;
 }
 
 export interface DeltaTransfer {
@@ -165,6 +171,8 @@ export interface DeltaTransfer {
   source: Target;
   manifest: ImageManifest;
   layers: TreeEntry[][];
+  /** The file the rows of `layers`' files may be in: closed by whoever is done with the transfer (or when it is collected). */
+  rows?: RowSpill;
   /**
    * The planned tree's /usr and /etc (what checkOsPlan looks at), not the plan itself: the plan
    * holds the old tree's scan, and the apply plans again against the new snapshot. Keeping both
@@ -274,10 +282,29 @@ function artifactReport(choice: DeltaChoice, tally: TocPatchTally): ArtifactRepo
   };
 }
 
-/** Decide the path and, for the delta path, exactly which byte ranges it downloads. Writes nothing but the cache's TOC store. */
+/**
+ * Decide the path and, for the delta path, exactly which byte ranges it downloads. Writes
+ * nothing but the cache's TOC store (and, with `spillDir`, the rows' unlinked file).
+ */
 export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransfer> {
   const mode = o.mode ?? 'auto';
   if (mode === 'whole-layer') return whole(o.manifest, 'whole-layer download requested', mode);
+  const spill = o.spillDir === undefined ? undefined : RowSpill.open(o.spillDir);
+  try {
+    const t = await prepareDelta(o, mode, spill);
+    if (t.path !== 'delta') spill?.close();
+    return t;
+  } catch (e) {
+    spill?.close();
+    throw e;
+  }
+}
+
+async function prepareDelta(
+  o: PrepareOptions,
+  mode: TransferMode,
+  spill: RowSpill | undefined,
+): Promise<PreparedTransfer> {
   // The old root (local disk) is scanned while the TOCs download.
   const scanning = scanTree(o.oldRoot, { preserve: o.preserve });
   scanning.catch(() => undefined); // handled below; not an unhandled rejection meanwhile
@@ -295,6 +322,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
       ...(o.tocStore ? { store: o.tocStore } : {}),
       ...(chosen && dictionary ? { patched: tocPatcher(o.source, chosen, dictionary, tally, o.signal) } : {}),
       keepBytes: !!(chosen && dictionary),
+      ...(spill ? { spill } : {}),
       // The scan first, then the TOCs read with its path strings: the scan and the plan's tree
       // hold one string per path (~3 MiB on the bench's larger tree were the scan's own copies,
       // garbage only from the plan's sharePathsWith on and alive at its peak). JavaScript runs
@@ -371,6 +399,7 @@ export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransf
     source: o.source,
     manifest: o.manifest,
     layers: tocs.layers,
+    ...(spill ? { rows: spill } : {}),
     top: topEntries(plan),
     fetch: plan.fetch,
     sources,

@@ -20,6 +20,7 @@ import {
   type TocEntry,
 } from '../../layer/toc.ts';
 import { LayerEntries } from '../apply/toc.ts';
+import type { RowSpill } from '../apply/row-spill.ts';
 import type { TreeEntry } from '../../layer/entry.ts';
 import { DeltaAnnotation } from '../../patch/media.ts';
 import type { TocStore } from './toc-store.ts';
@@ -66,8 +67,9 @@ async function layerEntries(
   d: Descriptor,
   layer: number,
   ownPath?: (path: string) => string | undefined,
+  spill?: RowSpill,
 ): Promise<TreeEntry[] | { unusable: string }> {
-  const out = new LayerEntries(layer, ownPath);
+  const out = new LayerEntries(layer, ownPath, spill);
   let unusable: string | undefined;
   const onEntry = (e: TocEntry) => {
     unusable ??= chunkWithoutFrame(e);
@@ -78,7 +80,7 @@ async function layerEntries(
     const { lengthUncompressed } = parsePosition(d.annotations![ZstdChunkedAnnotation.ManifestPosition]!);
     await forEachCompressedTocEntry(b.compressed, lengthUncompressed, onEntry);
   }
-  return unusable === undefined ? out.entries : { unusable };
+  return unusable === undefined ? out.finish() : { unusable };
 }
 
 /** TOC bytes fetched ahead of their reading, while the paths to name entries with are not there yet. */
@@ -112,6 +114,8 @@ export interface TocSources {
    * before the first TOC is read, while that TOC's bytes come; undefined: the entries' own.
    */
   ownPaths?: Promise<((path: string) => string | undefined) | undefined>;
+  /** Where the files' rows may leave memory (apply/row-spill.ts); undefined: they stay. */
+  spill?: RowSpill;
 }
 
 /** The stored TOC of layer `d` (as the store verified it); undefined when the store has none. */
@@ -215,7 +219,7 @@ export async function fetchLayerTocs(
         ahead.set(next, b);
         aheadBytes += sizeOf(b);
       }
-      const entries = await layerEntries(got, d, i, await from.ownPaths);
+      const entries = await layerEntries(got, d, i, await from.ownPaths, from.spill);
       if ('unusable' in entries) return { ok: false, reason: `layer ${i + 1} (${d.digest}): ${entries.unusable}` };
       layers[i] = entries;
       if (from.keepBytes !== false) bytes[i] = got;

@@ -74,7 +74,9 @@ async function readCache(deps: UpdateDeps, run: Planned, manifest: ImageManifest
     // The cached layers' TOCs, verified here, are kept for the updates after this one.
     tocStore: deps.delta.tocStore(run.cacheDir, { write: true }),
     sources: contentSources(run.state, run.from, run.cacheDir),
+    spillDir: run.cacheDir,
   });
+  if (local.path === 'delta' && local.rows) (run.held.rows ??= []).push(local.rows);
   if (local.path !== 'delta') {
     // Every blob read through its digest, and every tar header checked as the apply will, before a snapshot exists.
     const checked = await deps.delta.validateTarLayers(layerOpeners(cache, manifest, signal, expansionLimit), {

@@ -2,7 +2,8 @@
  * `tiu update --check`: resolve, trust (freshness too), the downgrade check (an offer that would be
  * refused is DOWNGRADE here too) and plan as a real update does (the same stages) against
  * the booted snapshot. Takes no lock and writes nothing: no cache, no snapshot, no cleanup; the
- * booted snapshot's content index is only read, where an update left one.
+ * booted snapshot's content index is only read, where an update left one. (The plan's file rows
+ * may wait in a temporary file of the cache, unlinked as it is made: nothing of it stays.)
  */
 import type { UpdateDeps } from './deps.ts';
 import { refuseDowngrade } from './downgrade.ts';

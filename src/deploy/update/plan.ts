@@ -118,7 +118,10 @@ export async function prepare(
     tocStore: deps.delta.tocStore(cacheOf(run), { write: index.save }),
     deltaArtifacts: { subject: desc, held: heldImages(run.state, cacheOf(run)), platform: run.platform },
     sources: contentSources(run.state, run.from, join(run.ctx.sysroot, run.config.cache)),
+    // The image's file rows wait on disk, a few blocks in memory: an unlinked file, gone with the process.
+    spillDir: cacheOf(run),
   });
+  if (transfer.path === 'delta' && transfer.rows) (run.held.rows ??= []).push(transfer.rows);
   return { transfer, manifests };
 }
 

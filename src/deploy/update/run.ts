@@ -8,6 +8,7 @@ import type { Target } from '../../content/interfaces.ts';
 import { hostPlatform } from '../../oci/platform.ts';
 import type { Descriptor, ImageManifest } from '../../oci/types.ts';
 import type { ApplyReport, Reserved } from '../apply/index.ts';
+import type { RowSpill } from '../apply/row-spill.ts';
 import type { SystemdBoot } from '../boot/index.ts';
 import type { TiuConfig } from '../config.ts';
 import type { ContentStore, DeltaTransfer, ImageManifests, TransferMode, TransferReport } from '../delta/index.ts';
@@ -83,6 +84,8 @@ export interface Held {
   source?: Target;
   /** The delta's content store: removed at the end, its content is in the snapshot or useless. */
   store?: ContentStore;
+  /** The files the prepared transfers' rows may be in (apply/row-spill.ts): closed at the end. */
+  rows?: RowSpill[];
 }
 
 /** The run as `begin` made it: the options read, nothing of the system touched. */
@@ -213,6 +216,7 @@ export async function begin(deps: UpdateDeps, opts: UpdateOptions): Promise<Upda
 
 /** Give back what the run holds: the store and the source quietly, the lock last. */
 export async function release(held: Held): Promise<void> {
+  for (const r of held.rows ?? []) r.close();
   await held.store?.remove().catch(() => undefined);
   await held.source?.close?.().catch(() => undefined);
   await held.lock?.release();
