@@ -81,7 +81,7 @@ function keptTree(n: number, treeMtimeNs = 1n): { tree: Map<string, TreeEntry>; 
     tree.set(path, dir ? { ...wanted, type: 'dir' } : { ...wanted, type: 'reg', digest: digestOf(i) });
     entries.set({ ...base, type: dir ? 'dir' : 'reg', ctimeNs: 2n, ino: BigInt(i + 1), dev: 1n, nlink: 1, rdev: 0n });
   }
-  entries.trim();
+  entries.finish();
   return { tree, entries };
 }
 
@@ -330,7 +330,7 @@ describe('planning memory (issue 19)', function () {
     );
   });
 
-  it('holds the scan of 20,000 files (3,000 sizes) by size in under 12 bytes a file (~4 here: its rows by size; sorted copies of sizes and paths held ~17, a Map of path-or-list ~41)', function () {
+  it('holds the scan of 20,000 files (3,000 sizes) by size in under 12 bytes a file (~7 here: its rows by size and each distinct size once, its sizes read once so that spilled rows are not read back per comparison; sorted copies of sizes and paths held ~17, a Map of path-or-list ~41)', function () {
     const n = 20_000;
     const entries = new ScanEntries();
     for (let i = 0; i < n; i++) entries.set(existing(`usr/lib/file-${i}`, i % 3000, BigInt(i)));
@@ -505,7 +505,7 @@ describe('planning memory (issue 19)', function () {
       tree.set(path, { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 1n, xattrs: NO_XATTRS });
     }
     const empty = new ScanEntries();
-    empty.trim();
+    empty.finish();
     const old = indexOldTree('/x', empty);
     const hasher = { digestOf: () => Promise.reject(new Error('nothing to hash')) };
     const perEntry = await bytesHeldPerEntry(
@@ -571,30 +571,28 @@ describe('planning memory (issue 19)', function () {
     assert.throws(() => [...reserved], /plan action 0 was reserved and never set/);
   });
 
-  it('gives back the rows a finished scan does not use (16,385 paths sat in rows for 32,768)', function () {
+  it('holds a scan of 16,385 paths in blocks of rows at their size (doubled arrays held up to 32,768 rows)', function () {
     const n = 16_385;
     const { entries } = keptTree(n);
-    const { entries: untrimmed } = keptTree(3);
-    // keptTree trims; a scan of n paths made without it holds the grown rows:
-    const grown = new ScanEntries();
-    for (const e of entries.values()) grown.set(e);
     const gc = collector();
     const buffers = () => {
       for (let i = 0; i < 3; i++) gc();
       return process.memoryUsage().arrayBuffers;
     };
     const before = buffers();
-    grown.trim();
-    const freedPerUnusedRow = (before - buffers()) / (32_768 - n);
-    // A row is 49 bytes (type, four 32-bit fields, size, two times, the inode).
-    assert.ok(freedPerUnusedRow > 45, `${freedPerUnusedRow.toFixed(0)} bytes freed per unused row`);
+    const grown = new ScanEntries();
+    for (const e of entries.values()) grown.set(e);
+    const held = buffers() - before;
+    // 65 blocks of 256 rows at 49 bytes a row, and a table of 65,536 slots of 4 bytes (at most half full).
+    const rows = Math.ceil(n / 256) * 256 * 49;
+    assert.ok(held >= rows + 65_536 * 4 && held < rows + 65_536 * 4 + 64 * 1024, `${held} bytes of rows and slots`);
     assert.deepEqual(grown.get('usr/share/file-number-99.txt'), entries.get('usr/share/file-number-99.txt'));
     assert.equal(grown.size, n);
-    // It grows again after a trim.
+    // It takes more rows after the walk is over.
+    grown.finish();
     grown.set({ ...grown.get('usr')!, path: 'usr/new' });
     assert.equal(grown.get('usr/new')?.type, 'dir');
     assert.equal(grown.get('usr/share/file-number-16384.txt')?.size, 16_384);
-    assert.equal(untrimmed.size, 3);
   });
 
   it('remembers the digests of 20,000 files in a content index in under 110 bytes each (string keys held ~170, made by a template literal ~365)', function () {

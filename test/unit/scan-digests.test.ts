@@ -124,7 +124,7 @@ describe('content index on the scan of its tree', function () {
     const rows = Array.from({ length: n }, (_, i) => file(`usr/share/file-number-${i}`, BigInt(1000 + i), i));
     const scan = new ScanEntries();
     for (const e of rows) scan.set(e);
-    scan.trim();
+    scan.finish();
     const at = await saved(dir, rows);
     const held = () => {
       for (let i = 0; i < 3; i++) gc();

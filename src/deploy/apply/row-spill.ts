@@ -9,15 +9,17 @@
  * serves them; a read is of the page cache. The file is unlinked as soon as it is made: nothing
  * is left on disk whatever ends the process, and nobody else can open it.
  *
- * A failed write (a full disk) is not an error here: the block stays in memory, and so do all
- * the others from then on (the update reports the full disk where it writes its own data). A
- * failed read is (SPILL_LOST): the rows are nowhere else.
+ * The file takes only what the disk has above its reserve (tiu.conf `disk-reserve`, as the
+ * download's room is judged), measured when it is made: past that, and on a failed write (a full
+ * disk), blocks stay in memory, as without a spill; the update reports a full disk where it
+ * writes its own data. A failed read is an error (SPILL_LOST): the rows are nowhere else.
  */
-import { closeSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { TiuError } from '../../errors.ts';
 import { detach } from '../../util/buffer-pool.ts';
+import { reserveBytes, type DiskReserve } from './space.ts';
 
 /** Blocks kept in memory: a layer's current block in each of the planner's interleaved passes, and room for hardlink targets. */
 export const RESIDENT_BLOCKS = 32;
@@ -48,6 +50,8 @@ const closing = new FinalizationRegistry<number>((fd) => {
 export class RowSpill {
   #fd: number | undefined;
   #end = 0;
+  /** The most the file may grow to. */
+  readonly #limit: number;
   readonly #resident: number;
   /** Blocks in memory that may leave it, oldest first (from `#head` on). */
   #queue: SpillBlock[] = [];
@@ -56,21 +60,30 @@ export class RowSpill {
   /** A write failed: every block stays in memory from now on. */
   #stuck = false;
 
-  /** `fd`: a file open for reading and writing that nothing else uses (tests give one, e.g. /dev/full). */
-  constructor(fd: number, resident = RESIDENT_BLOCKS) {
+  /**
+   * `fd`: a file open for reading and writing that nothing else uses (tests give one, e.g.
+   * /dev/full); `limit`: the bytes it may take.
+   */
+  constructor(fd: number, resident = RESIDENT_BLOCKS, limit = Number.MAX_SAFE_INTEGER) {
     this.#fd = fd;
     this.#resident = resident;
+    this.#limit = limit;
     closing.register(this, fd, this);
   }
 
   /**
-   * A spill in a new, unlinked file of `dir` (the cache); undefined when none can be made there
-   * (a read-only or missing directory): the rows then stay in memory, as without a spill.
+   * A spill in a new, unlinked file of `dir` (the cache), which takes at most what its
+   * filesystem has free above `reserve`; undefined when none can be made there (a read-only or
+   * missing directory, no room): the rows then stay in memory, as without a spill.
    */
-  static open(dir: string, resident = RESIDENT_BLOCKS): RowSpill | undefined {
+  static open(dir: string, reserve?: DiskReserve, resident = RESIDENT_BLOCKS): RowSpill | undefined {
     const path = join(dir, `.tiu-rows-${process.pid}-${randomBytes(6).toString('hex')}`);
     let fd: number;
+    let room: number;
     try {
+      const st = statfsSync(dir);
+      room = st.bavail * st.bsize - reserveBytes(reserve, st.blocks * st.bsize);
+      if (room <= 0) return undefined;
       // O_EXCL: never a file (or a link) that is there already.
       fd = openSync(path, 'wx+', 0o600);
     } catch {
@@ -82,7 +95,7 @@ export class RowSpill {
       closeSync(fd);
       return undefined;
     }
-    return new RowSpill(fd, resident);
+    return new RowSpill(fd, resident, room);
   }
 
   /** Blocks in memory that may leave it (for tests). */
@@ -90,8 +103,9 @@ export class RowSpill {
     return this.#queue.length - this.#head;
   }
 
-  /** `b` is complete: from now on it may leave memory (its bytes are written when it does). */
+  /** `b` is complete: from now on it may leave memory (its bytes are written when it does). Again: as `changed`. */
   release(b: SpillBlock): void {
+    if (this.#placed.has(b)) return this.changed(b);
     this.#placed.set(b, { offset: -1, dirty: true });
     this.#enqueue(b);
   }
@@ -158,6 +172,10 @@ export class RowSpill {
     if (p.dirty) {
       const at = p.offset >= 0 ? p.offset : this.#end;
       const view = new Uint8Array(bytes);
+      if (at + view.length > this.#limit) {
+        this.#stuck = true;
+        return false;
+      }
       try {
         for (let done = 0; done < view.length;) done += writeSync(this.#fd!, view, done, view.length - done, at + done);
       } catch {

@@ -7,14 +7,35 @@
  *
  * A digest is read for an entry only when the scan has its path and that row has its key
  * exactly (keyIs): the same check as the table's. Rows of one inode (hardlinks) share a digest.
+ * The digests' bytes are blocks of 256, which wait in the scan's spill (row-spill.ts) as its
+ * rows do.
  */
 import type { ScanEntries } from './scan-entries.ts';
 import type { IndexKeyParts } from './index-table.ts';
 import { digestBytesAre, digestTextAt, writeDigestAt } from './digest-bytes.ts';
 import { resized } from '../../util/typed-resize.ts';
+import type { RowSpill, SpillBlock } from './row-spill.ts';
 
 const DIGEST_BYTES = 32;
 const NONE = -1;
+const BLOCK_SHIFT = 8;
+const PER_BLOCK = 1 << BLOCK_SHIFT;
+const BLOCK_BYTES = PER_BLOCK * DIGEST_BYTES;
+
+/** 256 digests' bytes: one buffer, which a spill may take out of memory whole. */
+class DigestBlock implements SpillBlock {
+  bytes: ArrayBuffer | undefined;
+  view!: Buffer;
+
+  constructor() {
+    this.attach(new ArrayBuffer(BLOCK_BYTES));
+  }
+
+  attach(bytes: ArrayBuffer | undefined): void {
+    this.bytes = bytes;
+    if (bytes) this.view = Buffer.from(bytes);
+  }
+}
 
 /** An entry as the index is asked about it: a scan's entry has its path. */
 export type KeyedEntry = IndexKeyParts & { readonly path?: string };
@@ -23,15 +44,17 @@ export class ScanDigests {
   readonly #scan: ScanEntries;
   /** By scan row: the digest's number, or NONE. */
   readonly #digestOf: Int32Array;
-  #digests: Buffer;
+  /** The digests' bytes by number, 256 to a block: complete blocks may wait in the scan's spill. */
+  readonly #blocks: DigestBlock[] = [];
+  readonly #spill: RowSpill | undefined;
   #hashedHere: Uint8Array;
   #count = 0;
 
   /** For `scan`'s rows; room for `expected` digests before it grows. */
   constructor(scan: ScanEntries, expected: number) {
     this.#scan = scan;
+    this.#spill = scan.spill;
     this.#digestOf = new Int32Array(scan.size).fill(NONE);
-    this.#digests = Buffer.alloc(Math.max(expected, 16) * DIGEST_BYTES);
     this.#hashedHere = new Uint8Array(Math.max(expected, 16));
   }
 
@@ -52,7 +75,7 @@ export class ScanDigests {
         // A key met again (a file save never writes) takes its last digest, as the table's does.
         d = this.#digestOf[r]!;
         if (d === NONE) d = this.#add(digest);
-        else writeDigestAt(this.#digests, d * DIGEST_BYTES, digest);
+        else this.#write(d, digest);
       }
       this.#digestOf[r] = d;
     });
@@ -74,26 +97,28 @@ export class ScanDigests {
     if (r === NONE) return NONE;
     let d = this.#digestOf[r]!;
     if (d === NONE) d = this.#digestOf[r] = this.#add(digest);
-    else writeDigestAt(this.#digests, d * DIGEST_BYTES, digest);
+    else this.#write(d, digest);
     if (hashedHere) this.#hashedHere[d] = 1;
     return d;
   }
 
   digestAt(d: number): string {
-    return digestTextAt(this.#digests, d * DIGEST_BYTES);
+    return digestTextAt(this.#block(d).view, (d & (PER_BLOCK - 1)) * DIGEST_BYTES);
   }
 
   digestIs(d: number, digest: string): boolean {
-    return digestBytesAre(this.#digests, d * DIGEST_BYTES, digest);
+    return digestBytesAre(this.#block(d).view, (d & (PER_BLOCK - 1)) * DIGEST_BYTES, digest);
   }
 
   hashedHereAt(d: number): boolean {
     return this.#hashedHere[d] === 1;
   }
 
-  /** Give back the room no digest was added to (a loaded index gets few more). */
+  /** Give back the room no digest was added to (a loaded index gets few more); the last block may leave memory too. */
   trim(): void {
     if (this.#count < this.#hashedHere.length) this.#resize(Math.max(this.#count, 16));
+    const last = this.#blocks[this.#blocks.length - 1];
+    if (last) this.#spill?.release(last);
   }
 
   /** Each digest once, with its key (its first row's), in the scan's row order. */
@@ -117,12 +142,31 @@ export class ScanDigests {
   #add(digest: string): number {
     const d = this.#count++;
     if (d === this.#hashedHere.length) this.#resize(Math.ceil(d * 1.5));
-    writeDigestAt(this.#digests, d * DIGEST_BYTES, digest);
+    if ((d & (PER_BLOCK - 1)) === 0) {
+      // The block before is complete: it may leave memory now.
+      const full = this.#blocks[this.#blocks.length - 1];
+      if (full) this.#spill?.release(full);
+      this.#blocks.push(new DigestBlock());
+    }
+    this.#write(d, digest);
     return d;
   }
 
+  /** Digest `d`'s block, in memory. */
+  #block(d: number): DigestBlock {
+    const b = this.#blocks[d >>> BLOCK_SHIFT]!;
+    if (b.bytes === undefined) this.#spill!.load(b, BLOCK_BYTES);
+    return b;
+  }
+
+  /** Write digest `d`; a block written out already is written again when it next leaves memory. */
+  #write(d: number, digest: string): void {
+    const b = this.#block(d);
+    this.#spill?.changed(b);
+    writeDigestAt(b.view, (d & (PER_BLOCK - 1)) * DIGEST_BYTES, digest);
+  }
+
   #resize(n: number): void {
-    this.#digests = resized(this.#digests, n * DIGEST_BYTES);
     this.#hashedHere = resized(this.#hashedHere, n);
   }
 }

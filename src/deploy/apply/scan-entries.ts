@@ -3,12 +3,16 @@
  * object with its three BigInts (mtime, ctime, inode) and its lists in the size and inode maps
  * cost ~460 bytes a path, ~20 MB for a 45k-entry tree, and a plan holds one or two scans (the
  * booted snapshot, content sources). A row is ~49 bytes plus the path and its table slot; `get`
- * makes the ExistingEntry when the planner asks for one (a short-lived object).
+ * makes the ExistingEntry when the planner asks for one (a short-lived object). Rows come in
+ * blocks of 256 (one buffer each): with a spill (row-spill.ts) a complete block may wait on
+ * disk, so a scan holds its paths and a few blocks, not every row.
  */
 import type { BigIntStats } from 'node:fs';
 import { fileTypeOf, NO_XATTRS } from '../../layer/entry.ts';
 import type { EntryType, ExistingEntry } from './types.ts';
-import { freeArray, resized } from '../../util/typed-resize.ts';
+import { freeArray } from '../../util/typed-resize.ts';
+import { detach } from '../../util/buffer-pool.ts';
+import type { RowSpill, SpillBlock } from './row-spill.ts';
 import { SizeIndex } from './size-index.ts';
 import { keyFits, type IndexKeyParts } from './index-table.ts';
 import { fnv1a } from '../../util/string-hash.ts';
@@ -18,6 +22,50 @@ const TYPES: readonly (EntryType | 'other')[] = ['reg', 'dir', 'symlink', 'hardl
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 const REG = TYPE_CODE.get('reg')!;
 
+/** Rows per block: a block is one buffer (~12 KiB), never copied as the scan grows. */
+const BLOCK_SHIFT = 8;
+const BLOCK_ROWS = 1 << BLOCK_SHIFT;
+const ROW_MASK = BLOCK_ROWS - 1;
+// A block's columns side by side in its buffer (64-bit ones first, aligned).
+const SIZE_AT = 0;
+const TIMES_AT = SIZE_AT + BLOCK_ROWS * 8;
+const INO_AT = TIMES_AT + BLOCK_ROWS * 16;
+const SMALL_AT = INO_AT + BLOCK_ROWS * 8;
+const TYPE_AT = SMALL_AT + BLOCK_ROWS * 16;
+const BLOCK_BYTES = TYPE_AT + BLOCK_ROWS;
+
+/**
+ * 256 rows: size; mtimeNs, ctimeNs; inode; mode, uid, gid, nlink; type. One buffer, so that
+ * with a spill (row-spill.ts) a complete block can leave memory and be read back whole.
+ */
+class ScanBlock implements SpillBlock {
+  bytes: ArrayBuffer | undefined;
+  size!: Float64Array;
+  times!: BigInt64Array;
+  /** The same memory as `times` and `ino` in 32-bit words (keyIs compares them). */
+  times32!: Uint32Array;
+  ino!: BigUint64Array;
+  ino32!: Uint32Array;
+  small!: Uint32Array;
+  type!: Uint8Array;
+
+  constructor() {
+    this.attach(new ArrayBuffer(BLOCK_BYTES));
+  }
+
+  attach(bytes: ArrayBuffer | undefined): void {
+    this.bytes = bytes;
+    if (!bytes) return; // the views stay until the next attach, reading as empty (detached)
+    this.size = new Float64Array(bytes, SIZE_AT, BLOCK_ROWS);
+    this.times = new BigInt64Array(bytes, TIMES_AT, BLOCK_ROWS * 2);
+    this.times32 = new Uint32Array(bytes, TIMES_AT, BLOCK_ROWS * 4);
+    this.ino = new BigUint64Array(bytes, INO_AT, BLOCK_ROWS);
+    this.ino32 = new Uint32Array(bytes, INO_AT, BLOCK_ROWS * 2);
+    this.small = new Uint32Array(bytes, SMALL_AT, BLOCK_ROWS * 4);
+    this.type = new Uint8Array(bytes, TYPE_AT, BLOCK_ROWS);
+  }
+}
+
 export class ScanEntries {
   /**
    * Each row's path, and an open-addressing table of row + 1 (0: empty) found by the path's hash,
@@ -26,17 +74,11 @@ export class ScanEntries {
    */
   readonly #paths: string[] = [];
   #slots = new Int32Array(0);
+  /** Rows the table of slots is made for (at most half full then). */
   #capacity = 0;
-  #type = new Uint8Array(0);
-  /** mode, uid, gid, nlink */
-  #small = new Uint32Array(0);
-  #size = new Float64Array(0);
-  /** mtimeNs, ctimeNs */
-  #times = new BigInt64Array(0);
-  #ino = new BigUint64Array(0);
-  /** The same memory as `#ino` and `#times` in 32-bit words (keyIs compares them). */
-  #ino32 = new Uint32Array(0);
-  #times32 = new Uint32Array(0);
+  /** The rows, BLOCK_ROWS to a block; complete ones may be in the spill. */
+  readonly #blocks: ScanBlock[] = [];
+  readonly #spill: RowSpill | undefined;
   /** The key parts being compared (keyIs), as rows store them: written, never read as BigInts. */
   readonly #probe = new BigInt64Array(3);
   readonly #probe32 = new Uint32Array(this.#probe.buffer);
@@ -52,6 +94,30 @@ export class ScanEntries {
   readonly #xattrs = new Map<number, Record<string, Buffer>>();
   #released = false;
   #peeked: ExistingEntry | undefined;
+
+  /** `spill`: where complete blocks of rows may wait (row-spill.ts); without one they stay in memory. */
+  constructor(spill?: RowSpill) {
+    this.#spill = spill;
+  }
+
+  /** Where complete blocks of rows may wait (and the index loaded beside this scan keeps its digests). */
+  get spill(): RowSpill | undefined {
+    return this.#spill;
+  }
+
+  /** Row `r`'s block, in memory. */
+  #at(r: number): ScanBlock {
+    const b = this.#blocks[r >>> BLOCK_SHIFT]!;
+    if (b.bytes === undefined) this.#spill!.load(b, BLOCK_BYTES);
+    return b;
+  }
+
+  /** Row `r`'s block, in memory, to be changed. */
+  #changing(r: number): ScanBlock {
+    const b = this.#at(r);
+    this.#spill?.changed(b);
+    return b;
+  }
 
   get size(): number {
     return this.#paths.length;
@@ -99,28 +165,32 @@ export class ScanEntries {
    */
   keyIs(r: number, k: IndexKeyParts): boolean {
     this.#usable();
-    if (this.#size[r] !== k.size || !keyFits(k)) return false;
+    const b = this.#at(r);
+    const i = r & ROW_MASK;
+    if (b.size[i] !== k.size || !keyFits(k)) return false;
     const p = this.#probe;
     const p32 = this.#probe32;
     p[0] = k.ino; // its 64 bits, as the row's BigUint64Array holds them
     p[1] = k.mtimeNs;
     p[2] = k.ctimeNs;
-    const ino = this.#ino32;
-    const times = this.#times32;
+    const ino = b.ino32;
+    const times = b.times32;
     return (
-      ino[r * 2] === p32[0] &&
-      ino[r * 2 + 1] === p32[1] &&
-      times[r * 4] === p32[2] &&
-      times[r * 4 + 1] === p32[3] &&
-      times[r * 4 + 2] === p32[4] &&
-      times[r * 4 + 3] === p32[5]
+      ino[i * 2] === p32[0] &&
+      ino[i * 2 + 1] === p32[1] &&
+      times[i * 4] === p32[2] &&
+      times[i * 4 + 1] === p32[3] &&
+      times[i * 4 + 2] === p32[4] &&
+      times[i * 4 + 3] === p32[5]
     );
   }
 
   /** Row `r`'s inode, size, mtime and ctime (a content index's key). */
   keyPartsAt(r: number): IndexKeyParts {
     this.#usable();
-    return { ino: this.#ino[r]!, size: this.#size[r]!, mtimeNs: this.#times[r * 2]!, ctimeNs: this.#times[r * 2 + 1]! };
+    const b = this.#at(r);
+    const i = r & ROW_MASK;
+    return { ino: b.ino[i]!, size: b.size[i]!, mtimeNs: b.times[i * 2]!, ctimeNs: b.times[i * 2 + 1]! };
   }
 
   /**
@@ -135,11 +205,12 @@ export class ScanEntries {
     while (cap < rows) cap *= 2;
     const first = new Int32Array(cap).fill(-1);
     const next = new Int32Array(rows).fill(-1);
-    const ino32 = this.#ino32;
     const mask = cap - 1;
     for (let r = rows - 1; r >= 0; r--) {
-      if (this.#type[r] !== REG) continue;
-      const h = ino32[r * 2 + LOW]! & mask;
+      const b = this.#at(r);
+      const i = r & ROW_MASK;
+      if (b.type[i] !== REG) continue;
+      const h = b.ino32[i * 2 + LOW]! & mask;
       next[r] = first[h]!;
       first[h] = r;
     }
@@ -148,15 +219,18 @@ export class ScanEntries {
     return (ino, f) => {
       this.#usable();
       probe[0] = BigInt.asUintN(64, ino);
-      for (let r = first[probe32[LOW]! & mask]!; r !== -1; r = next[r]!)
-        if (ino32[r * 2 + LOW] === probe32[LOW] && ino32[r * 2 + HIGH] === probe32[HIGH]) f(r);
+      for (let r = first[probe32[LOW]! & mask]!; r !== -1; r = next[r]!) {
+        const ino32 = this.#at(r).ino32;
+        const i = r & ROW_MASK;
+        if (ino32[i * 2 + LOW] === probe32[LOW] && ino32[i * 2 + HIGH] === probe32[HIGH]) f(r);
+      }
     };
   }
 
   /** Row `r`'s size. */
   sizeAt(r: number): number {
     this.#usable();
-    return this.#size[r]!;
+    return this.#at(r).size[r & ROW_MASK]!;
   }
 
   /**
@@ -167,9 +241,9 @@ export class ScanEntries {
   filesBySize(): SizeIndex {
     this.#usable();
     let n = 0;
-    for (let r = 0; r < this.#paths.length; r++) if (this.#type[r] === REG) n++;
+    for (let r = 0; r < this.#paths.length; r++) if (this.#typeAt(r) === REG) n++;
     const files = new Int32Array(n);
-    for (let r = 0, i = 0; r < this.#paths.length; r++) if (this.#type[r] === REG) files[i++] = r;
+    for (let r = 0, i = 0; r < this.#paths.length; r++) if (this.#typeAt(r) === REG) files[i++] = r;
     return new SizeIndex(
       files,
       (r) => this.sizeAt(r),
@@ -180,8 +254,11 @@ export class ScanEntries {
   /** Call `f` with the row, link count and inode of every regular file, in row order. */
   forEachFile(f: (row: number, nlink: number, ino: bigint) => void): void {
     this.#usable();
-    for (let r = 0; r < this.#paths.length; r++)
-      if (this.#type[r] === REG) f(r, this.#small[r * 4 + 3]!, this.#ino[r]!);
+    for (let r = 0; r < this.#paths.length; r++) {
+      const b = this.#at(r);
+      const i = r & ROW_MASK;
+      if (b.type[i] === REG) f(r, b.small[i * 4 + 3]!, b.ino[i]!);
+    }
   }
 
   keys(): IterableIterator<string> {
@@ -221,24 +298,36 @@ export class ScanEntries {
   /** Record what lstat said of `path` (and its link target). */
   addStats(path: string, st: BigIntStats, linkname?: string): void {
     const r = this.#row(path);
-    this.#type[r] = TYPE_CODE.get(fileTypeOf(st) ?? 'other')!;
-    this.#small.set([Number(st.mode & 0o7777n), Number(st.uid), Number(st.gid), Number(st.nlink)], r * 4);
-    this.#size[r] = Number(st.size);
-    this.#times[r * 2] = st.mtimeNs;
-    this.#times[r * 2 + 1] = st.ctimeNs;
-    this.#setIds(r, st.ino, st.dev, st.rdev);
+    const b = this.#changing(r);
+    const i = r & ROW_MASK;
+    b.type[i] = TYPE_CODE.get(fileTypeOf(st) ?? 'other')!;
+    b.small[i * 4] = Number(st.mode & 0o7777n);
+    b.small[i * 4 + 1] = Number(st.uid);
+    b.small[i * 4 + 2] = Number(st.gid);
+    b.small[i * 4 + 3] = Number(st.nlink);
+    b.size[i] = Number(st.size);
+    b.times[i * 2] = st.mtimeNs;
+    b.times[i * 2 + 1] = st.ctimeNs;
+    b.ino[i] = st.ino;
+    this.#setIds(r, st.dev, st.rdev);
     this.#setLinkname(r, linkname);
   }
 
   /** Record an entry described in full (tests, and trees not read from a disk). */
   set(e: ExistingEntry): void {
     const r = this.#row(e.path);
-    this.#type[r] = TYPE_CODE.get(e.type)!;
-    this.#small.set([e.mode, e.uid, e.gid, e.nlink], r * 4);
-    this.#size[r] = e.size;
-    this.#times[r * 2] = e.mtimeNs;
-    this.#times[r * 2 + 1] = e.ctimeNs;
-    this.#setIds(r, e.ino, e.dev, e.rdev);
+    const b = this.#changing(r);
+    const i = r & ROW_MASK;
+    b.type[i] = TYPE_CODE.get(e.type)!;
+    b.small[i * 4] = e.mode;
+    b.small[i * 4 + 1] = e.uid;
+    b.small[i * 4 + 2] = e.gid;
+    b.small[i * 4 + 3] = e.nlink;
+    b.size[i] = e.size;
+    b.times[i * 2] = e.mtimeNs;
+    b.times[i * 2 + 1] = e.ctimeNs;
+    b.ino[i] = e.ino;
+    this.#setIds(r, e.dev, e.rdev);
     this.#setLinkname(r, e.linkname);
     this.setXattrs(e.path, e.xattrs);
   }
@@ -251,8 +340,7 @@ export class ScanEntries {
     else this.#xattrs.delete(r);
   }
 
-  #setIds(r: number, ino: bigint, dev: bigint, rdev: bigint): void {
-    this.#ino[r] = ino;
+  #setIds(r: number, dev: bigint, rdev: bigint): void {
     this.#dev ??= dev;
     if (dev === this.#dev) this.#otherDevs.delete(r);
     else this.#otherDevs.set(r, dev);
@@ -271,9 +359,12 @@ export class ScanEntries {
    * (~3 MiB of typed arrays on the bench's larger tree). Any use afterwards throws.
    */
   release(): void {
-    for (const a of [this.#type, this.#small, this.#size, this.#times, this.#ino, this.#slots]) freeArray(a);
-    this.#ino32 = new Uint32Array(0);
-    this.#times32 = new Uint32Array(0);
+    for (const b of this.#blocks) {
+      if (b.bytes) detach(b.bytes);
+      b.attach(undefined); // one in the spill stays in its file until the spill is closed
+    }
+    this.#blocks.length = 0;
+    freeArray(this.#slots);
     this.#paths.length = 0;
     this.#otherDevs.clear();
     this.#rdevs.clear();
@@ -312,45 +403,38 @@ export class ScanEntries {
     if (have !== -1) return have;
     const r = this.#paths.length;
     if (r === this.#capacity) this.#grow();
+    if ((r & ROW_MASK) === 0) {
+      // The block before is complete: it may leave memory now.
+      if (r > 0) this.#spill?.release(this.#blocks[(r >>> BLOCK_SHIFT) - 1]!);
+      this.#blocks.push(new ScanBlock());
+    }
     this.#paths.push(path);
     this.#place(path, r);
     return r;
   }
 
   /**
-   * Give back the rows no path was added to: the arrays double as the walk goes, so a finished
-   * scan held up to twice the rows it used (~45 bytes a path on the bench's larger tree, whose
-   * 46k paths sat in rows for 65,536). The table of slots stays (a power of two, found by mask).
+   * The walk is over: the last block may leave memory too. (Rows come in blocks that are never
+   * copied or grown, so nothing is left over to give back; arrays that doubled as the walk went
+   * held up to twice the rows used, and their superseded copies waited for a full collection.)
    */
-  trim(): void {
-    if (this.#paths.length < this.#capacity) this.#resize(this.#paths.length);
+  finish(): void {
+    const last = this.#blocks[this.#blocks.length - 1];
+    if (last) this.#spill?.release(last);
   }
 
+  /** A table of slots at most half full for twice the rows (a power of two, found by mask). */
   #grow(): void {
-    // A power of two (the table of slots is found by mask), also after a trim left an odd count.
     let n = 1024;
     while (n <= this.#capacity) n *= 2;
-    this.#resize(n);
-    // At most half full once the rows are used up.
+    this.#capacity = n;
     freeArray(this.#slots);
     this.#slots = new Int32Array(n * 2);
     for (let r = 0; r < this.#paths.length; r++) this.#place(this.#paths[r]!, r);
   }
 
-  /**
-   * Rows for `n` paths (at least the ones there are), the table of slots unchanged. The arrays
-   * are moved, not copied (util/typed-resize.ts): a walk's superseded rows were garbage until a
-   * full collection, up to twice the finished scan's (~8 MiB of the bench's larger tree).
-   */
-  #resize(n: number): void {
-    this.#type = resized(this.#type, n);
-    this.#small = resized(this.#small, n * 4);
-    this.#size = resized(this.#size, n);
-    this.#times = resized(this.#times, n * 2);
-    this.#ino = resized(this.#ino, n);
-    this.#ino32 = new Uint32Array(this.#ino.buffer);
-    this.#times32 = new Uint32Array(this.#times.buffer);
-    this.#capacity = n;
+  #typeAt(r: number): number {
+    return this.#at(r).type[r & ROW_MASK]!;
   }
 
   #entry(path: string, r: number): ExistingEntry {
@@ -362,17 +446,19 @@ export class ScanEntries {
 
   /** Row `r`'s fields into `e` (all but the link target, which get and peek set their own way). */
   #fill(e: ExistingEntry, path: string, r: number): ExistingEntry {
+    const b = this.#at(r);
+    const i = r & ROW_MASK;
     e.path = path;
-    e.type = TYPES[this.#type[r]!]!;
-    e.mode = this.#small[r * 4]!;
-    e.uid = this.#small[r * 4 + 1]!;
-    e.gid = this.#small[r * 4 + 2]!;
-    e.size = this.#size[r]!;
-    e.mtimeNs = this.#times[r * 2]!;
-    e.ctimeNs = this.#times[r * 2 + 1]!;
-    e.ino = this.#ino[r]!;
+    e.type = TYPES[b.type[i]!]!;
+    e.mode = b.small[i * 4]!;
+    e.uid = b.small[i * 4 + 1]!;
+    e.gid = b.small[i * 4 + 2]!;
+    e.size = b.size[i]!;
+    e.mtimeNs = b.times[i * 2]!;
+    e.ctimeNs = b.times[i * 2 + 1]!;
+    e.ino = b.ino[i]!;
     e.dev = this.#otherDevs.get(r) ?? this.#dev!;
-    e.nlink = this.#small[r * 4 + 3]!;
+    e.nlink = b.small[i * 4 + 3]!;
     e.rdev = this.#rdevs.get(r) ?? 0n;
     e.xattrs = this.#xattrs.get(r) ?? NO_XATTRS;
     return e;

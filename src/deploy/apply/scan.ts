@@ -20,6 +20,7 @@ import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
 import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
 import { ScanEntries } from './scan-entries.ts';
+import type { RowSpill } from './row-spill.ts';
 import { SizeIndex } from './size-index.ts';
 import { INDEX_HEAD, IndexTextParser, MIN_MEMBER } from './content-index-text.ts';
 import { IndexTable, keyText, type IndexKeyParts } from './index-table.ts';
@@ -66,6 +67,8 @@ export interface ScanOptions {
    * and a full collection (~3.6 MiB of strings on the bench's larger tree).
    */
   ownPath?: (path: string) => string | undefined;
+  /** Where complete blocks of rows may wait (row-spill.ts); without one they stay in memory. */
+  spill?: RowSpill;
 }
 
 /** Walk `root` (which must be a real directory) and describe everything in it. */
@@ -78,7 +81,7 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
   }
   if (!rst.isDirectory()) throw new BadRootError(root, 'is not a directory (or is a symlink)');
   const preserve = opts.preserve ?? [];
-  const entries = new ScanEntries();
+  const entries = new ScanEntries(opts.spill);
   entries.addStats('', rst);
   // Synchronous calls: one lstat is a few microseconds, while a round trip through libuv's
   // thread pool per entry made the walk of a 13k-entry tree take over a second. The event
@@ -104,7 +107,7 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Ol
       }
     }
   }
-  entries.trim();
+  entries.finish();
   if (!opts.noXattrs) {
     for (const [rel, xs] of await readTreeXattrs(root)) entries.setXattrs(rel, Object.fromEntries(xs));
   }

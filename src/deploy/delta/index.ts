@@ -34,7 +34,7 @@ import { flattenLayers } from '../apply/layers.ts';
 import { planApply } from '../apply/plan.ts';
 import { SnapshotSource, type SourceSpec } from '../apply/sources.ts';
 import type { ApplyReport, OldTree, Plan, PlanSummary } from '../apply/types.ts';
-import type { SpaceGuard } from '../apply/space.ts';
+import type { DiskReserve, SpaceGuard } from '../apply/space.ts';
 import type { TreeEntry } from '../../layer/entry.ts';
 import { downloadRanges, storeProvider, type ContentStore, type DownloadStats } from './download.ts';
 import { DeltaError } from './errors.ts';
@@ -160,10 +160,11 @@ export interface PrepareOptions {
   /** TOCs verified before (no request for those); TOCs fetched now are kept there when it is writable. */
   tocStore?: TocStore;
   /**
-   * A directory on disk (the cache) where the TOCs' file rows may leave memory
-   * (apply/row-spill.ts: an unlinked file); undefined, or one that cannot take the file: they stay.
+   * A directory on disk (the cache) where the file rows of the TOCs and of the old root's scan
+   * may leave memory (apply/row-spill.ts: an unlinked file, never into `reserve`); undefined,
+   * or one that cannot take the file: they stay.
    */
-  spillDir?: string;
+  spill?: { dir: string; reserve?: DiskReserve | undefined };
 }
 
 export interface DeltaTransfer {
@@ -249,12 +250,13 @@ async function planAgainst(
   indexFile?: string,
   scanned?: OldTree,
   sources: readonly SnapshotSource[] = [],
+  spill?: RowSpill,
 ): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
   const tally = new SkipTally();
   const tree = flattenLayers(reserved ? dropReserved(layers(), reserved, tally) : layers());
   // The scan names its paths with the tree's strings (the mirror of the TOCs taking the booted
   // scan's in prepareTransfer): one string per path, not a second copy alive until the plan.
-  const old = scanned ?? (await scanTree(root, { preserve, ownPath: (p) => tree.get(p)?.path }));
+  const old = scanned ?? (await scanTree(root, { preserve, ownPath: (p) => tree.get(p)?.path, spill }));
   // The index's digests are kept on the scan's rows (apply/scan-digests.ts): it reads the scan
   // until the apply's forgetRows, or prepareTransfer's releaseScan after its last use.
   const index = indexFile ? await ContentIndex.load(root, indexFile, rowsOf(old)) : new ContentIndex(root);
@@ -284,12 +286,12 @@ function artifactReport(choice: DeltaChoice, tally: TocPatchTally): ArtifactRepo
 
 /**
  * Decide the path and, for the delta path, exactly which byte ranges it downloads. Writes
- * nothing but the cache's TOC store (and, with `spillDir`, the rows' unlinked file).
+ * nothing but the cache's TOC store (and, with `spill`, the rows' unlinked file).
  */
 export async function prepareTransfer(o: PrepareOptions): Promise<PreparedTransfer> {
   const mode = o.mode ?? 'auto';
   if (mode === 'whole-layer') return whole(o.manifest, 'whole-layer download requested', mode);
-  const spill = o.spillDir === undefined ? undefined : RowSpill.open(o.spillDir);
+  const spill = o.spill && RowSpill.open(o.spill.dir, o.spill.reserve);
   try {
     const t = await prepareDelta(o, mode, spill);
     if (t.path !== 'delta') spill?.close();
@@ -306,7 +308,7 @@ async function prepareDelta(
   spill: RowSpill | undefined,
 ): Promise<PreparedTransfer> {
   // The old root (local disk) is scanned while the TOCs download.
-  const scanning = scanTree(o.oldRoot, { preserve: o.preserve });
+  const scanning = scanTree(o.oldRoot, { preserve: o.preserve, spill });
   scanning.catch(() => undefined); // handled below; not an unhandled rejection meanwhile
   let tocs: LayerTocs;
   let choice: DeltaChoice | undefined;
@@ -561,6 +563,7 @@ export async function applyTransfer(
     opts.indexFile,
     undefined,
     t.sources,
+    t.rows,
   );
   spendTransfer(t);
   // The booted tree's rows have answered the plan; the executor records the new tree's files

@@ -74,7 +74,7 @@ async function readCache(deps: UpdateDeps, run: Planned, manifest: ImageManifest
     // The cached layers' TOCs, verified here, are kept for the updates after this one.
     tocStore: deps.delta.tocStore(run.cacheDir, { write: true }),
     sources: contentSources(run.state, run.from, run.cacheDir),
-    spillDir: run.cacheDir,
+    spill: { dir: run.cacheDir, reserve: run.config.diskReserve },
   });
   if (local.path === 'delta' && local.rows) (run.held.rows ??= []).push(local.rows);
   if (local.path !== 'delta') {

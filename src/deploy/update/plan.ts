@@ -119,7 +119,7 @@ export async function prepare(
     deltaArtifacts: { subject: desc, held: heldImages(run.state, cacheOf(run)), platform: run.platform },
     sources: contentSources(run.state, run.from, join(run.ctx.sysroot, run.config.cache)),
     // The image's file rows wait on disk, a few blocks in memory: an unlinked file, gone with the process.
-    spillDir: cacheOf(run),
+    spill: { dir: cacheOf(run), reserve: run.config.diskReserve },
   });
   if (transfer.path === 'delta' && transfer.rows) (run.held.rows ??= []).push(transfer.rows);
   return { transfer, manifests };
