@@ -168,7 +168,7 @@ export class RowSpill {
   #setAside(b: SpillBlock): boolean {
     const bytes = b.bytes;
     const p = this.#placed.get(b)!;
-    if (!bytes) return true; // left memory already (it was loaded twice in the window)
+    if (!bytes) return true; // its owner let it go (a released scan): nothing to keep
     if (p.dirty) {
       const at = p.offset >= 0 ? p.offset : this.#end;
       const view = new Uint8Array(bytes);

@@ -6,6 +6,8 @@
  * is 4 and 12 per distinct size. Files of one size keep the order of their numbers (the planner
  * takes the first that matches).
  */
+import { freeArray } from '../../util/typed-resize.ts';
+
 const NONE: readonly string[] = Object.freeze([]);
 
 export class SizeIndex {
@@ -47,6 +49,9 @@ export class SizeIndex {
       }
     }
     this.#starts[runs] = n;
+    // Freed now, not at a full collection (they are large objects, ~12 bytes a file).
+    freeArray(sizeAt);
+    freeArray(by);
   }
 
   get size(): number {
