@@ -2,8 +2,8 @@
  * Blocks of per-file rows set aside in a file of the cache, at most `resident` of them in memory.
  *
  * An update holds a row for every file of the image while it plans, fetches and writes (the TOC
- * rows of toc-files.ts: ~80 bytes a file, 2.9 MiB on the bench's larger tree): memory that grows
- * with the image. Here a complete block may leave memory: it is written to a file (once, or again
+ * rows of toc-files.ts: 78 bytes a file, ~2.9 MiB for the 37,121 files of the bench's larger tree
+ * in a heap snapshot of its update): memory that grows with the image. Here a complete block may leave memory: it is written to a file (once, or again
  * when it changed) and read back when a row of it is next asked for. The planner and the writing
  * go through the files in path order, a few blocks at a time (one per layer), so a small window
  * serves them; a read is of the page cache. The file is unlinked as soon as it is made: nothing
@@ -24,18 +24,53 @@ import { reserveBytes, type DiskReserve } from './space.ts';
 /** Blocks kept in memory: a layer's current block in each of the planner's interleaved passes, and room for hardlink targets. */
 export const RESIDENT_BLOCKS = 32;
 
-/** A block of rows the spill may take out of memory and give back. */
-export interface SpillBlock {
-  /** The rows' bytes while in memory; undefined while only in the file. */
-  readonly bytes: ArrayBuffer | undefined;
-  /** Set its views on `bytes` (read back), or drop them (undefined: it left memory). */
-  attach(bytes: ArrayBuffer | undefined): void;
-}
+/**
+ * A block of rows in one buffer, which a spill may take out of memory and give back. A subclass
+ * sets its typed views on the buffer (`setViews`); every read of a row goes through `inMemory()`
+ * and every write marks the block `changed()`.
+ */
+export abstract class SpillBlock {
+  /** The rows' bytes while in memory; undefined while only in the spill's file. */
+  bytes: ArrayBuffer | undefined;
+  /** Where the block is in the spill's file (-1: not written yet). */
+  offset = -1;
+  /** The file lacks the block's current bytes. */
+  dirty = true;
+  /** Complete: handed to the spill, it may leave memory. */
+  released = false;
+  readonly size: number;
+  readonly spill: RowSpill | undefined;
 
-/** Where a block is in the file and whether its bytes there are current. */
-interface Placed {
-  offset: number;
-  dirty: boolean;
+  /** A subclass then attaches a new buffer of `size` bytes. */
+  constructor(size: number, spill: RowSpill | undefined) {
+    this.size = size;
+    this.spill = spill;
+  }
+
+  abstract setViews(bytes: ArrayBuffer): void;
+
+  attach(bytes: ArrayBuffer): void {
+    this.bytes = bytes;
+    this.setViews(bytes);
+  }
+
+  /** This block, its rows in memory (read back from the spill if they left). */
+  inMemory(): this {
+    if (this.bytes === undefined) this.spill!.load(this);
+    return this;
+  }
+
+  /** Its rows are being changed: a copy in the file is stale (written again when it leaves memory). */
+  changed(): void {
+    this.dirty = true;
+  }
+
+  /** Free its memory now; its views read as empty until the next `attach`. */
+  drop(): void {
+    const bytes = this.bytes;
+    this.bytes = undefined;
+    if (bytes) detach(bytes);
+  }
 }
 
 /** Closes a spill's file if the spill is collected without `close()` (a caller that did not own its end). */
@@ -56,7 +91,6 @@ export class RowSpill {
   /** Blocks in memory that may leave it, oldest first (from `#head` on). */
   #queue: SpillBlock[] = [];
   #head = 0;
-  readonly #placed = new WeakMap<SpillBlock, Placed>();
   /** A write failed: every block stays in memory from now on. */
   #stuck = false;
 
@@ -103,37 +137,31 @@ export class RowSpill {
     return this.#queue.length - this.#head;
   }
 
-  /** `b` is complete: from now on it may leave memory (its bytes are written when it does). Again: as `changed`. */
+  /** `b` is complete: from now on it may leave memory (its bytes are written when it does). Once is enough. */
   release(b: SpillBlock): void {
-    if (this.#placed.has(b)) return this.changed(b);
-    this.#placed.set(b, { offset: -1, dirty: true });
+    if (b.released) return;
+    b.released = true;
     this.#enqueue(b);
   }
 
-  /** `b`'s rows changed after `release`: they are written again when it leaves memory. */
-  changed(b: SpillBlock): void {
-    const p = this.#placed.get(b);
-    if (p) p.dirty = true;
-  }
-
   /** Bring `b` back into memory (its `bytes` are undefined): read from where it was written. */
-  load(b: SpillBlock, size: number): void {
-    const p = this.#placed.get(b);
-    if (this.#fd === undefined || !p || p.offset < 0)
+  load(b: SpillBlock): void {
+    if (this.#fd === undefined || b.offset < 0)
       throw new TiuError('INTERNAL', 'a block of rows that is neither in memory nor in the spill file');
+    const size = b.size;
     const bytes = new ArrayBuffer(size);
     const view = new Uint8Array(bytes);
     let done = 0;
     try {
       while (done < size) {
-        const n = readSync(this.#fd, view, done, size - done, p.offset + done);
+        const n = readSync(this.#fd, view, done, size - done, b.offset + done);
         if (n === 0) break;
         done += n;
       }
     } catch (e) {
       throw lost(`${(e as Error).message}`, e);
     }
-    if (done < size) throw lost(`the file ended after ${p.offset + done} of ${p.offset + size} bytes`);
+    if (done < size) throw lost(`the file ended after ${b.offset + done} of ${b.offset + size} bytes`);
     b.attach(bytes);
     this.#enqueue(b);
   }
@@ -167,10 +195,9 @@ export class RowSpill {
   /** Write `b` (if the file lacks its current bytes) and free its memory; false: it stays (a write failed). */
   #setAside(b: SpillBlock): boolean {
     const bytes = b.bytes;
-    const p = this.#placed.get(b)!;
     if (!bytes) return true; // its owner let it go (a released scan): nothing to keep
-    if (p.dirty) {
-      const at = p.offset >= 0 ? p.offset : this.#end;
+    if (b.dirty) {
+      const at = b.offset >= 0 ? b.offset : this.#end;
       const view = new Uint8Array(bytes);
       if (at + view.length > this.#limit) {
         this.#stuck = true;
@@ -182,14 +209,13 @@ export class RowSpill {
         this.#stuck = true;
         return false;
       }
-      if (p.offset < 0) {
-        p.offset = at;
+      if (b.offset < 0) {
+        b.offset = at;
         this.#end = at + view.length;
       }
-      p.dirty = false;
+      b.dirty = false;
     }
-    b.attach(undefined);
-    detach(bytes);
+    b.drop();
     return true;
   }
 }

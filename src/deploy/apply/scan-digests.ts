@@ -14,7 +14,7 @@ import type { ScanEntries } from './scan-entries.ts';
 import type { IndexKeyParts } from './index-table.ts';
 import { digestBytesAre, digestTextAt, writeDigestAt } from './digest-bytes.ts';
 import { resized } from '../../util/typed-resize.ts';
-import type { RowSpill, SpillBlock } from './row-spill.ts';
+import { SpillBlock, type RowSpill } from './row-spill.ts';
 
 const DIGEST_BYTES = 32;
 const NONE = -1;
@@ -23,17 +23,16 @@ const PER_BLOCK = 1 << BLOCK_SHIFT;
 const BLOCK_BYTES = PER_BLOCK * DIGEST_BYTES;
 
 /** 256 digests' bytes: one buffer, which a spill may take out of memory whole. */
-class DigestBlock implements SpillBlock {
-  bytes: ArrayBuffer | undefined;
+class DigestBlock extends SpillBlock {
   view!: Buffer;
 
-  constructor() {
+  constructor(spill: RowSpill | undefined) {
+    super(BLOCK_BYTES, spill);
     this.attach(new ArrayBuffer(BLOCK_BYTES));
   }
 
-  attach(bytes: ArrayBuffer | undefined): void {
-    this.bytes = bytes;
-    if (bytes) this.view = Buffer.from(bytes);
+  setViews(bytes: ArrayBuffer): void {
+    this.view = Buffer.from(bytes);
   }
 }
 
@@ -146,7 +145,7 @@ export class ScanDigests {
       // The block before is complete: it may leave memory now.
       const full = this.#blocks[this.#blocks.length - 1];
       if (full) this.#spill?.release(full);
-      this.#blocks.push(new DigestBlock());
+      this.#blocks.push(new DigestBlock(this.#spill));
     }
     this.#write(d, digest);
     return d;
@@ -154,15 +153,13 @@ export class ScanDigests {
 
   /** Digest `d`'s block, in memory. */
   #block(d: number): DigestBlock {
-    const b = this.#blocks[d >>> BLOCK_SHIFT]!;
-    if (b.bytes === undefined) this.#spill!.load(b, BLOCK_BYTES);
-    return b;
+    return this.#blocks[d >>> BLOCK_SHIFT]!.inMemory();
   }
 
   /** Write digest `d`; a block written out already is written again when it next leaves memory. */
   #write(d: number, digest: string): void {
     const b = this.#block(d);
-    this.#spill?.changed(b);
+    b.changed();
     writeDigestAt(b.view, (d & (PER_BLOCK - 1)) * DIGEST_BYTES, digest);
   }
 

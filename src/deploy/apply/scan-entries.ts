@@ -11,8 +11,7 @@ import type { BigIntStats } from 'node:fs';
 import { fileTypeOf, NO_XATTRS } from '../../layer/entry.ts';
 import type { EntryType, ExistingEntry } from './types.ts';
 import { freeArray } from '../../util/typed-resize.ts';
-import { detach } from '../../util/buffer-pool.ts';
-import type { RowSpill, SpillBlock } from './row-spill.ts';
+import { SpillBlock, type RowSpill } from './row-spill.ts';
 import { SizeIndex } from './size-index.ts';
 import { keyFits, type IndexKeyParts } from './index-table.ts';
 import { fnv1a } from '../../util/string-hash.ts';
@@ -38,9 +37,8 @@ const BLOCK_BYTES = TYPE_AT + BLOCK_ROWS;
  * 256 rows: size; mtimeNs, ctimeNs; inode; mode, uid, gid, nlink; type. One buffer, so that
  * with a spill (row-spill.ts) a complete block can leave memory and be read back whole.
  */
-class ScanBlock implements SpillBlock {
-  bytes: ArrayBuffer | undefined;
-  size!: Float64Array;
+class ScanBlock extends SpillBlock {
+  sizes!: Float64Array;
   times!: BigInt64Array;
   /** The same memory as `times` and `ino` in 32-bit words (keyIs compares them). */
   times32!: Uint32Array;
@@ -49,14 +47,13 @@ class ScanBlock implements SpillBlock {
   small!: Uint32Array;
   type!: Uint8Array;
 
-  constructor() {
+  constructor(spill: RowSpill | undefined) {
+    super(BLOCK_BYTES, spill);
     this.attach(new ArrayBuffer(BLOCK_BYTES));
   }
 
-  attach(bytes: ArrayBuffer | undefined): void {
-    this.bytes = bytes;
-    if (!bytes) return; // the views stay until the next attach, reading as empty (detached)
-    this.size = new Float64Array(bytes, SIZE_AT, BLOCK_ROWS);
+  setViews(bytes: ArrayBuffer): void {
+    this.sizes = new Float64Array(bytes, SIZE_AT, BLOCK_ROWS);
     this.times = new BigInt64Array(bytes, TIMES_AT, BLOCK_ROWS * 2);
     this.times32 = new Uint32Array(bytes, TIMES_AT, BLOCK_ROWS * 4);
     this.ino = new BigUint64Array(bytes, INO_AT, BLOCK_ROWS);
@@ -107,15 +104,13 @@ export class ScanEntries {
 
   /** Row `r`'s block, in memory. */
   #at(r: number): ScanBlock {
-    const b = this.#blocks[r >>> BLOCK_SHIFT]!;
-    if (b.bytes === undefined) this.#spill!.load(b, BLOCK_BYTES);
-    return b;
+    return this.#blocks[r >>> BLOCK_SHIFT]!.inMemory();
   }
 
   /** Row `r`'s block, in memory, to be changed. */
   #changing(r: number): ScanBlock {
     const b = this.#at(r);
-    this.#spill?.changed(b);
+    b.changed();
     return b;
   }
 
@@ -167,7 +162,7 @@ export class ScanEntries {
     this.#usable();
     const b = this.#at(r);
     const i = r & ROW_MASK;
-    if (b.size[i] !== k.size || !keyFits(k)) return false;
+    if (b.sizes[i] !== k.size || !keyFits(k)) return false;
     const p = this.#probe;
     const p32 = this.#probe32;
     p[0] = k.ino; // its 64 bits, as the row's BigUint64Array holds them
@@ -190,7 +185,7 @@ export class ScanEntries {
     this.#usable();
     const b = this.#at(r);
     const i = r & ROW_MASK;
-    return { ino: b.ino[i]!, size: b.size[i]!, mtimeNs: b.times[i * 2]!, ctimeNs: b.times[i * 2 + 1]! };
+    return { ino: b.ino[i]!, size: b.sizes[i]!, mtimeNs: b.times[i * 2]!, ctimeNs: b.times[i * 2 + 1]! };
   }
 
   /**
@@ -230,7 +225,7 @@ export class ScanEntries {
   /** Row `r`'s size. */
   sizeAt(r: number): number {
     this.#usable();
-    return this.#at(r).size[r & ROW_MASK]!;
+    return this.#at(r).sizes[r & ROW_MASK]!;
   }
 
   /**
@@ -305,7 +300,7 @@ export class ScanEntries {
     b.small[i * 4 + 1] = Number(st.uid);
     b.small[i * 4 + 2] = Number(st.gid);
     b.small[i * 4 + 3] = Number(st.nlink);
-    b.size[i] = Number(st.size);
+    b.sizes[i] = Number(st.size);
     b.times[i * 2] = st.mtimeNs;
     b.times[i * 2 + 1] = st.ctimeNs;
     b.ino[i] = st.ino;
@@ -323,7 +318,7 @@ export class ScanEntries {
     b.small[i * 4 + 1] = e.uid;
     b.small[i * 4 + 2] = e.gid;
     b.small[i * 4 + 3] = e.nlink;
-    b.size[i] = e.size;
+    b.sizes[i] = e.size;
     b.times[i * 2] = e.mtimeNs;
     b.times[i * 2 + 1] = e.ctimeNs;
     b.ino[i] = e.ino;
@@ -359,10 +354,8 @@ export class ScanEntries {
    * (~3 MiB of typed arrays on the bench's larger tree). Any use afterwards throws.
    */
   release(): void {
-    for (const b of this.#blocks) {
-      if (b.bytes) detach(b.bytes);
-      b.attach(undefined); // one in the spill stays in its file until the spill is closed
-    }
+    // One in the spill stays in its file until the spill is closed.
+    for (const b of this.#blocks) b.drop();
     this.#blocks.length = 0;
     freeArray(this.#slots);
     this.#paths.length = 0;
@@ -406,7 +399,7 @@ export class ScanEntries {
     if ((r & ROW_MASK) === 0) {
       // The block before is complete: it may leave memory now.
       if (r > 0) this.#spill?.release(this.#blocks[(r >>> BLOCK_SHIFT) - 1]!);
-      this.#blocks.push(new ScanBlock());
+      this.#blocks.push(new ScanBlock(this.#spill));
     }
     this.#paths.push(path);
     this.#place(path, r);
@@ -453,7 +446,7 @@ export class ScanEntries {
     e.mode = b.small[i * 4]!;
     e.uid = b.small[i * 4 + 1]!;
     e.gid = b.small[i * 4 + 2]!;
-    e.size = b.size[i]!;
+    e.size = b.sizes[i]!;
     e.mtimeNs = b.times[i * 2]!;
     e.ctimeNs = b.times[i * 2 + 1]!;
     e.ino = b.ino[i]!;

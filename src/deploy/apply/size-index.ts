@@ -33,12 +33,8 @@ export class SizeIndex {
     const by = new Int32Array(n);
     for (let i = 0; i < n; i++) by[i] = i;
     by.sort((a, b) => sizeAt[a]! - sizeAt[b]! || files[a]! - files[b]!);
-    this.#order = new Int32Array(n);
     let runs = 0;
-    for (let k = 0; k < n; k++) {
-      this.#order[k] = files[by[k]!]!;
-      if (k === 0 || sizeAt[by[k]!] !== sizeAt[by[k - 1]!]) runs++;
-    }
+    for (let k = 0; k < n; k++) if (k === 0 || sizeAt[by[k]!] !== sizeAt[by[k - 1]!]) runs++;
     this.#sizes = new Float64Array(runs);
     this.#starts = new Int32Array(runs + 1);
     for (let k = 0, r = -1; k < n; k++) {
@@ -47,11 +43,12 @@ export class SizeIndex {
         this.#sizes[++r] = size;
         this.#starts[r] = k;
       }
+      by[k] = files[by[k]!]!; // from a position in `files` to the file's number: the order kept
     }
     this.#starts[runs] = n;
-    // Freed now, not at a full collection (they are large objects, ~12 bytes a file).
+    this.#order = by;
+    // Freed now, not at a full collection (a large object, 8 bytes a file).
     freeArray(sizeAt);
-    freeArray(by);
   }
 
   get size(): number {

@@ -14,7 +14,7 @@
  * written out and read back whole: an update then holds a few blocks of rows, not all of them.
  */
 import { mtimeParts, NO_XATTRS } from '../../layer/entry.ts';
-import type { RowSpill, SpillBlock } from './row-spill.ts';
+import { SpillBlock, type RowSpill } from './row-spill.ts';
 import type { ContentSource, TreeEntry } from './types.ts';
 
 const DIGEST_BYTES = 32;
@@ -40,8 +40,7 @@ const DIGESTS_AT = IDS_AT + BLOCK_ROWS * U32 * 4;
 const MODES_AT = DIGESTS_AT + BLOCK_ROWS * DIGEST_BYTES;
 const BLOCK_BYTES = MODES_AT + BLOCK_ROWS * 2;
 
-class FileBlock implements SpillBlock {
-  bytes: ArrayBuffer | undefined;
+class FileBlock extends SpillBlock {
   digests!: Buffer;
   numbers!: Float64Array;
   ids!: Uint32Array;
@@ -52,28 +51,19 @@ class FileBlock implements SpillBlock {
   xattrs: Map<number, Record<string, Buffer>> | undefined;
   used = 0;
   readonly layer: number;
-  /** Where the block goes once it is complete (toc-files.ts keeps it in memory without one). */
-  readonly spill: RowSpill | undefined;
 
+  /** `spill`: where the block may go once complete; without one it stays in memory. */
   constructor(layer: number, spill: RowSpill | undefined) {
+    super(BLOCK_BYTES, spill);
     this.layer = layer;
-    this.spill = spill;
     this.attach(new ArrayBuffer(BLOCK_BYTES));
   }
 
-  attach(bytes: ArrayBuffer | undefined): void {
-    this.bytes = bytes;
-    if (!bytes) return; // the views stay until the next attach, reading as empty (detached)
+  setViews(bytes: ArrayBuffer): void {
     this.numbers = new Float64Array(bytes, NUMBERS_AT, BLOCK_ROWS * F64);
     this.ids = new Uint32Array(bytes, IDS_AT, BLOCK_ROWS * U32);
     this.digests = Buffer.from(bytes, DIGESTS_AT, BLOCK_ROWS * DIGEST_BYTES);
     this.modes = new Uint16Array(bytes, MODES_AT, BLOCK_ROWS);
-  }
-
-  /** This block, its rows in memory (read back from the spill if they left). */
-  inMemory(): this {
-    if (this.bytes === undefined) this.spill!.load(this, BLOCK_BYTES);
-    return this;
   }
 }
 
@@ -137,8 +127,8 @@ export class TocFile implements TreeEntry {
   /** Further frames of this file follow its last one (TOC `chunk` entries): its range ends at `endOffset` now. */
   widenTo(endOffset: number): void {
     const b = this.#block.inMemory();
+    b.changed();
     b.numbers[this.#row * F64 + 2] = endOffset;
-    b.spill?.changed(b);
   }
 }
 
