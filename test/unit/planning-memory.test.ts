@@ -12,7 +12,15 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { LayerEntries, planApply, type ExistingEntry, type TreeEntry } from '../../src/deploy/apply/index.ts';
+import {
+  flattenLayers,
+  LayerEntries,
+  planApply,
+  type ExistingEntry,
+  type TreeEntry,
+} from '../../src/deploy/apply/index.ts';
+import { PathTable } from '../../src/deploy/apply/path-table.ts';
+import { TocFile } from '../../src/deploy/apply/toc-files.ts';
 import { NO_XATTRS } from '../../src/layer/entry.ts';
 import { ContentIndex, indexOldTree, pathsOfSize, scanTree, sharePathsWith } from '../../src/deploy/apply/scan.ts';
 import { ScanEntries } from '../../src/deploy/apply/scan-entries.ts';
@@ -68,8 +76,8 @@ function indexInputs(n: number): { files: Parameters<ContentIndex['remember']>[0
  * A tree of n entries (three directories, then files) and its scan, naming every path with the
  * same string (sharing paths frees nothing here), every file unchanged: a plan that keeps all.
  */
-function keptTree(n: number, treeMtimeNs = 1n): { tree: Map<string, TreeEntry>; entries: ScanEntries } {
-  const tree = new Map<string, TreeEntry>();
+function keptTree(n: number, treeMtimeNs = 1n): { tree: PathTable; entries: ScanEntries } {
+  const tree = new PathTable(n);
   const entries = new ScanEntries();
   const dirs = ['', 'usr', 'usr/share'];
   for (let i = 0; i < n; i++) {
@@ -86,14 +94,46 @@ function keptTree(n: number, treeMtimeNs = 1n): { tree: Map<string, TreeEntry>; 
 }
 
 /**
+ * keptTree's new tree as a TOC would give it (the directories, then regular files read into
+ * rows: toc-files.ts), flattened into the table the device plans with (made in a function of its
+ * own: nothing of the layer's list stays reachable).
+ */
+function tocTree(n: number): PathTable {
+  return tocTreeWatched(n).table;
+}
+
+/** tocTree, and a WeakRef to each TocFile the layer's reading made (to see whether anything keeps them). */
+function tocTreeWatched(n: number): { table: PathTable; files: WeakRef<TreeEntry>[] } {
+  const layer = new LayerEntries(0);
+  const modtime = '1970-01-01T00:00:00.000000001Z'; // 1 ns: keptTree's scan has the same mtime
+  for (let i = 1; i < n; i++) {
+    const dir = i < 3;
+    const name = dir ? ['', 'usr', 'usr/share'][i]! : `usr/share/file-number-${i}.txt`;
+    layer.add(
+      dir
+        ? { type: 'dir', name, mode: 0o755, modtime }
+        : {
+            type: 'reg',
+            name,
+            mode: 0o644,
+            size: i,
+            modtime,
+            digest: digestOf(i),
+            offset: 10 * i,
+            endOffset: 10 * i + 7,
+          },
+    );
+  }
+  const entries = layer.finish();
+  const files = entries.filter((e) => e instanceof TocFile).map((e) => new WeakRef(e));
+  return { table: flattenLayers([entries]), files };
+}
+
+/**
  * Bytes a plan holds per entry (bytesHeldPerEntry) for keptTree(n, treeMtimeNs) against its own
  * scan; `check` looks at the plan and the tree.
  */
-function keptPlanBytes(
-  n: number,
-  treeMtimeNs: bigint,
-  check: (plan: Plan, tree: Map<string, TreeEntry>) => void,
-): Promise<number> {
+function keptPlanBytes(n: number, treeMtimeNs: bigint, check: (plan: Plan, tree: PathTable) => void): Promise<number> {
   const { tree, entries } = keptTree(n, treeMtimeNs);
   const old = indexOldTree('/x', entries);
   const hasher = { digestOf: (x: ExistingEntry) => Promise.resolve(digestOf(x.size)) };
@@ -468,7 +508,7 @@ describe('planning memory (issue 19)', function () {
     assert.ok(freedPerFile > 45, `${freedPerFile.toFixed(0)} bytes freed per file`);
   });
 
-  it('holds a plan that keeps 20,000 entries in under 16 bytes each (an action object apiece held ~50)', async function () {
+  it('holds a plan that keeps 20,000 entries in under 8 bytes each (an action object apiece held ~50)', async function () {
     const n = 20_000;
     const perEntry = await keptPlanBytes(n, 1n, (plan, tree) => {
       assert.equal(plan.summary.keep.count, n);
@@ -483,10 +523,11 @@ describe('planning memory (issue 19)', function () {
         'usr/share/file-number-10.txt',
       ]);
     });
-    assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
+    // The tree's row of its entry (4 bytes) and a code (1): no reference or object per action.
+    assert.ok(perEntry < 8, `${perEntry.toFixed(0)} bytes per entry`);
   });
 
-  it('holds a plan that sets the mtime of 20,000 entries in under 16 bytes each (a {kind, entry, fix} object and its fix held ~90)', async function () {
+  it('holds a plan that sets the mtime of 20,000 entries in under 8 bytes each (a {kind, entry, fix} object and its fix held ~90)', async function () {
     const n = 20_000;
     const perEntry = await keptPlanBytes(n, 5_000_000_000n, (plan, tree) => {
       assert.equal(plan.summary.meta.count, n);
@@ -494,12 +535,12 @@ describe('planning memory (issue 19)', function () {
       assert.deepEqual(a, { kind: 'meta', entry: tree.get(a.entry.path), fix: { mtime: true } });
       assert.equal(a.fix, MTIME_ONLY);
     });
-    assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
+    assert.ok(perEntry < 8, `${perEntry.toFixed(0)} bytes per entry`);
   });
 
-  it('holds a plan that creates 20,000 entries on an empty tree in under 16 bytes each (a {kind, entry, replace} object apiece held ~56)', async function () {
+  it('holds a plan that creates 20,000 entries on an empty tree in under 8 bytes each (a {kind, entry, replace} object apiece held ~56)', async function () {
     const n = 20_000;
-    const tree = new Map<string, TreeEntry>();
+    const tree = new PathTable(n);
     for (let i = 0; i < n; i++) {
       const path = i === 0 ? '' : `d-${i}`;
       tree.set(path, { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 1n, xattrs: NO_XATTRS });
@@ -518,7 +559,51 @@ describe('planning memory (issue 19)', function () {
         assert.equal(a.entry, tree.get(a.entry.path));
       },
     );
-    assert.ok(perEntry < 16, `${perEntry.toFixed(0)} bytes per entry`);
+    assert.ok(perEntry < 8, `${perEntry.toFixed(0)} bytes per entry`);
+  });
+
+  it("keeps a TOC's files in the new tree's table as their paths and rows, not an object each (a TocFile apiece held 56 bytes)", async function () {
+    const gc = collector();
+    const { table, files } = tocTreeWatched(2_000);
+    // A WeakRef keeps its target until the task that made it ends.
+    await new Promise((resolve) => setImmediate(resolve));
+    for (let i = 0; i < 3; i++) gc();
+    assert.equal(table.size, 1_999);
+    // Every TocFile the TOC's reading made is gone while the table still has every file.
+    assert.equal(files.length, 1_997);
+    assert.equal(files.filter((f) => f.deref() !== undefined).length, 0);
+    assert.equal(table.get('usr/share/file-number-1999.txt')!.size, 1999);
+    // Each file is made again when asked for, equal to what the TOC said.
+    const small = tocTree(50);
+    const f = small.get('usr/share/file-number-42.txt')!;
+    assert.ok(f instanceof TocFile);
+    assert.notEqual(f, small.get(f.path));
+    assert.deepEqual(
+      [f.type, f.size, f.mode, f.mtimeNs, f.digest, f.source],
+      ['reg', 42, 0o644, 1n, digestOf(42), { layer: 0, offset: 420, endOffset: 427 }],
+    );
+    assert.equal(small.rowHolding(f), small.rowOf(f.path));
+    assert.equal(small.get('usr/share')!.type, 'dir');
+  });
+
+  it("holds a plan over a TOC's table in under 8 bytes an entry (an entry reference apiece held 9 and kept each TocFile)", async function () {
+    const n = 20_000;
+    const { entries } = keptTree(n);
+    const old = indexOldTree('/x', entries);
+    const hasher = { digestOf: (x: ExistingEntry) => Promise.resolve(digestOf(x.size)) };
+    const tree = tocTree(n);
+    const perEntry = await bytesHeldPerEntry(
+      n,
+      () => planApply(tree, old, hasher),
+      (plan) => {
+        assert.equal(plan.summary.keep.count, n);
+        const a = plan.actions.at(7)!;
+        assert.equal(a.kind, 'keep');
+        const want = tree.get(a.entry.path)!;
+        assert.deepEqual([a.entry.path, a.entry.digest, a.entry.source], [want.path, want.digest, want.source]);
+      },
+    );
+    assert.ok(perEntry < 8, `${perEntry.toFixed(1)} bytes per entry`);
   });
 
   it('reads every action back as it was set: kinds, replace true, false or absent, and the ones kept as objects', function () {
@@ -583,9 +668,9 @@ describe('planning memory (issue 19)', function () {
     const grown = new ScanEntries();
     for (const e of entries.values()) grown.set(e);
     const held = buffers() - before;
-    // 65 blocks of 256 rows at 49 bytes a row, and a table of 65,536 slots of 4 bytes (at most half full).
+    // 65 blocks of 256 rows at 49 bytes a row, and a table of 32,768 slots of 4 bytes (at most three quarters full).
     const rows = Math.ceil(n / 256) * 256 * 49;
-    assert.ok(held >= rows + 65_536 * 4 && held < rows + 65_536 * 4 + 64 * 1024, `${held} bytes of rows and slots`);
+    assert.ok(held >= rows + 32_768 * 4 && held < rows + 32_768 * 4 + 64 * 1024, `${held} bytes of rows and slots`);
     assert.deepEqual(grown.get('usr/share/file-number-99.txt'), entries.get('usr/share/file-number-99.txt'));
     assert.equal(grown.size, n);
     // It takes more rows after the walk is over.

@@ -34,20 +34,62 @@ function codeOf(a: Action): number {
   return code;
 }
 
-export class PlanActions implements ActionList {
-  /**
-   * The entry of a stored action, the object of any other; undefined: reserved, not set yet.
-   * The first `length` slots are the actions (the list is made at the expected count).
-   */
-  readonly #slots: (Action | TreeEntry | undefined)[];
-  #length = 0;
-  /** Per slot: codeOf() its action (0 where the slot holds the action object). */
-  #codes: Uint8Array;
+/**
+ * Where a stored action's entry may be kept as a row number instead of a reference: the new
+ * tree's table (path-table.ts), which keeps a TOC's regular file as its path and a row of its
+ * block and makes the entry again when asked. An update's plan then holds no object per file.
+ */
+export interface EntryRows {
+  /** The row whose entry is `e` (or, for a TOC file, one equal to it), else -1. */
+  rowHolding(e: TreeEntry): number;
+  entryAtRow(r: number): TreeEntry;
+}
 
-  /** `expected`: how many actions there will be (the planner knows: one per path), so nothing grows. */
-  constructor(expected = 0) {
+/** Slots by number in an array (made at the expected length), with a Map's get, set and delete. */
+class SlotArray {
+  readonly #slots: (Action | TreeEntry | undefined)[];
+  constructor(expected: number) {
     this.#slots = new Array<Action | TreeEntry | undefined>(expected);
-    this.#codes = new Uint8Array(Math.max(expected, 1024));
+  }
+  get(i: number): Action | TreeEntry | undefined {
+    return this.#slots[i];
+  }
+  set(i: number, v: Action | TreeEntry): void {
+    this.#slots[i] = v;
+  }
+  delete(i: number): void {
+    if (i < this.#slots.length) this.#slots[i] = undefined;
+  }
+}
+
+/** A slot whose entry or action is in `#objects`, not a row of the tree. */
+const NOT_A_ROW = -1;
+
+export class PlanActions implements ActionList {
+  /** Per slot: the tree's row of a stored action's entry, else NOT_A_ROW (also for a reserved slot). */
+  #rows: Int32Array;
+  /**
+   * The entry of a stored action that has no row (a tree without rows, or an entry the tree no
+   * longer holds), the object of any other action, by slot. undefined: reserved, not set yet.
+   * With a tree few slots are here (reflinks, fixes other than the mtime alone): a Map; without
+   * one every slot is: an array.
+   */
+  readonly #objects: Map<number, Action | TreeEntry> | SlotArray;
+  #length = 0;
+  /** Per slot: codeOf() its action (0 where the action is an object in `#objects`). */
+  #codes: Uint8Array;
+  readonly #tree: EntryRows | undefined;
+
+  /**
+   * `expected`: how many actions there will be (the planner knows: one per path), so nothing
+   * grows; `tree`: the entries' rows (without one every entry is kept as a reference).
+   */
+  constructor(expected = 0, tree?: EntryRows) {
+    const n = Math.max(expected, 1024);
+    this.#rows = new Int32Array(n);
+    this.#codes = new Uint8Array(n);
+    this.#tree = tree;
+    this.#objects = tree ? new Map() : new SlotArray(expected);
   }
 
   get length(): number {
@@ -62,27 +104,40 @@ export class PlanActions implements ActionList {
 
   /** Append a slot whose action is set later (a hardlink waits for its target's). */
   reserve(): void {
-    this.#slots[this.#length++] = undefined;
+    const i = this.#length++;
+    if (i >= this.#codes.length) {
+      const n = this.#codes.length * 2;
+      this.#codes = resized(this.#codes, n);
+      this.#rows = resized(this.#rows, n);
+    }
+    this.#codes[i] = 0;
+    this.#rows[i] = NOT_A_ROW;
+    this.#objects.delete(i);
   }
 
-  set(i: number, a: Action): void {
+  /** Append an action whose entry is the tree's row `row` (the caller read it from there). */
+  pushAtRow(a: Action, row: number): void {
+    this.reserve();
+    this.set(this.#length - 1, a, row);
+  }
+
+  /** `row`: the tree's row of `a.entry`, when the caller read the entry from there (else it is looked up). */
+  set(i: number, a: Action, row?: number): void {
     if (!(i >= 0 && i < this.#length)) throw new RangeError(`no plan action ${i}`);
-    if (i >= this.#codes.length) {
-      this.#codes = resized(this.#codes, Math.max(i + 1, this.#codes.length * 2));
-    }
     const code = codeOf(a);
     this.#codes[i] = code;
-    this.#slots[i] = code ? a.entry : a;
+    row = code && this.#tree ? (row ?? this.#tree.rowHolding(a.entry)) : NOT_A_ROW;
+    this.#rows[i] = row;
+    if (row !== NOT_A_ROW) this.#objects.delete(i);
+    else this.#objects.set(i, code ? a.entry : a);
   }
 
   at(i: number): Action | undefined {
     if (i < 0) i += this.#length;
     if (!(i >= 0 && i < this.#length)) return undefined;
-    const s = this.#slots[i];
-    if (s === undefined) return undefined;
     const code = this.#codes[i]!;
-    if (!code) return s as Action;
-    const a: Action = { kind: KINDS[(code & KIND_MASK) - 1]!, entry: s as TreeEntry };
+    if (!code) return this.#objects.get(i) as Action | undefined;
+    const a: Action = { kind: KINDS[(code & KIND_MASK) - 1]!, entry: this.entryAt(i) };
     if (code & FIX_MTIME) a.fix = MTIME_ONLY;
     if (code & HAS_REPLACE) a.replace = (code & REPLACE_TRUE) !== 0;
     return a;
@@ -91,18 +146,20 @@ export class PlanActions implements ActionList {
   /** Action `i`'s kind, without making the action. */
   kindAt(i: number): ActionKind {
     const code = this.#codes[i]!;
-    return code ? KINDS[(code & KIND_MASK) - 1]! : (this.#slots[i] as Action).kind;
+    return code ? KINDS[(code & KIND_MASK) - 1]! : (this.#objects.get(i) as Action).kind;
   }
 
-  /** Action `i`'s entry, without making the action. */
+  /** Action `i`'s entry, without making the action (a TOC file's is made again from its row). */
   entryAt(i: number): TreeEntry {
-    const s = this.#slots[i]!;
-    return this.#codes[i] ? (s as TreeEntry) : (s as Action).entry;
+    const row = this.#rows[i]!;
+    if (row !== NOT_A_ROW) return this.#tree!.entryAtRow(row);
+    const o = this.#objects.get(i)!;
+    return this.#codes[i] ? (o as TreeEntry) : (o as Action).entry;
   }
 
   /** Action `i` when it is kept as an object (it says more than a kind and an entry), else undefined. */
   objectAt(i: number): Action | undefined {
-    return this.#codes[i] ? undefined : (this.#slots[i] as Action);
+    return this.#codes[i] ? undefined : (this.#objects.get(i) as Action);
   }
 
   *entries(): IterableIterator<[number, Action]> {

@@ -11,6 +11,7 @@ import { pathsOfSize, sharePathsWith, type ContentHasher } from './scan.ts';
 import { findInSources, type ContentSource } from './sources.ts';
 import { DigestSet, isSha256 } from './digest-set.ts';
 import { PlanActions } from './plan-actions.ts';
+import { PathTable } from './path-table.ts';
 import type { Action, ExistingEntry, MetaFix, OldTree, Plan, PlanSummary, TreeByPath, TreeEntry } from './types.ts';
 import { emptyCounter, MTIME_ONLY } from './types.ts';
 
@@ -72,21 +73,21 @@ export function metaDiff(e: TreeEntry, x: ExistingEntry): MetaFix | null {
 }
 
 /** Add the parent directories an image did not list (tar archives may omit them). */
-export function addImplicitParents(tree: TreeByPath): void {
+export function addImplicitParents(tree: PathTable): void {
   const root = tree.get('');
   if (root && root.type !== 'dir')
     throw new UnsafePathError('.', `the root of the image is a ${root.type}, not a directory`);
-  // forEach, not for-of: no iterator result per path (this runs once, mostly unoptimized). Both
-  // visit the entries added while they run, here the implicit parents, whose own parents are then there.
-  tree.forEach((_, p) => {
+  // By path, not by entry (the TOC's files would each be made for nothing). It visits the paths
+  // added while it runs, here the implicit parents, whose own parents are then there.
+  tree.forEachPath((p) => {
     let d = parentOf(p);
     for (;;) {
-      const have = tree.get(d);
-      if (have) {
-        if (have.type !== 'dir')
+      const have = tree.typeAt(d);
+      if (have !== undefined) {
+        if (have !== 'dir')
           throw new UnsafePathError(
             p,
-            `its parent ${JSON.stringify(showPath(d))} is a ${have.type} in the image, not a directory`,
+            `its parent ${JSON.stringify(showPath(d))} is a ${have} in the image, not a directory`,
           );
         break;
       }
@@ -103,39 +104,41 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
   return b.every((x) => s.has(x));
 }
 
-/** `newTree` is the plan's now: the parents the image did not list are added to it. */
+/**
+ * `newTree` is the plan's now: the parents the image did not list are added to it. The plan's
+ * actions read their entries from its rows (a PathTable; a Map is copied into one): it must not
+ * change while the plan is used.
+ */
 export async function planApply(
   newTree: TreeByPath,
   old: OldTree,
   hasher: ContentHasher,
   opts: PlanOptions = {},
 ): Promise<Plan> {
-  // In place, not on a copy (a slot of it is ~10-20 bytes a file): the caller's tree gains the implicit parents.
-  const tree = newTree;
+  // flattenLayers' table, in place (a copy would be ~10-20 bytes a file); a Map (tests) is
+  // planned through a table of its entries and gains the implicit parents as a table would.
+  const tree = newTree instanceof PathTable ? newTree : PathTable.copyOf(newTree);
   addImplicitParents(tree);
+  if (tree !== newTree) tree.forEachPath((p, r) => newTree.has(p) || newTree.set(p, tree.entryAtRow(r)));
   sharePathsWith(old, tree);
-  // Made at its size: a spread of the table's keys grew the array as it went (its copies
-  // large-object garbage beside the plan).
-  const paths = new Array<string>(tree.size);
-  let n = 0;
-  tree.forEach((_, p) => (paths[n++] = p));
-  paths.sort(comparePaths);
+  const order = tree.sortedRows();
 
   // Hardlink groups of the new tree: primary path -> all paths sharing its inode.
   const groups = new Map<string, string[]>();
   let files = 0;
-  for (let k = 0; k < paths.length; k++) {
-    const p = paths[k]!;
-    const e = tree.get(p)!;
-    if (e.type === 'reg') files++;
-    if (e.type !== 'hardlink') continue;
+  for (let k = 0; k < order.length; k++) {
+    const r = order[k]!;
+    const type = tree.typeAtRow(r);
+    if (type === 'reg') files++;
+    if (type !== 'hardlink') continue;
+    const e = tree.entryAtRow(r);
     const t = e.linkname!;
     const te = tree.get(t);
     if (!te || te.type === 'dir' || te.type === 'hardlink')
-      throw new UnsafePathError(p, `hardlink target ${JSON.stringify(showPath(t))} is not a file of the image`);
+      throw new UnsafePathError(e.path, `hardlink target ${JSON.stringify(showPath(t))} is not a file of the image`);
     let g = groups.get(t);
     if (!g) groups.set(t, (g = [t]));
-    g.push(p);
+    g.push(e.path);
   }
 
   // In path order, a reserved slot for each hardlink until its target's action is known; only
@@ -143,8 +146,9 @@ export async function planApply(
   // The lists are made at the size they can reach (a slot per path, per file): grown as they
   // filled, each of their copies was large-object garbage until a full collection (the
   // large-object space went 1.0 -> 5.3 MiB planning a first install of the bench's larger tree,
-  // --trace-gc-verbose, at the writing's first peak).
-  const actions = new PlanActions(paths.length);
+  // --trace-gc-verbose, at the writing's first peak). The actions refer to the table's rows: they
+  // hold no entry (a TOC's file is made again when an action is read).
+  const actions = new PlanActions(order.length, tree);
   const targetActions = new Map<string, Action>();
   const summary: PlanSummary = {
     keep: emptyCounter(),
@@ -159,14 +163,19 @@ export async function planApply(
   // The path written first for each content, by the digest's member number (digest-set.ts:
   // ~40 bytes a digest where a Map of digest strings took ~110; a first install writes them all).
   const written = new DigestSet();
+  // A first install (or a tree that shares little with the old one) writes nearly every file:
+  // its lists are made at that size (grown, their copies were large-object garbage). An update
+  // writes a few hundred: lists made at every file's size held 16 bytes a file of the tree
+  // through its plan (0.56 MiB on the bench's larger tree), so they grow from empty instead.
+  const writes = old.entries.size * 2 < tree.size ? files : 0;
   const ctx: PathPlanning = {
     old,
     hasher,
     groups,
     sources: opts.sources ?? [],
     written,
-    firstWriteOf: new Array<string>(files),
-    fetch: new Array<TreeEntry>(files),
+    firstWriteOf: new Array<string>(writes),
+    fetch: new Array<TreeEntry>(writes),
     fetched: 0,
   };
 
@@ -175,9 +184,10 @@ export async function planApply(
   // garbage planning a first install of the bench's larger tree. Each path's decision is a
   // function of its own (planNode, planFile): the optimizing compiler compiles a hot loop's
   // function whole, and planApply with every case inside took 5.7 MB of its memory (--turbo-stats).
-  for (let k = 0; k < paths.length; k++) {
-    const p = paths[k]!;
-    const e = tree.get(p)!;
+  for (let k = 0; k < order.length; k++) {
+    const r = order[k]!;
+    const e = tree.entryAtRow(r);
+    const p = e.path;
     if (e.type === 'hardlink') {
       actions.reserve(); // after all primaries are decided
       continue;
@@ -186,21 +196,22 @@ export async function planApply(
     const x = old.entries.peek ? old.entries.peek(p) : old.entries.get(p);
     let a = e.type === 'reg' ? planFile(ctx, e, x, p) : planNode(ctx, e, x, p);
     if (a instanceof Promise) a = await a;
-    actions.push(a);
+    actions.pushAtRow(a, r);
     if (groups.has(p)) targetActions.set(p, a);
   }
 
-  for (let i = 0; i < paths.length; i++) {
-    const p = paths[i]!;
-    const e = tree.get(p)!;
-    if (e.type !== 'hardlink') continue;
+  for (let i = 0; i < order.length; i++) {
+    const r = order[i]!;
+    if (tree.typeAtRow(r) !== 'hardlink') continue;
+    const e = tree.entryAtRow(r);
+    const p = e.path;
     const x = old.entries.get(p);
     const t = e.linkname!;
     const ta = targetActions.get(t)!;
     const tx = old.entries.get(t);
     const inodeStays = ta.kind === 'keep' || ta.kind === 'meta';
-    if (x && tx && inodeStays && x.ino === tx.ino && x.type === tx.type) actions.set(i, { kind: 'keep', entry: e });
-    else actions.set(i, { kind: 'link', entry: e, replace: !!x });
+    if (x && tx && inodeStays && x.ino === tx.ino && x.type === tx.type) actions.set(i, { kind: 'keep', entry: e }, r);
+    else actions.set(i, { kind: 'link', entry: e, replace: !!x }, r);
   }
 
   countActions(actions, summary);

@@ -19,6 +19,7 @@ import { readTreeXattrs } from '../../host/xattr.ts';
 import { bbuf, bstr, fileTypeOf } from '../../layer/entry.ts';
 import { BadRootError } from './errors.ts';
 import { isAtOrBelow, joinPath } from '../../layer/paths.ts';
+import { PathTable } from './path-table.ts';
 import { ScanEntries } from './scan-entries.ts';
 import type { RowSpill } from './row-spill.ts';
 import { SizeIndex } from './size-index.ts';
@@ -153,7 +154,8 @@ export function indexOldTree(root: string, entries: ScannedEntries): OldTree {
  */
 export function sharePathsWith(old: OldTree, tree: ReadonlyMap<string, { readonly path: string }>): void {
   if (!(old.entries instanceof ScanEntries)) return;
-  const same = (p: string) => tree.get(p)?.path;
+  // A table's own strings without making its entries (a TOC's files are kept as paths there).
+  const same = tree instanceof PathTable ? (p: string) => tree.ownPath(p) : (p: string) => tree.get(p)?.path;
   old.entries.sharePaths(same);
   for (const g of old.byIno.values()) for (let i = 0; i < g.length; i++) g[i] = same(g[i]!) ?? g[i]!;
 }

@@ -75,62 +75,76 @@ export type TocFileFields = Pick<TreeEntry, 'mode' | 'uid' | 'gid' | 'mtimeNs' |
   endOffset: number;
 };
 
+/**
+ * A regular file of the TOC read from its row. It holds its path, its block and its row number
+ * alone: a table of the new tree (path-table.ts) keeps a file as its path and a row reference
+ * (`tocFileRow`) and makes this object again when it is asked for one (a short-lived object),
+ * so that the plan holds no object per file.
+ */
 export class TocFile implements TreeEntry {
   readonly path: string;
-  readonly #block: FileBlock;
-  readonly #row: number;
+  // Plain fields and no private methods: a class with a private method stamps a brand on every
+  // instance (one more word per file, tens of thousands of them while a TOC is read).
+  readonly block: FileBlock;
+  readonly row: number;
 
   constructor(path: string, block: FileBlock, row: number) {
     this.path = path;
-    this.#block = block;
-    this.#row = row;
+    this.block = block;
+    this.row = row;
   }
 
   get type(): 'reg' {
     return 'reg';
   }
   get mode(): number {
-    return this.#block.inMemory().modes[this.#row]!;
+    return this.block.inMemory().modes[this.row]!;
   }
   get uid(): number {
-    return this.#id(0);
+    return idOf(this.block, this.row, 0);
   }
   get gid(): number {
-    return this.#id(1);
-  }
-  #id(field: number): number {
-    const at = this.#row * U32 + field;
-    const id = this.#block.inMemory().ids[at]!;
-    return id === WIDE ? this.#block.wideIds!.get(at)! : id;
+    return idOf(this.block, this.row, 1);
   }
   get mtimeNs(): bigint {
-    const b = this.#block.inMemory();
-    const sec = b.numbers[this.#row * F64 + 3]!;
-    return BigInt(sec) * 1_000_000_000n + BigInt(b.ids[this.#row * U32 + 2]!);
+    const b = this.block.inMemory();
+    const sec = b.numbers[this.row * F64 + 3]!;
+    return BigInt(sec) * 1_000_000_000n + BigInt(b.ids[this.row * U32 + 2]!);
   }
   get xattrs(): Record<string, Buffer> {
-    return this.#block.xattrs?.get(this.#row) ?? NO_XATTRS;
+    return this.block.xattrs?.get(this.row) ?? NO_XATTRS;
   }
   get size(): number {
-    return this.#block.inMemory().numbers[this.#row * F64]!;
+    return this.block.inMemory().numbers[this.row * F64]!;
   }
   get digest(): string {
-    const at = this.#row * DIGEST_BYTES;
-    return `sha256:${this.#block.inMemory().digests.toString('hex', at, at + DIGEST_BYTES)}`;
+    const at = this.row * DIGEST_BYTES;
+    return `sha256:${this.block.inMemory().digests.toString('hex', at, at + DIGEST_BYTES)}`;
   }
   get source(): ContentSource {
-    const at = this.#row * F64;
-    const n = this.#block.inMemory().numbers;
-    return { layer: this.#block.layer, offset: n[at + 1]!, endOffset: n[at + 2]! };
+    const at = this.row * F64;
+    const n = this.block.inMemory().numbers;
+    return { layer: this.block.layer, offset: n[at + 1]!, endOffset: n[at + 2]! };
   }
 
   /** Further frames of this file follow its last one (TOC `chunk` entries): its range ends at `endOffset` now. */
   widenTo(endOffset: number): void {
-    const b = this.#block.inMemory();
+    const b = this.block.inMemory();
     b.changed();
-    b.numbers[this.#row * F64 + 2] = endOffset;
+    b.numbers[this.row * F64 + 2] = endOffset;
   }
 }
+
+function idOf(block: FileBlock, row: number, field: number): number {
+  const at = row * U32 + field;
+  const id = block.inMemory().ids[at]!;
+  return id === WIDE ? block.wideIds!.get(at)! : id;
+}
+
+/** Rows of a block, for a row reference: a block number times this plus the row. */
+export const TOC_BLOCK_ROWS = BLOCK_ROWS;
+
+export type { FileBlock };
 
 /**
  * The rows of one layer's regular files, block by block. With a spill (row-spill.ts), each

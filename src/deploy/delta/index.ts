@@ -256,7 +256,7 @@ async function planAgainst(
   const tree = flattenLayers(reserved ? dropReserved(layers(), reserved, tally) : layers());
   // The scan names its paths with the tree's strings (the mirror of the TOCs taking the booted
   // scan's in prepareTransfer): one string per path, not a second copy alive until the plan.
-  const old = scanned ?? (await scanTree(root, { preserve, ownPath: (p) => tree.get(p)?.path, spill }));
+  const old = scanned ?? (await scanTree(root, { preserve, ownPath: (p) => tree.ownPath(p), spill }));
   // The index's digests are kept on the scan's rows (apply/scan-digests.ts): it reads the scan
   // until the apply's forgetRows, or prepareTransfer's releaseScan after its last use.
   const index = indexFile ? await ContentIndex.load(root, indexFile, rowsOf(old)) : new ContentIndex(root);
