@@ -210,7 +210,7 @@ describe('file-level delta path on btrfs: prepareTransfer, downloadTransfer, app
     assert.deepEqual(a.extra, nothing, 'the download had all the apply needed');
     assert.equal(target.ranges.length, requests);
     // The apply used the transfer up: its entries do not outlive the apply in the update's run state.
-    assert.deepEqual([t.layers, t.fetch, t.frames, t.ranges, t.sources], [[], [], [], [], []]);
+    assert.deepEqual([t.tree, t.fetch, t.frames, t.ranges, t.sources], [undefined, [], [], [], []]);
     assert.deepEqual(await diffTrees(sys2, join(fs.mnt, 'ref2'), { ignoreRootMeta: true }), []);
     assert.ok(a.report.reflinked.bytes >= big.length, 'the moved data.bin is a reflink');
     assert.ok((await exclusiveBytes(sys2)) < 256 * 1024);

@@ -11,8 +11,16 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { executePlan, openerProvider, type Action, type Plan, type TreeEntry } from '../../src/deploy/apply/index.ts';
+import {
+  executePlan,
+  flattenLayers,
+  openerProvider,
+  type Action,
+  type Plan,
+  type TreeEntry,
+} from '../../src/deploy/apply/index.ts';
 import { ContentIndex } from '../../src/deploy/apply/scan.ts';
+import { SkipTally } from '../../src/deploy/apply/reserved.ts';
 import { applyTransfer, ContentStore, type DeltaTransfer } from '../../src/deploy/delta/index.ts';
 import { restoreBatches, type XattrSet } from '../../src/host/xattr.ts';
 import { sha256 } from '../../src/oci/digest.ts';
@@ -221,7 +229,8 @@ describe('writing stage memory (issue 19)', function () {
       path: 'delta',
       source: {},
       manifest: { layers: [] },
-      layers: [[entry('', 'dir'), entry('kept', 'reg', 'kept\n'), entry('new', 'reg', 'new\n')]],
+      tree: flattenLayers([[entry('', 'dir'), entry('kept', 'reg', 'kept\n'), entry('new', 'reg', 'new\n')]]),
+      skip: new SkipTally().report(),
       top: {},
       fetch: [],
       sources: [],

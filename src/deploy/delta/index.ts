@@ -31,6 +31,7 @@ import { RowSpill } from '../apply/row-spill.ts';
 import { ScanEntries } from '../apply/scan-entries.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
 import { flattenLayers } from '../apply/layers.ts';
+import type { PathTable } from '../apply/path-table.ts';
 import { planApply } from '../apply/plan.ts';
 import { SnapshotSource, type SourceSpec } from '../apply/sources.ts';
 import type { ApplyReport, OldTree, Plan, PlanSummary } from '../apply/types.ts';
@@ -171,8 +172,16 @@ export interface DeltaTransfer {
   path: 'delta';
   source: Target;
   manifest: ImageManifest;
-  layers: TreeEntry[][];
-  /** The file the rows of `layers`' files may be in: closed by whoever is done with the transfer (or when it is collected). */
+  /**
+   * The new tree, flattened once from the layers' TOCs (without what is reserved) and planned
+   * twice: against the booted tree here, against the new snapshot in applyTransfer. The layers'
+   * lists go once it is made: they held a TocFile object per file through the download, which
+   * the table keeps as its path and a row (apply/path-table.ts). undefined once applied.
+   */
+  tree: PathTable | undefined;
+  /** What the tree left out as reserved (counted once, when it was made). */
+  skip: SkipReport;
+  /** The file the rows of the tree's files may be in: closed by whoever is done with the transfer (or when it is collected). */
   rows?: RowSpill;
   /**
    * The planned tree's /usr and /etc (what checkOsPlan looks at), not the plan itself: the plan
@@ -238,22 +247,29 @@ function changedFiles(s: PlanSummary): number {
   return s.meta.count + s.reflink.count + s.write.count + s.create.count + s.link.count + s.delete.count;
 }
 
+/** The new tree of the layers, without what is reserved, and what was left out. */
+function newTree(
+  layers: readonly (readonly TreeEntry[])[],
+  reserved: Reserved | undefined,
+): { tree: PathTable; skip: SkipReport } {
+  const tally = new SkipTally();
+  const tree = flattenLayers(reserved ? dropReserved(layers, reserved, tally) : layers);
+  return { tree, skip: tally.report() };
+}
+
 /**
- * Plan the new tree of the layers (without what is reserved) against `root`. `layers` gives
- * them once, for flattenLayers: a caller that needs them no more after it lets them go there.
+ * Plan `tree` against `root` (scanned now unless `scanned` is given). The plan refers to the
+ * tree's rows: it may be planned again (planApply adds the implicit parents once) but not changed.
  */
 async function planAgainst(
-  layers: () => readonly (readonly TreeEntry[])[],
+  tree: PathTable,
   root: string,
   preserve: readonly string[],
-  reserved: Reserved | undefined,
   indexFile?: string,
   scanned?: OldTree,
   sources: readonly SnapshotSource[] = [],
   spill?: RowSpill,
-): Promise<{ plan: Plan; index: ContentIndex; skip: SkipReport }> {
-  const tally = new SkipTally();
-  const tree = flattenLayers(reserved ? dropReserved(layers(), reserved, tally) : layers());
+): Promise<{ plan: Plan; index: ContentIndex }> {
   // The scan names its paths with the tree's strings (the mirror of the TOCs taking the booted
   // scan's in prepareTransfer): one string per path, not a second copy alive until the plan.
   const old = scanned ?? (await scanTree(root, { preserve, ownPath: (p) => tree.ownPath(p), spill }));
@@ -263,7 +279,7 @@ async function planAgainst(
   const plan = await planApply(tree, old, index, { preserve, sources });
   // A scan made here is read by nothing after its plan: the apply's, which the writing follows.
   if (!scanned) releaseScan(old);
-  return { plan, index, skip: tally.report() };
+  return { plan, index };
 }
 
 /** A scan's rows, for a content index loaded beside them; undefined for a tree not from a scan (tests). */
@@ -356,15 +372,10 @@ async function prepareDelta(
   }
   const scanned = await scanning;
   const sources = await Promise.all((o.sources ?? []).map((s) => SnapshotSource.open(s, o.preserve)));
-  const { plan, index } = await planAgainst(
-    () => tocs.layers,
-    o.oldRoot,
-    o.preserve,
-    o.reserved,
-    o.indexFile,
-    scanned,
-    sources,
-  );
+  const { tree, skip } = newTree(tocs.layers, o.reserved);
+  // The layers' lists (a TocFile per file) are not needed again: the tree is.
+  tocs = { ...tocs, layers: [] };
+  const { plan, index } = await planAgainst(tree, o.oldRoot, o.preserve, o.indexFile, scanned, sources);
   if (o.saveIndexTo)
     for (const [i, s] of sources.entries()) {
       const file = o.sources![i]!.indexFile;
@@ -400,7 +411,8 @@ async function prepareDelta(
     path: 'delta',
     source: o.source,
     manifest: o.manifest,
-    layers: tocs.layers,
+    tree,
+    skip,
     ...(spill ? { rows: spill } : {}),
     top: topEntries(plan),
     fetch: plan.fetch,
@@ -549,22 +561,13 @@ export async function applyTransfer(
 ): Promise<ApplyTransferResult> {
   // The download's lists are done with: not alive beside the plan made now.
   spendDownload(t);
-  // The layers' lists go once the tree is made of their entries (~0.45 MiB of them beside the
-  // plan of an update of the bench's larger tree, heap snapshot): this is their last use.
-  const { plan, index, skip } = await planAgainst(
-    () => {
-      const layers = t.layers;
-      t.layers = [];
-      return layers;
-    },
-    root,
-    opts.preserve,
-    opts.reserved,
-    opts.indexFile,
-    undefined,
-    t.sources,
-    t.rows,
-  );
+  // The tree prepareTransfer made and planned, planned again against the new snapshot (not
+  // flattened again from the layers: their lists went when it was made). `opts.reserved` is
+  // the set it was made without (the update's run gives both calls the same).
+  const tree = t.tree;
+  if (!tree) throw new Error('applyTransfer: this transfer was applied already');
+  const skip = t.skip;
+  const { plan, index } = await planAgainst(tree, root, opts.preserve, opts.indexFile, undefined, t.sources, t.rows);
   spendTransfer(t);
   // The booted tree's rows have answered the plan; the executor records the new tree's files
   // (every digest from the plan: planApply refuses a regular file without a sha256 one) in their
@@ -604,7 +607,7 @@ export async function applyTransfer(
  * commit of a first install of the bench's larger tree). Its manifest, source and report stay.
  */
 function spendTransfer(t: DeltaTransfer): void {
-  t.layers = [];
+  t.tree = undefined;
   t.sources = [];
   spendDownload(t);
 }
