@@ -333,6 +333,11 @@ describe('deploy/apply planner', () => {
     assert.equal(plan.summary.write.bytes, 2 + 6 + 11);
     assert.equal(plan.summary.delete.count, 4);
     assert.deepEqual([...plan.actions].find((a) => a.entry.path === 'etc/chmod')!.fix, { mode: true });
+    // The apply after its download takes content by action: the same plan without the list.
+    const unlisted = await planApply(tree, old, hasher, { noFetchList: true });
+    assert.deepEqual(unlisted.fetch, []);
+    assert.deepEqual(kinds(unlisted), kinds(plan));
+    assert.deepEqual(unlisted.summary, plan.summary);
   });
 
   it('decides from the digests a hasher knows without reading, and hashes only the files it does not know', async () => {

@@ -30,7 +30,9 @@ export class PathTable implements ReadonlyMap<string, TreeEntry> {
    */
   #rows: (TreeEntry | string | undefined)[];
   /** By row, for a file kept as its path: its block's number in `#blocks` times TOC_BLOCK_ROWS plus its row. */
-  #fileRefs: Int32Array;
+  #fileRefs = new Int32Array(0);
+  /** Rows the references are made for at the first TOC file (a tree from tar headers has none). */
+  readonly #expected: number;
   /** The TOC blocks of the files kept as paths (a few hundred at most), and their numbers. */
   readonly #blocks: FileBlock[] = [];
   readonly #blockNumbers = new Map<FileBlock, number>();
@@ -43,7 +45,7 @@ export class PathTable implements ReadonlyMap<string, TreeEntry> {
   /** `expected`: about how many paths it will hold (more can be added). */
   constructor(expected = 0) {
     this.#rows = new Array<TreeEntry | string | undefined>(Math.max(expected, 0));
-    this.#fileRefs = new Int32Array(Math.max(expected, 16));
+    this.#expected = Math.max(expected, 16);
     this.#slots = new Int32Array(PathTable.#slotsFor(expected));
   }
 
@@ -164,7 +166,7 @@ export class PathTable implements ReadonlyMap<string, TreeEntry> {
       this.#blockNumbers.set(e.block, b);
     }
     if (r >= this.#fileRefs.length)
-      this.#fileRefs = resized(this.#fileRefs, Math.max(r + 1, this.#fileRefs.length * 2));
+      this.#fileRefs = resized(this.#fileRefs, Math.max(r + 1, this.#fileRefs.length * 2, this.#expected));
     this.#fileRefs[r] = b * TOC_BLOCK_ROWS + e.row;
     this.#rows[r] = e.path;
   }

@@ -23,6 +23,12 @@ export interface PlanOptions {
    * from there (nothing fetched, extents shared) instead of written.
    */
   sources?: readonly ContentSource[];
+  /**
+   * Leave `Plan.fetch` empty: the caller takes each written file's content by its action (the
+   * apply after its download). The list held every new file's entry through the writing: a
+   * TocFile each on a first install (2 MiB on the bench's larger tree).
+   */
+  noFetchList?: boolean;
 }
 
 /** The xattr names to set (new or changed) and to remove; null when both sides are the same. */
@@ -175,8 +181,9 @@ export async function planApply(
     sources: opts.sources ?? [],
     written,
     firstWriteOf: new Array<string>(writes),
-    fetch: new Array<TreeEntry>(writes),
+    fetch: new Array<TreeEntry>(opts.noFetchList ? 0 : writes),
     fetched: 0,
+    listFetch: !opts.noFetchList,
   };
 
   // Indexed loops over the paths and actions: planApply runs once per plan, mostly unoptimized,
@@ -234,6 +241,8 @@ interface PathPlanning {
   /** The new-content entries, in path order: the first `fetched` of this list (made at its largest size). */
   fetch: TreeEntry[];
   fetched: number;
+  /** Whether `fetch` is kept (PlanOptions.noFetchList). */
+  listFetch: boolean;
 }
 
 /** The old path `p` keeps its inode: its hardlinks in the old tree are the new tree's. */
@@ -380,7 +389,7 @@ function writtenBefore(ctx: PathPlanning, e: TreeEntry, digest: string, replace:
 /** New content: fetched, and remembered as written at `p`. */
 function firstWrite(ctx: PathPlanning, e: TreeEntry, p: string, digest: string, replace: boolean): Action {
   if (e.size > 0) ctx.firstWriteOf[ctx.written.add(digest)] = p;
-  ctx.fetch[ctx.fetched++] = e;
+  if (ctx.listFetch) ctx.fetch[ctx.fetched++] = e;
   return { kind: 'write', entry: e, replace };
 }
 

@@ -32,7 +32,7 @@ import { ScanEntries } from '../apply/scan-entries.ts';
 import { dropReserved, SkipTally, type Reserved, type SkipReport } from '../apply/reserved.ts';
 import { flattenLayers } from '../apply/layers.ts';
 import type { PathTable } from '../apply/path-table.ts';
-import { planApply } from '../apply/plan.ts';
+import { planApply, type PlanOptions } from '../apply/plan.ts';
 import { SnapshotSource, type SourceSpec } from '../apply/sources.ts';
 import type { ApplyReport, OldTree, Plan, PlanSummary } from '../apply/types.ts';
 import type { DiskReserve, SpaceGuard } from '../apply/space.ts';
@@ -269,6 +269,7 @@ async function planAgainst(
   scanned?: OldTree,
   sources: readonly SnapshotSource[] = [],
   spill?: RowSpill,
+  more: Pick<PlanOptions, 'noFetchList'> = {},
 ): Promise<{ plan: Plan; index: ContentIndex }> {
   // The scan names its paths with the tree's strings (the mirror of the TOCs taking the booted
   // scan's in prepareTransfer): one string per path, not a second copy alive until the plan.
@@ -276,7 +277,7 @@ async function planAgainst(
   // The index's digests are kept on the scan's rows (apply/scan-digests.ts): it reads the scan
   // until the apply's forgetRows, or prepareTransfer's releaseScan after its last use.
   const index = indexFile ? await ContentIndex.load(root, indexFile, rowsOf(old)) : new ContentIndex(root);
-  const plan = await planApply(tree, old, index, { preserve, sources });
+  const plan = await planApply(tree, old, index, { preserve, sources, ...more });
   // A scan made here is read by nothing after its plan: the apply's, which the writing follows.
   if (!scanned) releaseScan(old);
   return { plan, index };
@@ -567,7 +568,9 @@ export async function applyTransfer(
   const tree = t.tree;
   if (!tree) throw new Error('applyTransfer: this transfer was applied already');
   const skip = t.skip;
-  const { plan, index } = await planAgainst(tree, root, opts.preserve, opts.indexFile, undefined, t.sources, t.rows);
+  const { plan, index } = await planAgainst(tree, root, opts.preserve, opts.indexFile, undefined, t.sources, t.rows, {
+    noFetchList: true,
+  });
   spendTransfer(t);
   // The booted tree's rows have answered the plan; the executor records the new tree's files
   // (every digest from the plan: planApply refuses a regular file without a sha256 one) in their
