@@ -24,7 +24,7 @@ export class Semaphore {
  * every call has ended, so nothing is still running when this returns.
  */
 export async function forEachBounded<T>(
-  items: readonly T[],
+  items: { readonly length: number; at(i: number): T | undefined },
   n: number,
   fn: (item: T) => Promise<void>,
   onFailure?: (e: unknown) => void,
@@ -33,7 +33,7 @@ export async function forEachBounded<T>(
   let failure: { e: unknown } | undefined;
   const worker = async (): Promise<void> => {
     while (failure === undefined && next < items.length) {
-      const item = items[next++]!;
+      const item = items.at(next++)!;
       try {
         await fn(item);
       } catch (e) {

@@ -20,6 +20,8 @@ import {
   type TreeEntry,
 } from '../../src/deploy/apply/index.ts';
 import { ContentIndex } from '../../src/deploy/apply/scan.ts';
+import type { ContentProvider } from '../../src/deploy/apply/content.ts';
+import { comparePaths } from '../../src/layer/paths.ts';
 import { SkipTally } from '../../src/deploy/apply/reserved.ts';
 import { applyTransfer, ContentStore, type DeltaTransfer } from '../../src/deploy/delta/index.ts';
 import { restoreBatches, type XattrSet } from '../../src/host/xattr.ts';
@@ -96,6 +98,48 @@ describe('writing stage memory (issue 19)', function () {
     const perFile = (large - small) / 5000;
     // ~33 bytes now; a map of paths to staging names and the map of entries to fetch kept ~185.
     assert.ok(perFile < 64, `${perFile.toFixed(1)} heap bytes held per fetched file`);
+  });
+
+  it('holds a few bytes per file to fetch while the provider delivers them (a map of paths and a list of entries held ~72)', async () => {
+    const gc = collector();
+    const heap = (): number => {
+      gc();
+      return process.memoryUsage().heapUsed;
+    };
+    /** Heap bytes held while the provider is at work (after a full collection), for `files` files to fetch. */
+    async function heldWhileDelivering(root: string, files: number): Promise<number> {
+      await mkdir(root);
+      const actions: Action[] = [{ kind: 'create', entry: entry('', 'dir') }];
+      for (let d = 0; d < 40; d++) actions.push({ kind: 'create', entry: entry(`d${d}`, 'dir') });
+      for (let i = 0; i < files; i++)
+        actions.push({ kind: 'write', entry: entry(`d${i % 40}/f${i}`, 'reg', contentOf(i)) });
+      // In path order, as a planner gives them.
+      actions.sort((a, b) => comparePaths(a.entry.path, b.entry.path));
+      const plan = { actions, deletes: [] } as unknown as Plan;
+      let before = 0;
+      let during = 0;
+      const provider: ContentProvider = {
+        async deliver(entries, take) {
+          during = heap();
+          for (const e of entries)
+            await take(e, Readable.from([Buffer.from(contentOf(Number(e.path.split('/f')[1])))]));
+        },
+      };
+      const report = await executePlan(root, plan, provider, {
+        onPhase: (phase) => {
+          if (phase === 'fetch') before = heap();
+        },
+      });
+      assert.equal(report.written.count, files);
+      assert.equal(await readFile(join(root, 'd7', 'f447'), 'utf8'), contentOf(447));
+      return during - before;
+    }
+    await heldWhileDelivering(join(dir, 'deliver-warm'), 1000);
+    const small = await heldWhileDelivering(join(dir, 'deliver-small'), 1000);
+    const large = await heldWhileDelivering(join(dir, 'deliver-large'), 6000);
+    const perFile = (large - small) / 5000;
+    // The actions' indices (4 bytes each) and the staging states.
+    assert.ok(perFile < 24, `${perFile.toFixed(1)} heap bytes held per file to fetch`);
   });
 
   it('makes the setfattr input in bounded batches, reading its source as it goes', () => {

@@ -30,16 +30,26 @@ export function isVerifiedFile(c: unknown): c is VerifiedFile {
   return typeof c === 'object' && c !== null && typeof (c as VerifiedFile).verifiedFile === 'string';
 }
 
+/**
+ * The entries a provider is asked for, by position; an array is one. The executor's reads them
+ * from the plan's actions when asked (a TOC file is made again each time: keep none of them),
+ * so that a first install does not hold an entry object per file while it is delivered.
+ */
+export interface EntryList extends Iterable<TreeEntry> {
+  readonly length: number;
+  at(i: number): TreeEntry | undefined;
+}
+
 export interface ContentProvider {
   /**
    * Give each entry's content to `take` once (any order, possibly several at a time);
    * `take` consumes it fully before returning. Every `take` has finished when this settles.
    */
-  deliver(entries: readonly TreeEntry[], take: ContentSink): Promise<void>;
+  deliver(entries: EntryList, take: ContentSink): Promise<void>;
 }
 
 /** Order in which a sequential source has the entries: by layer, then by offset. */
-export function byLayerOrder(entries: readonly TreeEntry[]): TreeEntry[] {
+export function byLayerOrder(entries: Iterable<TreeEntry>): TreeEntry[] {
   return [...entries].sort(
     (a, b) => (a.source?.layer ?? 0) - (b.source?.layer ?? 0) || (a.source?.offset ?? 0) - (b.source?.offset ?? 0),
   );

@@ -11,7 +11,8 @@
  * chown (chown drops security.capability); (6) directory mtimes last.
  *
  * Memory (issue 19): what is kept per file while the plan is carried out is a byte of
- * StagedContent, and for the files to fetch a slot of one map; staged content is named by its
+ * StagedContent, and for the files to fetch their action's index (the provider is given their
+ * entries as a list made when read, an EntryList, and names each by its path); staged content is named by its
  * action's index, xattrs are read from the plan again in phase (5) and set in batches bounded
  * by bytes (src/host/xattr.ts), not gathered into a list of every labelled file.
  */
@@ -19,7 +20,7 @@ import { constants, createReadStream, lstatSync, renameSync } from 'node:fs';
 import { copyFile, lstat, mkdir, rename, rm, rmdir, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { removeXattr, setXattrs } from '../../host/xattr.ts';
-import { isVerifiedFile, type ContentProvider } from './content.ts';
+import { isVerifiedFile, type ContentProvider, type EntryList } from './content.ts';
 import { takeFromSnapshot } from './from-snapshot.ts';
 import { ContentUnavailableError, UnsafePathError, mapFsError } from './errors.ts';
 import {
@@ -33,7 +34,7 @@ import {
   setMetaAt,
   writeNewFile,
 } from './fsops.ts';
-import { parentOf } from '../../layer/paths.ts';
+import { comparePaths, parentOf } from '../../layer/paths.ts';
 import { showPath } from '../../layer/entry.ts';
 import type { SpaceGuard } from './space.ts';
 import type { ContentIndex } from './scan.ts';
@@ -218,16 +219,74 @@ interface Run {
   readonly opts: ExecuteOptions;
 }
 
+/**
+ * The entries of some of a plan's actions (indices in path order: a planner's actions are), made
+ * when asked: what the executor gives its content provider (an EntryList).
+ */
+class ActionEntries implements EntryList {
+  readonly #actions: ActionList;
+  readonly #indices: Int32Array;
+
+  /** `indices`: in action order; put in path order here where the actions are not (a plan made by hand). */
+  constructor(actions: ActionList, indices: Int32Array) {
+    this.#actions = actions;
+    const path = (i: number) => pathOfAction(actions, i);
+    for (let k = 1; k < indices.length; k++)
+      if (comparePaths(path(indices[k - 1]!), path(indices[k]!)) > 0) {
+        indices.sort((a, b) => comparePaths(path(a), path(b)));
+        break;
+      }
+    this.#indices = indices;
+  }
+
+  get length(): number {
+    return this.#indices.length;
+  }
+
+  at(k: number): TreeEntry | undefined {
+    if (k < 0) k += this.#indices.length;
+    return k >= 0 && k < this.#indices.length ? this.#actions.at(this.#indices[k]!)!.entry : undefined;
+  }
+
+  actionAt(k: number): number {
+    return this.#indices[k]!;
+  }
+
+  *[Symbol.iterator](): Iterator<TreeEntry> {
+    for (let k = 0; k < this.#indices.length; k++) yield this.at(k)!;
+  }
+
+  /** The action index of the entry at `path`, or -1 (binary search: the indices are in path order). */
+  actionOf(path: string): number {
+    let lo = 0;
+    let hi = this.#indices.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const i = this.#indices[mid]!;
+      const c = comparePaths(pathOfAction(this.#actions, i), path);
+      if (c === 0) return i;
+      if (c < 0) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -1;
+  }
+}
+
+/** Action `i`'s path, without making its entry where the list can say it alone (plan-actions.ts). */
+function pathOfAction(actions: ActionList, i: number): string {
+  return actions.pathAt ? actions.pathAt(i) : actions.at(i)!.entry.path;
+}
+
 /** (1) Content into staging: from other snapshots first, then what is still missing from the provider. */
 async function stageContent(run: Run, provider: ContentProvider): Promise<void> {
   const { sr, plan, staged, report, opts } = run;
   opts.onPhase?.('fetch');
-  /** Files to fetch: path -> action index (the provider names an entry by its path). */
-  const writes = new Map<string, number>();
-  for (let i = 0; i < plan.actions.length; i++) {
-    const a = plan.actions.at(i)!;
-    if (a.kind === 'write') writes.set(a.entry.path, i);
-  }
+  // The actions whose content is fetched: their indices, in action (path) order. The provider
+  // names an entry by its path, found among them by binary search. A Map of path to index and a
+  // list of the entries held ~110 bytes a file through the delivery (a first install's every file).
+  const writes: number[] = [];
+  for (let i = 0; i < plan.actions.length; i++) if (plan.actions.at(i)!.kind === 'write') writes.push(i);
+  const fallbacks: number[] = [];
   const sources = new Map<string, SafeRoot | null>();
   for (let i = 0; i < plan.actions.length; i++) {
     const a = plan.actions.at(i)!;
@@ -247,13 +306,17 @@ async function stageContent(run: Run, provider: ContentProvider): Promise<void> 
       `/${showPath(a.entry.path)}: not taken from snapshot ${f.snapshot} (/${showPath(f.seen.path)}): ${got.why}; fetched instead`,
     );
     add(report.snapshotFallbacks, a.entry.size);
-    writes.set(a.entry.path, i);
+    fallbacks.push(i);
   }
-  if (writes.size) {
-    const wanted = Array.from(writes.values(), (i) => plan.actions.at(i)!.entry);
+  const wanted = new ActionEntries(
+    plan.actions,
+    Int32Array.from(fallbacks.length ? [...writes, ...fallbacks].sort((a, b) => a - b) : writes),
+  );
+  writes.length = 0;
+  if (wanted.length) {
     await provider.deliver(wanted, async (entry, content) => {
-      const i = writes.get(entry.path);
-      if (i === undefined || staged.state(i) !== NOT_STAGED)
+      const i = wanted.actionOf(entry.path);
+      if (i === -1 || staged.state(i) !== NOT_STAGED)
         throw new ContentUnavailableError(
           entry.path,
           'the provider delivered an entry that was not asked for, or twice',
@@ -273,9 +336,9 @@ async function stageContent(run: Run, provider: ContentProvider): Promise<void> 
       await writeNewFile(to, content, { digest: want.digest!, size: want.size }, want.path, opts.space);
       staged.set(i, FETCHED);
     });
-    for (const [p, i] of writes)
-      if (staged.state(i) !== FETCHED) throw new ContentUnavailableError(p, 'the content provider did not deliver it');
-    writes.clear();
+    for (let k = 0; k < wanted.length; k++)
+      if (staged.state(wanted.actionAt(k)) !== FETCHED)
+        throw new ContentUnavailableError(wanted.at(k)!.path, 'the content provider did not deliver it');
   }
   opts.onPhase?.('reflink');
   for (let i = 0; i < plan.actions.length; i++) {

@@ -43,6 +43,7 @@ export interface EntryRows {
   /** The row whose entry is `e` (or, for a TOC file, one equal to it), else -1. */
   rowHolding(e: TreeEntry): number;
   entryAtRow(r: number): TreeEntry;
+  pathAtRow(r: number): string;
 }
 
 /** Slots by number in an array (made at the expected length), with a Map's get, set and delete. */
@@ -155,6 +156,14 @@ export class PlanActions implements ActionList {
     if (row !== NOT_A_ROW) return this.#tree!.entryAtRow(row);
     const o = this.#objects.get(i)!;
     return this.#codes[i] ? (o as TreeEntry) : (o as Action).entry;
+  }
+
+  /** Action `i`'s entry's path, without making the entry (a TOC file's is read from the tree's row). */
+  pathAt(i: number): string {
+    const row = this.#rows[i]!;
+    if (row !== NOT_A_ROW) return this.#tree!.pathAtRow(row);
+    const o = this.#objects.get(i)!;
+    return this.#codes[i] ? (o as TreeEntry).path : (o as Action).entry.path;
   }
 
   /** Action `i` when it is kept as an object (it says more than a kind and an entry), else undefined. */

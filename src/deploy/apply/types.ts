@@ -125,6 +125,8 @@ export interface ActionList extends Iterable<Action> {
   readonly length: number;
   at(i: number): Action | undefined;
   entries(): IterableIterator<[number, Action]>;
+  /** Action `i`'s entry's path, without making the action or the entry (PlanActions). */
+  pathAt?(i: number): string;
 }
 
 export interface Plan {

@@ -594,12 +594,14 @@ export function storeProvider(
   return {
     extra,
     async deliver(entries, take) {
+      // Only the digests the store lacks are remembered (a set of every digest asked for held
+      // ~50 bytes a file of a first install through its delivery; the store lacks none then).
       const missing: TreeEntry[] = [];
-      const seen = new DigestSet();
+      const lacking = new DigestSet();
       for (const e of entries) {
-        if (e.size === 0 || !e.digest || seen.has(e.digest)) continue;
-        seen.add(e.digest);
-        if (!store.has(e.digest)) missing.push(e);
+        if (e.size === 0 || !e.digest || store.has(e.digest) || lacking.has(e.digest)) continue;
+        lacking.add(e.digest);
+        missing.push(e);
       }
       if (missing.length) {
         const s = await downloadRanges(source, layers, coalesce(missing, opts.coalesce), store, opts);
