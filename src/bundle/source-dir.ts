@@ -14,6 +14,8 @@ import { compareBytes } from '../layer/paths.ts';
 export { devMajor, devMinor } from '../layer/entry.ts';
 
 /** The walk lets the event loop run after this many directories (getfattr's output is read meanwhile). */
+/** The most distinct mtimes the walk keeps one BigInt of at a time (~100 KiB of map). */
+const SHARED_TIMES = 4096;
 const YIELD_EVERY_DIRS = 64;
 
 export interface ScanOptions {
@@ -45,6 +47,18 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
   const noXattrs: Record<string, Buffer> = Object.freeze({});
   const inodes = new Map<string, string>();
   const abs = (rel: string) => pathUnder(root, rel);
+  // Each lstat gives a new BigInt (24 bytes) that the entry keeps to the end of the build; files
+  // of one package share their mtime (the bench's larger tree: 45,700 entries, 2,413 mtimes), so
+  // one BigInt per mtime seen is kept, the others die young. Bounded: a tree of distinct mtimes
+  // empties it now and then instead of growing it by an entry a file.
+  const times = new Map<bigint, bigint>();
+  const sharedTime = (t: bigint): bigint => {
+    const had = times.get(t);
+    if (had !== undefined) return had;
+    if (times.size >= SHARED_TIMES) times.clear();
+    times.set(t, t);
+    return t;
+  };
 
   const visit = async (rel: string): Promise<void> => {
     opts.signal?.throwIfAborted();
@@ -62,7 +76,7 @@ export async function scanDirectory(rootArg: string, opts: ScanOptions = {}): Pr
       const mode = Number(st.mode & 0o7777n);
       const uid = Number(st.uid);
       const gid = Number(st.gid);
-      const mtimeNs = st.mtimeNs;
+      const mtimeNs = sharedTime(st.mtimeNs);
       let e: TreeEntry;
       if (type === 'reg') {
         const key = `${st.dev}:${st.ino}`;
