@@ -54,6 +54,53 @@ function entry(path: string, type: 'dir' | 'reg', content = ''): TreeEntry {
   return e;
 }
 
+/** File f<i>'s content (its number from its path). */
+function contentFor(e: TreeEntry): Buffer {
+  return Buffer.from(contentOf(Number(e.path.split('/f')[1])));
+}
+
+/**
+ * Carry out in a new directory `root` a plan that writes `files` files into 40 directories (its
+ * actions in path order, as a planner gives them), content from `provider`; checks what it wrote.
+ */
+async function runWrites(
+  root: string,
+  files: number,
+  provider: ContentProvider,
+  onPhase: NonNullable<Parameters<typeof executePlan>[3]>['onPhase'],
+): Promise<void> {
+  await mkdir(root);
+  const actions: Action[] = [{ kind: 'create', entry: entry('', 'dir') }];
+  for (let d = 0; d < 40; d++) actions.push({ kind: 'create', entry: entry(`d${d}`, 'dir') });
+  for (let i = 0; i < files; i++)
+    actions.push({ kind: 'write', entry: entry(`d${i % 40}/f${i}`, 'reg', contentOf(i)) });
+  actions.sort((a, b) => comparePaths(a.entry.path, b.entry.path));
+  const plan = { actions, deletes: [] } as unknown as Plan;
+  const report = await executePlan(root, plan, provider, onPhase ? { onPhase } : {});
+  assert.equal(report.written.count, files);
+  assert.equal(await readFile(join(root, 'd7', 'f447'), 'utf8'), contentOf(447));
+}
+
+/** The heap in use after a full collection, each time it is called. */
+function heapAfterCollection(): () => number {
+  const gc = collector();
+  return () => {
+    gc();
+    return process.memoryUsage().heapUsed;
+  };
+}
+
+/**
+ * Heap bytes a file that `held` measures for 1,000 and 6,000 files: a first run compiles the
+ * code, then the difference of two sizes leaves out what does not grow with them.
+ */
+async function perFileHeld(dir: string, held: (root: string, files: number) => Promise<number>): Promise<number> {
+  await held(join(dir, 'warm'), 1000);
+  const small = await held(join(dir, 'small'), 1000);
+  const large = await held(join(dir, 'large'), 6000);
+  return (large - small) / 5000;
+}
+
 describe('writing stage memory (issue 19)', function () {
   this.timeout(120_000);
   let dir: string;
@@ -65,79 +112,41 @@ describe('writing stage memory (issue 19)', function () {
   });
 
   it('holds a few bytes per fetched file between fetching and writing the tree', async () => {
-    const gc = collector();
-    const heap = (): number => {
-      gc();
-      return process.memoryUsage().heapUsed;
-    };
+    const heap = heapAfterCollection();
     /** Heap bytes still held when the fetch phase is over (after a full collection), for `files` files. */
     async function heldAfterFetch(root: string, files: number): Promise<number> {
-      await mkdir(root);
-      const actions: Action[] = [{ kind: 'create', entry: entry('', 'dir') }];
-      for (let d = 0; d < 40; d++) actions.push({ kind: 'create', entry: entry(`d${d}`, 'dir') });
-      for (let i = 0; i < files; i++)
-        actions.push({ kind: 'write', entry: entry(`d${i % 40}/f${i}`, 'reg', contentOf(i)) });
-      const plan = { actions, deletes: [] } as unknown as Plan;
-      const provider = openerProvider((e) => Readable.from([Buffer.from(contentOf(Number(e.path.split('/f')[1])))]));
+      const provider = openerProvider((e) => Readable.from([contentFor(e)]));
       let before = 0;
       let after = 0;
-      const report = await executePlan(root, plan, provider, {
-        onPhase: (phase) => {
-          if (phase === 'fetch') before = heap();
-          if (phase === 'reflink') after = heap();
-        },
+      await runWrites(root, files, provider, (phase) => {
+        if (phase === 'fetch') before = heap();
+        if (phase === 'reflink') after = heap();
       });
-      assert.equal(report.written.count, files);
-      assert.equal(await readFile(join(root, 'd7', 'f447'), 'utf8'), contentOf(447));
       return after - before;
     }
-    // A first run compiles the code; then the difference of two sizes leaves out what does not grow with them.
-    await heldAfterFetch(join(dir, 'warm'), 1000);
-    const small = await heldAfterFetch(join(dir, 'small'), 1000);
-    const large = await heldAfterFetch(join(dir, 'large'), 6000);
-    const perFile = (large - small) / 5000;
+    const perFile = await perFileHeld(dir, heldAfterFetch);
     // ~33 bytes now; a map of paths to staging names and the map of entries to fetch kept ~185.
     assert.ok(perFile < 64, `${perFile.toFixed(1)} heap bytes held per fetched file`);
   });
 
   it('holds a few bytes per file to fetch while the provider delivers them (a map of paths and a list of entries held ~72)', async () => {
-    const gc = collector();
-    const heap = (): number => {
-      gc();
-      return process.memoryUsage().heapUsed;
-    };
+    const heap = heapAfterCollection();
     /** Heap bytes held while the provider is at work (after a full collection), for `files` files to fetch. */
     async function heldWhileDelivering(root: string, files: number): Promise<number> {
-      await mkdir(root);
-      const actions: Action[] = [{ kind: 'create', entry: entry('', 'dir') }];
-      for (let d = 0; d < 40; d++) actions.push({ kind: 'create', entry: entry(`d${d}`, 'dir') });
-      for (let i = 0; i < files; i++)
-        actions.push({ kind: 'write', entry: entry(`d${i % 40}/f${i}`, 'reg', contentOf(i)) });
-      // In path order, as a planner gives them.
-      actions.sort((a, b) => comparePaths(a.entry.path, b.entry.path));
-      const plan = { actions, deletes: [] } as unknown as Plan;
       let before = 0;
       let during = 0;
       const provider: ContentProvider = {
         async deliver(entries, take) {
           during = heap();
-          for (const e of entries)
-            await take(e, Readable.from([Buffer.from(contentOf(Number(e.path.split('/f')[1])))]));
+          for (const e of entries) await take(e, Readable.from([contentFor(e)]));
         },
       };
-      const report = await executePlan(root, plan, provider, {
-        onPhase: (phase) => {
-          if (phase === 'fetch') before = heap();
-        },
+      await runWrites(root, files, provider, (phase) => {
+        if (phase === 'fetch') before = heap();
       });
-      assert.equal(report.written.count, files);
-      assert.equal(await readFile(join(root, 'd7', 'f447'), 'utf8'), contentOf(447));
       return during - before;
     }
-    await heldWhileDelivering(join(dir, 'deliver-warm'), 1000);
-    const small = await heldWhileDelivering(join(dir, 'deliver-small'), 1000);
-    const large = await heldWhileDelivering(join(dir, 'deliver-large'), 6000);
-    const perFile = (large - small) / 5000;
+    const perFile = await perFileHeld(dir, heldWhileDelivering);
     // The actions' indices (4 bytes each) and the staging states.
     assert.ok(perFile < 24, `${perFile.toFixed(1)} heap bytes held per file to fetch`);
   });
