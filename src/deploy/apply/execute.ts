@@ -39,7 +39,7 @@ import { showPath } from '../../layer/entry.ts';
 import type { SpaceGuard } from './space.ts';
 import type { ContentIndex } from './scan.ts';
 import type { IndexKeyParts } from './index-table.ts';
-import type { Action, ActionList, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
+import type { Action, ActionKind, ActionList, ApplyReport, Counter, Plan, TreeEntry } from './types.ts';
 import { emptyReport } from './types.ts';
 
 export interface ExecuteOptions {
@@ -245,7 +245,7 @@ class ActionEntries implements EntryList {
 
   at(k: number): TreeEntry | undefined {
     if (k < 0) k += this.#indices.length;
-    return k >= 0 && k < this.#indices.length ? this.#actions.at(this.#indices[k]!)!.entry : undefined;
+    return k >= 0 && k < this.#indices.length ? entryOfAction(this.#actions, this.#indices[k]!) : undefined;
   }
 
   actionAt(k: number): number {
@@ -272,9 +272,17 @@ class ActionEntries implements EntryList {
   }
 }
 
-/** Action `i`'s path, without making its entry where the list can say it alone (plan-actions.ts). */
+// Action `i`'s path, kind and entry without making what is not asked for, where the list can
+// say them alone (plan-actions.ts: an action object, and a TOC file's entry, is made per read;
+// the executor's loops that only filter by kind read every action of the plan).
 function pathOfAction(actions: ActionList, i: number): string {
   return actions.pathAt ? actions.pathAt(i) : actions.at(i)!.entry.path;
+}
+function kindOfAction(actions: ActionList, i: number): ActionKind {
+  return actions.kindAt ? actions.kindAt(i) : actions.at(i)!.kind;
+}
+function entryOfAction(actions: ActionList, i: number): TreeEntry {
+  return actions.entryAt ? actions.entryAt(i) : actions.at(i)!.entry;
 }
 
 /** (1) Content into staging: from other snapshots first, then what is still missing from the provider. */
@@ -285,13 +293,14 @@ async function stageContent(run: Run, provider: ContentProvider): Promise<void> 
   // names an entry by its path, found among them by binary search. A Map of path to index and a
   // list of the entries held ~110 bytes a file through the delivery (a first install's every file).
   const writes: number[] = [];
-  for (let i = 0; i < plan.actions.length; i++) if (plan.actions.at(i)!.kind === 'write') writes.push(i);
+  for (let i = 0; i < plan.actions.length; i++) if (kindOfAction(plan.actions, i) === 'write') writes.push(i);
   const fallbacks: number[] = [];
   const sources = new Map<string, SafeRoot | null>();
   for (let i = 0; i < plan.actions.length; i++) {
+    if (kindOfAction(plan.actions, i) !== 'reflink') continue;
     const a = plan.actions.at(i)!;
     const f = a.fromSnapshot;
-    if (a.kind !== 'reflink' || !f) continue;
+    if (!f) continue;
     let src = sources.get(f.root);
     if (src === undefined) sources.set(f.root, (src = await SafeRoot.open(f.root, 'binary').catch(() => null)));
     const got = src
@@ -342,6 +351,8 @@ async function stageContent(run: Run, provider: ContentProvider): Promise<void> 
   }
   opts.onPhase?.('reflink');
   for (let i = 0; i < plan.actions.length; i++) {
+    const kind = kindOfAction(plan.actions, i);
+    if (kind !== 'reflink' && kind !== 'clone') continue;
     const a = plan.actions.at(i)!;
     if (!((a.kind === 'reflink' && !a.fromNew && !a.fromSnapshot) || a.kind === 'clone')) continue;
     const from = a.from!;

@@ -127,6 +127,10 @@ export interface ActionList extends Iterable<Action> {
   entries(): IterableIterator<[number, Action]>;
   /** Action `i`'s entry's path, without making the action or the entry (PlanActions). */
   pathAt?(i: number): string;
+  /** Action `i`'s kind, without making the action or its entry (PlanActions). */
+  kindAt?(i: number): ActionKind;
+  /** Action `i`'s entry, without making the action (PlanActions). */
+  entryAt?(i: number): TreeEntry;
 }
 
 export interface Plan {
